@@ -1,0 +1,91 @@
+//! The one body type that flows through outpost in both directions: nothing, bytes held in
+//! memory (error pages, later cache hits), or a stream passed through frame by frame.
+//!
+//! An enum rather than a boxed trait object, so the in-memory cases cost no allocation and
+//! streams are never collected: a streamed body is forwarded frame by frame and an error in
+//! it is passed on as an error (the connection is aborted), never as a clean end.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+
+/// Errors a streamed body can carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub enum Body {
+    Empty,
+    /// Taken on the first poll.
+    Full(Option<Bytes>),
+    /// A body received by hyper (a downstream request or an upstream response).
+    Incoming(hyper::body::Incoming),
+    /// Any other stream (transforms wrap bodies into this).
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl Body {
+    pub fn empty() -> Body {
+        Body::Empty
+    }
+
+    pub fn full(bytes: impl Into<Bytes>) -> Body {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            Body::Empty
+        } else {
+            Body::Full(Some(bytes))
+        }
+    }
+
+    pub fn boxed<B>(body: B) -> Body
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt;
+        Body::Boxed(body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+impl From<hyper::body::Incoming> for Body {
+    fn from(incoming: hyper::body::Incoming) -> Self {
+        Body::Incoming(incoming)
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            Body::Boxed(boxed) => Pin::new(boxed).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Full(bytes) => bytes.is_none(),
+            Body::Incoming(incoming) => incoming.is_end_stream(),
+            Body::Boxed(boxed) => boxed.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Incoming(incoming) => incoming.size_hint(),
+            Body::Boxed(boxed) => boxed.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,562 @@
+//! Configuration: the layered raw settings (built-in defaults < TOML file < `OUTPOST_`
+//! environment < command-line flags) and their validation into a [`Config`] the rest of the
+//! crate can trust.
+//!
+//! Every failure is a [`ConfigError`] that names the file and the key, because an operator
+//! reading a startup error should not have to guess which line to fix. What the settings *mean*
+//! at run time belongs to the modules that use them; this module only checks that they are
+//! well-formed and consistent.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use url::Url;
+
+/// Prefix of environment overrides; nesting uses `__` (`OUTPOST_SERVER__IDLE_TIMEOUT=30s`).
+pub const ENV_PREFIX: &str = "OUTPOST_";
+
+/// Why a configuration could not be loaded. Each variant says where to look.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: not found or not readable: {source}")]
+    FileUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Syntax errors, unknown keys and values of the wrong type or unit. figment's message
+    /// names the key and the source (file or environment variable).
+    #[error("{0}")]
+    Invalid(Box<figment::Error>),
+    #[error("{source_name}: key `{key}`: {message}")]
+    Rejected {
+        source_name: String,
+        key: String,
+        message: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(err: figment::Error) -> Self {
+        ConfigError::Invalid(Box::new(err))
+    }
+}
+
+/// A byte count written with human units in config (`64KiB`, `1MiB`, `512`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        bytesize::ByteSize::from_str(text.trim())
+            .map(|size| ByteSize(size.as_u64()))
+            .map_err(|_| format!("`{text}` is not a size (examples: 512, 64KiB, 10MiB, 2GiB)"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u64, &str); 4] = [
+            (1 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+        ];
+        for (unit, name) in UNITS {
+            if self.0 >= unit && self.0 % unit == 0 {
+                return write!(f, "{}{}", self.0 / unit, name);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// A duration written with human units in config (`30s`, `250ms`, `1h 30m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|err| format!("`{text}` is not a duration ({err}; examples: 250ms, 30s, 5m)"))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// An origin base URL: `http` or `https`, a host, no query or fragment. A path, if any, is
+/// prefixed to every forwarded request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginUrl(Url);
+
+impl OriginUrl {
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+    pub fn is_https(&self) -> bool {
+        self.0.scheme() == "https"
+    }
+    /// `host[:port]` as it belongs in a URI authority (IPv6 bracketed).
+    pub fn authority(&self) -> String {
+        let host = match self.0.host() {
+            Some(url::Host::Ipv6(addr)) => format!("[{addr}]"),
+            Some(host) => host.to_string(),
+            None => String::new(),
+        };
+        match self.0.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        }
+    }
+    /// The path to prefix, without its trailing slash (empty for the root).
+    pub fn base_path(&self) -> &str {
+        self.0.path().trim_end_matches('/')
+    }
+}
+
+impl FromStr for OriginUrl {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let url = Url::parse(text.trim()).map_err(|err| format!("`{text}` is not a URL: {err}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("`{text}`: origin scheme must be http or https"));
+        }
+        if url.host().is_none() {
+            return Err(format!("`{text}`: origin URL needs a host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "`{text}`: origin URL must not have a query or fragment"
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!(
+                "`{text}`: credentials in the origin URL are not supported"
+            ));
+        }
+        Ok(OriginUrl(url))
+    }
+}
+
+impl fmt::Display for OriginUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for OriginUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for OriginUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// The whole configuration, after layering and validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Downstream listen address.
+    pub listen: SocketAddr,
+    /// Admin listener (health endpoints). Off when unset.
+    pub admin: Option<SocketAddr>,
+    /// Origin of the default site: serves every Host no `[[sites]]` entry claims.
+    pub origin: Option<OriginUrl>,
+    /// Name this proxy uses in `Via`, `Proxy-Status` and `Cache-Status`.
+    pub proxy_name: String,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub forwarding: ForwardingConfig,
+    pub log: LogConfig,
+    pub sites: Vec<SiteConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin: None,
+            origin: None,
+            proxy_name: "outpost".to_string(),
+            server: ServerConfig::default(),
+            upstream: UpstreamConfig::default(),
+            forwarding: ForwardingConfig::default(),
+            log: LogConfig::default(),
+            sites: Vec::new(),
+        }
+    }
+}
+
+/// Downstream connection limits and timeouts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Connections accepted at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's header section (slowloris guard).
+    pub header_read_timeout: HumanDuration,
+    /// A connection with no request in flight and no bytes moving is closed after this.
+    pub idle_timeout: HumanDuration,
+    /// Largest request header section accepted (HTTP/1 read buffer, HTTP/2 header list).
+    pub max_header_bytes: ByteSize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 10_000,
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            max_header_bytes: ByteSize(64 * 1024),
+            max_headers: 100,
+            shutdown_grace: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Origin-side connection pool and timeouts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub connect_timeout: HumanDuration,
+    /// From the request being sent to the origin's response header section arriving.
+    pub response_header_timeout: HumanDuration,
+    /// Pooled idle connections to an origin are closed after this.
+    pub pool_idle_timeout: HumanDuration,
+    pub pool_max_idle_per_host: usize,
+    /// Extra PEM certificate authorities trusted for HTTPS origins (besides the built-in roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: HumanDuration(Duration::from_secs(5)),
+            response_header_timeout: HumanDuration(Duration::from_secs(60)),
+            pool_idle_timeout: HumanDuration(Duration::from_secs(90)),
+            pool_max_idle_per_host: 256,
+            ca_file: None,
+        }
+    }
+}
+
+/// The trust boundary for forwarding headers (RFC 9110 §7.6, RFC 7239).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardingConfig {
+    /// Peers whose X-Forwarded-*, Forwarded and X-Real-IP headers are extended, not replaced.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Further request headers that origins treat as overrides of host, scheme, path or
+    /// method; removed from requests of untrusted peers (added to a built-in list).
+    pub strip_override_headers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `outpost=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+    /// One line per request on target `outpost::access`.
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+            access_log: true,
+        }
+    }
+}
+
+/// One site: the Host names (and optional path prefix) it answers, and its origin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Host names, exact (`example.com`) or one leading wildcard label (`*.example.com`).
+    pub hosts: Vec<String>,
+    /// Only requests whose path starts with this prefix belong to the site.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    pub origin: OriginUrl,
+    /// Host header sent to the origin: unset keeps the client's Host; `"origin"` uses the
+    /// origin URL's authority; any other value is sent as written.
+    #[serde(default)]
+    pub host_header: Option<String>,
+}
+
+/// Values given on the command line; they override every other layer.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Loads defaults < `file` < `OUTPOST_` environment < `flags`, then validates.
+    ///
+    /// # Errors
+    /// A missing or unreadable file, a syntax error, an unknown key, a malformed value (URL,
+    /// size, duration, address, CIDR) or an inconsistent combination; each names its source
+    /// and key.
+    pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, flags, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// As [`Config::load`], with the environment layer supplied (tests pass a fixed one).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        flags: &FlagOverrides,
+        env: Env,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            // figment silently ignores a missing file and searches parent folders for a
+            // relative one: check the operator's path ourselves and read exactly it.
+            std::fs::metadata(path).map_err(|source| ConfigError::FileUnreadable {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(env);
+        if let Some(listen) = flags.listen {
+            figment = figment.merge(("listen", listen.to_string()));
+        }
+        if let Some(admin) = flags.admin {
+            figment = figment.merge(("admin", admin.to_string()));
+        }
+        if let Some(origin) = &flags.origin {
+            figment = figment.merge(("origin", origin.clone()));
+        }
+        if let Some(format) = flags.log_format {
+            figment = figment.merge(("log.format", format));
+        }
+        let config: Config = figment.extract()?;
+        let source_name = file
+            .map(|path| path.display().to_string())
+            .unwrap_or_else(|| "configuration".to_string());
+        config.validate(&source_name)?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: consistency between settings.
+    fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let reject = |key: &str, message: String| ConfigError::Rejected {
+            source_name: source_name.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        if self.proxy_name.is_empty()
+            || !self
+                .proxy_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return Err(reject(
+                "proxy_name",
+                format!(
+                    "`{}` must be a non-empty token of letters, digits, `-`, `.` or `_`",
+                    self.proxy_name
+                ),
+            ));
+        }
+        if self.origin.is_none() && self.sites.is_empty() {
+            return Err(reject(
+                "origin",
+                "no origin: set `origin` (or --origin) or at least one [[sites]] entry".to_string(),
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(reject(
+                "server.max_connections",
+                "must be at least 1".to_string(),
+            ));
+        }
+        if self.server.max_header_bytes.as_u64() < 8 * 1024 {
+            return Err(reject(
+                "server.max_header_bytes",
+                format!("{} is below the 8KiB minimum", self.server.max_header_bytes),
+            ));
+        }
+        if self.server.max_headers == 0 {
+            return Err(reject(
+                "server.max_headers",
+                "must be at least 1".to_string(),
+            ));
+        }
+        for (key, value) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            (
+                "upstream.response_header_timeout",
+                self.upstream.response_header_timeout,
+            ),
+        ] {
+            if value.get().is_zero() {
+                return Err(reject(key, "must be greater than zero".to_string()));
+            }
+        }
+        if let Some(path) = &self.upstream.ca_file {
+            if let Err(err) = std::fs::metadata(path) {
+                return Err(reject(
+                    "upstream.ca_file",
+                    format!("{}: {err}", path.display()),
+                ));
+            }
+        }
+        for name in &self.forwarding.strip_override_headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(reject(
+                    "forwarding.strip_override_headers",
+                    format!("`{name}` is not a header name"),
+                ));
+            }
+        }
+        if let Some(admin) = self.admin {
+            if !admin.ip().is_loopback() {
+                return Err(reject(
+                    "admin",
+                    format!("{admin} is not a loopback address; the admin listener binds to loopback only"),
+                ));
+            }
+        }
+        for (index, site) in self.sites.iter().enumerate() {
+            let key = |field: &str| format!("sites[{index}].{field}");
+            if site.hosts.is_empty() {
+                return Err(reject(
+                    &key("hosts"),
+                    "a site needs at least one host".to_string(),
+                ));
+            }
+            for host in &site.hosts {
+                let bare = host.strip_prefix("*.").unwrap_or(host);
+                if bare.is_empty()
+                    || bare.contains('*')
+                    || !bare
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+                {
+                    return Err(reject(
+                        &key("hosts"),
+                        format!("`{host}` is not a host name"),
+                    ));
+                }
+            }
+            if let Some(prefix) = &site.path_prefix {
+                if !prefix.starts_with('/') {
+                    return Err(reject(
+                        &key("path_prefix"),
+                        format!("`{prefix}` must start with `/`"),
+                    ));
+                }
+            }
+            if let Some(host_header) = &site.host_header {
+                if http::HeaderValue::from_str(host_header).is_err() || host_header.is_empty() {
+                    return Err(reject(
+                        &key("host_header"),
+                        format!("`{host_header}` is not a Host value"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective settings as TOML, for `outpost check`.
+    pub fn to_toml(&self) -> String {
+        // invariant: every field serialises to TOML (no maps with non-string keys, no None
+        // inside arrays); the test `effective_config_round_trips` guards it.
+        toml::to_string_pretty(self).expect("config serialises to TOML")
+    }
+}

@@ -1,0 +1,177 @@
+//! [`ProxyError`]: everything that can stop outpost from relaying a response, classified by
+//! whose fault it is, and the single place where an error becomes a response.
+//!
+//! Every error response carries a `Proxy-Status` header (RFC 9209) naming this proxy and an
+//! `error=` type from the RFC's registry (§2.3), so an operator can tell "the origin refused"
+//! from "the origin was too slow" from "the client sent garbage" without reading logs. How
+//! upstream failures are recognised lives in `upstream`; this module only names and renders.
+
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::Body;
+
+/// Whose fault an error is; it decides the status class and the log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request is malformed or ambiguous (RFC 9112 §6.3 framing, missing Host, ...).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// No site answers for this Host (RFC 9110 §15.5.20).
+    #[error("no site is configured for host `{0}`")]
+    MisdirectedRequest(String),
+    #[error("origin {origin}: connection refused")]
+    ConnectionRefused { origin: String },
+    #[error("origin {origin}: connect timed out")]
+    ConnectionTimeout { origin: String },
+    /// Any other failure to establish the connection.
+    #[error("origin {origin}: cannot connect: {detail}")]
+    ConnectFailed { origin: String, detail: String },
+    #[error("origin {origin}: DNS lookup failed: {detail}")]
+    DnsError { origin: String, detail: String },
+    #[error("origin {origin}: TLS failed: {detail}")]
+    TlsError { origin: String, detail: String },
+    #[error("origin {origin}: no response header section within the configured timeout")]
+    ResponseHeaderTimeout { origin: String },
+    /// The origin closed or reset the connection before a complete response head.
+    #[error("origin {origin}: response incomplete: {detail}")]
+    ResponseIncomplete { origin: String, detail: String },
+    /// The origin answered with something that is not valid HTTP.
+    #[error("origin {origin}: protocol error: {detail}")]
+    UpstreamProtocol { origin: String, detail: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::MisdirectedRequest(_) => Fault::Downstream,
+            ProxyError::Internal(_) => Fault::Internal,
+            _ => Fault::Upstream,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::ConnectionTimeout { .. } | ProxyError::ResponseHeaderTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The RFC 9209 §2.3 error type.
+    pub fn proxy_status_error(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "http_request_error",
+            ProxyError::MisdirectedRequest(_) => "destination_not_found",
+            ProxyError::ConnectionRefused { .. } => "connection_refused",
+            ProxyError::ConnectionTimeout { .. } => "connection_timeout",
+            ProxyError::DnsError { .. } => "dns_error",
+            ProxyError::ConnectFailed { .. } => "destination_unavailable",
+            ProxyError::TlsError { .. } => "tls_protocol_error",
+            ProxyError::ResponseHeaderTimeout { .. } => "http_response_timeout",
+            ProxyError::ResponseIncomplete { .. } => "http_response_incomplete",
+            ProxyError::UpstreamProtocol { .. } => "http_protocol_error",
+            ProxyError::Internal(_) => "proxy_internal_error",
+        }
+    }
+
+    /// Whether the same request may succeed if tried again (nothing was received).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectionRefused { .. }
+                | ProxyError::ConnectionTimeout { .. }
+                | ProxyError::DnsError { .. }
+                | ProxyError::ConnectFailed { .. }
+        )
+    }
+
+    /// The response a client gets for this error: status, `Proxy-Status`, a one-line body.
+    pub fn to_response(&self, proxy_name: &str) -> Response<Body> {
+        let status = self.status();
+        let proxy_status = format!(
+            "{proxy_name}; error={}; details={}",
+            self.proxy_status_error(),
+            sf_string(&self.to_string())
+        );
+        let mut response = Response::new(Body::full(format!(
+            "{} {}: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self
+        )));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Ok(value) = HeaderValue::from_str(&proxy_status) {
+            headers.insert("proxy-status", value);
+        }
+        if self.fault() == Fault::Downstream && status == StatusCode::BAD_REQUEST {
+            // A request whose framing we could not trust leaves the connection in an unknown
+            // state (RFC 9112 §6.3): do not read another request from it.
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// Serialises text as an RFC 8941 §3.3.3 sf-string: printable ASCII only, `"` and `\`
+/// escaped; anything else is replaced so the header stays valid.
+pub(crate) fn sf_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for ch in text.chars() {
+        match ch {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(ch);
+            }
+            ' '..='~' => out.push(ch),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sf_string_escapes_quotes_and_backslashes_and_drops_non_ascii() {
+        assert_eq!(sf_string(r#"a "b" \c é"#), r#""a \"b\" \\c ?""#);
+    }
+
+    /// RFC 9209 §2: the header names the proxy, then the error type as a parameter.
+    #[test]
+    fn proxy_status_names_proxy_and_error_type() {
+        let err = ProxyError::ConnectionRefused {
+            origin: "http://127.0.0.1:1".into(),
+        };
+        let response = err.to_response("edge-1");
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let value = response.headers()["proxy-status"].to_str().unwrap();
+        assert!(
+            value.starts_with("edge-1; error=connection_refused; details=\""),
+            "{value}"
+        );
+    }
+}

@@ -1,0 +1,357 @@
+//! Speaking for the client inside a trust boundary (RFC 9110 §7.6, RFC 7239): hop-by-hop
+//! stripping, `Via`, and the forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`).
+//!
+//! Forwarding headers from a peer in `trusted_proxies` are extended; from anyone else they are
+//! replaced, and headers that origins read as overrides of host, scheme, path or method are
+//! removed, so that no client can make the origin build (and us cache) a response for another
+//! URL. Which site the request goes to and what Host the origin sees is `route`'s business.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+use ipnet::IpNet;
+
+use crate::config::ForwardingConfig;
+
+/// Hop-by-hop fields that are never forwarded, whatever `Connection` says (RFC 9110 §7.6.1),
+/// plus `Proxy-Connection` and the proxy credentials, which are meant for a proxy, not the
+/// origin.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Request headers that popular origin frameworks read as overrides of the request's host,
+/// scheme, port, path or method. From an untrusted peer they would let a client choose the
+/// resource the origin renders while the cache files it under the requested URL.
+const OVERRIDE_HEADERS: [&str; 15] = [
+    "x-host",
+    "x-forwarded-server",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-url-scheme",
+    "front-end-https",
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Removes the hop-by-hop fields and every field the `Connection` header names.
+///
+/// Call it before adding anything of our own, so a hostile `Connection: X-Forwarded-For`
+/// cannot remove what we add.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Appends `received-protocol received-by` to `Via` (RFC 9110 §7.6.3).
+pub fn append_via(headers: &mut HeaderMap, received: Version, proxy_name: &str) {
+    let protocol = match received {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let ours = format!("{protocol} {proxy_name}");
+    append_list_value(headers, header::VIA, &ours);
+}
+
+/// Appends `item` to a comma-separated list field, folding existing lines into one.
+fn append_list_value(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    let mut combined = String::new();
+    for value in headers.get_all(&name) {
+        if let Ok(text) = value.to_str() {
+            combined.push_str(text);
+            combined.push_str(", ");
+        }
+    }
+    combined.push_str(item);
+    if let Ok(value) = HeaderValue::from_str(&combined) {
+        headers.insert(name, value);
+    }
+}
+
+/// The facts about the client connection that go into forwarding headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Downstream<'a> {
+    pub peer: SocketAddr,
+    /// `http` or `https`, as the client reached us.
+    pub scheme: &'a str,
+    /// The Host (or `:authority`) the client asked for.
+    pub host: Option<&'a str>,
+}
+
+/// The configured trust boundary.
+#[derive(Debug, Clone)]
+pub struct ForwardingPolicy {
+    trusted_proxies: Vec<IpNet>,
+    override_headers: Vec<HeaderName>,
+}
+
+impl ForwardingPolicy {
+    pub fn new(config: &ForwardingConfig) -> ForwardingPolicy {
+        let mut override_headers: Vec<HeaderName> = OVERRIDE_HEADERS
+            .iter()
+            .map(|name| HeaderName::from_static(name))
+            .collect();
+        // Names were validated with the rest of the config; an invalid one cannot be present
+        // as a header either, so skipping it is harmless.
+        override_headers.extend(
+            config
+                .strip_override_headers
+                .iter()
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
+        );
+        ForwardingPolicy {
+            trusted_proxies: config.trusted_proxies.clone(),
+            override_headers,
+        }
+    }
+
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Rewrites the forwarding headers of a request about to go upstream and returns the
+    /// address of the client as far as the trust boundary lets us know it.
+    pub fn apply(&self, headers: &mut HeaderMap, downstream: Downstream<'_>) -> IpAddr {
+        let peer_ip = canonical_ip(downstream.peer.ip());
+        if self.is_trusted(peer_ip) {
+            let client = self.client_behind_trusted_chain(headers, peer_ip);
+            append_list_value(headers, X_FORWARDED_FOR, &peer_ip.to_string());
+            if !headers.contains_key(&X_FORWARDED_PROTO) {
+                set(headers, X_FORWARDED_PROTO, downstream.scheme);
+            }
+            if let (false, Some(host)) = (headers.contains_key(&X_FORWARDED_HOST), downstream.host)
+            {
+                set(headers, X_FORWARDED_HOST, host);
+            }
+            if !headers.contains_key(&X_REAL_IP) {
+                set(headers, X_REAL_IP, &client.to_string());
+            }
+            append_list_value(
+                headers,
+                header::FORWARDED,
+                &forwarded_element(peer_ip, downstream),
+            );
+            client
+        } else {
+            for name in &self.override_headers {
+                headers.remove(name);
+            }
+            set(headers, X_FORWARDED_FOR, &peer_ip.to_string());
+            set(headers, X_FORWARDED_PROTO, downstream.scheme);
+            match downstream.host {
+                Some(host) => set(headers, X_FORWARDED_HOST, host),
+                None => {
+                    headers.remove(&X_FORWARDED_HOST);
+                }
+            }
+            set(headers, X_REAL_IP, &peer_ip.to_string());
+            set(
+                headers,
+                header::FORWARDED,
+                &forwarded_element(peer_ip, downstream),
+            );
+            peer_ip
+        }
+    }
+
+    /// The right-most address in `X-Forwarded-For` that is not a trusted proxy: the first hop
+    /// we cannot vouch for is the client (anything left of it could be forged).
+    fn client_behind_trusted_chain(&self, headers: &HeaderMap, peer_ip: IpAddr) -> IpAddr {
+        let hops: Vec<IpAddr> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+            .collect();
+        hops.into_iter()
+            .rev()
+            .find(|ip| !self.is_trusted(*ip))
+            .unwrap_or(peer_ip)
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    } else {
+        headers.remove(name);
+    }
+}
+
+/// An IPv4-mapped IPv6 peer (`::ffff:1.2.3.4`, seen on dual-stack listeners) is the IPv4
+/// address; trust lists and headers use that form.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// One RFC 7239 §4 forwarded-element: `for=...;host=...;proto=...`, IPv6 quoted and
+/// bracketed (§6), host quoted whenever it is not a token.
+fn forwarded_element(client: IpAddr, downstream: Downstream<'_>) -> String {
+    let node = match client {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={node}");
+    if let Some(host) = downstream.host {
+        element.push_str(";host=");
+        element.push_str(&token_or_quoted(host));
+    }
+    element.push_str(";proto=");
+    element.push_str(downstream.scheme);
+    element
+}
+
+fn token_or_quoted(value: &str) -> String {
+    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !value.is_empty() && value.bytes().all(is_tchar) {
+        return value.to_string();
+    }
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
+    for ch in value.chars() {
+        if ch == '"' || ch == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(ch);
+    }
+    quoted.push('"');
+    quoted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(trusted: &[&str]) -> ForwardingPolicy {
+        ForwardingPolicy::new(&ForwardingConfig {
+            trusted_proxies: trusted.iter().map(|n| n.parse().unwrap()).collect(),
+            strip_override_headers: vec!["x-custom-override".into()],
+        })
+    }
+
+    fn downstream(peer: &str) -> Downstream<'static> {
+        Downstream {
+            peer: peer.parse().unwrap(),
+            scheme: "http",
+            host: Some("example.com"),
+        }
+    }
+
+    /// RFC 9110 §7.6.1: Connection-named fields go, and so do the fixed hop-by-hop ones.
+    #[test]
+    fn connection_named_fields_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    /// RFC 7239 §6: an IPv6 node is bracketed and quoted; a host with a port is quoted.
+    #[test]
+    fn forwarded_quotes_ipv6_and_host_with_port() {
+        let mut headers = HeaderMap::new();
+        let down = Downstream {
+            peer: "[2001:db8::1]:5000".parse().unwrap(),
+            scheme: "http",
+            host: Some("example.com:8080"),
+        };
+        policy(&[]).apply(&mut headers, down);
+        assert_eq!(
+            headers[header::FORWARDED],
+            "for=\"[2001:db8::1]\";host=\"example.com:8080\";proto=http"
+        );
+    }
+
+    #[test]
+    fn untrusted_peer_forwarding_headers_are_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        headers.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        headers.insert("x-original-url", HeaderValue::from_static("/admin"));
+        headers.insert("x-custom-override", HeaderValue::from_static("1"));
+        let client = policy(&["10.0.0.0/8"]).apply(&mut headers, downstream("192.0.2.7:1234"));
+        assert_eq!(client.to_string(), "192.0.2.7");
+        assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.7");
+        assert_eq!(
+            headers[header::FORWARDED],
+            "for=192.0.2.7;host=example.com;proto=http"
+        );
+        assert!(!headers.contains_key("x-original-url"));
+        assert!(!headers.contains_key("x-custom-override"));
+    }
+
+    #[test]
+    fn trusted_peer_chain_is_extended_and_client_is_first_untrusted_hop() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("6.6.6.6, 203.0.113.9, 10.1.1.1"),
+        );
+        headers.insert(
+            header::FORWARDED,
+            HeaderValue::from_static("for=203.0.113.9"),
+        );
+        let client = policy(&["10.0.0.0/8"]).apply(&mut headers, downstream("10.2.2.2:1234"));
+        assert_eq!(client.to_string(), "203.0.113.9");
+        assert_eq!(
+            headers[X_FORWARDED_FOR],
+            "6.6.6.6, 203.0.113.9, 10.1.1.1, 10.2.2.2"
+        );
+        assert_eq!(
+            headers[header::FORWARDED],
+            "for=203.0.113.9, for=10.2.2.2;host=example.com;proto=http"
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_peer_matches_ipv4_trust_list() {
+        assert!(policy(&["127.0.0.0/8"]).is_trusted("::ffff:127.0.0.1".parse().unwrap()));
+    }
+}

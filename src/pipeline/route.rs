@@ -1,0 +1,292 @@
+//! Routing: which site a request belongs to, from its Host and path, and where that site's
+//! origin is. Also owns reading the request's host correctly (RFC 9112 §3.2, RFC 9113
+//! §8.3.1), because "which host did the client ask for" is the first routing decision.
+//!
+//! Forwarding headers are `forwarding`'s business; building and sending the upstream request
+//! is `upstream`'s.
+
+use http::header::HOST;
+use http::{HeaderValue, Request, Version};
+
+use crate::config::{Config, OriginUrl, SiteConfig};
+use crate::error::ProxyError;
+
+/// What Host the origin receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The client's Host, unchanged.
+    Preserve,
+    /// A fixed value (the origin's authority, or one the operator wrote).
+    Fixed(HeaderValue),
+}
+
+/// One site as routing uses it.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// A label for logs: the site's first host, or `default`.
+    pub name: String,
+    pub origin: OriginUrl,
+    pub host_header: HostHeader,
+    path_prefix: Option<String>,
+    hosts: Vec<HostPattern>,
+}
+
+#[derive(Debug, Clone)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: matches any name ending so, not the apex.
+    Suffix(String),
+}
+
+impl HostPattern {
+    fn parse(text: &str) -> HostPattern {
+        let lower = text.to_ascii_lowercase();
+        match lower.strip_prefix('*') {
+            Some(suffix) => HostPattern::Suffix(suffix.to_string()),
+            None => HostPattern::Exact(lower),
+        }
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(name) => name == host,
+            HostPattern::Suffix(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
+        }
+    }
+}
+
+impl Site {
+    fn from_config(site: &SiteConfig) -> Site {
+        let host_header = match site.host_header.as_deref() {
+            None => HostHeader::Preserve,
+            Some("origin") => origin_host_header(&site.origin),
+            // invariant: validated by `Config::validate` as a header value.
+            Some(value) => {
+                HostHeader::Fixed(HeaderValue::from_str(value).expect("validated Host value"))
+            }
+        };
+        Site {
+            name: site.hosts.first().cloned().unwrap_or_default(),
+            origin: site.origin.clone(),
+            host_header,
+            path_prefix: site.path_prefix.clone(),
+            hosts: site.hosts.iter().map(|h| HostPattern::parse(h)).collect(),
+        }
+    }
+
+    fn prefix_len(&self) -> usize {
+        self.path_prefix.as_ref().map_or(0, String::len)
+    }
+
+    fn matches_path(&self, path: &str) -> bool {
+        self.path_prefix
+            .as_ref()
+            .is_none_or(|prefix| path.starts_with(prefix.as_str()))
+    }
+}
+
+fn origin_host_header(origin: &OriginUrl) -> HostHeader {
+    match HeaderValue::from_str(&origin.authority()) {
+        Ok(value) => HostHeader::Fixed(value),
+        Err(_) => HostHeader::Preserve,
+    }
+}
+
+/// The site table, built once from the config.
+#[derive(Debug, Clone)]
+pub struct Router {
+    sites: Vec<Site>,
+    default_site: Option<Site>,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Router {
+        Router {
+            sites: config.sites.iter().map(Site::from_config).collect(),
+            default_site: config.origin.as_ref().map(|origin| Site {
+                name: "default".to_string(),
+                origin: origin.clone(),
+                host_header: HostHeader::Preserve,
+                path_prefix: None,
+                hosts: Vec::new(),
+            }),
+        }
+    }
+
+    /// The site for `host` (already normalised by [`request_host`]) and `path`: among sites
+    /// naming the host, the longest matching path prefix wins; else the default site.
+    ///
+    /// # Errors
+    /// [`ProxyError::MisdirectedRequest`] when no site answers and there is no default.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Result<&Site, ProxyError> {
+        let name = host.map(host_name);
+        let best = name.and_then(|name| {
+            self.sites
+                .iter()
+                .filter(|site| {
+                    site.hosts.iter().any(|p| p.matches(name)) && site.matches_path(path)
+                })
+                .max_by_key(|site| site.prefix_len())
+        });
+        best.or(self.default_site.as_ref())
+            .ok_or_else(|| ProxyError::MisdirectedRequest(host.unwrap_or("").to_string()))
+    }
+}
+
+/// The host the client asked for, lower-cased, port kept (it is part of the authority).
+///
+/// HTTP/2 and absolute-form requests carry it in the request target, which wins over Host
+/// (RFC 9112 §3.2.2); an HTTP/1.1 request needs exactly one valid Host (RFC 9112 §3.2).
+///
+/// # Errors
+/// [`ProxyError::BadRequest`] for a missing (HTTP/1.1), repeated or malformed Host.
+pub fn request_host<B>(request: &Request<B>) -> Result<Option<String>, ProxyError> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    if let Some(authority) = request.uri().authority() {
+        if authority.as_str().contains('@') {
+            return Err(ProxyError::BadRequest("userinfo in request target"));
+        }
+        return Ok(Some(authority.as_str().to_ascii_lowercase()));
+    }
+    match header {
+        Some(value) => {
+            let text = value
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("Host header is not ASCII"))?;
+            if !is_valid_authority(text) {
+                return Err(ProxyError::BadRequest("malformed Host header"));
+            }
+            Ok(Some(text.to_ascii_lowercase()))
+        }
+        None if request.version() == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("missing Host header"))
+        }
+        None => Ok(None),
+    }
+}
+
+/// `host[:port]` with a reg-name, IPv4 or bracketed IPv6 host (RFC 3986 §3.2.2), no userinfo.
+fn is_valid_authority(text: &str) -> bool {
+    let (host_ok, port) = if let Some(rest) = text.strip_prefix('[') {
+        let Some((v6, tail)) = rest.split_once(']') else {
+            return false;
+        };
+        let port = match tail {
+            "" => None,
+            tail => match tail.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return false,
+            },
+        };
+        (v6.parse::<std::net::Ipv6Addr>().is_ok(), port)
+    } else {
+        let (host, port) = match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        };
+        let is_reg_name_byte =
+            |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b);
+        (!host.is_empty() && host.bytes().all(is_reg_name_byte), port)
+    };
+    host_ok && port.is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The host part of an authority, for matching site names: port and trailing dot removed.
+fn host_name(authority: &str) -> &str {
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next().unwrap_or(authority)
+    } else {
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host)
+    };
+    host.strip_suffix('.').unwrap_or(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(toml: &str) -> Router {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outpost.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = Config::load_with_env(
+            Some(&path),
+            &Default::default(),
+            figment::providers::Env::prefixed("OUTPOST_TEST_UNUSED_"),
+        )
+        .unwrap();
+        Router::new(&config)
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_wildcards_skip_apex() {
+        let router = router(
+            r#"
+            [[sites]]
+            hosts = ["example.com", "*.example.com"]
+            origin = "http://127.0.0.1:1"
+            [[sites]]
+            hosts = ["example.com"]
+            path_prefix = "/debian/"
+            origin = "http://127.0.0.1:2"
+            "#,
+        );
+        assert_eq!(
+            router
+                .route(Some("example.com"), "/debian/x")
+                .unwrap()
+                .origin
+                .authority(),
+            "127.0.0.1:2"
+        );
+        assert_eq!(
+            router
+                .route(Some("example.com:8080"), "/")
+                .unwrap()
+                .origin
+                .authority(),
+            "127.0.0.1:1"
+        );
+        assert_eq!(
+            router
+                .route(Some("www.example.com."), "/")
+                .unwrap()
+                .origin
+                .authority(),
+            "127.0.0.1:1"
+        );
+        assert!(matches!(
+            router.route(Some("other.org"), "/"),
+            Err(ProxyError::MisdirectedRequest(_))
+        ));
+    }
+
+    /// RFC 9112 §3.2: a request with two Host fields, or a malformed one, is a 400.
+    #[test]
+    fn host_must_be_single_and_well_formed() {
+        let two = Request::get("/")
+            .header(HOST, "a")
+            .header(HOST, "b")
+            .body(())
+            .unwrap();
+        assert!(request_host(&two).is_err());
+        let bad = Request::get("/").header(HOST, "a b").body(()).unwrap();
+        assert!(request_host(&bad).is_err());
+        let v6 = Request::get("/")
+            .header(HOST, "[::1]:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&v6).unwrap().as_deref(), Some("[::1]:8080"));
+        assert_eq!(host_name("[::1]:8080"), "[::1]");
+        let none = Request::get("/").body(()).unwrap();
+        assert!(request_host(&none).is_err(), "HTTP/1.1 without Host");
+    }
+}

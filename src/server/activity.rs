@@ -1,0 +1,214 @@
+//! Per-connection activity watchdog: enforces the request-head timeout (slowloris) and the
+//! keep-alive idle timeout from what the connection is doing, which hyper does not expose.
+//!
+//! A connection is *busy* while a request is in flight, *reading a head* once bytes arrive
+//! while it is not busy (HTTP/1 only: on HTTP/2 idle connections carry pings and settings
+//! that are not requests), and *idle* otherwise. Fresh connections start out reading a head,
+//! so a client that connects and says nothing is cut off after the head timeout.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// Why the watchdog wants the connection to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// A request head did not arrive in time: drop without answering.
+    HeaderTimeout,
+    /// Nothing in flight for the idle timeout: close gracefully.
+    Idle,
+    /// The server is shutting down: close gracefully.
+    Shutdown,
+}
+
+/// Shared between the connection's I/O, its service and its watchdog. Times are whole
+/// milliseconds since the connection was accepted; `head_started_at` stores time + 1 so
+/// that 0 means "no head in progress".
+pub struct ConnActivity {
+    epoch: Instant,
+    inflight: AtomicUsize,
+    is_h2: AtomicBool,
+    head_started_at: AtomicU64,
+    idle_since: AtomicU64,
+}
+
+impl ConnActivity {
+    pub fn new() -> ConnActivity {
+        ConnActivity {
+            epoch: Instant::now(),
+            inflight: AtomicUsize::new(0),
+            is_h2: AtomicBool::new(false),
+            head_started_at: AtomicU64::new(1),
+            idle_since: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn bytes_read(&self) {
+        if self.head_started_at.load(Relaxed) == 0
+            && self.inflight.load(Relaxed) == 0
+            && !self.is_h2.load(Relaxed)
+        {
+            self.head_started_at.store(self.now_ms() + 1, Relaxed);
+        }
+    }
+
+    /// A request head has been parsed; the returned guard marks the request finished when
+    /// dropped (after its response body, or when the request is abandoned).
+    pub fn request_started(self: &Arc<Self>, is_h2: bool) -> InflightGuard {
+        self.inflight.fetch_add(1, Relaxed);
+        self.head_started_at.store(0, Relaxed);
+        if is_h2 {
+            self.is_h2.store(true, Relaxed);
+        }
+        InflightGuard(Arc::clone(self))
+    }
+
+    /// Resolves when the connection should end for want of activity. Deadlines are checked
+    /// when they fall due, so an idle connection closes within one idle period of its last
+    /// response, or at most two when that response finished while the watchdog slept.
+    pub async fn watch(&self, header_read: Duration, idle: Duration) -> Ending {
+        let header_ms = u64::try_from(header_read.as_millis()).unwrap_or(u64::MAX);
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let now = self.now_ms();
+            let wake_at = if self.inflight.load(Relaxed) > 0 {
+                now.saturating_add(idle_ms)
+            } else {
+                let head = self.head_started_at.load(Relaxed);
+                let (deadline, ending) = if head != 0 {
+                    (head - 1 + header_ms, Ending::HeaderTimeout)
+                } else {
+                    (
+                        self.idle_since.load(Relaxed).saturating_add(idle_ms),
+                        Ending::Idle,
+                    )
+                };
+                if now >= deadline {
+                    return ending;
+                }
+                deadline
+            };
+            tokio::time::sleep_until(self.epoch + Duration::from_millis(wake_at)).await;
+        }
+    }
+}
+
+/// Marks one request finished when dropped.
+pub struct InflightGuard(Arc<ConnActivity>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        if activity.inflight.fetch_sub(1, Relaxed) == 1 {
+            // A pipelined head read while busy is parsed by hyper at once (and calls
+            // `request_started`), so only the idle clock needs starting here.
+            activity.idle_since.store(activity.now_ms(), Relaxed);
+        }
+    }
+}
+
+/// The client socket, reporting reads to the watchdog.
+pub struct WatchedIo<S> {
+    inner: S,
+    activity: Arc<ConnActivity>,
+}
+
+impl<S> WatchedIo<S> {
+    pub fn new(inner: S, activity: Arc<ConnActivity>) -> Self {
+        WatchedIo { inner, activity }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.bytes_read();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection that says nothing is cut off after the head timeout (slowloris).
+    #[tokio::test(start_paused = true)]
+    async fn silent_connection_hits_header_timeout() {
+        let activity = Arc::new(ConnActivity::new());
+        let ending = activity
+            .watch(Duration::from_secs(10), Duration::from_secs(60))
+            .await;
+        assert_eq!(ending, Ending::HeaderTimeout);
+        assert_eq!(activity.now_ms(), 10_000);
+    }
+
+    /// After a response, keep-alive idle time is the idle timeout, not the head timeout.
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_connection_idles_for_idle_timeout() {
+        let activity = Arc::new(ConnActivity::new());
+        drop(activity.request_started(false));
+        let ending = activity
+            .watch(Duration::from_secs(10), Duration::from_secs(60))
+            .await;
+        assert_eq!(ending, Ending::Idle);
+        assert_eq!(activity.now_ms(), 60_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_connection_is_never_cut() {
+        let activity = Arc::new(ConnActivity::new());
+        let guard = activity.request_started(false);
+        let watch = activity.watch(Duration::from_secs(1), Duration::from_secs(5));
+        tokio::pin!(watch);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), watch.as_mut())
+                .await
+                .is_err()
+        );
+        drop(guard);
+        assert_eq!(watch.await, Ending::Idle);
+    }
+}

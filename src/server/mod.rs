@@ -1,0 +1,190 @@
+//! The downstream edge: accepting connections, HTTP/1.1 and HTTP/2 (h2c prior knowledge) on
+//! one port, connection limits, the header-read (slowloris) and idle timeouts, and graceful
+//! shutdown.
+//!
+//! Each connection has an [`activity::ConnActivity`] watchdog instead of hyper's HTTP/1
+//! `header_read_timeout`, because hyper restarts that timer as soon as a response is sent and
+//! would thereby cap keep-alive idle time at the header timeout. What happens to a request
+//! once its head has arrived is `pipeline`'s business.
+
+mod activity;
+mod tracker;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::ServerConfig;
+use crate::pipeline::{self, Proxy};
+use activity::{ConnActivity, Ending, WatchedIo};
+use tracker::ResponseTracker;
+
+/// Serves `listener` until `shutdown` completes, then stops accepting, lets in-flight
+/// requests finish for up to `settings.shutdown_grace`, and aborts what is left.
+///
+/// # Errors
+/// None today; accept errors (such as running out of file descriptors) are logged and
+/// retried, because one bad moment must not take the whole node down.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    settings: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let builder = connection_builder(settings);
+    let timeouts = Timeouts {
+        header_read: settings.header_read_timeout.get(),
+        idle: settings.idle_timeout.get(),
+    };
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = accept(&listener, &permits) => match accepted {
+                Ok((stream, peer, permit)) => {
+                    let connection = Connection {
+                        proxy: Arc::clone(&proxy),
+                        builder: builder.clone(),
+                        timeouts,
+                        stop: stop_rx.clone(),
+                        peer,
+                        _permit: permit,
+                    };
+                    connections.spawn(connection.run(stream));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    // Out of descriptors or memory: back off instead of spinning on the error.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let open = connections.len();
+    tracing::info!(open, grace = ?settings.shutdown_grace.get(), "shutting down: no longer accepting");
+    let drained = tokio::time::timeout(settings.shutdown_grace.get(), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = connections.len(),
+            "grace period over: closing remaining connections"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+) -> std::io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    // invariant: the semaphore is never closed.
+    let permit = Arc::clone(permits)
+        .acquire_owned()
+        .await
+        .expect("semaphore open");
+    let (stream, peer) = listener.accept().await?;
+    let _ = stream.set_nodelay(true);
+    Ok((stream, peer, permit))
+}
+
+fn connection_builder(settings: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let header_bytes = settings.max_header_bytes.as_usize();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(header_bytes.max(8192))
+        .max_headers(settings.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    header_read: Duration,
+    idle: Duration,
+}
+
+/// One accepted client connection and what it needs to serve requests.
+struct Connection {
+    proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    timeouts: Timeouts,
+    stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+    /// Held for the connection's lifetime: counts against `max_connections`.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn run(mut self, stream: TcpStream) {
+        let activity = Arc::new(ConnActivity::new());
+        let io = TokioIo::new(WatchedIo::new(stream, Arc::clone(&activity)));
+        let peer = self.peer;
+        let proxy = Arc::clone(&self.proxy);
+        let service_activity = Arc::clone(&activity);
+        let service = service_fn(move |request| {
+            let proxy = Arc::clone(&proxy);
+            let activity = Arc::clone(&service_activity);
+            async move {
+                let inflight = activity.request_started(request.version() == http::Version::HTTP_2);
+                let (response, record) = pipeline::handle(&proxy, request, peer).await;
+                Ok::<_, Infallible>(
+                    response.map(|body| ResponseTracker::new(body, record, inflight)),
+                )
+            }
+        });
+        let connection = self.builder.serve_connection(io, service).into_owned();
+        tokio::pin!(connection);
+
+        let ending = tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            _ = self.stop.wait_for(|stop| *stop) => Ending::Shutdown,
+            ending = activity.watch(self.timeouts.header_read, self.timeouts.idle) => ending,
+        };
+        match ending {
+            Ending::HeaderTimeout => {
+                // A half-sent request head gets no answer: the bytes so far are not a request.
+                tracing::debug!(%peer, "closing connection: request head not received in time");
+            }
+            Ending::Idle | Ending::Shutdown => {
+                connection.as_mut().graceful_shutdown();
+                if let Err(err) = connection.await {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The origin side: one pooled HTTP/1.1 client (plain and TLS via rustls with the `ring`
+//! provider), its timeouts, and the translation of its failures into [`ProxyError`]s that
+//! say what went wrong (refused, timed out, reset, bad TLS).
+//!
+//! Which origin a request goes to is `pipeline::route`'s decision, and which headers it
+//! carries is `pipeline::forwarding`'s; this module only moves the request and reports.
+//! Bodies stream in both directions: nothing here buffers a body.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::Body;
+use crate::config::UpstreamConfig;
+use crate::error::ProxyError;
+
+/// Why the upstream client could not be built (a bad CA file).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    #[error("upstream.ca_file {path}: {message}")]
+    CaFile { path: String, message: String },
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The pooled client every request to every origin goes through.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    response_header_timeout: Duration,
+}
+
+impl Upstream {
+    /// # Errors
+    /// [`UpstreamSetupError`] when `ca_file` cannot be read or holds no certificate.
+    pub fn new(config: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout.get()));
+
+        let tls = tls_client_config(config)?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout.get())
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            // The client would otherwise rewrite Host from the URI; routing decides it.
+            .set_host(false)
+            .build(https);
+        Ok(Upstream {
+            client,
+            response_header_timeout: config.response_header_timeout.get(),
+        })
+    }
+
+    /// Sends `request` (its URI absolute, pointing at the origin) and waits for the response
+    /// head. The response body is returned unread, to be streamed.
+    ///
+    /// # Errors
+    /// A [`ProxyError`] naming `origin` and the kind of failure.
+    ///
+    /// # Cancellation
+    /// Dropping the future drops the connection attempt or the in-flight exchange; a
+    /// connection that was mid-exchange is not returned to the pool.
+    pub async fn send(
+        &self,
+        request: http::Request<Body>,
+        origin: &str,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.response_header_timeout, self.client.request(request)).await
+        {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) => Err(classify(&err, origin)),
+            Err(_elapsed) => Err(ProxyError::ResponseHeaderTimeout {
+                origin: origin.to_string(),
+            }),
+        }
+    }
+}
+
+fn tls_client_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamSetupError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &config.ca_file {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let ca_error = |message: String| UpstreamSetupError::CaFile {
+            path: path.display().to_string(),
+            message,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|err| ca_error(err.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|err| ca_error(err.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_error("no PEM certificate in the file".to_string()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|err| ca_error(err.to_string()))?;
+        }
+    }
+    // One crypto provider, chosen explicitly: rustls panics at first use when it cannot
+    // tell which of several compiled-in providers to use.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Maps a client error to the RFC 9209 error it is, by walking its cause chain.
+fn classify(err: &hyper_util::client::legacy::Error, origin: &str) -> ProxyError {
+    let origin = origin.to_string();
+    let detail = chain_text(err);
+    let mut cause: Option<&(dyn StdError + 'static)> = err.source();
+    while let Some(current) = cause {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return ProxyError::TlsError {
+                origin,
+                detail: tls.to_string(),
+            };
+        }
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return ProxyError::TlsError {
+                    origin,
+                    detail: tls.to_string(),
+                };
+            }
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    return ProxyError::ConnectionRefused { origin }
+                }
+                std::io::ErrorKind::TimedOut if err.is_connect() => {
+                    return ProxyError::ConnectionTimeout { origin }
+                }
+                _ => {}
+            }
+        }
+        if let Some(hyper_err) = current.downcast_ref::<hyper::Error>() {
+            if hyper_err.is_parse() || hyper_err.is_parse_status() {
+                return ProxyError::UpstreamProtocol { origin, detail };
+            }
+            if hyper_err.is_incomplete_message() || hyper_err.is_closed() || hyper_err.is_canceled()
+            {
+                return ProxyError::ResponseIncomplete { origin, detail };
+            }
+        }
+        cause = current.source();
+    }
+    if err.is_connect() {
+        if detail.contains("dns error") {
+            return ProxyError::DnsError { origin, detail };
+        }
+        return ProxyError::ConnectFailed { origin, detail };
+    }
+    ProxyError::ResponseIncomplete { origin, detail }
+}
+
+/// `outer: inner: innermost`, for logs and the Proxy-Status details.
+fn chain_text(err: &dyn StdError) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(current) = cause {
+        let next = current.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = current.source();
+    }
+    text
+}

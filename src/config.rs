@@ -378,6 +378,24 @@ pub struct FlagOverrides {
     pub log_format: Option<LogFormat>,
 }
 
+impl FlagOverrides {
+    fn merge_into(&self, mut figment: Figment) -> Figment {
+        if let Some(listen) = self.listen {
+            figment = figment.merge(("listen", listen.to_string()));
+        }
+        if let Some(admin) = self.admin {
+            figment = figment.merge(("admin", admin.to_string()));
+        }
+        if let Some(origin) = &self.origin {
+            figment = figment.merge(("origin", origin.clone()));
+        }
+        if let Some(format) = self.log_format {
+            figment = figment.merge(("log.format", format));
+        }
+        figment
+    }
+}
+
 impl Config {
     /// Loads defaults < `file` < `OUTPOST_` environment < `flags`, then validates.
     ///
@@ -390,6 +408,9 @@ impl Config {
     }
 
     /// As [`Config::load`], with the environment layer supplied (tests pass a fixed one).
+    ///
+    /// # Errors
+    /// As [`Config::load`].
     pub fn load_with_env(
         file: Option<&Path>,
         flags: &FlagOverrides,
@@ -405,24 +426,26 @@ impl Config {
             })?;
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(env);
-        if let Some(listen) = flags.listen {
-            figment = figment.merge(("listen", listen.to_string()));
-        }
-        if let Some(admin) = flags.admin {
-            figment = figment.merge(("admin", admin.to_string()));
-        }
-        if let Some(origin) = &flags.origin {
-            figment = figment.merge(("origin", origin.clone()));
-        }
-        if let Some(format) = flags.log_format {
-            figment = figment.merge(("log.format", format));
-        }
+        figment = flags.merge_into(figment.merge(env));
+        let source_name =
+            file.map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
+        Self::extract(&figment, &source_name)
+    }
+
+    /// Builds a config from TOML text over the defaults, with no environment layer: for
+    /// embedding and tests.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn from_toml_str(text: &str, flags: &FlagOverrides) -> Result<Config, ConfigError> {
+        let figment =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        Self::extract(&flags.merge_into(figment), "TOML text")
+    }
+
+    fn extract(figment: &Figment, source_name: &str) -> Result<Config, ConfigError> {
         let config: Config = figment.extract()?;
-        let source_name = file
-            .map(|path| path.display().to_string())
-            .unwrap_or_else(|| "configuration".to_string());
-        config.validate(&source_name)?;
+        config.validate(source_name)?;
         Ok(config)
     }
 

@@ -102,13 +102,23 @@ impl AccessRecord {
     }
 }
 
+/// What the connection layer knows about a request that the request itself does not show.
+#[derive(Debug, Clone, Copy)]
+pub struct DownstreamFacts {
+    pub peer: SocketAddr,
+    /// The raw head had both Content-Length and Transfer-Encoding (hyper keeps only the
+    /// latter, so the request no longer shows it).
+    pub has_conflicting_framing: bool,
+}
+
 /// Runs one request through every phase and returns the response to send, never an error:
 /// failures are already turned into responses.
 pub async fn handle(
     proxy: &Proxy,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    downstream: DownstreamFacts,
 ) -> (Response<Body>, AccessRecord) {
+    let peer = downstream.peer;
     let mut record = AccessRecord {
         started: Instant::now(),
         peer,
@@ -126,7 +136,7 @@ pub async fn handle(
         error: None,
         enabled: proxy.access_log,
     };
-    let response = match forward(proxy, request, peer, &mut record).await {
+    let response = match forward(proxy, request, downstream, &mut record).await {
         Ok(response) => response,
         Err(err) => {
             match err.fault() {
@@ -145,9 +155,14 @@ pub async fn handle(
 async fn forward(
     proxy: &Proxy,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    facts: DownstreamFacts,
     record: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
+    if facts.has_conflicting_framing {
+        return Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
     check_request(&request)?;
     let host = route::request_host(&request)?;
     record.host = host.clone().unwrap_or_default();
@@ -155,7 +170,7 @@ async fn forward(
     record.site = site.name.clone();
 
     let downstream = Downstream {
-        peer,
+        peer: facts.peer,
         scheme: "http",
         host: host.as_deref(),
     };

@@ -214,16 +214,7 @@ mod tests {
     use super::*;
 
     fn router(toml: &str) -> Router {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("outpost.toml");
-        std::fs::write(&path, toml).unwrap();
-        let config = Config::load_with_env(
-            Some(&path),
-            &Default::default(),
-            figment::providers::Env::prefixed("OUTPOST_TEST_UNUSED_"),
-        )
-        .unwrap();
-        Router::new(&config)
+        Router::new(&Config::from_toml_str(toml, &Default::default()).unwrap())
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub enum Ending {
 /// that 0 means "no head in progress".
 pub struct ConnActivity {
     epoch: Instant,
+    /// Set by the head scanner when the head being read had both Content-Length and
+    /// Transfer-Encoding; taken by the next request.
+    framing_conflict: AtomicBool,
     inflight: AtomicUsize,
     is_h2: AtomicBool,
     head_started_at: AtomicU64,
@@ -41,6 +44,7 @@ impl ConnActivity {
     pub fn new() -> ConnActivity {
         ConnActivity {
             epoch: Instant::now(),
+            framing_conflict: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             is_h2: AtomicBool::new(false),
             head_started_at: AtomicU64::new(1),
@@ -52,13 +56,19 @@ impl ConnActivity {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn bytes_read(&self) {
-        if self.head_started_at.load(Relaxed) == 0
-            && self.inflight.load(Relaxed) == 0
-            && !self.is_h2.load(Relaxed)
-        {
+    /// Bytes arrived. Returns whether they may begin a new HTTP/1 request head.
+    fn bytes_read(&self) -> bool {
+        let is_between_requests = self.inflight.load(Relaxed) == 0 && !self.is_h2.load(Relaxed);
+        if is_between_requests && self.head_started_at.load(Relaxed) == 0 {
             self.head_started_at.store(self.now_ms() + 1, Relaxed);
         }
+        is_between_requests
+    }
+
+    /// Whether the head of the request now starting carried both Content-Length and
+    /// Transfer-Encoding (hyper drops the Content-Length before we see the request).
+    pub fn take_framing_conflict(&self) -> bool {
+        self.framing_conflict.swap(false, Relaxed)
     }
 
     /// A request head has been parsed; the returned guard marks the request finished when
@@ -116,15 +126,87 @@ impl Drop for InflightGuard {
     }
 }
 
-/// The client socket, reporting reads to the watchdog.
+/// The client socket, reporting reads to the watchdog and scanning HTTP/1 request heads.
 pub struct WatchedIo<S> {
     inner: S,
     activity: Arc<ConnActivity>,
+    scanner: HeadScanner,
 }
 
 impl<S> WatchedIo<S> {
     pub fn new(inner: S, activity: Arc<ConnActivity>) -> Self {
-        WatchedIo { inner, activity }
+        WatchedIo {
+            inner,
+            activity,
+            scanner: HeadScanner::default(),
+        }
+    }
+}
+
+/// Finds request heads carrying both `Content-Length` and `Transfer-Encoding` (RFC 9112
+/// §6.3, the request-smuggling pattern). hyper resolves that case by ignoring the length,
+/// which is allowed, but we refuse such requests outright and must see the raw head to know.
+///
+/// It scans only from the first byte that arrives between requests up to the blank line
+/// ending the head, a few hundred bytes per request; pipelined heads that arrive while a
+/// request is in flight are not scanned (hyper still handles them safely). A connection
+/// that opens with the HTTP/2 preface is never scanned.
+#[derive(Default)]
+struct HeadScanner {
+    is_in_head: bool,
+    is_disabled: bool,
+    is_first_read: bool,
+    /// Lower-cased start of the current line (enough for the longest name we look for).
+    line: [u8; 18],
+    line_len: usize,
+    saw_content_length: bool,
+    saw_transfer_encoding: bool,
+}
+
+impl HeadScanner {
+    const CONTENT_LENGTH: &'static [u8] = b"content-length:";
+    const TRANSFER_ENCODING: &'static [u8] = b"transfer-encoding:";
+
+    /// Scans `bytes`; returns true when a head ended with both fields present.
+    fn scan(&mut self, bytes: &[u8], may_start_head: bool) -> bool {
+        if !self.is_first_read {
+            self.is_first_read = true;
+            self.is_disabled = bytes.starts_with(b"PRI ");
+        }
+        if self.is_disabled || (!self.is_in_head && !may_start_head) {
+            return false;
+        }
+        if !self.is_in_head {
+            *self = HeadScanner {
+                is_in_head: true,
+                is_first_read: true,
+                ..HeadScanner::default()
+            };
+        }
+        for &byte in bytes {
+            if byte == b'\n' {
+                let is_blank = self.line_len == 0 || (self.line_len == 1 && self.line[0] == b'\r');
+                self.line_len = 0;
+                if is_blank {
+                    self.is_in_head = false;
+                    return self.saw_content_length && self.saw_transfer_encoding;
+                }
+                continue;
+            }
+            if self.line_len < self.line.len() {
+                self.line[self.line_len] = byte.to_ascii_lowercase();
+            }
+            self.line_len += 1;
+            let seen = &self.line[..self.line_len.min(self.line.len())];
+            if self.line_len == Self::CONTENT_LENGTH.len() && seen == Self::CONTENT_LENGTH {
+                self.saw_content_length = true;
+            } else if self.line_len == Self::TRANSFER_ENCODING.len()
+                && seen == Self::TRANSFER_ENCODING
+            {
+                self.saw_transfer_encoding = true;
+            }
+        }
+        false
     }
 }
 
@@ -138,7 +220,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.bytes_read();
+            let may_start_head = this.activity.bytes_read();
+            if this.scanner.scan(&buf.filled()[before..], may_start_head) {
+                this.activity.framing_conflict.store(true, Relaxed);
+            }
         }
         result
     }
@@ -195,6 +280,24 @@ mod tests {
             .await;
         assert_eq!(ending, Ending::Idle);
         assert_eq!(activity.now_ms(), 60_000);
+    }
+
+    /// RFC 9112 §6.3: both framing fields in one head are flagged, split across reads too.
+    #[test]
+    fn scanner_flags_content_length_with_transfer_encoding() {
+        let mut scanner = HeadScanner::default();
+        assert!(!scanner.scan(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Le", true));
+        assert!(!scanner.scan(b"ngth: 4\r\nTRANSFER-ENCODING: chunked\r", false));
+        assert!(scanner.scan(b"\n\r\n0\r\n\r\n", false));
+        assert!(!scanner.scan(
+            b"GET / HTTP/1.1\r\nX-Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            true
+        ));
+        let mut h2 = HeadScanner::default();
+        assert!(!h2.scan(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\ncontent-length:\ntransfer-encoding:\n\n",
+            true
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -154,8 +154,13 @@ impl Connection {
             let proxy = Arc::clone(&proxy);
             let activity = Arc::clone(&service_activity);
             async move {
+                let has_conflicting_framing = activity.take_framing_conflict();
                 let inflight = activity.request_started(request.version() == http::Version::HTTP_2);
-                let (response, record) = pipeline::handle(&proxy, request, peer).await;
+                let downstream = pipeline::DownstreamFacts {
+                    peer,
+                    has_conflicting_framing,
+                };
+                let (response, record) = pipeline::handle(&proxy, request, downstream).await;
                 Ok::<_, Infallible>(
                     response.map(|body| ResponseTracker::new(body, record, inflight)),
                 )

@@ -1,0 +1,496 @@
+//! The proxy's request path through a real outpost and a real origin on loopback: header
+//! handling at the trust boundary, framing checks, routing, and error reporting.
+
+mod support;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// RFC 9110 §7.6.1: Connection-named fields and the fixed hop-by-hop fields are removed in
+/// both directions.
+#[tokio::test]
+async fn hop_by_hop_fields_are_stripped_both_ways() {
+    let origin = Origin::start(vec![(
+        "/h",
+        Fixture::with_headers(
+            200,
+            &[
+                ("connection", "x-origin-secret"),
+                ("x-origin-secret", "1"),
+                ("keep-alive", "timeout=5"),
+                ("trailer", "x-checksum"),
+                ("x-end-to-end", "kept"),
+            ],
+            "ok",
+        ),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+
+    let reply = raw_exchange(
+        proxy.addr,
+        b"GET /h HTTP/1.1\r\nHost: example.test\r\nConnection: close, x-client-secret\r\n\
+          X-Client-Secret: 1\r\nKeep-Alive: 300\r\nTE: trailers\r\nUpgrade: websocket\r\n\
+          Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+          X-End-To-End: kept\r\n\r\n",
+    )
+    .await;
+    let seen = origin.last("/h");
+    for name in [
+        "x-client-secret",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+        "transfer-encoding",
+    ] {
+        assert!(
+            !seen.headers.contains_key(name),
+            "{name} reached the origin"
+        );
+    }
+    assert_eq!(seen.headers["x-end-to-end"], "kept");
+
+    let lower = reply.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 200"), "{reply}");
+    assert!(!lower.contains("x-origin-secret"), "{reply}");
+    assert!(!lower.contains("keep-alive: timeout"), "{reply}");
+    assert!(!lower.contains("trailer:"), "{reply}");
+    assert!(lower.contains("x-end-to-end: kept"), "{reply}");
+}
+
+/// RFC 9110 §7.6.3: Via is appended on the request and on the response, with the protocol
+/// version each hop received.
+#[tokio::test]
+async fn via_is_appended_in_both_directions() {
+    let origin = Origin::start(vec![("/v", Fixture::ok("v"))]).await;
+    let proxy = Proxy::start(&origin.url(), "proxy_name = \"edge-test\"").await;
+
+    let reply = get(&proxy.url("/v"), &[("via", "1.0 corp-proxy")]).await;
+    assert_eq!(
+        origin.last("/v").headers["via"],
+        "1.0 corp-proxy, 1.1 edge-test"
+    );
+    assert_eq!(reply.header("via"), Some("1.1 edge-test"));
+
+    let request = Request::get(proxy.url("/v"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = send(&h2c_client(), request).await;
+    assert_eq!(reply.version, http::Version::HTTP_2);
+    assert_eq!(origin.last("/v").headers["via"], "2 edge-test");
+}
+
+/// RFC 7239 §4/§5.2 and RFC 9110 §7.6: forwarding headers from an untrusted peer are
+/// replaced, and override headers that could make the origin render another URL are removed.
+#[tokio::test]
+async fn forwarding_headers_from_untrusted_peer_are_replaced() {
+    let origin = Origin::start(vec![("/f", Fixture::ok("f"))]).await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[forwarding]\ntrusted_proxies = [\"10.0.0.0/8\"]\nstrip_override_headers = [\"x-tenant-override\"]",
+    )
+    .await;
+
+    get(
+        &proxy.url("/f"),
+        &[
+            ("host", "shop.example"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=6.6.6.6;host=evil.example"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-host", "evil.example"),
+            ("x-forwarded-server", "evil.example"),
+            ("x-http-method-override", "DELETE"),
+            ("x-tenant-override", "other"),
+        ],
+    )
+    .await;
+    let seen = origin.last("/f").headers;
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-host"], "shop.example");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-real-ip"], "127.0.0.1");
+    assert_eq!(
+        seen["forwarded"],
+        "for=127.0.0.1;host=shop.example;proto=http"
+    );
+    assert_eq!(seen["host"], "shop.example", "Host is preserved by default");
+    for name in [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-host",
+        "x-forwarded-server",
+        "x-http-method-override",
+        "x-tenant-override",
+    ] {
+        assert!(
+            !seen.contains_key(name),
+            "{name} reached the origin from an untrusted peer"
+        );
+    }
+}
+
+/// RFC 7239 §5.2: a trusted proxy's chain is extended, not replaced.
+#[tokio::test]
+async fn forwarding_headers_from_trusted_peer_are_extended() {
+    let origin = Origin::start(vec![("/f", Fixture::ok("f"))]).await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[forwarding]\ntrusted_proxies = [\"127.0.0.0/8\"]",
+    )
+    .await;
+
+    get(
+        &proxy.url("/f"),
+        &[
+            ("host", "shop.example"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=203.0.113.9;proto=https"),
+            ("x-real-ip", "203.0.113.9"),
+            ("x-forwarded-port", "443"),
+        ],
+    )
+    .await;
+    let seen = origin.last("/f").headers;
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-real-ip"], "203.0.113.9");
+    assert_eq!(seen["x-forwarded-port"], "443");
+    assert_eq!(
+        seen["forwarded"],
+        "for=203.0.113.9;proto=https, for=127.0.0.1;host=shop.example;proto=http"
+    );
+}
+
+/// RFC 9112 §6.3 (request smuggling): Content-Length with Transfer-Encoding is a 400, the
+/// connection is closed, and nothing reaches the origin.
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_rejected() {
+    let origin = Origin::start(vec![("/s", Fixture::ok("s"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let reply = raw_exchange(
+        proxy.addr,
+        b"POST /s HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+          0\r\n\r\nGET /s HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(
+        reply.contains("proxy-status: outpost; error=http_request_error"),
+        "{reply}"
+    );
+    assert_eq!(
+        reply.matches("HTTP/1.1").count(),
+        1,
+        "no second response on that connection: {reply}"
+    );
+    assert_eq!(origin.hits("/s"), 0);
+}
+
+/// RFC 9112 §6.3: disagreeing Content-Length values are a 400 and never forwarded.
+#[tokio::test]
+async fn conflicting_content_lengths_are_rejected() {
+    let origin = Origin::start(vec![("/s", Fixture::ok("s"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let reply = raw_exchange(
+        proxy.addr,
+        b"POST /s HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert_eq!(origin.hits("/s"), 0);
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host, or with two, is a 400.
+#[tokio::test]
+async fn missing_or_repeated_host_is_rejected() {
+    let origin = Origin::start(vec![("/s", Fixture::ok("s"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let missing = raw_exchange(proxy.addr, b"GET /s HTTP/1.1\r\n\r\n").await;
+    assert!(missing.starts_with("HTTP/1.1 400"), "{missing}");
+    let twice = raw_exchange(proxy.addr, b"GET /s HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").await;
+    assert!(twice.starts_with("HTTP/1.1 400"), "{twice}");
+    assert_eq!(origin.hits("/s"), 0);
+}
+
+/// A request head larger than `server.max_header_bytes` is refused with 431 (RFC 6585 §5).
+#[tokio::test]
+async fn oversized_request_head_gets_431() {
+    let origin = Origin::start(vec![("/s", Fixture::ok("s"))]).await;
+    let proxy = Proxy::start(&origin.url(), "[server]\nmax_header_bytes = \"8KiB\"").await;
+    let big = "a".repeat(16 * 1024);
+    let request = format!("GET /s HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
+    let reply = raw_exchange(proxy.addr, request.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    assert_eq!(origin.hits("/s"), 0);
+}
+
+/// RFC 9209 §2.3.3: an origin that refuses connections gives 502 `connection_refused`.
+#[tokio::test]
+async fn refused_origin_gives_502_with_proxy_status() {
+    let dead = closed_port().await;
+    let proxy = Proxy::start(&format!("http://{dead}"), "").await;
+    let reply = get(&proxy.url("/x"), &[]).await;
+    assert_eq!(reply.status, 502);
+    let proxy_status = reply.header("proxy-status").unwrap();
+    assert!(
+        proxy_status.starts_with("outpost; error=connection_refused"),
+        "{proxy_status}"
+    );
+    assert!(
+        reply.text().contains("connection refused"),
+        "{}",
+        reply.text()
+    );
+}
+
+/// RFC 9209 §2.3.13: no response head within `upstream.response_header_timeout` gives 504
+/// `http_response_timeout`.
+#[tokio::test]
+async fn stalled_origin_gives_504_with_proxy_status() {
+    let origin = Origin::start(vec![("/slow", Fixture::Stall)]).await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[upstream]\nresponse_header_timeout = \"300ms\"",
+    )
+    .await;
+    let reply = get(&proxy.url("/slow"), &[]).await;
+    assert_eq!(reply.status, 504);
+    assert!(reply
+        .header("proxy-status")
+        .unwrap()
+        .starts_with("outpost; error=http_response_timeout"));
+}
+
+/// RFC 9209 §2.3.11: an origin that closes without answering gives 502
+/// `http_response_incomplete`.
+#[tokio::test]
+async fn origin_closing_without_response_gives_502_incomplete() {
+    let origin = RawOrigin::start(RawBehaviour::CloseAfterRequest).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let reply = get(&proxy.url("/x"), &[]).await;
+    assert_eq!(reply.status, 502);
+    assert!(
+        reply
+            .header("proxy-status")
+            .unwrap()
+            .starts_with("outpost; error=http_response_incomplete"),
+        "{:?}",
+        reply.header("proxy-status")
+    );
+}
+
+/// An origin that dies mid-body must not look like a complete (truncated) response to the
+/// client: the client's response is aborted.
+#[tokio::test]
+async fn origin_reset_mid_body_aborts_client_response() {
+    let origin = RawOrigin::start(RawBehaviour::SendThenClose(Bytes::from_static(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nonly a little of the body",
+    )))
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let response = client()
+        .request(
+            Request::get(proxy.url("/x"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .unwrap();
+    assert!(
+        body.is_err(),
+        "a truncated body must end in an error, not a clean end"
+    );
+}
+
+/// RFC 9110 §15.5.20: a Host no site claims, with no default site, gets 421; each configured
+/// host reaches its own origin.
+#[tokio::test]
+async fn sites_route_by_host_and_unknown_host_gets_421() {
+    let a = Origin::start(vec![("/who", Fixture::ok("a"))]).await;
+    let b = Origin::start(vec![("/debian/who", Fixture::ok("b-debian"))]).await;
+    let config = format!(
+        "[[sites]]\nhosts = [\"a.test\"]\norigin = \"{}\"\n\
+         [[sites]]\nhosts = [\"*.b.test\"]\npath_prefix = \"/debian/\"\norigin = \"{}\"\nhost_header = \"origin\"\n",
+        a.url(),
+        b.url()
+    );
+    let config = outpost::Config::from_toml_str(&config, &Default::default()).unwrap();
+    let proxy = Proxy::start_with(config).await;
+
+    assert_eq!(
+        get(&proxy.url("/who"), &[("host", "a.test")]).await.text(),
+        "a"
+    );
+    assert_eq!(
+        get(&proxy.url("/who"), &[("host", "A.TEST:8080")])
+            .await
+            .text(),
+        "a"
+    );
+    let reply = get(&proxy.url("/debian/who"), &[("host", "mirror.b.test")]).await;
+    assert_eq!(reply.text(), "b-debian");
+    assert_eq!(
+        b.last("/debian/who").headers["host"],
+        b.addr.to_string(),
+        "host_header = origin"
+    );
+
+    let reply = get(&proxy.url("/who"), &[("host", "nobody.test")]).await;
+    assert_eq!(reply.status, 421);
+    assert!(reply
+        .header("proxy-status")
+        .unwrap()
+        .contains("error=destination_not_found"));
+    let reply = get(&proxy.url("/elsewhere"), &[("host", "mirror.b.test")]).await;
+    assert_eq!(reply.status, 421, "outside the site's path prefix");
+}
+
+/// HTTP/2 with prior knowledge (RFC 9113 §3.3) and HTTP/1.1 share one port; HTTP/2's split
+/// Cookie fields are joined for the HTTP/1.1 origin (RFC 9113 §8.2.3).
+#[tokio::test]
+async fn h2c_and_http1_share_the_port() {
+    let origin = Origin::start(vec![("/c", Fixture::ok("c"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let request = Request::get(proxy.url("/c"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = send(&h2c_client(), request).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.version),
+        (200, http::Version::HTTP_2)
+    );
+    let seen = origin.last("/c");
+    assert_eq!(seen.headers["cookie"], "a=1; b=2");
+    assert_eq!(
+        seen.headers["host"],
+        proxy.addr.to_string(),
+        "h2 :authority becomes Host"
+    );
+    assert_eq!(get(&proxy.url("/c"), &[]).await.status, 200);
+}
+
+/// Request bodies stream to the origin (chunked upload of unknown length).
+#[tokio::test]
+async fn request_body_is_forwarded() {
+    let origin = Origin::start(vec![("/upload", Fixture::CountBody)]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let request = Request::post(proxy.url("/upload"))
+        .body(Full::new(Bytes::from(vec![7u8; 300_000])))
+        .unwrap();
+    assert_eq!(send(&client(), request).await.text(), "300000");
+}
+
+/// A client that hangs up mid-response leaves nothing behind: the origin's body is dropped
+/// and the proxy keeps serving.
+#[tokio::test]
+async fn client_hanging_up_mid_response_releases_the_origin_stream() {
+    let dropped = Arc::new(Notify::new());
+    let origin = Origin::start(vec![
+        (
+            "/big",
+            Fixture::Stream {
+                size: 1 << 30,
+                dropped: Arc::clone(&dropped),
+            },
+        ),
+        ("/small", Fixture::ok("still here")),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut received = 0;
+    while received < 1 << 20 {
+        received += stream.read(&mut buf).await.unwrap();
+    }
+    drop(stream);
+    tokio::time::timeout(PATIENCE, dropped.notified())
+        .await
+        .expect("the origin's body is released when the client leaves");
+    assert_eq!(get(&proxy.url("/small"), &[]).await.text(), "still here");
+}
+
+/// A client that opens a connection and sends half a head is cut off after
+/// `server.header_read_timeout` (slowloris), without an answer.
+#[tokio::test]
+async fn half_sent_head_is_cut_off_after_header_timeout() {
+    let origin = Origin::start(vec![("/s", Fixture::ok("s"))]).await;
+    let proxy = Proxy::start(&origin.url(), "[server]\nheader_read_timeout = \"200ms\"").await;
+    let reply = raw_exchange(proxy.addr, b"GET /s HTTP/1.1\r\nHost: a\r\nX-Slow: ").await;
+    assert_eq!(reply, "", "the connection closes without a response");
+    assert_eq!(origin.hits("/s"), 0);
+}
+
+/// Graceful shutdown: a request in flight when shutdown begins completes; new connections
+/// are refused; serve() returns once it is done.
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_request() {
+    let release = Arc::new(Notify::new());
+    let origin = Origin::start(vec![(
+        "/slow",
+        Fixture::Gated {
+            release: Arc::clone(&release),
+            body: Bytes::from_static(b"finished"),
+        },
+    )])
+    .await;
+    let mut proxy = Proxy::start(&origin.url(), "[server]\nshutdown_grace = \"20s\"").await;
+    let url = proxy.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    while origin.hits("/slow") == 0 {
+        tokio::task::yield_now().await;
+    }
+
+    let stopped = proxy.shutdown();
+    // The listener closes before serve() starts draining; connecting must now fail.
+    let mut refused = false;
+    for _ in 0..1000 {
+        if tokio::net::TcpStream::connect(proxy.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(refused, "new connections are refused during shutdown");
+    assert!(
+        !stopped.is_finished(),
+        "serve() waits for the in-flight request"
+    );
+
+    release.notify_one();
+    let reply = in_flight.await.unwrap();
+    assert_eq!(
+        (reply.status.as_u16(), reply.text().as_str()),
+        (200, "finished")
+    );
+    tokio::time::timeout(PATIENCE, stopped)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,459 @@
+//! Test support: an in-process origin with named routes and misbehaving fixtures, a raw-TCP
+//! origin for protocol abuse, an in-process outpost, and a real HTTP client.
+//!
+//! Everything binds `127.0.0.1:0`, so tests run in parallel; nothing sleeps to synchronise:
+//! fixtures signal through `Notify`/channels what they have seen.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use outpost::body::Body;
+use outpost::config::FlagOverrides;
+use outpost::{Config, Outpost};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+
+/// Upper bound for anything a test waits on: a hang fails the test instead of the run.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// What the origin saw of one request.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
+>;
+
+/// Named behaviours of an origin route.
+#[derive(Clone)]
+pub enum Fixture {
+    /// A fixed response.
+    Static {
+        status: StatusCode,
+        headers: Vec<(&'static str, String)>,
+        body: Bytes,
+    },
+    /// Waits for `release` to be notified, then answers 200 with `body`.
+    Gated { release: Arc<Notify>, body: Bytes },
+    /// Reads the request, then never answers.
+    Stall,
+    /// `size` bytes of a repeating pattern, generated chunk by chunk; `dropped` is notified
+    /// when the body is dropped (finished or abandoned).
+    Stream { size: u64, dropped: Arc<Notify> },
+    /// Reads the whole request body and answers with its length in bytes.
+    CountBody,
+}
+
+impl Fixture {
+    pub fn ok(body: &str) -> Fixture {
+        Fixture::Static {
+            status: StatusCode::OK,
+            headers: Vec::new(),
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    pub fn with_headers(status: u16, headers: &[(&'static str, &str)], body: &str) -> Fixture {
+        Fixture::Static {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: headers.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    async fn respond(&self, request: Request<Incoming>) -> Response<Body> {
+        match self {
+            Fixture::Static {
+                status,
+                headers,
+                body,
+            } => {
+                let mut builder = Response::builder().status(*status);
+                for (name, value) in headers {
+                    builder = builder.header(*name, value);
+                }
+                builder.body(Body::full(body.clone())).unwrap()
+            }
+            Fixture::Gated { release, body } => {
+                release.notified().await;
+                Response::new(Body::full(body.clone()))
+            }
+            Fixture::Stall => std::future::pending().await,
+            Fixture::Stream { size, dropped } => stream_response(*size, Arc::clone(dropped)),
+            Fixture::CountBody => {
+                let mut body = request.into_body();
+                let mut total: u64 = 0;
+                while let Some(frame) = body.frame().await {
+                    match frame {
+                        Ok(frame) => total += frame.data_ref().map_or(0, |d| d.len() as u64),
+                        Err(_) => break,
+                    }
+                }
+                Response::new(Body::full(total.to_string()))
+            }
+        }
+    }
+}
+
+/// A streaming body that notifies when dropped.
+struct PatternBody {
+    remaining: u64,
+    chunk: Bytes,
+    dropped: Arc<Notify>,
+}
+
+impl Drop for PatternBody {
+    fn drop(&mut self) {
+        self.dropped.notify_one();
+    }
+}
+
+impl http_body::Body for PatternBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.remaining == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let len = this.remaining.min(this.chunk.len() as u64) as usize;
+        this.remaining -= len as u64;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(this.chunk.slice(..len)))))
+    }
+}
+
+fn stream_response(size: u64, dropped: Arc<Notify>) -> Response<Body> {
+    let chunk = Bytes::from((0..64 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let body = PatternBody {
+        remaining: size,
+        chunk,
+        dropped,
+    };
+    Response::builder()
+        .header("content-length", size)
+        .body(Body::boxed(body))
+        .unwrap()
+}
+
+/// An origin server with named routes; unknown paths get 404.
+pub struct Origin {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<SeenRequest>>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Origin {
+    pub async fn start(routes: Vec<(&str, Fixture)>) -> Origin {
+        let routes: HashMap<String, Fixture> = routes
+            .into_iter()
+            .map(|(p, f)| (p.to_string(), f))
+            .collect();
+        let routes = Arc::new(routes);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = {
+            let seen = Arc::clone(&seen);
+            Arc::new(move |request: Request<Incoming>| {
+                let routes = Arc::clone(&routes);
+                seen.lock().unwrap().push(SeenRequest {
+                    method: request.method().clone(),
+                    uri: request.uri().clone(),
+                    version: request.version(),
+                    headers: request.headers().clone(),
+                });
+                Box::pin(async move {
+                    match routes.get(request.uri().path()) {
+                        Some(fixture) => fixture.respond(request).await,
+                        None => Response::builder()
+                            .status(404)
+                            .body(Body::full("no such route"))
+                            .unwrap(),
+                    }
+                })
+            })
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(serve_handler(listener, handler, stopped));
+        Origin {
+            addr,
+            seen,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// How many requests reached `path`.
+    pub fn hits(&self, path: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.uri.path() == path)
+            .count()
+    }
+
+    pub fn last(&self, path: &str) -> SeenRequest {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|r| r.uri.path() == path)
+            .cloned()
+            .unwrap_or_else(|| panic!("origin never saw {path}"))
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn serve_handler(
+    listener: TcpListener,
+    handler: Handler,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+        };
+        let handler = Arc::clone(&handler);
+        let service = service_fn(move |request| {
+            let handler = Arc::clone(&handler);
+            async move { Ok::<_, Infallible>(handler(request).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::spawn(connection);
+    }
+}
+
+/// What a raw origin does with each connection.
+#[derive(Clone)]
+pub enum RawBehaviour {
+    /// Reads the request head, then closes without a byte of response.
+    CloseAfterRequest,
+    /// Sends these bytes (a head and part of a body), then closes.
+    SendThenClose(Bytes),
+}
+
+/// A TCP origin that speaks broken HTTP on purpose.
+pub struct RawOrigin {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl RawOrigin {
+    pub async fn start(behaviour: RawBehaviour) -> RawOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let behaviour = behaviour.clone();
+                tokio::spawn(async move {
+                    read_head(&mut stream).await;
+                    if let RawBehaviour::SendThenClose(bytes) = behaviour {
+                        let _ = stream.write_all(&bytes).await;
+                        let _ = stream.flush().await;
+                    }
+                });
+            }
+        });
+        RawOrigin { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads until the end of a request head (or EOF); returns what was read.
+pub async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    head
+}
+
+/// An outpost running in-process on an ephemeral port.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Proxy {
+    /// Starts outpost with `toml` layered over the defaults and `origin` as the default site.
+    pub async fn start(origin: &str, toml: &str) -> Proxy {
+        let flags = FlagOverrides {
+            origin: Some(origin.to_string()),
+            ..FlagOverrides::default()
+        };
+        let config = Config::from_toml_str(toml, &flags).expect("test config is valid");
+        Proxy::start_with(config).await
+    }
+
+    pub async fn start_with(config: Config) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let outpost = Outpost::new(config).expect("outpost starts");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            outpost
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Proxy {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Signals shutdown; the returned handle resolves when outpost has stopped.
+    pub fn shutdown(&mut self) -> JoinHandle<std::io::Result<()>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("shutdown once")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A complete response as a client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A real HTTP/1.1 client (hyper-util's pooled client).
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A real HTTP/2 client speaking h2c with prior knowledge.
+pub fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Sends `request` and reads the whole response.
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Reply {
+    tokio::time::timeout(PATIENCE, async {
+        let response = client.request(request).await.expect("request succeeds");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body completes").to_bytes();
+        Reply {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        }
+    })
+    .await
+    .expect("response within patience")
+}
+
+/// GET `url` with extra headers.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut builder = Request::get(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    send(&client(), builder.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Writes raw bytes to `addr` and reads until the server closes (or PATIENCE passes).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An address nothing listens on: bound, then released.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}

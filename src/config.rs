@@ -30,9 +30,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// Syntax errors, unknown keys and values of the wrong type or unit. figment's message
-    /// names the key and the source (file or environment variable).
-    #[error("{0}")]
+    /// Syntax errors, unknown keys and values of the wrong type or unit.
+    #[error("{}", describe_figment_error(.0))]
     Invalid(Box<figment::Error>),
     #[error("{source_name}: key `{key}`: {message}")]
     Rejected {
@@ -40,6 +39,30 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+}
+
+/// One line per problem: where (file path or environment variable), which key, what is wrong.
+fn describe_figment_error(error: &figment::Error) -> String {
+    let lines: Vec<String> = (*error)
+        .clone()
+        .into_iter()
+        .map(|err| {
+            let key = err.path.join(".");
+            let place = match &err.metadata {
+                Some(meta) => match &meta.source {
+                    Some(figment::Source::File(path)) => path.display().to_string(),
+                    _ => meta.name.to_string(),
+                },
+                None => "configuration".to_string(),
+            };
+            if key.is_empty() {
+                format!("{place}: {}", err.kind)
+            } else {
+                format!("{place}: key `{key}`: {}", err.kind)
+            }
+        })
+        .collect();
+    lines.join("\n")
 }
 
 impl From<figment::Error> for ConfigError {

@@ -38,6 +38,9 @@ pub enum ProxyError {
     DnsError { origin: String, detail: String },
     #[error("origin {origin}: TLS failed: {detail}")]
     TlsError { origin: String, detail: String },
+    /// The origin's certificate was invalid or not trusted.
+    #[error("origin {origin}: certificate rejected: {detail}")]
+    TlsCertificate { origin: String, detail: String },
     #[error("origin {origin}: no response header section within the configured timeout")]
     ResponseHeaderTimeout { origin: String },
     /// The origin closed or reset the connection before a complete response head.
@@ -81,6 +84,7 @@ impl ProxyError {
             ProxyError::DnsError { .. } => "dns_error",
             ProxyError::ConnectFailed { .. } => "destination_unavailable",
             ProxyError::TlsError { .. } => "tls_protocol_error",
+            ProxyError::TlsCertificate { .. } => "tls_certificate_error",
             ProxyError::ResponseHeaderTimeout { .. } => "http_response_timeout",
             ProxyError::ResponseIncomplete { .. } => "http_response_incomplete",
             ProxyError::UpstreamProtocol { .. } => "http_protocol_error",

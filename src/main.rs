@@ -151,8 +151,10 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Demo { listen, latency } => {
-            let mut config = Config::default();
-            config.listen = listen;
+            let config = Config {
+                listen,
+                ..Config::default()
+            };
             init_logging(&config);
             runtime()?.block_on(demo(config, latency.get()))
         }

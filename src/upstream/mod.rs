@@ -122,28 +122,20 @@ fn tls_client_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, Up
         .with_no_client_auth())
 }
 
-/// Maps a client error to the RFC 9209 error it is, by walking its cause chain.
+/// Maps a client error to the RFC 9209 error it is, by walking its causes.
 fn classify(err: &hyper_util::client::legacy::Error, origin: &str) -> ProxyError {
     let origin = origin.to_string();
     let detail = chain_text(err);
-    let mut cause: Option<&(dyn StdError + 'static)> = err.source();
-    while let Some(current) = cause {
-        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
-            return ProxyError::TlsError {
-                origin,
-                detail: tls.to_string(),
+    for cause in causes(err) {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return match tls {
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                    ProxyError::TlsCertificate { origin, detail }
+                }
+                _ => ProxyError::TlsError { origin, detail },
             };
         }
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                return ProxyError::TlsError {
-                    origin,
-                    detail: tls.to_string(),
-                };
-            }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => {
                     return ProxyError::ConnectionRefused { origin }
@@ -154,7 +146,7 @@ fn classify(err: &hyper_util::client::legacy::Error, origin: &str) -> ProxyError
                 _ => {}
             }
         }
-        if let Some(hyper_err) = current.downcast_ref::<hyper::Error>() {
+        if let Some(hyper_err) = cause.downcast_ref::<hyper::Error>() {
             if hyper_err.is_parse() || hyper_err.is_parse_status() {
                 return ProxyError::UpstreamProtocol { origin, detail };
             }
@@ -163,7 +155,6 @@ fn classify(err: &hyper_util::client::legacy::Error, origin: &str) -> ProxyError
                 return ProxyError::ResponseIncomplete { origin, detail };
             }
         }
-        cause = current.source();
     }
     if err.is_connect() {
         if detail.contains("dns error") {
@@ -172,6 +163,29 @@ fn classify(err: &hyper_util::client::legacy::Error, origin: &str) -> ProxyError
         return ProxyError::ConnectFailed { origin, detail };
     }
     ProxyError::ResponseIncomplete { origin, detail }
+}
+
+/// Every cause below `err`, including errors wrapped inside `io::Error`s, whose `source()`
+/// skips the wrapped error itself (TLS failures arrive wrapped twice).
+fn causes<'a>(err: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
+    let mut found = Vec::new();
+    let mut pending: Vec<&'a (dyn StdError + 'static)> = err.source().into_iter().collect();
+    while let Some(cause) = pending.pop() {
+        if found.len() > 32 {
+            break;
+        }
+        found.push(cause);
+        if let Some(inner) = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            pending.push(inner);
+        }
+        if let Some(next) = cause.source() {
+            pending.push(next);
+        }
+    }
+    found
 }
 
 /// `outer: inner: innermost`, for logs and the Proxy-Status details.

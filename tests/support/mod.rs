@@ -117,8 +117,8 @@ impl Fixture {
     }
 }
 
-/// A streaming body that notifies when dropped.
-struct PatternBody {
+/// A streaming body of a repeating pattern that notifies when dropped.
+pub struct PatternBody {
     remaining: u64,
     chunk: Bytes,
     dropped: Arc<Notify>,
@@ -147,13 +147,19 @@ impl http_body::Body for PatternBody {
     }
 }
 
+impl PatternBody {
+    pub fn new(size: u64, dropped: Arc<Notify>) -> PatternBody {
+        let chunk = Bytes::from((0..64 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        PatternBody {
+            remaining: size,
+            chunk,
+            dropped,
+        }
+    }
+}
+
 fn stream_response(size: u64, dropped: Arc<Notify>) -> Response<Body> {
-    let chunk = Bytes::from((0..64 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
-    let body = PatternBody {
-        remaining: size,
-        chunk,
-        dropped,
-    };
+    let body = PatternBody::new(size, dropped);
     Response::builder()
         .header("content-length", size)
         .body(Body::boxed(body))

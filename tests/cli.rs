@@ -1,0 +1,143 @@
+//! The command line as scripts use it: `outpost check` reports the effective settings and
+//! names the file and key of every configuration error; layers override in order.
+
+use std::process::{Command, Output};
+
+fn outpost(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    command.args(args);
+    // Start from a clean OUTPOST_ environment so the host's variables cannot leak in.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OUTPOST_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("outpost runs")
+}
+
+fn write_config(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outpost.toml");
+    std::fs::write(&path, text).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    (dir, path)
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn check_prints_effective_settings_with_layers_in_order() {
+    let (_dir, path) = write_config(
+        "origin = \"http://127.0.0.1:9000\"\nlisten = \"127.0.0.1:7000\"\n[server]\nidle_timeout = \"90s\"\nmax_header_bytes = \"32KiB\"\n",
+    );
+    let output = outpost(
+        &["check", "--config", &path, "--listen", "127.0.0.1:7001"],
+        &[
+            ("OUTPOST_SERVER__IDLE_TIMEOUT", "2m"),
+            ("OUTPOST_LISTEN", "127.0.0.1:7002"),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let effective = stdout(&output);
+    assert!(
+        effective.contains("listen = \"127.0.0.1:7001\""),
+        "flag beats env and file:\n{effective}"
+    );
+    assert!(
+        effective.contains("idle_timeout = \"2m\""),
+        "env beats file:\n{effective}"
+    );
+    assert!(
+        effective.contains("max_header_bytes = \"32KiB\""),
+        "file beats default:\n{effective}"
+    );
+    assert!(
+        effective.contains("header_read_timeout = \"10s\""),
+        "defaults shown:\n{effective}"
+    );
+}
+
+#[test]
+fn shipped_sample_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/outpost.toml");
+    let output = outpost(&["check", "--config", path], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn missing_config_file_is_an_error_naming_it() {
+    let output = outpost(&["check", "--config", "/nonexistent/outpost.toml"], &[]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("/nonexistent/outpost.toml"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn config_errors_name_file_and_key() {
+    let cases = [
+        ("origin = \"http://127.0.0.1:9000\"\nlisten_port = 1\n", "listen_port"),
+        ("origin = \"ftp://example.com\"\n", "origin"),
+        ("origin = \"http://127.0.0.1:9000\"\n[server]\nidle_timeout = \"soon\"\n", "server.idle_timeout"),
+        ("origin = \"http://127.0.0.1:9000\"\n[server]\nmax_header_bytes = \"lots\"\n", "server.max_header_bytes"),
+        (
+            "origin = \"http://127.0.0.1:9000\"\n[forwarding]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+            "forwarding.trusted_proxies",
+        ),
+        ("origin = \"http://127.0.0.1:9000\"\n[upstream]\nconnect_timeot = \"1s\"\n", "upstream"),
+        ("[[sites]]\nhosts = []\norigin = \"http://127.0.0.1:9000\"\n", "sites[0].hosts"),
+        ("listen = \"127.0.0.1:8080\"\n", "origin"),
+        ("origin = \"http://127.0.0.1:9000\"\nadmin = \"0.0.0.0:9090\"\n", "admin"),
+    ];
+    for (text, key) in cases {
+        let (_dir, path) = write_config(text);
+        let output = outpost(&["check", "--config", &path], &[]);
+        let message = stderr(&output);
+        assert!(!output.status.success(), "accepted:\n{text}");
+        assert!(
+            message.contains(key),
+            "error for {key} does not name it: {message}"
+        );
+        assert!(
+            message.contains(&path),
+            "error for {key} does not name the file: {message}"
+        );
+    }
+}
+
+#[test]
+fn environment_errors_name_the_variable() {
+    let output = outpost(
+        &["check", "--origin", "http://127.0.0.1:9000"],
+        &[("OUTPOST_UPSTREAM__CONNECT_TIMEOUT", "never")],
+    );
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.to_lowercase().contains("upstream.connect_timeout"),
+        "{message}"
+    );
+    assert!(message.contains("OUTPOST_` environment"), "{message}");
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let output = outpost(&["--help"], &[]);
+    let help = stdout(&output);
+    for word in ["serve", "check", "origin", "demo"] {
+        assert!(help.contains(word), "{help}");
+    }
+    let serve_help = stdout(&outpost(&["serve", "--help"], &[]));
+    for flag in ["--listen", "--origin", "--config", "--admin"] {
+        assert!(serve_help.contains(flag), "{serve_help}");
+    }
+}

@@ -22,6 +22,45 @@ use url::Url;
 /// Prefix of environment overrides; nesting uses `__` (`OUTPOST_SERVER__IDLE_TIMEOUT=30s`).
 pub const ENV_PREFIX: &str = "OUTPOST_";
 
+/// Top-level keys of [`Config`]. Only `OUTPOST_` variables naming one of these are read:
+/// other tools put their own variables under our prefix (`OUTPOST_BIN`, `OUTPOST_ARGS`), and
+/// those must not stop the proxy from starting. [`ignored_env_vars`] lists the others.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "admin",
+    "origin",
+    "proxy_name",
+    "server",
+    "upstream",
+    "forwarding",
+    "log",
+    "sites",
+];
+
+fn is_config_env_key(key: &str) -> bool {
+    let top = key.split("__").next().unwrap_or(key);
+    TOP_LEVEL_KEYS
+        .iter()
+        .any(|known| top.eq_ignore_ascii_case(known))
+}
+
+/// The `OUTPOST_` environment variables that name no setting, for a startup warning.
+pub fn ignored_env_vars() -> Vec<String> {
+    std::env::vars()
+        .filter_map(|(name, _)| {
+            let key = name.strip_prefix(ENV_PREFIX)?;
+            (!is_config_env_key(key)).then_some(name)
+        })
+        .collect()
+}
+
+/// The environment layer: `OUTPOST_` variables naming a setting, nested by `__`.
+pub fn env_layer() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter(|key| is_config_env_key(key.as_str()))
+        .split("__")
+}
+
 /// Why a configuration could not be loaded. Each variant says where to look.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -427,7 +466,7 @@ impl Config {
     /// size, duration, address, CIDR) or an inconsistent combination; each names its source
     /// and key.
     pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<Config, ConfigError> {
-        Self::load_with_env(file, flags, Env::prefixed(ENV_PREFIX).split("__"))
+        Self::load_with_env(file, flags, env_layer())
     }
 
     /// As [`Config::load`], with the environment layer supplied (tests pass a fixed one).
@@ -604,5 +643,48 @@ impl Config {
         // invariant: every field serialises to TOML (no maps with non-string keys, no None
         // inside arrays); the test `effective_config_round_trips` guards it.
         toml::to_string_pretty(self).expect("config serialises to TOML")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The env filter must know every top-level key, or that key could not be set from the
+    /// environment.
+    #[test]
+    fn top_level_keys_match_the_config_struct() {
+        let value = serde_json::to_value(Config::default()).unwrap();
+        let mut fields: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        let mut known = TOP_LEVEL_KEYS.to_vec();
+        known.sort_unstable();
+        assert_eq!(fields, known);
+    }
+
+    #[test]
+    fn env_keys_are_matched_by_their_top_level_segment() {
+        assert!(is_config_env_key("SERVER__IDLE_TIMEOUT"));
+        assert!(is_config_env_key("listen"));
+        assert!(!is_config_env_key("BIN"));
+        assert!(!is_config_env_key("ARGS"));
+    }
+
+    #[test]
+    fn byte_sizes_and_durations_round_trip_through_text() {
+        for text in ["512", "64KiB", "10MiB", "2GiB"] {
+            let size: ByteSize = text.parse().unwrap();
+            assert_eq!(size.to_string(), text);
+        }
+        assert_eq!(
+            "1h 30m".parse::<HumanDuration>().unwrap().get().as_secs(),
+            5400
+        );
+        assert!("soon".parse::<HumanDuration>().is_err());
     }
 }

@@ -127,6 +127,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve { settings } => {
             let config = settings.load()?;
             init_logging(&config);
+            let ignored = outpost::config::ignored_env_vars();
+            if !ignored.is_empty() {
+                tracing::warn!(
+                    ?ignored,
+                    "OUTPOST_ environment variables that name no setting are ignored"
+                );
+            }
             runtime()?.block_on(serve(config))
         }
         Command::Origin {

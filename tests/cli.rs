@@ -141,3 +141,14 @@ fn help_lists_the_subcommands() {
         assert!(serve_help.contains(flag), "{serve_help}");
     }
 }
+
+/// Other tools' variables under our prefix (the bench kit sets OUTPOST_BIN) are not settings
+/// and must not stop outpost from starting.
+#[test]
+fn unrelated_outpost_variables_are_ignored() {
+    let output = outpost(
+        &["check", "--origin", "http://127.0.0.1:9000"],
+        &[("OUTPOST_BIN", "/usr/bin/outpost"), ("OUTPOST_ARGS", "--x")],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+}

@@ -34,6 +34,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "upstream",
     "forwarding",
     "log",
+    "cache",
     "sites",
 ];
 
@@ -297,6 +298,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub forwarding: ForwardingConfig,
     pub log: LogConfig,
+    pub cache: CacheConfig,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -311,6 +313,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             forwarding: ForwardingConfig::default(),
             log: LogConfig::default(),
+            cache: CacheConfig::default(),
             sites: Vec::new(),
         }
     }
@@ -407,6 +410,54 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             level: "info".to_string(),
             access_log: true,
+        }
+    }
+}
+
+/// The shared cache (RFC 9111).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Off: every request goes to the origin (Cache-Status says `fwd=bypass`).
+    pub enabled: bool,
+    /// Bytes the memory tier may hold: bodies, headers, keys and per-entry overhead.
+    pub memory_capacity: ByteSize,
+    /// Larger responses are streamed through without being stored or buffered.
+    pub max_object_size: ByteSize,
+    /// Variants (Vary) kept per URL; the oldest goes first.
+    pub max_variants: usize,
+    /// Heuristic freshness: this fraction of the time since Last-Modified (RFC 9111
+    /// §4.2.2), for heuristically cacheable statuses without explicit freshness.
+    pub heuristic_fraction: f32,
+    /// Upper bound on any heuristic freshness.
+    pub heuristic_max: HumanDuration,
+    /// Store responses that carry Set-Cookie (and serve the cookie to everyone). Off by
+    /// default: almost always a personalised response.
+    pub store_set_cookie: bool,
+    /// Followers of a coalesced fetch wait at most this long for its response head, then
+    /// go to the origin themselves.
+    pub coalesce_wait: HumanDuration,
+    /// After a response turns out uncacheable, requests for that URL skip coalescing for
+    /// this long (hit-for-miss), so the next burst is not queued behind one request.
+    pub hit_for_miss_ttl: HumanDuration,
+    /// Targeted cache-control fields (RFC 9213) that override Cache-Control and Expires for
+    /// this cache, first present wins.
+    pub targeted_cache_control: Vec<String>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            memory_capacity: ByteSize(256 << 20),
+            max_object_size: ByteSize(32 << 20),
+            max_variants: 16,
+            heuristic_fraction: 0.1,
+            heuristic_max: HumanDuration(Duration::from_secs(24 * 3600)),
+            store_set_cookie: false,
+            coalesce_wait: HumanDuration(Duration::from_secs(10)),
+            hit_for_miss_ttl: HumanDuration(Duration::from_secs(30)),
+            targeted_cache_control: vec!["CDN-Cache-Control".to_string()],
         }
     }
 }
@@ -584,6 +635,64 @@ impl Config {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(reject(
                     "forwarding.strip_override_headers",
+                    format!("`{name}` is not a header name"),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.cache.heuristic_fraction) {
+            return Err(reject(
+                "cache.heuristic_fraction",
+                format!("{} is not between 0 and 1", self.cache.heuristic_fraction),
+            ));
+        }
+        if self.cache.max_variants == 0 {
+            return Err(reject(
+                "cache.max_variants",
+                "must be at least 1".to_string(),
+            ));
+        }
+        if self.cache.max_object_size > self.cache.memory_capacity {
+            return Err(reject(
+                "cache.max_object_size",
+                format!(
+                    "{} is larger than cache.memory_capacity ({})",
+                    self.cache.max_object_size, self.cache.memory_capacity
+                ),
+            ));
+        }
+        for name in &self.cache.targeted_cache_control {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(reject(
+                    "cache.targeted_cache_control",
+                    format!("`{name}` is not a header name"),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.cache.heuristic_fraction) {
+            return Err(reject(
+                "cache.heuristic_fraction",
+                format!("{} is not between 0 and 1", self.cache.heuristic_fraction),
+            ));
+        }
+        if self.cache.max_variants == 0 {
+            return Err(reject(
+                "cache.max_variants",
+                "must be at least 1".to_string(),
+            ));
+        }
+        if self.cache.max_object_size > self.cache.memory_capacity {
+            return Err(reject(
+                "cache.max_object_size",
+                format!(
+                    "{} is larger than cache.memory_capacity ({})",
+                    self.cache.max_object_size, self.cache.memory_capacity
+                ),
+            ));
+        }
+        for name in &self.cache.targeted_cache_control {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(reject(
+                    "cache.targeted_cache_control",
                     format!("`{name}` is not a header name"),
                 ));
             }

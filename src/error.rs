@@ -19,7 +19,7 @@ pub enum Fault {
     Internal,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
     /// The request is malformed or ambiguous (RFC 9112 §6.3 framing, missing Host, ...).
     #[error("bad request: {0}")]

@@ -3,30 +3,42 @@
 //! 1. **request filter** ([`check_request`]): framing and target checks; anything ambiguous is
 //!    answered here and never forwarded.
 //! 2. **route** ([`route::Router::route`]): which site, hence which origin.
-//! 3. **upstream request** ([`upstream_request`]): hop-by-hop stripping, forwarding headers
+//! 3. **cache lookup** ([`lookup`]): hit (serve it), bypass (unsafe method, Range, cache
+//!    off), or fetch (a miss, or a stored response to validate).
+//! 4. **upstream request** ([`upstream_request`]): hop-by-hop stripping, forwarding headers
 //!    inside the trust boundary, `Via`, the Host the origin sees.
-//! 4. **upstream** ([`crate::upstream::Upstream::send`]): the exchange, with timeouts.
-//! 5. **response filter** ([`downstream_response`]): hop-by-hop stripping and `Via` on the
-//!    way back; the body streams through untouched.
+//! 5. **upstream** ([`crate::upstream::Upstream::send`]): directly for bypasses, or through a
+//!    coalesced fill ([`fetch`]) that stores what it may.
+//! 6. **response filter** ([`downstream_response`], [`respond`]): hop-by-hop stripping,
+//!    `Via`, `Age`, and `Cache-Status` on every response.
 //!
 //! Errors from any phase become a response in exactly one place,
 //! [`crate::error::ProxyError::to_response`]. Connection-level concerns (limits, timeouts,
 //! shutdown, the access log's timing) stay in `server`.
 
+pub mod cache_status;
+mod fetch;
 pub mod forwarding;
+pub mod respond;
 pub mod route;
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::Body;
+use crate::cache::entry::StoredResponse;
+use crate::cache::key::{PrimaryKey, VariantKey};
+use crate::cache::policy::{self, Reuse};
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{Fault, ProxyError};
 use crate::upstream::{Upstream, UpstreamSetupError};
+use cache_status::{CacheStatus, FwdReason};
 use forwarding::{Downstream, ForwardingPolicy};
 use route::{HostHeader, Router, Site};
 
@@ -35,7 +47,12 @@ pub struct Proxy {
     router: Router,
     forwarding: ForwardingPolicy,
     upstream: Upstream,
+    cache: Cache,
     proxy_name: String,
+    /// `Via` for responses we serve from the cache (RFC 9110 §7.6.3).
+    via_response: HeaderValue,
+    /// Longest wait for the next chunk of an origin body being filled into the cache.
+    body_read_timeout: Duration,
     access_log: bool,
 }
 
@@ -47,13 +64,21 @@ impl Proxy {
             router: Router::new(config),
             forwarding: ForwardingPolicy::new(&config.forwarding),
             upstream: Upstream::new(&config.upstream)?,
+            cache: Cache::new(&config.cache),
             proxy_name: config.proxy_name.clone(),
+            via_response: HeaderValue::from_str(&format!("1.1 {}", config.proxy_name))
+                .unwrap_or_else(|_| HeaderValue::from_static("1.1 outpost")),
+            body_read_timeout: config.upstream.response_header_timeout.get(),
             access_log: config.log.access_log,
         })
     }
 
     pub fn proxy_name(&self) -> &str {
         &self.proxy_name
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 }
 
@@ -70,6 +95,7 @@ pub struct AccessRecord {
     pub target: String,
     pub site: String,
     pub status: u16,
+    pub cache: &'static str,
     pub upstream_duration: Option<Duration>,
     pub error: Option<&'static str>,
     pub enabled: bool,
@@ -93,6 +119,7 @@ impl AccessRecord {
             target = %self.target,
             site = %self.site,
             status = self.status,
+            cache = self.cache,
             bytes,
             duration_ms,
             upstream_ms,
@@ -114,7 +141,7 @@ pub struct DownstreamFacts {
 /// Runs one request through every phase and returns the response to send, never an error:
 /// failures are already turned into responses.
 pub async fn handle(
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     request: Request<Incoming>,
     downstream: DownstreamFacts,
 ) -> (Response<Body>, AccessRecord) {
@@ -132,11 +159,14 @@ pub async fn handle(
             .map_or_else(|| request.uri().to_string(), |pq| pq.as_str().to_string()),
         site: String::new(),
         status: 0,
+        cache: "none",
         upstream_duration: None,
         error: None,
         enabled: proxy.access_log,
     };
-    let response = match forward(proxy, request, downstream, &mut record).await {
+    let mut cache_status = CacheStatus::forward(FwdReason::Bypass);
+    let mut response = match serve(proxy, request, downstream, &mut record, &mut cache_status).await
+    {
         Ok(response) => response,
         Err(err) => {
             match err.fault() {
@@ -148,15 +178,22 @@ pub async fn handle(
             err.to_response(&proxy.proxy_name)
         }
     };
+    // RFC 9211 §2: appended after any Cache-Status members from caches nearer the origin.
+    response.headers_mut().append(
+        "cache-status",
+        cache_status.to_header_value(&proxy.proxy_name),
+    );
     record.status = response.status().as_u16();
+    record.cache = cache_status.label();
     (response, record)
 }
 
-async fn forward(
-    proxy: &Proxy,
+async fn serve(
+    proxy: &Arc<Proxy>,
     request: Request<Incoming>,
     facts: DownstreamFacts,
     record: &mut AccessRecord,
+    cache_status: &mut CacheStatus,
 ) -> Result<Response<Body>, ProxyError> {
     if facts.has_conflicting_framing {
         return Err(ProxyError::BadRequest(
@@ -166,17 +203,198 @@ async fn forward(
     check_request(&request)?;
     let host = route::request_host(&request)?;
     record.host = host.clone().unwrap_or_default();
-    let site = proxy.router.route(host.as_deref(), request.uri().path())?;
+    let site = Arc::clone(proxy.router.route(host.as_deref(), request.uri().path())?);
     record.site = site.name.clone();
-
     let downstream = Downstream {
         peer: facts.peer,
         scheme: "http",
         host: host.as_deref(),
     };
-    let (upstream_request, client) = upstream_request(proxy, site, request, downstream)?;
-    record.client = client;
 
+    let now = SystemTime::now();
+    match lookup(&proxy.cache, &request, host.as_deref().unwrap_or(""), now).await {
+        Lookup::Hit(entry, status) => {
+            *cache_status = status;
+            let (parts, _) = request.into_parts();
+            Ok(respond::from_entry(proxy, &entry, &parts, now))
+        }
+        Lookup::OnlyIfCachedMiss => {
+            // RFC 9111 §5.2.1.7: nothing suitable is stored and the origin may not be asked.
+            *cache_status = CacheStatus::default().with_detail("only-if-cached");
+            Ok(respond::gateway_timeout_only_if_cached())
+        }
+        Lookup::Bypass(status) => {
+            *cache_status = status;
+            let is_unsafe = !is_safe_method(request.method());
+            let target = is_unsafe.then(|| request.uri().clone());
+            let response = forward(proxy, &site, request, downstream, record).await?;
+            cache_status.fwd_status = Some(response.status().as_u16());
+            if let Some(target) = target {
+                let authority = host.as_deref().unwrap_or("");
+                for key in invalidated_by_unsafe(&target, authority, &response) {
+                    proxy.cache.memory.invalidate(&key).await;
+                }
+            }
+            Ok(response)
+        }
+        Lookup::Fetch(plan) => {
+            *cache_status = CacheStatus::forward(plan.reason);
+            let (parts, _) = request.into_parts();
+            let (response, status) =
+                fetch::through_cache(proxy, &site, parts, downstream, plan, record).await?;
+            *cache_status = status;
+            Ok(response)
+        }
+    }
+}
+
+/// The outcome of the cache-lookup phase.
+enum Lookup {
+    /// Serve this stored response.
+    Hit(Arc<StoredResponse>, CacheStatus),
+    /// `only-if-cached` and nothing usable is stored: 504 without asking the origin.
+    OnlyIfCachedMiss,
+    /// Forward without the cache (unsafe method, Range, preconditions, cache off).
+    Bypass(CacheStatus),
+    /// Fetch through the cache: a miss, or a stored response to validate.
+    Fetch(fetch::FetchPlan),
+}
+
+/// RFC 9110 §9.2.1 safe methods: their responses never invalidate anything.
+fn is_safe_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The cache-lookup phase: what the cache can do for this request at `now`.
+async fn lookup(
+    cache: &Cache,
+    request: &Request<Incoming>,
+    authority: &str,
+    now: SystemTime,
+) -> Lookup {
+    let bypass =
+        |detail| Lookup::Bypass(CacheStatus::forward(FwdReason::Bypass).with_detail(detail));
+    if !cache.is_enabled {
+        return bypass("disabled");
+    }
+    let method = request.method();
+    if method != Method::GET && method != Method::HEAD {
+        return Lookup::Bypass(CacheStatus::forward(FwdReason::Method));
+    }
+    let headers = request.headers();
+    if headers.contains_key(header::RANGE) {
+        return bypass("range");
+    }
+    if headers.contains_key(header::IF_MATCH)
+        || headers.contains_key(header::IF_UNMODIFIED_SINCE)
+        || headers.contains_key(header::IF_RANGE)
+    {
+        return bypass("precondition");
+    }
+    let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let key = PrimaryKey::new("http", authority, path_and_query);
+    let directives = policy::request_directives(headers);
+    let has_authorization = headers.contains_key(header::AUTHORIZATION);
+    let variants = cache.memory.get(&key).await;
+    let variant_hint = variants
+        .as_ref()
+        .and_then(|set| set.iter().next())
+        .and_then(|entry| entry.meta.vary.variant_key(headers))
+        .unwrap_or(VariantKey::NONE);
+    let selected = variants
+        .as_ref()
+        .and_then(|set| set.select(headers))
+        .cloned();
+    let plan = |stale: Option<Arc<StoredResponse>>, reason| {
+        Lookup::Fetch(fetch::FetchPlan {
+            key,
+            url: format!("http://{authority}{path_and_query}"),
+            variant_hint,
+            stale,
+            reason,
+            // §3.5: an authorised request must not share a fetch it might not be allowed to
+            // share; a no-store request stores nothing for others to share.
+            is_coalescable: !has_authorization && !directives.no_store,
+        })
+    };
+    let Some(entry) = selected else {
+        if directives.only_if_cached {
+            return Lookup::OnlyIfCachedMiss;
+        }
+        let is_vary_miss = variants.is_some_and(|set| !set.is_empty());
+        return plan(
+            None,
+            if is_vary_miss {
+                FwdReason::VaryMiss
+            } else {
+                FwdReason::UriMiss
+            },
+        );
+    };
+    if has_authorization && !entry.meta.freshness.is_shareable_with_authorization {
+        // RFC 9111 §3.5: not reusable for a request with Authorization.
+        return Lookup::Bypass(
+            CacheStatus::forward(FwdReason::Request).with_detail("authorization"),
+        );
+    }
+    match policy::evaluate_reuse(&entry.meta.freshness, &directives, now) {
+        Reuse::Fresh | Reuse::StaleAllowed => {
+            let ttl = entry.meta.freshness.ttl_seconds(now);
+            Lookup::Hit(entry, CacheStatus::hit(ttl))
+        }
+        _ if directives.only_if_cached => Lookup::OnlyIfCachedMiss,
+        Reuse::ValidateStale => plan(Some(entry), FwdReason::Stale),
+        Reuse::ValidateForRequest => plan(Some(entry), FwdReason::Request),
+    }
+}
+
+/// RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI and
+/// the same-origin URIs in Location and Content-Location (all their variants).
+fn invalidated_by_unsafe(
+    target: &Uri,
+    authority: &str,
+    response: &Response<Body>,
+) -> Vec<PrimaryKey> {
+    let status = response.status();
+    if !(status.is_success() || status.is_redirection()) {
+        return Vec::new();
+    }
+    let path = target.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut keys = vec![PrimaryKey::new("http", authority, path)];
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(location) = response.headers().get(&name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let Ok(uri) = location.parse::<Uri>() else {
+            continue;
+        };
+        let same_origin = match uri.authority() {
+            None => true,
+            Some(other) => other.as_str().eq_ignore_ascii_case(authority),
+        };
+        if same_origin && uri.path().starts_with('/') {
+            let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            keys.push(PrimaryKey::new("http", authority, path));
+        }
+    }
+    keys
+}
+
+/// Forwards a request without the cache and streams the response back.
+async fn forward(
+    proxy: &Proxy,
+    site: &Site,
+    request: Request<Incoming>,
+    downstream: Downstream<'_>,
+    record: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
+    let (parts, body) = request.into_parts();
+    let (upstream_request, client) =
+        upstream_request(proxy, site, parts, Body::from(body), downstream)?;
+    record.client = client;
     let sent_at = Instant::now();
     let response = proxy
         .upstream
@@ -229,15 +447,15 @@ pub fn check_request<B>(request: &Request<B>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Builds the request the origin receives; returns it with the client's address as far as
-/// the trust boundary lets us know it.
+/// Builds the request the origin receives from the client's request head; returns it with
+/// the client's address as far as the trust boundary lets us know it.
 fn upstream_request(
     proxy: &Proxy,
     site: &Site,
-    request: Request<Incoming>,
+    mut parts: http::request::Parts,
+    body: Body,
     downstream: Downstream<'_>,
 ) -> Result<(Request<Body>, IpAddr), ProxyError> {
-    let (mut parts, body) = request.into_parts();
     let headers = &mut parts.headers;
     forwarding::strip_hop_by_hop(headers);
     // We answer `Expect: 100-continue` ourselves (hyper does, when the body is first read);
@@ -270,7 +488,7 @@ fn upstream_request(
         .parse::<Uri>()
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
     parts.version = Version::HTTP_11;
-    Ok((Request::from_parts(parts, Body::from(body)), client))
+    Ok((Request::from_parts(parts, body), client))
 }
 
 /// HTTP/2 clients may split `Cookie` into several fields (RFC 9113 §8.2.3); an HTTP/1.1
@@ -290,7 +508,7 @@ fn join_cookie_fields(headers: &mut http::HeaderMap) {
     }
 }
 
-/// Response filter: what the client receives from an origin response.
+/// Response filter for a response streamed from the origin without the cache.
 fn downstream_response(proxy: &Proxy, response: Response<Incoming>) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     forwarding::strip_hop_by_hop(&mut parts.headers);

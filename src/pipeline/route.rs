@@ -5,6 +5,8 @@
 //! Forwarding headers are `forwarding`'s business; building and sending the upstream request
 //! is `upstream`'s.
 
+use std::sync::Arc;
+
 use http::header::HOST;
 use http::{HeaderValue, Request, Version};
 
@@ -97,20 +99,26 @@ fn origin_host_header(origin: &OriginUrl) -> HostHeader {
 /// The site table, built once from the config.
 #[derive(Debug, Clone)]
 pub struct Router {
-    sites: Vec<Site>,
-    default_site: Option<Site>,
+    sites: Vec<Arc<Site>>,
+    default_site: Option<Arc<Site>>,
 }
 
 impl Router {
     pub fn new(config: &Config) -> Router {
         Router {
-            sites: config.sites.iter().map(Site::from_config).collect(),
-            default_site: config.origin.as_ref().map(|origin| Site {
-                name: "default".to_string(),
-                origin: origin.clone(),
-                host_header: HostHeader::Preserve,
-                path_prefix: None,
-                hosts: Vec::new(),
+            sites: config
+                .sites
+                .iter()
+                .map(|site| Arc::new(Site::from_config(site)))
+                .collect(),
+            default_site: config.origin.as_ref().map(|origin| {
+                Arc::new(Site {
+                    name: "default".to_string(),
+                    origin: origin.clone(),
+                    host_header: HostHeader::Preserve,
+                    path_prefix: None,
+                    hosts: Vec::new(),
+                })
             }),
         }
     }
@@ -120,7 +128,7 @@ impl Router {
     ///
     /// # Errors
     /// [`ProxyError::MisdirectedRequest`] when no site answers and there is no default.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Result<&Site, ProxyError> {
+    pub fn route(&self, host: Option<&str>, path: &str) -> Result<&Arc<Site>, ProxyError> {
         let name = host.map(host_name);
         let best = name.and_then(|name| {
             self.sites

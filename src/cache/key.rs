@@ -1,0 +1,296 @@
+//! Cache keys: the primary key (which resource) and the variant key (which of its
+//! representations, chosen by the request headers the response's `Vary` names).
+//!
+//! The primary key always includes scheme, normalised host and port, path and query: a key
+//! without them lets one site's response answer another's requests (cache poisoning). The
+//! path is used exactly as received: `/debian/./InRelease` and `%2b` stay as they are,
+//! because "normalising" a path can turn it into another resource. GET and HEAD share a key
+//! (a stored GET answers a HEAD). What is *stored* under a key is `entry`'s business.
+
+use std::fmt;
+
+use http::header::{HeaderMap, HeaderName, ACCEPT_ENCODING};
+
+/// Identifies a resource: blake3 over method class, scheme, authority, path and query.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrimaryKey(pub [u8; 32]);
+
+impl PrimaryKey {
+    /// `authority` is `host[:port]` as the client sent it (lower-cased by routing); the
+    /// scheme's default port and a trailing dot on the host are removed here, so
+    /// `example.com`, `example.com.` and `example.com:80` share entries over http.
+    pub fn new(scheme: &str, authority: &str, path_and_query: &str) -> PrimaryKey {
+        let (host, port) = split_authority(authority);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let port = match (scheme, port) {
+            ("http", Some("80")) | ("https", Some("443")) | (_, Some("")) => None,
+            (_, port) => port,
+        };
+        let mut hasher = blake3::Hasher::new();
+        // Method class: GET and HEAD share entries; nothing else is stored.
+        hasher.update(b"GET\0");
+        hasher.update(scheme.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(host.as_bytes());
+        hasher.update(b"\0");
+        if let Some(port) = port {
+            hasher.update(port.as_bytes());
+        }
+        hasher.update(b"\0");
+        hasher.update(path_and_query.as_bytes());
+        PrimaryKey(*hasher.finalize().as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for PrimaryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PrimaryKey({})", &self.to_hex()[..16])
+    }
+}
+
+fn split_authority(authority: &str) -> (&str, Option<&str>) {
+    if authority.starts_with('[') {
+        match authority.find(']') {
+            Some(end) => (&authority[..=end], authority[end + 1..].strip_prefix(':')),
+            None => (authority, None),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    }
+}
+
+/// What a stored response's `Vary` says (RFC 9110 §12.5.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vary {
+    /// No Vary: one representation for every request.
+    None,
+    /// `Vary: *`: never matches a later request (RFC 9111 §4.1).
+    Star,
+    /// The nominated request fields, lower-cased, sorted and deduplicated.
+    Fields(Vec<HeaderName>),
+}
+
+impl Vary {
+    pub fn from_response(headers: &HeaderMap) -> Vary {
+        let mut names = Vec::new();
+        for value in headers.get_all(http::header::VARY) {
+            let Ok(text) = value.to_str() else {
+                // An unreadable Vary cannot be honoured: treat it as matching nothing.
+                return Vary::Star;
+            };
+            for member in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                if member == "*" {
+                    return Vary::Star;
+                }
+                match HeaderName::from_bytes(member.as_bytes()) {
+                    Ok(name) => names.push(name),
+                    Err(_) => return Vary::Star,
+                }
+            }
+        }
+        if names.is_empty() {
+            return Vary::None;
+        }
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        Vary::Fields(names)
+    }
+
+    /// The variant key of `request` under this Vary, or `None` for `Vary: *`.
+    pub fn variant_key(&self, request: &HeaderMap) -> Option<VariantKey> {
+        match self {
+            Vary::None => Some(VariantKey::NONE),
+            Vary::Star => None,
+            Vary::Fields(names) => {
+                let mut hasher = blake3::Hasher::new();
+                for name in names {
+                    hasher.update(name.as_str().as_bytes());
+                    hasher.update(b"\0");
+                    normalised_value(name, request, &mut hasher);
+                    hasher.update(b"\xff");
+                }
+                Some(VariantKey(*hasher.finalize().as_bytes()))
+            }
+        }
+    }
+
+    pub fn field_names(&self) -> &[HeaderName] {
+        match self {
+            Vary::Fields(names) => names,
+            _ => &[],
+        }
+    }
+}
+
+/// Identifies one representation under a primary key: blake3 over the normalised values of
+/// the request fields the response's Vary names.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VariantKey(pub [u8; 32]);
+
+impl VariantKey {
+    /// The key of every request when the response has no Vary.
+    pub const NONE: VariantKey = VariantKey([0; 32]);
+}
+
+impl fmt::Debug for VariantKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex: String = self.0[..8].iter().map(|b| format!("{b:02x}")).collect();
+        write!(f, "VariantKey({hex})")
+    }
+}
+
+/// Feeds the request's value of `name` in a form with identical semantics for every
+/// spelling (RFC 9111 §4.1): field lines combined, whitespace around list members removed,
+/// case folded where the field is case-insensitive, and `Accept-Encoding` reduced to the
+/// set of codings it accepts. An absent field hashes differently from an empty one.
+fn normalised_value(name: &HeaderName, request: &HeaderMap, hasher: &mut blake3::Hasher) {
+    let mut values = request.get_all(name).iter().peekable();
+    if values.peek().is_none() {
+        hasher.update(b"\x01absent");
+        return;
+    }
+    if name == ACCEPT_ENCODING {
+        hasher.update(canonical_accept_encoding(request).as_bytes());
+        return;
+    }
+    let case_insensitive = matches!(
+        name.as_str(),
+        "accept" | "accept-language" | "accept-charset"
+    );
+    let mut first = true;
+    for value in values {
+        for member in value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|m| !m.is_empty())
+        {
+            if !first {
+                hasher.update(b",");
+            }
+            first = false;
+            if case_insensitive {
+                hasher.update(&member.to_ascii_lowercase());
+            } else {
+                hasher.update(member);
+            }
+        }
+    }
+}
+
+/// `Accept-Encoding` as the sorted set of codings accepted with a non-zero weight
+/// (`gzip, br;q=0.8` and `br;q=1, GZIP` are the same request).
+pub fn canonical_accept_encoding(request: &HeaderMap) -> String {
+    let mut codings: Vec<String> = request
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|member| {
+            let mut parts = member.split(';');
+            let coding = parts.next()?.trim().to_ascii_lowercase();
+            if coding.is_empty() {
+                return None;
+            }
+            let weight = parts
+                .filter_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .or_else(|| p.trim().strip_prefix("Q="))
+                })
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let coding = if coding == "x-gzip" {
+                "gzip".to_string()
+            } else {
+                coding
+            };
+            (weight > 0.0).then_some(coding)
+        })
+        .collect();
+    codings.sort_unstable();
+    codings.dedup();
+    codings.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    /// Scheme, host and port are always part of the key: another site's response never
+    /// answers (a key without them is a cache-poisoning bug).
+    #[test]
+    fn primary_key_separates_scheme_host_port_and_path() {
+        let base = PrimaryKey::new("http", "example.com", "/a?x=1");
+        assert_ne!(base, PrimaryKey::new("https", "example.com", "/a?x=1"));
+        assert_ne!(base, PrimaryKey::new("http", "example.org", "/a?x=1"));
+        assert_ne!(base, PrimaryKey::new("http", "example.com:8080", "/a?x=1"));
+        assert_ne!(base, PrimaryKey::new("http", "example.com", "/a?x=2"));
+        assert_ne!(base, PrimaryKey::new("http", "example.com", "/a"));
+        assert_eq!(base, PrimaryKey::new("http", "example.com:80", "/a?x=1"));
+        assert_eq!(base, PrimaryKey::new("http", "example.com.", "/a?x=1"));
+        // apt's literal "./" and "%2b" are different resources from their "normalised" forms.
+        assert_ne!(
+            PrimaryKey::new("http", "d", "/debian/./InRelease"),
+            PrimaryKey::new("http", "d", "/debian/InRelease")
+        );
+        assert_ne!(
+            PrimaryKey::new("http", "d", "/sl_5.02-1%2bb1.deb"),
+            PrimaryKey::new("http", "d", "/sl_5.02-1+b1.deb")
+        );
+    }
+
+    /// RFC 9111 §4.1: values with identical semantics select the same variant.
+    #[test]
+    fn variant_key_normalises_whitespace_case_and_accept_encoding() {
+        let vary = Vary::from_response(&headers(&[
+            ("vary", "Accept-Encoding, accept-language"),
+            ("vary", "X-Device"),
+        ]));
+        let a = vary.variant_key(&headers(&[
+            ("accept-encoding", "gzip, br;q=0.8"),
+            ("accept-language", "en-GB,en;q=0.5"),
+            ("x-device", "mobile"),
+        ]));
+        let b = vary.variant_key(&headers(&[
+            ("accept-encoding", "BR;q=1,gzip,identity;q=0"),
+            ("accept-language", "EN-gb , en;q=0.5"),
+            ("x-device", "mobile"),
+        ]));
+        assert_eq!(a, b);
+        let c = vary.variant_key(&headers(&[
+            ("accept-encoding", "gzip"),
+            ("accept-language", "en-GB,en;q=0.5"),
+            ("x-device", "mobile"),
+        ]));
+        assert_ne!(a, c);
+        let d = vary.variant_key(&headers(&[
+            ("accept-encoding", "gzip, br"),
+            ("accept-language", "en-GB,en;q=0.5"),
+        ]));
+        assert_ne!(a, d, "absent X-Device differs from present");
+    }
+
+    #[test]
+    fn vary_star_never_matches() {
+        let vary = Vary::from_response(&headers(&[("vary", "accept, *")]));
+        assert_eq!(vary, Vary::Star);
+        assert_eq!(vary.variant_key(&HeaderMap::new()), None);
+    }
+}

@@ -1,0 +1,127 @@
+//! The memory tier: moka's `future::Cache` from primary key to the set of stored variants,
+//! weighed by every byte an entry holds, with TinyLFU admission and LRU eviction.
+//!
+//! TinyLFU may refuse a newcomer when the cache is full and the newcomer is less popular
+//! than what it would evict: that keeps one-off scans from flushing the hot set. Which
+//! variant answers a request is chosen here; whether it may answer is `policy`'s call.
+//!
+//! # Concurrent calls
+//! Reads never block writers. Adding a variant uses moka's per-key compute, so two fills
+//! of different variants of one URL never lose each other's entry.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use moka::ops::compute::Op;
+
+use super::entry::StoredResponse;
+use super::key::{PrimaryKey, VariantKey, Vary};
+
+/// All stored variants of one resource, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct VariantSet {
+    variants: Vec<Arc<StoredResponse>>,
+}
+
+impl VariantSet {
+    /// The newest variant whose Vary rule gives `request` the variant key it was stored
+    /// under. Variants usually share one Vary rule, so its key is computed once.
+    pub fn select(&self, request: &HeaderMap) -> Option<&Arc<StoredResponse>> {
+        let mut last_rule: Option<(&Vary, Option<VariantKey>)> = None;
+        self.variants.iter().find(|entry| {
+            let vary = &entry.meta.vary;
+            let key = match last_rule {
+                Some((rule, key)) if rule == vary => key,
+                _ => {
+                    let key = vary.variant_key(request);
+                    last_rule = Some((vary, key));
+                    key
+                }
+            };
+            key == Some(entry.meta.variant)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.variants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.variants.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<StoredResponse>> {
+        self.variants.iter()
+    }
+
+    fn weight(&self) -> u32 {
+        let total: usize = self.variants.iter().map(|v| v.weight()).sum();
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+
+    /// This set with `entry` replacing any variant with the same key, bounded to
+    /// `max_variants` (the oldest go first).
+    fn with(&self, entry: Arc<StoredResponse>, max_variants: usize) -> VariantSet {
+        let mut variants = Vec::with_capacity(self.variants.len() + 1);
+        variants.push(Arc::clone(&entry));
+        variants.extend(
+            self.variants
+                .iter()
+                .filter(|v| v.meta.variant != entry.meta.variant)
+                .take(max_variants.saturating_sub(1))
+                .cloned(),
+        );
+        VariantSet { variants }
+    }
+}
+
+/// The in-memory tier.
+#[derive(Clone)]
+pub struct MemoryTier {
+    cache: moka::future::Cache<PrimaryKey, Arc<VariantSet>>,
+    max_variants: usize,
+}
+
+impl MemoryTier {
+    /// `capacity` is in bytes, as weighed by [`StoredResponse::weight`].
+    pub fn new(capacity: u64, max_variants: usize) -> MemoryTier {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|_key: &PrimaryKey, set: &Arc<VariantSet>| set.weight())
+            .build();
+        MemoryTier {
+            cache,
+            max_variants: max_variants.max(1),
+        }
+    }
+
+    pub async fn get(&self, key: &PrimaryKey) -> Option<Arc<VariantSet>> {
+        self.cache.get(key).await
+    }
+
+    /// Stores `entry` as a variant of its resource.
+    pub async fn insert(&self, entry: Arc<StoredResponse>) {
+        let max_variants = self.max_variants;
+        self.cache
+            .entry(entry.meta.key)
+            .and_compute_with(|existing| {
+                let set = match existing {
+                    Some(existing) => existing.into_value().with(entry, max_variants),
+                    None => VariantSet::default().with(entry, max_variants),
+                };
+                std::future::ready(Op::Put(Arc::new(set)))
+            })
+            .await;
+    }
+
+    /// Removes every variant of `key` (RFC 9111 §4.4 invalidation, purge).
+    pub async fn invalidate(&self, key: &PrimaryKey) {
+        self.cache.invalidate(key).await;
+    }
+
+    /// Entries (resources) and weighed bytes, after applying pending housekeeping.
+    pub async fn usage(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks().await;
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+}

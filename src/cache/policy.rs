@@ -1,0 +1,1165 @@
+//! The caching rules of RFC 9111 for a shared cache: may this response be stored (§3),
+//! how long is it fresh (§4.2), may this request reuse it (§4.2, §5.2.1), how is it
+//! revalidated (§4.3), and does a client's conditional request match it (RFC 9110 §13).
+//!
+//! Storability is decided by `http-cache-semantics` ([`CachePolicy::is_storable`]) together
+//! with rules it leaves to us: GET/HEAD only (it would store a POST), `Set-Cookie` (ours is
+//! configurable), qualified `private`/`no-cache`, `Vary: *`, and targeted fields (RFC 9213
+//! `CDN-Cache-Control`, which replace Cache-Control and Expires for our decisions).
+//! Freshness and age are computed here rather than by the library, because the library
+//! leaves out parts of §4.2.3 (apparent age, response delay), applies heuristics to every
+//! status, ends freshness on `proxy-revalidate`, and reads only one date format; the tests
+//! cross-check the two where they should agree. Every function takes `now`.
+//! Where entries live is `memory`'s business; what they hold is `entry`'s.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use http_cache_semantics::{CacheOptions, CachePolicy};
+
+/// RFC 9111 §1.2.2: delta-seconds too large to represent are taken as 2^31.
+const DELTA_SECONDS_MAX: u64 = 1 << 31;
+
+/// Status codes whose responses are heuristically cacheable (RFC 9110 §15.1).
+const HEURISTICALLY_CACHEABLE: [u16; 12] =
+    [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// Settings of the policy, from the `[cache]` config section.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    /// Fraction of (Date - Last-Modified) used as heuristic freshness (RFC 9111 §4.2.2).
+    pub heuristic_fraction: f32,
+    /// Upper bound on any heuristic freshness lifetime.
+    pub heuristic_max: Duration,
+    /// Whether responses carrying Set-Cookie may be stored (and served to others).
+    pub store_set_cookie: bool,
+    /// Targeted cache-control fields in priority order (RFC 9213 §2), lower-case.
+    pub targeted_fields: Vec<HeaderName>,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            heuristic_fraction: 0.1,
+            heuristic_max: Duration::from_secs(24 * 3600),
+            store_set_cookie: false,
+            targeted_fields: vec![HeaderName::from_static("cdn-cache-control")],
+        }
+    }
+}
+
+/// Cache-Control directives (response or request) as this cache understands them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Directives {
+    pub no_store: bool,
+    pub no_cache: bool,
+    /// `no-cache="field"`: treated as unqualified no-cache (stricter, RFC 9111 §5.2.2.4
+    /// lets a cache do so).
+    pub no_cache_qualified: bool,
+    pub private: bool,
+    pub private_qualified: bool,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub immutable: bool,
+    pub only_if_cached: bool,
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+    pub min_fresh: Option<u64>,
+    /// `Some(None)`: max-stale without a value (any staleness).
+    pub max_stale: Option<Option<u64>>,
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
+    /// A freshness directive (max-age, s-maxage) was repeated with different values or had
+    /// an invalid value: RFC 9111 §4.2.1 lets the cache consider the response stale.
+    pub has_conflicting_freshness: bool,
+}
+
+impl Directives {
+    /// Parses every line of a Cache-Control-like field. Unknown directives are ignored;
+    /// quoted values may contain commas.
+    pub fn parse<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> Directives {
+        let mut directives = Directives::default();
+        for value in values {
+            let Ok(text) = value.to_str() else { continue };
+            for member in split_members(text) {
+                let (name, argument) = match member.split_once('=') {
+                    Some((name, argument)) => (name.trim(), Some(unquote(argument.trim()))),
+                    None => (member.trim(), None),
+                };
+                directives.apply(&name.to_ascii_lowercase(), argument.as_deref());
+            }
+        }
+        directives
+    }
+
+    fn apply(&mut self, name: &str, argument: Option<&str>) {
+        match name {
+            "no-store" => self.no_store = true,
+            "no-cache" => {
+                self.no_cache = true;
+                self.no_cache_qualified |= argument.is_some_and(|a| !a.is_empty());
+            }
+            "private" => {
+                self.private = true;
+                self.private_qualified |= argument.is_some_and(|a| !a.is_empty());
+            }
+            "public" => self.public = true,
+            "must-revalidate" => self.must_revalidate = true,
+            "proxy-revalidate" => self.proxy_revalidate = true,
+            "immutable" => self.immutable = true,
+            "only-if-cached" => self.only_if_cached = true,
+            "max-age" => set_freshness(
+                &mut self.max_age,
+                argument,
+                &mut self.has_conflicting_freshness,
+            ),
+            "s-maxage" => set_freshness(
+                &mut self.s_maxage,
+                argument,
+                &mut self.has_conflicting_freshness,
+            ),
+            "min-fresh" => self.min_fresh = self.min_fresh.or(argument.and_then(delta_seconds)),
+            "max-stale" if self.max_stale.is_none() => {
+                self.max_stale = Some(argument.and_then(delta_seconds))
+            }
+            "stale-while-revalidate" => {
+                self.stale_while_revalidate = self
+                    .stale_while_revalidate
+                    .or(argument.and_then(delta_seconds));
+            }
+            "stale-if-error" => {
+                self.stale_if_error = self.stale_if_error.or(argument.and_then(delta_seconds))
+            }
+            _ => {}
+        }
+    }
+}
+
+fn set_freshness(slot: &mut Option<u64>, argument: Option<&str>, conflicting: &mut bool) {
+    match argument.and_then(delta_seconds) {
+        Some(seconds) => match *slot {
+            Some(previous) if previous != seconds => *conflicting = true,
+            Some(_) => {}
+            None => *slot = Some(seconds),
+        },
+        None => *conflicting = true,
+    }
+}
+
+/// RFC 9111 §1.2.2 delta-seconds: digits only, clamped to 2^31.
+fn delta_seconds(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        text.parse::<u64>()
+            .unwrap_or(DELTA_SECONDS_MAX)
+            .min(DELTA_SECONDS_MAX),
+    )
+}
+
+fn unquote(text: &str) -> String {
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) => inner.replace("\\\"", "\"").replace("\\\\", "\\"),
+        None => text.to_string(),
+    }
+}
+
+/// Splits a list on commas that are not inside a quoted string.
+fn split_members(text: &str) -> Vec<&str> {
+    let mut members = Vec::new();
+    let mut start = 0;
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (index, byte) in text.bytes().enumerate() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if in_quotes => escaped = true,
+            b'"' => in_quotes = !in_quotes,
+            b',' if !in_quotes => {
+                members.push(&text[start..index]);
+                start = index + 1;
+            }
+            _ => {}
+        }
+    }
+    members.push(&text[start..]);
+    members
+        .into_iter()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .collect()
+}
+
+/// The response's directives for this cache: the first targeted field with a valid,
+/// non-empty value (RFC 9213 §2.2), else Cache-Control (and `Pragma: no-cache` when there
+/// is no Cache-Control, RFC 9111 §5.4). Returns whether a targeted field was used, in which
+/// case Expires is ignored too.
+pub fn response_directives(headers: &HeaderMap, settings: &PolicySettings) -> (Directives, bool) {
+    for field in &settings.targeted_fields {
+        let values: Vec<&HeaderValue> = headers.get_all(field).iter().collect();
+        if values
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|t| !t.trim().is_empty()))
+        {
+            return (Directives::parse(values), true);
+        }
+    }
+    let mut directives = Directives::parse(headers.get_all(header::CACHE_CONTROL));
+    if !headers.contains_key(header::CACHE_CONTROL) && pragma_no_cache(headers) {
+        directives.no_cache = true;
+    }
+    (directives, false)
+}
+
+/// The request's directives, with `Pragma: no-cache` honoured when there is no
+/// Cache-Control (RFC 9111 §5.4).
+pub fn request_directives(headers: &HeaderMap) -> Directives {
+    let mut directives = Directives::parse(headers.get_all(header::CACHE_CONTROL));
+    if !headers.contains_key(header::CACHE_CONTROL) && pragma_no_cache(headers) {
+        directives.no_cache = true;
+    }
+    directives
+}
+
+fn pragma_no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::PRAGMA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|m| m.trim().eq_ignore_ascii_case("no-cache"))
+        })
+}
+
+/// Why a response is not stored. The strings are used in Cache-Status `detail`, logs and
+/// metrics alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoStoreReason {
+    Method,
+    Status,
+    PartialContent,
+    RequestNoStore,
+    NoStore,
+    Private,
+    Authorization,
+    SetCookie,
+    VaryStar,
+    TooLarge,
+    /// The library found nothing that allows storing (no explicit freshness on a status
+    /// that is not cacheable by default, and no `public`).
+    NotCacheable,
+}
+
+impl NoStoreReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoStoreReason::Method => "method",
+            NoStoreReason::Status => "status",
+            NoStoreReason::PartialContent => "partial-content",
+            NoStoreReason::RequestNoStore => "request-no-store",
+            NoStoreReason::NoStore => "no-store",
+            NoStoreReason::Private => "private",
+            NoStoreReason::Authorization => "authorization",
+            NoStoreReason::SetCookie => "set-cookie",
+            NoStoreReason::VaryStar => "vary-star",
+            NoStoreReason::TooLarge => "too-large",
+            NoStoreReason::NotCacheable => "not-cacheable",
+        }
+    }
+}
+
+/// What storage needs to know about the request that fetched a response.
+pub struct FetchedFor<'a> {
+    pub method: &'a Method,
+    pub uri: &'a http::Uri,
+    pub headers: &'a HeaderMap,
+}
+
+/// RFC 9111 §3: may this response be stored by a shared cache?
+///
+/// # Errors
+/// The first [`NoStoreReason`] that forbids it.
+pub fn check_storable(
+    request: &FetchedFor<'_>,
+    status: StatusCode,
+    response_headers: &HeaderMap,
+    settings: &PolicySettings,
+    response_time: SystemTime,
+) -> Result<(), NoStoreReason> {
+    if request.method != Method::GET && request.method != Method::HEAD {
+        return Err(NoStoreReason::Method);
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        return Err(NoStoreReason::PartialContent);
+    }
+    if status.is_informational() || status == StatusCode::NOT_MODIFIED {
+        return Err(NoStoreReason::Status);
+    }
+    let request_cc = request_directives(request.headers);
+    if request_cc.no_store {
+        return Err(NoStoreReason::RequestNoStore);
+    }
+    let (directives, is_targeted) = response_directives(response_headers, settings);
+    if directives.no_store {
+        return Err(NoStoreReason::NoStore);
+    }
+    if directives.private {
+        return Err(NoStoreReason::Private);
+    }
+    if response_headers.contains_key(header::SET_COOKIE) && !settings.store_set_cookie {
+        return Err(NoStoreReason::SetCookie);
+    }
+    if crate::cache::key::Vary::from_response(response_headers) == crate::cache::key::Vary::Star {
+        return Err(NoStoreReason::VaryStar);
+    }
+    if request.headers.contains_key(header::AUTHORIZATION)
+        && !is_shareable_with_authorization(&directives)
+    {
+        return Err(NoStoreReason::Authorization);
+    }
+    // The library reads Cache-Control and Expires; give it the targeted field's view.
+    let policy_view = http::Response::builder()
+        .status(status)
+        .body(())
+        .map(|mut response| {
+            *response.headers_mut() = effective_headers(response_headers, &directives, is_targeted);
+            response
+        });
+    let request_view = http::Request::builder()
+        .method(request.method.clone())
+        .uri(request.uri.clone())
+        .body(())
+        .map(|mut r| {
+            *r.headers_mut() = request.headers.clone();
+            r
+        });
+    let (Ok(policy_view), Ok(request_view)) = (policy_view, request_view) else {
+        return Err(NoStoreReason::NotCacheable);
+    };
+    let options = CacheOptions {
+        shared: true,
+        cache_heuristic: settings.heuristic_fraction,
+        ..CacheOptions::default()
+    };
+    let policy = CachePolicy::new_options(&request_view, &policy_view, response_time, options);
+    if policy.is_storable() {
+        Ok(())
+    } else if !UNDERSTOOD_BY_US.contains(&status.as_u16()) {
+        Err(NoStoreReason::Status)
+    } else {
+        Err(NoStoreReason::NotCacheable)
+    }
+}
+
+/// Status codes whose semantics this cache understands well enough to store them.
+const UNDERSTOOD_BY_US: [u16; 21] = [
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501, 400, 403, 500, 502, 503,
+    504, 451,
+];
+
+/// RFC 9111 §3.5: a response to a request with Authorization may be stored and reused by a
+/// shared cache only if it says so.
+pub fn is_shareable_with_authorization(directives: &Directives) -> bool {
+    directives.public || directives.must_revalidate || directives.s_maxage.is_some()
+}
+
+/// The headers the library should see: with a targeted field, its value replaces
+/// Cache-Control and Expires is dropped (RFC 9213 §2.2).
+fn effective_headers(headers: &HeaderMap, directives: &Directives, is_targeted: bool) -> HeaderMap {
+    let mut view = headers.clone();
+    if is_targeted {
+        view.remove(header::EXPIRES);
+        view.remove(header::CACHE_CONTROL);
+        if let Ok(value) = HeaderValue::from_str(&render_directives(directives)) {
+            view.insert(header::CACHE_CONTROL, value);
+        }
+    }
+    view
+}
+
+fn render_directives(d: &Directives) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let flags = [
+        (d.no_store, "no-store"),
+        (d.no_cache, "no-cache"),
+        (d.private, "private"),
+        (d.public, "public"),
+        (d.must_revalidate, "must-revalidate"),
+        (d.proxy_revalidate, "proxy-revalidate"),
+        (d.immutable, "immutable"),
+    ];
+    parts.extend(
+        flags
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name.to_string()),
+    );
+    if let Some(v) = d.max_age {
+        parts.push(format!("max-age={v}"));
+    }
+    if let Some(v) = d.s_maxage {
+        parts.push(format!("s-maxage={v}"));
+    }
+    parts.join(", ")
+}
+
+/// How long a stored response stays fresh and how old it is: everything the hit path needs,
+/// computed once when the response is stored (or freshened by a 304).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// RFC 9111 §4.2.1 freshness lifetime.
+    pub lifetime: Duration,
+    pub is_heuristic: bool,
+    /// RFC 9111 §4.2.3 corrected_initial_age.
+    pub corrected_initial_age: Duration,
+    pub response_time: SystemTime,
+    /// Response `no-cache` (§5.2.2.4): every reuse must be validated first.
+    pub requires_validation: bool,
+    /// must-revalidate, proxy-revalidate, s-maxage (§5.2.2.10) or no-cache: never served
+    /// stale, whatever the request allows (§4.2.4).
+    pub forbids_stale: bool,
+    /// RFC 8246: fresh responses are not revalidated on a client's reload.
+    pub is_immutable: bool,
+    /// RFC 5861 windows, kept for the stale-serving rules.
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    /// Stored under RFC 9111 §3.5 rules: reusable for requests with Authorization.
+    pub is_shareable_with_authorization: bool,
+}
+
+impl Freshness {
+    /// RFC 9111 §4.2.1, §4.2.2 and §4.2.3 for a response received at `response_time` to a
+    /// request sent at `request_time`.
+    pub fn compute(
+        status: StatusCode,
+        headers: &HeaderMap,
+        settings: &PolicySettings,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> Freshness {
+        let (directives, is_targeted) = response_directives(headers, settings);
+        let date = single_date(headers, header::DATE).ok().flatten();
+        let date_value = date.unwrap_or(response_time);
+
+        let (lifetime, is_heuristic) = if directives.has_conflicting_freshness {
+            (Duration::ZERO, false)
+        } else if let Some(s_maxage) = directives.s_maxage {
+            (Duration::from_secs(s_maxage), false)
+        } else if let Some(max_age) = directives.max_age {
+            (Duration::from_secs(max_age), false)
+        } else if !is_targeted && headers.contains_key(header::EXPIRES) {
+            // §5.3: an invalid Expires (such as "0"), or several that disagree, is in the past.
+            match single_date(headers, header::EXPIRES) {
+                Ok(Some(expires)) => (
+                    expires.duration_since(date_value).unwrap_or_default(),
+                    false,
+                ),
+                _ => (Duration::ZERO, false),
+            }
+        } else if HEURISTICALLY_CACHEABLE.contains(&status.as_u16()) {
+            (heuristic_lifetime(headers, date_value, settings), true)
+        } else {
+            (Duration::ZERO, false)
+        };
+
+        // §4.2.3 age calculation.
+        let age_value = headers
+            .get(header::AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| delta_seconds(v.trim()))
+            .map_or(Duration::ZERO, Duration::from_secs);
+        let apparent_age = response_time.duration_since(date_value).unwrap_or_default();
+        let response_delay = response_time
+            .duration_since(request_time)
+            .unwrap_or_default();
+        let corrected_age_value = age_value + response_delay;
+        let corrected_initial_age = apparent_age.max(corrected_age_value);
+
+        let requires_validation = directives.no_cache;
+        Freshness {
+            lifetime,
+            is_heuristic,
+            corrected_initial_age,
+            response_time,
+            requires_validation,
+            forbids_stale: directives.must_revalidate
+                || directives.proxy_revalidate
+                || directives.s_maxage.is_some()
+                || requires_validation,
+            is_immutable: directives.immutable,
+            stale_while_revalidate: Duration::from_secs(
+                directives.stale_while_revalidate.unwrap_or(0),
+            ),
+            stale_if_error: Duration::from_secs(directives.stale_if_error.unwrap_or(0)),
+            is_shareable_with_authorization: is_shareable_with_authorization(&directives),
+        }
+    }
+
+    /// RFC 9111 §4.2.3 current_age.
+    pub fn current_age(&self, now: SystemTime) -> Duration {
+        self.corrected_initial_age + now.duration_since(self.response_time).unwrap_or_default()
+    }
+
+    /// Seconds of freshness left; negative once stale (Cache-Status `ttl`, RFC 9211 §2.5).
+    pub fn ttl_seconds(&self, now: SystemTime) -> i64 {
+        let lifetime = i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX);
+        let age = i64::try_from(self.current_age(now).as_secs()).unwrap_or(i64::MAX);
+        lifetime.saturating_sub(age)
+    }
+
+    /// Fresh (§4.2): lifetime greater than current age.
+    pub fn is_fresh(&self, now: SystemTime) -> bool {
+        self.lifetime > self.current_age(now)
+    }
+}
+
+/// §4.2.2: a fraction of the time since Last-Modified, capped by config.
+fn heuristic_lifetime(
+    headers: &HeaderMap,
+    date_value: SystemTime,
+    settings: &PolicySettings,
+) -> Duration {
+    let Ok(Some(last_modified)) = single_date(headers, header::LAST_MODIFIED) else {
+        return Duration::ZERO;
+    };
+    let since = date_value.duration_since(last_modified).unwrap_or_default();
+    since
+        .mul_f64(f64::from(settings.heuristic_fraction).clamp(0.0, 1.0))
+        .min(settings.heuristic_max)
+}
+
+/// Parses a date field that must appear once (RFC 9110 §5.6.7: IMF-fixdate, and the
+/// obsolete RFC 850 and asctime formats a recipient must accept). `Ok(None)` when absent;
+/// `Err` when invalid or repeated with different values.
+fn single_date(headers: &HeaderMap, name: HeaderName) -> Result<Option<SystemTime>, ()> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.any(|other| other != first) {
+        return Err(());
+    }
+    let text = first.to_str().map_err(|_| ())?;
+    httpdate::parse_http_date(text.trim())
+        .map(Some)
+        .map_err(|_| ())
+}
+
+/// May a stored response answer this request, and if not, why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Serve it: fresh and acceptable to the request.
+    Fresh,
+    /// Serve it stale: the request's `max-stale` allows it and the response does not forbid.
+    StaleAllowed,
+    /// Validate with the origin first: the stored response is stale (or needs validation).
+    ValidateStale,
+    /// Validate with the origin first: the response is fresh but the request's directives
+    /// (no-cache, max-age, min-fresh) do not accept it.
+    ValidateForRequest,
+}
+
+/// RFC 9111 §4.2, §4.3 and §5.2.1 (with RFC 8246 for immutable): may `freshness` serve a
+/// request with `request` directives at `now`?
+pub fn evaluate_reuse(freshness: &Freshness, request: &Directives, now: SystemTime) -> Reuse {
+    let is_fresh = freshness.is_fresh(now) && !freshness.requires_validation;
+    let age = freshness.current_age(now);
+    if is_fresh {
+        // RFC 8246 §2: a reload of an immutable response during its lifetime does not
+        // need the origin.
+        let reloads = request.no_cache || request.max_age == Some(0);
+        if freshness.is_immutable && reloads {
+            return Reuse::Fresh;
+        }
+        if request.no_cache {
+            return Reuse::ValidateForRequest;
+        }
+        if request
+            .max_age
+            .is_some_and(|max_age| age > Duration::from_secs(max_age))
+        {
+            return Reuse::ValidateForRequest;
+        }
+        if request.min_fresh.is_some_and(|min_fresh| {
+            freshness.lifetime.saturating_sub(age) < Duration::from_secs(min_fresh)
+        }) {
+            return Reuse::ValidateForRequest;
+        }
+        return Reuse::Fresh;
+    }
+    if freshness.forbids_stale || request.no_cache {
+        return Reuse::ValidateStale;
+    }
+    let staleness = age.saturating_sub(freshness.lifetime);
+    let max_age_ok = request
+        .max_age
+        .is_none_or(|max_age| age <= Duration::from_secs(max_age));
+    match request.max_stale {
+        Some(None) if max_age_ok => Reuse::StaleAllowed,
+        Some(Some(limit)) if max_age_ok && staleness <= Duration::from_secs(limit) => {
+            Reuse::StaleAllowed
+        }
+        _ => Reuse::ValidateStale,
+    }
+}
+
+/// A client's conditional GET/HEAD evaluated against a stored response (RFC 9110 §13.2.2):
+/// If-None-Match wins over If-Modified-Since. Returns true when the answer is 304.
+pub fn is_not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    if let Some(_first) = request.get(header::IF_NONE_MATCH) {
+        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        return request
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .any(|candidate| candidate == "*" || weak_eq(candidate, etag));
+    }
+    let Some(since) = request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+    else {
+        return false;
+    };
+    let Ok(Some(last_modified)) = single_date(stored, header::LAST_MODIFIED) else {
+        return false;
+    };
+    last_modified <= since
+}
+
+/// Weak comparison of entity tags (RFC 9110 §8.8.3.2).
+pub fn weak_eq(a: &str, b: &str) -> bool {
+    let strip = |tag: &str| tag.trim().trim_start_matches("W/").to_string();
+    let (a, b) = (strip(a), strip(b));
+    a.starts_with('"') && a == b
+}
+
+/// Headers that make a request conditional on the client's own cache state; removed from a
+/// request that fills ours, so the origin sends a complete response we can store.
+pub const CLIENT_CONDITIONALS: [HeaderName; 5] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
+/// Adds validators of `stored` to a request that revalidates it (RFC 9111 §4.3.1).
+pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
+    if let Some(etag) = stored.get(header::ETAG) {
+        request.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(last_modified) = stored.get(header::LAST_MODIFIED) {
+        request.insert(header::IF_MODIFIED_SINCE, last_modified.clone());
+    }
+}
+
+/// Does a 304 select this stored response for update (RFC 9111 §4.3.4)? A strong ETag in
+/// the 304 must equal the stored one; without one, the validator we sent is what matched.
+pub fn not_modified_selects(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    match (
+        not_modified.get(header::ETAG).and_then(|v| v.to_str().ok()),
+        stored.get(header::ETAG).and_then(|v| v.to_str().ok()),
+    ) {
+        (Some(new), Some(old)) => weak_eq(new, old),
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+/// RFC 9111 §3.2 / §4.3.4: the stored header fields updated with a 304's, keeping every
+/// repeated field line of either side (http-cache-semantics collapses them). Content-Length
+/// and hop-by-hop fields are never taken from the 304.
+pub fn freshen_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    const NOT_UPDATED: [HeaderName; 4] = [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+        header::CONTENT_ENCODING,
+    ];
+    let mut merged = stored.clone();
+    for name in not_modified.keys() {
+        if NOT_UPDATED.contains(name) {
+            continue;
+        }
+        merged.remove(name);
+        for value in not_modified.get_all(name) {
+            merged.append(name.clone(), value.clone());
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    fn date(secs: u64) -> String {
+        httpdate::fmt_http_date(at(secs))
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn fresh(pairs: &[(&str, &str)]) -> Freshness {
+        Freshness::compute(
+            StatusCode::OK,
+            &headers(pairs),
+            &PolicySettings::default(),
+            at(0),
+            at(0),
+        )
+    }
+
+    fn storable(
+        status: u16,
+        request: &[(&str, &str)],
+        response: &[(&str, &str)],
+    ) -> Result<(), NoStoreReason> {
+        let uri: http::Uri = "http://example.com/x".parse().unwrap();
+        let request = headers(request);
+        check_storable(
+            &FetchedFor {
+                method: &Method::GET,
+                uri: &uri,
+                headers: &request,
+            },
+            StatusCode::from_u16(status).unwrap(),
+            &headers(response),
+            &PolicySettings::default(),
+            at(0),
+        )
+    }
+
+    /// RFC 9111 §4.2.1: s-maxage beats max-age beats Expires - Date.
+    #[test]
+    fn freshness_lifetime_precedence() {
+        let d = date(0);
+        let e = date(300);
+        assert_eq!(
+            fresh(&[
+                ("cache-control", "max-age=60, s-maxage=120"),
+                ("expires", &e),
+                ("date", &d)
+            ])
+            .lifetime
+            .as_secs(),
+            120
+        );
+        assert_eq!(
+            fresh(&[
+                ("cache-control", "max-age=60"),
+                ("expires", &e),
+                ("date", &d)
+            ])
+            .lifetime
+            .as_secs(),
+            60
+        );
+        assert_eq!(
+            fresh(&[("expires", &e), ("date", &d)]).lifetime.as_secs(),
+            300
+        );
+        // §5.3: invalid Expires means already expired.
+        assert_eq!(
+            fresh(&[("expires", "0"), ("date", &d)]).lifetime,
+            Duration::ZERO
+        );
+    }
+
+    /// RFC 9111 §4.2.1: conflicting duplicate directives make the response stale; an
+    /// identical duplicate is harmless.
+    #[test]
+    fn conflicting_or_invalid_max_age_is_stale() {
+        assert_eq!(
+            fresh(&[
+                ("cache-control", "max-age=60"),
+                ("cache-control", "max-age=30")
+            ])
+            .lifetime,
+            Duration::ZERO
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=abc")]).lifetime,
+            Duration::ZERO
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=60, max-age=60")])
+                .lifetime
+                .as_secs(),
+            60
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=99999999999")])
+                .lifetime
+                .as_secs(),
+            1 << 31
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=\"60\"")])
+                .lifetime
+                .as_secs(),
+            60
+        );
+    }
+
+    /// RFC 9111 §4.2.2: heuristic freshness is 10% of Date - Last-Modified, capped, and only
+    /// for heuristically cacheable statuses without explicit freshness.
+    #[test]
+    fn heuristic_freshness_only_when_allowed() {
+        let lm = date(0);
+        let d = date(100_000);
+        let h = fresh(&[("last-modified", &lm), ("date", &d)]);
+        assert_eq!((h.lifetime.as_secs(), h.is_heuristic), (10_000, true));
+        let capped = Freshness::compute(
+            StatusCode::OK,
+            &headers(&[("last-modified", &date(0)), ("date", &date(10_000_000))]),
+            &PolicySettings::default(),
+            at(10_000_000),
+            at(10_000_000),
+        );
+        assert_eq!(capped.lifetime.as_secs(), 24 * 3600);
+        let redirect = Freshness::compute(
+            StatusCode::FOUND,
+            &headers(&[("last-modified", &lm), ("date", &d)]),
+            &PolicySettings::default(),
+            at(0),
+            at(0),
+        );
+        assert_eq!(
+            redirect.lifetime,
+            Duration::ZERO,
+            "302 is not heuristically cacheable"
+        );
+    }
+
+    /// RFC 9111 §4.2.3: the origin's Age, the response delay and the apparent age all count.
+    #[test]
+    fn age_calculation_follows_4_2_3() {
+        let response = headers(&[
+            ("age", "30"),
+            ("date", &date(0)),
+            ("cache-control", "max-age=100"),
+        ]);
+        let f = Freshness::compute(
+            StatusCode::OK,
+            &response,
+            &PolicySettings::default(),
+            at(0),
+            at(2),
+        );
+        // corrected_age_value = 30 + 2 (delay) beats apparent_age = 2.
+        assert_eq!(f.corrected_initial_age.as_secs(), 32);
+        assert_eq!(f.current_age(at(12)).as_secs(), 42);
+        assert_eq!(f.ttl_seconds(at(12)), 58);
+        // A Date far in the past makes the apparent age win.
+        let old = headers(&[("date", &date(0)), ("cache-control", "max-age=100")]);
+        let f = Freshness::compute(
+            StatusCode::OK,
+            &old,
+            &PolicySettings::default(),
+            at(500),
+            at(500),
+        );
+        assert_eq!(f.corrected_initial_age.as_secs(), 500);
+        assert!(!f.is_fresh(at(500)));
+    }
+
+    /// Cross-check with http-cache-semantics where both follow the RFC the same way: a
+    /// plain max-age with Date at receipt and no Age.
+    #[test]
+    fn freshness_agrees_with_http_cache_semantics_on_simple_responses() {
+        for max_age in [0u64, 1, 60, 3600, 86_400] {
+            let cc = format!("public, max-age={max_age}");
+            let response_headers = headers(&[("cache-control", &cc), ("date", &date(0))]);
+            let ours = Freshness::compute(
+                StatusCode::OK,
+                &response_headers,
+                &PolicySettings::default(),
+                at(0),
+                at(0),
+            );
+            let mut response = http::Response::new(());
+            *response.headers_mut() = response_headers.clone();
+            let request = http::Request::get("http://example.com/").body(()).unwrap();
+            let theirs =
+                CachePolicy::new_options(&request, &response, at(0), CacheOptions::default());
+            for later in [0u64, 1, 59, 61, 7200] {
+                let now = at(later);
+                assert_eq!(
+                    ours.lifetime.saturating_sub(ours.current_age(now)),
+                    theirs.time_to_live(now),
+                    "max-age={max_age} at +{later}s"
+                );
+            }
+        }
+    }
+
+    /// RFC 9111 §3: what a shared cache must not store.
+    #[test]
+    fn storability_rules() {
+        assert_eq!(
+            storable(200, &[], &[("cache-control", "max-age=60")]),
+            Ok(())
+        );
+        assert_eq!(
+            storable(200, &[], &[("cache-control", "no-store, max-age=60")]),
+            Err(NoStoreReason::NoStore)
+        );
+        assert_eq!(
+            storable(200, &[], &[("cache-control", "private, max-age=60")]),
+            Err(NoStoreReason::Private)
+        );
+        assert_eq!(
+            storable(
+                200,
+                &[],
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=1")]
+            ),
+            Err(NoStoreReason::SetCookie)
+        );
+        assert_eq!(
+            storable(200, &[], &[("cache-control", "max-age=60"), ("vary", "*")]),
+            Err(NoStoreReason::VaryStar)
+        );
+        assert_eq!(
+            storable(
+                200,
+                &[("cache-control", "no-store")],
+                &[("cache-control", "max-age=60")]
+            ),
+            Err(NoStoreReason::RequestNoStore)
+        );
+        // §3.5: Authorization needs public, s-maxage or must-revalidate.
+        assert_eq!(
+            storable(
+                200,
+                &[("authorization", "Basic x")],
+                &[("cache-control", "max-age=60")]
+            ),
+            Err(NoStoreReason::Authorization)
+        );
+        assert_eq!(
+            storable(
+                200,
+                &[("authorization", "Basic x")],
+                &[("cache-control", "public, max-age=60")]
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            storable(
+                200,
+                &[("authorization", "Basic x")],
+                &[("cache-control", "s-maxage=60")]
+            ),
+            Ok(())
+        );
+        // Cacheable by default (heuristic) vs needs explicit freshness.
+        assert_eq!(storable(404, &[], &[]), Ok(()));
+        assert_eq!(storable(302, &[], &[]), Err(NoStoreReason::NotCacheable));
+        assert_eq!(
+            storable(302, &[], &[("cache-control", "max-age=60")]),
+            Ok(())
+        );
+        assert_eq!(
+            storable(206, &[], &[("cache-control", "max-age=60")]),
+            Err(NoStoreReason::PartialContent)
+        );
+    }
+
+    /// RFC 9213 §2.2: CDN-Cache-Control replaces Cache-Control and Expires for this cache.
+    #[test]
+    fn cdn_cache_control_takes_precedence() {
+        let f = fresh(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=600"),
+        ]);
+        assert_eq!(f.lifetime.as_secs(), 600);
+        assert_eq!(
+            storable(
+                200,
+                &[],
+                &[
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=600")
+                ]
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            storable(
+                200,
+                &[],
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("cdn-cache-control", "no-store")
+                ]
+            ),
+            Err(NoStoreReason::NoStore)
+        );
+        let e = date(300);
+        assert_eq!(
+            fresh(&[
+                ("expires", &e),
+                ("date", &date(0)),
+                ("cdn-cache-control", "public")
+            ])
+            .lifetime,
+            Duration::ZERO
+        );
+    }
+
+    /// RFC 9111 §5.2.1 request directives, §4.2.4 stale rules, RFC 8246 immutable.
+    #[test]
+    fn reuse_follows_request_and_response_directives() {
+        let f = fresh(&[("cache-control", "max-age=100")]);
+        let req = |cc: &str| Directives::parse([&HeaderValue::from_str(cc).unwrap()]);
+        assert_eq!(
+            evaluate_reuse(&f, &Directives::default(), at(50)),
+            Reuse::Fresh
+        );
+        assert_eq!(
+            evaluate_reuse(&f, &req("no-cache"), at(50)),
+            Reuse::ValidateForRequest
+        );
+        assert_eq!(
+            evaluate_reuse(&f, &req("max-age=10"), at(50)),
+            Reuse::ValidateForRequest
+        );
+        assert_eq!(
+            evaluate_reuse(&f, &req("min-fresh=60"), at(50)),
+            Reuse::ValidateForRequest
+        );
+        assert_eq!(
+            evaluate_reuse(&f, &req("min-fresh=40"), at(50)),
+            Reuse::Fresh
+        );
+        assert_eq!(
+            evaluate_reuse(&f, &Directives::default(), at(150)),
+            Reuse::ValidateStale
+        );
+        assert_eq!(
+            evaluate_reuse(&f, &req("max-stale"), at(150)),
+            Reuse::StaleAllowed
+        );
+        assert_eq!(
+            evaluate_reuse(&f, &req("max-stale=60"), at(150)),
+            Reuse::StaleAllowed
+        );
+        assert_eq!(
+            evaluate_reuse(&f, &req("max-stale=10"), at(150)),
+            Reuse::ValidateStale
+        );
+        let strict = fresh(&[("cache-control", "max-age=100, must-revalidate")]);
+        assert_eq!(
+            evaluate_reuse(&strict, &req("max-stale"), at(150)),
+            Reuse::ValidateStale
+        );
+        let proxy = fresh(&[("cache-control", "max-age=100, proxy-revalidate")]);
+        assert_eq!(
+            evaluate_reuse(&proxy, &Directives::default(), at(50)),
+            Reuse::Fresh,
+            "proxy-revalidate does not end freshness"
+        );
+        assert_eq!(
+            evaluate_reuse(&proxy, &req("max-stale"), at(150)),
+            Reuse::ValidateStale
+        );
+        let no_cache = fresh(&[("cache-control", "no-cache, max-age=100")]);
+        assert_eq!(
+            evaluate_reuse(&no_cache, &Directives::default(), at(1)),
+            Reuse::ValidateStale
+        );
+        let immutable = fresh(&[("cache-control", "max-age=100, immutable")]);
+        assert_eq!(
+            evaluate_reuse(&immutable, &req("no-cache"), at(50)),
+            Reuse::Fresh
+        );
+        assert_eq!(
+            evaluate_reuse(&immutable, &req("max-age=0"), at(50)),
+            Reuse::Fresh
+        );
+    }
+
+    #[test]
+    fn quoted_commas_do_not_split_directives() {
+        let d = Directives::parse([&HeaderValue::from_static(
+            "no-cache=\"set-cookie, x-a\", max-age=5",
+        )]);
+        assert!(d.no_cache && d.no_cache_qualified);
+        assert_eq!(d.max_age, Some(5));
+    }
+
+    /// RFC 9110 §13.1.2 and §13.2.2: If-None-Match (weak comparison) wins over
+    /// If-Modified-Since.
+    #[test]
+    fn conditional_requests_against_stored_headers() {
+        let stored = headers(&[("etag", "\"v1\""), ("last-modified", &date(0))]);
+        assert!(is_not_modified(
+            &headers(&[("if-none-match", "W/\"v1\"")]),
+            &stored
+        ));
+        assert!(is_not_modified(
+            &headers(&[("if-none-match", "\"v0\", \"v1\"")]),
+            &stored
+        ));
+        assert!(!is_not_modified(
+            &headers(&[
+                ("if-none-match", "\"v2\""),
+                ("if-modified-since", &date(10))
+            ]),
+            &stored
+        ));
+        assert!(is_not_modified(
+            &headers(&[("if-modified-since", &date(10))]),
+            &stored
+        ));
+        assert!(!is_not_modified(
+            &headers(&[("if-modified-since", &date(0).replace("2023", "2020"))]),
+            &stored
+        ));
+    }
+
+    /// RFC 9111 §4.3.4: a 304 replaces the fields it carries, keeps repeated lines, and
+    /// never changes Content-Length.
+    #[test]
+    fn freshening_keeps_repeated_fields_and_content_length() {
+        let stored = headers(&[
+            ("content-length", "10"),
+            ("link", "<a>"),
+            ("link", "<b>"),
+            ("cache-control", "max-age=1"),
+        ]);
+        let not_modified = headers(&[
+            ("cache-control", "max-age=60"),
+            ("content-length", "0"),
+            ("x-new", "1"),
+        ]);
+        let merged = freshen_headers(&stored, &not_modified);
+        assert_eq!(merged["content-length"], "10");
+        assert_eq!(merged.get_all("link").iter().count(), 2);
+        assert_eq!(merged["cache-control"], "max-age=60");
+        assert_eq!(merged["x-new"], "1");
+    }
+}

@@ -1,0 +1,142 @@
+//! [`CacheStatus`]: what the cache did with a request, rendered as an RFC 9211 Cache-Status
+//! member and as the label the access log uses, from one value so they never disagree.
+
+use std::fmt::Write as _;
+
+use http::HeaderValue;
+
+/// Why a request went forward to the origin (RFC 9211 §2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FwdReason {
+    /// The cache was configured not to handle this request (disabled, Range, preconditions
+    /// it does not evaluate, refused before lookup).
+    Bypass,
+    /// The method is not cacheable (unsafe methods are forwarded, never stored).
+    Method,
+    /// Nothing stored for the URL.
+    UriMiss,
+    /// The URL is stored, but no variant matches the request's Vary'd fields.
+    VaryMiss,
+    /// A stored response was found but is stale (or must be validated on every use).
+    Stale,
+    /// A fresh response was found but the request's directives did not allow it.
+    Request,
+}
+
+impl FwdReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FwdReason::Bypass => "bypass",
+            FwdReason::Method => "method",
+            FwdReason::UriMiss => "uri-miss",
+            FwdReason::VaryMiss => "vary-miss",
+            FwdReason::Stale => "stale",
+            FwdReason::Request => "request",
+        }
+    }
+}
+
+/// One Cache-Status member for this cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheStatus {
+    pub hit: bool,
+    pub fwd: Option<FwdReason>,
+    pub fwd_status: Option<u16>,
+    /// Seconds of freshness left; negative when a stale response was served.
+    pub ttl: Option<i64>,
+    pub stored: bool,
+    pub collapsed: bool,
+    pub detail: Option<&'static str>,
+}
+
+impl CacheStatus {
+    pub fn hit(ttl: i64) -> CacheStatus {
+        CacheStatus {
+            hit: true,
+            ttl: Some(ttl),
+            ..CacheStatus::default()
+        }
+    }
+
+    pub fn forward(reason: FwdReason) -> CacheStatus {
+        CacheStatus {
+            fwd: Some(reason),
+            ..CacheStatus::default()
+        }
+    }
+
+    pub fn with_detail(mut self, detail: &'static str) -> CacheStatus {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// The access-log label: `hit`, `stale-hit`, or the forward reason.
+    pub fn label(&self) -> &'static str {
+        match (self.hit, self.fwd) {
+            (true, _) if self.ttl.is_some_and(|ttl| ttl < 0) => "stale-hit",
+            (true, _) => "hit",
+            (false, Some(reason)) => reason.as_str(),
+            (false, None) => "none",
+        }
+    }
+
+    /// `name; hit; ttl=42` or `name; fwd=uri-miss; fwd-status=200; stored; collapsed`.
+    pub fn to_header_value(&self, proxy_name: &str) -> HeaderValue {
+        let mut text = String::with_capacity(64);
+        text.push_str(proxy_name);
+        if self.hit {
+            text.push_str("; hit");
+        }
+        if let Some(reason) = self.fwd {
+            let _ = write!(text, "; fwd={}", reason.as_str());
+        }
+        if let Some(status) = self.fwd_status {
+            let _ = write!(text, "; fwd-status={status}");
+        }
+        if let Some(ttl) = self.ttl {
+            let _ = write!(text, "; ttl={ttl}");
+        }
+        if self.stored {
+            text.push_str("; stored");
+        }
+        if self.collapsed {
+            text.push_str("; collapsed");
+        }
+        if let Some(detail) = self.detail {
+            let _ = write!(text, "; detail={}", crate::error::sf_string(detail));
+        }
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("outpost"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 9211 §2: member syntax with the parameters in the RFC's spelling.
+    #[test]
+    fn renders_rfc_9211_members() {
+        assert_eq!(
+            CacheStatus::hit(42).to_header_value("edge"),
+            "edge; hit; ttl=42"
+        );
+        let miss = CacheStatus {
+            fwd: Some(FwdReason::UriMiss),
+            fwd_status: Some(200),
+            ttl: Some(60),
+            stored: true,
+            collapsed: true,
+            ..CacheStatus::default()
+        };
+        assert_eq!(
+            miss.to_header_value("edge"),
+            "edge; fwd=uri-miss; fwd-status=200; ttl=60; stored; collapsed"
+        );
+        let detail = CacheStatus::forward(FwdReason::Bypass).with_detail("range");
+        assert_eq!(
+            detail.to_header_value("edge"),
+            "edge; fwd=bypass; detail=\"range\""
+        );
+        assert_eq!(CacheStatus::hit(-3).label(), "stale-hit");
+    }
+}

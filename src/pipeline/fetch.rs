@@ -1,0 +1,471 @@
+//! Fetching through the cache: a miss (or a stored response to validate) joins or starts a
+//! coalesced fill, the fill's task talks to the origin, and every waiting request is served
+//! from the fill as bytes arrive.
+//!
+//! The fill task ([`FillJob::run`]) decides what happens to the origin's answer:
+//! - 304 to our validators: the stored headers are freshened (RFC 9111 §4.3.4) and the
+//!   stored body is served;
+//! - storable (RFC 9111 §3, `policy`): streamed to every reader and stored when complete;
+//! - not storable: handed to the leader alone; followers fetch on their own, and the URL is
+//!   remembered as hit-for-miss so the next burst does not queue behind one request.
+//!
+//! The shared state and its concurrency contract are `cache::coalesce`'s.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{self, HeaderMap};
+use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use super::cache_status::{CacheStatus, FwdReason};
+use super::forwarding::{self, Downstream};
+use super::route::Site;
+use super::{respond, upstream_request, AccessRecord, Proxy};
+use crate::body::Body;
+use crate::cache::coalesce::{Coalescer, Fill, FillKey, FillReader, FillStatus, Role};
+use crate::cache::entry::{EntryMeta, StoredResponse};
+use crate::cache::key::{PrimaryKey, VariantKey, Vary};
+use crate::cache::policy::{self, FetchedFor, Freshness, NoStoreReason};
+use crate::error::ProxyError;
+
+/// When a fill is not being stored, the most bytes it holds ahead of its slowest reader.
+const UNSTORED_WINDOW: usize = 4 << 20;
+
+/// What the lookup found and wants fetched.
+pub(crate) struct FetchPlan {
+    pub key: PrimaryKey,
+    pub url: String,
+    /// The request's variant under the Vary rule already known for the URL.
+    pub variant_hint: VariantKey,
+    /// A stored response to validate, if any.
+    pub stale: Option<Arc<StoredResponse>>,
+    pub reason: FwdReason,
+    pub is_coalescable: bool,
+}
+
+/// Serves the request through a fill: joins one in flight for the same variant, or leads a
+/// new one. Requests that may not share a fetch lead one nobody can join.
+pub(super) async fn through_cache(
+    proxy: &Arc<Proxy>,
+    site: &Arc<Site>,
+    parts: http::request::Parts,
+    downstream: Downstream<'_>,
+    plan: FetchPlan,
+    record: &mut AccessRecord,
+) -> Result<(Response<Body>, CacheStatus), ProxyError> {
+    let cache = &proxy.cache;
+    if plan.is_coalescable && !cache.is_hit_for_miss(&plan.key).await {
+        let fill_key = FillKey {
+            key: plan.key,
+            variant_hint: plan.variant_hint,
+        };
+        let (role, fill, reader) = cache.coalescer.join(fill_key);
+        match role {
+            Role::Leader => {
+                return lead(
+                    proxy,
+                    site,
+                    &parts,
+                    downstream,
+                    &plan,
+                    (fill, reader),
+                    Some(fill_key),
+                    record,
+                )
+                .await;
+            }
+            Role::Follower => {
+                let waited_at = Instant::now();
+                let outcome = follow(proxy, &parts, &plan, &fill, reader).await;
+                record.upstream_duration = Some(waited_at.elapsed());
+                match outcome {
+                    Following::Served(response, status) => return Ok((response, status)),
+                    Following::Failed(err) => return Err(err),
+                    Following::GoAlone => {}
+                }
+            }
+        }
+    }
+    lead(
+        proxy,
+        site,
+        &parts,
+        downstream,
+        &plan,
+        Coalescer::solo(),
+        None,
+        record,
+    )
+    .await
+}
+
+/// Starts the fill task and serves the leader from it.
+#[allow(clippy::too_many_arguments)]
+async fn lead(
+    proxy: &Arc<Proxy>,
+    site: &Arc<Site>,
+    parts: &http::request::Parts,
+    downstream: Downstream<'_>,
+    plan: &FetchPlan,
+    (fill, reader): (Arc<Fill>, FillReader),
+    fill_key: Option<FillKey>,
+    record: &mut AccessRecord,
+) -> Result<(Response<Body>, CacheStatus), ProxyError> {
+    let prepared = fill_request(proxy, site, parts, downstream, plan.stale.as_deref());
+    let (request, client) = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            if let Some(fill_key) = fill_key {
+                fill.publish(FillStatus::Failed(err.clone()));
+                proxy.cache.coalescer.leave(&fill_key, &fill);
+            }
+            return Err(err);
+        }
+    };
+    record.client = client;
+    let (leader_tx, leader_rx) = oneshot::channel();
+    let job = FillJob {
+        proxy: Arc::clone(proxy),
+        request,
+        origin: site.origin.url().to_string(),
+        key: plan.key,
+        url: plan.url.clone(),
+        client_headers: parts.headers.clone(),
+        stale: plan.stale.clone(),
+        fill: Arc::clone(&fill),
+        fill_key,
+        leader: leader_tx,
+    };
+    let started = Instant::now();
+    // Its own task: a leader whose client hangs up must not cancel the fetch for others.
+    tokio::spawn(job.run());
+    let status = fill.wait_status().await;
+    record.upstream_duration = Some(started.elapsed());
+    let now = SystemTime::now();
+    let mut cache_status = CacheStatus::forward(plan.reason);
+    match status {
+        FillStatus::Streaming(meta) => {
+            describe_stream(&mut cache_status, &meta, now);
+            Ok((
+                respond::from_meta(proxy, &meta, Body::boxed(reader), parts, now),
+                cache_status,
+            ))
+        }
+        FillStatus::Complete { entry, revalidated } => {
+            describe_entry(&mut cache_status, &entry, revalidated, now);
+            Ok((respond::from_entry(proxy, &entry, parts, now), cache_status))
+        }
+        FillStatus::Uncacheable(reason) => {
+            drop(reader);
+            let response = leader_rx.await.map_err(|_| {
+                ProxyError::Internal("fill ended without handing over its response".into())
+            })?;
+            cache_status.fwd_status = Some(response.status().as_u16());
+            cache_status.detail = Some(reason.as_str());
+            Ok((response, cache_status))
+        }
+        FillStatus::Failed(err) => Err(err),
+        FillStatus::Pending => Err(ProxyError::Internal("fill still pending".into())),
+    }
+}
+
+enum Following {
+    Served(Response<Body>, CacheStatus),
+    Failed(ProxyError),
+    /// Fetch alone: waited too long, the response is not shareable, or its Vary selects
+    /// another variant.
+    GoAlone,
+}
+
+async fn follow(
+    proxy: &Proxy,
+    parts: &http::request::Parts,
+    plan: &FetchPlan,
+    fill: &Fill,
+    reader: FillReader,
+) -> Following {
+    let Ok(status) = tokio::time::timeout(proxy.cache.coalesce_wait, fill.wait_status()).await
+    else {
+        return Following::GoAlone;
+    };
+    let now = SystemTime::now();
+    let mut cache_status = CacheStatus::forward(plan.reason);
+    cache_status.collapsed = true;
+    let selects = |meta: &EntryMeta| meta.vary.variant_key(&parts.headers) == Some(meta.variant);
+    match status {
+        FillStatus::Streaming(meta) if selects(&meta) => {
+            describe_stream(&mut cache_status, &meta, now);
+            Following::Served(
+                respond::from_meta(proxy, &meta, Body::boxed(reader), parts, now),
+                cache_status,
+            )
+        }
+        FillStatus::Complete { entry, revalidated } if selects(&entry.meta) => {
+            describe_entry(&mut cache_status, &entry, revalidated, now);
+            Following::Served(respond::from_entry(proxy, &entry, parts, now), cache_status)
+        }
+        FillStatus::Failed(err) => Following::Failed(err),
+        _ => Following::GoAlone,
+    }
+}
+
+fn describe_stream(status: &mut CacheStatus, meta: &EntryMeta, now: SystemTime) {
+    status.fwd_status = Some(meta.status.as_u16());
+    status.ttl = Some(meta.freshness.ttl_seconds(now));
+    // Known to fit: it will be stored unless the origin fails mid-body.
+    status.stored = content_length(&meta.headers).is_some();
+}
+
+fn describe_entry(
+    status: &mut CacheStatus,
+    entry: &StoredResponse,
+    revalidated: bool,
+    now: SystemTime,
+) {
+    status.fwd_status = Some(if revalidated {
+        304
+    } else {
+        entry.meta.status.as_u16()
+    });
+    status.ttl = Some(entry.meta.freshness.ttl_seconds(now));
+    status.stored = true;
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The request a fill sends: the client's, as a GET (a HEAD miss fills the cache for the
+/// GETs to come), without the client's own validators (we want a response we can store),
+/// with ours when a stored response is being validated (RFC 9111 §4.3.1).
+fn fill_request(
+    proxy: &Proxy,
+    site: &Site,
+    parts: &http::request::Parts,
+    downstream: Downstream<'_>,
+    stale: Option<&StoredResponse>,
+) -> Result<(http::Request<Body>, IpAddr), ProxyError> {
+    let mut parts = parts.clone();
+    parts.method = Method::GET;
+    for name in &policy::CLIENT_CONDITIONALS {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let (mut request, client) = upstream_request(proxy, site, parts, Body::empty(), downstream)?;
+    if let Some(stale) = stale {
+        policy::add_validators(request.headers_mut(), &stale.meta.headers);
+    }
+    Ok((request, client))
+}
+
+/// Everything the fill task needs; owned, because it outlives the request that started it.
+struct FillJob {
+    proxy: Arc<Proxy>,
+    request: http::Request<Body>,
+    origin: String,
+    key: PrimaryKey,
+    url: String,
+    /// The leading client's request headers: storability and the variant are judged on them.
+    client_headers: HeaderMap,
+    stale: Option<Arc<StoredResponse>>,
+    fill: Arc<Fill>,
+    fill_key: Option<FillKey>,
+    leader: oneshot::Sender<Response<Body>>,
+}
+
+impl FillJob {
+    async fn run(self) {
+        let fill = Arc::clone(&self.fill);
+        let fill_key = self.fill_key;
+        let proxy = Arc::clone(&self.proxy);
+        self.fetch_and_store().await;
+        if let Some(fill_key) = fill_key {
+            proxy.cache.coalescer.leave(&fill_key, &fill);
+        }
+    }
+
+    async fn fetch_and_store(self) {
+        let FillJob {
+            proxy,
+            request,
+            origin,
+            key,
+            url,
+            client_headers,
+            stale,
+            fill,
+            leader,
+            ..
+        } = self;
+        let cache = &proxy.cache;
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let request_time = SystemTime::now();
+        let response = match proxy.upstream.send(request, &origin).await {
+            Ok(response) => response,
+            Err(err) => {
+                fill.publish(FillStatus::Failed(err));
+                return;
+            }
+        };
+        let response_time = SystemTime::now();
+        let (mut head, body) = response.into_parts();
+        forwarding::strip_hop_by_hop(&mut head.headers);
+
+        if head.status == StatusCode::NOT_MODIFIED {
+            if let Some(stale) =
+                stale.filter(|s| policy::not_modified_selects(&s.meta.headers, &head.headers))
+            {
+                let headers = policy::freshen_headers(&stale.meta.headers, &head.headers);
+                let freshness = Freshness::compute(
+                    stale.meta.status,
+                    &headers,
+                    &cache.policy,
+                    request_time,
+                    response_time,
+                );
+                let mut meta = stale.meta.clone();
+                meta.headers = headers;
+                meta.freshness = freshness;
+                let entry = Arc::new(StoredResponse {
+                    meta,
+                    body: stale.body.clone(),
+                });
+                cache.memory.insert(Arc::clone(&entry)).await;
+                fill.publish(FillStatus::Complete {
+                    entry,
+                    revalidated: true,
+                });
+                return;
+            }
+        }
+
+        let fetched_for = FetchedFor {
+            method: &method,
+            uri: &uri,
+            headers: &client_headers,
+        };
+        let verdict = if head.status == StatusCode::NOT_MODIFIED {
+            Err(NoStoreReason::Status)
+        } else {
+            policy::check_storable(
+                &fetched_for,
+                head.status,
+                &head.headers,
+                &cache.policy,
+                response_time,
+            )
+            .and_then(|()| match content_length(&head.headers) {
+                Some(len) if len > cache.max_object_size => Err(NoStoreReason::TooLarge),
+                _ => Ok(()),
+            })
+        };
+        let vary = Vary::from_response(&head.headers);
+        let variant = vary.variant_key(&client_headers);
+        let (Ok(()), Some(variant)) = (verdict, variant) else {
+            let reason = verdict.err().unwrap_or(NoStoreReason::VaryStar);
+            if reason != NoStoreReason::RequestNoStore {
+                cache.remember_uncacheable(key).await;
+            }
+            fill.publish(FillStatus::Uncacheable(reason));
+            forwarding::append_via(&mut head.headers, head.version, &proxy.proxy_name);
+            // The leader may have gone; then nobody needs this response.
+            let _ = leader.send(Response::from_parts(head, Body::from(body)));
+            return;
+        };
+        cache.forget_uncacheable(&key).await;
+
+        let freshness = Freshness::compute(
+            head.status,
+            &head.headers,
+            &cache.policy,
+            request_time,
+            response_time,
+        );
+        let meta = Arc::new(EntryMeta {
+            key,
+            url,
+            status: head.status,
+            headers: head.headers,
+            vary,
+            variant,
+            freshness,
+            body_len: 0,
+            body_digest: [0; 32],
+        });
+        fill.publish(FillStatus::Streaming(Arc::clone(&meta)));
+        match pump(body, &fill, cache.max_object_size, proxy.body_read_timeout).await {
+            Pumped::Complete { is_retained: true } => {
+                let entry = Arc::new(StoredResponse::new((*meta).clone(), fill.retained_body()));
+                cache.memory.insert(Arc::clone(&entry)).await;
+                fill.publish(FillStatus::Complete {
+                    entry,
+                    revalidated: false,
+                });
+            }
+            Pumped::Complete { is_retained: false } => {
+                // Streamed through, too large to keep: the next burst goes straight through.
+                cache.remember_uncacheable(key).await;
+            }
+            Pumped::Failed => {
+                tracing::warn!(%origin, url = %meta.url, "origin failed mid-body: readers aborted, nothing stored");
+            }
+            Pumped::Abandoned => {}
+        }
+    }
+}
+
+enum Pumped {
+    Complete {
+        is_retained: bool,
+    },
+    Failed,
+    /// Not being stored and every reader has gone.
+    Abandoned,
+}
+
+/// Moves the origin's body into the fill, chunk by chunk.
+async fn pump(
+    mut body: Incoming,
+    fill: &Fill,
+    max_object_size: u64,
+    read_timeout: Duration,
+) -> Pumped {
+    let mut total: u64 = 0;
+    let mut is_retained = true;
+    loop {
+        let frame = match tokio::time::timeout(read_timeout, body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(_))) | Err(_) => {
+                fill.finish(false);
+                return Pumped::Failed;
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if is_retained && total > max_object_size {
+            is_retained = false;
+            fill.stop_retaining();
+        }
+        fill.push(data);
+        if !is_retained && !fill.wait_for_readers(UNSTORED_WINDOW).await {
+            fill.finish(false);
+            return Pumped::Abandoned;
+        }
+    }
+    fill.finish(true);
+    Pumped::Complete { is_retained }
+}

@@ -27,7 +27,7 @@ use outpost::config::FlagOverrides;
 use outpost::{Config, Outpost};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 /// Upper bound for anything a test waits on: a hang fails the test instead of the run.
@@ -45,6 +45,32 @@ pub struct SeenRequest {
 type Handler = Arc<
     dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
 >;
+
+/// A sticky gate: requests wait at it until it is opened; it stays open until closed.
+#[derive(Clone)]
+pub struct Gate(Arc<watch::Sender<bool>>);
+
+impl Gate {
+    pub fn closed() -> Gate {
+        Gate(Arc::new(watch::channel(false).0))
+    }
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+    pub fn close(&self) {
+        self.0.send_replace(false);
+    }
+    async fn pass(&self) {
+        let mut receiver = self.0.subscribe();
+        let _ = receiver.wait_for(|open| *open).await;
+    }
+}
+
+type HeaderList = Vec<(&'static str, String)>;
+
+pub fn header_list(pairs: &[(&'static str, &str)]) -> HeaderList {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
 
 /// Named behaviours of an origin route.
 #[derive(Clone)]
@@ -64,6 +90,27 @@ pub enum Fixture {
     Stream { size: u64, dropped: Arc<Notify> },
     /// Reads the whole request body and answers with its length in bytes.
     CountBody,
+    /// Waits at `gate`, then answers 200 with `headers` and `body`.
+    GatedWith {
+        gate: Gate,
+        headers: HeaderList,
+        body: Bytes,
+    },
+    /// 200 with `headers` (which should include the ETag) and `body`, or 304 with
+    /// `not_modified_headers` when If-None-Match carries `etag`.
+    Validated {
+        etag: &'static str,
+        headers: HeaderList,
+        body: Bytes,
+        not_modified_headers: HeaderList,
+    },
+    /// 200 whose body is the request's `name` field ("-" when absent), with `headers`.
+    Echo {
+        name: &'static str,
+        headers: HeaderList,
+    },
+    /// The n-th request gets the n-th fixture; the last one repeats.
+    Sequence(Arc<Vec<Fixture>>, Arc<std::sync::atomic::AtomicUsize>),
 }
 
 impl Fixture {
@@ -83,8 +130,74 @@ impl Fixture {
         }
     }
 
-    async fn respond(&self, request: Request<Incoming>) -> Response<Body> {
+    pub fn sequence(fixtures: Vec<Fixture>) -> Fixture {
+        Fixture::Sequence(
+            Arc::new(fixtures),
+            Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        )
+    }
+
+    fn respond(
+        &self,
+        request: Request<Incoming>,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>> {
+        Box::pin(self.respond_inner(request))
+    }
+
+    async fn respond_inner(&self, request: Request<Incoming>) -> Response<Body> {
         match self {
+            Fixture::GatedWith {
+                gate,
+                headers,
+                body,
+            } => {
+                gate.pass().await;
+                with_headers(Response::builder(), headers)
+                    .body(Body::full(body.clone()))
+                    .unwrap()
+            }
+            Fixture::Validated {
+                etag,
+                headers,
+                body,
+                not_modified_headers,
+            } => {
+                let matches = request
+                    .headers()
+                    .get_all("if-none-match")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| {
+                        v.split(',')
+                            .any(|tag| tag.trim().trim_start_matches("W/") == *etag)
+                    });
+                if matches {
+                    with_headers(Response::builder().status(304), not_modified_headers)
+                        .header("etag", *etag)
+                        .body(Body::empty())
+                        .unwrap()
+                } else {
+                    with_headers(Response::builder(), headers)
+                        .header("etag", *etag)
+                        .body(Body::full(body.clone()))
+                        .unwrap()
+                }
+            }
+            Fixture::Echo { name, headers } => {
+                let value = request
+                    .headers()
+                    .get(*name)
+                    .map_or("-".to_string(), |v| v.to_str().unwrap_or("?").to_string());
+                with_headers(Response::builder(), headers)
+                    .body(Body::full(value))
+                    .unwrap()
+            }
+            Fixture::Sequence(fixtures, next) => {
+                let index = next
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    .min(fixtures.len() - 1);
+                fixtures[index].respond(request).await
+            }
             Fixture::Static {
                 status,
                 headers,
@@ -115,6 +228,16 @@ impl Fixture {
             }
         }
     }
+}
+
+fn with_headers(
+    mut builder: http::response::Builder,
+    headers: &HeaderList,
+) -> http::response::Builder {
+    for (name, value) in headers {
+        builder = builder.header(*name, value);
+    }
+    builder
 }
 
 /// A streaming body of a repeating pattern that notifies when dropped.

@@ -428,7 +428,7 @@ pub struct CacheConfig {
     pub max_variants: usize,
     /// Heuristic freshness: this fraction of the time since Last-Modified (RFC 9111
     /// §4.2.2), for heuristically cacheable statuses without explicit freshness.
-    pub heuristic_fraction: f32,
+    pub heuristic_fraction: f64,
     /// Upper bound on any heuristic freshness.
     pub heuristic_max: HumanDuration,
     /// Store responses that carry Set-Cookie (and serve the cookie to everyone). Off by

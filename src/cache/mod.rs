@@ -48,7 +48,8 @@ impl Cache {
         Cache {
             is_enabled: config.enabled,
             policy: PolicySettings {
-                heuristic_fraction: config.heuristic_fraction,
+                // The library takes an f32; config keeps f64 so it prints as written.
+                heuristic_fraction: config.heuristic_fraction as f32,
                 heuristic_max: config.heuristic_max.get(),
                 store_set_cookie: config.store_set_cookie,
                 targeted_fields,

@@ -17,19 +17,40 @@ use outpost::Config;
 
 fn entry(path: &str, language: &'static str, vary: bool) -> StoredResponse {
     let mut headers = HeaderMap::new();
-    headers.insert("cache-control", HeaderValue::from_static("public, max-age=3600"));
-    headers.insert("content-type", HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(
+        "cache-control",
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     headers.insert("etag", HeaderValue::from_static("\"abcdef0123456789\""));
-    headers.insert("last-modified", HeaderValue::from_static("Wed, 01 Jan 2025 00:00:00 GMT"));
+    headers.insert(
+        "last-modified",
+        HeaderValue::from_static("Wed, 01 Jan 2025 00:00:00 GMT"),
+    );
     headers.insert("content-length", HeaderValue::from_static("1024"));
     if vary {
-        headers.insert("vary", HeaderValue::from_static("Accept-Encoding, Accept-Language"));
+        headers.insert(
+            "vary",
+            HeaderValue::from_static("Accept-Encoding, Accept-Language"),
+        );
     }
     let now = SystemTime::now();
-    let freshness = Freshness::compute(StatusCode::OK, &headers, &PolicySettings::default(), now, now);
+    let freshness = Freshness::compute(
+        StatusCode::OK,
+        &headers,
+        &PolicySettings::default(),
+        now,
+        now,
+    );
     let vary = Vary::from_response(&headers);
     let mut request = HeaderMap::new();
-    request.insert("accept-encoding", HeaderValue::from_static("gzip, deflate, br"));
+    request.insert(
+        "accept-encoding",
+        HeaderValue::from_static("gzip, deflate, br"),
+    );
     request.insert("accept-language", HeaderValue::from_static(language));
     StoredResponse::new(
         EntryMeta {
@@ -58,17 +79,24 @@ fn bench_cache(c: &mut Criterion) {
         })
     });
 
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let memory = MemoryTier::new(256 << 20, 16);
     let languages = ["en", "fr", "de", "es", "it", "nl"];
     runtime.block_on(async {
         for language in languages {
-            memory.insert(Arc::new(entry("/page", language, true))).await;
+            memory
+                .insert(Arc::new(entry("/page", language, true)))
+                .await;
         }
         memory.insert(Arc::new(entry("/plain", "en", false))).await;
     });
     let mut request = HeaderMap::new();
-    request.insert("accept-encoding", HeaderValue::from_static("gzip, deflate, br"));
+    request.insert(
+        "accept-encoding",
+        HeaderValue::from_static("gzip, deflate, br"),
+    );
     request.insert("accept-language", HeaderValue::from_static("nl"));
     let set = runtime
         .block_on(memory.get(&PrimaryKey::new("http", "static.example.com", "/page")))
@@ -77,7 +105,8 @@ fn bench_cache(c: &mut Criterion) {
         b.iter(|| black_box(set.select(black_box(&request))).is_some())
     });
 
-    let config = Config::from_toml_str("origin = \"http://127.0.0.1:9\"", &Default::default()).unwrap();
+    let config =
+        Config::from_toml_str("origin = \"http://127.0.0.1:9\"", &Default::default()).unwrap();
     let proxy = Proxy::new(&config).unwrap();
     let (parts, ()) = Request::get("/plain").body(()).unwrap().into_parts();
     let plain_key = PrimaryKey::new("http", "static.example.com", "/plain");
@@ -92,7 +121,12 @@ fn bench_cache(c: &mut Criterion) {
                 let directives = policy::request_directives(&parts.headers);
                 let reuse = policy::evaluate_reuse(&entry.meta.freshness, &directives, now);
                 black_box(reuse);
-                black_box(respond::from_entry(&proxy, entry, &parts, now + Duration::from_secs(1)))
+                black_box(respond::from_entry(
+                    &proxy,
+                    entry,
+                    &parts,
+                    now + Duration::from_secs(1),
+                ))
             })
         })
     });

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::sync::{watch, Notify};
 
@@ -267,17 +267,16 @@ impl Fill {
         }
     }
 
-    /// The whole body, as one buffer (one copy, made once per stored fill).
+    /// The whole body as one buffer of exactly its size: one copy per stored fill. Even a
+    /// single chunk is copied, because it is a slice of the connection's read buffer and
+    /// keeping it would pin that whole allocation for as long as the entry lives.
     pub fn retained_body(&self) -> Bytes {
         let body = lock(&self.body);
-        if body.chunks.len() == 1 {
-            return body.chunks[0].clone();
-        }
-        let mut joined = BytesMut::with_capacity(body.retained_bytes);
+        let mut joined = Vec::with_capacity(body.retained_bytes);
         for chunk in &body.chunks {
             joined.extend_from_slice(chunk);
         }
-        joined.freeze()
+        Bytes::from(joined)
     }
 }
 

@@ -335,7 +335,7 @@ impl FillJob {
                     response_time,
                 );
                 let mut meta = stale.meta.clone();
-                meta.headers = headers;
+                meta.headers = crate::cache::entry::compact_headers(&headers);
                 meta.freshness = freshness;
                 let entry = Arc::new(StoredResponse {
                     meta,

@@ -82,7 +82,7 @@ fn bench_cache(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let memory = MemoryTier::new(256 << 20, 16);
+    let memory = MemoryTier::new(256 << 20, 16, outpost::config::MemoryPolicy::Lru);
     let languages = ["en", "fr", "de", "es", "it", "nl"];
     runtime.block_on(async {
         for language in languages {

@@ -414,6 +414,18 @@ impl Default for LogConfig {
     }
 }
 
+/// How the memory tier chooses what to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryPolicy {
+    /// Admit everything, evict the least recently used.
+    Lru,
+    /// TinyLFU admission with LRU eviction: resists one-hit scans, but weighted admission
+    /// compares a newcomer with the summed popularity of everything it would evict, so a
+    /// large object may never get into a tier full of small ones.
+    Tinylfu,
+}
+
 /// The shared cache (RFC 9111).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -422,6 +434,8 @@ pub struct CacheConfig {
     pub enabled: bool,
     /// Bytes the memory tier may hold: bodies, headers, keys and per-entry overhead.
     pub memory_capacity: ByteSize,
+    /// What the memory tier keeps when full.
+    pub memory_policy: MemoryPolicy,
     /// Larger responses are streamed through without being stored or buffered.
     pub max_object_size: ByteSize,
     /// Variants (Vary) kept per URL; the oldest goes first.
@@ -450,6 +464,7 @@ impl Default for CacheConfig {
         CacheConfig {
             enabled: true,
             memory_capacity: ByteSize(256 << 20),
+            memory_policy: MemoryPolicy::Lru,
             max_object_size: ByteSize(32 << 20),
             max_variants: 16,
             heuristic_fraction: 0.1,

@@ -1,9 +1,11 @@
 //! The memory tier: moka's `future::Cache` from primary key to the set of stored variants,
-//! weighed by every byte an entry holds, with TinyLFU admission and LRU eviction.
+//! weighed by every byte an entry holds, with LRU (default) or TinyLFU replacement.
 //!
-//! TinyLFU may refuse a newcomer when the cache is full and the newcomer is less popular
-//! than what it would evict: that keeps one-off scans from flushing the hot set. Which
-//! variant answers a request is chosen here; whether it may answer is `policy`'s call.
+//! LRU is the default because moka's weighted TinyLFU admission compares a newcomer with
+//! the summed popularity of all the entries it would evict: measured here, once the tier
+//! was full of 1 KiB one-hit objects, a hot 100 KiB object was refused on every request and
+//! every request went to the origin. Which variant answers a request is chosen here;
+//! whether it may answer is `policy`'s call.
 //!
 //! # Concurrent calls
 //! Reads never block writers. Adding a variant uses moka's per-key compute, so two fills
@@ -16,6 +18,7 @@ use moka::ops::compute::Op;
 
 use super::entry::StoredResponse;
 use super::key::{PrimaryKey, VariantKey, Vary};
+use crate::config::MemoryPolicy;
 
 /// All stored variants of one resource, newest first.
 #[derive(Debug, Clone, Default)]
@@ -84,9 +87,14 @@ pub struct MemoryTier {
 
 impl MemoryTier {
     /// `capacity` is in bytes, as weighed by [`StoredResponse::weight`].
-    pub fn new(capacity: u64, max_variants: usize) -> MemoryTier {
+    pub fn new(capacity: u64, max_variants: usize, policy: MemoryPolicy) -> MemoryTier {
+        let eviction = match policy {
+            MemoryPolicy::Lru => moka::policy::EvictionPolicy::lru(),
+            MemoryPolicy::Tinylfu => moka::policy::EvictionPolicy::tiny_lfu(),
+        };
         let cache = moka::future::Cache::builder()
             .max_capacity(capacity)
+            .eviction_policy(eviction)
             .weigher(|_key: &PrimaryKey, set: &Arc<VariantSet>| set.weight())
             .build();
         MemoryTier {
@@ -123,5 +131,63 @@ impl MemoryTier {
     pub async fn usage(&self) -> (u64, u64) {
         self.cache.run_pending_tasks().await;
         (self.cache.entry_count(), self.cache.weighted_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::EntryMeta;
+    use crate::cache::key::Vary;
+    use crate::cache::policy::{Freshness, PolicySettings};
+    use bytes::Bytes;
+    use http::StatusCode;
+    use std::time::SystemTime;
+
+    fn entry(path: &str, size: usize) -> Arc<StoredResponse> {
+        let headers = HeaderMap::new();
+        let now = SystemTime::now();
+        Arc::new(StoredResponse::new(
+            EntryMeta {
+                key: PrimaryKey::new("http", "t", path),
+                url: path.to_string(),
+                status: StatusCode::OK,
+                freshness: Freshness::compute(
+                    StatusCode::OK,
+                    &headers,
+                    &PolicySettings::default(),
+                    now,
+                    now,
+                ),
+                headers,
+                vary: Vary::None,
+                variant: VariantKey::NONE,
+                body_len: 0,
+                body_digest: [0; 32],
+            },
+            Bytes::from(vec![0u8; size]),
+        ))
+    }
+
+    /// A tier full of small one-hit objects still admits a large object that is asked for
+    /// repeatedly (the weighted-TinyLFU pathology the default policy avoids).
+    #[tokio::test]
+    async fn full_tier_admits_a_large_object() {
+        let tier = MemoryTier::new(4 << 20, 4, MemoryPolicy::Lru);
+        for index in 0..10_000 {
+            tier.insert(entry(&format!("/small/{index}"), 1024)).await;
+        }
+        tier.usage().await;
+        let big = entry("/big", 100 * 1024);
+        for _ in 0..5 {
+            tier.insert(Arc::clone(&big)).await;
+            tier.usage().await;
+        }
+        assert!(
+            tier.get(&big.meta.key).await.is_some(),
+            "a hot large object must get in"
+        );
+        let (_, weighed) = tier.usage().await;
+        assert!(weighed <= 4 << 20, "capacity respected: {weighed}");
     }
 }

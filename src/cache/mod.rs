@@ -56,7 +56,11 @@ impl Cache {
             },
             max_object_size: config.max_object_size.as_u64(),
             coalesce_wait: config.coalesce_wait.get(),
-            memory: MemoryTier::new(config.memory_capacity.as_u64(), config.max_variants),
+            memory: MemoryTier::new(
+                config.memory_capacity.as_u64(),
+                config.max_variants,
+                config.memory_policy,
+            ),
             coalescer: Coalescer::default(),
             hit_for_miss: moka::future::Cache::builder()
                 .max_capacity(100_000)

@@ -72,13 +72,11 @@ impl Outpost {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        server::serve(
-            listener,
-            Arc::clone(&self.proxy),
-            &self.config.server,
-            shutdown,
-        )
-        .await
+        let proxy = Arc::clone(&self.proxy);
+        let result = server::serve(listener, proxy, &self.config.server, shutdown).await;
+        let (entries, bytes) = self.proxy.cache().memory.usage().await;
+        tracing::info!(entries, bytes, "memory tier at shutdown");
+        result
     }
 
     /// Serves the admin endpoints on `listener` until `shutdown` completes.

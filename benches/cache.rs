@@ -52,20 +52,18 @@ fn entry(path: &str, language: &'static str, vary: bool) -> StoredResponse {
         HeaderValue::from_static("gzip, deflate, br"),
     );
     request.insert("accept-language", HeaderValue::from_static(language));
-    StoredResponse::new(
-        EntryMeta {
-            key: PrimaryKey::new("http", "static.example.com", path),
-            url: format!("http://static.example.com{path}"),
-            status: StatusCode::OK,
-            headers,
-            variant: vary.variant_key(&request).unwrap(),
-            vary,
-            freshness,
-            body_len: 0,
-            body_digest: [0; 32],
-        },
-        Bytes::from(vec![b'x'; 1024]),
-    )
+    let variant = vary.variant_key(&request).unwrap();
+    let key = PrimaryKey::new("http", "static.example.com", path);
+    let url = format!("http://static.example.com{path}");
+    let meta = EntryMeta::new(
+        key,
+        url,
+        StatusCode::OK,
+        headers,
+        (vary, variant),
+        freshness,
+    );
+    StoredResponse::new(meta, Bytes::from(vec![b'x'; 1024]))
 }
 
 fn bench_cache(c: &mut Criterion) {

@@ -53,26 +53,24 @@ fn entry(index: u64, body_size: usize) -> StoredResponse {
     headers.insert("content-length", HeaderValue::from(body_size));
     let now = SystemTime::now();
     let path = format!("/b/1k/object-{index}");
-    StoredResponse::new(
-        EntryMeta {
-            key: PrimaryKey::new("http", "127.0.0.1:18888", &path),
-            url: format!("http://127.0.0.1:18888{path}"),
-            status: StatusCode::OK,
-            freshness: Freshness::compute(
-                StatusCode::OK,
-                &headers,
-                &PolicySettings::default(),
-                now,
-                now,
-            ),
-            headers,
-            vary: Vary::None,
-            variant: VariantKey::NONE,
-            body_len: 0,
-            body_digest: [0; 32],
-        },
-        Bytes::from(vec![(index % 251) as u8; body_size]),
-    )
+    let freshness = Freshness::compute(
+        StatusCode::OK,
+        &headers,
+        &PolicySettings::default(),
+        now,
+        now,
+    );
+    let key = PrimaryKey::new("http", "127.0.0.1:18888", &path);
+    let url = format!("http://127.0.0.1:18888{path}");
+    let meta = EntryMeta::new(
+        key,
+        url,
+        StatusCode::OK,
+        headers,
+        (Vary::None, VariantKey::NONE),
+        freshness,
+    );
+    StoredResponse::new(meta, Bytes::from(vec![(index % 251) as u8; body_size]))
 }
 
 /// Fills one tier and prints its table row. Each configuration runs in a fresh process, so

@@ -646,14 +646,21 @@ impl Config {
                 ));
             }
         }
-        for name in &self.forwarding.strip_override_headers {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(reject(
-                    "forwarding.strip_override_headers",
-                    format!("`{name}` is not a header name"),
-                ));
-            }
-        }
+        let check_header_names = |key: &str, names: &[String]| match names
+            .iter()
+            .find(|n| http::HeaderName::from_bytes(n.as_bytes()).is_err())
+        {
+            Some(name) => Err(reject(key, format!("`{name}` is not a header name"))),
+            None => Ok(()),
+        };
+        check_header_names(
+            "forwarding.strip_override_headers",
+            &self.forwarding.strip_override_headers,
+        )?;
+        check_header_names(
+            "cache.targeted_cache_control",
+            &self.cache.targeted_cache_control,
+        )?;
         if !(0.0..=1.0).contains(&self.cache.heuristic_fraction) {
             return Err(reject(
                 "cache.heuristic_fraction",
@@ -674,43 +681,6 @@ impl Config {
                     self.cache.max_object_size, self.cache.memory_capacity
                 ),
             ));
-        }
-        for name in &self.cache.targeted_cache_control {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(reject(
-                    "cache.targeted_cache_control",
-                    format!("`{name}` is not a header name"),
-                ));
-            }
-        }
-        if !(0.0..=1.0).contains(&self.cache.heuristic_fraction) {
-            return Err(reject(
-                "cache.heuristic_fraction",
-                format!("{} is not between 0 and 1", self.cache.heuristic_fraction),
-            ));
-        }
-        if self.cache.max_variants == 0 {
-            return Err(reject(
-                "cache.max_variants",
-                "must be at least 1".to_string(),
-            ));
-        }
-        if self.cache.max_object_size > self.cache.memory_capacity {
-            return Err(reject(
-                "cache.max_object_size",
-                format!(
-                    "{} is larger than cache.memory_capacity ({})",
-                    self.cache.max_object_size, self.cache.memory_capacity
-                ),
-            ));
-        }
-        for name in &self.cache.targeted_cache_control {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(reject(
-                    "cache.targeted_cache_control",
-                    format!("`{name}` is not a header name"),
-                ));
-            }
         }
         if let Some(admin) = self.admin {
             if !admin.ip().is_loopback() {

@@ -138,6 +138,29 @@ fn millis(duration: Duration) -> u64 {
 }
 
 impl EntryMeta {
+    /// Metadata for a response about to be stored; the body's length and digest are filled
+    /// in by [`StoredResponse::new`].
+    pub fn new(
+        key: PrimaryKey,
+        url: String,
+        status: StatusCode,
+        headers: HeaderMap,
+        (vary, variant): (Vary, VariantKey),
+        freshness: Freshness,
+    ) -> EntryMeta {
+        EntryMeta {
+            key,
+            url,
+            status,
+            headers,
+            vary,
+            variant,
+            freshness,
+            body_len: 0,
+            body_digest: [0; 32],
+        }
+    }
+
     /// The versioned binary form: magic, format version, then the fields.
     pub fn encode(&self) -> Vec<u8> {
         let f = &self.freshness;
@@ -264,20 +287,16 @@ mod tests {
             now,
         );
         let vary = Vary::from_response(&headers);
-        StoredResponse::new(
-            EntryMeta {
-                key: PrimaryKey::new("http", "example.com", "/a"),
-                url: "http://example.com/a".into(),
-                status: StatusCode::OK,
-                headers,
-                variant: vary.variant_key(&HeaderMap::new()).unwrap(),
-                vary,
-                freshness,
-                body_len: 0,
-                body_digest: [0; 32],
-            },
-            Bytes::from_static(b"hello"),
-        )
+        let variant = vary.variant_key(&HeaderMap::new()).unwrap();
+        let meta = EntryMeta::new(
+            PrimaryKey::new("http", "example.com", "/a"),
+            "http://example.com/a".into(),
+            StatusCode::OK,
+            headers,
+            (vary, variant),
+            freshness,
+        );
+        StoredResponse::new(meta, Bytes::from_static(b"hello"))
     }
 
     #[test]

@@ -147,26 +147,23 @@ mod tests {
     fn entry(path: &str, size: usize) -> Arc<StoredResponse> {
         let headers = HeaderMap::new();
         let now = SystemTime::now();
-        Arc::new(StoredResponse::new(
-            EntryMeta {
-                key: PrimaryKey::new("http", "t", path),
-                url: path.to_string(),
-                status: StatusCode::OK,
-                freshness: Freshness::compute(
-                    StatusCode::OK,
-                    &headers,
-                    &PolicySettings::default(),
-                    now,
-                    now,
-                ),
-                headers,
-                vary: Vary::None,
-                variant: VariantKey::NONE,
-                body_len: 0,
-                body_digest: [0; 32],
-            },
-            Bytes::from(vec![0u8; size]),
-        ))
+        let freshness = Freshness::compute(
+            StatusCode::OK,
+            &headers,
+            &PolicySettings::default(),
+            now,
+            now,
+        );
+        let key = PrimaryKey::new("http", "t", path);
+        let meta = EntryMeta::new(
+            key,
+            path.to_string(),
+            StatusCode::OK,
+            headers,
+            (Vary::None, VariantKey::NONE),
+            freshness,
+        );
+        Arc::new(StoredResponse::new(meta, Bytes::from(vec![0u8; size])))
     }
 
     /// A tier full of small one-hit objects still admits a large object that is asked for

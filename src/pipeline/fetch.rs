@@ -392,17 +392,14 @@ impl FillJob {
             request_time,
             response_time,
         );
-        let meta = Arc::new(EntryMeta {
+        let meta = Arc::new(EntryMeta::new(
             key,
             url,
-            status: head.status,
-            headers: head.headers,
-            vary,
-            variant,
+            head.status,
+            head.headers,
+            (vary, variant),
             freshness,
-            body_len: 0,
-            body_digest: [0; 32],
-        });
+        ));
         fill.publish(FillStatus::Streaming(Arc::clone(&meta)));
         match pump(body, &fill, cache.max_object_size, proxy.body_read_timeout).await {
             Pumped::Complete { is_retained: true } => {

@@ -262,7 +262,7 @@ async fn demo(mut config: Config, latency: Duration) -> Result<()> {
         "outpost demo: sample origin on http://{origin_addr} ({} ms per response), outpost on http://{listen}\n\
          Try:\n  curl -s -o /dev/null -D - http://{listen}/hello.txt          # through outpost\n  \
          curl -s -o /dev/null -D - http://{origin_addr}/hello.txt     # the origin itself\n  \
-         curl -s http://{listen}/anything?size=1KiB&latency=1s\n\
+         curl -s 'http://{listen}/anything?size=1KiB&latency=1s'\n\
          Stop with Ctrl-C.",
         latency.as_millis()
     );

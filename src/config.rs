@@ -35,6 +35,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "forwarding",
     "log",
     "cache",
+    "compression",
     "sites",
 ];
 
@@ -299,6 +300,7 @@ pub struct Config {
     pub forwarding: ForwardingConfig,
     pub log: LogConfig,
     pub cache: CacheConfig,
+    pub compression: CompressionConfig,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -314,6 +316,7 @@ impl Default for Config {
             forwarding: ForwardingConfig::default(),
             log: LogConfig::default(),
             cache: CacheConfig::default(),
+            compression: CompressionConfig::default(),
             sites: Vec::new(),
         }
     }
@@ -473,6 +476,36 @@ impl Default for CacheConfig {
             coalesce_wait: HumanDuration(Duration::from_secs(10)),
             hit_for_miss_ttl: HumanDuration(Duration::from_secs(30)),
             targeted_cache_control: vec!["CDN-Cache-Control".to_string()],
+        }
+    }
+}
+
+/// On-the-fly compression (RFC 9110 §8.4), stored once per coding.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    pub enabled: bool,
+    /// Smaller bodies are sent as they are.
+    pub min_size: ByteSize,
+    /// Media types to compress besides text/*, JSON, JavaScript, XML, SVG and wasm.
+    pub types: Vec<String>,
+    /// Server preference among codings of equal client weight.
+    pub preference: Vec<String>,
+    pub gzip_level: i32,
+    pub brotli_level: i32,
+    pub zstd_level: i32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            enabled: true,
+            min_size: ByteSize(512),
+            types: Vec::new(),
+            preference: vec!["br".to_string(), "zstd".to_string(), "gzip".to_string()],
+            gzip_level: 6,
+            brotli_level: 5,
+            zstd_level: 6,
         }
     }
 }
@@ -681,6 +714,34 @@ impl Config {
                     self.cache.max_object_size, self.cache.memory_capacity
                 ),
             ));
+        }
+        for coding in &self.compression.preference {
+            if !matches!(coding.as_str(), "br" | "zstd" | "gzip") {
+                return Err(reject(
+                    "compression.preference",
+                    format!("`{coding}` is not one of br, zstd, gzip"),
+                ));
+            }
+        }
+        for (key, level, range) in [
+            ("compression.gzip_level", self.compression.gzip_level, 1..=9),
+            (
+                "compression.brotli_level",
+                self.compression.brotli_level,
+                0..=11,
+            ),
+            (
+                "compression.zstd_level",
+                self.compression.zstd_level,
+                1..=19,
+            ),
+        ] {
+            if !range.contains(&level) {
+                return Err(reject(
+                    key,
+                    format!("{level} is outside {}..={}", range.start(), range.end()),
+                ));
+            }
         }
         if let Some(admin) = self.admin {
             if !admin.ip().is_loopback() {

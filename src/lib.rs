@@ -28,6 +28,7 @@ pub mod error;
 pub mod pipeline;
 pub mod sample_origin;
 pub mod server;
+pub mod transform;
 pub mod upstream;
 
 use std::future::Future;
@@ -60,6 +61,12 @@ impl Outpost {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Encoder runs started since start-up (each stored encoded variant costs one; hits on
+    /// it cost none).
+    pub fn encoder_runs(&self) -> u64 {
+        self.proxy.compression().encoder_runs()
     }
 
     /// Serves proxy traffic on `listener` until `shutdown` completes, then drains in-flight

@@ -16,6 +16,16 @@ use serde::{Deserialize, Serialize};
 
 use super::key::{PrimaryKey, VariantKey, Vary};
 use super::policy::Freshness;
+use crate::transform::compress::Coding;
+
+/// How a derived entry was made from a stored one (an encoded copy of its body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Derivation {
+    pub coding: Coding,
+    /// The body digest of the entry it was made from: a derived entry is only served while
+    /// its source still has that body.
+    pub source_digest: [u8; 32],
+}
 
 /// Everything about a stored response except its body.
 #[derive(Debug, Clone)]
@@ -32,6 +42,9 @@ pub struct EntryMeta {
     pub body_len: u64,
     /// blake3 of the body: lets any tier verify what it reads back.
     pub body_digest: [u8; 32],
+    /// Set on entries outpost derived from another (encoded variants); `None` for responses
+    /// as the origin sent them.
+    pub derivation: Option<Derivation>,
 }
 
 /// A stored response: metadata plus body.
@@ -131,6 +144,7 @@ struct EncodedMetaV1 {
     is_shareable_with_authorization: bool,
     body_len: u64,
     body_digest: [u8; 32],
+    derivation: Option<(String, [u8; 32])>,
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -158,6 +172,7 @@ impl EntryMeta {
             freshness,
             body_len: 0,
             body_digest: [0; 32],
+            derivation: None,
         }
     }
 
@@ -195,6 +210,9 @@ impl EntryMeta {
             is_shareable_with_authorization: f.is_shareable_with_authorization,
             body_len: self.body_len,
             body_digest: self.body_digest,
+            derivation: self
+                .derivation
+                .map(|d| (d.coding.as_str().to_string(), d.source_digest)),
         };
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(MAGIC);
@@ -263,6 +281,14 @@ impl EntryMeta {
             },
             body_len: e.body_len,
             body_digest: e.body_digest,
+            derivation: match e.derivation {
+                None => None,
+                Some((coding, source_digest)) => Some(Derivation {
+                    coding: Coding::parse(&coding)
+                        .ok_or_else(|| corrupt(format!("coding {coding:?}")))?,
+                    source_digest,
+                }),
+            },
         })
     }
 }

@@ -137,6 +137,15 @@ pub struct VariantKey(pub [u8; 32]);
 impl VariantKey {
     /// The key of every request when the response has no Vary.
     pub const NONE: VariantKey = VariantKey([0; 32]);
+
+    /// The key of a representation outpost derives from this variant (an encoding).
+    pub fn derived(self, transform: &str) -> VariantKey {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.0);
+        hasher.update(b"\0derived\0");
+        hasher.update(transform.as_bytes());
+        VariantKey(*hasher.finalize().as_bytes())
+    }
 }
 
 impl fmt::Debug for VariantKey {
@@ -148,16 +157,20 @@ impl fmt::Debug for VariantKey {
 
 /// Feeds the request's value of `name` in a form with identical semantics for every
 /// spelling (RFC 9111 §4.1): field lines combined, whitespace around list members removed,
-/// case folded where the field is case-insensitive, and `Accept-Encoding` reduced to the
-/// set of codings it accepts. An absent field hashes differently from an empty one.
+/// and case folded where the field is case-insensitive. An absent field hashes differently
+/// from an empty one.
+///
+/// `Accept-Encoding` is the exception: the cache asks the origin with its own normalised
+/// `Accept-Encoding: gzip` whatever the client sent ([`ORIGIN_ACCEPT_ENCODING`]), so every
+/// client shares the origin's variant and gets it encoded or decoded as it accepts.
 fn normalised_value(name: &HeaderName, request: &HeaderMap, hasher: &mut blake3::Hasher) {
+    if name == ACCEPT_ENCODING {
+        hasher.update(ORIGIN_ACCEPT_ENCODING.as_bytes());
+        return;
+    }
     let mut values = request.get_all(name).iter().peekable();
     if values.peek().is_none() {
         hasher.update(b"\x01absent");
-        return;
-    }
-    if name == ACCEPT_ENCODING {
-        hasher.update(canonical_accept_encoding(request).as_bytes());
         return;
     }
     let case_insensitive = matches!(
@@ -185,40 +198,9 @@ fn normalised_value(name: &HeaderName, request: &HeaderMap, hasher: &mut blake3:
     }
 }
 
-/// `Accept-Encoding` as the sorted set of codings accepted with a non-zero weight
-/// (`gzip, br;q=0.8` and `br;q=1, GZIP` are the same request).
-pub fn canonical_accept_encoding(request: &HeaderMap) -> String {
-    let mut codings: Vec<String> = request
-        .get_all(ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|member| {
-            let mut parts = member.split(';');
-            let coding = parts.next()?.trim().to_ascii_lowercase();
-            if coding.is_empty() {
-                return None;
-            }
-            let weight = parts
-                .filter_map(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .or_else(|| p.trim().strip_prefix("Q="))
-                })
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            let coding = if coding == "x-gzip" {
-                "gzip".to_string()
-            } else {
-                coding
-            };
-            (weight > 0.0).then_some(coding)
-        })
-        .collect();
-    codings.sort_unstable();
-    codings.dedup();
-    codings.join(",")
-}
+/// What the cache sends as Accept-Encoding when it fills: origins that compress send gzip
+/// (stored once, decoded for clients that cannot take it); others send identity.
+pub const ORIGIN_ACCEPT_ENCODING: &str = "gzip";
 
 #[cfg(test)]
 mod tests {
@@ -256,7 +238,8 @@ mod tests {
         );
     }
 
-    /// RFC 9111 §4.1: values with identical semantics select the same variant.
+    /// RFC 9111 §4.1: values with identical semantics select the same variant;
+    /// Accept-Encoding is normalised away (the origin always sees ORIGIN_ACCEPT_ENCODING).
     #[test]
     fn variant_key_normalises_whitespace_case_and_accept_encoding() {
         let vary = Vary::from_response(&headers(&[
@@ -277,7 +260,7 @@ mod tests {
         let c = vary.variant_key(&headers(&[
             ("accept-encoding", "gzip"),
             ("accept-language", "en-GB,en;q=0.5"),
-            ("x-device", "mobile"),
+            ("x-device", "desktop"),
         ]));
         assert_ne!(a, c);
         let d = vary.variant_key(&headers(&[

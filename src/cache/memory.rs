@@ -19,6 +19,7 @@ use moka::ops::compute::Op;
 use super::entry::StoredResponse;
 use super::key::{PrimaryKey, VariantKey, Vary};
 use crate::config::MemoryPolicy;
+use crate::transform::compress::Coding;
 
 /// All stored variants of one resource, newest first.
 #[derive(Debug, Clone, Default)]
@@ -31,17 +32,35 @@ impl VariantSet {
     /// under. Variants usually share one Vary rule, so its key is computed once.
     pub fn select(&self, request: &HeaderMap) -> Option<&Arc<StoredResponse>> {
         let mut last_rule: Option<(&Vary, Option<VariantKey>)> = None;
+        self.variants
+            .iter()
+            .filter(|entry| entry.meta.derivation.is_none())
+            .find(|entry| {
+                let vary = &entry.meta.vary;
+                let key = match last_rule {
+                    Some((rule, key)) if rule == vary => key,
+                    _ => {
+                        let key = vary.variant_key(request);
+                        last_rule = Some((vary, key));
+                        key
+                    }
+                };
+                key == Some(entry.meta.variant)
+            })
+    }
+
+    /// The stored `coding` encoding of `source`, if it was made from `source`'s current body.
+    pub fn select_encoded(
+        &self,
+        source: &StoredResponse,
+        coding: Coding,
+    ) -> Option<&Arc<StoredResponse>> {
+        let key = source.meta.variant.derived(coding.as_str());
         self.variants.iter().find(|entry| {
-            let vary = &entry.meta.vary;
-            let key = match last_rule {
-                Some((rule, key)) if rule == vary => key,
-                _ => {
-                    let key = vary.variant_key(request);
-                    last_rule = Some((vary, key));
-                    key
-                }
-            };
-            key == Some(entry.meta.variant)
+            entry.meta.variant == key
+                && entry.meta.derivation.is_some_and(|d| {
+                    d.coding == coding && d.source_digest == source.meta.body_digest
+                })
         })
     }
 
@@ -63,7 +82,8 @@ impl VariantSet {
     }
 
     /// This set with `entry` replacing any variant with the same key, bounded to
-    /// `max_variants` (the oldest go first).
+    /// `max_variants`. Derived entries whose source body is gone are dropped, and derived
+    /// entries go before origin variants when the bound bites (oldest first in each group).
     fn with(&self, entry: Arc<StoredResponse>, max_variants: usize) -> VariantSet {
         let mut variants = Vec::with_capacity(self.variants.len() + 1);
         variants.push(Arc::clone(&entry));
@@ -71,9 +91,25 @@ impl VariantSet {
             self.variants
                 .iter()
                 .filter(|v| v.meta.variant != entry.meta.variant)
-                .take(max_variants.saturating_sub(1))
                 .cloned(),
         );
+        let source_digests: Vec<[u8; 32]> = variants
+            .iter()
+            .filter(|v| v.meta.derivation.is_none())
+            .map(|v| v.meta.body_digest)
+            .collect();
+        variants.retain(|v| {
+            v.meta
+                .derivation
+                .is_none_or(|d| source_digests.contains(&d.source_digest))
+        });
+        while variants.len() > max_variants.max(1) {
+            let victim = variants
+                .iter()
+                .rposition(|v| v.meta.derivation.is_some())
+                .unwrap_or(variants.len() - 1);
+            variants.remove(victim);
+        }
         VariantSet { variants }
     }
 }

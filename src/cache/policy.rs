@@ -635,9 +635,12 @@ pub fn is_not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     last_modified <= since
 }
 
-/// Weak comparison of entity tags (RFC 9110 §8.8.3.2).
+/// Weak comparison of entity tags (RFC 9110 §8.8.3.2). The coding suffix outpost gives
+/// encoded representations (`"abc-br"`) is ignored, so either form matches the other.
 pub fn weak_eq(a: &str, b: &str) -> bool {
-    let strip = |tag: &str| tag.trim().trim_start_matches("W/").to_string();
+    let strip = |tag: &str| {
+        crate::transform::compress::strip_coding_suffix(tag.trim().trim_start_matches("W/"))
+    };
     let (a, b) = (strip(a), strip(b));
     a.starts_with('"') && a == b
 }

@@ -18,13 +18,12 @@ use std::time::{Duration, Instant, SystemTime};
 use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use super::cache_status::{CacheStatus, FwdReason};
 use super::forwarding::{self, Downstream};
 use super::route::Site;
-use super::{respond, upstream_request, AccessRecord, Proxy};
+use super::{encode, respond, upstream_request, AccessRecord, Proxy};
 use crate::body::Body;
 use crate::cache::coalesce::{Coalescer, Fill, FillKey, FillReader, FillStatus, Role};
 use crate::cache::entry::{EntryMeta, StoredResponse};
@@ -151,13 +150,20 @@ async fn lead(
         FillStatus::Streaming(meta) => {
             describe_stream(&mut cache_status, &meta, now);
             Ok((
-                respond::from_meta(proxy, &meta, Body::boxed(reader), parts, now),
+                encode::for_client(
+                    proxy,
+                    respond::from_meta(proxy, &meta, Body::boxed(reader), parts, now),
+                    parts,
+                ),
                 cache_status,
             ))
         }
         FillStatus::Complete { entry, revalidated } => {
             describe_entry(&mut cache_status, &entry, revalidated, now);
-            Ok((respond::from_entry(proxy, &entry, parts, now), cache_status))
+            Ok((
+                encode::for_client(proxy, respond::from_entry(proxy, &entry, parts, now), parts),
+                cache_status,
+            ))
         }
         FillStatus::Uncacheable(reason) => {
             drop(reader);
@@ -166,7 +172,7 @@ async fn lead(
             })?;
             cache_status.fwd_status = Some(response.status().as_u16());
             cache_status.detail = Some(reason.as_str());
-            Ok((response, cache_status))
+            Ok((encode::for_client(proxy, response, parts), cache_status))
         }
         FillStatus::Failed(err) => Err(err),
         FillStatus::Pending => Err(ProxyError::Internal("fill still pending".into())),
@@ -200,13 +206,20 @@ async fn follow(
         FillStatus::Streaming(meta) if selects(&meta) => {
             describe_stream(&mut cache_status, &meta, now);
             Following::Served(
-                respond::from_meta(proxy, &meta, Body::boxed(reader), parts, now),
+                encode::for_client(
+                    proxy,
+                    respond::from_meta(proxy, &meta, Body::boxed(reader), parts, now),
+                    parts,
+                ),
                 cache_status,
             )
         }
         FillStatus::Complete { entry, revalidated } if selects(&entry.meta) => {
             describe_entry(&mut cache_status, &entry, revalidated, now);
-            Following::Served(respond::from_entry(proxy, &entry, parts, now), cache_status)
+            Following::Served(
+                encode::for_client(proxy, respond::from_entry(proxy, &entry, parts, now), parts),
+                cache_status,
+            )
         }
         FillStatus::Failed(err) => Following::Failed(err),
         _ => Following::GoAlone,
@@ -261,6 +274,12 @@ fn fill_request(
         parts.headers.remove(name);
     }
     parts.headers.remove(header::CONTENT_LENGTH);
+    // Every client shares the origin's variant; encodings are ours to produce (see
+    // `cache::key::ORIGIN_ACCEPT_ENCODING`).
+    parts.headers.insert(
+        header::ACCEPT_ENCODING,
+        http::HeaderValue::from_static(crate::cache::key::ORIGIN_ACCEPT_ENCODING),
+    );
     let (mut request, client) = upstream_request(proxy, site, parts, Body::empty(), downstream)?;
     if let Some(stale) = stale {
         policy::add_validators(request.headers_mut(), &stale.meta.headers);
@@ -422,7 +441,7 @@ impl FillJob {
     }
 }
 
-enum Pumped {
+pub(super) enum Pumped {
     Complete {
         is_retained: bool,
     },
@@ -431,13 +450,16 @@ enum Pumped {
     Abandoned,
 }
 
-/// Moves the origin's body into the fill, chunk by chunk.
-async fn pump(
-    mut body: Incoming,
+/// Moves a body (the origin's, or an encoder's) into the fill, chunk by chunk.
+pub(super) async fn pump<B>(
+    mut body: B,
     fill: &Fill,
     max_object_size: u64,
     read_timeout: Duration,
-) -> Pumped {
+) -> Pumped
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
     let mut total: u64 = 0;
     let mut is_retained = true;
     loop {

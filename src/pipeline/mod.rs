@@ -17,6 +17,7 @@
 //! shutdown, the access log's timing) stay in `server`.
 
 pub mod cache_status;
+mod encode;
 mod fetch;
 pub mod forwarding;
 pub mod respond;
@@ -33,10 +34,12 @@ use hyper::body::Incoming;
 use crate::body::Body;
 use crate::cache::entry::StoredResponse;
 use crate::cache::key::{PrimaryKey, VariantKey};
+use crate::cache::memory::VariantSet;
 use crate::cache::policy::{self, Reuse};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{Fault, ProxyError};
+use crate::transform::compress::Compression;
 use crate::upstream::{Upstream, UpstreamSetupError};
 use cache_status::{CacheStatus, FwdReason};
 use forwarding::{Downstream, ForwardingPolicy};
@@ -48,6 +51,7 @@ pub struct Proxy {
     forwarding: ForwardingPolicy,
     upstream: Upstream,
     cache: Cache,
+    compression: Compression,
     proxy_name: String,
     /// `Via` for responses we serve from the cache (RFC 9110 §7.6.3).
     via_response: HeaderValue,
@@ -65,6 +69,7 @@ impl Proxy {
             forwarding: ForwardingPolicy::new(&config.forwarding),
             upstream: Upstream::new(&config.upstream)?,
             cache: Cache::new(&config.cache),
+            compression: Compression::new(&config.compression),
             proxy_name: config.proxy_name.clone(),
             via_response: HeaderValue::from_str(&format!("1.1 {}", config.proxy_name))
                 .unwrap_or_else(|_| HeaderValue::from_static("1.1 outpost")),
@@ -79,6 +84,10 @@ impl Proxy {
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    pub fn compression(&self) -> &Compression {
+        &self.compression
     }
 }
 
@@ -213,10 +222,10 @@ async fn serve(
 
     let now = SystemTime::now();
     match lookup(&proxy.cache, &request, host.as_deref().unwrap_or(""), now).await {
-        Lookup::Hit(entry, status) => {
+        Lookup::Hit { entry, set, status } => {
             *cache_status = status;
             let (parts, _) = request.into_parts();
-            Ok(respond::from_entry(proxy, &entry, &parts, now))
+            Ok(encode::serve_stored(proxy, &set, &entry, &parts, now).await)
         }
         Lookup::OnlyIfCachedMiss => {
             // RFC 9111 §5.2.1.7: nothing suitable is stored and the origin may not be asked.
@@ -250,8 +259,12 @@ async fn serve(
 
 /// The outcome of the cache-lookup phase.
 enum Lookup {
-    /// Serve this stored response.
-    Hit(Arc<StoredResponse>, CacheStatus),
+    /// Serve this stored response (`set` holds its encoded variants).
+    Hit {
+        entry: Arc<StoredResponse>,
+        set: Arc<VariantSet>,
+        status: CacheStatus,
+    },
     /// `only-if-cached` and nothing usable is stored: 504 without asking the origin.
     OnlyIfCachedMiss,
     /// Forward without the cache (unsafe method, Range, preconditions, cache off).
@@ -343,7 +356,15 @@ async fn lookup(
     match policy::evaluate_reuse(&entry.meta.freshness, &directives, now) {
         Reuse::Fresh | Reuse::StaleAllowed => {
             let ttl = entry.meta.freshness.ttl_seconds(now);
-            Lookup::Hit(entry, CacheStatus::hit(ttl))
+            match variants {
+                Some(set) => Lookup::Hit {
+                    entry,
+                    set,
+                    status: CacheStatus::hit(ttl),
+                },
+                // invariant: `entry` was selected from `variants`.
+                None => plan(None, FwdReason::UriMiss),
+            }
         }
         _ if directives.only_if_cached => Lookup::OnlyIfCachedMiss,
         Reuse::ValidateStale => plan(Some(entry), FwdReason::Stale),

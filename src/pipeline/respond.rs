@@ -80,6 +80,21 @@ fn finish(
     response
 }
 
+/// RFC 9110 §15.5.7: identity is excluded and no coding we produce is acceptable.
+pub fn not_acceptable() -> Response<Body> {
+    let mut response = Response::new(Body::full(
+        "406 Not Acceptable: no acceptable content-coding\n",
+    ));
+    *response.status_mut() = StatusCode::NOT_ACCEPTABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    response
+}
+
 /// RFC 9111 §5.2.1.7: `only-if-cached` with nothing suitable stored.
 pub fn gateway_timeout_only_if_cached() -> Response<Body> {
     let mut response = Response::new(Body::full(

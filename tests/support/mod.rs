@@ -458,6 +458,7 @@ pub async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
 /// An outpost running in-process on an ephemeral port.
 pub struct Proxy {
     pub addr: SocketAddr,
+    pub outpost: Arc<Outpost>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -476,10 +477,11 @@ impl Proxy {
     pub async fn start_with(config: Config) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let outpost = Outpost::new(config).expect("outpost starts");
+        let outpost = Arc::new(Outpost::new(config).expect("outpost starts"));
+        let serving = Arc::clone(&outpost);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            outpost
+            serving
                 .serve(listener, async {
                     let _ = stopped.await;
                 })
@@ -487,6 +489,7 @@ impl Proxy {
         });
         Proxy {
             addr,
+            outpost,
             stop: Some(stop),
             task: Some(task),
         }

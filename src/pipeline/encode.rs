@@ -1,0 +1,241 @@
+//! The representation a client gets (RFC 9110 §12.5.3), chosen after the cache has found or
+//! fetched a response:
+//! - a hit whose client wants an encoding gets the stored encoded variant, made once from
+//!   the stored body by a coalesced fill and kept beside it (later hits do no compression);
+//! - responses on their way from the origin are encoded on the fly, never stored encoded;
+//! - a response the origin gzipped goes as it is to clients that accept gzip and is decoded
+//!   for those that do not;
+//! - a client that excludes identity and accepts nothing we have gets 406.
+//!
+//! What is compressible and how headers change is `transform::compress`'s business.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
+
+use super::fetch::pump;
+use super::{respond, Proxy};
+use crate::body::Body;
+use crate::cache::coalesce::{Fill, FillKey, FillStatus, Role};
+use crate::cache::entry::{Derivation, EntryMeta, StoredResponse};
+use crate::cache::memory::VariantSet;
+use crate::transform::compress::{self, AcceptEncoding, Choice, Coding};
+
+/// Serves a stored entry in the representation the client accepts.
+pub(super) async fn serve_stored(
+    proxy: &Arc<Proxy>,
+    set: &VariantSet,
+    entry: &Arc<StoredResponse>,
+    parts: &http::request::Parts,
+    now: SystemTime,
+) -> Response<Body> {
+    let compression = &proxy.compression;
+    let meta = &entry.meta;
+    if meta.headers.contains_key(header::CONTENT_ENCODING)
+        || !compression.is_compressible(meta.status, &meta.headers)
+    {
+        return for_client(proxy, respond::from_entry(proxy, entry, parts, now), parts);
+    }
+    let coding = match AcceptEncoding::parse(&parts.headers).choose(&compression.preference) {
+        Choice::Identity => {
+            let mut response = respond::from_entry(proxy, entry, parts, now);
+            compress::vary_on_accept_encoding(response.headers_mut());
+            return response;
+        }
+        Choice::NotAcceptable => return respond::not_acceptable(),
+        Choice::Encode(coding) => coding,
+    };
+    if let Some(encoded) = set.select_encoded(entry, coding) {
+        let body = if parts.method == Method::HEAD {
+            Body::empty()
+        } else {
+            Body::full(encoded.body.clone())
+        };
+        let response = respond::from_meta(proxy, meta, body, parts, now);
+        return encoded_response(response, coding, Some(encoded.body.len() as u64));
+    }
+    if parts.method == Method::HEAD {
+        let response = respond::from_entry(proxy, entry, parts, now);
+        return encoded_response(response, coding, None);
+    }
+    // Encode once for everyone asking for this coding now, and keep the result.
+    let fill_key = FillKey {
+        key: meta.key,
+        variant_hint: meta.variant.derived(coding.as_str()),
+    };
+    let (role, fill, reader) = proxy.cache.coalescer.join(fill_key);
+    if matches!(role, Role::Leader) {
+        let job = encode_and_store(
+            Arc::clone(proxy),
+            Arc::clone(entry),
+            coding,
+            Arc::clone(&fill),
+            fill_key,
+        );
+        tokio::spawn(job);
+    }
+    let response = match fill.wait_status().await {
+        FillStatus::Streaming(_) => {
+            respond::from_meta(proxy, meta, Body::boxed(reader), parts, now)
+        }
+        FillStatus::Complete { entry: encoded, .. } => {
+            let length = Some(encoded.body.len() as u64);
+            let response =
+                respond::from_meta(proxy, meta, Body::full(encoded.body.clone()), parts, now);
+            return encoded_response(response, coding, length);
+        }
+        // Encoding failed: the identity representation is always acceptable here.
+        _ => {
+            let mut response = respond::from_entry(proxy, entry, parts, now);
+            compress::vary_on_accept_encoding(response.headers_mut());
+            return response;
+        }
+    };
+    encoded_response(response, coding, None)
+}
+
+/// The fill task that encodes a stored body and stores the result beside it.
+async fn encode_and_store(
+    proxy: Arc<Proxy>,
+    source: Arc<StoredResponse>,
+    coding: Coding,
+    fill: Arc<Fill>,
+    fill_key: FillKey,
+) {
+    let cache = &proxy.cache;
+    let mut meta: EntryMeta = source.meta.clone();
+    fill.publish(FillStatus::Streaming(Arc::new(meta.clone())));
+    let encoded = proxy
+        .compression
+        .encode(Body::full(source.body.clone()), coding);
+    match pump(
+        encoded,
+        &fill,
+        cache.max_object_size,
+        proxy.body_read_timeout,
+    )
+    .await
+    {
+        super::fetch::Pumped::Complete { is_retained: true } => {
+            let body = fill.retained_body();
+            meta.variant = source.meta.variant.derived(coding.as_str());
+            compress::encoded_headers(&mut meta.headers, coding, Some(body.len() as u64));
+            meta.derivation = Some(Derivation {
+                coding,
+                source_digest: source.meta.body_digest,
+            });
+            let encoded = Arc::new(StoredResponse::new(meta, body));
+            cache.memory.insert(Arc::clone(&encoded)).await;
+            fill.publish(FillStatus::Complete {
+                entry: encoded,
+                revalidated: false,
+            });
+        }
+        _ => {
+            tracing::warn!(url = %source.meta.url, coding = coding.as_str(), "encoding a stored body failed")
+        }
+    }
+    cache.coalescer.leave(&fill_key, &fill);
+}
+
+/// A response on its way from the origin (or a stored one that is not compressible), in the
+/// representation the client accepts: encoded on the fly, decoded from the origin's gzip,
+/// or as it is.
+pub(super) fn for_client(
+    proxy: &Proxy,
+    response: Response<Body>,
+    parts: &http::request::Parts,
+) -> Response<Body> {
+    let compression = &proxy.compression;
+    let accept = AcceptEncoding::parse(&parts.headers);
+    if let Some(coding) = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        let is_gzip = matches!(
+            coding.trim().to_ascii_lowercase().as_str(),
+            "gzip" | "x-gzip"
+        );
+        if !is_gzip
+            || accept.accepts(coding)
+            || parts.method == Method::HEAD
+            || no_transform(&response)
+        {
+            return response;
+        }
+        return gunzipped(response);
+    }
+    if parts.method == Method::HEAD
+        || !compression.is_compressible(response.status(), response.headers())
+    {
+        return response;
+    }
+    match accept.choose(&compression.preference) {
+        Choice::Identity => {
+            let mut response = response;
+            compress::vary_on_accept_encoding(response.headers_mut());
+            response
+        }
+        Choice::NotAcceptable => respond::not_acceptable(),
+        Choice::Encode(coding) => {
+            let (parts, body) = response.into_parts();
+            let body = compression.encode(body, coding);
+            encoded_response(Response::from_parts(parts, body), coding, None)
+        }
+    }
+}
+
+fn no_transform(response: &Response<Body>) -> bool {
+    response
+        .headers()
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("no-transform"))
+}
+
+/// The origin's gzip decoded for a client that does not accept it (Varnish's gunzip): the
+/// decoded representation has its own (weak) validator and no length until sent.
+fn gunzipped(response: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::ACCEPT_RANGES);
+    compress::vary_on_accept_encoding(&mut parts.headers);
+    if let Some(etag) = parts
+        .headers
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+    {
+        if !etag.starts_with("W/") {
+            if let Ok(weak) = HeaderValue::from_str(&format!("W/{etag}")) {
+                parts.headers.insert(header::ETAG, weak);
+            }
+        }
+    }
+    Response::from_parts(parts, compress::decode_gzip(body))
+}
+
+/// Rewrites the fields of a response whose body is (or would be) `coding`-encoded; a 304
+/// keeps its empty body and only gets the encoded validator and Vary.
+fn encoded_response(
+    mut response: Response<Body>,
+    coding: Coding,
+    length: Option<u64>,
+) -> Response<Body> {
+    if response.status() == StatusCode::NOT_MODIFIED {
+        let headers = response.headers_mut();
+        let etag = headers.get(header::ETAG).cloned();
+        compress::encoded_headers(headers, coding, None);
+        headers.remove(header::CONTENT_ENCODING);
+        if etag.is_none() {
+            headers.remove(header::ETAG);
+        }
+        return response;
+    }
+    compress::encoded_headers(response.headers_mut(), coding, length);
+    response
+}

@@ -1,0 +1,469 @@
+//! Content-coding (RFC 9110 §8.4, §12.5.3): which coding a client gets, whether a response
+//! is worth compressing, how its header fields change, and the streaming encoders and the
+//! gzip decoder.
+//!
+//! Storing an encoded variant once and serving it to later requests is `pipeline`'s job;
+//! this module only decides and transforms, and never holds a whole body: encoders read the
+//! body as a stream and emit chunks as they are produced.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use async_compression::tokio::bufread::{BrotliEncoder, GzipDecoder, GzipEncoder, ZstdEncoder};
+use async_compression::Level;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::StatusCode;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::body::Body;
+use crate::config::CompressionConfig;
+
+/// The codings outpost produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Coding {
+    Br,
+    Zstd,
+    Gzip,
+}
+
+impl Coding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Coding::Br => "br",
+            Coding::Zstd => "zstd",
+            Coding::Gzip => "gzip",
+        }
+    }
+
+    pub fn parse(token: &str) -> Option<Coding> {
+        match token.trim().to_ascii_lowercase().as_str() {
+            "br" => Some(Coding::Br),
+            "zstd" => Some(Coding::Zstd),
+            "gzip" | "x-gzip" => Some(Coding::Gzip),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of negotiation for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Identity,
+    Encode(Coding),
+    /// Identity is excluded and no coding we have is acceptable: 406 (RFC 9110 §12.5.3).
+    NotAcceptable,
+}
+
+/// The client's Accept-Encoding, parsed once per request.
+#[derive(Debug, Clone, Default)]
+pub struct AcceptEncoding {
+    /// (coding token lower-cased, weight in thousandths)
+    members: Vec<(String, u16)>,
+    is_present: bool,
+}
+
+impl AcceptEncoding {
+    pub fn parse(headers: &HeaderMap) -> AcceptEncoding {
+        let mut parsed = AcceptEncoding::default();
+        for value in headers.get_all(header::ACCEPT_ENCODING) {
+            parsed.is_present = true;
+            let Ok(text) = value.to_str() else { continue };
+            for member in text.split(',') {
+                let mut parts = member.split(';');
+                let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+                if coding.is_empty() {
+                    continue;
+                }
+                let mut weight = Some(1000);
+                for parameter in parts {
+                    let parameter = parameter.trim();
+                    if let Some(q) = parameter
+                        .strip_prefix("q=")
+                        .or_else(|| parameter.strip_prefix("Q="))
+                    {
+                        weight = parse_qvalue(q.trim());
+                    }
+                }
+                if let Some(weight) = weight {
+                    let coding = if coding == "x-gzip" {
+                        "gzip".to_string()
+                    } else {
+                        coding
+                    };
+                    parsed.members.push((coding, weight));
+                }
+            }
+        }
+        parsed
+    }
+
+    fn weight_of(&self, coding: &str) -> Option<u16> {
+        self.members
+            .iter()
+            .find(|(c, _)| c == coding)
+            .map(|(_, w)| *w)
+    }
+
+    fn star(&self) -> Option<u16> {
+        self.weight_of("*")
+    }
+
+    /// Whether `coding` (a Content-Encoding the response already has) is acceptable. A
+    /// request without Accept-Encoding may take any coding by RFC 9110 §12.5.3, but those
+    /// are mostly tools that cannot decode; like [`AcceptEncoding::choose`], treat them as
+    /// wanting identity.
+    pub fn accepts(&self, coding: &str) -> bool {
+        if !self.is_present {
+            return false;
+        }
+        let coding = coding.to_ascii_lowercase();
+        let coding = if coding == "x-gzip" {
+            "gzip"
+        } else {
+            coding.as_str()
+        };
+        self.weight_of(coding)
+            .or_else(|| self.star())
+            .is_some_and(|w| w > 0)
+    }
+
+    /// Identity's explicit weight (by name, else by `*`), if the client gave one. Identity
+    /// is acceptable by default (§12.5.3) but an unlisted identity carries no preference,
+    /// so any acceptable coding beats it.
+    fn identity_weight(&self) -> Option<u16> {
+        self.weight_of("identity").or_else(|| self.star())
+    }
+
+    /// Picks the representation: the coding with the highest weight, ties broken by
+    /// `preference` order, identity when it weighs more than every coding.
+    pub fn choose(&self, preference: &[Coding]) -> Choice {
+        if !self.is_present {
+            // No Accept-Encoding: any coding is allowed, but clients that send none are
+            // mostly tools that cannot decode; identity is the safe answer.
+            return Choice::Identity;
+        }
+        let mut best: Option<(Coding, u16)> = None;
+        for &coding in preference {
+            let weight = self
+                .weight_of(coding.as_str())
+                .or_else(|| self.star())
+                .unwrap_or(0);
+            if weight > 0 && best.is_none_or(|(_, w)| weight > w) {
+                best = Some((coding, weight));
+            }
+        }
+        let identity = self.identity_weight();
+        match (best, identity) {
+            (Some((_, weight)), Some(identity)) if identity > weight => Choice::Identity,
+            (Some((coding, _)), _) => Choice::Encode(coding),
+            (None, Some(0)) => Choice::NotAcceptable,
+            (None, _) => Choice::Identity,
+        }
+    }
+}
+
+/// RFC 9110 §12.4.2 qvalue: 0 to 1 with up to three decimals; in thousandths.
+fn parse_qvalue(text: &str) -> Option<u16> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+/// Compression settings, from the `[compression]` config section.
+#[derive(Debug)]
+pub struct Compression {
+    pub is_enabled: bool,
+    pub min_size: u64,
+    pub preference: Vec<Coding>,
+    extra_types: Vec<String>,
+    gzip_level: i32,
+    brotli_level: i32,
+    zstd_level: i32,
+    /// Encoder runs started: lets tests and metrics see that stored variants are reused.
+    runs: AtomicU64,
+}
+
+impl Compression {
+    pub fn new(config: &CompressionConfig) -> Compression {
+        Compression {
+            is_enabled: config.enabled,
+            min_size: config.min_size.as_u64(),
+            preference: config
+                .preference
+                .iter()
+                .filter_map(|c| Coding::parse(c))
+                .collect(),
+            extra_types: config
+                .types
+                .iter()
+                .map(|t| t.to_ascii_lowercase())
+                .collect(),
+            gzip_level: config.gzip_level,
+            brotli_level: config.brotli_level,
+            zstd_level: config.zstd_level,
+            runs: AtomicU64::new(0),
+        }
+    }
+
+    pub fn encoder_runs(&self) -> u64 {
+        self.runs.load(Relaxed)
+    }
+
+    /// Whether a response with this status and these fields benefits from compression:
+    /// a compressible media type, no Content-Encoding already, not `no-transform` (RFC 9111
+    /// §5.2.2.6), not partial, and not smaller than `min_size`.
+    pub fn is_compressible(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        if !self.is_enabled || status != StatusCode::OK {
+            return false;
+        }
+        if headers.contains_key(header::CONTENT_ENCODING)
+            || headers.contains_key(header::CONTENT_RANGE)
+        {
+            return false;
+        }
+        if has_no_transform(headers) {
+            return false;
+        }
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if length.is_some_and(|len| len < self.min_size) {
+            return false;
+        }
+        let Some(media_type) = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+        else {
+            return false;
+        };
+        is_compressible_type(&media_type) || self.extra_types.contains(&media_type)
+    }
+
+    fn level(&self, coding: Coding) -> Level {
+        Level::Precise(match coding {
+            Coding::Gzip => self.gzip_level,
+            Coding::Br => self.brotli_level,
+            Coding::Zstd => self.zstd_level,
+        })
+    }
+
+    /// `body` encoded with `coding`, as a stream.
+    pub fn encode(&self, body: Body, coding: Coding) -> Body {
+        self.runs.fetch_add(1, Relaxed);
+        let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+        let level = self.level(coding);
+        match coding {
+            Coding::Gzip => {
+                stream_body(ReaderStream::new(GzipEncoder::with_quality(reader, level)))
+            }
+            Coding::Br => stream_body(ReaderStream::new(BrotliEncoder::with_quality(
+                reader, level,
+            ))),
+            Coding::Zstd => {
+                stream_body(ReaderStream::new(ZstdEncoder::with_quality(reader, level)))
+            }
+        }
+    }
+}
+
+/// A gzip body decoded, as a stream (for clients that do not accept the origin's gzip).
+pub fn decode_gzip(body: Body) -> Body {
+    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    stream_body(ReaderStream::new(GzipDecoder::new(reader)))
+}
+
+fn stream_body<S>(stream: S) -> Body
+where
+    S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+{
+    Body::boxed(StreamBody::new(stream.map(|chunk| chunk.map(Frame::data))))
+}
+
+fn has_no_transform(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
+        })
+}
+
+/// text/*, JSON, JavaScript, XML, SVG, wasm and the `+json` / `+xml` structured suffixes.
+fn is_compressible_type(media_type: &str) -> bool {
+    media_type.starts_with("text/")
+        || media_type.ends_with("+json")
+        || media_type.ends_with("+xml")
+        || matches!(
+            media_type,
+            "application/json"
+                | "application/javascript"
+                | "application/x-javascript"
+                | "application/ecmascript"
+                | "application/xml"
+                | "application/wasm"
+                | "image/svg+xml"
+                | "application/manifest+json"
+                | "application/x-ndjson"
+        )
+}
+
+/// Adds `Accept-Encoding` to Vary unless it is there (or Vary is `*`): every representation
+/// of a compressible resource depends on it.
+pub fn vary_on_accept_encoding(headers: &mut HeaderMap) {
+    let already = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| {
+            let name = name.trim();
+            name == "*" || name.eq_ignore_ascii_case("accept-encoding")
+        });
+    if !already {
+        headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+}
+
+/// The fields of an encoded representation derived from `headers`: Content-Encoding set,
+/// Vary extended, the ETag given a coding suffix so it cannot be confused with the identity
+/// representation's, and fields that described the identity bytes removed. `length` is the
+/// encoded length when known.
+pub fn encoded_headers(headers: &mut HeaderMap, coding: Coding, length: Option<u64>) {
+    headers.insert(
+        header::CONTENT_ENCODING,
+        HeaderValue::from_static(coding.as_str()),
+    );
+    match length {
+        Some(length) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
+    headers.remove(header::ACCEPT_RANGES);
+    headers.remove("content-digest");
+    headers.remove("repr-digest");
+    headers.remove("content-md5");
+    vary_on_accept_encoding(headers);
+    if let Some(etag) = headers.get(header::ETAG).and_then(|v| v.to_str().ok()) {
+        if let Some(suffixed) = suffixed_etag(etag, coding) {
+            headers.insert(header::ETAG, suffixed);
+        }
+    }
+}
+
+/// `"abc"` becomes `"abc-br"`, `W/"abc"` becomes `W/"abc-br"`.
+fn suffixed_etag(etag: &str, coding: Coding) -> Option<HeaderValue> {
+    let etag = etag.trim();
+    let (prefix, quoted) = match etag.strip_prefix("W/") {
+        Some(rest) => ("W/", rest),
+        None => ("", etag),
+    };
+    let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+    HeaderValue::from_str(&format!("{prefix}\"{inner}-{}\"", coding.as_str())).ok()
+}
+
+/// The ETag with any coding suffix removed, so that If-None-Match accepts either form.
+pub fn strip_coding_suffix(etag: &str) -> String {
+    for coding in [Coding::Br, Coding::Zstd, Coding::Gzip] {
+        let suffix = format!("-{}\"", coding.as_str());
+        if let Some(base) = etag.strip_suffix(suffix.as_str()) {
+            return format!("{base}\"");
+        }
+    }
+    etag.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFERENCE: [Coding; 3] = [Coding::Br, Coding::Zstd, Coding::Gzip];
+
+    fn choose(value: &str) -> Choice {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_str(value).unwrap(),
+        );
+        AcceptEncoding::parse(&headers).choose(&PREFERENCE)
+    }
+
+    /// RFC 9110 §12.5.3 negotiation table.
+    #[test]
+    fn negotiation_follows_weights_then_server_preference() {
+        use Choice::*;
+        use Coding::*;
+        let table = [
+            ("gzip, deflate, br, zstd", Encode(Br)),
+            ("gzip", Encode(Gzip)),
+            ("GZIP ,  deflate", Encode(Gzip)),
+            ("x-gzip", Encode(Gzip)),
+            ("gzip;q=1.0, br;q=0.5", Encode(Gzip)),
+            ("br;q=0.2, zstd;q=0.8, gzip;q=0.8", Encode(Zstd)),
+            ("gzip;q=0, br;q=0", Identity),
+            ("*", Encode(Br)),
+            ("*;q=0.5, gzip", Encode(Gzip)),
+            ("*;q=0", NotAcceptable),
+            ("identity;q=0", NotAcceptable),
+            ("identity;q=0, gzip", Encode(Gzip)),
+            ("*;q=0, identity", Identity),
+            ("deflate", Identity),
+            ("", Identity),
+            ("identity", Identity),
+            ("gzip;q=0.5, identity;q=1", Identity),
+            ("gzip;q=2", Identity),
+            ("br;q=0.001", Encode(Br)),
+        ];
+        for (value, expected) in table {
+            assert_eq!(choose(value), expected, "Accept-Encoding: {value}");
+        }
+        assert_eq!(
+            AcceptEncoding::parse(&HeaderMap::new()).choose(&PREFERENCE),
+            Identity
+        );
+    }
+
+    #[test]
+    fn etag_suffix_round_trips() {
+        assert_eq!(suffixed_etag("\"abc\"", Coding::Br).unwrap(), "\"abc-br\"");
+        assert_eq!(
+            suffixed_etag("W/\"abc\"", Coding::Gzip).unwrap(),
+            "W/\"abc-gzip\""
+        );
+        assert_eq!(strip_coding_suffix("\"abc-br\""), "\"abc\"");
+        assert_eq!(strip_coding_suffix("W/\"abc-zstd\""), "W/\"abc\"");
+        assert_eq!(strip_coding_suffix("\"abc\""), "\"abc\"");
+    }
+
+    #[test]
+    fn vary_is_merged_not_duplicated() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::VARY, HeaderValue::from_static("Accept-Language"));
+        vary_on_accept_encoding(&mut headers);
+        vary_on_accept_encoding(&mut headers);
+        let vary: Vec<_> = headers.get_all(header::VARY).iter().collect();
+        assert_eq!(vary, ["Accept-Language", "Accept-Encoding"]);
+    }
+}

@@ -1,0 +1,339 @@
+//! Compression through a real outpost: negotiation (RFC 9110 §12.5.3), each coding decoding
+//! to the origin's exact bytes, what is never compressed, Vary and ETag rules, encoded
+//! variants stored once, and the origin's own gzip passed through or decoded.
+
+mod support;
+
+use std::sync::Arc;
+
+use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, GzipEncoder, ZstdDecoder};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::*;
+use tokio::io::AsyncReadExt;
+
+fn text(len: usize) -> String {
+    let words = [
+        "edge", "cache", "origin", "stale", "fresh", "vary", "coding", "proxy", "hit", "miss",
+    ];
+    let mut out = String::with_capacity(len + 16);
+    let mut n: u64 = 7;
+    while out.len() < len {
+        n = n
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.push_str(words[(n >> 33) as usize % words.len()]);
+        out.push(if n % 11 == 0 { '\n' } else { ' ' });
+    }
+    out.truncate(len);
+    out
+}
+
+async fn decode(coding: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match coding {
+        "br" => BrotliDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .await
+            .unwrap(),
+        "zstd" => ZstdDecoder::new(bytes).read_to_end(&mut out).await.unwrap(),
+        "gzip" => GzipDecoder::new(bytes).read_to_end(&mut out).await.unwrap(),
+        other => panic!("unexpected coding {other}"),
+    };
+    out
+}
+
+async fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    GzipEncoder::new(bytes).read_to_end(&mut out).await.unwrap();
+    out
+}
+
+fn page(body: &str) -> Fixture {
+    Fixture::with_headers(
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-type", "text/html; charset=utf-8"),
+            ("etag", "\"p1\""),
+        ],
+        body,
+    )
+}
+
+/// RFC 9110 §8.4: every coding decodes to the origin's exact bytes, on the miss (encoded on
+/// the fly) and on hits (the stored encoded variant).
+#[tokio::test]
+async fn each_coding_round_trips_to_the_origin_bytes() {
+    let body = text(40_000);
+    let origin = Origin::start(vec![("/page.html", page(&body))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for coding in ["br", "zstd", "gzip"] {
+        for round in 0..3 {
+            let reply = get(&proxy.url("/page.html"), &[("accept-encoding", coding)]).await;
+            assert_eq!(
+                reply.header("content-encoding"),
+                Some(coding),
+                "{coding} round {round}"
+            );
+            assert!(reply.body.len() < body.len() / 2, "{coding} compresses");
+            assert_eq!(
+                decode(coding, &reply.body).await,
+                body.as_bytes(),
+                "{coding} round {round}"
+            );
+        }
+    }
+    let identity = get(&proxy.url("/page.html"), &[]).await;
+    assert_eq!(
+        (identity.header("content-encoding"), identity.text()),
+        (None, body.clone())
+    );
+    assert_eq!(origin.hits("/page.html"), 1);
+    assert_eq!(origin.last("/page.html").headers["accept-encoding"], "gzip");
+}
+
+/// "Stored once": the second compressed hit does no compression work, and concurrent first
+/// requests for one coding compress once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn encoded_variant_is_made_once_and_reused() {
+    let body = text(30_000);
+    let origin = Origin::start(vec![("/app.js", page(&body))]).await;
+    let proxy = Arc::new(Proxy::start(&origin.url(), "").await);
+    get(&proxy.url("/app.js"), &[]).await; // fill, identity: no encoder
+    assert_eq!(proxy.outpost.encoder_runs(), 0);
+
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let url = proxy.url("/app.js");
+            tokio::spawn(async move { get(&url, &[("accept-encoding", "br, gzip")]).await })
+        })
+        .collect();
+    for reply in burst {
+        let reply = reply.await.unwrap();
+        assert_eq!(decode("br", &reply.body).await, body.as_bytes());
+    }
+    assert_eq!(
+        proxy.outpost.encoder_runs(),
+        1,
+        "twenty concurrent first hits, one encoder run"
+    );
+    let again = get(&proxy.url("/app.js"), &[("accept-encoding", "br")]).await;
+    assert_eq!(
+        again.header("content-length"),
+        Some(again.body.len().to_string().as_str())
+    );
+    assert_eq!(
+        proxy.outpost.encoder_runs(),
+        1,
+        "a later hit reuses the stored variant"
+    );
+    get(&proxy.url("/app.js"), &[("accept-encoding", "gzip")]).await;
+    get(&proxy.url("/app.js"), &[("accept-encoding", "gzip")]).await;
+    assert_eq!(proxy.outpost.encoder_runs(), 2, "one run per coding");
+    assert_eq!(origin.hits("/app.js"), 1);
+}
+
+/// Only what benefits is compressed: not images, not small bodies, not no-transform
+/// (RFC 9111 §5.2.2.6), not HEAD bodies, not Range answers (206).
+#[tokio::test]
+async fn what_is_never_compressed() {
+    let big = text(5_000);
+    let origin = Origin::start(vec![
+        (
+            "/img.png",
+            Fixture::with_headers(
+                200,
+                &[
+                    ("content-type", "image/png"),
+                    ("cache-control", "max-age=60"),
+                ],
+                &big,
+            ),
+        ),
+        (
+            "/small.txt",
+            Fixture::with_headers(
+                200,
+                &[
+                    ("content-type", "text/plain"),
+                    ("cache-control", "max-age=60"),
+                ],
+                "tiny",
+            ),
+        ),
+        (
+            "/nt.txt",
+            Fixture::with_headers(
+                200,
+                &[
+                    ("content-type", "text/plain"),
+                    ("cache-control", "max-age=60, no-transform"),
+                ],
+                &big,
+            ),
+        ),
+        (
+            "/range.txt",
+            Fixture::with_headers(
+                206,
+                &[
+                    ("content-type", "text/plain"),
+                    ("content-range", "bytes 0-9/5000"),
+                ],
+                "0123456789",
+            ),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let ae = [("accept-encoding", "br, gzip")];
+    for path in ["/img.png", "/small.txt", "/nt.txt"] {
+        for _ in 0..2 {
+            let reply = get(&proxy.url(path), &ae).await;
+            assert_eq!(reply.header("content-encoding"), None, "{path}");
+        }
+    }
+    let range = get(
+        &proxy.url("/range.txt"),
+        &[("accept-encoding", "gzip"), ("range", "bytes=0-9")],
+    )
+    .await;
+    assert_eq!(
+        (range.status.as_u16(), range.header("content-encoding")),
+        (206, None)
+    );
+    let head = send(
+        &client(),
+        Request::head(proxy.url("/nt.txt"))
+            .header("accept-encoding", "gzip")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert!(head.body.is_empty());
+    assert_eq!(proxy.outpost.encoder_runs(), 0);
+}
+
+/// RFC 9110 §12.5.5 and §8.8.3: compressed responses carry Vary: Accept-Encoding (merged
+/// with the origin's) and an ETag distinct from identity's; If-None-Match accepts either.
+#[tokio::test]
+async fn vary_and_etag_rules() {
+    let body = text(10_000);
+    let origin = Origin::start(vec![(
+        "/doc.txt",
+        Fixture::with_headers(
+            200,
+            &[
+                ("content-type", "text/plain"),
+                ("cache-control", "max-age=60"),
+                ("etag", "\"d7\""),
+                ("vary", "Accept-Language"),
+            ],
+            &body,
+        ),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let identity = get(&proxy.url("/doc.txt"), &[]).await;
+    assert_eq!(identity.header("etag"), Some("\"d7\""));
+    let vary: Vec<_> = identity
+        .headers
+        .get_all("vary")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(vary, ["Accept-Language", "Accept-Encoding"]);
+
+    let br = get(&proxy.url("/doc.txt"), &[("accept-encoding", "br")]).await;
+    assert_eq!(br.header("etag"), Some("\"d7-br\""));
+    assert!(br
+        .headers
+        .get_all("vary")
+        .iter()
+        .any(|v| v == "Accept-Encoding"));
+    let again = get(&proxy.url("/doc.txt"), &[("accept-encoding", "br")]).await;
+    assert_eq!(again.header("etag"), Some("\"d7-br\""));
+
+    for tag in ["\"d7-br\"", "\"d7\""] {
+        let not_modified = get(
+            &proxy.url("/doc.txt"),
+            &[("accept-encoding", "br"), ("if-none-match", tag)],
+        )
+        .await;
+        assert_eq!(not_modified.status, 304, "If-None-Match: {tag}");
+        assert_eq!(not_modified.header("etag"), Some("\"d7-br\""));
+    }
+}
+
+/// The origin's own gzip is passed to clients that accept gzip and decoded for those that
+/// do not (with a weak ETag for the decoded representation).
+#[tokio::test]
+async fn origin_gzip_is_passed_through_or_decoded() {
+    let body = text(20_000);
+    let compressed = gzip(body.as_bytes()).await;
+    let origin = Origin::start(vec![(
+        "/data.json",
+        Fixture::Static {
+            status: http::StatusCode::OK,
+            headers: header_list(&[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+                ("cache-control", "max-age=60"),
+                ("etag", "\"g1\""),
+            ]),
+            body: Bytes::from(compressed.clone()),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let passed = get(&proxy.url("/data.json"), &[("accept-encoding", "gzip, br")]).await;
+    assert_eq!(passed.header("content-encoding"), Some("gzip"));
+    assert_eq!(passed.body.as_ref(), compressed.as_slice());
+    for headers in [
+        &[][..],
+        &[("accept-encoding", "br")][..],
+        &[("accept-encoding", "identity")][..],
+    ] {
+        let decoded = get(&proxy.url("/data.json"), headers).await;
+        assert_eq!(decoded.header("content-encoding"), None, "{headers:?}");
+        assert_eq!(decoded.text(), body, "{headers:?}");
+        assert_eq!(decoded.header("etag"), Some("W/\"g1\""));
+    }
+    assert_eq!(origin.hits("/data.json"), 1);
+    assert_eq!(proxy.outpost.encoder_runs(), 0);
+}
+
+/// RFC 9110 §12.5.3: with identity excluded and nothing acceptable, 406.
+#[tokio::test]
+async fn identity_excluded_and_nothing_acceptable_is_406() {
+    let origin = Origin::start(vec![("/page.html", page(&text(5_000)))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let reply = get(
+        &proxy.url("/page.html"),
+        &[("accept-encoding", "identity;q=0, deflate")],
+    )
+    .await;
+    assert_eq!(reply.status, 406);
+    let reply = get(&proxy.url("/page.html"), &[("accept-encoding", "*;q=0")]).await;
+    assert_eq!(reply.status, 406);
+    let reply = get(
+        &proxy.url("/page.html"),
+        &[("accept-encoding", "identity;q=0, gzip")],
+    )
+    .await;
+    assert_eq!(reply.header("content-encoding"), Some("gzip"));
+}
+
+/// Compression can be switched off: identity for everyone, nothing encoded.
+#[tokio::test]
+async fn disabled_compression_sends_identity() {
+    let origin = Origin::start(vec![("/page.html", page(&text(5_000)))]).await;
+    let proxy = Proxy::start(&origin.url(), "[compression]\nenabled = false").await;
+    for _ in 0..2 {
+        let reply = get(&proxy.url("/page.html"), &[("accept-encoding", "br, gzip")]).await;
+        assert_eq!(reply.header("content-encoding"), None);
+    }
+    assert_eq!(proxy.outpost.encoder_runs(), 0);
+}

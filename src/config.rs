@@ -505,7 +505,7 @@ impl Default for CompressionConfig {
             preference: vec!["br".to_string(), "zstd".to_string(), "gzip".to_string()],
             gzip_level: 6,
             brotli_level: 5,
-            zstd_level: 6,
+            zstd_level: 9,
         }
     }
 }

@@ -17,7 +17,9 @@ fn main() {
         corpus.push(std::fs::read(&path).unwrap());
     }
     let total: usize = corpus.iter().map(Vec::len).sum();
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     println!("corpus: {} files, {total} bytes", corpus.len());
     println!("| codec | level | ratio (in/out) | MB/s (one core) | us per 100 KiB |");
     println!("|---|---|---|---|---|");

@@ -162,7 +162,7 @@ pub(super) fn for_client(
         if !is_gzip
             || accept.accepts(coding)
             || parts.method == Method::HEAD
-            || no_transform(&response)
+            || compress::has_no_transform(response.headers())
         {
             return response;
         }
@@ -186,15 +186,6 @@ pub(super) fn for_client(
             encoded_response(Response::from_parts(parts, body), coding, None)
         }
     }
-}
-
-fn no_transform(response: &Response<Body>) -> bool {
-    response
-        .headers()
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("no-transform"))
 }
 
 /// The origin's gzip decoded for a client that does not accept it (Varnish's gunzip): the

@@ -297,7 +297,8 @@ where
     Body::boxed(StreamBody::new(stream.map(|chunk| chunk.map(Frame::data))))
 }
 
-fn has_no_transform(headers: &HeaderMap) -> bool {
+/// RFC 9111 §5.2.2.6 / §5.2.1.6: the response must not be transformed.
+pub fn has_no_transform(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CACHE_CONTROL)
         .iter()

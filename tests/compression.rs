@@ -337,3 +337,28 @@ async fn disabled_compression_sends_identity() {
     }
     assert_eq!(proxy.outpost.encoder_runs(), 0);
 }
+
+/// RFC 9111 §4.4: invalidating a URL removes its encoded variants with it; the next request
+/// refetches and the next hit encodes afresh.
+#[tokio::test]
+async fn encoded_variants_are_invalidated_with_their_url() {
+    let body = text(8_000);
+    let origin = Origin::start(vec![("/page.html", page(&body))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    get(&proxy.url("/page.html"), &[]).await;
+    get(&proxy.url("/page.html"), &[("accept-encoding", "br")]).await;
+    assert_eq!(proxy.outpost.encoder_runs(), 1);
+    let post = Request::post(proxy.url("/page.html"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&client(), post).await.status, 200);
+    let refetched = get(&proxy.url("/page.html"), &[("accept-encoding", "br")]).await;
+    assert_eq!(decode("br", &refetched.body).await, body.as_bytes());
+    assert_eq!(origin.hits("/page.html"), 3, "fill, POST, refill");
+    get(&proxy.url("/page.html"), &[("accept-encoding", "br")]).await;
+    assert_eq!(
+        proxy.outpost.encoder_runs(),
+        3,
+        "miss encoded on the fly, then one new stored variant"
+    );
+}

@@ -132,7 +132,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve { settings } => {
             let config = settings.load()?;
-            init_logging(&config);
+            let _log_guard = init_logging(&config);
             let ignored = outpost::config::ignored_env_vars();
             if !ignored.is_empty() {
                 tracing::warn!(
@@ -148,7 +148,7 @@ fn run(cli: Cli) -> Result<()> {
             body_size,
             cache_control,
         } => {
-            init_logging(&Config::default());
+            let _log_guard = init_logging(&Config::default());
             let settings = SampleOriginSettings {
                 latency: latency.get(),
                 body_size: body_size.as_u64(),
@@ -168,7 +168,7 @@ fn run(cli: Cli) -> Result<()> {
                 listen,
                 ..Config::default()
             };
-            init_logging(&config);
+            let _log_guard = init_logging(&config);
             runtime()?.block_on(demo(config, latency.get()))
         }
     }
@@ -181,19 +181,25 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn init_logging(config: &Config) {
+/// Logs go through a background writer: a request never waits for stderr (a slow pipe or
+/// terminal would otherwise stall the worker that logs). When more than the writer's buffer
+/// (128k lines) is pending, lines are dropped rather than block serving. The returned guard
+/// flushes what is pending when `main` ends.
+fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(is_terminal)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 async fn serve(config: Config) -> Result<()> {

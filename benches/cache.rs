@@ -80,7 +80,12 @@ fn bench_cache(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let memory = MemoryTier::new(256 << 20, 16, outpost::config::MemoryPolicy::Lru);
+    let memory = MemoryTier::new(
+        256 << 20,
+        16,
+        outpost::config::MemoryPolicy::Lru,
+        Default::default(),
+    );
     let languages = ["en", "fr", "de", "es", "it", "nl"];
     runtime.block_on(async {
         for language in languages {

@@ -36,7 +36,7 @@ fn main() {
                 zstd_level: if *coding == Coding::Zstd { level } else { 6 },
                 ..CompressionConfig::default()
             };
-            let compression = Compression::new(&config);
+            let compression = Compression::new(&config, Default::default());
             let mut out_bytes = 0usize;
             let mut rounds = 0u32;
             let started = Instant::now();

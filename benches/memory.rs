@@ -81,7 +81,12 @@ fn measure(capacity_mib: u64, body_size: usize) {
         .unwrap();
     let capacity = capacity_mib << 20;
     let before = rss_bytes();
-    let tier = MemoryTier::new(capacity, 16, outpost::config::MemoryPolicy::Lru);
+    let tier = MemoryTier::new(
+        capacity,
+        16,
+        outpost::config::MemoryPolicy::Lru,
+        Default::default(),
+    );
     let (entries, weighed) = runtime.block_on(async {
         // Insert twice the capacity's worth, so eviction runs and the tier is full.
         let total = 2 * capacity / (body_size as u64 + 700);

@@ -460,6 +460,11 @@ pub struct CacheConfig {
     /// Targeted cache-control fields (RFC 9213) that override Cache-Control and Expires for
     /// this cache, first present wins.
     pub targeted_cache_control: Vec<String>,
+    /// Response header whose space-separated keys tag a response for purge by tag (besides
+    /// RFC 9875 Cache-Groups).
+    pub surrogate_key_header: String,
+    /// Peers allowed to use the PURGE method on the proxy listener (CIDR list; empty: none).
+    pub purge_allowed: Vec<IpNet>,
 }
 
 impl Default for CacheConfig {
@@ -476,6 +481,8 @@ impl Default for CacheConfig {
             coalesce_wait: HumanDuration(Duration::from_secs(10)),
             hit_for_miss_ttl: HumanDuration(Duration::from_secs(30)),
             targeted_cache_control: vec!["CDN-Cache-Control".to_string()],
+            surrogate_key_header: "Surrogate-Key".to_string(),
+            purge_allowed: Vec::new(),
         }
     }
 }
@@ -689,6 +696,10 @@ impl Config {
         check_header_names(
             "forwarding.strip_override_headers",
             &self.forwarding.strip_override_headers,
+        )?;
+        check_header_names(
+            "cache.surrogate_key_header",
+            std::slice::from_ref(&self.cache.surrogate_key_header),
         )?;
         check_header_names(
             "cache.targeted_cache_control",

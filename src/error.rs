@@ -24,6 +24,9 @@ pub enum ProxyError {
     /// The request is malformed or ambiguous (RFC 9112 §6.3 framing, missing Host, ...).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The client may not do this (PURGE from an address not in `cache.purge_allowed`).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     /// No site answers for this Host (RFC 9110 §15.5.20).
     #[error("no site is configured for host `{0}`")]
     MisdirectedRequest(String),
@@ -56,7 +59,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::MisdirectedRequest(_) => Fault::Downstream,
+            ProxyError::BadRequest(_)
+            | ProxyError::MisdirectedRequest(_)
+            | ProxyError::Forbidden(_) => Fault::Downstream,
             ProxyError::Internal(_) => Fault::Internal,
             _ => Fault::Upstream,
         }
@@ -65,6 +70,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::ConnectionTimeout { .. } | ProxyError::ResponseHeaderTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -78,6 +84,7 @@ impl ProxyError {
     pub fn proxy_status_error(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "http_request_error",
+            ProxyError::Forbidden(_) => "http_request_denied",
             ProxyError::MisdirectedRequest(_) => "destination_not_found",
             ProxyError::ConnectionRefused { .. } => "connection_refused",
             ProxyError::ConnectionTimeout { .. } => "connection_timeout",

@@ -95,6 +95,6 @@ impl Outpost {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        admin::serve(listener, shutdown).await
+        admin::serve(listener, Arc::clone(&self.proxy), shutdown).await
     }
 }

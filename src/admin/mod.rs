@@ -1,14 +1,19 @@
-//! The admin listener: health endpoints for orchestrators, on a separate address that binds
-//! to loopback (config validation refuses anything else until the admin API has tokens).
+//! The admin listener: health endpoints, Prometheus metrics and purge, on a separate
+//! address that binds to loopback (config validation refuses anything else until the admin
+//! API has tokens).
 //!
 //! `/healthz` answers while the process serves at all; `/readyz` once the proxy listener is
-//! up, which is true by the time this listener runs. Metrics, purge and status belong here
-//! as they arrive.
+//! up, which is true by the time this listener runs; `/metrics` is the Prometheus
+//! exposition ([`metrics`]); `POST /purge` removes or marks stale by URL, prefix or tag.
+
+pub mod metrics;
 
 use std::convert::Infallible;
 use std::future::Future;
 
-use http::{header, Method, Request, Response, StatusCode};
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -16,6 +21,10 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::body::Body;
+use crate::cache::key::PrimaryKey;
+use crate::cache::PurgeTarget;
+use crate::pipeline::Proxy;
+use metrics::TierLabels;
 
 /// Serves the admin endpoints on `listener` until `shutdown` completes.
 ///
@@ -23,6 +32,7 @@ use crate::body::Body;
 /// None today; accept errors are logged and the loop goes on.
 pub async fn serve(
     listener: TcpListener,
+    proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
@@ -38,11 +48,13 @@ pub async fn serve(
                 }
             },
         };
+        let proxy = Arc::clone(&proxy);
+        let service = service_fn(move |request| {
+            let proxy = Arc::clone(&proxy);
+            async move { Ok::<_, Infallible>(route(&proxy, &request).await) }
+        });
         let connection = builder
-            .serve_connection(
-                TokioIo::new(stream),
-                service_fn(|request| async move { Ok::<_, Infallible>(route(&request)) }),
-            )
+            .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         tokio::spawn(async move {
             if let Err(err) = connection.await {
@@ -52,18 +64,100 @@ pub async fn serve(
     }
 }
 
-fn route(request: &Request<Incoming>) -> Response<Body> {
-    let (status, text) = match (request.method(), request.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") => (StatusCode::OK, "ready\n"),
-        (_, "/healthz" | "/readyz") => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-        _ => (StatusCode::NOT_FOUND, "not found\n"),
+async fn route(proxy: &Proxy, request: &Request<Incoming>) -> Response<Body> {
+    let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
+    match (request.method(), request.uri().path()) {
+        (_, "/healthz") if is_read => text(StatusCode::OK, "ok\n"),
+        (_, "/readyz") if is_read => text(StatusCode::OK, "ready\n"),
+        (_, "/metrics") if is_read => {
+            let (entries, bytes) = proxy.cache().memory.usage().await;
+            let metrics = proxy.metrics();
+            let memory = TierLabels { tier: "memory" };
+            metrics
+                .cache_entries
+                .get_or_create(&memory)
+                .set(i64::try_from(entries).unwrap_or(i64::MAX));
+            metrics
+                .cache_bytes
+                .get_or_create(&memory)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            let mut response = text(StatusCode::OK, "");
+            *response.body_mut() = Body::full(metrics.encode());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        (&Method::POST, "/purge") => purge(proxy, request.uri().query().unwrap_or("")).await,
+        (_, "/healthz" | "/readyz" | "/metrics" | "/purge") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `POST /purge?url=ABSOLUTE-URL | prefix=ABSOLUTE-URL-PREFIX | tag=TAG [&soft=true]`,
+/// answered with JSON: how many stored responses were affected.
+async fn purge(proxy: &Proxy, query: &str) -> Response<Body> {
+    let mut target = None;
+    let mut soft = false;
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "url" => target = key_of_url(&value).map(PurgeTarget::Url),
+            "prefix" => target = Some(PurgeTarget::Prefix(value.into_owned())),
+            "tag" => {
+                target = Some(PurgeTarget::Tag {
+                    tag: value.into_owned(),
+                    authority: None,
+                })
+            }
+            "soft" => soft = matches!(&*value, "true" | "1" | "yes"),
+            _ => {}
+        }
+    }
+    let Some(target) = target else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "give url=ABSOLUTE-URL, prefix=ABSOLUTE-URL-PREFIX or tag=TAG"}),
+        );
     };
-    let mut response = Response::new(Body::full(text));
+    let purged = proxy.cache().purge(&target, soft).await;
+    proxy.metrics().purged.inc_by(purged as u64);
+    tracing::info!(?target, soft, purged, "purge");
+    json(
+        StatusCode::OK,
+        serde_json::json!({"purged": purged, "soft": soft}),
+    )
+}
+
+/// The primary key of an absolute URL (`http://host[:port]/path?query`).
+pub fn key_of_url(text: &str) -> Option<PrimaryKey> {
+    let uri: http::Uri = text.parse().ok()?;
+    let scheme = uri.scheme_str()?;
+    let authority = uri.authority()?.as_str().to_ascii_lowercase();
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    Some(PrimaryKey::new(scheme, &authority, path))
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Body::full(format!("{value}\n")));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
 }

@@ -20,6 +20,7 @@ use super::entry::StoredResponse;
 use super::key::{PrimaryKey, VariantKey, Vary};
 use crate::config::MemoryPolicy;
 use crate::transform::compress::Coding;
+use prometheus_client::metrics::counter::Counter;
 
 /// All stored variants of one resource, newest first.
 #[derive(Debug, Clone, Default)]
@@ -123,7 +124,13 @@ pub struct MemoryTier {
 
 impl MemoryTier {
     /// `capacity` is in bytes, as weighed by [`StoredResponse::weight`].
-    pub fn new(capacity: u64, max_variants: usize, policy: MemoryPolicy) -> MemoryTier {
+    /// `evictions` counts resources removed to make room.
+    pub fn new(
+        capacity: u64,
+        max_variants: usize,
+        policy: MemoryPolicy,
+        evictions: Counter,
+    ) -> MemoryTier {
         let eviction = match policy {
             MemoryPolicy::Lru => moka::policy::EvictionPolicy::lru(),
             MemoryPolicy::Tinylfu => moka::policy::EvictionPolicy::tiny_lfu(),
@@ -132,6 +139,11 @@ impl MemoryTier {
             .max_capacity(capacity)
             .eviction_policy(eviction)
             .weigher(|_key: &PrimaryKey, set: &Arc<VariantSet>| set.weight())
+            .eviction_listener(move |_key, _value, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
             .build();
         MemoryTier {
             cache,
@@ -161,6 +173,43 @@ impl MemoryTier {
     /// Removes every variant of `key` (RFC 9111 §4.4 invalidation, purge).
     pub async fn invalidate(&self, key: &PrimaryKey) {
         self.cache.invalidate(key).await;
+    }
+
+    /// Removes every variant of `key`; returns how many there were.
+    pub async fn remove(&self, key: &PrimaryKey) -> usize {
+        self.cache.remove(key).await.map_or(0, |set| set.len())
+    }
+
+    /// Makes every variant of `key` stale now, keeping it for revalidation (soft purge);
+    /// returns how many there were.
+    pub async fn mark_stale(&self, key: &PrimaryKey) -> usize {
+        let Some(set) = self.cache.get(key).await else {
+            return 0;
+        };
+        let variants = set
+            .variants
+            .iter()
+            .map(|entry| {
+                let mut stale = StoredResponse::clone(entry);
+                stale.meta.freshness.lifetime = std::time::Duration::ZERO;
+                Arc::new(stale)
+            })
+            .collect();
+        let count = set.len();
+        self.cache
+            .insert(*key, Arc::new(VariantSet { variants }))
+            .await;
+        count
+    }
+
+    /// Keys of the resources whose variant set satisfies `predicate` (a scan: purge by
+    /// prefix or tag).
+    pub async fn keys_where(&self, predicate: impl Fn(&VariantSet) -> bool) -> Vec<PrimaryKey> {
+        self.cache
+            .iter()
+            .filter(|(_, set)| predicate(set))
+            .map(|(key, _)| *key)
+            .collect()
     }
 
     /// Entries (resources) and weighed bytes, after applying pending housekeeping.
@@ -206,7 +255,7 @@ mod tests {
     /// repeatedly (the weighted-TinyLFU pathology the default policy avoids).
     #[tokio::test]
     async fn full_tier_admits_a_large_object() {
-        let tier = MemoryTier::new(4 << 20, 4, MemoryPolicy::Lru);
+        let tier = MemoryTier::new(4 << 20, 4, MemoryPolicy::Lru, Counter::default());
         for index in 0..10_000 {
             tier.insert(entry(&format!("/small/{index}"), 1024)).await;
         }

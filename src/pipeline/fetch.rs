@@ -80,7 +80,13 @@ pub(super) async fn through_cache(
             Role::Follower => {
                 let waited_at = Instant::now();
                 let outcome = follow(proxy, &parts, &plan, &fill, reader).await;
-                record.upstream_duration = Some(waited_at.elapsed());
+                let waited = waited_at.elapsed();
+                record.upstream_duration = Some(waited);
+                proxy.metrics.coalesced_waits.inc();
+                proxy
+                    .metrics
+                    .coalesced_wait_seconds
+                    .observe(waited.as_secs_f64());
                 match outcome {
                     Following::Served(response, status) => return Ok((response, status)),
                     Following::Failed(err) => return Err(err),
@@ -330,7 +336,7 @@ impl FillJob {
         let method = request.method().clone();
         let uri = request.uri().clone();
         let request_time = SystemTime::now();
-        let response = match proxy.upstream.send(request, &origin).await {
+        let response = match proxy.send_upstream(request, &origin).await {
             Ok(response) => response,
             Err(err) => {
                 fill.publish(FillStatus::Failed(err));

@@ -31,6 +31,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
+use crate::admin::metrics::{self, Metrics, RequestLabels, SourceLabels};
 use crate::body::Body;
 use crate::cache::entry::StoredResponse;
 use crate::cache::key::{PrimaryKey, VariantKey};
@@ -52,29 +53,35 @@ pub struct Proxy {
     upstream: Upstream,
     cache: Cache,
     compression: Compression,
+    metrics: Arc<Metrics>,
     proxy_name: String,
     /// `Via` for responses we serve from the cache (RFC 9110 §7.6.3).
     via_response: HeaderValue,
     /// Longest wait for the next chunk of an origin body being filled into the cache.
     body_read_timeout: Duration,
     access_log: bool,
+    /// Peers allowed to send PURGE.
+    purge_allowed: Vec<ipnet::IpNet>,
 }
 
 impl Proxy {
     /// # Errors
     /// When the upstream client cannot be built (an unreadable CA file).
     pub fn new(config: &Config) -> Result<Proxy, UpstreamSetupError> {
+        let metrics = Arc::new(Metrics::new());
         Ok(Proxy {
             router: Router::new(config),
             forwarding: ForwardingPolicy::new(&config.forwarding),
             upstream: Upstream::new(&config.upstream)?,
-            cache: Cache::new(&config.cache),
-            compression: Compression::new(&config.compression),
+            cache: Cache::new(&config.cache, &metrics),
+            compression: Compression::new(&config.compression, metrics.encoder_runs.clone()),
+            metrics,
             proxy_name: config.proxy_name.clone(),
             via_response: HeaderValue::from_str(&format!("1.1 {}", config.proxy_name))
                 .unwrap_or_else(|_| HeaderValue::from_static("1.1 outpost")),
             body_read_timeout: config.upstream.response_header_timeout.get(),
             access_log: config.log.access_log,
+            purge_allowed: config.cache.purge_allowed.clone(),
         })
     }
 
@@ -88,6 +95,33 @@ impl Proxy {
 
     pub fn compression(&self) -> &Compression {
         &self.compression
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Sends to the origin and records the exchange: count, latency to the response head,
+    /// and the Proxy-Status error type of failures.
+    async fn send_upstream(
+        &self,
+        request: Request<Body>,
+        origin: &str,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let started = Instant::now();
+        self.metrics.origin_requests.inc();
+        let result = self.upstream.send(request, origin).await;
+        self.metrics
+            .origin_latency
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(err) = &result {
+            let error = err.proxy_status_error();
+            self.metrics
+                .origin_errors
+                .get_or_create(&metrics::ErrorLabels { error })
+                .inc();
+        }
+        result
     }
 }
 
@@ -108,11 +142,28 @@ pub struct AccessRecord {
     pub upstream_duration: Option<Duration>,
     pub error: Option<&'static str>,
     pub enabled: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AccessRecord {
-    /// Emits the access-log line (target `outpost::access`).
-    pub fn emit(&self, bytes: u64, complete: bool) {
+    /// Records the finished exchange in the metrics and emits the access-log line (target
+    /// `outpost::access`).
+    pub fn finish(&self, bytes: u64, complete: bool) {
+        let method = metrics::method_label(&self.method);
+        let labels = RequestLabels {
+            cache: self.cache,
+            method,
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+        let source = if matches!(self.cache, "hit" | "stale-hit") {
+            "memory"
+        } else {
+            "origin"
+        };
+        self.metrics
+            .response_bytes
+            .get_or_create(&SourceLabels { source })
+            .inc_by(bytes);
         if !self.enabled {
             return;
         }
@@ -172,6 +223,7 @@ pub async fn handle(
         upstream_duration: None,
         error: None,
         enabled: proxy.access_log,
+        metrics: Arc::clone(&proxy.metrics),
     };
     let mut cache_status = CacheStatus::forward(FwdReason::Bypass);
     let mut response = match serve(proxy, request, downstream, &mut record, &mut cache_status).await
@@ -220,6 +272,11 @@ async fn serve(
         host: host.as_deref(),
     };
 
+    if request.method().as_str() == "PURGE" {
+        *cache_status = CacheStatus::forward(FwdReason::Bypass).with_detail("purge");
+        return purge_request(proxy, &request, facts.peer, host.as_deref().unwrap_or("")).await;
+    }
+
     let now = SystemTime::now();
     match lookup(&proxy.cache, &request, host.as_deref().unwrap_or(""), now).await {
         Lookup::Hit { entry, set, status } => {
@@ -242,6 +299,11 @@ async fn serve(
                 let authority = host.as_deref().unwrap_or("");
                 for key in invalidated_by_unsafe(&target, authority, &response) {
                     proxy.cache.memory.invalidate(&key).await;
+                }
+                for tag in invalidated_groups(&response) {
+                    let authority = Some(authority.to_string());
+                    let target = crate::cache::PurgeTarget::Tag { tag, authority };
+                    proxy.cache.purge(&target, false).await;
                 }
             }
             Ok(response)
@@ -404,6 +466,53 @@ fn invalidated_by_unsafe(
     keys
 }
 
+/// RFC 9875 §3: the groups a non-error response to an unsafe request invalidates
+/// (`Cache-Group-Invalidation`), to be purged for the same origin.
+fn invalidated_groups(response: &Response<Body>) -> Vec<String> {
+    let status = response.status();
+    if !(status.is_success() || status.is_redirection()) {
+        return Vec::new();
+    }
+    response
+        .headers()
+        .get_all("cache-group-invalidation")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(crate::cache::tags::sf_strings)
+        .collect()
+}
+
+/// The conventional PURGE method on the proxy listener: removes every variant of the
+/// target URL (marks them stale with `Soft-Purge: 1`), for peers in `cache.purge_allowed`.
+async fn purge_request(
+    proxy: &Proxy,
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+    authority: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let peer_ip = peer.ip().to_canonical();
+    if !proxy.purge_allowed.iter().any(|net| net.contains(&peer_ip)) {
+        return Err(ProxyError::Forbidden(
+            "PURGE is not allowed from this address",
+        ));
+    }
+    let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let soft = request
+        .headers()
+        .get("soft-purge")
+        .is_some_and(|v| v.as_bytes() == b"1");
+    let target = crate::cache::PurgeTarget::Url(PrimaryKey::new("http", authority, path));
+    let purged = proxy.cache.purge(&target, soft).await;
+    proxy.metrics.purged.inc_by(purged as u64);
+    let summary = serde_json::json!({"purged": purged, "soft": soft});
+    let mut response = Response::new(Body::full(format!("{summary}\n")));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
 /// Forwards a request without the cache and streams the response back.
 async fn forward(
     proxy: &Proxy,
@@ -418,8 +527,7 @@ async fn forward(
     record.client = client;
     let sent_at = Instant::now();
     let response = proxy
-        .upstream
-        .send(upstream_request, site.origin.url().as_str())
+        .send_upstream(upstream_request, site.origin.url().as_str())
         .await;
     record.upstream_duration = Some(sent_at.elapsed());
     Ok(downstream_response(proxy, response?))

@@ -146,6 +146,9 @@ struct Connection {
 impl Connection {
     async fn run(mut self, stream: TcpStream) {
         let activity = Arc::new(ConnActivity::new());
+        let gauge = self.proxy.metrics().open_connections.clone();
+        gauge.inc();
+        let _open = scopeguard_dec(gauge);
         let io = TokioIo::new(WatchedIo::new(stream, Arc::clone(&activity)));
         let peer = self.peer;
         let proxy = Arc::clone(&self.proxy);
@@ -192,4 +195,15 @@ impl Connection {
             }
         }
     }
+}
+
+/// Decrements the open-connections gauge when the connection ends, however it ends.
+fn scopeguard_dec(gauge: prometheus_client::metrics::gauge::Gauge) -> impl Drop {
+    struct Decrement(prometheus_client::metrics::gauge::Gauge);
+    impl Drop for Decrement {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    Decrement(gauge)
 }

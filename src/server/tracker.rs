@@ -74,6 +74,6 @@ impl Drop for ResponseTracker {
     fn drop(&mut self) {
         // hyper drops a body it never polls (HEAD, 304) as soon as the head is written.
         let is_complete = self.is_complete || self.body.is_end_stream();
-        self.record.emit(self.bytes_sent, is_complete);
+        self.record.finish(self.bytes_sent, is_complete);
     }
 }

@@ -6,8 +6,6 @@
 //! this module only decides and transforms, and never holds a whole body: encoders read the
 //! body as a stream and emit chunks as they are produced.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
 use async_compression::tokio::bufread::{BrotliEncoder, GzipDecoder, GzipEncoder, ZstdEncoder};
 use async_compression::Level;
 use bytes::Bytes;
@@ -189,12 +187,15 @@ pub struct Compression {
     gzip_level: i32,
     brotli_level: i32,
     zstd_level: i32,
-    /// Encoder runs started: lets tests and metrics see that stored variants are reused.
-    runs: AtomicU64,
+    /// Encoder runs started (a metric): shows that stored variants are reused.
+    runs: prometheus_client::metrics::counter::Counter,
 }
 
 impl Compression {
-    pub fn new(config: &CompressionConfig) -> Compression {
+    pub fn new(
+        config: &CompressionConfig,
+        runs: prometheus_client::metrics::counter::Counter,
+    ) -> Compression {
         Compression {
             is_enabled: config.enabled,
             min_size: config.min_size.as_u64(),
@@ -211,12 +212,12 @@ impl Compression {
             gzip_level: config.gzip_level,
             brotli_level: config.brotli_level,
             zstd_level: config.zstd_level,
-            runs: AtomicU64::new(0),
+            runs,
         }
     }
 
     pub fn encoder_runs(&self) -> u64 {
-        self.runs.load(Relaxed)
+        self.runs.get()
     }
 
     /// Whether a response with this status and these fields benefits from compression:
@@ -267,7 +268,7 @@ impl Compression {
 
     /// `body` encoded with `coding`, as a stream.
     pub fn encode(&self, body: Body, coding: Coding) -> Body {
-        self.runs.fetch_add(1, Relaxed);
+        self.runs.inc();
         let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
         let level = self.level(coding);
         match coding {

@@ -1,0 +1,326 @@
+//! Operating outpost through its admin listener and the PURGE method: metrics that move as
+//! requests are served, purge by URL, prefix and tag (hard and soft), and who may purge.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::*;
+use tokio::net::TcpListener;
+
+/// Starts the admin listener of `proxy`; returns its base URL.
+async fn admin(proxy: &Proxy) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let outpost = Arc::clone(&proxy.outpost);
+    tokio::spawn(async move { outpost.serve_admin(listener, std::future::pending()).await });
+    base
+}
+
+/// Parses the exposition text into `name{labels} -> value`.
+async fn scrape(admin: &str) -> HashMap<String, f64> {
+    let reply = get(&format!("{admin}/metrics"), &[]).await;
+    assert_eq!(reply.status, 200);
+    reply
+        .text()
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Scrapes until `done` holds (or the test's patience runs out).
+async fn scrape_until(
+    admin: &str,
+    done: impl Fn(&HashMap<String, f64>) -> bool,
+) -> HashMap<String, f64> {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let metrics = scrape(admin).await;
+            if done(&metrics) {
+                return metrics;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("metrics reached the expected values")
+}
+
+async fn post(url: &str) -> Reply {
+    send(
+        &client(),
+        Request::post(url).body(Full::new(Bytes::new())).unwrap(),
+    )
+    .await
+}
+
+fn cached(body: &str) -> Fixture {
+    Fixture::with_headers(200, &[("cache-control", "max-age=600")], body)
+}
+
+fn is_hit(reply: &Reply) -> bool {
+    reply
+        .headers
+        .get_all("cache-status")
+        .iter()
+        .any(|v| v.to_str().unwrap().starts_with("outpost; hit"))
+}
+
+#[tokio::test]
+async fn metrics_move_as_requests_are_served() {
+    let origin = Origin::start(vec![("/m", cached("m"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let admin = admin(&proxy).await;
+    get(&proxy.url("/m"), &[]).await;
+    get(&proxy.url("/m"), &[]).await;
+    get(&proxy.url("/m"), &[]).await;
+    let dead = Proxy::start(&format!("http://{}", closed_port().await), "").await;
+    get(&dead.url("/x"), &[]).await;
+
+    // Requests are counted when the server drops a finished response body, which can be
+    // just after the client has read it: scrape until all three are in.
+    let hits = "outpost_requests_total{cache=\"hit\",method=\"GET\"}";
+    let metrics = scrape_until(&admin, |m| m.get(hits) == Some(&2.0)).await;
+    assert_eq!(
+        metrics["outpost_requests_total{cache=\"uri-miss\",method=\"GET\"}"],
+        1.0
+    );
+    assert_eq!(
+        metrics["outpost_requests_total{cache=\"hit\",method=\"GET\"}"],
+        2.0
+    );
+    assert_eq!(metrics["outpost_origin_requests_total"], 1.0);
+    assert_eq!(
+        metrics["outpost_response_bytes_total{source=\"memory\"}"],
+        2.0
+    );
+    assert_eq!(metrics["outpost_cache_entries{tier=\"memory\"}"], 1.0);
+    assert!(metrics["outpost_cache_bytes{tier=\"memory\"}"] > 0.0);
+    assert_eq!(metrics["outpost_origin_response_seconds_count"], 1.0);
+    assert!(metrics.contains_key("outpost_open_connections"));
+
+    let dead_metrics = scrape(&admin_of(&dead).await).await;
+    assert_eq!(
+        dead_metrics["outpost_origin_errors_total{error=\"connection_refused\"}"],
+        1.0
+    );
+}
+
+async fn admin_of(proxy: &Proxy) -> String {
+    admin(proxy).await
+}
+
+/// Purge by URL removes every variant; the next request is a miss.
+#[tokio::test]
+async fn purge_by_url_removes_all_variants() {
+    let origin = Origin::start(vec![(
+        "/v",
+        Fixture::Echo {
+            name: "accept-language",
+            headers: header_list(&[
+                ("cache-control", "max-age=600"),
+                ("vary", "accept-language"),
+            ]),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let admin = admin(&proxy).await;
+    for language in ["en", "fr"] {
+        get(
+            &proxy.url("/v"),
+            &[("host", "site.test"), ("accept-language", language)],
+        )
+        .await;
+    }
+    let reply = post(&format!("{admin}/purge?url=http://site.test/v")).await;
+    assert_eq!(reply.text().trim(), r#"{"purged":2,"soft":false}"#);
+    let again = get(
+        &proxy.url("/v"),
+        &[("host", "site.test"), ("accept-language", "en")],
+    )
+    .await;
+    assert!(!is_hit(&again));
+    assert_eq!(origin.hits("/v"), 3);
+}
+
+/// Purge by prefix removes everything under it and nothing else.
+#[tokio::test]
+async fn purge_by_prefix() {
+    let origin = Origin::start(vec![
+        ("/a/1", cached("1")),
+        ("/a/2", cached("2")),
+        ("/b/1", cached("3")),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let admin = admin(&proxy).await;
+    for path in ["/a/1", "/a/2", "/b/1"] {
+        get(&proxy.url(path), &[("host", "site.test")]).await;
+    }
+    let reply = post(&format!("{admin}/purge?prefix=http://site.test/a/")).await;
+    assert_eq!(reply.text().trim(), r#"{"purged":2,"soft":false}"#);
+    assert!(!is_hit(
+        &get(&proxy.url("/a/1"), &[("host", "site.test")]).await
+    ));
+    assert!(is_hit(
+        &get(&proxy.url("/b/1"), &[("host", "site.test")]).await
+    ));
+}
+
+/// Purge by tag: Cache-Groups (RFC 9875) and Surrogate-Key both tag responses.
+#[tokio::test]
+async fn purge_by_tag_from_cache_groups_and_surrogate_key() {
+    let origin = Origin::start(vec![
+        (
+            "/g",
+            Fixture::with_headers(
+                200,
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("cache-groups", "\"shop\", \"eu\""),
+                ],
+                "g",
+            ),
+        ),
+        (
+            "/s",
+            Fixture::with_headers(
+                200,
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("surrogate-key", "shop product-7"),
+                ],
+                "s",
+            ),
+        ),
+        ("/o", cached("o")),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let admin = admin(&proxy).await;
+    for path in ["/g", "/s", "/o"] {
+        get(&proxy.url(path), &[]).await;
+    }
+    let reply = post(&format!("{admin}/purge?tag=shop")).await;
+    assert_eq!(reply.text().trim(), r#"{"purged":2,"soft":false}"#);
+    assert!(!is_hit(&get(&proxy.url("/g"), &[]).await));
+    assert!(!is_hit(&get(&proxy.url("/s"), &[]).await));
+    assert!(is_hit(&get(&proxy.url("/o"), &[]).await));
+}
+
+/// Soft purge keeps the entry but makes it stale: the next request revalidates it.
+#[tokio::test]
+async fn soft_purge_marks_stale_and_revalidates() {
+    let origin = Origin::start(vec![(
+        "/soft",
+        Fixture::Validated {
+            etag: "\"s1\"",
+            headers: header_list(&[("cache-control", "max-age=600")]),
+            body: Bytes::from_static(b"soft body"),
+            not_modified_headers: header_list(&[("cache-control", "max-age=600")]),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let admin = admin(&proxy).await;
+    get(&proxy.url("/soft"), &[("host", "site.test")]).await;
+    let reply = post(&format!(
+        "{admin}/purge?url=http://site.test/soft&soft=true"
+    ))
+    .await;
+    assert_eq!(reply.text().trim(), r#"{"purged":1,"soft":true}"#);
+    let revalidated = get(&proxy.url("/soft"), &[("host", "site.test")]).await;
+    assert_eq!(revalidated.text(), "soft body");
+    assert_eq!(origin.last("/soft").headers["if-none-match"], "\"s1\"");
+    let status = revalidated
+        .headers
+        .get_all("cache-status")
+        .iter()
+        .next_back()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(status.contains("fwd=stale; fwd-status=304"), "{status}");
+}
+
+/// The PURGE method works only from addresses in cache.purge_allowed (403 with Proxy-Status
+/// otherwise).
+#[tokio::test]
+async fn purge_method_is_refused_from_untrusted_addresses() {
+    let origin = Origin::start(vec![("/p", cached("p"))]).await;
+    let refusing = Proxy::start(&origin.url(), "[cache]\npurge_allowed = [\"10.0.0.0/8\"]").await;
+    get(&refusing.url("/p"), &[]).await;
+    let purge = || {
+        Request::builder()
+            .method("PURGE")
+            .uri(refusing.url("/p"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let refused = send(&client(), purge()).await;
+    assert_eq!(refused.status, 403);
+    assert!(refused
+        .header("proxy-status")
+        .unwrap()
+        .contains("error=http_request_denied"));
+    assert!(
+        is_hit(&get(&refusing.url("/p"), &[]).await),
+        "nothing was purged"
+    );
+
+    let allowing = Proxy::start(&origin.url(), "[cache]\npurge_allowed = [\"127.0.0.0/8\"]").await;
+    get(&allowing.url("/p"), &[]).await;
+    let request = Request::builder()
+        .method("PURGE")
+        .uri(allowing.url("/p"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let purged = send(&client(), request).await;
+    assert_eq!(
+        (purged.status.as_u16(), purged.text().trim()),
+        (200, r#"{"purged":1,"soft":false}"#)
+    );
+    assert!(!is_hit(&get(&allowing.url("/p"), &[]).await));
+}
+
+/// RFC 9875 §3: Cache-Group-Invalidation on a response to an unsafe request invalidates
+/// those groups.
+#[tokio::test]
+async fn cache_group_invalidation_on_unsafe_response() {
+    let origin = Origin::start(vec![
+        (
+            "/item",
+            Fixture::with_headers(
+                200,
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("cache-groups", "\"catalog\""),
+                ],
+                "item",
+            ),
+        ),
+        (
+            "/update",
+            Fixture::with_headers(200, &[("cache-group-invalidation", "\"catalog\"")], "ok"),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    get(&proxy.url("/item"), &[]).await;
+    assert!(is_hit(&get(&proxy.url("/item"), &[]).await));
+    let update = Request::post(proxy.url("/update"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&client(), update).await.status, 200);
+    assert!(!is_hit(&get(&proxy.url("/item"), &[]).await));
+}

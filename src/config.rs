@@ -36,6 +36,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "log",
     "cache",
     "compression",
+    "debug",
     "sites",
 ];
 
@@ -301,6 +302,7 @@ pub struct Config {
     pub log: LogConfig,
     pub cache: CacheConfig,
     pub compression: CompressionConfig,
+    pub debug: DebugConfig,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -317,6 +319,7 @@ impl Default for Config {
             log: LogConfig::default(),
             cache: CacheConfig::default(),
             compression: CompressionConfig::default(),
+            debug: DebugConfig::default(),
             sites: Vec::new(),
         }
     }
@@ -513,6 +516,28 @@ impl Default for CompressionConfig {
             gzip_level: 6,
             brotli_level: 5,
             zstd_level: 9,
+        }
+    }
+}
+
+/// The path view: what outpost did with a request, shown to trusted clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Clients that get an `Outpost-Path` response header when they send `Outpost-Debug: 1`.
+    pub trusted_clients: Vec<IpNet>,
+    /// Give trusted clients the header on every response, asked or not.
+    pub always: bool,
+}
+
+impl Default for DebugConfig {
+    fn default() -> Self {
+        DebugConfig {
+            trusted_clients: vec![
+                IpNet::from(std::net::IpAddr::from([127, 0, 0, 1])),
+                IpNet::from(std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+            ],
+            always: false,
         }
     }
 }

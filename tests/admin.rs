@@ -324,3 +324,51 @@ async fn cache_group_invalidation_on_unsafe_response() {
     assert_eq!(send(&client(), update).await.status, 200);
     assert!(!is_hit(&get(&proxy.url("/item"), &[]).await));
 }
+
+/// The path view: a trusted client that asks sees site, origin, key digest, tier and
+/// freshness; nobody else does.
+#[tokio::test]
+async fn path_view_for_trusted_clients_only() {
+    let origin = Origin::start(vec![("/pv", cached("pv"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let asked = [("outpost-debug", "1")];
+    let miss = get(&proxy.url("/pv"), &asked).await;
+    let view = miss
+        .header("outpost-path")
+        .expect("trusted loopback client that asked")
+        .to_string();
+    assert!(
+        view.starts_with("site=\"default\"; origin=\"http://127.0.0.1:"),
+        "{view}"
+    );
+    assert!(
+        view.contains("cache=uri-miss; tier=origin; key=\""),
+        "{view}"
+    );
+    let hit = get(&proxy.url("/pv"), &asked).await;
+    let view = hit.header("outpost-path").unwrap();
+    assert!(
+        view.contains("cache=hit; tier=memory") && view.contains("ttl=") && view.contains("age="),
+        "{view}"
+    );
+    assert!(
+        get(&proxy.url("/pv"), &[])
+            .await
+            .header("outpost-path")
+            .is_none(),
+        "not asked"
+    );
+
+    let strict = Proxy::start(
+        &origin.url(),
+        "[debug]\ntrusted_clients = [\"10.0.0.0/8\"]\nalways = true",
+    )
+    .await;
+    assert!(
+        get(&strict.url("/pv"), &asked)
+            .await
+            .header("outpost-path")
+            .is_none(),
+        "untrusted client"
+    );
+}

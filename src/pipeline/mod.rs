@@ -62,6 +62,7 @@ pub struct Proxy {
     access_log: bool,
     /// Peers allowed to send PURGE.
     purge_allowed: Vec<ipnet::IpNet>,
+    debug: crate::config::DebugConfig,
 }
 
 impl Proxy {
@@ -82,6 +83,7 @@ impl Proxy {
             body_read_timeout: config.upstream.response_header_timeout.get(),
             access_log: config.log.access_log,
             purge_allowed: config.cache.purge_allowed.clone(),
+            debug: config.debug.clone(),
         })
     }
 
@@ -99,6 +101,17 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Whether this response gets the path view: a trusted client that asked (or always).
+    fn wants_path_view(&self, peer: SocketAddr, asked: bool) -> bool {
+        let peer = peer.ip().to_canonical();
+        (asked || self.debug.always)
+            && self
+                .debug
+                .trusted_clients
+                .iter()
+                .any(|net| net.contains(&peer))
     }
 
     /// Sends to the origin and records the exchange: count, latency to the response head,
@@ -137,6 +150,11 @@ pub struct AccessRecord {
     pub host: String,
     pub target: String,
     pub site: String,
+    /// The origin the site forwards to.
+    pub origin: String,
+    /// Cache key and variant, once the lookup has computed them.
+    pub key: Option<PrimaryKey>,
+    pub variant: Option<VariantKey>,
     pub status: u16,
     pub cache: &'static str,
     pub upstream_duration: Option<Duration>,
@@ -146,6 +164,15 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
+    /// Where the response body came from: `memory` for hits, `origin` otherwise.
+    pub fn tier(&self) -> &'static str {
+        if matches!(self.cache, "hit" | "stale-hit") {
+            "memory"
+        } else {
+            "origin"
+        }
+    }
+
     /// Records the finished exchange in the metrics and emits the access-log line (target
     /// `outpost::access`).
     pub fn finish(&self, bytes: u64, complete: bool) {
@@ -155,11 +182,7 @@ impl AccessRecord {
             method,
         };
         self.metrics.requests.get_or_create(&labels).inc();
-        let source = if matches!(self.cache, "hit" | "stale-hit") {
-            "memory"
-        } else {
-            "origin"
-        };
+        let source = self.tier();
         self.metrics
             .response_bytes
             .get_or_create(&SourceLabels { source })
@@ -180,6 +203,8 @@ impl AccessRecord {
             site = %self.site,
             status = self.status,
             cache = self.cache,
+            tier = self.tier(),
+            key = self.key.map(|key| key.to_hex()),
             bytes,
             duration_ms,
             upstream_ms,
@@ -187,6 +212,45 @@ impl AccessRecord {
             complete,
         );
     }
+}
+
+/// The path view (`Outpost-Path`): which site and origin, the cache key digest and
+/// variant, the tier that answered, freshness left and age, and whether the request was
+/// collapsed into another's fetch. The access log carries the same fields.
+fn path_view(record: &AccessRecord, status: &CacheStatus, response: &Response<Body>) -> String {
+    let short = |bytes: &[u8; 32]| {
+        bytes[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let mut view = format!(
+        "site={}; origin={}; cache={}; tier={}",
+        crate::error::sf_string(&record.site),
+        crate::error::sf_string(&record.origin),
+        record.cache,
+        record.tier(),
+    );
+    if let Some(key) = &record.key {
+        view.push_str(&format!("; key=\"{}\"", short(&key.0)));
+    }
+    if let Some(variant) = &record.variant {
+        view.push_str(&format!("; variant=\"{}\"", short(&variant.0)));
+    }
+    if let Some(ttl) = status.ttl {
+        view.push_str(&format!("; ttl={ttl}"));
+    }
+    if let Some(age) = response
+        .headers()
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+    {
+        view.push_str(&format!("; age={age}"));
+    }
+    if status.collapsed {
+        view.push_str("; collapsed");
+    }
+    view
 }
 
 /// What the connection layer knows about a request that the request itself does not show.
@@ -218,6 +282,9 @@ pub async fn handle(
             .path_and_query()
             .map_or_else(|| request.uri().to_string(), |pq| pq.as_str().to_string()),
         site: String::new(),
+        origin: String::new(),
+        key: None,
+        variant: None,
         status: 0,
         cache: "none",
         upstream_duration: None,
@@ -226,6 +293,10 @@ pub async fn handle(
         metrics: Arc::clone(&proxy.metrics),
     };
     let mut cache_status = CacheStatus::forward(FwdReason::Bypass);
+    let request_debug = request
+        .headers()
+        .get("outpost-debug")
+        .is_some_and(|v| v.as_bytes() == b"1");
     let mut response = match serve(proxy, request, downstream, &mut record, &mut cache_status).await
     {
         Ok(response) => response,
@@ -246,6 +317,11 @@ pub async fn handle(
     );
     record.status = response.status().as_u16();
     record.cache = cache_status.label();
+    if proxy.wants_path_view(downstream.peer, request_debug) {
+        if let Ok(value) = HeaderValue::from_str(&path_view(&record, &cache_status, &response)) {
+            response.headers_mut().insert("outpost-path", value);
+        }
+    }
     (response, record)
 }
 
@@ -266,6 +342,7 @@ async fn serve(
     record.host = host.clone().unwrap_or_default();
     let site = Arc::clone(proxy.router.route(host.as_deref(), request.uri().path())?);
     record.site = site.name.clone();
+    record.origin = site.origin.url().to_string();
     let downstream = Downstream {
         peer: facts.peer,
         scheme: "http",
@@ -281,6 +358,8 @@ async fn serve(
     match lookup(&proxy.cache, &request, host.as_deref().unwrap_or(""), now).await {
         Lookup::Hit { entry, set, status } => {
             *cache_status = status;
+            record.key = Some(entry.meta.key);
+            record.variant = Some(entry.meta.variant);
             let (parts, _) = request.into_parts();
             Ok(encode::serve_stored(proxy, &set, &entry, &parts, now).await)
         }
@@ -310,6 +389,8 @@ async fn serve(
         }
         Lookup::Fetch(plan) => {
             *cache_status = CacheStatus::forward(plan.reason);
+            record.key = Some(plan.key);
+            record.variant = plan.stale.as_ref().map(|entry| entry.meta.variant);
             let (parts, _) = request.into_parts();
             let (response, status) =
                 fetch::through_cache(proxy, &site, parts, downstream, plan, record).await?;

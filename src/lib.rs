@@ -45,28 +45,93 @@ pub enum StartError {
     Upstream(#[from] upstream::UpstreamSetupError),
 }
 
-/// A configured proxy, ready to serve listeners.
+/// Why a reload was refused; the configuration in force stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no configuration source to reload from (started without a loader)")]
+    NoSource,
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Produces the configuration to reload: the same layers as at start-up, read again.
+pub type ConfigLoader = Box<dyn Fn() -> Result<Config, config::ConfigError> + Send + Sync>;
+
+/// A configured proxy, ready to serve listeners, reloadable while it runs.
 pub struct Outpost {
-    config: Config,
-    proxy: Arc<pipeline::Proxy>,
+    config: arc_swap::ArcSwap<Config>,
+    proxy: server::SharedProxy,
+    loader: Option<ConfigLoader>,
+    /// Serialises reloads (SIGHUP and `POST /reload` may race).
+    reloading: std::sync::Mutex<()>,
 }
 
 impl Outpost {
     /// # Errors
     /// [`StartError`] when the configuration cannot be put to work (an unreadable CA file).
     pub fn new(config: Config) -> Result<Outpost, StartError> {
-        let proxy = Arc::new(pipeline::Proxy::new(&config)?);
-        Ok(Outpost { config, proxy })
+        let proxy = pipeline::Proxy::new(&config)?;
+        Ok(Outpost {
+            config: arc_swap::ArcSwap::from_pointee(config),
+            proxy: Arc::new(arc_swap::ArcSwap::from_pointee(proxy)),
+            loader: None,
+            reloading: std::sync::Mutex::new(()),
+        })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// Where [`Outpost::reload`] reads the configuration from.
+    pub fn with_loader(mut self, loader: ConfigLoader) -> Outpost {
+        self.loader = Some(loader);
+        self
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The proxy in force (requests started later may see a newer one).
+    pub fn proxy(&self) -> Arc<pipeline::Proxy> {
+        self.proxy.load_full()
     }
 
     /// Encoder runs started since start-up (each stored encoded variant costs one; hits on
     /// it cost none).
     pub fn encoder_runs(&self) -> u64 {
-        self.proxy.compression().encoder_runs()
+        self.proxy().compression().encoder_runs()
+    }
+
+    /// Reads the configuration again and puts it in force: sites, origins, forwarding,
+    /// upstream timeouts, cache policy, compression, logging flags. The cache, fills in
+    /// flight and metrics are kept; established connections and in-flight requests go on.
+    /// Listen and admin addresses, `server.*` and the memory tier's size and policy need a
+    /// restart (a warning names those that changed).
+    ///
+    /// # Errors
+    /// [`ReloadError`] when there is no loader or the new configuration is invalid; the
+    /// configuration in force is then unchanged.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let loader = self.loader.as_ref().ok_or(ReloadError::NoSource)?;
+        let _serialised = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let config = loader()?;
+        let proxy = self
+            .proxy()
+            .reconfigured(&config)
+            .map_err(StartError::from)?;
+        let old = self.config();
+        let needs_restart = restart_only_changes(&old, &config);
+        if !needs_restart.is_empty() {
+            tracing::warn!(settings = ?needs_restart, "reloaded, but these settings only change on restart");
+        }
+        self.proxy.store(Arc::new(proxy));
+        self.config.store(Arc::new(config));
+        tracing::info!("configuration reloaded");
+        Ok(())
     }
 
     /// Serves proxy traffic on `listener` until `shutdown` completes, then drains in-flight
@@ -79,9 +144,15 @@ impl Outpost {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let proxy = Arc::clone(&self.proxy);
-        let result = server::serve(listener, proxy, &self.config.server, shutdown).await;
-        let (entries, bytes) = self.proxy.cache().memory.usage().await;
+        let server_settings = self.config().server.clone();
+        let result = server::serve(
+            listener,
+            Arc::clone(&self.proxy),
+            &server_settings,
+            shutdown,
+        )
+        .await;
+        let (entries, bytes) = self.proxy().cache().memory.usage().await;
         tracing::info!(entries, bytes, "memory tier at shutdown");
         result
     }
@@ -91,10 +162,43 @@ impl Outpost {
     /// # Errors
     /// I/O errors that end the accept loop.
     pub async fn serve_admin(
-        &self,
+        self: &Arc<Self>,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        admin::serve(listener, Arc::clone(&self.proxy), shutdown).await
+        admin::serve(listener, Arc::clone(self), shutdown).await
     }
+}
+
+/// Settings that differ between `old` and `new` but only take effect on restart.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.listen != new.listen {
+        changed.push("listen");
+    }
+    if old.admin != new.admin {
+        changed.push("admin");
+    }
+    let (a, b) = (&old.server, &new.server);
+    if a.max_connections != b.max_connections
+        || a.header_read_timeout != b.header_read_timeout
+        || a.idle_timeout != b.idle_timeout
+        || a.max_header_bytes != b.max_header_bytes
+        || a.max_headers != b.max_headers
+        || a.shutdown_grace != b.shutdown_grace
+    {
+        changed.push("server");
+    }
+    let (a, b) = (&old.cache, &new.cache);
+    if a.memory_capacity != b.memory_capacity
+        || a.memory_policy != b.memory_policy
+        || a.max_variants != b.max_variants
+        || a.hit_for_miss_ttl != b.hit_for_miss_ttl
+    {
+        changed.push("cache.memory_capacity/memory_policy/max_variants/hit_for_miss_ttl");
+    }
+    if old.log.format != new.log.format || old.log.level != new.log.level {
+        changed.push("log.format/level");
+    }
+    changed
 }

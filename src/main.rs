@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -71,7 +72,7 @@ enum Command {
     },
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct SettingsArgs {
     /// TOML configuration file (see config/outpost.toml for every setting).
     #[arg(long, short = 'c', value_name = "FILE")]
@@ -98,6 +99,11 @@ enum LogFormatArg {
 
 impl SettingsArgs {
     fn load(&self) -> Result<Config> {
+        Ok(self.load_config()?)
+    }
+
+    /// The layered configuration, as at start-up; also what a reload reads.
+    fn load_config(&self) -> Result<Config, outpost::config::ConfigError> {
         let flags = FlagOverrides {
             listen: self.listen,
             admin: self.admin,
@@ -107,7 +113,7 @@ impl SettingsArgs {
                 LogFormatArg::Json => LogFormat::Json,
             }),
         };
-        Ok(Config::load(self.config.as_deref(), &flags)?)
+        Config::load(self.config.as_deref(), &flags)
     }
 }
 
@@ -140,7 +146,8 @@ fn run(cli: Cli) -> Result<()> {
                     "OUTPOST_ environment variables that name no setting are ignored"
                 );
             }
-            runtime()?.block_on(serve(config))
+            let loader: outpost::ConfigLoader = Box::new(move || settings.load_config());
+            runtime()?.block_on(serve(config, Some(loader)))
         }
         Command::Origin {
             listen,
@@ -202,7 +209,7 @@ fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard 
     guard
 }
 
-async fn serve(config: Config) -> Result<()> {
+async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding listen address {}", config.listen))?;
@@ -214,7 +221,12 @@ async fn serve(config: Config) -> Result<()> {
         ),
         None => None,
     };
-    let outpost = Outpost::new(config)?;
+    let mut outpost = Outpost::new(config)?;
+    if let Some(loader) = loader {
+        outpost = outpost.with_loader(loader);
+    }
+    let outpost = Arc::new(outpost);
+    let reloads = tokio::spawn(reload_on_sighup(Arc::clone(&outpost)));
     let (stop_tx, stop_rx) = watch::channel(false);
     tracing::info!(
         listen = %outpost.config().listen,
@@ -237,6 +249,7 @@ async fn serve(config: Config) -> Result<()> {
         result
     };
     let (proxy_result, admin_result) = tokio::join!(proxy, admin);
+    reloads.abort();
     proxy_result?;
     admin_result?;
     tracing::info!("outpost stopped");
@@ -272,10 +285,35 @@ async fn demo(mut config: Config, latency: Duration) -> Result<()> {
          Stop with Ctrl-C.",
         latency.as_millis()
     );
-    let result = serve(config).await;
+    let result = serve(config, None).await;
     let _ = stop_tx.send(true);
     origin.await??;
     result
+}
+
+/// Reloads the configuration on every SIGHUP; a refused reload is logged and the
+/// configuration in force stays.
+async fn reload_on_sighup(outpost: Arc<Outpost>) {
+    #[cfg(unix)]
+    {
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGHUP: reload only through the admin API");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the configuration");
+            if let Err(err) = outpost.reload() {
+                tracing::error!(error = %err, "reload refused; the configuration in force stays");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = outpost;
 }
 
 /// Resolves on SIGINT or SIGTERM.

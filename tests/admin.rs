@@ -372,3 +372,84 @@ async fn path_view_for_trusted_clients_only() {
         "untrusted client"
     );
 }
+
+/// Reload (admin `POST /reload`, the same path as SIGHUP) switches the origin for new
+/// requests while a request in flight on the old origin completes; the cache is kept.
+#[tokio::test]
+async fn reload_switches_origin_without_dropping_in_flight_request() {
+    let gate = Gate::closed();
+    let old = Origin::start(vec![
+        (
+            "/slow",
+            Fixture::GatedWith {
+                gate: gate.clone(),
+                headers: header_list(&[("cache-control", "no-store")]),
+                body: Bytes::from_static(b"old, slow"),
+            },
+        ),
+        (
+            "/who",
+            Fixture::with_headers(200, &[("cache-control", "no-store")], "old"),
+        ),
+        ("/kept", cached("kept")),
+    ])
+    .await;
+    let new = Origin::start(vec![(
+        "/who",
+        Fixture::with_headers(200, &[("cache-control", "no-store")], "new"),
+    )])
+    .await;
+    let text = Arc::new(std::sync::Mutex::new(format!("origin = \"{}\"", old.url())));
+    let source = Arc::clone(&text);
+    let loader: outpost::ConfigLoader = Box::new(move || {
+        outpost::Config::from_toml_str(&source.lock().unwrap(), &Default::default())
+    });
+    let initial =
+        outpost::Config::from_toml_str(&text.lock().unwrap(), &Default::default()).unwrap();
+    let proxy =
+        Proxy::start_outpost(outpost::Outpost::new(initial).unwrap().with_loader(loader)).await;
+    let admin = admin(&proxy).await;
+    get(&proxy.url("/kept"), &[]).await;
+
+    let url = proxy.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    while old.hits("/slow") == 0 {
+        tokio::task::yield_now().await;
+    }
+    *text.lock().unwrap() = format!("origin = \"{}\"", new.url());
+    let reloaded = post(&format!("{admin}/reload")).await;
+    assert_eq!(
+        (reloaded.status.as_u16(), reloaded.text().trim()),
+        (200, r#"{"reloaded":true}"#)
+    );
+    assert_eq!(get(&proxy.url("/who"), &[]).await.text(), "new");
+    gate.open();
+    assert_eq!(in_flight.await.unwrap().text(), "old, slow");
+    assert!(
+        is_hit(&get(&proxy.url("/kept"), &[]).await),
+        "the cache survives a reload"
+    );
+
+    // An invalid configuration is refused and the one in force stays.
+    *text.lock().unwrap() = format!(
+        "origin = \"{}\"\n[server]\nidle_timeout = \"soon\"",
+        old.url()
+    );
+    let refused = post(&format!("{admin}/reload")).await;
+    assert_eq!(refused.status, 422);
+    assert!(
+        refused.text().contains("idle_timeout"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(get(&proxy.url("/who"), &[]).await.text(), "new");
+}
+
+/// Without a configuration source (an embedded outpost), reload says so.
+#[tokio::test]
+async fn reload_without_a_source_is_not_implemented() {
+    let origin = Origin::start(vec![]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let admin = admin(&proxy).await;
+    assert_eq!(post(&format!("{admin}/reload")).await.status, 501);
+}

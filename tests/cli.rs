@@ -152,3 +152,93 @@ fn unrelated_outpost_variables_are_ignored() {
     );
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+/// The real binary: SIGHUP reloads the config file (a new origin answers), SIGTERM stops
+/// it cleanly. Waits are polls of observable state, bounded in time.
+#[test]
+fn sighup_reloads_the_config_file_and_sigterm_stops_cleanly() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    // Two tiny origins answering their name to every request.
+    let spawn_origin = |name: &'static str| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{name}",
+                    name.len()
+                );
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        addr
+    };
+    let first = spawn_origin("first");
+    let second = spawn_origin("second");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_dir, path) = write_config(&format!(
+        "origin = \"http://{first}\"\nlisten = \"127.0.0.1:{port}\"\n"
+    ));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["serve", "--config", &path])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let fetch = || -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut out = String::new();
+        stream.read_to_string(&mut out).ok()?;
+        out.rsplit("\r\n\r\n").next().map(str::to_string)
+    };
+    let wait_for = |expected: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if fetch().as_deref() == Some(expected) {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    };
+    let first_ok = wait_for("first");
+    std::fs::write(
+        &path,
+        format!("origin = \"http://{second}\"\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let hup = Command::new("sh")
+        .args(["-c", &format!("kill -HUP {}", child.id())])
+        .status()
+        .unwrap();
+    let second_ok = wait_for("second");
+    let term = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(first_ok, "outpost served the first origin");
+    assert!(
+        hup.success() && second_ok,
+        "after SIGHUP the second origin answers"
+    );
+    assert!(
+        term.success() && status.success(),
+        "SIGTERM stops outpost cleanly: {status:?}"
+    );
+}

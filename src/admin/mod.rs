@@ -24,6 +24,7 @@ use crate::body::Body;
 use crate::cache::key::PrimaryKey;
 use crate::cache::PurgeTarget;
 use crate::pipeline::Proxy;
+use crate::{Outpost, ReloadError};
 use metrics::TierLabels;
 
 /// Serves the admin endpoints on `listener` until `shutdown` completes.
@@ -32,7 +33,7 @@ use metrics::TierLabels;
 /// None today; accept errors are logged and the loop goes on.
 pub async fn serve(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
+    outpost: Arc<Outpost>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
@@ -48,10 +49,10 @@ pub async fn serve(
                 }
             },
         };
-        let proxy = Arc::clone(&proxy);
+        let outpost = Arc::clone(&outpost);
         let service = service_fn(move |request| {
-            let proxy = Arc::clone(&proxy);
-            async move { Ok::<_, Infallible>(route(&proxy, &request).await) }
+            let outpost = Arc::clone(&outpost);
+            async move { Ok::<_, Infallible>(route(&outpost, &request).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -64,7 +65,8 @@ pub async fn serve(
     }
 }
 
-async fn route(proxy: &Proxy, request: &Request<Incoming>) -> Response<Body> {
+async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body> {
+    let proxy = outpost.proxy();
     let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
     match (request.method(), request.uri().path()) {
         (_, "/healthz") if is_read => text(StatusCode::OK, "ok\n"),
@@ -91,8 +93,22 @@ async fn route(proxy: &Proxy, request: &Request<Incoming>) -> Response<Body> {
             );
             response
         }
-        (&Method::POST, "/purge") => purge(proxy, request.uri().query().unwrap_or("")).await,
-        (_, "/healthz" | "/readyz" | "/metrics" | "/purge") => {
+        (&Method::POST, "/purge") => purge(&proxy, request.uri().query().unwrap_or("")).await,
+        (&Method::POST, "/reload") => match outpost.reload() {
+            Ok(()) => json(StatusCode::OK, serde_json::json!({"reloaded": true})),
+            Err(err) => {
+                tracing::error!(error = %err, "reload refused; the configuration in force stays");
+                let status = match err {
+                    ReloadError::NoSource => StatusCode::NOT_IMPLEMENTED,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                json(
+                    status,
+                    serde_json::json!({"reloaded": false, "error": err.to_string()}),
+                )
+            }
+        },
+        (_, "/healthz" | "/readyz" | "/metrics" | "/purge" | "/reload") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

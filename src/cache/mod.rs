@@ -15,6 +15,7 @@ pub mod key;
 pub mod memory;
 pub mod policy;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -33,7 +34,7 @@ pub struct Cache {
     pub max_object_size: u64,
     pub coalesce_wait: Duration,
     pub memory: MemoryTier,
-    pub coalescer: Coalescer,
+    pub coalescer: Arc<Coalescer>,
     /// URLs whose last response was uncacheable: their requests skip coalescing for a while
     /// (Varnish's hit-for-miss).
     hit_for_miss: moka::future::Cache<PrimaryKey, ()>,
@@ -43,6 +44,40 @@ pub struct Cache {
 
 impl Cache {
     pub fn new(config: &CacheConfig, metrics: &Metrics) -> Cache {
+        let memory = MemoryTier::new(
+            config.memory_capacity.as_u64(),
+            config.max_variants,
+            config.memory_policy,
+            metrics
+                .evictions
+                .get_or_create(&TierLabels { tier: "memory" })
+                .clone(),
+        );
+        let hit_for_miss = moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(config.hit_for_miss_ttl.get().max(Duration::from_millis(1)))
+            .build();
+        Cache::with_stores(config, memory, Arc::new(Coalescer::default()), hit_for_miss)
+    }
+
+    /// The same stored entries, fills in flight and hit-for-miss memory, governed by the
+    /// settings of `config` (a reload). The memory tier's capacity, policy and variant bound,
+    /// and the hit-for-miss lifetime, are fixed when the tier is built and need a restart.
+    pub fn reconfigured(&self, config: &CacheConfig) -> Cache {
+        Cache::with_stores(
+            config,
+            self.memory.clone(),
+            Arc::clone(&self.coalescer),
+            self.hit_for_miss.clone(),
+        )
+    }
+
+    fn with_stores(
+        config: &CacheConfig,
+        memory: MemoryTier,
+        coalescer: Arc<Coalescer>,
+        hit_for_miss: moka::future::Cache<PrimaryKey, ()>,
+    ) -> Cache {
         let targeted_fields = config
             .targeted_cache_control
             .iter()
@@ -59,22 +94,11 @@ impl Cache {
             },
             max_object_size: config.max_object_size.as_u64(),
             coalesce_wait: config.coalesce_wait.get(),
-            memory: MemoryTier::new(
-                config.memory_capacity.as_u64(),
-                config.max_variants,
-                config.memory_policy,
-                metrics
-                    .evictions
-                    .get_or_create(&TierLabels { tier: "memory" })
-                    .clone(),
-            ),
-            coalescer: Coalescer::default(),
+            memory,
+            coalescer,
             surrogate_key_header: HeaderName::from_bytes(config.surrogate_key_header.as_bytes())
                 .unwrap_or(HeaderName::from_static("surrogate-key")),
-            hit_for_miss: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(config.hit_for_miss_ttl.get().max(Duration::from_millis(1)))
-                .build(),
+            hit_for_miss,
         }
     }
 

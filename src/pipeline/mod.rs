@@ -70,11 +70,33 @@ impl Proxy {
     /// When the upstream client cannot be built (an unreadable CA file).
     pub fn new(config: &Config) -> Result<Proxy, UpstreamSetupError> {
         let metrics = Arc::new(Metrics::new());
+        let cache = Cache::new(&config.cache, &metrics);
+        Proxy::build(config, cache, metrics)
+    }
+
+    /// A proxy for a reloaded `config` that keeps this one's cache contents, fills in flight
+    /// and metrics.
+    ///
+    /// # Errors
+    /// When the new upstream client cannot be built (an unreadable CA file).
+    pub fn reconfigured(&self, config: &Config) -> Result<Proxy, UpstreamSetupError> {
+        Proxy::build(
+            config,
+            self.cache.reconfigured(&config.cache),
+            Arc::clone(&self.metrics),
+        )
+    }
+
+    fn build(
+        config: &Config,
+        cache: Cache,
+        metrics: Arc<Metrics>,
+    ) -> Result<Proxy, UpstreamSetupError> {
         Ok(Proxy {
             router: Router::new(config),
             forwarding: ForwardingPolicy::new(&config.forwarding),
             upstream: Upstream::new(&config.upstream)?,
-            cache: Cache::new(&config.cache, &metrics),
+            cache,
             compression: Compression::new(&config.compression, metrics.encoder_runs.clone()),
             metrics,
             proxy_name: config.proxy_name.clone(),

@@ -25,6 +25,10 @@ use tokio::task::JoinSet;
 
 use crate::config::ServerConfig;
 use crate::pipeline::{self, Proxy};
+
+/// The proxy in force: swapped whole on reload. Each request takes the one current when it
+/// starts and keeps it to the end, so a reload never changes a request mid-way.
+pub type SharedProxy = Arc<arc_swap::ArcSwap<Proxy>>;
 use activity::{ConnActivity, Ending, WatchedIo};
 use tracker::ResponseTracker;
 
@@ -36,7 +40,7 @@ use tracker::ResponseTracker;
 /// retried, because one bad moment must not take the whole node down.
 pub async fn serve(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
+    proxy: SharedProxy,
     settings: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -134,7 +138,7 @@ struct Timeouts {
 
 /// One accepted client connection and what it needs to serve requests.
 struct Connection {
-    proxy: Arc<Proxy>,
+    proxy: SharedProxy,
     builder: auto::Builder<TokioExecutor>,
     timeouts: Timeouts,
     stop: watch::Receiver<bool>,
@@ -146,7 +150,7 @@ struct Connection {
 impl Connection {
     async fn run(mut self, stream: TcpStream) {
         let activity = Arc::new(ConnActivity::new());
-        let gauge = self.proxy.metrics().open_connections.clone();
+        let gauge = self.proxy.load().metrics().open_connections.clone();
         gauge.inc();
         let _open = scopeguard_dec(gauge);
         let io = TokioIo::new(WatchedIo::new(stream, Arc::clone(&activity)));
@@ -154,7 +158,7 @@ impl Connection {
         let proxy = Arc::clone(&self.proxy);
         let service_activity = Arc::clone(&activity);
         let service = service_fn(move |request| {
-            let proxy = Arc::clone(&proxy);
+            let proxy = proxy.load_full();
             let activity = Arc::clone(&service_activity);
             async move {
                 let has_conflicting_framing = activity.take_framing_conflict();

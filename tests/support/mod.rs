@@ -475,9 +475,14 @@ impl Proxy {
     }
 
     pub async fn start_with(config: Config) -> Proxy {
+        Proxy::start_outpost(Outpost::new(config).expect("outpost starts")).await
+    }
+
+    /// Serves an already built outpost (one with a config loader, for reload tests).
+    pub async fn start_outpost(outpost: Outpost) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let outpost = Arc::new(Outpost::new(config).expect("outpost starts"));
+        let outpost = Arc::new(outpost);
         let serving = Arc::clone(&outpost);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub evictions: Family<TierLabels, Counter>,
     pub purged: Counter,
     pub encoder_runs: Counter,
+    /// The figures of the status page (kept beside the metrics, shared across reloads).
+    pub board: super::status::StatusBoard,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -163,6 +165,7 @@ impl Metrics {
             evictions,
             purged,
             encoder_runs,
+            board: super::status::StatusBoard::default(),
         }
     }
 

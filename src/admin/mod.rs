@@ -7,6 +7,7 @@
 //! exposition ([`metrics`]); `POST /purge` removes or marks stale by URL, prefix or tag.
 
 pub mod metrics;
+pub mod status;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -93,6 +94,21 @@ async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body>
             );
             response
         }
+        (_, "/status") if is_read => {
+            let mut response = text(StatusCode::OK, "");
+            *response.body_mut() = Body::full(status::PAGE);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            response
+        }
+        (_, "/status.json") if is_read => {
+            let (entries, bytes) = proxy.cache().memory.usage().await;
+            let capacity = outpost.config().cache.memory_capacity.as_u64();
+            let tiers = serde_json::json!({"memory": {"entries": entries, "bytes": bytes, "capacity": capacity}});
+            json(StatusCode::OK, proxy.metrics().board.snapshot(tiers))
+        }
         (&Method::POST, "/purge") => purge(&proxy, request.uri().query().unwrap_or("")).await,
         (&Method::POST, "/reload") => match outpost.reload() {
             Ok(()) => json(StatusCode::OK, serde_json::json!({"reloaded": true})),
@@ -108,9 +124,10 @@ async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body>
                 )
             }
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/purge" | "/reload") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/purge" | "/reload" | "/status" | "/status.json",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -205,6 +205,8 @@ impl AccessRecord {
         };
         self.metrics.requests.get_or_create(&labels).inc();
         let source = self.tier();
+        let url = || format!("http://{}{}", self.host, self.target);
+        self.metrics.board.record(self.cache, self.key, url, bytes);
         self.metrics
             .response_bytes
             .get_or_create(&SourceLabels { source })
@@ -325,7 +327,17 @@ pub async fn handle(
         Err(err) => {
             match err.fault() {
                 Fault::Downstream => tracing::debug!(%peer, error = %err, "request refused"),
-                Fault::Upstream => tracing::warn!(%peer, error = %err, "origin failed"),
+                Fault::Upstream => {
+                    tracing::warn!(%peer, error = %err, "origin failed");
+                    let url = format!("http://{}{}", record.host, record.target);
+                    let error = err.proxy_status_error();
+                    proxy.metrics.board.record_origin_error(
+                        &record.site,
+                        url,
+                        error,
+                        err.to_string(),
+                    );
+                }
                 Fault::Internal => tracing::error!(%peer, error = %err, "internal error"),
             }
             record.error = Some(err.proxy_status_error());

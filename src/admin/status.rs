@@ -203,7 +203,7 @@ impl StatusBoard {
             .take(count)
             .map(render)
             .collect();
-        stats.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        stats.sort_by_key(|s| std::cmp::Reverse(s.bytes));
         let by_bytes = stats.iter().take(count).map(render).collect();
         (by_hits, by_bytes)
     }

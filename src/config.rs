@@ -406,8 +406,19 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter (`info`, `outpost=debug`); `RUST_LOG` overrides it.
     pub level: String,
-    /// One line per request on target `outpost::access`.
+    /// One line per finished request.
     pub access_log: bool,
+    /// `json` (one object per line) or `combined` (Apache/nginx, plus cache and timing).
+    pub access_log_format: AccessLogFormat,
+    /// `stdout`, `stderr`, or a file path (appended to).
+    pub access_log_path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    Json,
+    Combined,
 }
 
 impl Default for LogConfig {
@@ -416,6 +427,8 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             level: "info".to_string(),
             access_log: true,
+            access_log_format: AccessLogFormat::Json,
+            access_log_path: "stdout".to_string(),
         }
     }
 }

@@ -42,7 +42,7 @@ pub use config::Config;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Upstream(#[from] upstream::UpstreamSetupError),
+    Setup(#[from] pipeline::SetupError),
 }
 
 /// Why a reload was refused; the configuration in force stays.

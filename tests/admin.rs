@@ -453,3 +453,71 @@ async fn reload_without_a_source_is_not_implemented() {
     let admin = admin(&proxy).await;
     assert_eq!(post(&format!("{admin}/reload")).await.status, 501);
 }
+
+/// Reads `path` until it holds `lines` lines (the writer is a background thread).
+async fn log_lines(path: &std::path::Path, lines: usize) -> Vec<String> {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let found: Vec<String> = text.lines().map(str::to_string).collect();
+            if found.len() >= lines {
+                return found;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("access-log lines written")
+}
+
+/// The access log as JSON lines in a file: cache status, tier, timings, key.
+#[tokio::test]
+async fn access_log_json_lines_to_a_file() {
+    let origin = Origin::start(vec![("/a", cached("a"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let config = format!(
+        "[log]\naccess_log_format = \"json\"\naccess_log_path = \"{}\"",
+        path.display()
+    );
+    let proxy = Proxy::start(&origin.url(), &config).await;
+    get(&proxy.url("/a"), &[("host", "site.test")]).await;
+    get(&proxy.url("/a"), &[("host", "site.test")]).await;
+    let lines = log_lines(&path, 2).await;
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    let second: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(
+        (first["cache"].as_str(), first["tier"].as_str()),
+        (Some("uri-miss"), Some("origin"))
+    );
+    assert!(first["upstream_ms"].as_f64().is_some());
+    assert_eq!(
+        (second["cache"].as_str(), second["tier"].as_str()),
+        (Some("hit"), Some("memory"))
+    );
+    assert_eq!(second["target"], "/a");
+    assert_eq!(second["host"], "site.test");
+    assert_eq!(second["status"], 200);
+    assert_eq!(second["key"].as_str().map(str::len), Some(64));
+}
+
+/// The combined log format, with the cache fields appended.
+#[tokio::test]
+async fn access_log_combined_format() {
+    let origin = Origin::start(vec![("/c", cached("c"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let config = format!(
+        "[log]\naccess_log_format = \"combined\"\naccess_log_path = \"{}\"",
+        path.display()
+    );
+    let proxy = Proxy::start(&origin.url(), &config).await;
+    get(
+        &proxy.url("/c"),
+        &[("user-agent", "curl/8.0"), ("referer", "http://r.test/")],
+    )
+    .await;
+    let line = log_lines(&path, 1).await.remove(0);
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(line.contains("] \"GET /c HTTP/1.1\" 200 1 \"http://r.test/\" \"curl/8.0\" cache=uri-miss tier=origin duration_ms="), "{line}");
+}

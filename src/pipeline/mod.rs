@@ -16,6 +16,7 @@
 //! [`crate::error::ProxyError::to_response`]. Connection-level concerns (limits, timeouts,
 //! shutdown, the access log's timing) stay in `server`.
 
+pub mod access_log;
 pub mod cache_status;
 mod encode;
 mod fetch;
@@ -42,9 +43,22 @@ use crate::config::Config;
 use crate::error::{Fault, ProxyError};
 use crate::transform::compress::Compression;
 use crate::upstream::{Upstream, UpstreamSetupError};
+use access_log::AccessLog;
 use cache_status::{CacheStatus, FwdReason};
 use forwarding::{Downstream, ForwardingPolicy};
 use route::{HostHeader, Router, Site};
+
+/// Why a proxy could not be built from a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
+    #[error("log.access_log_path {path}: {source}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
+}
 
 /// Everything a request needs that outlives it: built once from the config.
 pub struct Proxy {
@@ -59,7 +73,7 @@ pub struct Proxy {
     via_response: HeaderValue,
     /// Longest wait for the next chunk of an origin body being filled into the cache.
     body_read_timeout: Duration,
-    access_log: bool,
+    access_log: Option<Arc<AccessLog>>,
     /// Peers allowed to send PURGE.
     purge_allowed: Vec<ipnet::IpNet>,
     debug: crate::config::DebugConfig,
@@ -68,7 +82,7 @@ pub struct Proxy {
 impl Proxy {
     /// # Errors
     /// When the upstream client cannot be built (an unreadable CA file).
-    pub fn new(config: &Config) -> Result<Proxy, UpstreamSetupError> {
+    pub fn new(config: &Config) -> Result<Proxy, SetupError> {
         let metrics = Arc::new(Metrics::new());
         let cache = Cache::new(&config.cache, &metrics);
         Proxy::build(config, cache, metrics)
@@ -79,7 +93,7 @@ impl Proxy {
     ///
     /// # Errors
     /// When the new upstream client cannot be built (an unreadable CA file).
-    pub fn reconfigured(&self, config: &Config) -> Result<Proxy, UpstreamSetupError> {
+    pub fn reconfigured(&self, config: &Config) -> Result<Proxy, SetupError> {
         Proxy::build(
             config,
             self.cache.reconfigured(&config.cache),
@@ -87,11 +101,7 @@ impl Proxy {
         )
     }
 
-    fn build(
-        config: &Config,
-        cache: Cache,
-        metrics: Arc<Metrics>,
-    ) -> Result<Proxy, UpstreamSetupError> {
+    fn build(config: &Config, cache: Cache, metrics: Arc<Metrics>) -> Result<Proxy, SetupError> {
         Ok(Proxy {
             router: Router::new(config),
             forwarding: ForwardingPolicy::new(&config.forwarding),
@@ -103,7 +113,12 @@ impl Proxy {
             via_response: HeaderValue::from_str(&format!("1.1 {}", config.proxy_name))
                 .unwrap_or_else(|_| HeaderValue::from_static("1.1 outpost")),
             body_read_timeout: config.upstream.response_header_timeout.get(),
-            access_log: config.log.access_log,
+            access_log: AccessLog::open(&config.log)
+                .map_err(|source| SetupError::AccessLog {
+                    path: config.log.access_log_path.clone(),
+                    source,
+                })?
+                .map(Arc::new),
             purge_allowed: config.cache.purge_allowed.clone(),
             debug: config.debug.clone(),
         })
@@ -181,7 +196,10 @@ pub struct AccessRecord {
     pub cache: &'static str,
     pub upstream_duration: Option<Duration>,
     pub error: Option<&'static str>,
-    pub enabled: bool,
+    pub log: Option<Arc<AccessLog>>,
+    /// Kept only for the combined format.
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -211,30 +229,33 @@ impl AccessRecord {
             .response_bytes
             .get_or_create(&SourceLabels { source })
             .inc_by(bytes);
-        if !self.enabled {
-            return;
-        }
-        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let upstream_ms = self.upstream_duration.map(|d| d.as_secs_f64() * 1000.0);
-        tracing::info!(
-            target: "outpost::access",
-            client = %self.client,
-            peer = %self.peer,
-            method = %self.method,
-            version = ?self.version,
-            host = %self.host,
-            target = %self.target,
-            site = %self.site,
-            status = self.status,
-            cache = self.cache,
-            tier = self.tier(),
-            key = self.key.map(|key| key.to_hex()),
+        let Some(log) = &self.log else { return };
+        let version = match self.version {
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        };
+        log.write(&access_log::Line {
+            at: SystemTime::now(),
+            client: self.client,
+            method: self.method.as_str(),
+            host: &self.host,
+            target: &self.target,
+            version,
+            status: self.status,
             bytes,
-            duration_ms,
-            upstream_ms,
-            error = self.error,
+            duration: self.started.elapsed(),
+            upstream: self.upstream_duration,
+            cache: self.cache,
+            tier: self.tier(),
+            site: &self.site,
+            key: self.key.map(|key| key.to_hex()),
+            error: self.error,
             complete,
-        );
+            referer: self.referer.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+        });
     }
 }
 
@@ -277,6 +298,24 @@ fn path_view(record: &AccessRecord, status: &CacheStatus, response: &Response<Bo
     view
 }
 
+/// A request field the combined access-log format records; not copied otherwise.
+fn agent_field(
+    proxy: &Proxy,
+    request: &Request<Incoming>,
+    name: header::HeaderName,
+) -> Option<String> {
+    proxy
+        .access_log
+        .as_ref()
+        .filter(|log| log.wants_agent_fields())?;
+    request
+        .headers()
+        .get(name)?
+        .to_str()
+        .ok()
+        .map(str::to_string)
+}
+
 /// What the connection layer knows about a request that the request itself does not show.
 #[derive(Debug, Clone, Copy)]
 pub struct DownstreamFacts {
@@ -313,7 +352,9 @@ pub async fn handle(
         cache: "none",
         upstream_duration: None,
         error: None,
-        enabled: proxy.access_log,
+        log: proxy.access_log.clone(),
+        referer: agent_field(proxy, &request, header::REFERER),
+        user_agent: agent_field(proxy, &request, header::USER_AGENT),
         metrics: Arc::clone(&proxy.metrics),
     };
     let mut cache_status = CacheStatus::forward(FwdReason::Bypass);

@@ -28,6 +28,7 @@ pub const ENV_PREFIX: &str = "OUTPOST_";
 pub const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "admin",
+    "admin_token",
     "origin",
     "proxy_name",
     "server",
@@ -290,8 +291,11 @@ impl Serialize for OriginUrl {
 pub struct Config {
     /// Downstream listen address.
     pub listen: SocketAddr,
-    /// Admin listener (health endpoints). Off when unset.
+    /// Admin listener (health, metrics, purge, status, reload). Off when unset.
     pub admin: Option<SocketAddr>,
+    /// Bearer token required on admin endpoints other than /healthz and /readyz; needed to
+    /// bind the admin listener to a non-loopback address.
+    pub admin_token: Option<String>,
     /// Origin of the default site: serves every Host no `[[sites]]` entry claims.
     pub origin: Option<OriginUrl>,
     /// Name this proxy uses in `Via`, `Proxy-Status` and `Cache-Status`.
@@ -311,6 +315,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin: None,
+            admin_token: None,
             origin: None,
             proxy_name: "outpost".to_string(),
             server: ServerConfig::default(),
@@ -793,10 +798,18 @@ impl Config {
             }
         }
         if let Some(admin) = self.admin {
-            if !admin.ip().is_loopback() {
+            if !admin.ip().is_loopback() && self.admin_token.is_none() {
                 return Err(reject(
                     "admin",
-                    format!("{admin} is not a loopback address; the admin listener binds to loopback only"),
+                    format!("{admin} is not a loopback address: set admin_token to expose the admin listener"),
+                ));
+            }
+        }
+        if let Some(token) = &self.admin_token {
+            if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(reject(
+                    "admin_token",
+                    "must be at least 16 printable characters without spaces".to_string(),
                 ));
             }
         }

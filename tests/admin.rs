@@ -521,3 +521,17 @@ async fn access_log_combined_format() {
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
     assert!(line.contains("] \"GET /c HTTP/1.1\" 200 1 \"http://r.test/\" \"curl/8.0\" cache=uri-miss tier=origin duration_ms="), "{line}");
 }
+
+/// With admin_token set, admin endpoints other than health need `Authorization: Bearer`.
+#[tokio::test]
+async fn admin_token_is_required_when_configured() {
+    let origin = Origin::start(vec![]).await;
+    let proxy = Proxy::start(&origin.url(), "admin_token = \"s3cret-token-for-tests\"").await;
+    let admin = admin(&proxy).await;
+    assert_eq!(get(&format!("{admin}/healthz"), &[]).await.status, 200);
+    assert_eq!(get(&format!("{admin}/metrics"), &[]).await.status, 401);
+    let wrong = [("authorization", "Bearer s3cret-token-for-testX")];
+    assert_eq!(get(&format!("{admin}/metrics"), &wrong).await.status, 401);
+    let right = [("authorization", "Bearer s3cret-token-for-tests")];
+    assert_eq!(get(&format!("{admin}/metrics"), &right).await.status, 200);
+}

@@ -97,6 +97,10 @@ fn config_errors_name_file_and_key() {
         ("[[sites]]\nhosts = []\norigin = \"http://127.0.0.1:9000\"\n", "sites[0].hosts"),
         ("listen = \"127.0.0.1:8080\"\n", "origin"),
         ("origin = \"http://127.0.0.1:9000\"\nadmin = \"0.0.0.0:9090\"\n", "admin"),
+        (
+            "origin = \"http://127.0.0.1:9000\"\nadmin = \"0.0.0.0:9090\"\nadmin_token = \"short\"\n",
+            "admin_token",
+        ),
     ];
     for (text, key) in cases {
         let (_dir, path) = write_config(text);
@@ -193,6 +197,7 @@ fn sighup_reloads_the_config_file_and_sigterm_stops_cleanly() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
         .args(["serve", "--config", &path])
         .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -68,6 +68,17 @@ pub async fn serve(
 
 async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body> {
     let proxy = outpost.proxy();
+    let path = request.uri().path();
+    if !matches!(path, "/healthz" | "/readyz")
+        && !is_authorised(outpost.config().admin_token.as_deref(), request)
+    {
+        let mut response = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"outpost-admin\""),
+        );
+        return response;
+    }
     let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
     match (request.method(), request.uri().path()) {
         (_, "/healthz") if is_read => text(StatusCode::OK, "ok\n"),
@@ -130,6 +141,24 @@ async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body>
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// With a configured token, requests must carry `Authorization: Bearer TOKEN` (compared in
+/// constant time, so the token cannot be guessed byte by byte from response times).
+fn is_authorised(token: Option<&str>, request: &Request<Incoming>) -> bool {
+    let Some(token) = token else { return true };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    presented.len() == token.len()
+        && presented
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
 }
 
 /// `POST /purge?url=ABSOLUTE-URL | prefix=ABSOLUTE-URL-PREFIX | tag=TAG [&soft=true]`,

@@ -10,16 +10,6 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use support::*;
-use tokio::net::TcpListener;
-
-/// Starts the admin listener of `proxy`; returns its base URL.
-async fn admin(proxy: &Proxy) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let outpost = Arc::clone(&proxy.outpost);
-    tokio::spawn(async move { outpost.serve_admin(listener, std::future::pending()).await });
-    base
-}
 
 /// Parses the exposition text into `name{labels} -> value`.
 async fn scrape(admin: &str) -> HashMap<String, f64> {
@@ -78,7 +68,7 @@ fn is_hit(reply: &Reply) -> bool {
 async fn metrics_move_as_requests_are_served() {
     let origin = Origin::start(vec![("/m", cached("m"))]).await;
     let proxy = Proxy::start(&origin.url(), "").await;
-    let admin = admin(&proxy).await;
+    let admin = start_admin(&proxy).await;
     get(&proxy.url("/m"), &[]).await;
     get(&proxy.url("/m"), &[]).await;
     get(&proxy.url("/m"), &[]).await;
@@ -107,15 +97,11 @@ async fn metrics_move_as_requests_are_served() {
     assert_eq!(metrics["outpost_origin_response_seconds_count"], 1.0);
     assert!(metrics.contains_key("outpost_open_connections"));
 
-    let dead_metrics = scrape(&admin_of(&dead).await).await;
+    let dead_metrics = scrape(&start_admin(&dead).await).await;
     assert_eq!(
         dead_metrics["outpost_origin_errors_total{error=\"connection_refused\"}"],
         1.0
     );
-}
-
-async fn admin_of(proxy: &Proxy) -> String {
-    admin(proxy).await
 }
 
 /// Purge by URL removes every variant; the next request is a miss.
@@ -133,7 +119,7 @@ async fn purge_by_url_removes_all_variants() {
     )])
     .await;
     let proxy = Proxy::start(&origin.url(), "").await;
-    let admin = admin(&proxy).await;
+    let admin = start_admin(&proxy).await;
     for language in ["en", "fr"] {
         get(
             &proxy.url("/v"),
@@ -162,7 +148,7 @@ async fn purge_by_prefix() {
     ])
     .await;
     let proxy = Proxy::start(&origin.url(), "").await;
-    let admin = admin(&proxy).await;
+    let admin = start_admin(&proxy).await;
     for path in ["/a/1", "/a/2", "/b/1"] {
         get(&proxy.url(path), &[("host", "site.test")]).await;
     }
@@ -206,7 +192,7 @@ async fn purge_by_tag_from_cache_groups_and_surrogate_key() {
     ])
     .await;
     let proxy = Proxy::start(&origin.url(), "").await;
-    let admin = admin(&proxy).await;
+    let admin = start_admin(&proxy).await;
     for path in ["/g", "/s", "/o"] {
         get(&proxy.url(path), &[]).await;
     }
@@ -231,7 +217,7 @@ async fn soft_purge_marks_stale_and_revalidates() {
     )])
     .await;
     let proxy = Proxy::start(&origin.url(), "").await;
-    let admin = admin(&proxy).await;
+    let admin = start_admin(&proxy).await;
     get(&proxy.url("/soft"), &[("host", "site.test")]).await;
     let reply = post(&format!(
         "{admin}/purge?url=http://site.test/soft&soft=true"
@@ -408,7 +394,7 @@ async fn reload_switches_origin_without_dropping_in_flight_request() {
         outpost::Config::from_toml_str(&text.lock().unwrap(), &Default::default()).unwrap();
     let proxy =
         Proxy::start_outpost(outpost::Outpost::new(initial).unwrap().with_loader(loader)).await;
-    let admin = admin(&proxy).await;
+    let admin = start_admin(&proxy).await;
     get(&proxy.url("/kept"), &[]).await;
 
     let url = proxy.url("/slow");
@@ -450,7 +436,7 @@ async fn reload_switches_origin_without_dropping_in_flight_request() {
 async fn reload_without_a_source_is_not_implemented() {
     let origin = Origin::start(vec![]).await;
     let proxy = Proxy::start(&origin.url(), "").await;
-    let admin = admin(&proxy).await;
+    let admin = start_admin(&proxy).await;
     assert_eq!(post(&format!("{admin}/reload")).await.status, 501);
 }
 
@@ -527,7 +513,7 @@ async fn access_log_combined_format() {
 async fn admin_token_is_required_when_configured() {
     let origin = Origin::start(vec![]).await;
     let proxy = Proxy::start(&origin.url(), "admin_token = \"s3cret-token-for-tests\"").await;
-    let admin = admin(&proxy).await;
+    let admin = start_admin(&proxy).await;
     assert_eq!(get(&format!("{admin}/healthz"), &[]).await.status, 200);
     assert_eq!(get(&format!("{admin}/metrics"), &[]).await.status, 401);
     let wrong = [("authorization", "Bearer s3cret-token-for-testX")];

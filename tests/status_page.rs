@@ -4,18 +4,7 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use support::*;
-use tokio::net::TcpListener;
-
-async fn admin(proxy: &Proxy) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let outpost = Arc::clone(&proxy.outpost);
-    tokio::spawn(async move { outpost.serve_admin(listener, std::future::pending()).await });
-    base
-}
 
 /// Traffic with a known shape: /hot once missed then hit three times, /cold missed once,
 /// and one origin failure.
@@ -60,7 +49,7 @@ async fn status_json(admin: &str, requests: u64) -> serde_json::Value {
 #[tokio::test]
 async fn status_json_reports_ratios_top_keys_and_errors() {
     let (_origin, proxy, dead) = traffic().await;
-    let admin_url = admin(&proxy).await;
+    let admin_url = start_admin(&proxy).await;
     let status = status_json(&admin_url, 5).await;
     assert_eq!(status["by_cache_status"]["hit"], 3);
     assert_eq!(status["hit_ratio"], 0.6, "3 hits of 5 lookups");
@@ -70,7 +59,7 @@ async fn status_json_reports_ratios_top_keys_and_errors() {
     assert!(status["requests_per_second"].as_f64().unwrap() >= 0.0);
 
     get(&dead.url("/x"), &[]).await;
-    let dead_admin = admin(&dead).await;
+    let dead_admin = start_admin(&dead).await;
     let dead_status = status_json(&dead_admin, 1).await;
     assert_eq!(
         dead_status["recent_origin_errors"][0]["error"],
@@ -119,7 +108,7 @@ async fn status_page_renders_numbers_in_chromium() {
         return;
     };
     let (_origin, proxy, _dead) = traffic().await;
-    let admin_url = admin(&proxy).await;
+    let admin_url = start_admin(&proxy).await;
     status_json(&admin_url, 5).await;
     let page = format!("{admin_url}/status");
     let profile = tempfile::tempdir().unwrap();

@@ -521,6 +521,15 @@ impl Drop for Proxy {
     }
 }
 
+/// Starts the admin listener of `proxy` on an ephemeral port; returns its base URL.
+pub async fn start_admin(proxy: &Proxy) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let outpost = Arc::clone(&proxy.outpost);
+    tokio::spawn(async move { outpost.serve_admin(listener, std::future::pending()).await });
+    base
+}
+
 /// A complete response as a client saw it.
 #[derive(Debug)]
 pub struct Reply {

@@ -234,6 +234,19 @@ impl Fill {
         trim(&mut body);
     }
 
+    /// Ends a complete body, first appending `last` (a chunk held back until the entry was
+    /// stored).
+    pub fn end(&self, last: Option<Bytes>) {
+        let mut body = lock(&self.body);
+        if let Some(chunk) = last {
+            body.retained_bytes += chunk.len();
+            body.chunks.push_back(chunk);
+        }
+        body.end = BodyEnd::Complete;
+        wake_all(&mut body);
+    }
+
+    /// Ends the body: complete, or failed (readers then get an error, never a clean end).
     pub fn finish(&self, is_complete: bool) {
         let mut body = lock(&self.body);
         body.end = if is_complete {
@@ -270,10 +283,10 @@ impl Fill {
     /// The whole body as one buffer of exactly its size: one copy per stored fill. Even a
     /// single chunk is copied, because it is a slice of the connection's read buffer and
     /// keeping it would pin that whole allocation for as long as the entry lives.
-    pub fn retained_body(&self) -> Bytes {
+    pub fn retained_body(&self, last: Option<&Bytes>) -> Bytes {
         let body = lock(&self.body);
-        let mut joined = Vec::with_capacity(body.retained_bytes);
-        for chunk in &body.chunks {
+        let mut joined = Vec::with_capacity(body.retained_bytes + last.map_or(0, Bytes::len));
+        for chunk in body.chunks.iter().chain(last) {
             joined.extend_from_slice(chunk);
         }
         Bytes::from(joined)
@@ -420,7 +433,7 @@ mod tests {
         fill.finish(true);
         assert_eq!(leader.collect().await.unwrap().to_bytes(), "abcd");
         assert_eq!(follower.collect().await.unwrap().to_bytes(), "abcd");
-        assert_eq!(fill.retained_body(), "abcd");
+        assert_eq!(fill.retained_body(None), "abcd");
         coalescer.leave(&key(1), &fill);
         assert!(matches!(coalescer.join(key(1)).0, Role::Leader));
     }

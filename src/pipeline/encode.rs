@@ -118,8 +118,11 @@ async fn encode_and_store(
     )
     .await
     {
-        super::fetch::Pumped::Complete { is_retained: true } => {
-            let body = fill.retained_body();
+        super::fetch::Pumped::Complete {
+            is_retained: true,
+            last,
+        } => {
+            let body = fill.retained_body(last.as_ref());
             meta.variant = source.meta.variant.derived(coding.as_str());
             compress::encoded_headers(&mut meta.headers, coding, Some(body.len() as u64));
             meta.derivation = Some(Derivation {
@@ -128,10 +131,18 @@ async fn encode_and_store(
             });
             let encoded = Arc::new(StoredResponse::new(meta, body));
             cache.memory.insert(Arc::clone(&encoded)).await;
+            fill.end(last);
             fill.publish(FillStatus::Complete {
                 entry: encoded,
                 revalidated: false,
             });
+        }
+        super::fetch::Pumped::Complete {
+            is_retained: false,
+            last,
+        } => {
+            // Larger than the cache takes (rare for an encoding): streamed, not kept.
+            fill.end(last);
         }
         _ => {
             tracing::warn!(url = %source.meta.url, coding = coding.as_str(), "encoding a stored body failed")

@@ -65,6 +65,10 @@ pub(super) async fn through_cache(
         let (role, fill, reader) = cache.coalescer.join(fill_key);
         match role {
             Role::Leader => {
+                if let Some(served) = stored_meanwhile(proxy, &parts, &plan, &fill, fill_key).await
+                {
+                    return Ok(served);
+                }
                 return lead(
                     proxy,
                     site,
@@ -106,6 +110,40 @@ pub(super) async fn through_cache(
         record,
     )
     .await
+}
+
+/// A request that missed at lookup may reach the coalescer just after the fill it would
+/// have joined stored its response and left. Before fetching again, a new leader of a miss
+/// looks once more; if a fresh entry is there, it settles its own fill with it (for anyone
+/// who joined meanwhile) and serves it as a hit.
+async fn stored_meanwhile(
+    proxy: &Arc<Proxy>,
+    parts: &http::request::Parts,
+    plan: &FetchPlan,
+    fill: &Arc<Fill>,
+    fill_key: FillKey,
+) -> Option<(Response<Body>, CacheStatus)> {
+    if plan.stale.is_some() {
+        return None;
+    }
+    let set = proxy.cache.memory.get(&plan.key).await?;
+    let entry = Arc::clone(set.select(&parts.headers)?);
+    let now = SystemTime::now();
+    let directives = policy::request_directives(&parts.headers);
+    if policy::evaluate_reuse(&entry.meta.freshness, &directives, now) != policy::Reuse::Fresh {
+        return None;
+    }
+    fill.end(None);
+    fill.publish(FillStatus::Complete {
+        entry: Arc::clone(&entry),
+        revalidated: false,
+    });
+    proxy.cache.coalescer.leave(&fill_key, fill);
+    let status = CacheStatus::hit(entry.meta.freshness.ttl_seconds(now));
+    Some((
+        encode::serve_stored(proxy, &set, &entry, parts, now).await,
+        status,
+    ))
 }
 
 /// Starts the fill task and serves the leader from it.
@@ -427,17 +465,26 @@ impl FillJob {
         ));
         fill.publish(FillStatus::Streaming(Arc::clone(&meta)));
         match pump(body, &fill, cache.max_object_size, proxy.body_read_timeout).await {
-            Pumped::Complete { is_retained: true } => {
-                let entry = Arc::new(StoredResponse::new((*meta).clone(), fill.retained_body()));
+            Pumped::Complete {
+                is_retained: true,
+                last,
+            } => {
+                let body = fill.retained_body(last.as_ref());
+                let entry = Arc::new(StoredResponse::new((*meta).clone(), body));
                 cache.memory.insert(Arc::clone(&entry)).await;
+                fill.end(last);
                 fill.publish(FillStatus::Complete {
                     entry,
                     revalidated: false,
                 });
             }
-            Pumped::Complete { is_retained: false } => {
+            Pumped::Complete {
+                is_retained: false,
+                last,
+            } => {
                 // Streamed through, too large to keep: the next burst goes straight through.
                 cache.remember_uncacheable(key).await;
+                fill.end(last);
             }
             Pumped::Failed => {
                 tracing::warn!(%origin, url = %meta.url, "origin failed mid-body: readers aborted, nothing stored");
@@ -448,15 +495,20 @@ impl FillJob {
 }
 
 pub(super) enum Pumped {
+    /// The whole body arrived; `last` is the held-back final chunk, for the caller to hand
+    /// to [`Fill::end`] once the entry is stored (so that a client that has the whole
+    /// response and asks again finds it in the cache).
     Complete {
         is_retained: bool,
+        last: Option<bytes::Bytes>,
     },
     Failed,
     /// Not being stored and every reader has gone.
     Abandoned,
 }
 
-/// Moves a body (the origin's, or an encoder's) into the fill, chunk by chunk.
+/// Moves a body (the origin's, or an encoder's) into the fill, chunk by chunk. On failure
+/// the fill is ended as failed here; on success the caller ends it with [`Fill::end`].
 pub(super) async fn pump<B>(
     mut body: B,
     fill: &Fill,
@@ -468,6 +520,9 @@ where
 {
     let mut total: u64 = 0;
     let mut is_retained = true;
+    // While the body is being kept, its newest chunk is held back: readers get the last
+    // chunk only after the caller has stored the entry (see `Fill::end`).
+    let mut held: Option<bytes::Bytes> = None;
     loop {
         let frame = match tokio::time::timeout(read_timeout, body.frame()).await {
             Ok(None) => break,
@@ -485,12 +540,23 @@ where
             is_retained = false;
             fill.stop_retaining();
         }
+        if is_retained {
+            if let Some(previous) = held.replace(data) {
+                fill.push(previous);
+            }
+            continue;
+        }
+        if let Some(previous) = held.take() {
+            fill.push(previous);
+        }
         fill.push(data);
-        if !is_retained && !fill.wait_for_readers(UNSTORED_WINDOW).await {
+        if !fill.wait_for_readers(UNSTORED_WINDOW).await {
             fill.finish(false);
             return Pumped::Abandoned;
         }
     }
-    fill.finish(true);
-    Pumped::Complete { is_retained }
+    Pumped::Complete {
+        is_retained,
+        last: held,
+    }
 }

@@ -521,3 +521,35 @@ async fn admin_token_is_required_when_configured() {
     let right = [("authorization", "Bearer s3cret-token-for-tests")];
     assert_eq!(get(&format!("{admin}/metrics"), &right).await.status, 200);
 }
+
+/// A soft purge keeps the entry for stale-if-error: when the origin then fails, the
+/// soft-purged response is served stale (RFC 5861 §4).
+#[tokio::test]
+async fn soft_purged_entry_is_served_stale_on_origin_error() {
+    let origin = Origin::start(vec![(
+        "/sp",
+        Fixture::sequence(vec![
+            Fixture::with_headers(
+                200,
+                &[("cache-control", "max-age=600, stale-if-error=3600")],
+                "soft",
+            ),
+            Fixture::with_headers(502, &[], "bad gateway"),
+        ]),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let admin = start_admin(&proxy).await;
+    get(&proxy.url("/sp"), &[("host", "site.test")]).await;
+    post(&format!("{admin}/purge?url=http://site.test/sp&soft=true")).await;
+    let reply = get(&proxy.url("/sp"), &[("host", "site.test")]).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text().as_str()),
+        (200, "soft")
+    );
+    assert_eq!(
+        origin.hits("/sp"),
+        2,
+        "the soft-purged entry was revalidated first"
+    );
+}

@@ -846,3 +846,111 @@ async fn disabled_cache_bypasses() {
     );
     assert_eq!(origin.hits("/d"), 2);
 }
+
+/// RFC 5861 §4: when validating a stale entry meets an error status, the stale entry is
+/// served within its stale-if-error window; Cache-Status says why.
+#[tokio::test]
+async fn stale_if_error_serves_stale_on_origin_error_status() {
+    let origin = Origin::start(vec![
+        (
+            "/sie",
+            Fixture::sequence(vec![
+                fixed(
+                    &[
+                        ("cache-control", "max-age=1, stale-if-error=3600"),
+                        ("age", "100"),
+                        ("etag", "\"e\""),
+                    ],
+                    "kept",
+                ),
+                Fixture::with_headers(503, &[], "down"),
+            ]),
+        ),
+        (
+            "/plain",
+            Fixture::sequence(vec![
+                fixed(&[("cache-control", "max-age=1"), ("age", "100")], "gone"),
+                Fixture::with_headers(503, &[], "down"),
+            ]),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    get(&proxy.url("/sie"), &[]).await;
+    let stale = get(&proxy.url("/sie"), &[]).await;
+    assert_eq!(
+        (stale.status.as_u16(), stale.text().as_str()),
+        (200, "kept")
+    );
+    let status = cache_status(&stale);
+    assert!(
+        status.contains("fwd=stale; fwd-status=503") && status.contains("detail=\"http_503\""),
+        "{status}"
+    );
+
+    get(&proxy.url("/plain"), &[]).await;
+    let error = get(&proxy.url("/plain"), &[]).await;
+    assert_eq!(
+        error.status, 503,
+        "no stale-if-error: the error goes through"
+    );
+}
+
+/// RFC 5861 §4: a stale-if-error window also covers an origin that does not answer in time,
+/// and a request may grant the window itself; must-revalidate forbids it (RFC 9111 §4.2.4).
+#[tokio::test]
+async fn stale_if_error_covers_timeouts_and_respects_must_revalidate() {
+    let origin = Origin::start(vec![
+        (
+            "/slow",
+            Fixture::sequence(vec![
+                fixed(
+                    &[("cache-control", "max-age=1"), ("age", "100")],
+                    "old slow",
+                ),
+                Fixture::Stall,
+            ]),
+        ),
+        (
+            "/strict",
+            Fixture::sequence(vec![
+                fixed(
+                    &[
+                        (
+                            "cache-control",
+                            "max-age=1, must-revalidate, stale-if-error=3600",
+                        ),
+                        ("age", "100"),
+                    ],
+                    "strict",
+                ),
+                Fixture::Stall,
+            ]),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[upstream]\nresponse_header_timeout = \"300ms\"",
+    )
+    .await;
+    get(&proxy.url("/slow"), &[]).await;
+    let stale = get(
+        &proxy.url("/slow"),
+        &[("cache-control", "stale-if-error=600")],
+    )
+    .await;
+    assert_eq!(
+        (stale.status.as_u16(), stale.text().as_str()),
+        (200, "old slow")
+    );
+    assert!(
+        cache_status(&stale).contains("detail=\"http_response_timeout\""),
+        "{}",
+        cache_status(&stale)
+    );
+
+    get(&proxy.url("/strict"), &[]).await;
+    let refused = get(&proxy.url("/strict"), &[]).await;
+    assert_eq!(refused.status, 504);
+}

@@ -53,6 +53,12 @@ pub enum FillStatus {
         entry: Arc<StoredResponse>,
         revalidated: bool,
     },
+    /// Validating `entry` failed (`error`: the Proxy-Status error type, or `http_5xx`) and
+    /// stale-if-error (RFC 5861 §4) allows serving it stale instead.
+    StaleOnError {
+        entry: Arc<StoredResponse>,
+        error: &'static str,
+    },
     /// Not storable: only the leader may see this response; everyone else fetches alone.
     Uncacheable(NoStoreReason),
     /// The origin could not be reached or answered badly before a head was complete.

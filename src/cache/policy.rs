@@ -607,6 +607,23 @@ pub fn evaluate_reuse(freshness: &Freshness, request: &Directives, now: SystemTi
     }
 }
 
+/// RFC 5861 §4 with RFC 9111 §4.2.4: may a stale response be served because validating it
+/// failed? Within the response's or the request's `stale-if-error` window, unless the
+/// response forbids serving it stale (must-revalidate, proxy-revalidate, s-maxage,
+/// no-cache).
+pub fn allows_stale_on_error(freshness: &Freshness, request: &Directives, now: SystemTime) -> bool {
+    if freshness.forbids_stale {
+        return false;
+    }
+    let staleness = freshness
+        .current_age(now)
+        .saturating_sub(freshness.lifetime);
+    let window = freshness
+        .stale_if_error
+        .max(Duration::from_secs(request.stale_if_error.unwrap_or(0)));
+    !window.is_zero() && staleness <= window
+}
+
 /// A client's conditional GET/HEAD evaluated against a stored response (RFC 9110 §13.2.2):
 /// If-None-Match wins over If-Modified-Since. Returns true when the answer is 304.
 pub fn is_not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
@@ -1103,6 +1120,36 @@ mod tests {
             evaluate_reuse(&immutable, &req("max-age=0"), at(50)),
             Reuse::Fresh
         );
+    }
+
+    /// RFC 5861 §4 and RFC 9111 §4.2.4: stale-if-error windows from the response or the
+    /// request, never past must-revalidate.
+    #[test]
+    fn stale_if_error_windows() {
+        let req = |cc: &str| Directives::parse([&HeaderValue::from_str(cc).unwrap()]);
+        let f = fresh(&[("cache-control", "max-age=100, stale-if-error=60")]);
+        assert!(allows_stale_on_error(&f, &Directives::default(), at(150)));
+        assert!(!allows_stale_on_error(&f, &Directives::default(), at(200)));
+        assert!(allows_stale_on_error(
+            &f,
+            &req("stale-if-error=300"),
+            at(200)
+        ));
+        let plain = fresh(&[("cache-control", "max-age=100")]);
+        assert!(!allows_stale_on_error(
+            &plain,
+            &Directives::default(),
+            at(150)
+        ));
+        let strict = fresh(&[(
+            "cache-control",
+            "max-age=100, must-revalidate, stale-if-error=60",
+        )]);
+        assert!(!allows_stale_on_error(
+            &strict,
+            &Directives::default(),
+            at(150)
+        ));
     }
 
     #[test]

@@ -218,6 +218,11 @@ async fn lead(
             cache_status.detail = Some(reason.as_str());
             Ok((encode::for_client(proxy, response, parts), cache_status))
         }
+        FillStatus::StaleOnError { entry, error } => {
+            describe_stale_on_error(&mut cache_status, &entry, error, now);
+            let response = respond::from_entry(proxy, &entry, parts, now);
+            Ok((encode::for_client(proxy, response, parts), cache_status))
+        }
         FillStatus::Failed(err) => Err(err),
         FillStatus::Pending => Err(ProxyError::Internal("fill still pending".into())),
     }
@@ -265,6 +270,11 @@ async fn follow(
                 cache_status,
             )
         }
+        FillStatus::StaleOnError { entry, error } if selects(&entry.meta) => {
+            describe_stale_on_error(&mut cache_status, &entry, error, now);
+            let response = respond::from_entry(proxy, &entry, parts, now);
+            Following::Served(encode::for_client(proxy, response, parts), cache_status)
+        }
         FillStatus::Failed(err) => Following::Failed(err),
         _ => Following::GoAlone,
     }
@@ -290,6 +300,26 @@ fn describe_entry(
     });
     status.ttl = Some(entry.meta.freshness.ttl_seconds(now));
     status.stored = true;
+}
+
+fn describe_stale_on_error(
+    status: &mut CacheStatus,
+    entry: &StoredResponse,
+    error: &'static str,
+    now: SystemTime,
+) {
+    status.ttl = Some(entry.meta.freshness.ttl_seconds(now));
+    status.detail = Some(error);
+    if let Some(code) = error.strip_prefix("http_").and_then(|c| c.parse().ok()) {
+        status.fwd_status = Some(code);
+    }
+}
+
+/// Whether `stale` may answer because its validation failed (RFC 5861 §4), judged at now
+/// with the requesting client's directives.
+fn stale_on_error_allowed(stale: &StoredResponse, client_headers: &HeaderMap) -> bool {
+    let directives = policy::request_directives(client_headers);
+    policy::allows_stale_on_error(&stale.meta.freshness, &directives, SystemTime::now())
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -377,7 +407,11 @@ impl FillJob {
         let response = match proxy.send_upstream(request, &origin).await {
             Ok(response) => response,
             Err(err) => {
-                fill.publish(FillStatus::Failed(err));
+                let error = err.proxy_status_error();
+                match stale.filter(|s| stale_on_error_allowed(s, &client_headers)) {
+                    Some(entry) => fill.publish(FillStatus::StaleOnError { entry, error }),
+                    None => fill.publish(FillStatus::Failed(err)),
+                }
                 return;
             }
         };
@@ -386,8 +420,9 @@ impl FillJob {
         forwarding::strip_hop_by_hop(&mut head.headers);
 
         if head.status == StatusCode::NOT_MODIFIED {
-            if let Some(stale) =
-                stale.filter(|s| policy::not_modified_selects(&s.meta.headers, &head.headers))
+            if let Some(stale) = stale
+                .as_ref()
+                .filter(|s| policy::not_modified_selects(&s.meta.headers, &head.headers))
             {
                 let headers = policy::freshen_headers(&stale.meta.headers, &head.headers);
                 let freshness = Freshness::compute(
@@ -418,6 +453,25 @@ impl FillJob {
             uri: &uri,
             headers: &client_headers,
         };
+        // RFC 5861 §4: an error status from the origin may be answered with the stale entry.
+        if matches!(head.status.as_u16(), 500 | 502 | 503 | 504) {
+            if let Some(entry) = stale
+                .as_ref()
+                .filter(|s| stale_on_error_allowed(s, &client_headers))
+            {
+                let error = match head.status.as_u16() {
+                    500 => "http_500",
+                    502 => "http_502",
+                    503 => "http_503",
+                    _ => "http_504",
+                };
+                fill.publish(FillStatus::StaleOnError {
+                    entry: Arc::clone(entry),
+                    error,
+                });
+                return;
+            }
+        }
         let verdict = if head.status == StatusCode::NOT_MODIFIED {
             Err(NoStoreReason::Status)
         } else {

@@ -106,8 +106,9 @@ impl Outpost {
     /// Reads the configuration again and puts it in force: sites, origins, forwarding,
     /// upstream timeouts, cache policy, compression, logging flags. The cache, fills in
     /// flight and metrics are kept; established connections and in-flight requests go on.
-    /// Listen and admin addresses, `server.*` and the memory tier's size and policy need a
-    /// restart (a warning names those that changed).
+    /// `server.*` limits and timeouts apply to connections accepted after the reload.
+    /// Listen and admin addresses and the memory tier's size and policy need a restart (a
+    /// warning names those that changed).
     ///
     /// # Errors
     /// [`ReloadError`] when there is no loader or the new configuration is invalid; the
@@ -144,14 +145,7 @@ impl Outpost {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let server_settings = self.config().server.clone();
-        let result = server::serve(
-            listener,
-            Arc::clone(&self.proxy),
-            &server_settings,
-            shutdown,
-        )
-        .await;
+        let result = server::serve(listener, Arc::clone(&self.proxy), shutdown).await;
         let (entries, bytes) = self.proxy().cache().memory.usage().await;
         tracing::info!(entries, bytes, "memory tier at shutdown");
         result
@@ -178,16 +172,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.admin != new.admin {
         changed.push("admin");
-    }
-    let (a, b) = (&old.server, &new.server);
-    if a.max_connections != b.max_connections
-        || a.header_read_timeout != b.header_read_timeout
-        || a.idle_timeout != b.idle_timeout
-        || a.max_header_bytes != b.max_header_bytes
-        || a.max_headers != b.max_headers
-        || a.shutdown_grace != b.shutdown_grace
-    {
-        changed.push("server");
     }
     let (a, b) = (&old.cache, &new.cache);
     if a.memory_capacity != b.memory_capacity

@@ -485,6 +485,9 @@ async fn access_log_json_lines_to_a_file() {
     assert_eq!(second["host"], "site.test");
     assert_eq!(second["status"], 200);
     assert_eq!(second["key"].as_str().map(str::len), Some(64));
+    assert_eq!(second["variant"].as_str().map(str::len), Some(16));
+    assert!(second["ttl"].as_i64().is_some_and(|ttl| ttl > 500));
+    assert_eq!(second["collapsed"], false);
 }
 
 /// The combined log format, with the cache fields appended.
@@ -552,4 +555,37 @@ async fn soft_purged_entry_is_served_stale_on_origin_error() {
         2,
         "the soft-purged entry was revalidated first"
     );
+}
+
+/// Reload applies `server.*` limits to connections accepted after it.
+#[tokio::test]
+async fn reload_changes_server_limits_for_new_connections() {
+    let origin = Origin::start(vec![("/h", cached("h"))]).await;
+    let text = Arc::new(std::sync::Mutex::new(format!(
+        "origin = \"{}\"",
+        origin.url()
+    )));
+    let source = Arc::clone(&text);
+    let loader: outpost::ConfigLoader = Box::new(move || {
+        outpost::Config::from_toml_str(&source.lock().unwrap(), &Default::default())
+    });
+    let initial =
+        outpost::Config::from_toml_str(&text.lock().unwrap(), &Default::default()).unwrap();
+    let proxy =
+        Proxy::start_outpost(outpost::Outpost::new(initial).unwrap().with_loader(loader)).await;
+    let admin = start_admin(&proxy).await;
+    let big = "b".repeat(16 * 1024);
+    let request =
+        format!("GET /h HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
+    assert!(raw_exchange(proxy.addr, request.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 200"));
+    *text.lock().unwrap() = format!(
+        "origin = \"{}\"\n[server]\nmax_header_bytes = \"8KiB\"",
+        origin.url()
+    );
+    assert_eq!(post(&format!("{admin}/reload")).await.status, 200);
+    assert!(raw_exchange(proxy.addr, request.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 431"));
 }

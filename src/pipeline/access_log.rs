@@ -29,6 +29,10 @@ pub struct Line<'a> {
     pub tier: &'static str,
     pub site: &'a str,
     pub key: Option<String>,
+    /// The variant key's first eight bytes in hex, when known.
+    pub variant: Option<String>,
+    pub ttl: Option<i64>,
+    pub collapsed: bool,
     pub error: Option<&'static str>,
     pub complete: bool,
     pub referer: Option<&'a str>,
@@ -138,10 +142,20 @@ fn json_line(line: &Line<'_>) -> String {
     if let Some(key) = &line.key {
         let _ = write!(text, ",\"key\":\"{key}\"");
     }
+    if let Some(variant) = &line.variant {
+        let _ = write!(text, ",\"variant\":\"{variant}\"");
+    }
+    if let Some(ttl) = line.ttl {
+        let _ = write!(text, ",\"ttl\":{ttl}");
+    }
     if let Some(error) = line.error {
         let _ = write!(text, ",\"error\":\"{error}\"");
     }
-    let _ = writeln!(text, ",\"complete\":{}}}", line.complete);
+    let _ = writeln!(
+        text,
+        ",\"collapsed\":{},\"complete\":{}}}",
+        line.collapsed, line.complete
+    );
     text
 }
 
@@ -192,6 +206,12 @@ fn combined_line(line: &Line<'_>) -> String {
     );
     if let Some(upstream) = line.upstream {
         let _ = write!(text, " upstream_ms={}", millis(upstream));
+    }
+    if let Some(ttl) = line.ttl {
+        let _ = write!(text, " ttl={ttl}");
+    }
+    if line.collapsed {
+        text.push_str(" collapsed");
     }
     if let Some(error) = line.error {
         let _ = write!(text, " error={error}");
@@ -251,6 +271,9 @@ mod tests {
             tier: "memory",
             site: "default",
             key: None,
+            variant: None,
+            ttl: Some(-3),
+            collapsed: true,
             error: None,
             complete: true,
             referer: None,
@@ -260,6 +283,10 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed["target"], "/a\"b\\c\n");
         assert_eq!(parsed["duration_ms"], 1.5);
+        assert_eq!(
+            (parsed["ttl"].as_i64(), parsed["collapsed"].as_bool()),
+            (Some(-3), Some(true))
+        );
         assert!(text.ends_with("}\n"));
     }
 

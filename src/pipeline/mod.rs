@@ -77,6 +77,8 @@ pub struct Proxy {
     /// Peers allowed to send PURGE.
     purge_allowed: Vec<ipnet::IpNet>,
     debug: crate::config::DebugConfig,
+    /// Connection limits and timeouts, read by the server for each new connection.
+    pub server: crate::config::ServerConfig,
 }
 
 impl Proxy {
@@ -121,6 +123,7 @@ impl Proxy {
                 .map(Arc::new),
             purge_allowed: config.cache.purge_allowed.clone(),
             debug: config.debug.clone(),
+            server: config.server.clone(),
         })
     }
 
@@ -192,6 +195,9 @@ pub struct AccessRecord {
     /// Cache key and variant, once the lookup has computed them.
     pub key: Option<PrimaryKey>,
     pub variant: Option<VariantKey>,
+    /// Freshness left (Cache-Status ttl) and whether the request joined another's fetch.
+    pub ttl: Option<i64>,
+    pub collapsed: bool,
     pub status: u16,
     pub cache: &'static str,
     pub upstream_duration: Option<Duration>,
@@ -251,6 +257,11 @@ impl AccessRecord {
             tier: self.tier(),
             site: &self.site,
             key: self.key.map(|key| key.to_hex()),
+            variant: self
+                .variant
+                .map(|variant| variant.0[..8].iter().map(|b| format!("{b:02x}")).collect()),
+            ttl: self.ttl,
+            collapsed: self.collapsed,
             error: self.error,
             complete,
             referer: self.referer.as_deref(),
@@ -348,6 +359,8 @@ pub async fn handle(
         origin: String::new(),
         key: None,
         variant: None,
+        ttl: None,
+        collapsed: false,
         status: 0,
         cache: "none",
         upstream_duration: None,
@@ -392,6 +405,8 @@ pub async fn handle(
     );
     record.status = response.status().as_u16();
     record.cache = cache_status.label();
+    record.ttl = cache_status.ttl;
+    record.collapsed = cache_status.collapsed;
     if proxy.wants_path_view(downstream.peer, request_debug) {
         if let Ok(value) = HeaderValue::from_str(&path_view(&record, &cache_status, &response)) {
             response.headers_mut().insert("outpost-path", value);

@@ -33,7 +33,12 @@ use activity::{ConnActivity, Ending, WatchedIo};
 use tracker::ResponseTracker;
 
 /// Serves `listener` until `shutdown` completes, then stops accepting, lets in-flight
-/// requests finish for up to `settings.shutdown_grace`, and aborts what is left.
+/// requests finish for up to `server.shutdown_grace`, and aborts what is left.
+///
+/// The `server.*` settings are read from the proxy in force for every new connection, so a
+/// reload changes limits and timeouts for connections accepted after it; a new
+/// `max_connections` takes effect from the next accepted connection (growing at once,
+/// shrinking as permits come free).
 ///
 /// # Errors
 /// None today; accept errors (such as running out of file descriptors) are logged and
@@ -41,30 +46,48 @@ use tracker::ResponseTracker;
 pub async fn serve(
     listener: TcpListener,
     proxy: SharedProxy,
-    settings: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let builder = connection_builder(settings);
-    let timeouts = Timeouts {
-        header_read: settings.header_read_timeout.get(),
-        idle: settings.idle_timeout.get(),
-    };
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let mut limit = proxy.load().server.max_connections;
+    let permits = Arc::new(Semaphore::new(limit));
+    // Permits still to be withdrawn after `max_connections` was lowered while they were held.
+    let mut withdrawal_debt = 0usize;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
 
     loop {
+        let max_connections = proxy.load().server.max_connections;
+        if max_connections != limit {
+            if max_connections > limit {
+                let mut added = max_connections - limit;
+                let repaid = added.min(withdrawal_debt);
+                withdrawal_debt -= repaid;
+                added -= repaid;
+                permits.add_permits(added);
+            } else {
+                withdrawal_debt += limit - max_connections;
+            }
+            limit = max_connections;
+        }
+        if withdrawal_debt > 0 {
+            withdrawal_debt -= permits.forget_permits(withdrawal_debt);
+        }
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = accept(&listener, &permits) => match accepted {
                 Ok((stream, peer, permit)) => {
+                    // Read now, not before waiting: a reload while idle applies to this one.
+                    let settings = proxy.load().server.clone();
                     let connection = Connection {
                         proxy: Arc::clone(&proxy),
-                        builder: builder.clone(),
-                        timeouts,
+                        builder: connection_builder(&settings),
+                        timeouts: Timeouts {
+                            header_read: settings.header_read_timeout.get(),
+                            idle: settings.idle_timeout.get(),
+                        },
                         stop: stop_rx.clone(),
                         peer,
                         _permit: permit,
@@ -83,8 +106,9 @@ pub async fn serve(
     drop(listener);
     let _ = stop_tx.send(true);
     let open = connections.len();
-    tracing::info!(open, grace = ?settings.shutdown_grace.get(), "shutting down: no longer accepting");
-    let drained = tokio::time::timeout(settings.shutdown_grace.get(), async {
+    let grace = proxy.load().server.shutdown_grace.get();
+    tracing::info!(open, ?grace, "shutting down: no longer accepting");
+    let drained = tokio::time::timeout(grace, async {
         while connections.join_next().await.is_some() {}
     })
     .await;

@@ -209,6 +209,18 @@ impl Fill {
         self.status.send_replace(status);
     }
 
+    /// Waits until the fill has settled: stored, refused, failed, or answered stale.
+    pub async fn wait_settled(&self) -> FillStatus {
+        let mut receiver = self.status.subscribe();
+        let settled =
+            |status: &FillStatus| !matches!(status, FillStatus::Pending | FillStatus::Streaming(_));
+        let status = match receiver.wait_for(settled).await {
+            Ok(status) => status.clone(),
+            Err(_) => FillStatus::Failed(ProxyError::Internal("fill abandoned".into())),
+        };
+        status
+    }
+
     /// Waits until the fill's status is no longer pending.
     pub async fn wait_status(&self) -> FillStatus {
         let mut receiver = self.status.subscribe();

@@ -193,6 +193,9 @@ async fn lead(
     match status {
         FillStatus::Streaming(meta) => {
             describe_stream(&mut cache_status, &meta, now);
+            if let Some(ranged) = ranged_when_stored(proxy, &fill, &meta, parts, now).await {
+                return ranged.map(|response| (response, cache_status));
+            }
             Ok((
                 encode::for_client(
                     proxy,
@@ -204,10 +207,7 @@ async fn lead(
         }
         FillStatus::Complete { entry, revalidated } => {
             describe_entry(&mut cache_status, &entry, revalidated, now);
-            Ok((
-                encode::for_client(proxy, respond::from_entry(proxy, &entry, parts, now), parts),
-                cache_status,
-            ))
+            Ok((stored_for_client(proxy, &entry, parts, now), cache_status))
         }
         FillStatus::Uncacheable(reason) => {
             drop(reader);
@@ -265,10 +265,7 @@ async fn follow(
         }
         FillStatus::Complete { entry, revalidated } if selects(&entry.meta) => {
             describe_entry(&mut cache_status, &entry, revalidated, now);
-            Following::Served(
-                encode::for_client(proxy, respond::from_entry(proxy, &entry, parts, now), parts),
-                cache_status,
-            )
+            Following::Served(stored_for_client(proxy, &entry, parts, now), cache_status)
         }
         FillStatus::StaleOnError { entry, error } if selects(&entry.meta) => {
             describe_stale_on_error(&mut cache_status, &entry, error, now);
@@ -277,6 +274,43 @@ async fn follow(
         }
         FillStatus::Failed(err) => Following::Failed(err),
         _ => Following::GoAlone,
+    }
+}
+
+/// A Range miss on an object that will be stored waits for the fill to store it and serves
+/// the range from the entry (RFC 9110 §14); `None` when the request has no Range the cache
+/// answers or the object will not be stored (the whole response is sent instead, as
+/// RFC 9110 §14.2 allows).
+async fn ranged_when_stored(
+    proxy: &Proxy,
+    fill: &Fill,
+    meta: &EntryMeta,
+    parts: &http::request::Parts,
+    now: SystemTime,
+) -> Option<Result<Response<Body>, ProxyError>> {
+    super::range::requested(parts, &meta.headers)?;
+    if content_length(&meta.headers).is_none_or(|len| len > proxy.cache.max_object_size) {
+        return None;
+    }
+    Some(match fill.wait_settled().await {
+        FillStatus::Complete { entry, .. } => Ok(stored_for_client(proxy, &entry, parts, now)),
+        FillStatus::Failed(err) => Err(err),
+        _ => Err(ProxyError::Internal("fill settled without an entry".into())),
+    })
+}
+
+/// A stored entry as this request should get it: the range it asks for (RFC 9110 §14), or
+/// the representation it accepts.
+fn stored_for_client(
+    proxy: &Proxy,
+    entry: &StoredResponse,
+    parts: &http::request::Parts,
+    now: SystemTime,
+) -> Response<Body> {
+    let whole = respond::from_entry(proxy, entry, parts, now);
+    match super::range::requested(parts, &entry.meta.headers) {
+        Some(range) => super::range::apply(whole, &entry.body, &range),
+        None => encode::for_client(proxy, whole, parts),
     }
 }
 
@@ -348,6 +382,8 @@ fn fill_request(
         parts.headers.remove(name);
     }
     parts.headers.remove(header::CONTENT_LENGTH);
+    // A Range miss fills the whole object once; the range is served from the stored entry.
+    parts.headers.remove(header::RANGE);
     // Every client shares the origin's variant; encodings are ours to produce (see
     // `cache::key::ORIGIN_ACCEPT_ENCODING`).
     parts.headers.insert(
@@ -541,6 +577,10 @@ impl FillJob {
                 fill.end(last);
             }
             Pumped::Failed => {
+                fill.publish(FillStatus::Failed(ProxyError::ResponseIncomplete {
+                    origin: origin.clone(),
+                    detail: "origin failed mid-body".into(),
+                }));
                 tracing::warn!(%origin, url = %meta.url, "origin failed mid-body: readers aborted, nothing stored");
             }
             Pumped::Abandoned => {}

@@ -21,6 +21,7 @@ pub mod cache_status;
 mod encode;
 mod fetch;
 pub mod forwarding;
+pub mod range;
 pub mod respond;
 pub mod route;
 
@@ -451,6 +452,10 @@ async fn serve(
             record.key = Some(entry.meta.key);
             record.variant = Some(entry.meta.variant);
             let (parts, _) = request.into_parts();
+            if let Some(range) = range::requested(&parts, &entry.meta.headers) {
+                let whole = respond::from_entry(proxy, &entry, &parts, now);
+                return Ok(range::apply(whole, &entry.body, &range));
+            }
             Ok(encode::serve_stored(proxy, &set, &entry, &parts, now).await)
         }
         Lookup::OnlyIfCachedMiss => {
@@ -531,13 +536,7 @@ async fn lookup(
         return Lookup::Bypass(CacheStatus::forward(FwdReason::Method));
     }
     let headers = request.headers();
-    if headers.contains_key(header::RANGE) {
-        return bypass("range");
-    }
-    if headers.contains_key(header::IF_MATCH)
-        || headers.contains_key(header::IF_UNMODIFIED_SINCE)
-        || headers.contains_key(header::IF_RANGE)
-    {
+    if headers.contains_key(header::IF_MATCH) || headers.contains_key(header::IF_UNMODIFIED_SINCE) {
         return bypass("precondition");
     }
     let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());

@@ -1,0 +1,254 @@
+//! Range requests answered from a stored body (RFC 9110 §14): one range as 206 with
+//! Content-Range, several as `multipart/byteranges`, none satisfiable as 416, and `If-Range`
+//! deciding between the range and the whole representation.
+//!
+//! Only stored identity representations are ranged; a Range the cache cannot serve this way
+//! is ignored (RFC 9110 §14.2 lets a server send the whole 200). Finding the entry is the
+//! lookup's business.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::Body;
+
+/// More ranges than this in one request are ignored (a whole 200 instead): many tiny
+/// ranges cost more to send than the representation.
+const MAX_RANGES: usize = 16;
+
+/// What a Range header asks of a representation of `len` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ranges {
+    /// Absent, not bytes, malformed or too many: send the whole representation.
+    Ignore,
+    /// Inclusive byte positions, in request order.
+    Satisfiable(Vec<(u64, u64)>),
+    /// Well-formed but nothing overlaps the representation: 416.
+    Unsatisfiable,
+}
+
+/// RFC 9110 §14.1.2 byte ranges: `first-last`, `first-`, `-suffix`.
+pub fn parse(value: &str, len: u64) -> Ranges {
+    let Some(specs) = value.trim().strip_prefix("bytes=") else {
+        return Ranges::Ignore;
+    };
+    let mut ranges = Vec::new();
+    for spec in specs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((first, last)) = spec.split_once('-') else {
+            return Ranges::Ignore;
+        };
+        let number = |text: &str| -> Option<u64> {
+            (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| text.parse().ok())?
+        };
+        let range = match (first.trim(), last.trim()) {
+            ("", suffix) => {
+                let Some(suffix) = number(suffix) else {
+                    return Ranges::Ignore;
+                };
+                if suffix == 0 || len == 0 {
+                    None
+                } else {
+                    Some((len.saturating_sub(suffix), len - 1))
+                }
+            }
+            (first, "") => {
+                let Some(first) = number(first) else {
+                    return Ranges::Ignore;
+                };
+                (first < len).then(|| (first, len - 1))
+            }
+            (first, last) => {
+                let (Some(first), Some(last)) = (number(first), number(last)) else {
+                    return Ranges::Ignore;
+                };
+                if last < first {
+                    return Ranges::Ignore;
+                }
+                (first < len).then(|| (first, last.min(len - 1)))
+            }
+        };
+        if let Some(range) = range {
+            ranges.push(range);
+        }
+        if ranges.len() > MAX_RANGES {
+            return Ranges::Ignore;
+        }
+    }
+    if ranges.is_empty() {
+        Ranges::Unsatisfiable
+    } else {
+        Ranges::Satisfiable(ranges)
+    }
+}
+
+/// RFC 9110 §13.1.5: whether `If-Range` (if present) lets the range be served. An entity
+/// tag must match strongly; a date must equal Last-Modified exactly.
+pub fn if_range_allows(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    let Some(condition) = request.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let condition = condition.trim();
+    if condition.starts_with('"') || condition.starts_with("W/") {
+        let etag = stored
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim);
+        return !condition.starts_with("W/")
+            && etag.is_some_and(|tag| !tag.starts_with("W/") && tag == condition);
+    }
+    let last_modified = stored
+        .get(header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok());
+    match (
+        httpdate::parse_http_date(condition),
+        last_modified.map(|lm| httpdate::parse_http_date(lm.trim())),
+    ) {
+        (Ok(date), Some(Ok(modified))) => date == modified,
+        _ => false,
+    }
+}
+
+/// The Range to serve from a stored representation, if this request has one that the
+/// cache answers: a GET whose If-Range (if any) holds for `stored`.
+pub fn requested(parts: &http::request::Parts, stored: &HeaderMap) -> Option<String> {
+    if parts.method != http::Method::GET {
+        return None;
+    }
+    let range = parts.headers.get(header::RANGE)?.to_str().ok()?;
+    if_range_allows(&parts.headers, stored).then(|| range.to_string())
+}
+
+/// Turns a whole 200 `response` built from `body` into the answer to `range`.
+pub fn apply(mut response: Response<Body>, body: &Bytes, range: &str) -> Response<Body> {
+    if response.status() != StatusCode::OK {
+        return response;
+    }
+    let len = body.len() as u64;
+    response
+        .headers_mut()
+        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    match parse(range, len) {
+        Ranges::Ignore => response,
+        Ranges::Unsatisfiable => {
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_RANGE, value(&format!("bytes */{len}")));
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            *response.body_mut() = Body::empty();
+            response
+        }
+        Ranges::Satisfiable(ranges) if ranges.len() == 1 => {
+            let (first, last) = ranges[0];
+            let part = body.slice(first as usize..=last as usize);
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_RANGE,
+                value(&format!("bytes {first}-{last}/{len}")),
+            );
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(part.len()));
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            *response.body_mut() = Body::full(part);
+            response
+        }
+        Ranges::Satisfiable(ranges) => {
+            // RFC 9110 §14.6: multipart/byteranges, each part with its own Content-Range.
+            let boundary = format!("outpost-{:016x}", fnv(body.len() as u64, &ranges));
+            let content_type = response.headers_mut().remove(header::CONTENT_TYPE);
+            let mut out = BytesMut::new();
+            for (first, last) in &ranges {
+                out.put_slice(format!("\r\n--{boundary}\r\n").as_bytes());
+                if let Some(content_type) = &content_type {
+                    out.put_slice(b"Content-Type: ");
+                    out.put_slice(content_type.as_bytes());
+                    out.put_slice(b"\r\n");
+                }
+                out.put_slice(
+                    format!("Content-Range: bytes {first}-{last}/{len}\r\n\r\n").as_bytes(),
+                );
+                out.put_slice(&body[*first as usize..=*last as usize]);
+            }
+            out.put_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                value(&format!("multipart/byteranges; boundary={boundary}")),
+            );
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            *response.body_mut() = Body::full(out.freeze());
+            response
+        }
+    }
+}
+
+fn value(text: &str) -> HeaderValue {
+    // invariant: built from digits, `bytes`, `/`, `-`, `*` and a hex boundary.
+    HeaderValue::from_str(text).expect("ASCII header value")
+}
+
+fn fnv(seed: u64, ranges: &[(u64, u64)]) -> u64 {
+    ranges
+        .iter()
+        .fold(seed ^ 0xcbf2_9ce4_8422_2325, |hash, (a, b)| {
+            (hash ^ a.wrapping_mul(31) ^ b).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 9110 §14.1.2 examples and edge cases.
+    #[test]
+    fn parses_byte_ranges() {
+        assert_eq!(
+            parse("bytes=0-499", 10_000),
+            Ranges::Satisfiable(vec![(0, 499)])
+        );
+        assert_eq!(
+            parse("bytes=9500-", 10_000),
+            Ranges::Satisfiable(vec![(9500, 9999)])
+        );
+        assert_eq!(
+            parse("bytes=-500", 10_000),
+            Ranges::Satisfiable(vec![(9500, 9999)])
+        );
+        assert_eq!(
+            parse("bytes=-20000", 100),
+            Ranges::Satisfiable(vec![(0, 99)])
+        );
+        assert_eq!(
+            parse("bytes=0-0,-1", 10),
+            Ranges::Satisfiable(vec![(0, 0), (9, 9)])
+        );
+        assert_eq!(parse("bytes=5-100", 10), Ranges::Satisfiable(vec![(5, 9)]));
+        assert_eq!(parse("bytes=10-20", 10), Ranges::Unsatisfiable);
+        assert_eq!(parse("bytes=-0", 10), Ranges::Unsatisfiable);
+        assert_eq!(parse("bytes=5-1", 10), Ranges::Ignore);
+        assert_eq!(parse("items=0-1", 10), Ranges::Ignore);
+        assert_eq!(parse("bytes=a-b", 10), Ranges::Ignore);
+    }
+
+    /// RFC 9110 §13.1.5: strong ETag match or exact date.
+    #[test]
+    fn if_range_needs_a_strong_match() {
+        let mut stored = HeaderMap::new();
+        stored.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+        stored.insert(
+            header::LAST_MODIFIED,
+            HeaderValue::from_static("Wed, 01 Jan 2025 00:00:00 GMT"),
+        );
+        let ask = |value: &'static str| {
+            let mut request = HeaderMap::new();
+            request.insert(header::IF_RANGE, HeaderValue::from_static(value));
+            if_range_allows(&request, &stored)
+        };
+        assert!(ask("\"v1\""));
+        assert!(!ask("W/\"v1\""));
+        assert!(!ask("\"v2\""));
+        assert!(ask("Wed, 01 Jan 2025 00:00:00 GMT"));
+        assert!(!ask("Thu, 02 Jan 2025 00:00:00 GMT"));
+        assert!(if_range_allows(&HeaderMap::new(), &stored));
+    }
+}

@@ -99,17 +99,6 @@ impl ProxyError {
         }
     }
 
-    /// Whether the same request may succeed if tried again (nothing was received).
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::ConnectionRefused { .. }
-                | ProxyError::ConnectionTimeout { .. }
-                | ProxyError::DnsError { .. }
-                | ProxyError::ConnectFailed { .. }
-        )
-    }
-
     /// The response a client gets for this error: status, `Proxy-Status`, a one-line body.
     pub fn to_response(&self, proxy_name: &str) -> Response<Body> {
         let status = self.status();

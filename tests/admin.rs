@@ -44,6 +44,17 @@ async fn scrape_until(
     .expect("metrics reached the expected values")
 }
 
+/// An outpost whose configuration (TOML) is read from `text`, again on every reload.
+async fn reloadable(text: &Arc<std::sync::Mutex<String>>) -> Proxy {
+    let source = Arc::clone(text);
+    let loader: outpost::ConfigLoader = Box::new(move || {
+        outpost::Config::from_toml_str(&source.lock().unwrap(), &Default::default())
+    });
+    let initial =
+        outpost::Config::from_toml_str(&text.lock().unwrap(), &Default::default()).unwrap();
+    Proxy::start_outpost(outpost::Outpost::new(initial).unwrap().with_loader(loader)).await
+}
+
 async fn post(url: &str) -> Reply {
     send(
         &client(),
@@ -386,14 +397,7 @@ async fn reload_switches_origin_without_dropping_in_flight_request() {
     )])
     .await;
     let text = Arc::new(std::sync::Mutex::new(format!("origin = \"{}\"", old.url())));
-    let source = Arc::clone(&text);
-    let loader: outpost::ConfigLoader = Box::new(move || {
-        outpost::Config::from_toml_str(&source.lock().unwrap(), &Default::default())
-    });
-    let initial =
-        outpost::Config::from_toml_str(&text.lock().unwrap(), &Default::default()).unwrap();
-    let proxy =
-        Proxy::start_outpost(outpost::Outpost::new(initial).unwrap().with_loader(loader)).await;
+    let proxy = reloadable(&text).await;
     let admin = start_admin(&proxy).await;
     get(&proxy.url("/kept"), &[]).await;
 
@@ -565,14 +569,7 @@ async fn reload_changes_server_limits_for_new_connections() {
         "origin = \"{}\"",
         origin.url()
     )));
-    let source = Arc::clone(&text);
-    let loader: outpost::ConfigLoader = Box::new(move || {
-        outpost::Config::from_toml_str(&source.lock().unwrap(), &Default::default())
-    });
-    let initial =
-        outpost::Config::from_toml_str(&text.lock().unwrap(), &Default::default()).unwrap();
-    let proxy =
-        Proxy::start_outpost(outpost::Outpost::new(initial).unwrap().with_loader(loader)).await;
+    let proxy = reloadable(&text).await;
     let admin = start_admin(&proxy).await;
     let big = "b".repeat(16 * 1024);
     let request =

@@ -53,11 +53,13 @@ pub enum FillStatus {
         entry: Arc<StoredResponse>,
         revalidated: bool,
     },
-    /// Validating `entry` failed (`error`: the Proxy-Status error type, or `http_5xx`) and
-    /// stale-if-error (RFC 5861 §4) allows serving it stale instead.
+    /// Validating `entry` failed (`error`: the Proxy-Status error type, or `http_5xx`;
+    /// `fwd_status`: the origin's status, if it answered) and stale-if-error (RFC 5861 §4)
+    /// allows serving it stale instead.
     StaleOnError {
         entry: Arc<StoredResponse>,
         error: &'static str,
+        fwd_status: Option<u16>,
     },
     /// Not storable: only the leader may see this response; everyone else fetches alone.
     Uncacheable(NoStoreReason),
@@ -114,11 +116,6 @@ impl Coalescer {
         {
             fills.remove(key);
         }
-    }
-
-    /// Fills in flight (for status and tests).
-    pub fn in_flight(&self) -> usize {
-        lock(&self.fills).len()
     }
 }
 
@@ -264,15 +261,11 @@ impl Fill {
         wake_all(&mut body);
     }
 
-    /// Ends the body: complete, or failed (readers then get an error, never a clean end).
-    pub fn finish(&self, is_complete: bool) {
+    /// Ends the body as failed: readers get an error, never a clean end of a truncated body.
+    pub fn fail(&self) {
         let mut body = lock(&self.body);
-        body.end = if is_complete {
-            BodyEnd::Complete
-        } else {
-            BodyEnd::Failed
-        };
-        body.accepts_readers &= is_complete;
+        body.end = BodyEnd::Failed;
+        body.accepts_readers = false;
         wake_all(&mut body);
     }
 
@@ -349,12 +342,6 @@ fn trim(body: &mut FillBody) -> bool {
 pub struct FillReader {
     fill: Arc<Fill>,
     slot: usize,
-}
-
-impl FillReader {
-    pub fn fill(&self) -> &Arc<Fill> {
-        &self.fill
-    }
 }
 
 impl http_body::Body for FillReader {
@@ -448,7 +435,7 @@ mod tests {
 
         fill.push(Bytes::from_static(b"ab"));
         fill.push(Bytes::from_static(b"cd"));
-        fill.finish(true);
+        fill.end(None);
         assert_eq!(leader.collect().await.unwrap().to_bytes(), "abcd");
         assert_eq!(follower.collect().await.unwrap().to_bytes(), "abcd");
         assert_eq!(fill.retained_body(None), "abcd");
@@ -461,7 +448,7 @@ mod tests {
     async fn failure_mid_body_is_an_error_for_every_reader() {
         let (fill, reader) = Coalescer::solo();
         fill.push(Bytes::from_static(b"partial"));
-        fill.finish(false);
+        fill.fail();
         assert!(reader.collect().await.is_err());
     }
 

@@ -218,8 +218,12 @@ async fn lead(
             cache_status.detail = Some(reason.as_str());
             Ok((encode::for_client(proxy, response, parts), cache_status))
         }
-        FillStatus::StaleOnError { entry, error } => {
-            describe_stale_on_error(&mut cache_status, &entry, error, now);
+        FillStatus::StaleOnError {
+            entry,
+            error,
+            fwd_status,
+        } => {
+            describe_stale_on_error(&mut cache_status, &entry, (error, fwd_status), now);
             let response = respond::from_entry(proxy, &entry, parts, now);
             Ok((encode::for_client(proxy, response, parts), cache_status))
         }
@@ -267,8 +271,12 @@ async fn follow(
             describe_entry(&mut cache_status, &entry, revalidated, now);
             Following::Served(stored_for_client(proxy, &entry, parts, now), cache_status)
         }
-        FillStatus::StaleOnError { entry, error } if selects(&entry.meta) => {
-            describe_stale_on_error(&mut cache_status, &entry, error, now);
+        FillStatus::StaleOnError {
+            entry,
+            error,
+            fwd_status,
+        } if selects(&entry.meta) => {
+            describe_stale_on_error(&mut cache_status, &entry, (error, fwd_status), now);
             let response = respond::from_entry(proxy, &entry, parts, now);
             Following::Served(encode::for_client(proxy, response, parts), cache_status)
         }
@@ -339,14 +347,12 @@ fn describe_entry(
 fn describe_stale_on_error(
     status: &mut CacheStatus,
     entry: &StoredResponse,
-    error: &'static str,
+    (error, fwd_status): (&'static str, Option<u16>),
     now: SystemTime,
 ) {
     status.ttl = Some(entry.meta.freshness.ttl_seconds(now));
     status.detail = Some(error);
-    if let Some(code) = error.strip_prefix("http_").and_then(|c| c.parse().ok()) {
-        status.fwd_status = Some(code);
-    }
+    status.fwd_status = fwd_status;
 }
 
 /// Whether `stale` may answer because its validation failed (RFC 5861 §4), judged at now
@@ -445,7 +451,11 @@ impl FillJob {
             Err(err) => {
                 let error = err.proxy_status_error();
                 match stale.filter(|s| stale_on_error_allowed(s, &client_headers)) {
-                    Some(entry) => fill.publish(FillStatus::StaleOnError { entry, error }),
+                    Some(entry) => fill.publish(FillStatus::StaleOnError {
+                        entry,
+                        error,
+                        fwd_status: None,
+                    }),
                     None => fill.publish(FillStatus::Failed(err)),
                 }
                 return;
@@ -504,6 +514,7 @@ impl FillJob {
                 fill.publish(FillStatus::StaleOnError {
                     entry: Arc::clone(entry),
                     error,
+                    fwd_status: Some(head.status.as_u16()),
                 });
                 return;
             }
@@ -622,7 +633,7 @@ where
             Ok(None) => break,
             Ok(Some(Ok(frame))) => frame,
             Ok(Some(Err(_))) | Err(_) => {
-                fill.finish(false);
+                fill.fail();
                 return Pumped::Failed;
             }
         };
@@ -645,7 +656,7 @@ where
         }
         fill.push(data);
         if !fill.wait_for_readers(UNSTORED_WINDOW).await {
-            fill.finish(false);
+            fill.fail();
             return Pumped::Abandoned;
         }
     }

@@ -128,10 +128,6 @@ impl Proxy {
         })
     }
 
-    pub fn proxy_name(&self) -> &str {
-        &self.proxy_name
-    }
-
     pub fn cache(&self) -> &Cache {
         &self.cache
     }

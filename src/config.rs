@@ -486,6 +486,58 @@ pub struct CacheConfig {
     pub surrogate_key_header: String,
     /// Peers allowed to use the PURGE method on the proxy listener (CIDR list; empty: none).
     pub purge_allowed: Vec<IpNet>,
+    /// Directory of the disk tier (sled index + body files); empty: memory only. Also
+    /// `--cache-dir`.
+    pub dir: String,
+    /// Bytes the disk tier may hold (bodies plus their index rows); least recently used
+    /// objects go first when it is full.
+    pub disk_capacity: ByteSize,
+    /// Larger responses are not kept on disk. Objects above `max_object_size` but within
+    /// this stream to disk without being held in memory.
+    pub disk_max_object_size: ByteSize,
+    /// fsync each body file (and its directory) before indexing it. Off, a power cut may
+    /// lose recent objects; a torn file is still never served (every read is verified).
+    pub fsync: bool,
+    /// Offline mode: serve whatever is stored, fresh or not, never ask the origin, and
+    /// answer 504 for the rest. Also switched at run time by the admin API.
+    pub offline: bool,
+    /// In offline mode, serve even entries that forbid stale use (must-revalidate,
+    /// proxy-revalidate, no-cache).
+    pub offline_ignores_revalidation: bool,
+    /// Per-path policy rules, first match wins.
+    pub rules: Vec<PathRule>,
+}
+
+/// A policy override for matching paths (`[[cache.rules]]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PathRule {
+    /// Glob on the path (`*` crosses `/`): `*.deb`, `/simple/*`.
+    #[serde(default, rename = "match")]
+    pub glob: Option<String>,
+    /// Plain path prefix: `/packages/`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Only for these site names (empty: every site).
+    #[serde(default)]
+    pub sites: Vec<String>,
+    /// Freshness lifetime to use instead of the origin's.
+    #[serde(default)]
+    pub ttl: Option<HumanDuration>,
+    /// Treat as immutable (RFC 8246): fresh for `ttl` (default a year), and a client's
+    /// `max-age=0` / `no-cache` does not force a trip to the origin.
+    #[serde(default)]
+    pub immutable: bool,
+    /// Always validate with the origin before use (as `no-cache`), falling back to the
+    /// stored response when the origin cannot be reached (`stale_if_error`).
+    #[serde(default)]
+    pub revalidate: bool,
+    /// stale-if-error window (RFC 5861 §4) when the origin does not give one.
+    #[serde(default)]
+    pub stale_if_error: Option<HumanDuration>,
+    /// stale-while-revalidate window (RFC 5861 §3) when the origin does not give one.
+    #[serde(default)]
+    pub stale_while_revalidate: Option<HumanDuration>,
 }
 
 impl Default for CacheConfig {
@@ -504,6 +556,13 @@ impl Default for CacheConfig {
             targeted_cache_control: vec!["CDN-Cache-Control".to_string()],
             surrogate_key_header: "Surrogate-Key".to_string(),
             purge_allowed: Vec::new(),
+            dir: String::new(),
+            disk_capacity: ByteSize(10 << 30),
+            disk_max_object_size: ByteSize(2 << 30),
+            fsync: false,
+            offline: false,
+            offline_ignores_revalidation: false,
+            rules: Vec::new(),
         }
     }
 }
@@ -587,6 +646,8 @@ pub struct FlagOverrides {
     pub origin: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<String>,
 }
 
 impl FlagOverrides {
@@ -602,6 +663,9 @@ impl FlagOverrides {
         }
         if let Some(format) = self.log_format {
             figment = figment.merge(("log.format", format));
+        }
+        if let Some(dir) = &self.cache_dir {
+            figment = figment.merge(("cache.dir", dir.clone()));
         }
         figment
     }
@@ -698,6 +762,26 @@ impl Config {
                 "server.max_header_bytes",
                 format!("{} is below the 8KiB minimum", self.server.max_header_bytes),
             ));
+        }
+        for (index, rule) in self.cache.rules.iter().enumerate() {
+            let key = format!("cache.rules[{index}]");
+            if rule.glob.is_none() == rule.prefix.is_none() {
+                return Err(reject(
+                    &key,
+                    "needs exactly one of `match` (a glob) or `prefix`".to_string(),
+                ));
+            }
+            if let Some(glob) = &rule.glob {
+                if let Err(err) = glob::Pattern::new(glob) {
+                    return Err(reject(&format!("{key}.match"), format!("`{glob}`: {err}")));
+                }
+            }
+            if rule.immutable && rule.revalidate {
+                return Err(reject(
+                    &key,
+                    "cannot be both `immutable` and `revalidate`".to_string(),
+                ));
+            }
         }
         if self.server.max_headers == 0 {
             return Err(reject(

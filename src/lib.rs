@@ -146,8 +146,14 @@ impl Outpost {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let result = server::serve(listener, Arc::clone(&self.proxy), shutdown).await;
-        let (entries, bytes) = self.proxy().cache().memory.usage().await;
+        let proxy = self.proxy();
+        let (entries, bytes) = proxy.cache().memory.usage().await;
         tracing::info!(entries, bytes, "memory tier at shutdown");
+        // Background disk writes finish and the index is flushed before we return.
+        proxy.cache().settle().await;
+        if let Some((entries, bytes)) = proxy.cache().disk_usage() {
+            tracing::info!(entries, bytes, "disk tier at shutdown");
+        }
         result
     }
 
@@ -180,6 +186,13 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         || a.hit_for_miss_ttl != b.hit_for_miss_ttl
     {
         changed.push("cache.memory_capacity/memory_policy/max_variants/hit_for_miss_ttl");
+    }
+    if a.dir != b.dir
+        || a.disk_capacity != b.disk_capacity
+        || a.disk_max_object_size != b.disk_max_object_size
+        || a.fsync != b.fsync
+    {
+        changed.push("cache.dir/disk_capacity/disk_max_object_size/fsync");
     }
     if old.log.format != new.log.format || old.log.level != new.log.level {
         changed.push("log.format/level");

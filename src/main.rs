@@ -89,6 +89,9 @@ struct SettingsArgs {
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormatArg>,
+    /// Directory of the disk tier (config `cache.dir`); the cache survives restarts.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -112,6 +115,7 @@ impl SettingsArgs {
                 LogFormatArg::Text => LogFormat::Text,
                 LogFormatArg::Json => LogFormat::Json,
             }),
+            cache_dir: self.cache_dir.clone(),
         };
         Config::load(self.config.as_deref(), &flags)
     }

@@ -52,6 +52,14 @@ pub struct Metrics {
     pub cache_bytes: Family<TierLabels, Gauge>,
     pub evictions: Family<TierLabels, Counter>,
     pub purged: Counter,
+    /// Disk-tier bodies that failed verification (removed and refetched).
+    pub integrity_failures: Counter,
+    /// Disk-tier I/O or index failures.
+    pub disk_errors: Counter,
+    /// 1 while the disk tier is out of use after a failure.
+    pub disk_degraded: Gauge,
+    /// 1 while offline mode is on.
+    pub offline: Gauge,
     pub encoder_runs: Counter,
     /// The figures of the status page (kept beside the metrics, shared across reloads).
     pub board: super::status::StatusBoard,
@@ -138,6 +146,30 @@ impl Metrics {
             "Resources evicted for room, by tier",
             evictions.clone(),
         );
+        let integrity_failures = Counter::default();
+        registry.register(
+            "integrity_failures",
+            "Stored bodies that did not match their digest on read (removed, refetched)",
+            integrity_failures.clone(),
+        );
+        let disk_errors = Counter::default();
+        registry.register(
+            "disk_errors",
+            "Disk tier I/O or index failures",
+            disk_errors.clone(),
+        );
+        let disk_degraded = Gauge::default();
+        registry.register(
+            "disk_degraded",
+            "1 while the disk tier is out of use after a failure (memory only)",
+            disk_degraded.clone(),
+        );
+        let offline = Gauge::default();
+        registry.register(
+            "offline",
+            "1 while offline mode serves only what is stored",
+            offline.clone(),
+        );
         let purged = Counter::default();
         registry.register(
             "purged",
@@ -164,6 +196,10 @@ impl Metrics {
             cache_bytes,
             evictions,
             purged,
+            integrity_failures,
+            disk_errors,
+            disk_degraded,
+            offline,
             encoder_runs,
             board: super::status::StatusBoard::default(),
         }

@@ -95,6 +95,17 @@ async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body>
                 .cache_bytes
                 .get_or_create(&memory)
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            if let Some((entries, bytes)) = proxy.cache().disk_usage() {
+                let disk = TierLabels { tier: "disk" };
+                metrics
+                    .cache_entries
+                    .get_or_create(&disk)
+                    .set(i64::try_from(entries).unwrap_or(i64::MAX));
+                metrics
+                    .cache_bytes
+                    .get_or_create(&disk)
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
             let mut response = text(StatusCode::OK, "");
             *response.body_mut() = Body::full(metrics.encode());
             response.headers_mut().insert(
@@ -117,9 +128,25 @@ async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body>
         (_, "/status.json") if is_read => {
             let (entries, bytes) = proxy.cache().memory.usage().await;
             let capacity = outpost.config().cache.memory_capacity.as_u64();
-            let tiers = serde_json::json!({"memory": {"entries": entries, "bytes": bytes, "capacity": capacity}});
+            let mut tiers = serde_json::json!({"memory": {"entries": entries, "bytes": bytes, "capacity": capacity}});
+            if let Some((entries, bytes)) = proxy.cache().disk_usage() {
+                let config = outpost.config();
+                tiers["disk"] = serde_json::json!({
+                    "entries": entries,
+                    "bytes": bytes,
+                    "capacity": config.cache.disk_capacity.as_u64(),
+                    "dir": config.cache.dir,
+                    "degraded": proxy.cache().live_disk().is_none(),
+                });
+            }
+            tiers["offline"] = serde_json::json!(proxy.cache().is_offline());
             json(StatusCode::OK, proxy.metrics().board.snapshot(tiers))
         }
+        (_, "/offline") if is_read => json(
+            StatusCode::OK,
+            serde_json::json!({"offline": proxy.cache().is_offline()}),
+        ),
+        (&Method::POST, "/offline") => offline(&proxy, request.uri().query().unwrap_or("")),
         (&Method::POST, "/purge") => purge(&proxy, request.uri().query().unwrap_or("")).await,
         (&Method::POST, "/reload") => match outpost.reload() {
             Ok(()) => json(StatusCode::OK, serde_json::json!({"reloaded": true})),
@@ -137,7 +164,8 @@ async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body>
         },
         (
             _,
-            "/healthz" | "/readyz" | "/metrics" | "/purge" | "/reload" | "/status" | "/status.json",
+            "/healthz" | "/readyz" | "/metrics" | "/purge" | "/reload" | "/status" | "/status.json"
+            | "/offline",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -159,6 +187,25 @@ fn is_authorised(token: Option<&str>, request: &Request<Incoming>) -> bool {
             .zip(token.bytes())
             .fold(0u8, |difference, (a, b)| difference | (a ^ b))
             == 0
+}
+
+/// `POST /offline?enabled=true|false`: the offline-mode switch (serve only what is stored).
+fn offline(proxy: &Proxy, query: &str) -> Response<Body> {
+    let enabled = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "enabled")
+        .map(|(_, value)| value.into_owned());
+    let enabled = match enabled.as_deref() {
+        Some("true" | "1" | "on") => true,
+        Some("false" | "0" | "off") => false,
+        _ => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "give enabled=true or enabled=false"}),
+            )
+        }
+    };
+    proxy.cache().set_offline(enabled);
+    json(StatusCode::OK, serde_json::json!({"offline": enabled}))
 }
 
 /// `POST /purge?url=ABSOLUTE-URL | prefix=ABSOLUTE-URL-PREFIX | tag=TAG [&soft=true]`,

@@ -7,6 +7,8 @@
 //! can keep the same thing and refuse what it cannot read. Deciding *whether* to store is
 //! `policy`'s business; *where* is the tiers'.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -51,7 +53,24 @@ pub struct EntryMeta {
 #[derive(Debug, Clone)]
 pub struct StoredResponse {
     pub meta: EntryMeta,
-    pub body: Bytes,
+    pub body: StoredBody,
+}
+
+/// Where a stored body is: in memory, or in a disk-tier file too large to hold in memory
+/// (read and verified against `meta.body_digest` as it is served).
+#[derive(Debug, Clone)]
+pub enum StoredBody {
+    Memory(Bytes),
+    File(Arc<PathBuf>),
+}
+
+impl StoredBody {
+    pub fn as_bytes(&self) -> Option<&Bytes> {
+        match self {
+            StoredBody::Memory(bytes) => Some(bytes),
+            StoredBody::File(_) => None,
+        }
+    }
 }
 
 /// Memory an entry costs besides its body, header bytes and URL: the entry and variant-set
@@ -72,7 +91,32 @@ impl StoredResponse {
         meta.headers = compact_headers(&meta.headers);
         meta.body_len = body.len() as u64;
         meta.body_digest = *blake3::hash(&body).as_bytes();
-        StoredResponse { meta, body }
+        StoredResponse {
+            meta,
+            body: StoredBody::Memory(body),
+        }
+    }
+
+    /// An entry read back from the disk tier, whose body was verified against the digest
+    /// in `meta`.
+    pub fn read_back(meta: EntryMeta, body: Bytes) -> StoredResponse {
+        let mut meta = meta;
+        meta.headers = compact_headers(&meta.headers);
+        StoredResponse {
+            meta,
+            body: StoredBody::Memory(body),
+        }
+    }
+
+    /// An entry whose body stays in a disk-tier file; `meta` already has its length and
+    /// digest.
+    pub fn in_file(meta: EntryMeta, path: PathBuf) -> StoredResponse {
+        let mut meta = meta;
+        meta.headers = compact_headers(&meta.headers);
+        StoredResponse {
+            meta,
+            body: StoredBody::File(Arc::new(path)),
+        }
     }
 
     /// Bytes this entry costs in memory: body, header names and values, URL, and measured
@@ -84,7 +128,8 @@ impl StoredResponse {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + HEADER_OVERHEAD)
             .sum();
-        self.body.len() + headers + self.meta.url.len() + ENTRY_OVERHEAD
+        let body = self.body.as_bytes().map_or(0, Bytes::len);
+        body + headers + self.meta.url.len() + ENTRY_OVERHEAD
     }
 }
 

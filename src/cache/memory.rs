@@ -16,7 +16,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use moka::ops::compute::Op;
 
-use super::entry::StoredResponse;
+use super::entry::{EntryMeta, StoredResponse};
 use super::key::{PrimaryKey, VariantKey, Vary};
 use crate::config::MemoryPolicy;
 use crate::transform::compress::Coding;
@@ -48,6 +48,15 @@ impl VariantSet {
                 };
                 key == Some(entry.meta.variant)
             })
+    }
+
+    /// Of stored metadata (as the disk tier lists it), the newest origin variant `request`
+    /// selects.
+    pub fn select_meta<'a>(metas: &'a [EntryMeta], request: &HeaderMap) -> Option<&'a EntryMeta> {
+        metas
+            .iter()
+            .filter(|meta| meta.derivation.is_none())
+            .find(|meta| meta.vary.variant_key(request) == Some(meta.variant))
     }
 
     /// The stored `coding` encoding of `source`, if it was made from `source`'s current body.

@@ -10,22 +10,30 @@
 //! Cache failures never fail a request; the pipeline decides what to do with a lookup.
 
 pub mod coalesce;
+pub mod disk;
 pub mod entry;
 pub mod key;
 pub mod memory;
 pub mod policy;
+pub mod rules;
 
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderName;
+use http::{HeaderMap, HeaderName};
+use tokio_util::task::TaskTracker;
 
 use crate::admin::metrics::{Metrics, TierLabels};
 use crate::config::CacheConfig;
 use coalesce::Coalescer;
+use disk::{DiskMetrics, DiskStore, DiskTier, SledStore};
+use entry::{EntryMeta, StoredBody, StoredResponse};
 use key::PrimaryKey;
-use memory::MemoryTier;
+use memory::{MemoryTier, VariantSet};
 use policy::PolicySettings;
+use rules::PathRules;
 
 /// The cache as a whole: settings, tiers, coalescing and the hit-for-miss memory.
 pub struct Cache {
@@ -34,16 +42,30 @@ pub struct Cache {
     pub max_object_size: u64,
     pub coalesce_wait: Duration,
     pub memory: MemoryTier,
+    /// The persistent tier, when `cache.dir` is set and it opened.
+    pub disk: Option<DiskTier>,
     pub coalescer: Arc<Coalescer>,
+    pub rules: PathRules,
+    /// Offline mode (run-time switch, shared across reloads).
+    offline: Arc<AtomicBool>,
+    /// The `cache.offline` value this cache was configured with: a reload changes the
+    /// switch only when the configured value changes.
+    configured_offline: bool,
+    pub offline_ignores_revalidation: bool,
+    /// Writes to the disk tier running in the background.
+    disk_writes: TaskTracker,
     /// URLs whose last response was uncacheable: their requests skip coalescing for a while
     /// (Varnish's hit-for-miss).
     hit_for_miss: moka::future::Cache<PrimaryKey, ()>,
     /// Header whose space-separated keys tag a response for purge by tag.
     surrogate_key_header: HeaderName,
+    metrics: Arc<Metrics>,
 }
 
 impl Cache {
-    pub fn new(config: &CacheConfig, metrics: &Metrics) -> Cache {
+    /// Builds the tiers. A disk tier that cannot be opened (unusable directory, corrupt or
+    /// locked index) is logged loudly and left out: outpost runs memory-only.
+    pub fn new(config: &CacheConfig, metrics: &Arc<Metrics>) -> Cache {
         let memory = MemoryTier::new(
             config.memory_capacity.as_u64(),
             config.max_variants,
@@ -57,27 +79,41 @@ impl Cache {
             .max_capacity(100_000)
             .time_to_live(config.hit_for_miss_ttl.get().max(Duration::from_millis(1)))
             .build();
-        Cache::with_stores(config, memory, Arc::new(Coalescer::default()), hit_for_miss)
+        let disk = (!config.dir.is_empty())
+            .then(|| open_disk(config, metrics))
+            .flatten();
+        let shared = SharedStores {
+            memory,
+            disk,
+            coalescer: Arc::new(Coalescer::default()),
+            hit_for_miss,
+            offline: Arc::new(AtomicBool::new(config.offline)),
+            disk_writes: TaskTracker::new(),
+        };
+        metrics.offline.set(i64::from(config.offline));
+        Cache::with_stores(config, shared, Arc::clone(metrics))
     }
 
     /// The same stored entries, fills in flight and hit-for-miss memory, governed by the
-    /// settings of `config` (a reload). The memory tier's capacity, policy and variant bound,
-    /// and the hit-for-miss lifetime, are fixed when the tier is built and need a restart.
+    /// settings of `config` (a reload). The tiers' capacities, policy and directory, the
+    /// variant bound, and the hit-for-miss lifetime, are fixed when they are built and need
+    /// a restart.
     pub fn reconfigured(&self, config: &CacheConfig) -> Cache {
-        Cache::with_stores(
-            config,
-            self.memory.clone(),
-            Arc::clone(&self.coalescer),
-            self.hit_for_miss.clone(),
-        )
+        if config.offline != self.configured_offline {
+            self.set_offline(config.offline);
+        }
+        let shared = SharedStores {
+            memory: self.memory.clone(),
+            disk: self.disk.clone(),
+            coalescer: Arc::clone(&self.coalescer),
+            hit_for_miss: self.hit_for_miss.clone(),
+            offline: Arc::clone(&self.offline),
+            disk_writes: self.disk_writes.clone(),
+        };
+        Cache::with_stores(config, shared, Arc::clone(&self.metrics))
     }
 
-    fn with_stores(
-        config: &CacheConfig,
-        memory: MemoryTier,
-        coalescer: Arc<Coalescer>,
-        hit_for_miss: moka::future::Cache<PrimaryKey, ()>,
-    ) -> Cache {
+    fn with_stores(config: &CacheConfig, shared: SharedStores, metrics: Arc<Metrics>) -> Cache {
         let targeted_fields = config
             .targeted_cache_control
             .iter()
@@ -94,11 +130,18 @@ impl Cache {
             },
             max_object_size: config.max_object_size.as_u64(),
             coalesce_wait: config.coalesce_wait.get(),
-            memory,
-            coalescer,
+            memory: shared.memory,
+            disk: shared.disk,
+            coalescer: shared.coalescer,
+            rules: PathRules::new(&config.rules),
+            offline: shared.offline,
+            configured_offline: config.offline,
+            offline_ignores_revalidation: config.offline_ignores_revalidation,
+            disk_writes: shared.disk_writes,
             surrogate_key_header: HeaderName::from_bytes(config.surrogate_key_header.as_bytes())
                 .unwrap_or(HeaderName::from_static("surrogate-key")),
-            hit_for_miss,
+            hit_for_miss: shared.hit_for_miss,
+            metrics,
         }
     }
 
@@ -113,6 +156,199 @@ impl Cache {
     pub async fn forget_uncacheable(&self, key: &PrimaryKey) {
         self.hit_for_miss.invalidate(key).await;
     }
+
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(Ordering::Relaxed)
+    }
+
+    /// Switches offline mode (admin API, reload).
+    pub fn set_offline(&self, offline: bool) {
+        if self.offline.swap(offline, Ordering::Relaxed) != offline {
+            tracing::warn!(offline, "offline mode switched");
+        }
+        self.metrics.offline.set(i64::from(offline));
+    }
+
+    /// The largest object this cache stores: the disk tier's limit while it is in use.
+    pub fn storable_size(&self) -> u64 {
+        match &self.disk {
+            Some(disk) if disk.is_available() => disk.max_object_size.max(self.max_object_size),
+            _ => self.max_object_size,
+        }
+    }
+
+    /// The disk tier, if it is in use.
+    pub fn live_disk(&self) -> Option<&DiskTier> {
+        self.disk.as_ref().filter(|disk| disk.is_available())
+    }
+
+    /// The stored variants of `key`: from memory, or else promoted from disk (the body of
+    /// the variant `request` selects is read, verified and promoted with its encodings;
+    /// large bodies stay in their file). Returns the set and the tier that had it.
+    pub async fn variants(
+        &self,
+        key: &PrimaryKey,
+        request: &HeaderMap,
+    ) -> Option<(Arc<VariantSet>, &'static str)> {
+        if let Some(set) = self.memory.get(key).await {
+            return Some((set, "memory"));
+        }
+        let disk = self.live_disk()?;
+        let metas = disk.variants(*key).await;
+        let selected = VariantSet::select_meta(&metas, request)?.clone();
+        let source = self.promote(disk, selected).await?;
+        for meta in metas.iter().filter(|m| {
+            m.derivation
+                .is_some_and(|d| d.source_digest == source.meta.body_digest)
+        }) {
+            self.promote(disk, meta.clone()).await;
+        }
+        self.memory.get(key).await.map(|set| (set, "disk"))
+    }
+
+    async fn promote(&self, disk: &DiskTier, meta: EntryMeta) -> Option<Arc<StoredResponse>> {
+        let entry = if meta.body_len <= self.max_object_size {
+            let body = disk.read_body(&meta).await?;
+            StoredResponse::read_back(meta, body)
+        } else {
+            disk.touch(meta.key, meta.variant).await;
+            let path = disk.inner().blob_path(&meta.body_digest);
+            StoredResponse::in_file(meta, path)
+        };
+        let entry = Arc::new(entry);
+        self.memory.insert(Arc::clone(&entry)).await;
+        Some(entry)
+    }
+
+    /// Stores `entry` in memory and, in the background, on disk (`body_changed`: false
+    /// when only its headers were freshened).
+    pub async fn store(&self, entry: Arc<StoredResponse>, body_changed: bool) {
+        self.memory.insert(Arc::clone(&entry)).await;
+        self.store_on_disk(&entry, body_changed);
+    }
+
+    /// Writes `entry` to the disk tier in the background.
+    pub fn store_on_disk(&self, entry: &Arc<StoredResponse>, body_changed: bool) {
+        let Some(disk) = self.live_disk() else {
+            return;
+        };
+        let body = match (&entry.body, body_changed) {
+            (StoredBody::Memory(bytes), true) => Some(bytes.clone()),
+            // A file body is on disk already (the streaming fill indexed it).
+            (StoredBody::File(_), true) => return,
+            (_, false) => None,
+        };
+        let disk = disk.clone();
+        let meta = entry.meta.clone();
+        self.disk_writes
+            .spawn(async move { disk.store(meta, body).await });
+    }
+
+    /// Waits for background disk writes and makes the index durable: before shutdown,
+    /// and for tests that restart.
+    pub async fn settle(&self) {
+        self.disk_writes.close();
+        self.disk_writes.wait().await;
+        self.disk_writes.reopen();
+        if let Some(disk) = self.live_disk() {
+            disk.flush().await;
+        }
+    }
+
+    /// Removes every variant of `key` from both tiers (RFC 9111 §4.4 invalidation).
+    pub async fn invalidate(&self, key: &PrimaryKey) -> usize {
+        let mut removed = self.memory.remove(key).await;
+        if let Some(disk) = self.live_disk() {
+            removed = removed.max(disk.remove(*key).await);
+        }
+        removed
+    }
+
+    /// A hook for a body streamed from a file that fails verification: removes the entry
+    /// from both tiers and counts it.
+    pub fn corruption_hook(&self, meta: &EntryMeta) -> disk::CorruptionHook {
+        let memory = self.memory.clone();
+        let disk = self.disk.clone();
+        let (key, variant, url) = (meta.key, meta.variant, meta.url.clone());
+        Box::new(move |corrupt| {
+            if let Some(disk) = &disk {
+                if corrupt {
+                    disk.report_corrupt(&url);
+                }
+            }
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            runtime.spawn(async move {
+                memory.invalidate(&key).await;
+                if let Some(disk) = disk {
+                    disk.remove_variant(key, variant).await;
+                }
+            });
+        })
+    }
+
+    /// Entries and bytes of the disk tier, if any.
+    pub fn disk_usage(&self) -> Option<(u64, u64)> {
+        self.disk.as_ref().map(DiskTier::usage)
+    }
+}
+
+/// What a reload carries over from one [`Cache`] to the next.
+struct SharedStores {
+    memory: MemoryTier,
+    disk: Option<DiskTier>,
+    coalescer: Arc<Coalescer>,
+    hit_for_miss: moka::future::Cache<PrimaryKey, ()>,
+    offline: Arc<AtomicBool>,
+    disk_writes: TaskTracker,
+}
+
+/// Opens the disk tier, sweeping leftovers in the background; `None` (memory only, logged)
+/// when it cannot be opened.
+fn open_disk(config: &CacheConfig, metrics: &Metrics) -> Option<DiskTier> {
+    let dir = Path::new(&config.dir);
+    let disk_metrics = DiskMetrics {
+        integrity_failures: metrics.integrity_failures.clone(),
+        errors: metrics.disk_errors.clone(),
+        degraded: metrics.disk_degraded.clone(),
+        evictions: metrics
+            .evictions
+            .get_or_create(&TierLabels { tier: "disk" })
+            .clone(),
+    };
+    let store = match SledStore::open(dir, config.disk_capacity.as_u64(), config.fsync) {
+        Ok(store) => store,
+        Err(err) => {
+            disk_metrics.errors.inc();
+            disk_metrics.degraded.set(1);
+            tracing::error!(dir = %dir.display(), error = %err, "disk tier unavailable: running with the memory tier only");
+            return None;
+        }
+    };
+    let (rows, bytes) = store.usage();
+    tracing::info!(dir = %dir.display(), entries = rows, bytes, "disk tier opened");
+    let tier = DiskTier::new(
+        Arc::new(store),
+        disk_metrics,
+        config.max_object_size.as_u64(),
+        config.disk_max_object_size.as_u64(),
+    );
+    let sweeper = tier.clone();
+    let sweep = async move {
+        if let Some(report) = sweeper.sweep().await {
+            if report != disk::SweepReport::default() {
+                tracing::info!(?report, "disk tier swept");
+            }
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(sweep);
+        }
+        Err(_) => tracing::warn!("no runtime: disk tier sweep skipped"),
+    }
+    Some(tier)
 }
 
 /// What a purge removes (all variants of every matching resource).
@@ -130,45 +366,70 @@ pub enum PurgeTarget {
     },
 }
 
+impl PurgeTarget {
+    fn matches(&self, meta: &EntryMeta, surrogate_key: &HeaderName) -> bool {
+        match self {
+            PurgeTarget::Url(key) => meta.key == *key,
+            PurgeTarget::Prefix(prefix) => meta.url.starts_with(prefix.as_str()),
+            PurgeTarget::Tag { tag, authority } => {
+                let in_scope = authority.as_deref().is_none_or(|authority| {
+                    meta.url
+                        .split_once("://")
+                        .is_some_and(|(_, rest)| rest.split('/').next() == Some(authority))
+                });
+                in_scope && tags::of(&meta.headers, surrogate_key).any(|t| t == *tag)
+            }
+        }
+    }
+}
+
 impl Cache {
     /// Removes (hard) or marks stale (soft: kept for revalidation and stale-if-error) every
-    /// stored response that `target` names. Returns how many stored responses, counting
-    /// each variant, were affected.
+    /// stored response that `target` names, in both tiers. Returns how many stored
+    /// responses, counting each variant, were affected.
     pub async fn purge(&self, target: &PurgeTarget, soft: bool) -> usize {
-        let keys: Vec<PrimaryKey> = match target {
+        let header = self.surrogate_key_header.clone();
+        let mut keys: Vec<PrimaryKey> = match target {
             PurgeTarget::Url(key) => vec![*key],
-            PurgeTarget::Prefix(prefix) => {
+            _ => {
                 self.memory
-                    .keys_where(|set| {
-                        set.iter()
-                            .any(|entry| entry.meta.url.starts_with(prefix.as_str()))
-                    })
-                    .await
-            }
-            PurgeTarget::Tag { tag, authority } => {
-                self.memory
-                    .keys_where(|set| {
-                        set.iter().any(|entry| {
-                            let in_scope = authority.as_deref().is_none_or(|authority| {
-                                entry.meta.url.split_once("://").is_some_and(|(_, rest)| {
-                                    rest.split('/').next() == Some(authority)
-                                })
-                            });
-                            in_scope
-                                && tags::of(&entry.meta.headers, &self.surrogate_key_header)
-                                    .any(|t| t == *tag)
-                        })
-                    })
+                    .keys_where(|set| set.iter().any(|e| target.matches(&e.meta, &header)))
                     .await
             }
         };
+        if let (Some(disk), false) = (self.live_disk(), matches!(target, PurgeTarget::Url(_))) {
+            let target = target.clone();
+            let header = header.clone();
+            for key in disk
+                .keys_where(move |meta| target.matches(meta, &header))
+                .await
+            {
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+        }
         let mut affected = 0;
         for key in keys {
             affected += if soft {
-                self.memory.mark_stale(&key).await
+                self.mark_stale(&key).await
             } else {
-                self.memory.remove(&key).await
+                self.invalidate(&key).await
             };
+        }
+        affected
+    }
+
+    /// Soft purge of one resource in both tiers.
+    async fn mark_stale(&self, key: &PrimaryKey) -> usize {
+        let mut affected = self.memory.mark_stale(key).await;
+        if let Some(disk) = self.live_disk() {
+            let metas = disk.variants(*key).await;
+            affected = affected.max(metas.len());
+            for mut meta in metas {
+                meta.freshness.lifetime = Duration::ZERO;
+                disk.store(meta, None).await;
+            }
         }
         affected
     }

@@ -556,6 +556,9 @@ pub enum Reuse {
     Fresh,
     /// Serve it stale: the request's `max-stale` allows it and the response does not forbid.
     StaleAllowed,
+    /// Serve it stale and validate it in the background: within the response's
+    /// `stale-while-revalidate` window (RFC 5861 §3).
+    StaleWhileRevalidate,
     /// Validate with the origin first: the stored response is stale (or needs validation).
     ValidateStale,
     /// Validate with the origin first: the response is fresh but the request's directives
@@ -591,7 +594,7 @@ pub fn evaluate_reuse(freshness: &Freshness, request: &Directives, now: SystemTi
         }
         return Reuse::Fresh;
     }
-    if freshness.forbids_stale || request.no_cache {
+    if freshness.forbids_stale || freshness.requires_validation || request.no_cache {
         return Reuse::ValidateStale;
     }
     let staleness = age.saturating_sub(freshness.lifetime);
@@ -602,6 +605,16 @@ pub fn evaluate_reuse(freshness: &Freshness, request: &Directives, now: SystemTi
         Some(None) if max_age_ok => Reuse::StaleAllowed,
         Some(Some(limit)) if max_age_ok && staleness <= Duration::from_secs(limit) => {
             Reuse::StaleAllowed
+        }
+        // RFC 5861 §3: the cache would validate now; within the window it may serve the
+        // stale response and validate in the background instead. A response that needs
+        // validation on every use (no-cache) was turned away above.
+        _ if !freshness.requires_validation
+            && !freshness.stale_while_revalidate.is_zero()
+            && staleness <= freshness.stale_while_revalidate
+            && request.max_age.is_none() =>
+        {
+            Reuse::StaleWhileRevalidate
         }
         _ => Reuse::ValidateStale,
     }

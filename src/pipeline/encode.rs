@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 
-use super::fetch::pump;
+use super::fetch::{pump, PumpLimits};
 use super::{respond, Proxy};
 use crate::body::Body;
 use crate::cache::coalesce::{Fill, FillKey, FillStatus, Role};
@@ -51,10 +51,10 @@ pub(super) async fn serve_stored(
         let body = if parts.method == Method::HEAD {
             Body::empty()
         } else {
-            Body::full(encoded.body.clone())
+            respond::stored_body(proxy, encoded)
         };
         let response = respond::from_meta(proxy, meta, body, parts, now);
-        return encoded_response(response, coding, Some(encoded.body.len() as u64));
+        return encoded_response(response, coding, Some(encoded.meta.body_len));
     }
     if parts.method == Method::HEAD {
         let response = respond::from_entry(proxy, entry, parts, now);
@@ -81,9 +81,9 @@ pub(super) async fn serve_stored(
             respond::from_meta(proxy, meta, Body::boxed(reader), parts, now)
         }
         FillStatus::Complete { entry: encoded, .. } => {
-            let length = Some(encoded.body.len() as u64);
-            let response =
-                respond::from_meta(proxy, meta, Body::full(encoded.body.clone()), parts, now);
+            let length = Some(encoded.meta.body_len);
+            let body = respond::stored_body(proxy, &encoded);
+            let response = respond::from_meta(proxy, meta, body, parts, now);
             return encoded_response(response, coding, length);
         }
         // Encoding failed: the identity representation is always acceptable here.
@@ -109,18 +109,20 @@ async fn encode_and_store(
     fill.publish(FillStatus::Streaming(Arc::new(meta.clone())));
     let encoded = proxy
         .compression
-        .encode(Body::full(source.body.clone()), coding);
+        .encode(respond::stored_body(&proxy, &source), coding);
     match pump(
         encoded,
         &fill,
-        cache.max_object_size,
+        PumpLimits::memory_only(cache.max_object_size),
         proxy.body_read_timeout,
+        None,
     )
     .await
     {
         super::fetch::Pumped::Complete {
             is_retained: true,
             last,
+            ..
         } => {
             let body = fill.retained_body(last.as_ref());
             meta.variant = source.meta.variant.derived(coding.as_str());
@@ -130,7 +132,7 @@ async fn encode_and_store(
                 source_digest: source.meta.body_digest,
             });
             let encoded = Arc::new(StoredResponse::new(meta, body));
-            cache.memory.insert(Arc::clone(&encoded)).await;
+            cache.store(Arc::clone(&encoded), true).await;
             fill.end(last);
             fill.publish(FillStatus::Complete {
                 entry: encoded,
@@ -140,6 +142,7 @@ async fn encode_and_store(
         super::fetch::Pumped::Complete {
             is_retained: false,
             last,
+            ..
         } => {
             // Larger than the cache takes (rare for an encoding): streamed, not kept.
             fill.end(last);

@@ -26,6 +26,7 @@ use super::route::Site;
 use super::{encode, respond, upstream_request, AccessRecord, Proxy};
 use crate::body::Body;
 use crate::cache::coalesce::{Coalescer, Fill, FillKey, FillReader, FillStatus, Role};
+use crate::cache::disk::{BlobWriter, DiskTier, TempBlob};
 use crate::cache::entry::{EntryMeta, StoredResponse};
 use crate::cache::key::{PrimaryKey, VariantKey, Vary};
 use crate::cache::policy::{self, FetchedFor, Freshness, NoStoreReason};
@@ -158,31 +159,9 @@ async fn lead(
     fill_key: Option<FillKey>,
     record: &mut AccessRecord,
 ) -> Result<(Response<Body>, CacheStatus), ProxyError> {
-    let prepared = fill_request(proxy, site, parts, downstream, plan.stale.as_deref());
-    let (request, client) = match prepared {
-        Ok(prepared) => prepared,
-        Err(err) => {
-            if let Some(fill_key) = fill_key {
-                fill.publish(FillStatus::Failed(err.clone()));
-                proxy.cache.coalescer.leave(&fill_key, &fill);
-            }
-            return Err(err);
-        }
-    };
+    let (job, leader_rx, client) =
+        FillJob::prepare(proxy, site, parts, downstream, plan, &fill, fill_key)?;
     record.client = client;
-    let (leader_tx, leader_rx) = oneshot::channel();
-    let job = FillJob {
-        proxy: Arc::clone(proxy),
-        request,
-        origin: site.origin.url().to_string(),
-        key: plan.key,
-        url: plan.url.clone(),
-        client_headers: parts.headers.clone(),
-        stale: plan.stale.clone(),
-        fill: Arc::clone(&fill),
-        fill_key,
-        leader: leader_tx,
-    };
     let started = Instant::now();
     // Its own task: a leader whose client hangs up must not cancel the fetch for others.
     tokio::spawn(job.run());
@@ -229,6 +208,34 @@ async fn lead(
         }
         FillStatus::Failed(err) => Err(err),
         FillStatus::Pending => Err(ProxyError::Internal("fill still pending".into())),
+    }
+}
+
+/// RFC 5861 §3: a stale response was served; validate it once in the background. If a
+/// fill for it is already in flight, that one will do.
+pub(super) fn revalidate_in_background(
+    proxy: &Arc<Proxy>,
+    site: &Arc<Site>,
+    parts: &http::request::Parts,
+    downstream: Downstream<'_>,
+    plan: FetchPlan,
+) {
+    if !plan.is_coalescable {
+        return;
+    }
+    let fill_key = FillKey {
+        key: plan.key,
+        variant_hint: plan.variant_hint,
+    };
+    let (role, fill, reader) = proxy.cache.coalescer.join(fill_key);
+    drop(reader);
+    if !matches!(role, Role::Leader) {
+        return;
+    }
+    if let Ok((job, _, _)) =
+        FillJob::prepare(proxy, site, parts, downstream, &plan, &fill, Some(fill_key))
+    {
+        tokio::spawn(job.run());
     }
 }
 
@@ -297,7 +304,7 @@ async fn ranged_when_stored(
     now: SystemTime,
 ) -> Option<Result<Response<Body>, ProxyError>> {
     super::range::requested(parts, &meta.headers)?;
-    if content_length(&meta.headers).is_none_or(|len| len > proxy.cache.max_object_size) {
+    if content_length(&meta.headers).is_none_or(|len| len > proxy.cache.storable_size()) {
         return None;
     }
     Some(match fill.wait_settled().await {
@@ -315,10 +322,9 @@ fn stored_for_client(
     parts: &http::request::Parts,
     now: SystemTime,
 ) -> Response<Body> {
-    let whole = respond::from_entry(proxy, entry, parts, now);
     match super::range::requested(parts, &entry.meta.headers) {
-        Some(range) => super::range::apply(whole, &entry.body, &range),
-        None => encode::for_client(proxy, whole, parts),
+        Some(range) => respond::ranged_from_entry(proxy, entry, parts, now, &range),
+        None => encode::for_client(proxy, respond::from_entry(proxy, entry, parts, now), parts),
     }
 }
 
@@ -413,12 +419,57 @@ struct FillJob {
     /// The leading client's request headers: storability and the variant are judged on them.
     client_headers: HeaderMap,
     stale: Option<Arc<StoredResponse>>,
+    /// The operator's policy rule for this path, if any.
+    rule: Option<crate::config::PathRule>,
     fill: Arc<Fill>,
     fill_key: Option<FillKey>,
     leader: oneshot::Sender<Response<Body>>,
 }
 
 impl FillJob {
+    /// The job for `plan`, with the channel on which an uncacheable response reaches the
+    /// leader. A failure to build the request settles the fill as failed.
+    fn prepare(
+        proxy: &Arc<Proxy>,
+        site: &Arc<Site>,
+        parts: &http::request::Parts,
+        downstream: Downstream<'_>,
+        plan: &FetchPlan,
+        fill: &Arc<Fill>,
+        fill_key: Option<FillKey>,
+    ) -> Result<(FillJob, oneshot::Receiver<Response<Body>>, IpAddr), ProxyError> {
+        let prepared = fill_request(proxy, site, parts, downstream, plan.stale.as_deref());
+        let (request, client) = match prepared {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                if let Some(fill_key) = fill_key {
+                    fill.publish(FillStatus::Failed(err.clone()));
+                    proxy.cache.coalescer.leave(&fill_key, fill);
+                }
+                return Err(err);
+            }
+        };
+        let (leader_tx, leader_rx) = oneshot::channel();
+        let job = FillJob {
+            proxy: Arc::clone(proxy),
+            request,
+            origin: site.origin.url().to_string(),
+            key: plan.key,
+            url: plan.url.clone(),
+            client_headers: parts.headers.clone(),
+            stale: plan.stale.clone(),
+            rule: proxy
+                .cache
+                .rules
+                .find(&site.name, parts.uri.path())
+                .cloned(),
+            fill: Arc::clone(fill),
+            fill_key,
+            leader: leader_tx,
+        };
+        Ok((job, leader_rx, client))
+    }
+
     async fn run(self) {
         let fill = Arc::clone(&self.fill);
         let fill_key = self.fill_key;
@@ -438,10 +489,17 @@ impl FillJob {
             url,
             client_headers,
             stale,
+            rule,
             fill,
             leader,
             ..
         } = self;
+        let with_rule = |mut freshness: Freshness| {
+            if let Some(rule) = &rule {
+                crate::cache::rules::apply(&mut freshness, rule);
+            }
+            freshness
+        };
         let cache = &proxy.cache;
         let method = request.method().clone();
         let uri = request.uri().clone();
@@ -471,13 +529,13 @@ impl FillJob {
                 .filter(|s| policy::not_modified_selects(&s.meta.headers, &head.headers))
             {
                 let headers = policy::freshen_headers(&stale.meta.headers, &head.headers);
-                let freshness = Freshness::compute(
+                let freshness = with_rule(Freshness::compute(
                     stale.meta.status,
                     &headers,
                     &cache.policy,
                     request_time,
                     response_time,
-                );
+                ));
                 let mut meta = stale.meta.clone();
                 meta.headers = crate::cache::entry::compact_headers(&headers);
                 meta.freshness = freshness;
@@ -485,7 +543,7 @@ impl FillJob {
                     meta,
                     body: stale.body.clone(),
                 });
-                cache.memory.insert(Arc::clone(&entry)).await;
+                cache.store(Arc::clone(&entry), false).await;
                 fill.publish(FillStatus::Complete {
                     entry,
                     revalidated: true,
@@ -530,7 +588,7 @@ impl FillJob {
                 response_time,
             )
             .and_then(|()| match content_length(&head.headers) {
-                Some(len) if len > cache.max_object_size => Err(NoStoreReason::TooLarge),
+                Some(len) if len > cache.storable_size() => Err(NoStoreReason::TooLarge),
                 _ => Ok(()),
             })
         };
@@ -549,13 +607,13 @@ impl FillJob {
         };
         cache.forget_uncacheable(&key).await;
 
-        let freshness = Freshness::compute(
+        let freshness = with_rule(Freshness::compute(
             head.status,
             &head.headers,
             &cache.policy,
             request_time,
             response_time,
-        );
+        ));
         let meta = Arc::new(EntryMeta::new(
             key,
             url,
@@ -565,14 +623,21 @@ impl FillJob {
             freshness,
         ));
         fill.publish(FillStatus::Streaming(Arc::clone(&meta)));
-        match pump(body, &fill, cache.max_object_size, proxy.body_read_timeout).await {
+        let limits = PumpLimits {
+            memory: cache.max_object_size,
+            disk: cache.storable_size(),
+            declared: content_length(&meta.headers),
+        };
+        let disk = cache.live_disk();
+        match pump(body, &fill, limits, proxy.body_read_timeout, disk).await {
             Pumped::Complete {
                 is_retained: true,
                 last,
+                ..
             } => {
                 let body = fill.retained_body(last.as_ref());
                 let entry = Arc::new(StoredResponse::new((*meta).clone(), body));
-                cache.memory.insert(Arc::clone(&entry)).await;
+                cache.store(Arc::clone(&entry), true).await;
                 fill.end(last);
                 fill.publish(FillStatus::Complete {
                     entry,
@@ -582,6 +647,37 @@ impl FillJob {
             Pumped::Complete {
                 is_retained: false,
                 last,
+                spilled: Some(temp),
+            } => {
+                // Streamed to disk as it arrived: index the file, then release the last
+                // chunk, so a client holding the whole response finds it stored.
+                let mut stored = (*meta).clone();
+                stored.body_len = temp.len;
+                stored.body_digest = temp.digest;
+                let entry = match disk {
+                    Some(disk) => {
+                        disk.commit_temp(stored.clone(), temp).await;
+                        let path = disk.inner().blob_path(&stored.body_digest);
+                        disk.is_available()
+                            .then(|| Arc::new(StoredResponse::in_file(stored, path)))
+                    }
+                    None => None,
+                };
+                if let Some(entry) = &entry {
+                    cache.memory.insert(Arc::clone(entry)).await;
+                }
+                fill.end(last);
+                if let Some(entry) = entry {
+                    fill.publish(FillStatus::Complete {
+                        entry,
+                        revalidated: false,
+                    });
+                }
+            }
+            Pumped::Complete {
+                is_retained: false,
+                last,
+                ..
             } => {
                 // Streamed through, too large to keep: the next burst goes straight through.
                 cache.remember_uncacheable(key).await;
@@ -602,29 +698,65 @@ impl FillJob {
 pub(super) enum Pumped {
     /// The whole body arrived; `last` is the held-back final chunk, for the caller to hand
     /// to [`Fill::end`] once the entry is stored (so that a client that has the whole
-    /// response and asks again finds it in the cache).
+    /// response and asks again finds it in the cache). `spilled`: the body, too large for
+    /// memory, was written to a disk-tier file as it streamed.
     Complete {
         is_retained: bool,
         last: Option<bytes::Bytes>,
+        spilled: Option<TempBlob>,
     },
     Failed,
     /// Not being stored and every reader has gone.
     Abandoned,
 }
 
-/// Moves a body (the origin's, or an encoder's) into the fill, chunk by chunk. On failure
-/// the fill is ended as failed here; on success the caller ends it with [`Fill::end`].
+/// Size limits for one fill.
+pub(super) struct PumpLimits {
+    /// Bodies up to this size are kept in memory.
+    pub memory: u64,
+    /// Bodies up to this size are written to the disk tier (when there is one).
+    pub disk: u64,
+    /// Content-Length, when the origin sent one.
+    pub declared: Option<u64>,
+}
+
+impl PumpLimits {
+    pub fn memory_only(max: u64) -> PumpLimits {
+        PumpLimits {
+            memory: max,
+            disk: max,
+            declared: None,
+        }
+    }
+}
+
+/// Moves a body (the origin's, or an encoder's) into the fill, chunk by chunk. A body that
+/// outgrows memory is written to a disk-tier file as it goes, when `disk` is given and the
+/// body fits its limit. On failure the fill is ended as failed here (and a partial file
+/// discarded); on success the caller ends it with [`Fill::end`].
 pub(super) async fn pump<B>(
     mut body: B,
     fill: &Fill,
-    max_object_size: u64,
+    limits: PumpLimits,
     read_timeout: Duration,
+    disk: Option<&DiskTier>,
 ) -> Pumped
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
 {
     let mut total: u64 = 0;
     let mut is_retained = true;
+    let mut writer: Option<BlobWriter> = None;
+    if let (Some(disk), Some(declared)) = (disk, limits.declared) {
+        if declared > limits.memory && declared <= limits.disk {
+            // Known to be too large for memory: straight to disk, nothing held.
+            writer = disk.blob_writer().await;
+            if writer.is_some() {
+                is_retained = false;
+                fill.stop_retaining();
+            }
+        }
+    }
     // While the body is being kept, its newest chunk is held back: readers get the last
     // chunk only after the caller has stored the entry (see `Fill::end`).
     let mut held: Option<bytes::Bytes> = None;
@@ -633,6 +765,9 @@ where
             Ok(None) => break,
             Ok(Some(Ok(frame))) => frame,
             Ok(Some(Err(_))) | Err(_) => {
+                if let Some(writer) = writer.take() {
+                    writer.discard().await;
+                }
                 fill.fail();
                 return Pumped::Failed;
             }
@@ -641,13 +776,37 @@ where
             continue;
         };
         total += data.len() as u64;
-        if is_retained && total > max_object_size {
+        if is_retained && total > limits.memory {
             is_retained = false;
+            if let Some(disk) = disk.filter(|_| total <= limits.disk) {
+                writer = spill_so_far(disk, fill, held.as_ref()).await;
+            }
             fill.stop_retaining();
         }
-        if is_retained {
+        if total > limits.disk {
+            if let Some(writer) = writer.take() {
+                writer.discard().await;
+            }
+        }
+        if let Some(active) = writer.as_mut() {
+            if let Err(err) = active.write(&data).await {
+                if let (Some(writer), Some(disk)) = (writer.take(), disk) {
+                    disk.degrade(&crate::cache::disk::DiskError::Io {
+                        path: "body file".into(),
+                        source: err,
+                    });
+                    writer.discard().await;
+                }
+            }
+        }
+        if is_retained || writer.is_some() {
             if let Some(previous) = held.replace(data) {
                 fill.push(previous);
+            }
+            if writer.is_some() && fill.has_readers() {
+                // Let slow readers keep up rather than queueing the body in memory; if
+                // they all leave, the body still goes to disk.
+                fill.wait_for_readers(UNSTORED_WINDOW).await;
             }
             continue;
         }
@@ -660,8 +819,51 @@ where
             return Pumped::Abandoned;
         }
     }
+    let spilled = match writer {
+        Some(writer) => match writer.finish().await {
+            Ok(temp) => Some(temp),
+            Err(err) => {
+                if let Some(disk) = disk {
+                    disk.degrade(&crate::cache::disk::DiskError::Io {
+                        path: "body file".into(),
+                        source: err,
+                    });
+                }
+                None
+            }
+        },
+        None => None,
+    };
+    if !is_retained && spilled.is_none() {
+        if let Some(previous) = held.take() {
+            fill.push(previous);
+        }
+    }
     Pumped::Complete {
         is_retained,
         last: held,
+        spilled,
+    }
+}
+
+/// A disk-tier writer holding everything the fill kept so far (`held`: the chunk not yet
+/// handed to readers); `None` when the tier cannot take it.
+async fn spill_so_far(
+    disk: &DiskTier,
+    fill: &Fill,
+    held: Option<&bytes::Bytes>,
+) -> Option<BlobWriter> {
+    let mut writer = disk.blob_writer().await?;
+    let so_far = fill.retained_body(held);
+    match writer.write(&so_far).await {
+        Ok(()) => Some(writer),
+        Err(err) => {
+            disk.degrade(&crate::cache::disk::DiskError::Io {
+                path: "body file".into(),
+                source: err,
+            });
+            writer.discard().await;
+            None
+        }
     }
 }

@@ -198,6 +198,8 @@ pub struct AccessRecord {
     pub status: u16,
     pub cache: &'static str,
     pub upstream_duration: Option<Duration>,
+    /// The tier a hit came from (`memory` or `disk`).
+    pub hit_tier: &'static str,
     pub error: Option<&'static str>,
     pub log: Option<Arc<AccessLog>>,
     /// Kept only for the combined format.
@@ -207,10 +209,10 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    /// Where the response body came from: `memory` for hits, `origin` otherwise.
+    /// Where the response body came from: the tier for hits, `origin` otherwise.
     pub fn tier(&self) -> &'static str {
         if matches!(self.cache, "hit" | "stale-hit") {
-            "memory"
+            self.hit_tier
         } else {
             "origin"
         }
@@ -361,6 +363,7 @@ pub async fn handle(
         status: 0,
         cache: "none",
         upstream_duration: None,
+        hit_tier: "memory",
         error: None,
         log: proxy.access_log.clone(),
         referer: agent_field(proxy, &request, header::REFERER),
@@ -443,14 +446,25 @@ async fn serve(
 
     let now = SystemTime::now();
     match lookup(&proxy.cache, &request, host.as_deref().unwrap_or(""), now).await {
-        Lookup::Hit { entry, set, status } => {
+        Lookup::Hit {
+            entry,
+            set,
+            status,
+            tier,
+            revalidate,
+        } => {
             *cache_status = status;
             record.key = Some(entry.meta.key);
             record.variant = Some(entry.meta.variant);
+            record.hit_tier = tier;
             let (parts, _) = request.into_parts();
+            if let Some(plan) = revalidate {
+                fetch::revalidate_in_background(proxy, &site, &parts, downstream, plan);
+            }
             if let Some(range) = range::requested(&parts, &entry.meta.headers) {
-                let whole = respond::from_entry(proxy, &entry, &parts, now);
-                return Ok(range::apply(whole, &entry.body, &range));
+                return Ok(respond::ranged_from_entry(
+                    proxy, &entry, &parts, now, &range,
+                ));
             }
             Ok(encode::serve_stored(proxy, &set, &entry, &parts, now).await)
         }
@@ -458,6 +472,14 @@ async fn serve(
             // RFC 9111 §5.2.1.7: nothing suitable is stored and the origin may not be asked.
             *cache_status = CacheStatus::default().with_detail("only-if-cached");
             Ok(respond::gateway_timeout_only_if_cached())
+        }
+        Lookup::OfflineMiss => {
+            *cache_status = CacheStatus::default().with_detail("offline");
+            Ok(respond::gateway_timeout_offline())
+        }
+        Lookup::Bypass(_) if proxy.cache.is_offline() => {
+            *cache_status = CacheStatus::default().with_detail("offline");
+            Ok(respond::gateway_timeout_offline())
         }
         Lookup::Bypass(status) => {
             *cache_status = status;
@@ -468,7 +490,7 @@ async fn serve(
             if let Some(target) = target {
                 let authority = host.as_deref().unwrap_or("");
                 for key in invalidated_by_unsafe(&target, authority, &response) {
-                    proxy.cache.memory.invalidate(&key).await;
+                    proxy.cache.invalidate(&key).await;
                 }
                 for tag in invalidated_groups(&response) {
                     let authority = Some(authority.to_string());
@@ -493,14 +515,19 @@ async fn serve(
 
 /// The outcome of the cache-lookup phase.
 enum Lookup {
-    /// Serve this stored response (`set` holds its encoded variants).
+    /// Serve this stored response (`set` holds its encoded variants), found in `tier`;
+    /// with a plan when it is served stale and validated in the background (RFC 5861 §3).
     Hit {
         entry: Arc<StoredResponse>,
         set: Arc<VariantSet>,
         status: CacheStatus,
+        tier: &'static str,
+        revalidate: Option<fetch::FetchPlan>,
     },
     /// `only-if-cached` and nothing usable is stored: 504 without asking the origin.
     OnlyIfCachedMiss,
+    /// Offline mode and nothing usable is stored: 504 without asking the origin.
+    OfflineMiss,
     /// Forward without the cache (unsafe method, Range, preconditions, cache off).
     Bypass(CacheStatus),
     /// Fetch through the cache: a miss, or a stored response to validate.
@@ -528,7 +555,11 @@ async fn lookup(
         return bypass("disabled");
     }
     let method = request.method();
+    let is_offline = cache.is_offline();
     if method != Method::GET && method != Method::HEAD {
+        if is_offline {
+            return Lookup::OfflineMiss;
+        }
         return Lookup::Bypass(CacheStatus::forward(FwdReason::Method));
     }
     let headers = request.headers();
@@ -539,7 +570,10 @@ async fn lookup(
     let key = PrimaryKey::new("http", authority, path_and_query);
     let directives = policy::request_directives(headers);
     let has_authorization = headers.contains_key(header::AUTHORIZATION);
-    let variants = cache.memory.get(&key).await;
+    let (variants, tier) = match cache.variants(&key, headers).await {
+        Some((set, tier)) => (Some(set), tier),
+        None => (None, "memory"),
+    };
     let variant_hint = variants
         .as_ref()
         .and_then(|set| set.iter().next())
@@ -565,6 +599,9 @@ async fn lookup(
         if directives.only_if_cached {
             return Lookup::OnlyIfCachedMiss;
         }
+        if is_offline {
+            return Lookup::OfflineMiss;
+        }
         let is_vary_miss = variants.is_some_and(|set| !set.is_empty());
         return plan(
             None,
@@ -581,21 +618,39 @@ async fn lookup(
             CacheStatus::forward(FwdReason::Request).with_detail("authorization"),
         );
     }
-    match policy::evaluate_reuse(&entry.meta.freshness, &directives, now) {
-        Reuse::Fresh | Reuse::StaleAllowed => {
-            let ttl = entry.meta.freshness.ttl_seconds(now);
-            match variants {
-                Some(set) => Lookup::Hit {
-                    entry,
-                    set,
-                    status: CacheStatus::hit(ttl),
-                },
-                // invariant: `entry` was selected from `variants`.
-                None => plan(None, FwdReason::UriMiss),
-            }
+    let Some(set) = variants else {
+        // invariant: `entry` was selected from `variants`.
+        return plan(None, FwdReason::UriMiss);
+    };
+    let ttl = entry.meta.freshness.ttl_seconds(now);
+    let hit = |entry, status, revalidate| Lookup::Hit {
+        entry,
+        set,
+        status,
+        tier,
+        revalidate,
+    };
+    let reuse = policy::evaluate_reuse(&entry.meta.freshness, &directives, now);
+    if is_offline && !matches!(reuse, Reuse::Fresh | Reuse::StaleAllowed) {
+        // Offline mode serves what is stored, fresh or not, unless the response forbids
+        // stale use and the operator did not override that.
+        let forbids = entry.meta.freshness.forbids_stale;
+        if forbids && !cache.offline_ignores_revalidation {
+            return Lookup::OfflineMiss;
+        }
+        return hit(entry, CacheStatus::hit(ttl).with_detail("offline"), None);
+    }
+    match reuse {
+        Reuse::Fresh | Reuse::StaleAllowed => hit(entry, CacheStatus::hit(ttl), None),
+        Reuse::StaleWhileRevalidate if !directives.only_if_cached => {
+            let Lookup::Fetch(revalidate) = plan(Some(Arc::clone(&entry)), FwdReason::Stale) else {
+                return plan(Some(entry), FwdReason::Stale);
+            };
+            let status = CacheStatus::hit(ttl).with_detail("stale-while-revalidate");
+            hit(entry, status, Some(revalidate))
         }
         _ if directives.only_if_cached => Lookup::OnlyIfCachedMiss,
-        Reuse::ValidateStale => plan(Some(entry), FwdReason::Stale),
+        Reuse::ValidateStale | Reuse::StaleWhileRevalidate => plan(Some(entry), FwdReason::Stale),
         Reuse::ValidateForRequest => plan(Some(entry), FwdReason::Request),
     }
 }

@@ -119,12 +119,26 @@ pub fn requested(parts: &http::request::Parts, stored: &HeaderMap) -> Option<Str
     if_range_allows(&parts.headers, stored).then(|| range.to_string())
 }
 
-/// Turns a whole 200 `response` built from `body` into the answer to `range`.
-pub fn apply(mut response: Response<Body>, body: &Bytes, range: &str) -> Response<Body> {
+/// The stored body a range is cut from.
+pub enum RangeSource<'a> {
+    Memory(&'a Bytes),
+    /// A body of `len` bytes read through `window(first, last)`; several ranges of it are
+    /// not served (the whole response is, as RFC 9110 §14.2 allows).
+    Streamed {
+        len: u64,
+        window: &'a dyn Fn(u64, u64) -> Body,
+    },
+}
+
+/// Turns a whole 200 `response` built from `source` into the answer to `range`.
+pub fn apply(mut response: Response<Body>, source: RangeSource<'_>, range: &str) -> Response<Body> {
     if response.status() != StatusCode::OK {
         return response;
     }
-    let len = body.len() as u64;
+    let len = match &source {
+        RangeSource::Memory(body) => body.len() as u64,
+        RangeSource::Streamed { len, .. } => *len,
+    };
     response
         .headers_mut()
         .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -140,18 +154,24 @@ pub fn apply(mut response: Response<Body>, body: &Bytes, range: &str) -> Respons
         }
         Ranges::Satisfiable(ranges) if ranges.len() == 1 => {
             let (first, last) = ranges[0];
-            let part = body.slice(first as usize..=last as usize);
+            let part = match source {
+                RangeSource::Memory(body) => Body::full(body.slice(first as usize..=last as usize)),
+                RangeSource::Streamed { window, .. } => window(first, last),
+            };
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_RANGE,
                 value(&format!("bytes {first}-{last}/{len}")),
             );
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(part.len()));
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
             *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-            *response.body_mut() = Body::full(part);
+            *response.body_mut() = part;
             response
         }
         Ranges::Satisfiable(ranges) => {
+            let RangeSource::Memory(body) = source else {
+                return response;
+            };
             // RFC 9110 §14.6: multipart/byteranges, each part with its own Content-Range.
             let boundary = format!("outpost-{:016x}", fnv(body.len() as u64, &ranges));
             let content_type = response.headers_mut().remove(header::CONTENT_TYPE);

@@ -10,7 +10,12 @@ use http::{Method, Response, StatusCode};
 
 use super::Proxy;
 use crate::body::Body;
-use crate::cache::entry::{EntryMeta, StoredResponse};
+use std::sync::Arc;
+
+use super::range::RangeSource;
+
+use crate::cache::disk::verified_file_body;
+use crate::cache::entry::{EntryMeta, StoredBody, StoredResponse};
 use crate::cache::policy;
 
 /// Fields a 304 carries (RFC 9110 §15.4.5), besides Age, Via and Cache-Status.
@@ -34,9 +39,58 @@ pub fn from_entry(
     let body = if request.method == Method::HEAD {
         Body::empty()
     } else {
-        Body::full(entry.body.clone())
+        stored_body(proxy, entry)
     };
     from_meta(proxy, &entry.meta, body, request, now)
+}
+
+/// A stored entry answering a Range request (RFC 9110 §14).
+pub fn ranged_from_entry(
+    proxy: &Proxy,
+    entry: &StoredResponse,
+    request: &http::request::Parts,
+    now: SystemTime,
+    range: &str,
+) -> Response<Body> {
+    let whole = from_entry(proxy, entry, request, now);
+    match &entry.body {
+        StoredBody::Memory(bytes) => super::range::apply(whole, RangeSource::Memory(bytes), range),
+        StoredBody::File(_) => {
+            let window = |first, last| stored_window(proxy, entry, first, last);
+            let source = RangeSource::Streamed {
+                len: entry.meta.body_len,
+                window: &window,
+            };
+            super::range::apply(whole, source, range)
+        }
+    }
+}
+
+/// The whole body of a stored entry.
+pub fn stored_body(proxy: &Proxy, entry: &StoredResponse) -> Body {
+    stored_window(proxy, entry, 0, u64::MAX)
+}
+
+/// Bytes `first..=last` of a stored entry's body. A body kept in a disk-tier file is
+/// verified as it streams; a corrupt one aborts the response and is removed.
+pub fn stored_window(proxy: &Proxy, entry: &StoredResponse, first: u64, last: u64) -> Body {
+    match &entry.body {
+        StoredBody::Memory(bytes) => {
+            let len = bytes.len() as u64;
+            if first >= len {
+                return Body::empty();
+            }
+            let end = last.min(len - 1);
+            Body::full(bytes.slice(first as usize..=end as usize))
+        }
+        StoredBody::File(path) => verified_file_body(
+            Arc::clone(path),
+            entry.meta.body_len,
+            entry.meta.body_digest,
+            (first, last),
+            proxy.cache.corruption_hook(&entry.meta),
+        ),
+    }
 }
 
 /// Serves a response described by `meta` with `body` (stored bytes or a fill's stream).
@@ -92,6 +146,19 @@ pub fn not_acceptable() -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    response
+}
+
+/// Offline mode and nothing suitable stored: the origin is not asked.
+pub fn gateway_timeout_offline() -> Response<Body> {
+    let mut response = Response::new(Body::full(
+        "504 Gateway Timeout: offline mode and not cached\n",
+    ));
+    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 

@@ -1,0 +1,1113 @@
+//! The disk tier: stored responses that survive restarts and crashes.
+//!
+//! Layout under the cache directory:
+//! - `index/`: a sled database with three trees. `entries` maps primary key ++ variant key
+//!   to the last-use tick and the encoded [`EntryMeta`]; `recency` maps tick ++ row key to
+//!   nothing (the LRU order); `blobs` maps a body digest to its reference count and size.
+//! - `blobs/ab/abcdef…`: bodies, one file per distinct blake3 digest, so identical bodies are
+//!   stored once and every read can be verified.
+//! - `tmp/`: bodies being written.
+//!
+//! # Crash safety
+//! A body is written to `tmp/`, optionally fsynced, renamed into `blobs/`, and only then
+//! indexed; removal unindexes first and deletes the file last. So after `kill -9` at any
+//! moment the index names only complete files, and what is left over is an orphan file (or
+//! a row whose file a power cut lost), which [`DiskStore::sweep`] cleans up and a read
+//! treats as a miss. Every body read is checked against its digest; a mismatch is reported
+//! as [`ReadError::Corrupt`] and never returned.
+//!
+//! # Replacement
+//! Least recently used first: the tick of a row moves when it is read from disk, stored,
+//! or evicted from the memory tier (still in use until then). LRU because the disk tier sees
+//! only what memory missed or let go, so recency is the signal it has; frequency-based
+//! admission already failed us in memory (see `memory`).
+//!
+//! # Concurrency
+//! sled and the file system block; [`DiskTier`] runs every call on tokio's blocking pool.
+//! Mutations take one lock so reference counts and the byte total stay consistent; reads
+//! take none.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::entry::EntryMeta;
+use super::key::{PrimaryKey, VariantKey};
+
+/// Bytes counted per index row beyond its encoded metadata (sled's own structures).
+const ROW_OVERHEAD: u64 = 128;
+
+/// Why the disk tier failed an operation; the caller degrades to memory only.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("disk tier I/O on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("disk tier index: {0}")]
+    Index(#[from] sled::Error),
+}
+
+/// Why a stored body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file is gone (a lost write, or removed meanwhile): a miss.
+    #[error("body file missing")]
+    Missing,
+    /// The bytes do not match the digest or length the index recorded.
+    #[error("body does not match its digest")]
+    Corrupt,
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+}
+
+/// A body file written but not yet indexed.
+#[derive(Debug)]
+pub struct TempBlob {
+    path: PathBuf,
+    pub digest: [u8; 32],
+    pub len: u64,
+}
+
+/// What a start-up sweep found and removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub entries: u64,
+    pub orphan_files: u64,
+    pub rows_without_body: u64,
+    pub temp_files: u64,
+    pub undecodable_rows: u64,
+}
+
+/// The persistent store the cache talks to.
+pub trait DiskStore: Send + Sync {
+    /// Every stored variant of `key`, undecodable rows skipped (and removed).
+    fn variants(&self, key: &PrimaryKey) -> Result<Vec<EntryMeta>, DiskError>;
+    /// The body of `meta`, verified against its digest.
+    fn read_body(&self, meta: &EntryMeta) -> Result<Bytes, ReadError>;
+    /// Where the body of `digest` lives (for streaming large bodies).
+    fn blob_path(&self, digest: &[u8; 32]) -> PathBuf;
+    /// A writer for a new body in `tmp/`.
+    fn create_temp(&self) -> Result<(fs::File, PathBuf), DiskError>;
+    /// Writes `body` to a temporary file.
+    fn write_temp(&self, body: &[u8]) -> Result<TempBlob, DiskError>;
+    /// Indexes `meta` with its body (`None`: the body is already stored under its digest,
+    /// as when only headers were freshened). Returns the rows evicted for room.
+    fn commit(&self, meta: &EntryMeta, body: Option<TempBlob>) -> Result<u64, DiskError>;
+    /// Removes every variant of `key`; returns how many.
+    fn remove(&self, key: &PrimaryKey) -> Result<usize, DiskError>;
+    /// Removes one variant.
+    fn remove_variant(&self, key: &PrimaryKey, variant: &VariantKey) -> Result<(), DiskError>;
+    /// Moves a row to the recent end of the replacement order.
+    fn touch(&self, key: &PrimaryKey, variant: &VariantKey) -> Result<(), DiskError>;
+    /// Primary keys with at least one variant matching `predicate`.
+    fn keys_where(
+        &self,
+        predicate: &dyn Fn(&EntryMeta) -> bool,
+    ) -> Result<Vec<PrimaryKey>, DiskError>;
+    /// Stored rows and bytes.
+    fn usage(&self) -> (u64, u64);
+    /// Removes temporary files, body files nobody indexes and rows whose body is gone.
+    fn sweep(&self) -> Result<SweepReport, DiskError>;
+    /// Makes what was indexed so far durable.
+    fn flush(&self) -> Result<(), DiskError>;
+}
+
+/// The sled + files implementation of [`DiskStore`].
+pub struct SledStore {
+    root: PathBuf,
+    db: sled::Db,
+    entries: sled::Tree,
+    recency: sled::Tree,
+    blobs: sled::Tree,
+    capacity: u64,
+    fsync: bool,
+    write_lock: Mutex<()>,
+    next_tick: AtomicU64,
+    bytes: AtomicU64,
+    rows: AtomicU64,
+    temp_counter: AtomicU64,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
+    move |source| DiskError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn row_key(key: &PrimaryKey, variant: &VariantKey) -> [u8; 64] {
+    let mut row = [0u8; 64];
+    row[..32].copy_from_slice(&key.0);
+    row[32..].copy_from_slice(&variant.0);
+    row
+}
+
+fn recency_key(tick: u64, row: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + row.len());
+    out.extend_from_slice(&tick.to_be_bytes());
+    out.extend_from_slice(row);
+    out
+}
+
+/// A row value: tick (8 bytes) then the encoded metadata.
+fn split_row(value: &[u8]) -> Option<(u64, &[u8])> {
+    let (tick, meta) = value.split_at_checked(8)?;
+    Some((u64::from_be_bytes(tick.try_into().ok()?), meta))
+}
+
+/// A blob record: reference count (4 bytes) then size (8 bytes).
+fn blob_record(refs: u32, size: u64) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out[..4].copy_from_slice(&refs.to_be_bytes());
+    out[4..].copy_from_slice(&size.to_be_bytes());
+    out
+}
+
+fn parse_blob_record(value: &[u8]) -> Option<(u32, u64)> {
+    if value.len() != 12 {
+        return None;
+    }
+    Some((
+        u32::from_be_bytes(value[..4].try_into().ok()?),
+        u64::from_be_bytes(value[4..].try_into().ok()?),
+    ))
+}
+
+fn hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (index, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl SledStore {
+    /// Opens (or creates) the tier under `root` without reading any body: the byte total
+    /// comes from the blob records and the row count from the index.
+    ///
+    /// # Errors
+    /// An unusable directory or an index sled cannot open (corrupt, another process).
+    pub fn open(root: &Path, capacity: u64, fsync: bool) -> Result<SledStore, DiskError> {
+        for sub in ["blobs", "tmp"] {
+            let path = root.join(sub);
+            fs::create_dir_all(&path).map_err(io_err(&path))?;
+        }
+        let db = sled::Config::new()
+            .path(root.join("index"))
+            .cache_capacity(32 << 20)
+            .flush_every_ms(Some(200))
+            .open()?;
+        let entries = db.open_tree("entries")?;
+        let recency = db.open_tree("recency")?;
+        let blobs = db.open_tree("blobs")?;
+        let next_tick = match recency.last()? {
+            Some((key, _)) if key.len() >= 8 => {
+                u64::from_be_bytes(key[..8].try_into().unwrap_or([0; 8])) + 1
+            }
+            _ => 1,
+        };
+        let mut bytes = 0u64;
+        for item in blobs.iter() {
+            let (_, value) = item?;
+            if let Some((_, size)) = parse_blob_record(&value) {
+                bytes += size;
+            }
+        }
+        let rows = entries.len() as u64;
+        // Row sizes are not summed at start-up (that would read every row); an allowance
+        // per row stands in until the sweep counts them.
+        bytes += rows * (ROW_OVERHEAD + 512);
+        Ok(SledStore {
+            root: root.to_path_buf(),
+            db,
+            entries,
+            recency,
+            blobs,
+            capacity,
+            fsync,
+            write_lock: Mutex::new(()),
+            next_tick: AtomicU64::new(next_tick),
+            bytes: AtomicU64::new(bytes),
+            rows: AtomicU64::new(rows),
+            temp_counter: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn tick(&self) -> u64 {
+        self.next_tick.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Unindexes one row (caller holds the lock) and releases its body.
+    fn remove_row_locked(&self, row: &[u8]) -> Result<bool, DiskError> {
+        let Some(value) = self.entries.remove(row)? else {
+            return Ok(false);
+        };
+        self.rows.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(
+            (value.len() as u64 + ROW_OVERHEAD).min(self.bytes.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        if let Some((tick, meta)) = split_row(&value) {
+            self.recency.remove(recency_key(tick, row))?;
+            if let Ok(meta) = EntryMeta::decode(meta) {
+                self.release_blob_locked(&meta.body_digest)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Drops one reference to a body; deletes the file with the last one.
+    fn release_blob_locked(&self, digest: &[u8; 32]) -> Result<(), DiskError> {
+        let Some(record) = self.blobs.get(digest)? else {
+            return Ok(());
+        };
+        let (refs, size) = parse_blob_record(&record).unwrap_or((1, 0));
+        if refs > 1 {
+            self.blobs
+                .insert(digest, blob_record(refs - 1, size).as_slice())?;
+            return Ok(());
+        }
+        self.blobs.remove(digest)?;
+        self.bytes.fetch_sub(
+            size.min(self.bytes.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        let path = self.blob_path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(io_err(&path)(err)),
+        }
+    }
+
+    /// Evicts least recently used rows until the tier fits its capacity.
+    fn evict_locked(&self) -> Result<u64, DiskError> {
+        let mut evicted = 0;
+        while self.bytes.load(Ordering::Relaxed) > self.capacity {
+            let Some((key, _)) = self.recency.first()? else {
+                break;
+            };
+            let row = key.get(8..).unwrap_or_default().to_vec();
+            if !self.remove_row_locked(&row)? {
+                // A recency record without its row: drop it and go on.
+                self.recency.remove(key)?;
+            }
+            evicted += 1;
+        }
+        Ok(evicted)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
+        if self.fsync {
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))?;
+        }
+        Ok(())
+    }
+}
+
+impl DiskStore for SledStore {
+    fn variants(&self, key: &PrimaryKey) -> Result<Vec<EntryMeta>, DiskError> {
+        let mut out = Vec::new();
+        let mut undecodable = Vec::new();
+        for item in self.entries.scan_prefix(key.0) {
+            let (row, value) = item?;
+            match split_row(&value).map(|(_, meta)| EntryMeta::decode(meta)) {
+                Some(Ok(meta)) => out.push(meta),
+                _ => undecodable.push(row),
+            }
+        }
+        if !undecodable.is_empty() {
+            let _guard = self.lock();
+            for row in undecodable {
+                tracing::warn!("disk tier: removing an index row this build cannot read");
+                self.remove_row_locked(&row)?;
+            }
+        }
+        // Newest first, as the memory tier orders variants.
+        out.sort_by_key(|meta| std::cmp::Reverse(meta.freshness.response_time));
+        Ok(out)
+    }
+
+    fn read_body(&self, meta: &EntryMeta) -> Result<Bytes, ReadError> {
+        let path = self.blob_path(&meta.body_digest);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
+            Err(err) => return Err(ReadError::Disk(io_err(&path)(err))),
+        };
+        if bytes.len() as u64 != meta.body_len
+            || *blake3::hash(&bytes).as_bytes() != meta.body_digest
+        {
+            return Err(ReadError::Corrupt);
+        }
+        Ok(Bytes::from(bytes))
+    }
+
+    fn blob_path(&self, digest: &[u8; 32]) -> PathBuf {
+        let name = hex(digest);
+        self.root.join("blobs").join(&name[..2]).join(name)
+    }
+
+    fn create_temp(&self) -> Result<(fs::File, PathBuf), DiskError> {
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .root
+            .join("tmp")
+            .join(format!("{}-{n}.part", std::process::id()));
+        let file = fs::File::create(&path).map_err(io_err(&path))?;
+        Ok((file, path))
+    }
+
+    fn write_temp(&self, body: &[u8]) -> Result<TempBlob, DiskError> {
+        let (mut file, path) = self.create_temp()?;
+        let written =
+            file.write_all(body)
+                .and_then(|()| if self.fsync { file.sync_all() } else { Ok(()) });
+        if let Err(err) = written {
+            let _ = fs::remove_file(&path);
+            return Err(io_err(&path)(err));
+        }
+        Ok(TempBlob {
+            path,
+            digest: *blake3::hash(body).as_bytes(),
+            len: body.len() as u64,
+        })
+    }
+
+    fn commit(&self, meta: &EntryMeta, body: Option<TempBlob>) -> Result<u64, DiskError> {
+        let _guard = self.lock();
+        let digest = meta.body_digest;
+        let existing_blob = self.blobs.get(digest)?.and_then(|r| parse_blob_record(&r));
+        match (existing_blob, body) {
+            (Some(_), Some(temp)) => {
+                // Stored already under this digest: identical bytes, keep one copy.
+                let _ = fs::remove_file(&temp.path);
+            }
+            (Some(_), None) => {}
+            (None, Some(temp)) => {
+                let target = self.blob_path(&digest);
+                let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+                fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                if let Err(err) = fs::rename(&temp.path, &target) {
+                    let _ = fs::remove_file(&temp.path);
+                    return Err(io_err(&target)(err));
+                }
+                self.sync_dir(&dir)?;
+                self.blobs
+                    .insert(digest, blob_record(0, temp.len).as_slice())?;
+                self.bytes.fetch_add(temp.len, Ordering::Relaxed);
+            }
+            (None, None) => {
+                // The body this row needs is gone (evicted meanwhile): do not index a row
+                // that can never be read.
+                return Ok(0);
+            }
+        }
+        let row = row_key(&meta.key, &meta.variant);
+        self.remove_row_locked(&row)?;
+        // Take the reference after releasing the old row's, so replacing a row with the
+        // same body never drops the count to zero in between.
+        let (refs, size) = self
+            .blobs
+            .get(digest)?
+            .and_then(|r| parse_blob_record(&r))
+            .unwrap_or((0, meta.body_len));
+        self.blobs
+            .insert(digest, blob_record(refs + 1, size).as_slice())?;
+        let tick = self.tick();
+        let encoded = meta.encode();
+        let mut value = Vec::with_capacity(8 + encoded.len());
+        value.extend_from_slice(&tick.to_be_bytes());
+        value.extend_from_slice(&encoded);
+        self.bytes
+            .fetch_add(value.len() as u64 + ROW_OVERHEAD, Ordering::Relaxed);
+        self.entries.insert(row, value)?;
+        self.recency.insert(recency_key(tick, &row), &[])?;
+        self.rows.fetch_add(1, Ordering::Relaxed);
+        self.evict_locked()
+    }
+
+    fn remove(&self, key: &PrimaryKey) -> Result<usize, DiskError> {
+        let _guard = self.lock();
+        let rows: Vec<_> = self
+            .entries
+            .scan_prefix(key.0)
+            .keys()
+            .collect::<Result<_, _>>()?;
+        let mut removed = 0;
+        for row in rows {
+            removed += usize::from(self.remove_row_locked(&row)?);
+        }
+        Ok(removed)
+    }
+
+    fn remove_variant(&self, key: &PrimaryKey, variant: &VariantKey) -> Result<(), DiskError> {
+        let _guard = self.lock();
+        self.remove_row_locked(&row_key(key, variant))?;
+        Ok(())
+    }
+
+    fn touch(&self, key: &PrimaryKey, variant: &VariantKey) -> Result<(), DiskError> {
+        let _guard = self.lock();
+        let row = row_key(key, variant);
+        let Some(value) = self.entries.get(row)? else {
+            return Ok(());
+        };
+        let Some((old_tick, meta)) = split_row(&value) else {
+            return Ok(());
+        };
+        let tick = self.tick();
+        let mut updated = Vec::with_capacity(value.len());
+        updated.extend_from_slice(&tick.to_be_bytes());
+        updated.extend_from_slice(meta);
+        self.entries.insert(row, updated)?;
+        self.recency.remove(recency_key(old_tick, &row))?;
+        self.recency.insert(recency_key(tick, &row), &[])?;
+        Ok(())
+    }
+
+    fn keys_where(
+        &self,
+        predicate: &dyn Fn(&EntryMeta) -> bool,
+    ) -> Result<Vec<PrimaryKey>, DiskError> {
+        let mut keys = Vec::new();
+        for item in self.entries.iter() {
+            let (row, value) = item?;
+            let Some(Ok(meta)) = split_row(&value).map(|(_, m)| EntryMeta::decode(m)) else {
+                continue;
+            };
+            if predicate(&meta) {
+                let mut key = [0u8; 32];
+                key.copy_from_slice(&row[..32]);
+                if keys.last() != Some(&PrimaryKey(key)) {
+                    keys.push(PrimaryKey(key));
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    fn usage(&self) -> (u64, u64) {
+        (
+            self.rows.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn sweep(&self) -> Result<SweepReport, DiskError> {
+        let mut report = SweepReport::default();
+        let tmp = self.root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            // Another process's temp files cannot exist: the index lock is exclusive.
+            if fs::remove_file(entry.path()).is_ok() {
+                report.temp_files += 1;
+            }
+        }
+        let _guard = self.lock();
+        // Rows whose body is gone, and the exact byte total.
+        let mut bytes = 0u64;
+        let mut rows = 0u64;
+        let mut doomed = Vec::new();
+        for item in self.entries.iter() {
+            let (row, value) = item?;
+            match split_row(&value).map(|(_, m)| EntryMeta::decode(m)) {
+                Some(Ok(meta)) => {
+                    if self.blobs.contains_key(meta.body_digest)?
+                        && self.blob_path(&meta.body_digest).exists()
+                    {
+                        rows += 1;
+                        bytes += value.len() as u64 + ROW_OVERHEAD;
+                    } else {
+                        report.rows_without_body += 1;
+                        doomed.push(row);
+                    }
+                }
+                _ => {
+                    report.undecodable_rows += 1;
+                    doomed.push(row);
+                }
+            }
+        }
+        for row in doomed {
+            if let Some(value) = self.entries.remove(&row)? {
+                if let Some((tick, meta)) = split_row(&value) {
+                    self.recency.remove(recency_key(tick, &row))?;
+                    if let Ok(meta) = EntryMeta::decode(meta) {
+                        if let Some((refs, size)) = self
+                            .blobs
+                            .get(meta.body_digest)?
+                            .and_then(|r| parse_blob_record(&r))
+                        {
+                            if refs > 1 {
+                                self.blobs.insert(
+                                    meta.body_digest,
+                                    blob_record(refs - 1, size).as_slice(),
+                                )?;
+                            } else {
+                                self.blobs.remove(meta.body_digest)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Files nobody indexes (written, renamed, then a crash before the index row).
+        let blobs_dir = self.root.join("blobs");
+        for shard in fs::read_dir(&blobs_dir)
+            .map_err(io_err(&blobs_dir))?
+            .flatten()
+        {
+            let Ok(files) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name();
+                let known = parse_hex(&name.to_string_lossy())
+                    .map(|digest| self.blobs.contains_key(digest))
+                    .transpose()?
+                    .unwrap_or(false);
+                if !known && fs::remove_file(file.path()).is_ok() {
+                    report.orphan_files += 1;
+                }
+            }
+        }
+        for item in self.blobs.iter() {
+            let (_, value) = item?;
+            if let Some((_, size)) = parse_blob_record(&value) {
+                bytes += size;
+            }
+        }
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.rows.store(rows, Ordering::Relaxed);
+        report.entries = rows;
+        self.evict_locked()?;
+        Ok(report)
+    }
+
+    fn flush(&self) -> Result<(), DiskError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// Counters the disk tier moves.
+#[derive(Clone, Default)]
+pub struct DiskMetrics {
+    pub integrity_failures: Counter,
+    pub errors: Counter,
+    pub degraded: Gauge,
+    pub evictions: Counter,
+}
+
+/// The async face of a [`DiskStore`]: every call on the blocking pool, and the switch to
+/// memory-only after the first I/O failure.
+#[derive(Clone)]
+pub struct DiskTier {
+    store: Arc<dyn DiskStore>,
+    degraded: Arc<AtomicBool>,
+    metrics: DiskMetrics,
+    /// Objects up to this size are read whole (and promoted to memory); larger ones stream.
+    pub memory_object_limit: u64,
+    pub max_object_size: u64,
+}
+
+impl DiskTier {
+    pub fn new(
+        store: Arc<dyn DiskStore>,
+        metrics: DiskMetrics,
+        memory_object_limit: u64,
+        max_object_size: u64,
+    ) -> DiskTier {
+        DiskTier {
+            store,
+            degraded: Arc::new(AtomicBool::new(false)),
+            metrics,
+            memory_object_limit,
+            max_object_size,
+        }
+    }
+
+    /// Whether the tier is in use (not degraded by an earlier failure).
+    pub fn is_available(&self) -> bool {
+        !self.degraded.load(Ordering::Relaxed)
+    }
+
+    pub fn usage(&self) -> (u64, u64) {
+        self.store.usage()
+    }
+
+    pub fn inner(&self) -> &Arc<dyn DiskStore> {
+        &self.store
+    }
+
+    /// Stops using the disk, loudly, once.
+    pub fn degrade(&self, err: &DiskError) {
+        self.metrics.errors.inc();
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            self.metrics.degraded.set(1);
+            tracing::error!(error = %err, "disk tier failed: continuing with the memory tier only");
+        }
+    }
+
+    /// Counts and logs a body that failed verification (the caller removes it).
+    pub fn report_corrupt(&self, url: &str) {
+        self.metrics.integrity_failures.inc();
+        tracing::warn!(%url, "disk tier: stored body does not match its digest; removed, will refetch");
+    }
+
+    async fn run<T, F>(&self, op: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn DiskStore) -> Result<T, DiskError> + Send + 'static,
+    {
+        if !self.is_available() {
+            return None;
+        }
+        let store = Arc::clone(&self.store);
+        let result = tokio::task::spawn_blocking(move || op(store.as_ref())).await;
+        match result {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(err)) => {
+                self.degrade(&err);
+                None
+            }
+            Err(join) => {
+                tracing::error!(error = %join, "disk tier task failed");
+                None
+            }
+        }
+    }
+
+    pub async fn variants(&self, key: PrimaryKey) -> Vec<EntryMeta> {
+        self.run(move |s| s.variants(&key))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The verified body of `meta`; `None` when it is missing or corrupt (then the row is
+    /// removed, and a corrupt body counted) or the tier failed.
+    pub async fn read_body(&self, meta: &EntryMeta) -> Option<Bytes> {
+        let target = (meta.key, meta.variant, meta.url.clone(), meta.clone());
+        let outcome = self
+            .run(move |s| {
+                Ok(match s.read_body(&target.3) {
+                    Ok(body) => {
+                        s.touch(&target.0, &target.1)?;
+                        Ok(body)
+                    }
+                    Err(ReadError::Disk(err)) => return Err(err),
+                    Err(other) => {
+                        s.remove_variant(&target.0, &target.1)?;
+                        Err(other)
+                    }
+                })
+            })
+            .await?;
+        match outcome {
+            Ok(body) => Some(body),
+            Err(ReadError::Corrupt) => {
+                self.report_corrupt(&target_url(meta));
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Stores `meta` with `body` (`None`: only the headers changed).
+    pub async fn store(&self, meta: EntryMeta, body: Option<Bytes>) {
+        let evictions = self.metrics.evictions.clone();
+        self.run(move |s| {
+            let temp = body.map(|b| s.write_temp(&b)).transpose()?;
+            let evicted = s.commit(&meta, temp)?;
+            evictions.inc_by(evicted);
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Indexes a body already written to a temporary file by a streaming fill.
+    pub async fn commit_temp(&self, meta: EntryMeta, temp: TempBlob) {
+        let evictions = self.metrics.evictions.clone();
+        let path = temp.path.clone();
+        let stored = self
+            .run(move |s| {
+                let evicted = s.commit(&meta, Some(temp))?;
+                evictions.inc_by(evicted);
+                Ok(())
+            })
+            .await;
+        if stored.is_none() {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+    }
+
+    pub async fn remove(&self, key: PrimaryKey) -> usize {
+        self.run(move |s| s.remove(&key)).await.unwrap_or(0)
+    }
+
+    pub async fn remove_variant(&self, key: PrimaryKey, variant: VariantKey) {
+        self.run(move |s| s.remove_variant(&key, &variant)).await;
+    }
+
+    pub async fn touch(&self, key: PrimaryKey, variant: VariantKey) {
+        self.run(move |s| s.touch(&key, &variant)).await;
+    }
+
+    pub async fn keys_where<P>(&self, predicate: P) -> Vec<PrimaryKey>
+    where
+        P: Fn(&EntryMeta) -> bool + Send + 'static,
+    {
+        self.run(move |s| s.keys_where(&predicate))
+            .await
+            .unwrap_or_default()
+    }
+
+    pub async fn sweep(&self) -> Option<SweepReport> {
+        self.run(|s| s.sweep()).await
+    }
+
+    pub async fn flush(&self) {
+        self.run(|s| s.flush()).await;
+    }
+
+    /// A streaming writer for a body too large to hold in memory.
+    pub async fn blob_writer(&self) -> Option<BlobWriter> {
+        let (file, path) = self.run(|s| s.create_temp()).await?;
+        Some(BlobWriter {
+            file: Some(file),
+            path,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            pending: Vec::new(),
+            fsync: false,
+        })
+    }
+}
+
+fn target_url(meta: &EntryMeta) -> String {
+    meta.url.clone()
+}
+
+/// Writes a body to a temporary file as it streams, hashing as it goes. Writes are batched
+/// (1 MiB) and run on the blocking pool.
+pub struct BlobWriter {
+    file: Option<fs::File>,
+    path: PathBuf,
+    hasher: blake3::Hasher,
+    len: u64,
+    pending: Vec<u8>,
+    fsync: bool,
+}
+
+const WRITE_BATCH: usize = 1 << 20;
+
+impl BlobWriter {
+    pub fn set_fsync(&mut self, fsync: bool) {
+        self.fsync = fsync;
+    }
+
+    pub async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.hasher.update(chunk);
+        self.len += chunk.len() as u64;
+        self.pending.extend_from_slice(chunk);
+        if self.pending.len() >= WRITE_BATCH {
+            self.flush_pending(false).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_pending(&mut self, sync: bool) -> io::Result<()> {
+        let Some(mut file) = self.file.take() else {
+            return Err(io::Error::other("writer already failed"));
+        };
+        let data = std::mem::take(&mut self.pending);
+        let (file, result) = tokio::task::spawn_blocking(move || {
+            let result =
+                file.write_all(&data)
+                    .and_then(|()| if sync { file.sync_all() } else { Ok(()) });
+            (file, result)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        self.file = Some(file);
+        result
+    }
+
+    /// Finishes the file: its digest and length, ready for [`DiskTier::commit_temp`].
+    pub async fn finish(mut self) -> io::Result<TempBlob> {
+        let sync = self.fsync;
+        let result = self.flush_pending(sync).await;
+        let path = self.path.clone();
+        if let Err(err) = result {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(err);
+        }
+        self.file = None;
+        Ok(TempBlob {
+            path,
+            digest: *self.hasher.finalize().as_bytes(),
+            len: self.len,
+        })
+    }
+
+    /// Abandons the file (the fill failed).
+    pub async fn discard(self) {
+        let _ = tokio::fs::remove_file(&self.path).await;
+    }
+}
+
+/// Run when a body streamed from a file turns out missing or corrupt: the caller's chance
+/// to remove the entry and count it.
+pub type CorruptionHook = Box<dyn FnOnce(bool) + Send>;
+
+const READ_CHUNK: usize = 64 << 10;
+
+/// Streams bytes `window.0..=window.1` of a body file while verifying the whole file
+/// against `digest` and `len`. The last piece is held back until the digest checks out, so
+/// a corrupt body ends in an error (an aborted response), never a clean end; `on_corrupt`
+/// gets `true` for a corrupt file, `false` for a missing one.
+pub fn verified_file_body(
+    path: Arc<PathBuf>,
+    len: u64,
+    digest: [u8; 32],
+    window: (u64, u64),
+    on_corrupt: CorruptionHook,
+) -> crate::body::Body {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncReadExt;
+
+    struct State {
+        file: Option<tokio::fs::File>,
+        path: Arc<PathBuf>,
+        hasher: blake3::Hasher,
+        offset: u64,
+        held: Option<Bytes>,
+        done: bool,
+        on_corrupt: Option<CorruptionHook>,
+    }
+    let state = State {
+        file: None,
+        path,
+        hasher: blake3::Hasher::new(),
+        offset: 0,
+        held: None,
+        done: false,
+        on_corrupt: Some(on_corrupt),
+    };
+    let fail = |state: &mut State, corrupt: bool| {
+        state.done = true;
+        if let Some(hook) = state.on_corrupt.take() {
+            hook(corrupt);
+        }
+        let error: crate::body::BoxError = if corrupt {
+            "stored body does not match its digest".into()
+        } else {
+            "stored body file is missing".into()
+        };
+        Some(Err(error))
+    };
+    let stream = futures_util::stream::unfold(state, move |mut state| async move {
+        loop {
+            if state.done {
+                return None;
+            }
+            if state.file.is_none() {
+                match tokio::fs::File::open(state.path.as_ref()).await {
+                    Ok(file) => state.file = Some(file),
+                    Err(_) => {
+                        let item = fail(&mut state, false);
+                        return item.map(|item| (item, state));
+                    }
+                }
+            }
+            let mut buffer = vec![0u8; READ_CHUNK];
+            let file = state.file.as_mut()?;
+            let read = match file.read(&mut buffer).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let item = fail(&mut state, true);
+                    return item.map(|item| (item, state));
+                }
+            };
+            if read == 0 {
+                if state.offset == len && *state.hasher.finalize().as_bytes() == digest {
+                    state.done = true;
+                    return state.held.take().map(|last| (Ok(last), state));
+                }
+                let item = fail(&mut state, true);
+                return item.map(|item| (item, state));
+            }
+            buffer.truncate(read);
+            state.hasher.update(&buffer);
+            let start = state.offset;
+            state.offset += read as u64;
+            let (first, last) = window;
+            let from = first.max(start);
+            let to = last.saturating_add(1).min(state.offset);
+            if from < to {
+                let buffer = Bytes::from(buffer);
+                let part = buffer.slice((from - start) as usize..(to - start) as usize);
+                if let Some(previous) = state.held.replace(part) {
+                    return Some((Ok(previous), state));
+                }
+            }
+        }
+    });
+    let frames =
+        stream.map(|item: Result<Bytes, crate::body::BoxError>| item.map(http_body::Frame::data));
+    crate::body::Body::boxed(http_body_util::StreamBody::new(frames))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::StoredResponse;
+    use crate::cache::key::Vary;
+    use crate::cache::policy::{Freshness, PolicySettings};
+    use http::{HeaderMap, StatusCode};
+    use std::time::SystemTime;
+
+    fn entry(path: &str, body: &'static [u8]) -> StoredResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", "max-age=60".parse().unwrap());
+        let now = SystemTime::now();
+        let freshness = Freshness::compute(
+            StatusCode::OK,
+            &headers,
+            &PolicySettings::default(),
+            now,
+            now,
+        );
+        let meta = EntryMeta::new(
+            PrimaryKey::new("http", "example.com", path),
+            format!("http://example.com{path}"),
+            StatusCode::OK,
+            headers,
+            (Vary::None, VariantKey::NONE),
+            freshness,
+        );
+        StoredResponse::new(meta, Bytes::from_static(body))
+    }
+
+    fn store_entry(store: &SledStore, entry: &StoredResponse) {
+        let temp = store.write_temp(entry.body.as_bytes().unwrap()).unwrap();
+        store.commit(&entry.meta, Some(temp)).unwrap();
+    }
+
+    #[test]
+    fn stores_reads_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = entry("/a", b"alpha");
+        {
+            let store = SledStore::open(dir.path(), 1 << 30, false).unwrap();
+            store_entry(&store, &a);
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 1 << 30, false).unwrap();
+        let variants = store.variants(&a.meta.key).unwrap();
+        assert_eq!(variants.len(), 1);
+        assert_eq!(store.read_body(&variants[0]).unwrap(), &b"alpha"[..]);
+        assert_eq!(store.usage().0, 1);
+    }
+
+    #[test]
+    fn identical_bodies_are_stored_once_and_kept_while_referenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 30, false).unwrap();
+        let (a, b) = (entry("/a", b"same"), entry("/b", b"same"));
+        store_entry(&store, &a);
+        store_entry(&store, &b);
+        let shard = store.blob_path(&a.meta.body_digest);
+        assert_eq!(fs::read_dir(shard.parent().unwrap()).unwrap().count(), 1);
+        store.remove(&a.meta.key).unwrap();
+        assert!(shard.exists(), "still referenced by /b");
+        store.remove(&b.meta.key).unwrap();
+        assert!(!shard.exists());
+        // Re-storing the same row twice keeps one reference.
+        store_entry(&store, &a);
+        store_entry(&store, &a);
+        store.remove(&a.meta.key).unwrap();
+        assert!(!shard.exists());
+    }
+
+    #[test]
+    fn a_flipped_byte_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 30, false).unwrap();
+        let a = entry("/a", b"alpha");
+        store_entry(&store, &a);
+        let path = store.blob_path(&a.meta.body_digest);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        fs::write(&path, bytes).unwrap();
+        assert!(matches!(store.read_body(&a.meta), Err(ReadError::Corrupt)));
+        fs::remove_file(&path).unwrap();
+        assert!(matches!(store.read_body(&a.meta), Err(ReadError::Missing)));
+    }
+
+    #[test]
+    fn least_recently_used_goes_first_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for about two rows of this size.
+        let a = entry("/a", &[1; 4000]);
+        let b = entry("/b", &[2; 4000]);
+        let c = entry("/c", &[3; 4000]);
+        let store = SledStore::open(dir.path(), 9000, false).unwrap();
+        store_entry(&store, &a);
+        store_entry(&store, &b);
+        store.touch(&a.meta.key, &a.meta.variant).unwrap();
+        store_entry(&store, &c);
+        assert_eq!(
+            store.variants(&b.meta.key).unwrap().len(),
+            0,
+            "b was least recent"
+        );
+        assert_eq!(store.variants(&a.meta.key).unwrap().len(), 1);
+        assert_eq!(store.variants(&c.meta.key).unwrap().len(), 1);
+        assert!(store.usage().1 <= 9000);
+    }
+
+    #[test]
+    fn sweep_removes_orphans_temp_files_and_rows_without_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 30, false).unwrap();
+        let (a, b) = (entry("/a", b"alpha"), entry("/b", b"beta"));
+        store_entry(&store, &a);
+        store_entry(&store, &b);
+        // A crash between rename and indexing leaves an unindexed file...
+        let orphan = store.blob_path(&[7; 32]);
+        fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+        fs::write(&orphan, b"orphan").unwrap();
+        // ...one mid-write leaves a temp file; a power cut can lose an indexed file.
+        store.write_temp(b"partial").unwrap();
+        fs::remove_file(store.blob_path(&b.meta.body_digest)).unwrap();
+        let report = store.sweep().unwrap();
+        assert_eq!(report.orphan_files, 1);
+        assert_eq!(report.temp_files, 1);
+        assert_eq!(report.rows_without_body, 1);
+        assert_eq!(report.entries, 1);
+        assert!(!orphan.exists());
+        assert!(store.variants(&b.meta.key).unwrap().is_empty());
+        assert_eq!(store.read_body(&a.meta).unwrap(), &b"alpha"[..]);
+    }
+}

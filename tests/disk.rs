@@ -1,0 +1,553 @@
+//! The disk tier end to end: a real origin, a real outpost with `cache.dir`, real HTTP.
+//! Restarts are in-process (the same directory opened by a second outpost); the crash test
+//! (`kill -9`) runs the binary in `cli.rs`.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use support::{client, get, send, start_admin, Fixture, Gate, Origin, Proxy};
+
+fn disk_toml(dir: &Path, extra: &str) -> String {
+    format!("[cache]\ndir = \"{}\"\n{extra}\n", dir.display())
+}
+
+/// Stops `proxy` and waits until it has flushed its disk tier.
+async fn restart_point(mut proxy: Proxy) {
+    proxy
+        .shutdown()
+        .await
+        .expect("outpost task")
+        .expect("outpost stopped cleanly");
+    drop(proxy);
+}
+
+/// The Host every request uses, so keys stay the same across restarts on new ports.
+const HOST: (&str, &str) = ("host", "cache.test");
+
+async fn get_as(url: &str, headers: &[(&str, &str)]) -> support::Reply {
+    let mut with_host = vec![HOST];
+    with_host.extend_from_slice(headers);
+    get(url, &with_host).await
+}
+
+fn pattern(len: usize) -> Bytes {
+    Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>())
+}
+
+fn blob_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for shard in std::fs::read_dir(dir.join("blobs")).unwrap().flatten() {
+        for file in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            files.push(file.path());
+        }
+    }
+    files
+}
+
+async fn metrics_text(proxy: &Proxy) -> String {
+    let admin = start_admin(proxy).await;
+    get(&format!("{admin}/metrics"), &[]).await.text()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} not found in\n{text}"))
+}
+
+/// RFC 9111 §3 storage that outlives the process: a restarted outpost with the same cache
+/// directory answers from disk without asking the origin.
+#[tokio::test]
+async fn restart_with_the_same_cache_dir_serves_a_hit_without_the_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(vec![(
+        "/kept",
+        Fixture::with_headers(200, &[("cache-control", "max-age=3600")], "kept body"),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    let first = get_as(&proxy.url("/kept"), &[]).await;
+    assert_eq!(first.text(), "kept body");
+    restart_point(proxy).await;
+
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    let again = get_as(&proxy.url("/kept"), &[("outpost-debug", "1")]).await;
+    assert_eq!(again.text(), "kept body");
+    assert!(again.header("cache-status").unwrap().contains("hit"));
+    assert!(
+        again.header("outpost-path").unwrap().contains("tier=disk"),
+        "{:?}",
+        again.header("outpost-path")
+    );
+    let third = get_as(&proxy.url("/kept"), &[("outpost-debug", "1")]).await;
+    assert!(third
+        .header("outpost-path")
+        .unwrap()
+        .contains("tier=memory"));
+    assert_eq!(
+        origin.hits("/kept"),
+        1,
+        "the origin was asked once, before the restart"
+    );
+}
+
+/// A body whose digest does not match is never served: it is removed, counted and
+/// refetched.
+#[tokio::test]
+async fn a_flipped_byte_in_a_stored_body_is_detected_and_refetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(vec![(
+        "/flip",
+        Fixture::with_headers(200, &[("cache-control", "max-age=3600")], "original bytes"),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    get_as(&proxy.url("/flip"), &[]).await;
+    restart_point(proxy).await;
+    let files = blob_files(dir.path());
+    assert_eq!(files.len(), 1);
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    bytes[3] ^= 0x20;
+    std::fs::write(&files[0], &bytes).unwrap();
+
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    let reply = get_as(&proxy.url("/flip"), &[]).await;
+    assert_eq!(
+        reply.text(),
+        "original bytes",
+        "the corrupt copy is not served"
+    );
+    assert_eq!(origin.hits("/flip"), 2, "refetched from the origin");
+    let metrics = metrics_text(&proxy).await;
+    assert_eq!(metric(&metrics, "outpost_integrity_failures_total"), 1.0);
+    // The refetched copy replaced the corrupt one.
+    proxy.outpost.proxy().cache().settle().await;
+    let files = blob_files(dir.path());
+    assert_eq!(std::fs::read(&files[0]).unwrap(), b"original bytes");
+}
+
+/// Objects larger than the memory tier's object limit stream to disk while they are
+/// served, and later hits (whole and RFC 9110 §14 ranges) are read from the file.
+#[tokio::test]
+async fn a_large_object_streams_to_disk_and_is_served_from_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(3 << 20);
+    let origin = Origin::start(vec![(
+        "/big.iso",
+        Fixture::Static {
+            status: StatusCode::OK,
+            headers: vec![
+                ("cache-control", "max-age=3600".into()),
+                ("etag", "\"big-1\"".into()),
+                ("content-type", "application/octet-stream".into()),
+            ],
+            body: body.clone(),
+        },
+    )])
+    .await;
+    let toml = disk_toml(dir.path(), "max_object_size = \"256KiB\"");
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    let miss = get_as(&proxy.url("/big.iso"), &[]).await;
+    assert_eq!(miss.body, body);
+    let hit = get_as(&proxy.url("/big.iso"), &[]).await;
+    assert_eq!(hit.body, body);
+    assert!(hit.header("cache-status").unwrap().contains("hit"));
+    let ranged = get_as(
+        &proxy.url("/big.iso"),
+        &[("range", "bytes=1000000-1000099")],
+    )
+    .await;
+    assert_eq!(ranged.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(ranged.body, body.slice(1_000_000..1_000_100));
+    assert_eq!(
+        ranged.header("content-range"),
+        Some("bytes 1000000-1000099/3145728")
+    );
+    let suffix = get_as(&proxy.url("/big.iso"), &[("range", "bytes=-10")]).await;
+    assert_eq!(suffix.body, body.slice(body.len() - 10..));
+    restart_point(proxy).await;
+
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    let after = get_as(&proxy.url("/big.iso"), &[("outpost-debug", "1")]).await;
+    assert_eq!(after.body, body);
+    assert!(after.header("outpost-path").unwrap().contains("tier=disk"));
+    assert_eq!(origin.hits("/big.iso"), 1);
+}
+
+/// A large stored body corrupted on disk aborts the response (never a clean end of wrong
+/// bytes), is removed, and the next request refetches it.
+#[tokio::test]
+async fn a_corrupt_large_body_aborts_the_response_and_is_refetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(1 << 20);
+    let origin = Origin::start(vec![(
+        "/big",
+        Fixture::Static {
+            status: StatusCode::OK,
+            headers: vec![("cache-control", "max-age=3600".into())],
+            body: body.clone(),
+        },
+    )])
+    .await;
+    let toml = disk_toml(dir.path(), "max_object_size = \"64KiB\"");
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    assert_eq!(get_as(&proxy.url("/big"), &[]).await.body, body);
+    let files = blob_files(dir.path());
+    assert_eq!(files.len(), 1);
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    bytes[900_000] ^= 1;
+    std::fs::write(&files[0], &bytes).unwrap();
+
+    let response = client()
+        .request(
+            Request::get(proxy.url("/big"))
+                .header("host", "cache.test")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let collected = response.into_body().collect().await;
+    assert!(collected.is_err(), "a corrupt body must end in an error");
+
+    // The entry is removed in the background; the next request goes to the origin.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get_as(&proxy.url("/big"), &[]).await;
+        if origin.hits("/big") == 2 {
+            assert_eq!(reply.body, body);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never refetched");
+        tokio::task::yield_now().await;
+    }
+    let metrics = metrics_text(&proxy).await;
+    assert_eq!(metric(&metrics, "outpost_integrity_failures_total"), 1.0);
+}
+
+/// An origin that fails mid-body while a large object streams to disk: every reader is
+/// aborted and nothing is indexed.
+#[tokio::test]
+async fn an_origin_reset_mid_body_stores_nothing_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "HTTP/1.1 200 OK\r\ncache-control: max-age=3600\r\ncontent-length: 2000000\r\n\r\n";
+    let mut raw = head.as_bytes().to_vec();
+    raw.extend(std::iter::repeat_n(b'x', 500_000));
+    let origin =
+        support::RawOrigin::start(support::RawBehaviour::SendThenClose(Bytes::from(raw))).await;
+    let toml = disk_toml(dir.path(), "max_object_size = \"64KiB\"");
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    let response = client()
+        .request(
+            Request::get(proxy.url("/partial"))
+                .header("host", "cache.test")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(response.into_body().collect().await.is_err());
+    proxy.outpost.proxy().cache().settle().await;
+    assert_eq!(proxy.outpost.proxy().cache().disk_usage().unwrap().0, 0);
+    assert!(blob_files(dir.path()).is_empty());
+}
+
+/// Offline mode (the operator's switch): whatever is stored is served, fresh or not, and
+/// nothing else reaches the origin; entries that forbid stale use are not served.
+#[tokio::test]
+async fn offline_mode_serves_what_is_stored_and_504_for_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(vec![
+        (
+            "/stale",
+            Fixture::with_headers(
+                200,
+                &[("cache-control", "max-age=0"), ("etag", "\"s\"")],
+                "stale copy",
+            ),
+        ),
+        (
+            "/strict",
+            Fixture::with_headers(
+                200,
+                &[("cache-control", "max-age=0, must-revalidate")],
+                "strict copy",
+            ),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    let admin = start_admin(&proxy).await;
+    get_as(&proxy.url("/stale"), &[]).await;
+    get_as(&proxy.url("/strict"), &[]).await;
+
+    let switched = send(
+        &client(),
+        Request::post(format!("{admin}/offline?enabled=true"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(switched.status, StatusCode::OK);
+    let stale = get_as(&proxy.url("/stale"), &[("cache-control", "max-age=0")]).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(stale.text(), "stale copy");
+    assert!(stale
+        .header("cache-status")
+        .unwrap()
+        .contains("detail=\"offline\""));
+    let strict = get_as(&proxy.url("/strict"), &[]).await;
+    assert_eq!(strict.status, StatusCode::GATEWAY_TIMEOUT);
+    let unknown = get_as(&proxy.url("/never-seen"), &[]).await;
+    assert_eq!(unknown.status, StatusCode::GATEWAY_TIMEOUT);
+    let metrics = metrics_text(&proxy).await;
+    assert_eq!(metric(&metrics, "outpost_offline"), 1.0);
+    assert_eq!(origin.hits("/stale") + origin.hits("/strict"), 2);
+    assert!(origin.seen().iter().all(|r| r.uri.path() != "/never-seen"));
+
+    send(
+        &client(),
+        Request::post(format!("{admin}/offline?enabled=false"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    get_as(&proxy.url("/stale"), &[]).await;
+    assert_eq!(
+        origin.hits("/stale"),
+        2,
+        "online again: validated with the origin"
+    );
+}
+
+/// `offline_ignores_revalidation` lets offline mode serve must-revalidate entries too.
+#[tokio::test]
+async fn offline_mode_can_override_must_revalidate_when_configured() {
+    let origin = Origin::start(vec![(
+        "/strict",
+        Fixture::with_headers(200, &[("cache-control", "no-cache")], "strict copy"),
+    )])
+    .await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[cache]\noffline_ignores_revalidation = true\n",
+    )
+    .await;
+    get_as(&proxy.url("/strict"), &[]).await;
+    proxy.outpost.proxy().cache().set_offline(true);
+    let reply = get_as(&proxy.url("/strict"), &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "strict copy");
+    assert_eq!(origin.hits("/strict"), 1);
+}
+
+/// RFC 5861 §3: within stale-while-revalidate the stale response is served at once and
+/// validated once in the background, however many requests arrive meanwhile.
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_and_revalidates_once() {
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/swr",
+        Fixture::sequence(vec![
+            Fixture::with_headers(
+                200,
+                &[("cache-control", "max-age=0, stale-while-revalidate=600")],
+                "old",
+            ),
+            Fixture::GatedWith {
+                gate: gate.clone(),
+                headers: support::header_list(&[("cache-control", "max-age=600")]),
+                body: Bytes::from_static(b"new"),
+            },
+        ]),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    assert_eq!(get_as(&proxy.url("/swr"), &[]).await.text(), "old");
+    for _ in 0..5 {
+        let reply = get_as(&proxy.url("/swr"), &[]).await;
+        assert_eq!(reply.text(), "old", "served stale without waiting");
+        let status = reply.header("cache-status").unwrap().to_string();
+        assert!(
+            status.contains("hit") && status.contains("stale-while-revalidate"),
+            "{status}"
+        );
+    }
+    assert_eq!(
+        origin.hits("/swr"),
+        2,
+        "one fill and one background validation"
+    );
+    gate.open();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get_as(&proxy.url("/swr"), &[]).await;
+        if reply.text() == "new" {
+            assert!(reply.header("cache-status").unwrap().contains("hit"));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never revalidated");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(origin.hits("/swr"), 2);
+}
+
+/// Per-path rules: `immutable` paths are not revalidated on a client's reload (RFC 8246);
+/// `revalidate` paths are validated on every use and fall back to the stored copy when the
+/// origin fails (stale_if_error, RFC 5861 §4).
+#[tokio::test]
+async fn path_rules_make_packages_immutable_and_indexes_revalidated() {
+    let origin = Origin::start(vec![
+        (
+            "/pool/sl_5.02-1%2bb1_amd64.deb",
+            Fixture::with_headers(
+                200,
+                &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
+                "deb",
+            ),
+        ),
+        (
+            "/dists/stable/InRelease",
+            Fixture::sequence(vec![
+                Fixture::Validated {
+                    etag: "\"r1\"",
+                    headers: support::header_list(&[("cache-control", "max-age=3600")]),
+                    body: Bytes::from_static(b"release"),
+                    not_modified_headers: Vec::new(),
+                },
+                Fixture::Validated {
+                    etag: "\"r1\"",
+                    headers: support::header_list(&[("cache-control", "max-age=3600")]),
+                    body: Bytes::from_static(b"release"),
+                    not_modified_headers: Vec::new(),
+                },
+                Fixture::with_headers(503, &[], "down"),
+            ]),
+        ),
+    ])
+    .await;
+    let toml = r#"
+[[cache.rules]]
+match = "*.deb"
+immutable = true
+
+[[cache.rules]]
+match = "*/InRelease"
+revalidate = true
+stale_if_error = "7d"
+"#;
+    let proxy = Proxy::start(&origin.url(), toml).await;
+    let deb = "/pool/sl_5.02-1%2bb1_amd64.deb";
+    get_as(&proxy.url(deb), &[]).await;
+    let reload = get_as(&proxy.url(deb), &[("cache-control", "max-age=0")]).await;
+    assert_eq!(reload.text(), "deb");
+    assert!(reload.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(
+        origin.hits(deb),
+        1,
+        "immutable: the reload did not reach the origin"
+    );
+
+    let index = "/dists/stable/InRelease";
+    assert_eq!(get_as(&proxy.url(index), &[]).await.text(), "release");
+    let validated = get_as(&proxy.url(index), &[]).await;
+    assert_eq!(validated.text(), "release");
+    assert!(validated
+        .header("cache-status")
+        .unwrap()
+        .contains("fwd-status=304"));
+    let origin_down = get_as(&proxy.url(index), &[]).await;
+    assert_eq!(origin_down.status, StatusCode::OK);
+    assert_eq!(origin_down.text(), "release");
+    assert!(origin_down
+        .header("cache-status")
+        .unwrap()
+        .contains("http_503"));
+    assert_eq!(origin.hits(index), 3);
+}
+
+/// A cache directory that cannot be used: outpost starts memory-only, says so in a metric,
+/// and keeps serving (and caching in memory).
+#[tokio::test]
+async fn an_unusable_cache_dir_degrades_to_memory_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"in the way").unwrap();
+    let origin = Origin::start(vec![(
+        "/a",
+        Fixture::with_headers(200, &[("cache-control", "max-age=60")], "a"),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(&not_a_dir, "")).await;
+    assert_eq!(get_as(&proxy.url("/a"), &[]).await.text(), "a");
+    assert_eq!(get_as(&proxy.url("/a"), &[]).await.text(), "a");
+    assert_eq!(origin.hits("/a"), 1);
+    let metrics = metrics_text(&proxy).await;
+    assert_eq!(metric(&metrics, "outpost_disk_degraded"), 1.0);
+}
+
+/// A disk that fails while running (here: its temp directory replaced by a file, as a full
+/// or broken disk would fail writes) switches outpost to memory only; requests go on.
+#[tokio::test]
+async fn a_disk_failure_at_run_time_degrades_to_memory_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(vec![
+        (
+            "/a",
+            Fixture::with_headers(200, &[("cache-control", "max-age=60")], "a"),
+        ),
+        (
+            "/b",
+            Fixture::with_headers(200, &[("cache-control", "max-age=60")], "b"),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    assert_eq!(get_as(&proxy.url("/a"), &[]).await.text(), "a");
+    proxy.outpost.proxy().cache().settle().await;
+    std::fs::remove_dir_all(dir.path().join("tmp")).unwrap();
+    std::fs::write(dir.path().join("tmp"), b"not a directory").unwrap();
+    assert_eq!(get_as(&proxy.url("/b"), &[]).await.text(), "b");
+    proxy.outpost.proxy().cache().settle().await;
+    assert_eq!(get_as(&proxy.url("/b"), &[]).await.text(), "b");
+    assert_eq!(origin.hits("/b"), 1, "still cached in memory");
+    let metrics = metrics_text(&proxy).await;
+    assert_eq!(metric(&metrics, "outpost_disk_degraded"), 1.0);
+    assert!(metric(&metrics, "outpost_disk_errors_total") >= 1.0);
+}
+
+/// Purge reaches the disk tier: a purged URL is not resurrected from disk after a restart.
+#[tokio::test]
+async fn purge_removes_entries_from_disk_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(vec![(
+        "/p",
+        Fixture::with_headers(200, &[("cache-control", "max-age=3600")], "p"),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    get_as(&proxy.url("/p"), &[]).await;
+    proxy.outpost.proxy().cache().settle().await;
+    let admin = start_admin(&proxy).await;
+    let purge = send(
+        &client(),
+        Request::post(format!("{admin}/purge?prefix=http://cache.test/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert!(purge.text().contains("\"purged\":1"), "{}", purge.text());
+    restart_point(proxy).await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    get_as(&proxy.url("/p"), &[]).await;
+    assert_eq!(origin.hits("/p"), 2);
+}

@@ -85,6 +85,7 @@ fn bench_cache(c: &mut Criterion) {
         16,
         outpost::config::MemoryPolicy::Lru,
         Default::default(),
+        None,
     );
     let languages = ["en", "fr", "de", "es", "it", "nl"];
     runtime.block_on(async {

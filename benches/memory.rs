@@ -86,6 +86,7 @@ fn measure(capacity_mib: u64, body_size: usize) {
         16,
         outpost::config::MemoryPolicy::Lru,
         Default::default(),
+        None,
     );
     let (entries, weighed) = runtime.block_on(async {
         // Insert twice the capacity's worth, so eviction runs and the tier is full.

@@ -71,6 +71,40 @@ fn shipped_sample_config_is_valid() {
     assert!(output.status.success(), "{}", stderr(&output));
 }
 
+/// The package-mirror profile is valid and carries its rules (Debian, crates.io, PyPI).
+#[test]
+fn shipped_mirror_profile_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/mirror.toml");
+    let output = outpost(&["check", "--config", path], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let settings = stdout(&output);
+    for expected in [
+        "*.deb",
+        "*/InRelease",
+        "/packages/",
+        "/simple/",
+        "https://deb.debian.org",
+    ] {
+        assert!(
+            settings.contains(expected),
+            "{expected} missing from\n{settings}"
+        );
+    }
+}
+
+#[test]
+fn bad_path_rules_are_refused_with_their_key() {
+    let (_dir, path) =
+        write_config("origin = \"http://127.0.0.1:9000\"\n[[cache.rules]]\nmatch = \"a[\"\n");
+    let output = outpost(&["check", "--config", &path], &[]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("cache.rules[0].match"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 #[test]
 fn missing_config_file_is_an_error_naming_it() {
     let output = outpost(&["check", "--config", "/nonexistent/outpost.toml"], &[]);

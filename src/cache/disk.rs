@@ -444,7 +444,12 @@ impl DiskStore for SledStore {
         self.entries.insert(row, value)?;
         self.recency.insert(recency_key(tick, &row), &[])?;
         self.rows.fetch_add(1, Ordering::Relaxed);
-        self.evict_locked()
+        let evicted = self.evict_locked()?;
+        if self.fsync {
+            // Durable before it counts as stored; otherwise sled flushes every 200 ms.
+            self.db.flush()?;
+        }
+        Ok(evicted)
     }
 
     fn remove(&self, key: &PrimaryKey) -> Result<usize, DiskError> {

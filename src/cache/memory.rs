@@ -124,6 +124,9 @@ impl VariantSet {
     }
 }
 
+/// Called with each resource the memory tier evicts for room.
+pub type EvictionHook = Box<dyn Fn(&VariantSet) + Send + Sync>;
+
 /// The in-memory tier.
 #[derive(Clone)]
 pub struct MemoryTier {
@@ -133,12 +136,13 @@ pub struct MemoryTier {
 
 impl MemoryTier {
     /// `capacity` is in bytes, as weighed by [`StoredResponse::weight`].
-    /// `evictions` counts resources removed to make room.
+    /// `evictions` counts resources removed to make room; `on_evict` sees each of them.
     pub fn new(
         capacity: u64,
         max_variants: usize,
         policy: MemoryPolicy,
         evictions: Counter,
+        on_evict: Option<EvictionHook>,
     ) -> MemoryTier {
         let eviction = match policy {
             MemoryPolicy::Lru => moka::policy::EvictionPolicy::lru(),
@@ -148,9 +152,12 @@ impl MemoryTier {
             .max_capacity(capacity)
             .eviction_policy(eviction)
             .weigher(|_key: &PrimaryKey, set: &Arc<VariantSet>| set.weight())
-            .eviction_listener(move |_key, _value, cause| {
+            .eviction_listener(move |_key, value: Arc<VariantSet>, cause| {
                 if cause == moka::notification::RemovalCause::Size {
                     evictions.inc();
+                    if let Some(hook) = &on_evict {
+                        hook(&value);
+                    }
                 }
             })
             .build();
@@ -264,7 +271,7 @@ mod tests {
     /// repeatedly (the weighted-TinyLFU pathology the default policy avoids).
     #[tokio::test]
     async fn full_tier_admits_a_large_object() {
-        let tier = MemoryTier::new(4 << 20, 4, MemoryPolicy::Lru, Counter::default());
+        let tier = MemoryTier::new(4 << 20, 4, MemoryPolicy::Lru, Counter::default(), None);
         for index in 0..10_000 {
             tier.insert(entry(&format!("/small/{index}"), 1024)).await;
         }

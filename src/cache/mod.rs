@@ -66,6 +66,9 @@ impl Cache {
     /// Builds the tiers. A disk tier that cannot be opened (unusable directory, corrupt or
     /// locked index) is logged loudly and left out: outpost runs memory-only.
     pub fn new(config: &CacheConfig, metrics: &Arc<Metrics>) -> Cache {
+        let disk = (!config.dir.is_empty())
+            .then(|| open_disk(config, metrics))
+            .flatten();
         let memory = MemoryTier::new(
             config.memory_capacity.as_u64(),
             config.max_variants,
@@ -74,14 +77,12 @@ impl Cache {
                 .evictions
                 .get_or_create(&TierLabels { tier: "memory" })
                 .clone(),
+            disk.clone().map(recency_hook),
         );
         let hit_for_miss = moka::future::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(config.hit_for_miss_ttl.get().max(Duration::from_millis(1)))
             .build();
-        let disk = (!config.dir.is_empty())
-            .then(|| open_disk(config, metrics))
-            .flatten();
         let shared = SharedStores {
             memory,
             disk,
@@ -292,6 +293,23 @@ impl Cache {
     pub fn disk_usage(&self) -> Option<(u64, u64)> {
         self.disk.as_ref().map(DiskTier::usage)
     }
+}
+
+/// What memory lets go was in use until now: it moves to the recent end of the disk tier's
+/// replacement order (so hot objects served from memory are not the disk's first victims).
+fn recency_hook(disk: DiskTier) -> memory::EvictionHook {
+    Box::new(move |set: &VariantSet| {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let rows: Vec<_> = set.iter().map(|e| (e.meta.key, e.meta.variant)).collect();
+        let disk = disk.clone();
+        runtime.spawn(async move {
+            for (key, variant) in rows {
+                disk.touch(key, variant).await;
+            }
+        });
+    })
 }
 
 /// What a reload carries over from one [`Cache`] to the next.

@@ -481,6 +481,12 @@ impl DiskStore for SledStore {
         let Some((old_tick, meta)) = split_row(&value) else {
             return Ok(());
         };
+        // Already among the most recent quarter of rows: moving it again changes nothing
+        // eviction would notice, and costs three index writes.
+        let newest = self.next_tick.load(Ordering::Relaxed);
+        if newest.saturating_sub(old_tick) < self.rows.load(Ordering::Relaxed) / 4 + 1 {
+            return Ok(());
+        }
         let tick = self.tick();
         let mut updated = Vec::with_capacity(value.len());
         updated.extend_from_slice(&tick.to_be_bytes());
@@ -885,7 +891,9 @@ impl BlobWriter {
 /// to remove the entry and count it.
 pub type CorruptionHook = Box<dyn FnOnce(bool) + Send>;
 
-const READ_CHUNK: usize = 64 << 10;
+/// Bytes read per blocking call while streaming a body file: large, because each call is a
+/// trip to the blocking pool.
+const READ_CHUNK: usize = 512 << 10;
 
 /// Streams bytes `window.0..=window.1` of a body file while verifying the whole file
 /// against `digest` and `len`. The last piece is held back until the digest checks out, so

@@ -61,6 +61,12 @@ enum Command {
         #[arg(long, default_value = "public, max-age=60")]
         cache_control: String,
     },
+    /// Replay a request trace through outpost's replacement policies and report hit ratios
+    /// per cache size (table, CSV, JSON, SVG miss-ratio curve).
+    Replay(ReplayArgs),
+    /// Drive HTTP load at a running cache with Zipf (or trace-driven) keys; report
+    /// requests/s, latency percentiles and the hit ratio seen in Cache-Status.
+    Load(LoadArgs),
     /// Start the sample origin and outpost in front of it, and print what to try.
     Demo {
         /// Address outpost listens on.
@@ -70,6 +76,96 @@ enum Command {
         #[arg(long, default_value = "300ms")]
         latency: HumanDuration,
     },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ReplayArgs {
+    /// Trace file (oracleGeneral, optionally .zst; CSV; access log).
+    #[arg(required_unless_present = "synthetic")]
+    trace: Option<PathBuf>,
+    /// Trace format [default: from the file name].
+    #[arg(long, value_enum)]
+    format: Option<TraceFormatArg>,
+    /// Generate the workload instead: zipf:alpha=0.9,objects=1e6,requests=1e7,seed=1[,size=4096|MIN-MAX] or uniform:...
+    #[arg(long, value_name = "SPEC")]
+    synthetic: Option<String>,
+    /// Policies, comma-separated: lru, tinylfu.
+    #[arg(long, default_value = "lru", value_delimiter = ',')]
+    policy: Vec<String>,
+    /// Cache sizes, comma-separated: 64MiB,1GiB or fractions of the working set (0.01,0.1).
+    #[arg(
+        long,
+        default_value = "0.001,0.01,0.05,0.1,0.2,0.5",
+        value_delimiter = ','
+    )]
+    sizes: Vec<String>,
+    /// Add a disk tier of this size behind the memory tier (LRU, stores everything).
+    #[arg(long, value_name = "SIZE")]
+    disk: Option<String>,
+    /// Requests replayed before counting starts.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+    /// SVG plot of the miss-ratio curve.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Also write the trace as oracleGeneral (zstd-compressed when the name ends in .zst).
+    #[arg(long, value_name = "FILE")]
+    write_oracle: Option<PathBuf>,
+    /// Also write the trace as CSV (time,obj_id,size).
+    #[arg(long, value_name = "FILE")]
+    write_csv: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct LoadArgs {
+    /// URL of the objects: `{key}` is replaced by the key, else the key is appended
+    /// (http://127.0.0.1:8080/obj/ -> /obj/0, /obj/1, ...).
+    url: String,
+    /// Stop after this long.
+    #[arg(long, default_value = "10s")]
+    duration: HumanDuration,
+    /// Stop after this many requests.
+    #[arg(long, default_value_t = 1_000_000)]
+    requests: u64,
+    /// Requests in flight at once.
+    #[arg(long, short = 'c', default_value_t = 32)]
+    concurrency: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    /// Zipf exponent of key popularity (0: uniform).
+    #[arg(long, default_value_t = 0.9)]
+    zipf: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Take keys from a trace (in order) instead; its format from the name, or --format.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    format: Option<TraceFormatArg>,
+    /// Extra request header, `Name: value` (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "HEADER")]
+    headers: Vec<String>,
+    /// Also write the report as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TraceFormatArg {
+    Oracle,
+    Csv,
+    Clf,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -174,6 +270,8 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })
         }
+        Command::Replay(args) => replay(&args),
+        Command::Load(args) => load(&args),
         Command::Demo { listen, latency } => {
             let config = Config {
                 listen,
@@ -350,4 +448,182 @@ async fn shutdown_signal() {
 
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
+}
+
+fn replay(args: &ReplayArgs) -> Result<()> {
+    use outpost::replay::{self, sim::Policy, trace, SizeSpec};
+    let (requests, name) = match (&args.synthetic, &args.trace) {
+        (Some(spec), _) => {
+            let synthetic: trace::Synthetic = spec.parse()?;
+            (synthetic.generate(), spec.clone())
+        }
+        (None, Some(path)) => {
+            let format = match args.format {
+                Some(TraceFormatArg::Oracle) => trace::TraceFormat::Oracle,
+                Some(TraceFormatArg::Csv) => trace::TraceFormat::Csv,
+                Some(TraceFormatArg::Clf) => trace::TraceFormat::Clf,
+                None => trace::guess_format(path),
+            };
+            (trace::read(path, format)?, path.display().to_string())
+        }
+        (None, None) => anyhow::bail!("give a TRACE file or --synthetic SPEC"),
+    };
+    let policies = args
+        .policy
+        .iter()
+        .map(|p| Policy::parse(p).with_context(|| format!("unknown policy `{p}` (lru, tinylfu)")))
+        .collect::<Result<Vec<_>>>()?;
+    let sizes = args
+        .sizes
+        .iter()
+        .map(|s| s.parse::<SizeSpec>().map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let disk = args
+        .disk
+        .as_deref()
+        .map(|d| d.parse::<outpost::config::ByteSize>().map(|b| b.as_u64()))
+        .transpose()
+        .map_err(|err| anyhow::anyhow!("--disk: {err}"))?;
+    if let Some(path) = &args.write_oracle {
+        let compress = path.extension().is_some_and(|e| e == "zst");
+        let file = std::fs::File::create(path).with_context(|| path.display().to_string())?;
+        trace::write_oracle(file, &requests, compress)?;
+    }
+    if let Some(path) = &args.write_csv {
+        let file = std::fs::File::create(path).with_context(|| path.display().to_string())?;
+        trace::write_csv(file, &requests)?;
+    }
+    let summary = replay::summarise(&requests);
+    let total = summary.requests * (policies.len() * sizes.len()) as u64;
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::with_draw_target(
+            Some(total),
+            indicatif::ProgressDrawTarget::stderr(),
+        )
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} requests ({per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let results = replay::sweep(
+        &requests,
+        &summary,
+        &policies,
+        &sizes,
+        disk,
+        args.warmup,
+        &|n| bar.inc(n),
+    );
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{}: {} requests, {} objects, working set {}; replayed {} requests in {:.2?} ({:.1}M req/s)",
+        name,
+        summary.requests,
+        summary.objects,
+        bytesize::ByteSize(summary.working_set_bytes),
+        total,
+        elapsed,
+        total as f64 / elapsed.as_secs_f64() / 1e6
+    );
+    print!("{}", replay::table(&results));
+    let write = |path: &PathBuf, text: String| {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    if let Some(path) = &args.json {
+        write(path, replay::json(&name, &summary, args.warmup, &results))?;
+    }
+    if let Some(path) = &args.csv {
+        write(path, replay::csv(&results))?;
+    }
+    if let Some(path) = &args.plot {
+        write(path, replay::svg(&format!("miss ratio: {name}"), &results))?;
+    }
+    Ok(())
+}
+
+fn load(args: &LoadArgs) -> Result<()> {
+    use outpost::load::{self, KeySource, LoadPlan};
+    use outpost::replay::trace;
+    let keys = match &args.trace {
+        Some(path) => {
+            let format = match args.format {
+                Some(TraceFormatArg::Oracle) => trace::TraceFormat::Oracle,
+                Some(TraceFormatArg::Csv) => trace::TraceFormat::Csv,
+                Some(TraceFormatArg::Clf) => trace::TraceFormat::Clf,
+                None => trace::guess_format(path),
+            };
+            let ids: Vec<u64> = trace::read(path, format)?.iter().map(|r| r.id).collect();
+            anyhow::ensure!(!ids.is_empty(), "{}: the trace is empty", path.display());
+            KeySource::Trace(std::sync::Arc::new(ids))
+        }
+        None => {
+            anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
+            KeySource::Zipf {
+                keys: args.keys,
+                alpha: args.zipf,
+            }
+        }
+    };
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("--header `{h}`: expected `Name: value`"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let plan = LoadPlan {
+        url: args.url.clone(),
+        keys,
+        concurrency: args.concurrency,
+        duration: args.duration.get(),
+        max_requests: args.requests,
+        seed: args.seed,
+        headers,
+    };
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} {human_pos} requests ({per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let progress_bar = bar.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(load::run(plan, move |done| progress_bar.set_position(done)))?;
+    bar.finish_and_clear();
+    println!(
+        "{} requests in {:.2} s: {:.0} req/s, {} errors",
+        report.requests, report.seconds, report.requests_per_second, report.errors
+    );
+    println!(
+        "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
+        report.p50_ms, report.p90_ms, report.p99_ms, report.max_ms
+    );
+    match report.hit_ratio {
+        Some(ratio) => println!(
+            "hit ratio (Cache-Status): {ratio:.4} ({} of {})",
+            report.hits, report.with_cache_status
+        ),
+        None => println!("hit ratio: no Cache-Status headers seen"),
+    }
+    println!("statuses: {:?}", report.statuses);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }

@@ -637,6 +637,9 @@ pub struct DiskTier {
     store: Arc<dyn DiskStore>,
     degraded: Arc<AtomicBool>,
     metrics: DiskMetrics,
+    /// Recency updates, applied in batches by one background task (each would otherwise be
+    /// its own trip to the blocking pool).
+    touches: Option<tokio::sync::mpsc::UnboundedSender<(PrimaryKey, VariantKey)>>,
     /// Objects up to this size are read whole (and promoted to memory); larger ones stream.
     pub memory_object_limit: u64,
     pub max_object_size: u64,
@@ -649,13 +652,21 @@ impl DiskTier {
         memory_object_limit: u64,
         max_object_size: u64,
     ) -> DiskTier {
-        DiskTier {
+        let mut tier = DiskTier {
             store,
             degraded: Arc::new(AtomicBool::new(false)),
             metrics,
+            touches: None,
             memory_object_limit,
             max_object_size,
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            let store = Arc::downgrade(&tier.store);
+            runtime.spawn(apply_touches(store, Arc::clone(&tier.degraded), receiver));
+            tier.touches = Some(sender);
         }
+        tier
     }
 
     /// Whether the tier is in use (not degraded by an earlier failure).
@@ -715,35 +726,6 @@ impl DiskTier {
             .unwrap_or_default()
     }
 
-    /// The verified body of `meta`; `None` when it is missing or corrupt (then the row is
-    /// removed, and a corrupt body counted) or the tier failed.
-    pub async fn read_body(&self, meta: &EntryMeta) -> Option<Bytes> {
-        let target = (meta.key, meta.variant, meta.url.clone(), meta.clone());
-        let outcome = self
-            .run(move |s| {
-                Ok(match s.read_body(&target.3) {
-                    Ok(body) => {
-                        s.touch(&target.0, &target.1)?;
-                        Ok(body)
-                    }
-                    Err(ReadError::Disk(err)) => return Err(err),
-                    Err(other) => {
-                        s.remove_variant(&target.0, &target.1)?;
-                        Err(other)
-                    }
-                })
-            })
-            .await?;
-        match outcome {
-            Ok(body) => Some(body),
-            Err(ReadError::Corrupt) => {
-                self.report_corrupt(&target_url(meta));
-                None
-            }
-            Err(_) => None,
-        }
-    }
-
     /// Stores `meta` with `body` (`None`: only the headers changed).
     pub async fn store(&self, meta: EntryMeta, body: Option<Bytes>) {
         let evictions = self.metrics.evictions.clone();
@@ -780,8 +762,76 @@ impl DiskTier {
         self.run(move |s| s.remove_variant(&key, &variant)).await;
     }
 
-    pub async fn touch(&self, key: PrimaryKey, variant: VariantKey) {
-        self.run(move |s| s.touch(&key, &variant)).await;
+    /// Queues a recency update (applied in the background, in batches).
+    pub fn touch_later(&self, key: PrimaryKey, variant: VariantKey) {
+        if let Some(touches) = &self.touches {
+            let _ = touches.send((key, variant));
+        }
+    }
+
+    /// Everything a memory miss needs from disk in one trip to the blocking pool: the
+    /// stored variants, and for the one `select` picks, its body (verified) when it is at
+    /// most `inline_limit` bytes, with the bodies of its encoded variants. A corrupt or
+    /// missing body removes its row (and a corrupt one is counted).
+    pub async fn load<F>(&self, key: PrimaryKey, select: F, inline_limit: u64) -> Option<Loaded>
+    where
+        F: FnOnce(&[EntryMeta]) -> Option<usize> + Send + 'static,
+    {
+        let loaded = self
+            .run(move |s| {
+                let metas = s.variants(&key)?;
+                let Some(index) = select(&metas) else {
+                    return Ok(None);
+                };
+                let selected = metas[index].clone();
+                let mut corrupt = Vec::new();
+                let mut read = |meta: &EntryMeta| -> Result<Option<Bytes>, DiskError> {
+                    match s.read_body(meta) {
+                        Ok(body) => Ok(Some(body)),
+                        Err(ReadError::Disk(err)) => Err(err),
+                        Err(other) => {
+                            if matches!(other, ReadError::Corrupt) {
+                                corrupt.push(meta.url.clone());
+                            }
+                            s.remove_variant(&meta.key, &meta.variant)?;
+                            Ok(None)
+                        }
+                    }
+                };
+                let body = if selected.body_len <= inline_limit {
+                    match read(&selected)? {
+                        Some(body) => Some(body),
+                        None => return Ok(Some((None, corrupt))),
+                    }
+                } else {
+                    None
+                };
+                let mut encoded = Vec::new();
+                for meta in metas.iter().filter(|m| {
+                    m.derivation
+                        .is_some_and(|d| d.source_digest == selected.body_digest)
+                        && m.body_len <= inline_limit
+                }) {
+                    if let Some(body) = read(meta)? {
+                        encoded.push((meta.clone(), body));
+                    }
+                }
+                s.touch(&selected.key, &selected.variant)?;
+                Ok(Some((
+                    Some(Loaded {
+                        selected,
+                        body,
+                        encoded,
+                    }),
+                    corrupt,
+                )))
+            })
+            .await??;
+        let (loaded, corrupt) = loaded;
+        for url in corrupt {
+            self.report_corrupt(&url);
+        }
+        loaded
     }
 
     pub async fn keys_where<P>(&self, predicate: P) -> Vec<PrimaryKey>
@@ -815,8 +865,40 @@ impl DiskTier {
     }
 }
 
-fn target_url(meta: &EntryMeta) -> String {
-    meta.url.clone()
+/// What [`DiskTier::load`] found.
+pub struct Loaded {
+    pub selected: EntryMeta,
+    /// The selected body, when it was small enough to read whole (else it stays in its file).
+    pub body: Option<Bytes>,
+    /// Encoded variants of the selected body, with their bodies.
+    pub encoded: Vec<(EntryMeta, Bytes)>,
+}
+
+/// Applies queued recency updates in batches: one blocking call per batch. Holds the store
+/// weakly, so a closed cache is not kept open by its queue.
+async fn apply_touches(
+    store: std::sync::Weak<dyn DiskStore>,
+    degraded: Arc<AtomicBool>,
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<(PrimaryKey, VariantKey)>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while receiver.recv_many(&mut batch, 256).await > 0 {
+        let rows = std::mem::take(&mut batch);
+        if degraded.load(Ordering::Relaxed) {
+            continue;
+        }
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let applied = tokio::task::spawn_blocking(move || {
+            rows.iter()
+                .try_for_each(|(key, variant)| store.touch(key, variant))
+        })
+        .await;
+        if let Ok(Err(err)) = applied {
+            tracing::debug!(error = %err, "disk tier: recency update failed");
+        }
+    }
 }
 
 /// Writes a body to a temporary file as it streams, hashing as it goes. Writes are batched

@@ -195,30 +195,27 @@ impl Cache {
             return Some((set, "memory"));
         }
         let disk = self.live_disk()?;
-        let metas = disk.variants(*key).await;
-        let selected = VariantSet::select_meta(&metas, request)?.clone();
-        let source = self.promote(disk, selected).await?;
-        for meta in metas.iter().filter(|m| {
-            m.derivation
-                .is_some_and(|d| d.source_digest == source.meta.body_digest)
-        }) {
-            self.promote(disk, meta.clone()).await;
-        }
-        self.memory.get(key).await.map(|set| (set, "disk"))
-    }
-
-    async fn promote(&self, disk: &DiskTier, meta: EntryMeta) -> Option<Arc<StoredResponse>> {
-        let entry = if meta.body_len <= self.max_object_size {
-            let body = disk.read_body(&meta).await?;
-            StoredResponse::read_back(meta, body)
-        } else {
-            disk.touch(meta.key, meta.variant).await;
-            let path = disk.inner().blob_path(&meta.body_digest);
-            StoredResponse::in_file(meta, path)
+        let request = request.clone();
+        let select = move |metas: &[EntryMeta]| {
+            let selected = VariantSet::select_meta(metas, &request)?;
+            metas.iter().position(|m| std::ptr::eq(m, selected))
         };
-        let entry = Arc::new(entry);
-        self.memory.insert(Arc::clone(&entry)).await;
-        Some(entry)
+        let loaded = disk.load(*key, select, self.max_object_size).await?;
+        let source = match loaded.body {
+            Some(body) => StoredResponse::read_back(loaded.selected, body),
+            None => {
+                let path = disk.inner().blob_path(&loaded.selected.body_digest);
+                StoredResponse::in_file(loaded.selected, path)
+            }
+        };
+        // Encoded variants go in first, so the source is the newest of the set.
+        for (meta, body) in loaded.encoded {
+            self.memory
+                .insert(Arc::new(StoredResponse::read_back(meta, body)))
+                .await;
+        }
+        self.memory.insert(Arc::new(source)).await;
+        self.memory.get(key).await.map(|set| (set, "disk"))
     }
 
     /// Stores `entry` in memory and, in the background, on disk (`body_changed`: false
@@ -299,16 +296,9 @@ impl Cache {
 /// replacement order (so hot objects served from memory are not the disk's first victims).
 fn recency_hook(disk: DiskTier) -> memory::EvictionHook {
     Box::new(move |set: &VariantSet| {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let rows: Vec<_> = set.iter().map(|e| (e.meta.key, e.meta.variant)).collect();
-        let disk = disk.clone();
-        runtime.spawn(async move {
-            for (key, variant) in rows {
-                disk.touch(key, variant).await;
-            }
-        });
+        for entry in set.iter() {
+            disk.touch_later(entry.meta.key, entry.meta.variant);
+        }
     })
 }
 

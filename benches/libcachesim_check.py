@@ -70,7 +70,7 @@ def main():
         our_tlfu = ours[("tinylfu", size)]["miss_ratio"]
         diff = abs(our_lru - lru_miss) * 100
         worst = max(worst, diff)
-        print(f"{size/1e6:>8.0f}MB {our_lru:>12.4f} {lru_miss:>9.4f} {diff:>8.3f} {our_tlfu:>16.4f} {wtlfu_miss:>13.4f} {s3_miss:>11.4f}")
+        print(f"{size/2**20:>7.0f}MiB {our_lru:>12.4f} {lru_miss:>9.4f} {diff:>8.3f} {our_tlfu:>16.4f} {wtlfu_miss:>13.4f} {s3_miss:>11.4f}")
 
     # Speed on the same CSV trace, one cache size, parsing included.
     params = lcs.ReaderInitParam(has_header=True, has_header_set=True, delimiter=",")

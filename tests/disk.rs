@@ -382,6 +382,17 @@ async fn stale_while_revalidate_serves_stale_and_revalidates_once() {
             "{status}"
         );
     }
+    // The background validation reaches the origin on its own schedule: wait for it, then
+    // check that the five stale hits started exactly one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while origin.hits("/swr") < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no background validation"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(get_as(&proxy.url("/swr"), &[]).await.text(), "old");
     assert_eq!(
         origin.hits("/swr"),
         2,

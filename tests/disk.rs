@@ -562,3 +562,72 @@ async fn purge_removes_entries_from_disk_too() {
     get_as(&proxy.url("/p"), &[]).await;
     assert_eq!(origin.hits("/p"), 2);
 }
+
+/// A request that joins a large fill after it started streaming to disk follows the file
+/// as it grows: it receives bytes before the origin has sent the last one, and the origin
+/// is asked once.
+#[tokio::test]
+async fn a_late_follower_of_a_large_fill_streams_from_its_disk_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(4 << 20);
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/big.deb",
+        Fixture::Halves {
+            headers: support::header_list(&[("cache-control", "max-age=3600")]),
+            first: body.slice(..3 << 20),
+            gate: gate.clone(),
+            rest: body.slice(3 << 20..),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        &disk_toml(dir.path(), "max_object_size = \"64KiB\""),
+    )
+    .await;
+    let request = || {
+        Request::get(proxy.url("/big.deb"))
+            .header("host", "cache.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // The leader reads most of the origin's first part (the fill holds back its newest
+    // chunk until the object is stored).
+    let leader = client().request(request()).await.unwrap();
+    let mut leader_body = leader.into_body();
+    let mut leader_bytes = Vec::new();
+    while leader_bytes.len() < 2 << 20 {
+        let frame = leader_body.frame().await.unwrap().unwrap();
+        leader_bytes.extend_from_slice(&frame.into_data().unwrap());
+    }
+    // A late follower: the fill no longer keeps its body in memory.
+    let follower = client().request(request()).await.unwrap();
+    assert!(follower
+        .headers()
+        .get("cache-status")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .contains("collapsed"));
+    let mut follower_body = follower.into_body();
+    let first = follower_body
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert!(
+        !first.is_empty(),
+        "bytes before the origin sent its last part"
+    );
+    assert_eq!(first, body.slice(..first.len()));
+    gate.open();
+    let mut follower_bytes = first.to_vec();
+    follower_bytes.extend_from_slice(&follower_body.collect().await.unwrap().to_bytes());
+    leader_bytes.extend_from_slice(&leader_body.collect().await.unwrap().to_bytes());
+    assert_eq!(leader_bytes, body);
+    assert_eq!(follower_bytes, body);
+    assert_eq!(origin.hits("/big.deb"), 1);
+}

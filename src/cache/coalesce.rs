@@ -20,6 +20,7 @@
 //! when no reader is left.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -67,6 +68,14 @@ pub enum FillStatus {
     Failed(ProxyError),
 }
 
+/// How far a fill has written its body to disk.
+#[derive(Debug, Clone, Default)]
+pub struct SpillState {
+    pub path: Option<Arc<PathBuf>>,
+    pub written: u64,
+    pub abandoned: bool,
+}
+
 /// The in-flight fills.
 #[derive(Default)]
 pub struct Coalescer {
@@ -88,6 +97,10 @@ impl Coalescer {
         if let Some(fill) = fills.get(&key) {
             if let Some(reader) = fill.reader() {
                 return (Role::Follower, Arc::clone(fill), reader);
+            }
+            // Too large to keep in memory, but being written to disk: follow the file.
+            if let Some(reader) = super::tail::reader(fill) {
+                return (Role::Follower, Arc::clone(fill), FillReader::Tail(reader));
             }
         }
         let fill = Fill::new();
@@ -121,7 +134,9 @@ impl Coalescer {
 
 /// One origin fetch shared by every request waiting for it.
 pub struct Fill {
-    status: watch::Sender<FillStatus>,
+    pub(super) status: watch::Sender<FillStatus>,
+    /// Where a large body is being written on disk, and how far (for late followers).
+    pub(super) spill: watch::Sender<SpillState>,
     body: Mutex<FillBody>,
     space: Notify,
 }
@@ -160,8 +175,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Fill {
     fn new() -> Arc<Fill> {
         let (status, _) = watch::channel(FillStatus::Pending);
+        let (spill, _) = watch::channel(SpillState::default());
         Arc::new(Fill {
             status,
+            spill,
             body: Mutex::new(FillBody {
                 chunks: VecDeque::new(),
                 first_index: 0,
@@ -196,14 +213,33 @@ impl Fill {
                 body.readers.len() - 1
             }
         };
-        Some(FillReader {
+        Some(FillReader::Live(LiveReader {
             fill: Arc::clone(self),
             slot: index,
-        })
+        }))
     }
 
     pub fn publish(&self, status: FillStatus) {
         self.status.send_replace(status);
+    }
+
+    /// The body is being written to the disk-tier file at `path`.
+    pub fn spill_started(&self, path: PathBuf) {
+        self.spill.send_replace(SpillState {
+            path: Some(Arc::new(path)),
+            written: 0,
+            abandoned: false,
+        });
+    }
+
+    /// The first `written` bytes of the body are in the spill file.
+    pub fn spill_progress(&self, written: u64) {
+        self.spill.send_modify(|state| state.written = written);
+    }
+
+    /// The spill file is gone (the fill failed or outgrew the disk tier's limit).
+    pub fn spill_abandoned(&self) {
+        self.spill.send_modify(|state| state.abandoned = true);
     }
 
     /// Waits until the fill has settled: stored, refused, failed, or answered stale.
@@ -338,13 +374,47 @@ fn trim(body: &mut FillBody) -> bool {
     trimmed
 }
 
-/// One request's view of a fill's body, streamed as it arrives.
-pub struct FillReader {
+/// One request's view of a fill's body, streamed as it arrives: from the fill's chunks in
+/// memory, or, for a request that joined a large fill after it started streaming to disk,
+/// from the disk-tier file the fill is writing (see [`super::tail`]).
+pub enum FillReader {
+    Live(LiveReader),
+    Tail(crate::body::Body),
+}
+
+impl http_body::Body for FillReader {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            FillReader::Live(live) => Pin::new(live).poll_frame(cx),
+            FillReader::Tail(tail) => Pin::new(tail).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            FillReader::Live(live) => live.is_end_stream(),
+            FillReader::Tail(tail) => tail.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// A reader of the fill's chunks in memory.
+pub struct LiveReader {
     fill: Arc<Fill>,
     slot: usize,
 }
 
-impl http_body::Body for FillReader {
+impl http_body::Body for LiveReader {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -400,7 +470,7 @@ fn notify_space(fill: &Fill) {
     fill.space.notify_waiters();
 }
 
-impl Drop for FillReader {
+impl Drop for LiveReader {
     fn drop(&mut self) {
         let mut body = lock(&self.fill.body);
         if let Some(slot) = body.readers.get_mut(self.slot) {

@@ -859,6 +859,7 @@ impl DiskTier {
             path,
             hasher: blake3::Hasher::new(),
             len: 0,
+            flushed: 0,
             pending: Vec::new(),
             fsync: false,
         })
@@ -908,6 +909,8 @@ pub struct BlobWriter {
     path: PathBuf,
     hasher: blake3::Hasher,
     len: u64,
+    /// Bytes written to the file so far (the rest is batched in `pending`).
+    flushed: u64,
     pending: Vec<u8>,
     fsync: bool,
 }
@@ -917,6 +920,16 @@ const WRITE_BATCH: usize = 1 << 20;
 impl BlobWriter {
     pub fn set_fsync(&mut self, fsync: bool) {
         self.fsync = fsync;
+    }
+
+    /// The temporary file being written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes already in the file (readable by someone following it).
+    pub fn flushed(&self) -> u64 {
+        self.flushed
     }
 
     pub async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
@@ -934,6 +947,7 @@ impl BlobWriter {
             return Err(io::Error::other("writer already failed"));
         };
         let data = std::mem::take(&mut self.pending);
+        let batch = data.len() as u64;
         let (file, result) = tokio::task::spawn_blocking(move || {
             let result =
                 file.write_all(&data)
@@ -943,6 +957,9 @@ impl BlobWriter {
         .await
         .map_err(io::Error::other)?;
         self.file = Some(file);
+        if result.is_ok() {
+            self.flushed += batch;
+        }
         result
     }
 

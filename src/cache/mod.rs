@@ -16,6 +16,7 @@ pub mod key;
 pub mod memory;
 pub mod policy;
 pub mod rules;
+pub mod tail;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -667,11 +667,15 @@ impl FillJob {
                     cache.memory.insert(Arc::clone(entry)).await;
                 }
                 fill.end(last);
-                if let Some(entry) = entry {
-                    fill.publish(FillStatus::Complete {
+                match entry {
+                    Some(entry) => fill.publish(FillStatus::Complete {
                         entry,
                         revalidated: false,
-                    });
+                    }),
+                    // Followers of the file need an ending too.
+                    None => fill.publish(FillStatus::Failed(ProxyError::Internal(
+                        "the disk tier failed while storing".into(),
+                    ))),
                 }
             }
             Pumped::Complete {
@@ -751,8 +755,9 @@ where
         if declared > limits.memory && declared <= limits.disk {
             // Known to be too large for memory: straight to disk, nothing held.
             writer = disk.blob_writer().await;
-            if writer.is_some() {
+            if let Some(writer) = &writer {
                 is_retained = false;
+                fill.spill_started(writer.path().to_path_buf());
                 fill.stop_retaining();
             }
         }
@@ -766,6 +771,7 @@ where
             Ok(Some(Ok(frame))) => frame,
             Ok(Some(Err(_))) | Err(_) => {
                 if let Some(writer) = writer.take() {
+                    fill.spill_abandoned();
                     writer.discard().await;
                 }
                 fill.fail();
@@ -780,22 +786,30 @@ where
             is_retained = false;
             if let Some(disk) = disk.filter(|_| total <= limits.disk) {
                 writer = spill_so_far(disk, fill, held.as_ref()).await;
+                if let Some(writer) = &writer {
+                    fill.spill_started(writer.path().to_path_buf());
+                }
             }
             fill.stop_retaining();
         }
         if total > limits.disk {
             if let Some(writer) = writer.take() {
+                fill.spill_abandoned();
                 writer.discard().await;
             }
         }
         if let Some(active) = writer.as_mut() {
-            if let Err(err) = active.write(&data).await {
-                if let (Some(writer), Some(disk)) = (writer.take(), disk) {
-                    disk.degrade(&crate::cache::disk::DiskError::Io {
-                        path: "body file".into(),
-                        source: err,
-                    });
-                    writer.discard().await;
+            match active.write(&data).await {
+                Ok(()) => fill.spill_progress(active.flushed()),
+                Err(err) => {
+                    fill.spill_abandoned();
+                    if let (Some(writer), Some(disk)) = (writer.take(), disk) {
+                        disk.degrade(&crate::cache::disk::DiskError::Io {
+                            path: "body file".into(),
+                            source: err,
+                        });
+                        writer.discard().await;
+                    }
                 }
             }
         }
@@ -821,8 +835,12 @@ where
     }
     let spilled = match writer {
         Some(writer) => match writer.finish().await {
-            Ok(temp) => Some(temp),
+            Ok(temp) => {
+                fill.spill_progress(temp.len);
+                Some(temp)
+            }
             Err(err) => {
+                fill.spill_abandoned();
                 if let Some(disk) = disk {
                     disk.degrade(&crate::cache::disk::DiskError::Io {
                         path: "body file".into(),

@@ -109,6 +109,14 @@ pub enum Fixture {
         name: &'static str,
         headers: HeaderList,
     },
+    /// 200 with `headers` and a Content-Length for `first` + `rest`: sends `first`, waits
+    /// at `gate`, then sends `rest`.
+    Halves {
+        headers: HeaderList,
+        first: Bytes,
+        gate: Gate,
+        rest: Bytes,
+    },
     /// The n-th request gets the n-th fixture; the last one repeats.
     Sequence(Arc<Vec<Fixture>>, Arc<std::sync::atomic::AtomicUsize>),
 }
@@ -215,6 +223,31 @@ impl Fixture {
             }
             Fixture::Stall => std::future::pending().await,
             Fixture::Stream { size, dropped } => stream_response(*size, Arc::clone(dropped)),
+            Fixture::Halves {
+                headers,
+                first,
+                gate,
+                rest,
+            } => {
+                let parts = (first.clone(), gate.clone(), rest.clone());
+                let stream = futures_util::stream::unfold(Some((0, parts)), |state| async move {
+                    let (step, (first, gate, rest)) = state?;
+                    match step {
+                        0 => Some((first.clone(), Some((1, (first, gate, rest))))),
+                        _ => {
+                            gate.pass().await;
+                            Some((rest, None))
+                        }
+                    }
+                });
+                let frames = futures_util::StreamExt::map(stream, |chunk| {
+                    Ok::<_, Infallible>(http_body::Frame::data(chunk))
+                });
+                with_headers(Response::builder(), headers)
+                    .header("content-length", first.len() + rest.len())
+                    .body(Body::boxed(http_body_util::StreamBody::new(frames)))
+                    .unwrap()
+            }
             Fixture::CountBody => {
                 let mut body = request.into_body();
                 let mut total: u64 = 0;

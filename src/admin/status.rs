@@ -50,6 +50,7 @@ pub struct StatusBoard {
     started: Instant,
     by_label: [AtomicU64; LABELS.len()],
     bytes_memory: AtomicU64,
+    bytes_disk: AtomicU64,
     bytes_origin: AtomicU64,
     top: Mutex<HashMap<PrimaryKey, KeyStat>>,
     errors: Mutex<VecDeque<OriginError>>,
@@ -62,6 +63,7 @@ impl Default for StatusBoard {
             started: Instant::now(),
             by_label: Default::default(),
             bytes_memory: AtomicU64::new(0),
+            bytes_disk: AtomicU64::new(0),
             bytes_origin: AtomicU64::new(0),
             top: Mutex::new(HashMap::new()),
             errors: Mutex::new(VecDeque::new()),
@@ -77,10 +79,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl StatusBoard {
-    /// A finished request: its Cache-Status label, key (if it had one), bytes sent.
+    /// A finished request: its Cache-Status label, the tier that answered (`memory`,
+    /// `disk`, `origin`), key (if it had one), bytes sent.
     pub fn record(
         &self,
         label: &'static str,
+        tier: &'static str,
         key: Option<PrimaryKey>,
         url: impl FnOnce() -> String,
         bytes: u64,
@@ -91,7 +95,9 @@ impl StatusBoard {
             .unwrap_or(LABELS.len() - 1);
         self.by_label[index].fetch_add(1, Relaxed);
         let is_hit = index < 2;
-        if is_hit {
+        if is_hit && tier == "disk" {
+            self.bytes_disk.fetch_add(bytes, Relaxed);
+        } else if is_hit {
             self.bytes_memory.fetch_add(bytes, Relaxed);
         } else {
             self.bytes_origin.fetch_add(bytes, Relaxed);
@@ -137,8 +143,9 @@ impl StatusBoard {
         let requests: u64 = counts.iter().sum();
         let hits = counts[0] + counts[1];
         let lookups = hits + counts[2..6].iter().sum::<u64>();
-        let (memory, origin) = (
+        let (memory, disk, origin) = (
             self.bytes_memory.load(Relaxed),
+            self.bytes_disk.load(Relaxed),
             self.bytes_origin.load(Relaxed),
         );
         let by_label: serde_json::Map<String, Value> = LABELS
@@ -167,8 +174,8 @@ impl StatusBoard {
             "requests": requests,
             "requests_per_second": self.rate(requests),
             "hit_ratio": ratio(hits, lookups),
-            "byte_hit_ratio": ratio(memory, memory + origin),
-            "bytes_served": {"memory": memory, "origin": origin},
+            "byte_hit_ratio": ratio(memory + disk, memory + disk + origin),
+            "bytes_served": {"memory": memory, "disk": disk, "origin": origin},
             "by_cache_status": by_label,
             "tiers": tiers,
             "top_keys_by_hits": by_hits,
@@ -235,6 +242,8 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 <div class="card">requests/s<b id="rps">-</b></div>
 <div class="card">requests<b id="requests">-</b></div>
 <div class="card">memory tier<b id="memory">-</b><span class="muted" id="memory_detail"></span></div>
+<div class="card" id="disk_card" hidden>disk tier<b id="disk">-</b><span class="muted" id="disk_detail"></span></div>
+<div class="card" id="offline_card" hidden>mode<b>offline</b><span class="muted">serving stored objects only</span></div>
 </div>
 <h2>By cache status</h2><table id="by_status"></table>
 <h2>Top keys by hits</h2><table id="top_hits"></table>
@@ -261,6 +270,13 @@ async function refresh() {
     const m = s.tiers.memory;
     el('memory').textContent = m.entries + (m.entries === 1 ? ' entry' : ' entries');
     el('memory_detail').textContent = size(m.bytes) + ' of ' + size(m.capacity);
+    const d = s.tiers.disk;
+    el('disk_card').hidden = !d;
+    if (d) {
+      el('disk').textContent = d.degraded ? 'failed' : d.entries + (d.entries === 1 ? ' entry' : ' entries');
+      el('disk_detail').textContent = size(d.bytes) + ' of ' + size(d.capacity) + (d.degraded ? ' (memory only)' : '');
+    }
+    el('offline_card').hidden = !s.tiers.offline;
     rows('by_status', ['cache status', 'requests'], Object.entries(s.by_cache_status).filter(([, n]) => n > 0), ([k, n]) => [[k], [n, 1]]);
     rows('top_hits', ['url', 'hits', 'bytes'], s.top_keys_by_hits, k => [[k.url], [k.hits, 1], [size(k.bytes), 1]]);
     rows('top_bytes', ['url', 'bytes', 'hits'], s.top_keys_by_bytes, k => [[k.url], [size(k.bytes), 1], [k.hits, 1]]);

@@ -229,7 +229,9 @@ impl AccessRecord {
         self.metrics.requests.get_or_create(&labels).inc();
         let source = self.tier();
         let url = || format!("http://{}{}", self.host, self.target);
-        self.metrics.board.record(self.cache, self.key, url, bytes);
+        self.metrics
+            .board
+            .record(self.cache, source, self.key, url, bytes);
         self.metrics
             .response_bytes
             .get_or_create(&SourceLabels { source })

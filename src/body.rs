@@ -49,6 +49,15 @@ impl Body {
     }
 }
 
+impl Body {
+    /// `parts` one after another, as one body (an error in any part ends it as an error).
+    pub fn chain(parts: Vec<Body>) -> Body {
+        use futures_util::StreamExt;
+        let frames = futures_util::stream::iter(parts).flat_map(http_body_util::BodyStream::new);
+        Body::boxed(http_body_util::StreamBody::new(frames))
+    }
+}
+
 impl From<hyper::body::Incoming> for Body {
     fn from(incoming: hyper::body::Incoming) -> Self {
         Body::Incoming(incoming)

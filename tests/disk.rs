@@ -173,6 +173,26 @@ async fn a_large_object_streams_to_disk_and_is_served_from_its_file() {
     );
     let suffix = get_as(&proxy.url("/big.iso"), &[("range", "bytes=-10")]).await;
     assert_eq!(suffix.body, body.slice(body.len() - 10..));
+    // RFC 9110 §14.6: several ranges of a file body as multipart/byteranges.
+    let multi = get_as(
+        &proxy.url("/big.iso"),
+        &[("range", "bytes=0-9,2000000-2000009")],
+    )
+    .await;
+    assert_eq!(multi.status, StatusCode::PARTIAL_CONTENT);
+    assert!(multi
+        .header("content-type")
+        .unwrap()
+        .starts_with("multipart/byteranges; boundary="));
+    assert_eq!(
+        multi.header("content-length").unwrap(),
+        multi.body.len().to_string()
+    );
+    let text = multi.body.as_ref();
+    let contains = |needle: &[u8]| text.windows(needle.len()).any(|w| w == needle);
+    assert!(contains(b"Content-Range: bytes 0-9/3145728"));
+    assert!(contains(b"Content-Range: bytes 2000000-2000009/3145728"));
+    assert!(contains(&body[2_000_000..2_000_010]));
     restart_point(proxy).await;
 
     let proxy = Proxy::start(&origin.url(), &toml).await;
@@ -630,4 +650,69 @@ async fn a_late_follower_of_a_large_fill_streams_from_its_disk_file() {
     assert_eq!(leader_bytes, body);
     assert_eq!(follower_bytes, body);
     assert_eq!(origin.hits("/big.deb"), 1);
+}
+
+/// With per-block digests, a range touching only intact blocks is served, while a read
+/// reaching the corrupt block sends nothing of it: the client gets only verified bytes,
+/// then an error; the entry is removed and refetched.
+#[tokio::test]
+async fn a_corrupt_block_is_never_sent_and_intact_ranges_still_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(3 << 20);
+    let origin = Origin::start(vec![(
+        "/blocks",
+        Fixture::Static {
+            status: StatusCode::OK,
+            headers: vec![("cache-control", "max-age=3600".into())],
+            body: body.clone(),
+        },
+    )])
+    .await;
+    let toml = disk_toml(dir.path(), "max_object_size = \"64KiB\"");
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    assert_eq!(get_as(&proxy.url("/blocks"), &[]).await.body, body);
+    let files = blob_files(dir.path());
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    bytes[(2 << 20) + 12345] ^= 0x40;
+    std::fs::write(&files[0], &bytes).unwrap();
+
+    let intact = get_as(&proxy.url("/blocks"), &[("range", "bytes=100-199")]).await;
+    assert_eq!(intact.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(intact.body, body.slice(100..200));
+
+    let response = client()
+        .request(
+            Request::get(proxy.url("/blocks"))
+                .header("host", "cache.test")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut stream = response.into_body();
+    let mut received = Vec::new();
+    let ended_in_error = loop {
+        match stream.frame().await {
+            Some(Ok(frame)) => received.extend_from_slice(&frame.into_data().unwrap()),
+            Some(Err(_)) => break true,
+            None => break false,
+        }
+    };
+    assert!(ended_in_error, "a corrupt block must abort the response");
+    assert!(
+        received.len() <= 2 << 20,
+        "nothing of the corrupt block was sent"
+    );
+    assert_eq!(&received[..], &body[..received.len()]);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get_as(&proxy.url("/blocks"), &[]).await;
+        if origin.hits("/blocks") == 2 {
+            assert_eq!(reply.body, body);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never refetched");
+        tokio::task::yield_now().await;
+    }
 }

@@ -43,6 +43,21 @@ use super::key::{PrimaryKey, VariantKey};
 /// Bytes counted per index row beyond its encoded metadata (sled's own structures).
 const ROW_OVERHEAD: u64 = 128;
 
+/// Bodies larger than this also get a digest per block of this size, so a range read
+/// verifies only the blocks it touches and a streamed body is verified block by block.
+pub const BLOCK: u64 = 1 << 20;
+
+/// blake3 of each [`BLOCK`] of `body`; empty when the body fits in one block (its digest is
+/// then the body's).
+pub fn block_digests(body: &[u8]) -> Vec<[u8; 32]> {
+    if body.len() as u64 <= BLOCK {
+        return Vec::new();
+    }
+    body.chunks(BLOCK as usize)
+        .map(|block| *blake3::hash(block).as_bytes())
+        .collect()
+}
+
 /// Why the disk tier failed an operation; the caller degrades to memory only.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -71,6 +86,8 @@ pub struct TempBlob {
     path: PathBuf,
     pub digest: [u8; 32],
     pub len: u64,
+    /// Per-block digests (empty for single-block bodies).
+    pub blocks: Vec<[u8; 32]>,
 }
 
 /// What a start-up sweep found and removed.
@@ -91,6 +108,8 @@ pub trait DiskStore: Send + Sync {
     fn read_body(&self, meta: &EntryMeta) -> Result<Bytes, ReadError>;
     /// Where the body of `digest` lives (for streaming large bodies).
     fn blob_path(&self, digest: &[u8; 32]) -> PathBuf;
+    /// The per-block digests of a stored body, if it has them.
+    fn blocks(&self, digest: &[u8; 32]) -> Result<Option<Vec<[u8; 32]>>, DiskError>;
     /// A writer for a new body in `tmp/`.
     fn create_temp(&self) -> Result<(fs::File, PathBuf), DiskError>;
     /// Writes `body` to a temporary file.
@@ -124,6 +143,8 @@ pub struct SledStore {
     entries: sled::Tree,
     recency: sled::Tree,
     blobs: sled::Tree,
+    /// Body digest -> its block digests, concatenated (multi-block bodies only).
+    block_digests: sled::Tree,
     capacity: u64,
     fsync: bool,
     write_lock: Mutex<()>,
@@ -212,6 +233,7 @@ impl SledStore {
         let entries = db.open_tree("entries")?;
         let recency = db.open_tree("recency")?;
         let blobs = db.open_tree("blobs")?;
+        let block_digests = db.open_tree("blocks")?;
         let next_tick = match recency.last()? {
             Some((key, _)) if key.len() >= 8 => {
                 u64::from_be_bytes(key[..8].try_into().unwrap_or([0; 8])) + 1
@@ -235,6 +257,7 @@ impl SledStore {
             entries,
             recency,
             blobs,
+            block_digests,
             capacity,
             fsync,
             write_lock: Mutex::new(()),
@@ -286,6 +309,7 @@ impl SledStore {
             return Ok(());
         }
         self.blobs.remove(digest)?;
+        self.block_digests.remove(digest)?;
         self.bytes.fetch_sub(
             size.min(self.bytes.load(Ordering::Relaxed)),
             Ordering::Relaxed,
@@ -368,6 +392,25 @@ impl DiskStore for SledStore {
         self.root.join("blobs").join(&name[..2]).join(name)
     }
 
+    fn blocks(&self, digest: &[u8; 32]) -> Result<Option<Vec<[u8; 32]>>, DiskError> {
+        let Some(value) = self.block_digests.get(digest)? else {
+            return Ok(None);
+        };
+        if value.len() % 32 != 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            value
+                .chunks_exact(32)
+                .map(|d| {
+                    let mut digest = [0u8; 32];
+                    digest.copy_from_slice(d);
+                    digest
+                })
+                .collect(),
+        ))
+    }
+
     fn create_temp(&self) -> Result<(fs::File, PathBuf), DiskError> {
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
         let path = self
@@ -391,6 +434,7 @@ impl DiskStore for SledStore {
             path,
             digest: *blake3::hash(body).as_bytes(),
             len: body.len() as u64,
+            blocks: block_digests(body),
         })
     }
 
@@ -413,6 +457,9 @@ impl DiskStore for SledStore {
                     return Err(io_err(&target)(err));
                 }
                 self.sync_dir(&dir)?;
+                if !temp.blocks.is_empty() {
+                    self.block_digests.insert(digest, temp.blocks.concat())?;
+                }
                 self.blobs
                     .insert(digest, blob_record(0, temp.len).as_slice())?;
                 self.bytes.fetch_add(temp.len, Ordering::Relaxed);
@@ -576,6 +623,7 @@ impl DiskStore for SledStore {
                                 )?;
                             } else {
                                 self.blobs.remove(meta.body_digest)?;
+                                self.block_digests.remove(meta.body_digest)?;
                             }
                         }
                     }
@@ -798,13 +846,13 @@ impl DiskTier {
                         }
                     }
                 };
-                let body = if selected.body_len <= inline_limit {
+                let (body, blocks) = if selected.body_len <= inline_limit {
                     match read(&selected)? {
-                        Some(body) => Some(body),
+                        Some(body) => (Some(body), None),
                         None => return Ok(Some((None, corrupt))),
                     }
                 } else {
-                    None
+                    (None, s.blocks(&selected.body_digest)?)
                 };
                 let mut encoded = Vec::new();
                 for meta in metas.iter().filter(|m| {
@@ -820,6 +868,7 @@ impl DiskTier {
                 Ok(Some((
                     Some(Loaded {
                         selected,
+                        blocks,
                         body,
                         encoded,
                     }),
@@ -858,6 +907,9 @@ impl DiskTier {
             file: Some(file),
             path,
             hasher: blake3::Hasher::new(),
+            block_hasher: blake3::Hasher::new(),
+            block_fill: 0,
+            blocks: Vec::new(),
             len: 0,
             flushed: 0,
             pending: Vec::new(),
@@ -869,6 +921,8 @@ impl DiskTier {
 /// What [`DiskTier::load`] found.
 pub struct Loaded {
     pub selected: EntryMeta,
+    /// Block digests of a selected body left in its file.
+    pub blocks: Option<Vec<[u8; 32]>>,
     /// The selected body, when it was small enough to read whole (else it stays in its file).
     pub body: Option<Bytes>,
     /// Encoded variants of the selected body, with their bodies.
@@ -908,6 +962,10 @@ pub struct BlobWriter {
     file: Option<fs::File>,
     path: PathBuf,
     hasher: blake3::Hasher,
+    /// The block being hashed, and how much of it is filled.
+    block_hasher: blake3::Hasher,
+    block_fill: u64,
+    blocks: Vec<[u8; 32]>,
     len: u64,
     /// Bytes written to the file so far (the rest is batched in `pending`).
     flushed: u64,
@@ -934,6 +992,19 @@ impl BlobWriter {
 
     pub async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
         self.hasher.update(chunk);
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let room = (BLOCK - self.block_fill) as usize;
+            let (part, tail) = rest.split_at(room.min(rest.len()));
+            self.block_hasher.update(part);
+            self.block_fill += part.len() as u64;
+            if self.block_fill == BLOCK {
+                self.blocks.push(*self.block_hasher.finalize().as_bytes());
+                self.block_hasher.reset();
+                self.block_fill = 0;
+            }
+            rest = tail;
+        }
         self.len += chunk.len() as u64;
         self.pending.extend_from_slice(chunk);
         if self.pending.len() >= WRITE_BATCH {
@@ -973,10 +1044,17 @@ impl BlobWriter {
             return Err(err);
         }
         self.file = None;
+        if self.block_fill > 0 {
+            self.blocks.push(*self.block_hasher.finalize().as_bytes());
+        }
+        if self.len <= BLOCK {
+            self.blocks.clear();
+        }
         Ok(TempBlob {
             path,
             digest: *self.hasher.finalize().as_bytes(),
             len: self.len,
+            blocks: std::mem::take(&mut self.blocks),
         })
     }
 
@@ -994,11 +1072,111 @@ pub type CorruptionHook = Box<dyn FnOnce(bool) + Send>;
 /// trip to the blocking pool.
 const READ_CHUNK: usize = 512 << 10;
 
-/// Streams bytes `window.0..=window.1` of a body file while verifying the whole file
-/// against `digest` and `len`. The last piece is held back until the digest checks out, so
-/// a corrupt body ends in an error (an aborted response), never a clean end; `on_corrupt`
-/// gets `true` for a corrupt file, `false` for a missing one.
+/// Streams bytes `window.0..=window.1` of a stored body file, verified. With per-block
+/// digests only the blocks the window touches are read, and each is checked before any of
+/// its bytes is sent; otherwise the whole file is hashed and the last piece held back until
+/// the digest checks out. Either way a corrupt body ends in an error (an aborted response),
+/// never a clean end; `on_corrupt` gets `true` for a corrupt file, `false` for a missing one.
 pub fn verified_file_body(
+    file: &crate::cache::entry::BodyFile,
+    len: u64,
+    digest: [u8; 32],
+    window: (u64, u64),
+    on_corrupt: CorruptionHook,
+) -> crate::body::Body {
+    let path = Arc::new(file.path.clone());
+    match &file.blocks {
+        Some(blocks) if blocks.len() as u64 == len.div_ceil(BLOCK) && len > 0 => {
+            verified_blocks_body(path, len, Arc::clone(blocks), window, on_corrupt)
+        }
+        _ => verified_whole_file_body(path, len, digest, window, on_corrupt),
+    }
+}
+
+fn verified_blocks_body(
+    path: Arc<PathBuf>,
+    len: u64,
+    blocks: Arc<Vec<[u8; 32]>>,
+    window: (u64, u64),
+    on_corrupt: CorruptionHook,
+) -> crate::body::Body {
+    use futures_util::StreamExt;
+    use std::os::unix::fs::FileExt;
+
+    struct State {
+        file: Option<Arc<fs::File>>,
+        path: Arc<PathBuf>,
+        next_block: u64,
+        last_block: u64,
+        done: bool,
+        on_corrupt: Option<CorruptionHook>,
+    }
+    let (first, last) = (window.0, window.1.min(len.saturating_sub(1)));
+    let state = State {
+        file: None,
+        path,
+        next_block: first / BLOCK,
+        last_block: last / BLOCK,
+        done: first > last,
+        on_corrupt: Some(on_corrupt),
+    };
+    let fail = |state: &mut State, corrupt: bool| {
+        state.done = true;
+        if let Some(hook) = state.on_corrupt.take() {
+            hook(corrupt);
+        }
+        let error: crate::body::BoxError = if corrupt {
+            "stored body block does not match its digest".into()
+        } else {
+            "stored body file is missing".into()
+        };
+        Err(error)
+    };
+    let stream = futures_util::stream::unfold(state, move |mut state| {
+        let blocks = Arc::clone(&blocks);
+        async move {
+            if state.done || state.next_block > state.last_block {
+                return None;
+            }
+            if state.file.is_none() {
+                match fs::File::open(state.path.as_ref()) {
+                    Ok(file) => state.file = Some(Arc::new(file)),
+                    Err(_) => {
+                        let item = fail(&mut state, false);
+                        return Some((item, state));
+                    }
+                }
+            }
+            let block = state.next_block;
+            state.next_block += 1;
+            let start = block * BLOCK;
+            let size = BLOCK.min(len - start) as usize;
+            let file = state.file.as_ref().map(Arc::clone)?;
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buffer = vec![0u8; size];
+                file.read_exact_at(&mut buffer, start).map(|()| buffer)
+            })
+            .await;
+            let buffer = match read {
+                Ok(Ok(buffer)) if *blake3::hash(&buffer).as_bytes() == blocks[block as usize] => {
+                    Bytes::from(buffer)
+                }
+                _ => {
+                    let item = fail(&mut state, true);
+                    return Some((item, state));
+                }
+            };
+            let from = first.max(start) - start;
+            let to = (last + 1).min(start + size as u64) - start;
+            Some((Ok(buffer.slice(from as usize..to as usize)), state))
+        }
+    });
+    let frames =
+        stream.map(|item: Result<Bytes, crate::body::BoxError>| item.map(http_body::Frame::data));
+    crate::body::Body::boxed(http_body_util::StreamBody::new(frames))
+}
+
+fn verified_whole_file_body(
     path: Arc<PathBuf>,
     len: u64,
     digest: [u8; 32],
@@ -1197,6 +1375,26 @@ mod tests {
         assert_eq!(store.variants(&a.meta.key).unwrap().len(), 1);
         assert_eq!(store.variants(&c.meta.key).unwrap().len(), 1);
         assert!(store.usage().1 <= 9000);
+    }
+
+    /// A body written in odd-sized chunks gets the same block digests as one hashed whole.
+    #[tokio::test]
+    async fn streamed_block_digests_match_whole_body_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), 1 << 30, false).unwrap());
+        let tier = DiskTier::new(store, DiskMetrics::default(), 1 << 20, 1 << 30);
+        let body: Vec<u8> = (0..(2 * BLOCK as usize + 4321))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut writer = tier.blob_writer().await.unwrap();
+        for chunk in body.chunks(77_777) {
+            writer.write(chunk).await.unwrap();
+        }
+        let temp = writer.finish().await.unwrap();
+        assert_eq!(temp.blocks, block_digests(&body));
+        assert_eq!(temp.blocks.len(), 3);
+        assert_eq!(temp.digest, *blake3::hash(&body).as_bytes());
+        assert!(block_digests(&body[..BLOCK as usize]).is_empty());
     }
 
     #[test]

@@ -61,7 +61,17 @@ pub struct StoredResponse {
 #[derive(Debug, Clone)]
 pub enum StoredBody {
     Memory(Bytes),
-    File(Arc<PathBuf>),
+    File(Arc<BodyFile>),
+}
+
+/// A body kept in a disk-tier file.
+#[derive(Debug)]
+pub struct BodyFile {
+    pub path: PathBuf,
+    /// blake3 of each 1 MiB block (see `disk::BLOCK`), when the body spans several: reads
+    /// verify only the blocks they touch, and never send an unverified byte. `None`: only
+    /// the whole-body digest is known.
+    pub blocks: Option<Arc<Vec<[u8; 32]>>>,
 }
 
 impl StoredBody {
@@ -110,12 +120,19 @@ impl StoredResponse {
 
     /// An entry whose body stays in a disk-tier file; `meta` already has its length and
     /// digest.
-    pub fn in_file(meta: EntryMeta, path: PathBuf) -> StoredResponse {
+    pub fn in_file(
+        meta: EntryMeta,
+        path: PathBuf,
+        blocks: Option<Vec<[u8; 32]>>,
+    ) -> StoredResponse {
         let mut meta = meta;
         meta.headers = compact_headers(&meta.headers);
         StoredResponse {
             meta,
-            body: StoredBody::File(Arc::new(path)),
+            body: StoredBody::File(Arc::new(BodyFile {
+                path,
+                blocks: blocks.map(Arc::new),
+            })),
         }
     }
 

@@ -206,7 +206,7 @@ impl Cache {
             Some(body) => StoredResponse::read_back(loaded.selected, body),
             None => {
                 let path = disk.inner().blob_path(&loaded.selected.body_digest);
-                StoredResponse::in_file(loaded.selected, path)
+                StoredResponse::in_file(loaded.selected, path, loaded.blocks)
             }
         };
         // Encoded variants go in first, so the source is the newest of the set.

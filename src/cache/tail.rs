@@ -70,8 +70,8 @@ struct Tail {
 fn stored(status: &FillStatus) -> Option<(Arc<PathBuf>, u64, [u8; 32])> {
     match status {
         FillStatus::Complete { entry, .. } => match &entry.body {
-            StoredBody::File(path) => Some((
-                Arc::clone(path),
+            StoredBody::File(file) => Some((
+                Arc::new(file.path.clone()),
                 entry.meta.body_len,
                 entry.meta.body_digest,
             )),

@@ -654,12 +654,13 @@ impl FillJob {
                 let mut stored = (*meta).clone();
                 stored.body_len = temp.len;
                 stored.body_digest = temp.digest;
+                let blocks = (!temp.blocks.is_empty()).then(|| temp.blocks.clone());
                 let entry = match disk {
                     Some(disk) => {
                         disk.commit_temp(stored.clone(), temp).await;
                         let path = disk.inner().blob_path(&stored.body_digest);
                         disk.is_available()
-                            .then(|| Arc::new(StoredResponse::in_file(stored, path)))
+                            .then(|| Arc::new(StoredResponse::in_file(stored, path, blocks)))
                     }
                     None => None,
                 };

@@ -122,8 +122,7 @@ pub fn requested(parts: &http::request::Parts, stored: &HeaderMap) -> Option<Str
 /// The stored body a range is cut from.
 pub enum RangeSource<'a> {
     Memory(&'a Bytes),
-    /// A body of `len` bytes read through `window(first, last)`; several ranges of it are
-    /// not served (the whole response is, as RFC 9110 §14.2 allows).
+    /// A body of `len` bytes read through `window(first, last)`.
     Streamed {
         len: u64,
         window: &'a dyn Fn(u64, u64) -> Body,
@@ -169,34 +168,53 @@ pub fn apply(mut response: Response<Body>, source: RangeSource<'_>, range: &str)
             response
         }
         Ranges::Satisfiable(ranges) => {
-            let RangeSource::Memory(body) = source else {
-                return response;
-            };
             // RFC 9110 §14.6: multipart/byteranges, each part with its own Content-Range.
-            let boundary = format!("outpost-{:016x}", fnv(body.len() as u64, &ranges));
+            let boundary = format!("outpost-{:016x}", fnv(len, &ranges));
             let content_type = response.headers_mut().remove(header::CONTENT_TYPE);
-            let mut out = BytesMut::new();
-            for (first, last) in &ranges {
-                out.put_slice(format!("\r\n--{boundary}\r\n").as_bytes());
-                if let Some(content_type) = &content_type {
-                    out.put_slice(b"Content-Type: ");
-                    out.put_slice(content_type.as_bytes());
-                    out.put_slice(b"\r\n");
+            let part_head = |first: u64, last: u64| {
+                let mut head = format!("\r\n--{boundary}\r\n");
+                if let Some(content_type) = content_type.as_ref().and_then(|v| v.to_str().ok()) {
+                    head.push_str(&format!("Content-Type: {content_type}\r\n"));
                 }
-                out.put_slice(
-                    format!("Content-Range: bytes {first}-{last}/{len}\r\n\r\n").as_bytes(),
-                );
-                out.put_slice(&body[*first as usize..=*last as usize]);
-            }
-            out.put_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+                head.push_str(&format!(
+                    "Content-Range: bytes {first}-{last}/{len}\r\n\r\n"
+                ));
+                head
+            };
+            let tail = format!("\r\n--{boundary}--\r\n");
+            let (body, total) = match source {
+                RangeSource::Memory(body) => {
+                    let mut out = BytesMut::new();
+                    for (first, last) in &ranges {
+                        out.put_slice(part_head(*first, *last).as_bytes());
+                        out.put_slice(&body[*first as usize..=*last as usize]);
+                    }
+                    out.put_slice(tail.as_bytes());
+                    let total = out.len() as u64;
+                    (Body::full(out.freeze()), total)
+                }
+                RangeSource::Streamed { window, .. } => {
+                    // Each part streams from the file, verified like any stored read.
+                    let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
+                    let mut total = tail.len() as u64;
+                    for (first, last) in &ranges {
+                        let head = part_head(*first, *last);
+                        total += head.len() as u64 + (last - first + 1);
+                        parts.push(Body::full(head));
+                        parts.push(window(*first, *last));
+                    }
+                    parts.push(Body::full(tail));
+                    (Body::chain(parts), total)
+                }
+            };
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_TYPE,
                 value(&format!("multipart/byteranges; boundary={boundary}")),
             );
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
             *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-            *response.body_mut() = Body::full(out.freeze());
+            *response.body_mut() = body;
             response
         }
     }

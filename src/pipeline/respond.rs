@@ -10,7 +10,6 @@ use http::{Method, Response, StatusCode};
 
 use super::Proxy;
 use crate::body::Body;
-use std::sync::Arc;
 
 use super::range::RangeSource;
 
@@ -83,8 +82,8 @@ pub fn stored_window(proxy: &Proxy, entry: &StoredResponse, first: u64, last: u6
             let end = last.min(len - 1);
             Body::full(bytes.slice(first as usize..=end as usize))
         }
-        StoredBody::File(path) => verified_file_body(
-            Arc::clone(path),
+        StoredBody::File(file) => verified_file_body(
+            file,
             entry.meta.body_len,
             entry.meta.body_digest,
             (first, last),

@@ -105,6 +105,10 @@ struct ReplayArgs {
     /// Requests replayed before counting starts.
     #[arg(long, default_value_t = 0)]
     warmup: usize,
+    /// `model`: outpost's policies as exact, deterministic models (fast); `moka`: through
+    /// moka itself, configured as the memory tier (slower; no --disk), to check the models.
+    #[arg(long, value_enum, default_value = "model")]
+    engine: EngineArg,
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     #[arg(long, value_name = "FILE")]
@@ -159,6 +163,12 @@ struct LoadArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum EngineArg {
+    Model,
+    Moka,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -493,6 +503,16 @@ fn replay(args: &ReplayArgs) -> Result<()> {
         let file = std::fs::File::create(path).with_context(|| path.display().to_string())?;
         trace::write_csv(file, &requests)?;
     }
+    let engine = match args.engine {
+        EngineArg::Model => replay::Engine::Model,
+        EngineArg::Moka => {
+            anyhow::ensure!(
+                disk.is_none(),
+                "--engine moka replays the memory tier only: drop --disk"
+            );
+            replay::Engine::Moka
+        }
+    };
     let summary = replay::summarise(&requests);
     let total = summary.requests * (policies.len() * sizes.len()) as u64;
     let bar = if args.quiet {
@@ -517,6 +537,7 @@ fn replay(args: &ReplayArgs) -> Result<()> {
         &sizes,
         disk,
         args.warmup,
+        engine,
         &|n| bar.inc(n),
     );
     bar.finish_and_clear();

@@ -262,3 +262,44 @@ async fn load_reports_throughput_latency_and_the_hit_ratio() {
     assert!(hits >= 400 - 20 * 4, "{hits} hits of 400 over 20 keys");
     assert!(report["p99_ms"].as_f64().unwrap() > 0.0);
 }
+
+/// The models against moka itself (the memory tier's engine): LRU agrees exactly; the
+/// TinyLFU model follows moka's admission rule, and moka's own hashing is seeded at random,
+/// so they agree within a few points.
+#[test]
+fn the_models_agree_with_moka_itself() {
+    let trace = traces("zipf.csv");
+    let args = |engine: &'static str| {
+        vec![
+            trace.clone(),
+            "--policy".into(),
+            "lru,tinylfu".into(),
+            "--sizes".into(),
+            "0.05,0.2,0.5".into(),
+            "--engine".into(),
+            engine.to_string(),
+        ]
+    };
+    let run = |engine| {
+        let owned = args(engine);
+        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        replay_json(&refs)
+    };
+    let (model, moka) = (run("model"), run("moka"));
+    for (ours, theirs) in model["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(moka["results"].as_array().unwrap())
+    {
+        let (a, b) = (
+            ours["hit_ratio"].as_f64().unwrap(),
+            theirs["hit_ratio"].as_f64().unwrap(),
+        );
+        if ours["policy"] == "lru" {
+            assert_eq!(ours["hits"], theirs["hits"], "{ours} vs {theirs}");
+        } else {
+            assert!((a - b).abs() < 0.06, "tinylfu {a} vs moka {b}");
+        }
+    }
+}

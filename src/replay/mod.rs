@@ -3,10 +3,12 @@
 //!
 //! - [`trace`]: reading and writing traces, synthetic workloads.
 //! - [`sim`]: outpost's replacement policies as deterministic simulations.
+//! - [`engine`]: the same replay through moka itself, to check the models.
 //!
 //! This module runs the sweep (every policy at every size, in parallel on the available
 //! cores) and renders the results: a terminal table, CSV, JSON, and an SVG miss-ratio curve.
 
+pub mod engine;
 pub mod sim;
 pub mod trace;
 
@@ -92,7 +94,17 @@ fn ratio(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// Which implementation replays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The deterministic models ([`sim`]).
+    Model,
+    /// moka itself ([`engine`]); memory tier only.
+    Moka,
+}
+
 /// Runs every policy at every size; results in (policy, size) order.
+#[allow(clippy::too_many_arguments)]
 pub fn sweep(
     requests: &[TraceRequest],
     summary: &TraceSummary,
@@ -100,6 +112,7 @@ pub fn sweep(
     sizes: &[SizeSpec],
     disk: Option<u64>,
     warmup: usize,
+    engine: Engine,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Vec<ReplayResult> {
     let runs: Vec<(Policy, SizeSpec, u64)> = policies
@@ -129,15 +142,18 @@ pub fn sweep(
                 let Some((policy, _, bytes)) = runs.get(index) else {
                     break;
                 };
-                let counts = sim::replay(
-                    requests,
-                    *policy,
-                    *bytes,
-                    disk,
-                    warmup,
-                    summary.objects as usize,
-                    progress,
-                );
+                let counts = match engine {
+                    Engine::Model => sim::replay(
+                        requests,
+                        *policy,
+                        *bytes,
+                        disk,
+                        warmup,
+                        summary.objects as usize,
+                        progress,
+                    ),
+                    Engine::Moka => engine::replay(requests, *policy, *bytes, warmup, progress),
+                };
                 if let Ok(mut slot) = slots[index].lock() {
                     *slot = Some(counts);
                 }

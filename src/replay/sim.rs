@@ -152,56 +152,81 @@ impl Recency {
     }
 }
 
-/// A count-min sketch of 4-bit-style counters (saturating at 15) with periodic halving, as
-/// TinyLFU uses to estimate popularity.
+/// A count-min sketch of 4-bit counters packed 16 to a word, four counters per object,
+/// halved every ten increments per slot, sized and enabled as moka does it: only once the
+/// cache is half full, for about as many objects as it then holds.
 struct FrequencySketch {
-    counters: Vec<u8>,
-    mask: usize,
-    additions: u64,
-    reset_at: u64,
+    table: Vec<u64>,
+    mask: u64,
+    size: u32,
+    sample_size: u32,
 }
 
+const NIBBLES_LOW_BITS: u64 = 0x1111_1111_1111_1111;
+const NIBBLES_RESET: u64 = 0x7777_7777_7777_7777;
+
 impl FrequencySketch {
-    fn new(expected_objects: usize) -> FrequencySketch {
-        let width = expected_objects.max(64).next_power_of_two();
+    fn new(capacity: u64) -> FrequencySketch {
+        let capacity = u32::try_from(capacity)
+            .unwrap_or(u32::MAX)
+            .clamp(128, 1 << 30);
+        let words = capacity.next_power_of_two();
         FrequencySketch {
-            counters: vec![0; width * 4],
-            mask: width - 1,
-            additions: 0,
-            reset_at: 10 * width as u64,
+            table: vec![0; words as usize],
+            mask: u64::from(words - 1),
+            size: 0,
+            sample_size: capacity.saturating_mul(10),
         }
     }
 
-    fn slots(&self, id: u64) -> [usize; 4] {
-        let mut hash = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let width = self.mask + 1;
-        std::array::from_fn(|row| {
-            hash = (hash ^ (hash >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            row * width + (hash as usize & self.mask)
-        })
+    fn spread(id: u64) -> u64 {
+        let mut z = id.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 
-    fn increment(&mut self, id: u64) {
-        for slot in self.slots(id) {
-            if self.counters[slot] < 15 {
-                self.counters[slot] += 1;
-            }
-        }
-        self.additions += 1;
-        if self.additions >= self.reset_at {
-            for counter in &mut self.counters {
-                *counter /= 2;
-            }
-            self.additions /= 2;
-        }
+    /// Word index and nibble shift of counter `depth` of `hash`.
+    fn slot(&self, hash: u64, depth: u64) -> (usize, u64) {
+        let mut x = hash.wrapping_add(depth.wrapping_mul(0xc2b2_ae3d_27d4_eb4f));
+        x = x.wrapping_mul(0x1656_67b1_9e37_79f9 | 1);
+        x ^= x >> 32;
+        let start = (hash & 3) << 2;
+        ((x & self.mask) as usize, (start + depth) << 2)
     }
 
     fn estimate(&self, id: u64) -> u32 {
-        self.slots(id)
-            .iter()
-            .map(|slot| u32::from(self.counters[*slot]))
+        let hash = Self::spread(id);
+        (0..4)
+            .map(|depth| {
+                let (word, shift) = self.slot(hash, depth);
+                ((self.table[word] >> shift) & 0xf) as u32
+            })
             .min()
             .unwrap_or(0)
+    }
+
+    fn increment(&mut self, id: u64) {
+        let hash = Self::spread(id);
+        let mut added = false;
+        for depth in 0..4 {
+            let (word, shift) = self.slot(hash, depth);
+            if (self.table[word] >> shift) & 0xf != 0xf {
+                self.table[word] += 1 << shift;
+                added = true;
+            }
+        }
+        if added {
+            self.size += 1;
+            if self.size >= self.sample_size {
+                let mut odd = 0;
+                for word in &mut self.table {
+                    odd += (*word & NIBBLES_LOW_BITS).count_ones();
+                    *word = (*word >> 1) & NIBBLES_RESET;
+                }
+                self.size = (self.size >> 1).saturating_sub(odd >> 2);
+            }
+        }
     }
 }
 
@@ -239,13 +264,14 @@ pub struct SimTier {
 }
 
 impl SimTier {
-    pub fn new(policy: Policy, capacity: u64, expected_objects: usize) -> SimTier {
+    pub fn new(policy: Policy, capacity: u64, _expected_objects: usize) -> SimTier {
         SimTier {
             policy,
             capacity,
             used: 0,
             order: Recency::new(),
-            sketch: (policy == Policy::TinyLfu).then(|| FrequencySketch::new(expected_objects)),
+            // As moka: no sketch until the tier is half full.
+            sketch: None,
         }
     }
 
@@ -261,7 +287,10 @@ impl SimTier {
         self.order.contains(id)
     }
 
-    /// Stores `id` after a miss, if the policy admits it.
+    /// Stores `id` after a miss, if the policy admits it. TinyLFU follows moka's rule:
+    /// with room, admit; otherwise take victims from the least recent end until they weigh
+    /// at least the newcomer (stopping once they are more popular than it), and admit only
+    /// if the newcomer is more popular than all of them together.
     pub fn admit(&mut self, id: u64, size: u64) {
         if size > self.capacity {
             return;
@@ -270,20 +299,22 @@ impl SimTier {
             self.used -= old;
         }
         if self.policy == Policy::TinyLfu && self.used + size > self.capacity {
-            // moka's rule: the newcomer must be more popular than all it would evict.
-            if let Some(sketch) = &self.sketch {
-                let candidate = sketch.estimate(id);
-                let mut needed = self.used + size - self.capacity;
-                let mut victims_frequency = 0u32;
-                let mut cursor = self.order.tail;
-                while needed > 0 && cursor != NIL {
-                    let node = &self.order.nodes[cursor as usize];
-                    victims_frequency = victims_frequency.saturating_add(sketch.estimate(node.id));
-                    needed = needed.saturating_sub(node.size);
-                    cursor = node.prev;
-                }
-                if candidate <= victims_frequency {
-                    return;
+            let candidate = self.sketch.as_ref().map_or(0, |s| s.estimate(id));
+            let (mut weight, mut frequency, mut victims) = (0u64, 0u32, 0usize);
+            let mut cursor = self.order.tail;
+            while weight < size && frequency <= candidate && cursor != NIL {
+                let node = &self.order.nodes[cursor as usize];
+                weight += node.size;
+                frequency += self.sketch.as_ref().map_or(0, |s| s.estimate(node.id));
+                victims += 1;
+                cursor = node.prev;
+            }
+            if weight < size || candidate <= frequency {
+                return;
+            }
+            for _ in 0..victims {
+                if let Some((_, evicted)) = self.order.pop_last() {
+                    self.used -= evicted;
                 }
             }
         }
@@ -295,6 +326,12 @@ impl SimTier {
         }
         self.order.insert(id, size);
         self.used += size;
+        if self.policy == Policy::TinyLfu && self.sketch.is_none() && self.used >= self.capacity / 2
+        {
+            let entries = self.order.index.len() as u64;
+            let scaled = (entries as f64 * (self.used as f64 / self.capacity.max(1) as f64)) as u64;
+            self.sketch = Some(FrequencySketch::new(scaled));
+        }
     }
 
     pub fn peek_victim(&self) -> Option<(u64, u64)> {
@@ -463,9 +500,11 @@ mod tests {
         assert_eq!((counts.hits, counts.disk_hits), (1, 1));
     }
 
+    /// As in moka, popularity is counted once the tier is half full (here after 10 and
+    /// 11); then 1 is seen four times, and the one-hit scan cannot displace it.
     #[test]
     fn tinylfu_keeps_a_popular_object_through_a_scan() {
-        let mut ids = vec![1, 1, 1, 1];
+        let mut ids = vec![10, 11, 1, 1, 1, 1];
         ids.extend(100..200);
         ids.push(1);
         let lru = replay(&trace(&ids), Policy::Lru, 4, None, 0, 256, &|_| {});

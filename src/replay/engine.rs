@@ -18,10 +18,11 @@ pub fn replay(
         Policy::Lru => moka::policy::EvictionPolicy::lru(),
         Policy::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
     };
-    let cache: moka::sync::Cache<u64, u32> = moka::sync::Cache::builder()
+    // The value: size and the trace time the copy expires.
+    let cache: moka::sync::Cache<u64, (u32, u32)> = moka::sync::Cache::builder()
         .max_capacity(capacity)
         .eviction_policy(eviction)
-        .weigher(|_id: &u64, size: &u32| *size)
+        .weigher(|_id: &u64, (size, _): &(u32, u32)| *size)
         .build();
     let mut counts = Counts::default();
     for (index, request) in requests.iter().enumerate() {
@@ -34,14 +35,21 @@ pub fn replay(
             counts.requests += 1;
             counts.bytes += size;
         }
-        if cache.get(&request.id).is_some() {
-            if counted {
-                counts.hits += 1;
-                counts.hit_bytes += size;
+        match cache.get(&request.id) {
+            Some((_, expires)) if expires > request.time => {
+                if counted {
+                    counts.hits += 1;
+                    counts.hit_bytes += size;
+                }
+                continue;
             }
-            continue;
+            Some(_) => cache.invalidate(&request.id),
+            None => {}
         }
-        cache.insert(request.id, request.size);
+        if request.ttl != 0 {
+            let expires = request.time.saturating_add(request.ttl);
+            cache.insert(request.id, (request.size, expires));
+        }
         cache.run_pending_tasks();
     }
     progress((requests.len() % 65_536) as u64);

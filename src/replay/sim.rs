@@ -38,6 +38,8 @@ const NIL: u32 = u32::MAX;
 struct Node {
     id: u64,
     size: u64,
+    /// Trace time from which the stored copy is stale.
+    expires: u32,
     prev: u32,
     next: u32,
 }
@@ -91,22 +93,23 @@ impl Recency {
         self.head = slot;
     }
 
-    /// Moves `id` to the most recent end; its size if present.
-    fn touch(&mut self, id: u64) -> Option<u64> {
+    /// Moves `id` to the most recent end; when it expires, if present.
+    fn touch(&mut self, id: u64) -> Option<u32> {
         let slot = *self.index.get(&id)?;
         self.unlink(slot);
         self.push_front(slot);
-        Some(self.nodes[slot as usize].size)
+        Some(self.nodes[slot as usize].expires)
     }
 
     fn contains(&self, id: u64) -> bool {
         self.index.contains_key(&id)
     }
 
-    fn insert(&mut self, id: u64, size: u64) {
+    fn insert(&mut self, id: u64, size: u64, expires: u32) {
         let node = Node {
             id,
             size,
+            expires,
             prev: NIL,
             next: NIL,
         };
@@ -275,12 +278,22 @@ impl SimTier {
         }
     }
 
-    /// A request for `id`: true on a hit (the object becomes most recent).
-    pub fn lookup(&mut self, id: u64) -> bool {
+    /// A request for `id` at trace time `now`: true on a hit (the object becomes most
+    /// recent). A stored copy that has expired is dropped and the request is a miss.
+    pub fn lookup(&mut self, id: u64, now: u32) -> bool {
         if let Some(sketch) = &mut self.sketch {
             sketch.increment(id);
         }
-        self.order.touch(id).is_some()
+        match self.order.touch(id) {
+            Some(expires) if expires > now => true,
+            Some(_) => {
+                if let Some(size) = self.order.remove(id) {
+                    self.used -= size;
+                }
+                false
+            }
+            None => false,
+        }
     }
 
     pub fn contains(&self, id: u64) -> bool {
@@ -291,10 +304,11 @@ impl SimTier {
     /// with room, admit; otherwise take victims from the least recent end until they weigh
     /// at least the newcomer (stopping once they are more popular than it), and admit only
     /// if the newcomer is more popular than all of them together.
-    pub fn admit(&mut self, id: u64, size: u64) {
-        if size > self.capacity {
+    pub fn admit(&mut self, id: u64, size: u64, now: u32, ttl: u32) {
+        if size > self.capacity || ttl == 0 {
             return;
         }
+        let expires = now.saturating_add(ttl);
         if let Some(old) = self.order.remove(id) {
             self.used -= old;
         }
@@ -324,7 +338,7 @@ impl SimTier {
                 None => break,
             }
         }
-        self.order.insert(id, size);
+        self.order.insert(id, size, expires);
         self.used += size;
         if self.policy == Policy::TinyLfu && self.sketch.is_none() && self.used >= self.capacity / 2
         {
@@ -374,7 +388,8 @@ pub fn replay(
             counts.requests += 1;
             counts.bytes += size;
         }
-        if memory_tier.lookup(request.id) {
+        let (now, ttl) = (request.time, request.ttl);
+        if memory_tier.lookup(request.id, now) {
             if counted {
                 counts.hits += 1;
                 counts.hit_bytes += size;
@@ -382,18 +397,20 @@ pub fn replay(
             continue;
         }
         if let Some(disk_tier) = &mut disk_tier {
-            if disk_tier.lookup(request.id) {
+            if disk_tier.lookup(request.id, now) {
                 if counted {
                     counts.hits += 1;
                     counts.hit_bytes += size;
                     counts.disk_hits += 1;
                 }
-                memory_tier.admit(request.id, size);
+                // Promoted with what is left of its freshness (the disk copy's).
+                let left = disk_tier.order.touch(request.id).map_or(ttl, |e| e - now);
+                memory_tier.admit(request.id, size, now, left);
                 continue;
             }
-            disk_tier.admit(request.id, size);
+            disk_tier.admit(request.id, size, now, ttl);
         }
-        memory_tier.admit(request.id, size);
+        memory_tier.admit(request.id, size, now, ttl);
     }
     progress((requests.len() % 65_536) as u64);
     counts
@@ -402,7 +419,7 @@ pub fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::trace::TraceRequest;
+    use crate::replay::trace::{TraceRequest, FOREVER};
 
     fn trace(ids: &[u64]) -> Vec<TraceRequest> {
         ids.iter()
@@ -410,6 +427,7 @@ mod tests {
                 time: 0,
                 id,
                 size: 1,
+                ttl: FOREVER,
             })
             .collect()
     }
@@ -459,31 +477,62 @@ mod tests {
                 time: 0,
                 id: 1,
                 size: 6,
+                ttl: FOREVER,
             },
             TraceRequest {
                 time: 0,
                 id: 2,
                 size: 6,
+                ttl: FOREVER,
             },
             TraceRequest {
                 time: 0,
                 id: 1,
                 size: 6,
+                ttl: FOREVER,
             },
             TraceRequest {
                 time: 0,
                 id: 3,
                 size: 50,
+                ttl: FOREVER,
             },
             TraceRequest {
                 time: 0,
                 id: 3,
                 size: 50,
+                ttl: FOREVER,
             },
         ];
         let counts = replay(&requests, Policy::Lru, 10, None, 0, 8, &|_| {});
         assert_eq!(counts.hits, 0, "2 evicted 1; 3 never fits");
         assert_eq!(counts.bytes, 118);
+    }
+
+    /// A copy is fresh for its ttl (RFC 9111 §4.2 in a trace's terms): after that the
+    /// request is a miss and the object is stored again; ttl 0 is never stored.
+    #[test]
+    fn expired_and_uncacheable_objects_are_misses() {
+        let at = |time, id, ttl| TraceRequest {
+            time,
+            id,
+            size: 1,
+            ttl,
+        };
+        let requests = [
+            at(0, 1, 10),
+            at(5, 1, 10),
+            at(20, 1, 10),
+            at(25, 1, 10),
+            at(26, 2, 0),
+            at(27, 2, 0),
+        ];
+        for policy in [Policy::Lru, Policy::TinyLfu] {
+            let counts = replay(&requests, policy, 10, None, 0, 8, &|_| {});
+            assert_eq!(counts.hits, 2, "{policy:?}");
+        }
+        let with_disk = replay(&requests, Policy::Lru, 1, Some(10), 0, 8, &|_| {});
+        assert_eq!(with_disk.hits, 2);
     }
 
     #[test]

@@ -12,10 +12,17 @@ use std::path::Path;
 /// One request of a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceRequest {
+    /// Seconds (relative or absolute: only differences matter).
     pub time: u32,
     pub id: u64,
     pub size: u32,
+    /// How long a stored copy stays fresh, in seconds: [`FOREVER`] when the trace says
+    /// nothing, 0 for a response that may not be stored.
+    pub ttl: u32,
 }
+
+/// The `ttl` of a request whose trace gives no freshness: stored copies never expire.
+pub const FOREVER: u32 = u32::MAX;
 
 /// Trace file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +110,7 @@ fn read_oracle(mut reader: impl Read, name: &str) -> Result<Vec<TraceRequest>, T
                 time: u32::from_le_bytes(record[0..4].try_into().unwrap_or_default()),
                 id: u64::from_le_bytes(record[4..12].try_into().unwrap_or_default()),
                 size: u32::from_le_bytes(record[12..16].try_into().unwrap_or_default()),
+                ttl: FOREVER,
             });
         }
         buffer.copy_within(whole..filled, 0);
@@ -140,8 +148,8 @@ fn parse_u64(field: &[u8]) -> Option<u64> {
 fn read_csv(mut reader: impl BufRead, name: &str) -> Result<Vec<TraceRequest>, TraceError> {
     let mut out = Vec::new();
     let mut line = Vec::with_capacity(128);
-    // Column positions of time, id and size (None: absent).
-    let mut columns: Option<(Option<usize>, usize, Option<usize>)> = None;
+    // Column positions of time, id, size and ttl (None: absent).
+    let mut columns: Option<(Option<usize>, usize, Option<usize>, Option<usize>)> = None;
     let mut number = 0;
     loop {
         line.clear();
@@ -160,7 +168,7 @@ fn read_csv(mut reader: impl BufRead, name: &str) -> Result<Vec<TraceRequest>, T
             continue;
         }
         let fields: Vec<&[u8]> = text.split(|b| *b == b',').collect();
-        let (time_col, id_col, size_col) = match columns {
+        let (time_col, id_col, size_col, ttl_col) = match columns {
             Some(columns) => columns,
             None => {
                 let is_header = fields
@@ -187,12 +195,14 @@ fn read_csv(mut reader: impl BufRead, name: &str) -> Result<Vec<TraceRequest>, T
                         find(&["time", "timestamp", "clock_time", "ts"]),
                         id,
                         find(&["size", "obj_size", "bytes"]),
+                        find(&["ttl", "ttl_s"]),
                     )
                 } else {
                     match fields.len() {
-                        1 => (None, 0, None),
-                        2 => (None, 0, Some(1)),
-                        _ => (Some(0), 1, Some(2)),
+                        1 => (None, 0, None, None),
+                        2 => (None, 0, Some(1), None),
+                        3 => (Some(0), 1, Some(2), None),
+                        _ => (Some(0), 1, Some(2), Some(3)),
                     }
                 };
                 columns = Some(found);
@@ -222,10 +232,23 @@ fn read_csv(mut reader: impl BufRead, name: &str) -> Result<Vec<TraceRequest>, T
             .and_then(|col| fields.get(col))
             .and_then(|f| parse_u64(f))
             .unwrap_or(0);
+        // A ttl column: seconds of freshness, 0 for uncacheable; empty or negative (-1, as
+        // libCacheSim writes "none") means no expiry.
+        let ttl = match ttl_col
+            .and_then(|col| fields.get(col))
+            .map(|f| f.trim_ascii())
+        {
+            None | Some(b"") => FOREVER,
+            Some(field) if field.starts_with(b"-") => FOREVER,
+            Some(field) => parse_u64(field)
+                .map(|ttl| u32::try_from(ttl).unwrap_or(FOREVER - 1))
+                .ok_or_else(|| malformed("ttl is not a number"))?,
+        };
         out.push(TraceRequest {
             time: u32::try_from(time).unwrap_or(u32::MAX),
             id,
             size: u32::try_from(size).unwrap_or(u32::MAX),
+            ttl,
         });
     }
 }
@@ -332,6 +355,7 @@ fn read_clf(reader: impl BufRead, name: &str) -> Result<Vec<TraceRequest>, Trace
             time: u32::try_from(time.saturating_sub(start)).unwrap_or(u32::MAX),
             id,
             size: (*known).max(1),
+            ttl: FOREVER,
         });
     }
     // Requests seen before the object's first full response take its full size.
@@ -373,15 +397,26 @@ pub fn write_oracle(out: impl Write, requests: &[TraceRequest], compress: bool) 
     writer.flush()
 }
 
-/// Writes `requests` as CSV with the header `time,obj_id,size`.
+/// Writes `requests` as CSV with the header `time,obj_id,size` (and `ttl` when any request
+/// has one; -1 for none).
 ///
 /// # Errors
 /// Write failures.
 pub fn write_csv(out: impl Write, requests: &[TraceRequest]) -> io::Result<()> {
     let mut writer = io::BufWriter::with_capacity(1 << 20, out);
-    writeln!(writer, "time,obj_id,size")?;
+    let with_ttl = requests.iter().any(|r| r.ttl != FOREVER);
+    writeln!(
+        writer,
+        "time,obj_id,size{}",
+        if with_ttl { ",ttl" } else { "" }
+    )?;
     for request in requests {
-        writeln!(writer, "{},{},{}", request.time, request.id, request.size)?;
+        write!(writer, "{},{},{}", request.time, request.id, request.size)?;
+        match (with_ttl, request.ttl) {
+            (false, _) => writeln!(writer)?,
+            (true, FOREVER) => writeln!(writer, ",-1")?,
+            (true, ttl) => writeln!(writer, ",{ttl}")?,
+        }
     }
     writer.flush()
 }
@@ -437,7 +472,9 @@ impl Zipf {
 }
 
 /// A synthetic workload spec: `zipf:alpha=0.9,objects=1e6,requests=1e7,seed=1,size=4096`
-/// or `uniform:objects=...`. `size` is fixed, or `size=MIN-MAX` (uniform per object).
+/// or `uniform:objects=...`. `size` is fixed, or `size=MIN-MAX` (uniform per object);
+/// `ttl=SECONDS` gives every response that freshness (time advances 1 s per 1000
+/// requests). Defaults: 100k objects, 1M requests, seed 1, 4096 bytes, no expiry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Synthetic {
     pub zipf_alpha: Option<f64>,
@@ -445,6 +482,7 @@ pub struct Synthetic {
     pub requests: usize,
     pub seed: u64,
     pub size: (u32, u32),
+    pub ttl: u32,
 }
 
 fn parse_count(text: &str) -> Option<usize> {
@@ -472,6 +510,7 @@ impl std::str::FromStr for Synthetic {
             requests: 1_000_000,
             seed: 1,
             size: (4096, 4096),
+            ttl: FOREVER,
         };
         for param in params.split(',').filter(|p| !p.is_empty()) {
             let (key, value) = param
@@ -489,6 +528,7 @@ impl std::str::FromStr for Synthetic {
                     synthetic.requests = parse_count(value).ok_or_else(|| bad("bad requests"))?;
                 }
                 "seed" => synthetic.seed = value.parse().map_err(|_| bad("bad seed"))?,
+                "ttl" => synthetic.ttl = value.parse().map_err(|_| bad("bad ttl"))?,
                 "size" => {
                     let (low, high) = value.split_once('-').unwrap_or((value, value));
                     let low = parse_count(low).ok_or_else(|| bad("bad size"))?;
@@ -536,6 +576,7 @@ impl Synthetic {
                     time: (index / 1000) as u32,
                     id: rank as u64 + 1,
                     size: sizes[rank],
+                    ttl: self.ttl,
                 }
             })
             .collect()
@@ -554,7 +595,8 @@ mod tests {
             TraceRequest {
                 time: 2,
                 id: 11,
-                size: 200
+                size: 200,
+                ttl: FOREVER,
             }
         );
         let reordered = read_csv(&b"size,obj_id\n100,10\n"[..], "t").unwrap();
@@ -563,7 +605,8 @@ mod tests {
             TraceRequest {
                 time: 0,
                 id: 10,
-                size: 100
+                size: 100,
+                ttl: FOREVER,
             }
         );
         let plain = read_csv(&b"10,100\n11,200\n"[..], "t").unwrap();
@@ -572,12 +615,25 @@ mod tests {
             TraceRequest {
                 time: 0,
                 id: 10,
-                size: 100
+                size: 100,
+                ttl: FOREVER,
             }
         );
         let strings = read_csv(&b"/a.css,10\n/a.css,10\n"[..], "t").unwrap();
         assert_eq!(strings[0].id, strings[1].id);
         assert!(read_csv(&b"time,obj_id,size\n1,2,x\n"[..], "t").is_err());
+        let ttls = read_csv(
+            &b"time,obj_id,size,ttl\n1,10,100,60\n2,11,5,0\n3,12,5,-1\n"[..],
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            ttls.iter().map(|r| r.ttl).collect::<Vec<_>>(),
+            [60, 0, FOREVER]
+        );
+        let mut written = Vec::new();
+        write_csv(&mut written, &ttls).unwrap();
+        assert_eq!(read_csv(&written[..], "t").unwrap(), ttls);
     }
 
     #[test]

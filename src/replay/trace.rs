@@ -145,11 +145,13 @@ fn parse_u64(field: &[u8]) -> Option<u64> {
     })
 }
 
+/// Column positions of time, id, size and ttl in a CSV trace (None: absent).
+type CsvColumns = (Option<usize>, usize, Option<usize>, Option<usize>);
+
 fn read_csv(mut reader: impl BufRead, name: &str) -> Result<Vec<TraceRequest>, TraceError> {
     let mut out = Vec::new();
     let mut line = Vec::with_capacity(128);
-    // Column positions of time, id, size and ttl (None: absent).
-    let mut columns: Option<(Option<usize>, usize, Option<usize>, Option<usize>)> = None;
+    let mut columns: Option<CsvColumns> = None;
     let mut number = 0;
     loop {
         line.clear();

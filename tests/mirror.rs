@@ -1,0 +1,206 @@
+//! outpost as a package mirror, driven by a real package client: pip downloads a wheel
+//! through outpost from a PyPI-like origin, then again while the origin fails, then in
+//! offline mode. The rules are those of config/mirror.toml's PyPI part: `/packages/` is
+//! immutable, `/simple/` is revalidated on every use and served stale when the origin fails
+//! (pip sends `Cache-Control: max-age=0` for index pages).
+//!
+//! pip must be installed (`python3 -m pip`); without it the test fails when
+//! `OUTPOST_REQUIRE_PIP` is set (CI sets it) and is skipped otherwise.
+
+mod support;
+
+use std::io::Write;
+use std::process::Command;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Full;
+use hyper::Request;
+use support::{client, send, start_admin, Fixture, Origin, Proxy};
+
+const WHEEL: &str = "demo_pkg-1.0-py3-none-any.whl";
+
+/// A minimal, valid wheel (a zip with the dist-info files pip reads).
+fn wheel() -> Vec<u8> {
+    let script = r#"
+import io, sys, zipfile
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w") as z:
+    z.writestr("demo_pkg/__init__.py", "VALUE = 1\n")
+    z.writestr("demo_pkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n")
+    z.writestr("demo_pkg-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    z.writestr("demo_pkg-1.0.dist-info/RECORD", "")
+sys.stdout.buffer.write(buf.getvalue())
+"#;
+    let output = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3 runs");
+    assert!(output.status.success());
+    output.stdout
+}
+
+fn pip_available() -> bool {
+    Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `pip download` of demo-pkg through `index` into a fresh directory; the wheel's bytes.
+fn pip_download(index: &str) -> Result<Vec<u8>, String> {
+    let dest = tempfile::tempdir().unwrap();
+    let output = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            "--index-url",
+        ])
+        .arg(index)
+        .args(["--retries", "0", "--timeout", "10", "-d"])
+        .arg(dest.path())
+        .arg("demo-pkg==1.0")
+        // This machine's pip configuration must not send pip elsewhere.
+        .env_remove("PIP_FIND_LINKS")
+        .env_remove("PIP_INDEX_URL")
+        .env_remove("PIP_EXTRA_INDEX_URL")
+        .env("PIP_CONFIG_FILE", "/dev/null")
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .output()
+        .map_err(|err| err.to_string())?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    std::fs::read(dest.path().join(WHEEL)).map_err(|err| err.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pip_keeps_working_through_the_mirror_when_the_origin_fails_and_offline() {
+    if !pip_available() {
+        assert!(
+            std::env::var_os("OUTPOST_REQUIRE_PIP").is_none(),
+            "pip is required (OUTPOST_REQUIRE_PIP is set) but `python3 -m pip` does not run"
+        );
+        eprintln!("skipped: python3 -m pip is not available");
+        return;
+    }
+    let wheel = Bytes::from(wheel());
+    let digest = {
+        let output = Command::new("python3")
+            .args([
+                "-c",
+                "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                child.stdin.take().unwrap().write_all(&wheel)?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let page = format!(
+        "<!DOCTYPE html><html><body><a href=\"/packages/{WHEEL}#sha256={digest}\">{WHEEL}</a></body></html>\n"
+    );
+    let index_page = |page: &str| Fixture::Validated {
+        etag: "\"simple-1\"",
+        headers: support::header_list(&[
+            ("content-type", "text/html"),
+            ("cache-control", "max-age=600"),
+        ]),
+        body: Bytes::from(page.to_string()),
+        not_modified_headers: Vec::new(),
+    };
+    let origin = Origin::start(vec![
+        (
+            "/simple/demo-pkg/",
+            Fixture::sequence(vec![
+                index_page(&page),
+                index_page(&page),
+                Fixture::with_headers(503, &[], "upstream down"),
+            ]),
+        ),
+        (
+            "/packages/demo_pkg-1.0-py3-none-any.whl",
+            Fixture::Static {
+                status: StatusCode::OK,
+                headers: vec![
+                    ("content-type", "application/octet-stream".into()),
+                    ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT".into()),
+                ],
+                body: wheel.clone(),
+            },
+        ),
+    ])
+    .await;
+    let toml = r#"
+[[cache.rules]]
+prefix = "/packages/"
+immutable = true
+
+[[cache.rules]]
+prefix = "/simple/"
+revalidate = true
+stale_if_error = "30d"
+"#;
+    let proxy = Proxy::start(&origin.url(), toml).await;
+    let index = proxy.url("/simple/");
+
+    let first = tokio::task::spawn_blocking({
+        let index = index.clone();
+        move || pip_download(&index)
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.expect("pip through outpost"), wheel);
+
+    // Second run: the index is revalidated (304); the wheel comes from the cache.
+    let second = tokio::task::spawn_blocking({
+        let index = index.clone();
+        move || pip_download(&index)
+    })
+    .await
+    .unwrap();
+    assert_eq!(second.expect("pip, index revalidated"), wheel);
+
+    // The origin now fails: the stored index is served stale (RFC 5861 §4), the wheel is
+    // immutable and never asked for again.
+    let third = tokio::task::spawn_blocking({
+        let index = index.clone();
+        move || pip_download(&index)
+    })
+    .await
+    .unwrap();
+    assert_eq!(third.expect("pip while the origin fails"), wheel);
+    assert_eq!(origin.hits("/packages/demo_pkg-1.0-py3-none-any.whl"), 1);
+    let index_hits = origin.hits("/simple/demo-pkg/");
+    assert!(
+        index_hits >= 3,
+        "the index was revalidated each time ({index_hits})"
+    );
+
+    // Offline mode: nothing reaches the origin, pip still works.
+    let admin = start_admin(&proxy).await;
+    let switched = send(
+        &client(),
+        Request::post(format!("{admin}/offline?enabled=true"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(switched.status, StatusCode::OK);
+    let offline = tokio::task::spawn_blocking(move || pip_download(&index))
+        .await
+        .unwrap();
+    assert_eq!(offline.expect("pip in offline mode"), wheel);
+    assert_eq!(
+        origin.hits("/simple/demo-pkg/"),
+        index_hits,
+        "offline: origin untouched"
+    );
+}

@@ -1,11 +1,16 @@
-//! outpost as a package mirror, driven by a real package client: pip downloads a wheel
+//! outpost as a package mirror, driven by real package clients. pip downloads a wheel
 //! through outpost from a PyPI-like origin, then again while the origin fails, then in
 //! offline mode. The rules are those of config/mirror.toml's PyPI part: `/packages/` is
 //! immutable, `/simple/` is revalidated on every use and served stale when the origin fails
 //! (pip sends `Cache-Control: max-age=0` for index pages).
 //!
-//! pip must be installed (`python3 -m pip`); without it the test fails when
-//! `OUTPOST_REQUIRE_PIP` is set (CI sets it) and is skipped otherwise.
+//! apt-get updates and downloads a package from a Debian-like repository (no InRelease,
+//! a `+` in the pool file name) with the Debian rules, then again while every index file
+//! answers 503.
+//!
+//! The clients must be installed (`python3 -m pip`; `apt-get`, `dpkg-deb`); without them a
+//! test fails when `OUTPOST_REQUIRE_PIP` / `OUTPOST_REQUIRE_APT` is set (CI sets both) and
+//! is skipped otherwise.
 
 mod support;
 
@@ -202,5 +207,186 @@ stale_if_error = "30d"
         origin.hits("/simple/demo-pkg/"),
         index_hits,
         "offline: origin untouched"
+    );
+}
+
+fn tool_available(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A private apt: its own state, lists, cache and sources under `root`.
+fn apt(root: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let dir = |name: &str| format!("-o{name}={}", root.display());
+    let output = Command::new("apt-get")
+        .arg(dir("Dir"))
+        .arg(format!("-oDir::State::status={}/status", root.display()))
+        .args([
+            "-oDebug::NoLocking=1",
+            "-oAPT::Architecture=amd64",
+            "-oAcquire::Languages=none",
+            "-oAcquire::Retries=0",
+            "-oDir::Etc::sourceparts=-",
+            "-oDir::Etc::trusted=/dev/null",
+            "-oDir::Etc::trustedparts=-",
+            "-oDir::Etc::preferencesparts=/dev/null",
+            "-oAPT::Sandbox::User=root",
+        ])
+        .args(args)
+        .current_dir(root)
+        .output()
+        .map_err(|err| err.to_string())?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    if output.status.success() && !text.contains("E: ") {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8(output.stdout).unwrap()[..64].to_string()
+}
+
+/// apt through outpost with the Debian rules of config/mirror.toml: `apt-get update` and
+/// `apt-get download` work, and keep working when the origin answers 503 for every index
+/// file (stored indexes served stale; the .deb is immutable and never fetched twice).
+/// The repository has no InRelease (404, as the notes describe), so apt falls back to
+/// Release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apt_update_and_download_keep_working_when_the_origin_fails() {
+    let tools = ["apt-get", "dpkg-deb", "sha256sum"];
+    if !tools.iter().all(|t| tool_available(t)) {
+        assert!(
+            std::env::var_os("OUTPOST_REQUIRE_APT").is_none(),
+            "apt-get and dpkg-deb are required (OUTPOST_REQUIRE_APT is set)"
+        );
+        eprintln!("skipped: apt-get or dpkg-deb is not available");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let package = work.path().join("pkg");
+    std::fs::create_dir_all(package.join("DEBIAN")).unwrap();
+    std::fs::write(
+        package.join("DEBIAN/control"),
+        "Package: hello-outpost\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.com>\nDescription: test package\n",
+    )
+    .unwrap();
+    let deb_path = work.path().join("hello.deb");
+    let built = Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&package)
+        .arg(&deb_path)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let deb = Bytes::from(std::fs::read(&deb_path).unwrap());
+    let packages = format!(
+        "Package: hello-outpost\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.com>\n\
+         Filename: pool/main/h/hello-outpost_1.0+b1_all.deb\nSize: {}\nSHA256: {}\nDescription: test package\n\n",
+        deb.len(),
+        sha256_hex(&deb)
+    );
+    let release = format!(
+        "Origin: test\nLabel: test\nSuite: stable\nCodename: stable\nDate: {}\nArchitectures: amd64\n\
+         Components: main\nSHA256:\n {} {} main/binary-amd64/Packages\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+        sha256_hex(packages.as_bytes()),
+        packages.len()
+    );
+    let index = |body: &str| {
+        Fixture::sequence(vec![
+            Fixture::with_headers(
+                200,
+                &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
+                body,
+            ),
+            Fixture::with_headers(503, &[], "upstream down"),
+        ])
+    };
+    let origin = Origin::start(vec![
+        ("/debian/dists/stable/Release", index(&release)),
+        (
+            "/debian/dists/stable/main/binary-amd64/Packages",
+            index(&packages),
+        ),
+        (
+            "/debian/pool/main/h/hello-outpost_1.0%2bb1_all.deb",
+            Fixture::Static {
+                status: StatusCode::OK,
+                headers: vec![(
+                    "content-type",
+                    "application/vnd.debian.binary-package".into(),
+                )],
+                body: deb.clone(),
+            },
+        ),
+    ])
+    .await;
+    let toml = r#"
+[[cache.rules]]
+match = "*.deb"
+immutable = true
+[[cache.rules]]
+match = "*/InRelease"
+revalidate = true
+stale_if_error = "30d"
+[[cache.rules]]
+match = "*/Release*"
+revalidate = true
+stale_if_error = "30d"
+[[cache.rules]]
+match = "*/Packages*"
+revalidate = true
+stale_if_error = "30d"
+"#;
+    let proxy = Proxy::start(&origin.url(), toml).await;
+    let source = format!("deb [trusted=yes] {} stable main\n", proxy.url("/debian"));
+
+    for round in ["origin up", "origin failing"] {
+        let root = tempfile::tempdir().unwrap();
+        for dir in [
+            "etc/apt",
+            "var/lib/apt/lists/partial",
+            "var/cache/apt/archives/partial",
+        ] {
+            std::fs::create_dir_all(root.path().join(dir)).unwrap();
+        }
+        std::fs::write(root.path().join("status"), "").unwrap();
+        std::fs::write(root.path().join("etc/apt/sources.list"), &source).unwrap();
+        let path = root.path().to_path_buf();
+        let outcome = tokio::task::spawn_blocking(move || {
+            apt(&path, &["update"])?;
+            apt(&path, &["download", "hello-outpost"])?;
+            // apt asks for the pool file as `%2b` (the notes' observation) and saves it
+            // under package_version_arch.
+            std::fs::read(path.join("hello-outpost_1.0_all.deb")).map_err(|err| err.to_string())
+        })
+        .await
+        .unwrap();
+        assert_eq!(outcome.expect(round), deb, "{round}");
+    }
+    assert_eq!(
+        origin.hits("/debian/pool/main/h/hello-outpost_1.0%2bb1_all.deb"),
+        1,
+        "the package is immutable: fetched once"
+    );
+    assert!(
+        origin.hits("/debian/dists/stable/Release") >= 2,
+        "Release was revalidated"
     );
 }

@@ -460,7 +460,8 @@ pub struct CacheConfig {
     pub memory_capacity: ByteSize,
     /// What the memory tier keeps when full.
     pub memory_policy: MemoryPolicy,
-    /// Larger responses are streamed through without being stored or buffered.
+    /// Larger responses are not kept in memory: with a disk tier they stream to disk (up to
+    /// `disk_max_object_size`), without one they stream through unstored.
     pub max_object_size: ByteSize,
     /// Variants (Vary) kept per URL; the oldest goes first.
     pub max_variants: usize,

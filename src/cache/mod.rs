@@ -231,6 +231,9 @@ impl Cache {
         let Some(disk) = self.live_disk() else {
             return;
         };
+        if entry.meta.body_len > disk.max_object_size {
+            return;
+        }
         let body = match (&entry.body, body_changed) {
             (StoredBody::Memory(bytes), true) => Some(bytes.clone()),
             // A file body is on disk already (the streaming fill indexed it).

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use support::{client, get, send, start_admin, Fixture, Gate, Origin, Proxy};
+use support::{client, get, post, start_admin, Fixture, Gate, Origin, Proxy};
 
 fn disk_toml(dir: &Path, extra: &str) -> String {
     format!("[cache]\ndir = \"{}\"\n{extra}\n", dir.display())
@@ -34,6 +34,24 @@ async fn get_as(url: &str, headers: &[(&str, &str)]) -> support::Reply {
     let mut with_host = vec![HOST];
     with_host.extend_from_slice(headers);
     get(url, &with_host).await
+}
+
+/// Requests `path` until the origin has served it a second time (a removed entry is
+/// refetched); the refetched body must be `body`.
+async fn wait_for_refetch(proxy: &Proxy, origin: &Origin, path: &str, body: &Bytes) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get_as(&proxy.url(path), &[]).await;
+        if origin.hits(path) == 2 {
+            assert_eq!(&reply.body, body);
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never refetched"
+        );
+        tokio::task::yield_now().await;
+    }
 }
 
 fn pattern(len: usize) -> Bytes {
@@ -240,16 +258,7 @@ async fn a_corrupt_large_body_aborts_the_response_and_is_refetched() {
     assert!(collected.is_err(), "a corrupt body must end in an error");
 
     // The entry is removed in the background; the next request goes to the origin.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = get_as(&proxy.url("/big"), &[]).await;
-        if origin.hits("/big") == 2 {
-            assert_eq!(reply.body, body);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never refetched");
-        tokio::task::yield_now().await;
-    }
+    wait_for_refetch(&proxy, &origin, "/big", &body).await;
     let metrics = metrics_text(&proxy).await;
     assert_eq!(metric(&metrics, "outpost_integrity_failures_total"), 1.0);
 }
@@ -310,13 +319,7 @@ async fn offline_mode_serves_what_is_stored_and_504_for_the_rest() {
     get_as(&proxy.url("/stale"), &[]).await;
     get_as(&proxy.url("/strict"), &[]).await;
 
-    let switched = send(
-        &client(),
-        Request::post(format!("{admin}/offline?enabled=true"))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let switched = post(&format!("{admin}/offline?enabled=true")).await;
     assert_eq!(switched.status, StatusCode::OK);
     let stale = get_as(&proxy.url("/stale"), &[("cache-control", "max-age=0")]).await;
     assert_eq!(stale.status, StatusCode::OK);
@@ -334,13 +337,7 @@ async fn offline_mode_serves_what_is_stored_and_504_for_the_rest() {
     assert_eq!(origin.hits("/stale") + origin.hits("/strict"), 2);
     assert!(origin.seen().iter().all(|r| r.uri.path() != "/never-seen"));
 
-    send(
-        &client(),
-        Request::post(format!("{admin}/offline?enabled=false"))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    post(&format!("{admin}/offline?enabled=false")).await;
     get_as(&proxy.url("/stale"), &[]).await;
     assert_eq!(
         origin.hits("/stale"),
@@ -569,13 +566,7 @@ async fn purge_removes_entries_from_disk_too() {
     get_as(&proxy.url("/p"), &[]).await;
     proxy.outpost.proxy().cache().settle().await;
     let admin = start_admin(&proxy).await;
-    let purge = send(
-        &client(),
-        Request::post(format!("{admin}/purge?prefix=http://cache.test/"))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let purge = post(&format!("{admin}/purge?prefix=http://cache.test/")).await;
     assert!(purge.text().contains("\"purged\":1"), "{}", purge.text());
     restart_point(proxy).await;
     let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
@@ -705,14 +696,5 @@ async fn a_corrupt_block_is_never_sent_and_intact_ranges_still_serve() {
     );
     assert_eq!(&received[..], &body[..received.len()]);
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = get_as(&proxy.url("/blocks"), &[]).await;
-        if origin.hits("/blocks") == 2 {
-            assert_eq!(reply.body, body);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never refetched");
-        tokio::task::yield_now().await;
-    }
+    wait_for_refetch(&proxy, &origin, "/blocks", &body).await;
 }

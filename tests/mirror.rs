@@ -19,9 +19,7 @@ use std::process::Command;
 
 use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::Full;
-use hyper::Request;
-use support::{client, send, start_admin, Fixture, Origin, Proxy};
+use support::{post, start_admin, Fixture, Origin, Proxy};
 
 const WHEEL: &str = "demo_pkg-1.0-py3-none-any.whl";
 
@@ -191,13 +189,7 @@ stale_if_error = "30d"
 
     // Offline mode: nothing reaches the origin, pip still works.
     let admin = start_admin(&proxy).await;
-    let switched = send(
-        &client(),
-        Request::post(format!("{admin}/offline?enabled=true"))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let switched = post(&format!("{admin}/offline?enabled=true")).await;
     assert_eq!(switched.status, StatusCode::OK);
     let offline = tokio::task::spawn_blocking(move || pip_download(&index))
         .await

@@ -84,27 +84,19 @@ async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body>
         (_, "/healthz") if is_read => text(StatusCode::OK, "ok\n"),
         (_, "/readyz") if is_read => text(StatusCode::OK, "ready\n"),
         (_, "/metrics") if is_read => {
-            let (entries, bytes) = proxy.cache().memory.usage().await;
             let metrics = proxy.metrics();
-            let memory = TierLabels { tier: "memory" };
-            metrics
-                .cache_entries
-                .get_or_create(&memory)
-                .set(i64::try_from(entries).unwrap_or(i64::MAX));
-            metrics
-                .cache_bytes
-                .get_or_create(&memory)
-                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-            if let Some((entries, bytes)) = proxy.cache().disk_usage() {
-                let disk = TierLabels { tier: "disk" };
+            let set_usage = |tier, (entries, bytes): (u64, u64)| {
+                let labels = TierLabels { tier };
+                let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
                 metrics
                     .cache_entries
-                    .get_or_create(&disk)
-                    .set(i64::try_from(entries).unwrap_or(i64::MAX));
-                metrics
-                    .cache_bytes
-                    .get_or_create(&disk)
-                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                    .get_or_create(&labels)
+                    .set(gauge(entries));
+                metrics.cache_bytes.get_or_create(&labels).set(gauge(bytes));
+            };
+            set_usage("memory", proxy.cache().memory.usage().await);
+            if let Some(usage) = proxy.cache().disk_usage() {
+                set_usage("disk", usage);
             }
             let mut response = text(StatusCode::OK, "");
             *response.body_mut() = Body::full(metrics.encode());

@@ -1093,6 +1093,24 @@ pub fn verified_file_body(
     }
 }
 
+/// Ends a verified stream: marks it done, runs the corruption hook once, and gives the
+/// error that aborts the response.
+fn stream_failure(
+    done: &mut bool,
+    hook: &mut Option<CorruptionHook>,
+    corrupt: bool,
+) -> crate::body::BoxError {
+    *done = true;
+    if let Some(hook) = hook.take() {
+        hook(corrupt);
+    }
+    if corrupt {
+        "stored body does not match its digest".into()
+    } else {
+        "stored body file is missing".into()
+    }
+}
+
 fn verified_blocks_body(
     path: Arc<PathBuf>,
     len: u64,
@@ -1121,16 +1139,11 @@ fn verified_blocks_body(
         on_corrupt: Some(on_corrupt),
     };
     let fail = |state: &mut State, corrupt: bool| {
-        state.done = true;
-        if let Some(hook) = state.on_corrupt.take() {
-            hook(corrupt);
-        }
-        let error: crate::body::BoxError = if corrupt {
-            "stored body block does not match its digest".into()
-        } else {
-            "stored body file is missing".into()
-        };
-        Err(error)
+        Err(stream_failure(
+            &mut state.done,
+            &mut state.on_corrupt,
+            corrupt,
+        ))
     };
     let stream = futures_util::stream::unfold(state, move |mut state| {
         let blocks = Arc::clone(&blocks);
@@ -1205,16 +1218,11 @@ fn verified_whole_file_body(
         on_corrupt: Some(on_corrupt),
     };
     let fail = |state: &mut State, corrupt: bool| {
-        state.done = true;
-        if let Some(hook) = state.on_corrupt.take() {
-            hook(corrupt);
-        }
-        let error: crate::body::BoxError = if corrupt {
-            "stored body does not match its digest".into()
-        } else {
-            "stored body file is missing".into()
-        };
-        Some(Err(error))
+        Some(Err(stream_failure(
+            &mut state.done,
+            &mut state.on_corrupt,
+            corrupt,
+        )))
     };
     let stream = futures_util::stream::unfold(state, move |mut state| async move {
         loop {

@@ -150,22 +150,16 @@ pub fn not_acceptable() -> Response<Body> {
 
 /// Offline mode and nothing suitable stored: the origin is not asked.
 pub fn gateway_timeout_offline() -> Response<Body> {
-    let mut response = Response::new(Body::full(
-        "504 Gateway Timeout: offline mode and not cached\n",
-    ));
-    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    gateway_timeout("504 Gateway Timeout: offline mode and not cached\n")
 }
 
 /// RFC 9111 §5.2.1.7: `only-if-cached` with nothing suitable stored.
 pub fn gateway_timeout_only_if_cached() -> Response<Body> {
-    let mut response = Response::new(Body::full(
-        "504 Gateway Timeout: only-if-cached and not cached\n",
-    ));
+    gateway_timeout("504 Gateway Timeout: only-if-cached and not cached\n")
+}
+
+fn gateway_timeout(text: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::full(text));
     *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

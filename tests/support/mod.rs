@@ -613,6 +613,15 @@ pub async fn send(
     .expect("response within patience")
 }
 
+/// POST with an empty body (admin API calls).
+pub async fn post(url: &str) -> Reply {
+    send(
+        &client(),
+        Request::post(url).body(Full::new(Bytes::new())).unwrap(),
+    )
+    .await
+}
+
 /// GET `url` with extra headers.
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     let mut builder = Request::get(url);

@@ -36,6 +36,38 @@ async fn get_as(url: &str, headers: &[(&str, &str)]) -> support::Reply {
     get(url, &with_host).await
 }
 
+/// A body of `len` bytes stored on disk (memory keeps only objects up to 64 KiB) through
+/// a new outpost, whose stored file then has byte `at` flipped.
+async fn stored_then_damaged(
+    dir: &Path,
+    path: &'static str,
+    len: usize,
+    at: usize,
+) -> (Origin, Proxy, Bytes) {
+    let body = pattern(len);
+    let origin = Origin::start(vec![(
+        path,
+        Fixture::Static {
+            status: StatusCode::OK,
+            headers: vec![("cache-control", "max-age=3600".into())],
+            body: body.clone(),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        &disk_toml(dir, "max_object_size = \"64KiB\""),
+    )
+    .await;
+    assert_eq!(get_as(&proxy.url(path), &[]).await.body, body);
+    let files = blob_files(dir);
+    assert_eq!(files.len(), 1);
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    bytes[at] ^= 0x40;
+    std::fs::write(&files[0], &bytes).unwrap();
+    (origin, proxy, body)
+}
+
 /// Requests `path` until the origin has served it a second time (a removed entry is
 /// refetched); the refetched body must be `body`.
 async fn wait_for_refetch(proxy: &Proxy, origin: &Origin, path: &str, body: &Bytes) {
@@ -225,24 +257,7 @@ async fn a_large_object_streams_to_disk_and_is_served_from_its_file() {
 #[tokio::test]
 async fn a_corrupt_large_body_aborts_the_response_and_is_refetched() {
     let dir = tempfile::tempdir().unwrap();
-    let body = pattern(1 << 20);
-    let origin = Origin::start(vec![(
-        "/big",
-        Fixture::Static {
-            status: StatusCode::OK,
-            headers: vec![("cache-control", "max-age=3600".into())],
-            body: body.clone(),
-        },
-    )])
-    .await;
-    let toml = disk_toml(dir.path(), "max_object_size = \"64KiB\"");
-    let proxy = Proxy::start(&origin.url(), &toml).await;
-    assert_eq!(get_as(&proxy.url("/big"), &[]).await.body, body);
-    let files = blob_files(dir.path());
-    assert_eq!(files.len(), 1);
-    let mut bytes = std::fs::read(&files[0]).unwrap();
-    bytes[900_000] ^= 1;
-    std::fs::write(&files[0], &bytes).unwrap();
+    let (origin, proxy, body) = stored_then_damaged(dir.path(), "/big", 1 << 20, 900_000).await;
 
     let response = client()
         .request(
@@ -649,23 +664,8 @@ async fn a_late_follower_of_a_large_fill_streams_from_its_disk_file() {
 #[tokio::test]
 async fn a_corrupt_block_is_never_sent_and_intact_ranges_still_serve() {
     let dir = tempfile::tempdir().unwrap();
-    let body = pattern(3 << 20);
-    let origin = Origin::start(vec![(
-        "/blocks",
-        Fixture::Static {
-            status: StatusCode::OK,
-            headers: vec![("cache-control", "max-age=3600".into())],
-            body: body.clone(),
-        },
-    )])
-    .await;
-    let toml = disk_toml(dir.path(), "max_object_size = \"64KiB\"");
-    let proxy = Proxy::start(&origin.url(), &toml).await;
-    assert_eq!(get_as(&proxy.url("/blocks"), &[]).await.body, body);
-    let files = blob_files(dir.path());
-    let mut bytes = std::fs::read(&files[0]).unwrap();
-    bytes[(2 << 20) + 12345] ^= 0x40;
-    std::fs::write(&files[0], &bytes).unwrap();
+    let (origin, proxy, body) =
+        stored_then_damaged(dir.path(), "/blocks", 3 << 20, (2 << 20) + 12345).await;
 
     let intact = get_as(&proxy.url("/blocks"), &[("range", "bytes=100-199")]).await;
     assert_eq!(intact.status, StatusCode::PARTIAL_CONTENT);

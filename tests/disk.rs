@@ -698,3 +698,39 @@ async fn a_corrupt_block_is_never_sent_and_intact_ranges_still_serve() {
 
     wait_for_refetch(&proxy, &origin, "/blocks", &body).await;
 }
+
+/// A corrupt index never stops outpost: damaged records are dropped (their files swept as
+/// orphans and refetched on demand), and an index sled cannot open at all leaves outpost
+/// memory-only. Either way the request is answered, with the origin's bytes.
+#[tokio::test]
+async fn a_corrupt_index_is_dropped_or_bypassed_never_fatal() {
+    for damage in ["zeroed log", "garbage config"] {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Origin::start(vec![(
+            "/kept",
+            Fixture::with_headers(200, &[("cache-control", "max-age=3600")], "kept body"),
+        )])
+        .await;
+        let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+        get_as(&proxy.url("/kept"), &[]).await;
+        restart_point(proxy).await;
+        let index = dir.path().join("index");
+        match damage {
+            "zeroed log" => {
+                let db = index.join("db");
+                let len = std::fs::metadata(&db).unwrap().len() as usize;
+                std::fs::write(&db, vec![0u8; len]).unwrap();
+            }
+            _ => std::fs::write(index.join("conf"), "garbage!!").unwrap(),
+        }
+        let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+        let reply = get_as(&proxy.url("/kept"), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{damage}");
+        assert_eq!(reply.text(), "kept body", "{damage}");
+        assert_eq!(
+            origin.hits("/kept"),
+            2,
+            "{damage}: refetched, not served from a lost row"
+        );
+    }
+}

@@ -4,8 +4,10 @@
 //! 1. [`server`] accepts the connection (HTTP/1.1 or h2c on one port), enforces connection
 //!    limits and the head/idle timeouts, and hands each request head to the pipeline.
 //! 2. [`pipeline::handle`] runs the phases in order: request filter, route
-//!    ([`pipeline::route`]), the upstream request with forwarding headers inside the trust
-//!    boundary ([`pipeline::forwarding`]), the exchange ([`upstream`]), the response filter.
+//!    ([`pipeline::route`]), cache lookup ([`cache`]: memory, then disk), the upstream
+//!    request with forwarding headers inside the trust boundary ([`pipeline::forwarding`]),
+//!    the exchange ([`upstream`]) through a coalesced fill that stores what it may, the
+//!    transform ([`transform`]: compression) and the response filter.
 //! 3. Any failure becomes a response in one place, [`error::ProxyError::to_response`], with a
 //!    `Proxy-Status` header.
 //! 4. [`server`] streams the response body out and writes the access-log line when it ends.
@@ -13,7 +15,12 @@
 //! # Module map
 //! - [`config`]: layered settings and their validation.
 //! - [`body`]: the body type used in both directions.
-//! - [`admin`]: health endpoints on the admin listener.
+//! - [`cache`]: keys, RFC 9111 policy, stored entries, the memory and disk tiers,
+//!   coalescing, per-path rules.
+//! - [`admin`]: health, metrics, purge, offline switch, reload and the status page on the
+//!   admin listener.
+//! - [`replay`]: trace replay through the tiers' policies (`outpost replay`).
+//! - [`load`]: the HTTP load generator (`outpost load`).
 //! - [`sample_origin`]: the slow demo origin behind `outpost origin` and `outpost demo`.
 //!
 //! # Running in-process

@@ -152,6 +152,9 @@ pub struct SledStore {
     bytes: AtomicU64,
     rows: AtomicU64,
     temp_counter: AtomicU64,
+    /// Prefix of this opening's temporary files: the sweep removes every other one (left by
+    /// an earlier run), never a file a fill of this run is writing.
+    temp_prefix: String,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
@@ -265,6 +268,14 @@ impl SledStore {
             bytes: AtomicU64::new(bytes),
             rows: AtomicU64::new(rows),
             temp_counter: AtomicU64::new(0),
+            temp_prefix: format!(
+                "{}-{}-",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+            ),
         })
     }
 
@@ -416,7 +427,7 @@ impl DiskStore for SledStore {
         let path = self
             .root
             .join("tmp")
-            .join(format!("{}-{n}.part", std::process::id()));
+            .join(format!("{}{n}.part", self.temp_prefix));
         let file = fs::File::create(&path).map_err(io_err(&path))?;
         Ok((file, path))
     }
@@ -576,8 +587,13 @@ impl DiskStore for SledStore {
         let mut report = SweepReport::default();
         let tmp = self.root.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
-            // Another process's temp files cannot exist: the index lock is exclusive.
-            if fs::remove_file(entry.path()).is_ok() {
+            // Only one process opens the index at a time, so files without this opening's
+            // prefix are an earlier run's leftovers; this run's may be in use.
+            let ours = entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&self.temp_prefix);
+            if !ours && fs::remove_file(entry.path()).is_ok() {
                 report.temp_files += 1;
             }
         }
@@ -1416,10 +1432,15 @@ mod tests {
         let orphan = store.blob_path(&[7; 32]);
         fs::create_dir_all(orphan.parent().unwrap()).unwrap();
         fs::write(&orphan, b"orphan").unwrap();
-        // ...one mid-write leaves a temp file; a power cut can lose an indexed file.
-        store.write_temp(b"partial").unwrap();
+        // ...an earlier run killed mid-write leaves a temp file; a power cut can lose an
+        // indexed file. A temp file this run is writing must survive.
+        fs::write(dir.path().join("tmp/4242-1-0.part"), b"partial").unwrap();
+        let in_use = store.write_temp(b"being written").unwrap();
         fs::remove_file(store.blob_path(&b.meta.body_digest)).unwrap();
         let report = store.sweep().unwrap();
+        store
+            .commit(&entry("/c", b"being written").meta, Some(in_use))
+            .unwrap();
         assert_eq!(report.orphan_files, 1);
         assert_eq!(report.temp_files, 1);
         assert_eq!(report.rows_without_body, 1);

@@ -734,3 +734,38 @@ async fn a_corrupt_index_is_dropped_or_bypassed_never_fatal() {
         );
     }
 }
+
+/// When the disk tier evicts a large object for room, memory forgets the entry that
+/// pointed at its file: the next request is a clean miss, never an aborted hit.
+#[tokio::test]
+async fn a_large_object_evicted_from_disk_is_refetched_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (pattern(3 << 20), Bytes::from(vec![7u8; 3 << 20]));
+    let static_body = |body: &Bytes| Fixture::Static {
+        status: StatusCode::OK,
+        headers: vec![("cache-control", "max-age=3600".into())],
+        body: body.clone(),
+    };
+    let origin = Origin::start(vec![
+        ("/a.iso", static_body(&a)),
+        ("/b.iso", static_body(&b)),
+    ])
+    .await;
+    let toml = disk_toml(
+        dir.path(),
+        "max_object_size = \"64KiB\"\ndisk_capacity = \"5MiB\"",
+    );
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    assert_eq!(get_as(&proxy.url("/a.iso"), &[]).await.body, a);
+    assert_eq!(get_as(&proxy.url("/b.iso"), &[]).await.body, b);
+    // /a.iso's file made room for /b.iso.
+    let again = get_as(&proxy.url("/a.iso"), &[]).await;
+    assert_eq!(again.body, a);
+    assert!(again
+        .header("cache-status")
+        .unwrap()
+        .contains("fwd=uri-miss"));
+    assert_eq!(origin.hits("/a.iso"), 2);
+    let metrics = metrics_text(&proxy).await;
+    assert!(metric(&metrics, "outpost_evictions_total{tier=\"disk\"}") >= 1.0);
+}

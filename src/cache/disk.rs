@@ -115,8 +115,12 @@ pub trait DiskStore: Send + Sync {
     /// Writes `body` to a temporary file.
     fn write_temp(&self, body: &[u8]) -> Result<TempBlob, DiskError>;
     /// Indexes `meta` with its body (`None`: the body is already stored under its digest,
-    /// as when only headers were freshened). Returns the rows evicted for room.
-    fn commit(&self, meta: &EntryMeta, body: Option<TempBlob>) -> Result<u64, DiskError>;
+    /// as when only headers were freshened). Returns the resources evicted for room.
+    fn commit(
+        &self,
+        meta: &EntryMeta,
+        body: Option<TempBlob>,
+    ) -> Result<Vec<PrimaryKey>, DiskError>;
     /// Removes every variant of `key`; returns how many.
     fn remove(&self, key: &PrimaryKey) -> Result<usize, DiskError>;
     /// Removes one variant.
@@ -334,18 +338,22 @@ impl SledStore {
     }
 
     /// Evicts least recently used rows until the tier fits its capacity.
-    fn evict_locked(&self) -> Result<u64, DiskError> {
-        let mut evicted = 0;
+    /// Evicts least recently used rows until the tier fits; returns the evicted resources.
+    fn evict_locked(&self) -> Result<Vec<PrimaryKey>, DiskError> {
+        let mut evicted = Vec::new();
         while self.bytes.load(Ordering::Relaxed) > self.capacity {
             let Some((key, _)) = self.recency.first()? else {
                 break;
             };
             let row = key.get(8..).unwrap_or_default().to_vec();
-            if !self.remove_row_locked(&row)? {
+            if self.remove_row_locked(&row)? {
+                if let Some(primary) = row.get(..32).and_then(|k| <[u8; 32]>::try_from(k).ok()) {
+                    evicted.push(PrimaryKey(primary));
+                }
+            } else {
                 // A recency record without its row: drop it and go on.
                 self.recency.remove(key)?;
             }
-            evicted += 1;
         }
         Ok(evicted)
     }
@@ -449,7 +457,11 @@ impl DiskStore for SledStore {
         })
     }
 
-    fn commit(&self, meta: &EntryMeta, body: Option<TempBlob>) -> Result<u64, DiskError> {
+    fn commit(
+        &self,
+        meta: &EntryMeta,
+        body: Option<TempBlob>,
+    ) -> Result<Vec<PrimaryKey>, DiskError> {
         let _guard = self.lock();
         let digest = meta.body_digest;
         let existing_blob = self.blobs.get(digest)?.and_then(|r| parse_blob_record(&r));
@@ -478,7 +490,7 @@ impl DiskStore for SledStore {
             (None, None) => {
                 // The body this row needs is gone (evicted meanwhile): do not index a row
                 // that can never be read.
-                return Ok(0);
+                return Ok(Vec::new());
             }
         }
         let row = row_key(&meta.key, &meta.variant);
@@ -790,32 +802,35 @@ impl DiskTier {
             .unwrap_or_default()
     }
 
-    /// Stores `meta` with `body` (`None`: only the headers changed).
-    pub async fn store(&self, meta: EntryMeta, body: Option<Bytes>) {
+    /// Stores `meta` with `body` (`None`: only the headers changed). Returns the resources
+    /// evicted for room (`None` when the tier failed).
+    pub async fn store(&self, meta: EntryMeta, body: Option<Bytes>) -> Option<Vec<PrimaryKey>> {
         let evictions = self.metrics.evictions.clone();
         self.run(move |s| {
             let temp = body.map(|b| s.write_temp(&b)).transpose()?;
             let evicted = s.commit(&meta, temp)?;
-            evictions.inc_by(evicted);
-            Ok(())
+            evictions.inc_by(evicted.len() as u64);
+            Ok(evicted)
         })
-        .await;
+        .await
     }
 
-    /// Indexes a body already written to a temporary file by a streaming fill.
-    pub async fn commit_temp(&self, meta: EntryMeta, temp: TempBlob) {
+    /// Indexes a body already written to a temporary file by a streaming fill. Returns the
+    /// resources evicted for room (`None` when the tier failed; the file is removed).
+    pub async fn commit_temp(&self, meta: EntryMeta, temp: TempBlob) -> Option<Vec<PrimaryKey>> {
         let evictions = self.metrics.evictions.clone();
         let path = temp.path.clone();
         let stored = self
             .run(move |s| {
                 let evicted = s.commit(&meta, Some(temp))?;
-                evictions.inc_by(evicted);
-                Ok(())
+                evictions.inc_by(evicted.len() as u64);
+                Ok(evicted)
             })
             .await;
         if stored.is_none() {
             let _ = tokio::fs::remove_file(path).await;
         }
+        stored
     }
 
     pub async fn remove(&self, key: PrimaryKey) -> usize {

@@ -191,6 +191,21 @@ impl MemoryTier {
         self.cache.invalidate(key).await;
     }
 
+    /// Forgets `key` if any of its variants has its body in a disk-tier file: the disk
+    /// tier evicted the resource, and the file is gone or about to be.
+    pub async fn forget_file_bodies(&self, key: &PrimaryKey) {
+        let Some(set) = self.cache.get(key).await else {
+            return;
+        };
+        if set
+            .variants
+            .iter()
+            .any(|entry| matches!(entry.body, super::entry::StoredBody::File(_)))
+        {
+            self.cache.invalidate(key).await;
+        }
+    }
+
     /// Removes every variant of `key`; returns how many there were.
     pub async fn remove(&self, key: &PrimaryKey) -> usize {
         self.cache.remove(key).await.map_or(0, |set| set.len())

@@ -241,9 +241,13 @@ impl Cache {
             (_, false) => None,
         };
         let disk = disk.clone();
+        let memory = self.memory.clone();
         let meta = entry.meta.clone();
-        self.disk_writes
-            .spawn(async move { disk.store(meta, body).await });
+        self.disk_writes.spawn(async move {
+            if let Some(evicted) = disk.store(meta, body).await {
+                forget_evicted_files(&memory, &evicted).await;
+            }
+        });
     }
 
     /// Waits for background disk writes and makes the index durable: before shutdown,
@@ -304,6 +308,14 @@ fn recency_hook(disk: DiskTier) -> memory::EvictionHook {
             disk.touch_later(entry.meta.key, entry.meta.variant);
         }
     })
+}
+
+/// Memory entries whose body is a file the disk tier just evicted would fail on their next
+/// read: forget them, so the next request refetches.
+pub async fn forget_evicted_files(memory: &MemoryTier, evicted: &[PrimaryKey]) {
+    for key in evicted {
+        memory.forget_file_bodies(key).await;
+    }
 }
 
 /// What a reload carries over from one [`Cache`] to the next.
@@ -440,7 +452,9 @@ impl Cache {
             affected = affected.max(metas.len());
             for mut meta in metas {
                 meta.freshness.lifetime = Duration::ZERO;
-                disk.store(meta, None).await;
+                if let Some(evicted) = disk.store(meta, None).await {
+                    forget_evicted_files(&self.memory, &evicted).await;
+                }
             }
         }
         affected

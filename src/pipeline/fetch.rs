@@ -656,12 +656,16 @@ impl FillJob {
                 stored.body_digest = temp.digest;
                 let blocks = (!temp.blocks.is_empty()).then(|| temp.blocks.clone());
                 let entry = match disk {
-                    Some(disk) => {
-                        disk.commit_temp(stored.clone(), temp).await;
-                        let path = disk.inner().blob_path(&stored.body_digest);
-                        disk.is_available()
-                            .then(|| Arc::new(StoredResponse::in_file(stored, path, blocks)))
-                    }
+                    Some(disk) => match disk.commit_temp(stored.clone(), temp).await {
+                        Some(evicted) => {
+                            crate::cache::forget_evicted_files(&cache.memory, &evicted).await;
+                            // A tier too small to keep it evicts it at once.
+                            let path = disk.inner().blob_path(&stored.body_digest);
+                            (!evicted.contains(&stored.key))
+                                .then(|| Arc::new(StoredResponse::in_file(stored, path, blocks)))
+                        }
+                        None => None,
+                    },
                     None => None,
                 };
                 if let Some(entry) = &entry {

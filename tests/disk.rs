@@ -769,3 +769,74 @@ async fn a_large_object_evicted_from_disk_is_refetched_cleanly() {
     let metrics = metrics_text(&proxy).await;
     assert!(metric(&metrics, "outpost_evictions_total{tier=\"disk\"}") >= 1.0);
 }
+
+/// The origin dies mid-body while a large fill streams to disk with a late follower reading
+/// its file: both readers get an aborted response, never a clean end, and nothing is stored.
+#[tokio::test]
+async fn an_origin_failing_mid_body_aborts_the_leader_and_a_late_follower() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/dies.iso",
+        Fixture::FailsAfter {
+            headers: support::header_list(&[("cache-control", "max-age=3600")]),
+            first: pattern(3 << 20),
+            declared: 8 << 20,
+            gate: gate.clone(),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        &disk_toml(dir.path(), "max_object_size = \"64KiB\""),
+    )
+    .await;
+    let request = || {
+        Request::get(proxy.url("/dies.iso"))
+            .header("host", "cache.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut leader = client().request(request()).await.unwrap().into_body();
+    let mut leader_bytes = 0;
+    while leader_bytes < 2 << 20 {
+        leader_bytes += leader
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap()
+            .len();
+    }
+    let follower = client().request(request()).await.unwrap();
+    assert!(follower
+        .headers()
+        .get("cache-status")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .contains("collapsed"));
+    let mut follower = follower.into_body();
+    assert!(!follower
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap()
+        .is_empty());
+    gate.open();
+    assert!(
+        leader.collect().await.is_err(),
+        "the leader's response is aborted"
+    );
+    assert!(
+        follower.collect().await.is_err(),
+        "the follower's response is aborted"
+    );
+    proxy.outpost.proxy().cache().settle().await;
+    assert_eq!(proxy.outpost.proxy().cache().disk_usage().unwrap().0, 0);
+    assert!(blob_files(dir.path()).is_empty());
+    assert_eq!(origin.hits("/dies.iso"), 1);
+}

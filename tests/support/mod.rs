@@ -117,6 +117,14 @@ pub enum Fixture {
         gate: Gate,
         rest: Bytes,
     },
+    /// 200 declaring `declared` bytes of Content-Length: sends `first`, waits at `gate`, then
+    /// fails the body (the connection is aborted mid-body).
+    FailsAfter {
+        headers: HeaderList,
+        first: Bytes,
+        declared: usize,
+        gate: Gate,
+    },
     /// The n-th request gets the n-th fixture; the last one repeats.
     Sequence(Arc<Vec<Fixture>>, Arc<std::sync::atomic::AtomicUsize>),
 }
@@ -223,6 +231,28 @@ impl Fixture {
             }
             Fixture::Stall => std::future::pending().await,
             Fixture::Stream { size, dropped } => stream_response(*size, Arc::clone(dropped)),
+            Fixture::FailsAfter {
+                headers,
+                first,
+                declared,
+                gate,
+            } => {
+                let parts = (first.clone(), gate.clone());
+                let stream = futures_util::stream::unfold(Some((0, parts)), |state| async move {
+                    let (step, (first, gate)) = state?;
+                    if step == 0 {
+                        let item: Result<http_body::Frame<Bytes>, std::io::Error> =
+                            Ok(http_body::Frame::data(first.clone()));
+                        return Some((item, Some((1, (first, gate)))));
+                    }
+                    gate.pass().await;
+                    Some((Err(std::io::Error::other("origin dies mid-body")), None))
+                });
+                with_headers(Response::builder(), headers)
+                    .header("content-length", *declared)
+                    .body(Body::boxed(http_body_util::StreamBody::new(stream)))
+                    .unwrap()
+            }
             Fixture::Halves {
                 headers,
                 first,

@@ -143,8 +143,9 @@ pub struct Fill {
 
 struct FillBody {
     chunks: VecDeque<Bytes>,
-    /// Index of `chunks[0]` in the whole body.
+    /// Index of `chunks[0]` in the whole body, and its byte offset.
     first_index: usize,
+    first_offset: u64,
     retained_bytes: usize,
     /// While the fill is being stored every chunk is kept; afterwards only unread ones.
     retain_all: bool,
@@ -163,6 +164,9 @@ enum BodyEnd {
 struct ReaderSlot {
     next_index: usize,
     waker: Option<Waker>,
+    /// Set when the reader fell too far behind a fill that streams to disk: it continues
+    /// from this byte offset in the fill's file.
+    detached_at: Option<u64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -182,6 +186,7 @@ impl Fill {
             body: Mutex::new(FillBody {
                 chunks: VecDeque::new(),
                 first_index: 0,
+                first_offset: 0,
                 retained_bytes: 0,
                 retain_all: true,
                 accepts_readers: true,
@@ -202,6 +207,7 @@ impl Fill {
         let slot = ReaderSlot {
             next_index: body.first_index,
             waker: None,
+            detached_at: None,
         };
         let index = match body.readers.iter().position(Option::is_none) {
             Some(free) => {
@@ -327,6 +333,46 @@ impl Fill {
         }
     }
 
+    /// For a fill streaming to disk: readers more than `window` bytes behind continue from
+    /// the file instead of holding the body in memory (and the fill back) for themselves.
+    pub fn detach_slow_readers(&self, window: usize) {
+        let mut body = lock(&self.body);
+        if body.retain_all {
+            return;
+        }
+        let end = body.first_offset + body.retained_bytes as u64;
+        let (first_index, first_offset) = (body.first_index, body.first_offset);
+        let offsets: Vec<(usize, u64)> = body
+            .readers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| {
+                let slot = slot.as_ref().filter(|slot| slot.detached_at.is_none())?;
+                let unread_from = slot.next_index.saturating_sub(first_index);
+                let offset = first_offset
+                    + body
+                        .chunks
+                        .iter()
+                        .take(unread_from)
+                        .map(|c| c.len() as u64)
+                        .sum::<u64>();
+                (end - offset > window as u64).then_some((index, offset))
+            })
+            .collect();
+        if offsets.is_empty() {
+            return;
+        }
+        for (index, offset) in offsets {
+            if let Some(slot) = body.readers[index].as_mut() {
+                slot.detached_at = Some(offset);
+                if let Some(waker) = slot.waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+        trim(&mut body);
+    }
+
     /// The whole body as one buffer of exactly its size: one copy per stored fill. Even a
     /// single chunk is copied, because it is a slice of the connection's read buffer and
     /// keeping it would pin that whole allocation for as long as the entry lives.
@@ -357,6 +403,7 @@ fn trim(body: &mut FillBody) -> bool {
         .readers
         .iter()
         .flatten()
+        .filter(|slot| slot.detached_at.is_none())
         .map(|slot| slot.next_index)
         .min()
         .unwrap_or(body.first_index + body.chunks.len());
@@ -366,6 +413,7 @@ fn trim(body: &mut FillBody) -> bool {
             Some(chunk) => {
                 body.retained_bytes -= chunk.len();
                 body.first_index += 1;
+                body.first_offset += chunk.len() as u64;
                 trimmed = true;
             }
             None => break,
@@ -390,7 +438,18 @@ impl http_body::Body for FillReader {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        if let FillReader::Live(live) = this {
+            let Some(offset) = live.detached_at() else {
+                return Pin::new(live).poll_frame(cx);
+            };
+            // Fell behind a fill that streams to disk: go on from its file.
+            match super::tail::reader_at(&live.fill, offset) {
+                Some(tail) => *this = FillReader::Tail(tail),
+                None => return Poll::Ready(Some(Err("fell behind a fill that failed".into()))),
+            }
+        }
+        match this {
             FillReader::Live(live) => Pin::new(live).poll_frame(cx),
             FillReader::Tail(tail) => Pin::new(tail).poll_frame(cx),
         }
@@ -414,6 +473,16 @@ pub struct LiveReader {
     slot: usize,
 }
 
+impl LiveReader {
+    fn detached_at(&self) -> Option<u64> {
+        lock(&self.fill.body)
+            .readers
+            .get(self.slot)
+            .and_then(Option::as_ref)
+            .and_then(|slot| slot.detached_at)
+    }
+}
+
 impl http_body::Body for LiveReader {
     type Data = Bytes;
     type Error = BoxError;
@@ -430,6 +499,11 @@ impl http_body::Body for LiveReader {
         let Some(slot) = body.readers.get_mut(this.slot).and_then(Option::as_mut) else {
             return Poll::Ready(Some(Err("fill reader detached".into())));
         };
+        if slot.detached_at.is_some() {
+            // Detached between the caller's check and now: wake to switch to the file.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         let next = slot.next_index;
         if next < first_index {
             return Poll::Ready(Some(Err("fill discarded unread bytes".into())));

@@ -23,6 +23,12 @@ const READ_CHUNK: u64 = 512 << 10;
 
 /// A reader for a late follower of `fill`, if the fill is writing its body to disk.
 pub fn reader(fill: &Arc<Fill>) -> Option<Body> {
+    reader_at(fill, 0)
+}
+
+/// As [`reader`], sending only bytes from `emit_from` on (a reader that already received
+/// the bytes before it from memory); the whole file is still hashed.
+pub fn reader_at(fill: &Arc<Fill>, emit_from: u64) -> Option<Body> {
     let spill = fill.spill.borrow().clone();
     if spill.path.is_none() || spill.abandoned {
         return None;
@@ -36,6 +42,7 @@ pub fn reader(fill: &Arc<Fill>) -> Option<Body> {
         status: fill.status.subscribe(),
         file: None,
         offset: 0,
+        emit_from,
         hasher: blake3::Hasher::new(),
         held: None,
         done: false,
@@ -60,7 +67,10 @@ struct Tail {
     spill: tokio::sync::watch::Receiver<SpillState>,
     status: tokio::sync::watch::Receiver<FillStatus>,
     file: Option<Arc<File>>,
+    /// Bytes read and hashed so far.
     offset: u64,
+    /// Bytes before this offset were sent already (from memory) and are only hashed.
+    emit_from: u64,
     hasher: blake3::Hasher,
     held: Option<Bytes>,
     done: bool,
@@ -120,8 +130,14 @@ impl Tail {
                     Err(err) => return Some(Err(err.into())),
                 };
                 self.hasher.update(&buffer);
+                let start = self.offset;
                 self.offset += buffer.len() as u64;
-                if let Some(previous) = self.held.replace(Bytes::from(buffer)) {
+                if self.offset <= self.emit_from {
+                    continue;
+                }
+                let skip = self.emit_from.saturating_sub(start) as usize;
+                let piece = Bytes::from(buffer).slice(skip..);
+                if let Some(previous) = self.held.replace(piece) {
                     return Some(Ok(previous));
                 }
                 continue;

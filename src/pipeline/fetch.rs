@@ -822,10 +822,10 @@ where
             if let Some(previous) = held.replace(data) {
                 fill.push(previous);
             }
-            if writer.is_some() && fill.has_readers() {
-                // Let slow readers keep up rather than queueing the body in memory; if
-                // they all leave, the body still goes to disk.
-                fill.wait_for_readers(UNSTORED_WINDOW).await;
+            if writer.is_some() {
+                // A reader far behind continues from the file, so neither memory nor the
+                // other readers wait for it.
+                fill.detach_slow_readers(UNSTORED_WINDOW);
             }
             continue;
         }

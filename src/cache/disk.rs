@@ -609,56 +609,54 @@ impl DiskStore for SledStore {
                 report.temp_files += 1;
             }
         }
-        let _guard = self.lock();
-        // Rows whose body is gone, and the exact byte total.
-        let mut bytes = 0u64;
-        let mut rows = 0u64;
+        // The scans run without the write lock (stores go on meanwhile); each removal
+        // takes it and checks again that what it removes is still as seen.
         let mut doomed = Vec::new();
         for item in self.entries.iter() {
             let (row, value) = item?;
             match split_row(&value).map(|(_, m)| EntryMeta::decode(m)) {
                 Some(Ok(meta)) => {
-                    if self.blobs.contains_key(meta.body_digest)?
-                        && self.blob_path(&meta.body_digest).exists()
+                    if !(self.blobs.contains_key(meta.body_digest)?
+                        && self.blob_path(&meta.body_digest).exists())
                     {
-                        rows += 1;
-                        bytes += value.len() as u64 + ROW_OVERHEAD;
-                    } else {
                         report.rows_without_body += 1;
-                        doomed.push(row);
+                        doomed.push((row, value));
                     }
                 }
                 _ => {
                     report.undecodable_rows += 1;
-                    doomed.push(row);
+                    doomed.push((row, value));
                 }
             }
         }
-        for row in doomed {
-            if let Some(value) = self.entries.remove(&row)? {
-                if let Some((tick, meta)) = split_row(&value) {
-                    self.recency.remove(recency_key(tick, &row))?;
-                    if let Ok(meta) = EntryMeta::decode(meta) {
-                        if let Some((refs, size)) = self
-                            .blobs
-                            .get(meta.body_digest)?
-                            .and_then(|r| parse_blob_record(&r))
-                        {
-                            if refs > 1 {
-                                self.blobs.insert(
-                                    meta.body_digest,
-                                    blob_record(refs - 1, size).as_slice(),
-                                )?;
-                            } else {
-                                self.blobs.remove(meta.body_digest)?;
-                                self.block_digests.remove(meta.body_digest)?;
-                            }
+        for (row, seen) in doomed {
+            let _guard = self.lock();
+            if self.entries.get(&row)?.as_ref() != Some(&seen) {
+                continue;
+            }
+            self.entries.remove(&row)?;
+            if let Some((tick, meta)) = split_row(&seen) {
+                self.recency.remove(recency_key(tick, &row))?;
+                if let Ok(meta) = EntryMeta::decode(meta) {
+                    if let Some((refs, size)) = self
+                        .blobs
+                        .get(meta.body_digest)?
+                        .and_then(|r| parse_blob_record(&r))
+                    {
+                        if refs > 1 {
+                            self.blobs
+                                .insert(meta.body_digest, blob_record(refs - 1, size).as_slice())?;
+                        } else {
+                            // The file, if any, goes with the orphan scan below.
+                            self.blobs.remove(meta.body_digest)?;
+                            self.block_digests.remove(meta.body_digest)?;
                         }
                     }
                 }
             }
         }
-        // Files nobody indexes (written, renamed, then a crash before the index row).
+        // Files nobody indexes (written, renamed, then a crash before the index row). A
+        // store renames and indexes under the lock, so the check under it is exact.
         let blobs_dir = self.root.join("blobs");
         for shard in fs::read_dir(&blobs_dir)
             .map_err(io_err(&blobs_dir))?
@@ -668,15 +666,29 @@ impl DiskStore for SledStore {
                 continue;
             };
             for file in files.flatten() {
-                let name = file.file_name();
-                let known = parse_hex(&name.to_string_lossy())
-                    .map(|digest| self.blobs.contains_key(digest))
-                    .transpose()?
-                    .unwrap_or(false);
-                if !known && fs::remove_file(file.path()).is_ok() {
+                let Some(digest) = parse_hex(&file.file_name().to_string_lossy()) else {
+                    if fs::remove_file(file.path()).is_ok() {
+                        report.orphan_files += 1;
+                    }
+                    continue;
+                };
+                if self.blobs.contains_key(digest)? {
+                    continue;
+                }
+                let _guard = self.lock();
+                if !self.blobs.contains_key(digest)? && fs::remove_file(file.path()).is_ok() {
                     report.orphan_files += 1;
                 }
             }
+        }
+        // The exact totals, replacing the estimate `open` made; a short hold of the lock.
+        let _guard = self.lock();
+        let mut bytes = 0u64;
+        let mut rows = 0u64;
+        for item in self.entries.iter() {
+            let (_, value) = item?;
+            rows += 1;
+            bytes += value.len() as u64 + ROW_OVERHEAD;
         }
         for item in self.blobs.iter() {
             let (_, value) = item?;

@@ -311,10 +311,6 @@ impl Fill {
         wake_all(&mut body);
     }
 
-    pub fn has_readers(&self) -> bool {
-        lock(&self.body).readers.iter().any(Option::is_some)
-    }
-
     /// Waits while more than `window` bytes are unread by the slowest reader of a fill that
     /// is not retaining everything. Returns false when no reader is left.
     pub async fn wait_for_readers(&self, window: usize) -> bool {

@@ -730,6 +730,8 @@ pub struct DiskTier {
     touches: Option<tokio::sync::mpsc::UnboundedSender<(PrimaryKey, VariantKey)>>,
     /// Objects up to this size are read whole (and promoted to memory); larger ones stream.
     pub memory_object_limit: u64,
+    /// fsync bodies written by streaming fills, as the store does its own writes.
+    pub fsync: bool,
     pub max_object_size: u64,
 }
 
@@ -745,6 +747,7 @@ impl DiskTier {
             degraded: Arc::new(AtomicBool::new(false)),
             metrics,
             touches: None,
+            fsync: false,
             memory_object_limit,
             max_object_size,
         };
@@ -956,7 +959,7 @@ impl DiskTier {
             len: 0,
             flushed: 0,
             pending: Vec::new(),
-            fsync: false,
+            fsync: self.fsync,
         })
     }
 }
@@ -1019,10 +1022,6 @@ pub struct BlobWriter {
 const WRITE_BATCH: usize = 1 << 20;
 
 impl BlobWriter {
-    pub fn set_fsync(&mut self, fsync: bool) {
-        self.fsync = fsync;
-    }
-
     /// The temporary file being written.
     pub fn path(&self) -> &Path {
         &self.path

@@ -352,12 +352,13 @@ fn open_disk(config: &CacheConfig, metrics: &Metrics) -> Option<DiskTier> {
     };
     let (rows, bytes) = store.usage();
     tracing::info!(dir = %dir.display(), entries = rows, bytes, "disk tier opened");
-    let tier = DiskTier::new(
+    let mut tier = DiskTier::new(
         Arc::new(store),
         disk_metrics,
         config.max_object_size.as_u64(),
         config.disk_max_object_size.as_u64(),
     );
+    tier.fsync = config.fsync;
     let sweeper = tier.clone();
     let sweep = async move {
         if let Some(report) = sweeper.sweep().await {

@@ -354,6 +354,12 @@ async fn offline_mode_serves_what_is_stored_and_504_for_the_rest() {
     assert_eq!(strict.status, StatusCode::GATEWAY_TIMEOUT);
     let unknown = get_as(&proxy.url("/never-seen"), &[]).await;
     assert_eq!(unknown.status, StatusCode::GATEWAY_TIMEOUT);
+    let unsafe_method = post(&proxy.url("/stale")).await;
+    assert_eq!(
+        unsafe_method.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "nothing is forwarded"
+    );
     let metrics = metrics_text(&proxy).await;
     assert_eq!(metric(&metrics, "outpost_offline"), 1.0);
     assert_eq!(origin.hits("/stale") + origin.hits("/strict"), 2);

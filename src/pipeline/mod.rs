@@ -479,6 +479,7 @@ async fn serve(
             *cache_status = CacheStatus::default().with_detail("offline");
             Ok(respond::gateway_timeout_offline())
         }
+        // Offline, nothing is forwarded: unsafe methods, preconditions and the rest.
         Lookup::Bypass(_) if proxy.cache.is_offline() => {
             *cache_status = CacheStatus::default().with_detail("offline");
             Ok(respond::gateway_timeout_offline())
@@ -559,9 +560,6 @@ async fn lookup(
     let method = request.method();
     let is_offline = cache.is_offline();
     if method != Method::GET && method != Method::HEAD {
-        if is_offline {
-            return Lookup::OfflineMiss;
-        }
         return Lookup::Bypass(CacheStatus::forward(FwdReason::Method));
     }
     let headers = request.headers();

@@ -54,11 +54,7 @@ async fn stored_then_damaged(
         },
     )])
     .await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        &disk_toml(dir, "max_object_size = \"64KiB\""),
-    )
-    .await;
+    let proxy = start_large_objects_on_disk(&origin.url(), dir).await;
     assert_eq!(get_as(&proxy.url(path), &[]).await.body, body);
     let files = blob_files(dir);
     assert_eq!(files.len(), 1);
@@ -68,6 +64,19 @@ async fn stored_then_damaged(
     (origin, proxy, body)
 }
 
+/// A GET of `path` through `proxy` with the Host every test uses.
+fn request_as(proxy: &Proxy, path: &str) -> Request<Full<Bytes>> {
+    Request::get(proxy.url(path))
+        .header(HOST.0, HOST.1)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// An outpost whose memory keeps only objects up to 64 KiB: larger ones go to disk.
+async fn start_large_objects_on_disk(origin_url: &str, dir: &Path) -> Proxy {
+    Proxy::start(origin_url, &disk_toml(dir, "max_object_size = \"64KiB\"")).await
+}
+
 /// Requests `path` until the origin has served it a second time (a removed entry is
 /// refetched); the refetched body must be `body`.
 async fn wait_for_refetch(proxy: &Proxy, origin: &Origin, path: &str, body: &Bytes) {
@@ -75,10 +84,7 @@ async fn wait_for_refetch(proxy: &Proxy, origin: &Origin, path: &str, body: &Byt
     loop {
         // Until the damaged entry's removal (a background task) lands, a request may still
         // meet it and be aborted: that is the behaviour under test, not a failure here.
-        let request = Request::get(proxy.url(path))
-            .header("host", "cache.test")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let request = request_as(proxy, path);
         let response = client().request(request).await.unwrap();
         let received = response.into_body().collect().await.map(|b| b.to_bytes());
         if let (2, Ok(received)) = (origin.hits(path), received) {
@@ -266,15 +272,7 @@ async fn a_corrupt_large_body_aborts_the_response_and_is_refetched() {
     let dir = tempfile::tempdir().unwrap();
     let (origin, proxy, body) = stored_then_damaged(dir.path(), "/big", 1 << 20, 900_000).await;
 
-    let response = client()
-        .request(
-            Request::get(proxy.url("/big"))
-                .header("host", "cache.test")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = client().request(request_as(&proxy, "/big")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let collected = response.into_body().collect().await;
     assert!(collected.is_err(), "a corrupt body must end in an error");
@@ -295,15 +293,9 @@ async fn an_origin_reset_mid_body_stores_nothing_on_disk() {
     raw.extend(std::iter::repeat_n(b'x', 500_000));
     let origin =
         support::RawOrigin::start(support::RawBehaviour::SendThenClose(Bytes::from(raw))).await;
-    let toml = disk_toml(dir.path(), "max_object_size = \"64KiB\"");
-    let proxy = Proxy::start(&origin.url(), &toml).await;
+    let proxy = start_large_objects_on_disk(&origin.url(), dir.path()).await;
     let response = client()
-        .request(
-            Request::get(proxy.url("/partial"))
-                .header("host", "cache.test")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
+        .request(request_as(&proxy, "/partial"))
         .await
         .unwrap();
     assert!(response.into_body().collect().await.is_err());
@@ -620,17 +612,8 @@ async fn a_late_follower_of_a_large_fill_streams_from_its_disk_file() {
         },
     )])
     .await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        &disk_toml(dir.path(), "max_object_size = \"64KiB\""),
-    )
-    .await;
-    let request = || {
-        Request::get(proxy.url("/big.deb"))
-            .header("host", "cache.test")
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
+    let proxy = start_large_objects_on_disk(&origin.url(), dir.path()).await;
+    let request = || request_as(&proxy, "/big.deb");
     // The leader reads most of the origin's first part (the fill holds back its newest
     // chunk until the object is stored).
     let leader = client().request(request()).await.unwrap();
@@ -685,12 +668,7 @@ async fn a_corrupt_block_is_never_sent_and_intact_ranges_still_serve() {
     assert_eq!(intact.body, body.slice(100..200));
 
     let response = client()
-        .request(
-            Request::get(proxy.url("/blocks"))
-                .header("host", "cache.test")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
+        .request(request_as(&proxy, "/blocks"))
         .await
         .unwrap();
     let mut stream = response.into_body();
@@ -799,17 +777,8 @@ async fn an_origin_failing_mid_body_aborts_the_leader_and_a_late_follower() {
         },
     )])
     .await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        &disk_toml(dir.path(), "max_object_size = \"64KiB\""),
-    )
-    .await;
-    let request = || {
-        Request::get(proxy.url("/dies.iso"))
-            .header("host", "cache.test")
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
+    let proxy = start_large_objects_on_disk(&origin.url(), dir.path()).await;
+    let request = || request_as(&proxy, "/dies.iso");
     let mut leader = client().request(request()).await.unwrap().into_body();
     let mut leader_bytes = 0;
     while leader_bytes < 2 << 20 {
@@ -870,18 +839,9 @@ async fn a_stalled_client_does_not_hold_back_a_large_fill() {
         },
     )])
     .await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        &disk_toml(dir.path(), "max_object_size = \"64KiB\""),
-    )
-    .await;
+    let proxy = start_large_objects_on_disk(&origin.url(), dir.path()).await;
     let stalled = client()
-        .request(
-            Request::get(proxy.url("/big.bin"))
-                .header("host", "cache.test")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
+        .request(request_as(&proxy, "/big.bin"))
         .await
         .unwrap();
     // Nothing is read from `stalled` while the fill completes.

@@ -368,6 +368,16 @@ pub struct UpstreamConfig {
     pub connect_timeout: HumanDuration,
     /// From the request being sent to the origin's response header section arriving.
     pub response_header_timeout: HumanDuration,
+    /// Longest wait for the next piece of an origin's response body; past it the exchange
+    /// fails (the client's response is aborted, nothing is stored).
+    pub body_read_timeout: HumanDuration,
+    /// Exchanges with origins in flight at once, in all (each holds one connection); more
+    /// wait in a queue of `connection_queue`, then get 503.
+    pub max_connections: usize,
+    /// Exchanges in flight at once per origin.
+    pub max_connections_per_origin: usize,
+    pub connection_queue: usize,
+    pub connection_queue_timeout: HumanDuration,
     /// Pooled idle connections to an origin are closed after this.
     pub pool_idle_timeout: HumanDuration,
     pub pool_max_idle_per_host: usize,
@@ -380,6 +390,11 @@ impl Default for UpstreamConfig {
         UpstreamConfig {
             connect_timeout: HumanDuration(Duration::from_secs(5)),
             response_header_timeout: HumanDuration(Duration::from_secs(60)),
+            body_read_timeout: HumanDuration(Duration::from_secs(60)),
+            max_connections: 4096,
+            max_connections_per_origin: 1024,
+            connection_queue: 4096,
+            connection_queue_timeout: HumanDuration(Duration::from_secs(10)),
             pool_idle_timeout: HumanDuration(Duration::from_secs(90)),
             pool_max_idle_per_host: 256,
             ca_file: None,
@@ -507,6 +522,22 @@ pub struct CacheConfig {
     pub offline_ignores_revalidation: bool,
     /// Per-path policy rules, first match wins.
     pub rules: Vec<PathRule>,
+    /// A fill whose every client has gone is abandoned (its origin download stopped) once
+    /// its body passes this size; smaller storable bodies finish and are stored.
+    pub unread_fill_limit: ByteSize,
+    /// ... or once it has had no client for this long.
+    pub unread_fill_timeout: HumanDuration,
+    /// Body bytes all fills in flight may hold in memory together; past it, new bodies go
+    /// to a disk file (or stream through unstored).
+    pub fill_memory_budget: ByteSize,
+    /// Fills (origin fetches that store) running at once, in all; more wait in a queue.
+    pub max_fills: usize,
+    /// Fills running at once per origin.
+    pub max_fills_per_origin: usize,
+    /// Requests that may wait for a fill slot; past it, or after `fill_queue_timeout`,
+    /// they get 503 with `Proxy-Status: ...; error=connection_limit_reached`.
+    pub fill_queue: usize,
+    pub fill_queue_timeout: HumanDuration,
 }
 
 /// A policy override for matching paths (`[[cache.rules]]`).
@@ -564,6 +595,13 @@ impl Default for CacheConfig {
             offline: false,
             offline_ignores_revalidation: false,
             rules: Vec::new(),
+            unread_fill_limit: ByteSize(8 << 20),
+            unread_fill_timeout: HumanDuration(Duration::from_secs(30)),
+            fill_memory_budget: ByteSize(256 << 20),
+            max_fills: 1024,
+            max_fills_per_origin: 256,
+            fill_queue: 4096,
+            fill_queue_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
 }

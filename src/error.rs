@@ -52,6 +52,12 @@ pub enum ProxyError {
     /// The origin answered with something that is not valid HTTP.
     #[error("origin {origin}: protocol error: {detail}")]
     UpstreamProtocol { origin: String, detail: String },
+    /// A fill or origin-connection limit and its queue were full (`what` says which).
+    #[error("{what} limit reached: try again later")]
+    LimitReached { what: &'static str },
+    /// The origin's body stopped arriving for longer than `upstream.body_read_timeout`.
+    #[error("origin {origin}: response body stalled past the body-read timeout")]
+    BodyReadTimeout { origin: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -61,7 +67,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::MisdirectedRequest(_)
-            | ProxyError::Forbidden(_) => Fault::Downstream,
+            | ProxyError::Forbidden(_)
+            // Load, not a fault of ours or the origin's: logged quietly, counted in metrics.
+            | ProxyError::LimitReached { .. } => Fault::Downstream,
             ProxyError::Internal(_) => Fault::Internal,
             _ => Fault::Upstream,
         }
@@ -76,6 +84,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::LimitReached { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -95,6 +104,8 @@ impl ProxyError {
             ProxyError::ResponseHeaderTimeout { .. } => "http_response_timeout",
             ProxyError::ResponseIncomplete { .. } => "http_response_incomplete",
             ProxyError::UpstreamProtocol { .. } => "http_protocol_error",
+            ProxyError::LimitReached { .. } => "connection_limit_reached",
+            ProxyError::BodyReadTimeout { .. } => "connection_read_timeout",
             ProxyError::Internal(_) => "proxy_internal_error",
         }
     }

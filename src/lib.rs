@@ -32,11 +32,13 @@ pub mod body;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod limit;
 pub mod load;
 pub mod pipeline;
 pub mod replay;
 pub mod sample_origin;
 pub mod server;
+pub mod telemetry;
 pub mod transform;
 pub mod upstream;
 
@@ -156,7 +158,7 @@ impl Outpost {
     ) -> std::io::Result<()> {
         let result = server::serve(listener, Arc::clone(&self.proxy), shutdown).await;
         let proxy = self.proxy();
-        let (entries, bytes) = proxy.cache().memory.usage().await;
+        let (entries, bytes) = proxy.cache().memory_usage().await;
         tracing::info!(entries, bytes, "memory tier at shutdown");
         // Background disk writes finish and the index is flushed before we return.
         proxy.cache().settle().await;

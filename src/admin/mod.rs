@@ -4,10 +4,7 @@
 //!
 //! `/healthz` answers while the process serves at all; `/readyz` once the proxy listener is
 //! up, which is true by the time this listener runs; `/metrics` is the Prometheus
-//! exposition ([`metrics`]); `POST /purge` removes or marks stale by URL, prefix or tag.
-
-pub mod metrics;
-pub mod status;
+//! exposition ([`crate::telemetry::metrics`]); `POST /purge` removes or marks stale by URL, prefix or tag.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,12 +18,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+mod page;
+
 use crate::body::Body;
 use crate::cache::key::PrimaryKey;
 use crate::cache::PurgeTarget;
 use crate::pipeline::Proxy;
+use crate::telemetry::metrics::TierLabels;
 use crate::{Outpost, ReloadError};
-use metrics::TierLabels;
 
 /// Serves the admin endpoints on `listener` until `shutdown` completes.
 ///
@@ -94,7 +93,7 @@ async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body>
                     .set(gauge(entries));
                 metrics.cache_bytes.get_or_create(&labels).set(gauge(bytes));
             };
-            set_usage("memory", proxy.cache().memory.usage().await);
+            set_usage("memory", proxy.cache().memory_usage().await);
             if let Some(usage) = proxy.cache().disk_usage() {
                 set_usage("disk", usage);
             }
@@ -110,7 +109,7 @@ async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body>
         }
         (_, "/status") if is_read => {
             let mut response = text(StatusCode::OK, "");
-            *response.body_mut() = Body::full(status::PAGE);
+            *response.body_mut() = Body::full(page::PAGE);
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/html; charset=utf-8"),
@@ -118,7 +117,7 @@ async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body>
             response
         }
         (_, "/status.json") if is_read => {
-            let (entries, bytes) = proxy.cache().memory.usage().await;
+            let (entries, bytes) = proxy.cache().memory_usage().await;
             let capacity = outpost.config().cache.memory_capacity.as_u64();
             let mut tiers = serde_json::json!({"memory": {"entries": entries, "bytes": bytes, "capacity": capacity}});
             if let Some((entries, bytes)) = proxy.cache().disk_usage() {

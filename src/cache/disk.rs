@@ -769,8 +769,9 @@ impl DiskTier {
         self.store.usage()
     }
 
-    pub fn inner(&self) -> &Arc<dyn DiskStore> {
-        &self.store
+    /// Where the body with `digest` lives.
+    pub fn blob_path(&self, digest: &[u8; 32]) -> PathBuf {
+        self.store.blob_path(digest)
     }
 
     /// Stops using the disk, loudly, once.

@@ -81,6 +81,13 @@ impl StoredBody {
             StoredBody::File(_) => None,
         }
     }
+
+    pub fn file(&self) -> Option<&BodyFile> {
+        match self {
+            StoredBody::Memory(_) => None,
+            StoredBody::File(file) => Some(file),
+        }
+    }
 }
 
 /// Memory an entry costs besides its body, header bytes and URL: the entry and variant-set

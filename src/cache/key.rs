@@ -16,6 +16,16 @@ use http::header::{HeaderMap, HeaderName, ACCEPT_ENCODING};
 pub struct PrimaryKey(pub [u8; 32]);
 
 impl PrimaryKey {
+    /// A key naming one variant of this resource, for memories kept per variant (an
+    /// encoding too large to keep).
+    pub fn for_variant(self, variant: VariantKey) -> PrimaryKey {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.0);
+        hasher.update(b"\0variant\0");
+        hasher.update(&variant.0);
+        PrimaryKey(*hasher.finalize().as_bytes())
+    }
+
     /// `authority` is `host[:port]` as the client sent it (lower-cased by routing); the
     /// scheme's default port and a trailing dot on the host are removed here, so
     /// `example.com`, `example.com.` and `example.com:80` share entries over http.

@@ -4,33 +4,39 @@
 //! - [`key`]: primary key (which resource) and variant key (which representation).
 //! - [`policy`]: storability, freshness, age, reuse, validation; `now` is always passed in.
 //! - [`entry`]: the stored response and its versioned encoding.
-//! - [`memory`]: the moka tier.
-//! - [`coalesce`]: one origin fetch per variant, streamed to every waiting request.
+//! - [`memory`]: the moka tier; [`disk`]: the sled-indexed file tier.
+//! - [`lookup`]: what the cache can do for a request (hit, stale, fetch, bypass).
+//! - [`fill`]: one origin fetch per variant, streamed to every waiting request and stored
+//!   behind one writer; nothing outside the cache touches a tier.
+//! - [`rules`]: per-path policy.
 //!
 //! Cache failures never fail a request; the pipeline decides what to do with a lookup.
 
-pub mod coalesce;
 pub mod disk;
 pub mod entry;
+pub mod fill;
 pub mod key;
+pub mod lookup;
 pub mod memory;
 pub mod policy;
 pub mod rules;
-pub mod tail;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
 use tokio_util::task::TaskTracker;
 
-use crate::admin::metrics::{Metrics, TierLabels};
 use crate::config::CacheConfig;
-use coalesce::Coalescer;
-use disk::{DiskMetrics, DiskStore, DiskTier, SledStore};
+use crate::limit::{Admission, Bounds, Limiter, Refused};
+use crate::telemetry::metrics::{Metrics, TierLabels};
+use crate::telemetry::Tier;
+use disk::{DiskMetrics, DiskStore, DiskTier, SledStore, TempBlob};
 use entry::{EntryMeta, StoredBody, StoredResponse};
+use fill::{Coalescer, FillBounds};
 use key::PrimaryKey;
 use memory::{MemoryTier, VariantSet};
 use policy::PolicySettings;
@@ -38,21 +44,26 @@ use rules::PathRules;
 
 /// The cache as a whole: settings, tiers, coalescing and the hit-for-miss memory.
 pub struct Cache {
-    pub is_enabled: bool,
-    pub policy: PolicySettings,
-    pub max_object_size: u64,
-    pub coalesce_wait: Duration,
-    pub memory: MemoryTier,
+    is_enabled: bool,
+    policy: PolicySettings,
+    max_object_size: u64,
+    coalesce_wait: Duration,
+    fill_bounds: FillBounds,
+    /// Fills running, in all and per origin.
+    fill_slots: Arc<Limiter>,
+    memory: MemoryTier,
     /// The persistent tier, when `cache.dir` is set and it opened.
-    pub disk: Option<DiskTier>,
-    pub coalescer: Arc<Coalescer>,
-    pub rules: PathRules,
+    disk: Option<DiskTier>,
+    coalescer: Arc<Coalescer>,
+    /// Keys being promoted from disk to memory: one read per key however many ask.
+    promotions: Arc<Mutex<HashMap<PrimaryKey, Arc<tokio::sync::Mutex<()>>>>>,
+    rules: PathRules,
     /// Offline mode (run-time switch, shared across reloads).
     offline: Arc<AtomicBool>,
     /// The `cache.offline` value this cache was configured with: a reload changes the
     /// switch only when the configured value changes.
     configured_offline: bool,
-    pub offline_ignores_revalidation: bool,
+    offline_ignores_revalidation: bool,
     /// Writes to the disk tier running in the background.
     disk_writes: TaskTracker,
     /// URLs whose last response was uncacheable: their requests skip coalescing for a while
@@ -87,7 +98,9 @@ impl Cache {
         let shared = SharedStores {
             memory,
             disk,
-            coalescer: Arc::new(Coalescer::default()),
+            coalescer: Arc::new(Coalescer::new(metrics.fill_bytes.clone())),
+            promotions: Arc::default(),
+            fill_slots: Arc::new(Limiter::new(fill_slot_bounds(config))),
             hit_for_miss,
             offline: Arc::new(AtomicBool::new(config.offline)),
             disk_writes: TaskTracker::new(),
@@ -108,6 +121,13 @@ impl Cache {
             memory: self.memory.clone(),
             disk: self.disk.clone(),
             coalescer: Arc::clone(&self.coalescer),
+            promotions: Arc::clone(&self.promotions),
+            // Fills in flight hold slots of the old limiter; changed bounds take a new one.
+            fill_slots: if self.fill_slots.bounds() == fill_slot_bounds(config) {
+                Arc::clone(&self.fill_slots)
+            } else {
+                Arc::new(Limiter::new(fill_slot_bounds(config)))
+            },
             hit_for_miss: self.hit_for_miss.clone(),
             offline: Arc::clone(&self.offline),
             disk_writes: self.disk_writes.clone(),
@@ -132,9 +152,16 @@ impl Cache {
             },
             max_object_size: config.max_object_size.as_u64(),
             coalesce_wait: config.coalesce_wait.get(),
+            fill_bounds: FillBounds {
+                unread_limit: config.unread_fill_limit.as_u64(),
+                unread_timeout: config.unread_fill_timeout.get(),
+                memory_budget: config.fill_memory_budget.as_u64(),
+            },
             memory: shared.memory,
             disk: shared.disk,
             coalescer: shared.coalescer,
+            promotions: shared.promotions,
+            fill_slots: shared.fill_slots,
             rules: PathRules::new(&config.rules),
             offline: shared.offline,
             configured_offline: config.offline,
@@ -145,6 +172,43 @@ impl Cache {
             hit_for_miss: shared.hit_for_miss,
             metrics,
         }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.is_enabled
+    }
+
+    /// The RFC 9111 settings fills judge responses by.
+    pub fn policy(&self) -> &PolicySettings {
+        &self.policy
+    }
+
+    /// Per-path policy rules.
+    pub fn rules(&self) -> &PathRules {
+        &self.rules
+    }
+
+    /// The fills in flight.
+    pub fn coalescer(&self) -> &Coalescer {
+        &self.coalescer
+    }
+
+    /// A slot for a new fill from `origin` (the caps on fills in all and per origin).
+    ///
+    /// # Errors
+    /// [`Refused`] when the caps are reached and the queue is full or too slow.
+    pub async fn admit_fill(&self, origin: &str) -> Result<Admission, Refused> {
+        self.fill_slots.admit(origin).await
+    }
+
+    /// How long a follower waits for a fill's head before fetching alone.
+    pub fn coalesce_wait(&self) -> Duration {
+        self.coalesce_wait
+    }
+
+    /// Entries and bytes of the memory tier.
+    pub async fn memory_usage(&self) -> (u64, u64) {
+        self.memory.usage().await
     }
 
     pub async fn is_hit_for_miss(&self, key: &PrimaryKey) -> bool {
@@ -187,25 +251,56 @@ impl Cache {
     /// The stored variants of `key`: from memory, or else promoted from disk (the body of
     /// the variant `request` selects is read, verified and promoted with its encodings;
     /// large bodies stay in their file). Returns the set and the tier that had it.
+    ///
+    /// # Concurrent calls
+    /// Concurrent misses in memory for one key make one disk read: the first promotes, the
+    /// others wait for it and then find the set in memory.
     pub async fn variants(
         &self,
         key: &PrimaryKey,
         request: &HeaderMap,
-    ) -> Option<(Arc<VariantSet>, &'static str)> {
+    ) -> Option<(Arc<VariantSet>, Tier)> {
         if let Some(set) = self.memory.get(key).await {
-            return Some((set, "memory"));
+            return Some((set, Tier::Memory));
         }
         let disk = self.live_disk()?;
+        let gate = Arc::clone(lock(&self.promotions).entry(*key).or_default());
+        let promoted = {
+            let _promoting = gate.lock().await;
+            match self.memory.get(key).await {
+                // Promoted by the request we waited for.
+                Some(set) => Some(set),
+                None => self.promote(disk, key, request).await,
+            }
+        };
+        let mut promotions = lock(&self.promotions);
+        if promotions
+            .get(key)
+            .is_some_and(|current| Arc::ptr_eq(current, &gate) && Arc::strong_count(&gate) == 2)
+        {
+            promotions.remove(key);
+        }
+        promoted.map(|set| (set, Tier::Disk))
+    }
+
+    /// Reads `key` from disk into memory; see [`Cache::variants`].
+    async fn promote(
+        &self,
+        disk: &DiskTier,
+        key: &PrimaryKey,
+        request: &HeaderMap,
+    ) -> Option<Arc<VariantSet>> {
         let request = request.clone();
         let select = move |metas: &[EntryMeta]| {
             let selected = VariantSet::select_meta(metas, &request)?;
             metas.iter().position(|m| std::ptr::eq(m, selected))
         };
+        self.metrics.disk_loads.inc();
         let loaded = disk.load(*key, select, self.max_object_size).await?;
         let source = match loaded.body {
             Some(body) => StoredResponse::read_back(loaded.selected, body),
             None => {
-                let path = disk.inner().blob_path(&loaded.selected.body_digest);
+                let path = disk.blob_path(&loaded.selected.body_digest);
                 StoredResponse::in_file(loaded.selected, path, loaded.blocks)
             }
         };
@@ -216,7 +311,28 @@ impl Cache {
                 .await;
         }
         self.memory.insert(Arc::new(source)).await;
-        self.memory.get(key).await.map(|set| (set, "disk"))
+        self.memory.get(key).await
+    }
+
+    /// Indexes a body a fill streamed to a disk file and puts its entry in memory; `None`
+    /// when the tier failed, or was too small to keep it.
+    async fn commit_file(
+        &self,
+        disk: &DiskTier,
+        meta: EntryMeta,
+        temp: TempBlob,
+    ) -> Option<Arc<StoredResponse>> {
+        let blocks = (!temp.blocks.is_empty()).then(|| temp.blocks.clone());
+        let evicted = disk.commit_temp(meta.clone(), temp).await?;
+        forget_evicted_files(&self.memory, &evicted).await;
+        // A tier too small to keep it evicts it at once.
+        if evicted.contains(&meta.key) {
+            return None;
+        }
+        let path = disk.blob_path(&meta.body_digest);
+        let entry = Arc::new(StoredResponse::in_file(meta, path, blocks));
+        self.memory.insert(Arc::clone(&entry)).await;
+        Some(entry)
     }
 
     /// Stores `entry` in memory and, in the background, on disk (`body_changed`: false
@@ -300,6 +416,22 @@ impl Cache {
     }
 }
 
+fn fill_slot_bounds(config: &CacheConfig) -> Bounds {
+    Bounds {
+        total: config.max_fills,
+        per_peer: config.max_fills_per_origin,
+        queue: config.fill_queue,
+        wait: config.fill_queue_timeout.get(),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind: keep serving.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What memory lets go was in use until now: it moves to the recent end of the disk tier's
 /// replacement order (so hot objects served from memory are not the disk's first victims).
 fn recency_hook(disk: DiskTier) -> memory::EvictionHook {
@@ -323,6 +455,8 @@ struct SharedStores {
     memory: MemoryTier,
     disk: Option<DiskTier>,
     coalescer: Arc<Coalescer>,
+    promotions: Arc<Mutex<HashMap<PrimaryKey, Arc<tokio::sync::Mutex<()>>>>>,
+    fill_slots: Arc<Limiter>,
     hit_for_miss: moka::future::Cache<PrimaryKey, ()>,
     offline: Arc<AtomicBool>,
     disk_writes: TaskTracker,

@@ -15,11 +15,12 @@ use std::time::SystemTime;
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 
-use super::fetch::{pump, PumpLimits};
+use http_body_util::BodyExt;
+
 use super::{respond, Proxy};
 use crate::body::Body;
-use crate::cache::coalesce::{Fill, FillKey, FillStatus, Role};
-use crate::cache::entry::{Derivation, EntryMeta, StoredResponse};
+use crate::cache::entry::{Derivation, StoredResponse};
+use crate::cache::fill::{Admitted, Fill, FillKey, FillStatus, FillTarget, Role};
 use crate::cache::memory::VariantSet;
 use crate::transform::compress::{self, AcceptEncoding, Choice, Coding};
 
@@ -65,7 +66,18 @@ pub(super) async fn serve_stored(
         key: meta.key,
         variant_hint: meta.variant.derived(coding.as_str()),
     };
-    let (role, fill, reader) = proxy.cache.coalescer.join(fill_key);
+    if proxy
+        .cache
+        .is_hit_for_miss(&fill_key.key.for_variant(fill_key.variant_hint))
+        .await
+    {
+        // Its encoding was too large to keep: the identity representation is acceptable
+        // here, and costs no encoder run per request.
+        let mut response = respond::from_entry(proxy, entry, parts, now);
+        compress::vary_on_accept_encoding(response.headers_mut());
+        return response;
+    }
+    let (role, fill, reader) = proxy.cache.coalescer().join(fill_key);
     if matches!(role, Role::Leader) {
         let job = encode_and_store(
             Arc::clone(proxy),
@@ -96,7 +108,9 @@ pub(super) async fn serve_stored(
     encoded_response(response, coding, None)
 }
 
-/// The fill task that encodes a stored body and stores the result beside it.
+/// The fill task that encodes a stored body and stores the result beside it. An encoding
+/// too large to keep is streamed to its readers once and remembered (hit-for-miss), so later
+/// requests get the identity representation instead of an encoder run each.
 async fn encode_and_store(
     proxy: Arc<Proxy>,
     source: Arc<StoredResponse>,
@@ -105,53 +119,56 @@ async fn encode_and_store(
     fill_key: FillKey,
 ) {
     let cache = &proxy.cache;
-    let mut meta: EntryMeta = source.meta.clone();
-    fill.publish(FillStatus::Streaming(Arc::new(meta.clone())));
-    let encoded = proxy
+    let (variant, source_digest) = (
+        source.meta.variant.derived(coding.as_str()),
+        source.meta.body_digest,
+    );
+    let finalise = move |meta: &mut crate::cache::entry::EntryMeta, len: u64| {
+        meta.variant = variant;
+        compress::encoded_headers(&mut meta.headers, coding, Some(len));
+        meta.derivation = Some(Derivation {
+            coding,
+            source_digest,
+        });
+    };
+    let mut writer = cache
+        .begin_fill(
+            &fill,
+            source.meta.clone(),
+            FillTarget::Derived(Box::new(finalise)),
+        )
+        .await;
+    let mut encoded = proxy
         .compression
         .encode(respond::stored_body(&proxy, &source), coding);
-    match pump(
-        encoded,
-        &fill,
-        PumpLimits::memory_only(cache.max_object_size),
-        proxy.body_read_timeout,
-        None,
-    )
-    .await
-    {
-        super::fetch::Pumped::Complete {
-            is_retained: true,
-            last,
-            ..
-        } => {
-            let body = fill.retained_body(last.as_ref());
-            meta.variant = source.meta.variant.derived(coding.as_str());
-            compress::encoded_headers(&mut meta.headers, coding, Some(body.len() as u64));
-            meta.derivation = Some(Derivation {
-                coding,
-                source_digest: source.meta.body_digest,
-            });
-            let encoded = Arc::new(StoredResponse::new(meta, body));
-            cache.store(Arc::clone(&encoded), true).await;
-            fill.end(last);
-            fill.publish(FillStatus::Complete {
-                entry: encoded,
-                revalidated: false,
-            });
-        }
-        super::fetch::Pumped::Complete {
-            is_retained: false,
-            last,
-            ..
-        } => {
-            // Larger than the cache takes (rare for an encoding): streamed, not kept.
-            fill.end(last);
-        }
-        _ => {
-            tracing::warn!(url = %source.meta.url, coding = coding.as_str(), "encoding a stored body failed")
+    loop {
+        match encoded.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if writer.write(data).await.is_err() {
+                    cache.coalescer().leave(&fill_key, &fill);
+                    return;
+                }
+            }
+            Some(Err(error)) => {
+                tracing::warn!(url = %source.meta.url, coding = coding.as_str(), %error, "encoding a stored body failed");
+                writer
+                    .fail(crate::error::ProxyError::Internal("encoding failed".into()))
+                    .await;
+                cache.coalescer().leave(&fill_key, &fill);
+                return;
+            }
         }
     }
-    cache.coalescer.leave(&fill_key, &fill);
+    if let Admitted::NotKept = writer.finish().await {
+        cache
+            .remember_uncacheable(fill_key.key.for_variant(fill_key.variant_hint))
+            .await;
+    }
+    cache.coalescer().leave(&fill_key, &fill);
 }
 
 /// A response on its way from the origin (or a stored one that is not compressible), in the

@@ -10,18 +10,18 @@ use http_body::{Body as _, Frame, SizeHint};
 
 use super::activity::InflightGuard;
 use crate::body::{Body, BoxError};
-use crate::pipeline::AccessRecord;
+use crate::pipeline::RequestCtx;
 
 pub struct ResponseTracker {
     body: Body,
-    record: AccessRecord,
+    record: RequestCtx,
     bytes_sent: u64,
     is_complete: bool,
     _inflight: InflightGuard,
 }
 
 impl ResponseTracker {
-    pub fn new(body: Body, record: AccessRecord, inflight: InflightGuard) -> ResponseTracker {
+    pub fn new(body: Body, record: RequestCtx, inflight: InflightGuard) -> ResponseTracker {
         ResponseTracker {
             body,
             record,

@@ -269,18 +269,24 @@ impl Compression {
     /// `body` encoded with `coding`, as a stream.
     pub fn encode(&self, body: Body, coding: Coding) -> Body {
         self.runs.inc();
-        let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+        // An encoder compresses all the input it is handed in one poll: feeding it bounded
+        // pieces (a stored body is one chunk of up to max_object_size) keeps each poll short,
+        // so a large body never holds an async worker for long.
+        let pieces = body
+            .into_data_stream()
+            .map_ok(|chunk| {
+                futures_util::stream::iter(
+                    split_into_pieces(chunk, ENCODER_INPUT_PIECE)
+                        .map(Ok::<_, crate::body::BoxError>),
+                )
+            })
+            .try_flatten();
+        let reader = StreamReader::new(pieces.map_err(std::io::Error::other));
         let level = self.level(coding);
         match coding {
-            Coding::Gzip => {
-                stream_body(ReaderStream::new(GzipEncoder::with_quality(reader, level)))
-            }
-            Coding::Br => stream_body(ReaderStream::new(BrotliEncoder::with_quality(
-                reader, level,
-            ))),
-            Coding::Zstd => {
-                stream_body(ReaderStream::new(ZstdEncoder::with_quality(reader, level)))
-            }
+            Coding::Gzip => encoded_stream(GzipEncoder::with_quality(reader, level)),
+            Coding::Br => encoded_stream(BrotliEncoder::with_quality(reader, level)),
+            Coding::Zstd => encoded_stream(ZstdEncoder::with_quality(reader, level)),
         }
     }
 }
@@ -289,6 +295,26 @@ impl Compression {
 pub fn decode_gzip(body: Body) -> Body {
     let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
     stream_body(ReaderStream::new(GzipDecoder::new(reader)))
+}
+
+/// Input bytes an encoder gets per poll.
+const ENCODER_INPUT_PIECE: usize = 64 << 10;
+/// Output buffer of an encoded stream: one chunk per this many encoded bytes.
+const ENCODER_OUTPUT_CHUNK: usize = 32 << 10;
+
+/// `chunk` as slices of at most `piece` bytes (no copy).
+fn split_into_pieces(chunk: Bytes, piece: usize) -> impl Iterator<Item = Bytes> {
+    let len = chunk.len();
+    (0..len)
+        .step_by(piece)
+        .map(move |start| chunk.slice(start..(start + piece).min(len)))
+}
+
+fn encoded_stream<R>(encoder: R) -> Body
+where
+    R: tokio::io::AsyncRead + Send + 'static,
+{
+    stream_body(ReaderStream::with_capacity(encoder, ENCODER_OUTPUT_CHUNK))
 }
 
 fn stream_body<S>(stream: S) -> Body

@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
+use crate::limit::{Admission, Bounds, Limiter};
 
 /// Why the upstream client could not be built (a bad CA file).
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,41 @@ pub enum UpstreamSetupError {
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     response_header_timeout: Duration,
+    /// Exchanges in flight, in all and per origin (each holds a connection until its
+    /// response body ends).
+    connections: Arc<Limiter>,
+}
+
+/// An origin's response body; holds its exchange's connection slot until dropped.
+pub struct OriginBody {
+    inner: Incoming,
+    _slot: Admission,
+}
+
+impl http_body::Body for OriginBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl From<OriginBody> for Body {
+    fn from(body: OriginBody) -> Body {
+        Body::boxed(body)
+    }
 }
 
 impl Upstream {
@@ -63,14 +99,22 @@ impl Upstream {
         Ok(Upstream {
             client,
             response_header_timeout: config.response_header_timeout.get(),
+            connections: Arc::new(Limiter::new(Bounds {
+                total: config.max_connections,
+                per_peer: config.max_connections_per_origin,
+                queue: config.connection_queue,
+                wait: config.connection_queue_timeout.get(),
+            })),
         })
     }
 
     /// Sends `request` (its URI absolute, pointing at the origin) and waits for the response
-    /// head. The response body is returned unread, to be streamed.
+    /// head. The response body is returned unread, to be streamed; it holds one of the
+    /// origin's connection slots until it is dropped.
     ///
     /// # Errors
-    /// A [`ProxyError`] naming `origin` and the kind of failure.
+    /// A [`ProxyError`] naming `origin` and the kind of failure;
+    /// [`ProxyError::LimitReached`] when the connection limits and their queue are full.
     ///
     /// # Cancellation
     /// Dropping the future drops the connection attempt or the in-flight exchange; a
@@ -79,10 +123,17 @@ impl Upstream {
         &self,
         request: http::Request<Body>,
         origin: &str,
-    ) -> Result<http::Response<Incoming>, ProxyError> {
+    ) -> Result<http::Response<OriginBody>, ProxyError> {
+        let slot = self
+            .connections
+            .admit(origin)
+            .await
+            .map_err(|_| ProxyError::LimitReached {
+                what: "origin connection",
+            })?;
         match tokio::time::timeout(self.response_header_timeout, self.client.request(request)).await
         {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => Ok(response.map(|inner| OriginBody { inner, _slot: slot })),
             Ok(Err(err)) => Err(classify(&err, origin)),
             Err(_elapsed) => Err(ProxyError::ResponseHeaderTimeout {
                 origin: origin.to_string(),

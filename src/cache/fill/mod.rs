@@ -1,11 +1,17 @@
-//! Request coalescing: concurrent misses for one variant make one origin fetch (a
-//! [`Fill`]), and every waiting request streams the bytes as the fill receives them.
+//! Filling the cache: concurrent misses for one variant make one origin fetch (a [`Fill`]),
+//! every waiting request streams the bytes as the fill receives them, and the cache stores
+//! what it may behind one writer ([`FillWriter`]).
+//!
+//! - this module: the registry of fills in flight ([`Coalescer`]), a fill's shared state
+//!   (status, body chunks, who is reading them), and the admission of new fills;
+//! - [`reader`]: one request's view of a fill's body, from memory or from its disk file;
+//! - [`tail`]: following a fill through the disk file it is writing;
+//! - [`writer`]: the only way bytes enter a fill: it keeps, spills to disk, stores and ends.
 //!
 //! A fill is keyed by [`FillKey`]: the primary key plus the request's variant under the Vary
 //! rule already known for that resource (none for a cold key). A follower checks, once the
 //! response head is known, that the response's Vary selects it too; if not, it fetches on
-//! its own. The task that runs the fetch is the pipeline's; this module owns the shared
-//! state: the head, the chunks, and who is reading them.
+//! its own. The task that talks to the origin is the pipeline's; it only feeds the writer.
 //!
 //! # Concurrent calls
 //! [`Coalescer::join`] is atomic: of any number of concurrent callers with one key, exactly
@@ -14,26 +20,37 @@
 //!
 //! # Cancellation
 //! The fill runs in its own task: dropping a leader's or follower's request (a client hangs
-//! up) drops only its reader. A storable fill completes and is stored even if every reader
-//! has gone. A fill that is not being stored (too large for the cache) keeps only what its
-//! slowest reader has not read yet, waits for readers when that passes a window, and stops
-//! when no reader is left.
+//! up) drops only its reader. A small storable fill completes and is stored even if every
+//! reader has gone; one nobody reads is abandoned once it passes
+//! [`FillBounds::unread_limit`] bytes or has had no reader for [`FillBounds::unread_timeout`].
+//! A fill that is not being stored keeps only what its slowest reader has not read yet,
+//! waits for readers when that passes a window, and stops when no reader is left.
+//!
+//! # Bounds
+//! Bytes held in memory by all fills are counted in one gauge (`outpost_fill_bytes`); a
+//! fill that would take the total past [`FillBounds::memory_budget`] stops keeping its body
+//! in memory (it spills to disk, or streams through unstored).
+
+pub mod reader;
+pub mod tail;
+pub mod writer;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{watch, Notify};
 
 use super::entry::{EntryMeta, StoredResponse};
 use super::key::{PrimaryKey, VariantKey};
 use super::policy::NoStoreReason;
-use crate::body::BoxError;
 use crate::error::ProxyError;
+pub use reader::FillReader;
+pub use writer::{Admitted, FillTarget, FillWriter, WriteError};
 
 /// What concurrent requests must share to share a fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,18 +85,57 @@ pub enum FillStatus {
     Failed(ProxyError),
 }
 
-/// How far a fill has written its body to disk.
+impl FillStatus {
+    /// Stored, refused, failed or answered stale: nothing more will happen to it.
+    pub fn is_settled(&self) -> bool {
+        !matches!(self, FillStatus::Pending | FillStatus::Streaming(_))
+    }
+}
+
+/// Where a fill's body stands on disk, for requests that follow the file ([`tail`]).
 #[derive(Debug, Clone, Default)]
-pub struct SpillState {
-    pub path: Option<Arc<PathBuf>>,
-    pub written: u64,
-    pub abandoned: bool,
+pub enum SpillState {
+    /// Not written to disk (yet).
+    #[default]
+    None,
+    /// Being written to `path`; the first `written` bytes are there.
+    Writing { path: Arc<PathBuf>, written: u64 },
+    /// Stored as `path` with this length and digest.
+    Committed {
+        path: Arc<PathBuf>,
+        len: u64,
+        digest: [u8; 32],
+    },
+    /// The file is gone: the fill failed, outgrew the disk tier or was not stored.
+    Abandoned,
+}
+
+/// Limits every fill obeys; set from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct FillBounds {
+    /// A fill nobody reads is abandoned once its body passes this many bytes.
+    pub unread_limit: u64,
+    /// ... or once it has had no reader for this long.
+    pub unread_timeout: Duration,
+    /// Bytes all fills together may hold in memory.
+    pub memory_budget: u64,
+}
+
+impl Default for FillBounds {
+    fn default() -> FillBounds {
+        FillBounds {
+            unread_limit: 8 << 20,
+            unread_timeout: Duration::from_secs(30),
+            memory_budget: 256 << 20,
+        }
+    }
 }
 
 /// The in-flight fills.
-#[derive(Default)]
 pub struct Coalescer {
     fills: Mutex<HashMap<FillKey, Arc<Fill>>>,
+    /// Bytes held in memory by every fill (exported as `outpost_fill_bytes`).
+    held_bytes: Gauge,
 }
 
 /// The caller's role in a fill.
@@ -91,6 +147,18 @@ pub enum Role {
 }
 
 impl Coalescer {
+    pub fn new(held_bytes: Gauge) -> Coalescer {
+        Coalescer {
+            fills: Mutex::new(HashMap::new()),
+            held_bytes,
+        }
+    }
+
+    /// Bytes all fills hold in memory now.
+    pub fn held_bytes(&self) -> u64 {
+        u64::try_from(self.held_bytes.get()).unwrap_or(0)
+    }
+
     /// Joins the fill for `key`, creating it (as leader) if there is none.
     pub fn join(&self, key: FillKey) -> (Role, Arc<Fill>, FillReader) {
         let mut fills = lock(&self.fills);
@@ -99,11 +167,11 @@ impl Coalescer {
                 return (Role::Follower, Arc::clone(fill), reader);
             }
             // Too large to keep in memory, but being written to disk: follow the file.
-            if let Some(reader) = super::tail::reader(fill) {
+            if let Some(reader) = tail::reader(fill) {
                 return (Role::Follower, Arc::clone(fill), FillReader::Tail(reader));
             }
         }
-        let fill = Fill::new();
+        let fill = Fill::new(self.held_bytes.clone());
         // invariant: a new fill accepts readers.
         let reader = fill.reader().expect("new fill accepts readers");
         fills.insert(key, Arc::clone(&fill));
@@ -112,8 +180,8 @@ impl Coalescer {
 
     /// A fill that is not registered, so nobody can join it: for requests that must fetch
     /// on their own (hit-for-miss, a Vary mismatch, a follower that waited too long).
-    pub fn solo() -> (Arc<Fill>, FillReader) {
-        let fill = Fill::new();
+    pub fn solo(&self) -> (Arc<Fill>, FillReader) {
+        let fill = Fill::new(self.held_bytes.clone());
         // invariant: a new fill accepts readers.
         let reader = fill.reader().expect("new fill accepts readers");
         (fill, reader)
@@ -130,27 +198,44 @@ impl Coalescer {
             fills.remove(key);
         }
     }
+
+    /// Fills registered now.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.fills).len()
+    }
 }
 
 /// One origin fetch shared by every request waiting for it.
 pub struct Fill {
-    pub(super) status: watch::Sender<FillStatus>,
+    status: watch::Sender<FillStatus>,
     /// Where a large body is being written on disk, and how far (for late followers).
-    pub(super) spill: watch::Sender<SpillState>,
+    spill: watch::Sender<SpillState>,
     body: Mutex<FillBody>,
+    /// Notified when readers make room or leave.
     space: Notify,
+    held_bytes: Gauge,
 }
 
+/// The body as readers share it. Reader positions are counted per chunk (`waiting_at`), so
+/// a read, a trim and a departure cost O(1) amortised however many readers follow.
 struct FillBody {
     chunks: VecDeque<Bytes>,
     /// Index of `chunks[0]` in the whole body, and its byte offset.
     first_index: usize,
     first_offset: u64,
     retained_bytes: usize,
+    /// `waiting_at[i]`: attached readers whose next chunk is `first_index + i`; one more
+    /// entry than `chunks` (readers that have read everything so far).
+    waiting_at: VecDeque<usize>,
     /// While the fill is being stored every chunk is kept; afterwards only unread ones.
     retain_all: bool,
     accepts_readers: bool,
     readers: Vec<Option<ReaderSlot>>,
+    reader_count: usize,
+    /// When the last reader left (None while someone reads).
+    unread_since: Option<Instant>,
+    /// Filled for the cache alone (a background validation): never abandoned as unread.
+    is_background: bool,
     end: BodyEnd,
 }
 
@@ -163,6 +248,8 @@ enum BodyEnd {
 
 struct ReaderSlot {
     next_index: usize,
+    /// Byte offset of `next_index`.
+    next_offset: u64,
     waker: Option<Waker>,
     /// Set when the reader fell too far behind a fill that streams to disk: it continues
     /// from this byte offset in the fill's file.
@@ -177,9 +264,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Fill {
-    fn new() -> Arc<Fill> {
+    fn new(held_bytes: Gauge) -> Arc<Fill> {
         let (status, _) = watch::channel(FillStatus::Pending);
-        let (spill, _) = watch::channel(SpillState::default());
+        let (spill, _) = watch::channel(SpillState::None);
         Arc::new(Fill {
             status,
             spill,
@@ -188,12 +275,17 @@ impl Fill {
                 first_index: 0,
                 first_offset: 0,
                 retained_bytes: 0,
+                waiting_at: VecDeque::from([0]),
                 retain_all: true,
                 accepts_readers: true,
                 readers: Vec::new(),
+                reader_count: 0,
+                unread_since: None,
+                is_background: false,
                 end: BodyEnd::Open,
             }),
             space: Notify::new(),
+            held_bytes,
         })
     }
 
@@ -206,6 +298,7 @@ impl Fill {
         }
         let slot = ReaderSlot {
             next_index: body.first_index,
+            next_offset: body.first_offset,
             waker: None,
             detached_at: None,
         };
@@ -219,41 +312,36 @@ impl Fill {
                 body.readers.len() - 1
             }
         };
-        Some(FillReader::Live(LiveReader {
-            fill: Arc::clone(self),
-            slot: index,
-        }))
+        body.waiting_at[0] += 1;
+        body.reader_count += 1;
+        body.unread_since = None;
+        Some(FillReader::live(Arc::clone(self), index))
     }
 
     pub fn publish(&self, status: FillStatus) {
         self.status.send_replace(status);
     }
 
-    /// The body is being written to the disk-tier file at `path`.
-    pub fn spill_started(&self, path: PathBuf) {
-        self.spill.send_replace(SpillState {
-            path: Some(Arc::new(path)),
-            written: 0,
-            abandoned: false,
-        });
+    /// Settles the fill with an entry that is already stored (one found after the fill was
+    /// created, or a stored one freshened by a 304): its readers are served that entry.
+    pub fn settle_with(&self, entry: Arc<StoredResponse>, revalidated: bool) {
+        self.end(None);
+        self.publish(FillStatus::Complete { entry, revalidated });
     }
 
-    /// The first `written` bytes of the body are in the spill file.
-    pub fn spill_progress(&self, written: u64) {
-        self.spill.send_modify(|state| state.written = written);
+    /// The status now, without waiting.
+    pub fn status(&self) -> FillStatus {
+        self.status.borrow().clone()
     }
 
-    /// The spill file is gone (the fill failed or outgrew the disk tier's limit).
-    pub fn spill_abandoned(&self) {
-        self.spill.send_modify(|state| state.abandoned = true);
+    fn set_spill(&self, state: SpillState) {
+        self.spill.send_replace(state);
     }
 
     /// Waits until the fill has settled: stored, refused, failed, or answered stale.
     pub async fn wait_settled(&self) -> FillStatus {
         let mut receiver = self.status.subscribe();
-        let settled =
-            |status: &FillStatus| !matches!(status, FillStatus::Pending | FillStatus::Streaming(_));
-        let status = match receiver.wait_for(settled).await {
+        let status = match receiver.wait_for(FillStatus::is_settled).await {
             Ok(status) => status.clone(),
             Err(_) => FillStatus::Failed(ProxyError::Internal("fill abandoned".into())),
         };
@@ -275,50 +363,65 @@ impl Fill {
     }
 
     /// Appends a chunk of body and wakes the readers.
-    pub fn push(&self, chunk: Bytes) {
+    fn push(&self, chunk: Bytes) {
         let mut body = lock(&self.body);
+        self.held_bytes.inc_by(chunk.len() as i64);
         body.retained_bytes += chunk.len();
         body.chunks.push_back(chunk);
+        body.waiting_at.push_back(0);
         wake_all(&mut body);
     }
 
     /// Stops keeping the whole body (it will not be stored) and closes the fill to new
     /// readers; what every reader has read is released.
-    pub fn stop_retaining(&self) {
+    fn stop_retaining(&self) {
         let mut body = lock(&self.body);
         body.retain_all = false;
         body.accepts_readers = false;
-        trim(&mut body);
+        self.trim(&mut body);
     }
 
     /// Ends a complete body, first appending `last` (a chunk held back until the entry was
     /// stored).
-    pub fn end(&self, last: Option<Bytes>) {
-        let mut body = lock(&self.body);
+    fn end(&self, last: Option<Bytes>) {
         if let Some(chunk) = last {
-            body.retained_bytes += chunk.len();
-            body.chunks.push_back(chunk);
+            self.push(chunk);
         }
+        let mut body = lock(&self.body);
         body.end = BodyEnd::Complete;
         wake_all(&mut body);
     }
 
     /// Ends the body as failed: readers get an error, never a clean end of a truncated body.
-    pub fn fail(&self) {
+    fn fail(&self) {
         let mut body = lock(&self.body);
         body.end = BodyEnd::Failed;
         body.accepts_readers = false;
         wake_all(&mut body);
     }
 
+    /// Marks a fill that runs for the cache alone (RFC 5861 §3 background validation), so
+    /// it is not abandoned for having no reader.
+    pub fn set_background(&self) {
+        lock(&self.body).is_background = true;
+    }
+
+    /// Readers attached now, and since when there has been none (`None` for a background
+    /// fill, which nobody is expected to read).
+    fn readership(&self) -> (usize, Option<Instant>) {
+        let body = lock(&self.body);
+        let since = body.unread_since.filter(|_| !body.is_background);
+        (body.reader_count, since)
+    }
+
     /// Waits while more than `window` bytes are unread by the slowest reader of a fill that
     /// is not retaining everything. Returns false when no reader is left.
-    pub async fn wait_for_readers(&self, window: usize) -> bool {
+    async fn wait_for_readers(&self, window: usize) -> bool {
         loop {
             let notified = self.space.notified();
             {
                 let body = lock(&self.body);
-                if !body.readers.iter().any(Option::is_some) {
+                if body.reader_count == 0 {
                     return false;
                 }
                 if body.retain_all || body.retained_bytes <= window {
@@ -331,54 +434,69 @@ impl Fill {
 
     /// For a fill streaming to disk: readers more than `window` bytes behind continue from
     /// the file instead of holding the body in memory (and the fill back) for themselves.
-    pub fn detach_slow_readers(&self, window: usize) {
+    fn detach_slow_readers(&self, window: usize) {
         let mut body = lock(&self.body);
         if body.retain_all {
             return;
         }
         let end = body.first_offset + body.retained_bytes as u64;
-        let (first_index, first_offset) = (body.first_index, body.first_offset);
-        let offsets: Vec<(usize, u64)> = body
-            .readers
-            .iter()
-            .enumerate()
-            .filter_map(|(index, slot)| {
-                let slot = slot.as_ref().filter(|slot| slot.detached_at.is_none())?;
-                let unread_from = slot.next_index.saturating_sub(first_index);
-                let offset = first_offset
-                    + body
-                        .chunks
-                        .iter()
-                        .take(unread_from)
-                        .map(|c| c.len() as u64)
-                        .sum::<u64>();
-                (end - offset > window as u64).then_some((index, offset))
-            })
-            .collect();
-        if offsets.is_empty() {
-            return;
-        }
-        for (index, offset) in offsets {
-            if let Some(slot) = body.readers[index].as_mut() {
-                slot.detached_at = Some(offset);
+        let first_index = body.first_index;
+        let mut detached = Vec::new();
+        for slot in body.readers.iter_mut().flatten() {
+            if slot.detached_at.is_none() && end - slot.next_offset > window as u64 {
+                slot.detached_at = Some(slot.next_offset);
+                detached.push(slot.next_index - first_index);
                 if let Some(waker) = slot.waker.take() {
                     waker.wake();
                 }
             }
         }
-        trim(&mut body);
+        if detached.is_empty() {
+            return;
+        }
+        for position in detached {
+            body.waiting_at[position] -= 1;
+        }
+        self.trim(&mut body);
     }
 
     /// The whole body as one buffer of exactly its size: one copy per stored fill. Even a
     /// single chunk is copied, because it is a slice of the connection's read buffer and
     /// keeping it would pin that whole allocation for as long as the entry lives.
-    pub fn retained_body(&self, last: Option<&Bytes>) -> Bytes {
+    fn retained_body(&self, last: Option<&Bytes>) -> Bytes {
         let body = lock(&self.body);
         let mut joined = Vec::with_capacity(body.retained_bytes + last.map_or(0, Bytes::len));
         for chunk in body.chunks.iter().chain(last) {
             joined.extend_from_slice(chunk);
         }
         Bytes::from(joined)
+    }
+
+    /// Drops chunks no attached reader still needs, when the fill is not keeping them.
+    /// Returns whether anything was dropped.
+    fn trim(&self, body: &mut FillBody) -> bool {
+        if body.retain_all {
+            return false;
+        }
+        let mut released = 0;
+        while body.waiting_at.front() == Some(&0) && !body.chunks.is_empty() {
+            if let Some(chunk) = body.chunks.pop_front() {
+                released += chunk.len();
+                body.first_index += 1;
+                body.first_offset += chunk.len() as u64;
+            }
+            body.waiting_at.pop_front();
+        }
+        body.retained_bytes -= released;
+        self.held_bytes.dec_by(released as i64);
+        released > 0
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        let body = lock(&self.body);
+        self.held_bytes.dec_by(body.retained_bytes as i64);
     }
 }
 
@@ -387,168 +505,6 @@ fn wake_all(body: &mut FillBody) {
         if let Some(waker) = slot.waker.take() {
             waker.wake();
         }
-    }
-}
-
-/// Drops chunks every reader has read, when the fill is not keeping them.
-fn trim(body: &mut FillBody) -> bool {
-    if body.retain_all {
-        return false;
-    }
-    let slowest = body
-        .readers
-        .iter()
-        .flatten()
-        .filter(|slot| slot.detached_at.is_none())
-        .map(|slot| slot.next_index)
-        .min()
-        .unwrap_or(body.first_index + body.chunks.len());
-    let mut trimmed = false;
-    while body.first_index < slowest {
-        match body.chunks.pop_front() {
-            Some(chunk) => {
-                body.retained_bytes -= chunk.len();
-                body.first_index += 1;
-                body.first_offset += chunk.len() as u64;
-                trimmed = true;
-            }
-            None => break,
-        }
-    }
-    trimmed
-}
-
-/// One request's view of a fill's body, streamed as it arrives: from the fill's chunks in
-/// memory, or, for a request that joined a large fill after it started streaming to disk,
-/// from the disk-tier file the fill is writing (see [`super::tail`]).
-pub enum FillReader {
-    Live(LiveReader),
-    Tail(crate::body::Body),
-}
-
-impl http_body::Body for FillReader {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let FillReader::Live(live) = this {
-            let Some(offset) = live.detached_at() else {
-                return Pin::new(live).poll_frame(cx);
-            };
-            // Fell behind a fill that streams to disk: go on from its file.
-            match super::tail::reader_at(&live.fill, offset) {
-                Some(tail) => *this = FillReader::Tail(tail),
-                None => return Poll::Ready(Some(Err("fell behind a fill that failed".into()))),
-            }
-        }
-        match this {
-            FillReader::Live(live) => Pin::new(live).poll_frame(cx),
-            FillReader::Tail(tail) => Pin::new(tail).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            FillReader::Live(live) => live.is_end_stream(),
-            FillReader::Tail(tail) => tail.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
-/// A reader of the fill's chunks in memory.
-pub struct LiveReader {
-    fill: Arc<Fill>,
-    slot: usize,
-}
-
-impl LiveReader {
-    fn detached_at(&self) -> Option<u64> {
-        lock(&self.fill.body)
-            .readers
-            .get(self.slot)
-            .and_then(Option::as_ref)
-            .and_then(|slot| slot.detached_at)
-    }
-}
-
-impl http_body::Body for LiveReader {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let mut body = lock(&this.fill.body);
-        let first_index = body.first_index;
-        let available = first_index + body.chunks.len();
-        let end = body.end;
-        let Some(slot) = body.readers.get_mut(this.slot).and_then(Option::as_mut) else {
-            return Poll::Ready(Some(Err("fill reader detached".into())));
-        };
-        if slot.detached_at.is_some() {
-            // Detached between the caller's check and now: wake to switch to the file.
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        let next = slot.next_index;
-        if next < first_index {
-            return Poll::Ready(Some(Err("fill discarded unread bytes".into())));
-        }
-        if next < available {
-            slot.next_index += 1;
-            let chunk = body.chunks[next - first_index].clone();
-            if trim(&mut body) {
-                self::notify_space(&this.fill);
-            }
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        match end {
-            BodyEnd::Complete => Poll::Ready(None),
-            // Never a clean end for a truncated body: the client's response is aborted.
-            BodyEnd::Failed => Poll::Ready(Some(Err("origin response failed mid-body".into()))),
-            BodyEnd::Open => {
-                slot.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        let body = lock(&self.fill.body);
-        let at_end = body.readers[self.slot]
-            .as_ref()
-            .is_some_and(|slot| slot.next_index >= body.first_index + body.chunks.len());
-        at_end && body.end == BodyEnd::Complete
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
-fn notify_space(fill: &Fill) {
-    fill.space.notify_waiters();
-}
-
-impl Drop for LiveReader {
-    fn drop(&mut self) {
-        let mut body = lock(&self.fill.body);
-        if let Some(slot) = body.readers.get_mut(self.slot) {
-            *slot = None;
-        }
-        trim(&mut body);
-        drop(body);
-        notify_space(&self.fill);
     }
 }
 
@@ -564,9 +520,13 @@ mod tests {
         }
     }
 
+    fn coalescer() -> Coalescer {
+        Coalescer::new(Gauge::default())
+    }
+
     #[tokio::test]
     async fn one_leader_per_key_and_readers_see_every_chunk() {
-        let coalescer = Coalescer::default();
+        let coalescer = coalescer();
         let (role, fill, leader) = coalescer.join(key(1));
         assert!(matches!(role, Role::Leader));
         let (role, same, follower) = coalescer.join(key(1));
@@ -586,26 +546,74 @@ mod tests {
     /// A failed fill ends every reader with an error, never a clean end.
     #[tokio::test]
     async fn failure_mid_body_is_an_error_for_every_reader() {
-        let (fill, reader) = Coalescer::solo();
+        let (fill, reader) = coalescer().solo();
         fill.push(Bytes::from_static(b"partial"));
         fill.fail();
         assert!(reader.collect().await.is_err());
     }
 
-    /// A fill that is not stored releases what all readers have read.
+    /// A fill that is not stored releases what all readers have read, and the held-bytes
+    /// gauge follows.
     #[tokio::test]
     async fn not_retaining_releases_read_chunks_and_refuses_new_readers() {
-        let (fill, mut reader) = Coalescer::solo();
+        let coalescer = coalescer();
+        let (fill, mut reader) = coalescer.solo();
         fill.stop_retaining();
         assert!(fill.reader().is_none());
         fill.push(Bytes::from(vec![0u8; 100]));
         fill.push(Bytes::from(vec![0u8; 100]));
         assert_eq!(lock(&fill.body).retained_bytes, 200);
+        assert_eq!(coalescer.held_bytes(), 200);
         let frame = reader.frame().await.unwrap().unwrap();
         assert_eq!(frame.data_ref().unwrap().len(), 100);
         assert_eq!(lock(&fill.body).retained_bytes, 100);
+        assert_eq!(coalescer.held_bytes(), 100);
         assert!(fill.wait_for_readers(1000).await);
         drop(reader);
         assert!(!fill.wait_for_readers(0).await, "no reader left");
+        assert_eq!(coalescer.held_bytes(), 0);
+        assert!(
+            fill.readership().1.is_some(),
+            "unread since the reader left"
+        );
+    }
+
+    /// Many readers at different positions: only chunks the slowest has read are released,
+    /// and the per-chunk counts stay consistent as readers come and go.
+    #[tokio::test]
+    async fn slowest_reader_holds_exactly_its_unread_chunks() {
+        let coalescer = coalescer();
+        let (fill, first) = coalescer.solo();
+        let mut readers = vec![first];
+        for _ in 0..9 {
+            readers.push(fill.reader().unwrap());
+        }
+        fill.stop_retaining();
+        for n in 0..5u8 {
+            fill.push(Bytes::from(vec![n; 10]));
+        }
+        // Reader i reads i % 5 chunks.
+        for (i, reader) in readers.iter_mut().enumerate() {
+            for _ in 0..i % 5 {
+                reader.frame().await.unwrap().unwrap();
+            }
+        }
+        assert_eq!(
+            lock(&fill.body).retained_bytes,
+            50,
+            "readers 0 and 5 read nothing"
+        );
+        readers.remove(5);
+        readers.remove(0);
+        assert_eq!(
+            lock(&fill.body).retained_bytes,
+            40,
+            "now the slowest read one chunk"
+        );
+        fill.end(None);
+        for reader in readers {
+            reader.collect().await.unwrap();
+        }
+        assert_eq!(coalescer.held_bytes(), 0);
     }
 }

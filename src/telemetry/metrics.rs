@@ -61,8 +61,15 @@ pub struct Metrics {
     /// 1 while offline mode is on.
     pub offline: Gauge,
     pub encoder_runs: Counter,
+    /// Body bytes every fill in flight holds in memory (bounded by `cache.fill_memory_budget`).
+    pub fill_bytes: Gauge,
+    /// Reads of an object from the disk tier into memory (concurrent ones for a key coalesce).
+    pub disk_loads: Counter,
+    /// Requests answered 503 because a fill or upstream connection limit and its queue
+    /// were full.
+    pub overloaded: Counter,
     /// The figures of the status page (kept beside the metrics, shared across reloads).
-    pub board: super::status::StatusBoard,
+    pub board: super::board::StatusBoard,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -182,6 +189,24 @@ impl Metrics {
             "Compression encoder runs started",
             encoder_runs.clone(),
         );
+        let fill_bytes = Gauge::default();
+        registry.register(
+            "fill_bytes",
+            "Body bytes held in memory by fills in flight",
+            fill_bytes.clone(),
+        );
+        let disk_loads = Counter::default();
+        registry.register(
+            "disk_loads",
+            "Objects read from the disk tier into memory",
+            disk_loads.clone(),
+        );
+        let overloaded = Counter::default();
+        registry.register(
+            "overloaded",
+            "Requests refused (503) because a fill or upstream connection limit was reached",
+            overloaded.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -201,7 +226,10 @@ impl Metrics {
             disk_degraded,
             offline,
             encoder_runs,
-            board: super::status::StatusBoard::default(),
+            fill_bytes,
+            disk_loads,
+            overloaded,
+            board: super::board::StatusBoard::default(),
         }
     }
 

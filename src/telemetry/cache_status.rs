@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use http::HeaderValue;
 
+use super::{CacheOutcome, Detail};
+
 /// Why a request went forward to the origin (RFC 9211 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FwdReason {
@@ -24,6 +26,17 @@ pub enum FwdReason {
 }
 
 impl FwdReason {
+    fn outcome(self) -> CacheOutcome {
+        match self {
+            FwdReason::Bypass => CacheOutcome::Bypass,
+            FwdReason::Method => CacheOutcome::Method,
+            FwdReason::UriMiss => CacheOutcome::UriMiss,
+            FwdReason::VaryMiss => CacheOutcome::VaryMiss,
+            FwdReason::Stale => CacheOutcome::Stale,
+            FwdReason::Request => CacheOutcome::Request,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FwdReason::Bypass => "bypass",
@@ -46,7 +59,7 @@ pub struct CacheStatus {
     pub ttl: Option<i64>,
     pub stored: bool,
     pub collapsed: bool,
-    pub detail: Option<&'static str>,
+    pub detail: Option<Detail>,
 }
 
 impl CacheStatus {
@@ -65,18 +78,18 @@ impl CacheStatus {
         }
     }
 
-    pub fn with_detail(mut self, detail: &'static str) -> CacheStatus {
+    pub fn with_detail(mut self, detail: Detail) -> CacheStatus {
         self.detail = Some(detail);
         self
     }
 
-    /// The access-log label: `hit`, `stale-hit`, or the forward reason.
-    pub fn label(&self) -> &'static str {
+    /// The outcome for logs and metrics: `hit`, `stale-hit`, or the forward reason.
+    pub fn outcome(&self) -> CacheOutcome {
         match (self.hit, self.fwd) {
-            (true, _) if self.ttl.is_some_and(|ttl| ttl < 0) => "stale-hit",
-            (true, _) => "hit",
-            (false, Some(reason)) => reason.as_str(),
-            (false, None) => "none",
+            (true, _) if self.ttl.is_some_and(|ttl| ttl < 0) => CacheOutcome::StaleHit,
+            (true, _) => CacheOutcome::Hit,
+            (false, Some(reason)) => reason.outcome(),
+            (false, None) => CacheOutcome::None,
         }
     }
 
@@ -103,7 +116,11 @@ impl CacheStatus {
             text.push_str("; collapsed");
         }
         if let Some(detail) = self.detail {
-            let _ = write!(text, "; detail={}", crate::error::sf_string(detail));
+            let _ = write!(
+                text,
+                "; detail={}",
+                crate::error::sf_string(detail.as_str())
+            );
         }
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("outpost"))
     }
@@ -132,11 +149,11 @@ mod tests {
             miss.to_header_value("edge"),
             "edge; fwd=uri-miss; fwd-status=200; ttl=60; stored; collapsed"
         );
-        let detail = CacheStatus::forward(FwdReason::Bypass).with_detail("range");
+        let detail = CacheStatus::forward(FwdReason::Bypass).with_detail(Detail::Precondition);
         assert_eq!(
             detail.to_header_value("edge"),
-            "edge; fwd=bypass; detail=\"range\""
+            "edge; fwd=bypass; detail=\"precondition\""
         );
-        assert_eq!(CacheStatus::hit(-3).label(), "stale-hit");
+        assert_eq!(CacheStatus::hit(-3).outcome(), CacheOutcome::StaleHit);
     }
 }

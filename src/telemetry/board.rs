@@ -10,20 +10,9 @@ use std::time::{Instant, SystemTime};
 
 use serde_json::{json, Value};
 
+use super::{CacheOutcome, Tier};
 use crate::cache::key::PrimaryKey;
 
-/// Cache-Status labels counted, in display order.
-const LABELS: [&str; 9] = [
-    "hit",
-    "stale-hit",
-    "uri-miss",
-    "vary-miss",
-    "stale",
-    "request",
-    "method",
-    "bypass",
-    "none",
-];
 /// Keys tracked for the top lists; when full, the less busy half is forgotten.
 const TOP_CAPACITY: usize = 2048;
 const RECENT_ERRORS: usize = 20;
@@ -48,7 +37,7 @@ struct OriginError {
 #[derive(Debug)]
 pub struct StatusBoard {
     started: Instant,
-    by_label: [AtomicU64; LABELS.len()],
+    by_label: [AtomicU64; CacheOutcome::ALL.len()],
     bytes_memory: AtomicU64,
     bytes_disk: AtomicU64,
     bytes_origin: AtomicU64,
@@ -83,19 +72,15 @@ impl StatusBoard {
     /// `disk`, `origin`), key (if it had one), bytes sent.
     pub fn record(
         &self,
-        label: &'static str,
-        tier: &'static str,
+        outcome: CacheOutcome,
+        tier: Tier,
         key: Option<PrimaryKey>,
         url: impl FnOnce() -> String,
         bytes: u64,
     ) {
-        let index = LABELS
-            .iter()
-            .position(|l| *l == label)
-            .unwrap_or(LABELS.len() - 1);
-        self.by_label[index].fetch_add(1, Relaxed);
-        let is_hit = index < 2;
-        if is_hit && tier == "disk" {
+        self.by_label[outcome.index()].fetch_add(1, Relaxed);
+        let is_hit = outcome.is_hit();
+        if is_hit && tier == Tier::Disk {
             self.bytes_disk.fetch_add(bytes, Relaxed);
         } else if is_hit {
             self.bytes_memory.fetch_add(bytes, Relaxed);
@@ -141,17 +126,28 @@ impl StatusBoard {
     pub fn snapshot(&self, tiers: Value) -> Value {
         let counts: Vec<u64> = self.by_label.iter().map(|c| c.load(Relaxed)).collect();
         let requests: u64 = counts.iter().sum();
-        let hits = counts[0] + counts[1];
-        let lookups = hits + counts[2..6].iter().sum::<u64>();
+        let count = |outcome: CacheOutcome| counts[outcome.index()];
+        let hits = count(CacheOutcome::Hit) + count(CacheOutcome::StaleHit);
+        // Requests the cache looked up: hits and every kind of miss, not bypasses.
+        let lookups = hits
+            + [
+                CacheOutcome::UriMiss,
+                CacheOutcome::VaryMiss,
+                CacheOutcome::Stale,
+                CacheOutcome::Request,
+            ]
+            .into_iter()
+            .map(count)
+            .sum::<u64>();
         let (memory, disk, origin) = (
             self.bytes_memory.load(Relaxed),
             self.bytes_disk.load(Relaxed),
             self.bytes_origin.load(Relaxed),
         );
-        let by_label: serde_json::Map<String, Value> = LABELS
+        let by_label: serde_json::Map<String, Value> = CacheOutcome::ALL
             .iter()
             .zip(&counts)
-            .map(|(l, c)| (l.to_string(), json!(c)))
+            .map(|(outcome, c)| (outcome.as_str().to_string(), json!(c)))
             .collect();
         let ratio = |part: u64, whole: u64| {
             if whole == 0 {
@@ -222,67 +218,3 @@ fn forget_less_busy_half(top: &mut HashMap<PrimaryKey, KeyStat>) {
     let median = weights[weights.len() / 2];
     top.retain(|_, s| (s.hits, s.bytes) > median);
 }
-
-/// The status page: plain HTML, CSS and JavaScript, no external assets; it polls
-/// `/status.json` every two seconds.
-pub const PAGE: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>outpost status</title>
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1b1f24;background:#f6f8fa}
-h1{font-size:20px;margin:0 0 16px}h2{font-size:15px;margin:20px 0 8px}
-.cards{display:flex;gap:12px;flex-wrap:wrap}.card{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:12px 16px;min-width:150px}
-.card b{display:block;font-size:24px}.muted{color:#57606a}
-table{border-collapse:collapse;background:#fff;width:100%;max-width:1100px}td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:left}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
-</style></head><body>
-<h1>outpost <span class="muted" id="uptime"></span></h1>
-<div class="cards">
-<div class="card">hit ratio<b id="hit_ratio">-</b></div>
-<div class="card">byte hit ratio<b id="byte_hit_ratio">-</b></div>
-<div class="card">requests/s<b id="rps">-</b></div>
-<div class="card">requests<b id="requests">-</b></div>
-<div class="card">memory tier<b id="memory">-</b><span class="muted" id="memory_detail"></span></div>
-<div class="card" id="disk_card" hidden>disk tier<b id="disk">-</b><span class="muted" id="disk_detail"></span></div>
-<div class="card" id="offline_card" hidden>mode<b>offline</b><span class="muted">serving stored objects only</span></div>
-</div>
-<h2>By cache status</h2><table id="by_status"></table>
-<h2>Top keys by hits</h2><table id="top_hits"></table>
-<h2>Top keys by bytes</h2><table id="top_bytes"></table>
-<h2>Recent origin errors</h2><table id="errors"></table>
-<script>
-const el = id => document.getElementById(id);
-const pct = x => (100 * x).toFixed(1) + '%';
-const size = b => b >= 1<<30 ? (b/(1<<30)).toFixed(1)+' GiB' : b >= 1<<20 ? (b/(1<<20)).toFixed(1)+' MiB' : b >= 1024 ? (b/1024).toFixed(1)+' KiB' : b+' B';
-const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
-function rows(table, head, items, cells) {
-  el(table).innerHTML = '<tr>' + head.map(h => '<th>' + h + '</th>').join('') + '</tr>' +
-    (items.length ? items.map(i => '<tr>' + cells(i).map(([v, n]) => '<td' + (n ? ' class="n"' : '') + '>' + esc(v) + '</td>').join('') + '</tr>').join('')
-                  : '<tr><td colspan="' + head.length + '" class="muted">none yet</td></tr>');
-}
-async function refresh() {
-  try {
-    const s = await (await fetch('/status.json', {cache: 'no-store'})).json();
-    el('uptime').textContent = 'up ' + s.uptime_seconds + ' s';
-    el('hit_ratio').textContent = pct(s.hit_ratio);
-    el('byte_hit_ratio').textContent = pct(s.byte_hit_ratio);
-    el('rps').textContent = s.requests_per_second.toFixed(1);
-    el('requests').textContent = s.requests;
-    const m = s.tiers.memory;
-    el('memory').textContent = m.entries + (m.entries === 1 ? ' entry' : ' entries');
-    el('memory_detail').textContent = size(m.bytes) + ' of ' + size(m.capacity);
-    const d = s.tiers.disk;
-    el('disk_card').hidden = !d;
-    if (d) {
-      el('disk').textContent = d.degraded ? 'failed' : d.entries + (d.entries === 1 ? ' entry' : ' entries');
-      el('disk_detail').textContent = size(d.bytes) + ' of ' + size(d.capacity) + (d.degraded ? ' (memory only)' : '');
-    }
-    el('offline_card').hidden = !s.tiers.offline;
-    rows('by_status', ['cache status', 'requests'], Object.entries(s.by_cache_status).filter(([, n]) => n > 0), ([k, n]) => [[k], [n, 1]]);
-    rows('top_hits', ['url', 'hits', 'bytes'], s.top_keys_by_hits, k => [[k.url], [k.hits, 1], [size(k.bytes), 1]]);
-    rows('top_bytes', ['url', 'bytes', 'hits'], s.top_keys_by_bytes, k => [[k.url], [size(k.bytes), 1], [k.hits, 1]]);
-    rows('errors', ['at', 'site', 'url', 'error', 'detail'], s.recent_origin_errors, e => [[e.at], [e.site], [e.url], [e.error], [e.detail]]);
-  } catch (e) { el('uptime').textContent = 'status unavailable: ' + e; }
-}
-refresh(); setInterval(refresh, 2000);
-</script></body></html>
-"#;

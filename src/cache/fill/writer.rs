@@ -1,0 +1,368 @@
+//! [`FillWriter`]: the only way a body enters a fill. The caller (the pipeline's fetch, or
+//! an encoder) feeds it chunks; the writer decides, chunk by chunk, whether the body is kept
+//! in memory, written to a disk-tier file as it streams, or passed through unstored, and on
+//! [`FillWriter::finish`] it stores the entry in the tiers and settles the fill. Nothing
+//! outside the cache touches a tier.
+//!
+//! While a body is being kept, its newest chunk is held back: readers get the last chunk
+//! only after the entry is stored, so a client that has the whole response and asks again
+//! finds it in the cache.
+//!
+//! # Cancellation
+//! Dropping a writer without [`FillWriter::finish`] or [`FillWriter::fail`] leaves its
+//! readers waiting until the fill itself is dropped; callers always end it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header;
+
+use super::{Fill, FillStatus, SpillState};
+use crate::cache::disk::{BlobWriter, DiskError, DiskTier, TempBlob};
+use crate::cache::entry::{EntryMeta, StoredResponse};
+use crate::cache::Cache;
+use crate::error::ProxyError;
+
+/// When a fill is not being stored, the most bytes it holds ahead of its slowest reader;
+/// for one streaming to disk, how far a reader may fall behind before it follows the file.
+const UNSTORED_WINDOW: usize = 4 << 20;
+
+/// Sets the fields of a derived entry that depend on its final body length.
+pub type Finalise = Box<dyn FnOnce(&mut EntryMeta, u64) + Send + Sync>;
+
+/// What a fill's body is, for the tiers.
+pub enum FillTarget {
+    /// An origin response: kept in memory up to `max_object_size`, else on disk up to the
+    /// disk tier's limit; one too large for both streams through and marks its URL
+    /// hit-for-miss.
+    Origin,
+    /// A body derived from a stored one (an encoding), kept in memory only; `finalise` sets
+    /// the stored fields that depend on the final length.
+    Derived(Finalise),
+}
+
+/// What became of a finished fill.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Stored; the fill's status is `Complete` with this entry.
+    Stored(Arc<StoredResponse>),
+    /// Streamed to its readers, not kept (too large, or over the fills' memory budget
+    /// without a disk tier).
+    NotKept,
+    /// Written to disk, but the tier failed to index it; readers of the file got an error.
+    Lost,
+}
+
+/// Why a write ended the fill early. The fill is already failed for its readers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteError {
+    /// Not being stored, and every reader has gone.
+    NoReader,
+    /// Nobody read it for longer than the bounds allow (size or time).
+    Unread,
+}
+
+/// Feeds one fill; see the module doc.
+pub struct FillWriter<'c> {
+    cache: &'c Cache,
+    fill: Arc<Fill>,
+    meta: Arc<EntryMeta>,
+    target: FillTarget,
+    memory_limit: u64,
+    disk_limit: u64,
+    total: u64,
+    is_retained: bool,
+    spill: Option<BlobWriter>,
+    held: Option<Bytes>,
+}
+
+impl Cache {
+    /// Starts feeding `fill` with the body of a response described by `meta`: publishes
+    /// the head to its readers and chooses where the body goes first (a response declared
+    /// too large for memory, or one arriving while the fills' memory budget is spent, goes
+    /// straight to a disk file when the tier can take it).
+    pub async fn begin_fill(
+        &self,
+        fill: &Arc<Fill>,
+        meta: EntryMeta,
+        target: FillTarget,
+    ) -> FillWriter<'_> {
+        let meta = Arc::new(meta);
+        fill.publish(FillStatus::Streaming(Arc::clone(&meta)));
+        let (memory_limit, disk_limit) = match target {
+            FillTarget::Origin => (self.max_object_size, self.storable_size()),
+            FillTarget::Derived(_) => (self.max_object_size, self.max_object_size),
+        };
+        let declared = declared_length(&meta);
+        let mut writer = FillWriter {
+            cache: self,
+            fill: Arc::clone(fill),
+            meta,
+            target,
+            memory_limit,
+            disk_limit,
+            total: 0,
+            is_retained: true,
+            spill: None,
+            held: None,
+        };
+        let too_large = declared.is_some_and(|len| len > memory_limit);
+        if (too_large || writer.is_over_budget()) && declared.is_none_or(|len| len <= disk_limit) {
+            writer.leave_memory().await;
+        }
+        writer
+    }
+}
+
+/// Content-Length, when the origin sent one.
+fn declared_length(meta: &EntryMeta) -> Option<u64> {
+    meta.headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl FillWriter<'_> {
+    /// The head this fill publishes.
+    pub fn meta(&self) -> &Arc<EntryMeta> {
+        &self.meta
+    }
+
+    /// Adds the next chunk of body. Waits while a fill that is not being stored is more than
+    /// a window ahead of its slowest reader.
+    ///
+    /// # Errors
+    /// [`WriteError`] when the fill was abandoned (no reader left, or unread for too long);
+    /// its readers have been failed and nothing is stored.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), WriteError> {
+        self.total += chunk.len() as u64;
+        if self.is_retained && (self.total > self.memory_limit || self.is_over_budget()) {
+            self.leave_memory().await;
+        }
+        if self.total > self.disk_limit {
+            self.drop_spill().await;
+        }
+        if let Some(active) = self.spill.as_mut() {
+            match active.write(&chunk).await {
+                Ok(()) => {
+                    let written = active.flushed();
+                    self.fill.spill.send_modify(|state| {
+                        if let SpillState::Writing { written: at, .. } = state {
+                            *at = written;
+                        }
+                    });
+                }
+                Err(source) => self.spill_failed(source).await,
+            }
+        }
+        if self.is_retained || self.spill.is_some() {
+            if let Some(previous) = self.held.replace(chunk) {
+                self.fill.push(previous);
+            }
+            if self.spill.is_some() {
+                // A reader far behind continues from the file, so neither memory nor the
+                // other readers wait for it.
+                self.fill.detach_slow_readers(UNSTORED_WINDOW);
+            }
+            return self.check_unread().await;
+        }
+        if let Some(previous) = self.held.take() {
+            self.fill.push(previous);
+        }
+        self.fill.push(chunk);
+        if !self.fill.wait_for_readers(UNSTORED_WINDOW).await {
+            self.abandon("no reader left").await;
+            return Err(WriteError::NoReader);
+        }
+        self.check_unread().await
+    }
+
+    /// The whole body has arrived: stores it where it fits and settles the fill.
+    pub async fn finish(mut self) -> Admitted {
+        let spilled = match self.spill.take() {
+            Some(writer) => match writer.finish().await {
+                Ok(temp) => Some(temp),
+                Err(source) => {
+                    self.fill.set_spill(SpillState::Abandoned);
+                    if let Some(disk) = self.cache.live_disk() {
+                        degrade(disk, source);
+                    }
+                    None
+                }
+            },
+            None => None,
+        };
+        if self.is_retained {
+            return self.store_retained().await;
+        }
+        if let Some(temp) = spilled {
+            return self.commit_spilled(temp).await;
+        }
+        // Streamed through, too large to keep: the next burst goes straight through.
+        if matches!(self.target, FillTarget::Origin) {
+            self.cache.remember_uncacheable(self.meta.key).await;
+        }
+        self.fill.end(self.held.take());
+        Admitted::NotKept
+    }
+
+    /// The body failed (the origin broke off, or stalled past the body-read timeout):
+    /// readers get an error, and nothing is stored.
+    pub async fn fail(mut self, error: ProxyError) {
+        self.drop_spill().await;
+        self.fill.fail();
+        self.fill.publish(FillStatus::Failed(error));
+    }
+
+    async fn store_retained(mut self) -> Admitted {
+        let body = self.fill.retained_body(self.held.as_ref());
+        let mut meta = (*self.meta).clone();
+        if let FillTarget::Derived(finalise) =
+            std::mem::replace(&mut self.target, FillTarget::Origin)
+        {
+            finalise(&mut meta, body.len() as u64);
+        }
+        let entry = Arc::new(StoredResponse::new(meta, body));
+        self.cache.store(Arc::clone(&entry), true).await;
+        self.settle(Some(Arc::clone(&entry)));
+        Admitted::Stored(entry)
+    }
+
+    /// Streamed to disk as it arrived: index the file, then release the last chunk, so a
+    /// client holding the whole response finds it stored.
+    async fn commit_spilled(mut self, temp: TempBlob) -> Admitted {
+        let mut stored = (*self.meta).clone();
+        stored.body_len = temp.len;
+        stored.body_digest = temp.digest;
+        let entry = match self.cache.live_disk() {
+            Some(disk) => self.cache.commit_file(disk, stored, temp).await,
+            None => None,
+        };
+        match &entry {
+            Some(entry) => {
+                if let Some(file) = entry.body.file() {
+                    self.fill.set_spill(SpillState::Committed {
+                        path: Arc::new(file.path.clone()),
+                        len: entry.meta.body_len,
+                        digest: entry.meta.body_digest,
+                    });
+                }
+            }
+            None => self.fill.set_spill(SpillState::Abandoned),
+        }
+        let admitted = match &entry {
+            Some(entry) => Admitted::Stored(Arc::clone(entry)),
+            None => Admitted::Lost,
+        };
+        if entry.is_none() {
+            // Followers of the file need an ending too.
+            self.fill.end(self.held.take());
+            self.fill.publish(FillStatus::Failed(ProxyError::Internal(
+                "the disk tier failed while storing".into(),
+            )));
+            return admitted;
+        }
+        self.settle(entry);
+        admitted
+    }
+
+    /// Releases the held-back chunk and publishes the stored entry.
+    fn settle(&mut self, entry: Option<Arc<StoredResponse>>) {
+        self.fill.end(self.held.take());
+        if let Some(entry) = entry {
+            self.fill.publish(FillStatus::Complete {
+                entry,
+                revalidated: false,
+            });
+        }
+    }
+
+    fn is_over_budget(&self) -> bool {
+        self.cache.fill_bounds.memory_budget < self.cache.coalescer.held_bytes()
+    }
+
+    /// Stops keeping the body in memory: continues in a disk-tier file (with what was kept
+    /// so far) when the tier can take it, else the body streams through unstored.
+    async fn leave_memory(&mut self) {
+        self.is_retained = false;
+        if let Some(disk) = self
+            .cache
+            .live_disk()
+            .filter(|_| self.total <= self.disk_limit)
+        {
+            self.spill = self.spill_so_far(disk).await;
+            if let Some(writer) = &self.spill {
+                self.fill.set_spill(SpillState::Writing {
+                    path: Arc::new(writer.path().to_path_buf()),
+                    written: writer.flushed(),
+                });
+            }
+        }
+        self.fill.stop_retaining();
+    }
+
+    /// A disk-tier writer holding everything kept so far (with the held-back chunk);
+    /// `None` when the tier cannot take it.
+    async fn spill_so_far(&self, disk: &DiskTier) -> Option<BlobWriter> {
+        let mut writer = disk.blob_writer().await?;
+        let so_far = self.fill.retained_body(self.held.as_ref());
+        match writer.write(&so_far).await {
+            Ok(()) => Some(writer),
+            Err(source) => {
+                degrade(disk, source);
+                writer.discard().await;
+                None
+            }
+        }
+    }
+
+    async fn drop_spill(&mut self) {
+        if let Some(writer) = self.spill.take() {
+            self.fill.set_spill(SpillState::Abandoned);
+            writer.discard().await;
+        }
+    }
+
+    async fn spill_failed(&mut self, source: std::io::Error) {
+        if let Some(disk) = self.cache.live_disk() {
+            degrade(disk, source);
+        }
+        self.drop_spill().await;
+    }
+
+    /// Abandons a fill nobody has read for longer than the bounds allow: a client that
+    /// hung up after the head must not keep a large download (and its origin connection)
+    /// going. Small storable bodies finish.
+    async fn check_unread(&mut self) -> Result<(), WriteError> {
+        let (readers, unread_since) = self.fill.readership();
+        let Some(since) = unread_since.filter(|_| readers == 0) else {
+            return Ok(());
+        };
+        let bounds = &self.cache.fill_bounds;
+        if self.total <= bounds.unread_limit && since.elapsed() <= bounds.unread_timeout {
+            return Ok(());
+        }
+        self.abandon("nobody is reading").await;
+        Err(WriteError::Unread)
+    }
+
+    async fn abandon(&mut self, why: &'static str) {
+        self.drop_spill().await;
+        self.fill.fail();
+        self.fill
+            .publish(FillStatus::Failed(ProxyError::Internal(format!(
+                "fill abandoned: {why}"
+            ))));
+        tracing::debug!(url = %self.meta.url, bytes = self.total, why, "fill abandoned");
+    }
+}
+
+fn degrade(disk: &DiskTier, source: std::io::Error) {
+    disk.degrade(&DiskError::Io {
+        path: "body file".into(),
+        source,
+    });
+}

@@ -1,0 +1,179 @@
+//! The cache-lookup phase: what the cache can do for a request at `now` (RFC 9111 §4):
+//! serve a stored response, serve it stale while validating it in the background, fetch
+//! (a miss, or a stored response to validate), bypass, or answer 504 without the origin.
+//!
+//! The lookup decides; it sends nothing. Serving and fetching are the pipeline's phases.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{header, Method};
+
+use super::entry::StoredResponse;
+use super::key::{PrimaryKey, VariantKey};
+use super::memory::VariantSet;
+use super::policy::{self, Reuse};
+use super::Cache;
+use crate::telemetry::cache_status::{CacheStatus, FwdReason};
+use crate::telemetry::{Detail, Tier};
+
+/// What the lookup found and wants fetched.
+#[derive(Clone)]
+pub struct MissPlan {
+    pub key: PrimaryKey,
+    pub url: String,
+    /// The request's variant under the Vary rule already known for the URL.
+    pub variant_hint: VariantKey,
+    /// A stored response to validate, if any.
+    pub stale: Option<Arc<StoredResponse>>,
+    pub reason: FwdReason,
+    /// RFC 9111 §3.5: an authorised request must not share a fetch it might not be allowed
+    /// to share; a no-store request stores nothing for others to share.
+    pub is_coalescable: bool,
+}
+
+/// The outcome of the cache-lookup phase.
+pub enum Lookup {
+    /// Serve this stored response (`set` holds its encoded variants), found in `tier`;
+    /// with a plan when it is served stale and validated in the background (RFC 5861 §3).
+    Hit {
+        entry: Arc<StoredResponse>,
+        set: Arc<VariantSet>,
+        status: CacheStatus,
+        tier: Tier,
+        revalidate: Option<MissPlan>,
+    },
+    /// `only-if-cached` and nothing usable is stored: 504 without asking the origin.
+    OnlyIfCachedMiss,
+    /// Offline mode and nothing usable is stored: 504 without asking the origin.
+    OfflineMiss,
+    /// Forward without the cache (unsafe method, preconditions, cache off).
+    Bypass(CacheStatus),
+    /// Fetch through the cache: a miss, or a stored response to validate.
+    Fetch(MissPlan),
+}
+
+impl Cache {
+    /// Looks `request` (for `authority`) up at `now`.
+    pub async fn lookup(
+        &self,
+        request: &http::request::Parts,
+        authority: &str,
+        now: SystemTime,
+    ) -> Lookup {
+        let bypass =
+            |detail| Lookup::Bypass(CacheStatus::forward(FwdReason::Bypass).with_detail(detail));
+        if !self.is_enabled {
+            return bypass(Detail::Disabled);
+        }
+        if request.method != Method::GET && request.method != Method::HEAD {
+            return Lookup::Bypass(CacheStatus::forward(FwdReason::Method));
+        }
+        let headers = &request.headers;
+        if headers.contains_key(header::IF_MATCH)
+            || headers.contains_key(header::IF_UNMODIFIED_SINCE)
+        {
+            return bypass(Detail::Precondition);
+        }
+        let path_and_query = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let key = PrimaryKey::new("http", authority, path_and_query);
+        let directives = policy::request_directives(headers);
+        let has_authorization = headers.contains_key(header::AUTHORIZATION);
+        let (variants, tier) = match self.variants(&key, headers).await {
+            Some((set, tier)) => (Some(set), tier),
+            None => (None, Tier::Memory),
+        };
+        let variant_hint = variants
+            .as_ref()
+            .and_then(|set| set.iter().next())
+            .and_then(|entry| entry.meta.vary.variant_key(headers))
+            .unwrap_or(VariantKey::NONE);
+        let plan = |stale: Option<Arc<StoredResponse>>, reason| MissPlan {
+            key,
+            url: format!("http://{authority}{path_and_query}"),
+            variant_hint,
+            stale,
+            reason,
+            is_coalescable: !has_authorization && !directives.no_store,
+        };
+        let selected = variants
+            .as_ref()
+            .and_then(|set| set.select(headers))
+            .cloned();
+        let (Some(entry), Some(set)) = (selected, variants.clone()) else {
+            if directives.only_if_cached {
+                return Lookup::OnlyIfCachedMiss;
+            }
+            if self.is_offline() {
+                return Lookup::OfflineMiss;
+            }
+            let is_vary_miss = variants.is_some_and(|set| !set.is_empty());
+            let reason = if is_vary_miss {
+                FwdReason::VaryMiss
+            } else {
+                FwdReason::UriMiss
+            };
+            return Lookup::Fetch(plan(None, reason));
+        };
+        if has_authorization && !entry.meta.freshness.is_shareable_with_authorization {
+            // RFC 9111 §3.5: not reusable for a request with Authorization.
+            return Lookup::Bypass(
+                CacheStatus::forward(FwdReason::Request).with_detail(Detail::Authorization),
+            );
+        }
+        let ttl = entry.meta.freshness.ttl_seconds(now);
+        let hit = |entry, status, revalidate| Lookup::Hit {
+            entry,
+            set,
+            status,
+            tier,
+            revalidate,
+        };
+        let reuse = policy::evaluate_reuse(&entry.meta.freshness, &directives, now);
+        if self.is_offline() && !matches!(reuse, Reuse::Fresh | Reuse::StaleAllowed) {
+            // Offline mode serves what is stored, fresh or not, unless the response forbids
+            // stale use and the operator did not override that.
+            if entry.meta.freshness.forbids_stale && !self.offline_ignores_revalidation {
+                return Lookup::OfflineMiss;
+            }
+            return hit(
+                entry,
+                CacheStatus::hit(ttl).with_detail(Detail::Offline),
+                None,
+            );
+        }
+        match reuse {
+            Reuse::Fresh | Reuse::StaleAllowed => hit(entry, CacheStatus::hit(ttl), None),
+            Reuse::StaleWhileRevalidate if !directives.only_if_cached => {
+                let revalidate = plan(Some(Arc::clone(&entry)), FwdReason::Stale);
+                let status = CacheStatus::hit(ttl).with_detail(Detail::StaleWhileRevalidate);
+                hit(entry, status, Some(revalidate))
+            }
+            _ if directives.only_if_cached => Lookup::OnlyIfCachedMiss,
+            Reuse::ValidateStale | Reuse::StaleWhileRevalidate => {
+                Lookup::Fetch(plan(Some(entry), FwdReason::Stale))
+            }
+            Reuse::ValidateForRequest => Lookup::Fetch(plan(Some(entry), FwdReason::Request)),
+        }
+    }
+
+    /// A fresh stored response for `plan` that arrived after its lookup (a fill that
+    /// settled between the lookup and joining the coalescer); memory only.
+    pub async fn stored_meanwhile(
+        &self,
+        plan: &MissPlan,
+        request: &http::request::Parts,
+        now: SystemTime,
+    ) -> Option<(Arc<VariantSet>, Arc<StoredResponse>)> {
+        if plan.stale.is_some() {
+            return None;
+        }
+        let set = self.memory.get(&plan.key).await?;
+        let entry = Arc::clone(set.select(&request.headers)?);
+        let directives = policy::request_directives(&request.headers);
+        if policy::evaluate_reuse(&entry.meta.freshness, &directives, now) != Reuse::Fresh {
+            return None;
+        }
+        Some((set, entry))
+    }
+}

@@ -1,0 +1,190 @@
+//! Bounded admission: at most N holders at once, in all and per named peer (an origin),
+//! with a bounded queue of waiters and a bounded wait. Past either bound the caller is told
+//! no at once, so overload becomes a quick 503 instead of unbounded memory and connections.
+//!
+//! Used for fills (origin fetches that store) and for origin exchanges; what a refusal
+//! means to the client is the caller's business.
+//!
+//! # Concurrent calls
+//! [`Limiter::admit`] may be called from any number of tasks. Permits are released when the
+//! returned [`Admission`] is dropped, in any task.
+//!
+//! # Cancellation
+//! Dropping an `admit` future leaves the queue at once; nothing is held.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The bounds of one limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub total: usize,
+    pub per_peer: usize,
+    /// Callers that may wait at once.
+    pub queue: usize,
+    /// Longest wait for a permit.
+    pub wait: Duration,
+}
+
+/// Why a caller was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("limit reached and the queue is full")]
+    QueueFull,
+    #[error("limit reached and no slot freed within the queue timeout")]
+    TimedOut,
+}
+
+/// Holds one slot of the total and one of the peer's until dropped.
+#[derive(Debug)]
+pub struct Admission {
+    _total: OwnedSemaphorePermit,
+    _peer: OwnedSemaphorePermit,
+}
+
+/// Counts holders in all and per peer.
+#[derive(Debug)]
+pub struct Limiter {
+    bounds: Bounds,
+    total: Arc<Semaphore>,
+    peers: Mutex<HashMap<String, Arc<Semaphore>>>,
+    waiting: AtomicUsize,
+}
+
+/// Leaves the queue count when the wait ends, however it ends.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Limiter {
+    pub fn new(bounds: Bounds) -> Limiter {
+        Limiter {
+            bounds,
+            total: Arc::new(Semaphore::new(bounds.total.max(1))),
+            peers: Mutex::new(HashMap::new()),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+
+    /// A slot for `peer`: at once when one is free, else after waiting in the queue.
+    ///
+    /// # Errors
+    /// [`Refused`] when the queue is full or the wait passes `bounds.wait`.
+    pub async fn admit(&self, peer: &str) -> Result<Admission, Refused> {
+        let per_peer = self.peer(peer);
+        if let (Ok(total), Ok(peer)) = (
+            Arc::clone(&self.total).try_acquire_owned(),
+            Arc::clone(&per_peer).try_acquire_owned(),
+        ) {
+            return Ok(Admission {
+                _total: total,
+                _peer: peer,
+            });
+        }
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.bounds.queue {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::QueueFull);
+        }
+        let _waiting = Waiting(&self.waiting);
+        let acquire = async {
+            // The peer's slot first: a request for a busy origin does not hold a global
+            // slot that requests for other origins could use meanwhile.
+            let peer = per_peer.acquire_owned().await;
+            let total = Arc::clone(&self.total).acquire_owned().await;
+            (total, peer)
+        };
+        match tokio::time::timeout(self.bounds.wait, acquire).await {
+            Ok((Ok(total), Ok(peer))) => Ok(Admission {
+                _total: total,
+                _peer: peer,
+            }),
+            // The semaphores are never closed; treat it as a timeout all the same.
+            Ok(_) | Err(_) => Err(Refused::TimedOut),
+        }
+    }
+
+    /// Holders now, in all.
+    pub fn in_use(&self) -> usize {
+        self.bounds.total.max(1) - self.total.available_permits()
+    }
+
+    fn peer(&self, peer: &str) -> Arc<Semaphore> {
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(semaphore) = peers.get(peer) {
+            return Arc::clone(semaphore);
+        }
+        // Forget idle peers now and then, so a stream of distinct names stays bounded.
+        if peers.len() >= 1024 {
+            let per_peer = self.bounds.per_peer.max(1);
+            peers.retain(|_, s| s.available_permits() < per_peer || Arc::strong_count(s) > 1);
+        }
+        let semaphore = Arc::new(Semaphore::new(self.bounds.per_peer.max(1)));
+        peers.insert(peer.to_string(), Arc::clone(&semaphore));
+        semaphore
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(total: usize, per_peer: usize, queue: usize) -> Limiter {
+        Limiter::new(Bounds {
+            total,
+            per_peer,
+            queue,
+            wait: Duration::from_secs(5),
+        })
+    }
+
+    #[tokio::test]
+    async fn per_peer_and_total_bounds_hold() {
+        let limiter = limiter(3, 2, 0);
+        let a1 = limiter.admit("a").await.unwrap();
+        let _a2 = limiter.admit("a").await.unwrap();
+        assert_eq!(limiter.admit("a").await.unwrap_err(), Refused::QueueFull);
+        let _b1 = limiter.admit("b").await.unwrap();
+        assert_eq!(limiter.admit("b").await.unwrap_err(), Refused::QueueFull);
+        assert_eq!(limiter.in_use(), 3);
+        drop(a1);
+        assert!(limiter.admit("b").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_slot_released_and_the_queue_is_bounded() {
+        let limiter = Arc::new(limiter(1, 1, 1));
+        let first = limiter.admit("a").await.unwrap();
+        let waiter = {
+            let limiter = Arc::clone(&limiter);
+            tokio::spawn(async move { limiter.admit("a").await.map(drop) })
+        };
+        while limiter.waiting.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(limiter.admit("a").await.unwrap_err(), Refused::QueueFull);
+        drop(first);
+        assert!(waiter.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_past_the_timeout_is_refused() {
+        let limiter = limiter(1, 1, 4);
+        let _held = limiter.admit("a").await.unwrap();
+        assert_eq!(limiter.admit("a").await.unwrap_err(), Refused::TimedOut);
+    }
+}

@@ -1,0 +1,195 @@
+//! [`RequestCtx`]: everything one request's phases learn about it, carried from the first
+//! phase to the access-log line. Phases write into it; [`RequestCtx::finish`] (called by
+//! `server` when the body has been sent or abandoned) turns it into metrics, a status-board
+//! entry and the access-log line, so all three always agree.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{Method, Version};
+
+use super::access_log::{self, AccessLog};
+use crate::cache::key::{PrimaryKey, VariantKey};
+use crate::telemetry::cache_status::{CacheStatus, FwdReason};
+use crate::telemetry::metrics::{self, Metrics, RequestLabels, SourceLabels};
+use crate::telemetry::Tier;
+
+/// One request's state across the phases.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub started: Instant,
+    /// The time the cache judges freshness at, taken once per request.
+    pub now: SystemTime,
+    pub peer: SocketAddr,
+    /// The client's address as far as the trust boundary lets us know it.
+    pub client: IpAddr,
+    pub method: Method,
+    pub version: Version,
+    pub host: String,
+    pub target: String,
+    pub site: String,
+    /// The origin the site forwards to.
+    pub origin: String,
+    /// Cache key and variant, once the lookup has computed them.
+    pub key: Option<PrimaryKey>,
+    pub variant: Option<VariantKey>,
+    /// What the cache did: the Cache-Status member, and the outcome logs and metrics use.
+    pub status: CacheStatus,
+    /// Where a hit's body came from (memory or disk).
+    pub hit_tier: Tier,
+    pub upstream_duration: Option<Duration>,
+    /// The RFC 9209 error type of a failed request.
+    pub error: Option<&'static str>,
+    pub response_status: u16,
+    pub log: Option<Arc<AccessLog>>,
+    /// Kept only for the combined format.
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl RequestCtx {
+    pub fn new(
+        request: &http::request::Parts,
+        peer: SocketAddr,
+        log: Option<Arc<AccessLog>>,
+        metrics: Arc<Metrics>,
+    ) -> RequestCtx {
+        let agent_field = |name| {
+            log.as_ref().filter(|log| log.wants_agent_fields())?;
+            request.headers.get(name)?.to_str().ok().map(str::to_string)
+        };
+        RequestCtx {
+            started: Instant::now(),
+            now: SystemTime::now(),
+            peer,
+            client: peer.ip(),
+            method: request.method.clone(),
+            version: request.version,
+            host: String::new(),
+            target: request
+                .uri
+                .path_and_query()
+                .map_or_else(|| request.uri.to_string(), |pq| pq.as_str().to_string()),
+            site: String::new(),
+            origin: String::new(),
+            key: None,
+            variant: None,
+            status: CacheStatus::forward(FwdReason::Bypass),
+            hit_tier: Tier::Memory,
+            upstream_duration: None,
+            error: None,
+            response_status: 0,
+            referer: agent_field(http::header::REFERER),
+            user_agent: agent_field(http::header::USER_AGENT),
+            log,
+            metrics,
+        }
+    }
+
+    /// Where the response body came from: the tier for hits, the origin otherwise.
+    pub fn tier(&self) -> Tier {
+        if self.status.outcome().is_hit() {
+            self.hit_tier
+        } else {
+            Tier::Origin
+        }
+    }
+
+    /// `http://host/target`, for the status page and error lists.
+    pub fn url(&self) -> String {
+        format!("http://{}{}", self.host, self.target)
+    }
+
+    /// Records the finished exchange in the metrics and emits the access-log line (target
+    /// `outpost::access`).
+    pub fn finish(&self, bytes: u64, complete: bool) {
+        let outcome = self.status.outcome();
+        let labels = RequestLabels {
+            cache: outcome.as_str(),
+            method: metrics::method_label(&self.method),
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+        let tier = self.tier();
+        self.metrics
+            .board
+            .record(outcome, tier, self.key, || self.url(), bytes);
+        self.metrics
+            .response_bytes
+            .get_or_create(&SourceLabels {
+                source: tier.as_str(),
+            })
+            .inc_by(bytes);
+        let Some(log) = &self.log else { return };
+        let version = match self.version {
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        };
+        log.write(&access_log::Line {
+            at: SystemTime::now(),
+            client: self.client,
+            method: self.method.as_str(),
+            host: &self.host,
+            target: &self.target,
+            version,
+            status: self.response_status,
+            bytes,
+            duration: self.started.elapsed(),
+            upstream: self.upstream_duration,
+            cache: outcome.as_str(),
+            tier: tier.as_str(),
+            site: &self.site,
+            key: self.key.map(|key| key.to_hex()),
+            variant: self.variant.map(|variant| short_hex(&variant.0)),
+            ttl: self.status.ttl,
+            collapsed: self.status.collapsed,
+            error: self.error,
+            complete,
+            referer: self.referer.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+        });
+    }
+
+    /// The path view (`Outpost-Path`): which site and origin, the cache key digest and
+    /// variant, the tier that answered, freshness left and age, and whether the request
+    /// was collapsed into another's fetch. The access log carries the same fields.
+    pub fn path_view(&self, age: Option<&str>) -> String {
+        let mut view = format!(
+            "site={}; origin={}; cache={}; tier={}",
+            crate::error::sf_string(&self.site),
+            crate::error::sf_string(&self.origin),
+            self.status.outcome().as_str(),
+            self.tier().as_str(),
+        );
+        if let Some(key) = &self.key {
+            let _ = write!(view, "; key=\"{}\"", short_hex(&key.0));
+        }
+        if let Some(variant) = &self.variant {
+            let _ = write!(view, "; variant=\"{}\"", short_hex(&variant.0));
+        }
+        if let Some(ttl) = self.status.ttl {
+            let _ = write!(view, "; ttl={ttl}");
+        }
+        if let Some(age) = age {
+            let _ = write!(view, "; age={age}");
+        }
+        if self.status.collapsed {
+            view.push_str("; collapsed");
+        }
+        view
+    }
+}
+
+/// The first eight bytes of a digest, in hex.
+fn short_hex(bytes: &[u8; 32]) -> String {
+    bytes[..8]
+        .iter()
+        .fold(String::with_capacity(16), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}

@@ -1,0 +1,111 @@
+//! The delivery phase: every earlier phase ends in a [`Delivery`] (what is to be sent), and
+//! [`deliver`] alone turns it into the client's response, applying, exactly once:
+//! the client's own conditionals (RFC 9111 §4.3.2), Range (RFC 9110 §14), the
+//! representation it accepts (encoding, RFC 9110 §12.5.3), `Age` (RFC 9111 §5.1) and our
+//! `Via` (RFC 9110 §7.6.3). `Cache-Status` is added by `handle`, which also covers errors.
+
+use std::sync::Arc;
+
+use http::Response;
+
+use super::{encode, forwarding, range, respond, Proxy, RequestCtx};
+use crate::body::Body;
+use crate::cache::entry::{EntryMeta, StoredResponse};
+use crate::cache::fill::{Fill, FillReader, FillStatus};
+use crate::cache::memory::VariantSet;
+use crate::error::ProxyError;
+
+/// What a phase found to send.
+pub enum Delivery {
+    /// A stored response: a hit, a revalidated or stale-on-error entry, or one a fill just
+    /// stored. `set` holds its stored encodings when the lookup found them.
+    Stored {
+        entry: Arc<StoredResponse>,
+        set: Option<Arc<VariantSet>>,
+    },
+    /// A fill's body as it arrives from the origin.
+    Streaming {
+        meta: Arc<EntryMeta>,
+        reader: FillReader,
+        fill: Arc<Fill>,
+    },
+    /// An origin response the cache did not store (uncacheable), hop-by-hop fields removed.
+    Relayed(Response<Body>),
+    /// A response forwarded without the cache (bypass), hop-by-hop fields removed: sent as
+    /// the origin made it.
+    Forwarded(Response<Body>),
+    /// A response outpost made (offline or only-if-cached 504, purge summary).
+    Synthetic(Response<Body>),
+}
+
+/// Turns `delivery` into the response for the request `parts`.
+///
+/// # Errors
+/// A Range request waiting for a fill to store its object fails as the fill does.
+pub async fn deliver(
+    proxy: &Arc<Proxy>,
+    ctx: &RequestCtx,
+    parts: &http::request::Parts,
+    delivery: Delivery,
+) -> Result<Response<Body>, ProxyError> {
+    let now = ctx.now;
+    match delivery {
+        Delivery::Stored { entry, set } => {
+            Ok(stored(proxy, &entry, set.as_deref(), parts, ctx).await)
+        }
+        Delivery::Streaming { meta, reader, fill } => {
+            if range::requested(parts, &meta.headers).is_some() && will_be_stored(proxy, &meta) {
+                // RFC 9110 §14: a Range miss on an object that will be stored waits for it
+                // and is served from the entry (the whole object was fetched once).
+                drop(reader);
+                return match fill.wait_settled().await {
+                    FillStatus::Complete { entry, .. } => {
+                        Ok(stored(proxy, &entry, None, parts, ctx).await)
+                    }
+                    FillStatus::Failed(err) => Err(err),
+                    _ => Err(ProxyError::Internal("fill settled without an entry".into())),
+                };
+            }
+            let response = respond::from_meta(proxy, &meta, Body::boxed(reader), parts, now);
+            Ok(encode::for_client(proxy, response, parts))
+        }
+        Delivery::Relayed(mut response) => {
+            let version = response.version();
+            forwarding::append_via(response.headers_mut(), version, &proxy.proxy_name);
+            Ok(encode::for_client(proxy, response, parts))
+        }
+        Delivery::Forwarded(mut response) => {
+            let version = response.version();
+            forwarding::append_via(response.headers_mut(), version, &proxy.proxy_name);
+            Ok(response)
+        }
+        Delivery::Synthetic(response) => Ok(response),
+    }
+}
+
+/// A stored entry as this request should get it: the range it asks for, or the
+/// representation it accepts (a stored encoding when there is one).
+async fn stored(
+    proxy: &Arc<Proxy>,
+    entry: &Arc<StoredResponse>,
+    set: Option<&VariantSet>,
+    parts: &http::request::Parts,
+    ctx: &RequestCtx,
+) -> Response<Body> {
+    if let Some(range) = range::requested(parts, &entry.meta.headers) {
+        return respond::ranged_from_entry(proxy, entry, parts, ctx.now, &range);
+    }
+    match set {
+        Some(set) => encode::serve_stored(proxy, set, entry, parts, ctx.now).await,
+        None => encode::for_client(
+            proxy,
+            respond::from_entry(proxy, entry, parts, ctx.now),
+            parts,
+        ),
+    }
+}
+
+/// Whether a streaming fill's object fits the cache (so a Range request may wait for it).
+fn will_be_stored(proxy: &Proxy, meta: &EntryMeta) -> bool {
+    super::declared_length(&meta.headers).is_some_and(|len| len <= proxy.cache.storable_size())
+}

@@ -1,0 +1,146 @@
+//! The request filter and the request the origin receives: refusing what cannot be
+//! forwarded safely ([`check_request`]), then building the origin's request from the
+//! client's head ([`upstream_request`]): hop-by-hop stripping, forwarding headers inside
+//! the trust boundary, `Via`, the Host the origin sees, and the origin's URI.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Uri, Version};
+
+use super::forwarding::{self, Downstream};
+use super::route::{HostHeader, Site};
+use super::Proxy;
+use crate::body::Body;
+use crate::error::ProxyError;
+
+/// Request filter: refuses what cannot be forwarded safely.
+///
+/// # Errors
+/// [`ProxyError::BadRequest`] for ambiguous framing (RFC 9112 §6.3: Content-Length together
+/// with Transfer-Encoding, or disagreeing Content-Length values: a request smuggling vector),
+/// CONNECT (we are not a forward proxy) and targets that are not origin- or absolute-form.
+pub fn check_request(request: &http::request::Parts) -> Result<(), ProxyError> {
+    let headers = &request.headers;
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    let mut lengths = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(|part| part.trim_ascii());
+    if let Some(first) = lengths.next() {
+        if first.is_empty()
+            || !first.iter().all(u8::is_ascii_digit)
+            || lengths.any(|other| other != first)
+        {
+            return Err(ProxyError::BadRequest(
+                "invalid or conflicting Content-Length",
+            ));
+        }
+    }
+    if request.method == Method::CONNECT {
+        return Err(ProxyError::BadRequest(
+            "CONNECT is not supported by a reverse proxy",
+        ));
+    }
+    if !request.uri.path().starts_with('/') {
+        return Err(ProxyError::BadRequest(
+            "request target must be origin-form or absolute-form",
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the request the origin receives from the client's request head; returns it with
+/// the client's address as far as the trust boundary lets us know it.
+pub(super) fn upstream_request(
+    proxy: &Proxy,
+    site: &Site,
+    mut parts: http::request::Parts,
+    body: Body,
+    downstream: Downstream<'_>,
+) -> Result<(Request<Body>, IpAddr), ProxyError> {
+    let headers = &mut parts.headers;
+    forwarding::strip_hop_by_hop(headers);
+    // We answer `Expect: 100-continue` ourselves (hyper does, when the body is first read);
+    // the upstream client streams the body without waiting for the origin's 100.
+    headers.remove(header::EXPECT);
+    join_cookie_fields(headers);
+    let client = proxy.forwarding.apply(headers, downstream);
+    forwarding::append_via(headers, parts.version, &proxy.proxy_name);
+    match &site.host_header {
+        HostHeader::Preserve => {
+            if let Some(host) = downstream.host.and_then(|h| HeaderValue::from_str(h).ok()) {
+                headers.insert(header::HOST, host);
+            }
+        }
+        HostHeader::Fixed(value) => {
+            headers.insert(header::HOST, value.clone());
+        }
+    }
+
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let origin = &site.origin;
+    let uri = format!(
+        "{}://{}{}{}",
+        origin.url().scheme(),
+        origin.authority(),
+        origin.base_path(),
+        path_and_query
+    );
+    parts.uri = uri
+        .parse::<Uri>()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    parts.version = Version::HTTP_11;
+    Ok((Request::from_parts(parts, body), client))
+}
+
+/// HTTP/2 clients may split `Cookie` into several fields (RFC 9113 §8.2.3); an HTTP/1.1
+/// origin expects one, joined with "; ".
+fn join_cookie_fields(headers: &mut http::HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|value| value.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 9112 §6.3: CL with TE, or disagreeing CLs, is refused.
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let both = Request::post("/")
+            .header(header::CONTENT_LENGTH, "3")
+            .header(header::TRANSFER_ENCODING, "chunked")
+            .body(())
+            .unwrap();
+        assert!(check_request(&both.into_parts().0).is_err());
+        let conflicting = Request::post("/")
+            .header(header::CONTENT_LENGTH, "3")
+            .header(header::CONTENT_LENGTH, "4")
+            .body(())
+            .unwrap();
+        assert!(check_request(&conflicting.into_parts().0).is_err());
+        let repeated_same = Request::post("/")
+            .header(header::CONTENT_LENGTH, "3, 3")
+            .body(())
+            .unwrap();
+        assert!(check_request(&repeated_same.into_parts().0).is_ok());
+    }
+}

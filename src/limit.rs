@@ -53,6 +53,8 @@ pub struct Limiter {
     total: Arc<Semaphore>,
     peers: Mutex<HashMap<String, Arc<Semaphore>>>,
     waiting: AtomicUsize,
+    /// The most holders there have been at once.
+    high_water: AtomicUsize,
 }
 
 /// Leaves the queue count when the wait ends, however it ends.
@@ -71,6 +73,7 @@ impl Limiter {
             total: Arc::new(Semaphore::new(bounds.total.max(1))),
             peers: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
+            high_water: AtomicUsize::new(0),
         }
     }
 
@@ -88,6 +91,7 @@ impl Limiter {
             Arc::clone(&self.total).try_acquire_owned(),
             Arc::clone(&per_peer).try_acquire_owned(),
         ) {
+            self.note_in_use();
             return Ok(Admission {
                 _total: total,
                 _peer: peer,
@@ -106,10 +110,13 @@ impl Limiter {
             (total, peer)
         };
         match tokio::time::timeout(self.bounds.wait, acquire).await {
-            Ok((Ok(total), Ok(peer))) => Ok(Admission {
-                _total: total,
-                _peer: peer,
-            }),
+            Ok((Ok(total), Ok(peer))) => {
+                self.note_in_use();
+                Ok(Admission {
+                    _total: total,
+                    _peer: peer,
+                })
+            }
             // The semaphores are never closed; treat it as a timeout all the same.
             Ok(_) | Err(_) => Err(Refused::TimedOut),
         }
@@ -118,6 +125,15 @@ impl Limiter {
     /// Holders now, in all.
     pub fn in_use(&self) -> usize {
         self.bounds.total.max(1) - self.total.available_permits()
+    }
+
+    /// The most holders there have been at once since start.
+    pub fn high_water(&self) -> usize {
+        self.high_water.load(Ordering::Relaxed)
+    }
+
+    fn note_in_use(&self) {
+        self.high_water.fetch_max(self.in_use(), Ordering::Relaxed);
     }
 
     fn peer(&self, peer: &str) -> Arc<Semaphore> {

@@ -201,6 +201,11 @@ impl Cache {
         self.fill_slots.admit(origin).await
     }
 
+    /// Fills holding a slot now, and the most there have been at once.
+    pub fn fills_in_use(&self) -> (usize, usize) {
+        (self.fill_slots.in_use(), self.fill_slots.high_water())
+    }
+
     /// How long a follower waits for a fill's head before fetching alone.
     pub fn coalesce_wait(&self) -> Duration {
         self.coalesce_wait

@@ -457,7 +457,12 @@ impl FillTask {
             .begin_fill(&self.fill, meta, FillTarget::Origin)
             .await;
         loop {
-            let frame = match tokio::time::timeout(proxy.body_read_timeout, body.frame()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout(proxy.body_read_timeout, body.frame()) => next,
+                // Every client left a large or long fill: stop the download.
+                () = writer.unread_too_long() => return writer.abandon_unread().await,
+            };
+            let frame = match next {
                 Ok(None) => break,
                 Ok(Some(Ok(frame))) => frame,
                 Ok(Some(Err(source))) => {

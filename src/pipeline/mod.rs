@@ -155,6 +155,10 @@ impl Proxy {
         &self.cache
     }
 
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
     pub fn compression(&self) -> &Compression {
         &self.compression
     }

@@ -108,6 +108,11 @@ impl Upstream {
         })
     }
 
+    /// Exchanges with origins in flight now, and the most there have been at once.
+    pub fn connections_in_use(&self) -> (usize, usize) {
+        (self.connections.in_use(), self.connections.high_water())
+    }
+
     /// Sends `request` (its URI absolute, pointing at the origin) and waits for the response
     /// head. The response body is returned unread, to be streamed; it holds one of the
     /// origin's connection slots until it is dropped.

@@ -46,6 +46,58 @@ type Handler = Arc<
     dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
 >;
 
+/// Counts origin response bodies open at once, and the most ever open together.
+#[derive(Clone, Default)]
+pub struct OpenBodies(
+    Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
+);
+
+/// One open body; closes it when dropped.
+pub struct OpenBody(OpenBodies);
+
+impl OpenBodies {
+    pub fn now(&self) -> usize {
+        self.0 .0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn peak(&self) -> usize {
+        self.0 .1.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn opened(&self) -> OpenBody {
+        let now = self.0 .0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.0
+             .1
+            .fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        OpenBody(self.clone())
+    }
+}
+
+impl Drop for OpenBody {
+    fn drop(&mut self) {
+        self.0
+             .0
+             .0
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Waits until `condition` holds, looking again every millisecond; fails the test after
+/// [`PATIENCE`]. For states a test observes but cannot be notified of.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// A sticky gate: requests wait at it until it is opened; it stays open until closed.
 #[derive(Clone)]
 pub struct Gate(Arc<watch::Sender<bool>>);
@@ -124,6 +176,13 @@ pub enum Fixture {
         first: Bytes,
         declared: usize,
         gate: Gate,
+    },
+    /// 200 declaring `declared` bytes of Content-Length: sends `first`, then nothing more
+    /// until outpost lets go of the body; `open` counts such bodies open at once.
+    Held {
+        first: Bytes,
+        declared: usize,
+        open: OpenBodies,
     },
     /// The n-th request gets the n-th fixture; the last one repeats.
     Sequence(Arc<Vec<Fixture>>, Arc<std::sync::atomic::AtomicUsize>),
@@ -230,6 +289,28 @@ impl Fixture {
                 Response::new(Body::full(body.clone()))
             }
             Fixture::Stall => std::future::pending().await,
+            Fixture::Held {
+                first,
+                declared,
+                open,
+            } => {
+                let state = (Some(first.clone()), open.opened());
+                let stream = futures_util::stream::unfold(state, |(first, guard)| async move {
+                    match first {
+                        Some(chunk) => Some((
+                            Ok::<_, Infallible>(http_body::Frame::data(chunk)),
+                            (None, guard),
+                        )),
+                        // Holds the guard until outpost drops the body.
+                        None => std::future::pending().await,
+                    }
+                });
+                Response::builder()
+                    .header("content-length", *declared)
+                    .header("cache-control", "max-age=600")
+                    .body(Body::boxed(http_body_util::StreamBody::new(stream)))
+                    .unwrap()
+            }
             Fixture::Stream { size, dropped } => stream_response(*size, Arc::clone(dropped)),
             Fixture::FailsAfter {
                 headers,

@@ -13,6 +13,7 @@
 //! readers waiting until the fill itself is dropped; callers always end it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header;
@@ -70,6 +71,8 @@ pub struct FillWriter<'c> {
     target: FillTarget,
     memory_limit: u64,
     disk_limit: u64,
+    /// Content-Length, when the origin sent one.
+    declared: Option<u64>,
     total: u64,
     is_retained: bool,
     spill: Option<BlobWriter>,
@@ -101,6 +104,7 @@ impl Cache {
             target,
             memory_limit,
             disk_limit,
+            declared,
             total: 0,
             is_retained: true,
             spill: None,
@@ -333,20 +337,59 @@ impl FillWriter<'_> {
         self.drop_spill().await;
     }
 
+    /// When this fill is to be abandoned for having no reader: at once for a body that has
+    /// passed (or declares more than) `unread_limit`, else `unread_timeout` after the last
+    /// reader left; `None` while someone reads (or for a background fill).
+    fn unread_deadline(&self) -> Option<Instant> {
+        let (readers, unread_since) = self.fill.readership();
+        let since = unread_since.filter(|_| readers == 0)?;
+        let bounds = &self.cache.fill_bounds;
+        let size = self.declared.unwrap_or(0).max(self.total);
+        if size > bounds.unread_limit {
+            return Some(since);
+        }
+        Some(since + bounds.unread_timeout)
+    }
+
+    /// Resolves when nobody has read this fill for longer than the bounds allow (see
+    /// [`super::FillBounds`]); a caller waiting on a stalled origin selects on it, then
+    /// calls [`FillWriter::abandon_unread`]. Pending while someone reads.
+    ///
+    /// # Cancellation
+    /// Safe to drop at any point: it only watches.
+    pub async fn unread_too_long(&self) {
+        loop {
+            // Registered before the check, so a reader leaving in between is not missed.
+            let changed = self.fill.space.notified();
+            match self.unread_deadline() {
+                Some(deadline) if deadline <= Instant::now() => return,
+                Some(deadline) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline.into()) => {}
+                        () = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+
+    /// Ends a fill [`FillWriter::unread_too_long`] gave up on: its download stops.
+    pub async fn abandon_unread(mut self) {
+        self.abandon("nobody is reading").await;
+    }
+
     /// Abandons a fill nobody has read for longer than the bounds allow: a client that
     /// hung up after the head must not keep a large download (and its origin connection)
     /// going. Small storable bodies finish.
     async fn check_unread(&mut self) -> Result<(), WriteError> {
-        let (readers, unread_since) = self.fill.readership();
-        let Some(since) = unread_since.filter(|_| readers == 0) else {
-            return Ok(());
-        };
-        let bounds = &self.cache.fill_bounds;
-        if self.total <= bounds.unread_limit && since.elapsed() <= bounds.unread_timeout {
-            return Ok(());
+        match self.unread_deadline() {
+            Some(deadline) if deadline <= Instant::now() => {
+                self.abandon("nobody is reading").await;
+                Err(WriteError::Unread)
+            }
+            _ => Ok(()),
         }
-        self.abandon("nobody is reading").await;
-        Err(WriteError::Unread)
     }
 
     async fn abandon(&mut self, why: &'static str) {

@@ -1,0 +1,227 @@
+//! Bounded fills: what one origin fetch, and many of them, may cost. Caps on fills and
+//! origin connections (a bounded queue, then 503 with RFC 9209 `connection_limit_reached`),
+//! fills nobody reads are abandoned, the origin body stalling between chunks ends at the
+//! body-read timeout, and a burst for an object only on disk reads it once.
+
+mod support;
+
+use bytes::Bytes;
+use http::StatusCode;
+use support::{eventually, get, Fixture, Gate, OpenBodies, Origin, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends a GET for `path` on a raw connection, reads until the response head is complete
+/// (or the connection ends), then hangs up; returns the status line.
+async fn head_then_hang_up(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    text.lines().next().unwrap_or("").to_string()
+}
+
+/// The attack of issue 11: cache-busting requests for a large, slow object, each closed
+/// once the head arrives. Origin connections stay at the cap, every abandoned download is
+/// stopped, and fills hold no memory afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_cache_busting_requests_stay_within_the_fill_cap() {
+    let open = OpenBodies::default();
+    let origin = Origin::start(vec![(
+        "/big",
+        Fixture::Held {
+            first: Bytes::from(vec![b'x'; 64 << 10]),
+            declared: 64 << 20,
+            open: open.clone(),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        // Storable in memory (the costliest case), four fills and four origin connections.
+        "[cache]\nmax_object_size = \"100MiB\"\nmax_fills_per_origin = 4\nfill_queue = 100\n\
+         unread_fill_limit = \"1MiB\"\n[upstream]\nmax_connections_per_origin = 4\n",
+    )
+    .await;
+    let clients: Vec<_> = (0..40)
+        .map(|n| {
+            let addr = proxy.addr;
+            tokio::spawn(async move { head_then_hang_up(addr, &format!("/big?bust={n}")).await })
+        })
+        .collect();
+    for client in clients {
+        let status = client.await.unwrap();
+        assert!(status.contains(" 200 "), "{status}");
+    }
+    let outpost = proxy.outpost.proxy();
+    let (_, most_at_once) = outpost.upstream().connections_in_use();
+    assert!(outpost.cache().fills_in_use().1 <= 4);
+    assert!(
+        most_at_once <= 4,
+        "{most_at_once} origin exchanges were open at once; the cap is 4"
+    );
+    assert_eq!(origin.hits("/big"), 40);
+    eventually("every abandoned download to stop", || {
+        open.now() == 0 && outpost.upstream().connections_in_use().0 == 0
+    })
+    .await;
+    // The origin may see a closed connection a moment after outpost let it go, never
+    // anywhere near one per request.
+    assert!(
+        open.peak() < 10,
+        "{} bodies open at the origin",
+        open.peak()
+    );
+    eventually("fills to release their memory", || {
+        outpost.metrics().fill_bytes.get() == 0
+    })
+    .await;
+}
+
+/// With every fill slot taken and no queue, another miss gets 503 at once with
+/// `Proxy-Status: ...; error=connection_limit_reached` (RFC 9209 §2.3.12), not a wait.
+#[tokio::test]
+async fn a_full_fill_cap_answers_503_with_proxy_status() {
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/slow",
+        Fixture::GatedWith {
+            gate: gate.clone(),
+            headers: support::header_list(&[("cache-control", "max-age=60")]),
+            body: Bytes::from_static(b"eventually"),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "[cache]\nmax_fills = 1\nfill_queue = 0\n").await;
+    let first = {
+        let url = proxy.url("/slow?n=1");
+        tokio::spawn(async move { get(&url, &[]).await })
+    };
+    eventually("the first fill to reach the origin", || {
+        origin.hits("/slow") == 1
+    })
+    .await;
+    let refused = get(&proxy.url("/slow?n=2"), &[]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    let proxy_status = refused.header("proxy-status").unwrap();
+    assert!(
+        proxy_status.contains("error=connection_limit_reached"),
+        "{proxy_status}"
+    );
+    gate.open();
+    assert_eq!(first.await.unwrap().text(), "eventually");
+    assert_eq!(
+        get(&proxy.url("/slow?n=2"), &[]).await.text(),
+        "eventually",
+        "a slot is free again"
+    );
+}
+
+/// RFC 9112 §6.3 / issue 11: an origin that sends its head and part of the body, then
+/// stalls, ends at `upstream.body_read_timeout`: the client's response is aborted (never a
+/// clean end of a truncated body) and nothing is stored.
+#[tokio::test]
+async fn an_origin_stalling_after_its_head_ends_at_the_body_read_timeout() {
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/stalls",
+        Fixture::Halves {
+            headers: support::header_list(&[("cache-control", "max-age=60")]),
+            first: Bytes::from_static(b"first half, "),
+            gate: gate.clone(),
+            rest: Bytes::from_static(b"second half"),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "[upstream]\nbody_read_timeout = \"200ms\"\n").await;
+    let request = http::Request::get(proxy.url("/stalls"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let response = support::client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await;
+    assert!(body.is_err(), "a truncated body must not end cleanly");
+    gate.open();
+    let again = get(&proxy.url("/stalls"), &[]).await;
+    assert_eq!(again.text(), "first half, second half");
+    assert_eq!(
+        origin.hits("/stalls"),
+        2,
+        "the stalled response was not stored"
+    );
+}
+
+/// A burst of 100 requests for an object that is only on disk (after a restart) reads it
+/// from disk once; the other requests wait for that promotion and hit memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_for_a_disk_only_object_makes_one_disk_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "stored before the restart ".repeat(100);
+    let origin = Origin::start(vec![(
+        "/on-disk",
+        Fixture::with_headers(200, &[("cache-control", "max-age=3600")], &body),
+    )])
+    .await;
+    let toml = format!("[cache]\ndir = \"{}\"\n", dir.path().display());
+    let mut first = Proxy::start(&origin.url(), &toml).await;
+    assert_eq!(
+        get(&first.url("/on-disk"), &[("host", "a")]).await.text(),
+        body
+    );
+    first.shutdown().await.unwrap().unwrap();
+    drop(first);
+
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    let burst: Vec<_> = (0..100)
+        .map(|_| {
+            let url = proxy.url("/on-disk");
+            tokio::spawn(async move { get(&url, &[("host", "a")]).await })
+        })
+        .collect();
+    for reply in burst {
+        assert_eq!(reply.await.unwrap().text(), body);
+    }
+    assert_eq!(origin.hits("/on-disk"), 1, "every request was a hit");
+    assert_eq!(proxy.outpost.proxy().metrics().disk_loads.get(), 1);
+}
+
+/// A small storable object still finishes and is stored when its only client hangs up
+/// (the unread limit spares it), so the next request is a hit.
+#[tokio::test]
+async fn a_small_fill_whose_client_left_is_still_stored() {
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/small",
+        Fixture::Halves {
+            headers: support::header_list(&[("cache-control", "max-age=60")]),
+            first: Bytes::from_static(b"small "),
+            gate: gate.clone(),
+            rest: Bytes::from_static(b"object"),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let status = head_then_hang_up(proxy.addr, "/small").await;
+    assert!(status.contains(" 200 "), "{status}");
+    gate.open();
+    let proxy_ref = proxy.outpost.proxy();
+    eventually("the fill to be stored", || {
+        proxy_ref.cache().coalescer().in_flight() == 0
+    })
+    .await;
+    let reply = get(&proxy.url("/small"), &[("host", "a")]).await;
+    assert_eq!(reply.text(), "small object");
+    assert_eq!(
+        origin.hits("/small"),
+        1,
+        "{:?}",
+        reply.header("cache-status")
+    );
+}

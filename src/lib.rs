@@ -19,9 +19,9 @@
 //!   coalescing, per-path rules.
 //! - [`admin`]: health, metrics, purge, offline switch, reload and the status page on the
 //!   admin listener.
-//! - [`replay`]: trace replay through the tiers' policies (`outpost replay`).
-//! - [`load`]: the HTTP load generator (`outpost load`).
-//! - [`sample_origin`]: the slow demo origin behind `outpost origin` and `outpost demo`.
+//! - [`telemetry`]: outcome types, metrics and the status board.
+//! - [`limit`]: bounded admission (fills, origin connections).
+//! - [`tools`]: trace replay, the load generator and the sample origin, built on the proxy.
 //!
 //! # Running in-process
 //! [`Outpost::serve`] takes an already-bound listener and a shutdown future, so tests and
@@ -33,12 +33,10 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod limit;
-pub mod load;
 pub mod pipeline;
-pub mod replay;
-pub mod sample_origin;
 pub mod server;
 pub mod telemetry;
+pub mod tools;
 pub mod transform;
 pub mod upstream;
 

@@ -14,7 +14,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -137,10 +139,7 @@ impl Limiter {
     }
 
     fn peer(&self, peer: &str) -> Arc<Semaphore> {
-        let mut peers = self
-            .peers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut peers = self.peers.lock();
         if let Some(semaphore) = peers.get(peer) {
             return Arc::clone(semaphore);
         }

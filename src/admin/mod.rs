@@ -172,12 +172,7 @@ fn is_authorised(token: Option<&str>, request: &Request<Incoming>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    presented.len() == token.len()
-        && presented
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-            == 0
+    subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.as_bytes()).into()
 }
 
 /// `POST /offline?enabled=true|false`: the offline-mode switch (serve only what is stored).

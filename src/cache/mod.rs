@@ -24,7 +24,9 @@ pub mod rules;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
@@ -269,7 +271,7 @@ impl Cache {
             return Some((set, Tier::Memory));
         }
         let disk = self.live_disk()?;
-        let gate = Arc::clone(lock(&self.promotions).entry(*key).or_default());
+        let gate = Arc::clone(self.promotions.lock().entry(*key).or_default());
         let promoted = {
             let _promoting = gate.lock().await;
             match self.memory.get(key).await {
@@ -278,7 +280,7 @@ impl Cache {
                 None => self.promote(disk, key, request).await,
             }
         };
-        let mut promotions = lock(&self.promotions);
+        let mut promotions = self.promotions.lock();
         if promotions
             .get(key)
             .is_some_and(|current| Arc::ptr_eq(current, &gate) && Arc::strong_count(&gate) == 2)
@@ -428,13 +430,6 @@ fn fill_slot_bounds(config: &CacheConfig) -> Bounds {
         queue: config.fill_queue,
         wait: config.fill_queue_timeout.get(),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock leaves plain data behind: keep serving.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What memory lets go was in use until now: it moves to the recent end of the disk tier's

@@ -119,6 +119,8 @@ async fn encode_and_store(
     fill_key: FillKey,
 ) {
     let cache = &proxy.cache;
+    // However the encoding ends, later requests start afresh.
+    let _leave = scopeguard::guard((), |()| cache.coalescer().leave(&fill_key, &fill));
     let (variant, source_digest) = (
         source.meta.variant.derived(coding.as_str()),
         source.meta.body_digest,
@@ -149,7 +151,6 @@ async fn encode_and_store(
                     continue;
                 };
                 if writer.write(data).await.is_err() {
-                    cache.coalescer().leave(&fill_key, &fill);
                     return;
                 }
             }
@@ -158,7 +159,6 @@ async fn encode_and_store(
                 writer
                     .fail(crate::error::ProxyError::Internal("encoding failed".into()))
                     .await;
-                cache.coalescer().leave(&fill_key, &fill);
                 return;
             }
         }
@@ -168,7 +168,6 @@ async fn encode_and_store(
             .remember_uncacheable(fill_key.key.for_variant(fill_key.variant_hint))
             .await;
     }
-    cache.coalescer().leave(&fill_key, &fill);
 }
 
 /// A response on its way from the origin (or a stored one that is not compressible), in the

@@ -3,9 +3,9 @@
 //! the last origin errors. Prometheus series are `metrics`' business; this keeps the few
 //! figures a person (or a script) wants at a glance, cheaply enough for the hit path.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 use serde_json::{json, Value};
@@ -61,12 +61,6 @@ impl Default for StatusBoard {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl StatusBoard {
     /// A finished request: its Cache-Status label, the tier that answered (`memory`,
     /// `disk`, `origin`), key (if it had one), bytes sent.
@@ -88,7 +82,7 @@ impl StatusBoard {
             self.bytes_origin.fetch_add(bytes, Relaxed);
         }
         let Some(key) = key else { return };
-        let mut top = lock(&self.top);
+        let mut top = self.top.lock();
         if top.len() >= TOP_CAPACITY && !top.contains_key(&key) {
             forget_less_busy_half(&mut top);
         }
@@ -109,7 +103,7 @@ impl StatusBoard {
         error: &'static str,
         detail: String,
     ) {
-        let mut errors = lock(&self.errors);
+        let mut errors = self.errors.lock();
         if errors.len() == RECENT_ERRORS {
             errors.pop_front();
         }
@@ -157,7 +151,9 @@ impl StatusBoard {
             }
         };
         let (by_hits, by_bytes) = self.top_lists(10);
-        let errors: Vec<Value> = lock(&self.errors)
+        let errors: Vec<Value> = self
+            .errors
+            .lock()
             .iter()
             .rev()
             .map(|e| {
@@ -184,7 +180,7 @@ impl StatusBoard {
     /// since start-up).
     fn rate(&self, requests: u64) -> f64 {
         let now = Instant::now();
-        let mut last = lock(&self.last_sample);
+        let mut last = self.last_sample.lock();
         let (since, before) = last.unwrap_or((self.started, 0));
         let seconds = now.duration_since(since).as_secs_f64();
         if seconds >= 1.0 || last.is_none() {
@@ -197,7 +193,7 @@ impl StatusBoard {
     }
 
     fn top_lists(&self, count: usize) -> (Vec<Value>, Vec<Value>) {
-        let mut stats: Vec<KeyStat> = lock(&self.top).values().cloned().collect();
+        let mut stats: Vec<KeyStat> = self.top.lock().values().cloned().collect();
         let render = |s: &KeyStat| json!({"url": s.url, "hits": s.hits, "bytes": s.bytes});
         stats.sort_by(|a, b| b.hits.cmp(&a.hits).then(b.bytes.cmp(&a.bytes)));
         let by_hits = stats

@@ -37,7 +37,9 @@ pub mod writer;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -161,7 +163,7 @@ impl Coalescer {
 
     /// Joins the fill for `key`, creating it (as leader) if there is none.
     pub fn join(&self, key: FillKey) -> (Role, Arc<Fill>, FillReader) {
-        let mut fills = lock(&self.fills);
+        let mut fills = self.fills.lock();
         if let Some(fill) = fills.get(&key) {
             if let Some(reader) = fill.reader() {
                 return (Role::Follower, Arc::clone(fill), reader);
@@ -190,7 +192,7 @@ impl Coalescer {
     /// Unregisters `fill` (if it is still the one registered for `key`): later requests
     /// start afresh, from the cache or a new fetch.
     pub fn leave(&self, key: &FillKey, fill: &Arc<Fill>) {
-        let mut fills = lock(&self.fills);
+        let mut fills = self.fills.lock();
         if fills
             .get(key)
             .is_some_and(|current| Arc::ptr_eq(current, fill))
@@ -201,7 +203,7 @@ impl Coalescer {
 
     /// Fills registered now.
     pub fn in_flight(&self) -> usize {
-        lock(&self.fills).len()
+        self.fills.lock().len()
     }
 }
 
@@ -256,13 +258,6 @@ struct ReaderSlot {
     detached_at: Option<u64>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves plain data behind: keep serving.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Fill {
     fn new(held_bytes: Gauge) -> Arc<Fill> {
         let (status, _) = watch::channel(FillStatus::Pending);
@@ -292,7 +287,7 @@ impl Fill {
     /// A new reader positioned at the first byte, unless the fill has started discarding
     /// what was read.
     fn reader(self: &Arc<Self>) -> Option<FillReader> {
-        let mut body = lock(&self.body);
+        let mut body = self.body.lock();
         if !body.accepts_readers {
             return None;
         }
@@ -364,7 +359,7 @@ impl Fill {
 
     /// Appends a chunk of body and wakes the readers.
     fn push(&self, chunk: Bytes) {
-        let mut body = lock(&self.body);
+        let mut body = self.body.lock();
         self.held_bytes.inc_by(chunk.len() as i64);
         body.retained_bytes += chunk.len();
         body.chunks.push_back(chunk);
@@ -375,7 +370,7 @@ impl Fill {
     /// Stops keeping the whole body (it will not be stored) and closes the fill to new
     /// readers; what every reader has read is released.
     fn stop_retaining(&self) {
-        let mut body = lock(&self.body);
+        let mut body = self.body.lock();
         body.retain_all = false;
         body.accepts_readers = false;
         self.trim(&mut body);
@@ -387,14 +382,14 @@ impl Fill {
         if let Some(chunk) = last {
             self.push(chunk);
         }
-        let mut body = lock(&self.body);
+        let mut body = self.body.lock();
         body.end = BodyEnd::Complete;
         wake_all(&mut body);
     }
 
     /// Ends the body as failed: readers get an error, never a clean end of a truncated body.
     fn fail(&self) {
-        let mut body = lock(&self.body);
+        let mut body = self.body.lock();
         body.end = BodyEnd::Failed;
         body.accepts_readers = false;
         wake_all(&mut body);
@@ -403,13 +398,13 @@ impl Fill {
     /// Marks a fill that runs for the cache alone (RFC 5861 §3 background validation), so
     /// it is not abandoned for having no reader.
     pub fn set_background(&self) {
-        lock(&self.body).is_background = true;
+        self.body.lock().is_background = true;
     }
 
     /// Readers attached now, and since when there has been none (`None` for a background
     /// fill, which nobody is expected to read).
     fn readership(&self) -> (usize, Option<Instant>) {
-        let body = lock(&self.body);
+        let body = self.body.lock();
         let since = body.unread_since.filter(|_| !body.is_background);
         (body.reader_count, since)
     }
@@ -420,7 +415,7 @@ impl Fill {
         loop {
             let notified = self.space.notified();
             {
-                let body = lock(&self.body);
+                let body = self.body.lock();
                 if body.reader_count == 0 {
                     return false;
                 }
@@ -435,7 +430,7 @@ impl Fill {
     /// For a fill streaming to disk: readers more than `window` bytes behind continue from
     /// the file instead of holding the body in memory (and the fill back) for themselves.
     fn detach_slow_readers(&self, window: usize) {
-        let mut body = lock(&self.body);
+        let mut body = self.body.lock();
         if body.retain_all {
             return;
         }
@@ -464,7 +459,7 @@ impl Fill {
     /// single chunk is copied, because it is a slice of the connection's read buffer and
     /// keeping it would pin that whole allocation for as long as the entry lives.
     fn retained_body(&self, last: Option<&Bytes>) -> Bytes {
-        let body = lock(&self.body);
+        let body = self.body.lock();
         let mut joined = Vec::with_capacity(body.retained_bytes + last.map_or(0, Bytes::len));
         for chunk in body.chunks.iter().chain(last) {
             joined.extend_from_slice(chunk);
@@ -495,7 +490,7 @@ impl Fill {
 
 impl Drop for Fill {
     fn drop(&mut self) {
-        let body = lock(&self.body);
+        let body = self.body.lock();
         self.held_bytes.dec_by(body.retained_bytes as i64);
     }
 }
@@ -562,11 +557,11 @@ mod tests {
         assert!(fill.reader().is_none());
         fill.push(Bytes::from(vec![0u8; 100]));
         fill.push(Bytes::from(vec![0u8; 100]));
-        assert_eq!(lock(&fill.body).retained_bytes, 200);
+        assert_eq!(fill.body.lock().retained_bytes, 200);
         assert_eq!(coalescer.held_bytes(), 200);
         let frame = reader.frame().await.unwrap().unwrap();
         assert_eq!(frame.data_ref().unwrap().len(), 100);
-        assert_eq!(lock(&fill.body).retained_bytes, 100);
+        assert_eq!(fill.body.lock().retained_bytes, 100);
         assert_eq!(coalescer.held_bytes(), 100);
         assert!(fill.wait_for_readers(1000).await);
         drop(reader);
@@ -599,14 +594,14 @@ mod tests {
             }
         }
         assert_eq!(
-            lock(&fill.body).retained_bytes,
+            fill.body.lock().retained_bytes,
             50,
             "readers 0 and 5 read nothing"
         );
         readers.remove(5);
         readers.remove(0);
         assert_eq!(
-            lock(&fill.body).retained_bytes,
+            fill.body.lock().retained_bytes,
             40,
             "now the slowest read one chunk"
         );

@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
-use super::{lock, BodyEnd, Fill};
+use super::{BodyEnd, Fill};
 use crate::body::{Body, BoxError};
 
 /// A request's reader of a fill.
@@ -74,7 +74,9 @@ pub struct LiveReader {
 
 impl LiveReader {
     fn detached_at(&self) -> Option<u64> {
-        lock(&self.fill.body)
+        self.fill
+            .body
+            .lock()
             .readers
             .get(self.slot)
             .and_then(Option::as_ref)
@@ -91,7 +93,7 @@ impl http_body::Body for LiveReader {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let mut body = lock(&this.fill.body);
+        let mut body = this.fill.body.lock();
         let first_index = body.first_index;
         let available = first_index + body.chunks.len();
         let end = body.end;
@@ -133,7 +135,7 @@ impl http_body::Body for LiveReader {
     }
 
     fn is_end_stream(&self) -> bool {
-        let body = lock(&self.fill.body);
+        let body = self.fill.body.lock();
         let at_end = body.readers[self.slot]
             .as_ref()
             .is_some_and(|slot| slot.next_index >= body.first_index + body.chunks.len());
@@ -147,7 +149,7 @@ impl http_body::Body for LiveReader {
 
 impl Drop for LiveReader {
     fn drop(&mut self) {
-        let mut body = lock(&self.fill.body);
+        let mut body = self.fill.body.lock();
         let first_index = body.first_index;
         if let Some(slot) = body.readers.get_mut(self.slot).and_then(Option::take) {
             if slot.detached_at.is_none() && slot.next_index >= first_index {

@@ -419,7 +419,7 @@ pub fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::trace::{TraceRequest, FOREVER};
+    use crate::tools::replay::trace::{TraceRequest, FOREVER};
 
     fn trace(ids: &[u64]) -> Vec<TraceRequest> {
         ids.iter()

@@ -1,0 +1,204 @@
+//! `outpost serve`, `check`, `origin` and `demo`: the layered settings a command line names,
+//! the proxy and admin listeners, signals (SIGHUP reloads, SIGINT/SIGTERM stop) and the
+//! sample origin.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use outpost::config::{FlagOverrides, LogFormat};
+use outpost::tools::sample_origin::{self, SampleOriginSettings};
+use outpost::{Config, Outpost};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SettingsArgs {
+    /// TOML configuration file (see config/outpost.toml for every setting).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to serve proxy traffic on [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Origin URL of the default site, e.g. http://127.0.0.1:9000.
+    #[arg(long, value_name = "URL")]
+    pub origin: Option<String>,
+    /// Address of the admin listener (health endpoints); loopback only.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// Directory of the disk tier (config `cache.dir`); the cache survives restarts.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl SettingsArgs {
+    pub fn load(&self) -> Result<Config> {
+        Ok(self.load_config()?)
+    }
+
+    /// The layered configuration, as at start-up; also what a reload reads.
+    pub fn load_config(&self) -> Result<Config, outpost::config::ConfigError> {
+        let flags = FlagOverrides {
+            listen: self.listen,
+            admin: self.admin,
+            origin: self.origin.clone(),
+            log_format: self.log_format.map(|f| match f {
+                LogFormatArg::Text => LogFormat::Text,
+                LogFormatArg::Json => LogFormat::Json,
+            }),
+            cache_dir: self.cache_dir.clone(),
+        };
+        Config::load(self.config.as_deref(), &flags)
+    }
+}
+
+pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding listen address {}", config.listen))?;
+    let admin_listener = match config.admin {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding admin address {addr}"))?,
+        ),
+        None => None,
+    };
+    let mut outpost = Outpost::new(config)?;
+    if let Some(loader) = loader {
+        outpost = outpost.with_loader(loader);
+    }
+    let outpost = Arc::new(outpost);
+    let reloads = tokio::spawn(reload_on_sighup(Arc::clone(&outpost)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tracing::info!(
+        listen = %outpost.config().listen,
+        admin = ?outpost.config().admin,
+        origin = ?outpost.config().origin.as_ref().map(ToString::to_string),
+        sites = outpost.config().sites.len(),
+        "outpost serving"
+    );
+    let admin = async {
+        if let Some(listener) = admin_listener {
+            outpost
+                .serve_admin(listener, stopped(stop_rx.clone()))
+                .await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let proxy = async {
+        let result = outpost.serve(listener, shutdown_signal()).await;
+        let _ = stop_tx.send(true);
+        result
+    };
+    let (proxy_result, admin_result) = tokio::join!(proxy, admin);
+    reloads.abort();
+    proxy_result?;
+    admin_result?;
+    tracing::info!("outpost stopped");
+    Ok(())
+}
+
+pub async fn demo(mut config: Config, latency: Duration) -> Result<()> {
+    let origin_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the sample origin")?;
+    let origin_addr = origin_listener.local_addr()?;
+    config.origin = Some(
+        format!("http://{origin_addr}")
+            .parse()
+            .map_err(anyhow::Error::msg)?,
+    );
+    let listen = config.listen;
+    let settings = SampleOriginSettings {
+        latency,
+        ..SampleOriginSettings::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let origin = tokio::spawn(sample_origin::serve(
+        origin_listener,
+        settings,
+        stopped(stop_rx),
+    ));
+    println!(
+        "outpost demo: sample origin on http://{origin_addr} ({} ms per response), outpost on http://{listen}\n\
+         Try:\n  curl -s -o /dev/null -D - http://{listen}/hello.txt          # through outpost\n  \
+         curl -s -o /dev/null -D - http://{origin_addr}/hello.txt     # the origin itself\n  \
+         curl -s 'http://{listen}/anything?size=1KiB&latency=1s'\n\
+         Stop with Ctrl-C.",
+        latency.as_millis()
+    );
+    let result = serve(config, None).await;
+    let _ = stop_tx.send(true);
+    origin.await??;
+    result
+}
+
+/// Reloads the configuration on every SIGHUP; a refused reload is logged and the
+/// configuration in force stays.
+pub async fn reload_on_sighup(outpost: Arc<Outpost>) {
+    #[cfg(unix)]
+    {
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGHUP: reload only through the admin API");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the configuration");
+            if let Err(err) = outpost.reload() {
+                tracing::error!(error = %err, "reload refused; the configuration in force stays");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = outpost;
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+pub async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}

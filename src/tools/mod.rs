@@ -1,0 +1,8 @@
+//! Tools built on the proxy rather than part of it: trace replay through the tiers'
+//! policies ([`replay`], `outpost replay`), an HTTP load generator ([`load`],
+//! `outpost load`), and the slow sample origin ([`sample_origin`], `outpost origin` and
+//! `outpost demo`). The proxy never imports them.
+
+pub mod load;
+pub mod replay;
+pub mod sample_origin;

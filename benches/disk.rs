@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use outpost::cache::disk::{DiskStore, SledStore};
+use outpost::cache::disk::DiskStore;
 use outpost::cache::entry::{EntryMeta, StoredResponse};
 use outpost::cache::key::{PrimaryKey, VariantKey, Vary};
 use outpost::cache::policy::{Freshness, PolicySettings};
@@ -94,7 +94,7 @@ fn main() {
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/tmp".into())).unwrap();
     let started = Instant::now();
     {
-        let store = SledStore::open(dir.path(), u64::MAX, false).unwrap();
+        let store = DiskStore::open(dir.path(), u64::MAX, false).unwrap();
         for index in 0..objects {
             let entry = entry(index);
             let temp = store.write_temp(entry.body.as_bytes().unwrap()).unwrap();
@@ -111,7 +111,7 @@ fn main() {
     let index = dir_bytes(&dir.path().join("index"));
 
     let opened = Instant::now();
-    let store = SledStore::open(dir.path(), u64::MAX, false).unwrap();
+    let store = DiskStore::open(dir.path(), u64::MAX, false).unwrap();
     let open_time = opened.elapsed();
     let swept = Instant::now();
     let report = store.sweep().unwrap();

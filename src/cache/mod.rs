@@ -36,7 +36,7 @@ use crate::config::CacheConfig;
 use crate::limit::{Admission, Bounds, Limiter, Refused};
 use crate::telemetry::metrics::{Metrics, TierLabels};
 use crate::telemetry::Tier;
-use disk::{DiskMetrics, DiskStore, DiskTier, SledStore, TempBlob};
+use disk::{DiskMetrics, DiskStore, DiskTier, TempBlob};
 use entry::{EntryMeta, StoredBody, StoredResponse};
 use fill::{Coalescer, FillBounds};
 use key::PrimaryKey;
@@ -475,7 +475,7 @@ fn open_disk(config: &CacheConfig, metrics: &Metrics) -> Option<DiskTier> {
             .get_or_create(&TierLabels { tier: "disk" })
             .clone(),
     };
-    let store = match SledStore::open(dir, config.disk_capacity.as_u64(), config.fsync) {
+    let store = match DiskStore::open(dir, config.disk_capacity.as_u64(), config.fsync) {
         Ok(store) => store,
         Err(err) => {
             disk_metrics.errors.inc();

@@ -1,0 +1,328 @@
+//! Body files: one file per distinct body under `blobs/ab/abcdef…`, named by its blake3
+//! digest, so identical bodies are stored once and every read can be verified; bodies being
+//! written live in `tmp/` until they are placed. This is the only code that knows paths.
+//!
+//! # Crash safety
+//! A body is written to `tmp/`, optionally fsynced, then renamed into `blobs/` (and the
+//! directory fsynced); the store indexes it only after that, and deletes a file only after
+//! unindexing it. What a crash leaves behind is a temporary file or an unindexed body,
+//! both removed by the sweep.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use super::{block_digests, io_err, DiskError, ReadError, BLOCK};
+
+/// Removes a stored file (given its digest and path) if nobody indexes it; returns whether
+/// it did.
+pub type OrphanCheck<'a> = dyn FnMut(&[u8; 32], &Path) -> Result<bool, DiskError> + 'a;
+
+/// A body file written but not yet placed and indexed.
+#[derive(Debug)]
+pub struct TempBlob {
+    path: PathBuf,
+    pub digest: [u8; 32],
+    pub len: u64,
+    /// Per-block digests (empty for single-block bodies).
+    pub blocks: Vec<[u8; 32]>,
+}
+
+/// The body files under one cache directory.
+pub struct BlobFiles {
+    root: PathBuf,
+    fsync: bool,
+    temp_counter: AtomicU64,
+    /// Prefix of this opening's temporary files: the sweep removes every other one (left by
+    /// an earlier run), never a file a fill of this run is writing.
+    temp_prefix: String,
+}
+
+fn hex(digest: &[u8; 32]) -> String {
+    blake3::Hash::from_bytes(*digest).to_hex().to_string()
+}
+
+fn parse_hex(text: &str) -> Option<[u8; 32]> {
+    blake3::Hash::from_hex(text)
+        .ok()
+        .map(|hash| *hash.as_bytes())
+}
+
+impl BlobFiles {
+    /// # Errors
+    /// [`DiskError::Io`] when `blobs/` or `tmp/` cannot be created.
+    pub fn open(root: &Path, fsync: bool) -> Result<BlobFiles, DiskError> {
+        for sub in ["blobs", "tmp"] {
+            let path = root.join(sub);
+            fs::create_dir_all(&path).map_err(io_err(&path))?;
+        }
+        Ok(BlobFiles {
+            root: root.to_path_buf(),
+            fsync,
+            temp_counter: AtomicU64::new(0),
+            temp_prefix: format!(
+                "{}-{}-",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+            ),
+        })
+    }
+
+    /// Where the body with `digest` lives.
+    pub fn path_of(&self, digest: &[u8; 32]) -> PathBuf {
+        let name = hex(digest);
+        self.root.join("blobs").join(&name[..2]).join(name)
+    }
+
+    /// A new file in `tmp/`, for a body written as it streams.
+    pub fn create_temp(&self) -> Result<(fs::File, PathBuf), DiskError> {
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .root
+            .join("tmp")
+            .join(format!("{}{n}.part", self.temp_prefix));
+        let file = fs::File::create(&path).map_err(io_err(&path))?;
+        Ok((file, path))
+    }
+
+    /// Writes a whole body to a temporary file.
+    pub fn write_temp(&self, body: &[u8]) -> Result<TempBlob, DiskError> {
+        let (mut file, path) = self.create_temp()?;
+        let written =
+            file.write_all(body)
+                .and_then(|()| if self.fsync { file.sync_all() } else { Ok(()) });
+        if let Err(err) = written {
+            let _ = fs::remove_file(&path);
+            return Err(io_err(&path)(err));
+        }
+        Ok(TempBlob {
+            path,
+            digest: *blake3::hash(body).as_bytes(),
+            len: body.len() as u64,
+            blocks: block_digests(body),
+        })
+    }
+
+    /// Moves a temporary body to its place under `blobs/`.
+    pub fn place(&self, temp: &TempBlob) -> Result<(), DiskError> {
+        let target = self.path_of(&temp.digest);
+        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        if let Err(err) = fs::rename(&temp.path, &target) {
+            self.discard(temp);
+            return Err(io_err(&target)(err));
+        }
+        if self.fsync {
+            fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&dir))?;
+        }
+        Ok(())
+    }
+
+    /// Removes a temporary body that will not be placed.
+    pub fn discard(&self, temp: &TempBlob) {
+        let _ = fs::remove_file(&temp.path);
+    }
+
+    /// Deletes a stored body (gone already is fine).
+    pub fn delete(&self, digest: &[u8; 32]) -> Result<(), DiskError> {
+        let path = self.path_of(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(io_err(&path)(err)),
+        }
+    }
+
+    pub fn exists(&self, digest: &[u8; 32]) -> bool {
+        self.path_of(digest).exists()
+    }
+
+    /// A stored body, whole, verified against its length and digest.
+    pub fn read(&self, digest: &[u8; 32], len: u64) -> Result<Bytes, ReadError> {
+        let path = self.path_of(digest);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
+            Err(err) => return Err(ReadError::Disk(io_err(&path)(err))),
+        };
+        if bytes.len() as u64 != len || *blake3::hash(&bytes).as_bytes() != *digest {
+            return Err(ReadError::Corrupt);
+        }
+        Ok(Bytes::from(bytes))
+    }
+
+    /// Removes an earlier run's temporary files; returns how many.
+    pub fn sweep_temp(&self) -> Result<u64, DiskError> {
+        let tmp = self.root.join("tmp");
+        let mut removed = 0;
+        for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            // Only one process opens the index at a time, so files without this opening's
+            // prefix are an earlier run's leftovers; this run's may be in use.
+            let ours = entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&self.temp_prefix);
+            if !ours && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Walks the stored files: `remove_if_orphan` gets each one's digest and path and
+    /// returns whether it removed it; files whose name is no digest are removed here.
+    /// Returns how many were removed.
+    pub fn sweep_orphans(
+        &self,
+        remove_if_orphan: &mut OrphanCheck<'_>,
+    ) -> Result<u64, DiskError> {
+        let blobs_dir = self.root.join("blobs");
+        let mut removed = 0;
+        for shard in fs::read_dir(&blobs_dir)
+            .map_err(io_err(&blobs_dir))?
+            .flatten()
+        {
+            let Ok(files) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let path = file.path();
+                let was_removed = match parse_hex(&file.file_name().to_string_lossy()) {
+                    Some(digest) => remove_if_orphan(&digest, &path)?,
+                    None => fs::remove_file(&path).is_ok(),
+                };
+                removed += u64::from(was_removed);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// A streaming writer for a body too large to hold in memory.
+    pub fn writer(&self) -> Result<BlobWriter, DiskError> {
+        let (file, path) = self.create_temp()?;
+        Ok(BlobWriter {
+            file: Some(file),
+            path,
+            hasher: blake3::Hasher::new(),
+            block_hasher: blake3::Hasher::new(),
+            block_fill: 0,
+            blocks: Vec::new(),
+            len: 0,
+            flushed: 0,
+            pending: Vec::new(),
+            fsync: self.fsync,
+        })
+    }
+}
+
+/// Writes a body to a temporary file as it streams, hashing as it goes. Writes are batched
+/// (1 MiB) and run on the blocking pool.
+pub struct BlobWriter {
+    file: Option<fs::File>,
+    path: PathBuf,
+    hasher: blake3::Hasher,
+    /// The block being hashed, and how much of it is filled.
+    block_hasher: blake3::Hasher,
+    block_fill: u64,
+    blocks: Vec<[u8; 32]>,
+    len: u64,
+    /// Bytes written to the file so far (the rest is batched in `pending`).
+    flushed: u64,
+    pending: Vec<u8>,
+    fsync: bool,
+}
+
+const WRITE_BATCH: usize = 1 << 20;
+
+impl BlobWriter {
+    /// The temporary file being written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes already in the file (readable by someone following it).
+    pub fn flushed(&self) -> u64 {
+        self.flushed
+    }
+
+    pub async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.hasher.update(chunk);
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let room = (BLOCK - self.block_fill) as usize;
+            let (part, tail) = rest.split_at(room.min(rest.len()));
+            self.block_hasher.update(part);
+            self.block_fill += part.len() as u64;
+            if self.block_fill == BLOCK {
+                self.blocks.push(*self.block_hasher.finalize().as_bytes());
+                self.block_hasher.reset();
+                self.block_fill = 0;
+            }
+            rest = tail;
+        }
+        self.len += chunk.len() as u64;
+        self.pending.extend_from_slice(chunk);
+        if self.pending.len() >= WRITE_BATCH {
+            self.flush_pending(false).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_pending(&mut self, sync: bool) -> io::Result<()> {
+        let Some(mut file) = self.file.take() else {
+            return Err(io::Error::other("writer already failed"));
+        };
+        let data = std::mem::take(&mut self.pending);
+        let batch = data.len() as u64;
+        let (file, result) = tokio::task::spawn_blocking(move || {
+            let result =
+                file.write_all(&data)
+                    .and_then(|()| if sync { file.sync_all() } else { Ok(()) });
+            (file, result)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        self.file = Some(file);
+        if result.is_ok() {
+            self.flushed += batch;
+        }
+        result
+    }
+
+    /// Finishes the file: its digest and length, ready to be committed.
+    pub async fn finish(mut self) -> io::Result<TempBlob> {
+        let sync = self.fsync;
+        let result = self.flush_pending(sync).await;
+        let path = self.path.clone();
+        if let Err(err) = result {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(err);
+        }
+        self.file = None;
+        if self.block_fill > 0 {
+            self.blocks.push(*self.block_hasher.finalize().as_bytes());
+        }
+        if self.len <= BLOCK {
+            self.blocks.clear();
+        }
+        Ok(TempBlob {
+            path,
+            digest: *self.hasher.finalize().as_bytes(),
+            len: self.len,
+            blocks: std::mem::take(&mut self.blocks),
+        })
+    }
+
+    /// Abandons the file (the fill failed).
+    pub async fn discard(self) {
+        let _ = tokio::fs::remove_file(&self.path).await;
+    }
+}

@@ -76,12 +76,22 @@ pub enum ConfigError {
     /// Syntax errors, unknown keys and values of the wrong type or unit.
     #[error("{}", describe_figment_error(.0))]
     Invalid(Box<figment::Error>),
-    #[error("{source_name}: key `{key}`: {message}")]
+    /// Values that parse but do not make sense (alone or together): every one found,
+    /// one line each.
+    #[error("{}", describe_problems(source_name, problems))]
     Rejected {
         source_name: String,
-        key: String,
-        message: String,
+        /// Key and what is wrong with it.
+        problems: Vec<(String, String)>,
     },
+}
+
+fn describe_problems(source_name: &str, problems: &[(String, String)]) -> String {
+    problems
+        .iter()
+        .map(|(key, message)| format!("{source_name}: key `{key}`: {message}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// One line per problem: where (file path or environment variable), which key, what is wrong.
@@ -168,12 +178,6 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-impl Serialize for ByteSize {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
 /// A duration written with human units in config (`30s`, `250ms`, `1h 30m`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
@@ -196,19 +200,6 @@ impl FromStr for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", humantime::format_duration(self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
     }
 }
 
@@ -272,17 +263,133 @@ impl fmt::Display for OriginUrl {
     }
 }
 
-impl<'de> Deserialize<'de> for OriginUrl {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
+/// Settings written as one string: parsed with `FromStr` (its error names the problem;
+/// figment adds the file and key), printed with `Display` (for `outpost check`).
+macro_rules! string_setting {
+    ($($setting:ty),+) => {$(
+        impl<'de> Deserialize<'de> for $setting {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl Serialize for $setting {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+    )+};
 }
 
-impl Serialize for OriginUrl {
+string_setting!(
+    HumanDuration,
+    OriginUrl,
+    HeaderNameSetting,
+    HostHeaderSetting,
+    AccessLogTarget
+);
+
+impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }
+}
+
+/// A header field name in config, checked when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderNameSetting(pub http::HeaderName);
+
+impl HeaderNameSetting {
+    pub fn get(&self) -> &http::HeaderName {
+        &self.0
+    }
+}
+
+impl FromStr for HeaderNameSetting {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        http::HeaderName::from_bytes(text.trim().as_bytes())
+            .map(HeaderNameSetting)
+            .map_err(|_| format!("`{text}` is not a header name"))
+    }
+}
+
+impl fmt::Display for HeaderNameSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+/// The Host header a site sends to its origin, when not the client's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostHeaderSetting {
+    /// `"origin"`: the origin URL's authority.
+    Origin,
+    /// Any other value, sent as written.
+    Fixed(http::HeaderValue),
+}
+
+impl FromStr for HostHeaderSetting {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "origin" {
+            return Ok(HostHeaderSetting::Origin);
+        }
+        match http::HeaderValue::from_str(text) {
+            Ok(value) if !text.is_empty() => Ok(HostHeaderSetting::Fixed(value)),
+            _ => Err(format!("`{text}` is not a Host value")),
+        }
+    }
+}
+
+impl fmt::Display for HostHeaderSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostHeaderSetting::Origin => f.write_str("origin"),
+            HostHeaderSetting::Fixed(value) => f.write_str(value.to_str().unwrap_or("")),
+        }
+    }
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    Stderr,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+impl FromStr for AccessLogTarget {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text {
+            "stdout" => AccessLogTarget::Stdout,
+            "stderr" => AccessLogTarget::Stderr,
+            "" => return Err("empty: use stdout, stderr or a file path".to_string()),
+            path => AccessLogTarget::File(PathBuf::from(path)),
+        })
+    }
+}
+
+impl fmt::Display for AccessLogTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccessLogTarget::Stdout => f.write_str("stdout"),
+            AccessLogTarget::Stderr => f.write_str("stderr"),
+            AccessLogTarget::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A content coding outpost can produce (RFC 9110 §8.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentCoding {
+    Br,
+    Zstd,
+    Gzip,
 }
 
 /// The whole configuration, after layering and validation.
@@ -410,7 +517,7 @@ pub struct ForwardingConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Further request headers that origins treat as overrides of host, scheme, path or
     /// method; removed from requests of untrusted peers (added to a built-in list).
-    pub strip_override_headers: Vec<String>,
+    pub strip_override_headers: Vec<HeaderNameSetting>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -431,7 +538,7 @@ pub struct LogConfig {
     /// `json` (one object per line) or `combined` (Apache/nginx, plus cache and timing).
     pub access_log_format: AccessLogFormat,
     /// `stdout`, `stderr`, or a file path (appended to).
-    pub access_log_path: String,
+    pub access_log_path: AccessLogTarget,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -448,7 +555,7 @@ impl Default for LogConfig {
             level: "info".to_string(),
             access_log: true,
             access_log_format: AccessLogFormat::Json,
-            access_log_path: "stdout".to_string(),
+            access_log_path: AccessLogTarget::Stdout,
         }
     }
 }
@@ -496,15 +603,15 @@ pub struct CacheConfig {
     pub hit_for_miss_ttl: HumanDuration,
     /// Targeted cache-control fields (RFC 9213) that override Cache-Control and Expires for
     /// this cache, first present wins.
-    pub targeted_cache_control: Vec<String>,
+    pub targeted_cache_control: Vec<HeaderNameSetting>,
     /// Response header whose space-separated keys tag a response for purge by tag (besides
     /// RFC 9875 Cache-Groups).
-    pub surrogate_key_header: String,
+    pub surrogate_key_header: HeaderNameSetting,
     /// Peers allowed to use the PURGE method on the proxy listener (CIDR list; empty: none).
     pub purge_allowed: Vec<IpNet>,
-    /// Directory of the disk tier (sled index + body files); empty: memory only. Also
+    /// Directory of the disk tier (sled index + body files); unset: memory only. Also
     /// `--cache-dir`.
-    pub dir: String,
+    pub dir: Option<PathBuf>,
     /// Bytes the disk tier may hold (bodies plus their index rows); least recently used
     /// objects go first when it is full.
     pub disk_capacity: ByteSize,
@@ -585,10 +692,12 @@ impl Default for CacheConfig {
             store_set_cookie: false,
             coalesce_wait: HumanDuration(Duration::from_secs(10)),
             hit_for_miss_ttl: HumanDuration(Duration::from_secs(30)),
-            targeted_cache_control: vec!["CDN-Cache-Control".to_string()],
-            surrogate_key_header: "Surrogate-Key".to_string(),
+            targeted_cache_control: vec![HeaderNameSetting(http::HeaderName::from_static(
+                "cdn-cache-control",
+            ))],
+            surrogate_key_header: HeaderNameSetting(http::HeaderName::from_static("surrogate-key")),
             purge_allowed: Vec::new(),
-            dir: String::new(),
+            dir: None,
             disk_capacity: ByteSize(10 << 30),
             disk_max_object_size: ByteSize(2 << 30),
             fsync: false,
@@ -616,7 +725,7 @@ pub struct CompressionConfig {
     /// Media types to compress besides text/*, JSON, JavaScript, XML, SVG and wasm.
     pub types: Vec<String>,
     /// Server preference among codings of equal client weight.
-    pub preference: Vec<String>,
+    pub preference: Vec<ContentCoding>,
     pub gzip_level: i32,
     pub brotli_level: i32,
     pub zstd_level: i32,
@@ -628,7 +737,7 @@ impl Default for CompressionConfig {
             enabled: true,
             min_size: ByteSize(512),
             types: Vec::new(),
-            preference: vec!["br".to_string(), "zstd".to_string(), "gzip".to_string()],
+            preference: vec![ContentCoding::Br, ContentCoding::Zstd, ContentCoding::Gzip],
             gzip_level: 6,
             brotli_level: 5,
             zstd_level: 9,
@@ -671,7 +780,7 @@ pub struct SiteConfig {
     /// Host header sent to the origin: unset keeps the client's Host; `"origin"` uses the
     /// origin URL's authority; any other value is sent as written.
     #[serde(default)]
-    pub host_header: Option<String>,
+    pub host_header: Option<HostHeaderSetting>,
 }
 
 /// Values given on the command line; they override every other layer.
@@ -686,7 +795,7 @@ pub struct FlagOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache_dir: Option<String>,
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl FlagOverrides {
@@ -704,7 +813,7 @@ impl FlagOverrides {
             figment = figment.merge(("log.format", format));
         }
         if let Some(dir) = &self.cache_dir {
-            figment = figment.merge(("cache.dir", dir.clone()));
+            figment = figment.merge(("cache.dir", dir.display().to_string()));
         }
         figment
     }
@@ -763,221 +872,55 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what types alone cannot: consistency between settings.
+    /// Checks what types alone cannot: ranges and consistency between settings. Every
+    /// problem is reported, not just the first.
     fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
-        let reject = |key: &str, message: String| ConfigError::Rejected {
-            source_name: source_name.to_string(),
-            key: key.to_string(),
-            message,
-        };
-        if self.proxy_name.is_empty()
-            || !self
-                .proxy_name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-        {
-            return Err(reject(
+        let mut problems = Problems::default();
+        self.check_identity(&mut problems);
+        check_server(&self.server, &mut problems);
+        check_upstream(&self.upstream, &mut problems);
+        check_cache(&self.cache, &mut problems);
+        check_compression(&self.compression, &mut problems);
+        for (index, site) in self.sites.iter().enumerate() {
+            check_site(index, site, &mut problems);
+        }
+        problems.into_result(source_name)
+    }
+
+    fn check_identity(&self, problems: &mut Problems) {
+        let is_token = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b);
+        if self.proxy_name.is_empty() || !self.proxy_name.bytes().all(is_token) {
+            problems.add(
                 "proxy_name",
                 format!(
                     "`{}` must be a non-empty token of letters, digits, `-`, `.` or `_`",
                     self.proxy_name
                 ),
-            ));
+            );
         }
         if self.origin.is_none() && self.sites.is_empty() {
-            return Err(reject(
+            problems.add(
                 "origin",
-                "no origin: set `origin` (or --origin) or at least one [[sites]] entry".to_string(),
-            ));
-        }
-        if self.server.max_connections == 0 {
-            return Err(reject(
-                "server.max_connections",
-                "must be at least 1".to_string(),
-            ));
-        }
-        if self.server.max_header_bytes.as_u64() < 8 * 1024 {
-            return Err(reject(
-                "server.max_header_bytes",
-                format!("{} is below the 8KiB minimum", self.server.max_header_bytes),
-            ));
-        }
-        for (index, rule) in self.cache.rules.iter().enumerate() {
-            let key = format!("cache.rules[{index}]");
-            if rule.glob.is_none() == rule.prefix.is_none() {
-                return Err(reject(
-                    &key,
-                    "needs exactly one of `match` (a glob) or `prefix`".to_string(),
-                ));
-            }
-            if let Some(glob) = &rule.glob {
-                if let Err(err) = glob::Pattern::new(glob) {
-                    return Err(reject(&format!("{key}.match"), format!("`{glob}`: {err}")));
-                }
-            }
-            if rule.immutable && rule.revalidate {
-                return Err(reject(
-                    &key,
-                    "cannot be both `immutable` and `revalidate`".to_string(),
-                ));
-            }
-        }
-        if self.server.max_headers == 0 {
-            return Err(reject(
-                "server.max_headers",
-                "must be at least 1".to_string(),
-            ));
-        }
-        for (key, value) in [
-            (
-                "server.header_read_timeout",
-                self.server.header_read_timeout,
-            ),
-            ("server.idle_timeout", self.server.idle_timeout),
-            ("upstream.connect_timeout", self.upstream.connect_timeout),
-            (
-                "upstream.response_header_timeout",
-                self.upstream.response_header_timeout,
-            ),
-        ] {
-            if value.get().is_zero() {
-                return Err(reject(key, "must be greater than zero".to_string()));
-            }
-        }
-        if let Some(path) = &self.upstream.ca_file {
-            if let Err(err) = std::fs::metadata(path) {
-                return Err(reject(
-                    "upstream.ca_file",
-                    format!("{}: {err}", path.display()),
-                ));
-            }
-        }
-        let check_header_names = |key: &str, names: &[String]| match names
-            .iter()
-            .find(|n| http::HeaderName::from_bytes(n.as_bytes()).is_err())
-        {
-            Some(name) => Err(reject(key, format!("`{name}` is not a header name"))),
-            None => Ok(()),
-        };
-        check_header_names(
-            "forwarding.strip_override_headers",
-            &self.forwarding.strip_override_headers,
-        )?;
-        check_header_names(
-            "cache.surrogate_key_header",
-            std::slice::from_ref(&self.cache.surrogate_key_header),
-        )?;
-        check_header_names(
-            "cache.targeted_cache_control",
-            &self.cache.targeted_cache_control,
-        )?;
-        if !(0.0..=1.0).contains(&self.cache.heuristic_fraction) {
-            return Err(reject(
-                "cache.heuristic_fraction",
-                format!("{} is not between 0 and 1", self.cache.heuristic_fraction),
-            ));
-        }
-        if self.cache.max_variants == 0 {
-            return Err(reject(
-                "cache.max_variants",
-                "must be at least 1".to_string(),
-            ));
-        }
-        if self.cache.max_object_size > self.cache.memory_capacity {
-            return Err(reject(
-                "cache.max_object_size",
-                format!(
-                    "{} is larger than cache.memory_capacity ({})",
-                    self.cache.max_object_size, self.cache.memory_capacity
-                ),
-            ));
-        }
-        for coding in &self.compression.preference {
-            if !matches!(coding.as_str(), "br" | "zstd" | "gzip") {
-                return Err(reject(
-                    "compression.preference",
-                    format!("`{coding}` is not one of br, zstd, gzip"),
-                ));
-            }
-        }
-        for (key, level, range) in [
-            ("compression.gzip_level", self.compression.gzip_level, 1..=9),
-            (
-                "compression.brotli_level",
-                self.compression.brotli_level,
-                0..=11,
-            ),
-            (
-                "compression.zstd_level",
-                self.compression.zstd_level,
-                1..=19,
-            ),
-        ] {
-            if !range.contains(&level) {
-                return Err(reject(
-                    key,
-                    format!("{level} is outside {}..={}", range.start(), range.end()),
-                ));
-            }
+                "no origin: set `origin` (or --origin) or at least one [[sites]] entry",
+            );
         }
         if let Some(admin) = self.admin {
             if !admin.ip().is_loopback() && self.admin_token.is_none() {
-                return Err(reject(
+                problems.add(
                     "admin",
                     format!("{admin} is not a loopback address: set admin_token to expose the admin listener"),
-                ));
+                );
             }
         }
         if let Some(token) = &self.admin_token {
             if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(reject(
+                problems.add(
                     "admin_token",
-                    "must be at least 16 printable characters without spaces".to_string(),
-                ));
+                    "must be at least 16 printable characters without spaces",
+                );
             }
         }
-        for (index, site) in self.sites.iter().enumerate() {
-            let key = |field: &str| format!("sites[{index}].{field}");
-            if site.hosts.is_empty() {
-                return Err(reject(
-                    &key("hosts"),
-                    "a site needs at least one host".to_string(),
-                ));
-            }
-            for host in &site.hosts {
-                let bare = host.strip_prefix("*.").unwrap_or(host);
-                if bare.is_empty()
-                    || bare.contains('*')
-                    || !bare
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-                {
-                    return Err(reject(
-                        &key("hosts"),
-                        format!("`{host}` is not a host name"),
-                    ));
-                }
-            }
-            if let Some(prefix) = &site.path_prefix {
-                if !prefix.starts_with('/') {
-                    return Err(reject(
-                        &key("path_prefix"),
-                        format!("`{prefix}` must start with `/`"),
-                    ));
-                }
-            }
-            if let Some(host_header) = &site.host_header {
-                if http::HeaderValue::from_str(host_header).is_err() || host_header.is_empty() {
-                    return Err(reject(
-                        &key("host_header"),
-                        format!("`{host_header}` is not a Host value"),
-                    ));
-                }
-            }
-        }
-        Ok(())
     }
-
     /// The effective settings as TOML, for `outpost check`.
     pub fn to_toml(&self) -> String {
         // invariant: every field serialises to TOML (no maps with non-string keys, no None
@@ -986,9 +929,188 @@ impl Config {
     }
 }
 
+/// Problems found while validating; each names its key.
+#[derive(Default)]
+struct Problems(Vec<(String, String)>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push((key.into(), message.into()));
+    }
+
+    fn at_least_one(&mut self, key: &str, value: usize) {
+        if value == 0 {
+            self.add(key, "must be at least 1");
+        }
+    }
+
+    fn positive(&mut self, key: &str, value: HumanDuration) {
+        if value.get().is_zero() {
+            self.add(key, "must be greater than zero");
+        }
+    }
+
+    fn into_result(self, source_name: &str) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::Rejected {
+            source_name: source_name.to_string(),
+            problems: self.0,
+        })
+    }
+}
+
+fn check_server(server: &ServerConfig, problems: &mut Problems) {
+    problems.at_least_one("server.max_connections", server.max_connections);
+    problems.at_least_one("server.max_headers", server.max_headers);
+    if server.max_header_bytes.as_u64() < 8 * 1024 {
+        problems.add(
+            "server.max_header_bytes",
+            format!("{} is below the 8KiB minimum", server.max_header_bytes),
+        );
+    }
+    problems.positive("server.header_read_timeout", server.header_read_timeout);
+    problems.positive("server.idle_timeout", server.idle_timeout);
+}
+
+fn check_upstream(upstream: &UpstreamConfig, problems: &mut Problems) {
+    problems.positive("upstream.connect_timeout", upstream.connect_timeout);
+    problems.positive(
+        "upstream.response_header_timeout",
+        upstream.response_header_timeout,
+    );
+    problems.positive("upstream.body_read_timeout", upstream.body_read_timeout);
+    problems.at_least_one("upstream.max_connections", upstream.max_connections);
+    problems.at_least_one(
+        "upstream.max_connections_per_origin",
+        upstream.max_connections_per_origin,
+    );
+    if let Some(path) = &upstream.ca_file {
+        if let Err(err) = std::fs::metadata(path) {
+            problems.add("upstream.ca_file", format!("{}: {err}", path.display()));
+        }
+    }
+}
+
+fn check_cache(cache: &CacheConfig, problems: &mut Problems) {
+    for (index, rule) in cache.rules.iter().enumerate() {
+        let key = format!("cache.rules[{index}]");
+        if rule.glob.is_none() == rule.prefix.is_none() {
+            problems.add(&key, "needs exactly one of `match` (a glob) or `prefix`");
+        }
+        if let Some(glob) = &rule.glob {
+            if let Err(err) = glob::Pattern::new(glob) {
+                problems.add(format!("{key}.match"), format!("`{glob}`: {err}"));
+            }
+        }
+        if rule.immutable && rule.revalidate {
+            problems.add(&key, "cannot be both `immutable` and `revalidate`");
+        }
+    }
+    if !(0.0..=1.0).contains(&cache.heuristic_fraction) {
+        problems.add(
+            "cache.heuristic_fraction",
+            format!("{} is not between 0 and 1", cache.heuristic_fraction),
+        );
+    }
+    problems.at_least_one("cache.max_variants", cache.max_variants);
+    problems.at_least_one("cache.max_fills", cache.max_fills);
+    problems.at_least_one("cache.max_fills_per_origin", cache.max_fills_per_origin);
+    if cache.max_object_size > cache.memory_capacity {
+        problems.add(
+            "cache.max_object_size",
+            format!(
+                "{} is larger than cache.memory_capacity ({})",
+                cache.max_object_size, cache.memory_capacity
+            ),
+        );
+    }
+}
+
+fn check_compression(compression: &CompressionConfig, problems: &mut Problems) {
+    for (key, level, range) in [
+        ("compression.gzip_level", compression.gzip_level, 1..=9),
+        ("compression.brotli_level", compression.brotli_level, 0..=11),
+        ("compression.zstd_level", compression.zstd_level, 1..=19),
+    ] {
+        if !range.contains(&level) {
+            problems.add(
+                key,
+                format!("{level} is outside {}..={}", range.start(), range.end()),
+            );
+        }
+    }
+}
+
+fn check_site(index: usize, site: &SiteConfig, problems: &mut Problems) {
+    let key = |field: &str| format!("sites[{index}].{field}");
+    if site.hosts.is_empty() {
+        problems.add(key("hosts"), "a site needs at least one host");
+    }
+    for host in &site.hosts {
+        let bare = host.strip_prefix("*.").unwrap_or(host);
+        let is_host_byte = |b: u8| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b);
+        if bare.is_empty() || bare.contains('*') || !bare.bytes().all(is_host_byte) {
+            problems.add(key("hosts"), format!("`{host}` is not a host name"));
+        }
+    }
+    if let Some(prefix) = &site.path_prefix {
+        if !prefix.starts_with('/') {
+            problems.add(
+                key("path_prefix"),
+                format!("`{prefix}` must start with `/`"),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every problem in a configuration is reported at once, each with its key.
+    #[test]
+    fn all_problems_are_reported_together() {
+        let err = Config::from_toml_str(
+            "origin = \"http://127.0.0.1:1\"\n[cache]\nmax_variants = 0\nheuristic_fraction = 2.0\n\
+             [compression]\ngzip_level = 42\n[[sites]]\nhosts = [\"bad host\"]\norigin = \"http://127.0.0.1:2\"\n",
+            &FlagOverrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "cache.max_variants",
+            "cache.heuristic_fraction",
+            "compression.gzip_level",
+            "sites[0].hosts",
+        ] {
+            assert!(
+                err.contains(&format!("key `{key}`")),
+                "{key} missing from:\n{err}"
+            );
+        }
+        assert_eq!(err.lines().count(), 4, "{err}");
+    }
+
+    /// Header names, Host values and codings are checked when read, naming the key.
+    #[test]
+    fn typed_values_are_checked_when_read() {
+        for (toml, key) in [
+            ("[cache]\nsurrogate_key_header = \"not a header\"", "cache.surrogate_key_header"),
+            ("[compression]\npreference = [\"lzma\"]", "compression.preference"),
+            (
+                "[[sites]]\nhosts = [\"a\"]\norigin = \"http://127.0.0.1:2\"\nhost_header = \"a\\u0001\"",
+                "sites.0.host_header",
+            ),
+        ] {
+            let text = format!("origin = \"http://127.0.0.1:1\"\n{toml}");
+            let err = Config::from_toml_str(&text, &FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
 
     /// The env filter must know every top-level key, or that key could not be set from the
     /// environment.

@@ -865,3 +865,44 @@ async fn a_stalled_client_does_not_hold_back_a_large_fill() {
     );
     assert_eq!(origin.hits("/big.bin"), 1);
 }
+
+/// RFC 9111 §4.3.4: a 304 freshens the stored headers and keeps the stored body, on disk
+/// too. Revalidated twice, then restarted with the origin gone, the object is still served
+/// from the disk tier (the freshened row must still have its body file).
+#[tokio::test]
+async fn a_freshened_response_keeps_its_body_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(vec![(
+        "/freshened",
+        Fixture::Validated {
+            etag: "\"v1\"",
+            headers: support::header_list(&[("cache-control", "max-age=0")]),
+            body: Bytes::from_static(b"kept across revalidations"),
+            not_modified_headers: support::header_list(&[("cache-control", "max-age=0")]),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    for _ in 0..3 {
+        let reply = get_as(&proxy.url("/freshened"), &[]).await;
+        assert_eq!(reply.text(), "kept across revalidations");
+    }
+    assert_eq!(origin.hits("/freshened"), 3, "a fetch, then two 304s");
+    restart_point(proxy).await;
+    drop(origin);
+
+    let gone = support::closed_port().await;
+    let proxy = Proxy::start(
+        &format!("http://{gone}"),
+        &disk_toml(dir.path(), "offline = true"),
+    )
+    .await;
+    let reply = get_as(&proxy.url("/freshened"), &[]).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{:?}",
+        reply.header("cache-status")
+    );
+    assert_eq!(reply.text(), "kept across revalidations");
+}

@@ -80,9 +80,11 @@ impl Cache {
     /// Builds the tiers. A disk tier that cannot be opened (unusable directory, corrupt or
     /// locked index) is logged loudly and left out: outpost runs memory-only.
     pub fn new(config: &CacheConfig, metrics: &Arc<Metrics>) -> Cache {
-        let disk = (!config.dir.is_empty())
-            .then(|| open_disk(config, metrics))
-            .flatten();
+        let disk = config
+            .dir
+            .as_deref()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .and_then(|dir| open_disk(dir, config, metrics));
         let memory = MemoryTier::new(
             config.memory_capacity.as_u64(),
             config.max_variants,
@@ -141,7 +143,7 @@ impl Cache {
         let targeted_fields = config
             .targeted_cache_control
             .iter()
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .map(|name| name.get().clone())
             .collect();
         Cache {
             is_enabled: config.enabled,
@@ -169,8 +171,7 @@ impl Cache {
             configured_offline: config.offline,
             offline_ignores_revalidation: config.offline_ignores_revalidation,
             disk_writes: shared.disk_writes,
-            surrogate_key_header: HeaderName::from_bytes(config.surrogate_key_header.as_bytes())
-                .unwrap_or(HeaderName::from_static("surrogate-key")),
+            surrogate_key_header: config.surrogate_key_header.get().clone(),
             hit_for_miss: shared.hit_for_miss,
             metrics,
         }
@@ -464,8 +465,7 @@ struct SharedStores {
 
 /// Opens the disk tier, sweeping leftovers in the background; `None` (memory only, logged)
 /// when it cannot be opened.
-fn open_disk(config: &CacheConfig, metrics: &Metrics) -> Option<DiskTier> {
-    let dir = Path::new(&config.dir);
+fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<DiskTier> {
     let disk_metrics = DiskMetrics {
         integrity_failures: metrics.integrity_failures.clone(),
         errors: metrics.disk_errors.clone(),

@@ -34,7 +34,7 @@ pub struct SettingsArgs {
     pub log_format: Option<LogFormatArg>,
     /// Directory of the disk tier (config `cache.dir`); the cache survives restarts.
     #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<String>,
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 
-use crate::config::{AccessLogFormat, LogConfig};
+use crate::config::{AccessLogFormat, AccessLogTarget, LogConfig};
 
 /// One line's fields, borrowed from the record.
 pub struct Line<'a> {
@@ -66,14 +66,14 @@ impl AccessLog {
         // The background worker writes line by line and flushes after each batch it drains:
         // a buffer underneath turns a burst of lines into one write.
         const BUFFER: usize = 64 * 1024;
-        let (writer, guard) = match config.access_log_path.as_str() {
-            "stdout" => {
+        let (writer, guard) = match &config.access_log_path {
+            AccessLogTarget::Stdout => {
                 tracing_appender::non_blocking(BufWriter::with_capacity(BUFFER, std::io::stdout()))
             }
-            "stderr" => {
+            AccessLogTarget::Stderr => {
                 tracing_appender::non_blocking(BufWriter::with_capacity(BUFFER, std::io::stderr()))
             }
-            path => {
+            AccessLogTarget::File(path) => {
                 let file = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)

@@ -141,7 +141,7 @@ impl Proxy {
             body_read_timeout: config.upstream.body_read_timeout.get(),
             access_log: AccessLog::open(&config.log)
                 .map_err(|source| SetupError::AccessLog {
-                    path: config.log.access_log_path.clone(),
+                    path: config.log.access_log_path.to_string(),
                     source,
                 })?
                 .map(Arc::new),

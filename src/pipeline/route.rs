@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::header::HOST;
 use http::{HeaderValue, Version};
 
-use crate::config::{Config, OriginUrl, SiteConfig};
+use crate::config::{Config, HostHeaderSetting, OriginUrl, SiteConfig};
 use crate::error::ProxyError;
 
 /// What Host the origin receives.
@@ -61,13 +61,10 @@ impl HostPattern {
 
 impl Site {
     fn from_config(site: &SiteConfig) -> Site {
-        let host_header = match site.host_header.as_deref() {
+        let host_header = match &site.host_header {
             None => HostHeader::Preserve,
-            Some("origin") => origin_host_header(&site.origin),
-            // invariant: validated by `Config::validate` as a header value.
-            Some(value) => {
-                HostHeader::Fixed(HeaderValue::from_str(value).expect("validated Host value"))
-            }
+            Some(HostHeaderSetting::Origin) => origin_host_header(&site.origin),
+            Some(HostHeaderSetting::Fixed(value)) => HostHeader::Fixed(value.clone()),
         };
         Site {
             name: site.hosts.first().cloned().unwrap_or_default(),

@@ -27,6 +27,16 @@ pub enum Coding {
     Gzip,
 }
 
+impl From<crate::config::ContentCoding> for Coding {
+    fn from(coding: crate::config::ContentCoding) -> Coding {
+        match coding {
+            crate::config::ContentCoding::Br => Coding::Br,
+            crate::config::ContentCoding::Zstd => Coding::Zstd,
+            crate::config::ContentCoding::Gzip => Coding::Gzip,
+        }
+    }
+}
+
 impl Coding {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -202,7 +212,7 @@ impl Compression {
             preference: config
                 .preference
                 .iter()
-                .filter_map(|c| Coding::parse(c))
+                .map(|&coding| Coding::from(coding))
                 .collect(),
             extra_types: config
                 .types

@@ -180,10 +180,7 @@ impl BlobFiles {
     /// Walks the stored files: `remove_if_orphan` gets each one's digest and path and
     /// returns whether it removed it; files whose name is no digest are removed here.
     /// Returns how many were removed.
-    pub fn sweep_orphans(
-        &self,
-        remove_if_orphan: &mut OrphanCheck<'_>,
-    ) -> Result<u64, DiskError> {
+    pub fn sweep_orphans(&self, remove_if_orphan: &mut OrphanCheck<'_>) -> Result<u64, DiskError> {
         let blobs_dir = self.root.join("blobs");
         let mut removed = 0;
         for shard in fs::read_dir(&blobs_dir)

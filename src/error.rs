@@ -62,6 +62,71 @@ pub enum ProxyError {
     Internal(String),
 }
 
+/// The RFC 9209 §2.3 error types outpost reports, in `Proxy-Status`, logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorType {
+    HttpRequestError,
+    HttpRequestDenied,
+    DestinationNotFound,
+    ConnectionRefused,
+    ConnectionTimeout,
+    DnsError,
+    DestinationUnavailable,
+    TlsProtocolError,
+    TlsCertificateError,
+    HttpResponseTimeout,
+    HttpResponseIncomplete,
+    HttpProtocolError,
+    ConnectionLimitReached,
+    ConnectionReadTimeout,
+    ProxyInternalError,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::HttpRequestError => "http_request_error",
+            ErrorType::HttpRequestDenied => "http_request_denied",
+            ErrorType::DestinationNotFound => "destination_not_found",
+            ErrorType::ConnectionRefused => "connection_refused",
+            ErrorType::ConnectionTimeout => "connection_timeout",
+            ErrorType::DnsError => "dns_error",
+            ErrorType::DestinationUnavailable => "destination_unavailable",
+            ErrorType::TlsProtocolError => "tls_protocol_error",
+            ErrorType::TlsCertificateError => "tls_certificate_error",
+            ErrorType::HttpResponseTimeout => "http_response_timeout",
+            ErrorType::HttpResponseIncomplete => "http_response_incomplete",
+            ErrorType::HttpProtocolError => "http_protocol_error",
+            ErrorType::ConnectionLimitReached => "connection_limit_reached",
+            ErrorType::ConnectionReadTimeout => "connection_read_timeout",
+            ErrorType::ProxyInternalError => "proxy_internal_error",
+        }
+    }
+}
+
+/// Why validating a stored response failed, when a stale copy answered instead (RFC 5861
+/// §4, RFC 9111 §4.2.4): the origin could not be used, or it answered with a server error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginFailure {
+    Error(ErrorType),
+    /// 500, 502, 503 or 504.
+    Status(u16),
+}
+
+impl OriginFailure {
+    /// `connection_refused`, `http_503`, ...: the Cache-Status detail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginFailure::Error(error) => error.as_str(),
+            OriginFailure::Status(500) => "http_500",
+            OriginFailure::Status(502) => "http_502",
+            OriginFailure::Status(503) => "http_503",
+            OriginFailure::Status(504) => "http_504",
+            OriginFailure::Status(_) => "http_5xx",
+        }
+    }
+}
+
 impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
@@ -90,23 +155,23 @@ impl ProxyError {
     }
 
     /// The RFC 9209 §2.3 error type.
-    pub fn proxy_status_error(&self) -> &'static str {
+    pub fn proxy_status_error(&self) -> ErrorType {
         match self {
-            ProxyError::BadRequest(_) => "http_request_error",
-            ProxyError::Forbidden(_) => "http_request_denied",
-            ProxyError::MisdirectedRequest(_) => "destination_not_found",
-            ProxyError::ConnectionRefused { .. } => "connection_refused",
-            ProxyError::ConnectionTimeout { .. } => "connection_timeout",
-            ProxyError::DnsError { .. } => "dns_error",
-            ProxyError::ConnectFailed { .. } => "destination_unavailable",
-            ProxyError::TlsError { .. } => "tls_protocol_error",
-            ProxyError::TlsCertificate { .. } => "tls_certificate_error",
-            ProxyError::ResponseHeaderTimeout { .. } => "http_response_timeout",
-            ProxyError::ResponseIncomplete { .. } => "http_response_incomplete",
-            ProxyError::UpstreamProtocol { .. } => "http_protocol_error",
-            ProxyError::LimitReached { .. } => "connection_limit_reached",
-            ProxyError::BodyReadTimeout { .. } => "connection_read_timeout",
-            ProxyError::Internal(_) => "proxy_internal_error",
+            ProxyError::BadRequest(_) => ErrorType::HttpRequestError,
+            ProxyError::Forbidden(_) => ErrorType::HttpRequestDenied,
+            ProxyError::MisdirectedRequest(_) => ErrorType::DestinationNotFound,
+            ProxyError::ConnectionRefused { .. } => ErrorType::ConnectionRefused,
+            ProxyError::ConnectionTimeout { .. } => ErrorType::ConnectionTimeout,
+            ProxyError::DnsError { .. } => ErrorType::DnsError,
+            ProxyError::ConnectFailed { .. } => ErrorType::DestinationUnavailable,
+            ProxyError::TlsError { .. } => ErrorType::TlsProtocolError,
+            ProxyError::TlsCertificate { .. } => ErrorType::TlsCertificateError,
+            ProxyError::ResponseHeaderTimeout { .. } => ErrorType::HttpResponseTimeout,
+            ProxyError::ResponseIncomplete { .. } => ErrorType::HttpResponseIncomplete,
+            ProxyError::UpstreamProtocol { .. } => ErrorType::HttpProtocolError,
+            ProxyError::LimitReached { .. } => ErrorType::ConnectionLimitReached,
+            ProxyError::BodyReadTimeout { .. } => ErrorType::ConnectionReadTimeout,
+            ProxyError::Internal(_) => ErrorType::ProxyInternalError,
         }
     }
 
@@ -115,7 +180,7 @@ impl ProxyError {
         let status = self.status();
         let proxy_status = format!(
             "{proxy_name}; error={}; details={}",
-            self.proxy_status_error(),
+            self.proxy_status_error().as_str(),
             sf_string(&self.to_string())
         );
         let mut response = Response::new(Body::full(format!(

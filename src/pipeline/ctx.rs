@@ -41,7 +41,7 @@ pub struct RequestCtx {
     pub hit_tier: Tier,
     pub upstream_duration: Option<Duration>,
     /// The RFC 9209 error type of a failed request.
-    pub error: Option<&'static str>,
+    pub error: Option<crate::error::ErrorType>,
     pub response_status: u16,
     pub log: Option<Arc<AccessLog>>,
     /// Kept only for the combined format.
@@ -147,7 +147,7 @@ impl RequestCtx {
             variant: self.variant.map(|variant| short_hex(&variant.0)),
             ttl: self.status.ttl,
             collapsed: self.status.collapsed,
-            error: self.error,
+            error: self.error.map(crate::error::ErrorType::as_str),
             complete,
             referer: self.referer.as_deref(),
             user_agent: self.user_agent.as_deref(),

@@ -32,7 +32,7 @@ use crate::cache::fill::{Fill, FillKey, FillReader, FillStatus, FillTarget, Role
 use crate::cache::key::Vary;
 use crate::cache::lookup::MissPlan;
 use crate::cache::policy::{self, FetchedFor, Freshness, NoStoreReason};
-use crate::error::ProxyError;
+use crate::error::{OriginFailure, ProxyError};
 use crate::telemetry::cache_status::CacheStatus;
 use crate::telemetry::{Detail, Tier};
 use crate::upstream::OriginBody;
@@ -347,8 +347,9 @@ impl FillTask {
             return;
         }
         // RFC 5861 §4: an error status from the origin may be answered with the stale entry.
-        if let Some(error) = error_type_of(head.status) {
-            if self.stale_on_error(error, Some(head.status.as_u16())) {
+        if matches!(head.status.as_u16(), 500 | 502 | 503 | 504) {
+            let status = head.status.as_u16();
+            if self.stale_on_error(OriginFailure::Status(status), Some(status)) {
                 return;
             }
         }
@@ -425,7 +426,7 @@ impl FillTask {
     }
 
     /// Serves the stale entry instead of `error` when RFC 5861 §4 allows; true if it did.
-    fn stale_on_error(&self, error: &'static str, fwd_status: Option<u16>) -> bool {
+    fn stale_on_error(&self, error: OriginFailure, fwd_status: Option<u16>) -> bool {
         let Some(entry) = self
             .plan
             .stale
@@ -444,7 +445,7 @@ impl FillTask {
 
     /// No response from the origin: the stale entry if it may serve, else the error.
     fn origin_failed(&self, err: ProxyError, fwd_status: Option<u16>) {
-        if !self.stale_on_error(err.proxy_status_error(), fwd_status) {
+        if !self.stale_on_error(OriginFailure::Error(err.proxy_status_error()), fwd_status) {
             self.fill.publish(FillStatus::Failed(err));
         }
     }
@@ -489,16 +490,5 @@ impl FillTask {
             }
         }
         writer.finish().await;
-    }
-}
-
-/// The Cache-Status detail of an origin error status that stale-if-error may cover.
-fn error_type_of(status: StatusCode) -> Option<&'static str> {
-    match status.as_u16() {
-        500 => Some("http_500"),
-        502 => Some("http_502"),
-        503 => Some("http_503"),
-        504 => Some("http_504"),
-        _ => None,
     }
 }

@@ -192,7 +192,7 @@ impl Proxy {
             .origin_latency
             .observe(started.elapsed().as_secs_f64());
         if let Err(err) = &result {
-            let error = err.proxy_status_error();
+            let error = err.proxy_status_error().as_str();
             self.metrics
                 .origin_errors
                 .get_or_create(&ErrorLabels { error })

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::{CacheOutcome, Tier};
 use crate::cache::key::PrimaryKey;
+use crate::error::ErrorType;
 
 /// Keys tracked for the top lists; when full, the less busy half is forgotten.
 const TOP_CAPACITY: usize = 2048;
@@ -29,7 +30,7 @@ struct OriginError {
     at: SystemTime,
     site: String,
     url: String,
-    error: &'static str,
+    error: ErrorType,
     detail: String,
 }
 
@@ -96,13 +97,7 @@ impl StatusBoard {
     }
 
     /// An origin failure, for the recent-errors list.
-    pub fn record_origin_error(
-        &self,
-        site: &str,
-        url: String,
-        error: &'static str,
-        detail: String,
-    ) {
+    pub fn record_origin_error(&self, site: &str, url: String, error: ErrorType, detail: String) {
         let mut errors = self.errors.lock();
         if errors.len() == RECENT_ERRORS {
             errors.pop_front();
@@ -158,7 +153,7 @@ impl StatusBoard {
             .rev()
             .map(|e| {
                 json!({"at": httpdate::fmt_http_date(e.at), "site": e.site, "url": e.url,
-                       "error": e.error, "detail": e.detail})
+                       "error": e.error.as_str(), "detail": e.detail})
             })
             .collect();
         json!({

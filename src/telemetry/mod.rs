@@ -105,7 +105,7 @@ pub enum Detail {
     NotStored(&'static str),
     /// The origin failed (an RFC 9209 error type, or `http_5xx`) and a stale response
     /// answered (RFC 5861 §4, RFC 9111 §4.2.4).
-    Error(&'static str),
+    Error(crate::error::OriginFailure),
 }
 
 impl Detail {
@@ -118,7 +118,8 @@ impl Detail {
             Detail::StaleWhileRevalidate => "stale-while-revalidate",
             Detail::OnlyIfCached => "only-if-cached",
             Detail::Purge => "purge",
-            Detail::NotStored(reason) | Detail::Error(reason) => reason,
+            Detail::NotStored(reason) => reason,
+            Detail::Error(failure) => failure.as_str(),
         }
     }
 }

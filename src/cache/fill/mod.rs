@@ -78,7 +78,7 @@ pub enum FillStatus {
     /// allows serving it stale instead.
     StaleOnError {
         entry: Arc<StoredResponse>,
-        error: &'static str,
+        error: crate::error::OriginFailure,
         fwd_status: Option<u16>,
     },
     /// Not storable: only the leader may see this response; everyone else fetches alone.

@@ -157,6 +157,17 @@ impl StoredResponse {
     }
 }
 
+/// Content-Length, when present and a valid number.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A copy of `headers` whose values share one exact-size allocation and whose map has no
 /// spare capacity.
 pub fn compact_headers(headers: &HeaderMap) -> HeaderMap {
@@ -362,18 +373,20 @@ impl EntryMeta {
     }
 }
 
+/// Stored responses for unit tests of the tiers.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use crate::cache::policy::PolicySettings;
 
-    fn sample() -> StoredResponse {
-        let mut headers = HeaderMap::new();
-        headers.append("link", HeaderValue::from_static("<a>; rel=preload"));
-        headers.append("link", HeaderValue::from_static("<b>; rel=preload"));
-        headers.append("cache-control", HeaderValue::from_static("max-age=60"));
-        headers.append("vary", HeaderValue::from_static("accept-encoding"));
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// A 200 for `http://example.com{path}` with `headers` and `body`, received at `now`,
+    /// under the Vary its headers name (the variant of a request without headers).
+    pub fn entry_at(
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        now: SystemTime,
+    ) -> StoredResponse {
         let freshness = Freshness::compute(
             StatusCode::OK,
             &headers,
@@ -382,16 +395,40 @@ mod tests {
             now,
         );
         let vary = Vary::from_response(&headers);
-        let variant = vary.variant_key(&HeaderMap::new()).unwrap();
+        let variant = vary
+            .variant_key(&HeaderMap::new())
+            .unwrap_or(VariantKey::NONE);
         let meta = EntryMeta::new(
-            PrimaryKey::new("http", "example.com", "/a"),
-            "http://example.com/a".into(),
+            PrimaryKey::new("http", "example.com", path),
+            format!("http://example.com{path}"),
             StatusCode::OK,
             headers,
             (vary, variant),
             freshness,
         );
-        StoredResponse::new(meta, Bytes::from_static(b"hello"))
+        StoredResponse::new(meta, body)
+    }
+
+    /// A `max-age=60` response for `path` with `body`, received now.
+    pub fn entry(path: &str, body: impl Into<Bytes>) -> StoredResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", HeaderValue::from_static("max-age=60"));
+        entry_at(path, headers, body.into(), SystemTime::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StoredResponse {
+        let mut headers = HeaderMap::new();
+        headers.append("link", HeaderValue::from_static("<a>; rel=preload"));
+        headers.append("link", HeaderValue::from_static("<b>; rel=preload"));
+        headers.append("cache-control", HeaderValue::from_static("max-age=60"));
+        headers.append("vary", HeaderValue::from_static("accept-encoding"));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        testing::entry_at("/a", headers, Bytes::from_static(b"hello"), now)
     }
 
     #[test]

@@ -253,33 +253,9 @@ impl MemoryTier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::entry::EntryMeta;
-    use crate::cache::key::Vary;
-    use crate::cache::policy::{Freshness, PolicySettings};
-    use bytes::Bytes;
-    use http::StatusCode;
-    use std::time::SystemTime;
 
     fn entry(path: &str, size: usize) -> Arc<StoredResponse> {
-        let headers = HeaderMap::new();
-        let now = SystemTime::now();
-        let freshness = Freshness::compute(
-            StatusCode::OK,
-            &headers,
-            &PolicySettings::default(),
-            now,
-            now,
-        );
-        let key = PrimaryKey::new("http", "t", path);
-        let meta = EntryMeta::new(
-            key,
-            path.to_string(),
-            StatusCode::OK,
-            headers,
-            (Vary::None, VariantKey::NONE),
-            freshness,
-        );
-        Arc::new(StoredResponse::new(meta, Bytes::from(vec![0u8; size])))
+        Arc::new(crate::cache::entry::testing::entry(path, vec![0u8; size]))
     }
 
     /// A tier full of small one-hit objects still admits a large object that is asked for

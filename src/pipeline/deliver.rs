@@ -107,5 +107,6 @@ async fn stored(
 
 /// Whether a streaming fill's object fits the cache (so a Range request may wait for it).
 fn will_be_stored(proxy: &Proxy, meta: &EntryMeta) -> bool {
-    super::declared_length(&meta.headers).is_some_and(|len| len <= proxy.cache.storable_size())
+    crate::cache::entry::content_length(&meta.headers)
+        .is_some_and(|len| len <= proxy.cache.storable_size())
 }

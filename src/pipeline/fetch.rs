@@ -161,7 +161,7 @@ fn delivery_from(
             status_line.fwd_status = Some(meta.status.as_u16());
             status_line.ttl = Some(meta.freshness.ttl_seconds(now));
             // Known to fit: it will be stored unless the origin fails mid-body.
-            status_line.stored = super::declared_length(&meta.headers).is_some();
+            status_line.stored = crate::cache::entry::content_length(&meta.headers).is_some();
             Some(Ok(Delivery::Streaming { meta, reader, fill }))
         }
         FillStatus::Complete { entry, revalidated } if selects(&entry.meta) => {
@@ -369,10 +369,12 @@ impl FillTask {
                 cache.policy(),
                 times.1,
             )
-            .and_then(|()| match super::declared_length(&head.headers) {
-                Some(len) if len > cache.storable_size() => Err(NoStoreReason::TooLarge),
-                _ => Ok(()),
-            })
+            .and_then(
+                |()| match crate::cache::entry::content_length(&head.headers) {
+                    Some(len) if len > cache.storable_size() => Err(NoStoreReason::TooLarge),
+                    _ => Ok(()),
+                },
+            )
         };
         let vary = Vary::from_response(&head.headers);
         let variant = vary.variant_key(&self.client_headers);

@@ -50,7 +50,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
@@ -382,15 +382,4 @@ async fn forward(
     let (mut head, body) = response?.into_parts();
     forwarding::strip_hop_by_hop(&mut head.headers);
     Ok(Response::from_parts(head, Body::from(body)))
-}
-
-/// Content-Length, when present and valid.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }

@@ -146,6 +146,32 @@ fn primary_of(row: &[u8]) -> Option<PrimaryKey> {
         .map(PrimaryKey)
 }
 
+/// How long an open waits for an index lock still held by a closing instance.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens the sled database in `dir`. sled releases its lock file from a background thread a
+/// moment after the last handle is dropped, so an instance reopened at once (a restart in
+/// the same process) can find it still locked: that, and only that, is retried for a while.
+fn open_db(dir: &std::path::Path) -> Result<sled::Db, DiskError> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(32 << 20)
+            .flush_every_ms(Some(200))
+            .open();
+        match opened {
+            Err(sled::Error::Io(err))
+                if err.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_PATIENCE =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 impl SledIndex {
     /// Opens (or creates) the index in `dir` without reading any row: the byte total comes
     /// from the body records and the row count from the tree.
@@ -153,11 +179,7 @@ impl SledIndex {
     /// # Errors
     /// An index sled cannot open (corrupt, or open in another process).
     pub fn open(dir: &std::path::Path) -> Result<SledIndex, DiskError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(32 << 20)
-            .flush_every_ms(Some(200))
-            .open()?;
+        let db = open_db(dir)?;
         let entries = db.open_tree("entries")?;
         let recency = db.open_tree("recency")?;
         let blobs = db.open_tree("blobs")?;

@@ -379,32 +379,10 @@ async fn apply_touches(
 mod tests {
     use super::*;
     use crate::cache::entry::StoredResponse;
-    use crate::cache::key::Vary;
-    use crate::cache::policy::{Freshness, PolicySettings};
-    use http::{HeaderMap, StatusCode};
     use std::fs;
-    use std::time::SystemTime;
 
     fn entry(path: &str, body: &'static [u8]) -> StoredResponse {
-        let mut headers = HeaderMap::new();
-        headers.insert("cache-control", "max-age=60".parse().unwrap());
-        let now = SystemTime::now();
-        let freshness = Freshness::compute(
-            StatusCode::OK,
-            &headers,
-            &PolicySettings::default(),
-            now,
-            now,
-        );
-        let meta = EntryMeta::new(
-            PrimaryKey::new("http", "example.com", path),
-            format!("http://example.com{path}"),
-            StatusCode::OK,
-            headers,
-            (Vary::None, VariantKey::NONE),
-            freshness,
-        );
-        StoredResponse::new(meta, Bytes::from_static(body))
+        crate::cache::entry::testing::entry(path, Bytes::from_static(body))
     }
 
     fn store_entry(store: &DiskStore, entry: &StoredResponse) {

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header;
 
 use super::{Fill, FillStatus, SpillState};
 use crate::cache::disk::{BlobWriter, DiskError, DiskTier, TempBlob};
@@ -96,7 +95,7 @@ impl Cache {
             FillTarget::Origin => (self.max_object_size, self.storable_size()),
             FillTarget::Derived(_) => (self.max_object_size, self.max_object_size),
         };
-        let declared = declared_length(&meta);
+        let declared = crate::cache::entry::content_length(&meta.headers);
         let mut writer = FillWriter {
             cache: self,
             fill: Arc::clone(fill),
@@ -116,17 +115,6 @@ impl Cache {
         }
         writer
     }
-}
-
-/// Content-Length, when the origin sent one.
-fn declared_length(meta: &EntryMeta) -> Option<u64> {
-    meta.headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 impl FillWriter<'_> {

@@ -53,6 +53,13 @@ pub enum Lookup {
     Fetch(MissPlan),
 }
 
+/// What the lookup knows once it has looked at the tiers.
+struct Found {
+    entry: Arc<StoredResponse>,
+    set: Arc<VariantSet>,
+    tier: Tier,
+}
+
 impl Cache {
     /// Looks `request` (for `authority`) up at `now`.
     pub async fn lookup(
@@ -61,20 +68,10 @@ impl Cache {
         authority: &str,
         now: SystemTime,
     ) -> Lookup {
-        let bypass =
-            |detail| Lookup::Bypass(CacheStatus::forward(FwdReason::Bypass).with_detail(detail));
-        if !self.is_enabled {
-            return bypass(Detail::Disabled);
-        }
-        if request.method != Method::GET && request.method != Method::HEAD {
-            return Lookup::Bypass(CacheStatus::forward(FwdReason::Method));
+        if let Some(bypass) = self.bypass(request) {
+            return bypass;
         }
         let headers = &request.headers;
-        if headers.contains_key(header::IF_MATCH)
-            || headers.contains_key(header::IF_UNMODIFIED_SINCE)
-        {
-            return bypass(Detail::Precondition);
-        }
         let path_and_query = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let key = PrimaryKey::new("http", authority, path_and_query);
         let directives = policy::request_directives(headers);
@@ -83,17 +80,16 @@ impl Cache {
             Some((set, tier)) => (Some(set), tier),
             None => (None, Tier::Memory),
         };
-        let variant_hint = variants
-            .as_ref()
-            .and_then(|set| set.iter().next())
-            .and_then(|entry| entry.meta.vary.variant_key(headers))
-            .unwrap_or(VariantKey::NONE);
-        let plan = |stale: Option<Arc<StoredResponse>>, reason| MissPlan {
+        let plan = MissPlan {
             key,
             url: format!("http://{authority}{path_and_query}"),
-            variant_hint,
-            stale,
-            reason,
+            variant_hint: variants
+                .as_ref()
+                .and_then(|set| set.iter().next())
+                .and_then(|entry| entry.meta.vary.variant_key(headers))
+                .unwrap_or(VariantKey::NONE),
+            stale: None,
+            reason: FwdReason::UriMiss,
             is_coalescable: !has_authorization && !directives.no_store,
         };
         let selected = variants
@@ -101,19 +97,8 @@ impl Cache {
             .and_then(|set| set.select(headers))
             .cloned();
         let (Some(entry), Some(set)) = (selected, variants.clone()) else {
-            if directives.only_if_cached {
-                return Lookup::OnlyIfCachedMiss;
-            }
-            if self.is_offline() {
-                return Lookup::OfflineMiss;
-            }
             let is_vary_miss = variants.is_some_and(|set| !set.is_empty());
-            let reason = if is_vary_miss {
-                FwdReason::VaryMiss
-            } else {
-                FwdReason::UriMiss
-            };
-            return Lookup::Fetch(plan(None, reason));
+            return self.miss(plan, &directives, is_vary_miss);
         };
         if has_authorization && !entry.meta.freshness.is_shareable_with_authorization {
             // RFC 9111 §3.5: not reusable for a request with Authorization.
@@ -121,7 +106,59 @@ impl Cache {
                 CacheStatus::forward(FwdReason::Request).with_detail(Detail::Authorization),
             );
         }
+        self.reuse(Found { entry, set, tier }, &directives, now, plan)
+    }
+
+    /// Requests the cache does not handle: it is off, the method is not GET or HEAD, or the
+    /// request has preconditions the cache does not evaluate.
+    fn bypass(&self, request: &http::request::Parts) -> Option<Lookup> {
+        let bypass = |detail| CacheStatus::forward(FwdReason::Bypass).with_detail(detail);
+        if !self.is_enabled {
+            return Some(Lookup::Bypass(bypass(Detail::Disabled)));
+        }
+        if request.method != Method::GET && request.method != Method::HEAD {
+            return Some(Lookup::Bypass(CacheStatus::forward(FwdReason::Method)));
+        }
+        let headers = &request.headers;
+        let has_preconditions = headers.contains_key(header::IF_MATCH)
+            || headers.contains_key(header::IF_UNMODIFIED_SINCE);
+        has_preconditions.then(|| Lookup::Bypass(bypass(Detail::Precondition)))
+    }
+
+    /// Nothing stored selects this request.
+    fn miss(&self, plan: MissPlan, directives: &policy::Directives, is_vary_miss: bool) -> Lookup {
+        if directives.only_if_cached {
+            return Lookup::OnlyIfCachedMiss;
+        }
+        if self.is_offline() {
+            return Lookup::OfflineMiss;
+        }
+        let reason = if is_vary_miss {
+            FwdReason::VaryMiss
+        } else {
+            FwdReason::UriMiss
+        };
+        Lookup::Fetch(MissPlan { reason, ..plan })
+    }
+
+    /// What may be done with the stored response that selects this request (RFC 9111 §4.2,
+    /// §4.3; RFC 5861 §3), in offline mode too.
+    fn reuse(
+        &self,
+        found: Found,
+        directives: &policy::Directives,
+        now: SystemTime,
+        plan: MissPlan,
+    ) -> Lookup {
+        let Found { entry, set, tier } = found;
         let ttl = entry.meta.freshness.ttl_seconds(now);
+        let validate = |entry, reason| {
+            Lookup::Fetch(MissPlan {
+                stale: Some(entry),
+                reason,
+                ..plan.clone()
+            })
+        };
         let hit = |entry, status, revalidate| Lookup::Hit {
             entry,
             set,
@@ -129,7 +166,7 @@ impl Cache {
             tier,
             revalidate,
         };
-        let reuse = policy::evaluate_reuse(&entry.meta.freshness, &directives, now);
+        let reuse = policy::evaluate_reuse(&entry.meta.freshness, directives, now);
         if self.is_offline() && !matches!(reuse, Reuse::Fresh | Reuse::StaleAllowed) {
             // Offline mode serves what is stored, fresh or not, unless the response forbids
             // stale use and the operator did not override that.
@@ -145,15 +182,17 @@ impl Cache {
         match reuse {
             Reuse::Fresh | Reuse::StaleAllowed => hit(entry, CacheStatus::hit(ttl), None),
             Reuse::StaleWhileRevalidate if !directives.only_if_cached => {
-                let revalidate = plan(Some(Arc::clone(&entry)), FwdReason::Stale);
+                let revalidate = MissPlan {
+                    stale: Some(Arc::clone(&entry)),
+                    reason: FwdReason::Stale,
+                    ..plan.clone()
+                };
                 let status = CacheStatus::hit(ttl).with_detail(Detail::StaleWhileRevalidate);
                 hit(entry, status, Some(revalidate))
             }
             _ if directives.only_if_cached => Lookup::OnlyIfCachedMiss,
-            Reuse::ValidateStale | Reuse::StaleWhileRevalidate => {
-                Lookup::Fetch(plan(Some(entry), FwdReason::Stale))
-            }
-            Reuse::ValidateForRequest => Lookup::Fetch(plan(Some(entry), FwdReason::Request)),
+            Reuse::ValidateStale | Reuse::StaleWhileRevalidate => validate(entry, FwdReason::Stale),
+            Reuse::ValidateForRequest => validate(entry, FwdReason::Request),
         }
     }
 

@@ -41,6 +41,7 @@ mod encode;
 mod fetch;
 pub mod forwarding;
 mod invalidate;
+mod proxy;
 pub mod range;
 mod request;
 pub mod respond;
@@ -48,7 +49,7 @@ pub mod route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
@@ -56,154 +57,16 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::cache::lookup::Lookup;
-use crate::cache::Cache;
-use crate::config::Config;
 use crate::error::{Fault, ProxyError};
 use crate::telemetry::cache_status::{CacheStatus, FwdReason};
-use crate::telemetry::metrics::{ErrorLabels, Metrics};
 use crate::telemetry::Detail;
-use crate::transform::compress::Compression;
-use crate::upstream::{OriginBody, Upstream, UpstreamSetupError};
-use access_log::AccessLog;
 pub use ctx::RequestCtx;
 use deliver::Delivery;
-use forwarding::{Downstream, ForwardingPolicy};
+use forwarding::Downstream;
+pub use proxy::{Proxy, SetupError};
 pub use request::check_request;
 use request::upstream_request;
-use route::{Router, Site};
-
-/// Why a proxy could not be built from a configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error(transparent)]
-    Upstream(#[from] UpstreamSetupError),
-    #[error("log.access_log_path {path}: {source}")]
-    AccessLog {
-        path: String,
-        source: std::io::Error,
-    },
-}
-
-/// Everything a request needs that outlives it: built once from the config.
-pub struct Proxy {
-    router: Router,
-    forwarding: ForwardingPolicy,
-    upstream: Upstream,
-    cache: Cache,
-    compression: Compression,
-    metrics: Arc<Metrics>,
-    proxy_name: String,
-    /// `Via` for responses we serve from the cache (RFC 9110 §7.6.3).
-    via_response: HeaderValue,
-    /// Longest wait for the next chunk of an origin body being filled into the cache.
-    body_read_timeout: Duration,
-    access_log: Option<Arc<AccessLog>>,
-    /// Peers allowed to send PURGE.
-    purge_allowed: Vec<ipnet::IpNet>,
-    debug: crate::config::DebugConfig,
-    /// Connection limits and timeouts, read by the server for each new connection.
-    pub server: crate::config::ServerConfig,
-}
-
-impl Proxy {
-    /// # Errors
-    /// When the upstream client cannot be built (an unreadable CA file).
-    pub fn new(config: &Config) -> Result<Proxy, SetupError> {
-        let metrics = Arc::new(Metrics::new());
-        let cache = Cache::new(&config.cache, &metrics);
-        Proxy::build(config, cache, metrics)
-    }
-
-    /// A proxy for a reloaded `config` that keeps this one's cache contents, fills in flight
-    /// and metrics.
-    ///
-    /// # Errors
-    /// When the new upstream client cannot be built (an unreadable CA file).
-    pub fn reconfigured(&self, config: &Config) -> Result<Proxy, SetupError> {
-        Proxy::build(
-            config,
-            self.cache.reconfigured(&config.cache),
-            Arc::clone(&self.metrics),
-        )
-    }
-
-    fn build(config: &Config, cache: Cache, metrics: Arc<Metrics>) -> Result<Proxy, SetupError> {
-        Ok(Proxy {
-            router: Router::new(config),
-            forwarding: ForwardingPolicy::new(&config.forwarding),
-            upstream: Upstream::new(&config.upstream)?,
-            cache,
-            compression: Compression::new(&config.compression, metrics.encoder_runs.clone()),
-            metrics,
-            proxy_name: config.proxy_name.clone(),
-            via_response: HeaderValue::from_str(&format!("1.1 {}", config.proxy_name))
-                .unwrap_or_else(|_| HeaderValue::from_static("1.1 outpost")),
-            body_read_timeout: config.upstream.body_read_timeout.get(),
-            access_log: AccessLog::open(&config.log)
-                .map_err(|source| SetupError::AccessLog {
-                    path: config.log.access_log_path.to_string(),
-                    source,
-                })?
-                .map(Arc::new),
-            purge_allowed: config.cache.purge_allowed.clone(),
-            debug: config.debug.clone(),
-            server: config.server.clone(),
-        })
-    }
-
-    pub fn cache(&self) -> &Cache {
-        &self.cache
-    }
-
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
-    }
-
-    pub fn compression(&self) -> &Compression {
-        &self.compression
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Whether this response gets the path view: a trusted client that asked (or always).
-    fn wants_path_view(&self, peer: SocketAddr, asked: bool) -> bool {
-        let peer = peer.ip().to_canonical();
-        (asked || self.debug.always)
-            && self
-                .debug
-                .trusted_clients
-                .iter()
-                .any(|net| net.contains(&peer))
-    }
-
-    /// Sends to the origin and records the exchange: count, latency to the response head,
-    /// and the Proxy-Status error type of failures.
-    async fn send_upstream(
-        &self,
-        request: Request<Body>,
-        origin: &str,
-    ) -> Result<Response<OriginBody>, ProxyError> {
-        let started = Instant::now();
-        self.metrics.origin_requests.inc();
-        let result = self.upstream.send(request, origin).await;
-        self.metrics
-            .origin_latency
-            .observe(started.elapsed().as_secs_f64());
-        if let Err(err) = &result {
-            let error = err.proxy_status_error().as_str();
-            self.metrics
-                .origin_errors
-                .get_or_create(&ErrorLabels { error })
-                .inc();
-            if let ProxyError::LimitReached { .. } = err {
-                self.metrics.overloaded.inc();
-            }
-        }
-        result
-    }
-}
+use route::Site;
 
 /// What the connection layer knows about a request that the request itself does not show.
 #[derive(Debug, Clone, Copy)]
@@ -289,24 +152,56 @@ async fn serve(
     ctx.site = site.name.clone();
     ctx.origin = site.origin.url().to_string();
     let authority = host.as_deref().unwrap_or("");
-    let downstream = Downstream {
-        peer: facts.peer,
-        scheme: "http",
-        host: host.as_deref(),
-    };
     if parts.method.as_str() == "PURGE" {
         ctx.status = CacheStatus::forward(FwdReason::Bypass).with_detail(Detail::Purge);
         let response = invalidate::purge_request(proxy, parts, facts.peer, authority).await?;
         return Ok(Delivery::Synthetic(response));
     }
-    let miss = |plan| fetch::Miss {
+    let downstream = Downstream {
+        peer: facts.peer,
+        scheme: "http",
+        host: host.as_deref(),
+    };
+    let lookup = proxy.cache.lookup(parts, authority, ctx.now).await;
+    let request = Routed {
         proxy,
         site: &site,
         parts,
         downstream,
-        plan,
     };
-    match proxy.cache.lookup(parts, authority, ctx.now).await {
+    branch(request, lookup, body, ctx).await
+}
+
+/// A request that has been filtered and routed.
+struct Routed<'a> {
+    proxy: &'a Arc<Proxy>,
+    site: &'a Arc<Site>,
+    parts: &'a http::request::Parts,
+    downstream: Downstream<'a>,
+}
+
+impl<'a> Routed<'a> {
+    fn miss(&self, plan: crate::cache::lookup::MissPlan) -> fetch::Miss<'a> {
+        fetch::Miss {
+            proxy: self.proxy,
+            site: self.site,
+            parts: self.parts,
+            downstream: self.downstream,
+            plan,
+        }
+    }
+}
+
+/// The branch the lookup chose, up to what is to be delivered.
+async fn branch(
+    request: Routed<'_>,
+    lookup: Lookup,
+    body: Incoming,
+    ctx: &mut RequestCtx,
+) -> Result<Delivery, ProxyError> {
+    let proxy = request.proxy;
+    let offline = || Delivery::Synthetic(respond::gateway_timeout_offline());
+    match lookup {
         Lookup::Hit {
             entry,
             set,
@@ -319,12 +214,10 @@ async fn serve(
             ctx.variant = Some(entry.meta.variant);
             ctx.hit_tier = tier;
             if let Some(plan) = revalidate {
-                fetch::revalidate_in_background(&miss(plan));
+                fetch::revalidate_in_background(&request.miss(plan));
             }
-            Ok(Delivery::Stored {
-                entry,
-                set: Some(set),
-            })
+            let set = Some(set);
+            Ok(Delivery::Stored { entry, set })
         }
         Lookup::OnlyIfCachedMiss => {
             // RFC 9111 §5.2.1.7: nothing suitable is stored and the origin may not be asked.
@@ -336,29 +229,41 @@ async fn serve(
         // Offline, nothing is forwarded: misses, unsafe methods, preconditions and the rest.
         Lookup::OfflineMiss | Lookup::Bypass(_) if proxy.cache.is_offline() => {
             ctx.status = CacheStatus::default().with_detail(Detail::Offline);
-            Ok(Delivery::Synthetic(respond::gateway_timeout_offline()))
+            Ok(offline())
         }
         Lookup::OfflineMiss => {
             ctx.status = CacheStatus::default().with_detail(Detail::Offline);
-            Ok(Delivery::Synthetic(respond::gateway_timeout_offline()))
+            Ok(offline())
         }
         Lookup::Bypass(status) => {
             ctx.status = status;
-            let response = forward(proxy, &site, parts, body, downstream, ctx).await?;
-            ctx.status.fwd_status = Some(response.status().as_u16());
-            if invalidate::is_safe_method(&parts.method) {
-                return Ok(Delivery::Forwarded(response));
-            }
-            let (head, body) = response.into_parts();
-            invalidate::after_unsafe(proxy, &parts.uri, authority, &head).await;
-            Ok(Delivery::Forwarded(Response::from_parts(head, body)))
+            bypass(&request, body, ctx).await
         }
         Lookup::Fetch(plan) => {
             ctx.key = Some(plan.key);
             ctx.variant = plan.stale.as_ref().map(|entry| entry.meta.variant);
-            fetch::through_cache(miss(plan), ctx).await
+            fetch::through_cache(request.miss(plan), ctx).await
         }
     }
+}
+
+/// Forwards without the cache; a non-error answer to an unsafe method invalidates (RFC 9111
+/// §4.4, RFC 9875 §3).
+async fn bypass(
+    request: &Routed<'_>,
+    body: Incoming,
+    ctx: &mut RequestCtx,
+) -> Result<Delivery, ProxyError> {
+    let (proxy, parts) = (request.proxy, request.parts);
+    let response = forward(proxy, request.site, parts, body, request.downstream, ctx).await?;
+    ctx.status.fwd_status = Some(response.status().as_u16());
+    if invalidate::is_safe_method(&parts.method) {
+        return Ok(Delivery::Forwarded(response));
+    }
+    let authority = request.downstream.host.unwrap_or("");
+    let (head, body) = response.into_parts();
+    invalidate::after_unsafe(proxy, &parts.uri, authority, &head).await;
+    Ok(Delivery::Forwarded(Response::from_parts(head, body)))
 }
 
 /// Forwards a request without the cache; the response streams back with its hop-by-hop

@@ -1,0 +1,153 @@
+//! [`Proxy`]: everything a request needs that outlives it, built once from the
+//! configuration (and again on reload, keeping the cache and the metrics).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::HeaderValue;
+use http::{Request, Response};
+
+use super::access_log::AccessLog;
+use super::forwarding::ForwardingPolicy;
+use super::route::Router;
+use crate::body::Body;
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::telemetry::metrics::{ErrorLabels, Metrics};
+use crate::transform::compress::Compression;
+use crate::upstream::{OriginBody, Upstream, UpstreamSetupError};
+
+/// Why a proxy could not be built from a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
+    #[error("log.access_log_path {path}: {source}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Everything a request needs that outlives it: built once from the config.
+pub struct Proxy {
+    pub(super) router: Router,
+    pub(super) forwarding: ForwardingPolicy,
+    pub(super) upstream: Upstream,
+    pub(super) cache: Cache,
+    pub(super) compression: Compression,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) proxy_name: String,
+    /// `Via` for responses we serve from the cache (RFC 9110 §7.6.3).
+    pub(super) via_response: HeaderValue,
+    /// Longest wait for the next chunk of an origin body being filled into the cache.
+    pub(super) body_read_timeout: Duration,
+    pub(super) access_log: Option<Arc<AccessLog>>,
+    /// Peers allowed to send PURGE.
+    pub(super) purge_allowed: Vec<ipnet::IpNet>,
+    pub(super) debug: crate::config::DebugConfig,
+    /// Connection limits and timeouts, read by the server for each new connection.
+    pub server: crate::config::ServerConfig,
+}
+
+impl Proxy {
+    /// # Errors
+    /// When the upstream client cannot be built (an unreadable CA file).
+    pub fn new(config: &Config) -> Result<Proxy, SetupError> {
+        let metrics = Arc::new(Metrics::new());
+        let cache = Cache::new(&config.cache, &metrics);
+        Proxy::build(config, cache, metrics)
+    }
+
+    /// A proxy for a reloaded `config` that keeps this one's cache contents, fills in flight
+    /// and metrics.
+    ///
+    /// # Errors
+    /// When the new upstream client cannot be built (an unreadable CA file).
+    pub fn reconfigured(&self, config: &Config) -> Result<Proxy, SetupError> {
+        Proxy::build(
+            config,
+            self.cache.reconfigured(&config.cache),
+            Arc::clone(&self.metrics),
+        )
+    }
+
+    fn build(config: &Config, cache: Cache, metrics: Arc<Metrics>) -> Result<Proxy, SetupError> {
+        Ok(Proxy {
+            router: Router::new(config),
+            forwarding: ForwardingPolicy::new(&config.forwarding),
+            upstream: Upstream::new(&config.upstream)?,
+            cache,
+            compression: Compression::new(&config.compression, metrics.encoder_runs.clone()),
+            metrics,
+            proxy_name: config.proxy_name.clone(),
+            via_response: HeaderValue::from_str(&format!("1.1 {}", config.proxy_name))
+                .unwrap_or_else(|_| HeaderValue::from_static("1.1 outpost")),
+            body_read_timeout: config.upstream.body_read_timeout.get(),
+            access_log: AccessLog::open(&config.log)
+                .map_err(|source| SetupError::AccessLog {
+                    path: config.log.access_log_path.to_string(),
+                    source,
+                })?
+                .map(Arc::new),
+            purge_allowed: config.cache.purge_allowed.clone(),
+            debug: config.debug.clone(),
+            server: config.server.clone(),
+        })
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    pub fn compression(&self) -> &Compression {
+        &self.compression
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether this response gets the path view: a trusted client that asked (or always).
+    pub(super) fn wants_path_view(&self, peer: SocketAddr, asked: bool) -> bool {
+        let peer = peer.ip().to_canonical();
+        (asked || self.debug.always)
+            && self
+                .debug
+                .trusted_clients
+                .iter()
+                .any(|net| net.contains(&peer))
+    }
+
+    /// Sends to the origin and records the exchange: count, latency to the response head,
+    /// and the Proxy-Status error type of failures.
+    pub(super) async fn send_upstream(
+        &self,
+        request: Request<Body>,
+        origin: &str,
+    ) -> Result<Response<OriginBody>, ProxyError> {
+        let started = Instant::now();
+        self.metrics.origin_requests.inc();
+        let result = self.upstream.send(request, origin).await;
+        self.metrics
+            .origin_latency
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(err) = &result {
+            let error = err.proxy_status_error().as_str();
+            self.metrics
+                .origin_errors
+                .get_or_create(&ErrorLabels { error })
+                .inc();
+            if let ProxyError::LimitReached { .. } = err {
+                self.metrics.overloaded.inc();
+            }
+        }
+        result
+    }
+}

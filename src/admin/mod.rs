@@ -79,86 +79,95 @@ async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body>
         return response;
     }
     let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
-    match (request.method(), request.uri().path()) {
+    let query = request.uri().query().unwrap_or("");
+    match (request.method(), path) {
         (_, "/healthz") if is_read => text(StatusCode::OK, "ok\n"),
         (_, "/readyz") if is_read => text(StatusCode::OK, "ready\n"),
-        (_, "/metrics") if is_read => {
-            let metrics = proxy.metrics();
-            let set_usage = |tier, (entries, bytes): (u64, u64)| {
-                let labels = TierLabels { tier };
-                let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-                metrics
-                    .cache_entries
-                    .get_or_create(&labels)
-                    .set(gauge(entries));
-                metrics.cache_bytes.get_or_create(&labels).set(gauge(bytes));
-            };
-            set_usage("memory", proxy.cache().memory_usage().await);
-            if let Some(usage) = proxy.cache().disk_usage() {
-                set_usage("disk", usage);
-            }
-            let mut response = text(StatusCode::OK, "");
-            *response.body_mut() = Body::full(metrics.encode());
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            response
-        }
-        (_, "/status") if is_read => {
-            let mut response = text(StatusCode::OK, "");
-            *response.body_mut() = Body::full(page::PAGE);
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            response
-        }
-        (_, "/status.json") if is_read => {
-            let (entries, bytes) = proxy.cache().memory_usage().await;
-            let capacity = outpost.config().cache.memory_capacity.as_u64();
-            let mut tiers = serde_json::json!({"memory": {"entries": entries, "bytes": bytes, "capacity": capacity}});
-            if let Some((entries, bytes)) = proxy.cache().disk_usage() {
-                let config = outpost.config();
-                tiers["disk"] = serde_json::json!({
-                    "entries": entries,
-                    "bytes": bytes,
-                    "capacity": config.cache.disk_capacity.as_u64(),
-                    "dir": config.cache.dir,
-                    "degraded": proxy.cache().live_disk().is_none(),
-                });
-            }
-            tiers["offline"] = serde_json::json!(proxy.cache().is_offline());
-            json(StatusCode::OK, proxy.metrics().board.snapshot(tiers))
-        }
+        (_, "/metrics") if is_read => metrics(&proxy).await,
+        (_, "/status") if is_read => typed(page::PAGE, "text/html; charset=utf-8"),
+        (_, "/status.json") if is_read => status_json(outpost, &proxy).await,
         (_, "/offline") if is_read => json(
             StatusCode::OK,
             serde_json::json!({"offline": proxy.cache().is_offline()}),
         ),
-        (&Method::POST, "/offline") => offline(&proxy, request.uri().query().unwrap_or("")),
-        (&Method::POST, "/purge") => purge(&proxy, request.uri().query().unwrap_or("")).await,
-        (&Method::POST, "/reload") => match outpost.reload() {
-            Ok(()) => json(StatusCode::OK, serde_json::json!({"reloaded": true})),
-            Err(err) => {
-                tracing::error!(error = %err, "reload refused; the configuration in force stays");
-                let status = match err {
-                    ReloadError::NoSource => StatusCode::NOT_IMPLEMENTED,
-                    _ => StatusCode::UNPROCESSABLE_ENTITY,
-                };
-                json(
-                    status,
-                    serde_json::json!({"reloaded": false, "error": err.to_string()}),
-                )
-            }
-        },
+        (&Method::POST, "/offline") => offline(&proxy, query),
+        (&Method::POST, "/purge") => purge(&proxy, query).await,
+        (&Method::POST, "/reload") => reload(outpost),
         (
             _,
             "/healthz" | "/readyz" | "/metrics" | "/purge" | "/reload" | "/status" | "/status.json"
             | "/offline",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// A 200 with `body` of `content_type`.
+fn typed(body: impl Into<bytes::Bytes>, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::full(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The Prometheus exposition, with the tiers' sizes brought up to date.
+async fn metrics(proxy: &Proxy) -> Response<Body> {
+    let metrics = proxy.metrics();
+    let set_usage = |tier, (entries, bytes): (u64, u64)| {
+        let labels = TierLabels { tier };
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        metrics
+            .cache_entries
+            .get_or_create(&labels)
+            .set(gauge(entries));
+        metrics.cache_bytes.get_or_create(&labels).set(gauge(bytes));
+    };
+    set_usage("memory", proxy.cache().memory_usage().await);
+    if let Some(usage) = proxy.cache().disk_usage() {
+        set_usage("disk", usage);
+    }
+    typed(
+        metrics.encode(),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    )
+}
+
+/// The status board with the tiers' state.
+async fn status_json(outpost: &Outpost, proxy: &Proxy) -> Response<Body> {
+    let config = outpost.config();
+    let (entries, bytes) = proxy.cache().memory_usage().await;
+    let capacity = config.cache.memory_capacity.as_u64();
+    let mut tiers =
+        serde_json::json!({"memory": {"entries": entries, "bytes": bytes, "capacity": capacity}});
+    if let Some((entries, bytes)) = proxy.cache().disk_usage() {
+        tiers["disk"] = serde_json::json!({
+            "entries": entries,
+            "bytes": bytes,
+            "capacity": config.cache.disk_capacity.as_u64(),
+            "dir": config.cache.dir,
+            "degraded": proxy.cache().live_disk().is_none(),
+        });
+    }
+    tiers["offline"] = serde_json::json!(proxy.cache().is_offline());
+    json(StatusCode::OK, proxy.metrics().board.snapshot(tiers))
+}
+
+/// `POST /reload`: the configuration read again and put in force, or why not.
+fn reload(outpost: &Outpost) -> Response<Body> {
+    match outpost.reload() {
+        Ok(()) => json(StatusCode::OK, serde_json::json!({"reloaded": true})),
+        Err(err) => {
+            tracing::error!(error = %err, "reload refused; the configuration in force stays");
+            let status = match err {
+                ReloadError::NoSource => StatusCode::NOT_IMPLEMENTED,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            json(
+                status,
+                serde_json::json!({"reloaded": false, "error": err.to_string()}),
+            )
+        }
     }
 }
 

@@ -51,9 +51,7 @@ pub fn load(args: &LoadArgs) -> Result<()> {
     let keys = match &args.trace {
         Some(path) => {
             let format = match args.format {
-                Some(TraceFormatArg::Oracle) => trace::TraceFormat::Oracle,
-                Some(TraceFormatArg::Csv) => trace::TraceFormat::Csv,
-                Some(TraceFormatArg::Clf) => trace::TraceFormat::Clf,
+                Some(format) => format.into(),
                 None => trace::guess_format(path),
             };
             let ids: Vec<u64> = trace::read(path, format)?.iter().map(|r| r.id).collect();

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use outpost::tools::replay::{self, sim::Policy, trace, SizeSpec};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplayArgs {
@@ -68,23 +69,7 @@ pub enum TraceFormatArg {
 }
 
 pub fn replay(args: &ReplayArgs) -> Result<()> {
-    use outpost::tools::replay::{self, sim::Policy, trace, SizeSpec};
-    let (requests, name) = match (&args.synthetic, &args.trace) {
-        (Some(spec), _) => {
-            let synthetic: trace::Synthetic = spec.parse()?;
-            (synthetic.generate(), spec.clone())
-        }
-        (None, Some(path)) => {
-            let format = match args.format {
-                Some(TraceFormatArg::Oracle) => trace::TraceFormat::Oracle,
-                Some(TraceFormatArg::Csv) => trace::TraceFormat::Csv,
-                Some(TraceFormatArg::Clf) => trace::TraceFormat::Clf,
-                None => trace::guess_format(path),
-            };
-            (trace::read(path, format)?, path.display().to_string())
-        }
-        (None, None) => anyhow::bail!("give a TRACE file or --synthetic SPEC"),
-    };
+    let (requests, name) = workload(args)?;
     let policies = args
         .policy
         .iter()
@@ -101,15 +86,6 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
         .map(|d| d.parse::<outpost::config::ByteSize>().map(|b| b.as_u64()))
         .transpose()
         .map_err(|err| anyhow::anyhow!("--disk: {err}"))?;
-    if let Some(path) = &args.write_oracle {
-        let compress = path.extension().is_some_and(|e| e == "zst");
-        let file = std::fs::File::create(path).with_context(|| path.display().to_string())?;
-        trace::write_oracle(file, &requests, compress)?;
-    }
-    if let Some(path) = &args.write_csv {
-        let file = std::fs::File::create(path).with_context(|| path.display().to_string())?;
-        trace::write_csv(file, &requests)?;
-    }
     let engine = match args.engine {
         EngineArg::Model => replay::Engine::Model,
         EngineArg::Moka => {
@@ -120,22 +96,10 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
             replay::Engine::Moka
         }
     };
+    write_trace_copies(args, &requests)?;
     let summary = replay::summarise(&requests);
     let total = summary.requests * (policies.len() * sizes.len()) as u64;
-    let bar = if args.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::with_draw_target(
-            Some(total),
-            indicatif::ProgressDrawTarget::stderr(),
-        )
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} requests ({per_sec})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(args.quiet, total);
     let started = std::time::Instant::now();
     let results = replay::sweep(
         &requests,
@@ -160,17 +124,86 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
         total as f64 / elapsed.as_secs_f64() / 1e6
     );
     print!("{}", replay::table(&results));
+    write_reports(args, &name, &summary, &results)
+}
+
+/// The requests to replay and a name for them: a trace file, or a synthetic workload.
+fn workload(args: &ReplayArgs) -> Result<(Vec<trace::TraceRequest>, String)> {
+    match (&args.synthetic, &args.trace) {
+        (Some(spec), _) => {
+            let synthetic: trace::Synthetic = spec.parse()?;
+            Ok((synthetic.generate(), spec.clone()))
+        }
+        (None, Some(path)) => {
+            let format = match args.format {
+                Some(format) => format.into(),
+                None => trace::guess_format(path),
+            };
+            Ok((trace::read(path, format)?, path.display().to_string()))
+        }
+        (None, None) => anyhow::bail!("give a TRACE file or --synthetic SPEC"),
+    }
+}
+
+impl From<TraceFormatArg> for trace::TraceFormat {
+    fn from(format: TraceFormatArg) -> trace::TraceFormat {
+        match format {
+            TraceFormatArg::Oracle => trace::TraceFormat::Oracle,
+            TraceFormatArg::Csv => trace::TraceFormat::Csv,
+            TraceFormatArg::Clf => trace::TraceFormat::Clf,
+        }
+    }
+}
+
+/// `--write-oracle` and `--write-csv`.
+fn write_trace_copies(args: &ReplayArgs, requests: &[trace::TraceRequest]) -> Result<()> {
+    if let Some(path) = &args.write_oracle {
+        let compress = path.extension().is_some_and(|e| e == "zst");
+        let file = std::fs::File::create(path).with_context(|| path.display().to_string())?;
+        trace::write_oracle(file, requests, compress)?;
+    }
+    if let Some(path) = &args.write_csv {
+        let file = std::fs::File::create(path).with_context(|| path.display().to_string())?;
+        trace::write_csv(file, requests)?;
+    }
+    Ok(())
+}
+
+fn progress_bar(quiet: bool, total: u64) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} requests ({per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// `--json`, `--csv` and `--plot`.
+fn write_reports(
+    args: &ReplayArgs,
+    name: &str,
+    summary: &replay::TraceSummary,
+    results: &[replay::ReplayResult],
+) -> Result<()> {
     let write = |path: &PathBuf, text: String| {
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     };
     if let Some(path) = &args.json {
-        write(path, replay::json(&name, &summary, args.warmup, &results))?;
+        write(path, replay::json(name, summary, args.warmup, results))?;
     }
     if let Some(path) = &args.csv {
-        write(path, replay::csv(&results))?;
+        write(path, replay::csv(results))?;
     }
     if let Some(path) = &args.plot {
-        write(path, replay::svg(&format!("miss ratio: {name}"), &results))?;
+        write(path, replay::svg(&format!("miss ratio: {name}"), results))?;
     }
     Ok(())
 }

@@ -39,12 +39,13 @@ pub(super) async fn serve_stored(
     {
         return for_client(proxy, respond::from_entry(proxy, entry, parts, now), parts);
     }
+    let identity = || {
+        let mut response = respond::from_entry(proxy, entry, parts, now);
+        compress::vary_on_accept_encoding(response.headers_mut());
+        response
+    };
     let coding = match AcceptEncoding::parse(&parts.headers).choose(&compression.preference) {
-        Choice::Identity => {
-            let mut response = respond::from_entry(proxy, entry, parts, now);
-            compress::vary_on_accept_encoding(response.headers_mut());
-            return response;
-        }
+        Choice::Identity => return identity(),
         Choice::NotAcceptable => return respond::not_acceptable(),
         Choice::Encode(coding) => coding,
     };
@@ -61,21 +62,42 @@ pub(super) async fn serve_stored(
         let response = respond::from_entry(proxy, entry, parts, now);
         return encoded_response(response, coding, None);
     }
-    // Encode once for everyone asking for this coding now, and keep the result.
+    match encoded_once(proxy, entry, coding).await {
+        // Its encoding failed, or was too large to keep: the identity representation is
+        // always acceptable here, and costs no encoder run per request.
+        None => identity(),
+        Some(Encoded::Stored(encoded)) => {
+            let body = respond::stored_body(proxy, &encoded);
+            let response = respond::from_meta(proxy, meta, body, parts, now);
+            encoded_response(response, coding, Some(encoded.meta.body_len))
+        }
+        Some(Encoded::Streaming(reader)) => {
+            let response = respond::from_meta(proxy, meta, Body::boxed(reader), parts, now);
+            encoded_response(response, coding, None)
+        }
+    }
+}
+
+/// A stored body in `coding`, as the coalesced fill that makes it has it.
+enum Encoded {
+    Stored(Arc<StoredResponse>),
+    Streaming(crate::cache::fill::FillReader),
+}
+
+/// Joins (or leads) the one fill that encodes `entry` for everyone asking for `coding` now,
+/// and keeps the result; `None` when the encoding failed or is known too large to keep.
+async fn encoded_once(
+    proxy: &Arc<Proxy>,
+    entry: &Arc<StoredResponse>,
+    coding: Coding,
+) -> Option<Encoded> {
     let fill_key = FillKey {
-        key: meta.key,
-        variant_hint: meta.variant.derived(coding.as_str()),
+        key: entry.meta.key,
+        variant_hint: entry.meta.variant.derived(coding.as_str()),
     };
-    if proxy
-        .cache
-        .is_hit_for_miss(&fill_key.key.for_variant(fill_key.variant_hint))
-        .await
-    {
-        // Its encoding was too large to keep: the identity representation is acceptable
-        // here, and costs no encoder run per request.
-        let mut response = respond::from_entry(proxy, entry, parts, now);
-        compress::vary_on_accept_encoding(response.headers_mut());
-        return response;
+    let marker = fill_key.key.for_variant(fill_key.variant_hint);
+    if proxy.cache.is_hit_for_miss(&marker).await {
+        return None;
     }
     let (role, fill, reader) = proxy.cache.coalescer().join(fill_key);
     if matches!(role, Role::Leader) {
@@ -88,24 +110,11 @@ pub(super) async fn serve_stored(
         );
         tokio::spawn(job);
     }
-    let response = match fill.wait_status().await {
-        FillStatus::Streaming(_) => {
-            respond::from_meta(proxy, meta, Body::boxed(reader), parts, now)
-        }
-        FillStatus::Complete { entry: encoded, .. } => {
-            let length = Some(encoded.meta.body_len);
-            let body = respond::stored_body(proxy, &encoded);
-            let response = respond::from_meta(proxy, meta, body, parts, now);
-            return encoded_response(response, coding, length);
-        }
-        // Encoding failed: the identity representation is always acceptable here.
-        _ => {
-            let mut response = respond::from_entry(proxy, entry, parts, now);
-            compress::vary_on_accept_encoding(response.headers_mut());
-            return response;
-        }
-    };
-    encoded_response(response, coding, None)
+    match fill.wait_status().await {
+        FillStatus::Streaming(_) => Some(Encoded::Streaming(reader)),
+        FillStatus::Complete { entry, .. } => Some(Encoded::Stored(entry)),
+        _ => None,
+    }
 }
 
 /// The fill task that encodes a stored body and stores the result beside it. An encoding

@@ -6,7 +6,7 @@
 //! is ignored (RFC 9110 §14.2 lets a server send the whole 200). Finding the entry is the
 //! lookup's business.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
@@ -129,15 +129,30 @@ pub enum RangeSource<'a> {
     },
 }
 
+impl RangeSource<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            RangeSource::Memory(body) => body.len() as u64,
+            RangeSource::Streamed { len, .. } => *len,
+        }
+    }
+
+    /// Bytes `first..=last`: a slice of a memory body (no copy), or a verified window of a
+    /// file.
+    fn part(&self, first: u64, last: u64) -> Body {
+        match self {
+            RangeSource::Memory(body) => Body::full(body.slice(first as usize..=last as usize)),
+            RangeSource::Streamed { window, .. } => window(first, last),
+        }
+    }
+}
+
 /// Turns a whole 200 `response` built from `source` into the answer to `range`.
 pub fn apply(mut response: Response<Body>, source: RangeSource<'_>, range: &str) -> Response<Body> {
     if response.status() != StatusCode::OK {
         return response;
     }
-    let len = match &source {
-        RangeSource::Memory(body) => body.len() as u64,
-        RangeSource::Streamed { len, .. } => *len,
-    };
+    let len = source.len();
     response
         .headers_mut()
         .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -153,10 +168,6 @@ pub fn apply(mut response: Response<Body>, source: RangeSource<'_>, range: &str)
         }
         Ranges::Satisfiable(ranges) if ranges.len() == 1 => {
             let (first, last) = ranges[0];
-            let part = match source {
-                RangeSource::Memory(body) => Body::full(body.slice(first as usize..=last as usize)),
-                RangeSource::Streamed { window, .. } => window(first, last),
-            };
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_RANGE,
@@ -164,60 +175,52 @@ pub fn apply(mut response: Response<Body>, source: RangeSource<'_>, range: &str)
             );
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
             *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-            *response.body_mut() = part;
+            *response.body_mut() = source.part(first, last);
             response
         }
-        Ranges::Satisfiable(ranges) => {
-            // RFC 9110 §14.6: multipart/byteranges, each part with its own Content-Range.
-            let boundary = format!("outpost-{:016x}", fnv(len, &ranges));
-            let content_type = response.headers_mut().remove(header::CONTENT_TYPE);
-            let part_head = |first: u64, last: u64| {
-                let mut head = format!("\r\n--{boundary}\r\n");
-                if let Some(content_type) = content_type.as_ref().and_then(|v| v.to_str().ok()) {
-                    head.push_str(&format!("Content-Type: {content_type}\r\n"));
-                }
-                head.push_str(&format!(
-                    "Content-Range: bytes {first}-{last}/{len}\r\n\r\n"
-                ));
-                head
-            };
-            let tail = format!("\r\n--{boundary}--\r\n");
-            let (body, total) = match source {
-                RangeSource::Memory(body) => {
-                    let mut out = BytesMut::new();
-                    for (first, last) in &ranges {
-                        out.put_slice(part_head(*first, *last).as_bytes());
-                        out.put_slice(&body[*first as usize..=*last as usize]);
-                    }
-                    out.put_slice(tail.as_bytes());
-                    let total = out.len() as u64;
-                    (Body::full(out.freeze()), total)
-                }
-                RangeSource::Streamed { window, .. } => {
-                    // Each part streams from the file, verified like any stored read.
-                    let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
-                    let mut total = tail.len() as u64;
-                    for (first, last) in &ranges {
-                        let head = part_head(*first, *last);
-                        total += head.len() as u64 + (last - first + 1);
-                        parts.push(Body::full(head));
-                        parts.push(window(*first, *last));
-                    }
-                    parts.push(Body::full(tail));
-                    (Body::chain(parts), total)
-                }
-            };
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                value(&format!("multipart/byteranges; boundary={boundary}")),
-            );
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
-            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-            *response.body_mut() = body;
-            response
-        }
+        Ranges::Satisfiable(ranges) => multipart(response, &source, &ranges),
     }
+}
+
+/// RFC 9110 §14.6: several ranges as multipart/byteranges, each part with its own
+/// Content-Range; parts are slices or verified file windows, never copies.
+fn multipart(
+    mut response: Response<Body>,
+    source: &RangeSource<'_>,
+    ranges: &[(u64, u64)],
+) -> Response<Body> {
+    let len = source.len();
+    let boundary = format!("outpost-{:016x}", fnv(len, ranges));
+    let content_type = response.headers_mut().remove(header::CONTENT_TYPE);
+    let part_head = |first: u64, last: u64| {
+        let mut head = format!("\r\n--{boundary}\r\n");
+        if let Some(content_type) = content_type.as_ref().and_then(|v| v.to_str().ok()) {
+            head.push_str(&format!("Content-Type: {content_type}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Range: bytes {first}-{last}/{len}\r\n\r\n"
+        ));
+        head
+    };
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
+    let mut total = tail.len() as u64;
+    for &(first, last) in ranges {
+        let head = part_head(first, last);
+        total += head.len() as u64 + (last - first + 1);
+        parts.push(Body::full(head));
+        parts.push(source.part(first, last));
+    }
+    parts.push(Body::full(tail));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        value(&format!("multipart/byteranges; boundary={boundary}")),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    *response.body_mut() = Body::chain(parts);
+    response
 }
 
 fn value(text: &str) -> HeaderValue {

@@ -84,152 +84,141 @@ impl Default for Metrics {
     }
 }
 
+/// Registers `metric` under `name` and hands it back (metrics are shared handles).
+fn register<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("outpost");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests by Cache-Status and method",
-            requests.clone(),
-        );
-        let response_bytes = Family::<SourceLabels, Counter>::default();
-        registry.register(
-            "response_bytes",
-            "Response body bytes sent, by where they came from",
-            response_bytes.clone(),
-        );
-        let origin_requests = Counter::default();
-        registry.register(
-            "origin_requests",
-            "Requests sent to origins",
-            origin_requests.clone(),
-        );
-        let origin_errors = Family::<ErrorLabels, Counter>::default();
-        registry.register(
-            "origin_errors",
-            "Origin failures by Proxy-Status error type",
-            origin_errors.clone(),
-        );
-        let origin_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register(
-            "origin_response_seconds",
-            "Time from sending a request to an origin to its response head",
-            origin_latency.clone(),
-        );
-        let coalesced_waits = Counter::default();
-        registry.register(
-            "coalesced_waits",
-            "Requests that waited for another request's origin fetch",
-            coalesced_waits.clone(),
-        );
-        let coalesced_wait_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register(
-            "coalesced_wait_seconds",
-            "How long coalesced requests waited for the fetch they joined",
-            coalesced_wait_seconds.clone(),
-        );
-        let open_connections = Gauge::default();
-        registry.register(
-            "open_connections",
-            "Client connections open",
-            open_connections.clone(),
-        );
-        let cache_entries = Family::<TierLabels, Gauge>::default();
-        registry.register(
-            "cache_entries",
-            "Resources stored, by tier",
-            cache_entries.clone(),
-        );
-        let cache_bytes = Family::<TierLabels, Gauge>::default();
-        registry.register(
-            "cache_bytes",
-            "Bytes stored (as weighed), by tier",
-            cache_bytes.clone(),
-        );
-        let evictions = Family::<TierLabels, Counter>::default();
-        registry.register(
-            "evictions",
-            "Resources evicted for room, by tier",
-            evictions.clone(),
-        );
-        let integrity_failures = Counter::default();
-        registry.register(
-            "integrity_failures",
-            "Stored bodies that did not match their digest on read (removed, refetched)",
-            integrity_failures.clone(),
-        );
-        let disk_errors = Counter::default();
-        registry.register(
-            "disk_errors",
-            "Disk tier I/O or index failures",
-            disk_errors.clone(),
-        );
-        let disk_degraded = Gauge::default();
-        registry.register(
-            "disk_degraded",
-            "1 while the disk tier is out of use after a failure (memory only)",
-            disk_degraded.clone(),
-        );
-        let offline = Gauge::default();
-        registry.register(
-            "offline",
-            "1 while offline mode serves only what is stored",
-            offline.clone(),
-        );
-        let purged = Counter::default();
-        registry.register(
-            "purged",
-            "Stored responses removed or marked stale by purge",
-            purged.clone(),
-        );
-        let encoder_runs = Counter::default();
-        registry.register(
-            "encoder_runs",
-            "Compression encoder runs started",
-            encoder_runs.clone(),
-        );
-        let fill_bytes = Gauge::default();
-        registry.register(
-            "fill_bytes",
-            "Body bytes held in memory by fills in flight",
-            fill_bytes.clone(),
-        );
-        let disk_loads = Counter::default();
-        registry.register(
-            "disk_loads",
-            "Objects read from the disk tier into memory",
-            disk_loads.clone(),
-        );
-        let overloaded = Counter::default();
-        registry.register(
-            "overloaded",
-            "Requests refused (503) because a fill or upstream connection limit was reached",
-            overloaded.clone(),
-        );
         Metrics {
-            registry,
-            requests,
-            response_bytes,
-            origin_requests,
-            origin_errors,
-            origin_latency,
-            coalesced_waits,
-            coalesced_wait_seconds,
-            open_connections,
-            cache_entries,
-            cache_bytes,
-            evictions,
-            purged,
-            integrity_failures,
-            disk_errors,
-            disk_degraded,
-            offline,
-            encoder_runs,
-            fill_bytes,
-            disk_loads,
-            overloaded,
+            requests: register(
+                &mut registry,
+                "requests",
+                "Requests by Cache-Status and method",
+                Family::<RequestLabels, Counter>::default(),
+            ),
+            response_bytes: register(
+                &mut registry,
+                "response_bytes",
+                "Response body bytes sent, by where they came from",
+                Family::<SourceLabels, Counter>::default(),
+            ),
+            origin_requests: register(
+                &mut registry,
+                "origin_requests",
+                "Requests sent to origins",
+                Counter::default(),
+            ),
+            origin_errors: register(
+                &mut registry,
+                "origin_errors",
+                "Origin failures by Proxy-Status error type",
+                Family::<ErrorLabels, Counter>::default(),
+            ),
+            origin_latency: register(
+                &mut registry,
+                "origin_response_seconds",
+                "Time from sending a request to an origin to its response head",
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ),
+            coalesced_waits: register(
+                &mut registry,
+                "coalesced_waits",
+                "Requests that waited for another request's origin fetch",
+                Counter::default(),
+            ),
+            coalesced_wait_seconds: register(
+                &mut registry,
+                "coalesced_wait_seconds",
+                "How long coalesced requests waited for the fetch they joined",
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ),
+            open_connections: register(
+                &mut registry,
+                "open_connections",
+                "Client connections open",
+                Gauge::default(),
+            ),
+            cache_entries: register(
+                &mut registry,
+                "cache_entries",
+                "Resources stored, by tier",
+                Family::<TierLabels, Gauge>::default(),
+            ),
+            cache_bytes: register(
+                &mut registry,
+                "cache_bytes",
+                "Bytes stored (as weighed), by tier",
+                Family::<TierLabels, Gauge>::default(),
+            ),
+            evictions: register(
+                &mut registry,
+                "evictions",
+                "Resources evicted for room, by tier",
+                Family::<TierLabels, Counter>::default(),
+            ),
+            integrity_failures: register(
+                &mut registry,
+                "integrity_failures",
+                "Stored bodies that did not match their digest on read (removed, refetched)",
+                Counter::default(),
+            ),
+            disk_errors: register(
+                &mut registry,
+                "disk_errors",
+                "Disk tier I/O or index failures",
+                Counter::default(),
+            ),
+            disk_degraded: register(
+                &mut registry,
+                "disk_degraded",
+                "1 while the disk tier is out of use after a failure (memory only)",
+                Gauge::default(),
+            ),
+            offline: register(
+                &mut registry,
+                "offline",
+                "1 while offline mode serves only what is stored",
+                Gauge::default(),
+            ),
+            purged: register(
+                &mut registry,
+                "purged",
+                "Stored responses removed or marked stale by purge",
+                Counter::default(),
+            ),
+            encoder_runs: register(
+                &mut registry,
+                "encoder_runs",
+                "Compression encoder runs started",
+                Counter::default(),
+            ),
+            fill_bytes: register(
+                &mut registry,
+                "fill_bytes",
+                "Body bytes held in memory by fills in flight",
+                Gauge::default(),
+            ),
+            disk_loads: register(
+                &mut registry,
+                "disk_loads",
+                "Objects read from the disk tier into memory",
+                Counter::default(),
+            ),
+            overloaded: register(
+                &mut registry,
+                "overloaded",
+                "Requests refused (503) because a fill or upstream connection limit was reached",
+                Counter::default(),
+            ),
             board: super::board::StatusBoard::default(),
+            registry,
         }
     }
 

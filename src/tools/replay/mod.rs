@@ -257,79 +257,114 @@ pub fn json(
 
 /// An SVG miss-ratio curve: miss ratio against cache size (log scale), one line per policy.
 pub fn svg(title: &str, results: &[ReplayResult]) -> String {
-    let (width, height) = (720.0, 440.0);
-    let (left, right, top, bottom) = (70.0, 150.0, 40.0, 60.0);
-    let plot_w = width - left - right;
-    let plot_h = height - top - bottom;
-    let sizes: Vec<f64> = results
-        .iter()
-        .map(|r| (r.size_bytes.max(1) as f64).log10())
-        .collect();
-    let (min_x, max_x) = sizes
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
-    let span = if max_x > min_x { max_x - min_x } else { 1.0 };
-    let x_of = |size: u64| left + ((size.max(1) as f64).log10() - min_x) / span * plot_w;
-    let y_of = |miss: f64| top + (1.0 - miss) * plot_h;
-    let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>
-<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>
-<line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>
-<text x="{}" y="{}" text-anchor="middle">cache size</text>
-<text x="18" y="{}" transform="rotate(-90 18 {})" text-anchor="middle">miss ratio</text>
-"##,
-        width / 2.0,
-        xml_escape(title),
-        top + plot_h,
-        left + plot_w,
-        top + plot_h,
-        top + plot_h,
-        left + plot_w / 2.0,
-        height - 15.0,
-        top + plot_h / 2.0,
-        top + plot_h / 2.0,
-    );
+    let plot = Plot::new(results);
+    let mut out = plot.frame(title);
     for tick in 0..=5 {
         let miss = f64::from(tick) / 5.0;
-        let y = y_of(miss);
+        let y = plot.y_of(miss);
         let _ = writeln!(
             out,
-            r##"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{miss:.1}</text>"##,
-            left + plot_w,
-            left - 6.0,
+            r##"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{miss:.1}</text>"##,
+            plot.left,
+            plot.left + plot.width,
+            plot.left - 6.0,
             y + 4.0
         );
     }
     let mut seen_sizes: Vec<u64> = results.iter().map(|r| r.size_bytes).collect();
     seen_sizes.sort_unstable();
     seen_sizes.dedup();
-    for size in &seen_sizes {
-        let x = x_of(*size);
+    for size in seen_sizes {
         let _ = writeln!(
             out,
-            r##"<text x="{x}" y="{}" text-anchor="middle">{}</text>"##,
-            top + plot_h + 18.0,
-            human(*size)
+            r##"<text x="{}" y="{}" text-anchor="middle">{}</text>"##,
+            plot.x_of(size),
+            plot.top + plot.height + 18.0,
+            human(size)
         );
     }
     let mut policies: Vec<&str> = results.iter().map(|r| r.policy).collect();
     policies.dedup();
     for (index, policy) in policies.iter().enumerate() {
-        let colour = colours[index % colours.len()];
+        plot.curve(&mut out, index, policy, results);
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// The geometry of the miss-ratio plot: a log scale of cache sizes across, miss ratio up.
+struct Plot {
+    left: f64,
+    top: f64,
+    width: f64,
+    height: f64,
+    min_x: f64,
+    span: f64,
+}
+
+const SVG_SIZE: (f64, f64) = (720.0, 440.0);
+const CURVE_COLOURS: [&str; 5] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
+
+impl Plot {
+    fn new(results: &[ReplayResult]) -> Plot {
+        let (left, right, top, bottom) = (70.0, 150.0, 40.0, 60.0);
+        let (min_x, max_x) = results
+            .iter()
+            .map(|r| (r.size_bytes.max(1) as f64).log10())
+            .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        Plot {
+            left,
+            top,
+            width: SVG_SIZE.0 - left - right,
+            height: SVG_SIZE.1 - top - bottom,
+            min_x,
+            span: if max_x > min_x { max_x - min_x } else { 1.0 },
+        }
+    }
+
+    fn x_of(&self, size: u64) -> f64 {
+        self.left + ((size.max(1) as f64).log10() - self.min_x) / self.span * self.width
+    }
+
+    fn y_of(&self, miss: f64) -> f64 {
+        self.top + (1.0 - miss) * self.height
+    }
+
+    /// The document head: title, axes and their labels.
+    fn frame(&self, title: &str) -> String {
+        let (width, height) = SVG_SIZE;
+        let (left, top) = (self.left, self.top);
+        let bottom_y = top + self.height;
+        let mid_y = top + self.height / 2.0;
+        format!(
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>
+<line x1="{left}" y1="{bottom_y}" x2="{}" y2="{bottom_y}" stroke="black"/>
+<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom_y}" stroke="black"/>
+<text x="{}" y="{}" text-anchor="middle">cache size</text>
+<text x="18" y="{mid_y}" transform="rotate(-90 18 {mid_y})" text-anchor="middle">miss ratio</text>
+"##,
+            width / 2.0,
+            xml_escape(title),
+            left + self.width,
+            left + self.width / 2.0,
+            height - 15.0,
+        )
+    }
+
+    /// One policy's curve, its points and its legend entry.
+    fn curve(&self, out: &mut String, index: usize, policy: &str, results: &[ReplayResult]) {
+        let colour = CURVE_COLOURS[index % CURVE_COLOURS.len()];
         let mut points: Vec<(u64, f64)> = results
             .iter()
-            .filter(|r| r.policy == *policy)
+            .filter(|r| r.policy == policy)
             .map(|r| (r.size_bytes, r.miss_ratio))
             .collect();
         points.sort_by_key(|p| p.0);
         let path: Vec<String> = points
             .iter()
-            .map(|(size, miss)| format!("{:.1},{:.1}", x_of(*size), y_of(*miss)))
+            .map(|(size, miss)| format!("{:.1},{:.1}", self.x_of(*size), self.y_of(*miss)))
             .collect();
         let _ = writeln!(
             out,
@@ -340,23 +375,22 @@ pub fn svg(title: &str, results: &[ReplayResult]) -> String {
             let _ = writeln!(
                 out,
                 r##"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"><title>{policy} {}: miss ratio {miss:.4}</title></circle>"##,
-                x_of(*size),
-                y_of(*miss),
+                self.x_of(*size),
+                self.y_of(*miss),
                 human(*size)
             );
         }
-        let legend_y = top + 20.0 * index as f64;
+        let legend_x = self.left + self.width;
+        let legend_y = self.top + 20.0 * index as f64;
         let _ = writeln!(
             out,
             r##"<line x1="{}" y1="{legend_y}" x2="{}" y2="{legend_y}" stroke="{colour}" stroke-width="3"/><text x="{}" y="{}">{policy}</text>"##,
-            left + plot_w + 15.0,
-            left + plot_w + 40.0,
-            left + plot_w + 46.0,
+            legend_x + 15.0,
+            legend_x + 40.0,
+            legend_x + 46.0,
             legend_y + 4.0
         );
     }
-    out.push_str("</svg>\n");
-    out
 }
 
 fn xml_escape(text: &str) -> String {

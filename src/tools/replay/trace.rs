@@ -170,43 +170,15 @@ fn read_csv(mut reader: impl BufRead, name: &str) -> Result<Vec<TraceRequest>, T
             continue;
         }
         let fields: Vec<&[u8]> = text.split(|b| *b == b',').collect();
-        let (time_col, id_col, size_col, ttl_col) = match columns {
-            Some(columns) => columns,
+        let malformed = |problem: &str| TraceError::Malformed {
+            path: name.to_string(),
+            line: number,
+            problem: problem.to_string(),
+        };
+        let found = match columns {
+            Some(found) => found,
             None => {
-                let is_header = fields
-                    .iter()
-                    .any(|f| parse_u64(f).is_none() && f.iter().any(u8::is_ascii_alphabetic))
-                    && number == 1
-                    && fields.iter().all(|f| parse_u64(f).is_none());
-                let found = if is_header {
-                    let find = |names: &[&str]| {
-                        fields.iter().position(|f| {
-                            let f = String::from_utf8_lossy(f.trim_ascii()).to_ascii_lowercase();
-                            names.contains(&f.as_str())
-                        })
-                    };
-                    let id =
-                        find(&["obj_id", "id", "key", "object", "object_id"]).ok_or_else(|| {
-                            TraceError::Malformed {
-                                path: name.to_string(),
-                                line: number,
-                                problem: "header has no obj_id column".into(),
-                            }
-                        })?;
-                    (
-                        find(&["time", "timestamp", "clock_time", "ts"]),
-                        id,
-                        find(&["size", "obj_size", "bytes"]),
-                        find(&["ttl", "ttl_s"]),
-                    )
-                } else {
-                    match fields.len() {
-                        1 => (None, 0, None, None),
-                        2 => (None, 0, Some(1), None),
-                        3 => (Some(0), 1, Some(2), None),
-                        _ => (Some(0), 1, Some(2), Some(3)),
-                    }
-                };
+                let (found, is_header) = csv_columns(&fields, number == 1, &malformed)?;
                 columns = Some(found);
                 if is_header {
                     continue;
@@ -214,45 +186,85 @@ fn read_csv(mut reader: impl BufRead, name: &str) -> Result<Vec<TraceRequest>, T
                 found
             }
         };
-        let malformed = |problem: &str| TraceError::Malformed {
-            path: name.to_string(),
-            line: number,
-            problem: problem.to_string(),
-        };
-        let id_field = fields
-            .get(id_col)
-            .ok_or_else(|| malformed("missing obj_id"))?;
-        let id = parse_u64(id_field).unwrap_or_else(|| hash_id(id_field.trim_ascii()));
-        let size = match size_col {
-            Some(col) => fields
-                .get(col)
-                .and_then(|f| parse_u64(f))
-                .ok_or_else(|| malformed("size is not a number"))?,
-            None => 1,
-        };
-        let time = time_col
-            .and_then(|col| fields.get(col))
-            .and_then(|f| parse_u64(f))
-            .unwrap_or(0);
-        // A ttl column: seconds of freshness, 0 for uncacheable; empty or negative (-1, as
-        // libCacheSim writes "none") means no expiry.
-        let ttl = match ttl_col
-            .and_then(|col| fields.get(col))
-            .map(|f| f.trim_ascii())
-        {
-            None | Some(b"") => FOREVER,
-            Some(field) if field.starts_with(b"-") => FOREVER,
-            Some(field) => parse_u64(field)
-                .map(|ttl| u32::try_from(ttl).unwrap_or(FOREVER - 1))
-                .ok_or_else(|| malformed("ttl is not a number"))?,
-        };
-        out.push(TraceRequest {
-            time: u32::try_from(time).unwrap_or(u32::MAX),
-            id,
-            size: u32::try_from(size).unwrap_or(u32::MAX),
-            ttl,
-        });
+        out.push(csv_request(&fields, found, &malformed)?);
     }
+}
+
+/// The columns of a CSV trace, from its header line or (without one) its field count;
+/// returns whether `fields` was the header.
+fn csv_columns(
+    fields: &[&[u8]],
+    is_first_line: bool,
+    malformed: &dyn Fn(&str) -> TraceError,
+) -> Result<(CsvColumns, bool), TraceError> {
+    let is_header = is_first_line
+        && fields.iter().all(|f| parse_u64(f).is_none())
+        && fields.iter().any(|f| f.iter().any(u8::is_ascii_alphabetic));
+    if !is_header {
+        let found = match fields.len() {
+            1 => (None, 0, None, None),
+            2 => (None, 0, Some(1), None),
+            3 => (Some(0), 1, Some(2), None),
+            _ => (Some(0), 1, Some(2), Some(3)),
+        };
+        return Ok((found, false));
+    }
+    let find = |names: &[&str]| {
+        fields.iter().position(|f| {
+            let f = String::from_utf8_lossy(f.trim_ascii()).to_ascii_lowercase();
+            names.contains(&f.as_str())
+        })
+    };
+    let id = find(&["obj_id", "id", "key", "object", "object_id"])
+        .ok_or_else(|| malformed("header has no obj_id column"))?;
+    let found = (
+        find(&["time", "timestamp", "clock_time", "ts"]),
+        id,
+        find(&["size", "obj_size", "bytes"]),
+        find(&["ttl", "ttl_s"]),
+    );
+    Ok((found, true))
+}
+
+/// One CSV line as a request.
+fn csv_request(
+    fields: &[&[u8]],
+    (time_col, id_col, size_col, ttl_col): CsvColumns,
+    malformed: &dyn Fn(&str) -> TraceError,
+) -> Result<TraceRequest, TraceError> {
+    let id_field = fields
+        .get(id_col)
+        .ok_or_else(|| malformed("missing obj_id"))?;
+    let id = parse_u64(id_field).unwrap_or_else(|| hash_id(id_field.trim_ascii()));
+    let size = match size_col {
+        Some(col) => fields
+            .get(col)
+            .and_then(|f| parse_u64(f))
+            .ok_or_else(|| malformed("size is not a number"))?,
+        None => 1,
+    };
+    let time = time_col
+        .and_then(|col| fields.get(col))
+        .and_then(|f| parse_u64(f))
+        .unwrap_or(0);
+    // A ttl column: seconds of freshness, 0 for uncacheable; empty or negative (-1, as
+    // libCacheSim writes "none") means no expiry.
+    let ttl = match ttl_col
+        .and_then(|col| fields.get(col))
+        .map(|f| f.trim_ascii())
+    {
+        None | Some(b"") => FOREVER,
+        Some(field) if field.starts_with(b"-") => FOREVER,
+        Some(field) => parse_u64(field)
+            .map(|ttl| u32::try_from(ttl).unwrap_or(FOREVER - 1))
+            .ok_or_else(|| malformed("ttl is not a number"))?,
+    };
+    Ok(TraceRequest {
+        time: u32::try_from(time).unwrap_or(u32::MAX),
+        id,
+        size: u32::try_from(size).unwrap_or(u32::MAX),
+        ttl,
+    })
 }
 
 /// Seconds since the epoch of a CLF time (`10/Oct/2000:13:55:36 -0700`).

@@ -208,23 +208,18 @@ impl ProxyError {
     }
 }
 
-/// Serialises text as an RFC 8941 §3.3.3 sf-string: printable ASCII only, `"` and `\`
-/// escaped; anything else is replaced so the header stays valid.
+/// Serialises text as an RFC 9651 §3.3.3 sf-string (by `sfv`): printable ASCII only, so
+/// anything else is replaced with `?` first and the header stays valid.
 pub(crate) fn sf_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for ch in text.chars() {
-        match ch {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(ch);
-            }
-            ' '..='~' => out.push(ch),
-            _ => out.push('?'),
-        }
+    let printable: String = text
+        .chars()
+        .map(|ch| if matches!(ch, ' '..='~') { ch } else { '?' })
+        .collect();
+    // invariant: printable ASCII is always a valid sf-string.
+    match sfv::StringRef::from_str(&printable) {
+        Ok(string) => sfv::ItemSerializer::new().bare_item(string).finish(),
+        Err(_) => "\"?\"".to_string(),
     }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -234,6 +229,19 @@ mod tests {
     #[test]
     fn sf_string_escapes_quotes_and_backslashes_and_drops_non_ascii() {
         assert_eq!(sf_string(r#"a "b" \c é"#), r#""a \"b\" \\c ?""#);
+    }
+
+    /// RFC 9209 §2: Proxy-Status is an RFC 9651 List; what we send parses as one.
+    #[test]
+    fn proxy_status_parses_as_a_structured_list() {
+        let err = ProxyError::ResponseIncomplete {
+            origin: "http://o\"rigin".into(),
+            detail: "reset \\ \u{e9}".into(),
+        };
+        let response = err.to_response("edge-1");
+        let value = response.headers()["proxy-status"].to_str().unwrap();
+        let list: sfv::List = sfv::Parser::new(value).parse().unwrap();
+        assert_eq!(list.len(), 1);
     }
 
     /// RFC 9209 §2: the header names the proxy, then the error type as a parameter.

@@ -318,6 +318,31 @@ async fn cdn_cache_control_takes_precedence_and_passes_downstream() {
     assert_eq!(origin.hits("/cdn"), 1);
 }
 
+/// RFC 9213 §2.1: CDN-Cache-Control is a Structured Field Dictionary; a value that does
+/// not parse as one, or gives a directive the wrong type, is ignored as a whole, and then
+/// Cache-Control applies (here: no-store, so nothing is stored).
+#[tokio::test]
+async fn an_invalid_cdn_cache_control_is_ignored_for_cache_control() {
+    let paths = ["/bad-syntax", "/wrong-type", "/negative"];
+    let values = ["max-age=60, (", "max-age=\"60\"", "max-age=-1"];
+    let routes = paths
+        .iter()
+        .zip(values)
+        .map(|(path, value)| {
+            let headers = [("cache-control", "no-store"), ("cdn-cache-control", value)];
+            (*path, fixed(&headers, "body"))
+        })
+        .collect();
+    let origin = Origin::start(routes).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for path in paths {
+        get(&proxy.url(path), &[]).await;
+        let again = get(&proxy.url(path), &[]).await;
+        assert!(!is_hit(&again), "{path}: {}", cache_status(&again));
+        assert_eq!(origin.hits(path), 2, "{path}");
+    }
+}
+
 /// RFC 9111 §4.3.1, §4.3.3, §4.3.4: a stale response with an ETag is revalidated with
 /// If-None-Match; the 304 freshens the stored headers and the stored body is served as 200.
 #[tokio::test]

@@ -605,11 +605,12 @@ pub mod tags {
         headers: &'a HeaderMap,
         surrogate_key: &'a HeaderName,
     ) -> impl Iterator<Item = String> + 'a {
-        let groups = headers
+        let lines: Vec<&str> = headers
             .get_all("cache-groups")
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(sf_strings);
+            .collect();
+        let groups = sf_strings(&lines.join(", ")).into_iter();
         let keys = headers
             .get_all(surrogate_key)
             .iter()
@@ -622,41 +623,21 @@ pub mod tags {
         groups.chain(keys)
     }
 
-    /// The string members of an RFC 8941 list (`"a", "b\\"c"`); other members are skipped.
+    /// The string members of an RFC 9651 List (RFC 9875 §2: Cache-Groups), all lines of
+    /// the field together; a field that does not parse as a List names no group.
     pub fn sf_strings(text: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut chars = text.chars().peekable();
-        while let Some(ch) = chars.next() {
-            if ch != '"' {
-                continue;
-            }
-            let mut value = String::new();
-            let mut closed = false;
-            while let Some(inner) = chars.next() {
-                match inner {
-                    '\\' => {
-                        if let Some(escaped) = chars.next() {
-                            value.push(escaped);
-                        }
-                    }
-                    '"' => {
-                        closed = true;
-                        break;
-                    }
-                    other => value.push(other),
-                }
-            }
-            if closed {
-                out.push(value);
-            }
-            // Skip parameters up to the next member.
-            for rest in chars.by_ref() {
-                if rest == ',' {
-                    break;
-                }
-            }
-        }
-        out
+        let Ok(list) = sfv::Parser::new(text).parse::<sfv::List>() else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter_map(|member| match member {
+                sfv::ListEntry::Item(sfv::Item {
+                    bare_item: sfv::BareItem::String(value),
+                    ..
+                }) => Some(value.as_str().to_string()),
+                _ => None,
+            })
+            .collect()
     }
 
     #[cfg(test)]
@@ -668,6 +649,10 @@ pub mod tags {
                 ["scripts", "shop", "a\"b"]
             );
             assert!(super::sf_strings("token, 1").is_empty());
+            assert!(
+                super::sf_strings(r#""a", "unterminated"#).is_empty(),
+                "a field that is not a List names no group"
+            );
         }
     }
 }

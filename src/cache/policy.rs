@@ -199,12 +199,8 @@ fn split_members(text: &str) -> Vec<&str> {
 /// case Expires is ignored too.
 pub fn response_directives(headers: &HeaderMap, settings: &PolicySettings) -> (Directives, bool) {
     for field in &settings.targeted_fields {
-        let values: Vec<&HeaderValue> = headers.get_all(field).iter().collect();
-        if values
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|t| !t.trim().is_empty()))
-        {
-            return (Directives::parse(values), true);
+        if let Some(directives) = targeted_directives(headers, field) {
+            return (directives, true);
         }
     }
     let mut directives = Directives::parse(headers.get_all(header::CACHE_CONTROL));
@@ -212,6 +208,55 @@ pub fn response_directives(headers: &HeaderMap, settings: &PolicySettings) -> (D
         directives.no_cache = true;
     }
     (directives, false)
+}
+
+/// RFC 9213 §2.1: a targeted field is a Structured Field Dictionary. One that is absent,
+/// empty, does not parse (all its lines together), or gives a known directive a value of
+/// the wrong type is ignored as a whole (`None`), and the next field applies.
+fn targeted_directives(headers: &HeaderMap, field: &HeaderName) -> Option<Directives> {
+    let lines: Vec<&str> = headers
+        .get_all(field)
+        .iter()
+        .map(|v| v.to_str())
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let joined = lines.join(", ");
+    if joined.trim().is_empty() {
+        return None;
+    }
+    let dictionary: sfv::Dictionary = sfv::Parser::new(&joined).parse().ok()?;
+    let mut directives = Directives::default();
+    for (key, member) in &dictionary {
+        let name = key.as_str();
+        let sfv::ListEntry::Item(item) = member else {
+            // Inner lists: the field names of a qualified no-cache or private.
+            if matches!(name, "no-cache" | "private") {
+                directives.apply(name, Some("qualified"));
+                continue;
+            }
+            return None;
+        };
+        match (name, &item.bare_item) {
+            (
+                "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error",
+                sfv::BareItem::Integer(seconds),
+            ) if i64::from(*seconds) >= 0 => {
+                directives.apply(name, Some(&i64::from(*seconds).to_string()));
+            }
+            ("max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error", _) => {
+                return None
+            }
+            (_, sfv::BareItem::Boolean(true)) => directives.apply(name, None),
+            (
+                "no-store" | "no-cache" | "private" | "public" | "must-revalidate"
+                | "proxy-revalidate" | "immutable" | "must-understand",
+                _,
+            ) => return None,
+            // Extension directives may carry any value; we know none of them.
+            _ => {}
+        }
+    }
+    Some(directives)
 }
 
 /// The request's directives, with `Pragma: no-cache` honoured when there is no

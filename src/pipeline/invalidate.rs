@@ -77,13 +77,13 @@ fn invalidated_groups(response: &http::response::Parts) -> Vec<String> {
     if !(status.is_success() || status.is_redirection()) {
         return Vec::new();
     }
-    response
+    let lines: Vec<&str> = response
         .headers
         .get_all("cache-group-invalidation")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(crate::cache::tags::sf_strings)
-        .collect()
+        .collect();
+    crate::cache::tags::sf_strings(&lines.join(", "))
 }
 
 /// The conventional PURGE method on the proxy listener: removes every variant of the

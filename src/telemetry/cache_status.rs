@@ -156,4 +156,25 @@ mod tests {
         );
         assert_eq!(CacheStatus::hit(-3).outcome(), CacheOutcome::StaleHit);
     }
+
+    /// RFC 9211 §2: Cache-Status is an RFC 9651 List. The header is written by hand (it is
+    /// on every hit); `sfv` checks that every parameter we write parses.
+    #[test]
+    fn rendered_members_parse_as_a_structured_list() {
+        let everything = CacheStatus {
+            hit: true,
+            fwd: Some(FwdReason::Stale),
+            fwd_status: Some(304),
+            ttl: Some(-5),
+            stored: true,
+            collapsed: true,
+            detail: Some(Detail::NotStored("no-store \"quoted\"")),
+        };
+        let value = everything.to_header_value("edge-1");
+        let list: sfv::List = sfv::Parser::new(value.to_str().unwrap()).parse().unwrap();
+        let sfv::ListEntry::Item(member) = &list[0] else {
+            panic!("a member is an item")
+        };
+        assert_eq!(member.params.len(), 7);
+    }
 }

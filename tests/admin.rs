@@ -31,17 +31,11 @@ async fn scrape_until(
     admin: &str,
     done: impl Fn(&HashMap<String, f64>) -> bool,
 ) -> HashMap<String, f64> {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let metrics = scrape(admin).await;
-            if done(&metrics) {
-                return metrics;
-            }
-            tokio::task::yield_now().await;
-        }
+    eventually_some("metrics to reach the expected values", || async {
+        let metrics = scrape(admin).await;
+        done(&metrics).then_some(metrics)
     })
     .await
-    .expect("metrics reached the expected values")
 }
 
 /// An outpost whose configuration (TOML) is read from `text`, again on every reload.
@@ -403,9 +397,10 @@ async fn reload_switches_origin_without_dropping_in_flight_request() {
 
     let url = proxy.url("/slow");
     let in_flight = tokio::spawn(async move { get(&url, &[]).await });
-    while old.hits("/slow") == 0 {
-        tokio::task::yield_now().await;
-    }
+    eventually("the request to reach the old origin", || {
+        old.hits("/slow") > 0
+    })
+    .await;
     *text.lock().unwrap() = format!("origin = \"{}\"", new.url());
     let reloaded = post(&format!("{admin}/reload")).await;
     assert_eq!(
@@ -446,18 +441,12 @@ async fn reload_without_a_source_is_not_implemented() {
 
 /// Reads `path` until it holds `lines` lines (the writer is a background thread).
 async fn log_lines(path: &std::path::Path, lines: usize) -> Vec<String> {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let found: Vec<String> = text.lines().map(str::to_string).collect();
-            if found.len() >= lines {
-                return found;
-            }
-            tokio::task::yield_now().await;
-        }
+    eventually_some("access-log lines to be written", || async {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let found: Vec<String> = text.lines().map(str::to_string).collect();
+        (found.len() >= lines).then_some(found)
     })
     .await
-    .expect("access-log lines written")
 }
 
 /// The access log as JSON lines in a file: cache status, tier, timings, key.

@@ -741,9 +741,7 @@ async fn hundred_concurrent_cold_requests_make_one_origin_fetch() {
             })
         })
         .collect();
-    while origin.hits("/cold") == 0 {
-        tokio::task::yield_now().await;
-    }
+    eventually("the fill to reach the origin", || origin.hits("/cold") > 0).await;
     gate.open();
     let mut collapsed_or_hit = 0;
     for request in requests {
@@ -780,9 +778,10 @@ async fn leader_disconnect_still_fills_the_cache() {
             .unwrap();
         stream
     };
-    while origin.hits("/lead") == 0 {
-        tokio::task::yield_now().await;
-    }
+    eventually("the leader to reach the origin", || {
+        origin.hits("/lead") > 0
+    })
+    .await;
     let url = proxy.url("/lead");
     let follower = tokio::spawn(async move { get(&url, &[("host", "a")]).await });
     drop(leader);
@@ -820,13 +819,11 @@ async fn uncacheable_response_does_not_serialise_the_next_burst() {
             tokio::spawn(async move { get(&url, &[]).await })
         })
         .collect();
-    tokio::time::timeout(PATIENCE, async {
-        while origin.hits("/private") < 21 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("every request of the burst reached the origin while the first was still held");
+    eventually(
+        "every request of the burst to reach the origin while the first is still held",
+        || origin.hits("/private") >= 21,
+    )
+    .await;
     gate.open();
     for request in burst {
         assert_eq!(request.await.unwrap().text(), "mine");

@@ -80,23 +80,19 @@ async fn start_large_objects_on_disk(origin_url: &str, dir: &Path) -> Proxy {
 /// Requests `path` until the origin has served it a second time (a removed entry is
 /// refetched); the refetched body must be `body`.
 async fn wait_for_refetch(proxy: &Proxy, origin: &Origin, path: &str, body: &Bytes) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let received = support::eventually_some("the damaged entry to be refetched", || async {
         // Until the damaged entry's removal (a background task) lands, a request may still
         // meet it and be aborted: that is the behaviour under test, not a failure here.
         let request = request_as(proxy, path);
         let response = client().request(request).await.unwrap();
         let received = response.into_body().collect().await.map(|b| b.to_bytes());
-        if let (2, Ok(received)) = (origin.hits(path), received) {
-            assert_eq!(&received, body);
-            return;
+        match (origin.hits(path), received) {
+            (2, Ok(received)) => Some(received),
+            _ => None,
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{path} never refetched"
-        );
-        tokio::task::yield_now().await;
-    }
+    })
+    .await;
+    assert_eq!(&received, body);
 }
 
 fn pattern(len: usize) -> Bytes {
@@ -421,14 +417,7 @@ async fn stale_while_revalidate_serves_stale_and_revalidates_once() {
     }
     // The background validation reaches the origin on its own schedule: wait for it, then
     // check that the five stale hits started exactly one.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while origin.hits("/swr") < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no background validation"
-        );
-        tokio::task::yield_now().await;
-    }
+    support::eventually("the background validation", || origin.hits("/swr") >= 2).await;
     assert_eq!(get_as(&proxy.url("/swr"), &[]).await.text(), "old");
     assert_eq!(
         origin.hits("/swr"),
@@ -436,16 +425,12 @@ async fn stale_while_revalidate_serves_stale_and_revalidates_once() {
         "one fill and one background validation"
     );
     gate.open();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let reply = support::eventually_some("the revalidated response", || async {
         let reply = get_as(&proxy.url("/swr"), &[]).await;
-        if reply.text() == "new" {
-            assert!(reply.header("cache-status").unwrap().contains("hit"));
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never revalidated");
-        tokio::task::yield_now().await;
-    }
+        (reply.text() == "new").then_some(reply)
+    })
+    .await;
+    assert!(reply.header("cache-status").unwrap().contains("hit"));
     assert_eq!(origin.hits("/swr"), 2);
 }
 

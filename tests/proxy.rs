@@ -462,9 +462,10 @@ async fn graceful_shutdown_finishes_in_flight_request() {
     let mut proxy = Proxy::start(&origin.url(), "[server]\nshutdown_grace = \"20s\"").await;
     let url = proxy.url("/slow");
     let in_flight = tokio::spawn(async move { get(&url, &[]).await });
-    while origin.hits("/slow") == 0 {
-        tokio::task::yield_now().await;
-    }
+    eventually("the request to reach the origin", || {
+        origin.hits("/slow") > 0
+    })
+    .await;
 
     let stopped = proxy.shutdown();
     // The listener closes before serve() starts draining; connecting must now fail.

@@ -31,19 +31,12 @@ async fn traffic() -> (Origin, Proxy, Proxy) {
 
 async fn status_json(admin: &str, requests: u64) -> serde_json::Value {
     // Requests are counted when the server drops a finished body: poll until all are in.
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let status: serde_json::Value =
-                serde_json::from_slice(&get(&format!("{admin}/status.json"), &[]).await.body)
-                    .unwrap();
-            if status["requests"] == requests {
-                return status;
-            }
-            tokio::task::yield_now().await;
-        }
+    eventually_some("all requests to be counted", || async {
+        let status: serde_json::Value =
+            serde_json::from_slice(&get(&format!("{admin}/status.json"), &[]).await.body).unwrap();
+        (status["requests"] == requests).then_some(status)
     })
     .await
-    .expect("all requests counted")
 }
 
 #[tokio::test]

@@ -98,6 +98,26 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// As [`eventually`], for a check that awaits (a scrape, a request): retries `attempt`
+/// until it gives a value, and returns it.
+pub async fn eventually_some<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// A sticky gate: requests wait at it until it is opened; it stays open until closed.
 #[derive(Clone)]
 pub struct Gate(Arc<watch::Sender<bool>>);

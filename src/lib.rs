@@ -3,24 +3,52 @@
 //! # The life of a request
 //! 1. [`server`] accepts the connection (HTTP/1.1 or h2c on one port), enforces connection
 //!    limits and the head/idle timeouts, and hands each request head to the pipeline.
-//! 2. [`pipeline::handle`] runs the phases in order: request filter, route
-//!    ([`pipeline::route`]), cache lookup ([`cache`]: memory, then disk), the upstream
-//!    request with forwarding headers inside the trust boundary ([`pipeline::forwarding`]),
-//!    the exchange ([`upstream`]) through a coalesced fill that stores what it may, the
-//!    transform ([`transform`]: compression) and the response filter.
-//! 3. Any failure becomes a response in one place, [`error::ProxyError::to_response`], with a
-//!    `Proxy-Status` header.
-//! 4. [`server`] streams the response body out and writes the access-log line when it ends.
+//! 2. [`pipeline::handle`] runs the phases in order with one [`pipeline::RequestCtx`]:
+//!    request filter ([`pipeline::check_request`]), route ([`pipeline::route`]), cache
+//!    lookup ([`cache::Cache::lookup`]: memory, then disk), then the branch the lookup chose,
+//!    which ends in a `Delivery`; one `deliver` applies client conditionals, Range,
+//!    encoding, `Age` and `Via` to every delivery.
+//! 3. Misses go through a coalesced fill ([`cache::fill`]): the pipeline's fill task talks to
+//!    the origin ([`upstream`]) and feeds the cache's [`cache::fill::FillWriter`], which
+//!    keeps, spills to disk, stores and settles; fills and origin connections are admitted
+//!    under caps ([`limit`]).
+//! 4. Any failure becomes a response in one place, [`error::ProxyError::to_response`], with a
+//!    `Proxy-Status` header; `handle` adds `Cache-Status` to every response.
+//! 5. [`server`] streams the response body out; [`pipeline::RequestCtx::finish`] records
+//!    metrics, the status board and the access-log line when it ends.
+//!
+//! # The branches
+//! ```text
+//! request ─ filter ─ route ─ Cache::lookup ─┬─ Lookup::Hit ─────────────────────────┐
+//!                                           │    └ revalidate: Some(plan) ──► fetch::revalidate_in_background
+//!                                           │      (stale-while-revalidate, RFC 5861 §3)
+//!                                           ├─ Lookup::Fetch ─► fetch::through_cache ─► FillStatus:
+//!                                           │    ├ Streaming (miss, stored) ───────── Delivery::Streaming ─┤
+//!                                           │    ├ Complete { revalidated } (304) ─── Delivery::Stored ────┤
+//!                                           │    ├ StaleOnError (stale-if-error) ──── Delivery::Stored ────┤
+//!                                           │    ├ Uncacheable ────────────────────── Delivery::Relayed ───┤
+//!                                           │    └ Failed ─────────────────────────── ProxyError ──────────┤
+//!                                           ├─ Lookup::Bypass ─► forward ──────────── Delivery::Forwarded ─┤
+//!                                           │    (unsafe methods then invalidate, RFC 9111 §4.4)           │
+//!                                           ├─ Lookup::OfflineMiss / offline bypass ─ Delivery::Synthetic ─┤
+//!                                           └─ Lookup::OnlyIfCachedMiss ───────────── Delivery::Synthetic ─┤
+//!                                                                       deliver ◄─ Delivery::Stored ◄───────┘ (hits)
+//! ```
+//! Offline mode serves anything stored through `Lookup::Hit` (Cache-Status
+//! `detail="offline"`) and answers 504 for the rest without the origin.
 //!
 //! # Module map
-//! - [`config`]: layered settings and their validation.
+//! - [`config`]: layered settings, typed and validated (every problem reported at once).
 //! - [`body`]: the body type used in both directions.
-//! - [`cache`]: keys, RFC 9111 policy, stored entries, the memory and disk tiers,
-//!   coalescing, per-path rules.
-//! - [`admin`]: health, metrics, purge, offline switch, reload and the status page on the
-//!   admin listener.
+//! - [`cache`]: keys, RFC 9111 policy, stored entries, the memory and disk tiers, lookup,
+//!   fills (coalescing, readers, the writer), per-path rules.
+//! - [`pipeline`]: the phases of a request.
+//! - [`upstream`]: the pooled origin client and its connection caps.
+//! - [`transform`]: compression.
 //! - [`telemetry`]: outcome types, metrics and the status board.
 //! - [`limit`]: bounded admission (fills, origin connections).
+//! - [`admin`]: health, metrics, purge, offline switch, reload and the status page on the
+//!   admin listener.
 //! - [`tools`]: trace replay, the load generator and the sample origin, built on the proxy.
 //!
 //! # Running in-process

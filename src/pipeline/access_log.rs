@@ -3,7 +3,7 @@
 //! waits on I/O. Lines are formatted here directly (no tracing layer), which keeps the
 //! per-request cost to one small buffer and one channel send.
 //!
-//! What goes into a line is collected by the pipeline ([`super::AccessRecord`]).
+//! What goes into a line is collected by the pipeline ([`super::RequestCtx`]).
 
 use std::fmt::Write as _;
 use std::io::{BufWriter, Write as _};

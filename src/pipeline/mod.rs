@@ -1,33 +1,33 @@
-//! The life of one request, as explicit phases called top to bottom by [`handle`]:
+//! The life of one request, as explicit phases called top to bottom by (`handle`):
 //!
-//! 1. **request filter** ([`request::check_request`]): framing and target checks; anything
+//! 1. **request filter** (`request::check_request`): framing and target checks; anything
 //!    ambiguous is answered here and never forwarded.
 //! 2. **route** ([`route::Router::route`]): which site, hence which origin.
 //! 3. **cache lookup** ([`crate::cache::Cache::lookup`]): hit, stale-while-revalidate
-//!    (a hit plus [`fetch::revalidate_in_background`]), fetch (a miss, or a stored response
+//!    (a hit plus `fetch::revalidate_in_background`), fetch (a miss, or a stored response
 //!    to validate), bypass, or a 504 for offline and `only-if-cached` misses.
-//! 4. **upstream request** ([`request::upstream_request`]): hop-by-hop stripping,
+//! 4. **upstream request** (`request::upstream_request`): hop-by-hop stripping,
 //!    forwarding headers inside the trust boundary, `Via`, the Host the origin sees.
-//! 5. **upstream**: a bypass is forwarded as it is ([`forward`]); a fetch goes through a
-//!    coalesced fill ([`fetch::through_cache`]) whose task feeds the cache's fill writer.
-//! 6. **deliver** ([`deliver::deliver`]): every phase above ends in a
-//!    [`deliver::Delivery`]; client conditionals, Range, encoding, `Age` and `Via` are
+//! 5. **upstream**: a bypass is forwarded as it is (`forward`); a fetch goes through a
+//!    coalesced fill (`fetch::through_cache`) whose task feeds the cache's fill writer.
+//! 6. **deliver** (`deliver::deliver`): every phase above ends in a
+//!    `deliver::Delivery`; client conditionals, Range, encoding, `Age` and `Via` are
 //!    applied there once; `handle` adds `Cache-Status` to every response, errors included.
 //!
 //! The branches, by what the cache found (Cache-Status in brackets):
-//! - hit [`hit`]: `Lookup::Hit` → `Delivery::Stored`;
-//! - stale-while-revalidate [`hit; detail=stale-while-revalidate`]: `Lookup::Hit` with a
+//! - hit (`hit`): `Lookup::Hit` → `Delivery::Stored`;
+//! - stale-while-revalidate (`hit; detail=stale-while-revalidate`): `Lookup::Hit` with a
 //!   plan → `Delivery::Stored`, and `fetch::revalidate_in_background`;
-//! - revalidated [`fwd=stale; fwd-status=304`]: `Lookup::Fetch` → fill → 304 →
+//! - revalidated (`fwd=stale; fwd-status=304`): `Lookup::Fetch` → fill → 304 →
 //!   `FillStatus::Complete { revalidated }` → `Delivery::Stored`;
-//! - stale-if-error [`fwd=stale; detail=http_5xx`]: `Lookup::Fetch` → fill →
+//! - stale-if-error (`fwd=stale; detail=http_5xx`): `Lookup::Fetch` → fill →
 //!   `FillStatus::StaleOnError` → `Delivery::Stored`;
-//! - miss, stored [`fwd=uri-miss; stored`]: `Lookup::Fetch` → `Delivery::Streaming`;
-//! - uncacheable [`fwd=uri-miss; detail=...`]: `FillStatus::Uncacheable` →
+//! - miss, stored (`fwd=uri-miss; stored`): `Lookup::Fetch` → `Delivery::Streaming`;
+//! - uncacheable (`fwd=uri-miss; detail=...`): `FillStatus::Uncacheable` →
 //!   `Delivery::Relayed`;
-//! - bypass [`fwd=bypass` or `fwd=method`]: `Lookup::Bypass` → [`forward`] →
-//!   `Delivery::Forwarded` (unsafe methods then invalidate, [`invalidate::after_unsafe`]);
-//! - offline [`detail=offline`]: `Lookup::Hit` (anything stored) or `Lookup::OfflineMiss`
+//! - bypass (`fwd=bypass` or `fwd=method`): `Lookup::Bypass` → `forward` →
+//!   `Delivery::Forwarded` (unsafe methods then invalidate, `invalidate::after_unsafe`);
+//! - offline (`detail=offline`): `Lookup::Hit` (anything stored) or `Lookup::OfflineMiss`
 //!   → `Delivery::Synthetic` 504.
 //!
 //! Errors from any phase become a response in exactly one place,

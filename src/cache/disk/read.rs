@@ -61,6 +61,32 @@ impl Source for Stored {
     }
 }
 
+/// One verified read after another, until the body ends or fails.
+trait Step: Send + 'static {
+    /// The next piece to send; `None` at a verified end.
+    fn step(&mut self) -> impl Future<Output = Result<Option<Bytes>, Failure>> + Send;
+    /// The hook to run once on a corrupt or missing body.
+    fn hook(&mut self) -> &mut Option<CorruptionHook>;
+}
+
+/// A body of `reader`'s pieces; its first failure ends the body with an error.
+fn verified_stream<R: Step>(reader: R) -> Body {
+    let stream = futures_util::stream::unfold(Some(reader), |reader| async move {
+        let mut reader = reader?;
+        match reader.step().await {
+            Ok(Some(piece)) => Some((Ok(piece), Some(reader))),
+            Ok(None) => None,
+            Err(failure) => {
+                let error = failure.into_error(reader.hook());
+                Some((Err(error), None))
+            }
+        }
+    });
+    Body::boxed(http_body_util::StreamBody::new(
+        stream.map(|item| item.map(http_body::Frame::data)),
+    ))
+}
+
 /// Why a verified stream failed.
 enum Failure {
     Missing,
@@ -128,23 +154,7 @@ pub fn hashed_body<S: Source>(
         done: false,
         on_corrupt,
     };
-    let stream = futures_util::stream::unfold(state, |mut state| async move {
-        if state.done {
-            return None;
-        }
-        let item = match state.next().await {
-            Ok(Some(piece)) => Ok(piece),
-            Ok(None) => return None,
-            Err(failure) => {
-                state.done = true;
-                Err(failure.into_error(&mut state.on_corrupt))
-            }
-        };
-        Some((item, state))
-    });
-    Body::boxed(http_body_util::StreamBody::new(
-        stream.map(|item| item.map(http_body::Frame::data)),
-    ))
+    verified_stream(state)
 }
 
 struct Hashed<S> {
@@ -160,9 +170,11 @@ struct Hashed<S> {
     on_corrupt: Option<CorruptionHook>,
 }
 
-impl<S: Source> Hashed<S> {
-    /// The next piece to send; `None` at a verified end.
-    async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
+impl<S: Source> Step for Hashed<S> {
+    async fn step(&mut self) -> Result<Option<Bytes>, Failure> {
+        if self.done {
+            return Ok(None);
+        }
         loop {
             let extent = self.source.extent().map_err(Failure::Other)?;
             if self.file.is_none() {
@@ -192,6 +204,12 @@ impl<S: Source> Hashed<S> {
         }
     }
 
+    fn hook(&mut self) -> &mut Option<CorruptionHook> {
+        &mut self.on_corrupt
+    }
+}
+
+impl<S: Source> Hashed<S> {
     /// Reads and hashes the next chunk below `readable`; returns the piece to send now
     /// (the one held back before it), if any.
     async fn read_piece(
@@ -241,22 +259,7 @@ fn verified_blocks_body(
         done: first > last,
         on_corrupt: Some(on_corrupt),
     };
-    let stream = futures_util::stream::unfold(state, |mut state| async move {
-        if state.done || state.next_block > state.window.1 / BLOCK {
-            return None;
-        }
-        let item = match state.next().await {
-            Ok(piece) => Ok(piece),
-            Err(failure) => {
-                state.done = true;
-                Err(failure.into_error(&mut state.on_corrupt))
-            }
-        };
-        Some((item, state))
-    });
-    Body::boxed(http_body_util::StreamBody::new(
-        stream.map(|item| item.map(http_body::Frame::data)),
-    ))
+    verified_stream(state)
 }
 
 struct Blocks {
@@ -270,9 +273,16 @@ struct Blocks {
     on_corrupt: Option<CorruptionHook>,
 }
 
-impl Blocks {
+impl Step for Blocks {
+    fn hook(&mut self) -> &mut Option<CorruptionHook> {
+        &mut self.on_corrupt
+    }
+
     /// The window's part of the next block, checked against its digest.
-    async fn next(&mut self) -> Result<Bytes, Failure> {
+    async fn step(&mut self) -> Result<Option<Bytes>, Failure> {
+        if self.done || self.next_block > self.window.1 / BLOCK {
+            return Ok(None);
+        }
         if self.file.is_none() {
             let file = File::open(self.path.as_ref()).map_err(|_| Failure::Missing)?;
             self.file = Some(Arc::new(file));
@@ -295,6 +305,6 @@ impl Blocks {
         let (first, last) = self.window;
         let from = first.max(start) - start;
         let to = (last + 1).min(start + size as u64) - start;
-        Ok(Bytes::from(buffer).slice(from as usize..to as usize))
+        Ok(Some(Bytes::from(buffer).slice(from as usize..to as usize)))
     }
 }

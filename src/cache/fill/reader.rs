@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
 
 use super::{BodyEnd, Fill};
 use crate::body::{Body, BoxError};
@@ -59,10 +59,6 @@ impl http_body::Body for FillReader {
             FillReader::Live(live) => live.is_end_stream(),
             FillReader::Tail(tail) => tail.is_end_stream(),
         }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 
@@ -140,10 +136,6 @@ impl http_body::Body for LiveReader {
             .as_ref()
             .is_some_and(|slot| slot.next_index >= body.first_index + body.chunks.len());
         at_end && body.end == BodyEnd::Complete
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 

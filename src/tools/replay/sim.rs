@@ -436,38 +436,16 @@ mod tests {
     /// miss(evicts C) → 1 hit of 6.
     #[test]
     fn lru_matches_a_hand_computed_trace() {
-        let counts = replay(
-            &trace(&[1, 2, 1, 3, 2, 1]),
-            Policy::Lru,
-            2,
-            None,
-            0,
-            8,
-            &|_| {},
-        );
-        assert_eq!((counts.requests, counts.hits), (6, 1));
+        let lru = |capacity, warmup| {
+            let requests = trace(&[1, 2, 1, 3, 2, 1]);
+            let counts = replay(&requests, Policy::Lru, capacity, None, warmup, 8, &|_| {});
+            (counts.requests, counts.hits)
+        };
+        assert_eq!(lru(2, 0), (6, 1));
         // Capacity 3 keeps all three: 3 hits.
-        let counts = replay(
-            &trace(&[1, 2, 1, 3, 2, 1]),
-            Policy::Lru,
-            3,
-            None,
-            0,
-            8,
-            &|_| {},
-        );
-        assert_eq!(counts.hits, 3);
+        assert_eq!(lru(3, 0), (6, 3));
         // Warm-up excludes the first requests from the counts.
-        let counts = replay(
-            &trace(&[1, 2, 1, 3, 2, 1]),
-            Policy::Lru,
-            3,
-            None,
-            3,
-            8,
-            &|_| {},
-        );
-        assert_eq!((counts.requests, counts.hits), (3, 2));
+        assert_eq!(lru(3, 3), (3, 2));
     }
 
     #[test]

@@ -44,7 +44,7 @@
 //!   fills (coalescing, readers, the writer), per-path rules.
 //! - [`pipeline`]: the phases of a request.
 //! - [`upstream`]: the pooled origin client and its connection caps.
-//! - [`transform`]: compression.
+//! - [`transform`]: response transforms (compression).
 //! - [`telemetry`]: outcome types, metrics and the status board.
 //! - [`limit`]: bounded admission (fills, origin connections).
 //! - [`admin`]: health, metrics, purge, offline switch, reload and the status page on the

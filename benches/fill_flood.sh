@@ -29,16 +29,29 @@ def record():
     os.replace(stats + ".tmp", stats)
 async def serve(reader, writer):
     state["open"] += 1; state["peak"] = max(state["peak"], state["open"]); record()
+    closed = asyncio.Event()
+    async def watch_close():
+        # The proxy closing its side (FIN) is what "connection closed" means here; a
+        # write would only notice it later.
+        await reader.read()
+        closed.set()
     try:
         while (await reader.readline()) not in (b"\r\n", b""):
             pass
+        watcher = asyncio.ensure_future(watch_close())
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nCache-Control: max-age=600\r\n"
                      b"Content-Type: application/octet-stream\r\n\r\n" % size)
         pause = seconds / (size / piece)
         block = b"x" * piece
         for _ in range(size // piece):
+            if closed.is_set():
+                break
             writer.write(block); await writer.drain(); state["sent"] += piece
-            await asyncio.sleep(pause)
+            try:
+                await asyncio.wait_for(closed.wait(), pause)
+            except asyncio.TimeoutError:
+                pass
+        watcher.cancel()
     except (ConnectionError, OSError):
         pass
     finally:
@@ -90,7 +103,7 @@ for bin in "$@"; do
   done
   for _ in $(seq $((WATCH * 10))); do r=$(rss_kib "$proxy"); ((r > peak_rss)) && peak_rss=$r; sleep 0.1; done
   read -r _open peak sent <"$WORK/stats"
-  printf '| %s | %s | %s | %d | %d | %d |\n' "$(basename "$(dirname "$(dirname "$(dirname "$bin")")")")/$(basename "$bin")" \
+  printf '| %s%s | %s | %s | %d | %d | %d |\n' "$bin" "${LABEL:+ ($LABEL)}" \
     "$(cat "$WORK/heads")" "$peak" $((sent >> 20)) $((peak_rss / 1024)) $(($(rss_kib "$proxy") / 1024))
   kill "$proxy" "$origin" 2>/dev/null || true; wait "$proxy" "$origin" 2>/dev/null || true
   pids=()

@@ -6,6 +6,8 @@
 //! carries is `pipeline::forwarding`'s; this module only moves the request and reports.
 //! Bodies stream in both directions: nothing here buffers a body.
 
+pub mod connector;
+
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
-use crate::limit::{Admission, Bounds, Limiter};
+use crate::limit::{Bounds, Limiter, Refused};
+use connector::Counted;
 
 /// Why the upstream client could not be built (a bad CA file).
 #[derive(Debug, thiserror::Error)]
@@ -33,44 +36,14 @@ pub enum UpstreamSetupError {
 /// The pooled client every request to every origin goes through.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    client: Client<Counted<HttpsConnector<HttpConnector>>, Body>,
     response_header_timeout: Duration,
-    /// Exchanges in flight, in all and per origin (each holds a connection until its
-    /// response body ends).
+    /// Connections open to origins, in all and per origin (see [`connector`]).
     connections: Arc<Limiter>,
 }
 
-/// An origin's response body; holds its exchange's connection slot until dropped.
-pub struct OriginBody {
-    inner: Incoming,
-    _slot: Admission,
-}
-
-impl http_body::Body for OriginBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl From<OriginBody> for Body {
-    fn from(body: OriginBody) -> Body {
-        Body::boxed(body)
-    }
-}
+/// An origin's response body, unread.
+pub type OriginBody = Incoming;
 
 impl Upstream {
     /// # Errors
@@ -88,6 +61,13 @@ impl Upstream {
             .enable_http1()
             .wrap_connector(http);
 
+        let connections = Arc::new(Limiter::new(Bounds {
+            total: config.max_connections,
+            per_peer: config.max_connections_per_origin,
+            queue: config.connection_queue,
+            wait: config.connection_queue_timeout.get(),
+        }));
+        let counted = Counted::new(https, Arc::clone(&connections));
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -95,20 +75,16 @@ impl Upstream {
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             // The client would otherwise rewrite Host from the URI; routing decides it.
             .set_host(false)
-            .build(https);
+            .build(counted);
         Ok(Upstream {
             client,
             response_header_timeout: config.response_header_timeout.get(),
-            connections: Arc::new(Limiter::new(Bounds {
-                total: config.max_connections,
-                per_peer: config.max_connections_per_origin,
-                queue: config.connection_queue,
-                wait: config.connection_queue_timeout.get(),
-            })),
+            connections,
         })
     }
 
-    /// Exchanges with origins in flight now, and the most there have been at once.
+    /// Connections to origins open now (pooled idle ones included), and the most there have
+    /// been at once.
     pub fn connections_in_use(&self) -> (usize, usize) {
         (self.connections.in_use(), self.connections.high_water())
     }
@@ -119,7 +95,8 @@ impl Upstream {
     ///
     /// # Errors
     /// A [`ProxyError`] naming `origin` and the kind of failure;
-    /// [`ProxyError::LimitReached`] when the connection limits and their queue are full.
+    /// [`ProxyError::LimitReached`] when a new connection is needed and the connection caps
+    /// and their queue are full.
     ///
     /// # Cancellation
     /// Dropping the future drops the connection attempt or the in-flight exchange; a
@@ -129,16 +106,9 @@ impl Upstream {
         request: http::Request<Body>,
         origin: &str,
     ) -> Result<http::Response<OriginBody>, ProxyError> {
-        let slot = self
-            .connections
-            .admit(origin)
-            .await
-            .map_err(|_| ProxyError::LimitReached {
-                what: "origin connection",
-            })?;
         match tokio::time::timeout(self.response_header_timeout, self.client.request(request)).await
         {
-            Ok(Ok(response)) => Ok(response.map(|inner| OriginBody { inner, _slot: slot })),
+            Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(classify(&err, origin)),
             Err(_elapsed) => Err(ProxyError::ResponseHeaderTimeout {
                 origin: origin.to_string(),
@@ -183,6 +153,11 @@ fn classify(err: &hyper_util::client::legacy::Error, origin: &str) -> ProxyError
     let origin = origin.to_string();
     let detail = chain_text(err);
     for cause in causes(err) {
+        if cause.downcast_ref::<Refused>().is_some() {
+            return ProxyError::LimitReached {
+                what: "origin connection",
+            };
+        }
         if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
             return match tls {
                 rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {

@@ -495,3 +495,43 @@ async fn graceful_shutdown_finishes_in_flight_request() {
         .unwrap()
         .unwrap();
 }
+
+/// RFC 9110 §7.6.1, RFC 9111 §4.1: a field the client lists in `Connection` is hop-by-hop:
+/// the origin never sees it, so it must not select the variant either. Otherwise
+/// `Accept-Language: fr` + `Connection: Accept-Language` stores the default page as the
+/// French variant for everyone.
+#[tokio::test]
+async fn a_field_named_in_connection_does_not_choose_the_variant() {
+    let origin = Origin::start(vec![(
+        "/lang",
+        Fixture::Echo {
+            name: "accept-language",
+            headers: header_list(&[("cache-control", "max-age=60"), ("vary", "Accept-Language")]),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let poisoning = get(
+        &proxy.url("/lang"),
+        &[("accept-language", "fr"), ("connection", "Accept-Language")],
+    )
+    .await;
+    assert_eq!(
+        poisoning.text(),
+        "-",
+        "the origin did not see Accept-Language"
+    );
+    let french = get(&proxy.url("/lang"), &[("accept-language", "fr")]).await;
+    assert_eq!(
+        french.text(),
+        "fr",
+        "the default page was not served as French"
+    );
+    let default = get(&proxy.url("/lang"), &[]).await;
+    assert_eq!(default.text(), "-");
+    assert_eq!(
+        origin.hits("/lang"),
+        2,
+        "the default page was stored once and reused"
+    );
+}

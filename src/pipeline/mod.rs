@@ -85,7 +85,12 @@ pub async fn handle(
     downstream: DownstreamFacts,
 ) -> (Response<Body>, RequestCtx) {
     let peer = downstream.peer;
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // Every phase judges the request as it will be forwarded: a field the client names in
+    // Connection never reaches the origin, so it must not choose a variant or a stored
+    // response either (a `Connection: Accept-Language` would otherwise store the default
+    // page as the French one).
+    forwarding::strip_hop_by_hop(&mut parts.headers);
     let log = proxy.access_log.clone();
     let mut ctx = RequestCtx::new(&parts, peer, log, Arc::clone(&proxy.metrics));
     let request_debug = parts

@@ -85,7 +85,10 @@ PY
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
-printf '| binary | heads received | peak origin connections | origin body MiB sent | peak RSS MiB | RSS MiB after |\n|---|---|---|---|---|---|\n'
+# Outpost's own sockets to the origin, as the kernel has them (sampled).
+proxy_conns() { ss -Htn state established "( dport = :$ORIGIN_PORT )" 2>/dev/null | wc -l; }
+
+printf '| binary | heads received | peak origin connections (origin saw / outpost held, sampled) | origin body MiB sent | peak RSS MiB | RSS MiB after |\n|---|---|---|---|---|---|\n'
 for bin in "$@"; do
   python3 "$WORK/origin.py" "$ORIGIN_PORT" $((SIZE_MIB << 20)) "$SECONDS_PER_OBJECT" "$WORK/stats" &
   origin=$!; pids+=("$origin"); wait_port "$ORIGIN_PORT"
@@ -93,18 +96,19 @@ for bin in "$@"; do
   OUTPOST_LOG__ACCESS_LOG=false "$bin" serve --listen "127.0.0.1:$PROXY_PORT" \
     --origin "http://127.0.0.1:$ORIGIN_PORT" ${EXTRA_ARGS:-} >"$WORK/outpost.log" 2>&1 &
   proxy=$!; pids+=("$proxy"); wait_port "$PROXY_PORT"
-  peak_rss=0
+  peak_rss=0; peak_held=0
   timeout 60 python3 "$WORK/flood.py" "$PROXY_PORT" "$CLIENTS" >"$WORK/heads" &
   flood=$!
   # Sample while the flood runs and for WATCH seconds after it.
   end=$((SECONDS + 60))
   while kill -0 "$flood" 2>/dev/null && [[ $SECONDS -lt $end ]]; do
-    r=$(rss_kib "$proxy"); ((r > peak_rss)) && peak_rss=$r; sleep 0.1
+    r=$(rss_kib "$proxy"); ((r > peak_rss)) && peak_rss=$r
+    c=$(proxy_conns); ((c > peak_held)) && peak_held=$c
   done
   for _ in $(seq $((WATCH * 10))); do r=$(rss_kib "$proxy"); ((r > peak_rss)) && peak_rss=$r; sleep 0.1; done
   read -r _open peak sent <"$WORK/stats"
-  printf '| %s%s | %s | %s | %d | %d | %d |\n' "$bin" "${LABEL:+ ($LABEL)}" \
-    "$(cat "$WORK/heads")" "$peak" $((sent >> 20)) $((peak_rss / 1024)) $(($(rss_kib "$proxy") / 1024))
+  printf '| %s%s | %s | %s / %s | %d | %d | %d |\n' "$bin" "${LABEL:+ ($LABEL)}" \
+    "$(cat "$WORK/heads")" "$peak" "$peak_held" $((sent >> 20)) $((peak_rss / 1024)) $(($(rss_kib "$proxy") / 1024))
   kill "$proxy" "$origin" 2>/dev/null || true; wait "$proxy" "$origin" 2>/dev/null || true
   pids=()
 done

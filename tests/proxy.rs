@@ -535,3 +535,26 @@ async fn a_field_named_in_connection_does_not_choose_the_variant() {
         "the default page was stored once and reused"
     );
 }
+
+/// RFC 9112 §6.3: a response with both Transfer-Encoding and Content-Length is framed by
+/// Transfer-Encoding, and the Content-Length must go: stored or relayed with it, the body
+/// would be announced with the wrong length.
+#[tokio::test]
+async fn an_origin_response_with_both_framings_loses_its_content_length() {
+    let origin = RawOrigin::start(RawBehaviour::SendThenClose(Bytes::from_static(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\
+          Cache-Control: max-age=60\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )))
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let first = get(&proxy.url("/both"), &[]).await;
+    assert_eq!(first.text(), "abc");
+    assert_ne!(first.header("content-length"), Some("50"));
+    let hit = get(&proxy.url("/both"), &[]).await;
+    assert_eq!(hit.text(), "abc");
+    assert_eq!(
+        hit.header("content-length"),
+        Some("3"),
+        "the stored length is the body's"
+    );
+}

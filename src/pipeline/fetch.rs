@@ -342,7 +342,7 @@ impl FillTask {
         };
         let times = (request_time, SystemTime::now());
         let (mut head, body) = response.into_parts();
-        forwarding::strip_hop_by_hop(&mut head.headers);
+        forwarding::clean_response_head(&mut head.headers);
         if head.status == StatusCode::NOT_MODIFIED && self.freshen(&head, times).await {
             return;
         }

@@ -75,6 +75,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The header fields of an origin's response as outpost passes or stores them: framed by
+/// Transfer-Encoding, a Content-Length beside it is wrong and goes (RFC 9112 §6.3), then
+/// the hop-by-hop fields go.
+pub fn clean_response_head(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(headers);
+}
+
 /// Appends `received-protocol received-by` to `Via` (RFC 9110 §7.6.3).
 pub fn append_via(headers: &mut HeaderMap, received: Version, proxy_name: &str) {
     let protocol = match received {

@@ -290,6 +290,6 @@ async fn forward(
         .await;
     ctx.upstream_duration = Some(sent_at.elapsed());
     let (mut head, body) = response?.into_parts();
-    forwarding::strip_hop_by_hop(&mut head.headers);
+    forwarding::clean_response_head(&mut head.headers);
     Ok(Response::from_parts(head, Body::from(body)))
 }

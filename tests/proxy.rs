@@ -558,3 +558,25 @@ async fn an_origin_response_with_both_framings_loses_its_content_length() {
         "the stored length is the body's"
     );
 }
+
+/// RFC 3986 §3.3 / issue 12: `/debian/../internal` (also `%2e%2e`) would leave the Debian
+/// site's path prefix at the origin while being routed by it: refused with 400, never
+/// forwarded.
+#[tokio::test]
+async fn dot_segments_cannot_escape_a_site_prefix() {
+    let origin = Origin::start(vec![("/internal", Fixture::ok("secret"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for path in [
+        "/debian/../internal",
+        "/debian/%2e%2e/internal",
+        "/debian/%2E%2E/internal",
+    ] {
+        let reply = raw_exchange(
+            proxy.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{path}: {reply}");
+    }
+    assert_eq!(origin.hits("/internal"), 0);
+}

@@ -54,7 +54,20 @@ pub fn check_request(request: &http::request::Parts) -> Result<(), ProxyError> {
             "request target must be origin-form or absolute-form",
         ));
     }
+    if has_dot_segment(request.uri.path()) {
+        return Err(ProxyError::BadRequest("dot-segment in the request path"));
+    }
     Ok(())
+}
+
+/// RFC 3986 §3.3: a `.` or `..` segment, also percent-encoded (`%2e%2e`). Resolved by
+/// the origin but not by routing, it would step out of a site's path prefix or the origin's
+/// base path, so such a request is refused rather than forwarded.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
 }
 
 /// Builds the request the origin receives from the client's request head; returns it with
@@ -142,5 +155,19 @@ mod tests {
             .body(())
             .unwrap();
         assert!(check_request(&repeated_same.into_parts().0).is_ok());
+    }
+
+    /// RFC 3986 §3.3: dot-segments, plain or percent-encoded, are refused; dots inside a
+    /// segment are ordinary characters.
+    #[test]
+    fn dot_segments_are_refused() {
+        for path in ["/a/../b", "/..", "/a/./b", "/a/%2e%2E/b", "/a/%2E/b"] {
+            let request = Request::get(path).body(()).unwrap();
+            assert!(check_request(&request.into_parts().0).is_err(), "{path}");
+        }
+        for path in ["/a/..b/c", "/a.../b", "/.well-known/x", "/a/%2e%2ex"] {
+            let request = Request::get(path).body(()).unwrap();
+            assert!(check_request(&request.into_parts().0).is_ok(), "{path}");
+        }
     }
 }

@@ -83,6 +83,29 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
+    /// What happened, in words a client may read (no addresses, no internals).
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorType::HttpRequestError => "the request is malformed",
+            ErrorType::HttpRequestDenied => "the request is not allowed",
+            ErrorType::DestinationNotFound => "no site is configured for this host",
+            ErrorType::ConnectionRefused => {
+                "the origin refused the connection (connection refused)"
+            }
+            ErrorType::ConnectionTimeout => "connecting to the origin timed out",
+            ErrorType::DnsError => "the origin's name could not be resolved",
+            ErrorType::DestinationUnavailable => "the origin could not be reached",
+            ErrorType::TlsProtocolError => "the TLS handshake with the origin failed",
+            ErrorType::TlsCertificateError => "the origin's certificate was rejected",
+            ErrorType::HttpResponseTimeout => "the origin did not answer in time",
+            ErrorType::HttpResponseIncomplete => "the origin's response was incomplete",
+            ErrorType::HttpProtocolError => "the origin's response was not valid HTTP",
+            ErrorType::ConnectionLimitReached => "too busy: try again later",
+            ErrorType::ConnectionReadTimeout => "the origin stopped sending its response",
+            ErrorType::ProxyInternalError => "internal error",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorType::HttpRequestError => "http_request_error",
@@ -176,18 +199,32 @@ impl ProxyError {
     }
 
     /// The response a client gets for this error: status, `Proxy-Status`, a one-line body.
-    pub fn to_response(&self, proxy_name: &str) -> Response<Body> {
+    ///
+    /// Only the RFC 9209 error type and a plain description go to clients; the details (the
+    /// origin's address, the error chain) go to `reveal`ed clients (trusted debug clients)
+    /// and to the log. A refusal of the client's own request is its own business and is
+    /// always described in full.
+    pub fn to_response(&self, proxy_name: &str, reveal: bool) -> Response<Body> {
         let status = self.status();
-        let proxy_status = format!(
-            "{proxy_name}; error={}; details={}",
-            self.proxy_status_error().as_str(),
-            sf_string(&self.to_string())
-        );
+        let error = self.proxy_status_error();
+        let reveal = reveal || self.fault() == Fault::Downstream;
+        let (proxy_status, text) = if reveal {
+            let details = self.to_string();
+            let header = format!(
+                "{proxy_name}; error={}; details={}",
+                error.as_str(),
+                sf_string(&details)
+            );
+            (header, details)
+        } else {
+            let header = format!("{proxy_name}; error={}", error.as_str());
+            (header, format!("{} ({})", error.describe(), error.as_str()))
+        };
         let mut response = Response::new(Body::full(format!(
             "{} {}: {}\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
-            self
+            text
         )));
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -238,7 +275,7 @@ mod tests {
             origin: "http://o\"rigin".into(),
             detail: "reset \\ \u{e9}".into(),
         };
-        let response = err.to_response("edge-1");
+        let response = err.to_response("edge-1", true);
         let value = response.headers()["proxy-status"].to_str().unwrap();
         let list: sfv::List = sfv::Parser::new(value).parse().unwrap();
         assert_eq!(list.len(), 1);
@@ -250,12 +287,16 @@ mod tests {
         let err = ProxyError::ConnectionRefused {
             origin: "http://127.0.0.1:1".into(),
         };
-        let response = err.to_response("edge-1");
+        let response = err.to_response("edge-1", true);
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
         let value = response.headers()["proxy-status"].to_str().unwrap();
         assert!(
             value.starts_with("edge-1; error=connection_refused; details=\""),
             "{value}"
         );
+        // Anyone else learns the error type, not the origin's address.
+        let response = err.to_response("edge-1", false);
+        let value = response.headers()["proxy-status"].to_str().unwrap();
+        assert_eq!(value, "edge-1; error=connection_refused");
     }
 }

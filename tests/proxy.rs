@@ -580,3 +580,37 @@ async fn dot_segments_cannot_escape_a_site_prefix() {
     }
     assert_eq!(origin.hits("/internal"), 0);
 }
+
+/// RFC 9209 §2 / issue 12: an error tells a client its RFC 9209 type and a plain
+/// description; the origin's address and the error chain go only to a trusted debug client
+/// that asks for itself, never to one relaying someone else's request.
+#[tokio::test]
+async fn error_details_stay_with_trusted_debug_clients() {
+    let dead = closed_port().await;
+    let proxy = Proxy::start(&format!("http://{dead}"), "").await;
+    let origin_address = dead.to_string();
+    let anyone = get(&proxy.url("/x"), &[]).await;
+    assert_eq!(anyone.status, 502);
+    assert_eq!(
+        anyone.header("proxy-status"),
+        Some("outpost; error=connection_refused")
+    );
+    assert!(
+        !anyone.text().contains(&origin_address),
+        "{}",
+        anyone.text()
+    );
+    let debugging = get(&proxy.url("/x"), &[("outpost-debug", "1")]).await;
+    let detailed = debugging.header("proxy-status").unwrap();
+    assert!(detailed.contains(&origin_address), "{detailed}");
+    let relayed = get(
+        &proxy.url("/x"),
+        &[("outpost-debug", "1"), ("x-forwarded-for", "203.0.113.9")],
+    )
+    .await;
+    assert_eq!(
+        relayed.header("proxy-status"),
+        Some("outpost; error=connection_refused")
+    );
+    assert!(relayed.header("outpost-path").is_none());
+}

@@ -101,14 +101,15 @@ pub async fn handle(
         Ok(delivery) => deliver::deliver(proxy, &ctx, &parts, delivery).await,
         Err(err) => Err(err),
     };
-    let mut response = served.unwrap_or_else(|err| failed(proxy, &mut ctx, &err));
+    let reveal = proxy.wants_path_view(peer, request_debug, &parts.headers);
+    let mut response = served.unwrap_or_else(|err| failed(proxy, &mut ctx, &err, reveal));
     // RFC 9211 §2: appended after any Cache-Status members from caches nearer the origin.
     response.headers_mut().append(
         "cache-status",
         ctx.status.to_header_value(&proxy.proxy_name),
     );
     ctx.response_status = response.status().as_u16();
-    if proxy.wants_path_view(peer, request_debug) {
+    if reveal {
         let age = response
             .headers()
             .get(header::AGE)
@@ -121,7 +122,7 @@ pub async fn handle(
 }
 
 /// Logs and records a failed request, and makes its response.
-fn failed(proxy: &Proxy, ctx: &mut RequestCtx, err: &ProxyError) -> Response<Body> {
+fn failed(proxy: &Proxy, ctx: &mut RequestCtx, err: &ProxyError, reveal: bool) -> Response<Body> {
     let peer = ctx.peer;
     match err.fault() {
         Fault::Downstream => tracing::debug!(%peer, error = %err, "request refused"),
@@ -134,7 +135,7 @@ fn failed(proxy: &Proxy, ctx: &mut RequestCtx, err: &ProxyError) -> Response<Bod
         Fault::Internal => tracing::error!(%peer, error = %err, "internal error"),
     }
     ctx.error = Some(err.proxy_status_error());
-    err.to_response(&proxy.proxy_name)
+    err.to_response(&proxy.proxy_name, reveal)
 }
 
 /// The phases up to the delivery: filter, route, lookup, then the branch the lookup chose.

@@ -114,10 +114,21 @@ impl Proxy {
         &self.metrics
     }
 
-    /// Whether this response gets the path view: a trusted client that asked (or always).
-    pub(super) fn wants_path_view(&self, peer: SocketAddr, asked: bool) -> bool {
+    /// Whether this response gets the path view and error details: a trusted debug client
+    /// that asked (or always), speaking for itself. A request a proxy relays on behalf of
+    /// someone else (it carries forwarding headers) gets neither, whoever the proxy is.
+    pub(super) fn wants_path_view(
+        &self,
+        peer: SocketAddr,
+        asked: bool,
+        request: &http::HeaderMap,
+    ) -> bool {
         let peer = peer.ip().to_canonical();
+        let is_relayed = ["x-forwarded-for", "forwarded", "x-real-ip"]
+            .iter()
+            .any(|name| request.contains_key(*name));
         (asked || self.debug.always)
+            && !is_relayed
             && self
                 .debug
                 .trusted_clients

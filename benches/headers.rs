@@ -46,7 +46,7 @@ fn bench_headers(c: &mut Criterion) {
     let untrusted = ForwardingPolicy::new(&ForwardingConfig::default());
     let trusted = ForwardingPolicy::new(&ForwardingConfig {
         trusted_proxies: vec!["198.51.100.0/24".parse().unwrap()],
-        strip_override_headers: Vec::new(),
+        ..ForwardingConfig::default()
     });
 
     c.bench_function("request_headers/untrusted_peer", |b| {

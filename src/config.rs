@@ -518,6 +518,10 @@ pub struct ForwardingConfig {
     /// Further request headers that origins treat as overrides of host, scheme, path or
     /// method; removed from requests of untrusted peers (added to a built-in list).
     pub strip_override_headers: Vec<HeaderNameSetting>,
+    /// Take X-Forwarded-Host, -Proto and -Port from `trusted_proxies` (a TLS terminator or
+    /// load balancer in front that sets them); off, outpost sets them from what it saw. The
+    /// other override headers are removed from every peer.
+    pub trust_forwarded_host: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

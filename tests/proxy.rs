@@ -142,13 +142,14 @@ async fn forwarding_headers_from_untrusted_peer_are_replaced() {
     }
 }
 
-/// RFC 7239 §5.2: a trusted proxy's chain is extended, not replaced.
+/// RFC 7239 §5.2: a trusted proxy's chain is extended, not replaced; with
+/// `trust_forwarded_host` its X-Forwarded-Proto/-Port (a TLS terminator's) are kept.
 #[tokio::test]
 async fn forwarding_headers_from_trusted_peer_are_extended() {
     let origin = Origin::start(vec![("/f", Fixture::ok("f"))]).await;
     let proxy = Proxy::start(
         &origin.url(),
-        "[forwarding]\ntrusted_proxies = [\"127.0.0.0/8\"]",
+        "[forwarding]\ntrusted_proxies = [\"127.0.0.0/8\"]\ntrust_forwarded_host = true",
     )
     .await;
 
@@ -613,4 +614,38 @@ async fn error_details_stay_with_trusted_debug_clients() {
         Some("outpost; error=connection_refused")
     );
     assert!(relayed.header("outpost-path").is_none());
+}
+
+/// Issue 12: override headers are removed from trusted peers too (a trusted proxy passes its
+/// client's fields along), and without `trust_forwarded_host` a trusted peer's
+/// X-Forwarded-Host/-Proto are replaced by what outpost saw.
+#[tokio::test]
+async fn a_trusted_peer_cannot_pass_override_headers_through() {
+    let origin = Origin::start(vec![("/f", Fixture::ok("f"))]).await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[forwarding]\ntrusted_proxies = [\"127.0.0.0/8\"]",
+    )
+    .await;
+    get(
+        &proxy.url("/f"),
+        &[
+            ("host", "shop.example"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-original-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+        ],
+    )
+    .await;
+    let seen = origin.last("/f").headers;
+    assert_eq!(
+        seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1",
+        "the chain is kept"
+    );
+    assert_eq!(seen["x-forwarded-host"], "shop.example");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert!(!seen.contains_key("x-original-url"));
+    assert!(!seen.contains_key("x-http-method-override"));
 }

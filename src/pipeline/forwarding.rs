@@ -128,7 +128,16 @@ pub struct Downstream<'a> {
 pub struct ForwardingPolicy {
     trusted_proxies: Vec<IpNet>,
     override_headers: Vec<HeaderName>,
+    trust_forwarded_host: bool,
 }
+
+/// What a trusted TLS terminator may tell the origin about the client's side, when
+/// `forwarding.trust_forwarded_host` is on.
+const EDGE_FIELDS: [HeaderName; 3] = [
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    HeaderName::from_static("x-forwarded-port"),
+];
 
 impl ForwardingPolicy {
     pub fn new(config: &ForwardingConfig) -> ForwardingPolicy {
@@ -145,6 +154,7 @@ impl ForwardingPolicy {
         ForwardingPolicy {
             trusted_proxies: config.trusted_proxies.clone(),
             override_headers,
+            trust_forwarded_host: config.trust_forwarded_host,
         }
     }
 
@@ -157,7 +167,21 @@ impl ForwardingPolicy {
     /// address of the client as far as the trust boundary lets us know it.
     pub fn apply(&self, headers: &mut HeaderMap, downstream: Downstream<'_>) -> IpAddr {
         let peer_ip = canonical_ip(downstream.peer.ip());
-        if self.is_trusted(peer_ip) {
+        let is_trusted = self.is_trusted(peer_ip);
+        // Override headers are removed from every peer: a trusted proxy passes its client's
+        // fields along, and those are the client's word. Only the edge fields of a trusted
+        // terminator are kept, and only when configured.
+        let keeps_edge_fields = is_trusted && self.trust_forwarded_host;
+        for name in &self.override_headers {
+            if !(keeps_edge_fields && EDGE_FIELDS.contains(name)) {
+                headers.remove(name);
+            }
+        }
+        if !keeps_edge_fields {
+            headers.remove(&X_FORWARDED_HOST);
+            headers.remove(&X_FORWARDED_PROTO);
+        }
+        if is_trusted {
             let client = self.client_behind_trusted_chain(headers, peer_ip);
             append_list_value(headers, X_FORWARDED_FOR, &peer_ip.to_string());
             if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -177,9 +201,6 @@ impl ForwardingPolicy {
             );
             client
         } else {
-            for name in &self.override_headers {
-                headers.remove(name);
-            }
             set(headers, X_FORWARDED_FOR, &peer_ip.to_string());
             set(headers, X_FORWARDED_PROTO, downstream.scheme);
             match downstream.host {
@@ -274,6 +295,7 @@ mod tests {
         ForwardingPolicy::new(&ForwardingConfig {
             trusted_proxies: trusted.iter().map(|n| n.parse().unwrap()).collect(),
             strip_override_headers: vec!["x-custom-override".parse().unwrap()],
+            ..ForwardingConfig::default()
         })
     }
 

@@ -296,6 +296,34 @@ impl Serialize for ByteSize {
     }
 }
 
+/// A secret in config (the admin token): never printed, by `outpost check` or `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
+    /// The secret itself, for comparing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
 /// A header field name in config, checked when read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderNameSetting(pub http::HeaderName);
@@ -402,7 +430,7 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Bearer token required on admin endpoints other than /healthz and /readyz; needed to
     /// bind the admin listener to a non-loopback address.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// Origin of the default site: serves every Host no `[[sites]]` entry claims.
     pub origin: Option<OriginUrl>,
     /// Name this proxy uses in `Via`, `Proxy-Status` and `Cache-Status`.
@@ -916,7 +944,7 @@ impl Config {
                 );
             }
         }
-        if let Some(token) = &self.admin_token {
+        if let Some(token) = self.admin_token.as_ref().map(Secret::expose) {
             if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
                 problems.add(
                     "admin_token",
@@ -1072,6 +1100,22 @@ fn check_site(index: usize, site: &SiteConfig, problems: &mut Problems) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The admin token is never printed: not by `outpost check`, not by `Debug`.
+    #[test]
+    fn the_admin_token_is_never_printed() {
+        let config = Config::from_toml_str(
+            "origin = \"http://127.0.0.1:1\"\nadmin_token = \"s3cret-token-0123456789\"",
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert!(!config.to_toml().contains("s3cret"));
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert_eq!(
+            config.admin_token.as_ref().map(Secret::expose),
+            Some("s3cret-token-0123456789")
+        );
+    }
 
     /// Every problem in a configuration is reported at once, each with its key.
     #[test]

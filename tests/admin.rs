@@ -575,3 +575,35 @@ async fn reload_changes_server_limits_for_new_connections() {
         .await
         .starts_with("HTTP/1.1 431"));
 }
+
+/// Issue 12: without a token, the admin listener answers only requests that name it
+/// (DNS rebinding gives a web page its own name for 127.0.0.1) and refuses cross-site
+/// requests a page could make a browser send: nothing is switched or purged.
+#[tokio::test]
+async fn the_admin_listener_refuses_cross_site_and_rebound_requests() {
+    let origin = Origin::start(vec![]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let admin = start_admin(&proxy).await;
+    let offline = format!("{admin}/offline?enabled=true");
+    let attempt = |headers: &'static [(&'static str, &'static str)]| {
+        let mut request = Request::post(offline.as_str());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::new())).unwrap();
+        async move { send(&client(), request).await }
+    };
+    let rebound = attempt(&[("host", "attacker.example")]).await;
+    assert_eq!(rebound.status, 403, "{}", rebound.text());
+    let cross_site = attempt(&[("origin", "https://attacker.example")]).await;
+    assert_eq!(cross_site.status, 403);
+    let fetched = attempt(&[("sec-fetch-site", "cross-site")]).await;
+    assert_eq!(fetched.status, 403);
+    assert!(
+        !proxy.outpost.proxy().cache().is_offline(),
+        "nothing was switched"
+    );
+    let local = post(&offline).await;
+    assert_eq!(local.status, 200, "{}", local.text());
+    assert!(proxy.outpost.proxy().cache().is_offline());
+}

@@ -37,7 +37,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let bound = listener.local_addr()?;
+    // The main listener's head-size limit and head timeout apply here too.
+    let server = outpost.config().server.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout.get())
+        .max_buf_size(server.max_header_bytes.as_usize().max(8192));
     loop {
         let (stream, _peer) = tokio::select! {
             () = &mut shutdown => return Ok(()),
@@ -52,7 +60,12 @@ pub async fn serve(
         let outpost = Arc::clone(&outpost);
         let service = service_fn(move |request| {
             let outpost = Arc::clone(&outpost);
-            async move { Ok::<_, Infallible>(route(&outpost, &request).await) }
+            async move {
+                if let Some(refused) = cross_site_refusal(&outpost, &request, bound) {
+                    return Ok::<_, Infallible>(refused);
+                }
+                Ok::<_, Infallible>(route(&outpost, &request).await)
+            }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -65,11 +78,79 @@ pub async fn serve(
     }
 }
 
+/// Requests a web page could make a browser send: refused with 403. Without a token, the
+/// Host must name the loopback address the listener is bound to (DNS rebinding gives a
+/// page an attacker's name for it); with or without one, a cross-site `Origin` or
+/// `Sec-Fetch-Site` means a page on another site is making the request.
+fn cross_site_refusal(
+    outpost: &Outpost,
+    request: &Request<Incoming>,
+    bound: std::net::SocketAddr,
+) -> Option<Response<Body>> {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let has_token = outpost.config().admin_token.is_some();
+    if !has_token && !is_local_host(host, bound) {
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "admin: Host is not this listener\n",
+        ));
+    }
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    let origin_is_foreign = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|origin| origin.split_once("://").map(|(_, rest)| rest) != Some(host));
+    if !matches!(fetch_site, "none" | "same-origin") || origin_is_foreign {
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "admin: cross-site request refused\n",
+        ));
+    }
+    None
+}
+
+/// `localhost`, a loopback address, or the bound address, with the bound port or none.
+fn is_local_host(host: &str, bound: std::net::SocketAddr) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(']') || host.starts_with('[') => {
+            if name.contains(':') && !name.starts_with('[') {
+                (host, None)
+            } else {
+                (name, Some(port))
+            }
+        }
+        _ => (host, None),
+    };
+    if port.is_some_and(|port| port != bound.port().to_string()) {
+        return false;
+    }
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip == bound.ip())
+}
+
 async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body> {
     let proxy = outpost.proxy();
     let path = request.uri().path();
     if !matches!(path, "/healthz" | "/readyz")
-        && !is_authorised(outpost.config().admin_token.as_deref(), request)
+        && !is_authorised(
+            outpost
+                .config()
+                .admin_token
+                .as_ref()
+                .map(crate::config::Secret::expose),
+            request,
+        )
     {
         let mut response = text(StatusCode::UNAUTHORIZED, "admin token required\n");
         response.headers_mut().insert(
@@ -264,4 +345,33 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local_host;
+
+    /// DNS rebinding: only names for this listener's own loopback address pass.
+    #[test]
+    fn only_this_listener_is_a_local_host() {
+        let bound: std::net::SocketAddr = "127.0.0.1:9901".parse().unwrap();
+        for host in [
+            "127.0.0.1:9901",
+            "localhost:9901",
+            "localhost",
+            "[::1]:9901",
+            "127.0.0.1",
+        ] {
+            assert!(is_local_host(host, bound), "{host}");
+        }
+        for host in [
+            "evil.example:9901",
+            "127.0.0.1:80",
+            "10.0.0.1:9901",
+            "",
+            "[::1]:80",
+        ] {
+            assert!(!is_local_host(host, bound), "{host}");
+        }
+    }
 }

@@ -72,6 +72,10 @@ pub struct BodyFile {
     /// verify only the blocks they touch, and never send an unverified byte. `None`: only
     /// the whole-body digest is known.
     pub blocks: Option<Arc<Vec<[u8; 32]>>>,
+    /// Set by the first read that finds the file missing or corrupt, so it is reported
+    /// (counted, and its removal scheduled) once, however many reads meet it before the
+    /// removal lands.
+    pub is_reported_bad: std::sync::atomic::AtomicBool,
 }
 
 impl StoredBody {
@@ -139,6 +143,7 @@ impl StoredResponse {
             body: StoredBody::File(Arc::new(BodyFile {
                 path,
                 blocks: blocks.map(Arc::new),
+                is_reported_bad: std::sync::atomic::AtomicBool::new(false),
             })),
         }
     }

@@ -115,13 +115,24 @@ impl Failure {
 /// Streams bytes `window.0..=window.1` of a stored body file, verified; see the module
 /// doc. `on_corrupt` runs once if the file is corrupt or missing.
 pub fn verified_file_body(
-    file: &BodyFile,
+    file: &Arc<BodyFile>,
     len: u64,
     digest: [u8; 32],
     window: (u64, u64),
     on_corrupt: CorruptionHook,
 ) -> Body {
     let path = Arc::new(file.path.clone());
+    // Reported once per stored body: later reads that meet it before its removal lands
+    // fail the same way but count nothing more.
+    let flagged = Arc::clone(file);
+    let on_corrupt: CorruptionHook = Box::new(move |corrupt| {
+        let was_reported = flagged
+            .is_reported_bad
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        if !was_reported {
+            on_corrupt(corrupt);
+        }
+    });
     match &file.blocks {
         Some(blocks) if blocks.len() as u64 == len.div_ceil(BLOCK) && len > 0 => {
             verified_blocks_body(path, len, Arc::clone(blocks), window, on_corrupt)

@@ -65,20 +65,13 @@ async fn aborted_cache_busting_requests_stay_within_the_fill_cap() {
     assert!(outpost.cache().fills_in_use().1 <= 4);
     assert!(
         most_at_once <= 4,
-        "{most_at_once} origin exchanges were open at once; the cap is 4"
+        "{most_at_once} origin connections were open at once; the cap is 4"
     );
     assert_eq!(origin.hits("/big"), 40);
     eventually("every abandoned download to stop", || {
         open.now() == 0 && outpost.upstream().connections_in_use().0 == 0
     })
     .await;
-    // The origin may see a closed connection a moment after outpost let it go, never
-    // anywhere near one per request.
-    assert!(
-        open.peak() < 10,
-        "{} bodies open at the origin",
-        open.peak()
-    );
     eventually("fills to release their memory", || {
         outpost.metrics().fill_bytes.get() == 0
     })

@@ -65,8 +65,11 @@ pub fn check_request(request: &http::request::Parts) -> Result<(), ProxyError> {
 /// base path, so such a request is refused rather than forwarded.
 fn has_dot_segment(path: &str) -> bool {
     path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
+        // At most "%2e%2e": longer segments are never dot-segments (no allocation for them).
+        segment.len() <= 6 && {
+            let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+            decoded == "." || decoded == ".."
+        }
     })
 }
 

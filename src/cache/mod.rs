@@ -486,13 +486,12 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
     };
     let (rows, bytes) = store.usage();
     tracing::info!(dir = %dir.display(), entries = rows, bytes, "disk tier opened");
-    let mut tier = DiskTier::new(
+    let tier = DiskTier::new(
         Arc::new(store),
         disk_metrics,
         config.max_object_size.as_u64(),
         config.disk_max_object_size.as_u64(),
     );
-    tier.fsync = config.fsync;
     let sweeper = tier.clone();
     let sweep = async move {
         if let Some(report) = sweeper.sweep().await {

@@ -124,11 +124,13 @@ impl Proxy {
         request: &http::HeaderMap,
     ) -> bool {
         let peer = peer.ip().to_canonical();
-        let is_relayed = ["x-forwarded-for", "forwarded", "x-real-ip"]
-            .iter()
-            .any(|name| request.contains_key(*name));
+        let is_relayed = || {
+            ["x-forwarded-for", "forwarded", "x-real-ip"]
+                .iter()
+                .any(|name| request.contains_key(*name))
+        };
         (asked || self.debug.always)
-            && !is_relayed
+            && !is_relayed()
             && self
                 .debug
                 .trusted_clients

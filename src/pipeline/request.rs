@@ -82,8 +82,8 @@ pub(super) fn upstream_request(
     body: Body,
     downstream: Downstream<'_>,
 ) -> Result<(Request<Body>, IpAddr), ProxyError> {
+    // Hop-by-hop fields were stripped when the request arrived (`handle`).
     let headers = &mut parts.headers;
-    forwarding::strip_hop_by_hop(headers);
     // We answer `Expect: 100-continue` ourselves (hyper does, when the body is first read);
     // the upstream client streams the body without waiting for the origin's 100.
     headers.remove(header::EXPECT);

@@ -116,8 +116,6 @@ pub struct DiskTier {
     touches: Option<tokio::sync::mpsc::UnboundedSender<(PrimaryKey, VariantKey)>>,
     /// Objects up to this size are read whole (and promoted to memory); larger ones stream.
     pub memory_object_limit: u64,
-    /// fsync bodies written by streaming fills, as the store does its own writes.
-    pub fsync: bool,
     pub max_object_size: u64,
 }
 
@@ -133,7 +131,6 @@ impl DiskTier {
             degraded: Arc::new(AtomicBool::new(false)),
             metrics,
             touches: None,
-            fsync: false,
             memory_object_limit,
             max_object_size,
         };

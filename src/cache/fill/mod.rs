@@ -123,16 +123,6 @@ pub struct FillBounds {
     pub memory_budget: u64,
 }
 
-impl Default for FillBounds {
-    fn default() -> FillBounds {
-        FillBounds {
-            unread_limit: 8 << 20,
-            unread_timeout: Duration::from_secs(30),
-            memory_budget: 256 << 20,
-        }
-    }
-}
-
 /// The in-flight fills.
 pub struct Coalescer {
     fills: Mutex<HashMap<FillKey, Arc<Fill>>>,
@@ -322,11 +312,6 @@ impl Fill {
     pub fn settle_with(&self, entry: Arc<StoredResponse>, revalidated: bool) {
         self.end(None);
         self.publish(FillStatus::Complete { entry, revalidated });
-    }
-
-    /// The status now, without waiting.
-    pub fn status(&self) -> FillStatus {
-        self.status.borrow().clone()
     }
 
     fn set_spill(&self, state: SpillState) {

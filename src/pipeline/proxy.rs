@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::telemetry::metrics::{ErrorLabels, Metrics};
 use crate::transform::compress::Compression;
-use crate::upstream::{OriginBody, Upstream, UpstreamSetupError};
+use crate::upstream::{buffer_replayable_body, OriginBody, Upstream, UpstreamSetupError};
 
 /// Why a proxy could not be built from a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -138,20 +138,26 @@ impl Proxy {
                 .any(|net| net.contains(&peer))
     }
 
-    /// Sends to the origin and records the exchange: count, latency to the response head,
-    /// and the Proxy-Status error type of failures.
+    /// Sends to the origin and records the exchange: count (retries included), latency to
+    /// the response head, and the Proxy-Status error type of failures.
     pub(super) async fn send_upstream(
         &self,
         request: Request<Body>,
         origin: &str,
     ) -> Result<Response<OriginBody>, ProxyError> {
+        let request = buffer_replayable_body(request, REPLAYABLE_BODY_LIMIT).await?;
         let started = Instant::now();
-        self.metrics.origin_requests.inc();
-        let result = self.upstream.send(request, origin).await;
+        let sent = self.upstream.send(request, origin).await;
+        self.metrics
+            .origin_requests
+            .inc_by(u64::from(sent.attempts));
+        self.metrics
+            .origin_retries
+            .inc_by(u64::from(sent.attempts - 1));
         self.metrics
             .origin_latency
             .observe(started.elapsed().as_secs_f64());
-        if let Err(err) = &result {
+        if let Err(err) = &sent.result {
             let error = err.proxy_status_error().as_str();
             self.metrics
                 .origin_errors
@@ -161,6 +167,11 @@ impl Proxy {
                 self.metrics.overloaded.inc();
             }
         }
-        result
+        sent.result
     }
 }
+
+/// Request bodies up to this size are read before an idempotent request is sent, so it can
+/// be sent again when it meets a closing keep-alive connection (a PUT of a small document is
+/// the common case; larger bodies stream and are not retried).
+const REPLAYABLE_BODY_LIMIT: u64 = 64 * 1024;

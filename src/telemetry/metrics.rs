@@ -43,6 +43,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub response_bytes: Family<SourceLabels, Counter>,
     pub origin_requests: Counter,
+    /// Idempotent requests sent again after meeting a closing keep-alive connection.
+    pub origin_retries: Counter,
     pub origin_errors: Family<ErrorLabels, Counter>,
     pub origin_latency: Histogram,
     pub coalesced_waits: Counter,
@@ -113,6 +115,12 @@ impl Metrics {
                 &mut registry,
                 "origin_requests",
                 "Requests sent to origins",
+                Counter::default(),
+            ),
+            origin_retries: register(
+                &mut registry,
+                "origin_retries",
+                "Idempotent requests sent again on a new connection after a pooled one closed under them",
                 Counter::default(),
             ),
             origin_errors: register(

@@ -5,6 +5,12 @@
 //! Which origin a request goes to is `pipeline::route`'s decision, and which headers it
 //! carries is `pipeline::forwarding`'s; this module only moves the request and reports.
 //! Bodies stream in both directions: nothing here buffers a body.
+//!
+//! One retry: an origin that closes an idle keep-alive connection just as a request goes
+//! out on it (Node and Apache close after 5 s idle) fails that exchange with nothing of a
+//! response received. An idempotent request (RFC 9110 §9.2.2) whose body is in memory is
+//! then sent once more, on a connection opened for it, never a pooled one that may be just
+//! as stale. Other requests get the error: the origin may have acted on them.
 
 pub mod connector;
 
@@ -37,6 +43,8 @@ pub enum UpstreamSetupError {
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<Counted<HttpsConnector<HttpConnector>>, Body>,
+    /// The same connector without a pool: a retry gets a connection opened for it.
+    fresh_client: Client<Counted<HttpsConnector<HttpConnector>>, Body>,
     response_header_timeout: Duration,
     /// Connections open to origins, in all and per origin (see [`connector`]).
     connections: Arc<Limiter>,
@@ -68,16 +76,19 @@ impl Upstream {
             wait: config.connection_queue_timeout.get(),
         }));
         let counted = Counted::new(https, Arc::clone(&connections));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout.get())
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            // The client would otherwise rewrite Host from the URI; routing decides it.
-            .set_host(false)
-            .build(counted);
+        let builder = |max_idle: usize| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(config.pool_idle_timeout.get())
+                .pool_max_idle_per_host(max_idle)
+                // The client would otherwise rewrite Host from the URI; routing decides it.
+                .set_host(false)
+                .build(counted.clone())
+        };
         Ok(Upstream {
-            client,
+            client: builder(config.pool_max_idle_per_host),
+            fresh_client: builder(0),
             response_header_timeout: config.response_header_timeout.get(),
             connections,
         })
@@ -91,23 +102,40 @@ impl Upstream {
 
     /// Sends `request` (its URI absolute, pointing at the origin) and waits for the response
     /// head. The response body is returned unread, to be streamed; it holds one of the
-    /// origin's connection slots until it is dropped.
+    /// origin's connection slots until it is dropped. An idempotent request with an
+    /// in-memory body is sent a second time, on a new connection, when the first attempt
+    /// ended before any of the response arrived (see the module doc).
     ///
     /// # Errors
-    /// A [`ProxyError`] naming `origin` and the kind of failure;
+    /// In [`Sent::result`], a [`ProxyError`] naming `origin` and the kind of failure;
     /// [`ProxyError::LimitReached`] when a new connection is needed and the connection caps
     /// and their queue are full.
     ///
     /// # Cancellation
     /// Dropping the future drops the connection attempt or the in-flight exchange; a
     /// connection that was mid-exchange is not returned to the pool.
-    pub async fn send(
+    pub async fn send(&self, request: http::Request<Body>, origin: &str) -> Sent {
+        let replay = replay_copy(&request);
+        let first = self.exchange(&self.client, request, origin).await;
+        match (first, replay) {
+            (Err(ProxyError::ResponseIncomplete { .. }), Some(again)) => Sent {
+                result: self.exchange(&self.fresh_client, again, origin).await,
+                attempts: 2,
+            },
+            (result, _) => Sent {
+                result,
+                attempts: 1,
+            },
+        }
+    }
+
+    async fn exchange(
         &self,
+        client: &Client<Counted<HttpsConnector<HttpConnector>>, Body>,
         request: http::Request<Body>,
         origin: &str,
     ) -> Result<http::Response<OriginBody>, ProxyError> {
-        match tokio::time::timeout(self.response_header_timeout, self.client.request(request)).await
-        {
+        match tokio::time::timeout(self.response_header_timeout, client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(classify(&err, origin)),
             Err(_elapsed) => Err(ProxyError::ResponseHeaderTimeout {
@@ -115,6 +143,58 @@ impl Upstream {
             }),
         }
     }
+}
+
+/// What [`Upstream::send`] got, and in how many attempts.
+pub struct Sent {
+    pub result: Result<http::Response<OriginBody>, ProxyError>,
+    /// 1, or 2 when the first attempt met a closing connection and was retried.
+    pub attempts: u32,
+}
+
+/// A second copy of `request` when it may be sent again: an idempotent method (RFC 9110
+/// §9.2.2) and a body already in memory (see [`buffer_replayable_body`]).
+fn replay_copy(request: &http::Request<Body>) -> Option<http::Request<Body>> {
+    if !request.method().is_idempotent() {
+        return None;
+    }
+    let body = match request.body() {
+        Body::Empty => Body::Empty,
+        Body::Full(Some(bytes)) => Body::Full(Some(bytes.clone())),
+        _ => return None,
+    };
+    let mut copy = http::Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+/// Reads the body of an idempotent request into memory when its declared length is at most
+/// `limit`, so that [`Upstream::send`] can send it again; other requests pass unchanged
+/// (their bodies stream and they are never retried).
+///
+/// # Errors
+/// [`ProxyError::BadRequest`] when the client's body ends early or breaks.
+pub async fn buffer_replayable_body(
+    request: http::Request<Body>,
+    limit: u64,
+) -> Result<http::Request<Body>, ProxyError> {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    let declared = request.body().size_hint().exact();
+    let small = declared.is_some_and(|len| len > 0 && len <= limit);
+    if !request.method().is_idempotent() || !small || !matches!(request.body(), Body::Incoming(_)) {
+        return Ok(request);
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|_| ProxyError::BadRequest("request body ended before its declared length"))?
+        .to_bytes();
+    Ok(http::Request::from_parts(parts, Body::full(bytes)))
 }
 
 fn tls_client_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamSetupError> {

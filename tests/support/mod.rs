@@ -568,6 +568,40 @@ pub enum RawBehaviour {
     CloseAfterRequest,
     /// Sends these bytes (a head and part of a body), then closes.
     SendThenClose(Bytes),
+    /// Answers the first request on each connection with these bytes and keeps the
+    /// connection; reads the second request and closes without a byte of response: the
+    /// moment an origin's keep-alive timer closes a connection a request was just sent on.
+    /// Counts request heads read and requests dropped.
+    AnswerOnceThenClose(Bytes, Arc<KeepAliveRace>),
+}
+
+/// What an [`RawBehaviour::AnswerOnceThenClose`] origin has seen.
+#[derive(Default)]
+pub struct KeepAliveRace {
+    /// The request line of every request head read, in order.
+    pub request_lines: std::sync::Mutex<Vec<String>>,
+    pub dropped: std::sync::atomic::AtomicUsize,
+}
+
+impl KeepAliveRace {
+    fn record(&self, head: &[u8]) {
+        let text = String::from_utf8_lossy(head);
+        // A small body sent with the previous request precedes this head in the bytes read.
+        let line = text
+            .lines()
+            .find(|line| line.ends_with("HTTP/1.1"))
+            .unwrap_or_default();
+        self.request_lines.lock().unwrap().push(line.to_string());
+    }
+
+    pub fn dropped(&self) -> usize {
+        self.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn lines_starting(&self, prefix: &str) -> usize {
+        let lines = self.request_lines.lock().unwrap();
+        lines.iter().filter(|line| line.starts_with(prefix)).count()
+    }
 }
 
 /// A TCP origin that speaks broken HTTP on purpose.
@@ -584,10 +618,24 @@ impl RawOrigin {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let behaviour = behaviour.clone();
                 tokio::spawn(async move {
-                    read_head(&mut stream).await;
-                    if let RawBehaviour::SendThenClose(bytes) = behaviour {
-                        let _ = stream.write_all(&bytes).await;
-                        let _ = stream.flush().await;
+                    let head = read_head(&mut stream).await;
+                    match behaviour {
+                        RawBehaviour::CloseAfterRequest => {}
+                        RawBehaviour::SendThenClose(bytes) => {
+                            let _ = stream.write_all(&bytes).await;
+                            let _ = stream.flush().await;
+                        }
+                        RawBehaviour::AnswerOnceThenClose(bytes, race) => {
+                            race.record(&head);
+                            let _ = stream.write_all(&bytes).await;
+                            let _ = stream.flush().await;
+                            let next = read_head(&mut stream).await;
+                            if !next.is_empty() {
+                                race.record(&next);
+                                race.dropped
+                                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                        }
                     }
                 });
             }

@@ -1,0 +1,105 @@
+//! Attacks and accidents at the edge, one test per attack (issue 12): what a hostile client,
+//! a faulty origin or an unlucky operator can do to outpost, and the safe answer it gets.
+//! Each test speaks real HTTP to a real outpost and a real (sometimes deliberately broken)
+//! origin on loopback.
+
+mod support;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::*;
+
+const KEEP_ALIVE_ANSWER: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok";
+
+/// Keep-alive race (RFC 9110 §9.2.2): the origin closes a pooled connection just as a request
+/// arrives on it. Idempotent requests (GET, and PUT with a small body) are sent again on a
+/// new connection and succeed; the client never sees the 502.
+#[tokio::test]
+async fn keep_alive_race_retries_idempotent_requests() {
+    let race = Arc::new(KeepAliveRace::default());
+    let origin = RawOrigin::start(RawBehaviour::AnswerOnceThenClose(
+        Bytes::from_static(KEEP_ALIVE_ANSWER),
+        Arc::clone(&race),
+    ))
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let client = client();
+
+    // Sequential requests: each after the first on a connection finds it pooled, meets
+    // the close, and must be retried. Keep going until the race was met several times.
+    let mut sent = 0;
+    while race.dropped() < 4 {
+        sent += 1;
+        assert!(sent <= 200, "outpost never reused a pooled connection");
+        let request = if sent % 2 == 0 {
+            Request::put(proxy.url(&format!("/doc/{sent}")))
+                .header("content-length", "5")
+                .body(Full::new(Bytes::from_static(b"hello")))
+                .unwrap()
+        } else {
+            Request::get(proxy.url(&format!("/page/{sent}")))
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        let reply = send(&client, request).await;
+        assert_eq!(reply.status, 200, "request {sent}: {:?}", reply.headers);
+        assert_eq!(reply.text(), "ok");
+    }
+    // Every request was answered once; each dropped one was sent exactly once more.
+    let seen = race.request_lines.lock().unwrap().len();
+    assert_eq!(seen, sent + race.dropped());
+    assert!(race.lines_starting("PUT") > 0);
+}
+
+/// RFC 9110 §9.2.2: a non-idempotent request that meets a closing connection is not sent
+/// again (the origin may have acted on it); the client gets 502 with the error type.
+#[tokio::test]
+async fn keep_alive_race_never_repeats_a_post() {
+    let race = Arc::new(KeepAliveRace::default());
+    let origin = RawOrigin::start(RawBehaviour::AnswerOnceThenClose(
+        Bytes::from_static(KEEP_ALIVE_ANSWER),
+        Arc::clone(&race),
+    ))
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let client = client();
+
+    for attempt in 0..200 {
+        let get = Request::get(proxy.url(&format!("/warm/{attempt}")))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&client, get).await.status, 200);
+        let dropped_before = race.dropped();
+        let post = Request::post(proxy.url(&format!("/order/{attempt}")))
+            .body(Full::new(Bytes::from_static(b"buy")))
+            .unwrap();
+        let reply = send(&client, post).await;
+        let line = format!("POST /order/{attempt} HTTP/1.1");
+        let times_seen = race
+            .request_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|seen| **seen == line)
+            .count();
+        assert_eq!(
+            times_seen, 1,
+            "the POST reached the origin {times_seen} times"
+        );
+        if race.dropped() > dropped_before {
+            assert_eq!(reply.status, 502);
+            let status = reply.header("proxy-status").unwrap();
+            assert!(
+                status.contains("error=http_response_incomplete"),
+                "{status}"
+            );
+            return;
+        }
+        assert_eq!(reply.status, 200);
+    }
+    panic!("outpost never sent a POST on a pooled connection");
+}

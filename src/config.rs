@@ -655,6 +655,12 @@ pub struct CacheConfig {
     /// fsync each body file (and its directory) before indexing it. Off, a power cut may
     /// lose recent objects; a torn file is still never served (every read is verified).
     pub fsync: bool,
+    /// How long past its freshness a stored response may still answer when the origin
+    /// cannot (refused, timed out, reset, or 500/502/503/504), unless the response forbids
+    /// stale use (RFC 9111 §4.2.4: must-revalidate, proxy-revalidate, s-maxage, no-cache).
+    /// A response's or request's own `stale-if-error` (RFC 5861 §4) may extend it. 0 turns
+    /// it off, leaving only `stale-if-error`.
+    pub stale_on_error: HumanDuration,
     /// Offline mode: serve whatever is stored, fresh or not, never ask the origin, and
     /// answer 504 for the rest. Also switched at run time by the admin API.
     pub offline: bool,
@@ -735,6 +741,7 @@ impl Default for CacheConfig {
             disk_capacity: ByteSize(10 << 30),
             disk_max_object_size: ByteSize(2 << 30),
             fsync: false,
+            stale_on_error: HumanDuration(Duration::from_secs(24 * 3600)),
             offline: false,
             offline_ignores_revalidation: false,
             rules: Vec::new(),

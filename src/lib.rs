@@ -186,8 +186,12 @@ impl Outpost {
         let proxy = self.proxy();
         let (entries, bytes) = proxy.cache().memory_usage().await;
         tracing::info!(entries, bytes, "memory tier at shutdown");
-        // Background disk writes finish and the index is flushed before we return.
-        proxy.cache().settle().await;
+        // Fills in flight (within the grace period) and background disk writes finish, and
+        // the index is flushed, before we return.
+        proxy
+            .cache()
+            .settle_within(proxy.server.shutdown_grace.get())
+            .await;
         if let Some((entries, bytes)) = proxy.cache().disk_usage() {
             tracing::info!(entries, bytes, "disk tier at shutdown");
         }

@@ -103,3 +103,119 @@ async fn keep_alive_race_never_repeats_a_post() {
     }
     panic!("outpost never sent a POST on a pooled connection");
 }
+
+/// Our member of the Cache-Status list (the last one, RFC 9211 §2).
+fn cache_status(reply: &Reply) -> String {
+    let values: Vec<&str> = reply
+        .headers
+        .get_all("cache-status")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    values
+        .join(", ")
+        .rsplit(", ")
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Stale when disconnected (RFC 9111 §4.2.4): a large object the disk tier holds answers,
+/// stale, when the origin refuses connections, with no stale-if-error and no mirror rule;
+/// Cache-Status says so and names the error.
+#[tokio::test]
+async fn a_stored_object_answers_when_the_origin_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[cache]\ndir = \"{}\"\nmax_object_size = \"64KiB\"\n",
+        dir.path().display()
+    );
+    let body = Bytes::from(vec![b'x'; 3 << 20]);
+    let origin = Origin::start(vec![(
+        "/pool/big.deb",
+        Fixture::Static {
+            status: http::StatusCode::OK,
+            // Already stale when it arrives: every later request must go to the origin.
+            headers: vec![
+                ("cache-control", "max-age=60".into()),
+                ("age", "3600".into()),
+                ("etag", "\"v1\"".into()),
+            ],
+            body: body.clone(),
+        },
+    )])
+    .await;
+    let host = [("host", "mirror.test")];
+    let mut online = Proxy::start(&origin.url(), &toml).await;
+    assert_eq!(get(&online.url("/pool/big.deb"), &host).await.body, body);
+    online.shutdown().await.unwrap().unwrap();
+    drop(online);
+
+    let down = closed_port().await;
+    let offline = Proxy::start(&format!("http://{down}"), &toml).await;
+    let reply = get(&offline.url("/pool/big.deb"), &host).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len(), body.len());
+    assert!(reply.body == body, "the stored body, intact");
+    let status = cache_status(&reply);
+    assert!(
+        status.contains("fwd=stale") && status.contains("detail=\"connection_refused\""),
+        "{status}"
+    );
+}
+
+/// RFC 9111 §4.2.4: the operator's window never overrides a response that forbids stale
+/// use; an origin that resets the connection (GET is retried once, then fails) or answers
+/// 503 gets its error through for such responses, while a plain one is served stale.
+#[tokio::test]
+async fn stale_on_error_respects_responses_that_forbid_it() {
+    let stale_headers = |cc: &'static str| {
+        vec![
+            ("cache-control", cc.to_string()),
+            ("age", "3600".to_string()),
+        ]
+    };
+    let first_then = |cc: &'static str, then: Fixture| {
+        Fixture::sequence(vec![
+            Fixture::Static {
+                status: http::StatusCode::OK,
+                headers: stale_headers(cc),
+                body: Bytes::from_static(b"stored"),
+            },
+            then,
+        ])
+    };
+    let origin = Origin::start(vec![
+        (
+            "/plain",
+            first_then("max-age=60", Fixture::with_headers(503, &[], "down")),
+        ),
+        (
+            "/strict",
+            first_then(
+                "max-age=60, must-revalidate",
+                Fixture::with_headers(503, &[], "down"),
+            ),
+        ),
+        (
+            "/shared-only",
+            first_then(
+                "max-age=60, s-maxage=60",
+                Fixture::with_headers(502, &[], "bad"),
+            ),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for path in ["/plain", "/strict", "/shared-only"] {
+        assert_eq!(get(&proxy.url(path), &[]).await.text(), "stored");
+    }
+    let plain = get(&proxy.url("/plain"), &[]).await;
+    assert_eq!(
+        (plain.status.as_u16(), plain.text().as_str()),
+        (200, "stored")
+    );
+    assert!(cache_status(&plain).contains("fwd=stale; fwd-status=503"));
+    assert_eq!(get(&proxy.url("/strict"), &[]).await.status, 503);
+    assert_eq!(get(&proxy.url("/shared-only"), &[]).await.status, 502);
+}

@@ -68,6 +68,8 @@ pub struct Cache {
     offline_ignores_revalidation: bool,
     /// Writes to the disk tier running in the background.
     disk_writes: TaskTracker,
+    /// Fill and encoding tasks: a shutdown lets them store what they are storing.
+    fills: TaskTracker,
     /// URLs whose last response was uncacheable: their requests skip coalescing for a while
     /// (Varnish's hit-for-miss).
     hit_for_miss: moka::future::Cache<PrimaryKey, ()>,
@@ -108,6 +110,7 @@ impl Cache {
             hit_for_miss,
             offline: Arc::new(AtomicBool::new(config.offline)),
             disk_writes: TaskTracker::new(),
+            fills: TaskTracker::new(),
         };
         metrics.offline.set(i64::from(config.offline));
         Cache::with_stores(config, shared, Arc::clone(metrics))
@@ -135,6 +138,7 @@ impl Cache {
             hit_for_miss: self.hit_for_miss.clone(),
             offline: Arc::clone(&self.offline),
             disk_writes: self.disk_writes.clone(),
+            fills: self.fills.clone(),
         };
         Cache::with_stores(config, shared, Arc::clone(&self.metrics))
     }
@@ -153,6 +157,7 @@ impl Cache {
                 heuristic_max: config.heuristic_max.get(),
                 store_set_cookie: config.store_set_cookie,
                 targeted_fields,
+                stale_on_error: config.stale_on_error.get(),
             },
             max_object_size: config.max_object_size.as_u64(),
             coalesce_wait: config.coalesce_wait.get(),
@@ -171,6 +176,7 @@ impl Cache {
             configured_offline: config.offline,
             offline_ignores_revalidation: config.offline_ignores_revalidation,
             disk_writes: shared.disk_writes,
+            fills: shared.fills,
             surrogate_key_header: config.surrogate_key_header.get().clone(),
             hit_for_miss: shared.hit_for_miss,
             metrics,
@@ -374,9 +380,31 @@ impl Cache {
         });
     }
 
-    /// Waits for background disk writes and makes the index durable: before shutdown,
-    /// and for tests that restart.
+    /// Runs a fill or an encoding job in its own task (a leader whose client hangs up must
+    /// not cancel it), one that [`Cache::settle`] waits for.
+    pub fn spawn_fill(&self, job: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.fills.spawn(job);
+    }
+
+    /// Waits for fills in flight (a response already delivered may still be committing
+    /// its body) and background disk writes, and makes the index durable: for tests that
+    /// restart. See [`Cache::settle_within`].
     pub async fn settle(&self) {
+        self.settle_within(Duration::MAX).await;
+    }
+
+    /// [`Cache::settle`] before shutdown: fills get at most `limit` to finish (a stalled
+    /// origin must not hold the process); disk writes always finish.
+    pub async fn settle_within(&self, limit: Duration) {
+        self.fills.close();
+        let fills = self.fills.wait();
+        if tokio::time::timeout(limit, fills).await.is_err() {
+            tracing::warn!(
+                remaining = self.fills.len(),
+                "fills still running at shutdown are abandoned: nothing of them is stored"
+            );
+        }
+        self.fills.reopen();
         self.disk_writes.close();
         self.disk_writes.wait().await;
         self.disk_writes.reopen();
@@ -461,6 +489,7 @@ struct SharedStores {
     hit_for_miss: moka::future::Cache<PrimaryKey, ()>,
     offline: Arc<AtomicBool>,
     disk_writes: TaskTracker,
+    fills: TaskTracker,
 }
 
 /// Opens the disk tier, sweeping leftovers in the background; `None` (memory only, logged)

@@ -36,6 +36,9 @@ pub struct PolicySettings {
     pub store_set_cookie: bool,
     /// Targeted cache-control fields in priority order (RFC 9213 §2), lower-case.
     pub targeted_fields: Vec<HeaderName>,
+    /// How long past freshness a response may answer when the origin cannot, unless it
+    /// forbids stale use (RFC 9111 §4.2.4, `cache.stale_on_error`).
+    pub stale_on_error: Duration,
 }
 
 impl Default for PolicySettings {
@@ -45,6 +48,7 @@ impl Default for PolicySettings {
             heuristic_max: Duration::from_secs(24 * 3600),
             store_set_cookie: false,
             targeted_fields: vec![HeaderName::from_static("cdn-cache-control")],
+            stale_on_error: Duration::ZERO,
         }
     }
 }
@@ -666,10 +670,16 @@ pub fn evaluate_reuse(freshness: &Freshness, request: &Directives, now: SystemTi
 }
 
 /// RFC 5861 §4 with RFC 9111 §4.2.4: may a stale response be served because validating it
-/// failed? Within the response's or the request's `stale-if-error` window, unless the
-/// response forbids serving it stale (must-revalidate, proxy-revalidate, s-maxage,
-/// no-cache).
-pub fn allows_stale_on_error(freshness: &Freshness, request: &Directives, now: SystemTime) -> bool {
+/// failed (the cache is disconnected from the origin)? Within the longest of the
+/// response's and the request's `stale-if-error` windows and the operator's
+/// `disconnected_window`, unless the response forbids serving it stale (must-revalidate,
+/// proxy-revalidate, s-maxage, no-cache).
+pub fn allows_stale_on_error(
+    freshness: &Freshness,
+    request: &Directives,
+    disconnected_window: Duration,
+    now: SystemTime,
+) -> bool {
     if freshness.forbids_stale {
         return false;
     }
@@ -678,7 +688,8 @@ pub fn allows_stale_on_error(freshness: &Freshness, request: &Directives, now: S
         .saturating_sub(freshness.lifetime);
     let window = freshness
         .stale_if_error
-        .max(Duration::from_secs(request.stale_if_error.unwrap_or(0)));
+        .max(Duration::from_secs(request.stale_if_error.unwrap_or(0)))
+        .max(disconnected_window);
     !window.is_zero() && staleness <= window
 }
 
@@ -1181,33 +1192,37 @@ mod tests {
     }
 
     /// RFC 5861 §4 and RFC 9111 §4.2.4: stale-if-error windows from the response or the
-    /// request, never past must-revalidate.
+    /// request, and the operator's window for a disconnected cache, never past
+    /// must-revalidate.
     #[test]
     fn stale_if_error_windows() {
         let req = |cc: &str| Directives::parse([&HeaderValue::from_str(cc).unwrap()]);
+        let none = Duration::ZERO;
+        let allows = |f: &Freshness, request: &Directives, window: Duration, t: u64| {
+            allows_stale_on_error(f, request, window, at(t))
+        };
         let f = fresh(&[("cache-control", "max-age=100, stale-if-error=60")]);
-        assert!(allows_stale_on_error(&f, &Directives::default(), at(150)));
-        assert!(!allows_stale_on_error(&f, &Directives::default(), at(200)));
-        assert!(allows_stale_on_error(
-            &f,
-            &req("stale-if-error=300"),
-            at(200)
-        ));
+        assert!(allows(&f, &Directives::default(), none, 150));
+        assert!(!allows(&f, &Directives::default(), none, 200));
+        assert!(allows(&f, &req("stale-if-error=300"), none, 200));
         let plain = fresh(&[("cache-control", "max-age=100")]);
-        assert!(!allows_stale_on_error(
-            &plain,
-            &Directives::default(),
-            at(150)
-        ));
-        let strict = fresh(&[(
-            "cache-control",
+        assert!(!allows(&plain, &Directives::default(), none, 150));
+        let hour = Duration::from_secs(3600);
+        assert!(allows(&plain, &Directives::default(), hour, 150));
+        assert!(allows(&plain, &Directives::default(), hour, 3700));
+        assert!(!allows(&plain, &Directives::default(), hour, 3701));
+        for forbidding in [
             "max-age=100, must-revalidate, stale-if-error=60",
-        )]);
-        assert!(!allows_stale_on_error(
-            &strict,
-            &Directives::default(),
-            at(150)
-        ));
+            "max-age=100, proxy-revalidate",
+            "max-age=100, s-maxage=100",
+            "max-age=100, no-cache",
+        ] {
+            let strict = fresh(&[("cache-control", forbidding)]);
+            assert!(
+                !allows(&strict, &Directives::default(), hour, 150),
+                "{forbidding}"
+            );
+        }
     }
 
     #[test]

@@ -108,7 +108,7 @@ async fn encoded_once(
             Arc::clone(&fill),
             fill_key,
         );
-        tokio::spawn(job);
+        proxy.cache.spawn_fill(job);
     }
     match fill.wait_status().await {
         FillStatus::Streaming(_) => Some(Encoded::Streaming(reader)),

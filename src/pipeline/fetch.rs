@@ -100,7 +100,7 @@ async fn lead(
     ctx.client = client;
     let started = Instant::now();
     // Its own task: a leader whose client hangs up must not cancel the fetch for others.
-    tokio::spawn(job.run());
+    miss.proxy.cache.spawn_fill(job.run());
     let status = fill.wait_status().await;
     ctx.upstream_duration = Some(started.elapsed());
     if let FillStatus::Uncacheable(reason) = status {
@@ -206,15 +206,24 @@ pub(super) fn revalidate_in_background(miss: &Miss<'_>) {
     }
     fill.set_background();
     if let Ok((job, _, _)) = FillJob::prepare(miss, &fill, Some(fill_key)) {
-        tokio::spawn(job.run());
+        miss.proxy.cache.spawn_fill(job.run());
     }
 }
 
 /// Whether `stale` may answer because its validation failed (RFC 5861 §4), judged at now
 /// with the requesting client's directives.
-fn stale_on_error_allowed(stale: &StoredResponse, client_headers: &HeaderMap) -> bool {
+fn stale_on_error_allowed(
+    stale: &StoredResponse,
+    client_headers: &HeaderMap,
+    settings: &policy::PolicySettings,
+) -> bool {
     let directives = policy::request_directives(client_headers);
-    policy::allows_stale_on_error(&stale.meta.freshness, &directives, SystemTime::now())
+    policy::allows_stale_on_error(
+        &stale.meta.freshness,
+        &directives,
+        settings.stale_on_error,
+        SystemTime::now(),
+    )
 }
 
 /// The request a fill sends: the client's, as a GET (a HEAD miss fills the cache for the
@@ -429,11 +438,10 @@ impl FillTask {
 
     /// Serves the stale entry instead of `error` when RFC 5861 §4 allows; true if it did.
     fn stale_on_error(&self, error: OriginFailure, fwd_status: Option<u16>) -> bool {
-        let Some(entry) = self
-            .plan
-            .stale
-            .as_ref()
-            .filter(|s| stale_on_error_allowed(s, &self.client_headers))
+        let Some(entry) =
+            self.plan.stale.as_ref().filter(|s| {
+                stale_on_error_allowed(s, &self.client_headers, self.proxy.cache.policy())
+            })
         else {
             return false;
         };

@@ -192,8 +192,9 @@ impl Connection {
                     has_conflicting_framing,
                 };
                 let (response, record) = pipeline::handle(&proxy, request, downstream).await;
+                let declared_len = crate::cache::entry::content_length(response.headers());
                 Ok::<_, Infallible>(
-                    response.map(|body| ResponseTracker::new(body, record, inflight)),
+                    response.map(|body| ResponseTracker::new(body, declared_len, record, inflight)),
                 )
             }
         });

@@ -16,13 +16,23 @@ pub struct ResponseTracker {
     body: Body,
     record: RequestCtx,
     bytes_sent: u64,
+    /// The body's length when known up front (Content-Length): hyper stops polling a
+    /// body once it has sent that many bytes, so reaching it is completion too.
+    declared_len: Option<u64>,
     is_complete: bool,
     _inflight: InflightGuard,
 }
 
 impl ResponseTracker {
-    pub fn new(body: Body, record: RequestCtx, inflight: InflightGuard) -> ResponseTracker {
+    /// `declared_len`: the response's Content-Length, if it has one.
+    pub fn new(
+        body: Body,
+        declared_len: Option<u64>,
+        record: RequestCtx,
+        inflight: InflightGuard,
+    ) -> ResponseTracker {
         ResponseTracker {
+            declared_len: declared_len.or(body.size_hint().exact()),
             body,
             record,
             bytes_sent: 0,
@@ -73,7 +83,9 @@ impl http_body::Body for ResponseTracker {
 impl Drop for ResponseTracker {
     fn drop(&mut self) {
         // hyper drops a body it never polls (HEAD, 304) as soon as the head is written.
-        let is_complete = self.is_complete || self.body.is_end_stream();
+        let is_complete = self.is_complete
+            || self.body.is_end_stream()
+            || self.declared_len == Some(self.bytes_sent);
         self.record.finish(self.bytes_sent, is_complete);
     }
 }

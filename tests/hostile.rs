@@ -219,3 +219,110 @@ async fn stale_on_error_respects_responses_that_forbid_it() {
     assert_eq!(get(&proxy.url("/strict"), &[]).await.status, 503);
     assert_eq!(get(&proxy.url("/shared-only"), &[]).await.status, 502);
 }
+
+/// A route whose 200 arrives already stale (so the next request revalidates) and whose
+/// 304 carries `not_modified` headers.
+fn revalidated(not_modified: &[(&'static str, &str)]) -> Fixture {
+    Fixture::Validated {
+        etag: "\"v1\"",
+        headers: header_list(&[
+            ("etag", "\"v1\""),
+            ("cache-control", "max-age=60"),
+            ("age", "3600"),
+        ]),
+        body: Bytes::from_static(b"page"),
+        not_modified_headers: header_list(not_modified),
+    }
+}
+
+/// RFC 9111 §3 and §4.3.4: a 304 that sets a cookie freshens the shared entry without it;
+/// the cookie goes to the client whose request caused the revalidation, never to the
+/// clients served from the entry afterwards.
+#[tokio::test]
+async fn a_304_cannot_hand_one_users_cookie_to_everyone() {
+    let origin = Origin::start(vec![(
+        "/account",
+        revalidated(&[
+            ("cache-control", "max-age=60"),
+            ("set-cookie", "session=alice-secret"),
+        ]),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    get(&proxy.url("/account"), &[]).await;
+    let alice = get(&proxy.url("/account"), &[("cookie", "user=alice")]).await;
+    assert_eq!(alice.text(), "page");
+    assert_eq!(alice.header("set-cookie"), Some("session=alice-secret"));
+
+    let bob = get(&proxy.url("/account"), &[]).await;
+    assert_eq!(bob.text(), "page");
+    assert!(cache_status(&bob).contains("hit"), "{}", cache_status(&bob));
+    assert_eq!(bob.header("set-cookie"), None, "Alice's cookie reached Bob");
+    assert_eq!(origin.hits("/account"), 2);
+}
+
+/// RFC 9111 §3, §4.3.4: a 304 that says `private` (or `no-store`) makes the stored response
+/// unshareable: the requester gets it, the shared entry is dropped, and the next client
+/// goes to the origin.
+#[tokio::test]
+async fn a_304_that_turns_private_drops_the_shared_entry() {
+    let origin = Origin::start(vec![
+        (
+            "/private",
+            revalidated(&[("cache-control", "private, max-age=60")]),
+        ),
+        ("/no-store", revalidated(&[("cache-control", "no-store")])),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for path in ["/private", "/no-store"] {
+        get(&proxy.url(path), &[]).await;
+        let requester = get(&proxy.url(path), &[]).await;
+        assert_eq!(
+            (requester.status.as_u16(), requester.text().as_str()),
+            (200, "page")
+        );
+        let reason = path.trim_start_matches('/');
+        assert!(
+            cache_status(&requester).contains(&format!("detail=\"{reason}\"")),
+            "{path}: {}",
+            cache_status(&requester)
+        );
+        let next = get(&proxy.url(path), &[]).await;
+        assert!(
+            !cache_status(&next).contains("hit"),
+            "{path}: {}",
+            cache_status(&next)
+        );
+        assert_eq!(origin.hits(path), 3, "{path}");
+    }
+}
+
+/// RFC 9111 §4.1, §4.3.4: a 304 whose Vary differs from the stored response's re-keys the
+/// entry: it now answers only requests that match it on the new Vary fields.
+#[tokio::test]
+async fn a_304_with_a_new_vary_rekeys_the_entry() {
+    let origin = Origin::start(vec![(
+        "/greeting",
+        revalidated(&[("cache-control", "max-age=60"), ("vary", "accept-language")]),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    get(&proxy.url("/greeting"), &[("accept-language", "fr")]).await;
+    get(&proxy.url("/greeting"), &[("accept-language", "fr")]).await;
+    let french = get(&proxy.url("/greeting"), &[("accept-language", "fr")]).await;
+    assert!(
+        cache_status(&french).contains("hit"),
+        "{}",
+        cache_status(&french)
+    );
+    assert_eq!(origin.hits("/greeting"), 2);
+
+    let german = get(&proxy.url("/greeting"), &[("accept-language", "de")]).await;
+    assert!(
+        !cache_status(&german).contains("hit"),
+        "the French variant answered a German request: {}",
+        cache_status(&german)
+    );
+    assert_eq!(origin.hits("/greeting"), 3);
+}

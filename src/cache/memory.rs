@@ -28,6 +28,20 @@ pub struct VariantSet {
     variants: Vec<Arc<StoredResponse>>,
 }
 
+/// Removes stored encodings whose source body no variant has any more.
+fn drop_orphaned_encodings(variants: &mut Vec<Arc<StoredResponse>>) {
+    let source_digests: Vec<[u8; 32]> = variants
+        .iter()
+        .filter(|v| v.meta.derivation.is_none())
+        .map(|v| v.meta.body_digest)
+        .collect();
+    variants.retain(|v| {
+        v.meta
+            .derivation
+            .is_none_or(|d| source_digests.contains(&d.source_digest))
+    });
+}
+
 impl VariantSet {
     /// The newest variant whose Vary rule gives `request` the variant key it was stored
     /// under. Variants usually share one Vary rule, so its key is computed once.
@@ -103,16 +117,7 @@ impl VariantSet {
                 .filter(|v| v.meta.variant != entry.meta.variant)
                 .cloned(),
         );
-        let source_digests: Vec<[u8; 32]> = variants
-            .iter()
-            .filter(|v| v.meta.derivation.is_none())
-            .map(|v| v.meta.body_digest)
-            .collect();
-        variants.retain(|v| {
-            v.meta
-                .derivation
-                .is_none_or(|d| source_digests.contains(&d.source_digest))
-        });
+        drop_orphaned_encodings(&mut variants);
         while variants.len() > max_variants.max(1) {
             let victim = variants
                 .iter()
@@ -182,6 +187,45 @@ impl MemoryTier {
                     None => VariantSet::default().with(entry, max_variants),
                 };
                 std::future::ready(Op::Put(Arc::new(set)))
+            })
+            .await;
+    }
+
+    /// Stores `entry` in place of the variant stored under `replaced` (its Vary changed:
+    /// the same response, selected by other request fields now).
+    pub async fn replace_variant(&self, entry: Arc<StoredResponse>, replaced: VariantKey) {
+        let max_variants = self.max_variants;
+        self.cache
+            .entry(entry.meta.key)
+            .and_compute_with(|existing| {
+                let mut set = existing
+                    .map(|e| VariantSet::clone(&e.into_value()))
+                    .unwrap_or_default();
+                set.variants.retain(|v| v.meta.variant != replaced);
+                std::future::ready(Op::Put(Arc::new(set.with(entry, max_variants))))
+            })
+            .await;
+    }
+
+    /// Removes the variant `variant` of `key`.
+    pub async fn remove_variant(&self, key: PrimaryKey, variant: VariantKey) {
+        self.cache
+            .entry(key)
+            .and_compute_with(|existing| {
+                let op = match existing {
+                    None => Op::Nop,
+                    Some(existing) => {
+                        let mut set = VariantSet::clone(&existing.into_value());
+                        set.variants.retain(|v| v.meta.variant != variant);
+                        drop_orphaned_encodings(&mut set.variants);
+                        if set.variants.is_empty() {
+                            Op::Remove
+                        } else {
+                            Op::Put(Arc::new(set))
+                        }
+                    }
+                };
+                std::future::ready(op)
             })
             .await;
     }

@@ -39,7 +39,7 @@ use crate::telemetry::Tier;
 use disk::{DiskMetrics, DiskStore, DiskTier, TempBlob};
 use entry::{EntryMeta, StoredBody, StoredResponse};
 use fill::{Coalescer, FillBounds};
-use key::PrimaryKey;
+use key::{PrimaryKey, VariantKey};
 use memory::{MemoryTier, VariantSet};
 use policy::PolicySettings;
 use rules::PathRules;
@@ -354,6 +354,42 @@ impl Cache {
     pub async fn store(&self, entry: Arc<StoredResponse>, body_changed: bool) {
         self.memory.insert(Arc::clone(&entry)).await;
         self.store_on_disk(&entry, body_changed);
+    }
+
+    /// Stores `entry`, freshened by a 304 whose Vary differs from the stored one, in place of
+    /// the variant it was stored as (`replaced`), in both tiers. On disk the new row is
+    /// indexed before the old one goes, so their shared body file stays.
+    pub async fn replace_variant(&self, entry: Arc<StoredResponse>, replaced: VariantKey) {
+        self.memory
+            .replace_variant(Arc::clone(&entry), replaced)
+            .await;
+        let Some(disk) = self.live_disk() else {
+            return;
+        };
+        if entry.meta.body_len > disk.max_object_size {
+            return;
+        }
+        let disk = disk.clone();
+        let memory = self.memory.clone();
+        let meta = entry.meta.clone();
+        self.disk_writes.spawn(async move {
+            let key = meta.key;
+            if let Some(evicted) = disk.store(meta, None).await {
+                forget_evicted_files(&memory, &evicted).await;
+                disk.remove_variant(key, replaced).await;
+            }
+        });
+    }
+
+    /// Drops the variant `variant` of `key` from both tiers: a revalidation found it may no
+    /// longer be shared (RFC 9111 §3 applied to the 304's headers).
+    pub async fn drop_variant(&self, key: PrimaryKey, variant: VariantKey) {
+        self.memory.remove_variant(key, variant).await;
+        if let Some(disk) = self.live_disk() {
+            let disk = disk.clone();
+            self.disk_writes
+                .spawn(async move { disk.remove_variant(key, variant).await });
+        }
     }
 
     /// Writes `entry` to the disk tier in the background.

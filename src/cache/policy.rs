@@ -775,6 +775,9 @@ pub fn freshen_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMa
         header::CONTENT_ENCODING,
     ];
     let mut merged = stored.clone();
+    // The stored Age was that response's age when it arrived; the freshened response's age
+    // is the 304's own (its Age, if any, and the new response time).
+    merged.remove(header::AGE);
     for name in not_modified.keys() {
         if NOT_UPDATED.contains(name) {
             continue;
@@ -1273,6 +1276,7 @@ mod tests {
             ("link", "<a>"),
             ("link", "<b>"),
             ("cache-control", "max-age=1"),
+            ("age", "3600"),
         ]);
         let not_modified = headers(&[
             ("cache-control", "max-age=60"),
@@ -1284,5 +1288,7 @@ mod tests {
         assert_eq!(merged.get_all("link").iter().count(), 2);
         assert_eq!(merged["cache-control"], "max-age=60");
         assert_eq!(merged["x-new"], "1");
+        // The stored Age described the first response; the 304 brings its own or none.
+        assert!(!merged.contains_key("age"));
     }
 }

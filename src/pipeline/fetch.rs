@@ -96,7 +96,7 @@ async fn lead(
     fill_key: Option<FillKey>,
     ctx: &mut RequestCtx,
 ) -> Result<Delivery, ProxyError> {
-    let (job, leader_rx, client) = FillJob::prepare(miss, &fill, fill_key)?;
+    let (job, mut leader_rx, client) = FillJob::prepare(miss, &fill, fill_key)?;
     ctx.client = client;
     let started = Instant::now();
     // Its own task: a leader whose client hangs up must not cancel the fetch for others.
@@ -105,13 +105,30 @@ async fn lead(
     ctx.upstream_duration = Some(started.elapsed());
     if let FillStatus::Uncacheable(reason) = status {
         drop(reader);
-        let response = leader_rx.await.map_err(|_| {
+        let answer = leader_rx.await.map_err(|_| {
             ProxyError::Internal("fill ended without handing over its response".into())
         })?;
-        ctx.status.fwd_status = Some(response.status().as_u16());
         ctx.status.detail = Some(Detail::NotStored(reason.as_str()));
-        return Ok(Delivery::Relayed(response));
+        return Ok(match answer {
+            LeaderAnswer::Relayed(response) => {
+                ctx.status.fwd_status = Some(response.status().as_u16());
+                Delivery::Relayed(response)
+            }
+            LeaderAnswer::Own(entry) => {
+                ctx.status.fwd_status = Some(304);
+                Delivery::Stored { entry, set: None }
+            }
+        });
     }
+    // A revalidation whose 304 set cookies: the shared entry for everyone, the cookies for
+    // the client that caused it (sent before the fill settled).
+    let status = match (status, leader_rx.try_recv()) {
+        (FillStatus::Complete { .. }, Ok(LeaderAnswer::Own(entry))) => FillStatus::Complete {
+            entry,
+            revalidated: true,
+        },
+        (status, _) => status,
+    };
     delivery_from(status, fill, reader, ctx, |_| true)
         .unwrap_or_else(|| Err(ProxyError::Internal("fill still pending".into())))
 }
@@ -270,7 +287,17 @@ struct FillTask {
     rule: Option<crate::config::PathRule>,
     fill: Arc<Fill>,
     fill_key: Option<FillKey>,
-    leader: oneshot::Sender<Response<Body>>,
+    /// Taken when the leader is answered on its own.
+    leader: Option<oneshot::Sender<LeaderAnswer>>,
+}
+
+/// What the fill hands its leader alone.
+enum LeaderAnswer {
+    /// An uncacheable response, relayed as it came.
+    Relayed(Response<Body>),
+    /// The stored response as freshened by a 304 that was for this client only: it set
+    /// cookies, or made the response unshareable (RFC 9111 §3 on the 304's headers).
+    Own(Arc<StoredResponse>),
 }
 
 impl FillJob {
@@ -280,7 +307,7 @@ impl FillJob {
         miss: &Miss<'_>,
         fill: &Arc<Fill>,
         fill_key: Option<FillKey>,
-    ) -> Result<(FillJob, oneshot::Receiver<Response<Body>>, IpAddr), ProxyError> {
+    ) -> Result<(FillJob, oneshot::Receiver<LeaderAnswer>, IpAddr), ProxyError> {
         let (request, client) = match fill_request(miss) {
             Ok(prepared) => prepared,
             Err(err) => {
@@ -301,7 +328,7 @@ impl FillJob {
             rule: rules.find(&miss.site.name, miss.parts.uri.path()).cloned(),
             fill: Arc::clone(fill),
             fill_key,
-            leader: leader_tx,
+            leader: Some(leader_tx),
         };
         Ok((FillJob { request, task }, leader_rx, client))
     }
@@ -342,7 +369,7 @@ impl FillTask {
         freshness
     }
 
-    async fn fetch_and_store(self, request: http::Request<Body>) {
+    async fn fetch_and_store(mut self, request: http::Request<Body>) {
         let (method, uri) = (request.method().clone(), request.uri().clone());
         let request_time = SystemTime::now();
         let response = match self.proxy.send_upstream(request, &self.origin).await {
@@ -352,7 +379,7 @@ impl FillTask {
         let times = (request_time, SystemTime::now());
         let (mut head, body) = response.into_parts();
         forwarding::clean_response_head(&mut head.headers);
-        if head.status == StatusCode::NOT_MODIFIED && self.freshen(&head, times).await {
+        if head.status == StatusCode::NOT_MODIFIED && self.freshen(&head, &uri, times).await {
             return;
         }
         // RFC 5861 §4: an error status from the origin may be answered with the stale entry.
@@ -394,9 +421,10 @@ impl FillTask {
             }
             self.fill.publish(FillStatus::Uncacheable(reason));
             // The leader may have gone; then nobody needs this response.
-            let _ = self
-                .leader
-                .send(Response::from_parts(head, Body::from(body)));
+            self.answer_leader(LeaderAnswer::Relayed(Response::from_parts(
+                head,
+                Body::from(body),
+            )));
             return;
         };
         cache.forget_uncacheable(&self.plan.key).await;
@@ -414,7 +442,17 @@ impl FillTask {
 
     /// A 304 to our validators: freshen the stored entry and serve it. False when the 304
     /// does not select the stored response (then it is relayed like any other answer).
-    async fn freshen(&self, head: &http::response::Parts, times: (SystemTime, SystemTime)) -> bool {
+    ///
+    /// The freshened headers pass the storability checks again (RFC 9111 §3, §4.3.4): a
+    /// 304's `Set-Cookie` is for the requester alone unless storing cookies is configured;
+    /// a 304 that makes the response unshareable (`private`, `no-store`, ...) drops the
+    /// stored variant and answers the requester only; a changed `Vary` re-keys it.
+    async fn freshen(
+        &mut self,
+        head: &http::response::Parts,
+        uri: &http::Uri,
+        times: (SystemTime, SystemTime),
+    ) -> bool {
         let Some(stale) = self
             .plan
             .stale
@@ -423,17 +461,73 @@ impl FillTask {
         else {
             return false;
         };
-        let headers = policy::freshen_headers(&stale.meta.headers, &head.headers);
-        let mut meta = stale.meta.clone();
-        meta.freshness = self.freshness(stale.meta.status, &headers, times);
-        meta.headers = crate::cache::entry::compact_headers(&headers);
+        let cache = &self.proxy.cache;
+        let merged = policy::freshen_headers(&stale.meta.headers, &head.headers);
+        let freshened = |headers: &HeaderMap| {
+            let mut meta = stale.meta.clone();
+            meta.freshness = self.freshness(stale.meta.status, headers, times);
+            meta.headers = crate::cache::entry::compact_headers(headers);
+            meta
+        };
+        let mut shared_headers = merged.clone();
+        if !cache.policy().store_set_cookie {
+            shared_headers.remove(header::SET_COOKIE);
+        }
+        let fetched_for = FetchedFor {
+            method: &Method::GET,
+            uri,
+            headers: &self.client_headers,
+        };
+        let verdict = policy::check_storable(
+            &fetched_for,
+            stale.meta.status,
+            &shared_headers,
+            cache.policy(),
+            times.1,
+        );
+        let vary = Vary::from_response(&shared_headers);
+        let variant = vary.variant_key(&self.client_headers);
+        let (Ok(()), Some(variant)) = (verdict, variant) else {
+            let reason = verdict.err().unwrap_or(NoStoreReason::VaryStar);
+            cache.drop_variant(stale.meta.key, stale.meta.variant).await;
+            let own = Arc::new(StoredResponse {
+                meta: freshened(&merged),
+                body: stale.body.clone(),
+            });
+            self.answer_leader(LeaderAnswer::Own(own));
+            self.fill.publish(FillStatus::Uncacheable(reason));
+            return true;
+        };
+        let mut meta = freshened(&shared_headers);
+        let replaced = (meta.vary != vary).then_some(meta.variant);
+        meta.vary = vary;
+        meta.variant = variant;
         let entry = Arc::new(StoredResponse {
             meta,
             body: stale.body.clone(),
         });
-        self.proxy.cache.store(Arc::clone(&entry), false).await;
+        match replaced {
+            Some(old_variant) => cache.replace_variant(Arc::clone(&entry), old_variant).await,
+            None => cache.store(Arc::clone(&entry), false).await,
+        }
+        if merged.contains_key(header::SET_COOKIE)
+            && !shared_headers.contains_key(header::SET_COOKIE)
+        {
+            let own = Arc::new(StoredResponse {
+                meta: freshened(&merged),
+                body: stale.body.clone(),
+            });
+            self.answer_leader(LeaderAnswer::Own(own));
+        }
         self.fill.settle_with(entry, true);
         true
+    }
+
+    /// Hands `answer` to the leader (who may have gone; then nobody needs it).
+    fn answer_leader(&mut self, answer: LeaderAnswer) {
+        if let Some(leader) = self.leader.take() {
+            let _ = leader.send(answer);
+        }
     }
 
     /// Serves the stale entry instead of `error` when RFC 5861 §4 allows; true if it did.

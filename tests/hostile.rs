@@ -326,3 +326,41 @@ async fn a_304_with_a_new_vary_rekeys_the_entry() {
     );
     assert_eq!(origin.hits("/greeting"), 3);
 }
+
+/// Range amplification (RFC 9110 §14.2): `bytes=0-,0-,...` on a stored object is coalesced
+/// into one range, so the bytes sent never exceed the representation; more ranges than
+/// outpost serves get the whole 200, never a multiple of it.
+#[tokio::test]
+async fn repeated_ranges_cannot_amplify_a_response() {
+    let body = Bytes::from(vec![b'r'; 4 << 20]);
+    let origin = Origin::start(vec![(
+        "/big.bin",
+        Fixture::Static {
+            status: http::StatusCode::OK,
+            headers: vec![("cache-control", "max-age=600".into())],
+            body: body.clone(),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    get(&proxy.url("/big.bin"), &[]).await;
+
+    let sixteen = format!("bytes={}", vec!["0-"; 16].join(","));
+    let reply = get(&proxy.url("/big.bin"), &[("range", &sixteen)]).await;
+    assert_eq!(reply.status, 206);
+    assert_eq!(
+        reply.header("content-range"),
+        Some("bytes 0-4194303/4194304")
+    );
+    assert_eq!(reply.body.len(), body.len());
+
+    let overlapping = "bytes=100-2000000,0-,1000-3000000,-5";
+    let reply = get(&proxy.url("/big.bin"), &[("range", overlapping)]).await;
+    assert_eq!(reply.status, 206);
+    assert_eq!(reply.body.len(), body.len());
+
+    let many = format!("bytes={}", vec!["0-"; 1000].join(","));
+    let reply = get(&proxy.url("/big.bin"), &[("range", &many)]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len(), body.len());
+}

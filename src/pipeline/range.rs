@@ -78,7 +78,33 @@ pub fn parse(value: &str, len: u64) -> Ranges {
     if ranges.is_empty() {
         Ranges::Unsatisfiable
     } else {
-        Ranges::Satisfiable(ranges)
+        Ranges::Satisfiable(coalesce(ranges))
+    }
+}
+
+/// Ranges closer than this are sent as one: a part's own head costs about as much.
+const MIN_GAP: u64 = 80;
+
+/// RFC 9110 §14.2: overlapping ranges, or ranges separated by less than a part's overhead,
+/// are coalesced (sorted, merged), so the bytes sent never exceed the representation plus
+/// multipart overhead however the request repeats itself (`bytes=0-,0-,0-,...`). Disjoint,
+/// well-separated ranges keep the order they were asked in (§14.6).
+fn coalesce(ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut sorted = ranges.clone();
+    sorted.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
+    for (first, last) in sorted {
+        match merged.last_mut() {
+            Some(previous) if first <= previous.1.saturating_add(MIN_GAP) => {
+                previous.1 = previous.1.max(last);
+            }
+            _ => merged.push((first, last)),
+        }
+    }
+    if merged.len() == ranges.len() {
+        ranges
+    } else {
+        merged
     }
 }
 
@@ -260,8 +286,8 @@ mod tests {
             Ranges::Satisfiable(vec![(0, 99)])
         );
         assert_eq!(
-            parse("bytes=0-0,-1", 10),
-            Ranges::Satisfiable(vec![(0, 0), (9, 9)])
+            parse("bytes=0-0,-1", 1000),
+            Ranges::Satisfiable(vec![(0, 0), (999, 999)])
         );
         assert_eq!(parse("bytes=5-100", 10), Ranges::Satisfiable(vec![(5, 9)]));
         assert_eq!(parse("bytes=10-20", 10), Ranges::Unsatisfiable);
@@ -269,6 +295,34 @@ mod tests {
         assert_eq!(parse("bytes=5-1", 10), Ranges::Ignore);
         assert_eq!(parse("items=0-1", 10), Ranges::Ignore);
         assert_eq!(parse("bytes=a-b", 10), Ranges::Ignore);
+    }
+
+    /// RFC 9110 §14.2: overlapping or nearly adjacent ranges are coalesced; disjoint ones
+    /// keep the request's order.
+    #[test]
+    fn overlapping_ranges_are_coalesced() {
+        let len = 32 << 20;
+        let repeated = format!("bytes={}", vec!["0-"; 16].join(","));
+        assert_eq!(
+            parse(&repeated, len),
+            Ranges::Satisfiable(vec![(0, len - 1)])
+        );
+        assert_eq!(
+            parse("bytes=500-999,0-499,-10", 10_000),
+            Ranges::Satisfiable(vec![(0, 999), (9990, 9999)])
+        );
+        assert_eq!(
+            parse("bytes=5000-5009,0-9", 10_000),
+            Ranges::Satisfiable(vec![(5000, 5009), (0, 9)])
+        );
+        assert_eq!(
+            parse("bytes=0-9,50-59", 10_000),
+            Ranges::Satisfiable(vec![(0, 59)])
+        );
+        assert_eq!(
+            parse(&format!("bytes={}", vec!["1-1"; 17].join(",")), 10),
+            Ranges::Ignore
+        );
     }
 
     /// RFC 9110 §13.1.5: strong ETag match or exact date.

@@ -475,6 +475,11 @@ pub struct ServerConfig {
     pub header_read_timeout: HumanDuration,
     /// A connection with no request in flight and no bytes moving is closed after this.
     pub idle_timeout: HumanDuration,
+    /// A response the client reads nothing of for this long (its socket stays full) is cut
+    /// off with its connection (nginx's `send_timeout`).
+    pub send_timeout: HumanDuration,
+    /// Connections at once from one client address (0: no limit); more are closed at once.
+    pub max_connections_per_client: usize,
     /// Largest request header section accepted (HTTP/1 read buffer, HTTP/2 header list).
     pub max_header_bytes: ByteSize,
     /// Most header fields in one request.
@@ -489,6 +494,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             header_read_timeout: HumanDuration(Duration::from_secs(10)),
             idle_timeout: HumanDuration(Duration::from_secs(60)),
+            send_timeout: HumanDuration(Duration::from_secs(60)),
+            max_connections_per_client: 0,
             max_header_bytes: ByteSize(64 * 1024),
             max_headers: 100,
             shutdown_grace: HumanDuration(Duration::from_secs(30)),

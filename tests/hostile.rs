@@ -364,3 +364,80 @@ async fn repeated_ranges_cannot_amplify_a_response() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body.len(), body.len());
 }
+
+/// Slow readers: a client that requests a large object and then reads nothing is cut off
+/// after `server.send_timeout` (its writes stay blocked); the response ends short, never
+/// as a clean end, and the connection slot is free again.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Larger than loopback's socket buffers on both sides, so writes do block.
+    let size = 24 << 20;
+    let origin = Origin::start(vec![(
+        "/large.bin",
+        Fixture::Static {
+            status: http::StatusCode::OK,
+            headers: vec![("cache-control", "max-age=600".into())],
+            body: Bytes::from(vec![b's'; size]),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "[server]\nsend_timeout = \"300ms\"").await;
+    assert_eq!(get(&proxy.url("/large.bin"), &[]).await.body.len(), size);
+
+    let metrics = Arc::clone(proxy.outpost.proxy().metrics());
+    // A stored body (handed to the connection whole) and a miss streamed from the origin.
+    let hit_host = proxy.addr.to_string();
+    for (cut_so_far, host) in [(1, hit_host.as_str()), (2, "miss.test")] {
+        let mut stalled = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!("GET /large.bin HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        stalled.write_all(request.as_bytes()).await.unwrap();
+        eventually("the stalled client to be cut off", || {
+            metrics.client_send_timeouts.get() >= cut_so_far
+        })
+        .await;
+        let mut received = Vec::new();
+        let _ = stalled.read_to_end(&mut received).await;
+        assert!(
+            received.len() < size,
+            "{host}: the whole response arrived: the client was not cut off"
+        );
+    }
+    // Others are served as before.
+    assert_eq!(get(&proxy.url("/large.bin"), &[]).await.body.len(), size);
+}
+
+/// `server.max_connections_per_client`: one address cannot take every connection slot;
+/// connections past the limit are closed at once, and a slot comes back when a
+/// connection ends.
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    use tokio::io::AsyncReadExt;
+    let origin = Origin::start(vec![("/", Fixture::ok("hello"))]).await;
+    let proxy = Proxy::start(&origin.url(), "[server]\nmax_connections_per_client = 2").await;
+    let first = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let metrics = Arc::clone(proxy.outpost.proxy().metrics());
+    let mut third = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    // Closed by outpost without a byte (or reset).
+    let read = tokio::time::timeout(PATIENCE, third.read(&mut byte))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(metrics.client_connections_refused.get(), 1);
+
+    drop(first);
+    let reply = eventually_some("a slot to come free", || async {
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.ok()?;
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request)
+            .await
+            .ok()?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.ok()?;
+        reply.starts_with("HTTP/1.1 200").then_some(reply)
+    })
+    .await;
+    assert!(reply.ends_with("hello"));
+}

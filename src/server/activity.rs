@@ -5,6 +5,11 @@
 //! while it is not busy (HTTP/1 only: on HTTP/2 idle connections carry pings and settings
 //! that are not requests), and *idle* otherwise. Fresh connections start out reading a head,
 //! so a client that connects and says nothing is cut off after the head timeout.
+//!
+//! A busy connection is cut when a write to the client has been blocked for the send
+//! timeout (nginx's `send_timeout`): a client that stops reading would otherwise hold its
+//! connection slot, its buffers and a fill's reader forever. Waiting for the origin is not
+//! blocked writing, so a slow origin never trips it.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -24,6 +29,17 @@ pub enum Ending {
     Idle,
     /// The server is shutting down: close gracefully.
     Shutdown,
+    /// The client read nothing of a response for the send timeout: drop the connection
+    /// (the response cannot end cleanly).
+    SendTimeout,
+}
+
+/// The watchdog's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub send: Duration,
 }
 
 /// Shared between the connection's I/O, its service and its watchdog. Times are whole
@@ -38,6 +54,8 @@ pub struct ConnActivity {
     is_h2: AtomicBool,
     head_started_at: AtomicU64,
     idle_since: AtomicU64,
+    /// When a write to the client last found the socket full (time + 1; 0: not blocked).
+    write_blocked_at: AtomicU64,
 }
 
 impl ConnActivity {
@@ -49,6 +67,7 @@ impl ConnActivity {
             is_h2: AtomicBool::new(false),
             head_started_at: AtomicU64::new(1),
             idle_since: AtomicU64::new(0),
+            write_blocked_at: AtomicU64::new(0),
         }
     }
 
@@ -71,6 +90,18 @@ impl ConnActivity {
         self.framing_conflict.swap(false, Relaxed)
     }
 
+    /// A write to the client was pending (the socket is full) or made progress.
+    fn write_polled<T>(&self, polled: &Poll<T>) {
+        match polled {
+            Poll::Pending => {
+                if self.write_blocked_at.load(Relaxed) == 0 {
+                    self.write_blocked_at.store(self.now_ms() + 1, Relaxed);
+                }
+            }
+            Poll::Ready(_) => self.write_blocked_at.store(0, Relaxed),
+        }
+    }
+
     /// A request head has been parsed; the returned guard marks the request finished when
     /// dropped (after its response body, or when the request is abandoned).
     pub fn request_started(self: &Arc<Self>, is_h2: bool) -> InflightGuard {
@@ -84,12 +115,29 @@ impl ConnActivity {
 
     /// Resolves when the connection should end for want of activity. Deadlines are checked
     /// when they fall due, so an idle connection closes within one idle period of its last
-    /// response, or at most two when that response finished while the watchdog slept.
-    pub async fn watch(&self, header_read: Duration, idle: Duration) -> Ending {
-        let header_ms = u64::try_from(header_read.as_millis()).unwrap_or(u64::MAX);
-        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    /// response, or at most two when that response finished while the watchdog slept; a
+    /// connection whose writes block is cut within two send timeouts.
+    pub async fn watch(&self, timeouts: Timeouts) -> Ending {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (header_ms, idle_ms, send_ms) = (
+            millis(timeouts.header_read),
+            millis(timeouts.idle),
+            millis(timeouts.send),
+        );
         loop {
             let now = self.now_ms();
+            // Checked whatever the request state: hyper may still be writing a response
+            // whose body it has taken whole (a stored body is one chunk).
+            let send_deadline = match self.write_blocked_at.load(Relaxed) {
+                0 => now.saturating_add(send_ms),
+                blocked => {
+                    let deadline = (blocked - 1).saturating_add(send_ms);
+                    if now >= deadline {
+                        return Ending::SendTimeout;
+                    }
+                    deadline
+                }
+            };
             let wake_at = if self.inflight.load(Relaxed) > 0 {
                 now.saturating_add(idle_ms)
             } else {
@@ -107,6 +155,7 @@ impl ConnActivity {
                 }
                 deadline
             };
+            let wake_at = wake_at.min(send_deadline);
             tokio::time::sleep_until(self.epoch + Duration::from_millis(wake_at)).await;
         }
     }
@@ -235,18 +284,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.activity.write_polled(&polled);
+        polled
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.activity.write_polled(&polled);
+        polled
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
+    // Not watched: a socket's flush is ready at once and says nothing about the client.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
@@ -263,9 +319,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silent_connection_hits_header_timeout() {
         let activity = Arc::new(ConnActivity::new());
-        let ending = activity
-            .watch(Duration::from_secs(10), Duration::from_secs(60))
-            .await;
+        let ending = activity.watch(timeouts(10, 60, 60)).await;
         assert_eq!(ending, Ending::HeaderTimeout);
         assert_eq!(activity.now_ms(), 10_000);
     }
@@ -275,9 +329,7 @@ mod tests {
     async fn keep_alive_connection_idles_for_idle_timeout() {
         let activity = Arc::new(ConnActivity::new());
         drop(activity.request_started(false));
-        let ending = activity
-            .watch(Duration::from_secs(10), Duration::from_secs(60))
-            .await;
+        let ending = activity.watch(timeouts(10, 60, 60)).await;
         assert_eq!(ending, Ending::Idle);
         assert_eq!(activity.now_ms(), 60_000);
     }
@@ -300,11 +352,21 @@ mod tests {
         ));
     }
 
+    fn timeouts(header_read: u64, idle: u64, send: u64) -> Timeouts {
+        Timeouts {
+            header_read: Duration::from_secs(header_read),
+            idle: Duration::from_secs(idle),
+            send: Duration::from_secs(send),
+        }
+    }
+
+    /// A busy connection whose writes keep moving (or that waits for the origin) is never
+    /// cut, however long the response takes.
     #[tokio::test(start_paused = true)]
-    async fn busy_connection_is_never_cut() {
+    async fn busy_connection_that_is_read_is_never_cut() {
         let activity = Arc::new(ConnActivity::new());
         let guard = activity.request_started(false);
-        let watch = activity.watch(Duration::from_secs(1), Duration::from_secs(5));
+        let watch = activity.watch(timeouts(1, 5, 60));
         tokio::pin!(watch);
         assert!(
             tokio::time::timeout(Duration::from_secs(3600), watch.as_mut())
@@ -313,5 +375,28 @@ mod tests {
         );
         drop(guard);
         assert_eq!(watch.await, Ending::Idle);
+    }
+
+    /// A client that stops reading (writes stay blocked) is cut after the send timeout;
+    /// a write that moves restarts the clock.
+    #[tokio::test(start_paused = true)]
+    async fn client_that_stops_reading_hits_send_timeout() {
+        let activity = Arc::new(ConnActivity::new());
+        let _guard = activity.request_started(false);
+        let watch = activity.watch(timeouts(1, 5, 60));
+        tokio::pin!(watch);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        activity.write_polled(&Poll::<()>::Pending);
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        activity.write_polled(&Poll::Ready(()));
+        activity.write_polled(&Poll::<()>::Pending);
+        let blocked_at = activity.now_ms();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(59), watch.as_mut())
+                .await
+                .is_err()
+        );
+        assert_eq!(watch.await, Ending::SendTimeout);
+        assert_eq!(activity.now_ms() - blocked_at, 60_000);
     }
 }

@@ -10,9 +10,10 @@
 mod activity;
 mod tracker;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use crate::pipeline::{self, Proxy};
 /// The proxy in force: swapped whole on reload. Each request takes the one current when it
 /// starts and keeps it to the end, so a reload never changes a request mid-way.
 pub type SharedProxy = Arc<arc_swap::ArcSwap<Proxy>>;
-use activity::{ConnActivity, Ending, WatchedIo};
+use activity::{ConnActivity, Ending, Timeouts, WatchedIo};
 use tracker::ResponseTracker;
 
 /// Serves `listener` until `shutdown` completes, then stops accepting, lets in-flight
@@ -54,6 +55,7 @@ pub async fn serve(
     let mut withdrawal_debt = 0usize;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let per_client = PerClient::default();
     tokio::pin!(shutdown);
 
     loop {
@@ -81,16 +83,26 @@ pub async fn serve(
                 Ok((stream, peer, permit)) => {
                     // Read now, not before waiting: a reload while idle applies to this one.
                     let settings = proxy.load().server.clone();
+                    let Some(client_slot) =
+                        per_client.admit(peer.ip(), settings.max_connections_per_client)
+                    else {
+                        tracing::debug!(%peer, "connection refused: server.max_connections_per_client");
+                        proxy.load().metrics().client_connections_refused.inc();
+                        drop(stream);
+                        continue;
+                    };
                     let connection = Connection {
                         proxy: Arc::clone(&proxy),
                         builder: connection_builder(&settings),
                         timeouts: Timeouts {
                             header_read: settings.header_read_timeout.get(),
                             idle: settings.idle_timeout.get(),
+                            send: settings.send_timeout.get(),
                         },
                         stop: stop_rx.clone(),
                         peer,
                         _permit: permit,
+                        _client_slot: client_slot,
                     };
                     connections.spawn(connection.run(stream));
                 }
@@ -154,12 +166,6 @@ fn connection_builder(settings: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Timeouts {
-    header_read: Duration,
-    idle: Duration,
-}
-
 /// One accepted client connection and what it needs to serve requests.
 struct Connection {
     proxy: SharedProxy,
@@ -169,6 +175,57 @@ struct Connection {
     peer: SocketAddr,
     /// Held for the connection's lifetime: counts against `max_connections`.
     _permit: OwnedSemaphorePermit,
+    /// Held for the connection's lifetime: counts against `max_connections_per_client`.
+    _client_slot: ClientSlot,
+}
+
+/// Open connections per client address, for `server.max_connections_per_client`.
+#[derive(Default, Clone)]
+struct PerClient(Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection of a client address; released when dropped.
+struct ClientSlot {
+    counts: Option<PerClient>,
+    address: IpAddr,
+}
+
+impl PerClient {
+    /// A slot for a new connection from `address`, or `None` when it has `limit` open
+    /// already (`limit` 0: no limit, nothing counted).
+    fn admit(&self, address: IpAddr, limit: usize) -> Option<ClientSlot> {
+        let address = address.to_canonical();
+        if limit == 0 {
+            return Some(ClientSlot {
+                counts: None,
+                address,
+            });
+        }
+        let mut counts = self.0.lock();
+        let open = counts.entry(address).or_insert(0);
+        if *open >= limit {
+            return None;
+        }
+        *open += 1;
+        Some(ClientSlot {
+            counts: Some(self.clone()),
+            address,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let Some(counts) = &self.counts else {
+            return;
+        };
+        let mut counts = counts.0.lock();
+        if let Some(open) = counts.get_mut(&self.address) {
+            *open -= 1;
+            if *open == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
 }
 
 impl Connection {
@@ -209,12 +266,17 @@ impl Connection {
                 return;
             }
             _ = self.stop.wait_for(|stop| *stop) => Ending::Shutdown,
-            ending = activity.watch(self.timeouts.header_read, self.timeouts.idle) => ending,
+            ending = activity.watch(self.timeouts) => ending,
         };
         match ending {
             Ending::HeaderTimeout => {
                 // A half-sent request head gets no answer: the bytes so far are not a request.
                 tracing::debug!(%peer, "closing connection: request head not received in time");
+            }
+            Ending::SendTimeout => {
+                // Dropping the connection aborts the response: the client sees it cut short.
+                tracing::info!(%peer, "closing connection: the client read nothing for server.send_timeout");
+                self.proxy.load().metrics().client_send_timeouts.inc();
             }
             Ending::Idle | Ending::Shutdown => {
                 connection.as_mut().graceful_shutdown();

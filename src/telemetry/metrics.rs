@@ -50,6 +50,10 @@ pub struct Metrics {
     pub coalesced_waits: Counter,
     pub coalesced_wait_seconds: Histogram,
     pub open_connections: Gauge,
+    /// Client connections cut because the client read nothing for `server.send_timeout`.
+    pub client_send_timeouts: Counter,
+    /// Client connections closed on accept by `server.max_connections_per_client`.
+    pub client_connections_refused: Counter,
     pub cache_entries: Family<TierLabels, Gauge>,
     pub cache_bytes: Family<TierLabels, Gauge>,
     pub evictions: Family<TierLabels, Counter>,
@@ -146,6 +150,18 @@ impl Metrics {
                 "coalesced_wait_seconds",
                 "How long coalesced requests waited for the fetch they joined",
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ),
+            client_send_timeouts: register(
+                &mut registry,
+                "client_send_timeouts",
+                "Client connections cut because the client read nothing for server.send_timeout",
+                Counter::default(),
+            ),
+            client_connections_refused: register(
+                &mut registry,
+                "client_connections_refused",
+                "Client connections closed on accept: the address had server.max_connections_per_client open",
+                Counter::default(),
             ),
             open_connections: register(
                 &mut registry,

@@ -95,7 +95,7 @@ fn bench_headers(c: &mut Criterion) {
     c.bench_function("request_filter_and_route", |b| {
         b.iter(|| {
             check_request(black_box(&request)).unwrap();
-            let host = request_host(black_box(&request)).unwrap();
+            let host = request_host(black_box(&request), "http").unwrap();
             black_box(
                 router
                     .route(host.as_deref(), request.uri.path())

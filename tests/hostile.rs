@@ -441,3 +441,78 @@ async fn one_address_cannot_take_every_connection() {
     .await;
     assert!(reply.ends_with("hello"));
 }
+
+/// One canonical authority: `Example.COM.:80`, `example.com:` and `example.com` are one
+/// resource. The origin receives the canonical Host and X-Forwarded-Host, the entry stores
+/// the canonical URL, and URL and prefix purges find an entry stored through a poisoned
+/// spelling.
+#[tokio::test]
+async fn a_host_spelling_cannot_hide_an_entry_from_purges() {
+    let origin = Origin::start(vec![(
+        "/a",
+        Fixture::with_headers(200, &[("cache-control", "max-age=600")], "page"),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let admin = start_admin(&proxy).await;
+
+    get(&proxy.url("/a"), &[("host", "Example.COM.:80")]).await;
+    let seen = origin.last("/a");
+    assert_eq!(seen.headers["host"], "example.com");
+    assert_eq!(seen.headers["x-forwarded-host"], "example.com");
+    for spelling in ["example.com", "example.com:", "EXAMPLE.com."] {
+        let reply = get(&proxy.url("/a"), &[("host", spelling)]).await;
+        assert!(cache_status(&reply).contains("hit"), "{spelling}");
+    }
+    assert_eq!(origin.hits("/a"), 1);
+
+    let purge = post(&format!("{admin}/purge?url=http://example.com/a")).await;
+    assert!(purge.text().contains("\"purged\":1"), "{}", purge.text());
+    get(&proxy.url("/a"), &[("host", "example.com:80")]).await;
+    assert_eq!(origin.hits("/a"), 2);
+
+    let purge = post(&format!("{admin}/purge?prefix=http://EXAMPLE.com.:80/")).await;
+    assert!(purge.text().contains("\"purged\":1"), "{}", purge.text());
+    get(&proxy.url("/a"), &[("host", "example.com")]).await;
+    assert_eq!(origin.hits("/a"), 3);
+}
+
+/// Scheme: purging the public `https://` URL of a resource removes what outpost stored
+/// for it (behind a TLS terminator the request reached outpost over http); a purge that
+/// can never match (not absolute, another scheme, a host no site serves) is a 400, not a
+/// silent `purged: 0`.
+#[tokio::test]
+async fn purges_accept_either_scheme_and_refuse_what_cannot_match() {
+    let origin = Origin::start(vec![(
+        "/doc",
+        Fixture::with_headers(200, &[("cache-control", "max-age=600")], "doc"),
+    )])
+    .await;
+    let toml = format!(
+        "[[sites]]\nhosts = [\"www.example.com\"]\norigin = \"{}\"\n",
+        origin.url()
+    );
+    let flags = outpost::config::FlagOverrides::default();
+    let config = outpost::Config::from_toml_str(&toml, &flags).unwrap();
+    let proxy = Proxy::start_with(config).await;
+    let admin = start_admin(&proxy).await;
+    let host = [("host", "www.example.com")];
+    get(&proxy.url("/doc"), &host).await;
+
+    let purge = post(&format!("{admin}/purge?url=https://www.example.com/doc")).await;
+    assert_eq!(purge.status, 200);
+    assert!(purge.text().contains("\"purged\":1"), "{}", purge.text());
+    get(&proxy.url("/doc"), &host).await;
+    assert_eq!(origin.hits("/doc"), 2);
+
+    for never in [
+        "url=/doc",
+        "url=ftp://www.example.com/doc",
+        "url=https://elsewhere.example/doc",
+        "prefix=www.example.com/",
+        "prefix=http://unknown.example/",
+    ] {
+        let reply = post(&format!("{admin}/purge?{never}")).await;
+        assert_eq!(reply.status, 400, "{never}: {}", reply.text());
+    }
+}

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 mod page;
 
 use crate::body::Body;
-use crate::cache::key::PrimaryKey;
+use crate::cache::key::{canonical_authority, PrimaryKey};
 use crate::cache::PurgeTarget;
 use crate::pipeline::Proxy;
 use crate::telemetry::metrics::TierLabels;
@@ -285,46 +285,96 @@ fn offline(proxy: &Proxy, query: &str) -> Response<Body> {
 }
 
 /// `POST /purge?url=ABSOLUTE-URL | prefix=ABSOLUTE-URL-PREFIX | tag=TAG [&soft=true]`,
-/// answered with JSON: how many stored responses were affected.
+/// answered with JSON: how many stored responses were affected. A URL or prefix names its
+/// resource over http and https alike (a public `https://` URL purges what a TLS terminator
+/// in front had outpost store over http). One that can never match anything (not absolute,
+/// another scheme, a host no site serves) is a 400, not `purged: 0`.
 async fn purge(proxy: &Proxy, query: &str) -> Response<Body> {
-    let mut target = None;
+    let mut targets = Err("give url=ABSOLUTE-URL, prefix=ABSOLUTE-URL-PREFIX or tag=TAG");
     let mut soft = false;
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {
-            "url" => target = key_of_url(&value).map(PurgeTarget::Url),
-            "prefix" => target = Some(PurgeTarget::Prefix(value.into_owned())),
+            "url" => targets = url_targets(proxy, &value),
+            "prefix" => targets = prefix_target(proxy, &value).map(|t| vec![t]),
             "tag" => {
-                target = Some(PurgeTarget::Tag {
+                targets = Ok(vec![PurgeTarget::Tag {
                     tag: value.into_owned(),
-                    authority: None,
-                })
+                    origin: None,
+                }])
             }
             "soft" => soft = matches!(&*value, "true" | "1" | "yes"),
             _ => {}
         }
     }
-    let Some(target) = target else {
-        return json(
-            StatusCode::BAD_REQUEST,
-            serde_json::json!({"error": "give url=ABSOLUTE-URL, prefix=ABSOLUTE-URL-PREFIX or tag=TAG"}),
-        );
+    let targets = match targets {
+        Ok(targets) => targets,
+        Err(problem) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": problem }),
+            )
+        }
     };
-    let purged = proxy.cache().purge(&target, soft).await;
+    let mut purged = 0;
+    for target in &targets {
+        purged += proxy.cache().purge(target, soft).await;
+    }
     proxy.metrics().purged.inc_by(purged as u64);
-    tracing::info!(?target, soft, purged, "purge");
+    tracing::info!(?targets, soft, purged, "purge");
     json(
         StatusCode::OK,
         serde_json::json!({"purged": purged, "soft": soft}),
     )
 }
 
+/// The resource `text` names, over http and over https.
+fn url_targets(proxy: &Proxy, text: &str) -> Result<Vec<PurgeTarget>, &'static str> {
+    // The host as the client spells it (default port left out) under either scheme: a TLS
+    // terminator in front turns `https://host/x` into a request for `host` over http.
+    let (authority, path) = split_absolute(proxy, text)?;
+    let path = if path.is_empty() { "/" } else { path };
+    Ok(["http", "https"]
+        .into_iter()
+        .map(|scheme| PurgeTarget::Url(PrimaryKey::new(scheme, &authority, path)))
+        .collect())
+}
+
+fn prefix_target(proxy: &Proxy, text: &str) -> Result<PurgeTarget, &'static str> {
+    let (authority, path) = split_absolute(proxy, text)?;
+    // `example.com` must not also match `example.community`.
+    let path = if path.is_empty() { "/" } else { path };
+    Ok(PurgeTarget::Prefix(format!("{authority}{path}")))
+}
+
+/// The canonical authority and the rest of an absolute http(s) URL whose host a site
+/// serves.
+fn split_absolute<'a>(proxy: &Proxy, text: &'a str) -> Result<(String, &'a str), &'static str> {
+    let (scheme, rest) = text
+        .split_once("://")
+        .ok_or("the URL must be absolute: scheme://host/path")?;
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "http" => "http",
+        "https" => "https",
+        _ => return Err("outpost stores only http and https URLs"),
+    };
+    let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
+    if authority.is_empty() || authority.contains('@') {
+        return Err("the URL has no host");
+    }
+    let authority = canonical_authority(scheme, authority);
+    if !proxy.serves(&authority, if path.is_empty() { "/" } else { path }) {
+        return Err("no site serves this host: nothing stored can match");
+    }
+    Ok((authority, path))
+}
+
 /// The primary key of an absolute URL (`http://host[:port]/path?query`).
 pub fn key_of_url(text: &str) -> Option<PrimaryKey> {
     let uri: http::Uri = text.parse().ok()?;
     let scheme = uri.scheme_str()?;
-    let authority = uri.authority()?.as_str().to_ascii_lowercase();
+    let authority = uri.authority()?.as_str();
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    Some(PrimaryKey::new(scheme, &authority, path))
+    Some(PrimaryKey::new(scheme, authority, path))
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {

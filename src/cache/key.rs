@@ -26,16 +26,11 @@ impl PrimaryKey {
         PrimaryKey(*hasher.finalize().as_bytes())
     }
 
-    /// `authority` is `host[:port]` as the client sent it (lower-cased by routing); the
-    /// scheme's default port and a trailing dot on the host are removed here, so
-    /// `example.com`, `example.com.` and `example.com:80` share entries over http.
+    /// `authority` should be canonical already ([`canonical_authority`], as routing makes
+    /// it); it is folded again here so that no caller can key one resource two ways.
     pub fn new(scheme: &str, authority: &str, path_and_query: &str) -> PrimaryKey {
-        let (host, port) = split_authority(authority);
-        let host = host.strip_suffix('.').unwrap_or(host);
-        let port = match (scheme, port) {
-            ("http", Some("80")) | ("https", Some("443")) | (_, Some("")) => None,
-            (_, port) => port,
-        };
+        let authority = canonical_authority(scheme, authority);
+        let (host, port) = split_authority(&authority);
         let mut hasher = blake3::Hasher::new();
         // Method class: GET and HEAD share entries; nothing else is stored.
         hasher.update(b"GET\0");
@@ -59,6 +54,20 @@ impl PrimaryKey {
 impl fmt::Debug for PrimaryKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PrimaryKey({})", &self.to_hex()[..16])
+    }
+}
+
+/// The one spelling of an authority that outpost keys, forwards, stores and purges by:
+/// lower case, no trailing dot on the host, no port when it is the scheme's default or
+/// empty. So `Example.COM.:80`, `example.com:` and `example.com` are one resource over
+/// http, and a poisoned spelling cannot hide an entry from purges.
+pub fn canonical_authority(scheme: &str, authority: &str) -> String {
+    let lower = authority.to_ascii_lowercase();
+    let (host, port) = split_authority(&lower);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    match (scheme, port) {
+        ("http", Some("80")) | ("https", Some("443")) | (_, Some("") | None) => host.to_string(),
+        (_, Some(port)) => format!("{host}:{port}"),
     }
 }
 
@@ -237,6 +246,12 @@ mod tests {
         assert_ne!(base, PrimaryKey::new("http", "example.com", "/a"));
         assert_eq!(base, PrimaryKey::new("http", "example.com:80", "/a?x=1"));
         assert_eq!(base, PrimaryKey::new("http", "example.com.", "/a?x=1"));
+        assert_eq!(base, PrimaryKey::new("http", "Example.COM.:", "/a?x=1"));
+        assert_ne!(base, PrimaryKey::new("http", "example.com:443", "/a?x=1"));
+        assert_eq!(
+            PrimaryKey::new("https", "example.com:443", "/"),
+            PrimaryKey::new("https", "example.com", "/")
+        );
         // apt's literal "./" and "%2b" are different resources from their "normalised" forms.
         assert_ne!(
             PrimaryKey::new("http", "d", "/debian/./InRelease"),

@@ -61,10 +61,11 @@ struct Found {
 }
 
 impl Cache {
-    /// Looks `request` (for `authority`) up at `now`.
+    /// Looks `request` (for `scheme://authority`, the authority canonical) up at `now`.
     pub async fn lookup(
         &self,
         request: &http::request::Parts,
+        scheme: &str,
         authority: &str,
         now: SystemTime,
     ) -> Lookup {
@@ -73,7 +74,7 @@ impl Cache {
         }
         let headers = &request.headers;
         let path_and_query = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let key = PrimaryKey::new("http", authority, path_and_query);
+        let key = PrimaryKey::new(scheme, authority, path_and_query);
         let directives = policy::request_directives(headers);
         let has_authorization = headers.contains_key(header::AUTHORIZATION);
         let (variants, tier) = match self.variants(&key, headers).await {
@@ -82,7 +83,7 @@ impl Cache {
         };
         let plan = MissPlan {
             key,
-            url: format!("http://{authority}{path_and_query}"),
+            url: format!("{scheme}://{authority}{path_and_query}"),
             variant_hint: variants
                 .as_ref()
                 .and_then(|set| set.iter().next())

@@ -579,26 +579,28 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
 pub enum PurgeTarget {
     /// One URL, as its primary key.
     Url(PrimaryKey),
-    /// Every URL starting with this absolute-URL prefix.
+    /// Every URL whose canonical form, from the authority on (the scheme left out, so a
+    /// prefix names a site's resources over http and https), starts with this.
     Prefix(String),
     /// Every resource tagged so by `Cache-Groups` (RFC 9875) or the surrogate-key header,
-    /// optionally only those of one authority (RFC 9875 groups are scoped to an origin).
-    Tag {
-        tag: String,
-        authority: Option<String>,
-    },
+    /// optionally only those of one origin, `scheme://authority` (RFC 9875 §3: groups are
+    /// scoped to an origin).
+    Tag { tag: String, origin: Option<String> },
 }
 
 impl PurgeTarget {
     fn matches(&self, meta: &EntryMeta, surrogate_key: &HeaderName) -> bool {
         match self {
             PurgeTarget::Url(key) => meta.key == *key,
-            PurgeTarget::Prefix(prefix) => meta.url.starts_with(prefix.as_str()),
-            PurgeTarget::Tag { tag, authority } => {
-                let in_scope = authority.as_deref().is_none_or(|authority| {
+            PurgeTarget::Prefix(prefix) => meta
+                .url
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.starts_with(prefix.as_str())),
+            PurgeTarget::Tag { tag, origin } => {
+                let in_scope = origin.as_deref().is_none_or(|origin| {
                     meta.url
-                        .split_once("://")
-                        .is_some_and(|(_, rest)| rest.split('/').next() == Some(authority))
+                        .strip_prefix(origin)
+                        .is_some_and(|path| path.starts_with('/'))
                 });
                 in_scope && tags::of(&meta.headers, surrogate_key).any(|t| t == *tag)
             }

@@ -9,7 +9,7 @@ use http::{Method, Response, Uri};
 
 use super::Proxy;
 use crate::body::Body;
-use crate::cache::key::PrimaryKey;
+use crate::cache::key::{canonical_authority, PrimaryKey};
 use crate::error::ProxyError;
 
 /// RFC 9110 §9.2.1 safe methods: their responses never invalidate anything.
@@ -21,19 +21,20 @@ pub(super) fn is_safe_method(method: &Method) -> bool {
 }
 
 /// Applies RFC 9111 §4.4 and RFC 9875 §3 for the response `response` to an unsafe request
-/// for `target` on `authority`.
+/// for `target` on `origin` (the downstream scheme and canonical authority).
 pub(super) async fn after_unsafe(
     proxy: &Proxy,
     target: &Uri,
-    authority: &str,
+    origin: (&str, &str),
     response: &http::response::Parts,
 ) {
-    for key in invalidated_by_unsafe(target, authority, response) {
+    for key in invalidated_by_unsafe(target, origin, response) {
         proxy.cache.invalidate(&key).await;
     }
+    let (scheme, authority) = origin;
     for tag in invalidated_groups(response) {
-        let authority = Some(authority.to_string());
-        let target = crate::cache::PurgeTarget::Tag { tag, authority };
+        let origin = Some(format!("{scheme}://{authority}"));
+        let target = crate::cache::PurgeTarget::Tag { tag, origin };
         proxy.cache.purge(&target, false).await;
     }
 }
@@ -42,7 +43,7 @@ pub(super) async fn after_unsafe(
 /// the same-origin URIs in Location and Content-Location (all their variants).
 fn invalidated_by_unsafe(
     target: &Uri,
-    authority: &str,
+    (scheme, authority): (&str, &str),
     response: &http::response::Parts,
 ) -> Vec<PrimaryKey> {
     let status = response.status;
@@ -50,7 +51,7 @@ fn invalidated_by_unsafe(
         return Vec::new();
     }
     let path = target.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut keys = vec![PrimaryKey::new("http", authority, path)];
+    let mut keys = vec![PrimaryKey::new(scheme, authority, path)];
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         let Some(location) = response.headers.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
@@ -58,13 +59,17 @@ fn invalidated_by_unsafe(
         let Ok(uri) = location.parse::<Uri>() else {
             continue;
         };
-        let same_origin = match uri.authority() {
-            None => true,
-            Some(other) => other.as_str().eq_ignore_ascii_case(authority),
+        let same_origin = match (uri.scheme_str(), uri.authority()) {
+            (None, None) => true,
+            (Some(other_scheme), Some(other)) => {
+                other_scheme.eq_ignore_ascii_case(scheme)
+                    && canonical_authority(scheme, other.as_str()) == authority
+            }
+            _ => false,
         };
         if same_origin && uri.path().starts_with('/') {
             let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-            keys.push(PrimaryKey::new("http", authority, path));
+            keys.push(PrimaryKey::new(scheme, authority, path));
         }
     }
     keys
@@ -92,6 +97,7 @@ pub(super) async fn purge_request(
     proxy: &Proxy,
     request: &http::request::Parts,
     peer: SocketAddr,
+    scheme: &str,
     authority: &str,
 ) -> Result<Response<Body>, ProxyError> {
     let peer_ip = peer.ip().to_canonical();
@@ -105,7 +111,7 @@ pub(super) async fn purge_request(
         .headers
         .get("soft-purge")
         .is_some_and(|v| v.as_bytes() == b"1");
-    let target = crate::cache::PurgeTarget::Url(PrimaryKey::new("http", authority, path));
+    let target = crate::cache::PurgeTarget::Url(PrimaryKey::new(scheme, authority, path));
     let purged = proxy.cache.purge(&target, soft).await;
     proxy.metrics.purged.inc_by(purged as u64);
     let summary = serde_json::json!({"purged": purged, "soft": soft});

@@ -72,6 +72,8 @@ use route::Site;
 #[derive(Debug, Clone, Copy)]
 pub struct DownstreamFacts {
     pub peer: SocketAddr,
+    /// `http` or `https`: how the client reached this listener (part of the cache key).
+    pub scheme: &'static str,
     /// The raw head had both Content-Length and Transfer-Encoding (hyper keeps only the
     /// latter, so the request no longer shows it).
     pub has_conflicting_framing: bool,
@@ -152,7 +154,7 @@ async fn serve(
         ));
     }
     check_request(parts)?;
-    let host = route::request_host(parts)?;
+    let host = route::request_host(parts, facts.scheme)?;
     ctx.host = host.clone().unwrap_or_default();
     let site = Arc::clone(proxy.router.route(host.as_deref(), parts.uri.path())?);
     ctx.site = site.name.clone();
@@ -160,15 +162,19 @@ async fn serve(
     let authority = host.as_deref().unwrap_or("");
     if parts.method.as_str() == "PURGE" {
         ctx.status = CacheStatus::forward(FwdReason::Bypass).with_detail(Detail::Purge);
-        let response = invalidate::purge_request(proxy, parts, facts.peer, authority).await?;
+        let response =
+            invalidate::purge_request(proxy, parts, facts.peer, facts.scheme, authority).await?;
         return Ok(Delivery::Synthetic(response));
     }
     let downstream = Downstream {
         peer: facts.peer,
-        scheme: "http",
+        scheme: facts.scheme,
         host: host.as_deref(),
     };
-    let lookup = proxy.cache.lookup(parts, authority, ctx.now).await;
+    let lookup = proxy
+        .cache
+        .lookup(parts, facts.scheme, authority, ctx.now)
+        .await;
     let request = Routed {
         proxy,
         site: &site,
@@ -268,7 +274,8 @@ async fn bypass(
     }
     let authority = request.downstream.host.unwrap_or("");
     let (head, body) = response.into_parts();
-    invalidate::after_unsafe(proxy, &parts.uri, authority, &head).await;
+    let origin = (request.downstream.scheme, authority);
+    invalidate::after_unsafe(proxy, &parts.uri, origin, &head).await;
     Ok(Delivery::Forwarded(Response::from_parts(head, body)))
 }
 

@@ -102,6 +102,11 @@ impl Proxy {
         &self.cache
     }
 
+    /// Whether some site answers requests for `authority` (canonical) and `path`.
+    pub fn serves(&self, authority: &str, path: &str) -> bool {
+        self.router.route(Some(authority), path).is_ok()
+    }
+
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
     }

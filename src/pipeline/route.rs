@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::header::HOST;
 use http::{HeaderValue, Version};
 
+use crate::cache::key::canonical_authority;
 use crate::config::{Config, HostHeaderSetting, OriginUrl, SiteConfig};
 use crate::error::ProxyError;
 
@@ -140,14 +141,19 @@ impl Router {
     }
 }
 
-/// The host the client asked for, lower-cased, port kept (it is part of the authority).
+/// The authority the client asked for, in its canonical spelling for `scheme`
+/// ([`canonical_authority`]: lower case, no trailing dot, no default or empty port); the
+/// key, the forwarded Host, X-Forwarded-Host, the stored URL and purges all use it.
 ///
 /// HTTP/2 and absolute-form requests carry it in the request target, which wins over Host
 /// (RFC 9112 §3.2.2); an HTTP/1.1 request needs exactly one valid Host (RFC 9112 §3.2).
 ///
 /// # Errors
 /// [`ProxyError::BadRequest`] for a missing (HTTP/1.1), repeated or malformed Host.
-pub fn request_host(request: &http::request::Parts) -> Result<Option<String>, ProxyError> {
+pub fn request_host(
+    request: &http::request::Parts,
+    scheme: &str,
+) -> Result<Option<String>, ProxyError> {
     let mut hosts = request.headers.get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {
@@ -157,7 +163,7 @@ pub fn request_host(request: &http::request::Parts) -> Result<Option<String>, Pr
         if authority.as_str().contains('@') {
             return Err(ProxyError::BadRequest("userinfo in request target"));
         }
-        return Ok(Some(authority.as_str().to_ascii_lowercase()));
+        return Ok(Some(canonical_authority(scheme, authority.as_str())));
     }
     match header {
         Some(value) => {
@@ -167,7 +173,7 @@ pub fn request_host(request: &http::request::Parts) -> Result<Option<String>, Pr
             if !is_valid_authority(text) {
                 return Err(ProxyError::BadRequest("malformed Host header"));
             }
-            Ok(Some(text.to_ascii_lowercase()))
+            Ok(Some(canonical_authority(scheme, text)))
         }
         None if request.version == Version::HTTP_11 => {
             Err(ProxyError::BadRequest("missing Host header"))
@@ -274,21 +280,37 @@ mod tests {
             .header(HOST, "b")
             .body(())
             .unwrap();
-        assert!(request_host(&two.into_parts().0).is_err());
+        assert!(request_host(&two.into_parts().0, "http").is_err());
         let bad = Request::get("/").header(HOST, "a b").body(()).unwrap();
-        assert!(request_host(&bad.into_parts().0).is_err());
+        assert!(request_host(&bad.into_parts().0, "http").is_err());
         let v6 = Request::get("/")
             .header(HOST, "[::1]:8080")
             .body(())
             .unwrap();
         assert_eq!(
-            request_host(&v6.into_parts().0).unwrap().as_deref(),
+            request_host(&v6.into_parts().0, "http").unwrap().as_deref(),
             Some("[::1]:8080")
         );
         assert_eq!(host_name("[::1]:8080"), "[::1]");
+        // One canonical spelling: case, trailing dot, default and empty port folded.
+        for spelling in [
+            "Example.COM",
+            "example.com.",
+            "example.com:80",
+            "example.com:",
+        ] {
+            let request = Request::get("/").header(HOST, spelling).body(()).unwrap();
+            assert_eq!(
+                request_host(&request.into_parts().0, "http")
+                    .unwrap()
+                    .as_deref(),
+                Some("example.com"),
+                "{spelling}"
+            );
+        }
         let none = Request::get("/").body(()).unwrap();
         assert!(
-            request_host(&none.into_parts().0).is_err(),
+            request_host(&none.into_parts().0, "http").is_err(),
             "HTTP/1.1 without Host"
         );
     }

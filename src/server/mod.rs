@@ -246,6 +246,8 @@ impl Connection {
                 let inflight = activity.request_started(request.version() == http::Version::HTTP_2);
                 let downstream = pipeline::DownstreamFacts {
                     peer,
+                    // TLS termination is not here yet: every listener is cleartext.
+                    scheme: "http",
                     has_conflicting_framing,
                 };
                 let (response, record) = pipeline::handle(&proxy, request, downstream).await;

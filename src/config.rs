@@ -601,6 +601,19 @@ impl Default for LogConfig {
     }
 }
 
+/// Whose unsafe requests invalidate (RFC 9111 §4.4): any client can otherwise evict a page
+/// with a request the origin answers 2xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnsafeInvalidation {
+    /// Every client's (the RFC's behaviour).
+    All,
+    /// Only those of peers in `cache.purge_allowed`.
+    Trusted,
+    /// Nobody's: stored responses change only by expiry, revalidation and purges.
+    Off,
+}
+
 /// How the memory tier chooses what to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -650,6 +663,9 @@ pub struct CacheConfig {
     pub surrogate_key_header: HeaderNameSetting,
     /// Peers allowed to use the PURGE method on the proxy listener (CIDR list; empty: none).
     pub purge_allowed: Vec<IpNet>,
+    /// Whose unsafe requests (POST, PUT, DELETE, ...) may invalidate stored responses when
+    /// the origin answers them without error (RFC 9111 §4.4, RFC 9875 §3).
+    pub unsafe_invalidation: UnsafeInvalidation,
     /// Directory of the disk tier (sled index + body files); unset: memory only. Also
     /// `--cache-dir`.
     pub dir: Option<PathBuf>,
@@ -744,6 +760,7 @@ impl Default for CacheConfig {
             ))],
             surrogate_key_header: HeaderNameSetting(http::HeaderName::from_static("surrogate-key")),
             purge_allowed: Vec::new(),
+            unsafe_invalidation: UnsafeInvalidation::All,
             dir: None,
             disk_capacity: ByteSize(10 << 30),
             disk_max_object_size: ByteSize(2 << 30),

@@ -516,3 +516,91 @@ async fn purges_accept_either_scheme_and_refuse_what_cannot_match() {
         assert_eq!(reply.status, 400, "{never}: {}", reply.text());
     }
 }
+
+async fn post_to(proxy: &Proxy, path: &str) -> Reply {
+    let request = Request::post(proxy.url(path))
+        .body(Full::new(Bytes::from_static(b"x")))
+        .unwrap();
+    send(&client(), request).await
+}
+
+/// Invalidation as a weapon (RFC 9111 §4.4): with `cache.unsafe_invalidation = "trusted"`,
+/// an anonymous client's POST that the origin answers 2xx no longer evicts the page; a
+/// peer in `purge_allowed` still does.
+#[tokio::test]
+async fn anonymous_unsafe_requests_cannot_evict_when_limited_to_trusted_peers() {
+    let origin = Origin::start(vec![(
+        "/page",
+        Fixture::with_headers(200, &[("cache-control", "max-age=600")], "page"),
+    )])
+    .await;
+    let anonymous = Proxy::start(&origin.url(), "[cache]\nunsafe_invalidation = \"trusted\"").await;
+    get(&anonymous.url("/page"), &[]).await;
+    assert_eq!(post_to(&anonymous, "/page").await.status, 200);
+    let after = get(&anonymous.url("/page"), &[]).await;
+    assert!(
+        cache_status(&after).contains("hit"),
+        "{}",
+        cache_status(&after)
+    );
+
+    let trusted = Proxy::start(
+        &origin.url(),
+        "[cache]\nunsafe_invalidation = \"trusted\"\npurge_allowed = [\"127.0.0.1/32\"]",
+    )
+    .await;
+    get(&trusted.url("/page"), &[]).await;
+    assert_eq!(post_to(&trusted, "/page").await.status, 200);
+    let after = get(&trusted.url("/page"), &[]).await;
+    assert!(
+        !cache_status(&after).contains("hit"),
+        "{}",
+        cache_status(&after)
+    );
+}
+
+/// RFC 9875 §3 as a weapon: one response's `Cache-Group-Invalidation` acts on at most 8
+/// groups; the groups past that stay stored.
+#[tokio::test]
+async fn one_response_cannot_invalidate_unbounded_groups() {
+    let groups: Vec<String> = (0..20).map(|n| format!("\"g{n}\"")).collect();
+    let all_groups = groups.join(", ");
+    let mut routes = vec![(
+        "/update",
+        Fixture::with_headers(
+            200,
+            &[("cache-group-invalidation", all_groups.as_str())],
+            "ok",
+        ),
+    )];
+    let paths: Vec<String> = (0..20).map(|n| format!("/item/{n}")).collect();
+    for (path, group) in paths.iter().zip(&groups) {
+        routes.push((
+            path.as_str(),
+            Fixture::with_headers(
+                200,
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("cache-groups", group.as_str()),
+                ],
+                "item",
+            ),
+        ));
+    }
+    let origin = Origin::start(routes).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for path in &paths {
+        get(&proxy.url(path), &[]).await;
+    }
+    assert_eq!(post_to(&proxy, "/update").await.status, 200);
+    let still_stored = {
+        let mut count = 0;
+        for path in &paths {
+            if cache_status(&get(&proxy.url(path), &[]).await).contains("hit") {
+                count += 1;
+            }
+        }
+        count
+    };
+    assert_eq!(still_stored, 12, "8 groups invalidated, 12 kept");
+}

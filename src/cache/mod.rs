@@ -20,6 +20,8 @@ pub mod lookup;
 pub mod memory;
 pub mod policy;
 pub mod rules;
+pub mod tags;
+use tags::TagIndex;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -70,6 +72,8 @@ pub struct Cache {
     disk_writes: TaskTracker,
     /// Fill and encoding tasks: a shutdown lets them store what they are storing.
     fills: TaskTracker,
+    /// Tag → stored resources, for purges by tag.
+    tag_index: Arc<TagIndex>,
     /// URLs whose last response was uncacheable: their requests skip coalescing for a while
     /// (Varnish's hit-for-miss).
     hit_for_miss: moka::future::Cache<PrimaryKey, ()>,
@@ -101,6 +105,7 @@ impl Cache {
             .max_capacity(100_000)
             .time_to_live(config.hit_for_miss_ttl.get().max(Duration::from_millis(1)))
             .build();
+        let has_disk = disk.is_some();
         let shared = SharedStores {
             memory,
             disk,
@@ -111,9 +116,15 @@ impl Cache {
             offline: Arc::new(AtomicBool::new(config.offline)),
             disk_writes: TaskTracker::new(),
             fills: TaskTracker::new(),
+            tag_index: Arc::new(TagIndex::new(!has_disk, TAG_INDEX_CAPACITY)),
         };
         metrics.offline.set(i64::from(config.offline));
-        Cache::with_stores(config, shared, Arc::clone(metrics))
+        let cache = Cache::with_stores(config, shared, Arc::clone(metrics));
+        if cache.disk.is_some() {
+            // What the disk tier holds from earlier runs is tagged too.
+            cache.rebuild_tag_index_in_background();
+        }
+        cache
     }
 
     /// The same stored entries, fills in flight and hit-for-miss memory, governed by the
@@ -139,6 +150,7 @@ impl Cache {
             offline: Arc::clone(&self.offline),
             disk_writes: self.disk_writes.clone(),
             fills: self.fills.clone(),
+            tag_index: Arc::clone(&self.tag_index),
         };
         Cache::with_stores(config, shared, Arc::clone(&self.metrics))
     }
@@ -177,6 +189,7 @@ impl Cache {
             offline_ignores_revalidation: config.offline_ignores_revalidation,
             disk_writes: shared.disk_writes,
             fills: shared.fills,
+            tag_index: shared.tag_index,
             surrogate_key_header: config.surrogate_key_header.get().clone(),
             hit_for_miss: shared.hit_for_miss,
             metrics,
@@ -345,6 +358,7 @@ impl Cache {
         }
         let path = disk.blob_path(&meta.body_digest);
         let entry = Arc::new(StoredResponse::in_file(meta, path, blocks));
+        self.index_tags(&entry.meta);
         self.memory.insert(Arc::clone(&entry)).await;
         Some(entry)
     }
@@ -352,6 +366,7 @@ impl Cache {
     /// Stores `entry` in memory and, in the background, on disk (`body_changed`: false
     /// when only its headers were freshened).
     pub async fn store(&self, entry: Arc<StoredResponse>, body_changed: bool) {
+        self.index_tags(&entry.meta);
         self.memory.insert(Arc::clone(&entry)).await;
         self.store_on_disk(&entry, body_changed);
     }
@@ -360,6 +375,7 @@ impl Cache {
     /// the variant it was stored as (`replaced`), in both tiers. On disk the new row is
     /// indexed before the old one goes, so their shared body file stays.
     pub async fn replace_variant(&self, entry: Arc<StoredResponse>, replaced: VariantKey) {
+        self.index_tags(&entry.meta);
         self.memory
             .replace_variant(Arc::clone(&entry), replaced)
             .await;
@@ -389,6 +405,58 @@ impl Cache {
             let disk = disk.clone();
             self.disk_writes
                 .spawn(async move { disk.remove_variant(key, variant).await });
+        }
+    }
+
+    /// Adds a stored response's tags to the tag index; rebuilds the index when it has
+    /// outgrown its capacity.
+    fn index_tags(&self, meta: &EntryMeta) {
+        let mut tags = tags::of(&meta.headers, &self.surrogate_key_header).peekable();
+        if tags.peek().is_none() {
+            return;
+        }
+        if self.tag_index.add(meta.key, &meta.url, tags) {
+            self.rebuild_tag_index_in_background();
+        }
+    }
+
+    /// Rebuilds the tag index from both tiers in a background task (what is stored
+    /// meanwhile is kept).
+    fn rebuild_tag_index_in_background(&self) {
+        if !self.tag_index.begin_rebuild() {
+            return;
+        }
+        let index = Arc::clone(&self.tag_index);
+        let memory = self.memory.clone();
+        let disk = self.disk.clone();
+        let header = self.surrogate_key_header.clone();
+        let rebuild = async move {
+            let add = {
+                let index = Arc::clone(&index);
+                move |meta: &EntryMeta, header: &HeaderName| {
+                    index.add_rebuilt(meta.key, &meta.url, tags::of(&meta.headers, header));
+                }
+            };
+            memory
+                .keys_where(|set| {
+                    set.iter().for_each(|entry| add(&entry.meta, &header));
+                    false
+                })
+                .await;
+            if let Some(disk) = disk {
+                disk.keys_where(move |meta| {
+                    add(meta, &header);
+                    false
+                })
+                .await;
+            }
+            index.finish_rebuild();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(rebuild);
+            }
+            Err(_) => tracing::warn!("no runtime: tag index not rebuilt; purges by tag scan"),
         }
     }
 
@@ -526,7 +594,12 @@ struct SharedStores {
     offline: Arc<AtomicBool>,
     disk_writes: TaskTracker,
     fills: TaskTracker,
+    tag_index: Arc<TagIndex>,
 }
+
+/// (tag, resource) pairs the tag index holds before it is rebuilt from the tiers (which
+/// drops the evicted resources it still names): some 100 MiB at most.
+const TAG_INDEX_CAPACITY: usize = 1_000_000;
 
 /// Opens the disk tier, sweeping leftovers in the background; `None` (memory only, logged)
 /// when it cannot be opened.
@@ -613,6 +686,11 @@ impl Cache {
     /// stored response that `target` names, in both tiers. Returns how many stored
     /// responses, counting each variant, were affected.
     pub async fn purge(&self, target: &PurgeTarget, soft: bool) -> usize {
+        if let PurgeTarget::Tag { tag, origin } = target {
+            if let Some(candidates) = self.tag_index.keys(tag, origin.as_deref()) {
+                return self.purge_tagged(target, tag, candidates, soft).await;
+            }
+        }
         let header = self.surrogate_key_header.clone();
         let mut keys: Vec<PrimaryKey> = match target {
             PurgeTarget::Url(key) => vec![*key],
@@ -645,6 +723,46 @@ impl Cache {
         affected
     }
 
+    /// A purge by `tag` through the tag index: each candidate resource is purged if a
+    /// stored variant still carries the tag (the index may be out of date), and forgotten.
+    async fn purge_tagged(
+        &self,
+        target: &PurgeTarget,
+        tag: &str,
+        candidates: Vec<PrimaryKey>,
+        soft: bool,
+    ) -> usize {
+        let header = &self.surrogate_key_header;
+        let mut affected = 0;
+        for key in candidates {
+            let in_memory = self
+                .memory
+                .get(&key)
+                .await
+                .is_some_and(|set| set.iter().any(|e| target.matches(&e.meta, header)));
+            let is_tagged = in_memory
+                || match self.live_disk() {
+                    Some(disk) => disk
+                        .variants(key)
+                        .await
+                        .iter()
+                        .any(|meta| target.matches(meta, header)),
+                    None => false,
+                };
+            if is_tagged {
+                affected += if soft {
+                    self.mark_stale(&key).await
+                } else {
+                    self.invalidate(&key).await
+                };
+            }
+            if !soft {
+                self.tag_index.forget(tag, &key);
+            }
+        }
+        affected
+    }
+
     /// Soft purge of one resource in both tiers.
     async fn mark_stale(&self, key: &PrimaryKey) -> usize {
         let mut affected = self.memory.mark_stale(key).await;
@@ -659,66 +777,5 @@ impl Cache {
             }
         }
         affected
-    }
-}
-
-/// Cache tags of a stored response: the strings of `Cache-Groups` (RFC 9875 §2, an RFC 8941
-/// list of strings) and the space-separated keys of the surrogate-key header.
-pub mod tags {
-    use http::{HeaderMap, HeaderName};
-
-    pub fn of<'a>(
-        headers: &'a HeaderMap,
-        surrogate_key: &'a HeaderName,
-    ) -> impl Iterator<Item = String> + 'a {
-        let lines: Vec<&str> = headers
-            .get_all("cache-groups")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let groups = sf_strings(&lines.join(", ")).into_iter();
-        let keys = headers
-            .get_all(surrogate_key)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| {
-                v.split_ascii_whitespace()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            });
-        groups.chain(keys)
-    }
-
-    /// The string members of an RFC 9651 List (RFC 9875 §2: Cache-Groups), all lines of
-    /// the field together; a field that does not parse as a List names no group.
-    pub fn sf_strings(text: &str) -> Vec<String> {
-        let Ok(list) = sfv::Parser::new(text).parse::<sfv::List>() else {
-            return Vec::new();
-        };
-        list.iter()
-            .filter_map(|member| match member {
-                sfv::ListEntry::Item(sfv::Item {
-                    bare_item: sfv::BareItem::String(value),
-                    ..
-                }) => Some(value.as_str().to_string()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn parses_rfc_8941_string_lists() {
-            assert_eq!(
-                super::sf_strings(r#""scripts", "shop";x=1, "a\"b""#),
-                ["scripts", "shop", "a\"b"]
-            );
-            assert!(super::sf_strings("token, 1").is_empty());
-            assert!(
-                super::sf_strings(r#""a", "unterminated"#).is_empty(),
-                "a field that is not a List names no group"
-            );
-        }
     }
 }

@@ -10,7 +10,12 @@ use http::{Method, Response, Uri};
 use super::Proxy;
 use crate::body::Body;
 use crate::cache::key::{canonical_authority, PrimaryKey};
+use crate::config::UnsafeInvalidation;
 use crate::error::ProxyError;
+
+/// Groups of one response's `Cache-Group-Invalidation` acted on; more are ignored (each is a
+/// purge, and any client can provoke the response).
+const MAX_INVALIDATED_GROUPS: usize = 8;
 
 /// RFC 9110 §9.2.1 safe methods: their responses never invalidate anything.
 pub(super) fn is_safe_method(method: &Method) -> bool {
@@ -24,10 +29,19 @@ pub(super) fn is_safe_method(method: &Method) -> bool {
 /// for `target` on `origin` (the downstream scheme and canonical authority).
 pub(super) async fn after_unsafe(
     proxy: &Proxy,
+    peer: SocketAddr,
     target: &Uri,
     origin: (&str, &str),
     response: &http::response::Parts,
 ) {
+    let allowed = match proxy.unsafe_invalidation {
+        UnsafeInvalidation::All => true,
+        UnsafeInvalidation::Trusted => proxy.may_purge(peer),
+        UnsafeInvalidation::Off => false,
+    };
+    if !allowed {
+        return;
+    }
     for key in invalidated_by_unsafe(target, origin, response) {
         proxy.cache.invalidate(&key).await;
     }
@@ -88,7 +102,16 @@ fn invalidated_groups(response: &http::response::Parts) -> Vec<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    crate::cache::tags::sf_strings(&lines.join(", "))
+    let mut groups = crate::cache::tags::sf_strings(&lines.join(", "));
+    if groups.len() > MAX_INVALIDATED_GROUPS {
+        tracing::warn!(
+            groups = groups.len(),
+            kept = MAX_INVALIDATED_GROUPS,
+            "Cache-Group-Invalidation names too many groups: the rest are ignored"
+        );
+        groups.truncate(MAX_INVALIDATED_GROUPS);
+    }
+    groups
 }
 
 /// The conventional PURGE method on the proxy listener: removes every variant of the
@@ -100,8 +123,7 @@ pub(super) async fn purge_request(
     scheme: &str,
     authority: &str,
 ) -> Result<Response<Body>, ProxyError> {
-    let peer_ip = peer.ip().to_canonical();
-    if !proxy.purge_allowed.iter().any(|net| net.contains(&peer_ip)) {
+    if !proxy.may_purge(peer) {
         return Err(ProxyError::Forbidden(
             "PURGE is not allowed from this address",
         ));

@@ -275,7 +275,8 @@ async fn bypass(
     let authority = request.downstream.host.unwrap_or("");
     let (head, body) = response.into_parts();
     let origin = (request.downstream.scheme, authority);
-    invalidate::after_unsafe(proxy, &parts.uri, origin, &head).await;
+    let peer = request.downstream.peer;
+    invalidate::after_unsafe(proxy, peer, &parts.uri, origin, &head).await;
     Ok(Delivery::Forwarded(Response::from_parts(head, body)))
 }
 

@@ -47,6 +47,7 @@ pub struct Proxy {
     pub(super) access_log: Option<Arc<AccessLog>>,
     /// Peers allowed to send PURGE.
     pub(super) purge_allowed: Vec<ipnet::IpNet>,
+    pub(super) unsafe_invalidation: crate::config::UnsafeInvalidation,
     pub(super) debug: crate::config::DebugConfig,
     /// Connection limits and timeouts, read by the server for each new connection.
     pub server: crate::config::ServerConfig,
@@ -93,6 +94,7 @@ impl Proxy {
                 })?
                 .map(Arc::new),
             purge_allowed: config.cache.purge_allowed.clone(),
+            unsafe_invalidation: config.cache.unsafe_invalidation,
             debug: config.debug.clone(),
             server: config.server.clone(),
         })
@@ -117,6 +119,13 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Whether `peer` may purge (PURGE, and unsafe-request invalidation when it is limited
+    /// to trusted peers).
+    pub(super) fn may_purge(&self, peer: SocketAddr) -> bool {
+        let peer = peer.ip().to_canonical();
+        self.purge_allowed.iter().any(|net| net.contains(&peer))
     }
 
     /// Whether this response gets the path view and error details: a trusted debug client

@@ -81,30 +81,10 @@ pub async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = accept(&listener, &permits) => match accepted {
                 Ok((stream, peer, permit)) => {
-                    // Read now, not before waiting: a reload while idle applies to this one.
-                    let settings = proxy.load().server.clone();
-                    let Some(client_slot) =
-                        per_client.admit(peer.ip(), settings.max_connections_per_client)
-                    else {
-                        tracing::debug!(%peer, "connection refused: server.max_connections_per_client");
-                        proxy.load().metrics().client_connections_refused.inc();
-                        drop(stream);
-                        continue;
-                    };
-                    let connection = Connection {
-                        proxy: Arc::clone(&proxy),
-                        builder: connection_builder(&settings),
-                        timeouts: Timeouts {
-                            header_read: settings.header_read_timeout.get(),
-                            idle: settings.idle_timeout.get(),
-                            send: settings.send_timeout.get(),
-                        },
-                        stop: stop_rx.clone(),
-                        peer,
-                        _permit: permit,
-                        _client_slot: client_slot,
-                    };
-                    connections.spawn(connection.run(stream));
+                    let accepted = Accepted { peer, permit };
+                    if let Some(connection) = accepted.admit(&proxy, &per_client, &stop_rx) {
+                        connections.spawn(connection.run(stream));
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "accept failed");
@@ -164,6 +144,46 @@ fn connection_builder(settings: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256);
     builder
+}
+
+/// A connection just accepted, before the per-client limit has had its say.
+struct Accepted {
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Accepted {
+    /// The connection to serve, or `None` when its address has
+    /// `server.max_connections_per_client` open already (the socket is then closed).
+    fn admit(
+        self,
+        proxy: &SharedProxy,
+        per_client: &PerClient,
+        stop: &watch::Receiver<bool>,
+    ) -> Option<Connection> {
+        let Accepted { peer, permit } = self;
+        // Read now, not before waiting: a reload while idle applies to this one.
+        let settings = proxy.load().server.clone();
+        let Some(client_slot) = per_client.admit(peer.ip(), settings.max_connections_per_client)
+        else {
+            tracing::debug!(%peer, "connection refused: server.max_connections_per_client");
+            proxy.load().metrics().client_connections_refused.inc();
+            return None;
+        };
+        Some(Connection {
+            proxy: Arc::clone(proxy),
+            builder: connection_builder(&settings),
+            timeouts: Timeouts {
+                header_read: settings.header_read_timeout.get(),
+                idle: settings.idle_timeout.get(),
+                send: settings.send_timeout.get(),
+            },
+            stop: stop.clone(),
+            peer,
+            _permit: permit,
+            _client_slot: client_slot,
+        })
+    }
 }
 
 /// One accepted client connection and what it needs to serve requests.

@@ -604,3 +604,98 @@ async fn one_response_cannot_invalidate_unbounded_groups() {
     };
     assert_eq!(still_stored, 12, "8 groups invalidated, 12 kept");
 }
+
+/// The sweep (`--cache-dir .` in a project with a `tmp/`): a directory holding files outpost
+/// did not create and no outpost mark is refused (outpost runs from memory), and nothing in
+/// it is touched.
+#[tokio::test]
+async fn a_foreign_directory_is_never_swept() {
+    let project = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(project.path().join("tmp")).unwrap();
+    std::fs::create_dir_all(project.path().join("src")).unwrap();
+    std::fs::write(project.path().join("tmp/notes.txt"), "mine").unwrap();
+    std::fs::write(project.path().join("src/main.rs"), "fn main() {}").unwrap();
+    let origin = Origin::start(vec![(
+        "/a",
+        Fixture::with_headers(200, &[("cache-control", "max-age=600")], "a"),
+    )])
+    .await;
+    let toml = format!("[cache]\ndir = \"{}\"\n", project.path().display());
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    assert_eq!(get(&proxy.url("/a"), &[]).await.text(), "a");
+    proxy.outpost.proxy().cache().settle().await;
+    assert_eq!(proxy.outpost.proxy().metrics().disk_degraded.get(), 1);
+    assert_eq!(
+        std::fs::read_to_string(project.path().join("tmp/notes.txt")).unwrap(),
+        "mine"
+    );
+    assert!(project.path().join("src/main.rs").exists());
+    assert!(!project.path().join("OUTPOST-CACHE-DIR").exists());
+}
+
+/// The sweep never follows symlinks: links planted in `tmp/` and `blobs/` of an outpost
+/// directory (to a file and a directory outside it) are neither followed nor removed.
+/// Files outpost writes are 0600 and its directories 0700.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_sweep_never_follows_symlinks_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious"), "keep").unwrap();
+    std::fs::create_dir_all(outside.path().join("shard")).unwrap();
+    std::fs::write(outside.path().join("shard/not-a-digest"), "keep").unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let dir = cache_dir.path().join("cache");
+    let origin = Origin::start(vec![(
+        "/big",
+        Fixture::Static {
+            status: http::StatusCode::OK,
+            headers: vec![("cache-control", "max-age=600".into())],
+            body: Bytes::from(vec![b'b'; 200_000]),
+        },
+    )])
+    .await;
+    let toml = format!(
+        "[cache]\ndir = \"{}\"\nmax_object_size = \"64KiB\"\n",
+        dir.display()
+    );
+    let mut first = Proxy::start(&origin.url(), &toml).await;
+    get(&first.url("/big"), &[]).await;
+    first.shutdown().await.unwrap().unwrap();
+    drop(first);
+
+    std::os::unix::fs::symlink(outside.path().join("precious"), dir.join("tmp/link")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("shard"), dir.join("blobs/zz")).unwrap();
+    let second = Proxy::start(&origin.url(), &toml).await;
+    second.outpost.proxy().cache().settle().await;
+    assert_eq!(second.outpost.proxy().metrics().disk_degraded.get(), 0);
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("precious")).unwrap(),
+        "keep"
+    );
+    assert!(outside.path().join("shard/not-a-digest").exists());
+    assert!(dir.join("tmp/link").symlink_metadata().is_ok());
+
+    let mode = |path: &std::path::Path| path.metadata().unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("blobs")), 0o700);
+    assert_eq!(mode(&dir.join("index")), 0o700);
+    let stored: Vec<_> = walk_files(&dir.join("blobs"));
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(mode(&stored[0]), 0o600);
+    assert_eq!(mode(stored[0].parent().unwrap()), 0o700);
+}
+
+/// Regular files under `dir`, not following symlinks.
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            found.extend(walk_files(&entry.path()));
+        } else if kind.is_file() {
+            found.push(entry.path());
+        }
+    }
+    found
+}

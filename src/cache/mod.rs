@@ -120,7 +120,8 @@ impl Cache {
         };
         metrics.offline.set(i64::from(config.offline));
         let cache = Cache::with_stores(config, shared, Arc::clone(metrics));
-        if cache.disk.is_some() {
+        if let Some(disk) = &cache.disk {
+            cache.sweep_in_background(disk.clone());
             // What the disk tier holds from earlier runs is tagged too.
             cache.rebuild_tag_index_in_background();
         }
@@ -408,6 +409,22 @@ impl Cache {
         }
     }
 
+    /// Sweeps what earlier runs left on disk while requests are served; [`Cache::settle`]
+    /// waits for it.
+    fn sweep_in_background(&self, disk: DiskTier) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            tracing::warn!("no runtime: disk tier sweep skipped");
+            return;
+        }
+        self.disk_writes.spawn(async move {
+            if let Some(report) = disk.sweep().await {
+                if report != disk::SweepReport::default() {
+                    tracing::info!(?report, "disk tier swept");
+                }
+            }
+        });
+    }
+
     /// Adds a stored response's tags to the tag index; rebuilds the index when it has
     /// outgrown its capacity.
     fn index_tags(&self, meta: &EntryMeta) {
@@ -630,20 +647,6 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
         config.max_object_size.as_u64(),
         config.disk_max_object_size.as_u64(),
     );
-    let sweeper = tier.clone();
-    let sweep = async move {
-        if let Some(report) = sweeper.sweep().await {
-            if report != disk::SweepReport::default() {
-                tracing::info!(?report, "disk tier swept");
-            }
-        }
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            runtime.spawn(sweep);
-        }
-        Err(_) => tracing::warn!("no runtime: disk tier sweep skipped"),
-    }
     Some(tier)
 }
 

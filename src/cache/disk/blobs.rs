@@ -2,6 +2,12 @@
 //! digest, so identical bodies are stored once and every read can be verified; bodies being
 //! written live in `tmp/` until they are placed. This is the only code that knows paths.
 //!
+//! # Whose directory
+//! The directory is marked as outpost's ([`MARK_FILE`]) on first use; one that holds other
+//! files and no mark (`--cache-dir .` in a project) is refused, so a sweep never deletes a
+//! file outpost did not create. Sweeps never follow symlinks, files are created exclusively,
+//! and files are 0600 and directories 0700: bodies may be private to the sites cached.
+//!
 //! # Crash safety
 //! A body is written to `tmp/`, optionally fsynced, then renamed into `blobs/` (and the
 //! directory fsynced); the store indexes it only after that, and deletes a file only after
@@ -51,14 +57,80 @@ fn parse_hex(text: &str) -> Option<[u8; 32]> {
         .map(|hash| *hash.as_bytes())
 }
 
+/// The file that marks a directory as an outpost cache.
+pub const MARK_FILE: &str = "OUTPOST-CACHE-DIR";
+
+/// What an unmarked directory may hold to be adopted: an earlier outpost's layout.
+const OUR_NAMES: [&str; 3] = ["blobs", "index", "tmp"];
+
+/// Makes `root` outpost's, or checks that it is: creates it (0700) when missing, marks an
+/// empty one (or one laid out by an earlier outpost), and refuses one holding anything
+/// else. `blobs/` and `tmp/` must be real directories, not symlinks.
+///
+/// # Errors
+/// [`DiskError::NotOurs`] for a foreign directory; [`DiskError::Io`] when it cannot be
+/// created, read or marked.
+pub fn claim_dir(root: &Path) -> Result<(), DiskError> {
+    create_private_dir(root)?;
+    let mark = root.join(MARK_FILE);
+    if !mark.exists() {
+        let foreign: Vec<String> = fs::read_dir(root)
+            .map_err(io_err(root))?
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| !OUR_NAMES.contains(&name.as_str()))
+            .take(3)
+            .collect();
+        if !foreign.is_empty() {
+            return Err(DiskError::NotOurs {
+                path: root.to_path_buf(),
+                found: foreign.join(", "),
+            });
+        }
+        let mut file = create_private_file(&mark)?;
+        file.write_all(b"This directory is an outpost cache. outpost deletes files in it.\n")
+            .map_err(io_err(&mark))?;
+    }
+    for sub in ["blobs", "tmp"] {
+        let path = root.join(sub);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(DiskError::NotOurs {
+                    path: root.to_path_buf(),
+                    found: format!("{sub} is not a directory (a symlink?)"),
+                })
+            }
+            Err(_) => create_private_dir(&path)?,
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and missing parents) readable by this user only.
+pub(super) fn create_private_dir(dir: &Path) -> Result<(), DiskError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(io_err(dir))
+}
+
+/// Creates a new file (never opening an existing one, nor following a symlink planted in
+/// its place), readable by this user only.
+fn create_private_file(path: &Path) -> Result<fs::File, DiskError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map_err(io_err(path))
+}
+
 impl BlobFiles {
     /// # Errors
-    /// [`DiskError::Io`] when `blobs/` or `tmp/` cannot be created.
+    /// [`DiskError::NotOurs`] or [`DiskError::Io`] from [`claim_dir`].
     pub fn open(root: &Path, fsync: bool) -> Result<BlobFiles, DiskError> {
-        for sub in ["blobs", "tmp"] {
-            let path = root.join(sub);
-            fs::create_dir_all(&path).map_err(io_err(&path))?;
-        }
+        claim_dir(root)?;
         Ok(BlobFiles {
             root: root.to_path_buf(),
             fsync,
@@ -87,7 +159,7 @@ impl BlobFiles {
             .root
             .join("tmp")
             .join(format!("{}{n}.part", self.temp_prefix));
-        let file = fs::File::create(&path).map_err(io_err(&path))?;
+        let file = create_private_file(&path)?;
         Ok((file, path))
     }
 
@@ -113,7 +185,7 @@ impl BlobFiles {
     pub fn place(&self, temp: &TempBlob) -> Result<(), DiskError> {
         let target = self.path_of(&temp.digest);
         let dir = target.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        create_private_dir(&dir)?;
         if let Err(err) = fs::rename(&temp.path, &target) {
             self.discard(temp);
             return Err(io_err(&target)(err));
@@ -165,12 +237,14 @@ impl BlobFiles {
         let mut removed = 0;
         for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
             // Only one process opens the index at a time, so files without this opening's
-            // prefix are an earlier run's leftovers; this run's may be in use.
+            // prefix are an earlier run's leftovers; this run's may be in use. Only regular
+            // files: a symlink is neither followed nor removed.
             let ours = entry
                 .file_name()
                 .to_string_lossy()
                 .starts_with(&self.temp_prefix);
-            if !ours && fs::remove_file(entry.path()).is_ok() {
+            let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
+            if is_file && !ours && fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
         }
@@ -187,10 +261,17 @@ impl BlobFiles {
             .map_err(io_err(&blobs_dir))?
             .flatten()
         {
+            // Never into a symlinked directory.
+            if !shard.file_type().is_ok_and(|kind| kind.is_dir()) {
+                continue;
+            }
             let Ok(files) = fs::read_dir(shard.path()) else {
                 continue;
             };
             for file in files.flatten() {
+                if !file.file_type().is_ok_and(|kind| kind.is_file()) {
+                    continue;
+                }
                 let path = file.path();
                 let was_removed = match parse_hex(&file.file_name().to_string_lossy()) {
                     Some(digest) => remove_if_orphan(&digest, &path)?,

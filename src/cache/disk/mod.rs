@@ -73,6 +73,9 @@ pub enum DiskError {
     Index(#[from] sled::Error),
     #[error("disk tier index is inconsistent: {0}")]
     Inconsistent(&'static str),
+    /// The directory holds files outpost did not create and no outpost mark.
+    #[error("cache dir {path} is not empty and not an outpost cache (found {found}): refusing to use it, since outpost deletes files in its cache dir; give an empty or new directory")]
+    NotOurs { path: PathBuf, found: String },
 }
 
 /// Why a stored body could not be read.

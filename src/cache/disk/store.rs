@@ -31,7 +31,9 @@ impl DiskStore {
     /// An unusable directory, or an index sled cannot open (corrupt, another process).
     pub fn open(root: &Path, capacity: u64, fsync: bool) -> Result<DiskStore, DiskError> {
         let blobs = BlobFiles::open(root, fsync)?;
-        let index = SledIndex::open(&root.join("index"))?;
+        let index_dir = root.join("index");
+        super::blobs::create_private_dir(&index_dir)?;
+        let index = SledIndex::open(&index_dir)?;
         Ok(DiskStore::with_index(
             Box::new(index),
             blobs,

@@ -672,6 +672,12 @@ pub struct CacheConfig {
     /// Bytes the disk tier may hold (bodies plus their index rows); least recently used
     /// objects go first when it is full.
     pub disk_capacity: ByteSize,
+    /// Free space the disk tier leaves on its file system: below it (or under 1000 free
+    /// inodes) nothing more is written, so a full disk refuses objects instead of failing.
+    pub disk_min_free: ByteSize,
+    /// After a disk failure the tier is off; it is probed this long after, then at doubling
+    /// intervals (up to 10 minutes), and back in use once a probe succeeds.
+    pub disk_retry_after: HumanDuration,
     /// Larger responses are not kept on disk. Objects above `max_object_size` but within
     /// this stream to disk without being held in memory.
     pub disk_max_object_size: ByteSize,
@@ -764,6 +770,8 @@ impl Default for CacheConfig {
             dir: None,
             disk_capacity: ByteSize(10 << 30),
             disk_max_object_size: ByteSize(2 << 30),
+            disk_min_free: ByteSize(256 << 20),
+            disk_retry_after: HumanDuration(Duration::from_secs(30)),
             fsync: false,
             stale_on_error: HumanDuration(Duration::from_secs(24 * 3600)),
             offline: false,

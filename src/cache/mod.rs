@@ -629,9 +629,14 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
             .evictions
             .get_or_create(&TierLabels { tier: "disk" })
             .clone(),
+        full_refusals: metrics.disk_full_refusals.clone(),
+    };
+    let limits = disk::StoreLimits {
+        min_free: config.disk_min_free.as_u64(),
+        max_variants: config.max_variants,
     };
     let store = match DiskStore::open(dir, config.disk_capacity.as_u64(), config.fsync) {
-        Ok(store) => store,
+        Ok(store) => store.with_limits(limits),
         Err(err) => {
             disk_metrics.errors.inc();
             disk_metrics.degraded.set(1);
@@ -646,7 +651,8 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
         disk_metrics,
         config.max_object_size.as_u64(),
         config.disk_max_object_size.as_u64(),
-    );
+    )
+    .with_retry_after(config.disk_retry_after.get());
     Some(tier)
 }
 

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub disk_errors: Counter,
     /// 1 while the disk tier is out of use after a failure.
     pub disk_degraded: Gauge,
+    /// Objects not stored on disk because the file system was at its free-space watermark.
+    pub disk_full_refusals: Counter,
     /// 1 while offline mode is on.
     pub offline: Gauge,
     pub encoder_runs: Counter,
@@ -197,6 +199,12 @@ impl Metrics {
                 &mut registry,
                 "disk_errors",
                 "Disk tier I/O or index failures",
+                Counter::default(),
+            ),
+            disk_full_refusals: register(
+                &mut registry,
+                "disk_full_refusals",
+                "Objects not stored on disk: the file system was at cache.disk_min_free (or out of inodes)",
                 Counter::default(),
             ),
             disk_degraded: register(

@@ -35,6 +35,33 @@ pub struct TempBlob {
     pub len: u64,
     /// Per-block digests (empty for single-block bodies).
     pub blocks: Vec<[u8; 32]>,
+    /// Room held for this body against the tier's capacity until it is committed or
+    /// discarded.
+    _reservation: Option<Reservation>,
+}
+
+/// Bytes of the tier's capacity held for bodies being written (fills spilling to disk), so
+/// that concurrent large fills cannot together overrun `disk_capacity`. Released on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    held: std::sync::Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Reservation {
+    pub fn new(held: &std::sync::Arc<AtomicU64>, bytes: u64) -> Reservation {
+        held.fetch_add(bytes, Ordering::Relaxed);
+        Reservation {
+            held: std::sync::Arc::clone(held),
+            bytes,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// The body files under one cache directory.
@@ -55,6 +82,20 @@ fn parse_hex(text: &str) -> Option<[u8; 32]> {
     blake3::Hash::from_hex(text)
         .ok()
         .map(|hash| *hash.as_bytes())
+}
+
+/// The bytes a file occupies on disk.
+fn allocated_bytes(path: &Path) -> Option<u64> {
+    let meta = fs::symlink_metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some(meta.blocks() * 512)
+    }
+    #[cfg(not(unix))]
+    {
+        Some(meta.len())
+    }
 }
 
 /// The file that marks a directory as an outpost cache.
@@ -146,6 +187,20 @@ impl BlobFiles {
         })
     }
 
+    /// Free bytes (for unprivileged users) and free inodes of the file system holding the
+    /// files; `None` when it cannot be measured.
+    pub fn free_space(&self) -> Option<(u64, u64)> {
+        let stats = rustix::fs::statvfs(&self.root).ok()?;
+        let bytes = stats.f_bavail.saturating_mul(stats.f_frsize);
+        // File systems without inode limits report zero inodes in all.
+        let inodes = if stats.f_files == 0 {
+            u64::MAX
+        } else {
+            stats.f_favail
+        };
+        Some((bytes, inodes))
+    }
+
     /// Where the body with `digest` lives.
     pub fn path_of(&self, digest: &[u8; 32]) -> PathBuf {
         let name = hex(digest);
@@ -178,11 +233,13 @@ impl BlobFiles {
             digest: *blake3::hash(body).as_bytes(),
             len: body.len() as u64,
             blocks: block_digests(body),
+            _reservation: None,
         })
     }
 
-    /// Moves a temporary body to its place under `blobs/`.
-    pub fn place(&self, temp: &TempBlob) -> Result<(), DiskError> {
+    /// Moves a temporary body to its place under `blobs/`; returns the bytes it occupies on
+    /// disk (allocated blocks, which a small body rounds up and a sparse one rounds down).
+    pub fn place(&self, temp: &TempBlob) -> Result<u64, DiskError> {
         let target = self.path_of(&temp.digest);
         let dir = target.parent().unwrap_or(&self.root).to_path_buf();
         create_private_dir(&dir)?;
@@ -195,7 +252,7 @@ impl BlobFiles {
                 .and_then(|d| d.sync_all())
                 .map_err(io_err(&dir))?;
         }
-        Ok(())
+        Ok(allocated_bytes(&target).unwrap_or(temp.len))
     }
 
     /// Removes a temporary body that will not be placed.
@@ -283,10 +340,12 @@ impl BlobFiles {
         Ok(removed)
     }
 
-    /// A streaming writer for a body too large to hold in memory.
-    pub fn writer(&self) -> Result<BlobWriter, DiskError> {
+    /// A streaming writer for a body too large to hold in memory, holding `reservation`
+    /// until its body is committed or discarded.
+    pub fn writer(&self, reservation: Reservation) -> Result<BlobWriter, DiskError> {
         let (file, path) = self.create_temp()?;
         Ok(BlobWriter {
+            reservation: Some(reservation),
             file: Some(file),
             path,
             hasher: blake3::Hasher::new(),
@@ -304,6 +363,7 @@ impl BlobFiles {
 /// Writes a body to a temporary file as it streams, hashing as it goes. Writes are batched
 /// (1 MiB) and run on the blocking pool.
 pub struct BlobWriter {
+    reservation: Option<Reservation>,
     file: Option<fs::File>,
     path: PathBuf,
     hasher: blake3::Hasher,
@@ -396,6 +456,7 @@ impl BlobWriter {
             digest: *self.hasher.finalize().as_bytes(),
             len: self.len,
             blocks: std::mem::take(&mut self.blocks),
+            _reservation: self.reservation.take(),
         })
     }
 

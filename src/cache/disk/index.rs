@@ -79,6 +79,8 @@ pub trait DiskIndex: Send + Sync {
     fn recount(&self) -> Result<(), DiskError>;
     /// Stored rows, and bytes of rows and bodies.
     fn usage(&self) -> (u64, u64);
+    /// Bytes the index's own files occupy (counted against the capacity).
+    fn own_size(&self) -> u64;
     /// Makes what was indexed so far durable.
     fn flush(&self) -> Result<(), DiskError>;
 }
@@ -95,6 +97,8 @@ pub struct SledIndex {
     next_tick: AtomicU64,
     bytes: AtomicU64,
     rows: AtomicU64,
+    /// The index files' size, and when it was measured.
+    own_size: parking_lot::Mutex<(std::time::Instant, u64)>,
 }
 
 fn row_key(key: &PrimaryKey, variant: &VariantKey) -> [u8; 64] {
@@ -201,7 +205,9 @@ impl SledIndex {
         // Row sizes are not summed at open (that would read every row); an allowance per
         // row stands in until the sweep recounts.
         bytes += rows * (ROW_OVERHEAD + 512);
+        let own_size = db.size_on_disk().unwrap_or(0);
         Ok(SledIndex {
+            own_size: parking_lot::Mutex::new((std::time::Instant::now(), own_size)),
             db,
             entries,
             recency,
@@ -476,6 +482,18 @@ impl DiskIndex for SledIndex {
             self.rows.load(Ordering::Relaxed),
             self.bytes.load(Ordering::Relaxed),
         )
+    }
+
+    fn own_size(&self) -> u64 {
+        // sled sums its files' sizes: cheap, but not for every commit.
+        let mut cached = self.own_size.lock();
+        let (measured_at, size) = *cached;
+        if measured_at.elapsed() >= std::time::Duration::from_secs(1) {
+            let size = self.db.size_on_disk().unwrap_or(size);
+            *cached = (std::time::Instant::now(), size);
+            return size;
+        }
+        size
     }
 
     fn flush(&self) -> Result<(), DiskError> {

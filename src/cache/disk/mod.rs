@@ -46,7 +46,7 @@ use super::entry::EntryMeta;
 use super::key::{PrimaryKey, VariantKey};
 pub use blobs::{BlobWriter, TempBlob};
 pub use read::{verified_file_body, CorruptionHook};
-pub use store::DiskStore;
+pub use store::{DiskStore, StoreLimits};
 pub use sweep::SweepReport;
 
 /// Bodies larger than this also get a digest per block of this size, so a range read
@@ -73,6 +73,10 @@ pub enum DiskError {
     Index(#[from] sled::Error),
     #[error("disk tier index is inconsistent: {0}")]
     Inconsistent(&'static str),
+    /// The file system is at its free-space watermark, or the body cannot fit the tier:
+    /// this object is not stored on disk (the tier stays in use).
+    #[error("disk tier full: object not stored")]
+    Full,
     /// The directory holds files outpost did not create and no outpost mark.
     #[error("cache dir {path} is not empty and not an outpost cache (found {found}): refusing to use it, since outpost deletes files in its cache dir; give an empty or new directory")]
     NotOurs { path: PathBuf, found: String },
@@ -105,10 +109,14 @@ pub struct DiskMetrics {
     pub errors: Counter,
     pub degraded: Gauge,
     pub evictions: Counter,
+    /// Objects not stored because the file system is at its watermark.
+    pub full_refusals: Counter,
 }
 
 /// The async face of a [`DiskStore`]: every call on the blocking pool, and the switch to
-/// memory-only after the first I/O failure.
+/// memory-only after an I/O failure, until a probe after a back-off (doubling from
+/// `retry_after` up to [`MAX_RETRY_AFTER`]) finds the disk writable again: a mirror must not
+/// lose its offline copy to one full-disk moment.
 #[derive(Clone)]
 pub struct DiskTier {
     store: Arc<DiskStore>,
@@ -120,7 +128,12 @@ pub struct DiskTier {
     /// Objects up to this size are read whole (and promoted to memory); larger ones stream.
     pub memory_object_limit: u64,
     pub max_object_size: u64,
+    /// First wait before probing a degraded tier.
+    retry_after: std::time::Duration,
 }
+
+/// The longest wait between probes of a degraded tier.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl DiskTier {
     pub fn new(
@@ -136,6 +149,7 @@ impl DiskTier {
             touches: None,
             memory_object_limit,
             max_object_size,
+            retry_after: std::time::Duration::from_secs(30),
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -160,12 +174,50 @@ impl DiskTier {
         self.store.blob_path(digest)
     }
 
-    /// Stops using the disk, loudly, once.
+    /// The same tier, first probing `retry_after` after a failure.
+    pub fn with_retry_after(mut self, retry_after: std::time::Duration) -> DiskTier {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// Stops using the disk, loudly, once, and starts probing it to come back.
     pub fn degrade(&self, err: &DiskError) {
         self.metrics.errors.inc();
         if !self.degraded.swap(true, Ordering::Relaxed) {
             self.metrics.degraded.set(1);
-            tracing::error!(error = %err, "disk tier failed: continuing with the memory tier only");
+            tracing::error!(error = %err, retry_after = ?self.retry_after, "disk tier failed: continuing with the memory tier only until it works again");
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(self.clone().come_back());
+                }
+                Err(_) => tracing::warn!("no runtime: the disk tier stays off until restart"),
+            }
+        }
+    }
+
+    /// Probes the degraded tier after a back-off until a probe succeeds, then puts it back
+    /// in use.
+    async fn come_back(self) {
+        let mut wait = self.retry_after;
+        loop {
+            tokio::time::sleep(wait).await;
+            let store = Arc::clone(&self.store);
+            match tokio::task::spawn_blocking(move || store.probe()).await {
+                Ok(Ok(())) => {
+                    self.degraded.store(false, Ordering::Relaxed);
+                    self.metrics.degraded.set(0);
+                    tracing::warn!("disk tier works again: back in use");
+                    return;
+                }
+                Ok(Err(err)) => {
+                    wait = (wait * 2).min(MAX_RETRY_AFTER);
+                    tracing::warn!(error = %err, next_probe = ?wait, "disk tier still failing");
+                }
+                Err(join) => {
+                    tracing::error!(error = %join, "disk tier probe failed to run");
+                    return;
+                }
+            }
         }
     }
 
@@ -187,6 +239,10 @@ impl DiskTier {
         let result = tokio::task::spawn_blocking(move || op(&store)).await;
         match result {
             Ok(Ok(value)) => Some(value),
+            Ok(Err(DiskError::Full)) => {
+                self.metrics.full_refusals.inc();
+                None
+            }
             Ok(Err(err)) => {
                 self.degrade(&err);
                 None
@@ -331,9 +387,10 @@ impl DiskTier {
         self.run(|s| s.flush()).await;
     }
 
-    /// A streaming writer for a body too large to hold in memory.
-    pub async fn blob_writer(&self) -> Option<BlobWriter> {
-        self.run(|s| s.blob_writer()).await
+    /// A streaming writer for a body of about `expected` bytes, too large to hold in
+    /// memory; `None` when the tier cannot take it.
+    pub async fn blob_writer(&self, expected: u64) -> Option<BlobWriter> {
+        self.run(move |s| s.blob_writer(expected)).await
     }
 }
 
@@ -488,7 +545,7 @@ mod tests {
         let body: Vec<u8> = (0..(2 * BLOCK as usize + 4321))
             .map(|i| (i % 253) as u8)
             .collect();
-        let mut writer = tier.blob_writer().await.unwrap();
+        let mut writer = tier.blob_writer(1 << 20).await.unwrap();
         for chunk in body.chunks(77_777) {
             writer.write(chunk).await.unwrap();
         }

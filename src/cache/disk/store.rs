@@ -2,13 +2,22 @@
 //! placed before the row that names it is indexed, and unindexed before it is deleted, so
 //! after a crash at any moment the index names only complete files (see [`super::blobs`]).
 //! One lock serialises every mutation across both.
+//!
+//! # Capacity
+//! `capacity` bounds what the tier occupies: bodies counted by their allocated blocks, the
+//! index's own files, and room reserved for bodies being written (fills spilling to disk).
+//! Besides, nothing is written when the file system would be left with less than
+//! `min_free` bytes or [`MIN_FREE_INODES`] inodes, so a full disk refuses objects instead
+//! of failing writes; and a resource keeps at most `max_variants` variants, as in memory.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::blobs::{BlobFiles, BlobWriter, TempBlob};
+use super::blobs::{BlobFiles, BlobWriter, Reservation, TempBlob};
 use super::index::{DiskIndex, Released, SledIndex};
 use super::{DiskError, ReadError};
 use crate::cache::entry::EntryMeta;
@@ -21,7 +30,30 @@ pub struct DiskStore {
     capacity: u64,
     fsync: bool,
     pub(super) write_lock: Mutex<()>,
+    /// Bytes reserved by bodies being written.
+    reserved: Arc<AtomicU64>,
+    limits: StoreLimits,
 }
+
+/// What the store keeps free and how many variants a resource may have.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// Free bytes the file system keeps; below, nothing more is written.
+    pub min_free: u64,
+    pub max_variants: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            min_free: 0,
+            max_variants: usize::MAX,
+        }
+    }
+}
+
+/// Free inodes the file system keeps; below, nothing more is written.
+pub const MIN_FREE_INODES: u64 = 1000;
 
 impl DiskStore {
     /// Opens (or creates) the store under `root`: `index/` (sled), `blobs/`, `tmp/`. No
@@ -54,6 +86,8 @@ impl DiskStore {
             capacity,
             fsync,
             write_lock: Mutex::new(()),
+            reserved: Arc::default(),
+            limits: StoreLimits::default(),
         }
     }
 
@@ -89,14 +123,68 @@ impl DiskStore {
         self.index.blocks(digest)
     }
 
+    /// The same store with `limits`.
+    pub fn with_limits(mut self, limits: StoreLimits) -> DiskStore {
+        self.limits = limits;
+        self
+    }
+
     /// Writes `body` to a temporary file, to be committed.
+    ///
+    /// # Errors
+    /// [`DiskError::Full`] when the file system is at its free-space watermark.
     pub fn write_temp(&self, body: &[u8]) -> Result<TempBlob, DiskError> {
+        self.check_room(body.len() as u64)?;
         self.blobs.write_temp(body)
     }
 
-    /// A writer for a body that streams to disk.
-    pub fn blob_writer(&self) -> Result<BlobWriter, DiskError> {
-        self.blobs.writer()
+    /// A writer for a body of about `expected` bytes that streams to disk; the room is
+    /// reserved against the capacity until the body is committed.
+    ///
+    /// # Errors
+    /// [`DiskError::Full`] when the file system is at its watermark, or the body cannot fit
+    /// the capacity at all.
+    pub fn blob_writer(&self, expected: u64) -> Result<BlobWriter, DiskError> {
+        if expected > self.capacity {
+            return Err(DiskError::Full);
+        }
+        self.check_room(expected)?;
+        // Held until the body is committed; every commit meanwhile (this one's too) evicts
+        // for it.
+        let reservation = Reservation::new(&self.reserved, expected);
+        self.blobs.writer(reservation)
+    }
+
+    /// Checks that the tier works: a body file can be written and removed, and the index
+    /// flushed.
+    ///
+    /// # Errors
+    /// The failure met.
+    pub fn probe(&self) -> Result<(), DiskError> {
+        self.check_room(0)?;
+        let temp = self.blobs.write_temp(b"outpost disk tier probe")?;
+        self.blobs.discard(&temp);
+        self.index.flush()
+    }
+
+    /// Whether writing `len` more bytes keeps the file system above its watermarks.
+    fn check_room(&self, len: u64) -> Result<(), DiskError> {
+        let Some((free_bytes, free_inodes)) = self.blobs.free_space() else {
+            // Not measurable here: the capacity alone bounds the tier.
+            return Ok(());
+        };
+        if free_bytes < self.limits.min_free.saturating_add(len) || free_inodes < MIN_FREE_INODES {
+            return Err(DiskError::Full);
+        }
+        Ok(())
+    }
+
+    /// What rows and bodies may occupy: the capacity less the index's own files and the
+    /// room reserved for bodies being written.
+    fn room_for_rows(&self) -> u64 {
+        self.capacity
+            .saturating_sub(self.index.own_size())
+            .saturating_sub(self.reserved.load(Ordering::Relaxed))
     }
 
     /// Indexes `meta` with its body (`None`: the body is stored already under its digest,
@@ -122,8 +210,8 @@ impl DiskStore {
             (true, Some(temp)) => self.blobs.discard(&temp),
             (true, None) => {}
             (false, Some(temp)) => {
-                self.blobs.place(&temp)?;
-                self.index.add_body(&digest, temp.len, &temp.blocks)?;
+                let allocated = self.blobs.place(&temp)?;
+                self.index.add_body(&digest, allocated, &temp.blocks)?;
             }
             // The body this row needs is gone (evicted meanwhile): index nothing that can
             // never be read.
@@ -131,13 +219,25 @@ impl DiskStore {
         }
         let released = self.index.insert(meta)?;
         self.delete(released)?;
-        let (evicted, released) = self.index.evict_over(self.capacity)?;
+        self.cap_variants(&meta.key)?;
+        let (evicted, released) = self.index.evict_over(self.room_for_rows())?;
         self.delete(released)?;
         if self.fsync {
             // Durable before it counts as stored; otherwise the index flushes every 200 ms.
             self.index.flush()?;
         }
         Ok(evicted)
+    }
+
+    /// Removes the oldest variants of `key` past `max_variants` (under the write lock).
+    fn cap_variants(&self, key: &PrimaryKey) -> Result<(), DiskError> {
+        let (metas, released) = self.index.variants(key)?;
+        self.delete(released)?;
+        for meta in metas.iter().skip(self.limits.max_variants.max(1)) {
+            let released = self.index.remove_variant(key, &meta.variant)?;
+            self.delete(released)?;
+        }
+        Ok(())
     }
 
     /// Removes every variant of `key`; returns how many.

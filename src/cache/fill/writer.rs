@@ -299,7 +299,12 @@ impl FillWriter<'_> {
     /// A disk-tier writer holding everything kept so far (with the held-back chunk);
     /// `None` when the tier cannot take it.
     async fn spill_so_far(&self, disk: &DiskTier) -> Option<BlobWriter> {
-        let mut writer = disk.blob_writer().await?;
+        // Room for the declared length, or (unknown) for what has come so far: the rest is
+        // counted when the body is committed.
+        let expected = crate::cache::entry::content_length(&self.meta.headers)
+            .unwrap_or(self.total)
+            .max(self.total);
+        let mut writer = disk.blob_writer(expected).await?;
         let so_far = self.fill.retained_body(self.held.as_ref());
         match writer.write(&so_far).await {
             Ok(()) => Some(writer),

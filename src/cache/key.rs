@@ -64,7 +64,7 @@ impl fmt::Debug for PrimaryKey {
 pub fn canonical_authority(scheme: &str, authority: &str) -> String {
     let lower = authority.to_ascii_lowercase();
     let (host, port) = split_authority(&lower);
-    let host = host.strip_suffix('.').unwrap_or(host);
+    let host = host.trim_end_matches('.');
     match (scheme, port) {
         ("http", Some("80")) | ("https", Some("443")) | (_, Some("") | None) => host.to_string(),
         (_, Some(port)) => format!("{host}:{port}"),

@@ -49,6 +49,9 @@ impl FwdReason {
     }
 }
 
+/// The largest RFC 9651 Integer.
+const SF_INTEGER_MAX: i64 = 999_999_999_999_999;
+
 /// One Cache-Status member for this cache.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheStatus {
@@ -107,6 +110,9 @@ impl CacheStatus {
             let _ = write!(text, "; fwd-status={status}");
         }
         if let Some(ttl) = self.ttl {
+            // An sf-integer has at most 15 digits (RFC 9651 §3.3.1); an origin can claim
+            // lifetimes far beyond.
+            let ttl = ttl.clamp(-SF_INTEGER_MAX, SF_INTEGER_MAX);
             let _ = write!(text, "; ttl={ttl}");
         }
         if self.stored {

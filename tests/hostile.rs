@@ -32,18 +32,32 @@ async fn keep_alive_race_retries_idempotent_requests() {
     // Sequential requests: each after the first on a connection finds it pooled, meets
     // the close, and must be retried. Keep going until the race was met several times.
     let mut sent = 0;
-    while race.dropped() < 4 {
+    let met_race = |prefix: &str| {
+        race.dropped_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.starts_with(prefix))
+    };
+    while !(met_race("PUT /doc") && met_race("GET /page") && met_race("GET /conditional")) {
         sent += 1;
-        assert!(sent <= 200, "outpost never reused a pooled connection");
-        let request = if sent % 2 == 0 {
-            Request::put(proxy.url(&format!("/doc/{sent}")))
+        assert!(
+            sent <= 300,
+            "not every kind of request met a closing connection"
+        );
+        // A PUT with a small body, a GET through the cache, a GET passed through it.
+        let request = match sent % 3 {
+            0 => Request::put(proxy.url(&format!("/doc/{sent}")))
                 .header("content-length", "5")
                 .body(Full::new(Bytes::from_static(b"hello")))
-                .unwrap()
-        } else {
-            Request::get(proxy.url(&format!("/page/{sent}")))
+                .unwrap(),
+            1 => Request::get(proxy.url(&format!("/page/{sent}")))
                 .body(Full::new(Bytes::new()))
-                .unwrap()
+                .unwrap(),
+            _ => Request::get(proxy.url(&format!("/conditional/{sent}")))
+                .header("if-match", "*")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
         };
         let reply = send(&client, request).await;
         assert_eq!(reply.status, 200, "request {sent}: {:?}", reply.headers);

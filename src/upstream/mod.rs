@@ -184,6 +184,11 @@ pub async fn buffer_replayable_body(
     use http_body::Body as _;
     use http_body_util::BodyExt;
     let declared = request.body().size_hint().exact();
+    if declared == Some(0) && matches!(request.body(), Body::Incoming(_)) {
+        // A request without a body (most GETs passing through): nothing to read.
+        let (parts, _) = request.into_parts();
+        return Ok(http::Request::from_parts(parts, Body::empty()));
+    }
     let small = declared.is_some_and(|len| len > 0 && len <= limit);
     if !request.method().is_idempotent() || !small || !matches!(request.body(), Body::Incoming(_)) {
         return Ok(request);

@@ -581,6 +581,8 @@ pub struct KeepAliveRace {
     /// The request line of every request head read, in order.
     pub request_lines: std::sync::Mutex<Vec<String>>,
     pub dropped: std::sync::atomic::AtomicUsize,
+    /// The request lines of the requests dropped.
+    pub dropped_lines: std::sync::Mutex<Vec<String>>,
 }
 
 impl KeepAliveRace {
@@ -632,6 +634,8 @@ impl RawOrigin {
                             let next = read_head(&mut stream).await;
                             if !next.is_empty() {
                                 race.record(&next);
+                                let line = race.request_lines.lock().unwrap().last().cloned();
+                                race.dropped_lines.lock().unwrap().extend(line);
                                 race.dropped
                                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             }

@@ -361,7 +361,7 @@ fn split_absolute<'a>(proxy: &Proxy, text: &'a str) -> Result<(String, &'a str),
     if authority.is_empty() || authority.contains('@') {
         return Err("the URL has no host");
     }
-    let authority = canonical_authority(scheme, authority);
+    let authority = canonical_authority(scheme, authority).into_owned();
     if !proxy.serves(&authority, if path.is_empty() { "/" } else { path }) {
         return Err("no site serves this host: nothing stored can match");
     }

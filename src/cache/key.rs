@@ -7,6 +7,7 @@
 //! because "normalising" a path can turn it into another resource. GET and HEAD share a key
 //! (a stored GET answers a HEAD). What is *stored* under a key is `entry`'s business.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use http::header::{HeaderMap, HeaderName, ACCEPT_ENCODING};
@@ -61,14 +62,25 @@ impl fmt::Debug for PrimaryKey {
 /// lower case, no trailing dot on the host, no port when it is the scheme's default or
 /// empty. So `Example.COM.:80`, `example.com:` and `example.com` are one resource over
 /// http, and a poisoned spelling cannot hide an entry from purges.
-pub fn canonical_authority(scheme: &str, authority: &str) -> String {
+///
+/// Borrowed when `authority` is canonical already (as routing hands it to the key), so the
+/// hit path does not allocate for it.
+pub fn canonical_authority<'a>(scheme: &str, authority: &'a str) -> Cow<'a, str> {
+    let (host, port) = split_authority(authority);
+    let drops_port = matches!(
+        (scheme, port),
+        ("http", Some("80")) | ("https", Some("443")) | (_, Some(""))
+    );
+    if !drops_port && !host.ends_with('.') && !authority.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Cow::Borrowed(authority);
+    }
     let lower = authority.to_ascii_lowercase();
     let (host, port) = split_authority(&lower);
     let host = host.trim_end_matches('.');
-    match (scheme, port) {
+    Cow::Owned(match (scheme, port) {
         ("http", Some("80")) | ("https", Some("443")) | (_, Some("") | None) => host.to_string(),
         (_, Some(port)) => format!("{host}:{port}"),
-    }
+    })
 }
 
 fn split_authority(authority: &str) -> (&str, Option<&str>) {

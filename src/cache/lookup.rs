@@ -197,6 +197,17 @@ impl Cache {
         }
     }
 
+    /// The stored `coding` encoding of `source` in memory, if there is one now (one may have
+    /// settled since the caller looked).
+    pub async fn stored_encoding(
+        &self,
+        source: &StoredResponse,
+        coding: crate::transform::compress::Coding,
+    ) -> Option<Arc<StoredResponse>> {
+        let set = self.memory.get(&source.meta.key).await?;
+        set.select_encoded(source, coding).cloned()
+    }
+
     /// A fresh stored response for `plan` that arrived after its lookup (a fill that
     /// settled between the lookup and joining the coalescer); memory only.
     pub async fn stored_meanwhile(

@@ -163,7 +163,9 @@ pub fn request_host(
         if authority.as_str().contains('@') {
             return Err(ProxyError::BadRequest("userinfo in request target"));
         }
-        return Ok(Some(canonical_authority(scheme, authority.as_str())));
+        return Ok(Some(
+            canonical_authority(scheme, authority.as_str()).into_owned(),
+        ));
     }
     match header {
         Some(value) => {
@@ -173,7 +175,7 @@ pub fn request_host(
             if !is_valid_authority(text) {
                 return Err(ProxyError::BadRequest("malformed Host header"));
             }
-            Ok(Some(canonical_authority(scheme, text)))
+            Ok(Some(canonical_authority(scheme, text).into_owned()))
         }
         None if request.version == Version::HTTP_11 => {
             Err(ProxyError::BadRequest("missing Host header"))

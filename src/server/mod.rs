@@ -271,10 +271,13 @@ impl Connection {
                     has_conflicting_framing,
                 };
                 let (response, record) = pipeline::handle(&proxy, request, downstream).await;
-                let declared_len = crate::cache::entry::content_length(response.headers());
-                Ok::<_, Infallible>(
-                    response.map(|body| ResponseTracker::new(body, declared_len, record, inflight)),
-                )
+                let (head, body) = response.into_parts();
+                // A body in memory knows its length; only a streamed one needs the header.
+                let declared_len = http_body::Body::size_hint(&body)
+                    .exact()
+                    .or_else(|| crate::cache::entry::content_length(&head.headers));
+                let body = ResponseTracker::new(body, declared_len, record, inflight);
+                Ok::<_, Infallible>(http::Response::from_parts(head, body))
             }
         });
         let connection = self.builder.serve_connection(io, service).into_owned();

@@ -24,7 +24,7 @@ pub struct ResponseTracker {
 }
 
 impl ResponseTracker {
-    /// `declared_len`: the response's Content-Length, if it has one.
+    /// `declared_len`: the body's length, when known before it is sent.
     pub fn new(
         body: Body,
         declared_len: Option<u64>,
@@ -32,7 +32,7 @@ impl ResponseTracker {
         inflight: InflightGuard,
     ) -> ResponseTracker {
         ResponseTracker {
-            declared_len: declared_len.or(body.size_hint().exact()),
+            declared_len,
             body,
             record,
             bytes_sent: 0,

@@ -15,11 +15,9 @@ use support::*;
 const KEEP_ALIVE_ANSWER: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok";
 
-/// Keep-alive race (RFC 9110 §9.2.2): the origin closes a pooled connection just as a request
-/// arrives on it. Idempotent requests (GET, and PUT with a small body) are sent again on a
-/// new connection and succeed; the client never sees the 502.
-#[tokio::test]
-async fn keep_alive_race_retries_idempotent_requests() {
+/// An origin that closes each connection as its second request arrives, and an outpost in
+/// front of it.
+async fn racing_origin() -> (Arc<KeepAliveRace>, RawOrigin, Proxy) {
     let race = Arc::new(KeepAliveRace::default());
     let origin = RawOrigin::start(RawBehaviour::AnswerOnceThenClose(
         Bytes::from_static(KEEP_ALIVE_ANSWER),
@@ -27,6 +25,15 @@ async fn keep_alive_race_retries_idempotent_requests() {
     ))
     .await;
     let proxy = Proxy::start(&origin.url(), "").await;
+    (race, origin, proxy)
+}
+
+/// Keep-alive race (RFC 9110 §9.2.2): the origin closes a pooled connection just as a request
+/// arrives on it. Idempotent requests (GET, and PUT with a small body) are sent again on a
+/// new connection and succeed; the client never sees the 502.
+#[tokio::test]
+async fn keep_alive_race_retries_idempotent_requests() {
+    let (race, _origin, proxy) = racing_origin().await;
     let client = client();
 
     // Sequential requests: each after the first on a connection finds it pooled, meets
@@ -73,13 +80,7 @@ async fn keep_alive_race_retries_idempotent_requests() {
 /// again (the origin may have acted on it); the client gets 502 with the error type.
 #[tokio::test]
 async fn keep_alive_race_never_repeats_a_post() {
-    let race = Arc::new(KeepAliveRace::default());
-    let origin = RawOrigin::start(RawBehaviour::AnswerOnceThenClose(
-        Bytes::from_static(KEEP_ALIVE_ANSWER),
-        Arc::clone(&race),
-    ))
-    .await;
-    let proxy = Proxy::start(&origin.url(), "").await;
+    let (race, _origin, proxy) = racing_origin().await;
     let client = client();
 
     for attempt in 0..200 {
@@ -714,6 +715,31 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     found
 }
 
+/// A route answering with the request's `x-body` field as its body, stored for 10 minutes:
+/// as many distinct objects as a test asks for.
+fn echo_body() -> Fixture {
+    Fixture::Echo {
+        name: "x-body",
+        headers: header_list(&[("cache-control", "max-age=600")]),
+    }
+}
+
+/// GET `url` asking an [`echo_body`] route for `body`.
+async fn get_echoed(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    url: &str,
+    body: &str,
+) -> Reply {
+    let request = Request::get(url)
+        .header("x-body", body)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(client, request).await
+}
+
 /// Bytes a directory tree occupies on disk (allocated blocks), not following symlinks.
 #[cfg(unix)]
 fn allocated_under(dir: &std::path::Path) -> u64 {
@@ -738,14 +764,7 @@ fn allocated_under(dir: &std::path::Path) -> u64 {
 #[tokio::test]
 async fn disk_capacity_bounds_what_the_disk_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start(vec![(
-        "/tiny",
-        Fixture::Echo {
-            name: "x-body",
-            headers: header_list(&[("cache-control", "max-age=600")]),
-        },
-    )])
-    .await;
+    let origin = Origin::start(vec![("/tiny", echo_body())]).await;
     let capacity = 4u64 << 20;
     let toml = format!(
         "[cache]\ndir = \"{}\"\ndisk_capacity = \"4MiB\"\ndisk_min_free = \"0B\"\n",
@@ -755,11 +774,8 @@ async fn disk_capacity_bounds_what_the_disk_holds() {
     let client = client();
     for n in 0..1500 {
         let body = format!("{n:0>100}");
-        let request = Request::get(proxy.url(&format!("/tiny?n={n}")))
-            .header("x-body", &body)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        assert_eq!(send(&client, request).await.text(), body);
+        let reply = get_echoed(&client, &proxy.url(&format!("/tiny?n={n}")), &body).await;
+        assert_eq!(reply.text(), body);
     }
     proxy.outpost.proxy().cache().settle().await;
     let on_disk =
@@ -778,14 +794,7 @@ async fn disk_capacity_bounds_what_the_disk_holds() {
 #[tokio::test]
 async fn a_failed_disk_tier_comes_back_when_the_disk_works() {
     let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start(vec![(
-        "/big",
-        Fixture::Echo {
-            name: "x-body",
-            headers: header_list(&[("cache-control", "max-age=600")]),
-        },
-    )])
-    .await;
+    let origin = Origin::start(vec![("/big", echo_body())]).await;
     let toml = format!(
         "[cache]\ndir = \"{}\"\nmax_object_size = \"1KiB\"\ndisk_retry_after = \"50ms\"\n",
         dir.path().display()
@@ -793,30 +802,25 @@ async fn a_failed_disk_tier_comes_back_when_the_disk_works() {
     let proxy = Proxy::start(&origin.url(), &toml).await;
     let metrics = Arc::clone(proxy.outpost.proxy().metrics());
     let big = |n: usize| {
-        let body = format!("{n}").repeat(1000);
-        let request = Request::get(proxy.url(&format!("/big?n={n}")))
-            .header("x-body", &body)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        (request, body)
+        (
+            proxy.url(&format!("/big?n={n}")),
+            format!("{n}").repeat(1000),
+        )
     };
     // `tmp/` replaced by a file: every body write fails (for root too).
     let tmp = dir.path().join("tmp");
     std::fs::remove_dir_all(&tmp).unwrap();
     std::fs::write(&tmp, "not a directory").unwrap();
-    let (request, body) = big(1);
-    assert_eq!(
-        send(&client(), request).await.text(),
-        body,
-        "served all the same"
-    );
+    let (url, body) = big(1);
+    let reply = get_echoed(&client(), &url, &body).await;
+    assert_eq!(reply.text(), body, "served all the same");
     eventually("the tier to go off", || metrics.disk_degraded.get() == 1).await;
 
     std::fs::remove_file(&tmp).unwrap();
     std::fs::create_dir(&tmp).unwrap();
     eventually("the tier to come back", || metrics.disk_degraded.get() == 0).await;
-    let (request, body) = big(2);
-    assert_eq!(send(&client(), request).await.text(), body);
+    let (url, body) = big(2);
+    assert_eq!(get_echoed(&client(), &url, &body).await.text(), body);
     proxy.outpost.proxy().cache().settle().await;
     let files = walk_files(&dir.path().join("blobs"));
     assert_eq!(

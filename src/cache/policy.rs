@@ -67,6 +67,9 @@ pub struct Directives {
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
     pub immutable: bool,
+    /// RFC 9111 §5.2.2.3: store only if this cache understands the status code (and then
+    /// `no-store` is ignored).
+    pub must_understand: bool,
     pub only_if_cached: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
@@ -113,6 +116,7 @@ impl Directives {
             "must-revalidate" => self.must_revalidate = true,
             "proxy-revalidate" => self.proxy_revalidate = true,
             "immutable" => self.immutable = true,
+            "must-understand" => self.must_understand = true,
             "only-if-cached" => self.only_if_cached = true,
             "max-age" => set_freshness(
                 &mut self.max_age,
@@ -153,6 +157,15 @@ fn set_freshness(slot: &mut Option<u64>, argument: Option<&str>, conflicting: &m
 }
 
 /// RFC 9111 §1.2.2 delta-seconds: digits only, clamped to 2^31.
+/// RFC 9111 §5.1: the Age field's value. A list (`Age: 3600, 0`, or several lines) counts
+/// by its first member; a first member that is not a non-negative integer makes the whole
+/// field invalid, and it is ignored.
+pub fn age_field(headers: &HeaderMap) -> Option<u64> {
+    let first_line = headers.get(header::AGE)?.to_str().ok()?;
+    let first_member = first_line.split(',').next().unwrap_or_default();
+    delta_seconds(first_member.trim())
+}
+
 fn delta_seconds(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -353,7 +366,13 @@ pub fn check_storable(
         return Err(NoStoreReason::RequestNoStore);
     }
     let (directives, is_targeted) = response_directives(response_headers, settings);
-    if directives.no_store {
+    let is_understood = UNDERSTOOD_BY_US.contains(&status.as_u16());
+    // §5.2.2.3: must-understand overrides no-store for a status we understand, and forbids
+    // storing one we do not, whatever else the response says.
+    if directives.must_understand && !is_understood {
+        return Err(NoStoreReason::Status);
+    }
+    if directives.no_store && !(directives.must_understand && is_understood) {
         return Err(NoStoreReason::NoStore);
     }
     if directives.private {
@@ -395,9 +414,17 @@ pub fn check_storable(
         ..CacheOptions::default()
     };
     let policy = CachePolicy::new_options(&request_view, &policy_view, response_time, options);
-    if policy.is_storable() {
+    // §3: any final status may be stored when the response gives explicit freshness (or
+    // `public`); the library only knows a list of statuses, and knows nothing of
+    // must-understand (it sees no-store).
+    let is_explicit = directives.max_age.is_some()
+        || directives.s_maxage.is_some()
+        || directives.public
+        || (!is_targeted && response_headers.contains_key(header::EXPIRES));
+    let must_understand_allows = directives.must_understand && is_understood;
+    if policy.is_storable() || is_explicit || must_understand_allows {
         Ok(())
-    } else if !UNDERSTOOD_BY_US.contains(&status.as_u16()) {
+    } else if !is_understood {
         Err(NoStoreReason::Status)
     } else {
         Err(NoStoreReason::NotCacheable)
@@ -516,11 +543,7 @@ impl Freshness {
         };
 
         // §4.2.3 age calculation.
-        let age_value = headers
-            .get(header::AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| delta_seconds(v.trim()))
-            .map_or(Duration::ZERO, Duration::from_secs);
+        let age_value = age_field(headers).map_or(Duration::ZERO, Duration::from_secs);
         let apparent_age = response_time.duration_since(date_value).unwrap_or_default();
         let response_delay = response_time
             .duration_since(request_time)

@@ -1,0 +1,185 @@
+//! The edges of RFC 9111 (issue 13): Age lists, statuses with explicit freshness,
+//! `must-understand`, stored `Set-Cookie` by choice, HEAD. Each test names its section and
+//! runs a real origin and a real outpost on loopback.
+
+mod support;
+
+use support::*;
+
+/// Our member of the Cache-Status list (the last one, RFC 9211 §2).
+fn cache_status(reply: &Reply) -> String {
+    let values: Vec<&str> = reply
+        .headers
+        .get_all("cache-status")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    values
+        .join(", ")
+        .rsplit(", ")
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn is_hit(reply: &Reply) -> bool {
+    cache_status(reply).contains("; hit")
+}
+
+/// RFC 9111 §5.1: an Age list (`3600, 0`, or two lines) counts by its first member; a first
+/// member that is not a number makes the field invalid, and it is ignored.
+#[tokio::test]
+async fn age_lists_use_the_first_member() {
+    let fixture = |age: &[&'static str]| {
+        let mut headers = vec![("cache-control", "max-age=60".to_string())];
+        headers.extend(age.iter().map(|value| ("age", value.to_string())));
+        Fixture::Static {
+            status: http::StatusCode::OK,
+            headers,
+            body: bytes::Bytes::from_static(b"body"),
+        }
+    };
+    let origin = Origin::start(vec![
+        ("/list", fixture(&["3600, 0"])),
+        ("/lines", fixture(&["3600", "0"])),
+        ("/invalid", fixture(&["soon, 3600"])),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for path in ["/list", "/lines", "/invalid"] {
+        get(&proxy.url(path), &[]).await;
+    }
+    for stale in ["/list", "/lines"] {
+        let reply = get(&proxy.url(stale), &[]).await;
+        assert!(!is_hit(&reply), "{stale}: {}", cache_status(&reply));
+        assert_eq!(origin.hits(stale), 2, "{stale}");
+    }
+    let ignored = get(&proxy.url("/invalid"), &[]).await;
+    assert!(is_hit(&ignored), "{}", cache_status(&ignored));
+    assert_eq!(origin.hits("/invalid"), 1);
+}
+
+/// RFC 9111 §3: any final status is storable with explicit freshness (a 500 with max-age,
+/// an unknown 499 or 599, a 299); without it, only the heuristically cacheable ones are.
+#[tokio::test]
+async fn any_final_status_with_explicit_freshness_is_stored() {
+    let routes: Vec<(&'static str, Fixture)> = vec![
+        (
+            "/500",
+            Fixture::with_headers(500, &[("cache-control", "max-age=60")], "e"),
+        ),
+        (
+            "/502",
+            Fixture::with_headers(502, &[("cache-control", "s-maxage=60")], "e"),
+        ),
+        (
+            "/400",
+            Fixture::with_headers(400, &[("cache-control", "max-age=60")], "e"),
+        ),
+        (
+            "/499",
+            Fixture::with_headers(499, &[("cache-control", "max-age=60")], "e"),
+        ),
+        (
+            "/599",
+            Fixture::with_headers(599, &[("cache-control", "max-age=60")], "e"),
+        ),
+        (
+            "/299",
+            Fixture::with_headers(299, &[("cache-control", "max-age=60")], "e"),
+        ),
+        (
+            "/expires",
+            Fixture::with_headers(
+                503,
+                &[
+                    ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+                    ("date", "Thu, 01 Jan 2026 00:00:00 GMT"),
+                ],
+                "e",
+            ),
+        ),
+        // Heuristic freshness stays with the heuristically cacheable statuses.
+        (
+            "/heuristic-500",
+            Fixture::with_headers(
+                500,
+                &[("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT")],
+                "e",
+            ),
+        ),
+    ];
+    let paths: Vec<&'static str> = routes.iter().map(|(path, _)| *path).collect();
+    let origin = Origin::start(routes).await;
+    // No stale-on-error window in the way of seeing what is stored.
+    let proxy = Proxy::start(&origin.url(), "[cache]\nstale_on_error = \"0s\"").await;
+    for path in &paths {
+        get(&proxy.url(path), &[]).await;
+        let again = get(&proxy.url(path), &[]).await;
+        let stored = *path != "/heuristic-500";
+        assert_eq!(is_hit(&again), stored, "{path}: {}", cache_status(&again));
+        assert_eq!(origin.hits(path), if stored { 1 } else { 2 }, "{path}");
+    }
+}
+
+/// RFC 9111 §5.2.2.3: `must-understand` stores a response whose status this cache
+/// understands even with `no-store`; with a status it does not understand, it is not
+/// stored, whatever else the response says.
+#[tokio::test]
+async fn must_understand_depends_on_the_status() {
+    let origin = Origin::start(vec![
+        (
+            "/understood",
+            Fixture::with_headers(
+                200,
+                &[("cache-control", "max-age=60, must-understand, no-store")],
+                "ok",
+            ),
+        ),
+        (
+            "/unknown",
+            Fixture::with_headers(
+                299,
+                &[("cache-control", "max-age=60, must-understand")],
+                "odd",
+            ),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for path in ["/understood", "/unknown"] {
+        get(&proxy.url(path), &[]).await;
+    }
+    assert!(is_hit(&get(&proxy.url("/understood"), &[]).await));
+    let unknown = get(&proxy.url("/unknown"), &[]).await;
+    assert!(!is_hit(&unknown), "{}", cache_status(&unknown));
+    assert_eq!(origin.hits("/unknown"), 2);
+}
+
+/// RFC 9111 §7.3 and §3: by default a response with Set-Cookie is not shared; with
+/// `cache.store_set_cookie = true` it is stored with its Set-Cookie fields and reused.
+#[tokio::test]
+async fn set_cookie_is_stored_only_when_configured() {
+    let origin = Origin::start(vec![(
+        "/landing",
+        Fixture::with_headers(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("set-cookie", "ab=variant-b"),
+            ],
+            "landing",
+        ),
+    )])
+    .await;
+    let safe = Proxy::start(&origin.url(), "").await;
+    get(&safe.url("/landing"), &[]).await;
+    let again = get(&safe.url("/landing"), &[]).await;
+    assert!(!is_hit(&again), "{}", cache_status(&again));
+
+    let rfc = Proxy::start(&origin.url(), "[cache]\nstore_set_cookie = true").await;
+    get(&rfc.url("/landing"), &[]).await;
+    let hit = get(&rfc.url("/landing"), &[]).await;
+    assert!(is_hit(&hit), "{}", cache_status(&hit));
+    assert_eq!(hit.header("set-cookie"), Some("ab=variant-b"));
+}

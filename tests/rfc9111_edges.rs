@@ -183,3 +183,62 @@ async fn set_cookie_is_stored_only_when_configured() {
     assert!(is_hit(&hit), "{}", cache_status(&hit));
     assert_eq!(hit.header("set-cookie"), Some("ab=variant-b"));
 }
+
+fn head(url: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::head(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap()
+}
+
+/// RFC 9111 §4.3.5: a HEAD for a stale stored GET response is forwarded as HEAD; its 200
+/// with the same validators freshens the stored response (the next GET is a hit, with the
+/// new headers), and one with another validator drops it (the next GET goes to the origin).
+#[tokio::test]
+async fn a_head_freshens_or_invalidates_the_stored_get() {
+    let stale = |etag: &'static str| Fixture::Static {
+        status: http::StatusCode::OK,
+        headers: vec![
+            ("cache-control", "max-age=60".to_string()),
+            ("age", "3600".to_string()),
+            ("etag", etag.to_string()),
+        ],
+        body: bytes::Bytes::from_static(b"body"),
+    };
+    let fresh_head = |etag: &'static str| Fixture::Static {
+        status: http::StatusCode::OK,
+        headers: vec![
+            ("cache-control", "max-age=600".to_string()),
+            ("etag", etag.to_string()),
+            ("x-refreshed", "yes".to_string()),
+        ],
+        body: bytes::Bytes::from_static(b"body"),
+    };
+    let origin = Origin::start(vec![
+        (
+            "/same",
+            Fixture::sequence(vec![stale("\"v1\""), fresh_head("\"v1\"")]),
+        ),
+        (
+            "/changed",
+            Fixture::sequence(vec![stale("\"v1\""), fresh_head("\"v2\"")]),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let client = client();
+    for path in ["/same", "/changed"] {
+        get(&proxy.url(path), &[]).await;
+        let reply = send(&client, head(&proxy.url(path))).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(origin.last(path).method, http::Method::HEAD, "{path}");
+    }
+    let freshened = get(&proxy.url("/same"), &[]).await;
+    assert!(is_hit(&freshened), "{}", cache_status(&freshened));
+    assert_eq!(freshened.header("x-refreshed"), Some("yes"));
+    assert_eq!(freshened.text(), "body");
+    assert_eq!(origin.hits("/same"), 2);
+
+    let replaced = get(&proxy.url("/changed"), &[]).await;
+    assert!(!is_hit(&replaced), "{}", cache_status(&replaced));
+    assert_eq!(origin.hits("/changed"), 3);
+}

@@ -558,11 +558,14 @@ impl Cache {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 return;
             };
+            // Disk first: until memory lets go, requests meet the entry already reported;
+            // the other order lets one promote the row again from disk (a fresh entry, whose
+            // corruption would be reported twice).
             runtime.spawn(async move {
-                memory.invalidate(&key).await;
                 if let Some(disk) = disk {
                     disk.remove_variant(key, variant).await;
                 }
+                memory.invalidate(&key).await;
             });
         })
     }

@@ -243,8 +243,8 @@ fn stale_on_error_allowed(
     )
 }
 
-/// The request a fill sends: the client's, as a GET (a HEAD miss fills the cache for the
-/// GETs to come), without the client's own validators (we want a response we can store),
+/// The request a fill sends: the client's, as a GET (a HEAD only gets here to validate a
+/// stored response in the background), without the client's own validators (we want a response we can store),
 /// with ours when a stored response is being validated (RFC 9111 §4.3.1).
 fn fill_request(miss: &Miss<'_>) -> Result<(http::Request<Body>, IpAddr), ProxyError> {
     let mut parts = miss.parts.clone();

@@ -25,6 +25,9 @@
 //! - miss, stored (`fwd=uri-miss; stored`): `Lookup::Fetch` → `Delivery::Streaming`;
 //! - uncacheable (`fwd=uri-miss; detail=...`): `FillStatus::Uncacheable` →
 //!   `Delivery::Relayed`;
+//! - HEAD miss (`fwd=uri-miss` or `fwd=stale`): `Lookup::Fetch` for a HEAD →
+//!   `head::forward_head` (forwarded as HEAD; its 200 freshens or drops a stored GET) →
+//!   `Delivery::Forwarded`;
 //! - bypass (`fwd=bypass` or `fwd=method`): `Lookup::Bypass` → `forward` →
 //!   `Delivery::Forwarded` (unsafe methods then invalidate, `invalidate::after_unsafe`);
 //! - offline (`detail=offline`): `Lookup::Hit` (anything stored) or `Lookup::OfflineMiss`
@@ -40,6 +43,7 @@ mod deliver;
 mod encode;
 mod fetch;
 pub mod forwarding;
+mod head;
 mod invalidate;
 mod proxy;
 pub mod range;
@@ -254,6 +258,9 @@ async fn branch(
         Lookup::Fetch(plan) => {
             ctx.key = Some(plan.key);
             ctx.variant = plan.stale.as_ref().map(|entry| entry.meta.variant);
+            if request.parts.method == http::Method::HEAD {
+                return head::forward_head(request.miss(plan), body, ctx).await;
+            }
             fetch::through_cache(request.miss(plan), ctx).await
         }
     }

@@ -1,0 +1,161 @@
+//! HEAD requests the cache cannot answer (RFC 9110 §9.3.2, RFC 9111 §4.3.5): forwarded as
+//! HEAD, never turned into a GET (a HEAD for a 2 GiB image must not download it), and never
+//! stored. When a stored GET response is waiting for validation, the HEAD's 200 speaks for
+//! it: with the same validators it freshens the stored headers, with different ones the
+//! stored response is no longer the current one and is dropped.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{self, HeaderMap};
+use http::{Method, StatusCode};
+use hyper::body::Incoming;
+
+use super::deliver::Delivery;
+use super::fetch::Miss;
+use super::{forward, RequestCtx};
+use crate::cache::entry::{content_length, StoredResponse};
+use crate::cache::policy::{self, FetchedFor, Freshness};
+use crate::error::ProxyError;
+use crate::telemetry::cache_status::CacheStatus;
+
+/// Forwards the HEAD `miss` and applies its answer to the stored GET response, if any.
+pub(super) async fn forward_head(
+    miss: Miss<'_>,
+    body: Incoming,
+    ctx: &mut RequestCtx,
+) -> Result<Delivery, ProxyError> {
+    ctx.status = CacheStatus::forward(miss.plan.reason);
+    let sent_at = SystemTime::now();
+    let response = forward(
+        miss.proxy,
+        miss.site,
+        miss.parts,
+        body,
+        miss.downstream,
+        ctx,
+    )
+    .await?;
+    ctx.status.fwd_status = Some(response.status().as_u16());
+    if let Some(stored) = &miss.plan.stale {
+        if response.status() == StatusCode::OK {
+            let times = (sent_at, SystemTime::now());
+            apply_to_stored(&miss, stored, response.headers(), times).await;
+        }
+    }
+    Ok(Delivery::Forwarded(response))
+}
+
+/// §4.3.5: a HEAD 200 with the stored response's validators (and length) freshens it, as a
+/// 304 would, if the merged headers may still be shared; any other 200 means the stored
+/// response is outdated, and it is dropped.
+async fn apply_to_stored(
+    miss: &Miss<'_>,
+    stored: &Arc<StoredResponse>,
+    head: &HeaderMap,
+    times: (SystemTime, SystemTime),
+) {
+    let cache = &miss.proxy.cache;
+    let (key, variant) = (stored.meta.key, stored.meta.variant);
+    if !same_representation(&stored.meta.headers, stored.meta.body_len, head) {
+        cache.drop_variant(key, variant).await;
+        return;
+    }
+    let mut merged = policy::freshen_headers(&stored.meta.headers, head);
+    if !cache.policy().store_set_cookie {
+        // A cookie set on a HEAD is for its requester (who gets the HEAD response as is).
+        merged.remove(header::SET_COOKIE);
+    }
+    let fetched_for = FetchedFor {
+        method: &Method::GET,
+        uri: &miss.parts.uri,
+        headers: &miss.parts.headers,
+    };
+    let status = stored.meta.status;
+    let storable = policy::check_storable(&fetched_for, status, &merged, cache.policy(), times.1);
+    let keeps_variant = crate::cache::key::Vary::from_response(&merged) == stored.meta.vary;
+    if storable.is_err() || !keeps_variant {
+        cache.drop_variant(key, variant).await;
+        return;
+    }
+    let mut freshness = Freshness::compute(status, &merged, cache.policy(), times.0, times.1);
+    if let Some(rule) = cache.rules().find(&miss.site.name, miss.parts.uri.path()) {
+        crate::cache::rules::apply(&mut freshness, rule);
+    }
+    let mut meta = stored.meta.clone();
+    meta.freshness = freshness;
+    meta.headers = crate::cache::entry::compact_headers(&merged);
+    let entry = Arc::new(StoredResponse {
+        meta,
+        body: stored.body.clone(),
+    });
+    cache.store(entry, false).await;
+}
+
+/// Whether a HEAD response describes the stored representation: the same strong ETag, or
+/// without ETags the same Last-Modified; and the same length when it states one.
+fn same_representation(stored: &HeaderMap, stored_len: u64, head: &HeaderMap) -> bool {
+    let field = |headers: &HeaderMap, name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .map(str::to_string)
+    };
+    let validators_match = match (field(stored, header::ETAG), field(head, header::ETAG)) {
+        (Some(a), Some(b)) => !a.starts_with("W/") && a == b,
+        (None, None) => match (
+            field(stored, header::LAST_MODIFIED),
+            field(head, header::LAST_MODIFIED),
+        ) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        },
+        _ => false,
+    };
+    validators_match && content_length(head).is_none_or(|len| len == stored_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, http::HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    /// RFC 9111 §4.3.5: strong ETag, else Last-Modified, and the length must agree.
+    #[test]
+    fn a_head_matches_by_validators_and_length() {
+        let stored = headers(&[("etag", "\"v1\"")]);
+        assert!(same_representation(
+            &stored,
+            4,
+            &headers(&[("etag", "\"v1\"")])
+        ));
+        assert!(same_representation(
+            &stored,
+            4,
+            &headers(&[("etag", "\"v1\""), ("content-length", "4")])
+        ));
+        assert!(!same_representation(
+            &stored,
+            4,
+            &headers(&[("etag", "\"v1\""), ("content-length", "5")])
+        ));
+        assert!(!same_representation(
+            &stored,
+            4,
+            &headers(&[("etag", "\"v2\"")])
+        ));
+        assert!(!same_representation(&stored, 4, &HeaderMap::new()));
+        let weak = headers(&[("etag", "W/\"v1\"")]);
+        assert!(!same_representation(&weak, 4, &weak));
+        let dated = headers(&[("last-modified", "Wed, 01 Jan 2025 00:00:00 GMT")]);
+        assert!(same_representation(&dated, 4, &dated));
+    }
+}

@@ -242,3 +242,47 @@ async fn a_head_freshens_or_invalidates_the_stored_get() {
     assert!(!is_hit(&replaced), "{}", cache_status(&replaced));
     assert_eq!(origin.hits("/changed"), 3);
 }
+
+/// RFC 9213 §2.1: a configured targeted field (here `Edge-Control`) that does not parse as a
+/// Structured Field Dictionary is ignored whole and Cache-Control applies; a valid one
+/// overrides Cache-Control for this cache.
+#[tokio::test]
+async fn a_configured_targeted_field_is_ignored_when_invalid() {
+    let origin = Origin::start(vec![
+        (
+            "/invalid",
+            Fixture::with_headers(
+                200,
+                &[
+                    ("cache-control", "no-store"),
+                    ("edge-control", "max-age=60, ("),
+                ],
+                "body",
+            ),
+        ),
+        (
+            "/valid",
+            Fixture::with_headers(
+                200,
+                &[
+                    ("cache-control", "no-store"),
+                    ("edge-control", "max-age=60"),
+                ],
+                "body",
+            ),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[cache]\ntargeted_cache_control = [\"Edge-Control\", \"CDN-Cache-Control\"]",
+    )
+    .await;
+    for path in ["/invalid", "/valid"] {
+        get(&proxy.url(path), &[]).await;
+    }
+    let invalid = get(&proxy.url("/invalid"), &[]).await;
+    assert!(!is_hit(&invalid), "{}", cache_status(&invalid));
+    let valid = get(&proxy.url("/valid"), &[]).await;
+    assert!(is_hit(&valid), "{}", cache_status(&valid));
+}

@@ -286,3 +286,33 @@ async fn a_configured_targeted_field_is_ignored_when_invalid() {
     let valid = get(&proxy.url("/valid"), &[]).await;
     assert!(is_hit(&valid), "{}", cache_status(&valid));
 }
+
+/// RFC 9111 §4.2.4 for HEAD: when the origin answers a forwarded HEAD with 503, the stored
+/// GET response answers it stale, as it would a GET.
+#[tokio::test]
+async fn a_head_is_answered_stale_when_the_origin_fails() {
+    let origin = Origin::start(vec![(
+        "/doc",
+        Fixture::sequence(vec![
+            Fixture::with_headers(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("age", "3600"),
+                    ("etag", "\"v1\""),
+                ],
+                "body",
+            ),
+            Fixture::with_headers(503, &[], "down"),
+        ]),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    get(&proxy.url("/doc"), &[]).await;
+    let reply = send(&client(), head(&proxy.url("/doc"))).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-length"), Some("4"));
+    let status = cache_status(&reply);
+    assert!(status.contains("fwd=stale; fwd-status=503"), "{status}");
+    assert_eq!(origin.last("/doc").method, http::Method::HEAD);
+}

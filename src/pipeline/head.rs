@@ -16,8 +16,9 @@ use super::fetch::Miss;
 use super::{forward, RequestCtx};
 use crate::cache::entry::{content_length, StoredResponse};
 use crate::cache::policy::{self, FetchedFor, Freshness};
-use crate::error::ProxyError;
+use crate::error::{OriginFailure, ProxyError};
 use crate::telemetry::cache_status::CacheStatus;
+use crate::telemetry::Detail;
 
 /// Forwards the HEAD `miss` and applies its answer to the stored GET response, if any.
 pub(super) async fn forward_head(
@@ -27,7 +28,7 @@ pub(super) async fn forward_head(
 ) -> Result<Delivery, ProxyError> {
     ctx.status = CacheStatus::forward(miss.plan.reason);
     let sent_at = SystemTime::now();
-    let response = forward(
+    let forwarded = forward(
         miss.proxy,
         miss.site,
         miss.parts,
@@ -35,7 +36,22 @@ pub(super) async fn forward_head(
         miss.downstream,
         ctx,
     )
-    .await?;
+    .await;
+    let response = match forwarded {
+        Ok(response) if is_error_status(response.status()) => {
+            let status = response.status().as_u16();
+            if let Some(stale) = stale_on_error(&miss, OriginFailure::Status(status), ctx) {
+                ctx.status.fwd_status = Some(status);
+                return Ok(stale);
+            }
+            response
+        }
+        Ok(response) => response,
+        Err(err) => {
+            let failure = OriginFailure::Error(err.proxy_status_error());
+            return stale_on_error(&miss, failure, ctx).ok_or(err);
+        }
+    };
     ctx.status.fwd_status = Some(response.status().as_u16());
     if let Some(stored) = &miss.plan.stale {
         if response.status() == StatusCode::OK {
@@ -44,6 +60,34 @@ pub(super) async fn forward_head(
         }
     }
     Ok(Delivery::Forwarded(response))
+}
+
+/// RFC 5861 §4 / RFC 9111 §4.2.4: the statuses a stale response may answer in place of.
+fn is_error_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// The stored GET response, answering the HEAD stale because the origin could not (as a
+/// GET's validation would), when it allows that.
+fn stale_on_error(
+    miss: &Miss<'_>,
+    failure: OriginFailure,
+    ctx: &mut RequestCtx,
+) -> Option<Delivery> {
+    let stale = miss.plan.stale.as_ref()?;
+    let cache = &miss.proxy.cache;
+    let directives = policy::request_directives(&miss.parts.headers);
+    let now = SystemTime::now();
+    let window = cache.policy().stale_on_error;
+    if !policy::allows_stale_on_error(&stale.meta.freshness, &directives, window, now) {
+        return None;
+    }
+    ctx.status.ttl = Some(stale.meta.freshness.ttl_seconds(now));
+    ctx.status.detail = Some(Detail::Error(failure));
+    Some(Delivery::Stored {
+        entry: Arc::clone(stale),
+        set: None,
+    })
 }
 
 /// §4.3.5: a HEAD 200 with the stored response's validators (and length) freshens it, as a

@@ -389,12 +389,44 @@ pub fn check_storable(
     {
         return Err(NoStoreReason::Authorization);
     }
-    // The library reads Cache-Control and Expires; give it the targeted field's view.
+    let library_allows = library_allows(
+        request,
+        status,
+        &effective_headers(response_headers, &directives, is_targeted),
+        settings,
+        response_time,
+    );
+    // §3: any final status may be stored when the response gives explicit freshness (or
+    // `public`); the library only knows a list of statuses, and knows nothing of
+    // must-understand (it sees no-store).
+    let is_explicit = directives.max_age.is_some()
+        || directives.s_maxage.is_some()
+        || directives.public
+        || (!is_targeted && response_headers.contains_key(header::EXPIRES));
+    let must_understand_allows = directives.must_understand && is_understood;
+    if library_allows || is_explicit || must_understand_allows {
+        Ok(())
+    } else if !is_understood {
+        Err(NoStoreReason::Status)
+    } else {
+        Err(NoStoreReason::NotCacheable)
+    }
+}
+
+/// Whether http-cache-semantics would store the response (it reads Cache-Control and
+/// Expires, so it gets `effective`: the targeted field's view).
+fn library_allows(
+    request: &FetchedFor<'_>,
+    status: StatusCode,
+    effective: &HeaderMap,
+    settings: &PolicySettings,
+    response_time: SystemTime,
+) -> bool {
     let policy_view = http::Response::builder()
         .status(status)
         .body(())
         .map(|mut response| {
-            *response.headers_mut() = effective_headers(response_headers, &directives, is_targeted);
+            *response.headers_mut() = effective.clone();
             response
         });
     let request_view = http::Request::builder()
@@ -406,29 +438,14 @@ pub fn check_storable(
             r
         });
     let (Ok(policy_view), Ok(request_view)) = (policy_view, request_view) else {
-        return Err(NoStoreReason::NotCacheable);
+        return false;
     };
     let options = CacheOptions {
         shared: true,
         cache_heuristic: settings.heuristic_fraction,
         ..CacheOptions::default()
     };
-    let policy = CachePolicy::new_options(&request_view, &policy_view, response_time, options);
-    // §3: any final status may be stored when the response gives explicit freshness (or
-    // `public`); the library only knows a list of statuses, and knows nothing of
-    // must-understand (it sees no-store).
-    let is_explicit = directives.max_age.is_some()
-        || directives.s_maxage.is_some()
-        || directives.public
-        || (!is_targeted && response_headers.contains_key(header::EXPIRES));
-    let must_understand_allows = directives.must_understand && is_understood;
-    if policy.is_storable() || is_explicit || must_understand_allows {
-        Ok(())
-    } else if !is_understood {
-        Err(NoStoreReason::Status)
-    } else {
-        Err(NoStoreReason::NotCacheable)
-    }
+    CachePolicy::new_options(&request_view, &policy_view, response_time, options).is_storable()
 }
 
 /// Status codes whose semantics this cache understands well enough to store them.

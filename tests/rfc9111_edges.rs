@@ -316,3 +316,34 @@ async fn a_head_is_answered_stale_when_the_origin_fails() {
     assert!(status.contains("fwd=stale; fwd-status=503"), "{status}");
     assert_eq!(origin.last("/doc").method, http::Method::HEAD);
 }
+
+/// RFC 9110 §10.1.1, §15.2.1: a client that sends `Expect: 100-continue` gets the interim
+/// 100 before it sends its body, then the origin's final answer; the origin receives the
+/// whole body and no Expect of ours.
+#[tokio::test]
+async fn expect_100_continue_works_for_request_bodies() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start(vec![("/upload", Fixture::CountBody)]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            b"PUT /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: 11\r\n\
+              Expect: 100-continue\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let interim = read_head(&mut stream).await;
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue\r\n"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
+    stream.write_all(b"hello world").await.unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+    assert!(rest.ends_with("11"), "{rest}");
+    assert!(!origin.last("/upload").headers.contains_key("expect"));
+}

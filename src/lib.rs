@@ -2,7 +2,8 @@
 //!
 //! # The life of a request
 //! 1. [`server`] accepts the connection (HTTP/1.1 or h2c on one port), enforces connection
-//!    limits and the head/idle timeouts, and hands each request head to the pipeline.
+//!    limits (in all and per client address) and the head, idle and send timeouts, and
+//!    hands each request head to the pipeline.
 //! 2. [`pipeline::handle`] runs the phases in order with one [`pipeline::RequestCtx`]:
 //!    request filter ([`pipeline::check_request`]), route ([`pipeline::route`]), cache
 //!    lookup ([`cache::Cache::lookup`]: memory, then disk), then the branch the lookup chose,
@@ -28,6 +29,8 @@
 //!                                           │    ├ StaleOnError (stale-if-error) ──── Delivery::Stored ────┤
 //!                                           │    ├ Uncacheable ────────────────────── Delivery::Relayed ───┤
 //!                                           │    └ Failed ─────────────────────────── ProxyError ──────────┤
+//!                                           ├─ Lookup::Fetch, HEAD ─► head::forward_head ─ Delivery::Forwarded ┤
+//!                                           │    (a 200 freshens or drops the stored GET, RFC 9111 §4.3.5)  │
 //!                                           ├─ Lookup::Bypass ─► forward ──────────── Delivery::Forwarded ─┤
 //!                                           │    (unsafe methods then invalidate, RFC 9111 §4.4)           │
 //!                                           ├─ Lookup::OfflineMiss / offline bypass ─ Delivery::Synthetic ─┤
@@ -41,7 +44,7 @@
 //! - [`config`]: layered settings, typed and validated (every problem reported at once).
 //! - [`body`]: the body type used in both directions.
 //! - [`cache`]: keys, RFC 9111 policy, stored entries, the memory and disk tiers, lookup,
-//!   fills (coalescing, readers, the writer), per-path rules.
+//!   fills (coalescing, readers, the writer), per-path rules, the tag index.
 //! - [`pipeline`]: the phases of a request.
 //! - [`upstream`]: the pooled origin client and its connection caps.
 //! - [`transform`]: response transforms (compression).

@@ -62,12 +62,18 @@ async fn aborted_cache_busting_requests_stay_within_the_fill_cap() {
     }
     let outpost = proxy.outpost.proxy();
     let (_, most_at_once) = outpost.upstream().connections_in_use();
-    assert!(outpost.cache().fills_in_use().1 <= 4);
+    let most_fills = outpost.cache().fills_in_use().1;
+    assert!(most_fills <= 4, "{most_fills} fills at once; the cap is 4");
     assert!(
         most_at_once <= 4,
         "{most_at_once} origin connections were open at once; the cap is 4"
     );
-    assert_eq!(origin.hits("/big"), 40);
+    assert_eq!(
+        origin.hits("/big"),
+        40,
+        "one origin request per client ({} sent again after a closing connection)",
+        outpost.metrics().origin_retries.get()
+    );
     eventually("every abandoned download to stop", || {
         open.now() == 0 && outpost.upstream().connections_in_use().0 == 0
     })

@@ -376,6 +376,10 @@ impl Cache {
     /// the variant it was stored as (`replaced`), in both tiers. On disk the new row is
     /// indexed before the old one goes, so their shared body file stays.
     pub async fn replace_variant(&self, entry: Arc<StoredResponse>, replaced: VariantKey) {
+        if entry.meta.variant == replaced {
+            // Same row: removing the old one would remove the new.
+            return self.store(entry, false).await;
+        }
         self.index_tags(&entry.meta);
         self.memory
             .replace_variant(Arc::clone(&entry), replaced)

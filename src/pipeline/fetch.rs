@@ -499,7 +499,9 @@ impl FillTask {
             return true;
         };
         let mut meta = freshened(&shared_headers);
-        let replaced = (meta.vary != vary).then_some(meta.variant);
+        // A new Vary that happens to give this request the same variant key replaces the
+        // row in place, as a plain store does.
+        let replaced = (meta.vary != vary && meta.variant != variant).then_some(meta.variant);
         meta.vary = vary;
         meta.variant = variant;
         let entry = Arc::new(StoredResponse {

@@ -829,3 +829,24 @@ async fn a_failed_disk_tier_comes_back_when_the_disk_works() {
         "the object after recovery is on disk: {files:?}"
     );
 }
+
+/// Slow request bodies: a PUT that declares a small body (read whole so it can be retried)
+/// and never sends it gets 400 after the head timeout, instead of holding the request
+/// forever; the origin never sees it.
+#[tokio::test]
+async fn a_declared_body_that_never_comes_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start(vec![("/doc", Fixture::CountBody)]).await;
+    let proxy = Proxy::start(&origin.url(), "[server]\nheader_read_timeout = \"200ms\"").await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"PUT /doc HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut reply)).await;
+    assert!(read.is_ok(), "the request was held");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert_eq!(origin.hits("/doc"), 0);
+}

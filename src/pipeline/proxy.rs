@@ -159,7 +159,9 @@ impl Proxy {
         request: Request<Body>,
         origin: &str,
     ) -> Result<Response<OriginBody>, ProxyError> {
-        let request = buffer_replayable_body(request, REPLAYABLE_BODY_LIMIT).await?;
+        // As prompt as a request head must be (the slowloris guard).
+        let wait = self.server.header_read_timeout.get();
+        let request = buffer_replayable_body(request, REPLAYABLE_BODY_LIMIT, wait).await?;
         let started = Instant::now();
         let sent = self.upstream.send(request, origin).await;
         self.metrics

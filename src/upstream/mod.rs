@@ -173,13 +173,15 @@ fn replay_copy(request: &http::Request<Body>) -> Option<http::Request<Body>> {
 
 /// Reads the body of an idempotent request into memory when its declared length is at most
 /// `limit`, so that [`Upstream::send`] can send it again; other requests pass unchanged
-/// (their bodies stream and they are never retried).
+/// (their bodies stream and they are never retried). The body must arrive within `wait`: a
+/// client that declares a body and sends none must not hold the request forever.
 ///
 /// # Errors
-/// [`ProxyError::BadRequest`] when the client's body ends early or breaks.
+/// [`ProxyError::BadRequest`] when the client's body ends early, breaks or is late.
 pub async fn buffer_replayable_body(
     request: http::Request<Body>,
     limit: u64,
+    wait: Duration,
 ) -> Result<http::Request<Body>, ProxyError> {
     use http_body::Body as _;
     use http_body_util::BodyExt;
@@ -194,9 +196,9 @@ pub async fn buffer_replayable_body(
         return Ok(request);
     }
     let (parts, body) = request.into_parts();
-    let bytes = body
-        .collect()
+    let bytes = tokio::time::timeout(wait, body.collect())
         .await
+        .map_err(|_| ProxyError::BadRequest("request body not received in time"))?
         .map_err(|_| ProxyError::BadRequest("request body ended before its declared length"))?
         .to_bytes();
     Ok(http::Request::from_parts(parts, Body::full(bytes)))

@@ -61,14 +61,6 @@ fn cached(body: &str) -> Fixture {
     Fixture::with_headers(200, &[("cache-control", "max-age=600")], body)
 }
 
-fn is_hit(reply: &Reply) -> bool {
-    reply
-        .headers
-        .get_all("cache-status")
-        .iter()
-        .any(|v| v.to_str().unwrap().starts_with("outpost; hit"))
-}
-
 #[tokio::test]
 async fn metrics_move_as_requests_are_served() {
     let origin = Origin::start(vec![("/m", cached("m"))]).await;

@@ -19,21 +19,6 @@ fn fixed(headers: &[(&'static str, &str)], body: &str) -> Fixture {
     Fixture::with_headers(200, headers, body)
 }
 
-/// Our member of the Cache-Status list (the last one, RFC 9211 §2).
-fn cache_status(reply: &Reply) -> String {
-    reply
-        .headers
-        .get_all("cache-status")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .next_back()
-        .unwrap_or_default()
-}
-
-fn is_hit(reply: &Reply) -> bool {
-    cache_status(reply).starts_with("outpost; hit")
-}
-
 /// RFC 9111 §3, §4.2: a response with max-age is stored and reused while fresh; the hit
 /// carries Age (§5.1) and Cache-Status `hit` with a ttl (RFC 9211 §2.1, §2.5).
 #[tokio::test]

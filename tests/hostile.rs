@@ -119,22 +119,6 @@ async fn keep_alive_race_never_repeats_a_post() {
     panic!("outpost never sent a POST on a pooled connection");
 }
 
-/// Our member of the Cache-Status list (the last one, RFC 9211 §2).
-fn cache_status(reply: &Reply) -> String {
-    let values: Vec<&str> = reply
-        .headers
-        .get_all("cache-status")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect();
-    values
-        .join(", ")
-        .rsplit(", ")
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
-
 /// Stale when disconnected (RFC 9111 §4.2.4): a large object the disk tier holds answers,
 /// stale, when the origin refuses connections, with no stale-if-error and no mirror rule;
 /// Cache-Status says so and names the error.

@@ -6,26 +6,6 @@ mod support;
 
 use support::*;
 
-/// Our member of the Cache-Status list (the last one, RFC 9211 §2).
-fn cache_status(reply: &Reply) -> String {
-    let values: Vec<&str> = reply
-        .headers
-        .get_all("cache-status")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect();
-    values
-        .join(", ")
-        .rsplit(", ")
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
-
-fn is_hit(reply: &Reply) -> bool {
-    cache_status(reply).contains("; hit")
-}
-
 /// RFC 9111 §5.1: an Age list (`3600, 0`, or two lines) counts by its first member; a first
 /// member that is not a number makes the field invalid, and it is ignored.
 #[tokio::test]

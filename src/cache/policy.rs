@@ -804,6 +804,14 @@ pub fn not_modified_selects(stored: &HeaderMap, not_modified: &HeaderMap) -> boo
     }
 }
 
+/// Removes `Set-Cookie` from headers about to be stored for everyone, unless storing cookies
+/// is configured (`store_set_cookie`): a cookie on a 304 or a HEAD is its requester's.
+pub fn remove_unshared_cookies(headers: &mut HeaderMap, settings: &PolicySettings) {
+    if !settings.store_set_cookie {
+        headers.remove(header::SET_COOKIE);
+    }
+}
+
 /// RFC 9111 §3.2 / §4.3.4: the stored header fields updated with a 304's, keeping every
 /// repeated field line of either side (http-cache-semantics collapses them). Content-Length
 /// and hop-by-hop fields are never taken from the 304.

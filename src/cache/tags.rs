@@ -23,7 +23,13 @@ pub fn of<'a>(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    let groups = sf_strings(&lines.join(", ")).into_iter();
+    // Most responses have no Cache-Groups: no parse for them (this runs on every store).
+    let groups = if lines.is_empty() {
+        Vec::new()
+    } else {
+        sf_strings(&lines.join(", "))
+    }
+    .into_iter();
     let keys = headers
         .get_all(surrogate_key)
         .iter()

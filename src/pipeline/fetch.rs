@@ -227,9 +227,32 @@ pub(super) fn revalidate_in_background(miss: &Miss<'_>) {
     }
 }
 
+/// RFC 5861 §4 / RFC 9111 §4.2.4: the origin statuses a stale response may answer in
+/// place of.
+pub(super) fn is_error_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// Freshness of a response with `status` and `headers` received at `times`, under the
+/// operator's path `rule` if one applies.
+pub(super) fn freshness_under_rule(
+    cache: &crate::cache::Cache,
+    rule: Option<&crate::config::PathRule>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    (request_time, response_time): (SystemTime, SystemTime),
+) -> Freshness {
+    let mut freshness =
+        Freshness::compute(status, headers, cache.policy(), request_time, response_time);
+    if let Some(rule) = rule {
+        crate::cache::rules::apply(&mut freshness, rule);
+    }
+    freshness
+}
+
 /// Whether `stale` may answer because its validation failed (RFC 5861 §4), judged at now
 /// with the requesting client's directives.
-fn stale_on_error_allowed(
+pub(super) fn stale_on_error_allowed(
     stale: &StoredResponse,
     client_headers: &HeaderMap,
     settings: &policy::PolicySettings,
@@ -361,12 +384,13 @@ impl FillTask {
         headers: &HeaderMap,
         times: (SystemTime, SystemTime),
     ) -> Freshness {
-        let mut freshness =
-            Freshness::compute(status, headers, self.proxy.cache.policy(), times.0, times.1);
-        if let Some(rule) = &self.rule {
-            crate::cache::rules::apply(&mut freshness, rule);
-        }
-        freshness
+        freshness_under_rule(
+            &self.proxy.cache,
+            self.rule.as_ref(),
+            status,
+            headers,
+            times,
+        )
     }
 
     async fn fetch_and_store(mut self, request: http::Request<Body>) {
@@ -383,7 +407,7 @@ impl FillTask {
             return;
         }
         // RFC 5861 §4: an error status from the origin may be answered with the stale entry.
-        if matches!(head.status.as_u16(), 500 | 502 | 503 | 504) {
+        if is_error_status(head.status) {
             let status = head.status.as_u16();
             if self.stale_on_error(OriginFailure::Status(status), Some(status)) {
                 return;
@@ -469,10 +493,14 @@ impl FillTask {
             meta.headers = crate::cache::entry::compact_headers(headers);
             meta
         };
+        let with_body = |meta| {
+            Arc::new(StoredResponse {
+                meta,
+                body: stale.body.clone(),
+            })
+        };
         let mut shared_headers = merged.clone();
-        if !cache.policy().store_set_cookie {
-            shared_headers.remove(header::SET_COOKIE);
-        }
+        policy::remove_unshared_cookies(&mut shared_headers, cache.policy());
         let fetched_for = FetchedFor {
             method: &Method::GET,
             uri,
@@ -490,24 +518,15 @@ impl FillTask {
         let (Ok(()), Some(variant)) = (verdict, variant) else {
             let reason = verdict.err().unwrap_or(NoStoreReason::VaryStar);
             cache.drop_variant(stale.meta.key, stale.meta.variant).await;
-            let own = Arc::new(StoredResponse {
-                meta: freshened(&merged),
-                body: stale.body.clone(),
-            });
-            self.answer_leader(LeaderAnswer::Own(own));
+            self.answer_leader(LeaderAnswer::Own(with_body(freshened(&merged))));
             self.fill.publish(FillStatus::Uncacheable(reason));
             return true;
         };
         let mut meta = freshened(&shared_headers);
-        // A new Vary that happens to give this request the same variant key replaces the
-        // row in place, as a plain store does.
-        let replaced = (meta.vary != vary && meta.variant != variant).then_some(meta.variant);
+        let replaced = (meta.vary != vary).then_some(meta.variant);
         meta.vary = vary;
         meta.variant = variant;
-        let entry = Arc::new(StoredResponse {
-            meta,
-            body: stale.body.clone(),
-        });
+        let entry = with_body(meta);
         match replaced {
             Some(old_variant) => cache.replace_variant(Arc::clone(&entry), old_variant).await,
             None => cache.store(Arc::clone(&entry), false).await,
@@ -515,11 +534,7 @@ impl FillTask {
         if merged.contains_key(header::SET_COOKIE)
             && !shared_headers.contains_key(header::SET_COOKIE)
         {
-            let own = Arc::new(StoredResponse {
-                meta: freshened(&merged),
-                body: stale.body.clone(),
-            });
-            self.answer_leader(LeaderAnswer::Own(own));
+            self.answer_leader(LeaderAnswer::Own(with_body(freshened(&merged))));
         }
         self.fill.settle_with(entry, true);
         true

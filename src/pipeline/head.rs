@@ -12,10 +12,10 @@ use http::{Method, StatusCode};
 use hyper::body::Incoming;
 
 use super::deliver::Delivery;
-use super::fetch::Miss;
+use super::fetch::{freshness_under_rule, is_error_status, stale_on_error_allowed, Miss};
 use super::{forward, RequestCtx};
 use crate::cache::entry::{content_length, StoredResponse};
-use crate::cache::policy::{self, FetchedFor, Freshness};
+use crate::cache::policy::{self, FetchedFor};
 use crate::error::{OriginFailure, ProxyError};
 use crate::telemetry::cache_status::CacheStatus;
 use crate::telemetry::Detail;
@@ -62,11 +62,6 @@ pub(super) async fn forward_head(
     Ok(Delivery::Forwarded(response))
 }
 
-/// RFC 5861 §4 / RFC 9111 §4.2.4: the statuses a stale response may answer in place of.
-fn is_error_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 500 | 502 | 503 | 504)
-}
-
 /// The stored GET response, answering the HEAD stale because the origin could not (as a
 /// GET's validation would), when it allows that.
 fn stale_on_error(
@@ -75,14 +70,11 @@ fn stale_on_error(
     ctx: &mut RequestCtx,
 ) -> Option<Delivery> {
     let stale = miss.plan.stale.as_ref()?;
-    let cache = &miss.proxy.cache;
-    let directives = policy::request_directives(&miss.parts.headers);
-    let now = SystemTime::now();
-    let window = cache.policy().stale_on_error;
-    if !policy::allows_stale_on_error(&stale.meta.freshness, &directives, window, now) {
+    let settings = miss.proxy.cache.policy();
+    if !stale_on_error_allowed(stale, &miss.parts.headers, settings) {
         return None;
     }
-    ctx.status.ttl = Some(stale.meta.freshness.ttl_seconds(now));
+    ctx.status.ttl = Some(stale.meta.freshness.ttl_seconds(SystemTime::now()));
     ctx.status.detail = Some(Detail::Error(failure));
     Some(Delivery::Stored {
         entry: Arc::clone(stale),
@@ -106,10 +98,8 @@ async fn apply_to_stored(
         return;
     }
     let mut merged = policy::freshen_headers(&stored.meta.headers, head);
-    if !cache.policy().store_set_cookie {
-        // A cookie set on a HEAD is for its requester (who gets the HEAD response as is).
-        merged.remove(header::SET_COOKIE);
-    }
+    // A cookie set on a HEAD is for its requester (who gets the HEAD response as is).
+    policy::remove_unshared_cookies(&mut merged, cache.policy());
     let fetched_for = FetchedFor {
         method: &Method::GET,
         uri: &miss.parts.uri,
@@ -122,12 +112,9 @@ async fn apply_to_stored(
         cache.drop_variant(key, variant).await;
         return;
     }
-    let mut freshness = Freshness::compute(status, &merged, cache.policy(), times.0, times.1);
-    if let Some(rule) = cache.rules().find(&miss.site.name, miss.parts.uri.path()) {
-        crate::cache::rules::apply(&mut freshness, rule);
-    }
+    let rule = cache.rules().find(&miss.site.name, miss.parts.uri.path());
     let mut meta = stored.meta.clone();
-    meta.freshness = freshness;
+    meta.freshness = freshness_under_rule(cache, rule, status, &merged, times);
     meta.headers = crate::cache::entry::compact_headers(&merged);
     let entry = Arc::new(StoredResponse {
         meta,

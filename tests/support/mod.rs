@@ -764,6 +764,23 @@ impl Reply {
     }
 }
 
+/// Our member of the Cache-Status list: the last line (RFC 9211 §2: each cache appends its
+/// own).
+pub fn cache_status(reply: &Reply) -> String {
+    reply
+        .headers
+        .get_all("cache-status")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .next_back()
+        .unwrap_or_default()
+}
+
+/// Whether outpost answered from its cache.
+pub fn is_hit(reply: &Reply) -> bool {
+    cache_status(reply).starts_with("outpost; hit")
+}
+
 /// A real HTTP/1.1 client (hyper-util's pooled client).
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()

@@ -327,3 +327,140 @@ async fn expect_100_continue_works_for_request_bodies() {
     assert!(rest.ends_with("11"), "{rest}");
     assert!(!origin.last("/upload").headers.contains_key("expect"));
 }
+
+/// An origin that precedes every answer with `102 Processing` and `103 Early Hints`; for
+/// `/hinted` it sends the final response only once `final_may_go` is notified.
+async fn hinting_origin(
+    final_may_go: std::sync::Arc<tokio::sync::Notify>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (final_may_go, requests) = (final_may_go.clone(), requests.clone());
+            tokio::spawn(async move {
+                loop {
+                    let head = read_head(&mut stream).await;
+                    if head.is_empty() {
+                        return;
+                    }
+                    requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let interim = b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\n\
+                                    Link: </style.css>; rel=preload\r\n\r\n";
+                    let _ = stream.write_all(interim).await;
+                    if head.starts_with(b"GET /hinted ") {
+                        final_may_go.notified().await;
+                    }
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n\
+                              Content-Length: 5\r\n\r\nfinal",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    (url, task)
+}
+
+/// Reads from `stream` into `seen` until `done` holds for it.
+async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    seen: &mut Vec<u8>,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while !done(&String::from_utf8_lossy(seen)) {
+        let read = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+            .await
+            .expect("outpost answers in time")
+            .unwrap();
+        assert!(read > 0, "closed after {}", String::from_utf8_lossy(seen));
+        seen.extend_from_slice(&buf[..read]);
+    }
+    String::from_utf8_lossy(&std::mem::take(seen)).into_owned()
+}
+
+/// RFC 9110 §15.2 and RFC 8297: the origin's 102 and 103 reach an HTTP/1.1 client before
+/// the final response (the origin holds the final one back until the client has them), in
+/// order, with their fields; they are not merged into the final response or stored, so a
+/// hit carries neither. An uncached POST gets them too.
+#[tokio::test]
+async fn interim_responses_reach_the_client_first_and_are_never_stored() {
+    use tokio::io::AsyncWriteExt;
+    let final_may_go = std::sync::Arc::new(tokio::sync::Notify::new());
+    let requests = std::sync::Arc::default();
+    let (origin, _task) =
+        hinting_origin(final_may_go.clone(), std::sync::Arc::clone(&requests)).await;
+    let proxy = Proxy::start(&origin, "").await;
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let request = b"GET /hinted HTTP/1.1\r\nHost: example.test\r\n\r\n";
+    let mut seen = Vec::new();
+
+    client.write_all(request).await.unwrap();
+    let interim = read_until(&mut client, &mut seen, |s| {
+        s.matches("\r\n\r\n").count() >= 2
+    })
+    .await;
+    assert_eq!(
+        interim,
+        "HTTP/1.1 102 Processing\r\n\r\n\
+         HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"
+    );
+    final_may_go.notify_one();
+    let first = read_until(&mut client, &mut seen, |s| s.ends_with("final")).await;
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    assert!(!first.to_ascii_lowercase().contains("link:"), "{first}");
+
+    client.write_all(request).await.unwrap();
+    let hit = read_until(&mut client, &mut seen, |s| s.ends_with("final")).await;
+    assert!(hit.starts_with("HTTP/1.1 200 OK\r\n"), "{hit}");
+    assert!(hit.contains("; hit"), "{hit}");
+    assert!(!hit.to_ascii_lowercase().contains("link:"), "{hit}");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Forwarded uncached, with the final response right behind: still first, in order.
+    client
+        .write_all(b"POST /form HTTP/1.1\r\nHost: example.test\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let posted = read_until(&mut client, &mut seen, |s| s.ends_with("final")).await;
+    assert!(
+        posted.starts_with(
+            "HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\n\
+             link: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"
+        ),
+        "{posted}"
+    );
+}
+
+/// RFC 9110 §15.2: "A server MUST NOT send a 1xx response to an HTTP/1.0 client"; HTTP/2
+/// clients get none either (hyper's server cannot send them), and both get the final
+/// response.
+#[tokio::test]
+async fn http_1_0_and_h2_clients_get_only_the_final_response() {
+    let requests = std::sync::Arc::default();
+    let (origin, _task) = hinting_origin(std::sync::Arc::default(), requests).await;
+    let proxy = Proxy::start(&origin, "").await;
+    let old = raw_exchange(
+        proxy.addr,
+        b"GET /old HTTP/1.0\r\nHost: example.test\r\n\r\n",
+    )
+    .await;
+    assert!(old.starts_with("HTTP/1.0 200 OK\r\n"), "{old}");
+    assert!(old.ends_with("final"), "{old}");
+    let h2 = h2c_client()
+        .request(
+            http::Request::get(proxy.url("/h2"))
+                .body(http_body_util::Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h2.status(), http::StatusCode::OK);
+    assert!(!h2.headers().contains_key("link"));
+}

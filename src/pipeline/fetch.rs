@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use super::deliver::Delivery;
 use super::forwarding::{self, Downstream};
+use super::interim::{self, InterimRelay};
 use super::route::Site;
 use super::{upstream_request, Proxy, RequestCtx};
 use crate::body::Body;
@@ -43,6 +44,8 @@ pub(super) struct Miss<'a> {
     pub site: &'a Arc<Site>,
     pub parts: &'a http::request::Parts,
     pub downstream: Downstream<'a>,
+    /// Where the origin's interim responses go, for the requests a client waits for.
+    pub interim: Option<&'a InterimRelay>,
     pub plan: MissPlan,
 }
 
@@ -96,7 +99,7 @@ async fn lead(
     fill_key: Option<FillKey>,
     ctx: &mut RequestCtx,
 ) -> Result<Delivery, ProxyError> {
-    let (job, mut leader_rx, client) = FillJob::prepare(miss, &fill, fill_key)?;
+    let (job, mut leader_rx, client) = FillJob::prepare(miss, &fill, fill_key, true)?;
     ctx.client = client;
     let started = Instant::now();
     // Its own task: a leader whose client hangs up must not cancel the fetch for others.
@@ -222,7 +225,7 @@ pub(super) fn revalidate_in_background(miss: &Miss<'_>) {
         return;
     }
     fill.set_background();
-    if let Ok((job, _, _)) = FillJob::prepare(miss, &fill, Some(fill_key)) {
+    if let Ok((job, _, _)) = FillJob::prepare(miss, &fill, Some(fill_key), false) {
         miss.proxy.cache.spawn_fill(job.run());
     }
 }
@@ -269,7 +272,12 @@ pub(super) fn stale_on_error_allowed(
 /// The request a fill sends: the client's, as a GET (a HEAD only gets here to validate a
 /// stored response in the background), without the client's own validators (we want a response we can store),
 /// with ours when a stored response is being validated (RFC 9111 §4.3.1).
-fn fill_request(miss: &Miss<'_>) -> Result<(http::Request<Body>, IpAddr), ProxyError> {
+/// `for_client`: a client waits for this fetch's answer, and gets the origin's interim
+/// responses (a background revalidation's go nowhere).
+fn fill_request(
+    miss: &Miss<'_>,
+    for_client: bool,
+) -> Result<(http::Request<Body>, IpAddr), ProxyError> {
     let mut parts = miss.parts.clone();
     parts.method = Method::GET;
     for name in &policy::CLIENT_CONDITIONALS {
@@ -284,8 +292,9 @@ fn fill_request(miss: &Miss<'_>) -> Result<(http::Request<Body>, IpAddr), ProxyE
         header::ACCEPT_ENCODING,
         http::HeaderValue::from_static(crate::cache::key::ORIGIN_ACCEPT_ENCODING),
     );
-    let (mut request, client) =
+    let (request, client) =
         upstream_request(miss.proxy, miss.site, parts, Body::empty(), miss.downstream)?;
+    let mut request = interim::relay_to(request, miss.interim.filter(|_| for_client));
     if let Some(stale) = &miss.plan.stale {
         policy::add_validators(request.headers_mut(), &stale.meta.headers);
     }
@@ -330,8 +339,9 @@ impl FillJob {
         miss: &Miss<'_>,
         fill: &Arc<Fill>,
         fill_key: Option<FillKey>,
+        for_client: bool,
     ) -> Result<(FillJob, oneshot::Receiver<LeaderAnswer>, IpAddr), ProxyError> {
-        let (request, client) = match fill_request(miss) {
+        let (request, client) = match fill_request(miss, for_client) {
             Ok(prepared) => prepared,
             Err(err) => {
                 if let Some(fill_key) = fill_key {

@@ -33,7 +33,7 @@ pub(super) async fn forward_head(
         miss.site,
         miss.parts,
         body,
-        miss.downstream,
+        (miss.downstream, miss.interim),
         ctx,
     )
     .await;

@@ -44,6 +44,7 @@ mod encode;
 mod fetch;
 pub mod forwarding;
 mod head;
+pub mod interim;
 mod invalidate;
 mod proxy;
 pub mod range;
@@ -73,7 +74,7 @@ use request::upstream_request;
 use route::Site;
 
 /// What the connection layer knows about a request that the request itself does not show.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct DownstreamFacts {
     pub peer: SocketAddr,
     /// `http` or `https`: how the client reached this listener (part of the cache key).
@@ -81,6 +82,8 @@ pub struct DownstreamFacts {
     /// The raw head had both Content-Length and Transfer-Encoding (hyper keeps only the
     /// latter, so the request no longer shows it).
     pub has_conflicting_framing: bool,
+    /// Where the origin's interim (1xx) responses go, when the client can take them.
+    pub interim: Option<interim::InterimRelay>,
 }
 
 /// Runs one request through every phase and returns the response to send, never an error:
@@ -184,6 +187,7 @@ async fn serve(
         site: &site,
         parts,
         downstream,
+        interim: facts.interim.as_ref(),
     };
     branch(request, lookup, body, ctx).await
 }
@@ -194,6 +198,7 @@ struct Routed<'a> {
     site: &'a Arc<Site>,
     parts: &'a http::request::Parts,
     downstream: Downstream<'a>,
+    interim: Option<&'a interim::InterimRelay>,
 }
 
 impl<'a> Routed<'a> {
@@ -203,6 +208,7 @@ impl<'a> Routed<'a> {
             site: self.site,
             parts: self.parts,
             downstream: self.downstream,
+            interim: self.interim,
             plan,
         }
     }
@@ -274,7 +280,8 @@ async fn bypass(
     ctx: &mut RequestCtx,
 ) -> Result<Delivery, ProxyError> {
     let (proxy, parts) = (request.proxy, request.parts);
-    let response = forward(proxy, request.site, parts, body, request.downstream, ctx).await?;
+    let to = (request.downstream, request.interim);
+    let response = forward(proxy, request.site, parts, body, to, ctx).await?;
     ctx.status.fwd_status = Some(response.status().as_u16());
     if invalidate::is_safe_method(&parts.method) {
         return Ok(Delivery::Forwarded(response));
@@ -294,11 +301,12 @@ async fn forward(
     site: &Site,
     parts: &http::request::Parts,
     body: Incoming,
-    downstream: Downstream<'_>,
+    (downstream, interim): (Downstream<'_>, Option<&interim::InterimRelay>),
     ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, ProxyError> {
     let (upstream_request, client) =
         upstream_request(proxy, site, parts.clone(), Body::from(body), downstream)?;
+    let upstream_request = interim::relay_to(upstream_request, interim);
     ctx.client = client;
     let sent_at = Instant::now();
     let response = proxy

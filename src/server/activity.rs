@@ -20,6 +20,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::pipeline::interim::InterimLink;
+
 /// Why the watchdog wants the connection to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -175,20 +177,65 @@ impl Drop for InflightGuard {
     }
 }
 
-/// The client socket, reporting reads to the watchdog and scanning HTTP/1 request heads.
+/// The client socket, reporting reads to the watchdog and scanning HTTP/1 request heads;
+/// it also writes the interim responses queued on `interim` (see [`InterimLink`]).
 pub struct WatchedIo<S> {
     inner: S,
     activity: Arc<ConnActivity>,
     scanner: HeadScanner,
+    interim: Arc<InterimLink>,
+    /// Interim heads taken from the link and partly written: finished before anything else.
+    outbox: Vec<u8>,
+    outbox_written: usize,
 }
 
 impl<S> WatchedIo<S> {
-    pub fn new(inner: S, activity: Arc<ConnActivity>) -> Self {
+    pub fn new(inner: S, activity: Arc<ConnActivity>, interim: Arc<InterimLink>) -> Self {
         WatchedIo {
             inner,
             activity,
             scanner: HeadScanner::default(),
+            interim,
+            outbox: Vec::new(),
+            outbox_written: 0,
         }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> WatchedIo<S> {
+    /// Before hyper writes: queued interim heads go first when hyper starts writing after a
+    /// completed flush (a new response, or a 100 Continue), and a half-written one is
+    /// finished.
+    fn poll_interim_before_write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.interim.is_hyper_writing() {
+            if let Some(queued) = self.interim.take_queued() {
+                self.outbox.extend_from_slice(&queued);
+            }
+            self.interim.set_hyper_writing(true);
+        }
+        self.poll_outbox(cx)
+    }
+
+    /// Writes what is left of the outbox; ready once it is empty.
+    fn poll_outbox(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.outbox_written < self.outbox.len() {
+            let rest = &self.outbox[self.outbox_written..];
+            let polled = Pin::new(&mut self.inner).poll_write(cx, rest);
+            self.activity.write_polled(&polled);
+            match polled {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(written)) => self.outbox_written += written,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if !self.outbox.is_empty() {
+            self.outbox.clear();
+            self.outbox_written = 0;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -285,6 +332,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        std::task::ready!(this.poll_interim_before_write(cx))?;
         let polled = Pin::new(&mut this.inner).poll_write(cx, data);
         this.activity.write_polled(&polled);
         polled
@@ -295,6 +343,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        std::task::ready!(this.poll_interim_before_write(cx))?;
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.activity.write_polled(&polled);
         polled
@@ -302,9 +351,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
-    // Not watched: a socket's flush is ready at once and says nothing about the client.
+    /// hyper flushes only once its own buffer is written out, so interim responses may go
+    /// here: never inside a response.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if let Some(queued) = this.interim.take_queued() {
+            this.outbox.extend_from_slice(&queued);
+        }
+        std::task::ready!(this.poll_outbox(cx))?;
+        // A socket's flush is ready at once and says nothing about the client: not watched.
+        let flushed = Pin::new(&mut this.inner).poll_flush(cx);
+        if matches!(flushed, Poll::Ready(Ok(()))) {
+            this.interim.set_hyper_writing(false);
+        }
+        flushed
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)

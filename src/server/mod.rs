@@ -4,7 +4,9 @@
 //!
 //! Each connection has an [`activity::ConnActivity`] watchdog instead of hyper's HTTP/1
 //! `header_read_timeout`, because hyper restarts that timer as soon as a response is sent and
-//! would thereby cap keep-alive idle time at the header timeout. What happens to a request
+//! would thereby cap keep-alive idle time at the header timeout. Interim (1xx) responses
+//! from origins reach HTTP/1.1 clients through the connection's socket wrapper
+//! (`pipeline::interim`), since hyper's server cannot send them. What happens to a request
 //! once its head has arrived is `pipeline`'s business.
 
 mod activity;
@@ -15,8 +17,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -25,6 +29,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::ServerConfig;
+use crate::pipeline::interim::{InterimLink, InterimRelay};
 use crate::pipeline::{self, Proxy};
 
 /// The proxy in force: swapped whole on reload. Each request takes the one current when it
@@ -254,23 +259,40 @@ impl Connection {
         let gauge = self.proxy.load().metrics().open_connections.clone();
         gauge.inc();
         let _open = scopeguard_dec(gauge);
-        let io = TokioIo::new(WatchedIo::new(stream, Arc::clone(&activity)));
+        let interim = Arc::new(InterimLink::default());
+        let io = TokioIo::new(WatchedIo::new(
+            stream,
+            Arc::clone(&activity),
+            Arc::clone(&interim),
+        ));
         let peer = self.peer;
         let proxy = Arc::clone(&self.proxy);
         let service_activity = Arc::clone(&activity);
-        let service = service_fn(move |request| {
+        let service = service_fn(move |request: http::Request<Incoming>| {
             let proxy = proxy.load_full();
             let activity = Arc::clone(&service_activity);
+            let interim = Arc::clone(&interim);
             async move {
                 let has_conflicting_framing = activity.take_framing_conflict();
                 let inflight = activity.request_started(request.version() == http::Version::HTTP_2);
+                let interim = interim_relay(&interim, &request).await;
+                // Interim responses end before the final one starts, or when the client
+                // goes away.
+                let close_interim =
+                    scopeguard::guard(interim.as_ref().map(|r| Arc::clone(&r.link)), |link| {
+                        if let Some(link) = link {
+                            link.close_open();
+                        }
+                    });
                 let downstream = pipeline::DownstreamFacts {
                     peer,
                     // TLS termination is not here yet: every listener is cleartext.
                     scheme: "http",
                     has_conflicting_framing,
+                    interim,
                 };
                 let (response, record) = pipeline::handle(&proxy, request, downstream).await;
+                drop(close_interim);
                 let (head, body) = response.into_parts();
                 // A body in memory knows its length; only a streamed one needs the header.
                 let declared_len = http_body::Body::size_hint(&body)
@@ -311,6 +333,24 @@ impl Connection {
             }
         }
     }
+}
+
+/// What lets the request relay the origin's interim responses: HTTP/1.1 only (RFC 9110
+/// §15.2 forbids 1xx to HTTP/1.0 clients; hyper's HTTP/2 server cannot send them).
+async fn interim_relay(
+    link: &Arc<InterimLink>,
+    request: &http::Request<Incoming>,
+) -> Option<InterimRelay> {
+    if request.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    // An HTTP/1 connection's service runs in the connection's own task: this waker makes
+    // hyper flush, which writes the queued heads.
+    let connection_task = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+    Some(InterimRelay {
+        link: Arc::clone(link),
+        connection_task,
+    })
 }
 
 /// Decrements the open-connections gauge when the connection ends, however it ends.

@@ -168,6 +168,8 @@ fn replay_copy(request: &http::Request<Body>) -> Option<http::Request<Body>> {
     *copy.uri_mut() = request.uri().clone();
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
+    // The interim-response relay, if any, goes along.
+    *copy.extensions_mut() = request.extensions().clone();
     Some(copy)
 }
 

@@ -714,6 +714,13 @@ pub struct CacheConfig {
     /// they get 503 with `Proxy-Status: ...; error=connection_limit_reached`.
     pub fill_queue: usize,
     pub fill_queue_timeout: HumanDuration,
+    /// Memory for partial entries: the byte ranges of representations kept from the
+    /// origin's 206 responses (RFC 9111 §3.3); 0 keeps none.
+    pub partial_capacity: ByteSize,
+    /// A Range miss whose first byte is at most this far into the representation fetches
+    /// the whole representation once and serves the range from it; one starting further
+    /// is forwarded with its Range, and the 206 is kept as a partial entry.
+    pub range_fill_max_offset: ByteSize,
 }
 
 /// A policy override for matching paths (`[[cache.rules]]`).
@@ -746,6 +753,12 @@ pub struct PathRule {
     /// stale-while-revalidate window (RFC 5861 §3) when the origin does not give one.
     #[serde(default)]
     pub stale_while_revalidate: Option<HumanDuration>,
+    /// The longest an error response (status 400 and above) stays fresh on matching paths,
+    /// whatever freshness the origin gave it. Without it (the default) an error is stored
+    /// for exactly the explicit freshness the origin gives it (RFC 9111 §3), and never
+    /// heuristically.
+    #[serde(default)]
+    pub error_ttl: Option<HumanDuration>,
 }
 
 impl Default for CacheConfig {
@@ -784,6 +797,8 @@ impl Default for CacheConfig {
             max_fills_per_origin: 256,
             fill_queue: 4096,
             fill_queue_timeout: HumanDuration(Duration::from_secs(10)),
+            partial_capacity: ByteSize(64 << 20),
+            range_fill_max_offset: ByteSize(1 << 20),
         }
     }
 }

@@ -23,11 +23,14 @@
 //! request ─ filter ─ route ─ Cache::lookup ─┬─ Lookup::Hit ─────────────────────────┐
 //!                                           │    └ revalidate: Some(plan) ──► fetch::revalidate_in_background
 //!                                           │      (stale-while-revalidate, RFC 5861 §3)
+//!                                           ├─ Lookup::Partial (a Range, RFC 9111 §3.3) ─ held ─ Delivery::Partial ┤
+//!                                           │    └ not held: its `otherwise` lookup (Fetch forwards the Range)     │
 //!                                           ├─ Lookup::Fetch ─► fetch::through_cache ─► FillStatus:
 //!                                           │    ├ Streaming (miss, stored) ───────── Delivery::Streaming ─┤
 //!                                           │    ├ Complete { revalidated } (304) ─── Delivery::Stored ────┤
 //!                                           │    ├ StaleOnError (stale-if-error) ──── Delivery::Stored ────┤
 //!                                           │    ├ Uncacheable ────────────────────── Delivery::Relayed ───┤
+//!                                           │    │   (a 206 kept as a partial entry ─ Delivery::Partial ───┤)
 //!                                           │    └ Failed ─────────────────────────── ProxyError ──────────┤
 //!                                           ├─ Lookup::Fetch, HEAD ─► head::forward_head ─ Delivery::Forwarded ┤
 //!                                           │    (a 200 freshens or drops the stored GET, RFC 9111 §4.3.5)  │
@@ -38,13 +41,15 @@
 //!                                                                       deliver ◄─ Delivery::Stored ◄───────┘ (hits)
 //! ```
 //! Offline mode serves anything stored through `Lookup::Hit` (Cache-Status
-//! `detail="offline"`) and answers 504 for the rest without the origin.
+//! `detail="offline"`) and answers 504 for the rest without the origin. While a request
+//! waits for the origin, the origin's interim (1xx) responses go to HTTP/1.1 clients
+//! through [`pipeline::interim`].
 //!
 //! # Module map
 //! - [`config`]: layered settings, typed and validated (every problem reported at once).
 //! - [`body`]: the body type used in both directions.
 //! - [`cache`]: keys, RFC 9111 policy, stored entries, the memory and disk tiers, lookup,
-//!   fills (coalescing, readers, the writer), per-path rules, the tag index.
+//!   fills (coalescing, readers, the writer), partial entries, per-path rules, the tag index.
 //! - [`pipeline`]: the phases of a request.
 //! - [`upstream`]: the pooled origin client and its connection caps.
 //! - [`transform`]: response transforms (compression).

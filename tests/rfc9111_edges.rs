@@ -102,6 +102,35 @@ async fn any_final_status_with_explicit_freshness_is_stored() {
     }
 }
 
+/// RFC 9111 §3 and §4.2.1: a path rule's `error_ttl` caps how long error statuses stay
+/// fresh (here to nothing: they must be fetched again), while a 200 under the same rule and
+/// errors elsewhere keep the origin's explicit freshness (the default).
+#[tokio::test]
+async fn a_path_rule_caps_the_lifetime_of_errors() {
+    let long = [("cache-control", "max-age=600")];
+    let origin = Origin::start(vec![
+        ("/api/missing", Fixture::with_headers(404, &long, "e")),
+        ("/api/broken", Fixture::with_headers(503, &long, "e")),
+        ("/api/fine", Fixture::with_headers(200, &long, "ok")),
+        ("/other/missing", Fixture::with_headers(404, &long, "e")),
+    ])
+    .await;
+    let config = "[cache]\nstale_on_error = \"0s\"\n\
+                  [[cache.rules]]\nprefix = \"/api/\"\nerror_ttl = \"0s\"\n";
+    let proxy = Proxy::start(&origin.url(), config).await;
+    for (path, capped) in [
+        ("/api/missing", true),
+        ("/api/broken", true),
+        ("/api/fine", false),
+        ("/other/missing", false),
+    ] {
+        get(&proxy.url(path), &[]).await;
+        let again = get(&proxy.url(path), &[]).await;
+        assert_eq!(is_hit(&again), !capped, "{path}: {}", cache_status(&again));
+        assert_eq!(origin.hits(path), if capped { 2 } else { 1 }, "{path}");
+    }
+}
+
 /// RFC 9111 §5.2.2.3: `must-understand` stores a response whose status this cache
 /// understands even with `no-store`; with a status it does not understand, it is not
 /// stored, whatever else the response says.

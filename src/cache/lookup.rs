@@ -12,6 +12,7 @@ use http::{header, Method};
 use super::entry::StoredResponse;
 use super::key::{PrimaryKey, VariantKey};
 use super::memory::VariantSet;
+use super::partial::PartialEntry;
 use super::policy::{self, Reuse};
 use super::Cache;
 use crate::telemetry::cache_status::{CacheStatus, FwdReason};
@@ -30,6 +31,9 @@ pub struct MissPlan {
     /// RFC 9111 §3.5: an authorised request must not share a fetch it might not be allowed
     /// to share; a no-store request stores nothing for others to share.
     pub is_coalescable: bool,
+    /// Send the client's Range to the origin (its 206 is kept as a partial entry) instead
+    /// of fetching the whole representation; such a fetch is never shared.
+    pub forwards_range: bool,
 }
 
 /// The outcome of the cache-lookup phase.
@@ -51,6 +55,13 @@ pub enum Lookup {
     Bypass(CacheStatus),
     /// Fetch through the cache: a miss, or a stored response to validate.
     Fetch(MissPlan),
+    /// A partial entry of the representation may answer this Range request (RFC 9111
+    /// §3.3): if it holds every byte asked for, it does (with `status`); if not, `otherwise`.
+    Partial {
+        entry: Arc<PartialEntry>,
+        status: CacheStatus,
+        otherwise: Box<Lookup>,
+    },
 }
 
 /// What the lookup knows once it has looked at the tiers.
@@ -92,6 +103,7 @@ impl Cache {
             stale: None,
             reason: FwdReason::UriMiss,
             is_coalescable: !has_authorization && !directives.no_store,
+            forwards_range: false,
         };
         let selected = variants
             .as_ref()
@@ -99,7 +111,18 @@ impl Cache {
             .cloned();
         let (Some(entry), Some(set)) = (selected, variants.clone()) else {
             let is_vary_miss = variants.is_some_and(|set| !set.is_empty());
-            return self.miss(plan, &directives, is_vary_miss);
+            let partial = self
+                .usable_partial(&plan.key, request, &directives, now)
+                .await;
+            let miss = self.miss(plan, &directives, is_vary_miss);
+            return match partial {
+                Some((entry, status)) => Lookup::Partial {
+                    entry,
+                    status,
+                    otherwise: Box::new(miss),
+                },
+                None => miss,
+            };
         };
         if has_authorization && !entry.meta.freshness.is_shareable_with_authorization {
             // RFC 9111 §3.5: not reusable for a request with Authorization.
@@ -124,6 +147,41 @@ impl Cache {
         let has_preconditions = headers.contains_key(header::IF_MATCH)
             || headers.contains_key(header::IF_UNMODIFIED_SINCE);
         has_preconditions.then(|| Lookup::Bypass(bypass(Detail::Precondition)))
+    }
+
+    /// The partial entry that may answer this GET with a Range, and the Cache-Status of
+    /// doing so: its variant is the request's and it may be reused now (fresh, allowed
+    /// stale, or offline). It is never validated: a stale one is fetched anew.
+    async fn usable_partial(
+        &self,
+        key: &PrimaryKey,
+        request: &http::request::Parts,
+        directives: &policy::Directives,
+        now: SystemTime,
+    ) -> Option<(Arc<PartialEntry>, CacheStatus)> {
+        if request.method != Method::GET || !request.headers.contains_key(header::RANGE) {
+            return None;
+        }
+        let entry = self.partials().get(key).await?;
+        let meta = &entry.meta;
+        if meta.vary.variant_key(&request.headers) != Some(meta.variant)
+            || (request.headers.contains_key(header::AUTHORIZATION)
+                && !meta.freshness.is_shareable_with_authorization)
+        {
+            return None;
+        }
+        let ttl = meta.freshness.ttl_seconds(now);
+        match policy::evaluate_reuse(&meta.freshness, directives, now) {
+            Reuse::Fresh | Reuse::StaleAllowed => {}
+            _ if self.is_offline()
+                && (!meta.freshness.forbids_stale || self.offline_ignores_revalidation) =>
+            {
+                let status = CacheStatus::hit(ttl).with_detail(Detail::Offline);
+                return Some((entry, status));
+            }
+            _ => return None,
+        }
+        Some((entry, CacheStatus::hit(ttl).with_detail(Detail::Partial)))
     }
 
     /// Nothing stored selects this request.

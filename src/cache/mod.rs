@@ -18,6 +18,7 @@ pub mod fill;
 pub mod key;
 pub mod lookup;
 pub mod memory;
+pub mod partial;
 pub mod policy;
 pub mod rules;
 pub mod tags;
@@ -43,6 +44,7 @@ use entry::{EntryMeta, StoredBody, StoredResponse};
 use fill::{Coalescer, FillBounds};
 use key::{PrimaryKey, VariantKey};
 use memory::{MemoryTier, VariantSet};
+use partial::PartialStore;
 use policy::PolicySettings;
 use rules::PathRules;
 
@@ -51,6 +53,8 @@ pub struct Cache {
     is_enabled: bool,
     policy: PolicySettings,
     max_object_size: u64,
+    /// See `cache.range_fill_max_offset`.
+    range_fill_max_offset: u64,
     coalesce_wait: Duration,
     fill_bounds: FillBounds,
     /// Fills running, in all and per origin.
@@ -74,6 +78,8 @@ pub struct Cache {
     fills: TaskTracker,
     /// Tag → stored resources, for purges by tag.
     tag_index: Arc<TagIndex>,
+    /// Ranges of representations held without the whole (RFC 9111 §3.3).
+    partials: PartialStore,
     /// URLs whose last response was uncacheable: their requests skip coalescing for a while
     /// (Varnish's hit-for-miss).
     hit_for_miss: moka::future::Cache<PrimaryKey, ()>,
@@ -117,6 +123,7 @@ impl Cache {
             disk_writes: TaskTracker::new(),
             fills: TaskTracker::new(),
             tag_index: Arc::new(TagIndex::new(!has_disk, TAG_INDEX_CAPACITY)),
+            partials: PartialStore::new(config.partial_capacity.as_u64()),
         };
         metrics.offline.set(i64::from(config.offline));
         let cache = Cache::with_stores(config, shared, Arc::clone(metrics));
@@ -152,6 +159,7 @@ impl Cache {
             disk_writes: self.disk_writes.clone(),
             fills: self.fills.clone(),
             tag_index: Arc::clone(&self.tag_index),
+            partials: self.partials.clone(),
         };
         Cache::with_stores(config, shared, Arc::clone(&self.metrics))
     }
@@ -173,6 +181,7 @@ impl Cache {
                 stale_on_error: config.stale_on_error.get(),
             },
             max_object_size: config.max_object_size.as_u64(),
+            range_fill_max_offset: config.range_fill_max_offset.as_u64(),
             coalesce_wait: config.coalesce_wait.get(),
             fill_bounds: FillBounds {
                 unread_limit: config.unread_fill_limit.as_u64(),
@@ -191,6 +200,7 @@ impl Cache {
             disk_writes: shared.disk_writes,
             fills: shared.fills,
             tag_index: shared.tag_index,
+            partials: shared.partials,
             surrogate_key_header: config.surrogate_key_header.get().clone(),
             hit_for_miss: shared.hit_for_miss,
             metrics,
@@ -264,6 +274,16 @@ impl Cache {
     }
 
     /// The largest object this cache stores: the disk tier's limit while it is in use.
+    /// Partial entries (RFC 9111 §3.3).
+    pub fn partials(&self) -> &PartialStore {
+        &self.partials
+    }
+
+    /// See `cache.range_fill_max_offset`.
+    pub fn range_fill_max_offset(&self) -> u64 {
+        self.range_fill_max_offset
+    }
+
     pub fn storable_size(&self) -> u64 {
         match &self.disk {
             Some(disk) if disk.is_available() => disk.max_object_size.max(self.max_object_size),
@@ -365,8 +385,10 @@ impl Cache {
     }
 
     /// Stores `entry` in memory and, in the background, on disk (`body_changed`: false
-    /// when only its headers were freshened).
+    /// when only its headers were freshened). A partial entry of the resource is dropped:
+    /// the whole representation answers every range.
     pub async fn store(&self, entry: Arc<StoredResponse>, body_changed: bool) {
+        self.partials.remove(&entry.meta.key).await;
         self.index_tags(&entry.meta);
         self.memory.insert(Arc::clone(&entry)).await;
         self.store_on_disk(&entry, body_changed);
@@ -540,6 +562,7 @@ impl Cache {
 
     /// Removes every variant of `key` from both tiers (RFC 9111 §4.4 invalidation).
     pub async fn invalidate(&self, key: &PrimaryKey) -> usize {
+        self.partials.remove(key).await;
         let mut removed = self.memory.remove(key).await;
         if let Some(disk) = self.live_disk() {
             removed = removed.max(disk.remove(*key).await);
@@ -619,6 +642,7 @@ struct SharedStores {
     disk_writes: TaskTracker,
     fills: TaskTracker,
     tag_index: Arc<TagIndex>,
+    partials: PartialStore,
 }
 
 /// (tag, resource) pairs the tag index holds before it is rebuilt from the tiers (which
@@ -702,12 +726,17 @@ impl Cache {
     /// stored response that `target` names, in both tiers. Returns how many stored
     /// responses, counting each variant, were affected.
     pub async fn purge(&self, target: &PurgeTarget, soft: bool) -> usize {
+        let header = self.surrogate_key_header.clone();
+        // Partial entries are only ever removed: they cannot be revalidated.
+        let partials = self
+            .partials
+            .remove_where(|meta| target.matches(meta, &header))
+            .await;
         if let PurgeTarget::Tag { tag, origin } = target {
             if let Some(candidates) = self.tag_index.keys(tag, origin.as_deref()) {
-                return self.purge_tagged(target, tag, candidates, soft).await;
+                return partials + self.purge_tagged(target, tag, candidates, soft).await;
             }
         }
-        let header = self.surrogate_key_header.clone();
         let mut keys: Vec<PrimaryKey> = match target {
             PurgeTarget::Url(key) => vec![*key],
             _ => {
@@ -728,7 +757,7 @@ impl Cache {
                 }
             }
         }
-        let mut affected = 0;
+        let mut affected = partials;
         for key in keys {
             affected += if soft {
                 self.mark_stale(&key).await

@@ -4,7 +4,8 @@
 //! A rule can set the lifetime (`ttl`), mark a path immutable (RFC 8246: a client's reload
 //! does not reach the origin), force validation before every use (while still allowing the
 //! stored response when the origin is unreachable, through `stale_if_error`), and supply
-//! RFC 5861 windows the origin did not. First match wins.
+//! RFC 5861 windows the origin did not, and cap how long error responses stay fresh. First
+//! match wins.
 
 use std::time::Duration;
 
@@ -56,8 +57,8 @@ impl PathRules {
     }
 }
 
-/// `freshness` as `rule` overrides it.
-pub fn apply(freshness: &mut Freshness, rule: &PathRule) {
+/// `freshness` of a `status` response as `rule` overrides it.
+pub fn apply(freshness: &mut Freshness, rule: &PathRule, status: http::StatusCode) {
     if let Some(ttl) = rule.ttl {
         freshness.lifetime = ttl.get();
         freshness.is_heuristic = false;
@@ -83,6 +84,9 @@ pub fn apply(freshness: &mut Freshness, rule: &PathRule) {
     if let Some(window) = rule.stale_while_revalidate {
         freshness.stale_while_revalidate = freshness.stale_while_revalidate.max(window.get());
     }
+    if let (Some(cap), true) = (rule.error_ttl, status.as_u16() >= 400) {
+        freshness.lifetime = freshness.lifetime.min(cap.get());
+    }
 }
 
 #[cfg(test)]
@@ -100,6 +104,7 @@ mod tests {
             revalidate: false,
             stale_if_error: None,
             stale_while_revalidate: None,
+            error_ttl: None,
         }
     }
 

@@ -13,6 +13,7 @@ use crate::body::Body;
 use crate::cache::entry::{EntryMeta, StoredResponse};
 use crate::cache::fill::{Fill, FillReader, FillStatus};
 use crate::cache::memory::VariantSet;
+use crate::cache::partial::PartialEntry;
 use crate::error::ProxyError;
 
 /// What a phase found to send.
@@ -23,6 +24,8 @@ pub enum Delivery {
         entry: Arc<StoredResponse>,
         set: Option<Arc<VariantSet>>,
     },
+    /// A partial entry holding every byte of the range asked for (RFC 9111 §3.3).
+    Partial(Arc<PartialEntry>),
     /// A fill's body as it arrives from the origin.
     Streaming {
         meta: Arc<EntryMeta>,
@@ -53,6 +56,7 @@ pub async fn deliver(
         Delivery::Stored { entry, set } => {
             Ok(stored(proxy, &entry, set.as_deref(), parts, ctx).await)
         }
+        Delivery::Partial(entry) => Ok(respond::ranged_from_partial(proxy, &entry, parts, now)),
         Delivery::Streaming { meta, reader, fill } => {
             if range::requested(parts, &meta.headers).is_some() && will_be_stored(proxy, &meta) {
                 // RFC 9110 §14: a Range miss on an object that will be stored waits for it

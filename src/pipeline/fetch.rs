@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -32,6 +33,7 @@ use crate::cache::entry::{EntryMeta, StoredResponse};
 use crate::cache::fill::{Fill, FillKey, FillReader, FillStatus, FillTarget, Role};
 use crate::cache::key::Vary;
 use crate::cache::lookup::MissPlan;
+use crate::cache::partial::{ContentRange, PartialEntry};
 use crate::cache::policy::{self, FetchedFor, Freshness, NoStoreReason};
 use crate::error::{OriginFailure, ProxyError};
 use crate::telemetry::cache_status::CacheStatus;
@@ -120,6 +122,16 @@ async fn lead(
             LeaderAnswer::Own(entry) => {
                 ctx.status.fwd_status = Some(304);
                 Delivery::Stored { entry, set: None }
+            }
+            LeaderAnswer::Partial(entry, as_received) => {
+                ctx.status.fwd_status = Some(206);
+                ctx.status.stored = true;
+                ctx.status.detail = Some(Detail::Partial);
+                if super::range::partial_answers(&entry, miss.parts) {
+                    Delivery::Partial(entry)
+                } else {
+                    Delivery::Relayed(as_received)
+                }
             }
         });
     }
@@ -248,7 +260,7 @@ pub(super) fn freshness_under_rule(
     let mut freshness =
         Freshness::compute(status, headers, cache.policy(), request_time, response_time);
     if let Some(rule) = rule {
-        crate::cache::rules::apply(&mut freshness, rule);
+        crate::cache::rules::apply(&mut freshness, rule, status);
     }
     freshness
 }
@@ -284,13 +296,20 @@ fn fill_request(
         parts.headers.remove(name);
     }
     parts.headers.remove(header::CONTENT_LENGTH);
-    // A Range miss fills the whole object once; the range is served from the stored entry.
-    parts.headers.remove(header::RANGE);
+    // A Range miss fills the whole object once and the range is served from the stored
+    // entry, unless the lookup chose to forward it (then the 206 is kept as a partial).
     // Every client shares the origin's variant; encodings are ours to produce (see
-    // `cache::key::ORIGIN_ACCEPT_ENCODING`).
+    // `cache::key::ORIGIN_ACCEPT_ENCODING`), and a forwarded range is of the identity
+    // representation: a piece of a gzip stream could not be decoded for anyone.
+    let accept_encoding = if miss.plan.forwards_range {
+        "identity"
+    } else {
+        parts.headers.remove(header::RANGE);
+        crate::cache::key::ORIGIN_ACCEPT_ENCODING
+    };
     parts.headers.insert(
         header::ACCEPT_ENCODING,
-        http::HeaderValue::from_static(crate::cache::key::ORIGIN_ACCEPT_ENCODING),
+        http::HeaderValue::from_static(accept_encoding),
     );
     let (request, client) =
         upstream_request(miss.proxy, miss.site, parts, Body::empty(), miss.downstream)?;
@@ -330,6 +349,9 @@ enum LeaderAnswer {
     /// The stored response as freshened by a 304 that was for this client only: it set
     /// cookies, or made the response unshareable (RFC 9111 §3 on the 304's headers).
     Own(Arc<StoredResponse>),
+    /// A 206 kept as (part of) a partial entry: the entry now held, and the 206 as it came
+    /// for a request the entry cannot answer.
+    Partial(Arc<PartialEntry>, Response<Body>),
 }
 
 impl FillJob {
@@ -423,6 +445,9 @@ impl FillTask {
                 return;
             }
         }
+        if head.status == StatusCode::PARTIAL_CONTENT {
+            return self.keep_partial(head, body, &uri, times).await;
+        }
         let fetched_for = FetchedFor {
             method: &method,
             uri: &uri,
@@ -511,18 +536,7 @@ impl FillTask {
         };
         let mut shared_headers = merged.clone();
         policy::remove_unshared_cookies(&mut shared_headers, cache.policy());
-        let fetched_for = FetchedFor {
-            method: &Method::GET,
-            uri,
-            headers: &self.client_headers,
-        };
-        let verdict = policy::check_storable(
-            &fetched_for,
-            stale.meta.status,
-            &shared_headers,
-            cache.policy(),
-            times.1,
-        );
+        let verdict = self.check_storable(uri, stale.meta.status, &shared_headers, times.1);
         let vary = Vary::from_response(&shared_headers);
         let variant = vary.variant_key(&self.client_headers);
         let (Ok(()), Some(variant)) = (verdict, variant) else {
@@ -551,6 +565,136 @@ impl FillTask {
     }
 
     /// Hands `answer` to the leader (who may have gone; then nobody needs it).
+    /// RFC 9111 §3 for a GET of `uri` by this fill's client answered with `status` and
+    /// `headers`.
+    fn check_storable(
+        &self,
+        uri: &http::Uri,
+        status: StatusCode,
+        headers: &HeaderMap,
+        response_time: SystemTime,
+    ) -> Result<(), NoStoreReason> {
+        let fetched_for = FetchedFor {
+            method: &Method::GET,
+            uri,
+            headers: &self.client_headers,
+        };
+        policy::check_storable(
+            &fetched_for,
+            status,
+            headers,
+            self.proxy.cache.policy(),
+            response_time,
+        )
+    }
+
+    /// RFC 9111 §3.3, §3.4: a 206 (to a Range we forwarded, or one the origin chose to
+    /// send) is kept as a partial entry when its head would be storable on a 200, it has
+    /// one complete Content-Range and its bytes arrive whole and fit the partial budget.
+    /// Combined with the pieces already held, it may complete the representation, which is
+    /// then stored whole and answers everyone waiting. Otherwise the leader is answered
+    /// from the partial entry (or with the 206 as it came) and followers fetch alone.
+    async fn keep_partial(
+        mut self,
+        head: http::response::Parts,
+        body: OriginBody,
+        uri: &http::Uri,
+        times: (SystemTime, SystemTime),
+    ) {
+        let cache = &self.proxy.cache;
+        // The representation's head is judged as its 200 would be: 206 says only which
+        // part this is.
+        let verdict = self.check_storable(uri, StatusCode::OK, &head.headers, times.1);
+        let range = head
+            .headers
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ContentRange::parse)
+            .filter(|range| {
+                cache.partials().takes(range.byte_count())
+                    && range.complete_len <= cache.storable_size()
+            })
+            // A piece of an encoded representation could not be decoded for clients that
+            // do not accept its coding.
+            .filter(|_| {
+                head.headers
+                    .get(header::CONTENT_ENCODING)
+                    .is_none_or(|coding| coding.as_bytes().eq_ignore_ascii_case(b"identity"))
+            });
+        let vary = Vary::from_response(&head.headers);
+        let variant = vary.variant_key(&self.client_headers);
+        let (Ok(()), Some(range), Some(variant)) = (verdict, range, variant) else {
+            let reason = verdict.err().unwrap_or(NoStoreReason::PartialContent);
+            self.fill.publish(FillStatus::Uncacheable(reason));
+            let response = Response::from_parts(head, Body::from(body));
+            self.answer_leader(LeaderAnswer::Relayed(response));
+            return;
+        };
+        let bytes = match self.read_piece(body, range.byte_count()).await {
+            Ok(bytes) => bytes,
+            Err(err) => return self.origin_failed(err, Some(206)),
+        };
+        let freshness = self.freshness(StatusCode::OK, &head.headers, times);
+        let meta = EntryMeta::new(
+            self.plan.key,
+            self.plan.url.clone(),
+            head.status,
+            head.headers.clone(),
+            (vary, variant),
+            freshness,
+        );
+        let held = cache
+            .partials()
+            .add(PartialEntry::new(meta, range, bytes.clone()))
+            .await;
+        if let Some(complete) = held.completed() {
+            let entry = Arc::new(complete);
+            cache.store(Arc::clone(&entry), true).await;
+            self.fill.publish(FillStatus::Complete {
+                entry,
+                revalidated: false,
+            });
+            return;
+        }
+        self.fill
+            .publish(FillStatus::Uncacheable(NoStoreReason::PartialContent));
+        let as_received = Response::from_parts(head, Body::full(bytes));
+        self.answer_leader(LeaderAnswer::Partial(held, as_received));
+    }
+
+    /// The body of a 206 whose Content-Range promised `len` bytes: exactly those, each
+    /// chunk within the body-read timeout.
+    async fn read_piece(&self, mut body: OriginBody, len: u64) -> Result<Bytes, ProxyError> {
+        let incomplete = |detail: String| ProxyError::ResponseIncomplete {
+            origin: self.origin.clone(),
+            detail,
+        };
+        let mut bytes = bytes::BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+        loop {
+            let frame = tokio::time::timeout(self.proxy.body_read_timeout, body.frame())
+                .await
+                .map_err(|_| ProxyError::BodyReadTimeout {
+                    origin: self.origin.clone(),
+                })?;
+            match frame {
+                None => break,
+                Some(Err(source)) => return Err(incomplete(format!("mid-body: {source}"))),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        bytes.extend_from_slice(&data);
+                    }
+                    if bytes.len() as u64 > len {
+                        return Err(incomplete("206 body longer than its Content-Range".into()));
+                    }
+                }
+            }
+        }
+        if (bytes.len() as u64) < len {
+            return Err(incomplete("206 body shorter than its Content-Range".into()));
+        }
+        Ok(bytes.freeze())
+    }
+
     fn answer_leader(&mut self, answer: LeaderAnswer) {
         if let Some(leader) = self.leader.take() {
             let _ = leader.send(answer);

@@ -223,6 +223,23 @@ async fn branch(
 ) -> Result<Delivery, ProxyError> {
     let proxy = request.proxy;
     let offline = || Delivery::Synthetic(respond::gateway_timeout_offline());
+    let (lookup, known_len) = match lookup {
+        Lookup::Partial {
+            entry,
+            status,
+            otherwise,
+        } => {
+            if range::partial_answers(&entry, request.parts) {
+                ctx.status = status;
+                ctx.key = Some(entry.meta.key);
+                ctx.variant = Some(entry.meta.variant);
+                ctx.hit_tier = crate::telemetry::Tier::Memory;
+                return Ok(Delivery::Partial(entry));
+            }
+            (*otherwise, Some(entry.complete_len()))
+        }
+        other => (other, None),
+    };
     match lookup {
         Lookup::Hit {
             entry,
@@ -261,7 +278,13 @@ async fn branch(
             ctx.status = status;
             bypass(&request, body, ctx).await
         }
-        Lookup::Fetch(plan) => {
+        Lookup::Partial { .. } => Err(ProxyError::Internal("nested partial lookup".into())),
+        Lookup::Fetch(mut plan) => {
+            let max_offset = proxy.cache.range_fill_max_offset();
+            if range::forwards(request.parts, known_len, max_offset) {
+                plan.forwards_range = true;
+                plan.is_coalescable = false;
+            }
             ctx.key = Some(plan.key);
             ctx.variant = plan.stale.as_ref().map(|entry| entry.meta.variant);
             if request.parts.method == http::Method::HEAD {

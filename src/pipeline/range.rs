@@ -11,6 +11,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::body::Body;
+use crate::cache::partial::PartialEntry;
 
 /// More ranges than this in one request are ignored (a whole 200 instead): many tiny
 /// ranges cost more to send than the representation.
@@ -145,9 +146,51 @@ pub fn requested(parts: &http::request::Parts, stored: &HeaderMap) -> Option<Str
     if_range_allows(&parts.headers, stored).then(|| range.to_string())
 }
 
+/// RFC 9111 §3.3: whether the partial `entry` can answer the request's Range: it holds
+/// every byte asked for, or knows that none of them exist (416).
+pub fn partial_answers(entry: &PartialEntry, parts: &http::request::Parts) -> bool {
+    let Some(range) = requested(parts, &entry.meta.headers) else {
+        return false;
+    };
+    match parse(&range, entry.complete_len()) {
+        Ranges::Ignore => false,
+        Ranges::Unsatisfiable => true,
+        Ranges::Satisfiable(ranges) => ranges
+            .iter()
+            .all(|&(first, last)| entry.window(first, last).is_some()),
+    }
+}
+
+/// Whether a Range miss is forwarded with its Range instead of fetching the whole
+/// representation: one range, and no If-Range (which may ask for the whole); and either
+/// pieces of the representation are held already (`known_len`: the missing piece is
+/// fetched to combine with them, RFC 9111 §3.4) or the range starts past `max_offset` (a
+/// suffix range when the length is not known).
+pub fn forwards(parts: &http::request::Parts, known_len: Option<u64>, max_offset: u64) -> bool {
+    if parts.method != http::Method::GET || parts.headers.contains_key(header::IF_RANGE) {
+        return false;
+    }
+    let Some(range) = parts
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    match parse(range, known_len.unwrap_or(u64::MAX)) {
+        Ranges::Satisfiable(ranges) => {
+            ranges.len() == 1 && (known_len.is_some() || ranges[0].0 > max_offset)
+        }
+        Ranges::Ignore | Ranges::Unsatisfiable => false,
+    }
+}
+
 /// The stored body a range is cut from.
 pub enum RangeSource<'a> {
     Memory(&'a Bytes),
+    /// The pieces of a partial entry: every range asked for is inside one
+    /// ([`partial_answers`]).
+    Partial(&'a PartialEntry),
     /// A body of `len` bytes read through `window(first, last)`.
     Streamed {
         len: u64,
@@ -159,6 +202,7 @@ impl RangeSource<'_> {
     fn len(&self) -> u64 {
         match self {
             RangeSource::Memory(body) => body.len() as u64,
+            RangeSource::Partial(entry) => entry.complete_len(),
             RangeSource::Streamed { len, .. } => *len,
         }
     }
@@ -168,6 +212,11 @@ impl RangeSource<'_> {
     fn part(&self, first: u64, last: u64) -> Body {
         match self {
             RangeSource::Memory(body) => Body::full(body.slice(first as usize..=last as usize)),
+            // Held: checked on this same entry before it was chosen. Were it not, the body
+            // would fall short of its Content-Length and hyper would abort the response.
+            RangeSource::Partial(entry) => {
+                Body::full(entry.window(first, last).unwrap_or_default())
+            }
             RangeSource::Streamed { window, .. } => window(first, last),
         }
     }

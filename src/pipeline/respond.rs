@@ -15,6 +15,7 @@ use super::range::RangeSource;
 
 use crate::cache::disk::verified_file_body;
 use crate::cache::entry::{EntryMeta, StoredBody, StoredResponse};
+use crate::cache::partial::PartialEntry;
 use crate::cache::policy;
 
 /// Fields a 304 carries (RFC 9110 §15.4.5), besides Age, Via and Cache-Status.
@@ -63,6 +64,18 @@ pub fn ranged_from_entry(
             super::range::apply(whole, source, range)
         }
     }
+}
+
+/// A partial entry answering a Range request it holds every byte of (RFC 9111 §3.3).
+pub fn ranged_from_partial(
+    proxy: &Proxy,
+    entry: &PartialEntry,
+    request: &http::request::Parts,
+    now: SystemTime,
+) -> Response<Body> {
+    let whole = from_meta(proxy, &entry.meta, Body::empty(), request, now);
+    let range = super::range::requested(request, &entry.meta.headers).unwrap_or_default();
+    super::range::apply(whole, RangeSource::Partial(entry), &range)
 }
 
 /// The whole body of a stored entry.

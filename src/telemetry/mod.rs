@@ -101,6 +101,8 @@ pub enum Detail {
     OnlyIfCached,
     /// A PURGE request.
     Purge,
+    /// RFC 9111 §3.3: a partial entry answered the range, or a 206 was kept as one.
+    Partial,
     /// The response was not stored; the policy's reason.
     NotStored(&'static str),
     /// The origin failed (an RFC 9209 error type, or `http_5xx`) and a stale response
@@ -118,6 +120,7 @@ impl Detail {
             Detail::StaleWhileRevalidate => "stale-while-revalidate",
             Detail::OnlyIfCached => "only-if-cached",
             Detail::Purge => "purge",
+            Detail::Partial => "partial",
             Detail::NotStored(reason) => reason,
             Detail::Error(failure) => failure.as_str(),
         }

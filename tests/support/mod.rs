@@ -204,6 +204,9 @@ pub enum Fixture {
         declared: usize,
         open: OpenBodies,
     },
+    /// A representation that honours a one-range request (`bytes=a-b`, `a-`, `-n`) with 206
+    /// and Content-Range; anything else gets the whole 200. `headers` go on both.
+    Ranged { headers: HeaderList, body: Bytes },
     /// The n-th request gets the n-th fixture; the last one repeats.
     Sequence(Arc<Vec<Fixture>>, Arc<std::sync::atomic::AtomicUsize>),
 }
@@ -276,6 +279,34 @@ impl Fixture {
                         .header("etag", *etag)
                         .body(Body::full(body.clone()))
                         .unwrap()
+                }
+            }
+            Fixture::Ranged { headers, body } => {
+                let len = body.len();
+                let range = request
+                    .headers()
+                    .get("range")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes="))
+                    .filter(|spec| !spec.contains(','))
+                    .and_then(|spec| spec.split_once('-'))
+                    .and_then(|(first, last)| match (first, last) {
+                        ("", suffix) => Some((len.saturating_sub(suffix.parse().ok()?), len - 1)),
+                        (first, "") => Some((first.parse().ok()?, len - 1)),
+                        (first, last) => Some((
+                            first.parse().ok()?,
+                            last.parse::<usize>().ok()?.min(len - 1),
+                        )),
+                    })
+                    .filter(|(first, last)| first <= last && *last < len);
+                let builder = with_headers(Response::builder(), headers);
+                match range {
+                    Some((first, last)) => builder
+                        .status(206)
+                        .header("content-range", format!("bytes {first}-{last}/{len}"))
+                        .body(Body::full(body.slice(first..=last)))
+                        .unwrap(),
+                    None => builder.body(Body::full(body.clone())).unwrap(),
                 }
             }
             Fixture::Echo { name, headers } => {

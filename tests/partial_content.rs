@@ -1,0 +1,195 @@
+//! Partial content (RFC 9111 §3.3, §3.4): 206 responses kept as partial entries, ranges
+//! served from them, pieces combined into the whole representation. A real origin that
+//! honours Range, a real outpost, on loopback.
+
+mod support;
+
+use support::*;
+
+/// 1000 bytes whose every position is recognisable.
+fn representation() -> bytes::Bytes {
+    (0..1000u32)
+        .map(|i| b"0123456789abcdefghijklmnopqrstuvwxyz"[(i % 36) as usize])
+        .collect()
+}
+
+fn ranged(etag: &str, body: bytes::Bytes) -> Fixture {
+    Fixture::Ranged {
+        headers: header_list(&[("cache-control", "max-age=60"), ("etag", etag)]),
+        body,
+    }
+}
+
+/// Ranges starting past 100 bytes are forwarded; purges are allowed from loopback.
+const CONFIG: &str =
+    "[cache]\nrange_fill_max_offset = \"100\"\npurge_allowed = [\"127.0.0.1/32\"]\n";
+
+async fn range(proxy: &Proxy, path: &str, spec: &str) -> Reply {
+    get(&proxy.url(path), &[("range", spec)]).await
+}
+
+fn assert_piece(reply: &Reply, first: usize, last: usize) {
+    let whole = representation();
+    assert_eq!(
+        reply.status,
+        http::StatusCode::PARTIAL_CONTENT,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(
+        reply.header("content-range"),
+        Some(format!("bytes {first}-{last}/1000").as_str())
+    );
+    assert_eq!(reply.body, whole.slice(first..=last));
+}
+
+/// RFC 9111 §3.3: a 206 to a forwarded range is stored as a partial entry, and a later
+/// range wholly inside it is served from it without the origin; a range that is not
+/// inside goes to the origin with its Range, never as a whole fetch. A purge removes it.
+#[tokio::test]
+async fn a_stored_206_answers_the_ranges_inside_it() {
+    let origin = Origin::start(vec![("/video", ranged("\"v1\"", representation()))]).await;
+    let proxy = Proxy::start(&origin.url(), CONFIG).await;
+
+    let first = range(&proxy, "/video", "bytes=200-599").await;
+    assert_piece(&first, 200, 599);
+    let status = cache_status(&first);
+    assert!(
+        status.contains("fwd=uri-miss") && status.contains("stored"),
+        "{status}"
+    );
+    assert_eq!(origin.last("/video").headers["range"], "bytes=200-599");
+    assert_eq!(origin.last("/video").headers["accept-encoding"], "identity");
+
+    let inside = range(&proxy, "/video", "bytes=300-399").await;
+    assert_piece(&inside, 300, 399);
+    assert!(is_hit(&inside), "{}", cache_status(&inside));
+    let suffix_outside = range(&proxy, "/video", "bytes=-10").await;
+    assert_piece(&suffix_outside, 990, 999);
+    assert!(!is_hit(&suffix_outside));
+    assert_eq!(origin.last("/video").headers["range"], "bytes=-10");
+    assert_eq!(origin.hits("/video"), 2);
+
+    let purge = send(
+        &client(),
+        http::Request::builder()
+            .method("PURGE")
+            .uri(proxy.url("/video"))
+            .body(http_body_util::Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(purge.status, http::StatusCode::OK, "{}", purge.text());
+    let after_purge = range(&proxy, "/video", "bytes=300-399").await;
+    assert_piece(&after_purge, 300, 399);
+    assert!(!is_hit(&after_purge));
+    assert_eq!(origin.hits("/video"), 3);
+}
+
+/// RFC 9111 §3.4: pieces with the same strong validator combine; once they cover the
+/// representation it is stored whole, and a request without Range is a hit with every
+/// byte, though the origin was only ever asked for ranges.
+#[tokio::test]
+async fn adjoining_pieces_with_one_strong_validator_become_the_whole_representation() {
+    let origin = Origin::start(vec![("/iso", ranged("\"v1\"", representation()))]).await;
+    let proxy = Proxy::start(&origin.url(), CONFIG).await;
+
+    assert_piece(&range(&proxy, "/iso", "bytes=500-").await, 500, 999);
+    // Starts within the first 100 bytes, but pieces are held: the missing one is fetched.
+    assert_piece(&range(&proxy, "/iso", "bytes=0-520").await, 0, 520);
+    assert_eq!(origin.last("/iso").headers["range"], "bytes=0-520");
+
+    let whole = get(&proxy.url("/iso"), &[]).await;
+    assert_eq!(whole.status, http::StatusCode::OK);
+    assert_eq!(whole.body, representation());
+    assert!(is_hit(&whole), "{}", cache_status(&whole));
+    assert!(origin
+        .seen()
+        .iter()
+        .all(|seen| seen.headers.contains_key("range")));
+    assert_eq!(origin.hits("/iso"), 2);
+}
+
+/// RFC 9111 §3.4: pieces with different validators are never combined: the newer one
+/// replaces what was held, so no response mixes bytes of two representations.
+#[tokio::test]
+async fn pieces_of_a_changed_representation_are_never_mixed() {
+    let changed: bytes::Bytes = representation()
+        .iter()
+        .map(u8::to_ascii_uppercase)
+        .collect();
+    let origin = Origin::start(vec![(
+        "/doc",
+        Fixture::sequence(vec![
+            ranged("\"v1\"", representation()),
+            ranged("\"v2\"", changed.clone()),
+        ]),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), CONFIG).await;
+
+    assert_piece(&range(&proxy, "/doc", "bytes=500-999").await, 500, 999);
+    let newer = range(&proxy, "/doc", "bytes=0-499").await;
+    assert_eq!(newer.body, changed.slice(0..=499));
+    assert_eq!(newer.header("etag"), Some("\"v2\""));
+
+    let old_bytes = range(&proxy, "/doc", "bytes=600-699").await;
+    assert_eq!(
+        old_bytes.body,
+        changed.slice(600..=699),
+        "v2's bytes, fetched"
+    );
+    assert_eq!(origin.hits("/doc"), 3);
+    let whole = get(&proxy.url("/doc"), &[]).await;
+    assert!(!is_hit(&whole), "v1 and v2 pieces must not make a whole");
+}
+
+/// RFC 9111 §3.3: an origin that answers a whole fetch with a 206 has it kept as a
+/// partial entry, which answers the ranges inside it; one whose complete length is unknown
+/// (`bytes 0-4/*`), or a piece of a gzip-encoded representation (which could not be
+/// decoded for clients that do not take gzip), is relayed and not kept.
+#[tokio::test]
+async fn an_unasked_206_is_kept_only_with_a_complete_content_range() {
+    let fixture = |content_range: &str, coding: &str| {
+        Fixture::with_headers(
+            206,
+            &[
+                ("cache-control", "max-age=60"),
+                ("etag", "\"p\""),
+                ("content-range", content_range),
+                ("content-encoding", coding),
+            ],
+            "hello",
+        )
+    };
+    let origin = Origin::start(vec![
+        ("/known", fixture("bytes 0-4/10", "identity")),
+        ("/unknown", fixture("bytes 0-4/*", "identity")),
+        ("/gzipped", fixture("bytes 0-4/10", "gzip")),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), CONFIG).await;
+
+    let first = range(&proxy, "/known", "bytes=0-4").await;
+    assert_eq!(first.status, http::StatusCode::PARTIAL_CONTENT);
+    assert!(
+        !origin.last("/known").headers.contains_key("range"),
+        "a whole fetch"
+    );
+    let inside = range(&proxy, "/known", "bytes=1-3").await;
+    assert_eq!(inside.body, "ell");
+    assert_eq!(inside.header("content-range"), Some("bytes 1-3/10"));
+    assert!(is_hit(&inside), "{}", cache_status(&inside));
+    assert_eq!(origin.hits("/known"), 1);
+
+    for path in ["/unknown", "/gzipped"] {
+        for _ in 0..2 {
+            // The body is no real gzip: a client that takes gzip gets it untouched.
+            let headers = [("range", "bytes=0-4"), ("accept-encoding", "gzip")];
+            let relayed = get(&proxy.url(path), &headers).await;
+            assert_eq!(relayed.body, "hello", "{path}");
+            assert!(!is_hit(&relayed), "{path}");
+        }
+        assert_eq!(origin.hits(path), 2, "{path}");
+    }
+}

@@ -144,6 +144,16 @@ pub fn header_list(pairs: &[(&'static str, &str)]) -> HeaderList {
     pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
 }
 
+/// A Cache-Control field alone.
+pub fn cc(value: &str) -> HeaderList {
+    header_list(&[("cache-control", value)])
+}
+
+/// A 200 with `headers` and `body`.
+pub fn fixed(headers: &[(&'static str, &str)], body: &str) -> Fixture {
+    Fixture::with_headers(200, headers, body)
+}
+
 /// Named behaviours of an origin route.
 #[derive(Clone)]
 pub enum Fixture {

@@ -1,6 +1,7 @@
-//! Partial content (RFC 9111 §3.3, §3.4): 206 responses kept as partial entries, ranges
-//! served from them, pieces combined into the whole representation. A real origin that
-//! honours Range, a real outpost, on loopback.
+//! Range requests (RFC 9110 §14) answered from stored objects, and partial content (RFC
+//! 9111 §3.3, §3.4): 206 responses kept as partial entries, ranges served from them, pieces
+//! combined into the whole representation. A real origin that honours Range, a real
+//! outpost, on loopback.
 
 mod support;
 
@@ -192,4 +193,124 @@ async fn an_unasked_206_is_kept_only_with_a_complete_content_range() {
         }
         assert_eq!(origin.hits(path), 2, "{path}");
     }
+}
+
+/// RFC 9110 §14: ranges are served from the stored body: one range as 206 with
+/// Content-Range, several as multipart/byteranges, none satisfiable as 416.
+#[tokio::test]
+async fn ranges_are_served_from_the_cache() {
+    // Long enough that the two ranges below are too far apart to be coalesced.
+    let body = "0123456789abcdefghij".repeat(10);
+    let body = body.as_str();
+    let origin = Origin::start(vec![(
+        "/file",
+        fixed(
+            &[
+                ("cache-control", "max-age=600"),
+                ("etag", "\"f1\""),
+                ("content-type", "application/octet-stream"),
+            ],
+            body,
+        ),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    get(&proxy.url("/file"), &[]).await;
+
+    let single = get(&proxy.url("/file"), &[("range", "bytes=2-5")]).await;
+    assert_eq!(
+        (single.status.as_u16(), single.text().as_str()),
+        (206, "2345")
+    );
+    assert_eq!(single.header("content-range"), Some("bytes 2-5/200"));
+    assert!(is_hit(&single));
+    let suffix = get(&proxy.url("/file"), &[("range", "bytes=-3")]).await;
+    assert_eq!(
+        (suffix.text().as_str(), suffix.header("content-range")),
+        ("hij", Some("bytes 197-199/200"))
+    );
+    let open = get(&proxy.url("/file"), &[("range", "bytes=195-")]).await;
+    assert_eq!(open.text(), "fghij");
+
+    let multi = get(&proxy.url("/file"), &[("range", "bytes=0-1, 198-199")]).await;
+    assert_eq!(multi.status, 206);
+    let content_type = multi.header("content-type").unwrap().to_string();
+    let boundary = content_type
+        .strip_prefix("multipart/byteranges; boundary=")
+        .expect(&content_type);
+    let text = multi.text();
+    assert!(text.contains(&format!("--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes 0-1/200\r\n\r\n01")), "{text}");
+    assert!(
+        text.contains("Content-Range: bytes 198-199/200\r\n\r\nij"),
+        "{text}"
+    );
+    assert!(text.ends_with(&format!("--{boundary}--\r\n")));
+
+    let unsatisfiable = get(&proxy.url("/file"), &[("range", "bytes=500-600")]).await;
+    assert_eq!(
+        (
+            unsatisfiable.status.as_u16(),
+            unsatisfiable.header("content-range")
+        ),
+        (416, Some("bytes */200"))
+    );
+    assert_eq!(origin.hits("/file"), 1);
+}
+
+/// RFC 9110 §13.1.5: If-Range with the current strong ETag gets the range; otherwise the
+/// whole representation.
+#[tokio::test]
+async fn if_range_decides_between_range_and_whole() {
+    let origin = Origin::start(vec![(
+        "/r",
+        fixed(
+            &[("cache-control", "max-age=600"), ("etag", "\"r1\"")],
+            "abcdefgh",
+        ),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    get(&proxy.url("/r"), &[]).await;
+    let matching = get(
+        &proxy.url("/r"),
+        &[("range", "bytes=0-2"), ("if-range", "\"r1\"")],
+    )
+    .await;
+    assert_eq!(
+        (matching.status.as_u16(), matching.text().as_str()),
+        (206, "abc")
+    );
+    let changed = get(
+        &proxy.url("/r"),
+        &[("range", "bytes=0-2"), ("if-range", "\"r0\"")],
+    )
+    .await;
+    assert_eq!(
+        (changed.status.as_u16(), changed.text().as_str()),
+        (200, "abcdefgh")
+    );
+}
+
+/// A Range miss fills the whole object once (the origin sees no Range) and serves the range
+/// from it; later requests hit.
+#[tokio::test]
+async fn range_miss_fills_the_whole_object() {
+    let origin = Origin::start(vec![(
+        "/pkg.deb",
+        fixed(&[("cache-control", "max-age=600")], "package-bytes"),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let first = get(&proxy.url("/pkg.deb"), &[("range", "bytes=8-")]).await;
+    assert_eq!(
+        (first.status.as_u16(), first.text().as_str()),
+        (206, "bytes")
+    );
+    assert!(!origin.last("/pkg.deb").headers.contains_key("range"));
+    let whole = get(&proxy.url("/pkg.deb"), &[]).await;
+    assert_eq!(
+        (whole.text().as_str(), is_hit(&whole)),
+        ("package-bytes", true)
+    );
+    assert_eq!(origin.hits("/pkg.deb"), 1);
 }

@@ -1,0 +1,175 @@
+//! Request coalescing and fills through a real outpost and origin: concurrent misses make
+//! one origin fetch, a fill outlives its leader, uncacheable answers do not serialise the
+//! next burst, and a broken or oversized body is never stored.
+
+mod support;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::*;
+
+/// Bodies above `cache.max_object_size` stream through and are not stored.
+#[tokio::test]
+async fn objects_over_max_size_are_streamed_uncached() {
+    let origin = Origin::start(vec![(
+        "/big",
+        fixed(&[("cache-control", "max-age=60")], &"z".repeat(200_000)),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "[cache]\nmax_object_size = \"64KiB\"").await;
+    let first = get(&proxy.url("/big"), &[]).await;
+    assert_eq!(first.body.len(), 200_000);
+    assert!(
+        cache_status(&first).contains("detail=\"too-large\""),
+        "{}",
+        cache_status(&first)
+    );
+    get(&proxy.url("/big"), &[]).await;
+    assert_eq!(origin.hits("/big"), 2);
+}
+
+/// Coalescing: 100 concurrent requests for one cold key reach the origin exactly once, and
+/// every client gets the whole body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_concurrent_cold_requests_make_one_origin_fetch() {
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/cold",
+        Fixture::GatedWith {
+            gate: gate.clone(),
+            headers: cc("max-age=60"),
+            body: Bytes::from(vec![b'c'; 50_000]),
+        },
+    )])
+    .await;
+    let proxy = Arc::new(Proxy::start(&origin.url(), "").await);
+    let http = client();
+    let requests: Vec<_> = (0..100)
+        .map(|_| {
+            let http = http.clone();
+            let url = proxy.url("/cold");
+            tokio::spawn(async move {
+                send(
+                    &http,
+                    Request::get(url).body(Full::new(Bytes::new())).unwrap(),
+                )
+                .await
+            })
+        })
+        .collect();
+    eventually("the fill to reach the origin", || origin.hits("/cold") > 0).await;
+    gate.open();
+    let mut collapsed_or_hit = 0;
+    for request in requests {
+        let reply = request.await.unwrap();
+        assert_eq!((reply.status.as_u16(), reply.body.len()), (200, 50_000));
+        let status = cache_status(&reply);
+        if status.contains("collapsed") || status.contains("; hit") {
+            collapsed_or_hit += 1;
+        }
+    }
+    assert_eq!(origin.hits("/cold"), 1);
+    assert_eq!(collapsed_or_hit, 99);
+}
+
+/// Coalescing: the fill runs in its own task, so a leader whose client hangs up still fills
+/// the cache for everyone after it.
+#[tokio::test]
+async fn leader_disconnect_still_fills_the_cache() {
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/lead",
+        Fixture::GatedWith {
+            gate: gate.clone(),
+            headers: cc("max-age=60"),
+            body: Bytes::from_static(b"filled"),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let leader = {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /lead HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        stream
+    };
+    eventually("the leader to reach the origin", || {
+        origin.hits("/lead") > 0
+    })
+    .await;
+    let url = proxy.url("/lead");
+    let follower = tokio::spawn(async move { get(&url, &[("host", "a")]).await });
+    drop(leader);
+    gate.open();
+    let reply = follower.await.unwrap();
+    assert_eq!(reply.text(), "filled");
+    let later = get(&proxy.url("/lead"), &[("host", "a")]).await;
+    assert!(is_hit(&later), "{}", cache_status(&later));
+    assert_eq!(origin.hits("/lead"), 1);
+}
+
+/// Hit-for-miss: once a URL answered uncacheable, the next burst goes to the origin in
+/// parallel instead of queueing behind one request. (With the gate closed, every request
+/// of the burst must reach the origin, or this test never finishes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uncacheable_response_does_not_serialise_the_next_burst() {
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/private",
+        Fixture::GatedWith {
+            gate: gate.clone(),
+            headers: cc("private"),
+            body: Bytes::from_static(b"mine"),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    gate.open();
+    assert_eq!(get(&proxy.url("/private"), &[]).await.text(), "mine");
+    gate.close();
+
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let url = proxy.url("/private");
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    eventually(
+        "every request of the burst to reach the origin while the first is still held",
+        || origin.hits("/private") >= 21,
+    )
+    .await;
+    gate.open();
+    for request in burst {
+        assert_eq!(request.await.unwrap().text(), "mine");
+    }
+}
+
+/// An origin reset mid-body stores nothing: the next request goes to the origin again.
+#[tokio::test]
+async fn origin_reset_mid_body_stores_nothing() {
+    let origin = RawOrigin::start(RawBehaviour::SendThenClose(Bytes::from_static(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 1000\r\n\r\npartial",
+    )))
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for _ in 0..2 {
+        let response = client()
+            .request(
+                Request::get(proxy.url("/r"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let collected = http_body_util::BodyExt::collect(response.into_body()).await;
+        assert!(
+            collected.is_err(),
+            "truncated body must abort, and must not be served from cache"
+        );
+    }
+}

@@ -86,7 +86,9 @@ fn bench_headers(c: &mut Criterion) {
         &Default::default(),
     )
     .unwrap();
-    let router = Router::new(&config);
+    let metrics = std::sync::Arc::new(outpost::telemetry::metrics::Metrics::new());
+    let pools = outpost::upstream::pool::Pools::new(&config, None, &metrics);
+    let router = Router::new(&config, &pools);
     let mut request = Request::get("/debian/pool/main/h/hello/hello_2.10-3_amd64.deb")
         .body(())
         .unwrap();

@@ -30,6 +30,8 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "admin",
     "admin_token",
     "origin",
+    "pool",
+    "pools",
     "proxy_name",
     "server",
     "upstream",
@@ -433,6 +435,10 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Origin of the default site: serves every Host no `[[sites]]` entry claims.
     pub origin: Option<OriginUrl>,
+    /// Or a pool (`[[pools]]` by name) for the default site instead of one origin.
+    pub pool: Option<String>,
+    /// Named pools of origin servers that sites (and the default site) may use.
+    pub pools: Vec<PoolConfig>,
     /// Name this proxy uses in `Via`, `Proxy-Status` and `Cache-Status`.
     pub proxy_name: String,
     pub server: ServerConfig,
@@ -452,6 +458,8 @@ impl Default for Config {
             admin: None,
             admin_token: None,
             origin: None,
+            pool: None,
+            pools: Vec::new(),
             proxy_name: "outpost".to_string(),
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
@@ -527,6 +535,9 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     /// Extra PEM certificate authorities trusted for HTTPS origins (besides the built-in roots).
     pub ca_file: Option<PathBuf>,
+    /// A hosts-format file (an address, then names) consulted before DNS when pool server
+    /// names are resolved: for air-gapped setups and tests.
+    pub hosts_file: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -542,6 +553,7 @@ impl Default for UpstreamConfig {
             pool_idle_timeout: HumanDuration(Duration::from_secs(4)),
             pool_max_idle_per_host: 256,
             ca_file: None,
+            hosts_file: None,
         }
     }
 }
@@ -864,11 +876,202 @@ pub struct SiteConfig {
     /// Only requests whose path starts with this prefix belong to the site.
     #[serde(default)]
     pub path_prefix: Option<String>,
-    pub origin: OriginUrl,
+    /// The site's origin: one URL ...
+    #[serde(default)]
+    pub origin: Option<OriginUrl>,
+    /// ... or a pool (`[[pools]]` by name).
+    #[serde(default)]
+    pub pool: Option<String>,
     /// Host header sent to the origin: unset keeps the client's Host; `"origin"` uses the
-    /// origin URL's authority; any other value is sent as written.
+    /// authority of the origin server the request goes to; any other value is sent as
+    /// written.
     #[serde(default)]
     pub host_header: Option<HostHeaderSetting>,
+}
+
+/// A named pool of origin servers (`[[pools]]`): load balancing, health and failover.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    pub servers: Vec<PoolServerConfig>,
+    #[serde(default)]
+    pub selection: Selection,
+    /// Pass-through (uncached) requests carrying this cookie go to the server its value
+    /// hashes to, so a session stays on one server while it is up.
+    #[serde(default)]
+    pub sticky_cookie: Option<String>,
+    /// ... or this request header.
+    #[serde(default)]
+    pub sticky_header: Option<HeaderNameSetting>,
+    /// Host names of `http://` servers are resolved again this often, one member per
+    /// address, so membership follows DNS.
+    #[serde(default = "PoolConfig::default_resolve_interval")]
+    pub resolve_interval: HumanDuration,
+    /// Active HTTP checks; none unless configured.
+    #[serde(default)]
+    pub health: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub passive: PassiveHealthConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Overrides `upstream.response_header_timeout` for this pool's servers.
+    #[serde(default)]
+    pub response_header_timeout: Option<HumanDuration>,
+}
+
+impl PoolConfig {
+    fn default_resolve_interval() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+
+    /// The pool `--origin` given several times makes: default selection and health.
+    pub fn from_origins(name: &str, origins: Vec<OriginUrl>) -> PoolConfig {
+        PoolConfig {
+            name: name.to_string(),
+            servers: origins
+                .into_iter()
+                .map(|url| PoolServerConfig {
+                    url,
+                    weight: 1,
+                    backup: false,
+                })
+                .collect(),
+            selection: Selection::default(),
+            sticky_cookie: None,
+            sticky_header: None,
+            resolve_interval: PoolConfig::default_resolve_interval(),
+            health: None,
+            passive: PassiveHealthConfig::default(),
+            retry: RetryConfig::default(),
+            response_header_timeout: None,
+        }
+    }
+}
+
+/// One server of a pool.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolServerConfig {
+    pub url: OriginUrl,
+    /// Its share of requests relative to the others (round robin, power of two, hashing).
+    #[serde(default = "PoolServerConfig::default_weight")]
+    pub weight: u32,
+    /// Used only while no other server can take requests.
+    #[serde(default)]
+    pub backup: bool,
+}
+
+impl PoolServerConfig {
+    fn default_weight() -> u32 {
+        1
+    }
+}
+
+/// How a pool picks the server for a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selection {
+    /// Smooth weighted round robin (nginx's).
+    #[default]
+    RoundRobin,
+    /// The server with the fewest requests awaiting their response (weights divide).
+    LeastOutstanding,
+    /// Two servers at random (by weight), the less loaded of them.
+    PowerOfTwo,
+    /// A ring of virtual nodes hashed on the cache key: each object comes from one
+    /// server, and removing one of N moves about 1/N of the keys.
+    ConsistentHash,
+}
+
+/// Active health checks of every server of a pool.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    /// Path (and query) requested with GET.
+    pub path: String,
+    pub interval: HumanDuration,
+    pub timeout: HumanDuration,
+    /// Consecutive passing checks that bring a server back.
+    pub healthy_threshold: u32,
+    /// Consecutive failing checks that take it out.
+    pub unhealthy_threshold: u32,
+    /// Statuses that pass (default: 200-399).
+    pub statuses: Vec<u16>,
+    /// Host header of the check (default: the server's authority).
+    pub host: Option<String>,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: "/".to_string(),
+            interval: HumanDuration(Duration::from_secs(5)),
+            timeout: HumanDuration(Duration::from_secs(2)),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            statuses: Vec::new(),
+            host: None,
+        }
+    }
+}
+
+/// Ejection of servers that fail real requests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealthConfig {
+    /// Consecutive failures (no connection, no complete response head, or a 5xx) that
+    /// eject a server; 0 never ejects.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each further one doubles it up to `max_ejection`.
+    pub ejection: HumanDuration,
+    pub max_ejection: HumanDuration,
+    /// The most of a pool's servers ejected at once (at least one may be).
+    pub max_ejected_share: f64,
+    /// After an ejection or failed checks, a server's weight climbs from a tenth to whole
+    /// over this long.
+    pub slow_start: HumanDuration,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        PassiveHealthConfig {
+            consecutive_failures: 5,
+            ejection: HumanDuration(Duration::from_secs(10)),
+            max_ejection: HumanDuration(Duration::from_secs(300)),
+            max_ejected_share: 0.5,
+            slow_start: HumanDuration(Duration::ZERO),
+        }
+    }
+}
+
+/// Moving a failed request to another server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Tries in all, the first included; only idempotent requests whose body is in memory
+    /// are tried again, and only before anything of a response reached the client.
+    pub max_attempts: u32,
+    /// Statuses that count as failures worth another server.
+    pub statuses: Vec<u16>,
+    /// Extra requests that retries may add, as a share of requests (0.2: at most 20%).
+    pub budget: f64,
+    /// Retries always allowed besides the share, so a quiet pool can still fail over.
+    pub budget_reserve: u32,
+    /// Longest wait for one try's response head (default: the response-head timeout).
+    pub per_try_timeout: Option<HumanDuration>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 2,
+            statuses: vec![502, 503, 504],
+            budget: 0.2,
+            budget_reserve: 10,
+            per_try_timeout: None,
+        }
+    }
 }
 
 /// Values given on the command line; they override every other layer.
@@ -878,15 +1081,41 @@ pub struct FlagOverrides {
     pub listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<SocketAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub origin: Option<String>,
+    /// `--origin`, as often as given: one makes the default site's origin, several a pool
+    /// named `origin` of them.
+    #[serde(skip)]
+    pub origins: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
 }
 
+/// The name of the pool several `--origin` flags make.
+pub const FLAG_POOL: &str = "origin";
+
 impl FlagOverrides {
+    /// Several `--origin`s: the default site uses a pool of them (replacing a pool of that
+    /// name from the file), not the file's `origin`.
+    fn apply_origin_pool(&self, config: &mut Config) -> Result<(), ConfigError> {
+        if self.origins.len() < 2 {
+            return Ok(());
+        }
+        let urls = self
+            .origins
+            .iter()
+            .map(|text| text.parse::<OriginUrl>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| ConfigError::Rejected {
+                source_name: "command line".to_string(),
+                problems: vec![("--origin".to_string(), message)],
+            })?;
+        config.origin = None;
+        config.pools.retain(|pool| pool.name != FLAG_POOL);
+        config.pools.push(PoolConfig::from_origins(FLAG_POOL, urls));
+        Ok(())
+    }
+
     fn merge_into(&self, mut figment: Figment) -> Figment {
         if let Some(listen) = self.listen {
             figment = figment.merge(("listen", listen.to_string()));
@@ -894,8 +1123,11 @@ impl FlagOverrides {
         if let Some(admin) = self.admin {
             figment = figment.merge(("admin", admin.to_string()));
         }
-        if let Some(origin) = &self.origin {
-            figment = figment.merge(("origin", origin.clone()));
+        match self.origins.as_slice() {
+            [] => {}
+            [origin] => figment = figment.merge(("origin", origin.clone())),
+            // Several make a pool, added once the rest is extracted (`apply_origin_pool`).
+            _ => figment = figment.merge(("pool", FLAG_POOL)),
         }
         if let Some(format) = self.log_format {
             figment = figment.merge(("log.format", format));
@@ -940,7 +1172,7 @@ impl Config {
         figment = flags.merge_into(figment.merge(env));
         let source_name =
             file.map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
-        Self::extract(&figment, &source_name)
+        Self::extract(&figment, flags, &source_name)
     }
 
     /// Builds a config from TOML text over the defaults, with no environment layer: for
@@ -951,11 +1183,16 @@ impl Config {
     pub fn from_toml_str(text: &str, flags: &FlagOverrides) -> Result<Config, ConfigError> {
         let figment =
             Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
-        Self::extract(&flags.merge_into(figment), "TOML text")
+        Self::extract(&flags.merge_into(figment), flags, "TOML text")
     }
 
-    fn extract(figment: &Figment, source_name: &str) -> Result<Config, ConfigError> {
-        let config: Config = figment.extract()?;
+    fn extract(
+        figment: &Figment,
+        flags: &FlagOverrides,
+        source_name: &str,
+    ) -> Result<Config, ConfigError> {
+        let mut config: Config = figment.extract()?;
+        flags.apply_origin_pool(&mut config)?;
         config.validate(source_name)?;
         Ok(config)
     }
@@ -971,6 +1208,23 @@ impl Config {
         check_compression(&self.compression, &mut problems);
         for (index, site) in self.sites.iter().enumerate() {
             check_site(index, site, &mut problems);
+            check_origin_choice(
+                &format!("sites[{index}]"),
+                (site.origin.as_ref(), site.pool.as_deref()),
+                &self.pools,
+                &mut problems,
+            );
+        }
+        if self.origin.is_some() || self.pool.is_some() {
+            check_origin_choice(
+                "",
+                (self.origin.as_ref(), self.pool.as_deref()),
+                &self.pools,
+                &mut problems,
+            );
+        }
+        for (index, pool) in self.pools.iter().enumerate() {
+            check_pool(index, pool, &self.pools[..index], &mut problems);
         }
         problems.into_result(source_name)
     }
@@ -986,7 +1240,7 @@ impl Config {
                 ),
             );
         }
-        if self.origin.is_none() && self.sites.is_empty() {
+        if self.origin.is_none() && self.pool.is_none() && self.sites.is_empty() {
             problems.add(
                 "origin",
                 "no origin: set `origin` (or --origin) or at least one [[sites]] entry",
@@ -1128,6 +1382,94 @@ fn check_compression(compression: &CompressionConfig, problems: &mut Problems) {
                 format!("{level} is outside {}..={}", range.start(), range.end()),
             );
         }
+    }
+}
+
+/// A site (or the default site, `prefix` empty) names exactly one of an origin URL and a
+/// pool, and the pool exists.
+fn check_origin_choice(
+    prefix: &str,
+    (origin, pool): (Option<&OriginUrl>, Option<&str>),
+    pools: &[PoolConfig],
+    problems: &mut Problems,
+) {
+    let key = |field: &str| {
+        if prefix.is_empty() {
+            field.to_string()
+        } else {
+            format!("{prefix}.{field}")
+        }
+    };
+    match (origin, pool) {
+        (Some(_), Some(_)) => problems.add(key("pool"), "set `origin` or `pool`, not both"),
+        (None, None) => problems.add(key("origin"), "set `origin` or `pool`"),
+        (None, Some(name)) if !pools.iter().any(|p| p.name == name) => {
+            problems.add(key("pool"), format!("no [[pools]] entry is named `{name}`"));
+        }
+        _ => {}
+    }
+}
+
+fn check_pool(index: usize, pool: &PoolConfig, earlier: &[PoolConfig], problems: &mut Problems) {
+    let key = |field: &str| format!("pools[{index}].{field}");
+    let is_name_byte = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b);
+    if pool.name.is_empty() || !pool.name.bytes().all(is_name_byte) {
+        problems.add(
+            key("name"),
+            format!("`{}` must be letters, digits, `-`, `.` or `_`", pool.name),
+        );
+    }
+    if earlier.iter().any(|p| p.name == pool.name) {
+        problems.add(key("name"), format!("`{}` names two pools", pool.name));
+    }
+    if pool.servers.is_empty() {
+        problems.add(key("servers"), "a pool needs at least one server");
+    }
+    if pool.servers.iter().all(|server| server.backup) && !pool.servers.is_empty() {
+        problems.add(
+            key("servers"),
+            "every server is a backup: at least one must not be",
+        );
+    }
+    for (n, server) in pool.servers.iter().enumerate() {
+        if server.weight == 0 || server.weight > 1000 {
+            problems.add(
+                format!("pools[{index}].servers[{n}].weight"),
+                "must be 1 to 1000",
+            );
+        }
+    }
+    problems.positive(&key("resolve_interval"), pool.resolve_interval);
+    if let Some(health) = &pool.health {
+        problems.positive(&key("health.interval"), health.interval);
+        problems.positive(&key("health.timeout"), health.timeout);
+        problems.at_least_one(
+            &key("health.healthy_threshold"),
+            health.healthy_threshold as usize,
+        );
+        problems.at_least_one(
+            &key("health.unhealthy_threshold"),
+            health.unhealthy_threshold as usize,
+        );
+        if !health.path.starts_with('/') {
+            problems.add(
+                key("health.path"),
+                format!("`{}` must start with `/`", health.path),
+            );
+        }
+        if health.statuses.iter().any(|s| !(100..=599).contains(s)) {
+            problems.add(key("health.statuses"), "statuses are 100 to 599");
+        }
+    }
+    if !(0.0..=1.0).contains(&pool.passive.max_ejected_share) {
+        problems.add(key("passive.max_ejected_share"), "must be between 0 and 1");
+    }
+    problems.at_least_one(&key("retry.max_attempts"), pool.retry.max_attempts as usize);
+    if !(0.0..=10.0).contains(&pool.retry.budget) {
+        problems.add(key("retry.budget"), "must be between 0 and 10");
+    }
+    if pool.retry.statuses.iter().any(|s| !(500..=599).contains(s)) {
+        problems.add(key("retry.statuses"), "only 5xx statuses are retried");
     }
 }
 

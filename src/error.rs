@@ -58,6 +58,15 @@ pub enum ProxyError {
     /// The origin's body stopped arriving for longer than `upstream.body_read_timeout`.
     #[error("origin {origin}: response body stalled past the body-read timeout")]
     BodyReadTimeout { origin: String },
+    /// No server of the pool may take requests (all drained, failing their checks).
+    #[error("pool {pool}: no server may take requests")]
+    NoServer { pool: String },
+    /// Several servers of a pool were tried; `last` is how the last try failed.
+    #[error("{last} (after {attempts} attempts)")]
+    Retried {
+        attempts: u32,
+        last: Box<ProxyError>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -151,8 +160,16 @@ impl OriginFailure {
 }
 
 impl ProxyError {
-    pub fn fault(&self) -> Fault {
+    /// The error itself, or the last try's when several were made.
+    pub fn last_try(&self) -> &ProxyError {
         match self {
+            ProxyError::Retried { last, .. } => last.last_try(),
+            other => other,
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self.last_try() {
             ProxyError::BadRequest(_)
             | ProxyError::MisdirectedRequest(_)
             | ProxyError::Forbidden(_)
@@ -164,7 +181,7 @@ impl ProxyError {
     }
 
     pub fn status(&self) -> StatusCode {
-        match self {
+        match self.last_try() {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
@@ -179,7 +196,7 @@ impl ProxyError {
 
     /// The RFC 9209 §2.3 error type.
     pub fn proxy_status_error(&self) -> ErrorType {
-        match self {
+        match self.last_try() {
             ProxyError::BadRequest(_) => ErrorType::HttpRequestError,
             ProxyError::Forbidden(_) => ErrorType::HttpRequestDenied,
             ProxyError::MisdirectedRequest(_) => ErrorType::DestinationNotFound,
@@ -194,7 +211,8 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { .. } => ErrorType::HttpProtocolError,
             ProxyError::LimitReached { .. } => ErrorType::ConnectionLimitReached,
             ProxyError::BodyReadTimeout { .. } => ErrorType::ConnectionReadTimeout,
-            ProxyError::Internal(_) => ErrorType::ProxyInternalError,
+            ProxyError::NoServer { .. } => ErrorType::DestinationUnavailable,
+            ProxyError::Internal(_) | ProxyError::Retried { .. } => ErrorType::ProxyInternalError,
         }
     }
 
@@ -217,8 +235,15 @@ impl ProxyError {
             );
             (header, details)
         } else {
-            let header = format!("{proxy_name}; error={}", error.as_str());
-            (header, format!("{} ({})", error.describe(), error.as_str()))
+            let mut header = format!("{proxy_name}; error={}", error.as_str());
+            let mut text = format!("{} ({})", error.describe(), error.as_str());
+            if let ProxyError::Retried { attempts, .. } = self {
+                // How hard we tried is no secret: it tells a client retrying is pointless.
+                let attempts = format!("after {attempts} attempts");
+                header.push_str(&format!("; details={}", sf_string(&attempts)));
+                text.push_str(&format!(", {attempts}"));
+            }
+            (header, text)
         };
         let mut response = Response::new(Body::full(format!(
             "{} {}: {}\n",

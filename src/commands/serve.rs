@@ -23,9 +23,10 @@ pub struct SettingsArgs {
     /// Address to serve proxy traffic on [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Origin URL of the default site, e.g. http://127.0.0.1:9000.
+    /// Origin URL of the default site, e.g. http://127.0.0.1:9000; given several times,
+    /// a pool of them (round robin, failover), named `origin`.
     #[arg(long, value_name = "URL")]
-    pub origin: Option<String>,
+    pub origin: Vec<String>,
     /// Address of the admin listener (health endpoints); loopback only.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
@@ -53,7 +54,7 @@ impl SettingsArgs {
         let flags = FlagOverrides {
             listen: self.listen,
             admin: self.admin,
-            origin: self.origin.clone(),
+            origins: self.origin.clone(),
             log_format: self.log_format.map(|f| match f {
                 LogFormatArg::Text => LogFormat::Text,
                 LogFormatArg::Json => LogFormat::Json,
@@ -87,6 +88,7 @@ pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Res
         listen = %outpost.config().listen,
         admin = ?outpost.config().admin,
         origin = ?outpost.config().origin.as_ref().map(ToString::to_string),
+        pool = ?outpost.config().pool,
         sites = outpost.config().sites.len(),
         "outpost serving"
     );

@@ -330,6 +330,8 @@ struct FillJob {
 /// What the fill task knows while it handles the origin's answer.
 struct FillTask {
     proxy: Arc<Proxy>,
+    site: Arc<Site>,
+    /// The site's pool, by name: fills are capped per origin pool.
     origin: String,
     plan: MissPlan,
     /// The leading client's request headers: storability and the variant are judged on them.
@@ -377,7 +379,8 @@ impl FillJob {
         let rules = miss.proxy.cache.rules();
         let task = FillTask {
             proxy: Arc::clone(miss.proxy),
-            origin: miss.site.origin.url().to_string(),
+            site: Arc::clone(miss.site),
+            origin: miss.site.pool.name.clone(),
             plan: miss.plan.clone(),
             client_headers: miss.parts.headers.clone(),
             rule: rules.find(&miss.site.name, miss.parts.uri.path()).cloned(),
@@ -428,7 +431,12 @@ impl FillTask {
     async fn fetch_and_store(mut self, request: http::Request<Body>) {
         let (method, uri) = (request.method().clone(), request.uri().clone());
         let request_time = SystemTime::now();
-        let response = match self.proxy.send_upstream(request, &self.origin).await {
+        let affinity = Some(&self.plan.key.0[..]);
+        let response = match self
+            .proxy
+            .send_upstream(request, &self.site, affinity)
+            .await
+        {
             Ok(response) => response,
             Err(err) => return self.origin_failed(err, None),
         };

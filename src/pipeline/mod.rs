@@ -165,7 +165,7 @@ async fn serve(
     ctx.host = host.clone().unwrap_or_default();
     let site = Arc::clone(proxy.router.route(host.as_deref(), parts.uri.path())?);
     ctx.site = site.name.clone();
-    ctx.origin = site.origin.url().to_string();
+    ctx.origin = site.pool.name.clone();
     let authority = host.as_deref().unwrap_or("");
     if parts.method.as_str() == "PURGE" {
         ctx.status = CacheStatus::forward(FwdReason::Bypass).with_detail(Detail::Purge);
@@ -332,9 +332,7 @@ async fn forward(
     let upstream_request = interim::relay_to(upstream_request, interim);
     ctx.client = client;
     let sent_at = Instant::now();
-    let response = proxy
-        .send_upstream(upstream_request, site.origin.url().as_str())
-        .await;
+    let response = proxy.send_upstream(upstream_request, site, None).await;
     ctx.upstream_duration = Some(sent_at.elapsed());
     let (mut head, body) = response?.into_parts();
     forwarding::clean_response_head(&mut head.headers);

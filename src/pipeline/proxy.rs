@@ -10,13 +10,14 @@ use http::{Request, Response};
 
 use super::access_log::AccessLog;
 use super::forwarding::ForwardingPolicy;
-use super::route::Router;
+use super::route::{HostHeader, Router, Site};
 use crate::body::Body;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::telemetry::metrics::{ErrorLabels, Metrics};
 use crate::transform::compress::Compression;
+use crate::upstream::pool::{Pools, Routing};
 use crate::upstream::{buffer_replayable_body, OriginBody, Upstream, UpstreamSetupError};
 
 /// Why a proxy could not be built from a configuration.
@@ -34,6 +35,8 @@ pub enum SetupError {
 /// Everything a request needs that outlives it: built once from the config.
 pub struct Proxy {
     pub(super) router: Router,
+    /// Every origin pool (a site with one origin URL has a pool of one).
+    pub(super) pools: Pools,
     pub(super) forwarding: ForwardingPolicy,
     pub(super) upstream: Upstream,
     pub(super) cache: Cache,
@@ -59,7 +62,7 @@ impl Proxy {
     pub fn new(config: &Config) -> Result<Proxy, SetupError> {
         let metrics = Arc::new(Metrics::new());
         let cache = Cache::new(&config.cache, &metrics);
-        Proxy::build(config, cache, metrics)
+        Proxy::build(config, cache, metrics, None)
     }
 
     /// A proxy for a reloaded `config` that keeps this one's cache contents, fills in flight
@@ -72,14 +75,26 @@ impl Proxy {
             config,
             self.cache.reconfigured(&config.cache),
             Arc::clone(&self.metrics),
+            Some(&self.pools),
         )
     }
 
-    fn build(config: &Config, cache: Cache, metrics: Arc<Metrics>) -> Result<Proxy, SetupError> {
+    /// `previous`: the pools of the proxy this one replaces, whose members (and their
+    /// health and drain state) are kept for servers that remain.
+    fn build(
+        config: &Config,
+        cache: Cache,
+        metrics: Arc<Metrics>,
+        previous: Option<&Pools>,
+    ) -> Result<Proxy, SetupError> {
+        let upstream = Upstream::new(&config.upstream)?;
+        let pools = Pools::new(config, previous, &metrics);
+        pools.start(&upstream);
         Ok(Proxy {
-            router: Router::new(config),
+            router: Router::new(config, &pools),
+            pools,
             forwarding: ForwardingPolicy::new(&config.forwarding),
-            upstream: Upstream::new(&config.upstream)?,
+            upstream,
             cache,
             compression: Compression::new(&config.compression, metrics.encoder_runs.clone()),
             metrics,
@@ -111,6 +126,10 @@ impl Proxy {
 
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
+    }
+
+    pub fn pools(&self) -> &Pools {
+        &self.pools
     }
 
     pub fn compression(&self) -> &Compression {
@@ -152,24 +171,39 @@ impl Proxy {
                 .any(|net| net.contains(&peer))
     }
 
-    /// Sends to the origin and records the exchange: count (retries included), latency to
-    /// the response head, and the Proxy-Status error type of failures.
+    /// Sends to `site`'s origin pool and records the exchange: count (retries included),
+    /// latency to the response head, and the Proxy-Status error type of failures.
+    /// `affinity` (the cache key) places the request on a consistent-hash ring; a sticky
+    /// cookie or header, when the pool names one, does so for the others.
     pub(super) async fn send_upstream(
         &self,
         request: Request<Body>,
-        origin: &str,
+        site: &Site,
+        affinity: Option<&[u8]>,
     ) -> Result<Response<OriginBody>, ProxyError> {
         // As prompt as a request head must be (the slowloris guard).
         let wait = self.server.header_read_timeout.get();
         let request = buffer_replayable_body(request, REPLAYABLE_BODY_LIMIT, wait).await?;
+        let sticky = match affinity {
+            Some(_) => None,
+            None => site
+                .pool
+                .sticky_value(request.headers())
+                .map(<[u8]>::to_vec),
+        };
+        let routing = Routing {
+            affinity: affinity.or(sticky.as_deref()),
+            is_sticky: sticky.is_some(),
+            host_from_server: site.host_header == HostHeader::Server,
+        };
         let started = Instant::now();
-        let sent = self.upstream.send(request, origin).await;
+        let sent = site.pool.send(&self.upstream, request, routing).await;
         self.metrics
             .origin_requests
-            .inc_by(u64::from(sent.attempts));
+            .inc_by(u64::from(sent.exchanges));
         self.metrics
             .origin_retries
-            .inc_by(u64::from(sent.attempts - 1));
+            .inc_by(u64::from(sent.exchanges.saturating_sub(1)));
         self.metrics
             .origin_latency
             .observe(started.elapsed().as_secs_f64());
@@ -179,7 +213,7 @@ impl Proxy {
                 .origin_errors
                 .get_or_create(&ErrorLabels { error })
                 .inc();
-            if let ProxyError::LimitReached { .. } = err {
+            if let ProxyError::LimitReached { .. } = err.last_try() {
                 self.metrics.overloaded.inc();
             }
         }

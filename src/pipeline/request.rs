@@ -99,18 +99,13 @@ pub(super) fn upstream_request(
         HostHeader::Fixed(value) => {
             headers.insert(header::HOST, value.clone());
         }
+        // Set when the pool has chosen the server.
+        HostHeader::Server => {}
     }
 
+    // Origin-form: the pool addresses it to the server it chooses.
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let origin = &site.origin;
-    let uri = format!(
-        "{}://{}{}{}",
-        origin.url().scheme(),
-        origin.authority(),
-        origin.base_path(),
-        path_and_query
-    );
-    parts.uri = uri
+    parts.uri = path_and_query
         .parse::<Uri>()
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
     parts.version = Version::HTTP_11;

@@ -13,22 +13,26 @@ use http::{HeaderValue, Version};
 use crate::cache::key::canonical_authority;
 use crate::config::{Config, HostHeaderSetting, OriginUrl, SiteConfig};
 use crate::error::ProxyError;
+use crate::upstream::pool::{Pool, Pools};
 
 /// What Host the origin receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostHeader {
     /// The client's Host, unchanged.
     Preserve,
-    /// A fixed value (the origin's authority, or one the operator wrote).
+    /// The authority of the origin server the request goes to (`host_header = "origin"`).
+    Server,
+    /// A value the operator wrote.
     Fixed(HeaderValue),
 }
 
 /// One site as routing uses it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Site {
     /// A label for logs: the site's first host, or `default`.
     pub name: String,
-    pub origin: OriginUrl,
+    /// Its origin servers (one, for a site with an `origin` URL).
+    pub pool: Arc<Pool>,
     pub host_header: HostHeader,
     path_prefix: Option<String>,
     hosts: Vec<HostPattern>,
@@ -61,15 +65,15 @@ impl HostPattern {
 }
 
 impl Site {
-    fn from_config(site: &SiteConfig) -> Site {
+    fn from_config(site: &SiteConfig, pool: Arc<Pool>) -> Site {
         let host_header = match &site.host_header {
             None => HostHeader::Preserve,
-            Some(HostHeaderSetting::Origin) => origin_host_header(&site.origin),
+            Some(HostHeaderSetting::Origin) => HostHeader::Server,
             Some(HostHeaderSetting::Fixed(value)) => HostHeader::Fixed(value.clone()),
         };
         Site {
             name: site.hosts.first().cloned().unwrap_or_default(),
-            origin: site.origin.clone(),
+            pool,
             host_header,
             path_prefix: site.path_prefix.clone(),
             hosts: site.hosts.iter().map(|h| HostPattern::parse(h)).collect(),
@@ -87,37 +91,45 @@ impl Site {
     }
 }
 
-fn origin_host_header(origin: &OriginUrl) -> HostHeader {
-    match HeaderValue::from_str(&origin.authority()) {
-        Ok(value) => HostHeader::Fixed(value),
-        Err(_) => HostHeader::Preserve,
+/// The pool a site (or the default site) names: its `[[pools]]` entry or its one origin.
+/// `None` only for a configuration validation refuses.
+fn pool_of(pools: &Pools, origin: Option<&OriginUrl>, pool: Option<&str>) -> Option<Arc<Pool>> {
+    match (origin, pool) {
+        (_, Some(name)) => pools.named(name).cloned(),
+        (Some(origin), None) => pools.for_origin(origin).cloned(),
+        (None, None) => None,
     }
 }
 
 /// The site table, built once from the config.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Router {
     sites: Vec<Arc<Site>>,
     default_site: Option<Arc<Site>>,
 }
 
 impl Router {
-    pub fn new(config: &Config) -> Router {
+    pub fn new(config: &Config, pools: &Pools) -> Router {
         Router {
             sites: config
                 .sites
                 .iter()
-                .map(|site| Arc::new(Site::from_config(site)))
-                .collect(),
-            default_site: config.origin.as_ref().map(|origin| {
-                Arc::new(Site {
-                    name: "default".to_string(),
-                    origin: origin.clone(),
-                    host_header: HostHeader::Preserve,
-                    path_prefix: None,
-                    hosts: Vec::new(),
+                .filter_map(|site| {
+                    let pool = pool_of(pools, site.origin.as_ref(), site.pool.as_deref())?;
+                    Some(Arc::new(Site::from_config(site, pool)))
                 })
-            }),
+                .collect(),
+            default_site: pool_of(pools, config.origin.as_ref(), config.pool.as_deref()).map(
+                |pool| {
+                    Arc::new(Site {
+                        name: "default".to_string(),
+                        pool,
+                        host_header: HostHeader::Preserve,
+                        path_prefix: None,
+                        hosts: Vec::new(),
+                    })
+                },
+            ),
         }
     }
 
@@ -228,7 +240,9 @@ mod tests {
     use http::Request;
 
     fn router(toml: &str) -> Router {
-        Router::new(&Config::from_toml_str(toml, &Default::default()).unwrap())
+        let config = Config::from_toml_str(toml, &Default::default()).unwrap();
+        let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
+        Router::new(&config, &Pools::new(&config, None, &metrics))
     }
 
     #[test]
@@ -248,24 +262,27 @@ mod tests {
             router
                 .route(Some("example.com"), "/debian/x")
                 .unwrap()
-                .origin
-                .authority(),
+                .pool
+                .members()[0]
+                .address,
             "127.0.0.1:2"
         );
         assert_eq!(
             router
                 .route(Some("example.com:8080"), "/")
                 .unwrap()
-                .origin
-                .authority(),
+                .pool
+                .members()[0]
+                .address,
             "127.0.0.1:1"
         );
         assert_eq!(
             router
                 .route(Some("www.example.com."), "/")
                 .unwrap()
-                .origin
-                .authority(),
+                .pool
+                .members()[0]
+                .address,
             "127.0.0.1:1"
         );
         assert!(matches!(

@@ -32,6 +32,33 @@ pub struct ErrorLabels {
     pub error: &'static str,
 }
 
+/// One member of an origin pool.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub pool: String,
+    /// Its `host:port`.
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerErrorLabels {
+    pub pool: String,
+    pub server: String,
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
+/// Builds a pool member's latency histogram.
+type HistogramMaker = fn() -> Histogram;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabels {
     pub tier: &'static str,
@@ -47,6 +74,14 @@ pub struct Metrics {
     pub origin_retries: Counter,
     pub origin_errors: Family<ErrorLabels, Counter>,
     pub origin_latency: Histogram,
+    pub pool_server_requests: Family<ServerLabels, Counter>,
+    pub pool_server_errors: Family<ServerErrorLabels, Counter>,
+    pub pool_server_latency: Family<ServerLabels, Histogram, HistogramMaker>,
+    /// 1 while a member passes its active checks, 0 while it fails them.
+    pub pool_server_up: Family<ServerLabels, Gauge>,
+    pub pool_server_ejections: Family<ServerLabels, Counter>,
+    pub pool_retries: Family<PoolLabels, Counter>,
+    pub pool_retry_budget_exhausted: Family<PoolLabels, Counter>,
     pub coalesced_waits: Counter,
     pub coalesced_wait_seconds: Histogram,
     pub open_connections: Gauge,
@@ -140,6 +175,48 @@ impl Metrics {
                 "origin_response_seconds",
                 "Time from sending a request to an origin to its response head",
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ),
+            pool_server_requests: register(
+                &mut registry,
+                "pool_server_requests",
+                "Exchanges with each member of each origin pool",
+                Family::default(),
+            ),
+            pool_server_errors: register(
+                &mut registry,
+                "pool_server_errors",
+                "Failed exchanges with pool members, by Proxy-Status error type",
+                Family::default(),
+            ),
+            pool_server_latency: register(
+                &mut registry,
+                "pool_server_response_seconds",
+                "Time from sending a request to a pool member to its response head",
+                Family::new_with_constructor(latency_histogram as HistogramMaker),
+            ),
+            pool_server_up: register(
+                &mut registry,
+                "pool_server_up",
+                "1 while a pool member passes its active health checks",
+                Family::default(),
+            ),
+            pool_server_ejections: register(
+                &mut registry,
+                "pool_server_ejections",
+                "Times a pool member was ejected after consecutive failed requests",
+                Family::default(),
+            ),
+            pool_retries: register(
+                &mut registry,
+                "pool_retries",
+                "Requests moved to another pool member after a failure",
+                Family::default(),
+            ),
+            pool_retry_budget_exhausted: register(
+                &mut registry,
+                "pool_retry_budget_exhausted",
+                "Failures that would have moved to another member but the retry budget was spent",
+                Family::default(),
             ),
             coalesced_waits: register(
                 &mut registry,

@@ -13,6 +13,7 @@
 //! as stale. Other requests get the error: the origin may have acted on them.
 
 pub mod connector;
+pub mod pool;
 
 use std::error::Error as StdError;
 use std::sync::Arc;
@@ -129,6 +130,43 @@ impl Upstream {
         }
     }
 
+    /// A health check: GET `url` with `host`, the status if a whole response arrived
+    /// within `timeout`.
+    ///
+    /// # Errors
+    /// The failure, as for a request.
+    pub async fn probe(
+        &self,
+        url: &str,
+        host: &str,
+        timeout: Duration,
+    ) -> Result<http::StatusCode, ProxyError> {
+        use http_body_util::BodyExt;
+        let request = http::Request::get(url)
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "outpost-health-check")
+            .body(Body::empty())
+            .map_err(|_| ProxyError::Internal(format!("health check URL {url}")))?;
+        let check = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|err| classify(&err, url))?;
+            let status = response.status();
+            // Read to the end, so the connection can serve the next check.
+            let _ = response.into_body().collect().await;
+            Ok(status)
+        };
+        tokio::time::timeout(timeout, check)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProxyError::ResponseHeaderTimeout {
+                    origin: url.to_string(),
+                })
+            })
+    }
+
     async fn exchange(
         &self,
         client: &Client<Counted<HttpsConnector<HttpConnector>>, Body>,
@@ -154,7 +192,7 @@ pub struct Sent {
 
 /// A second copy of `request` when it may be sent again: an idempotent method (RFC 9110
 /// §9.2.2) and a body already in memory (see [`buffer_replayable_body`]).
-fn replay_copy(request: &http::Request<Body>) -> Option<http::Request<Body>> {
+pub(crate) fn replay_copy(request: &http::Request<Body>) -> Option<http::Request<Body>> {
     if !request.method().is_idempotent() {
         return None;
     }

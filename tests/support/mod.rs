@@ -724,7 +724,7 @@ impl Proxy {
     /// Starts outpost with `toml` layered over the defaults and `origin` as the default site.
     pub async fn start(origin: &str, toml: &str) -> Proxy {
         let flags = FlagOverrides {
-            origin: Some(origin.to_string()),
+            origins: vec![origin.to_string()],
             ..FlagOverrides::default()
         };
         let config = Config::from_toml_str(toml, &flags).expect("test config is valid");

@@ -51,7 +51,8 @@
 //! - [`cache`]: keys, RFC 9111 policy, stored entries, the memory and disk tiers, lookup,
 //!   fills (coalescing, readers, the writer), partial entries, per-path rules, the tag index.
 //! - [`pipeline`]: the phases of a request.
-//! - [`upstream`]: the pooled origin client and its connection caps.
+//! - [`upstream`]: the pooled origin client, its connection caps, and origin pools
+//!   ([`upstream::pool`]: selection, health, failover).
 //! - [`transform`]: response transforms (compression).
 //! - [`telemetry`]: outcome types, metrics and the status board.
 //! - [`limit`]: bounded admission (fills, origin connections).

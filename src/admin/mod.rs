@@ -4,7 +4,8 @@
 //!
 //! `/healthz` answers while the process serves at all; `/readyz` once the proxy listener is
 //! up, which is true by the time this listener runs; `/metrics` is the Prometheus
-//! exposition ([`crate::telemetry::metrics`]); `POST /purge` removes or marks stale by URL, prefix or tag.
+//! exposition ([`crate::telemetry::metrics`]); `POST /purge` removes or marks stale by URL, prefix or tag;
+//! `/origins` lists and steers the members of origin pools.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+mod origins;
 mod page;
 
 use crate::body::Body;
@@ -174,10 +176,15 @@ async fn route(outpost: &Outpost, request: &Request<Incoming>) -> Response<Body>
         (&Method::POST, "/offline") => offline(&proxy, query),
         (&Method::POST, "/purge") => purge(&proxy, query).await,
         (&Method::POST, "/reload") => reload(outpost),
+        (_, "/origins") if is_read => json(StatusCode::OK, origins::list(&proxy)),
+        (&Method::POST, path) if path.starts_with("/origins/") => {
+            let (status, answer) = origins::steer(&proxy, path, query);
+            json(status, answer)
+        }
         (
             _,
             "/healthz" | "/readyz" | "/metrics" | "/purge" | "/reload" | "/status" | "/status.json"
-            | "/offline",
+            | "/offline" | "/origins",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -231,6 +238,7 @@ async fn status_json(outpost: &Outpost, proxy: &Proxy) -> Response<Body> {
         });
     }
     tiers["offline"] = serde_json::json!(proxy.cache().is_offline());
+    tiers["pools"] = origins::list(proxy);
     json(StatusCode::OK, proxy.metrics().board.snapshot(tiers))
 }
 

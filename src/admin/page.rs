@@ -26,6 +26,7 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 <h2>Top keys by hits</h2><table id="top_hits"></table>
 <h2>Top keys by bytes</h2><table id="top_bytes"></table>
 <h2>Recent origin errors</h2><table id="errors"></table>
+<div id="pools_card" hidden><h2>Origin pools</h2><table id="pools"></table></div>
 <script>
 const el = id => document.getElementById(id);
 const pct = x => (100 * x).toFixed(1) + '%';
@@ -58,6 +59,11 @@ async function refresh() {
     rows('top_hits', ['url', 'hits', 'bytes'], s.top_keys_by_hits, k => [[k.url], [k.hits, 1], [size(k.bytes), 1]]);
     rows('top_bytes', ['url', 'bytes', 'hits'], s.top_keys_by_bytes, k => [[k.url], [size(k.bytes), 1], [k.hits, 1]]);
     rows('errors', ['at', 'site', 'url', 'error', 'detail'], s.recent_origin_errors, e => [[e.at], [e.site], [e.url], [e.error], [e.detail]]);
+    const pools = s.tiers.pools || [];
+    el('pools_card').hidden = pools.length === 0;
+    const members = pools.flatMap(p => p.members.map(m => ({pool: p.name, selection: p.selection, ...m})));
+    rows('pools', ['pool', 'server', 'address', 'state', 'weight', 'in flight'], members,
+      m => [[m.pool + ' (' + m.selection + ')'], [m.server], [m.address], [m.state + (m.backup ? ', backup' : '')], [m.weight, 1], [m.outstanding, 1]]);
   } catch (e) { el('uptime').textContent = 'status unavailable: ' + e; }
 }
 refresh(); setInterval(refresh, 2000);

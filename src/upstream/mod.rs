@@ -2,8 +2,9 @@
 //! provider), its timeouts, and the translation of its failures into [`ProxyError`]s that
 //! say what went wrong (refused, timed out, reset, bad TLS).
 //!
-//! Which origin a request goes to is `pipeline::route`'s decision, and which headers it
-//! carries is `pipeline::forwarding`'s; this module only moves the request and reports.
+//! Which site's origin a request goes to is `pipeline::route`'s decision, which server of
+//! that origin's pool is [`pool`]'s, and which headers it carries is
+//! `pipeline::forwarding`'s; [`Upstream`] moves the request to the server and reports.
 //! Bodies stream in both directions: nothing here buffers a body.
 //!
 //! One retry: an origin that closes an idle keep-alive connection just as a request goes

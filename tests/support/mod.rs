@@ -217,6 +217,12 @@ pub enum Fixture {
     /// A representation that honours a one-range request (`bytes=a-b`, `a-`, `-n`) with 206
     /// and Content-Range; anything else gets the whole 200. `headers` go on both.
     Ranged { headers: HeaderList, body: Bytes },
+    /// 200 with `headers` and `body` while `healthy` holds, else 503 with them.
+    Switch {
+        healthy: Arc<std::sync::atomic::AtomicBool>,
+        headers: HeaderList,
+        body: Bytes,
+    },
     /// The n-th request gets the n-th fixture; the last one repeats.
     Sequence(Arc<Vec<Fixture>>, Arc<std::sync::atomic::AtomicUsize>),
 }
@@ -318,6 +324,20 @@ impl Fixture {
                         .unwrap(),
                     None => builder.body(Body::full(body.clone())).unwrap(),
                 }
+            }
+            Fixture::Switch {
+                healthy,
+                headers,
+                body,
+            } => {
+                let status = if healthy.load(std::sync::atomic::Ordering::SeqCst) {
+                    200
+                } else {
+                    503
+                };
+                with_headers(Response::builder().status(status), headers)
+                    .body(Body::full(body.clone()))
+                    .unwrap()
             }
             Fixture::Echo { name, headers } => {
                 let value = request
@@ -503,6 +523,11 @@ pub struct Origin {
 
 impl Origin {
     pub async fn start(routes: Vec<(&str, Fixture)>) -> Origin {
+        Origin::start_at("127.0.0.1:0", routes).await
+    }
+
+    /// An origin listening on `address` (another loopback address, a chosen port).
+    pub async fn start_at(address: &str, routes: Vec<(&str, Fixture)>) -> Origin {
         let routes: HashMap<String, Fixture> = routes
             .into_iter()
             .map(|(p, f)| (p.to_string(), f))
@@ -530,7 +555,7 @@ impl Origin {
                 })
             })
         };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(address).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(serve_handler(listener, handler, stopped));

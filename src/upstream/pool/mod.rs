@@ -808,3 +808,28 @@ async fn resolve_loop(pool: Weak<Pool>, interval: Duration) {
         pool.resolve_again().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(servers: &str) -> Config {
+        let toml = format!("pool = \"app\"\n[[pools]]\nname = \"app\"\nservers = [{servers}]\n");
+        Config::from_toml_str(&toml, &Default::default()).unwrap()
+    }
+
+    /// A reload keeps the members (health, drain) of servers that remain, and adds the new.
+    #[test]
+    fn a_reload_keeps_the_state_of_servers_that_remain() {
+        let metrics = Arc::new(Metrics::new());
+        let first = Pools::new(&config("{ url = \"http://10.0.0.1:80\" }"), None, &metrics);
+        let pool = first.named("app").unwrap();
+        assert!(pool.set_drained("10.0.0.1:80", true));
+        let servers = "{ url = \"http://10.0.0.1:80\" }, { url = \"http://10.0.0.2:80\" }";
+        let second = Pools::new(&config(servers), Some(&first), &metrics);
+        let members = second.named("app").unwrap().members();
+        assert_eq!(members.len(), 2);
+        assert!(Arc::ptr_eq(&members[0], &pool.members()[0]));
+        assert!(members[0].is_drained() && !members[1].is_drained());
+    }
+}

@@ -212,6 +212,10 @@ async fn metrics(proxy: &Proxy) -> Response<Body> {
         metrics.cache_bytes.get_or_create(&labels).set(gauge(bytes));
     };
     set_usage("memory", proxy.cache().memory_usage().await);
+    let now = std::time::Instant::now();
+    for pool in proxy.pools().configured() {
+        pool.export_states(now);
+    }
     if let Some(usage) = proxy.cache().disk_usage() {
         set_usage("disk", usage);
     }

@@ -77,7 +77,7 @@ pub struct Metrics {
     pub pool_server_requests: Family<ServerLabels, Counter>,
     pub pool_server_errors: Family<ServerErrorLabels, Counter>,
     pub pool_server_latency: Family<ServerLabels, Histogram, HistogramMaker>,
-    /// 1 while a member passes its active checks, 0 while it fails them.
+    /// 1 while a member may take requests; 0 while drained, ejected or failing its checks.
     pub pool_server_up: Family<ServerLabels, Gauge>,
     pub pool_server_ejections: Family<ServerLabels, Counter>,
     pub pool_retries: Family<PoolLabels, Counter>,
@@ -197,7 +197,7 @@ impl Metrics {
             pool_server_up: register(
                 &mut registry,
                 "pool_server_up",
-                "1 while a pool member passes its active health checks",
+                "1 while a pool member may take requests (not drained, ejected or failing checks)",
                 Family::default(),
             ),
             pool_server_ejections: register(

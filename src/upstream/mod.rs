@@ -47,7 +47,6 @@ pub struct Upstream {
     client: Client<Counted<HttpsConnector<HttpConnector>>, Body>,
     /// The same connector without a pool: a retry gets a connection opened for it.
     fresh_client: Client<Counted<HttpsConnector<HttpConnector>>, Body>,
-    response_header_timeout: Duration,
     /// Connections open to origins, in all and per origin (see [`connector`]).
     connections: Arc<Limiter>,
 }
@@ -91,7 +90,6 @@ impl Upstream {
         Ok(Upstream {
             client: builder(config.pool_max_idle_per_host),
             fresh_client: builder(0),
-            response_header_timeout: config.response_header_timeout.get(),
             connections,
         })
     }
@@ -102,8 +100,8 @@ impl Upstream {
         (self.connections.in_use(), self.connections.high_water())
     }
 
-    /// Sends `request` (its URI absolute, pointing at the origin) and waits for the response
-    /// head. The response body is returned unread, to be streamed; it holds one of the
+    /// Sends `request` (its URI absolute, pointing at the origin) and waits up to
+    /// `header_timeout` for the response head (each attempt). The response body is returned unread, to be streamed; it holds one of the
     /// origin's connection slots until it is dropped. An idempotent request with an
     /// in-memory body is sent a second time, on a new connection, when the first attempt
     /// ended before any of the response arrived (see the module doc).
@@ -116,12 +114,21 @@ impl Upstream {
     /// # Cancellation
     /// Dropping the future drops the connection attempt or the in-flight exchange; a
     /// connection that was mid-exchange is not returned to the pool.
-    pub async fn send(&self, request: http::Request<Body>, origin: &str) -> Sent {
+    pub async fn send(
+        &self,
+        request: http::Request<Body>,
+        origin: &str,
+        header_timeout: Duration,
+    ) -> Sent {
         let replay = replay_copy(&request);
-        let first = self.exchange(&self.client, request, origin).await;
+        let first = self
+            .exchange(&self.client, request, origin, header_timeout)
+            .await;
         match (first, replay) {
             (Err(ProxyError::ResponseIncomplete { .. }), Some(again)) => Sent {
-                result: self.exchange(&self.fresh_client, again, origin).await,
+                result: self
+                    .exchange(&self.fresh_client, again, origin, header_timeout)
+                    .await,
                 attempts: 2,
             },
             (result, _) => Sent {
@@ -173,8 +180,9 @@ impl Upstream {
         client: &Client<Counted<HttpsConnector<HttpConnector>>, Body>,
         request: http::Request<Body>,
         origin: &str,
+        header_timeout: Duration,
     ) -> Result<http::Response<OriginBody>, ProxyError> {
-        match tokio::time::timeout(self.response_header_timeout, client.request(request)).await {
+        match tokio::time::timeout(header_timeout, client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(classify(&err, origin)),
             Err(_elapsed) => Err(ProxyError::ResponseHeaderTimeout {

@@ -162,6 +162,7 @@ pub struct Pool {
     budget: RetryBudget,
     metrics: Arc<Metrics>,
     hosts_file: Option<PathBuf>,
+    /// The longest wait for one try's response head.
     header_timeout: Duration,
 }
 
@@ -183,8 +184,11 @@ impl Pool {
             };
             members.extend(members_for(server, &addresses, previous));
         }
+        // Per try: the retry setting, else the pool's, else the upstream default.
         let header_timeout = config
-            .response_header_timeout
+            .retry
+            .per_try_timeout
+            .or(config.response_header_timeout)
             .map_or(settings.upstream.response_header_timeout.get(), |t| t.get());
         Pool {
             name: config.name.clone(),
@@ -203,6 +207,21 @@ impl Pool {
             metrics: Arc::clone(metrics),
             hosts_file,
             header_timeout,
+        }
+    }
+
+    /// Brings the per-member `up` gauge (1: may take requests) to the state at `now`.
+    pub fn export_states(&self, now: Instant) {
+        for member in self.members() {
+            let labels = ServerLabels {
+                pool: self.name.clone(),
+                server: member.address.clone(),
+            };
+            let up = member.state(now) == "up";
+            self.metrics
+                .pool_server_up
+                .get_or_create(&labels)
+                .set(i64::from(up));
         }
     }
 
@@ -420,16 +439,7 @@ impl Pool {
         };
         let _outstanding = Outstanding::begin(member);
         let started = Instant::now();
-        let sent =
-            match tokio::time::timeout(self.header_timeout, upstream.send(request, origin)).await {
-                Ok(sent) => sent,
-                Err(_) => Sent {
-                    result: Err(ProxyError::ResponseHeaderTimeout {
-                        origin: origin.to_string(),
-                    }),
-                    attempts: 1,
-                },
-            };
+        let sent = upstream.send(request, origin, self.header_timeout).await;
         let labels = ServerLabels {
             pool: self.name.clone(),
             server: member.address.clone(),
@@ -543,10 +553,6 @@ impl Pool {
                 .health
                 .lock()
                 .record_check(passed, check, Instant::now());
-            let labels = ServerLabels {
-                pool: self.name.clone(),
-                server: member.address.clone(),
-            };
             match changed {
                 Some(true) => {
                     tracing::info!(pool = %self.name, server = %member.address, "server passes its health checks again")
@@ -556,10 +562,6 @@ impl Pool {
                 }
                 None => {}
             }
-            self.metrics
-                .pool_server_up
-                .get_or_create(&labels)
-                .set(i64::from(!member.health.lock().is_check_down));
         }
     }
 

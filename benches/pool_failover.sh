@@ -46,7 +46,7 @@ EOF
   local load=$!
   sleep "$KILL_AFTER"
   local dead=127.0.0.1:$((BASE + 2)) killed_at out_at state
-  kill "${origins[1]}"; killed_at=$(now)
+  killed_at=$(now); kill "${origins[1]}"
   while :; do
     state=$(curl -s "http://127.0.0.1:$((BASE + 10))/origins" |
       python3 -c "import json,sys; print(next(m['state'] for p in json.load(sys.stdin) for m in p['members'] if m['address']=='$dead'))")
@@ -54,11 +54,20 @@ EOF
     sleep 0.005
   done
   wait "$load" || true
-  python3 - "$name" "$killed_at" "$out_at" "$state" "$WORK/$name.json" <<'PY'
-import json, sys
-name, killed, out, state, report = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+  python3 - "$name" "$killed_at" "$out_at" "$state" "$WORK/$name.json" "$WORK/$name.log" <<'PY'
+import datetime, json, re, sys
+name, killed, out, state, report, log = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 r = json.load(open(report))
-print(f"{name}: out of rotation ({state}) {1000 * (out - killed):.0f} ms after the kill; "
+# The proxy's own log line says when it took the server out (the admin poll is coarser).
+taken_out = None
+for line in open(log):
+    if "ejected after consecutive failures" in line or "failed its health checks" in line:
+        stamp = re.match(r"\x1b?\S*?(\d{4}-\d\d-\d\dT[\d:.]+)Z", line)
+        if stamp:
+            taken_out = datetime.datetime.fromisoformat(stamp.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp()
+            break
+exact = f"{1000 * (taken_out - killed):.0f} ms by its log, " if taken_out else ""
+print(f"{name}: out of rotation ({state}) {exact}{1000 * (out - killed):.0f} ms by the admin poll; "
       f"{r.get('requests')} requests, {r.get('errors', 0)} errors, statuses {r.get('statuses', {})}")
 PY
   kill "$proxy" "${origins[0]}" "${origins[2]}" 2>/dev/null || true

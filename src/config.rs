@@ -1055,6 +1055,7 @@ pub struct RetryConfig {
     /// Statuses that count as failures worth another server.
     pub statuses: Vec<u16>,
     /// Extra requests that retries may add, as a share of requests (0.2: at most 20%).
+    /// Tries that never reached an origin (no connection) are retried outside it.
     pub budget: f64,
     /// Retries always allowed besides the share, so a quiet pool can still fail over.
     pub budget_reserve: u32,

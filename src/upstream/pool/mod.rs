@@ -375,7 +375,9 @@ impl Pool {
             let sent = self.exchange(upstream, current, &member, routing).await;
             exchanges += sent.attempts;
             let retry = spare.is_some() && self.is_worth_retrying(&sent.result);
-            if retry && self.budget.try_withdraw() {
+            // A try that never reached an origin adds no load anywhere by being made again:
+            // the budget is for tries that did.
+            if retry && (never_reached_an_origin(&sent.result) || self.budget.try_withdraw()) {
                 self.metrics
                     .pool_retries
                     .get_or_create(&PoolLabels {
@@ -601,6 +603,18 @@ impl Pool {
             }));
         }
     }
+}
+
+/// A failure to connect (or to get a connection slot): the request was never sent.
+fn never_reached_an_origin(result: &Result<Response<OriginBody>, ProxyError>) -> bool {
+    matches!(
+        result,
+        Err(ProxyError::ConnectionRefused { .. }
+            | ProxyError::ConnectionTimeout { .. }
+            | ProxyError::ConnectFailed { .. }
+            | ProxyError::DnsError { .. }
+            | ProxyError::LimitReached { .. })
+    )
 }
 
 /// Whether `url` names a host to resolve into members: a name (not an address) over

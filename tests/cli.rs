@@ -281,3 +281,42 @@ fn sighup_reloads_the_config_file_and_sigterm_stops_cleanly() {
         "SIGTERM stops outpost cleanly: {status:?}"
     );
 }
+
+/// `--origin` given several times makes one pool of them (issue 15), which `check` prints
+/// with its defaults; a pool that names no server, or a site naming a missing pool, is
+/// refused with its key.
+#[test]
+fn several_origins_make_a_pool_and_bad_pools_are_refused() {
+    let output = outpost(
+        &[
+            "check",
+            "--origin",
+            "http://127.0.0.1:9001",
+            "--origin",
+            "http://127.0.0.1:9002",
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stdout(&output);
+    assert!(printed.contains("pool = \"origin\""), "{printed}");
+    assert!(
+        printed.contains("url = \"http://127.0.0.1:9002/\""),
+        "{printed}"
+    );
+    assert!(printed.contains("selection = \"round-robin\""), "{printed}");
+
+    let (_dir, path) =
+        write_config("pool = \"missing\"\n[[pools]]\nname = \"app\"\nservers = []\n");
+    let output = outpost(&["check", "--config", &path], &[]);
+    assert!(!output.status.success());
+    let errors = stderr(&output);
+    assert!(
+        errors.contains("pool: no [[pools]] entry is named `missing`"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("pools[0].servers: a pool needs at least one server"),
+        "{errors}"
+    );
+}

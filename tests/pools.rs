@@ -345,3 +345,94 @@ async fn pool_membership_follows_name_resolution() {
     assert_eq!(member_state(&proxy, &format!("127.0.0.2:{port}")), "up");
     assert_eq!(member_state(&proxy, &format!("127.0.0.1:{port}")), "absent");
 }
+
+/// Pass-through requests carrying the pool's sticky cookie stay on one server per session;
+/// without it they are spread.
+#[tokio::test]
+async fn a_sticky_cookie_keeps_a_session_on_one_server() {
+    let origins = origins(3, |_| vec![("/cart", uncached("ok"))]).await;
+    let proxy = pool_proxy(
+        &weighted(&origins, &[1, 1, 1]),
+        "sticky_cookie = \"route\"",
+        "",
+    )
+    .await;
+    let poster = client();
+    let post = |cookie: Option<String>| {
+        let mut request = http::Request::post(proxy.url("/cart"));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        send(
+            &poster,
+            request.body(http_body_util::Full::default()).unwrap(),
+        )
+    };
+    let hits = || -> Vec<usize> { origins.iter().map(|o| o.hits("/cart")).collect() };
+    for session in ["a", "b", "c", "d", "e"] {
+        let before = hits();
+        for _ in 0..5 {
+            let reply = post(Some(format!("theme=dark; route={session}"))).await;
+            assert_eq!(reply.status, 200);
+        }
+        let gained: Vec<usize> = hits()
+            .iter()
+            .zip(&before)
+            .map(|(now, then)| now - then)
+            .collect();
+        assert_eq!(
+            gained.iter().filter(|g| **g > 0).count(),
+            1,
+            "{session}: {gained:?}"
+        );
+    }
+    let before = hits();
+    for _ in 0..6 {
+        assert_eq!(post(None).await.status, 200);
+    }
+    let spread: Vec<usize> = hits()
+        .iter()
+        .zip(&before)
+        .map(|(now, then)| now - then)
+        .collect();
+    assert!(
+        spread.iter().all(|n| *n > 0),
+        "without the cookie: {spread:?}"
+    );
+}
+
+/// RFC 5861 §4, RFC 9111 §4.2.4: when no server of the pool may take requests (every one
+/// fails its checks), a stored response answers stale instead of an error.
+#[tokio::test]
+async fn when_every_server_is_down_stored_responses_answer_stale() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let switch = || Fixture::Switch {
+        healthy: Arc::clone(&healthy),
+        headers: header_list(&[("cache-control", "max-age=0")]),
+        body: bytes::Bytes::from_static(b"stored"),
+    };
+    let mut origins = Vec::new();
+    for _ in 0..3 {
+        origins.push(Origin::start(vec![("/doc", switch()), ("/health", switch())]).await);
+    }
+    let extra = "health = { path = \"/health\", interval = \"20ms\", timeout = \"1s\", \
+                 healthy_threshold = 1, unhealthy_threshold = 1 }";
+    let proxy = pool_proxy(&weighted(&origins, &[1, 1, 1]), extra, "").await;
+    assert_eq!(get(&proxy.url("/doc"), &[]).await.text(), "stored");
+
+    healthy.store(false, SeqCst);
+    eventually("every server to fail its checks", || {
+        origins
+            .iter()
+            .all(|o| member_state(&proxy, &o.addr.to_string()) == "check-down")
+    })
+    .await;
+    let stale = get(&proxy.url("/doc"), &[]).await;
+    assert_eq!(
+        (stale.status.as_u16(), stale.text().as_str()),
+        (200, "stored")
+    );
+    let status = cache_status(&stale);
+    assert!(status.contains("fwd=stale"), "{status}");
+    assert!(status.contains("destination_unavailable"), "{status}");
+}

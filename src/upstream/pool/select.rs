@@ -174,6 +174,23 @@ mod tests {
         );
     }
 
+    /// Power of two choices: the busier member is chosen only when both draws are it.
+    #[test]
+    fn power_of_two_prefers_the_less_loaded_of_its_draws() {
+        use rand::SeedableRng;
+        let members = members(&[1, 1]);
+        members[0].outstanding.store(5, Relaxed);
+        let candidates = candidates(&members);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let busy = (0..1000)
+            .filter(|_| power_of_two(&candidates, &mut rng).unwrap().address == "10.0.0.0:80")
+            .count();
+        assert!(
+            (150..350).contains(&busy),
+            "the busy member was chosen {busy} times in 1000"
+        );
+    }
+
     /// Removing one of N members moves only its keys, about 1/N of them (issue 15 asks at
     /// most 1.3/N over 10k keys); every other key stays where it was.
     #[test]

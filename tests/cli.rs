@@ -312,11 +312,11 @@ fn several_origins_make_a_pool_and_bad_pools_are_refused() {
     assert!(!output.status.success());
     let errors = stderr(&output);
     assert!(
-        errors.contains("pool: no [[pools]] entry is named `missing`"),
+        errors.contains("key `pool`: no [[pools]] entry is named `missing`"),
         "{errors}"
     );
     assert!(
-        errors.contains("pools[0].servers: a pool needs at least one server"),
+        errors.contains("key `pools[0].servers`: a pool needs at least one server"),
         "{errors}"
     );
 }

@@ -34,6 +34,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "pools",
     "proxy_name",
     "server",
+    "tls",
     "upstream",
     "forwarding",
     "log",
@@ -442,6 +443,8 @@ pub struct Config {
     /// Name this proxy uses in `Via`, `Proxy-Status` and `Cache-Status`.
     pub proxy_name: String,
     pub server: ServerConfig,
+    /// TLS termination: listeners and certificates.
+    pub tls: TlsConfig,
     pub upstream: UpstreamConfig,
     pub forwarding: ForwardingConfig,
     pub log: LogConfig,
@@ -462,6 +465,7 @@ impl Default for Config {
             pools: Vec::new(),
             proxy_name: "outpost".to_string(),
             server: ServerConfig::default(),
+            tls: TlsConfig::default(),
             upstream: UpstreamConfig::default(),
             forwarding: ForwardingConfig::default(),
             log: LogConfig::default(),
@@ -471,6 +475,19 @@ impl Default for Config {
             sites: Vec::new(),
         }
     }
+}
+
+/// TLS termination (rustls): listeners, the default certificate, and per-site ones chosen
+/// by SNI (`[[sites]] tls_cert`, `tls_key`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Addresses to serve HTTPS on (HTTP/1.1 and HTTP/2 by ALPN).
+    pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain for names no site's certificate covers.
+    pub cert: Option<PathBuf>,
+    /// Its PEM private key.
+    pub key: Option<PathBuf>,
 }
 
 /// Downstream connection limits and timeouts.
@@ -882,6 +899,17 @@ pub struct SiteConfig {
     /// ... or a pool (`[[pools]]` by name).
     #[serde(default)]
     pub pool: Option<String>,
+    /// PEM certificate chain served (by SNI) for the site's hosts on the TLS listeners.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Answer cleartext requests with a permanent redirect to https.
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security` value added to the site's responses over TLS.
+    #[serde(default)]
+    pub hsts: Option<String>,
     /// Host header sent to the origin: unset keeps the client's Host; `"origin"` uses the
     /// authority of the origin server the request goes to; any other value is sent as
     /// written.
@@ -1090,6 +1118,13 @@ pub struct FlagOverrides {
     pub log_format: Option<LogFormat>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
+    /// `--tls-listen`, `--tls-cert`, `--tls-key`.
+    #[serde(skip)]
+    pub tls_listen: Vec<SocketAddr>,
+    #[serde(skip)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The name of the pool several `--origin` flags make.
@@ -1135,6 +1170,16 @@ impl FlagOverrides {
         }
         if let Some(dir) = &self.cache_dir {
             figment = figment.merge(("cache.dir", dir.display().to_string()));
+        }
+        if !self.tls_listen.is_empty() {
+            let listen: Vec<String> = self.tls_listen.iter().map(ToString::to_string).collect();
+            figment = figment.merge(("tls.listen", listen));
+        }
+        if let Some(cert) = &self.tls_cert {
+            figment = figment.merge(("tls.cert", cert.display().to_string()));
+        }
+        if let Some(key) = &self.tls_key {
+            figment = figment.merge(("tls.key", key.display().to_string()));
         }
         figment
     }
@@ -1227,7 +1272,36 @@ impl Config {
         for (index, pool) in self.pools.iter().enumerate() {
             check_pool(index, pool, &self.pools[..index], &mut problems);
         }
+        self.check_tls(&mut problems);
         problems.into_result(source_name)
+    }
+
+    /// A certificate comes with its key; TLS listeners need some certificate to serve; HSTS
+    /// values are header values.
+    fn check_tls(&self, problems: &mut Problems) {
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            problems.add("tls.key", "set tls.cert and tls.key together");
+        }
+        let any_site_cert = self.sites.iter().any(|site| site.tls_cert.is_some());
+        if !self.tls.listen.is_empty() && self.tls.cert.is_none() && !any_site_cert {
+            problems.add(
+                "tls.cert",
+                "TLS listeners need a certificate: tls.cert/tls.key or a site's tls_cert/tls_key",
+            );
+        }
+        for (index, site) in self.sites.iter().enumerate() {
+            if site.tls_cert.is_some() != site.tls_key.is_some() {
+                problems.add(
+                    format!("sites[{index}].tls_key"),
+                    "set tls_cert and tls_key together",
+                );
+            }
+            if let Some(hsts) = &site.hsts {
+                if http::HeaderValue::from_str(hsts).is_err() || !hsts.contains("max-age=") {
+                    problems.add(format!("sites[{index}].hsts"), format!("`{hsts}` is not a Strict-Transport-Security value (max-age=SECONDS[; includeSubDomains])"));
+                }
+            }
+        }
     }
 
     fn check_identity(&self, problems: &mut Problems) {

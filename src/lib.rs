@@ -1,7 +1,8 @@
 //! outpost: a caching edge proxy (a mini-CDN node).
 //!
 //! # The life of a request
-//! 1. [`server`] accepts the connection (HTTP/1.1 or h2c on one port), enforces connection
+//! 1. [`server`] accepts the connection (HTTP/1.1 or h2c on one port; HTTPS with h2 by ALPN
+//!    on the TLS listeners), enforces connection
 //!    limits (in all and per client address) and the head, idle and send timeouts, and
 //!    hands each request head to the pipeline.
 //! 2. [`pipeline::handle`] runs the phases in order with one [`pipeline::RequestCtx`]:
@@ -205,6 +206,19 @@ impl Outpost {
             tracing::info!(entries, bytes, "disk tier at shutdown");
         }
         result
+    }
+
+    /// Serves HTTPS on `listener` (`tls` settings; certificates re-read on reload) until
+    /// `shutdown` completes, then drains its connections like [`Outpost::serve`].
+    ///
+    /// # Errors
+    /// I/O errors that end the accept loop.
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        server::serve_tls(listener, Arc::clone(&self.proxy), shutdown).await
     }
 
     /// Serves the admin endpoints on `listener` until `shutdown` completes.

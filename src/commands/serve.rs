@@ -36,6 +36,15 @@ pub struct SettingsArgs {
     /// Directory of the disk tier (config `cache.dir`); the cache survives restarts.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Address to serve HTTPS on (config `tls.listen`); may be given several times.
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for the TLS listeners (config `tls.cert`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of that certificate (config `tls.key`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -60,6 +69,9 @@ impl SettingsArgs {
                 LogFormatArg::Json => LogFormat::Json,
             }),
             cache_dir: self.cache_dir.clone(),
+            tls_listen: self.tls_listen.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         };
         Config::load(self.config.as_deref(), &flags)
     }
@@ -77,6 +89,14 @@ pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Res
         ),
         None => None,
     };
+    let mut tls_listeners = Vec::new();
+    for addr in &config.tls.listen {
+        tls_listeners.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding TLS listen address {addr}"))?,
+        );
+    }
     let mut outpost = Outpost::new(config)?;
     if let Some(loader) = loader {
         outpost = outpost.with_loader(loader);
@@ -89,6 +109,7 @@ pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Res
         admin = ?outpost.config().admin,
         origin = ?outpost.config().origin.as_ref().map(ToString::to_string),
         pool = ?outpost.config().pool,
+        tls = ?outpost.config().tls.listen,
         sites = outpost.config().sites.len(),
         "outpost serving"
     );
@@ -105,10 +126,16 @@ pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Res
         let _ = stop_tx.send(true);
         result
     };
-    let (proxy_result, admin_result) = tokio::join!(proxy, admin);
+    let https = futures_util::future::try_join_all(
+        tls_listeners
+            .into_iter()
+            .map(|listener| outpost.serve_tls(listener, stopped(stop_rx.clone()))),
+    );
+    let (proxy_result, admin_result, https_result) = tokio::join!(proxy, admin, https);
     reloads.abort();
     proxy_result?;
     admin_result?;
+    https_result?;
     tracing::info!("outpost stopped");
     Ok(())
 }

@@ -48,6 +48,8 @@ pub struct RequestCtx {
     pub referer: Option<String>,
     pub user_agent: Option<String>,
     pub metrics: Arc<Metrics>,
+    /// `Strict-Transport-Security` to add: the site's, on a request over TLS.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 impl RequestCtx {
@@ -83,6 +85,7 @@ impl RequestCtx {
             error: None,
             response_status: 0,
             referer: agent_field(http::header::REFERER),
+            hsts: None,
             user_agent: agent_field(http::header::USER_AGENT),
             log,
             metrics,

@@ -117,6 +117,11 @@ pub async fn handle(
         "cache-status",
         ctx.status.to_header_value(&proxy.proxy_name),
     );
+    if let Some(hsts) = ctx.hsts.take() {
+        response
+            .headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+    }
     ctx.response_status = response.status().as_u16();
     if reveal {
         let age = response
@@ -166,6 +171,14 @@ async fn serve(
     let site = Arc::clone(proxy.router.route(host.as_deref(), parts.uri.path())?);
     ctx.site = site.name.clone();
     ctx.origin = site.pool.name.clone();
+    if site.redirect_https && facts.scheme == "http" {
+        ctx.status = CacheStatus::forward(FwdReason::Bypass);
+        let redirect = respond::redirect_to_https(host.as_deref(), parts, proxy.https_port);
+        return Ok(Delivery::Synthetic(redirect));
+    }
+    if facts.scheme == "https" {
+        ctx.hsts.clone_from(&site.hsts);
+    }
     let authority = host.as_deref().unwrap_or("");
     if parts.method.as_str() == "PURGE" {
         ctx.status = CacheStatus::forward(FwdReason::Bypass).with_detail(Detail::Purge);

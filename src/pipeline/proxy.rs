@@ -25,6 +25,8 @@ use crate::upstream::{buffer_replayable_body, OriginBody, Upstream, UpstreamSetu
 pub enum SetupError {
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+    #[error(transparent)]
+    Tls(#[from] crate::server::tls::TlsSetupError),
     #[error("log.access_log_path {path}: {source}")]
     AccessLog {
         path: String,
@@ -54,6 +56,10 @@ pub struct Proxy {
     pub(super) debug: crate::config::DebugConfig,
     /// Connection limits and timeouts, read by the server for each new connection.
     pub server: crate::config::ServerConfig,
+    /// The TLS listeners' configuration (certificates read when this proxy was built).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The first TLS listener's port: where redirects to https point.
+    pub(super) https_port: Option<u16>,
 }
 
 impl Proxy {
@@ -88,6 +94,7 @@ impl Proxy {
         previous: Option<&Pools>,
     ) -> Result<Proxy, SetupError> {
         let upstream = Upstream::new(&config.upstream)?;
+        let tls = crate::server::tls::server_config(config)?;
         let pools = Pools::new(config, previous, &metrics);
         pools.start(&upstream);
         Ok(Proxy {
@@ -112,6 +119,8 @@ impl Proxy {
             unsafe_invalidation: config.cache.unsafe_invalidation,
             debug: config.debug.clone(),
             server: config.server.clone(),
+            tls,
+            https_port: config.tls.listen.first().map(std::net::SocketAddr::port),
         })
     }
 

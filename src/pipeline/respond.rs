@@ -161,6 +161,39 @@ pub fn not_acceptable() -> Response<Body> {
     response
 }
 
+/// A site that is HTTPS only: 308 (method and body kept, RFC 9110 §15.4.9) to the same
+/// host and target over https, on `https_port` unless it is 443.
+pub fn redirect_to_https(
+    host: Option<&str>,
+    request: &http::request::Parts,
+    https_port: Option<u16>,
+) -> Response<Body> {
+    let host = host.unwrap_or("");
+    // The host without its cleartext port (an IPv6 literal keeps its brackets).
+    let name = match host.rsplit_once(':') {
+        Some((name, port))
+            if !name.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && !host.ends_with(']') =>
+        {
+            name
+        }
+        _ => host,
+    };
+    let port = match https_port {
+        Some(443) | None => String::new(),
+        Some(port) => format!(":{port}"),
+    };
+    let target = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = format!("https://{name}{port}{target}");
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
 /// Offline mode and nothing suitable stored: the origin is not asked.
 pub fn gateway_timeout_offline() -> Response<Body> {
     gateway_timeout("504 Gateway Timeout: offline mode and not cached\n")

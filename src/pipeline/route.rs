@@ -34,6 +34,10 @@ pub struct Site {
     /// Its origin servers (one, for a site with an `origin` URL).
     pub pool: Arc<Pool>,
     pub host_header: HostHeader,
+    /// Cleartext requests get a permanent redirect to https.
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security` for the site's responses over TLS.
+    pub hsts: Option<HeaderValue>,
     path_prefix: Option<String>,
     hosts: Vec<HostPattern>,
 }
@@ -76,6 +80,11 @@ impl Site {
             pool,
             host_header,
             path_prefix: site.path_prefix.clone(),
+            redirect_https: site.redirect_https,
+            hsts: site
+                .hsts
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok()),
             hosts: site.hosts.iter().map(|h| HostPattern::parse(h)).collect(),
         }
     }
@@ -125,6 +134,8 @@ impl Router {
                         name: "default".to_string(),
                         pool,
                         host_header: HostHeader::Preserve,
+                        redirect_https: false,
+                        hsts: None,
                         path_prefix: None,
                         hosts: Vec::new(),
                     })

@@ -1,6 +1,6 @@
-//! The downstream edge: accepting connections, HTTP/1.1 and HTTP/2 (h2c prior knowledge) on
-//! one port, connection limits, the header-read (slowloris) and idle timeouts, and graceful
-//! shutdown.
+//! The downstream edge: accepting connections, HTTP/1.1 and HTTP/2 (h2c prior knowledge, or
+//! ALPN over TLS: [`tls`]) on one port, connection limits, the header-read (slowloris) and
+//! idle timeouts, and graceful shutdown.
 //!
 //! Each connection has an [`activity::ConnActivity`] watchdog instead of hyper's HTTP/1
 //! `header_read_timeout`, because hyper restarts that timer as soon as a response is sent and
@@ -10,6 +10,7 @@
 //! once its head has arrived is `pipeline`'s business.
 
 mod activity;
+pub mod tls;
 mod tracker;
 
 use std::collections::HashMap;
@@ -54,6 +55,36 @@ pub async fn serve(
     proxy: SharedProxy,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_on(listener, proxy, shutdown, Transport::Plain).await
+}
+
+/// As [`serve`], terminating TLS on every connection with the configuration in force when
+/// it is accepted (`tls`; a reload changes it for new connections only). The handshake
+/// must complete within `server.header_read_timeout`.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_tls(
+    listener: TcpListener,
+    proxy: SharedProxy,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve_on(listener, proxy, shutdown, Transport::Tls).await
+}
+
+/// Cleartext HTTP or HTTPS on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Plain,
+    Tls,
+}
+
+async fn serve_on(
+    listener: TcpListener,
+    proxy: SharedProxy,
+    shutdown: impl Future<Output = ()>,
+    transport: Transport,
+) -> std::io::Result<()> {
     let mut limit = proxy.load().server.max_connections;
     let permits = Arc::new(Semaphore::new(limit));
     // Permits still to be withdrawn after `max_connections` was lowered while they were held.
@@ -88,7 +119,10 @@ pub async fn serve(
                 Ok((stream, peer, permit)) => {
                     let accepted = Accepted { peer, permit };
                     if let Some(connection) = accepted.admit(&proxy, &per_client, &stop_rx) {
-                        connections.spawn(connection.run(stream));
+                        match transport {
+                            Transport::Plain => connections.spawn(connection.run(stream, "http")),
+                            Transport::Tls => connections.spawn(connection.run_tls(stream)),
+                        };
                     }
                 }
                 Err(err) => {
@@ -254,7 +288,26 @@ impl Drop for ClientSlot {
 }
 
 impl Connection {
-    async fn run(mut self, stream: TcpStream) {
+    /// Completes the TLS handshake (within the head timeout), then serves over it.
+    async fn run_tls(self, stream: TcpStream) {
+        let peer = self.peer;
+        let Some(config) = self.proxy.load().tls.clone() else {
+            tracing::warn!(%peer, "TLS connection on a proxy without a TLS configuration");
+            return;
+        };
+        let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+        match tokio::time::timeout(self.timeouts.header_read, handshake).await {
+            Ok(Ok(tls)) => self.run(tls, "https").await,
+            Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake not completed in time"),
+        }
+    }
+
+    /// Serves requests on `stream` (cleartext or TLS: `scheme` says which).
+    async fn run<S>(mut self, stream: S, scheme: &'static str)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let activity = Arc::new(ConnActivity::new());
         let gauge = self.proxy.load().metrics().open_connections.clone();
         gauge.inc();
@@ -267,40 +320,16 @@ impl Connection {
         ));
         let peer = self.peer;
         let proxy = Arc::clone(&self.proxy);
-        let service_activity = Arc::clone(&activity);
+        let link = Arc::new(ConnectionLink {
+            peer,
+            scheme,
+            activity: Arc::clone(&activity),
+            interim,
+        });
         let service = service_fn(move |request: http::Request<Incoming>| {
             let proxy = proxy.load_full();
-            let activity = Arc::clone(&service_activity);
-            let interim = Arc::clone(&interim);
-            async move {
-                let has_conflicting_framing = activity.take_framing_conflict();
-                let inflight = activity.request_started(request.version() == http::Version::HTTP_2);
-                let interim = interim_relay(&interim, &request).await;
-                // Interim responses end before the final one starts, or when the client
-                // goes away.
-                let close_interim =
-                    scopeguard::guard(interim.as_ref().map(|r| Arc::clone(&r.link)), |link| {
-                        if let Some(link) = link {
-                            link.close_open();
-                        }
-                    });
-                let downstream = pipeline::DownstreamFacts {
-                    peer,
-                    // TLS termination is not here yet: every listener is cleartext.
-                    scheme: "http",
-                    has_conflicting_framing,
-                    interim,
-                };
-                let (response, record) = pipeline::handle(&proxy, request, downstream).await;
-                drop(close_interim);
-                let (head, body) = response.into_parts();
-                // A body in memory knows its length; only a streamed one needs the header.
-                let declared_len = http_body::Body::size_hint(&body)
-                    .exact()
-                    .or_else(|| crate::cache::entry::content_length(&head.headers));
-                let body = ResponseTracker::new(body, declared_len, record, inflight);
-                Ok::<_, Infallible>(http::Response::from_parts(head, body))
-            }
+            let link = Arc::clone(&link);
+            async move { Ok::<_, Infallible>(serve_request(&proxy, request, &link).await) }
         });
         let connection = self.builder.serve_connection(io, service).into_owned();
         tokio::pin!(connection);
@@ -333,6 +362,49 @@ impl Connection {
             }
         }
     }
+}
+
+/// What a request's service needs of its connection.
+struct ConnectionLink {
+    peer: SocketAddr,
+    scheme: &'static str,
+    activity: Arc<ConnActivity>,
+    interim: Arc<InterimLink>,
+}
+
+/// One request through the pipeline, its response body tracked for the connection's
+/// watchdog and the access log.
+async fn serve_request(
+    proxy: &Arc<Proxy>,
+    request: http::Request<Incoming>,
+    link: &ConnectionLink,
+) -> http::Response<ResponseTracker> {
+    let has_conflicting_framing = link.activity.take_framing_conflict();
+    let inflight = link
+        .activity
+        .request_started(request.version() == http::Version::HTTP_2);
+    let interim = interim_relay(&link.interim, &request).await;
+    // Interim responses end before the final one starts, or when the client goes away.
+    let close_interim = scopeguard::guard(interim.as_ref().map(|r| Arc::clone(&r.link)), |link| {
+        if let Some(link) = link {
+            link.close_open();
+        }
+    });
+    let downstream = pipeline::DownstreamFacts {
+        peer: link.peer,
+        scheme: link.scheme,
+        has_conflicting_framing,
+        interim,
+    };
+    let (response, record) = pipeline::handle(proxy, request, downstream).await;
+    drop(close_interim);
+    let (head, body) = response.into_parts();
+    // A body in memory knows its length; only a streamed one needs the header.
+    let declared_len = http_body::Body::size_hint(&body)
+        .exact()
+        .or_else(|| crate::cache::entry::content_length(&head.headers));
+    let body = ResponseTracker::new(body, declared_len, record, inflight);
+    http::Response::from_parts(head, body)
 }
 
 /// What lets the request relay the origin's interim responses: HTTP/1.1 only (RFC 9110

@@ -1,0 +1,307 @@
+//! TLS termination (issue 14): certificates made with rcgen in the test, a real outpost
+//! with a TLS listener, and a hyper client over tokio-rustls speaking HTTP/1.1 or HTTP/2
+//! as ALPN decides.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use outpost::config::FlagOverrides;
+use outpost::{Config, Outpost};
+use rustls::pki_types::{CertificateDer, ServerName};
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A self-signed certificate for `names`, written as `stem.pem` and `stem.key` in `dir`.
+fn write_cert(
+    dir: &Path,
+    stem: &str,
+    names: &[&str],
+) -> (PathBuf, PathBuf, CertificateDer<'static>) {
+    let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+    let made = rcgen::generate_simple_self_signed(names).unwrap();
+    let (cert, key) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    (cert, key, made.cert.der().clone())
+}
+
+/// An outpost serving cleartext (`proxy`) and TLS (`tls`) from `toml`, with a loader that
+/// reads `toml` again on reload.
+struct Edge {
+    proxy: Proxy,
+    tls: SocketAddr,
+}
+
+async fn start_edge(toml: impl Fn(SocketAddr) -> String + Send + Sync + 'static) -> Edge {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls = listener.local_addr().unwrap();
+    let config = Config::from_toml_str(&toml(tls), &FlagOverrides::default()).expect("valid");
+    let loader = move || Config::from_toml_str(&toml(tls), &FlagOverrides::default());
+    let outpost = Outpost::new(config)
+        .expect("starts")
+        .with_loader(Box::new(loader));
+    let proxy = Proxy::start_outpost(outpost).await;
+    let serving = Arc::clone(&proxy.outpost);
+    tokio::spawn(async move { serving.serve_tls(listener, std::future::pending()).await });
+    Edge { proxy, tls }
+}
+
+/// A TLS connection to `addr` for `sni`, trusting `roots`, offering `alpn`.
+struct Session {
+    sender: Sender,
+    peer_certificate: CertificateDer<'static>,
+    alpn: Option<Vec<u8>>,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+async fn connect(
+    addr: SocketAddr,
+    sni: &str,
+    roots: &[&CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> Session {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add((*root).clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let (_, connection) = tls.get_ref();
+    let peer_certificate = connection.peer_certificates().unwrap()[0].clone();
+    let alpn = connection.alpn_protocol().map(<[u8]>::to_vec);
+    let io = TokioIo::new(tls);
+    let sender = if alpn.as_deref() == Some(b"h2") {
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Sender::H2(sender)
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        Sender::H1(sender)
+    };
+    Session {
+        sender,
+        peer_certificate,
+        alpn,
+    }
+}
+
+impl Session {
+    async fn get(&mut self, host: &str, path: &str) -> Reply {
+        let (response, version) = match &mut self.sender {
+            Sender::H1(sender) => {
+                let request = http::Request::get(path)
+                    .header("host", host)
+                    .body(Full::default())
+                    .unwrap();
+                (
+                    sender.send_request(request).await.unwrap(),
+                    http::Version::HTTP_11,
+                )
+            }
+            Sender::H2(sender) => {
+                let uri = format!("https://{host}{path}");
+                let request = http::Request::get(uri).body(Full::default()).unwrap();
+                (
+                    sender.send_request(request).await.unwrap(),
+                    http::Version::HTTP_2,
+                )
+            }
+        };
+        assert_eq!(response.version(), version);
+        let (parts, body) = response.into_parts();
+        Reply {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+}
+
+fn site_toml(origin: &str, host: &str, cert: &Path, key: &Path, extra: &str) -> String {
+    format!(
+        "[[sites]]\nhosts = [\"{host}\"]\norigin = \"{origin}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{extra}\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// SNI picks the site's certificate (the default one for other names); ALPN negotiates
+/// h2, and an h2 client gets cached hits over TLS; http/1.1 works too.
+#[tokio::test]
+async fn sni_picks_the_certificate_and_alpn_negotiates_h2() {
+    let origin = Origin::start(vec![(
+        "/page",
+        fixed(&[("cache-control", "max-age=60")], "secret"),
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (default_cert, default_key, default_der) =
+        write_cert(dir.path(), "default", &["default.test"]);
+    let (site_cert, site_key, site_der) = write_cert(dir.path(), "a", &["a.test"]);
+    let origin_url = origin.url();
+    let edge = start_edge(move |tls| {
+        format!(
+            "origin = \"{origin_url}\"\n[tls]\nlisten = [\"{tls}\"]\ncert = \"{}\"\nkey = \"{}\"\n{}",
+            default_cert.display(),
+            default_key.display(),
+            site_toml(&origin_url, "a.test", &site_cert, &site_key, "")
+        )
+    })
+    .await;
+
+    let mut h2 = connect(edge.tls, "a.test", &[&site_der], &[b"h2", b"http/1.1"]).await;
+    assert_eq!(h2.peer_certificate, site_der);
+    assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
+    let first = h2.get("a.test", "/page").await;
+    assert_eq!(
+        (first.status.as_u16(), first.text().as_str()),
+        (200, "secret")
+    );
+    let again = h2.get("a.test", "/page").await;
+    assert!(is_hit(&again), "{}", cache_status(&again));
+    assert_eq!(origin.hits("/page"), 1);
+
+    let mut other = connect(edge.tls, "default.test", &[&default_der], &[b"http/1.1"]).await;
+    assert_eq!(other.peer_certificate, default_der);
+    assert_eq!(other.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(other.get("default.test", "/page").await.status, 200);
+}
+
+/// The scheme is part of the cache key: https and http requests for one path are separate
+/// entries, and the origin hears of TLS in X-Forwarded-Proto and Forwarded.
+#[tokio::test]
+async fn https_and_http_requests_are_separate_entries() {
+    let origin = Origin::start(vec![("/p", fixed(&[("cache-control", "max-age=60")], "x"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = write_cert(dir.path(), "a", &["a.test"]);
+    let origin_url = origin.url();
+    let edge = start_edge(move |tls| {
+        format!(
+            "[tls]\nlisten = [\"{tls}\"]\n{}",
+            site_toml(&origin_url, "a.test", &cert, &key, "")
+        )
+    })
+    .await;
+    let plain = get(&edge.proxy.url("/p"), &[("host", "a.test")]).await;
+    assert_eq!(plain.status, 200);
+    assert_eq!(origin.last("/p").headers["x-forwarded-proto"], "http");
+    let mut session = connect(edge.tls, "a.test", &[&der], &[b"http/1.1"]).await;
+    let secure = session.get("a.test", "/p").await;
+    assert!(!is_hit(&secure), "{}", cache_status(&secure));
+    assert_eq!(origin.hits("/p"), 2);
+    let seen = origin.last("/p");
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert!(seen.headers["forwarded"]
+        .to_str()
+        .unwrap()
+        .contains("proto=https"));
+    assert!(is_hit(&session.get("a.test", "/p").await));
+}
+
+/// A reload re-reads certificate files: new connections get the new certificate while a
+/// connection opened before keeps working.
+#[tokio::test]
+async fn a_reload_swaps_the_certificate_while_open_connections_keep_working() {
+    let origin = Origin::start(vec![("/p", fixed(&[("cache-control", "no-store")], "ok"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, old_der) = write_cert(dir.path(), "a", &["a.test"]);
+    let (origin_url, cert_path, key_path) = (origin.url(), cert.clone(), key.clone());
+    let edge = start_edge(move |tls| {
+        format!(
+            "[tls]\nlisten = [\"{tls}\"]\n{}",
+            site_toml(&origin_url, "a.test", &cert_path, &key_path, "")
+        )
+    })
+    .await;
+    let mut before = connect(edge.tls, "a.test", &[&old_der], &[b"h2"]).await;
+    assert_eq!(before.get("a.test", "/p").await.status, 200);
+
+    let (_, _, new_der) = write_cert(dir.path(), "a", &["a.test"]);
+    assert_ne!(new_der, old_der);
+    edge.proxy.outpost.reload().expect("reload");
+    let after = connect(edge.tls, "a.test", &[&new_der], &[b"h2"]).await;
+    assert_eq!(after.peer_certificate, new_der);
+    assert_eq!(before.get("a.test", "/p").await.status, 200);
+}
+
+/// A site can be HTTPS only: cleartext requests get 308 to https (same target, the TLS
+/// listener's port), and responses over TLS carry its Strict-Transport-Security.
+#[tokio::test]
+async fn a_site_redirects_cleartext_and_sets_hsts_over_tls() {
+    let origin = Origin::start(vec![("/p", fixed(&[("cache-control", "max-age=60")], "x"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = write_cert(dir.path(), "a", &["a.test"]);
+    let origin_url = origin.url();
+    let edge = start_edge(move |tls| {
+        let extra = "redirect_https = true\nhsts = \"max-age=600; includeSubDomains\"";
+        format!(
+            "[tls]\nlisten = [\"{tls}\"]\n{}",
+            site_toml(&origin_url, "a.test", &cert, &key, extra)
+        )
+    })
+    .await;
+    let plain = get(&edge.proxy.url("/p?q=1"), &[("host", "a.test:8080")]).await;
+    assert_eq!(plain.status, 308);
+    let location = format!("https://a.test:{}/p?q=1", edge.tls.port());
+    assert_eq!(plain.header("location"), Some(location.as_str()));
+    assert!(plain.header("strict-transport-security").is_none());
+    assert_eq!(origin.hits("/p"), 0);
+    let mut session = connect(edge.tls, "a.test", &[&der], &[b"http/1.1"]).await;
+    let secure = session.get("a.test", "/p?q=1").await;
+    assert_eq!(
+        secure.header("strict-transport-security"),
+        Some("max-age=600; includeSubDomains")
+    );
+}
+
+/// A missing file or a key that is not the certificate's stops start-up with an error
+/// naming the file.
+#[tokio::test]
+async fn bad_certificate_files_are_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _, _) = write_cert(dir.path(), "a", &["a.test"]);
+    let (_, other_key, _) = write_cert(dir.path(), "b", &["b.test"]);
+    let missing = dir.path().join("missing.pem");
+    let start = |cert: &Path, key: &Path| {
+        let toml = format!(
+            "origin = \"http://127.0.0.1:1\"\n[tls]\nlisten = [\"127.0.0.1:1\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
+        let config = Config::from_toml_str(&toml, &FlagOverrides::default()).unwrap();
+        Outpost::new(config).err().expect("refused").to_string()
+    };
+    let error = start(&missing, &other_key);
+    assert!(error.contains("missing.pem"), "{error}");
+    let error = start(&cert, &other_key);
+    assert!(
+        error.contains("b.key") && error.contains("does not belong"),
+        "{error}"
+    );
+}

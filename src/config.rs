@@ -505,6 +505,9 @@ pub struct ServerConfig {
     pub send_timeout: HumanDuration,
     /// Connections at once from one client address (0: no limit); more are closed at once.
     pub max_connections_per_client: usize,
+    /// Peers (CIDR) whose connections may begin with a PROXY protocol v1/v2 header (a TCP
+    /// load balancer): the client address it gives stands for the peer. Empty: none.
+    pub proxy_protocol_from: Vec<IpNet>,
     /// Largest request header section accepted (HTTP/1 read buffer, HTTP/2 header list).
     pub max_header_bytes: ByteSize,
     /// Most header fields in one request.
@@ -521,6 +524,7 @@ impl Default for ServerConfig {
             idle_timeout: HumanDuration(Duration::from_secs(60)),
             send_timeout: HumanDuration(Duration::from_secs(60)),
             max_connections_per_client: 0,
+            proxy_protocol_from: Vec::new(),
             max_header_bytes: ByteSize(64 * 1024),
             max_headers: 100,
             shutdown_grace: HumanDuration(Duration::from_secs(30)),

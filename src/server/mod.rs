@@ -10,6 +10,7 @@
 //! once its head has arrived is `pipeline`'s business.
 
 mod activity;
+pub mod proxy_protocol;
 pub mod tls;
 mod tracker;
 
@@ -119,10 +120,7 @@ async fn serve_on(
                 Ok((stream, peer, permit)) => {
                     let accepted = Accepted { peer, permit };
                     if let Some(connection) = accepted.admit(&proxy, &per_client, &stop_rx) {
-                        match transport {
-                            Transport::Plain => connections.spawn(connection.run(stream, "http")),
-                            Transport::Tls => connections.spawn(connection.run_tls(stream)),
-                        };
+                        connections.spawn(connection.start(stream, transport, per_client.clone()));
                     }
                 }
                 Err(err) => {
@@ -203,8 +201,18 @@ impl Accepted {
         let Accepted { peer, permit } = self;
         // Read now, not before waiting: a reload while idle applies to this one.
         let settings = proxy.load().server.clone();
-        let Some(client_slot) = per_client.admit(peer.ip(), settings.max_connections_per_client)
-        else {
+        let ip = peer.ip().to_canonical();
+        let reads_proxy_header = settings
+            .proxy_protocol_from
+            .iter()
+            .any(|net| net.contains(&ip));
+        // A balancer speaks for many clients: they are counted once its header names them.
+        let limit = if reads_proxy_header {
+            0
+        } else {
+            settings.max_connections_per_client
+        };
+        let Some(client_slot) = per_client.admit(peer.ip(), limit) else {
             tracing::debug!(%peer, "connection refused: server.max_connections_per_client");
             proxy.load().metrics().client_connections_refused.inc();
             return None;
@@ -219,6 +227,8 @@ impl Accepted {
             },
             stop: stop.clone(),
             peer,
+            reads_proxy_header,
+            client_limit: settings.max_connections_per_client,
             _permit: permit,
             _client_slot: client_slot,
         })
@@ -232,6 +242,10 @@ struct Connection {
     timeouts: Timeouts,
     stop: watch::Receiver<bool>,
     peer: SocketAddr,
+    /// The peer is in `server.proxy_protocol_from`: the connection may start with a PROXY
+    /// header naming the real client.
+    reads_proxy_header: bool,
+    client_limit: usize,
     /// Held for the connection's lifetime: counts against `max_connections`.
     _permit: OwnedSemaphorePermit,
     /// Held for the connection's lifetime: counts against `max_connections_per_client`.
@@ -288,8 +302,45 @@ impl Drop for ClientSlot {
 }
 
 impl Connection {
+    /// Reads a PROXY header from a trusted balancer (within the head timeout; the client it
+    /// names then counts against the per-client limit), then serves cleartext or TLS.
+    async fn start(mut self, stream: TcpStream, transport: Transport, per_client: PerClient) {
+        let peer = self.peer;
+        let stream = if self.reads_proxy_header {
+            let header = proxy_protocol::read_header(stream);
+            let (client, stream) = match tokio::time::timeout(self.timeouts.header_read, header)
+                .await
+            {
+                Ok(Ok(read)) => read,
+                Ok(Err(err)) => return tracing::debug!(%peer, error = %err, "closing connection"),
+                Err(_) => {
+                    return tracing::debug!(%peer, "closing connection: PROXY header not received in time")
+                }
+            };
+            if let Some(client) = client {
+                let Some(slot) = per_client.admit(client.ip(), self.client_limit) else {
+                    tracing::debug!(%client, "connection refused: server.max_connections_per_client");
+                    self.proxy.load().metrics().client_connections_refused.inc();
+                    return;
+                };
+                self._client_slot = slot;
+                self.peer = client;
+            }
+            stream
+        } else {
+            proxy_protocol::Prefixed::plain(stream)
+        };
+        match transport {
+            Transport::Plain => self.run(stream, "http").await,
+            Transport::Tls => self.run_tls(stream).await,
+        }
+    }
+
     /// Completes the TLS handshake (within the head timeout), then serves over it.
-    async fn run_tls(self, stream: TcpStream) {
+    async fn run_tls<S>(self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let peer = self.peer;
         let Some(config) = self.proxy.load().tls.clone() else {
             tracing::warn!(%peer, "TLS connection on a proxy without a TLS configuration");

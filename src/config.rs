@@ -508,6 +508,10 @@ pub struct ServerConfig {
     /// Peers (CIDR) whose connections may begin with a PROXY protocol v1/v2 header (a TCP
     /// load balancer): the client address it gives stands for the peer. Empty: none.
     pub proxy_protocol_from: Vec<IpNet>,
+    /// An upgraded connection (WebSocket) closes after this long with no byte either way.
+    pub tunnel_idle_timeout: HumanDuration,
+    /// ... and after this long in all.
+    pub tunnel_max_duration: HumanDuration,
     /// Largest request header section accepted (HTTP/1 read buffer, HTTP/2 header list).
     pub max_header_bytes: ByteSize,
     /// Most header fields in one request.
@@ -525,6 +529,8 @@ impl Default for ServerConfig {
             send_timeout: HumanDuration(Duration::from_secs(60)),
             max_connections_per_client: 0,
             proxy_protocol_from: Vec::new(),
+            tunnel_idle_timeout: HumanDuration(Duration::from_secs(600)),
+            tunnel_max_duration: HumanDuration(Duration::from_secs(24 * 3600)),
             max_header_bytes: ByteSize(64 * 1024),
             max_headers: 100,
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
@@ -1383,6 +1389,8 @@ impl Problems {
 }
 
 fn check_server(server: &ServerConfig, problems: &mut Problems) {
+    problems.positive("server.tunnel_idle_timeout", server.tunnel_idle_timeout);
+    problems.positive("server.tunnel_max_duration", server.tunnel_max_duration);
     problems.at_least_one("server.max_connections", server.max_connections);
     problems.at_least_one("server.max_headers", server.max_headers);
     if server.max_header_bytes.as_u64() < 8 * 1024 {

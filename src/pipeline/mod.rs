@@ -51,6 +51,7 @@ pub mod range;
 mod request;
 pub mod respond;
 pub mod route;
+pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,6 +95,12 @@ pub async fn handle(
     downstream: DownstreamFacts,
 ) -> (Response<Body>, RequestCtx) {
     let peer = downstream.peer;
+    let mut request = request;
+    // Taken before the request is split: it is the client connection once switched.
+    let upgrade = tunnel::requested(&request).map(|protocol| tunnel::Upgrade {
+        protocol,
+        client: hyper::upgrade::on(&mut request),
+    });
     let (mut parts, body) = request.into_parts();
     // Every phase judges the request as it will be forwarded: a field the client names in
     // Connection never reaches the origin, so it must not choose a variant or a stored
@@ -106,7 +113,7 @@ pub async fn handle(
         .headers
         .get("outpost-debug")
         .is_some_and(|v| v.as_bytes() == b"1");
-    let served = match serve(proxy, &parts, body, downstream, &mut ctx).await {
+    let served = match serve(proxy, &parts, (body, upgrade), downstream, &mut ctx).await {
         Ok(delivery) => deliver::deliver(proxy, &ctx, &parts, delivery).await,
         Err(err) => Err(err),
     };
@@ -156,7 +163,7 @@ fn failed(proxy: &Proxy, ctx: &mut RequestCtx, err: &ProxyError, reveal: bool) -
 async fn serve(
     proxy: &Arc<Proxy>,
     parts: &http::request::Parts,
-    body: Incoming,
+    (body, upgrade): (Incoming, Option<tunnel::Upgrade>),
     facts: DownstreamFacts,
     ctx: &mut RequestCtx,
 ) -> Result<Delivery, ProxyError> {
@@ -191,6 +198,12 @@ async fn serve(
         scheme: facts.scheme,
         host: host.as_deref(),
     };
+    if let Some(upgrade) = upgrade {
+        ctx.status = CacheStatus::forward(FwdReason::Bypass);
+        let response = tunnel::open(proxy, &site, parts, downstream, upgrade, ctx).await?;
+        ctx.status.fwd_status = Some(response.status().as_u16());
+        return Ok(Delivery::Forwarded(response));
+    }
     let lookup = proxy
         .cache
         .lookup(parts, facts.scheme, authority, ctx.now)

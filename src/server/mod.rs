@@ -382,7 +382,10 @@ impl Connection {
             let link = Arc::clone(&link);
             async move { Ok::<_, Infallible>(serve_request(&proxy, request, &link).await) }
         });
-        let connection = self.builder.serve_connection(io, service).into_owned();
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned();
         tokio::pin!(connection);
 
         let ending = tokio::select! {

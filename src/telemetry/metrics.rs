@@ -85,6 +85,9 @@ pub struct Metrics {
     pub coalesced_waits: Counter,
     pub coalesced_wait_seconds: Histogram,
     pub open_connections: Gauge,
+    /// Upgraded connections (WebSocket) opened, and open now.
+    pub tunnels: Counter,
+    pub tunnels_open: Gauge,
     /// Client connections cut because the client read nothing for `server.send_timeout`.
     pub client_send_timeouts: Counter,
     /// Client connections closed on accept by `server.max_connections_per_client`.
@@ -217,6 +220,18 @@ impl Metrics {
                 "pool_retry_budget_exhausted",
                 "Failures that would have moved to another member but the retry budget was spent",
                 Family::default(),
+            ),
+            tunnels: register(
+                &mut registry,
+                "tunnels",
+                "Connections upgraded (101 from the origin) into byte tunnels",
+                Counter::default(),
+            ),
+            tunnels_open: register(
+                &mut registry,
+                "tunnels_open",
+                "Upgraded connections open now",
+                Gauge::default(),
             ),
             coalesced_waits: register(
                 &mut registry,

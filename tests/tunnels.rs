@@ -1,0 +1,129 @@
+//! Upgrade tunnels (RFC 9110 §7.8, issue 14 item 3): a WebSocket-style upgrade through a
+//! real outpost to a raw origin that answers 101 and echoes; early client bytes are never
+//! sent to the origin before its 101, and a refused upgrade leaves plain HTTP.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: example.test\r\nConnection: Upgrade\r\n\
+    Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// An origin that answers every upgrade with 101 and then echoes what it reads; it keeps
+/// each request head it saw, exactly as read.
+async fn echo_origin() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let head = read_head(&mut stream).await;
+                seen.lock().unwrap().push(head);
+                let switched = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                                 Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+                if stream.write_all(switched).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 1024];
+                while let Ok(read) = stream.read(&mut buf).await {
+                    if read == 0 || stream.write_all(&buf[..read]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (url, heads)
+}
+
+/// Reads from `stream` until `seen` ends with `suffix`.
+async fn read_until_suffix(stream: &mut TcpStream, seen: &mut Vec<u8>, suffix: &[u8]) {
+    let mut buf = [0u8; 1024];
+    while !seen.ends_with(suffix) {
+        let read = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+            .await
+            .expect("in time")
+            .unwrap();
+        assert!(read > 0, "closed after {}", String::from_utf8_lossy(seen));
+        seen.extend_from_slice(&buf[..read]);
+    }
+}
+
+/// The upgrade reaches the origin with its Upgrade and Connection, the client gets the
+/// origin's 101, and bytes then flow both ways; early bytes sent with the request head
+/// reach the origin only after its 101, as tunnel data.
+#[tokio::test]
+async fn a_websocket_upgrade_becomes_a_tunnel_after_the_101() {
+    let (origin, heads) = echo_origin().await;
+    let proxy = Proxy::start(&origin, "").await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(&[UPGRADE, b"EARLY"].concat())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until_suffix(&mut client, &mut seen, b"EARLY").await;
+    let text = String::from_utf8_lossy(&seen).to_string();
+    assert!(
+        text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{text}"
+    );
+
+    let head = heads.lock().unwrap()[0].clone();
+    let head_text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(
+        head.ends_with(b"\r\n\r\n"),
+        "bytes beyond the head reached the origin before its 101: {head_text}"
+    );
+    assert!(
+        head_text.contains("upgrade: websocket") && head_text.contains("connection: upgrade"),
+        "{head_text}"
+    );
+
+    seen.clear();
+    client.write_all(b"hello through the tunnel").await.unwrap();
+    read_until_suffix(&mut client, &mut seen, b"hello through the tunnel").await;
+    let metrics = proxy.outpost.proxy().metrics().encode();
+    assert!(metrics.contains("outpost_tunnels_open 1"), "{metrics}");
+}
+
+/// A refused upgrade is an ordinary response, and what the client sent after the head is
+/// read by outpost as the next request: the origin gets it as a forwarded request (with
+/// our Via), never as raw bytes.
+#[tokio::test]
+async fn a_refused_upgrade_leaves_plain_http_and_early_bytes_are_a_request() {
+    let origin = Origin::start(vec![
+        (
+            "/ws",
+            fixed(&[("cache-control", "no-store")], "no upgrade here"),
+        ),
+        ("/next", fixed(&[("cache-control", "no-store")], "next")),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let next = b"GET /next HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(proxy.addr, &[UPGRADE, next].concat()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("no upgrade here") && answer.ends_with("next"),
+        "{answer}"
+    );
+    let forwarded = origin.last("/next");
+    assert!(forwarded.headers["via"]
+        .to_str()
+        .unwrap()
+        .contains("outpost"));
+    assert_eq!(origin.hits("/ws"), 1);
+}

@@ -41,6 +41,8 @@
 //!                                           └─ Lookup::OnlyIfCachedMiss ───────────── Delivery::Synthetic ─┤
 //!                                                                       deliver ◄─ Delivery::Stored ◄───────┘ (hits)
 //! ```
+//! Before the lookup, an upgrade request (WebSocket) leaves the cache path for
+//! [`pipeline::tunnel`], and a site's `redirect_https` answers cleartext with 308.
 //! Offline mode serves anything stored through `Lookup::Hit` (Cache-Status
 //! `detail="offline"`) and answers 504 for the rest without the origin. While a request
 //! waits for the origin, the origin's interim (1xx) responses go to HTTP/1.1 clients

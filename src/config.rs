@@ -35,6 +35,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "proxy_name",
     "server",
     "tls",
+    "forward_proxy",
     "upstream",
     "forwarding",
     "log",
@@ -445,6 +446,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// TLS termination: listeners and certificates.
     pub tls: TlsConfig,
+    /// Forward-proxy use: CONNECT tunnels to allowed targets.
+    pub forward_proxy: ForwardProxyConfig,
     pub upstream: UpstreamConfig,
     pub forwarding: ForwardingConfig,
     pub log: LogConfig,
@@ -466,6 +469,7 @@ impl Default for Config {
             proxy_name: "outpost".to_string(),
             server: ServerConfig::default(),
             tls: TlsConfig::default(),
+            forward_proxy: ForwardProxyConfig::default(),
             upstream: UpstreamConfig::default(),
             forwarding: ForwardingConfig::default(),
             log: LogConfig::default(),
@@ -488,6 +492,18 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// Its PEM private key.
     pub key: Option<PathBuf>,
+}
+
+/// CONNECT tunnels for clients that use outpost as their forward proxy (RFC 9110 §9.3.6).
+/// Never an open proxy: with no patterns, every CONNECT is refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardProxyConfig {
+    /// `host:port` patterns a CONNECT may reach (`*` matches within the host or the port:
+    /// `*.example.com:443`, `mirror.internal:*`).
+    pub connect_allow: Vec<String>,
+    /// `user:password` a client must present as `Proxy-Authorization: Basic ...`; unset: none.
+    pub credentials: Option<Secret>,
 }
 
 /// Downstream connection limits and timeouts.

@@ -127,3 +127,97 @@ async fn a_refused_upgrade_leaves_plain_http_and_early_bytes_are_a_request() {
         .contains("outpost"));
     assert_eq!(origin.hits("/ws"), 1);
 }
+
+/// A TCP server that echoes, counting the connections it accepts.
+async fn tcp_echo() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A CONNECT for `target`; `Connection: close` unless it is to be a tunnel (`open`).
+fn connect_request(target: std::net::SocketAddr, authorization: Option<&str>) -> Vec<u8> {
+    connect_head(target, authorization, false)
+}
+
+fn connect_head(target: std::net::SocketAddr, authorization: Option<&str>, open: bool) -> Vec<u8> {
+    let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if !open {
+        request.push_str("Connection: close\r\n");
+    }
+    if let Some(authorization) = authorization {
+        request.push_str(&format!("Proxy-Authorization: {authorization}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.into_bytes()
+}
+
+/// RFC 9110 §9.3.6: a CONNECT to an allowed target with the right credentials opens a
+/// tunnel (200, then bytes both ways); without credentials or with wrong ones it gets 407,
+/// to a target not allowed 403, and neither opens a connection to the target.
+#[tokio::test]
+async fn connect_tunnels_only_to_allowed_targets_with_credentials() {
+    let (target, accepted) = tcp_echo().await;
+    let (other, other_accepted) = tcp_echo().await;
+    let origin = Origin::start(vec![]).await;
+    let toml = format!(
+        "[forward_proxy]\nconnect_allow = [\"127.0.0.1:{}\"]\ncredentials = \"alice:s3cret\"\n",
+        target.port()
+    );
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    let good = "Basic YWxpY2U6czNjcmV0";
+
+    let refused = raw_exchange(proxy.addr, &connect_request(other, Some(good))).await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    for authorization in [None, Some("Basic YWxpY2U6d3Jvbmc=")] {
+        let answer = raw_exchange(proxy.addr, &connect_request(target, authorization)).await;
+        assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("proxy-authenticate: basic"),
+            "{answer}"
+        );
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(other_accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(&connect_request(target, Some(good)))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until_suffix(&mut client, &mut seen, b"\r\n\r\n").await;
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    seen.clear();
+    client.write_all(b"ping over CONNECT").await.unwrap();
+    read_until_suffix(&mut client, &mut seen, b"ping over CONNECT").await;
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// Never an open proxy: with no allowed targets configured, every CONNECT is refused.
+#[tokio::test]
+async fn connect_is_refused_by_default() {
+    let (target, accepted) = tcp_echo().await;
+    let origin = Origin::start(vec![]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let answer = raw_exchange(proxy.addr, &connect_request(target, None)).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

@@ -38,6 +38,7 @@
 //! shutdown, the access log's timing) stay in `server`.
 
 pub mod access_log;
+mod connect;
 mod ctx;
 mod deliver;
 mod encode;
@@ -101,6 +102,10 @@ pub async fn handle(
         protocol,
         client: hyper::upgrade::on(&mut request),
     });
+    if request.method() == http::Method::CONNECT {
+        let client = hyper::upgrade::on(&mut request);
+        return connect_tunnel(proxy, request.into_parts().0, client, peer).await;
+    }
     let (mut parts, body) = request.into_parts();
     // Every phase judges the request as it will be forwarded: a field the client names in
     // Connection never reaches the origin, so it must not choose a variant or a stored
@@ -139,6 +144,34 @@ pub async fn handle(
             response.headers_mut().insert("outpost-path", value);
         }
     }
+    (response, ctx)
+}
+
+/// A CONNECT (forward-proxy use): judged with its Proxy-Authorization, before hop-by-hop
+/// fields are stripped, and never near the cache.
+async fn connect_tunnel(
+    proxy: &Arc<Proxy>,
+    parts: http::request::Parts,
+    client: hyper::upgrade::OnUpgrade,
+    peer: SocketAddr,
+) -> (Response<Body>, RequestCtx) {
+    let log = proxy.access_log.clone();
+    let mut ctx = RequestCtx::new(&parts, peer, log, Arc::clone(&proxy.metrics));
+    ctx.status = CacheStatus::forward(FwdReason::Method);
+    ctx.host = parts
+        .uri
+        .authority()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let mut response = match connect::open(proxy, &parts, client).await {
+        Ok(response) => response,
+        Err(err) => failed(proxy, &mut ctx, &err, false),
+    };
+    response.headers_mut().append(
+        "cache-status",
+        ctx.status.to_header_value(&proxy.proxy_name),
+    );
+    ctx.response_status = response.status().as_u16();
     (response, ctx)
 }
 

@@ -60,6 +60,9 @@ pub struct Proxy {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The first TLS listener's port: where redirects to https point.
     pub(super) https_port: Option<u16>,
+    /// Which CONNECT targets are allowed, and for whom.
+    pub(super) connect_policy: super::connect::ConnectPolicy,
+    pub(super) connect_timeout: Duration,
 }
 
 impl Proxy {
@@ -121,6 +124,8 @@ impl Proxy {
             server: config.server.clone(),
             tls,
             https_port: config.tls.listen.first().map(std::net::SocketAddr::port),
+            connect_policy: super::connect::ConnectPolicy::new(&config.forward_proxy),
+            connect_timeout: config.upstream.connect_timeout.get(),
         })
     }
 

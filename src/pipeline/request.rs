@@ -19,7 +19,8 @@ use crate::error::ProxyError;
 /// # Errors
 /// [`ProxyError::BadRequest`] for ambiguous framing (RFC 9112 §6.3: Content-Length together
 /// with Transfer-Encoding, or disagreeing Content-Length values: a request smuggling vector),
-/// CONNECT (we are not a forward proxy) and targets that are not origin- or absolute-form.
+/// CONNECT (answered before the filter, by `connect`, or not at all) and targets that are not
+/// origin- or absolute-form.
 pub fn check_request(request: &http::request::Parts) -> Result<(), ProxyError> {
     let headers = &request.headers;
     if headers.contains_key(header::TRANSFER_ENCODING)

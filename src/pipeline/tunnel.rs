@@ -100,22 +100,23 @@ pub(super) async fn open(
     Ok(answer)
 }
 
+/// How long a tunnel may sit idle, and live.
 #[derive(Debug, Clone, Copy)]
-struct Limits {
-    idle: Duration,
-    total: Duration,
+pub(super) struct Limits {
+    pub idle: Duration,
+    pub total: Duration,
 }
 
 /// Why a tunnel ended.
 #[derive(Debug, PartialEq, Eq)]
-enum Ended {
+pub(super) enum Ended {
     Closed,
     Idle,
     TooLong,
 }
 
 /// Copies both ways until either side closes, nothing moves for `idle`, or `total` passed.
-async fn join<A, B>(client: A, origin: B, limits: Limits) -> Ended
+pub(super) async fn join<A, B>(client: A, origin: B, limits: Limits) -> Ended
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

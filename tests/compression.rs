@@ -362,3 +362,35 @@ async fn encoded_variants_are_invalidated_with_their_url() {
         "miss encoded on the fly, then one new stored variant"
     );
 }
+
+/// RFC 9110 §14.2: a Range on a stored gzip representation is served as a range of the
+/// gzip bytes to a client that takes gzip, and ignored (the whole, decoded) for one that
+/// does not: a slice of a gzip stream is no use to it.
+#[tokio::test]
+async fn ranges_of_origin_gzip_go_only_to_clients_that_take_gzip() {
+    let body = text(5_000);
+    let compressed = gzip(body.as_bytes()).await;
+    let origin = Origin::start(vec![(
+        "/data.json",
+        Fixture::Static {
+            status: http::StatusCode::OK,
+            headers: header_list(&[
+                ("content-encoding", "gzip"),
+                ("cache-control", "max-age=60"),
+            ]),
+            body: Bytes::from(compressed.clone()),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let takes_gzip = [("accept-encoding", "gzip"), ("range", "bytes=0-9")];
+    let ranged = get(&proxy.url("/data.json"), &takes_gzip).await;
+    assert_eq!(ranged.status, 206);
+    assert_eq!(ranged.body.as_ref(), &compressed[..10]);
+    let identity = [("accept-encoding", "identity"), ("range", "bytes=0-9")];
+    let whole = get(&proxy.url("/data.json"), &identity).await;
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.header("content-encoding"), None);
+    assert_eq!(whole.text(), body);
+    assert_eq!(origin.hits("/data.json"), 1);
+}

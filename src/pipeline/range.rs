@@ -12,6 +12,7 @@ use http::{Response, StatusCode};
 
 use crate::body::Body;
 use crate::cache::partial::PartialEntry;
+use crate::transform::compress::AcceptEncoding;
 
 /// More ranges than this in one request are ignored (a whole 200 instead): many tiny
 /// ranges cost more to send than the representation.
@@ -137,13 +138,22 @@ pub fn if_range_allows(request: &HeaderMap, stored: &HeaderMap) -> bool {
 }
 
 /// The Range to serve from a stored representation, if this request has one that the
-/// cache answers: a GET whose If-Range (if any) holds for `stored`.
+/// cache answers: a GET whose If-Range (if any) holds for `stored`, and whose client takes
+/// the stored content coding (a range of an origin's gzip is no use to a client that must
+/// have it decoded; RFC 9110 §14.2 lets us send the whole, decoded, instead).
 pub fn requested(parts: &http::request::Parts, stored: &HeaderMap) -> Option<String> {
     if parts.method != http::Method::GET {
         return None;
     }
     let range = parts.headers.get(header::RANGE)?.to_str().ok()?;
-    if_range_allows(&parts.headers, stored).then(|| range.to_string())
+    let coding = stored
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|coding| !coding.eq_ignore_ascii_case("identity"));
+    let takes_coding =
+        coding.is_none_or(|coding| AcceptEncoding::parse(&parts.headers).accepts(coding));
+    (takes_coding && if_range_allows(&parts.headers, stored)).then(|| range.to_string())
 }
 
 /// RFC 9111 §3.3: whether the partial `entry` can answer the request's Range: it holds

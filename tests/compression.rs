@@ -50,6 +50,20 @@ async fn gzip(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A fresh (max-age=60) response the origin itself gzipped, with `extra` fields.
+fn gzipped(compressed: &[u8], extra: &[(&'static str, &str)]) -> Fixture {
+    let mut headers = header_list(&[
+        ("content-encoding", "gzip"),
+        ("cache-control", "max-age=60"),
+    ]);
+    headers.extend(header_list(extra));
+    Fixture::Static {
+        status: http::StatusCode::OK,
+        headers,
+        body: Bytes::from(compressed.to_vec()),
+    }
+}
+
 fn page(body: &str) -> Fixture {
     Fixture::with_headers(
         200,
@@ -273,20 +287,8 @@ async fn vary_and_etag_rules() {
 async fn origin_gzip_is_passed_through_or_decoded() {
     let body = text(20_000);
     let compressed = gzip(body.as_bytes()).await;
-    let origin = Origin::start(vec![(
-        "/data.json",
-        Fixture::Static {
-            status: http::StatusCode::OK,
-            headers: header_list(&[
-                ("content-type", "application/json"),
-                ("content-encoding", "gzip"),
-                ("cache-control", "max-age=60"),
-                ("etag", "\"g1\""),
-            ]),
-            body: Bytes::from(compressed.clone()),
-        },
-    )])
-    .await;
+    let extra = [("content-type", "application/json"), ("etag", "\"g1\"")];
+    let origin = Origin::start(vec![("/data.json", gzipped(&compressed, &extra))]).await;
     let proxy = Proxy::start(&origin.url(), "").await;
     let passed = get(&proxy.url("/data.json"), &[("accept-encoding", "gzip, br")]).await;
     assert_eq!(passed.header("content-encoding"), Some("gzip"));
@@ -370,18 +372,7 @@ async fn encoded_variants_are_invalidated_with_their_url() {
 async fn ranges_of_origin_gzip_go_only_to_clients_that_take_gzip() {
     let body = text(5_000);
     let compressed = gzip(body.as_bytes()).await;
-    let origin = Origin::start(vec![(
-        "/data.json",
-        Fixture::Static {
-            status: http::StatusCode::OK,
-            headers: header_list(&[
-                ("content-encoding", "gzip"),
-                ("cache-control", "max-age=60"),
-            ]),
-            body: Bytes::from(compressed.clone()),
-        },
-    )])
-    .await;
+    let origin = Origin::start(vec![("/data.json", gzipped(&compressed, &[]))]).await;
     let proxy = Proxy::start(&origin.url(), "").await;
     let takes_gzip = [("accept-encoding", "gzip"), ("range", "bytes=0-9")];
     let ranged = get(&proxy.url("/data.json"), &takes_gzip).await;

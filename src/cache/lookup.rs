@@ -173,15 +173,19 @@ impl Cache {
         let ttl = meta.freshness.ttl_seconds(now);
         match policy::evaluate_reuse(&meta.freshness, directives, now) {
             Reuse::Fresh | Reuse::StaleAllowed => {}
-            _ if self.is_offline()
-                && (!meta.freshness.forbids_stale || self.offline_ignores_revalidation) =>
-            {
+            _ if self.is_offline() && self.offline_may_serve(&meta.freshness) => {
                 let status = CacheStatus::hit(ttl).with_detail(Detail::Offline);
                 return Some((entry, status));
             }
             _ => return None,
         }
         Some((entry, CacheStatus::hit(ttl).with_detail(Detail::Partial)))
+    }
+
+    /// Offline mode serves what is stored, fresh or not, unless the response forbids stale
+    /// use and the operator did not override that.
+    fn offline_may_serve(&self, freshness: &policy::Freshness) -> bool {
+        !freshness.forbids_stale || self.offline_ignores_revalidation
     }
 
     /// Nothing stored selects this request.
@@ -227,9 +231,7 @@ impl Cache {
         };
         let reuse = policy::evaluate_reuse(&entry.meta.freshness, directives, now);
         if self.is_offline() && !matches!(reuse, Reuse::Fresh | Reuse::StaleAllowed) {
-            // Offline mode serves what is stored, fresh or not, unless the response forbids
-            // stale use and the operator did not override that.
-            if entry.meta.freshness.forbids_stale && !self.offline_ignores_revalidation {
+            if !self.offline_may_serve(&entry.meta.freshness) {
                 return Lookup::OfflineMiss;
             }
             return hit(

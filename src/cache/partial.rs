@@ -202,23 +202,19 @@ impl PartialStore {
     /// Adds `piece` to what is held for its resource and returns the result.
     pub async fn add(&self, piece: PartialEntry) -> Arc<PartialEntry> {
         let key = piece.meta.key;
-        let mut piece = Some(piece);
-        let mut result = None;
-        self.entries
+        let computed = self
+            .entries
             .entry(key)
             .and_compute_with(|existing| {
-                // invariant: moka calls this closure exactly once.
-                let piece = piece.take().expect("called once");
-                let entry = Arc::new(match existing {
+                let entry = match existing {
                     Some(existing) => existing.into_value().combined_with(piece),
                     None => piece,
-                });
-                result = Some(Arc::clone(&entry));
-                std::future::ready(Op::Put(entry))
+                };
+                std::future::ready(Op::Put(Arc::new(entry)))
             })
             .await;
-        // invariant: set by the closure above.
-        result.expect("computed")
+        // invariant: a Put always leaves an entry.
+        computed.into_entry().expect("put").into_value()
     }
 
     pub async fn remove(&self, key: &PrimaryKey) {

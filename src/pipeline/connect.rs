@@ -111,20 +111,9 @@ pub(super) async fn open(
         Err(_) => return Err(ProxyError::ConnectionTimeout { origin }),
     };
     let _ = stream.set_nodelay(true);
-    let limits = tunnel::Limits {
-        idle: proxy.server.tunnel_idle_timeout.get(),
-        total: proxy.server.tunnel_max_duration.get(),
-    };
-    let gauge = proxy.metrics.tunnels_open.clone();
-    proxy.metrics.tunnels.inc();
-    tokio::spawn(async move {
-        let Ok(client) = client.await else {
-            return;
-        };
-        gauge.inc();
-        let ended = tunnel::join(TokioIo::new(client), stream, limits).await;
-        gauge.dec();
-        tracing::debug!(target = %origin, ?ended, "CONNECT tunnel closed");
+    tunnel::spawn(proxy, origin, async move {
+        let client = client.await.ok()?;
+        Some((TokioIo::new(client), stream))
     });
     Ok(Response::new(Body::empty()))
 }

@@ -73,25 +73,15 @@ pub(super) async fn open(
     }
     let origin = hyper::upgrade::on(&mut response);
     let (head, _) = response.into_parts();
-    let limits = Limits {
-        idle: proxy.server.tunnel_idle_timeout.get(),
-        total: proxy.server.tunnel_max_duration.get(),
-    };
-    let gauge = proxy.metrics.tunnels_open.clone();
-    proxy.metrics.tunnels.inc();
     let peer = ctx.peer;
-    tokio::spawn(async move {
-        let (client, origin) = match tokio::join!(upgrade.client, origin) {
-            (Ok(client), Ok(origin)) => (client, origin),
+    spawn(proxy, peer.to_string(), async move {
+        match tokio::join!(upgrade.client, origin) {
+            (Ok(client), Ok(origin)) => Some((TokioIo::new(client), TokioIo::new(origin))),
             (client, origin) => {
                 tracing::debug!(%peer, client_ok = client.is_ok(), origin_ok = origin.is_ok(), "tunnel not opened");
-                return;
+                None
             }
-        };
-        gauge.inc();
-        let ended = join(TokioIo::new(client), TokioIo::new(origin), limits).await;
-        gauge.dec();
-        tracing::debug!(%peer, ?ended, "tunnel closed");
+        }
     });
     // The 101 keeps its Connection and Upgrade: they are what it says.
     let mut answer = Response::new(Body::empty());
@@ -100,23 +90,51 @@ pub(super) async fn open(
     Ok(answer)
 }
 
+/// Runs a tunnel between the two connections `sides` yields (`None`: they never came up),
+/// within the proxy's tunnel limits and counted in its tunnel metrics; `label` names it
+/// in the log.
+pub(super) fn spawn<A, B>(
+    proxy: &Proxy,
+    label: String,
+    sides: impl std::future::Future<Output = Option<(A, B)>> + Send + 'static,
+) where
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = Limits {
+        idle: proxy.server.tunnel_idle_timeout.get(),
+        total: proxy.server.tunnel_max_duration.get(),
+    };
+    let gauge = proxy.metrics.tunnels_open.clone();
+    proxy.metrics.tunnels.inc();
+    tokio::spawn(async move {
+        let Some((client, far)) = sides.await else {
+            return;
+        };
+        gauge.inc();
+        let ended = join(client, far, limits).await;
+        gauge.dec();
+        tracing::debug!(tunnel = %label, ?ended, "tunnel closed");
+    });
+}
+
 /// How long a tunnel may sit idle, and live.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Limits {
-    pub idle: Duration,
-    pub total: Duration,
+struct Limits {
+    idle: Duration,
+    total: Duration,
 }
 
 /// Why a tunnel ended.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Ended {
+enum Ended {
     Closed,
     Idle,
     TooLong,
 }
 
 /// Copies both ways until either side closes, nothing moves for `idle`, or `total` passed.
-pub(super) async fn join<A, B>(client: A, origin: B, limits: Limits) -> Ended
+async fn join<A, B>(client: A, origin: B, limits: Limits) -> Ended
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

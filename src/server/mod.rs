@@ -305,31 +305,35 @@ impl Connection {
     /// Reads a PROXY header from a trusted balancer (within the head timeout; the client it
     /// names then counts against the per-client limit), then serves cleartext or TLS.
     async fn start(mut self, stream: TcpStream, transport: Transport, per_client: PerClient) {
+        if !self.reads_proxy_header {
+            // Everyone else's bytes go straight to HTTP (or TLS), with no layer between.
+            return self.serve_over(stream, transport).await;
+        }
         let peer = self.peer;
-        let stream = if self.reads_proxy_header {
-            let header = proxy_protocol::read_header(stream);
-            let (client, stream) = match tokio::time::timeout(self.timeouts.header_read, header)
-                .await
-            {
-                Ok(Ok(read)) => read,
-                Ok(Err(err)) => return tracing::debug!(%peer, error = %err, "closing connection"),
-                Err(_) => {
-                    return tracing::debug!(%peer, "closing connection: PROXY header not received in time")
-                }
-            };
-            if let Some(client) = client {
-                let Some(slot) = per_client.admit(client.ip(), self.client_limit) else {
-                    tracing::debug!(%client, "connection refused: server.max_connections_per_client");
-                    self.proxy.load().metrics().client_connections_refused.inc();
-                    return;
-                };
-                self._client_slot = slot;
-                self.peer = client;
+        let header = proxy_protocol::read_header(stream);
+        let (client, stream) = match tokio::time::timeout(self.timeouts.header_read, header).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(err)) => return tracing::debug!(%peer, error = %err, "closing connection"),
+            Err(_) => {
+                return tracing::debug!(%peer, "closing connection: PROXY header not received in time")
             }
-            stream
-        } else {
-            proxy_protocol::Prefixed::plain(stream)
         };
+        if let Some(client) = client {
+            let Some(slot) = per_client.admit(client.ip(), self.client_limit) else {
+                tracing::debug!(%client, "connection refused: server.max_connections_per_client");
+                self.proxy.load().metrics().client_connections_refused.inc();
+                return;
+            };
+            self._client_slot = slot;
+            self.peer = client;
+        }
+        self.serve_over(stream, transport).await;
+    }
+
+    async fn serve_over<S>(self, stream: S, transport: Transport)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         match transport {
             Transport::Plain => self.run(stream, "http").await,
             Transport::Tls => self.run_tls(stream).await,

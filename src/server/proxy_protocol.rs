@@ -85,11 +85,6 @@ pub struct Prefixed<S> {
 }
 
 impl<S> Prefixed<S> {
-    /// `inner` with nothing put back.
-    pub fn plain(inner: S) -> Prefixed<S> {
-        Prefixed::new(Vec::new(), inner)
-    }
-
     fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
         Prefixed {
             prefix,

@@ -53,10 +53,12 @@ pub struct Member {
     current_weight: AtomicI64,
     health: Mutex<Health>,
     drained: AtomicBool,
+    /// Its metric labels, made once rather than per request.
+    labels: ServerLabels,
 }
 
 impl Member {
-    fn new(server: &str, url: OriginUrl, weight: u32, backup: bool) -> Member {
+    fn new(pool: &str, server: &str, url: OriginUrl, weight: u32, backup: bool) -> Member {
         let port = url.url().port_or_known_default().unwrap_or(80);
         let host = url.authority();
         // Always with the port: the label operators name a member by.
@@ -65,6 +67,10 @@ impl Member {
             None => format!("{host}:{port}"),
         };
         Member {
+            labels: ServerLabels {
+                pool: pool.to_string(),
+                server: address.clone(),
+            },
             address,
             server: server.to_string(),
             url,
@@ -80,7 +86,7 @@ impl Member {
     #[cfg(test)]
     pub(crate) fn for_test(address: &str, weight: u32) -> Member {
         let url: OriginUrl = format!("http://{address}").parse().expect("test address");
-        Member::new(address, url, weight, false)
+        Member::new("test", address, url, weight, false)
     }
 
     pub fn outstanding(&self) -> usize {
@@ -175,6 +181,7 @@ impl Pool {
         metrics: &Arc<Metrics>,
     ) -> Pool {
         let hosts_file = settings.upstream.hosts_file.clone();
+        let existing = previous.map(Pool::members).unwrap_or_default();
         let mut members = Vec::new();
         for server in &config.servers {
             let addresses = if is_configured && needs_resolution(&server.url) {
@@ -182,7 +189,7 @@ impl Pool {
             } else {
                 Vec::new()
             };
-            members.extend(members_for(server, &addresses, previous));
+            members.extend(members_of(&config.name, server, &addresses, &existing));
         }
         // Per try: the retry setting, else the pool's, else the upstream default.
         let header_timeout = config
@@ -213,14 +220,11 @@ impl Pool {
     /// Brings the per-member `up` gauge (1: may take requests) to the state at `now`.
     pub fn export_states(&self, now: Instant) {
         for member in self.members() {
-            let labels = ServerLabels {
-                pool: self.name.clone(),
-                server: member.address.clone(),
-            };
+            let labels = &member.labels;
             let up = member.state(now) == "up";
             self.metrics
                 .pool_server_up
-                .get_or_create(&labels)
+                .get_or_create(labels)
                 .set(i64::from(up));
         }
     }
@@ -442,17 +446,14 @@ impl Pool {
         let _outstanding = Outstanding::begin(member);
         let started = Instant::now();
         let sent = upstream.send(request, origin, self.header_timeout).await;
-        let labels = ServerLabels {
-            pool: self.name.clone(),
-            server: member.address.clone(),
-        };
+        let labels = &member.labels;
         self.metrics
             .pool_server_requests
-            .get_or_create(&labels)
+            .get_or_create(labels)
             .inc();
         self.metrics
             .pool_server_latency
-            .get_or_create(&labels)
+            .get_or_create(labels)
             .observe(started.elapsed().as_secs_f64());
         let outcome = match &sent.result {
             Ok(response) if response.status().is_server_error() => Outcome::Failure,
@@ -470,11 +471,11 @@ impl Pool {
                 })
                 .inc();
         }
-        self.record(member, outcome, &labels);
+        self.record(member, outcome);
         sent
     }
 
-    fn record(&self, member: &Member, outcome: Outcome, labels: &ServerLabels) {
+    fn record(&self, member: &Member, outcome: Outcome) {
         if !self.is_configured || outcome == Outcome::Neutral {
             return;
         }
@@ -488,7 +489,7 @@ impl Pool {
             tracing::warn!(pool = %self.name, server = %member.address, "server ejected after consecutive failures");
             self.metrics
                 .pool_server_ejections
-                .get_or_create(labels)
+                .get_or_create(&member.labels)
                 .inc();
         }
     }
@@ -588,7 +589,7 @@ impl Pool {
                 members.extend(previous.cloned());
                 continue;
             }
-            members.extend(members_for_existing(server, &addresses, &current.members));
+            members.extend(members_of(&self.name, server, &addresses, &current.members));
         }
         let changed = members.len() != current.members.len()
             || members
@@ -640,18 +641,11 @@ fn resolve_now(url: &OriginUrl, hosts_file: Option<&std::path::Path>) -> Vec<std
         .unwrap_or_default()
 }
 
-/// The members of one configured server: one per resolved address, or the server itself;
-/// a previous pool's member for the same address is kept (with its health and drain).
-fn members_for(
-    server: &crate::config::PoolServerConfig,
-    addresses: &[std::net::SocketAddr],
-    previous: Option<&Pool>,
-) -> Vec<Arc<Member>> {
-    let existing = previous.map(|pool| pool.members()).unwrap_or_default();
-    members_for_existing(server, addresses, &existing)
-}
-
-fn members_for_existing(
+/// The members of one configured server of `pool`: one per resolved address, or the
+/// server itself; a member of `existing` for the same address is kept (with its health and
+/// drain).
+fn members_of(
+    pool: &str,
     server: &crate::config::PoolServerConfig,
     addresses: &[std::net::SocketAddr],
     existing: &[Arc<Member>],
@@ -678,9 +672,9 @@ fn members_for_existing(
                     && m.weight == server.weight
                     && m.backup == server.backup
             });
-            reused
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Member::new(&name, url, server.weight, server.backup)))
+            reused.cloned().unwrap_or_else(|| {
+                Arc::new(Member::new(pool, &name, url, server.weight, server.backup))
+            })
         })
         .collect()
 }
@@ -780,13 +774,19 @@ impl Pools {
         for pool in self.named.values() {
             if let Some(check) = &pool.config.health {
                 let interval = check.interval.get();
-                let task =
-                    runtime.spawn(check_loop(Arc::downgrade(pool), upstream.clone(), interval));
+                let upstream = upstream.clone();
+                let task = runtime.spawn(every(Arc::downgrade(pool), interval, move |pool| {
+                    let upstream = upstream.clone();
+                    async move { pool.check_all(&upstream).await }
+                }));
                 tasks.push(task.abort_handle());
             }
             if pool.config.servers.iter().any(|s| needs_resolution(&s.url)) {
                 let interval = pool.config.resolve_interval.get();
-                let task = runtime.spawn(resolve_loop(Arc::downgrade(pool), interval));
+                let task =
+                    runtime.spawn(every(Arc::downgrade(pool), interval, |pool| async move {
+                        pool.resolve_again().await;
+                    }));
                 tasks.push(task.abort_handle());
             }
         }
@@ -801,7 +801,12 @@ impl Drop for Pools {
     }
 }
 
-async fn check_loop(pool: Weak<Pool>, upstream: Upstream, interval: Duration) {
+/// Runs `round` on the pool every `interval` (the first at once) for as long as it lives.
+async fn every<F, Fut>(pool: Weak<Pool>, interval: Duration, round: F)
+where
+    F: Fn(Arc<Pool>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -809,19 +814,7 @@ async fn check_loop(pool: Weak<Pool>, upstream: Upstream, interval: Duration) {
         let Some(pool) = pool.upgrade() else {
             return;
         };
-        pool.check_all(&upstream).await;
-    }
-}
-
-async fn resolve_loop(pool: Weak<Pool>, interval: Duration) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let Some(pool) = pool.upgrade() else {
-            return;
-        };
-        pool.resolve_again().await;
+        round(pool).await;
     }
 }
 

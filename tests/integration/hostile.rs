@@ -3,7 +3,7 @@
 //! Each test speaks real HTTP to a real outpost and a real (sometimes deliberately broken)
 //! origin on loopback.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

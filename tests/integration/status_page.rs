@@ -2,7 +2,7 @@
 //! Chromium (Debian's `chromium`, installed by `.ci/run`), with the numbers checked in the
 //! rendered page and a screenshot taken.
 
-mod support;
+use crate::support;
 
 use support::*;
 

@@ -2,7 +2,7 @@
 //! selection by weight, by load and by key; passive ejection and active checks; failover
 //! within a retry budget; draining; membership that follows name resolution.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! fills nobody reads are abandoned, the origin body stalling between chunks ends at the
 //! body-read timeout, and a burst for an object only on disk reads it once.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::StatusCode;

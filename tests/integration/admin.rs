@@ -1,7 +1,7 @@
 //! Operating outpost through its admin listener and the PURGE method: metrics that move as
 //! requests are served, purge by URL, prefix and tag (hard and soft), and who may purge.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::Arc;

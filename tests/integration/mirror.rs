@@ -12,7 +12,7 @@
 //! test fails when `OUTPOST_REQUIRE_PIP` / `OUTPOST_REQUIRE_APT` is set (CI sets both) and
 //! is skipped otherwise.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::process::Command;

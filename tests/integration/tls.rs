@@ -1,7 +1,7 @@
 //! HTTPS origins: outpost verifies the origin's certificate against the built-in roots plus
 //! `upstream.ca_file`, and reports a failed handshake as a 502 with a TLS Proxy-Status.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! `must-understand`, stored `Set-Cookie` by choice, HEAD. Each test names its section and
 //! runs a real origin and a real outpost on loopback.
 
-mod support;
+use crate::support;
 
 use support::*;
 

@@ -1,7 +1,7 @@
 //! PROXY protocol v1 and v2 in (issue 14 item 4): from a configured balancer the header's
 //! client address is the client outpost forwards for; from anyone else it is not believed.
 
-mod support;
+use crate::support;
 
 use support::*;
 

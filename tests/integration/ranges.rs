@@ -3,7 +3,7 @@
 //! combined into the whole representation. A real origin that honours Range, a real
 //! outpost, on loopback.
 
-mod support;
+use crate::support;
 
 use support::*;
 

@@ -2,7 +2,7 @@
 //! (conditional requests, 304 freshening, client conditionals), §5.2.1 request directives,
 //! and stale responses when the origin fails (§4.2.4, RFC 5861 §4).
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use support::*;

@@ -2,7 +2,7 @@
 //! testdata/traces parses, results are deterministic, a hand-computable trace gives the
 //! exact LRU hit ratio, and the JSON carries what the issue promises.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -2,7 +2,7 @@
 //! one origin fetch, a fill outlives its leader, uncacheable answers do not serialise the
 //! next burst, and a broken or oversized body is never stored.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! Cache-Status (RFC 9211). Validation and request directives are in `validation.rs`,
 //! coalescing in `coalescing.rs`, ranges in `ranges.rs`.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::Request;

@@ -3,7 +3,7 @@
 //! every object it answers from cache complete and correct (never a partial or foreign
 //! body), keep what it had durably stored, and sweep what the crash left behind.
 
-mod support;
+use crate::support;
 
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! The proxy's request path through a real outpost and a real origin on loopback: header
 //! handling at the trust boundary, framing checks, routing, and error reporting.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! real outpost to a raw origin that answers 101 and echoes; early client bytes are never
 //! sent to the origin before its 101, and a refused upgrade leaves plain HTTP.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 

@@ -2,7 +2,7 @@
 //! to the origin's exact bytes, what is never compressed, Vary and ETag rules, encoded
 //! variants stored once, and the origin's own gzip passed through or decoded.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! with a TLS listener, and a hyper client over tokio-rustls speaking HTTP/1.1 or HTTP/2
 //! as ALPN decides.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! Restarts are in-process (the same directory opened by a second outpost); the crash test
 //! (`kill -9`) runs the binary in `cli.rs`.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -581,6 +581,11 @@ pub struct UpstreamConfig {
     /// A hosts-format file (an address, then names) consulted before DNS when pool server
     /// names are resolved: for air-gapped setups and tests.
     pub hosts_file: Option<PathBuf>,
+    /// The HTTP version spoken to origins (a pool's `protocol` overrides it).
+    pub protocol: OriginProtocol,
+    /// Requests in flight at once on the HTTP/2 connection to one origin server; more wait
+    /// (within the response header timeout). The server's own SETTINGS limit applies too.
+    pub max_streams_per_origin: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -597,8 +602,25 @@ impl Default for UpstreamConfig {
             pool_max_idle_per_host: 256,
             ca_file: None,
             hosts_file: None,
+            protocol: OriginProtocol::default(),
+            max_streams_per_origin: 100,
         }
     }
+}
+
+/// The HTTP version outpost speaks to an origin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OriginProtocol {
+    /// HTTP/1.1, on a pool of keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 only: by ALPN over TLS, by prior knowledge (h2c) over cleartext (RFC 9113
+    /// §3.3). One multiplexed connection per server.
+    H2,
+    /// Over TLS, HTTP/2 when the server picks it by ALPN, else HTTP/1.1; cleartext is
+    /// HTTP/1.1 (RFC 9113 dropped the h2c upgrade).
+    Auto,
 }
 
 /// The trust boundary for forwarding headers (RFC 9110 §7.6, RFC 7239).
@@ -972,6 +994,9 @@ pub struct PoolConfig {
     /// Overrides `upstream.response_header_timeout` for this pool's servers.
     #[serde(default)]
     pub response_header_timeout: Option<HumanDuration>,
+    /// Overrides `upstream.protocol` for this pool's servers.
+    #[serde(default)]
+    pub protocol: Option<OriginProtocol>,
 }
 
 impl PoolConfig {
@@ -999,6 +1024,7 @@ impl PoolConfig {
             passive: PassiveHealthConfig::default(),
             retry: RetryConfig::default(),
             response_header_timeout: None,
+            protocol: None,
         }
     }
 }
@@ -1430,6 +1456,10 @@ fn check_upstream(upstream: &UpstreamConfig, problems: &mut Problems) {
     problems.at_least_one(
         "upstream.max_connections_per_origin",
         upstream.max_connections_per_origin,
+    );
+    problems.at_least_one(
+        "upstream.max_streams_per_origin",
+        upstream.max_streams_per_origin,
     );
     if let Some(path) = &upstream.ca_file {
         if let Err(err) = std::fs::metadata(path) {

@@ -75,6 +75,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the request's `TE` field lists `trailers` (RFC 9110 §10.1.4): the client will
+/// take a trailer section, so the origin may be told the same.
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|member| {
+            let coding = member.split(';').next().unwrap_or("").trim();
+            coding.eq_ignore_ascii_case("trailers")
+        })
+}
+
 /// The header fields of an origin's response as outpost passes or stores them: framed by
 /// Transfer-Encoding, a Content-Length beside it is wrong and goes (RFC 9112 §6.3), then
 /// the hop-by-hop fields go.

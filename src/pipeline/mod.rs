@@ -111,7 +111,15 @@ pub async fn handle(
     // Connection never reaches the origin, so it must not choose a variant or a stored
     // response either (a `Connection: Accept-Language` would otherwise store the default
     // page as the French one).
+    let takes_trailers = forwarding::accepts_trailers(&parts.headers);
     forwarding::strip_hop_by_hop(&mut parts.headers);
+    if takes_trailers {
+        // Trailers pass through end to end, so the next hop may send them (RFC 9110
+        // §10.1.4); gRPC needs this to reach its origin.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     let log = proxy.access_log.clone();
     let mut ctx = RequestCtx::new(&parts, peer, log, Arc::clone(&proxy.metrics));
     let request_debug = parts

@@ -1,6 +1,7 @@
 //! The origin side: one pooled HTTP/1.1 client (plain and TLS via rustls with the `ring`
-//! provider), its timeouts, and the translation of its failures into [`ProxyError`]s that
-//! say what went wrong (refused, timed out, reset, bad TLS).
+//! provider), multiplexed HTTP/2 connections for origins configured to speak it ([`h2`]),
+//! their timeouts, and the translation of their failures into [`ProxyError`]s that say what
+//! went wrong (refused, timed out, reset, bad TLS).
 //!
 //! Which site's origin a request goes to is `pipeline::route`'s decision, which server of
 //! that origin's pool is [`pool`]'s, and which headers it carries is
@@ -14,6 +15,7 @@
 //! as stale. Other requests get the error: the origin may have acted on them.
 
 pub mod connector;
+pub mod h2;
 pub mod pool;
 
 use std::error::Error as StdError;
@@ -27,10 +29,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
-use crate::config::UpstreamConfig;
+use crate::config::{OriginProtocol, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::limit::{Bounds, Limiter, Refused};
 use connector::Counted;
+use h2::{H2Origins, H2Sent};
 
 /// Why the upstream client could not be built (a bad CA file).
 #[derive(Debug, thiserror::Error)]
@@ -49,10 +52,54 @@ pub struct Upstream {
     fresh_client: Client<Counted<HttpsConnector<HttpConnector>>, Body>,
     /// Connections open to origins, in all and per origin (see [`connector`]).
     connections: Arc<Limiter>,
+    h2: Arc<H2Origins>,
 }
 
-/// An origin's response body, unread.
-pub type OriginBody = Incoming;
+/// An origin's response body, unread; over HTTP/2 it holds its stream's place under the
+/// per-server stream cap until it is dropped.
+pub struct OriginBody {
+    incoming: Incoming,
+    _stream: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl OriginBody {
+    fn new(incoming: Incoming, stream: Option<tokio::sync::OwnedSemaphorePermit>) -> OriginBody {
+        OriginBody {
+            incoming,
+            _stream: stream,
+        }
+    }
+}
+
+impl http_body::Body for OriginBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.incoming).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+impl From<OriginBody> for Body {
+    fn from(body: OriginBody) -> Body {
+        match body._stream {
+            // HTTP/1.1: no permit to carry, and no allocation.
+            None => Body::Incoming(body.incoming),
+            Some(_) => Body::boxed(body),
+        }
+    }
+}
 
 impl Upstream {
     /// # Errors
@@ -64,18 +111,23 @@ impl Upstream {
         http.set_connect_timeout(Some(config.connect_timeout.get()));
 
         let tls = tls_client_config(config)?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-
         let connections = Arc::new(Limiter::new(Bounds {
             total: config.max_connections,
             per_peer: config.max_connections_per_origin,
             queue: config.connection_queue,
             wait: config.connection_queue_timeout.get(),
         }));
+        let h2 = Arc::new(H2Origins::new(
+            &tls,
+            config.connect_timeout.get(),
+            Arc::clone(&connections),
+            config.max_streams_per_origin,
+        ));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let counted = Counted::new(https, Arc::clone(&connections));
         let builder = |max_idle: usize| {
             Client::builder(TokioExecutor::new())
@@ -91,6 +143,7 @@ impl Upstream {
             client: builder(config.pool_max_idle_per_host),
             fresh_client: builder(0),
             connections,
+            h2,
         })
     }
 
@@ -100,9 +153,10 @@ impl Upstream {
         (self.connections.in_use(), self.connections.high_water())
     }
 
-    /// Sends `request` (its URI absolute, pointing at the origin) and waits up to
-    /// `header_timeout` for the response head (each attempt). The response body is returned unread, to be streamed; it holds one of the
-    /// origin's connection slots until it is dropped. An idempotent request with an
+    /// Sends `request` (its URI absolute, pointing at the origin) in the HTTP version
+    /// `protocol` says and waits up to `header_timeout` for the response head (each
+    /// attempt). The response body is returned unread, to be streamed; it holds one of the
+    /// origin's connection slots (over HTTP/2, a stream) until it is dropped. An idempotent request with an
     /// in-memory body is sent a second time, on a new connection, when the first attempt
     /// ended before any of the response arrived (see the module doc).
     ///
@@ -118,16 +172,17 @@ impl Upstream {
         &self,
         request: http::Request<Body>,
         origin: &str,
+        protocol: OriginProtocol,
         header_timeout: Duration,
     ) -> Sent {
         let replay = replay_copy(&request);
         let first = self
-            .exchange(&self.client, request, origin, header_timeout)
+            .send_once(request, origin, protocol, header_timeout, false)
             .await;
         match (first, replay) {
             (Err(ProxyError::ResponseIncomplete { .. }), Some(again)) => Sent {
                 result: self
-                    .exchange(&self.fresh_client, again, origin, header_timeout)
+                    .send_once(again, origin, protocol, header_timeout, true)
                     .await,
                 attempts: 2,
             },
@@ -136,6 +191,38 @@ impl Upstream {
                 attempts: 1,
             },
         }
+    }
+
+    /// One try, over HTTP/2 or HTTP/1.1 as `protocol` and the server decide; `fresh`: on a
+    /// connection opened for it (HTTP/2 reopens a closed connection anyway).
+    async fn send_once(
+        &self,
+        request: http::Request<Body>,
+        origin: &str,
+        protocol: OriginProtocol,
+        header_timeout: Duration,
+        fresh: bool,
+    ) -> Result<http::Response<OriginBody>, ProxyError> {
+        // An Upgrade is an HTTP/1.1 mechanism (RFC 9113 §8.6): tunnels always go that way.
+        let is_upgrade = request.headers().contains_key(http::header::UPGRADE);
+        let request = if !is_upgrade && H2Origins::applies(protocol, request.uri()) {
+            match self
+                .h2
+                .send(request, origin, protocol, header_timeout)
+                .await
+            {
+                H2Sent::Done(result) => return result,
+                H2Sent::UseHttp1(request) => request,
+            }
+        } else {
+            request
+        };
+        let client = if fresh {
+            &self.fresh_client
+        } else {
+            &self.client
+        };
+        self.exchange(client, request, origin, header_timeout).await
     }
 
     /// A health check: GET `url` with `host`, the status if a whole response arrived
@@ -147,6 +234,7 @@ impl Upstream {
         &self,
         url: &str,
         host: &str,
+        protocol: OriginProtocol,
         timeout: Duration,
     ) -> Result<http::StatusCode, ProxyError> {
         use http_body_util::BodyExt;
@@ -156,11 +244,7 @@ impl Upstream {
             .body(Body::empty())
             .map_err(|_| ProxyError::Internal(format!("health check URL {url}")))?;
         let check = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|err| classify(&err, url))?;
+            let response = self.send(request, url, protocol, timeout).await.result?;
             let status = response.status();
             // Read to the end, so the connection can serve the next check.
             let _ = response.into_body().collect().await;
@@ -183,7 +267,7 @@ impl Upstream {
         header_timeout: Duration,
     ) -> Result<http::Response<OriginBody>, ProxyError> {
         match tokio::time::timeout(header_timeout, client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => Ok(response.map(|body| OriginBody::new(body, None))),
             Ok(Err(err)) => Err(classify(&err, origin)),
             Err(_elapsed) => Err(ProxyError::ResponseHeaderTimeout {
                 origin: origin.to_string(),
@@ -286,6 +370,16 @@ fn tls_client_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, Up
 
 /// Maps a client error to the RFC 9209 error it is, by walking its causes.
 fn classify(err: &hyper_util::client::legacy::Error, origin: &str) -> ProxyError {
+    classify_failure(err, origin, err.is_connect())
+}
+
+/// Maps any failure of an exchange (`while_connecting`: before a connection was open) to
+/// the RFC 9209 error it is, by walking it and its causes.
+pub(crate) fn classify_failure(
+    err: &(dyn StdError + 'static),
+    origin: &str,
+    while_connecting: bool,
+) -> ProxyError {
     let origin = origin.to_string();
     let detail = chain_text(err);
     for cause in causes(err) {
@@ -307,7 +401,7 @@ fn classify(err: &hyper_util::client::legacy::Error, origin: &str) -> ProxyError
                 std::io::ErrorKind::ConnectionRefused => {
                     return ProxyError::ConnectionRefused { origin }
                 }
-                std::io::ErrorKind::TimedOut if err.is_connect() => {
+                std::io::ErrorKind::TimedOut if while_connecting => {
                     return ProxyError::ConnectionTimeout { origin }
                 }
                 _ => {}
@@ -323,7 +417,7 @@ fn classify(err: &hyper_util::client::legacy::Error, origin: &str) -> ProxyError
             }
         }
     }
-    if err.is_connect() {
+    if while_connecting {
         if detail.contains("dns error") {
             return ProxyError::DnsError { origin, detail };
         }
@@ -332,11 +426,11 @@ fn classify(err: &hyper_util::client::legacy::Error, origin: &str) -> ProxyError
     ProxyError::ResponseIncomplete { origin, detail }
 }
 
-/// Every cause below `err`, including errors wrapped inside `io::Error`s, whose `source()`
-/// skips the wrapped error itself (TLS failures arrive wrapped twice).
+/// `err` and every cause below it, including errors wrapped inside `io::Error`s, whose
+/// `source()` skips the wrapped error itself (TLS failures arrive wrapped twice).
 fn causes<'a>(err: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
     let mut found = Vec::new();
-    let mut pending: Vec<&'a (dyn StdError + 'static)> = err.source().into_iter().collect();
+    let mut pending: Vec<&'a (dyn StdError + 'static)> = vec![err];
     while let Some(cause) = pending.pop() {
         if found.len() > 32 {
             break;

@@ -223,6 +223,13 @@ pub enum Fixture {
         headers: HeaderList,
         body: Bytes,
     },
+    /// 200 with `headers` and `body`, then `trailers` in a trailer section (as gRPC ends
+    /// every response with its status).
+    Trailers {
+        headers: HeaderList,
+        body: Bytes,
+        trailers: HeaderList,
+    },
     /// The n-th request gets the n-th fixture; the last one repeats.
     Sequence(Arc<Vec<Fixture>>, Arc<std::sync::atomic::AtomicUsize>),
 }
@@ -324,6 +331,24 @@ impl Fixture {
                         .unwrap(),
                     None => builder.body(Body::full(body.clone())).unwrap(),
                 }
+            }
+            Fixture::Trailers {
+                headers,
+                body,
+                trailers,
+            } => {
+                let mut fields = HeaderMap::new();
+                for (name, value) in trailers {
+                    fields.append(*name, value.parse().unwrap());
+                }
+                let frames = vec![
+                    Ok::<_, Infallible>(http_body::Frame::data(body.clone())),
+                    Ok(http_body::Frame::trailers(fields)),
+                ];
+                let stream = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                with_headers(Response::builder().status(200), headers)
+                    .body(Body::boxed(stream))
+                    .unwrap()
             }
             Fixture::Switch {
                 healthy,
@@ -519,6 +544,15 @@ pub struct Origin {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
     stop: Option<oneshot::Sender<()>>,
+    counts: Arc<OriginCounts>,
+}
+
+/// Connections an origin accepted, and requests it was answering at once.
+#[derive(Default)]
+struct OriginCounts {
+    connections: std::sync::atomic::AtomicUsize,
+    in_flight: std::sync::atomic::AtomicUsize,
+    peak_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Origin {
@@ -534,36 +568,60 @@ impl Origin {
             .collect();
         let routes = Arc::new(routes);
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let counts = Arc::new(OriginCounts::default());
         let handler: Handler = {
             let seen = Arc::clone(&seen);
+            let counts = Arc::clone(&counts);
             Arc::new(move |request: Request<Incoming>| {
+                use std::sync::atomic::Ordering::SeqCst;
                 let routes = Arc::clone(&routes);
+                let counts = Arc::clone(&counts);
                 seen.lock().unwrap().push(SeenRequest {
                     method: request.method().clone(),
                     uri: request.uri().clone(),
                     version: request.version(),
                     headers: request.headers().clone(),
                 });
+                let now = counts.in_flight.fetch_add(1, SeqCst) + 1;
+                counts.peak_in_flight.fetch_max(now, SeqCst);
                 Box::pin(async move {
-                    match routes.get(request.uri().path()) {
+                    let response = match routes.get(request.uri().path()) {
                         Some(fixture) => fixture.respond(request).await,
                         None => Response::builder()
                             .status(404)
                             .body(Body::full("no such route"))
                             .unwrap(),
-                    }
+                    };
+                    counts.in_flight.fetch_sub(1, SeqCst);
+                    response
                 })
             })
         };
         let listener = TcpListener::bind(address).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(serve_handler(listener, handler, stopped));
+        let accepted = Arc::clone(&counts);
+        tokio::spawn(serve_handler(listener, handler, stopped, accepted));
         Origin {
             addr,
             seen,
             stop: Some(stop),
+            counts,
         }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.counts
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most requests the origin was answering at once (until each response head).
+    pub fn peak_in_flight(&self) -> usize {
+        self.counts
+            .peak_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
@@ -608,13 +666,24 @@ async fn serve_handler(
     listener: TcpListener,
     handler: Handler,
     mut stopped: oneshot::Receiver<()>,
+    counts: Arc<OriginCounts>,
 ) {
     let builder = auto::Builder::new(TokioExecutor::new());
+    // A stopped origin closes its idle connections too (a GOAWAY, or a close between
+    // requests), as a restarted server does; requests in flight finish.
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, _) = tokio::select! {
-            _ = &mut stopped => return,
+            _ = &mut stopped => {
+                drop(listener);
+                tokio::spawn(graceful.shutdown());
+                return;
+            }
             accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
         };
+        counts
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let handler = Arc::clone(&handler);
         let service = service_fn(move |request| {
             let handler = Arc::clone(&handler);
@@ -623,7 +692,63 @@ async fn serve_handler(
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        tokio::spawn(connection);
+        tokio::spawn(graceful.watch(connection));
+    }
+}
+
+/// A TLS origin for `localhost` with a fresh self-signed certificate, offering `alpn` (none:
+/// no ALPN); it answers `secure {path}` and records the HTTP version of each request.
+pub struct TlsOrigin {
+    pub port: u16,
+    pub cert_pem: String,
+    pub versions: Arc<Mutex<Vec<Version>>>,
+}
+
+impl TlsOrigin {
+    pub async fn start(alpn: &[&str]) -> TlsOrigin {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert_pem = certified.cert.pem();
+        let cert_der: CertificateDer<'static> = certified.cert.der().clone();
+        let key =
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert_der], key)
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let versions = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&versions);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        seen.lock().unwrap().push(request.version());
+                        let body = format!("secure {}", request.uri().path());
+                        async move { Ok::<_, Infallible>(Response::new(Body::full(body))) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TlsOrigin {
+            port,
+            cert_pem,
+            versions,
+        }
     }
 }
 

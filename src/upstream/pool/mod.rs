@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 
 use super::{replay_copy, OriginBody, Sent, Upstream};
 use crate::body::Body;
-use crate::config::{Config, OriginUrl, PoolConfig, Selection};
+use crate::config::{Config, OriginProtocol, OriginUrl, PoolConfig, Selection};
 use crate::error::ProxyError;
 use crate::telemetry::metrics::{Metrics, PoolLabels, ServerErrorLabels, ServerLabels};
 use health::{Health, Outcome, RetryBudget};
@@ -170,6 +170,8 @@ pub struct Pool {
     hosts_file: Option<PathBuf>,
     /// The longest wait for one try's response head.
     header_timeout: Duration,
+    /// The HTTP version its servers speak.
+    protocol: OriginProtocol,
 }
 
 impl Pool {
@@ -197,6 +199,7 @@ impl Pool {
             .per_try_timeout
             .or(config.response_header_timeout)
             .map_or(settings.upstream.response_header_timeout.get(), |t| t.get());
+        let protocol = config.protocol.unwrap_or(settings.upstream.protocol);
         Pool {
             name: config.name.clone(),
             budget: RetryBudget::new(config.retry.budget, config.retry.budget_reserve),
@@ -214,6 +217,7 @@ impl Pool {
             metrics: Arc::clone(metrics),
             hosts_file,
             header_timeout,
+            protocol,
         }
     }
 
@@ -445,7 +449,9 @@ impl Pool {
         };
         let _outstanding = Outstanding::begin(member);
         let started = Instant::now();
-        let sent = upstream.send(request, origin, self.header_timeout).await;
+        let sent = upstream
+            .send(request, origin, self.protocol, self.header_timeout)
+            .await;
         let labels = &member.labels;
         self.metrics
             .pool_server_requests
@@ -541,7 +547,9 @@ impl Pool {
                 member.address,
                 check.path
             );
-            let status = upstream.probe(&url, &host, check.timeout.get()).await;
+            let status = upstream
+                .probe(&url, &host, self.protocol, check.timeout.get())
+                .await;
             let passed = status.is_ok_and(|status| {
                 if check.statuses.is_empty() {
                     (200..400).contains(&status.as_u16())

@@ -502,6 +502,10 @@ pub struct ForwardProxyConfig {
     /// `host:port` patterns a CONNECT may reach (`*` matches within the host or the port:
     /// `*.example.com:443`, `mirror.internal:*`).
     pub connect_allow: Vec<String>,
+    /// `host:port` patterns that absolute-form requests (`GET http://host/path` from a
+    /// client using outpost as its HTTP proxy) are forwarded to and cached for; other
+    /// absolute-form requests are routed by their authority like any request.
+    pub allow: Vec<String>,
     /// `user:password` a client must present as `Proxy-Authorization: Basic ...`; unset: none.
     pub credentials: Option<Secret>,
 }
@@ -1302,6 +1306,7 @@ impl Config {
         self.check_identity(&mut problems);
         check_server(&self.server, &mut problems);
         check_upstream(&self.upstream, &mut problems);
+        check_forward_proxy(&self.forward_proxy, &mut problems);
         check_cache(&self.cache, &mut problems);
         check_compression(&self.compression, &mut problems);
         for (index, site) in self.sites.iter().enumerate() {
@@ -1443,6 +1448,29 @@ fn check_server(server: &ServerConfig, problems: &mut Problems) {
     }
     problems.positive("server.header_read_timeout", server.header_read_timeout);
     problems.positive("server.idle_timeout", server.idle_timeout);
+}
+
+fn check_forward_proxy(forward: &ForwardProxyConfig, problems: &mut Problems) {
+    let lists = [
+        ("forward_proxy.connect_allow", &forward.connect_allow),
+        ("forward_proxy.allow", &forward.allow),
+    ];
+    for (key, patterns) in lists {
+        for (index, pattern) in patterns.iter().enumerate() {
+            let valid = pattern.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty()
+                    && !port.is_empty()
+                    && glob::Pattern::new(host).is_ok()
+                    && glob::Pattern::new(port).is_ok()
+            });
+            if !valid {
+                problems.add(
+                    format!("{key}[{index}]"),
+                    format!("`{pattern}` is not a host:port pattern (`*.example.com:80`)"),
+                );
+            }
+        }
+    }
 }
 
 fn check_upstream(upstream: &UpstreamConfig, problems: &mut Problems) {
@@ -1682,6 +1710,9 @@ mod tests {
                 "[[sites]]\nhosts = [\"a\"]\norigin = \"http://127.0.0.1:2\"\nhost_header = \"a\\u0001\"",
                 "sites.0.host_header",
             ),
+            ("[forward_proxy]\nallow = [\"example.com\"]", "forward_proxy.allow[0]"),
+            ("[forward_proxy]\nconnect_allow = [\":443\"]", "forward_proxy.connect_allow[0]"),
+            ("[upstream]\nprotocol = \"h3\"", "protocol"),
         ] {
             let text = format!("origin = \"http://127.0.0.1:1\"\n{toml}");
             let err = Config::from_toml_str(&text, &FlagOverrides::default())

@@ -43,6 +43,7 @@ mod ctx;
 mod deliver;
 mod encode;
 mod fetch;
+mod forward_proxy;
 pub mod forwarding;
 mod head;
 pub mod interim;
@@ -111,6 +112,8 @@ pub async fn handle(
     // Connection never reaches the origin, so it must not choose a variant or a stored
     // response either (a `Connection: Accept-Language` would otherwise store the default
     // page as the French one).
+    // Judged with Proxy-Authorization, which stripping removes.
+    let target = proxy.forward_proxy.target(&parts, &proxy.router);
     let takes_trailers = forwarding::accepts_trailers(&parts.headers);
     forwarding::strip_hop_by_hop(&mut parts.headers);
     if takes_trailers {
@@ -126,7 +129,27 @@ pub async fn handle(
         .headers
         .get("outpost-debug")
         .is_some_and(|v| v.as_bytes() == b"1");
-    let served = match serve(proxy, &parts, (body, upgrade), downstream, &mut ctx).await {
+    let forward_site = match target {
+        forward_proxy::Target::Routed => None,
+        forward_proxy::Target::Forward(site) => Some(site),
+        forward_proxy::Target::Unauthorised => {
+            ctx.status = CacheStatus::forward(FwdReason::Bypass);
+            let refused = forward_proxy::authentication_required();
+            ctx.response_status = refused.status().as_u16();
+            return (refused, ctx);
+        }
+    };
+    let request_body = (body, upgrade);
+    let served = match serve(
+        proxy,
+        &parts,
+        request_body,
+        forward_site,
+        downstream,
+        &mut ctx,
+    )
+    .await
+    {
         Ok(delivery) => deliver::deliver(proxy, &ctx, &parts, delivery).await,
         Err(err) => Err(err),
     };
@@ -205,6 +228,7 @@ async fn serve(
     proxy: &Arc<Proxy>,
     parts: &http::request::Parts,
     (body, upgrade): (Incoming, Option<tunnel::Upgrade>),
+    forward_site: Option<Arc<Site>>,
     facts: DownstreamFacts,
     ctx: &mut RequestCtx,
 ) -> Result<Delivery, ProxyError> {
@@ -216,7 +240,10 @@ async fn serve(
     check_request(parts)?;
     let host = route::request_host(parts, facts.scheme)?;
     ctx.host = host.clone().unwrap_or_default();
-    let site = Arc::clone(proxy.router.route(host.as_deref(), parts.uri.path())?);
+    let site = match forward_site {
+        Some(site) => site,
+        None => Arc::clone(proxy.router.route(host.as_deref(), parts.uri.path())?),
+    };
     ctx.site = site.name.clone();
     ctx.origin = site.pool.name.clone();
     if site.redirect_https && facts.scheme == "http" {

@@ -60,8 +60,8 @@ pub struct Proxy {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The first TLS listener's port: where redirects to https point.
     pub(super) https_port: Option<u16>,
-    /// Which CONNECT targets are allowed, and for whom.
-    pub(super) connect_policy: super::connect::ConnectPolicy,
+    /// Forward-proxy use: which targets, for whom.
+    pub(super) forward_proxy: super::forward_proxy::ForwardProxy,
     pub(super) connect_timeout: Duration,
 }
 
@@ -100,6 +100,7 @@ impl Proxy {
         let tls = crate::server::tls::server_config(config)?;
         let pools = Pools::new(config, previous, &metrics);
         pools.start(&upstream);
+        let forward_proxy = super::forward_proxy::ForwardProxy::new(config, &metrics);
         Ok(Proxy {
             router: Router::new(config, &pools),
             pools,
@@ -124,7 +125,7 @@ impl Proxy {
             server: config.server.clone(),
             tls,
             https_port: config.tls.listen.first().map(std::net::SocketAddr::port),
-            connect_policy: super::connect::ConnectPolicy::new(&config.forward_proxy),
+            forward_proxy,
             connect_timeout: config.upstream.connect_timeout.get(),
         })
     }

@@ -89,6 +89,19 @@ impl Site {
         }
     }
 
+    /// A forward-proxy target: every request for it goes to `pool`, Host as asked.
+    pub fn forward(name: &str, pool: Arc<Pool>) -> Site {
+        Site {
+            name: name.to_string(),
+            pool,
+            host_header: HostHeader::Preserve,
+            redirect_https: false,
+            hsts: None,
+            path_prefix: None,
+            hosts: Vec::new(),
+        }
+    }
+
     fn prefix_len(&self) -> usize {
         self.path_prefix.as_ref().map_or(0, String::len)
     }
@@ -142,6 +155,15 @@ impl Router {
                 },
             ),
         }
+    }
+
+    /// Whether a configured site names `host` (a bare host name, no port).
+    pub fn names_host(&self, host: &str) -> bool {
+        let name = host.to_ascii_lowercase();
+        let name = name.strip_suffix('.').unwrap_or(&name);
+        self.sites
+            .iter()
+            .any(|site| site.hosts.iter().any(|p| p.matches(name)))
     }
 
     /// The site for `host` (already normalised by [`request_host`]) and `path`: among sites

@@ -17,6 +17,7 @@ mod compression;
 mod crash;
 mod disk;
 mod fills;
+mod forward_proxy;
 mod h2_origins;
 mod hostile;
 mod mirror;

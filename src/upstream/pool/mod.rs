@@ -221,6 +221,18 @@ impl Pool {
         }
     }
 
+    /// A pool of the one server `url`, named `name`, that never ejects or fails over (a
+    /// forward-proxy target).
+    pub fn single(name: &str, url: OriginUrl, settings: &Config, metrics: &Arc<Metrics>) -> Pool {
+        Pool::new(
+            PoolConfig::from_origins(name, vec![url]),
+            false,
+            None,
+            settings,
+            metrics,
+        )
+    }
+
     /// Brings the per-member `up` gauge (1: may take requests) to the state at `now`.
     pub fn export_states(&self, now: Instant) {
         for member in self.members() {

@@ -161,7 +161,7 @@ impl ForwardProxy {
     fn site_for(&self, origin: &str) -> Option<Arc<Site>> {
         let url: OriginUrl = origin.parse().ok()?;
         let pool = Pool::single(origin, url, &self.settings, &self.metrics);
-        Some(Arc::new(Site::forward(origin, Arc::new(pool))))
+        Some(Arc::new(Site::catch_all(origin, Arc::new(pool))))
     }
 }
 

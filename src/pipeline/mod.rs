@@ -108,21 +108,9 @@ pub async fn handle(
         return connect_tunnel(proxy, request.into_parts().0, client, peer).await;
     }
     let (mut parts, body) = request.into_parts();
-    // Every phase judges the request as it will be forwarded: a field the client names in
-    // Connection never reaches the origin, so it must not choose a variant or a stored
-    // response either (a `Connection: Accept-Language` would otherwise store the default
-    // page as the French one).
     // Judged with Proxy-Authorization, which stripping removes.
     let target = proxy.forward_proxy.target(&parts, &proxy.router);
-    let takes_trailers = forwarding::accepts_trailers(&parts.headers);
-    forwarding::strip_hop_by_hop(&mut parts.headers);
-    if takes_trailers {
-        // Trailers pass through end to end, so the next hop may send them (RFC 9110
-        // §10.1.4); gRPC needs this to reach its origin.
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
-    }
+    as_forwarded(&mut parts.headers);
     let log = proxy.access_log.clone();
     let mut ctx = RequestCtx::new(&parts, peer, log, Arc::clone(&proxy.metrics));
     let request_debug = parts
@@ -176,6 +164,20 @@ pub async fn handle(
         }
     }
     (response, ctx)
+}
+
+/// The request's fields as they will be forwarded. Every phase judges the request so: a
+/// field the client names in Connection never reaches the origin, so it must not choose a
+/// variant or a stored response either (a `Connection: Accept-Language` would otherwise
+/// store the default page as the French one).
+fn as_forwarded(headers: &mut http::HeaderMap) {
+    let takes_trailers = forwarding::accepts_trailers(headers);
+    forwarding::strip_hop_by_hop(headers);
+    if takes_trailers {
+        // Trailers pass through end to end, so the next hop may send them (RFC 9110
+        // §10.1.4); gRPC needs this to reach its origin.
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 /// A CONNECT (forward-proxy use): judged with its Proxy-Authorization, before hop-by-hop

@@ -89,8 +89,9 @@ impl Site {
         }
     }
 
-    /// A forward-proxy target: every request for it goes to `pool`, Host as asked.
-    pub fn forward(name: &str, pool: Arc<Pool>) -> Site {
+    /// A site every request of its own goes to, with the Host as asked: the default site,
+    /// a forward-proxy target.
+    pub fn catch_all(name: &str, pool: Arc<Pool>) -> Site {
         Site {
             name: name.to_string(),
             pool,
@@ -141,19 +142,8 @@ impl Router {
                     Some(Arc::new(Site::from_config(site, pool)))
                 })
                 .collect(),
-            default_site: pool_of(pools, config.origin.as_ref(), config.pool.as_deref()).map(
-                |pool| {
-                    Arc::new(Site {
-                        name: "default".to_string(),
-                        pool,
-                        host_header: HostHeader::Preserve,
-                        redirect_https: false,
-                        hsts: None,
-                        path_prefix: None,
-                        hosts: Vec::new(),
-                    })
-                },
-            ),
+            default_site: pool_of(pools, config.origin.as_ref(), config.pool.as_deref())
+                .map(|pool| Arc::new(Site::catch_all("default", pool))),
         }
     }
 

@@ -4,11 +4,12 @@
     pip install libcachesim
     cargo build --release
     python3 benches/libcachesim_check.py [--outpost target/release/outpost] \
-        [--spec zipf:alpha=0.9,objects=1e5,requests=2e6,seed=1,size=100-8000] \
-        [--sizes 20MB,50MB,100MB,200MB]
+        [--spec zipf:alpha=0.9,objects=1e5,requests=2e6,seed=1,size=logn:4096:1.5] \
+        [--sizes 60MB,140MB,200MB]
 
 1. outpost generates the workload and writes it as oracleGeneral and CSV;
-2. both replay it: outpost (lru, tinylfu) and libCacheSim (LRU, WTinyLFU, S3FIFO);
+2. both replay it: outpost (lru, tinylfu, wtinylfu: the memory tier's default) and
+   libCacheSim (LRU, WTinyLFU, S3FIFO), miss ratio and byte miss ratio;
 3. LRU must agree within 1 percentage point at every size (exit status 1 otherwise);
 4. speed: requests per second of each on the same CSV trace, parsing included.
 """
@@ -43,8 +44,8 @@ def lcs_run(cls, path, trace_type, size, params=None):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--outpost", default="target/release/outpost")
-    parser.add_argument("--spec", default="zipf:alpha=0.9,objects=1e5,requests=2e6,seed=1,size=100-8000")
-    parser.add_argument("--sizes", default="20MB,50MB,100MB,200MB")
+    parser.add_argument("--spec", default="zipf:alpha=0.9,objects=1e5,requests=2e6,seed=1,size=logn:4096:1.5")
+    parser.add_argument("--sizes", default="60MB,140MB,200MB")
     args = parser.parse_args()
     sizes = [size_bytes(s) for s in args.sizes.split(",")]
     work = tempfile.mkdtemp(prefix="outpost-lcs-")
@@ -52,7 +53,7 @@ def main():
     csv = os.path.join(work, "trace.csv")
     out_json = os.path.join(work, "outpost.json")
     subprocess.run(
-        [args.outpost, "replay", "--synthetic", args.spec, "--policy", "lru,tinylfu",
+        [args.outpost, "replay", "--synthetic", args.spec, "--policy", "lru,tinylfu,wtinylfu",
          "--sizes", ",".join(str(s) for s in sizes), "--write-oracle", oracle, "--write-csv", csv,
          "--json", out_json, "--quiet"],
         check=True, stdout=subprocess.DEVNULL)
@@ -60,24 +61,30 @@ def main():
         ours = {(r["policy"], r["size_bytes"]): r for r in json.load(f)["results"]}
 
     print(f"trace: {args.spec}")
-    print(f"{'size':>10} {'outpost lru':>12} {'lcs LRU':>9} {'diff pp':>8} {'outpost tinylfu':>16} {'lcs WTinyLFU':>13} {'lcs S3FIFO':>11}")
+    print("miss ratio / byte miss ratio")
+    print(f"{'size':>10} {'outpost lru':>15} {'lcs LRU':>15} {'diff pp':>8} {'outpost tinylfu':>15} "
+          f"{'outpost wtinylfu':>17} {'lcs WTinyLFU':>15} {'lcs S3FIFO':>15}")
     worst = 0.0
+    pair = lambda miss, byte_miss: f"{miss:.4f}/{byte_miss:.4f}"
     for size in sizes:
-        lru_miss, _, _ = lcs_run(lcs.LRU, oracle, lcs.TraceType.ORACLE_GENERAL_TRACE, size)
-        wtlfu_miss, _, _ = lcs_run(lcs.WTinyLFU, oracle, lcs.TraceType.ORACLE_GENERAL_TRACE, size)
-        s3_miss, _, _ = lcs_run(lcs.S3FIFO, oracle, lcs.TraceType.ORACLE_GENERAL_TRACE, size)
-        our_lru = ours[("lru", size)]["miss_ratio"]
-        our_tlfu = ours[("tinylfu", size)]["miss_ratio"]
-        diff = abs(our_lru - lru_miss) * 100
+        lru = lcs_run(lcs.LRU, oracle, lcs.TraceType.ORACLE_GENERAL_TRACE, size)
+        wtlfu = lcs_run(lcs.WTinyLFU, oracle, lcs.TraceType.ORACLE_GENERAL_TRACE, size)
+        s3 = lcs_run(lcs.S3FIFO, oracle, lcs.TraceType.ORACLE_GENERAL_TRACE, size)
+        ours_of = lambda policy: ours[(policy, size)]
+        ours_pair = lambda policy: pair(ours_of(policy)["miss_ratio"], 1 - ours_of(policy)["byte_hit_ratio"])
+        diff = abs(ours_of("lru")["miss_ratio"] - lru[0]) * 100
         worst = max(worst, diff)
-        print(f"{size/2**20:>7.0f}MiB {our_lru:>12.4f} {lru_miss:>9.4f} {diff:>8.3f} {our_tlfu:>16.4f} {wtlfu_miss:>13.4f} {s3_miss:>11.4f}")
+        print(f"{size/2**20:>7.0f}MiB {ours_pair('lru'):>15} {pair(lru[0], lru[1]):>15} {diff:>8.3f} "
+              f"{ours_pair('tinylfu'):>15} {ours_pair('wtinylfu'):>17} {pair(wtlfu[0], wtlfu[1]):>15} "
+              f"{pair(s3[0], s3[1]):>15}")
 
     # Speed on the same CSV trace, one cache size, parsing included.
     params = lcs.ReaderInitParam(has_header=True, has_header_set=True, delimiter=",")
     params.time_field, params.obj_id_field, params.obj_size_field = 1, 2, 3
     _, _, lcs_seconds = lcs_run(lcs.LRU, csv, lcs.TraceType.CSV_TRACE, sizes[-1], params)
     started = time.perf_counter()
-    subprocess.run([args.outpost, "replay", csv, "--format", "csv", "--sizes", str(sizes[-1]), "--quiet"],
+    subprocess.run([args.outpost, "replay", csv, "--format", "csv", "--policy", "lru",
+                    "--sizes", str(sizes[-1]), "--quiet"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ours_seconds = time.perf_counter() - started
     requests = sum(1 for _ in open(csv)) - 1

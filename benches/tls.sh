@@ -6,6 +6,8 @@
 # usage: benches/tls.sh    env: OUTPOST_BIN, ORIGIN_BIN (perf-origin), ROUNDS (4), DURATION (5)
 #   hits:       1 KiB cached objects, 32 keep-alive HTTP/1.1 connections
 #   handshakes: the same with Connection: close (a full TLS handshake per request)
+#   h2 hits:    the same objects over HTTP/2 (h2load: 32 connections x 8 streams), if h2load
+#               is installed (Debian's nghttp2-client)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${OUTPOST_BIN:-target/release/outpost}
@@ -74,8 +76,24 @@ measure() { # name pid port close
 cpu = ($t1 - $t0) / 100
 print('%-8s %-10s %8.0f req/s  %8.0f per server CPU-s' % ('$1', 'handshakes' if '$4' == '1' else 'hits', $reqs / $DURATION, $reqs / max(cpu, 0.01)))"
 }
+measure_h2() { # name pid port
+  local t0 t1 out reqs
+  t0=$(ticks "$2")
+  out=$(taskset -c 1 h2load -c32 -m8 -D "$DURATION" -i "$WORK/uris-$3" 2>&1)
+  t1=$(ticks "$2")
+  reqs=$(echo "$out" | awk '/^requests:/{print $8}')
+  python3 -c "
+cpu = ($t1 - $t0) / 100
+print('%-8s %-10s %8.0f req/s  %8.0f per server CPU-s' % ('$1', 'h2 hits', $reqs / $DURATION, $reqs / max(cpu, 0.01)))"
+}
+for port in 19443 19444; do
+  for i in $(seq 1 100); do echo "https://localhost:$port/b/1k/k$i"; done >"$WORK/uris-$port"
+done
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round"
   measure nginx "$NGINX" 19443 0; measure outpost "$OUTPOST" 19444 0
   measure nginx "$NGINX" 19443 1; measure outpost "$OUTPOST" 19444 1
+  if command -v h2load >/dev/null; then
+    measure_h2 nginx "$NGINX" 19443; measure_h2 outpost "$OUTPOST" 19444
+  fi
 done

@@ -699,6 +699,10 @@ pub enum UnsafeInvalidation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemoryPolicy {
+    /// Window TinyLFU by bytes (the default): new objects pass a 1% window, then win
+    /// their place in main one cold object at a time by being asked for more often. Scans
+    /// of one-hit objects pass through; a popular large object still gets in.
+    Wtinylfu,
     /// Admit everything, evict the least recently used.
     Lru,
     /// TinyLFU admission with LRU eviction: resists one-hit scans, but weighted admission
@@ -847,7 +851,7 @@ impl Default for CacheConfig {
         CacheConfig {
             enabled: true,
             memory_capacity: ByteSize(256 << 20),
-            memory_policy: MemoryPolicy::Lru,
+            memory_policy: MemoryPolicy::Wtinylfu,
             max_object_size: ByteSize(32 << 20),
             max_variants: 16,
             heuristic_fraction: 0.1,

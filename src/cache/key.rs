@@ -16,6 +16,14 @@ use http::header::{HeaderMap, HeaderName, ACCEPT_ENCODING};
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PrimaryKey(pub [u8; 32]);
 
+impl crate::cache::replacement::PolicyKey for PrimaryKey {
+    fn fingerprint(&self) -> u64 {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(head)
+    }
+}
+
 impl PrimaryKey {
     /// A key naming one variant of this resource, for memories kept per variant (an
     /// encoding too large to keep).

@@ -1,11 +1,18 @@
 //! The memory tier: moka's `future::Cache` from primary key to the set of stored variants,
-//! weighed by every byte an entry holds, with LRU (default) or TinyLFU replacement.
+//! weighed by every byte an entry holds. What leaves when it is full is decided by
+//! [`WindowTinyLfu`] (the default; moka then stores without a bound of its own, and the
+//! policy's evictions are removed from it), or by moka's own LRU or TinyLFU.
 //!
-//! LRU is the default because moka's weighted TinyLFU admission compares a newcomer with
-//! the summed popularity of all the entries it would evict: measured here, once the tier
-//! was full of 1 KiB one-hit objects, a hot 100 KiB object was refused on every request and
-//! every request went to the origin. Which variant answers a request is chosen here;
-//! whether it may answer is `policy`'s call.
+//! moka's weighted TinyLFU is not the default because it compares a newcomer with the
+//! summed popularity of all the entries it would evict: measured here, once the tier was
+//! full of 1 KiB one-hit objects, a hot 100 KiB object was refused on every request. Plain
+//! LRU lets a scan of one-hit objects flush the hot set. Which variant answers a request is
+//! chosen here; whether it may answer is `policy`'s call.
+//!
+//! The policy runs behind a mutex and moka's operations happen after it decides, so two
+//! threads can interleave: the policy may then hold a key moka no longer has (a lookup
+//! that finds nothing forgets it), never the reverse, so the bytes moka holds stay within
+//! what the policy counts.
 //!
 //! # Concurrent calls
 //! Reads never block writers. Adding a variant uses moka's per-key compute, so two fills
@@ -14,10 +21,12 @@
 use std::sync::Arc;
 
 use http::HeaderMap;
-use moka::ops::compute::Op;
+use moka::ops::compute::{CompResult, Op};
+use parking_lot::Mutex;
 
 use super::entry::{EntryMeta, StoredResponse};
 use super::key::{PrimaryKey, VariantKey, Vary};
+use super::replacement::WindowTinyLfu;
 use crate::config::MemoryPolicy;
 use crate::transform::compress::Coding;
 use prometheus_client::metrics::counter::Counter;
@@ -137,7 +146,19 @@ pub type EvictionHook = Box<dyn Fn(&VariantSet) + Send + Sync>;
 pub struct MemoryTier {
     cache: moka::future::Cache<PrimaryKey, Arc<VariantSet>>,
     max_variants: usize,
+    /// Set with the W-TinyLFU policy: it decides evictions (moka's are unbounded then).
+    replacement: Option<Arc<Replacement>>,
 }
+
+/// The W-TinyLFU policy and what its evictions report to.
+struct Replacement {
+    policy: Mutex<WindowTinyLfu<PrimaryKey>>,
+    evictions: Counter,
+    on_evict: Option<EvictionHook>,
+}
+
+/// Expiry is the entries' own business; the policy's is for replay.
+const NEVER: u32 = u32::MAX;
 
 impl MemoryTier {
     /// `capacity` is in bytes, as weighed by [`StoredResponse::weight`].
@@ -150,6 +171,21 @@ impl MemoryTier {
         on_evict: Option<EvictionHook>,
     ) -> MemoryTier {
         let eviction = match policy {
+            MemoryPolicy::Wtinylfu => {
+                let cache = moka::future::Cache::builder()
+                    .weigher(|_key: &PrimaryKey, set: &Arc<VariantSet>| set.weight())
+                    .build();
+                let replacement = Replacement {
+                    policy: Mutex::new(WindowTinyLfu::new(capacity)),
+                    evictions,
+                    on_evict,
+                };
+                return MemoryTier {
+                    cache,
+                    max_variants: max_variants.max(1),
+                    replacement: Some(Arc::new(replacement)),
+                };
+            }
             MemoryPolicy::Lru => moka::policy::EvictionPolicy::lru(),
             MemoryPolicy::Tinylfu => moka::policy::EvictionPolicy::tiny_lfu(),
         };
@@ -169,18 +205,67 @@ impl MemoryTier {
         MemoryTier {
             cache,
             max_variants: max_variants.max(1),
+            replacement: None,
         }
     }
 
+    /// The stored variants of `key`; the request is counted by the policy, found or not.
     pub async fn get(&self, key: &PrimaryKey) -> Option<Arc<VariantSet>> {
-        self.cache.get(key).await
+        let found = self.cache.get(key).await;
+        if let Some(replacement) = &self.replacement {
+            let mut policy = replacement.policy.lock();
+            if policy.access(key).is_some() && found.is_none() {
+                // Lost to an interleaved removal (see the module doc).
+                policy.remove(key);
+            }
+        }
+        found
+    }
+
+    /// Tells the policy that `key` now weighs `weight` (or is gone), and removes from moka
+    /// what it evicts to make room.
+    async fn settle(&self, key: PrimaryKey, weight: Option<u32>) {
+        let Some(replacement) = &self.replacement else {
+            return;
+        };
+        let mut evicted = Vec::new();
+        {
+            let mut policy = replacement.policy.lock();
+            match weight {
+                Some(weight) => policy.insert(key, u64::from(weight), NEVER, &mut evicted),
+                None => {
+                    policy.remove(&key);
+                }
+            }
+        }
+        for gone in evicted {
+            if let Some(set) = self.cache.remove(&gone).await {
+                replacement.evictions.inc();
+                if let Some(hook) = &replacement.on_evict {
+                    hook(&set);
+                }
+            }
+        }
+    }
+
+    /// What a compute left: the key's new weight, or none when it was removed.
+    fn weight_after(result: &CompResult<PrimaryKey, Arc<VariantSet>>) -> Option<Option<u32>> {
+        match result {
+            CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => {
+                Some(Some(entry.value().weight()))
+            }
+            CompResult::Removed(_) => Some(None),
+            CompResult::Unchanged(_) | CompResult::StillNone(_) => None,
+        }
     }
 
     /// Stores `entry` as a variant of its resource.
     pub async fn insert(&self, entry: Arc<StoredResponse>) {
         let max_variants = self.max_variants;
-        self.cache
-            .entry(entry.meta.key)
+        let key = entry.meta.key;
+        let result = self
+            .cache
+            .entry(key)
             .and_compute_with(|existing| {
                 let set = match existing {
                     Some(existing) => existing.into_value().with(entry, max_variants),
@@ -189,14 +274,19 @@ impl MemoryTier {
                 std::future::ready(Op::Put(Arc::new(set)))
             })
             .await;
+        if let Some(weight) = Self::weight_after(&result) {
+            self.settle(key, weight).await;
+        }
     }
 
     /// Stores `entry` in place of the variant stored under `replaced` (its Vary changed:
     /// the same response, selected by other request fields now).
     pub async fn replace_variant(&self, entry: Arc<StoredResponse>, replaced: VariantKey) {
         let max_variants = self.max_variants;
-        self.cache
-            .entry(entry.meta.key)
+        let key = entry.meta.key;
+        let result = self
+            .cache
+            .entry(key)
             .and_compute_with(|existing| {
                 let mut set = existing
                     .map(|e| VariantSet::clone(&e.into_value()))
@@ -205,11 +295,15 @@ impl MemoryTier {
                 std::future::ready(Op::Put(Arc::new(set.with(entry, max_variants))))
             })
             .await;
+        if let Some(weight) = Self::weight_after(&result) {
+            self.settle(key, weight).await;
+        }
     }
 
     /// Removes the variant `variant` of `key`.
     pub async fn remove_variant(&self, key: PrimaryKey, variant: VariantKey) {
-        self.cache
+        let result = self
+            .cache
             .entry(key)
             .and_compute_with(|existing| {
                 let op = match existing {
@@ -228,11 +322,15 @@ impl MemoryTier {
                 std::future::ready(op)
             })
             .await;
+        if let Some(weight) = Self::weight_after(&result) {
+            self.settle(key, weight).await;
+        }
     }
 
     /// Removes every variant of `key` (RFC 9111 §4.4 invalidation, purge).
     pub async fn invalidate(&self, key: &PrimaryKey) {
         self.cache.invalidate(key).await;
+        self.settle(*key, None).await;
     }
 
     /// Forgets `key` if any of its variants has its body in a disk-tier file: the disk
@@ -246,13 +344,15 @@ impl MemoryTier {
             .iter()
             .any(|entry| matches!(entry.body, super::entry::StoredBody::File(_)))
         {
-            self.cache.invalidate(key).await;
+            self.invalidate(key).await;
         }
     }
 
     /// Removes every variant of `key`; returns how many there were.
     pub async fn remove(&self, key: &PrimaryKey) -> usize {
-        self.cache.remove(key).await.map_or(0, |set| set.len())
+        let removed = self.cache.remove(key).await.map_or(0, |set| set.len());
+        self.settle(*key, None).await;
+        removed
     }
 
     /// Makes every variant of `key` stale now, keeping it for revalidation (soft purge);
@@ -271,9 +371,10 @@ impl MemoryTier {
             })
             .collect();
         let count = set.len();
-        self.cache
-            .insert(*key, Arc::new(VariantSet { variants }))
-            .await;
+        let set = Arc::new(VariantSet { variants });
+        let weight = set.weight();
+        self.cache.insert(*key, set).await;
+        self.settle(*key, Some(weight)).await;
         count
     }
 
@@ -306,21 +407,35 @@ mod tests {
     /// repeatedly (the weighted-TinyLFU pathology the default policy avoids).
     #[tokio::test]
     async fn full_tier_admits_a_large_object() {
-        let tier = MemoryTier::new(4 << 20, 4, MemoryPolicy::Lru, Counter::default(), None);
+        for policy in [MemoryPolicy::Wtinylfu, MemoryPolicy::Lru] {
+            full_tier_admits_a_large_object_with(policy).await;
+        }
+    }
+
+    async fn full_tier_admits_a_large_object_with(policy: MemoryPolicy) {
+        let evictions = Counter::default();
+        let tier = MemoryTier::new(4 << 20, 4, policy, evictions.clone(), None);
+        // Each request looks the resource up, then stores it after a miss.
         for index in 0..10_000 {
-            tier.insert(entry(&format!("/small/{index}"), 1024)).await;
+            let small = entry(&format!("/small/{index}"), 1024);
+            tier.get(&small.meta.key).await;
+            tier.insert(small).await;
         }
         tier.usage().await;
         let big = entry("/big", 100 * 1024);
         for _ in 0..5 {
-            tier.insert(Arc::clone(&big)).await;
+            if tier.get(&big.meta.key).await.is_none() {
+                tier.insert(Arc::clone(&big)).await;
+            }
             tier.usage().await;
         }
-        assert!(
-            tier.get(&big.meta.key).await.is_some(),
-            "a hot large object must get in"
-        );
+        let found = tier.get(&big.meta.key).await.is_some();
+        assert!(found, "{policy:?}: a hot large object must get in");
         let (_, weighed) = tier.usage().await;
-        assert!(weighed <= 4 << 20, "capacity respected: {weighed}");
+        assert!(
+            weighed <= 4 << 20,
+            "{policy:?}: capacity respected: {weighed}"
+        );
+        assert!(evictions.get() > 0, "{policy:?}: evictions are counted");
     }
 }

@@ -20,6 +20,7 @@ pub mod lookup;
 pub mod memory;
 pub mod partial;
 pub mod policy;
+pub mod replacement;
 pub mod rules;
 pub mod tags;
 use tags::TagIndex;

@@ -17,8 +17,9 @@ pub struct ReplayArgs {
     /// Generate the workload instead: zipf:alpha=0.9,objects=1e6,requests=1e7,seed=1[,size=4096|MIN-MAX] or uniform:...
     #[arg(long, value_name = "SPEC")]
     pub synthetic: Option<String>,
-    /// Policies, comma-separated: lru, tinylfu.
-    #[arg(long, default_value = "lru", value_delimiter = ',')]
+    /// Policies, comma-separated: wtinylfu (the memory tier's default), lru, tinylfu
+    /// (moka's).
+    #[arg(long, default_value = "wtinylfu", value_delimiter = ',')]
     pub policy: Vec<String>,
     /// Cache sizes, comma-separated: 64MiB,1GiB or fractions of the working set (0.01,0.1).
     #[arg(
@@ -73,7 +74,10 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
     let policies = args
         .policy
         .iter()
-        .map(|p| Policy::parse(p).with_context(|| format!("unknown policy `{p}` (lru, tinylfu)")))
+        .map(|p| {
+            Policy::parse(p)
+                .with_context(|| format!("unknown policy `{p}` (wtinylfu, lru, tinylfu)"))
+        })
         .collect::<Result<Vec<_>>>()?;
     let sizes = args
         .sizes

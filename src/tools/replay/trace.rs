@@ -486,7 +486,8 @@ impl Zipf {
 }
 
 /// A synthetic workload spec: `zipf:alpha=0.9,objects=1e6,requests=1e7,seed=1,size=4096`
-/// or `uniform:objects=...`. `size` is fixed, or `size=MIN-MAX` (uniform per object);
+/// or `uniform:objects=...`. `size` is fixed, `size=MIN-MAX` (uniform per object) or
+/// `size=logn:MEDIAN:SIGMA` (lognormal per object, as web object sizes are, 1 B to 64 MiB);
 /// `ttl=SECONDS` gives every response that freshness (time advances 1 s per 1000
 /// requests). Defaults: 100k objects, 1M requests, seed 1, 4096 bytes, no expiry.
 #[derive(Debug, Clone, PartialEq)]
@@ -495,8 +496,39 @@ pub struct Synthetic {
     pub objects: usize,
     pub requests: usize,
     pub seed: u64,
-    pub size: (u32, u32),
+    pub size: ObjectSizes,
     pub ttl: u32,
+}
+
+/// How a synthetic workload's object sizes are drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ObjectSizes {
+    /// Uniform in `[low, high]` (one value when equal).
+    Uniform(u32, u32),
+    /// Lognormal with this median and sigma (of the size's natural logarithm).
+    LogNormal { median: f64, sigma: f64 },
+}
+
+/// The largest object a lognormal draw gives.
+const MAX_SYNTHETIC_SIZE: f64 = (64 << 20) as f64;
+
+impl ObjectSizes {
+    fn draw(self, random: &mut SplitMix) -> u32 {
+        match self {
+            ObjectSizes::Uniform(low, high) if low == high => low,
+            ObjectSizes::Uniform(low, high) => {
+                low + (random.next_u64() % u64::from(high - low + 1)) as u32
+            }
+            ObjectSizes::LogNormal { median, sigma } => {
+                // Box-Muller: one standard normal from two uniforms.
+                let u1 = random.next_f64().max(f64::MIN_POSITIVE);
+                let u2 = random.next_f64();
+                let normal = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                let size = median * (sigma * normal).exp();
+                size.clamp(1.0, MAX_SYNTHETIC_SIZE) as u32
+            }
+        }
+    }
 }
 
 fn parse_count(text: &str) -> Option<usize> {
@@ -523,7 +555,7 @@ impl std::str::FromStr for Synthetic {
             objects: 100_000,
             requests: 1_000_000,
             seed: 1,
-            size: (4096, 4096),
+            size: ObjectSizes::Uniform(4096, 4096),
             ttl: FOREVER,
         };
         for param in params.split(',').filter(|p| !p.is_empty()) {
@@ -543,6 +575,21 @@ impl std::str::FromStr for Synthetic {
                 }
                 "seed" => synthetic.seed = value.parse().map_err(|_| bad("bad seed"))?,
                 "ttl" => synthetic.ttl = value.parse().map_err(|_| bad("bad ttl"))?,
+                "size" if value.starts_with("logn:") => {
+                    let mut parts = value["logn:".len()..].split(':');
+                    let median = parts.next().and_then(|m| m.parse::<f64>().ok());
+                    let sigma = parts.next().and_then(|s| s.parse::<f64>().ok());
+                    match (median, sigma, parts.next()) {
+                        (Some(median), Some(sigma), None)
+                            if median >= 1.0 && (0.0..=10.0).contains(&sigma) =>
+                        {
+                            synthetic.size = ObjectSizes::LogNormal { median, sigma };
+                        }
+                        _ => {
+                            return Err(bad("size=logn:MEDIAN:SIGMA needs MEDIAN >= 1, SIGMA 0-10"))
+                        }
+                    }
+                }
                 "size" => {
                     let (low, high) = value.split_once('-').unwrap_or((value, value));
                     let low = parse_count(low).ok_or_else(|| bad("bad size"))?;
@@ -550,7 +597,7 @@ impl std::str::FromStr for Synthetic {
                     if low == 0 || high < low {
                         return Err(bad("size must be N or MIN-MAX with 0 < MIN <= MAX"));
                     }
-                    synthetic.size = (
+                    synthetic.size = ObjectSizes::Uniform(
                         u32::try_from(low).map_err(|_| bad("size too large"))?,
                         u32::try_from(high).map_err(|_| bad("size too large"))?,
                     );
@@ -569,15 +616,8 @@ impl Synthetic {
     /// The workload; the same spec gives the same requests.
     pub fn generate(&self) -> Vec<TraceRequest> {
         let mut random = SplitMix::new(self.seed);
-        let (low, high) = self.size;
         let sizes: Vec<u32> = (0..self.objects)
-            .map(|_| {
-                if low == high {
-                    low
-                } else {
-                    low + (random.next_u64() % u64::from(high - low + 1)) as u32
-                }
-            })
+            .map(|_| self.size.draw(&mut random))
             .collect();
         let zipf = self.zipf_alpha.map(|alpha| Zipf::new(self.objects, alpha));
         (0..self.requests)

@@ -1,0 +1,531 @@
+//! Which objects the memory tier keeps: window TinyLFU by bytes, as one deterministic
+//! structure that the live tier runs (moka stores the objects, this decides which leave) and
+//! `outpost replay` runs unchanged, so the replayed hit ratios are the live tier's.
+//!
+//! New objects enter a small LRU window (1% of the bytes). What leaves the window is a
+//! candidate for the main space, a segmented LRU (probation, and protected for objects
+//! asked for again there, 80%). When main is full the candidate meets main's coldest
+//! object, one at a time: the one a frequency sketch has seen less often leaves. So a scan
+//! of one-hit objects passes through the window and loses every contest, while a popular
+//! large object beats cold small ones one by one until it has its room (moka's own TinyLFU
+//! compares a newcomer with the summed popularity of everything it would evict, and a
+//! large object can then never get in among small ones). Ties go to the resident object.
+//!
+//! Not thread-safe by itself: the live tier holds it behind a mutex.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+/// Hashes keys that are already well spread (ids, digests) by their last eight bytes with
+/// one multiply-xorshift round: SipHash would cost more than the policy step.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        let mut z = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z ^= z >> 32;
+        z
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(*byte);
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// A key the policy can count: copyable, hashable, and spread over 64 bits for the sketch.
+pub trait PolicyKey: Copy + Eq + Hash {
+    fn fingerprint(&self) -> u64;
+}
+
+impl PolicyKey for u64 {
+    fn fingerprint(&self) -> u64 {
+        *self
+    }
+}
+
+const NIL: u32 = u32::MAX;
+
+struct Node<K> {
+    id: K,
+    size: u64,
+    /// Trace time from which the copy is stale (replay only; the live tier keeps its own).
+    expires: u32,
+    prev: u32,
+    next: u32,
+}
+
+/// Recency order over an arena: O(1) touch, insert and pop of the least recent; also the
+/// bytes it holds.
+pub struct Recency<K> {
+    nodes: Vec<Node<K>>,
+    free: Vec<u32>,
+    head: u32,
+    tail: u32,
+    index: IdMap<K, u32>,
+    pub used: u64,
+}
+
+impl<K: PolicyKey> Recency<K> {
+    pub fn new() -> Recency<K> {
+        Recency {
+            nodes: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            index: IdMap::default(),
+            used: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let (prev, next) = {
+            let node = &self.nodes[slot as usize];
+            (node.prev, node.next)
+        };
+        match prev {
+            NIL => self.head = next,
+            p => self.nodes[p as usize].next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            n => self.nodes[n as usize].prev = prev,
+        }
+    }
+
+    fn push_front(&mut self, slot: u32) {
+        let old_head = self.head;
+        {
+            let node = &mut self.nodes[slot as usize];
+            node.prev = NIL;
+            node.next = old_head;
+        }
+        match old_head {
+            NIL => self.tail = slot,
+            h => self.nodes[h as usize].prev = slot,
+        }
+        self.head = slot;
+    }
+
+    /// Moves `id` to the most recent end; when it expires, if present.
+    pub fn touch(&mut self, id: &K) -> Option<u32> {
+        let slot = *self.index.get(id)?;
+        self.unlink(slot);
+        self.push_front(slot);
+        Some(self.nodes[slot as usize].expires)
+    }
+
+    pub fn contains(&self, id: &K) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// Inserts `id` as the most recent (it must not be present).
+    pub fn insert(&mut self, id: K, size: u64, expires: u32) {
+        let node = Node {
+            id,
+            size,
+            expires,
+            prev: NIL,
+            next: NIL,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.nodes[slot as usize] = node;
+                slot
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as u32
+            }
+        };
+        self.index.insert(id, slot);
+        self.push_front(slot);
+        self.used += size;
+    }
+
+    /// The least recent, without removing it.
+    pub fn peek_last(&self) -> Option<(K, u64)> {
+        (self.tail != NIL).then(|| {
+            let node = &self.nodes[self.tail as usize];
+            (node.id, node.size)
+        })
+    }
+
+    /// From the least recent on: key and size.
+    pub fn least_recent(&self) -> impl Iterator<Item = (K, u64)> + '_ {
+        let mut cursor = self.tail;
+        std::iter::from_fn(move || {
+            if cursor == NIL {
+                return None;
+            }
+            let node = &self.nodes[cursor as usize];
+            cursor = node.prev;
+            Some((node.id, node.size))
+        })
+    }
+
+    /// Removes the least recent: its key, size and expiry.
+    pub fn pop_last(&mut self) -> Option<(K, u64, u32)> {
+        let slot = self.tail;
+        if slot == NIL {
+            return None;
+        }
+        self.unlink(slot);
+        self.free.push(slot);
+        let node = &self.nodes[slot as usize];
+        self.index.remove(&node.id);
+        self.used -= node.size;
+        Some((node.id, node.size, node.expires))
+    }
+
+    /// Removes `id`: its size and expiry, if present.
+    pub fn remove(&mut self, id: &K) -> Option<(u64, u32)> {
+        let slot = self.index.remove(id)?;
+        self.unlink(slot);
+        self.free.push(slot);
+        let node = &self.nodes[slot as usize];
+        self.used -= node.size;
+        Some((node.size, node.expires))
+    }
+}
+
+impl<K: PolicyKey> Default for Recency<K> {
+    fn default() -> Self {
+        Recency::new()
+    }
+}
+
+/// A count-min sketch of 4-bit counters packed 16 to a word, four counters per object,
+/// halved every ten increments per counted object, so popularity fades.
+pub struct FrequencySketch {
+    table: Vec<u64>,
+    mask: u64,
+    size: u32,
+    sample_size: u32,
+    /// The number of objects it was sized for.
+    capacity: u32,
+}
+
+const NIBBLES_LOW_BITS: u64 = 0x1111_1111_1111_1111;
+const NIBBLES_RESET: u64 = 0x7777_7777_7777_7777;
+
+impl FrequencySketch {
+    pub fn new(capacity: u64) -> FrequencySketch {
+        let capacity = u32::try_from(capacity)
+            .unwrap_or(u32::MAX)
+            .clamp(128, 1 << 30);
+        let words = capacity.next_power_of_two();
+        FrequencySketch {
+            table: vec![0; words as usize],
+            mask: u64::from(words - 1),
+            size: 0,
+            sample_size: capacity.saturating_mul(10),
+            capacity,
+        }
+    }
+
+    pub fn capacity(&self) -> u64 {
+        u64::from(self.capacity)
+    }
+
+    fn spread(id: u64) -> u64 {
+        let mut z = id.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Word index and nibble shift of counter `depth` of `hash`.
+    fn slot(&self, hash: u64, depth: u64) -> (usize, u64) {
+        let mut x = hash.wrapping_add(depth.wrapping_mul(0xc2b2_ae3d_27d4_eb4f));
+        x = x.wrapping_mul(0x1656_67b1_9e37_79f9 | 1);
+        x ^= x >> 32;
+        let start = (hash & 3) << 2;
+        ((x & self.mask) as usize, (start + depth) << 2)
+    }
+
+    pub fn estimate(&self, id: u64) -> u32 {
+        let hash = Self::spread(id);
+        (0..4)
+            .map(|depth| {
+                let (word, shift) = self.slot(hash, depth);
+                ((self.table[word] >> shift) & 0xf) as u32
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    pub fn increment(&mut self, id: u64) {
+        let hash = Self::spread(id);
+        let mut added = false;
+        for depth in 0..4 {
+            let (word, shift) = self.slot(hash, depth);
+            if (self.table[word] >> shift) & 0xf != 0xf {
+                self.table[word] += 1 << shift;
+                added = true;
+            }
+        }
+        if added {
+            self.size += 1;
+            if self.size >= self.sample_size {
+                let mut odd = 0;
+                for word in &mut self.table {
+                    odd += (*word & NIBBLES_LOW_BITS).count_ones();
+                    *word = (*word >> 1) & NIBBLES_RESET;
+                }
+                self.size = (self.size >> 1).saturating_sub(odd >> 2);
+            }
+        }
+    }
+}
+
+/// The window's share of the bytes.
+const WINDOW_SHARE: f64 = 0.01;
+/// The protected segment's share of main's bytes.
+const PROTECTED_SHARE: f64 = 0.8;
+/// Objects the sketch is first sized for; it grows with the number held.
+const INITIAL_SKETCH: u64 = 1024;
+
+/// Window TinyLFU over byte-weighted objects (see the module doc).
+pub struct WindowTinyLfu<K> {
+    capacity: u64,
+    window_capacity: u64,
+    protected_capacity: u64,
+    window: Recency<K>,
+    probation: Recency<K>,
+    protected: Recency<K>,
+    sketch: FrequencySketch,
+}
+
+impl<K: PolicyKey> WindowTinyLfu<K> {
+    pub fn new(capacity: u64) -> WindowTinyLfu<K> {
+        let window_capacity = (capacity as f64 * WINDOW_SHARE) as u64;
+        let main = capacity - window_capacity;
+        WindowTinyLfu {
+            capacity,
+            window_capacity,
+            protected_capacity: (main as f64 * PROTECTED_SHARE) as u64,
+            window: Recency::new(),
+            probation: Recency::new(),
+            protected: Recency::new(),
+            sketch: FrequencySketch::new(INITIAL_SKETCH),
+        }
+    }
+
+    /// Bytes held.
+    pub fn used(&self) -> u64 {
+        self.window.used + self.probation.used + self.protected.used
+    }
+
+    /// Objects held.
+    pub fn len(&self) -> usize {
+        self.window.len() + self.probation.len() + self.protected.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, id: &K) -> bool {
+        self.window.contains(id) || self.probation.contains(id) || self.protected.contains(id)
+    }
+
+    /// A request for `id`, found or not: counted, and a held object becomes most recent
+    /// (from probation it moves to protected). Its expiry if held.
+    pub fn access(&mut self, id: &K) -> Option<u32> {
+        self.sketch.increment(id.fingerprint());
+        if let Some(expires) = self.window.touch(id) {
+            return Some(expires);
+        }
+        if let Some(expires) = self.protected.touch(id) {
+            return Some(expires);
+        }
+        let (size, expires) = self.probation.remove(id)?;
+        self.protected.insert(*id, size, expires);
+        while self.protected.used > self.protected_capacity {
+            match self.protected.pop_last() {
+                Some((demoted, size, expires)) => self.probation.insert(demoted, size, expires),
+                None => break,
+            }
+        }
+        Some(expires)
+    }
+
+    /// Stores `id` weighing `size` (again: a held object keeps its place with the new
+    /// size), then makes room; every object that leaves, `id` itself perhaps, is pushed
+    /// onto `evicted`. An object larger than the whole capacity is not held.
+    pub fn insert(&mut self, id: K, size: u64, expires: u32, evicted: &mut Vec<K>) {
+        if size > self.capacity {
+            if self.remove(&id) {
+                evicted.push(id);
+            }
+            return;
+        }
+        let segment = if self.window.remove(&id).is_some() {
+            &mut self.window
+        } else if self.probation.remove(&id).is_some() {
+            &mut self.probation
+        } else if self.protected.remove(&id).is_some() {
+            &mut self.protected
+        } else {
+            &mut self.window
+        };
+        segment.insert(id, size, expires);
+        self.grow_sketch();
+        self.make_room(evicted);
+    }
+
+    /// Forgets `id`; whether it was held.
+    pub fn remove(&mut self, id: &K) -> bool {
+        self.window.remove(id).is_some()
+            || self.probation.remove(id).is_some()
+            || self.protected.remove(id).is_some()
+    }
+
+    /// The sketch counts about as many objects as are held, so it is re-made larger as
+    /// more are (what it counted is lost then, as in Caffeine).
+    fn grow_sketch(&mut self) {
+        let held = self.len() as u64;
+        if held > self.sketch.capacity() {
+            self.sketch = FrequencySketch::new(held.saturating_mul(2));
+        }
+    }
+
+    /// Moves what overflows the window into main, then evicts the losers of candidate
+    /// against victim contests until everything fits.
+    fn make_room(&mut self, evicted: &mut Vec<K>) {
+        let mut candidates = 0usize;
+        while self.window.used > self.window_capacity {
+            let Some((id, size, expires)) = self.window.pop_last() else {
+                break;
+            };
+            self.probation.insert(id, size, expires);
+            candidates += 1;
+        }
+        while self.used() > self.capacity {
+            // The candidates are the most recent of probation; the victim its least recent.
+            let candidate = (candidates > 0)
+                .then(|| self.probation.nodes[self.probation.head as usize].id)
+                .filter(|_| self.probation.head != NIL);
+            let victim = self
+                .probation
+                .peek_last()
+                .or_else(|| self.protected.peek_last())
+                .or_else(|| self.window.peek_last())
+                .map(|(id, _)| id);
+            let Some(victim) = victim else { break };
+            let loser = match candidate {
+                Some(candidate) if candidate != victim => {
+                    let candidate_count = self.sketch.estimate(candidate.fingerprint());
+                    let victim_count = self.sketch.estimate(victim.fingerprint());
+                    if candidate_count > victim_count {
+                        victim
+                    } else {
+                        candidates -= 1;
+                        candidate
+                    }
+                }
+                Some(candidate) => {
+                    candidates -= 1;
+                    candidate
+                }
+                None => victim,
+            };
+            self.remove(&loser);
+            evicted.push(loser);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tier(capacity: u64) -> WindowTinyLfu<u64> {
+        WindowTinyLfu::new(capacity)
+    }
+
+    /// Requests `id` (weighing `size`); stores it on a miss. Whether it was a hit.
+    fn request(tier: &mut WindowTinyLfu<u64>, id: u64, size: u64) -> bool {
+        if tier.access(&id).is_some() {
+            return true;
+        }
+        tier.insert(id, size, u32::MAX, &mut Vec::new());
+        false
+    }
+
+    /// A scan of one-hit objects twice the tier's size leaves the hot set in place.
+    #[test]
+    fn a_scan_of_one_hit_objects_leaves_the_hot_set() {
+        let mut t = tier(1_000_000);
+        for round in 0..20 {
+            for hot in 0..100u64 {
+                request(&mut t, hot, 5_000);
+            }
+            let _ = round;
+        }
+        for cold in 1_000..1_400u64 {
+            request(&mut t, cold, 5_000);
+        }
+        let kept = (0..100u64).filter(|hot| t.contains(hot)).count();
+        assert_eq!(kept, 100, "the whole hot set survives the scan");
+        assert!(t.used() <= 1_000_000);
+    }
+
+    /// A large object asked for again and again gets in among small objects that were
+    /// asked for once each, evicting them one by one.
+    #[test]
+    fn a_popular_large_object_displaces_cold_small_ones() {
+        let mut t = tier(1_000_000);
+        for small in 0..2_000u64 {
+            request(&mut t, small + 10, 1_000);
+        }
+        let mut hits = 0;
+        for _ in 0..10 {
+            if request(&mut t, 1, 100_000) {
+                hits += 1;
+            }
+        }
+        assert!(t.contains(&1), "the large object is held");
+        // Counted two or three times (a cold object may share a counter and look counted
+        // twice), it wins its contests and answers every request after that.
+        assert!(
+            hits >= 7,
+            "admitted by its third request: {hits} hits of 10"
+        );
+        assert!(t.used() <= 1_000_000);
+    }
+
+    /// Everything evicted is reported, and what is held never exceeds the capacity.
+    #[test]
+    fn evictions_are_reported_and_capacity_holds() {
+        let mut t = tier(50_000);
+        let mut evicted = Vec::new();
+        let mut stored = std::collections::HashSet::new();
+        for id in 0..1_000u64 {
+            t.access(&id);
+            t.insert(id, 100 + (id % 7) * 300, u32::MAX, &mut evicted);
+            stored.insert(id);
+            for gone in evicted.drain(..) {
+                stored.remove(&gone);
+            }
+            assert!(t.used() <= 50_000);
+        }
+        assert_eq!(stored.len(), t.len());
+        assert!(stored.iter().all(|id| t.contains(id)));
+    }
+}

@@ -102,12 +102,23 @@ pub async fn handle(
     let upgrade = tunnel::requested(&request).map(|protocol| tunnel::Upgrade {
         protocol,
         client: hyper::upgrade::on(&mut request),
+        over_h2: false,
     });
-    if request.method() == http::Method::CONNECT {
+    let extended = tunnel::extended_connect(&request).map(|protocol| tunnel::Upgrade {
+        protocol,
+        client: hyper::upgrade::on(&mut request),
+        over_h2: true,
+    });
+    if request.method() == http::Method::CONNECT && extended.is_none() {
         let client = hyper::upgrade::on(&mut request);
         return connect_tunnel(proxy, request.into_parts().0, client, peer).await;
     }
+    let upgrade = upgrade.or(extended);
     let (mut parts, body) = request.into_parts();
+    if upgrade.as_ref().is_some_and(|u| u.over_h2) {
+        // RFC 8441 §4: judged as the GET upgrade it stands for (routing, logs).
+        parts.method = http::Method::GET;
+    }
     // Judged with Proxy-Authorization, which stripping removes.
     let target = proxy.forward_proxy.target(&parts, &proxy.router);
     as_forwarded(&mut parts.headers);

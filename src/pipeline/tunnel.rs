@@ -4,6 +4,11 @@
 //! HTTP as usual: bytes sent early are read by outpost as the next request (and judged as
 //! one), never passed raw to the origin, and a refused upgrade is an ordinary response.
 //!
+//! WebSocket over HTTP/2 (RFC 8441) arrives as an extended CONNECT with `:protocol`; it
+//! goes to the origin as the HTTP/1.1 upgrade RFC 6455 defines (with a `Sec-WebSocket-Key`
+//! of outpost's making, whose answer is checked), and the client gets 200 on the origin's
+//! 101, its stream then carrying the tunnel.
+//!
 //! A tunnel closes when neither side sends anything for `server.tunnel_idle_timeout` or
 //! after `server.tunnel_max_duration`; `outpost_tunnels_open` counts the open ones.
 
@@ -28,6 +33,44 @@ use crate::error::ProxyError;
 pub struct Upgrade {
     pub protocol: HeaderValue,
     pub client: OnUpgrade,
+    /// An RFC 8441 extended CONNECT (HTTP/2): answered 200, not 101.
+    pub over_h2: bool,
+}
+
+/// RFC 6455 §1.3: the GUID the origin appends to our key before hashing it.
+const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const SEC_WEBSOCKET_KEY: &str = "sec-websocket-key";
+const SEC_WEBSOCKET_ACCEPT: &str = "sec-websocket-accept";
+
+/// The protocol an RFC 8441 extended CONNECT asks for (`:protocol`), if `request` is one.
+pub fn extended_connect<B>(request: &http::Request<B>) -> Option<HeaderValue> {
+    if request.method() != Method::CONNECT || request.version() != Version::HTTP_2 {
+        return None;
+    }
+    let protocol = request.extensions().get::<hyper::ext::Protocol>()?;
+    HeaderValue::from_str(protocol.as_str()).ok()
+}
+
+/// A fresh `Sec-WebSocket-Key` (16 random bytes, base64) and the accept value it calls for.
+fn websocket_key() -> Result<(String, String), ProxyError> {
+    use base64::Engine as _;
+    use ring::rand::SecureRandom as _;
+    let mut nonce = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| ProxyError::Internal("no randomness for a WebSocket key".into()))?;
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    let accept = websocket_accept(&key);
+    Ok((key, accept))
+}
+
+/// RFC 6455 §4.2.2: base64 of SHA-1 over the key and the GUID.
+fn websocket_accept(key: &str) -> String {
+    use base64::Engine as _;
+    let mut input = key.as_bytes().to_vec();
+    input.extend_from_slice(WEBSOCKET_GUID.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
 /// The protocols `request` asks to switch to, if it is an HTTP/1.1 GET with `Upgrade` and
@@ -46,8 +89,9 @@ pub fn requested<B>(request: &http::Request<B>) -> Option<HeaderValue> {
         .flatten()
 }
 
-/// Forwards the upgrade request; on 101 answers the client with the origin's 101 and
-/// joins the two connections once both have switched; otherwise relays the answer.
+/// Forwards the upgrade request (always over HTTP/1.1, where Upgrade exists); on 101
+/// answers the client with the origin's 101 (200 to an RFC 8441 extended CONNECT) and joins
+/// the two connections once both have switched; otherwise relays the answer.
 ///
 /// # Errors
 /// What sending to the origin gives.
@@ -62,6 +106,27 @@ pub(super) async fn open(
     let (mut request, client) =
         upstream_request(proxy, site, parts.clone(), Body::empty(), downstream)?;
     ctx.client = client;
+    *request.version_mut() = Version::HTTP_11;
+    let is_websocket = upgrade
+        .protocol
+        .as_bytes()
+        .eq_ignore_ascii_case(b"websocket");
+    // RFC 8441 §5: an HTTP/2 client sends no key; the HTTP/1.1 handshake needs one.
+    let expected_accept = if upgrade.over_h2 && is_websocket {
+        let (key, accept) = websocket_key()?;
+        let headers = request.headers_mut();
+        headers.insert(
+            SEC_WEBSOCKET_KEY,
+            HeaderValue::try_from(key)
+                .map_err(|_| ProxyError::Internal("WebSocket key is not a header value".into()))?,
+        );
+        headers
+            .entry("sec-websocket-version")
+            .or_insert(HeaderValue::from_static("13"));
+        Some(accept)
+    } else {
+        None
+    };
     let headers = request.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, upgrade.protocol);
@@ -71,8 +136,17 @@ pub(super) async fn open(
         forwarding::clean_response_head(&mut head.headers);
         return Ok(Response::from_parts(head, Body::from(body)));
     }
+    if let Some(expected) = expected_accept {
+        let accepted = response.headers().get(SEC_WEBSOCKET_ACCEPT);
+        if accepted.is_none_or(|value| value.as_bytes() != expected.as_bytes()) {
+            return Err(ProxyError::UpstreamProtocol {
+                origin: site.pool.name.clone(),
+                detail: "the origin's Sec-WebSocket-Accept does not answer our key".into(),
+            });
+        }
+    }
     let origin = hyper::upgrade::on(&mut response);
-    let (head, _) = response.into_parts();
+    let (mut head, _) = response.into_parts();
     let peer = ctx.peer;
     spawn(proxy, peer.to_string(), async move {
         match tokio::join!(upgrade.client, origin) {
@@ -83,9 +157,16 @@ pub(super) async fn open(
             }
         }
     });
-    // The 101 keeps its Connection and Upgrade: they are what it says.
     let mut answer = Response::new(Body::empty());
-    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    if upgrade.over_h2 {
+        // RFC 8441 §5: a 200 opens the stream; the HTTP/1.1 handshake fields stay behind.
+        forwarding::clean_response_head(&mut head.headers);
+        head.headers.remove(SEC_WEBSOCKET_ACCEPT);
+        *answer.status_mut() = StatusCode::OK;
+    } else {
+        // The 101 keeps its Connection and Upgrade: they are what it says.
+        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    }
     *answer.headers_mut() = head.headers;
     Ok(answer)
 }

@@ -179,7 +179,9 @@ fn connection_builder(settings: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // RFC 8441: WebSocket over HTTP/2, by extended CONNECT.
+        .enable_connect_protocol();
     builder
 }
 

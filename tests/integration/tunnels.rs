@@ -13,8 +13,28 @@ use tokio::net::{TcpListener, TcpStream};
 const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: example.test\r\nConnection: Upgrade\r\n\
     Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
-/// An origin that answers every upgrade with 101 and then echoes what it reads; it keeps
-/// each request head it saw, exactly as read.
+/// RFC 6455 §4.2.2: the accept value for a `Sec-WebSocket-Key`.
+fn websocket_accept(key: &str) -> String {
+    use base64::Engine as _;
+    let input = format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, input.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
+/// The `Sec-WebSocket-Key` of a request head.
+fn websocket_key(head: &[u8]) -> String {
+    String::from_utf8_lossy(head)
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// An origin that answers every upgrade with 101 (accepting its key as RFC 6455 says) and
+/// then echoes what it reads; it keeps each request head it saw, exactly as read.
 async fn echo_origin() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -25,10 +45,13 @@ async fn echo_origin() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
             let seen = Arc::clone(&seen);
             tokio::spawn(async move {
                 let head = read_head(&mut stream).await;
+                let accept = websocket_accept(&websocket_key(&head));
                 seen.lock().unwrap().push(head);
-                let switched = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                                 Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-                if stream.write_all(switched).await.is_err() {
+                let switched = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                if stream.write_all(switched.as_bytes()).await.is_err() {
                     return;
                 }
                 let mut buf = [0u8; 1024];
@@ -220,4 +243,65 @@ async fn connect_is_refused_by_default() {
     let answer = raw_exchange(proxy.addr, &connect_request(target, None)).await;
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// RFC 8441: WebSocket over HTTP/2 is an extended CONNECT with `:protocol: websocket`; the
+/// origin gets the RFC 6455 upgrade (a GET with a key of outpost's making, whose accept is
+/// checked), the client a 200, and its stream carries the tunnel.
+#[tokio::test]
+async fn websocket_over_h2_becomes_an_http1_upgrade_to_the_origin() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let (origin, heads) = echo_origin().await;
+    let proxy = Proxy::start(&origin, "").await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // One exchange first, so the server's SETTINGS (ENABLE_CONNECT_PROTOCOL) are in.
+    let warm = http::Request::get(proxy.url("/warm"))
+        .body(Empty::new())
+        .unwrap();
+    let _ = tokio::time::timeout(PATIENCE, sender.send_request(warm)).await;
+
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(proxy.url("/chat"))
+        .header("sec-websocket-version", "13")
+        .body(Empty::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("sec-websocket-accept").is_none());
+    let upgraded = tokio::time::timeout(PATIENCE, hyper::upgrade::on(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut stream = TokioIo::new(upgraded);
+    stream.write_all(b"over h2").await.unwrap();
+    let mut echoed = [0u8; 7];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"over h2");
+
+    let heads = heads.lock().unwrap().clone();
+    let head = String::from_utf8_lossy(heads.last().unwrap()).to_ascii_lowercase();
+    assert!(head.starts_with("get /chat http/1.1\r\n"), "{head}");
+    assert!(
+        head.contains("upgrade: websocket") && head.contains("connection: upgrade"),
+        "{head}"
+    );
+    assert!(head.contains("sec-websocket-version: 13"), "{head}");
+    assert!(!websocket_key(heads.last().unwrap()).is_empty(), "{head}");
 }

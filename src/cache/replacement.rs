@@ -397,12 +397,25 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
     }
 
     /// The sketch counts about as many objects as are held, so it is re-made larger as
-    /// more are (what it counted is lost then, as in Caffeine).
+    /// more are. The held objects keep their counts across (a count-min sketch cannot be
+    /// rehashed, but what it says of each held key can be counted again); what it knew of
+    /// objects not held is lost. Without this, a scan that grows the tier's object count
+    /// would wipe the hot set's popularity just when it needs it.
     fn grow_sketch(&mut self) {
         let held = self.len() as u64;
-        if held > self.sketch.capacity() {
-            self.sketch = FrequencySketch::new(held.saturating_mul(2));
+        if held <= self.sketch.capacity() {
+            return;
         }
+        let mut grown = FrequencySketch::new(held.saturating_mul(2));
+        for segment in [&self.window, &self.probation, &self.protected] {
+            for (id, _) in segment.least_recent() {
+                let fingerprint = id.fingerprint();
+                for _ in 0..self.sketch.estimate(fingerprint) {
+                    grown.increment(fingerprint);
+                }
+            }
+        }
+        self.sketch = grown;
     }
 
     /// Moves what overflows the window into main, then evicts the losers of candidate

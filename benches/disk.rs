@@ -3,6 +3,7 @@
 //!
 //!     cargo bench --bench disk            # 100k objects of 1 KiB
 //!     OBJECTS=20000 cargo bench --bench disk
+//!     INLINE_MAX=0 cargo bench --bench disk   # every body in a file of its own
 //!
 //! Time to first request is measured on the real binary: it is started on the filled
 //! directory (origin unreachable) and asked for a stored object until it answers 200.
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use outpost::cache::disk::DiskStore;
+use outpost::cache::disk::{DiskStore, NewBody};
 use outpost::cache::entry::{EntryMeta, StoredResponse};
 use outpost::cache::key::{PrimaryKey, VariantKey, Vary};
 use outpost::cache::policy::{Freshness, PolicySettings};
@@ -90,6 +91,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    // cache.disk_inline_max's default; INLINE_MAX=0 measures the one-file-per-body layout.
+    let inline_max: u64 = std::env::var("INLINE_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8 << 10);
     let dir =
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/tmp".into())).unwrap();
     let started = Instant::now();
@@ -97,8 +103,14 @@ fn main() {
         let store = DiskStore::open(dir.path(), u64::MAX, false).unwrap();
         for index in 0..objects {
             let entry = entry(index);
-            let temp = store.write_temp(entry.body.as_bytes().unwrap()).unwrap();
-            store.commit(&entry.meta, Some(temp)).unwrap();
+            let body = entry.body.as_bytes().unwrap().clone();
+            // As the tier stores a body held in memory: in the index up to INLINE_MAX.
+            let body = if body.len() as u64 <= inline_max {
+                NewBody::Inline(body)
+            } else {
+                NewBody::File(store.write_temp(&body).unwrap())
+            };
+            store.commit(&entry.meta, Some(body)).unwrap();
         }
         store.flush().unwrap();
     }

@@ -766,6 +766,9 @@ pub struct CacheConfig {
     /// Larger responses are not kept on disk. Objects above `max_object_size` but within
     /// this stream to disk without being held in memory.
     pub disk_max_object_size: ByteSize,
+    /// Bodies up to this size are kept in the disk tier's index rather than a file of
+    /// their own (a file takes at least a 4 KiB block and an inode). 0: every body in a file.
+    pub disk_inline_max: ByteSize,
     /// fsync each body file (and its directory) before indexing it. Off, a power cut may
     /// lose recent objects; a torn file is still never served (every read is verified).
     pub fsync: bool,
@@ -868,6 +871,7 @@ impl Default for CacheConfig {
             dir: None,
             disk_capacity: ByteSize(10 << 30),
             disk_max_object_size: ByteSize(2 << 30),
+            disk_inline_max: ByteSize(8 << 10),
             disk_min_free: ByteSize(256 << 20),
             disk_retry_after: HumanDuration(Duration::from_secs(30)),
             fsync: false,

@@ -684,7 +684,8 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
         config.max_object_size.as_u64(),
         config.disk_max_object_size.as_u64(),
     )
-    .with_retry_after(config.disk_retry_after.get());
+    .with_retry_after(config.disk_retry_after.get())
+    .with_inline_max(config.disk_inline_max.as_u64());
     Some(tier)
 }
 

@@ -17,6 +17,10 @@ fn disk_toml(dir: &Path, extra: &str) -> String {
     format!("[cache]\ndir = \"{}\"\n{extra}\n", dir.display())
 }
 
+/// Every body in a file of its own (none kept in the index), for tests of what happens to
+/// the files.
+const BODIES_IN_FILES: &str = "disk_inline_max = \"0\"";
+
 /// Stops `proxy` and waits until it has flushed its disk tier.
 async fn restart_point(mut proxy: Proxy) {
     proxy
@@ -169,7 +173,7 @@ async fn a_flipped_byte_in_a_stored_body_is_detected_and_refetched() {
         Fixture::with_headers(200, &[("cache-control", "max-age=3600")], "original bytes"),
     )])
     .await;
-    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), BODIES_IN_FILES)).await;
     get_as(&proxy.url("/flip"), &[]).await;
     restart_point(proxy).await;
     let files = blob_files(dir.path());
@@ -178,7 +182,7 @@ async fn a_flipped_byte_in_a_stored_body_is_detected_and_refetched() {
     bytes[3] ^= 0x20;
     std::fs::write(&files[0], &bytes).unwrap();
 
-    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), BODIES_IN_FILES)).await;
     let reply = get_as(&proxy.url("/flip"), &[]).await;
     assert_eq!(
         reply.text(),
@@ -545,7 +549,7 @@ async fn a_disk_failure_at_run_time_degrades_to_memory_only() {
         ),
     ])
     .await;
-    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), BODIES_IN_FILES)).await;
     assert_eq!(get_as(&proxy.url("/a"), &[]).await.text(), "a");
     proxy.outpost.proxy().cache().settle().await;
     std::fs::remove_dir_all(dir.path().join("tmp")).unwrap();

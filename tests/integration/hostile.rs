@@ -780,7 +780,7 @@ async fn a_failed_disk_tier_comes_back_when_the_disk_works() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start(vec![("/big", echo_body())]).await;
     let toml = format!(
-        "[cache]\ndir = \"{}\"\nmax_object_size = \"1KiB\"\ndisk_retry_after = \"50ms\"\n",
+        "[cache]\ndir = \"{}\"\nmax_object_size = \"1KiB\"\ndisk_retry_after = \"50ms\"\ndisk_inline_max = \"0\"\n",
         dir.path().display()
     );
     let proxy = Proxy::start(&origin.url(), &toml).await;

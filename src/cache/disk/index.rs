@@ -50,6 +50,11 @@ pub trait DiskIndex: Send + Sync {
     fn has_body(&self, digest: &[u8; 32]) -> Result<bool, DiskError>;
     /// Records a body just stored under `digest`, with no reference yet.
     fn add_body(&self, digest: &[u8; 32], len: u64, blocks: &[[u8; 32]]) -> Result<(), DiskError>;
+    /// Records a small body kept in the index itself (no file), with no reference yet;
+    /// it goes with its last reference like any body.
+    fn add_inline_body(&self, digest: &[u8; 32], body: &[u8]) -> Result<(), DiskError>;
+    /// A body kept in the index, unverified.
+    fn inline_body(&self, digest: &[u8; 32]) -> Result<Option<bytes::Bytes>, DiskError>;
     /// Indexes `meta` (replacing the row of the same variant) and takes a reference on its
     /// body, which must be recorded.
     fn insert(&self, meta: &EntryMeta) -> Result<Released, DiskError>;
@@ -87,13 +92,15 @@ pub trait DiskIndex: Send + Sync {
 
 /// The sled implementation: trees `entries` (primary key ++ variant key -> tick ++ encoded
 /// metadata), `recency` (tick ++ row key -> nothing: the LRU order), `blobs` (digest ->
-/// reference count and size) and `blocks` (digest -> block digests of multi-block bodies).
+/// reference count and size), `blocks` (digest -> block digests of multi-block bodies) and
+/// `inline` (digest -> the bytes of a small body kept here rather than in a file).
 pub struct SledIndex {
     db: sled::Db,
     entries: sled::Tree,
     recency: sled::Tree,
     blobs: sled::Tree,
     block_digests: sled::Tree,
+    inline_bodies: sled::Tree,
     next_tick: AtomicU64,
     bytes: AtomicU64,
     rows: AtomicU64,
@@ -188,6 +195,7 @@ impl SledIndex {
         let recency = db.open_tree("recency")?;
         let blobs = db.open_tree("blobs")?;
         let block_digests = db.open_tree("blocks")?;
+        let inline_bodies = db.open_tree("inline")?;
         let next_tick = match recency.last()? {
             Some((key, _)) if key.len() >= 8 => {
                 u64::from_be_bytes(key[..8].try_into().unwrap_or([0; 8])) + 1
@@ -213,6 +221,7 @@ impl SledIndex {
             recency,
             blobs,
             block_digests,
+            inline_bodies,
             next_tick: AtomicU64::new(next_tick),
             bytes: AtomicU64::new(bytes),
             rows: AtomicU64::new(rows),
@@ -259,7 +268,13 @@ impl SledIndex {
         self.blobs.remove(digest)?;
         self.block_digests.remove(digest)?;
         self.sub_bytes(size);
-        Ok(Released(vec![*digest]))
+        let was_inline = self.inline_bodies.remove(digest)?.is_some();
+        // An inline body has no file to delete.
+        Ok(if was_inline {
+            Released::default()
+        } else {
+            Released(vec![*digest])
+        })
     }
 }
 
@@ -310,6 +325,22 @@ impl DiskIndex for SledIndex {
         self.blobs.insert(digest, blob_record(0, len).as_slice())?;
         self.bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn add_inline_body(&self, digest: &[u8; 32], body: &[u8]) -> Result<(), DiskError> {
+        // Counted with an allowance for sled's own record, as rows are.
+        let size = body.len() as u64 + ROW_OVERHEAD;
+        self.inline_bodies.insert(digest, body)?;
+        self.blobs.insert(digest, blob_record(0, size).as_slice())?;
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn inline_body(&self, digest: &[u8; 32]) -> Result<Option<bytes::Bytes>, DiskError> {
+        Ok(self
+            .inline_bodies
+            .get(digest)?
+            .map(|value| bytes::Bytes::copy_from_slice(&value)))
     }
 
     fn insert(&self, meta: &EntryMeta) -> Result<Released, DiskError> {

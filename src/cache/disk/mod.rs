@@ -46,7 +46,7 @@ use super::entry::EntryMeta;
 use super::key::{PrimaryKey, VariantKey};
 pub use blobs::{BlobWriter, TempBlob};
 pub use read::{verified_file_body, CorruptionHook};
-pub use store::{DiskStore, StoreLimits};
+pub use store::{DiskStore, NewBody, StoreLimits};
 pub use sweep::SweepReport;
 
 /// Bodies larger than this also get a digest per block of this size, so a range read
@@ -130,6 +130,8 @@ pub struct DiskTier {
     pub max_object_size: u64,
     /// First wait before probing a degraded tier.
     retry_after: std::time::Duration,
+    /// Bodies up to this size are kept in the index, not in files.
+    inline_max: u64,
 }
 
 /// The longest wait between probes of a degraded tier.
@@ -150,6 +152,7 @@ impl DiskTier {
             memory_object_limit,
             max_object_size,
             retry_after: std::time::Duration::from_secs(30),
+            inline_max: 0,
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -177,6 +180,12 @@ impl DiskTier {
     /// The same tier, first probing `retry_after` after a failure.
     pub fn with_retry_after(mut self, retry_after: std::time::Duration) -> DiskTier {
         self.retry_after = retry_after;
+        self
+    }
+
+    /// The same tier, keeping bodies up to `inline_max` bytes in the index.
+    pub fn with_inline_max(mut self, inline_max: u64) -> DiskTier {
+        self.inline_max = inline_max;
         self
     }
 
@@ -264,9 +273,14 @@ impl DiskTier {
     /// evicted for room (`None` when the tier failed).
     pub async fn store(&self, meta: EntryMeta, body: Option<Bytes>) -> Option<Vec<PrimaryKey>> {
         let evictions = self.metrics.evictions.clone();
+        let inline_max = self.inline_max;
         self.run(move |s| {
-            let temp = body.map(|b| s.write_temp(&b)).transpose()?;
-            let evicted = s.commit(&meta, temp)?;
+            let body = match body {
+                Some(small) if small.len() as u64 <= inline_max => Some(NewBody::Inline(small)),
+                Some(large) => Some(NewBody::File(s.write_temp(&large)?)),
+                None => None,
+            };
+            let evicted = s.commit(&meta, body)?;
             evictions.inc_by(evicted.len() as u64);
             Ok(evicted)
         })
@@ -282,7 +296,7 @@ impl DiskTier {
         }
         let evictions = self.metrics.evictions.clone();
         self.run(move |s| {
-            let evicted = s.commit(&meta, Some(temp))?;
+            let evicted = s.commit(&meta, Some(NewBody::File(temp)))?;
             evictions.inc_by(evicted.len() as u64);
             Ok(evicted)
         })
@@ -333,14 +347,15 @@ impl DiskTier {
                         }
                     }
                 };
-                let (body, blocks) = if selected.body_len <= inline_limit {
-                    match read(&selected)? {
-                        Some(body) => (Some(body), None),
-                        None => return Ok(Some((None, corrupt))),
-                    }
-                } else {
-                    (None, s.blocks(&selected.body_digest)?)
-                };
+                let (body, blocks) =
+                    if selected.body_len <= inline_limit || s.is_inline(&selected.body_digest) {
+                        match read(&selected)? {
+                            Some(body) => (Some(body), None),
+                            None => return Ok(Some((None, corrupt))),
+                        }
+                    } else {
+                        (None, s.blocks(&selected.body_digest)?)
+                    };
                 let mut encoded = Vec::new();
                 for meta in metas.iter().filter(|m| {
                     m.derivation
@@ -444,7 +459,40 @@ mod tests {
 
     fn store_entry(store: &DiskStore, entry: &StoredResponse) {
         let temp = store.write_temp(entry.body.as_bytes().unwrap()).unwrap();
-        store.commit(&entry.meta, Some(temp)).unwrap();
+        store
+            .commit(&entry.meta, Some(NewBody::File(temp)))
+            .unwrap();
+    }
+
+    /// A small body kept in the index: read back (verified) after reopening, no file
+    /// made, and gone with its last row.
+    #[test]
+    fn inline_bodies_live_in_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = entry("/small", b"a small body");
+        let b = entry("/same", b"a small body");
+        {
+            let store = DiskStore::open(dir.path(), 1 << 20, false).unwrap();
+            for stored in [&a, &b] {
+                let body = NewBody::Inline(stored.body.as_bytes().unwrap().clone());
+                store.commit(&stored.meta, Some(body)).unwrap();
+            }
+            assert!(!store.blob_path(&a.meta.body_digest).exists());
+            store.flush().unwrap();
+        }
+        let store = DiskStore::open(dir.path(), 1 << 20, false).unwrap();
+        let report = store.sweep().unwrap();
+        assert_eq!(report.rows_without_body, 0, "inline rows have their body");
+        let metas = store.variants(&a.meta.key).unwrap();
+        assert_eq!(&store.read_body(&metas[0]).unwrap()[..], b"a small body");
+        store.remove(&a.meta.key).unwrap();
+        assert!(
+            store.is_inline(&a.meta.body_digest),
+            "still referenced by /same"
+        );
+        store.remove(&b.meta.key).unwrap();
+        assert!(!store.is_inline(&a.meta.body_digest));
+        assert_eq!(store.usage(), (0, 0));
     }
 
     #[test]
@@ -574,7 +622,10 @@ mod tests {
         fs::remove_file(store.blob_path(&b.meta.body_digest)).unwrap();
         let report = store.sweep().unwrap();
         store
-            .commit(&entry("/c", b"being written").meta, Some(in_use))
+            .commit(
+                &entry("/c", b"being written").meta,
+                Some(NewBody::File(in_use)),
+            )
             .unwrap();
         assert_eq!(report.orphan_files, 1);
         assert_eq!(report.temp_files, 1);

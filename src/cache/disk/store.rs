@@ -23,6 +23,13 @@ use super::{DiskError, ReadError};
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::{PrimaryKey, VariantKey};
 
+/// A body to store with a row: in a temporary file to be placed, or small enough to be
+/// kept in the index itself (no file, no block of its own on disk).
+pub enum NewBody {
+    File(TempBlob),
+    Inline(Bytes),
+}
+
 /// The persistent store: an index and the files it names, within a capacity.
 pub struct DiskStore {
     pub(super) index: Box<dyn DiskIndex>,
@@ -109,9 +116,27 @@ impl DiskStore {
         Ok(metas)
     }
 
-    /// The body of `meta`, verified against its digest.
+    /// The body of `meta`, verified against its digest: from the index when it is kept
+    /// there, else from its file.
     pub fn read_body(&self, meta: &EntryMeta) -> Result<Bytes, ReadError> {
-        self.blobs.read(&meta.body_digest, meta.body_len)
+        match self.index.inline_body(&meta.body_digest) {
+            Ok(Some(body)) => {
+                let intact = body.len() as u64 == meta.body_len
+                    && *blake3::hash(&body).as_bytes() == meta.body_digest;
+                if intact {
+                    Ok(body)
+                } else {
+                    Err(ReadError::Corrupt)
+                }
+            }
+            Ok(None) => self.blobs.read(&meta.body_digest, meta.body_len),
+            Err(err) => Err(ReadError::Disk(err)),
+        }
+    }
+
+    /// Whether the body with `digest` is kept in the index (it has no file).
+    pub fn is_inline(&self, digest: &[u8; 32]) -> bool {
+        matches!(self.index.inline_body(digest), Ok(Some(_)))
     }
 
     /// Where the body with `digest` lives (for streaming large bodies).
@@ -192,14 +217,14 @@ impl DiskStore {
     pub fn commit(
         &self,
         meta: &EntryMeta,
-        body: Option<TempBlob>,
+        body: Option<NewBody>,
     ) -> Result<Vec<PrimaryKey>, DiskError> {
         let _serialised = self.write_lock.lock();
         let digest = meta.body_digest;
         let is_stored = match self.index.has_body(&digest) {
             Ok(is_stored) => is_stored,
             Err(err) => {
-                if let Some(temp) = &body {
+                if let Some(NewBody::File(temp)) = &body {
                     self.blobs.discard(temp);
                 }
                 return Err(err);
@@ -207,11 +232,15 @@ impl DiskStore {
         };
         match (is_stored, body) {
             // Stored already under this digest: identical bytes, keep one copy.
-            (true, Some(temp)) => self.blobs.discard(&temp),
-            (true, None) => {}
-            (false, Some(temp)) => {
+            (true, Some(NewBody::File(temp))) => self.blobs.discard(&temp),
+            (true, Some(NewBody::Inline(_)) | None) => {}
+            (false, Some(NewBody::File(temp))) => {
                 let allocated = self.blobs.place(&temp)?;
                 self.index.add_body(&digest, allocated, &temp.blocks)?;
+            }
+            (false, Some(NewBody::Inline(body))) => {
+                self.check_room(body.len() as u64)?;
+                self.index.add_inline_body(&digest, &body)?;
             }
             // The body this row needs is gone (evicted meanwhile): index nothing that can
             // never be read.

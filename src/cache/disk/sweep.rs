@@ -1,6 +1,6 @@
 //! The sweep after opening: removes what a crash or an earlier run left behind, while
 //! requests are served. Temporary files of earlier runs, rows whose body file is gone (a
-//! power cut lost it), rows this build cannot decode, and body files nobody indexes (placed,
+//! power cut lost it; bodies kept in the index have none), rows this build cannot decode, and body files nobody indexes (placed,
 //! then a crash before the row). Then the index recounts its totals and evicts down to
 //! capacity.
 
@@ -28,8 +28,9 @@ impl DiskStore {
             ..SweepReport::default()
         };
         let has_no_file = |meta: &crate::cache::entry::EntryMeta| {
-            !self.blobs.exists(&meta.body_digest)
-                || !self.index.has_body(&meta.body_digest).unwrap_or(false)
+            let digest = &meta.body_digest;
+            !(self.blobs.exists(digest) || self.is_inline(digest))
+                || !self.index.has_body(digest).unwrap_or(false)
         };
         let (rows, released) = self.index.sweep_rows(&has_no_file, &self.write_lock)?;
         report.rows_without_body = rows.without_body;

@@ -259,8 +259,10 @@ impl MemoryTier {
         }
     }
 
-    /// Stores `entry` as a variant of its resource.
-    pub async fn insert(&self, entry: Arc<StoredResponse>) {
+    /// Stores `entry` as a variant of its resource; returns the resource's variants as
+    /// stored, which the caller can use even if the policy lets them go at once (a
+    /// newcomer that loses its first contest).
+    pub async fn insert(&self, entry: Arc<StoredResponse>) -> Option<Arc<VariantSet>> {
         let max_variants = self.max_variants;
         let key = entry.meta.key;
         let result = self
@@ -274,9 +276,16 @@ impl MemoryTier {
                 std::future::ready(Op::Put(Arc::new(set)))
             })
             .await;
+        let stored = match &result {
+            CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => {
+                Some(Arc::clone(entry.value()))
+            }
+            _ => None,
+        };
         if let Some(weight) = Self::weight_after(&result) {
             self.settle(key, weight).await;
         }
+        stored
     }
 
     /// Stores `entry` in place of the variant stored under `replaced` (its Vary changed:

@@ -359,8 +359,9 @@ impl Cache {
                 .insert(Arc::new(StoredResponse::read_back(meta, body)))
                 .await;
         }
-        self.memory.insert(Arc::new(source)).await;
-        self.memory.get(key).await
+        // The set as stored, even if the memory tier's policy does not keep it: the
+        // request is answered from what the disk gave either way.
+        self.memory.insert(Arc::new(source)).await
     }
 
     /// Indexes a body a fill streamed to a disk file and puts its entry in memory; `None`

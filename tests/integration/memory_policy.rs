@@ -71,3 +71,33 @@ async fn a_popular_large_object_gets_in_among_one_hit_small_ones() {
     );
     assert!(origin.hits("/big") <= 3);
 }
+
+/// An object the disk tier has but the memory tier's policy will not keep (colder than
+/// everything in memory) is still answered from disk, not fetched again.
+#[tokio::test]
+async fn a_disk_hit_refused_by_memory_is_still_a_hit() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(vec![("/hot", storable(4096)), ("/cold", storable(4096))]).await;
+    let config = format!(
+        "[cache]\nmemory_capacity = \"32KiB\"\nmax_object_size = \"16KiB\"\ndir = \"{}\"\n",
+        dir.path().display()
+    );
+    let proxy = Proxy::start(&origin.url(), &config).await;
+    // More hot objects than the tier holds: memory is full of objects asked for ten times.
+    for _ in 0..10 {
+        for n in 0..8 {
+            request(&proxy, &format!("/hot?n={n}")).await;
+        }
+    }
+    for _ in 0..2 {
+        request(&proxy, "/cold").await;
+        proxy.outpost.proxy().cache().settle().await;
+    }
+    let reply = request(&proxy, "/cold").await;
+    assert!(is_hit(&reply), "{}", cache_status(&reply));
+    assert_eq!(
+        origin.hits("/cold"),
+        1,
+        "stored once, then answered from disk"
+    );
+}

@@ -160,6 +160,12 @@ struct Replacement {
 /// Expiry is the entries' own business; the policy's is for replay.
 const NEVER: u32 = u32::MAX;
 
+/// What the policy itself costs per resource, counted against the capacity with the
+/// resource: its node and index slot, its share of the sketch, and moka's table entry
+/// (moka weighs nothing of its own when unbounded). Measured: a 128 MiB tier filled with
+/// 1 KiB objects ran 5.4 MiB higher in RSS than with moka's LRU before this was counted.
+const POLICY_OVERHEAD: u64 = 192;
+
 impl MemoryTier {
     /// `capacity` is in bytes, as weighed by [`StoredResponse::weight`].
     /// `evictions` counts resources removed to make room; `on_evict` sees each of them.
@@ -232,7 +238,12 @@ impl MemoryTier {
         {
             let mut policy = replacement.policy.lock();
             match weight {
-                Some(weight) => policy.insert(key, u64::from(weight), NEVER, &mut evicted),
+                Some(weight) => policy.insert(
+                    key,
+                    u64::from(weight) + POLICY_OVERHEAD,
+                    NEVER,
+                    &mut evicted,
+                ),
                 None => {
                     policy.remove(&key);
                 }

@@ -6,6 +6,7 @@
 //!   bodies stored once, every read verifiable), and `tmp/` for bodies being written;
 //! - [`store`]: the two kept in step under one lock; [`sweep`]: cleaning up after a crash;
 //! - [`read`]: the verified streaming reader shared by disk hits and fill followers;
+//! - [`readers`]: the threads that serve reads from a queue;
 //! - this module: [`DiskTier`], the async face the cache uses.
 //!
 //! # Crash safety
@@ -30,6 +31,7 @@
 pub mod blobs;
 pub mod index;
 pub mod read;
+pub mod readers;
 pub mod store;
 pub mod sweep;
 
@@ -132,7 +134,12 @@ pub struct DiskTier {
     retry_after: std::time::Duration,
     /// Bodies up to this size are kept in the index, not in files.
     inline_max: u64,
+    /// Where reads run (writes go to tokio's blocking pool); `None`: there too.
+    readers: Option<Arc<readers::Readers>>,
 }
+
+/// Reader threads: two, so one read waiting on a slow disk does not hold up the next.
+const READER_THREADS: usize = 2;
 
 /// The longest wait between probes of a degraded tier.
 pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
@@ -153,6 +160,13 @@ impl DiskTier {
             max_object_size,
             retry_after: std::time::Duration::from_secs(30),
             inline_max: 0,
+            readers: match readers::Readers::start(READER_THREADS) {
+                Ok(readers) => Some(Arc::new(readers)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "disk tier: no reader threads; reads use the blocking pool");
+                    None
+                }
+            },
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -241,30 +255,50 @@ impl DiskTier {
         T: Send + 'static,
         F: FnOnce(&DiskStore) -> Result<T, DiskError> + Send + 'static,
     {
+        self.dispatch(op, false).await
+    }
+
+    /// As [`DiskTier::run`], for an operation that only reads: on the reader threads.
+    async fn read<T, F>(&self, op: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&DiskStore) -> Result<T, DiskError> + Send + 'static,
+    {
+        self.dispatch(op, true).await
+    }
+
+    async fn dispatch<T, F>(&self, op: F, is_read: bool) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&DiskStore) -> Result<T, DiskError> + Send + 'static,
+    {
         if !self.is_available() {
             return None;
         }
         let store = Arc::clone(&self.store);
-        let result = tokio::task::spawn_blocking(move || op(&store)).await;
-        match result {
-            Ok(Ok(value)) => Some(value),
-            Ok(Err(DiskError::Full)) => {
+        let outcome = match (&self.readers, is_read) {
+            (Some(readers), true) => readers.run(move || op(&store)).await,
+            _ => tokio::task::spawn_blocking(move || op(&store)).await.ok(),
+        };
+        match outcome {
+            Some(Ok(value)) => Some(value),
+            Some(Err(DiskError::Full)) => {
                 self.metrics.full_refusals.inc();
                 None
             }
-            Ok(Err(err)) => {
+            Some(Err(err)) => {
                 self.degrade(&err);
                 None
             }
-            Err(join) => {
-                tracing::error!(error = %join, "disk tier task failed");
+            None => {
+                tracing::error!("disk tier task failed");
                 None
             }
         }
     }
 
     pub async fn variants(&self, key: PrimaryKey) -> Vec<EntryMeta> {
-        self.run(move |s| s.variants(&key))
+        self.read(move |s| s.variants(&key))
             .await
             .unwrap_or_default()
     }
@@ -326,8 +360,9 @@ impl DiskTier {
     where
         F: FnOnce(&[EntryMeta]) -> Option<usize> + Send + 'static,
     {
+        // A read (removing a row whose body turns out corrupt or missing is the rare write).
         let loaded = self
-            .run(move |s| {
+            .read(move |s| {
                 let metas = s.variants(&key)?;
                 let Some(index) = select(&metas) else {
                     return Ok(None);
@@ -366,7 +401,6 @@ impl DiskTier {
                         encoded.push((meta.clone(), body));
                     }
                 }
-                s.touch(&selected.key, &selected.variant)?;
                 Ok(Some((
                     Some(Loaded {
                         selected,
@@ -381,6 +415,11 @@ impl DiskTier {
         let (loaded, corrupt) = loaded;
         for url in corrupt {
             self.report_corrupt(&url);
+        }
+        if let Some(loaded) = &loaded {
+            // Recency is written in the background, in batches: a read's trip to the
+            // blocking pool takes no write lock and writes nothing to the index.
+            self.touch_later(loaded.selected.key, loaded.selected.variant);
         }
         loaded
     }

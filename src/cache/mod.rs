@@ -319,7 +319,8 @@ impl Cache {
             match self.memory.get(key).await {
                 // Promoted by the request we waited for.
                 Some(set) => Some(set),
-                None => self.promote(disk, key, request).await,
+                // Boxed: the disk path's future would otherwise size every lookup's.
+                None => Box::pin(self.promote(disk, key, request)).await,
             }
         };
         let mut promotions = self.promotions.lock();

@@ -111,7 +111,7 @@ pub async fn handle(
     });
     if request.method() == http::Method::CONNECT && extended.is_none() {
         let client = hyper::upgrade::on(&mut request);
-        return connect_tunnel(proxy, request.into_parts().0, client, peer).await;
+        return Box::pin(connect_tunnel(proxy, request.into_parts().0, client, peer)).await;
     }
     let upgrade = upgrade.or(extended);
     let (mut parts, body) = request.into_parts();
@@ -270,8 +270,14 @@ async fn serve(
     let authority = host.as_deref().unwrap_or("");
     if parts.method.as_str() == "PURGE" {
         ctx.status = CacheStatus::forward(FwdReason::Bypass).with_detail(Detail::Purge);
-        let response =
-            invalidate::purge_request(proxy, parts, facts.peer, facts.scheme, authority).await?;
+        let response = Box::pin(invalidate::purge_request(
+            proxy,
+            parts,
+            facts.peer,
+            facts.scheme,
+            authority,
+        ))
+        .await?;
         return Ok(Delivery::Synthetic(response));
     }
     let downstream = Downstream {
@@ -281,7 +287,8 @@ async fn serve(
     };
     if let Some(upgrade) = upgrade {
         ctx.status = CacheStatus::forward(FwdReason::Bypass);
-        let response = tunnel::open(proxy, &site, parts, downstream, upgrade, ctx).await?;
+        let response =
+            Box::pin(tunnel::open(proxy, &site, parts, downstream, upgrade, ctx)).await?;
         ctx.status.fwd_status = Some(response.status().as_u16());
         return Ok(Delivery::Forwarded(response));
     }
@@ -322,6 +329,10 @@ impl<'a> Routed<'a> {
 }
 
 /// The branch the lookup chose, up to what is to be delivered.
+///
+/// The paths that go to the origin are boxed: their futures are many kilobytes, and
+/// unboxed they would size every request's future, hits included, which hyper moves in
+/// memory on each request (measured: a 17 KB future, memmove 8% of a hit's CPU).
 async fn branch(
     request: Routed<'_>,
     lookup: Lookup,
@@ -383,7 +394,7 @@ async fn branch(
         }
         Lookup::Bypass(status) => {
             ctx.status = status;
-            bypass(&request, body, ctx).await
+            Box::pin(bypass(&request, body, ctx)).await
         }
         Lookup::Partial { .. } => Err(ProxyError::Internal("nested partial lookup".into())),
         Lookup::Fetch(mut plan) => {
@@ -395,9 +406,9 @@ async fn branch(
             ctx.key = Some(plan.key);
             ctx.variant = plan.stale.as_ref().map(|entry| entry.meta.variant);
             if request.parts.method == http::Method::HEAD {
-                return head::forward_head(request.miss(plan), body, ctx).await;
+                return Box::pin(head::forward_head(request.miss(plan), body, ctx)).await;
             }
-            fetch::through_cache(request.miss(plan), ctx).await
+            Box::pin(fetch::through_cache(request.miss(plan), ctx)).await
         }
     }
 }

@@ -98,22 +98,11 @@ pub async fn handle(
 ) -> (Response<Body>, RequestCtx) {
     let peer = downstream.peer;
     let mut request = request;
-    // Taken before the request is split: it is the client connection once switched.
-    let upgrade = tunnel::requested(&request).map(|protocol| tunnel::Upgrade {
-        protocol,
-        client: hyper::upgrade::on(&mut request),
-        over_h2: false,
-    });
-    let extended = tunnel::extended_connect(&request).map(|protocol| tunnel::Upgrade {
-        protocol,
-        client: hyper::upgrade::on(&mut request),
-        over_h2: true,
-    });
-    if request.method() == http::Method::CONNECT && extended.is_none() {
+    let upgrade = take_upgrade(&mut request);
+    if request.method() == http::Method::CONNECT && upgrade.is_none() {
         let client = hyper::upgrade::on(&mut request);
         return Box::pin(connect_tunnel(proxy, request.into_parts().0, client, peer)).await;
     }
-    let upgrade = upgrade.or(extended);
     let (mut parts, body) = request.into_parts();
     if upgrade.as_ref().is_some_and(|u| u.over_h2) {
         // RFC 8441 §4: judged as the GET upgrade it stands for (routing, logs).
@@ -175,6 +164,25 @@ pub async fn handle(
         }
     }
     (response, ctx)
+}
+
+/// The client's wish to switch protocols, an HTTP/1.1 Upgrade or an RFC 8441 extended
+/// CONNECT; taken before the request is split, as it is the client connection once switched.
+fn take_upgrade(request: &mut Request<Incoming>) -> Option<tunnel::Upgrade> {
+    if let Some(protocol) = tunnel::requested(request) {
+        let client = hyper::upgrade::on(&mut *request);
+        return Some(tunnel::Upgrade {
+            protocol,
+            client,
+            over_h2: false,
+        });
+    }
+    let protocol = tunnel::extended_connect(request)?;
+    Some(tunnel::Upgrade {
+        protocol,
+        client: hyper::upgrade::on(request),
+        over_h2: true,
+    })
 }
 
 /// The request's fields as they will be forwarded. Every phase judges the request so: a

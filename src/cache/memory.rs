@@ -259,13 +259,22 @@ impl MemoryTier {
         }
     }
 
-    /// What a compute left: the key's new weight, or none when it was removed.
-    fn weight_after(result: &CompResult<PrimaryKey, Arc<VariantSet>>) -> Option<Option<u32>> {
+    /// Settles what a compute on `key` left with the policy; returns the set it stored.
+    async fn settle_computed(
+        &self,
+        key: PrimaryKey,
+        result: CompResult<PrimaryKey, Arc<VariantSet>>,
+    ) -> Option<Arc<VariantSet>> {
         match result {
             CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => {
-                Some(Some(entry.value().weight()))
+                let set = entry.into_value();
+                self.settle(key, Some(set.weight())).await;
+                Some(set)
             }
-            CompResult::Removed(_) => Some(None),
+            CompResult::Removed(_) => {
+                self.settle(key, None).await;
+                None
+            }
             CompResult::Unchanged(_) | CompResult::StillNone(_) => None,
         }
     }
@@ -287,16 +296,7 @@ impl MemoryTier {
                 std::future::ready(Op::Put(Arc::new(set)))
             })
             .await;
-        let stored = match &result {
-            CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => {
-                Some(Arc::clone(entry.value()))
-            }
-            _ => None,
-        };
-        if let Some(weight) = Self::weight_after(&result) {
-            self.settle(key, weight).await;
-        }
-        stored
+        self.settle_computed(key, result).await
     }
 
     /// Stores `entry` in place of the variant stored under `replaced` (its Vary changed:
@@ -315,9 +315,7 @@ impl MemoryTier {
                 std::future::ready(Op::Put(Arc::new(set.with(entry, max_variants))))
             })
             .await;
-        if let Some(weight) = Self::weight_after(&result) {
-            self.settle(key, weight).await;
-        }
+        self.settle_computed(key, result).await;
     }
 
     /// Removes the variant `variant` of `key`.
@@ -342,9 +340,7 @@ impl MemoryTier {
                 std::future::ready(op)
             })
             .await;
-        if let Some(weight) = Self::weight_after(&result) {
-            self.settle(key, weight).await;
-        }
+        self.settle_computed(key, result).await;
     }
 
     /// Removes every variant of `key` (RFC 9111 §4.4 invalidation, purge).

@@ -157,6 +157,11 @@ impl<K: PolicyKey> Recency<K> {
         self.used += size;
     }
 
+    /// The most recent, without removing it.
+    pub fn peek_first(&self) -> Option<K> {
+        (self.head != NIL).then(|| self.nodes[self.head as usize].id)
+    }
+
     /// The least recent, without removing it.
     pub fn peek_last(&self) -> Option<(K, u64)> {
         (self.tail != NIL).then(|| {
@@ -431,9 +436,7 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
         }
         while self.used() > self.capacity {
             // The candidates are the most recent of probation; the victim its least recent.
-            let candidate = (candidates > 0)
-                .then(|| self.probation.nodes[self.probation.head as usize].id)
-                .filter(|_| self.probation.head != NIL);
+            let candidate = self.probation.peek_first().filter(|_| candidates > 0);
             let victim = self
                 .probation
                 .peek_last()

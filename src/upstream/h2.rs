@@ -122,58 +122,43 @@ impl H2Origins {
         let is_tls = request.uri().scheme() == Some(&Scheme::HTTPS);
         let key = format!("{}://{}", if is_tls { "https" } else { "http" }, authority);
         let server = self.server(&key);
-        if protocol == OriginProtocol::Auto {
-            // Settled before the request is committed to this path: the first connection
-            // tells, by ALPN, which version the server speaks.
-            let known = async {
-                if server.speaks_http1.load(Relaxed) {
-                    return Ok(true);
-                }
-                let sender = self.sender(&server, &authority, is_tls, protocol, origin);
-                Ok::<_, ProxyError>(sender.await?.is_none())
-            };
-            match tokio::time::timeout(header_timeout, known).await {
-                Ok(Ok(true)) => return H2Sent::UseHttp1(request),
-                Ok(Ok(false)) => {}
-                Ok(Err(err)) => return H2Sent::Done(Err(err)),
-                Err(_elapsed) => return H2Sent::Done(Err(timed_out(origin))),
-            }
+        if server.speaks_http1.load(Relaxed) {
+            return H2Sent::UseHttp1(request);
         }
-        let exchange = async {
+        let deadline = tokio::time::Instant::now() + header_timeout;
+        // A stream's place and the connection first: opening it tells, by ALPN in `auto`,
+        // whether the server speaks HTTP/2 at all, before the request is committed here.
+        let opened = async {
             let permit = Arc::clone(&server.streams)
                 .acquire_owned()
                 .await
                 .map_err(|_| ProxyError::Internal("stream limit closed".into()))?;
-            let Some(mut sender) = self
+            let sender = self
                 .sender(&server, &authority, is_tls, protocol, origin)
-                .await?
-            else {
-                return Ok(None);
-            };
-            let request = for_h2(request);
+                .await?;
+            Ok::<_, ProxyError>((permit, sender))
+        };
+        let (permit, mut sender) = match tokio::time::timeout_at(deadline, opened).await {
+            Ok(Ok((permit, Some(sender)))) => (permit, sender),
+            Ok(Ok((_, None))) => return H2Sent::UseHttp1(request),
+            Ok(Err(err)) => return H2Sent::Done(Err(err)),
+            Err(_elapsed) => return H2Sent::Done(Err(timed_out(origin))),
+        };
+        let exchange = async {
             sender
                 .ready()
                 .await
                 .map_err(|err| connection_lost(&server, &err, origin))?;
-            let response = sender
-                .send_request(request)
+            sender
+                .send_request(for_h2(request))
                 .await
-                .map_err(|err| connection_lost(&server, &err, origin))?;
-            Ok(Some(
-                response.map(|body| OriginBody::new(body, Some(permit))),
-            ))
+                .map_err(|err| connection_lost(&server, &err, origin))
         };
-        match tokio::time::timeout(header_timeout, exchange).await {
-            Ok(Ok(Some(response))) => H2Sent::Done(Ok(response)),
-            // A reconnect found a server that switched to HTTP/1.1 under us; the request
-            // is spent, and the next one goes the HTTP/1.1 way.
-            Ok(Ok(None)) => H2Sent::Done(Err(ProxyError::ResponseIncomplete {
-                origin: origin.to_string(),
-                detail: "the origin stopped offering h2".to_string(),
-            })),
-            Ok(Err(err)) => H2Sent::Done(Err(err)),
-            Err(_elapsed) => H2Sent::Done(Err(timed_out(origin))),
-        }
+        H2Sent::Done(match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(response)) => Ok(response.map(|body| OriginBody::new(body, Some(permit)))),
+            Ok(Err(err)) => Err(err),
+            Err(_elapsed) => Err(timed_out(origin)),
+        })
     }
 
     fn server(&self, key: &str) -> Arc<Server> {

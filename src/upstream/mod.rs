@@ -59,15 +59,13 @@ pub struct Upstream {
 /// per-server stream cap until it is dropped.
 pub struct OriginBody {
     incoming: Incoming,
-    _stream: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Held, never read: the stream's place under the cap.
+    stream: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl OriginBody {
     fn new(incoming: Incoming, stream: Option<tokio::sync::OwnedSemaphorePermit>) -> OriginBody {
-        OriginBody {
-            incoming,
-            _stream: stream,
-        }
+        OriginBody { incoming, stream }
     }
 }
 
@@ -93,7 +91,7 @@ impl http_body::Body for OriginBody {
 
 impl From<OriginBody> for Body {
     fn from(body: OriginBody) -> Body {
-        match body._stream {
+        match body.stream {
             // HTTP/1.1: no permit to carry, and no allocation.
             None => Body::Incoming(body.incoming),
             Some(_) => Body::boxed(body),
@@ -156,9 +154,9 @@ impl Upstream {
     /// Sends `request` (its URI absolute, pointing at the origin) in the HTTP version
     /// `protocol` says and waits up to `header_timeout` for the response head (each
     /// attempt). The response body is returned unread, to be streamed; it holds one of the
-    /// origin's connection slots (over HTTP/2, a stream) until it is dropped. An idempotent request with an
-    /// in-memory body is sent a second time, on a new connection, when the first attempt
-    /// ended before any of the response arrived (see the module doc).
+    /// origin's connection slots (over HTTP/2, a stream) until it is dropped. An idempotent
+    /// request with an in-memory body is sent a second time, on a new connection, when the
+    /// first attempt ended before any of the response arrived (see the module doc).
     ///
     /// # Errors
     /// In [`Sent::result`], a [`ProxyError`] naming `origin` and the kind of failure;

@@ -55,6 +55,8 @@ pub trait DiskIndex: Send + Sync {
     fn add_inline_body(&self, digest: &[u8; 32], body: &[u8]) -> Result<(), DiskError>;
     /// A body kept in the index, unverified.
     fn inline_body(&self, digest: &[u8; 32]) -> Result<Option<bytes::Bytes>, DiskError>;
+    /// Whether the body with `digest` is kept in the index.
+    fn has_inline_body(&self, digest: &[u8; 32]) -> Result<bool, DiskError>;
     /// Indexes `meta` (replacing the row of the same variant) and takes a reference on its
     /// body, which must be recorded.
     fn insert(&self, meta: &EntryMeta) -> Result<Released, DiskError>;
@@ -341,6 +343,10 @@ impl DiskIndex for SledIndex {
             .inline_bodies
             .get(digest)?
             .map(|value| bytes::Bytes::copy_from_slice(&value)))
+    }
+
+    fn has_inline_body(&self, digest: &[u8; 32]) -> Result<bool, DiskError> {
+        Ok(self.inline_bodies.contains_key(digest)?)
     }
 
     fn insert(&self, meta: &EntryMeta) -> Result<Released, DiskError> {

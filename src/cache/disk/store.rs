@@ -136,7 +136,7 @@ impl DiskStore {
 
     /// Whether the body with `digest` is kept in the index (it has no file).
     pub fn is_inline(&self, digest: &[u8; 32]) -> bool {
-        matches!(self.index.inline_body(digest), Ok(Some(_)))
+        self.index.has_inline_body(digest).unwrap_or(false)
     }
 
     /// Where the body with `digest` lives (for streaming large bodies).

@@ -1,8 +1,8 @@
 //! The sweep after opening: removes what a crash or an earlier run left behind, while
 //! requests are served. Temporary files of earlier runs, rows whose body file is gone (a
-//! power cut lost it; bodies kept in the index have none), rows this build cannot decode, and body files nobody indexes (placed,
-//! then a crash before the row). Then the index recounts its totals and evicts down to
-//! capacity.
+//! power cut lost it; bodies kept in the index have none), rows this build cannot decode,
+//! and body files nobody indexes (placed, then a crash before the row). Then the index
+//! recounts its totals and evicts down to capacity.
 
 use super::store::DiskStore;
 use super::DiskError;

@@ -99,7 +99,8 @@ impl SimTier {
         }
     }
 
-    /// When the stored copy of `id` expires, if there is one (no recency change).
+    /// When the stored copy of `id` expires, if there is one; reading it makes it the most
+    /// recent.
     fn expiry(&mut self, id: u64) -> Option<u32> {
         self.order.touch(&id)
     }

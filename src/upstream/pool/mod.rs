@@ -222,7 +222,7 @@ impl Pool {
     }
 
     /// A pool of the one server `url`, named `name`, that never ejects or fails over (a
-    /// forward-proxy target).
+    /// site's `origin` URL, a forward-proxy target).
     pub fn single(name: &str, url: OriginUrl, settings: &Config, metrics: &Arc<Metrics>) -> Pool {
         Pool::new(
             PoolConfig::from_origins(name, vec![url]),
@@ -755,10 +755,9 @@ impl Pools {
         let mut by_origin = HashMap::new();
         for origin in origins {
             let name = origin.to_string();
-            by_origin.entry(name.clone()).or_insert_with(|| {
-                let single = PoolConfig::from_origins(&name, vec![origin.clone()]);
-                Arc::new(Pool::new(single, false, None, config, metrics))
-            });
+            by_origin
+                .entry(name.clone())
+                .or_insert_with(|| Arc::new(Pool::single(&name, origin.clone(), config, metrics)));
         }
         Pools {
             named,

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Server CPU per request of two outpost builds, alternating rounds (the fairest comparison
+# this shared machine allows): hot 1 KiB hits (MODE=hit) or unique 1 KiB misses
+# (MODE=miss). Each server on CPU 0, wrk and perf-origin (no delay) on CPU 1; CPU from
+# /proc ticks.
+#
+#   BEFORE=/path/to/old/outpost AFTER=target/release/outpost MODE=hit ROUNDS=8 benches/cpu_per_request.sh
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+KIT=${KIT:-$HERE/../../shared/bench}
+ORIGIN_BIN=${ORIGIN_BIN:-/tmp/perf/target/release/perf-origin}
+BEFORE=${BEFORE:?path of the build to compare against}
+AFTER=${AFTER:-$HERE/../target/release/outpost}
+MODE=${MODE:-hit}; ROUNDS=${ROUNDS:-8}; DURATION=${DURATION:-5}
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; }
+trap cleanup EXIT
+taskset -c 1 "$ORIGIN_BIN" --port 19000 --delay-ms 0 >/dev/null 2>&1 & PIDS+=($!)
+export OUTPOST_LOG__ACCESS_LOG=false
+taskset -c 0 "$BEFORE" serve --listen 127.0.0.1:19201 --origin http://127.0.0.1:19000 >/dev/null 2>&1 & A=$!; PIDS+=($A)
+taskset -c 0 "$AFTER" serve --listen 127.0.0.1:19202 --origin http://127.0.0.1:19000 >/dev/null 2>&1 & B=$!; PIDS+=($B)
+sleep 1
+ticks() { awk '{sub(/^.*\) /,""); print $12+$13}' "/proc/$1/stat"; }
+for round in $(seq "$ROUNDS"); do
+  for target in "before $A 19201" "after $B 19202"; do
+    set -- $target
+    if [[ $MODE == hit ]]; then args=(hot /b/1k/h 100 -); else args=(unique /b/1k/m- "r$round-$1" - '?d=0'); fi
+    t0=$(ticks "$2")
+    out=$(taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" -s "$KIT/keys.lua" "http://127.0.0.1:$3" -- "${args[@]}" 2>&1)
+    t1=$(ticks "$2")
+    requests=$(echo "$out" | awk '/requests in/{print $1}')
+    python3 -c "print('round $round %-6s %8d requests  %6.1f us server CPU per request' % ('$1', $requests, ($t1 - $t0) * 10000 / $requests))"
+  done
+done

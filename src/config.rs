@@ -43,6 +43,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "compression",
     "debug",
     "sites",
+    "mirror",
 ];
 
 fn is_config_env_key(key: &str) -> bool {
@@ -455,6 +456,8 @@ pub struct Config {
     pub compression: CompressionConfig,
     pub debug: DebugConfig,
     pub sites: Vec<SiteConfig>,
+    /// Package registries mounted under paths (the package-mirror profile).
+    pub mirror: MirrorConfig,
 }
 
 impl Default for Config {
@@ -477,6 +480,7 @@ impl Default for Config {
             compression: CompressionConfig::default(),
             debug: DebugConfig::default(),
             sites: Vec::new(),
+            mirror: MirrorConfig::default(),
         }
     }
 }
@@ -975,6 +979,98 @@ pub struct SiteConfig {
     /// written.
     #[serde(default)]
     pub host_header: Option<HostHeaderSetting>,
+    /// Remove `path_prefix` from the path sent to the origin (a registry mounted under a
+    /// path of the mirror: `/pypi/simple/x/` goes to the origin as `/simple/x/`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// The name rules (`[[cache.rules]] sites`) and logs use; the first host when unset.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The package-mirror profile: registries mounted under paths of one base URL, with their
+/// index documents rewritten to point back at the mirror and their artifacts checked
+/// against the digests the indexes publish.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorConfig {
+    /// The URL clients reach the mirror at (`https://mirror.example.org`), under which
+    /// rewritten links point. Unset: the scheme and Host each request came with (every
+    /// Host has its own cache entries, so one client's Host never reaches another's links).
+    pub public_url: Option<String>,
+    /// Index documents up to this size are rewritten; a larger one is relayed as it came.
+    pub rewrite_max: ByteSize,
+    /// Artifacts with a published digest are held until verified; up to this size (a
+    /// larger one is refused rather than served unverified).
+    pub verify_max: ByteSize,
+    pub registries: Vec<RegistryConfig>,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            public_url: None,
+            rewrite_max: ByteSize(256 << 20),
+            verify_max: ByteSize(4 << 30),
+            registries: Vec::new(),
+        }
+    }
+}
+
+/// One registry: where it is mounted and where its upstream is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Names the registry in rules, metrics and the status page.
+    pub name: String,
+    pub kind: RegistryKind,
+    /// Where it is mounted: `/pypi/`, `/crates/`, `/npm/`, `/debian/`.
+    pub path: String,
+    /// The index (PyPI: the host serving `/simple/`; cargo: the sparse index root; npm: the
+    /// registry; Debian: the archive root, `https://deb.debian.org/debian`).
+    pub upstream: OriginUrl,
+    /// Where the index links artifacts to when that is another host (PyPI:
+    /// `https://files.pythonhosted.org`; cargo: `https://static.crates.io/crates`), mounted
+    /// at `PATH_files/`.
+    #[serde(default)]
+    pub files: Option<OriginUrl>,
+}
+
+impl RegistryConfig {
+    /// The mount of the artifacts host.
+    pub fn files_path(&self) -> String {
+        format!("{}{}", self.path, FILES_SEGMENT)
+    }
+}
+
+/// The path segment the artifacts host of a registry is mounted at, under the registry's
+/// path. No registry's own paths start with `_` (npm names may not; crates names and PyPI
+/// and Debian paths do not), so it cannot shadow one.
+pub const FILES_SEGMENT: &str = "_files/";
+
+/// The formats outpost knows how to rewrite and verify.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryKind {
+    /// PEP 503 / PEP 691 simple index.
+    Pypi,
+    /// The cargo sparse index.
+    Cargo,
+    /// The npm registry.
+    Npm,
+    /// A Debian or Ubuntu archive.
+    Debian,
+}
+
+impl RegistryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistryKind::Pypi => "pypi",
+            RegistryKind::Cargo => "cargo",
+            RegistryKind::Npm => "npm",
+            RegistryKind::Debian => "debian",
+        }
+    }
 }
 
 /// A named pool of origin servers (`[[pools]]`): load balancing, health and failover.
@@ -1296,6 +1392,40 @@ impl Config {
         Self::extract(&flags.merge_into(figment), flags, "TOML text")
     }
 
+    /// The configured sites and those the mirror's registries mount (any Host, a path
+    /// prefix each, stripped before the origin).
+    pub fn all_sites(&self) -> Vec<SiteConfig> {
+        let mut sites = self.sites.clone();
+        for registry in &self.mirror.registries {
+            let mount = |path: String, origin: &OriginUrl, name: String| SiteConfig {
+                hosts: vec!["*".to_string()],
+                path_prefix: Some(path),
+                origin: Some(origin.clone()),
+                pool: None,
+                tls_cert: None,
+                tls_key: None,
+                redirect_https: false,
+                hsts: None,
+                host_header: Some(HostHeaderSetting::Origin),
+                strip_prefix: true,
+                name: Some(name),
+            };
+            sites.push(mount(
+                registry.path.clone(),
+                &registry.upstream,
+                registry.name.clone(),
+            ));
+            if let Some(files) = &registry.files {
+                sites.push(mount(
+                    registry.files_path(),
+                    files,
+                    format!("{}-files", registry.name),
+                ));
+            }
+        }
+        sites
+    }
+
     fn extract(
         figment: &Figment,
         flags: &FlagOverrides,
@@ -1337,6 +1467,7 @@ impl Config {
         for (index, pool) in self.pools.iter().enumerate() {
             check_pool(index, pool, &self.pools[..index], &mut problems);
         }
+        check_mirror(&self.mirror, &mut problems);
         self.check_tls(&mut problems);
         problems.into_result(source_name)
     }
@@ -1380,7 +1511,11 @@ impl Config {
                 ),
             );
         }
-        if self.origin.is_none() && self.pool.is_none() && self.sites.is_empty() {
+        if self.origin.is_none()
+            && self.pool.is_none()
+            && self.sites.is_empty()
+            && self.mirror.registries.is_empty()
+        {
             problems.add(
                 "origin",
                 "no origin: set `origin` (or --origin) or at least one [[sites]] entry",
@@ -1659,6 +1794,50 @@ fn check_site(index: usize, site: &SiteConfig, problems: &mut Problems) {
             problems.add(
                 key("path_prefix"),
                 format!("`{prefix}` must start with `/`"),
+            );
+        }
+    }
+}
+
+fn check_mirror(mirror: &MirrorConfig, problems: &mut Problems) {
+    if let Some(url) = &mirror.public_url {
+        match Url::parse(url) {
+            Ok(parsed)
+                if matches!(parsed.scheme(), "http" | "https")
+                    && parsed.host().is_some()
+                    && parsed.query().is_none() => {}
+            _ => problems.add(
+                "mirror.public_url",
+                format!("`{url}` is not an http(s) URL without a query"),
+            ),
+        }
+    }
+    for (index, registry) in mirror.registries.iter().enumerate() {
+        let key = |field: &str| format!("mirror.registries[{index}].{field}");
+        let path = &registry.path;
+        if !path.starts_with('/') || !path.ends_with('/') || path.len() < 3 {
+            problems.add(
+                key("path"),
+                format!("`{path}` must start and end with `/` (`/pypi/`)"),
+            );
+        }
+        let earlier = &mirror.registries[..index];
+        if earlier.iter().any(|r| r.name == registry.name) {
+            problems.add(
+                key("name"),
+                format!("`{}` names two registries", registry.name),
+            );
+        }
+        if let Some(other) = earlier
+            .iter()
+            .find(|r| r.path.starts_with(path.as_str()) || path.starts_with(r.path.as_str()))
+        {
+            problems.add(
+                key("path"),
+                format!(
+                    "`{path}` overlaps registry `{}` at `{}`",
+                    other.name, other.path
+                ),
             );
         }
     }

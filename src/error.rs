@@ -52,6 +52,10 @@ pub enum ProxyError {
     /// The origin answered with something that is not valid HTTP.
     #[error("origin {origin}: protocol error: {detail}")]
     UpstreamProtocol { origin: String, detail: String },
+    /// A package artifact whose bytes do not match the digest its index published (or
+    /// that could not be checked): never stored or served.
+    #[error("origin {origin}: {detail}")]
+    IntegrityMismatch { origin: String, detail: String },
     /// A fill or origin-connection limit and its queue were full (`what` says which).
     #[error("{what} limit reached: try again later")]
     LimitReached { what: &'static str },
@@ -208,7 +212,9 @@ impl ProxyError {
             ProxyError::TlsCertificate { .. } => ErrorType::TlsCertificateError,
             ProxyError::ResponseHeaderTimeout { .. } => ErrorType::HttpResponseTimeout,
             ProxyError::ResponseIncomplete { .. } => ErrorType::HttpResponseIncomplete,
-            ProxyError::UpstreamProtocol { .. } => ErrorType::HttpProtocolError,
+            ProxyError::UpstreamProtocol { .. } | ProxyError::IntegrityMismatch { .. } => {
+                ErrorType::HttpProtocolError
+            }
             ProxyError::LimitReached { .. } => ErrorType::ConnectionLimitReached,
             ProxyError::BodyReadTimeout { .. } => ErrorType::ConnectionReadTimeout,
             ProxyError::NoServer { .. } => ErrorType::DestinationUnavailable,
@@ -242,6 +248,11 @@ impl ProxyError {
                 let attempts = format!("after {attempts} attempts");
                 header.push_str(&format!("; details={}", sf_string(&attempts)));
                 text.push_str(&format!(", {attempts}"));
+            }
+            if let ProxyError::IntegrityMismatch { detail, .. } = self {
+                // Nor is a refused artifact: the client learns the upstream's copy is bad.
+                header.push_str(&format!("; details={}", sf_string(detail)));
+                text.push_str(&format!(": {detail}"));
             }
             (header, text)
         };

@@ -73,6 +73,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod limit;
+pub mod mirror;
 pub mod pipeline;
 pub mod server;
 pub mod telemetry;

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use commands::load::LoadArgs;
 use commands::replay::ReplayArgs;
 use commands::serve::{demo, serve, shutdown_signal, SettingsArgs};
+use commands::warm::WarmArgs;
 use outpost::config::{ByteSize, HumanDuration, LogFormat};
 use outpost::tools::sample_origin::{self, SampleOriginSettings};
 use outpost::Config;
@@ -68,6 +69,10 @@ enum Command {
     /// Drive HTTP load at a running cache with Zipf (or trace-driven) keys; report
     /// requests/s, latency percentiles and the hit ratio seen in Cache-Status.
     Load(LoadArgs),
+    /// Fetch through a running package mirror everything lock files need (pip, cargo,
+    /// npm, Debian), so the mirror can serve them offline; prints fetched, already cached
+    /// and failed.
+    Warm(WarmArgs),
     /// Start the sample origin and outpost in front of it, and print what to try.
     Demo {
         /// Address outpost listens on.
@@ -134,6 +139,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Replay(args) => commands::replay::replay(&args),
         Command::Load(args) => commands::load::load(&args),
+        Command::Warm(args) => commands::warm::warm(&args),
         Command::Demo { listen, latency } => {
             let config = Config {
                 listen,

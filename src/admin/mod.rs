@@ -243,7 +243,11 @@ async fn status_json(outpost: &Outpost, proxy: &Proxy) -> Response<Body> {
     }
     tiers["offline"] = serde_json::json!(proxy.cache().is_offline());
     tiers["pools"] = origins::list(proxy);
-    json(StatusCode::OK, proxy.metrics().board.snapshot(tiers))
+    let mut status = proxy.metrics().board.snapshot(tiers);
+    if let Some(mirror) = proxy.mirror() {
+        status["mirror"] = mirror.report(proxy.cache()).await;
+    }
+    json(StatusCode::OK, status)
 }
 
 /// `POST /reload`: the configuration read again and put in force, or why not.

@@ -27,6 +27,7 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 <h2>Top keys by bytes</h2><table id="top_bytes"></table>
 <h2>Recent origin errors</h2><table id="errors"></table>
 <div id="pools_card" hidden><h2>Origin pools</h2><table id="pools"></table></div>
+<div id="mirror_card" hidden><h2>Package mirror</h2><table id="mirror"></table></div>
 <script>
 const el = id => document.getElementById(id);
 const pct = x => (100 * x).toFixed(1) + '%';
@@ -64,6 +65,11 @@ async function refresh() {
     const members = pools.flatMap(p => p.members.map(m => ({pool: p.name, selection: p.selection, ...m})));
     rows('pools', ['pool', 'server', 'address', 'state', 'weight', 'in flight'], members,
       m => [[m.pool + ' (' + m.selection + ')'], [m.server], [m.address], [m.state + (m.backup ? ', backup' : '')], [m.weight, 1], [m.outstanding, 1]]);
+    const registries = (s.mirror && s.mirror.registries) || [];
+    el('mirror_card').hidden = registries.length === 0;
+    const ago = t => t ? Math.max(0, Math.round(Date.now() / 1000 - t)) + ' s ago' : 'never';
+    rows('mirror', ['registry', 'path', 'objects', 'stored', 'hit ratio', 'last upstream contact', 'integrity failures'], registries,
+      r => [[r.name + ' (' + r.kind + ')'], [r.path], [r.objects, 1], [size(r.bytes), 1], [pct(r.hit_ratio), 1], [ago(r.last_upstream_contact)], [r.integrity_failures, 1]]);
   } catch (e) { el('uptime').textContent = 'status unavailable: ' + e; }
 }
 refresh(); setInterval(refresh, 2000);

@@ -292,6 +292,11 @@ impl Cache {
         }
     }
 
+    /// The disk tier, if one is configured (in use or degraded).
+    pub fn disk_tier(&self) -> Option<&DiskTier> {
+        self.disk.as_ref()
+    }
+
     /// The disk tier, if it is in use.
     pub fn live_disk(&self) -> Option<&DiskTier> {
         self.disk.as_ref().filter(|disk| disk.is_available())
@@ -604,6 +609,50 @@ impl Cache {
     pub fn disk_usage(&self) -> Option<(u64, u64)> {
         self.disk.as_ref().map(DiskTier::usage)
     }
+
+    /// Stored objects and body bytes whose path starts with each of `prefixes` (a scan of
+    /// the disk tier's index, or of memory without one: for reports, not per request).
+    pub async fn stored_under(&self, prefixes: Vec<String>) -> Vec<(u64, u64)> {
+        let totals = Arc::new(parking_lot::Mutex::new(vec![(0u64, 0u64); prefixes.len()]));
+        let count = {
+            let totals = Arc::clone(&totals);
+            move |meta: &EntryMeta| {
+                let path = url_path(&meta.url);
+                if let Some(i) = prefixes.iter().position(|p| path.starts_with(p.as_str())) {
+                    let mut totals = totals.lock();
+                    totals[i].0 += 1;
+                    totals[i].1 += meta.body_len;
+                }
+                false
+            }
+        };
+        match self.live_disk() {
+            Some(disk) => {
+                disk.keys_where(count).await;
+            }
+            None => {
+                self.memory
+                    .keys_where(|set| {
+                        set.iter().for_each(|entry| {
+                            count(&entry.meta);
+                        });
+                        false
+                    })
+                    .await;
+            }
+        }
+        let totals = totals.lock().clone();
+        totals
+    }
+}
+
+/// The path of a stored entry's `scheme://authority/path?query`.
+fn url_path(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let path = url[after_scheme..]
+        .find('/')
+        .map_or("", |i| &url[after_scheme + i..]);
+    path.split('?').next().unwrap_or(path)
 }
 
 fn fill_slot_bounds(config: &CacheConfig) -> Bounds {

@@ -781,9 +781,19 @@ pub const CLIENT_CONDITIONALS: [HeaderName; 5] = [
     header::IF_RANGE,
 ];
 
+/// Where a stored representation that outpost transformed (a mirror's rewritten index
+/// document, which has a weak ETag of its own) keeps the origin's ETag, for validating it
+/// with the origin. Never sent to clients.
+pub const ORIGIN_ETAG: &str = "outpost-origin-etag";
+
+/// The ETag the origin gave a stored response.
+fn origin_etag(stored: &HeaderMap) -> Option<&HeaderValue> {
+    stored.get(ORIGIN_ETAG).or_else(|| stored.get(header::ETAG))
+}
+
 /// Adds validators of `stored` to a request that revalidates it (RFC 9111 §4.3.1).
 pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
-    if let Some(etag) = stored.get(header::ETAG) {
+    if let Some(etag) = origin_etag(stored) {
         request.insert(header::IF_NONE_MATCH, etag.clone());
     }
     if let Some(last_modified) = stored.get(header::LAST_MODIFIED) {
@@ -796,7 +806,7 @@ pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
 pub fn not_modified_selects(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
     match (
         not_modified.get(header::ETAG).and_then(|v| v.to_str().ok()),
-        stored.get(header::ETAG).and_then(|v| v.to_str().ok()),
+        origin_etag(stored).and_then(|v| v.to_str().ok()),
     ) {
         (Some(new), Some(old)) => weak_eq(new, old),
         (Some(_), None) => false,
@@ -826,13 +836,20 @@ pub fn freshen_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMa
     // The stored Age was that response's age when it arrived; the freshened response's age
     // is the 304's own (its Age, if any, and the new response time).
     merged.remove(header::AGE);
+    let transformed = stored.contains_key(ORIGIN_ETAG);
     for name in not_modified.keys() {
         if NOT_UPDATED.contains(name) {
             continue;
         }
-        merged.remove(name);
+        // A transformed representation keeps its own validator; the origin's is updated.
+        let target = if transformed && name == header::ETAG {
+            HeaderName::from_static(ORIGIN_ETAG)
+        } else {
+            name.clone()
+        };
+        merged.remove(&target);
         for value in not_modified.get_all(name) {
-            merged.append(name.clone(), value.clone());
+            merged.append(target.clone(), value.clone());
         }
     }
     merged

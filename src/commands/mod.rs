@@ -4,3 +4,4 @@
 pub mod load;
 pub mod replay;
 pub mod serve;
+pub mod warm;

@@ -338,6 +338,8 @@ struct FillTask {
     client_headers: HeaderMap,
     /// The operator's policy rule for this path, if any.
     rule: Option<crate::config::PathRule>,
+    /// The client's path: which mirror registry (if any) the response belongs to.
+    path: String,
     fill: Arc<Fill>,
     fill_key: Option<FillKey>,
     /// Taken when the leader is answered on its own.
@@ -384,6 +386,7 @@ impl FillJob {
             plan: miss.plan.clone(),
             client_headers: miss.parts.headers.clone(),
             rule: rules.find(&miss.site.name, miss.parts.uri.path()).cloned(),
+            path: miss.parts.uri.path().to_string(),
             fill: Arc::clone(fill),
             fill_key,
             leader: Some(leader_tx),
@@ -443,6 +446,10 @@ impl FillTask {
         let times = (request_time, SystemTime::now());
         let (mut head, body) = response.into_parts();
         forwarding::clean_response_head(&mut head.headers);
+        let (head, body) = match self.through_mirror(head, body).await {
+            Ok(answer) => answer,
+            Err(err) => return self.origin_failed(err, Some(502)),
+        };
         if head.status == StatusCode::NOT_MODIFIED && self.freshen(&head, &uri, times).await {
             return;
         }
@@ -456,29 +463,8 @@ impl FillTask {
         if head.status == StatusCode::PARTIAL_CONTENT {
             return self.keep_partial(head, body, &uri, times).await;
         }
-        let fetched_for = FetchedFor {
-            method: &method,
-            uri: &uri,
-            headers: &self.client_headers,
-        };
         let cache = &self.proxy.cache;
-        let verdict = if head.status == StatusCode::NOT_MODIFIED {
-            Err(NoStoreReason::Status)
-        } else {
-            policy::check_storable(
-                &fetched_for,
-                head.status,
-                &head.headers,
-                cache.policy(),
-                times.1,
-            )
-            .and_then(
-                |()| match crate::cache::entry::content_length(&head.headers) {
-                    Some(len) if len > cache.storable_size() => Err(NoStoreReason::TooLarge),
-                    _ => Ok(()),
-                },
-            )
-        };
+        let verdict = self.verdict(&method, &uri, &head, times.1);
         let vary = Vary::from_response(&head.headers);
         let variant = vary.variant_key(&self.client_headers);
         let (Ok(()), Some(variant)) = (verdict, variant) else {
@@ -505,6 +491,36 @@ impl FillTask {
             freshness,
         );
         self.stream_into_cache(meta, body).await;
+    }
+
+    /// Whether the origin's answer may be stored (RFC 9111 §3) and fits the cache.
+    fn verdict(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        head: &http::response::Parts,
+        response_time: SystemTime,
+    ) -> Result<(), NoStoreReason> {
+        if head.status == StatusCode::NOT_MODIFIED {
+            return Err(NoStoreReason::Status);
+        }
+        let fetched_for = FetchedFor {
+            method,
+            uri,
+            headers: &self.client_headers,
+        };
+        let cache = &self.proxy.cache;
+        policy::check_storable(
+            &fetched_for,
+            head.status,
+            &head.headers,
+            cache.policy(),
+            response_time,
+        )?;
+        match crate::cache::entry::content_length(&head.headers) {
+            Some(len) if len > cache.storable_size() => Err(NoStoreReason::TooLarge),
+            _ => Ok(()),
+        }
     }
 
     /// A 304 to our validators: freshen the stored entry and serve it. False when the 304
@@ -727,6 +743,40 @@ impl FillTask {
     }
 
     /// No response from the origin: the stale entry if it may serve, else the error.
+    /// The origin's answer as the package mirror passes it on: index documents rewritten,
+    /// artifacts checked against their published digests (see [`crate::mirror`]).
+    async fn through_mirror(
+        &self,
+        head: http::response::Parts,
+        body: OriginBody,
+    ) -> Result<(http::response::Parts, OriginBody), ProxyError> {
+        let Some(mirror) = &self.proxy.mirror else {
+            return Ok((head, body));
+        };
+        let origin = || self.origin.clone();
+        mirror
+            .on_response(
+                (&self.path, &self.plan.url),
+                head,
+                body,
+                self.proxy.body_read_timeout,
+            )
+            .await
+            .map_err(|err| match err {
+                crate::mirror::MirrorError::Stalled => {
+                    ProxyError::BodyReadTimeout { origin: origin() }
+                }
+                crate::mirror::MirrorError::Body(detail) => ProxyError::ResponseIncomplete {
+                    origin: origin(),
+                    detail,
+                },
+                refused => ProxyError::IntegrityMismatch {
+                    origin: origin(),
+                    detail: refused.to_string(),
+                },
+            })
+    }
+
     fn origin_failed(&self, err: ProxyError, fwd_status: Option<u16>) {
         if !self.stale_on_error(OriginFailure::Error(err.proxy_status_error()), fwd_status) {
             self.fill.publish(FillStatus::Failed(err));

@@ -153,6 +153,9 @@ pub async fn handle(
             .headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
     }
+    if let Some(mirror) = &proxy.mirror {
+        mirror.count(parts.uri.path(), ctx.status.outcome().is_hit());
+    }
     ctx.response_status = response.status().as_u16();
     if reveal {
         let age = response

@@ -63,6 +63,8 @@ pub struct Proxy {
     /// Forward-proxy use: which targets, for whom.
     pub(super) forward_proxy: super::forward_proxy::ForwardProxy,
     pub(super) connect_timeout: Duration,
+    /// The package registries mounted under paths, when configured.
+    pub(super) mirror: Option<Arc<crate::mirror::Mirror>>,
 }
 
 impl Proxy {
@@ -101,7 +103,9 @@ impl Proxy {
         let pools = Pools::new(config, previous, &metrics);
         pools.start(&upstream);
         let forward_proxy = super::forward_proxy::ForwardProxy::new(config, &metrics);
+        let mirror = crate::mirror::Mirror::new(&config.mirror, cache.disk_tier().cloned());
         Ok(Proxy {
+            mirror: mirror.map(Arc::new),
             router: Router::new(config, &pools),
             pools,
             forwarding: ForwardingPolicy::new(&config.forwarding),
@@ -132,6 +136,11 @@ impl Proxy {
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    /// The package mirror's registries, when configured.
+    pub fn mirror(&self) -> Option<&crate::mirror::Mirror> {
+        self.mirror.as_deref()
     }
 
     /// Whether some site answers requests for `authority` (canonical) and `path`.

@@ -106,7 +106,8 @@ pub(super) fn upstream_request(
 
     // Origin-form: the pool addresses it to the server it chooses.
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    parts.uri = path_and_query
+    parts.uri = site
+        .origin_target(path_and_query)
         .parse::<Uri>()
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
     parts.version = Version::HTTP_11;

@@ -128,7 +128,9 @@ pub fn from_meta(
     } else {
         body
     };
-    finish(proxy, meta.status, meta.headers.clone(), age, body)
+    let mut headers = meta.headers.clone();
+    headers.remove(policy::ORIGIN_ETAG);
+    finish(proxy, meta.status, headers, age, body)
 }
 
 fn finish(

@@ -39,6 +39,8 @@ pub struct Site {
     /// `Strict-Transport-Security` for the site's responses over TLS.
     pub hsts: Option<HeaderValue>,
     path_prefix: Option<String>,
+    /// The prefix is removed from the path sent to the origin (a mounted registry).
+    strip_prefix: bool,
     hosts: Vec<HostPattern>,
 }
 
@@ -47,11 +49,16 @@ enum HostPattern {
     Exact(String),
     /// `*.example.com` stored as `.example.com`: matches any name ending so, not the apex.
     Suffix(String),
+    /// `*`: every host (the registries of a mirror, mounted under paths).
+    Any,
 }
 
 impl HostPattern {
     fn parse(text: &str) -> HostPattern {
         let lower = text.to_ascii_lowercase();
+        if lower == "*" {
+            return HostPattern::Any;
+        }
         match lower.strip_prefix('*') {
             Some(suffix) => HostPattern::Suffix(suffix.to_string()),
             None => HostPattern::Exact(lower),
@@ -64,6 +71,7 @@ impl HostPattern {
             HostPattern::Suffix(suffix) => {
                 host.len() > suffix.len() && host.ends_with(suffix.as_str())
             }
+            HostPattern::Any => true,
         }
     }
 }
@@ -76,10 +84,15 @@ impl Site {
             Some(HostHeaderSetting::Fixed(value)) => HostHeader::Fixed(value.clone()),
         };
         Site {
-            name: site.hosts.first().cloned().unwrap_or_default(),
+            name: site
+                .name
+                .clone()
+                .or_else(|| site.hosts.first().cloned())
+                .unwrap_or_default(),
             pool,
             host_header,
             path_prefix: site.path_prefix.clone(),
+            strip_prefix: site.strip_prefix,
             redirect_https: site.redirect_https,
             hsts: site
                 .hsts
@@ -99,12 +112,26 @@ impl Site {
             redirect_https: false,
             hsts: None,
             path_prefix: None,
+            strip_prefix: false,
             hosts: Vec::new(),
         }
     }
 
     fn prefix_len(&self) -> usize {
         self.path_prefix.as_ref().map_or(0, String::len)
+    }
+
+    /// The request target as the origin gets it: without the mount prefix of a site that
+    /// strips it (keeping the path absolute).
+    pub fn origin_target<'a>(&self, path_and_query: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.path_prefix.as_deref().filter(|_| self.strip_prefix) {
+            Some(prefix) => match path_and_query.strip_prefix(prefix.trim_end_matches('/')) {
+                Some(rest) if rest.starts_with('/') => rest.into(),
+                Some(rest) => format!("/{rest}").into(),
+                None => path_and_query.into(),
+            },
+            None => path_and_query.into(),
+        }
     }
 
     fn matches_path(&self, path: &str) -> bool {
@@ -135,7 +162,7 @@ impl Router {
     pub fn new(config: &Config, pools: &Pools) -> Router {
         Router {
             sites: config
-                .sites
+                .all_sites()
                 .iter()
                 .filter_map(|site| {
                     let pool = pool_of(pools, site.origin.as_ref(), site.pool.as_deref())?;
@@ -151,9 +178,11 @@ impl Router {
     pub fn names_host(&self, host: &str) -> bool {
         let name = host.to_ascii_lowercase();
         let name = name.strip_suffix('.').unwrap_or(&name);
-        self.sites
-            .iter()
-            .any(|site| site.hosts.iter().any(|p| p.matches(name)))
+        self.sites.iter().any(|site| {
+            site.hosts
+                .iter()
+                .any(|p| !matches!(p, HostPattern::Any) && p.matches(name))
+        })
     }
 
     /// The site for `host` (already normalised by [`request_host`]) and `path`: among sites
@@ -162,15 +191,13 @@ impl Router {
     /// # Errors
     /// [`ProxyError::MisdirectedRequest`] when no site answers and there is no default.
     pub fn route(&self, host: Option<&str>, path: &str) -> Result<&Arc<Site>, ProxyError> {
-        let name = host.map(host_name);
-        let best = name.and_then(|name| {
-            self.sites
-                .iter()
-                .filter(|site| {
-                    site.hosts.iter().any(|p| p.matches(name)) && site.matches_path(path)
-                })
-                .max_by_key(|site| site.prefix_len())
-        });
+        // No Host (HTTP/1.0) matches only sites for every host.
+        let name = host.map_or("", host_name);
+        let best = self
+            .sites
+            .iter()
+            .filter(|site| site.hosts.iter().any(|p| p.matches(name)) && site.matches_path(path))
+            .max_by_key(|site| site.prefix_len());
         best.or(self.default_site.as_ref())
             .ok_or_else(|| ProxyError::MisdirectedRequest(host.unwrap_or("").to_string()))
     }

@@ -85,8 +85,14 @@ pub fn requested<B>(request: &http::Request<B>) -> Option<HeaderValue> {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| request.headers().get(header::UPGRADE).cloned())
-        .flatten()
+    // An offer of h2c (cargo sends one with every plain-http request) is answered as the
+    // ordinary HTTP/1.1 request it also is (RFC 9110 §7.8 lets a server ignore Upgrade;
+    // RFC 9113 §3.1 retired h2c upgrades): never a tunnel to the origin.
+    let upgrade = request.headers().get(header::UPGRADE)?;
+    let only_h2c = upgrade
+        .to_str()
+        .is_ok_and(|v| v.split(',').all(|p| p.trim().eq_ignore_ascii_case("h2c")));
+    (asks && !only_h2c).then(|| upgrade.clone())
 }
 
 /// Forwards the upgrade request (always over HTTP/1.1, where Upgrade exists); on 101
@@ -271,6 +277,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// cargo's `Upgrade: h2c` offer is an ordinary request; a WebSocket upgrade is not.
+    #[test]
+    fn an_h2c_offer_is_not_a_tunnel() {
+        let offer = |upgrade: &str| {
+            http::Request::get("/config.json")
+                .header(header::CONNECTION, "Upgrade, HTTP2-Settings")
+                .header(header::UPGRADE, upgrade)
+                .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+                .body(())
+                .unwrap()
+        };
+        assert!(requested(&offer("h2c")).is_none());
+        assert!(requested(&offer("websocket")).is_some());
+    }
 
     /// A tunnel nobody writes to closes after the idle limit; one kept busy closes at the
     /// total limit; bytes go both ways meanwhile.

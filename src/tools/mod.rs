@@ -1,8 +1,10 @@
 //! Tools built on the proxy rather than part of it: trace replay through the tiers'
 //! policies ([`replay`], `outpost replay`), an HTTP load generator ([`load`],
-//! `outpost load`), and the slow sample origin ([`sample_origin`], `outpost origin` and
+//! `outpost load`), warming a package mirror from lock files ([`warm`], `outpost warm`),
+//! and the slow sample origin ([`sample_origin`], `outpost origin` and
 //! `outpost demo`). The proxy never imports them.
 
 pub mod load;
 pub mod replay;
 pub mod sample_origin;
+pub mod warm;

@@ -56,16 +56,34 @@ pub struct Upstream {
 }
 
 /// An origin's response body, unread; over HTTP/2 it holds its stream's place under the
-/// per-server stream cap until it is dropped.
+/// per-server stream cap until it is dropped. A body already read whole (a mirror's index
+/// document after rewriting, an artifact after its digest was checked) goes on as bytes.
 pub struct OriginBody {
-    incoming: Incoming,
+    source: OriginSource,
     /// Held, never read: the stream's place under the cap.
     stream: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+enum OriginSource {
+    Incoming(Incoming),
+    /// Taken on the first poll.
+    Read(Option<bytes::Bytes>),
+}
+
 impl OriginBody {
     fn new(incoming: Incoming, stream: Option<tokio::sync::OwnedSemaphorePermit>) -> OriginBody {
-        OriginBody { incoming, stream }
+        OriginBody {
+            source: OriginSource::Incoming(incoming),
+            stream,
+        }
+    }
+
+    /// A body the origin sent that was read whole.
+    pub fn read(bytes: bytes::Bytes) -> OriginBody {
+        OriginBody {
+            source: OriginSource::Read(Some(bytes)),
+            stream: None,
+        }
     }
 }
 
@@ -77,24 +95,38 @@ impl http_body::Body for OriginBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.incoming).poll_frame(cx)
+        match &mut self.source {
+            OriginSource::Incoming(incoming) => std::pin::Pin::new(incoming).poll_frame(cx),
+            OriginSource::Read(bytes) => {
+                std::task::Poll::Ready(bytes.take().map(|b| Ok(http_body::Frame::data(b))))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        match &self.source {
+            OriginSource::Incoming(incoming) => incoming.is_end_stream(),
+            OriginSource::Read(bytes) => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.incoming.size_hint()
+        match &self.source {
+            OriginSource::Incoming(incoming) => incoming.size_hint(),
+            OriginSource::Read(bytes) => {
+                http_body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 
 impl From<OriginBody> for Body {
     fn from(body: OriginBody) -> Body {
-        match body.stream {
+        match (body.source, body.stream) {
+            (OriginSource::Read(bytes), _) => Body::full(bytes.unwrap_or_default()),
             // HTTP/1.1: no permit to carry, and no allocation.
-            None => Body::Incoming(body.incoming),
-            Some(_) => Body::boxed(body),
+            (OriginSource::Incoming(incoming), None) => Body::Incoming(incoming),
+            (source, stream) => Body::boxed(OriginBody { source, stream }),
         }
     }
 }

@@ -71,7 +71,7 @@ fn shipped_sample_config_is_valid() {
     assert!(output.status.success(), "{}", stderr(&output));
 }
 
-/// The package-mirror profile is valid and carries its rules (Debian, crates.io, PyPI).
+/// The package-mirror profile is valid and carries its registries and rules.
 #[test]
 fn shipped_mirror_profile_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/mirror.toml");
@@ -81,9 +81,10 @@ fn shipped_mirror_profile_is_valid() {
     for expected in [
         "*.deb",
         "*/InRelease",
-        "/packages/",
-        "/simple/",
-        "https://deb.debian.org",
+        "/pypi/_files/",
+        "/crates/_files/",
+        "kind = \"npm\"",
+        "https://deb.debian.org/debian",
     ] {
         assert!(
             settings.contains(expected),

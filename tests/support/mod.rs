@@ -562,6 +562,29 @@ impl Origin {
 
     /// An origin listening on `address` (another loopback address, a chosen port).
     pub async fn start_at(address: &str, routes: Vec<(&str, Fixture)>) -> Origin {
+        let listener = TcpListener::bind(address).await.unwrap();
+        Origin::serve(listener, routes, None)
+    }
+
+    /// An origin for `localhost` over TLS with a fresh self-signed certificate (returned as
+    /// PEM, for `upstream.ca_file`), offering h2 and http/1.1.
+    pub async fn start_tls(routes: Vec<(&str, Fixture)>) -> (Origin, String) {
+        Origin::start_tls_at("127.0.0.1:0", routes).await
+    }
+
+    /// [`Origin::start_tls`] on `address` (a port chosen beforehand, for documents that
+    /// name their own host).
+    pub async fn start_tls_at(address: &str, routes: Vec<(&str, Fixture)>) -> (Origin, String) {
+        let (acceptor, cert_pem) = localhost_tls(&["h2", "http/1.1"]);
+        let listener = TcpListener::bind(address).await.unwrap();
+        (Origin::serve(listener, routes, Some(acceptor)), cert_pem)
+    }
+
+    fn serve(
+        listener: TcpListener,
+        routes: Vec<(&str, Fixture)>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Origin {
         let routes: HashMap<String, Fixture> = routes
             .into_iter()
             .map(|(p, f)| (p.to_string(), f))
@@ -597,16 +620,31 @@ impl Origin {
                 })
             })
         };
-        let listener = TcpListener::bind(address).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel();
         let accepted = Arc::clone(&counts);
-        tokio::spawn(serve_handler(listener, handler, stopped, accepted));
+        match tls {
+            None => {
+                tokio::spawn(serve_handler(listener, handler, stopped, accepted));
+            }
+            Some(acceptor) => {
+                tokio::spawn(serve_tls_handler(
+                    listener, acceptor, handler, stopped, accepted,
+                ));
+            }
+        }
         Origin {
             addr,
             seen,
             stop: Some(stop),
             counts,
+        }
+    }
+
+    /// Stops the origin: it refuses connections and closes the ones it had.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
     }
 
@@ -696,6 +734,70 @@ async fn serve_handler(
     }
 }
 
+/// A TLS acceptor for `localhost` with a fresh self-signed certificate (returned as PEM)
+/// offering `alpn`.
+fn localhost_tls(alpn: &[&str]) -> (tokio_rustls::TlsAcceptor, String) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_pem = certified.cert.pem();
+    let cert_der: CertificateDer<'static> = certified.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der], key)
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), cert_pem)
+}
+
+/// [`serve_handler`] over TLS; stopping closes every connection at once (a server gone).
+async fn serve_tls_handler(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handler: Handler,
+    mut stopped: oneshot::Receiver<()>,
+    counts: Arc<OriginCounts>,
+) {
+    let (gone, _) = tokio::sync::broadcast::channel::<()>(1);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut stopped => {
+                drop(listener);
+                let _ = gone.send(());
+                return;
+            }
+            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+        };
+        counts
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let handler = Arc::clone(&handler);
+        let acceptor = acceptor.clone();
+        let mut gone = gone.subscribe();
+        tokio::spawn(async move {
+            let serve = async {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = service_fn(move |request| {
+                    let handler = Arc::clone(&handler);
+                    async move { Ok::<_, Infallible>(handler(request).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            };
+            tokio::select! {
+                () = serve => {}
+                _ = gone.recv() => {}
+            }
+        });
+    }
+}
+
 /// A TLS origin for `localhost` with a fresh self-signed certificate, offering `alpn` (none:
 /// no ALPN); it answers `secure {path}` and records the HTTP version of each request.
 pub struct TlsOrigin {
@@ -706,21 +808,7 @@ pub struct TlsOrigin {
 
 impl TlsOrigin {
     pub async fn start(alpn: &[&str]) -> TlsOrigin {
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let cert_pem = certified.cert.pem();
-        let cert_der: CertificateDer<'static> = certified.cert.der().clone();
-        let key =
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert_der], key)
-            .unwrap();
-        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (acceptor, cert_pem) = localhost_tls(alpn);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let versions = Arc::new(Mutex::new(Vec::new()));
@@ -887,7 +975,16 @@ impl Proxy {
 
     /// Serves an already built outpost (one with a config loader, for reload tests).
     pub async fn start_outpost(outpost: Outpost) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Proxy::start_outpost_at(outpost, "127.0.0.1:0").await
+    }
+
+    /// [`Proxy::start_with`] on `address` (a restart on the address clients know).
+    pub async fn start_with_at(config: Config, address: &str) -> Proxy {
+        Proxy::start_outpost_at(Outpost::new(config).expect("outpost starts"), address).await
+    }
+
+    async fn start_outpost_at(outpost: Outpost, address: &str) -> Proxy {
+        let listener = TcpListener::bind(address).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let outpost = Arc::new(outpost);
         let serving = Arc::clone(&outpost);

@@ -90,12 +90,18 @@ pub trait DiskIndex: Send + Sync {
     fn own_size(&self) -> u64;
     /// Makes what was indexed so far durable.
     fn flush(&self) -> Result<(), DiskError>;
+    /// Records small facts other parts keep beside the cache (the digests a package
+    /// index published), replacing earlier values of the same keys.
+    fn put_notes(&self, notes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), DiskError>;
+    /// A fact recorded with [`DiskIndex::put_notes`].
+    fn note(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError>;
 }
 
 /// The sled implementation: trees `entries` (primary key ++ variant key -> tick ++ encoded
 /// metadata), `recency` (tick ++ row key -> nothing: the LRU order), `blobs` (digest ->
 /// reference count and size), `blocks` (digest -> block digests of multi-block bodies) and
-/// `inline` (digest -> the bytes of a small body kept here rather than in a file).
+/// `inline` (digest -> the bytes of a small body kept here rather than in a file), and
+/// `notes` (facts kept beside the cache, such as published digests).
 pub struct SledIndex {
     db: sled::Db,
     entries: sled::Tree,
@@ -103,6 +109,7 @@ pub struct SledIndex {
     blobs: sled::Tree,
     block_digests: sled::Tree,
     inline_bodies: sled::Tree,
+    notes: sled::Tree,
     next_tick: AtomicU64,
     bytes: AtomicU64,
     rows: AtomicU64,
@@ -198,6 +205,7 @@ impl SledIndex {
         let blobs = db.open_tree("blobs")?;
         let block_digests = db.open_tree("blocks")?;
         let inline_bodies = db.open_tree("inline")?;
+        let notes = db.open_tree("notes")?;
         let next_tick = match recency.last()? {
             Some((key, _)) if key.len() >= 8 => {
                 u64::from_be_bytes(key[..8].try_into().unwrap_or([0; 8])) + 1
@@ -224,6 +232,7 @@ impl SledIndex {
             blobs,
             block_digests,
             inline_bodies,
+            notes,
             next_tick: AtomicU64::new(next_tick),
             bytes: AtomicU64::new(bytes),
             rows: AtomicU64::new(rows),
@@ -536,5 +545,18 @@ impl DiskIndex for SledIndex {
     fn flush(&self) -> Result<(), DiskError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    fn put_notes(&self, notes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), DiskError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in notes {
+            batch.insert(key.as_slice(), value.as_slice());
+        }
+        self.notes.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn note(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
+        Ok(self.notes.get(key)?.map(|value| value.to_vec()))
     }
 }

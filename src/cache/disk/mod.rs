@@ -177,6 +177,19 @@ impl DiskTier {
         tier
     }
 
+    /// Records facts kept beside the cache (see [`index::DiskIndex::put_notes`]); a
+    /// failure only loses them.
+    pub fn put_notes(&self, notes: &[(Vec<u8>, Vec<u8>)]) {
+        if let Err(err) = self.store.index.put_notes(notes) {
+            tracing::warn!(error = %err, "disk tier: notes not recorded");
+        }
+    }
+
+    /// A fact recorded with [`DiskTier::put_notes`].
+    pub fn note(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.store.index.note(key).ok().flatten()
+    }
+
     /// Whether the tier is in use (not degraded by an earlier failure).
     pub fn is_available(&self) -> bool {
         !self.degraded.load(Ordering::Relaxed)

@@ -748,10 +748,11 @@ impl Pools {
                 (pool.name.clone(), Arc::new(built))
             })
             .collect();
+        let sites = config.all_sites();
         let origins = config
             .origin
             .iter()
-            .chain(config.sites.iter().filter_map(|site| site.origin.as_ref()));
+            .chain(sites.iter().filter_map(|site| site.origin.as_ref()));
         let mut by_origin = HashMap::new();
         for origin in origins {
             let name = origin.to_string();

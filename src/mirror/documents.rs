@@ -1,0 +1,542 @@
+//! Index documents of package registries: rewriting the absolute links in them so every
+//! download comes back through the mirror, and reading the digests they publish for each
+//! artifact. Pure functions of a document's bytes; `mirror` decides which document is which
+//! and stores the result.
+//!
+//! - PyPI simple pages: PEP 503 HTML (`<a href="URL#sha256=HEX" data-core-metadata=
+//!   "sha256=HEX">`) and PEP 691 JSON (`files[].url`, `.hashes.sha256`, `.core-metadata`).
+//! - cargo: the sparse index `config.json` (`dl`, `api`) and index files (a JSON line per
+//!   version, `cksum` the sha256 of the `.crate`).
+//! - npm: package documents (`versions.*.dist.tarball`, `.integrity`, `.shasum`).
+//! - Debian: `Packages` (`Filename:` and `SHA256:` per paragraph).
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::digests::{Algorithm, DigestStore, Expected};
+
+/// Why a document could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("not UTF-8 text")]
+    NotText,
+}
+
+/// Where links go: each upstream URL prefix and the mirror path it is mounted at.
+pub struct Links<'a> {
+    /// (upstream prefix without trailing slash, mirror path without trailing slash),
+    /// longest upstream first.
+    pub mounts: &'a [(String, String)],
+    /// The mirror's base URL, without trailing slash.
+    pub base: &'a str,
+}
+
+/// A link of a document, located.
+struct Located {
+    /// The link as clients get it, when it changes.
+    rewritten: Option<String>,
+    /// The mirror path a client downloads it from (no query or fragment).
+    path: String,
+}
+
+impl Links<'_> {
+    /// Where `href`, found in the document at `page_path`, leads. `None` for links to hosts
+    /// the mirror does not serve.
+    fn locate(&self, href: &str, page_path: &str) -> Option<Located> {
+        let (target, fragment) = match href.split_once('#') {
+            Some((target, fragment)) => (target, Some(fragment)),
+            None => (href, None),
+        };
+        for (upstream, mount) in self.mounts {
+            let Some(rest) = target.strip_prefix(upstream.as_str()) else {
+                continue;
+            };
+            if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')) {
+                continue;
+            }
+            let path = format!("{mount}{}", rest.split('?').next().unwrap_or_default());
+            let mut rewritten = format!("{}{mount}{rest}", self.base);
+            if let Some(fragment) = fragment {
+                rewritten.push('#');
+                rewritten.push_str(fragment);
+            }
+            return Some(Located {
+                rewritten: Some(rewritten),
+                path,
+            });
+        }
+        if target.contains("://") || target.starts_with("//") {
+            return None;
+        }
+        let page = url::Url::parse("http://mirror.invalid")
+            .ok()?
+            .join(page_path)
+            .ok()?;
+        let resolved = page.join(target).ok()?;
+        Some(Located {
+            rewritten: None,
+            path: resolved.path().to_string(),
+        })
+    }
+}
+
+/// A document after the mirror read it.
+#[derive(Default)]
+pub struct Read {
+    /// The rewritten document; `None` when no link changed.
+    pub body: Option<Bytes>,
+    /// Digest records for the artifacts it lists.
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A PEP 503 HTML page: `href`s rewritten in place (the rest of the page byte for byte),
+/// `#sha256=` fragments and `data-core-metadata` / `data-dist-info-metadata` recorded.
+pub fn pypi_html(text: &str, links: &Links<'_>, page_path: &str) -> Read {
+    let mut read = Read::default();
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    let mut copied = 0;
+    let mut changed = false;
+    let lower = text.to_ascii_lowercase();
+    let mut at = 0;
+    while let Some(found) = lower[at..].find("<a") {
+        let start = at + found;
+        let Some(len) = lower[start..].find('>') else {
+            break;
+        };
+        let tag = &text[start..start + len];
+        at = start + len;
+        let Some((value_start, value)) = attribute(tag, "href") else {
+            continue;
+        };
+        let href = html_unescape(value);
+        let Some(located) = links.locate(&href, page_path) else {
+            continue;
+        };
+        if let Some(hex) = href.split_once("#sha256=").map(|(_, hex)| hex) {
+            if let Some(expected) = Expected::from_hex(Algorithm::Sha256, hex) {
+                DigestStore::record(&mut read.records, &located.path, &expected);
+            }
+        }
+        for name in ["data-core-metadata", "data-dist-info-metadata"] {
+            let hex = attribute(tag, name).and_then(|(_, v)| v.strip_prefix("sha256="));
+            if let Some(expected) = hex.and_then(|h| Expected::from_hex(Algorithm::Sha256, h)) {
+                let metadata = format!("{}.metadata", located.path);
+                DigestStore::record(&mut read.records, &metadata, &expected);
+            }
+        }
+        if let Some(rewritten) = located.rewritten {
+            let value_at = start + value_start;
+            out.push_str(&text[copied..value_at]);
+            out.push_str(&rewritten.replace('&', "&amp;"));
+            copied = value_at + value.len();
+            changed = true;
+        }
+    }
+    if changed {
+        out.push_str(&text[copied..]);
+        read.body = Some(Bytes::from(out));
+    }
+    read
+}
+
+/// The `href` of every `<a>` of a PEP 503 page (unescaped), and whether it announces a
+/// metadata file (PEP 658 / 714).
+pub fn html_links(text: &str) -> Vec<(String, bool)> {
+    let lower = text.to_ascii_lowercase();
+    let mut links = Vec::new();
+    let mut at = 0;
+    while let Some(found) = lower[at..].find("<a") {
+        let start = at + found;
+        let Some(len) = lower[start..].find('>') else {
+            break;
+        };
+        let tag = &text[start..start + len];
+        at = start + len;
+        if let Some((_, href)) = attribute(tag, "href") {
+            let metadata = ["data-core-metadata", "data-dist-info-metadata"]
+                .iter()
+                .any(|name| attribute(tag, name).is_some_and(|(_, v)| v != "false"));
+            links.push((html_unescape(href), metadata));
+        }
+    }
+    links
+}
+
+/// The value of attribute `name` in `tag` (`<a ...` up to its `>`), and where the value
+/// starts in the tag.
+fn attribute<'t>(tag: &'t str, name: &str) -> Option<(usize, &'t str)> {
+    let lower = tag.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(found) = lower[from..].find(name) {
+        let at = from + found;
+        from = at + name.len();
+        let before = lower[..at].chars().next_back();
+        if !before.is_some_and(char::is_whitespace) {
+            continue;
+        }
+        let rest = tag[from..].trim_start();
+        let Some(rest) = rest.strip_prefix('=') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let offset = tag.len() - rest.len();
+        let quote = rest.chars().next()?;
+        if quote == '"' || quote == '\'' {
+            let end = rest[1..].find(quote)?;
+            return Some((offset + 1, &rest[1..=end]));
+        }
+        let end = rest
+            .find(|c: char| c.is_whitespace() || c == '>')
+            .unwrap_or(rest.len());
+        return Some((offset, &rest[..end]));
+    }
+    None
+}
+
+fn html_unescape(value: &str) -> String {
+    value
+        .replace("&amp;", "&")
+        .replace("&#x3D;", "=")
+        .replace("&#61;", "=")
+}
+
+/// A PEP 691 JSON page: `files[].url` rewritten, `hashes.sha256` and `core-metadata`
+/// recorded.
+///
+/// # Errors
+/// [`DocumentError::Json`] for a page that is not JSON.
+pub fn pypi_json(bytes: &[u8], links: &Links<'_>, page_path: &str) -> Result<Read, DocumentError> {
+    let mut page: Value = serde_json::from_slice(bytes)?;
+    let mut read = Read::default();
+    let mut changed = false;
+    let files = page.get_mut("files").and_then(Value::as_array_mut);
+    for file in files.into_iter().flatten() {
+        let Some(url) = file.get("url").and_then(Value::as_str) else {
+            continue;
+        };
+        let Some(located) = links.locate(url, page_path) else {
+            continue;
+        };
+        let sha256 = file.pointer("/hashes/sha256").and_then(Value::as_str);
+        if let Some(expected) = sha256.and_then(|h| Expected::from_hex(Algorithm::Sha256, h)) {
+            DigestStore::record(&mut read.records, &located.path, &expected);
+        }
+        for name in ["core-metadata", "dist-info-metadata"] {
+            let hex = file
+                .get(name)
+                .and_then(|m| m.get("sha256"))
+                .and_then(Value::as_str);
+            if let Some(expected) = hex.and_then(|h| Expected::from_hex(Algorithm::Sha256, h)) {
+                let metadata = format!("{}.metadata", located.path);
+                DigestStore::record(&mut read.records, &metadata, &expected);
+            }
+        }
+        if let Some(rewritten) = located.rewritten {
+            file["url"] = Value::String(rewritten);
+            changed = true;
+        }
+    }
+    if changed {
+        read.body = Some(Bytes::from(serde_json::to_vec(&page)?));
+    }
+    Ok(read)
+}
+
+/// The note key of a cargo registry's download template (the rewritten `dl`, as a mirror
+/// path template).
+pub fn cargo_template_key(registry_path: &str) -> Vec<u8> {
+    format!("cargo-dl:{registry_path}").into_bytes()
+}
+
+/// A cargo `config.json`: `dl` and `api` rewritten when they point at a mounted upstream;
+/// the download template (as a mirror path) recorded for reading index files.
+///
+/// # Errors
+/// [`DocumentError::Json`] for a file that is not JSON.
+pub fn cargo_config(
+    bytes: &[u8],
+    links: &Links<'_>,
+    registry_path: &str,
+) -> Result<Read, DocumentError> {
+    let mut config: Value = serde_json::from_slice(bytes)?;
+    let mut read = Read::default();
+    let mut changed = false;
+    for field in ["dl", "api"] {
+        let Some(url) = config.get(field).and_then(Value::as_str) else {
+            continue;
+        };
+        // Markers (`{crate}`) are not URL syntax: locate the part before the first one.
+        let cut = url.find('{').unwrap_or(url.len());
+        let Some(located) = links.locate(&url[..cut], registry_path) else {
+            continue;
+        };
+        let Some(rewritten) = located.rewritten else {
+            continue;
+        };
+        if field == "dl" {
+            let template = format!("{}{}", located.path, &url[cut..]);
+            read.records
+                .push((cargo_template_key(registry_path), template.into_bytes()));
+        }
+        config[field] = Value::String(format!("{rewritten}{}", &url[cut..]));
+        changed = true;
+    }
+    if changed {
+        read.body = Some(Bytes::from(serde_json::to_vec(&config)?));
+    }
+    Ok(read)
+}
+
+/// The mirror path of a crate file under a `dl` template (cargo's rules: without markers,
+/// `/{crate}/{version}/download` is appended).
+pub fn cargo_download_path(template: &str, name: &str, version: &str, cksum: &str) -> String {
+    const MARKERS: [&str; 5] = [
+        "{crate}",
+        "{version}",
+        "{prefix}",
+        "{lowerprefix}",
+        "{sha256-checksum}",
+    ];
+    if !MARKERS.iter().any(|m| template.contains(m)) {
+        return format!(
+            "{}/{name}/{version}/download",
+            template.trim_end_matches('/')
+        );
+    }
+    let prefix = match name.len() {
+        1 => "1".to_string(),
+        2 => "2".to_string(),
+        3 => format!("3/{}", &name[..1]),
+        _ => format!("{}/{}", &name[..2], &name[2..4]),
+    };
+    template
+        .replace("{crate}", name)
+        .replace("{version}", version)
+        .replace("{prefix}", &prefix)
+        .replace("{lowerprefix}", &prefix.to_lowercase())
+        .replace("{sha256-checksum}", cksum)
+}
+
+/// A cargo index file: each version's `cksum` recorded for its download path.
+pub fn cargo_index(bytes: &[u8], template: &str) -> Read {
+    let mut read = Read::default();
+    for line in bytes.split(|&b| b == b'\n') {
+        let Ok(version) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
+        let field = |name: &str| version.get(name).and_then(Value::as_str);
+        let (Some(name), Some(vers), Some(cksum)) = (field("name"), field("vers"), field("cksum"))
+        else {
+            continue;
+        };
+        if let Some(expected) = Expected::from_hex(Algorithm::Sha256, cksum) {
+            let path = cargo_download_path(template, name, vers, cksum);
+            DigestStore::record(&mut read.records, &path, &expected);
+        }
+    }
+    read
+}
+
+/// An npm package document (full or abbreviated): every version's `dist.tarball`
+/// rewritten, its `integrity` (or legacy `shasum`) recorded.
+///
+/// # Errors
+/// [`DocumentError::Json`] for a document that is not JSON.
+pub fn npm_packument(
+    bytes: &[u8],
+    links: &Links<'_>,
+    page_path: &str,
+) -> Result<Read, DocumentError> {
+    let mut document: Value = serde_json::from_slice(bytes)?;
+    let mut read = Read::default();
+    let mut changed = false;
+    let versions = document.get_mut("versions").and_then(Value::as_object_mut);
+    for version in versions.into_iter().flat_map(|v| v.values_mut()) {
+        let Some(dist) = version.get_mut("dist") else {
+            continue;
+        };
+        let Some(tarball) = dist.get("tarball").and_then(Value::as_str) else {
+            continue;
+        };
+        let Some(located) = links.locate(tarball, page_path) else {
+            continue;
+        };
+        let expected = dist
+            .get("integrity")
+            .and_then(Value::as_str)
+            .and_then(Expected::from_sri)
+            .or_else(|| {
+                let shasum = dist.get("shasum").and_then(Value::as_str)?;
+                Expected::from_hex(Algorithm::Sha1, shasum)
+            });
+        if let Some(expected) = expected {
+            DigestStore::record(&mut read.records, &located.path, &expected);
+        }
+        if let Some(rewritten) = located.rewritten {
+            dist["tarball"] = Value::String(rewritten);
+            changed = true;
+        }
+    }
+    if changed {
+        read.body = Some(Bytes::from(serde_json::to_vec(&document)?));
+    }
+    Ok(read)
+}
+
+/// A Debian `Packages` file: each paragraph's `SHA256` recorded for `archive_root` +
+/// `Filename`.
+///
+/// # Errors
+/// [`DocumentError::NotText`] for a file that is not UTF-8.
+pub fn debian_packages(bytes: &[u8], archive_root: &str) -> Result<Read, DocumentError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| DocumentError::NotText)?;
+    let mut read = Read::default();
+    for paragraph in text.split("\n\n") {
+        let field = |name: &str| {
+            paragraph.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.eq_ignore_ascii_case(name).then(|| value.trim())
+            })
+        };
+        let (Some(filename), Some(sha256)) = (field("Filename"), field("SHA256")) else {
+            continue;
+        };
+        if let Some(expected) = Expected::from_hex(Algorithm::Sha256, sha256) {
+            let path = format!("{}/{}", archive_root.trim_end_matches('/'), filename);
+            DigestStore::record(&mut read.records, &path, &expected);
+        }
+    }
+    Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mounts() -> Vec<(String, String)> {
+        vec![
+            ("https://files.example".into(), "/pypi/_files".into()),
+            ("https://index.example".into(), "/pypi".into()),
+        ]
+    }
+
+    const HEX: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+    #[test]
+    fn html_links_to_mounted_hosts_are_rewritten_and_their_digests_recorded() {
+        let mounts = mounts();
+        let links = Links {
+            mounts: &mounts,
+            base: "http://m:8080",
+        };
+        let page = format!(
+            "<html><body>\n<A HREF=\"https://files.example/packages/a/x-1.whl#sha256={HEX}\" data-core-metadata=\"sha256={HEX}\">x-1.whl</A>\n\
+             <a href='../../elsewhere/y.tar.gz#sha256={HEX}'>y</a>\n<a href=\"https://other.example/z.whl\">z</a></body></html>"
+        );
+        let read = pypi_html(&page, &links, "/pypi/simple/x/");
+        let body = String::from_utf8(read.body.unwrap().to_vec()).unwrap();
+        assert!(body.contains(&format!(
+            "HREF=\"http://m:8080/pypi/_files/packages/a/x-1.whl#sha256={HEX}\" data-core"
+        )));
+        assert!(
+            body.contains("https://other.example/z.whl"),
+            "foreign links stay"
+        );
+        assert!(
+            body.contains("'../../elsewhere/y.tar.gz"),
+            "relative links stay"
+        );
+        let keys: Vec<String> = read
+            .records
+            .iter()
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "digest:/pypi/_files/packages/a/x-1.whl",
+                "digest:/pypi/_files/packages/a/x-1.whl.metadata",
+                "digest:/pypi/elsewhere/y.tar.gz"
+            ]
+        );
+    }
+
+    #[test]
+    fn json_pages_packuments_and_cargo_config_are_rewritten() {
+        let mounts = mounts();
+        let links = Links {
+            mounts: &mounts,
+            base: "https://mirror",
+        };
+        let page = format!(
+            r#"{{"meta":{{"api-version":"1.1"}},"files":[{{"filename":"x.whl","url":"https://files.example/p/x.whl","hashes":{{"sha256":"{HEX}"}}}}]}}"#
+        );
+        let read = pypi_json(page.as_bytes(), &links, "/pypi/simple/x/").unwrap();
+        let body: Value = serde_json::from_slice(&read.body.unwrap()).unwrap();
+        assert_eq!(
+            body["files"][0]["url"],
+            "https://mirror/pypi/_files/p/x.whl"
+        );
+        assert_eq!(read.records.len(), 1);
+
+        let config = br#"{"dl":"https://files.example/crates","api":"https://crates.example"}"#;
+        let read = cargo_config(config, &links, "/pypi/").unwrap();
+        let body: Value = serde_json::from_slice(&read.body.unwrap()).unwrap();
+        assert_eq!(body["dl"], "https://mirror/pypi/_files/crates");
+        assert_eq!(
+            body["api"], "https://crates.example",
+            "an unmounted API stays"
+        );
+        assert_eq!(read.records[0].1, b"/pypi/_files/crates");
+
+        let packument = br#"{"name":"a","versions":{"1.0.0":{"dist":{"tarball":"https://index.example/a/-/a-1.0.0.tgz","shasum":"aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d"}}}}"#;
+        let read = npm_packument(packument, &links, "/pypi/a").unwrap();
+        let body: Value = serde_json::from_slice(&read.body.unwrap()).unwrap();
+        assert_eq!(
+            body["versions"]["1.0.0"]["dist"]["tarball"],
+            "https://mirror/pypi/a/-/a-1.0.0.tgz"
+        );
+        assert_eq!(read.records[0].0, b"digest:/pypi/a/-/a-1.0.0.tgz");
+    }
+
+    #[test]
+    fn cargo_templates_follow_cargos_rules() {
+        assert_eq!(
+            cargo_download_path("/c/_files/crates", "serde", "1.0.0", "x"),
+            "/c/_files/crates/serde/1.0.0/download"
+        );
+        assert_eq!(
+            cargo_download_path(
+                "/c/_files/{prefix}/{crate}-{version}.crate",
+                "ab",
+                "0.1.0",
+                "x"
+            ),
+            "/c/_files/2/ab-0.1.0.crate"
+        );
+        assert_eq!(
+            cargo_download_path("/c/{lowerprefix}/{crate}", "Abcd", "1", "x"),
+            "/c/ab/cd/Abcd"
+        );
+        let line = format!(
+            "{{\"name\":\"ab\",\"vers\":\"0.1.0\",\"deps\":[],\"cksum\":\"{HEX}\"}}\nnot json\n"
+        );
+        let read = cargo_index(line.as_bytes(), "/c/_files");
+        assert_eq!(read.records[0].0, b"digest:/c/_files/ab/0.1.0/download");
+    }
+
+    #[test]
+    fn debian_packages_record_every_file() {
+        let packages = format!(
+            "Package: a\nFilename: pool/main/a/a_1.0+b1_all.deb\nSHA256: {HEX}\n\nPackage: b\nFilename: pool/b.deb\n"
+        );
+        let read = debian_packages(packages.as_bytes(), "/debian/").unwrap();
+        assert_eq!(read.records.len(), 1);
+        assert_eq!(
+            read.records[0].0,
+            b"digest:/debian/pool/main/a/a_1.0+b1_all.deb"
+        );
+    }
+}

@@ -1,0 +1,619 @@
+//! The package mirror: registries mounted under paths of one base URL
+//! (`[[mirror.registries]]`), and what happens to their responses on the way from the
+//! upstream into the cache.
+//!
+//! - Index documents (PyPI simple pages, cargo `config.json`, npm package documents) are
+//!   rewritten once, when they are stored: absolute links to a mounted upstream point back
+//!   at the mirror. The stored document is the rewritten one, with its own weak validator
+//!   (`W/"<origin's>.m<base>"`); the origin's ETag is kept beside it for revalidation, so a
+//!   304 keeps the rewritten copy and a hit does no work.
+//! - Every document that publishes digests (those, cargo index files, Debian `Packages`)
+//!   has them recorded for the artifacts it lists ([`digests`]).
+//! - An artifact with a recorded digest is read whole and checked before any byte of it is
+//!   stored or served; a mismatch is a 502 with `Proxy-Status`, counted per registry.
+//!
+//! Routing to the registries' upstreams is ordinary routing ([`crate::config::Config::all_sites`]);
+//! freshness is the operator's rules (`config/mirror.toml`).
+
+pub mod digests;
+pub mod documents;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::StatusCode;
+use http_body_util::BodyExt;
+
+use crate::cache::disk::DiskTier;
+use crate::config::{MirrorConfig, RegistryKind, FILES_SEGMENT};
+use crate::upstream::OriginBody;
+use digests::DigestStore;
+use documents::{DocumentError, Links};
+
+use crate::cache::policy::ORIGIN_ETAG;
+
+/// What one registry has seen, for the status page and `/status.json`.
+#[derive(Default)]
+pub struct RegistryStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub integrity_failures: AtomicU64,
+    pub documents_rewritten: AtomicU64,
+    /// Seconds since the epoch of the last complete answer from the upstream; 0: none yet.
+    pub last_upstream_contact: AtomicU64,
+}
+
+/// One mounted registry.
+pub struct Registry {
+    pub name: String,
+    pub kind: RegistryKind,
+    /// The mount, with its trailing slash (`/pypi/`).
+    pub path: String,
+    /// `scheme://authority/base` of the index upstream, without trailing slash.
+    upstream: String,
+    /// The artifacts host's, when the registry has one (mounted at `path` + `_files/`).
+    files: Option<String>,
+    pub stats: RegistryStats,
+}
+
+impl Registry {
+    fn files_path(&self) -> Option<String> {
+        self.files
+            .as_ref()
+            .map(|_| format!("{}{FILES_SEGMENT}", self.path))
+    }
+
+    /// Upstream prefixes and the mirror paths they are mounted at, longest upstream first.
+    fn mounts(&self) -> Vec<(String, String)> {
+        let mut mounts = vec![(
+            self.upstream.clone(),
+            self.path.trim_end_matches('/').to_string(),
+        )];
+        if let (Some(files), Some(path)) = (&self.files, self.files_path()) {
+            mounts.push((files.clone(), path.trim_end_matches('/').to_string()));
+        }
+        mounts.sort_by_key(|(upstream, _)| std::cmp::Reverse(upstream.len()));
+        mounts
+    }
+
+    /// What a response for `path` (a mirror path under this registry) is.
+    fn classify(&self, path: &str, content_type: &str) -> Handling {
+        let in_files = self.files_path().is_some_and(|f| path.starts_with(&f));
+        if in_files {
+            return Handling::Artifact;
+        }
+        let inner = &path[self.path.len() - 1..];
+        let document = match self.kind {
+            RegistryKind::Pypi if inner.starts_with("/simple/") => {
+                if content_type.contains("json") {
+                    Some(Document::PypiJson)
+                } else if content_type.contains("html") {
+                    Some(Document::PypiHtml)
+                } else {
+                    None
+                }
+            }
+            RegistryKind::Cargo if inner == "/config.json" => Some(Document::CargoConfig),
+            RegistryKind::Cargo => Some(Document::CargoIndex),
+            RegistryKind::Npm if !inner.contains("/-/") && content_type.contains("json") => {
+                Some(Document::NpmPackument)
+            }
+            RegistryKind::Debian if inner.ends_with("/Packages") => {
+                Some(Document::DebianPackages { gzip: false })
+            }
+            RegistryKind::Debian if inner.ends_with("/Packages.gz") => {
+                Some(Document::DebianPackages { gzip: true })
+            }
+            _ => None,
+        };
+        document.map_or(Handling::Artifact, Handling::Document)
+    }
+}
+
+/// How the mirror treats a registry's response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handling {
+    Document(Document),
+    /// Anything else: checked when a digest was published for it.
+    Artifact,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Document {
+    PypiHtml,
+    PypiJson,
+    CargoConfig,
+    CargoIndex,
+    NpmPackument,
+    /// `gzip`: `Packages.gz`, read decompressed.
+    DebianPackages {
+        gzip: bool,
+    },
+}
+
+impl Document {
+    /// Whether clients get a rewritten copy (the others are only read for digests).
+    fn is_rewritten(self) -> bool {
+        matches!(
+            self,
+            Document::PypiHtml
+                | Document::PypiJson
+                | Document::CargoConfig
+                | Document::NpmPackument
+        )
+    }
+}
+
+/// Why the mirror refused an upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("{algorithm} of the artifact does not match the digest its index published")]
+    Mismatch { algorithm: &'static str },
+    #[error("artifact larger than mirror.verify_max ({0} bytes), not served unverified")]
+    TooLargeToVerify(u64),
+    #[error("response body failed: {0}")]
+    Body(String),
+    #[error("response body stalled past the body-read timeout")]
+    Stalled,
+}
+
+/// The mirror of a configuration.
+pub struct Mirror {
+    registries: Vec<Registry>,
+    public_url: Option<String>,
+    rewrite_max: u64,
+    verify_max: u64,
+    digests: DigestStore,
+    /// The last count of stored objects and bytes per registry, and when it was made.
+    stored: tokio::sync::Mutex<Option<StoredCount>>,
+}
+
+/// Objects and bytes stored per registry (in `registries` order), counted at an instant.
+type StoredCount = (std::time::Instant, Vec<(u64, u64)>);
+
+/// How long a count of stored objects serves reports before the index is scanned again.
+const STORED_COUNT_LIFETIME: Duration = Duration::from_secs(30);
+
+/// An origin response as the fill task holds it.
+pub type Head = http::response::Parts;
+
+impl Mirror {
+    /// `None` when no registry is configured.
+    pub fn new(config: &MirrorConfig, disk: Option<DiskTier>) -> Option<Mirror> {
+        if config.registries.is_empty() {
+            return None;
+        }
+        let prefix = |url: &crate::config::OriginUrl| {
+            format!(
+                "{}://{}{}",
+                url.url().scheme(),
+                url.authority(),
+                url.base_path()
+            )
+        };
+        let registries = config
+            .registries
+            .iter()
+            .map(|r| Registry {
+                name: r.name.clone(),
+                kind: r.kind,
+                path: r.path.clone(),
+                upstream: prefix(&r.upstream),
+                files: r.files.as_ref().map(prefix),
+                stats: RegistryStats::default(),
+            })
+            .collect();
+        Some(Mirror {
+            registries,
+            public_url: config
+                .public_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_string()),
+            rewrite_max: config.rewrite_max.0,
+            verify_max: config.verify_max.0,
+            digests: DigestStore::new(disk),
+            stored: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn registries(&self) -> &[Registry] {
+        &self.registries
+    }
+
+    /// The registry mounted at `path`, if any.
+    pub fn registry_for(&self, path: &str) -> Option<&Registry> {
+        self.registries
+            .iter()
+            .find(|r| path.starts_with(r.path.as_str()))
+    }
+
+    /// The mirror card of the status page: per registry, objects and bytes stored, hit
+    /// ratio, last successful upstream contact and integrity failures.
+    pub async fn report(&self, cache: &crate::cache::Cache) -> serde_json::Value {
+        let stored = {
+            let mut last = self.stored.lock().await;
+            match &*last {
+                Some((at, counts)) if at.elapsed() < STORED_COUNT_LIFETIME => counts.clone(),
+                _ => {
+                    let prefixes = self.registries.iter().map(|r| r.path.clone()).collect();
+                    let counts = cache.stored_under(prefixes).await;
+                    *last = Some((std::time::Instant::now(), counts.clone()));
+                    counts
+                }
+            }
+        };
+        let registries: Vec<serde_json::Value> = self
+            .registries
+            .iter()
+            .zip(stored)
+            .map(|(registry, (objects, bytes))| {
+                let stats = &registry.stats;
+                let (hits, misses) = (
+                    stats.hits.load(Ordering::Relaxed),
+                    stats.misses.load(Ordering::Relaxed),
+                );
+                let last_contact = stats.last_upstream_contact.load(Ordering::Relaxed);
+                serde_json::json!({
+                    "name": registry.name,
+                    "kind": registry.kind.as_str(),
+                    "path": registry.path,
+                    "objects": objects,
+                    "bytes": bytes,
+                    "hits": hits,
+                    "misses": misses,
+                    "hit_ratio": if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 },
+                    "last_upstream_contact": last_contact,
+                    "integrity_failures": stats.integrity_failures.load(Ordering::Relaxed),
+                    "documents_rewritten": stats.documents_rewritten.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        serde_json::json!({ "registries": registries })
+    }
+
+    /// Counts a request answered from the cache (`hit`) or the upstream for `path`.
+    pub fn count(&self, path: &str, hit: bool) {
+        if let Some(registry) = self.registry_for(path) {
+            let counter = if hit {
+                &registry.stats.hits
+            } else {
+                &registry.stats.misses
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What the mirror makes of the upstream's answer to `path` (the client's path) for the
+    /// entry at `url` (`scheme://authority/path?query`): a rewritten document, a verified
+    /// artifact, or the answer as it came. A response the mirror does not touch is not read.
+    ///
+    /// # Errors
+    /// [`MirrorError`] when an artifact fails its check or cannot be read to be checked; the
+    /// refusal is counted for the registry.
+    pub async fn on_response(
+        &self,
+        (path, url): (&str, &str),
+        mut head: Head,
+        body: OriginBody,
+        body_read_timeout: Duration,
+    ) -> Result<(Head, OriginBody), MirrorError> {
+        let Some(registry) = self.registry_for(path) else {
+            return Ok((head, body));
+        };
+        if head.status != StatusCode::OK {
+            return Ok((head, body));
+        }
+        let content_type = head
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let outcome = match registry.classify(path, &content_type) {
+            Handling::Document(document) => {
+                self.document(
+                    registry,
+                    document,
+                    (path, url),
+                    &mut head,
+                    body,
+                    body_read_timeout,
+                )
+                .await
+            }
+            Handling::Artifact => match self.digests.expected(path) {
+                None => Ok(body),
+                Some(expected) => {
+                    self.verified(registry, &expected, &head, body, body_read_timeout)
+                        .await
+                }
+            },
+        };
+        if outcome.is_ok() {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            registry
+                .stats
+                .last_upstream_contact
+                .store(now, Ordering::Relaxed);
+        }
+        Ok((head, outcome?))
+    }
+
+    async fn verified(
+        &self,
+        registry: &Registry,
+        expected: &digests::Expected,
+        head: &Head,
+        body: OriginBody,
+        body_read_timeout: Duration,
+    ) -> Result<OriginBody, MirrorError> {
+        let encoded = head.headers.contains_key(header::CONTENT_ENCODING);
+        let bytes = read_whole(body, self.verify_max, body_read_timeout).await;
+        let verdict = match &bytes {
+            Err(err) => Err(err.clone_kind()),
+            // A coded artifact is checked decoded (what the index's digest is of).
+            Ok(bytes) if encoded => match gunzip(bytes) {
+                Some(decoded) if expected.matches(&decoded) => Ok(()),
+                _ => Err(MirrorError::Mismatch {
+                    algorithm: expected.algorithm.name(),
+                }),
+            },
+            Ok(bytes) if expected.matches(bytes) => Ok(()),
+            Ok(_) => Err(MirrorError::Mismatch {
+                algorithm: expected.algorithm.name(),
+            }),
+        };
+        if let Err(err) = verdict {
+            if matches!(
+                err,
+                MirrorError::Mismatch { .. } | MirrorError::TooLargeToVerify(_)
+            ) {
+                registry
+                    .stats
+                    .integrity_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(registry = %registry.name, error = %err, "artifact refused");
+            }
+            return Err(err);
+        }
+        Ok(OriginBody::read(bytes?))
+    }
+
+    /// Reads a document, records its digests and, for the documents clients get rewritten,
+    /// replaces the body and the validators.
+    async fn document(
+        &self,
+        registry: &Registry,
+        document: Document,
+        (path, url): (&str, &str),
+        head: &mut Head,
+        body: OriginBody,
+        body_read_timeout: Duration,
+    ) -> Result<OriginBody, MirrorError> {
+        let declared = crate::cache::entry::content_length(&head.headers);
+        if declared.is_some_and(|len| len > self.rewrite_max) {
+            tracing::warn!(registry = %registry.name, path, "index document over mirror.rewrite_max: relayed as it came");
+            return Ok(body);
+        }
+        let raw = match read_whole(body, self.rewrite_max, body_read_timeout).await {
+            Ok(raw) => raw,
+            Err(MirrorError::TooLargeToVerify(_)) => {
+                return Err(MirrorError::Body(
+                    "index document over mirror.rewrite_max".into(),
+                ))
+            }
+            Err(err) => return Err(err),
+        };
+        let coded = head.headers.get(header::CONTENT_ENCODING).cloned();
+        let text = match (&coded, document) {
+            (None, Document::DebianPackages { gzip: false }) => raw.clone(),
+            (None, Document::DebianPackages { gzip: true }) => match gunzip(&raw) {
+                Some(text) => Bytes::from(text),
+                None => return Ok(OriginBody::read(raw)),
+            },
+            (None, _) => raw.clone(),
+            (Some(coding), _) if coding.as_bytes().eq_ignore_ascii_case(b"gzip") => {
+                match gunzip(&raw) {
+                    Some(text) => Bytes::from(text),
+                    None => return Ok(OriginBody::read(raw)),
+                }
+            }
+            // A coding we cannot read: the document goes on untouched.
+            (Some(_), _) => return Ok(OriginBody::read(raw)),
+        };
+        let base = self.base_for(url);
+        let mounts = registry.mounts();
+        let links = Links {
+            mounts: &mounts,
+            base: &base,
+        };
+        let read = match self.read_document(registry, document, &text, &links, path) {
+            Ok(read) => read,
+            Err(err) => {
+                tracing::warn!(registry = %registry.name, path, error = %err, "index document not understood: relayed as it came");
+                return Ok(OriginBody::read(raw));
+            }
+        };
+        self.digests.put_all(read.records);
+        match read.body.filter(|_| document.is_rewritten()) {
+            Some(rewritten) => {
+                registry
+                    .stats
+                    .documents_rewritten
+                    .fetch_add(1, Ordering::Relaxed);
+                rewritten_head(head, &rewritten, &base);
+                Ok(OriginBody::read(rewritten))
+            }
+            None => Ok(OriginBody::read(raw)),
+        }
+    }
+
+    fn read_document(
+        &self,
+        registry: &Registry,
+        document: Document,
+        text: &[u8],
+        links: &Links<'_>,
+        path: &str,
+    ) -> Result<documents::Read, DocumentError> {
+        Ok(match document {
+            Document::PypiHtml => {
+                let text = std::str::from_utf8(text).map_err(|_| DocumentError::NotText)?;
+                documents::pypi_html(text, links, path)
+            }
+            Document::PypiJson => documents::pypi_json(text, links, path)?,
+            Document::CargoConfig => documents::cargo_config(text, links, &registry.path)?,
+            Document::CargoIndex => {
+                let template = self
+                    .digests
+                    .get(&documents::cargo_template_key(&registry.path))
+                    .and_then(|t| String::from_utf8(t).ok())
+                    .unwrap_or_else(|| registry.path.trim_end_matches('/').to_string());
+                documents::cargo_index(text, &template)
+            }
+            Document::NpmPackument => documents::npm_packument(text, links, path)?,
+            Document::DebianPackages { .. } => documents::debian_packages(text, &registry.path)?,
+        })
+    }
+
+    /// The base URL links point under: the configured one, or the entry's own scheme and
+    /// authority (part of its cache key, so each Host has its own copy).
+    fn base_for(&self, url: &str) -> String {
+        if let Some(public) = &self.public_url {
+            return public.clone();
+        }
+        let after_scheme = url.find("://").map_or(0, |i| i + 3);
+        let end = url[after_scheme..]
+            .find('/')
+            .map_or(url.len(), |i| after_scheme + i);
+        url[..end].to_string()
+    }
+}
+
+/// The fields of a rewritten document: its length, no coding, and a weak validator of its
+/// own; the origin's ETag is kept (under [`ORIGIN_ETAG`]) for revalidation.
+fn rewritten_head(head: &mut Head, body: &Bytes, base: &str) {
+    let headers = &mut head.headers;
+    headers.remove(header::CONTENT_ENCODING);
+    for name in ["content-md5", "content-digest", "repr-digest"] {
+        headers.remove(name);
+    }
+    headers.remove(header::ACCEPT_RANGES);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let Some(origin_etag) = headers.remove(header::ETAG) else {
+        return;
+    };
+    let opaque = origin_etag
+        .to_str()
+        .unwrap_or_default()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_string();
+    let base_tag = &blake3::hash(base.as_bytes()).to_hex()[..8];
+    if let Ok(own) = HeaderValue::from_str(&format!("W/\"{opaque}.m{base_tag}\"")) {
+        headers.insert(header::ETAG, own);
+    }
+    headers.insert(ORIGIN_ETAG, origin_etag);
+}
+
+impl MirrorError {
+    fn clone_kind(&self) -> MirrorError {
+        match self {
+            MirrorError::Mismatch { algorithm } => MirrorError::Mismatch { algorithm },
+            MirrorError::TooLargeToVerify(n) => MirrorError::TooLargeToVerify(*n),
+            MirrorError::Body(text) => MirrorError::Body(text.clone()),
+            MirrorError::Stalled => MirrorError::Stalled,
+        }
+    }
+}
+
+/// The whole body, at most `max` bytes, each frame within `frame_timeout`.
+async fn read_whole(
+    mut body: OriginBody,
+    max: u64,
+    frame_timeout: Duration,
+) -> Result<Bytes, MirrorError> {
+    let mut chunks = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(frame_timeout, body.frame()).await {
+            Err(_) => return Err(MirrorError::Stalled),
+            Ok(None) => break,
+            Ok(Some(Err(err))) => return Err(MirrorError::Body(err.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if chunks.len() as u64 + data.len() as u64 > max {
+                return Err(MirrorError::TooLargeToVerify(max));
+            }
+            chunks.extend_from_slice(&data);
+        }
+    }
+    Ok(chunks.freeze())
+}
+
+/// `bytes` gunzipped, or `None` when they are not gzip.
+pub fn gunzip(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut decoded = Vec::new();
+    flate2::read::MultiGzDecoder::new(bytes)
+        .read_to_end(&mut decoded)
+        .ok()?;
+    Some(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mirror() -> Mirror {
+        let config: MirrorConfig = toml::from_str(
+            r#"
+            [[registries]]
+            name = "pypi"
+            kind = "pypi"
+            path = "/pypi/"
+            upstream = "https://pypi.example"
+            files = "https://files.example"
+            [[registries]]
+            name = "crates"
+            kind = "cargo"
+            path = "/crates/"
+            upstream = "https://index.example"
+            "#,
+        )
+        .unwrap();
+        Mirror::new(&config, None).unwrap()
+    }
+
+    #[test]
+    fn responses_are_classified_by_mount_and_type() {
+        let mirror = mirror();
+        let pypi = mirror.registry_for("/pypi/simple/x/").unwrap();
+        assert_eq!(
+            pypi.classify("/pypi/simple/x/", "text/html"),
+            Handling::Document(Document::PypiHtml)
+        );
+        assert_eq!(
+            pypi.classify("/pypi/simple/x/", "application/vnd.pypi.simple.v1+json"),
+            Handling::Document(Document::PypiJson)
+        );
+        assert_eq!(
+            pypi.classify("/pypi/_files/p/x.whl", "text/html"),
+            Handling::Artifact
+        );
+        let crates = mirror.registry_for("/crates/config.json").unwrap();
+        assert_eq!(
+            crates.classify("/crates/config.json", "application/json"),
+            Handling::Document(Document::CargoConfig)
+        );
+        assert!(mirror.registry_for("/other/").is_none());
+        assert_eq!(
+            mirror.base_for("http://m:8080/pypi/simple/?q"),
+            "http://m:8080"
+        );
+    }
+}

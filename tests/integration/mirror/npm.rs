@@ -1,0 +1,157 @@
+//! npm through the mirror's `/npm/` registry: the package document's `dist.tarball` (an
+//! absolute URL on the TLS registry host) is rewritten to come back through the mirror,
+//! the tarball checked against `dist.integrity`; `npm install` works online, with the
+//! upstream down, and offline.
+
+use std::path::Path;
+use std::process::Command;
+
+use bytes::Bytes;
+
+use super::pip::{artifact, page};
+use super::{client_available, run_blocking, tar_gz, Mirror};
+use crate::support::Origin;
+
+pub const TARBALL_PATH: &str = "/outpost-demo/-/outpost-demo-1.0.0.tgz";
+
+/// An npm tarball: `package/package.json` and `package/index.js`, gzipped.
+pub fn tarball() -> Bytes {
+    tar_gz(&[
+        (
+            "package/package.json",
+            r#"{"name":"outpost-demo","version":"1.0.0","main":"index.js"}"#,
+        ),
+        ("package/index.js", "module.exports = 1;\n"),
+    ])
+}
+
+/// The npm-like registry: over TLS, the package document and its tarball on one host.
+pub struct NpmFixture {
+    pub registry: Origin,
+    pub ca_pem: String,
+    pub url: String,
+}
+
+impl NpmFixture {
+    pub async fn start() -> NpmFixture {
+        use base64::Engine;
+        let tarball = tarball();
+        let digest = ring::digest::digest(&ring::digest::SHA512, &tarball);
+        let integrity = format!(
+            "sha512-{}",
+            base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+        );
+        // The document must name its own host, which is known once the port is: a second
+        // route table is not possible, so the document is served by a listener started first.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let url = format!("https://localhost:{port}");
+        let document = serde_json::json!({
+            "name": "outpost-demo",
+            "dist-tags": {"latest": "1.0.0"},
+            "versions": {"1.0.0": {
+                "name": "outpost-demo", "version": "1.0.0",
+                "dist": {"tarball": format!("{url}{TARBALL_PATH}"), "integrity": integrity},
+            }},
+        });
+        let (registry, ca_pem) = Origin::start_tls_at(
+            &format!("127.0.0.1:{port}"),
+            vec![
+                (
+                    "/outpost-demo",
+                    page("application/json", document.to_string()),
+                ),
+                (TARBALL_PATH, artifact(tarball)),
+            ],
+        )
+        .await;
+        NpmFixture {
+            registry,
+            ca_pem,
+            url,
+        }
+    }
+}
+
+pub fn npm_available() -> bool {
+    client_available("npm", &["--version"])
+}
+
+/// A project depending on outpost-demo, its `.npmrc` pointing at `registry`.
+pub fn npm_project(registry: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("package.json"),
+        r#"{"name":"uses-demo","version":"1.0.0","private":true,"dependencies":{"outpost-demo":"1.0.0"}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join(".npmrc"), format!("registry={registry}\n")).unwrap();
+    dir
+}
+
+/// `npm install` in `dir` with a fresh npm cache and no lock file or modules left over:
+/// what a new machine does.
+pub fn npm_install(dir: &Path) -> Command {
+    let _ = std::fs::remove_dir_all(dir.join("node_modules"));
+    let _ = std::fs::remove_file(dir.join("package-lock.json"));
+    let cache = tempfile::Builder::new().tempdir_in(dir).unwrap().keep();
+    let mut command = Command::new("npm");
+    command
+        .args(["install", "--no-audit", "--no-fund", "--fetch-retries=0"])
+        .arg("--cache")
+        .arg(&cache)
+        .current_dir(dir)
+        .env("npm_config_userconfig", dir.join(".npmrc"))
+        .env("npm_config_update_notifier", "false")
+        .env_remove("npm_config_registry")
+        .env_remove("NPM_CONFIG_REGISTRY");
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_installs_through_the_mirror_online_with_the_upstream_down_and_offline() {
+    if !npm_available() {
+        return;
+    }
+    let mut npm = NpmFixture::start().await;
+    let mirror = Mirror::start(
+        &[("https://registry.npmjs.org", npm.url.clone())],
+        Some(&npm.ca_pem),
+    )
+    .await;
+    let project = npm_project(&mirror.url("/npm/"));
+    let installed = project.path().join("node_modules/outpost-demo/index.js");
+
+    run_blocking(npm_install(project.path()))
+        .await
+        .expect("npm install online");
+    assert!(installed.exists());
+    assert_eq!(npm.registry.hits(TARBALL_PATH), 1);
+    let lock = std::fs::read_to_string(project.path().join("package-lock.json")).unwrap();
+    assert!(
+        lock.contains(&mirror.url("/npm/outpost-demo/-/outpost-demo-1.0.0.tgz")),
+        "{lock}"
+    );
+
+    run_blocking(npm_install(project.path()))
+        .await
+        .expect("npm install, second machine");
+    assert_eq!(
+        npm.registry.hits(TARBALL_PATH),
+        1,
+        "the tarball comes from the cache"
+    );
+
+    npm.registry.stop();
+    run_blocking(npm_install(project.path()))
+        .await
+        .expect("npm install with the upstream down");
+    assert!(installed.exists());
+
+    mirror.go_offline().await;
+    run_blocking(npm_install(project.path()))
+        .await
+        .expect("npm install in offline mode");
+    assert!(installed.exists());
+}

@@ -1,0 +1,265 @@
+//! pip through the mirror's `/pypi/` registry: PEP 503 HTML and PEP 691 JSON simple pages
+//! whose links point at a second (TLS) files host are rewritten to come back through the
+//! mirror; installs work online, with the upstream down (stale indexes, RFC 5861 §4 and
+//! RFC 9111 §4.2.4), and in offline mode; a wheel that does not match the page's sha256 is
+//! refused.
+
+use std::process::Command;
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use super::{client_available, python_bytes, run_blocking, sha256_hex, Mirror};
+use crate::support::{self, Fixture, Origin};
+
+/// A minimal, valid wheel of `name` `version` (a zip with the dist-info files pip reads).
+pub fn wheel(name: &str, version: &str) -> Bytes {
+    let script = r#"
+import io, sys, zipfile
+name, version = sys.argv[1], sys.argv[2]
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w") as z:
+    z.writestr(f"{name}/__init__.py", "VALUE = 1\n")
+    info = f"{name}-{version}.dist-info"
+    z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    z.writestr(f"{info}/RECORD", "")
+sys.stdout.buffer.write(buf.getvalue())
+"#;
+    Bytes::from(python_bytes(script, &[name, version]))
+}
+
+pub fn pip_available() -> bool {
+    client_available("python3", &["-m", "pip", "--version"])
+}
+
+/// `pip install --target` of `requirements` through `index` into a fresh folder, with no
+/// pip cache: what a new machine does. The folder, for checking what was installed.
+pub fn pip_install(index: &str, requirements: &[&str]) -> Command {
+    let mut command = Command::new("python3");
+    command
+        .args(["-m", "pip", "install", "--no-deps", "--no-cache-dir"])
+        .args(["--retries", "0", "--timeout", "20", "--index-url", index])
+        .args(requirements)
+        // This machine's pip configuration must not send pip elsewhere.
+        .env_remove("PIP_FIND_LINKS")
+        .env_remove("PIP_INDEX_URL")
+        .env_remove("PIP_EXTRA_INDEX_URL")
+        .env("PIP_CONFIG_FILE", "/dev/null")
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
+    command
+}
+
+async fn install(index: &str, requirements: &[&str]) -> Result<tempfile::TempDir, String> {
+    let target = tempfile::tempdir().unwrap();
+    let mut command = pip_install(index, requirements);
+    command.arg("--target").arg(target.path());
+    run_blocking(command).await?;
+    Ok(target)
+}
+
+/// An index page fixture: 200 with an ETag, 304 when revalidated with it.
+pub fn page(content_type: &str, body: String) -> Fixture {
+    Fixture::Validated {
+        etag: "\"page-1\"",
+        headers: support::header_list(&[
+            ("content-type", content_type),
+            ("cache-control", "max-age=600"),
+        ]),
+        body: Bytes::from(body),
+        not_modified_headers: Vec::new(),
+    }
+}
+
+pub fn artifact(body: Bytes) -> Fixture {
+    Fixture::Static {
+        status: StatusCode::OK,
+        headers: vec![("content-type", "application/octet-stream".into())],
+        body,
+    }
+}
+
+/// The PyPI-like upstream: `/simple/demo-pkg/` (HTML) and `/simple/demo-json/` (JSON) on a
+/// plain index host, their wheels on a TLS files host.
+pub struct PypiFixture {
+    pub index: Origin,
+    pub files: Origin,
+    pub ca_pem: String,
+    pub files_url: String,
+}
+
+pub const HTML_WHEEL: &str = "/packages/ab/cd/demo_pkg-1.0-py3-none-any.whl";
+pub const JSON_WHEEL: &str = "/packages/ef/gh/demo_json-2.0-py3-none-any.whl";
+
+impl PypiFixture {
+    /// `served` replaces the HTML wheel's bytes at the files host (a tampered upload).
+    pub async fn start(served: Option<Bytes>) -> PypiFixture {
+        let html_wheel = wheel("demo_pkg", "1.0");
+        let json_wheel = wheel("demo_json", "2.0");
+        let html_served = served.unwrap_or_else(|| html_wheel.clone());
+        let (files, ca_pem) = Origin::start_tls(vec![
+            (HTML_WHEEL, artifact(html_served)),
+            (JSON_WHEEL, artifact(json_wheel.clone())),
+        ])
+        .await;
+        let files_url = format!("https://localhost:{}", files.addr.port());
+        let html = format!(
+            "<!DOCTYPE html><html><body>\n<a href=\"{files_url}{HTML_WHEEL}#sha256={}\" data-requires-python=\"&gt;=3\">demo_pkg-1.0-py3-none-any.whl</a>\n</body></html>\n",
+            sha256_hex(&html_wheel)
+        );
+        let json = serde_json::json!({
+            "meta": {"api-version": "1.0"},
+            "name": "demo-json",
+            "files": [{
+                "filename": "demo_json-2.0-py3-none-any.whl",
+                "url": format!("{files_url}{JSON_WHEEL}"),
+                "hashes": {"sha256": sha256_hex(&json_wheel)},
+            }],
+        });
+        let index = Origin::start(vec![
+            ("/simple/demo-pkg/", page("text/html", html)),
+            (
+                "/simple/demo-json/",
+                page("application/vnd.pypi.simple.v1+json", json.to_string()),
+            ),
+        ])
+        .await;
+        PypiFixture {
+            index,
+            files,
+            ca_pem,
+            files_url,
+        }
+    }
+
+    pub fn swaps(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("https://pypi.org", self.index.url()),
+            ("https://files.pythonhosted.org", self.files_url.clone()),
+        ]
+    }
+
+    pub fn stop(&mut self) {
+        self.index.stop();
+        self.files.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pip_installs_through_the_mirror_online_with_the_upstream_down_and_offline() {
+    if !pip_available() {
+        return;
+    }
+    let mut pypi = PypiFixture::start(None).await;
+    let mirror = Mirror::start(&pypi.swaps(), Some(&pypi.ca_pem)).await;
+    let index = mirror.url("/pypi/simple/");
+    let requirements = ["demo-pkg==1.0", "demo-json==2.0"];
+
+    let installed = install(&index, &requirements).await.expect("pip online");
+    assert!(installed.path().join("demo_pkg/__init__.py").exists());
+    assert!(installed.path().join("demo_json/__init__.py").exists());
+    // Every download came through the mirror (pip never talked to the files host itself:
+    // it does not trust the fixture's certificate), once.
+    assert_eq!(pypi.files.hits(HTML_WHEEL), 1);
+    assert_eq!(pypi.files.hits(JSON_WHEEL), 1);
+
+    install(&index, &requirements)
+        .await
+        .expect("pip, second machine");
+    assert_eq!(pypi.files.hits(HTML_WHEEL), 1, "wheels come from the cache");
+    let card = mirror.card("pypi").await;
+    assert!(card["hits"].as_u64().unwrap() >= 2, "{card}");
+    assert!(
+        card["last_upstream_contact"].as_u64().unwrap() > 0,
+        "{card}"
+    );
+
+    pypi.stop();
+    install(&index, &requirements)
+        .await
+        .expect("pip with the upstream down");
+
+    mirror.go_offline().await;
+    install(&index, &requirements)
+        .await
+        .expect("pip in offline mode");
+}
+
+/// A wheel whose bytes do not match the sha256 its page published is never stored or
+/// served: 502 with Proxy-Status (RFC 9209 §2.3.14), counted on the mirror card, and asked
+/// for again next time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_wheel_is_refused_and_never_stored() {
+    let tampered = wheel("demo_pkg", "6.6.6");
+    let pypi = PypiFixture::start(Some(tampered)).await;
+    let mirror = Mirror::start(&pypi.swaps(), Some(&pypi.ca_pem)).await;
+    let page = support::get(&mirror.url("/pypi/simple/demo-pkg/"), &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let link = format!("/pypi/_files{HTML_WHEEL}");
+    let text = String::from_utf8_lossy(&page.body);
+    assert!(text.contains(&mirror.url(&link)), "{text}");
+    for _ in 0..2 {
+        let refused = support::get(&mirror.url(&link), &[]).await;
+        assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
+        let proxy_status = refused.header("proxy-status").unwrap_or_default();
+        assert!(
+            proxy_status.contains("error=http_protocol_error")
+                && proxy_status.contains("sha256 of the artifact does not match"),
+            "{proxy_status}"
+        );
+    }
+    assert_eq!(
+        pypi.files.hits(HTML_WHEEL),
+        2,
+        "a refused artifact is not stored"
+    );
+    assert_eq!(mirror.card("pypi").await["integrity_failures"], 2);
+    if pip_available() {
+        let failed = install(&mirror.url("/pypi/simple/"), &["demo-pkg==1.0"]).await;
+        assert!(failed.is_err(), "pip must not install the tampered wheel");
+    }
+}
+
+/// The rewritten page is a stored transform: its own weak validator (RFC 9110 §8.8.1) for
+/// clients, the origin's for revalidation (RFC 9111 §4.3.1), and a 304 from the origin
+/// keeps the rewritten copy (§4.3.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_page_has_its_own_validator_and_revalidates_with_the_origins() {
+    let pypi = PypiFixture::start(None).await;
+    let mirror = Mirror::start(&pypi.swaps(), Some(&pypi.ca_pem)).await;
+    let url = mirror.url("/pypi/simple/demo-json/");
+    let first = support::get(&url, &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let etag = first.header("etag").unwrap().to_string();
+    assert!(etag.starts_with("W/\"page-1."), "{etag}");
+    assert!(first.header("outpost-origin-etag").is_none());
+    let json: serde_json::Value = serde_json::from_slice(&first.body).unwrap();
+    assert_eq!(
+        json["files"][0]["url"],
+        mirror.url(&format!("/pypi/_files{JSON_WHEEL}"))
+    );
+    assert_eq!(
+        first.header("content-length"),
+        Some(first.body.len().to_string().as_str())
+    );
+
+    let not_modified = support::get(&url, &[("if-none-match", &etag)]).await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+
+    // pip's `max-age=0`: revalidated with the origin's own ETag, answered 304, and the
+    // client gets the same rewritten page.
+    let revalidated = support::get(&url, &[("cache-control", "max-age=0")]).await;
+    assert_eq!(revalidated.status, StatusCode::OK);
+    assert_eq!(revalidated.body, first.body);
+    assert_eq!(revalidated.header("etag"), Some(etag.as_str()));
+    let conditional = pypi
+        .index
+        .seen()
+        .into_iter()
+        .filter(|r| r.uri.path() == "/simple/demo-json/")
+        .filter_map(|r| r.headers.get("if-none-match").cloned())
+        .collect::<Vec<_>>();
+    // The profile revalidates index pages on every use: both later requests asked the
+    // origin, each with the origin's validator, never the mirror's own.
+    assert_eq!(conditional, ["\"page-1\"", "\"page-1\""]);
+}

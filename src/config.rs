@@ -1000,9 +1000,10 @@ pub struct MirrorConfig {
     pub public_url: Option<String>,
     /// Index documents up to this size are rewritten; a larger one is relayed as it came.
     pub rewrite_max: ByteSize,
-    /// Artifacts with a published digest are held until verified; up to this size (a
-    /// larger one is refused rather than served unverified).
-    pub verify_max: ByteSize,
+    /// Artifacts with a published digest up to this size are held and checked before their
+    /// first byte goes out (a mismatch is a 502); larger ones are checked as they stream
+    /// (a mismatch aborts the transfer). Either way a mismatch is never stored.
+    pub hold_max: ByteSize,
     pub registries: Vec<RegistryConfig>,
 }
 
@@ -1011,7 +1012,7 @@ impl Default for MirrorConfig {
         MirrorConfig {
             public_url: None,
             rewrite_max: ByteSize(256 << 20),
-            verify_max: ByteSize(4 << 30),
+            hold_max: ByteSize(64 << 20),
             registries: Vec::new(),
         }
     }

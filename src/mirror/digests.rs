@@ -118,7 +118,17 @@ impl Expected {
 
     /// Whether `body` has this digest.
     pub fn matches(&self, body: &[u8]) -> bool {
-        ring::digest::digest(self.algorithm.ring(), body).as_ref() == self.digest.as_slice()
+        self.is(ring::digest::digest(self.algorithm.ring(), body).as_ref())
+    }
+
+    /// Whether `digest` (of this algorithm) is this one.
+    pub fn is(&self, digest: &[u8]) -> bool {
+        digest == self.digest.as_slice()
+    }
+
+    /// A running digest of this algorithm.
+    pub fn context(&self) -> ring::digest::Context {
+        ring::digest::Context::new(self.algorithm.ring())
     }
 
     fn encode(&self) -> Vec<u8> {

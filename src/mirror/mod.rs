@@ -15,10 +15,12 @@
 //! Routing to the registries' upstreams is ordinary routing ([`crate::config::Config::all_sites`]);
 //! freshness is the operator's rules (`config/mirror.toml`).
 
+pub mod check;
 pub mod digests;
 pub mod documents;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -55,7 +57,7 @@ pub struct Registry {
     upstream: String,
     /// The artifacts host's, when the registry has one (mounted at `path` + `_files/`).
     files: Option<String>,
-    pub stats: RegistryStats,
+    pub stats: Arc<RegistryStats>,
 }
 
 impl Registry {
@@ -151,7 +153,7 @@ impl Document {
 pub enum MirrorError {
     #[error("{algorithm} of the artifact does not match the digest its index published")]
     Mismatch { algorithm: &'static str },
-    #[error("artifact larger than mirror.verify_max ({0} bytes), not served unverified")]
+    #[error("gzip-coded artifact larger than mirror.hold_max ({0} bytes): cannot be checked")]
     TooLargeToVerify(u64),
     #[error("response body failed: {0}")]
     Body(String),
@@ -164,7 +166,7 @@ pub struct Mirror {
     registries: Vec<Registry>,
     public_url: Option<String>,
     rewrite_max: u64,
-    verify_max: u64,
+    hold_max: u64,
     digests: DigestStore,
     /// The last count of stored objects and bytes per registry, and when it was made.
     stored: tokio::sync::Mutex<Option<StoredCount>>,
@@ -202,7 +204,7 @@ impl Mirror {
                 path: r.path.clone(),
                 upstream: prefix(&r.upstream),
                 files: r.files.as_ref().map(prefix),
-                stats: RegistryStats::default(),
+                stats: Arc::default(),
             })
             .collect();
         Some(Mirror {
@@ -212,7 +214,7 @@ impl Mirror {
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_string()),
             rewrite_max: config.rewrite_max.0,
-            verify_max: config.verify_max.0,
+            hold_max: config.hold_max.0,
             digests: DigestStore::new(disk),
             stored: tokio::sync::Mutex::new(None),
         })
@@ -343,6 +345,8 @@ impl Mirror {
         Ok((head, outcome?))
     }
 
+    /// The artifact's body, checked against `expected`: held and checked whole up to
+    /// `hold_max`, else checked as it streams ([`check`]).
     async fn verified(
         &self,
         registry: &Registry,
@@ -352,22 +356,23 @@ impl Mirror {
         body_read_timeout: Duration,
     ) -> Result<OriginBody, MirrorError> {
         let encoded = head.headers.contains_key(header::CONTENT_ENCODING);
-        let bytes = read_whole(body, self.verify_max, body_read_timeout).await;
-        let verdict = match &bytes {
-            Err(err) => Err(err.clone_kind()),
-            // A coded artifact is checked decoded (what the index's digest is of).
-            Ok(bytes) if encoded => match gunzip(bytes) {
-                Some(decoded) if expected.matches(&decoded) => Ok(()),
-                _ => Err(MirrorError::Mismatch {
-                    algorithm: expected.algorithm.name(),
-                }),
-            },
-            Ok(bytes) if expected.matches(bytes) => Ok(()),
-            Ok(_) => Err(MirrorError::Mismatch {
-                algorithm: expected.algorithm.name(),
-            }),
+        let streamed = |prefix: Bytes, context, body| {
+            let check = check::Check {
+                expected: expected.clone(),
+                registry: registry.name.clone(),
+                stats: Arc::clone(&registry.stats),
+            };
+            OriginBody::checked(check::CheckedStream::new(
+                prefix,
+                body,
+                Some((context, check)),
+            ))
         };
-        if let Err(err) = verdict {
+        let declared = crate::cache::entry::content_length(&head.headers);
+        if !encoded && declared.is_some_and(|len| len > self.hold_max) {
+            return Ok(streamed(Bytes::new(), expected.context(), body));
+        }
+        let refuse = |err: MirrorError| {
             if matches!(
                 err,
                 MirrorError::Mismatch { .. } | MirrorError::TooLargeToVerify(_)
@@ -378,9 +383,32 @@ impl Mirror {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(registry = %registry.name, error = %err, "artifact refused");
             }
-            return Err(err);
+            err
+        };
+        let mismatch = || MirrorError::Mismatch {
+            algorithm: expected.algorithm.name(),
+        };
+        let bytes = match read_whole(body, self.hold_max, body_read_timeout).await? {
+            Whole::Read(bytes) => bytes,
+            Whole::TooLarge(..) if encoded => {
+                return Err(refuse(MirrorError::TooLargeToVerify(self.hold_max)))
+            }
+            Whole::TooLarge(prefix, rest) => {
+                let mut context = expected.context();
+                context.update(&prefix);
+                return Ok(streamed(prefix, context, rest));
+            }
+        };
+        // A coded artifact is checked decoded (what the index's digest is of).
+        let verdict = if encoded {
+            gunzip(&bytes).is_some_and(|decoded| expected.matches(&decoded))
+        } else {
+            expected.matches(&bytes)
+        };
+        if !verdict {
+            return Err(refuse(mismatch()));
         }
-        Ok(OriginBody::read(bytes?))
+        Ok(OriginBody::read(bytes))
     }
 
     /// Reads a document, records its digests and, for the documents clients get rewritten,
@@ -399,14 +427,14 @@ impl Mirror {
             tracing::warn!(registry = %registry.name, path, "index document over mirror.rewrite_max: relayed as it came");
             return Ok(body);
         }
-        let raw = match read_whole(body, self.rewrite_max, body_read_timeout).await {
-            Ok(raw) => raw,
-            Err(MirrorError::TooLargeToVerify(_)) => {
-                return Err(MirrorError::Body(
-                    "index document over mirror.rewrite_max".into(),
-                ))
+        let raw = match read_whole(body, self.rewrite_max, body_read_timeout).await? {
+            Whole::Read(raw) => raw,
+            Whole::TooLarge(prefix, rest) => {
+                tracing::warn!(registry = %registry.name, path, "index document over mirror.rewrite_max: relayed as it came");
+                return Ok(OriginBody::checked(check::CheckedStream::new(
+                    prefix, rest, None,
+                )));
             }
-            Err(err) => return Err(err),
         };
         let coded = head.headers.get(header::CONTENT_ENCODING).cloned();
         let text = match (&coded, document) {
@@ -520,23 +548,19 @@ fn rewritten_head(head: &mut Head, body: &Bytes, base: &str) {
     headers.insert(ORIGIN_ETAG, origin_etag);
 }
 
-impl MirrorError {
-    fn clone_kind(&self) -> MirrorError {
-        match self {
-            MirrorError::Mismatch { algorithm } => MirrorError::Mismatch { algorithm },
-            MirrorError::TooLargeToVerify(n) => MirrorError::TooLargeToVerify(*n),
-            MirrorError::Body(text) => MirrorError::Body(text.clone()),
-            MirrorError::Stalled => MirrorError::Stalled,
-        }
-    }
+/// A body read up to a limit.
+enum Whole {
+    Read(Bytes),
+    /// Over the limit: what was read, and the rest unread.
+    TooLarge(Bytes, OriginBody),
 }
 
-/// The whole body, at most `max` bytes, each frame within `frame_timeout`.
+/// The whole body if it has at most `max` bytes, each frame within `frame_timeout`.
 async fn read_whole(
     mut body: OriginBody,
     max: u64,
     frame_timeout: Duration,
-) -> Result<Bytes, MirrorError> {
+) -> Result<Whole, MirrorError> {
     let mut chunks = bytes::BytesMut::new();
     loop {
         let frame = match tokio::time::timeout(frame_timeout, body.frame()).await {
@@ -546,13 +570,13 @@ async fn read_whole(
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {
-            if chunks.len() as u64 + data.len() as u64 > max {
-                return Err(MirrorError::TooLargeToVerify(max));
-            }
             chunks.extend_from_slice(&data);
+            if chunks.len() as u64 > max {
+                return Ok(Whole::TooLarge(chunks.freeze(), body));
+            }
         }
     }
-    Ok(chunks.freeze())
+    Ok(Whole::Read(chunks.freeze()))
 }
 
 /// `bytes` gunzipped, or `None` when they are not gzip.

@@ -68,6 +68,9 @@ enum OriginSource {
     Incoming(Incoming),
     /// Taken on the first poll.
     Read(Option<bytes::Bytes>),
+    /// The origin's body passed through a check on its way (a mirror's digest check of an
+    /// artifact too large to hold).
+    Checked(http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::body::BoxError>),
 }
 
 impl OriginBody {
@@ -85,21 +88,37 @@ impl OriginBody {
             stream: None,
         }
     }
+
+    /// The origin's body as `check` passes it on; an error it raises ends the body as an
+    /// error (nothing is stored, the client's transfer is aborted).
+    pub fn checked<B>(check: B) -> OriginBody
+    where
+        B: http_body::Body<Data = bytes::Bytes, Error = crate::body::BoxError> + Send + 'static,
+    {
+        use http_body_util::BodyExt;
+        OriginBody {
+            source: OriginSource::Checked(check.boxed_unsync()),
+            stream: None,
+        }
+    }
 }
 
 impl http_body::Body for OriginBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = crate::body::BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         match &mut self.source {
-            OriginSource::Incoming(incoming) => std::pin::Pin::new(incoming).poll_frame(cx),
+            OriginSource::Incoming(incoming) => std::pin::Pin::new(incoming)
+                .poll_frame(cx)
+                .map_err(Into::into),
             OriginSource::Read(bytes) => {
                 std::task::Poll::Ready(bytes.take().map(|b| Ok(http_body::Frame::data(b))))
             }
+            OriginSource::Checked(body) => std::pin::Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -107,6 +126,7 @@ impl http_body::Body for OriginBody {
         match &self.source {
             OriginSource::Incoming(incoming) => incoming.is_end_stream(),
             OriginSource::Read(bytes) => bytes.is_none(),
+            OriginSource::Checked(body) => body.is_end_stream(),
         }
     }
 
@@ -116,6 +136,7 @@ impl http_body::Body for OriginBody {
             OriginSource::Read(bytes) => {
                 http_body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            OriginSource::Checked(body) => body.size_hint(),
         }
     }
 }
@@ -124,6 +145,7 @@ impl From<OriginBody> for Body {
     fn from(body: OriginBody) -> Body {
         match (body.source, body.stream) {
             (OriginSource::Read(bytes), _) => Body::full(bytes.unwrap_or_default()),
+            (OriginSource::Checked(body), _) => Body::Boxed(body),
             // HTTP/1.1: no permit to carry, and no allocation.
             (OriginSource::Incoming(incoming), None) => Body::Incoming(incoming),
             (source, stream) => Body::boxed(OriginBody { source, stream }),

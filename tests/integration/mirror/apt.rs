@@ -1,7 +1,7 @@
 //! apt-get through the mirror's `/debian/` registry: `apt-get update` and `apt-get
 //! download` work, and keep working when the upstream answers 503 for every index file
-//! (stored indexes served stale, RFC 5861 §4); the `.deb` is checked against the SHA256 its
-//! `Packages` file published, and fetched once.
+//! (stored indexes served stale, RFC 5861 §4); each `.deb` is checked against the SHA256
+//! its `Packages` file published (a mismatch is refused), and fetched once.
 
 use std::process::Command;
 
@@ -75,7 +75,11 @@ async fn apt_update_and_download_keep_working_when_the_origin_fails() {
     let deb = Bytes::from(std::fs::read(&deb_path).unwrap());
     let packages = format!(
         "Package: hello-outpost\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.com>\n\
-         Filename: pool/main/h/hello-outpost_1.0+b1_all.deb\nSize: {}\nSHA256: {}\nDescription: test package\n\n",
+         Filename: pool/main/h/hello-outpost_1.0+b1_all.deb\nSize: {}\nSHA256: {}\nDescription: test package\n\n\
+         Package: swapped-outpost\nVersion: 1.0\nArchitecture: all\n\
+         Filename: pool/main/s/swapped-outpost_1.0_all.deb\nSize: {}\nSHA256: {}\nDescription: served wrong\n\n",
+        deb.len(),
+        sha256_hex(&deb),
         deb.len(),
         sha256_hex(&deb)
     );
@@ -113,6 +117,12 @@ async fn apt_update_and_download_keep_working_when_the_origin_fails() {
                 body: deb.clone(),
             },
         ),
+        // The index lists this file with the hello package's digest; the upstream serves
+        // other bytes (a compromised or corrupted archive).
+        (
+            "/debian/pool/main/s/swapped-outpost_1.0_all.deb",
+            Fixture::ok("not the package the index describes"),
+        ),
     ])
     .await;
     let mirror = Mirror::start(
@@ -148,6 +158,21 @@ async fn apt_update_and_download_keep_working_when_the_origin_fails() {
         .unwrap();
         assert_eq!(outcome.expect(round), deb, "{round}");
     }
+    // The Packages file's SHA256 was recorded when apt fetched it through the mirror: a
+    // pool file that does not match is refused (502) and never stored.
+    for _ in 0..2 {
+        let refused = crate::support::get(
+            &mirror.url("/debian/pool/main/s/swapped-outpost_1.0_all.deb"),
+            &[],
+        )
+        .await;
+        assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(
+        origin.hits("/debian/pool/main/s/swapped-outpost_1.0_all.deb"),
+        2
+    );
+    assert_eq!(mirror.card("debian").await["integrity_failures"], 2);
     assert_eq!(
         origin.hits("/debian/pool/main/h/hello-outpost_1.0%2bb1_all.deb"),
         1,

@@ -68,8 +68,17 @@ pub fn mirror_config(swaps: &[(&str, String)], ca: Option<&Path>, cache_dir: &Pa
 
 impl Mirror {
     pub async fn start(swaps: &[(&str, String)], ca_pem: Option<&str>) -> Mirror {
+        Mirror::start_tuned(swaps, ca_pem, |_| {}).await
+    }
+
+    /// A mirror whose configuration `tune` changes after the swaps.
+    pub async fn start_tuned(
+        swaps: &[(&str, String)],
+        ca_pem: Option<&str>,
+        tune: impl FnOnce(&mut Config),
+    ) -> Mirror {
         let cache_dir = tempfile::tempdir().unwrap();
-        Mirror::start_in(swaps, ca_pem, cache_dir, "127.0.0.1:0").await
+        Mirror::start_in(swaps, ca_pem, cache_dir, "127.0.0.1:0", tune).await
     }
 
     /// A mirror over an existing cache folder, listening on `address` (a restart).
@@ -79,7 +88,7 @@ impl Mirror {
         cache_dir: tempfile::TempDir,
         address: std::net::SocketAddr,
     ) -> Mirror {
-        Mirror::start_in(swaps, ca_pem, cache_dir, &address.to_string()).await
+        Mirror::start_in(swaps, ca_pem, cache_dir, &address.to_string(), |_| {}).await
     }
 
     async fn start_in(
@@ -87,13 +96,15 @@ impl Mirror {
         ca_pem: Option<&str>,
         cache_dir: tempfile::TempDir,
         address: &str,
+        tune: impl FnOnce(&mut Config),
     ) -> Mirror {
         let ca = ca_pem.map(|pem| {
             let mut file = tempfile::NamedTempFile::new().unwrap();
             file.write_all(pem.as_bytes()).unwrap();
             file
         });
-        let config = mirror_config(swaps, ca.as_ref().map(|f| f.path()), cache_dir.path());
+        let mut config = mirror_config(swaps, ca.as_ref().map(|f| f.path()), cache_dir.path());
+        tune(&mut config);
         Mirror {
             proxy: Proxy::start_with_at(config, address).await,
             cache_dir,

@@ -12,18 +12,21 @@ use http::StatusCode;
 use super::{client_available, python_bytes, run_blocking, sha256_hex, Mirror};
 use crate::support::{self, Fixture, Origin};
 
-/// A minimal, valid wheel of `name` `version` (a zip with the dist-info files pip reads).
+/// A minimal, valid wheel of `name` `version` (a zip with the dist-info files pip reads),
+/// the same bytes every time.
 pub fn wheel(name: &str, version: &str) -> Bytes {
     let script = r#"
 import io, sys, zipfile
 name, version = sys.argv[1], sys.argv[2]
 buf = io.BytesIO()
+def put(z, path, text):
+    z.writestr(zipfile.ZipInfo(path, date_time=(2024, 1, 1, 0, 0, 0)), text)
 with zipfile.ZipFile(buf, "w") as z:
-    z.writestr(f"{name}/__init__.py", "VALUE = 1\n")
+    put(z, f"{name}/__init__.py", "VALUE = 1\n")
     info = f"{name}-{version}.dist-info"
-    z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-    z.writestr(f"{info}/RECORD", "")
+    put(z, f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    put(z, f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    put(z, f"{info}/RECORD", "")
 sys.stdout.buffer.write(buf.getvalue())
 "#;
     Bytes::from(python_bytes(script, &[name, version]))
@@ -217,6 +220,58 @@ async fn a_tampered_wheel_is_refused_and_never_stored() {
     if pip_available() {
         let failed = install(&mirror.url("/pypi/simple/"), &["demo-pkg==1.0"]).await;
         assert!(failed.is_err(), "pip must not install the tampered wheel");
+    }
+}
+
+/// Artifacts larger than `mirror.hold_max` are checked as they stream: a good one is
+/// served whole and stored; a tampered one is cut off (the client never gets a complete
+/// wrong file) and never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_too_large_to_hold_are_checked_as_they_stream() {
+    use http_body_util::BodyExt;
+    let small_hold = |config: &mut outpost::Config| {
+        config.mirror.hold_max = outpost::config::ByteSize(64);
+    };
+    let fetch = |url: String| async move {
+        let request = http::Request::get(url)
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let response = support::client().request(request).await.unwrap();
+        let status = response.status();
+        (
+            status,
+            response.into_body().collect().await.map(|b| b.to_bytes()),
+        )
+    };
+    for tampered in [false, true] {
+        let served = tampered.then(|| wheel("demo_pkg", "6.6.6"));
+        let pypi = PypiFixture::start(served).await;
+        let mirror = Mirror::start_tuned(&pypi.swaps(), Some(&pypi.ca_pem), small_hold).await;
+        let page = support::get(&mirror.url("/pypi/simple/demo-pkg/"), &[]).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let link = mirror.url(&format!("/pypi/_files{HTML_WHEEL}"));
+        for _ in 0..2 {
+            let (status, body) = fetch(link.clone()).await;
+            if tampered {
+                // Whether the head went out before the end was checked depends on timing:
+                // a 502 (the fill failed first) or an aborted body, never a whole wrong file.
+                assert!(
+                    status == StatusCode::BAD_GATEWAY || body.is_err(),
+                    "a tampered artifact must not arrive whole ({status})"
+                );
+            } else {
+                assert_eq!(status, StatusCode::OK);
+                assert_eq!(body.unwrap(), wheel("demo_pkg", "1.0"));
+            }
+        }
+        let expected_hits = if tampered { 2 } else { 1 };
+        assert_eq!(
+            pypi.files.hits(HTML_WHEEL),
+            expected_hits,
+            "tampered: {tampered}"
+        );
+        let failures = mirror.card("pypi").await["integrity_failures"].clone();
+        assert_eq!(failures, if tampered { 2 } else { 0 });
     }
 }
 

@@ -1,0 +1,102 @@
+//! An origin body passed on while its digest is computed: for artifacts too large to hold
+//! before serving (`mirror.hold_max`). At the end the digest is compared with the one the
+//! index published; a mismatch ends the body as an error, so the fill stores nothing and
+//! every client's transfer is aborted (a client sees a broken download, never a complete
+//! wrong one). Also replays bytes read ahead (a prefix read while deciding to hold).
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use super::digests::Expected;
+use super::{MirrorError, RegistryStats};
+use crate::body::BoxError;
+use crate::upstream::OriginBody;
+
+/// What a checked stream compares against, and whom it tells of a mismatch.
+pub struct Check {
+    pub expected: Expected,
+    pub registry: String,
+    pub stats: Arc<RegistryStats>,
+}
+
+pub struct CheckedStream {
+    /// Bytes already read (and hashed), sent first.
+    prefix: Option<Bytes>,
+    inner: OriginBody,
+    /// The running digest and what it must come to; `None` passes the body unchecked.
+    check: Option<(ring::digest::Context, Check)>,
+}
+
+impl CheckedStream {
+    /// `inner`'s bytes after `prefix`, checked against `check` when given; `prefix` must
+    /// already be in `context`.
+    pub fn new(
+        prefix: Bytes,
+        inner: OriginBody,
+        check: Option<(ring::digest::Context, Check)>,
+    ) -> CheckedStream {
+        CheckedStream {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            inner,
+            check,
+        }
+    }
+
+    fn finished(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        let (context, check) = self.check.take()?;
+        let digest = context.finish();
+        if check.expected.is(digest.as_ref()) {
+            return None;
+        }
+        check
+            .stats
+            .integrity_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let err = MirrorError::Mismatch {
+            algorithm: check.expected.algorithm.name(),
+        };
+        tracing::warn!(registry = %check.registry, error = %err, "artifact refused while streaming: transfer aborted, nothing stored");
+        Some(Err(Box::new(err)))
+    }
+}
+
+impl Body for CheckedStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some((context, _))) = (frame.data_ref(), &mut this.check) {
+                    context.update(data);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => Poll::Ready(this.finished()),
+            other => other,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + prefix);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + prefix);
+        }
+        hint
+    }
+}

@@ -10,6 +10,7 @@
 //! once its head has arrived is `pipeline`'s business.
 
 mod activity;
+mod h2c;
 pub mod proxy_protocol;
 pub mod tls;
 mod tracker;
@@ -382,24 +383,50 @@ impl Connection {
             scheme,
             activity: Arc::clone(&activity),
             interim,
+            h2c: parking_lot::Mutex::new(None),
         });
+        let service_link = Arc::clone(&link);
         let service = service_fn(move |request: http::Request<Incoming>| {
             let proxy = proxy.load_full();
-            let link = Arc::clone(&link);
+            let link = Arc::clone(&service_link);
             async move { Ok::<_, Infallible>(serve_request(&proxy, request, &link).await) }
         });
         let connection = self
             .builder
-            .serve_connection_with_upgrades(io, service)
+            .serve_connection_with_upgrades(io, service.clone())
             .into_owned();
-        tokio::pin!(connection);
+        if !self.supervise(connection, &activity).await {
+            return;
+        }
+        // The HTTP/1.1 part ended in an h2c switch: the rest is HTTP/2.
+        let Some(pending) = link.h2c.lock().take() else {
+            return;
+        };
+        let io = match h2c::switch(pending, self.timeouts.header_read).await {
+            Ok(io) => io,
+            Err(err) => return tracing::debug!(%peer, error = %err, "h2c upgrade failed"),
+        };
+        let settings = self.proxy.load().server.clone();
+        let connection = h2_builder(&settings).serve_connection(TokioIo::new(io), service);
+        self.supervise(connection, &activity).await;
+    }
 
+    /// Runs `connection` under the connection's watchdog (head, idle and send timeouts)
+    /// and shutdown; true when it ended by itself without an error.
+    async fn supervise<C>(&mut self, connection: C, activity: &Arc<ConnActivity>) -> bool
+    where
+        C: hyper_util::server::graceful::GracefulConnection,
+        C::Error: std::fmt::Display,
+    {
+        let peer = self.peer;
+        tokio::pin!(connection);
         let ending = tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
                     tracing::debug!(%peer, error = %err, "connection ended with an error");
+                    return false;
                 }
-                return;
+                return true;
             }
             _ = self.stop.wait_for(|stop| *stop) => Ending::Shutdown,
             ending = activity.watch(self.timeouts) => ending,
@@ -421,7 +448,21 @@ impl Connection {
                 }
             }
         }
+        false
     }
+}
+
+/// The HTTP/2 server of a connection switched by h2c, set as [`connection_builder`] sets
+/// HTTP/2 on the listener.
+fn h2_builder(settings: &ServerConfig) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let header_bytes = settings.max_header_bytes.as_usize();
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .enable_connect_protocol();
+    builder
 }
 
 /// What a request's service needs of its connection.
@@ -430,15 +471,26 @@ struct ConnectionLink {
     scheme: &'static str,
     activity: Arc<ConnActivity>,
     interim: Arc<InterimLink>,
+    /// An h2c upgrade accepted by a request: the connection goes on as HTTP/2 when its
+    /// HTTP/1.1 part ends.
+    h2c: parking_lot::Mutex<Option<h2c::Pending>>,
 }
 
 /// One request through the pipeline, its response body tracked for the connection's
 /// watchdog and the access log.
 async fn serve_request(
     proxy: &Arc<Proxy>,
-    request: http::Request<Incoming>,
+    mut request: http::Request<Incoming>,
     link: &ConnectionLink,
 ) -> http::Response<ResponseTracker> {
+    if link.scheme == "http" {
+        if let Some((pending, switching)) = h2c::accept(&mut request) {
+            *link.h2c.lock() = Some(pending);
+            let inflight = link.activity.request_started(false);
+            return switching
+                .map(|()| ResponseTracker::unrecorded(crate::body::Body::empty(), inflight));
+        }
+    }
     let has_conflicting_framing = link.activity.take_framing_conflict();
     let inflight = link
         .activity

@@ -14,7 +14,8 @@ use crate::pipeline::RequestCtx;
 
 pub struct ResponseTracker {
     body: Body,
-    record: RequestCtx,
+    /// `None` for a response that is not a request's outcome (an h2c switch's 101).
+    record: Option<RequestCtx>,
     bytes_sent: u64,
     /// The body's length when known up front (Content-Length): hyper stops polling a
     /// body once it has sent that many bytes, so reaching it is completion too.
@@ -34,7 +35,22 @@ impl ResponseTracker {
         ResponseTracker {
             declared_len,
             body,
-            record,
+            record: Some(record),
+            bytes_sent: 0,
+            is_complete: false,
+            _inflight: inflight,
+        }
+    }
+}
+
+impl ResponseTracker {
+    /// A body that records nothing when it ends (the 101 of an h2c switch: the request it
+    /// answers is recorded when stream 1 is answered).
+    pub fn unrecorded(body: Body, inflight: InflightGuard) -> ResponseTracker {
+        ResponseTracker {
+            declared_len: Some(0),
+            body,
+            record: None,
             bytes_sent: 0,
             is_complete: false,
             _inflight: inflight,
@@ -61,7 +77,7 @@ impl http_body::Body for ResponseTracker {
             Poll::Ready(None) => this.is_complete = true,
             Poll::Ready(Some(Err(err))) => {
                 tracing::warn!(
-                    target = %this.record.target,
+                    target = this.record.as_ref().map_or("", |r| r.target.as_str()),
                     error = %err,
                     "response body failed mid-stream: aborting the client's response"
                 );
@@ -86,6 +102,8 @@ impl Drop for ResponseTracker {
         let is_complete = self.is_complete
             || self.body.is_end_stream()
             || self.declared_len == Some(self.bytes_sent);
-        self.record.finish(self.bytes_sent, is_complete);
+        if let Some(record) = &self.record {
+            record.finish(self.bytes_sent, is_complete);
+        }
     }
 }

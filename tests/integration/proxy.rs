@@ -651,3 +651,66 @@ async fn a_trusted_peer_cannot_pass_override_headers_through() {
     assert!(!seen.contains_key("x-original-url"));
     assert!(!seen.contains_key("x-http-method-override"));
 }
+
+/// RFC 7540 §3.2: curl's `Upgrade: h2c` offer is taken (101, then HTTP/2 with the request
+/// as stream 1) and the connection serves later requests as HTTP/2; cargo relies on it to
+/// multiplex downloads from a mirror on plain http. Without curl the test is skipped
+/// unless CI requires it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_switches_the_connection_to_http2() {
+    let has_curl = std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_curl {
+        assert!(
+            std::env::var_os("OUTPOST_REQUIRE_MIRROR_CLIENTS").is_none(),
+            "curl is required"
+        );
+        return;
+    }
+    let origin = Origin::start(vec![
+        (
+            "/a",
+            Fixture::with_headers(200, &[("cache-control", "max-age=60")], "first"),
+        ),
+        (
+            "/b",
+            Fixture::with_headers(200, &[("cache-control", "max-age=60")], "second"),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-s", "--http2", "-w", "|%{http_version}|%{num_connects}\n"])
+        .arg(proxy.url("/a"))
+        .arg(proxy.url("/b"))
+        .arg(proxy.url("/a"));
+    let output = tokio::task::spawn_blocking(move || curl.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    // One connection, upgraded on the first request; every answer over HTTP/2, the same
+    // bodies HTTP/1.1 would give, and the third from the cache.
+    assert_eq!(text, "first|2|1\nsecond|2|0\nfirst|2|0\n", "{text}");
+    assert_eq!(origin.hits("/a"), 1);
+    // A request with a body stays on HTTP/1.1 (outpost upgrades only bodiless ones).
+    let mut post = std::process::Command::new("curl");
+    post.args([
+        "-s",
+        "--http2",
+        "-d",
+        "x",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version}",
+    ])
+    .arg(proxy.url("/a"));
+    let output = tokio::task::spawn_blocking(move || post.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "1.1");
+}

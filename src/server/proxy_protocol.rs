@@ -85,7 +85,7 @@ pub struct Prefixed<S> {
 }
 
 impl<S> Prefixed<S> {
-    fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+    pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
         Prefixed {
             prefix,
             offset: 0,

@@ -34,10 +34,12 @@ pub(super) async fn serve_stored(
 ) -> Response<Body> {
     let compression = &proxy.compression;
     let meta = &entry.meta;
-    if meta.headers.contains_key(header::CONTENT_ENCODING)
-        || !compression.is_compressible(meta.status, &meta.headers)
-    {
+    if meta.headers.contains_key(header::CONTENT_ENCODING) {
         return for_client(proxy, respond::from_entry(proxy, entry, parts, now), parts);
+    }
+    if !compression.is_compressible(meta.status, &meta.headers) {
+        // What `for_client` would conclude too, without asking again.
+        return respond::from_entry(proxy, entry, parts, now);
     }
     let identity = || {
         let mut response = respond::from_entry(proxy, entry, parts, now);

@@ -95,7 +95,7 @@ pub async fn handle(
     proxy: &Arc<Proxy>,
     request: Request<Incoming>,
     downstream: DownstreamFacts,
-) -> (Response<Body>, RequestCtx) {
+) -> (Response<Body>, Box<RequestCtx>) {
     let peer = downstream.peer;
     let mut request = request;
     let upgrade = take_upgrade(&mut request);
@@ -112,7 +112,14 @@ pub async fn handle(
     let target = proxy.forward_proxy.target(&parts, &proxy.router);
     as_forwarded(&mut parts.headers);
     let log = proxy.access_log.clone();
-    let mut ctx = RequestCtx::new(&parts, peer, log, Arc::clone(&proxy.metrics));
+    // Boxed: the context rides along with the response body to the end of the exchange,
+    // and hyper moves the request's future and the response by value.
+    let mut ctx = Box::new(RequestCtx::new(
+        &parts,
+        peer,
+        log,
+        Arc::clone(&proxy.metrics),
+    ));
     let request_debug = parts
         .headers
         .get("outpost-debug")
@@ -209,9 +216,14 @@ async fn connect_tunnel(
     parts: http::request::Parts,
     client: hyper::upgrade::OnUpgrade,
     peer: SocketAddr,
-) -> (Response<Body>, RequestCtx) {
+) -> (Response<Body>, Box<RequestCtx>) {
     let log = proxy.access_log.clone();
-    let mut ctx = RequestCtx::new(&parts, peer, log, Arc::clone(&proxy.metrics));
+    let mut ctx = Box::new(RequestCtx::new(
+        &parts,
+        peer,
+        log,
+        Arc::clone(&proxy.metrics),
+    ));
     ctx.status = CacheStatus::forward(FwdReason::Method);
     ctx.host = parts
         .uri

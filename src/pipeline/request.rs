@@ -65,13 +65,23 @@ pub fn check_request(request: &http::request::Parts) -> Result<(), ProxyError> {
 /// the origin but not by routing, it would step out of a site's path prefix or the origin's
 /// base path, so such a request is refused rather than forwarded.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        // At most "%2e%2e": longer segments are never dot-segments (no allocation for them).
-        segment.len() <= 6 && {
-            let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-            decoded == "." || decoded == ".."
+    path.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot possibly written `%2e` or `%2E`; read in place (this runs on every
+/// request).
+fn is_dot_segment(segment: &str) -> bool {
+    let bytes = segment.as_bytes();
+    let (mut dots, mut at) = (0, 0);
+    while at < bytes.len() {
+        match bytes[at..] {
+            [b'.', ..] => at += 1,
+            [b'%', b'2', e, ..] if e.eq_ignore_ascii_case(&b'e') => at += 3,
+            _ => return false,
         }
-    })
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 /// Builds the request the origin receives from the client's request head; returns it with
@@ -165,7 +175,15 @@ mod tests {
             let request = Request::get(path).body(()).unwrap();
             assert!(check_request(&request.into_parts().0).is_err(), "{path}");
         }
-        for path in ["/a/..b/c", "/a.../b", "/.well-known/x", "/a/%2e%2ex"] {
+        assert!(is_dot_segment(".%2e") && is_dot_segment("%2E."));
+        for path in [
+            "/a/..b/c",
+            "/a.../b",
+            "/.well-known/x",
+            "/a/%2e%2ex",
+            "/a/%2",
+            "/%2e%2e%2e",
+        ] {
             let request = Request::get(path).body(()).unwrap();
             assert!(check_request(&request.into_parts().0).is_ok(), "{path}");
         }

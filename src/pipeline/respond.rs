@@ -129,7 +129,10 @@ pub fn from_meta(
         body
     };
     let mut headers = meta.headers.clone();
-    headers.remove(policy::ORIGIN_ETAG);
+    if proxy.mirror.is_some() {
+        // Only the mirror's rewritten documents carry it; nobody else pays the lookup.
+        headers.remove(policy::ORIGIN_ETAG);
+    }
     finish(proxy, meta.status, headers, age, body)
 }
 

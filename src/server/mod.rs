@@ -508,7 +508,9 @@ async fn serve_request(
         has_conflicting_framing,
         interim,
     };
-    let (response, record) = pipeline::handle(proxy, request, downstream).await;
+    // Boxed: hyper moves the service's future into its connection state by value, and
+    // the whole pipeline's state would otherwise be copied with it on every request.
+    let (response, record) = Box::pin(pipeline::handle(proxy, request, downstream)).await;
     drop(close_interim);
     let (head, body) = response.into_parts();
     // A body in memory knows its length; only a streamed one needs the header.

@@ -15,7 +15,7 @@ use crate::pipeline::RequestCtx;
 pub struct ResponseTracker {
     body: Body,
     /// `None` for a response that is not a request's outcome (an h2c switch's 101).
-    record: Option<RequestCtx>,
+    record: Option<Box<RequestCtx>>,
     bytes_sent: u64,
     /// The body's length when known up front (Content-Length): hyper stops polling a
     /// body once it has sent that many bytes, so reaching it is completion too.
@@ -29,7 +29,7 @@ impl ResponseTracker {
     pub fn new(
         body: Body,
         declared_len: Option<u64>,
-        record: RequestCtx,
+        record: Box<RequestCtx>,
         inflight: InflightGuard,
     ) -> ResponseTracker {
         ResponseTracker {

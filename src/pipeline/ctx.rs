@@ -13,7 +13,7 @@ use http::{Method, Version};
 use super::access_log::{self, AccessLog};
 use crate::cache::key::{PrimaryKey, VariantKey};
 use crate::telemetry::cache_status::{CacheStatus, FwdReason};
-use crate::telemetry::metrics::{self, Metrics, RequestLabels, SourceLabels};
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::Tier;
 
 /// One request's state across the phases.
@@ -110,21 +110,12 @@ impl RequestCtx {
     /// `outpost::access`).
     pub fn finish(&self, bytes: u64, complete: bool) {
         let outcome = self.status.outcome();
-        let labels = RequestLabels {
-            cache: outcome.as_str(),
-            method: metrics::method_label(&self.method),
-        };
-        self.metrics.requests.get_or_create(&labels).inc();
         let tier = self.tier();
+        self.metrics
+            .count_request(outcome, &self.method, tier, bytes);
         self.metrics
             .board
             .record(outcome, tier, self.key, || self.url(), bytes);
-        self.metrics
-            .response_bytes
-            .get_or_create(&SourceLabels {
-                source: tier.as_str(),
-            })
-            .inc_by(bytes);
         let Some(log) = &self.log else { return };
         let version = match self.version {
             Version::HTTP_10 => "HTTP/1.0",

@@ -65,7 +65,12 @@ pub fn check_request(request: &http::request::Parts) -> Result<(), ProxyError> {
 /// the origin but not by routing, it would step out of a site's path prefix or the origin's
 /// base path, so such a request is refused rather than forwarded.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(is_dot_segment)
+    // A dot-segment starts `/.` or `/%`: most paths have neither, and need no split.
+    let may_have_one = path
+        .as_bytes()
+        .windows(2)
+        .any(|pair| pair[0] == b'/' && matches!(pair[1], b'.' | b'%'));
+    may_have_one && path.split('/').any(is_dot_segment)
 }
 
 /// `.` or `..`, each dot possibly written `%2e` or `%2E`; read in place (this runs on every

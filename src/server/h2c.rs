@@ -73,6 +73,9 @@ pub fn accept(request: &mut http::Request<Incoming>) -> Option<(Pending, http::R
 /// An HTTP/1.1 request offering exactly h2c with its settings (RFC 7540 §3.2.1), and no body.
 fn offered(request: &http::Request<Incoming>) -> bool {
     let headers = request.headers();
+    if !headers.contains_key(header::UPGRADE) {
+        return false;
+    }
     let tokens = |name| {
         headers
             .get_all(name)

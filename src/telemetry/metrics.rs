@@ -14,6 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use super::CacheOutcome;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub cache: &'static str,
@@ -67,6 +69,9 @@ pub struct TierLabels {
 /// Every metric, registered once.
 pub struct Metrics {
     registry: Registry,
+    /// The series of `requests` and `response_bytes` each request counts in, found in
+    /// their families once (a family lookup hashes its labels with SipHash under a lock).
+    per_request: PerRequestSeries,
     pub requests: Family<RequestLabels, Counter>,
     pub response_bytes: Family<SourceLabels, Counter>,
     pub origin_requests: Counter,
@@ -143,6 +148,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("outpost");
         Metrics {
+            per_request: PerRequestSeries::default(),
             requests: register(
                 &mut registry,
                 "requests",
@@ -357,6 +363,71 @@ impl Metrics {
 }
 
 /// A method as a label without allocating: the standard methods by name, others as `other`.
+/// Methods with a label of their own, then `other`.
+const METHOD_LABELS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PURGE", "other",
+];
+const TIERS: [crate::telemetry::Tier; 3] = [
+    crate::telemetry::Tier::Memory,
+    crate::telemetry::Tier::Disk,
+    crate::telemetry::Tier::Origin,
+];
+
+/// Series found once per label combination, each created when first counted (so
+/// `/metrics` lists only combinations that happened).
+struct PerRequestSeries {
+    requests: Vec<std::sync::OnceLock<Counter>>,
+    bytes: [std::sync::OnceLock<Counter>; 3],
+}
+
+impl Default for PerRequestSeries {
+    fn default() -> Self {
+        PerRequestSeries {
+            requests: (0..CacheOutcome::ALL.len() * METHOD_LABELS.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            bytes: Default::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a finished request: its outcome and method, and the body bytes from `tier`.
+    pub fn count_request(
+        &self,
+        outcome: CacheOutcome,
+        method: &http::Method,
+        tier: crate::telemetry::Tier,
+        bytes: u64,
+    ) {
+        let label = method_label(method);
+        let method_index = METHOD_LABELS
+            .iter()
+            .position(|m| *m == label)
+            .unwrap_or(METHOD_LABELS.len() - 1);
+        let slot = &self.per_request.requests[outcome.index() * METHOD_LABELS.len() + method_index];
+        slot.get_or_init(|| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    cache: outcome.as_str(),
+                    method: label,
+                })
+                .clone()
+        })
+        .inc();
+        let tier_index = TIERS.iter().position(|t| *t == tier).unwrap_or(0);
+        self.per_request.bytes[tier_index]
+            .get_or_init(|| {
+                self.response_bytes
+                    .get_or_create(&SourceLabels {
+                        source: tier.as_str(),
+                    })
+                    .clone()
+            })
+            .inc_by(bytes);
+    }
+}
+
 pub fn method_label(method: &http::Method) -> &'static str {
     match *method {
         http::Method::GET => "GET",

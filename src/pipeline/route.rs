@@ -246,6 +246,37 @@ pub fn request_host(
     }
 }
 
+/// Bytes of a reg-name (RFC 3986 §3.2.2: unreserved, pct-encoded, sub-delims), as a table:
+/// every request's Host is checked.
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        byte += 1;
+    }
+    table
+};
+
 /// `host[:port]` with a reg-name, IPv4 or bracketed IPv6 host (RFC 3986 §3.2.2), no userinfo.
 fn is_valid_authority(text: &str) -> bool {
     let (host_ok, port) = if let Some(rest) = text.strip_prefix('[') {
@@ -265,9 +296,10 @@ fn is_valid_authority(text: &str) -> bool {
             Some((host, port)) => (host, Some(port)),
             None => (text, None),
         };
-        let is_reg_name_byte =
-            |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b);
-        (!host.is_empty() && host.bytes().all(is_reg_name_byte), port)
+        (
+            !host.is_empty() && host.bytes().all(|b| REG_NAME[usize::from(b)]),
+            port,
+        )
     };
     host_ok && port.is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }

@@ -279,27 +279,33 @@ impl HeadScanner {
                 ..HeadScanner::default()
             };
         }
-        for &byte in bytes {
-            if byte == b'\n' {
-                let is_blank = self.line_len == 0 || (self.line_len == 1 && self.line[0] == b'\r');
-                self.line_len = 0;
-                if is_blank {
-                    self.is_in_head = false;
-                    return self.saw_content_length && self.saw_transfer_encoding;
-                }
-                continue;
-            }
-            if self.line_len < self.line.len() {
-                self.line[self.line_len] = byte.to_ascii_lowercase();
-            }
-            self.line_len += 1;
-            let seen = &self.line[..self.line_len.min(self.line.len())];
-            if self.line_len == Self::CONTENT_LENGTH.len() && seen == Self::CONTENT_LENGTH {
-                self.saw_content_length = true;
-            } else if self.line_len == Self::TRANSFER_ENCODING.len()
-                && seen == Self::TRANSFER_ENCODING
+        // Line by line: only a line's first bytes are kept, and its name is judged once the
+        // line ends (a line split across reads is judged when its end arrives).
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (text, line_ends) = match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => (&rest[..end], Some(end)),
+                None => (rest, None),
+            };
+            let (capacity, filled) = (self.line.len(), self.line_len.min(self.line.len()));
+            let room = capacity - filled;
+            for (slot, byte) in self.line[filled..]
+                .iter_mut()
+                .zip(&text[..text.len().min(room)])
             {
-                self.saw_transfer_encoding = true;
+                *slot = byte.to_ascii_lowercase();
+            }
+            self.line_len += text.len();
+            let Some(end) = line_ends else { break };
+            rest = &rest[end + 1..];
+            let is_blank = self.line_len == 0 || (self.line_len == 1 && self.line[0] == b'\r');
+            let kept = &self.line[..self.line_len.min(self.line.len())];
+            self.saw_content_length |= kept.starts_with(Self::CONTENT_LENGTH);
+            self.saw_transfer_encoding |= kept.starts_with(Self::TRANSFER_ENCODING);
+            self.line_len = 0;
+            if is_blank {
+                self.is_in_head = false;
+                return self.saw_content_length && self.saw_transfer_encoding;
             }
         }
         false
@@ -405,6 +411,13 @@ mod tests {
             b"GET / HTTP/1.1\r\nX-Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
             true
         ));
+        // However the head is cut into reads.
+        let head = b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for cut in 0..head.len() {
+            let mut scanner = HeadScanner::default();
+            let first = scanner.scan(&head[..cut], true);
+            assert!(first || scanner.scan(&head[cut..], false), "cut at {cut}");
+        }
         let mut h2 = HeadScanner::default();
         assert!(!h2.scan(
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\ncontent-length:\ntransfer-encoding:\n\n",

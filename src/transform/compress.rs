@@ -237,35 +237,36 @@ impl Compression {
         if !self.is_enabled || status != StatusCode::OK {
             return false;
         }
-        if headers.contains_key(header::CONTENT_ENCODING)
-            || headers.contains_key(header::CONTENT_RANGE)
+        // The media type first: it settles most responses (every hit asks), and reading
+        // it allocates only for a type spelled with capitals.
+        let Some(content_type) = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        let media_type: std::borrow::Cow<'_, str> =
+            if media_type.bytes().any(|b| b.is_ascii_uppercase()) {
+                media_type.to_ascii_lowercase().into()
+            } else {
+                media_type.into()
+            };
+        if !is_compressible_type(&media_type) && !self.extra_types.iter().any(|t| *t == *media_type)
         {
             return false;
         }
-        if has_no_transform(headers) {
+        if headers.contains_key(header::CONTENT_ENCODING)
+            || headers.contains_key(header::CONTENT_RANGE)
+            || has_no_transform(headers)
+        {
             return false;
         }
         let length = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if length.is_some_and(|len| len < self.min_size) {
-            return false;
-        }
-        let Some(media_type) = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-        else {
-            return false;
-        };
-        is_compressible_type(&media_type) || self.extra_types.contains(&media_type)
+        length.is_none_or(|len| len >= self.min_size)
     }
 
     fn level(&self, coding: Coding) -> Level {

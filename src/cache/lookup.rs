@@ -73,6 +73,9 @@ struct Found {
 
 impl Cache {
     /// Looks `request` (for `scheme://authority`, the authority canonical) up at `now`.
+    ///
+    /// Every request builds its plan's URL, hits included: it is joined in one
+    /// allocation rather than formatted.
     pub async fn lookup(
         &self,
         request: &http::request::Parts,
@@ -94,7 +97,7 @@ impl Cache {
         };
         let plan = MissPlan {
             key,
-            url: format!("{scheme}://{authority}{path_and_query}"),
+            url: joined_url(scheme, authority, path_and_query),
             variant_hint: variants
                 .as_ref()
                 .and_then(|set| set.iter().next())
@@ -287,4 +290,14 @@ impl Cache {
         }
         Some((set, entry))
     }
+}
+
+/// `scheme://authority/path?query`, joined in one allocation.
+fn joined_url(scheme: &str, authority: &str, path_and_query: &str) -> String {
+    let mut url = String::with_capacity(scheme.len() + 3 + authority.len() + path_and_query.len());
+    url.push_str(scheme);
+    url.push_str("://");
+    url.push_str(authority);
+    url.push_str(path_and_query);
+    url
 }

@@ -165,13 +165,7 @@ pub async fn handle(
     }
     ctx.response_status = response.status().as_u16();
     if reveal {
-        let age = response
-            .headers()
-            .get(header::AGE)
-            .and_then(|v| v.to_str().ok());
-        if let Ok(value) = HeaderValue::from_str(&ctx.path_view(age)) {
-            response.headers_mut().insert("outpost-path", value);
-        }
+        add_path_view(&mut response, &ctx);
     }
     (response, ctx)
 }
@@ -206,6 +200,17 @@ fn as_forwarded(headers: &mut http::HeaderMap) {
         // Trailers pass through end to end, so the next hop may send them (RFC 9110
         // §10.1.4); gRPC needs this to reach its origin.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The path view for a trusted debugging client (`outpost-path`): what outpost did.
+fn add_path_view(response: &mut Response<Body>, ctx: &RequestCtx) {
+    let age = response
+        .headers()
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok());
+    if let Ok(value) = HeaderValue::from_str(&ctx.path_view(age)) {
+        response.headers_mut().insert("outpost-path", value);
     }
 }
 

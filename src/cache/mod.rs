@@ -614,6 +614,7 @@ impl Cache {
     /// the disk tier's index, or of memory without one: for reports, not per request).
     pub async fn stored_under(&self, prefixes: Vec<String>) -> Vec<(u64, u64)> {
         let totals = Arc::new(parking_lot::Mutex::new(vec![(0u64, 0u64); prefixes.len()]));
+        // The tiers' key scans visit every entry; the predicate counts and keeps nothing.
         let count = {
             let totals = Arc::clone(&totals);
             move |meta: &EntryMeta| {

@@ -84,16 +84,10 @@ pub fn load(args: &LoadArgs) -> Result<()> {
         seed: args.seed,
         headers,
     };
-    let bar = if args.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} {human_pos} requests ({per_sec})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    let bar = super::progress_bar(
+        args.quiet,
+        None,
+        "{elapsed_precise} {human_pos} requests ({per_sec})",
     );
     let progress_bar = bar.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()

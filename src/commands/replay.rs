@@ -103,7 +103,11 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
     write_trace_copies(args, &requests)?;
     let summary = replay::summarise(&requests);
     let total = summary.requests * (policies.len() * sizes.len()) as u64;
-    let bar = progress_bar(args.quiet, total);
+    let bar = super::progress_bar(
+        args.quiet,
+        Some(total),
+        "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} requests ({per_sec})",
+    );
     let started = std::time::Instant::now();
     let results = replay::sweep(
         &requests,
@@ -171,23 +175,6 @@ fn write_trace_copies(args: &ReplayArgs, requests: &[trace::TraceRequest]) -> Re
         trace::write_csv(file, requests)?;
     }
     Ok(())
-}
-
-fn progress_bar(quiet: bool, total: u64) -> indicatif::ProgressBar {
-    if quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(total),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} requests ({per_sec})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 /// `--json`, `--csv` and `--plot`.

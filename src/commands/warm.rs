@@ -62,16 +62,10 @@ pub fn warm(args: &WarmArgs) -> Result<()> {
         },
         concurrency: args.concurrency,
     };
-    let bar = if args.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} artifacts",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let bar = super::progress_bar(
+        args.quiet,
+        None,
+        "{elapsed_precise} [{bar:30}] {pos}/{len} artifacts",
     );
     let progress = bar.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -91,6 +91,16 @@ pub struct Read {
     pub records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+impl Read {
+    /// With `rewritten` (a JSON document whose links changed) as the body; none: unchanged.
+    fn with_json_body(mut self, rewritten: Option<&Value>) -> Result<Read, DocumentError> {
+        if let Some(document) = rewritten {
+            self.body = Some(Bytes::from(serde_json::to_vec(document)?));
+        }
+        Ok(self)
+    }
+}
+
 /// A PEP 503 HTML page: `href`s rewritten in place (the rest of the page byte for byte),
 /// `#sha256=` fragments and `data-core-metadata` / `data-dist-info-metadata` recorded.
 pub fn pypi_html(text: &str, links: &Links<'_>, page_path: &str) -> Read {
@@ -238,10 +248,7 @@ pub fn pypi_json(bytes: &[u8], links: &Links<'_>, page_path: &str) -> Result<Rea
             changed = true;
         }
     }
-    if changed {
-        read.body = Some(Bytes::from(serde_json::to_vec(&page)?));
-    }
-    Ok(read)
+    read.with_json_body(changed.then_some(&page))
 }
 
 /// The note key of a cargo registry's download template (the rewritten `dl`, as a mirror
@@ -283,10 +290,7 @@ pub fn cargo_config(
         config[field] = Value::String(format!("{rewritten}{}", &url[cut..]));
         changed = true;
     }
-    if changed {
-        read.body = Some(Bytes::from(serde_json::to_vec(&config)?));
-    }
-    Ok(read)
+    read.with_json_body(changed.then_some(&config))
 }
 
 /// The mirror path of a crate file under a `dl` template (cargo's rules: without markers,
@@ -305,18 +309,24 @@ pub fn cargo_download_path(template: &str, name: &str, version: &str, cksum: &st
             template.trim_end_matches('/')
         );
     }
-    let prefix = match name.len() {
-        1 => "1".to_string(),
-        2 => "2".to_string(),
-        3 => format!("3/{}", &name[..1]),
-        _ => format!("{}/{}", &name[..2], &name[2..4]),
-    };
+    let prefix = cargo_index_prefix(name);
     template
         .replace("{crate}", name)
         .replace("{version}", version)
         .replace("{prefix}", &prefix)
         .replace("{lowerprefix}", &prefix.to_lowercase())
         .replace("{sha256-checksum}", cksum)
+}
+
+/// The folder of a crate's file in the sparse index (`1`, `2`, `3/a`, `se/rd`), as cargo
+/// spells it for `name` (the index lower-cases; `{prefix}` in `dl` does not).
+pub fn cargo_index_prefix(name: &str) -> String {
+    match name.len() {
+        1 => "1".to_string(),
+        2 => "2".to_string(),
+        3 => format!("3/{}", &name[..1]),
+        _ => format!("{}/{}", &name[..2], &name[2..4]),
+    }
 }
 
 /// A cargo index file: each version's `cksum` recorded for its download path.
@@ -379,10 +389,15 @@ pub fn npm_packument(
             changed = true;
         }
     }
-    if changed {
-        read.body = Some(Bytes::from(serde_json::to_vec(&document)?));
-    }
-    Ok(read)
+    read.with_json_body(changed.then_some(&document))
+}
+
+/// The value of field `name` in one paragraph of a Debian control file (`Packages`).
+pub fn debian_field<'a>(paragraph: &'a str, name: &str) -> Option<&'a str> {
+    paragraph.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
 }
 
 /// A Debian `Packages` file: each paragraph's `SHA256` recorded for `archive_root` +
@@ -394,12 +409,7 @@ pub fn debian_packages(bytes: &[u8], archive_root: &str) -> Result<Read, Documen
     let text = std::str::from_utf8(bytes).map_err(|_| DocumentError::NotText)?;
     let mut read = Read::default();
     for paragraph in text.split("\n\n") {
-        let field = |name: &str| {
-            paragraph.lines().find_map(|line| {
-                let (key, value) = line.split_once(':')?;
-                key.eq_ignore_ascii_case(name).then(|| value.trim())
-            })
-        };
+        let field = |name| debian_field(paragraph, name);
         let (Some(filename), Some(sha256)) = (field("Filename"), field("SHA256")) else {
             continue;
         };

@@ -29,7 +29,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 
 use crate::cache::disk::DiskTier;
-use crate::config::{MirrorConfig, RegistryKind, FILES_SEGMENT};
+use crate::config::{MirrorConfig, RegistryKind};
 use crate::upstream::OriginBody;
 use digests::DigestStore;
 use documents::{DocumentError, Links};
@@ -53,36 +53,49 @@ pub struct Registry {
     pub kind: RegistryKind,
     /// The mount, with its trailing slash (`/pypi/`).
     pub path: String,
-    /// `scheme://authority/base` of the index upstream, without trailing slash.
-    upstream: String,
-    /// The artifacts host's, when the registry has one (mounted at `path` + `_files/`).
-    files: Option<String>,
+    /// Where the artifacts host is mounted (`/pypi/_files/`), when the registry has one.
+    files_path: Option<String>,
+    /// Upstream URL prefixes (`scheme://authority/base`, no trailing slash) and the mirror
+    /// paths they are mounted at (no trailing slash), longest upstream first.
+    mounts: Vec<(String, String)>,
     pub stats: Arc<RegistryStats>,
 }
 
 impl Registry {
-    fn files_path(&self) -> Option<String> {
-        self.files
-            .as_ref()
-            .map(|_| format!("{}{FILES_SEGMENT}", self.path))
-    }
-
-    /// Upstream prefixes and the mirror paths they are mounted at, longest upstream first.
-    fn mounts(&self) -> Vec<(String, String)> {
+    fn new(config: &crate::config::RegistryConfig) -> Registry {
+        let prefix = |url: &crate::config::OriginUrl| {
+            format!(
+                "{}://{}{}",
+                url.url().scheme(),
+                url.authority(),
+                url.base_path()
+            )
+        };
+        let files_path = config.files.as_ref().map(|_| config.files_path());
         let mut mounts = vec![(
-            self.upstream.clone(),
-            self.path.trim_end_matches('/').to_string(),
+            prefix(&config.upstream),
+            config.path.trim_end_matches('/').to_string(),
         )];
-        if let (Some(files), Some(path)) = (&self.files, self.files_path()) {
-            mounts.push((files.clone(), path.trim_end_matches('/').to_string()));
+        if let (Some(files), Some(path)) = (&config.files, &files_path) {
+            mounts.push((prefix(files), path.trim_end_matches('/').to_string()));
         }
         mounts.sort_by_key(|(upstream, _)| std::cmp::Reverse(upstream.len()));
-        mounts
+        Registry {
+            name: config.name.clone(),
+            kind: config.kind,
+            path: config.path.clone(),
+            files_path,
+            mounts,
+            stats: Arc::default(),
+        }
     }
 
     /// What a response for `path` (a mirror path under this registry) is.
     fn classify(&self, path: &str, content_type: &str) -> Handling {
-        let in_files = self.files_path().is_some_and(|f| path.starts_with(&f));
+        let in_files = self
+            .files_path
+            .as_ref()
+            .is_some_and(|f| path.starts_with(f.as_str()));
         if in_files {
             return Handling::Artifact;
         }
@@ -187,26 +200,7 @@ impl Mirror {
         if config.registries.is_empty() {
             return None;
         }
-        let prefix = |url: &crate::config::OriginUrl| {
-            format!(
-                "{}://{}{}",
-                url.url().scheme(),
-                url.authority(),
-                url.base_path()
-            )
-        };
-        let registries = config
-            .registries
-            .iter()
-            .map(|r| Registry {
-                name: r.name.clone(),
-                kind: r.kind,
-                path: r.path.clone(),
-                upstream: prefix(&r.upstream),
-                files: r.files.as_ref().map(prefix),
-                stats: Arc::default(),
-            })
-            .collect();
+        let registries = config.registries.iter().map(Registry::new).collect();
         Some(Mirror {
             registries,
             public_url: config
@@ -454,9 +448,8 @@ impl Mirror {
             (Some(_), _) => return Ok(OriginBody::read(raw)),
         };
         let base = self.base_for(url);
-        let mounts = registry.mounts();
         let links = Links {
-            mounts: &mounts,
+            mounts: &registry.mounts,
             base: &base,
         };
         let read = match self.read_document(registry, document, &text, &links, path) {

@@ -74,9 +74,12 @@ pub async fn deliver(
             Ok(encode::for_client(proxy, response, parts))
         }
         Delivery::Relayed(mut response) => {
-            response
-                .headers_mut()
-                .remove(crate::cache::policy::ORIGIN_ETAG);
+            if proxy.mirror.is_some() {
+                // Set on the mirror's rewritten documents, also when they are not stored.
+                response
+                    .headers_mut()
+                    .remove(crate::cache::policy::ORIGIN_ETAG);
+            }
             let version = response.version();
             forwarding::append_via(response.headers_mut(), version, &proxy.proxy_name);
             Ok(encode::for_client(proxy, response, parts))

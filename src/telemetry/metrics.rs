@@ -400,17 +400,13 @@ impl Metrics {
         tier: crate::telemetry::Tier,
         bytes: u64,
     ) {
-        let label = method_label(method);
-        let method_index = METHOD_LABELS
-            .iter()
-            .position(|m| *m == label)
-            .unwrap_or(METHOD_LABELS.len() - 1);
+        let method_index = method_index(method);
         let slot = &self.per_request.requests[outcome.index() * METHOD_LABELS.len() + method_index];
         slot.get_or_init(|| {
             self.requests
                 .get_or_create(&RequestLabels {
                     cache: outcome.as_str(),
-                    method: label,
+                    method: METHOD_LABELS[method_index],
                 })
                 .clone()
         })
@@ -429,15 +425,20 @@ impl Metrics {
 }
 
 pub fn method_label(method: &http::Method) -> &'static str {
+    METHOD_LABELS[method_index(method)]
+}
+
+/// Position of `method`'s label in [`METHOD_LABELS`].
+fn method_index(method: &http::Method) -> usize {
     match *method {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::OPTIONS => "OPTIONS",
-        _ if method.as_str() == "PURGE" => "PURGE",
-        _ => "other",
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::DELETE => 4,
+        http::Method::PATCH => 5,
+        http::Method::OPTIONS => 6,
+        _ if method.as_str() == "PURGE" => 7,
+        _ => 8,
     }
 }

@@ -128,22 +128,24 @@ fn requirements(text: &str) -> Manifest {
     manifest
 }
 
+/// The string fields of each table in the array of tables `key` of a TOML document.
+fn toml_tables(text: &str, key: &str) -> Result<Vec<impl Fn(&str) -> Option<String>>, String> {
+    let lock: toml::Value = toml::from_str(text).map_err(|err| err.to_string())?;
+    let tables = lock
+        .get(key)
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap_or_default();
+    Ok(tables
+        .into_iter()
+        .map(|table| move |name: &str| table.get(name)?.as_str().map(str::to_string))
+        .collect())
+}
+
 /// PEP 751 `pylock.toml`: `[[packages]]` with `name` and `version`.
 fn pylock(text: &str) -> Result<Manifest, String> {
-    let lock: toml::Value = toml::from_str(text).map_err(|err| err.to_string())?;
     let mut manifest = Manifest::default();
-    for package in lock
-        .get("packages")
-        .and_then(|p| p.as_array())
-        .into_iter()
-        .flatten()
-    {
-        let field = |name: &str| {
-            package
-                .get(name)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        };
+    for field in toml_tables(text, "packages")? {
         match (field("name"), field("version")) {
             (Some(name), Some(version)) => manifest.packages.push(Package {
                 name,
@@ -160,20 +162,8 @@ fn pylock(text: &str) -> Result<Manifest, String> {
 
 /// `Cargo.lock`: packages from a registry (path and git dependencies need none).
 fn cargo_lock(text: &str) -> Result<Manifest, String> {
-    let lock: toml::Value = toml::from_str(text).map_err(|err| err.to_string())?;
     let mut manifest = Manifest::default();
-    for package in lock
-        .get("package")
-        .and_then(|p| p.as_array())
-        .into_iter()
-        .flatten()
-    {
-        let field = |name: &str| {
-            package
-                .get(name)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        };
+    for field in toml_tables(text, "package")? {
         let from_registry =
             field("source").is_some_and(|s| s.starts_with("registry+") || s.starts_with("sparse+"));
         if let (true, Some(name), Some(version)) = (from_registry, field("name"), field("version"))

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::config::{MirrorConfig, RegistryKind};
-use crate::mirror::documents::{cargo_download_path, html_links};
+use crate::mirror::documents::{cargo_download_path, cargo_index_prefix, debian_field, html_links};
 use crate::mirror::gunzip;
 use manifest::{Kind, Manifest, Package};
 
@@ -351,12 +351,7 @@ impl Warmer {
         let mut urls = Vec::new();
         for package in packages {
             let name = package.name.to_lowercase();
-            let prefix = match name.len() {
-                1 => "1".to_string(),
-                2 => "2".to_string(),
-                3 => format!("3/{}", &name[..1]),
-                _ => format!("{}/{}", &name[..2], &name[2..4]),
-            };
+            let prefix = cargo_index_prefix(&name);
             self.fetch(&self.url(&mount, &format!("{prefix}/{name}")), None)
                 .await;
             let version = package.version.as_deref().unwrap_or_default();
@@ -473,13 +468,7 @@ fn pypi_file_version(filename: &str, name: &str) -> Option<String> {
 fn debian_filenames(text: &str) -> Vec<(String, String, String)> {
     text.split("\n\n")
         .filter_map(|paragraph| {
-            let field = |name: &str| {
-                paragraph.lines().find_map(|line| {
-                    let (key, value) = line.split_once(':')?;
-                    key.eq_ignore_ascii_case(name)
-                        .then(|| value.trim().to_string())
-                })
-            };
+            let field = |name| debian_field(paragraph, name).map(str::to_string);
             Some((field("Package")?, field("Version")?, field("Filename")?))
         })
         .collect()

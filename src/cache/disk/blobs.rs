@@ -35,6 +35,8 @@ pub struct TempBlob {
     pub len: u64,
     /// Per-block digests (empty for single-block bodies).
     pub blocks: Vec<[u8; 32]>,
+    /// [`super::body_check`] of the whole body.
+    pub check: u64,
     /// Room held for this body against the tier's capacity until it is committed or
     /// discarded.
     _reservation: Option<Reservation>,
@@ -233,6 +235,7 @@ impl BlobFiles {
             digest: *blake3::hash(body).as_bytes(),
             len: body.len() as u64,
             blocks: block_digests(body),
+            check: super::body_check(body),
             _reservation: None,
         })
     }
@@ -274,18 +277,26 @@ impl BlobFiles {
         self.path_of(digest).exists()
     }
 
-    /// A stored body, whole, verified against its length and digest.
-    pub fn read(&self, digest: &[u8; 32], len: u64) -> Result<Bytes, ReadError> {
+    /// A stored body, whole, if its file holds exactly `len` bytes (the caller verifies
+    /// the bytes). One read sized to the body and one byte more, so a longer file shows
+    /// without a separate `stat`.
+    pub fn read_exactly(&self, digest: &[u8; 32], len: u64) -> Result<Bytes, ReadError> {
         let path = self.path_of(digest);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
+        let file = match fs::File::open(&path) {
+            Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
             Err(err) => return Err(ReadError::Disk(io_err(&path)(err))),
         };
-        if bytes.len() as u64 != len || *blake3::hash(&bytes).as_bytes() != *digest {
+        let want = usize::try_from(len).map_err(|_| ReadError::Corrupt)?;
+        // Not zeroed first: a zeroed buffer of this size came as fresh pages from the
+        // kernel, a page fault per 4 KiB on every read.
+        let mut buffer = Vec::with_capacity(want + 1);
+        io::Read::read_to_end(&mut io::Read::take(&file, len + 1), &mut buffer)
+            .map_err(|err| ReadError::Disk(io_err(&path)(err)))?;
+        if buffer.len() != want {
             return Err(ReadError::Corrupt);
         }
-        Ok(Bytes::from(bytes))
+        Ok(Bytes::from(buffer))
     }
 
     /// Removes an earlier run's temporary files; returns how many.
@@ -349,6 +360,7 @@ impl BlobFiles {
             file: Some(file),
             path,
             hasher: blake3::Hasher::new(),
+            checker: xxhash_rust::xxh3::Xxh3::new(),
             block_hasher: blake3::Hasher::new(),
             block_fill: 0,
             blocks: Vec::new(),
@@ -367,6 +379,7 @@ pub struct BlobWriter {
     file: Option<fs::File>,
     path: PathBuf,
     hasher: blake3::Hasher,
+    checker: xxhash_rust::xxh3::Xxh3,
     /// The block being hashed, and how much of it is filled.
     block_hasher: blake3::Hasher,
     block_fill: u64,
@@ -393,6 +406,7 @@ impl BlobWriter {
 
     pub async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
         self.hasher.update(chunk);
+        self.checker.update(chunk);
         let mut rest = chunk;
         while !rest.is_empty() {
             let room = (BLOCK - self.block_fill) as usize;
@@ -456,6 +470,7 @@ impl BlobWriter {
             digest: *self.hasher.finalize().as_bytes(),
             len: self.len,
             blocks: std::mem::take(&mut self.blocks),
+            check: self.checker.digest(),
             _reservation: self.reservation.take(),
         })
     }

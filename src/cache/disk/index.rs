@@ -48,11 +48,21 @@ pub trait DiskIndex: Send + Sync {
     fn blocks(&self, digest: &[u8; 32]) -> Result<Option<Vec<[u8; 32]>>, DiskError>;
     /// Whether a body with this digest is recorded.
     fn has_body(&self, digest: &[u8; 32]) -> Result<bool, DiskError>;
-    /// Records a body just stored under `digest`, with no reference yet.
-    fn add_body(&self, digest: &[u8; 32], len: u64, blocks: &[[u8; 32]]) -> Result<(), DiskError>;
+    /// Records a body just stored under `digest`, with no reference yet, and the check
+    /// ([`super::body_check`]) its reads are verified against.
+    fn add_body(
+        &self,
+        digest: &[u8; 32],
+        len: u64,
+        blocks: &[[u8; 32]],
+        check: u64,
+    ) -> Result<(), DiskError>;
     /// Records a small body kept in the index itself (no file), with no reference yet;
     /// it goes with its last reference like any body.
-    fn add_inline_body(&self, digest: &[u8; 32], body: &[u8]) -> Result<(), DiskError>;
+    fn add_inline_body(&self, digest: &[u8; 32], body: &[u8], check: u64) -> Result<(), DiskError>;
+    /// The check recorded for a body; `None` for bodies recorded before checks were (their
+    /// blake3 digest is the check then).
+    fn body_check(&self, digest: &[u8; 32]) -> Result<Option<u64>, DiskError>;
     /// A body kept in the index, unverified.
     fn inline_body(&self, digest: &[u8; 32]) -> Result<Option<bytes::Bytes>, DiskError>;
     /// Whether the body with `digest` is kept in the index.
@@ -143,21 +153,41 @@ fn decode_row(value: &[u8]) -> Option<(u64, EntryMeta)> {
 }
 
 /// A blob record: reference count (4 bytes) then size (8 bytes).
-fn blob_record(refs: u32, size: u64) -> [u8; 12] {
-    let mut out = [0u8; 12];
-    out[..4].copy_from_slice(&refs.to_be_bytes());
-    out[4..].copy_from_slice(&size.to_be_bytes());
-    out
+/// A body's record in `blobs`: references, bytes it occupies, and its check (20 bytes;
+/// records written before checks existed are 12 bytes and have none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct BlobRecord {
+    refs: u32,
+    size: u64,
+    check: Option<u64>,
 }
 
-fn parse_blob_record(value: &[u8]) -> Option<(u32, u64)> {
-    if value.len() != 12 {
-        return None;
+impl BlobRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20);
+        out.extend_from_slice(&self.refs.to_be_bytes());
+        out.extend_from_slice(&self.size.to_be_bytes());
+        if let Some(check) = self.check {
+            out.extend_from_slice(&check.to_be_bytes());
+        }
+        out
     }
-    Some((
-        u32::from_be_bytes(value[..4].try_into().ok()?),
-        u64::from_be_bytes(value[4..].try_into().ok()?),
-    ))
+
+    fn parse(value: &[u8]) -> Option<BlobRecord> {
+        let refs = u32::from_be_bytes(value.get(..4)?.try_into().ok()?);
+        let size = u64::from_be_bytes(value.get(4..12)?.try_into().ok()?);
+        let check = match value.len() {
+            12 => None,
+            20 => Some(u64::from_be_bytes(value.get(12..20)?.try_into().ok()?)),
+            _ => return None,
+        };
+        Some(BlobRecord { refs, size, check })
+    }
+
+    /// The same record with `refs` references.
+    fn with_refs(self, refs: u32) -> BlobRecord {
+        BlobRecord { refs, ..self }
+    }
 }
 
 fn primary_of(row: &[u8]) -> Option<PrimaryKey> {
@@ -215,8 +245,8 @@ impl SledIndex {
         let mut bytes = 0u64;
         for item in blobs.iter() {
             let (_, value) = item?;
-            if let Some((_, size)) = parse_blob_record(&value) {
-                bytes += size;
+            if let Some(record) = BlobRecord::parse(&value) {
+                bytes += record.size;
             }
         }
         let rows = entries.len() as u64;
@@ -270,10 +300,15 @@ impl SledIndex {
         let Some(record) = self.blobs.get(digest)? else {
             return Ok(Released::default());
         };
-        let (refs, size) = parse_blob_record(&record).unwrap_or((1, 0));
-        if refs > 1 {
+        let record = BlobRecord::parse(&record).unwrap_or(BlobRecord {
+            refs: 1,
+            size: 0,
+            check: None,
+        });
+        let size = record.size;
+        if record.refs > 1 {
             self.blobs
-                .insert(digest, blob_record(refs - 1, size).as_slice())?;
+                .insert(digest, record.with_refs(record.refs - 1).encode())?;
             return Ok(Released::default());
         }
         self.blobs.remove(digest)?;
@@ -329,20 +364,36 @@ impl DiskIndex for SledIndex {
         Ok(self.blobs.contains_key(digest)?)
     }
 
-    fn add_body(&self, digest: &[u8; 32], len: u64, blocks: &[[u8; 32]]) -> Result<(), DiskError> {
+    fn add_body(
+        &self,
+        digest: &[u8; 32],
+        len: u64,
+        blocks: &[[u8; 32]],
+        check: u64,
+    ) -> Result<(), DiskError> {
         if !blocks.is_empty() {
             self.block_digests.insert(digest, blocks.concat())?;
         }
-        self.blobs.insert(digest, blob_record(0, len).as_slice())?;
+        let record = BlobRecord {
+            refs: 0,
+            size: len,
+            check: Some(check),
+        };
+        self.blobs.insert(digest, record.encode())?;
         self.bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
 
-    fn add_inline_body(&self, digest: &[u8; 32], body: &[u8]) -> Result<(), DiskError> {
+    fn add_inline_body(&self, digest: &[u8; 32], body: &[u8], check: u64) -> Result<(), DiskError> {
         // Counted with an allowance for sled's own record, as rows are.
         let size = body.len() as u64 + ROW_OVERHEAD;
         self.inline_bodies.insert(digest, body)?;
-        self.blobs.insert(digest, blob_record(0, size).as_slice())?;
+        let record = BlobRecord {
+            refs: 0,
+            size,
+            check: Some(check),
+        };
+        self.blobs.insert(digest, record.encode())?;
         self.bytes.fetch_add(size, Ordering::Relaxed);
         Ok(())
     }
@@ -358,9 +409,17 @@ impl DiskIndex for SledIndex {
         Ok(self.inline_bodies.contains_key(digest)?)
     }
 
+    fn body_check(&self, digest: &[u8; 32]) -> Result<Option<u64>, DiskError> {
+        Ok(self
+            .blobs
+            .get(digest)?
+            .and_then(|value| BlobRecord::parse(&value))
+            .and_then(|record| record.check))
+    }
+
     fn insert(&self, meta: &EntryMeta) -> Result<Released, DiskError> {
         let digest = meta.body_digest;
-        let Some((refs, size)) = self.blobs.get(digest)?.and_then(|r| parse_blob_record(&r)) else {
+        let Some(record) = self.blobs.get(digest)?.and_then(|r| BlobRecord::parse(&r)) else {
             return Err(DiskError::Inconsistent(
                 "a row for a body that is not recorded",
             ));
@@ -368,7 +427,7 @@ impl DiskIndex for SledIndex {
         // The new reference first, then the replaced row's release: replacing a row with
         // the same body (a freshened response) never drops its count to zero.
         self.blobs
-            .insert(digest, blob_record(refs + 1, size).as_slice())?;
+            .insert(digest, record.with_refs(record.refs + 1).encode())?;
         let row = row_key(&meta.key, &meta.variant);
         let (_, released) = self.remove_row(&row)?;
         let tick = self.tick();
@@ -514,8 +573,8 @@ impl DiskIndex for SledIndex {
         }
         for item in self.blobs.iter() {
             let (_, value) = item?;
-            if let Some((_, size)) = parse_blob_record(&value) {
-                bytes += size;
+            if let Some(record) = BlobRecord::parse(&value) {
+                bytes += record.size;
             }
         }
         self.bytes.store(bytes, Ordering::Relaxed);
@@ -558,5 +617,32 @@ impl DiskIndex for SledIndex {
 
     fn note(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
         Ok(self.notes.get(key)?.map(|value| value.to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records written before checks existed (12 bytes) still parse, have no check (their
+    /// readers fall back to the blake3 digest), and keep having none as references move.
+    #[test]
+    fn blob_records_with_and_without_a_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SledIndex::open(dir.path()).unwrap();
+        let digest = [3u8; 32];
+        index.add_body(&digest, 4096, &[], 0xfeed).unwrap();
+        assert_eq!(index.body_check(&digest).unwrap(), Some(0xfeed));
+        let legacy = BlobRecord {
+            refs: 2,
+            size: 4096,
+            check: None,
+        };
+        assert_eq!(legacy.encode().len(), 12);
+        index.blobs.insert(digest, legacy.encode()).unwrap();
+        assert_eq!(index.body_check(&digest).unwrap(), None);
+        let moved = BlobRecord::parse(&legacy.with_refs(3).encode()).unwrap();
+        assert_eq!(moved, legacy.with_refs(3));
+        assert_eq!(BlobRecord::parse(&[0; 13]), None);
     }
 }

@@ -116,21 +116,28 @@ impl DiskStore {
         Ok(metas)
     }
 
-    /// The body of `meta`, verified against its digest: from the index when it is kept
-    /// there, else from its file.
+    /// The body of `meta`, verified against its recorded check (its digest for bodies
+    /// recorded before checks were): from the index when it is kept there, else from its
+    /// file.
     pub fn read_body(&self, meta: &EntryMeta) -> Result<Bytes, ReadError> {
-        match self.index.inline_body(&meta.body_digest) {
-            Ok(Some(body)) => {
-                let intact = body.len() as u64 == meta.body_len
-                    && *blake3::hash(&body).as_bytes() == meta.body_digest;
-                if intact {
-                    Ok(body)
-                } else {
-                    Err(ReadError::Corrupt)
-                }
-            }
-            Ok(None) => self.blobs.read(&meta.body_digest, meta.body_len),
-            Err(err) => Err(ReadError::Disk(err)),
+        let check = self
+            .index
+            .body_check(&meta.body_digest)
+            .map_err(ReadError::Disk)?;
+        let body = match self.index.inline_body(&meta.body_digest) {
+            Ok(Some(body)) => body,
+            Ok(None) => self.blobs.read_exactly(&meta.body_digest, meta.body_len)?,
+            Err(err) => return Err(ReadError::Disk(err)),
+        };
+        let intact = body.len() as u64 == meta.body_len
+            && match check {
+                Some(check) => super::body_check(&body) == check,
+                None => *blake3::hash(&body).as_bytes() == meta.body_digest,
+            };
+        if intact {
+            Ok(body)
+        } else {
+            Err(ReadError::Corrupt)
         }
     }
 
@@ -236,11 +243,13 @@ impl DiskStore {
             (true, Some(NewBody::Inline(_)) | None) => {}
             (false, Some(NewBody::File(temp))) => {
                 let allocated = self.blobs.place(&temp)?;
-                self.index.add_body(&digest, allocated, &temp.blocks)?;
+                self.index
+                    .add_body(&digest, allocated, &temp.blocks, temp.check)?;
             }
             (false, Some(NewBody::Inline(body))) => {
                 self.check_room(body.len() as u64)?;
-                self.index.add_inline_body(&digest, &body)?;
+                self.index
+                    .add_inline_body(&digest, &body, super::body_check(&body))?;
             }
             // The body this row needs is gone (evicted meanwhile): index nothing that can
             // never be read.

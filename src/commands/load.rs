@@ -43,10 +43,18 @@ pub struct LoadArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Instead of a load: open N connections, then send N GETs of URL (as given, no key)
+    /// at once, and report the time to the last response and how the cache answered (the
+    /// coalescing probe; give it a cold URL). Plain http only.
+    #[arg(long, value_name = "N", conflicts_with_all = ["trace", "requests"])]
+    pub burst: Option<usize>,
 }
 
 pub fn load(args: &LoadArgs) -> Result<()> {
     use outpost::tools::load::{self, KeySource, LoadPlan};
+    if let Some(requests) = args.burst {
+        return burst(args, requests);
+    }
     use outpost::tools::replay::trace;
     let keys = match &args.trace {
         Some(path) => {
@@ -66,15 +74,7 @@ pub fn load(args: &LoadArgs) -> Result<()> {
             }
         }
     };
-    let headers = args
-        .headers
-        .iter()
-        .map(|h| {
-            h.split_once(':')
-                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-                .with_context(|| format!("--header `{h}`: expected `Name: value`"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let headers = parse_headers(&args.headers)?;
     let plan = LoadPlan {
         url: args.url.clone(),
         keys,
@@ -115,5 +115,54 @@ pub fn load(args: &LoadArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+fn parse_headers(headers: &[String]) -> Result<Vec<(String, String)>> {
+    headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("--header `{h}`: expected `Name: value`"))
+        })
+        .collect()
+}
+
+/// `--burst N`: the coalescing probe ([`outpost::tools::burst`]); bounded by `--duration`.
+fn burst(args: &LoadArgs, requests: usize) -> Result<()> {
+    anyhow::ensure!(requests > 0, "--burst must be at least 1");
+    let headers = parse_headers(&args.headers)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(outpost::tools::burst::run(
+        &args.url,
+        requests,
+        &headers,
+        args.duration.get(),
+    ))?;
+    println!(
+        "{} requests at once: last response after {:.2} ms ({} completed, {} errors)",
+        report.requests, report.burst_ms, report.completed, report.errors
+    );
+    println!(
+        "latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
+        report.p50_ms, report.p99_ms, report.max_ms
+    );
+    println!(
+        "Cache-Status: {} hits, {} forwarded, {} collapsed; statuses {:?}",
+        report.hits, report.forwarded, report.collapsed, report.statuses
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    anyhow::ensure!(
+        report.errors == 0,
+        "{} of {} requests failed or timed out",
+        report.errors,
+        report.requests
+    );
     Ok(())
 }

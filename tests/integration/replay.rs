@@ -269,6 +269,63 @@ async fn load_reports_throughput_latency_and_the_hit_ratio() {
     assert!(report["p99_ms"].as_f64().unwrap() > 0.0);
 }
 
+/// `outpost load --burst`, the coalescing probe, against a real outpost: N requests for one
+/// cold URL released at once; the origin (held until the first fill reaches it) is asked
+/// once, and the report counts one forwarded request, the rest collapsed into it or hits
+/// (RFC 9211 Cache-Status `fwd`, `collapsed`, `hit`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_reports_one_forwarded_request_and_the_rest_collapsed() {
+    let gate = support::Gate::closed();
+    let origin = Origin::start(vec![(
+        "/cold",
+        Fixture::GatedWith {
+            gate: gate.clone(),
+            headers: support::cc("max-age=600"),
+            body: bytes::Bytes::from(vec![b'b'; 4096]),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "[log]\naccess_log = false\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("burst.json");
+    let json_arg = json.to_str().unwrap().to_string();
+    let url = proxy.url("/cold");
+    let burst = tokio::task::spawn_blocking(move || {
+        outpost(&[
+            "load",
+            &url,
+            "--burst",
+            "50",
+            "--duration",
+            "60s",
+            "--json",
+            &json_arg,
+        ])
+    });
+    support::eventually("the fill to reach the origin", || origin.hits("/cold") > 0).await;
+    gate.open();
+    let output = burst.await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["completed"], 50);
+    assert_eq!(report["statuses"]["200"], 50);
+    let (hits, forwarded, collapsed) = (
+        report["hits"].as_u64().unwrap(),
+        report["forwarded"].as_u64().unwrap(),
+        report["collapsed"].as_u64().unwrap(),
+    );
+    assert_eq!(origin.hits("/cold"), 1);
+    assert_eq!(forwarded - collapsed, 1, "one request led the fill");
+    assert_eq!(hits + forwarded, 50);
+    assert!(report["burst_ms"].as_f64().unwrap() >= report["p50_ms"].as_f64().unwrap());
+    let refused = outpost(&["load", "https://127.0.0.1:1/x", "--burst", "2"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not an http:// URL"));
+}
+
 /// The models against moka itself (the memory tier's engine): LRU agrees exactly, and so
 /// does W-TinyLFU (the tier's default: moka stores, the tier's own policy decides); the
 /// TinyLFU model follows moka's admission rule, and moka's own hashing is seeded at random,

@@ -114,7 +114,14 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             let loader: outpost::ConfigLoader = Box::new(move || settings.load_config());
-            runtime()?.block_on(serve(config, Some(loader)))
+            // On a worker, not the thread that blocks: accepted connections are then spawned
+            // onto the accepting worker's own queue rather than handed across threads (a
+            // wake-up and a context switch per connection).
+            runtime()?.block_on(async move {
+                tokio::spawn(serve(config, Some(loader)))
+                    .await
+                    .context("the server task failed")?
+            })
         }
         Command::Origin {
             listen,

@@ -310,7 +310,9 @@ impl Connection {
     async fn start(mut self, stream: TcpStream, transport: Transport, per_client: PerClient) {
         if !self.reads_proxy_header {
             // Everyone else's bytes go straight to HTTP (or TLS), with no layer between.
-            return self.serve_over(stream, transport).await;
+            // Boxed: the connection's future (hyper's state for both protocols) is large,
+            // and this one is moved into its task on every accept.
+            return Box::pin(self.serve_over(stream, transport)).await;
         }
         let peer = self.peer;
         let header = proxy_protocol::read_header(stream);
@@ -330,7 +332,7 @@ impl Connection {
             self._client_slot = slot;
             self.peer = client;
         }
-        self.serve_over(stream, transport).await;
+        Box::pin(self.serve_over(stream, transport)).await;
     }
 
     async fn serve_over<S>(self, stream: S, transport: Transport)

@@ -278,8 +278,8 @@ impl BlobFiles {
     }
 
     /// A stored body, whole, if its file holds exactly `len` bytes (the caller verifies
-    /// the bytes). One read sized to the body and one byte more, so a longer file shows
-    /// without a separate `stat`.
+    /// the bytes). One read sized to the body and one byte more, so a file that grew after
+    /// its size was taken shows too.
     pub fn read_exactly(&self, digest: &[u8; 32], len: u64) -> Result<Bytes, ReadError> {
         let path = self.path_of(digest);
         let file = match fs::File::open(&path) {
@@ -287,6 +287,15 @@ impl BlobFiles {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
             Err(err) => return Err(ReadError::Disk(io_err(&path)(err))),
         };
+        // The file's own size first: the buffer is sized from `len`, which comes from the
+        // index, and a damaged row must not make us allocate what it says.
+        let on_disk = file
+            .metadata()
+            .map_err(|err| ReadError::Disk(io_err(&path)(err)))?
+            .len();
+        if on_disk != len {
+            return Err(ReadError::Corrupt);
+        }
         let want = usize::try_from(len).map_err(|_| ReadError::Corrupt)?;
         // Not zeroed first: a zeroed buffer of this size came as fresh pages from the
         // kernel, a page fault per 4 KiB on every read.

@@ -694,6 +694,13 @@ mod tests {
         bytes.truncate(19_999);
         fs::write(&path, &bytes).unwrap();
         assert!(matches!(store.read_body(&a.meta), Err(ReadError::Corrupt)));
+        // A damaged row claiming an enormous body is refused before anything is allocated.
+        let mut claims_more = a.meta.clone();
+        claims_more.body_len = 1 << 50;
+        assert!(matches!(
+            store.read_body(&claims_more),
+            Err(ReadError::Corrupt)
+        ));
     }
 
     #[test]

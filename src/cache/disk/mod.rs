@@ -498,14 +498,18 @@ struct RecentTouches {
 
 /// How long a touched row counts as recent enough.
 const TOUCH_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+/// Rows remembered per window at most (about 7 MiB): a window that sees more distinct rows
+/// ends early, so the set stays bounded however many rows are hit in a second.
+const TOUCH_WINDOW_ROWS: usize = 65_536;
 
 impl RecentTouches {
     /// Drops from `rows` those touched in this window (and repeats within `rows`); the rest
     /// count as touched now.
     fn keep_new(&mut self, rows: &mut Vec<(PrimaryKey, VariantKey)>, now: std::time::Instant) {
-        let expired = self
-            .window_start
-            .is_none_or(|start| now.duration_since(start) >= TOUCH_WINDOW);
+        let expired = self.rows.len() >= TOUCH_WINDOW_ROWS
+            || self
+                .window_start
+                .is_none_or(|start| now.duration_since(start) >= TOUCH_WINDOW);
         if expired {
             self.rows.clear();
             self.window_start = Some(now);

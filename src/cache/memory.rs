@@ -279,6 +279,77 @@ impl MemoryTier {
         }
     }
 
+    /// Stores variants of one resource read back from disk, `entries` in the order
+    /// [`MemoryTier::insert`] would take them (the last becomes the newest), and returns the
+    /// set to answer from. With the tier's own policy, the policy decides first: a set it
+    /// refuses at once (a disk hit colder than everything in memory) is never put into moka
+    /// only to be taken out again, which cost a twelfth of a 100 KiB disk hit. The policy
+    /// sees the same insert either way, so `outpost replay` still models the tier exactly.
+    pub async fn insert_read_back(
+        &self,
+        entries: Vec<Arc<StoredResponse>>,
+    ) -> Option<Arc<VariantSet>> {
+        let Some(replacement) = &self.replacement else {
+            let mut stored = None;
+            for entry in entries {
+                stored = self.insert(entry).await;
+            }
+            return stored;
+        };
+        let key = entries.first()?.meta.key;
+        let set = Arc::new(
+            entries
+                .into_iter()
+                .fold(VariantSet::default(), |set, entry| {
+                    set.with(entry, self.max_variants)
+                }),
+        );
+        let weight = set.weight();
+        let mut evicted = Vec::new();
+        replacement.policy.lock().insert(
+            key,
+            u64::from(weight) + POLICY_OVERHEAD,
+            NEVER,
+            &mut evicted,
+        );
+        let refused = evicted.contains(&key);
+        let mut answer = Arc::clone(&set);
+        if !refused {
+            let max_variants = self.max_variants;
+            let result = self
+                .cache
+                .entry(key)
+                .and_compute_with(|existing| {
+                    let stored = match existing {
+                        // Stored meanwhile (a fill): merged, as an insert would.
+                        Some(existing) => set.variants.iter().rev().fold(
+                            VariantSet::clone(&existing.into_value()),
+                            |merged, entry| merged.with(Arc::clone(entry), max_variants),
+                        ),
+                        None => VariantSet::clone(&set),
+                    };
+                    std::future::ready(Op::Put(Arc::new(stored)))
+                })
+                .await;
+            if let CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) = result {
+                answer = entry.into_value();
+                // Merged with a set stored meanwhile: the policy learns its real weight.
+                if answer.weight() != weight {
+                    self.settle(key, Some(answer.weight())).await;
+                }
+            }
+        }
+        for gone in evicted {
+            if let Some(set) = self.cache.remove(&gone).await {
+                replacement.evictions.inc();
+                if let Some(hook) = &replacement.on_evict {
+                    hook(&set);
+                }
+            }
+        }
+        Some(answer)
+    }
+
     /// Stores `entry` as a variant of its resource; returns the resource's variants as
     /// stored, which the caller can use even if the policy lets them go at once (a
     /// newcomer that loses its first contest).
@@ -453,5 +524,52 @@ mod tests {
             "{policy:?}: capacity respected: {weighed}"
         );
         assert!(evictions.get() > 0, "{policy:?}: evictions are counted");
+    }
+
+    /// A set read back from disk is answered from whether or not the policy keeps it; one
+    /// it refuses at once never enters moka (nothing is evicted for it, nothing counted),
+    /// one it keeps is found afterwards.
+    #[tokio::test]
+    async fn a_read_back_set_is_kept_or_refused_by_the_policy() {
+        for policy in [MemoryPolicy::Wtinylfu, MemoryPolicy::Lru] {
+            let evictions = Counter::default();
+            let tier = MemoryTier::new(1 << 20, 4, policy, evictions.clone(), None);
+            // Memory full of objects asked for ten times each.
+            for round in 0..10 {
+                for index in 0..100 {
+                    let hot = entry(&format!("/hot/{index}"), 8 * 1024);
+                    if tier.get(&hot.meta.key).await.is_none() {
+                        tier.insert(hot).await;
+                    }
+                }
+                let _ = round;
+            }
+            tier.usage().await;
+            let evicted_before = evictions.get();
+            let cold = entry("/cold", 100 * 1024);
+            assert!(tier.get(&cold.meta.key).await.is_none());
+            let answered = tier
+                .insert_read_back(vec![Arc::clone(&cold)])
+                .await
+                .unwrap();
+            assert!(Arc::ptr_eq(&answered.variants[0], &cold));
+            let kept = tier.get(&cold.meta.key).await.is_some();
+            match policy {
+                MemoryPolicy::Wtinylfu => {
+                    assert!(!kept, "colder than everything held: refused");
+                    assert_eq!(evictions.get(), evicted_before, "nothing evicted for it");
+                }
+                _ => assert!(kept, "{policy:?}: LRU keeps the newest"),
+            }
+            let fresh = MemoryTier::new(1 << 20, 4, policy, Counter::default(), None);
+            fresh
+                .insert_read_back(vec![Arc::clone(&cold)])
+                .await
+                .unwrap();
+            assert!(
+                fresh.get(&cold.meta.key).await.is_some(),
+                "{policy:?}: room: kept"
+            );
+        }
     }
 }

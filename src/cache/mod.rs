@@ -360,14 +360,15 @@ impl Cache {
             }
         };
         // Encoded variants go in first, so the source is the newest of the set.
-        for (meta, body) in loaded.encoded {
-            self.memory
-                .insert(Arc::new(StoredResponse::read_back(meta, body)))
-                .await;
-        }
-        // The set as stored, even if the memory tier's policy does not keep it: the
-        // request is answered from what the disk gave either way.
-        self.memory.insert(Arc::new(source)).await
+        let mut entries: Vec<_> = loaded
+            .encoded
+            .into_iter()
+            .map(|(meta, body)| Arc::new(StoredResponse::read_back(meta, body)))
+            .collect();
+        entries.push(Arc::new(source));
+        // The set as read, even if the memory tier's policy does not keep it: the request
+        // is answered from what the disk gave either way.
+        self.memory.insert_read_back(entries).await
     }
 
     /// Indexes a body a fill streamed to a disk file and puts its entry in memory; `None`

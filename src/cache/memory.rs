@@ -249,6 +249,11 @@ impl MemoryTier {
                 }
             }
         }
+        self.remove_evicted(replacement, evicted).await;
+    }
+
+    /// Removes from moka what the policy evicted, counting each and telling the hook.
+    async fn remove_evicted(&self, replacement: &Replacement, evicted: Vec<PrimaryKey>) {
         for gone in evicted {
             if let Some(set) = self.cache.remove(&gone).await {
                 replacement.evictions.inc();
@@ -339,14 +344,7 @@ impl MemoryTier {
                 }
             }
         }
-        for gone in evicted {
-            if let Some(set) = self.cache.remove(&gone).await {
-                replacement.evictions.inc();
-                if let Some(hook) = &replacement.on_evict {
-                    hook(&set);
-                }
-            }
-        }
+        self.remove_evicted(replacement, evicted).await;
         Some(answer)
     }
 
@@ -535,14 +533,13 @@ mod tests {
             let evictions = Counter::default();
             let tier = MemoryTier::new(1 << 20, 4, policy, evictions.clone(), None);
             // Memory full of objects asked for ten times each.
-            for round in 0..10 {
+            for _round in 0..10 {
                 for index in 0..100 {
                     let hot = entry(&format!("/hot/{index}"), 8 * 1024);
                     if tier.get(&hot.meta.key).await.is_none() {
                         tier.insert(hot).await;
                     }
                 }
-                let _ = round;
             }
             tier.usage().await;
             let evicted_before = evictions.get();

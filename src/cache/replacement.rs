@@ -308,15 +308,15 @@ impl FrequencySketch {
         let hash = Self::spread(id);
         let slots = [0, 1, 2, 3].map(|depth| self.slot(hash, depth));
         let counts = slots.map(|(word, shift)| (self.table[word] >> shift) & 0xf);
-        let least = match self.conservative {
-            true => counts.iter().copied().min().unwrap_or(0),
-            false => 0,
-        };
+        // Conservative: only the counters at the object's minimum move.
+        let least = self
+            .conservative
+            .then(|| counts.iter().copied().min().unwrap_or(0));
         let mut added = false;
         for ((word, shift), count) in slots.into_iter().zip(counts) {
             // Read again: the check must hold for the counter as it is now.
             let current = (self.table[word] >> shift) & 0xf;
-            if (count == least || !self.conservative) && current != 0xf {
+            if least.is_none_or(|least| count == least) && current != 0xf {
                 self.table[word] += 1 << shift;
                 added = true;
             }

@@ -108,15 +108,7 @@ pub fn pypi_html(text: &str, links: &Links<'_>, page_path: &str) -> Read {
     let mut out = String::with_capacity(text.len() + text.len() / 4);
     let mut copied = 0;
     let mut changed = false;
-    let lower = text.to_ascii_lowercase();
-    let mut at = 0;
-    while let Some(found) = lower[at..].find("<a") {
-        let start = at + found;
-        let Some(len) = lower[start..].find('>') else {
-            break;
-        };
-        let tag = &text[start..start + len];
-        at = start + len;
+    for (start, tag) in anchor_tags(text) {
         let Some((value_start, value)) = attribute(tag, "href") else {
             continue;
         };
@@ -154,16 +146,8 @@ pub fn pypi_html(text: &str, links: &Links<'_>, page_path: &str) -> Read {
 /// The `href` of every `<a>` of a PEP 503 page (unescaped), and whether it announces a
 /// metadata file (PEP 658 / 714).
 pub fn html_links(text: &str) -> Vec<(String, bool)> {
-    let lower = text.to_ascii_lowercase();
     let mut links = Vec::new();
-    let mut at = 0;
-    while let Some(found) = lower[at..].find("<a") {
-        let start = at + found;
-        let Some(len) = lower[start..].find('>') else {
-            break;
-        };
-        let tag = &text[start..start + len];
-        at = start + len;
+    for (_, tag) in anchor_tags(text) {
         if let Some((_, href)) = attribute(tag, "href") {
             let metadata = ["data-core-metadata", "data-dist-info-metadata"]
                 .iter()
@@ -172,6 +156,18 @@ pub fn html_links(text: &str) -> Vec<(String, bool)> {
         }
     }
     links
+}
+
+/// Each `<a ...` tag of an HTML page (case-insensitive, up to its `>`) and where it starts.
+fn anchor_tags(text: &str) -> impl Iterator<Item = (usize, &str)> + '_ {
+    let lower = text.to_ascii_lowercase();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let start = at + lower[at..].find("<a")?;
+        let len = lower[start..].find('>')?;
+        at = start + len;
+        Some((start, &text[start..start + len]))
+    })
 }
 
 /// The value of attribute `name` in `tag` (`<a ...` up to its `>`), and where the value

@@ -17,6 +17,8 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::load;
+
 /// What a burst observed.
 #[derive(Debug, Clone, Serialize)]
 pub struct BurstReport {
@@ -27,7 +29,6 @@ pub struct BurstReport {
     pub burst_ms: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
-    pub max_ms: f64,
     pub statuses: BTreeMap<u16, usize>,
     /// Responses whose Cache-Status said they were answered from cache.
     pub hits: usize,
@@ -160,14 +161,14 @@ fn summarise(requests: usize, errors: usize, started: Instant, answers: &[Answer
     let (mut hits, mut forwarded, mut collapsed) = (0, 0, 0);
     for answer in answers {
         *statuses.entry(answer.status).or_insert(0) += 1;
-        let last = answer.cache_status.rsplit(',').next().unwrap_or("");
-        if super::load::is_hit(&answer.cache_status) {
+        let params = load::nearest_cache_params(&answer.cache_status);
+        if load::is_hit(&answer.cache_status) {
             hits += 1;
         }
-        if last.contains("fwd=") {
+        if load::is_forwarded(&params) {
             forwarded += 1;
         }
-        if last.contains("collapsed") {
+        if params.contains(&"collapsed") {
             collapsed += 1;
         }
     }
@@ -178,7 +179,6 @@ fn summarise(requests: usize, errors: usize, started: Instant, answers: &[Answer
         burst_ms: latencies.last().copied().unwrap_or(0.0),
         p50_ms: percentile(0.5),
         p99_ms: percentile(0.99),
-        max_ms: latencies.last().copied().unwrap_or(0.0),
         statuses,
         hits,
         forwarded,

@@ -59,9 +59,19 @@ pub struct LoadReport {
 /// Whether the cache nearest the client (the last Cache-Status member) answered from
 /// cache: a `hit` parameter and no `fwd`.
 pub fn is_hit(cache_status: &str) -> bool {
+    let params = nearest_cache_params(cache_status);
+    params.contains(&"hit") && !is_forwarded(&params)
+}
+
+/// The parameters of the last Cache-Status member (the cache nearest the client).
+pub fn nearest_cache_params(cache_status: &str) -> Vec<&str> {
     let last = cache_status.rsplit(',').next().unwrap_or("");
-    let params: Vec<&str> = last.split(';').skip(1).map(str::trim).collect();
-    params.contains(&"hit") && !params.iter().any(|p| p.starts_with("fwd="))
+    last.split(';').skip(1).map(str::trim).collect()
+}
+
+/// Whether `params` (of one Cache-Status member) say the request went forward.
+pub fn is_forwarded(params: &[&str]) -> bool {
+    params.iter().any(|p| p.starts_with("fwd="))
 }
 
 /// Why a load run could not start.

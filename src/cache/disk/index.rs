@@ -152,7 +152,6 @@ fn decode_row(value: &[u8]) -> Option<(u64, EntryMeta)> {
     Some((tick, EntryMeta::decode(meta).ok()?))
 }
 
-/// A blob record: reference count (4 bytes) then size (8 bytes).
 /// A body's record in `blobs`: references, bytes it occupies, and its check (20 bytes;
 /// records written before checks existed are 12 bytes and have none).
 #[derive(Debug, Clone, Copy, PartialEq)]

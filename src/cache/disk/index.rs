@@ -32,6 +32,16 @@ impl Released {
     }
 }
 
+/// How a recorded body is read: its check, and its bytes when the index keeps them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BodyRecord {
+    /// The XXH3 check; `None` for bodies recorded before checks were (their blake3
+    /// digest is the check then).
+    pub check: Option<u64>,
+    /// The body itself when it is kept in the index (unverified).
+    pub inline: Option<bytes::Bytes>,
+}
+
 /// What a sweep of the rows found and removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RowSweep {
@@ -57,27 +67,30 @@ pub trait DiskIndex: Send + Sync {
         blocks: &[[u8; 32]],
         check: u64,
     ) -> Result<(), DiskError>;
-    /// Records a small body kept in the index itself (no file), with no reference yet;
-    /// it goes with its last reference like any body.
-    fn add_inline_body(&self, digest: &[u8; 32], body: &[u8], check: u64) -> Result<(), DiskError>;
-    /// The check recorded for a body; `None` for bodies recorded before checks were (their
-    /// blake3 digest is the check then).
-    fn body_check(&self, digest: &[u8; 32]) -> Result<Option<u64>, DiskError>;
-    /// A body kept in the index, unverified.
-    fn inline_body(&self, digest: &[u8; 32]) -> Result<Option<bytes::Bytes>, DiskError>;
-    /// Whether the body with `digest` is kept in the index.
-    fn has_inline_body(&self, digest: &[u8; 32]) -> Result<bool, DiskError>;
+    /// How a recorded body is checked and, for a small body kept in the index itself (no
+    /// file), its bytes, unverified; `None` when no body has this digest.
+    fn body_record(&self, digest: &[u8; 32]) -> Result<Option<BodyRecord>, DiskError>;
     /// Indexes `meta` (replacing the row of the same variant) and takes a reference on its
     /// body, which must be recorded.
     fn insert(&self, meta: &EntryMeta) -> Result<Released, DiskError>;
+    /// Records a small body kept in the index itself, with `meta` as its first reference,
+    /// and indexes `meta`: one write of the body, where recording then referencing it
+    /// would write it twice. The body must not be recorded already.
+    fn insert_with_inline_body(
+        &self,
+        meta: &EntryMeta,
+        body: &[u8],
+        check: u64,
+    ) -> Result<Released, DiskError>;
     /// Removes every variant of `key`; returns how many.
     fn remove(&self, key: &PrimaryKey) -> Result<(usize, Released), DiskError>;
     fn remove_variant(&self, key: &PrimaryKey, variant: &VariantKey)
         -> Result<Released, DiskError>;
     /// Moves a row to the recent end of the replacement order.
     fn touch(&self, key: &PrimaryKey, variant: &VariantKey) -> Result<(), DiskError>;
-    /// Removes least recently used rows until rows and bodies take at most `capacity`
-    /// bytes; returns the resources evicted.
+    /// Removes the least recently used rows (exactly among few rows, by sampling among
+    /// many) until rows and bodies take at most `capacity` bytes; returns the resources
+    /// evicted.
     fn evict_over(&self, capacity: u64) -> Result<(Vec<PrimaryKey>, Released), DiskError>;
     /// Primary keys with at least one variant matching `predicate`.
     fn keys_where(
@@ -108,23 +121,62 @@ pub trait DiskIndex: Send + Sync {
 }
 
 /// The sled implementation: trees `entries` (primary key ++ variant key -> tick ++ encoded
-/// metadata), `recency` (tick ++ row key -> nothing: the LRU order), `blobs` (digest ->
-/// reference count and size), `blocks` (digest -> block digests of multi-block bodies) and
-/// `inline` (digest -> the bytes of a small body kept here rather than in a file), and
-/// `notes` (facts kept beside the cache, such as published digests).
+/// metadata), `blobs` (digest -> reference count, size, check, and the bytes of a small
+/// body kept here rather than in a file), `blocks` (digest -> block digests of multi-block
+/// bodies) and `notes` (facts kept beside the cache, such as published digests).
+///
+/// # Space
+/// sled takes about 200 bytes of its files per row however small the row (measured: 20k
+/// rows of a 64-byte key and a 24-byte value occupy 253 B each), so the index keeps as few
+/// rows per object as it can: one in `entries` and one in `blobs`. The replacement order is
+/// not a tree of its own (that was 450 B per object): each row carries the tick of its last
+/// use, and eviction samples rows for the oldest (see [`SledIndex::eviction_victim`]).
+/// Indexes written by earlier builds had `recency` and `inline` trees: the first gives
+/// the next tick once and is dropped; the second is still read while it has bodies.
 pub struct SledIndex {
     db: sled::Db,
     entries: sled::Tree,
-    recency: sled::Tree,
     blobs: sled::Tree,
     block_digests: sled::Tree,
-    inline_bodies: sled::Tree,
+    /// Small bodies as earlier builds kept them; consulted only while it is not empty.
+    legacy_inline: Option<sled::Tree>,
     notes: sled::Tree,
     next_tick: AtomicU64,
+    /// Ticks below this are reserved in the index, so a reopened index never reuses one.
+    reserved_ticks: AtomicU64,
+    eviction: parking_lot::Mutex<EvictionSampler>,
     bytes: AtomicU64,
     rows: AtomicU64,
     /// The index files' size, and when it was measured.
     own_size: parking_lot::Mutex<(std::time::Instant, u64)>,
+}
+
+/// Up to this many rows, eviction finds the least recently used row exactly, by a scan.
+const EXACT_EVICTION_ROWS: u64 = 1024;
+/// Rows sampled for each victim beyond [`EXACT_EVICTION_ROWS`].
+const EVICTION_SAMPLES: usize = 16;
+/// The oldest rows sampled so far, kept for the next victims (Redis's eviction pool):
+/// each victim is then the oldest of many more rows than one round samples.
+const EVICTION_POOL: usize = 16;
+/// Ticks reserved in the index at a time (one write per this many uses).
+const TICK_RESERVATION: u64 = 1 << 16;
+/// The default tree's key holding the reserved ticks.
+const RESERVED_TICKS_KEY: &[u8] = b"outpost:reserved-ticks";
+/// The default tree's key holding the byte total at the last flush; removed at open, so
+/// after a crash the totals are summed again rather than trusted.
+const USAGE_KEY: &[u8] = b"outpost:usage-bytes";
+
+/// A big-endian u64 from exactly eight bytes.
+fn read_u64(bytes: Option<&[u8]>) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes?.try_into().ok()?))
+}
+
+/// Chooses rows to evict when there are too many to scan: random positions in the row
+/// keys (digests, so uniformly spread) and a pool of the oldest rows seen.
+struct EvictionSampler {
+    rng: rand::rngs::SmallRng,
+    /// (tick, row key), oldest first.
+    pool: Vec<(u64, Vec<u8>)>,
 }
 
 fn row_key(key: &PrimaryKey, variant: &VariantKey) -> [u8; 64] {
@@ -132,13 +184,6 @@ fn row_key(key: &PrimaryKey, variant: &VariantKey) -> [u8; 64] {
     row[..32].copy_from_slice(&key.0);
     row[32..].copy_from_slice(&variant.0);
     row
-}
-
-fn recency_key(tick: u64, row: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + row.len());
-    out.extend_from_slice(&tick.to_be_bytes());
-    out.extend_from_slice(row);
-    out
 }
 
 /// A row value: tick (8 bytes) then the encoded metadata.
@@ -152,8 +197,9 @@ fn decode_row(value: &[u8]) -> Option<(u64, EntryMeta)> {
     Some((tick, EntryMeta::decode(meta).ok()?))
 }
 
-/// A body's record in `blobs`: references, bytes it occupies, and its check (20 bytes;
-/// records written before checks existed are 12 bytes and have none).
+/// A body's record in `blobs`: references, bytes it occupies and its check (20 bytes;
+/// records written before checks existed are 12 bytes and have none); a body kept in the
+/// index follows as a marker byte and its bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct BlobRecord {
     refs: u32,
@@ -161,31 +207,50 @@ struct BlobRecord {
     check: Option<u64>,
 }
 
+/// The byte between a record and the small body kept in it.
+const INLINE_MARKER: u8 = 1;
+
 impl BlobRecord {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(20);
+    fn encode(&self, inline: Option<&[u8]>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(21 + inline.map_or(0, <[u8]>::len));
         out.extend_from_slice(&self.refs.to_be_bytes());
         out.extend_from_slice(&self.size.to_be_bytes());
         if let Some(check) = self.check {
             out.extend_from_slice(&check.to_be_bytes());
         }
+        if let Some(body) = inline {
+            out.push(INLINE_MARKER);
+            out.extend_from_slice(body);
+        }
         out
     }
 
-    fn parse(value: &[u8]) -> Option<BlobRecord> {
+    /// The record, and the body kept in it if any.
+    fn parse(value: &[u8]) -> Option<(BlobRecord, Option<&[u8]>)> {
         let refs = u32::from_be_bytes(value.get(..4)?.try_into().ok()?);
         let size = u64::from_be_bytes(value.get(4..12)?.try_into().ok()?);
-        let check = match value.len() {
-            12 => None,
-            20 => Some(u64::from_be_bytes(value.get(12..20)?.try_into().ok()?)),
+        if value.len() == 12 {
+            let record = BlobRecord {
+                refs,
+                size,
+                check: None,
+            };
+            return Some((record, None));
+        }
+        let check = Some(u64::from_be_bytes(value.get(12..20)?.try_into().ok()?));
+        let inline = match value.get(20..) {
+            Some([]) => None,
+            Some([INLINE_MARKER, body @ ..]) => Some(body),
             _ => return None,
         };
-        Some(BlobRecord { refs, size, check })
+        Some((BlobRecord { refs, size, check }, inline))
     }
 
-    /// The same record with `refs` references.
-    fn with_refs(self, refs: u32) -> BlobRecord {
-        BlobRecord { refs, ..self }
+    /// `value` (a parsed record) with `refs` references: only the count is rewritten.
+    fn with_refs(value: &[u8], refs: u32) -> Vec<u8> {
+        let mut out = value.to_vec();
+        out[..4].copy_from_slice(&refs.to_be_bytes());
+        out
     }
 }
 
@@ -222,54 +287,88 @@ fn open_db(dir: &std::path::Path) -> Result<sled::Db, DiskError> {
 }
 
 impl SledIndex {
-    /// Opens (or creates) the index in `dir` without reading any row: the byte total comes
-    /// from the body records and the row count from the tree.
+    /// Opens (or creates) the index in `dir` without reading any row or body: the totals
+    /// are those recorded at the last flush (or summed from the body records for an index
+    /// written before totals were recorded), until the sweep recounts.
     ///
     /// # Errors
     /// An index sled cannot open (corrupt, or open in another process).
     pub fn open(dir: &std::path::Path) -> Result<SledIndex, DiskError> {
         let db = open_db(dir)?;
+        let has_tree = |name: &str| {
+            db.tree_names()
+                .iter()
+                .any(|tree| tree.as_ref() == name.as_bytes())
+        };
+        let (had_recency, had_inline) = (has_tree("recency"), has_tree("inline"));
         let entries = db.open_tree("entries")?;
-        let recency = db.open_tree("recency")?;
         let blobs = db.open_tree("blobs")?;
         let block_digests = db.open_tree("blocks")?;
-        let inline_bodies = db.open_tree("inline")?;
         let notes = db.open_tree("notes")?;
-        let next_tick = match recency.last()? {
-            Some((key, _)) if key.len() >= 8 => {
-                u64::from_be_bytes(key[..8].try_into().unwrap_or([0; 8])) + 1
-            }
-            _ => 1,
+        let legacy_inline = match had_inline {
+            true => Some(db.open_tree("inline")?).filter(|tree| !tree.is_empty()),
+            false => None,
         };
-        let mut bytes = 0u64;
-        for item in blobs.iter() {
-            let (_, value) = item?;
-            if let Some(record) = BlobRecord::parse(&value) {
-                bytes += record.size;
+        let mut next_tick = read_u64(db.get(RESERVED_TICKS_KEY)?.as_deref()).unwrap_or(1);
+        if had_recency {
+            // An earlier build's replacement order: its last tick is where ours go on.
+            let recency = db.open_tree("recency")?;
+            if let Some((key, _)) = recency.last()? {
+                next_tick = next_tick.max(read_u64(key.get(..8)).unwrap_or(0) + 1);
             }
+            drop(recency);
+            db.drop_tree("recency")?;
         }
         let rows = entries.len() as u64;
-        // Row sizes are not summed at open (that would read every row); an allowance per
-        // row stands in until the sweep recounts.
-        bytes += rows * (ROW_OVERHEAD + 512);
+        let bytes = match read_u64(db.get(USAGE_KEY)?.as_deref()) {
+            Some(bytes) => bytes,
+            None => {
+                let mut bytes = 0u64;
+                for item in blobs.iter() {
+                    let (_, value) = item?;
+                    if let Some((record, _)) = BlobRecord::parse(&value) {
+                        bytes += record.size;
+                    }
+                }
+                // Row sizes are not summed at open (that would read every row); an
+                // allowance per row stands in until the sweep recounts.
+                bytes + rows * (ROW_OVERHEAD + 512)
+            }
+        };
         let own_size = db.size_on_disk().unwrap_or(0);
-        Ok(SledIndex {
+        let index = SledIndex {
             own_size: parking_lot::Mutex::new((std::time::Instant::now(), own_size)),
+            eviction: parking_lot::Mutex::new(EvictionSampler {
+                rng: rand::SeedableRng::seed_from_u64(next_tick),
+                pool: Vec::new(),
+            }),
             db,
             entries,
-            recency,
             blobs,
             block_digests,
-            inline_bodies,
+            legacy_inline,
             notes,
             next_tick: AtomicU64::new(next_tick),
+            reserved_ticks: AtomicU64::new(next_tick),
             bytes: AtomicU64::new(bytes),
             rows: AtomicU64::new(rows),
-        })
+        };
+        // A crash from here on leaves totals to be recounted, not believed.
+        index.db.remove(USAGE_KEY)?;
+        Ok(index)
     }
 
-    fn tick(&self) -> u64 {
-        self.next_tick.fetch_add(1, Ordering::Relaxed)
+    /// The next tick; every [`TICK_RESERVATION`] ticks, the index records how far ticks
+    /// may go before it records again, so a reopened index starts past every tick used.
+    fn tick(&self) -> Result<u64, DiskError> {
+        let tick = self.next_tick.fetch_add(1, Ordering::Relaxed);
+        if tick >= self.reserved_ticks.load(Ordering::Relaxed) {
+            let reserved = tick + TICK_RESERVATION;
+            self.db
+                .insert(RESERVED_TICKS_KEY, &reserved.to_be_bytes())?;
+            self.reserved_ticks.store(reserved, Ordering::Relaxed);
+        }
+        Ok(tick)
     }
 
     fn sub_bytes(&self, amount: u64) {
@@ -284,42 +383,112 @@ impl SledIndex {
         };
         self.rows.fetch_sub(1, Ordering::Relaxed);
         self.sub_bytes(value.len() as u64 + ROW_OVERHEAD);
-        let mut released = Released::default();
-        if let Some((tick, meta)) = split_row(&value) {
-            self.recency.remove(recency_key(tick, row))?;
-            if let Ok(meta) = EntryMeta::decode(meta) {
-                released = self.release_body(&meta.body_digest)?;
-            }
-        }
+        let released = match decode_row(&value) {
+            Some((_, meta)) => self.release_body(&meta.body_digest)?,
+            None => Released::default(),
+        };
         Ok((true, released))
     }
 
     /// Drops one reference to a body; the last one releases it.
     fn release_body(&self, digest: &[u8; 32]) -> Result<Released, DiskError> {
-        let Some(record) = self.blobs.get(digest)? else {
+        let Some(value) = self.blobs.get(digest)? else {
             return Ok(Released::default());
         };
-        let record = BlobRecord::parse(&record).unwrap_or(BlobRecord {
-            refs: 1,
-            size: 0,
-            check: None,
-        });
-        let size = record.size;
-        if record.refs > 1 {
+        let (refs, size, kept_here) = match BlobRecord::parse(&value) {
+            Some((record, inline)) => (record.refs, record.size, inline.is_some()),
+            None => (1, 0, false),
+        };
+        if refs > 1 {
             self.blobs
-                .insert(digest, record.with_refs(record.refs - 1).encode())?;
+                .insert(digest, BlobRecord::with_refs(&value, refs - 1))?;
             return Ok(Released::default());
         }
         self.blobs.remove(digest)?;
         self.block_digests.remove(digest)?;
         self.sub_bytes(size);
-        let was_inline = self.inline_bodies.remove(digest)?.is_some();
-        // An inline body has no file to delete.
-        Ok(if was_inline {
+        let kept_in_legacy_tree = match &self.legacy_inline {
+            Some(tree) => tree.remove(digest)?.is_some(),
+            None => false,
+        };
+        // A body kept in the index has no file to delete.
+        Ok(if kept_here || kept_in_legacy_tree {
             Released::default()
         } else {
             Released(vec![*digest])
         })
+    }
+
+    /// Writes `meta`'s row with a new tick, replacing the row of the same variant, and
+    /// releases the body the replaced row referenced.
+    fn put_row(&self, meta: &EntryMeta) -> Result<Released, DiskError> {
+        let row = row_key(&meta.key, &meta.variant);
+        let (_, released) = self.remove_row(&row)?;
+        let tick = self.tick()?;
+        let encoded = meta.encode();
+        let mut value = Vec::with_capacity(8 + encoded.len());
+        value.extend_from_slice(&tick.to_be_bytes());
+        value.extend_from_slice(&encoded);
+        self.bytes
+            .fetch_add(value.len() as u64 + ROW_OVERHEAD, Ordering::Relaxed);
+        self.entries.insert(row, value)?;
+        self.rows.fetch_add(1, Ordering::Relaxed);
+        Ok(released)
+    }
+
+    /// The row to evict next: the least recently used one, exactly when there are few
+    /// rows; among many, the oldest of the rows sampled at random positions this round
+    /// and the oldest ones kept from earlier rounds, checked to be unchanged since seen.
+    /// With 16 samples a round and a pool of 16, a victim is older than nearly every row
+    /// (Redis's approximated LRU, measured there to track true LRU closely).
+    fn eviction_victim(&self) -> Result<Option<Vec<u8>>, DiskError> {
+        if self.rows.load(Ordering::Relaxed) <= EXACT_EVICTION_ROWS {
+            let mut oldest: Option<(u64, sled::IVec)> = None;
+            for item in self.entries.iter() {
+                let (row, value) = item?;
+                let tick = split_row(&value).map_or(0, |(tick, _)| tick);
+                if oldest.as_ref().is_none_or(|(oldest, _)| tick < *oldest) {
+                    oldest = Some((tick, row));
+                }
+            }
+            return Ok(oldest.map(|(_, row)| row.to_vec()));
+        }
+        let mut sampler = self.eviction.lock();
+        // A second round at most: the first empties the pool of candidates used since
+        // they were sampled, so the second's candidates are all as just seen (the caller's
+        // lock keeps rows from changing meanwhile).
+        for _round in 0..2 {
+            for _ in 0..EVICTION_SAMPLES {
+                let start: [u8; 32] = rand::Rng::random(&mut sampler.rng);
+                let sampled = match self.entries.range(start..).next() {
+                    Some(item) => Some(item?),
+                    None => self.entries.first()?,
+                };
+                let Some((row, value)) = sampled else {
+                    return Ok(None);
+                };
+                let tick = split_row(&value).map_or(0, |(tick, _)| tick);
+                match sampler
+                    .pool
+                    .iter_mut()
+                    .find(|(_, pooled)| pooled[..] == row[..])
+                {
+                    Some(pooled) => pooled.0 = tick,
+                    None => sampler.pool.push((tick, row.to_vec())),
+                }
+            }
+            sampler.pool.sort_unstable_by_key(|(tick, _)| *tick);
+            sampler.pool.truncate(EVICTION_POOL);
+            while !sampler.pool.is_empty() {
+                let (tick, row) = sampler.pool.remove(0);
+                // Touched or replaced since it was sampled: no longer a candidate.
+                let current = self.entries.get(&row)?;
+                if current.as_deref().and_then(split_row).map(|(now, _)| now) == Some(tick) {
+                    return Ok(Some(row));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -378,68 +547,65 @@ impl DiskIndex for SledIndex {
             size: len,
             check: Some(check),
         };
-        self.blobs.insert(digest, record.encode())?;
+        self.blobs.insert(digest, record.encode(None))?;
         self.bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
 
-    fn add_inline_body(&self, digest: &[u8; 32], body: &[u8], check: u64) -> Result<(), DiskError> {
-        // Counted with an allowance for sled's own record, as rows are.
-        let size = body.len() as u64 + ROW_OVERHEAD;
-        self.inline_bodies.insert(digest, body)?;
-        let record = BlobRecord {
-            refs: 0,
-            size,
-            check: Some(check),
+    fn body_record(&self, digest: &[u8; 32]) -> Result<Option<BodyRecord>, DiskError> {
+        let Some(value) = self.blobs.get(digest)? else {
+            return Ok(None);
         };
-        self.blobs.insert(digest, record.encode())?;
-        self.bytes.fetch_add(size, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn inline_body(&self, digest: &[u8; 32]) -> Result<Option<bytes::Bytes>, DiskError> {
-        Ok(self
-            .inline_bodies
-            .get(digest)?
-            .map(|value| bytes::Bytes::copy_from_slice(&value)))
-    }
-
-    fn has_inline_body(&self, digest: &[u8; 32]) -> Result<bool, DiskError> {
-        Ok(self.inline_bodies.contains_key(digest)?)
-    }
-
-    fn body_check(&self, digest: &[u8; 32]) -> Result<Option<u64>, DiskError> {
-        Ok(self
-            .blobs
-            .get(digest)?
-            .and_then(|value| BlobRecord::parse(&value))
-            .and_then(|record| record.check))
+        let Some((record, inline)) = BlobRecord::parse(&value) else {
+            return Err(DiskError::Inconsistent("an unreadable body record"));
+        };
+        let inline = match (inline, &self.legacy_inline) {
+            (Some(body), _) => Some(bytes::Bytes::copy_from_slice(body)),
+            (None, Some(tree)) => tree
+                .get(digest)?
+                .map(|body| bytes::Bytes::copy_from_slice(&body)),
+            (None, None) => None,
+        };
+        Ok(Some(BodyRecord {
+            check: record.check,
+            inline,
+        }))
     }
 
     fn insert(&self, meta: &EntryMeta) -> Result<Released, DiskError> {
         let digest = meta.body_digest;
-        let Some(record) = self.blobs.get(digest)?.and_then(|r| BlobRecord::parse(&r)) else {
+        let Some(value) = self.blobs.get(digest)? else {
             return Err(DiskError::Inconsistent(
                 "a row for a body that is not recorded",
             ));
         };
+        let Some((record, _)) = BlobRecord::parse(&value) else {
+            return Err(DiskError::Inconsistent("an unreadable body record"));
+        };
         // The new reference first, then the replaced row's release: replacing a row with
         // the same body (a freshened response) never drops its count to zero.
         self.blobs
-            .insert(digest, record.with_refs(record.refs + 1).encode())?;
-        let row = row_key(&meta.key, &meta.variant);
-        let (_, released) = self.remove_row(&row)?;
-        let tick = self.tick();
-        let encoded = meta.encode();
-        let mut value = Vec::with_capacity(8 + encoded.len());
-        value.extend_from_slice(&tick.to_be_bytes());
-        value.extend_from_slice(&encoded);
-        self.bytes
-            .fetch_add(value.len() as u64 + ROW_OVERHEAD, Ordering::Relaxed);
-        self.entries.insert(row, value)?;
-        self.recency.insert(recency_key(tick, &row), &[])?;
-        self.rows.fetch_add(1, Ordering::Relaxed);
-        Ok(released)
+            .insert(digest, BlobRecord::with_refs(&value, record.refs + 1))?;
+        self.put_row(meta)
+    }
+
+    fn insert_with_inline_body(
+        &self,
+        meta: &EntryMeta,
+        body: &[u8],
+        check: u64,
+    ) -> Result<Released, DiskError> {
+        // Counted with an allowance for sled's own record, as rows are.
+        let size = body.len() as u64 + ROW_OVERHEAD;
+        let record = BlobRecord {
+            refs: 1,
+            size,
+            check: Some(check),
+        };
+        self.blobs
+            .insert(meta.body_digest, record.encode(Some(body)))?;
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.put_row(meta)
     }
 
     fn remove(&self, key: &PrimaryKey) -> Result<(usize, Released), DiskError> {
@@ -475,18 +641,16 @@ impl DiskIndex for SledIndex {
             return Ok(());
         };
         // Already among the most recent quarter of rows: moving it again changes nothing
-        // eviction would notice, and costs three index writes.
+        // eviction would notice, and costs an index write.
         let newest = self.next_tick.load(Ordering::Relaxed);
         if newest.saturating_sub(old_tick) < self.rows.load(Ordering::Relaxed) / 4 + 1 {
             return Ok(());
         }
-        let tick = self.tick();
+        let tick = self.tick()?;
         let mut updated = Vec::with_capacity(value.len());
         updated.extend_from_slice(&tick.to_be_bytes());
         updated.extend_from_slice(meta);
         self.entries.insert(row, updated)?;
-        self.recency.remove(recency_key(old_tick, &row))?;
-        self.recency.insert(recency_key(tick, &row), &[])?;
         Ok(())
     }
 
@@ -494,18 +658,12 @@ impl DiskIndex for SledIndex {
         let mut evicted = Vec::new();
         let mut released = Released::default();
         while self.bytes.load(Ordering::Relaxed) > capacity {
-            let Some((key, _)) = self.recency.first()? else {
+            let Some(row) = self.eviction_victim()? else {
                 break;
             };
-            let row = key.get(8..).unwrap_or_default().to_vec();
             let (was_there, freed) = self.remove_row(&row)?;
             released.add(freed);
-            if !was_there {
-                // A recency record without its row: drop it and go on.
-                self.recency.remove(key)?;
-                continue;
-            }
-            if let Some(primary) = primary_of(&row) {
+            if let Some(primary) = primary_of(&row).filter(|_| was_there) {
                 evicted.push(primary);
             }
         }
@@ -572,7 +730,7 @@ impl DiskIndex for SledIndex {
         }
         for item in self.blobs.iter() {
             let (_, value) = item?;
-            if let Some(record) = BlobRecord::parse(&value) {
+            if let Some((record, _)) = BlobRecord::parse(&value) {
                 bytes += record.size;
             }
         }
@@ -601,6 +759,10 @@ impl DiskIndex for SledIndex {
     }
 
     fn flush(&self) -> Result<(), DiskError> {
+        // The total as of now, so the next open need not read every body record; it is
+        // an estimate until that open's sweep recounts.
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        self.db.insert(USAGE_KEY, &bytes.to_be_bytes())?;
         self.db.flush()?;
         Ok(())
     }
@@ -622,26 +784,159 @@ impl DiskIndex for SledIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::entry::testing::entry;
 
     /// Records written before checks existed (12 bytes) still parse, have no check (their
-    /// readers fall back to the blake3 digest), and keep having none as references move.
+    /// readers fall back to the blake3 digest), and keep having none as references move; a
+    /// record keeping a body (an empty one too) gives it back; junk is refused.
     #[test]
-    fn blob_records_with_and_without_a_check() {
+    fn blob_records_with_and_without_a_check_or_a_body() {
         let dir = tempfile::tempdir().unwrap();
         let index = SledIndex::open(dir.path()).unwrap();
         let digest = [3u8; 32];
         index.add_body(&digest, 4096, &[], 0xfeed).unwrap();
-        assert_eq!(index.body_check(&digest).unwrap(), Some(0xfeed));
+        let record = index.body_record(&digest).unwrap().unwrap();
+        assert_eq!((record.check, record.inline), (Some(0xfeed), None));
         let legacy = BlobRecord {
             refs: 2,
             size: 4096,
             check: None,
         };
-        assert_eq!(legacy.encode().len(), 12);
-        index.blobs.insert(digest, legacy.encode()).unwrap();
-        assert_eq!(index.body_check(&digest).unwrap(), None);
-        let moved = BlobRecord::parse(&legacy.with_refs(3).encode()).unwrap();
-        assert_eq!(moved, legacy.with_refs(3));
+        assert_eq!(legacy.encode(None).len(), 12);
+        index.blobs.insert(digest, legacy.encode(None)).unwrap();
+        assert_eq!(index.body_record(&digest).unwrap().unwrap().check, None);
+        let moved = BlobRecord::with_refs(&legacy.encode(None), 3);
+        let expected = BlobRecord { refs: 3, ..legacy };
+        assert_eq!(BlobRecord::parse(&moved), Some((expected, None)));
+        let kept = BlobRecord {
+            refs: 1,
+            size: 5,
+            check: Some(7),
+        };
+        for body in [&b"small"[..], b""] {
+            let encoded = kept.encode(Some(body));
+            assert_eq!(BlobRecord::parse(&encoded), Some((kept, Some(body))));
+            let moved = BlobRecord::with_refs(&encoded, 9);
+            let expected = BlobRecord { refs: 9, ..kept };
+            assert_eq!(BlobRecord::parse(&moved), Some((expected, Some(body))));
+        }
         assert_eq!(BlobRecord::parse(&[0; 13]), None);
+        assert_eq!(BlobRecord::parse(&[0; 21]), None, "no marker byte");
+    }
+
+    /// Rows stored with small bodies, the ticks of rows `0..count` in order.
+    fn fill(index: &SledIndex, count: usize) -> Vec<EntryMeta> {
+        (0..count)
+            .map(|n| {
+                let stored = entry(&format!("/{n}"), format!("body {n}"));
+                let body = stored.body.as_bytes().unwrap();
+                let released = index
+                    .insert_with_inline_body(&stored.meta, body, 0)
+                    .unwrap();
+                assert!(released.0.is_empty());
+                stored.meta
+            })
+            .collect()
+    }
+
+    /// Among many rows (beyond an exact scan), eviction samples: what it removes is old.
+    /// Of 4,000 rows, evicting about a tenth removes none of the newest half and none of
+    /// the rows touched since they were stored, and mostly rows among the oldest fifth.
+    #[test]
+    fn sampled_eviction_removes_old_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SledIndex::open(dir.path()).unwrap();
+        let count = 4000;
+        let metas = fill(&index, count);
+        // Rows 0..100 are used again: they become the most recent.
+        for meta in &metas[..100] {
+            index.touch(&meta.key, &meta.variant).unwrap();
+        }
+        let (_, bytes) = index.usage();
+        let (evicted, released) = index.evict_over(bytes - bytes / 10).unwrap();
+        assert!(released.0.is_empty(), "small bodies have no files");
+        assert!(evicted.len() >= count / 11, "{} evicted", evicted.len());
+        let age_of = |key: &PrimaryKey| metas.iter().position(|meta| meta.key == *key).unwrap();
+        let ages: Vec<usize> = evicted.iter().map(age_of).collect();
+        assert!(
+            ages.iter().all(|&age| (100..count / 2).contains(&age)),
+            "{ages:?}"
+        );
+        let among_oldest_fifth = ages.iter().filter(|&&age| age < count / 5).count();
+        assert!(among_oldest_fifth * 10 >= ages.len() * 9, "{ages:?}");
+        assert_eq!(index.usage().0, (count - evicted.len()) as u64);
+    }
+
+    /// An index written by an earlier build: its replacement order gives the next tick and
+    /// goes; bodies it kept in a tree of their own are read and released from there.
+    #[test]
+    fn an_earlier_builds_index_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let stored = entry("/old", "an old small body");
+        let digest = stored.meta.body_digest;
+        {
+            let db = open_db(dir.path()).unwrap();
+            let record = BlobRecord {
+                refs: 1,
+                size: 100,
+                check: Some(42),
+            };
+            db.open_tree("blobs")
+                .unwrap()
+                .insert(digest, record.encode(None))
+                .unwrap();
+            db.open_tree("inline")
+                .unwrap()
+                .insert(digest, &b"an old small body"[..])
+                .unwrap();
+            let row = row_key(&stored.meta.key, &stored.meta.variant);
+            let mut value = 500u64.to_be_bytes().to_vec();
+            value.extend_from_slice(&stored.meta.encode());
+            db.open_tree("entries").unwrap().insert(row, value).unwrap();
+            let mut recency = 500u64.to_be_bytes().to_vec();
+            recency.extend_from_slice(&row);
+            db.open_tree("recency")
+                .unwrap()
+                .insert(recency, &[][..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let index = reopen(dir.path());
+        assert!(!index
+            .db
+            .tree_names()
+            .iter()
+            .any(|name| name.as_ref() == b"recency"));
+        assert_eq!(index.tick().unwrap(), 501);
+        let record = index.body_record(&digest).unwrap().unwrap();
+        assert_eq!(record.check, Some(42));
+        assert_eq!(record.inline.as_deref(), Some(&b"an old small body"[..]));
+        let (removed, released) = index.remove(&stored.meta.key).unwrap();
+        assert_eq!(removed, 1);
+        assert!(released.0.is_empty(), "the body had no file");
+        assert_eq!(index.body_record(&digest).unwrap(), None);
+        assert!(index.legacy_inline.as_ref().unwrap().is_empty());
+    }
+
+    /// Ticks go on past every tick used before a reopen, even one that was not flushed
+    /// as the last tick (only the reservation is).
+    #[test]
+    fn ticks_never_repeat_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = {
+            let index = SledIndex::open(dir.path()).unwrap();
+            fill(&index, 3);
+            let last = index.tick().unwrap();
+            index.flush().unwrap();
+            last
+        };
+        let index = reopen(dir.path());
+        assert!(index.tick().unwrap() > last);
+        assert_eq!(index.usage().0, 3);
+    }
+
+    /// Opens again once the earlier instance has let go of its lock.
+    fn reopen(dir: &std::path::Path) -> SledIndex {
+        SledIndex::open(dir).unwrap()
     }
 }

@@ -120,17 +120,17 @@ impl DiskStore {
     /// recorded before checks were): from the index when it is kept there, else from its
     /// file.
     pub fn read_body(&self, meta: &EntryMeta) -> Result<Bytes, ReadError> {
-        let check = self
-            .index
-            .body_check(&meta.body_digest)
-            .map_err(ReadError::Disk)?;
-        let body = match self.index.inline_body(&meta.body_digest) {
-            Ok(Some(body)) => body,
-            Ok(None) => self.blobs.read_exactly(&meta.body_digest, meta.body_len)?,
+        let record = match self.index.body_record(&meta.body_digest) {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(ReadError::Missing),
             Err(err) => return Err(ReadError::Disk(err)),
         };
+        let body = match record.inline {
+            Some(body) => body,
+            None => self.blobs.read_exactly(&meta.body_digest, meta.body_len)?,
+        };
         let intact = body.len() as u64 == meta.body_len
-            && match check {
+            && match record.check {
                 Some(check) => super::body_check(&body) == check,
                 None => *blake3::hash(&body).as_bytes() == meta.body_digest,
             };
@@ -143,7 +143,10 @@ impl DiskStore {
 
     /// Whether the body with `digest` is kept in the index (it has no file).
     pub fn is_inline(&self, digest: &[u8; 32]) -> bool {
-        self.index.has_inline_body(digest).unwrap_or(false)
+        matches!(
+            self.index.body_record(digest),
+            Ok(Some(record)) if record.inline.is_some()
+        )
     }
 
     /// Where the body with `digest` lives (for streaming large bodies).
@@ -248,14 +251,26 @@ impl DiskStore {
             }
             (false, Some(NewBody::Inline(body))) => {
                 self.check_room(body.len() as u64)?;
-                self.index
-                    .add_inline_body(&digest, &body, super::body_check(&body))?;
+                let check = super::body_check(&body);
+                let released = self.index.insert_with_inline_body(meta, &body, check)?;
+                return self.after_insert(meta, released);
             }
             // The body this row needs is gone (evicted meanwhile): index nothing that can
             // never be read.
             (false, None) => return Ok(Vec::new()),
         }
         let released = self.index.insert(meta)?;
+        self.after_insert(meta, released)
+    }
+
+    /// What follows indexing a row (under the write lock): deleting the body the replaced
+    /// row released, capping variants, evicting for room, and flushing when durable
+    /// stores are asked for.
+    fn after_insert(
+        &self,
+        meta: &EntryMeta,
+        released: Released,
+    ) -> Result<Vec<PrimaryKey>, DiskError> {
         self.delete(released)?;
         self.cap_variants(&meta.key)?;
         let (evicted, released) = self.index.evict_over(self.room_for_rows())?;

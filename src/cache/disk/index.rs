@@ -192,9 +192,13 @@ fn split_row(value: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_be_bytes(tick.try_into().ok()?), meta))
 }
 
-fn decode_row(value: &[u8]) -> Option<(u64, EntryMeta)> {
+/// The tick and metadata of the row stored under `row` (primary key ++ variant key).
+fn decode_row(row: &[u8], value: &[u8]) -> Option<(u64, EntryMeta)> {
     let (tick, meta) = split_row(value)?;
-    Some((tick, EntryMeta::decode(meta).ok()?))
+    let (key, variant) = row.split_at_checked(32)?;
+    let key = PrimaryKey(key.try_into().ok()?);
+    let variant = VariantKey(variant.try_into().ok()?);
+    Some((tick, EntryMeta::decode(meta, &key, &variant).ok()?))
 }
 
 /// A body's record in `blobs`: references, bytes it occupies and its check (20 bytes;
@@ -383,7 +387,7 @@ impl SledIndex {
         };
         self.rows.fetch_sub(1, Ordering::Relaxed);
         self.sub_bytes(value.len() as u64 + ROW_OVERHEAD);
-        let released = match decode_row(&value) {
+        let released = match decode_row(row, &value) {
             Some((_, meta)) => self.release_body(&meta.body_digest)?,
             None => Released::default(),
         };
@@ -498,7 +502,7 @@ impl DiskIndex for SledIndex {
         let mut undecodable = Vec::new();
         for item in self.entries.scan_prefix(key.0) {
             let (row, value) = item?;
-            match decode_row(&value) {
+            match decode_row(&row, &value) {
                 Some((_, meta)) => out.push(meta),
                 None => undecodable.push(row),
             }
@@ -677,7 +681,7 @@ impl DiskIndex for SledIndex {
         let mut keys = Vec::new();
         for item in self.entries.iter() {
             let (row, value) = item?;
-            let Some((_, meta)) = decode_row(&value) else {
+            let Some((_, meta)) = decode_row(&row, &value) else {
                 continue;
             };
             if predicate(&meta) {
@@ -698,7 +702,7 @@ impl DiskIndex for SledIndex {
         let mut doomed = Vec::new();
         for item in self.entries.iter() {
             let (row, value) = item?;
-            match decode_row(&value) {
+            match decode_row(&row, &value) {
                 Some((_, meta)) if !is_doomed(&meta) => {}
                 Some(_) => {
                     sweep.without_body += 1;

@@ -9,16 +9,17 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::StatusCode;
-use serde::{Deserialize, Serialize};
 
 use super::key::{PrimaryKey, VariantKey, Vary};
 use super::policy::Freshness;
 use crate::transform::compress::Coding;
+
+mod encoding;
+pub use encoding::{DecodeError, FORMAT_VERSION};
 
 /// How a derived entry was made from a stored one (an encoded copy of its body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,48 +195,6 @@ pub fn compact_headers(headers: &HeaderMap) -> HeaderMap {
     compact
 }
 
-/// Why an encoded entry could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    #[error("not an outpost entry (bad magic)")]
-    BadMagic,
-    #[error("entry format version {0} is not supported (this build reads {FORMAT_VERSION})")]
-    UnsupportedVersion(u16),
-    #[error("entry is corrupt: {0}")]
-    Corrupt(String),
-}
-
-const MAGIC: &[u8; 4] = b"OPE\x01";
-/// Bump when [`EncodedMetaV1`] changes shape; old entries are then refetched, not misread.
-pub const FORMAT_VERSION: u16 = 1;
-
-#[derive(Serialize, Deserialize)]
-struct EncodedMetaV1 {
-    key: [u8; 32],
-    url: String,
-    status: u16,
-    headers: Vec<(String, Vec<u8>)>,
-    vary: Option<Vec<String>>,
-    variant: [u8; 32],
-    lifetime_ms: u64,
-    is_heuristic: bool,
-    corrected_initial_age_ms: u64,
-    response_time_ms: u64,
-    requires_validation: bool,
-    forbids_stale: bool,
-    is_immutable: bool,
-    stale_while_revalidate_s: u64,
-    stale_if_error_s: u64,
-    is_shareable_with_authorization: bool,
-    body_len: u64,
-    body_digest: [u8; 32],
-    derivation: Option<(String, [u8; 32])>,
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl EntryMeta {
     /// Metadata for a response about to be stored; the body's length and digest are filled
     /// in by [`StoredResponse::new`].
@@ -260,122 +219,6 @@ impl EntryMeta {
             derivation: None,
         }
     }
-
-    /// The versioned binary form: magic, format version, then the fields.
-    pub fn encode(&self) -> Vec<u8> {
-        let f = &self.freshness;
-        let encoded = EncodedMetaV1 {
-            key: self.key.0,
-            url: self.url.clone(),
-            status: self.status.as_u16(),
-            headers: self
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
-                .collect(),
-            vary: match &self.vary {
-                Vary::None => Some(Vec::new()),
-                Vary::Star => None,
-                Vary::Fields(names) => Some(names.iter().map(|n| n.as_str().to_string()).collect()),
-            },
-            variant: self.variant.0,
-            lifetime_ms: millis(f.lifetime),
-            is_heuristic: f.is_heuristic,
-            corrected_initial_age_ms: millis(f.corrected_initial_age),
-            response_time_ms: millis(
-                f.response_time
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default(),
-            ),
-            requires_validation: f.requires_validation,
-            forbids_stale: f.forbids_stale,
-            is_immutable: f.is_immutable,
-            stale_while_revalidate_s: f.stale_while_revalidate.as_secs(),
-            stale_if_error_s: f.stale_if_error.as_secs(),
-            is_shareable_with_authorization: f.is_shareable_with_authorization,
-            body_len: self.body_len,
-            body_digest: self.body_digest,
-            derivation: self
-                .derivation
-                .map(|d| (d.coding.as_str().to_string(), d.source_digest)),
-        };
-        let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-        // invariant: postcard serialises these plain fields into a Vec without failing.
-        let body = postcard::to_allocvec(&encoded).expect("entry metadata serialises");
-        out.extend_from_slice(&body);
-        out
-    }
-
-    /// # Errors
-    /// [`DecodeError`] for another format, another version or damaged bytes; never panics
-    /// on hostile input.
-    pub fn decode(bytes: &[u8]) -> Result<EntryMeta, DecodeError> {
-        let rest = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or(DecodeError::BadMagic)?;
-        let (version, rest) = rest.split_at_checked(2).ok_or(DecodeError::BadMagic)?;
-        let version = u16::from_be_bytes([version[0], version[1]]);
-        if version != FORMAT_VERSION {
-            return Err(DecodeError::UnsupportedVersion(version));
-        }
-        let corrupt = |what: String| DecodeError::Corrupt(what);
-        let e: EncodedMetaV1 =
-            postcard::from_bytes(rest).map_err(|err| corrupt(err.to_string()))?;
-        let mut headers = HeaderMap::with_capacity(e.headers.len());
-        for (name, value) in e.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| corrupt(format!("header name {name:?}")))?;
-            let value =
-                HeaderValue::from_bytes(&value).map_err(|_| corrupt(format!("value of {name}")))?;
-            headers.append(name, value);
-        }
-        let vary = match e.vary {
-            None => Vary::Star,
-            Some(names) if names.is_empty() => Vary::None,
-            Some(names) => Vary::Fields(
-                names
-                    .iter()
-                    .map(|n| {
-                        HeaderName::from_bytes(n.as_bytes())
-                            .map_err(|_| corrupt(format!("vary name {n:?}")))
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-        };
-        Ok(EntryMeta {
-            key: PrimaryKey(e.key),
-            url: e.url,
-            status: StatusCode::from_u16(e.status)
-                .map_err(|_| corrupt(format!("status {}", e.status)))?,
-            headers,
-            vary,
-            variant: VariantKey(e.variant),
-            freshness: Freshness {
-                lifetime: Duration::from_millis(e.lifetime_ms),
-                is_heuristic: e.is_heuristic,
-                corrected_initial_age: Duration::from_millis(e.corrected_initial_age_ms),
-                response_time: SystemTime::UNIX_EPOCH + Duration::from_millis(e.response_time_ms),
-                requires_validation: e.requires_validation,
-                forbids_stale: e.forbids_stale,
-                is_immutable: e.is_immutable,
-                stale_while_revalidate: Duration::from_secs(e.stale_while_revalidate_s),
-                stale_if_error: Duration::from_secs(e.stale_if_error_s),
-                is_shareable_with_authorization: e.is_shareable_with_authorization,
-            },
-            body_len: e.body_len,
-            body_digest: e.body_digest,
-            derivation: match e.derivation {
-                None => None,
-                Some((coding, source_digest)) => Some(Derivation {
-                    coding: Coding::parse(&coding)
-                        .ok_or_else(|| corrupt(format!("coding {coding:?}")))?,
-                    source_digest,
-                }),
-            },
-        })
-    }
 }
 
 /// Stored responses for unit tests of the tiers.
@@ -383,6 +226,7 @@ impl EntryMeta {
 pub(crate) mod testing {
     use super::*;
     use crate::cache::policy::PolicySettings;
+    use std::time::SystemTime;
 
     /// A 200 for `http://example.com{path}` with `headers` and `body`, received at `now`,
     /// under the Vary its headers name (the variant of a request without headers).
@@ -425,6 +269,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, SystemTime};
 
     fn sample() -> StoredResponse {
         let mut headers = HeaderMap::new();
@@ -442,45 +287,5 @@ mod tests {
         assert_eq!(entry.meta.headers.get_all("link").iter().count(), 2);
         let compact = compact_headers(&entry.meta.headers);
         assert_eq!(compact, entry.meta.headers);
-    }
-
-    #[test]
-    fn metadata_round_trips_with_repeated_headers() {
-        let entry = sample();
-        let decoded = EntryMeta::decode(&entry.meta.encode()).unwrap();
-        assert_eq!(decoded.headers.get_all("link").iter().count(), 2);
-        assert_eq!(decoded.headers, entry.meta.headers);
-        assert_eq!(decoded.vary, entry.meta.vary);
-        assert_eq!(decoded.variant, entry.meta.variant);
-        assert_eq!(decoded.freshness, entry.meta.freshness);
-        assert_eq!(decoded.body_digest, *blake3::hash(b"hello").as_bytes());
-        assert_eq!(decoded.url, entry.meta.url);
-    }
-
-    #[test]
-    fn damaged_or_foreign_bytes_are_refused_without_panicking() {
-        let encoded = sample().meta.encode();
-        assert!(matches!(
-            EntryMeta::decode(b"nope"),
-            Err(DecodeError::BadMagic)
-        ));
-        let mut other_version = encoded.clone();
-        other_version[5] = 99;
-        assert!(matches!(
-            EntryMeta::decode(&other_version),
-            Err(DecodeError::UnsupportedVersion(_))
-        ));
-        for cut in [6, 20, encoded.len() - 1] {
-            assert!(
-                EntryMeta::decode(&encoded[..cut]).is_err(),
-                "truncated at {cut}"
-            );
-        }
-        let mut flipped = encoded.clone();
-        for index in 6..flipped.len() {
-            flipped[index] ^= 0xff;
-            let _ = EntryMeta::decode(&flipped);
-            flipped[index] ^= 0xff;
-        }
     }
 }

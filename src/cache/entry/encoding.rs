@@ -1,0 +1,453 @@
+//! [`EntryMeta`]'s versioned binary form, as the disk tier keeps it: magic, format version,
+//! then the fields (postcard).
+//!
+//! Version 2 is the compact form: the key and variant are not repeated (they are the index
+//! row's key, passed back in to decode), common header names are one byte, and the flags
+//! one byte. Every index row pays for what it stores about twice over in sled's files, so
+//! each byte here counts: for a typical response it is about 130 bytes shorter than
+//! version 1, which is still read.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::{Derivation, EntryMeta};
+use crate::cache::key::{PrimaryKey, VariantKey, Vary};
+use crate::cache::policy::Freshness;
+use crate::transform::compress::Coding;
+
+/// Why an encoded entry could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not an outpost entry (bad magic)")]
+    BadMagic,
+    #[error("entry format version {0} is not supported (this build reads 1 and {FORMAT_VERSION})")]
+    UnsupportedVersion(u16),
+    #[error("entry is corrupt: {0}")]
+    Corrupt(String),
+}
+
+const MAGIC: &[u8; 4] = b"OPE\x01";
+/// The version written. Bump when [`EncodedMetaV2`] changes shape, and keep reading the
+/// versions before; entries of a version not read are refetched, not misread.
+pub const FORMAT_VERSION: u16 = 2;
+
+/// Header names given one byte in version 2: the common response fields. Append only: a
+/// name's position is its stored code.
+static KNOWN_NAMES: [HeaderName; 40] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CACHE_CONTROL,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::DATE,
+    header::EXPIRES,
+    header::VARY,
+    header::CONTENT_ENCODING,
+    header::ACCEPT_RANGES,
+    header::AGE,
+    header::SERVER,
+    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+    header::STRICT_TRANSPORT_SECURITY,
+    header::X_CONTENT_TYPE_OPTIONS,
+    header::CONTENT_DISPOSITION,
+    header::LINK,
+    header::LOCATION,
+    header::CONTENT_LANGUAGE,
+    header::CONTENT_RANGE,
+    header::X_FRAME_OPTIONS,
+    header::VIA,
+    header::CONTENT_SECURITY_POLICY,
+    header::REFERRER_POLICY,
+    header::X_XSS_PROTECTION,
+    header::ACCESS_CONTROL_ALLOW_METHODS,
+    header::ACCESS_CONTROL_ALLOW_HEADERS,
+    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+    header::ACCESS_CONTROL_MAX_AGE,
+    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+    header::ALT_SVC,
+    header::CONTENT_LOCATION,
+    header::PRAGMA,
+    header::WARNING,
+    header::SET_COOKIE,
+    HeaderName::from_static("timing-allow-origin"),
+    HeaderName::from_static("cdn-cache-control"),
+    HeaderName::from_static("surrogate-control"),
+    HeaderName::from_static("surrogate-key"),
+    HeaderName::from_static("cache-groups"),
+];
+
+/// A header name as version 2 stores it.
+#[derive(Serialize, Deserialize)]
+enum StoredName {
+    Known(u8),
+    Other(String),
+}
+
+impl StoredName {
+    fn of(name: &HeaderName) -> StoredName {
+        match KNOWN_NAMES.iter().position(|known| known == name) {
+            // invariant: the table has fewer than 256 names.
+            Some(code) => StoredName::Known(code as u8),
+            None => StoredName::Other(name.as_str().to_string()),
+        }
+    }
+
+    fn name(self) -> Result<HeaderName, DecodeError> {
+        match self {
+            StoredName::Known(code) => KNOWN_NAMES
+                .get(usize::from(code))
+                .cloned()
+                .ok_or_else(|| DecodeError::Corrupt(format!("header name code {code}"))),
+            StoredName::Other(name) => HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| DecodeError::Corrupt(format!("header name {name:?}"))),
+        }
+    }
+}
+
+const IS_HEURISTIC: u8 = 1;
+const REQUIRES_VALIDATION: u8 = 1 << 1;
+const FORBIDS_STALE: u8 = 1 << 2;
+const IS_IMMUTABLE: u8 = 1 << 3;
+const IS_SHAREABLE_WITH_AUTHORIZATION: u8 = 1 << 4;
+
+#[derive(Serialize, Deserialize)]
+struct EncodedMetaV2 {
+    url: String,
+    status: u16,
+    headers: Vec<(StoredName, Vec<u8>)>,
+    /// `None` for `Vary: *`, empty for no Vary.
+    vary: Option<Vec<StoredName>>,
+    lifetime_ms: u64,
+    corrected_initial_age_ms: u64,
+    response_time_ms: u64,
+    stale_while_revalidate_s: u64,
+    stale_if_error_s: u64,
+    flags: u8,
+    body_len: u64,
+    body_digest: [u8; 32],
+    derivation: Option<(String, [u8; 32])>,
+}
+
+/// Version 1: read, no longer written.
+#[derive(Serialize, Deserialize)]
+struct EncodedMetaV1 {
+    key: [u8; 32],
+    url: String,
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    vary: Option<Vec<String>>,
+    variant: [u8; 32],
+    lifetime_ms: u64,
+    is_heuristic: bool,
+    corrected_initial_age_ms: u64,
+    response_time_ms: u64,
+    requires_validation: bool,
+    forbids_stale: bool,
+    is_immutable: bool,
+    stale_while_revalidate_s: u64,
+    stale_if_error_s: u64,
+    is_shareable_with_authorization: bool,
+    body_len: u64,
+    body_digest: [u8; 32],
+    derivation: Option<(String, [u8; 32])>,
+}
+
+impl EncodedMetaV1 {
+    /// The same fields in version 2's shape, after checking that the entry is the one
+    /// the row names (a version 1 entry carries its own key).
+    fn upgrade(self, key: &PrimaryKey, variant: &VariantKey) -> Result<EncodedMetaV2, DecodeError> {
+        if self.key != key.0 || self.variant != variant.0 {
+            return Err(DecodeError::Corrupt("an entry under another key".into()));
+        }
+        let flag = |set: bool, flag: u8| if set { flag } else { 0 };
+        Ok(EncodedMetaV2 {
+            url: self.url,
+            status: self.status,
+            headers: self
+                .headers
+                .into_iter()
+                .map(|(name, value)| (StoredName::Other(name), value))
+                .collect(),
+            vary: self
+                .vary
+                .map(|names| names.into_iter().map(StoredName::Other).collect()),
+            lifetime_ms: self.lifetime_ms,
+            corrected_initial_age_ms: self.corrected_initial_age_ms,
+            response_time_ms: self.response_time_ms,
+            stale_while_revalidate_s: self.stale_while_revalidate_s,
+            stale_if_error_s: self.stale_if_error_s,
+            flags: flag(self.is_heuristic, IS_HEURISTIC)
+                | flag(self.requires_validation, REQUIRES_VALIDATION)
+                | flag(self.forbids_stale, FORBIDS_STALE)
+                | flag(self.is_immutable, IS_IMMUTABLE)
+                | flag(
+                    self.is_shareable_with_authorization,
+                    IS_SHAREABLE_WITH_AUTHORIZATION,
+                ),
+            body_len: self.body_len,
+            body_digest: self.body_digest,
+            derivation: self.derivation,
+        })
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl EntryMeta {
+    /// The versioned binary form (version [`FORMAT_VERSION`]); the key and variant are
+    /// not in it: whoever stores it keeps them, and passes them back to
+    /// [`EntryMeta::decode`].
+    pub fn encode(&self) -> Vec<u8> {
+        let f = &self.freshness;
+        let flag = |set: bool, flag: u8| if set { flag } else { 0 };
+        let encoded = EncodedMetaV2 {
+            url: self.url.clone(),
+            status: self.status.as_u16(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, value)| (StoredName::of(name), value.as_bytes().to_vec()))
+                .collect(),
+            vary: match &self.vary {
+                Vary::None => Some(Vec::new()),
+                Vary::Star => None,
+                Vary::Fields(names) => Some(names.iter().map(StoredName::of).collect()),
+            },
+            lifetime_ms: millis(f.lifetime),
+            corrected_initial_age_ms: millis(f.corrected_initial_age),
+            response_time_ms: millis(
+                f.response_time
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default(),
+            ),
+            stale_while_revalidate_s: f.stale_while_revalidate.as_secs(),
+            stale_if_error_s: f.stale_if_error.as_secs(),
+            flags: flag(f.is_heuristic, IS_HEURISTIC)
+                | flag(f.requires_validation, REQUIRES_VALIDATION)
+                | flag(f.forbids_stale, FORBIDS_STALE)
+                | flag(f.is_immutable, IS_IMMUTABLE)
+                | flag(
+                    f.is_shareable_with_authorization,
+                    IS_SHAREABLE_WITH_AUTHORIZATION,
+                ),
+            body_len: self.body_len,
+            body_digest: self.body_digest,
+            derivation: self
+                .derivation
+                .map(|d| (d.coding.as_str().to_string(), d.source_digest)),
+        };
+        let mut out = Vec::with_capacity(192);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        // invariant: postcard serialises these plain fields into a Vec without failing.
+        let fields = postcard::to_allocvec(&encoded).expect("entry metadata serialises");
+        out.extend_from_slice(&fields);
+        out
+    }
+
+    /// The entry stored as `bytes` under `key` and `variant`.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for another format, another version, damaged bytes, or a version 1
+    /// entry that names another key; never panics on hostile input.
+    pub fn decode(
+        bytes: &[u8],
+        key: &PrimaryKey,
+        variant: &VariantKey,
+    ) -> Result<EntryMeta, DecodeError> {
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or(DecodeError::BadMagic)?;
+        let (version, rest) = rest.split_at_checked(2).ok_or(DecodeError::BadMagic)?;
+        let corrupt = |err: postcard::Error| DecodeError::Corrupt(err.to_string());
+        let e = match u16::from_be_bytes([version[0], version[1]]) {
+            1 => postcard::from_bytes::<EncodedMetaV1>(rest)
+                .map_err(corrupt)?
+                .upgrade(key, variant)?,
+            2 => postcard::from_bytes::<EncodedMetaV2>(rest).map_err(corrupt)?,
+            other => return Err(DecodeError::UnsupportedVersion(other)),
+        };
+        e.into_meta(*key, *variant)
+    }
+}
+
+impl EncodedMetaV2 {
+    fn into_meta(self, key: PrimaryKey, variant: VariantKey) -> Result<EntryMeta, DecodeError> {
+        let corrupt = |what: String| DecodeError::Corrupt(what);
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in self.headers {
+            let name = name.name()?;
+            let value =
+                HeaderValue::from_bytes(&value).map_err(|_| corrupt(format!("value of {name}")))?;
+            headers.append(name, value);
+        }
+        let vary = match self.vary {
+            None => Vary::Star,
+            Some(names) if names.is_empty() => Vary::None,
+            Some(names) => Vary::Fields(
+                names
+                    .into_iter()
+                    .map(StoredName::name)
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        let has = |flag: u8| self.flags & flag != 0;
+        Ok(EntryMeta {
+            key,
+            url: self.url,
+            status: StatusCode::from_u16(self.status)
+                .map_err(|_| corrupt(format!("status {}", self.status)))?,
+            headers,
+            vary,
+            variant,
+            freshness: Freshness {
+                lifetime: Duration::from_millis(self.lifetime_ms),
+                is_heuristic: has(IS_HEURISTIC),
+                corrected_initial_age: Duration::from_millis(self.corrected_initial_age_ms),
+                response_time: SystemTime::UNIX_EPOCH
+                    + Duration::from_millis(self.response_time_ms),
+                requires_validation: has(REQUIRES_VALIDATION),
+                forbids_stale: has(FORBIDS_STALE),
+                is_immutable: has(IS_IMMUTABLE),
+                stale_while_revalidate: Duration::from_secs(self.stale_while_revalidate_s),
+                stale_if_error: Duration::from_secs(self.stale_if_error_s),
+                is_shareable_with_authorization: has(IS_SHAREABLE_WITH_AUTHORIZATION),
+            },
+            body_len: self.body_len,
+            body_digest: self.body_digest,
+            derivation: match self.derivation {
+                None => None,
+                Some((coding, source_digest)) => Some(Derivation {
+                    coding: Coding::parse(&coding)
+                        .ok_or_else(|| corrupt(format!("coding {coding:?}")))?,
+                    source_digest,
+                }),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::testing::entry_at;
+
+    fn sample() -> EntryMeta {
+        let mut headers = HeaderMap::new();
+        headers.append("link", HeaderValue::from_static("<a>; rel=preload"));
+        headers.append("link", HeaderValue::from_static("<b>; rel=preload"));
+        headers.append("cache-control", HeaderValue::from_static("max-age=60"));
+        headers.append("vary", HeaderValue::from_static("accept-encoding"));
+        headers.append("x-origin-thing", HeaderValue::from_static("kept by name"));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        entry_at("/a", headers, bytes::Bytes::from_static(b"hello"), now).meta
+    }
+
+    fn decode(bytes: &[u8]) -> Result<EntryMeta, DecodeError> {
+        let meta = sample();
+        EntryMeta::decode(bytes, &meta.key, &meta.variant)
+    }
+
+    fn assert_same(decoded: &EntryMeta, meta: &EntryMeta) {
+        assert_eq!(decoded.key, meta.key);
+        assert_eq!(decoded.headers.get_all("link").iter().count(), 2);
+        assert_eq!(decoded.headers, meta.headers);
+        assert_eq!(decoded.vary, meta.vary);
+        assert_eq!(decoded.variant, meta.variant);
+        assert_eq!(decoded.freshness, meta.freshness);
+        assert_eq!(decoded.body_digest, *blake3::hash(b"hello").as_bytes());
+        assert_eq!(decoded.url, meta.url);
+    }
+
+    #[test]
+    fn metadata_round_trips_with_repeated_and_unknown_headers() {
+        let meta = sample();
+        assert_same(&decode(&meta.encode()).unwrap(), &meta);
+    }
+
+    /// The form an earlier build wrote.
+    fn encode_v1(meta: &EntryMeta) -> Vec<u8> {
+        let f = &meta.freshness;
+        let encoded = EncodedMetaV1 {
+            key: meta.key.0,
+            url: meta.url.clone(),
+            status: meta.status.as_u16(),
+            headers: meta
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
+                .collect(),
+            vary: match &meta.vary {
+                Vary::None => Some(Vec::new()),
+                Vary::Star => None,
+                Vary::Fields(names) => Some(names.iter().map(|n| n.as_str().to_string()).collect()),
+            },
+            variant: meta.variant.0,
+            lifetime_ms: millis(f.lifetime),
+            is_heuristic: f.is_heuristic,
+            corrected_initial_age_ms: millis(f.corrected_initial_age),
+            response_time_ms: millis(
+                f.response_time
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap(),
+            ),
+            requires_validation: f.requires_validation,
+            forbids_stale: f.forbids_stale,
+            is_immutable: f.is_immutable,
+            stale_while_revalidate_s: f.stale_while_revalidate.as_secs(),
+            stale_if_error_s: f.stale_if_error.as_secs(),
+            is_shareable_with_authorization: f.is_shareable_with_authorization,
+            body_len: meta.body_len,
+            body_digest: meta.body_digest,
+            derivation: None,
+        };
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&postcard::to_allocvec(&encoded).unwrap());
+        out
+    }
+
+    /// Entries an earlier build stored are read as they were; one stored under another
+    /// key than the row's is refused. The compact form is much shorter.
+    #[test]
+    fn version_1_entries_are_read_and_must_be_the_rows_own() {
+        let meta = sample();
+        let v1 = encode_v1(&meta);
+        assert_same(&decode(&v1).unwrap(), &meta);
+        let elsewhere = PrimaryKey([9; 32]);
+        assert!(matches!(
+            EntryMeta::decode(&v1, &elsewhere, &meta.variant),
+            Err(DecodeError::Corrupt(_))
+        ));
+        let v2 = meta.encode();
+        assert!(v2.len() + 80 < v1.len(), "{} vs {}", v2.len(), v1.len());
+    }
+
+    #[test]
+    fn damaged_or_foreign_bytes_are_refused_without_panicking() {
+        let encoded = sample().encode();
+        assert!(matches!(decode(b"nope"), Err(DecodeError::BadMagic)));
+        let mut other_version = encoded.clone();
+        other_version[5] = 99;
+        assert!(matches!(
+            decode(&other_version),
+            Err(DecodeError::UnsupportedVersion(_))
+        ));
+        for cut in [6, 20, encoded.len() - 1] {
+            assert!(decode(&encoded[..cut]).is_err(), "truncated at {cut}");
+        }
+        let mut flipped = encoded.clone();
+        for index in 6..flipped.len() {
+            flipped[index] ^= 0xff;
+            let _ = decode(&flipped);
+            flipped[index] ^= 0xff;
+        }
+        // A name code past the table is refused, not looked up out of bounds.
+        assert!(StoredName::Known(200).name().is_err());
+    }
+}

@@ -14,6 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::packs::PackedAt;
 use super::DiskError;
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::{PrimaryKey, VariantKey};
@@ -21,25 +22,44 @@ use crate::cache::key::{PrimaryKey, VariantKey};
 /// Bytes counted per index row beyond its encoded metadata (sled's own structures).
 const ROW_OVERHEAD: u64 = 128;
 
-/// Digests of bodies whose last reference went: their files are to be deleted.
+/// Bodies whose last reference went: the digests of files to delete, and the packed
+/// bodies (where, and how long) whose space is now dead.
 #[must_use]
 #[derive(Debug, Default)]
-pub struct Released(pub Vec<[u8; 32]>);
+pub struct Released {
+    pub files: Vec<[u8; 32]>,
+    pub packed: Vec<(PackedAt, u64)>,
+}
 
 impl Released {
     fn add(&mut self, other: Released) {
-        self.0.extend(other.0);
+        self.files.extend(other.files);
+        self.packed.extend(other.packed);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.packed.is_empty()
     }
 }
 
-/// How a recorded body is read: its check, and its bytes when the index keeps them.
+/// How a recorded body is read: where it is, and what it is checked against.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BodyRecord {
     /// The XXH3 check; `None` for bodies recorded before checks were (their blake3
     /// digest is the check then).
     pub check: Option<u64>,
-    /// The body itself when it is kept in the index (unverified).
-    pub inline: Option<bytes::Bytes>,
+    pub place: BodyPlace,
+}
+
+/// Where a recorded body is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BodyPlace {
+    /// A file of its own (see [`super::blobs`]).
+    File,
+    /// Appended to a pack (see [`super::packs`]).
+    Packed(PackedAt),
+    /// Kept in the index itself, as earlier builds kept small bodies (unverified).
+    InIndex(bytes::Bytes),
 }
 
 /// What a sweep of the rows found and removed.
@@ -73,15 +93,26 @@ pub trait DiskIndex: Send + Sync {
     /// Indexes `meta` (replacing the row of the same variant) and takes a reference on its
     /// body, which must be recorded.
     fn insert(&self, meta: &EntryMeta) -> Result<Released, DiskError>;
-    /// Records a small body kept in the index itself, with `meta` as its first reference,
-    /// and indexes `meta`: one write of the body, where recording then referencing it
-    /// would write it twice. The body must not be recorded already.
-    fn insert_with_inline_body(
+    /// Records a body appended to a pack, with `meta` as its first reference, and indexes
+    /// `meta`. The body must not be recorded already.
+    fn insert_packed(
         &self,
         meta: &EntryMeta,
-        body: &[u8],
+        at: PackedAt,
         check: u64,
     ) -> Result<Released, DiskError>;
+    /// The bodies recorded in `pack`: digest, place and length.
+    fn packed_in(&self, pack: u32) -> Result<Vec<([u8; 32], PackedAt, u64)>, DiskError>;
+    /// Records that the body with `digest` moved from `from` to `to` (if it is still
+    /// recorded at `from`); returns whether it was.
+    fn move_packed(
+        &self,
+        digest: &[u8; 32],
+        from: PackedAt,
+        to: PackedAt,
+    ) -> Result<bool, DiskError>;
+    /// Bytes of recorded bodies per pack.
+    fn live_in_packs(&self) -> Result<std::collections::HashMap<u32, u64>, DiskError>;
     /// Removes every variant of `key`; returns how many.
     fn remove(&self, key: &PrimaryKey) -> Result<(usize, Released), DiskError>;
     fn remove_variant(&self, key: &PrimaryKey, variant: &VariantKey)
@@ -202,59 +233,64 @@ fn decode_row(row: &[u8], value: &[u8]) -> Option<(u64, EntryMeta)> {
 }
 
 /// A body's record in `blobs`: references, bytes it occupies and its check (20 bytes;
-/// records written before checks existed are 12 bytes and have none); a body kept in the
-/// index follows as a marker byte and its bytes.
+/// records written before checks existed are 12 bytes and have none); for a packed body,
+/// a marker byte, the pack and the offset follow (33 bytes).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct BlobRecord {
     refs: u32,
     size: u64,
     check: Option<u64>,
+    packed: Option<PackedAt>,
 }
 
-/// The byte between a record and the small body kept in it.
-const INLINE_MARKER: u8 = 1;
+/// The byte between a record and the place of its packed body.
+const PACKED_MARKER: u8 = 2;
 
 impl BlobRecord {
-    fn encode(&self, inline: Option<&[u8]>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(21 + inline.map_or(0, <[u8]>::len));
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(33);
         out.extend_from_slice(&self.refs.to_be_bytes());
         out.extend_from_slice(&self.size.to_be_bytes());
         if let Some(check) = self.check {
             out.extend_from_slice(&check.to_be_bytes());
-        }
-        if let Some(body) = inline {
-            out.push(INLINE_MARKER);
-            out.extend_from_slice(body);
+            if let Some(at) = self.packed {
+                out.push(PACKED_MARKER);
+                out.extend_from_slice(&at.pack.to_be_bytes());
+                out.extend_from_slice(&at.offset.to_be_bytes());
+            }
         }
         out
     }
 
-    /// The record, and the body kept in it if any.
-    fn parse(value: &[u8]) -> Option<(BlobRecord, Option<&[u8]>)> {
+    fn parse(value: &[u8]) -> Option<BlobRecord> {
         let refs = u32::from_be_bytes(value.get(..4)?.try_into().ok()?);
         let size = u64::from_be_bytes(value.get(4..12)?.try_into().ok()?);
-        if value.len() == 12 {
-            let record = BlobRecord {
-                refs,
-                size,
-                check: None,
-            };
-            return Some((record, None));
-        }
-        let check = Some(u64::from_be_bytes(value.get(12..20)?.try_into().ok()?));
-        let inline = match value.get(20..) {
-            Some([]) => None,
-            Some([INLINE_MARKER, body @ ..]) => Some(body),
-            _ => return None,
+        let mut record = BlobRecord {
+            refs,
+            size,
+            check: None,
+            packed: None,
         };
-        Some((BlobRecord { refs, size, check }, inline))
+        if value.len() == 12 {
+            return Some(record);
+        }
+        record.check = Some(u64::from_be_bytes(value.get(12..20)?.try_into().ok()?));
+        match value.get(20..)? {
+            [] => {}
+            [PACKED_MARKER, at @ ..] if at.len() == 12 => {
+                record.packed = Some(PackedAt {
+                    pack: u32::from_be_bytes(at[..4].try_into().ok()?),
+                    offset: u64::from_be_bytes(at[4..].try_into().ok()?),
+                });
+            }
+            _ => return None,
+        }
+        Some(record)
     }
 
-    /// `value` (a parsed record) with `refs` references: only the count is rewritten.
-    fn with_refs(value: &[u8], refs: u32) -> Vec<u8> {
-        let mut out = value.to_vec();
-        out[..4].copy_from_slice(&refs.to_be_bytes());
-        out
+    /// The same record with `refs` references.
+    fn with_refs(self, refs: u32) -> BlobRecord {
+        BlobRecord { refs, ..self }
     }
 }
 
@@ -330,7 +366,7 @@ impl SledIndex {
                 let mut bytes = 0u64;
                 for item in blobs.iter() {
                     let (_, value) = item?;
-                    if let Some((record, _)) = BlobRecord::parse(&value) {
+                    if let Some(record) = BlobRecord::parse(&value) {
                         bytes += record.size;
                     }
                 }
@@ -399,28 +435,32 @@ impl SledIndex {
         let Some(value) = self.blobs.get(digest)? else {
             return Ok(Released::default());
         };
-        let (refs, size, kept_here) = match BlobRecord::parse(&value) {
-            Some((record, inline)) => (record.refs, record.size, inline.is_some()),
-            None => (1, 0, false),
-        };
-        if refs > 1 {
+        let record = BlobRecord::parse(&value).unwrap_or(BlobRecord {
+            refs: 1,
+            size: 0,
+            check: None,
+            packed: None,
+        });
+        if record.refs > 1 {
             self.blobs
-                .insert(digest, BlobRecord::with_refs(&value, refs - 1))?;
+                .insert(digest, record.with_refs(record.refs - 1).encode())?;
             return Ok(Released::default());
         }
         self.blobs.remove(digest)?;
         self.block_digests.remove(digest)?;
-        self.sub_bytes(size);
-        let kept_in_legacy_tree = match &self.legacy_inline {
+        self.sub_bytes(record.size);
+        let kept_in_index = match &self.legacy_inline {
             Some(tree) => tree.remove(digest)?.is_some(),
             None => false,
         };
-        // A body kept in the index has no file to delete.
-        Ok(if kept_here || kept_in_legacy_tree {
-            Released::default()
-        } else {
-            Released(vec![*digest])
-        })
+        let mut released = Released::default();
+        match record.packed {
+            Some(at) => released.packed.push((at, record.size)),
+            // A body kept in the index has no file to delete.
+            None if kept_in_index => {}
+            None => released.files.push(*digest),
+        }
+        Ok(released)
     }
 
     /// Writes `meta`'s row with a new tick, replacing the row of the same variant, and
@@ -550,8 +590,9 @@ impl DiskIndex for SledIndex {
             refs: 0,
             size: len,
             check: Some(check),
+            packed: None,
         };
-        self.blobs.insert(digest, record.encode(None))?;
+        self.blobs.insert(digest, record.encode())?;
         self.bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
@@ -560,56 +601,101 @@ impl DiskIndex for SledIndex {
         let Some(value) = self.blobs.get(digest)? else {
             return Ok(None);
         };
-        let Some((record, inline)) = BlobRecord::parse(&value) else {
+        let Some(record) = BlobRecord::parse(&value) else {
             return Err(DiskError::Inconsistent("an unreadable body record"));
         };
-        let inline = match (inline, &self.legacy_inline) {
-            (Some(body), _) => Some(bytes::Bytes::copy_from_slice(body)),
-            (None, Some(tree)) => tree
-                .get(digest)?
-                .map(|body| bytes::Bytes::copy_from_slice(&body)),
-            (None, None) => None,
+        let place = match (record.packed, &self.legacy_inline) {
+            (Some(at), _) => BodyPlace::Packed(at),
+            (None, Some(tree)) => match tree.get(digest)? {
+                Some(body) => BodyPlace::InIndex(bytes::Bytes::copy_from_slice(&body)),
+                None => BodyPlace::File,
+            },
+            (None, None) => BodyPlace::File,
         };
         Ok(Some(BodyRecord {
             check: record.check,
-            inline,
+            place,
         }))
     }
 
     fn insert(&self, meta: &EntryMeta) -> Result<Released, DiskError> {
         let digest = meta.body_digest;
-        let Some(value) = self.blobs.get(digest)? else {
+        let Some(record) = self.blobs.get(digest)?.and_then(|r| BlobRecord::parse(&r)) else {
             return Err(DiskError::Inconsistent(
                 "a row for a body that is not recorded",
             ));
         };
-        let Some((record, _)) = BlobRecord::parse(&value) else {
-            return Err(DiskError::Inconsistent("an unreadable body record"));
-        };
         // The new reference first, then the replaced row's release: replacing a row with
         // the same body (a freshened response) never drops its count to zero.
         self.blobs
-            .insert(digest, BlobRecord::with_refs(&value, record.refs + 1))?;
+            .insert(digest, record.with_refs(record.refs + 1).encode())?;
         self.put_row(meta)
     }
 
-    fn insert_with_inline_body(
+    fn insert_packed(
         &self,
         meta: &EntryMeta,
-        body: &[u8],
+        at: PackedAt,
         check: u64,
     ) -> Result<Released, DiskError> {
-        // Counted with an allowance for sled's own record, as rows are.
-        let size = body.len() as u64 + ROW_OVERHEAD;
         let record = BlobRecord {
             refs: 1,
-            size,
+            size: meta.body_len,
             check: Some(check),
+            packed: Some(at),
         };
-        self.blobs
-            .insert(meta.body_digest, record.encode(Some(body)))?;
-        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.blobs.insert(meta.body_digest, record.encode())?;
+        self.bytes.fetch_add(meta.body_len, Ordering::Relaxed);
         self.put_row(meta)
+    }
+
+    fn packed_in(&self, pack: u32) -> Result<Vec<([u8; 32], PackedAt, u64)>, DiskError> {
+        let mut found = Vec::new();
+        for item in self.blobs.iter() {
+            let (digest, value) = item?;
+            let Some(record) = BlobRecord::parse(&value) else {
+                continue;
+            };
+            if let (Some(at), Ok(digest)) = (record.packed, <[u8; 32]>::try_from(&digest[..])) {
+                if at.pack == pack {
+                    found.push((digest, at, record.size));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn move_packed(
+        &self,
+        digest: &[u8; 32],
+        from: PackedAt,
+        to: PackedAt,
+    ) -> Result<bool, DiskError> {
+        let Some(record) = self.blobs.get(digest)?.and_then(|r| BlobRecord::parse(&r)) else {
+            return Ok(false);
+        };
+        if record.packed != Some(from) {
+            return Ok(false);
+        }
+        let moved = BlobRecord {
+            packed: Some(to),
+            ..record
+        };
+        self.blobs.insert(digest, moved.encode())?;
+        Ok(true)
+    }
+
+    fn live_in_packs(&self) -> Result<std::collections::HashMap<u32, u64>, DiskError> {
+        let mut live = std::collections::HashMap::new();
+        for item in self.blobs.iter() {
+            let (_, value) = item?;
+            if let Some((at, size)) =
+                BlobRecord::parse(&value).and_then(|record| Some((record.packed?, record.size)))
+            {
+                *live.entry(at.pack).or_insert(0) += size;
+            }
+        }
+        Ok(live)
     }
 
     fn remove(&self, key: &PrimaryKey) -> Result<(usize, Released), DiskError> {
@@ -734,7 +820,7 @@ impl DiskIndex for SledIndex {
         }
         for item in self.blobs.iter() {
             let (_, value) = item?;
-            if let Some((record, _)) = BlobRecord::parse(&value) {
+            if let Some(record) = BlobRecord::parse(&value) {
                 bytes += record.size;
             }
         }
@@ -792,52 +878,56 @@ mod tests {
 
     /// Records written before checks existed (12 bytes) still parse, have no check (their
     /// readers fall back to the blake3 digest), and keep having none as references move; a
-    /// record keeping a body (an empty one too) gives it back; junk is refused.
+    /// packed body's record keeps its place; junk is refused.
     #[test]
-    fn blob_records_with_and_without_a_check_or_a_body() {
+    fn blob_records_with_and_without_a_check_or_a_pack() {
         let dir = tempfile::tempdir().unwrap();
         let index = SledIndex::open(dir.path()).unwrap();
         let digest = [3u8; 32];
         index.add_body(&digest, 4096, &[], 0xfeed).unwrap();
         let record = index.body_record(&digest).unwrap().unwrap();
-        assert_eq!((record.check, record.inline), (Some(0xfeed), None));
+        assert_eq!(
+            (record.check, record.place),
+            (Some(0xfeed), BodyPlace::File)
+        );
         let legacy = BlobRecord {
             refs: 2,
             size: 4096,
             check: None,
+            packed: None,
         };
-        assert_eq!(legacy.encode(None).len(), 12);
-        index.blobs.insert(digest, legacy.encode(None)).unwrap();
+        assert_eq!(legacy.encode().len(), 12);
+        index.blobs.insert(digest, legacy.encode()).unwrap();
         assert_eq!(index.body_record(&digest).unwrap().unwrap().check, None);
-        let moved = BlobRecord::with_refs(&legacy.encode(None), 3);
-        let expected = BlobRecord { refs: 3, ..legacy };
-        assert_eq!(BlobRecord::parse(&moved), Some((expected, None)));
-        let kept = BlobRecord {
+        let moved = BlobRecord::parse(&legacy.with_refs(3).encode()).unwrap();
+        assert_eq!(moved, legacy.with_refs(3));
+        let packed = BlobRecord {
             refs: 1,
             size: 5,
             check: Some(7),
+            packed: Some(PackedAt {
+                pack: 9,
+                offset: 1 << 33,
+            }),
         };
-        for body in [&b"small"[..], b""] {
-            let encoded = kept.encode(Some(body));
-            assert_eq!(BlobRecord::parse(&encoded), Some((kept, Some(body))));
-            let moved = BlobRecord::with_refs(&encoded, 9);
-            let expected = BlobRecord { refs: 9, ..kept };
-            assert_eq!(BlobRecord::parse(&moved), Some((expected, Some(body))));
-        }
+        assert_eq!(packed.encode().len(), 33);
+        assert_eq!(BlobRecord::parse(&packed.encode()), Some(packed));
         assert_eq!(BlobRecord::parse(&[0; 13]), None);
-        assert_eq!(BlobRecord::parse(&[0; 21]), None, "no marker byte");
+        assert_eq!(BlobRecord::parse(&[0; 33]), None, "no marker byte");
+        assert_eq!(BlobRecord::parse(&packed.encode()[..32]), None, "cut short");
     }
 
-    /// Rows stored with small bodies, the ticks of rows `0..count` in order.
+    /// Rows stored with small (packed) bodies, the ticks of rows `0..count` in order.
     fn fill(index: &SledIndex, count: usize) -> Vec<EntryMeta> {
         (0..count)
             .map(|n| {
                 let stored = entry(&format!("/{n}"), format!("body {n}"));
-                let body = stored.body.as_bytes().unwrap();
-                let released = index
-                    .insert_with_inline_body(&stored.meta, body, 0)
-                    .unwrap();
-                assert!(released.0.is_empty());
+                let at = PackedAt {
+                    pack: 1,
+                    offset: n as u64 * 16,
+                };
+                let released = index.insert_packed(&stored.meta, at, 0).unwrap();
+                assert!(released.is_empty());
                 stored.meta
             })
             .collect()
@@ -858,7 +948,8 @@ mod tests {
         }
         let (_, bytes) = index.usage();
         let (evicted, released) = index.evict_over(bytes - bytes / 10).unwrap();
-        assert!(released.0.is_empty(), "small bodies have no files");
+        assert!(released.files.is_empty(), "small bodies have no files");
+        assert_eq!(released.packed.len(), evicted.len());
         assert!(evicted.len() >= count / 11, "{} evicted", evicted.len());
         let age_of = |key: &PrimaryKey| metas.iter().position(|meta| meta.key == *key).unwrap();
         let ages: Vec<usize> = evicted.iter().map(age_of).collect();
@@ -884,10 +975,11 @@ mod tests {
                 refs: 1,
                 size: 100,
                 check: Some(42),
+                packed: None,
             };
             db.open_tree("blobs")
                 .unwrap()
-                .insert(digest, record.encode(None))
+                .insert(digest, record.encode())
                 .unwrap();
             db.open_tree("inline")
                 .unwrap()
@@ -914,10 +1006,11 @@ mod tests {
         assert_eq!(index.tick().unwrap(), 501);
         let record = index.body_record(&digest).unwrap().unwrap();
         assert_eq!(record.check, Some(42));
-        assert_eq!(record.inline.as_deref(), Some(&b"an old small body"[..]));
+        let body = bytes::Bytes::from_static(b"an old small body");
+        assert_eq!(record.place, BodyPlace::InIndex(body));
         let (removed, released) = index.remove(&stored.meta.key).unwrap();
         assert_eq!(removed, 1);
-        assert!(released.0.is_empty(), "the body had no file");
+        assert!(released.is_empty(), "the body had no file");
         assert_eq!(index.body_record(&digest).unwrap(), None);
         assert!(index.legacy_inline.as_ref().unwrap().is_empty());
     }

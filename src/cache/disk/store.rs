@@ -18,13 +18,14 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::blobs::{BlobFiles, BlobWriter, Reservation, TempBlob};
-use super::index::{DiskIndex, Released, SledIndex};
+use super::index::{BodyPlace, DiskIndex, Released, SledIndex};
+use super::packs::Packs;
 use super::{DiskError, ReadError};
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::{PrimaryKey, VariantKey};
 
 /// A body to store with a row: in a temporary file to be placed, or small enough to be
-/// kept in the index itself (no file, no block of its own on disk).
+/// appended to a pack (no file, no block of its own on disk).
 pub enum NewBody {
     File(TempBlob),
     Inline(Bytes),
@@ -34,6 +35,7 @@ pub enum NewBody {
 pub struct DiskStore {
     pub(super) index: Box<dyn DiskIndex>,
     pub(super) blobs: BlobFiles,
+    pub(super) packs: Packs,
     capacity: u64,
     fsync: bool,
     pub(super) write_lock: Mutex<()>,
@@ -63,8 +65,8 @@ impl Default for StoreLimits {
 pub const MIN_FREE_INODES: u64 = 1000;
 
 impl DiskStore {
-    /// Opens (or creates) the store under `root`: `index/` (sled), `blobs/`, `tmp/`. No
-    /// body is read.
+    /// Opens (or creates) the store under `root`: `index/` (sled), `blobs/`, `packs/`,
+    /// `tmp/`. No body is read.
     ///
     /// # Errors
     /// An unusable directory, or an index sled cannot open (corrupt, another process).
@@ -73,34 +75,26 @@ impl DiskStore {
         let index_dir = root.join("index");
         super::blobs::create_private_dir(&index_dir)?;
         let index = SledIndex::open(&index_dir)?;
-        Ok(DiskStore::with_index(
-            Box::new(index),
+        let packs = Packs::open(root, fsync)?;
+        Ok(DiskStore {
+            index: Box::new(index),
             blobs,
-            capacity,
-            fsync,
-        ))
-    }
-
-    pub fn with_index(
-        index: Box<dyn DiskIndex>,
-        blobs: BlobFiles,
-        capacity: u64,
-        fsync: bool,
-    ) -> DiskStore {
-        DiskStore {
-            index,
-            blobs,
+            packs,
             capacity,
             fsync,
             write_lock: Mutex::new(()),
             reserved: Arc::default(),
             limits: StoreLimits::default(),
-        }
+        })
     }
 
-    /// Deletes the files of released bodies (after their rows are gone).
+    /// Deletes the files of released bodies (after their rows are gone) and counts the
+    /// space of released packed bodies as dead.
     pub(super) fn delete(&self, released: Released) -> Result<(), DiskError> {
-        for digest in released.0 {
+        for (at, len) in released.packed {
+            self.packs.released(at, len);
+        }
+        for digest in released.files {
             self.blobs.delete(&digest)?;
         }
         Ok(())
@@ -109,7 +103,7 @@ impl DiskStore {
     /// Every stored variant of `key`, newest first.
     pub fn variants(&self, key: &PrimaryKey) -> Result<Vec<EntryMeta>, DiskError> {
         let (metas, released) = self.index.variants(key)?;
-        if !released.0.is_empty() {
+        if !released.is_empty() {
             let _serialised = self.write_lock.lock();
             self.delete(released)?;
         }
@@ -117,17 +111,17 @@ impl DiskStore {
     }
 
     /// The body of `meta`, verified against its recorded check (its digest for bodies
-    /// recorded before checks were): from the index when it is kept there, else from its
-    /// file.
+    /// recorded before checks were): from its pack, its file, or the index.
     pub fn read_body(&self, meta: &EntryMeta) -> Result<Bytes, ReadError> {
         let record = match self.index.body_record(&meta.body_digest) {
             Ok(Some(record)) => record,
             Ok(None) => return Err(ReadError::Missing),
             Err(err) => return Err(ReadError::Disk(err)),
         };
-        let body = match record.inline {
-            Some(body) => body,
-            None => self.blobs.read_exactly(&meta.body_digest, meta.body_len)?,
+        let body = match record.place {
+            BodyPlace::File => self.blobs.read_exactly(&meta.body_digest, meta.body_len)?,
+            BodyPlace::Packed(at) => self.packs.read(at, meta.body_len)?,
+            BodyPlace::InIndex(body) => body,
         };
         let intact = body.len() as u64 == meta.body_len
             && match record.check {
@@ -141,12 +135,26 @@ impl DiskStore {
         }
     }
 
-    /// Whether the body with `digest` is kept in the index (it has no file).
+    /// Whether the body with `digest` is small (packed, or kept in the index): read whole,
+    /// never streamed from a file.
     pub fn is_inline(&self, digest: &[u8; 32]) -> bool {
         matches!(
             self.index.body_record(digest),
-            Ok(Some(record)) if record.inline.is_some()
+            Ok(Some(record)) if record.place != BodyPlace::File
         )
+    }
+
+    /// Whether the body `meta` names is recorded and its bytes are there (a file, or
+    /// within its pack); not read or verified.
+    pub fn body_is_present(&self, meta: &EntryMeta) -> bool {
+        match self.index.body_record(&meta.body_digest) {
+            Ok(Some(record)) => match record.place {
+                BodyPlace::File => self.blobs.exists(&meta.body_digest),
+                BodyPlace::Packed(at) => self.packs.holds(at, meta.body_len),
+                BodyPlace::InIndex(_) => true,
+            },
+            Ok(None) | Err(_) => false,
+        }
     }
 
     /// Where the body with `digest` lives (for streaming large bodies).
@@ -214,12 +222,38 @@ impl DiskStore {
         Ok(())
     }
 
-    /// What rows and bodies may occupy: the capacity less the index's own files and the
-    /// room reserved for bodies being written.
+    /// What rows and bodies may occupy: the capacity less the index's own files, the
+    /// packs' dead space and the room reserved for bodies being written.
     fn room_for_rows(&self) -> u64 {
         self.capacity
             .saturating_sub(self.index.own_size())
+            .saturating_sub(self.packs.dead_bytes())
             .saturating_sub(self.reserved.load(Ordering::Relaxed))
+    }
+
+    /// Compacts every pack at most half live (under the write lock): its live bodies are
+    /// appended to the current pack and their records moved, the index is flushed, and
+    /// then the pack is deleted. A body that cannot be read back keeps its old record,
+    /// which then names a deleted pack: a miss when next read, removed by the next sweep.
+    pub(super) fn compact_packs(&self) -> Result<(), DiskError> {
+        while let Some(pack) = self.packs.to_compact() {
+            let mut moved = 0u64;
+            for (digest, from, len) in self.index.packed_in(pack)? {
+                let Ok(body) = self.packs.read(from, len) else {
+                    continue;
+                };
+                let to = self.packs.append(&body)?;
+                if self.index.move_packed(&digest, from, to)? {
+                    moved += len;
+                } else {
+                    self.packs.released(to, len);
+                }
+            }
+            self.index.flush()?;
+            self.packs.delete(pack)?;
+            tracing::debug!(pack, moved, "disk tier: pack compacted");
+        }
+        Ok(())
     }
 
     /// Indexes `meta` with its body (`None`: the body is stored already under its digest,
@@ -251,8 +285,9 @@ impl DiskStore {
             }
             (false, Some(NewBody::Inline(body))) => {
                 self.check_room(body.len() as u64)?;
+                let at = self.packs.append(&body)?;
                 let check = super::body_check(&body);
-                let released = self.index.insert_with_inline_body(meta, &body, check)?;
+                let released = self.index.insert_packed(meta, at, check)?;
                 return self.after_insert(meta, released);
             }
             // The body this row needs is gone (evicted meanwhile): index nothing that can
@@ -275,6 +310,7 @@ impl DiskStore {
         self.cap_variants(&meta.key)?;
         let (evicted, released) = self.index.evict_over(self.room_for_rows())?;
         self.delete(released)?;
+        self.compact_packs()?;
         if self.fsync {
             // Durable before it counts as stored; otherwise the index flushes every 200 ms.
             self.index.flush()?;
@@ -298,6 +334,7 @@ impl DiskStore {
         let _serialised = self.write_lock.lock();
         let (removed, released) = self.index.remove(key)?;
         self.delete(released)?;
+        self.compact_packs()?;
         Ok(removed)
     }
 

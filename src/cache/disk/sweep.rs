@@ -1,8 +1,9 @@
 //! The sweep after opening: removes what a crash or an earlier run left behind, while
-//! requests are served. Temporary files of earlier runs, rows whose body file is gone (a
-//! power cut lost it; bodies kept in the index have none), rows this build cannot decode,
-//! and body files nobody indexes (placed, then a crash before the row). Then the index
-//! recounts its totals and evicts down to capacity.
+//! requests are served. Temporary files of earlier runs, rows whose body is gone (a power
+//! cut lost its file, or its pack is shorter than recorded), rows this build cannot
+//! decode, and body files nobody indexes (placed, then a crash before the row). Then the
+//! index recounts its totals, the packs' live bytes are counted (packs nobody uses, or
+//! mostly dead, are compacted away), and the tier evicts down to capacity.
 
 use super::store::DiskStore;
 use super::DiskError;
@@ -27,11 +28,7 @@ impl DiskStore {
             temp_files: self.blobs.sweep_temp()?,
             ..SweepReport::default()
         };
-        let has_no_file = |meta: &crate::cache::entry::EntryMeta| {
-            let digest = &meta.body_digest;
-            !(self.blobs.exists(digest) || self.is_inline(digest))
-                || !self.index.has_body(digest).unwrap_or(false)
-        };
+        let has_no_file = |meta: &crate::cache::entry::EntryMeta| !self.body_is_present(meta);
         let (rows, released) = self.index.sweep_rows(&has_no_file, &self.write_lock)?;
         report.rows_without_body = rows.without_body;
         report.undecodable_rows = rows.undecodable;
@@ -49,9 +46,11 @@ impl DiskStore {
         })?;
         let _serialised = self.write_lock.lock();
         self.index.recount()?;
+        self.packs.set_live(&self.index.live_in_packs()?)?;
         report.entries = self.index.usage().0;
         let (_, released) = self.index.evict_over(self.capacity())?;
         self.delete(released)?;
+        self.compact_packs()?;
         Ok(report)
     }
 }

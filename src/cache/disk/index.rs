@@ -210,11 +210,34 @@ struct EvictionSampler {
     pool: Vec<(u64, Vec<u8>)>,
 }
 
-fn row_key(key: &PrimaryKey, variant: &VariantKey) -> [u8; 64] {
-    let mut row = [0u8; 64];
-    row[..32].copy_from_slice(&key.0);
-    row[32..].copy_from_slice(&variant.0);
-    row
+/// A row's key in `entries`: the primary key, then the variant key unless it is
+/// [`VariantKey::NONE`] (a response without Vary, most of them: 32 bytes less per row).
+struct RowKey {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl std::ops::Deref for RowKey {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+fn row_key(key: &PrimaryKey, variant: &VariantKey) -> RowKey {
+    let mut bytes = [0u8; 64];
+    bytes[..32].copy_from_slice(&key.0);
+    bytes[32..].copy_from_slice(&variant.0);
+    let len = if *variant == VariantKey::NONE { 32 } else { 64 };
+    RowKey { bytes, len }
+}
+
+/// The key earlier builds gave a row without Vary (the variant key in full), which may
+/// still be in the index.
+fn legacy_row_key(key: &PrimaryKey, variant: &VariantKey) -> Option<[u8; 64]> {
+    let row = row_key(key, variant);
+    (row.len == 32).then_some(row.bytes)
 }
 
 /// A row value: tick (8 bytes) then the encoded metadata.
@@ -223,12 +246,15 @@ fn split_row(value: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_be_bytes(tick.try_into().ok()?), meta))
 }
 
-/// The tick and metadata of the row stored under `row` (primary key ++ variant key).
+/// The tick and metadata of the row stored under `row` (see [`row_key`]).
 fn decode_row(row: &[u8], value: &[u8]) -> Option<(u64, EntryMeta)> {
     let (tick, meta) = split_row(value)?;
     let (key, variant) = row.split_at_checked(32)?;
     let key = PrimaryKey(key.try_into().ok()?);
-    let variant = VariantKey(variant.try_into().ok()?);
+    let variant = match variant {
+        [] => VariantKey::NONE,
+        variant => VariantKey(variant.try_into().ok()?),
+    };
     Some((tick, EntryMeta::decode(meta, &key, &variant).ok()?))
 }
 
@@ -467,7 +493,10 @@ impl SledIndex {
     /// releases the body the replaced row referenced.
     fn put_row(&self, meta: &EntryMeta) -> Result<Released, DiskError> {
         let row = row_key(&meta.key, &meta.variant);
-        let (_, released) = self.remove_row(&row)?;
+        let (_, mut released) = self.remove_row(&row)?;
+        if let Some(legacy) = legacy_row_key(&meta.key, &meta.variant) {
+            released.add(self.remove_row(&legacy)?.1);
+        }
         let tick = self.tick()?;
         let encoded = meta.encode();
         let mut value = Vec::with_capacity(8 + encoded.len());
@@ -475,7 +504,7 @@ impl SledIndex {
         value.extend_from_slice(&encoded);
         self.bytes
             .fetch_add(value.len() as u64 + ROW_OVERHEAD, Ordering::Relaxed);
-        self.entries.insert(row, value)?;
+        self.entries.insert(&*row, value)?;
         self.rows.fetch_add(1, Ordering::Relaxed);
         Ok(released)
     }
@@ -719,12 +748,24 @@ impl DiskIndex for SledIndex {
         key: &PrimaryKey,
         variant: &VariantKey,
     ) -> Result<Released, DiskError> {
-        Ok(self.remove_row(&row_key(key, variant))?.1)
+        let (_, mut released) = self.remove_row(&row_key(key, variant))?;
+        if let Some(legacy) = legacy_row_key(key, variant) {
+            released.add(self.remove_row(&legacy)?.1);
+        }
+        Ok(released)
     }
 
     fn touch(&self, key: &PrimaryKey, variant: &VariantKey) -> Result<(), DiskError> {
-        let row = row_key(key, variant);
-        let Some(value) = self.entries.get(row)? else {
+        let short = row_key(key, variant);
+        let legacy = legacy_row_key(key, variant);
+        let mut found = None;
+        for row in std::iter::once(&short[..]).chain(legacy.as_ref().map(|l| &l[..])) {
+            if let Some(value) = self.entries.get(row)? {
+                found = Some((row, value));
+                break;
+            }
+        }
+        let Some((row, value)) = found else {
             return Ok(());
         };
         let Some((old_tick, meta)) = split_row(&value) else {
@@ -985,10 +1026,15 @@ mod tests {
                 .unwrap()
                 .insert(digest, &b"an old small body"[..])
                 .unwrap();
-            let row = row_key(&stored.meta.key, &stored.meta.variant);
+            // Earlier builds keyed every row by primary and variant key in full.
+            let mut row = stored.meta.key.0.to_vec();
+            row.extend_from_slice(&stored.meta.variant.0);
             let mut value = 500u64.to_be_bytes().to_vec();
             value.extend_from_slice(&stored.meta.encode());
-            db.open_tree("entries").unwrap().insert(row, value).unwrap();
+            db.open_tree("entries")
+                .unwrap()
+                .insert(&row[..], value)
+                .unwrap();
             let mut recency = 500u64.to_be_bytes().to_vec();
             recency.extend_from_slice(&row);
             db.open_tree("recency")
@@ -1008,7 +1054,18 @@ mod tests {
         assert_eq!(record.check, Some(42));
         let body = bytes::Bytes::from_static(b"an old small body");
         assert_eq!(record.place, BodyPlace::InIndex(body));
-        let (removed, released) = index.remove(&stored.meta.key).unwrap();
+        let (metas, _) = index.variants(&stored.meta.key).unwrap();
+        assert_eq!(metas.len(), 1);
+        assert_eq!(metas[0].variant, VariantKey::NONE);
+        // The row under its old, longer key is found to be touched and to be replaced.
+        let (key, variant) = (stored.meta.key, stored.meta.variant);
+        let before = index.next_tick.load(Ordering::Relaxed);
+        index.touch(&key, &variant).unwrap();
+        assert_eq!(index.next_tick.load(Ordering::Relaxed), before + 1, "moved");
+        assert!(index.insert(&stored.meta).unwrap().is_empty(), "same body");
+        assert_eq!(index.variants(&key).unwrap().0.len(), 1);
+        assert_eq!(index.usage().0, 1);
+        let (removed, released) = index.remove(&key).unwrap();
         assert_eq!(removed, 1);
         assert!(released.is_empty(), "the body had no file");
         assert_eq!(index.body_record(&digest).unwrap(), None);

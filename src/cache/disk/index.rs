@@ -87,30 +87,28 @@ pub trait DiskIndex: Send + Sync {
         blocks: &[[u8; 32]],
         check: u64,
     ) -> Result<(), DiskError>;
-    /// How a recorded body is checked and, for a small body kept in the index itself (no
-    /// file), its bytes, unverified; `None` when no body has this digest.
-    fn body_record(&self, digest: &[u8; 32]) -> Result<Option<BodyRecord>, DiskError>;
+    /// Where the body of `meta` is and how it is checked; `None` when it is not recorded
+    /// (or its row has since been replaced by one with another body).
+    fn body_record(&self, meta: &EntryMeta) -> Result<Option<BodyRecord>, DiskError>;
     /// Indexes `meta` (replacing the row of the same variant) and takes a reference on its
     /// body, which must be recorded.
     fn insert(&self, meta: &EntryMeta) -> Result<Released, DiskError>;
-    /// Records a body appended to a pack, with `meta` as its first reference, and indexes
-    /// `meta`. The body must not be recorded already.
+    /// Indexes `meta` with its body appended to a pack at `at`: the row itself records
+    /// it (no body record: a packed body belongs to its one row, and is not shared).
     fn insert_packed(
         &self,
         meta: &EntryMeta,
         at: PackedAt,
         check: u64,
     ) -> Result<Released, DiskError>;
-    /// The bodies recorded in `pack`: digest, place and length.
-    fn packed_in(&self, pack: u32) -> Result<Vec<([u8; 32], PackedAt, u64)>, DiskError>;
-    /// Records that the body with `digest` moved from `from` to `to` (if it is still
-    /// recorded at `from`); returns whether it was.
-    fn move_packed(
-        &self,
-        digest: &[u8; 32],
-        from: PackedAt,
-        to: PackedAt,
-    ) -> Result<bool, DiskError>;
+    /// Re-indexes `meta` (new headers, same body) over the row of its variant when that
+    /// row keeps the same body in a pack; `None` when it does not.
+    fn reindex_packed(&self, meta: &EntryMeta) -> Result<Option<Released>, DiskError>;
+    /// The rows whose bodies are in `pack`: row key, place and length.
+    fn packed_in(&self, pack: u32) -> Result<Vec<(Vec<u8>, PackedAt, u64)>, DiskError>;
+    /// Records that the body of `row` moved from `from` to `to` (if it is still recorded
+    /// at `from`); returns whether it was.
+    fn move_packed(&self, row: &[u8], from: PackedAt, to: PackedAt) -> Result<bool, DiskError>;
     /// Bytes of recorded bodies per pack.
     fn live_in_packs(&self) -> Result<std::collections::HashMap<u32, u64>, DiskError>;
     /// Removes every variant of `key`; returns how many.
@@ -240,15 +238,94 @@ fn legacy_row_key(key: &PrimaryKey, variant: &VariantKey) -> Option<[u8; 64]> {
     (row.len == 32).then_some(row.bytes)
 }
 
-/// A row value: tick (8 bytes) then the encoded metadata.
-fn split_row(value: &[u8]) -> Option<(u64, &[u8])> {
-    let (tick, meta) = value.split_at_checked(8)?;
-    Some((u64::from_be_bytes(tick.try_into().ok()?), meta))
+/// A packed body as its row records it: where it is, its length and check, and the
+/// first eight bytes of its blake3 digest (so a row replaced meanwhile by one with another
+/// body is not taken for the metadata a reader holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PackedBody {
+    at: PackedAt,
+    len: u32,
+    check: u64,
+    digest_tag: [u8; 8],
+}
+
+/// The byte that begins a row's packed-body record (metadata begins with `O`).
+const PACKED_ROW: u8 = b'P';
+/// Bytes of a packed-body record in a row.
+const PACKED_RECORD: usize = 33;
+
+impl PackedBody {
+    fn new(at: PackedAt, len: u64, check: u64, digest: &[u8; 32]) -> Option<PackedBody> {
+        Some(PackedBody {
+            at,
+            len: u32::try_from(len).ok()?,
+            check,
+            digest_tag: digest[..8].try_into().ok()?,
+        })
+    }
+
+    fn is_of(&self, meta: &EntryMeta) -> bool {
+        meta.body_digest[..8] == self.digest_tag && u64::from(self.len) == meta.body_len
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(PACKED_ROW);
+        out.extend_from_slice(&self.at.pack.to_be_bytes());
+        out.extend_from_slice(&self.at.offset.to_be_bytes());
+        out.extend_from_slice(&self.len.to_be_bytes());
+        out.extend_from_slice(&self.check.to_be_bytes());
+        out.extend_from_slice(&self.digest_tag);
+    }
+
+    fn parse(bytes: &[u8]) -> Option<PackedBody> {
+        let bytes = bytes.get(1..PACKED_RECORD)?;
+        Some(PackedBody {
+            at: PackedAt {
+                pack: u32::from_be_bytes(bytes[..4].try_into().ok()?),
+                offset: u64::from_be_bytes(bytes[4..12].try_into().ok()?),
+            },
+            len: u32::from_be_bytes(bytes[12..16].try_into().ok()?),
+            check: u64::from_be_bytes(bytes[16..24].try_into().ok()?),
+            digest_tag: bytes[24..32].try_into().ok()?,
+        })
+    }
+}
+
+/// A row value: tick (8 bytes), then for a body in a pack its record ([`PackedBody`]), then
+/// the encoded metadata.
+struct RowValue<'a> {
+    tick: u64,
+    packed: Option<PackedBody>,
+    meta: &'a [u8],
+}
+
+fn split_row(value: &[u8]) -> Option<RowValue<'_>> {
+    let (tick, rest) = value.split_at_checked(8)?;
+    let tick = u64::from_be_bytes(tick.try_into().ok()?);
+    let (packed, meta) = match rest.first() {
+        Some(&PACKED_ROW) => (Some(PackedBody::parse(rest)?), rest.get(PACKED_RECORD..)?),
+        _ => (None, rest),
+    };
+    Some(RowValue { tick, packed, meta })
+}
+
+fn row_value(tick: u64, packed: Option<&PackedBody>, meta: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(8 + PACKED_RECORD + meta.len());
+    value.extend_from_slice(&tick.to_be_bytes());
+    if let Some(packed) = packed {
+        packed.encode_into(&mut value);
+    }
+    value.extend_from_slice(meta);
+    value
+}
+
+fn tick_of(value: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
 }
 
 /// The tick and metadata of the row stored under `row` (see [`row_key`]).
 fn decode_row(row: &[u8], value: &[u8]) -> Option<(u64, EntryMeta)> {
-    let (tick, meta) = split_row(value)?;
+    let RowValue { tick, meta, .. } = split_row(value)?;
     let (key, variant) = row.split_at_checked(32)?;
     let key = PrimaryKey(key.try_into().ok()?);
     let variant = match variant {
@@ -258,32 +335,22 @@ fn decode_row(row: &[u8], value: &[u8]) -> Option<(u64, EntryMeta)> {
     Some((tick, EntryMeta::decode(meta, &key, &variant).ok()?))
 }
 
-/// A body's record in `blobs`: references, bytes it occupies and its check (20 bytes;
-/// records written before checks existed are 12 bytes and have none); for a packed body,
-/// a marker byte, the pack and the offset follow (33 bytes).
+/// A body's record in `blobs`: references, bytes it occupies, and its check (20 bytes;
+/// records written before checks existed are 12 bytes and have none).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct BlobRecord {
     refs: u32,
     size: u64,
     check: Option<u64>,
-    packed: Option<PackedAt>,
 }
-
-/// The byte between a record and the place of its packed body.
-const PACKED_MARKER: u8 = 2;
 
 impl BlobRecord {
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(33);
+        let mut out = Vec::with_capacity(20);
         out.extend_from_slice(&self.refs.to_be_bytes());
         out.extend_from_slice(&self.size.to_be_bytes());
         if let Some(check) = self.check {
             out.extend_from_slice(&check.to_be_bytes());
-            if let Some(at) = self.packed {
-                out.push(PACKED_MARKER);
-                out.extend_from_slice(&at.pack.to_be_bytes());
-                out.extend_from_slice(&at.offset.to_be_bytes());
-            }
         }
         out
     }
@@ -291,27 +358,12 @@ impl BlobRecord {
     fn parse(value: &[u8]) -> Option<BlobRecord> {
         let refs = u32::from_be_bytes(value.get(..4)?.try_into().ok()?);
         let size = u64::from_be_bytes(value.get(4..12)?.try_into().ok()?);
-        let mut record = BlobRecord {
-            refs,
-            size,
-            check: None,
-            packed: None,
-        };
-        if value.len() == 12 {
-            return Some(record);
-        }
-        record.check = Some(u64::from_be_bytes(value.get(12..20)?.try_into().ok()?));
-        match value.get(20..)? {
-            [] => {}
-            [PACKED_MARKER, at @ ..] if at.len() == 12 => {
-                record.packed = Some(PackedAt {
-                    pack: u32::from_be_bytes(at[..4].try_into().ok()?),
-                    offset: u64::from_be_bytes(at[4..].try_into().ok()?),
-                });
-            }
+        let check = match value.len() {
+            12 => None,
+            20 => Some(u64::from_be_bytes(value.get(12..20)?.try_into().ok()?)),
             _ => return None,
-        }
-        Some(record)
+        };
+        Some(BlobRecord { refs, size, check })
     }
 
     /// The same record with `refs` references.
@@ -449,6 +501,15 @@ impl SledIndex {
         };
         self.rows.fetch_sub(1, Ordering::Relaxed);
         self.sub_bytes(value.len() as u64 + ROW_OVERHEAD);
+        if let Some(packed) = split_row(&value).and_then(|row| row.packed) {
+            // The row's own body: nobody else references it.
+            self.sub_bytes(u64::from(packed.len));
+            let released = Released {
+                files: Vec::new(),
+                packed: vec![(packed.at, u64::from(packed.len))],
+            };
+            return Ok((true, released));
+        }
         let released = match decode_row(row, &value) {
             Some((_, meta)) => self.release_body(&meta.body_digest)?,
             None => Released::default(),
@@ -465,7 +526,6 @@ impl SledIndex {
             refs: 1,
             size: 0,
             check: None,
-            packed: None,
         });
         if record.refs > 1 {
             self.blobs
@@ -480,33 +540,53 @@ impl SledIndex {
             None => false,
         };
         let mut released = Released::default();
-        match record.packed {
-            Some(at) => released.packed.push((at, record.size)),
-            // A body kept in the index has no file to delete.
-            None if kept_in_index => {}
-            None => released.files.push(*digest),
+        // A body kept in the index has no file to delete.
+        if !kept_in_index {
+            released.files.push(*digest);
         }
         Ok(released)
     }
 
-    /// Writes `meta`'s row with a new tick, replacing the row of the same variant, and
-    /// releases the body the replaced row referenced.
-    fn put_row(&self, meta: &EntryMeta) -> Result<Released, DiskError> {
+    /// Writes `meta`'s row with a new tick (and its packed body's record, if any),
+    /// replacing the row of the same variant, and releases the body the replaced row
+    /// referenced.
+    fn put_row(
+        &self,
+        meta: &EntryMeta,
+        packed: Option<&PackedBody>,
+    ) -> Result<Released, DiskError> {
         let row = row_key(&meta.key, &meta.variant);
         let (_, mut released) = self.remove_row(&row)?;
         if let Some(legacy) = legacy_row_key(&meta.key, &meta.variant) {
             released.add(self.remove_row(&legacy)?.1);
         }
         let tick = self.tick()?;
-        let encoded = meta.encode();
-        let mut value = Vec::with_capacity(8 + encoded.len());
-        value.extend_from_slice(&tick.to_be_bytes());
-        value.extend_from_slice(&encoded);
-        self.bytes
-            .fetch_add(value.len() as u64 + ROW_OVERHEAD, Ordering::Relaxed);
+        let value = row_value(tick, packed, &meta.encode());
+        let body_here = packed.map_or(0, |packed| u64::from(packed.len));
+        self.bytes.fetch_add(
+            value.len() as u64 + ROW_OVERHEAD + body_here,
+            Ordering::Relaxed,
+        );
         self.entries.insert(&*row, value)?;
         self.rows.fetch_add(1, Ordering::Relaxed);
         Ok(released)
+    }
+
+    /// The key and value of the row of `key`'s `variant` (under its key, or the longer key
+    /// an earlier build gave it).
+    fn find_row(
+        &self,
+        key: &PrimaryKey,
+        variant: &VariantKey,
+    ) -> Result<Option<(Vec<u8>, sled::IVec)>, DiskError> {
+        let short = row_key(key, variant);
+        let legacy = legacy_row_key(key, variant);
+        for row in std::iter::once(&short[..]).chain(legacy.as_ref().map(|l| &l[..])) {
+            if let Some(value) = self.entries.get(row)? {
+                return Ok(Some((row.to_vec(), value)));
+            }
+        }
+        Ok(None)
     }
 
     /// The row to evict next: the least recently used one, exactly when there are few
@@ -519,7 +599,7 @@ impl SledIndex {
             let mut oldest: Option<(u64, sled::IVec)> = None;
             for item in self.entries.iter() {
                 let (row, value) = item?;
-                let tick = split_row(&value).map_or(0, |(tick, _)| tick);
+                let tick = tick_of(&value).unwrap_or(0);
                 if oldest.as_ref().is_none_or(|(oldest, _)| tick < *oldest) {
                     oldest = Some((tick, row));
                 }
@@ -540,7 +620,7 @@ impl SledIndex {
                 let Some((row, value)) = sampled else {
                     return Ok(None);
                 };
-                let tick = split_row(&value).map_or(0, |(tick, _)| tick);
+                let tick = tick_of(&value).unwrap_or(0);
                 match sampler
                     .pool
                     .iter_mut()
@@ -556,7 +636,7 @@ impl SledIndex {
                 let (tick, row) = sampler.pool.remove(0);
                 // Touched or replaced since it was sampled: no longer a candidate.
                 let current = self.entries.get(&row)?;
-                if current.as_deref().and_then(split_row).map(|(now, _)| now) == Some(tick) {
+                if current.as_deref().and_then(tick_of) == Some(tick) {
                     return Ok(Some(row));
                 }
             }
@@ -619,27 +699,36 @@ impl DiskIndex for SledIndex {
             refs: 0,
             size: len,
             check: Some(check),
-            packed: None,
         };
         self.blobs.insert(digest, record.encode())?;
         self.bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
 
-    fn body_record(&self, digest: &[u8; 32]) -> Result<Option<BodyRecord>, DiskError> {
+    fn body_record(&self, meta: &EntryMeta) -> Result<Option<BodyRecord>, DiskError> {
+        let digest = &meta.body_digest;
         let Some(value) = self.blobs.get(digest)? else {
-            return Ok(None);
+            // Not a file: a packed body, recorded in the row itself.
+            let Some((_, value)) = self.find_row(&meta.key, &meta.variant)? else {
+                return Ok(None);
+            };
+            let packed = split_row(&value)
+                .and_then(|row| row.packed)
+                .filter(|packed| packed.is_of(meta));
+            return Ok(packed.map(|packed| BodyRecord {
+                check: Some(packed.check),
+                place: BodyPlace::Packed(packed.at),
+            }));
         };
         let Some(record) = BlobRecord::parse(&value) else {
             return Err(DiskError::Inconsistent("an unreadable body record"));
         };
-        let place = match (record.packed, &self.legacy_inline) {
-            (Some(at), _) => BodyPlace::Packed(at),
-            (None, Some(tree)) => match tree.get(digest)? {
+        let place = match &self.legacy_inline {
+            Some(tree) => match tree.get(digest)? {
                 Some(body) => BodyPlace::InIndex(bytes::Bytes::copy_from_slice(&body)),
                 None => BodyPlace::File,
             },
-            (None, None) => BodyPlace::File,
+            None => BodyPlace::File,
         };
         Ok(Some(BodyRecord {
             check: record.check,
@@ -658,7 +747,7 @@ impl DiskIndex for SledIndex {
         // the same body (a freshened response) never drops its count to zero.
         self.blobs
             .insert(digest, record.with_refs(record.refs + 1).encode())?;
-        self.put_row(meta)
+        self.put_row(meta, None)
     }
 
     fn insert_packed(
@@ -667,61 +756,69 @@ impl DiskIndex for SledIndex {
         at: PackedAt,
         check: u64,
     ) -> Result<Released, DiskError> {
-        let record = BlobRecord {
-            refs: 1,
-            size: meta.body_len,
-            check: Some(check),
-            packed: Some(at),
-        };
-        self.blobs.insert(meta.body_digest, record.encode())?;
-        self.bytes.fetch_add(meta.body_len, Ordering::Relaxed);
-        self.put_row(meta)
+        let packed = PackedBody::new(at, meta.body_len, check, &meta.body_digest)
+            .ok_or(DiskError::Inconsistent("a packed body over 4 GiB"))?;
+        self.put_row(meta, Some(&packed))
     }
 
-    fn packed_in(&self, pack: u32) -> Result<Vec<([u8; 32], PackedAt, u64)>, DiskError> {
+    fn reindex_packed(&self, meta: &EntryMeta) -> Result<Option<Released>, DiskError> {
+        let Some((row, value)) = self.find_row(&meta.key, &meta.variant)? else {
+            return Ok(None);
+        };
+        let Some(packed) = split_row(&value)
+            .and_then(|row| row.packed)
+            .filter(|packed| packed.is_of(meta))
+        else {
+            return Ok(None);
+        };
+        // The body stays where it is: the old row goes without releasing it.
+        if self.entries.remove(&row[..])?.is_some() {
+            self.rows.fetch_sub(1, Ordering::Relaxed);
+            self.sub_bytes(value.len() as u64 + ROW_OVERHEAD + u64::from(packed.len));
+        }
+        self.put_row(meta, Some(&packed)).map(Some)
+    }
+
+    fn packed_in(&self, pack: u32) -> Result<Vec<(Vec<u8>, PackedAt, u64)>, DiskError> {
         let mut found = Vec::new();
-        for item in self.blobs.iter() {
-            let (digest, value) = item?;
-            let Some(record) = BlobRecord::parse(&value) else {
-                continue;
-            };
-            if let (Some(at), Ok(digest)) = (record.packed, <[u8; 32]>::try_from(&digest[..])) {
-                if at.pack == pack {
-                    found.push((digest, at, record.size));
+        for item in self.entries.iter() {
+            let (row, value) = item?;
+            if let Some(packed) = split_row(&value).and_then(|row| row.packed) {
+                if packed.at.pack == pack {
+                    found.push((row.to_vec(), packed.at, u64::from(packed.len)));
                 }
             }
         }
         Ok(found)
     }
 
-    fn move_packed(
-        &self,
-        digest: &[u8; 32],
-        from: PackedAt,
-        to: PackedAt,
-    ) -> Result<bool, DiskError> {
-        let Some(record) = self.blobs.get(digest)?.and_then(|r| BlobRecord::parse(&r)) else {
+    fn move_packed(&self, row: &[u8], from: PackedAt, to: PackedAt) -> Result<bool, DiskError> {
+        let Some(value) = self.entries.get(row)? else {
             return Ok(false);
         };
-        if record.packed != Some(from) {
+        let Some(RowValue {
+            tick,
+            packed: Some(packed),
+            meta,
+        }) = split_row(&value)
+        else {
+            return Ok(false);
+        };
+        if packed.at != from {
             return Ok(false);
         }
-        let moved = BlobRecord {
-            packed: Some(to),
-            ..record
-        };
-        self.blobs.insert(digest, moved.encode())?;
+        let moved = PackedBody { at: to, ..packed };
+        self.entries
+            .insert(row, row_value(tick, Some(&moved), meta))?;
         Ok(true)
     }
 
     fn live_in_packs(&self) -> Result<std::collections::HashMap<u32, u64>, DiskError> {
         let mut live = std::collections::HashMap::new();
-        for item in self.blobs.iter() {
+        for item in self.entries.iter() {
             let (_, value) = item?;
-            if let Some((at, size)) =
-                BlobRecord::parse(&value).and_then(|record| Some((record.packed?, record.size)))
-            {
-                *live.entry(at.pack).or_insert(0) += size;
+            if let Some(packed) = split_row(&value).and_then(|row| row.packed) {
+                *live.entry(packed.at.pack).or_insert(0) += u64::from(packed.len);
             }
         }
         Ok(live)
@@ -756,19 +853,10 @@ impl DiskIndex for SledIndex {
     }
 
     fn touch(&self, key: &PrimaryKey, variant: &VariantKey) -> Result<(), DiskError> {
-        let short = row_key(key, variant);
-        let legacy = legacy_row_key(key, variant);
-        let mut found = None;
-        for row in std::iter::once(&short[..]).chain(legacy.as_ref().map(|l| &l[..])) {
-            if let Some(value) = self.entries.get(row)? {
-                found = Some((row, value));
-                break;
-            }
-        }
-        let Some((row, value)) = found else {
+        let Some((row, value)) = self.find_row(key, variant)? else {
             return Ok(());
         };
-        let Some((old_tick, meta)) = split_row(&value) else {
+        let Some(old_tick) = tick_of(&value) else {
             return Ok(());
         };
         // Already among the most recent quarter of rows: moving it again changes nothing
@@ -778,9 +866,8 @@ impl DiskIndex for SledIndex {
             return Ok(());
         }
         let tick = self.tick()?;
-        let mut updated = Vec::with_capacity(value.len());
-        updated.extend_from_slice(&tick.to_be_bytes());
-        updated.extend_from_slice(meta);
+        let mut updated = value.to_vec();
+        updated[..8].copy_from_slice(&tick.to_be_bytes());
         self.entries.insert(row, updated)?;
         Ok(())
     }
@@ -858,6 +945,9 @@ impl DiskIndex for SledIndex {
             let (_, value) = item?;
             rows += 1;
             bytes += value.len() as u64 + ROW_OVERHEAD;
+            if let Some(packed) = split_row(&value).and_then(|row| row.packed) {
+                bytes += u64::from(packed.len);
+            }
         }
         for item in self.blobs.iter() {
             let (_, value) = item?;
@@ -918,15 +1008,16 @@ mod tests {
     use crate::cache::entry::testing::entry;
 
     /// Records written before checks existed (12 bytes) still parse, have no check (their
-    /// readers fall back to the blake3 digest), and keep having none as references move; a
-    /// packed body's record keeps its place; junk is refused.
+    /// readers fall back to the blake3 digest), and keep having none as references move;
+    /// junk is refused.
     #[test]
-    fn blob_records_with_and_without_a_check_or_a_pack() {
+    fn blob_records_with_and_without_a_check() {
         let dir = tempfile::tempdir().unwrap();
         let index = SledIndex::open(dir.path()).unwrap();
-        let digest = [3u8; 32];
+        let mut meta = entry("/file", "a body in a file").meta;
+        let digest = meta.body_digest;
         index.add_body(&digest, 4096, &[], 0xfeed).unwrap();
-        let record = index.body_record(&digest).unwrap().unwrap();
+        let record = index.body_record(&meta).unwrap().unwrap();
         assert_eq!(
             (record.check, record.place),
             (Some(0xfeed), BodyPlace::File)
@@ -935,27 +1026,61 @@ mod tests {
             refs: 2,
             size: 4096,
             check: None,
-            packed: None,
         };
         assert_eq!(legacy.encode().len(), 12);
         index.blobs.insert(digest, legacy.encode()).unwrap();
-        assert_eq!(index.body_record(&digest).unwrap().unwrap().check, None);
+        assert_eq!(index.body_record(&meta).unwrap().unwrap().check, None);
         let moved = BlobRecord::parse(&legacy.with_refs(3).encode()).unwrap();
         assert_eq!(moved, legacy.with_refs(3));
-        let packed = BlobRecord {
-            refs: 1,
-            size: 5,
-            check: Some(7),
-            packed: Some(PackedAt {
-                pack: 9,
-                offset: 1 << 33,
-            }),
-        };
-        assert_eq!(packed.encode().len(), 33);
-        assert_eq!(BlobRecord::parse(&packed.encode()), Some(packed));
         assert_eq!(BlobRecord::parse(&[0; 13]), None);
-        assert_eq!(BlobRecord::parse(&[0; 33]), None, "no marker byte");
-        assert_eq!(BlobRecord::parse(&packed.encode()[..32]), None, "cut short");
+        meta.body_digest = [4; 32];
+        assert_eq!(index.body_record(&meta).unwrap(), None, "not recorded");
+    }
+
+    /// A packed body's record lives in its row: read back, kept when only the headers
+    /// change, moved by compaction, and not taken for another body's once the row is
+    /// replaced.
+    #[test]
+    fn packed_bodies_are_recorded_in_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SledIndex::open(dir.path()).unwrap();
+        let first = entry("/p", "first body").meta;
+        let at = PackedAt {
+            pack: 3,
+            offset: 1 << 33,
+        };
+        assert!(index.insert_packed(&first, at, 77).unwrap().is_empty());
+        let record = index.body_record(&first).unwrap().unwrap();
+        assert_eq!(
+            (record.check, record.place),
+            (Some(77), BodyPlace::Packed(at))
+        );
+        // New headers, same body: the row keeps its place, nothing is released.
+        let mut freshened = first.clone();
+        freshened.url.push_str("?fresh");
+        assert!(index
+            .reindex_packed(&freshened)
+            .unwrap()
+            .unwrap()
+            .is_empty());
+        let (metas, _) = index.variants(&first.key).unwrap();
+        assert_eq!(metas[0].url, freshened.url);
+        assert_eq!(index.packed_in(3).unwrap().len(), 1);
+        let row = index.packed_in(3).unwrap().remove(0).0;
+        let to = PackedAt { pack: 4, offset: 0 };
+        assert!(index.move_packed(&row, at, to).unwrap());
+        assert!(
+            !index.move_packed(&row, at, to).unwrap(),
+            "not there any more"
+        );
+        assert_eq!(index.live_in_packs().unwrap(), [(4, 10)].into());
+        // Replaced by another body: the old metadata finds no body for it.
+        let second = entry("/p", "another body").meta;
+        let released = index.insert_packed(&second, at, 78).unwrap();
+        assert_eq!(released.packed, vec![(to, 10)]);
+        assert_eq!(index.body_record(&first).unwrap(), None);
+        assert!(index.reindex_packed(&first).unwrap().is_none());
+        assert_eq!(index.usage().0, 1);
     }
 
     /// Rows stored with small (packed) bodies, the ticks of rows `0..count` in order.
@@ -1016,7 +1141,6 @@ mod tests {
                 refs: 1,
                 size: 100,
                 check: Some(42),
-                packed: None,
             };
             db.open_tree("blobs")
                 .unwrap()
@@ -1050,7 +1174,7 @@ mod tests {
             .iter()
             .any(|name| name.as_ref() == b"recency"));
         assert_eq!(index.tick().unwrap(), 501);
-        let record = index.body_record(&digest).unwrap().unwrap();
+        let record = index.body_record(&stored.meta).unwrap().unwrap();
         assert_eq!(record.check, Some(42));
         let body = bytes::Bytes::from_static(b"an old small body");
         assert_eq!(record.place, BodyPlace::InIndex(body));
@@ -1068,7 +1192,7 @@ mod tests {
         let (removed, released) = index.remove(&key).unwrap();
         assert_eq!(removed, 1);
         assert!(released.is_empty(), "the body had no file");
-        assert_eq!(index.body_record(&digest).unwrap(), None);
+        assert_eq!(index.body_record(&stored.meta).unwrap(), None);
         assert!(index.legacy_inline.as_ref().unwrap().is_empty());
     }
 

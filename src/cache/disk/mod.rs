@@ -410,15 +410,15 @@ impl DiskTier {
                         }
                     }
                 };
-                let (body, blocks) =
-                    if selected.body_len <= inline_limit || s.is_inline(&selected.body_digest) {
-                        match read(&selected)? {
-                            Some(body) => (Some(body), None),
-                            None => return Ok(Some((None, corrupt))),
-                        }
-                    } else {
-                        (None, s.blocks(&selected.body_digest)?)
-                    };
+                let (body, blocks) = if selected.body_len <= inline_limit || s.is_inline(&selected)
+                {
+                    match read(&selected)? {
+                        Some(body) => (Some(body), None),
+                        None => return Ok(Some((None, corrupt))),
+                    }
+                } else {
+                    (None, s.blocks(&selected.body_digest)?)
+                };
                 let mut encoded = Vec::new();
                 for meta in metas.iter().filter(|m| {
                     m.derivation
@@ -589,13 +589,14 @@ mod tests {
         assert_eq!(report.rows_without_body, 0, "inline rows have their body");
         let metas = store.variants(&a.meta.key).unwrap();
         assert_eq!(&store.read_body(&metas[0]).unwrap()[..], b"a small body");
+        // Freshened (new headers, same body): the row keeps its packed body.
+        store.commit(&metas[0], None).unwrap();
+        let metas = store.variants(&a.meta.key).unwrap();
+        assert_eq!(&store.read_body(&metas[0]).unwrap()[..], b"a small body");
         store.remove(&a.meta.key).unwrap();
-        assert!(
-            store.is_inline(&a.meta.body_digest),
-            "still referenced by /same"
-        );
+        assert!(store.is_inline(&b.meta), "/same keeps its own");
         store.remove(&b.meta.key).unwrap();
-        assert!(!store.is_inline(&a.meta.body_digest));
+        assert!(!store.is_inline(&b.meta));
         assert_eq!(store.usage(), (0, 0));
     }
 

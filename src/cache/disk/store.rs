@@ -113,7 +113,7 @@ impl DiskStore {
     /// The body of `meta`, verified against its recorded check (its digest for bodies
     /// recorded before checks were): from its pack, its file, or the index.
     pub fn read_body(&self, meta: &EntryMeta) -> Result<Bytes, ReadError> {
-        let record = match self.index.body_record(&meta.body_digest) {
+        let record = match self.index.body_record(meta) {
             Ok(Some(record)) => record,
             Ok(None) => return Err(ReadError::Missing),
             Err(err) => return Err(ReadError::Disk(err)),
@@ -135,11 +135,11 @@ impl DiskStore {
         }
     }
 
-    /// Whether the body with `digest` is small (packed, or kept in the index): read whole,
+    /// Whether the body of `meta` is small (packed, or kept in the index): read whole,
     /// never streamed from a file.
-    pub fn is_inline(&self, digest: &[u8; 32]) -> bool {
+    pub fn is_inline(&self, meta: &EntryMeta) -> bool {
         matches!(
-            self.index.body_record(digest),
+            self.index.body_record(meta),
             Ok(Some(record)) if record.place != BodyPlace::File
         )
     }
@@ -147,7 +147,7 @@ impl DiskStore {
     /// Whether the body `meta` names is recorded and its bytes are there (a file, or
     /// within its pack); not read or verified.
     pub fn body_is_present(&self, meta: &EntryMeta) -> bool {
-        match self.index.body_record(&meta.body_digest) {
+        match self.index.body_record(meta) {
             Ok(Some(record)) => match record.place {
                 BodyPlace::File => self.blobs.exists(&meta.body_digest),
                 BodyPlace::Packed(at) => self.packs.holds(at, meta.body_len),
@@ -238,12 +238,12 @@ impl DiskStore {
     pub(super) fn compact_packs(&self) -> Result<(), DiskError> {
         while let Some(pack) = self.packs.to_compact() {
             let mut moved = 0u64;
-            for (digest, from, len) in self.index.packed_in(pack)? {
+            for (row, from, len) in self.index.packed_in(pack)? {
                 let Ok(body) = self.packs.read(from, len) else {
                     continue;
                 };
                 let to = self.packs.append(&body)?;
-                if self.index.move_packed(&digest, from, to)? {
+                if self.index.move_packed(&row, from, to)? {
                     moved += len;
                 } else {
                     self.packs.released(to, len);
@@ -290,9 +290,15 @@ impl DiskStore {
                 let released = self.index.insert_packed(meta, at, check)?;
                 return self.after_insert(meta, released);
             }
-            // The body this row needs is gone (evicted meanwhile): index nothing that can
-            // never be read.
-            (false, None) => return Ok(Vec::new()),
+            // The body is the row's own, in a pack: the row is rewritten in place.
+            // Otherwise it is gone (evicted meanwhile): index nothing that can never be
+            // read.
+            (false, None) => {
+                return match self.index.reindex_packed(meta)? {
+                    Some(released) => self.after_insert(meta, released),
+                    None => Ok(Vec::new()),
+                }
+            }
         }
         let released = self.index.insert(meta)?;
         self.after_insert(meta, released)

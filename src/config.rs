@@ -770,8 +770,9 @@ pub struct CacheConfig {
     /// Larger responses are not kept on disk. Objects above `max_object_size` but within
     /// this stream to disk without being held in memory.
     pub disk_max_object_size: ByteSize,
-    /// Bodies up to this size are kept in the disk tier's index rather than a file of
-    /// their own (a file takes at least a 4 KiB block and an inode). 0: every body in a file.
+    /// Bodies up to this size (at most 1 MiB) are appended to the disk tier's pack files
+    /// rather than given a file of their own (a file takes at least a 4 KiB block and an
+    /// inode). 0: every body in a file.
     pub disk_inline_max: ByteSize,
     /// fsync each body file (and its directory) before indexing it. Off, a power cut may
     /// lose recent objects; a torn file is still never served (every read is verified).
@@ -1673,7 +1674,21 @@ fn check_cache(cache: &CacheConfig, problems: &mut Problems) {
             ),
         );
     }
+    // Small bodies share pack files; a large one belongs in a file of its own.
+    if cache.disk_inline_max.as_u64() > MAX_DISK_INLINE {
+        problems.add(
+            "cache.disk_inline_max",
+            format!(
+                "{} is larger than {} (bodies this small share pack files; larger ones get a file of their own)",
+                cache.disk_inline_max,
+                ByteSize(MAX_DISK_INLINE)
+            ),
+        );
+    }
 }
+
+/// The largest `cache.disk_inline_max`.
+const MAX_DISK_INLINE: u64 = 1 << 20;
 
 fn check_compression(compression: &CompressionConfig, problems: &mut Problems) {
     for (key, level, range) in [
@@ -1869,7 +1884,7 @@ mod tests {
     fn all_problems_are_reported_together() {
         let err = Config::from_toml_str(
             "origin = \"http://127.0.0.1:1\"\n[cache]\nmax_variants = 0\nheuristic_fraction = 2.0\n\
-             [compression]\ngzip_level = 42\n[[sites]]\nhosts = [\"bad host\"]\norigin = \"http://127.0.0.1:2\"\n",
+             disk_inline_max = \"2MiB\"\n[compression]\ngzip_level = 42\n[[sites]]\nhosts = [\"bad host\"]\norigin = \"http://127.0.0.1:2\"\n",
             &FlagOverrides::default(),
         )
         .unwrap_err()
@@ -1877,6 +1892,7 @@ mod tests {
         for key in [
             "cache.max_variants",
             "cache.heuristic_fraction",
+            "cache.disk_inline_max",
             "compression.gzip_level",
             "sites[0].hosts",
         ] {
@@ -1885,7 +1901,7 @@ mod tests {
                 "{key} missing from:\n{err}"
             );
         }
-        assert_eq!(err.lines().count(), 4, "{err}");
+        assert_eq!(err.lines().count(), 5, "{err}");
     }
 
     /// Header names, Host values and codings are checked when read, naming the key.

@@ -249,13 +249,16 @@ struct PackedBody {
     digest_tag: [u8; 8],
 }
 
-/// The byte that begins a row's packed-body record (metadata begins with `O`).
+/// The byte that begins a row's packed-body record (metadata begins with `O` or a byte of
+/// 0xC0 and above; see `entry::encoding`).
 const PACKED_ROW: u8 = b'P';
 /// Bytes of a packed-body record in a row.
-const PACKED_RECORD: usize = 33;
+const PACKED_RECORD: usize = 29;
 
 impl PackedBody {
+    /// `None` when the place or length do not fit the record (packs are far smaller).
     fn new(at: PackedAt, len: u64, check: u64, digest: &[u8; 32]) -> Option<PackedBody> {
+        u32::try_from(at.offset).ok()?;
         Some(PackedBody {
             at,
             len: u32::try_from(len).ok()?,
@@ -271,7 +274,8 @@ impl PackedBody {
     fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(PACKED_ROW);
         out.extend_from_slice(&self.at.pack.to_be_bytes());
-        out.extend_from_slice(&self.at.offset.to_be_bytes());
+        // invariant: `new` checked that the offset fits.
+        out.extend_from_slice(&(self.at.offset as u32).to_be_bytes());
         out.extend_from_slice(&self.len.to_be_bytes());
         out.extend_from_slice(&self.check.to_be_bytes());
         out.extend_from_slice(&self.digest_tag);
@@ -282,11 +286,11 @@ impl PackedBody {
         Some(PackedBody {
             at: PackedAt {
                 pack: u32::from_be_bytes(bytes[..4].try_into().ok()?),
-                offset: u64::from_be_bytes(bytes[4..12].try_into().ok()?),
+                offset: u64::from(u32::from_be_bytes(bytes[4..8].try_into().ok()?)),
             },
-            len: u32::from_be_bytes(bytes[12..16].try_into().ok()?),
-            check: u64::from_be_bytes(bytes[16..24].try_into().ok()?),
-            digest_tag: bytes[24..32].try_into().ok()?,
+            len: u32::from_be_bytes(bytes[8..12].try_into().ok()?),
+            check: u64::from_be_bytes(bytes[12..20].try_into().ok()?),
+            digest_tag: bytes[20..28].try_into().ok()?,
         })
     }
 }
@@ -757,7 +761,7 @@ impl DiskIndex for SledIndex {
         check: u64,
     ) -> Result<Released, DiskError> {
         let packed = PackedBody::new(at, meta.body_len, check, &meta.body_digest)
-            .ok_or(DiskError::Inconsistent("a packed body over 4 GiB"))?;
+            .ok_or(DiskError::Inconsistent("a packed body beyond 4 GiB"))?;
         self.put_row(meta, Some(&packed))
     }
 
@@ -1047,7 +1051,7 @@ mod tests {
         let first = entry("/p", "first body").meta;
         let at = PackedAt {
             pack: 3,
-            offset: 1 << 33,
+            offset: 1 << 20,
         };
         assert!(index.insert_packed(&first, at, 77).unwrap().is_empty());
         let record = index.body_record(&first).unwrap().unwrap();

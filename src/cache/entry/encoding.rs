@@ -1,11 +1,12 @@
-//! [`EntryMeta`]'s versioned binary form, as the disk tier keeps it: magic, format version,
-//! then the fields (postcard).
+//! [`EntryMeta`]'s versioned binary form, as the disk tier keeps it: a header naming the
+//! format version, then the fields (postcard).
 //!
-//! Version 2 is the compact form: the key and variant are not repeated (they are the index
-//! row's key, passed back in to decode), common header names are one byte, and the flags
-//! one byte. Every index row pays for what it stores about twice over in sled's files, so
-//! each byte here counts: for a typical response it is about 130 bytes shorter than
-//! version 1, which is still read.
+//! Version 2 is the compact form: a one-byte header, the key and variant not repeated
+//! (they are the index row's key, passed back in to decode), common header names in one
+//! byte, the flags in one. Every index row pays for what it stores about twice over in
+//! sled's files, so each byte here counts: a typical response's entry is 90-130 bytes
+//! shorter than in version 1 (the `OPE\x01` magic and a two-byte version first), which is
+//! still read.
 
 use std::time::{Duration, SystemTime};
 
@@ -29,10 +30,13 @@ pub enum DecodeError {
     Corrupt(String),
 }
 
+/// What version 1 entries begin with, before their two-byte version.
 const MAGIC: &[u8; 4] = b"OPE\x01";
 /// The version written. Bump when [`EncodedMetaV2`] changes shape, and keep reading the
 /// versions before; entries of a version not read are refetched, not misread.
 pub const FORMAT_VERSION: u16 = 2;
+/// The first byte of an entry of version 2 and later: this plus the version.
+const COMPACT_HEADER: u8 = 0xC0;
 
 /// Header names given one byte in version 2: the common response fields. Append only: a
 /// name's position is its stored code.
@@ -242,8 +246,7 @@ impl EntryMeta {
                 .map(|d| (d.coding.as_str().to_string(), d.source_digest)),
         };
         let mut out = Vec::with_capacity(192);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        out.push(COMPACT_HEADER + FORMAT_VERSION as u8);
         // invariant: postcard serialises these plain fields into a Vec without failing.
         let fields = postcard::to_allocvec(&encoded).expect("entry metadata serialises");
         out.extend_from_slice(&fields);
@@ -260,12 +263,21 @@ impl EntryMeta {
         key: &PrimaryKey,
         variant: &VariantKey,
     ) -> Result<EntryMeta, DecodeError> {
-        let rest = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or(DecodeError::BadMagic)?;
-        let (version, rest) = rest.split_at_checked(2).ok_or(DecodeError::BadMagic)?;
+        let (version, rest) = match bytes {
+            [header @ 0xC0..=0xFF, rest @ ..] => (u16::from(header - COMPACT_HEADER), rest),
+            _ => {
+                let rest = bytes
+                    .strip_prefix(MAGIC.as_slice())
+                    .ok_or(DecodeError::BadMagic)?;
+                let (version, rest) = rest.split_at_checked(2).ok_or(DecodeError::BadMagic)?;
+                match u16::from_be_bytes([version[0], version[1]]) {
+                    1 => (1, rest),
+                    other => return Err(DecodeError::UnsupportedVersion(other)),
+                }
+            }
+        };
         let corrupt = |err: postcard::Error| DecodeError::Corrupt(err.to_string());
-        let e = match u16::from_be_bytes([version[0], version[1]]) {
+        let e = match version {
             1 => postcard::from_bytes::<EncodedMetaV1>(rest)
                 .map_err(corrupt)?
                 .upgrade(key, variant)?,
@@ -432,17 +444,23 @@ mod tests {
     fn damaged_or_foreign_bytes_are_refused_without_panicking() {
         let encoded = sample().encode();
         assert!(matches!(decode(b"nope"), Err(DecodeError::BadMagic)));
-        let mut other_version = encoded.clone();
-        other_version[5] = 99;
+        let mut later_version = encoded.clone();
+        later_version[0] += 1;
         assert!(matches!(
-            decode(&other_version),
-            Err(DecodeError::UnsupportedVersion(_))
+            decode(&later_version),
+            Err(DecodeError::UnsupportedVersion(3))
         ));
-        for cut in [6, 20, encoded.len() - 1] {
+        let mut other_v1 = encode_v1(&sample());
+        other_v1[5] = 99;
+        assert!(matches!(
+            decode(&other_v1),
+            Err(DecodeError::UnsupportedVersion(99))
+        ));
+        for cut in [1, 20, encoded.len() - 1] {
             assert!(decode(&encoded[..cut]).is_err(), "truncated at {cut}");
         }
         let mut flipped = encoded.clone();
-        for index in 6..flipped.len() {
+        for index in 1..flipped.len() {
             flipped[index] ^= 0xff;
             let _ = decode(&flipped);
             flipped[index] ^= 0xff;

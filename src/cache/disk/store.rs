@@ -18,7 +18,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::blobs::{BlobFiles, BlobWriter, Reservation, TempBlob};
-use super::index::{BodyPlace, DiskIndex, Released, SledIndex};
+use super::index::{BodyPlace, BodyRecord, DiskIndex, Released, SledIndex};
 use super::packs::Packs;
 use super::{DiskError, ReadError};
 use crate::cache::entry::EntryMeta;
@@ -120,7 +120,18 @@ impl DiskStore {
         };
         let body = match record.place {
             BodyPlace::File => self.blobs.read_exactly(&meta.body_digest, meta.body_len)?,
-            BodyPlace::Packed(at) => self.packs.read(at, meta.body_len)?,
+            BodyPlace::Packed(at) => match self.packs.read(at, meta.body_len) {
+                // Compaction moved the body and deleted its pack since the record was read:
+                // read it where it is now.
+                Err(ReadError::Missing) => match self.index.body_record(meta) {
+                    Ok(Some(BodyRecord {
+                        place: BodyPlace::Packed(moved),
+                        ..
+                    })) if moved != at => self.packs.read(moved, meta.body_len)?,
+                    _ => return Err(ReadError::Missing),
+                },
+                read => read?,
+            },
             BodyPlace::InIndex(body) => body,
         };
         let intact = body.len() as u64 == meta.body_len

@@ -117,6 +117,22 @@ const FORBIDS_STALE: u8 = 1 << 2;
 const IS_IMMUTABLE: u8 = 1 << 3;
 const IS_SHAREABLE_WITH_AUTHORIZATION: u8 = 1 << 4;
 
+/// The flags byte of: is heuristic, requires validation, forbids stale, is immutable, is
+/// shareable with Authorization (in that order).
+fn flags(set: [bool; 5]) -> u8 {
+    let bits = [
+        IS_HEURISTIC,
+        REQUIRES_VALIDATION,
+        FORBIDS_STALE,
+        IS_IMMUTABLE,
+        IS_SHAREABLE_WITH_AUTHORIZATION,
+    ];
+    set.iter()
+        .zip(bits)
+        .filter(|(on, _)| **on)
+        .fold(0, |flags, (_, bit)| flags | bit)
+}
+
 #[derive(Serialize, Deserialize)]
 struct EncodedMetaV2 {
     url: String,
@@ -166,7 +182,6 @@ impl EncodedMetaV1 {
         if self.key != key.0 || self.variant != variant.0 {
             return Err(DecodeError::Corrupt("an entry under another key".into()));
         }
-        let flag = |set: bool, flag: u8| if set { flag } else { 0 };
         Ok(EncodedMetaV2 {
             url: self.url,
             status: self.status,
@@ -183,14 +198,13 @@ impl EncodedMetaV1 {
             response_time_ms: self.response_time_ms,
             stale_while_revalidate_s: self.stale_while_revalidate_s,
             stale_if_error_s: self.stale_if_error_s,
-            flags: flag(self.is_heuristic, IS_HEURISTIC)
-                | flag(self.requires_validation, REQUIRES_VALIDATION)
-                | flag(self.forbids_stale, FORBIDS_STALE)
-                | flag(self.is_immutable, IS_IMMUTABLE)
-                | flag(
-                    self.is_shareable_with_authorization,
-                    IS_SHAREABLE_WITH_AUTHORIZATION,
-                ),
+            flags: flags([
+                self.is_heuristic,
+                self.requires_validation,
+                self.forbids_stale,
+                self.is_immutable,
+                self.is_shareable_with_authorization,
+            ]),
             body_len: self.body_len,
             body_digest: self.body_digest,
             derivation: self.derivation,
@@ -208,7 +222,6 @@ impl EntryMeta {
     /// [`EntryMeta::decode`].
     pub fn encode(&self) -> Vec<u8> {
         let f = &self.freshness;
-        let flag = |set: bool, flag: u8| if set { flag } else { 0 };
         let encoded = EncodedMetaV2 {
             url: self.url.clone(),
             status: self.status.as_u16(),
@@ -231,14 +244,13 @@ impl EntryMeta {
             ),
             stale_while_revalidate_s: f.stale_while_revalidate.as_secs(),
             stale_if_error_s: f.stale_if_error.as_secs(),
-            flags: flag(f.is_heuristic, IS_HEURISTIC)
-                | flag(f.requires_validation, REQUIRES_VALIDATION)
-                | flag(f.forbids_stale, FORBIDS_STALE)
-                | flag(f.is_immutable, IS_IMMUTABLE)
-                | flag(
-                    f.is_shareable_with_authorization,
-                    IS_SHAREABLE_WITH_AUTHORIZATION,
-                ),
+            flags: flags([
+                f.is_heuristic,
+                f.requires_validation,
+                f.forbids_stale,
+                f.is_immutable,
+                f.is_shareable_with_authorization,
+            ]),
             body_len: self.body_len,
             body_digest: self.body_digest,
             derivation: self
@@ -380,6 +392,16 @@ mod tests {
     fn metadata_round_trips_with_repeated_and_unknown_headers() {
         let meta = sample();
         assert_same(&decode(&meta.encode()).unwrap(), &meta);
+        // Each flag on its own, and all at once.
+        for set in 0..=5 {
+            let mut flagged = meta.clone();
+            let f = &mut flagged.freshness;
+            let on = |n: usize| set == n || set == 5;
+            (f.is_heuristic, f.requires_validation, f.forbids_stale) = (on(0), on(1), on(2));
+            (f.is_immutable, f.is_shareable_with_authorization) = (on(3), on(4));
+            let decoded = decode(&flagged.encode()).unwrap();
+            assert_eq!(decoded.freshness, flagged.freshness, "flags {set}");
+        }
     }
 
     /// The form an earlier build wrote.

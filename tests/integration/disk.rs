@@ -198,6 +198,62 @@ async fn a_flipped_byte_in_a_stored_body_is_detected_and_refetched() {
     assert_eq!(std::fs::read(&files[0]).unwrap(), b"original bytes");
 }
 
+/// Small bodies share pack files (no file of their own): after a restart they answer
+/// from the pack without the origin; a byte changed in the pack is detected (counted, never
+/// served) and that one object refetched, while its neighbour in the pack still answers.
+#[tokio::test]
+async fn small_bodies_in_a_pack_survive_restart_and_damage_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture =
+        |body: &'static str| Fixture::with_headers(200, &[("cache-control", "max-age=3600")], body);
+    let origin = Origin::start(vec![
+        ("/first", fixture("first small body")),
+        ("/second", fixture("second small body")),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    get_as(&proxy.url("/first"), &[]).await;
+    get_as(&proxy.url("/second"), &[]).await;
+    restart_point(proxy).await;
+    assert!(blob_files(dir.path()).is_empty(), "no file per small body");
+    let pack = dir.path().join("packs/00000001.pack");
+    let stored = std::fs::read(&pack).unwrap();
+    assert_eq!(stored, b"first small bodysecond small body");
+
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    assert_eq!(
+        get_as(&proxy.url("/first"), &[]).await.text(),
+        "first small body"
+    );
+    assert_eq!(
+        origin.hits("/first"),
+        1,
+        "served from the pack after a restart"
+    );
+    restart_point(proxy).await;
+
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[2] ^= 0x20;
+    std::fs::write(&pack, &bytes).unwrap();
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    let reply = get_as(&proxy.url("/first"), &[]).await;
+    assert_eq!(
+        reply.text(),
+        "first small body",
+        "the damaged copy is not served"
+    );
+    assert_eq!(origin.hits("/first"), 2, "refetched from the origin");
+    let reply = get_as(&proxy.url("/second"), &[]).await;
+    assert_eq!(reply.text(), "second small body");
+    assert_eq!(
+        origin.hits("/second"),
+        1,
+        "its neighbour still answers from the pack"
+    );
+    let metrics = metrics_text(&proxy).await;
+    assert_eq!(metric(&metrics, "outpost_integrity_failures_total"), 1.0);
+}
+
 /// Objects larger than the memory tier's object limit stream to disk while they are
 /// served, and later hits (whole and RFC 9110 §14 ranges) are read from the file.
 #[tokio::test]

@@ -159,7 +159,7 @@ pub trait DiskIndex: Send + Sync {
 /// rows of a 64-byte key and a 24-byte value occupy 253 B each), so the index keeps as few
 /// rows per object as it can: one in `entries` and one in `blobs`. The replacement order is
 /// not a tree of its own (that was 450 B per object): each row carries the tick of its last
-/// use, and eviction samples rows for the oldest (see [`SledIndex::eviction_victim`]).
+/// use, and eviction samples rows for the oldest (`SledIndex::eviction_victim`).
 /// Indexes written by earlier builds had `recency` and `inline` trees: the first gives
 /// the next tick once and is dropped; the second is still read while it has bodies.
 pub struct SledIndex {

@@ -4,22 +4,26 @@
 //!   reference counts; no paths) and its sled implementation, in `index/`;
 //! - [`blobs`]: body files, `blobs/ab/abcdef…` one per distinct blake3 digest (identical
 //!   bodies stored once, every read verifiable), and `tmp/` for bodies being written;
+//! - [`packs`]: small bodies appended to shared pack files, `packs/00000001.pack`, each
+//!   recorded in its row;
 //! - [`store`]: the two kept in step under one lock; [`sweep`]: cleaning up after a crash;
 //! - [`read`]: the verified streaming reader shared by disk hits and fill followers;
 //! - [`readers`]: the threads that serve reads from a queue;
 //! - this module: [`DiskTier`], the async face the cache uses.
 //!
 //! # Crash safety
-//! A body is written to `tmp/`, optionally fsynced, renamed into `blobs/`, and only then
-//! indexed; removal unindexes first and deletes the file last. So after `kill -9` at any
-//! moment the index names only complete files, and what is left over is an orphan file (or
-//! a row whose file a power cut lost), which [`DiskStore::sweep`] cleans up and a read
-//! treats as a miss. Every body read is checked against its digest; a mismatch is reported
-//! as [`ReadError::Corrupt`] and never returned.
+//! A body is written to `tmp/`, optionally fsynced, renamed into `blobs/` (a small one
+//! appended to a pack), and only then indexed; removal unindexes first and deletes the file
+//! last. So after `kill -9` at any moment the index names only complete files, and what is
+//! left over is an orphan file, dead bytes in a pack (or a row whose body a power cut
+//! lost), which [`DiskStore::sweep`] and pack compaction clean up and a read treats as a
+//! miss. Every body read is checked against its recorded check; a mismatch is reported as
+//! [`ReadError::Corrupt`] and never returned.
 //!
 //! # Replacement
 //! Least recently used first: the tick of a row moves when it is read from disk, stored,
-//! or evicted from the memory tier (still in use until then). LRU because the disk tier sees
+//! or evicted from the memory tier (still in use until then). Among more than 1,024 rows
+//! the victim is the oldest of sampled rows (see [`index::SledIndex`]), not an exact LRU. LRU because the disk tier sees
 //! only what memory missed or let go, so recency is the signal it has; frequency-based
 //! admission already failed us in memory (see `memory`).
 //!

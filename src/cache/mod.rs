@@ -527,9 +527,19 @@ impl Cache {
             (_, false) => None,
         };
         let disk = disk.clone();
+        let queued = match &body {
+            // Not written (the disk is behind): memory has it; disk keeps what it had, as
+            // when a write fails. Anything queued here would only add to the backlog.
+            Some(body) => match disk.queue_write(body.len() as u64) {
+                Some(queued) => Some(queued),
+                None => return,
+            },
+            None => None,
+        };
         let memory = self.memory.clone();
         let meta = entry.meta.clone();
         self.disk_writes.spawn(async move {
+            let _queued = queued;
             if let Some(evicted) = disk.store(meta, body).await {
                 forget_evicted_files(&memory, &evicted).await;
             }
@@ -703,6 +713,12 @@ struct SharedStores {
 /// drops the evicted resources it still names): some 100 MiB at most.
 const TAG_INDEX_CAPACITY: usize = 1_000_000;
 
+/// Bytes of bodies the disk tier may have queued for writing: a sixteenth of the memory
+/// tier, between 4 and 64 MiB, so the queue stays within the memory the tier is allowed.
+fn disk_backlog_limit(memory_capacity: u64) -> u64 {
+    (memory_capacity / 16).clamp(4 << 20, 64 << 20)
+}
+
 /// Opens the disk tier, sweeping leftovers in the background; `None` (memory only, logged)
 /// when it cannot be opened.
 fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<DiskTier> {
@@ -715,6 +731,7 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
             .get_or_create(&TierLabels { tier: "disk" })
             .clone(),
         full_refusals: metrics.disk_full_refusals.clone(),
+        writes_skipped: metrics.disk_writes_skipped.clone(),
     };
     let limits = disk::StoreLimits {
         min_free: config.disk_min_free.as_u64(),
@@ -738,7 +755,8 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
         config.disk_max_object_size.as_u64(),
     )
     .with_retry_after(config.disk_retry_after.get())
-    .with_inline_max(config.disk_inline_max.as_u64());
+    .with_inline_max(config.disk_inline_max.as_u64())
+    .with_backlog_limit(disk_backlog_limit(config.memory_capacity.as_u64()));
     Some(tier)
 }
 

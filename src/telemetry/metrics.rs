@@ -109,6 +109,9 @@ pub struct Metrics {
     pub disk_degraded: Gauge,
     /// Objects not stored on disk because the file system was at its free-space watermark.
     pub disk_full_refusals: Counter,
+    /// Bodies not written to disk because the write queue was full (a disk slower than
+    /// the misses).
+    pub disk_writes_skipped: Counter,
     /// 1 while offline mode is on.
     pub offline: Gauge,
     pub encoder_runs: Counter,
@@ -303,6 +306,12 @@ impl Metrics {
                 &mut registry,
                 "disk_full_refusals",
                 "Objects not stored on disk: the file system was at cache.disk_min_free (or out of inodes)",
+                Counter::default(),
+            ),
+            disk_writes_skipped: register(
+                &mut registry,
+                "disk_writes_skipped",
+                "Bodies not written to disk: the bodies queued for writing already held a sixteenth of cache.memory_capacity (the disk is slower than the misses)",
                 Counter::default(),
             ),
             disk_degraded: register(

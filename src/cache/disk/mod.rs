@@ -132,6 +132,8 @@ pub struct DiskMetrics {
     pub evictions: Counter,
     /// Objects not stored because the file system is at its watermark.
     pub full_refusals: Counter,
+    /// Bodies not written because the writes queued before them held too many bytes.
+    pub writes_skipped: Counter,
 }
 
 /// The async face of a [`DiskStore`]: every call on the blocking pool, and the switch to
@@ -155,10 +157,30 @@ pub struct DiskTier {
     inline_max: u64,
     /// Where reads run (writes go to tokio's blocking pool); `None`: there too.
     readers: Option<Arc<readers::Readers>>,
+    /// Where writes run (see [`readers`]); `None`: on tokio's blocking pool.
+    writers: Option<Arc<readers::Readers>>,
+    /// Bytes of bodies queued for writing, and the most that may be.
+    backlog: Arc<std::sync::atomic::AtomicU64>,
+    backlog_limit: u64,
+}
+
+/// Bytes of a body queued for the disk tier, counted in its backlog until dropped.
+pub struct QueuedWrite {
+    backlog: Arc<std::sync::atomic::AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for QueuedWrite {
+    fn drop(&mut self) {
+        self.backlog.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// Reader threads: two, so one read waiting on a slow disk does not hold up the next.
 const READER_THREADS: usize = 2;
+
+/// Writer threads: one placing a body file while another commits under the store's lock.
+const WRITER_THREADS: usize = 2;
 
 /// The longest wait between probes of a degraded tier.
 pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
@@ -179,13 +201,22 @@ impl DiskTier {
             max_object_size,
             retry_after: std::time::Duration::from_secs(30),
             inline_max: 0,
-            readers: match readers::Readers::start(READER_THREADS) {
+            readers: match readers::Readers::start(READER_THREADS, "read") {
                 Ok(readers) => Some(Arc::new(readers)),
                 Err(err) => {
                     tracing::warn!(error = %err, "disk tier: no reader threads; reads use the blocking pool");
                     None
                 }
             },
+            writers: match readers::Readers::start(WRITER_THREADS, "write") {
+                Ok(writers) => Some(Arc::new(writers)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "disk tier: no writer threads; writes use the blocking pool");
+                    None
+                }
+            },
+            backlog: Arc::default(),
+            backlog_limit: u64::MAX,
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -233,6 +264,29 @@ impl DiskTier {
     pub fn with_inline_max(mut self, inline_max: u64) -> DiskTier {
         self.inline_max = inline_max;
         self
+    }
+
+    /// The same tier, queueing at most `limit` bytes of bodies for writing.
+    pub fn with_backlog_limit(mut self, limit: u64) -> DiskTier {
+        self.backlog_limit = limit;
+        self
+    }
+
+    /// Counts a body of `bytes` into the write backlog, or `None` (counted as skipped)
+    /// when the backlog is full: a disk slower than the misses must not make the process
+    /// hold every body it has not written yet. A body too large for the whole backlog
+    /// goes alone.
+    pub fn queue_write(&self, bytes: u64) -> Option<QueuedWrite> {
+        let queued = self.backlog.fetch_add(bytes, Ordering::Relaxed);
+        if queued > 0 && queued + bytes > self.backlog_limit {
+            self.backlog.fetch_sub(bytes, Ordering::Relaxed);
+            self.metrics.writes_skipped.inc();
+            return None;
+        }
+        Some(QueuedWrite {
+            backlog: Arc::clone(&self.backlog),
+            bytes,
+        })
     }
 
     /// Stops using the disk, loudly, once, and starts probing it to come back.
@@ -308,9 +362,14 @@ impl DiskTier {
             return None;
         }
         let store = Arc::clone(&self.store);
-        let outcome = match (&self.readers, is_read) {
-            (Some(readers), true) => readers.run(move || op(&store)).await,
-            _ => tokio::task::spawn_blocking(move || op(&store)).await.ok(),
+        let threads = if is_read {
+            &self.readers
+        } else {
+            &self.writers
+        };
+        let outcome = match threads {
+            Some(threads) => threads.run(move || op(&store)).await,
+            None => tokio::task::spawn_blocking(move || op(&store)).await.ok(),
         };
         match outcome {
             Some(Ok(value)) => Some(value),
@@ -751,6 +810,25 @@ mod tests {
         assert!(matches!(store.read_body(&a.meta), Err(ReadError::Corrupt)));
         fs::remove_file(&path).unwrap();
         assert!(matches!(store.read_body(&a.meta), Err(ReadError::Missing)));
+    }
+
+    /// The write backlog holds at most its limit (a body larger than the limit goes
+    /// alone); what does not fit is skipped and counted; a written body frees its room.
+    #[tokio::test]
+    async fn the_write_backlog_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DiskStore::open(dir.path(), 1 << 30, false).unwrap());
+        let metrics = DiskMetrics::default();
+        let tier = DiskTier::new(store, metrics.clone(), 1 << 20, 1 << 30).with_backlog_limit(100);
+        let first = tier.queue_write(60).expect("room");
+        assert!(tier.queue_write(50).is_none(), "over the limit");
+        let second = tier.queue_write(40).expect("exactly at the limit");
+        assert_eq!(metrics.writes_skipped.get(), 1);
+        drop((first, second));
+        let alone = tier.queue_write(500).expect("alone, whatever its size");
+        assert!(tier.queue_write(1).is_none());
+        drop(alone);
+        assert!(tier.queue_write(1).is_some());
     }
 
     /// Repeated touches of a row within a window are applied once; a new window applies

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Peak RSS and threads with a disk tier, two builds one after the other: each is filled
+# with unique 1 KiB misses for DUR seconds (every body also written to its disk tier in a
+# fresh directory under DIR), then its VmHWM and thread count are read.
+#
+#   BEFORE=/path/to/old/outpost AFTER=target/release/outpost MEM=128MiB benches/rss_disk_tier.sh
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+KIT=${KIT:-$HERE/../../shared/bench}
+ORIGIN_BIN=${ORIGIN_BIN:-/tmp/perf/target/release/perf-origin}
+BEFORE=${BEFORE:?path of the build to compare against}
+AFTER=${AFTER:-$HERE/../target/release/outpost}
+DIR=${DIR:-/tmp/outpost-rss-disk}
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; rm -rf "$DIR"; }
+trap cleanup EXIT
+taskset -c 1 "$ORIGIN_BIN" --port 19000 --delay-ms 0 >/dev/null 2>&1 & PIDS+=($!)
+export OUTPOST_LOG__ACCESS_LOG=false OUTPOST_CACHE__MEMORY_CAPACITY=${MEM:-128MiB}
+for target in "before $BEFORE 19303" "after $AFTER 19304"; do
+  set -- $target
+  rm -rf "$DIR"; mkdir -p "$DIR"
+  taskset -c 0 "$2" serve --listen "127.0.0.1:$3" --origin http://127.0.0.1:19000 \
+    --cache-dir "$DIR/cache" >/dev/null 2>&1 & P=$!; PIDS+=($P)
+  sleep 1
+  out=$(taskset -c 1 wrk -t1 -c64 -d"${DUR:-60}"s -s "$KIT/keys.lua" "http://127.0.0.1:$3" -- unique /b/1k/r- "$1" - '?d=0' 2>&1)
+  echo "$1 (${MEM:-128MiB} tier + disk): $(grep -E 'VmHWM' "/proc/$P/status" | tr -s ' \t' ' ')," \
+    "threads $(ls "/proc/$P/task" | wc -l), $(echo "$out" | awk '/Requests\/sec/{print $2}') req/s," \
+    "on disk $(du -sm "$DIR/cache" | cut -f1) MB"
+  kill "$P"
+done

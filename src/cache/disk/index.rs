@@ -393,7 +393,10 @@ fn open_db(dir: &std::path::Path) -> Result<sled::Db, DiskError> {
     loop {
         let opened = sled::Config::new()
             .path(dir)
-            .cache_capacity(32 << 20)
+            // sled's own cache of index pages, in the process's memory (the kernel's page
+            // cache still holds the index files): 32 MiB here was 25 MiB of RSS beside a
+            // 128 MiB memory tier under a miss storm, for no measured gain in throughput.
+            .cache_capacity(8 << 20)
             .flush_every_ms(Some(200))
             .open();
         match opened {

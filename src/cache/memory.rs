@@ -25,7 +25,7 @@ use moka::ops::compute::{CompResult, Op};
 use parking_lot::Mutex;
 
 use super::entry::{EntryMeta, StoredResponse};
-use super::key::{PrimaryKey, VariantKey, Vary};
+use super::key::{DigestHasher, PrimaryKey, VariantKey, Vary};
 use super::replacement::WindowTinyLfu;
 use crate::config::MemoryPolicy;
 use crate::transform::compress::Coding;
@@ -144,7 +144,7 @@ pub type EvictionHook = Box<dyn Fn(&VariantSet) + Send + Sync>;
 /// The in-memory tier.
 #[derive(Clone)]
 pub struct MemoryTier {
-    cache: moka::future::Cache<PrimaryKey, Arc<VariantSet>>,
+    cache: moka::future::Cache<PrimaryKey, Arc<VariantSet>, DigestHasher>,
     max_variants: usize,
     /// Set with the W-TinyLFU policy: it decides evictions (moka's are unbounded then).
     replacement: Option<Arc<Replacement>>,
@@ -180,7 +180,7 @@ impl MemoryTier {
             MemoryPolicy::Wtinylfu => {
                 let cache = moka::future::Cache::builder()
                     .weigher(|_key: &PrimaryKey, set: &Arc<VariantSet>| set.weight())
-                    .build();
+                    .build_with_hasher(DigestHasher::default());
                 let replacement = Replacement {
                     policy: Mutex::new(WindowTinyLfu::new(capacity)),
                     evictions,
@@ -207,7 +207,7 @@ impl MemoryTier {
                     }
                 }
             })
-            .build();
+            .build_with_hasher(DigestHasher::default());
         MemoryTier {
             cache,
             max_variants: max_variants.max(1),

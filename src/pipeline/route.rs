@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::header::HOST;
 use http::{HeaderValue, Version};
 
-use crate::cache::key::canonical_authority;
+use crate::cache::key::{canonical_authority, split_at_last_colon};
 use crate::config::{Config, HostHeaderSetting, OriginUrl, SiteConfig};
 use crate::error::ProxyError;
 use crate::upstream::pool::{Pool, Pools};
@@ -292,7 +292,7 @@ fn is_valid_authority(text: &str) -> bool {
         };
         (v6.parse::<std::net::Ipv6Addr>().is_ok(), port)
     } else {
-        let (host, port) = match text.rsplit_once(':') {
+        let (host, port) = match split_at_last_colon(text) {
             Some((host, port)) => (host, Some(port)),
             None => (text, None),
         };
@@ -309,9 +309,7 @@ fn host_name(authority: &str) -> &str {
     let host = if authority.starts_with('[') {
         authority.split_inclusive(']').next().unwrap_or(authority)
     } else {
-        authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host)
+        split_at_last_colon(authority).map_or(authority, |(host, _)| host)
     };
     host.strip_suffix('.').unwrap_or(host)
 }

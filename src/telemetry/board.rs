@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use serde_json::{json, Value};
 
 use super::{CacheOutcome, Tier};
-use crate::cache::key::PrimaryKey;
+use crate::cache::key::{DigestHasher, PrimaryKey};
 use crate::error::ErrorType;
 
 /// Keys tracked for the top lists; when full, the less busy half is forgotten.
@@ -42,7 +42,7 @@ pub struct StatusBoard {
     bytes_memory: AtomicU64,
     bytes_disk: AtomicU64,
     bytes_origin: AtomicU64,
-    top: Mutex<HashMap<PrimaryKey, KeyStat>>,
+    top: Mutex<HashMap<PrimaryKey, KeyStat, DigestHasher>>,
     errors: Mutex<VecDeque<OriginError>>,
     last_sample: Mutex<Option<(Instant, u64)>>,
 }
@@ -55,7 +55,7 @@ impl Default for StatusBoard {
             bytes_memory: AtomicU64::new(0),
             bytes_disk: AtomicU64::new(0),
             bytes_origin: AtomicU64::new(0),
-            top: Mutex::new(HashMap::new()),
+            top: Mutex::new(HashMap::default()),
             errors: Mutex::new(VecDeque::new()),
             last_sample: Mutex::new(None),
         }
@@ -203,7 +203,7 @@ impl StatusBoard {
     }
 }
 
-fn forget_less_busy_half(top: &mut HashMap<PrimaryKey, KeyStat>) {
+fn forget_less_busy_half(top: &mut HashMap<PrimaryKey, KeyStat, DigestHasher>) {
     let mut weights: Vec<(u64, u64)> = top.values().map(|s| (s.hits, s.bytes)).collect();
     weights.sort_unstable();
     let median = weights[weights.len() / 2];

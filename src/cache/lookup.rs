@@ -73,9 +73,6 @@ struct Found {
 
 impl Cache {
     /// Looks `request` (for `scheme://authority`, the authority canonical) up at `now`.
-    ///
-    /// Every request builds its plan's URL, hits included: it is joined in one
-    /// allocation rather than formatted.
     pub async fn lookup(
         &self,
         request: &http::request::Parts,
@@ -95,29 +92,21 @@ impl Cache {
             Some((set, tier)) => (Some(set), tier),
             None => (None, Tier::Memory),
         };
-        let plan = MissPlan {
+        let plan = PlanSource {
             key,
-            url: joined_url(scheme, authority, path_and_query),
-            variant_hint: variants
-                .as_ref()
-                .and_then(|set| set.iter().next())
-                .and_then(|entry| entry.meta.vary.variant_key(headers))
-                .unwrap_or(VariantKey::NONE),
-            stale: None,
-            reason: FwdReason::UriMiss,
+            url: (scheme, authority, path_and_query),
+            headers,
+            variants: variants.as_deref(),
             is_coalescable: !has_authorization && !directives.no_store,
-            forwards_range: false,
         };
         let selected = variants
             .as_ref()
             .and_then(|set| set.select(headers))
             .cloned();
         let (Some(entry), Some(set)) = (selected, variants.clone()) else {
-            let is_vary_miss = variants.is_some_and(|set| !set.is_empty());
-            let partial = self
-                .usable_partial(&plan.key, request, &directives, now)
-                .await;
-            let miss = self.miss(plan, &directives, is_vary_miss);
+            let is_vary_miss = variants.as_ref().is_some_and(|set| !set.is_empty());
+            let partial = self.usable_partial(&key, request, &directives, now).await;
+            let miss = self.miss(plan.plan(), &directives, is_vary_miss);
             return match partial {
                 Some((entry, status)) => Lookup::Partial {
                     entry,
@@ -133,7 +122,8 @@ impl Cache {
                 CacheStatus::forward(FwdReason::Request).with_detail(Detail::Authorization),
             );
         }
-        self.reuse(Found { entry, set, tier }, &directives, now, plan)
+        let found = Found { entry, set, tier };
+        self.reuse(found, &directives, now, &plan)
     }
 
     /// Requests the cache does not handle: it is off, the method is not GET or HEAD, or the
@@ -214,7 +204,7 @@ impl Cache {
         found: Found,
         directives: &policy::Directives,
         now: SystemTime,
-        plan: MissPlan,
+        plan: &PlanSource<'_>,
     ) -> Lookup {
         let Found { entry, set, tier } = found;
         let ttl = entry.meta.freshness.ttl_seconds(now);
@@ -222,7 +212,7 @@ impl Cache {
             Lookup::Fetch(MissPlan {
                 stale: Some(entry),
                 reason,
-                ..plan.clone()
+                ..plan.plan()
             })
         };
         let hit = |entry, status, revalidate| Lookup::Hit {
@@ -249,7 +239,7 @@ impl Cache {
                 let revalidate = MissPlan {
                     stale: Some(Arc::clone(&entry)),
                     reason: FwdReason::Stale,
-                    ..plan.clone()
+                    ..plan.plan()
                 };
                 let status = CacheStatus::hit(ttl).with_detail(Detail::StaleWhileRevalidate);
                 hit(entry, status, Some(revalidate))
@@ -289,6 +279,36 @@ impl Cache {
             return None;
         }
         Some((set, entry))
+    }
+}
+
+/// What a miss plan is made of, kept as borrowed parts until a plan is wanted: most
+/// lookups are hits and want none, so no hit builds the URL or clones the key's parts.
+struct PlanSource<'a> {
+    key: PrimaryKey,
+    /// Scheme, canonical authority, path and query.
+    url: (&'a str, &'a str, &'a str),
+    headers: &'a http::HeaderMap,
+    variants: Option<&'a VariantSet>,
+    is_coalescable: bool,
+}
+
+impl PlanSource<'_> {
+    fn plan(&self) -> MissPlan {
+        let (scheme, authority, path_and_query) = self.url;
+        MissPlan {
+            key: self.key,
+            url: joined_url(scheme, authority, path_and_query),
+            variant_hint: self
+                .variants
+                .and_then(|set| set.iter().next())
+                .and_then(|entry| entry.meta.vary.variant_key(self.headers))
+                .unwrap_or(VariantKey::NONE),
+            stale: None,
+            reason: FwdReason::UriMiss,
+            is_coalescable: self.is_coalescable,
+            forwards_range: false,
+        }
     }
 }
 

@@ -556,6 +556,7 @@ impl FillTask {
             Arc::new(StoredResponse {
                 meta,
                 body: stale.body.clone(),
+                compressible: Default::default(),
             })
         };
         let mut shared_headers = merged.clone();

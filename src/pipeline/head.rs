@@ -119,6 +119,7 @@ async fn apply_to_stored(
     let entry = Arc::new(StoredResponse {
         meta,
         body: stored.body.clone(),
+        compressible: Default::default(),
     });
     cache.store(entry, false).await;
 }

@@ -14,6 +14,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
+use std::sync::atomic::Ordering::Relaxed;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::body::Body;
@@ -199,7 +200,24 @@ pub struct Compression {
     zstd_level: i32,
     /// Encoder runs started (a metric): shows that stored variants are reused.
     runs: prometheus_client::metrics::counter::Counter,
+    /// Tells these settings from every other set made in this process, so a [`Verdict`]
+    /// judged under them is not trusted under others (after a reload).
+    generation: u64,
 }
+
+/// A stored response's compressibility as judged under one [`Compression`]'s settings,
+/// kept beside the response so hits do not judge it again.
+#[derive(Debug, Default)]
+pub struct Verdict(std::sync::atomic::AtomicU64);
+
+impl Clone for Verdict {
+    fn clone(&self) -> Self {
+        Verdict(std::sync::atomic::AtomicU64::new(self.0.load(Relaxed)))
+    }
+}
+
+/// Generations of [`Compression`] settings; 0 is never one, so a new [`Verdict`] is unjudged.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Compression {
     pub fn new(
@@ -207,6 +225,7 @@ impl Compression {
         runs: prometheus_client::metrics::counter::Counter,
     ) -> Compression {
         Compression {
+            generation: GENERATIONS.fetch_add(1, Relaxed),
             is_enabled: config.enabled,
             min_size: config.min_size.as_u64(),
             preference: config
@@ -233,6 +252,21 @@ impl Compression {
     /// Whether a response with this status and these fields benefits from compression:
     /// a compressible media type, no Content-Encoding already, not `no-transform` (RFC 9111
     /// §5.2.2.6), not partial, and not smaller than `min_size`.
+    /// [`Compression::is_compressible`] for a stored response, judged once per entry and
+    /// settings.
+    pub fn is_stored_compressible(&self, entry: &crate::cache::entry::StoredResponse) -> bool {
+        let judged = entry.compressible.0.load(Relaxed);
+        if judged >> 1 == self.generation {
+            return judged & 1 == 1;
+        }
+        let verdict = self.is_compressible(entry.meta.status, &entry.meta.headers);
+        entry
+            .compressible
+            .0
+            .store(self.generation << 1 | u64::from(verdict), Relaxed);
+        verdict
+    }
+
     pub fn is_compressible(&self, status: StatusCode, headers: &HeaderMap) -> bool {
         if !self.is_enabled || status != StatusCode::OK {
             return false;
@@ -439,6 +473,47 @@ mod tests {
     use super::*;
 
     const PREFERENCE: [Coding; 3] = [Coding::Br, Coding::Zstd, Coding::Gzip];
+
+    /// A stored response's compressibility is judged once per settings: a reload that
+    /// changes the settings (here: compression turned on, then a type added) is obeyed at
+    /// once, not answered from what earlier settings concluded.
+    #[test]
+    fn a_stored_verdict_is_judged_again_under_new_settings() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-thing"),
+        );
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=60"),
+        );
+        let entry = crate::cache::entry::testing::entry_at(
+            "/thing",
+            headers,
+            Bytes::from(vec![b'a'; 4096]),
+            std::time::SystemTime::now(),
+        );
+        let settings = |enabled: bool, types: &[&str]| {
+            let config = CompressionConfig {
+                enabled,
+                types: types.iter().map(|t| t.to_string()).collect(),
+                ..CompressionConfig::default()
+            };
+            Compression::new(&config, Default::default())
+        };
+        let off = settings(false, &["application/x-thing"]);
+        let plain = settings(true, &[]);
+        let with_type = settings(true, &["application/x-thing"]);
+        assert!(!off.is_stored_compressible(&entry));
+        assert!(!plain.is_stored_compressible(&entry));
+        assert!(with_type.is_stored_compressible(&entry));
+        // Asked again under each, the kept verdict agrees with judging afresh.
+        for compression in [&off, &plain, &with_type, &with_type, &off] {
+            let fresh = compression.is_compressible(entry.meta.status, &entry.meta.headers);
+            assert_eq!(compression.is_stored_compressible(&entry), fresh);
+        }
+    }
 
     fn choose(value: &str) -> Choice {
         let mut headers = HeaderMap::new();

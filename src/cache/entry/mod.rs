@@ -55,6 +55,9 @@ pub struct EntryMeta {
 pub struct StoredResponse {
     pub meta: EntryMeta,
     pub body: StoredBody,
+    /// Whether this response is worth compressing, as last judged under which compression
+    /// settings: every hit asks, and the answer only changes with the settings.
+    pub compressible: crate::transform::compress::Verdict,
 }
 
 /// Where a stored body is: in memory, or in a disk-tier file too large to hold in memory
@@ -116,6 +119,7 @@ impl StoredResponse {
         StoredResponse {
             meta,
             body: StoredBody::Memory(body),
+            compressible: Default::default(),
         }
     }
 
@@ -127,6 +131,7 @@ impl StoredResponse {
         StoredResponse {
             meta,
             body: StoredBody::Memory(body),
+            compressible: Default::default(),
         }
     }
 
@@ -146,6 +151,7 @@ impl StoredResponse {
                 blocks: blocks.map(Arc::new),
                 is_reported_bad: std::sync::atomic::AtomicBool::new(false),
             })),
+            compressible: Default::default(),
         }
     }
 

@@ -283,7 +283,7 @@ impl HeadScanner {
         // line ends (a line split across reads is judged when its end arrives).
         let mut rest = bytes;
         while !rest.is_empty() {
-            let (text, line_ends) = match rest.iter().position(|&b| b == b'\n') {
+            let (text, line_ends) = match memchr::memchr(b'\n', rest) {
                 Some(end) => (&rest[..end], Some(end)),
                 None => (rest, None),
             };

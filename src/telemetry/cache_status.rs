@@ -103,17 +103,22 @@ impl CacheStatus {
         if self.hit {
             text.push_str("; hit");
         }
+        // Numbers by itoa, not `write!`: every response carries this field.
+        let mut digits = itoa::Buffer::new();
         if let Some(reason) = self.fwd {
-            let _ = write!(text, "; fwd={}", reason.as_str());
+            text.push_str("; fwd=");
+            text.push_str(reason.as_str());
         }
         if let Some(status) = self.fwd_status {
-            let _ = write!(text, "; fwd-status={status}");
+            text.push_str("; fwd-status=");
+            text.push_str(digits.format(status));
         }
         if let Some(ttl) = self.ttl {
             // An sf-integer has at most 15 digits (RFC 9651 §3.3.1); an origin can claim
             // lifetimes far beyond.
             let ttl = ttl.clamp(-SF_INTEGER_MAX, SF_INTEGER_MAX);
-            let _ = write!(text, "; ttl={ttl}");
+            text.push_str("; ttl=");
+            text.push_str(digits.format(ttl));
         }
         if self.stored {
             text.push_str("; stored");
@@ -128,7 +133,9 @@ impl CacheStatus {
                 crate::error::sf_string(detail.as_str())
             );
         }
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("outpost"))
+        // The text's own buffer becomes the value's (no second allocation and copy).
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+            .unwrap_or_else(|_| HeaderValue::from_static("outpost"))
     }
 }
 

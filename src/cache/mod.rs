@@ -526,21 +526,26 @@ impl Cache {
             (StoredBody::File(_), true) => return,
             (_, false) => None,
         };
-        let disk = disk.clone();
-        let queued = match &body {
-            // Not written (the disk is behind): memory has it; disk keeps what it had, as
-            // when a write fails. Anything queued here would only add to the backlog.
-            Some(body) => match disk.queue_write(body.len() as u64) {
-                Some(queued) => Some(queued),
-                None => return,
-            },
-            None => None,
-        };
         let memory = self.memory.clone();
         let meta = entry.meta.clone();
+        let body_len = body.as_ref().map_or(0, bytes::Bytes::len);
+        let writer = disk.clone();
+        let write = async move { writer.store(meta, body).await };
+        // What the queued write holds until it runs, not its body alone: with small bodies
+        // the copied metadata and the write's task (its future, then the job handed to the
+        // writer threads, about as large again) weigh more than the body, and counting
+        // bodies only let a miss storm queue several times the backlog limit.
+        let holds = body_len
+            + entry.weight().saturating_sub(entry.meta.body_len as usize)
+            + 2 * std::mem::size_of_val(&write);
+        // Not written (the disk is behind): memory has it; disk keeps what it had, as when
+        // a write fails. Anything queued here would only add to the backlog.
+        let Some(queued) = disk.queue_write(holds as u64) else {
+            return;
+        };
         self.disk_writes.spawn(async move {
             let _queued = queued;
-            if let Some(evicted) = disk.store(meta, body).await {
+            if let Some(evicted) = write.await {
                 forget_evicted_files(&memory, &evicted).await;
             }
         });

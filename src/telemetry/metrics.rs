@@ -311,7 +311,7 @@ impl Metrics {
             disk_writes_skipped: register(
                 &mut registry,
                 "disk_writes_skipped",
-                "Bodies not written to disk: the bodies queued for writing already held a sixteenth of cache.memory_capacity (the disk is slower than the misses)",
+                "Objects not written to disk: the writes queued already held a sixteenth of cache.memory_capacity (the disk is slower than the misses)",
                 Counter::default(),
             ),
             disk_degraded: register(

@@ -159,12 +159,12 @@ pub struct DiskTier {
     readers: Option<Arc<readers::Readers>>,
     /// Where writes run (see [`readers`]); `None`: on tokio's blocking pool.
     writers: Option<Arc<readers::Readers>>,
-    /// Bytes of bodies queued for writing, and the most that may be.
+    /// Memory held by writes queued (bodies, metadata, tasks), and the most that may be.
     backlog: Arc<std::sync::atomic::AtomicU64>,
     backlog_limit: u64,
 }
 
-/// Bytes of a body queued for the disk tier, counted in its backlog until dropped.
+/// Memory held by a write queued for the disk tier, counted in its backlog until dropped.
 pub struct QueuedWrite {
     backlog: Arc<std::sync::atomic::AtomicU64>,
     bytes: u64,
@@ -272,10 +272,10 @@ impl DiskTier {
         self
     }
 
-    /// Counts a body of `bytes` into the write backlog, or `None` (counted as skipped)
-    /// when the backlog is full: a disk slower than the misses must not make the process
-    /// hold every body it has not written yet. A body too large for the whole backlog
-    /// goes alone.
+    /// Counts a write holding `bytes` of memory (its body, metadata and task) into the
+    /// write backlog, or `None` (counted as skipped) when the backlog is full: a disk
+    /// slower than the misses must not make the process hold every body it has not
+    /// written yet. A write too large for the whole backlog goes alone.
     pub fn queue_write(&self, bytes: u64) -> Option<QueuedWrite> {
         let queued = self.backlog.fetch_add(bytes, Ordering::Relaxed);
         if queued > 0 && queued + bytes > self.backlog_limit {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Peak RSS and threads with a disk tier, two builds one after the other: each is filled
 # with unique 1 KiB misses for DUR seconds (every body also written to its disk tier in a
-# fresh directory under DIR), then its VmHWM and thread count are read.
+# fresh directory under DIR), then its VmHWM and thread count are read. Then the same build
+# is started again, idle, on the filled directory: its RSS once the tier has opened, against
+# an idle start on an empty directory, shows what the index costs per object on disk.
 #
 #   BEFORE=/path/to/old/outpost AFTER=target/release/outpost MEM=128MiB benches/rss_disk_tier.sh
 set -u
@@ -26,5 +28,16 @@ for target in "before $BEFORE 19303" "after $AFTER 19304"; do
   echo "$1 (${MEM:-128MiB} tier + disk): $(grep -E 'VmHWM' "/proc/$P/status" | tr -s ' \t' ' ')," \
     "threads $(ls "/proc/$P/task" | wc -l), $(echo "$out" | awk '/Requests\/sec/{print $2}') req/s," \
     "on disk $(du -sm "$DIR/cache" | cut -f1) MB"
-  kill "$P"
+  kill "$P"; wait "$P" 2>/dev/null
+  idle_rss() { # cache dir -> "RSS_kB entries" of an idle start once the tier has opened
+    taskset -c 0 "$2" serve --listen "127.0.0.1:$3" --origin http://127.0.0.1:19000 \
+      --cache-dir "$1" >"$DIR/idle.log" 2>&1 & local q=$!; PIDS+=($q)
+    for _ in $(seq 200); do grep -q "disk tier opened" "$DIR/idle.log" && break; sleep 0.1; done
+    sleep 1
+    echo "$(awk '/VmRSS/{print $2}' "/proc/$q/status") $(grep -o 'entries=[0-9]*' "$DIR/idle.log" | head -1 | cut -d= -f2)"
+    kill "$q"; wait "$q" 2>/dev/null
+  }
+  read -r full entries <<<"$(idle_rss "$DIR/cache" "$2" "$3")"
+  read -r empty _ <<<"$(idle_rss "$DIR/empty" "$2" "$3")"
+  python3 -c "print('$1 idle after reopening: %d kB with %d objects on disk, %d kB empty: %.0f B per object' % ($full, $entries, $empty, ($full - $empty) * 1024 / max($entries, 1)))"
 done

@@ -37,7 +37,7 @@ pub(super) async fn serve_stored(
     if meta.headers.contains_key(header::CONTENT_ENCODING) {
         return for_client(proxy, respond::from_entry(proxy, entry, parts, now), parts);
     }
-    if !compression.is_stored_compressible(entry) {
+    if !compression.is_stored_compressible(&entry.compressible, meta.status, &meta.headers) {
         // What `for_client` would conclude too, without asking again.
         return respond::from_entry(proxy, entry, parts, now);
     }

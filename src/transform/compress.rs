@@ -252,17 +252,20 @@ impl Compression {
     /// Whether a response with this status and these fields benefits from compression:
     /// a compressible media type, no Content-Encoding already, not `no-transform` (RFC 9111
     /// §5.2.2.6), not partial, and not smaller than `min_size`.
-    /// [`Compression::is_compressible`] for a stored response, judged once per entry and
-    /// settings.
-    pub fn is_stored_compressible(&self, entry: &crate::cache::entry::StoredResponse) -> bool {
-        let judged = entry.compressible.0.load(Relaxed);
+    /// [`Compression::is_compressible`] for a stored response whose last verdict is kept
+    /// in `kept`: judged once per response and settings.
+    pub fn is_stored_compressible(
+        &self,
+        kept: &Verdict,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> bool {
+        let judged = kept.0.load(Relaxed);
         if judged >> 1 == self.generation {
             return judged & 1 == 1;
         }
-        let verdict = self.is_compressible(entry.meta.status, &entry.meta.headers);
-        entry
-            .compressible
-            .0
+        let verdict = self.is_compressible(status, headers);
+        kept.0
             .store(self.generation << 1 | u64::from(verdict), Relaxed);
         verdict
     }
@@ -488,12 +491,7 @@ mod tests {
             header::CACHE_CONTROL,
             HeaderValue::from_static("max-age=60"),
         );
-        let entry = crate::cache::entry::testing::entry_at(
-            "/thing",
-            headers,
-            Bytes::from(vec![b'a'; 4096]),
-            std::time::SystemTime::now(),
-        );
+        let kept = Verdict::default();
         let settings = |enabled: bool, types: &[&str]| {
             let config = CompressionConfig {
                 enabled,
@@ -505,13 +503,17 @@ mod tests {
         let off = settings(false, &["application/x-thing"]);
         let plain = settings(true, &[]);
         let with_type = settings(true, &["application/x-thing"]);
-        assert!(!off.is_stored_compressible(&entry));
-        assert!(!plain.is_stored_compressible(&entry));
-        assert!(with_type.is_stored_compressible(&entry));
+        let ok = StatusCode::OK;
+        assert!(!off.is_stored_compressible(&kept, ok, &headers));
+        assert!(!plain.is_stored_compressible(&kept, ok, &headers));
+        assert!(with_type.is_stored_compressible(&kept, ok, &headers));
         // Asked again under each, the kept verdict agrees with judging afresh.
         for compression in [&off, &plain, &with_type, &with_type, &off] {
-            let fresh = compression.is_compressible(entry.meta.status, &entry.meta.headers);
-            assert_eq!(compression.is_stored_compressible(&entry), fresh);
+            let fresh = compression.is_compressible(ok, &headers);
+            assert_eq!(
+                compression.is_stored_compressible(&kept, ok, &headers),
+                fresh
+            );
         }
     }
 

@@ -112,6 +112,7 @@ pub struct Metrics {
     /// Bodies not written to disk because the write queue was full (a disk slower than
     /// the misses).
     pub disk_writes_skipped: Counter,
+    pub disk_write_backlog: Gauge,
     /// 1 while offline mode is on.
     pub offline: Gauge,
     pub encoder_runs: Counter,
@@ -313,6 +314,12 @@ impl Metrics {
                 "disk_writes_skipped",
                 "Objects not written to disk: the writes queued already held a sixteenth of cache.memory_capacity (the disk is slower than the misses)",
                 Counter::default(),
+            ),
+            disk_write_backlog: register(
+                &mut registry,
+                "disk_write_backlog_bytes",
+                "Memory held by writes queued for the disk tier (bodies, metadata, tasks); at most a sixteenth of cache.memory_capacity",
+                Gauge::default(),
             ),
             disk_degraded: register(
                 &mut registry,

@@ -134,6 +134,8 @@ pub struct DiskMetrics {
     pub full_refusals: Counter,
     /// Bodies not written because the writes queued before them held too many bytes.
     pub writes_skipped: Counter,
+    /// Bytes held by writes queued now (bodies, metadata, tasks).
+    pub write_backlog: Gauge,
 }
 
 /// The async face of a [`DiskStore`]: every call on the blocking pool, and the switch to
@@ -159,20 +161,19 @@ pub struct DiskTier {
     readers: Option<Arc<readers::Readers>>,
     /// Where writes run (see [`readers`]); `None`: on tokio's blocking pool.
     writers: Option<Arc<readers::Readers>>,
-    /// Memory held by writes queued (bodies, metadata, tasks), and the most that may be.
-    backlog: Arc<std::sync::atomic::AtomicU64>,
+    /// The most memory writes queued may hold (what they hold is `metrics.write_backlog`).
     backlog_limit: u64,
 }
 
 /// Memory held by a write queued for the disk tier, counted in its backlog until dropped.
 pub struct QueuedWrite {
-    backlog: Arc<std::sync::atomic::AtomicU64>,
-    bytes: u64,
+    backlog: Gauge,
+    bytes: i64,
 }
 
 impl Drop for QueuedWrite {
     fn drop(&mut self) {
-        self.backlog.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.backlog.dec_by(self.bytes);
     }
 }
 
@@ -215,7 +216,6 @@ impl DiskTier {
                     None
                 }
             },
-            backlog: Arc::default(),
             backlog_limit: u64::MAX,
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -277,14 +277,16 @@ impl DiskTier {
     /// slower than the misses must not make the process hold every body it has not
     /// written yet. A write too large for the whole backlog goes alone.
     pub fn queue_write(&self, bytes: u64) -> Option<QueuedWrite> {
-        let queued = self.backlog.fetch_add(bytes, Ordering::Relaxed);
-        if queued > 0 && queued + bytes > self.backlog_limit {
-            self.backlog.fetch_sub(bytes, Ordering::Relaxed);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let backlog = &self.metrics.write_backlog;
+        let queued = u64::try_from(backlog.inc_by(bytes)).unwrap_or(0);
+        if queued > 0 && queued.saturating_add(bytes as u64) > self.backlog_limit {
+            backlog.dec_by(bytes);
             self.metrics.writes_skipped.inc();
             return None;
         }
         Some(QueuedWrite {
-            backlog: Arc::clone(&self.backlog),
+            backlog: backlog.clone(),
             bytes,
         })
     }
@@ -824,7 +826,13 @@ mod tests {
         assert!(tier.queue_write(50).is_none(), "over the limit");
         let second = tier.queue_write(40).expect("exactly at the limit");
         assert_eq!(metrics.writes_skipped.get(), 1);
+        assert_eq!(
+            metrics.write_backlog.get(),
+            100,
+            "the gauge shows what is queued"
+        );
         drop((first, second));
+        assert_eq!(metrics.write_backlog.get(), 0);
         let alone = tier.queue_write(500).expect("alone, whatever its size");
         assert!(tier.queue_write(1).is_none());
         drop(alone);

@@ -2,8 +2,9 @@
 # Peak RSS and threads with a disk tier, two builds one after the other: each is filled
 # with unique 1 KiB misses for DUR seconds (every body also written to its disk tier in a
 # fresh directory under DIR), then its VmHWM and thread count are read. Then the same build
-# is started again, idle, on the filled directory: its RSS once the tier has opened, against
-# an idle start on an empty directory, shows what the index costs per object on disk.
+# is started again on the filled directory: its RSS once the tier has opened and swept (and
+# a little traffic has let freed memory go), against the same on an empty directory, shows
+# what the index keeps in memory per object on disk.
 #
 #   BEFORE=/path/to/old/outpost AFTER=target/release/outpost MEM=128MiB benches/rss_disk_tier.sh
 set -u
@@ -32,8 +33,12 @@ for target in "before $BEFORE 19303" "after $AFTER 19304"; do
   idle_rss() { # cache dir -> "RSS_kB entries" of an idle start once the tier has opened
     taskset -c 0 "$2" serve --listen "127.0.0.1:$3" --origin http://127.0.0.1:19000 \
       --cache-dir "$1" >"$DIR/idle.log" 2>&1 & local q=$!; PIDS+=($q)
-    for _ in $(seq 200); do grep -q "disk tier opened" "$DIR/idle.log" && break; sleep 0.1; done
-    sleep 1
+    for _ in $(seq 600); do grep -q "disk tier swept" "$DIR/idle.log" && break; sleep 0.1; done
+    # A little traffic lets sled's deferred garbage be collected, and jemalloc returns freed
+    # pages after its 10 s decay: what is left is what the index keeps.
+    "$AFTER" load "http://127.0.0.1:$3/b/1k/light-{key}" --keys 20 --zipf 0 --requests 2000 \
+      -c 2 --duration 10s --quiet >/dev/null 2>&1
+    sleep 11
     echo "$(awk '/VmRSS/{print $2}' "/proc/$q/status") $(grep -o 'entries=[0-9]*' "$DIR/idle.log" | head -1 | cut -d= -f2)"
     kill "$q"; wait "$q" 2>/dev/null
   }

@@ -249,9 +249,6 @@ impl Compression {
         self.runs.get()
     }
 
-    /// Whether a response with this status and these fields benefits from compression:
-    /// a compressible media type, no Content-Encoding already, not `no-transform` (RFC 9111
-    /// §5.2.2.6), not partial, and not smaller than `min_size`.
     /// [`Compression::is_compressible`] for a stored response whose last verdict is kept
     /// in `kept`: judged once per response and settings.
     pub fn is_stored_compressible(
@@ -270,6 +267,9 @@ impl Compression {
         verdict
     }
 
+    /// Whether a response with this status and these fields benefits from compression:
+    /// a compressible media type, no Content-Encoding already, not `no-transform` (RFC 9111
+    /// §5.2.2.6), not partial, and not smaller than `min_size`.
     pub fn is_compressible(&self, status: StatusCode, headers: &HeaderMap) -> bool {
         if !self.is_enabled || status != StatusCode::OK {
             return false;

@@ -117,6 +117,10 @@ impl Packs {
             .collect())
     }
 
+    fn path(&self, id: u32) -> PathBuf {
+        self.dir.join(pack_name(id))
+    }
+
     /// Appends `body` to the current pack (beginning a new one when it is full).
     ///
     /// # Errors
@@ -126,7 +130,7 @@ impl Packs {
         if current.len > 0 && current.len + body.len() as u64 > PACK_SIZE {
             let closed = current.id;
             let id = closed + 1;
-            let path = self.dir.join(pack_name(id));
+            let path = self.path(id);
             let file = Arc::new(open_for_append(&path)?);
             let len = file.metadata().map_err(io_err(&path))?.len();
             self.open.lock().insert(id, Arc::clone(&file));
@@ -137,16 +141,10 @@ impl Packs {
             pack: current.id,
             offset: current.len,
         };
-        let path = || self.dir.join(pack_name(at.pack));
-        current
-            .file
-            .write_all_at(body, at.offset)
-            .map_err(|err| io_err(&path())(err))?;
+        let failed = |err| io_err(&self.path(at.pack))(err);
+        current.file.write_all_at(body, at.offset).map_err(failed)?;
         if self.fsync {
-            current
-                .file
-                .sync_data()
-                .map_err(|err| io_err(&path())(err))?;
+            current.file.sync_data().map_err(failed)?;
         }
         current.len += body.len() as u64;
         if let Some(usage) = self.usage.lock().as_mut() {
@@ -161,7 +159,7 @@ impl Packs {
         if let Some(file) = self.open.lock().get(&pack) {
             return Ok(Arc::clone(file));
         }
-        let path = self.dir.join(pack_name(pack));
+        let path = self.path(pack);
         let file = match fs::File::open(&path) {
             Ok(file) => Arc::new(file),
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
@@ -171,23 +169,21 @@ impl Packs {
         Ok(file)
     }
 
-    /// The `len` bytes at `at`, unverified. A pack shorter than the record says is
-    /// [`ReadError::Corrupt`], found before a buffer is sized from `len`.
+    /// The `len` bytes at `at`, unverified. A record no pack could hold (longer than a
+    /// pack) or reaching past its pack's end is [`ReadError::Corrupt`]: the first before a
+    /// buffer is sized from `len`, the second by the read itself, with no `fstat` per read.
     pub fn read(&self, at: PackedAt, len: u64) -> Result<Bytes, ReadError> {
-        let file = self.file(at.pack)?;
-        let path = || self.dir.join(pack_name(at.pack));
-        let on_disk = file
-            .metadata()
-            .map_err(|err| ReadError::Disk(io_err(&path())(err)))?
-            .len();
-        if at.offset.checked_add(len).is_none_or(|end| end > on_disk) {
+        if len > PACK_SIZE {
             return Err(ReadError::Corrupt);
         }
+        let file = self.file(at.pack)?;
         let want = usize::try_from(len).map_err(|_| ReadError::Corrupt)?;
         let mut buffer = vec![0; want];
-        file.read_exact_at(&mut buffer, at.offset)
-            .map_err(|err| ReadError::Disk(io_err(&path())(err)))?;
-        Ok(Bytes::from(buffer))
+        match file.read_exact_at(&mut buffer, at.offset) {
+            Ok(()) => Ok(Bytes::from(buffer)),
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Err(ReadError::Corrupt),
+            Err(err) => Err(ReadError::Disk(io_err(&self.path(at.pack))(err))),
+        }
     }
 
     /// Whether `len` bytes at `at` lie within an existing pack.
@@ -222,7 +218,7 @@ impl Packs {
     pub fn set_live(&self, counted: &HashMap<u32, u64>) -> Result<(), DiskError> {
         let mut usage = HashMap::new();
         for id in Self::ids_in(&self.dir)? {
-            let path = self.dir.join(pack_name(id));
+            let path = self.path(id);
             let size = fs::metadata(&path).map_err(io_err(&path))?.len();
             let live = counted.get(&id).copied().unwrap_or(0);
             usage.insert(id, PackUsage { size, live });
@@ -253,7 +249,7 @@ impl Packs {
             usage.remove(&pack);
         }
         self.open.lock().remove(&pack);
-        let path = self.dir.join(pack_name(pack));
+        let path = self.path(pack);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -66,7 +66,7 @@ use hyper::body::Incoming;
 use crate::body::Body;
 use crate::cache::lookup::Lookup;
 use crate::error::{Fault, ProxyError};
-use crate::telemetry::cache_status::{CacheStatus, FwdReason};
+use crate::telemetry::cache_status::{CacheStatus, FwdReason, CACHE_STATUS};
 use crate::telemetry::Detail;
 pub use ctx::RequestCtx;
 use deliver::Delivery;
@@ -75,6 +75,10 @@ pub use proxy::{Proxy, SetupError};
 pub use request::check_request;
 use request::upstream_request;
 use route::Site;
+
+/// A client's request for the path view (`outpost-debug: 1`), parsed once rather than
+/// on every request's lookup.
+const OUTPOST_DEBUG: http::HeaderName = http::HeaderName::from_static("outpost-debug");
 
 /// What the connection layer knows about a request that the request itself does not show.
 #[derive(Debug)]
@@ -122,7 +126,7 @@ pub async fn handle(
     ));
     let request_debug = parts
         .headers
-        .get("outpost-debug")
+        .get(&OUTPOST_DEBUG)
         .is_some_and(|v| v.as_bytes() == b"1");
     let forward_site = match target {
         forward_proxy::Target::Routed => None,
@@ -151,10 +155,9 @@ pub async fn handle(
     let reveal = proxy.wants_path_view(peer, request_debug, &parts.headers);
     let mut response = served.unwrap_or_else(|err| failed(proxy, &mut ctx, &err, reveal));
     // RFC 9211 §2: appended after any Cache-Status members from caches nearer the origin.
-    response.headers_mut().append(
-        "cache-status",
-        ctx.status.to_header_value(&proxy.proxy_name),
-    );
+    response
+        .headers_mut()
+        .append(CACHE_STATUS, ctx.status.to_header_value(&proxy.proxy_name));
     if let Some(hsts) = ctx.hsts.take() {
         response
             .headers_mut()
@@ -239,10 +242,9 @@ async fn connect_tunnel(
         Ok(response) => response,
         Err(err) => failed(proxy, &mut ctx, &err, false),
     };
-    response.headers_mut().append(
-        "cache-status",
-        ctx.status.to_header_value(&proxy.proxy_name),
-    );
+    response
+        .headers_mut()
+        .append(CACHE_STATUS, ctx.status.to_header_value(&proxy.proxy_name));
     ctx.response_status = response.status().as_u16();
     (response, ctx)
 }

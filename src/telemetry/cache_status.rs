@@ -3,9 +3,12 @@
 
 use std::fmt::Write as _;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use super::{CacheOutcome, Detail};
+
+/// The field's name, parsed once: every response carries it.
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Why a request went forward to the origin (RFC 9211 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

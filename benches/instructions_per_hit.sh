@@ -5,30 +5,57 @@
 # zeroed and 20,000 hits of 100 hot keys (8 connections, `outpost load`) are counted.
 #
 #   BEFORE=/path/to/old/outpost AFTER=target/release/outpost benches/instructions_per_hit.sh
+#
+# DISK=1 counts disk hits instead: each build first fills a cache directory of its own
+# (KEYS objects of SIZE, default 5000 of 1k, run natively), is stopped, and is started on it
+# again under callgrind with a 1 MiB memory tier, so nearly every counted request reads
+# its body from the disk tier (the same seeded key sequence for both builds).
 set -u
 ORIGIN_BIN=${ORIGIN_BIN:-/tmp/perf/target/release/perf-origin}
 BEFORE=${BEFORE:?path of the build to compare against}
 AFTER=${AFTER:-$(dirname "$0")/../target/release/outpost}
 REQUESTS=${REQUESTS:-20000}
+DISK=${DISK:-}
+SIZE=${SIZE:-1k}
+KEYS=${KEYS:-$([[ -n $DISK ]] && echo 5000 || echo 100)}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 "$ORIGIN_BIN" --port 19000 --delay-ms 0 >/dev/null 2>&1 & PIDS+=($!)
-count() { # build port -> instructions per request
-  local bin=$1 port=$2 out="$WORK/cg.$2"
-  OUTPOST_LOG__ACCESS_LOG=false valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$bin" serve --listen "127.0.0.1:$port" --origin http://127.0.0.1:19000 >/dev/null 2>&1 &
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.2; done; }
+drive() { # port requests
+  "$AFTER" load "http://127.0.0.1:$1/b/$SIZE/h{key}" --keys "$KEYS" --zipf 0 --requests "$2" \
+    --duration 600s -c 8 --quiet >/dev/null 2>&1
+}
+fill() { # build port dir: stores every key on disk, natively, then stops
+  OUTPOST_LOG__ACCESS_LOG=false "$1" serve --listen "127.0.0.1:$2" --origin http://127.0.0.1:19000 \
+    --cache-dir "$3" >/dev/null 2>&1 &
   local pid=$!; PIDS+=($pid)
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.2; done
-  local url="http://127.0.0.1:$port/b/1k/h{key}"
-  "$AFTER" load "$url" --keys 100 --zipf 0 --requests 2000 --duration 300s -c 8 --quiet >/dev/null 2>&1
+  wait_port "$2"
+  drive "$2" $((KEYS * 10))
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null
+}
+count() { # build port -> instructions per request
+  local bin=$1 port=$2 out="$WORK/cg.$2" disk_args=()
+  if [[ -n $DISK ]]; then
+    fill "$bin" "$port" "$WORK/dir.$port"
+    disk_args=(--cache-dir "$WORK/dir.$port")
+  fi
+  local memory=()
+  [[ -n $DISK ]] && memory=(OUTPOST_CACHE__MEMORY_CAPACITY=1MiB OUTPOST_CACHE__MAX_OBJECT_SIZE=1MiB)
+  env OUTPOST_LOG__ACCESS_LOG=false "${memory[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" \
+    "$bin" serve --listen "127.0.0.1:$port" --origin http://127.0.0.1:19000 "${disk_args[@]}" >/dev/null 2>&1 &
+  local pid=$!; PIDS+=($pid)
+  wait_port "$port"
+  drive "$port" 2000
   callgrind_control -z "$pid" >/dev/null 2>&1
-  "$AFTER" load "$url" --keys 100 --zipf 0 --requests "$REQUESTS" --duration 300s -c 8 --quiet >/dev/null 2>&1
+  drive "$port" "$REQUESTS"
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"; wait "$pid" 2>/dev/null
   local total; total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
   echo $((total / REQUESTS))
 }
 b=$(count "$BEFORE" 19311); a=$(count "$AFTER" 19312)
-python3 -c "print('instructions per 1 KiB hit: before $b, after $a (%.1f%%)' % (100 * ($a - $b) / $b))"
+what=$([[ -n $DISK ]] && echo "disk hit" || echo "memory hit")
+python3 -c "print('instructions per $SIZE $what: before $b, after $a (%.1f%%)' % (100 * ($a - $b) / $b))"

@@ -62,6 +62,15 @@ pub enum BodyPlace {
     InIndex(bytes::Bytes),
 }
 
+/// A stored variant as its row records it.
+#[derive(Debug, Clone)]
+pub struct StoredVariant {
+    pub meta: EntryMeta,
+    /// Where its body is, when the row itself records it (a packed body); `None` for a
+    /// body recorded apart (see [`DiskIndex::body_record`]).
+    pub packed: Option<BodyRecord>,
+}
+
 /// What a sweep of the rows found and removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RowSweep {
@@ -71,9 +80,10 @@ pub struct RowSweep {
 
 /// The index the disk tier keeps; see the module doc.
 pub trait DiskIndex: Send + Sync {
-    /// Every stored variant of `key`, newest first; rows this build cannot decode are
-    /// removed.
-    fn variants(&self, key: &PrimaryKey) -> Result<(Vec<EntryMeta>, Released), DiskError>;
+    /// Every stored variant of `key`, newest first, each with its body's record when its
+    /// row holds it (a packed body: reading it then needs no second lookup); rows this
+    /// build cannot decode are removed.
+    fn variants(&self, key: &PrimaryKey) -> Result<(Vec<StoredVariant>, Released), DiskError>;
     /// The per-block digests of a stored body, if it has them.
     fn blocks(&self, digest: &[u8; 32]) -> Result<Option<Vec<[u8; 32]>>, DiskError>;
     /// Whether a body with this digest is recorded.
@@ -265,6 +275,13 @@ impl PackedBody {
             check,
             digest_tag: digest[..8].try_into().ok()?,
         })
+    }
+
+    fn record(self) -> BodyRecord {
+        BodyRecord {
+            check: Some(self.check),
+            place: BodyPlace::Packed(self.at),
+        }
     }
 
     fn is_of(&self, meta: &EntryMeta) -> bool {
@@ -653,13 +670,19 @@ impl SledIndex {
 }
 
 impl DiskIndex for SledIndex {
-    fn variants(&self, key: &PrimaryKey) -> Result<(Vec<EntryMeta>, Released), DiskError> {
+    fn variants(&self, key: &PrimaryKey) -> Result<(Vec<StoredVariant>, Released), DiskError> {
         let mut out = Vec::new();
         let mut undecodable = Vec::new();
         for item in self.entries.scan_prefix(key.0) {
             let (row, value) = item?;
             match decode_row(&row, &value) {
-                Some((_, meta)) => out.push(meta),
+                Some((_, meta)) => {
+                    let packed = split_row(&value)
+                        .and_then(|row| row.packed)
+                        .filter(|packed| packed.is_of(&meta))
+                        .map(PackedBody::record);
+                    out.push(StoredVariant { meta, packed });
+                }
                 None => undecodable.push(row),
             }
         }
@@ -669,7 +692,7 @@ impl DiskIndex for SledIndex {
             released.add(self.remove_row(&row)?.1);
         }
         // Newest first, as the memory tier orders variants.
-        out.sort_by_key(|meta| std::cmp::Reverse(meta.freshness.response_time));
+        out.sort_by_key(|variant| std::cmp::Reverse(variant.meta.freshness.response_time));
         Ok((out, released))
     }
 
@@ -722,10 +745,7 @@ impl DiskIndex for SledIndex {
             let packed = split_row(&value)
                 .and_then(|row| row.packed)
                 .filter(|packed| packed.is_of(meta));
-            return Ok(packed.map(|packed| BodyRecord {
-                check: Some(packed.check),
-                place: BodyPlace::Packed(packed.at),
-            }));
+            return Ok(packed.map(PackedBody::record));
         };
         let Some(record) = BlobRecord::parse(&value) else {
             return Err(DiskError::Inconsistent("an unreadable body record"));
@@ -1071,6 +1091,7 @@ mod tests {
             .unwrap()
             .is_empty());
         let (metas, _) = index.variants(&first.key).unwrap();
+        let metas: Vec<EntryMeta> = metas.into_iter().map(|v| v.meta).collect();
         assert_eq!(metas[0].url, freshened.url);
         assert_eq!(index.packed_in(3).unwrap().len(), 1);
         let row = index.packed_in(3).unwrap().remove(0).0;
@@ -1186,6 +1207,7 @@ mod tests {
         let body = bytes::Bytes::from_static(b"an old small body");
         assert_eq!(record.place, BodyPlace::InIndex(body));
         let (metas, _) = index.variants(&stored.meta.key).unwrap();
+        let metas: Vec<EntryMeta> = metas.into_iter().map(|v| v.meta).collect();
         assert_eq!(metas.len(), 1);
         assert_eq!(metas[0].variant, VariantKey::NONE);
         // The row under its old, longer key is found to be touched and to be replaced.

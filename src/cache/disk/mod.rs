@@ -52,6 +52,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::entry::EntryMeta;
 use super::key::{PrimaryKey, VariantKey};
 pub use blobs::{BlobWriter, TempBlob};
+use index::BodyRecord;
 pub use read::{verified_file_body, CorruptionHook};
 pub use store::{DiskStore, NewBody, StoreLimits};
 pub use sweep::SweepReport;
@@ -456,14 +457,19 @@ impl DiskTier {
         // A read (removing a row whose body turns out corrupt or missing is the rare write).
         let loaded = self
             .read(move |s| {
-                let metas = s.variants(&key)?;
+                let (metas, packed): (Vec<EntryMeta>, Vec<Option<BodyRecord>>) = s
+                    .stored_variants(&key)?
+                    .into_iter()
+                    .map(|variant| (variant.meta, variant.packed))
+                    .unzip();
                 let Some(index) = select(&metas) else {
                     return Ok(None);
                 };
                 let selected = metas[index].clone();
                 let mut corrupt = Vec::new();
-                let mut read = |meta: &EntryMeta| -> Result<Option<Bytes>, DiskError> {
-                    match s.read_body(meta) {
+                let mut read = |at: usize| -> Result<Option<Bytes>, DiskError> {
+                    let meta = &metas[at];
+                    match s.read_body_of(meta, packed[at].clone()) {
                         Ok(body) => Ok(Some(body)),
                         Err(ReadError::Disk(err)) => Err(err),
                         Err(other) => {
@@ -475,9 +481,12 @@ impl DiskTier {
                         }
                     }
                 };
-                let (body, blocks) = if selected.body_len <= inline_limit || s.is_inline(&selected)
+                // A small body (packed: its row says so) is read whole, whatever the limit.
+                let (body, blocks) = if selected.body_len <= inline_limit
+                    || packed[index].is_some()
+                    || s.is_inline(&selected)
                 {
-                    match read(&selected)? {
+                    match read(index)? {
                         Some(body) => (Some(body), None),
                         None => return Ok(Some((None, corrupt))),
                     }
@@ -485,13 +494,14 @@ impl DiskTier {
                     (None, s.blocks(&selected.body_digest)?)
                 };
                 let mut encoded = Vec::new();
-                for meta in metas.iter().filter(|m| {
-                    m.derivation
+                for at in (0..metas.len()).filter(|&at| {
+                    metas[at]
+                        .derivation
                         .is_some_and(|d| d.source_digest == selected.body_digest)
-                        && m.body_len <= inline_limit
+                        && metas[at].body_len <= inline_limit
                 }) {
-                    if let Some(body) = read(meta)? {
-                        encoded.push((meta.clone(), body));
+                    if let Some(body) = read(at)? {
+                        encoded.push((metas[at].clone(), body));
                     }
                 }
                 Ok(Some((

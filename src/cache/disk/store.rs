@@ -18,7 +18,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::blobs::{BlobFiles, BlobWriter, Reservation, TempBlob};
-use super::index::{BodyPlace, BodyRecord, DiskIndex, Released, SledIndex};
+use super::index::{BodyPlace, BodyRecord, DiskIndex, Released, SledIndex, StoredVariant};
 use super::packs::Packs;
 use super::{DiskError, ReadError};
 use crate::cache::entry::EntryMeta;
@@ -102,21 +102,43 @@ impl DiskStore {
 
     /// Every stored variant of `key`, newest first.
     pub fn variants(&self, key: &PrimaryKey) -> Result<Vec<EntryMeta>, DiskError> {
-        let (metas, released) = self.index.variants(key)?;
+        Ok(self
+            .stored_variants(key)?
+            .into_iter()
+            .map(|variant| variant.meta)
+            .collect())
+    }
+
+    /// As [`DiskStore::variants`], each with the record of its body when its row holds it.
+    pub fn stored_variants(&self, key: &PrimaryKey) -> Result<Vec<StoredVariant>, DiskError> {
+        let (variants, released) = self.index.variants(key)?;
         if !released.is_empty() {
             let _serialised = self.write_lock.lock();
             self.delete(released)?;
         }
-        Ok(metas)
+        Ok(variants)
     }
 
     /// The body of `meta`, verified against its recorded check (its digest for bodies
     /// recorded before checks were): from its pack, its file, or the index.
     pub fn read_body(&self, meta: &EntryMeta) -> Result<Bytes, ReadError> {
-        let record = match self.index.body_record(meta) {
-            Ok(Some(record)) => record,
-            Ok(None) => return Err(ReadError::Missing),
-            Err(err) => return Err(ReadError::Disk(err)),
+        self.read_body_of(meta, None)
+    }
+
+    /// As [`DiskStore::read_body`], from `known` when the caller has the body's record
+    /// already (from [`DiskStore::stored_variants`]): no index lookup then.
+    pub fn read_body_of(
+        &self,
+        meta: &EntryMeta,
+        known: Option<BodyRecord>,
+    ) -> Result<Bytes, ReadError> {
+        let record = match known {
+            Some(record) => record,
+            None => match self.index.body_record(meta) {
+                Ok(Some(record)) => record,
+                Ok(None) => return Err(ReadError::Missing),
+                Err(err) => return Err(ReadError::Disk(err)),
+            },
         };
         let body = match record.place {
             BodyPlace::File => self.blobs.read_exactly(&meta.body_digest, meta.body_len)?,
@@ -337,10 +359,10 @@ impl DiskStore {
 
     /// Removes the oldest variants of `key` past `max_variants` (under the write lock).
     fn cap_variants(&self, key: &PrimaryKey) -> Result<(), DiskError> {
-        let (metas, released) = self.index.variants(key)?;
+        let (variants, released) = self.index.variants(key)?;
         self.delete(released)?;
-        for meta in metas.iter().skip(self.limits.max_variants.max(1)) {
-            let released = self.index.remove_variant(key, &meta.variant)?;
+        for stored in variants.iter().skip(self.limits.max_variants.max(1)) {
+            let released = self.index.remove_variant(key, &stored.meta.variant)?;
             self.delete(released)?;
         }
         Ok(())

@@ -303,11 +303,22 @@ impl EntryMeta {
 impl EncodedMetaV2 {
     fn into_meta(self, key: PrimaryKey, variant: VariantKey) -> Result<EntryMeta, DecodeError> {
         let corrupt = |what: String| DecodeError::Corrupt(what);
+        // Compact as decoded (every value a slice of one exact-size buffer, the map without
+        // spare room): a promoted entry then needs no second copy, see `compact_headers`.
+        let total = self.headers.iter().map(|(_, value)| value.len()).sum();
+        let mut buffer = Vec::with_capacity(total);
+        for (_, value) in &self.headers {
+            buffer.extend_from_slice(value);
+        }
+        let buffer = bytes::Bytes::from(buffer);
         let mut headers = HeaderMap::with_capacity(self.headers.len());
+        let mut offset = 0;
         for (name, value) in self.headers {
             let name = name.name()?;
-            let value =
-                HeaderValue::from_bytes(&value).map_err(|_| corrupt(format!("value of {name}")))?;
+            let slice = buffer.slice(offset..offset + value.len());
+            offset += value.len();
+            let value = HeaderValue::from_maybe_shared(slice)
+                .map_err(|_| corrupt(format!("value of {name}")))?;
             headers.append(name, value);
         }
         let vary = match self.vary {
@@ -402,6 +413,28 @@ mod tests {
             let decoded = decode(&flagged.encode()).unwrap();
             assert_eq!(decoded.freshness, flagged.freshness, "flags {set}");
         }
+    }
+
+    #[test]
+    fn decoded_values_share_one_exact_buffer() {
+        let meta = sample();
+        let decoded = decode(&meta.encode()).unwrap();
+        let total: usize = decoded.headers.values().map(HeaderValue::len).sum();
+        let starts: Vec<usize> = decoded
+            .headers
+            .values()
+            .map(|value| value.as_bytes().as_ptr() as usize)
+            .collect();
+        let first = *starts.iter().min().unwrap();
+        let end = decoded
+            .headers
+            .values()
+            .map(|value| value.as_bytes().as_ptr() as usize + value.len())
+            .max()
+            .unwrap();
+        // Contiguous, in one allocation no larger than the values themselves.
+        assert_eq!(end - first, total);
+        assert_same(&decoded, &meta);
     }
 
     /// The form an earlier build wrote.

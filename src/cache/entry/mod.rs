@@ -124,10 +124,8 @@ impl StoredResponse {
     }
 
     /// An entry read back from the disk tier, whose body was verified against the digest
-    /// in `meta`.
+    /// in `meta`. Decoded metadata has compact headers already (see `EntryMeta::decode`).
     pub fn read_back(meta: EntryMeta, body: Bytes) -> StoredResponse {
-        let mut meta = meta;
-        meta.headers = compact_headers(&meta.headers);
         StoredResponse {
             meta,
             body: StoredBody::Memory(body),

@@ -76,10 +76,6 @@ pub struct BlobFiles {
     temp_prefix: String,
 }
 
-fn hex(digest: &[u8; 32]) -> String {
-    blake3::Hash::from_bytes(*digest).to_hex().to_string()
-}
-
 fn parse_hex(text: &str) -> Option<[u8; 32]> {
     blake3::Hash::from_hex(text)
         .ok()
@@ -205,8 +201,17 @@ impl BlobFiles {
 
     /// Where the body with `digest` lives.
     pub fn path_of(&self, digest: &[u8; 32]) -> PathBuf {
-        let name = hex(digest);
-        self.root.join("blobs").join(&name[..2]).join(name)
+        // Built in one buffer: every file-backed disk hit asks (three joins were three
+        // allocations and copies).
+        let hex = blake3::Hash::from_bytes(*digest).to_hex();
+        let name = hex.as_str();
+        let mut path = std::ffi::OsString::with_capacity(self.root.as_os_str().len() + 76);
+        path.push(self.root.as_os_str());
+        path.push("/blobs/");
+        path.push(&name[..2]);
+        path.push("/");
+        path.push(name);
+        PathBuf::from(path)
     }
 
     /// A new file in `tmp/`, for a body written as it streams.
@@ -298,9 +303,10 @@ impl BlobFiles {
         }
         let want = usize::try_from(len).map_err(|_| ReadError::Corrupt)?;
         // Not zeroed first: a zeroed buffer of this size came as fresh pages from the
-        // kernel, a page fault per 4 KiB on every read.
-        let mut buffer = Vec::with_capacity(want + 1);
-        io::Read::read_to_end(&mut io::Read::take(&file, len + 1), &mut buffer)
+        // kernel, a page fault per 4 KiB on every read. Exactly `len` asked for: the size
+        // was checked above, so no read past it to find the end (a syscall per hit).
+        let mut buffer = Vec::with_capacity(want);
+        io::Read::read_to_end(&mut io::Read::take(&file, len), &mut buffer)
             .map_err(|err| ReadError::Disk(io_err(&path)(err)))?;
         if buffer.len() != want {
             return Err(ReadError::Corrupt);

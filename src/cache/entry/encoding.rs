@@ -83,19 +83,19 @@ static KNOWN_NAMES: [HeaderName; 40] = [
     HeaderName::from_static("cache-groups"),
 ];
 
-/// A header name as version 2 stores it.
+/// A header name as version 2 stores it (borrowed from the bytes it is decoded from).
 #[derive(Serialize, Deserialize)]
-enum StoredName {
+enum StoredName<'a> {
     Known(u8),
-    Other(String),
+    Other(&'a str),
 }
 
-impl StoredName {
-    fn of(name: &HeaderName) -> StoredName {
+impl<'a> StoredName<'a> {
+    fn of(name: &'a HeaderName) -> StoredName<'a> {
         match KNOWN_NAMES.iter().position(|known| known == name) {
             // invariant: the table has fewer than 256 names.
             Some(code) => StoredName::Known(code as u8),
-            None => StoredName::Other(name.as_str().to_string()),
+            None => StoredName::Other(name.as_str()),
         }
     }
 
@@ -133,13 +133,18 @@ fn flags(set: [bool; 5]) -> u8 {
         .fold(0, |flags, (_, bit)| flags | bit)
 }
 
+/// Version 2. Names and values are borrowed from the bytes decoded: postcard writes a
+/// `&[u8]` exactly as it wrote the `Vec<u8>` of earlier builds (a length, then the bytes),
+/// and reads it back as one slice instead of element by element.
 #[derive(Serialize, Deserialize)]
-struct EncodedMetaV2 {
+struct EncodedMetaV2<'a> {
     url: String,
     status: u16,
-    headers: Vec<(StoredName, Vec<u8>)>,
+    #[serde(borrow)]
+    headers: Vec<(StoredName<'a>, &'a [u8])>,
     /// `None` for `Vary: *`, empty for no Vary.
-    vary: Option<Vec<StoredName>>,
+    #[serde(borrow)]
+    vary: Option<Vec<StoredName<'a>>>,
     lifetime_ms: u64,
     corrected_initial_age_ms: u64,
     response_time_ms: u64,
@@ -153,12 +158,14 @@ struct EncodedMetaV2 {
 
 /// Version 1: read, no longer written.
 #[derive(Serialize, Deserialize)]
-struct EncodedMetaV1 {
+struct EncodedMetaV1<'a> {
     key: [u8; 32],
     url: String,
     status: u16,
-    headers: Vec<(String, Vec<u8>)>,
-    vary: Option<Vec<String>>,
+    #[serde(borrow)]
+    headers: Vec<(&'a str, &'a [u8])>,
+    #[serde(borrow)]
+    vary: Option<Vec<&'a str>>,
     variant: [u8; 32],
     lifetime_ms: u64,
     is_heuristic: bool,
@@ -175,10 +182,14 @@ struct EncodedMetaV1 {
     derivation: Option<(String, [u8; 32])>,
 }
 
-impl EncodedMetaV1 {
+impl<'a> EncodedMetaV1<'a> {
     /// The same fields in version 2's shape, after checking that the entry is the one
     /// the row names (a version 1 entry carries its own key).
-    fn upgrade(self, key: &PrimaryKey, variant: &VariantKey) -> Result<EncodedMetaV2, DecodeError> {
+    fn upgrade(
+        self,
+        key: &PrimaryKey,
+        variant: &VariantKey,
+    ) -> Result<EncodedMetaV2<'a>, DecodeError> {
         if self.key != key.0 || self.variant != variant.0 {
             return Err(DecodeError::Corrupt("an entry under another key".into()));
         }
@@ -228,7 +239,7 @@ impl EntryMeta {
             headers: self
                 .headers
                 .iter()
-                .map(|(name, value)| (StoredName::of(name), value.as_bytes().to_vec()))
+                .map(|(name, value)| (StoredName::of(name), value.as_bytes()))
                 .collect(),
             vary: match &self.vary {
                 Vary::None => Some(Vec::new()),
@@ -300,7 +311,7 @@ impl EntryMeta {
     }
 }
 
-impl EncodedMetaV2 {
+impl EncodedMetaV2<'_> {
     fn into_meta(self, key: PrimaryKey, variant: VariantKey) -> Result<EntryMeta, DecodeError> {
         let corrupt = |what: String| DecodeError::Corrupt(what);
         // Compact as decoded (every value a slice of one exact-size buffer, the map without
@@ -437,6 +448,30 @@ mod tests {
         assert_same(&decoded, &meta);
     }
 
+    /// `sample()` as builds before values were decoded borrowed wrote it, in both
+    /// versions: what is on disk must still be read the same.
+    const WRITTEN_V2: &str = "c214687474703a2f2f6578616d706c652e636f6d2f61c801050010103c613e3b2072656c3d7072656c6f61640010103c623e3b2072656c3d7072656c6f616400020a6d61782d6167653d363000070f6163636570742d656e636f64696e67010e782d6f726967696e2d7468696e670c6b657074206279206e616d650101010f6163636570742d656e636f64696e67e0d4030080d095ffbc3100000005ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f00";
+    const WRITTEN_V1: &str = "4f50450100014159a9567a3e0e4e9e5020537a14f5ef6d5a8a06be010383c94ae77c53170b5f14687474703a2f2f6578616d706c652e636f6d2f61c80105046c696e6b103c613e3b2072656c3d7072656c6f6164046c696e6b103c623e3b2072656c3d7072656c6f61640d63616368652d636f6e74726f6c0a6d61782d6167653d363004766172790f6163636570742d656e636f64696e670e782d6f726967696e2d7468696e670c6b657074206279206e616d6501010f6163636570742d656e636f64696e678f030f665bfdc4b8d440e0dbabce324adefc86cf7bc3ce788f40c3a8e3e5288ce0d403000080d095ffbc3100000000000005ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f00";
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&text[at..at + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn bytes_earlier_builds_wrote_decode_the_same() {
+        let meta = sample();
+        assert_eq!(
+            meta.encode(),
+            unhex(WRITTEN_V2),
+            "the written form is unchanged"
+        );
+        assert_same(&decode(&unhex(WRITTEN_V2)).unwrap(), &meta);
+        assert_same(&decode(&unhex(WRITTEN_V1)).unwrap(), &meta);
+    }
+
     /// The form an earlier build wrote.
     fn encode_v1(meta: &EntryMeta) -> Vec<u8> {
         let f = &meta.freshness;
@@ -447,12 +482,12 @@ mod tests {
             headers: meta
                 .headers
                 .iter()
-                .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
+                .map(|(name, value)| (name.as_str(), value.as_bytes()))
                 .collect(),
             vary: match &meta.vary {
                 Vary::None => Some(Vec::new()),
                 Vary::Star => None,
-                Vary::Fields(names) => Some(names.iter().map(|n| n.as_str().to_string()).collect()),
+                Vary::Fields(names) => Some(names.iter().map(HeaderName::as_str).collect()),
             },
             variant: meta.variant.0,
             lifetime_ms: millis(f.lifetime),

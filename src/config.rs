@@ -770,6 +770,10 @@ pub struct CacheConfig {
     /// Larger responses are not kept on disk. Objects above `max_object_size` but within
     /// this stream to disk without being held in memory.
     pub disk_max_object_size: ByteSize,
+    /// Objects (stored variants) the disk tier may hold; beyond, the least recently used
+    /// go even if bytes are left. The index keeps each row it has read in memory (a few
+    /// hundred bytes), so this bounds the disk tier's memory. 0: no limit but the bytes.
+    pub disk_max_objects: u64,
     /// Bodies up to this size (at most 1 MiB) are appended to the disk tier's pack files
     /// rather than given a file of their own (a file takes at least a 4 KiB block and an
     /// inode). 0: every body in a file.
@@ -877,6 +881,7 @@ impl Default for CacheConfig {
             disk_capacity: ByteSize(10 << 30),
             disk_max_object_size: ByteSize(2 << 30),
             disk_inline_max: ByteSize(8 << 10),
+            disk_max_objects: 0,
             disk_min_free: ByteSize(256 << 20),
             disk_retry_after: HumanDuration(Duration::from_secs(30)),
             fsync: false,

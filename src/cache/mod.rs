@@ -742,6 +742,10 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
     let limits = disk::StoreLimits {
         min_free: config.disk_min_free.as_u64(),
         max_variants: config.max_variants,
+        max_objects: match config.disk_max_objects {
+            0 => u64::MAX,
+            limit => limit,
+        },
     };
     let store = match DiskStore::open(dir, config.disk_capacity.as_u64(), config.fsync) {
         Ok(store) => store.with_limits(limits),

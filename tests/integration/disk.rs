@@ -163,6 +163,57 @@ async fn restart_with_the_same_cache_dir_serves_a_hit_without_the_origin() {
     );
 }
 
+/// `cache.disk_max_objects` bounds the objects on disk (and so the index's memory) with
+/// bytes to spare; a restarted outpost still serves what was kept.
+#[tokio::test]
+async fn the_disk_tier_keeps_at_most_disk_max_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = ["/o1", "/o2", "/o3", "/o4"];
+    let origin = Origin::start(
+        paths
+            .iter()
+            .map(|path| {
+                let fixture =
+                    Fixture::with_headers(200, &[("cache-control", "max-age=3600")], path);
+                (*path, fixture)
+            })
+            .collect(),
+    )
+    .await;
+    let config = disk_toml(dir.path(), "disk_max_objects = 2");
+    let proxy = Proxy::start(&origin.url(), &config).await;
+    for path in paths {
+        assert_eq!(get_as(&proxy.url(path), &[]).await.text(), path);
+    }
+    restart_point(proxy).await;
+
+    let proxy = Proxy::start(&origin.url(), &config).await;
+    let metrics = metrics_text(&proxy).await;
+    assert_eq!(
+        metric(&metrics, "outpost_cache_entries{tier=\"disk\"}"),
+        2.0
+    );
+    // only-if-cached (RFC 9111 §5.2.1.7): answered from what is stored, never fetched (a
+    // fetched object would be stored and push another out).
+    let mut kept = Vec::new();
+    for path in paths {
+        let reply = get_as(&proxy.url(path), &[("cache-control", "only-if-cached")]).await;
+        match reply.status {
+            StatusCode::OK => {
+                assert_eq!(reply.text(), path);
+                kept.push(path);
+            }
+            status => assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{path}"),
+        }
+    }
+    assert_eq!(kept.len(), 2, "kept {kept:?}");
+    assert_eq!(
+        origin.hits("/o1") + origin.hits("/o4"),
+        2,
+        "asked once each, before"
+    );
+}
+
 /// A body whose digest does not match is never served: it is removed, counted and
 /// refetched.
 #[tokio::test]

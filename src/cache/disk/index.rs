@@ -128,9 +128,13 @@ pub trait DiskIndex: Send + Sync {
     /// Moves a row to the recent end of the replacement order.
     fn touch(&self, key: &PrimaryKey, variant: &VariantKey) -> Result<(), DiskError>;
     /// Removes the least recently used rows (exactly among few rows, by sampling among
-    /// many) until rows and bodies take at most `capacity` bytes; returns the resources
-    /// evicted.
-    fn evict_over(&self, capacity: u64) -> Result<(Vec<PrimaryKey>, Released), DiskError>;
+    /// many) until rows and bodies take at most `capacity` bytes and there are at most
+    /// `max_rows` rows; returns the resources evicted.
+    fn evict_over(
+        &self,
+        capacity: u64,
+        max_rows: u64,
+    ) -> Result<(Vec<PrimaryKey>, Released), DiskError>;
     /// Primary keys with at least one variant matching `predicate`.
     fn keys_where(
         &self,
@@ -899,10 +903,16 @@ impl DiskIndex for SledIndex {
         Ok(())
     }
 
-    fn evict_over(&self, capacity: u64) -> Result<(Vec<PrimaryKey>, Released), DiskError> {
+    fn evict_over(
+        &self,
+        capacity: u64,
+        max_rows: u64,
+    ) -> Result<(Vec<PrimaryKey>, Released), DiskError> {
         let mut evicted = Vec::new();
         let mut released = Released::default();
-        while self.bytes.load(Ordering::Relaxed) > capacity {
+        while self.bytes.load(Ordering::Relaxed) > capacity
+            || self.rows.load(Ordering::Relaxed) > max_rows
+        {
             let Some(row) = self.eviction_victim()? else {
                 break;
             };
@@ -1141,7 +1151,7 @@ mod tests {
             index.touch(&meta.key, &meta.variant).unwrap();
         }
         let (_, bytes) = index.usage();
-        let (evicted, released) = index.evict_over(bytes - bytes / 10).unwrap();
+        let (evicted, released) = index.evict_over(bytes - bytes / 10, u64::MAX).unwrap();
         assert!(released.files.is_empty(), "small bodies have no files");
         assert_eq!(released.packed.len(), evicted.len());
         assert!(evicted.len() >= count / 11, "{} evicted", evicted.len());

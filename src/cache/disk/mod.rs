@@ -913,6 +913,52 @@ mod tests {
         assert!(store.usage().1 <= 9000);
     }
 
+    /// `cache.disk_max_objects`: with bytes to spare, the least recently used object goes
+    /// once there are more objects than allowed, the limit holds after a reopen, and what
+    /// stays is served.
+    #[test]
+    fn the_object_limit_evicts_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<_> = ["/a", "/b", "/c", "/d"]
+            .iter()
+            .map(|path| entry(path, b"a small body"))
+            .collect();
+        let limits = StoreLimits {
+            max_objects: 2,
+            ..StoreLimits::default()
+        };
+        {
+            let store = DiskStore::open(dir.path(), 1 << 30, false)
+                .unwrap()
+                .with_limits(limits);
+            let commit = |stored: &StoredResponse| {
+                let body = NewBody::Inline(stored.body.as_bytes().unwrap().clone());
+                store.commit(&stored.meta, Some(body)).unwrap()
+            };
+            commit(&entries[0]);
+            commit(&entries[1]);
+            store
+                .touch(&entries[0].meta.key, &entries[0].meta.variant)
+                .unwrap();
+            let evicted = commit(&entries[2]);
+            assert_eq!(evicted, vec![entries[1].meta.key], "b was least recent");
+            assert_eq!(store.usage().0, 2);
+            store.flush().unwrap();
+        }
+        // A lower limit at the next open: the sweep brings the store down to it.
+        let store = DiskStore::open(dir.path(), 1 << 30, false)
+            .unwrap()
+            .with_limits(StoreLimits {
+                max_objects: 1,
+                ..limits
+            });
+        store.sweep().unwrap();
+        assert_eq!(store.usage().0, 1);
+        let kept = store.variants(&entries[2].meta.key).unwrap();
+        assert_eq!(kept.len(), 1, "the most recent stays");
+        assert_eq!(store.read_body(&kept[0]).unwrap(), &b"a small body"[..]);
+    }
+
     /// A body written in odd-sized chunks gets the same block digests as one hashed whole.
     #[tokio::test]
     async fn streamed_block_digests_match_whole_body_digests() {

@@ -44,12 +44,17 @@ pub struct DiskStore {
     limits: StoreLimits,
 }
 
-/// What the store keeps free and how many variants a resource may have.
+/// What the store keeps free, how many variants a resource may have and how many objects
+/// the store may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreLimits {
     /// Free bytes the file system keeps; below, nothing more is written.
     pub min_free: u64,
     pub max_variants: usize,
+    /// Rows (stored variants) beyond which the least recently used go, whatever room is
+    /// left: each row the index has read stays in the process's memory (a few hundred
+    /// bytes), so this bounds the disk tier's memory as the byte capacity cannot.
+    pub max_objects: u64,
 }
 
 impl Default for StoreLimits {
@@ -57,6 +62,7 @@ impl Default for StoreLimits {
         StoreLimits {
             min_free: 0,
             max_variants: usize::MAX,
+            max_objects: u64::MAX,
         }
     }
 }
@@ -347,7 +353,9 @@ impl DiskStore {
     ) -> Result<Vec<PrimaryKey>, DiskError> {
         self.delete(released)?;
         self.cap_variants(&meta.key)?;
-        let (evicted, released) = self.index.evict_over(self.room_for_rows())?;
+        let (evicted, released) = self
+            .index
+            .evict_over(self.room_for_rows(), self.limits.max_objects)?;
         self.delete(released)?;
         self.compact_packs()?;
         if self.fsync {
@@ -404,6 +412,11 @@ impl DiskStore {
     /// Makes what was indexed so far durable.
     pub fn flush(&self) -> Result<(), DiskError> {
         self.index.flush()
+    }
+
+    /// Rows the store may hold (see [`StoreLimits::max_objects`]).
+    pub(super) fn max_objects(&self) -> u64 {
+        self.limits.max_objects
     }
 
     pub(super) fn capacity(&self) -> u64 {

@@ -48,7 +48,7 @@ impl DiskStore {
         self.index.recount()?;
         self.packs.set_live(&self.index.live_in_packs()?)?;
         report.entries = self.index.usage().0;
-        let (_, released) = self.index.evict_over(self.capacity())?;
+        let (_, released) = self.index.evict_over(self.capacity(), self.max_objects())?;
         self.delete(released)?;
         self.compact_packs()?;
         Ok(report)

@@ -254,15 +254,43 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     {
         changed.push("cache.memory_capacity/memory_policy/max_variants/hit_for_miss_ttl");
     }
+    // The disk tier is built once, with all of these.
     if a.dir != b.dir
         || a.disk_capacity != b.disk_capacity
         || a.disk_max_object_size != b.disk_max_object_size
+        || a.disk_max_objects != b.disk_max_objects
+        || a.disk_inline_max != b.disk_inline_max
+        || a.disk_min_free != b.disk_min_free
+        || a.disk_retry_after != b.disk_retry_after
         || a.fsync != b.fsync
     {
-        changed.push("cache.dir/disk_capacity/disk_max_object_size/fsync");
+        changed.push("cache.dir/disk_*/fsync");
     }
     if old.log.format != new.log.format || old.log.level != new.log.level {
         changed.push("log.format/level");
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reload that changes a setting the running tiers were built with says so, rather
+    /// than silently keeping the old value.
+    #[test]
+    fn disk_settings_are_reported_as_needing_a_restart() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.compression.gzip_level = 9;
+        assert!(
+            restart_only_changes(&old, &new).is_empty(),
+            "compression reloads"
+        );
+        new.cache.disk_max_objects = 1000;
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            vec!["cache.dir/disk_*/fsync"]
+        );
+    }
 }

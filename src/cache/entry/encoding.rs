@@ -10,7 +10,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -314,24 +314,14 @@ impl EntryMeta {
 impl EncodedMetaV2<'_> {
     fn into_meta(self, key: PrimaryKey, variant: VariantKey) -> Result<EntryMeta, DecodeError> {
         let corrupt = |what: String| DecodeError::Corrupt(what);
-        // Compact as decoded (every value a slice of one exact-size buffer, the map without
-        // spare room): a promoted entry then needs no second copy, see `compact_headers`.
-        let total = self.headers.iter().map(|(_, value)| value.len()).sum();
-        let mut buffer = Vec::with_capacity(total);
-        for (_, value) in &self.headers {
-            buffer.extend_from_slice(value);
-        }
-        let buffer = bytes::Bytes::from(buffer);
-        let mut headers = HeaderMap::with_capacity(self.headers.len());
-        let mut offset = 0;
-        for (name, value) in self.headers {
-            let name = name.name()?;
-            let slice = buffer.slice(offset..offset + value.len());
-            offset += value.len();
-            let value = HeaderValue::from_maybe_shared(slice)
-                .map_err(|_| corrupt(format!("value of {name}")))?;
-            headers.append(name, value);
-        }
+        // Compact as decoded: a promoted entry then needs no second copy.
+        let fields = self
+            .headers
+            .into_iter()
+            .map(|(name, value)| Ok((name.name()?, value)))
+            .collect::<Result<_, DecodeError>>()?;
+        let headers =
+            super::compact_fields(fields).map_err(|name| corrupt(format!("value of {name}")))?;
         let vary = match self.vary {
             None => Vary::Star,
             Some(names) if names.is_empty() => Vary::None,
@@ -382,6 +372,7 @@ impl EncodedMetaV2<'_> {
 mod tests {
     use super::*;
     use crate::cache::entry::testing::entry_at;
+    use http::header::{HeaderMap, HeaderValue};
 
     fn sample() -> EntryMeta {
         let mut headers = HeaderMap::new();

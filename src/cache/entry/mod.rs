@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
 use super::key::{PrimaryKey, VariantKey, Vary};
@@ -181,22 +181,34 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// A copy of `headers` whose values share one exact-size allocation and whose map has no
 /// spare capacity.
 pub fn compact_headers(headers: &HeaderMap) -> HeaderMap {
-    let total: usize = headers.values().map(HeaderValue::len).sum();
+    let fields = headers
+        .iter()
+        .map(|(name, value)| (name.clone(), value.as_bytes()))
+        .collect();
+    // Every value was a valid field value a moment ago; re-validation cannot fail.
+    compact_fields(fields).unwrap_or_else(|_| headers.clone())
+}
+
+/// The map of `fields` (in order), their values sharing one exact-size allocation, the map
+/// without spare capacity. `Err` names the first field whose value is not a valid one.
+pub fn compact_fields(fields: Vec<(HeaderName, &[u8])>) -> Result<HeaderMap, HeaderName> {
+    let total = fields.iter().map(|(_, value)| value.len()).sum();
     let mut buffer = Vec::with_capacity(total);
-    for value in headers.values() {
-        buffer.extend_from_slice(value.as_bytes());
+    for (_, value) in &fields {
+        buffer.extend_from_slice(value);
     }
     let buffer = Bytes::from(buffer);
-    let mut compact = HeaderMap::with_capacity(headers.len());
+    let mut compact = HeaderMap::with_capacity(fields.len());
     let mut offset = 0;
-    for (name, value) in headers {
+    for (name, value) in fields {
         let slice = buffer.slice(offset..offset + value.len());
         offset += value.len();
-        // The bytes were a valid header value a moment ago; re-validation cannot fail.
-        let copied = HeaderValue::from_maybe_shared(slice).unwrap_or_else(|_| value.clone());
-        compact.append(name.clone(), copied);
+        match HeaderValue::from_maybe_shared(slice) {
+            Ok(value) => compact.append(name, value),
+            Err(_) => return Err(name),
+        };
     }
-    compact
+    Ok(compact)
 }
 
 impl EntryMeta {

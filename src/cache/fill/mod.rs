@@ -154,7 +154,11 @@ impl Coalescer {
     /// Joins the fill for `key`, creating it (as leader) if there is none.
     pub fn join(&self, key: FillKey) -> (Role, Arc<Fill>, FillReader) {
         let mut fills = self.fills.lock();
-        if let Some(fill) = fills.get(&key) {
+        // A settled fill has stored (or refused) its response and is about to leave: a
+        // request joining it now would take that result without the reuse checks a cache
+        // hit passes (RFC 9111 §4: a `no-cache` entry or a `max-age=0` request must still
+        // be validated). It leads instead, and finds the stored entry as a leader does.
+        if let Some(fill) = fills.get(&key).filter(|fill| !fill.is_settled()) {
             if let Some(reader) = fill.reader() {
                 return (Role::Follower, Arc::clone(fill), reader);
             }
@@ -301,6 +305,11 @@ impl Fill {
         body.reader_count += 1;
         body.unread_since = None;
         Some(FillReader::live(Arc::clone(self), index))
+    }
+
+    /// Whether the fill has settled: stored, refused, failed, or answered stale.
+    pub fn is_settled(&self) -> bool {
+        self.status.borrow().is_settled()
     }
 
     pub fn publish(&self, status: FillStatus) {
@@ -521,6 +530,21 @@ mod tests {
         assert_eq!(fill.retained_body(None), "abcd");
         coalescer.leave(&key(1), &fill);
         assert!(matches!(coalescer.join(key(1)).0, Role::Leader));
+    }
+
+    /// A request arriving after a fill settled, before the fill task has left the
+    /// registry, does not join it: it leads, so its own lookup rules decide (RFC 9111 §4).
+    #[tokio::test]
+    async fn a_settled_fill_is_not_joined() {
+        let coalescer = coalescer();
+        let (_, fill, _leader) = coalescer.join(key(1));
+        fill.publish(FillStatus::Failed(ProxyError::Internal("gone".into())));
+        let (role, next, _) = coalescer.join(key(1));
+        assert!(matches!(role, Role::Leader) && !Arc::ptr_eq(&fill, &next));
+        // The old fill leaving does not unregister its successor.
+        coalescer.leave(&key(1), &fill);
+        let (role, same, _) = coalescer.join(key(1));
+        assert!(matches!(role, Role::Follower) && Arc::ptr_eq(&next, &same));
     }
 
     /// A failed fill ends every reader with an error, never a clean end.

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -121,7 +122,13 @@ async fn serve_on(
                 Ok((stream, peer, permit)) => {
                     let accepted = Accepted { peer, permit };
                     if let Some(connection) = accepted.admit(&proxy, &per_client, &stop_rx) {
-                        connections.spawn(connection.start(stream, transport, per_client.clone()));
+                        // Boxed before spawning: the task's set-up moves its future several
+                        // times, and the future (with the TLS handshake's state) is large.
+                        connections.spawn(Box::pin(connection.start(
+                            stream,
+                            transport,
+                            per_client.clone(),
+                        )));
                     }
                 }
                 Err(err) => {
@@ -310,9 +317,7 @@ impl Connection {
     async fn start(mut self, stream: TcpStream, transport: Transport, per_client: PerClient) {
         if !self.reads_proxy_header {
             // Everyone else's bytes go straight to HTTP (or TLS), with no layer between.
-            // Boxed: the connection's future (hyper's state for both protocols) is large,
-            // and this one is moved into its task on every accept.
-            return Box::pin(self.serve_over(stream, transport)).await;
+            return self.serve_over(stream, transport).await;
         }
         let peer = self.peer;
         let header = proxy_protocol::read_header(stream);
@@ -332,7 +337,7 @@ impl Connection {
             self._client_slot = slot;
             self.peer = client;
         }
-        Box::pin(self.serve_over(stream, transport)).await;
+        self.serve_over(stream, transport).await;
     }
 
     async fn serve_over<S>(self, stream: S, transport: Transport)
@@ -393,10 +398,15 @@ impl Connection {
             let link = Arc::clone(&service_link);
             async move { Ok::<_, Infallible>(serve_request(&proxy, request, &link).await) }
         });
-        let connection = self
-            .builder
-            .serve_connection_with_upgrades(io, service.clone())
-            .into_owned();
+        // Boxed where it is made: hyper's state for both protocols is kilobytes, and a
+        // future holding it inline is copied whole each time it is moved (into the task,
+        // into each awaiting future): five copies per connection, a fifth of the
+        // instructions of a connection that carries one request.
+        let connection = Box::pin(
+            self.builder
+                .serve_connection_with_upgrades(io, service.clone())
+                .into_owned(),
+        );
         if !self.supervise(connection, &activity).await {
             return;
         }
@@ -409,19 +419,23 @@ impl Connection {
             Err(err) => return tracing::debug!(%peer, error = %err, "h2c upgrade failed"),
         };
         let settings = self.proxy.load().server.clone();
-        let connection = h2_builder(&settings).serve_connection(TokioIo::new(io), service);
+        let connection =
+            Box::pin(h2_builder(&settings).serve_connection(TokioIo::new(io), service));
         self.supervise(connection, &activity).await;
     }
 
     /// Runs `connection` under the connection's watchdog (head, idle and send timeouts)
     /// and shutdown; true when it ended by itself without an error.
-    async fn supervise<C>(&mut self, connection: C, activity: &Arc<ConnActivity>) -> bool
+    async fn supervise<C>(
+        &mut self,
+        mut connection: Pin<Box<C>>,
+        activity: &Arc<ConnActivity>,
+    ) -> bool
     where
         C: hyper_util::server::graceful::GracefulConnection,
         C::Error: std::fmt::Display,
     {
         let peer = self.peer;
-        tokio::pin!(connection);
         let ending = tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {

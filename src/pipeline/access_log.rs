@@ -66,19 +66,29 @@ impl AccessLog {
         // The background worker writes line by line and flushes after each batch it drains:
         // a buffer underneath turns a burst of lines into one write.
         const BUFFER: usize = 64 * 1024;
+        // Lines waiting for the writer; past it, lines are dropped rather than make requests
+        // wait. The queue is allocated and touched in full at start (32 bytes a line):
+        // tracing-appender's default of 128k lines was 4 MiB resident. 32k lines are a
+        // third of a second of a busy node's requests.
+        const PENDING_LINES: usize = 32 * 1024;
+        fn background<W: std::io::Write + Send + 'static>(target: W) -> (NonBlocking, WorkerGuard) {
+            tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .buffered_lines_limit(PENDING_LINES)
+                .finish(target)
+        }
         let (writer, guard) = match &config.access_log_path {
             AccessLogTarget::Stdout => {
-                tracing_appender::non_blocking(BufWriter::with_capacity(BUFFER, std::io::stdout()))
+                background(BufWriter::with_capacity(BUFFER, std::io::stdout()))
             }
             AccessLogTarget::Stderr => {
-                tracing_appender::non_blocking(BufWriter::with_capacity(BUFFER, std::io::stderr()))
+                background(BufWriter::with_capacity(BUFFER, std::io::stderr()))
             }
             AccessLogTarget::File(path) => {
                 let file = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)?;
-                tracing_appender::non_blocking(BufWriter::with_capacity(BUFFER, file))
+                background(BufWriter::with_capacity(BUFFER, file))
             }
         };
         Ok(Some(AccessLog {

@@ -83,7 +83,7 @@ pub struct Cache {
     partials: PartialStore,
     /// URLs whose last response was uncacheable: their requests skip coalescing for a while
     /// (Varnish's hit-for-miss).
-    hit_for_miss: moka::future::Cache<PrimaryKey, ()>,
+    hit_for_miss: moka::sync::Cache<PrimaryKey, ()>,
     /// Header whose space-separated keys tag a response for purge by tag.
     surrogate_key_header: HeaderName,
     metrics: Arc<Metrics>,
@@ -108,7 +108,7 @@ impl Cache {
                 .clone(),
             disk.clone().map(recency_hook),
         );
-        let hit_for_miss = moka::future::Cache::builder()
+        let hit_for_miss = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(config.hit_for_miss_ttl.get().max(Duration::from_millis(1)))
             .build();
@@ -255,11 +255,11 @@ impl Cache {
     }
 
     pub async fn remember_uncacheable(&self, key: PrimaryKey) {
-        self.hit_for_miss.insert(key, ()).await;
+        self.hit_for_miss.insert(key, ());
     }
 
     pub async fn forget_uncacheable(&self, key: &PrimaryKey) {
-        self.hit_for_miss.invalidate(key).await;
+        self.hit_for_miss.invalidate(key);
     }
 
     pub fn is_offline(&self) -> bool {
@@ -706,7 +706,7 @@ struct SharedStores {
     coalescer: Arc<Coalescer>,
     promotions: Arc<Mutex<HashMap<PrimaryKey, Arc<tokio::sync::Mutex<()>>>>>,
     fill_slots: Arc<Limiter>,
-    hit_for_miss: moka::future::Cache<PrimaryKey, ()>,
+    hit_for_miss: moka::sync::Cache<PrimaryKey, ()>,
     offline: Arc<AtomicBool>,
     disk_writes: TaskTracker,
     fills: TaskTracker,

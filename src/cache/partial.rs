@@ -169,10 +169,11 @@ fn merge(mut pieces: Vec<(u64, Bytes)>) -> Vec<(u64, Bytes)> {
     merged
 }
 
-/// The partial entries, by resource.
+/// The partial entries, by resource (moka's sync cache: nothing here waits for I/O, and
+/// the future cache's lookup future enlarged every lookup's state).
 #[derive(Clone)]
 pub struct PartialStore {
-    entries: moka::future::Cache<PrimaryKey, Arc<PartialEntry>>,
+    entries: moka::sync::Cache<PrimaryKey, Arc<PartialEntry>>,
     /// The most one piece may hold: a quarter of the budget, so one response cannot flush
     /// every other partial entry.
     max_piece: u64,
@@ -182,7 +183,7 @@ impl PartialStore {
     /// `capacity` in bytes; 0 keeps nothing.
     pub fn new(capacity: u64) -> PartialStore {
         PartialStore {
-            entries: moka::future::Cache::builder()
+            entries: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .weigher(|_key: &PrimaryKey, entry: &Arc<PartialEntry>| entry.weight())
                 .build(),
@@ -196,29 +197,25 @@ impl PartialStore {
     }
 
     pub async fn get(&self, key: &PrimaryKey) -> Option<Arc<PartialEntry>> {
-        self.entries.get(key).await
+        self.entries.get(key)
     }
 
     /// Adds `piece` to what is held for its resource and returns the result.
     pub async fn add(&self, piece: PartialEntry) -> Arc<PartialEntry> {
         let key = piece.meta.key;
-        let computed = self
-            .entries
-            .entry(key)
-            .and_compute_with(|existing| {
-                let entry = match existing {
-                    Some(existing) => existing.into_value().combined_with(piece),
-                    None => piece,
-                };
-                std::future::ready(Op::Put(Arc::new(entry)))
-            })
-            .await;
+        let computed = self.entries.entry(key).and_compute_with(|existing| {
+            let entry = match existing {
+                Some(existing) => existing.into_value().combined_with(piece),
+                None => piece,
+            };
+            Op::Put(Arc::new(entry))
+        });
         // invariant: a Put always leaves an entry.
         computed.into_entry().expect("put").into_value()
     }
 
     pub async fn remove(&self, key: &PrimaryKey) {
-        self.entries.invalidate(key).await;
+        self.entries.invalidate(key);
     }
 
     /// Removes the entries whose head `matches` (purges by prefix, tag or everything).
@@ -230,7 +227,7 @@ impl PartialStore {
             .map(|(key, _)| *key)
             .collect();
         for key in &keys {
-            self.entries.invalidate(key).await;
+            self.entries.invalidate(key);
         }
         keys.len()
     }

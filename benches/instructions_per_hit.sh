@@ -10,6 +10,11 @@
 # (KEYS objects of SIZE, default 5000 of 1k, run natively), is stopped, and is started on it
 # again under callgrind with a 1 MiB memory tier, so nearly every counted request reads
 # its body from the disk tier (the same seeded key sequence for both builds).
+#
+# CONNECTIONS=1 counts requests that each open a connection of their own instead
+# (`Connection: close`, bursts of 200 from `outpost load --burst`, REQUESTS rounded to
+# whole bursts): accepting, setting up and closing a connection beside the hit, as clients
+# that open a connection per request and bursts of new clients (item 5) pay it.
 set -u
 ORIGIN_BIN=${ORIGIN_BIN:-/tmp/perf/target/release/perf-origin}
 BEFORE=${BEFORE:?path of the build to compare against}
@@ -25,6 +30,13 @@ trap cleanup EXIT
 "$ORIGIN_BIN" --port 19000 --delay-ms 0 >/dev/null 2>&1 & PIDS+=($!)
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.2; done; }
 drive() { # port requests
+  if [[ -n ${CONNECTIONS:-} ]]; then
+    for _ in $(seq $(($2 / 200))); do
+      "$AFTER" load --burst 200 --duration 60s --json "$WORK/burst.json" \
+        "http://127.0.0.1:$1/b/$SIZE/per-connection" >/dev/null 2>&1
+    done
+    return
+  fi
   "$AFTER" load "http://127.0.0.1:$1/b/$SIZE/h{key}" --keys "$KEYS" --zipf 0 --requests "$2" \
     --duration 600s -c 8 --quiet >/dev/null 2>&1
 }
@@ -54,8 +66,11 @@ count() { # build port -> instructions per request
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"; wait "$pid" 2>/dev/null
   local total; total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
-  echo $((total / REQUESTS))
+  local counted=$REQUESTS
+  [[ -n ${CONNECTIONS:-} ]] && counted=$((REQUESTS / 200 * 200))
+  echo $((total / counted))
 }
 b=$(count "$BEFORE" 19311); a=$(count "$AFTER" 19312)
 what=$([[ -n $DISK ]] && echo "disk hit" || echo "memory hit")
+[[ -n ${CONNECTIONS:-} ]] && what="$what on a connection of its own"
 python3 -c "print('instructions per $SIZE $what: before $b, after $a (%.1f%%)' % (100 * ($a - $b) / $b))"

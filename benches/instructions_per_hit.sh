@@ -11,6 +11,9 @@
 # again under callgrind with a 1 MiB memory tier, so nearly every counted request reads
 # its body from the disk tier (the same seeded key sequence for both builds).
 #
+# HEADER adds one request field to every counted request (as `Connection: keep-alive`,
+# which Node's and Java's HTTP clients send on every request).
+#
 # CONNECTIONS=1 counts requests that each open a connection of their own instead
 # (`Connection: close`, bursts of 200 from `outpost load --burst`, REQUESTS rounded to
 # whole bursts): accepting, setting up and closing a connection beside the hit, as clients
@@ -37,7 +40,9 @@ drive() { # port requests
     done
     return
   fi
-  "$AFTER" load "http://127.0.0.1:$1/b/$SIZE/h{key}" --keys "$KEYS" --zipf 0 --requests "$2" \
+  local extra=()
+  [[ -n ${HEADER:-} ]] && extra=(-H "$HEADER")
+  "$AFTER" load "http://127.0.0.1:$1/b/$SIZE/h{key}" "${extra[@]}" --keys "$KEYS" --zipf 0 --requests "$2" \
     --duration 600s -c 8 --quiet >/dev/null 2>&1
 }
 fill() { # build port dir: stores every key on disk, natively, then stops

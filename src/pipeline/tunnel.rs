@@ -76,6 +76,9 @@ fn websocket_accept(key: &str) -> String {
 /// The protocols `request` asks to switch to, if it is an HTTP/1.1 GET with `Upgrade` and
 /// `Connection: upgrade` (RFC 9110 §7.8).
 pub fn requested<B>(request: &http::Request<B>) -> Option<HeaderValue> {
+    // Upgrade first: most requests have none, and many carry `Connection: keep-alive`,
+    // whose tokens need not be split then.
+    let upgrade = request.headers().get(header::UPGRADE)?;
     let asks = request.method() == Method::GET
         && request.version() == Version::HTTP_11
         && request
@@ -88,7 +91,6 @@ pub fn requested<B>(request: &http::Request<B>) -> Option<HeaderValue> {
     // An offer of h2c (cargo sends one with every plain-http request) is answered as the
     // ordinary HTTP/1.1 request it also is (RFC 9110 §7.8 lets a server ignore Upgrade;
     // RFC 9113 §3.1 retired h2c upgrades): never a tunnel to the origin.
-    let upgrade = request.headers().get(header::UPGRADE)?;
     let only_h2c = upgrade
         .to_str()
         .is_ok_and(|v| v.split(',').all(|p| p.trim().eq_ignore_ascii_case("h2c")));

@@ -165,16 +165,16 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// Logs go through a background writer: a request never waits for stderr (a slow pipe or
-/// terminal would otherwise stall the worker that logs). When more than
-/// [`DIAGNOSTIC_LINES_PENDING`] lines are pending, lines are dropped rather than block
-/// serving. The returned guard flushes what is pending when `main` ends.
 /// Diagnostic lines that may wait for stderr. The writer's queue is allocated, and touched,
 /// in full at start: tracing-appender's default of 128k lines is 4 MiB of resident memory
 /// for a log that writes a few lines a minute (issue 17 item 6 counts it against the
 /// cache). 8k lines still absorb a burst of warnings from every connection at once.
 const DIAGNOSTIC_LINES_PENDING: usize = 8 * 1024;
 
+/// Logs go through a background writer: a request never waits for stderr (a slow pipe or
+/// terminal would otherwise stall the worker that logs). When more than
+/// [`DIAGNOSTIC_LINES_PENDING`] lines are pending, lines are dropped rather than block
+/// serving. The returned guard flushes what is pending when `main` ends.
 fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter =

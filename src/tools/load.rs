@@ -316,7 +316,7 @@ async fn exchange(client: &LoadClient, request: http::Request<Empty<Bytes>>) -> 
     let status = response.status().as_u16();
     let hit = response
         .headers()
-        .get("cache-status")
+        .get(crate::telemetry::cache_status::CACHE_STATUS)
         .and_then(|v| v.to_str().ok())
         .map(is_hit);
     let body = response.into_body().collect().await.ok()?.to_bytes();

@@ -203,8 +203,6 @@ const EXACT_EVICTION_ROWS: u64 = 1024;
 /// it out. (A miss storm into a tier full at 30k objects: 4.4-4.9k misses/s with 16 random
 /// positions per victim, 5.2-5.8k with one.)
 const EVICTION_SAMPLES: usize = 16;
-/// Random positions sampled for each victim (see [`EVICTION_SAMPLES`]).
-const EVICTION_RUNS: usize = 1;
 /// The oldest rows sampled so far, kept for the next victims (Redis's eviction pool):
 /// each victim is then the oldest of many more rows than one round samples.
 const EVICTION_POOL: usize = 16;
@@ -646,31 +644,29 @@ impl SledIndex {
         // they were sampled, so the second's candidates are all as just seen (the caller's
         // lock keeps rows from changing meanwhile).
         for _round in 0..2 {
-            for _ in 0..EVICTION_RUNS {
-                let start: [u8; 32] = rand::Rng::random(&mut sampler.rng);
-                // From the position to the end of the keys, then on from the first.
-                let run = self
-                    .entries
-                    .range(start..)
-                    .chain(self.entries.iter())
-                    .take(EVICTION_SAMPLES / EVICTION_RUNS);
-                let mut sampled_any = false;
-                for item in run {
-                    let (row, value) = item?;
-                    sampled_any = true;
-                    let tick = tick_of(&value).unwrap_or(0);
-                    match sampler
-                        .pool
-                        .iter_mut()
-                        .find(|(_, pooled)| pooled[..] == row[..])
-                    {
-                        Some(pooled) => pooled.0 = tick,
-                        None => sampler.pool.push((tick, row.to_vec())),
-                    }
+            let start: [u8; 32] = rand::Rng::random(&mut sampler.rng);
+            // From the position to the end of the keys, then on from the first.
+            let run = self
+                .entries
+                .range(start..)
+                .chain(self.entries.iter())
+                .take(EVICTION_SAMPLES);
+            let mut sampled_any = false;
+            for item in run {
+                let (row, value) = item?;
+                sampled_any = true;
+                let tick = tick_of(&value).unwrap_or(0);
+                match sampler
+                    .pool
+                    .iter_mut()
+                    .find(|(_, pooled)| pooled[..] == row[..])
+                {
+                    Some(pooled) => pooled.0 = tick,
+                    None => sampler.pool.push((tick, row.to_vec())),
                 }
-                if !sampled_any {
-                    return Ok(None);
-                }
+            }
+            if !sampled_any {
+                return Ok(None);
             }
             sampler.pool.sort_unstable_by_key(|(tick, _)| *tick);
             sampler.pool.truncate(EVICTION_POOL);

@@ -235,7 +235,7 @@ impl Warmer {
                 .unwrap_or_default()
                 .to_string()
         };
-        let hit = super::load::is_hit(&field(http::HeaderName::from_static("cache-status")));
+        let hit = super::load::is_hit(&field(crate::telemetry::cache_status::CACHE_STATUS));
         let content_type = field(http::header::CONTENT_TYPE);
         let status = response.status();
         let body = response

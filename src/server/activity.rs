@@ -126,6 +126,9 @@ impl ConnActivity {
             millis(timeouts.idle),
             millis(timeouts.send),
         );
+        // The blocked write whose deadline has passed once: it is cut only if it is still
+        // blocked after the runtime has had another turn (see below).
+        let mut overdue_write = 0;
         loop {
             let now = self.now_ms();
             // Checked whatever the request state: hyper may still be writing a response
@@ -135,7 +138,17 @@ impl ConnActivity {
                 blocked => {
                     let deadline = (blocked - 1).saturating_add(send_ms);
                     if now >= deadline {
-                        return Ending::SendTimeout;
+                        if overdue_write == blocked {
+                            return Ending::SendTimeout;
+                        }
+                        // When our own process stalled (CPU starvation, a paused VM), the
+                        // deadline and the client's reads fall due in the same turn. One
+                        // yield lets the client's socket events be handled and the
+                        // connection write again, so only a client that still reads
+                        // nothing is blamed.
+                        overdue_write = blocked;
+                        tokio::task::yield_now().await;
+                        continue;
                     }
                     deadline
                 }
@@ -471,5 +484,32 @@ mod tests {
         );
         assert_eq!(watch.await, Ending::SendTimeout);
         assert_eq!(activity.now_ms() - blocked_at, 60_000);
+    }
+
+    /// After a stall of our own process the send deadline and the client's reads fall due
+    /// in the same turn: a write that moves in that turn keeps the connection.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_moves_as_the_deadline_falls_due_is_not_cut() {
+        let activity = Arc::new(ConnActivity::new());
+        let _guard = activity.request_started(false);
+        activity.write_polled(&Poll::<()>::Pending);
+        let watch = activity.watch(timeouts(1, 5, 60));
+        tokio::pin!(watch);
+        // The watchdog sleeps until the deadline first, so its timer is woken first.
+        assert!(tokio::time::timeout(Duration::from_secs(1), watch.as_mut())
+            .await
+            .is_err());
+        let client = Arc::clone(&activity);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(59)).await;
+            client.write_polled(&Poll::Ready(()));
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_secs(120), watch.as_mut())
+                .await
+                .is_err()
+        );
+        activity.write_polled(&Poll::<()>::Pending);
+        assert_eq!(watch.await, Ending::SendTimeout);
     }
 }

@@ -1,5 +1,6 @@
 //! The one body type that flows through outpost in both directions: nothing, bytes held in
-//! memory (error pages, later cache hits), or a stream passed through frame by frame.
+//! memory (error pages, later cache hits), a window of a stored body file, or a stream
+//! passed through frame by frame.
 //!
 //! An enum rather than a boxed trait object, so the in-memory cases cost no allocation and
 //! streams are never collected: a streamed body is forwarded frame by frame and an error in
@@ -23,6 +24,22 @@ pub enum Body {
     Incoming(hyper::body::Incoming),
     /// Any other stream (transforms wrap bodies into this).
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
+    /// Bytes of a disk-tier body file: polled, it reads and verifies them as it streams; a
+    /// connection that can send them from the file itself does (`server::sendfile`).
+    File(Box<FileBody>),
+}
+
+/// A window of a stored body file, and the verified stream of the same bytes.
+pub struct FileBody {
+    /// What polling yields: the window read and verified as it streams.
+    pub stream: Body,
+    pub file: std::sync::Arc<crate::cache::entry::BodyFile>,
+    /// The whole body's length and blake3 digest, as indexed.
+    pub body_len: u64,
+    pub digest: [u8; 32],
+    /// The window: `len` bytes from `offset`.
+    pub offset: u64,
+    pub len: u64,
 }
 
 impl Body {
@@ -77,6 +94,7 @@ impl http_body::Body for Body {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
             Body::Boxed(boxed) => Pin::new(boxed).poll_frame(cx),
+            Body::File(file) => Pin::new(&mut file.stream).poll_frame(cx),
         }
     }
 
@@ -86,6 +104,7 @@ impl http_body::Body for Body {
             Body::Full(bytes) => bytes.is_none(),
             Body::Incoming(incoming) => incoming.is_end_stream(),
             Body::Boxed(boxed) => boxed.is_end_stream(),
+            Body::File(file) => file.stream.is_end_stream(),
         }
     }
 
@@ -95,6 +114,7 @@ impl http_body::Body for Body {
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(incoming) => incoming.size_hint(),
             Body::Boxed(boxed) => boxed.size_hint(),
+            Body::File(file) => SizeHint::with_exact(file.len),
         }
     }
 }

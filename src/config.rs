@@ -781,6 +781,12 @@ pub struct CacheConfig {
     /// fsync each body file (and its directory) before indexing it. Off, a power cut may
     /// lose recent objects; a torn file is still never served (every read is verified).
     pub fsync: bool,
+    /// Send disk hits on cleartext HTTP/1 connections straight from their file
+    /// (sendfile), once the file has been verified in full and while its status shows no
+    /// change (re-verified every minute). Off, every disk hit reads and verifies every byte.
+    /// On a disk much slower than memory, a hit whose file has left the page cache then
+    /// waits for the disk on a server thread, as with nginx's sendfile.
+    pub disk_sendfile: bool,
     /// How long past its freshness a stored response may still answer when the origin
     /// cannot (refused, timed out, reset, or 500/502/503/504), unless the response forbids
     /// stale use (RFC 9111 §4.2.4: must-revalidate, proxy-revalidate, s-maxage, no-cache).
@@ -885,6 +891,7 @@ impl Default for CacheConfig {
             disk_min_free: ByteSize(256 << 20),
             disk_retry_after: HumanDuration(Duration::from_secs(30)),
             fsync: false,
+            disk_sendfile: true,
             stale_on_error: HumanDuration(Duration::from_secs(24 * 3600)),
             offline: false,
             offline_ignores_revalidation: false,

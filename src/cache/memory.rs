@@ -294,16 +294,18 @@ impl MemoryTier {
     /// refuses at once (a disk hit colder than everything in memory) is never put into moka
     /// only to be taken out again, which cost a twelfth of a 100 KiB disk hit. The policy
     /// sees the same insert either way, so `outpost replay` still models the tier exactly.
+    /// Also returns whether the set was kept (`false` only when the tier's own policy
+    /// refused it).
     pub async fn insert_read_back(
         &self,
         entries: Vec<Arc<StoredResponse>>,
-    ) -> Option<Arc<VariantSet>> {
+    ) -> Option<(Arc<VariantSet>, bool)> {
         let Some(replacement) = &self.replacement else {
             let mut stored = None;
             for entry in entries {
                 stored = self.insert(entry).await;
             }
-            return stored;
+            return stored.map(|set| (set, true));
         };
         let key = entries.first()?.meta.key;
         let set = Arc::new(
@@ -345,7 +347,7 @@ impl MemoryTier {
             }
         }
         self.remove_evicted(replacement, evicted);
-        Some(answer)
+        Some((answer, !refused))
     }
 
     /// Stores `entry` as a variant of its resource; returns the resource's variants as
@@ -533,12 +535,13 @@ mod tests {
             let evicted_before = evictions.get();
             let cold = entry("/cold", 100 * 1024);
             assert!(tier.get(&cold.meta.key).await.is_none());
-            let answered = tier
+            let (answered, said_kept) = tier
                 .insert_read_back(vec![Arc::clone(&cold)])
                 .await
                 .unwrap();
             assert!(Arc::ptr_eq(&answered.variants[0], &cold));
             let kept = tier.get(&cold.meta.key).await.is_some();
+            assert_eq!(said_kept, kept, "{policy:?}");
             match policy {
                 MemoryPolicy::Wtinylfu => {
                     assert!(!kept, "colder than everything held: refused");

@@ -352,23 +352,40 @@ impl Cache {
         };
         self.metrics.disk_loads.inc();
         let loaded = disk.load(*key, select, self.max_object_size).await?;
+        let path = disk.blob_path(&loaded.selected.body_digest);
+        // A body read whole from its own file can stay there if memory will not keep it,
+        // when hits may be sent from files (otherwise each hit would hash it again).
+        let may_stay = loaded.body.is_some() && loaded.in_file && disk.sendfile_bodies().is_some();
+        let in_file_instead = may_stay.then(|| {
+            Arc::new(StoredResponse::in_file(
+                loaded.selected.clone(),
+                path.clone(),
+                None,
+            ))
+        });
         let source = match loaded.body {
             Some(body) => StoredResponse::read_back(loaded.selected, body),
-            None => {
-                let path = disk.blob_path(&loaded.selected.body_digest);
-                StoredResponse::in_file(loaded.selected, path, loaded.blocks)
-            }
+            None => StoredResponse::in_file(loaded.selected, path, loaded.blocks),
         };
         // Encoded variants go in first, so the source is the newest of the set.
-        let mut entries: Vec<_> = loaded
+        let encoded: Vec<_> = loaded
             .encoded
             .into_iter()
             .map(|(meta, body)| Arc::new(StoredResponse::read_back(meta, body)))
             .collect();
+        let mut entries = encoded.clone();
         entries.push(Arc::new(source));
         // The set as read, even if the memory tier's policy does not keep it: the request
         // is answered from what the disk gave either way.
-        self.memory.insert_read_back(entries).await
+        let (answer, kept) = self.memory.insert_read_back(entries).await?;
+        if let (false, Some(in_file)) = (kept, in_file_instead) {
+            // Refused: memory keeps the headers and where the body is, so the next hit
+            // skips the index and can be sent from the file (`cache.disk_sendfile`).
+            let mut entries = encoded;
+            entries.push(in_file);
+            self.memory.insert_read_back(entries).await;
+        }
+        Some(answer)
     }
 
     /// Indexes a body a fill streamed to a disk file and puts its entry in memory; `None`
@@ -766,6 +783,7 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
     )
     .with_retry_after(config.disk_retry_after.get())
     .with_inline_max(config.disk_inline_max.as_u64())
+    .with_sendfile(config.disk_sendfile)
     .with_backlog_limit(disk_backlog_limit(config.memory_capacity.as_u64()));
     Some(tier)
 }

@@ -9,7 +9,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use super::Proxy;
-use crate::body::Body;
+use std::sync::Arc;
+
+use crate::body::{Body, FileBody};
 
 use super::range::RangeSource;
 
@@ -95,13 +97,28 @@ pub fn stored_window(proxy: &Proxy, entry: &StoredResponse, first: u64, last: u6
             let end = last.min(len - 1);
             Body::full(bytes.slice(first as usize..=end as usize))
         }
-        StoredBody::File(file) => verified_file_body(
-            file,
-            entry.meta.body_len,
-            entry.meta.body_digest,
-            (first, last),
-            proxy.cache.corruption_hook(&entry.meta),
-        ),
+        StoredBody::File(file) => {
+            let len = entry.meta.body_len;
+            if first >= len {
+                return Body::empty();
+            }
+            let end = last.min(len - 1);
+            let stream = verified_file_body(
+                file,
+                len,
+                entry.meta.body_digest,
+                (first, end),
+                proxy.cache.corruption_hook(&entry.meta),
+            );
+            Body::File(Box::new(FileBody {
+                stream,
+                file: Arc::clone(file),
+                body_len: len,
+                digest: entry.meta.body_digest,
+                offset: first,
+                len: end - first + 1,
+            }))
+        }
     }
 }
 

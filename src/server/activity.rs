@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::sendfile::{is_placeholder, SendfileLink, SendfileSocket};
 use crate::pipeline::interim::InterimLink;
 
 /// Why the watchdog wants the connection to end.
@@ -200,10 +201,17 @@ pub struct WatchedIo<S> {
     /// Interim heads taken from the link and partly written: finished before anything else.
     outbox: Vec<u8>,
     outbox_written: usize,
+    /// Where stand-in body bytes find the file they stand for (see [`super::sendfile`]).
+    sendfile: Option<Arc<SendfileLink>>,
 }
 
 impl<S> WatchedIo<S> {
-    pub fn new(inner: S, activity: Arc<ConnActivity>, interim: Arc<InterimLink>) -> Self {
+    pub fn new(
+        inner: S,
+        activity: Arc<ConnActivity>,
+        interim: Arc<InterimLink>,
+        sendfile: Option<Arc<SendfileLink>>,
+    ) -> Self {
         WatchedIo {
             inner,
             activity,
@@ -211,7 +219,29 @@ impl<S> WatchedIo<S> {
             interim,
             outbox: Vec::new(),
             outbox_written: 0,
+            sendfile,
         }
+    }
+}
+
+impl<S: AsyncWrite + SendfileSocket + Unpin> WatchedIo<S> {
+    /// Writes `bufs` up to the first stand-in slice, or from the file the stand-in slice
+    /// at their head stands for; `None` when there is no stand-in among them.
+    fn poll_write_with_files(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Option<Poll<std::io::Result<usize>>> {
+        let first = bufs.iter().position(|buf| is_placeholder(buf))?;
+        if first > 0 {
+            return Some(Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..first]));
+        }
+        Some(match &self.sendfile {
+            Some(link) => link.poll_send(cx, &mut self.inner, bufs[0].len()),
+            None => Poll::Ready(Err(std::io::Error::other(
+                "sendfile stand-in bytes on a connection without sendfile",
+            ))),
+        })
     }
 }
 
@@ -344,7 +374,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
+impl<S: AsyncWrite + SendfileSocket + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -352,7 +382,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_interim_before_write(cx))?;
-        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        let polled = match this.poll_write_with_files(cx, &[std::io::IoSlice::new(data)]) {
+            Some(polled) => polled,
+            None => Pin::new(&mut this.inner).poll_write(cx, data),
+        };
         this.activity.write_polled(&polled);
         polled
     }
@@ -363,7 +396,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_interim_before_write(cx))?;
-        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let polled = match this.poll_write_with_files(cx, bufs) {
+            Some(polled) => polled,
+            None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+        };
         this.activity.write_polled(&polled);
         polled
     }

@@ -12,6 +12,7 @@
 mod activity;
 mod h2c;
 pub mod proxy_protocol;
+mod sendfile;
 pub mod tls;
 mod tracker;
 
@@ -40,6 +41,7 @@ use crate::pipeline::{self, Proxy};
 /// starts and keeps it to the end, so a reload never changes a request mid-way.
 pub type SharedProxy = Arc<arc_swap::ArcSwap<Proxy>>;
 use activity::{ConnActivity, Ending, Timeouts, WatchedIo};
+use sendfile::{SendfileLink, SendfileSocket};
 use tracker::ResponseTracker;
 
 /// Serves `listener` until `shutdown` completes, then stops accepting, lets in-flight
@@ -176,6 +178,8 @@ async fn accept(
 fn connection_builder(settings: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let header_bytes = settings.max_header_bytes.as_usize();
+    // Never `writev(false)`: hyper would then copy body buffers into its own, and the
+    // stand-in bytes of a body sent from its file (see [`sendfile`]) with them.
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -342,7 +346,7 @@ impl Connection {
 
     async fn serve_over<S>(self, stream: S, transport: Transport)
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + SendfileSocket + Unpin + Send + 'static,
     {
         match transport {
             Transport::Plain => self.run(stream, "http").await,
@@ -371,17 +375,25 @@ impl Connection {
     /// Serves requests on `stream` (cleartext or TLS: `scheme` says which).
     async fn run<S>(mut self, stream: S, scheme: &'static str)
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + SendfileSocket + Unpin + Send + 'static,
     {
         let activity = Arc::new(ConnActivity::new());
         let gauge = self.proxy.load().metrics().open_connections.clone();
         gauge.inc();
         let _open = scopeguard_dec(gauge);
         let interim = Arc::new(InterimLink::default());
+        let may_sendfile = self
+            .proxy
+            .load()
+            .cache()
+            .disk_tier()
+            .is_some_and(|disk| disk.sendfile_bodies().is_some());
+        let sendfile = SendfileLink::for_socket(&stream, may_sendfile);
         let io = TokioIo::new(WatchedIo::new(
             stream,
             Arc::clone(&activity),
             Arc::clone(&interim),
+            sendfile.clone(),
         ));
         let peer = self.peer;
         let proxy = Arc::clone(&self.proxy);
@@ -390,6 +402,7 @@ impl Connection {
             scheme,
             activity: Arc::clone(&activity),
             interim,
+            sendfile,
             h2c: parking_lot::Mutex::new(None),
         });
         let service_link = Arc::clone(&link);
@@ -487,6 +500,8 @@ struct ConnectionLink {
     scheme: &'static str,
     activity: Arc<ConnActivity>,
     interim: Arc<InterimLink>,
+    /// Set on cleartext connections that may send disk hits from their file.
+    sendfile: Option<Arc<SendfileLink>>,
     /// An h2c upgrade accepted by a request: the connection goes on as HTTP/2 when its
     /// HTTP/1.1 part ends.
     h2c: parking_lot::Mutex<Option<h2c::Pending>>,
@@ -507,6 +522,7 @@ async fn serve_request(
                 .map(|()| ResponseTracker::unrecorded(crate::body::Body::empty(), inflight));
         }
     }
+    let is_http1 = request.version() < http::Version::HTTP_2;
     let has_conflicting_framing = link.activity.take_framing_conflict();
     let inflight = link
         .activity
@@ -528,7 +544,12 @@ async fn serve_request(
     // the whole pipeline's state would otherwise be copied with it on every request.
     let (response, record) = Box::pin(pipeline::handle(proxy, request, downstream)).await;
     drop(close_interim);
-    let (head, body) = response.into_parts();
+    let (head, mut body) = response.into_parts();
+    if let (Some(sendfile), true) = (&link.sendfile, is_http1) {
+        if let Some(opened) = proxy.cache().live_disk().and_then(|d| d.sendfile_bodies()) {
+            body = sendfile::from_file(body, sendfile, opened, &proxy.metrics().sendfile_responses);
+        }
+    }
     // A body in memory knows its length; only a streamed one needs the header.
     let declared_len = http_body::Body::size_hint(&body)
         .exact()

@@ -116,6 +116,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     }
 }
 
+/// Writes go straight to the inner stream, so sendfile may too.
+impl<S: super::sendfile::SendfileSocket> super::sendfile::SendfileSocket for Prefixed<S> {
+    fn poll_sendfile(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.poll_sendfile(cx, file, offset, len)
+    }
+
+    fn can_sendfile(&self) -> bool {
+        self.inner.can_sendfile()
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         self: Pin<&mut Self>,

@@ -120,6 +120,8 @@ pub struct Metrics {
     pub fill_bytes: Gauge,
     /// Reads of an object from the disk tier into memory (concurrent ones for a key coalesce).
     pub disk_loads: Counter,
+    /// Responses whose body was sent from a verified open disk-tier file (sendfile).
+    pub sendfile_responses: Counter,
     /// Requests answered 503 because a fill or upstream connection limit and its queue
     /// were full.
     pub overloaded: Counter,
@@ -355,6 +357,12 @@ impl Metrics {
                 &mut registry,
                 "disk_loads",
                 "Objects read from the disk tier into memory",
+                Counter::default(),
+            ),
+            sendfile_responses: register(
+                &mut registry,
+                "sendfile_responses",
+                "Responses whose body was sent from a verified open disk-tier file (sendfile)",
                 Counter::default(),
             ),
             overloaded: register(

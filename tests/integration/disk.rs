@@ -100,6 +100,19 @@ async fn wait_for_refetch(proxy: &Proxy, origin: &Origin, path: &str, body: &Byt
     assert_eq!(&received, body);
 }
 
+/// An origin serving `body` at `path`, fresh for an hour.
+async fn origin_of(path: &'static str, body: &Bytes) -> Origin {
+    Origin::start(vec![(
+        path,
+        Fixture::Static {
+            status: StatusCode::OK,
+            headers: vec![("cache-control", "max-age=3600".into())],
+            body: body.clone(),
+        },
+    )])
+    .await
+}
+
 fn pattern(len: usize) -> Bytes {
     Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>())
 }
@@ -927,15 +940,7 @@ async fn an_origin_failing_mid_body_aborts_the_leader_and_a_late_follower() {
 async fn a_stalled_client_does_not_hold_back_a_large_fill() {
     let dir = tempfile::tempdir().unwrap();
     let body = pattern(24 << 20);
-    let origin = Origin::start(vec![(
-        "/big.bin",
-        Fixture::Static {
-            status: StatusCode::OK,
-            headers: vec![("cache-control", "max-age=3600".into())],
-            body: body.clone(),
-        },
-    )])
-    .await;
+    let origin = origin_of("/big.bin", &body).await;
     let proxy = start_large_objects_on_disk(&origin.url(), dir.path()).await;
     let stalled = client()
         .request(request_as(&proxy, "/big.bin"))
@@ -1002,4 +1007,164 @@ async fn a_freshened_response_keeps_its_body_on_disk() {
         reply.header("cache-status")
     );
     assert_eq!(reply.text(), "kept across revalidations");
+}
+
+/// Requests `path` until a hit is sent from its verified file (the first hits verify the
+/// file in the background); every body on the way must be `body`.
+async fn until_sent_from_file(proxy: &Proxy, path: &str, body: &Bytes) {
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    let before = metrics.sendfile_responses.get();
+    support::eventually_some("a hit sent from its file", || async {
+        assert_eq!(&get_as(&proxy.url(path), &[]).await.body, body);
+        (metrics.sendfile_responses.get() > before).then_some(())
+    })
+    .await;
+}
+
+/// Splits a stream of HTTP/1.1 responses to `heads` requests (HEAD ones flagged): each
+/// response's status line and body.
+fn split_responses(mut raw: &[u8], heads: &[bool]) -> Vec<(String, Vec<u8>)> {
+    let mut responses = Vec::new();
+    for &is_head in heads {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a complete head")
+            + 4;
+        let head = String::from_utf8_lossy(&raw[..end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().unwrap())
+            })
+            .expect("content-length");
+        let len = if is_head { 0 } else { len };
+        responses.push((
+            head.lines().next().unwrap().to_string(),
+            raw[end..end + len].to_vec(),
+        ));
+        raw = &raw[end + len..];
+    }
+    assert!(
+        raw.is_empty(),
+        "{} bytes after the last response",
+        raw.len()
+    );
+    responses
+}
+
+/// `cache.disk_sendfile`: once a stored file has been verified, disk hits on cleartext
+/// HTTP/1 are sent from it. On one keep-alive connection, between other responses and
+/// after a HEAD (whose body is never sent), each response carries exactly its own bytes:
+/// whole, one range (RFC 9110 §14.2), and over HTTP/2, which does not send from files.
+#[tokio::test]
+async fn a_verified_file_is_sent_as_stored_between_other_responses() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(300 << 10);
+    let origin = Origin::start(vec![
+        (
+            "/file",
+            Fixture::Static {
+                status: StatusCode::OK,
+                headers: vec![("cache-control", "max-age=3600".into())],
+                body: body.clone(),
+            },
+        ),
+        (
+            "/small",
+            Fixture::with_headers(200, &[("cache-control", "max-age=3600")], "small"),
+        ),
+    ])
+    .await;
+    let proxy = start_large_objects_on_disk(&origin.url(), dir.path()).await;
+    until_sent_from_file(&proxy, "/file", &body).await;
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    let sent_before = metrics.sendfile_responses.get();
+
+    let requests = [
+        "GET /file HTTP/1.1\r\nHost: cache.test\r\n\r\n",
+        "HEAD /file HTTP/1.1\r\nHost: cache.test\r\n\r\n",
+        "GET /small HTTP/1.1\r\nHost: cache.test\r\n\r\n",
+        "GET /file HTTP/1.1\r\nHost: cache.test\r\nRange: bytes=1000-70999\r\n\r\n",
+        "GET /file HTTP/1.1\r\nHost: cache.test\r\nConnection: close\r\n\r\n",
+    ];
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(requests.concat().as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(support::PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("responses within patience")
+        .unwrap();
+    let responses = split_responses(&raw, &[false, true, false, false, false]);
+    let statuses: Vec<&str> = responses
+        .iter()
+        .map(|(status, _)| status.as_str())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 206 Partial Content",
+            "HTTP/1.1 200 OK"
+        ]
+    );
+    assert!(responses[0].1 == body);
+    assert!(responses[1].1.is_empty());
+    assert_eq!(responses[2].1, b"small");
+    assert!(responses[3].1 == body[1000..71000]);
+    assert!(responses[4].1 == body);
+    assert_eq!(metrics.sendfile_responses.get() - sent_before, 3);
+    assert_eq!(origin.hits("/file"), 1);
+
+    let over_h2 = support::send(&support::h2c_client(), request_as(&proxy, "/file")).await;
+    assert_eq!(over_h2.version, http::Version::HTTP_2);
+    assert!(over_h2.body == body);
+    assert_eq!(metrics.sendfile_responses.get() - sent_before, 3);
+}
+
+/// The verify-once model's guard: a stored file changed in place after it was verified
+/// (same size, one byte) is never sent from the file. Its status shows the write, so the
+/// hit takes the verified read, which finds the damage: the response is aborted, counted,
+/// and the object refetched.
+#[tokio::test]
+async fn a_file_changed_after_its_verification_is_never_sent() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(200 << 10);
+    let origin = origin_of("/file", &body).await;
+    let proxy = start_large_objects_on_disk(&origin.url(), dir.path()).await;
+    assert_eq!(get_as(&proxy.url("/file"), &[]).await.body, body);
+    let files = blob_files(dir.path());
+    assert_eq!(files.len(), 1);
+    // As a file stored a while ago: the write below then moves its modification time
+    // however coarse the file system's clock.
+    let stored = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .unwrap();
+    stored
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    until_sent_from_file(&proxy, "/file", &body).await;
+
+    stored.write_all_at(&[body[5000] ^ 0x01], 5000).unwrap();
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    let sent_before = metrics.sendfile_responses.get();
+    let response = client().request(request_as(&proxy, "/file")).await.unwrap();
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "the changed file ends in an error, never as a clean end"
+    );
+    assert_eq!(metrics.sendfile_responses.get(), sent_before);
+    wait_for_refetch(&proxy, &origin, "/file", &body).await;
+    let metrics = metrics_text(&proxy).await;
+    assert_eq!(metric(&metrics, "outpost_integrity_failures_total"), 1.0);
 }

@@ -74,6 +74,8 @@ pub struct BlobFiles {
     /// Prefix of this opening's temporary files: the sweep removes every other one (left by
     /// an earlier run), never a file a fill of this run is writing.
     temp_prefix: String,
+    /// Bodies held open after a full verification (sendfile hits); closed on delete.
+    pub opened: super::opened::OpenedBodies,
 }
 
 fn parse_hex(text: &str) -> Option<[u8; 32]> {
@@ -182,6 +184,7 @@ impl BlobFiles {
                     .unwrap_or_default()
                     .as_nanos()
             ),
+            opened: super::opened::OpenedBodies::default(),
         })
     }
 
@@ -270,6 +273,7 @@ impl BlobFiles {
 
     /// Deletes a stored body (gone already is fine).
     pub fn delete(&self, digest: &[u8; 32]) -> Result<(), DiskError> {
+        self.opened.forget(digest);
         let path = self.path_of(digest);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -357,7 +361,13 @@ impl BlobFiles {
                 }
                 let path = file.path();
                 let was_removed = match parse_hex(&file.file_name().to_string_lossy()) {
-                    Some(digest) => remove_if_orphan(&digest, &path)?,
+                    Some(digest) => {
+                        let was_orphan = remove_if_orphan(&digest, &path)?;
+                        if was_orphan {
+                            self.opened.forget(&digest);
+                        }
+                        was_orphan
+                    }
                     None => fs::remove_file(&path).is_ok(),
                 };
                 removed += u64::from(was_removed);

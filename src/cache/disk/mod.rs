@@ -34,6 +34,7 @@
 
 pub mod blobs;
 pub mod index;
+pub mod opened;
 pub mod packs;
 pub mod read;
 pub mod readers;
@@ -158,6 +159,8 @@ pub struct DiskTier {
     retry_after: std::time::Duration,
     /// Bodies up to this size are kept in the index, not in files.
     inline_max: u64,
+    /// Whether hits may be sent from their verified open file (`cache.disk_sendfile`).
+    sendfile: bool,
     /// Where reads run (writes go to tokio's blocking pool); `None`: there too.
     readers: Option<Arc<readers::Readers>>,
     /// Where writes run (see [`readers`]); `None`: on tokio's blocking pool.
@@ -203,6 +206,7 @@ impl DiskTier {
             max_object_size,
             retry_after: std::time::Duration::from_secs(30),
             inline_max: 0,
+            sendfile: false,
             readers: match readers::Readers::start(READER_THREADS, "read") {
                 Ok(readers) => Some(Arc::new(readers)),
                 Err(err) => {
@@ -250,6 +254,11 @@ impl DiskTier {
         self.store.usage()
     }
 
+    /// Body files held open after a full verification; see [`opened`].
+    pub fn opened_bodies(&self) -> &opened::OpenedBodies {
+        &self.store.blobs.opened
+    }
+
     /// Where the body with `digest` lives.
     pub fn blob_path(&self, digest: &[u8; 32]) -> PathBuf {
         self.store.blob_path(digest)
@@ -265,6 +274,17 @@ impl DiskTier {
     pub fn with_inline_max(mut self, inline_max: u64) -> DiskTier {
         self.inline_max = inline_max;
         self
+    }
+
+    /// The same tier, letting hits be sent from verified open files (`cache.disk_sendfile`).
+    pub fn with_sendfile(mut self, sendfile: bool) -> DiskTier {
+        self.sendfile = sendfile;
+        self
+    }
+
+    /// The verified open files hits may be sent from, when `cache.disk_sendfile` is on.
+    pub fn sendfile_bodies(&self) -> Option<&opened::OpenedBodies> {
+        self.sendfile.then(|| self.opened_bodies())
     }
 
     /// The same tier, queueing at most `limit` bytes of bodies for writing.
@@ -467,10 +487,10 @@ impl DiskTier {
                 };
                 let selected = metas[index].clone();
                 let mut corrupt = Vec::new();
-                let mut read = |at: usize| -> Result<Option<Bytes>, DiskError> {
+                let mut read = |at: usize| -> Result<Option<(Bytes, bool)>, DiskError> {
                     let meta = &metas[at];
                     match s.read_body_of(meta, packed[at].clone()) {
-                        Ok(body) => Ok(Some(body)),
+                        Ok(read) => Ok(Some(read)),
                         Err(ReadError::Disk(err)) => Err(err),
                         Err(other) => {
                             if matches!(other, ReadError::Corrupt) {
@@ -482,16 +502,16 @@ impl DiskTier {
                     }
                 };
                 // A small body (packed: its row says so) is read whole, whatever the limit.
-                let (body, blocks) = if selected.body_len <= inline_limit
+                let (body, blocks, in_file) = if selected.body_len <= inline_limit
                     || packed[index].is_some()
                     || s.is_inline(&selected)
                 {
                     match read(index)? {
-                        Some(body) => (Some(body), None),
+                        Some((body, in_file)) => (Some(body), None, in_file),
                         None => return Ok(Some((None, corrupt))),
                     }
                 } else {
-                    (None, s.blocks(&selected.body_digest)?)
+                    (None, s.blocks(&selected.body_digest)?, true)
                 };
                 let mut encoded = Vec::new();
                 for at in (0..metas.len()).filter(|&at| {
@@ -500,7 +520,7 @@ impl DiskTier {
                         .is_some_and(|d| d.source_digest == selected.body_digest)
                         && metas[at].body_len <= inline_limit
                 }) {
-                    if let Some(body) = read(at)? {
+                    if let Some((body, _)) = read(at)? {
                         encoded.push((metas[at].clone(), body));
                     }
                 }
@@ -509,6 +529,7 @@ impl DiskTier {
                         selected,
                         blocks,
                         body,
+                        in_file,
                         encoded,
                     }),
                     corrupt,
@@ -558,6 +579,8 @@ pub struct Loaded {
     pub blocks: Option<Vec<[u8; 32]>>,
     /// The selected body, when it was small enough to read whole (else it stays in its file).
     pub body: Option<Bytes>,
+    /// Whether the selected body has a file of its own (not in a pack or the index).
+    pub in_file: bool,
     /// Encoded variants of the selected body, with their bodies.
     pub encoded: Vec<(EntryMeta, Bytes)>,
 }

@@ -128,16 +128,17 @@ impl DiskStore {
     /// The body of `meta`, verified against its recorded check (its digest for bodies
     /// recorded before checks were): from its pack, its file, or the index.
     pub fn read_body(&self, meta: &EntryMeta) -> Result<Bytes, ReadError> {
-        self.read_body_of(meta, None)
+        self.read_body_of(meta, None).map(|(body, _)| body)
     }
 
     /// As [`DiskStore::read_body`], from `known` when the caller has the body's record
-    /// already (from [`DiskStore::stored_variants`]): no index lookup then.
+    /// already (from [`DiskStore::stored_variants`]): no index lookup then. Also says
+    /// whether the body has a file of its own.
     pub fn read_body_of(
         &self,
         meta: &EntryMeta,
         known: Option<BodyRecord>,
-    ) -> Result<Bytes, ReadError> {
+    ) -> Result<(Bytes, bool), ReadError> {
         let record = match known {
             Some(record) => record,
             None => match self.index.body_record(meta) {
@@ -146,6 +147,7 @@ impl DiskStore {
                 Err(err) => return Err(ReadError::Disk(err)),
             },
         };
+        let in_file = record.place == BodyPlace::File;
         let body = match record.place {
             BodyPlace::File => self.blobs.read_exactly(&meta.body_digest, meta.body_len)?,
             BodyPlace::Packed(at) => match self.packs.read(at, meta.body_len) {
@@ -168,7 +170,7 @@ impl DiskStore {
                 None => *blake3::hash(&body).as_bytes() == meta.body_digest,
             };
         if intact {
-            Ok(body)
+            Ok((body, in_file))
         } else {
             Err(ReadError::Corrupt)
         }

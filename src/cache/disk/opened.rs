@@ -1,0 +1,230 @@
+//! Body files held open after one full verification, so that a hit can hand the file to
+//! the connection (sendfile) instead of reading, hashing and copying it again.
+//!
+//! # How a corrupt file is still never sent
+//! This is the disk tier's verify-once model; every other read verifies every byte.
+//! - A file is opened and verified in full (its blake3 digest, against the index) before
+//!   it is used, in the background, off the request path. Until then, and whenever a
+//!   check below fails, hits use the per-byte verified read.
+//! - Before every use the open file's status is compared with what it was when it was
+//!   verified: size, inode, link count, and modification and change times. Any write,
+//!   truncation, replacement or removal through the file system changes one of them (the
+//!   change time cannot be set back), and the file is dropped and verified again.
+//! - A file is verified again [`REVERIFY_AFTER`] its last verification, which bounds what
+//!   no file status shows: damage below the file system (the medium) that reaches the page
+//!   cache after the file was verified.
+//! - A file that turns out shorter while it is being sent ends the response short, never
+//!   as a clean end (see `server::sendfile`).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// How long a verification holds.
+pub const REVERIFY_AFTER: Duration = Duration::from_secs(60);
+
+/// Open files kept: each is a file descriptor, and deleting a body whose file is held open
+/// frees its space only when it is closed (a delete closes it; see [`OpenedBodies::forget`]).
+const MAX_OPEN: u64 = 1024;
+
+/// Verifications running at once (each reads a whole body on tokio's blocking pool).
+const MAX_VERIFYING: usize = 2;
+
+/// Bytes read per call while verifying.
+const VERIFY_CHUNK: usize = 256 << 10;
+
+/// A body file verified in full, and the file status it was verified with.
+#[derive(Debug)]
+pub struct OpenedBody {
+    file: File,
+    len: u64,
+    status: FileStatus,
+    verified_at: Instant,
+}
+
+/// What changes whenever a file's content is changed through the file system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStatus {
+    inode: u64,
+    size: u64,
+    links: u64,
+    modified: (i128, i128),
+    changed: (i128, i128),
+}
+
+impl FileStatus {
+    // `st_nlink` is a u32 on some targets.
+    #[allow(clippy::useless_conversion)]
+    fn of(file: &File) -> Option<FileStatus> {
+        let stat = rustix::fs::fstat(file).ok()?;
+        Some(FileStatus {
+            inode: stat.st_ino,
+            size: u64::try_from(stat.st_size).ok()?,
+            links: u64::from(stat.st_nlink),
+            modified: (i128::from(stat.st_mtime), i128::from(stat.st_mtime_nsec)),
+            changed: (i128::from(stat.st_ctime), i128::from(stat.st_ctime_nsec)),
+        })
+    }
+}
+
+impl OpenedBody {
+    /// Opens `path` and verifies that it holds exactly `len` bytes with blake3 `digest`.
+    /// Blocking. `None`: missing, unreadable, or not that body.
+    pub fn verify(path: &std::path::Path, len: u64, digest: &[u8; 32]) -> Option<OpenedBody> {
+        let file = File::open(path).ok()?;
+        let before = FileStatus::of(&file)?;
+        if before.size != len {
+            return None;
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut buffer = vec![0u8; VERIFY_CHUNK.min(usize::try_from(len).ok()?)];
+        let mut offset = 0;
+        while offset < len {
+            let want = buffer.len().min(usize::try_from(len - offset).ok()?);
+            file.read_exact_at(&mut buffer[..want], offset).ok()?;
+            hasher.update(&buffer[..want]);
+            offset += want as u64;
+        }
+        // Changed while it was read: what was hashed may not be what is there.
+        let after = FileStatus::of(&file)?;
+        if hasher.finalize().as_bytes() != digest || after != before {
+            return None;
+        }
+        Some(OpenedBody {
+            file,
+            len,
+            status: before,
+            verified_at: Instant::now(),
+        })
+    }
+
+    /// Whether the file is as it was verified, and the verification recent enough.
+    pub fn is_intact(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.verified_at) < REVERIFY_AFTER
+            && FileStatus::of(&self.file) == Some(self.status)
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// The verified open body files, by digest; see the module doc.
+pub struct OpenedBodies {
+    opened: moka::sync::Cache<[u8; 32], Arc<OpenedBody>>,
+    /// Digests being verified, so one body is verified once however many hits ask.
+    verifying: Arc<Mutex<std::collections::HashSet<[u8; 32]>>>,
+}
+
+impl Default for OpenedBodies {
+    fn default() -> Self {
+        OpenedBodies {
+            opened: moka::sync::Cache::new(MAX_OPEN),
+            verifying: Arc::default(),
+        }
+    }
+}
+
+impl OpenedBodies {
+    /// The verified file of the body `digest` (of `len` bytes at `path`), if it is open and
+    /// intact. Otherwise `None`, and the file is verified in the background for later hits.
+    pub fn get_or_verify_later(
+        &self,
+        digest: &[u8; 32],
+        len: u64,
+        path: &std::path::Path,
+    ) -> Option<Arc<OpenedBody>> {
+        if let Some(opened) = self.opened.get(digest) {
+            if opened.len == len && opened.is_intact(Instant::now()) {
+                return Some(opened);
+            }
+            self.opened.invalidate(digest);
+        }
+        self.verify_later(*digest, len, path.to_path_buf());
+        None
+    }
+
+    fn verify_later(&self, digest: [u8; 32], len: u64, path: PathBuf) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut verifying = self.verifying.lock();
+            if verifying.len() >= MAX_VERIFYING || !verifying.insert(digest) {
+                // Busy, or under way: a later hit asks again.
+                return;
+            }
+        }
+        let opened = self.opened.clone();
+        let verifying = Arc::clone(&self.verifying);
+        runtime.spawn_blocking(move || {
+            if let Some(body) = OpenedBody::verify(&path, len, &digest) {
+                opened.insert(digest, Arc::new(body));
+            }
+            verifying.lock().remove(&digest);
+        });
+    }
+
+    /// Closes the body `digest`'s file, if open: it is being deleted.
+    pub fn forget(&self, digest: &[u8; 32]) {
+        self.opened.invalidate(digest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A body file last modified an hour ago, as stored bodies are: a write now changes its
+    /// modification time whatever the clock's granularity.
+    fn body_file(dir: &std::path::Path, body: &[u8]) -> (PathBuf, [u8; 32]) {
+        let path = dir.join("body");
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(body).unwrap();
+        let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        file.set_modified(an_hour_ago).unwrap();
+        (path, *blake3::hash(body).as_bytes())
+    }
+
+    #[test]
+    fn a_file_is_verified_whole_before_it_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = vec![7u8; 600 << 10];
+        let (path, digest) = body_file(dir.path(), &body);
+        let opened = OpenedBody::verify(&path, body.len() as u64, &digest).unwrap();
+        assert!(opened.is_intact(Instant::now()));
+        assert!(OpenedBody::verify(&path, body.len() as u64 - 1, &digest).is_none());
+        let mut other = digest;
+        other[0] ^= 1;
+        assert!(OpenedBody::verify(&path, body.len() as u64, &other).is_none());
+        assert!(OpenedBody::verify(&dir.path().join("missing"), 1, &digest).is_none());
+    }
+
+    /// A write through the file system after verification, even one that keeps the size,
+    /// or a removal, shows in the file's status; so does the verification's age.
+    #[test]
+    fn a_file_changed_or_removed_after_verification_is_not_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = vec![1u8; 64 << 10];
+        let (path, digest) = body_file(dir.path(), &body);
+        let opened = OpenedBody::verify(&path, body.len() as u64, &digest).unwrap();
+        let now = Instant::now();
+        assert!(opened.is_intact(now));
+        assert!(!opened.is_intact(now + REVERIFY_AFTER));
+
+        // The same size: only the file's status shows the write.
+        let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        writer.write_all_at(b"x", 10).unwrap();
+        assert!(!opened.is_intact(Instant::now()));
+
+        let (path, digest) = body_file(dir.path(), &body);
+        let opened = OpenedBody::verify(&path, body.len() as u64, &digest).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(!opened.is_intact(Instant::now()));
+    }
+}

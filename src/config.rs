@@ -782,8 +782,9 @@ pub struct CacheConfig {
     /// lose recent objects; a torn file is still never served (every read is verified).
     pub fsync: bool,
     /// Send disk hits on cleartext HTTP/1 connections straight from their file
-    /// (sendfile), once the file has been verified in full and while its status shows no
-    /// change (re-verified every minute). Off, every disk hit reads and verifies every byte.
+    /// (sendfile), and read them without hashing on other connections, once the file has
+    /// been verified in full and while its status shows no change (re-verified every
+    /// minute). Off, every disk hit reads and verifies every byte.
     /// On a disk much slower than memory, a hit whose file has left the page cache then
     /// waits for the disk on a server thread, as with nginx's sendfile.
     pub disk_sendfile: bool,

@@ -103,6 +103,11 @@ pub fn stored_window(proxy: &Proxy, entry: &StoredResponse, first: u64, last: u6
                 return Body::empty();
             }
             let end = last.min(len - 1);
+            // Served from memory, which holds only where the body is: the disk tier's
+            // recency must still see the use, or it would evict a hot body's file.
+            if let Some(disk) = proxy.cache.live_disk() {
+                disk.touch_later(entry.meta.key, entry.meta.variant);
+            }
             let stream = verified_file_body(
                 file,
                 len,

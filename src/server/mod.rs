@@ -545,10 +545,14 @@ async fn serve_request(
     let (response, record) = Box::pin(pipeline::handle(proxy, request, downstream)).await;
     drop(close_interim);
     let (head, mut body) = response.into_parts();
-    if let (Some(sendfile), true) = (&link.sendfile, is_http1) {
-        if let Some(opened) = proxy.cache().live_disk().and_then(|d| d.sendfile_bodies()) {
-            body = sendfile::from_file(body, sendfile, opened, &proxy.metrics().sendfile_responses);
-        }
+    if let Some(opened) = proxy.cache().live_disk().and_then(|d| d.sendfile_bodies()) {
+        let metrics = proxy.metrics();
+        body = match (&link.sendfile, is_http1) {
+            (Some(sendfile), true) => {
+                sendfile::from_file(body, sendfile, opened, &metrics.sendfile_responses)
+            }
+            _ => sendfile::read_from_file(body, opened, &metrics.verified_file_reads),
+        };
     }
     // A body in memory knows its length; only a streamed one needs the header.
     let declared_len = http_body::Body::size_hint(&body)

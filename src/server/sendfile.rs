@@ -176,6 +176,26 @@ pub fn from_file(
     })
 }
 
+/// For a connection sendfile cannot write to: `body` read from its file without hashing
+/// when it is a window of a body file that is open and verified; otherwise `body` as it
+/// is (its file is then verified for later hits). `read` counts the bodies read so.
+pub fn read_from_file(
+    body: Body,
+    opened: &OpenedBodies,
+    read: &prometheus_client::metrics::counter::Counter,
+) -> Body {
+    let Body::File(file_body) = body else {
+        return body;
+    };
+    let Some(file) =
+        opened.get_or_verify_later(&file_body.digest, file_body.body_len, &file_body.file.path)
+    else {
+        return Body::File(file_body);
+    };
+    read.inc();
+    crate::cache::disk::opened::read_body(file, file_body.offset, file_body.len)
+}
+
 /// The body hyper polls: stand-in slices adding up to the window, which it queues on the
 /// link when first polled (hyper polls a body only to write it: a HEAD's is never polled).
 struct StandIn {

@@ -122,6 +122,9 @@ pub struct Metrics {
     pub disk_loads: Counter,
     /// Responses whose body was sent from a verified open disk-tier file (sendfile).
     pub sendfile_responses: Counter,
+    /// Responses whose body was read from a verified open disk-tier file without hashing
+    /// (connections sendfile cannot write to: TLS, HTTP/2).
+    pub verified_file_reads: Counter,
     /// Requests answered 503 because a fill or upstream connection limit and its queue
     /// were full.
     pub overloaded: Counter,
@@ -363,6 +366,12 @@ impl Metrics {
                 &mut registry,
                 "sendfile_responses",
                 "Responses whose body was sent from a verified open disk-tier file (sendfile)",
+                Counter::default(),
+            ),
+            verified_file_reads: register(
+                &mut registry,
+                "verified_file_reads",
+                "Responses whose body was read from a verified open disk-tier file without hashing",
                 Counter::default(),
             ),
             overloaded: register(

@@ -1124,10 +1124,15 @@ async fn a_verified_file_is_sent_as_stored_between_other_responses() {
     assert_eq!(metrics.sendfile_responses.get() - sent_before, 3);
     assert_eq!(origin.hits("/file"), 1);
 
-    let over_h2 = support::send(&support::h2c_client(), request_as(&proxy, "/file")).await;
-    assert_eq!(over_h2.version, http::Version::HTTP_2);
-    assert!(over_h2.body == body);
+    // HTTP/2 names the host differently (its own key, one more fetch, the same file): its
+    // hits are read from the verified file instead.
+    for _ in 0..2 {
+        let over_h2 = support::send(&support::h2c_client(), request_as(&proxy, "/file")).await;
+        assert_eq!(over_h2.version, http::Version::HTTP_2);
+        assert!(over_h2.body == body);
+    }
     assert_eq!(metrics.sendfile_responses.get() - sent_before, 3);
+    assert_eq!(metrics.verified_file_reads.get(), 1);
 }
 
 /// The verify-once model's guard: a stored file changed in place after it was verified
@@ -1158,9 +1163,13 @@ async fn a_file_changed_after_its_verification_is_never_sent() {
     stored.write_all_at(&[body[5000] ^ 0x01], 5000).unwrap();
     let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
     let sent_before = metrics.sendfile_responses.get();
-    let response = client().request(request_as(&proxy, "/file")).await.unwrap();
+    // The abort may come before the head is flushed: then the request itself fails.
+    let received = match client().request(request_as(&proxy, "/file")).await {
+        Ok(response) => response.into_body().collect().await.map(|_| ()).ok(),
+        Err(_) => None,
+    };
     assert!(
-        response.into_body().collect().await.is_err(),
+        received.is_none(),
         "the changed file ends in an error, never as a clean end"
     );
     assert_eq!(metrics.sendfile_responses.get(), sent_before);

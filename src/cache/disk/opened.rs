@@ -27,9 +27,17 @@ use parking_lot::Mutex;
 /// How long a verification holds.
 pub const REVERIFY_AFTER: Duration = Duration::from_secs(60);
 
-/// Open files kept: each is a file descriptor, and deleting a body whose file is held open
-/// frees its space only when it is closed (a delete closes it; see [`OpenedBodies::forget`]).
+/// Open files kept at most: each is a file descriptor, and deleting a body whose file is
+/// held open frees its space only when it is closed (a delete closes it; see
+/// [`OpenedBodies::forget`]).
 const MAX_OPEN: u64 = 1024;
+
+/// Open files kept: [`MAX_OPEN`], or a quarter of the process's file descriptor limit if
+/// that is less (connections need the rest; a soft limit of 1024 is common).
+fn max_open() -> u64 {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    limit.map_or(MAX_OPEN, |limit| (limit / 4).min(MAX_OPEN))
+}
 
 /// Verifications running at once (each reads a whole body on tokio's blocking pool).
 const MAX_VERIFYING: usize = 2;
@@ -113,6 +121,58 @@ impl OpenedBody {
     }
 }
 
+/// Bytes read per blocking call when a verified file is read rather than sent.
+const READ_CHUNK: u64 = 512 << 10;
+
+/// `len` bytes of `opened` from `offset`, read on tokio's blocking pool with no hashing
+/// (the file is verified; see the module doc): for connections sendfile cannot write to.
+/// A file found shorter ends the body in an error.
+pub fn read_body(opened: Arc<OpenedBody>, offset: u64, len: u64) -> crate::body::Body {
+    use futures_util::StreamExt;
+    let end = offset.saturating_add(len);
+    let chunks = futures_util::stream::unfold(offset, move |at| {
+        let opened = Arc::clone(&opened);
+        async move {
+            if at >= end {
+                return None;
+            }
+            let want = usize::try_from((end - at).min(READ_CHUNK)).ok()?;
+            let read = tokio::task::spawn_blocking(move || {
+                // Not zeroed: every byte is overwritten or the read fails.
+                let mut buffer = Vec::with_capacity(want);
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(FileAt(&opened.file, at), want as u64),
+                    &mut buffer,
+                )
+                .map(|_| buffer)
+            })
+            .await;
+            let piece = match read {
+                Ok(Ok(buffer)) if buffer.len() == want => Ok(bytes::Bytes::from(buffer)),
+                Ok(Ok(_)) => Err("stored body file shorter than when it was verified".into()),
+                Ok(Err(err)) => Err(err.into()),
+                Err(err) => Err(err.into()),
+            };
+            let next = if piece.is_ok() { at + want as u64 } else { end };
+            Some((piece, next))
+        }
+    });
+    crate::body::Body::boxed(http_body_util::StreamBody::new(chunks.map(
+        |piece: Result<bytes::Bytes, crate::body::BoxError>| piece.map(http_body::Frame::data),
+    )))
+}
+
+/// A file read from a fixed offset on, with positioned reads.
+struct FileAt<'a>(&'a File, u64);
+
+impl std::io::Read for FileAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.0.read_at(buf, self.1)?;
+        self.1 += read as u64;
+        Ok(read)
+    }
+}
+
 /// The verified open body files, by digest; see the module doc.
 pub struct OpenedBodies {
     opened: moka::sync::Cache<[u8; 32], Arc<OpenedBody>>,
@@ -123,7 +183,7 @@ pub struct OpenedBodies {
 impl Default for OpenedBodies {
     fn default() -> Self {
         OpenedBodies {
-            opened: moka::sync::Cache::new(MAX_OPEN),
+            opened: moka::sync::Cache::new(max_open()),
             verifying: Arc::default(),
         }
     }

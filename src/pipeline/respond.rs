@@ -114,6 +114,11 @@ pub fn stored_window(proxy: &Proxy, entry: &StoredResponse, first: u64, last: u6
                 entry.meta.body_digest,
                 (first, end),
                 proxy.cache.corruption_hook(&entry.meta),
+                proxy
+                    .cache
+                    .live_disk()
+                    .and_then(|disk| disk.sendfile_bodies())
+                    .cloned(),
             );
             Body::File(Box::new(FileBody {
                 stream,

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use parking_lot::Mutex;
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, FileBody};
 use crate::cache::disk::opened::{OpenedBodies, OpenedBody};
 
 /// What hyper is given in place of file bytes. Static and zeroed: it costs no memory
@@ -159,9 +159,7 @@ pub fn from_file(
     let Body::File(file_body) = body else {
         return body;
     };
-    let Some(file) =
-        opened.get_or_verify_later(&file_body.digest, file_body.body_len, &file_body.file.path)
-    else {
+    let Some(file) = opened_file(&file_body, opened) else {
         return Body::File(file_body);
     };
     sent.inc();
@@ -187,13 +185,23 @@ pub fn read_from_file(
     let Body::File(file_body) = body else {
         return body;
     };
-    let Some(file) =
-        opened.get_or_verify_later(&file_body.digest, file_body.body_len, &file_body.file.path)
-    else {
+    let Some(file) = opened_file(&file_body, opened) else {
         return Body::File(file_body);
     };
     read.inc();
     crate::cache::disk::opened::read_body(file, file_body.offset, file_body.len)
+}
+
+/// The verified open file of `body`, if there is one. If not, the read that streams
+/// `body` verifies and keeps the file when it reads all of it; only a window of a body
+/// with per-block digests is not read whole, so such a file is verified in the background.
+fn opened_file(body: &FileBody, opened: &OpenedBodies) -> Option<Arc<OpenedBody>> {
+    let found = opened.get(&body.digest, body.body_len);
+    let is_window = body.offset > 0 || body.len < body.body_len;
+    if found.is_none() && is_window && body.file.blocks.is_some() {
+        opened.verify_later(body.digest, body.body_len, body.file.path.clone());
+    }
+    found
 }
 
 /// The body hyper polls: stand-in slices adding up to the window, which it queues on the

@@ -287,22 +287,21 @@ impl BlobFiles {
     }
 
     /// A stored body, whole, if its file holds exactly `len` bytes (the caller verifies
-    /// the bytes). One read sized to the body and one byte more, so a file that grew after
-    /// its size was taken shows too.
-    pub fn read_exactly(&self, digest: &[u8; 32], len: u64) -> Result<Bytes, ReadError> {
+    /// the bytes), and the file it was read from (kept open if the bytes prove right).
+    pub fn read_exactly(
+        &self,
+        digest: &[u8; 32],
+        len: u64,
+    ) -> Result<(Bytes, super::opened::Reading), ReadError> {
         let path = self.path_of(digest);
-        let file = match fs::File::open(&path) {
-            Ok(file) => file,
+        let reading = match super::opened::Reading::open(&path) {
+            Ok(reading) => reading,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
             Err(err) => return Err(ReadError::Disk(io_err(&path)(err))),
         };
         // The file's own size first: the buffer is sized from `len`, which comes from the
         // index, and a damaged row must not make us allocate what it says.
-        let on_disk = file
-            .metadata()
-            .map_err(|err| ReadError::Disk(io_err(&path)(err)))?
-            .len();
-        if on_disk != len {
+        if reading.size() != len {
             return Err(ReadError::Corrupt);
         }
         let want = usize::try_from(len).map_err(|_| ReadError::Corrupt)?;
@@ -310,12 +309,15 @@ impl BlobFiles {
         // kernel, a page fault per 4 KiB on every read. Exactly `len` asked for: the size
         // was checked above, so no read past it to find the end (a syscall per hit).
         let mut buffer = Vec::with_capacity(want);
-        io::Read::read_to_end(&mut io::Read::take(&file, len), &mut buffer)
-            .map_err(|err| ReadError::Disk(io_err(&path)(err)))?;
+        io::Read::read_to_end(
+            &mut io::Read::take(reading.file().as_ref(), len),
+            &mut buffer,
+        )
+        .map_err(|err| ReadError::Disk(io_err(&path)(err)))?;
         if buffer.len() != want {
             return Err(ReadError::Corrupt);
         }
-        Ok(Bytes::from(buffer))
+        Ok((Bytes::from(buffer), reading))
     }
 
     /// Removes an earlier run's temporary files; returns how many.

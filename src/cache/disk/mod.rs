@@ -279,6 +279,7 @@ impl DiskTier {
     /// The same tier, letting hits be sent from verified open files (`cache.disk_sendfile`).
     pub fn with_sendfile(mut self, sendfile: bool) -> DiskTier {
         self.sendfile = sendfile;
+        self.store.blobs.opened.enable(sendfile);
         self
     }
 

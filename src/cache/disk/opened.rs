@@ -3,9 +3,12 @@
 //!
 //! # How a corrupt file is still never sent
 //! This is the disk tier's verify-once model; every other read verifies every byte.
-//! - A file is opened and verified in full (its blake3 digest, against the index) before
-//!   it is used, in the background, off the request path. Until then, and whenever a
-//!   check below fails, hits use the per-byte verified read.
+//! - A file is used only after a read has verified all of it against the index (its
+//!   XXH3 check or blake3 digests): a disk load or a streamed hit that read the whole body
+//!   (the file it opened is kept, so no byte is read twice), or a verification in the
+//!   background for a body only ever read in parts. The file's status must be the same
+//!   after the read as when it was opened. Until then, and whenever a check below fails, hits use the per-byte
+//!   verified read.
 //! - Before every use the open file's status is compared with what it was when it was
 //!   verified: size, inode, link count, and modification and change times. Any write,
 //!   truncation, replacement or removal through the file system changes one of them (the
@@ -21,6 +24,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
@@ -48,7 +53,7 @@ const VERIFY_CHUNK: usize = 256 << 10;
 /// A body file verified in full, and the file status it was verified with.
 #[derive(Debug)]
 pub struct OpenedBody {
-    file: File,
+    file: Arc<File>,
     len: u64,
     status: FileStatus,
     verified_at: Instant,
@@ -79,15 +84,60 @@ impl FileStatus {
     }
 }
 
+/// A body file opened by a read that verifies it, with its status when opened.
+#[derive(Debug)]
+pub struct Reading {
+    file: Arc<File>,
+    status: FileStatus,
+}
+
+impl Reading {
+    /// Opens `path`. Blocking.
+    ///
+    /// # Errors
+    /// The file cannot be opened or its status read.
+    pub fn open(path: &std::path::Path) -> std::io::Result<Reading> {
+        let file = File::open(path)?;
+        let status =
+            FileStatus::of(&file).ok_or_else(|| std::io::Error::other("file status unreadable"))?;
+        Ok(Reading {
+            file: Arc::new(file),
+            status,
+        })
+    }
+
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    /// The file's size when it was opened.
+    pub fn size(&self) -> u64 {
+        self.status.size
+    }
+
+    /// The file, now that its `len` bytes have all been read and verified; `None` if its
+    /// status changed since it was opened (what was read may not be what is there).
+    fn verified(self, len: u64) -> Option<OpenedBody> {
+        (self.status.size == len && FileStatus::of(&self.file) == Some(self.status)).then(|| {
+            OpenedBody {
+                file: self.file,
+                len,
+                status: self.status,
+                verified_at: Instant::now(),
+            }
+        })
+    }
+}
+
 impl OpenedBody {
     /// Opens `path` and verifies that it holds exactly `len` bytes with blake3 `digest`.
     /// Blocking. `None`: missing, unreadable, or not that body.
     pub fn verify(path: &std::path::Path, len: u64, digest: &[u8; 32]) -> Option<OpenedBody> {
-        let file = File::open(path).ok()?;
-        let before = FileStatus::of(&file)?;
-        if before.size != len {
+        let reading = Reading::open(path).ok()?;
+        if reading.size() != len {
             return None;
         }
+        let file = Arc::clone(&reading.file);
         let mut hasher = blake3::Hasher::new();
         let mut buffer = vec![0u8; VERIFY_CHUNK.min(usize::try_from(len).ok()?)];
         let mut offset = 0;
@@ -97,17 +147,10 @@ impl OpenedBody {
             hasher.update(&buffer[..want]);
             offset += want as u64;
         }
-        // Changed while it was read: what was hashed may not be what is there.
-        let after = FileStatus::of(&file)?;
-        if hasher.finalize().as_bytes() != digest || after != before {
+        if hasher.finalize().as_bytes() != digest {
             return None;
         }
-        Some(OpenedBody {
-            file,
-            len,
-            status: before,
-            verified_at: Instant::now(),
-        })
+        reading.verified(len)
     }
 
     /// Whether the file is as it was verified, and the verification recent enough.
@@ -173,11 +216,14 @@ impl std::io::Read for FileAt<'_> {
     }
 }
 
-/// The verified open body files, by digest; see the module doc.
+/// The verified open body files, by digest; see the module doc. Clones share them.
+#[derive(Clone)]
 pub struct OpenedBodies {
     opened: moka::sync::Cache<[u8; 32], Arc<OpenedBody>>,
     /// Digests being verified, so one body is verified once however many hits ask.
     verifying: Arc<Mutex<std::collections::HashSet<[u8; 32]>>>,
+    /// Off (`cache.disk_sendfile = false`), reads keep no file open.
+    enabled: Arc<AtomicBool>,
 }
 
 impl Default for OpenedBodies {
@@ -185,30 +231,44 @@ impl Default for OpenedBodies {
         OpenedBodies {
             opened: moka::sync::Cache::new(max_open()),
             verifying: Arc::default(),
+            enabled: Arc::default(),
         }
     }
 }
 
 impl OpenedBodies {
-    /// The verified file of the body `digest` (of `len` bytes at `path`), if it is open and
-    /// intact. Otherwise `None`, and the file is verified in the background for later hits.
-    pub fn get_or_verify_later(
-        &self,
-        digest: &[u8; 32],
-        len: u64,
-        path: &std::path::Path,
-    ) -> Option<Arc<OpenedBody>> {
-        if let Some(opened) = self.opened.get(digest) {
-            if opened.len == len && opened.is_intact(Instant::now()) {
-                return Some(opened);
-            }
-            self.opened.invalidate(digest);
+    pub fn enable(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the file `reading` has opened, now that a read has verified all `len` bytes
+    /// of the body `digest` in it.
+    pub fn register(&self, digest: &[u8; 32], reading: Reading, len: u64) {
+        if !self.is_enabled() || self.opened.contains_key(digest) {
+            return;
         }
-        self.verify_later(*digest, len, path.to_path_buf());
+        if let Some(opened) = reading.verified(len) {
+            self.opened.insert(*digest, Arc::new(opened));
+        }
+    }
+
+    /// The verified file of the body `digest` (of `len` bytes), if it is open and intact.
+    pub fn get(&self, digest: &[u8; 32], len: u64) -> Option<Arc<OpenedBody>> {
+        let opened = self.opened.get(digest)?;
+        if opened.len == len && opened.is_intact(Instant::now()) {
+            return Some(opened);
+        }
+        self.opened.invalidate(digest);
         None
     }
 
-    fn verify_later(&self, digest: [u8; 32], len: u64, path: PathBuf) {
+    /// Verifies the body file at `path` in the background, for a body only read in parts
+    /// (no read verifies it whole).
+    pub fn verify_later(&self, digest: [u8; 32], len: u64, path: PathBuf) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -249,6 +309,36 @@ mod tests {
         let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
         file.set_modified(an_hour_ago).unwrap();
         (path, *blake3::hash(body).as_bytes())
+    }
+
+    /// A read that verified a whole file leaves it open for hits, unless the file changed
+    /// while it was read, or keeping files is off.
+    #[test]
+    fn a_verifying_read_keeps_its_file_only_if_unchanged_since_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = vec![3u8; 32 << 10];
+        let (path, digest) = body_file(dir.path(), &body);
+        let len = body.len() as u64;
+        let opened = OpenedBodies::default();
+        opened.register(&digest, Reading::open(&path).unwrap(), len);
+        assert!(opened.get(&digest, len).is_none(), "off: nothing kept");
+
+        opened.enable(true);
+        let changed_meanwhile = Reading::open(&path).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(b"y", 0)
+            .unwrap();
+        opened.register(&digest, changed_meanwhile, len);
+        assert!(opened.get(&digest, len).is_none(), "changed while read");
+
+        opened.register(&digest, Reading::open(&path).unwrap(), len);
+        assert!(opened.get(&digest, len).is_some());
+        assert!(opened.get(&digest, len + 1).is_none(), "another length");
+        opened.forget(&digest);
+        assert!(opened.get(&digest, len).is_none(), "deleted");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use super::opened::{OpenedBodies, Reading};
 use super::BLOCK;
 use crate::body::{Body, BoxError};
 use crate::cache::entry::BodyFile;
@@ -114,12 +115,16 @@ impl Failure {
 
 /// Streams bytes `window.0..=window.1` of a stored body file, verified; see the module
 /// doc. `on_corrupt` runs once if the file is corrupt or missing.
+///
+/// A read that verifies the whole body keeps its file open in `opened`, when given, for
+/// later hits (see [`super::opened`]).
 pub fn verified_file_body(
     file: &Arc<BodyFile>,
     len: u64,
     digest: [u8; 32],
     window: (u64, u64),
     on_corrupt: CorruptionHook,
+    opened: Option<OpenedBodies>,
 ) -> Body {
     let path = Arc::new(file.path.clone());
     // Reported once per stored body: later reads that meet it before its removal lands
@@ -135,7 +140,9 @@ pub fn verified_file_body(
     });
     match &file.blocks {
         Some(blocks) if blocks.len() as u64 == len.div_ceil(BLOCK) && len > 0 => {
-            verified_blocks_body(path, len, Arc::clone(blocks), window, on_corrupt)
+            let blocks = Arc::clone(blocks);
+            let keep = opened.map(|opened| (opened, digest));
+            verified_blocks_body(path, len, blocks, window, on_corrupt, keep)
         }
         _ => {
             let source = Stored(Extent {
@@ -143,7 +150,9 @@ pub fn verified_file_body(
                 readable: len,
                 complete: Some((len, digest)),
             });
-            hashed_body(source, window, Some(on_corrupt))
+            let mut body = Hashed::new(source, window, Some(on_corrupt));
+            body.keep = opened;
+            verified_stream(body)
         }
     }
 }
@@ -155,22 +164,15 @@ pub fn hashed_body<S: Source>(
     window: (u64, u64),
     on_corrupt: Option<CorruptionHook>,
 ) -> Body {
-    let state = Hashed {
-        source,
-        file: None,
-        offset: 0,
-        window,
-        hasher: blake3::Hasher::new(),
-        held: None,
-        done: false,
-        on_corrupt,
-    };
-    verified_stream(state)
+    verified_stream(Hashed::new(source, window, on_corrupt))
 }
 
 struct Hashed<S> {
     source: S,
     file: Option<Arc<File>>,
+    /// The stored file as opened, to keep in `keep` once all of it is verified.
+    reading: Option<Reading>,
+    keep: Option<OpenedBodies>,
     /// Bytes read and hashed so far.
     offset: u64,
     /// The bytes to send, inclusive; the rest is only hashed.
@@ -179,6 +181,23 @@ struct Hashed<S> {
     held: Option<Bytes>,
     done: bool,
     on_corrupt: Option<CorruptionHook>,
+}
+
+impl<S: Source> Hashed<S> {
+    fn new(source: S, window: (u64, u64), on_corrupt: Option<CorruptionHook>) -> Hashed<S> {
+        Hashed {
+            source,
+            file: None,
+            reading: None,
+            keep: None,
+            offset: 0,
+            window,
+            hasher: blake3::Hasher::new(),
+            held: None,
+            done: false,
+            on_corrupt,
+        }
+    }
 }
 
 impl<S: Source> Step for Hashed<S> {
@@ -191,8 +210,11 @@ impl<S: Source> Step for Hashed<S> {
             if self.file.is_none() {
                 // A fill's temporary file is renamed when it is committed; an open handle
                 // survives that, a late open uses the committed name.
-                match File::open(extent.path.as_ref()) {
-                    Ok(file) => self.file = Some(Arc::new(file)),
+                match Reading::open(extent.path.as_ref()) {
+                    Ok(reading) => {
+                        self.file = Some(Arc::clone(reading.file()));
+                        self.reading = Some(reading);
+                    }
                     Err(_) if extent.complete.is_some() => return Err(Failure::Missing),
                     Err(_) => {}
                 }
@@ -209,6 +231,9 @@ impl<S: Source> Step for Hashed<S> {
                     return Err(Failure::Corrupt);
                 }
                 self.done = true;
+                if let (Some(keep), Some(reading)) = (&self.keep, self.reading.take()) {
+                    keep.register(&digest, reading, len);
+                }
                 return Ok(self.held.take());
             }
             self.source.changed().await.map_err(Failure::Other)?;
@@ -258,10 +283,15 @@ fn verified_blocks_body(
     blocks: Arc<Vec<[u8; 32]>>,
     window: (u64, u64),
     on_corrupt: CorruptionHook,
+    keep: Option<(OpenedBodies, [u8; 32])>,
 ) -> Body {
     let (first, last) = (window.0, window.1.min(len.saturating_sub(1)));
+    // Only a read of every block verifies the whole file.
+    let keep = keep.filter(|_| first == 0 && last + 1 == len);
     let state = Blocks {
         file: None,
+        reading: None,
+        keep,
         path,
         blocks,
         len,
@@ -275,6 +305,9 @@ fn verified_blocks_body(
 
 struct Blocks {
     file: Option<Arc<File>>,
+    /// The file as opened, to keep once every block is verified (a read of the whole body).
+    reading: Option<Reading>,
+    keep: Option<(OpenedBodies, [u8; 32])>,
     path: Arc<PathBuf>,
     blocks: Arc<Vec<[u8; 32]>>,
     len: u64,
@@ -295,8 +328,9 @@ impl Step for Blocks {
             return Ok(None);
         }
         if self.file.is_none() {
-            let file = File::open(self.path.as_ref()).map_err(|_| Failure::Missing)?;
-            self.file = Some(Arc::new(file));
+            let reading = Reading::open(self.path.as_ref()).map_err(|_| Failure::Missing)?;
+            self.file = Some(Arc::clone(reading.file()));
+            self.reading = Some(reading);
         }
         let block = self.next_block;
         self.next_block += 1;
@@ -312,6 +346,11 @@ impl Step for Blocks {
         .map_err(|_| Failure::Corrupt)?;
         if *blake3::hash(&buffer).as_bytes() != self.blocks[block as usize] {
             return Err(Failure::Corrupt);
+        }
+        if start + size as u64 == self.len {
+            if let (Some((keep, digest)), Some(reading)) = (self.keep.take(), self.reading.take()) {
+                keep.register(&digest, reading, self.len);
+            }
         }
         let (first, last) = self.window;
         let from = first.max(start) - start;

@@ -147,9 +147,13 @@ impl DiskStore {
                 Err(err) => return Err(ReadError::Disk(err)),
             },
         };
-        let in_file = record.place == BodyPlace::File;
+        let mut reading = None;
         let body = match record.place {
-            BodyPlace::File => self.blobs.read_exactly(&meta.body_digest, meta.body_len)?,
+            BodyPlace::File => {
+                let (body, opened) = self.blobs.read_exactly(&meta.body_digest, meta.body_len)?;
+                reading = Some(opened);
+                body
+            }
             BodyPlace::Packed(at) => match self.packs.read(at, meta.body_len) {
                 // Compaction moved the body and deleted its pack since the record was read:
                 // read it where it is now.
@@ -170,6 +174,13 @@ impl DiskStore {
                 None => *blake3::hash(&body).as_bytes() == meta.body_digest,
             };
         if intact {
+            let in_file = reading.is_some();
+            if let Some(reading) = reading {
+                // Verified whole: hits may now be sent from it (`cache.disk_sendfile`).
+                self.blobs
+                    .opened
+                    .register(&meta.body_digest, reading, meta.body_len);
+            }
             Ok((body, in_file))
         } else {
             Err(ReadError::Corrupt)

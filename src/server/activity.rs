@@ -234,7 +234,7 @@ impl<S: AsyncWrite + SendfileSocket + Unpin> WatchedIo<S> {
     ) -> Option<Poll<std::io::Result<usize>>> {
         let first = bufs.iter().position(|buf| is_placeholder(buf))?;
         if first > 0 {
-            return Some(Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..first]));
+            return Some(self.inner.poll_write_before_file(cx, &bufs[..first]));
         }
         Some(match &self.sendfile {
             Some(link) => link.poll_send(cx, &mut self.inner, bufs[0].len()),

@@ -128,6 +128,14 @@ impl<S: super::sendfile::SendfileSocket> super::sendfile::SendfileSocket for Pre
         self.inner.poll_sendfile(cx, file, offset, len)
     }
 
+    fn poll_write_before_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.poll_write_before_file(cx, bufs)
+    }
+
     fn can_sendfile(&self) -> bool {
         self.inner.can_sendfile()
     }

@@ -53,6 +53,20 @@ pub trait SendfileSocket {
         Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
     }
 
+    /// Writes `bufs` (a response head) telling the kernel more follows at once (the file
+    /// bytes), so the head does not go out in a packet of its own.
+    ///
+    /// # Errors
+    /// The socket's write error; `Unsupported` as for [`SendfileSocket::poll_sendfile`].
+    fn poll_write_before_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let _ = (cx, bufs);
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    }
+
     /// Whether [`SendfileSocket::poll_sendfile`] works on this socket.
     fn can_sendfile(&self) -> bool {
         false
@@ -72,6 +86,25 @@ impl SendfileSocket for tokio::net::TcpStream {
             let mut at = offset;
             let sent = self.try_io(tokio::io::Interest::WRITABLE, || {
                 rustix::fs::sendfile(&*self, file, Some(&mut at), len).map_err(io::Error::from)
+            });
+            match sent {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                sent => return Poll::Ready(sent),
+            }
+        }
+    }
+
+    fn poll_write_before_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.poll_write_ready(cx))?;
+            let sent = self.try_io(tokio::io::Interest::WRITABLE, || {
+                let mut no_control = rustix::net::SendAncillaryBuffer::default();
+                rustix::net::sendmsg(&*self, bufs, &mut no_control, rustix::net::SendFlags::MORE)
+                    .map_err(io::Error::from)
             });
             match sent {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,

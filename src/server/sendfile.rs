@@ -81,17 +81,10 @@ impl SendfileSocket for tokio::net::TcpStream {
         offset: u64,
         len: usize,
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.poll_write_ready(cx))?;
+        poll_when_writable(self, cx, |socket| {
             let mut at = offset;
-            let sent = self.try_io(tokio::io::Interest::WRITABLE, || {
-                rustix::fs::sendfile(&*self, file, Some(&mut at), len).map_err(io::Error::from)
-            });
-            match sent {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                sent => return Poll::Ready(sent),
-            }
-        }
+            rustix::fs::sendfile(socket, file, Some(&mut at), len)
+        })
     }
 
     fn poll_write_before_file(
@@ -99,22 +92,32 @@ impl SendfileSocket for tokio::net::TcpStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.poll_write_ready(cx))?;
-            let sent = self.try_io(tokio::io::Interest::WRITABLE, || {
-                let mut no_control = rustix::net::SendAncillaryBuffer::default();
-                rustix::net::sendmsg(&*self, bufs, &mut no_control, rustix::net::SendFlags::MORE)
-                    .map_err(io::Error::from)
-            });
-            match sent {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                sent => return Poll::Ready(sent),
-            }
-        }
+        poll_when_writable(self, cx, |socket| {
+            let mut no_control = rustix::net::SendAncillaryBuffer::default();
+            rustix::net::sendmsg(socket, bufs, &mut no_control, rustix::net::SendFlags::MORE)
+        })
     }
 
     fn can_sendfile(&self) -> bool {
         true
+    }
+}
+
+/// Runs the non-blocking `write` once `socket` is writable, again whenever it finds the
+/// socket full after all.
+fn poll_when_writable(
+    socket: &tokio::net::TcpStream,
+    cx: &mut Context<'_>,
+    write: impl Fn(&tokio::net::TcpStream) -> rustix::io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(socket.poll_write_ready(cx))?;
+        match socket.try_io(tokio::io::Interest::WRITABLE, || {
+            write(socket).map_err(io::Error::from)
+        }) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            written => return Poll::Ready(written),
+        }
     }
 }
 

@@ -546,13 +546,8 @@ async fn serve_request(
     drop(close_interim);
     let (head, mut body) = response.into_parts();
     if let Some(opened) = proxy.cache().live_disk().and_then(|d| d.sendfile_bodies()) {
-        let metrics = proxy.metrics();
-        body = match (&link.sendfile, is_http1) {
-            (Some(sendfile), true) => {
-                sendfile::from_file(body, sendfile, opened, &metrics.sendfile_responses)
-            }
-            _ => sendfile::read_from_file(body, opened, &metrics.verified_file_reads),
-        };
+        let sendfile = link.sendfile.as_ref().filter(|_| is_http1);
+        body = sendfile::from_opened_file(body, sendfile, opened, proxy.metrics());
     }
     // A body in memory knows its length; only a streamed one needs the header.
     let declared_len = http_body::Body::size_hint(&body)

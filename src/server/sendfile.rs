@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 
 use crate::body::{Body, BoxError, FileBody};
 use crate::cache::disk::opened::{OpenedBodies, OpenedBody};
+use crate::telemetry::metrics::Metrics;
 
 /// What hyper is given in place of file bytes. Static and zeroed: it costs no memory
 /// until touched, and nothing touches it.
@@ -183,14 +184,15 @@ impl SendfileLink {
     }
 }
 
-/// `body` as stand-in bytes sent from its file, when it is a window of a body file that is
-/// open and verified; otherwise `body` as it is (its file is then verified for later hits).
-/// `sent` counts the bodies sent from files.
-pub fn from_file(
+/// `body` served from its verified open file when it is a window of one: as stand-in
+/// bytes sent with sendfile over `link` (a cleartext HTTP/1 connection), or else read
+/// without hashing. Otherwise `body` as it is (its file is then verified for later hits).
+/// Counted in `metrics`.
+pub fn from_opened_file(
     body: Body,
-    link: &Arc<SendfileLink>,
+    link: Option<&Arc<SendfileLink>>,
     opened: &OpenedBodies,
-    sent: &prometheus_client::metrics::counter::Counter,
+    metrics: &Metrics,
 ) -> Body {
     let Body::File(file_body) = body else {
         return body;
@@ -198,34 +200,21 @@ pub fn from_file(
     let Some(file) = opened_file(&file_body, opened) else {
         return Body::File(file_body);
     };
-    sent.inc();
+    let (offset, len) = (file_body.offset, file_body.len);
+    let Some(link) = link else {
+        metrics.verified_file_reads.inc();
+        return crate::cache::disk::opened::read_body(file, offset, len);
+    };
+    metrics.sendfile_responses.inc();
     Body::boxed(StandIn {
         link: Arc::clone(link),
         window: Some(Window {
             file,
-            offset: file_body.offset,
-            remaining: file_body.len,
+            offset,
+            remaining: len,
         }),
-        remaining: file_body.len,
+        remaining: len,
     })
-}
-
-/// For a connection sendfile cannot write to: `body` read from its file without hashing
-/// when it is a window of a body file that is open and verified; otherwise `body` as it
-/// is (its file is then verified for later hits). `read` counts the bodies read so.
-pub fn read_from_file(
-    body: Body,
-    opened: &OpenedBodies,
-    read: &prometheus_client::metrics::counter::Counter,
-) -> Body {
-    let Body::File(file_body) = body else {
-        return body;
-    };
-    let Some(file) = opened_file(&file_body, opened) else {
-        return Body::File(file_body);
-    };
-    read.inc();
-    crate::cache::disk::opened::read_body(file, file_body.offset, file_body.len)
 }
 
 /// The verified open file of `body`, if there is one. If not, the read that streams

@@ -305,3 +305,54 @@ async fn bad_certificate_files_are_named_at_start() {
         "{error}"
     );
 }
+
+/// Disk hits over TLS, whose connections sendfile cannot write to: once the stored file
+/// has been verified they are read from it, byte for byte, on HTTP/1.1 and HTTP/2, while a
+/// cleartext connection to the same edge is sent the same file with sendfile.
+#[tokio::test]
+async fn disk_hits_over_tls_are_read_from_the_verified_file() {
+    let body = Bytes::from((0..300 << 10).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+    let origin = Origin::start(vec![(
+        "/file",
+        Fixture::Static {
+            status: http::StatusCode::OK,
+            headers: vec![("cache-control", "max-age=600".into())],
+            body: body.clone(),
+        },
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = write_cert(dir.path(), "a", &["a.test"]);
+    let (origin_url, cache_dir) = (origin.url(), dir.path().join("cache"));
+    let edge = start_edge(move |tls| {
+        format!(
+            "[tls]\nlisten = [\"{tls}\"]\n[cache]\ndir = \"{}\"\nmax_object_size = \"64KiB\"\n{}",
+            cache_dir.display(),
+            site_toml(&origin_url, "a.test", &cert, &key, "")
+        )
+    })
+    .await;
+    let metrics = Arc::clone(edge.proxy.outpost.proxy().metrics());
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut session = connect(edge.tls, "a.test", &[&der], &[alpn]).await;
+        let before = metrics.verified_file_reads.get();
+        // A miss, a hit that verifies the file as it streams it, then hits read from it:
+        // no waiting involved.
+        let mut read_from_file = false;
+        for _ in 0..3 {
+            assert!(session.get("a.test", "/file").await.body == body);
+            read_from_file |= metrics.verified_file_reads.get() > before;
+        }
+        assert!(
+            read_from_file,
+            "{alpn:?}: no hit read from the verified file"
+        );
+    }
+    assert_eq!(metrics.sendfile_responses.get(), 0);
+    // Cleartext is its own entry (a miss), whose body is the same verified file.
+    for _ in 0..2 {
+        let plain = get(&edge.proxy.url("/file"), &[("host", "a.test")]).await;
+        assert!(plain.body == body);
+    }
+    assert_eq!(metrics.sendfile_responses.get(), 1);
+}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # 100 KiB disk hits of two outpost builds beside nginx's file cache, interleaved: each
-# outpost has a 1 MiB memory tier and its disk tier on /dev/shm, so every hit reads and
-# verifies its body from disk. Server CPU per request from /proc ticks.
+# outpost has a 1 MiB memory tier and its disk tier on /dev/shm, so every hit's body comes
+# from disk (sent from its verified file with `cache.disk_sendfile`, the default; set
+# OUTPOST_CACHE__DISK_SENDFILE=false to measure the per-byte verified read). Server CPU
+# per request from /proc ticks.
 #
 #   BEFORE=/path/to/old/outpost AFTER=target/release/outpost benches/disk_hits_compare.sh
 #

@@ -78,6 +78,7 @@ impl SettingsArgs {
 }
 
 pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Result<()> {
+    raise_open_file_limit();
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding listen address {}", config.listen))?;
@@ -230,4 +231,34 @@ pub async fn shutdown_signal() {
 
 pub async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Raises the soft limit on open files to the hard one, as servers commonly do: every
+/// client and origin connection is a descriptor, and so is each disk-tier file held open
+/// for sendfile; the usual soft limit of 1024 would cap a busy node well below what the
+/// system allows it. A failure leaves the limit as it was.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    let Some(soft) = limit.current else {
+        return;
+    };
+    // An unlimited hard limit still cannot exceed the kernel's per-process cap.
+    let hard = limit.maximum.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(soft)
+    });
+    if soft >= hard {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(hard),
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(from = soft, to = hard, "open file limit raised"),
+        Err(err) => tracing::warn!(limit = soft, error = %err, "open file limit not raised"),
+    }
 }

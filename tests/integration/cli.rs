@@ -321,3 +321,57 @@ fn several_origins_make_a_pool_and_bad_pools_are_refused() {
         "{errors}"
     );
 }
+
+/// `outpost serve` raises its soft limit on open files to the hard one: connections and
+/// the disk tier's open files are all descriptors, and a soft limit of 1024 is common.
+#[test]
+fn serve_raises_the_open_file_limit_to_the_hard_limit() {
+    use std::io::Read;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = format!(
+        "ulimit -Sn 256 && exec \"$0\" serve --listen 127.0.0.1:{port} --origin http://127.0.0.1:9"
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_outpost")])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outpost did not start"
+        );
+        std::thread::yield_now();
+    }
+    let mut limits = String::new();
+    std::fs::File::open(format!("/proc/{}/limits", child.id()))
+        .unwrap()
+        .read_to_string(&mut limits)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").unwrap();
+    let hard = match open_files[1] {
+        "unlimited" => nr_open.trim(),
+        hard => hard,
+    };
+    assert_eq!(
+        open_files[0], hard,
+        "soft limit raised to the hard one: {limits}"
+    );
+}

@@ -29,10 +29,9 @@ pub enum Body {
     File(Box<FileBody>),
 }
 
-/// A window of a stored body file, and the verified stream of the same bytes.
+/// A window of a stored body file, and where polling reads it from.
 pub struct FileBody {
-    /// What polling yields: the window read and verified as it streams.
-    pub stream: Body,
+    pub source: FileSource,
     pub file: std::sync::Arc<crate::cache::entry::BodyFile>,
     /// The whole body's length and blake3 digest, as indexed.
     pub body_len: u64,
@@ -40,6 +39,13 @@ pub struct FileBody {
     /// The window: `len` bytes from `offset`.
     pub offset: u64,
     pub len: u64,
+}
+
+pub enum FileSource {
+    /// The file is open and verified: polling reads it without hashing.
+    Opened(std::sync::Arc<crate::cache::disk::opened::OpenedBody>),
+    /// The window read and verified as it streams.
+    Stream(Body),
 }
 
 impl Body {
@@ -94,7 +100,19 @@ impl http_body::Body for Body {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
             Body::Boxed(boxed) => Pin::new(boxed).poll_frame(cx),
-            Body::File(file) => Pin::new(&mut file.stream).poll_frame(cx),
+            Body::File(file) => {
+                let file = &mut **file;
+                if let FileSource::Opened(opened) = &file.source {
+                    let opened = std::sync::Arc::clone(opened);
+                    let read = crate::cache::disk::opened::read_body(opened, file.offset, file.len);
+                    file.source = FileSource::Stream(read);
+                }
+                match &mut file.source {
+                    FileSource::Stream(stream) => Pin::new(stream).poll_frame(cx),
+                    // Replaced by its stream just above.
+                    FileSource::Opened(_) => Poll::Ready(Some(Err("file body unread".into()))),
+                }
+            }
         }
     }
 
@@ -104,7 +122,7 @@ impl http_body::Body for Body {
             Body::Full(bytes) => bytes.is_none(),
             Body::Incoming(incoming) => incoming.is_end_stream(),
             Body::Boxed(boxed) => boxed.is_end_stream(),
-            Body::File(file) => file.stream.is_end_stream(),
+            Body::File(file) => file.len == 0,
         }
     }
 

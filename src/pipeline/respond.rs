@@ -11,7 +11,7 @@ use http::{Method, Response, StatusCode};
 use super::Proxy;
 use std::sync::Arc;
 
-use crate::body::{Body, FileBody};
+use crate::body::{Body, FileBody, FileSource};
 
 use super::range::RangeSource;
 
@@ -108,20 +108,25 @@ pub fn stored_window(proxy: &Proxy, entry: &StoredResponse, first: u64, last: u6
             if let Some(disk) = proxy.cache.live_disk() {
                 disk.touch_later(entry.meta.key, entry.meta.variant);
             }
-            let stream = verified_file_body(
-                file,
-                len,
-                entry.meta.body_digest,
-                (first, end),
-                proxy.cache.corruption_hook(&entry.meta),
-                proxy
-                    .cache
-                    .live_disk()
-                    .and_then(|disk| disk.sendfile_bodies())
-                    .cloned(),
-            );
+            // A verified open file needs no stream (nor the hook a stream's failure runs).
+            let opened_bodies = proxy
+                .cache
+                .live_disk()
+                .and_then(|disk| disk.sendfile_bodies());
+            let opened = opened_bodies.and_then(|bodies| bodies.get(&entry.meta.body_digest, len));
+            let source = match opened {
+                Some(opened) => FileSource::Opened(opened),
+                None => FileSource::Stream(verified_file_body(
+                    file,
+                    len,
+                    entry.meta.body_digest,
+                    (first, end),
+                    proxy.cache.corruption_hook(&entry.meta),
+                    opened_bodies.cloned(),
+                )),
+            };
             Body::File(Box::new(FileBody {
-                stream,
+                source,
                 file: Arc::clone(file),
                 body_len: len,
                 digest: entry.meta.body_digest,

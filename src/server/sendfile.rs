@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use parking_lot::Mutex;
 
-use crate::body::{Body, BoxError, FileBody};
+use crate::body::{Body, BoxError, FileBody, FileSource};
 use crate::cache::disk::opened::{OpenedBodies, OpenedBody};
 use crate::telemetry::metrics::Metrics;
 
@@ -197,7 +197,11 @@ pub fn from_opened_file(
     let Body::File(file_body) = body else {
         return body;
     };
-    let Some(file) = opened_file(&file_body, opened) else {
+    let found = match &file_body.source {
+        FileSource::Opened(file) => Some(Arc::clone(file)),
+        FileSource::Stream(_) => opened_file(&file_body, opened),
+    };
+    let Some(file) = found else {
         return Body::File(file_body);
     };
     let (offset, len) = (file_body.offset, file_body.len);

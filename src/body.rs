@@ -7,6 +7,7 @@
 //! it is passed on as an error (the connection is aborted), never as a clean end.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -24,28 +25,36 @@ pub enum Body {
     Incoming(hyper::body::Incoming),
     /// Any other stream (transforms wrap bodies into this).
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
-    /// Bytes of a disk-tier body file: polled, it reads and verifies them as it streams; a
-    /// connection that can send them from the file itself does (`server::sendfile`).
+    /// A window of a body file verified already (`cache::disk::opened`): a connection
+    /// that can send it from the file itself does (`server::sendfile`); polled, it is read.
     File(Box<FileBody>),
 }
 
-/// A window of a stored body file, and where polling reads it from.
-pub struct FileBody {
-    pub source: FileSource,
-    pub file: std::sync::Arc<crate::cache::entry::BodyFile>,
-    /// The whole body's length and blake3 digest, as indexed.
-    pub body_len: u64,
-    pub digest: [u8; 32],
-    /// The window: `len` bytes from `offset`.
-    pub offset: u64,
-    pub len: u64,
+/// A body file verified in full and held open, as a body sees it.
+pub trait VerifiedFile: Send + Sync {
+    fn file(&self) -> &std::fs::File;
+    /// `len` bytes from `offset`, read without hashing (the file is verified).
+    fn read(self: Arc<Self>, offset: u64, len: u64) -> Body;
 }
 
-pub enum FileSource {
-    /// The file is open and verified: polling reads it without hashing.
-    Opened(std::sync::Arc<crate::cache::disk::opened::OpenedBody>),
-    /// The window read and verified as it streams.
-    Stream(Body),
+/// `len` bytes of a verified file from `offset`.
+pub struct FileBody {
+    pub file: Arc<dyn VerifiedFile>,
+    pub offset: u64,
+    pub len: u64,
+    /// The read, once the body is polled.
+    read: Option<Body>,
+}
+
+impl FileBody {
+    pub fn new(file: Arc<dyn VerifiedFile>, offset: u64, len: u64) -> FileBody {
+        FileBody {
+            file,
+            offset,
+            len,
+            read: None,
+        }
+    }
 }
 
 impl Body {
@@ -101,17 +110,14 @@ impl http_body::Body for Body {
             Body::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
             Body::Boxed(boxed) => Pin::new(boxed).poll_frame(cx),
             Body::File(file) => {
-                let file = &mut **file;
-                if let FileSource::Opened(opened) = &file.source {
-                    let opened = std::sync::Arc::clone(opened);
-                    let read = crate::cache::disk::opened::read_body(opened, file.offset, file.len);
-                    file.source = FileSource::Stream(read);
-                }
-                match &mut file.source {
-                    FileSource::Stream(stream) => Pin::new(stream).poll_frame(cx),
-                    // Replaced by its stream just above.
-                    FileSource::Opened(_) => Poll::Ready(Some(Err("file body unread".into()))),
-                }
+                let FileBody {
+                    file,
+                    offset,
+                    len,
+                    read,
+                } = &mut **file;
+                let read = read.get_or_insert_with(|| Arc::clone(file).read(*offset, *len));
+                Pin::new(read).poll_frame(cx)
             }
         }
     }
@@ -122,7 +128,10 @@ impl http_body::Body for Body {
             Body::Full(bytes) => bytes.is_none(),
             Body::Incoming(incoming) => incoming.is_end_stream(),
             Body::Boxed(boxed) => boxed.is_end_stream(),
-            Body::File(file) => file.len == 0,
+            Body::File(file) => file
+                .read
+                .as_ref()
+                .map_or(file.len == 0, Body::is_end_stream),
         }
     }
 

@@ -9,9 +9,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use super::Proxy;
-use std::sync::Arc;
 
-use crate::body::{Body, FileBody, FileSource};
+use crate::body::{Body, FileBody};
 
 use super::range::RangeSource;
 
@@ -103,36 +102,32 @@ pub fn stored_window(proxy: &Proxy, entry: &StoredResponse, first: u64, last: u6
                 return Body::empty();
             }
             let end = last.min(len - 1);
+            let digest = entry.meta.body_digest;
+            let disk = proxy.cache.live_disk();
             // Served from memory, which holds only where the body is: the disk tier's
             // recency must still see the use, or it would evict a hot body's file.
-            if let Some(disk) = proxy.cache.live_disk() {
+            if let Some(disk) = disk {
                 disk.touch_later(entry.meta.key, entry.meta.variant);
             }
-            // A verified open file needs no stream (nor the hook a stream's failure runs).
-            let opened_bodies = proxy
-                .cache
-                .live_disk()
-                .and_then(|disk| disk.sendfile_bodies());
-            let opened = opened_bodies.and_then(|bodies| bodies.get(&entry.meta.body_digest, len));
-            let source = match opened {
-                Some(opened) => FileSource::Opened(opened),
-                None => FileSource::Stream(verified_file_body(
-                    file,
-                    len,
-                    entry.meta.body_digest,
-                    (first, end),
-                    proxy.cache.corruption_hook(&entry.meta),
-                    opened_bodies.cloned(),
-                )),
-            };
-            Body::File(Box::new(FileBody {
-                source,
-                file: Arc::clone(file),
-                body_len: len,
-                digest: entry.meta.body_digest,
-                offset: first,
-                len: end - first + 1,
-            }))
+            let opened_bodies = disk.and_then(|disk| disk.sendfile_bodies());
+            if let Some(bodies) = opened_bodies {
+                if let Some(opened) = bodies.get(&digest, len) {
+                    return Body::File(Box::new(FileBody::new(opened, first, end - first + 1)));
+                }
+                // The read below keeps the file once it has verified all of it; a window
+                // of a body with per-block digests never reads it all.
+                if file.blocks.is_some() && (first > 0 || end + 1 < len) {
+                    bodies.verify_later(digest, len, file.path.clone());
+                }
+            }
+            verified_file_body(
+                file,
+                len,
+                digest,
+                (first, end),
+                proxy.cache.corruption_hook(&entry.meta),
+                opened_bodies.cloned(),
+            )
         }
     }
 }

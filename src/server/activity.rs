@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::sendfile::{is_placeholder, SendfileLink, SendfileSocket};
+use super::sendfile::{is_placeholder, poll_write_before_file, SendfileLink, SendfileSocket};
 use crate::pipeline::interim::InterimLink;
 
 /// Why the watchdog wants the connection to end.
@@ -233,14 +233,15 @@ impl<S: AsyncWrite + SendfileSocket + Unpin> WatchedIo<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Option<Poll<std::io::Result<usize>>> {
         let first = bufs.iter().position(|buf| is_placeholder(buf))?;
-        if first > 0 {
-            return Some(self.inner.poll_write_before_file(cx, &bufs[..first]));
-        }
-        Some(match &self.sendfile {
-            Some(link) => link.poll_send(cx, &mut self.inner, bufs[0].len()),
-            None => Poll::Ready(Err(std::io::Error::other(
+        let (Some(link), Some(socket)) = (&self.sendfile, self.inner.tcp()) else {
+            return Some(Poll::Ready(Err(std::io::Error::other(
                 "sendfile stand-in bytes on a connection without sendfile",
-            ))),
+            ))));
+        };
+        Some(if first > 0 {
+            poll_write_before_file(socket, cx, &bufs[..first])
+        } else {
+            link.poll_send(cx, socket, bufs[0].len())
         })
     }
 }

@@ -544,11 +544,9 @@ async fn serve_request(
     // the whole pipeline's state would otherwise be copied with it on every request.
     let (response, record) = Box::pin(pipeline::handle(proxy, request, downstream)).await;
     drop(close_interim);
-    let (head, mut body) = response.into_parts();
-    if let Some(opened) = proxy.cache().live_disk().and_then(|d| d.sendfile_bodies()) {
-        let sendfile = link.sendfile.as_ref().filter(|_| is_http1);
-        body = sendfile::from_opened_file(body, sendfile, opened, proxy.metrics());
-    }
+    let (head, body) = response.into_parts();
+    let sendfile = link.sendfile.as_ref().filter(|_| is_http1);
+    let body = sendfile::from_verified_file(body, sendfile, proxy.metrics());
     // A body in memory knows its length; only a streamed one needs the header.
     let declared_len = http_body::Body::size_hint(&body)
         .exact()

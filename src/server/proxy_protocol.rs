@@ -118,26 +118,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 
 /// Writes go straight to the inner stream, so sendfile may too.
 impl<S: super::sendfile::SendfileSocket> super::sendfile::SendfileSocket for Prefixed<S> {
-    fn poll_sendfile(
-        &mut self,
-        cx: &mut Context<'_>,
-        file: &std::fs::File,
-        offset: u64,
-        len: usize,
-    ) -> Poll<std::io::Result<usize>> {
-        self.inner.poll_sendfile(cx, file, offset, len)
-    }
-
-    fn poll_write_before_file(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        self.inner.poll_write_before_file(cx, bufs)
-    }
-
-    fn can_sendfile(&self) -> bool {
-        self.inner.can_sendfile()
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        self.inner.tcp()
     }
 }
 

@@ -12,7 +12,6 @@
 //! not take vectored writes, and then no link is made; see [`SendfileLink::for_socket`]).
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,8 +21,9 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use parking_lot::Mutex;
 
-use crate::body::{Body, BoxError, FileBody, FileSource};
-use crate::cache::disk::opened::{OpenedBodies, OpenedBody};
+use tokio::net::TcpStream;
+
+use crate::body::{Body, BoxError, FileBody, VerifiedFile};
 use crate::telemetry::metrics::Metrics;
 
 /// What hyper is given in place of file bytes. Static and zeroed: it costs no memory
@@ -37,79 +37,41 @@ pub fn is_placeholder(bytes: &[u8]) -> bool {
     !bytes.is_empty() && at >= start && at < start + PLACEHOLDER.len()
 }
 
-/// A socket sendfile can write to.
+/// A client socket, as far as sendfile is concerned: the plain TCP socket beneath it, if
+/// its bytes go out on that socket as they are (not TLS).
 pub trait SendfileSocket {
-    /// Sends up to `len` bytes of `file` from `offset`; the bytes sent.
-    ///
-    /// # Errors
-    /// The socket's write error; `Unsupported` for a socket that is not a plain TCP one.
-    fn poll_sendfile(
-        &mut self,
-        cx: &mut Context<'_>,
-        file: &File,
-        offset: u64,
-        len: usize,
-    ) -> Poll<io::Result<usize>> {
-        let _ = (cx, file, offset, len);
-        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
-    }
-
-    /// Writes `bufs` (a response head) telling the kernel more follows at once (the file
-    /// bytes), so the head does not go out in a packet of its own.
-    ///
-    /// # Errors
-    /// The socket's write error; `Unsupported` as for [`SendfileSocket::poll_sendfile`].
-    fn poll_write_before_file(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let _ = (cx, bufs);
-        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
-    }
-
-    /// Whether [`SendfileSocket::poll_sendfile`] works on this socket.
-    fn can_sendfile(&self) -> bool {
-        false
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
     }
 }
 
-impl SendfileSocket for tokio::net::TcpStream {
-    fn poll_sendfile(
-        &mut self,
-        cx: &mut Context<'_>,
-        file: &File,
-        offset: u64,
-        len: usize,
-    ) -> Poll<io::Result<usize>> {
-        poll_when_writable(self, cx, |socket| {
-            let mut at = offset;
-            rustix::fs::sendfile(socket, file, Some(&mut at), len)
-        })
+impl SendfileSocket for TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
     }
+}
 
-    fn poll_write_before_file(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        poll_when_writable(self, cx, |socket| {
-            let mut no_control = rustix::net::SendAncillaryBuffer::default();
-            rustix::net::sendmsg(socket, bufs, &mut no_control, rustix::net::SendFlags::MORE)
-        })
-    }
+impl<S> SendfileSocket for tokio_rustls::server::TlsStream<S> {}
 
-    fn can_sendfile(&self) -> bool {
-        true
-    }
+/// Writes `bufs` (a response head) to `socket` telling the kernel that more follows at once
+/// (the file bytes), so the head does not go out in a packet of its own.
+pub fn poll_write_before_file(
+    socket: &TcpStream,
+    cx: &mut Context<'_>,
+    bufs: &[io::IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    poll_when_writable(socket, cx, |socket| {
+        let mut no_control = rustix::net::SendAncillaryBuffer::default();
+        rustix::net::sendmsg(socket, bufs, &mut no_control, rustix::net::SendFlags::MORE)
+    })
 }
 
 /// Runs the non-blocking `write` once `socket` is writable, again whenever it finds the
 /// socket full after all.
 fn poll_when_writable(
-    socket: &tokio::net::TcpStream,
+    socket: &TcpStream,
     cx: &mut Context<'_>,
-    write: impl Fn(&tokio::net::TcpStream) -> rustix::io::Result<usize>,
+    write: impl Fn(&TcpStream) -> rustix::io::Result<usize>,
 ) -> Poll<io::Result<usize>> {
     loop {
         ready!(socket.poll_write_ready(cx))?;
@@ -122,8 +84,6 @@ fn poll_when_writable(
     }
 }
 
-impl<S> SendfileSocket for tokio_rustls::server::TlsStream<S> {}
-
 /// The file windows of a connection's responses, in the order hyper writes them.
 #[derive(Default)]
 pub struct SendfileLink {
@@ -131,7 +91,7 @@ pub struct SendfileLink {
 }
 
 struct Window {
-    file: Arc<OpenedBody>,
+    file: Arc<dyn VerifiedFile>,
     offset: u64,
     remaining: u64,
 }
@@ -143,7 +103,7 @@ impl SendfileLink {
     where
         S: SendfileSocket + tokio::io::AsyncWrite,
     {
-        (enabled && socket.can_sendfile() && socket.is_write_vectored())
+        (enabled && socket.tcp().is_some() && socket.is_write_vectored())
             .then(|| Arc::new(SendfileLink::default()))
     }
 
@@ -153,10 +113,10 @@ impl SendfileLink {
     /// No window is queued (the stand-in would go out as it is), the file ended early (it
     /// was truncated since it was verified: the response must end short), or the socket
     /// failed.
-    pub fn poll_send<S: SendfileSocket>(
+    pub fn poll_send(
         &self,
         cx: &mut Context<'_>,
-        socket: &mut S,
+        socket: &TcpStream,
         max: usize,
     ) -> Poll<io::Result<usize>> {
         let mut windows = self.windows.lock();
@@ -168,7 +128,11 @@ impl SendfileLink {
         let want = usize::try_from(window.remaining)
             .unwrap_or(usize::MAX)
             .min(max);
-        let sent = ready!(socket.poll_sendfile(cx, window.file.file(), window.offset, want))?;
+        let (file, offset) = (window.file.file(), window.offset);
+        let sent = ready!(poll_when_writable(socket, cx, |socket| {
+            let mut at = offset;
+            rustix::fs::sendfile(socket, file, Some(&mut at), want)
+        }))?;
         if sent == 0 {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -184,32 +148,21 @@ impl SendfileLink {
     }
 }
 
-/// `body` served from its verified open file when it is a window of one: as stand-in
-/// bytes sent with sendfile over `link` (a cleartext HTTP/1 connection), or else read
-/// without hashing. Otherwise `body` as it is (its file is then verified for later hits).
-/// Counted in `metrics`.
-pub fn from_opened_file(
-    body: Body,
-    link: Option<&Arc<SendfileLink>>,
-    opened: &OpenedBodies,
-    metrics: &Metrics,
-) -> Body {
+/// `body`, when it is a window of a verified file ([`Body::File`]), as stand-in bytes sent
+/// with sendfile over `link` (a cleartext HTTP/1 connection); without a link it is read
+/// when polled. Counted in `metrics`. Any other body as it is.
+pub fn from_verified_file(body: Body, link: Option<&Arc<SendfileLink>>, metrics: &Metrics) -> Body {
     let Body::File(file_body) = body else {
         return body;
     };
-    let found = match &file_body.source {
-        FileSource::Opened(file) => Some(Arc::clone(file)),
-        FileSource::Stream(_) => opened_file(&file_body, opened),
-    };
-    let Some(file) = found else {
-        return Body::File(file_body);
-    };
-    let (offset, len) = (file_body.offset, file_body.len);
     let Some(link) = link else {
         metrics.verified_file_reads.inc();
-        return crate::cache::disk::opened::read_body(file, offset, len);
+        return Body::File(file_body);
     };
     metrics.sendfile_responses.inc();
+    let FileBody {
+        file, offset, len, ..
+    } = *file_body;
     Body::boxed(StandIn {
         link: Arc::clone(link),
         window: Some(Window {
@@ -219,18 +172,6 @@ pub fn from_opened_file(
         }),
         remaining: len,
     })
-}
-
-/// The verified open file of `body`, if there is one. If not, the read that streams
-/// `body` verifies and keeps the file when it reads all of it; only a window of a body
-/// with per-block digests is not read whole, so such a file is verified in the background.
-fn opened_file(body: &FileBody, opened: &OpenedBodies) -> Option<Arc<OpenedBody>> {
-    let found = opened.get(&body.digest, body.body_len);
-    let is_window = body.offset > 0 || body.len < body.body_len;
-    if found.is_none() && is_window && body.file.blocks.is_some() {
-        opened.verify_later(body.digest, body.body_len, body.file.path.clone());
-    }
-    found
 }
 
 /// The body hyper polls: stand-in slices adding up to the window, which it queues on the

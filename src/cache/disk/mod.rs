@@ -159,8 +159,6 @@ pub struct DiskTier {
     retry_after: std::time::Duration,
     /// Bodies up to this size are kept in the index, not in files.
     inline_max: u64,
-    /// Whether hits may be sent from their verified open file (`cache.disk_sendfile`).
-    sendfile: bool,
     /// Where reads run (writes go to tokio's blocking pool); `None`: there too.
     readers: Option<Arc<readers::Readers>>,
     /// Where writes run (see [`readers`]); `None`: on tokio's blocking pool.
@@ -206,7 +204,6 @@ impl DiskTier {
             max_object_size,
             retry_after: std::time::Duration::from_secs(30),
             inline_max: 0,
-            sendfile: false,
             readers: match readers::Readers::start(READER_THREADS, "read") {
                 Ok(readers) => Some(Arc::new(readers)),
                 Err(err) => {
@@ -254,11 +251,6 @@ impl DiskTier {
         self.store.usage()
     }
 
-    /// Body files held open after a full verification; see [`opened`].
-    pub fn opened_bodies(&self) -> &opened::OpenedBodies {
-        &self.store.blobs.opened
-    }
-
     /// Where the body with `digest` lives.
     pub fn blob_path(&self, digest: &[u8; 32]) -> PathBuf {
         self.store.blob_path(digest)
@@ -277,15 +269,16 @@ impl DiskTier {
     }
 
     /// The same tier, letting hits be sent from verified open files (`cache.disk_sendfile`).
-    pub fn with_sendfile(mut self, sendfile: bool) -> DiskTier {
-        self.sendfile = sendfile;
+    pub fn with_sendfile(self, sendfile: bool) -> DiskTier {
         self.store.blobs.opened.enable(sendfile);
         self
     }
 
-    /// The verified open files hits may be sent from, when `cache.disk_sendfile` is on.
+    /// The verified open files hits may be sent from (see [`opened`]), when
+    /// `cache.disk_sendfile` is on.
     pub fn sendfile_bodies(&self) -> Option<&opened::OpenedBodies> {
-        self.sendfile.then(|| self.opened_bodies())
+        let opened = &self.store.blobs.opened;
+        opened.is_enabled().then_some(opened)
     }
 
     /// The same tier, queueing at most `limit` bytes of bodies for writing.

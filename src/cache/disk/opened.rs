@@ -158,9 +158,15 @@ impl OpenedBody {
         now.saturating_duration_since(self.verified_at) < REVERIFY_AFTER
             && FileStatus::of(&self.file) == Some(self.status)
     }
+}
 
-    pub fn file(&self) -> &File {
+impl crate::body::VerifiedFile for OpenedBody {
+    fn file(&self) -> &File {
         &self.file
+    }
+
+    fn read(self: Arc<Self>, offset: u64, len: u64) -> crate::body::Body {
+        read_body(self, offset, len)
     }
 }
 
@@ -170,7 +176,7 @@ const READ_CHUNK: u64 = 512 << 10;
 /// `len` bytes of `opened` from `offset`, read on tokio's blocking pool with no hashing
 /// (the file is verified; see the module doc): for connections sendfile cannot write to.
 /// A file found shorter ends the body in an error.
-pub fn read_body(opened: Arc<OpenedBody>, offset: u64, len: u64) -> crate::body::Body {
+fn read_body(opened: Arc<OpenedBody>, offset: u64, len: u64) -> crate::body::Body {
     use futures_util::StreamExt;
     let end = offset.saturating_add(len);
     let chunks = futures_util::stream::unfold(offset, move |at| {

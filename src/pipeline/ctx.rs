@@ -3,6 +3,7 @@
 //! `server` when the body has been sent or abandoned) turns it into metrics, a status-board
 //! entry and the access-log line, so all three always agree.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,13 +12,13 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{Method, Version};
 
 use super::access_log::{self, AccessLog};
+use super::route::Site;
 use crate::cache::key::{PrimaryKey, VariantKey};
 use crate::telemetry::cache_status::{CacheStatus, FwdReason};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::Tier;
 
 /// One request's state across the phases.
-#[derive(Debug)]
 pub struct RequestCtx {
     pub started: Instant,
     /// The time the cache judges freshness at, taken once per request.
@@ -28,10 +29,10 @@ pub struct RequestCtx {
     pub method: Method,
     pub version: Version,
     pub host: String,
-    pub target: String,
-    pub site: String,
-    /// The origin the site forwards to.
-    pub origin: String,
+    /// The request target as the client sent it (a clone shares the parsed bytes).
+    pub uri: http::Uri,
+    /// The site the request was routed to, and through it the origin it forwards to.
+    pub site: Option<Arc<Site>>,
     /// Cache key and variant, once the lookup has computed them.
     pub key: Option<PrimaryKey>,
     pub variant: Option<VariantKey>,
@@ -71,12 +72,8 @@ impl RequestCtx {
             method: request.method.clone(),
             version: request.version,
             host: String::new(),
-            target: request
-                .uri
-                .path_and_query()
-                .map_or_else(|| request.uri.to_string(), |pq| pq.as_str().to_string()),
-            site: String::new(),
-            origin: String::new(),
+            uri: request.uri.clone(),
+            site: None,
             key: None,
             variant: None,
             status: CacheStatus::forward(FwdReason::Bypass),
@@ -101,9 +98,29 @@ impl RequestCtx {
         }
     }
 
+    /// The request target: path and query, or the whole target when it has no path.
+    pub fn target(&self) -> Cow<'_, str> {
+        match self.uri.path_and_query() {
+            Some(path_and_query) => Cow::Borrowed(path_and_query.as_str()),
+            None => Cow::Owned(self.uri.to_string()),
+        }
+    }
+
+    /// The name of the site the request was routed to (empty before routing).
+    pub fn site_name(&self) -> &str {
+        self.site.as_ref().map_or("", |site| site.name.as_str())
+    }
+
+    /// The name of the origin the request's site forwards to (empty before routing).
+    pub fn origin_name(&self) -> &str {
+        self.site
+            .as_ref()
+            .map_or("", |site| site.pool.name.as_str())
+    }
+
     /// `http://host/target`, for the status page and error lists.
     pub fn url(&self) -> String {
-        format!("http://{}{}", self.host, self.target)
+        format!("http://{}{}", self.host, self.target())
     }
 
     /// Records the finished exchange in the metrics and emits the access-log line (target
@@ -128,7 +145,7 @@ impl RequestCtx {
             client: self.client,
             method: self.method.as_str(),
             host: &self.host,
-            target: &self.target,
+            target: &self.target(),
             version,
             status: self.response_status,
             bytes,
@@ -136,7 +153,7 @@ impl RequestCtx {
             upstream: self.upstream_duration,
             cache: outcome.as_str(),
             tier: tier.as_str(),
-            site: &self.site,
+            site: self.site_name(),
             key: self.key.map(|key| key.to_hex()),
             variant: self.variant.map(|variant| short_hex(&variant.0)),
             ttl: self.status.ttl,
@@ -154,8 +171,8 @@ impl RequestCtx {
     pub fn path_view(&self, age: Option<&str>) -> String {
         let mut view = format!(
             "site={}; origin={}; cache={}; tier={}",
-            crate::error::sf_string(&self.site),
-            crate::error::sf_string(&self.origin),
+            crate::error::sf_string(self.site_name()),
+            crate::error::sf_string(self.origin_name()),
             self.status.outcome().as_str(),
             self.tier().as_str(),
         );

@@ -258,7 +258,7 @@ fn failed(proxy: &Proxy, ctx: &mut RequestCtx, err: &ProxyError, reveal: bool) -
             tracing::warn!(%peer, error = %err, "origin failed");
             let error = err.proxy_status_error();
             let board = &proxy.metrics.board;
-            board.record_origin_error(&ctx.site, ctx.url(), error, err.to_string());
+            board.record_origin_error(ctx.site_name(), ctx.url(), error, err.to_string());
         }
         Fault::Internal => tracing::error!(%peer, error = %err, "internal error"),
     }
@@ -282,13 +282,12 @@ async fn serve(
     }
     check_request(parts)?;
     let host = route::request_host(parts, facts.scheme)?;
-    ctx.host = host.clone().unwrap_or_default();
+    ctx.host = host.as_deref().unwrap_or_default().to_owned();
     let site = match forward_site {
         Some(site) => site,
         None => Arc::clone(proxy.router.route(host.as_deref(), parts.uri.path())?),
     };
-    ctx.site = site.name.clone();
-    ctx.origin = site.pool.name.clone();
+    ctx.site = Some(Arc::clone(&site));
     if site.redirect_https && facts.scheme == "http" {
         ctx.status = CacheStatus::forward(FwdReason::Bypass);
         let redirect = respond::redirect_to_https(host.as_deref(), parts, proxy.https_port);

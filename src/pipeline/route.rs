@@ -5,6 +5,7 @@
 //! Forwarding headers are `forwarding`'s business; building and sending the upstream request
 //! is `upstream`'s.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::header::HOST;
@@ -212,10 +213,10 @@ impl Router {
 ///
 /// # Errors
 /// [`ProxyError::BadRequest`] for a missing (HTTP/1.1), repeated or malformed Host.
-pub fn request_host(
-    request: &http::request::Parts,
+pub fn request_host<'a>(
+    request: &'a http::request::Parts,
     scheme: &str,
-) -> Result<Option<String>, ProxyError> {
+) -> Result<Option<Cow<'a, str>>, ProxyError> {
     let mut hosts = request.headers.get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {
@@ -225,9 +226,7 @@ pub fn request_host(
         if authority.as_str().contains('@') {
             return Err(ProxyError::BadRequest("userinfo in request target"));
         }
-        return Ok(Some(
-            canonical_authority(scheme, authority.as_str()).into_owned(),
-        ));
+        return Ok(Some(canonical_authority(scheme, authority.as_str())));
     }
     match header {
         Some(value) => {
@@ -237,7 +236,7 @@ pub fn request_host(
             if !is_valid_authority(text) {
                 return Err(ProxyError::BadRequest("malformed Host header"));
             }
-            Ok(Some(canonical_authority(scheme, text).into_owned()))
+            Ok(Some(canonical_authority(scheme, text)))
         }
         None if request.version == Version::HTTP_11 => {
             Err(ProxyError::BadRequest("missing Host header"))

@@ -299,6 +299,9 @@ struct HeadScanner {
     /// Lower-cased start of the current line (enough for the longest name we look for).
     line: [u8; 18],
     line_len: usize,
+    /// The current line may name a framing field or end the head: only then is its start
+    /// kept (most lines are neither, and copying each cost a tenth of a small hit's work).
+    is_line_kept: bool,
     saw_content_length: bool,
     saw_transfer_encoding: bool,
 }
@@ -331,21 +334,30 @@ impl HeadScanner {
                 Some(end) => (&rest[..end], Some(end)),
                 None => (rest, None),
             };
-            let (capacity, filled) = (self.line.len(), self.line_len.min(self.line.len()));
-            let room = capacity - filled;
-            for (slot, byte) in self.line[filled..]
-                .iter_mut()
-                .zip(&text[..text.len().min(room)])
-            {
-                *slot = byte.to_ascii_lowercase();
+            if self.line_len == 0 {
+                self.is_line_kept =
+                    matches!(text.first(), None | Some(b'c' | b'C' | b't' | b'T' | b'\r'));
+            }
+            if self.is_line_kept {
+                let (capacity, filled) = (self.line.len(), self.line_len.min(self.line.len()));
+                let room = capacity - filled;
+                for (slot, byte) in self.line[filled..]
+                    .iter_mut()
+                    .zip(&text[..text.len().min(room)])
+                {
+                    *slot = byte.to_ascii_lowercase();
+                }
             }
             self.line_len += text.len();
             let Some(end) = line_ends else { break };
             rest = &rest[end + 1..];
-            let is_blank = self.line_len == 0 || (self.line_len == 1 && self.line[0] == b'\r');
-            let kept = &self.line[..self.line_len.min(self.line.len())];
-            self.saw_content_length |= kept.starts_with(Self::CONTENT_LENGTH);
-            self.saw_transfer_encoding |= kept.starts_with(Self::TRANSFER_ENCODING);
+            let is_blank = self.line_len == 0
+                || (self.line_len == 1 && self.is_line_kept && self.line[0] == b'\r');
+            if self.is_line_kept {
+                let kept = &self.line[..self.line_len.min(self.line.len())];
+                self.saw_content_length |= kept.starts_with(Self::CONTENT_LENGTH);
+                self.saw_transfer_encoding |= kept.starts_with(Self::TRANSFER_ENCODING);
+            }
             self.line_len = 0;
             if is_blank {
                 self.is_in_head = false;

@@ -2,6 +2,7 @@
 //! the access-log line once the body is finished or abandoned, and tell the connection's
 //! watchdog that the request is over.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -77,7 +78,7 @@ impl http_body::Body for ResponseTracker {
             Poll::Ready(None) => this.is_complete = true,
             Poll::Ready(Some(Err(err))) => {
                 tracing::warn!(
-                    target = this.record.as_ref().map_or("", |r| r.target.as_str()),
+                    target = %this.record.as_ref().map_or(Cow::Borrowed(""), |r| r.target()),
                     error = %err,
                     "response body failed mid-stream: aborting the client's response"
                 );

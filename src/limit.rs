@@ -89,15 +89,17 @@ impl Limiter {
     /// [`Refused`] when the queue is full or the wait passes `bounds.wait`.
     pub async fn admit(&self, peer: &str) -> Result<Admission, Refused> {
         let per_peer = self.peer(peer);
-        if let (Ok(total), Ok(peer)) = (
-            Arc::clone(&self.total).try_acquire_owned(),
-            Arc::clone(&per_peer).try_acquire_owned(),
-        ) {
-            self.note_in_use();
-            return Ok(Admission {
-                _total: total,
-                _peer: peer,
-            });
+        // The peer's slot first, and a global one only with it: a global slot taken by a
+        // caller whose peer is full, even for a moment, would be one too many for another
+        // origin's caller (refused or queued for nothing) and for the count of holders.
+        if let Ok(peer) = Arc::clone(&per_peer).try_acquire_owned() {
+            if let Ok(total) = Arc::clone(&self.total).try_acquire_owned() {
+                self.note_in_use();
+                return Ok(Admission {
+                    _total: total,
+                    _peer: peer,
+                });
+            }
         }
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.bounds.queue {
             self.waiting.fetch_sub(1, Ordering::Relaxed);

@@ -154,11 +154,63 @@ pub struct MemoryTier {
     replacement: Option<Arc<Replacement>>,
 }
 
+/// Memory held outside the tier on its behalf, in bytes (see [`MemoryTier::charged_with`]).
+pub type MemoryCharge = Box<dyn Fn() -> u64 + Send + Sync>;
+
 /// The W-TinyLFU policy and what its evictions report to.
 struct Replacement {
     policy: Mutex<WindowTinyLfu<PrimaryKey>>,
     evictions: Counter,
     on_evict: Option<EvictionHook>,
+    /// The capacity configured: the policy's is this less what `charge` reports.
+    configured: u64,
+    charge: Option<MemoryCharge>,
+    /// Whether the charge has been found larger than the tier may give up (said once).
+    charge_capped: std::sync::atomic::AtomicBool,
+}
+
+/// The least share of its configured capacity the tier keeps whatever it is charged: a disk
+/// index larger than the rest would otherwise leave no memory tier at all. An eighth keeps the
+/// hottest objects in memory while a disk index of up to seven eighths of the capacity still
+/// leaves the process within it.
+const MIN_CAPACITY_DIVISOR: u64 = 8;
+
+impl Replacement {
+    /// Stores `key` weighing `size` with the policy (pushing onto `evicted` what leaves),
+    /// after bringing the policy's capacity in line with the charge.
+    fn insert(&self, key: PrimaryKey, size: u64, evicted: &mut Vec<PrimaryKey>) {
+        let capacity = self.capacity_now();
+        let mut policy = self.policy.lock();
+        if policy.capacity() != capacity {
+            policy.set_capacity(capacity, evicted);
+        }
+        policy.insert(key, size, NEVER, evicted);
+    }
+
+    /// The configured capacity less the charge, down to its floor.
+    fn capacity_now(&self) -> u64 {
+        let Some(charge) = &self.charge else {
+            return self.configured;
+        };
+        let floor = self.configured / MIN_CAPACITY_DIVISOR;
+        let charged = charge();
+        let capacity = self.configured.saturating_sub(charged);
+        if capacity < floor {
+            use std::sync::atomic::Ordering;
+            if !self.charge_capped.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    charged_bytes = charged,
+                    capacity = self.configured,
+                    "the disk tier (its index and write queue) holds more memory than seven eighths of \
+                     cache.memory_capacity: the memory tier keeps an eighth, and the process \
+                     will use more than the capacity configured; raise cache.memory_capacity \
+                     or cap cache.disk_max_objects"
+                );
+            }
+            return floor;
+        }
+        capacity
+    }
 }
 
 /// Expiry is the entries' own business; the policy's is for replay.
@@ -189,6 +241,9 @@ impl MemoryTier {
                     policy: Mutex::new(WindowTinyLfu::new(capacity)),
                     evictions,
                     on_evict,
+                    configured: capacity,
+                    charge: None,
+                    charge_capped: std::sync::atomic::AtomicBool::new(false),
                 };
                 return MemoryTier {
                     cache,
@@ -219,6 +274,24 @@ impl MemoryTier {
         }
     }
 
+    /// The same tier, its capacity lessened by what `charge` reports each time it stores:
+    /// memory held on its behalf elsewhere (the disk tier's index and write queue), so that the process
+    /// stays near `cache.memory_capacity`. It keeps at least an eighth of its capacity. Only the
+    /// tier's own policy is charged (moka's capacity is fixed when it is built).
+    pub fn charged_with(mut self, charge: MemoryCharge) -> MemoryTier {
+        if let Some(replacement) = self.replacement.as_mut().and_then(Arc::get_mut) {
+            replacement.charge = Some(charge);
+        }
+        self
+    }
+
+    /// Bytes the tier may hold now (its configured capacity less any charge).
+    pub fn capacity(&self) -> Option<u64> {
+        self.replacement
+            .as_ref()
+            .map(|replacement| replacement.policy.lock().capacity())
+    }
+
     /// The stored variants of `key`; the request is counted by the policy, found or not.
     pub async fn get(&self, key: &PrimaryKey) -> Option<Arc<VariantSet>> {
         let found = self.cache.get(key);
@@ -239,18 +312,12 @@ impl MemoryTier {
             return;
         };
         let mut evicted = Vec::new();
-        {
-            let mut policy = replacement.policy.lock();
-            match weight {
-                Some(weight) => policy.insert(
-                    key,
-                    u64::from(weight) + POLICY_OVERHEAD,
-                    NEVER,
-                    &mut evicted,
-                ),
-                None => {
-                    policy.remove(&key);
-                }
+        match weight {
+            Some(weight) => {
+                replacement.insert(key, u64::from(weight) + POLICY_OVERHEAD, &mut evicted);
+            }
+            None => {
+                replacement.policy.lock().remove(&key);
             }
         }
         self.remove_evicted(replacement, evicted);
@@ -317,12 +384,7 @@ impl MemoryTier {
         );
         let weight = set.weight();
         let mut evicted = Vec::new();
-        replacement.policy.lock().insert(
-            key,
-            u64::from(weight) + POLICY_OVERHEAD,
-            NEVER,
-            &mut evicted,
-        );
+        replacement.insert(key, u64::from(weight) + POLICY_OVERHEAD, &mut evicted);
         let refused = evicted.contains(&key);
         let mut answer = Arc::clone(&set);
         if !refused {
@@ -485,6 +547,51 @@ mod tests {
         for policy in [MemoryPolicy::Wtinylfu, MemoryPolicy::Lru] {
             full_tier_admits_a_large_object_with(policy).await;
         }
+    }
+
+    /// Memory held on the tier's behalf elsewhere (the disk index) is counted against its
+    /// capacity from its next store on, down to an eighth of the capacity and no further.
+    #[tokio::test]
+    async fn a_charge_lessens_the_capacity_down_to_an_eighth() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let charged = Arc::new(AtomicU64::new(0));
+        let reported = Arc::clone(&charged);
+        let capacity = 4 << 20;
+        let tier = MemoryTier::new(
+            capacity,
+            4,
+            MemoryPolicy::Wtinylfu,
+            Counter::default(),
+            None,
+        )
+        .charged_with(Box::new(move || reported.load(Ordering::Relaxed)));
+        async fn tier_insert(tier: &MemoryTier, path: &str, size: usize) {
+            let stored = entry(path, size);
+            tier.get(&stored.meta.key).await;
+            tier.insert(stored).await;
+        }
+        for index in 0..6_000 {
+            tier_insert(&tier, &format!("/o/{index}"), 1024).await;
+        }
+        assert_eq!(tier.capacity(), Some(capacity));
+        let (_, full) = tier.usage().await;
+        assert!(full > capacity * 9 / 10, "full: {full}");
+
+        charged.store(1 << 20, Ordering::Relaxed);
+        tier_insert(&tier, "/after-charge", 1024).await;
+        assert_eq!(tier.capacity(), Some(capacity - (1 << 20)));
+        let (_, held) = tier.usage().await;
+        assert!(
+            held <= capacity - (1 << 20),
+            "held {held} within the lessened capacity"
+        );
+
+        charged.store(100 << 20, Ordering::Relaxed);
+        tier_insert(&tier, "/after-large-charge", 1024).await;
+        let floor = capacity / MIN_CAPACITY_DIVISOR;
+        assert_eq!(tier.capacity(), Some(floor), "never below the floor");
+        let (_, held) = tier.usage().await;
+        assert!(held <= floor && held > floor / 2, "held {held}");
     }
 
     async fn full_tier_admits_a_large_object_with(policy: MemoryPolicy) {

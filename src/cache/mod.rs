@@ -108,6 +108,10 @@ impl Cache {
                 .clone(),
             disk.clone().map(recency_hook),
         );
+        let memory = match disk.clone() {
+            Some(disk) => memory.charged_with(Box::new(move || disk.memory_held())),
+            None => memory,
+        };
         let hit_for_miss = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(config.hit_for_miss_ttl.get().max(Duration::from_millis(1)))
@@ -248,6 +252,12 @@ impl Cache {
     /// Entries and bytes of the memory tier.
     pub async fn memory_usage(&self) -> (u64, u64) {
         self.memory.usage().await
+    }
+
+    /// Bytes the memory tier may hold now: its capacity less the memory the disk tier's
+    /// index holds (`None` with one of moka's policies, whose capacity is fixed).
+    pub fn memory_capacity_now(&self) -> Option<u64> {
+        self.memory.capacity()
     }
 
     pub async fn is_hit_for_miss(&self, key: &PrimaryKey) -> bool {

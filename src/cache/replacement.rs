@@ -376,16 +376,43 @@ pub struct WindowTinyLfu<K> {
 
 impl<K: PolicyKey> WindowTinyLfu<K> {
     pub fn new(capacity: u64) -> WindowTinyLfu<K> {
-        let window_capacity = (capacity as f64 * WINDOW_SHARE) as u64;
-        let main = capacity - window_capacity;
-        WindowTinyLfu {
+        let mut policy = WindowTinyLfu {
             capacity,
-            window_capacity,
-            protected_capacity: (main as f64 * PROTECTED_SHARE) as u64,
+            window_capacity: 0,
+            protected_capacity: 0,
             window: Recency::new(),
             probation: Recency::new(),
             protected: Recency::new(),
             sketch: FrequencySketch::conservative(INITIAL_SKETCH),
+        };
+        policy.set_capacity(capacity, &mut Vec::new());
+        policy
+    }
+
+    /// Bytes it may hold.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Holds at most `capacity` bytes from now on, its segments keeping their shares; what
+    /// no longer fits leaves as it would for a newcomer (the window's overflow contests
+    /// probation's least recent), pushed onto `evicted`.
+    pub fn set_capacity(&mut self, capacity: u64, evicted: &mut Vec<K>) {
+        let window_capacity = (capacity as f64 * WINDOW_SHARE) as u64;
+        self.capacity = capacity;
+        self.window_capacity = window_capacity;
+        self.protected_capacity = ((capacity - window_capacity) as f64 * PROTECTED_SHARE) as u64;
+        self.demote_protected_overflow();
+        self.make_room(evicted);
+    }
+
+    /// Moves protected's least recent objects to probation while protected is over its share.
+    fn demote_protected_overflow(&mut self) {
+        while self.protected.used > self.protected_capacity {
+            match self.protected.pop_last() {
+                Some((demoted, size, expires)) => self.probation.insert(demoted, size, expires),
+                None => break,
+            }
         }
     }
 
@@ -419,12 +446,7 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
         }
         let (size, expires) = self.probation.remove(id)?;
         self.protected.insert(*id, size, expires);
-        while self.protected.used > self.protected_capacity {
-            match self.protected.pop_last() {
-                Some((demoted, size, expires)) => self.probation.insert(demoted, size, expires),
-                None => break,
-            }
-        }
+        self.demote_protected_overflow();
         Some(expires)
     }
 
@@ -603,5 +625,39 @@ mod tests {
         }
         assert_eq!(stored.len(), t.len());
         assert!(stored.iter().all(|id| t.contains(id)));
+    }
+
+    /// A smaller capacity evicts at once down to it, and what stays is the hot set: the
+    /// objects asked for again, not the one-hit objects that came after them.
+    #[test]
+    fn a_smaller_capacity_evicts_the_coldest_down_to_it() {
+        let mut t = tier(1_000_000);
+        for _round in 0..5 {
+            for hot in 0..50u64 {
+                request(&mut t, hot, 5_000);
+            }
+        }
+        for cold in 1_000..1_150u64 {
+            request(&mut t, cold, 5_000);
+        }
+        assert!(t.used() > 900_000, "full before: {}", t.used());
+        let mut evicted = Vec::new();
+        t.set_capacity(400_000, &mut evicted);
+        assert_eq!(t.capacity(), 400_000);
+        assert!(t.used() <= 400_000, "fits the new capacity: {}", t.used());
+        assert!(
+            evicted.iter().all(|id| !t.contains(id)),
+            "evicted means gone"
+        );
+        let kept_hot = (0..50u64).filter(|hot| t.contains(hot)).count();
+        assert!(kept_hot >= 45, "the hot set stays: {kept_hot} of 50");
+        // Growing back evicts nothing and lets the tier fill again.
+        let mut evicted = Vec::new();
+        t.set_capacity(1_000_000, &mut evicted);
+        assert!(evicted.is_empty());
+        for cold in 2_000..2_100u64 {
+            request(&mut t, cold, 5_000);
+        }
+        assert!(t.used() > 800_000, "fills again: {}", t.used());
     }
 }

@@ -194,6 +194,27 @@ pub struct SledIndex {
     own_size: parking_lot::Mutex<(std::time::Instant, u64)>,
 }
 
+/// Memory the index holds per row once its rows have been read (the sweep at open reads
+/// them all). sled keeps every node it has read in memory, whatever its cache capacity
+/// (a cache of 1 MiB or 8 MiB made no difference to 200k rows read at random: about 150 B
+/// each beside the page table built at open); measured with `benches/rss_disk_tier.sh`,
+/// an instance reopened on 187-216k objects of 1 KiB held 283-316 B per object more than
+/// one on an empty directory (on 370-400k objects, 172-183 B: this errs on the side of the
+/// capacity). Counted against the memory tier, so that a disk tier does
+/// not carry the process far past `cache.memory_capacity`.
+pub const INDEX_MEMORY_PER_ROW: u64 = 288;
+
+/// sled's own cache of index pages, in the process's memory (the kernel's page cache still
+/// holds the index files): 32 MiB here was 25 MiB of RSS beside a 128 MiB memory tier under
+/// a miss storm, for no measured gain in throughput.
+const SLED_CACHE_CAPACITY: u64 = 8 << 20;
+
+/// Memory an open index holds whatever its rows: sled's page cache, its write buffers and
+/// flusher. Measured with a miss storm on an 8 MiB memory tier: with a disk tier the
+/// process ran about 20 MiB higher than without once its page cache had filled, of which
+/// 12 MiB is not the cache.
+pub const INDEX_BASE_MEMORY: u64 = SLED_CACHE_CAPACITY + (12 << 20);
+
 /// Up to this many rows, eviction finds the least recently used row exactly, by a scan.
 const EXACT_EVICTION_ROWS: u64 = 1024;
 /// Rows sampled for each victim beyond [`EXACT_EVICTION_ROWS`]: the rows from one random
@@ -419,10 +440,7 @@ fn open_db(dir: &std::path::Path) -> Result<sled::Db, DiskError> {
     loop {
         let opened = sled::Config::new()
             .path(dir)
-            // sled's own cache of index pages, in the process's memory (the kernel's page
-            // cache still holds the index files): 32 MiB here was 25 MiB of RSS beside a
-            // 128 MiB memory tier under a miss storm, for no measured gain in throughput.
-            .cache_capacity(8 << 20)
+            .cache_capacity(SLED_CACHE_CAPACITY)
             .flush_every_ms(Some(200))
             .open();
         match opened {

@@ -251,6 +251,21 @@ impl DiskTier {
         self.store.usage()
     }
 
+    /// Memory the tier holds in the process, estimated: the index's fixed part
+    /// ([`index::INDEX_BASE_MEMORY`]) and its rows ([`index::INDEX_MEMORY_PER_ROW`]), and
+    /// bodies queued for writing up to the backlog's limit (a limit, so that the memory
+    /// tier need not shrink and grow with every burst).
+    pub fn memory_held(&self) -> u64 {
+        let (rows, _) = self.store.usage();
+        let backlog = match self.backlog_limit {
+            u64::MAX => 0,
+            limit => limit,
+        };
+        rows.saturating_mul(index::INDEX_MEMORY_PER_ROW)
+            .saturating_add(index::INDEX_BASE_MEMORY)
+            .saturating_add(backlog)
+    }
+
     /// Where the body with `digest` lives.
     pub fn blob_path(&self, digest: &[u8; 32]) -> PathBuf {
         self.store.blob_path(digest)

@@ -201,10 +201,10 @@ impl Replacement {
                 tracing::warn!(
                     charged_bytes = charged,
                     capacity = self.configured,
-                    "the disk tier (its index and write queue) holds more memory than seven eighths of \
-                     cache.memory_capacity: the memory tier keeps an eighth, and the process \
-                     will use more than the capacity configured; raise cache.memory_capacity \
-                     or cap cache.disk_max_objects"
+                    "the disk tier (its index and write queue) holds more memory than seven \
+                     eighths of cache.memory_capacity: the memory tier keeps an eighth, and \
+                     the process will use more than the capacity configured; raise \
+                     cache.memory_capacity or cap cache.disk_max_objects"
                 );
             }
             return floor;
@@ -275,9 +275,10 @@ impl MemoryTier {
     }
 
     /// The same tier, its capacity lessened by what `charge` reports each time it stores:
-    /// memory held on its behalf elsewhere (the disk tier's index and write queue), so that the process
-    /// stays near `cache.memory_capacity`. It keeps at least an eighth of its capacity. Only the
-    /// tier's own policy is charged (moka's capacity is fixed when it is built).
+    /// memory held on its behalf elsewhere (the disk tier's index and write queue), so that
+    /// the process stays near `cache.memory_capacity`. It keeps at least an eighth of its
+    /// capacity. Only the tier's own policy is charged (moka's capacity is fixed when it is
+    /// built).
     pub fn charged_with(mut self, charge: MemoryCharge) -> MemoryTier {
         if let Some(replacement) = self.replacement.as_mut().and_then(Arc::get_mut) {
             replacement.charge = Some(charge);

@@ -254,8 +254,8 @@ impl Cache {
         self.memory.usage().await
     }
 
-    /// Bytes the memory tier may hold now: its capacity less the memory the disk tier's
-    /// index holds (`None` with one of moka's policies, whose capacity is fixed).
+    /// Bytes the memory tier may hold now: its capacity less the memory the disk tier holds
+    /// (`None` with one of moka's policies, whose capacity is fixed).
     pub fn memory_capacity_now(&self) -> Option<u64> {
         self.memory.capacity()
     }

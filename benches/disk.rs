@@ -29,6 +29,15 @@ fn entry(index: usize) -> StoredResponse {
     headers.insert("etag", format!("\"{index:x}\"").parse().unwrap());
     headers.insert("content-length", BODY.into());
     let now = SystemTime::now();
+    // The validator and the date a static-file origin sends with every response
+    // (RFC 9110 §6.6.1: an origin with a clock sends Date).
+    headers.insert(
+        "last-modified",
+        httpdate::fmt_http_date(now - Duration::from_secs(86_400))
+            .parse()
+            .unwrap(),
+    );
+    headers.insert("date", httpdate::fmt_http_date(now).parse().unwrap());
     let freshness = Freshness::compute(
         StatusCode::OK,
         &headers,

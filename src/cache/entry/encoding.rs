@@ -7,7 +7,14 @@
 //! sled's files, so each byte here counts: a typical response's entry is 90-130 bytes
 //! shorter than in version 1 (the `OPE\x01` magic and a two-byte version first), which is
 //! still read.
+//!
+//! Version 3 adds two names whose value is implied rather than stored: a date field
+//! holding the IMF-fixdate of a number of seconds (Date, Last-Modified and Expires, about
+//! 24 bytes less each), and a Content-Length equal to the body's length. Each is used only
+//! where the value it implies is byte for byte the stored one, so what is served is
+//! unchanged. Version 2 is read by the same code: it never uses these names.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderName};
@@ -34,7 +41,7 @@ pub enum DecodeError {
 const MAGIC: &[u8; 4] = b"OPE\x01";
 /// The version written. Bump when `EncodedMetaV2` changes shape, and keep reading the
 /// versions before; entries of a version not read are refetched, not misread.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// The first byte of an entry of version 2 and later: this plus the version.
 const COMPACT_HEADER: u8 = 0xC0;
 
@@ -83,32 +90,101 @@ static KNOWN_NAMES: [HeaderName; 40] = [
     HeaderName::from_static("cache-groups"),
 ];
 
-/// A header name as version 2 stores it (borrowed from the bytes it is decoded from).
+/// The fields whose value may be stored as seconds (RFC 9110 §5.6.7 IMF-fixdate).
+const DATE_NAMES: [HeaderName; 3] = [header::DATE, header::LAST_MODIFIED, header::EXPIRES];
+
+/// A header name as versions 2 and 3 store it (borrowed from the bytes it is decoded
+/// from). Variants are appended only: a variant's position is its stored tag.
 #[derive(Serialize, Deserialize)]
 enum StoredName<'a> {
     Known(u8),
     Other(&'a str),
+    /// Version 3: the known name `.0`, whose value is the IMF-fixdate of `.1` seconds
+    /// after the epoch; the stored value is empty.
+    Date(u8, u64),
+    /// Version 3: Content-Length equal to the body's length; the stored value is empty.
+    BodyLength,
 }
 
 impl<'a> StoredName<'a> {
     fn of(name: &'a HeaderName) -> StoredName<'a> {
-        match KNOWN_NAMES.iter().position(|known| known == name) {
-            // invariant: the table has fewer than 256 names.
-            Some(code) => StoredName::Known(code as u8),
+        match known_code(name) {
+            Some(code) => StoredName::Known(code),
             None => StoredName::Other(name.as_str()),
         }
     }
 
+    /// The name of a field with `value`, and the value still to store: none where the
+    /// name implies it exactly.
+    fn of_field(name: &'a HeaderName, value: &'a [u8], body_len: u64) -> (Self, &'a [u8]) {
+        if name == header::CONTENT_LENGTH
+            && value == itoa::Buffer::new().format(body_len).as_bytes()
+        {
+            return (StoredName::BodyLength, &[]);
+        }
+        if DATE_NAMES.contains(name) {
+            if let (Some(code), Some(seconds)) = (known_code(name), fixdate_seconds(value)) {
+                return (StoredName::Date(code, seconds), &[]);
+            }
+        }
+        (StoredName::of(name), value)
+    }
+
     fn name(self) -> Result<HeaderName, DecodeError> {
         match self {
-            StoredName::Known(code) => KNOWN_NAMES
+            StoredName::Known(code) | StoredName::Date(code, _) => KNOWN_NAMES
                 .get(usize::from(code))
                 .cloned()
                 .ok_or_else(|| DecodeError::Corrupt(format!("header name code {code}"))),
             StoredName::Other(name) => HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| DecodeError::Corrupt(format!("header name {name:?}"))),
+            StoredName::BodyLength => Ok(header::CONTENT_LENGTH),
         }
     }
+
+    /// The field this name and stored `value` stand for, in an entry whose body is
+    /// `body_len` bytes.
+    fn field(
+        self,
+        value: &'a [u8],
+        body_len: u64,
+    ) -> Result<(HeaderName, Cow<'a, [u8]>), DecodeError> {
+        let implied = match self {
+            StoredName::Date(_, seconds) => {
+                let at = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(seconds));
+                let at = at.ok_or_else(|| DecodeError::Corrupt(format!("date {seconds}")))?;
+                Some(httpdate::fmt_http_date(at).into_bytes())
+            }
+            StoredName::BodyLength => {
+                Some(itoa::Buffer::new().format(body_len).as_bytes().to_vec())
+            }
+            StoredName::Known(_) | StoredName::Other(_) => None,
+        };
+        if implied.is_some() && !value.is_empty() {
+            return Err(DecodeError::Corrupt("a value beside an implied one".into()));
+        }
+        Ok((
+            self.name()?,
+            implied.map_or(Cow::Borrowed(value), Cow::Owned),
+        ))
+    }
+}
+
+fn known_code(name: &HeaderName) -> Option<u8> {
+    // invariant: the table has fewer than 256 names.
+    KNOWN_NAMES
+        .iter()
+        .position(|known| known == name)
+        .map(|code| code as u8)
+}
+
+/// The seconds `value` is the IMF-fixdate of, if it is exactly the text that formatting
+/// them gives back (another date form, or odd spacing or case, is stored as it came).
+fn fixdate_seconds(value: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let at = httpdate::parse_http_date(text).ok()?;
+    let seconds = at.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
+    (httpdate::fmt_http_date(at) == text).then_some(seconds)
 }
 
 const IS_HEURISTIC: u8 = 1;
@@ -133,7 +209,7 @@ fn flags(set: [bool; 5]) -> u8 {
         .fold(0, |flags, (_, bit)| flags | bit)
 }
 
-/// Version 2. Names and values are borrowed from the bytes decoded: postcard writes a
+/// Versions 2 and 3. Names and values are borrowed from the bytes decoded: postcard writes a
 /// `&[u8]` exactly as it wrote the `Vec<u8>` of earlier builds (a length, then the bytes),
 /// and reads it back as one slice instead of element by element.
 #[derive(Serialize, Deserialize)]
@@ -239,7 +315,7 @@ impl EntryMeta {
             headers: self
                 .headers
                 .iter()
-                .map(|(name, value)| (StoredName::of(name), value.as_bytes()))
+                .map(|(name, value)| StoredName::of_field(name, value.as_bytes(), self.body_len))
                 .collect(),
             vary: match &self.vary {
                 Vary::None => Some(Vec::new()),
@@ -304,7 +380,7 @@ impl EntryMeta {
             1 => postcard::from_bytes::<EncodedMetaV1>(rest)
                 .map_err(corrupt)?
                 .upgrade(key, variant)?,
-            2 => postcard::from_bytes::<EncodedMetaV2>(rest).map_err(corrupt)?,
+            2 | 3 => postcard::from_bytes::<EncodedMetaV2>(rest).map_err(corrupt)?,
             other => return Err(DecodeError::UnsupportedVersion(other)),
         };
         e.into_meta(*key, *variant)
@@ -318,8 +394,12 @@ impl EncodedMetaV2<'_> {
         let fields = self
             .headers
             .into_iter()
-            .map(|(name, value)| Ok((name.name()?, value)))
-            .collect::<Result<_, DecodeError>>()?;
+            .map(|(name, value)| name.field(value, self.body_len))
+            .collect::<Result<Vec<_>, DecodeError>>()?;
+        let fields = fields
+            .iter()
+            .map(|(name, value)| (name.clone(), value.as_ref()))
+            .collect();
         let headers =
             super::compact_fields(fields).map_err(|name| corrupt(format!("value of {name}")))?;
         let vary = match self.vary {
@@ -454,9 +534,12 @@ mod tests {
     #[test]
     fn bytes_earlier_builds_wrote_decode_the_same() {
         let meta = sample();
+        // Without a date or a Content-Length, version 3 writes what version 2 did.
+        let written = meta.encode();
+        assert_eq!(written[0], COMPACT_HEADER + 3);
         assert_eq!(
-            meta.encode(),
-            unhex(WRITTEN_V2),
+            written[1..],
+            unhex(WRITTEN_V2)[1..],
             "the written form is unchanged"
         );
         assert_same(&decode(&unhex(WRITTEN_V2)).unwrap(), &meta);
@@ -529,7 +612,7 @@ mod tests {
         later_version[0] += 1;
         assert!(matches!(
             decode(&later_version),
-            Err(DecodeError::UnsupportedVersion(3))
+            Err(DecodeError::UnsupportedVersion(4))
         ));
         let mut other_v1 = encode_v1(&sample());
         other_v1[5] = 99;
@@ -548,5 +631,67 @@ mod tests {
         }
         // A name code past the table is refused, not looked up out of bounds.
         assert!(StoredName::Known(200).name().is_err());
+        assert!(StoredName::Date(200, 0).name().is_err());
+        // An implied value with a stored one beside it is damage, not a choice.
+        assert!(StoredName::BodyLength.field(b"5", 5).is_err());
+        assert!(StoredName::Date(5, u64::MAX).field(b"", 0).is_err());
+    }
+
+    /// Dates in the preferred form (RFC 9110 §5.6.7) and a Content-Length equal to the
+    /// body's are stored implied and served byte for byte as they came; every other form
+    /// (the obsolete RFC 850 and asctime ones, odd case, a length that is not the body's)
+    /// is stored as it came.
+    #[test]
+    fn implied_dates_and_lengths_round_trip_byte_for_byte() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let fields = [
+            ("date", "Tue, 14 Nov 2023 22:13:20 GMT"),
+            ("last-modified", "Wed, 01 Jan 2025 00:00:00 GMT"),
+            ("expires", "Sunday, 06-Nov-94 08:49:37 GMT"),
+            ("expires", "Sun Nov  6 08:49:37 1994"),
+            ("expires", "wed, 01 jan 2025 00:00:00 gmt"),
+            ("expires", "0"),
+            ("content-length", "5"),
+            ("x-date-like", "Fri, 03 Jan 2025 00:00:00 GMT"),
+        ];
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let meta = entry_at(
+            "/d",
+            headers.clone(),
+            bytes::Bytes::from_static(b"hello"),
+            now,
+        )
+        .meta;
+        let encoded = meta.encode();
+        let decoded = EntryMeta::decode(&encoded, &meta.key, &meta.variant).unwrap();
+        assert_eq!(decoded.headers, meta.headers);
+        let all = |map: &HeaderMap| -> Vec<(String, Vec<u8>)> {
+            map.iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        assert_eq!(
+            all(&decoded.headers),
+            all(&meta.headers),
+            "same fields, same order"
+        );
+        // Two dates and the length implied: their text is not in the stored bytes.
+        let text = String::from_utf8_lossy(&encoded);
+        assert!(!text.contains("Tue, 14 Nov 2023") && !text.contains("Wed, 01 Jan 2025"));
+        assert!(text.contains("06-Nov-94") && text.contains("jan 2025"));
+        assert!(
+            text.contains("Fri, 03 Jan 2025"),
+            "only the three date fields are implied"
+        );
+
+        let mut other_length = meta.clone();
+        other_length
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
+        let decoded = EntryMeta::decode(&other_length.encode(), &meta.key, &meta.variant);
+        assert_eq!(decoded.unwrap().headers[header::CONTENT_LENGTH], "6");
     }
 }

@@ -396,10 +396,6 @@ impl EncodedMetaV2<'_> {
             .into_iter()
             .map(|(name, value)| name.field(value, self.body_len))
             .collect::<Result<Vec<_>, DecodeError>>()?;
-        let fields = fields
-            .iter()
-            .map(|(name, value)| (name.clone(), value.as_ref()))
-            .collect();
         let headers =
             super::compact_fields(fields).map_err(|name| corrupt(format!("value of {name}")))?;
         let vary = match self.vary {

@@ -191,18 +191,21 @@ pub fn compact_headers(headers: &HeaderMap) -> HeaderMap {
 
 /// The map of `fields` (in order), their values sharing one exact-size allocation, the map
 /// without spare capacity. `Err` names the first field whose value is not a valid one.
-pub fn compact_fields(fields: Vec<(HeaderName, &[u8])>) -> Result<HeaderMap, HeaderName> {
-    let total = fields.iter().map(|(_, value)| value.len()).sum();
+pub fn compact_fields<V: AsRef<[u8]>>(
+    fields: Vec<(HeaderName, V)>,
+) -> Result<HeaderMap, HeaderName> {
+    let total = fields.iter().map(|(_, value)| value.as_ref().len()).sum();
     let mut buffer = Vec::with_capacity(total);
     for (_, value) in &fields {
-        buffer.extend_from_slice(value);
+        buffer.extend_from_slice(value.as_ref());
     }
     let buffer = Bytes::from(buffer);
     let mut compact = HeaderMap::with_capacity(fields.len());
     let mut offset = 0;
     for (name, value) in fields {
-        let slice = buffer.slice(offset..offset + value.len());
-        offset += value.len();
+        let len = value.as_ref().len();
+        let slice = buffer.slice(offset..offset + len);
+        offset += len;
         match HeaderValue::from_maybe_shared(slice) {
             Ok(value) => compact.append(name, value),
             Err(_) => return Err(name),

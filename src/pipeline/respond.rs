@@ -140,7 +140,7 @@ pub fn from_meta(
     request: &http::request::Parts,
     now: SystemTime,
 ) -> Response<Body> {
-    let age = HeaderValue::from(meta.freshness.current_age(now).as_secs());
+    let age = age_value(meta.freshness.current_age(now).as_secs());
     if meta.status == StatusCode::OK && policy::is_not_modified(&request.headers, &meta.headers) {
         let mut headers = HeaderMap::with_capacity(NOT_MODIFIED_FIELDS.len() + 3);
         for name in NOT_MODIFIED_FIELDS {
@@ -161,6 +161,14 @@ pub fn from_meta(
         headers.remove(policy::ORIGIN_ETAG);
     }
     finish(proxy, meta.status, headers, age, body)
+}
+
+/// RFC 9111 §5.1: `Age` in seconds. Copied once from the digits into the value (`From<u64>`
+/// allocates twice: a buffer sized for any u64, then its share when frozen).
+fn age_value(seconds: u64) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    HeaderValue::from_bytes(digits.format(seconds).as_bytes())
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn finish(

@@ -1,7 +1,7 @@
 //! [`CacheStatus`]: what the cache did with a request, rendered as an RFC 9211 Cache-Status
 //! member and as the label the access log uses, from one value so they never disagree.
 
-use std::fmt::Write as _;
+use std::fmt::Write;
 
 use http::{HeaderName, HeaderValue};
 
@@ -101,44 +101,85 @@ impl CacheStatus {
 
     /// `name; hit; ttl=42` or `name; fwd=uri-miss; fwd-status=200; stored; collapsed`.
     pub fn to_header_value(&self, proxy_name: &str) -> HeaderValue {
-        let mut text = String::with_capacity(64);
-        text.push_str(proxy_name);
+        // Rendered on the stack and copied once into the value: every response carries
+        // this field, and a growable string costs a second allocation on conversion.
+        let mut short = StackText::default();
+        let rendered = match self.render(proxy_name, &mut short) {
+            Ok(()) => HeaderValue::from_bytes(short.as_bytes()),
+            Err(_) => {
+                let mut text = String::new();
+                let _ = self.render(proxy_name, &mut text);
+                HeaderValue::from_bytes(text.as_bytes())
+            }
+        };
+        rendered.unwrap_or_else(|_| HeaderValue::from_static("outpost"))
+    }
+
+    fn render(&self, proxy_name: &str, text: &mut impl Write) -> std::fmt::Result {
+        text.write_str(proxy_name)?;
         if self.hit {
-            text.push_str("; hit");
+            text.write_str("; hit")?;
         }
         // Numbers by itoa, not `write!`: every response carries this field.
         let mut digits = itoa::Buffer::new();
         if let Some(reason) = self.fwd {
-            text.push_str("; fwd=");
-            text.push_str(reason.as_str());
+            text.write_str("; fwd=")?;
+            text.write_str(reason.as_str())?;
         }
         if let Some(status) = self.fwd_status {
-            text.push_str("; fwd-status=");
-            text.push_str(digits.format(status));
+            text.write_str("; fwd-status=")?;
+            text.write_str(digits.format(status))?;
         }
         if let Some(ttl) = self.ttl {
             // An sf-integer has at most 15 digits (RFC 9651 §3.3.1); an origin can claim
             // lifetimes far beyond.
             let ttl = ttl.clamp(-SF_INTEGER_MAX, SF_INTEGER_MAX);
-            text.push_str("; ttl=");
-            text.push_str(digits.format(ttl));
+            text.write_str("; ttl=")?;
+            text.write_str(digits.format(ttl))?;
         }
         if self.stored {
-            text.push_str("; stored");
+            text.write_str("; stored")?;
         }
         if self.collapsed {
-            text.push_str("; collapsed");
+            text.write_str("; collapsed")?;
         }
         if let Some(detail) = self.detail {
-            let _ = write!(
-                text,
-                "; detail={}",
-                crate::error::sf_string(detail.as_str())
-            );
+            let detail = crate::error::sf_string(detail.as_str());
+            write!(text, "; detail={detail}")?;
         }
-        // The text's own buffer becomes the value's (no second allocation and copy).
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
-            .unwrap_or_else(|_| HeaderValue::from_static("outpost"))
+        Ok(())
+    }
+}
+
+/// A member short enough for a fixed buffer (the usual case: a short proxy name); writing
+/// past its end fails, and the caller renders into a string instead.
+struct StackText {
+    bytes: [u8; 128],
+    len: usize,
+}
+
+impl Default for StackText {
+    fn default() -> StackText {
+        StackText {
+            bytes: [0; 128],
+            len: 0,
+        }
+    }
+}
+
+impl StackText {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -171,6 +212,18 @@ mod tests {
             "edge; fwd=bypass; detail=\"precondition\""
         );
         assert_eq!(CacheStatus::hit(-3).outcome(), CacheOutcome::StaleHit);
+    }
+
+    /// A proxy name too long for the stack buffer is rendered whole, not cut or replaced.
+    #[test]
+    fn long_proxy_name_is_rendered_whole() {
+        let name = "edge-".repeat(40);
+        let status = CacheStatus::hit(7).with_detail(Detail::Offline);
+        let value = status.to_header_value(&name);
+        assert_eq!(
+            value,
+            format!("{name}; hit; ttl=7; detail=\"offline\"").as_str()
+        );
     }
 
     /// RFC 9211 §2: Cache-Status is an RFC 9651 List. The header is written by hand (it is

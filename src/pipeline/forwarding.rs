@@ -200,6 +200,8 @@ impl ForwardingPolicy {
         // fields along, and those are the client's word. Only the edge fields of a trusted
         // terminator are kept, and only when configured.
         let keeps_edge_fields = is_trusted && self.trust_forwarded_host;
+        // Formatted once: an address's Display is slow, and up to three fields carry it.
+        let peer_text = peer_ip.to_string();
         for name in &self.override_headers {
             if !(keeps_edge_fields && EDGE_FIELDS.contains(name)) {
                 headers.remove(name);
@@ -211,7 +213,7 @@ impl ForwardingPolicy {
         }
         if is_trusted {
             let client = self.client_behind_trusted_chain(headers, peer_ip);
-            append_list_value(headers, X_FORWARDED_FOR, &peer_ip.to_string());
+            append_list_value(headers, X_FORWARDED_FOR, &peer_text);
             if !headers.contains_key(&X_FORWARDED_PROTO) {
                 set(headers, X_FORWARDED_PROTO, downstream.scheme);
             }
@@ -220,16 +222,21 @@ impl ForwardingPolicy {
                 set(headers, X_FORWARDED_HOST, host);
             }
             if !headers.contains_key(&X_REAL_IP) {
-                set(headers, X_REAL_IP, &client.to_string());
+                let client_text = if client == peer_ip {
+                    peer_text.clone()
+                } else {
+                    client.to_string()
+                };
+                set(headers, X_REAL_IP, &client_text);
             }
             append_list_value(
                 headers,
                 header::FORWARDED,
-                &forwarded_element(peer_ip, downstream),
+                &forwarded_element(peer_ip, &peer_text, downstream),
             );
             client
         } else {
-            set(headers, X_FORWARDED_FOR, &peer_ip.to_string());
+            set(headers, X_FORWARDED_FOR, &peer_text);
             set(headers, X_FORWARDED_PROTO, downstream.scheme);
             match downstream.host {
                 Some(host) => set(headers, X_FORWARDED_HOST, host),
@@ -237,11 +244,11 @@ impl ForwardingPolicy {
                     headers.remove(&X_FORWARDED_HOST);
                 }
             }
-            set(headers, X_REAL_IP, &peer_ip.to_string());
+            set(headers, X_REAL_IP, &peer_text);
             set(
                 headers,
                 header::FORWARDED,
-                &forwarded_element(peer_ip, downstream),
+                &forwarded_element(peer_ip, &peer_text, downstream),
             );
             peer_ip
         }
@@ -283,12 +290,22 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 
 /// One RFC 7239 §4 forwarded-element: `for=...;host=...;proto=...`, IPv6 quoted and
 /// bracketed (§6), host quoted whenever it is not a token.
-fn forwarded_element(client: IpAddr, downstream: Downstream<'_>) -> String {
-    let node = match client {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node}");
+/// RFC 7239 §4: `for=` the client (`client_text` is its address as text), the host it
+/// asked for, and the protocol.
+fn forwarded_element(client: IpAddr, client_text: &str, downstream: Downstream<'_>) -> String {
+    let mut element = String::with_capacity(64);
+    match client {
+        IpAddr::V4(_) => {
+            element.push_str("for=");
+            element.push_str(client_text);
+        }
+        // RFC 7239 §6: an IPv6 node is bracketed and, holding colons, quoted.
+        IpAddr::V6(_) => {
+            element.push_str("for=\"[");
+            element.push_str(client_text);
+            element.push_str("]\"");
+        }
+    }
     if let Some(host) = downstream.host {
         element.push_str(";host=");
         element.push_str(&token_or_quoted(host));

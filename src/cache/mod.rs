@@ -43,7 +43,7 @@ use crate::telemetry::Tier;
 use disk::{DiskMetrics, DiskStore, DiskTier, TempBlob};
 use entry::{EntryMeta, StoredBody, StoredResponse};
 use fill::{Coalescer, FillBounds};
-use key::{PrimaryKey, VariantKey};
+use key::{DigestHasher, PrimaryKey, VariantKey};
 use memory::{MemoryTier, VariantSet};
 use partial::PartialStore;
 use policy::PolicySettings;
@@ -83,7 +83,7 @@ pub struct Cache {
     partials: PartialStore,
     /// URLs whose last response was uncacheable: their requests skip coalescing for a while
     /// (Varnish's hit-for-miss).
-    hit_for_miss: moka::sync::Cache<PrimaryKey, ()>,
+    hit_for_miss: moka::sync::Cache<PrimaryKey, (), DigestHasher>,
     /// Header whose space-separated keys tag a response for purge by tag.
     surrogate_key_header: HeaderName,
     metrics: Arc<Metrics>,
@@ -115,7 +115,7 @@ impl Cache {
         let hit_for_miss = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(config.hit_for_miss_ttl.get().max(Duration::from_millis(1)))
-            .build();
+            .build_with_hasher(DigestHasher::default());
         let has_disk = disk.is_some();
         let shared = SharedStores {
             memory,
@@ -451,13 +451,14 @@ impl Cache {
         let disk = disk.clone();
         let memory = self.memory.clone();
         let meta = entry.meta.clone();
-        self.disk_writes.spawn(async move {
+        // Boxed, as fills are (see `spawn_fill`): moved by value otherwise.
+        self.disk_writes.spawn(Box::pin(async move {
             let key = meta.key;
             if let Some(evicted) = disk.store(meta, None).await {
                 forget_evicted_files(&memory, &evicted).await;
                 disk.remove_variant(key, replaced).await;
             }
-        });
+        }));
     }
 
     /// Drops the variant `variant` of `key` from both tiers: a revalidation found it may no
@@ -570,18 +571,21 @@ impl Cache {
         let Some(queued) = disk.queue_write(holds as u64) else {
             return;
         };
-        self.disk_writes.spawn(async move {
+        // Boxed, as fills are (see `spawn_fill`): moved by value otherwise.
+        self.disk_writes.spawn(Box::pin(async move {
             let _queued = queued;
             if let Some(evicted) = write.await {
                 forget_evicted_files(&memory, &evicted).await;
             }
-        });
+        }));
     }
 
     /// Runs a fill or an encoding job in its own task (a leader whose client hangs up must
     /// not cancel it), one that [`Cache::settle`] waits for.
     pub fn spawn_fill(&self, job: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.fills.spawn(job);
+        // Boxed here: a fill's future is several kilobytes, and tokio moves a future below
+        // its own boxing threshold by value through spawning, several copies per miss.
+        self.fills.spawn(Box::pin(job));
     }
 
     /// Waits for fills in flight (a response already delivered may still be committing
@@ -733,7 +737,7 @@ struct SharedStores {
     coalescer: Arc<Coalescer>,
     promotions: Arc<Mutex<HashMap<PrimaryKey, Arc<tokio::sync::Mutex<()>>>>>,
     fill_slots: Arc<Limiter>,
-    hit_for_miss: moka::sync::Cache<PrimaryKey, ()>,
+    hit_for_miss: moka::sync::Cache<PrimaryKey, (), DigestHasher>,
     offline: Arc<AtomicBool>,
     disk_writes: TaskTracker,
     fills: TaskTracker,

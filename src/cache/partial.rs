@@ -15,7 +15,7 @@ use http::StatusCode;
 use moka::ops::compute::Op;
 
 use super::entry::{EntryMeta, StoredResponse};
-use super::key::PrimaryKey;
+use super::key::{DigestHasher, PrimaryKey};
 
 /// A single-part `Content-Range` of a 206 (RFC 9110 §14.4): bytes `first..=last` of a
 /// representation of `complete_len` bytes.
@@ -173,7 +173,7 @@ fn merge(mut pieces: Vec<(u64, Bytes)>) -> Vec<(u64, Bytes)> {
 /// the future cache's lookup future enlarged every lookup's state).
 #[derive(Clone)]
 pub struct PartialStore {
-    entries: moka::sync::Cache<PrimaryKey, Arc<PartialEntry>>,
+    entries: moka::sync::Cache<PrimaryKey, Arc<PartialEntry>, DigestHasher>,
     /// The most one piece may hold: a quarter of the budget, so one response cannot flush
     /// every other partial entry.
     max_piece: u64,
@@ -186,7 +186,7 @@ impl PartialStore {
             entries: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .weigher(|_key: &PrimaryKey, entry: &Arc<PartialEntry>| entry.weight())
-                .build(),
+                .build_with_hasher(DigestHasher::default()),
             max_piece: capacity / 4,
         }
     }

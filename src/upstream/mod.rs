@@ -258,11 +258,10 @@ impl Upstream {
         // An Upgrade is an HTTP/1.1 mechanism (RFC 9113 §8.6): tunnels always go that way.
         let is_upgrade = request.headers().contains_key(http::header::UPGRADE);
         let request = if !is_upgrade && H2Origins::applies(protocol, request.uri()) {
-            match self
-                .h2
-                .send(request, origin, protocol, header_timeout)
-                .await
-            {
+            // Boxed: the HTTP/2 exchange's future is about 9 KB, and unboxed it would size
+            // every origin request's future (each fill's included), which is moved by value.
+            let sent = Box::pin(self.h2.send(request, origin, protocol, header_timeout));
+            match sent.await {
                 H2Sent::Done(result) => return result,
                 H2Sent::UseHttp1(request) => request,
             }

@@ -48,7 +48,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{watch, Notify};
 
 use super::entry::{EntryMeta, StoredResponse};
-use super::key::{PrimaryKey, VariantKey};
+use super::key::{DigestHasher, PrimaryKey, VariantKey};
 use super::policy::NoStoreReason;
 use crate::error::ProxyError;
 pub use reader::FillReader;
@@ -125,7 +125,8 @@ pub struct FillBounds {
 
 /// The in-flight fills.
 pub struct Coalescer {
-    fills: Mutex<HashMap<FillKey, Arc<Fill>>>,
+    /// Keyed by digests: hashed with [`DigestHasher`] (every miss joins and leaves).
+    fills: Mutex<HashMap<FillKey, Arc<Fill>, DigestHasher>>,
     /// Bytes held in memory by every fill (exported as `outpost_fill_bytes`).
     held_bytes: Gauge,
 }
@@ -141,7 +142,7 @@ pub enum Role {
 impl Coalescer {
     pub fn new(held_bytes: Gauge) -> Coalescer {
         Coalescer {
-            fills: Mutex::new(HashMap::new()),
+            fills: Mutex::new(HashMap::with_hasher(DigestHasher::default())),
             held_bytes,
         }
     }

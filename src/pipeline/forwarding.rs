@@ -228,12 +228,11 @@ impl ForwardingPolicy {
                 set(headers, X_FORWARDED_HOST, host);
             }
             if !headers.contains_key(&X_REAL_IP) {
-                let client_text = if client == peer_ip {
-                    peer_text.clone()
+                if client == peer_ip {
+                    set(headers, X_REAL_IP, &peer_text);
                 } else {
-                    client.to_string()
-                };
-                set(headers, X_REAL_IP, &client_text);
+                    set(headers, X_REAL_IP, &client.to_string());
+                }
             }
             append_list_value(
                 headers,

@@ -103,9 +103,10 @@ impl CacheStatus {
     pub fn to_header_value(&self, proxy_name: &str) -> HeaderValue {
         // Rendered on the stack and copied once into the value: every response carries
         // this field, and a growable string costs a second allocation on conversion.
-        let mut short = StackText::default();
+        let mut short = arrayvec::ArrayString::<128>::new();
         let rendered = match self.render(proxy_name, &mut short) {
             Ok(()) => HeaderValue::from_bytes(short.as_bytes()),
+            // Too long for the stack (a long proxy name): rendered whole into a string.
             Err(_) => {
                 let mut text = String::new();
                 let _ = self.render(proxy_name, &mut text);
@@ -147,38 +148,6 @@ impl CacheStatus {
             let detail = crate::error::sf_string(detail.as_str());
             write!(text, "; detail={detail}")?;
         }
-        Ok(())
-    }
-}
-
-/// A member short enough for a fixed buffer (the usual case: a short proxy name); writing
-/// past its end fails, and the caller renders into a string instead.
-struct StackText {
-    bytes: [u8; 128],
-    len: usize,
-}
-
-impl Default for StackText {
-    fn default() -> StackText {
-        StackText {
-            bytes: [0; 128],
-            len: 0,
-        }
-    }
-}
-
-impl StackText {
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
-impl Write for StackText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        slot.copy_from_slice(s.as_bytes());
-        self.len = end;
         Ok(())
     }
 }

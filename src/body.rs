@@ -30,11 +30,16 @@ pub enum Body {
     File(Box<FileBody>),
 }
 
-/// A body file verified in full and held open, as a body sees it.
+/// A body file verified in full (a disk-tier file) or unchangeable (a sealed memory file)
+/// and held open, as a body sees it.
 pub trait VerifiedFile: Send + Sync {
     fn file(&self) -> &std::fs::File;
     /// `len` bytes from `offset`, read without hashing (the file is verified).
     fn read(self: Arc<Self>, offset: u64, len: u64) -> Body;
+    /// Whether the file is a memory-tier body (`cache::sealed`) rather than a disk one.
+    fn is_in_memory(&self) -> bool {
+        false
+    }
 }
 
 /// `len` bytes of a verified file from `offset`.

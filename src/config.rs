@@ -788,6 +788,12 @@ pub struct CacheConfig {
     /// On a disk much slower than memory, a hit whose file has left the page cache then
     /// waits for the disk on a server thread, as with nginx's sendfile.
     pub disk_sendfile: bool,
+    /// Memory-tier bodies of at least this size are kept in sealed memory files (Linux
+    /// memfd) rather than on the heap, so hits on cleartext HTTP/1 connections are sent
+    /// with sendfile instead of being copied into the socket. Each costs a file
+    /// descriptor and a mapping; at most a quarter of either limit is used, and past it
+    /// bodies stay on the heap. 0: every body on the heap.
+    pub memory_sendfile_min: ByteSize,
     /// How long past its freshness a stored response may still answer when the origin
     /// cannot (refused, timed out, reset, or 500/502/503/504), unless the response forbids
     /// stale use (RFC 9111 §4.2.4: must-revalidate, proxy-revalidate, s-maxage, no-cache).
@@ -893,6 +899,7 @@ impl Default for CacheConfig {
             disk_retry_after: HumanDuration(Duration::from_secs(30)),
             fsync: false,
             disk_sendfile: true,
+            memory_sendfile_min: ByteSize(64 << 10),
             stale_on_error: HumanDuration(Duration::from_secs(24 * 3600)),
             offline: false,
             offline_ignores_revalidation: false,

@@ -22,6 +22,7 @@ pub mod partial;
 pub mod policy;
 pub mod replacement;
 pub mod rules;
+pub mod sealed;
 pub mod tags;
 use tags::TagIndex;
 
@@ -86,6 +87,8 @@ pub struct Cache {
     hit_for_miss: moka::sync::Cache<PrimaryKey, (), DigestHasher>,
     /// Header whose space-separated keys tag a response for purge by tag.
     surrogate_key_header: HeaderName,
+    /// Which memory-tier bodies go into sealed memory files (`cache.memory_sendfile_min`).
+    sealer: sealed::Sealer,
     metrics: Arc<Metrics>,
 }
 
@@ -208,6 +211,7 @@ impl Cache {
             partials: shared.partials,
             surrogate_key_header: config.surrogate_key_header.get().clone(),
             hit_for_miss: shared.hit_for_miss,
+            sealer: sealed::Sealer::new(config.memory_sendfile_min.as_u64()),
             metrics,
         }
     }
@@ -374,7 +378,10 @@ impl Cache {
             ))
         });
         let source = match loaded.body {
-            Some(body) => StoredResponse::read_back(loaded.selected, body),
+            Some(body) => {
+                self.sealed(StoredResponse::read_back(loaded.selected, body))
+                    .await
+            }
             None => StoredResponse::in_file(loaded.selected, path, loaded.blocks),
         };
         // Encoded variants go in first, so the source is the newest of the set.
@@ -423,6 +430,41 @@ impl Cache {
     /// Stores `entry` in memory and, in the background, on disk (`body_changed`: false
     /// when only its headers were freshened). A partial entry of the resource is dropped:
     /// the whole representation answers every range.
+    /// `entry` as the memory tier keeps it: a large body moves into a sealed memory file
+    /// (see [`sealed`]). Before the entry is shared, so every reader sees one body. Bodies
+    /// of a megabyte or more are copied on the blocking pool, not on a server thread.
+    pub async fn sealed(&self, entry: StoredResponse) -> StoredResponse {
+        const OFF_THREAD: usize = 1 << 20;
+        let StoredBody::Memory(bytes) = &entry.body else {
+            return entry;
+        };
+        if !self.sealer.takes(bytes.len()) {
+            return entry;
+        }
+        let sealed = if bytes.len() < OFF_THREAD {
+            self.sealer.seal(bytes)
+        } else {
+            let (sealer, bytes) = (self.sealer, bytes.clone());
+            tokio::task::spawn_blocking(move || sealer.seal(&bytes))
+                .await
+                .ok()
+                .flatten()
+        };
+        match sealed {
+            Some(sealed) => entry.with_sealed_body(sealed),
+            None => entry,
+        }
+    }
+
+    /// Whether hits may be bodies of files a connection can send with sendfile: sealed
+    /// memory bodies, or disk files verified once (`cache.disk_sendfile`).
+    pub fn may_send_files(&self) -> bool {
+        self.sealer.is_on()
+            || self
+                .disk_tier()
+                .is_some_and(|disk| disk.sendfile_bodies().is_some())
+    }
+
     pub async fn store(&self, entry: Arc<StoredResponse>, body_changed: bool) {
         self.partials.remove(&entry.meta.key).await;
         self.index_tags(&entry.meta);
@@ -550,6 +592,7 @@ impl Cache {
         }
         let body = match (&entry.body, body_changed) {
             (StoredBody::Memory(bytes), true) => Some(bytes.clone()),
+            (StoredBody::Sealed(sealed), true) => Some(sealed.bytes().clone()),
             // A file body is on disk already (the streaming fill indexed it).
             (StoredBody::File(_), true) => return,
             (_, false) => None,

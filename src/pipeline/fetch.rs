@@ -673,7 +673,7 @@ impl FillTask {
             .add(PartialEntry::new(meta, range, bytes.clone()))
             .await;
         if let Some(complete) = held.completed() {
-            let entry = Arc::new(complete);
+            let entry = Arc::new(cache.sealed(complete).await);
             cache.store(Arc::clone(&entry), true).await;
             self.fill.publish(FillStatus::Complete {
                 entry,

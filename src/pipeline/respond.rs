@@ -10,7 +10,9 @@ use http::{Method, Response, StatusCode};
 
 use super::Proxy;
 
-use crate::body::{Body, FileBody};
+use std::sync::Arc;
+
+use crate::body::{Body, FileBody, VerifiedFile};
 
 use super::range::RangeSource;
 
@@ -56,7 +58,8 @@ pub fn ranged_from_entry(
     let whole = from_entry(proxy, entry, request, now);
     match &entry.body {
         StoredBody::Memory(bytes) => super::range::apply(whole, RangeSource::Memory(bytes), range),
-        StoredBody::File(_) => {
+        // Windows of a sealed body can be sent from its file, as a disk body's can.
+        StoredBody::Sealed(_) | StoredBody::File(_) => {
             let window = |first, last| stored_window(proxy, entry, first, last);
             let source = RangeSource::Streamed {
                 len: entry.meta.body_len,
@@ -85,7 +88,9 @@ pub fn stored_body(proxy: &Proxy, entry: &StoredResponse) -> Body {
 }
 
 /// Bytes `first..=last` of a stored entry's body. A body kept in a disk-tier file is
-/// verified as it streams; a corrupt one aborts the response and is removed.
+/// verified as it streams; a corrupt one aborts the response and is removed. A sealed
+/// memory body goes out as a window of its file, which the connection sends with
+/// sendfile when it can and otherwise takes as a slice of the body.
 pub fn stored_window(proxy: &Proxy, entry: &StoredResponse, first: u64, last: u64) -> Body {
     match &entry.body {
         StoredBody::Memory(bytes) => {
@@ -95,6 +100,15 @@ pub fn stored_window(proxy: &Proxy, entry: &StoredResponse, first: u64, last: u6
             }
             let end = last.min(len - 1);
             Body::full(bytes.slice(first as usize..=end as usize))
+        }
+        StoredBody::Sealed(sealed) => {
+            let len = sealed.bytes().len() as u64;
+            if first >= len {
+                return Body::empty();
+            }
+            let end = last.min(len - 1);
+            let file: Arc<dyn VerifiedFile> = sealed.clone();
+            Body::File(Box::new(FileBody::new(file, first, end - first + 1)))
         }
         StoredBody::File(file) => {
             let len = entry.meta.body_len;

@@ -382,12 +382,7 @@ impl Connection {
         gauge.inc();
         let _open = scopeguard_dec(gauge);
         let interim = Arc::new(InterimLink::default());
-        let may_sendfile = self
-            .proxy
-            .load()
-            .cache()
-            .disk_tier()
-            .is_some_and(|disk| disk.sendfile_bodies().is_some());
+        let may_sendfile = self.proxy.load().cache().may_send_files();
         let sendfile = SendfileLink::for_socket(&stream, may_sendfile);
         let io = TokioIo::new(WatchedIo::new(
             stream,

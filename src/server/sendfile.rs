@@ -148,18 +148,26 @@ impl SendfileLink {
     }
 }
 
-/// `body`, when it is a window of a verified file ([`Body::File`]), as stand-in bytes sent
-/// with sendfile over `link` (a cleartext HTTP/1 connection); without a link it is read
-/// when polled. Counted in `metrics`. Any other body as it is.
+/// `body`, when it is a window of a verified file ([`Body::File`]: a disk-tier file or a
+/// sealed memory body), as stand-in bytes sent with sendfile over `link` (a cleartext
+/// HTTP/1 connection); without a link it is read when polled. Counted in `metrics`. Any other body as it is.
 pub fn from_verified_file(body: Body, link: Option<&Arc<SendfileLink>>, metrics: &Metrics) -> Body {
     let Body::File(file_body) = body else {
         return body;
     };
+    let in_memory = file_body.file.is_in_memory();
     let Some(link) = link else {
-        metrics.verified_file_reads.inc();
+        // A sealed memory body is then a slice of its mapping: no read at all.
+        if !in_memory {
+            metrics.verified_file_reads.inc();
+        }
         return Body::File(file_body);
     };
-    metrics.sendfile_responses.inc();
+    if in_memory {
+        metrics.memory_sendfile_responses.inc();
+    } else {
+        metrics.sendfile_responses.inc();
+    }
     let FileBody {
         file, offset, len, ..
     } = *file_body;

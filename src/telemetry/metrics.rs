@@ -125,6 +125,8 @@ pub struct Metrics {
     /// Responses whose body was read from a verified open disk-tier file without hashing
     /// (connections sendfile cannot write to: TLS, HTTP/2).
     pub verified_file_reads: Counter,
+    /// Memory hits whose body was sent from its sealed memory file (sendfile).
+    pub memory_sendfile_responses: Counter,
     /// Requests answered 503 because a fill or upstream connection limit and its queue
     /// were full.
     pub overloaded: Counter,
@@ -372,6 +374,12 @@ impl Metrics {
                 &mut registry,
                 "verified_file_reads",
                 "Responses whose body was read from a verified open disk-tier file without hashing",
+                Counter::default(),
+            ),
+            memory_sendfile_responses: register(
+                &mut registry,
+                "memory_sendfile_responses",
+                "Memory hits whose body was sent from its sealed memory file (sendfile)",
                 Counter::default(),
             ),
             overloaded: register(

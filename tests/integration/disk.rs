@@ -1021,47 +1021,12 @@ async fn until_sent_from_file(proxy: &Proxy, path: &str, body: &Bytes) {
     .await;
 }
 
-/// Splits a stream of HTTP/1.1 responses to `heads` requests (HEAD ones flagged): each
-/// response's status line and body.
-fn split_responses(mut raw: &[u8], heads: &[bool]) -> Vec<(String, Vec<u8>)> {
-    let mut responses = Vec::new();
-    for &is_head in heads {
-        let end = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a complete head")
-            + 4;
-        let head = String::from_utf8_lossy(&raw[..end]).to_string();
-        let len: usize = head
-            .lines()
-            .find_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().unwrap())
-            })
-            .expect("content-length");
-        let len = if is_head { 0 } else { len };
-        responses.push((
-            head.lines().next().unwrap().to_string(),
-            raw[end..end + len].to_vec(),
-        ));
-        raw = &raw[end + len..];
-    }
-    assert!(
-        raw.is_empty(),
-        "{} bytes after the last response",
-        raw.len()
-    );
-    responses
-}
-
 /// `cache.disk_sendfile`: once a stored file has been verified, disk hits on cleartext
 /// HTTP/1 are sent from it. On one keep-alive connection, between other responses and
 /// after a HEAD (whose body is never sent), each response carries exactly its own bytes:
 /// whole, one range (RFC 9110 §14.2), and over HTTP/2, which does not send from files.
 #[tokio::test]
 async fn a_verified_file_is_sent_as_stored_between_other_responses() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let body = pattern(300 << 10);
     let origin = Origin::start(vec![
@@ -1084,38 +1049,8 @@ async fn a_verified_file_is_sent_as_stored_between_other_responses() {
     let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
     let sent_before = metrics.sendfile_responses.get();
 
-    let requests = [
-        "GET /file HTTP/1.1\r\nHost: cache.test\r\n\r\n",
-        "HEAD /file HTTP/1.1\r\nHost: cache.test\r\n\r\n",
-        "GET /small HTTP/1.1\r\nHost: cache.test\r\n\r\n",
-        "GET /file HTTP/1.1\r\nHost: cache.test\r\nRange: bytes=1000-70999\r\n\r\n",
-        "GET /file HTTP/1.1\r\nHost: cache.test\r\nConnection: close\r\n\r\n",
-    ];
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(requests.concat().as_bytes())
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(support::PATIENCE, stream.read_to_end(&mut raw))
-        .await
-        .expect("responses within patience")
-        .unwrap();
-    let responses = split_responses(&raw, &[false, true, false, false, false]);
-    let statuses: Vec<&str> = responses
-        .iter()
-        .map(|(status, _)| status.as_str())
-        .collect();
-    assert_eq!(
-        statuses,
-        [
-            "HTTP/1.1 200 OK",
-            "HTTP/1.1 200 OK",
-            "HTTP/1.1 200 OK",
-            "HTTP/1.1 206 Partial Content",
-            "HTTP/1.1 200 OK"
-        ]
-    );
+    let responses =
+        support::large_between_others(proxy.addr, "cache.test", "/file", "/small").await;
     assert!(responses[0].1 == body);
     assert!(responses[1].1.is_empty());
     assert_eq!(responses[2].1, b"small");

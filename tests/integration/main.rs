@@ -20,6 +20,7 @@ mod fills;
 mod forward_proxy;
 mod h2_origins;
 mod hostile;
+mod memory_files;
 mod memory_policy;
 mod mirror;
 mod pools;

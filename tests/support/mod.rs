@@ -1133,3 +1133,81 @@ pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
 }
+
+/// Splits a stream of HTTP/1.1 responses to `heads` requests (HEAD ones flagged): each
+/// response's status line and body.
+pub fn split_responses(mut raw: &[u8], heads: &[bool]) -> Vec<(String, Vec<u8>)> {
+    let mut responses = Vec::new();
+    for &is_head in heads {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a complete head")
+            + 4;
+        let head = String::from_utf8_lossy(&raw[..end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().unwrap())
+            })
+            .expect("content-length");
+        let len = if is_head { 0 } else { len };
+        responses.push((
+            head.lines().next().unwrap().to_string(),
+            raw[end..end + len].to_vec(),
+        ));
+        raw = &raw[end + len..];
+    }
+    assert!(
+        raw.is_empty(),
+        "{} bytes after the last response",
+        raw.len()
+    );
+    responses
+}
+
+/// On one keep-alive connection to `addr` naming `host`: GET `large`, HEAD `large`, GET
+/// `small`, GET bytes 1000-70999 of `large`, GET `large` again (closing). Checks the
+/// statuses; returns each response's status line and body, in order.
+pub async fn large_between_others(
+    addr: SocketAddr,
+    host: &str,
+    large: &str,
+    small: &str,
+) -> Vec<(String, Vec<u8>)> {
+    let requests = [
+        format!("GET {large} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        format!("HEAD {large} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        format!("GET {small} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        format!("GET {large} HTTP/1.1\r\nHost: {host}\r\nRange: bytes=1000-70999\r\n\r\n"),
+        format!("GET {large} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    ];
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(requests.concat().as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("responses within patience")
+        .unwrap();
+    let responses = split_responses(&raw, &[false, true, false, false, false]);
+    let statuses: Vec<&str> = responses
+        .iter()
+        .map(|(status, _)| status.as_str())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 206 Partial Content",
+            "HTTP/1.1 200 OK"
+        ]
+    );
+    responses
+}

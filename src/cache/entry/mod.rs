@@ -16,6 +16,7 @@ use http::StatusCode;
 
 use super::key::{PrimaryKey, VariantKey, Vary};
 use super::policy::Freshness;
+use super::sealed::SealedBody;
 use crate::transform::compress::Coding;
 
 mod encoding;
@@ -60,11 +61,13 @@ pub struct StoredResponse {
     pub compressible: crate::transform::compress::Verdict,
 }
 
-/// Where a stored body is: in memory, or in a disk-tier file too large to hold in memory
-/// (read and verified against `meta.body_digest` as it is served).
+/// Where a stored body is: in memory (on the heap, or in a sealed memory file that hits
+/// can be sent from; see `cache::sealed`), or in a disk-tier file too large to hold in
+/// memory (read and verified against `meta.body_digest` as it is served).
 #[derive(Debug, Clone)]
 pub enum StoredBody {
     Memory(Bytes),
+    Sealed(Arc<SealedBody>),
     File(Arc<BodyFile>),
 }
 
@@ -83,16 +86,18 @@ pub struct BodyFile {
 }
 
 impl StoredBody {
+    /// The body, when it is in memory.
     pub fn as_bytes(&self) -> Option<&Bytes> {
         match self {
             StoredBody::Memory(bytes) => Some(bytes),
+            StoredBody::Sealed(sealed) => Some(sealed.bytes()),
             StoredBody::File(_) => None,
         }
     }
 
     pub fn file(&self) -> Option<&BodyFile> {
         match self {
-            StoredBody::Memory(_) => None,
+            StoredBody::Memory(_) | StoredBody::Sealed(_) => None,
             StoredBody::File(file) => Some(file),
         }
     }
@@ -130,6 +135,15 @@ impl StoredResponse {
             meta,
             body: StoredBody::Memory(body),
             compressible: Default::default(),
+        }
+    }
+
+    /// This entry with its body in `sealed`, a sealed memory file holding the same bytes.
+    pub fn with_sealed_body(self, sealed: Arc<SealedBody>) -> StoredResponse {
+        debug_assert_eq!(sealed.bytes().len() as u64, self.meta.body_len);
+        StoredResponse {
+            body: StoredBody::Sealed(sealed),
+            ..self
         }
     }
 

@@ -217,7 +217,7 @@ impl FillWriter<'_> {
         {
             finalise(&mut meta, body.len() as u64);
         }
-        let entry = Arc::new(StoredResponse::new(meta, body));
+        let entry = Arc::new(self.cache.sealed(StoredResponse::new(meta, body)).await);
         self.cache.store(Arc::clone(&entry), true).await;
         self.settle(Some(Arc::clone(&entry)));
         Admitted::Stored(entry)

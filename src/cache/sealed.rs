@@ -1,0 +1,215 @@
+//! Large memory-tier bodies kept in sealed memory files (memfd), so that a hit on a
+//! cleartext HTTP/1 connection is sent with sendfile(2) like a disk hit: the kernel hands
+//! the socket references to the file's pages instead of copying the body out of our heap.
+//! Every other reader (TLS, HTTP/2, ranges, compression, the disk tier's writer) sees the
+//! same bytes through a read-only mapping, so nothing is ever copied back out.
+//!
+//! # Why a sent body can never change under the socket
+//! sendfile does not copy: the socket keeps the file's pages until the peer has read them,
+//! after sendfile has returned and even after the entry is evicted. Those pages must never
+//! be written again. A memory file is written once, then sealed against writes, growing
+//! and shrinking (`F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK`) and against further seal
+//! changes before anyone sees it, so no process, including this one, can change its bytes.
+//! Evicting an entry only closes the file; pages still queued on a socket live on until
+//! the socket lets them go.
+//!
+//! # What it costs
+//! One file descriptor and one mapping per body, both process-wide limits shared with
+//! connections, so at most [`max_live`] bodies are sealed at once; past that, and for
+//! bodies below `cache.memory_sendfile_min`, bodies stay on the heap. Sealing copies the
+//! body once, at store time.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+
+use crate::body::{Body, VerifiedFile};
+
+/// Sealed bodies alive now, process-wide (descriptors and mappings are the process's).
+static LIVE: AtomicU64 = AtomicU64::new(0);
+
+/// Sealed bodies allowed at once: a quarter of the open-file limit (connections and disk
+/// files need the rest) and a quarter of the kernel's mapping limit (`vm.max_map_count`;
+/// the allocator and thread stacks need mappings too).
+pub fn max_live() -> u64 {
+    static MAX: OnceLock<u64> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(1 << 20);
+        let mappings = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .unwrap_or(65_530);
+        (open_files / 4).min(mappings / 4)
+    })
+}
+
+/// Sealed bodies alive now.
+pub fn live() -> u64 {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// Which bodies are sealed: those of at least `min_len` bytes (0: none).
+#[derive(Debug, Clone, Copy)]
+pub struct Sealer {
+    min_len: u64,
+}
+
+impl Sealer {
+    pub fn new(min_len: u64) -> Sealer {
+        Sealer { min_len }
+    }
+
+    /// Whether any body is sealed.
+    pub fn is_on(&self) -> bool {
+        self.min_len > 0
+    }
+
+    /// Whether a body of `len` bytes is to be sealed.
+    pub fn takes(&self, len: usize) -> bool {
+        self.min_len > 0 && len as u64 >= self.min_len
+    }
+
+    /// `body` in a sealed memory file, if it is large enough and a file is allowed and can
+    /// be made; `None` keeps it on the heap (a failure is logged once in a while, never an
+    /// error: the heap serves as well, only with a copy per hit).
+    pub fn seal(&self, body: &Bytes) -> Option<Arc<SealedBody>> {
+        if !self.takes(body.len()) {
+            return None;
+        }
+        let slot = Slot::take()?;
+        match SealedBody::write(body, slot) {
+            Ok(sealed) => Some(Arc::new(sealed)),
+            Err(error) => {
+                tracing::debug!(%error, len = body.len(), "body kept on the heap: memory file failed");
+                None
+            }
+        }
+    }
+}
+
+/// One place in [`LIVE`], given back when dropped.
+#[derive(Debug)]
+struct Slot;
+
+impl Slot {
+    fn take() -> Option<Slot> {
+        let max = max_live();
+        LIVE.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |live| {
+            (live < max).then_some(live + 1)
+        })
+        .ok()
+        .map(|_| Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A body in a sealed memory file, with a read-only view of it.
+#[derive(Debug)]
+pub struct SealedBody {
+    file: File,
+    /// The whole file, mapped read-only; slices of it are handed out as they are.
+    bytes: Bytes,
+    _slot: Slot,
+}
+
+impl SealedBody {
+    fn write(body: &[u8], slot: Slot) -> std::io::Result<SealedBody> {
+        use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
+        let fd = memfd_create(
+            "outpost-body",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        let mut file = File::from(fd);
+        file.write_all(body)?;
+        fcntl_add_seals(
+            &file,
+            SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+        )?;
+        // SAFETY: the file is sealed against writes, growing and shrinking (and against
+        // removing those seals) by the call above, so the mapped bytes can never change
+        // or disappear while the mapping lives; the mapping is read-only.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        if map.len() != body.len() {
+            return Err(std::io::Error::other(
+                "memory file mapped at the wrong length",
+            ));
+        }
+        Ok(SealedBody {
+            file,
+            bytes: Bytes::from_owner(map),
+            _slot: slot,
+        })
+    }
+
+    /// The body.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+impl VerifiedFile for SealedBody {
+    fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn read(self: Arc<Self>, offset: u64, len: u64) -> Body {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.bytes.len());
+        let end = start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+        Body::full(self.bytes.slice(start..end.min(self.bytes.len())))
+    }
+
+    fn is_in_memory(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_bodies_are_sealed_and_read_back_unchanged() {
+        let body = Bytes::from((0..200_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        let sealed = Sealer::new(64 << 10).seal(&body).expect("sealed");
+        assert_eq!(sealed.bytes(), &body);
+        let window = Arc::clone(&sealed).read(1000, 500);
+        let Body::Full(Some(bytes)) = window else {
+            panic!("a window of a sealed body is its bytes");
+        };
+        assert_eq!(bytes, body.slice(1000..1500));
+    }
+
+    #[test]
+    fn small_bodies_and_a_zero_threshold_stay_on_the_heap() {
+        let body = Bytes::from(vec![7u8; 1000]);
+        assert!(Sealer::new(64 << 10).seal(&body).is_none());
+        assert!(Sealer::new(0)
+            .seal(&Bytes::from(vec![7u8; 1 << 20]))
+            .is_none());
+    }
+
+    #[test]
+    fn a_sealed_file_refuses_every_write() {
+        use std::os::unix::fs::FileExt;
+        let sealed = Sealer::new(1)
+            .seal(&Bytes::from_static(b"stored bytes"))
+            .expect("sealed");
+        let file = sealed.file();
+        assert!(file.write_at(b"X", 0).is_err(), "written in place");
+        assert!(file.set_len(1).is_err(), "shrunk");
+        assert!(file.set_len(100).is_err(), "grown");
+        assert_eq!(&sealed.bytes()[..], b"stored bytes");
+    }
+}

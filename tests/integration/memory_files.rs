@@ -1,0 +1,169 @@
+//! Large memory-tier bodies kept in sealed memory files (`cache.memory_sendfile_min`):
+//! hits on cleartext HTTP/1 are sent from the file with sendfile, every other connection
+//! reads the same bytes, and a body already handed to a socket stays as it was however the
+//! cache changes afterwards.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{self, get, post, start_admin, Fixture, Origin, Proxy};
+
+/// `len` bytes of a pattern that repeats every 251 bytes, starting `shift` bytes in.
+fn pattern(len: usize, shift: usize) -> Bytes {
+    Bytes::from(
+        (0..len)
+            .map(|i| ((i + shift) % 251) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+fn stored(body: &Bytes) -> Fixture {
+    Fixture::Static {
+        status: StatusCode::OK,
+        headers: vec![("cache-control", "max-age=3600".into())],
+        body: body.clone(),
+    }
+}
+
+/// Requests `path` until a hit is sent from its memory file (the fill stores the body
+/// just after its last byte has gone to the client); each response must be `body`.
+async fn until_sent_from_memory_file(proxy: &Proxy, path: &str, body: &Bytes) {
+    let metrics = Arc::clone(proxy.outpost.proxy().metrics());
+    let before = metrics.memory_sendfile_responses.get();
+    support::eventually_some("a hit sent from its memory file", || async {
+        assert!(get(&proxy.url(path), &[]).await.body == *body);
+        (metrics.memory_sendfile_responses.get() > before).then_some(())
+    })
+    .await;
+}
+
+/// RFC 9111 §4 hits of a large body stored in memory go out from its sealed file on a
+/// keep-alive connection, between other responses and after a HEAD (whose body is never
+/// sent): whole, as one range (RFC 9110 §14.2), and after a small heap-held response, each
+/// with exactly its own bytes. HTTP/2 reads the same body without sendfile.
+#[tokio::test]
+async fn large_memory_hits_are_sent_from_sealed_files_byte_for_byte() {
+    let body = pattern(300 << 10, 0);
+    let origin = Origin::start(vec![
+        ("/large", stored(&body)),
+        (
+            "/small",
+            Fixture::with_headers(200, &[("cache-control", "max-age=3600")], "small"),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let metrics = Arc::clone(proxy.outpost.proxy().metrics());
+    until_sent_from_memory_file(&proxy, "/large", &body).await;
+    assert!(get(&proxy.url("/small"), &[]).await.body == "small");
+    let sent_before = metrics.memory_sendfile_responses.get();
+
+    // The host the other requests name, so these are the same resources.
+    let host = proxy.addr.to_string();
+    let responses = support::large_between_others(proxy.addr, &host, "/large", "/small").await;
+    assert!(responses[0].1 == body);
+    assert!(responses[1].1.is_empty());
+    assert_eq!(responses[2].1, b"small");
+    assert!(responses[3].1 == body[1000..71000]);
+    assert!(responses[4].1 == body);
+    assert_eq!(metrics.memory_sendfile_responses.get() - sent_before, 3);
+    assert_eq!(origin.hits("/large"), 1);
+
+    // HTTP/2 (its own key: one more fetch) is given slices of the same sealed body.
+    for _ in 0..2 {
+        let request = http::Request::get(proxy.url("/large"))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let over_h2 = support::send(&support::h2c_client(), request).await;
+        assert_eq!(over_h2.version, http::Version::HTTP_2);
+        assert!(over_h2.body == body);
+    }
+    assert_eq!(metrics.memory_sendfile_responses.get() - sent_before, 3);
+}
+
+/// A body the socket has not finished sending when its entry is purged and other large
+/// bodies are stored after it still arrives exactly as stored: the response holds its
+/// sealed file until the last byte is handed to the socket, and the pages the socket still
+/// holds after that belong to a file nobody can write.
+#[tokio::test]
+async fn a_body_in_flight_is_unchanged_when_its_entry_goes() {
+    let body = pattern(4 << 20, 0);
+    let mut routes = vec![("/large", stored(&body))];
+    let others: Vec<(String, Bytes)> = (1..=4)
+        .map(|i| (format!("/other{i}"), pattern(4 << 20, i * 7)))
+        .collect();
+    for (path, other) in &others {
+        routes.push((path.as_str(), stored(other)));
+    }
+    let origin = Origin::start(routes).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let admin = start_admin(&proxy).await;
+    until_sent_from_memory_file(&proxy, "/large", &body).await;
+    let sent_before = proxy
+        .outpost
+        .proxy()
+        .metrics()
+        .memory_sendfile_responses
+        .get();
+
+    // A hit read slowly: only its head and first bytes before the entry goes.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let request = format!(
+        "GET /large HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        proxy.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = vec![0u8; 64 << 10];
+    let mut read = 0;
+    while !raw[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut raw[read..]).await.unwrap();
+        assert!(n > 0, "closed before the head");
+        read += n;
+    }
+    raw.truncate(read);
+    assert_eq!(
+        proxy
+            .outpost
+            .proxy()
+            .metrics()
+            .memory_sendfile_responses
+            .get()
+            - sent_before,
+        1
+    );
+
+    let purged = post(&format!("{admin}/purge?url={}", proxy.url("/large"))).await;
+    assert_eq!(purged.status, StatusCode::OK);
+    for (path, other) in &others {
+        assert!(get(&proxy.url(path), &[]).await.body == *other);
+    }
+
+    tokio::time::timeout(support::PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("the rest within patience")
+        .unwrap();
+    let responses = support::split_responses(&raw, &[false]);
+    assert_eq!(responses[0].0, "HTTP/1.1 200 OK");
+    assert!(responses[0].1 == body, "the body changed in flight");
+    // It was purged: the next request goes to the origin again.
+    assert!(get(&proxy.url("/large"), &[]).await.body == body);
+    assert_eq!(origin.hits("/large"), 2);
+}
+
+/// `cache.memory_sendfile_min = 0` keeps every body on the heap: hits are the same bytes,
+/// none is sent from a memory file.
+#[tokio::test]
+async fn a_zero_threshold_keeps_bodies_on_the_heap() {
+    let body = pattern(300 << 10, 3);
+    let origin = Origin::start(vec![("/large", stored(&body))]).await;
+    let proxy = Proxy::start(&origin.url(), "[cache]\nmemory_sendfile_min = \"0\"").await;
+    for _ in 0..3 {
+        assert!(get(&proxy.url("/large"), &[]).await.body == body);
+    }
+    let metrics = Arc::clone(proxy.outpost.proxy().metrics());
+    assert_eq!(metrics.memory_sendfile_responses.get(), 0);
+    assert_eq!(origin.hits("/large"), 1);
+}

@@ -55,6 +55,17 @@ pub struct Member {
     drained: AtomicBool,
     /// Its metric labels, made once rather than per request.
     labels: ServerLabels,
+    /// Scheme, authority and Host value of forwarded requests, parsed once rather than
+    /// formatted and parsed again per request; `None` if the address is no URI authority.
+    target: Option<Target>,
+}
+
+/// What a forwarded request's URI and Host take from a member.
+#[derive(Debug)]
+struct Target {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    host: Option<HeaderValue>,
 }
 
 impl Member {
@@ -66,7 +77,17 @@ impl Member {
             Some(_) => host,
             None => format!("{host}:{port}"),
         };
+        let target = address.parse().ok().map(|authority| Target {
+            scheme: if url.is_https() {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            },
+            authority,
+            host: HeaderValue::from_str(&url.authority()).ok(),
+        });
         Member {
+            target,
             labels: ServerLabels {
                 pool: pool.to_string(),
                 server: address.clone(),
@@ -706,22 +727,26 @@ fn address(
     member: &Member,
     host_from_server: bool,
 ) -> Result<Request<Body>, ProxyError> {
+    const UNFORWARDABLE: ProxyError = ProxyError::BadRequest("request target cannot be forwarded");
+    let target = member.target.as_ref().ok_or(UNFORWARDABLE)?;
     let (mut parts, body) = request.into_parts();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let url = member.url.url();
-    let uri = format!(
-        "{}://{}{}{}",
-        url.scheme(),
-        member.address,
-        member.url.base_path(),
-        path_and_query
-    );
-    parts.uri = uri
-        .parse::<Uri>()
-        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    let path_and_query = match (member.url.base_path(), parts.uri.path_and_query()) {
+        ("", Some(path_and_query)) => path_and_query.clone(),
+        (base, path_and_query) => {
+            let path_and_query = path_and_query.map_or("/", |pq| pq.as_str());
+            format!("{base}{path_and_query}")
+                .parse()
+                .map_err(|_| UNFORWARDABLE)?
+        }
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(target.scheme.clone());
+    uri.authority = Some(target.authority.clone());
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = Uri::from_parts(uri).map_err(|_| UNFORWARDABLE)?;
     if host_from_server {
-        if let Ok(host) = HeaderValue::from_str(&member.url.authority()) {
-            parts.headers.insert(HOST, host);
+        if let Some(host) = &target.host {
+            parts.headers.insert(HOST, host.clone());
         }
     }
     Ok(Request::from_parts(parts, body))
@@ -845,6 +870,34 @@ mod tests {
     fn config(servers: &str) -> Config {
         let toml = format!("pool = \"app\"\n[[pools]]\nname = \"app\"\nservers = [{servers}]\n");
         Config::from_toml_str(&toml, &Default::default()).unwrap()
+    }
+
+    fn addressed(server: &str, target: &str, host_from_server: bool) -> Request<Body> {
+        let url: OriginUrl = server.parse().unwrap();
+        let member = Member::new("app", server, url, 1, false);
+        let request = Request::get(target)
+            .header(HOST, "client.example")
+            .body(Body::empty())
+            .unwrap();
+        address(request, &member, host_from_server).unwrap()
+    }
+
+    /// A forwarded request's URI is the member's scheme and authority, its base path, then
+    /// the client's path and query as they came (RFC 9110 §7.1); Host is the client's
+    /// unless the server's is asked for.
+    #[test]
+    fn requests_are_addressed_to_the_member_under_its_base_path() {
+        let plain = addressed("http://10.0.0.1:8080", "/a/b?q=1&r", false);
+        assert_eq!(plain.uri(), "http://10.0.0.1:8080/a/b?q=1&r");
+        assert_eq!(plain.headers()[HOST], "client.example");
+
+        let based = addressed("https://origin.example/base/", "/a?q", true);
+        assert_eq!(based.uri(), "https://origin.example:443/base/a?q");
+        assert_eq!(based.headers()[HOST], "origin.example");
+
+        let absolute = addressed("http://[::1]:9000/v1", "http://client.example/x", true);
+        assert_eq!(absolute.uri(), "http://[::1]:9000/v1/x");
+        assert_eq!(absolute.headers()[HOST], "[::1]:9000");
     }
 
     /// A reload keeps the members (health, drain) of servers that remain, and adds the new.

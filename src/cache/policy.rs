@@ -214,17 +214,32 @@ fn split_members(text: &str) -> Vec<&str> {
 /// non-empty value (RFC 9213 §2.2), else Cache-Control (and `Pragma: no-cache` when there
 /// is no Cache-Control, RFC 9111 §5.4). Returns whether a targeted field was used, in which
 /// case Expires is ignored too.
-pub fn response_directives(headers: &HeaderMap, settings: &PolicySettings) -> (Directives, bool) {
+pub fn response_directives(headers: &HeaderMap, settings: &PolicySettings) -> ResponseDirectives {
     for field in &settings.targeted_fields {
         if let Some(directives) = targeted_directives(headers, field) {
-            return (directives, true);
+            return ResponseDirectives {
+                directives,
+                is_targeted: true,
+            };
         }
     }
     let mut directives = Directives::parse(headers.get_all(header::CACHE_CONTROL));
     if !headers.contains_key(header::CACHE_CONTROL) && pragma_no_cache(headers) {
         directives.no_cache = true;
     }
-    (directives, false)
+    ResponseDirectives {
+        directives,
+        is_targeted: false,
+    }
+}
+
+/// A response's directives for this cache (see [`response_directives`]): read once by the
+/// storability check and handed on to the freshness computation.
+#[derive(Debug, Clone)]
+pub struct ResponseDirectives {
+    pub directives: Directives,
+    /// A targeted field (RFC 9213) gave them: Expires is ignored too.
+    pub is_targeted: bool,
 }
 
 /// RFC 9213 §2.1: a targeted field is a Structured Field Dictionary. One that is absent,
@@ -341,7 +356,8 @@ pub struct FetchedFor<'a> {
     pub headers: &'a HeaderMap,
 }
 
-/// RFC 9111 §3: may this response be stored by a shared cache?
+/// RFC 9111 §3: may this response be stored by a shared cache? If so, its directives as
+/// read for the check, for [`Freshness::from_directives`].
 ///
 /// # Errors
 /// The first [`NoStoreReason`] that forbids it.
@@ -351,7 +367,7 @@ pub fn check_storable(
     response_headers: &HeaderMap,
     settings: &PolicySettings,
     response_time: SystemTime,
-) -> Result<(), NoStoreReason> {
+) -> Result<ResponseDirectives, NoStoreReason> {
     if request.method != Method::GET && request.method != Method::HEAD {
         return Err(NoStoreReason::Method);
     }
@@ -365,7 +381,8 @@ pub fn check_storable(
     if request_cc.no_store {
         return Err(NoStoreReason::RequestNoStore);
     }
-    let (directives, is_targeted) = response_directives(response_headers, settings);
+    let read = response_directives(response_headers, settings);
+    let (directives, is_targeted) = (&read.directives, read.is_targeted);
     let is_understood = UNDERSTOOD_BY_US.contains(&status.as_u16());
     // §5.2.2.3: must-understand overrides no-store for a status we understand, and forbids
     // storing one we do not, whatever else the response says.
@@ -385,14 +402,14 @@ pub fn check_storable(
         return Err(NoStoreReason::VaryStar);
     }
     if request.headers.contains_key(header::AUTHORIZATION)
-        && !is_shareable_with_authorization(&directives)
+        && !is_shareable_with_authorization(directives)
     {
         return Err(NoStoreReason::Authorization);
     }
     let library_allows = library_allows(
         request,
         status,
-        &effective_headers(response_headers, &directives, is_targeted),
+        &effective_headers(response_headers, directives, is_targeted),
         settings,
         response_time,
     );
@@ -405,7 +422,7 @@ pub fn check_storable(
         || (!is_targeted && response_headers.contains_key(header::EXPIRES));
     let must_understand_allows = directives.must_understand && is_understood;
     if library_allows || is_explicit || must_understand_allows {
-        Ok(())
+        Ok(read)
     } else if !is_understood {
         Err(NoStoreReason::Status)
     } else {
@@ -534,7 +551,23 @@ impl Freshness {
         request_time: SystemTime,
         response_time: SystemTime,
     ) -> Freshness {
-        let (directives, is_targeted) = response_directives(headers, settings);
+        let read = response_directives(headers, settings);
+        Freshness::from_directives(status, headers, read, settings, request_time, response_time)
+    }
+
+    /// [`Freshness::compute`] with the response's directives already read from `headers`.
+    pub fn from_directives(
+        status: StatusCode,
+        headers: &HeaderMap,
+        read: ResponseDirectives,
+        settings: &PolicySettings,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> Freshness {
+        let ResponseDirectives {
+            directives,
+            is_targeted,
+        } = read;
         let date = single_date(headers, header::DATE).ok().flatten();
         let date_value = date.unwrap_or(response_time);
 
@@ -906,6 +939,57 @@ mod tests {
             &PolicySettings::default(),
             at(0),
         )
+        .map(drop)
+    }
+
+    /// The directives the storability check read give the freshness a fresh read would,
+    /// whichever field supplied them (RFC 9213 targeted, Cache-Control, Pragma, Expires).
+    #[test]
+    fn freshness_from_the_checked_directives_is_the_freshness_computed_afresh() {
+        let uri: http::Uri = "http://example.com/x".parse().unwrap();
+        let request = HeaderMap::new();
+        let settings = PolicySettings::default();
+        let cases: [&[(&str, &str)]; 5] = [
+            &[("cache-control", "max-age=60, stale-while-revalidate=30")],
+            &[
+                ("cdn-cache-control", "max-age=600"),
+                ("cache-control", "max-age=5"),
+            ],
+            &[(
+                "cache-control",
+                "public, s-maxage=9, must-revalidate, immutable",
+            )],
+            &[
+                ("expires", "Thu, 01 Jan 1970 00:01:40 GMT"),
+                ("date", "Thu, 01 Jan 1970 00:00:00 GMT"),
+            ],
+            &[
+                ("last-modified", "Thu, 01 Jan 1970 00:00:00 GMT"),
+                ("pragma", "no-cache"),
+            ],
+        ];
+        for fields in cases {
+            let response = headers(fields);
+            let fetched_for = FetchedFor {
+                method: &Method::GET,
+                uri: &uri,
+                headers: &request,
+            };
+            let read = check_storable(&fetched_for, StatusCode::OK, &response, &settings, at(10))
+                .unwrap_or_else(|reason| panic!("{fields:?}: {reason:?}"));
+            assert_eq!(
+                Freshness::from_directives(
+                    StatusCode::OK,
+                    &response,
+                    read,
+                    &settings,
+                    at(5),
+                    at(10)
+                ),
+                Freshness::compute(StatusCode::OK, &response, &settings, at(5), at(10)),
+                "{fields:?}"
+            );
+        }
     }
 
     /// RFC 9111 §4.2.1: s-maxage beats max-age beats Expires - Date.

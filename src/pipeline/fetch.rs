@@ -34,7 +34,7 @@ use crate::cache::fill::{Fill, FillKey, FillReader, FillStatus, FillTarget, Role
 use crate::cache::key::Vary;
 use crate::cache::lookup::MissPlan;
 use crate::cache::partial::{ContentRange, PartialEntry};
-use crate::cache::policy::{self, FetchedFor, Freshness, NoStoreReason};
+use crate::cache::policy::{self, FetchedFor, Freshness, NoStoreReason, ResponseDirectives};
 use crate::error::{OriginFailure, ProxyError};
 use crate::telemetry::cache_status::CacheStatus;
 use crate::telemetry::{Detail, Tier};
@@ -248,17 +248,19 @@ pub(super) fn is_error_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
 }
 
-/// Freshness of a response with `status` and `headers` received at `times`, under the
-/// operator's path `rule` if one applies.
+/// Freshness of a response with `status` and `headers` (whose directives are `read`, when
+/// they have been read already) received at `times`, under the operator's path `rule` if
+/// one applies.
 pub(super) fn freshness_under_rule(
     cache: &crate::cache::Cache,
     rule: Option<&crate::config::PathRule>,
-    status: StatusCode,
-    headers: &HeaderMap,
+    (status, headers, read): (StatusCode, &HeaderMap, Option<ResponseDirectives>),
     (request_time, response_time): (SystemTime, SystemTime),
 ) -> Freshness {
+    let settings = cache.policy();
+    let read = read.unwrap_or_else(|| policy::response_directives(headers, settings));
     let mut freshness =
-        Freshness::compute(status, headers, cache.policy(), request_time, response_time);
+        Freshness::from_directives(status, headers, read, settings, request_time, response_time);
     if let Some(rule) = rule {
         crate::cache::rules::apply(&mut freshness, rule, status);
     }
@@ -416,17 +418,19 @@ impl FillJob {
 }
 
 impl FillTask {
+    /// Freshness of the origin's answer under this fill's path rule; `read`: its
+    /// directives, when the storability check has read them already.
     fn freshness(
         &self,
         status: StatusCode,
         headers: &HeaderMap,
+        read: Option<ResponseDirectives>,
         times: (SystemTime, SystemTime),
     ) -> Freshness {
         freshness_under_rule(
             &self.proxy.cache,
             self.rule.as_ref(),
-            status,
-            headers,
+            (status, headers, read),
             times,
         )
     }
@@ -467,21 +471,12 @@ impl FillTask {
         let verdict = self.verdict(&method, &uri, &head, times.1);
         let vary = Vary::from_response(&head.headers);
         let variant = vary.variant_key(&self.client_headers);
-        let (Ok(()), Some(variant)) = (verdict, variant) else {
-            let reason = verdict.err().unwrap_or(NoStoreReason::VaryStar);
-            if reason != NoStoreReason::RequestNoStore {
-                cache.remember_uncacheable(self.plan.key).await;
-            }
-            self.fill.publish(FillStatus::Uncacheable(reason));
-            // The leader may have gone; then nobody needs this response.
-            self.answer_leader(LeaderAnswer::Relayed(Response::from_parts(
-                head,
-                Body::from(body),
-            )));
-            return;
+        let (read, variant) = match (verdict, variant) {
+            (Ok(read), Some(variant)) => (read, variant),
+            (verdict, _) => return self.refuse_to_store(verdict.err(), head, body).await,
         };
         cache.forget_uncacheable(&self.plan.key).await;
-        let freshness = self.freshness(head.status, &head.headers, times);
+        let freshness = self.freshness(head.status, &head.headers, Some(read), times);
         let meta = EntryMeta::new(
             self.plan.key,
             self.plan.url.clone(),
@@ -493,6 +488,30 @@ impl FillTask {
         self.stream_into_cache(meta, body).await;
     }
 
+    /// The origin's answer is not to be stored (`reason`, or `Vary: *` when none): relayed
+    /// to the leader, and the URL skips coalescing for a while unless only this request
+    /// forbade storing.
+    async fn refuse_to_store(
+        &mut self,
+        reason: Option<NoStoreReason>,
+        head: http::response::Parts,
+        body: OriginBody,
+    ) {
+        let cache = &self.proxy.cache;
+        {
+            let reason = reason.unwrap_or(NoStoreReason::VaryStar);
+            if reason != NoStoreReason::RequestNoStore {
+                cache.remember_uncacheable(self.plan.key).await;
+            }
+            self.fill.publish(FillStatus::Uncacheable(reason));
+            // The leader may have gone; then nobody needs this response.
+            self.answer_leader(LeaderAnswer::Relayed(Response::from_parts(
+                head,
+                Body::from(body),
+            )));
+        }
+    }
+
     /// Whether the origin's answer may be stored (RFC 9111 §3) and fits the cache.
     fn verdict(
         &self,
@@ -500,7 +519,7 @@ impl FillTask {
         uri: &http::Uri,
         head: &http::response::Parts,
         response_time: SystemTime,
-    ) -> Result<(), NoStoreReason> {
+    ) -> Result<ResponseDirectives, NoStoreReason> {
         if head.status == StatusCode::NOT_MODIFIED {
             return Err(NoStoreReason::Status);
         }
@@ -510,7 +529,7 @@ impl FillTask {
             headers: &self.client_headers,
         };
         let cache = &self.proxy.cache;
-        policy::check_storable(
+        let read = policy::check_storable(
             &fetched_for,
             head.status,
             &head.headers,
@@ -519,7 +538,7 @@ impl FillTask {
         )?;
         match crate::cache::entry::content_length(&head.headers) {
             Some(len) if len > cache.storable_size() => Err(NoStoreReason::TooLarge),
-            _ => Ok(()),
+            _ => Ok(read),
         }
     }
 
@@ -548,7 +567,7 @@ impl FillTask {
         let merged = policy::freshen_headers(&stale.meta.headers, &head.headers);
         let freshened = |headers: &HeaderMap| {
             let mut meta = stale.meta.clone();
-            meta.freshness = self.freshness(stale.meta.status, headers, times);
+            meta.freshness = self.freshness(stale.meta.status, headers, None, times);
             meta.headers = crate::cache::entry::compact_headers(headers);
             meta
         };
@@ -611,6 +630,7 @@ impl FillTask {
             self.proxy.cache.policy(),
             response_time,
         )
+        .map(drop)
     }
 
     /// RFC 9111 §3.3, §3.4: a 206 (to a Range we forwarded, or one the origin chose to
@@ -659,7 +679,7 @@ impl FillTask {
             Ok(bytes) => bytes,
             Err(err) => return self.origin_failed(err, Some(206)),
         };
-        let freshness = self.freshness(StatusCode::OK, &head.headers, times);
+        let freshness = self.freshness(StatusCode::OK, &head.headers, None, times);
         let meta = EntryMeta::new(
             self.plan.key,
             self.plan.url.clone(),

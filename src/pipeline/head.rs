@@ -108,13 +108,13 @@ async fn apply_to_stored(
     let status = stored.meta.status;
     let storable = policy::check_storable(&fetched_for, status, &merged, cache.policy(), times.1);
     let keeps_variant = crate::cache::key::Vary::from_response(&merged) == stored.meta.vary;
-    if storable.is_err() || !keeps_variant {
+    let (Ok(read), true) = (storable, keeps_variant) else {
         cache.drop_variant(key, variant).await;
         return;
-    }
+    };
     let rule = cache.rules().find(&miss.site.name, miss.parts.uri.path());
     let mut meta = stored.meta.clone();
-    meta.freshness = freshness_under_rule(cache, rule, status, &merged, times);
+    meta.freshness = freshness_under_rule(cache, rule, (status, &merged, Some(read)), times);
     meta.headers = crate::cache::entry::compact_headers(&merged);
     let entry = Arc::new(StoredResponse {
         meta,

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # 100 KiB disk hits of two outpost builds beside nginx's file cache, interleaved: each
-# outpost has a 1 MiB memory tier and its disk tier on /dev/shm, so every hit's body comes
-# from disk (sent from its verified file with `cache.disk_sendfile`, the default; set
-# OUTPOST_CACHE__DISK_SENDFILE=false to measure the per-byte verified read). Server CPU
-# per request from /proc ticks.
+# outpost keeps no body over 64 KiB in memory (MAX_IN_MEMORY) and its disk tier is on
+# /dev/shm, so every hit's body comes from disk (sent from its verified file with
+# `cache.disk_sendfile`, the default; set OUTPOST_CACHE__DISK_SENDFILE=false to measure
+# the per-byte verified read). The memory tier (MEMORY, 64 MiB) holds those objects'
+# headers and where their files are: it must hold them all, and the disk tier's index is
+# charged to it (20 MiB and more), so a tier of 1 MiB (charged down to 128 KiB) sent half
+# the hits back to the index. Server CPU per request from /proc ticks.
 #
 #   BEFORE=/path/to/old/outpost AFTER=target/release/outpost benches/disk_hits_compare.sh
 #
 # SIZE and KEYS choose the objects (default 100k and 100); small objects need more keys
-# than the 1 MiB memory tier holds (SIZE=1k KEYS=20000: nearly every hit from a pack).
+# than the memory tier holds (SIZE=1k KEYS=20000 MEMORY=1MiB MAX_IN_MEMORY=1MiB: nearly
+# every hit from a pack).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 KIT=${KIT:-$HERE/../../shared/bench}
@@ -25,7 +29,8 @@ cleanup() {
 }
 trap cleanup EXIT
 for s in origin nginx; do "$KIT/servers.sh" start $s >/dev/null; done
-export OUTPOST_LOG__ACCESS_LOG=false OUTPOST_CACHE__MEMORY_CAPACITY=1MiB OUTPOST_CACHE__MAX_OBJECT_SIZE=1MiB
+export OUTPOST_LOG__ACCESS_LOG=false OUTPOST_CACHE__MEMORY_CAPACITY=${MEMORY:-64MiB} \
+  OUTPOST_CACHE__MAX_OBJECT_SIZE=${MAX_IN_MEMORY:-64KiB}
 declare -A URL=([before]=http://127.0.0.1:19411 [after]=http://127.0.0.1:19412 [nginx]=http://127.0.0.1:18080)
 declare -A PID
 for t in before after; do
@@ -36,16 +41,5 @@ for t in before after; do
 done
 sleep 1
 PID[nginx]=$(pgrep -f "nginx: worker" | head -1)
-for t in before after nginx; do
-  timeout 30 taskset -c 1 wrk -t1 -c8 -d3s -s "$KIT/keys.lua" "${URL[$t]}" -- hot "/b/$SIZE/dc" "$KEYS" - >/dev/null 2>&1
-done
-ticks() { awk '{sub(/^.*\) /,""); print $12+$13}' "/proc/$1/stat"; }
-for round in $(seq "$ROUNDS"); do
-  for t in before after nginx; do
-    c0=$(ticks "${PID[$t]}")
-    out=$(taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" -s "$KIT/keys.lua" "${URL[$t]}" -- hot "/b/$SIZE/dc" "$KEYS" - 2>&1)
-    c1=$(ticks "${PID[$t]}")
-    requests=$(echo "$out" | awk '/requests in/{print $1}')
-    python3 -c "print('round $round %-7s %7.0f req/s %7.0f per server CPU-s' % ('$t', $requests / $DURATION, $requests * 100 / max($c1 - $c0, 1)))"
-  done
-done
+. "$HERE/hot_rounds.sh"
+hot_rounds "/b/$SIZE/dc" before after nginx

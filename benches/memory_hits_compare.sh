@@ -33,17 +33,5 @@ for t in heap sealed; do
 done
 sleep 1
 PID[nginx]=$(pgrep -f "nginx: worker" | head -1)
-for t in heap sealed nginx; do
-  timeout 30 taskset -c 1 wrk -t1 -c8 -d3s -s "$KIT/keys.lua" "${URL[$t]}" -- hot "/b/$SIZE/mh" "$KEYS" - >/dev/null 2>&1
-done
-ticks() { awk '{sub(/^.*\) /,""); print $12+$13}' "/proc/$1/stat"; }
-for round in $(seq "$ROUNDS"); do
-  for t in heap sealed nginx; do
-    c0=$(ticks "${PID[$t]}")
-    out=$(timeout $((DURATION + 20)) taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" -s "$KIT/keys.lua" "${URL[$t]}" -- hot "/b/$SIZE/mh" "$KEYS" - 2>&1)
-    c1=$(ticks "${PID[$t]}")
-    requests=$(echo "$out" | awk '/requests in/{print $1}')
-    p99=$(echo "$out" | grep -o '"p99_us":[0-9]*' | cut -d: -f2)
-    python3 -c "print('round $round %-7s %7.0f req/s %7.0f per server CPU-s  p99 %.2f ms' % ('$t', $requests / $DURATION, $requests * 100 / max($c1 - $c0, 1), ${p99:-0} / 1000))"
-  done
-done
+. "$HERE/hot_rounds.sh"
+hot_rounds "/b/$SIZE/mh" heap sealed nginx

@@ -378,6 +378,9 @@ impl Cache {
             ))
         });
         let source = match loaded.body {
+            // A body that can stay in its file is sent from there already; sealing it too
+            // would copy it on every load that memory's policy then refuses.
+            Some(body) if may_stay => StoredResponse::read_back(loaded.selected, body),
             Some(body) => {
                 self.sealed(StoredResponse::read_back(loaded.selected, body))
                     .await

@@ -430,9 +430,6 @@ impl Cache {
         Some(entry)
     }
 
-    /// Stores `entry` in memory and, in the background, on disk (`body_changed`: false
-    /// when only its headers were freshened). A partial entry of the resource is dropped:
-    /// the whole representation answers every range.
     /// `entry` as the memory tier keeps it: a large body moves into a sealed memory file
     /// (see [`sealed`]). Before the entry is shared, so every reader sees one body. Bodies
     /// of a megabyte or more are copied on the blocking pool, not on a server thread.
@@ -468,6 +465,9 @@ impl Cache {
                 .is_some_and(|disk| disk.sendfile_bodies().is_some())
     }
 
+    /// Stores `entry` in memory and, in the background, on disk (`body_changed`: false
+    /// when only its headers were freshened). A partial entry of the resource is dropped:
+    /// the whole representation answers every range.
     pub async fn store(&self, entry: Arc<StoredResponse>, body_changed: bool) {
         self.partials.remove(&entry.meta.key).await;
         self.index_tags(&entry.meta);

@@ -48,11 +48,6 @@ pub fn max_live() -> u64 {
     })
 }
 
-/// Sealed bodies alive now.
-pub fn live() -> u64 {
-    LIVE.load(Ordering::Relaxed)
-}
-
 /// Which bodies are sealed: those of at least `min_len` bytes (0: none).
 #[derive(Debug, Clone, Copy)]
 pub struct Sealer {
@@ -75,7 +70,7 @@ impl Sealer {
     }
 
     /// `body` in a sealed memory file, if it is large enough and a file is allowed and can
-    /// be made; `None` keeps it on the heap (a failure is logged once in a while, never an
+    /// be made; `None` keeps it on the heap (a failure is logged at debug level, never an
     /// error: the heap serves as well, only with a copy per hit).
     pub fn seal(&self, body: &Bytes) -> Option<Arc<SealedBody>> {
         if !self.takes(body.len()) {

@@ -497,19 +497,16 @@ impl FillTask {
         head: http::response::Parts,
         body: OriginBody,
     ) {
-        let cache = &self.proxy.cache;
-        {
-            let reason = reason.unwrap_or(NoStoreReason::VaryStar);
-            if reason != NoStoreReason::RequestNoStore {
-                cache.remember_uncacheable(self.plan.key).await;
-            }
-            self.fill.publish(FillStatus::Uncacheable(reason));
-            // The leader may have gone; then nobody needs this response.
-            self.answer_leader(LeaderAnswer::Relayed(Response::from_parts(
-                head,
-                Body::from(body),
-            )));
+        let reason = reason.unwrap_or(NoStoreReason::VaryStar);
+        if reason != NoStoreReason::RequestNoStore {
+            self.proxy.cache.remember_uncacheable(self.plan.key).await;
         }
+        self.fill.publish(FillStatus::Uncacheable(reason));
+        // The leader may have gone; then nobody needs this response.
+        self.answer_leader(LeaderAnswer::Relayed(Response::from_parts(
+            head,
+            Body::from(body),
+        )));
     }
 
     /// Whether the origin's answer may be stored (RFC 9111 §3) and fits the cache.

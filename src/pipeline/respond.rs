@@ -3,14 +3,13 @@
 //! client's own validators match (RFC 9111 §4.3.2). The hit path lives here, so it does no
 //! parsing: it clones the stored header map and adds two fields.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use super::Proxy;
-
-use std::sync::Arc;
 
 use crate::body::{Body, FileBody, VerifiedFile};
 
@@ -92,30 +91,22 @@ pub fn stored_body(proxy: &Proxy, entry: &StoredResponse) -> Body {
 /// memory body goes out as a window of its file, which the connection sends with
 /// sendfile when it can and otherwise takes as a slice of the body.
 pub fn stored_window(proxy: &Proxy, entry: &StoredResponse, first: u64, last: u64) -> Body {
+    // A body in memory is measured as held, so a slice can never run past it.
+    let len = entry
+        .body
+        .as_bytes()
+        .map_or(entry.meta.body_len, |bytes| bytes.len() as u64);
+    if first >= len {
+        return Body::empty();
+    }
+    let end = last.min(len - 1);
     match &entry.body {
-        StoredBody::Memory(bytes) => {
-            let len = bytes.len() as u64;
-            if first >= len {
-                return Body::empty();
-            }
-            let end = last.min(len - 1);
-            Body::full(bytes.slice(first as usize..=end as usize))
-        }
+        StoredBody::Memory(bytes) => Body::full(bytes.slice(first as usize..=end as usize)),
         StoredBody::Sealed(sealed) => {
-            let len = sealed.bytes().len() as u64;
-            if first >= len {
-                return Body::empty();
-            }
-            let end = last.min(len - 1);
             let file: Arc<dyn VerifiedFile> = sealed.clone();
             Body::File(Box::new(FileBody::new(file, first, end - first + 1)))
         }
         StoredBody::File(file) => {
-            let len = entry.meta.body_len;
-            if first >= len {
-                return Body::empty();
-            }
-            let end = last.min(len - 1);
             let digest = entry.meta.body_digest;
             let disk = proxy.cache.live_disk();
             // Served from memory, which holds only where the body is: the disk tier's

@@ -150,7 +150,8 @@ impl SendfileLink {
 
 /// `body`, when it is a window of a verified file ([`Body::File`]: a disk-tier file or a
 /// sealed memory body), as stand-in bytes sent with sendfile over `link` (a cleartext
-/// HTTP/1 connection); without a link it is read when polled. Counted in `metrics`. Any other body as it is.
+/// HTTP/1 connection); without a link it is read when polled. Counted in `metrics`. Any
+/// other body as it is.
 pub fn from_verified_file(body: Body, link: Option<&Arc<SendfileLink>>, metrics: &Metrics) -> Body {
     let Body::File(file_body) = body else {
         return body;

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
 use tokio_util::task::TaskTracker;
 
@@ -453,6 +454,32 @@ impl Cache {
         match sealed {
             Some(sealed) => entry.with_sealed_body(sealed),
             None => entry,
+        }
+    }
+
+    /// The entry a completed fill stores, built from the chunks its body arrived in (see
+    /// [`StoredResponse::from_chunks`]): a body of a megabyte or more that is to be sealed
+    /// is hashed and copied on the blocking pool, not on a server thread.
+    pub async fn stored_from_chunks(&self, meta: EntryMeta, chunks: Vec<Bytes>) -> StoredResponse {
+        const OFF_THREAD: usize = 1 << 20;
+        let len = chunks.iter().map(Bytes::len).sum::<usize>();
+        if len < OFF_THREAD || !self.sealer.takes(len) {
+            return StoredResponse::from_chunks(meta, &chunks, &self.sealer);
+        }
+        let sealer = self.sealer;
+        let (fallback_meta, fallback_chunks) = (meta.clone(), chunks.clone());
+        match tokio::task::spawn_blocking(move || {
+            StoredResponse::from_chunks(meta, &chunks, &sealer)
+        })
+        .await
+        {
+            Ok(entry) => entry,
+            // The blocking pool is shutting down: build it here, on the heap.
+            Err(_) => StoredResponse::from_chunks(
+                fallback_meta,
+                &fallback_chunks,
+                &sealed::Sealer::new(0),
+            ),
         }
     }
 

@@ -73,14 +73,21 @@ impl Sealer {
     /// be made; `None` keeps it on the heap (a failure is logged at debug level, never an
     /// error: the heap serves as well, only with a copy per hit).
     pub fn seal(&self, body: &Bytes) -> Option<Arc<SealedBody>> {
-        if !self.takes(body.len()) {
+        self.seal_chunks(std::slice::from_ref(body))
+    }
+
+    /// Like [`Sealer::seal`] for a body that arrived in `chunks`: they are written to the
+    /// file as they are, never joined into one heap copy first.
+    pub fn seal_chunks(&self, chunks: &[Bytes]) -> Option<Arc<SealedBody>> {
+        let len = chunks.iter().map(Bytes::len).sum::<usize>();
+        if !self.takes(len) {
             return None;
         }
         let slot = Slot::take()?;
-        match SealedBody::write(body, slot) {
+        match SealedBody::write(chunks, len, slot) {
             Ok(sealed) => Some(Arc::new(sealed)),
             Err(error) => {
-                tracing::debug!(%error, len = body.len(), "body kept on the heap: memory file failed");
+                tracing::debug!(%error, len, "body kept on the heap: memory file failed");
                 None
             }
         }
@@ -118,14 +125,14 @@ pub struct SealedBody {
 }
 
 impl SealedBody {
-    fn write(body: &[u8], slot: Slot) -> std::io::Result<SealedBody> {
+    fn write(chunks: &[Bytes], len: usize, slot: Slot) -> std::io::Result<SealedBody> {
         use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
         let fd = memfd_create(
             "outpost-body",
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
         )?;
         let mut file = File::from(fd);
-        file.write_all(body)?;
+        write_all_chunks(&mut file, chunks)?;
         fcntl_add_seals(
             &file,
             SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
@@ -134,7 +141,7 @@ impl SealedBody {
         // removing those seals) by the call above, so the mapped bytes can never change
         // or disappear while the mapping lives; the mapping is read-only.
         let map = unsafe { memmap2::Mmap::map(&file)? };
-        if map.len() != body.len() {
+        if map.len() != len {
             return Err(std::io::Error::other(
                 "memory file mapped at the wrong length",
             ));
@@ -150,6 +157,28 @@ impl SealedBody {
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
     }
+}
+
+/// Writes every chunk, in order, a batch of them per system call.
+fn write_all_chunks(file: &mut File, chunks: &[Bytes]) -> std::io::Result<()> {
+    /// The kernel's limit on slices per call (`IOV_MAX`).
+    const MAX_SLICES: usize = 1024;
+    for batch in chunks.chunks(MAX_SLICES) {
+        let mut slices: Vec<std::io::IoSlice<'_>> = batch
+            .iter()
+            .map(|chunk| std::io::IoSlice::new(chunk))
+            .collect();
+        let mut remaining: &mut [std::io::IoSlice<'_>] = &mut slices;
+        while !remaining.is_empty() {
+            match file.write_vectored(remaining) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(written) => std::io::IoSlice::advance_slices(&mut remaining, written),
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(())
 }
 
 impl VerifiedFile for SealedBody {
@@ -184,6 +213,17 @@ mod tests {
             panic!("a window of a sealed body is its bytes");
         };
         assert_eq!(bytes, body.slice(1000..1500));
+    }
+
+    #[test]
+    fn a_body_in_many_chunks_is_sealed_as_their_concatenation() {
+        // More chunks than one write call takes, some empty, of uneven sizes.
+        let chunks: Vec<Bytes> = (0..3000u32)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; (i % 7 * 13) as usize]))
+            .collect();
+        let whole: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let sealed = Sealer::new(1).seal_chunks(&chunks).expect("sealed");
+        assert_eq!(sealed.bytes(), &whole[..]);
     }
 
     #[test]

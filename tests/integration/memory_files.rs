@@ -167,3 +167,54 @@ async fn a_zero_threshold_keeps_bodies_on_the_heap() {
     assert_eq!(metrics.memory_sendfile_responses.get(), 0);
     assert_eq!(origin.hits("/large"), 1);
 }
+
+/// A client still reading a response whose fill has been stored reads on from the stored
+/// body, and the fill's own copy is let go: memory holds the body once, not once more per
+/// slow client (RFC 9111 §3 stores the response; the client's bytes are unchanged). Both
+/// a body sealed in a memory file and one kept on the heap, and a body far larger than
+/// the sockets between the client and outpost can hold, so the handover is mid-body.
+#[tokio::test]
+async fn a_slow_client_reads_on_from_the_stored_body_and_the_fill_lets_go() {
+    let body = pattern(24 << 20, 5);
+    for config in ["", "[cache]\nmemory_sendfile_min = \"0\""] {
+        let origin = Origin::start(vec![("/large", stored(&body))]).await;
+        let proxy = Proxy::start(&origin.url(), config).await;
+        let metrics = Arc::clone(proxy.outpost.proxy().metrics());
+
+        // The slow client: its head, then nothing read until the body is stored.
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!(
+            "GET /large HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            proxy.addr
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = vec![0u8; 64 << 10];
+        let mut read = 0;
+        while !raw[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut raw[read..]).await.unwrap();
+            assert!(n > 0, "closed before the head");
+            read += n;
+        }
+        raw.truncate(read);
+
+        // Another client joins the fill, gets the whole body, and leaves it stored; then
+        // the fill holds no bytes although the slow client has most of the body to read.
+        assert!(get(&proxy.url("/large"), &[]).await.body == body);
+        support::eventually_some("the fill's bytes let go", || async {
+            (metrics.fill_bytes.get() == 0).then_some(())
+        })
+        .await;
+
+        tokio::time::timeout(support::PATIENCE, stream.read_to_end(&mut raw))
+            .await
+            .expect("the rest within patience")
+            .unwrap();
+        let responses = support::split_responses(&raw, &[false]);
+        assert_eq!(responses[0].0, "HTTP/1.1 200 OK");
+        assert!(
+            responses[0].1 == body,
+            "the slow client's body differs ({config:?})"
+        );
+        assert_eq!(origin.hits("/large"), 1);
+    }
+}

@@ -16,7 +16,7 @@ use http::StatusCode;
 
 use super::key::{PrimaryKey, VariantKey, Vary};
 use super::policy::Freshness;
-use super::sealed::SealedBody;
+use super::sealed::{SealedBody, Sealer};
 use crate::transform::compress::Coding;
 
 mod encoding;
@@ -124,6 +124,39 @@ impl StoredResponse {
         StoredResponse {
             meta,
             body: StoredBody::Memory(body),
+            compressible: Default::default(),
+        }
+    }
+
+    /// Builds an entry from a body received in `chunks`: in a memory file sealed by
+    /// `sealer` when it takes the length, else joined into one heap buffer (a chunk as
+    /// received is a slice of a connection's read buffer and would pin all of it). The
+    /// digest is taken over the chunks, so a sealed body's mapping is never read, which
+    /// would fault every page of it into this process.
+    pub fn from_chunks(meta: EntryMeta, chunks: &[Bytes], sealer: &Sealer) -> StoredResponse {
+        let mut hasher = blake3::Hasher::new();
+        let mut len = 0;
+        for chunk in chunks {
+            hasher.update(chunk);
+            len += chunk.len();
+        }
+        let body = match sealer.seal_chunks(chunks) {
+            Some(sealed) => StoredBody::Sealed(sealed),
+            None => {
+                let mut joined = Vec::with_capacity(len);
+                for chunk in chunks {
+                    joined.extend_from_slice(chunk);
+                }
+                StoredBody::Memory(Bytes::from(joined))
+            }
+        };
+        let mut meta = meta;
+        meta.headers = compact_headers(&meta.headers);
+        meta.body_len = len as u64;
+        meta.body_digest = *hasher.finalize().as_bytes();
+        StoredResponse {
+            meta,
+            body,
             compressible: Default::default(),
         }
     }

@@ -234,6 +234,9 @@ struct FillBody {
     /// Filled for the cache alone (a background validation): never abandoned as unread.
     is_background: bool,
     end: BodyEnd,
+    /// The stored entry holding this same body, once there is one: readers go on from its
+    /// body and the chunks are let go (see [`Fill::hand_over`]).
+    handed_over: Option<Arc<StoredResponse>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -273,6 +276,7 @@ impl Fill {
                 unread_since: None,
                 is_background: false,
                 end: BodyEnd::Open,
+                handed_over: None,
             }),
             space: Notify::new(),
             held_bytes,
@@ -382,6 +386,33 @@ impl Fill {
         wake_all(&mut body);
     }
 
+    /// Hands readers over to `entry`, the stored response whose body is this fill's whole
+    /// body in one piece: each reader goes on from the same offset in it at its next read,
+    /// and the chunks are dropped as readers leave them. Without this, every client still
+    /// reading a large response would keep a second copy of it, the fill's chunks, alive
+    /// until it had read the last byte. Late readers are served the entry itself.
+    fn hand_over(&self, entry: Arc<StoredResponse>) {
+        let mut body = self.body.lock();
+        // Every reader leaves the chunks now, not at its next read: a client that reads
+        // slowly may not be polled again for a long time.
+        let first_index = body.first_index;
+        let FillBody {
+            readers,
+            waiting_at,
+            ..
+        } = &mut *body;
+        for slot in readers.iter().flatten() {
+            if slot.detached_at.is_none() && slot.next_index >= first_index {
+                waiting_at[slot.next_index - first_index] -= 1;
+            }
+        }
+        body.handed_over = Some(entry);
+        body.retain_all = false;
+        body.accepts_readers = false;
+        wake_all(&mut body);
+        self.trim(&mut body);
+    }
+
     /// Ends the body as failed: readers get an error, never a clean end of a truncated body.
     fn fail(&self) {
         let mut body = self.body.lock();
@@ -448,6 +479,12 @@ impl Fill {
             body.waiting_at[position] -= 1;
         }
         self.trim(&mut body);
+    }
+
+    /// The body kept so far, as the chunks it arrived in, then `last`.
+    fn retained_chunks(&self, last: Option<&Bytes>) -> Vec<Bytes> {
+        let body = self.body.lock();
+        body.chunks.iter().chain(last).cloned().collect()
     }
 
     /// The whole body as one buffer of exactly its size: one copy per stored fill. Even a

@@ -1,6 +1,8 @@
 //! One request's view of a fill's body, streamed as it arrives: from the fill's chunks in
 //! memory, or, for a request that joined a large fill after it started streaming to disk
 //! (or fell too far behind it), from the disk-tier file the fill is writing ([`super::tail`]).
+//! Once the body is stored in one piece, a reader goes on from the stored entry's body
+//! (see `Fill::hand_over`).
 //!
 //! # Cancellation
 //! Dropping a reader releases its position: chunks only it still needed are freed, and a
@@ -15,11 +17,13 @@ use bytes::Bytes;
 use http_body::Frame;
 
 use super::{BodyEnd, Fill};
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, VerifiedFile};
+use crate::cache::entry::StoredBody;
 
 /// A request's reader of a fill.
 pub enum FillReader {
     Live(LiveReader),
+    /// The rest of the body from elsewhere: the file the fill writes, or the stored entry.
     Tail(Body),
 }
 
@@ -39,13 +43,14 @@ impl http_body::Body for FillReader {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let FillReader::Live(live) = this {
-            let Some(offset) = live.detached_at() else {
-                return Pin::new(live).poll_frame(cx);
-            };
-            // Fell behind a fill that streams to disk: go on from its file.
-            match super::tail::reader_at(&live.fill, offset) {
-                Some(tail) => *this = FillReader::Tail(tail),
-                None => return Poll::Ready(Some(Err("fell behind a fill that failed".into()))),
+            match live.next_source() {
+                NextSource::Chunks => return Pin::new(live).poll_frame(cx),
+                // Fell behind a fill that streams to disk: go on from its file.
+                NextSource::File(offset) => match super::tail::reader_at(&live.fill, offset) {
+                    Some(tail) => *this = FillReader::Tail(tail),
+                    None => return Poll::Ready(Some(Err("fell behind a fill that failed".into()))),
+                },
+                NextSource::Stored(rest) => *this = FillReader::Tail(rest),
             }
         }
         match this {
@@ -68,15 +73,39 @@ pub struct LiveReader {
     slot: usize,
 }
 
+/// Where a live reader's next bytes come from.
+enum NextSource {
+    Chunks,
+    /// The fill's disk file, from this offset.
+    File(u64),
+    /// The rest of the stored entry's body.
+    Stored(Body),
+}
+
 impl LiveReader {
-    fn detached_at(&self) -> Option<u64> {
-        self.fill
-            .body
-            .lock()
-            .readers
-            .get(self.slot)
-            .and_then(Option::as_ref)
-            .and_then(|slot| slot.detached_at)
+    fn next_source(&self) -> NextSource {
+        let body = self.fill.body.lock();
+        let Some(slot) = body.readers.get(self.slot).and_then(Option::as_ref) else {
+            return NextSource::Chunks;
+        };
+        if let Some(offset) = slot.detached_at {
+            return NextSource::File(offset);
+        }
+        let Some(entry) = &body.handed_over else {
+            return NextSource::Chunks;
+        };
+        let len = entry.meta.body_len;
+        let from = slot.next_offset.min(len);
+        match &entry.body {
+            StoredBody::Memory(bytes) => {
+                NextSource::Stored(Body::full(bytes.slice(from as usize..)))
+            }
+            StoredBody::Sealed(sealed) => {
+                NextSource::Stored(VerifiedFile::read(Arc::clone(sealed), from, len - from))
+            }
+            // Never handed over: a file body is read through the fill's own file.
+            StoredBody::File(_) => NextSource::Chunks,
+        }
     }
 }
 
@@ -144,7 +173,8 @@ impl Drop for LiveReader {
         let mut body = self.fill.body.lock();
         let first_index = body.first_index;
         if let Some(slot) = body.readers.get_mut(self.slot).and_then(Option::take) {
-            if slot.detached_at.is_none() && slot.next_index >= first_index {
+            let reads_chunks = slot.detached_at.is_none() && body.handed_over.is_none();
+            if reads_chunks && slot.next_index >= first_index {
                 body.waiting_at[slot.next_index - first_index] -= 1;
             }
             body.reader_count -= 1;

@@ -210,16 +210,20 @@ impl FillWriter<'_> {
     }
 
     async fn store_retained(mut self) -> Admitted {
-        let body = self.fill.retained_body(self.held.as_ref());
+        let chunks = self.fill.retained_chunks(self.held.as_ref());
         let mut meta = (*self.meta).clone();
         if let FillTarget::Derived(finalise) =
             std::mem::replace(&mut self.target, FillTarget::Origin)
         {
-            finalise(&mut meta, body.len() as u64);
+            finalise(
+                &mut meta,
+                chunks.iter().map(|chunk| chunk.len() as u64).sum(),
+            );
         }
-        let entry = Arc::new(self.cache.sealed(StoredResponse::new(meta, body)).await);
+        let entry = Arc::new(self.cache.stored_from_chunks(meta, chunks).await);
         self.cache.store(Arc::clone(&entry), true).await;
         self.settle(Some(Arc::clone(&entry)));
+        self.fill.hand_over(Arc::clone(&entry));
         Admitted::Stored(entry)
     }
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Memory footprint against the configured memory tier (issue 17, target 6): one build is
+# filled with unique misses of each size in turn (PHASES, each DUR seconds, far past MEM),
+# then unique gzip misses (an encoder per response), while a sampler reads every 0.2 s
+#   - VmRSS (anonymous + file pages mapped and touched, including mapped memory files),
+#   - the bytes of the sealed memory files the process holds (`memfd:` descriptors): shmem
+#     pages that belong to no RSS unless a mapping of them was touched,
+# and reports, per phase, the peak of each and of RSS + memory files not already in RSS
+# (RssShmem), as a ratio to the tier's capacity.
+#
+#   MEM=128MiB DUR=20 benches/memory_footprint.sh [path/to/outpost]
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+KIT=${KIT:-$HERE/../../shared/bench}
+ORIGIN_BIN=${ORIGIN_BIN:-/tmp/perf/target/release/perf-origin}
+BIN=${1:-$HERE/../target/release/outpost}
+MEM=${MEM:-128MiB}
+DUR=${DUR:-20}
+PHASES=${PHASES:-"/b/1k/ /b/100k/ /b/1m/"}
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; }
+trap cleanup EXIT
+taskset -c 1 "$ORIGIN_BIN" --port 19000 --delay-ms 0 >/dev/null 2>&1 & PIDS+=($!)
+export OUTPOST_LOG__ACCESS_LOG=false OUTPOST_CACHE__MEMORY_CAPACITY=$MEM
+taskset -c 0 "$BIN" serve --listen 127.0.0.1:19305 --origin http://127.0.0.1:19000 >/dev/null 2>&1 & P=$!; PIDS+=($P)
+for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:19305/b/1k/up && break; sleep 0.1; done
+
+sample() { # sample PID OUT: one line per 0.2 s until the pid's sampler is stopped
+  python3 - "$1" >"$2" <<'PY' &
+import os, sys, time
+pid = sys.argv[1]
+while True:
+    try:
+        status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status").read().splitlines() if ":" in l)
+        kb = lambda k: int(status.get(k, "0 kB").split()[0]) * 1024
+        files = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
+                    files += os.stat(f"/proc/{pid}/fd/{fd}").st_size
+            except OSError:
+                pass
+        print(kb("VmRSS"), kb("RssShmem"), files, flush=True)
+    except OSError:
+        break
+    time.sleep(0.2)
+PY
+  echo $!
+}
+
+mib() { python3 -c "print(round($1 / 1048576, 1))"; }
+cap=$(python3 -c "
+s='$MEM'.lower().replace('ib','').replace('b','')
+m={'k':1<<10,'m':1<<20,'g':1<<30}
+print(int(float(s[:-1])*m[s[-1]]) if s[-1] in m else int(s))")
+echo "memory tier $MEM; DUR=${DUR}s per phase; outpost pid $P"
+run_phase() { # run_phase LABEL wrk-args...
+  local label=$1; shift
+  local log; log=$(mktemp)
+  local sp; sp=$(sample "$P" "$log")
+  local out; out=$(taskset -c 1 wrk -t1 -c64 -d"${DUR}"s --timeout 10s -s "$KIT/keys.lua" http://127.0.0.1:19305 -- "$@" 2>&1)
+  kill "$sp" 2>/dev/null; wait "$sp" 2>/dev/null
+  read -r rss files total < <(awk '{ if ($1>r) r=$1; if ($3>f) f=$3; t=$1+$3-$2; if (t>m) m=t } END { print r+0, f+0, m+0 }' "$log")
+  printf '%-26s %8s req/s  peak RSS %7s MiB  peak memory files %7s MiB  peak RSS+files %7s MiB = %sx capacity\n' \
+    "$label" "$(echo "$out" | awk '/Requests\/sec/{print $2}')" "$(mib "$rss")" "$(mib "$files")" "$(mib "$total")" \
+    "$(python3 -c "print(round($total / $cap, 3))")"
+  rm -f "$log"
+}
+for prefix in $PHASES; do run_phase "unique misses $prefix" unique "${prefix}r-" "$$" - '?d=0'; done
+run_phase "unique gzip misses /t/100k/" unique /t/100k/u- "$$" gzip '?d=0'
+echo "final VmHWM: $(grep VmHWM "/proc/$P/status" | tr -s ' \t' ' ')"

@@ -28,6 +28,34 @@ fn stored(body: &Bytes) -> Fixture {
     }
 }
 
+/// A slow client: sends `GET path` on a connection of its own (closed after the response)
+/// and reads only until the head has arrived; returns the connection and what it read.
+async fn get_head_only(addr: std::net::SocketAddr, path: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = vec![0u8; 64 << 10];
+    let mut read = 0;
+    while !raw[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut raw[read..]).await.unwrap();
+        assert!(n > 0, "closed before the head");
+        read += n;
+    }
+    raw.truncate(read);
+    (stream, raw)
+}
+
+/// The slow client of [`get_head_only`] reads the rest: the body of its 200 response.
+async fn read_rest(mut stream: tokio::net::TcpStream, mut raw: Vec<u8>) -> Vec<u8> {
+    tokio::time::timeout(support::PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("the rest within patience")
+        .unwrap();
+    let mut responses = support::split_responses(&raw, &[false]);
+    assert_eq!(responses[0].0, "HTTP/1.1 200 OK");
+    responses.swap_remove(0).1
+}
+
 /// Requests `path` until a hit is sent from its memory file (the fill stores the body
 /// just after its last byte has gone to the client); each response must be `body`.
 async fn until_sent_from_memory_file(proxy: &Proxy, path: &str, body: &Bytes) {
@@ -110,20 +138,7 @@ async fn a_body_in_flight_is_unchanged_when_its_entry_goes() {
         .get();
 
     // A hit read slowly: only its head and first bytes before the entry goes.
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let request = format!(
-        "GET /large HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        proxy.addr
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = vec![0u8; 64 << 10];
-    let mut read = 0;
-    while !raw[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut raw[read..]).await.unwrap();
-        assert!(n > 0, "closed before the head");
-        read += n;
-    }
-    raw.truncate(read);
+    let (stream, raw) = get_head_only(proxy.addr, "/large").await;
     assert_eq!(
         proxy
             .outpost
@@ -141,13 +156,8 @@ async fn a_body_in_flight_is_unchanged_when_its_entry_goes() {
         assert!(get(&proxy.url(path), &[]).await.body == *other);
     }
 
-    tokio::time::timeout(support::PATIENCE, stream.read_to_end(&mut raw))
-        .await
-        .expect("the rest within patience")
-        .unwrap();
-    let responses = support::split_responses(&raw, &[false]);
-    assert_eq!(responses[0].0, "HTTP/1.1 200 OK");
-    assert!(responses[0].1 == body, "the body changed in flight");
+    let rest = read_rest(stream, raw).await;
+    assert!(rest == body, "the body changed in flight");
     // It was purged: the next request goes to the origin again.
     assert!(get(&proxy.url("/large"), &[]).await.body == body);
     assert_eq!(origin.hits("/large"), 2);
@@ -182,20 +192,7 @@ async fn a_slow_client_reads_on_from_the_stored_body_and_the_fill_lets_go() {
         let metrics = Arc::clone(proxy.outpost.proxy().metrics());
 
         // The slow client: its head, then nothing read until the body is stored.
-        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        let request = format!(
-            "GET /large HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            proxy.addr
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = vec![0u8; 64 << 10];
-        let mut read = 0;
-        while !raw[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut raw[read..]).await.unwrap();
-            assert!(n > 0, "closed before the head");
-            read += n;
-        }
-        raw.truncate(read);
+        let (stream, raw) = get_head_only(proxy.addr, "/large").await;
 
         // Another client joins the fill, gets the whole body, and leaves it stored; then
         // the fill holds no bytes although the slow client has most of the body to read.
@@ -205,16 +202,8 @@ async fn a_slow_client_reads_on_from_the_stored_body_and_the_fill_lets_go() {
         })
         .await;
 
-        tokio::time::timeout(support::PATIENCE, stream.read_to_end(&mut raw))
-            .await
-            .expect("the rest within patience")
-            .unwrap();
-        let responses = support::split_responses(&raw, &[false]);
-        assert_eq!(responses[0].0, "HTTP/1.1 200 OK");
-        assert!(
-            responses[0].1 == body,
-            "the slow client's body differs ({config:?})"
-        );
+        let rest = read_rest(stream, raw).await;
+        assert!(rest == body, "the slow client's body differs ({config:?})");
         assert_eq!(origin.hits("/large"), 1);
     }
 }

@@ -432,50 +432,46 @@ impl Cache {
     }
 
     /// `entry` as the memory tier keeps it: a large body moves into a sealed memory file
-    /// (see [`sealed`]). Before the entry is shared, so every reader sees one body. Bodies
-    /// of a megabyte or more are copied on the blocking pool, not on a server thread.
+    /// (see [`sealed`]). Before the entry is shared, so every reader sees one body. A large
+    /// body is copied off the server thread ([`off_thread_if_large`]).
     pub async fn sealed(&self, entry: StoredResponse) -> StoredResponse {
-        const OFF_THREAD: usize = 1 << 20;
         let StoredBody::Memory(bytes) = &entry.body else {
             return entry;
         };
         if !self.sealer.takes(bytes.len()) {
             return entry;
         }
-        let sealed = if bytes.len() < OFF_THREAD {
-            self.sealer.seal(bytes)
-        } else {
-            let (sealer, bytes) = (self.sealer, bytes.clone());
-            tokio::task::spawn_blocking(move || sealer.seal(&bytes))
-                .await
-                .ok()
-                .flatten()
-        };
-        match sealed {
+        let (sealer, bytes) = (self.sealer, bytes.clone());
+        let len = bytes.len();
+        match off_thread_if_large(len, move || sealer.seal(&bytes))
+            .await
+            .flatten()
+        {
             Some(sealed) => entry.with_sealed_body(sealed),
             None => entry,
         }
     }
 
     /// The entry a completed fill stores, built from the chunks its body arrived in (see
-    /// [`StoredResponse::from_chunks`]): a body of a megabyte or more that is to be sealed
-    /// is hashed and copied on the blocking pool, not on a server thread.
+    /// [`StoredResponse::from_chunks`]); a large body that is to be sealed is hashed and
+    /// copied off the server thread ([`off_thread_if_large`]).
     pub async fn stored_from_chunks(&self, meta: EntryMeta, chunks: Vec<Bytes>) -> StoredResponse {
-        const OFF_THREAD: usize = 1 << 20;
         let len = chunks.iter().map(Bytes::len).sum::<usize>();
-        if len < OFF_THREAD || !self.sealer.takes(len) {
+        if !self.sealer.takes(len) {
             return StoredResponse::from_chunks(meta, &chunks, &self.sealer);
         }
         let sealer = self.sealer;
+        // Only a body this size or larger is worth a memory file, so the copies are cheap
+        // beside sealing it.
         let (fallback_meta, fallback_chunks) = (meta.clone(), chunks.clone());
-        match tokio::task::spawn_blocking(move || {
+        match off_thread_if_large(len, move || {
             StoredResponse::from_chunks(meta, &chunks, &sealer)
         })
         .await
         {
-            Ok(entry) => entry,
+            Some(entry) => entry,
             // The blocking pool is shutting down: build it here, on the heap.
-            Err(_) => StoredResponse::from_chunks(
+            None => StoredResponse::from_chunks(
                 fallback_meta,
                 &fallback_chunks,
                 &sealed::Sealer::new(0),
@@ -783,6 +779,20 @@ fn fill_slot_bounds(config: &CacheConfig) -> Bounds {
         queue: config.fill_queue,
         wait: config.fill_queue_timeout.get(),
     }
+}
+
+/// Runs `work`, which copies (and hashes) a body of `len` bytes, on the blocking pool when
+/// the body is a megabyte or more, so a server thread is not held that long; `None` when
+/// the pool is shutting down.
+async fn off_thread_if_large<T: Send + 'static>(
+    len: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    const OFF_THREAD: usize = 1 << 20;
+    if len < OFF_THREAD {
+        return Some(work());
+    }
+    tokio::task::spawn_blocking(work).await.ok()
 }
 
 /// What memory lets go was in use until now: it moves to the recent end of the disk tier's

@@ -117,13 +117,20 @@ impl StoredResponse {
     /// allocation: as received they are slices of the connection's read buffer, and keeping
     /// them would pin that whole buffer for as long as the entry lives.
     pub fn new(meta: EntryMeta, body: Bytes) -> StoredResponse {
+        let (len, digest) = (body.len() as u64, *blake3::hash(&body).as_bytes());
+        StoredResponse::received(meta, StoredBody::Memory(body), len, digest)
+    }
+
+    /// An entry of received `meta` (its headers compacted, see [`StoredResponse::new`]) and
+    /// `body` of `len` bytes whose digest is `digest`.
+    fn received(meta: EntryMeta, body: StoredBody, len: u64, digest: [u8; 32]) -> StoredResponse {
         let mut meta = meta;
         meta.headers = compact_headers(&meta.headers);
-        meta.body_len = body.len() as u64;
-        meta.body_digest = *blake3::hash(&body).as_bytes();
+        meta.body_len = len;
+        meta.body_digest = digest;
         StoredResponse {
             meta,
-            body: StoredBody::Memory(body),
+            body,
             compressible: Default::default(),
         }
     }
@@ -150,15 +157,7 @@ impl StoredResponse {
                 StoredBody::Memory(Bytes::from(joined))
             }
         };
-        let mut meta = meta;
-        meta.headers = compact_headers(&meta.headers);
-        meta.body_len = len as u64;
-        meta.body_digest = *hasher.finalize().as_bytes();
-        StoredResponse {
-            meta,
-            body,
-            compressible: Default::default(),
-        }
+        StoredResponse::received(meta, body, len as u64, *hasher.finalize().as_bytes())
     }
 
     /// An entry read back from the disk tier, whose body was verified against the digest

@@ -1012,12 +1012,14 @@ async fn a_freshened_response_keeps_its_body_on_disk() {
 /// Requests `path` until a hit is sent from its verified file (the first hits verify the
 /// file in the background); every body on the way must be `body`.
 async fn until_sent_from_file(proxy: &Proxy, path: &str, body: &Bytes) {
-    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
-    let before = metrics.sendfile_responses.get();
-    support::eventually_some("a hit sent from its file", || async {
-        assert!(get_as(&proxy.url(path), &[]).await.body == *body);
-        (metrics.sendfile_responses.get() > before).then_some(())
-    })
+    let url = proxy.url(path);
+    support::until_hit_counted(
+        proxy,
+        (&url, &[HOST]),
+        body,
+        "a hit sent from its file",
+        |metrics| metrics.sendfile_responses.get(),
+    )
     .await;
 }
 

@@ -59,12 +59,14 @@ async fn read_rest(mut stream: tokio::net::TcpStream, mut raw: Vec<u8>) -> Vec<u
 /// Requests `path` until a hit is sent from its memory file (the fill stores the body
 /// just after its last byte has gone to the client); each response must be `body`.
 async fn until_sent_from_memory_file(proxy: &Proxy, path: &str, body: &Bytes) {
-    let metrics = Arc::clone(proxy.outpost.proxy().metrics());
-    let before = metrics.memory_sendfile_responses.get();
-    support::eventually_some("a hit sent from its memory file", || async {
-        assert!(get(&proxy.url(path), &[]).await.body == *body);
-        (metrics.memory_sendfile_responses.get() > before).then_some(())
-    })
+    let url = proxy.url(path);
+    support::until_hit_counted(
+        proxy,
+        (&url, &[]),
+        body,
+        "a hit sent from its memory file",
+        |metrics| metrics.memory_sendfile_responses.get(),
+    )
     .await;
 }
 

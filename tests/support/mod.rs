@@ -98,6 +98,24 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// GETs `url` (with `headers`) until the proxy's `count` of some way of sending hits has
+/// risen (`what` names it for a timeout); every body on the way must be `body`.
+pub async fn until_hit_counted(
+    proxy: &Proxy,
+    (url, headers): (&str, &[(&str, &str)]),
+    body: &Bytes,
+    what: &str,
+    count: fn(&outpost::telemetry::metrics::Metrics) -> u64,
+) {
+    let metrics = Arc::clone(proxy.outpost.proxy().metrics());
+    let before = count(&metrics);
+    eventually_some(what, || async {
+        assert!(get(url, headers).await.body == *body);
+        (count(&metrics) > before).then_some(())
+    })
+    .await;
+}
+
 /// As [`eventually`], for a check that awaits (a scrape, a request): retries `attempt`
 /// until it gives a value, and returns it.
 pub async fn eventually_some<T, F, Fut>(what: &str, mut attempt: F) -> T

@@ -21,14 +21,9 @@ BEFORE=${BEFORE:?path of the build to compare against}
 AFTER=${AFTER:-$HERE/../target/release/outpost}
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-6}; SIZE=${SIZE:-100k}; KEYS=${KEYS:-100}
 mkdir -p "$RUN_DIR"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  for s in nginx origin; do "$KIT/servers.sh" stop $s >/dev/null 2>&1; done
-  rm -rf /dev/shm/outpost-dc-before /dev/shm/outpost-dc-after
-}
-trap cleanup EXIT
-for s in origin nginx; do "$KIT/servers.sh" start $s >/dev/null; done
+. "$HERE/hot_rounds.sh"
+extra_cleanup() { rm -rf /dev/shm/outpost-dc-before /dev/shm/outpost-dc-after; }
+start_peers
 export OUTPOST_LOG__ACCESS_LOG=false OUTPOST_CACHE__MEMORY_CAPACITY=${MEMORY:-64MiB} \
   OUTPOST_CACHE__MAX_OBJECT_SIZE=${MAX_IN_MEMORY:-64KiB}
 declare -A URL=([before]=http://127.0.0.1:19411 [after]=http://127.0.0.1:19412 [nginx]=http://127.0.0.1:18080)
@@ -41,5 +36,4 @@ for t in before after; do
 done
 sleep 1
 PID[nginx]=$(pgrep -f "nginx: worker" | head -1)
-. "$HERE/hot_rounds.sh"
 hot_rounds "/b/$SIZE/dc" before after nginx

@@ -1,8 +1,24 @@
-# Sourced by the *_compare.sh benches: hot-key rounds over several servers, interleaved.
+# Sourced by the *_compare.sh benches: the kit's peers started and stopped, and hot-key
+# rounds over several servers, interleaved.
 # Needs KIT, ROUNDS, DURATION, KEYS and the associative arrays URL and PID (by target name).
 # usage: hot_rounds PATH_PREFIX TARGET...
 #   warms each target up, then per round and target: requests per second, requests per
 #   server CPU-second (from the server pid's /proc ticks) and wrk's p99.
+
+# start_peers: starts the kit's origin and nginx; on exit stops them and every pid the
+# bench added to PIDS, then runs `extra_cleanup` if the bench defines one.
+PIDS=()
+stop_all() {
+  local pid s
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  for s in nginx origin; do "$KIT/servers.sh" stop $s >/dev/null 2>&1; done
+  if declare -F extra_cleanup >/dev/null; then extra_cleanup; fi
+}
+start_peers() {
+  trap stop_all EXIT
+  local s
+  for s in origin nginx; do "$KIT/servers.sh" start $s >/dev/null; done
+}
 
 ticks() { awk '{sub(/^.*\) /,""); print $12+$13}' "/proc/$1/stat"; }
 

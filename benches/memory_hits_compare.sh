@@ -15,13 +15,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/perf/target} RUN_DIR=${RUN_DIR:
 BIN=${BIN:-$HERE/../target/release/outpost}
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-6}; SIZE=${SIZE:-100k}; KEYS=${KEYS:-100}
 mkdir -p "$RUN_DIR"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  for s in nginx origin; do "$KIT/servers.sh" stop $s >/dev/null 2>&1; done
-}
-trap cleanup EXIT
-for s in origin nginx; do "$KIT/servers.sh" start $s >/dev/null; done
+. "$HERE/hot_rounds.sh"
+start_peers
 export OUTPOST_LOG__ACCESS_LOG=false
 declare -A URL=([heap]=http://127.0.0.1:19421 [sealed]=http://127.0.0.1:19422 [nginx]=http://127.0.0.1:18080)
 declare -A MIN=([heap]=0 [sealed]=64KiB)
@@ -33,5 +28,4 @@ for t in heap sealed; do
 done
 sleep 1
 PID[nginx]=$(pgrep -f "nginx: worker" | head -1)
-. "$HERE/hot_rounds.sh"
 hot_rounds "/b/$SIZE/mh" heap sealed nginx

@@ -154,6 +154,11 @@ pub struct MemoryTier {
     replacement: Option<Arc<Replacement>>,
 }
 
+/// An evicted resource at least this heavy is let go at once rather than at moka's next
+/// maintenance (see [`MemoryTier::remove_evicted`]): beside a body this size, maintenance
+/// is cheap.
+const LARGE_EVICTION: u64 = 256 << 10;
+
 /// Memory held outside the tier on its behalf, in bytes (see [`MemoryTier::charged_with`]).
 pub type MemoryCharge = Box<dyn Fn() -> u64 + Send + Sync>;
 
@@ -326,13 +331,21 @@ impl MemoryTier {
 
     /// Removes from moka what the policy evicted, counting each and telling the hook.
     fn remove_evicted(&self, replacement: &Replacement, evicted: Vec<PrimaryKey>) {
+        let mut large_gone = false;
         for gone in evicted {
             if let Some(set) = self.cache.remove(&gone) {
                 replacement.evictions.inc();
+                large_gone |= u64::from(set.weight()) >= LARGE_EVICTION;
                 if let Some(hook) = &replacement.on_evict {
                     hook(&set);
                 }
             }
+        }
+        if large_gone {
+            // moka keeps each removed value in its write log until its next maintenance
+            // (up to dozens of removals later): a few large bodies would stay in memory
+            // that the tier no longer counts.
+            self.cache.run_pending_tasks();
         }
     }
 
@@ -593,6 +606,23 @@ mod tests {
         assert_eq!(tier.capacity(), Some(floor), "never below the floor");
         let (_, held) = tier.usage().await;
         assert!(held <= floor && held > floor / 2, "held {held}");
+    }
+
+    /// Large bodies the policy evicts (or refuses) are let go at once, not kept alive in
+    /// moka's write log until its next maintenance: the tier never holds more than it
+    /// counts.
+    #[tokio::test]
+    async fn evicted_large_bodies_are_let_go_at_once() {
+        let tier = MemoryTier::new(4 << 20, 4, MemoryPolicy::Wtinylfu, Counter::default(), None);
+        let mut stored = Vec::new();
+        for index in 0..16 {
+            let large = entry(&format!("/large/{index}"), 1 << 20);
+            stored.push(Arc::downgrade(&large));
+            tier.get(&large.meta.key).await;
+            tier.insert(large).await;
+        }
+        let alive = stored.iter().filter(|weak| weak.strong_count() > 0).count();
+        assert!(alive <= 4, "{alive} bodies of 1 MiB alive in a 4 MiB tier");
     }
 
     async fn full_tier_admits_a_large_object_with(policy: MemoryPolicy) {

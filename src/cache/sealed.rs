@@ -16,8 +16,9 @@
 //! # What it costs
 //! One file descriptor and one mapping per body, both process-wide limits shared with
 //! connections, so at most [`max_live`] bodies are sealed at once; past that, and for
-//! bodies below `cache.memory_sendfile_min`, bodies stay on the heap. Sealing copies the
-//! body once, at store time.
+//! bodies below `cache.memory_sendfile_min`, bodies stay on the heap. A body whose length
+//! the origin declared is written into its file as it arrives ([`GrowingBody`]) and sealed
+//! when complete; any other is copied into its file once, at store time.
 
 use std::fs::File;
 use std::io::Write;
@@ -94,6 +95,24 @@ impl Sealer {
     }
 }
 
+impl Sealer {
+    /// A memory file of `len` bytes to be written as a body arrives ([`GrowingBody`]), if
+    /// bodies that long are sealed and a file is allowed and can be made.
+    pub fn growing(&self, len: u64) -> Option<GrowingBody> {
+        if len == 0 || !self.takes(usize::try_from(len).ok()?) {
+            return None;
+        }
+        let slot = Slot::take()?;
+        match GrowingBody::create(len, slot) {
+            Ok(growing) => Some(growing),
+            Err(error) => {
+                tracing::debug!(%error, len, "body arrives on the heap: memory file failed");
+                None
+            }
+        }
+    }
+}
+
 /// One place in [`LIVE`], given back when dropped.
 #[derive(Debug)]
 struct Slot;
@@ -159,6 +178,102 @@ impl SealedBody {
     }
 }
 
+/// A body written into its memory file as it arrives, to be sealed once complete: the
+/// bytes a fill receives go straight to the pages the stored entry will keep, so a large
+/// body in flight is never held twice (on the heap as it arrives, then in its file), and
+/// the connection's read buffer is free for the next read at once.
+///
+/// Readers get the bytes written so far as slices of a private read-only mapping of the
+/// whole declared length. Private, because a shared mapping of a writable descriptor counts
+/// as writable and would forbid the write seal; a private mapping that is never written
+/// maps the file's own pages (it is never copied), so it shows each byte once written. A
+/// written byte is never written again (the body is appended once, in order), so a slice
+/// handed out never changes, before or after the seal.
+#[derive(Debug)]
+pub struct GrowingBody {
+    file: File,
+    /// The whole declared length, mapped read-only; bytes past `written` are not yet valid.
+    bytes: Bytes,
+    written: usize,
+    hasher: blake3::Hasher,
+    slot: Slot,
+}
+
+impl GrowingBody {
+    fn create(len: u64, slot: Slot) -> std::io::Result<GrowingBody> {
+        use rustix::fs::{memfd_create, MemfdFlags};
+        let fd = memfd_create(
+            "outpost-body",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        let file = File::from(fd);
+        // Sized up front so the mapping never reaches past the end of the file; pages are
+        // only allocated as they are written.
+        file.set_len(len)?;
+        // SAFETY: the mapping is read-only, and the file is written only by `append`, which
+        // writes each byte once, past every byte already handed out; bytes past `written`
+        // are never handed out. The file cannot shrink while mapped: only this value holds
+        // its descriptor, it never truncates, and `seal` forbids it for good.
+        let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file)? };
+        if map.len() as u64 != len {
+            return Err(std::io::Error::other(
+                "memory file mapped at the wrong length",
+            ));
+        }
+        Ok(GrowingBody {
+            file,
+            bytes: Bytes::from_owner(map),
+            written: 0,
+            hasher: blake3::Hasher::new(),
+            slot,
+        })
+    }
+
+    /// Appends `chunk` and returns the same bytes as a slice of the file's mapping.
+    ///
+    /// # Errors
+    /// The chunk would pass the declared length, or the write failed (out of memory for
+    /// the file's pages); the body must then be kept some other way.
+    pub fn append(&mut self, chunk: &[u8]) -> std::io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let end = self.written + chunk.len();
+        if end > self.bytes.len() {
+            return Err(std::io::Error::other("body longer than declared"));
+        }
+        self.file.write_all_at(chunk, self.written as u64)?;
+        self.hasher.update(chunk);
+        let written = self.bytes.slice(self.written..end);
+        self.written = end;
+        Ok(written)
+    }
+
+    /// Bytes appended so far.
+    pub fn written(&self) -> u64 {
+        self.written as u64
+    }
+
+    /// Seals the complete body; returns it with its digest.
+    ///
+    /// # Errors
+    /// Fewer bytes than declared were written, or sealing failed.
+    pub fn seal(self) -> std::io::Result<(Arc<SealedBody>, [u8; 32])> {
+        use rustix::fs::{fcntl_add_seals, SealFlags};
+        if self.written != self.bytes.len() {
+            return Err(std::io::Error::other("body shorter than declared"));
+        }
+        fcntl_add_seals(
+            &self.file,
+            SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+        )?;
+        let sealed = SealedBody {
+            file: self.file,
+            bytes: self.bytes,
+            _slot: self.slot,
+        };
+        Ok((Arc::new(sealed), *self.hasher.finalize().as_bytes()))
+    }
+}
+
 /// Writes every chunk, in order, a batch of them per system call.
 fn write_all_chunks(file: &mut File, chunks: &[Bytes]) -> std::io::Result<()> {
     /// The kernel's limit on slices per call (`IOV_MAX`).
@@ -202,6 +317,7 @@ impl VerifiedFile for SealedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::fs::SealFlags;
 
     #[test]
     fn large_bodies_are_sealed_and_read_back_unchanged() {
@@ -224,6 +340,43 @@ mod tests {
         let whole: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
         let sealed = Sealer::new(1).seal_chunks(&chunks).expect("sealed");
         assert_eq!(sealed.bytes(), &whole[..]);
+    }
+
+    #[test]
+    fn a_growing_body_hands_out_what_it_wrote_and_seals_unchanged() {
+        use std::os::unix::fs::FileExt;
+        let whole: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let mut growing = Sealer::new(1)
+            .growing(whole.len() as u64)
+            .expect("memory file");
+        let mut handed_out = Vec::new();
+        for piece in whole.chunks(70_001) {
+            let slice = growing.append(piece).expect("appended");
+            assert_eq!(&slice[..], piece);
+            handed_out.push(slice);
+        }
+        assert!(growing.append(b"x").is_err(), "past the declared length");
+        let (sealed, digest) = growing.seal().expect("sealed");
+        assert_eq!(digest, *blake3::hash(&whole).as_bytes());
+        assert_eq!(sealed.bytes(), &whole[..]);
+        assert_eq!(handed_out.concat(), whole, "slices unchanged by the seal");
+        let file = sealed.file();
+        assert!(file.write_at(b"X", 0).is_err(), "written in place");
+        assert!(file.set_len(1).is_err(), "shrunk");
+        let seals = rustix::fs::fcntl_get_seals(file).expect("seals");
+        assert!(seals.contains(SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK));
+    }
+
+    #[test]
+    fn a_short_growing_body_is_not_sealed() {
+        let mut growing = Sealer::new(1).growing(10).expect("memory file");
+        growing.append(b"12345").expect("appended");
+        assert!(growing.seal().is_err());
+        assert!(
+            Sealer::new(64 << 10).growing(1000).is_none(),
+            "below the threshold"
+        );
+        assert!(Sealer::new(1).growing(0).is_none(), "nothing to write");
     }
 
     #[test]

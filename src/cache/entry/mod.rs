@@ -160,6 +160,17 @@ impl StoredResponse {
         StoredResponse::received(meta, body, len as u64, *hasher.finalize().as_bytes())
     }
 
+    /// An entry of received `meta` whose body was written into `sealed` as it arrived
+    /// (see [`crate::cache::sealed::GrowingBody`]); `digest` is the body's.
+    pub fn from_sealed(
+        meta: EntryMeta,
+        sealed: Arc<SealedBody>,
+        digest: [u8; 32],
+    ) -> StoredResponse {
+        let len = sealed.bytes().len() as u64;
+        StoredResponse::received(meta, StoredBody::Sealed(sealed), len, digest)
+    }
+
     /// An entry read back from the disk tier, whose body was verified against the digest
     /// in `meta`. Decoded metadata has compact headers already (see `EntryMeta::decode`).
     pub fn read_back(meta: EntryMeta, body: Bytes) -> StoredResponse {

@@ -4,6 +4,10 @@
 //! [`FillWriter::finish`] it stores the entry in the tiers and settles the fill. Nothing
 //! outside the cache touches a tier.
 //!
+//! A kept body whose declared length is one the cache seals in a memory file is written
+//! into that file as it arrives ([`GrowingBody`]); the fill's chunks are then slices of the
+//! file, the chunk received is let go at once, and storing only seals the file.
+//!
 //! While a body is being kept, its newest chunk is held back: readers get the last chunk
 //! only after the entry is stored, so a client that has the whole response and asks again
 //! finds it in the cache.
@@ -20,6 +24,7 @@ use bytes::Bytes;
 use super::{Fill, FillStatus, SpillState};
 use crate::cache::disk::{BlobWriter, DiskError, DiskTier, TempBlob};
 use crate::cache::entry::{EntryMeta, StoredResponse};
+use crate::cache::sealed::GrowingBody;
 use crate::cache::Cache;
 use crate::error::ProxyError;
 
@@ -75,7 +80,49 @@ pub struct FillWriter<'c> {
     total: u64,
     is_retained: bool,
     spill: Option<BlobWriter>,
-    held: Option<Bytes>,
+    /// The memory file a kept body is written into as it arrives, when its declared length
+    /// is one the cache seals: the fill's chunks are then slices of that file.
+    growing: Option<GrowingBody>,
+    held: HeldBack,
+}
+
+/// The newest chunk of a kept body, held back from readers until the entry is stored
+/// (see the module doc). Its bytes count among the fills' bytes while it is held.
+struct HeldBack {
+    chunk: Option<Bytes>,
+    counted_in: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl HeldBack {
+    /// Holds `chunk`; returns the one held before.
+    fn replace(&mut self, chunk: Bytes) -> Option<Bytes> {
+        self.counted_in.inc_by(chunk.len() as i64);
+        let previous = self.chunk.replace(chunk);
+        self.uncount(previous.as_ref());
+        previous
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        let chunk = self.chunk.take();
+        self.uncount(chunk.as_ref());
+        chunk
+    }
+
+    fn as_ref(&self) -> Option<&Bytes> {
+        self.chunk.as_ref()
+    }
+
+    fn uncount(&self, chunk: Option<&Bytes>) {
+        if let Some(chunk) = chunk {
+            self.counted_in.dec_by(chunk.len() as i64);
+        }
+    }
+}
+
+impl Drop for HeldBack {
+    fn drop(&mut self) {
+        self.uncount(self.chunk.as_ref());
+    }
 }
 
 impl Cache {
@@ -107,11 +154,18 @@ impl Cache {
             total: 0,
             is_retained: true,
             spill: None,
-            held: None,
+            growing: None,
+            held: HeldBack {
+                chunk: None,
+                counted_in: fill.held_bytes.clone(),
+            },
         };
         let too_large = declared.is_some_and(|len| len > memory_limit);
         if (too_large || writer.is_over_budget()) && declared.is_none_or(|len| len <= disk_limit) {
             writer.leave_memory().await;
+        } else if let (FillTarget::Origin, Some(len), false) = (&writer.target, declared, too_large)
+        {
+            writer.growing = self.sealer.growing(len);
         }
         writer
     }
@@ -134,6 +188,7 @@ impl FillWriter<'_> {
         if self.is_retained && (self.total > self.memory_limit || self.is_over_budget()) {
             self.leave_memory().await;
         }
+        let chunk = self.write_into_growing(chunk);
         if self.total > self.disk_limit {
             self.drop_spill().await;
         }
@@ -210,8 +265,19 @@ impl FillWriter<'_> {
     }
 
     async fn store_retained(mut self) -> Admitted {
-        let chunks = self.fill.retained_chunks(self.held.as_ref());
         let mut meta = (*self.meta).clone();
+        if let Some(growing) = self.growing.take() {
+            match growing.seal() {
+                Ok((sealed, digest)) => {
+                    let entry = Arc::new(StoredResponse::from_sealed(meta, sealed, digest));
+                    return self.store_entry(entry).await;
+                }
+                // Shorter than declared cannot happen (the connection checks the length),
+                // but the chunks hold the body whatever the file says.
+                Err(error) => tracing::debug!(%error, "memory file not sealed"),
+            }
+        }
+        let chunks = self.fill.retained_chunks(self.held.as_ref());
         if let FillTarget::Derived(finalise) =
             std::mem::replace(&mut self.target, FillTarget::Origin)
         {
@@ -221,6 +287,10 @@ impl FillWriter<'_> {
             );
         }
         let entry = Arc::new(self.cache.stored_from_chunks(meta, chunks).await);
+        self.store_entry(entry).await
+    }
+
+    async fn store_entry(mut self, entry: Arc<StoredResponse>) -> Admitted {
         self.cache.store(Arc::clone(&entry), true).await;
         self.settle(Some(Arc::clone(&entry)));
         self.fill.hand_over(Arc::clone(&entry));
@@ -280,10 +350,29 @@ impl FillWriter<'_> {
         self.cache.fill_bounds.memory_budget < self.cache.coalescer.held_bytes()
     }
 
+    /// `chunk` as it will be kept: written into the growing memory file and returned as the
+    /// file's slice of it (the received chunk, a slice of the connection's read buffer, is
+    /// then let go at once); as it is when no file grows, or when writing it failed (the
+    /// body is then kept in chunks, and sealed by copying if at all).
+    fn write_into_growing(&mut self, chunk: Bytes) -> Bytes {
+        let Some(growing) = self.growing.as_mut() else {
+            return chunk;
+        };
+        match growing.append(&chunk) {
+            Ok(written) => written,
+            Err(error) => {
+                tracing::debug!(%error, "body goes on in memory chunks");
+                self.growing = None;
+                chunk
+            }
+        }
+    }
+
     /// Stops keeping the body in memory: continues in a disk-tier file (with what was kept
     /// so far) when the tier can take it, else the body streams through unstored.
     async fn leave_memory(&mut self) {
         self.is_retained = false;
+        self.growing = None;
         if let Some(disk) = self
             .cache
             .live_disk()

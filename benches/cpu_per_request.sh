@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Server CPU per request of two outpost builds, alternating rounds (the fairest comparison
-# this shared machine allows): hot 1 KiB hits (MODE=hit) or unique 1 KiB misses
-# (MODE=miss). Each server on CPU 0, wrk and perf-origin (no delay) on CPU 1; CPU from
-# /proc ticks.
+# this shared machine allows): hot hits (MODE=hit) or unique misses (MODE=miss) of SIZE
+# (1k, 100k, 1m; default 1k). Each server on CPU 0, wrk and perf-origin (no delay) on
+# CPU 1; CPU from /proc ticks.
 #
 #   BEFORE=/path/to/old/outpost AFTER=target/release/outpost MODE=hit ROUNDS=8 benches/cpu_per_request.sh
 set -u
@@ -11,7 +11,7 @@ KIT=${KIT:-$HERE/../../shared/bench}
 ORIGIN_BIN=${ORIGIN_BIN:-/tmp/perf/target/release/perf-origin}
 BEFORE=${BEFORE:?path of the build to compare against}
 AFTER=${AFTER:-$HERE/../target/release/outpost}
-MODE=${MODE:-hit}; ROUNDS=${ROUNDS:-8}; DURATION=${DURATION:-5}
+MODE=${MODE:-hit}; SIZE=${SIZE:-1k}; ROUNDS=${ROUNDS:-8}; DURATION=${DURATION:-5}
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; }
 trap cleanup EXIT
@@ -24,7 +24,7 @@ ticks() { awk '{sub(/^.*\) /,""); print $12+$13}' "/proc/$1/stat"; }
 for round in $(seq "$ROUNDS"); do
   for target in "before $A 19201" "after $B 19202"; do
     set -- $target
-    if [[ $MODE == hit ]]; then args=(hot /b/1k/h 100 -); else args=(unique /b/1k/m- "r$round-$1" - '?d=0'); fi
+    if [[ $MODE == hit ]]; then args=(hot "/b/$SIZE/h" 100 -); else args=(unique "/b/$SIZE/m-" "r$round-$1-$$" - '?d=0'); fi
     t0=$(ticks "$2")
     out=$(taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" -s "$KIT/keys.lua" "http://127.0.0.1:$3" -- "${args[@]}" 2>&1)
     t1=$(ticks "$2")

@@ -3,8 +3,9 @@
 # filled with unique misses of each size in turn (PHASES, each DUR seconds, far past MEM),
 # then unique gzip misses (an encoder per response), while a sampler reads every 0.2 s
 #   - VmRSS (anonymous + file pages mapped and touched, including mapped memory files),
-#   - the bytes of the sealed memory files the process holds (`memfd:` descriptors): shmem
-#     pages that belong to no RSS unless a mapping of them was touched,
+#   - the bytes of the memory files the process holds (`memfd:` descriptors; sealed bodies
+#     and bodies being written into theirs): shmem pages that belong to no RSS unless a
+#     mapping of them was touched,
 # and reports, per phase, the peak of each and of RSS + memory files not already in RSS
 # (RssShmem), as a ratio to the tier's capacity.
 #
@@ -33,14 +34,17 @@ while True:
     try:
         status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status").read().splitlines() if ":" in l)
         kb = lambda k: int(status.get(k, "0 kB").split()[0]) * 1024
-        files = 0
+        files = {}
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
                 if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
-                    files += os.stat(f"/proc/{pid}/fd/{fd}").st_size
+                    st = os.stat(f"/proc/{pid}/fd/{fd}")
+                    # Pages held, not the length (a body being written is sized up front);
+                    # once per file, whatever its descriptors.
+                    files[st.st_ino] = st.st_blocks * 512
             except OSError:
                 pass
-        print(kb("VmRSS"), kb("RssShmem"), files, flush=True)
+        print(kb("VmRSS"), kb("RssShmem"), sum(files.values()), flush=True)
     except OSError:
         break
     time.sleep(0.2)
@@ -60,9 +64,9 @@ run_phase() { # run_phase LABEL wrk-args...
   local sp; sp=$(sample "$P" "$log")
   local out; out=$(taskset -c 1 wrk -t1 -c64 -d"${DUR}"s --timeout 10s -s "$KIT/keys.lua" http://127.0.0.1:19305 -- "$@" 2>&1)
   kill "$sp" 2>/dev/null; wait "$sp" 2>/dev/null
-  read -r rss files total < <(awk '{ if ($1>r) r=$1; if ($3>f) f=$3; t=$1+$3-$2; if (t>m) m=t } END { print r+0, f+0, m+0 }' "$log")
-  printf '%-26s %8s req/s  peak RSS %7s MiB  peak memory files %7s MiB  peak RSS+files %7s MiB = %sx capacity\n' \
-    "$label" "$(echo "$out" | awk '/Requests\/sec/{print $2}')" "$(mib "$rss")" "$(mib "$files")" "$(mib "$total")" \
+  read -r rss anon files total < <(awk '{ if ($1>r) r=$1; if ($1-$2>a) a=$1-$2; if ($3>f) f=$3; t=$1+$3-$2; if (t>m) m=t } END { print r+0, a+0, f+0, m+0 }' "$log")
+  printf '%-26s %8s req/s  peak RSS %7s MiB (not shmem %7s)  peak memory files %7s MiB  peak RSS+files %7s MiB = %sx capacity\n' \
+    "$label" "$(echo "$out" | awk '/Requests\/sec/{print $2}')" "$(mib "$rss")" "$(mib "$anon")" "$(mib "$files")" "$(mib "$total")" \
     "$(python3 -c "print(round($total / $cap, 3))")"
   rm -f "$log"
 }

@@ -22,6 +22,14 @@ use outpost::Config;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read once at its start (the `_RJEM_MALLOC_CONF` environment variable
+/// still overrides them). `background_thread`: freed pages are returned to the system by a
+/// thread of jemalloc's own as they age (`dirty_decay_ms`, 10 s), not only when this
+/// process next allocates, so a node's memory falls back after a burst of large misses
+/// even when it then goes quiet; one such thread does for every arena.
+#[export_name = "_rjem_malloc_conf"]
+pub static JEMALLOC_OPTIONS: &[u8; 48] = b"background_thread:true,max_background_threads:1\0";
+
 /// outpost: a caching edge proxy in front of a slow origin.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, propagate_version = true)]

@@ -322,22 +322,21 @@ fn several_origins_make_a_pool_and_bad_pools_are_refused() {
     );
 }
 
-/// `outpost serve` raises its soft limit on open files to the hard one: connections and
-/// the disk tier's open files are all descriptors, and a soft limit of 1024 is common.
-#[test]
-fn serve_raises_the_open_file_limit_to_the_hard_limit() {
-    use std::io::Read;
+/// `outpost serve` in front of a closed port, started by `sh` after `shell_prefix` (shell
+/// commands ending in `&&`, or nothing); returns once it accepts connections.
+fn serving_outpost(shell_prefix: &str) -> std::process::Child {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let script = format!(
-        "ulimit -Sn 256 && exec \"$0\" serve --listen 127.0.0.1:{port} --origin http://127.0.0.1:9"
+        "{shell_prefix} exec \"$0\" serve --listen 127.0.0.1:{port} --origin http://127.0.0.1:9"
     );
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .args(["-c", &script, env!("CARGO_BIN_EXE_outpost")])
         .env_remove("RUST_LOG")
+        .env_remove("_RJEM_MALLOC_CONF")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -350,6 +349,45 @@ fn serve_raises_the_open_file_limit_to_the_hard_limit() {
         );
         std::thread::yield_now();
     }
+    child
+}
+
+/// The allocator returns freed memory to the system from a thread of its own (so memory
+/// falls back after a burst even if the node then goes quiet): `outpost serve` runs one.
+#[test]
+fn serve_runs_the_allocators_background_thread() {
+    let mut child = serving_outpost("");
+    let tasks = format!("/proc/{}/task", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let names = loop {
+        let names: Vec<String> = std::fs::read_dir(&tasks)
+            .unwrap()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect();
+        if names.iter().any(|name| name == "jemalloc_bg_thd")
+            || std::time::Instant::now() > deadline
+        {
+            break names;
+        }
+        std::thread::yield_now();
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let background = names
+        .iter()
+        .filter(|name| *name == "jemalloc_bg_thd")
+        .count();
+    assert_eq!(background, 1, "threads: {names:?}");
+}
+
+/// `outpost serve` raises its soft limit on open files to the hard one: connections and
+/// the disk tier's open files are all descriptors, and a soft limit of 1024 is common.
+#[test]
+fn serve_raises_the_open_file_limit_to_the_hard_limit() {
+    use std::io::Read;
+    let mut child = serving_outpost("ulimit -Sn 256 &&");
     let mut limits = String::new();
     std::fs::File::open(format!("/proc/{}/limits", child.id()))
         .unwrap()

@@ -93,13 +93,11 @@ impl Sealer {
             }
         }
     }
-}
 
-impl Sealer {
     /// A memory file of `len` bytes to be written as a body arrives ([`GrowingBody`]), if
     /// bodies that long are sealed and a file is allowed and can be made.
     pub fn growing(&self, len: u64) -> Option<GrowingBody> {
-        if len == 0 || !self.takes(usize::try_from(len).ok()?) {
+        if !self.takes(usize::try_from(len).ok()?) {
             return None;
         }
         let slot = Slot::take()?;
@@ -145,26 +143,13 @@ pub struct SealedBody {
 
 impl SealedBody {
     fn write(chunks: &[Bytes], len: usize, slot: Slot) -> std::io::Result<SealedBody> {
-        use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
-        let fd = memfd_create(
-            "outpost-body",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )?;
-        let mut file = File::from(fd);
+        let mut file = new_memory_file()?;
         write_all_chunks(&mut file, chunks)?;
-        fcntl_add_seals(
-            &file,
-            SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
-        )?;
+        seal_for_good(&file)?;
         // SAFETY: the file is sealed against writes, growing and shrinking (and against
         // removing those seals) by the call above, so the mapped bytes can never change
         // or disappear while the mapping lives; the mapping is read-only.
-        let map = unsafe { memmap2::Mmap::map(&file)? };
-        if map.len() != len {
-            return Err(std::io::Error::other(
-                "memory file mapped at the wrong length",
-            ));
-        }
+        let map = checked_len(unsafe { memmap2::Mmap::map(&file)? }, len)?;
         Ok(SealedBody {
             file,
             bytes: Bytes::from_owner(map),
@@ -201,12 +186,7 @@ pub struct GrowingBody {
 
 impl GrowingBody {
     fn create(len: u64, slot: Slot) -> std::io::Result<GrowingBody> {
-        use rustix::fs::{memfd_create, MemfdFlags};
-        let fd = memfd_create(
-            "outpost-body",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )?;
-        let file = File::from(fd);
+        let file = new_memory_file()?;
         // Sized up front so the mapping never reaches past the end of the file; pages are
         // only allocated as they are written.
         file.set_len(len)?;
@@ -215,11 +195,7 @@ impl GrowingBody {
         // are never handed out. The file cannot shrink while mapped: only this value holds
         // its descriptor, it never truncates, and `seal` forbids it for good.
         let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file)? };
-        if map.len() as u64 != len {
-            return Err(std::io::Error::other(
-                "memory file mapped at the wrong length",
-            ));
-        }
+        let map = checked_len(map, usize::try_from(len).map_err(std::io::Error::other)?)?;
         Ok(GrowingBody {
             file,
             bytes: Bytes::from_owner(map),
@@ -247,24 +223,15 @@ impl GrowingBody {
         Ok(written)
     }
 
-    /// Bytes appended so far.
-    pub fn written(&self) -> u64 {
-        self.written as u64
-    }
-
     /// Seals the complete body; returns it with its digest.
     ///
     /// # Errors
     /// Fewer bytes than declared were written, or sealing failed.
     pub fn seal(self) -> std::io::Result<(Arc<SealedBody>, [u8; 32])> {
-        use rustix::fs::{fcntl_add_seals, SealFlags};
         if self.written != self.bytes.len() {
             return Err(std::io::Error::other("body shorter than declared"));
         }
-        fcntl_add_seals(
-            &self.file,
-            SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
-        )?;
+        seal_for_good(&self.file)?;
         let sealed = SealedBody {
             file: self.file,
             bytes: self.bytes,
@@ -272,6 +239,36 @@ impl GrowingBody {
         };
         Ok((Arc::new(sealed), *self.hasher.finalize().as_bytes()))
     }
+}
+
+/// A new, empty memory file that can be sealed.
+fn new_memory_file() -> std::io::Result<File> {
+    use rustix::fs::{memfd_create, MemfdFlags};
+    let fd = memfd_create(
+        "outpost-body",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Seals `file` against writes, growing and shrinking, and against removing those seals.
+fn seal_for_good(file: &File) -> std::io::Result<()> {
+    use rustix::fs::{fcntl_add_seals, SealFlags};
+    fcntl_add_seals(
+        file,
+        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+    )?;
+    Ok(())
+}
+
+/// `map`, if it is `len` bytes long.
+fn checked_len(map: memmap2::Mmap, len: usize) -> std::io::Result<memmap2::Mmap> {
+    if map.len() != len {
+        return Err(std::io::Error::other(
+            "memory file mapped at the wrong length",
+        ));
+    }
+    Ok(map)
 }
 
 /// Writes every chunk, in order, a batch of them per system call.

@@ -307,13 +307,7 @@ async fn a_body_broken_off_leaves_no_memory_file() {
     let proxy = Proxy::start(&origin.url(), "").await;
     let first = tokio::spawn({
         let url = proxy.url("/breaks");
-        async move {
-            let request = http::Request::get(url)
-                .body(http_body_util::Full::new(Bytes::new()))
-                .unwrap();
-            let response = support::client().request(request).await.unwrap();
-            http_body_util::BodyExt::collect(response.into_body()).await
-        }
+        async move { support::get_body_or_break(&url).await }
     });
     support::eventually("the first part in a memory file", || {
         memory_files_of_len(LEN as u64)
@@ -330,10 +324,7 @@ async fn a_body_broken_off_leaves_no_memory_file() {
         memory_files_of_len(LEN as u64).is_empty()
     })
     .await;
-    let again = http::Request::get(proxy.url("/breaks"))
-        .body(http_body_util::Full::new(Bytes::new()))
-        .unwrap();
-    let _ = support::client().request(again).await;
+    let _ = support::get_body_or_break(&proxy.url("/breaks")).await;
     // At least once more (a connection broken before the head may be retried).
     assert!(origin.hits("/breaks") >= 2, "nothing was stored");
 }

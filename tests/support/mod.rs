@@ -1137,6 +1137,14 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     send(&client(), builder.body(Full::new(Bytes::new())).unwrap()).await
 }
 
+/// GET `url` and read its body to the end: `Err` when the body breaks off (an aborted
+/// response), which a plain [`get`] would fail the test on.
+pub async fn get_body_or_break(url: &str) -> Result<Bytes, hyper::Error> {
+    let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    let response = client().request(request).await.expect("request succeeds");
+    Ok(response.into_body().collect().await?.to_bytes())
+}
+
 /// Writes raw bytes to `addr` and reads until the server closes (or PATIENCE passes).
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();

@@ -813,9 +813,12 @@ pub struct CacheConfig {
     pub unread_fill_limit: ByteSize,
     /// ... or once it has had no client for this long.
     pub unread_fill_timeout: HumanDuration,
-    /// Body bytes all fills in flight may hold in memory together; past it, new bodies go
-    /// to a disk file (or stream through unstored).
-    pub fill_memory_budget: ByteSize,
+    /// Body bytes all fills in flight may keep in memory together (each counts for its
+    /// declared length from its start); past it, new bodies go to a disk file (or stream
+    /// through unstored). Unset: an eighth of `memory_capacity`. One fill alone may pass it
+    /// (up to `max_object_size`), so bodies in memory, kept and arriving, stay within the
+    /// capacity plus the larger of the budget and one object.
+    pub fill_memory_budget: Option<ByteSize>,
     /// Fills (origin fetches that store) running at once, in all; more wait in a queue.
     pub max_fills: usize,
     /// Fills running at once per origin.
@@ -906,7 +909,7 @@ impl Default for CacheConfig {
             rules: Vec::new(),
             unread_fill_limit: ByteSize(8 << 20),
             unread_fill_timeout: HumanDuration(Duration::from_secs(30)),
-            fill_memory_budget: ByteSize(256 << 20),
+            fill_memory_budget: None,
             max_fills: 1024,
             max_fills_per_origin: 256,
             fill_queue: 4096,
@@ -914,6 +917,14 @@ impl Default for CacheConfig {
             partial_capacity: ByteSize(64 << 20),
             range_fill_max_offset: ByteSize(1 << 20),
         }
+    }
+}
+
+impl CacheConfig {
+    /// `fill_memory_budget`, or its default: an eighth of `memory_capacity`.
+    pub fn effective_fill_memory_budget(&self) -> u64 {
+        self.fill_memory_budget
+            .map_or(self.memory_capacity.as_u64() / 8, |budget| budget.as_u64())
     }
 }
 

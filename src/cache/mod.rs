@@ -195,7 +195,7 @@ impl Cache {
             fill_bounds: FillBounds {
                 unread_limit: config.unread_fill_limit.as_u64(),
                 unread_timeout: config.unread_fill_timeout.get(),
-                memory_budget: config.fill_memory_budget.as_u64(),
+                memory_budget: config.effective_fill_memory_budget(),
             },
             memory: shared.memory,
             disk: shared.disk,

@@ -7,6 +7,7 @@ use crate::support;
 
 use bytes::Bytes;
 use http::StatusCode;
+use http_body_util::BodyExt;
 use support::{eventually, get, Fixture, Gate, OpenBodies, Origin, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -145,7 +146,7 @@ async fn an_origin_stalling_after_its_head_ends_at_the_body_read_timeout() {
         .unwrap();
     let response = support::client().request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let body = http_body_util::BodyExt::collect(response.into_body()).await;
+    let body = response.into_body().collect().await;
     assert!(body.is_err(), "a truncated body must not end cleanly");
     gate.open();
     let again = get(&proxy.url("/stalls"), &[]).await;
@@ -222,5 +223,105 @@ async fn a_small_fill_whose_client_left_is_still_stored() {
         1,
         "{:?}",
         reply.header("cache-status")
+    );
+}
+
+/// The GET of `url` up to its response head: the fill behind it has begun (its head is
+/// published when the fill starts); the body is read later.
+async fn head_of(url: &str) -> http::Response<hyper::body::Incoming> {
+    let request = http::Request::get(url)
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    support::client().request(request).await.unwrap()
+}
+
+/// The fills' memory budget (by default an eighth of the memory tier) is shared out when
+/// each fill begins, by declared length: with room for one body, the first is kept to its
+/// end and stored, and those that begin while it is kept stream through unstored. Counted
+/// only as bytes arrived, fills that all began within the budget passed it together, and
+/// which of them kept their bodies depended on the order their last chunks came in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fills_memory_budget_goes_to_the_fills_that_began_first() {
+    let gate = Gate::closed();
+    let half = Bytes::from(vec![b'h'; 300 << 10]);
+    let paths = ["/first", "/second", "/third"];
+    let routes = paths
+        .iter()
+        .map(|path| {
+            let fixture = Fixture::Halves {
+                headers: support::cc("max-age=60"),
+                first: half.clone(),
+                gate: gate.clone(),
+                rest: half.clone(),
+            };
+            (*path, fixture)
+        })
+        .collect();
+    let origin = Origin::start(routes).await;
+    // An 8 MiB tier: 1 MiB for fills, room for one body of 600 KiB.
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[cache]\nmemory_capacity = \"8MiB\"\nmax_object_size = \"2MiB\"\n",
+    )
+    .await;
+    let mut responses = Vec::new();
+    for path in paths {
+        // One after the other: each fill has begun before the next is asked for.
+        responses.push(head_of(&proxy.url(path)).await);
+    }
+    gate.open();
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 600 << 10, "every client gets the whole body");
+    }
+    let outpost = proxy.outpost.proxy();
+    eventually("the fills to settle", || {
+        outpost.cache().coalescer().in_flight() == 0
+    })
+    .await;
+    for path in paths {
+        let again = get(&proxy.url(path), &[]).await;
+        assert_eq!(again.body.len(), 600 << 10);
+    }
+    assert_eq!(
+        origin.hits("/first"),
+        1,
+        "the first body was kept and stored"
+    );
+    assert_eq!(origin.hits("/second"), 2, "no room was left for the second");
+    assert_eq!(origin.hits("/third"), 2, "no room was left for the third");
+    assert_eq!(outpost.metrics().fill_bytes.get(), 0);
+}
+
+/// A body larger than the fills' memory budget but within `max_object_size` is still kept
+/// when no other fill holds memory: a small budget does not keep large objects out.
+#[tokio::test]
+async fn a_body_larger_than_the_fills_budget_is_kept_when_it_is_the_only_fill() {
+    let body = "b".repeat(1536 << 10);
+    let origin = Origin::start(vec![(
+        "/large",
+        support::fixed(&[("cache-control", "max-age=60")], &body),
+    )])
+    .await;
+    // A 1 MiB budget (an eighth of 8 MiB) for a 1.5 MiB body.
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[cache]\nmemory_capacity = \"8MiB\"\nmax_object_size = \"2MiB\"\n",
+    )
+    .await;
+    assert_eq!(get(&proxy.url("/large"), &[]).await.body.len(), body.len());
+    let outpost = proxy.outpost.proxy();
+    eventually("the fill to settle", || {
+        outpost.cache().coalescer().in_flight() == 0
+    })
+    .await;
+    let again = get(&proxy.url("/large"), &[]).await;
+    assert_eq!(again.body.len(), body.len());
+    assert_eq!(
+        origin.hits("/large"),
+        1,
+        "{:?}",
+        again.header("cache-status")
     );
 }

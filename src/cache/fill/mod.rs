@@ -27,9 +27,15 @@
 //! waits for readers when that passes a window, and stops when no reader is left.
 //!
 //! # Bounds
-//! Bytes held in memory by all fills are counted in one gauge (`outpost_fill_bytes`); a
-//! fill that would take the total past [`FillBounds::memory_budget`] stops keeping its body
-//! in memory (it spills to disk, or streams through unstored).
+//! Bytes held in memory by all fills are counted in one gauge (`outpost_fill_bytes`). What
+//! is kept against [`FillBounds::memory_budget`] is [`Commitment`]s: a fill that keeps its
+//! body counts for its declared length from the start (or, with none, for what has arrived).
+//! So the budget is shared out first come, first served, when each fill begins: a fill that
+//! began within it keeps its body to the end, and one that would pass it does not start
+//! keeping (it spills to disk, or streams through unstored). Without the up-front count,
+//! many concurrent fills would all begin within the budget, pass it together halfway and
+//! all give up what they had kept. One fill alone may pass the budget (up to the largest
+//! object kept in memory), so a small budget does not keep large objects out of memory.
 
 pub mod reader;
 pub mod tail;
@@ -37,6 +43,7 @@ pub mod writer;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -129,6 +136,47 @@ pub struct Coalescer {
     fills: Mutex<HashMap<FillKey, Arc<Fill>, DigestHasher>>,
     /// Bytes held in memory by every fill (exported as `outpost_fill_bytes`).
     held_bytes: Gauge,
+    /// Bytes counted against the budget by the fills keeping their bodies in memory.
+    committed: AtomicU64,
+}
+
+/// What one fill keeping its body in memory counts for against the fills' budget; given
+/// back when dropped.
+pub struct Commitment<'c> {
+    coalescer: &'c Coalescer,
+    bytes: u64,
+}
+
+impl Commitment<'_> {
+    /// Counts this fill for `bytes` (when more than it counts for already), unless that
+    /// takes all fills past `budget` while others count too; whether it now does. A new
+    /// commitment for nothing yet is refused too while the others are past the budget.
+    pub fn grow_to(&mut self, bytes: u64, budget: u64) -> bool {
+        let own = self.bytes;
+        let more = bytes.saturating_sub(own);
+        if more == 0 && own > 0 {
+            return true;
+        }
+        let counted =
+            self.coalescer
+                .committed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |all| {
+                    let others = all - own;
+                    (others == 0 || all + more <= budget).then_some(all + more)
+                });
+        if counted.is_ok() {
+            self.bytes = bytes;
+        }
+        counted.is_ok()
+    }
+}
+
+impl Drop for Commitment<'_> {
+    fn drop(&mut self) {
+        self.coalescer
+            .committed
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// The caller's role in a fill.
@@ -144,7 +192,19 @@ impl Coalescer {
         Coalescer {
             fills: Mutex::new(HashMap::with_hasher(DigestHasher::default())),
             held_bytes,
+            committed: AtomicU64::new(0),
         }
+    }
+
+    /// A fill's count against the fills' memory `budget` for keeping a body of `bytes`
+    /// (0 when its length is not known yet); `None` when other fills have already counted
+    /// too much for it to fit.
+    pub fn commit(&self, bytes: u64, budget: u64) -> Option<Commitment<'_>> {
+        let mut commitment = Commitment {
+            coalescer: self,
+            bytes: 0,
+        };
+        commitment.grow_to(bytes, budget).then_some(commitment)
     }
 
     /// Bytes all fills hold in memory now.
@@ -583,6 +643,33 @@ mod tests {
         coalescer.leave(&key(1), &fill);
         let (role, same, _) = coalescer.join(key(1));
         assert!(matches!(role, Role::Follower) && Arc::ptr_eq(&next, &same));
+    }
+
+    /// The budget is shared out as fills begin; one fill alone may pass it; what a fill
+    /// counts for is given back when it is dropped.
+    #[test]
+    fn commitments_share_the_budget_first_come_first_served() {
+        let coalescer = coalescer();
+        let budget = 1000;
+        let mut first = coalescer.commit(600, budget).expect("room for the first");
+        assert!(coalescer.commit(600, budget).is_none(), "no room left");
+        let second = coalescer.commit(400, budget).expect("what is left");
+        assert!(
+            !first.grow_to(700, budget),
+            "growing past it with others there"
+        );
+        drop(second);
+        assert!(
+            first.grow_to(1500, budget),
+            "alone, a fill may pass the budget"
+        );
+        assert!(
+            coalescer.commit(0, budget).is_none(),
+            "over the budget already"
+        );
+        drop(first);
+        assert_eq!(coalescer.committed.load(Ordering::Acquire), 0);
+        assert!(coalescer.commit(1000, budget).is_some());
     }
 
     /// A failed fill ends every reader with an error, never a clean end.

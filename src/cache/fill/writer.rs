@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{Fill, FillStatus, SpillState};
+use super::{Commitment, Fill, FillStatus, SpillState};
 use crate::cache::disk::{BlobWriter, DiskError, DiskTier, TempBlob};
 use crate::cache::entry::{EntryMeta, StoredResponse};
 use crate::cache::sealed::GrowingBody;
@@ -79,6 +79,8 @@ pub struct FillWriter<'c> {
     declared: Option<u64>,
     total: u64,
     is_retained: bool,
+    /// The body's count against the fills' memory budget while it is kept in memory.
+    commitment: Option<Commitment<'c>>,
     spill: Option<BlobWriter>,
     /// The memory file a kept body is written into as it arrives, when its declared length
     /// is one the cache seals: the fill's chunks are then slices of that file.
@@ -128,8 +130,8 @@ impl Drop for HeldBack {
 impl Cache {
     /// Starts feeding `fill` with the body of a response described by `meta`: publishes
     /// the head to its readers and chooses where the body goes first (a response declared
-    /// too large for memory, or one arriving while the fills' memory budget is spent, goes
-    /// straight to a disk file when the tier can take it).
+    /// too large for memory, or one whose declared length the fills' memory budget has no
+    /// room left for, goes straight to a disk file when the tier can take it).
     pub async fn begin_fill(
         &self,
         fill: &Arc<Fill>,
@@ -153,6 +155,7 @@ impl Cache {
             declared,
             total: 0,
             is_retained: true,
+            commitment: None,
             spill: None,
             growing: None,
             held: HeldBack {
@@ -161,10 +164,14 @@ impl Cache {
             },
         };
         let too_large = declared.is_some_and(|len| len > memory_limit);
-        if (too_large || writer.is_over_budget()) && declared.is_none_or(|len| len <= disk_limit) {
+        if !too_large {
+            let budget = self.fill_bounds.memory_budget;
+            writer.commitment = self.coalescer.commit(declared.unwrap_or(0), budget);
+        }
+        let kept = writer.commitment.is_some();
+        if !kept && declared.is_none_or(|len| len <= disk_limit) {
             writer.leave_memory().await;
-        } else if let (FillTarget::Origin, Some(len), false) = (&writer.target, declared, too_large)
-        {
+        } else if let (FillTarget::Origin, Some(len), true) = (&writer.target, declared, kept) {
             writer.growing = self.sealer.growing(len);
         }
         writer
@@ -185,7 +192,7 @@ impl FillWriter<'_> {
     /// its readers have been failed and nothing is stored.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), WriteError> {
         self.total += chunk.len() as u64;
-        if self.is_retained && (self.total > self.memory_limit || self.is_over_budget()) {
+        if self.is_retained && (self.total > self.memory_limit || !self.count_received()) {
             self.leave_memory().await;
         }
         let chunk = self.write_into_growing(chunk);
@@ -346,8 +353,13 @@ impl FillWriter<'_> {
         }
     }
 
-    fn is_over_budget(&self) -> bool {
-        self.cache.fill_bounds.memory_budget < self.cache.coalescer.held_bytes()
+    /// Counts what has arrived against the fills' memory budget (a body with a declared
+    /// length counts for all of it from the start); whether it may still be kept.
+    fn count_received(&mut self) -> bool {
+        let budget = self.cache.fill_bounds.memory_budget;
+        self.commitment
+            .as_mut()
+            .is_some_and(|commitment| commitment.grow_to(self.total, budget))
     }
 
     /// `chunk` as it will be kept: written into the growing memory file and returned as the
@@ -372,6 +384,7 @@ impl FillWriter<'_> {
     /// so far) when the tier can take it, else the body streams through unstored.
     async fn leave_memory(&mut self) {
         self.is_retained = false;
+        self.commitment = None;
         self.growing = None;
         if let Some(disk) = self
             .cache

@@ -52,6 +52,9 @@ pub enum ProxyError {
     /// The origin answered with something that is not valid HTTP.
     #[error("origin {origin}: protocol error: {detail}")]
     UpstreamProtocol { origin: String, detail: String },
+    /// The origin's response header section was larger than outpost reads one in.
+    #[error("origin {origin}: response header section too large")]
+    ResponseHeaderTooLarge { origin: String },
     /// A package artifact whose bytes do not match the digest its index published (or
     /// that could not be checked): never stored or served.
     #[error("origin {origin}: {detail}")]
@@ -90,6 +93,8 @@ pub enum ErrorType {
     HttpResponseTimeout,
     HttpResponseIncomplete,
     HttpProtocolError,
+    /// RFC 9209 §2.3.17.
+    HttpResponseHeaderSectionSize,
     ConnectionLimitReached,
     ConnectionReadTimeout,
     ProxyInternalError,
@@ -113,6 +118,9 @@ impl ErrorType {
             ErrorType::HttpResponseTimeout => "the origin did not answer in time",
             ErrorType::HttpResponseIncomplete => "the origin's response was incomplete",
             ErrorType::HttpProtocolError => "the origin's response was not valid HTTP",
+            ErrorType::HttpResponseHeaderSectionSize => {
+                "the origin's response header section was too large"
+            }
             ErrorType::ConnectionLimitReached => "too busy: try again later",
             ErrorType::ConnectionReadTimeout => "the origin stopped sending its response",
             ErrorType::ProxyInternalError => "internal error",
@@ -133,6 +141,7 @@ impl ErrorType {
             ErrorType::HttpResponseTimeout => "http_response_timeout",
             ErrorType::HttpResponseIncomplete => "http_response_incomplete",
             ErrorType::HttpProtocolError => "http_protocol_error",
+            ErrorType::HttpResponseHeaderSectionSize => "http_response_header_section_size",
             ErrorType::ConnectionLimitReached => "connection_limit_reached",
             ErrorType::ConnectionReadTimeout => "connection_read_timeout",
             ErrorType::ProxyInternalError => "proxy_internal_error",
@@ -215,6 +224,7 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { .. } | ProxyError::IntegrityMismatch { .. } => {
                 ErrorType::HttpProtocolError
             }
+            ProxyError::ResponseHeaderTooLarge { .. } => ErrorType::HttpResponseHeaderSectionSize,
             ProxyError::LimitReached { .. } => ErrorType::ConnectionLimitReached,
             ProxyError::BodyReadTimeout { .. } => ErrorType::ConnectionReadTimeout,
             ProxyError::NoServer { .. } => ErrorType::DestinationUnavailable,

@@ -183,6 +183,7 @@ impl Upstream {
         let counted = Counted::new(https, Arc::clone(&connections));
         let builder = |max_idle: usize| {
             Client::builder(TokioExecutor::new())
+                .http1_max_buf_size(config.max_read_buffer.as_usize())
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
                 .pool_idle_timeout(config.pool_idle_timeout.get())
@@ -459,6 +460,9 @@ pub(crate) fn classify_failure(
             }
         }
         if let Some(hyper_err) = cause.downcast_ref::<hyper::Error>() {
+            if hyper_err.is_parse_too_large() {
+                return ProxyError::ResponseHeaderTooLarge { origin };
+            }
             if hyper_err.is_parse() || hyper_err.is_parse_status() {
                 return ProxyError::UpstreamProtocol { origin, detail };
             }

@@ -296,6 +296,41 @@ async fn origin_closing_without_response_gives_502_incomplete() {
     );
 }
 
+/// RFC 9209 §2.3.17: an origin whose response header section is larger than outpost reads
+/// one in (128 KiB) gives 502 `http_response_header_section_size`; one of 100 KiB passes.
+#[tokio::test]
+async fn an_oversized_origin_header_section_gives_502_header_section_size() {
+    let large = "v".repeat(100 << 10);
+    let oversized = "v".repeat(200 << 10);
+    let origin = Origin::start(vec![
+        (
+            "/large",
+            fixed(&[("x-large", large.as_str())], "large head"),
+        ),
+        (
+            "/oversized",
+            fixed(&[("x-large", oversized.as_str())], "never seen"),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let reply = get(&proxy.url("/large"), &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-large").map(str::len), Some(large.len()));
+    assert_eq!(reply.text(), "large head");
+    let reply = get(&proxy.url("/oversized"), &[]).await;
+    assert_eq!(reply.status, 502);
+    assert!(
+        reply
+            .header("proxy-status")
+            .unwrap()
+            .starts_with("outpost; error=http_response_header_section_size"),
+        "{:?}",
+        reply.header("proxy-status")
+    );
+    assert!(!reply.text().contains("never seen"));
+}
+
 /// An origin that dies mid-body must not look like a complete (truncated) response to the
 /// client: the client's response is aborted.
 #[tokio::test]

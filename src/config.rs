@@ -1604,6 +1604,12 @@ impl Problems {
         }
     }
 
+    fn at_least_bytes(&mut self, key: &str, value: ByteSize, minimum: ByteSize) {
+        if value < minimum {
+            self.add(key, format!("{value} is below the {minimum} minimum"));
+        }
+    }
+
     fn positive(&mut self, key: &str, value: HumanDuration) {
         if value.get().is_zero() {
             self.add(key, "must be greater than zero");
@@ -1621,17 +1627,19 @@ impl Problems {
     }
 }
 
+/// The smallest buffer hyper's HTTP/1 connections take (it refuses a smaller one).
+const HTTP1_MIN_BUFFER: ByteSize = ByteSize(8 * 1024);
+
 fn check_server(server: &ServerConfig, problems: &mut Problems) {
     problems.positive("server.tunnel_idle_timeout", server.tunnel_idle_timeout);
     problems.positive("server.tunnel_max_duration", server.tunnel_max_duration);
     problems.at_least_one("server.max_connections", server.max_connections);
     problems.at_least_one("server.max_headers", server.max_headers);
-    if server.max_header_bytes.as_u64() < 8 * 1024 {
-        problems.add(
-            "server.max_header_bytes",
-            format!("{} is below the 8KiB minimum", server.max_header_bytes),
-        );
-    }
+    problems.at_least_bytes(
+        "server.max_header_bytes",
+        server.max_header_bytes,
+        HTTP1_MIN_BUFFER,
+    );
     problems.positive("server.header_read_timeout", server.header_read_timeout);
     problems.positive("server.idle_timeout", server.idle_timeout);
 }
@@ -1661,12 +1669,11 @@ fn check_forward_proxy(forward: &ForwardProxyConfig, problems: &mut Problems) {
 
 fn check_upstream(upstream: &UpstreamConfig, problems: &mut Problems) {
     problems.positive("upstream.connect_timeout", upstream.connect_timeout);
-    if upstream.max_read_buffer.as_u64() < 8 * 1024 {
-        problems.add(
-            "upstream.max_read_buffer",
-            format!("{} is below the 8KiB minimum", upstream.max_read_buffer),
-        );
-    }
+    problems.at_least_bytes(
+        "upstream.max_read_buffer",
+        upstream.max_read_buffer,
+        HTTP1_MIN_BUFFER,
+    );
     problems.positive(
         "upstream.response_header_timeout",
         upstream.response_header_timeout,

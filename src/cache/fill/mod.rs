@@ -208,7 +208,8 @@ impl Coalescer {
     }
 
     /// Bytes all fills hold in memory now.
-    pub fn held_bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn held_bytes(&self) -> u64 {
         u64::try_from(self.held_bytes.get()).unwrap_or(0)
     }
 

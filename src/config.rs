@@ -1587,6 +1587,19 @@ impl Config {
         // inside arrays); the test `effective_config_round_trips` guards it.
         toml::to_string_pretty(self).expect("config serialises to TOML")
     }
+
+    /// Settings left unset whose value is worked out from others, as TOML comments (so
+    /// `outpost check`'s output stays a config file that still derives them).
+    pub fn derived_comments(&self) -> String {
+        let mut comments = String::new();
+        if self.cache.fill_memory_budget.is_none() {
+            let budget = ByteSize(self.cache.effective_fill_memory_budget());
+            comments.push_str(&format!(
+                "\n# Derived (unset above):\n# cache.fill_memory_budget = \"{budget}\"  # an eighth of cache.memory_capacity\n"
+            ));
+        }
+        comments
+    }
 }
 
 /// Problems found while validating; each names its key.

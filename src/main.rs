@@ -107,7 +107,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check { settings } => {
             let config = settings.load()?;
-            print!("{}", config.to_toml());
+            print!("{}{}", config.to_toml(), config.derived_comments());
             eprintln!("outpost: configuration is valid");
             Ok(())
         }

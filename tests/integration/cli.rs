@@ -64,6 +64,32 @@ fn check_prints_effective_settings_with_layers_in_order() {
     );
 }
 
+/// A budget left unset follows `memory_capacity`: `check` says what it comes to, as a
+/// comment, and says nothing when it is set.
+#[test]
+fn check_shows_the_derived_fill_budget_only_when_unset() {
+    let (_dir, path) =
+        write_config("origin = \"http://127.0.0.1:9000\"\n[cache]\nmemory_capacity = \"64MiB\"\n");
+    let output = outpost(&["check", "--config", &path], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let effective = stdout(&output);
+    assert!(
+        effective.contains("# cache.fill_memory_budget = \"8MiB\""),
+        "{effective}"
+    );
+    let (_dir, path) = write_config(
+        "origin = \"http://127.0.0.1:9000\"\n[cache]\nmemory_capacity = \"64MiB\"\nfill_memory_budget = \"3MiB\"\n",
+    );
+    let output = outpost(&["check", "--config", &path], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let effective = stdout(&output);
+    assert!(
+        effective.contains("fill_memory_budget = \"3MiB\""),
+        "{effective}"
+    );
+    assert!(!effective.contains("# Derived"), "{effective}");
+}
+
 #[test]
 fn shipped_sample_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/outpost.toml");

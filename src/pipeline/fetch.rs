@@ -808,11 +808,27 @@ impl FillTask {
             .cache
             .begin_fill(&self.fill, meta, FillTarget::Origin)
             .await;
+        // One timer for the whole body, moved on only when it fires early: a timeout per
+        // chunk put an entry into the timer wheel and took it out again for every chunk.
+        let read_timeout = proxy.body_read_timeout;
+        let stall = tokio::time::sleep(read_timeout);
+        tokio::pin!(stall);
         loop {
-            let next = tokio::select! {
-                next = tokio::time::timeout(proxy.body_read_timeout, body.frame()) => next,
-                // Every client left a large or long fill: stop the download.
-                () = writer.unread_too_long() => return writer.abandon_unread().await,
+            // The timeout counts time spent waiting for the origin, not for slow readers.
+            let waiting_since = tokio::time::Instant::now();
+            let next = loop {
+                tokio::select! {
+                    next = body.frame() => break Ok(next),
+                    () = &mut stall => {
+                        let due = waiting_since + read_timeout;
+                        if tokio::time::Instant::now() >= due {
+                            break Err(());
+                        }
+                        stall.as_mut().reset(due);
+                    }
+                    // Every client left a large or long fill: stop the download.
+                    () = writer.unread_too_long() => return writer.abandon_unread().await,
+                }
             };
             let frame = match next {
                 Ok(None) => break,
@@ -826,7 +842,7 @@ impl FillTask {
                         .await;
                     return;
                 }
-                Err(_elapsed) => {
+                Err(()) => {
                     let origin = self.origin.clone();
                     tracing::warn!(%origin, url = %writer.meta().url, "origin body stalled past upstream.body_read_timeout: readers aborted, nothing stored");
                     writer.fail(ProxyError::BodyReadTimeout { origin }).await;

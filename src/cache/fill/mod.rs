@@ -271,6 +271,10 @@ pub struct Fill {
     body: Mutex<FillBody>,
     /// Notified when readers make room or leave.
     space: Notify,
+    /// Notified only when a reader leaves: what the unread watch waits for. Readers make
+    /// room with every chunk they take, and waking the fill's task for each was a wasted
+    /// poll per chunk.
+    readers_left: Notify,
     held_bytes: Gauge,
 }
 
@@ -340,6 +344,7 @@ impl Fill {
                 handed_over: None,
             }),
             space: Notify::new(),
+            readers_left: Notify::new(),
             held_bytes,
         })
     }

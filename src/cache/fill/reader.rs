@@ -185,5 +185,6 @@ impl Drop for LiveReader {
         self.fill.trim(&mut body);
         drop(body);
         self.fill.space.notify_waiters();
+        self.fill.readers_left.notify_waiters();
     }
 }

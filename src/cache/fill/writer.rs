@@ -459,7 +459,7 @@ impl FillWriter<'_> {
     pub async fn unread_too_long(&self) {
         loop {
             // Registered before the check, so a reader leaving in between is not missed.
-            let changed = self.fill.space.notified();
+            let changed = self.fill.readers_left.notified();
             match self.unread_deadline() {
                 Some(deadline) if deadline <= Instant::now() => return,
                 Some(deadline) => {

@@ -252,18 +252,18 @@ impl Cache {
 
     /// The stored `coding` encoding of `source` in memory, if there is one now (one may have
     /// settled since the caller looked).
-    pub async fn stored_encoding(
+    pub fn stored_encoding(
         &self,
         source: &StoredResponse,
         coding: crate::transform::compress::Coding,
     ) -> Option<Arc<StoredResponse>> {
-        let set = self.memory.get(&source.meta.key).await?;
+        let set = self.memory.peek(&source.meta.key)?;
         set.select_encoded(source, coding).cloned()
     }
 
     /// A fresh stored response for `plan` that arrived after its lookup (a fill that
     /// settled between the lookup and joining the coalescer); memory only.
-    pub async fn stored_meanwhile(
+    pub fn stored_meanwhile(
         &self,
         plan: &MissPlan,
         request: &http::request::Parts,
@@ -272,7 +272,7 @@ impl Cache {
         if plan.stale.is_some() {
             return None;
         }
-        let set = self.memory.get(&plan.key).await?;
+        let set = self.memory.peek(&plan.key)?;
         let entry = Arc::clone(set.select(&request.headers)?);
         let directives = policy::request_directives(&request.headers);
         if policy::evaluate_reuse(&entry.meta.freshness, &directives, now) != Reuse::Fresh {

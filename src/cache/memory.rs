@@ -311,6 +311,13 @@ impl MemoryTier {
         found
     }
 
+    /// The stored variants of `key`, looked at again for a request [`MemoryTier::get`] has
+    /// counted already: not counted a second time, so the policy sees each request once,
+    /// as `outpost replay` does. (moka's own policies count every read.)
+    pub fn peek(&self, key: &PrimaryKey) -> Option<Arc<VariantSet>> {
+        self.cache.get(key)
+    }
+
     /// Tells the policy that `key` now weighs `weight` (or is gone), and removes from moka
     /// what it evicts to make room.
     fn settle(&self, key: PrimaryKey, weight: Option<u32>) {

@@ -336,7 +336,7 @@ impl Cache {
         let gate = Arc::clone(self.promotions.lock().entry(*key).or_default());
         let promoted = {
             let _promoting = gate.lock().await;
-            match self.memory.get(key).await {
+            match self.memory.peek(key) {
                 // Promoted by the request we waited for.
                 Some(set) => Some(set),
                 // Boxed: the disk path's future would otherwise size every lookup's.

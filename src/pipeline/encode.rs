@@ -104,7 +104,7 @@ async fn encoded_once(
     let (role, fill, reader) = proxy.cache.coalescer().join(fill_key);
     if matches!(role, Role::Leader) {
         // An encoding that settled between the caller's look and joining needs no new run.
-        if let Some(encoded) = proxy.cache.stored_encoding(entry, coding).await {
+        if let Some(encoded) = proxy.cache.stored_encoding(entry, coding) {
             fill.settle_with(Arc::clone(&encoded), false);
             proxy.cache.coalescer().leave(&fill_key, &fill);
             return Some(Encoded::Stored(encoded));

@@ -69,9 +69,7 @@ pub(super) async fn through_cache(
             Role::Leader => {
                 // The fill this request would have joined may have stored its response and
                 // left between the lookup and now: serve that instead of fetching again.
-                if let Some((set, entry)) = cache
-                    .stored_meanwhile(&miss.plan, miss.parts, ctx.now)
-                    .await
+                if let Some((set, entry)) = cache.stored_meanwhile(&miss.plan, miss.parts, ctx.now)
                 {
                     fill.settle_with(Arc::clone(&entry), false);
                     cache.coalescer().leave(&fill_key, &fill);

@@ -298,6 +298,19 @@ impl MemoryTier {
             .map(|replacement| replacement.policy.lock().capacity())
     }
 
+    /// When `key` is a newcomer (not held, and its request now the only one the policy
+    /// has counted) of `size` bytes (when known), the bytes newcomers may take in the tier
+    /// without displacing anything: its free room and its admission window. `None` for a
+    /// key asked for before, for a newcomer that would displace what the tier holds, and
+    /// with moka's own policies.
+    pub fn newcomer_room(&self, key: &PrimaryKey, size: Option<u64>) -> Option<u64> {
+        let policy = self.replacement.as_ref()?.policy.lock();
+        if policy.frequency(key) > 1 || policy.contains(key) {
+            return None;
+        }
+        policy.newcomer_room(size)
+    }
+
     /// The stored variants of `key`; the request is counted by the policy, found or not.
     pub async fn get(&self, key: &PrimaryKey) -> Option<Arc<VariantSet>> {
         let found = self.cache.get(key);

@@ -434,6 +434,30 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
         self.window.contains(id) || self.probation.contains(id) || self.protected.contains(id)
     }
 
+    /// Times `id` has been asked for, as the sketch estimates it (never less).
+    pub fn frequency(&self, id: &K) -> u32 {
+        self.sketch.estimate(id.fingerprint())
+    }
+
+    /// Bytes objects asked for once can take together without displacing anything held:
+    /// the free room and the admission window they enter. Past the window they must win a
+    /// contest against main's least recent, which one request wins only against a much
+    /// larger victim; `None` when a newcomer of `size` (when known) would win it, so its
+    /// room is not bounded by the window.
+    pub fn newcomer_room(&self, size: Option<u64>) -> Option<u64> {
+        let victim = self
+            .probation
+            .peek_last()
+            .or_else(|| self.protected.peek_last());
+        if let (Some(size), Some((victim, victim_size))) = (size, victim) {
+            let victim_count = self.sketch.estimate(victim.fingerprint());
+            if candidate_wins(1, size, victim_count, victim_size) {
+                return None;
+            }
+        }
+        Some(self.window_capacity + self.capacity.saturating_sub(self.used()))
+    }
+
     /// A request for `id`, found or not: counted, and a held object becomes most recent
     /// (from probation it moves to protected). Its expiry if held.
     pub fn access(&mut self, id: &K) -> Option<u32> {
@@ -659,5 +683,35 @@ mod tests {
             request(&mut t, cold, 5_000);
         }
         assert!(t.used() > 800_000, "fills again: {}", t.used());
+    }
+
+    /// Newcomers have the free room and the window to themselves: once the tier is full
+    /// of objects their size, that is the window alone (past it they lose their contests),
+    /// unless a newcomer is so much smaller than main's least recent that it would win.
+    #[test]
+    fn newcomers_have_the_free_room_and_the_window() {
+        let mut t = tier(1_000_000);
+        assert_eq!(
+            t.newcomer_room(Some(5_000)),
+            Some(1_010_000),
+            "an empty tier: all of it, and the window"
+        );
+        for cold in 0..400u64 {
+            request(&mut t, cold, 5_000);
+        }
+        assert!(t.used() > 995_000, "full: {}", t.used());
+        let room = t
+            .newcomer_room(Some(5_000))
+            .expect("a newcomer its victims' size");
+        assert!(
+            (10_000..=15_000).contains(&room),
+            "the window's 10,000 and what is free: {room}"
+        );
+        assert_eq!(t.newcomer_room(None), Some(room), "size unknown");
+        assert_eq!(
+            t.newcomer_room(Some(100)),
+            None,
+            "fifty times smaller than its victim, a newcomer displaces it"
+        );
     }
 }

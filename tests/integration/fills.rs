@@ -325,3 +325,85 @@ async fn a_body_larger_than_the_fills_budget_is_kept_when_it_is_the_only_fill() 
         again.header("cache-status")
     );
 }
+
+/// The GET of `path` with a fixed Host (so the cache keys, and the memory policy's
+/// decisions on them, are the same on every run) up to its response head.
+async fn head_with_fixed_host(proxy: &Proxy, path: &str) -> http::Response<hyper::body::Incoming> {
+    let request = http::Request::get(proxy.url(path))
+        .header("host", "fills.test")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    support::client().request(request).await.unwrap()
+}
+
+/// Three 600 KiB bodies asked for once each, begun together behind a closed gate, in an
+/// 8 MiB tier whose fills' budget (8 MiB) has room for all three; how many of their
+/// bodies the fills kept in memory (committed against the budget) while the gate was shut.
+/// Every client still gets every byte.
+async fn newcomer_bytes_kept(fill_the_tier_first: bool) -> u64 {
+    let gate = Gate::closed();
+    let half = Bytes::from(vec![b'h'; 300 << 10]);
+    let newcomer = Fixture::Halves {
+        headers: support::cc("max-age=60"),
+        first: half.clone(),
+        gate: gate.clone(),
+        rest: half,
+    };
+    let pad = Fixture::with_headers(
+        200,
+        &[("cache-control", "max-age=3600")],
+        &"p".repeat(256 << 10),
+    );
+    let origin = Origin::start(vec![("/new", newcomer), ("/pad", pad)]).await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[cache]\nmemory_capacity = \"8MiB\"\nmax_object_size = \"2MiB\"\nfill_memory_budget = \"8MiB\"\n",
+    )
+    .await;
+    if fill_the_tier_first {
+        // 10 MiB of 256 KiB objects asked for once each: the tier is full of them.
+        for n in 0..40 {
+            let reply = get(
+                &proxy.url(&format!("/pad?n={n}")),
+                &[("host", "fills.test")],
+            )
+            .await;
+            assert_eq!(reply.body.len(), 256 << 10);
+        }
+    }
+    let mut responses = Vec::new();
+    for n in 0..3 {
+        responses.push(head_with_fixed_host(&proxy, &format!("/new?n={n}")).await);
+    }
+    let outpost = proxy.outpost.proxy();
+    let kept = outpost.cache().coalescer().committed_bytes();
+    gate.open();
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 600 << 10, "every client gets the whole body");
+    }
+    eventually("the fills to settle", || {
+        outpost.cache().coalescer().in_flight() == 0
+    })
+    .await;
+    assert_eq!(outpost.cache().coalescer().committed_bytes(), 0);
+    kept
+}
+
+/// Once the tier is full, bodies asked for once enter it only through its admission
+/// window (1% of it) and leave it at once unless asked for again, so concurrent newcomers
+/// past the window are not kept in memory for it: only the first of three is, and the
+/// others stream through. Fills of a full tier then cost the window, not the fills'
+/// whole budget (issue 17, target 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newcomers_past_a_full_tiers_window_are_not_kept_in_memory() {
+    assert_eq!(newcomer_bytes_kept(true).await, 600 << 10);
+}
+
+/// A tier with room keeps every newcomer's body, as before: the window bounds newcomers
+/// only once the tier is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newcomers_are_all_kept_while_the_tier_has_room() {
+    assert_eq!(newcomer_bytes_kept(false).await, 3 * (600 << 10));
+}

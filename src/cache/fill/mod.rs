@@ -138,6 +138,8 @@ pub struct Coalescer {
     held_bytes: Gauge,
     /// Bytes counted against the budget by the fills keeping their bodies in memory.
     committed: AtomicU64,
+    /// The part of `committed` counted by newcomers (see [`Coalescer::commit`]).
+    committed_by_newcomers: AtomicU64,
 }
 
 /// What one fill keeping its body in memory counts for against the fills' budget; given
@@ -145,29 +147,46 @@ pub struct Coalescer {
 pub struct Commitment<'c> {
     coalescer: &'c Coalescer,
     bytes: u64,
+    /// For a newcomer's body, the room newcomers' bodies may take together.
+    newcomer_room: Option<u64>,
+}
+
+/// Adds `more` to `counter` unless that takes it past `limit` while `own` is not all it
+/// holds (one fill alone may pass a limit); whether it did.
+fn count_within(counter: &AtomicU64, own: u64, more: u64, limit: u64) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |all| {
+            let others = all - own;
+            (others == 0 || all + more <= limit).then_some(all + more)
+        })
+        .is_ok()
 }
 
 impl Commitment<'_> {
     /// Counts this fill for `bytes` (when more than it counts for already), unless that
-    /// takes all fills past `budget` while others count too; whether it now does. A new
-    /// commitment for nothing yet is refused too while the others are past the budget.
+    /// takes all fills past `budget` (or newcomers past their room) while others count
+    /// too; whether it now does. A new commitment for nothing yet is refused too while
+    /// the others are past the budget.
     pub fn grow_to(&mut self, bytes: u64, budget: u64) -> bool {
         let own = self.bytes;
         let more = bytes.saturating_sub(own);
         if more == 0 && own > 0 {
             return true;
         }
-        let counted =
-            self.coalescer
-                .committed
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |all| {
-                    let others = all - own;
-                    (others == 0 || all + more <= budget).then_some(all + more)
-                });
-        if counted.is_ok() {
-            self.bytes = bytes;
+        let newcomers = &self.coalescer.committed_by_newcomers;
+        if let Some(room) = self.newcomer_room {
+            if !count_within(newcomers, own, more, room) {
+                return false;
+            }
         }
-        counted.is_ok()
+        if !count_within(&self.coalescer.committed, own, more, budget) {
+            if self.newcomer_room.is_some() {
+                newcomers.fetch_sub(more, Ordering::AcqRel);
+            }
+            return false;
+        }
+        self.bytes = bytes;
+        true
     }
 }
 
@@ -176,6 +195,11 @@ impl Drop for Commitment<'_> {
         self.coalescer
             .committed
             .fetch_sub(self.bytes, Ordering::AcqRel);
+        if self.newcomer_room.is_some() {
+            self.coalescer
+                .committed_by_newcomers
+                .fetch_sub(self.bytes, Ordering::AcqRel);
+        }
     }
 }
 
@@ -193,18 +217,37 @@ impl Coalescer {
             fills: Mutex::new(HashMap::with_hasher(DigestHasher::default())),
             held_bytes,
             committed: AtomicU64::new(0),
+            committed_by_newcomers: AtomicU64::new(0),
         }
     }
 
     /// A fill's count against the fills' memory `budget` for keeping a body of `bytes`
     /// (0 when its length is not known yet); `None` when other fills have already counted
     /// too much for it to fit.
-    pub fn commit(&self, bytes: u64, budget: u64) -> Option<Commitment<'_>> {
+    ///
+    /// A newcomer's body (a resource asked for only this once) also counts against
+    /// `newcomer_room`, the room the memory tier has for newcomers: once the tier is full
+    /// they enter only through its admission window and leave it unless asked for again,
+    /// so bodies of concurrent newcomers past the window would be kept in memory only to
+    /// be evicted as they are stored. One fill alone is never refused, so a request at a
+    /// time (and `outpost replay`) keeps what it would without this.
+    pub fn commit(
+        &self,
+        bytes: u64,
+        budget: u64,
+        newcomer_room: Option<u64>,
+    ) -> Option<Commitment<'_>> {
         let mut commitment = Commitment {
             coalescer: self,
             bytes: 0,
+            newcomer_room,
         };
         commitment.grow_to(bytes, budget).then_some(commitment)
+    }
+
+    /// Bytes counted against the fills' memory budget now.
+    pub fn committed_bytes(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
     }
 
     /// Bytes all fills hold in memory now.
@@ -657,9 +700,14 @@ mod tests {
     fn commitments_share_the_budget_first_come_first_served() {
         let coalescer = coalescer();
         let budget = 1000;
-        let mut first = coalescer.commit(600, budget).expect("room for the first");
-        assert!(coalescer.commit(600, budget).is_none(), "no room left");
-        let second = coalescer.commit(400, budget).expect("what is left");
+        let mut first = coalescer
+            .commit(600, budget, None)
+            .expect("room for the first");
+        assert!(
+            coalescer.commit(600, budget, None).is_none(),
+            "no room left"
+        );
+        let second = coalescer.commit(400, budget, None).expect("what is left");
         assert!(
             !first.grow_to(700, budget),
             "growing past it with others there"
@@ -670,12 +718,45 @@ mod tests {
             "alone, a fill may pass the budget"
         );
         assert!(
-            coalescer.commit(0, budget).is_none(),
+            coalescer.commit(0, budget, None).is_none(),
             "over the budget already"
         );
         drop(first);
         assert_eq!(coalescer.committed.load(Ordering::Acquire), 0);
-        assert!(coalescer.commit(1000, budget).is_some());
+        assert!(coalescer.commit(1000, budget, None).is_some());
+    }
+
+    /// Newcomers' bodies also share the room the tier has for newcomers, first come first
+    /// served, while bodies asked for before count only against the budget; one newcomer
+    /// alone may pass its room, as one fill may pass the budget.
+    #[test]
+    fn newcomers_share_their_room_and_the_budget() {
+        let coalescer = coalescer();
+        let (budget, room) = (10_000, 1_000);
+        let first = coalescer
+            .commit(600, budget, Some(room))
+            .expect("room for the first newcomer");
+        assert!(
+            coalescer.commit(600, budget, Some(room)).is_none(),
+            "no newcomers' room left"
+        );
+        let known = coalescer
+            .commit(5_000, budget, None)
+            .expect("asked for before: only the budget counts");
+        let mut second = coalescer
+            .commit(400, budget, Some(room))
+            .expect("what is left of the room");
+        assert!(!second.grow_to(500, budget), "not past the room");
+        assert_eq!(coalescer.committed_bytes(), 6_000);
+        drop(first);
+        assert!(second.grow_to(1_000, budget), "alone among newcomers");
+        assert!(
+            second.grow_to(2_000, budget),
+            "one newcomer alone may pass its room"
+        );
+        drop((second, known));
+        assert_eq!(coalescer.committed_bytes(), 0);
+        assert_eq!(coalescer.committed_by_newcomers.load(Ordering::Acquire), 0);
     }
 
     /// A failed fill ends every reader with an error, never a clean end.

@@ -166,7 +166,14 @@ impl Cache {
         let too_large = declared.is_some_and(|len| len > memory_limit);
         if !too_large {
             let budget = self.fill_bounds.memory_budget;
-            writer.commitment = self.coalescer.commit(declared.unwrap_or(0), budget);
+            let newcomer_room = match writer.target {
+                FillTarget::Origin => self.memory.newcomer_room(&writer.meta.key, declared),
+                // A coding of a stored resource: asked for already.
+                FillTarget::Derived(_) => None,
+            };
+            writer.commitment = self
+                .coalescer
+                .commit(declared.unwrap_or(0), budget, newcomer_room);
         }
         let kept = writer.commitment.is_some();
         if !kept && declared.is_none_or(|len| len <= disk_limit) {

@@ -18,6 +18,9 @@
 # (`Connection: close`, bursts of 200 from `outpost load --burst`, REQUESTS rounded to
 # whole bursts): accepting, setting up and closing a connection beside the hit, as clients
 # that open a connection per request and bursts of new clients (item 5) pay it.
+#
+# KEEP=DIR keeps each build's callgrind profile there (before.out, after.out) for
+# callgrind_annotate.
 set -u
 ORIGIN_BIN=${ORIGIN_BIN:-/tmp/perf/target/release/perf-origin}
 BEFORE=${BEFORE:?path of the build to compare against}
@@ -53,7 +56,7 @@ fill() { # build port dir: stores every key on disk, natively, then stops
   drive "$2" $((KEYS * 10))
   kill -TERM "$pid"; wait "$pid" 2>/dev/null
 }
-count() { # build port -> instructions per request
+count() { # build port name -> instructions per request
   local bin=$1 port=$2 out="$WORK/cg.$2" disk_args=()
   if [[ -n $DISK ]]; then
     fill "$bin" "$port" "$WORK/dir.$port"
@@ -70,12 +73,13 @@ count() { # build port -> instructions per request
   drive "$port" "$REQUESTS"
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"; wait "$pid" 2>/dev/null
+  [[ -n ${KEEP:-} ]] && mkdir -p "$KEEP" && cp "$out.1" "$KEEP/$3.out"
   local total; total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
   local counted=$REQUESTS
   [[ -n ${CONNECTIONS:-} ]] && counted=$((REQUESTS / 200 * 200))
   echo $((total / counted))
 }
-b=$(count "$BEFORE" 19311); a=$(count "$AFTER" 19312)
+b=$(count "$BEFORE" 19311 before); a=$(count "$AFTER" 19312 after)
 what=$([[ -n $DISK ]] && echo "disk hit" || echo "memory hit")
 [[ -n ${CONNECTIONS:-} ]] && what="$what on a connection of its own"
 python3 -c "print('instructions per $SIZE $what: before $b, after $a (%.1f%%)' % (100 * ($a - $b) / $b))"

@@ -119,7 +119,7 @@ async fn encoded_once(
         proxy.cache.spawn_fill(job);
     }
     match fill.wait_status().await {
-        FillStatus::Streaming(_) => Some(Encoded::Streaming(reader)),
+        FillStatus::Streaming { .. } => Some(Encoded::Streaming(reader)),
         FillStatus::Complete { entry, .. } => Some(Encoded::Stored(entry)),
         _ => None,
     }

@@ -187,11 +187,13 @@ fn delivery_from(
     let now = ctx.now;
     let status_line = &mut ctx.status;
     match status {
-        FillStatus::Streaming(meta) if selects(&meta) => {
+        FillStatus::Streaming { meta, storing } if selects(&meta) => {
             status_line.fwd_status = Some(meta.status.as_u16());
             status_line.ttl = Some(meta.freshness.ttl_seconds(now));
-            // Known to fit: it will be stored unless the origin fails mid-body.
-            status_line.stored = crate::cache::entry::content_length(&meta.headers).is_some();
+            // Known to fit where it is going: it will be stored unless the origin fails
+            // mid-body (RFC 9211 §2.5).
+            status_line.stored =
+                storing && crate::cache::entry::content_length(&meta.headers).is_some();
             Some(Ok(Delivery::Streaming { meta, reader, fill }))
         }
         FillStatus::Complete { entry, revalidated } if selects(&entry.meta) => {

@@ -235,6 +235,12 @@ async fn head_of(url: &str) -> http::Response<hyper::body::Incoming> {
     support::client().request(request).await.unwrap()
 }
 
+/// Whether the response's Cache-Status says the cache is storing it (RFC 9211 §2.5).
+fn says_stored(response: &http::Response<hyper::body::Incoming>) -> bool {
+    let status = response.headers()["cache-status"].to_str().unwrap();
+    status.split(';').any(|param| param.trim() == "stored")
+}
+
 /// The fills' memory budget (by default an eighth of the memory tier) is shared out when
 /// each fill begins, by declared length: with room for one body, the first is kept to its
 /// end and stored, and those that begin while it is kept stream through unstored. Counted
@@ -269,6 +275,12 @@ async fn the_fills_memory_budget_goes_to_the_fills_that_began_first() {
         // One after the other: each fill has begun before the next is asked for.
         responses.push(head_of(&proxy.url(path)).await);
     }
+    let said_stored: Vec<bool> = responses.iter().map(says_stored).collect();
+    assert_eq!(
+        said_stored,
+        [true, false, false],
+        "RFC 9211 §2.5: `stored` only for the body being stored"
+    );
     gate.open();
     for response in responses {
         assert_eq!(response.status(), StatusCode::OK);
@@ -338,9 +350,10 @@ async fn head_with_fixed_host(proxy: &Proxy, path: &str) -> http::Response<hyper
 
 /// Three 600 KiB bodies asked for once each, begun together behind a closed gate, in an
 /// 8 MiB tier whose fills' budget (8 MiB) has room for all three; how many of their
-/// bodies the fills kept in memory (committed against the budget) while the gate was shut.
+/// bodies the fills kept in memory (committed against the budget) while the gate was shut,
+/// and which of the three responses said they were being stored (RFC 9211 §2.5 `stored`).
 /// Every client still gets every byte.
-async fn newcomer_bytes_kept(fill_the_tier_first: bool) -> u64 {
+async fn newcomer_bytes_kept(fill_the_tier_first: bool) -> (u64, Vec<bool>) {
     let gate = Gate::closed();
     let half = Bytes::from(vec![b'h'; 300 << 10]);
     let newcomer = Fixture::Halves {
@@ -377,6 +390,7 @@ async fn newcomer_bytes_kept(fill_the_tier_first: bool) -> u64 {
     }
     let outpost = proxy.outpost.proxy();
     let kept = outpost.cache().coalescer().committed_bytes();
+    let said_stored = responses.iter().map(says_stored).collect();
     gate.open();
     for response in responses {
         assert_eq!(response.status(), StatusCode::OK);
@@ -388,7 +402,7 @@ async fn newcomer_bytes_kept(fill_the_tier_first: bool) -> u64 {
     })
     .await;
     assert_eq!(outpost.cache().coalescer().committed_bytes(), 0);
-    kept
+    (kept, said_stored)
 }
 
 /// Once the tier is full, bodies asked for once enter it only through its admission
@@ -400,12 +414,20 @@ async fn newcomer_bytes_kept(fill_the_tier_first: bool) -> u64 {
 /// for before, and all three were kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newcomers_past_a_full_tiers_window_are_not_kept_in_memory() {
-    assert_eq!(newcomer_bytes_kept(true).await, 600 << 10);
+    let (kept, said_stored) = newcomer_bytes_kept(true).await;
+    assert_eq!(kept, 600 << 10);
+    assert_eq!(
+        said_stored,
+        [true, false, false],
+        "Cache-Status says `stored` only for the body being stored"
+    );
 }
 
 /// A tier with room keeps every newcomer's body, as before: the window bounds newcomers
 /// only once the tier is full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newcomers_are_all_kept_while_the_tier_has_room() {
-    assert_eq!(newcomer_bytes_kept(false).await, 3 * (600 << 10));
+    let (kept, said_stored) = newcomer_bytes_kept(false).await;
+    assert_eq!(kept, 3 * (600 << 10));
+    assert_eq!(said_stored, [true, true, true]);
 }

@@ -72,8 +72,13 @@ pub struct FillKey {
 #[derive(Debug, Clone)]
 pub enum FillStatus {
     Pending,
-    /// The head is known and the body is streaming into the fill.
-    Streaming(Arc<EntryMeta>),
+    /// The head is known and the body is streaming into the fill; `storing`: the fill
+    /// means to store it (it kept room in memory or has a disk file to go to), else the
+    /// body only streams through to its readers.
+    Streaming {
+        meta: Arc<EntryMeta>,
+        storing: bool,
+    },
     /// The response is stored (`revalidated`: a stored one was freshened by a 304): serve
     /// this entry.
     Complete {
@@ -97,7 +102,7 @@ pub enum FillStatus {
 impl FillStatus {
     /// Stored, refused, failed or answered stale: nothing more will happen to it.
     pub fn is_settled(&self) -> bool {
-        !matches!(self, FillStatus::Pending | FillStatus::Streaming(_))
+        !matches!(self, FillStatus::Pending | FillStatus::Streaming { .. })
     }
 }
 

@@ -128,10 +128,11 @@ impl Drop for HeldBack {
 }
 
 impl Cache {
-    /// Starts feeding `fill` with the body of a response described by `meta`: publishes
-    /// the head to its readers and chooses where the body goes first (a response declared
-    /// too large for memory, or one whose declared length the fills' memory budget has no
-    /// room left for, goes straight to a disk file when the tier can take it).
+    /// Starts feeding `fill` with the body of a response described by `meta`: chooses
+    /// where the body goes first (a response declared too large for memory, or one whose
+    /// declared length the fills' memory budget has no room left for, goes straight to a
+    /// disk file when the tier can take it) and publishes the head to its readers, saying
+    /// whether the body is being stored.
     pub async fn begin_fill(
         &self,
         fill: &Arc<Fill>,
@@ -139,7 +140,6 @@ impl Cache {
         target: FillTarget,
     ) -> FillWriter<'_> {
         let meta = Arc::new(meta);
-        fill.publish(FillStatus::Streaming(Arc::clone(&meta)));
         let (memory_limit, disk_limit) = match target {
             FillTarget::Origin => (self.max_object_size, self.storable_size()),
             FillTarget::Derived(_) => (self.max_object_size, self.max_object_size),
@@ -176,7 +176,12 @@ impl Cache {
                 .commit(declared.unwrap_or(0), budget, newcomer_room);
         }
         let kept = writer.commitment.is_some();
-        if !kept && declared.is_none_or(|len| len <= disk_limit) {
+        let to_disk = !kept && declared.is_none_or(|len| len <= disk_limit);
+        fill.publish(FillStatus::Streaming {
+            meta: Arc::clone(&writer.meta),
+            storing: kept || (to_disk && self.live_disk().is_some()),
+        });
+        if to_disk {
             writer.leave_memory().await;
         } else if let (FillTarget::Origin, Some(len), true) = (&writer.target, declared, kept) {
             writer.growing = self.sealer.growing(len);

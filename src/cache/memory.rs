@@ -298,6 +298,13 @@ impl MemoryTier {
             .map(|replacement| replacement.policy.lock().capacity())
     }
 
+    /// Bytes held, as the policy weighs them; `None` with moka's own policies.
+    pub fn held_bytes(&self) -> Option<u64> {
+        self.replacement
+            .as_ref()
+            .map(|replacement| replacement.policy.lock().used())
+    }
+
     /// When `key` is a newcomer (not held, and its request now the only one the policy
     /// has counted) of `size` bytes (when known), the bytes newcomers may take in the tier
     /// without displacing anything: its free room and its admission window. `None` for a

@@ -265,6 +265,12 @@ impl Cache {
         self.memory.capacity()
     }
 
+    /// Bytes the memory tier holds, as its policy weighs them (`None` with one of moka's
+    /// policies): what `outpost replay` must be given as object sizes to model it.
+    pub fn memory_held_bytes(&self) -> Option<u64> {
+        self.memory.held_bytes()
+    }
+
     pub async fn is_hit_for_miss(&self, key: &PrimaryKey) -> bool {
         self.hit_for_miss.contains_key(key)
     }

@@ -15,6 +15,7 @@ pub mod proxy_protocol;
 mod sendfile;
 pub mod tls;
 mod tracker;
+mod woken;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -444,7 +445,18 @@ impl Connection {
         C::Error: std::fmt::Display,
     {
         let peer = self.peer;
+        let timeouts = self.timeouts;
+        let stop = &mut self.stop;
+        // Polled only when its timer or the shutdown signal fired, not on every wake of
+        // the connection's task (each read and write of each request).
+        let watchdog = woken::PolledWhenWoken::new(async move {
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => Ending::Shutdown,
+                ending = activity.watch(timeouts) => ending,
+            }
+        });
         let ending = tokio::select! {
+            biased;
             result = connection.as_mut() => {
                 if let Err(err) = result {
                     tracing::debug!(%peer, error = %err, "connection ended with an error");
@@ -452,8 +464,7 @@ impl Connection {
                 }
                 return true;
             }
-            _ = self.stop.wait_for(|stop| *stop) => Ending::Shutdown,
-            ending = activity.watch(self.timeouts) => ending,
+            ending = watchdog => ending,
         };
         match ending {
             Ending::HeaderTimeout => {

@@ -479,9 +479,43 @@ async fn client_hanging_up_mid_response_releases_the_origin_stream() {
 async fn half_sent_head_is_cut_off_after_header_timeout() {
     let origin = Origin::start(vec![("/s", Fixture::ok("s"))]).await;
     let proxy = Proxy::start(&origin.url(), "[server]\nheader_read_timeout = \"200ms\"").await;
-    let reply = raw_exchange(proxy.addr, b"GET /s HTTP/1.1\r\nHost: a\r\nX-Slow: ").await;
-    assert_eq!(reply, "", "the connection closes without a response");
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /s HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    // Closed by the server, not given up on by the test.
+    let closed = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the connection closes without a response"
+    );
     assert_eq!(origin.hits("/s"), 0);
+}
+
+/// A keep-alive connection left idle after its response is closed once
+/// `server.idle_timeout` passes (RFC 9112 §9.5: a server may close an idle connection at
+/// any time), after the response it was owed: the watchdog fires while the connection's
+/// own task sleeps.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let origin = Origin::start(vec![("/s", Fixture::ok("s"))]).await;
+    let proxy = Proxy::start(&origin.url(), "[server]\nidle_timeout = \"200ms\"").await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /s HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "the server closed the connection"
+    );
+    let reply = String::from_utf8_lossy(&out);
+    assert!(reply.starts_with("HTTP/1.1 200"), "answered first: {reply}");
+    assert!(reply.ends_with("\r\n\r\ns"), "one whole response: {reply}");
 }
 
 /// Graceful shutdown: a request in flight when shutdown begins completes; new connections

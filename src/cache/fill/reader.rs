@@ -37,24 +37,23 @@ impl http_body::Body for FillReader {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
         let this = self.get_mut();
         if let FillReader::Live(live) = this {
-            match live.next_source() {
-                NextSource::Chunks => return Pin::new(live).poll_frame(cx),
+            match live.poll_chunk(cx) {
+                Ok(polled) => return polled,
                 // Fell behind a fill that streams to disk: go on from its file.
-                NextSource::File(offset) => match super::tail::reader_at(&live.fill, offset) {
+                Err(NextSource::File(offset)) => match super::tail::reader_at(&live.fill, offset) {
                     Some(tail) => *this = FillReader::Tail(tail),
                     None => return Poll::Ready(Some(Err("fell behind a fill that failed".into()))),
                 },
-                NextSource::Stored(rest) => *this = FillReader::Tail(rest),
+                Err(NextSource::Stored(rest)) => *this = FillReader::Tail(rest),
             }
         }
         match this {
-            FillReader::Live(live) => Pin::new(live).poll_frame(cx),
+            FillReader::Live(live) => live
+                .poll_chunk(cx)
+                .unwrap_or_else(|_| Poll::Ready(Some(Err("fill reader switched twice".into())))),
             FillReader::Tail(tail) => Pin::new(tail).poll_frame(cx),
         }
     }
@@ -73,9 +72,11 @@ pub struct LiveReader {
     slot: usize,
 }
 
-/// Where a live reader's next bytes come from.
+/// What polling a body gives.
+type PolledFrame = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+/// Where a live reader's next bytes come from when not from the chunks.
 enum NextSource {
-    Chunks,
     /// The fill's disk file, from this offset.
     File(u64),
     /// The rest of the stored entry's body.
@@ -83,80 +84,65 @@ enum NextSource {
 }
 
 impl LiveReader {
-    fn next_source(&self) -> NextSource {
-        let body = self.fill.body.lock();
-        let Some(slot) = body.readers.get(self.slot).and_then(Option::as_ref) else {
-            return NextSource::Chunks;
-        };
-        if let Some(offset) = slot.detached_at {
-            return NextSource::File(offset);
-        }
-        let Some(entry) = &body.handed_over else {
-            return NextSource::Chunks;
-        };
-        let len = entry.meta.body_len;
-        let from = slot.next_offset.min(len);
-        match &entry.body {
-            StoredBody::Memory(bytes) => {
-                NextSource::Stored(Body::full(bytes.slice(from as usize..)))
-            }
-            StoredBody::Sealed(sealed) => {
-                NextSource::Stored(VerifiedFile::read(Arc::clone(sealed), from, len - from))
-            }
-            // Never handed over: a file body is read through the fill's own file.
-            StoredBody::File(_) => NextSource::Chunks,
-        }
-    }
-}
-
-impl http_body::Body for LiveReader {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let mut body = this.fill.body.lock();
+    /// The next chunk, or where the reader must go on from instead. Decided under the same
+    /// lock as the read: the fill may hand its body over to the stored entry (and drop the
+    /// chunks, the last one included) at any moment, and a reader that had judged the chunks
+    /// still its source would find its next chunk gone and cut the client's response short.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Result<PolledFrame, NextSource> {
+        let mut body = self.fill.body.lock();
         let first_index = body.first_index;
         let available = first_index + body.chunks.len();
         let end = body.end;
-        let Some(slot) = body.readers.get_mut(this.slot).and_then(Option::as_mut) else {
-            return Poll::Ready(Some(Err("fill reader detached".into())));
+        let Some(slot) = body.readers.get(self.slot).and_then(Option::as_ref) else {
+            return Ok(Poll::Ready(Some(Err("fill reader detached".into()))));
         };
-        if slot.detached_at.is_some() {
-            // Detached between the caller's check and now: wake to switch to the file.
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+        if let Some(offset) = slot.detached_at {
+            return Err(NextSource::File(offset));
         }
-        let next = slot.next_index;
+        let (next, next_offset) = (slot.next_index, slot.next_offset);
+        if let Some(entry) = &body.handed_over {
+            let len = entry.meta.body_len;
+            let from = next_offset.min(len);
+            match &entry.body {
+                StoredBody::Memory(bytes) => {
+                    return Err(NextSource::Stored(Body::full(bytes.slice(from as usize..))));
+                }
+                StoredBody::Sealed(sealed) => {
+                    let rest = VerifiedFile::read(Arc::clone(sealed), from, len - from);
+                    return Err(NextSource::Stored(rest));
+                }
+                // Never handed over: a file body is read through the fill's own file.
+                StoredBody::File(_) => {}
+            }
+        }
         if next < first_index {
-            return Poll::Ready(Some(Err("fill discarded unread bytes".into())));
+            return Ok(Poll::Ready(Some(Err("fill discarded unread bytes".into()))));
         }
         if next < available {
             let chunk = body.chunks[next - first_index].clone();
-            if let Some(slot) = body.readers[this.slot].as_mut() {
+            if let Some(slot) = body.readers[self.slot].as_mut() {
                 slot.next_index += 1;
                 slot.next_offset += chunk.len() as u64;
             }
             body.waiting_at[next - first_index] -= 1;
             body.waiting_at[next + 1 - first_index] += 1;
-            if this.fill.trim(&mut body) {
+            if self.fill.trim(&mut body) {
                 drop(body);
-                this.fill.space.notify_waiters();
+                self.fill.space.notify_waiters();
             }
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            return Ok(Poll::Ready(Some(Ok(Frame::data(chunk)))));
         }
-        match end {
+        Ok(match end {
             BodyEnd::Complete => Poll::Ready(None),
             // Never a clean end for a truncated body: the client's response is aborted.
             BodyEnd::Failed => Poll::Ready(Some(Err("origin response failed mid-body".into()))),
             BodyEnd::Open => {
-                slot.waker = Some(cx.waker().clone());
+                if let Some(slot) = body.readers[self.slot].as_mut() {
+                    slot.waker = Some(cx.waker().clone());
+                }
                 Poll::Pending
             }
-        }
+        })
     }
 
     fn is_end_stream(&self) -> bool {

@@ -821,18 +821,12 @@ async fn a_failed_disk_tier_comes_back_when_the_disk_works() {
 /// forever; the origin never sees it.
 #[tokio::test]
 async fn a_declared_body_that_never_comes_is_refused() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let origin = Origin::start(vec![("/doc", Fixture::CountBody)]).await;
     let proxy = Proxy::start(&origin.url(), "[server]\nheader_read_timeout = \"200ms\"").await;
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"PUT /doc HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\n\r\n")
+    let head = b"PUT /doc HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\n\r\n";
+    let reply = exchange_until_closed(proxy.addr, head)
         .await
-        .unwrap();
-    let mut reply = Vec::new();
-    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut reply)).await;
-    assert!(read.is_ok(), "the request was held");
-    let reply = String::from_utf8_lossy(&reply);
+        .expect("the request was held");
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert_eq!(origin.hits("/doc"), 0);
 }

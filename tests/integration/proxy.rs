@@ -479,18 +479,9 @@ async fn client_hanging_up_mid_response_releases_the_origin_stream() {
 async fn half_sent_head_is_cut_off_after_header_timeout() {
     let origin = Origin::start(vec![("/s", Fixture::ok("s"))]).await;
     let proxy = Proxy::start(&origin.url(), "[server]\nheader_read_timeout = \"200ms\"").await;
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /s HTTP/1.1\r\nHost: a\r\nX-Slow: ")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    // Closed by the server, not given up on by the test.
-    let closed = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await;
-    assert!(
-        matches!(closed, Ok(Ok(0))),
-        "the connection closes without a response"
-    );
+    let head = b"GET /s HTTP/1.1\r\nHost: a\r\nX-Slow: ";
+    let reply = exchange_until_closed(proxy.addr, head).await;
+    assert_eq!(reply.as_deref(), Some(""), "closed without a response");
     assert_eq!(origin.hits("/s"), 0);
 }
 
@@ -502,18 +493,9 @@ async fn half_sent_head_is_cut_off_after_header_timeout() {
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let origin = Origin::start(vec![("/s", Fixture::ok("s"))]).await;
     let proxy = Proxy::start(&origin.url(), "[server]\nidle_timeout = \"200ms\"").await;
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /s HTTP/1.1\r\nHost: a\r\n\r\n")
+    let reply = exchange_until_closed(proxy.addr, b"GET /s HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
-        .unwrap();
-    let mut out = Vec::new();
-    let closed = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await;
-    assert!(
-        matches!(closed, Ok(Ok(_))),
-        "the server closed the connection"
-    );
-    let reply = String::from_utf8_lossy(&out);
+        .expect("the server closed the connection");
     assert!(reply.starts_with("HTTP/1.1 200"), "answered first: {reply}");
     assert!(reply.ends_with("\r\n\r\ns"), "one whole response: {reply}");
 }

@@ -1154,6 +1154,19 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends `request` on a new connection and reads until the server closes it: what it
+/// answered, or `None` when it still held the connection open after [`PATIENCE`].
+pub async fn exchange_until_closed(addr: SocketAddr, request: &[u8]) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    match tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await {
+        Ok(Ok(_)) => Some(String::from_utf8_lossy(&out).into_owned()),
+        Ok(Err(err)) => panic!("reading the reply: {err}"),
+        Err(_) => None,
+    }
+}
+
 /// An address nothing listens on: bound, then released.
 pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -152,22 +152,8 @@ async fn the_live_tier_hits_exactly_where_replay_says() {
         text.push_str(&format!("{time},{id},{weight}\n"));
     }
     std::fs::write(&csv, text).unwrap();
-    let json = dir.path().join("out.json");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args([
-            "replay", "--quiet", "--policy", "wtinylfu", "--sizes", "256KiB",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .arg(&csv)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let csv = csv.to_str().unwrap();
+    let report = crate::replay::replay_json(&["--policy", "wtinylfu", "--sizes", "256KiB", csv]);
     let replay_hits = report["results"][0]["hits"].as_u64().unwrap();
     assert!(live_hits > 1000, "a trace with hits: {live_hits}");
     assert!(

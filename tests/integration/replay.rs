@@ -23,7 +23,8 @@ fn traces(name: &str) -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/traces/").to_string() + name
 }
 
-fn replay_json(args: &[&str]) -> serde_json::Value {
+/// `outpost replay --quiet --json F` with `args`: the report, after a successful run.
+pub(crate) fn replay_json(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("out.json");
     let json_arg = json.to_str().unwrap();

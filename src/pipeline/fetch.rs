@@ -348,6 +348,15 @@ struct FillTask {
     leader: Option<oneshot::Sender<LeaderAnswer>>,
 }
 
+/// A 206's body as read for the partial-content store.
+enum Piece {
+    /// Exactly the bytes its Content-Range names.
+    AsRanged(Bytes),
+    /// More or fewer bytes than its Content-Range names, though framed correctly: the
+    /// whole body as the origin sent it.
+    Mismatched(Body),
+}
+
 /// What the fill hands its leader alone.
 enum LeaderAnswer {
     /// An uncacheable response, relayed as it came.
@@ -673,7 +682,18 @@ impl FillTask {
             return;
         };
         let bytes = match self.read_piece(body, range.byte_count()).await {
-            Ok(bytes) => bytes,
+            Ok(Piece::AsRanged(bytes)) => bytes,
+            Ok(Piece::Mismatched(as_received)) => {
+                // Framed correctly but not the bytes its Content-Range names: stored, it
+                // would put wrong bytes at those offsets; the client still gets what the
+                // origin sent, as a cache that stores no partial content would pass it on.
+                tracing::info!(url = %self.plan.url, "206 body does not match its Content-Range: relayed, not stored");
+                self.fill
+                    .publish(FillStatus::Uncacheable(NoStoreReason::PartialContent));
+                let response = Response::from_parts(head, as_received);
+                self.answer_leader(LeaderAnswer::Relayed(response));
+                return;
+            }
             Err(err) => return self.origin_failed(err, Some(206)),
         };
         let freshness = self.freshness(StatusCode::OK, &head.headers, None, times);
@@ -704,9 +724,9 @@ impl FillTask {
         self.answer_leader(LeaderAnswer::Partial(held, as_received));
     }
 
-    /// The body of a 206 whose Content-Range promised `len` bytes: exactly those, each
-    /// chunk within the body-read timeout.
-    async fn read_piece(&self, mut body: OriginBody, len: u64) -> Result<Bytes, ProxyError> {
+    /// The body of a 206 whose Content-Range promised `len` bytes, each chunk within the
+    /// body-read timeout: those bytes, or the body as received when it holds more or fewer.
+    async fn read_piece(&self, mut body: OriginBody, len: u64) -> Result<Piece, ProxyError> {
         let incomplete = |detail: String| ProxyError::ResponseIncomplete {
             origin: self.origin.clone(),
             detail,
@@ -726,15 +746,17 @@ impl FillTask {
                         bytes.extend_from_slice(&data);
                     }
                     if bytes.len() as u64 > len {
-                        return Err(incomplete("206 body longer than its Content-Range".into()));
+                        // The rest is streamed on, not read here: it may be anything long.
+                        let read = Body::full(bytes.freeze());
+                        return Ok(Piece::Mismatched(Body::chain(vec![read, Body::from(body)])));
                     }
                 }
             }
         }
         if (bytes.len() as u64) < len {
-            return Err(incomplete("206 body shorter than its Content-Range".into()));
+            return Ok(Piece::Mismatched(Body::full(bytes.freeze())));
         }
-        Ok(bytes.freeze())
+        Ok(Piece::AsRanged(bytes.freeze()))
     }
 
     fn answer_leader(&mut self, answer: LeaderAnswer) {

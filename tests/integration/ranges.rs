@@ -195,6 +195,49 @@ async fn an_unasked_206_is_kept_only_with_a_complete_content_range() {
     }
 }
 
+/// A 206 whose body, framed correctly by its Content-Length, holds more or fewer bytes
+/// than its Content-Range names (RFC 9110 §14.4) is relayed to the client as the origin
+/// sent it, not refused with a 502 and not kept as a partial entry: stored, its bytes
+/// would answer later ranges at the wrong offsets.
+#[tokio::test]
+async fn a_206_whose_body_disagrees_with_its_content_range_is_relayed_unstored() {
+    let fixture = |content_range: &str, body: &str| {
+        Fixture::with_headers(
+            206,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("content-range", content_range),
+            ],
+            body,
+        )
+    };
+    let long_body = "x".repeat(100_000);
+    let origin = Origin::start(vec![
+        // Six bytes named, five sent (as http-tests/cache-tests' partial tests do).
+        ("/short", fixture("bytes 4-9/10", "01234")),
+        ("/long", fixture("bytes 0-4/200000", &long_body)),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), CONFIG).await;
+    for (path, body, spec) in [
+        ("/short", "01234", "bytes=-5"),
+        ("/long", long_body.as_str(), "bytes=0-4"),
+    ] {
+        for _ in 0..2 {
+            let relayed = range(&proxy, path, spec).await;
+            assert_eq!(relayed.status, http::StatusCode::PARTIAL_CONTENT, "{path}");
+            assert_eq!(relayed.body, body.as_bytes(), "{path}");
+            assert!(!cache_status(&relayed).contains("stored"), "{path}");
+            assert!(!is_hit(&relayed), "{path}");
+        }
+        assert_eq!(
+            origin.hits(path),
+            2,
+            "{path}: never answered from the cache"
+        );
+    }
+}
+
 /// RFC 9110 §14: ranges are served from the stored body: one range as 206 with
 /// Content-Range, several as multipart/byteranges, none satisfiable as 416.
 #[tokio::test]

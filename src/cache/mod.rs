@@ -15,6 +15,7 @@
 pub mod disk;
 pub mod entry;
 pub mod fill;
+pub mod http_date;
 pub mod key;
 pub mod lookup;
 pub mod memory;

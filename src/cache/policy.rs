@@ -14,6 +14,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::http_date;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
@@ -568,7 +569,9 @@ impl Freshness {
             directives,
             is_targeted,
         } = read;
-        let date = single_date(headers, header::DATE).ok().flatten();
+        let date = single_date(headers, header::DATE, response_time)
+            .ok()
+            .flatten();
         let date_value = date.unwrap_or(response_time);
 
         let (lifetime, is_heuristic) = if directives.has_conflicting_freshness {
@@ -579,7 +582,7 @@ impl Freshness {
             (Duration::from_secs(max_age), false)
         } else if !is_targeted && headers.contains_key(header::EXPIRES) {
             // §5.3: an invalid Expires (such as "0"), or several that disagree, is in the past.
-            match single_date(headers, header::EXPIRES) {
+            match single_date(headers, header::EXPIRES, response_time) {
                 Ok(Some(expires)) => (
                     expires.duration_since(date_value).unwrap_or_default(),
                     false,
@@ -645,7 +648,7 @@ fn heuristic_lifetime(
     date_value: SystemTime,
     settings: &PolicySettings,
 ) -> Duration {
-    let Ok(Some(last_modified)) = single_date(headers, header::LAST_MODIFIED) else {
+    let Ok(Some(last_modified)) = single_date(headers, header::LAST_MODIFIED, date_value) else {
         return Duration::ZERO;
     };
     let since = date_value.duration_since(last_modified).unwrap_or_default();
@@ -654,10 +657,14 @@ fn heuristic_lifetime(
         .min(settings.heuristic_max)
 }
 
-/// Parses a date field that must appear once (RFC 9110 §5.6.7: IMF-fixdate, and the
-/// obsolete RFC 850 and asctime formats a recipient must accept). `Ok(None)` when absent;
-/// `Err` when invalid or repeated with different values.
-fn single_date(headers: &HeaderMap, name: HeaderName) -> Result<Option<SystemTime>, ()> {
+/// Parses a date field that must appear once (RFC 9110 §5.6.7, see [`http_date`]; `now`
+/// places two-digit years). `Ok(None)` when absent; `Err` when invalid or repeated with
+/// different values.
+fn single_date(
+    headers: &HeaderMap,
+    name: HeaderName,
+    now: SystemTime,
+) -> Result<Option<SystemTime>, ()> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -666,9 +673,7 @@ fn single_date(headers: &HeaderMap, name: HeaderName) -> Result<Option<SystemTim
         return Err(());
     }
     let text = first.to_str().map_err(|_| ())?;
-    httpdate::parse_http_date(text.trim())
-        .map(Some)
-        .map_err(|_| ())
+    http_date::parse(text, now).map(Some).ok_or(())
 }
 
 /// May a stored response answer this request, and if not, why not.
@@ -768,7 +773,9 @@ pub fn allows_stale_on_error(
 
 /// A client's conditional GET/HEAD evaluated against a stored response (RFC 9110 §13.2.2):
 /// If-None-Match wins over If-Modified-Since. Returns true when the answer is 304.
-pub fn is_not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+///
+/// `now` places two-digit years in the dates (RFC 9110 §5.6.7).
+pub fn is_not_modified(request: &HeaderMap, stored: &HeaderMap, now: SystemTime) -> bool {
     if let Some(_first) = request.get(header::IF_NONE_MATCH) {
         let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
             return false;
@@ -784,11 +791,11 @@ pub fn is_not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     let Some(since) = request
         .get(header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+        .and_then(|v| http_date::parse(v, now))
     else {
         return false;
     };
-    let Ok(Some(last_modified)) = single_date(stored, header::LAST_MODIFIED) else {
+    let Ok(Some(last_modified)) = single_date(stored, header::LAST_MODIFIED, now) else {
         return false;
     };
     last_modified <= since
@@ -1393,26 +1400,31 @@ mod tests {
         let stored = headers(&[("etag", "\"v1\""), ("last-modified", &date(0))]);
         assert!(is_not_modified(
             &headers(&[("if-none-match", "W/\"v1\"")]),
-            &stored
+            &stored,
+            at(0)
         ));
         assert!(is_not_modified(
             &headers(&[("if-none-match", "\"v0\", \"v1\"")]),
-            &stored
+            &stored,
+            at(0)
         ));
         assert!(!is_not_modified(
             &headers(&[
                 ("if-none-match", "\"v2\""),
                 ("if-modified-since", &date(10))
             ]),
-            &stored
+            &stored,
+            at(0)
         ));
         assert!(is_not_modified(
             &headers(&[("if-modified-since", &date(10))]),
-            &stored
+            &stored,
+            at(0)
         ));
         assert!(!is_not_modified(
             &headers(&[("if-modified-since", &date(0).replace("2023", "2020"))]),
-            &stored
+            &stored,
+            at(0)
         ));
     }
 

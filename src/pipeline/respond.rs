@@ -146,7 +146,9 @@ pub fn from_meta(
     now: SystemTime,
 ) -> Response<Body> {
     let age = age_value(meta.freshness.current_age(now).as_secs());
-    if meta.status == StatusCode::OK && policy::is_not_modified(&request.headers, &meta.headers) {
+    if meta.status == StatusCode::OK
+        && policy::is_not_modified(&request.headers, &meta.headers, now)
+    {
         let mut headers = HeaderMap::with_capacity(NOT_MODIFIED_FIELDS.len() + 3);
         for name in NOT_MODIFIED_FIELDS {
             for value in meta.headers.get_all(&name) {

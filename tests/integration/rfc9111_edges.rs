@@ -493,3 +493,81 @@ async fn http_1_0_and_h2_clients_get_only_the_final_response() {
     assert_eq!(h2.status(), http::StatusCode::OK);
     assert!(!h2.headers().contains_key("link"));
 }
+
+/// RFC 9110 §5.6.7 and RFC 9111 §5.3: an `Expires` in any of the three HTTP-date formats
+/// (the obsolete RFC 850 and asctime ones a recipient must accept), or with its names in
+/// another case or a weekday that does not match the date (read robustly, as §5.6.7
+/// encourages), makes the response fresh; one that is no date at all means already
+/// expired. The dates are ten years from now (an RFC 850 year has two digits, read as
+/// within 50 years of now).
+#[tokio::test]
+async fn expires_is_read_in_every_http_date_format() {
+    let ten_years = std::time::Duration::from_secs(10 * 365 * 86_400);
+    let imf = httpdate::fmt_http_date(std::time::SystemTime::now() + ten_years);
+    // `Thu, 18 Aug 2036 02:01:18 GMT`
+    let fields: Vec<&str> = imf.split([' ', ',']).filter(|f| !f.is_empty()).collect();
+    let [weekday, day, month, year, time, _zone] = fields[..] else {
+        panic!("an IMF-fixdate: {imf}");
+    };
+    let full_weekday = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ]
+    .into_iter()
+    .find(|full| full.starts_with(weekday))
+    .unwrap();
+    let other_weekday = if weekday == "Mon" { "Tue" } else { "Mon" };
+    let day_number: u32 = day.parse().unwrap();
+    let fresh = [
+        ("/imf", imf.clone()),
+        (
+            "/rfc850",
+            format!("{full_weekday}, {day}-{month}-{} {time} GMT", &year[2..]),
+        ),
+        (
+            "/asctime",
+            format!("{weekday} {month} {day_number:>2} {time} {year}"),
+        ),
+        ("/wrong-weekday", imf.replacen(weekday, other_weekday, 1)),
+        ("/upper-case", imf.to_uppercase()),
+        ("/lower-zone", imf.replace("GMT", "gmt")),
+    ];
+    let expired = [
+        ("/zero", "0".to_string()),
+        ("/no-time", format!("{weekday}, {day} {month} {year}")),
+    ];
+    let origin = Origin::start(
+        fresh
+            .iter()
+            .chain(&expired)
+            .map(|(path, expires)| {
+                (
+                    *path,
+                    Fixture::with_headers(200, &[("expires", expires)], "body"),
+                )
+            })
+            .collect(),
+    )
+    .await;
+    let proxy = Proxy::start(&origin.url(), "[cache]\nstale_on_error = \"0s\"").await;
+    let cases = fresh
+        .iter()
+        .map(|c| (c, true))
+        .chain(expired.iter().map(|c| (c, false)));
+    for ((path, expires), is_fresh) in cases {
+        get(&proxy.url(path), &[]).await;
+        let again = get(&proxy.url(path), &[]).await;
+        assert_eq!(
+            is_hit(&again),
+            is_fresh,
+            "{path} ({expires}): {}",
+            cache_status(&again)
+        );
+        assert_eq!(origin.hits(path), if is_fresh { 1 } else { 2 }, "{path}");
+    }
+}

@@ -540,6 +540,9 @@ async fn expires_is_read_in_every_http_date_format() {
     let expired = [
         ("/zero", "0".to_string()),
         ("/no-time", format!("{weekday}, {day} {month} {year}")),
+        // Off the formats' shapes: no comma, a two-digit year in IMF-fixdate.
+        ("/no-comma", imf.replacen(',', "", 1)),
+        ("/short-year", imf.replacen(year, &year[2..], 1)),
     ];
     let origin = Origin::start(
         fresh

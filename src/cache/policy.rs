@@ -803,12 +803,15 @@ pub fn is_not_modified(request: &HeaderMap, stored: &HeaderMap, now: SystemTime)
 
 /// Weak comparison of entity tags (RFC 9110 §8.8.3.2). The coding suffix outpost gives
 /// encoded representations (`"abc-br"`) is ignored, so either form matches the other.
+/// A malformed tag (unquoted, `w/` in lower case) matches only the very same text, as
+/// nginx and Varnish compare them: an origin that sends `ETag: abc` and a client that
+/// echoes it mean the same response.
 pub fn weak_eq(a: &str, b: &str) -> bool {
     let strip = |tag: &str| {
         crate::transform::compress::strip_coding_suffix(tag.trim().trim_start_matches("W/"))
     };
     let (a, b) = (strip(a), strip(b));
-    a.starts_with('"') && a == b
+    !a.is_empty() && a == b
 }
 
 /// Headers that make a request conditional on the client's own cache state; removed from a
@@ -1391,6 +1394,24 @@ mod tests {
         )]);
         assert!(d.no_cache && d.no_cache_qualified);
         assert_eq!(d.max_age, Some(5));
+    }
+
+    /// RFC 9110 §8.8.3.2: well-formed tags compare by their opaque part, weak or not;
+    /// malformed ones only as the very same text.
+    #[test]
+    fn entity_tags_compare_weakly_and_malformed_ones_as_text() {
+        assert!(weak_eq("W/\"v1\"", "\"v1\""));
+        assert!(weak_eq("\"v1-br\"", "\"v1\""));
+        assert!(!weak_eq("\"v1\"", "\"v2\""));
+        for malformed in ["v1", "w/\"v1\"", "W\\\"v1\"", "W\"v1\""] {
+            assert!(weak_eq(malformed, malformed), "{malformed}");
+            assert!(!weak_eq(malformed, "\"v2\""), "{malformed}");
+        }
+        assert!(
+            !weak_eq("v1", "\"v1\""),
+            "an unquoted tag is not its quoted form"
+        );
+        assert!(!weak_eq("", ""), "an empty field matches nothing");
     }
 
     /// RFC 9110 §13.1.2 and §13.2.2: If-None-Match (weak comparison) wins over

@@ -574,3 +574,29 @@ async fn expires_is_read_in_every_http_date_format() {
         assert_eq!(origin.hits(path), if is_fresh { 1 } else { 2 }, "{path}");
     }
 }
+
+/// RFC 9110 §13.1.2: a client's If-None-Match that repeats a stored malformed ETag (an
+/// unquoted one, as some origins send) character for character gets a 304 from the cache,
+/// as nginx and Varnish give it; a different one gets the response.
+#[tokio::test]
+async fn a_malformed_etag_echoed_back_is_not_modified() {
+    let origin = Origin::start(vec![(
+        "/unquoted",
+        Fixture::with_headers(
+            200,
+            &[("cache-control", "max-age=3600"), ("etag", "abcdef")],
+            "body",
+        ),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    get(&proxy.url("/unquoted"), &[]).await;
+    let same = get(&proxy.url("/unquoted"), &[("if-none-match", "abcdef")]).await;
+    assert_eq!(same.status, http::StatusCode::NOT_MODIFIED);
+    let other = get(&proxy.url("/unquoted"), &[("if-none-match", "abcdeg")]).await;
+    assert_eq!(
+        (other.status, other.body.as_ref()),
+        (http::StatusCode::OK, &b"body"[..])
+    );
+    assert_eq!(origin.hits("/unquoted"), 1);
+}

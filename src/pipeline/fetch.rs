@@ -687,7 +687,7 @@ impl FillTask {
                 // Framed correctly but not the bytes its Content-Range names: stored, it
                 // would put wrong bytes at those offsets; the client still gets what the
                 // origin sent, as a cache that stores no partial content would pass it on.
-                tracing::info!(url = %self.plan.url, "206 body does not match its Content-Range: relayed, not stored");
+                tracing::debug!(url = %self.plan.url, "206 body does not match its Content-Range: relayed, not stored");
                 self.fill
                     .publish(FillStatus::Uncacheable(NoStoreReason::PartialContent));
                 let response = Response::from_parts(head, as_received);

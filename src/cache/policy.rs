@@ -807,9 +807,9 @@ pub fn is_not_modified(request: &HeaderMap, stored: &HeaderMap, now: SystemTime)
 /// nginx and Varnish compare them: an origin that sends `ETag: abc` and a client that
 /// echoes it mean the same response.
 pub fn weak_eq(a: &str, b: &str) -> bool {
-    let strip = |tag: &str| {
+    fn strip(tag: &str) -> std::borrow::Cow<'_, str> {
         crate::transform::compress::strip_coding_suffix(tag.trim().trim_start_matches("W/"))
-    };
+    }
     let (a, b) = (strip(a), strip(b));
     !a.is_empty() && a == b
 }

@@ -14,6 +14,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
+use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio_util::io::{ReaderStream, StreamReader};
 
@@ -461,14 +462,18 @@ fn suffixed_etag(etag: &str, coding: Coding) -> Option<HeaderValue> {
 }
 
 /// The ETag with any coding suffix removed, so that If-None-Match accepts either form.
-pub fn strip_coding_suffix(etag: &str) -> String {
+/// Borrowed when there is none (a browser's revalidation compares tags on every request).
+pub fn strip_coding_suffix(etag: &str) -> Cow<'_, str> {
     for coding in [Coding::Br, Coding::Zstd, Coding::Gzip] {
-        let suffix = format!("-{}\"", coding.as_str());
-        if let Some(base) = etag.strip_suffix(suffix.as_str()) {
-            return format!("{base}\"");
+        let base = etag
+            .strip_suffix('"')
+            .and_then(|rest| rest.strip_suffix(coding.as_str()))
+            .and_then(|rest| rest.strip_suffix('-'));
+        if let Some(base) = base {
+            return Cow::Owned(format!("{base}\""));
         }
     }
-    etag.to_string()
+    Cow::Borrowed(etag)
 }
 
 #[cfg(test)]

@@ -14,10 +14,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::http_date;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
+
+use super::http_date;
 
 /// RFC 9111 §1.2.2: delta-seconds too large to represent are taken as 2^31.
 const DELTA_SECONDS_MAX: u64 = 1 << 31;

@@ -39,23 +39,22 @@ impl http_body::Body for FillReader {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
         let this = self.get_mut();
-        if let FillReader::Live(live) = this {
-            match live.poll_chunk(cx) {
-                Ok(polled) => return polled,
-                // Fell behind a fill that streams to disk: go on from its file.
-                Err(NextSource::File(offset)) => match super::tail::reader_at(&live.fill, offset) {
-                    Some(tail) => *this = FillReader::Tail(tail),
-                    None => return Poll::Ready(Some(Err("fell behind a fill that failed".into()))),
-                },
-                Err(NextSource::Stored(rest)) => *this = FillReader::Tail(rest),
-            }
-        }
-        match this {
-            FillReader::Live(live) => live
-                .poll_chunk(cx)
-                .unwrap_or_else(|_| Poll::Ready(Some(Err("fill reader switched twice".into())))),
-            FillReader::Tail(tail) => Pin::new(tail).poll_frame(cx),
-        }
+        let live = match this {
+            FillReader::Tail(tail) => return Pin::new(tail).poll_frame(cx),
+            FillReader::Live(live) => live,
+        };
+        let mut rest = match live.poll_chunk(cx) {
+            Ok(polled) => return polled,
+            // Fell behind a fill that streams to disk: go on from its file.
+            Err(NextSource::File(offset)) => match super::tail::reader_at(&live.fill, offset) {
+                Some(tail) => tail,
+                None => return Poll::Ready(Some(Err("fell behind a fill that failed".into()))),
+            },
+            Err(NextSource::Stored(rest)) => rest,
+        };
+        let polled = Pin::new(&mut rest).poll_frame(cx);
+        *this = FillReader::Tail(rest);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -542,6 +542,11 @@ pub struct ServerConfig {
     pub max_headers: usize,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     pub shutdown_grace: HumanDuration,
+    /// Repeated plain memory hits on cleartext HTTP/1.1 connections are answered from the
+    /// response head prepared for the first (`pipeline::prepared`): the same bytes, with
+    /// Age and Cache-Status for the moment, for a fraction of the work. Off: every request
+    /// goes through the full pipeline.
+    pub prepared_hits: bool,
 }
 
 impl Default for ServerConfig {
@@ -558,6 +563,7 @@ impl Default for ServerConfig {
             max_header_bytes: ByteSize(64 * 1024),
             max_headers: 100,
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            prepared_hits: true,
         }
     }
 }

@@ -324,6 +324,12 @@ impl Cache {
         self.disk.as_ref().filter(|disk| disk.is_available())
     }
 
+    /// The stored variants of `key` in memory (the request counted by the memory policy,
+    /// as a lookup counts it); the disk tier is not asked.
+    pub async fn memory_variants(&self, key: &PrimaryKey) -> Option<Arc<VariantSet>> {
+        self.memory.get(key).await
+    }
+
     /// The stored variants of `key`: from memory, or else promoted from disk (the body of
     /// the variant `request` selects is read, verified and promoted with its encodings;
     /// large bodies stay in their file). Returns the set and the tier that had it.

@@ -51,6 +51,8 @@ pub struct RequestCtx {
     pub metrics: Arc<Metrics>,
     /// `Strict-Transport-Security` to add: the site's, on a request over TLS.
     pub hsts: Option<http::HeaderValue>,
+    /// What a plain memory hit was served from, for `prepared` to keep its answer.
+    pub hit_source: Option<super::prepared::HitSource>,
 }
 
 impl RequestCtx {
@@ -84,6 +86,7 @@ impl RequestCtx {
             referer: agent_field(http::header::REFERER),
             hsts: None,
             user_agent: agent_field(http::header::USER_AGENT),
+            hit_source: None,
             log,
             metrics,
         }

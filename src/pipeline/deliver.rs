@@ -47,7 +47,7 @@ pub enum Delivery {
 /// A Range request waiting for a fill to store its object fails as the fill does.
 pub async fn deliver(
     proxy: &Arc<Proxy>,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     parts: &http::request::Parts,
     delivery: Delivery,
 ) -> Result<Response<Body>, ProxyError> {
@@ -94,19 +94,27 @@ pub async fn deliver(
 }
 
 /// A stored entry as this request should get it: the range it asks for, or the
-/// representation it accepts (a stored encoding when there is one).
+/// representation it accepts (a stored encoding when there is one). Notes on a plain
+/// hit's [`RequestCtx::hit_source`] whose stored body it sends whole, if one.
 async fn stored(
     proxy: &Arc<Proxy>,
     entry: &Arc<StoredResponse>,
     set: Option<&VariantSet>,
     parts: &http::request::Parts,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
 ) -> Response<Body> {
     if let Some(range) = range::requested(parts, &entry.meta.headers) {
         return respond::ranged_from_entry(proxy, entry, parts, ctx.now, &range);
     }
     match set {
-        Some(set) => encode::serve_stored(proxy, set, entry, parts, ctx.now).await,
+        Some(set) => {
+            let (response, sent_whole) =
+                encode::serve_stored(proxy, set, entry, parts, ctx.now).await;
+            if let Some(source) = &mut ctx.hit_source {
+                source.body_of = sent_whole;
+            }
+            response
+        }
         None => encode::for_client(
             proxy,
             respond::from_entry(proxy, entry, parts, ctx.now),

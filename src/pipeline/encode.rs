@@ -24,31 +24,39 @@ use crate::cache::fill::{Admitted, Fill, FillKey, FillStatus, FillTarget, Role};
 use crate::cache::memory::VariantSet;
 use crate::transform::compress::{self, AcceptEncoding, Choice, Coding};
 
-/// Serves a stored entry in the representation the client accepts.
+/// Serves a stored entry in the representation the client accepts. Also returns the stored
+/// response whose body a GET is sent whole (the entry or a stored encoding of it), when it
+/// is (`prepared` keeps only such answers).
 pub(super) async fn serve_stored(
     proxy: &Arc<Proxy>,
     set: &VariantSet,
     entry: &Arc<StoredResponse>,
     parts: &http::request::Parts,
     now: SystemTime,
-) -> Response<Body> {
+) -> (Response<Body>, Option<Arc<StoredResponse>>) {
+    let sent_whole =
+        |entry: &Arc<StoredResponse>| (parts.method == Method::GET).then(|| Arc::clone(entry));
     let compression = &proxy.compression;
     let meta = &entry.meta;
     if meta.headers.contains_key(header::CONTENT_ENCODING) {
-        return for_client(proxy, respond::from_entry(proxy, entry, parts, now), parts);
+        let response = for_client(proxy, respond::from_entry(proxy, entry, parts, now), parts);
+        return (response, None);
     }
     if !compression.is_stored_compressible(&entry.compressible, meta.status, &meta.headers) {
         // What `for_client` would conclude too, without asking again.
-        return respond::from_entry(proxy, entry, parts, now);
+        return (
+            respond::from_entry(proxy, entry, parts, now),
+            sent_whole(entry),
+        );
     }
     let identity = || {
         let mut response = respond::from_entry(proxy, entry, parts, now);
         compress::vary_on_accept_encoding(response.headers_mut());
-        response
+        (response, sent_whole(entry))
     };
     let coding = match AcceptEncoding::parse(&parts.headers).choose(&compression.preference) {
         Choice::Identity => return identity(),
-        Choice::NotAcceptable => return respond::not_acceptable(),
+        Choice::NotAcceptable => return (respond::not_acceptable(), None),
         Choice::Encode(coding) => coding,
     };
     if let Some(encoded) = set.select_encoded(entry, coding) {
@@ -58,16 +66,19 @@ pub(super) async fn serve_stored(
             respond::stored_body(proxy, encoded)
         };
         let response = respond::from_meta(proxy, meta, body, parts, now);
-        return encoded_response(response, coding, Some(encoded.meta.body_len));
+        let response = encoded_response(response, coding, Some(encoded.meta.body_len));
+        return (response, sent_whole(encoded));
     }
     if parts.method == Method::HEAD {
         let response = respond::from_entry(proxy, entry, parts, now);
-        return encoded_response(response, coding, None);
+        return (encoded_response(response, coding, None), None);
     }
-    match encoded_once(proxy, entry, coding).await {
+    // Not sent whole from the set looked at: the choice below changes with the encoding's
+    // fill (its hit-for-miss marker expires), not only with the set.
+    let response = match encoded_once(proxy, entry, coding).await {
         // Its encoding failed, or was too large to keep: the identity representation is
         // always acceptable here, and costs no encoder run per request.
-        None => identity(),
+        None => identity().0,
         Some(Encoded::Stored(encoded)) => {
             let body = respond::stored_body(proxy, &encoded);
             let response = respond::from_meta(proxy, meta, body, parts, now);
@@ -77,7 +88,8 @@ pub(super) async fn serve_stored(
             let response = respond::from_meta(proxy, meta, Body::boxed(reader), parts, now);
             encoded_response(response, coding, None)
         }
-    }
+    };
+    (response, None)
 }
 
 /// A stored body in `coding`, as the coalesced fill that makes it has it.

@@ -48,6 +48,7 @@ pub mod forwarding;
 mod head;
 pub mod interim;
 mod invalidate;
+pub mod prepared;
 mod proxy;
 pub mod range;
 mod request;
@@ -149,7 +150,7 @@ pub async fn handle(
     )
     .await
     {
-        Ok(delivery) => deliver::deliver(proxy, &ctx, &parts, delivery).await,
+        Ok(delivery) => deliver::deliver(proxy, &mut ctx, &parts, delivery).await,
         Err(err) => Err(err),
     };
     let reveal = proxy.wants_path_view(peer, request_debug, &parts.headers);
@@ -401,6 +402,12 @@ async fn branch(
             ctx.hit_tier = tier;
             if let Some(plan) = revalidate {
                 fetch::revalidate_in_background(&request.miss(plan));
+            } else if ctx.status.detail.is_none() && proxy.prepared_hits.is_on() {
+                ctx.hit_source = Some(prepared::HitSource {
+                    set: Arc::clone(&set),
+                    entry: Arc::clone(&entry),
+                    body_of: None,
+                });
             }
             let set = Some(set);
             Ok(Delivery::Stored { entry, set })

@@ -65,6 +65,8 @@ pub struct Proxy {
     pub(super) connect_timeout: Duration,
     /// The package registries mounted under paths, when configured.
     pub(super) mirror: Option<Arc<crate::mirror::Mirror>>,
+    /// Answers to repeated plain hits, made by the pipeline (this proxy's only).
+    pub(super) prepared_hits: super::prepared::PreparedHits,
 }
 
 impl Proxy {
@@ -104,7 +106,12 @@ impl Proxy {
         pools.start(&upstream);
         let forward_proxy = super::forward_proxy::ForwardProxy::new(config, &metrics);
         let mirror = crate::mirror::Mirror::new(&config.mirror, cache.disk_tier().cloned());
+        let prepared_hits = super::prepared::PreparedHits::new(
+            config.cache.memory_capacity.as_u64(),
+            config.server.prepared_hits,
+        );
         Ok(Proxy {
+            prepared_hits,
             mirror: mirror.map(Arc::new),
             router: Router::new(config, &pools),
             pools,
@@ -132,6 +139,10 @@ impl Proxy {
             forward_proxy,
             connect_timeout: config.upstream.connect_timeout.get(),
         })
+    }
+
+    pub fn prepared_hits(&self) -> &super::prepared::PreparedHits {
+        &self.prepared_hits
     }
 
     pub fn cache(&self) -> &Cache {

@@ -11,6 +11,7 @@
 
 mod activity;
 mod h2c;
+mod prepared_http1;
 pub mod proxy_protocol;
 mod sendfile;
 pub mod tls;
@@ -385,22 +386,32 @@ impl Connection {
         let interim = Arc::new(InterimLink::default());
         let may_sendfile = self.proxy.load().cache().may_send_files();
         let sendfile = SendfileLink::for_socket(&stream, may_sendfile);
-        let io = TokioIo::new(WatchedIo::new(
-            stream,
-            Arc::clone(&activity),
-            Arc::clone(&interim),
-            sendfile.clone(),
-        ));
         let peer = self.peer;
         let proxy = Arc::clone(&self.proxy);
         let link = Arc::new(ConnectionLink {
             peer,
             scheme,
             activity: Arc::clone(&activity),
-            interim,
-            sendfile,
+            interim: Arc::clone(&interim),
+            sendfile: sendfile.clone(),
             h2c: parking_lot::Mutex::new(None),
+            prepares_hits: scheme == "http" && self.proxy.load().prepared_hits().is_on(),
         });
+        let io = WatchedIo::new(
+            stream,
+            Arc::clone(&activity),
+            Arc::clone(&interim),
+            sendfile,
+        );
+        let (io, read_ahead) = if link.prepares_hits {
+            match self.answer_prepared(io, &link).await {
+                Some(handed_over) => handed_over,
+                None => return,
+            }
+        } else {
+            (io, bytes::Bytes::new())
+        };
+        let io = TokioIo::new(prepared_http1::ReadAhead::new(read_ahead, io));
         let service_link = Arc::clone(&link);
         let service = service_fn(move |request: http::Request<Incoming>| {
             let proxy = proxy.load_full();
@@ -433,6 +444,35 @@ impl Connection {
         self.supervise(connection, &activity).await;
     }
 
+    /// Answers prepared hits (`prepared_http1`) under the connection's watchdog and
+    /// shutdown; the connection and the bytes read ahead when hyper is to go on with it.
+    async fn answer_prepared<S>(
+        &mut self,
+        io: WatchedIo<S>,
+        link: &ConnectionLink,
+    ) -> Option<(WatchedIo<S>, bytes::Bytes)>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + SendfileSocket + Unpin,
+    {
+        let control = prepared_http1::Control::default();
+        let max_head = self.proxy.load().server.max_header_bytes.as_usize();
+        let answering = prepared_http1::answer(io, &self.proxy, link, &control, max_head);
+        tokio::pin!(answering);
+        let watchdog = watchdog(&mut self.stop, &link.activity, self.timeouts);
+        let ending = tokio::select! {
+            biased;
+            handed_over = &mut answering => return handed_over,
+            ending = watchdog => ending,
+        };
+        report_ending(&self.proxy, self.peer, ending);
+        if matches!(ending, Ending::Idle | Ending::Shutdown) && control.is_busy() {
+            // The answer being written is finished; the connection then closes.
+            control.stop();
+            answering.await;
+        }
+        None
+    }
+
     /// Runs `connection` under the connection's watchdog (head, idle and send timeouts)
     /// and shutdown; true when it ended by itself without an error.
     async fn supervise<C>(
@@ -445,16 +485,7 @@ impl Connection {
         C::Error: std::fmt::Display,
     {
         let peer = self.peer;
-        let timeouts = self.timeouts;
-        let stop = &mut self.stop;
-        // Polled only when its timer or the shutdown signal fired, not on every wake of
-        // the connection's task (each read and write of each request).
-        let watchdog = woken::PolledWhenWoken::new(async move {
-            tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => Ending::Shutdown,
-                ending = activity.watch(timeouts) => ending,
-            }
-        });
+        let watchdog = watchdog(&mut self.stop, activity, self.timeouts);
         let ending = tokio::select! {
             biased;
             result = connection.as_mut() => {
@@ -466,24 +497,46 @@ impl Connection {
             }
             ending = watchdog => ending,
         };
-        match ending {
-            Ending::HeaderTimeout => {
-                // A half-sent request head gets no answer: the bytes so far are not a request.
-                tracing::debug!(%peer, "closing connection: request head not received in time");
-            }
-            Ending::SendTimeout => {
-                // Dropping the connection aborts the response: the client sees it cut short.
-                tracing::info!(%peer, "closing connection: the client read nothing for server.send_timeout");
-                self.proxy.load().metrics().client_send_timeouts.inc();
-            }
-            Ending::Idle | Ending::Shutdown => {
-                connection.as_mut().graceful_shutdown();
-                if let Err(err) = connection.await {
-                    tracing::debug!(%peer, error = %err, "connection ended with an error");
-                }
+        report_ending(&self.proxy, peer, ending);
+        if let Ending::Idle | Ending::Shutdown = ending {
+            connection.as_mut().graceful_shutdown();
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
         }
         false
+    }
+}
+
+/// Resolves when the connection should end for want of activity, or for shutdown. Polled
+/// only when its timer or the shutdown signal fired, not on every wake of the connection's
+/// task (each read and write of each request).
+fn watchdog<'a>(
+    stop: &'a mut watch::Receiver<bool>,
+    activity: &'a ConnActivity,
+    timeouts: Timeouts,
+) -> woken::PolledWhenWoken<impl Future<Output = Ending> + 'a> {
+    woken::PolledWhenWoken::new(async move {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => Ending::Shutdown,
+            ending = activity.watch(timeouts) => ending,
+        }
+    })
+}
+
+/// Logs (and counts) why the watchdog ends a connection.
+fn report_ending(proxy: &SharedProxy, peer: SocketAddr, ending: Ending) {
+    match ending {
+        Ending::HeaderTimeout => {
+            // A half-sent request head gets no answer: the bytes so far are not a request.
+            tracing::debug!(%peer, "closing connection: request head not received in time");
+        }
+        Ending::SendTimeout => {
+            // Dropping the connection aborts the response: the client sees it cut short.
+            tracing::info!(%peer, "closing connection: the client read nothing for server.send_timeout");
+            proxy.load().metrics().client_send_timeouts.inc();
+        }
+        Ending::Idle | Ending::Shutdown => {}
     }
 }
 
@@ -511,6 +564,9 @@ struct ConnectionLink {
     /// An h2c upgrade accepted by a request: the connection goes on as HTTP/2 when its
     /// HTTP/1.1 part ends.
     h2c: parking_lot::Mutex<Option<h2c::Pending>>,
+    /// Cleartext, with `server.prepared_hits` on: the pipeline's plain hits are prepared
+    /// for the connections that answer them.
+    prepares_hits: bool,
 }
 
 /// One request through the pipeline, its response body tracked for the connection's
@@ -546,11 +602,18 @@ async fn serve_request(
         has_conflicting_framing,
         interim,
     };
+    let shape = link
+        .prepares_hits
+        .then(|| pipeline::prepared::Shape::default().of_request(&request))
+        .flatten();
     // Boxed: hyper moves the service's future into its connection state by value, and
     // the whole pipeline's state would otherwise be copied with it on every request.
     let (response, record) = Box::pin(pipeline::handle(proxy, request, downstream)).await;
     drop(close_interim);
     let (head, body) = response.into_parts();
+    if let Some(shape) = shape {
+        proxy.prepared_hits().remember(proxy, shape, &head, &record);
+    }
     let sendfile = link.sendfile.as_ref().filter(|_| is_http1);
     let body = sendfile::from_verified_file(body, sendfile, proxy.metrics());
     // A body in memory knows its length; only a streamed one needs the header.

@@ -127,6 +127,9 @@ pub struct Metrics {
     pub verified_file_reads: Counter,
     /// Memory hits whose body was sent from its sealed memory file (sendfile).
     pub memory_sendfile_responses: Counter,
+    /// Memory hits answered from a prepared head on a cleartext HTTP/1.1 connection
+    /// (`pipeline::prepared`), without the pipeline.
+    pub prepared_hits: Counter,
     /// Requests answered 503 because a fill or upstream connection limit and its queue
     /// were full.
     pub overloaded: Counter,
@@ -380,6 +383,12 @@ impl Metrics {
                 &mut registry,
                 "memory_sendfile_responses",
                 "Memory hits whose body was sent from its sealed memory file (sendfile)",
+                Counter::default(),
+            ),
+            prepared_hits: register(
+                &mut registry,
+                "prepared_hits",
+                "Memory hits answered from a prepared response head, without the pipeline",
                 Counter::default(),
             ),
             overloaded: register(

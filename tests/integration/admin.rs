@@ -432,7 +432,7 @@ async fn reload_without_a_source_is_not_implemented() {
 }
 
 /// Reads `path` until it holds `lines` lines (the writer is a background thread).
-async fn log_lines(path: &std::path::Path, lines: usize) -> Vec<String> {
+pub(crate) async fn log_lines(path: &std::path::Path, lines: usize) -> Vec<String> {
     eventually_some("access-log lines to be written", || async {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let found: Vec<String> = text.lines().map(str::to_string).collect();

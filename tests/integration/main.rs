@@ -24,6 +24,7 @@ mod memory_files;
 mod memory_policy;
 mod mirror;
 mod pools;
+mod prepared_hits;
 mod proxy;
 mod proxy_protocol;
 mod ranges;

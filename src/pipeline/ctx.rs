@@ -131,11 +131,14 @@ impl RequestCtx {
     pub fn finish(&self, bytes: u64, complete: bool) {
         let outcome = self.status.outcome();
         let tier = self.tier();
-        self.metrics
-            .count_request(outcome, &self.method, tier, bytes);
-        self.metrics
-            .board
-            .record(outcome, tier, self.key, || self.url(), bytes);
+        let exchange = Exchange {
+            outcome,
+            method: &self.method,
+            tier,
+            key: self.key,
+            bytes,
+        };
+        exchange.count(&self.metrics, || self.url());
         let Some(log) = &self.log else { return };
         let version = match self.version {
             Version::HTTP_10 => "HTTP/1.0",
@@ -195,6 +198,25 @@ impl RequestCtx {
             view.push_str("; collapsed");
         }
         view
+    }
+}
+
+/// What the metrics and the status board count of a finished exchange.
+pub struct Exchange<'a> {
+    pub outcome: crate::telemetry::CacheOutcome,
+    pub method: &'a Method,
+    pub tier: Tier,
+    pub key: Option<PrimaryKey>,
+    pub bytes: u64,
+}
+
+impl Exchange<'_> {
+    /// Counts it; `url` (`http://host/target`) is made only if the board keeps it.
+    pub fn count(&self, metrics: &Metrics, url: impl FnOnce() -> String) {
+        metrics.count_request(self.outcome, self.method, self.tier, self.bytes);
+        metrics
+            .board
+            .record(self.outcome, self.tier, self.key, url, self.bytes);
     }
 }
 

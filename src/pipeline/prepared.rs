@@ -31,6 +31,7 @@ use http::header::{self, HeaderMap};
 use http::StatusCode;
 use parking_lot::RwLock;
 
+use super::ctx::Exchange;
 use super::route::Site;
 use super::{respond, Proxy, RequestCtx};
 use crate::body::Body;
@@ -414,15 +415,27 @@ impl HitRecord {
         complete: bool,
     ) {
         let record = self;
-        let wants_agent = proxy
-            .access_log
-            .as_ref()
-            .is_some_and(|log| log.wants_agent_fields());
-        let agent_field = |field: Option<&str>| field.filter(|_| wants_agent).map(str::to_string);
         proxy.metrics.prepared_hits.inc();
         if let Some(mirror) = &proxy.mirror {
             mirror.count(target.split('?').next().unwrap_or(target), true);
         }
+        let Some(log) = &proxy.access_log else {
+            // Without a log line to write, what the context would record is counted directly.
+            let exchange = Exchange {
+                outcome: record.status.outcome(),
+                method: &http::Method::GET,
+                tier: Tier::Memory,
+                key: Some(record.key),
+                bytes,
+            };
+            exchange.count(&proxy.metrics, || format!("http://{}{target}", record.host));
+            return;
+        };
+        let agent_field = |field: Option<&str>| {
+            field
+                .filter(|_| log.wants_agent_fields())
+                .map(str::to_string)
+        };
         let ctx = RequestCtx {
             started,
             now: record.now,

@@ -197,6 +197,9 @@ pub struct WatchedIo<S> {
     inner: S,
     activity: Arc<ConnActivity>,
     scanner: HeadScanner,
+    /// Off while `prepared_http1` reads heads: those it answers are parsed whole there,
+    /// and the bytes it hands on are scanned then ([`WatchedIo::scan_handed_over`]).
+    is_scanning: bool,
     interim: Arc<InterimLink>,
     /// Interim heads taken from the link and partly written: finished before anything else.
     outbox: Vec<u8>,
@@ -216,10 +219,27 @@ impl<S> WatchedIo<S> {
             inner,
             activity,
             scanner: HeadScanner::default(),
+            is_scanning: true,
             interim,
             outbox: Vec::new(),
             outbox_written: 0,
             sendfile,
+        }
+    }
+}
+
+impl<S> WatchedIo<S> {
+    /// Reads from now on are not scanned for framing conflicts (see [`Self::is_scanning`]).
+    pub fn pause_scanning(&mut self) {
+        self.is_scanning = false;
+    }
+
+    /// Scans `read` (bytes read while paused, not yet served, beginning a request head) as
+    /// if just read, and every read from now on.
+    pub fn scan_handed_over(&mut self, read: &[u8]) {
+        self.is_scanning = true;
+        if !read.is_empty() && self.scanner.scan(read, true) {
+            self.activity.framing_conflict.store(true, Relaxed);
         }
     }
 }
@@ -379,7 +399,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             let may_start_head = this.activity.bytes_read();
-            if this.scanner.scan(&buf.filled()[before..], may_start_head) {
+            if this.is_scanning && this.scanner.scan(&buf.filled()[before..], may_start_head) {
                 this.activity.framing_conflict.store(true, Relaxed);
             }
         }

@@ -117,13 +117,19 @@ where
 {
     let mut buf = BytesMut::with_capacity(4096);
     let mut shape = Shape::default();
+    io.pause_scanning();
+    let hand_over = |mut io: WatchedIo<S>, buf: BytesMut| {
+        let read = buf.freeze();
+        io.scan_handed_over(&read);
+        Some((io, read))
+    };
     loop {
         let head = loop {
             if !buf.is_empty() {
                 match parse(&buf, &mut shape) {
                     Parsed::Preparable(head) => break head,
                     Parsed::Partial if buf.len() < max_head => {}
-                    Parsed::Partial | Parsed::Other => return Some((io, buf.freeze())),
+                    Parsed::Partial | Parsed::Other => return hand_over(io, buf),
                 }
             } else if control.stopping.load(Relaxed) {
                 return None;
@@ -132,7 +138,7 @@ where
             match io.read_buf(&mut buf).await {
                 Ok(0) if buf.is_empty() => return None,
                 // A head cut short: hyper says so as it would have.
-                Ok(0) => return Some((io, buf.freeze())),
+                Ok(0) => return hand_over(io, buf),
                 Ok(_) => {}
                 Err(err) => {
                     tracing::debug!(peer = %link.peer, error = %err, "client connection failed");
@@ -152,7 +158,7 @@ where
             record,
         }) = answer.await
         else {
-            return Some((io, buf.freeze()));
+            return hand_over(io, buf);
         };
         control.busy.store(true, Relaxed);
         let inflight = link.activity.request_started(false);

@@ -428,3 +428,32 @@ async fn prepared_hits_can_be_turned_off() {
     }
     assert_eq!(prepared(&proxy), 0);
 }
+
+/// RFC 9112 §6.3 (request smuggling): a head with both Content-Length and
+/// Transfer-Encoding after prepared answers on the same connection, even pipelined behind
+/// one, is refused with a 400 as on a fresh connection, and nothing reaches the origin.
+#[tokio::test]
+async fn a_smuggling_head_behind_a_prepared_answer_is_refused() {
+    let origin = Origin::start(vec![("/s", cached("safe"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    get(&proxy.url("/s"), &[]).await;
+    get(&proxy.url("/s"), &[]).await;
+    let host = proxy.addr.to_string();
+    let exchange = format!(
+        "GET /s HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         POST /s HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+         0\r\n\r\nGET /s HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    );
+    let reply = raw_exchange(proxy.addr, exchange.as_bytes()).await;
+    let statuses: Vec<&str> = reply
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &reply[at..at + 12])
+        .collect();
+    assert_eq!(statuses, ["HTTP/1.1 200", "HTTP/1.1 400"], "{reply}");
+    assert!(
+        reply.contains("proxy-status: outpost; error=http_request_error"),
+        "{reply}"
+    );
+    assert_eq!(origin.hits("/s"), 1);
+    prepared_reaches(&proxy, 1).await;
+}

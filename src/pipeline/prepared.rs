@@ -57,7 +57,9 @@ pub const SHAPE_FIELDS: [&str; 7] = [
     "connection",
 ];
 
-/// Index of `connection` in [`SHAPE_FIELDS`]: it may only say `keep-alive`.
+/// Index of `connection` in [`SHAPE_FIELDS`]. It may only say `keep-alive` or `close`,
+/// and is not part of the shape: both are hop-by-hop, removed before the pipeline judges
+/// the request, and only decide whether the connection stays open after the answer.
 const CONNECTION_FIELD: usize = 6;
 
 /// What identifies a prepared request: its target and its fields, in one byte string.
@@ -66,6 +68,8 @@ const CONNECTION_FIELD: usize = 6;
 #[derive(Default)]
 pub struct Shape {
     bytes: Vec<u8>,
+    /// The request last read said `Connection: close`.
+    closes: bool,
 }
 
 impl Shape {
@@ -88,9 +92,12 @@ impl Shape {
                 return None;
             }
         }
-        if values[CONNECTION_FIELD].is_some_and(|v| !v.eq_ignore_ascii_case(b"keep-alive")) {
-            return None;
-        }
+        self.closes = match values[CONNECTION_FIELD].take() {
+            None => false,
+            Some(value) if value.eq_ignore_ascii_case(b"keep-alive") => false,
+            Some(value) if value.eq_ignore_ascii_case(b"close") => true,
+            Some(_) => return None,
+        };
         self.bytes.clear();
         self.bytes.extend_from_slice(target);
         for (index, value) in values.iter().enumerate() {
@@ -107,6 +114,11 @@ impl Shape {
     /// The shape last read.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// Whether the request last read asked for the connection to close after its answer.
+    pub fn closes(&self) -> bool {
+        self.closes
     }
 
     /// The shape of a request hyper parsed, when it may be prepared.
@@ -154,8 +166,15 @@ struct PreparedHit {
 }
 
 impl PreparedHit {
+    /// Bytes it holds, counting the allocations its weak references keep after the
+    /// entries themselves are gone.
     fn weight(&self) -> usize {
-        self.shape.len() + self.head.len() + self.host.len() + std::mem::size_of::<Self>()
+        self.shape.len()
+            + self.head.len()
+            + self.host.len()
+            + std::mem::size_of::<Self>()
+            + 2 * std::mem::size_of::<StoredResponse>()
+            + std::mem::size_of::<VariantSet>()
     }
 }
 

@@ -127,7 +127,9 @@ where
         let head = loop {
             if !buf.is_empty() {
                 match parse(&buf, &mut shape) {
-                    Parsed::Preparable(head) => break head,
+                    // hyper's limit is on its read buffer; a head near it is its to judge.
+                    Parsed::Preparable(head) if head.len < max_head => break head,
+                    Parsed::Preparable(_) => return hand_over(io, buf),
                     Parsed::Partial if buf.len() < max_head => {}
                     Parsed::Partial | Parsed::Other => return hand_over(io, buf),
                 }
@@ -162,6 +164,16 @@ where
         };
         control.busy.store(true, Relaxed);
         let inflight = link.activity.request_started(false);
+        let closes = shape.closes();
+        // As hyper answers a request that asks to close (RFC 9112 §9.6).
+        let tail = if closes {
+            let mut closing = BytesMut::with_capacity(tail.len() + 19);
+            closing.extend_from_slice(&tail[..tail.len() - 2]);
+            closing.extend_from_slice(b"connection: close\r\n\r\n");
+            closing.freeze()
+        } else {
+            tail
+        };
         let (sent, complete) = write(&mut io, [&fields, &tail], body, link, &proxy).await;
         let text = |range: &Range<usize>| std::str::from_utf8(&buf[range.clone()]).ok();
         let agent = (
@@ -172,7 +184,10 @@ where
         record.finish(&proxy, link.peer, target, agent, started, sent, complete);
         drop(inflight);
         control.busy.store(false, Relaxed);
-        if !complete || control.stopping.load(Relaxed) {
+        if closes && complete {
+            let _ = io.shutdown().await;
+        }
+        if closes || !complete || control.stopping.load(Relaxed) {
             return None;
         }
         buf.advance(head.len);

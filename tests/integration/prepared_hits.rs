@@ -457,3 +457,28 @@ async fn a_smuggling_head_behind_a_prepared_answer_is_refused() {
     assert_eq!(origin.hits("/s"), 1);
     prepared_reaches(&proxy, 1).await;
 }
+
+/// RFC 9112 §9.6: a request with `Connection: close` gets its prepared answer with
+/// `connection: close`, as hyper sends it, and then the connection is closed; the
+/// keep-alive requests before it shared the answer.
+#[tokio::test]
+async fn a_request_that_asks_to_close_is_answered_then_closed() {
+    let origin = Origin::start(vec![("/c", cached("closing"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    get(&proxy.url("/c"), &[]).await;
+    get(&proxy.url("/c"), &[]).await;
+    let host = proxy.addr.to_string();
+    let request = format!("GET /c HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let reply = exchange_until_closed(proxy.addr, request.as_bytes())
+        .await
+        .expect("the server closes the connection after the answer");
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert_eq!(reply.matches("connection: close\r\n").count(), 1, "{reply}");
+    assert!(
+        reply.contains("cache-status: outpost; hit; ttl="),
+        "{reply}"
+    );
+    assert!(reply.ends_with("\r\n\r\nclosing"), "{reply}");
+    prepared_reaches(&proxy, 1).await;
+    assert_eq!(origin.hits("/c"), 1);
+}

@@ -160,7 +160,7 @@ struct PreparedHit {
     adds_date: bool,
     key: PrimaryKey,
     variant: VariantKey,
-    host: String,
+    host: Arc<str>,
     site: Arc<Site>,
     status: u16,
 }
@@ -192,7 +192,7 @@ pub struct HitRecord {
     status: CacheStatus,
     key: PrimaryKey,
     variant: VariantKey,
-    host: String,
+    host: Arc<str>,
     site: Arc<Site>,
     response_status: u16,
     now: SystemTime,
@@ -288,8 +288,8 @@ impl PreparedHits {
 
     /// The answer to the request of `shape` at `now`, if a prepared one is still what the
     /// pipeline would send. The memory tier counts the request, as a lookup would.
-    pub async fn answer(&self, proxy: &Proxy, shape: &[u8], now: SystemTime) -> Option<ReadyHit> {
-        let hit = self.find(shape)?;
+    pub async fn answer(&self, proxy: &Proxy, shape: &Shape, now: SystemTime) -> Option<ReadyHit> {
+        let hit = self.find(shape.bytes())?;
         let current = proxy.cache.memory_variants(&hit.key).await?;
         if !std::ptr::eq(Arc::as_ptr(&current), hit.set.as_ptr()) {
             return None;
@@ -317,6 +317,10 @@ impl PreparedHits {
             tail.put_slice(httpdate::fmt_http_date(now).as_bytes());
             tail.put_slice(b"\r\n");
         }
+        if shape.closes() {
+            // As hyper answers a request that asks to close (RFC 9112 §9.6).
+            tail.put_slice(b"connection: close\r\n");
+        }
         tail.put_slice(b"\r\n");
         Some(ReadyHit {
             head: hit.head.clone(),
@@ -326,7 +330,7 @@ impl PreparedHits {
                 status,
                 key: hit.key,
                 variant: hit.variant,
-                host: hit.host.clone(),
+                host: Arc::clone(&hit.host),
                 site: Arc::clone(&hit.site),
                 response_status: hit.status,
                 now,
@@ -369,7 +373,7 @@ impl PreparedHits {
             adds_date: !head.headers.contains_key(header::DATE),
             key: source.entry.meta.key,
             variant: source.entry.meta.variant,
-            host: ctx.host.clone(),
+            host: Arc::from(ctx.host.as_str()),
             site: Arc::clone(site),
             status: head.status.as_u16(),
         };
@@ -462,7 +466,7 @@ impl HitRecord {
             client: peer.ip(),
             method: http::Method::GET,
             version: http::Version::HTTP_11,
-            host: record.host.clone(),
+            host: record.host.to_string(),
             uri: http::Uri::try_from(target).unwrap_or_default(),
             site: Some(Arc::clone(&record.site)),
             key: Some(record.key),

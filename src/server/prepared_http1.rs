@@ -102,6 +102,50 @@ fn parse(buf: &[u8], shape: &mut Shape) -> Parsed {
     })
 }
 
+/// What the connection does next.
+enum Next {
+    /// Answer this head, if a prepared answer is still good.
+    Head(Head),
+    /// Give the connection to hyper.
+    HandOver,
+    /// Close it (the client closed, or a stop was asked for between requests).
+    Close,
+}
+
+/// Reads until `buf` holds a whole head of a request that may have a prepared answer
+/// (its shape then in `shape`), or the connection is to go on elsewhere or end.
+async fn next_head<S: AsyncRead + Unpin>(
+    (io, peer): (&mut WatchedIo<S>, std::net::SocketAddr),
+    buf: &mut BytesMut,
+    shape: &mut Shape,
+    control: &Control,
+    max_head: usize,
+) -> Next {
+    loop {
+        if !buf.is_empty() {
+            match parse(buf, shape) {
+                // hyper's limit is on its read buffer; a head near it is its to judge.
+                Parsed::Preparable(head) if head.len < max_head => return Next::Head(head),
+                Parsed::Partial if buf.len() < max_head => {}
+                Parsed::Preparable(_) | Parsed::Partial | Parsed::Other => return Next::HandOver,
+            }
+        } else if control.stopping.load(Relaxed) {
+            return Next::Close;
+        }
+        buf.reserve(2048);
+        match io.read_buf(buf).await {
+            Ok(0) if buf.is_empty() => return Next::Close,
+            // A head cut short: hyper says so as it would have.
+            Ok(0) => return Next::HandOver,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "client connection failed");
+                return Next::Close;
+            }
+        }
+    }
+}
+
 /// Answers requests on `io` for as long as they have prepared answers. Returns `None` when
 /// the connection is over (closed by the client, failed, or stopped), or the connection
 /// and the bytes read but not answered, for hyper.
@@ -118,41 +162,25 @@ where
     let mut buf = BytesMut::with_capacity(4096);
     let mut shape = Shape::default();
     io.pause_scanning();
-    let hand_over = |mut io: WatchedIo<S>, buf: BytesMut| {
-        let read = buf.freeze();
-        io.scan_handed_over(&read);
-        Some((io, read))
-    };
     loop {
-        let head = loop {
-            if !buf.is_empty() {
-                match parse(&buf, &mut shape) {
-                    // hyper's limit is on its read buffer; a head near it is its to judge.
-                    Parsed::Preparable(head) if head.len < max_head => break head,
-                    Parsed::Preparable(_) => return hand_over(io, buf),
-                    Parsed::Partial if buf.len() < max_head => {}
-                    Parsed::Partial | Parsed::Other => return hand_over(io, buf),
-                }
-            } else if control.stopping.load(Relaxed) {
-                return None;
-            }
-            buf.reserve(2048);
-            match io.read_buf(&mut buf).await {
-                Ok(0) if buf.is_empty() => return None,
-                // A head cut short: hyper says so as it would have.
-                Ok(0) => return hand_over(io, buf),
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::debug!(peer = %link.peer, error = %err, "client connection failed");
-                    return None;
-                }
-            }
+        let head = match next_head(
+            (&mut io, link.peer),
+            &mut buf,
+            &mut shape,
+            control,
+            max_head,
+        )
+        .await
+        {
+            Next::Head(head) => head,
+            Next::Close => return None,
+            Next::HandOver => break,
         };
         let started = Instant::now();
         let proxy = proxy.load_full();
         let answer = proxy
             .prepared_hits()
-            .answer(&proxy, shape.bytes(), SystemTime::now());
+            .answer(&proxy, &shape, SystemTime::now());
         let Some(ReadyHit {
             head: fields,
             tail,
@@ -160,20 +188,10 @@ where
             record,
         }) = answer.await
         else {
-            return hand_over(io, buf);
+            break;
         };
         control.busy.store(true, Relaxed);
         let inflight = link.activity.request_started(false);
-        let closes = shape.closes();
-        // As hyper answers a request that asks to close (RFC 9112 §9.6).
-        let tail = if closes {
-            let mut closing = BytesMut::with_capacity(tail.len() + 19);
-            closing.extend_from_slice(&tail[..tail.len() - 2]);
-            closing.extend_from_slice(b"connection: close\r\n\r\n");
-            closing.freeze()
-        } else {
-            tail
-        };
         let (sent, complete) = write(&mut io, [&fields, &tail], body, link, &proxy).await;
         let text = |range: &Range<usize>| std::str::from_utf8(&buf[range.clone()]).ok();
         let agent = (
@@ -184,14 +202,18 @@ where
         record.finish(&proxy, link.peer, target, agent, started, sent, complete);
         drop(inflight);
         control.busy.store(false, Relaxed);
-        if closes && complete {
+        if shape.closes() && complete {
+            // RFC 9112 §9.6: the answer said `connection: close`; the rest is not read.
             let _ = io.shutdown().await;
         }
-        if closes || !complete || control.stopping.load(Relaxed) {
+        if shape.closes() || !complete || control.stopping.load(Relaxed) {
             return None;
         }
         buf.advance(head.len);
     }
+    let read = buf.freeze();
+    io.scan_handed_over(&read);
+    Some((io, read))
 }
 
 /// Writes `ready` whole: head and body, the body from its file when the connection sends

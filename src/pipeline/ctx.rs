@@ -13,7 +13,9 @@ use http::{Method, Version};
 
 use super::access_log::{self, AccessLog};
 use super::route::Site;
+use crate::cache::entry::StoredResponse;
 use crate::cache::key::{PrimaryKey, VariantKey};
+use crate::cache::memory::VariantSet;
 use crate::telemetry::cache_status::{CacheStatus, FwdReason};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::Tier;
@@ -52,7 +54,7 @@ pub struct RequestCtx {
     /// `Strict-Transport-Security` to add: the site's, on a request over TLS.
     pub hsts: Option<http::HeaderValue>,
     /// What a plain memory hit was served from, for `prepared` to keep its answer.
-    pub hit_source: Option<super::prepared::HitSource>,
+    pub hit_source: Option<HitSource>,
 }
 
 impl RequestCtx {
@@ -199,6 +201,18 @@ impl RequestCtx {
         }
         view
     }
+}
+
+/// What the pipeline served a plain memory hit from: what `prepared` keeps an answer
+/// beside, and checks is still current before using it.
+#[derive(Clone)]
+pub struct HitSource {
+    pub set: Arc<VariantSet>,
+    /// The stored response whose freshness and `Age` the answer carries.
+    pub entry: Arc<StoredResponse>,
+    /// Whose body was sent whole (the entry, or a stored encoding of it); `None` when the
+    /// body was anything else (a range, an encoding made on the fly).
+    pub body_of: Option<Arc<StoredResponse>>,
 }
 
 /// What the metrics and the status board count of a finished exchange.

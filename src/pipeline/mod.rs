@@ -358,6 +358,30 @@ impl<'a> Routed<'a> {
     }
 }
 
+/// A hit: delivered stored, revalidated in the background when stale-while-revalidate
+/// allows it, or noted for `prepared` when plain.
+fn hit(
+    request: &Routed<'_>,
+    entry: Arc<crate::cache::entry::StoredResponse>,
+    set: Arc<crate::cache::memory::VariantSet>,
+    revalidate: Option<crate::cache::lookup::MissPlan>,
+    ctx: &mut RequestCtx,
+) -> Delivery {
+    ctx.key = Some(entry.meta.key);
+    ctx.variant = Some(entry.meta.variant);
+    if let Some(plan) = revalidate {
+        fetch::revalidate_in_background(&request.miss(plan));
+    } else if ctx.status.detail.is_none() && request.proxy.prepared_hits.is_on() {
+        ctx.hit_source = Some(ctx::HitSource {
+            set: Arc::clone(&set),
+            entry: Arc::clone(&entry),
+            body_of: None,
+        });
+    }
+    let set = Some(set);
+    Delivery::Stored { entry, set }
+}
+
 /// The branch the lookup chose, up to what is to be delivered.
 ///
 /// The paths that go to the origin are boxed: their futures are many kilobytes, and
@@ -397,20 +421,8 @@ async fn branch(
             revalidate,
         } => {
             ctx.status = status;
-            ctx.key = Some(entry.meta.key);
-            ctx.variant = Some(entry.meta.variant);
             ctx.hit_tier = tier;
-            if let Some(plan) = revalidate {
-                fetch::revalidate_in_background(&request.miss(plan));
-            } else if ctx.status.detail.is_none() && proxy.prepared_hits.is_on() {
-                ctx.hit_source = Some(prepared::HitSource {
-                    set: Arc::clone(&set),
-                    entry: Arc::clone(&entry),
-                    body_of: None,
-                });
-            }
-            let set = Some(set);
-            Ok(Delivery::Stored { entry, set })
+            Ok(hit(&request, entry, set, revalidate, ctx))
         }
         Lookup::OnlyIfCachedMiss => {
             // RFC 9111 §5.2.1.7: nothing suitable is stored and the origin may not be asked.

@@ -135,18 +135,6 @@ impl Shape {
     }
 }
 
-/// What the pipeline served a plain memory hit from: recorded on the request's context,
-/// and what a prepared hit checks is still current.
-#[derive(Clone)]
-pub struct HitSource {
-    pub set: Arc<VariantSet>,
-    /// The stored response whose freshness and `Age` the answer carries.
-    pub entry: Arc<StoredResponse>,
-    /// Whose body was sent whole (the entry, or a stored encoding of it); `None` when the
-    /// body was anything else (a range, an encoding made on the fly).
-    pub body_of: Option<Arc<StoredResponse>>,
-}
-
 /// One prepared answer.
 struct PreparedHit {
     shape: Box<[u8]>,

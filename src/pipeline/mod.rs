@@ -33,6 +33,9 @@
 //! - offline (`detail=offline`): `Lookup::Hit` (anything stored) or `Lookup::OfflineMiss`
 //!   → `Delivery::Synthetic` 504.
 //!
+//! A plain fresh memory hit also leaves its response head with `prepared`, from which
+//! `server` answers the same request again without these phases.
+//!
 //! Errors from any phase become a response in exactly one place,
 //! [`crate::error::ProxyError::to_response`]. Connection-level concerns (limits, timeouts,
 //! shutdown, the access log's timing) stay in `server`.

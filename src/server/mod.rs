@@ -6,8 +6,10 @@
 //! `header_read_timeout`, because hyper restarts that timer as soon as a response is sent and
 //! would thereby cap keep-alive idle time at the header timeout. Interim (1xx) responses
 //! from origins reach HTTP/1.1 clients through the connection's socket wrapper
-//! (`pipeline::interim`), since hyper's server cannot send them. What happens to a request
-//! once its head has arrived is `pipeline`'s business.
+//! (`pipeline::interim`), since hyper's server cannot send them. Cleartext HTTP/1.1
+//! connections start in `prepared_http1`, which answers repeated plain hits the pipeline has
+//! prepared (`pipeline::prepared`) and hands the connection to hyper at the first other
+//! request. What happens to a request once its head has arrived is `pipeline`'s business.
 
 mod activity;
 mod h2c;

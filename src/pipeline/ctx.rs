@@ -205,7 +205,6 @@ impl RequestCtx {
 
 /// What the pipeline served a plain memory hit from: what `prepared` keeps an answer
 /// beside, and checks is still current before using it.
-#[derive(Clone)]
 pub struct HitSource {
     pub set: Arc<VariantSet>,
     /// The stored response whose freshness and `Age` the answer carries.

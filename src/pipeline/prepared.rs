@@ -122,7 +122,7 @@ impl Shape {
     }
 
     /// The shape of a request hyper parsed, when it may be prepared.
-    pub fn of_request<B>(&mut self, request: &http::Request<B>) -> Option<Vec<u8>> {
+    pub fn of_request<B>(request: &http::Request<B>) -> Option<Vec<u8>> {
         if request.method() != http::Method::GET || request.version() != http::Version::HTTP_11 {
             return None;
         }
@@ -131,7 +131,9 @@ impl Shape {
             .headers()
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_bytes()));
-        self.read(target.as_bytes(), fields).map(<[u8]>::to_vec)
+        let mut shape = Shape::default();
+        shape.read(target.as_bytes(), fields)?;
+        Some(shape.bytes)
     }
 }
 
@@ -177,12 +179,8 @@ pub struct ReadyHit {
 
 /// What the access log and metrics need of an answered prepared hit.
 pub struct HitRecord {
+    hit: Arc<PreparedHit>,
     status: CacheStatus,
-    key: PrimaryKey,
-    variant: VariantKey,
-    host: Arc<str>,
-    site: Arc<Site>,
-    response_status: u16,
     now: SystemTime,
 }
 
@@ -261,6 +259,17 @@ impl PreparedHits {
         Some(hit)
     }
 
+    /// Whether the current generation has the answer to `shape` made from `set`.
+    fn is_prepared(&self, shape: &[u8], set: &Arc<VariantSet>) -> bool {
+        let generations = self.generations.read();
+        generations
+            .current
+            .get(&shape_hash(shape))
+            .is_some_and(|hit| {
+                *hit.shape == *shape && std::ptr::eq(hit.set.as_ptr(), Arc::as_ptr(set))
+            })
+    }
+
     fn file(&self, hash: u64, hit: Arc<PreparedHit>) {
         let weight = hit.weight();
         let mut generations = self.generations.write();
@@ -314,15 +323,7 @@ impl PreparedHits {
             head: hit.head.clone(),
             tail: tail.freeze(),
             body: respond::stored_body(proxy, &body_of),
-            record: HitRecord {
-                status,
-                key: hit.key,
-                variant: hit.variant,
-                host: Arc::clone(&hit.host),
-                site: Arc::clone(&hit.site),
-                response_status: hit.status,
-                now,
-            },
+            record: HitRecord { hit, status, now },
         })
     }
 
@@ -350,6 +351,10 @@ impl PreparedHits {
             && ctx.status == CacheStatus::hit(ctx.status.ttl.unwrap_or_default())
             && ctx.hit_tier == Tier::Memory;
         if !is_plain_hit || !sends_whole(&head.headers, body_of.meta.body_len) {
+            return;
+        }
+        if self.is_prepared(&shape, &source.set) {
+            // Asked again on a connection hyper serves: nothing to make anew.
             return;
         }
         let hit = PreparedHit {
@@ -425,7 +430,7 @@ impl HitRecord {
         bytes: u64,
         complete: bool,
     ) {
-        let record = self;
+        let hit = &self.hit;
         proxy.metrics.prepared_hits.inc();
         if let Some(mirror) = &proxy.mirror {
             mirror.count(target.split('?').next().unwrap_or(target), true);
@@ -433,13 +438,13 @@ impl HitRecord {
         let Some(log) = &proxy.access_log else {
             // Without a log line to write, what the context would record is counted directly.
             let exchange = Exchange {
-                outcome: record.status.outcome(),
+                outcome: self.status.outcome(),
                 method: &http::Method::GET,
                 tier: Tier::Memory,
-                key: Some(record.key),
+                key: Some(hit.key),
                 bytes,
             };
-            exchange.count(&proxy.metrics, || format!("http://{}{target}", record.host));
+            exchange.count(&proxy.metrics, || format!("http://{}{target}", hit.host));
             return;
         };
         let agent_field = |field: Option<&str>| {
@@ -449,21 +454,21 @@ impl HitRecord {
         };
         let ctx = RequestCtx {
             started,
-            now: record.now,
+            now: self.now,
             peer,
             client: peer.ip(),
             method: http::Method::GET,
             version: http::Version::HTTP_11,
-            host: record.host.to_string(),
+            host: hit.host.to_string(),
             uri: http::Uri::try_from(target).unwrap_or_default(),
-            site: Some(Arc::clone(&record.site)),
-            key: Some(record.key),
-            variant: Some(record.variant),
-            status: record.status.clone(),
+            site: Some(Arc::clone(&hit.site)),
+            key: Some(hit.key),
+            variant: Some(hit.variant),
+            status: self.status.clone(),
             hit_tier: Tier::Memory,
             upstream_duration: None,
             error: None,
-            response_status: record.response_status,
+            response_status: hit.status,
             log: proxy.access_log.clone(),
             referer: agent_field(agent.0),
             user_agent: agent_field(agent.1),

@@ -226,9 +226,7 @@ impl<S> WatchedIo<S> {
             sendfile,
         }
     }
-}
 
-impl<S> WatchedIo<S> {
     /// Reads from now on are not scanned for framing conflicts (see [`Self::is_scanning`]).
     pub fn pause_scanning(&mut self) {
         self.is_scanning = false;

@@ -613,7 +613,7 @@ async fn serve_request(
     };
     let shape = link
         .prepares_hits
-        .then(|| pipeline::prepared::Shape::default().of_request(&request))
+        .then(|| pipeline::prepared::Shape::of_request(&request))
         .flatten();
     // Boxed: hyper moves the service's future into its connection state by value, and
     // the whole pipeline's state would otherwise be copied with it on every request.

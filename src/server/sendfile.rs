@@ -53,19 +53,6 @@ impl SendfileSocket for TcpStream {
 
 impl<S> SendfileSocket for tokio_rustls::server::TlsStream<S> {}
 
-/// Writes `bufs` (a response head) to `socket` telling the kernel that more follows at once
-/// (the file bytes), so the head does not go out in a packet of its own.
-pub fn poll_write_before_file(
-    socket: &TcpStream,
-    cx: &mut Context<'_>,
-    bufs: &[io::IoSlice<'_>],
-) -> Poll<io::Result<usize>> {
-    poll_when_writable(socket, cx, |socket| {
-        let mut no_control = rustix::net::SendAncillaryBuffer::default();
-        rustix::net::sendmsg(socket, bufs, &mut no_control, rustix::net::SendFlags::MORE)
-    })
-}
-
 /// Runs the non-blocking `write` once `socket` is writable, again whenever it finds the
 /// socket full after all.
 fn poll_when_writable(

@@ -262,7 +262,7 @@ impl<S: AsyncWrite + SendfileSocket + Unpin> WatchedIo<S> {
         // The head goes out in a packet of its own, as nginx sends it, not held back
         // (MSG_MORE) to share the file's first packet: on a host that paces TCP in software
         // (BBR without the fq qdisc) the shared packet set off about 0.3 pacing timers per
-        // 100 KiB hit and cost ~5% of its CPU (issue 17's note), and on a real network one
+        // 100 KiB hit and cost about 4% of its CPU (issue 17's note); on a real network one
         // more packet per file-sized body is noise.
         Some(Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..first]))
     }

@@ -590,7 +590,9 @@ impl Freshness {
                 ),
                 _ => (Duration::ZERO, false),
             }
-        } else if HEURISTICALLY_CACHEABLE.contains(&status.as_u16()) {
+        } else if HEURISTICALLY_CACHEABLE.contains(&status.as_u16()) || directives.public {
+            // §4.2.2: heuristics apply to heuristically cacheable statuses "and on responses
+            // ... marked as explicitly cacheable (e.g., with a public response directive)".
             (heuristic_lifetime(headers, date_value, settings), true)
         } else {
             (Duration::ZERO, false)
@@ -1076,7 +1078,7 @@ mod tests {
     }
 
     /// RFC 9111 §4.2.2: heuristic freshness is 10% of Date - Last-Modified, capped, and only
-    /// for heuristically cacheable statuses without explicit freshness.
+    /// without explicit freshness, for heuristically cacheable statuses or `public` ones.
     #[test]
     fn heuristic_freshness_only_when_allowed() {
         let lm = date(0);
@@ -1102,6 +1104,26 @@ mod tests {
             redirect.lifetime,
             Duration::ZERO,
             "302 is not heuristically cacheable"
+        );
+        // "... and on responses without explicit freshness that have been marked as
+        // explicitly cacheable (e.g., with a public response directive)."
+        let public_unknown = Freshness::compute(
+            StatusCode::from_u16(599).unwrap(),
+            &headers(&[
+                ("last-modified", &lm),
+                ("date", &d),
+                ("cache-control", "public"),
+            ]),
+            &PolicySettings::default(),
+            at(100_000),
+            at(100_000),
+        );
+        assert_eq!(
+            (
+                public_unknown.lifetime.as_secs(),
+                public_unknown.is_heuristic
+            ),
+            (10_000, true)
         );
     }
 

@@ -40,7 +40,8 @@ async fn age_lists_use_the_first_member() {
 }
 
 /// RFC 9111 §3: any final status is storable with explicit freshness (a 500 with max-age,
-/// an unknown 499 or 599, a 299); without it, only the heuristically cacheable ones are.
+/// an unknown 499 or 599, a 299); without it, only the heuristically cacheable ones and
+/// `public` ones are (§4.2.2), given a Last-Modified to reckon from.
 #[tokio::test]
 async fn any_final_status_with_explicit_freshness_is_stored() {
     let routes: Vec<(&'static str, Fixture)> = vec![
@@ -79,12 +80,25 @@ async fn any_final_status_with_explicit_freshness_is_stored() {
                 "e",
             ),
         ),
-        // Heuristic freshness stays with the heuristically cacheable statuses.
+        // Heuristic freshness stays with the heuristically cacheable statuses...
         (
             "/heuristic-500",
             Fixture::with_headers(
                 500,
                 &[("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT")],
+                "e",
+            ),
+        ),
+        // ...and responses marked explicitly cacheable (§4.2.2: "e.g., with a public
+        // response directive"), whatever their status.
+        (
+            "/heuristic-599-public",
+            Fixture::with_headers(
+                599,
+                &[
+                    ("cache-control", "public"),
+                    ("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT"),
+                ],
                 "e",
             ),
         ),

@@ -245,6 +245,9 @@ pub fn apply(mut response: Response<Body>, source: RangeSource<'_>, range: &str)
         Ranges::Ignore => response,
         Ranges::Unsatisfiable => {
             let headers = response.headers_mut();
+            // No content goes with the 416, so no coding either: decoders in clients
+            // (httpx, for one) fail on an empty body said to be gzip.
+            headers.remove(header::CONTENT_ENCODING);
             headers.insert(header::CONTENT_RANGE, value(&format!("bytes */{len}")));
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
             *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;

@@ -300,6 +300,38 @@ async fn ranges_are_served_from_the_cache() {
     assert_eq!(origin.hits("/file"), 1);
 }
 
+/// RFC 9110 §15.5.17: a 416 for a stored gzip-encoded representation carries the
+/// unsatisfied Content-Range and no Content-Encoding, since it sends no content (an empty
+/// body said to be gzip breaks clients that decode it).
+#[tokio::test]
+async fn an_unsatisfiable_range_of_an_encoded_representation_names_no_coding() {
+    let origin = Origin::start(vec![(
+        "/g",
+        fixed(
+            &[
+                ("cache-control", "max-age=600"),
+                ("content-encoding", "gzip"),
+                ("content-type", "text/plain"),
+            ],
+            "not-really-gzip-but-eighteen-bytes",
+        ),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let headers = [("accept-encoding", "gzip")];
+    get(&proxy.url("/g"), &headers).await;
+    let unsatisfiable = get(
+        &proxy.url("/g"),
+        &[("accept-encoding", "gzip"), ("range", "bytes=500-")],
+    )
+    .await;
+    assert_eq!(unsatisfiable.status, 416);
+    assert_eq!(unsatisfiable.header("content-range"), Some("bytes */34"));
+    assert_eq!(unsatisfiable.header("content-encoding"), None);
+    assert!(unsatisfiable.body.is_empty());
+    assert!(is_hit(&unsatisfiable));
+}
+
 /// RFC 9110 §13.1.5: If-Range with the current strong ETag gets the range; otherwise the
 /// whole representation.
 #[tokio::test]

@@ -10,7 +10,8 @@ fields it varies on, so any complete response can be checked against the bytes t
 origin would make for that very request. Clients send random Accept-Language, X-Foo,
 Accept-Encoding, Range, Cache-Control and If-None-Match over HTTP/1.1 (keep-alive) and,
 if httpx is installed, HTTP/2 (h2c). Midway the disk tier is damaged (a byte flipped in
-half the body files) and outpost restarted on it, killed with SIGKILL.
+half the body files) and outpost restarted on it, killed with SIGKILL; for the last sixth
+the origin is gone, so what is stored answers (stale where allowed) or a 502/504 does.
 
 A response is bad when it is complete but not the origin's bytes for its request (a
 foreign variant, a corrupt or truncated body served as whole), a 206 whose bytes are not
@@ -366,7 +367,13 @@ def main():
         damaged, files = damage(cache_dir, random.Random(7))
         print(f"killed outpost; flipped a byte in {damaged} of {files} disk-tier body files")
         outpost = start()
-        load(args.seconds / 2, 2000)
+        load(args.seconds / 3, 2000)
+        # The origin goes away (connections refused): what is stored may be served, stale
+        # where allowed, and must still be the right bytes; the rest is a 502 or 504.
+        origin.shutdown()
+        origin.server_close()
+        print("origin stopped")
+        load(args.seconds / 6, 3000)
     finally:
         outpost.terminate()
         outpost.wait()

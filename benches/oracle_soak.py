@@ -9,7 +9,8 @@ a 304 naming another ETag). The body names the path and the request's values of 
 fields it varies on, so any complete response can be checked against the bytes the
 origin would make for that very request. Clients send random Accept-Language, X-Foo,
 Accept-Encoding, Range, Cache-Control and If-None-Match over HTTP/1.1 (keep-alive) and,
-if httpx is installed, HTTP/2 (h2c). Midway the disk tier is damaged (a byte flipped in
+if httpx is installed, HTTP/2, each in the clear and over TLS (a self-signed certificate
+made with openssl). Midway the disk tier is damaged (a byte flipped in
 half the body files) and outpost restarted on it, killed with SIGKILL; for the last sixth
 the origin is gone, so what is stored answers (stale where allowed) or a 502/504 does.
 
@@ -35,6 +36,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -232,14 +234,17 @@ class Tally:
                 self.examples.append(example)
 
 
-def http1_client(port, seed, until, tally):
+def http1_client(port, tls, seed, until, tally):
     rnd = random.Random(seed)
     conn = None
     while time.time() < until:
         path, headers = random_request(rnd)
         method = "HEAD" if rnd.random() < 0.1 else "GET"
         try:
-            conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn = conn or (
+                http.client.HTTPSConnection("127.0.0.1", port, timeout=10,
+                                            context=ssl._create_unverified_context())
+                if tls else http.client.HTTPConnection("127.0.0.1", port, timeout=10))
             conn.request(method, path, headers=headers)
             response = conn.getresponse()
             body = response.read()
@@ -260,14 +265,14 @@ def http1_client(port, seed, until, tally):
                             response_headers, body[:60]) if verdict == "bad" else None)
 
 
-def http2_client(port, seed, until, tally):
+def http2_client(port, tls, seed, until, tally):
     import asyncio
     import httpx
 
     async def one(client, rnd):
         path, headers = random_request(rnd)
         try:
-            url = f"http://127.0.0.1:{port}{path}"
+            url = f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}"
             async with client.stream("GET", url, headers=headers) as response:
                 # Raw bytes: judged as the HTTP/1.1 ones are, not as httpx decodes them.
                 body = b"".join([chunk async for chunk in response.aiter_raw()])
@@ -284,7 +289,8 @@ def http2_client(port, seed, until, tally):
     async def run():
         rnd = random.Random(seed)
         limits = httpx.Limits(max_connections=4)
-        async with httpx.AsyncClient(http1=False, http2=True, timeout=20, limits=limits) as client:
+        async with httpx.AsyncClient(http1=False, http2=True, timeout=20, limits=limits,
+                                     verify=False) as client:
             while time.time() < until:
                 await asyncio.gather(*(one(client, rnd) for _ in range(50)))
 
@@ -326,7 +332,11 @@ def main():
     work = tempfile.mkdtemp(prefix="oracle-soak-")
     origin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
     threading.Thread(target=origin.serve_forever, daemon=True).start()
-    port = free_port()
+    port, tls_port = free_port(), free_port()
+    cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
     cache_dir = os.path.join(work, "disk")
     log = open(os.path.join(work, "outpost.log"), "ab")
     env = dict(os.environ, OUTPOST_LOG__ACCESS_LOG="false", RUST_BACKTRACE="1")
@@ -334,7 +344,8 @@ def main():
     def start():
         process = subprocess.Popen(
             [args.outpost, "serve", "--listen", f"127.0.0.1:{port}", "--origin",
-             f"http://127.0.0.1:{origin.server_address[1]}", "--cache-dir", cache_dir],
+             f"http://127.0.0.1:{origin.server_address[1]}", "--cache-dir", cache_dir,
+             "--tls-listen", f"127.0.0.1:{tls_port}", "--tls-cert", cert, "--tls-key", key],
             stdout=log, stderr=log, env=env)
         for _ in range(100):
             try:
@@ -346,11 +357,15 @@ def main():
 
     def load(seconds, phase_seed):
         until = time.time() + seconds
-        threads = [threading.Thread(target=http1_client, args=(port, phase_seed + i, until, tally))
+        # Half the HTTP/1.1 clients over TLS; HTTP/2 in the clear (h2c) and over TLS (ALPN).
+        threads = [threading.Thread(target=http1_client,
+                                    args=(tls_port if i % 2 else port, i % 2 == 1,
+                                          phase_seed + i, until, tally))
                    for i in range(args.clients)]
         if all(importlib.util.find_spec(name) for name in ("httpx", "h2")):
-            threads.append(threading.Thread(target=http2_client,
-                                            args=(port, phase_seed + 99, until, tally)))
+            for i, (at, tls) in enumerate(((port, False), (tls_port, True))):
+                threads.append(threading.Thread(target=http2_client,
+                                                args=(at, tls, phase_seed + 99 + i, until, tally)))
         else:
             print("httpx[http2] not installed: HTTP/1.1 clients only")
         for thread in threads:

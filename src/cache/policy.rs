@@ -59,12 +59,16 @@ impl Default for PolicySettings {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Directives {
     pub no_store: bool,
+    /// The unqualified `no-cache` (RFC 9111 §5.2.2.4): every reuse is validated first.
     pub no_cache: bool,
-    /// `no-cache="field"`: treated as unqualified no-cache (stricter, RFC 9111 §5.2.2.4
-    /// lets a cache do so).
-    pub no_cache_qualified: bool,
+    /// `no-cache="field, ..."`, lower-cased: those fields alone may not be reused without
+    /// validation, so a shared cache stores the response without them (§5.2.2.4).
+    pub no_cache_fields: Vec<String>,
+    /// The unqualified `private` (§5.2.2.7): not stored.
     pub private: bool,
-    pub private_qualified: bool,
+    /// `private="field, ..."`, lower-cased: those fields are for one user; the response is
+    /// stored without them (§5.2.2.7).
+    pub private_fields: Vec<String>,
     pub public: bool,
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
@@ -86,6 +90,19 @@ pub struct Directives {
 }
 
 impl Directives {
+    /// The fields a qualified `no-cache` or `private` names: stored responses go without.
+    pub fn unshared_fields(&self) -> impl Iterator<Item = &str> {
+        self.no_cache_fields
+            .iter()
+            .chain(&self.private_fields)
+            .map(String::as_str)
+    }
+
+    /// Whether `name` (lower case) is among [`Self::unshared_fields`].
+    pub fn is_unshared(&self, name: &str) -> bool {
+        self.unshared_fields().any(|field| field == name)
+    }
+
     /// Parses every line of a Cache-Control-like field. Unknown directives are ignored;
     /// quoted values may contain commas.
     pub fn parse<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> Directives {
@@ -106,14 +123,14 @@ impl Directives {
     fn apply(&mut self, name: &str, argument: Option<&str>) {
         match name {
             "no-store" => self.no_store = true,
-            "no-cache" => {
-                self.no_cache = true;
-                self.no_cache_qualified |= argument.is_some_and(|a| !a.is_empty());
-            }
-            "private" => {
-                self.private = true;
-                self.private_qualified |= argument.is_some_and(|a| !a.is_empty());
-            }
+            "no-cache" => match field_names(argument) {
+                Some(names) => self.no_cache_fields.extend(names),
+                None => self.no_cache = true,
+            },
+            "private" => match field_names(argument) {
+                Some(names) => self.private_fields.extend(names),
+                None => self.private = true,
+            },
             "public" => self.public = true,
             "must-revalidate" => self.must_revalidate = true,
             "proxy-revalidate" => self.proxy_revalidate = true,
@@ -184,6 +201,41 @@ fn unquote(text: &str) -> String {
         Some(inner) => inner.replace("\\\"", "\"").replace("\\\\", "\\"),
         None => text.to_string(),
     }
+}
+
+/// Fields a response cannot be stored or served without, or that decide how it is stored
+/// and reused: a qualified `no-cache` or `private` naming one of them is taken as the
+/// unqualified form (RFC 9111 §5.2.2.4 allows that; stripping them would change framing,
+/// variants or freshness, not hide something private).
+const UNSTRIPPABLE: [&str; 13] = [
+    "age",
+    "cache-control",
+    "cdn-cache-control",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "date",
+    "etag",
+    "expires",
+    "last-modified",
+    "transfer-encoding",
+    "vary",
+];
+
+/// The field names a qualified `no-cache` or `private` lists, lower-cased; `None` for the
+/// unqualified form (no argument, one naming no field, or one naming a field in
+/// [`UNSTRIPPABLE`] or that is no field name).
+fn field_names(argument: Option<&str>) -> Option<Vec<String>> {
+    let names: Vec<String> = argument?
+        .split(',')
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    let strippable = names.iter().all(|name| {
+        !UNSTRIPPABLE.contains(&name.as_str()) && HeaderName::from_bytes(name.as_bytes()).is_ok()
+    });
+    (!names.is_empty() && strippable).then_some(names)
 }
 
 /// Splits a list on commas that are not inside a quoted string.
@@ -262,13 +314,23 @@ fn targeted_directives(headers: &HeaderMap, field: &HeaderName) -> Option<Direct
     let mut directives = Directives::default();
     for (key, member) in &dictionary {
         let name = key.as_str();
-        let sfv::ListEntry::Item(item) = member else {
+        let item = match member {
+            sfv::ListEntry::Item(item) => item,
             // Inner lists: the field names of a qualified no-cache or private.
-            if matches!(name, "no-cache" | "private") {
-                directives.apply(name, Some("qualified"));
+            sfv::ListEntry::InnerList(list) if matches!(name, "no-cache" | "private") => {
+                let names: Option<Vec<&str>> = list
+                    .items
+                    .iter()
+                    .map(|item| match &item.bare_item {
+                        sfv::BareItem::String(text) => Some(text.as_str()),
+                        sfv::BareItem::Token(token) => Some(token.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                directives.apply(name, Some(&names?.join(",")));
                 continue;
             }
-            return None;
+            sfv::ListEntry::InnerList(_) => return None,
         };
         match (name, &item.bare_item) {
             (
@@ -397,7 +459,12 @@ pub fn check_storable(
     if directives.private {
         return Err(NoStoreReason::Private);
     }
-    if response_headers.contains_key(header::SET_COOKIE) && !settings.store_set_cookie {
+    // A cookie a qualified no-cache or private names is stored without, like any field
+    // they name (`remove_unshared_fields`).
+    if response_headers.contains_key(header::SET_COOKIE)
+        && !settings.store_set_cookie
+        && !directives.is_unshared("set-cookie")
+    {
         return Err(NoStoreReason::SetCookie);
     }
     if crate::cache::key::Vary::from_response(response_headers) == crate::cache::key::Vary::Star {
@@ -480,15 +547,23 @@ pub fn is_shareable_with_authorization(directives: &Directives) -> bool {
 }
 
 /// The headers the library should see: with a targeted field, its value replaces
-/// Cache-Control and Expires is dropped (RFC 9213 §2.2).
+/// Cache-Control and Expires is dropped (RFC 9213 §2.2). The library knows qualified
+/// no-cache and private only as their unqualified forms, so it sees the response as it
+/// is stored: without the fields they name, and without them.
 fn effective_headers(headers: &HeaderMap, directives: &Directives, is_targeted: bool) -> HeaderMap {
     let mut view = headers.clone();
+    let is_qualified = directives.unshared_fields().next().is_some();
     if is_targeted {
         view.remove(header::EXPIRES);
+    }
+    if is_targeted || is_qualified {
         view.remove(header::CACHE_CONTROL);
         if let Ok(value) = HeaderValue::from_str(&render_directives(directives)) {
             view.insert(header::CACHE_CONTROL, value);
         }
+    }
+    for name in directives.unshared_fields() {
+        view.remove(name);
     }
     view
 }
@@ -860,12 +935,31 @@ pub fn not_modified_selects(stored: &HeaderMap, not_modified: &HeaderMap) -> boo
     }
 }
 
-/// Removes `Set-Cookie` from headers about to be stored for everyone, unless storing cookies
-/// is configured (`store_set_cookie`): a cookie on a 304 or a HEAD is its requester's.
-pub fn remove_unshared_cookies(headers: &mut HeaderMap, settings: &PolicySettings) {
+/// Removes from headers about to be stored for everyone the fields that are not for
+/// everyone: those a qualified `no-cache` or `private` names (RFC 9111 §5.2.2.4,
+/// §5.2.2.7), and `Set-Cookie` unless storing cookies is configured (`store_set_cookie`: a
+/// cookie on a 304 or a HEAD is its requester's). Returns what it removed, for the client
+/// whose request brought the response.
+pub fn remove_unshared_fields(headers: &mut HeaderMap, settings: &PolicySettings) -> HeaderMap {
+    let read = response_directives(headers, settings);
+    let mut unshared: Vec<HeaderName> = read
+        .directives
+        .unshared_fields()
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect();
     if !settings.store_set_cookie {
-        headers.remove(header::SET_COOKIE);
+        unshared.push(header::SET_COOKIE);
     }
+    let mut removed = HeaderMap::new();
+    for name in unshared {
+        if let http::header::Entry::Occupied(entry) = headers.entry(name) {
+            let (name, values) = entry.remove_entry_mult();
+            for value in values {
+                removed.append(name.clone(), value);
+            }
+        }
+    }
+    removed
 }
 
 /// RFC 9111 §3.2 / §4.3.4: the stored header fields updated with a 304's, keeping every
@@ -1415,8 +1509,48 @@ mod tests {
         let d = Directives::parse([&HeaderValue::from_static(
             "no-cache=\"set-cookie, x-a\", max-age=5",
         )]);
-        assert!(d.no_cache && d.no_cache_qualified);
+        assert!(!d.no_cache);
+        assert_eq!(d.no_cache_fields, ["set-cookie", "x-a"]);
         assert_eq!(d.max_age, Some(5));
+    }
+
+    /// RFC 9111 §5.2.2.4, §5.2.2.7: qualified forms list field names (lower-cased, quoted
+    /// or as a Structured Field inner list); one that names nothing, or an essential field,
+    /// is the unqualified form.
+    #[test]
+    fn qualified_no_cache_and_private_name_fields() {
+        let parse = |value: &'static str| Directives::parse([&HeaderValue::from_static(value)]);
+        let d = parse("private=\"X-User, Set-Cookie\", max-age=5");
+        assert!(!d.private);
+        assert_eq!(d.private_fields, ["x-user", "set-cookie"]);
+        assert!(d.is_unshared("set-cookie") && !d.is_unshared("x-other"));
+        for unqualified in ["private", "private=\"\"", "private=\"content-length\""] {
+            let d = parse(unqualified);
+            assert!(d.private && d.private_fields.is_empty(), "{unqualified}");
+        }
+        let targeted = headers(&[("cdn-cache-control", "max-age=60, no-cache=(\"set-cookie\")")]);
+        let read = response_directives(&targeted, &PolicySettings::default());
+        assert!(!read.directives.no_cache);
+        assert_eq!(read.directives.no_cache_fields, ["set-cookie"]);
+    }
+
+    /// §5.2.2.4: fields a qualified no-cache names leave the stored response (and go to
+    /// the requester, every line of them); the rest is fresh without validation.
+    #[test]
+    fn qualified_no_cache_strips_only_its_fields() {
+        let mut stored = headers(&[
+            ("cache-control", "max-age=60, no-cache=\"set-cookie\""),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("x-kept", "1"),
+        ]);
+        let settings = PolicySettings::default();
+        let fresh = Freshness::compute(StatusCode::OK, &stored, &settings, at(0), at(0));
+        assert!(!fresh.requires_validation && fresh.is_fresh(at(30)));
+        let removed = remove_unshared_fields(&mut stored, &settings);
+        let cookies: Vec<_> = removed.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert!(!stored.contains_key(header::SET_COOKIE) && stored.contains_key("x-kept"));
     }
 
     /// RFC 9110 §8.8.3.2: well-formed tags compare by their opaque part, weak or not;

@@ -55,6 +55,10 @@ pub struct RequestCtx {
     pub hsts: Option<http::HeaderValue>,
     /// What a plain memory hit was served from, for `prepared` to keep its answer.
     pub hit_source: Option<HitSource>,
+    /// Fields of the origin's response meant for this client alone (named by a qualified
+    /// `no-cache` or `private`, RFC 9111 §5.2.2.4, §5.2.2.7): stored without them, the
+    /// response that caused the fill gets them back.
+    pub own_fields: Option<http::HeaderMap>,
 }
 
 impl RequestCtx {
@@ -89,6 +93,7 @@ impl RequestCtx {
             hsts: None,
             user_agent: agent_field(http::header::USER_AGENT),
             hit_source: None,
+            own_fields: None,
             log,
             metrics,
         }

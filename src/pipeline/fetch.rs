@@ -121,11 +121,20 @@ async fn lead(
                 ctx.status.fwd_status = Some(304);
                 Delivery::Stored { entry, set: None }
             }
+            LeaderAnswer::OwnFields(_) => {
+                return Err(ProxyError::Internal(
+                    "fill stored a response yet called it uncacheable".into(),
+                ))
+            }
             LeaderAnswer::Partial(entry, as_received) => {
                 ctx.status.fwd_status = Some(206);
                 ctx.status.stored = true;
                 ctx.status.detail = Some(Detail::Partial);
                 if super::range::partial_answers(&entry, miss.parts) {
+                    let mut headers = as_received.headers().clone();
+                    let own =
+                        policy::remove_unshared_fields(&mut headers, miss.proxy.cache.policy());
+                    ctx.own_fields = (!own.is_empty()).then_some(own);
                     Delivery::Partial(entry)
                 } else {
                     Delivery::Relayed(as_received)
@@ -140,6 +149,10 @@ async fn lead(
             entry,
             revalidated: true,
         },
+        (status, Ok(LeaderAnswer::OwnFields(fields))) => {
+            ctx.own_fields = Some(fields);
+            status
+        }
         (status, _) => status,
     };
     delivery_from(status, fill, reader, ctx, |_| true)
@@ -367,6 +380,9 @@ enum LeaderAnswer {
     /// A 206 kept as (part of) a partial entry: the entry now held, and the 206 as it came
     /// for a request the entry cannot answer.
     Partial(Arc<PartialEntry>, Response<Body>),
+    /// The response is stored without these fields (a qualified no-cache or private named
+    /// them); they are the leader's own, sent before the fill's status.
+    OwnFields(HeaderMap),
 }
 
 impl FillJob {
@@ -486,11 +502,16 @@ impl FillTask {
         };
         cache.forget_uncacheable(&self.plan.key).await;
         let freshness = self.freshness(head.status, &head.headers, Some(read), times);
+        let mut shared_headers = head.headers;
+        let own_fields = policy::remove_unshared_fields(&mut shared_headers, cache.policy());
+        if !own_fields.is_empty() {
+            self.answer_leader(LeaderAnswer::OwnFields(own_fields));
+        }
         let meta = EntryMeta::new(
             self.plan.key,
             self.plan.url.clone(),
             head.status,
-            head.headers,
+            shared_headers,
             (vary, variant),
             freshness,
         );
@@ -585,7 +606,7 @@ impl FillTask {
             })
         };
         let mut shared_headers = merged.clone();
-        policy::remove_unshared_cookies(&mut shared_headers, cache.policy());
+        let own_fields = policy::remove_unshared_fields(&mut shared_headers, cache.policy());
         let verdict = self.check_storable(uri, stale.meta.status, &shared_headers, times.1);
         let vary = Vary::from_response(&shared_headers);
         let variant = vary.variant_key(&self.client_headers);
@@ -605,9 +626,7 @@ impl FillTask {
             Some(old_variant) => cache.replace_variant(Arc::clone(&entry), old_variant).await,
             None => cache.store(Arc::clone(&entry), false).await,
         }
-        if merged.contains_key(header::SET_COOKIE)
-            && !shared_headers.contains_key(header::SET_COOKIE)
-        {
+        if !own_fields.is_empty() {
             self.answer_leader(LeaderAnswer::Own(with_body(freshened(&merged))));
         }
         self.fill.settle_with(entry, true);
@@ -697,11 +716,14 @@ impl FillTask {
             Err(err) => return self.origin_failed(err, Some(206)),
         };
         let freshness = self.freshness(StatusCode::OK, &head.headers, None, times);
+        let mut shared_headers = head.headers.clone();
+        // What this leaves out is the leader's: `lead` adds it back when the entry answers.
+        policy::remove_unshared_fields(&mut shared_headers, cache.policy());
         let meta = EntryMeta::new(
             self.plan.key,
             self.plan.url.clone(),
             head.status,
-            head.headers.clone(),
+            shared_headers,
             (vary, variant),
             freshness,
         );

@@ -99,7 +99,7 @@ async fn apply_to_stored(
     }
     let mut merged = policy::freshen_headers(&stored.meta.headers, head);
     // A cookie set on a HEAD is for its requester (who gets the HEAD response as is).
-    policy::remove_unshared_cookies(&mut merged, cache.policy());
+    policy::remove_unshared_fields(&mut merged, cache.policy());
     let fetched_for = FetchedFor {
         method: &Method::GET,
         uri: &miss.parts.uri,

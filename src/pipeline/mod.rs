@@ -157,6 +157,9 @@ pub async fn handle(
         Err(err) => Err(err),
     };
     let reveal = proxy.wants_path_view(peer, request_debug, &parts.headers);
+    if served.is_err() {
+        ctx.own_fields = None;
+    }
     let mut response = served.unwrap_or_else(|err| failed(proxy, &mut ctx, &err, reveal));
     // RFC 9211 §2: appended after any Cache-Status members from caches nearer the origin.
     response
@@ -166,6 +169,12 @@ pub async fn handle(
         response
             .headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+    }
+    if let Some(own_fields) = ctx.own_fields.take() {
+        let headers = response.headers_mut();
+        for (name, value) in &own_fields {
+            headers.append(name, value.clone());
+        }
     }
     if let Some(mirror) = &proxy.mirror {
         mirror.count(parts.uri.path(), ctx.status.outcome().is_hit());

@@ -475,6 +475,7 @@ impl HitRecord {
             metrics: Arc::clone(&proxy.metrics),
             hsts: None,
             hit_source: None,
+            own_fields: None,
         };
         ctx.finish(bytes, complete);
     }

@@ -614,3 +614,86 @@ async fn a_malformed_etag_echoed_back_is_not_modified() {
     );
     assert_eq!(origin.hits("/unquoted"), 1);
 }
+
+/// RFC 9111 §5.2.2.4 and §5.2.2.7: a qualified `no-cache` or `private` limits only the fields
+/// it names. The response is stored and reused without revalidation, minus those fields:
+/// the client whose request brought it gets them (both cookie lines), later clients are
+/// served from the cache without them.
+#[tokio::test]
+async fn qualified_no_cache_and_private_store_the_rest_of_the_response() {
+    let origin = Origin::start(vec![
+        (
+            "/no-cache-cookie",
+            fixed(
+                &[
+                    ("cache-control", "max-age=60, no-cache=\"Set-Cookie\""),
+                    ("set-cookie", "a=1; Path=/"),
+                    ("set-cookie", "b=2; Path=/"),
+                ],
+                "page",
+            ),
+        ),
+        (
+            "/private-field",
+            fixed(
+                &[
+                    ("cache-control", "max-age=60, private=\"x-user\""),
+                    ("x-user", "alice"),
+                    ("x-shared", "yes"),
+                ],
+                "page",
+            ),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+
+    let first = get(&proxy.url("/no-cache-cookie"), &[]).await;
+    let cookies: Vec<_> = first.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; Path=/", "b=2; Path=/"]);
+    let second = get(&proxy.url("/no-cache-cookie"), &[]).await;
+    assert!(is_hit(&second), "{}", cache_status(&second));
+    assert_eq!(second.text(), "page");
+    assert_eq!(
+        second.header("set-cookie"),
+        None,
+        "a user's cookie was shared"
+    );
+    assert_eq!(origin.hits("/no-cache-cookie"), 1);
+
+    let first = get(&proxy.url("/private-field"), &[]).await;
+    assert_eq!(first.header("x-user"), Some("alice"));
+    let second = get(&proxy.url("/private-field"), &[]).await;
+    assert!(is_hit(&second), "{}", cache_status(&second));
+    assert_eq!(second.header("x-user"), None, "a private field was shared");
+    assert_eq!(second.header("x-shared"), Some("yes"));
+    assert_eq!(origin.hits("/private-field"), 1);
+}
+
+/// RFC 9111 §5.2.2.4 and §5.2.2.7 let a cache take the qualified forms as unqualified; we
+/// do when they name a field the response cannot do without (here Content-Type): then
+/// `no-cache` means every reuse is validated, and `private` that nothing is stored.
+#[tokio::test]
+async fn qualified_forms_naming_essential_fields_act_unqualified() {
+    let origin = Origin::start(vec![
+        (
+            "/no-cache-type",
+            fixed(
+                &[("cache-control", "max-age=60, no-cache=\"content-type\"")],
+                "page",
+            ),
+        ),
+        (
+            "/private-vary",
+            fixed(&[("cache-control", "max-age=60, private=\"vary\"")], "page"),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for path in ["/no-cache-type", "/private-vary"] {
+        get(&proxy.url(path), &[]).await;
+        let again = get(&proxy.url(path), &[]).await;
+        assert!(!is_hit(&again), "{path}: {}", cache_status(&again));
+        assert_eq!(origin.hits(path), 2, "{path}");
+    }
+}

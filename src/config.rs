@@ -747,7 +747,8 @@ pub struct CacheConfig {
     /// Variants (Vary) kept per URL; the oldest goes first.
     pub max_variants: usize,
     /// Heuristic freshness: this fraction of the time since Last-Modified (RFC 9111
-    /// §4.2.2), for heuristically cacheable statuses or `public` responses without explicit freshness.
+    /// §4.2.2), for heuristically cacheable statuses or `public` responses without
+    /// explicit freshness.
     pub heuristic_fraction: f64,
     /// Upper bound on any heuristic freshness.
     pub heuristic_max: HumanDuration,

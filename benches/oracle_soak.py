@@ -16,7 +16,9 @@ the origin is gone, so what is stored answers (stale where allowed) or a 502/504
 
 A response is bad when it is complete but not the origin's bytes for its request (a
 foreign variant, a corrupt or truncated body served as whole), a 206 whose bytes are not
-the range it names, or a 304 to a healthy path the client's validator does not match.
+the range it names, a 304 to a healthy path the client's validator does not match, or a
+Set-Cookie made for another request (the origin's cookies name the request's nonce; most
+come with no-cache="Set-Cookie" or private="set-cookie", which let the rest be stored).
 Errors on faulty paths are expected; errors on healthy ones are reported. Loopback only;
 stops what it started.
 
@@ -55,10 +57,15 @@ PATHS = 300
 
 def plan(path):
     rnd = random.Random(hashlib.sha256(path.encode()).digest())
-    return dict(status=rnd.choice([200] * 8 + [404, 500, 301]), cc=rnd.choice(CACHE_CONTROLS),
-                vary=rnd.choice(VARIES), etag=rnd.random() < 0.5, lm=rnd.random() < 0.5,
-                size=rnd.choice([0, 10, 1000, 5000, 70000, 200000]), chunked=rnd.random() < 0.4,
-                gz=rnd.random() < 0.2, cookie=rnd.random() < 0.1, fault=rnd.choice(FAULTS))
+    p = dict(status=rnd.choice([200] * 8 + [404, 500, 301]), cc=rnd.choice(CACHE_CONTROLS),
+             vary=rnd.choice(VARIES), etag=rnd.random() < 0.5, lm=rnd.random() < 0.5,
+             size=rnd.choice([0, 10, 1000, 5000, 70000, 200000]), chunked=rnd.random() < 0.4,
+             gz=rnd.random() < 0.2, cookie=rnd.random() < 0.2, fault=rnd.choice(FAULTS))
+    if p["cookie"]:
+        # Mostly the forms that let a shared cache keep the response without the cookie.
+        p["cc"] = rnd.choice(['max-age=60, no-cache="Set-Cookie"', 'max-age=60, private="set-cookie"',
+                              'max-age=60, no-cache="x-other, set-cookie"', "max-age=60", ""])
+    return p
 
 
 def expected_body(path, get_header, p):
@@ -83,7 +90,7 @@ class Origin(http.server.BaseHTTPRequestHandler):
         # outpost drops fills it no longer needs: writing on is then a broken pipe.
         try:
             super().handle()
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:
             pass
 
     def do_HEAD(self):
@@ -108,7 +115,8 @@ class Origin(http.server.BaseHTTPRequestHandler):
         if p["lm"]:
             self.send_header("Last-Modified", "Wed, 01 Jan 2025 00:00:00 GMT")
         if p["cookie"]:
-            self.send_header("Set-Cookie", f"s={random.random()}")
+            # Names the request it was made for: a client seeing another's has been leaked.
+            self.send_header("Set-Cookie", f"s={self.headers.get('x-nonce', '')}")
         if p["status"] == 301:
             self.send_header("Location", "/elsewhere")
         self.send_header("Content-Type", "text/plain")
@@ -185,6 +193,7 @@ def random_request(rnd):
         value = rnd.choice(choices)
         if value is not None:
             headers[name] = value
+    headers["x-nonce"] = "%016x" % rnd.getrandbits(64)
     validator = rnd.choice([None] * 6 + ["right", '"nope"', "*", 'W/"nope", "x"'])
     if validator == "right":
         validator = entity_tag(expected_body(path, headers.get, plan(path)))
@@ -198,6 +207,9 @@ def judge(path, headers, status, response_headers, body, is_head):
     p = plan(path)
     want = expected_body(path, headers.get, p)
     validator = headers.get("if-none-match")
+    cookie = response_headers.get("set-cookie")
+    if cookie is not None and cookie != f"s={headers['x-nonce']}":
+        return "bad"  # another client's cookie
     if status == 304:
         refused = validator in ('"nope"', 'W/"nope", "x"') or p["status"] != 200
         return "bad" if refused and p["fault"] is None else "skip"

@@ -548,8 +548,8 @@ pub fn is_shareable_with_authorization(directives: &Directives) -> bool {
 
 /// The headers the library should see: with a targeted field, its value replaces
 /// Cache-Control and Expires is dropped (RFC 9213 §2.2). The library knows qualified
-/// no-cache and private only as their unqualified forms, so it sees the response as it
-/// is stored: without the fields they name, and without them.
+/// no-cache and private only as their unqualified forms, so it is shown the response as
+/// it will be stored: the fields they name removed, and the two directives left out.
 fn effective_headers(headers: &HeaderMap, directives: &Directives, is_targeted: bool) -> HeaderMap {
     let mut view = headers.clone();
     let is_qualified = directives.unshared_fields().next().is_some();

@@ -385,6 +385,24 @@ enum LeaderAnswer {
     OwnFields(HeaderMap),
 }
 
+/// The single complete Content-Range of a 206 whose piece may be kept: it fits the partial
+/// budget and the cache, and it is of an identity representation (a piece of an encoded
+/// one could not be decoded for clients that do not accept its coding).
+fn keepable_range(headers: &HeaderMap, cache: &crate::cache::Cache) -> Option<ContentRange> {
+    let is_identity = headers
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|coding| coding.as_bytes().eq_ignore_ascii_case(b"identity"));
+    headers
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ContentRange::parse)
+        .filter(|range| {
+            is_identity
+                && cache.partials().takes(range.byte_count())
+                && range.complete_len <= cache.storable_size()
+        })
+}
+
 impl FillJob {
     /// The job for `miss`, with the channel on which an uncacheable response reaches the
     /// leader. A failure to build the request settles the fill as failed.
@@ -675,22 +693,7 @@ impl FillTask {
         // The representation's head is judged as its 200 would be: 206 says only which
         // part this is.
         let verdict = self.check_storable(uri, StatusCode::OK, &head.headers, times.1);
-        let range = head
-            .headers
-            .get(header::CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(ContentRange::parse)
-            .filter(|range| {
-                cache.partials().takes(range.byte_count())
-                    && range.complete_len <= cache.storable_size()
-            })
-            // A piece of an encoded representation could not be decoded for clients that
-            // do not accept its coding.
-            .filter(|_| {
-                head.headers
-                    .get(header::CONTENT_ENCODING)
-                    .is_none_or(|coding| coding.as_bytes().eq_ignore_ascii_case(b"identity"))
-            });
+        let range = keepable_range(&head.headers, cache);
         let vary = Vary::from_response(&head.headers);
         let variant = vary.variant_key(&self.client_headers);
         let (Ok(()), Some(range), Some(variant)) = (verdict, range, variant) else {

@@ -157,25 +157,14 @@ pub async fn handle(
         Err(err) => Err(err),
     };
     let reveal = proxy.wants_path_view(peer, request_debug, &parts.headers);
-    if served.is_err() {
-        ctx.own_fields = None;
-    }
-    let mut response = served.unwrap_or_else(|err| failed(proxy, &mut ctx, &err, reveal));
-    // RFC 9211 §2: appended after any Cache-Status members from caches nearer the origin.
-    response
-        .headers_mut()
-        .append(CACHE_STATUS, ctx.status.to_header_value(&proxy.proxy_name));
-    if let Some(hsts) = ctx.hsts.take() {
-        response
-            .headers_mut()
-            .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
-    }
-    if let Some(own_fields) = ctx.own_fields.take() {
-        let headers = response.headers_mut();
-        for (name, value) in &own_fields {
-            headers.append(name, value.clone());
+    let mut response = match served {
+        Ok(response) => response,
+        Err(err) => {
+            ctx.own_fields = None;
+            failed(proxy, &mut ctx, &err, reveal)
         }
-    }
+    };
+    add_fields_of_this_exchange(proxy, &mut ctx, response.headers_mut());
     if let Some(mirror) = &proxy.mirror {
         mirror.count(parts.uri.path(), ctx.status.outcome().is_hit());
     }
@@ -184,6 +173,21 @@ pub async fn handle(
         add_path_view(&mut response, &ctx);
     }
     (response, ctx)
+}
+
+/// The fields no stored response carries: Cache-Status (RFC 9211 §2: after any members
+/// from caches nearer the origin), the site's HSTS on TLS, and the origin's fields that were
+/// this client's alone.
+fn add_fields_of_this_exchange(proxy: &Proxy, ctx: &mut RequestCtx, headers: &mut http::HeaderMap) {
+    headers.append(CACHE_STATUS, ctx.status.to_header_value(&proxy.proxy_name));
+    if let Some(hsts) = ctx.hsts.take() {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+    }
+    if let Some(own_fields) = ctx.own_fields.take() {
+        for (name, value) in &own_fields {
+            headers.append(name, value.clone());
+        }
+    }
 }
 
 /// The client's wish to switch protocols, an HTTP/1.1 Upgrade or an RFC 8441 extended

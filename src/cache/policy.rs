@@ -362,6 +362,11 @@ pub fn request_directives(headers: &HeaderMap) -> Directives {
     if !headers.contains_key(header::CACHE_CONTROL) && pragma_no_cache(headers) {
         directives.no_cache = true;
     }
+    // The request no-cache takes no argument (§5.2.1.4); one given anyway still asks for
+    // validation rather than naming fields.
+    if !directives.no_cache_fields.is_empty() {
+        directives.no_cache = true;
+    }
     directives
 }
 
@@ -1532,6 +1537,13 @@ mod tests {
         let read = response_directives(&targeted, &PolicySettings::default());
         assert!(!read.directives.no_cache);
         assert_eq!(read.directives.no_cache_fields, ["set-cookie"]);
+    }
+
+    /// §5.2.1.4: a request's no-cache asks for validation even with a (stray) argument.
+    #[test]
+    fn a_request_no_cache_with_an_argument_still_validates() {
+        let request = headers(&[("cache-control", "no-cache=\"x-a\"")]);
+        assert!(request_directives(&request).no_cache);
     }
 
     /// §5.2.2.4: fields a qualified no-cache names leave the stored response (and go to

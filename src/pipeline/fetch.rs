@@ -126,15 +126,12 @@ async fn lead(
                     "fill stored a response yet called it uncacheable".into(),
                 ))
             }
-            LeaderAnswer::Partial(entry, as_received) => {
+            LeaderAnswer::Partial(entry, as_received, own_fields) => {
                 ctx.status.fwd_status = Some(206);
                 ctx.status.stored = true;
                 ctx.status.detail = Some(Detail::Partial);
                 if super::range::partial_answers(&entry, miss.parts) {
-                    let mut headers = as_received.headers().clone();
-                    let own =
-                        policy::remove_unshared_fields(&mut headers, miss.proxy.cache.policy());
-                    ctx.own_fields = (!own.is_empty()).then_some(own);
+                    ctx.own_fields = (!own_fields.is_empty()).then_some(own_fields);
                     Delivery::Partial(entry)
                 } else {
                     Delivery::Relayed(as_received)
@@ -377,9 +374,10 @@ enum LeaderAnswer {
     /// The stored response as freshened by a 304 that was for this client only: it set
     /// cookies, or made the response unshareable (RFC 9111 §3 on the 304's headers).
     Own(Arc<StoredResponse>),
-    /// A 206 kept as (part of) a partial entry: the entry now held, and the 206 as it came
-    /// for a request the entry cannot answer.
-    Partial(Arc<PartialEntry>, Response<Body>),
+    /// A 206 kept as (part of) a partial entry: the entry now held, the 206 as it came for
+    /// a request the entry cannot answer, and the fields the entry was kept without (the
+    /// leader's own, added back when the entry answers).
+    Partial(Arc<PartialEntry>, Response<Body>, HeaderMap),
     /// The response is stored without these fields (a qualified no-cache or private named
     /// them); they are the leader's own, sent before the fill's status.
     OwnFields(HeaderMap),
@@ -720,8 +718,7 @@ impl FillTask {
         };
         let freshness = self.freshness(StatusCode::OK, &head.headers, None, times);
         let mut shared_headers = head.headers.clone();
-        // What this leaves out is the leader's: `lead` adds it back when the entry answers.
-        policy::remove_unshared_fields(&mut shared_headers, cache.policy());
+        let own_fields = policy::remove_unshared_fields(&mut shared_headers, cache.policy());
         let meta = EntryMeta::new(
             self.plan.key,
             self.plan.url.clone(),
@@ -737,6 +734,9 @@ impl FillTask {
         if let Some(complete) = held.completed() {
             let entry = Arc::new(cache.sealed(complete).await);
             cache.store(Arc::clone(&entry), true).await;
+            if !own_fields.is_empty() {
+                self.answer_leader(LeaderAnswer::OwnFields(own_fields));
+            }
             self.fill.publish(FillStatus::Complete {
                 entry,
                 revalidated: false,
@@ -746,7 +746,7 @@ impl FillTask {
         self.fill
             .publish(FillStatus::Uncacheable(NoStoreReason::PartialContent));
         let as_received = Response::from_parts(head, Body::full(bytes));
-        self.answer_leader(LeaderAnswer::Partial(held, as_received));
+        self.answer_leader(LeaderAnswer::Partial(held, as_received, own_fields));
     }
 
     /// The body of a 206 whose Content-Range promised `len` bytes, each chunk within the

@@ -24,6 +24,14 @@ pub enum ProxyError {
     /// The request is malformed or ambiguous (RFC 9112 §6.3 framing, missing Host, ...).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The client's request body broke while it was being forwarded (bad chunked framing, a
+    /// connection closed mid-body): the client's fault, never the origin's.
+    #[error("the request body could not be read: {detail}")]
+    RequestBody { detail: String },
+    /// The request needs something outpost does not do (RFC 9112 §6.1: a transfer coding
+    /// other than chunked).
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     /// The client may not do this (PURGE from an address not in `cache.purge_allowed`).
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
@@ -184,6 +192,8 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self.last_try() {
             ProxyError::BadRequest(_)
+            | ProxyError::RequestBody { .. }
+            | ProxyError::NotImplemented(_)
             | ProxyError::MisdirectedRequest(_)
             | ProxyError::Forbidden(_)
             // Load, not a fault of ours or the origin's: logged quietly, counted in metrics.
@@ -195,7 +205,8 @@ impl ProxyError {
 
     pub fn status(&self) -> StatusCode {
         match self.last_try() {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::RequestBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::ConnectionTimeout { .. } | ProxyError::ResponseHeaderTimeout { .. } => {
@@ -210,7 +221,9 @@ impl ProxyError {
     /// The RFC 9209 §2.3 error type.
     pub fn proxy_status_error(&self) -> ErrorType {
         match self.last_try() {
-            ProxyError::BadRequest(_) => ErrorType::HttpRequestError,
+            ProxyError::BadRequest(_)
+            | ProxyError::RequestBody { .. }
+            | ProxyError::NotImplemented(_) => ErrorType::HttpRequestError,
             ProxyError::Forbidden(_) => ErrorType::HttpRequestDenied,
             ProxyError::MisdirectedRequest(_) => ErrorType::DestinationNotFound,
             ProxyError::ConnectionRefused { .. } => ErrorType::ConnectionRefused,
@@ -282,9 +295,14 @@ impl ProxyError {
         if let Ok(value) = HeaderValue::from_str(&proxy_status) {
             headers.insert("proxy-status", value);
         }
-        if self.fault() == Fault::Downstream && status == StatusCode::BAD_REQUEST {
-            // A request whose framing we could not trust leaves the connection in an unknown
-            // state (RFC 9112 §6.3): do not read another request from it.
+        if self.fault() == Fault::Downstream
+            && matches!(
+                status,
+                StatusCode::BAD_REQUEST | StatusCode::NOT_IMPLEMENTED
+            )
+        {
+            // A request whose framing or body we could not trust leaves the connection in an
+            // unknown state (RFC 9112 §6.3): do not read another request from it.
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response

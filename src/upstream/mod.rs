@@ -357,8 +357,9 @@ pub(crate) fn replay_copy(request: &http::Request<Body>) -> Option<http::Request
 }
 
 /// Reads the body of an idempotent request into memory when its declared length is at most
-/// `limit`, so that [`Upstream::send`] can send it again; other requests pass unchanged
-/// (their bodies stream and they are never retried). The body must arrive within `wait`: a
+/// `limit`, so that [`Upstream::send`] can send it again; other requests' bodies stream
+/// (never retried), marked so that their failure is known for the client's
+/// ([`ProxyError::RequestBody`]). The body must arrive within `wait`: a
 /// client that declares a body and sends none must not hold the request forever.
 ///
 /// # Errors
@@ -377,8 +378,11 @@ pub async fn buffer_replayable_body(
         return Ok(http::Request::from_parts(parts, Body::empty()));
     }
     let small = declared.is_some_and(|len| len > 0 && len <= limit);
-    if !request.method().is_idempotent() || !small || !matches!(request.body(), Body::Incoming(_)) {
+    if !matches!(request.body(), Body::Incoming(_)) {
         return Ok(request);
+    }
+    if !request.method().is_idempotent() || !small {
+        return Ok(request.map(tag_client_body));
     }
     let (parts, body) = request.into_parts();
     let bytes = tokio::time::timeout(wait, body.collect())
@@ -387,6 +391,18 @@ pub async fn buffer_replayable_body(
         .map_err(|_| ProxyError::BadRequest("request body ended before its declared length"))?
         .to_bytes();
     Ok(http::Request::from_parts(parts, Body::full(bytes)))
+}
+
+/// A failure of the client's request body while it streams to the origin. The exchange
+/// fails with it as a cause; [`classify_failure`] finds it there, so that a client sending
+/// a broken body gets a 400 and the origin is not blamed (nor retried, nor ejected).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ClientBodyFailed(#[source] crate::body::BoxError);
+
+fn tag_client_body(body: Body) -> Body {
+    use http_body_util::BodyExt;
+    Body::boxed(body.map_err(ClientBodyFailed))
 }
 
 fn tls_client_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamSetupError> {
@@ -435,6 +451,11 @@ pub(crate) fn classify_failure(
     let origin = origin.to_string();
     let detail = chain_text(err);
     for cause in causes(err) {
+        if let Some(failed) = cause.downcast_ref::<ClientBodyFailed>() {
+            return ProxyError::RequestBody {
+                detail: chain_text(failed),
+            };
+        }
         if cause.downcast_ref::<Refused>().is_some() {
             return ProxyError::LimitReached {
                 what: "origin connection",

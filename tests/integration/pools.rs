@@ -219,6 +219,36 @@ async fn a_failing_server_is_ejected_and_returns_after_checks_pass() {
     );
 }
 
+/// A client whose request body breaks (bad chunked framing, RFC 9112 §7.1) gets a 400
+/// with `http_request_error` (RFC 9209 §2.3.2), not a 502 that blames the origin; and,
+/// since it says nothing of the server's health, no client can eject servers so.
+#[tokio::test]
+async fn a_broken_request_body_is_the_clients_fault_and_ejects_no_server() {
+    let only = Origin::start(vec![
+        ("/upload", Fixture::CountBody),
+        ("/r", uncached("ok")),
+    ])
+    .await;
+    let extra = "passive = { consecutive_failures = 1, ejection = \"1h\" }";
+    let proxy = pool_proxy(&[(only.url(), 1)], extra, "").await;
+    for _ in 0..3 {
+        let reply = raw_exchange(
+            proxy.addr,
+            b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nabc\r\nnot-a-size\r\n",
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+        assert!(
+            reply.contains("proxy-status: outpost; error=http_request_error"),
+            "{reply}"
+        );
+    }
+    assert_eq!(member_state(&proxy, &only.addr.to_string()), "up");
+    let reply = get(&proxy.url("/r"), &[]).await;
+    assert_eq!((reply.status.as_u16(), reply.text().as_str()), (200, "ok"));
+}
+
 /// When every server answers 503, retries stay within the budget: 20% of the requests
 /// plus the reserve, not the 3x that three attempts each would make.
 #[tokio::test]

@@ -497,7 +497,9 @@ impl Pool {
         let outcome = match &sent.result {
             Ok(response) if response.status().is_server_error() => Outcome::Failure,
             Ok(_) => Outcome::Success,
-            Err(ProxyError::LimitReached { .. }) => Outcome::Neutral,
+            // Our own limits, or the client's broken request body: no sign of the server's
+            // health (a client must not be able to eject servers).
+            Err(err) if err.fault() == crate::error::Fault::Downstream => Outcome::Neutral,
             Err(_) => Outcome::Failure,
         };
         if let Err(err) = &sent.result {
@@ -744,7 +746,10 @@ fn address(
     uri.authority = Some(target.authority.clone());
     uri.path_and_query = Some(path_and_query);
     parts.uri = Uri::from_parts(uri).map_err(|_| UNFORWARDABLE)?;
-    if host_from_server {
+    // An HTTP/1.0 client may send no Host (RFC 9112 §3.2 asks it only of HTTP/1.1); the
+    // origin's request is HTTP/1.1 and must carry one, the authority it is addressed to
+    // (RFC 9110 §7.2).
+    if host_from_server || !parts.headers.contains_key(HOST) {
         if let Some(host) = &target.host {
             parts.headers.insert(HOST, host.clone());
         }

@@ -76,8 +76,8 @@ pub use ctx::RequestCtx;
 use deliver::Delivery;
 use forwarding::Downstream;
 pub use proxy::{Proxy, SetupError};
-pub use request::check_request;
 use request::upstream_request;
+pub use request::{check_request, has_only_chunked_coding};
 use route::Site;
 
 /// A client's request for the path view (`outpost-debug: 1`), parsed once rather than
@@ -93,6 +93,9 @@ pub struct DownstreamFacts {
     /// The raw head had both Content-Length and Transfer-Encoding (hyper keeps only the
     /// latter, so the request no longer shows it).
     pub has_conflicting_framing: bool,
+    /// The raw head named a transfer coding other than chunked
+    /// ([`request::has_only_chunked_coding`]).
+    pub has_unknown_transfer_coding: bool,
     /// Where the origin's interim (1xx) responses go, when the client can take them.
     pub interim: Option<interim::InterimRelay>,
 }
@@ -295,6 +298,11 @@ async fn serve(
     if facts.has_conflicting_framing {
         return Err(ProxyError::BadRequest(
             "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if facts.has_unknown_transfer_coding {
+        return Err(ProxyError::NotImplemented(
+            "a transfer coding other than chunked",
         ));
     }
     check_request(parts)?;

@@ -61,6 +61,24 @@ pub fn check_request(request: &http::request::Parts) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// No Transfer-Encoding, or exactly `chunked` (in any case, perhaps spread over fields).
+/// Read from the head as it arrived (the field is hop-by-hop and stripped before the
+/// filter). Anything else is refused (RFC 9112 §6.1): hyper undoes the chunked framing but
+/// would hand on a body still in a coding applied before it (`gzip, chunked`), which the
+/// origin would take for the content itself.
+pub fn has_only_chunked_coding(headers: &http::HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    match codings.next() {
+        None => !headers.contains_key(header::TRANSFER_ENCODING),
+        Some(first) => first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
+    }
+}
+
 /// RFC 3986 §3.3: a `.` or `..` segment, also percent-encoded (`%2e%2e`). Resolved by
 /// the origin but not by routing, it would step out of a site's path prefix or the origin's
 /// base path, so such a request is refused rather than forwarded.
@@ -170,6 +188,28 @@ mod tests {
             .body(())
             .unwrap();
         assert!(check_request(&repeated_same.into_parts().0).is_ok());
+    }
+
+    /// RFC 9112 §6.1: chunked is the only transfer coding a request may use here.
+    #[test]
+    fn only_the_chunked_transfer_coding_is_taken() {
+        let coded = |values: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for value in values {
+                headers.append(header::TRANSFER_ENCODING, value.parse().unwrap());
+            }
+            has_only_chunked_coding(&headers)
+        };
+        assert!(coded(&[]) && coded(&["chunked"]) && coded(&["Chunked "]));
+        for refused in [
+            &["gzip, chunked"][..],
+            &["gzip", "chunked"],
+            &["chunked, chunked"],
+            &["identity"],
+            &[""],
+        ] {
+            assert!(!coded(refused), "{refused:?}");
+        }
     }
 
     /// RFC 3986 §3.3: dot-segments, plain or percent-encoded, are refused; dots inside a

@@ -609,6 +609,7 @@ async fn serve_request(
         peer: link.peer,
         scheme: link.scheme,
         has_conflicting_framing,
+        has_unknown_transfer_coding: !pipeline::has_only_chunked_coding(request.headers()),
         interim,
     };
     let shape = link

@@ -217,6 +217,52 @@ async fn conflicting_content_lengths_are_rejected() {
     assert_eq!(origin.hits("/s"), 0);
 }
 
+/// RFC 9112 §6.1: a request body in a transfer coding other than chunked is refused with
+/// 501 and never forwarded; hyper would undo only the chunked framing and hand on gzip
+/// bytes as if they were the content.
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_gets_501() {
+    let origin = Origin::start(vec![("/upload", Fixture::CountBody)]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let reply = raw_exchange(
+        proxy.addr,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+          3\r\n\x1f\x8b\x08\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 501"), "{reply}");
+    assert!(
+        reply.contains("proxy-status: outpost; error=http_request_error"),
+        "{reply}"
+    );
+    assert_eq!(origin.hits("/upload"), 0);
+
+    let chunked = raw_exchange(
+        proxy.addr,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\
+          Connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(chunked.starts_with("HTTP/1.1 200"), "{chunked}");
+    assert!(
+        chunked.ends_with("\r\n\r\n3"),
+        "the origin read 3 bytes: {chunked}"
+    );
+}
+
+/// RFC 9112 §3.2 asks Host only of HTTP/1.1 clients; the origin's request is HTTP/1.1, so
+/// a Host-less HTTP/1.0 request reaches it with the origin's own authority as Host
+/// (RFC 9110 §7.2).
+#[tokio::test]
+async fn an_http10_request_without_host_reaches_the_origin_with_its_authority() {
+    let origin = Origin::start(vec![("/s", Fixture::ok("s"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let reply = raw_exchange(proxy.addr, b"GET /s HTTP/1.0\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+    let seen = origin.last("/s");
+    assert_eq!(seen.headers["host"], origin.addr.to_string().as_str());
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request without Host, or with two, is a 400.
 #[tokio::test]
 async fn missing_or_repeated_host_is_rejected() {

@@ -30,7 +30,12 @@ impl ContentRange {
     /// `bytes first-last/complete`; `None` for anything else (an unknown complete length
     /// `*`, an unsatisfied-range form, a range past the end): such a piece is not kept.
     pub fn parse(value: &str) -> Option<ContentRange> {
-        let spec = value.trim().strip_prefix("bytes ")?.trim();
+        // Range unit names are case-insensitive (RFC 9110 §14.1).
+        let (unit, spec) = value.trim().split_once(' ')?;
+        if !unit.eq_ignore_ascii_case("bytes") {
+            return None;
+        }
+        let spec = spec.trim();
         let (range, complete) = spec.split_once('/')?;
         let (first, last) = range.split_once('-')?;
         let digits = |text: &str| -> Option<u64> {
@@ -260,6 +265,11 @@ mod tests {
                 last: 499,
                 complete_len: 1234
             })
+        );
+        assert_eq!(
+            ContentRange::parse("Bytes 1-2/3").map(|range| (range.first, range.last)),
+            Some((1, 2)),
+            "RFC 9110 §14.1: the unit is case-insensitive"
         );
         for bad in [
             "bytes 0-499/*",

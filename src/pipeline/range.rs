@@ -31,7 +31,13 @@ pub enum Ranges {
 
 /// RFC 9110 §14.1.2 byte ranges: `first-last`, `first-`, `-suffix`.
 pub fn parse(value: &str, len: u64) -> Ranges {
-    let Some(specs) = value.trim().strip_prefix("bytes=") else {
+    // Range unit names are case-insensitive (RFC 9110 §14.1).
+    let Some(specs) = value
+        .trim()
+        .split_once('=')
+        .filter(|(unit, _)| unit.eq_ignore_ascii_case("bytes"))
+        .map(|(_, specs)| specs)
+    else {
         return Ranges::Ignore;
     };
     let mut ranges = Vec::new();
@@ -354,6 +360,9 @@ mod tests {
         assert_eq!(parse("bytes=5-100", 10), Ranges::Satisfiable(vec![(5, 9)]));
         assert_eq!(parse("bytes=10-20", 10), Ranges::Unsatisfiable);
         assert_eq!(parse("bytes=-0", 10), Ranges::Unsatisfiable);
+        // RFC 9110 §14.1: the unit is case-insensitive; other units are ignored.
+        assert_eq!(parse("Bytes=0-1", 10), Ranges::Satisfiable(vec![(0, 1)]));
+        assert_eq!(parse("items=0-1", 10), Ranges::Ignore);
         assert_eq!(parse("bytes=5-1", 10), Ranges::Ignore);
         assert_eq!(parse("items=0-1", 10), Ranges::Ignore);
         assert_eq!(parse("bytes=a-b", 10), Ranges::Ignore);

@@ -389,3 +389,16 @@ async fn range_miss_fills_the_whole_object() {
     );
     assert_eq!(origin.hits("/pkg.deb"), 1);
 }
+
+/// RFC 9110 §14.1: range unit names are case-insensitive, so `Bytes=` is a byte range
+/// like `bytes=`, from a stored object as from the origin's 206.
+#[tokio::test]
+async fn the_range_unit_is_case_insensitive() {
+    let origin = Origin::start(vec![("/doc", ranged("\"v1\"", representation()))]).await;
+    let proxy = Proxy::start(&origin.url(), CONFIG).await;
+    let forwarded = range(&proxy, "/doc", "BYTES=500-509").await;
+    assert_piece(&forwarded, 500, 509);
+    let from_piece = range(&proxy, "/doc", "Bytes=502-503").await;
+    assert_piece(&from_piece, 502, 503);
+    assert!(is_hit(&from_piece), "{}", cache_status(&from_piece));
+}

@@ -184,6 +184,11 @@ impl Upstream {
         let builder = |max_idle: usize| {
             Client::builder(TokioExecutor::new())
                 .http1_max_buf_size(config.max_read_buffer.as_usize())
+                // RFC 9112 §5.1: a proxy removes whitespace between a response field's name
+                // and colon (and does not refuse the response); §5.2 lets it replace an
+                // obs-fold with spaces. Old origins send both; neither is ambiguous.
+                .http1_allow_spaces_after_header_name_in_responses(true)
+                .http1_allow_obsolete_multiline_headers_in_responses(true)
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
                 .pool_idle_timeout(config.pool_idle_timeout.get())

@@ -377,6 +377,27 @@ async fn an_oversized_origin_header_section_gives_502_header_section_size() {
     assert!(!reply.text().contains("never seen"));
 }
 
+/// RFC 9112 §5.1: a proxy removes whitespace between a response field's name and its colon
+/// rather than refusing the response; §5.2: it may replace an obs-fold with spaces. An old
+/// origin sending both is served, and its fields reach the client clean.
+#[tokio::test]
+async fn an_old_origins_loose_field_syntax_is_cleaned_not_refused() {
+    let origin = RawOrigin::start(RawBehaviour::SendThenClose(Bytes::from_static(
+        b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\nX-Folded: one\r\n two\r\n\
+          Cache-Control: max-age=60\r\n\r\nhi",
+    )))
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let reply = get(&proxy.url("/old"), &[]).await;
+    assert_eq!((reply.status.as_u16(), reply.text().as_str()), (200, "hi"));
+    let folded = reply.header("x-folded").expect("the folded field arrives");
+    assert!(
+        folded.starts_with("one") && folded.ends_with("two") && !folded.contains(['\r', '\n']),
+        "{folded:?}"
+    );
+    assert!(is_hit(&get(&proxy.url("/old"), &[]).await));
+}
+
 /// An origin that dies mid-body must not look like a complete (truncated) response to the
 /// client: the client's response is aborted.
 #[tokio::test]

@@ -71,7 +71,7 @@ pub async fn deliver(
                 };
             }
             let response = respond::from_meta(proxy, &meta, Body::boxed(reader), parts, now);
-            Ok(encode::for_client(proxy, response, parts))
+            encode::for_client(proxy, response, parts).await
         }
         Delivery::Relayed(mut response) => {
             if proxy.mirror.is_some() {
@@ -82,7 +82,7 @@ pub async fn deliver(
             }
             let version = response.version();
             forwarding::append_via(response.headers_mut(), version, &proxy.proxy_name);
-            Ok(encode::for_client(proxy, response, parts))
+            encode::for_client(proxy, response, parts).await
         }
         Delivery::Forwarded(mut response) => {
             let version = response.version();
@@ -119,7 +119,9 @@ async fn stored(
             proxy,
             respond::from_entry(proxy, entry, parts, ctx.now),
             parts,
-        ),
+        )
+        .await
+        .unwrap_or_else(|err| err.to_response(&proxy.proxy_name, false)),
     }
 }
 

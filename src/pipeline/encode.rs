@@ -22,6 +22,7 @@ use crate::body::Body;
 use crate::cache::entry::{Derivation, StoredResponse};
 use crate::cache::fill::{Admitted, Fill, FillKey, FillStatus, FillTarget, Role};
 use crate::cache::memory::VariantSet;
+use crate::error::ProxyError;
 use crate::transform::compress::{self, AcceptEncoding, Choice, Coding};
 
 /// Serves a stored entry in the representation the client accepts. Also returns the stored
@@ -39,7 +40,9 @@ pub(super) async fn serve_stored(
     let compression = &proxy.compression;
     let meta = &entry.meta;
     if meta.headers.contains_key(header::CONTENT_ENCODING) {
-        let response = for_client(proxy, respond::from_entry(proxy, entry, parts, now), parts);
+        let response = for_client(proxy, respond::from_entry(proxy, entry, parts, now), parts)
+            .await
+            .unwrap_or_else(|err| err.to_response(&proxy.proxy_name, false));
         return (response, None);
     }
     if !compression.is_stored_compressible(&entry.compressible, meta.status, &meta.headers) {
@@ -202,11 +205,14 @@ async fn encode_and_store(
 /// A response on its way from the origin (or a stored one that is not compressible), in the
 /// representation the client accepts: encoded on the fly, decoded from the origin's gzip,
 /// or as it is.
-pub(super) fn for_client(
+///
+/// # Errors
+/// [`ProxyError::UpstreamProtocol`] when the origin's gzip fails to decode at its start.
+pub(super) async fn for_client(
     proxy: &Proxy,
     response: Response<Body>,
     parts: &http::request::Parts,
-) -> Response<Body> {
+) -> Result<Response<Body>, ProxyError> {
     let compression = &proxy.compression;
     let accept = AcceptEncoding::parse(&parts.headers);
     if let Some(coding) = response
@@ -223,16 +229,16 @@ pub(super) fn for_client(
             || parts.method == Method::HEAD
             || compress::has_no_transform(response.headers())
         {
-            return response;
+            return Ok(response);
         }
-        return gunzipped(response);
+        return gunzipped(response).await;
     }
     if parts.method == Method::HEAD
         || !compression.is_compressible(response.status(), response.headers())
     {
-        return response;
+        return Ok(response);
     }
-    match accept.choose(&compression.preference) {
+    Ok(match accept.choose(&compression.preference) {
         Choice::Identity => {
             let mut response = response;
             compress::vary_on_accept_encoding(response.headers_mut());
@@ -244,12 +250,14 @@ pub(super) fn for_client(
             let body = compression.encode(body, coding);
             encoded_response(Response::from_parts(parts, body), coding, None)
         }
-    }
+    })
 }
 
 /// The origin's gzip decoded for a client that does not accept it (Varnish's gunzip): the
-/// decoded representation has its own (weak) validator and no length until sent.
-fn gunzipped(response: Response<Body>) -> Response<Body> {
+/// decoded representation has its own (weak) validator and no length until sent. Its
+/// first decoded bytes are read before the head goes: gzip that is corrupt from the start
+/// is a 502 that says so, not a connection cut with nothing sent.
+async fn gunzipped(response: Response<Body>) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(header::CONTENT_ENCODING);
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -266,7 +274,23 @@ fn gunzipped(response: Response<Body>) -> Response<Body> {
             }
         }
     }
-    Response::from_parts(parts, compress::decode_gzip(body))
+    let mut decoded = compress::decode_gzip(body);
+    let first = match decoded.frame().await {
+        None => return Ok(Response::from_parts(parts, Body::empty())),
+        Some(Err(err)) => {
+            return Err(ProxyError::UpstreamProtocol {
+                origin: "(the response's gzip coding)".to_string(),
+                detail: format!("gzip content does not decode: {err}"),
+            })
+        }
+        Some(Ok(frame)) => frame,
+    };
+    // The decoder yields data frames only.
+    let body = match first.into_data() {
+        Ok(data) => Body::chain(vec![Body::full(data), decoded]),
+        Err(_) => decoded,
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Rewrites the fields of a response whose body is (or would be) `coding`-encoded; a 304

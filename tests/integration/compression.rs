@@ -307,6 +307,30 @@ async fn origin_gzip_is_passed_through_or_decoded() {
     assert_eq!(proxy.outpost.encoder_runs(), 0);
 }
 
+/// An origin's gzip that is corrupt from its start cannot be decoded for a client without
+/// gzip: it gets a 502 with `http_protocol_error` (RFC 9209 §2.3.15), on the miss and on
+/// the hit, rather than a connection cut with nothing sent; gzip clients get the bytes as
+/// the origin sent them.
+#[tokio::test]
+async fn gzip_that_does_not_decode_is_a_502_for_clients_without_gzip() {
+    let corrupt = b"\x1f\x8b\x08\x00not a deflate stream at all";
+    let extra = [("content-type", "text/plain")];
+    let origin = Origin::start(vec![("/bad.txt", gzipped(corrupt, &extra))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for _ in 0..2 {
+        let reply = get(&proxy.url("/bad.txt"), &[("accept-encoding", "identity")]).await;
+        assert_eq!(reply.status, 502, "{}", reply.text());
+        assert_eq!(
+            reply.header("proxy-status"),
+            Some("outpost; error=http_protocol_error")
+        );
+    }
+    let passed = get(&proxy.url("/bad.txt"), &[("accept-encoding", "gzip")]).await;
+    assert_eq!(passed.status, 200);
+    assert_eq!(passed.body.as_ref(), corrupt);
+    assert_eq!(origin.hits("/bad.txt"), 1);
+}
+
 /// RFC 9110 §12.5.3: with identity excluded and nothing acceptable, 406.
 #[tokio::test]
 async fn identity_excluded_and_nothing_acceptable_is_406() {

@@ -147,7 +147,13 @@ fn workload(args: &ReplayArgs) -> Result<(Vec<trace::TraceRequest>, String)> {
                 Some(format) => format.into(),
                 None => trace::guess_format(path),
             };
-            Ok((trace::read(path, format)?, path.display().to_string()))
+            let requests = trace::read(path, format)?;
+            anyhow::ensure!(
+                !requests.is_empty(),
+                "{}: no requests in it",
+                path.display()
+            );
+            Ok((requests, path.display().to_string()))
         }
         (None, None) => anyhow::bail!("give a TRACE file or --synthetic SPEC"),
     }

@@ -143,6 +143,22 @@ fn missing_config_file_is_an_error_naming_it() {
     );
 }
 
+/// A trace that cannot be read, or holds no requests, is an error that names the file and
+/// says why once, not a table of empty rows.
+#[test]
+fn replay_refuses_missing_and_empty_traces_with_one_clear_line() {
+    let missing = outpost(&["replay", "/nonexistent/trace.csv"], &[]);
+    assert!(!missing.status.success());
+    let said = stderr(&missing);
+    assert!(said.contains("/nonexistent/trace.csv"), "{said}");
+    assert_eq!(said.matches("No such file").count(), 1, "{said}");
+
+    let (_dir, path) = write_config("");
+    let empty = outpost(&["replay", "--format", "csv", &path], &[]);
+    assert!(!empty.status.success(), "{}", stdout(&empty));
+    assert!(stderr(&empty).contains("no requests"), "{}", stderr(&empty));
+}
+
 #[test]
 fn config_errors_name_file_and_key() {
     let cases = [

@@ -39,8 +39,9 @@ pub enum TraceFormat {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: io::Error },
+    /// Shown as `path: cause` (the cause is not a `source`, or chains would say it twice).
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: io::Error },
     #[error("{path} line {line}: {problem}")]
     Malformed {
         path: String,
@@ -72,9 +73,9 @@ pub fn guess_format(path: &Path) -> TraceFormat {
 /// An unreadable file, or a line or record that is not of the format (named by line).
 pub fn read(path: &Path, format: TraceFormat) -> Result<Vec<TraceRequest>, TraceError> {
     let name = path.display().to_string();
-    let io_err = |source| TraceError::Io {
+    let io_err = |cause| TraceError::Io {
         path: name.clone(),
-        source,
+        cause,
     };
     let mut file = BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(io_err)?);
     match format {
@@ -99,9 +100,9 @@ fn read_oracle(mut reader: impl Read, name: &str) -> Result<Vec<TraceRequest>, T
     loop {
         let read = reader
             .read(&mut buffer[filled..])
-            .map_err(|source| TraceError::Io {
+            .map_err(|cause| TraceError::Io {
                 path: name.to_string(),
-                source,
+                cause,
             })?;
         filled += read;
         let whole = filled / ORACLE_RECORD * ORACLE_RECORD;
@@ -157,9 +158,9 @@ fn read_csv(mut reader: impl BufRead, name: &str) -> Result<Vec<TraceRequest>, T
         line.clear();
         let read = reader
             .read_until(b'\n', &mut line)
-            .map_err(|source| TraceError::Io {
+            .map_err(|cause| TraceError::Io {
                 path: name.to_string(),
-                source,
+                cause,
             })?;
         if read == 0 {
             return Ok(out);
@@ -318,9 +319,9 @@ fn read_clf(reader: impl BufRead, name: &str) -> Result<Vec<TraceRequest>, Trace
     let mut sizes: HashMap<u64, u32> = HashMap::new();
     let mut first_time = None;
     for (index, line) in reader.lines().enumerate() {
-        let line = line.map_err(|source| TraceError::Io {
+        let line = line.map_err(|cause| TraceError::Io {
             path: name.to_string(),
-            source,
+            cause,
         })?;
         if line.trim().is_empty() {
             continue;

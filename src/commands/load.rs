@@ -74,6 +74,7 @@ pub fn load(args: &LoadArgs) -> Result<()> {
             }
         }
     };
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     let headers = parse_headers(&args.headers)?;
     let plan = LoadPlan {
         url: args.url.clone(),
@@ -111,10 +112,20 @@ pub fn load(args: &LoadArgs) -> Result<()> {
         None => println!("hit ratio: no Cache-Status headers seen"),
     }
     println!("statuses: {:?}", report.statuses);
+    if let Some(error) = &report.first_error {
+        println!("first error: {error}");
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    // A run in which nothing got through measured nothing: say so in the exit status.
+    anyhow::ensure!(
+        report.requests > 0 || report.errors == 0,
+        "every request failed ({}), the first with: {}",
+        report.errors,
+        report.first_error.as_deref().unwrap_or("an unknown error")
+    );
     Ok(())
 }
 

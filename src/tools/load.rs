@@ -54,6 +54,8 @@ pub struct LoadReport {
     pub hit_ratio: Option<f64>,
     pub bytes: u64,
     pub statuses: std::collections::BTreeMap<u16, u64>,
+    /// How the first failed request failed, when one did.
+    pub first_error: Option<String>,
 }
 
 /// Whether the cache nearest the client (the last Cache-Status member) answered from
@@ -82,6 +84,8 @@ pub enum LoadError {
         url: String,
         source: http::uri::InvalidUri,
     },
+    #[error("the URL `{0}` is not an http:// URL with a host (load speaks plain HTTP)")]
+    NotHttp(String),
     #[error("zipf exponent {0} is not usable (finite, 0 or more)")]
     BadZipf(f64),
 }
@@ -98,6 +102,7 @@ struct Tally {
     /// Latency in microseconds, 1 µs to 10 minutes at three significant digits.
     latencies: Histogram<u64>,
     errors: u64,
+    first_error: Option<String>,
     hits: u64,
     with_cache_status: u64,
     bytes: u64,
@@ -110,6 +115,7 @@ impl Tally {
             // invariant: these bounds are valid for hdrhistogram (low >= 1, high >= 2 low).
             latencies: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
             errors: 0,
+            first_error: None,
             hits: 0,
             with_cache_status: 0,
             bytes: 0,
@@ -121,6 +127,7 @@ impl Tally {
         // Both histograms share the bounds; adding cannot fail.
         let _ = self.latencies.add(&other.latencies);
         self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
         self.hits += other.hits;
         self.with_cache_status += other.with_cache_status;
         self.bytes += other.bytes;
@@ -129,10 +136,10 @@ impl Tally {
         }
     }
 
-    fn record(&mut self, latency: Duration, outcome: Option<Outcome>) {
-        let Some(outcome) = outcome else {
-            self.errors += 1;
-            return;
+    fn record(&mut self, latency: Duration, outcome: Result<Outcome, String>) {
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => return self.failed(error),
         };
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.latencies.saturating_record(micros.max(1));
@@ -142,6 +149,11 @@ impl Tally {
             self.with_cache_status += 1;
             self.hits += u64::from(hit);
         }
+    }
+
+    fn failed(&mut self, error: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(error);
     }
 
     fn report(&self, seconds: f64) -> LoadReport {
@@ -158,6 +170,7 @@ impl Tally {
             max_ms: self.latencies.max() as f64 / 1000.0,
             hits: self.hits,
             with_cache_status: self.with_cache_status,
+            first_error: self.first_error.clone(),
             hit_ratio: (self.with_cache_status > 0)
                 .then(|| self.hits as f64 / self.with_cache_status as f64),
             bytes: self.bytes,
@@ -221,12 +234,15 @@ pub async fn run(
         .pool_max_idle_per_host(plan.concurrency.max(1))
         .build_http();
     let sample = url_for(&plan.url, 0);
-    sample
+    let parsed = sample
         .parse::<http::Uri>()
         .map_err(|source| LoadError::BadUrl {
-            url: sample,
+            url: sample.clone(),
             source,
         })?;
+    if parsed.scheme() != Some(&http::uri::Scheme::HTTP) || parsed.host().is_none() {
+        return Err(LoadError::NotHttp(plan.url));
+    }
     let keys = Arc::new(Keys::new(&plan.keys)?);
     let shared = Arc::new(Shared {
         issued: AtomicU64::new(0),
@@ -267,6 +283,18 @@ pub async fn run(
     Ok(total.report(started.elapsed().as_secs_f64()))
 }
 
+/// `err` and its causes, as one line.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(current) = cause {
+        text.push_str(": ");
+        text.push_str(&current.to_string());
+        cause = current.source();
+    }
+    text
+}
+
 /// The URL for `key`: `{key}` in the template replaced, or the key appended.
 fn url_for(template: &str, key: u64) -> String {
     if template.contains("{key}") {
@@ -295,32 +323,45 @@ async fn work(
         for (name, value) in &plan.headers {
             request = request.header(name, value);
         }
-        let Ok(request) = request.body(Empty::new()) else {
-            tally.errors += 1;
-            continue;
+        let request = match request.body(Empty::new()) {
+            Ok(request) => request,
+            Err(err) => {
+                tally.failed(format!("building the request: {err}"));
+                continue;
+            }
         };
         let sent = Instant::now();
         let patience = shared.deadline.saturating_duration_since(sent) + Duration::from_secs(5);
         let outcome = tokio::time::timeout(patience, exchange(&client, request))
             .await
-            .ok()
-            .flatten();
+            .unwrap_or_else(|_| Err("no response before the run ended".to_string()));
         shared.done.fetch_add(1, Ordering::Relaxed);
         tally.record(sent.elapsed(), outcome);
     }
 }
 
-/// Sends one request and reads the whole response.
-async fn exchange(client: &LoadClient, request: http::Request<Empty<Bytes>>) -> Option<Outcome> {
-    let response = client.request(request).await.ok()?;
+/// Sends one request and reads the whole response; how it failed, if it did.
+async fn exchange(
+    client: &LoadClient,
+    request: http::Request<Empty<Bytes>>,
+) -> Result<Outcome, String> {
+    let response = client
+        .request(request)
+        .await
+        .map_err(|err| error_chain(&err))?;
     let status = response.status().as_u16();
     let hit = response
         .headers()
         .get(crate::telemetry::cache_status::CACHE_STATUS)
         .and_then(|v| v.to_str().ok())
         .map(is_hit);
-    let body = response.into_body().collect().await.ok()?.to_bytes();
-    Some(Outcome {
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| format!("reading the body: {}", error_chain(&err)))?
+        .to_bytes();
+    Ok(Outcome {
         status,
         hit,
         bytes: body.len() as u64,

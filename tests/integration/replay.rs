@@ -327,6 +327,34 @@ async fn a_burst_reports_one_forwarded_request_and_the_rest_collapsed() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not an http:// URL"));
 }
 
+/// A load run that measures nothing says so: a URL `load` cannot speak to is refused up
+/// front, and a run in which every request failed exits non-zero with the first failure.
+#[test]
+fn a_load_run_in_which_nothing_gets_through_fails_and_says_why() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/x/");
+    let refused = outpost(&["load", &url, "--requests", "20", "--quiet"]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("every request failed") && said.contains("onnection refused"),
+        "{said}"
+    );
+    for not_http in ["example.com/x/", "ftp://127.0.0.1/x/"] {
+        let refused = outpost(&["load", not_http, "--requests", "1", "--quiet"]);
+        assert!(!refused.status.success());
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            said.contains("the URL") && said.contains(not_http),
+            "{said}"
+        );
+    }
+}
+
 /// The models against moka itself (the memory tier's engine): LRU agrees exactly, and so
 /// does W-TinyLFU (the tier's default: moka stores, the tier's own policy decides); the
 /// TinyLFU model follows moka's admission rule, and moka's own hashing is seeded at random,

@@ -107,7 +107,11 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check { settings } => {
             let config = settings.load()?;
+            let warnings = commands::check::preflight(&config)?;
             print!("{}{}", config.to_toml(), config.derived_comments());
+            for warning in warnings {
+                eprintln!("outpost: warning: {warning}");
+            }
             eprintln!("outpost: configuration is valid");
             Ok(())
         }

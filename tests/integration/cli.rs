@@ -159,6 +159,41 @@ fn replay_refuses_missing_and_empty_traces_with_one_clear_line() {
     assert!(stderr(&empty).contains("no requests"), "{}", stderr(&empty));
 }
 
+/// `check` refuses what `serve` would refuse at its start (a TLS listener whose
+/// certificate cannot be read), and warns of what it would run degraded without (a disk
+/// tier directory that cannot be made), without binding or creating anything.
+#[test]
+fn check_tries_what_serve_needs_at_start() {
+    let (dir, path) = write_config(
+        "origin = \"http://127.0.0.1:1\"\n[tls]\nlisten = [\"127.0.0.1:0\"]\n\
+         cert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+    );
+    let refused = outpost(&["check", "--config", &path], &[]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("/nonexistent/cert.pem"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let cache_dir = blocker.join("cache");
+    let config = format!(
+        "origin = \"http://127.0.0.1:1\"\n[cache]\ndir = \"{}\"\n",
+        cache_dir.display()
+    );
+    std::fs::write(&path, config).unwrap();
+    let warned = outpost(&["check", "--config", &path], &[]);
+    assert!(warned.status.success(), "{}", stderr(&warned));
+    let said = stderr(&warned);
+    assert!(
+        said.contains("warning: cache.dir") && said.contains("memory tier only"),
+        "{said}"
+    );
+    assert!(!cache_dir.exists());
+}
+
 #[test]
 fn config_errors_name_file_and_key() {
     let cases = [

@@ -860,16 +860,16 @@ pub fn allows_stale_on_error(
 /// `now` places two-digit years in the dates (RFC 9110 §5.6.7).
 pub fn is_not_modified(request: &HeaderMap, stored: &HeaderMap, now: SystemTime) -> bool {
     if let Some(_first) = request.get(header::IF_NONE_MATCH) {
-        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+        let Some(etag) = stored.get(header::ETAG).map(field_text) else {
             return false;
         };
         return request
             .get_all(header::IF_NONE_MATCH)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .any(|candidate| candidate == "*" || weak_eq(candidate, etag));
+            .map(field_text)
+            .any(|list| {
+                entity_tags(&list).any(|candidate| candidate == "*" || weak_eq(candidate, &etag))
+            });
     }
     let Some(since) = request
         .get(header::IF_MODIFIED_SINCE)
@@ -882,6 +882,43 @@ pub fn is_not_modified(request: &HeaderMap, stored: &HeaderMap, now: SystemTime)
         return false;
     };
     last_modified <= since
+}
+
+/// A field value as text. An entity tag may hold obs-text (RFC 9110 §8.8.3: bytes 0x80 to
+/// 0xFF), which is not UTF-8: such bytes are read one for one as Latin-1 characters, so
+/// that two values compare equal exactly when their bytes do.
+fn field_text(value: &HeaderValue) -> std::borrow::Cow<'_, str> {
+    match value.to_str() {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => value
+            .as_bytes()
+            .iter()
+            .map(|&byte| char::from(byte))
+            .collect(),
+    }
+}
+
+/// The members of an entity-tag list (`If-None-Match`, RFC 9110 §13.1.2), split at the
+/// commas between them; a comma inside a quoted tag (etagc allows it) stays in its tag. A
+/// malformed member (unquoted) runs to the next comma.
+fn entity_tags(list: &str) -> impl Iterator<Item = &str> {
+    let mut rest = list;
+    std::iter::from_fn(move || {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            return None;
+        }
+        let opening = rest.strip_prefix("W/").unwrap_or(rest);
+        let end = match opening.strip_prefix('"') {
+            Some(quoted) => quoted
+                .find('"')
+                .map_or(rest.len(), |close| rest.len() - quoted.len() + close + 1),
+            None => rest.find(',').unwrap_or(rest.len()),
+        };
+        let (member, after) = rest.split_at(end);
+        rest = after;
+        Some(member.trim())
+    })
 }
 
 /// Weak comparison of entity tags (RFC 9110 §8.8.3.2). The coding suffix outpost gives
@@ -1581,6 +1618,40 @@ mod tests {
             "an unquoted tag is not its quoted form"
         );
         assert!(!weak_eq("", ""), "an empty field matches nothing");
+    }
+
+    /// RFC 9110 §8.8.3, §13.1.2: an entity-tag list splits between tags, not inside one
+    /// (a comma is a legal etagc), and tags with obs-text compare by their bytes.
+    #[test]
+    fn entity_tag_lists_split_between_tags_and_obs_text_compares_by_bytes() {
+        let tags: Vec<&str> = entity_tags(" \"a,b\", W/\"c\" ,x, \"d\"").collect();
+        assert_eq!(tags, ["\"a,b\"", "W/\"c\"", "x", "\"d\""]);
+        assert_eq!(entity_tags("*").collect::<Vec<_>>(), ["*"]);
+        assert_eq!(entity_tags(" , ").count(), 0);
+        // A quote closes where the next one is; what is left is a malformed member.
+        let misquoted: Vec<&str> = entity_tags("\"open, \"b\"").collect();
+        assert_eq!(misquoted, ["\"open, \"", "b\""]);
+        assert_eq!(
+            entity_tags("\"unclosed").collect::<Vec<_>>(),
+            ["\"unclosed"]
+        );
+
+        let with_obs_text = |tag: &[u8]| {
+            let mut map = HeaderMap::new();
+            map.insert(header::ETAG, HeaderValue::from_bytes(tag).unwrap());
+            map
+        };
+        let stored = with_obs_text(b"\"caf\xe9\"");
+        let mut request = HeaderMap::new();
+        let asked = |request: &mut HeaderMap, tag: &[u8]| {
+            request.insert(header::IF_NONE_MATCH, HeaderValue::from_bytes(tag).unwrap());
+        };
+        asked(&mut request, b"\"caf\xe9\"");
+        assert!(is_not_modified(&request, &stored, at(0)));
+        asked(&mut request, b"\"caf\xe8\"");
+        assert!(!is_not_modified(&request, &stored, at(0)));
+        asked(&mut request, b"\"x\", \"a,b\"");
+        assert!(is_not_modified(&request, &with_obs_text(b"\"a,b\""), at(0)));
     }
 
     /// RFC 9110 §13.1.2 and §13.2.2: If-None-Match (weak comparison) wins over

@@ -354,3 +354,33 @@ async fn stale_if_error_covers_timeouts_and_respects_must_revalidate() {
     let refused = get(&proxy.url("/strict"), &[]).await;
     assert_eq!(refused.status, 504);
 }
+
+/// RFC 9110 §8.8.3 and §13.1.2: an entity tag may hold obs-text and commas; a client's
+/// If-None-Match list is split between tags, not inside one, and tags compare by their
+/// bytes, so the stored response answers 304 to its own tag and 200 to a tag one byte off.
+#[tokio::test]
+async fn entity_tags_with_obs_text_and_commas_validate_by_their_bytes() {
+    let origin = RawOrigin::start(RawBehaviour::SendThenClose(Bytes::from_static(
+        b"HTTP/1.1 200 OK\r\nETag: \"caf\xe9,1\"\r\nCache-Control: max-age=600\r\n\
+          Content-Length: 4\r\n\r\nbody",
+    )))
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let first = get(&proxy.url("/tagged"), &[]).await;
+    assert_eq!(first.text(), "body");
+    let matched = if_none_match(&proxy, b"\"other\", \"caf\xe9,1\"").await;
+    assert!(matched.starts_with("HTTP/1.1 304"), "{matched}");
+    let one_byte_off = if_none_match(&proxy, b"\"caf\xe8,1\"").await;
+    assert!(one_byte_off.starts_with("HTTP/1.1 200"), "{one_byte_off}");
+    let split_inside = if_none_match(&proxy, b"\"caf\xe9").await;
+    assert!(split_inside.starts_with("HTTP/1.1 200"), "{split_inside}");
+}
+
+/// A GET of `/tagged` with `tags` as its If-None-Match bytes; the raw answer.
+async fn if_none_match(proxy: &Proxy, tags: &[u8]) -> String {
+    let mut request = b"GET /tagged HTTP/1.1\r\nHost: a\r\nConnection: close\r\n".to_vec();
+    request.extend_from_slice(b"If-None-Match: ");
+    request.extend_from_slice(tags);
+    request.extend_from_slice(b"\r\n\r\n");
+    raw_exchange(proxy.addr, &request).await
+}

@@ -358,18 +358,33 @@ impl Connection {
         }
     }
 
-    /// Completes the TLS handshake (within the head timeout), then serves over it.
-    async fn run_tls<S>(self, stream: S)
+    /// Completes the TLS handshake (within the head timeout), then serves over it. A
+    /// connection that opens with plain HTTP instead gets a 400 that says so (as nginx
+    /// answers), not a TLS alert that a client shows as a garbled protocol error.
+    async fn run_tls<S>(self, mut stream: S)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        use tokio::io::AsyncReadExt;
         let peer = self.peer;
         let Some(config) = self.proxy.load().tls.clone() else {
             tracing::warn!(%peer, "TLS connection on a proxy without a TLS configuration");
             return;
         };
+        let deadline = tokio::time::Instant::now() + self.timeouts.header_read;
+        let mut first = [0u8; 1];
+        match tokio::time::timeout_at(deadline, stream.read(&mut first)).await {
+            Ok(Ok(1)) => {}
+            Ok(_) => return tracing::debug!(%peer, "closed before a TLS handshake"),
+            Err(_) => return tracing::debug!(%peer, "TLS handshake not completed in time"),
+        }
+        if first[0].is_ascii_uppercase() {
+            // A TLS record starts 0x16; a request line starts with its method's letters.
+            return answer_plain_http_on_tls(stream, peer).await;
+        }
+        let stream = proxy_protocol::Prefixed::new(first.to_vec(), stream);
         let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-        match tokio::time::timeout(self.timeouts.header_read, handshake).await {
+        match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(tls)) => self.run(tls, "https").await,
             Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake not completed in time"),
@@ -653,6 +668,24 @@ async fn interim_relay(
 }
 
 /// Decrements the open-connections gauge when the connection ends, however it ends.
+/// The answer to a plain HTTP request on a TLS listener; the connection is then closed.
+async fn answer_plain_http_on_tls<S>(mut stream: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str =
+        "400 Bad Request: this port speaks HTTPS; the request was sent as plain HTTP\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         cache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    tracing::debug!(%peer, "plain HTTP on a TLS listener: answered 400");
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
 fn scopeguard_dec(gauge: prometheus_client::metrics::gauge::Gauge) -> impl Drop {
     struct Decrement(prometheus_client::metrics::gauge::Gauge);
     impl Drop for Decrement {

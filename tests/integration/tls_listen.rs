@@ -306,6 +306,30 @@ async fn bad_certificate_files_are_named_at_start() {
     );
 }
 
+/// Plain HTTP sent to the TLS listener gets a 400 that says the port speaks HTTPS (as
+/// nginx answers), not a TLS alert; a TLS client on the same listener is served as ever.
+#[tokio::test]
+async fn plain_http_on_the_tls_port_gets_a_400_that_says_so() {
+    let origin = Origin::start(vec![("/p", fixed(&[("cache-control", "max-age=60")], "x"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = write_cert(dir.path(), "a", &["a.test"]);
+    let origin_url = origin.url();
+    let edge = start_edge(move |tls| {
+        format!(
+            "origin = \"{origin_url}\"\n[tls]\nlisten = [\"{tls}\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    })
+    .await;
+    let reply = raw_exchange(edge.tls, b"GET /p HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("speaks HTTPS"), "{reply}");
+    assert_eq!(origin.hits("/p"), 0);
+    let mut tls = connect(edge.tls, "a.test", &[&der], &[b"http/1.1"]).await;
+    assert_eq!(tls.get("a.test", "/p").await.status, 200);
+}
+
 /// Disk hits over TLS, whose connections sendfile cannot write to: once the stored file
 /// has been verified they are read from it, byte for byte, on HTTP/1.1 and HTTP/2, while a
 /// cleartext connection to the same edge is sent the same file with sendfile.

@@ -151,6 +151,22 @@ fn site_toml(origin: &str, host: &str, cert: &Path, key: &Path, extra: &str) -> 
     )
 }
 
+/// An edge whose one TLS site, `a.test`, has `origin` behind it; the site's certificate,
+/// and the directory that holds its files (kept while the edge runs).
+async fn a_test_edge(origin: &Origin) -> (Edge, CertificateDer<'static>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = write_cert(dir.path(), "a", &["a.test"]);
+    let origin_url = origin.url();
+    let edge = start_edge(move |tls| {
+        format!(
+            "[tls]\nlisten = [\"{tls}\"]\n{}",
+            site_toml(&origin_url, "a.test", &cert, &key, "")
+        )
+    })
+    .await;
+    (edge, der, dir)
+}
+
 /// SNI picks the site's certificate (the default one for other names); ALPN negotiates
 /// h2, and an h2 client gets cached hits over TLS; http/1.1 works too.
 #[tokio::test]
@@ -198,16 +214,7 @@ async fn sni_picks_the_certificate_and_alpn_negotiates_h2() {
 #[tokio::test]
 async fn https_and_http_requests_are_separate_entries() {
     let origin = Origin::start(vec![("/p", fixed(&[("cache-control", "max-age=60")], "x"))]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key, der) = write_cert(dir.path(), "a", &["a.test"]);
-    let origin_url = origin.url();
-    let edge = start_edge(move |tls| {
-        format!(
-            "[tls]\nlisten = [\"{tls}\"]\n{}",
-            site_toml(&origin_url, "a.test", &cert, &key, "")
-        )
-    })
-    .await;
+    let (edge, der, _dir) = a_test_edge(&origin).await;
     let plain = get(&edge.proxy.url("/p"), &[("host", "a.test")]).await;
     assert_eq!(plain.status, 200);
     assert_eq!(origin.last("/p").headers["x-forwarded-proto"], "http");
@@ -311,17 +318,7 @@ async fn bad_certificate_files_are_named_at_start() {
 #[tokio::test]
 async fn plain_http_on_the_tls_port_gets_a_400_that_says_so() {
     let origin = Origin::start(vec![("/p", fixed(&[("cache-control", "max-age=60")], "x"))]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key, der) = write_cert(dir.path(), "a", &["a.test"]);
-    let origin_url = origin.url();
-    let edge = start_edge(move |tls| {
-        format!(
-            "origin = \"{origin_url}\"\n[tls]\nlisten = [\"{tls}\"]\ncert = \"{}\"\nkey = \"{}\"\n",
-            cert.display(),
-            key.display()
-        )
-    })
-    .await;
+    let (edge, der, _dir) = a_test_edge(&origin).await;
     let reply = raw_exchange(edge.tls, b"GET /p HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert!(reply.contains("speaks HTTPS"), "{reply}");

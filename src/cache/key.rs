@@ -188,6 +188,13 @@ pub enum Vary {
     Fields(Vec<HeaderName>),
 }
 
+/// Fields outpost writes itself, per client, into the origin's request (the client's
+/// address, `pipeline::forwarding`). A response that varies on one varies per client, on a
+/// value the client's own request does not carry, so no later request can be matched to
+/// it: it counts as `Vary: *`. (Fields outpost sets from the key's own parts, such as
+/// X-Forwarded-Proto and X-Forwarded-Host from the scheme and Host, match as they are.)
+const PER_CLIENT_FORWARDED: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
 impl Vary {
     pub fn from_response(headers: &HeaderMap) -> Vary {
         let mut names = Vec::new();
@@ -197,7 +204,11 @@ impl Vary {
                 return Vary::Star;
             };
             for member in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-                if member == "*" {
+                if member == "*"
+                    || PER_CLIENT_FORWARDED
+                        .iter()
+                        .any(|field| member.eq_ignore_ascii_case(field))
+                {
                     return Vary::Star;
                 }
                 match HeaderName::from_bytes(member.as_bytes()) {
@@ -408,6 +419,19 @@ mod tests {
             ("accept-language", "en-GB,en;q=0.5"),
         ]));
         assert_ne!(a, d, "absent X-Device differs from present");
+    }
+
+    /// RFC 9111 §4.1 matches the presented request's fields; outpost writes the client's
+    /// address into X-Forwarded-For, X-Real-IP and Forwarded itself, so a Vary naming one
+    /// cannot be matched from a client's request and never is.
+    #[test]
+    fn vary_on_a_per_client_forwarded_field_never_matches() {
+        for field in ["accept, X-Forwarded-For", "x-real-ip", "Forwarded, accept"] {
+            let vary = Vary::from_response(&headers(&[("vary", field)]));
+            assert_eq!(vary, Vary::Star, "{field}");
+        }
+        let by_scheme = Vary::from_response(&headers(&[("vary", "x-forwarded-proto")]));
+        assert!(matches!(by_scheme, Vary::Fields(_)));
     }
 
     #[test]

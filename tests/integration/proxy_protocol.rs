@@ -92,3 +92,29 @@ async fn a_malformed_header_closes_the_connection() {
     assert_eq!(answer, "");
     assert_eq!(origin.hits("/p"), 0);
 }
+
+/// A response that varies on X-Forwarded-For (or X-Real-IP, Forwarded) varies on the client
+/// address outpost itself writes there: it is never served to another client (RFC 9111
+/// §4.1 cannot match it from a client's request), as two clients behind the balancer show.
+#[tokio::test]
+async fn a_response_varying_on_the_forwarded_client_address_goes_to_no_other_client() {
+    let origin = Origin::start(vec![(
+        "/p",
+        Fixture::Echo {
+            name: "x-forwarded-for",
+            headers: header_list(&[
+                ("cache-control", "max-age=600"),
+                ("vary", "X-Forwarded-For"),
+            ]),
+        },
+    )])
+    .await;
+    let proxy = proxy_trusting(&origin, "127.0.0.0/8").await;
+    for client in ["192.0.2.1", "198.51.100.2"] {
+        let header = format!("PROXY TCP4 {client} 10.0.0.1 4000 80\r\n");
+        let reply = raw_exchange(proxy.addr, &with_header(header.as_bytes())).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(reply.ends_with(client), "{client} got: {reply}");
+    }
+    assert_eq!(origin.hits("/p"), 2);
+}

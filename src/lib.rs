@@ -157,13 +157,13 @@ impl Outpost {
     /// upstream timeouts, cache policy, compression, logging flags. The cache, fills in
     /// flight and metrics are kept; established connections and in-flight requests go on.
     /// `server.*` limits and timeouts apply to connections accepted after the reload.
-    /// Listen and admin addresses and the memory tier's size and policy need a restart (a
-    /// warning names those that changed).
+    /// Listen and admin addresses and the memory tier's size and policy need a restart: a
+    /// warning names those that changed, and so does the returned list.
     ///
     /// # Errors
     /// [`ReloadError`] when there is no loader or the new configuration is invalid; the
     /// configuration in force is then unchanged.
-    pub fn reload(&self) -> Result<(), ReloadError> {
+    pub fn reload(&self) -> Result<Vec<&'static str>, ReloadError> {
         let loader = self.loader.as_ref().ok_or(ReloadError::NoSource)?;
         let _serialised = self
             .reloading
@@ -182,7 +182,7 @@ impl Outpost {
         self.proxy.store(Arc::new(proxy));
         self.config.store(Arc::new(config));
         tracing::info!("configuration reloaded");
-        Ok(())
+        Ok(needs_restart)
     }
 
     /// Serves proxy traffic on `listener` until `shutdown` completes, then drains in-flight

@@ -257,7 +257,12 @@ async fn status_json(outpost: &Outpost, proxy: &Proxy) -> Response<Body> {
 /// `POST /reload`: the configuration read again and put in force, or why not.
 fn reload(outpost: &Outpost) -> Response<Body> {
     match outpost.reload() {
-        Ok(()) => json(StatusCode::OK, serde_json::json!({"reloaded": true})),
+        // Settings read only at start (listen addresses, ...) are named, so a script
+        // knows the reload did not apply them.
+        Ok(needs_restart) => json(
+            StatusCode::OK,
+            serde_json::json!({"reloaded": true, "restart_needed_for": needs_restart}),
+        ),
         Err(err) => {
             tracing::error!(error = %err, "reload refused; the configuration in force stays");
             let status = match err {

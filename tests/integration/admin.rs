@@ -397,7 +397,7 @@ async fn reload_switches_origin_without_dropping_in_flight_request() {
     let reloaded = post(&format!("{admin}/reload")).await;
     assert_eq!(
         (reloaded.status.as_u16(), reloaded.text().trim()),
-        (200, r#"{"reloaded":true}"#)
+        (200, r#"{"reloaded":true,"restart_needed_for":[]}"#)
     );
     assert_eq!(get(&proxy.url("/who"), &[]).await.text(), "new");
     gate.open();
@@ -420,6 +420,22 @@ async fn reload_switches_origin_without_dropping_in_flight_request() {
         refused.text()
     );
     assert_eq!(get(&proxy.url("/who"), &[]).await.text(), "new");
+
+    // A setting read only at start is put in force by no reload, and the answer says so.
+    *text.lock().unwrap() = format!(
+        "origin = \"{}\"\n[cache]\nmemory_capacity = \"64MiB\"",
+        new.url()
+    );
+    let partly = post(&format!("{admin}/reload")).await;
+    assert_eq!(partly.status, 200);
+    let answer: serde_json::Value = serde_json::from_slice(&partly.body).unwrap();
+    let needed = answer["restart_needed_for"].as_array().unwrap();
+    assert!(
+        needed
+            .iter()
+            .any(|s| s.as_str().unwrap().contains("memory_capacity")),
+        "{answer}"
+    );
 }
 
 /// Without a configuration source (an embedded outpost), reload says so.

@@ -93,7 +93,25 @@ fn offered(request: &http::Request<Incoming>) -> bool {
         && connection.iter().any(|t| t == "upgrade")
         && connection.iter().any(|t| t == "http2-settings")
         && headers.get_all("http2-settings").iter().count() == 1
+        && headers
+            .get("http2-settings")
+            .is_some_and(is_settings_payload)
         && !has_body
+}
+
+/// RFC 7540 §3.2.1: HTTP2-Settings is a SETTINGS payload (six bytes per setting) in
+/// base64url, its padding left out. A value that is not one is no h2c offer; the request
+/// is answered as HTTP/1.1.
+fn is_settings_payload(value: &HeaderValue) -> bool {
+    use base64::Engine as _;
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    engine
+        .decode(value.as_bytes())
+        .is_ok_and(|payload| payload.len() % 6 == 0)
 }
 
 /// Stream 1's HEADERS frame for `request`, or `None` when its fields need more than one
@@ -221,5 +239,23 @@ mod tests {
         let mut short = BytesMut::new();
         string(&mut short, b"abc");
         assert_eq!(&short[..], b"\x03abc");
+    }
+
+    /// RFC 7540 §3.2.1: HTTP2-Settings must be base64url of whole six-byte settings;
+    /// curl's value, and none (an empty SETTINGS payload), are offers; anything else is not.
+    #[test]
+    fn only_a_settings_payload_is_an_h2c_offer() {
+        for offer in ["AAMAAABkAAQCAAAAAAIAAAAA", "AAMAAABkAARAAAAAAAIAAAAA", ""] {
+            assert!(
+                is_settings_payload(&HeaderValue::from_static(offer)),
+                "{offer}"
+            );
+        }
+        for not_one in ["!!!notbase64", "AAMAAA", "AAMAAABkAA+CAAAAAAIAAAAA"] {
+            assert!(
+                !is_settings_payload(&HeaderValue::from_static(not_one)),
+                "{not_one}"
+            );
+        }
     }
 }

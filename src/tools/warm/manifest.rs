@@ -112,7 +112,11 @@ fn requirements(text: &str) -> Manifest {
         let spec = requirement.split(';').next().unwrap_or_default();
         let spec = spec.split(" --").next().unwrap_or_default().trim();
         match spec.split_once("==") {
-            Some((name, version)) if !version.contains(['*', ',']) => {
+            Some((name, version))
+                if !version.contains(['*', ','])
+                    && !version.trim().is_empty()
+                    && !name.trim().is_empty() =>
+            {
                 let name = name.split('[').next().unwrap_or_default().trim();
                 manifest.packages.push(Package {
                     name: name.to_string(),
@@ -199,8 +203,14 @@ fn package_lock(text: &str) -> Result<Manifest, String> {
                 });
             }
         }
-    } else if let Some(dependencies) = lock.get("dependencies") {
+    } else if let Some(dependencies) = lock.get("dependencies").filter(|d| d.is_object()) {
         lock_v1(dependencies, &mut manifest);
+    } else {
+        // Another shape would read as no packages at all: say so rather than warm
+        // nothing in silence.
+        return Err(
+            "neither a `packages` object (lockfileVersion 2, 3) nor `dependencies` (1)".into(),
+        );
     }
     manifest
         .packages
@@ -260,6 +270,19 @@ mod tests {
             .collect();
         assert_eq!(names, [("requests", "2.31.0"), ("rich", "13.7.0")]);
         assert_eq!(manifest.skipped.len(), 1);
+        let empty_pins = requirements("requests==\n==1.0\n");
+        assert!(empty_pins.packages.is_empty());
+        assert_eq!(empty_pins.skipped.len(), 2);
+    }
+
+    /// A package-lock.json of no known shape is an error, not an empty list.
+    #[test]
+    fn a_package_lock_of_no_known_shape_is_refused() {
+        for odd in [r#"{"packages": 5}"#, r#"{"lockfileVersion": 3}"#] {
+            assert!(package_lock(odd).is_err(), "{odd}");
+        }
+        let no_dependencies = package_lock(r#"{"packages": {"": {"name": "app"}}}"#).unwrap();
+        assert!(no_dependencies.packages.is_empty());
     }
 
     #[test]

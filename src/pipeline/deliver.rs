@@ -53,9 +53,7 @@ pub async fn deliver(
 ) -> Result<Response<Body>, ProxyError> {
     let now = ctx.now;
     match delivery {
-        Delivery::Stored { entry, set } => {
-            Ok(stored(proxy, &entry, set.as_deref(), parts, ctx).await)
-        }
+        Delivery::Stored { entry, set } => stored(proxy, &entry, set.as_deref(), parts, ctx).await,
         Delivery::Partial(entry) => Ok(respond::ranged_from_partial(proxy, &entry, parts, now)),
         Delivery::Streaming { meta, reader, fill } => {
             if range::requested(parts, &meta.headers).is_some() && will_be_stored(proxy, &meta) {
@@ -64,7 +62,7 @@ pub async fn deliver(
                 drop(reader);
                 return match fill.wait_settled().await {
                     FillStatus::Complete { entry, .. } => {
-                        Ok(stored(proxy, &entry, None, parts, ctx).await)
+                        stored(proxy, &entry, None, parts, ctx).await
                     }
                     FillStatus::Failed(err) => Err(err),
                     _ => Err(ProxyError::Internal("fill settled without an entry".into())),
@@ -96,32 +94,40 @@ pub async fn deliver(
 /// A stored entry as this request should get it: the range it asks for, or the
 /// representation it accepts (a stored encoding when there is one). Notes on a plain
 /// hit's [`RequestCtx::hit_source`] whose stored body it sends whole, if one.
+///
+/// # Errors
+/// As [`encode::for_client`]: the origin's gzip fails to decode at its start.
 async fn stored(
     proxy: &Arc<Proxy>,
     entry: &Arc<StoredResponse>,
     set: Option<&VariantSet>,
     parts: &http::request::Parts,
     ctx: &mut RequestCtx,
-) -> Response<Body> {
+) -> Result<Response<Body>, ProxyError> {
     if let Some(range) = range::requested(parts, &entry.meta.headers) {
-        return respond::ranged_from_entry(proxy, entry, parts, ctx.now, &range);
+        return Ok(respond::ranged_from_entry(
+            proxy, entry, parts, ctx.now, &range,
+        ));
     }
     match set {
-        Some(set) => {
+        // The origin's own coding is passed on or decoded, never encoded again.
+        Some(set)
+            if !entry
+                .meta
+                .headers
+                .contains_key(http::header::CONTENT_ENCODING) =>
+        {
             let (response, sent_whole) =
                 encode::serve_stored(proxy, set, entry, parts, ctx.now).await;
             if let Some(source) = &mut ctx.hit_source {
                 source.body_of = sent_whole;
             }
-            response
+            Ok(response)
         }
-        None => encode::for_client(
-            proxy,
-            respond::from_entry(proxy, entry, parts, ctx.now),
-            parts,
-        )
-        .await
-        .unwrap_or_else(|err| err.to_response(&proxy.proxy_name, false)),
+        _ => {
+            let response = respond::from_entry(proxy, entry, parts, ctx.now);
+            encode::for_client(proxy, response, parts).await
+        }
     }
 }
 

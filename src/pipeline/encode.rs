@@ -25,9 +25,10 @@ use crate::cache::memory::VariantSet;
 use crate::error::ProxyError;
 use crate::transform::compress::{self, AcceptEncoding, Choice, Coding};
 
-/// Serves a stored entry in the representation the client accepts. Also returns the stored
-/// response whose body a GET is sent whole (the entry or a stored encoding of it), when it
-/// is (`prepared` keeps only such answers).
+/// Serves a stored entry the origin did not encode in the representation the client
+/// accepts (an entry with its own Content-Encoding goes through [`for_client`]). Also
+/// returns the stored response whose body a GET is sent whole (the entry or a stored
+/// encoding of it), when it is (`prepared` keeps only such answers).
 pub(super) async fn serve_stored(
     proxy: &Arc<Proxy>,
     set: &VariantSet,
@@ -39,12 +40,6 @@ pub(super) async fn serve_stored(
         |entry: &Arc<StoredResponse>| (parts.method == Method::GET).then(|| Arc::clone(entry));
     let compression = &proxy.compression;
     let meta = &entry.meta;
-    if meta.headers.contains_key(header::CONTENT_ENCODING) {
-        let response = for_client(proxy, respond::from_entry(proxy, entry, parts, now), parts)
-            .await
-            .unwrap_or_else(|err| err.to_response(&proxy.proxy_name, false));
-        return (response, None);
-    }
     if !compression.is_stored_compressible(&entry.compressible, meta.status, &meta.headers) {
         // What `for_client` would conclude too, without asking again.
         return (

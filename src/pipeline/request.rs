@@ -67,16 +67,18 @@ pub fn check_request(request: &http::request::Parts) -> Result<(), ProxyError> {
 /// would hand on a body still in a coding applied before it (`gzip, chunked`), which the
 /// origin would take for the content itself.
 pub fn has_only_chunked_coding(headers: &http::HeaderMap) -> bool {
-    let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
+    let mut values = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if values.peek().is_none() {
+        return true;
+    }
+    let mut codings = values
         .flat_map(|value| value.as_bytes().split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|coding| !coding.is_empty());
-    match codings.next() {
-        None => !headers.contains_key(header::TRANSFER_ENCODING),
-        Some(first) => first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
-    }
+    matches!(
+        (codings.next(), codings.next()),
+        (Some(only), None) if only.eq_ignore_ascii_case(b"chunked")
+    )
 }
 
 /// RFC 3986 §3.3: a `.` or `..` segment, also percent-encoded (`%2e%2e`). Resolved by

@@ -103,13 +103,13 @@ fn offered(request: &http::Request<Incoming>) -> bool {
 /// base64url, its padding left out. A value that is not one is no h2c offer; the request
 /// is answered as HTTP/1.1.
 fn is_settings_payload(value: &HeaderValue) -> bool {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     use base64::Engine as _;
-    let engine = base64::engine::GeneralPurpose::new(
+    const BASE64URL: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::URL_SAFE,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
     );
-    engine
+    BASE64URL
         .decode(value.as_bytes())
         .is_ok_and(|payload| payload.len() % 6 == 0)
 }

@@ -667,7 +667,6 @@ async fn interim_relay(
     })
 }
 
-/// Decrements the open-connections gauge when the connection ends, however it ends.
 /// The answer to a plain HTTP request on a TLS listener; the connection is then closed.
 async fn answer_plain_http_on_tls<S>(mut stream: S, peer: SocketAddr)
 where
@@ -686,6 +685,7 @@ where
     let _ = stream.shutdown().await;
 }
 
+/// Decrements the open-connections gauge when the connection ends, however it ends.
 fn scopeguard_dec(gauge: prometheus_client::metrics::gauge::Gauge) -> impl Drop {
     struct Decrement(prometheus_client::metrics::gauge::Gauge);
     impl Drop for Decrement {

@@ -283,18 +283,6 @@ pub async fn run(
     Ok(total.report(started.elapsed().as_secs_f64()))
 }
 
-/// `err` and its causes, as one line.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(current) = cause {
-        text.push_str(": ");
-        text.push_str(&current.to_string());
-        cause = current.source();
-    }
-    text
-}
-
 /// The URL for `key`: `{key}` in the template replaced, or the key appended.
 fn url_for(template: &str, key: u64) -> String {
     if template.contains("{key}") {
@@ -348,7 +336,7 @@ async fn exchange(
     let response = client
         .request(request)
         .await
-        .map_err(|err| error_chain(&err))?;
+        .map_err(|err| crate::upstream::chain_text(&err))?;
     let status = response.status().as_u16();
     let hit = response
         .headers()
@@ -359,7 +347,7 @@ async fn exchange(
         .into_body()
         .collect()
         .await
-        .map_err(|err| format!("reading the body: {}", error_chain(&err)))?
+        .map_err(|err| format!("reading the body: {}", crate::upstream::chain_text(&err)))?
         .to_bytes();
     Ok(Outcome {
         status,

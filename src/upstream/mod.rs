@@ -531,7 +531,7 @@ fn causes<'a>(err: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'sta
 }
 
 /// `outer: inner: innermost`, for logs and the Proxy-Status details.
-fn chain_text(err: &dyn StdError) -> String {
+pub(crate) fn chain_text(err: &dyn StdError) -> String {
     let mut text = err.to_string();
     let mut cause = err.source();
     while let Some(current) = cause {

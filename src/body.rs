@@ -93,6 +93,26 @@ impl Body {
         let frames = futures_util::stream::iter(parts).flat_map(http_body_util::BodyStream::new);
         Body::boxed(http_body_util::StreamBody::new(frames))
     }
+
+    /// A streamed body (`Boxed`) with its first piece read already, so that a failure to
+    /// produce any of it shows before a response head is sent; other bodies as they are.
+    ///
+    /// # Errors
+    /// The first piece's failure.
+    pub async fn with_first_piece_read(self) -> Result<Body, BoxError> {
+        use http_body_util::BodyExt;
+        let Body::Boxed(mut body) = self else {
+            return Ok(self);
+        };
+        let Some(first) = body.frame().await.transpose()? else {
+            return Ok(Body::Empty);
+        };
+        Ok(match first.into_data() {
+            Ok(data) => Body::chain(vec![Body::full(data), Body::Boxed(body)]),
+            // Trailers at once: nothing to send before them.
+            Err(_) => Body::Boxed(body),
+        })
+    }
 }
 
 impl From<hyper::body::Incoming> for Body {

@@ -82,6 +82,10 @@ pub enum ProxyError {
         attempts: u32,
         last: Box<ProxyError>,
     },
+    /// A stored body turned out corrupt or missing before any of it was sent: the entry is
+    /// dropped and the object fetched again; reaches a client only if that fails the same way.
+    #[error("stored body unreadable: {0}")]
+    StoredBodyLost(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -198,7 +202,7 @@ impl ProxyError {
             | ProxyError::Forbidden(_)
             // Load, not a fault of ours or the origin's: logged quietly, counted in metrics.
             | ProxyError::LimitReached { .. } => Fault::Downstream,
-            ProxyError::Internal(_) => Fault::Internal,
+            ProxyError::Internal(_) | ProxyError::StoredBodyLost(_) => Fault::Internal,
             _ => Fault::Upstream,
         }
     }
@@ -212,7 +216,9 @@ impl ProxyError {
             ProxyError::ConnectionTimeout { .. } | ProxyError::ResponseHeaderTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Internal(_) | ProxyError::StoredBodyLost(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ProxyError::LimitReached { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
@@ -241,7 +247,9 @@ impl ProxyError {
             ProxyError::LimitReached { .. } => ErrorType::ConnectionLimitReached,
             ProxyError::BodyReadTimeout { .. } => ErrorType::ConnectionReadTimeout,
             ProxyError::NoServer { .. } => ErrorType::DestinationUnavailable,
-            ProxyError::Internal(_) | ProxyError::Retried { .. } => ErrorType::ProxyInternalError,
+            ProxyError::Internal(_)
+            | ProxyError::StoredBodyLost(_)
+            | ProxyError::Retried { .. } => ErrorType::ProxyInternalError,
         }
     }
 

@@ -69,6 +69,7 @@ pub struct Cache {
     coalescer: Arc<Coalescer>,
     /// Keys being promoted from disk to memory: one read per key however many ask.
     promotions: Arc<Mutex<HashMap<PrimaryKey, Arc<tokio::sync::Mutex<()>>>>>,
+    lost_removals: LostRemovals,
     rules: PathRules,
     /// Offline mode (run-time switch, shared across reloads).
     offline: Arc<AtomicBool>,
@@ -127,6 +128,7 @@ impl Cache {
             disk,
             coalescer: Arc::new(Coalescer::new(metrics.fill_bytes.clone())),
             promotions: Arc::default(),
+            lost_removals: LostRemovals::default(),
             fill_slots: Arc::new(Limiter::new(fill_slot_bounds(config))),
             hit_for_miss,
             offline: Arc::new(AtomicBool::new(config.offline)),
@@ -158,6 +160,7 @@ impl Cache {
             disk: self.disk.clone(),
             coalescer: Arc::clone(&self.coalescer),
             promotions: Arc::clone(&self.promotions),
+            lost_removals: self.lost_removals.clone(),
             // Fills in flight hold slots of the old limiter; changed bounds take a new one.
             fill_slots: if self.fill_slots.bounds() == fill_slot_bounds(config) {
                 Arc::clone(&self.fill_slots)
@@ -202,6 +205,7 @@ impl Cache {
             disk: shared.disk,
             coalescer: shared.coalescer,
             promotions: shared.promotions,
+            lost_removals: shared.lost_removals,
             fill_slots: shared.fill_slots,
             rules: PathRules::new(&config.rules),
             offline: shared.offline,
@@ -712,6 +716,7 @@ impl Cache {
     pub fn corruption_hook(&self, meta: &EntryMeta) -> disk::CorruptionHook {
         let memory = self.memory.clone();
         let disk = self.disk.clone();
+        let lost_removals = self.lost_removals.clone();
         let (key, variant, url) = (meta.key, meta.variant, meta.url.clone());
         Box::new(move |corrupt| {
             if let Some(disk) = &disk {
@@ -725,13 +730,22 @@ impl Cache {
             // Disk first: until memory lets go, requests meet the entry already reported;
             // the other order lets one promote the row again from disk (a fresh entry, whose
             // corruption would be reported twice).
-            runtime.spawn(async move {
+            let removal = async move {
                 if let Some(disk) = disk {
                     disk.remove_variant(key, variant).await;
                 }
                 memory.invalidate(&key).await;
-            });
+            };
+            lost_removals.run(&runtime, key, removal);
         })
+    }
+
+    /// Drops every variant of `key`, whose stored body a request found corrupt or missing
+    /// before sending any of it, once the removal its read started has landed: the request
+    /// then fetches the object again, and a late removal would take the new entry with it.
+    pub async fn drop_lost(&self, key: &PrimaryKey) {
+        self.lost_removals.finished(key).await;
+        self.invalidate(key).await;
     }
 
     /// Entries and bytes of the disk tier, if any.
@@ -826,12 +840,53 @@ pub async fn forget_evicted_files(memory: &MemoryTier, evicted: &[PrimaryKey]) {
     }
 }
 
+/// Removals of entries whose stored body turned out lost, while they run, by key: see
+/// [`Cache::drop_lost`]. Clones share them.
+#[derive(Clone, Default)]
+struct LostRemovals(Arc<Mutex<HashMap<PrimaryKey, LostRemoval>>>);
+
+type LostRemoval = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
+
+impl LostRemovals {
+    /// Runs `removal` of `key`'s entry on `runtime`, noted until it has landed.
+    fn run(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        key: PrimaryKey,
+        removal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        use futures_util::FutureExt;
+        let removal: LostRemoval = removal.boxed().shared();
+        self.0.lock().insert(key, removal.clone());
+        let removals = Arc::clone(&self.0);
+        runtime.spawn(async move {
+            removal.clone().await;
+            let mut removals = removals.lock();
+            if removals
+                .get(&key)
+                .is_some_and(|noted| noted.ptr_eq(&removal))
+            {
+                removals.remove(&key);
+            }
+        });
+    }
+
+    /// Waits for the removal of `key`'s entry under way, if any.
+    async fn finished(&self, key: &PrimaryKey) {
+        let running = self.0.lock().get(key).cloned();
+        if let Some(removal) = running {
+            removal.await;
+        }
+    }
+}
+
 /// What a reload carries over from one [`Cache`] to the next.
 struct SharedStores {
     memory: MemoryTier,
     disk: Option<DiskTier>,
     coalescer: Arc<Coalescer>,
     promotions: Arc<Mutex<HashMap<PrimaryKey, Arc<tokio::sync::Mutex<()>>>>>,
+    lost_removals: LostRemovals,
     fill_slots: Arc<Limiter>,
     hit_for_miss: moka::sync::Cache<PrimaryKey, (), DigestHasher>,
     offline: Arc<AtomicBool>,

@@ -99,6 +99,17 @@ impl RequestCtx {
         }
     }
 
+    /// Forgets what a hit noted, for a request looked up again after its stored body
+    /// turned out lost: nothing of that entry may describe or prepare the new answer.
+    pub fn forget_hit(&mut self) {
+        self.key = None;
+        self.variant = None;
+        self.status = CacheStatus::forward(FwdReason::Bypass);
+        self.hit_tier = Tier::Memory;
+        self.hit_source = None;
+        self.own_fields = None;
+    }
+
     /// Where the response body came from: the tier for hits, the origin otherwise.
     pub fn tier(&self) -> Tier {
         if self.status.outcome().is_hit() {

@@ -10,6 +10,7 @@ use http::Response;
 
 use super::{encode, forwarding, range, respond, Proxy, RequestCtx};
 use crate::body::Body;
+use crate::cache::disk::LostStoredBody;
 use crate::cache::entry::{EntryMeta, StoredResponse};
 use crate::cache::fill::{Fill, FillReader, FillStatus};
 use crate::cache::memory::VariantSet;
@@ -96,7 +97,8 @@ pub async fn deliver(
 /// hit's [`RequestCtx::hit_source`] whose stored body it sends whole, if one.
 ///
 /// # Errors
-/// As [`encode::for_client`]: the origin's gzip fails to decode at its start.
+/// As [`encode::for_client`]: the origin's gzip fails to decode at its start; and as
+/// [`read_before_head`].
 async fn stored(
     proxy: &Arc<Proxy>,
     entry: &Arc<StoredResponse>,
@@ -104,30 +106,50 @@ async fn stored(
     parts: &http::request::Parts,
     ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, ProxyError> {
-    if let Some(range) = range::requested(parts, &entry.meta.headers) {
-        return Ok(respond::ranged_from_entry(
-            proxy, entry, parts, ctx.now, &range,
-        ));
-    }
-    match set {
-        // The origin's own coding is passed on or decoded, never encoded again.
-        Some(set)
-            if !entry
-                .meta
-                .headers
-                .contains_key(http::header::CONTENT_ENCODING) =>
-        {
-            let (response, sent_whole) =
-                encode::serve_stored(proxy, set, entry, parts, ctx.now).await;
-            if let Some(source) = &mut ctx.hit_source {
-                source.body_of = sent_whole;
+    let response = if let Some(range) = range::requested(parts, &entry.meta.headers) {
+        respond::ranged_from_entry(proxy, entry, parts, ctx.now, &range)
+    } else {
+        match set {
+            // The origin's own coding is passed on or decoded, never encoded again.
+            Some(set)
+                if !entry
+                    .meta
+                    .headers
+                    .contains_key(http::header::CONTENT_ENCODING) =>
+            {
+                let (response, sent_whole) =
+                    encode::serve_stored(proxy, set, entry, parts, ctx.now).await;
+                if let Some(source) = &mut ctx.hit_source {
+                    source.body_of = sent_whole;
+                }
+                response
             }
-            Ok(response)
+            _ => {
+                let response = respond::from_entry(proxy, entry, parts, ctx.now);
+                encode::for_client(proxy, response, parts).await?
+            }
         }
-        _ => {
-            let response = respond::from_entry(proxy, entry, parts, ctx.now);
-            encode::for_client(proxy, response, parts).await
+    };
+    read_before_head(response).await
+}
+
+/// Reads the first piece of a streamed stored body (a disk file read and verified, or an
+/// encoder over a stored body) before the head goes, so that a body found corrupt or
+/// missing at once is an error the caller can still answer by fetching the object again,
+/// rather than a response cut right after its head. Bodies sent as they are held (memory,
+/// a file verified already) are left alone: they cannot fail that way.
+///
+/// # Errors
+/// [`ProxyError::StoredBodyLost`] for a corrupt or missing stored body (its entry is
+/// already being removed); [`ProxyError::Internal`] for any other failure of the first read.
+async fn read_before_head(response: Response<Body>) -> Result<Response<Body>, ProxyError> {
+    let (parts, body) = response.into_parts();
+    match body.with_first_piece_read().await {
+        Ok(body) => Ok(Response::from_parts(parts, body)),
+        Err(err) if LostStoredBody::is_in(&*err) => {
+            Err(ProxyError::StoredBodyLost(err.to_string()))
         }
+        Err(err) => Err(ProxyError::Internal(format!("stored body: {err}"))),
     }
 }
 

@@ -9,11 +9,11 @@ use std::time::SystemTime;
 
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode};
-use hyper::body::Incoming;
 
 use super::deliver::Delivery;
 use super::fetch::{freshness_under_rule, is_error_status, stale_on_error_allowed, Miss};
 use super::{forward, RequestCtx};
+use crate::body::Body;
 use crate::cache::entry::{content_length, StoredResponse};
 use crate::cache::policy::{self, FetchedFor};
 use crate::error::{OriginFailure, ProxyError};
@@ -23,7 +23,7 @@ use crate::telemetry::Detail;
 /// Forwards the HEAD `miss` and applies its answer to the stored GET response, if any.
 pub(super) async fn forward_head(
     miss: Miss<'_>,
-    body: Incoming,
+    body: Body,
     ctx: &mut RequestCtx,
 ) -> Result<Delivery, ProxyError> {
     ctx.status = CacheStatus::forward(miss.plan.reason);

@@ -146,7 +146,7 @@ pub async fn handle(
         }
     };
     let request_body = (body, upgrade);
-    let served = match serve(
+    let served = serve(
         proxy,
         &parts,
         request_body,
@@ -154,11 +154,7 @@ pub async fn handle(
         downstream,
         &mut ctx,
     )
-    .await
-    {
-        Ok(delivery) => deliver::deliver(proxy, &mut ctx, &parts, delivery).await,
-        Err(err) => Err(err),
-    };
+    .await;
     let reveal = proxy.wants_path_view(peer, request_debug, &parts.headers);
     let mut response = match served {
         Ok(response) => response,
@@ -286,7 +282,7 @@ fn failed(proxy: &Proxy, ctx: &mut RequestCtx, err: &ProxyError, reveal: bool) -
     err.to_response(&proxy.proxy_name, reveal)
 }
 
-/// The phases up to the delivery: filter, route, lookup, then the branch the lookup chose.
+/// Every phase: filter, route, lookup, the branch the lookup chose, and delivery.
 async fn serve(
     proxy: &Arc<Proxy>,
     parts: &http::request::Parts,
@@ -294,7 +290,7 @@ async fn serve(
     forward_site: Option<Arc<Site>>,
     facts: DownstreamFacts,
     ctx: &mut RequestCtx,
-) -> Result<Delivery, ProxyError> {
+) -> Result<Response<Body>, ProxyError> {
     if facts.has_conflicting_framing {
         return Err(ProxyError::BadRequest(
             "both Content-Length and Transfer-Encoding",
@@ -316,7 +312,7 @@ async fn serve(
     if site.redirect_https && facts.scheme == "http" {
         ctx.status = CacheStatus::forward(FwdReason::Bypass);
         let redirect = respond::redirect_to_https(host.as_deref(), parts, proxy.https_port);
-        return Ok(Delivery::Synthetic(redirect));
+        return deliver::deliver(proxy, ctx, parts, Delivery::Synthetic(redirect)).await;
     }
     if facts.scheme == "https" {
         ctx.hsts.clone_from(&site.hsts);
@@ -332,7 +328,7 @@ async fn serve(
             authority,
         ))
         .await?;
-        return Ok(Delivery::Synthetic(response));
+        return deliver::deliver(proxy, ctx, parts, Delivery::Synthetic(response)).await;
     }
     let downstream = Downstream {
         peer: facts.peer,
@@ -344,12 +340,8 @@ async fn serve(
         let response =
             Box::pin(tunnel::open(proxy, &site, parts, downstream, upgrade, ctx)).await?;
         ctx.status.fwd_status = Some(response.status().as_u16());
-        return Ok(Delivery::Forwarded(response));
+        return deliver::deliver(proxy, ctx, parts, Delivery::Forwarded(response)).await;
     }
-    let lookup = proxy
-        .cache
-        .lookup(parts, facts.scheme, authority, ctx.now)
-        .await;
     let request = Routed {
         proxy,
         site: &site,
@@ -357,7 +349,45 @@ async fn serve(
         downstream,
         interim: facts.interim.as_ref(),
     };
-    branch(request, lookup, body, ctx).await
+    from_cache(&request, Body::from(body), ctx).await
+}
+
+/// The lookup, the branch it chose, and delivery. A stored body found corrupt or missing
+/// before any of it was sent costs the client nothing: its entry is dropped, and the
+/// request is looked up once more, now a miss (the origin's answer), as if the body had
+/// never been stored.
+async fn from_cache(
+    request: &Routed<'_>,
+    body: Body,
+    ctx: &mut RequestCtx,
+) -> Result<Response<Body>, ProxyError> {
+    let (proxy, parts) = (request.proxy, request.parts);
+    let (scheme, authority) = (request.downstream.scheme, request.downstream.host);
+    let lookup = proxy
+        .cache
+        .lookup(parts, scheme, authority.unwrap_or(""), ctx.now)
+        .await;
+    let delivery = branch(request, lookup, body, ctx).await?;
+    let lost = match deliver::deliver(proxy, ctx, parts, delivery).await {
+        Err(ProxyError::StoredBodyLost(detail)) => detail,
+        delivered => return delivered,
+    };
+    tracing::warn!(
+        uri = %parts.uri,
+        "{lost}: the entry is dropped and the object fetched again"
+    );
+    if let Some(key) = ctx.key {
+        // Every variant goes, as the lost body may be an encoding's.
+        proxy.cache.drop_lost(&key).await;
+    }
+    ctx.forget_hit();
+    let lookup = proxy
+        .cache
+        .lookup(parts, scheme, authority.unwrap_or(""), ctx.now)
+        .await;
+    // A hit's request body is never read, and no GET sends one on a fill.
+    let delivery = branch(request, lookup, Body::empty(), ctx).await?;
+    deliver::deliver(proxy, ctx, parts, delivery).await
 }
 
 /// A request that has been filtered and routed.
@@ -412,9 +442,9 @@ fn hit(
 /// unboxed they would size every request's future, hits included, which hyper moves in
 /// memory on each request (measured: a 17 KB future, memmove 8% of a hit's CPU).
 async fn branch(
-    request: Routed<'_>,
+    request: &Routed<'_>,
     lookup: Lookup,
-    body: Incoming,
+    body: Body,
     ctx: &mut RequestCtx,
 ) -> Result<Delivery, ProxyError> {
     let proxy = request.proxy;
@@ -446,7 +476,7 @@ async fn branch(
         } => {
             ctx.status = status;
             ctx.hit_tier = tier;
-            Ok(hit(&request, entry, set, revalidate, ctx))
+            Ok(hit(request, entry, set, revalidate, ctx))
         }
         Lookup::OnlyIfCachedMiss => {
             // RFC 9111 §5.2.1.7: nothing suitable is stored and the origin may not be asked.
@@ -466,7 +496,7 @@ async fn branch(
         }
         Lookup::Bypass(status) => {
             ctx.status = status;
-            Box::pin(bypass(&request, body, ctx)).await
+            Box::pin(bypass(request, body, ctx)).await
         }
         Lookup::Partial { .. } => Err(ProxyError::Internal("nested partial lookup".into())),
         Lookup::Fetch(mut plan) => {
@@ -489,7 +519,7 @@ async fn branch(
 /// §4.4, RFC 9875 §3).
 async fn bypass(
     request: &Routed<'_>,
-    body: Incoming,
+    body: Body,
     ctx: &mut RequestCtx,
 ) -> Result<Delivery, ProxyError> {
     let (proxy, parts) = (request.proxy, request.parts);
@@ -513,12 +543,12 @@ async fn forward(
     proxy: &Proxy,
     site: &Site,
     parts: &http::request::Parts,
-    body: Incoming,
+    body: Body,
     (downstream, interim): (Downstream<'_>, Option<&interim::InterimRelay>),
     ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, ProxyError> {
     let (upstream_request, client) =
-        upstream_request(proxy, site, parts.clone(), Body::from(body), downstream)?;
+        upstream_request(proxy, site, parts.clone(), body, downstream)?;
     let upstream_request = interim::relay_to(upstream_request, interim);
     ctx.client = client;
     let sent_at = Instant::now();

@@ -319,10 +319,16 @@ impl PreparedHits {
             tail.put_slice(b"connection: close\r\n");
         }
         tail.put_slice(b"\r\n");
+        // A body read from its disk file is read into before the head is committed: if it
+        // turns out lost, the pipeline answers instead, and it fetches the object again.
+        let body = respond::stored_body(proxy, &body_of)
+            .with_first_piece_read()
+            .await
+            .ok()?;
         Some(ReadyHit {
             head: hit.head.clone(),
             tail: tail.freeze(),
-            body: respond::stored_body(proxy, &body_of),
+            body,
             record: HitRecord { hit, status, now },
         })
     }

@@ -1074,8 +1074,8 @@ async fn a_verified_file_is_sent_as_stored_between_other_responses() {
 
 /// The verify-once model's guard: a stored file changed in place after it was verified
 /// (same size, one byte) is never sent from the file. Its status shows the write, so the
-/// hit takes the verified read, which finds the damage: the response is aborted, counted,
-/// and the object refetched.
+/// hit takes the verified read, which finds the damage before the head is sent: the entry
+/// is dropped and counted, and the client gets the origin's bytes instead.
 #[tokio::test]
 async fn a_file_changed_after_its_verification_is_never_sent() {
     use std::os::unix::fs::FileExt;
@@ -1100,19 +1100,56 @@ async fn a_file_changed_after_its_verification_is_never_sent() {
     stored.write_all_at(&[body[5000] ^ 0x01], 5000).unwrap();
     let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
     let sent_before = metrics.sendfile_responses.get();
-    // The abort may come before the head is flushed: then the request itself fails.
-    let received = match client().request(request_as(&proxy, "/file")).await {
-        Ok(response) => response.into_body().collect().await.map(|_| ()).ok(),
-        Err(_) => None,
-    };
+    let reply = get_as(&proxy.url("/file"), &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
     assert!(
-        received.is_none(),
-        "the changed file ends in an error, never as a clean end"
+        reply.body == body,
+        "the origin's bytes, never the changed file's"
     );
+    assert_eq!(origin.hits("/file"), 2, "fetched again at once");
     assert_eq!(metrics.sendfile_responses.get(), sent_before);
-    wait_for_refetch(&proxy, &origin, "/file", &body).await;
     let metrics = metrics_text(&proxy).await;
     assert_eq!(metric(&metrics, "outpost_integrity_failures_total"), 1.0);
+}
+
+/// A stored body whose file is gone (a cache directory cleaned by hand, a lost disk) or
+/// damaged in the first bytes a read checks, met by a hit before any byte is sent, costs
+/// the client nothing: the entry is dropped and the request answered as the miss it now
+/// is, whole or as the range it asked for (RFC 9110 §14.2), every time. Damage further in
+/// still ends the response in an error after the verified bytes
+/// (`a_corrupt_block_is_never_sent_and_intact_ranges_still_serve`).
+#[tokio::test]
+async fn a_stored_body_found_lost_before_its_head_is_fetched_again_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three blocks with digests of their own: a read checks the first before sending.
+    let (origin, proxy, body) = stored_then_damaged(dir.path(), "/blocks", 3 << 20, 777).await;
+    let ranged = get_as(&proxy.url("/blocks"), &[("range", "bytes=10-19")]).await;
+    assert_eq!(ranged.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(ranged.body, body.slice(10..20));
+    assert_eq!(
+        origin.hits("/blocks"),
+        2,
+        "the damaged body was fetched again"
+    );
+
+    let body = pattern(200 << 10);
+    let origin = origin_of("/gone", &body).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_large_objects_on_disk(&origin.url(), dir.path()).await;
+    assert!(get_as(&proxy.url("/gone"), &[]).await.body == body);
+    for file in blob_files(dir.path()) {
+        std::fs::remove_file(file).unwrap();
+    }
+    for round in 2..4 {
+        let reply = get_as(&proxy.url("/gone"), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(reply.body == body, "round {round}: the whole body");
+        assert_eq!(
+            origin.hits("/gone"),
+            2,
+            "fetched once more, then stored again"
+        );
+    }
 }
 
 /// The read that verifies a whole stored file is the one that opens it for sendfile: the

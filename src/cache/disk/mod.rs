@@ -54,7 +54,7 @@ use super::entry::EntryMeta;
 use super::key::{PrimaryKey, VariantKey};
 pub use blobs::{BlobWriter, TempBlob};
 use index::BodyRecord;
-pub use read::{verified_file_body, CorruptionHook};
+pub use read::{verified_file_body, CorruptionHook, LostStoredBody};
 pub use store::{DiskStore, NewBody, StoreLimits};
 pub use sweep::SweepReport;
 

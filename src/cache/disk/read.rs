@@ -105,11 +105,34 @@ impl Failure {
         if let Some(hook) = hook.take() {
             hook(corrupt);
         }
-        if corrupt {
-            "stored body does not match its digest".into()
-        } else {
-            "stored body file is missing".into()
+        Box::new(LostStoredBody { corrupt })
+    }
+}
+
+/// How a verified stream of a stored body ends when the body turns out corrupt or missing:
+/// typed, so that a caller that has sent nothing yet can tell it from other failures and
+/// fetch the object again instead (`pipeline::deliver`).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", if *.corrupt { "stored body does not match its digest" } else { "stored body file is missing" })]
+pub struct LostStoredBody {
+    pub corrupt: bool,
+}
+
+impl LostStoredBody {
+    /// Whether `err`, or an error it wraps (an encoder's I/O error over the read), is one.
+    pub fn is_in(err: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cause = Some(err);
+        while let Some(err) = cause {
+            if err.is::<LostStoredBody>() {
+                return true;
+            }
+            // An I/O error's `source` skips the error it wraps.
+            cause = match err.downcast_ref::<std::io::Error>() {
+                Some(io) => io.get_ref().map(|inner| inner as _),
+                None => err.source(),
+            };
         }
+        false
     }
 }
 

@@ -854,11 +854,17 @@ pub fn allows_stale_on_error(
     !window.is_zero() && staleness <= window
 }
 
-/// A client's conditional GET/HEAD evaluated against a stored response (RFC 9110 §13.2.2):
-/// If-None-Match wins over If-Modified-Since. Returns true when the answer is 304.
+/// A client's conditional GET/HEAD evaluated against a stored response with fields `stored`,
+/// received at `received_at` (RFC 9110 §13.2.2): If-None-Match wins over
+/// If-Modified-Since. Returns true when the answer is 304.
 ///
 /// `now` places two-digit years in the dates (RFC 9110 §5.6.7).
-pub fn is_not_modified(request: &HeaderMap, stored: &HeaderMap, now: SystemTime) -> bool {
+pub fn is_not_modified(
+    request: &HeaderMap,
+    stored: &HeaderMap,
+    received_at: SystemTime,
+    now: SystemTime,
+) -> bool {
     if let Some(_first) = request.get(header::IF_NONE_MATCH) {
         let Some(etag) = stored.get(header::ETAG).map(field_text) else {
             return false;
@@ -878,10 +884,18 @@ pub fn is_not_modified(request: &HeaderMap, stored: &HeaderMap, now: SystemTime)
     else {
         return false;
     };
-    let Ok(Some(last_modified)) = single_date(stored, header::LAST_MODIFIED, now) else {
+    // RFC 9111 §4.3.2: with no Last-Modified stored, the stored response's Date stands in
+    // for it, or failing that the time it was received; neither is earlier than the last
+    // change of what it carries.
+    let modified = match stored.get(header::LAST_MODIFIED) {
+        Some(_) => single_date(stored, header::LAST_MODIFIED, now),
+        None if stored.contains_key(header::DATE) => single_date(stored, header::DATE, now),
+        None => Ok(Some(received_at)),
+    };
+    let Ok(Some(modified)) = modified else {
         return false;
     };
-    last_modified <= since
+    modified <= since
 }
 
 /// A field value as text. An entity tag may hold obs-text (RFC 9110 §8.8.3: bytes 0x80 to
@@ -1647,11 +1661,16 @@ mod tests {
             request.insert(header::IF_NONE_MATCH, HeaderValue::from_bytes(tag).unwrap());
         };
         asked(&mut request, b"\"caf\xe9\"");
-        assert!(is_not_modified(&request, &stored, at(0)));
+        assert!(is_not_modified(&request, &stored, at(0), at(0)));
         asked(&mut request, b"\"caf\xe8\"");
-        assert!(!is_not_modified(&request, &stored, at(0)));
+        assert!(!is_not_modified(&request, &stored, at(0), at(0)));
         asked(&mut request, b"\"x\", \"a,b\"");
-        assert!(is_not_modified(&request, &with_obs_text(b"\"a,b\""), at(0)));
+        assert!(is_not_modified(
+            &request,
+            &with_obs_text(b"\"a,b\""),
+            at(0),
+            at(0)
+        ));
     }
 
     /// RFC 9110 §13.1.2 and §13.2.2: If-None-Match (weak comparison) wins over
@@ -1662,11 +1681,13 @@ mod tests {
         assert!(is_not_modified(
             &headers(&[("if-none-match", "W/\"v1\"")]),
             &stored,
+            at(0),
             at(0)
         ));
         assert!(is_not_modified(
             &headers(&[("if-none-match", "\"v0\", \"v1\"")]),
             &stored,
+            at(0),
             at(0)
         ));
         assert!(!is_not_modified(
@@ -1675,18 +1696,36 @@ mod tests {
                 ("if-modified-since", &date(10))
             ]),
             &stored,
+            at(0),
             at(0)
         ));
         assert!(is_not_modified(
             &headers(&[("if-modified-since", &date(10))]),
             &stored,
+            at(0),
             at(0)
         ));
         assert!(!is_not_modified(
             &headers(&[("if-modified-since", &date(0).replace("2023", "2020"))]),
             &stored,
+            at(0),
             at(0)
         ));
+    }
+
+    /// RFC 9111 §4.3.2: with no Last-Modified stored, If-Modified-Since is evaluated
+    /// against the stored Date, or without one against the time the response was received.
+    #[test]
+    fn if_modified_since_without_last_modified_uses_date_then_receipt() {
+        let since = |secs| headers(&[("if-modified-since", &date(secs))]);
+        let dated = headers(&[("date", &date(10))]);
+        assert!(is_not_modified(&since(10), &dated, at(50), at(60)));
+        assert!(!is_not_modified(&since(9), &dated, at(0), at(60)));
+        let undated = HeaderMap::new();
+        assert!(is_not_modified(&since(20), &undated, at(20), at(60)));
+        assert!(!is_not_modified(&since(19), &undated, at(20), at(60)));
+        let twice = headers(&[("date", &date(10)), ("date", &date(11))]);
+        assert!(!is_not_modified(&since(30), &twice, at(0), at(60)));
     }
 
     /// RFC 9111 §4.3.4: a 304 replaces the fields it carries, keeps repeated lines, and

@@ -147,7 +147,12 @@ pub fn from_meta(
 ) -> Response<Body> {
     let age = age_value(meta.freshness.current_age(now).as_secs());
     if meta.status == StatusCode::OK
-        && policy::is_not_modified(&request.headers, &meta.headers, now)
+        && policy::is_not_modified(
+            &request.headers,
+            &meta.headers,
+            meta.freshness.response_time,
+            now,
+        )
     {
         let mut headers = HeaderMap::with_capacity(NOT_MODIFIED_FIELDS.len() + 3);
         for name in NOT_MODIFIED_FIELDS {

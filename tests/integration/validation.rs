@@ -245,6 +245,39 @@ async fn client_conditionals_are_answered_from_cache() {
     assert_eq!(origin.hits("/c"), 1);
 }
 
+/// RFC 9111 §4.3.2: a stored response without Last-Modified answers If-Modified-Since by
+/// its Date: a date at or after it is a 304 from the cache, an earlier one the full 200.
+#[tokio::test]
+async fn if_modified_since_without_last_modified_is_judged_by_date() {
+    let generated = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+    let date = httpdate::fmt_http_date(generated);
+    let origin = Origin::start(vec![(
+        "/undated",
+        fixed(
+            &[("cache-control", "max-age=600"), ("date", &date)],
+            "content",
+        ),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    assert_eq!(get(&proxy.url("/undated"), &[]).await.status, 200);
+    let since = |date: String| {
+        let url = proxy.url("/undated");
+        async move { get(&url, &[("if-modified-since", &date)]).await }
+    };
+    let not_modified = since(date.clone()).await;
+    assert_eq!(not_modified.status, 304);
+    assert!(is_hit(&not_modified));
+    let before = generated - std::time::Duration::from_secs(1);
+    let earlier = since(httpdate::fmt_http_date(before)).await;
+    assert_eq!(
+        (earlier.status.as_u16(), earlier.text().as_str()),
+        (200, "content")
+    );
+    assert!(is_hit(&earlier));
+    assert_eq!(origin.hits("/undated"), 1);
+}
+
 /// RFC 5861 §4: when validating a stale entry meets an error status, the stale entry is
 /// served within its stale-if-error window; Cache-Status says why.
 #[tokio::test]

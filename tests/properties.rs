@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use outpost::cache::key::{canonical_authority, Vary};
+use outpost::cache::partial::ContentRange;
 use outpost::cache::policy::{self, Directives, Freshness, PolicySettings};
 use outpost::cache::tags;
 use outpost::config::{ByteSize, HumanDuration};
@@ -41,6 +42,12 @@ fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
             map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value);
         }
     }
+    map
+}
+
+fn header_map_bytes(name: HeaderName, value: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.insert(name, HeaderValue::from_bytes(value).unwrap());
     map
 }
 
@@ -116,6 +123,53 @@ proptest! {
             for pair in sorted.windows(2) {
                 prop_assert!(pair[0].1 < pair[1].0, "overlap in {ranges:?}");
             }
+        }
+    }
+
+    /// RFC 9110 §13.1.2, §13.1.3: any conditional against any stored validators is decided
+    /// without a panic, including bytes that are not UTF-8 (obs-text); a stored strong tag
+    /// asked for by itself, and among others, is always a 304.
+    #[test]
+    fn conditionals_never_panic_and_a_listed_tag_matches(
+        asked in prop::collection::vec(any::<u8>(), 0..80),
+        stored_tag in r#"(W/)?"[!#-~\x{80}-\x{ff}]{0,12}""#,
+        others in prop::collection::vec(r#""[!#-+\--~]{0,6}""#, 0..4),
+        since in field_text(),
+    ) {
+        let mut request = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_bytes(&asked) {
+            request.insert(http::header::IF_NONE_MATCH, value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&since) {
+            request.insert(http::header::IF_MODIFIED_SINCE, value);
+        }
+        let mut stored = HeaderMap::new();
+        let tag: Vec<u8> = stored_tag.chars().map(|c| c as u32 as u8).collect();
+        let Ok(tag_value) = HeaderValue::from_bytes(&tag) else { return Ok(()) };
+        stored.insert(http::header::ETAG, tag_value);
+        let _ = policy::is_not_modified(&request, &stored, at(0), at(10));
+        let _ = policy::is_not_modified(&request, &HeaderMap::new(), at(0), at(10));
+        let mut listed = others.join(", ").into_bytes();
+        if !others.is_empty() {
+            listed.extend_from_slice(b", ");
+        }
+        listed.extend_from_slice(&tag);
+        let asking = header_map_bytes(http::header::IF_NONE_MATCH, &listed);
+        prop_assert!(policy::is_not_modified(&asking, &stored, at(0), at(10)));
+    }
+
+    /// RFC 9110 §14.4: any Content-Range parses to a range inside its representation or to
+    /// nothing.
+    #[test]
+    fn content_ranges_stay_inside(
+        text in prop_oneof![
+            "(bytes|BYTES|Bytes) [0-9]{0,20}-[0-9]{0,20}/[0-9*]{0,20}",
+            field_text(),
+        ],
+    ) {
+        if let Some(range) = ContentRange::parse(&text) {
+            prop_assert!(range.first <= range.last && range.last < range.complete_len);
+            prop_assert!(range.byte_count() >= 1);
         }
     }
 

@@ -178,11 +178,14 @@ fn set_freshness(slot: &mut Option<u64>, argument: Option<&str>, conflicting: &m
 /// RFC 9111 §1.2.2 delta-seconds: digits only, clamped to 2^31.
 /// RFC 9111 §5.1: the Age field's value. A list (`Age: 3600, 0`, or several lines) counts
 /// by its first member; a first member that is not a non-negative integer makes the whole
-/// field invalid, and it is ignored.
+/// field invalid, and it is ignored. Parameters after the integer (`7200;foo=bar`, as a
+/// Structured Field Item would carry them, RFC 9651 §3.3) leave its value as it is: read as
+/// invalid, they would make an old response look fresh.
 pub fn age_field(headers: &HeaderMap) -> Option<u64> {
     let first_line = headers.get(header::AGE)?.to_str().ok()?;
     let first_member = first_line.split(',').next().unwrap_or_default();
-    delta_seconds(first_member.trim())
+    let integer = first_member.split(';').next().unwrap_or_default();
+    delta_seconds(integer.trim())
 }
 
 fn delta_seconds(text: &str) -> Option<u64> {
@@ -1711,6 +1714,22 @@ mod tests {
             at(0),
             at(0)
         ));
+    }
+
+    /// RFC 9111 §5.1, §1.2.2: Age counts by its first member, as digits only; parameters
+    /// after the integer do not make it invalid.
+    #[test]
+    fn age_values_and_their_parameters() {
+        let age = |text: &str| age_field(&headers(&[("age", text)]));
+        assert_eq!(age("7200"), Some(7200));
+        assert_eq!(age("7200, 0"), Some(7200));
+        assert_eq!(age("0, 7200"), Some(0));
+        assert_eq!(age("7200;foo=bar"), Some(7200));
+        assert_eq!(age("7200 ; n=1, 5"), Some(7200));
+        assert_eq!(age("99999999999999999999"), Some(DELTA_SECONDS_MAX));
+        for invalid in ["7200.0", "-7200", "abc", ";x=1", ""] {
+            assert_eq!(age(invalid), None, "{invalid}");
+        }
     }
 
     /// RFC 9111 §4.3.2: with no Last-Modified stored, If-Modified-Since is evaluated

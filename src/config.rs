@@ -440,6 +440,9 @@ pub struct Config {
     pub origin: Option<OriginUrl>,
     /// Or a pool (`[[pools]]` by name) for the default site instead of one origin.
     pub pool: Option<String>,
+    /// Host header the default site sends to its origin, as a site's `host_header`: unset
+    /// keeps the client's Host; `"origin"` uses the origin server's authority.
+    pub host_header: Option<HostHeaderSetting>,
     /// Named pools of origin servers that sites (and the default site) may use.
     pub pools: Vec<PoolConfig>,
     /// Name this proxy uses in `Via`, `Proxy-Status` and `Cache-Status`.
@@ -468,6 +471,7 @@ impl Default for Config {
             admin_token: None,
             origin: None,
             pool: None,
+            host_header: None,
             pools: Vec::new(),
             proxy_name: "outpost".to_string(),
             server: ServerConfig::default(),
@@ -1324,6 +1328,9 @@ pub struct FlagOverrides {
     /// named `origin` of them.
     #[serde(skip)]
     pub origins: Vec<String>,
+    /// `--host-header`: the default site's `host_header`.
+    #[serde(skip)]
+    pub host_header: Option<HostHeaderSetting>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1374,6 +1381,9 @@ impl FlagOverrides {
             [origin] => figment = figment.merge(("origin", origin.clone())),
             // Several make a pool, added once the rest is extracted (`apply_origin_pool`).
             _ => figment = figment.merge(("pool", FLAG_POOL)),
+        }
+        if let Some(host_header) = &self.host_header {
+            figment = figment.merge(("host_header", host_header.to_string()));
         }
         if let Some(format) = self.log_format {
             figment = figment.merge(("log.format", format));

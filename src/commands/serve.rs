@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use outpost::config::{FlagOverrides, LogFormat};
+use outpost::config::{FlagOverrides, HostHeaderSetting, LogFormat};
 use outpost::tools::sample_origin::{self, SampleOriginSettings};
 use outpost::{Config, Outpost};
 
@@ -27,6 +27,11 @@ pub struct SettingsArgs {
     /// a pool of them (round robin, failover), named `origin`.
     #[arg(long, value_name = "URL")]
     pub origin: Vec<String>,
+    /// Host header the default site sends to its origin: `origin` for the origin URL's
+    /// host (what a virtual-hosted or public upstream needs), or a value sent as written;
+    /// unset keeps the client's Host (config `host_header`).
+    #[arg(long, value_name = "origin|HOST")]
+    pub host_header: Option<HostHeaderSetting>,
     /// Address of the admin listener (health endpoints); loopback only.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
@@ -64,6 +69,7 @@ impl SettingsArgs {
             listen: self.listen,
             admin: self.admin,
             origins: self.origin.clone(),
+            host_header: self.host_header.clone(),
             log_format: self.log_format.map(|f| match f {
                 LogFormatArg::Text => LogFormat::Text,
                 LogFormatArg::Json => LogFormat::Json,

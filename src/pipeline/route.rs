@@ -27,6 +27,17 @@ pub enum HostHeader {
     Fixed(HeaderValue),
 }
 
+impl HostHeader {
+    /// As a site's `host_header` setting says (unset: the client's).
+    fn from_setting(setting: Option<&HostHeaderSetting>) -> HostHeader {
+        match setting {
+            None => HostHeader::Preserve,
+            Some(HostHeaderSetting::Origin) => HostHeader::Server,
+            Some(HostHeaderSetting::Fixed(value)) => HostHeader::Fixed(value.clone()),
+        }
+    }
+}
+
 /// One site as routing uses it.
 #[derive(Clone)]
 pub struct Site {
@@ -79,11 +90,7 @@ impl HostPattern {
 
 impl Site {
     fn from_config(site: &SiteConfig, pool: Arc<Pool>) -> Site {
-        let host_header = match &site.host_header {
-            None => HostHeader::Preserve,
-            Some(HostHeaderSetting::Origin) => HostHeader::Server,
-            Some(HostHeaderSetting::Fixed(value)) => HostHeader::Fixed(value.clone()),
-        };
+        let host_header = HostHeader::from_setting(site.host_header.as_ref());
         Site {
             name: site
                 .name
@@ -170,8 +177,13 @@ impl Router {
                     Some(Arc::new(Site::from_config(site, pool)))
                 })
                 .collect(),
-            default_site: pool_of(pools, config.origin.as_ref(), config.pool.as_deref())
-                .map(|pool| Arc::new(Site::catch_all("default", pool))),
+            default_site: pool_of(pools, config.origin.as_ref(), config.pool.as_deref()).map(
+                |pool| {
+                    let mut site = Site::catch_all("default", pool);
+                    site.host_header = HostHeader::from_setting(config.host_header.as_ref());
+                    Arc::new(site)
+                },
+            ),
         }
     }
 

@@ -64,6 +64,44 @@ fn check_prints_effective_settings_with_layers_in_order() {
     );
 }
 
+/// `--host-header` sets the default site's Host towards its origin (config `host_header`),
+/// and is checked like the setting.
+#[test]
+fn host_header_flag_sets_the_default_sites_host() {
+    let output = outpost(
+        &[
+            "check",
+            "--origin",
+            "http://127.0.0.1:9000",
+            "--host-header",
+            "origin",
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("host_header = \"origin\""),
+        "{}",
+        stdout(&output)
+    );
+    let output = outpost(
+        &[
+            "check",
+            "--origin",
+            "http://127.0.0.1:9000",
+            "--host-header",
+            "a b\u{1}",
+        ],
+        &[],
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("host-header"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 /// A budget left unset follows `memory_capacity`: `check` says what it comes to, as a
 /// comment, and says nothing when it is set.
 #[test]

@@ -425,6 +425,32 @@ async fn origin_reset_mid_body_aborts_client_response() {
     );
 }
 
+/// The default site's `host_header`: unset, the origin gets the client's Host; `"origin"`,
+/// its own authority (a virtual-hosted upstream); any other value as written. The cache key
+/// keeps the client's Host either way.
+#[tokio::test]
+async fn the_default_sites_host_header_is_the_clients_the_origins_or_a_fixed_one() {
+    let origin = Origin::start(vec![("/who", Fixture::ok("me"))]).await;
+    for (setting, expected) in [
+        ("", "client.test"),
+        (
+            "host_header = \"origin\"\n",
+            origin.addr.to_string().as_str(),
+        ),
+        ("host_header = \"upstream.test\"\n", "upstream.test"),
+    ] {
+        let proxy = Proxy::start(&origin.url(), setting).await;
+        let reply = get(&proxy.url("/who"), &[("host", "client.test")]).await;
+        assert_eq!(reply.text(), "me");
+        assert_eq!(origin.last("/who").headers["host"], expected, "{setting}");
+        assert_eq!(
+            reply.header("x-forwarded-host"),
+            None,
+            "a response carries no request fields"
+        );
+    }
+}
+
 /// RFC 9110 §15.5.20: a Host no site claims, with no default site, gets 421; each configured
 /// host reaches its own origin.
 #[tokio::test]

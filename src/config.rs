@@ -31,6 +31,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "admin_token",
     "origin",
     "pool",
+    "host_header",
     "pools",
     "proxy_name",
     "server",

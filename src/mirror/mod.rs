@@ -16,6 +16,7 @@
 //! freshness is the operator's rules (`config/mirror.toml`).
 
 pub mod check;
+pub mod debian;
 pub mod digests;
 pub mod documents;
 
@@ -115,11 +116,8 @@ impl Registry {
             RegistryKind::Npm if !inner.contains("/-/") && content_type.contains("json") => {
                 Some(Document::NpmPackument)
             }
-            RegistryKind::Debian if inner.ends_with("/Packages") => {
-                Some(Document::DebianPackages { gzip: false })
-            }
-            RegistryKind::Debian if inner.ends_with("/Packages.gz") => {
-                Some(Document::DebianPackages { gzip: true })
+            RegistryKind::Debian if debian::is_packages_index(inner) => {
+                Some(Document::DebianPackages)
             }
             _ => None,
         };
@@ -142,10 +140,8 @@ enum Document {
     CargoConfig,
     CargoIndex,
     NpmPackument,
-    /// `gzip`: `Packages.gz`, read decompressed.
-    DebianPackages {
-        gzip: bool,
-    },
+    /// `Packages`, `Packages.gz` or `Packages.xz`, read decoded.
+    DebianPackages,
 }
 
 impl Document {
@@ -322,8 +318,8 @@ impl Mirror {
             Handling::Artifact => match self.digests.expected(path) {
                 None => Ok(body),
                 Some(expected) => {
-                    self.verified(registry, &expected, &head, body, body_read_timeout)
-                        .await
+                    let checked = (registry, &expected, path);
+                    self.verified(checked, &head, body, body_read_timeout).await
                 }
             },
         };
@@ -343,8 +339,7 @@ impl Mirror {
     /// `hold_max`, else checked as it streams ([`check`]).
     async fn verified(
         &self,
-        registry: &Registry,
-        expected: &digests::Expected,
+        (registry, expected, path): (&Registry, &digests::Expected, &str),
         head: &Head,
         body: OriginBody,
         body_read_timeout: Duration,
@@ -402,7 +397,28 @@ impl Mirror {
         if !verdict {
             return Err(refuse(mismatch()));
         }
+        if registry.kind == RegistryKind::Debian && debian::is_by_hash(path) {
+            self.read_by_hash_index(registry, &bytes).await;
+        }
         Ok(OriginBody::read(bytes))
+    }
+
+    /// Records the `.deb` digests of a Debian `by-hash` file that turns out to be a
+    /// `Packages` index (in any compression): apt fetches its indexes this way when the
+    /// archive's `Release` says `Acquire-By-Hash: yes`, as Debian's does. Read before the
+    /// index reaches apt, so the packages it lists are checked from the first download.
+    async fn read_by_hash_index(&self, registry: &Registry, bytes: &Bytes) {
+        let (raw, limit) = (bytes.clone(), self.rewrite_max);
+        let text = tokio::task::spawn_blocking(move || debian::packages_text(&raw, limit));
+        let Some(text) = text.await.ok().flatten() else {
+            return;
+        };
+        match documents::debian_packages(&text, &registry.path) {
+            Ok(read) => self.digests.put_all(read.records),
+            Err(err) => {
+                tracing::warn!(registry = %registry.name, error = %err, "by-hash Packages index not understood");
+            }
+        }
     }
 
     /// Reads a document, records its digests and, for the documents clients get rewritten,
@@ -432,11 +448,14 @@ impl Mirror {
         };
         let coded = head.headers.get(header::CONTENT_ENCODING).cloned();
         let text = match (&coded, document) {
-            (None, Document::DebianPackages { gzip: false }) => raw.clone(),
-            (None, Document::DebianPackages { gzip: true }) => match gunzip(&raw) {
-                Some(text) => Bytes::from(text),
-                None => return Ok(OriginBody::read(raw)),
-            },
+            (None, Document::DebianPackages) => {
+                let (coded, limit) = (raw.clone(), self.rewrite_max);
+                let decoded = tokio::task::spawn_blocking(move || debian::decoded(&coded, limit));
+                match decoded.await.ok().flatten() {
+                    Some(text) => Bytes::from(text),
+                    None => return Ok(OriginBody::read(raw)),
+                }
+            }
             (None, _) => raw.clone(),
             (Some(coding), _) if coding.as_bytes().eq_ignore_ascii_case(b"gzip") => {
                 match gunzip(&raw) {
@@ -497,7 +516,7 @@ impl Mirror {
                 documents::cargo_index(text, &template)
             }
             Document::NpmPackument => documents::npm_packument(text, links, path)?,
-            Document::DebianPackages { .. } => documents::debian_packages(text, &registry.path)?,
+            Document::DebianPackages => documents::debian_packages(text, &registry.path)?,
         })
     }
 

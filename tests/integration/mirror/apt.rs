@@ -53,36 +53,8 @@ async fn apt_update_and_download_keep_working_when_the_origin_fails() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let package = work.path().join("pkg");
-    std::fs::create_dir_all(package.join("DEBIAN")).unwrap();
-    std::fs::write(
-        package.join("DEBIAN/control"),
-        "Package: hello-outpost\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.com>\nDescription: test package\n",
-    )
-    .unwrap();
-    let deb_path = work.path().join("hello.deb");
-    let built = Command::new("dpkg-deb")
-        .args(["--build", "--root-owner-group"])
-        .arg(&package)
-        .arg(&deb_path)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let deb = Bytes::from(std::fs::read(&deb_path).unwrap());
-    let packages = format!(
-        "Package: hello-outpost\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.com>\n\
-         Filename: pool/main/h/hello-outpost_1.0+b1_all.deb\nSize: {}\nSHA256: {}\nDescription: test package\n\n\
-         Package: swapped-outpost\nVersion: 1.0\nArchitecture: all\n\
-         Filename: pool/main/s/swapped-outpost_1.0_all.deb\nSize: {}\nSHA256: {}\nDescription: served wrong\n\n",
-        deb.len(),
-        sha256_hex(&deb),
-        deb.len(),
-        sha256_hex(&deb)
-    );
+    let deb = hello_deb(work.path());
+    let packages = packages_listing(&deb);
     let release = format!(
         "Origin: test\nLabel: test\nSuite: stable\nCodename: stable\nDate: {}\nArchitectures: amd64\n\
          Components: main\nSHA256:\n {} {} main/binary-amd64/Packages\n",
@@ -182,4 +154,155 @@ async fn apt_update_and_download_keep_working_when_the_origin_fails() {
         origin.hits("/debian/dists/stable/Release") >= 2,
         "Release was revalidated"
     );
+}
+
+/// The `hello-outpost` package, built with dpkg-deb under `work`.
+fn hello_deb(work: &std::path::Path) -> Bytes {
+    let package = work.join("pkg");
+    std::fs::create_dir_all(package.join("DEBIAN")).unwrap();
+    std::fs::write(
+        package.join("DEBIAN/control"),
+        "Package: hello-outpost\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.com>\nDescription: test package\n",
+    )
+    .unwrap();
+    let deb_path = work.join("hello.deb");
+    let built = Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&package)
+        .arg(&deb_path)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    Bytes::from(std::fs::read(&deb_path).unwrap())
+}
+
+/// A `Packages` index listing `deb` twice: as itself (`hello-outpost`, whose file name
+/// apt asks for with `%2b`) and as `swapped-outpost`, whose file the upstream will serve
+/// with other bytes.
+fn packages_listing(deb: &Bytes) -> String {
+    format!(
+        "Package: hello-outpost\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.com>\n\
+         Filename: pool/main/h/hello-outpost_1.0+b1_all.deb\nSize: {}\nSHA256: {}\nDescription: test package\n\n\
+         Package: swapped-outpost\nVersion: 1.0\nArchitecture: all\n\
+         Filename: pool/main/s/swapped-outpost_1.0_all.deb\nSize: {}\nSHA256: {}\nDescription: served wrong\n\n",
+        deb.len(),
+        sha256_hex(deb),
+        deb.len(),
+        sha256_hex(deb)
+    )
+}
+
+/// The pool files of [`packages_listing`]: the package, and other bytes for the swapped one.
+fn pool_routes(deb: &Bytes) -> Vec<(&'static str, Fixture)> {
+    vec![
+        (
+            "/debian/pool/main/h/hello-outpost_1.0%2bb1_all.deb",
+            Fixture::Static {
+                status: StatusCode::OK,
+                headers: vec![(
+                    "content-type",
+                    "application/vnd.debian.binary-package".into(),
+                )],
+                body: deb.clone(),
+            },
+        ),
+        // The index lists this file with the hello package's digest; the upstream serves
+        // other bytes (a compromised or corrupted archive).
+        (
+            "/debian/pool/main/s/swapped-outpost_1.0_all.deb",
+            Fixture::ok("not the package the index describes"),
+        ),
+    ]
+}
+
+/// A fresh apt root under `root` whose one source is `source`.
+fn apt_root(root: &std::path::Path, source: &str) {
+    for dir in [
+        "etc/apt",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+    ] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::write(root.join("status"), "").unwrap();
+    std::fs::write(root.join("etc/apt/sources.list"), source).unwrap();
+}
+
+/// Debian's own archive as apt meets it: `Release` says `Acquire-By-Hash: yes` and lists
+/// `Packages.xz`, so apt fetches the index as `by-hash/SHA256/<digest of the xz file>`.
+/// The mirror checks that file against its name, decodes it and reads it for the `.deb`
+/// digests, so the swapped package is refused from its first download, as with a plain
+/// `Packages`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apt_by_hash_xz_indexes_still_check_every_package() {
+    if !client_available("apt-get", &["--version"]) || !client_available("dpkg-deb", &["--version"])
+    {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let deb = hello_deb(work.path());
+    let packages = packages_listing(&deb);
+    let mut xz = Vec::new();
+    lzma_rs::xz_compress(&mut packages.as_bytes(), &mut xz).unwrap();
+    let by_hash = format!(
+        "/debian/dists/stable/main/binary-amd64/by-hash/SHA256/{}",
+        sha256_hex(&xz)
+    );
+    let release = format!(
+        "Origin: test\nLabel: test\nSuite: stable\nCodename: stable\nDate: {}\nArchitectures: amd64\n\
+         Components: main\nAcquire-By-Hash: yes\nSHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+        sha256_hex(packages.as_bytes()),
+        packages.len(),
+        sha256_hex(&xz),
+        xz.len()
+    );
+    let mut routes = vec![
+        (
+            "/debian/dists/stable/Release",
+            Fixture::ok(release.as_str()),
+        ),
+        (
+            by_hash.as_str(),
+            Fixture::Static {
+                status: StatusCode::OK,
+                headers: Vec::new(),
+                body: Bytes::from(xz.clone()),
+            },
+        ),
+    ];
+    routes.extend(pool_routes(&deb));
+    let origin = Origin::start(routes).await;
+    let mirror = Mirror::start(
+        &[(
+            "https://deb.debian.org/debian",
+            format!("{}/debian", origin.url()),
+        )],
+        None,
+    )
+    .await;
+    let source = format!("deb [trusted=yes] {} stable main\n", mirror.url("/debian"));
+    let root = tempfile::tempdir().unwrap();
+    apt_root(root.path(), &source);
+    let path = root.path().to_path_buf();
+    let downloaded = tokio::task::spawn_blocking(move || {
+        apt(&path, &["update"])?;
+        apt(&path, &["download", "hello-outpost"])?;
+        std::fs::read(path.join("hello-outpost_1.0_all.deb")).map_err(|err| err.to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(downloaded.expect("apt through the mirror"), deb);
+    assert_eq!(origin.hits(&by_hash), 1, "apt took the index by hash");
+    let refused = crate::support::get(
+        &mirror.url("/debian/pool/main/s/swapped-outpost_1.0_all.deb"),
+        &[],
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(mirror.card("debian").await["integrity_failures"], 1);
 }

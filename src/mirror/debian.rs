@@ -1,0 +1,122 @@
+//! Debian `Packages` indexes as apt fetches them: by name (`Packages`, `Packages.gz`,
+//! `Packages.xz`) or by digest (`by-hash/SHA256/<hex>`, which Debian's `Release` asks for
+//! with `Acquire-By-Hash: yes`, in whatever compression apt chose), decoded to the text the
+//! `.deb` digests are read from.
+
+use std::io::{Read, Write};
+
+/// How a `by-hash` file of a Debian archive is recognised as a `Packages` index once
+/// decoded: its first paragraph starts with the `Package` field.
+const PACKAGES_START: &[u8] = b"Package:";
+
+/// Whether `path` (below a Debian registry) names a `Packages` index by name.
+pub fn is_packages_index(path: &str) -> bool {
+    ["/Packages", "/Packages.gz", "/Packages.xz"]
+        .iter()
+        .any(|name| path.ends_with(name))
+}
+
+/// Whether `path` names an archive file by its digest.
+pub fn is_by_hash(path: &str) -> bool {
+    path.contains("/by-hash/")
+}
+
+/// `raw` decoded as its leading bytes say (gzip, xz, or plain text), if it decodes within
+/// `limit` bytes: a small compressed file may not stand for an unbounded one.
+pub fn decoded(raw: &[u8], limit: u64) -> Option<Vec<u8>> {
+    const GZIP: &[u8] = &[0x1f, 0x8b];
+    const XZ: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
+    let mut out = Capped {
+        bytes: Vec::new(),
+        limit,
+    };
+    if raw.starts_with(GZIP) {
+        let mut decoder = flate2::read::MultiGzDecoder::new(raw).take(limit.saturating_add(1));
+        decoder.read_to_end(&mut out.bytes).ok()?;
+        return (out.bytes.len() as u64 <= limit).then_some(out.bytes);
+    }
+    if raw.starts_with(XZ) {
+        lzma_rs::xz_decompress(&mut std::io::BufReader::new(raw), &mut out).ok()?;
+        return Some(out.bytes);
+    }
+    (raw.len() as u64 <= limit).then(|| raw.to_vec())
+}
+
+/// `raw` as a `Packages` index's text, if it is one (a `by-hash` file may be any index).
+pub fn packages_text(raw: &[u8], limit: u64) -> Option<Vec<u8>> {
+    decoded(raw, limit).filter(|text| text.starts_with(PACKAGES_START))
+}
+
+/// A writer that refuses to grow past `limit` bytes.
+struct Capped {
+    bytes: Vec<u8>,
+    limit: u64,
+}
+
+impl Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if (self.bytes.len() + data.len()) as u64 > self.limit {
+            return Err(std::io::Error::other("decoded index past the limit"));
+        }
+        self.bytes.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &[u8] = b"Package: a\nFilename: pool/a.deb\nSHA256: 00\n\n";
+
+    fn xz(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        lzma_rs::xz_compress(&mut std::io::BufReader::new(bytes), &mut out).unwrap();
+        out
+    }
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn indexes_decode_by_their_leading_bytes_within_the_limit() {
+        for raw in [TEXT.to_vec(), gz(TEXT), xz(TEXT)] {
+            assert_eq!(packages_text(&raw, 1 << 20).as_deref(), Some(TEXT));
+            assert_eq!(decoded(&raw, 10), None, "past the limit");
+        }
+        let contents = xz(b"usr/bin/a    utils/a\n");
+        assert!(decoded(&contents, 1 << 20).is_some());
+        assert_eq!(
+            packages_text(&contents, 1 << 20),
+            None,
+            "not a Packages index"
+        );
+        let mut truncated = xz(TEXT);
+        truncated.truncate(truncated.len() - 8);
+        assert_eq!(decoded(&truncated, 1 << 20), None);
+    }
+
+    #[test]
+    fn index_paths_by_name_and_by_hash() {
+        for path in [
+            "/debian/dists/x/main/binary-amd64/Packages",
+            "/debian/dists/x/main/binary-amd64/Packages.gz",
+            "/debian/dists/x/main/binary-amd64/Packages.xz",
+        ] {
+            assert!(is_packages_index(path), "{path}");
+        }
+        assert!(!is_packages_index(
+            "/debian/dists/x/main/binary-amd64/Packages.diff/Index"
+        ));
+        assert!(is_by_hash(
+            "/debian/dists/x/main/binary-amd64/by-hash/SHA256/ab"
+        ));
+    }
+}

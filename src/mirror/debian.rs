@@ -47,6 +47,50 @@ pub fn packages_text(raw: &[u8], limit: u64) -> Option<Vec<u8>> {
     decoded(raw, limit).filter(|text| text.starts_with(PACKAGES_START))
 }
 
+/// What a suite's `Release` (or `InRelease`) says of its index files.
+#[derive(Debug, Default)]
+pub struct ReleaseIndex {
+    /// `Acquire-By-Hash: yes`: apt fetches the indexes as `by-hash/SHA256/<hex>`.
+    pub by_hash: bool,
+    /// The `SHA256` section: each index file's path below `dists/<suite>/` and digest.
+    pub sha256: Vec<(String, String)>,
+}
+
+impl ReleaseIndex {
+    /// Reads the fields that matter from a `Release` file's text (a signed `InRelease`
+    /// reads the same: its signature lines are ignored).
+    pub fn parse(text: &str) -> ReleaseIndex {
+        let mut index = ReleaseIndex::default();
+        let mut in_sha256 = false;
+        for line in text.lines() {
+            if line.starts_with([' ', '\t']) {
+                if in_sha256 {
+                    if let [hex, _size, path] = line.split_whitespace().collect::<Vec<_>>()[..] {
+                        index
+                            .sha256
+                            .push((path.to_string(), hex.to_ascii_lowercase()));
+                    }
+                }
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            in_sha256 = field.eq_ignore_ascii_case("SHA256");
+            if field.eq_ignore_ascii_case("Acquire-By-Hash") {
+                index.by_hash = value.trim().eq_ignore_ascii_case("yes");
+            }
+        }
+        index
+    }
+
+    /// The digest listed for `path` (below `dists/<suite>/`).
+    pub fn digest_of(&self, path: &str) -> Option<&str> {
+        self.sha256
+            .iter()
+            .find(|(listed, _)| listed == path)
+            .map(|(_, hex)| hex.as_str())
+    }
+}
+
 /// A writer that refuses to grow past `limit` bytes.
 struct Capped {
     bytes: Vec<u8>,
@@ -101,6 +145,20 @@ mod tests {
         let mut truncated = xz(TEXT);
         truncated.truncate(truncated.len() - 8);
         assert_eq!(decoded(&truncated, 1 << 20), None);
+    }
+
+    #[test]
+    fn release_files_list_their_indexes_and_say_whether_by_hash() {
+        let release = "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\nSuite: stable\n\
+                       Acquire-By-Hash: yes\nMD5Sum:\n 00 1 main/binary-amd64/Packages\n\
+                       SHA256:\n AB 12 main/binary-amd64/Packages\n cd 5 main/binary-amd64/Packages.xz\n\
+                       -----BEGIN PGP SIGNATURE-----\n";
+        let index = ReleaseIndex::parse(release);
+        assert!(index.by_hash);
+        assert_eq!(index.digest_of("main/binary-amd64/Packages"), Some("ab"));
+        assert_eq!(index.digest_of("main/binary-amd64/Packages.xz"), Some("cd"));
+        assert_eq!(index.sha256.len(), 2, "MD5Sum lines are not SHA256");
+        assert!(!ReleaseIndex::parse("Suite: x\nSHA256:\n ab 1 a\n").by_hash);
     }
 
     #[test]

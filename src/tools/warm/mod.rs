@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::config::{MirrorConfig, RegistryKind};
 use crate::mirror::documents::{cargo_download_path, cargo_index_prefix, debian_field, html_links};
-use crate::mirror::gunzip;
+use crate::mirror::{debian, gunzip};
 use manifest::{Kind, Manifest, Package};
 
 /// Where the registries are mounted on the mirror (paths with both slashes).
@@ -380,22 +380,36 @@ impl Warmer {
         tarball.map(str::to_string)
     }
 
-    async fn debian_files(&self, packages: &[Package]) -> Vec<String> {
-        let debian = &self.plan.debian;
-        let mount = self.plan.mounts.debian.clone();
-        let dists = format!("dists/{}/", debian.suite);
-        // apt fetches these first; a repository may lack InRelease (its 404 is stored too).
-        let _ = self
-            .exchange(&self.url(&mount, &format!("{dists}InRelease")), None)
-            .await;
-        self.fetch(&self.url(&mount, &format!("{dists}Release")), None)
-            .await;
-        let index = format!(
-            "{dists}{}/binary-{}/Packages",
-            debian.component, debian.architecture
-        );
-        let text = match self
-            .exchange(&self.url(&mount, &format!("{index}.gz")), None)
+    /// The `Packages` index `index` (below `dists`) as apt will fetch it, decoded: the
+    /// first of xz, gzip and plain that `Release` lists, by hash when it says
+    /// `Acquire-By-Hash: yes` (Debian's does), so that apt finds it stored when offline;
+    /// `Packages.gz`, else `Packages`, by name when `Release` lists none.
+    async fn debian_index(
+        &self,
+        mount: &str,
+        dists: &str,
+        index: &str,
+        listed: &debian::ReleaseIndex,
+    ) -> Option<Vec<u8>> {
+        for name in [
+            format!("{index}.xz"),
+            format!("{index}.gz"),
+            index.to_string(),
+        ] {
+            let Some(hex) = listed.digest_of(&name) else {
+                continue;
+            };
+            let path = match name.rsplit_once('/') {
+                Some((dir, _)) if listed.by_hash => format!("{dists}{dir}/by-hash/SHA256/{hex}"),
+                _ => format!("{dists}{name}"),
+            };
+            let answer = self.fetch(&self.url(mount, &path), None).await?;
+            let decode = move || debian::decoded(&answer.body, DEBIAN_INDEX_LIMIT);
+            return tokio::task::spawn_blocking(decode).await.ok().flatten();
+        }
+        let by_name = format!("{dists}{index}");
+        match self
+            .exchange(&self.url(mount, &format!("{by_name}.gz")), None)
             .await
         {
             Ok(answer) if answer.status == http::StatusCode::OK => {
@@ -403,11 +417,42 @@ impl Warmer {
                 gunzip(&answer.body)
             }
             _ => self
-                .fetch(&self.url(&mount, &index), None)
+                .fetch(&self.url(mount, &by_name), None)
                 .await
                 .map(|answer| answer.body.to_vec()),
+        }
+    }
+
+    async fn debian_files(&self, packages: &[Package]) -> Vec<String> {
+        let debian = &self.plan.debian;
+        let mount = self.plan.mounts.debian.clone();
+        let dists = format!("dists/{}/", debian.suite);
+        // apt fetches these first; a repository may lack InRelease (its 404 is stored too).
+        let in_release = self
+            .exchange(&self.url(&mount, &format!("{dists}InRelease")), None)
+            .await;
+        let release = self
+            .fetch(&self.url(&mount, &format!("{dists}Release")), None)
+            .await;
+        let release = match in_release {
+            Ok(answer) if answer.status == http::StatusCode::OK => Some(answer.body),
+            _ => {
+                // Without InRelease, apt asks for the detached signature next (a missing
+                // one's 404 is stored too, and apt offline needs that answer as well).
+                let _ = self
+                    .exchange(&self.url(&mount, &format!("{dists}Release.gpg")), None)
+                    .await;
+                release.map(|answer| answer.body)
+            }
         };
-        let Some(text) = text else {
+        let listed = release
+            .map(|text| debian::ReleaseIndex::parse(&String::from_utf8_lossy(&text)))
+            .unwrap_or_default();
+        let index = format!(
+            "{}/binary-{}/Packages",
+            debian.component, debian.architecture
+        );
+        let Some(text) = self.debian_index(&mount, &dists, &index, &listed).await else {
             return Vec::new();
         };
         let available = debian_filenames(&String::from_utf8_lossy(&text));
@@ -417,13 +462,16 @@ impl Warmer {
                 name == &package.name && package.version.as_ref().is_none_or(|v| v == version)
             });
             match found {
-                Some((_, _, filename)) => urls.push(self.url(&mount, filename)),
+                Some((_, _, filename)) => urls.push(self.url(&mount, &apt_quoted(filename))),
                 None => self.failed(package.name.clone(), format!("not in {index}")),
             }
         }
         urls
     }
 }
+
+/// The most a Debian `Packages` index may decode to (Debian's largest are some 70 MB).
+const DEBIAN_INDEX_LIMIT: u64 = 1 << 30;
 
 /// What pip 23 sends for simple pages.
 const PIP_ACCEPT: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01";
@@ -464,6 +512,22 @@ fn pypi_file_version(filename: &str, name: &str) -> Option<String> {
     (normalized_pypi_name(project) == name).then(|| version.to_string())
 }
 
+/// A pool file's path as apt's http method sends it (`QuoteString(path, "+~ ")`): `+`,
+/// `~`, space, `%` and bytes outside printable ASCII percent-encoded in lower case. The
+/// mirror keys paths exactly as received (`+` and `%2b` are different resources to it),
+/// so a file warmed under another spelling would not be the one apt asks for offline.
+fn apt_quoted(path: &str) -> String {
+    let mut quoted = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if matches!(byte, b'+' | b'~' | b' ' | b'%') || !(0x21..0x7f).contains(&byte) {
+            quoted.push_str(&format!("%{byte:02x}"));
+        } else {
+            quoted.push(char::from(byte));
+        }
+    }
+    quoted
+}
+
 /// `(Package, Version, Filename)` of every paragraph of a `Packages` file.
 fn debian_filenames(text: &str) -> Vec<(String, String, String)> {
     text.split("\n\n")
@@ -477,6 +541,19 @@ fn debian_filenames(text: &str) -> Vec<(String, String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_paths_are_spelled_as_apt_sends_them() {
+        assert_eq!(
+            apt_quoted("pool/main/s/sl/sl_5.02-1+b1_amd64.deb"),
+            "pool/main/s/sl/sl_5.02-1%2bb1_amd64.deb"
+        );
+        assert_eq!(
+            apt_quoted("pool/a_1.0~rc1 x%.deb"),
+            "pool/a_1.0%7erc1%20x%25.deb"
+        );
+        assert_eq!(apt_quoted("pool/\u{e9}.deb"), "pool/%c3%a9.deb");
+    }
 
     #[test]
     fn file_names_give_their_version() {

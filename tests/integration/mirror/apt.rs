@@ -245,37 +245,11 @@ async fn apt_by_hash_xz_indexes_still_check_every_package() {
     }
     let work = tempfile::tempdir().unwrap();
     let deb = hello_deb(work.path());
-    let packages = packages_listing(&deb);
-    let mut xz = Vec::new();
-    lzma_rs::xz_compress(&mut packages.as_bytes(), &mut xz).unwrap();
-    let by_hash = format!(
-        "/debian/dists/stable/main/binary-amd64/by-hash/SHA256/{}",
-        sha256_hex(&xz)
-    );
-    let release = format!(
-        "Origin: test\nLabel: test\nSuite: stable\nCodename: stable\nDate: {}\nArchitectures: amd64\n\
-         Components: main\nAcquire-By-Hash: yes\nSHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n",
-        httpdate::fmt_http_date(std::time::SystemTime::now()),
-        sha256_hex(packages.as_bytes()),
-        packages.len(),
-        sha256_hex(&xz),
-        xz.len()
-    );
-    let mut routes = vec![
-        (
-            "/debian/dists/stable/Release",
-            Fixture::ok(release.as_str()),
-        ),
-        (
-            by_hash.as_str(),
-            Fixture::Static {
-                status: StatusCode::OK,
-                headers: Vec::new(),
-                body: Bytes::from(xz.clone()),
-            },
-        ),
-    ];
-    routes.extend(pool_routes(&deb));
+    let (routes, by_hash) = by_hash_xz_archive(&deb);
+    let routes = routes
+        .iter()
+        .map(|(path, fixture)| (path.as_str(), fixture.clone()))
+        .collect();
     let origin = Origin::start(routes).await;
     let mirror = Mirror::start(
         &[(
@@ -305,4 +279,109 @@ async fn apt_by_hash_xz_indexes_still_check_every_package() {
     .await;
     assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
     assert_eq!(mirror.card("debian").await["integrity_failures"], 1);
+}
+
+/// An archive laid out as Debian's: `Release` says `Acquire-By-Hash: yes` and lists the
+/// `Packages` index plain and as xz, which is served only by hash; the pool files of
+/// [`packages_listing`]. The routes, and the path of the by-hash index.
+fn by_hash_xz_archive(deb: &Bytes) -> (Vec<(String, Fixture)>, String) {
+    let packages = packages_listing(deb);
+    let mut xz = Vec::new();
+    lzma_rs::xz_compress(&mut packages.as_bytes(), &mut xz).unwrap();
+    let by_hash = format!(
+        "/debian/dists/stable/main/binary-amd64/by-hash/SHA256/{}",
+        sha256_hex(&xz)
+    );
+    let release = format!(
+        "Origin: test\nLabel: test\nSuite: stable\nCodename: stable\nDate: {}\nArchitectures: amd64\n\
+         Components: main\nAcquire-By-Hash: yes\nSHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+        sha256_hex(packages.as_bytes()),
+        packages.len(),
+        sha256_hex(&xz),
+        xz.len()
+    );
+    let mut routes = vec![
+        (
+            "/debian/dists/stable/Release".to_string(),
+            Fixture::ok(release.as_str()),
+        ),
+        (
+            by_hash.clone(),
+            Fixture::Static {
+                status: StatusCode::OK,
+                headers: Vec::new(),
+                body: Bytes::from(xz),
+            },
+        ),
+    ];
+    routes.extend(
+        pool_routes(deb)
+            .into_iter()
+            .map(|(path, fixture)| (path.to_string(), fixture)),
+    );
+    (routes, by_hash)
+}
+
+/// `outpost warm` with a Debian package list against an archive apt reads by hash: it
+/// fetches the index as apt will (the xz file, by hash) and the package, so that with the
+/// mirror offline `apt-get update` and `apt-get download` still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_prepares_a_by_hash_archive_for_offline_apt() {
+    if !client_available("apt-get", &["--version"]) || !client_available("dpkg-deb", &["--version"])
+    {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let deb = hello_deb(work.path());
+    let (routes, by_hash) = by_hash_xz_archive(&deb);
+    let routes = routes
+        .iter()
+        .map(|(path, fixture)| (path.as_str(), fixture.clone()))
+        .collect();
+    let origin = Origin::start(routes).await;
+    let mirror = Mirror::start(
+        &[(
+            "https://deb.debian.org/debian",
+            format!("{}/debian", origin.url()),
+        )],
+        None,
+    )
+    .await;
+    let list = work.path().join("packages.txt");
+    std::fs::write(&list, "hello-outpost\n").unwrap();
+    let mut warm = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    warm.args(["warm", "--quiet", "--mirror", &mirror.url("")])
+        .arg(format!("debian:{}", list.display()));
+    let summary = super::run_blocking(warm).await.expect("outpost warm");
+    assert!(summary.contains(" 0 failed"), "{summary}");
+    assert_eq!(
+        origin.hits(&by_hash),
+        1,
+        "the index as apt takes it: {summary}"
+    );
+    assert_eq!(
+        origin.hits("/debian/pool/main/h/hello-outpost_1.0%2bb1_all.deb"),
+        1,
+        "{summary}"
+    );
+
+    mirror.go_offline().await;
+    let source = format!("deb [trusted=yes] {} stable main\n", mirror.url("/debian"));
+    let root = tempfile::tempdir().unwrap();
+    apt_root(root.path(), &source);
+    let path = root.path().to_path_buf();
+    let downloaded = tokio::task::spawn_blocking(move || {
+        apt(&path, &["update"])?;
+        apt(&path, &["download", "hello-outpost"])?;
+        std::fs::read(path.join("hello-outpost_1.0_all.deb")).map_err(|err| err.to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(downloaded.expect("apt with the mirror offline"), deb);
+    assert_eq!(
+        origin.hits(&by_hash),
+        1,
+        "offline: nothing more from the upstream"
+    );
 }

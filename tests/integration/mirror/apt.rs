@@ -72,62 +72,20 @@ async fn apt_update_and_download_keep_working_when_the_origin_fails() {
             Fixture::with_headers(503, &[], "upstream down"),
         ])
     };
-    let origin = Origin::start(vec![
+    let mut routes = vec![
         ("/debian/dists/stable/Release", index(&release)),
         (
             "/debian/dists/stable/main/binary-amd64/Packages",
             index(&packages),
         ),
-        (
-            "/debian/pool/main/h/hello-outpost_1.0%2bb1_all.deb",
-            Fixture::Static {
-                status: StatusCode::OK,
-                headers: vec![(
-                    "content-type",
-                    "application/vnd.debian.binary-package".into(),
-                )],
-                body: deb.clone(),
-            },
-        ),
-        // The index lists this file with the hello package's digest; the upstream serves
-        // other bytes (a compromised or corrupted archive).
-        (
-            "/debian/pool/main/s/swapped-outpost_1.0_all.deb",
-            Fixture::ok("not the package the index describes"),
-        ),
-    ])
-    .await;
-    let mirror = Mirror::start(
-        &[(
-            "https://deb.debian.org/debian",
-            format!("{}/debian", origin.url()),
-        )],
-        None,
-    )
-    .await;
-    let source = format!("deb [trusted=yes] {} stable main\n", mirror.url("/debian"));
-
+    ];
+    routes.extend(pool_routes(&deb));
+    let origin = Origin::start(routes).await;
+    let mirror = debian_mirror_of(&origin).await;
     for round in ["origin up", "origin failing"] {
-        let root = tempfile::tempdir().unwrap();
-        for dir in [
-            "etc/apt",
-            "var/lib/apt/lists/partial",
-            "var/cache/apt/archives/partial",
-        ] {
-            std::fs::create_dir_all(root.path().join(dir)).unwrap();
-        }
-        std::fs::write(root.path().join("status"), "").unwrap();
-        std::fs::write(root.path().join("etc/apt/sources.list"), &source).unwrap();
-        let path = root.path().to_path_buf();
-        let outcome = tokio::task::spawn_blocking(move || {
-            apt(&path, &["update"])?;
-            apt(&path, &["download", "hello-outpost"])?;
-            // apt asks for the pool file as `%2b` (the notes' observation) and saves it
-            // under package_version_arch.
-            std::fs::read(path.join("hello-outpost_1.0_all.deb")).map_err(|err| err.to_string())
-        })
-        .await
-        .unwrap();
+        // apt asks for the pool file as `%2b` (the notes' observation) and saves it under
+        // package_version_arch.
+        let outcome = update_and_download(&mirror).await;
         assert_eq!(outcome.expect(round), deb, "{round}");
     }
     // The Packages file's SHA256 was recorded when apt fetched it through the mirror: a
@@ -239,37 +197,12 @@ fn apt_root(root: &std::path::Path, source: &str) {
 /// `Packages`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apt_by_hash_xz_indexes_still_check_every_package() {
-    if !client_available("apt-get", &["--version"]) || !client_available("dpkg-deb", &["--version"])
-    {
-        return;
-    }
     let work = tempfile::tempdir().unwrap();
-    let deb = hello_deb(work.path());
-    let (routes, by_hash) = by_hash_xz_archive(&deb);
-    let routes = routes
-        .iter()
-        .map(|(path, fixture)| (path.as_str(), fixture.clone()))
-        .collect();
-    let origin = Origin::start(routes).await;
-    let mirror = Mirror::start(
-        &[(
-            "https://deb.debian.org/debian",
-            format!("{}/debian", origin.url()),
-        )],
-        None,
-    )
-    .await;
-    let source = format!("deb [trusted=yes] {} stable main\n", mirror.url("/debian"));
-    let root = tempfile::tempdir().unwrap();
-    apt_root(root.path(), &source);
-    let path = root.path().to_path_buf();
-    let downloaded = tokio::task::spawn_blocking(move || {
-        apt(&path, &["update"])?;
-        apt(&path, &["download", "hello-outpost"])?;
-        std::fs::read(path.join("hello-outpost_1.0_all.deb")).map_err(|err| err.to_string())
-    })
-    .await
-    .unwrap();
+    let Some(archive) = ByHashArchive::behind_a_mirror(work.path()).await else {
+        return;
+    };
+    let (deb, by_hash, origin, mirror) = archive.parts();
+    let downloaded = update_and_download(&mirror).await;
     assert_eq!(downloaded.expect("apt through the mirror"), deb);
     assert_eq!(origin.hits(&by_hash), 1, "apt took the index by hash");
     let refused = crate::support::get(
@@ -328,26 +261,11 @@ fn by_hash_xz_archive(deb: &Bytes) -> (Vec<(String, Fixture)>, String) {
 /// mirror offline `apt-get update` and `apt-get download` still work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_prepares_a_by_hash_archive_for_offline_apt() {
-    if !client_available("apt-get", &["--version"]) || !client_available("dpkg-deb", &["--version"])
-    {
-        return;
-    }
     let work = tempfile::tempdir().unwrap();
-    let deb = hello_deb(work.path());
-    let (routes, by_hash) = by_hash_xz_archive(&deb);
-    let routes = routes
-        .iter()
-        .map(|(path, fixture)| (path.as_str(), fixture.clone()))
-        .collect();
-    let origin = Origin::start(routes).await;
-    let mirror = Mirror::start(
-        &[(
-            "https://deb.debian.org/debian",
-            format!("{}/debian", origin.url()),
-        )],
-        None,
-    )
-    .await;
+    let Some(archive) = ByHashArchive::behind_a_mirror(work.path()).await else {
+        return;
+    };
+    let (deb, by_hash, origin, mirror) = archive.parts();
     let list = work.path().join("packages.txt");
     std::fs::write(&list, "hello-outpost\n").unwrap();
     let mut warm = Command::new(env!("CARGO_BIN_EXE_outpost"));
@@ -367,21 +285,76 @@ async fn warm_prepares_a_by_hash_archive_for_offline_apt() {
     );
 
     mirror.go_offline().await;
-    let source = format!("deb [trusted=yes] {} stable main\n", mirror.url("/debian"));
-    let root = tempfile::tempdir().unwrap();
-    apt_root(root.path(), &source);
-    let path = root.path().to_path_buf();
-    let downloaded = tokio::task::spawn_blocking(move || {
-        apt(&path, &["update"])?;
-        apt(&path, &["download", "hello-outpost"])?;
-        std::fs::read(path.join("hello-outpost_1.0_all.deb")).map_err(|err| err.to_string())
-    })
-    .await
-    .unwrap();
+    let downloaded = update_and_download(&mirror).await;
     assert_eq!(downloaded.expect("apt with the mirror offline"), deb);
     assert_eq!(
         origin.hits(&by_hash),
         1,
         "offline: nothing more from the upstream"
     );
+}
+
+/// [`by_hash_xz_archive`] served by an origin, with a mirror in front of it.
+struct ByHashArchive {
+    deb: Bytes,
+    by_hash: String,
+    origin: Origin,
+    mirror: Mirror,
+}
+
+impl ByHashArchive {
+    /// `None` (the test is skipped) when apt-get or dpkg-deb does not run here.
+    async fn behind_a_mirror(work: &std::path::Path) -> Option<ByHashArchive> {
+        if !client_available("apt-get", &["--version"])
+            || !client_available("dpkg-deb", &["--version"])
+        {
+            return None;
+        }
+        let deb = hello_deb(work);
+        let (routes, by_hash) = by_hash_xz_archive(&deb);
+        let routes = routes
+            .iter()
+            .map(|(path, fixture)| (path.as_str(), fixture.clone()))
+            .collect();
+        let origin = Origin::start(routes).await;
+        let mirror = debian_mirror_of(&origin).await;
+        Some(ByHashArchive {
+            deb,
+            by_hash,
+            origin,
+            mirror,
+        })
+    }
+
+    fn parts(self) -> (Bytes, String, Origin, Mirror) {
+        (self.deb, self.by_hash, self.origin, self.mirror)
+    }
+}
+
+/// `apt-get update` then `apt-get download hello-outpost` in a fresh apt root whose one
+/// source is `mirror`'s Debian registry; the package file apt saved.
+async fn update_and_download(mirror: &Mirror) -> Result<Vec<u8>, String> {
+    let source = format!("deb [trusted=yes] {} stable main\n", mirror.url("/debian"));
+    let root = tempfile::tempdir().unwrap();
+    apt_root(root.path(), &source);
+    let path = root.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        apt(&path, &["update"])?;
+        apt(&path, &["download", "hello-outpost"])?;
+        std::fs::read(path.join("hello-outpost_1.0_all.deb")).map_err(|err| err.to_string())
+    })
+    .await
+    .unwrap()
+}
+
+/// The shipped mirror profile with its Debian registry pointed at `origin`'s `/debian`.
+async fn debian_mirror_of(origin: &Origin) -> Mirror {
+    Mirror::start(
+        &[(
+            "https://deb.debian.org/debian",
+            format!("{}/debian", origin.url()),
+        )],
+        None,
+    )
+    .await
 }

@@ -9,6 +9,10 @@ use std::io::{Read, Write};
 /// decoded: its first paragraph starts with the `Package` field.
 const PACKAGES_START: &[u8] = b"Package:";
 
+/// The leading bytes of gzip and of xz.
+const GZIP: &[u8] = &[0x1f, 0x8b];
+const XZ: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
+
 /// Whether `path` (below a Debian registry) names a `Packages` index by name.
 pub fn is_packages_index(path: &str) -> bool {
     ["/Packages", "/Packages.gz", "/Packages.xz"]
@@ -24,8 +28,6 @@ pub fn is_by_hash(path: &str) -> bool {
 /// `raw` decoded as its leading bytes say (gzip, xz, or plain text), if it decodes within
 /// `limit` bytes: a small compressed file may not stand for an unbounded one.
 pub fn decoded(raw: &[u8], limit: u64) -> Option<Vec<u8>> {
-    const GZIP: &[u8] = &[0x1f, 0x8b];
-    const XZ: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
     let mut out = Capped {
         bytes: Vec::new(),
         limit,
@@ -42,9 +44,33 @@ pub fn decoded(raw: &[u8], limit: u64) -> Option<Vec<u8>> {
     (raw.len() as u64 <= limit).then(|| raw.to_vec())
 }
 
-/// `raw` as a `Packages` index's text, if it is one (a `by-hash` file may be any index).
+/// `raw` as a `Packages` index's text, if it is one (a `by-hash` file may be any index:
+/// `Contents`, translations, AppStream data). Its first bytes are decoded alone first, so
+/// that only a `Packages` index is decoded whole.
 pub fn packages_text(raw: &[u8], limit: u64) -> Option<Vec<u8>> {
-    decoded(raw, limit).filter(|text| text.starts_with(PACKAGES_START))
+    if !decoded_prefix(raw, PACKAGES_START.len()).starts_with(PACKAGES_START) {
+        return None;
+    }
+    decoded(raw, limit)
+}
+
+/// Up to the first `len` bytes of `raw` decoded (as [`decoded`] reads it); fewer when
+/// it decodes to fewer, or not at all.
+fn decoded_prefix(raw: &[u8], len: usize) -> Vec<u8> {
+    let mut out = Capped {
+        bytes: Vec::with_capacity(len),
+        limit: len as u64,
+    };
+    if raw.starts_with(GZIP) {
+        let decoder = flate2::read::MultiGzDecoder::new(raw).take(len as u64);
+        let _ = std::io::copy(&mut { decoder }, &mut out.bytes);
+    } else if raw.starts_with(XZ) {
+        // Stops with an error once the prefix is full; what was written is kept.
+        let _ = lzma_rs::xz_decompress(&mut std::io::BufReader::new(raw), &mut out);
+    } else {
+        out.bytes.extend_from_slice(&raw[..raw.len().min(len)]);
+    }
+    out.bytes
 }
 
 /// What a suite's `Release` (or `InRelease`) says of its index files.
@@ -99,11 +125,15 @@ struct Capped {
 
 impl Write for Capped {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if (self.bytes.len() + data.len()) as u64 > self.limit {
+        let room = usize::try_from(self.limit)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.bytes.len());
+        if room == 0 && !data.is_empty() {
             return Err(std::io::Error::other("decoded index past the limit"));
         }
-        self.bytes.extend_from_slice(data);
-        Ok(data.len())
+        let taken = data.len().min(room);
+        self.bytes.extend_from_slice(&data[..taken]);
+        Ok(taken)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -135,6 +165,12 @@ mod tests {
             assert_eq!(packages_text(&raw, 1 << 20).as_deref(), Some(TEXT));
             assert_eq!(decoded(&raw, 10), None, "past the limit");
         }
+        let large_contents = xz(&b"usr/bin/a    utils/a\n".repeat(100_000));
+        assert_eq!(
+            decoded_prefix(&large_contents, PACKAGES_START.len()),
+            b"usr/bin/"
+        );
+        assert_eq!(packages_text(&large_contents, 1 << 30), None);
         let contents = xz(b"usr/bin/a    utils/a\n");
         assert!(decoded(&contents, 1 << 20).is_some());
         assert_eq!(

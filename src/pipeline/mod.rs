@@ -368,10 +368,22 @@ async fn from_cache(
         .lookup(parts, scheme, authority.unwrap_or(""), ctx.now)
         .await;
     let delivery = branch(request, lookup, body, ctx).await?;
-    let lost = match deliver::deliver(proxy, ctx, parts, delivery).await {
-        Err(ProxyError::StoredBodyLost(detail)) => detail,
-        delivered => return delivered,
-    };
+    match deliver::deliver(proxy, ctx, parts, delivery).await {
+        // Boxed, as the paths to the origin are in `branch`: a rare path's future would
+        // otherwise size every request's.
+        Err(ProxyError::StoredBodyLost(lost)) => Box::pin(refetch_lost(request, &lost, ctx)).await,
+        delivered => delivered,
+    }
+}
+
+/// The request again, after its stored body turned out `lost` before any of it was sent:
+/// the entry dropped, and the lookup made anew (now a miss).
+async fn refetch_lost(
+    request: &Routed<'_>,
+    lost: &str,
+    ctx: &mut RequestCtx,
+) -> Result<Response<Body>, ProxyError> {
+    let (proxy, parts) = (request.proxy, request.parts);
     tracing::warn!(
         uri = %parts.uri,
         "{lost}: the entry is dropped and the object fetched again"
@@ -381,6 +393,7 @@ async fn from_cache(
         proxy.cache.drop_lost(&key).await;
     }
     ctx.forget_hit();
+    let (scheme, authority) = (request.downstream.scheme, request.downstream.host);
     let lookup = proxy
         .cache
         .lookup(parts, scheme, authority.unwrap_or(""), ctx.now)

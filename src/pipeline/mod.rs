@@ -145,16 +145,23 @@ pub async fn handle(
             return (refused, ctx);
         }
     };
-    let request_body = (body, upgrade);
-    let served = serve(
-        proxy,
-        &parts,
-        request_body,
-        forward_site,
-        downstream,
-        &mut ctx,
-    )
-    .await;
+    let request_body = (Body::from(body), upgrade);
+    let routing = (forward_site.clone(), &downstream);
+    let served = match serve(proxy, &parts, request_body, routing, &mut ctx).await {
+        Ok(delivery) => deliver::deliver(proxy, &mut ctx, &parts, delivery).await,
+        Err(err) => Err(err),
+    };
+    let served = match served {
+        // Boxed: a rare path's future would otherwise size every request's (see `branch`).
+        Err(ProxyError::StoredBodyLost(lost)) => {
+            let routing = (forward_site, &downstream);
+            Box::pin(serve_after_lost_body(
+                proxy, &parts, routing, &lost, &mut ctx,
+            ))
+            .await
+        }
+        served => served,
+    };
     let reveal = proxy.wants_path_view(peer, request_debug, &parts.headers);
     let mut response = match served {
         Ok(response) => response,
@@ -282,15 +289,14 @@ fn failed(proxy: &Proxy, ctx: &mut RequestCtx, err: &ProxyError, reveal: bool) -
     err.to_response(&proxy.proxy_name, reveal)
 }
 
-/// Every phase: filter, route, lookup, the branch the lookup chose, and delivery.
+/// The phases up to the delivery: filter, route, lookup, then the branch the lookup chose.
 async fn serve(
     proxy: &Arc<Proxy>,
     parts: &http::request::Parts,
-    (body, upgrade): (Incoming, Option<tunnel::Upgrade>),
-    forward_site: Option<Arc<Site>>,
-    facts: DownstreamFacts,
+    (body, upgrade): (Body, Option<tunnel::Upgrade>),
+    (forward_site, facts): (Option<Arc<Site>>, &DownstreamFacts),
     ctx: &mut RequestCtx,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Delivery, ProxyError> {
     if facts.has_conflicting_framing {
         return Err(ProxyError::BadRequest(
             "both Content-Length and Transfer-Encoding",
@@ -312,7 +318,7 @@ async fn serve(
     if site.redirect_https && facts.scheme == "http" {
         ctx.status = CacheStatus::forward(FwdReason::Bypass);
         let redirect = respond::redirect_to_https(host.as_deref(), parts, proxy.https_port);
-        return deliver::deliver(proxy, ctx, parts, Delivery::Synthetic(redirect)).await;
+        return Ok(Delivery::Synthetic(redirect));
     }
     if facts.scheme == "https" {
         ctx.hsts.clone_from(&site.hsts);
@@ -328,7 +334,7 @@ async fn serve(
             authority,
         ))
         .await?;
-        return deliver::deliver(proxy, ctx, parts, Delivery::Synthetic(response)).await;
+        return Ok(Delivery::Synthetic(response));
     }
     let downstream = Downstream {
         peer: facts.peer,
@@ -340,7 +346,7 @@ async fn serve(
         let response =
             Box::pin(tunnel::open(proxy, &site, parts, downstream, upgrade, ctx)).await?;
         ctx.status.fwd_status = Some(response.status().as_u16());
-        return deliver::deliver(proxy, ctx, parts, Delivery::Forwarded(response)).await;
+        return Ok(Delivery::Forwarded(response));
     }
     let request = Routed {
         proxy,
@@ -349,57 +355,33 @@ async fn serve(
         downstream,
         interim: facts.interim.as_ref(),
     };
-    from_cache(&request, Body::from(body), ctx).await
-}
-
-/// The lookup, the branch it chose, and delivery. A stored body found corrupt or missing
-/// before any of it was sent costs the client nothing: its entry is dropped, and the
-/// request is looked up once more, now a miss (the origin's answer), as if the body had
-/// never been stored.
-async fn from_cache(
-    request: &Routed<'_>,
-    body: Body,
-    ctx: &mut RequestCtx,
-) -> Result<Response<Body>, ProxyError> {
-    let (proxy, parts) = (request.proxy, request.parts);
-    let (scheme, authority) = (request.downstream.scheme, request.downstream.host);
     let lookup = proxy
         .cache
-        .lookup(parts, scheme, authority.unwrap_or(""), ctx.now)
+        .lookup(parts, facts.scheme, authority, ctx.now)
         .await;
-    let delivery = branch(request, lookup, body, ctx).await?;
-    match deliver::deliver(proxy, ctx, parts, delivery).await {
-        // Boxed, as the paths to the origin are in `branch`: a rare path's future would
-        // otherwise size every request's.
-        Err(ProxyError::StoredBodyLost(lost)) => Box::pin(refetch_lost(request, &lost, ctx)).await,
-        delivered => delivered,
-    }
+    branch(&request, lookup, body, ctx).await
 }
 
-/// The request again, after its stored body turned out `lost` before any of it was sent:
-/// the entry dropped, and the lookup made anew (now a miss).
-async fn refetch_lost(
-    request: &Routed<'_>,
+/// The request served again after its stored body turned out `lost` before any of it was
+/// sent, at no cost to the client: the entry is dropped (every variant, as the lost body
+/// may be an encoding's), and the lookup, now a miss, fetches the object again.
+async fn serve_after_lost_body(
+    proxy: &Arc<Proxy>,
+    parts: &http::request::Parts,
+    routing: (Option<Arc<Site>>, &DownstreamFacts),
     lost: &str,
     ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, ProxyError> {
-    let (proxy, parts) = (request.proxy, request.parts);
     tracing::warn!(
         uri = %parts.uri,
         "{lost}: the entry is dropped and the object fetched again"
     );
     if let Some(key) = ctx.key {
-        // Every variant goes, as the lost body may be an encoding's.
         proxy.cache.drop_lost(&key).await;
     }
     ctx.forget_hit();
-    let (scheme, authority) = (request.downstream.scheme, request.downstream.host);
-    let lookup = proxy
-        .cache
-        .lookup(parts, scheme, authority.unwrap_or(""), ctx.now)
-        .await;
     // A hit's request body is never read, and no GET sends one on a fill.
-    let delivery = branch(request, lookup, Body::empty(), ctx).await?;
+    let delivery = serve(proxy, parts, (Body::empty(), None), routing, ctx).await?;
     deliver::deliver(proxy, ctx, parts, delivery).await
 }
 

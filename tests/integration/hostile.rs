@@ -808,10 +808,13 @@ async fn a_failed_disk_tier_comes_back_when_the_disk_works() {
     let (url, body) = big(2);
     assert_eq!(get_echoed(&client(), &url, &body).await.text(), body);
     proxy.outpost.proxy().cache().settle().await;
+    // The object after recovery is on disk. (Not "the only file": the failed object's own
+    // write may still have been queued when the tier came back, and then land.)
     let files = walk_files(&dir.path().join("blobs"));
-    assert_eq!(
-        files.len(),
-        1,
+    assert!(
+        files
+            .iter()
+            .any(|file| std::fs::read(file).is_ok_and(|bytes| bytes == body.as_bytes())),
         "the object after recovery is on disk: {files:?}"
     );
 }

@@ -3,7 +3,9 @@
 //! with `Acquire-By-Hash: yes`, in whatever compression apt chose), decoded to the text the
 //! `.deb` digests are read from.
 
-use std::io::{Read, Write};
+use std::io::Write;
+
+use bytes::Bytes;
 
 /// How a `by-hash` file of a Debian archive is recognised as a `Packages` index once
 /// decoded: its first paragraph starts with the `Package` field.
@@ -26,51 +28,46 @@ pub fn is_by_hash(path: &str) -> bool {
 }
 
 /// `raw` decoded as its leading bytes say (gzip, xz, or plain text), if it decodes within
-/// `limit` bytes: a small compressed file may not stand for an unbounded one.
-pub fn decoded(raw: &[u8], limit: u64) -> Option<Vec<u8>> {
-    let mut out = Capped {
-        bytes: Vec::new(),
-        limit,
-    };
-    if raw.starts_with(GZIP) {
-        let mut decoder = flate2::read::MultiGzDecoder::new(raw).take(limit.saturating_add(1));
-        decoder.read_to_end(&mut out.bytes).ok()?;
-        return (out.bytes.len() as u64 <= limit).then_some(out.bytes);
+/// `limit` bytes: a small compressed file may not stand for an unbounded one. Plain text
+/// is the same bytes, not a copy.
+pub fn decoded(raw: &Bytes, limit: u64) -> Option<Bytes> {
+    if !raw.starts_with(GZIP) && !raw.starts_with(XZ) {
+        return (raw.len() as u64 <= limit).then(|| raw.clone());
     }
-    if raw.starts_with(XZ) {
-        lzma_rs::xz_decompress(&mut std::io::BufReader::new(raw), &mut out).ok()?;
-        return Some(out.bytes);
-    }
-    (raw.len() as u64 <= limit).then(|| raw.to_vec())
+    let mut out = Capped::new(limit);
+    decode_into(raw, &mut out).ok()?;
+    Some(Bytes::from(out.bytes))
 }
 
 /// `raw` as a `Packages` index's text, if it is one (a `by-hash` file may be any index:
 /// `Contents`, translations, AppStream data). Its first bytes are decoded alone first, so
 /// that only a `Packages` index is decoded whole.
-pub fn packages_text(raw: &[u8], limit: u64) -> Option<Vec<u8>> {
+pub fn packages_text(raw: &Bytes, limit: u64) -> Option<Bytes> {
     if !decoded_prefix(raw, PACKAGES_START.len()).starts_with(PACKAGES_START) {
         return None;
     }
     decoded(raw, limit)
 }
 
-/// Up to the first `len` bytes of `raw` decoded (as [`decoded`] reads it); fewer when
-/// it decodes to fewer, or not at all.
+/// Up to the first `len` bytes of `raw` decoded; fewer when it decodes to fewer, or not
+/// at all.
 fn decoded_prefix(raw: &[u8], len: usize) -> Vec<u8> {
-    let mut out = Capped {
-        bytes: Vec::with_capacity(len),
-        limit: len as u64,
-    };
-    if raw.starts_with(GZIP) {
-        let decoder = flate2::read::MultiGzDecoder::new(raw).take(len as u64);
-        let _ = std::io::copy(&mut { decoder }, &mut out.bytes);
-    } else if raw.starts_with(XZ) {
-        // Stops with an error once the prefix is full; what was written is kept.
-        let _ = lzma_rs::xz_decompress(&mut std::io::BufReader::new(raw), &mut out);
-    } else {
-        out.bytes.extend_from_slice(&raw[..raw.len().min(len)]);
-    }
+    let mut out = Capped::new(len as u64);
+    // Stops with an error once the prefix is full; what was written is kept.
+    let _ = decode_into(raw, &mut out);
     out.bytes
+}
+
+/// Decodes `raw` as its leading bytes say into `out`, which ends it with an error once full.
+fn decode_into(raw: &[u8], out: &mut Capped) -> std::io::Result<()> {
+    if raw.starts_with(GZIP) {
+        std::io::copy(&mut flate2::read::MultiGzDecoder::new(raw), out).map(drop)
+    } else if raw.starts_with(XZ) {
+        lzma_rs::xz_decompress(&mut std::io::BufReader::new(raw), out)
+            .map_err(|err| std::io::Error::other(err.to_string()))
+    } else {
+        out.write_all(raw)
+    }
 }
 
 /// What a suite's `Release` (or `InRelease`) says of its index files.
@@ -123,6 +120,15 @@ struct Capped {
     limit: u64,
 }
 
+impl Capped {
+    fn new(limit: u64) -> Capped {
+        Capped {
+            bytes: Vec::new(),
+            limit,
+        }
+    }
+}
+
 impl Write for Capped {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let room = usize::try_from(self.limit)
@@ -147,21 +153,21 @@ mod tests {
 
     const TEXT: &[u8] = b"Package: a\nFilename: pool/a.deb\nSHA256: 00\n\n";
 
-    fn xz(bytes: &[u8]) -> Vec<u8> {
+    fn xz(bytes: &[u8]) -> Bytes {
         let mut out = Vec::new();
         lzma_rs::xz_compress(&mut std::io::BufReader::new(bytes), &mut out).unwrap();
-        out
+        Bytes::from(out)
     }
 
-    fn gz(bytes: &[u8]) -> Vec<u8> {
+    fn gz(bytes: &[u8]) -> Bytes {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
+        Bytes::from(encoder.finish().unwrap())
     }
 
     #[test]
     fn indexes_decode_by_their_leading_bytes_within_the_limit() {
-        for raw in [TEXT.to_vec(), gz(TEXT), xz(TEXT)] {
+        for raw in [Bytes::from_static(TEXT), gz(TEXT), xz(TEXT)] {
             assert_eq!(packages_text(&raw, 1 << 20).as_deref(), Some(TEXT));
             assert_eq!(decoded(&raw, 10), None, "past the limit");
         }

@@ -452,7 +452,7 @@ impl Mirror {
                 let (coded, limit) = (raw.clone(), self.rewrite_max);
                 let decoded = tokio::task::spawn_blocking(move || debian::decoded(&coded, limit));
                 match decoded.await.ok().flatten() {
-                    Some(text) => Bytes::from(text),
+                    Some(text) => text,
                     None => return Ok(OriginBody::read(raw)),
                 }
             }

@@ -143,6 +143,10 @@ async fn stored(
 /// [`ProxyError::StoredBodyLost`] for a corrupt or missing stored body (its entry is
 /// already being removed); [`ProxyError::Internal`] for any other failure of the first read.
 async fn read_before_head(response: Response<Body>) -> Result<Response<Body>, ProxyError> {
+    if !matches!(response.body(), Body::Boxed(_)) {
+        // Every memory hit: nothing to read ahead, and no response taken apart for it.
+        return Ok(response);
+    }
     let (parts, body) = response.into_parts();
     match body.with_first_piece_read().await {
         Ok(body) => Ok(Response::from_parts(parts, body)),

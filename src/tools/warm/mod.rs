@@ -18,8 +18,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::config::{MirrorConfig, RegistryKind};
+use crate::mirror::debian;
 use crate::mirror::documents::{cargo_download_path, cargo_index_prefix, debian_field, html_links};
-use crate::mirror::{debian, gunzip};
 use manifest::{Kind, Manifest, Package};
 
 /// Where the registries are mounted on the mirror (paths with both slashes).
@@ -390,7 +390,7 @@ impl Warmer {
         dists: &str,
         index: &str,
         listed: &debian::ReleaseIndex,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Bytes> {
         for name in [
             format!("{index}.xz"),
             format!("{index}.gz"),
@@ -408,19 +408,18 @@ impl Warmer {
             return tokio::task::spawn_blocking(decode).await.ok().flatten();
         }
         let by_name = format!("{dists}{index}");
-        match self
+        let answer = match self
             .exchange(&self.url(mount, &format!("{by_name}.gz")), None)
             .await
         {
             Ok(answer) if answer.status == http::StatusCode::OK => {
                 self.tally.fetched.fetch_add(1, Ordering::Relaxed);
-                gunzip(&answer.body)
+                answer
             }
-            _ => self
-                .fetch(&self.url(mount, &by_name), None)
-                .await
-                .map(|answer| answer.body.to_vec()),
-        }
+            _ => self.fetch(&self.url(mount, &by_name), None).await?,
+        };
+        let decode = move || debian::decoded(&answer.body, DEBIAN_INDEX_LIMIT);
+        tokio::task::spawn_blocking(decode).await.ok().flatten()
     }
 
     async fn debian_files(&self, packages: &[Package]) -> Vec<String> {

@@ -3,17 +3,13 @@
 //! with `Acquire-By-Hash: yes`, in whatever compression apt chose), decoded to the text the
 //! `.deb` digests are read from.
 
-use std::io::Write;
-
 use bytes::Bytes;
+
+use super::decode::{decoded, decoded_prefix};
 
 /// How a `by-hash` file of a Debian archive is recognised as a `Packages` index once
 /// decoded: its first paragraph starts with the `Package` field.
 const PACKAGES_START: &[u8] = b"Package:";
-
-/// The leading bytes of gzip and of xz.
-const GZIP: &[u8] = &[0x1f, 0x8b];
-const XZ: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
 
 /// Whether `path` (below a Debian registry) names a `Packages` index by name.
 pub fn is_packages_index(path: &str) -> bool {
@@ -27,18 +23,6 @@ pub fn is_by_hash(path: &str) -> bool {
     path.contains("/by-hash/")
 }
 
-/// `raw` decoded as its leading bytes say (gzip, xz, or plain text), if it decodes within
-/// `limit` bytes: a small compressed file may not stand for an unbounded one. Plain text
-/// is the same bytes, not a copy.
-pub fn decoded(raw: &Bytes, limit: u64) -> Option<Bytes> {
-    if !raw.starts_with(GZIP) && !raw.starts_with(XZ) {
-        return (raw.len() as u64 <= limit).then(|| raw.clone());
-    }
-    let mut out = Capped::new(limit);
-    decode_into(raw, &mut out).ok()?;
-    Some(Bytes::from(out.bytes))
-}
-
 /// `raw` as a `Packages` index's text, if it is one (a `by-hash` file may be any index:
 /// `Contents`, translations, AppStream data). Its first bytes are decoded alone first, so
 /// that only a `Packages` index is decoded whole.
@@ -47,27 +31,6 @@ pub fn packages_text(raw: &Bytes, limit: u64) -> Option<Bytes> {
         return None;
     }
     decoded(raw, limit)
-}
-
-/// Up to the first `len` bytes of `raw` decoded; fewer when it decodes to fewer, or not
-/// at all.
-fn decoded_prefix(raw: &[u8], len: usize) -> Vec<u8> {
-    let mut out = Capped::new(len as u64);
-    // Stops with an error once the prefix is full; what was written is kept.
-    let _ = decode_into(raw, &mut out);
-    out.bytes
-}
-
-/// Decodes `raw` as its leading bytes say into `out`, which ends it with an error once full.
-fn decode_into(raw: &[u8], out: &mut Capped) -> std::io::Result<()> {
-    if raw.starts_with(GZIP) {
-        std::io::copy(&mut flate2::read::MultiGzDecoder::new(raw), out).map(drop)
-    } else if raw.starts_with(XZ) {
-        lzma_rs::xz_decompress(&mut std::io::BufReader::new(raw), out)
-            .map_err(|err| std::io::Error::other(err.to_string()))
-    } else {
-        out.write_all(raw)
-    }
 }
 
 /// What a suite's `Release` (or `InRelease`) says of its index files.
@@ -114,42 +77,10 @@ impl ReleaseIndex {
     }
 }
 
-/// A writer that refuses to grow past `limit` bytes.
-struct Capped {
-    bytes: Vec<u8>,
-    limit: u64,
-}
-
-impl Capped {
-    fn new(limit: u64) -> Capped {
-        Capped {
-            bytes: Vec::new(),
-            limit,
-        }
-    }
-}
-
-impl Write for Capped {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let room = usize::try_from(self.limit)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(self.bytes.len());
-        if room == 0 && !data.is_empty() {
-            return Err(std::io::Error::other("decoded index past the limit"));
-        }
-        let taken = data.len().min(room);
-        self.bytes.extend_from_slice(&data[..taken]);
-        Ok(taken)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     const TEXT: &[u8] = b"Package: a\nFilename: pool/a.deb\nSHA256: 00\n\n";
 

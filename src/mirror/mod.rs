@@ -17,6 +17,7 @@
 
 pub mod check;
 pub mod debian;
+pub mod decode;
 pub mod digests;
 pub mod documents;
 
@@ -162,7 +163,7 @@ impl Document {
 pub enum MirrorError {
     #[error("{algorithm} of the artifact does not match the digest its index published")]
     Mismatch { algorithm: &'static str },
-    #[error("gzip-coded artifact larger than mirror.hold_max ({0} bytes): cannot be checked")]
+    #[error("gzip-coded artifact larger than mirror.hold_max ({0} bytes), coded or decoded: cannot be checked")]
     TooLargeToVerify(u64),
     #[error("response body failed: {0}")]
     Body(String),
@@ -388,14 +389,25 @@ impl Mirror {
                 return Ok(streamed(prefix, context, rest));
             }
         };
-        // A coded artifact is checked decoded (what the index's digest is of).
+        // A coded artifact is checked decoded (what the index's digest is of), on a blocking
+        // thread and within `hold_max` decoded bytes: a small coded body may decode to any size.
         let verdict = if encoded {
-            gunzip(&bytes).is_some_and(|decoded| expected.matches(&decoded))
+            let (coded, expected, limit) = (bytes.clone(), expected.clone(), self.hold_max);
+            let check = move || decode::gunzipped_matches(&coded, &expected, limit);
+            tokio::task::spawn_blocking(check)
+                .await
+                .unwrap_or(decode::CodedVerdict::Mismatch)
+        } else if expected.matches(&bytes) {
+            decode::CodedVerdict::Matches
         } else {
-            expected.matches(&bytes)
+            decode::CodedVerdict::Mismatch
         };
-        if !verdict {
-            return Err(refuse(mismatch()));
+        match verdict {
+            decode::CodedVerdict::Matches => {}
+            decode::CodedVerdict::Mismatch => return Err(refuse(mismatch())),
+            decode::CodedVerdict::TooLarge => {
+                return Err(refuse(MirrorError::TooLargeToVerify(self.hold_max)))
+            }
         }
         if registry.kind == RegistryKind::Debian && debian::is_by_hash(path) {
             self.read_by_hash_index(registry, &bytes).await;
@@ -450,7 +462,7 @@ impl Mirror {
         let text = match (&coded, document) {
             (None, Document::DebianPackages) => {
                 let (coded, limit) = (raw.clone(), self.rewrite_max);
-                let decoded = tokio::task::spawn_blocking(move || debian::decoded(&coded, limit));
+                let decoded = tokio::task::spawn_blocking(move || decode::decoded(&coded, limit));
                 match decoded.await.ok().flatten() {
                     Some(text) => text,
                     None => return Ok(OriginBody::read(raw)),
@@ -458,9 +470,14 @@ impl Mirror {
             }
             (None, _) => raw.clone(),
             (Some(coding), _) if coding.as_bytes().eq_ignore_ascii_case(b"gzip") => {
-                match gunzip(&raw) {
-                    Some(text) => Bytes::from(text),
-                    None => return Ok(OriginBody::read(raw)),
+                let (coded, limit) = (raw.clone(), self.rewrite_max);
+                let decoded = tokio::task::spawn_blocking(move || decode::gunzipped(&coded, limit));
+                match decoded.await.ok().flatten() {
+                    Some(text) => text,
+                    None => {
+                        tracing::warn!(registry = %registry.name, path, "gzip-coded index document not decoded within mirror.rewrite_max: relayed as it came");
+                        return Ok(OriginBody::read(raw));
+                    }
                 }
             }
             // A coding we cannot read: the document goes on untouched.
@@ -589,16 +606,6 @@ async fn read_whole(
         }
     }
     Ok(Whole::Read(chunks.freeze()))
-}
-
-/// `bytes` gunzipped, or `None` when they are not gzip.
-pub fn gunzip(bytes: &[u8]) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let mut decoded = Vec::new();
-    flate2::read::MultiGzDecoder::new(bytes)
-        .read_to_end(&mut decoded)
-        .ok()?;
-    Some(decoded)
 }
 
 #[cfg(test)]

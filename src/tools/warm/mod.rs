@@ -18,8 +18,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::config::{MirrorConfig, RegistryKind};
-use crate::mirror::debian;
 use crate::mirror::documents::{cargo_download_path, cargo_index_prefix, debian_field, html_links};
+use crate::mirror::{debian, decode};
 use manifest::{Kind, Manifest, Package};
 
 /// Where the registries are mounted on the mirror (paths with both slashes).
@@ -404,7 +404,7 @@ impl Warmer {
                 _ => format!("{dists}{name}"),
             };
             let answer = self.fetch(&self.url(mount, &path), None).await?;
-            let decode = move || debian::decoded(&answer.body, DEBIAN_INDEX_LIMIT);
+            let decode = move || decode::decoded(&answer.body, DEBIAN_INDEX_LIMIT);
             return tokio::task::spawn_blocking(decode).await.ok().flatten();
         }
         let by_name = format!("{dists}{index}");
@@ -418,7 +418,7 @@ impl Warmer {
             }
             _ => self.fetch(&self.url(mount, &by_name), None).await?,
         };
-        let decode = move || debian::decoded(&answer.body, DEBIAN_INDEX_LIMIT);
+        let decode = move || decode::decoded(&answer.body, DEBIAN_INDEX_LIMIT);
         tokio::task::spawn_blocking(decode).await.ok().flatten()
     }
 

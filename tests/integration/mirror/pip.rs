@@ -279,6 +279,67 @@ async fn artifacts_too_large_to_hold_are_checked_as_they_stream() {
     }
 }
 
+/// A gzip-coded artifact is checked against the page's digest once decoded, and decoding is
+/// bounded by `mirror.hold_max`: a few KiB of coded zeros that decode to more than it are
+/// refused (502 with Proxy-Status, RFC 9209 §2.3.14) and counted, not decoded into memory;
+/// within it, the same artifact is checked and served as it came (RFC 9110 §8.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_coded_artifact_is_checked_decoded_within_hold_max() {
+    use std::io::Write;
+    const WHEEL: &str = "/packages/00/00/zeros-1.0-py3-none-any.whl";
+    let decoded = vec![0u8; 4 << 20];
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(&decoded).unwrap();
+    let coded = Bytes::from(encoder.finish().unwrap());
+    assert!(coded.len() < 64 << 10, "{}", coded.len());
+    let (files, ca_pem) = Origin::start_tls(vec![(
+        WHEEL,
+        Fixture::Static {
+            status: StatusCode::OK,
+            headers: vec![
+                ("content-type", "application/octet-stream".into()),
+                ("content-encoding", "gzip".into()),
+            ],
+            body: coded.clone(),
+        },
+    )])
+    .await;
+    let files_url = format!("https://localhost:{}", files.addr.port());
+    let html = format!(
+        "<!DOCTYPE html><html><body>\n<a href=\"{files_url}{WHEEL}#sha256={}\">zeros-1.0-py3-none-any.whl</a>\n</body></html>\n",
+        sha256_hex(&decoded)
+    );
+    let index = Origin::start(vec![("/simple/zeros/", page("text/html", html))]).await;
+    let swaps = vec![
+        ("https://pypi.org", index.url()),
+        ("https://files.pythonhosted.org", files_url.clone()),
+    ];
+    for (hold_max, served) in [(1u64 << 20, false), (8 << 20, true)] {
+        let mirror = Mirror::start_tuned(&swaps, Some(&ca_pem), |config| {
+            config.mirror.hold_max = outpost::config::ByteSize(hold_max);
+        })
+        .await;
+        let page = support::get(&mirror.url("/pypi/simple/zeros/"), &[]).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let link = mirror.url(&format!("/pypi/_files{WHEEL}"));
+        let fetched = support::get(&link, &[("accept-encoding", "gzip")]).await;
+        if served {
+            assert_eq!(fetched.status, StatusCode::OK);
+            assert_eq!(fetched.header("content-encoding"), Some("gzip"));
+            assert_eq!(fetched.body, coded, "served as it came");
+            assert_eq!(mirror.card("pypi").await["integrity_failures"], 0);
+        } else {
+            assert_eq!(fetched.status, StatusCode::BAD_GATEWAY);
+            let proxy_status = fetched.header("proxy-status").unwrap_or_default();
+            assert!(
+                proxy_status.contains("larger than mirror.hold_max"),
+                "{proxy_status}"
+            );
+            assert_eq!(mirror.card("pypi").await["integrity_failures"], 1);
+        }
+    }
+}
+
 /// The rewritten page is a stored transform: its own weak validator (RFC 9110 §8.8.1) for
 /// clients, the origin's for revalidation (RFC 9111 §4.3.1), and a 304 from the origin
 /// keeps the rewritten copy (§4.3.4).

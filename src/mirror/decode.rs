@@ -1,0 +1,191 @@
+//! Bounded decoding of what the mirror reads whole: gzip and xz, known by their leading
+//! bytes or by a `Content-Encoding`. A few kilobytes of compressed zeros can stand for
+//! gigabytes, so every decode here stops at a limit the caller gives: a document decoded to
+//! read its links and digests is held within it, and an artifact decoded to check its digest
+//! is hashed as it decodes, never held.
+
+use std::io::Write;
+
+use bytes::Bytes;
+
+use super::digests::Expected;
+
+/// The leading bytes of gzip and of xz.
+const GZIP: &[u8] = &[0x1f, 0x8b];
+const XZ: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
+
+/// `raw` decoded as its leading bytes say (gzip, xz, or plain text), if it decodes within
+/// `limit` bytes: a small compressed file may not stand for an unbounded one. Plain text
+/// is the same bytes, not a copy.
+pub fn decoded(raw: &Bytes, limit: u64) -> Option<Bytes> {
+    if !raw.starts_with(GZIP) && !raw.starts_with(XZ) {
+        return (raw.len() as u64 <= limit).then(|| raw.clone());
+    }
+    let mut out = Capped::new(limit);
+    decode_into(raw, &mut out).ok()?;
+    Some(Bytes::from(out.bytes))
+}
+
+/// Up to the first `len` bytes of `raw` decoded; fewer when it decodes to fewer, or not
+/// at all.
+pub fn decoded_prefix(raw: &[u8], len: usize) -> Vec<u8> {
+    let mut out = Capped::new(len as u64);
+    // Stops with an error once the prefix is full; what was written is kept.
+    let _ = decode_into(raw, &mut out);
+    out.bytes
+}
+
+/// `raw` (a `Content-Encoding: gzip` body) gunzipped, if it is gzip and decodes within
+/// `limit` bytes.
+pub fn gunzipped(raw: &[u8], limit: u64) -> Option<Bytes> {
+    let mut out = Capped::new(limit);
+    std::io::copy(&mut flate2::read::MultiGzDecoder::new(raw), &mut out).ok()?;
+    Some(Bytes::from(out.bytes))
+}
+
+/// What checking a gzip-coded artifact's decoded bytes against its digest found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodedVerdict {
+    Matches,
+    /// Not gzip, damaged, or decoded to other bytes than the digest is of.
+    Mismatch,
+    /// Decodes to more than the limit: not checked.
+    TooLarge,
+}
+
+/// Whether `raw` (gzip) decodes to the bytes `expected` is the digest of, hashing the
+/// decoded bytes as they come and giving up past `limit` of them.
+pub fn gunzipped_matches(raw: &[u8], expected: &Expected, limit: u64) -> CodedVerdict {
+    let mut out = Digesting {
+        context: expected.context(),
+        written: 0,
+        limit,
+    };
+    match std::io::copy(&mut flate2::read::MultiGzDecoder::new(raw), &mut out) {
+        Ok(_) if expected.is(out.context.finish().as_ref()) => CodedVerdict::Matches,
+        Ok(_) => CodedVerdict::Mismatch,
+        Err(_) if out.written > limit => CodedVerdict::TooLarge,
+        Err(_) => CodedVerdict::Mismatch,
+    }
+}
+
+/// Decodes `raw` as its leading bytes say into `out`, which ends it with an error once full.
+fn decode_into(raw: &[u8], out: &mut impl Write) -> std::io::Result<()> {
+    if raw.starts_with(GZIP) {
+        std::io::copy(&mut flate2::read::MultiGzDecoder::new(raw), out).map(drop)
+    } else if raw.starts_with(XZ) {
+        lzma_rs::xz_decompress(&mut std::io::BufReader::new(raw), out)
+            .map_err(|err| std::io::Error::other(err.to_string()))
+    } else {
+        out.write_all(raw)
+    }
+}
+
+fn past_the_limit() -> std::io::Error {
+    std::io::Error::other("decoded past the limit")
+}
+
+/// A writer that refuses to grow past `limit` bytes.
+struct Capped {
+    bytes: Vec<u8>,
+    limit: u64,
+}
+
+impl Capped {
+    fn new(limit: u64) -> Capped {
+        Capped {
+            bytes: Vec::new(),
+            limit,
+        }
+    }
+}
+
+impl Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = usize::try_from(self.limit)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.bytes.len());
+        if room == 0 && !data.is_empty() {
+            return Err(past_the_limit());
+        }
+        let taken = data.len().min(room);
+        self.bytes.extend_from_slice(&data[..taken]);
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer that hashes what it is given and fails once past `limit` bytes (`written`
+/// then says by how much).
+struct Digesting {
+    context: ring::digest::Context,
+    written: u64,
+    limit: u64,
+}
+
+impl Write for Digesting {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.written += data.len() as u64;
+        if self.written > self.limit {
+            return Err(past_the_limit());
+        }
+        self.context.update(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::digests::Algorithm;
+
+    fn sha256(bytes: &[u8]) -> Expected {
+        Expected {
+            algorithm: Algorithm::Sha256,
+            digest: ring::digest::digest(&ring::digest::SHA256, bytes)
+                .as_ref()
+                .to_vec(),
+        }
+    }
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// 64 MiB of zeros compress to about 64 KiB: the decoded size, not the coded one, is
+    /// what is bounded.
+    #[test]
+    fn a_gzip_bomb_stops_at_the_limit() {
+        let bomb = gz(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        assert_eq!(gunzipped(&bomb, 1 << 20), None);
+        assert_eq!(gunzipped(&bomb, 64 << 20).map(|b| b.len()), Some(64 << 20));
+        let zeros = sha256(&vec![0u8; 64 << 20]);
+        assert_eq!(
+            gunzipped_matches(&bomb, &zeros, 1 << 20),
+            CodedVerdict::TooLarge
+        );
+        assert_eq!(
+            gunzipped_matches(&bomb, &zeros, 64 << 20),
+            CodedVerdict::Matches
+        );
+        let other = sha256(b"other");
+        assert_eq!(
+            gunzipped_matches(&bomb, &other, 64 << 20),
+            CodedVerdict::Mismatch
+        );
+        assert_eq!(
+            gunzipped_matches(b"not gzip", &other, 64 << 20),
+            CodedVerdict::Mismatch
+        );
+    }
+}

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use http::header::{HeaderMap, HeaderName, ACCEPT_ENCODING};
+use http::header::{HeaderMap, HeaderName, ACCEPT_ENCODING, ACCEPT_LANGUAGE, CONTENT_LANGUAGE};
 
 /// Identifies a resource: blake3 over method class, scheme, authority, path and query.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -243,6 +243,45 @@ impl Vary {
         }
     }
 
+    /// RFC 9111 §4.1 by the fields' semantics: whether a stored response of one language
+    /// (its `Content-Language`, `stored`) is the one the origin would select for `request`
+    /// when the response varies by `Accept-Language` alone (and `Accept-Encoding`, which the
+    /// origin never sees from clients). It is when that language is the request's one most
+    /// preferred: the origin has it, and chooses by preference (RFC 9110 §12.5.4). Ties,
+    /// ranges with subtags of their own and `*` never select this way.
+    pub fn selects_by_language(&self, stored: &HeaderMap, request: &HeaderMap) -> bool {
+        let Vary::Fields(names) = self else {
+            return false;
+        };
+        let by_language_alone = names
+            .iter()
+            .all(|name| name == ACCEPT_LANGUAGE || name == ACCEPT_ENCODING)
+            && names.contains(&ACCEPT_LANGUAGE);
+        if !by_language_alone {
+            return false;
+        }
+        let mut languages = stored.get_all(CONTENT_LANGUAGE).iter();
+        let (Some(language), None) = (languages.next(), languages.next()) else {
+            return false;
+        };
+        let language = language.as_bytes().trim_ascii();
+        if language.contains(&b',') {
+            return false;
+        }
+        let Some(members) = weighted_members(request.get_all(ACCEPT_LANGUAGE)) else {
+            return false;
+        };
+        match members.as_slice() {
+            [(top, weight), rest @ ..] => {
+                *weight > 0
+                    && rest.first().is_none_or(|(_, next)| next < weight)
+                    && top.as_slice() != b"*"
+                    && top.eq_ignore_ascii_case(language)
+            }
+            [] => false,
+        }
+    }
+
     pub fn field_names(&self) -> &[HeaderName] {
         match self {
             Vary::Fields(names) => names,
@@ -295,6 +334,21 @@ fn normalised_value(name: &HeaderName, request: &HeaderMap, hasher: &mut blake3:
         hasher.update(b"\x01absent");
         return;
     }
+    if matches!(name.as_str(), "accept-language" | "accept-charset") {
+        if let Some(members) = weighted_members(request.get_all(name)) {
+            for (index, (range, weight)) in members.iter().enumerate() {
+                if index > 0 {
+                    hasher.update(b",");
+                }
+                hasher.update(range);
+                if *weight != QVALUE_ONE {
+                    hasher.update(b";q=");
+                    hasher.update(&weight.to_be_bytes());
+                }
+            }
+            return;
+        }
+    }
     let case_insensitive = matches!(
         name.as_str(),
         "accept" | "accept-language" | "accept-charset"
@@ -317,6 +371,72 @@ fn normalised_value(name: &HeaderName, request: &HeaderMap, hasher: &mut blake3:
                 hasher.update(member);
             }
         }
+    }
+}
+
+/// A weight of 1 in thousandths (RFC 9110 §12.4.2).
+const QVALUE_ONE: u16 = 1000;
+
+/// The members of an `Accept-Language` or `Accept-Charset` (RFC 9110 §12.5.4, §12.5.2: a
+/// token and an optional weight) in a form that keeps only what they mean: each token in
+/// lower case with its weight in thousandths, ordered by weight, then by token. Order
+/// among equal weights says nothing (§12.4.2: preference is the weight), so `en, de` and
+/// `de, en` are one request, as are `en;q=0.50` and `EN; Q=0.5`. `None` when a member is
+/// anything else (the value is then compared as written).
+pub(crate) fn weighted_members<'a>(
+    values: impl IntoIterator<Item = &'a http::HeaderValue>,
+) -> Option<Vec<(Vec<u8>, u16)>> {
+    let mut members = Vec::new();
+    for value in values {
+        for member in value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|m| !m.is_empty())
+        {
+            let mut parts = member.split(|b| *b == b';').map(<[u8]>::trim_ascii);
+            let token = parts.next()?;
+            if token.is_empty()
+                || !token
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'*' | b'_' | b'.'))
+            {
+                return None;
+            }
+            let weight = match (parts.next(), parts.next()) {
+                (None, _) => QVALUE_ONE,
+                (Some(parameter), None) => qvalue(parameter)?,
+                (Some(_), Some(_)) => return None,
+            };
+            members.push((token.to_ascii_lowercase(), weight));
+        }
+    }
+    members.sort_by(|(a, a_weight), (b, b_weight)| b_weight.cmp(a_weight).then_with(|| a.cmp(b)));
+    Some(members)
+}
+
+/// `q=<qvalue>` (RFC 9110 §12.4.2, the name case-insensitive) in thousandths.
+fn qvalue(parameter: &[u8]) -> Option<u16> {
+    let (name, value) = parameter.split_at_checked(2)?;
+    if !name.eq_ignore_ascii_case(b"q=") {
+        return None;
+    }
+    let (whole, fraction) = match value.iter().position(|b| *b == b'.') {
+        Some(dot) => (&value[..dot], &value[dot + 1..]),
+        None => (value, &[][..]),
+    };
+    if fraction.len() > 3 || !fraction.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let thousandths = fraction
+        .iter()
+        .chain(std::iter::repeat(&b'0'))
+        .take(3)
+        .fold(0u16, |sum, digit| sum * 10 + u16::from(digit - b'0'));
+    match whole {
+        b"0" => Some(thousandths),
+        b"1" if thousandths == 0 => Some(QVALUE_ONE),
+        _ => None,
     }
 }
 
@@ -432,6 +552,49 @@ mod tests {
         }
         let by_scheme = Vary::from_response(&headers(&[("vary", "x-forwarded-proto")]));
         assert!(matches!(by_scheme, Vary::Fields(_)));
+    }
+
+    /// RFC 9110 §12.4.2, §12.5.4: a language list means its weights; order among equal
+    /// weights, case, spacing and how a weight is spelled do not change it, and a weight
+    /// does.
+    #[test]
+    fn accept_language_keys_by_what_its_weights_say() {
+        let vary = Vary::from_response(&headers(&[("vary", "Accept-Language")]));
+        let key = |value: &'static str| vary.variant_key(&headers(&[("accept-language", value)]));
+        assert_eq!(key("en, de"), key("de, en"));
+        assert_eq!(key("en, de"), key("DE ,En;q=1.000"));
+        assert_eq!(key("fr;q=0.5, de"), key("de;q=1, fr; Q=0.50"));
+        assert_ne!(key("en, de;q=0.5"), key("de, en;q=0.5"));
+        assert_ne!(key("en"), key("en;q=0"));
+        assert_ne!(key("en"), key("en, de"));
+        // Not a weighted list: compared as written (still case-folded).
+        assert_eq!(key("en;q=2, de"), key("EN;q=2, de"));
+        assert_ne!(key("en;q=2, de"), key("de, en;q=2"));
+    }
+
+    /// RFC 9111 §4.1 by semantics: a response in the language a request prefers most is
+    /// the one the origin would choose for it, whatever else the request lists.
+    #[test]
+    fn a_stored_language_is_selected_by_the_request_that_prefers_it_most() {
+        let vary = Vary::from_response(&headers(&[("vary", "Accept-Language, Accept-Encoding")]));
+        let german = headers(&[("content-language", "de")]);
+        let asks = |value: &'static str| {
+            vary.selects_by_language(&german, &headers(&[("accept-language", value)]))
+        };
+        assert!(asks("fr;q=0.5, de;q=1.0"));
+        assert!(asks("DE, en;q=0.9"));
+        assert!(!asks("en, de"), "a tie says nothing");
+        assert!(!asks("en, de;q=0.5"));
+        assert!(!asks("de-AT, de;q=0.5"), "the origin may have de-AT");
+        assert!(!asks("de;q=0"));
+        assert!(!vary.selects_by_language(&german, &HeaderMap::new()));
+        let two = headers(&[("content-language", "de, en")]);
+        assert!(!vary.selects_by_language(&two, &headers(&[("accept-language", "de")])));
+        let also_by_device =
+            Vary::from_response(&headers(&[("vary", "Accept-Language, X-Device")]));
+        assert!(
+            !also_by_device.selects_by_language(&german, &headers(&[("accept-language", "de")]))
+        );
     }
 
     #[test]

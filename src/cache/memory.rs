@@ -57,7 +57,9 @@ fn drop_orphaned_encodings(variants: &mut Vec<Arc<StoredResponse>>) {
 
 impl VariantSet {
     /// The newest variant whose Vary rule gives `request` the variant key it was stored
-    /// under. Variants usually share one Vary rule, so its key is computed once.
+    /// under; failing that, one in the language `request` prefers most (see
+    /// [`Vary::selects_by_language`]). Variants usually share one Vary rule, so its key is
+    /// computed once.
     pub fn select(&self, request: &HeaderMap) -> Option<&Arc<StoredResponse>> {
         let mut last_rule: Option<(&Vary, Option<VariantKey>)> = None;
         self.variants
@@ -75,15 +77,26 @@ impl VariantSet {
                 };
                 key == Some(entry.meta.variant)
             })
+            .or_else(|| {
+                self.variants.iter().find(|entry| {
+                    entry.meta.derivation.is_none()
+                        && entry
+                            .meta
+                            .vary
+                            .selects_by_language(&entry.meta.headers, request)
+                })
+            })
     }
 
     /// Of stored metadata (as the disk tier lists it), the newest origin variant `request`
-    /// selects.
+    /// selects, as [`VariantSet::select`] chooses.
     pub fn select_meta<'a>(metas: &'a [EntryMeta], request: &HeaderMap) -> Option<&'a EntryMeta> {
-        metas
-            .iter()
-            .filter(|meta| meta.derivation.is_none())
+        let origin_variants = || metas.iter().filter(|meta| meta.derivation.is_none());
+        origin_variants()
             .find(|meta| meta.vary.variant_key(request) == Some(meta.variant))
+            .or_else(|| {
+                origin_variants().find(|meta| meta.vary.selects_by_language(&meta.headers, request))
+            })
     }
 
     /// The stored `coding` encoding of `source`, if it was made from `source`'s current body.

@@ -635,8 +635,15 @@ impl FillTask {
         };
         let mut meta = freshened(&shared_headers);
         let replaced = (meta.vary != vary).then_some(meta.variant);
+        // An entry this request selected by its language (RFC 9111 §4.1) is freshened in
+        // place, not stored again under this request's own key beside its stale self.
+        let selected_by_language = replaced.is_none()
+            && variant != meta.variant
+            && vary.selects_by_language(&shared_headers, &self.client_headers);
         meta.vary = vary;
-        meta.variant = variant;
+        if !selected_by_language {
+            meta.variant = variant;
+        }
         let entry = with_body(meta);
         match replaced {
             Some(old_variant) => cache.replace_variant(Arc::clone(&entry), old_variant).await,

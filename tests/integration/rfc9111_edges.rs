@@ -697,3 +697,43 @@ async fn qualified_forms_naming_essential_fields_act_unqualified() {
         assert_eq!(origin.hits(path), 2, "{path}");
     }
 }
+
+/// RFC 9111 §4.1: selecting fields match when they mean the same (RFC 9110 §12.4.2: a
+/// language list's preference is its weights, so order among equal weights says nothing)
+/// or, by the field's semantics, when the stored response is the one the origin would
+/// choose: a response in German (`Content-Language: de`) answers a request that prefers
+/// German most, whatever else it lists; a request that prefers another language first goes
+/// to the origin.
+#[tokio::test]
+async fn accept_language_variants_match_by_meaning() {
+    let origin = Origin::start(vec![(
+        "/page",
+        Fixture::Static {
+            status: http::StatusCode::OK,
+            headers: header_list(&[
+                ("cache-control", "max-age=600"),
+                ("vary", "Accept-Language"),
+                ("content-language", "de"),
+            ]),
+            body: bytes::Bytes::from_static(b"Seite"),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let ask = |languages: &'static str| {
+        let url = proxy.url("/page");
+        async move { get(&url, &[("accept-language", languages)]).await }
+    };
+    assert!(!is_hit(&ask("en, de").await));
+    for same in ["de, en", "DE ,en;q=1", "fr;q=0.5, de;q=1.0", "de"] {
+        let reply = ask(same).await;
+        assert!(is_hit(&reply), "{same}: {}", cache_status(&reply));
+        assert_eq!(reply.text(), "Seite");
+    }
+    assert_eq!(origin.hits("/page"), 1);
+    for other in ["en, de;q=0.5", "de-AT", "fr"] {
+        let reply = ask(other).await;
+        assert!(!is_hit(&reply), "{other}: {}", cache_status(&reply));
+    }
+    assert_eq!(origin.hits("/page"), 4);
+}

@@ -25,6 +25,10 @@ pub struct WarmArgs {
     pub debian_component: String,
     #[arg(long, default_value = "amd64")]
     pub debian_arch: String,
+    /// The translations apt fetches (its `Acquire::Languages`), comma-separated; `none`
+    /// for none. apt offline warns of each one it cannot fetch.
+    #[arg(long, default_value = "en", value_delimiter = ',')]
+    pub debian_languages: Vec<String>,
     /// Downloads in flight at once.
     #[arg(long, short = 'c', default_value_t = 4)]
     pub concurrency: usize,
@@ -59,6 +63,12 @@ pub fn warm(args: &WarmArgs) -> Result<()> {
             suite: args.debian_suite.clone(),
             component: args.debian_component.clone(),
             architecture: args.debian_arch.clone(),
+            languages: args
+                .debian_languages
+                .iter()
+                .map(|language| language.trim().to_string())
+                .filter(|language| !language.is_empty() && language != "none")
+                .collect(),
         },
         concurrency: args.concurrency,
     };

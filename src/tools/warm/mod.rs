@@ -73,6 +73,8 @@ pub struct DebianIndex {
     pub suite: String,
     pub component: String,
     pub architecture: String,
+    /// The `Translation-<language>` files apt fetches with the index.
+    pub languages: Vec<String>,
 }
 
 /// What to warm and where.
@@ -380,10 +382,9 @@ impl Warmer {
         tarball.map(str::to_string)
     }
 
-    /// The `Packages` index `index` (below `dists`) as apt will fetch it, decoded: the
-    /// first of xz, gzip and plain that `Release` lists, by hash when it says
-    /// `Acquire-By-Hash: yes` (Debian's does), so that apt finds it stored when offline;
-    /// `Packages.gz`, else `Packages`, by name when `Release` lists none.
+    /// The `Packages` index `index` (below `dists`) as apt will fetch it, decoded (see
+    /// [`apt_index_path`]); `Packages.gz`, else `Packages`, by name when `Release` lists
+    /// none.
     async fn debian_index(
         &self,
         mount: &str,
@@ -391,19 +392,23 @@ impl Warmer {
         index: &str,
         listed: &debian::ReleaseIndex,
     ) -> Option<Bytes> {
-        for name in [
-            format!("{index}.xz"),
-            format!("{index}.gz"),
-            index.to_string(),
-        ] {
-            let Some(hex) = listed.digest_of(&name) else {
-                continue;
-            };
-            let path = match name.rsplit_once('/') {
-                Some((dir, _)) if listed.by_hash => format!("{dists}{dir}/by-hash/SHA256/{hex}"),
-                _ => format!("{dists}{name}"),
-            };
+        if let Some(path) = apt_index_path(listed, dists, index) {
             let answer = self.fetch(&self.url(mount, &path), None).await?;
+            let decode = move || decode::decoded(&answer.body, DEBIAN_INDEX_LIMIT);
+            let text = tokio::task::spawn_blocking(decode).await.ok().flatten()?;
+            if text.is_empty() || text.starts_with(b"Package:") {
+                return Some(text);
+            }
+            // apt's form is one outpost does not decode (bzip2, lzma, lz4, zstd): it is
+            // stored for apt now, and a form outpost reads is what the names come from.
+            let readable = ["xz", "gz"]
+                .iter()
+                .map(|suffix| format!("{index}.{suffix}"))
+                .chain([index.to_string()])
+                .find(|name| listed.digest_of(name).is_some())?;
+            let answer = self
+                .fetch(&self.url(mount, &format!("{dists}{readable}")), None)
+                .await?;
             let decode = move || decode::decoded(&answer.body, DEBIAN_INDEX_LIMIT);
             return tokio::task::spawn_blocking(decode).await.ok().flatten();
         }
@@ -454,6 +459,13 @@ impl Warmer {
         let Some(text) = self.debian_index(&mount, &dists, &index, &listed).await else {
             return Vec::new();
         };
+        for language in &debian.languages {
+            let translation = format!("{}/i18n/Translation-{language}", debian.component);
+            // A language the archive does not list is one apt does not ask for either.
+            if let Some(path) = apt_index_path(&listed, &dists, &translation) {
+                self.fetch(&self.url(&mount, &path), None).await;
+            }
+        }
         let available = debian_filenames(&String::from_utf8_lossy(&text));
         let mut urls = Vec::new();
         for package in packages {
@@ -467,6 +479,25 @@ impl Warmer {
         }
         urls
     }
+}
+
+/// The compressions apt takes an index in, in its order of preference
+/// (`Acquire::CompressionTypes`), the uncompressed file last.
+const APT_COMPRESSIONS: [&str; 7] = [".xz", ".bz2", ".lzma", ".gz", ".lz4", ".zst", ""];
+
+/// The path (below the mount) apt fetches the index file `name` (below `dists`) by: the
+/// first compression of it that `Release` lists, by hash when `Release` says
+/// `Acquire-By-Hash: yes` (Debian's does), so that apt finds it stored when offline.
+/// `None` when `Release` lists no form of it.
+fn apt_index_path(listed: &debian::ReleaseIndex, dists: &str, name: &str) -> Option<String> {
+    APT_COMPRESSIONS.iter().find_map(|suffix| {
+        let file = format!("{name}{suffix}");
+        let hex = listed.digest_of(&file)?;
+        Some(match file.rsplit_once('/') {
+            Some((dir, _)) if listed.by_hash => format!("{dists}{dir}/by-hash/SHA256/{hex}"),
+            _ => format!("{dists}{file}"),
+        })
+    })
 }
 
 /// The most a Debian `Packages` index may decode to (Debian's largest are some 70 MB).
@@ -540,6 +571,30 @@ fn debian_filenames(text: &str) -> Vec<(String, String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// apt's order of compressions, by hash only when `Release` asks for it.
+    #[test]
+    fn index_files_are_fetched_in_the_form_apt_takes() {
+        let release =
+            "SHA256:\n aa 1 main/i18n/Translation-en\n bb 1 main/i18n/Translation-en.gz\n \
+                       cc 1 main/i18n/Translation-en.bz2\n dd 1 main/binary-amd64/Packages\n";
+        let listed = debian::ReleaseIndex::parse(release);
+        let path = |name| apt_index_path(&listed, "dists/s/", name);
+        assert_eq!(
+            path("main/i18n/Translation-en").as_deref(),
+            Some("dists/s/main/i18n/Translation-en.bz2")
+        );
+        assert_eq!(
+            path("main/binary-amd64/Packages").as_deref(),
+            Some("dists/s/main/binary-amd64/Packages")
+        );
+        assert_eq!(path("main/i18n/Translation-de"), None);
+        let by_hash = debian::ReleaseIndex::parse(&format!("Acquire-By-Hash: yes\n{release}"));
+        assert_eq!(
+            apt_index_path(&by_hash, "dists/s/", "main/i18n/Translation-en").as_deref(),
+            Some("dists/s/main/i18n/by-hash/SHA256/cc")
+        );
+    }
 
     #[test]
     fn pool_paths_are_spelled_as_apt_sends_them() {

@@ -11,16 +11,34 @@ use http::StatusCode;
 use super::{client_available, sha256_hex, Mirror};
 use crate::support::{Fixture, Origin};
 
-/// A private apt: its own state, lists, cache and sources under `root`.
-fn apt(root: &std::path::Path, args: &[&str]) -> Result<String, String> {
+/// A private apt: its own state, lists, cache and sources under `root`, fetching the
+/// translations `languages` names (`Acquire::Languages`, comma-separated, or `none`).
+fn apt(root: &std::path::Path, languages: &str, args: &[&str]) -> Result<String, String> {
     let dir = |name: &str| format!("-o{name}={}", root.display());
+    // The machine's own apt configuration is not read (Debian's container images turn
+    // translations off in it): APT_CONFIG is read first and points apt's parts elsewhere.
+    let config = root.join("apt.conf");
+    let parts = root.join("apt.conf.d");
+    std::fs::create_dir_all(&parts).map_err(|err| err.to_string())?;
+    let list: String = languages
+        .split(',')
+        .map(|language| format!("\"{language}\"; "))
+        .collect();
+    std::fs::write(
+        &config,
+        format!(
+            "Dir::Etc::parts \"{}\";\nAcquire::Languages {{ {list}}};\n",
+            parts.display()
+        ),
+    )
+    .map_err(|err| err.to_string())?;
     let output = Command::new("apt-get")
+        .env("APT_CONFIG", &config)
         .arg(dir("Dir"))
         .arg(format!("-oDir::State::status={}/status", root.display()))
         .args([
             "-oDebug::NoLocking=1",
             "-oAPT::Architecture=amd64",
-            "-oAcquire::Languages=none",
             "-oAcquire::Retries=0",
             "-oDir::Etc::sourceparts=-",
             "-oDir::Etc::trusted=/dev/null",
@@ -225,14 +243,29 @@ fn by_hash_xz_archive(deb: &Bytes) -> (Vec<(String, Fixture)>, String) {
         "/debian/dists/stable/main/binary-amd64/by-hash/SHA256/{}",
         sha256_hex(&xz)
     );
+    let translation = "Package: hello-outpost\nDescription-md5: 0123456789abcdef0123456789abcdef\n\
+                       Description-en: greets from the mirror\n\n";
+    let mut translation_xz = Vec::new();
+    lzma_rs::xz_compress(&mut translation.as_bytes(), &mut translation_xz).unwrap();
     let release = format!(
         "Origin: test\nLabel: test\nSuite: stable\nCodename: stable\nDate: {}\nArchitectures: amd64\n\
-         Components: main\nAcquire-By-Hash: yes\nSHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n",
+         Components: main\nAcquire-By-Hash: yes\nSHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n \
+         {} {} main/i18n/Translation-en\n {} {} main/i18n/Translation-en.xz\n",
         httpdate::fmt_http_date(std::time::SystemTime::now()),
         sha256_hex(packages.as_bytes()),
         packages.len(),
         sha256_hex(&xz),
-        xz.len()
+        xz.len(),
+        // Listed uncompressed too, as Debian does (apt looks for that name; the file
+        // itself is not served).
+        sha256_hex(translation.as_bytes()),
+        translation.len(),
+        sha256_hex(&translation_xz),
+        translation_xz.len()
+    );
+    let translation_by_hash = format!(
+        "/debian/dists/stable/main/i18n/by-hash/SHA256/{}",
+        sha256_hex(&translation_xz)
     );
     let mut routes = vec![
         (
@@ -245,6 +278,14 @@ fn by_hash_xz_archive(deb: &Bytes) -> (Vec<(String, Fixture)>, String) {
                 status: StatusCode::OK,
                 headers: Vec::new(),
                 body: Bytes::from(xz),
+            },
+        ),
+        (
+            translation_by_hash,
+            Fixture::Static {
+                status: StatusCode::OK,
+                headers: Vec::new(),
+                body: Bytes::from(translation_xz),
             },
         ),
     ];
@@ -285,8 +326,16 @@ async fn warm_prepares_a_by_hash_archive_for_offline_apt() {
     );
 
     mirror.go_offline().await;
-    let downloaded = update_and_download(&mirror).await;
-    assert_eq!(downloaded.expect("apt with the mirror offline"), deb);
+    let (updated, downloaded) = update_and_download_with_languages(&mirror, "en")
+        .await
+        .expect("apt with the mirror offline");
+    assert_eq!(downloaded, deb);
+    // apt also takes the English descriptions (its default languages include "en"); one
+    // it cannot fetch is a warning on every update.
+    assert!(
+        updated.contains("Translation-en") && !updated.contains("W: "),
+        "{updated}"
+    );
     assert_eq!(
         origin.hits(&by_hash),
         1,
@@ -334,14 +383,27 @@ impl ByHashArchive {
 /// `apt-get update` then `apt-get download hello-outpost` in a fresh apt root whose one
 /// source is `mirror`'s Debian registry; the package file apt saved.
 async fn update_and_download(mirror: &Mirror) -> Result<Vec<u8>, String> {
+    update_and_download_with_languages(mirror, "none")
+        .await
+        .map(|(_, deb)| deb)
+}
+
+/// [`update_and_download`] with apt fetching the translations `languages` names; also what
+/// `apt-get update` said.
+async fn update_and_download_with_languages(
+    mirror: &Mirror,
+    languages: &'static str,
+) -> Result<(String, Vec<u8>), String> {
     let source = format!("deb [trusted=yes] {} stable main\n", mirror.url("/debian"));
     let root = tempfile::tempdir().unwrap();
     apt_root(root.path(), &source);
     let path = root.path().to_path_buf();
     tokio::task::spawn_blocking(move || {
-        apt(&path, &["update"])?;
-        apt(&path, &["download", "hello-outpost"])?;
-        std::fs::read(path.join("hello-outpost_1.0_all.deb")).map_err(|err| err.to_string())
+        let updated = apt(&path, languages, &["update"])?;
+        apt(&path, languages, &["download", "hello-outpost"])?;
+        let deb =
+            std::fs::read(path.join("hello-outpost_1.0_all.deb")).map_err(|err| err.to_string())?;
+        Ok((updated, deb))
     })
     .await
     .unwrap()

@@ -94,6 +94,28 @@ impl Body {
         Body::boxed(http_body_util::StreamBody::new(frames))
     }
 
+    /// `preface` then `body`, with `body`'s first piece read before anything is produced:
+    /// a multipart range whose first part is a stored file fails before its first boundary
+    /// line, and so before a response head, when the file is lost (see
+    /// [`Body::with_first_piece_read`]).
+    pub fn read_first(body: Body, preface: Body) -> Body {
+        use futures_util::StreamExt;
+        use http_body_util::{BodyExt, BodyStream};
+        let frames = futures_util::stream::once(async move {
+            let mut body = body;
+            let first = body.frame().await;
+            match first {
+                Some(Err(error)) => futures_util::stream::iter([Err(error)]).boxed(),
+                first => BodyStream::new(preface)
+                    .chain(futures_util::stream::iter(first))
+                    .chain(BodyStream::new(body))
+                    .boxed(),
+            }
+        })
+        .flatten();
+        Body::boxed(http_body_util::StreamBody::new(frames))
+    }
+
     /// A streamed body (`Boxed`) with its first piece read already, so that a failure to
     /// produce any of it shows before a response head is sent; other bodies as they are.
     ///

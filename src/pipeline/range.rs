@@ -299,11 +299,16 @@ fn multipart(
     let tail = format!("\r\n--{boundary}--\r\n");
     let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
     let mut total = tail.len() as u64;
-    for &(first, last) in ranges {
+    for (index, &(first, last)) in ranges.iter().enumerate() {
         let head = part_head(first, last);
         total += head.len() as u64 + (last - first + 1);
-        parts.push(Body::full(head));
-        parts.push(source.part(first, last));
+        let part = source.part(first, last);
+        if index == 0 {
+            parts.push(Body::read_first(part, Body::full(head)));
+        } else {
+            parts.push(Body::full(head));
+            parts.push(part);
+        }
     }
     parts.push(Body::full(tail));
     let headers = response.headers_mut();

@@ -374,6 +374,10 @@ fn normalised_value(name: &HeaderName, request: &HeaderMap, hasher: &mut blake3:
     }
 }
 
+/// The most members a weighted list is read for (browsers send a handful): a longer one,
+/// hostile or not, is compared as written rather than parsed and sorted on every lookup.
+const MAX_WEIGHTED_MEMBERS: usize = 32;
+
 /// A weight of 1 in thousandths (RFC 9110 §12.4.2).
 const QVALUE_ONE: u16 = 1000;
 
@@ -382,7 +386,8 @@ const QVALUE_ONE: u16 = 1000;
 /// lower case with its weight in thousandths, ordered by weight, then by token. Order
 /// among equal weights says nothing (§12.4.2: preference is the weight), so `en, de` and
 /// `de, en` are one request, as are `en;q=0.50` and `EN; Q=0.5`. `None` when a member is
-/// anything else (the value is then compared as written).
+/// anything else, or there are more than [`MAX_WEIGHTED_MEMBERS`] (the value is then
+/// compared as written).
 pub(crate) fn weighted_members<'a>(
     values: impl IntoIterator<Item = &'a http::HeaderValue>,
 ) -> Option<Vec<(Vec<u8>, u16)>> {
@@ -408,6 +413,9 @@ pub(crate) fn weighted_members<'a>(
                 (Some(parameter), None) => qvalue(parameter)?,
                 (Some(_), Some(_)) => return None,
             };
+            if members.len() == MAX_WEIGHTED_MEMBERS {
+                return None;
+            }
             members.push((token.to_ascii_lowercase(), weight));
         }
     }
@@ -570,6 +578,23 @@ mod tests {
         // Not a weighted list: compared as written (still case-folded).
         assert_eq!(key("en;q=2, de"), key("EN;q=2, de"));
         assert_ne!(key("en;q=2, de"), key("de, en;q=2"));
+        // Past 32 members a list is not parsed (nor sorted) on every lookup.
+        let long: &'static str = Box::leak(
+            (0..33)
+                .map(|i| format!("l{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+                .into_boxed_str(),
+        );
+        let reversed: &'static str = Box::leak(
+            (0..33)
+                .rev()
+                .map(|i| format!("l{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+                .into_boxed_str(),
+        );
+        assert_ne!(key(long), key(reversed));
     }
 
     /// RFC 9111 §4.1 by semantics: a response in the language a request prefers most is

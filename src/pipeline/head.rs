@@ -1,8 +1,9 @@
 //! HEAD requests the cache cannot answer (RFC 9110 §9.3.2, RFC 9111 §4.3.5): forwarded as
 //! HEAD, never turned into a GET (a HEAD for a 2 GiB image must not download it), and never
 //! stored. When a stored GET response is waiting for validation, the HEAD's 200 speaks for
-//! it: with the same validators it freshens the stored headers, with different ones the
-//! stored response is no longer the current one and is dropped.
+//! it: when every validator it carries (none, too) and its length agree with the stored
+//! response it freshens the stored headers; otherwise the stored response is no longer the
+//! current one and is dropped.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -82,9 +83,9 @@ fn stale_on_error(
     })
 }
 
-/// §4.3.5: a HEAD 200 with the stored response's validators (and length) freshens it, as a
-/// 304 would, if the merged headers may still be shared; any other 200 means the stored
-/// response is outdated, and it is dropped.
+/// §4.3.5: a HEAD 200 that agrees with the stored response (see [`same_representation`])
+/// freshens it, as a 304 would, if the merged headers may still be shared; any other 200
+/// means the stored response is outdated, and it is dropped.
 async fn apply_to_stored(
     miss: &Miss<'_>,
     stored: &Arc<StoredResponse>,
@@ -124,28 +125,23 @@ async fn apply_to_stored(
     cache.store(entry, false).await;
 }
 
-/// Whether a HEAD response describes the stored representation: the same strong ETag, or
-/// without ETags the same Last-Modified; and the same length when it states one.
+/// Whether a HEAD response may update the stored response (RFC 9111 §4.3.5): each validator
+/// it carries (ETag, Last-Modified) has the stored response's value, and so does its
+/// Content-Length when it states one. A HEAD with no validator at all matches: updating a
+/// stored response that has none, where a conditional GET cannot, is what §4.3.5 is for.
 fn same_representation(stored: &HeaderMap, stored_len: u64, head: &HeaderMap) -> bool {
-    let field = |headers: &HeaderMap, name| {
+    let field = |headers: &HeaderMap, name: &header::HeaderName| {
         headers
             .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .map(str::to_string)
+            .map(|value| value.as_bytes().trim_ascii().to_vec())
     };
-    let validators_match = match (field(stored, header::ETAG), field(head, header::ETAG)) {
-        (Some(a), Some(b)) => !a.starts_with("W/") && a == b,
-        (None, None) => match (
-            field(stored, header::LAST_MODIFIED),
-            field(head, header::LAST_MODIFIED),
-        ) {
-            (Some(a), Some(b)) => a == b,
-            _ => false,
-        },
-        _ => false,
+    let agrees = |name: header::HeaderName| match field(head, &name) {
+        Some(received) => field(stored, &name) == Some(received),
+        None => true,
     };
-    validators_match && content_length(head).is_none_or(|len| len == stored_len)
+    agrees(header::ETAG)
+        && agrees(header::LAST_MODIFIED)
+        && content_length(head).is_none_or(|len| len == stored_len)
 }
 
 #[cfg(test)]
@@ -160,9 +156,10 @@ mod tests {
         map
     }
 
-    /// RFC 9111 §4.3.5: strong ETag, else Last-Modified, and the length must agree.
+    /// RFC 9111 §4.3.5: every validator the HEAD carries, and its length when stated, must
+    /// be the stored response's; one that carries none matches.
     #[test]
-    fn a_head_matches_by_validators_and_length() {
+    fn a_head_matches_by_the_validators_it_carries_and_length() {
         let stored = headers(&[("etag", "\"v1\"")]);
         assert!(same_representation(
             &stored,
@@ -184,10 +181,29 @@ mod tests {
             4,
             &headers(&[("etag", "\"v2\"")])
         ));
-        assert!(!same_representation(&stored, 4, &HeaderMap::new()));
+        assert!(same_representation(&stored, 4, &HeaderMap::new()));
+        assert!(!same_representation(
+            &stored,
+            4,
+            &headers(&[("content-length", "5")])
+        ));
         let weak = headers(&[("etag", "W/\"v1\"")]);
-        assert!(!same_representation(&weak, 4, &weak));
+        assert!(same_representation(&weak, 4, &weak));
         let dated = headers(&[("last-modified", "Wed, 01 Jan 2025 00:00:00 GMT")]);
         assert!(same_representation(&dated, 4, &dated));
+        assert!(
+            !same_representation(&HeaderMap::new(), 4, &dated),
+            "a validator the stored response lacks"
+        );
+        let both = headers(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Wed, 01 Jan 2025 00:00:00 GMT"),
+        ]);
+        assert!(same_representation(&both, 4, &dated));
+        assert!(!same_representation(
+            &both,
+            4,
+            &headers(&[("last-modified", "Thu, 02 Jan 2025 00:00:00 GMT")])
+        ));
     }
 }

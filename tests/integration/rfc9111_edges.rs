@@ -266,6 +266,59 @@ async fn a_head_freshens_or_invalidates_the_stored_get() {
     assert_eq!(origin.hits("/changed"), 3);
 }
 
+/// RFC 9111 §4.3.5 is for stored responses without validators, which a conditional GET
+/// cannot check: a HEAD 200 with no validator either freshens the stored response with
+/// its fields, unless the length it states is not the stored body's (then the stored
+/// response is outdated and the next GET goes to the origin).
+#[tokio::test]
+async fn a_head_freshens_a_stored_get_that_has_no_validators() {
+    let stale = Fixture::Static {
+        status: http::StatusCode::OK,
+        headers: vec![
+            ("cache-control", "max-age=60".to_string()),
+            ("age", "3600".to_string()),
+        ],
+        body: bytes::Bytes::from_static(b"body"),
+    };
+    // A HEAD answer of the fixture states the body's length: "body" or "longer body".
+    let fresh_head = |body: &'static [u8]| Fixture::Static {
+        status: http::StatusCode::OK,
+        headers: vec![
+            ("cache-control", "max-age=600".to_string()),
+            ("x-refreshed", "yes".to_string()),
+        ],
+        body: bytes::Bytes::from_static(body),
+    };
+    let origin = Origin::start(vec![
+        (
+            "/same",
+            Fixture::sequence(vec![stale.clone(), fresh_head(b"body")]),
+        ),
+        (
+            "/longer",
+            Fixture::sequence(vec![stale, fresh_head(b"longer body")]),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let client = client();
+    for path in ["/same", "/longer"] {
+        get(&proxy.url(path), &[]).await;
+        let reply = send(&client, head(&proxy.url(path))).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(origin.last(path).method, http::Method::HEAD, "{path}");
+    }
+    let freshened = get(&proxy.url("/same"), &[]).await;
+    assert!(is_hit(&freshened), "{}", cache_status(&freshened));
+    assert_eq!(freshened.header("x-refreshed"), Some("yes"));
+    assert_eq!(freshened.text(), "body");
+    assert_eq!(origin.hits("/same"), 2);
+
+    let replaced = get(&proxy.url("/longer"), &[]).await;
+    assert!(!is_hit(&replaced), "{}", cache_status(&replaced));
+    assert_eq!(origin.hits("/longer"), 3);
+}
+
 /// RFC 9213 §2.1: a configured targeted field (here `Edge-Control`) that does not parse as a
 /// Structured Field Dictionary is ignored whole and Cache-Control applies; a valid one
 /// overrides Cache-Control for this cache.

@@ -27,6 +27,11 @@ pub struct MissPlan {
     pub variant_hint: VariantKey,
     /// A stored response to validate, if any.
     pub stale: Option<Arc<StoredResponse>>,
+    /// On a Vary miss, another variant of the resource with a strong ETag: the fill asks
+    /// the origin with that ETag alone (RFC 9111 §4.3.1: a cache may validate with any
+    /// stored response's entity tag), and a 304 for it says this request selects the same
+    /// representation, whose stored body then answers without being sent again.
+    pub other_variant: Option<Arc<StoredResponse>>,
     pub reason: FwdReason,
     /// RFC 9111 §3.5: an authorised request must not share a fetch it might not be allowed
     /// to share; a no-store request stores nothing for others to share.
@@ -106,7 +111,17 @@ impl Cache {
         let (Some(entry), Some(set)) = (selected, variants.clone()) else {
             let is_vary_miss = variants.as_ref().is_some_and(|set| !set.is_empty());
             let partial = self.usable_partial(&key, request, &directives, now).await;
-            let miss = self.miss(plan.plan(), &directives, is_vary_miss);
+            let mut miss_plan = plan.plan();
+            if is_vary_miss && !has_authorization {
+                miss_plan.other_variant = variants
+                    .as_ref()
+                    .and_then(|set| {
+                        set.iter()
+                            .find(|entry| policy::validates_other_variants(entry))
+                    })
+                    .cloned();
+            }
+            let miss = self.miss(miss_plan, &directives, is_vary_miss);
             return match partial {
                 Some((entry, status)) => Lookup::Partial {
                     entry,
@@ -305,6 +320,7 @@ impl PlanSource<'_> {
                 .and_then(|entry| entry.meta.vary.variant_key(self.headers))
                 .unwrap_or(VariantKey::NONE),
             stale: None,
+            other_variant: None,
             reason: FwdReason::UriMiss,
             is_coalescable: self.is_coalescable,
             forwards_range: false,

@@ -328,6 +328,8 @@ fn fill_request(
     let mut request = interim::relay_to(request, miss.interim.filter(|_| for_client));
     if let Some(stale) = &miss.plan.stale {
         policy::add_validators(request.headers_mut(), &stale.meta.headers);
+    } else if let Some(other) = &miss.plan.other_variant {
+        policy::add_entity_tag(request.headers_mut(), &other.meta.headers);
     }
     Ok((request, client))
 }
@@ -598,11 +600,16 @@ impl FillTask {
         uri: &http::Uri,
         times: (SystemTime, SystemTime),
     ) -> bool {
-        let Some(stale) = self
+        // The stored response validated: this request's own, or another variant's whose
+        // entity tag was all the fill sent (its 304 names that representation).
+        let validated = self
             .plan
             .stale
             .as_ref()
+            .or(self.plan.other_variant.as_ref());
+        let Some(stale) = validated
             .filter(|s| policy::not_modified_selects(&s.meta.headers, &head.headers))
+            .cloned()
         else {
             return false;
         };

@@ -790,3 +790,54 @@ async fn accept_language_variants_match_by_meaning() {
     }
     assert_eq!(origin.hits("/page"), 4);
 }
+
+/// RFC 9111 §4.3.1 and §4.3.4: on a Vary miss the fill asks the origin with another stored
+/// variant's strong entity tag (and nothing else); the origin's 304 says this request
+/// selects that same representation, so its stored body answers and is stored for this
+/// request's variant too, without the origin sending it again. A variant with only a weak
+/// tag is not offered this way.
+#[tokio::test]
+async fn a_vary_miss_is_validated_with_another_variants_entity_tag() {
+    let validated = |etag: &'static str| Fixture::Validated {
+        etag,
+        headers: header_list(&[("cache-control", "max-age=600"), ("vary", "X-Device")]),
+        body: bytes::Bytes::from_static(b"one body for every device"),
+        not_modified_headers: header_list(&[
+            ("cache-control", "max-age=600"),
+            ("vary", "X-Device"),
+            ("x-validated", "yes"),
+        ]),
+    };
+    let origin = Origin::start(vec![
+        ("/strong", validated("\"v1\"")),
+        ("/weak", validated("W/\"v1\"")),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let device = |name: &'static str| [("x-device", name)];
+
+    let first = get(&proxy.url("/strong"), &device("phone")).await;
+    assert_eq!(first.text(), "one body for every device");
+    assert!(origin
+        .last("/strong")
+        .headers
+        .get("if-none-match")
+        .is_none());
+    let other = get(&proxy.url("/strong"), &device("desktop")).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.text(), "one body for every device");
+    assert_eq!(other.header("x-validated"), Some("yes"));
+    let asked = origin.last("/strong");
+    assert_eq!(asked.headers["if-none-match"], "\"v1\"");
+    assert!(asked.headers.get("if-modified-since").is_none());
+    let again = get(&proxy.url("/strong"), &device("desktop")).await;
+    assert!(is_hit(&again), "{}", cache_status(&again));
+    let phone = get(&proxy.url("/strong"), &device("phone")).await;
+    assert!(is_hit(&phone), "{}", cache_status(&phone));
+    assert_eq!(origin.hits("/strong"), 2);
+
+    get(&proxy.url("/weak"), &device("phone")).await;
+    let other = get(&proxy.url("/weak"), &device("desktop")).await;
+    assert_eq!(other.text(), "one body for every device");
+    assert!(origin.last("/weak").headers.get("if-none-match").is_none());
+}

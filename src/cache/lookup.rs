@@ -112,7 +112,10 @@ impl Cache {
             let is_vary_miss = variants.as_ref().is_some_and(|set| !set.is_empty());
             let partial = self.usable_partial(&key, request, &directives, now).await;
             let mut miss_plan = plan.plan();
-            if is_vary_miss && !has_authorization {
+            // Not for a request whose answer may not be stored (no-store): a 304 the
+            // request made unstorable would otherwise drop the variant it validated, which
+            // others are being served.
+            if is_vary_miss && !has_authorization && !directives.no_store {
                 miss_plan.other_variant = variants
                     .as_ref()
                     .and_then(|set| {

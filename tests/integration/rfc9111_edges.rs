@@ -835,6 +835,15 @@ async fn a_vary_miss_is_validated_with_another_variants_entity_tag() {
     let phone = get(&proxy.url("/strong"), &device("phone")).await;
     assert!(is_hit(&phone), "{}", cache_status(&phone));
     assert_eq!(origin.hits("/strong"), 2);
+    // A request that stores nothing (RFC 9111 §5.2.1.5) does not validate others' variant.
+    let unstored = [("x-device", "tablet"), ("cache-control", "no-store")];
+    assert_eq!(get(&proxy.url("/strong"), &unstored).await.status, 200);
+    assert!(origin
+        .last("/strong")
+        .headers
+        .get("if-none-match")
+        .is_none());
+    assert!(is_hit(&get(&proxy.url("/strong"), &device("phone")).await));
 
     get(&proxy.url("/weak"), &device("phone")).await;
     let other = get(&proxy.url("/weak"), &device("desktop")).await;

@@ -982,6 +982,17 @@ pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
     }
 }
 
+/// Whether a request carries validators (ours: a fill's request has no client ones).
+pub fn has_validators(request: &HeaderMap) -> bool {
+    request.contains_key(header::IF_NONE_MATCH) || request.contains_key(header::IF_MODIFIED_SINCE)
+}
+
+/// Removes the validators [`add_validators`] and [`add_entity_tag`] add.
+pub fn remove_validators(request: &mut HeaderMap) {
+    request.remove(header::IF_NONE_MATCH);
+    request.remove(header::IF_MODIFIED_SINCE);
+}
+
 /// Adds the entity tag of `stored` alone (no date: see [`validates_other_variants`]) to a
 /// request that validates another variant.
 pub fn add_entity_tag(request: &mut HeaderMap, stored: &HeaderMap) {

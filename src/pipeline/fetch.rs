@@ -480,25 +480,32 @@ impl FillTask {
 
     async fn fetch_and_store(mut self, request: http::Request<Body>) {
         let (method, uri) = (request.method().clone(), request.uri().clone());
-        let request_time = SystemTime::now();
-        let affinity = Some(&self.plan.key.0[..]);
-        let response = match self
-            .proxy
-            .send_upstream(request, &self.site, affinity)
-            .await
-        {
-            Ok(response) => response,
-            Err(err) => return self.origin_failed(err, None),
-        };
-        let times = (request_time, SystemTime::now());
-        let (mut head, body) = response.into_parts();
-        forwarding::clean_response_head(&mut head.headers);
-        let (head, body) = match self.through_mirror(head, body).await {
-            Ok(answer) => answer,
-            Err(err) => return self.origin_failed(err, Some(502)),
-        };
-        if head.status == StatusCode::NOT_MODIFIED && self.freshen(&head, &uri, times).await {
+        let (parts, body) = request.into_parts();
+        let ask_again = policy::has_validators(&parts.headers).then(|| {
+            let mut parts = parts.clone();
+            policy::remove_validators(&mut parts.headers);
+            parts
+        });
+        let Some((mut head, mut body, mut times)) =
+            self.exchange(http::Request::from_parts(parts, body)).await
+        else {
             return;
+        };
+        if head.status == StatusCode::NOT_MODIFIED {
+            if self.freshen(&head, &uri, times).await {
+                return;
+            }
+            // A 304 for no stored response this fill validated (another entity tag, or
+            // none of ours): it tells the client nothing (its own validators were not
+            // sent), so the representation is asked for again, whole.
+            if let Some(parts) = ask_again {
+                drop(body);
+                let request = http::Request::from_parts(parts, Body::empty());
+                let Some(answer) = self.exchange(request).await else {
+                    return;
+                };
+                (head, body, times) = answer;
+            }
         }
         // RFC 5861 §4: an error status from the origin may be answered with the stale entry.
         if is_error_status(head.status) {
@@ -534,6 +541,37 @@ impl FillTask {
             freshness,
         );
         self.stream_into_cache(meta, body).await;
+    }
+
+    /// Sends `request` to the origin; its answer's head (cleaned, and read by the mirror),
+    /// body, and when it was asked and answered. `None` when the origin failed (handled).
+    async fn exchange(
+        &mut self,
+        request: http::Request<Body>,
+    ) -> Option<(http::response::Parts, OriginBody, (SystemTime, SystemTime))> {
+        let request_time = SystemTime::now();
+        let affinity = Some(&self.plan.key.0[..]);
+        let response = match self
+            .proxy
+            .send_upstream(request, &self.site, affinity)
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => {
+                self.origin_failed(err, None);
+                return None;
+            }
+        };
+        let times = (request_time, SystemTime::now());
+        let (mut head, body) = response.into_parts();
+        forwarding::clean_response_head(&mut head.headers);
+        match self.through_mirror(head, body).await {
+            Ok((head, body)) => Some((head, body, times)),
+            Err(err) => {
+                self.origin_failed(err, Some(502));
+                None
+            }
+        }
     }
 
     /// The origin's answer is not to be stored (`reason`, or `Vary: *` when none): relayed

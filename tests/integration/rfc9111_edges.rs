@@ -850,3 +850,63 @@ async fn a_vary_miss_is_validated_with_another_variants_entity_tag() {
     assert_eq!(other.text(), "one body for every device");
     assert!(origin.last("/weak").headers.get("if-none-match").is_none());
 }
+
+/// RFC 9111 §4.3.3, §4.3.4: a 304 that selects no stored response the fill validated (it
+/// names another entity tag) answers nobody: the client asked without validators of its
+/// own. The fill asks again without validators and serves (and stores) the full answer, on
+/// a Vary miss and on a stale entry's revalidation alike.
+#[tokio::test]
+async fn a_304_for_another_representation_is_asked_again_whole() {
+    let full = |etag: &'static str, body: &'static [u8], age: &'static str| Fixture::Static {
+        status: http::StatusCode::OK,
+        headers: vec![
+            ("cache-control", "max-age=600".to_string()),
+            ("vary", "X-Device".to_string()),
+            ("etag", etag.to_string()),
+            ("age", age.to_string()),
+        ],
+        body: bytes::Bytes::from_static(body),
+    };
+    let elsewhere = Fixture::Static {
+        status: http::StatusCode::NOT_MODIFIED,
+        headers: vec![
+            ("cache-control", "max-age=600".to_string()),
+            ("etag", "\"elsewhere\"".to_string()),
+        ],
+        body: bytes::Bytes::new(),
+    };
+    let origin = Origin::start(vec![
+        (
+            "/vary",
+            Fixture::sequence(vec![
+                full("\"v1\"", b"phone body", "0"),
+                elsewhere.clone(),
+                full("\"v2\"", b"desktop body", "0"),
+            ]),
+        ),
+        (
+            "/stale",
+            Fixture::sequence(vec![
+                full("\"v1\"", b"old body", "3600"),
+                elsewhere,
+                full("\"v2\"", b"new body", "0"),
+            ]),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let device = |name: &'static str| [("x-device", name)];
+    get(&proxy.url("/vary"), &device("phone")).await;
+    let desktop = get(&proxy.url("/vary"), &device("desktop")).await;
+    assert_eq!(desktop.status, 200);
+    assert_eq!(desktop.text(), "desktop body");
+    assert_eq!(origin.hits("/vary"), 3);
+    assert!(origin.last("/vary").headers.get("if-none-match").is_none());
+    assert!(is_hit(&get(&proxy.url("/vary"), &device("desktop")).await));
+
+    get(&proxy.url("/stale"), &device("phone")).await;
+    let renewed = get(&proxy.url("/stale"), &device("phone")).await;
+    assert_eq!(renewed.status, 200);
+    assert_eq!(renewed.text(), "new body");
+    assert_eq!(origin.hits("/stale"), 3);
+}

@@ -119,8 +119,10 @@ impl Cache {
                 miss_plan.other_variant = variants
                     .as_ref()
                     .and_then(|set| {
-                        set.iter()
-                            .find(|entry| policy::validates_other_variants(entry))
+                        set.iter().find(|entry| {
+                            entry.meta.derivation.is_none()
+                                && policy::validates_other_variants(&entry.meta.headers)
+                        })
                     })
                     .cloned();
             }

@@ -18,7 +18,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 
-use super::entry::StoredResponse;
 use super::http_date;
 
 /// RFC 9111 §1.2.2: delta-seconds too large to represent are taken as 2^31.
@@ -1001,15 +1000,13 @@ pub fn add_entity_tag(request: &mut HeaderMap, stored: &HeaderMap) {
     }
 }
 
-/// Whether a stored response may be validated for requests its Vary rule does not select
-/// (see `MissPlan::other_variant`): an origin variant with a strong entity tag, which
-/// changes with the representation's bytes (RFC 9110 §8.8.3), so a 304 for it means the
-/// same bytes. A weak tag or a date would only say "equivalent" for another request's
+/// Whether a stored origin response with fields `stored` may be validated for requests its
+/// Vary rule does not select (see `MissPlan::other_variant`): it has a strong entity tag,
+/// which changes with the representation's bytes (RFC 9110 §8.8.3), so a 304 for it means
+/// the same bytes. A weak tag or a date would only say "equivalent" for another request's
 /// representation.
-pub fn validates_other_variants(stored: &StoredResponse) -> bool {
-    stored.meta.derivation.is_none()
-        && origin_etag(&stored.meta.headers)
-            .is_some_and(|etag| etag.as_bytes().first() == Some(&b'"'))
+pub fn validates_other_variants(stored: &HeaderMap) -> bool {
+    origin_etag(stored).is_some_and(|etag| etag.as_bytes().first() == Some(&b'"'))
 }
 
 /// Does a 304 select this stored response for update (RFC 9111 §4.3.4)? A strong ETag in

@@ -353,25 +353,30 @@ fn normalised_value(name: &HeaderName, request: &HeaderMap, hasher: &mut blake3:
         name.as_str(),
         "accept" | "accept-language" | "accept-charset"
     );
-    let mut first = true;
-    for value in values {
-        for member in value
+    for (index, member) in list_members(values).enumerate() {
+        if index > 0 {
+            hasher.update(b",");
+        }
+        if case_insensitive {
+            hasher.update(&member.to_ascii_lowercase());
+        } else {
+            hasher.update(member);
+        }
+    }
+}
+
+/// The members of a list field's lines, without the whitespace around them and without
+/// empty ones (RFC 9110 §5.6.1).
+fn list_members<'a>(
+    values: impl IntoIterator<Item = &'a http::HeaderValue>,
+) -> impl Iterator<Item = &'a [u8]> {
+    values.into_iter().flat_map(|value| {
+        value
             .as_bytes()
             .split(|b| *b == b',')
             .map(<[u8]>::trim_ascii)
             .filter(|m| !m.is_empty())
-        {
-            if !first {
-                hasher.update(b",");
-            }
-            first = false;
-            if case_insensitive {
-                hasher.update(&member.to_ascii_lowercase());
-            } else {
-                hasher.update(member);
-            }
-        }
-    }
+    })
 }
 
 /// The most members a weighted list is read for (browsers send a handful): a longer one,
@@ -392,32 +397,25 @@ pub(crate) fn weighted_members<'a>(
     values: impl IntoIterator<Item = &'a http::HeaderValue>,
 ) -> Option<Vec<(Vec<u8>, u16)>> {
     let mut members = Vec::new();
-    for value in values {
-        for member in value
-            .as_bytes()
-            .split(|b| *b == b',')
-            .map(<[u8]>::trim_ascii)
-            .filter(|m| !m.is_empty())
+    for member in list_members(values) {
+        let mut parts = member.split(|b| *b == b';').map(<[u8]>::trim_ascii);
+        let token = parts.next()?;
+        if token.is_empty()
+            || !token
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'*' | b'_' | b'.'))
         {
-            let mut parts = member.split(|b| *b == b';').map(<[u8]>::trim_ascii);
-            let token = parts.next()?;
-            if token.is_empty()
-                || !token
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'*' | b'_' | b'.'))
-            {
-                return None;
-            }
-            let weight = match (parts.next(), parts.next()) {
-                (None, _) => QVALUE_ONE,
-                (Some(parameter), None) => qvalue(parameter)?,
-                (Some(_), Some(_)) => return None,
-            };
-            if members.len() == MAX_WEIGHTED_MEMBERS {
-                return None;
-            }
-            members.push((token.to_ascii_lowercase(), weight));
+            return None;
         }
+        let weight = match (parts.next(), parts.next()) {
+            (None, _) => QVALUE_ONE,
+            (Some(parameter), None) => qvalue(parameter)?,
+            (Some(_), Some(_)) => return None,
+        };
+        if members.len() == MAX_WEIGHTED_MEMBERS {
+            return None;
+        }
+        members.push((token.to_ascii_lowercase(), weight));
     }
     members.sort_by(|(a, a_weight), (b, b_weight)| b_weight.cmp(a_weight).then_with(|| a.cmp(b)));
     Some(members)

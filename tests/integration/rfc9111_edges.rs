@@ -247,23 +247,7 @@ async fn a_head_freshens_or_invalidates_the_stored_get() {
         ),
     ])
     .await;
-    let proxy = Proxy::start(&origin.url(), "").await;
-    let client = client();
-    for path in ["/same", "/changed"] {
-        get(&proxy.url(path), &[]).await;
-        let reply = send(&client, head(&proxy.url(path))).await;
-        assert_eq!(reply.status, 200);
-        assert_eq!(origin.last(path).method, http::Method::HEAD, "{path}");
-    }
-    let freshened = get(&proxy.url("/same"), &[]).await;
-    assert!(is_hit(&freshened), "{}", cache_status(&freshened));
-    assert_eq!(freshened.header("x-refreshed"), Some("yes"));
-    assert_eq!(freshened.text(), "body");
-    assert_eq!(origin.hits("/same"), 2);
-
-    let replaced = get(&proxy.url("/changed"), &[]).await;
-    assert!(!is_hit(&replaced), "{}", cache_status(&replaced));
-    assert_eq!(origin.hits("/changed"), 3);
+    head_freshens_same_and_drops(&origin, "/changed").await;
 }
 
 /// RFC 9111 §4.3.5 is for stored responses without validators, which a conditional GET
@@ -300,9 +284,16 @@ async fn a_head_freshens_a_stored_get_that_has_no_validators() {
         ),
     ])
     .await;
+    head_freshens_same_and_drops(&origin, "/longer").await;
+}
+
+/// Stores `/same` and `dropped` from `origin`, sends a HEAD for each (forwarded as HEAD),
+/// and checks that `/same` was freshened by its HEAD (a hit with the HEAD's `X-Refreshed`)
+/// and `dropped` was not (the next GET goes to the origin).
+async fn head_freshens_same_and_drops(origin: &Origin, dropped: &str) {
     let proxy = Proxy::start(&origin.url(), "").await;
     let client = client();
-    for path in ["/same", "/longer"] {
+    for path in ["/same", dropped] {
         get(&proxy.url(path), &[]).await;
         let reply = send(&client, head(&proxy.url(path))).await;
         assert_eq!(reply.status, 200);
@@ -314,9 +305,9 @@ async fn a_head_freshens_a_stored_get_that_has_no_validators() {
     assert_eq!(freshened.text(), "body");
     assert_eq!(origin.hits("/same"), 2);
 
-    let replaced = get(&proxy.url("/longer"), &[]).await;
+    let replaced = get(&proxy.url(dropped), &[]).await;
     assert!(!is_hit(&replaced), "{}", cache_status(&replaced));
-    assert_eq!(origin.hits("/longer"), 3);
+    assert_eq!(origin.hits(dropped), 3);
 }
 
 /// RFC 9213 §2.1: a configured targeted field (here `Edge-Control`) that does not parse as a

@@ -981,11 +981,6 @@ pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
     }
 }
 
-/// Whether a request carries validators (ours: a fill's request has no client ones).
-pub fn has_validators(request: &HeaderMap) -> bool {
-    request.contains_key(header::IF_NONE_MATCH) || request.contains_key(header::IF_MODIFIED_SINCE)
-}
-
 /// Removes the validators [`add_validators`] and [`add_entity_tag`] add.
 pub fn remove_validators(request: &mut HeaderMap) {
     request.remove(header::IF_NONE_MATCH);

@@ -24,10 +24,12 @@ pub fn is_by_hash(path: &str) -> bool {
 }
 
 /// `raw` as a `Packages` index's text, if it is one (a `by-hash` file may be any index:
-/// `Contents`, translations, AppStream data). Its first bytes are decoded alone first, so
-/// that only a `Packages` index is decoded whole.
+/// `Contents`, translations, AppStream data), an empty one included (a component with no
+/// packages for an architecture). Its first bytes are decoded alone first, so that only a
+/// `Packages` index is decoded whole.
 pub fn packages_text(raw: &Bytes, limit: u64) -> Option<Bytes> {
-    if !decoded_prefix(raw, PACKAGES_START.len()).starts_with(PACKAGES_START) {
+    let prefix = decoded_prefix(raw, PACKAGES_START.len());
+    if !prefix.is_empty() && !prefix.starts_with(PACKAGES_START) {
         return None;
     }
     decoded(raw, limit)

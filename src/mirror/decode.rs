@@ -37,10 +37,24 @@ pub fn decoded_prefix(raw: &[u8], len: usize) -> Vec<u8> {
 
 /// `raw` (a `Content-Encoding: gzip` body) gunzipped, if it is gzip and decodes within
 /// `limit` bytes.
-pub fn gunzipped(raw: &[u8], limit: u64) -> Option<Bytes> {
+pub fn gunzipped(raw: &Bytes, limit: u64) -> Option<Bytes> {
     let mut out = Capped::new(limit);
-    std::io::copy(&mut flate2::read::MultiGzDecoder::new(raw), &mut out).ok()?;
+    std::io::copy(&mut flate2::read::MultiGzDecoder::new(&raw[..]), &mut out).ok()?;
     Some(Bytes::from(out.bytes))
+}
+
+/// `decoder` (one of this module's, or one built on them) run over `raw` within `limit` on
+/// a blocking thread: decoding a large index takes seconds that no runtime thread may spend.
+pub async fn off_runtime(
+    raw: &Bytes,
+    limit: u64,
+    decoder: fn(&Bytes, u64) -> Option<Bytes>,
+) -> Option<Bytes> {
+    let raw = raw.clone();
+    tokio::task::spawn_blocking(move || decoder(&raw, limit))
+        .await
+        .ok()
+        .flatten()
 }
 
 /// What checking a gzip-coded artifact's decoded bytes against its digest found.
@@ -165,7 +179,7 @@ mod tests {
     /// what is bounded.
     #[test]
     fn a_gzip_bomb_stops_at_the_limit() {
-        let bomb = gz(&vec![0u8; 64 << 20]);
+        let bomb = Bytes::from(gz(&vec![0u8; 64 << 20]));
         assert!(bomb.len() < 1 << 20, "{}", bomb.len());
         assert_eq!(gunzipped(&bomb, 1 << 20), None);
         assert_eq!(gunzipped(&bomb, 64 << 20).map(|b| b.len()), Some(64 << 20));

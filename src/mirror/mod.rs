@@ -420,9 +420,8 @@ impl Mirror {
     /// archive's `Release` says `Acquire-By-Hash: yes`, as Debian's does. Read before the
     /// index reaches apt, so the packages it lists are checked from the first download.
     async fn read_by_hash_index(&self, registry: &Registry, bytes: &Bytes) {
-        let (raw, limit) = (bytes.clone(), self.rewrite_max);
-        let text = tokio::task::spawn_blocking(move || debian::packages_text(&raw, limit));
-        let Some(text) = text.await.ok().flatten() else {
+        let Some(text) = decode::off_runtime(bytes, self.rewrite_max, debian::packages_text).await
+        else {
             return;
         };
         match documents::debian_packages(&text, &registry.path) {
@@ -461,18 +460,14 @@ impl Mirror {
         let coded = head.headers.get(header::CONTENT_ENCODING).cloned();
         let text = match (&coded, document) {
             (None, Document::DebianPackages) => {
-                let (coded, limit) = (raw.clone(), self.rewrite_max);
-                let decoded = tokio::task::spawn_blocking(move || decode::decoded(&coded, limit));
-                match decoded.await.ok().flatten() {
+                match decode::off_runtime(&raw, self.rewrite_max, decode::decoded).await {
                     Some(text) => text,
                     None => return Ok(OriginBody::read(raw)),
                 }
             }
             (None, _) => raw.clone(),
             (Some(coding), _) if coding.as_bytes().eq_ignore_ascii_case(b"gzip") => {
-                let (coded, limit) = (raw.clone(), self.rewrite_max);
-                let decoded = tokio::task::spawn_blocking(move || decode::gunzipped(&coded, limit));
-                match decoded.await.ok().flatten() {
+                match decode::off_runtime(&raw, self.rewrite_max, decode::gunzipped).await {
                     Some(text) => text,
                     None => {
                         tracing::warn!(registry = %registry.name, path, "gzip-coded index document not decoded within mirror.rewrite_max: relayed as it came");

@@ -481,7 +481,7 @@ impl FillTask {
     async fn fetch_and_store(mut self, request: http::Request<Body>) {
         let (method, uri) = (request.method().clone(), request.uri().clone());
         let (parts, body) = request.into_parts();
-        let ask_again = policy::has_validators(&parts.headers).then(|| {
+        let ask_again = self.validated().is_some().then(|| {
             let mut parts = parts.clone();
             policy::remove_validators(&mut parts.headers);
             parts
@@ -541,6 +541,16 @@ impl FillTask {
             freshness,
         );
         self.stream_into_cache(meta, body).await;
+    }
+
+    /// The stored response this fill validates, whose validators its request carries:
+    /// this request's own, or another variant's whose entity tag was all the fill sent (a
+    /// 304 then names that representation).
+    fn validated(&self) -> Option<&Arc<StoredResponse>> {
+        self.plan
+            .stale
+            .as_ref()
+            .or(self.plan.other_variant.as_ref())
     }
 
     /// Sends `request` to the origin; its answer's head (cleaned, and read by the mirror),
@@ -638,14 +648,8 @@ impl FillTask {
         uri: &http::Uri,
         times: (SystemTime, SystemTime),
     ) -> bool {
-        // The stored response validated: this request's own, or another variant's whose
-        // entity tag was all the fill sent (its 304 names that representation).
-        let validated = self
-            .plan
-            .stale
-            .as_ref()
-            .or(self.plan.other_variant.as_ref());
-        let Some(stale) = validated
+        let Some(stale) = self
+            .validated()
             .filter(|s| policy::not_modified_selects(&s.meta.headers, &head.headers))
             .cloned()
         else {

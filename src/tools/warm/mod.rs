@@ -394,9 +394,7 @@ impl Warmer {
     ) -> Option<Bytes> {
         if let Some(path) = apt_index_path(listed, dists, index) {
             let answer = self.fetch(&self.url(mount, &path), None).await?;
-            let decode = move || decode::decoded(&answer.body, DEBIAN_INDEX_LIMIT);
-            let text = tokio::task::spawn_blocking(decode).await.ok().flatten()?;
-            if text.is_empty() || text.starts_with(b"Package:") {
+            if let Some(text) = packages_of(&answer).await {
                 return Some(text);
             }
             // apt's form is one outpost does not decode (bzip2, lzma, lz4, zstd): it is
@@ -409,8 +407,7 @@ impl Warmer {
             let answer = self
                 .fetch(&self.url(mount, &format!("{dists}{readable}")), None)
                 .await?;
-            let decode = move || decode::decoded(&answer.body, DEBIAN_INDEX_LIMIT);
-            return tokio::task::spawn_blocking(decode).await.ok().flatten();
+            return packages_of(&answer).await;
         }
         let by_name = format!("{dists}{index}");
         let answer = match self
@@ -423,8 +420,7 @@ impl Warmer {
             }
             _ => self.fetch(&self.url(mount, &by_name), None).await?,
         };
-        let decode = move || decode::decoded(&answer.body, DEBIAN_INDEX_LIMIT);
-        tokio::task::spawn_blocking(decode).await.ok().flatten()
+        packages_of(&answer).await
     }
 
     async fn debian_files(&self, packages: &[Package]) -> Vec<String> {
@@ -502,6 +498,12 @@ fn apt_index_path(listed: &debian::ReleaseIndex, dists: &str, name: &str) -> Opt
 
 /// The most a Debian `Packages` index may decode to (Debian's largest are some 70 MB).
 const DEBIAN_INDEX_LIMIT: u64 = 1 << 30;
+
+/// `answer`'s body as a `Packages` index's text, decoded off the runtime; `None` when it is
+/// not one, or is in a compression outpost does not decode.
+async fn packages_of(answer: &Answer) -> Option<Bytes> {
+    decode::off_runtime(&answer.body, DEBIAN_INDEX_LIMIT, debian::packages_text).await
+}
 
 /// What pip 23 sends for simple pages.
 const PIP_ACCEPT: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01";

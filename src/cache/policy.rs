@@ -111,16 +111,29 @@ impl Directives {
             let Ok(text) = value.to_str() else { continue };
             for member in split_members(text) {
                 let (name, argument) = match member.split_once('=') {
-                    Some((name, argument)) => (name.trim(), Some(unquote(argument.trim()))),
-                    None => (member.trim(), None),
+                    Some((name, argument)) => (name, Some(argument)),
+                    None => (member, None),
                 };
-                directives.apply(&name.to_ascii_lowercase(), argument.as_deref());
+                // RFC 9111 §5.2: `token [ "=" ( token / quoted-string ) ]`, no whitespace
+                // around the "=". `max-age =3600` is not a max-age; a directive that would
+                // allow reuse is then invalid (§4.2.1: stale), one that restricts it is
+                // still obeyed.
+                let is_spaced = name.ends_with(is_ows)
+                    || argument.is_some_and(|argument| argument.starts_with(is_ows));
+                let argument = argument.map(|argument| unquote(argument.trim()));
+                directives.apply(
+                    &name.trim().to_ascii_lowercase(),
+                    argument.as_deref(),
+                    is_spaced,
+                );
             }
         }
         directives
     }
 
-    fn apply(&mut self, name: &str, argument: Option<&str>) {
+    fn apply(&mut self, name: &str, argument: Option<&str>, is_spaced: bool) {
+        // A malformed argument reads as no valid value, for the directives that allow reuse.
+        let granting = if is_spaced { None } else { argument };
         match name {
             "no-store" => self.no_store = true,
             "no-cache" => match field_names(argument) {
@@ -139,12 +152,12 @@ impl Directives {
             "only-if-cached" => self.only_if_cached = true,
             "max-age" => set_freshness(
                 &mut self.max_age,
-                argument,
+                granting,
                 &mut self.has_conflicting_freshness,
             ),
             "s-maxage" => set_freshness(
                 &mut self.s_maxage,
-                argument,
+                granting,
                 &mut self.has_conflicting_freshness,
             ),
             "min-fresh" => self.min_fresh = self.min_fresh.or(argument.and_then(delta_seconds)),
@@ -154,14 +167,19 @@ impl Directives {
             "stale-while-revalidate" => {
                 self.stale_while_revalidate = self
                     .stale_while_revalidate
-                    .or(argument.and_then(delta_seconds));
+                    .or(granting.and_then(delta_seconds));
             }
             "stale-if-error" => {
-                self.stale_if_error = self.stale_if_error.or(argument.and_then(delta_seconds))
+                self.stale_if_error = self.stale_if_error.or(granting.and_then(delta_seconds))
             }
             _ => {}
         }
     }
+}
+
+/// RFC 9110 §5.6.3 optional whitespace.
+fn is_ows(c: char) -> bool {
+    c == ' ' || c == '\t'
 }
 
 fn set_freshness(slot: &mut Option<u64>, argument: Option<&str>, conflicting: &mut bool) {
@@ -330,7 +348,7 @@ fn targeted_directives(headers: &HeaderMap, field: &HeaderName) -> Option<Direct
                         _ => None,
                     })
                     .collect();
-                directives.apply(name, Some(&names?.join(",")));
+                directives.apply(name, Some(&names?.join(",")), false);
                 continue;
             }
             sfv::ListEntry::InnerList(_) => return None,
@@ -340,12 +358,12 @@ fn targeted_directives(headers: &HeaderMap, field: &HeaderName) -> Option<Direct
                 "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error",
                 sfv::BareItem::Integer(seconds),
             ) if i64::from(*seconds) >= 0 => {
-                directives.apply(name, Some(&i64::from(*seconds).to_string()));
+                directives.apply(name, Some(&i64::from(*seconds).to_string()), false);
             }
             ("max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error", _) => {
                 return None
             }
-            (_, sfv::BareItem::Boolean(true)) => directives.apply(name, None),
+            (_, sfv::BareItem::Boolean(true)) => directives.apply(name, None, false),
             (
                 "no-store" | "no-cache" | "private" | "public" | "must-revalidate"
                 | "proxy-revalidate" | "immutable" | "must-understand",
@@ -1215,6 +1233,39 @@ mod tests {
             fresh(&[("expires", "0"), ("date", &d)]).lifetime,
             Duration::ZERO
         );
+    }
+
+    /// RFC 9111 §5.2: no whitespace around a directive's "=". A malformed max-age or
+    /// s-maxage is invalid freshness information (§4.2.1: stale); a malformed directive
+    /// that restricts reuse still restricts it. Whitespace around the commas is allowed.
+    #[test]
+    fn whitespace_around_the_equals_sign_makes_a_granting_directive_invalid() {
+        for spaced in [
+            "max-age =3600",
+            "max-age= 3600",
+            "s-maxage\t=60",
+            "max-age = 60",
+        ] {
+            let response = fresh(&[("cache-control", spaced)]);
+            assert_eq!(response.lifetime, Duration::ZERO, "{spaced}");
+        }
+        assert_eq!(
+            fresh(&[("cache-control", " max-age=60 ,\tpublic ")])
+                .lifetime
+                .as_secs(),
+            60
+        );
+        let parse = |text: &'static str| Directives::parse([&HeaderValue::from_static(text)]);
+        assert_eq!(
+            parse("no-cache= \"set-cookie\"").no_cache_fields,
+            ["set-cookie"]
+        );
+        assert!(parse("private =\"x-user\"").is_unshared("x-user"));
+        assert_eq!(
+            parse("stale-while-revalidate= 30").stale_while_revalidate,
+            None
+        );
+        assert_eq!(parse("stale-if-error=30").stale_if_error, Some(30));
     }
 
     /// RFC 9111 §4.2.1: conflicting duplicate directives make the response stale; an

@@ -39,6 +39,40 @@ async fn age_lists_use_the_first_member() {
     assert_eq!(origin.hits("/invalid"), 1);
 }
 
+/// RFC 9111 §5.2 and §4.2.1: `max-age =3600` and `max-age= 3600` do not match the
+/// directive grammar (no whitespace around "="); invalid freshness information makes the
+/// response stale, so it is validated on every reuse. Whitespace after a comma is fine.
+#[tokio::test]
+async fn a_max_age_with_whitespace_around_the_equals_sign_is_not_fresh() {
+    let origin = Origin::start(vec![
+        (
+            "/before",
+            Fixture::with_headers(200, &[("cache-control", "max-age =3600")], "b"),
+        ),
+        (
+            "/after",
+            Fixture::with_headers(200, &[("cache-control", "max-age= 3600")], "a"),
+        ),
+        (
+            "/list",
+            Fixture::with_headers(200, &[("cache-control", "public,  max-age=3600")], "l"),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for path in ["/before", "/after", "/list"] {
+        get(&proxy.url(path), &[]).await;
+    }
+    for spaced in ["/before", "/after"] {
+        let reply = get(&proxy.url(spaced), &[]).await;
+        assert!(!is_hit(&reply), "{spaced}: {}", cache_status(&reply));
+        assert_eq!(origin.hits(spaced), 2, "{spaced}");
+    }
+    let listed = get(&proxy.url("/list"), &[]).await;
+    assert!(is_hit(&listed), "{}", cache_status(&listed));
+    assert_eq!(origin.hits("/list"), 1);
+}
+
 /// RFC 9111 §3: any final status is storable with explicit freshness (a 500 with max-age,
 /// an unknown 499 or 599, a 299); without it, only the heuristically cacheable ones and
 /// `public` ones are (§4.2.2), given a Last-Modified to reckon from.

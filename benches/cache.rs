@@ -58,7 +58,7 @@ fn entry(path: &str, language: &'static str, vary: bool) -> StoredResponse {
     let meta = EntryMeta::new(
         key,
         url,
-        StatusCode::OK,
+        (StatusCode::OK, http::Version::HTTP_11),
         headers,
         (vary, variant),
         freshness,

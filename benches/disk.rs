@@ -49,7 +49,7 @@ fn entry(index: usize) -> StoredResponse {
     let meta = EntryMeta::new(
         PrimaryKey::new("http", "bench.test", &path),
         format!("http://bench.test{path}"),
-        StatusCode::OK,
+        (StatusCode::OK, http::Version::HTTP_11),
         headers,
         (Vary::None, VariantKey::NONE),
         freshness,

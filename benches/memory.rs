@@ -65,7 +65,7 @@ fn entry(index: u64, body_size: usize) -> StoredResponse {
     let meta = EntryMeta::new(
         key,
         url,
-        StatusCode::OK,
+        (StatusCode::OK, http::Version::HTTP_11),
         headers,
         (Vary::None, VariantKey::NONE),
         freshness,

@@ -535,7 +535,7 @@ impl FillTask {
         let meta = EntryMeta::new(
             self.plan.key,
             self.plan.url.clone(),
-            head.status,
+            (head.status, head.version),
             shared_headers,
             (vary, variant),
             freshness,
@@ -778,7 +778,7 @@ impl FillTask {
         let meta = EntryMeta::new(
             self.plan.key,
             self.plan.url.clone(),
-            head.status,
+            (head.status, head.version),
             shared_headers,
             (vary, variant),
             freshness,

@@ -45,8 +45,9 @@ pub struct Proxy {
     pub(super) compression: Compression,
     pub(super) metrics: Arc<Metrics>,
     pub(super) proxy_name: String,
-    /// `Via` for responses we serve from the cache (RFC 9110 §7.6.3).
-    pub(super) via_response: HeaderValue,
+    /// `Via` for responses we serve from the cache (RFC 9110 §7.6.3), by the version they
+    /// were received in: see [`Proxy::via_for`].
+    via_responses: [HeaderValue; 4],
     /// Longest wait for the next chunk of an origin body being filled into the cache.
     pub(super) body_read_timeout: Duration,
     pub(super) access_log: Option<Arc<AccessLog>>,
@@ -121,8 +122,11 @@ impl Proxy {
             compression: Compression::new(&config.compression, metrics.encoder_runs.clone()),
             metrics,
             proxy_name: config.proxy_name.clone(),
-            via_response: HeaderValue::from_str(&format!("1.1 {}", config.proxy_name))
-                .unwrap_or_else(|_| HeaderValue::from_static("1.1 outpost")),
+            via_responses: ["1.0", "1.1", "2", "3"].map(|protocol| {
+                // invariant: `check` refuses a proxy_name that is not a valid field value.
+                HeaderValue::from_str(&format!("{protocol} {}", config.proxy_name))
+                    .unwrap_or_else(|_| HeaderValue::from_static("1.1 outpost"))
+            }),
             body_read_timeout: config.upstream.body_read_timeout.get(),
             access_log: AccessLog::open(&config.log)
                 .map_err(|source| SetupError::AccessLog {
@@ -173,6 +177,17 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// `Via` for a response we serve from the cache that was received in `version`.
+    pub(super) fn via_for(&self, version: http::Version) -> &HeaderValue {
+        let index = match version {
+            http::Version::HTTP_09 | http::Version::HTTP_10 => 0,
+            http::Version::HTTP_2 => 2,
+            http::Version::HTTP_3 => 3,
+            _ => 1,
+        };
+        &self.via_responses[index]
     }
 
     /// Whether `peer` may purge (PURGE, and unsafe-request invalidation when it is limited

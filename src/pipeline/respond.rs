@@ -160,7 +160,8 @@ pub fn from_meta(
                 headers.append(name.clone(), value.clone());
             }
         }
-        return finish(proxy, StatusCode::NOT_MODIFIED, headers, age, Body::empty());
+        let via = proxy.via_for(meta.received);
+        return finish(StatusCode::NOT_MODIFIED, headers, (age, via), Body::empty());
     }
     let body = if request.method == Method::HEAD {
         Body::empty()
@@ -172,7 +173,8 @@ pub fn from_meta(
         // Only the mirror's rewritten documents carry it; nobody else pays the lookup.
         headers.remove(policy::ORIGIN_ETAG);
     }
-    finish(proxy, meta.status, headers, age, body)
+    let via = proxy.via_for(meta.received);
+    finish(meta.status, headers, (age, via), body)
 }
 
 /// RFC 9111 §5.1: `Age` in seconds. Copied once from the digits into the value (`From<u64>`
@@ -184,14 +186,13 @@ fn age_value(seconds: u64) -> HeaderValue {
 }
 
 fn finish(
-    proxy: &Proxy,
     status: StatusCode,
     mut headers: HeaderMap,
-    age: HeaderValue,
+    (age, via): (HeaderValue, &HeaderValue),
     body: Body,
 ) -> Response<Body> {
     headers.insert(header::AGE, age);
-    headers.append(header::VIA, proxy.via_response.clone());
+    headers.append(header::VIA, via.clone());
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;

@@ -226,3 +226,39 @@ async fn a_closed_h2_connection_is_reopened() {
     .await;
     assert_eq!(origin.seen().last().unwrap().version, Version::HTTP_2);
 }
+
+/// RFC 9110 §7.6.3: Via's received-protocol is the version the response came in, on a
+/// miss and on every hit from the stored entry alike: `2` from an HTTP/2 origin, `1.0`
+/// from one that answers in HTTP/1.0, `1.1` otherwise (an entry stored before the
+/// version was kept reads as `1.1`, as it was served).
+#[tokio::test]
+async fn via_names_the_version_the_stored_response_was_received_in() {
+    let origin = Origin::start(vec![(
+        "/v",
+        Fixture::with_headers(200, &[("cache-control", "max-age=60")], "v"),
+    )])
+    .await;
+    let old = RawOrigin::start(RawBehaviour::SendThenClose(Bytes::from_static(
+        b"HTTP/1.0 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 2\r\n\r\nok",
+    )))
+    .await;
+    let over_h2 = Proxy::start(&origin.url(), H2).await;
+    let over_h1 = Proxy::start(&origin.url(), "").await;
+    let over_h10 = Proxy::start(&old.url(), "").await;
+    for (proxy, via) in [
+        (&over_h2, "2 outpost"),
+        (&over_h1, "1.1 outpost"),
+        (&over_h10, "1.0 outpost"),
+    ] {
+        let miss = get(&proxy.url("/v"), &[]).await;
+        // The third is answered by the prepared head the second made.
+        for hit in [
+            get(&proxy.url("/v"), &[]).await,
+            get(&proxy.url("/v"), &[]).await,
+        ] {
+            assert!(is_hit(&hit), "{via}: {}", cache_status(&hit));
+            assert_eq!(hit.header("via"), Some(via));
+        }
+        assert_eq!(miss.header("via"), Some(via));
+    }
+}

@@ -13,6 +13,10 @@
 //! 24 bytes less each), and a Content-Length equal to the body's length. Each is used only
 //! where the value it implies is byte for byte the stored one, so what is served is
 //! unchanged. Version 2 is read by the same code: it never uses these names.
+//!
+//! Two bits of the flags byte, unused before, say which HTTP version the response was
+//! received in; zero means HTTP/1.1, so entries written before them read as they were
+//! served, and builds before them ignore the bits.
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
@@ -192,6 +196,29 @@ const REQUIRES_VALIDATION: u8 = 1 << 1;
 const FORBIDS_STALE: u8 = 1 << 2;
 const IS_IMMUTABLE: u8 = 1 << 3;
 const IS_SHAREABLE_WITH_AUTHORIZATION: u8 = 1 << 4;
+/// Two bits of the flags byte: the version the response was received in. Zero is
+/// HTTP/1.1, what every entry written before these bits existed was served as.
+const RECEIVED_SHIFT: u8 = 5;
+const RECEIVED_MASK: u8 = 0b11 << RECEIVED_SHIFT;
+
+fn received_bits(version: http::Version) -> u8 {
+    let code = match version {
+        http::Version::HTTP_09 | http::Version::HTTP_10 => 1,
+        http::Version::HTTP_2 => 2,
+        http::Version::HTTP_3 => 3,
+        _ => 0,
+    };
+    code << RECEIVED_SHIFT
+}
+
+fn received_version(flags: u8) -> http::Version {
+    match (flags & RECEIVED_MASK) >> RECEIVED_SHIFT {
+        1 => http::Version::HTTP_10,
+        2 => http::Version::HTTP_2,
+        3 => http::Version::HTTP_3,
+        _ => http::Version::HTTP_11,
+    }
+}
 
 /// The flags byte of: is heuristic, requires validation, forbids stale, is immutable, is
 /// shareable with Authorization (in that order).
@@ -337,7 +364,7 @@ impl EntryMeta {
                 f.forbids_stale,
                 f.is_immutable,
                 f.is_shareable_with_authorization,
-            ]),
+            ]) | received_bits(self.received),
             body_len: self.body_len,
             body_digest: self.body_digest,
             derivation: self
@@ -414,6 +441,7 @@ impl EncodedMetaV2<'_> {
             url: self.url,
             status: StatusCode::from_u16(self.status)
                 .map_err(|_| corrupt(format!("status {}", self.status)))?,
+            received: received_version(self.flags),
             headers,
             vary,
             variant,
@@ -475,6 +503,7 @@ mod tests {
         assert_eq!(decoded.freshness, meta.freshness);
         assert_eq!(decoded.body_digest, *blake3::hash(b"hello").as_bytes());
         assert_eq!(decoded.url, meta.url);
+        assert_eq!(decoded.received, meta.received);
     }
 
     #[test]
@@ -490,6 +519,26 @@ mod tests {
             (f.is_immutable, f.is_shareable_with_authorization) = (on(3), on(4));
             let decoded = decode(&flagged.encode()).unwrap();
             assert_eq!(decoded.freshness, flagged.freshness, "flags {set}");
+        }
+    }
+
+    /// The version a response was received in survives the disk tier beside the flags
+    /// (entries written before it was stored read as HTTP/1.1: see
+    /// `bytes_earlier_builds_wrote_decode_the_same`).
+    #[test]
+    fn the_received_version_round_trips_beside_the_flags() {
+        let mut meta = sample();
+        meta.freshness.is_shareable_with_authorization = true;
+        for version in [
+            http::Version::HTTP_10,
+            http::Version::HTTP_11,
+            http::Version::HTTP_2,
+            http::Version::HTTP_3,
+        ] {
+            meta.received = version;
+            let decoded = decode(&meta.encode()).unwrap();
+            assert_eq!(decoded.received, version);
+            assert_eq!(decoded.freshness, meta.freshness, "{version:?}");
         }
     }
 

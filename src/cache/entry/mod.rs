@@ -38,6 +38,9 @@ pub struct EntryMeta {
     /// `scheme://authority/path?query`, for logs, purge by prefix and debugging.
     pub url: String,
     pub status: StatusCode,
+    /// The protocol version the response was received in: the received-protocol of the
+    /// `Via` it is served with (RFC 9110 §7.6.3), also when served from the cache.
+    pub received: http::Version,
     /// The response's header fields as received, minus hop-by-hop fields.
     pub headers: HeaderMap,
     pub vary: Vary,
@@ -277,7 +280,7 @@ impl EntryMeta {
     pub fn new(
         key: PrimaryKey,
         url: String,
-        status: StatusCode,
+        (status, received): (StatusCode, http::Version),
         headers: HeaderMap,
         (vary, variant): (Vary, VariantKey),
         freshness: Freshness,
@@ -286,6 +289,7 @@ impl EntryMeta {
             key,
             url,
             status,
+            received,
             headers,
             vary,
             variant,
@@ -326,7 +330,7 @@ pub(crate) mod testing {
         let meta = EntryMeta::new(
             PrimaryKey::new("http", "example.com", path),
             format!("http://example.com{path}"),
-            StatusCode::OK,
+            (StatusCode::OK, http::Version::HTTP_11),
             headers,
             (vary, variant),
             freshness,

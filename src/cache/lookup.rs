@@ -27,11 +27,12 @@ pub struct MissPlan {
     pub variant_hint: VariantKey,
     /// A stored response to validate, if any.
     pub stale: Option<Arc<StoredResponse>>,
-    /// On a Vary miss, another variant of the resource with a strong ETag: the fill asks
-    /// the origin with that ETag alone (RFC 9111 §4.3.1: a cache may validate with any
-    /// stored response's entity tag), and a 304 for it says this request selects the same
-    /// representation, whose stored body then answers without being sent again.
-    pub other_variant: Option<Arc<StoredResponse>>,
+    /// On a Vary miss, the resource's other variants with strong ETags (one per tag, at
+    /// most [`MAX_OFFERED_TAGS`]): the fill asks the origin with those ETags alone (RFC
+    /// 9111 §4.3.1: a cache may validate with the entity tags of all its stored responses),
+    /// and a 304 naming one says this request selects that representation, whose stored
+    /// body then answers without being sent again.
+    pub other_variants: Vec<Arc<StoredResponse>>,
     pub reason: FwdReason,
     /// RFC 9111 §3.5: an authorised request must not share a fetch it might not be allowed
     /// to share; a no-store request stores nothing for others to share.
@@ -39,6 +40,34 @@ pub struct MissPlan {
     /// Send the client's Range to the origin (its 206 is kept as a partial entry) instead
     /// of fetching the whole representation; such a fetch is never shared.
     pub forwards_range: bool,
+}
+
+/// The most entity tags a Vary miss offers the origin (see [`MissPlan::other_variants`]):
+/// enough for the representations a resource varies between in practice (a device class,
+/// a language), few enough that a resource stored under many request variants does not
+/// make every miss send a long If-None-Match.
+pub const MAX_OFFERED_TAGS: usize = 8;
+
+/// The origin's variants in `set` a Vary miss may be validated with: those with a strong
+/// entity tag, one for each tag.
+fn offered(set: &VariantSet) -> Vec<Arc<StoredResponse>> {
+    let mut offered: Vec<Arc<StoredResponse>> = Vec::new();
+    for entry in set.iter() {
+        if offered.len() == MAX_OFFERED_TAGS {
+            break;
+        }
+        let headers = &entry.meta.headers;
+        let is_new_tag = !offered
+            .iter()
+            .any(|chosen| policy::same_entity_tag(&chosen.meta.headers, headers));
+        if entry.meta.derivation.is_none()
+            && policy::validates_other_variants(headers)
+            && is_new_tag
+        {
+            offered.push(Arc::clone(entry));
+        }
+    }
+    offered
 }
 
 /// The outcome of the cache-lookup phase.
@@ -116,15 +145,7 @@ impl Cache {
             // request made unstorable would otherwise drop the variant it validated, which
             // others are being served.
             if is_vary_miss && !has_authorization && !directives.no_store {
-                miss_plan.other_variant = variants
-                    .as_ref()
-                    .and_then(|set| {
-                        set.iter().find(|entry| {
-                            entry.meta.derivation.is_none()
-                                && policy::validates_other_variants(&entry.meta.headers)
-                        })
-                    })
-                    .cloned();
+                miss_plan.other_variants = variants.as_deref().map_or_else(Vec::new, offered);
             }
             let miss = self.miss(miss_plan, &directives, is_vary_miss);
             return match partial {
@@ -325,7 +346,7 @@ impl PlanSource<'_> {
                 .and_then(|entry| entry.meta.vary.variant_key(self.headers))
                 .unwrap_or(VariantKey::NONE),
             stale: None,
-            other_variant: None,
+            other_variants: Vec::new(),
             reason: FwdReason::UriMiss,
             is_coalescable: self.is_coalescable,
             forwards_range: false,

@@ -999,27 +999,56 @@ pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
     }
 }
 
-/// Removes the validators [`add_validators`] and [`add_entity_tag`] add.
+/// Removes the validators [`add_validators`] and [`add_entity_tags`] add.
 pub fn remove_validators(request: &mut HeaderMap) {
     request.remove(header::IF_NONE_MATCH);
     request.remove(header::IF_MODIFIED_SINCE);
 }
 
-/// Adds the entity tag of `stored` alone (no date: see [`validates_other_variants`]) to a
-/// request that validates another variant.
-pub fn add_entity_tag(request: &mut HeaderMap, stored: &HeaderMap) {
-    if let Some(etag) = origin_etag(stored) {
-        request.insert(header::IF_NONE_MATCH, etag.clone());
+/// Adds the entity tags of `stored` alone (no dates: see [`validates_other_variants`]),
+/// as one If-None-Match list, to a request that validates other variants.
+pub fn add_entity_tags<'a>(
+    request: &mut HeaderMap,
+    stored: impl IntoIterator<Item = &'a HeaderMap>,
+) {
+    let mut list = Vec::new();
+    for etag in stored.into_iter().filter_map(origin_etag) {
+        if !list.is_empty() {
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(etag.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&list) {
+        if !list.is_empty() {
+            request.insert(header::IF_NONE_MATCH, value);
+        }
+    }
+}
+
+/// Whether two stored responses carry the same entity tag.
+pub fn same_entity_tag(a: &HeaderMap, b: &HeaderMap) -> bool {
+    match (
+        origin_etag(a).and_then(|v| v.to_str().ok()),
+        origin_etag(b).and_then(|v| v.to_str().ok()),
+    ) {
+        (Some(a), Some(b)) => weak_eq(a, b),
+        _ => false,
     }
 }
 
 /// Whether a stored origin response with fields `stored` may be validated for requests its
-/// Vary rule does not select (see `MissPlan::other_variant`): it has a strong entity tag,
+/// Vary rule does not select (see `MissPlan::other_variants`): it has a strong entity tag,
 /// which changes with the representation's bytes (RFC 9110 §8.8.3), so a 304 for it means
 /// the same bytes. A weak tag or a date would only say "equivalent" for another request's
 /// representation.
 pub fn validates_other_variants(stored: &HeaderMap) -> bool {
     origin_etag(stored).is_some_and(|etag| etag.as_bytes().first() == Some(&b'"'))
+}
+
+/// Does a 304 name this stored response (RFC 9111 §4.3.4)? Its ETag must equal the stored
+/// one: how a 304 to a request that offered several entity tags says which it selects.
+pub fn not_modified_names(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    not_modified.contains_key(header::ETAG) && not_modified_selects(stored, not_modified)
 }
 
 /// Does a 304 select this stored response for update (RFC 9111 §4.3.4)? A strong ETag in
@@ -1819,6 +1848,34 @@ mod tests {
         assert!(!is_not_modified(&since(19), &undated, at(20), at(60)));
         let twice = headers(&[("date", &date(10)), ("date", &date(11))]);
         assert!(!is_not_modified(&since(30), &twice, at(0), at(60)));
+    }
+
+    /// RFC 9111 §4.3.1: other variants are offered as one If-None-Match list of their
+    /// entity tags; with several offered, only a 304 that names one selects it (§4.3.4).
+    #[test]
+    fn other_variants_are_offered_as_one_list_and_a_304_must_name_its_choice() {
+        let tagged = |etag: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ETAG, HeaderValue::from_static(etag));
+            headers
+        };
+        let (small, large) = (tagged("\"small\""), tagged("\"large\""));
+        let mut request = HeaderMap::new();
+        add_entity_tags(&mut request, [&small, &large, &HeaderMap::new()]);
+        assert_eq!(request[header::IF_NONE_MATCH], "\"small\", \"large\"");
+        let mut untouched = HeaderMap::new();
+        add_entity_tags(&mut untouched, [&HeaderMap::new()]);
+        assert!(untouched.is_empty());
+
+        assert!(same_entity_tag(&large, &tagged("\"large\"")));
+        assert!(!same_entity_tag(&large, &small));
+        assert!(!same_entity_tag(&HeaderMap::new(), &HeaderMap::new()));
+
+        let names_large = tagged("\"large\"");
+        assert!(not_modified_names(&large, &names_large));
+        assert!(!not_modified_names(&small, &names_large));
+        assert!(!not_modified_names(&large, &HeaderMap::new()));
+        assert!(not_modified_selects(&large, &HeaderMap::new()));
     }
 
     /// RFC 9111 §4.3.4: a 304 replaces the fields it carries, keeps repeated lines, and

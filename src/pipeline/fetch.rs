@@ -328,8 +328,12 @@ fn fill_request(
     let mut request = interim::relay_to(request, miss.interim.filter(|_| for_client));
     if let Some(stale) = &miss.plan.stale {
         policy::add_validators(request.headers_mut(), &stale.meta.headers);
-    } else if let Some(other) = &miss.plan.other_variant {
-        policy::add_entity_tag(request.headers_mut(), &other.meta.headers);
+    } else {
+        let others = miss.plan.other_variants.iter();
+        policy::add_entity_tags(
+            request.headers_mut(),
+            others.map(|other| &other.meta.headers),
+        );
     }
     Ok((request, client))
 }
@@ -481,7 +485,7 @@ impl FillTask {
     async fn fetch_and_store(mut self, request: http::Request<Body>) {
         let (method, uri) = (request.method().clone(), request.uri().clone());
         let (parts, body) = request.into_parts();
-        let ask_again = self.validated().is_some().then(|| {
+        let ask_again = self.sends_validators().then(|| {
             let mut parts = parts.clone();
             policy::remove_validators(&mut parts.headers);
             parts
@@ -543,14 +547,26 @@ impl FillTask {
         self.stream_into_cache(meta, body).await;
     }
 
-    /// The stored response this fill validates, whose validators its request carries:
-    /// this request's own, or another variant's whose entity tag was all the fill sent (a
-    /// 304 then names that representation).
-    fn validated(&self) -> Option<&Arc<StoredResponse>> {
-        self.plan
-            .stale
-            .as_ref()
-            .or(self.plan.other_variant.as_ref())
+    /// Whether the fill's request carries validators of stored responses: a stale entry's
+    /// own, or other variants' entity tags.
+    fn sends_validators(&self) -> bool {
+        self.plan.stale.is_some() || !self.plan.other_variants.is_empty()
+    }
+
+    /// The stored response a 304 with fields `not_modified` selects among those this fill
+    /// validated (RFC 9111 §4.3.4). Where the fill offered several entity tags, the 304
+    /// must name the one it selects.
+    fn selected_by(&self, not_modified: &HeaderMap) -> Option<&Arc<StoredResponse>> {
+        let selects = |stored: &&Arc<StoredResponse>| {
+            policy::not_modified_selects(&stored.meta.headers, not_modified)
+        };
+        match (&self.plan.stale, self.plan.other_variants.as_slice()) {
+            (Some(stale), _) => Some(stale).filter(selects),
+            (None, [only]) => Some(only).filter(selects),
+            (None, others) => others
+                .iter()
+                .find(|other| policy::not_modified_names(&other.meta.headers, not_modified)),
+        }
     }
 
     /// Sends `request` to the origin; its answer's head (cleaned, and read by the mirror),
@@ -648,11 +664,7 @@ impl FillTask {
         uri: &http::Uri,
         times: (SystemTime, SystemTime),
     ) -> bool {
-        let Some(stale) = self
-            .validated()
-            .filter(|s| policy::not_modified_selects(&s.meta.headers, &head.headers))
-            .cloned()
-        else {
+        let Some(stale) = self.selected_by(&head.headers).cloned() else {
             return false;
         };
         let cache = &self.proxy.cache;

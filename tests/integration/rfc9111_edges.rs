@@ -876,6 +876,71 @@ async fn a_vary_miss_is_validated_with_another_variants_entity_tag() {
     assert!(origin.last("/weak").headers.get("if-none-match").is_none());
 }
 
+/// RFC 9111 §4.3.1 and §4.3.4: with several representations stored (one per device
+/// class), a Vary miss offers the entity tags of all of them in one If-None-Match; the
+/// origin's 304 names the one this request selects, and that one's body answers. A 304
+/// that names none of them (here: no ETag at all, which could be any) is not guessed at:
+/// the representation is asked for again, whole.
+#[tokio::test]
+async fn a_vary_miss_offers_every_stored_entity_tag_and_the_304_names_one() {
+    let full = |etag: &'static str, body: &'static [u8]| Fixture::Static {
+        status: http::StatusCode::OK,
+        headers: vec![
+            ("cache-control", "max-age=600".to_string()),
+            ("vary", "X-Device".to_string()),
+            ("etag", etag.to_string()),
+        ],
+        body: bytes::Bytes::from_static(body),
+    };
+    let not_modified = |etag: Option<&'static str>| Fixture::Static {
+        status: http::StatusCode::NOT_MODIFIED,
+        headers: [("cache-control", "max-age=600"), ("vary", "X-Device")]
+            .into_iter()
+            .chain(etag.map(|etag| ("etag", etag)))
+            .map(|(name, value)| (name, value.to_string()))
+            .collect(),
+        body: bytes::Bytes::new(),
+    };
+    let origin = Origin::start(vec![(
+        "/page",
+        Fixture::sequence(vec![
+            full("\"small\"", b"small page"),
+            full("\"large\"", b"large page"),
+            not_modified(Some("\"large\"")),
+            not_modified(None),
+            full("\"watch\"", b"watch page"),
+        ]),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let device = |name: &'static str| [("x-device", name)];
+    assert_eq!(
+        get(&proxy.url("/page"), &device("phone")).await.text(),
+        "small page"
+    );
+    assert_eq!(
+        get(&proxy.url("/page"), &device("desktop")).await.text(),
+        "large page"
+    );
+
+    let tablet = get(&proxy.url("/page"), &device("tablet")).await;
+    assert_eq!(tablet.status, 200);
+    assert_eq!(tablet.text(), "large page");
+    let offered = origin.last("/page").headers["if-none-match"].clone();
+    let mut tags: Vec<&str> = offered.to_str().unwrap().split(", ").collect();
+    tags.sort_unstable();
+    assert_eq!(tags, ["\"large\"", "\"small\""]);
+    let again = get(&proxy.url("/page"), &device("tablet")).await;
+    assert!(is_hit(&again), "{}", cache_status(&again));
+    assert_eq!(again.text(), "large page");
+
+    let watch = get(&proxy.url("/page"), &device("watch")).await;
+    assert_eq!(watch.status, 200);
+    assert_eq!(watch.text(), "watch page");
+    assert!(origin.last("/page").headers.get("if-none-match").is_none());
+    assert_eq!(origin.hits("/page"), 5);
+}
+
 /// RFC 9111 §4.3.3, §4.3.4: a 304 that selects no stored response the fill validated (it
 /// names another entity tag) answers nobody: the client asked without validators of its
 /// own. The fill asks again without validators and serves (and stores) the full answer, on

@@ -22,6 +22,7 @@
 //! Reads never block writers. Adding a variant uses moka's per-key compute, so two fills
 //! of different variants of one URL never lose each other's entry.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::HeaderMap;
@@ -36,9 +37,23 @@ use crate::transform::compress::Coding;
 use prometheus_client::metrics::counter::Counter;
 
 /// All stored variants of one resource, newest first.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct VariantSet {
     variants: Vec<Arc<StoredResponse>>,
+    /// Set when the tier replaces or removes this set (a store, purge or eviction), before
+    /// the call doing it returns: whoever kept the set can tell it is no longer the
+    /// resource's without asking moka (see [`MemoryTier::holds`]). A set is never stored
+    /// again once retired; a copy of it is a new set.
+    retired: AtomicBool,
+}
+
+impl Clone for VariantSet {
+    fn clone(&self) -> VariantSet {
+        VariantSet {
+            variants: self.variants.clone(),
+            retired: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Removes stored encodings whose source body no variant has any more.
@@ -126,6 +141,11 @@ impl VariantSet {
         self.variants.iter()
     }
 
+    /// Marks the set replaced or removed (see [`VariantSet::retired`]).
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
     fn weight(&self) -> u32 {
         let total: usize = self.variants.iter().map(|v| v.weight()).sum();
         u32::try_from(total).unwrap_or(u32::MAX)
@@ -151,7 +171,10 @@ impl VariantSet {
                 .unwrap_or(variants.len() - 1);
             variants.remove(victim);
         }
-        VariantSet { variants }
+        VariantSet {
+            variants,
+            retired: AtomicBool::new(false),
+        }
     }
 }
 
@@ -351,6 +374,24 @@ impl MemoryTier {
         self.cache.get(key)
     }
 
+    /// Whether `set`, found earlier for `key`, is still the resource's stored variants;
+    /// counted as a request for `key`, as [`MemoryTier::get`] counts one. With the tier's
+    /// own policy this asks the policy and the set, not moka: every replacement and
+    /// removal retires the set it replaces, and the policy holds exactly the keys moka
+    /// does. moka's own policies evict on their own, so there moka is asked.
+    pub fn holds(&self, key: &PrimaryKey, set: &Arc<VariantSet>) -> bool {
+        match &self.replacement {
+            Some(replacement) => {
+                !set.retired.load(Ordering::Acquire)
+                    && replacement.policy.lock().access(key).is_some()
+            }
+            None => self
+                .cache
+                .get(key)
+                .is_some_and(|current| Arc::ptr_eq(&current, set)),
+        }
+    }
+
     /// Tells the policy that `key` now weighs `weight` (or is gone), and removes from moka
     /// what it evicts to make room.
     fn settle(&self, key: PrimaryKey, weight: Option<u32>) {
@@ -374,6 +415,7 @@ impl MemoryTier {
         let mut large_gone = false;
         for gone in evicted {
             if let Some(set) = self.cache.remove(&gone) {
+                set.retire();
                 replacement.evictions.inc();
                 large_gone |= u64::from(set.weight()) >= LARGE_EVICTION;
                 if let Some(hook) = &replacement.on_evict {
@@ -446,10 +488,16 @@ impl MemoryTier {
             let result = self.cache.entry(key).and_compute_with(|existing| {
                 let stored = match existing {
                     // Stored meanwhile (a fill): merged, as an insert would.
-                    Some(existing) => set.variants.iter().rev().fold(
-                        VariantSet::clone(&existing.into_value()),
-                        |merged, entry| merged.with(Arc::clone(entry), max_variants),
-                    ),
+                    Some(existing) => {
+                        let existing = existing.into_value();
+                        existing.retire();
+                        set.variants
+                            .iter()
+                            .rev()
+                            .fold(VariantSet::clone(&existing), |merged, entry| {
+                                merged.with(Arc::clone(entry), max_variants)
+                            })
+                    }
                     None => VariantSet::clone(&set),
                 };
                 Op::Put(Arc::new(stored))
@@ -474,7 +522,11 @@ impl MemoryTier {
         let key = entry.meta.key;
         let result = self.cache.entry(key).and_compute_with(|existing| {
             let set = match existing {
-                Some(existing) => existing.into_value().with(entry, max_variants),
+                Some(existing) => {
+                    let existing = existing.into_value();
+                    existing.retire();
+                    existing.with(entry, max_variants)
+                }
                 None => VariantSet::default().with(entry, max_variants),
             };
             Op::Put(Arc::new(set))
@@ -489,7 +541,11 @@ impl MemoryTier {
         let key = entry.meta.key;
         let result = self.cache.entry(key).and_compute_with(|existing| {
             let mut set = existing
-                .map(|e| VariantSet::clone(&e.into_value()))
+                .map(|e| {
+                    let existing = e.into_value();
+                    existing.retire();
+                    VariantSet::clone(&existing)
+                })
                 .unwrap_or_default();
             set.variants.retain(|v| v.meta.variant != replaced);
             Op::Put(Arc::new(set.with(entry, max_variants)))
@@ -505,7 +561,9 @@ impl MemoryTier {
             .and_compute_with(|existing| match existing {
                 None => Op::Nop,
                 Some(existing) => {
-                    let mut set = VariantSet::clone(&existing.into_value());
+                    let existing = existing.into_value();
+                    existing.retire();
+                    let mut set = VariantSet::clone(&existing);
                     set.variants.retain(|v| v.meta.variant != variant);
                     drop_orphaned_encodings(&mut set.variants);
                     if set.variants.is_empty() {
@@ -520,8 +578,7 @@ impl MemoryTier {
 
     /// Removes every variant of `key` (RFC 9111 §4.4 invalidation, purge).
     pub async fn invalidate(&self, key: &PrimaryKey) {
-        self.cache.invalidate(key);
-        self.settle(*key, None);
+        self.remove(key).await;
     }
 
     /// Forgets `key` if any of its variants has its body in a disk-tier file: the disk
@@ -541,7 +598,10 @@ impl MemoryTier {
 
     /// Removes every variant of `key`; returns how many there were.
     pub async fn remove(&self, key: &PrimaryKey) -> usize {
-        let removed = self.cache.remove(key).map_or(0, |set| set.len());
+        let removed = self.cache.remove(key).map_or(0, |set| {
+            set.retire();
+            set.len()
+        });
         self.settle(*key, None);
         removed
     }
@@ -562,9 +622,13 @@ impl MemoryTier {
             })
             .collect();
         let count = set.len();
-        let set = Arc::new(VariantSet { variants });
-        let weight = set.weight();
-        self.cache.insert(*key, set);
+        let stale = Arc::new(VariantSet {
+            variants,
+            retired: AtomicBool::new(false),
+        });
+        let weight = stale.weight();
+        self.cache.insert(*key, stale);
+        set.retire();
         self.settle(*key, Some(weight));
         count
     }
@@ -592,6 +656,50 @@ mod tests {
 
     fn entry(path: &str, size: usize) -> Arc<StoredResponse> {
         Arc::new(crate::cache::entry::testing::entry(path, vec![0u8; size]))
+    }
+
+    /// A set found earlier is held only until the tier replaces or removes it: a store of
+    /// another variant, a soft purge, a purge, the removal of a variant, an eviction. What
+    /// a prepared hit relies on, under either kind of policy.
+    #[tokio::test]
+    async fn a_set_is_held_until_replaced_or_removed() {
+        for policy in [MemoryPolicy::Wtinylfu, MemoryPolicy::Lru] {
+            let tier = MemoryTier::new(64 << 20, 4, policy, Counter::default(), None);
+            let stored = entry("/held", 100);
+            let key = stored.meta.key;
+            let first = tier.insert(Arc::clone(&stored)).await.unwrap();
+            assert!(tier.holds(&key, &first), "{policy:?}");
+
+            let mut other = StoredResponse::clone(&stored);
+            other.meta.variant = VariantKey([7; 32]);
+            let second = tier.insert(Arc::new(other)).await.unwrap();
+            assert!(!tier.holds(&key, &first), "{policy:?}: a store replaced it");
+            assert!(tier.holds(&key, &second), "{policy:?}");
+
+            tier.mark_stale(&key).await;
+            assert!(!tier.holds(&key, &second), "{policy:?}: soft purged");
+            let stale = tier.get(&key).await.unwrap();
+            tier.remove_variant(key, VariantKey([7; 32])).await;
+            assert!(!tier.holds(&key, &stale), "{policy:?}: a variant removed");
+            let last = tier.get(&key).await.unwrap();
+            assert!(tier.holds(&key, &last), "{policy:?}");
+            tier.invalidate(&key).await;
+            assert!(!tier.holds(&key, &last), "{policy:?}: purged");
+        }
+        // Evicted for room by the tier's own policy.
+        let tier = MemoryTier::new(1 << 20, 4, MemoryPolicy::Wtinylfu, Counter::default(), None);
+        let stored = entry("/evicted", 100 << 10);
+        let key = stored.meta.key;
+        let set = tier.insert(stored).await.unwrap();
+        for index in 0..40 {
+            let newcomer = entry(&format!("/newer/{index}"), 100 << 10);
+            for _ in 0..4 {
+                tier.get(&newcomer.meta.key).await;
+            }
+            tier.insert(newcomer).await;
+        }
+        assert!(tier.peek(&key).is_none(), "evicted");
+        assert!(!tier.holds(&key, &set));
     }
 
     /// A tier full of small one-hit objects still admits a large object that is asked for

@@ -328,10 +328,11 @@ impl Cache {
         self.disk.as_ref().filter(|disk| disk.is_available())
     }
 
-    /// The stored variants of `key` in memory (the request counted by the memory policy,
-    /// as a lookup counts it); the disk tier is not asked.
-    pub async fn memory_variants(&self, key: &PrimaryKey) -> Option<Arc<VariantSet>> {
-        self.memory.get(key).await
+    /// Whether `set`, found earlier for `key`, is still what the memory tier holds for it
+    /// (the request counted by the memory policy, as a lookup counts it); the disk tier is
+    /// not asked.
+    pub fn memory_holds(&self, key: &PrimaryKey, set: &Arc<VariantSet>) -> bool {
+        self.memory.holds(key, set)
     }
 
     /// The stored variants of `key`: from memory, or else promoted from disk (the body of

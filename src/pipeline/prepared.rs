@@ -14,7 +14,9 @@
 //!   pipeline every time.
 //! - It is used only while the memory tier still holds the very variant set it was made
 //!   from. A set is never changed in place: every store, purge, soft purge and eviction
-//!   replaces or removes it, so the same set means the same entry, encoding and body.
+//!   replaces or removes it, so the same set means the same entry, encoding and body; the
+//!   set replaced or removed is marked retired before that call returns, which is what a
+//!   prepared hit checks (`MemoryTier::holds`), with no lookup in moka.
 //! - It is used only while that entry is fresh; `Age` and the Cache-Status `ttl` are
 //!   computed for now with the functions the pipeline uses.
 //! - It belongs to one [`super::Proxy`]: a reload starts with none. A proxy that shows the
@@ -287,8 +289,8 @@ impl PreparedHits {
     /// pipeline would send. The memory tier counts the request, as a lookup would.
     pub async fn answer(&self, proxy: &Proxy, shape: &Shape, now: SystemTime) -> Option<ReadyHit> {
         let hit = self.find(shape.bytes())?;
-        let current = proxy.cache.memory_variants(&hit.key).await?;
-        if !std::ptr::eq(Arc::as_ptr(&current), hit.set.as_ptr()) {
+        let set = hit.set.upgrade()?;
+        if !proxy.cache.memory_holds(&hit.key, &set) {
             return None;
         }
         let entry = hit.entry.upgrade()?;

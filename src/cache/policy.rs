@@ -1018,10 +1018,11 @@ pub fn add_entity_tags<'a>(
         }
         list.extend_from_slice(etag.as_bytes());
     }
+    if list.is_empty() {
+        return;
+    }
     if let Ok(value) = HeaderValue::from_bytes(&list) {
-        if !list.is_empty() {
-            request.insert(header::IF_NONE_MATCH, value);
-        }
+        request.insert(header::IF_NONE_MATCH, value);
     }
 }
 

@@ -115,15 +115,19 @@ pub fn clean_response_head(headers: &mut HeaderMap) {
 
 /// Appends `received-protocol received-by` to `Via` (RFC 9110 §7.6.3).
 pub fn append_via(headers: &mut HeaderMap, received: Version, proxy_name: &str) {
-    let protocol = match received {
+    let ours = format!("{} {proxy_name}", received_protocol(received));
+    append_list_value(headers, header::VIA, &ours);
+}
+
+/// Via's received-protocol for a message received in `version` (RFC 9110 §7.6.3).
+pub fn received_protocol(version: Version) -> &'static str {
+    match version {
         Version::HTTP_09 => "0.9",
         Version::HTTP_10 => "1.0",
         Version::HTTP_2 => "2",
         Version::HTTP_3 => "3",
         _ => "1.1",
-    };
-    let ours = format!("{protocol} {proxy_name}");
-    append_list_value(headers, header::VIA, &ours);
+    }
 }
 
 /// Appends `item` to a comma-separated list field, folding existing lines into one.

@@ -47,7 +47,7 @@ pub struct Proxy {
     pub(super) proxy_name: String,
     /// `Via` for responses we serve from the cache (RFC 9110 §7.6.3), by the version they
     /// were received in: see [`Proxy::via_for`].
-    via_responses: [HeaderValue; 4],
+    via_responses: [HeaderValue; VIA_VERSIONS.len()],
     /// Longest wait for the next chunk of an origin body being filled into the cache.
     pub(super) body_read_timeout: Duration,
     pub(super) access_log: Option<Arc<AccessLog>>,
@@ -69,6 +69,17 @@ pub struct Proxy {
     /// Answers to repeated plain hits, made by the pipeline (this proxy's only).
     pub(super) prepared_hits: super::prepared::PreparedHits,
 }
+
+/// The versions a `Via` for a stored response is made ready for, once per proxy.
+const VIA_VERSIONS: [http::Version; 5] = [
+    http::Version::HTTP_09,
+    http::Version::HTTP_10,
+    http::Version::HTTP_11,
+    http::Version::HTTP_2,
+    http::Version::HTTP_3,
+];
+/// Where HTTP/1.1 is in [`VIA_VERSIONS`]: any other version is named as it.
+const HTTP_11_INDEX: usize = 2;
 
 impl Proxy {
     /// # Errors
@@ -122,7 +133,8 @@ impl Proxy {
             compression: Compression::new(&config.compression, metrics.encoder_runs.clone()),
             metrics,
             proxy_name: config.proxy_name.clone(),
-            via_responses: ["1.0", "1.1", "2", "3"].map(|protocol| {
+            via_responses: VIA_VERSIONS.map(|version| {
+                let protocol = super::forwarding::received_protocol(version);
                 // invariant: `check` refuses a proxy_name that is not a valid field value.
                 HeaderValue::from_str(&format!("{protocol} {}", config.proxy_name))
                     .unwrap_or_else(|_| HeaderValue::from_static("1.1 outpost"))
@@ -181,13 +193,8 @@ impl Proxy {
 
     /// `Via` for a response we serve from the cache that was received in `version`.
     pub(super) fn via_for(&self, version: http::Version) -> &HeaderValue {
-        let index = match version {
-            http::Version::HTTP_09 | http::Version::HTTP_10 => 0,
-            http::Version::HTTP_2 => 2,
-            http::Version::HTTP_3 => 3,
-            _ => 1,
-        };
-        &self.via_responses[index]
+        let index = VIA_VERSIONS.iter().position(|v| *v == version);
+        &self.via_responses[index.unwrap_or(HTTP_11_INDEX)]
     }
 
     /// Whether `peer` may purge (PURGE, and unsafe-request invalidation when it is limited

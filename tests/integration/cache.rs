@@ -21,10 +21,7 @@ async fn fresh_response_is_served_from_cache() {
     .await;
     let proxy = Proxy::start(&origin.url(), "").await;
     let first = get(&proxy.url("/a"), &[]).await;
-    assert_eq!(
-        cache_status(&first),
-        "outpost; fwd=uri-miss; fwd-status=200; ttl=60; stored"
-    );
+    assert_cache_status_with_lifetime(&first, "outpost; fwd=uri-miss; fwd-status=200; stored", 60);
     let second = get(&proxy.url("/a"), &[]).await;
     assert_eq!(second.text(), "alpha");
     assert!(

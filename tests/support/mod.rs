@@ -1082,6 +1082,43 @@ pub fn cache_status(reply: &Reply) -> String {
         .unwrap_or_default()
 }
 
+/// Our Cache-Status member split into its parameters without `ttl`, and the `ttl`.
+///
+/// The origin dates its responses to the whole second (RFC 9110 §5.6.7), so a response that
+/// arrives in the second after the origin dated it already has an apparent age of one second
+/// (RFC 9111 §4.2.3), and its ttl is one less than its lifetime: a test that compares ttl
+/// exactly fails whenever a request straddles a second boundary.
+pub fn cache_status_without_ttl(reply: &Reply) -> (String, Option<i64>) {
+    let status = cache_status(reply);
+    let mut ttl = None;
+    let kept: Vec<&str> = status
+        .split(';')
+        .map(str::trim)
+        .filter(|member| match member.strip_prefix("ttl=") {
+            Some(seconds) => {
+                ttl = seconds.parse().ok();
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (kept.join("; "), ttl)
+}
+
+/// Asserts our Cache-Status member reads `expected` (written without `ttl`) and that its ttl
+/// is the stored lifetime less at most the two seconds a loopback exchange can age a
+/// response by whole-second Dates (see [`cache_status_without_ttl`]).
+#[track_caller]
+pub fn assert_cache_status_with_lifetime(reply: &Reply, expected: &str, lifetime: i64) {
+    let (status, ttl) = cache_status_without_ttl(reply);
+    assert_eq!(status, expected, "Cache-Status {:?}", cache_status(reply));
+    let ttl = ttl.unwrap_or_else(|| panic!("no ttl in {:?}", cache_status(reply)));
+    assert!(
+        (lifetime - 2..=lifetime).contains(&ttl),
+        "ttl {ttl} for a lifetime of {lifetime}"
+    );
+}
+
 /// Whether outpost answered from its cache.
 pub fn is_hit(reply: &Reply) -> bool {
     cache_status(reply).starts_with("outpost; hit")

@@ -17,7 +17,7 @@
 # (`stale-close-*`), and runs Surrogate-Control tests; a checkout of
 # https://github.com/http-tests/cache-tests is the suite as published. With that checkout
 # (2026-12): required 159 of 160 (not `headers-store-Set-Cookie`: responses with
-# Set-Cookie are stored only with cache.store_set_cookie), optimal 97 of 105, check 73 of 100.
+# Set-Cookie are stored only with cache.store_set_cookie), optimal 98 of 105, check 73 of 100.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${BIN:-$HERE/../target/release/outpost}

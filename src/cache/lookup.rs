@@ -354,6 +354,25 @@ impl PlanSource<'_> {
     }
 }
 
+/// The plan of a fill nobody joins that stores a response to a request the lookup did not
+/// plan for (RFC 9110 §9.3.3: a POST's, for later GETs of the same target), under the
+/// target's GET key.
+pub fn unshared_plan(
+    (scheme, authority, path_and_query): (&str, &str, &str),
+    reason: FwdReason,
+) -> MissPlan {
+    MissPlan {
+        key: PrimaryKey::new(scheme, authority, path_and_query),
+        url: joined_url(scheme, authority, path_and_query),
+        variant_hint: VariantKey::NONE,
+        stale: None,
+        other_variants: Vec::new(),
+        reason,
+        is_coalescable: false,
+        forwards_range: false,
+    }
+}
+
 /// `scheme://authority/path?query`, joined in one allocation.
 fn joined_url(scheme: &str, authority: &str, path_and_query: &str) -> String {
     let mut url = String::with_capacity(scheme.len() + 3 + authority.len() + path_and_query.len());

@@ -525,6 +525,28 @@ pub fn check_storable(
     }
 }
 
+/// RFC 9110 §9.3.3: whether a response to POST may be stored for later GET and HEAD
+/// requests of the target: it has explicit freshness (RFC 9111 §4.2.1: `s-maxage`,
+/// `max-age` or `Expires`; `public` or a heuristic is not enough) and is a 200 or 203 whose
+/// `Content-Location` names the target (`names_target`), which makes its content the
+/// target's current representation (RFC 9110 §8.7). The usual rules of §3 still apply,
+/// checked by the caller as for a GET.
+pub fn post_response_reusable(
+    status: StatusCode,
+    response_headers: &HeaderMap,
+    settings: &PolicySettings,
+    names_target: bool,
+) -> bool {
+    if !matches!(status.as_u16(), 200 | 203) || !names_target {
+        return false;
+    }
+    let read = response_directives(response_headers, settings);
+    let directives = &read.directives;
+    directives.max_age.is_some()
+        || directives.s_maxage.is_some()
+        || (!read.is_targeted && response_headers.contains_key(header::EXPIRES))
+}
+
 /// Whether http-cache-semantics would store the response (it reads Cache-Control and
 /// Expires, so it gets `effective`: the targeted field's view).
 fn library_allows(

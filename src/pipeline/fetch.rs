@@ -231,6 +231,84 @@ fn delivery_from(
     }
 }
 
+/// RFC 9110 §9.3.3: the response to the POST `miss` (already forwarded, its target
+/// invalidated) is stored for later GET and HEAD requests of the target when it says it is
+/// the target's current representation and may be stored as a GET's response would be
+/// (RFC 9111 §3, judged on the POST's request headers). It then streams to the POST's
+/// client through a fill nobody else joins; otherwise it comes back to be forwarded as it
+/// came. Not for a POST with preconditions or a Range (the origin evaluated those, and the
+/// response must not be judged on them again), nor behind a package mirror (whose stored
+/// responses are its own rewriting of the origin's), nor from a peer whose unsafe requests
+/// may not invalidate (`cache.unsafe_invalidation`): it could not replace either.
+pub(super) async fn keep_post_response(
+    miss: Miss<'_>,
+    response: Response<OriginBody>,
+    times: (SystemTime, SystemTime),
+    ctx: &mut RequestCtx,
+) -> PostResponse {
+    let (head, body) = response.into_parts();
+    let cache = &miss.proxy.cache;
+    let request = miss.parts;
+    let names_target = head
+        .headers
+        .get(header::CONTENT_LOCATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|location| {
+            let origin = (miss.downstream.scheme, miss.downstream.host.unwrap_or(""));
+            super::invalidate::same_origin_reference(location, &request.uri, origin)
+        })
+        .is_some_and(|resolved| {
+            resolved == request.uri.path_and_query().map_or("/", |pq| pq.as_str())
+        });
+    let has_conditions = policy::CLIENT_CONDITIONALS
+        .iter()
+        .chain([&header::RANGE])
+        .any(|name| request.headers.contains_key(name));
+    let may_keep = request.method == Method::POST
+        && cache.is_enabled()
+        && miss.proxy.mirror.is_none()
+        && super::invalidate::unsafe_requests_change_cache(miss.proxy, miss.downstream.peer)
+        && !has_conditions
+        && policy::post_response_reusable(head.status, &head.headers, cache.policy(), names_target);
+    let (fill, reader) = cache.coalescer().solo();
+    let task = FillTask::new(&miss, &fill, None, None);
+    let vary = Vary::from_response(&head.headers);
+    let checked = may_keep
+        .then(|| task.verdict(&Method::GET, &request.uri, &head, times.1))
+        .and_then(Result::ok)
+        .zip(vary.variant_key(&task.client_headers));
+    let Some((read, variant)) = checked else {
+        return PostResponse::Forward(Response::from_parts(head, body));
+    };
+    cache.forget_uncacheable(&task.plan.key).await;
+    let freshness = task.freshness(head.status, &head.headers, Some(read), times);
+    let mut shared_headers = head.headers;
+    let own_fields = policy::remove_unshared_fields(&mut shared_headers, cache.policy());
+    ctx.own_fields = (!own_fields.is_empty()).then_some(own_fields);
+    let meta = EntryMeta::new(
+        task.plan.key,
+        task.plan.url.clone(),
+        (head.status, head.version),
+        shared_headers,
+        (vary, variant),
+        freshness,
+    );
+    cache.spawn_fill(async move { task.stream_into_cache(meta, body).await });
+    let status = fill.wait_status().await;
+    PostResponse::Kept(
+        delivery_from(status, fill, reader, ctx, |_| true)
+            .unwrap_or_else(|| Err(ProxyError::Internal("fill still pending".into()))),
+    )
+}
+
+/// What became of a POST's response ([`keep_post_response`]).
+pub(super) enum PostResponse {
+    /// It is being stored; the POST's client is served from its fill.
+    Kept(Result<Delivery, ProxyError>),
+    /// Not to be stored: forwarded as it came.
+    Forward(Response<OriginBody>),
+}
+
 /// RFC 5861 §3: a stale response was served; validate it once in the background. If a
 /// fill for it is already in flight, that one will do.
 pub(super) fn revalidate_in_background(miss: &Miss<'_>) {
@@ -427,19 +505,7 @@ impl FillJob {
             }
         };
         let (leader_tx, leader_rx) = oneshot::channel();
-        let rules = miss.proxy.cache.rules();
-        let task = FillTask {
-            proxy: Arc::clone(miss.proxy),
-            site: Arc::clone(miss.site),
-            origin: miss.site.pool.name.clone(),
-            plan: miss.plan.clone(),
-            client_headers: miss.parts.headers.clone(),
-            rule: rules.find(&miss.site.name, miss.parts.uri.path()).cloned(),
-            path: miss.parts.uri.path().to_string(),
-            fill: Arc::clone(fill),
-            fill_key,
-            leader: Some(leader_tx),
-        };
+        let task = FillTask::new(miss, fill, fill_key, Some(leader_tx));
         Ok((FillJob { request, task }, leader_rx, client))
     }
 
@@ -465,6 +531,27 @@ impl FillJob {
 }
 
 impl FillTask {
+    fn new(
+        miss: &Miss<'_>,
+        fill: &Arc<Fill>,
+        fill_key: Option<FillKey>,
+        leader: Option<oneshot::Sender<LeaderAnswer>>,
+    ) -> FillTask {
+        let rules = miss.proxy.cache.rules();
+        FillTask {
+            proxy: Arc::clone(miss.proxy),
+            site: Arc::clone(miss.site),
+            origin: miss.site.pool.name.clone(),
+            plan: miss.plan.clone(),
+            client_headers: miss.parts.headers.clone(),
+            rule: rules.find(&miss.site.name, miss.parts.uri.path()).cloned(),
+            path: miss.parts.uri.path().to_string(),
+            fill: Arc::clone(fill),
+            fill_key,
+            leader,
+        }
+    }
+
     /// Freshness of the origin's answer under this fill's path rule; `read`: its
     /// directives, when the storability check has read them already.
     fn freshness(

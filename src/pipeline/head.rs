@@ -60,7 +60,7 @@ pub(super) async fn forward_head(
             apply_to_stored(&miss, stored, response.headers(), times).await;
         }
     }
-    Ok(Delivery::Forwarded(response))
+    Ok(Delivery::Forwarded(response.map(Body::from)))
 }
 
 /// The stored GET response, answering the HEAD stale because the origin could not (as a

@@ -61,7 +61,7 @@ pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
@@ -519,17 +519,32 @@ async fn bypass(
 ) -> Result<Delivery, ProxyError> {
     let (proxy, parts) = (request.proxy, request.parts);
     let to = (request.downstream, request.interim);
+    let sent_at = SystemTime::now();
     let response = forward(proxy, request.site, parts, body, to, ctx).await?;
     ctx.status.fwd_status = Some(response.status().as_u16());
     if invalidate::is_safe_method(&parts.method) {
-        return Ok(Delivery::Forwarded(response));
+        return Ok(Delivery::Forwarded(response.map(Body::from)));
     }
     let authority = request.downstream.host.unwrap_or("");
     let (head, body) = response.into_parts();
     let origin = (request.downstream.scheme, authority);
     let peer = request.downstream.peer;
     invalidate::after_unsafe(proxy, peer, &parts.uri, origin, &head).await;
-    Ok(Delivery::Forwarded(Response::from_parts(head, body)))
+    let response = Response::from_parts(head, body);
+    if parts.method != http::Method::POST {
+        return Ok(Delivery::Forwarded(response.map(Body::from)));
+    }
+    // Stored only after the invalidation above (RFC 9111 §4.4), which would remove it.
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let plan = crate::cache::lookup::unshared_plan(
+        (request.downstream.scheme, authority, path_and_query),
+        FwdReason::Method,
+    );
+    let times = (sent_at, SystemTime::now());
+    match fetch::keep_post_response(request.miss(plan), response, times, ctx).await {
+        fetch::PostResponse::Kept(delivery) => delivery,
+        fetch::PostResponse::Forward(response) => Ok(Delivery::Forwarded(response.map(Body::from))),
+    }
 }
 
 /// Forwards a request without the cache; the response streams back with its hop-by-hop
@@ -541,7 +556,7 @@ async fn forward(
     body: Body,
     (downstream, interim): (Downstream<'_>, Option<&interim::InterimRelay>),
     ctx: &mut RequestCtx,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Response<crate::upstream::OriginBody>, ProxyError> {
     let (upstream_request, client) =
         upstream_request(proxy, site, parts.clone(), body, downstream)?;
     let upstream_request = interim::relay_to(upstream_request, interim);
@@ -551,5 +566,5 @@ async fn forward(
     ctx.upstream_duration = Some(sent_at.elapsed());
     let (mut head, body) = response?.into_parts();
     forwarding::clean_response_head(&mut head.headers);
-    Ok(Response::from_parts(head, Body::from(body)))
+    Ok(Response::from_parts(head, body))
 }

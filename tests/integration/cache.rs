@@ -362,6 +362,165 @@ async fn unsafe_methods_invalidate_target_and_location() {
     );
 }
 
+fn post_to(url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut builder = Request::post(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder
+        .body(Full::new(Bytes::from_static(b"form=1")))
+        .unwrap()
+}
+
+/// RFC 9110 §9.3.3: a POST's response with explicit freshness and a Content-Location equal
+/// to the target URI (§8.7, relative references resolved against it) is stored, after the
+/// target's invalidation (RFC 9111 §4.4), and answers later GETs and HEADs; a later POST is
+/// still forwarded.
+#[tokio::test]
+async fn a_post_response_naming_its_target_answers_later_gets() {
+    let origin = Origin::start(vec![
+        (
+            "/form",
+            fixed(
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("content-location", "/form"),
+                ],
+                "posted",
+            ),
+        ),
+        (
+            "/shop/cart",
+            fixed(
+                &[
+                    ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+                    ("content-location", "cart"),
+                ],
+                "cart",
+            ),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let posted = send(&client(), post_to(&proxy.url("/form"), &[])).await;
+    assert_eq!(posted.text(), "posted");
+    assert_cache_status_with_lifetime(&posted, "outpost; fwd=method; fwd-status=200; stored", 60);
+    assert_eq!(origin.last("/form").method, http::Method::POST);
+
+    let later = get(&proxy.url("/form"), &[]).await;
+    assert!(is_hit(&later), "{}", cache_status(&later));
+    assert_eq!(later.text(), "posted");
+    let head = Request::head(proxy.url("/form"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert!(is_hit(&send(&client(), head).await));
+    assert_eq!(origin.hits("/form"), 1);
+
+    let again = send(&client(), post_to(&proxy.url("/form"), &[])).await;
+    assert_eq!(again.text(), "posted");
+    assert_eq!(
+        origin.hits("/form"),
+        2,
+        "a POST is never answered from the cache"
+    );
+
+    // A path-relative Content-Location, and Expires as the explicit freshness.
+    send(&client(), post_to(&proxy.url("/shop/cart"), &[])).await;
+    let cart = get(&proxy.url("/shop/cart"), &[]).await;
+    assert!(is_hit(&cart), "{}", cache_status(&cart));
+    assert_eq!(origin.hits("/shop/cart"), 1);
+}
+
+/// A path, the origin's response headers for it, and the POST's own headers.
+type PostCase = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static [(&'static str, &'static str)],
+);
+
+/// RFC 9110 §9.3.3: without explicit freshness (RFC 9111 §4.2.1: `public` and a heuristic
+/// are not), without a Content-Location naming the target, or for a POST the origin
+/// judged preconditions of, the response is forwarded and nothing is stored.
+#[tokio::test]
+async fn post_responses_that_do_not_name_their_target_are_not_stored() {
+    let cases: [PostCase; 5] = [
+        ("/no-location", &[("cache-control", "max-age=60")], &[]),
+        (
+            "/elsewhere",
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-location", "/other"),
+            ],
+            &[],
+        ),
+        (
+            "/other-origin",
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-location", "http://example.net/other-origin"),
+            ],
+            &[],
+        ),
+        (
+            "/heuristic",
+            &[
+                ("cache-control", "public"),
+                ("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT"),
+                ("content-location", "/heuristic"),
+            ],
+            &[],
+        ),
+        (
+            "/conditional",
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-location", "/conditional"),
+            ],
+            &[("if-match", "\"v1\"")],
+        ),
+    ];
+    let routes = cases
+        .iter()
+        .map(|(path, headers, _)| (*path, fixed(headers, "answer")))
+        .collect();
+    let origin = Origin::start(routes).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for (path, _, request_headers) in cases {
+        let posted = send(&client(), post_to(&proxy.url(path), request_headers)).await;
+        assert_eq!(
+            cache_status(&posted),
+            "outpost; fwd=method; fwd-status=200",
+            "{path}"
+        );
+        let later = get(&proxy.url(path), &[]).await;
+        assert!(!is_hit(&later), "{path}: {}", cache_status(&later));
+        assert_eq!(origin.hits(path), 2, "{path}");
+    }
+}
+
+/// `cache.unsafe_invalidation = "trusted"`: an untrusted peer's POST may neither invalidate
+/// nor replace what is stored.
+#[tokio::test]
+async fn an_untrusted_peers_post_response_is_not_stored() {
+    let origin = Origin::start(vec![(
+        "/form",
+        fixed(
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-location", "/form"),
+            ],
+            "posted",
+        ),
+    )])
+    .await;
+    let config = "[cache]\nunsafe_invalidation = \"trusted\"\npurge_allowed = []\n";
+    let proxy = Proxy::start(&origin.url(), config).await;
+    let posted = send(&client(), post_to(&proxy.url("/form"), &[])).await;
+    assert_eq!(cache_status(&posted), "outpost; fwd=method; fwd-status=200");
+    assert!(!is_hit(&get(&proxy.url("/form"), &[]).await));
+    assert_eq!(origin.hits("/form"), 2);
+}
+
 /// RFC 9110 §9.3.2 / RFC 9111 §4: a HEAD miss is forwarded as HEAD and stores nothing (a
 /// HEAD must not download a body); a HEAD is answered from a stored GET.
 #[tokio::test]

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Memory footprint against the configured memory tier (issue 17, target 6): one build is
 # filled with unique misses of each size in turn (PHASES, each DUR seconds, far past MEM),
-# then unique gzip misses (an encoder per response), while a sampler reads every 0.2 s
+# then unique gzip misses (an encoder per response), then STALLED clients (64) that ask for
+# unique 8 MiB objects and read only their first KiB for 3 s (each fill past the fills'
+# budget streams unstored and holds what it has read ahead of its client), while a sampler
+# reads every 0.2 s
 #   - VmRSS (anonymous + file pages mapped and touched, including mapped memory files),
 #   - the bytes of the memory files the process holds (`memfd:` descriptors; sealed bodies
 #     and bodies being written into theirs): shmem pages that belong to no RSS unless a
@@ -58,11 +61,28 @@ s='$MEM'.lower().replace('ib','').replace('b','')
 m={'k':1<<10,'m':1<<20,'g':1<<30}
 print(int(float(s[:-1])*m[s[-1]]) if s[-1] in m else int(s))")
 echo "memory tier $MEM; DUR=${DUR}s per phase; outpost pid $P"
-run_phase() { # run_phase LABEL wrk-args...
+stall() { # stall N: N clients each ask for a unique 8 MiB object and read 1 KiB of it
+  python3 - "$1" <<'PY'
+import socket, sys, time
+held = []
+for i in range(int(sys.argv[1])):
+    s = socket.create_connection(("127.0.0.1", 19305))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(f"GET /b/8m/stall-{i}-{time.time()}?d=0 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    s.recv(1024)
+    held.append(s)
+time.sleep(3)
+print("Requests/sec: -")
+PY
+}
+run_phase() { # run_phase LABEL wrk-args... | run_phase LABEL stall N
   local label=$1; shift
   local log; log=$(mktemp)
   local sp; sp=$(sample "$P" "$log")
-  local out; out=$(taskset -c 1 wrk -t1 -c64 -d"${DUR}"s --timeout 10s -s "$KIT/keys.lua" http://127.0.0.1:19305 -- "$@" 2>&1)
+  local out
+  if [[ $1 == stall ]]; then out=$(stall "$2" 2>&1)
+  else out=$(taskset -c 1 wrk -t1 -c64 -d"${DUR}"s --timeout 10s -s "$KIT/keys.lua" http://127.0.0.1:19305 -- "$@" 2>&1)
+  fi
   kill "$sp" 2>/dev/null; wait "$sp" 2>/dev/null
   read -r rss anon files total < <(awk '{ if ($1>r) r=$1; if ($1-$2>a) a=$1-$2; if ($3>f) f=$3; t=$1+$3-$2; if (t>m) m=t } END { print r+0, a+0, f+0, m+0 }' "$log")
   printf '%-26s %8s req/s  peak RSS %7s MiB (not shmem %7s)  peak memory files %7s MiB  peak RSS+files %7s MiB = %sx capacity\n' \
@@ -72,4 +92,5 @@ run_phase() { # run_phase LABEL wrk-args...
 }
 for prefix in $PHASES; do run_phase "unique misses $prefix" unique "${prefix}r-" "$$" - '?d=0'; done
 run_phase "unique gzip misses /t/100k/" unique /t/100k/u- "$$" gzip '?d=0'
+run_phase "${STALLED:-64} stalled clients /b/8m/" stall "${STALLED:-64}"
 echo "final VmHWM: $(grep VmHWM "/proc/$P/status" | tr -s ' \t' ' ')"

@@ -28,9 +28,10 @@ use crate::cache::sealed::GrowingBody;
 use crate::cache::Cache;
 use crate::error::ProxyError;
 
-/// When a fill is not being stored, the most bytes it holds ahead of its slowest reader;
-/// for one streaming to disk, how far a reader may fall behind before it follows the file.
-const UNSTORED_WINDOW: usize = 4 << 20;
+/// When a fill is not being stored, the most bytes it holds ahead of its slowest reader.
+const UNSTORED_WINDOW: usize = 512 << 10;
+/// For a fill streaming to disk, how far a reader may fall behind before it follows the file.
+const SPILL_DETACH_DISTANCE: usize = 4 << 20;
 
 /// Sets the fields of a derived entry that depend on its final body length.
 pub type Finalise = Box<dyn FnOnce(&mut EntryMeta, u64) + Send + Sync>;
@@ -231,7 +232,7 @@ impl FillWriter<'_> {
             if self.spill.is_some() {
                 // A reader far behind continues from the file, so neither memory nor the
                 // other readers wait for it.
-                self.fill.detach_slow_readers(UNSTORED_WINDOW);
+                self.fill.detach_slow_readers(SPILL_DETACH_DISTANCE);
             }
             return self.check_unread().await;
         }

@@ -374,6 +374,23 @@ impl MemoryTier {
         self.cache.get(key)
     }
 
+    /// Whether the tier holds `entry` itself, just after storing it: the policy may have
+    /// declined it. With one of moka's policies, whether it holds the key (asking moka
+    /// for the value would count as a request and sway its policy).
+    pub fn holds_entry(&self, entry: &Arc<StoredResponse>) -> bool {
+        if self.replacement.is_none() {
+            return self.cache.contains_key(&entry.meta.key);
+        }
+        let held = self
+            .cache
+            .get(&entry.meta.key)
+            .is_some_and(|set| set.iter().any(|held| Arc::ptr_eq(held, entry)));
+        if !held {
+            self.cache.run_pending_tasks();
+        }
+        held
+    }
+
     /// Whether `set`, found earlier for `key`, is still the resource's stored variants;
     /// counted as a request for `key`, as [`MemoryTier::get`] counts one. With the tier's
     /// own policy this asks the policy and the set, not moka: every replacement and

@@ -237,8 +237,13 @@ impl Cache {
     }
 
     /// The fills in flight.
-    pub fn coalescer(&self) -> &Coalescer {
+    pub fn coalescer(&self) -> &Arc<Coalescer> {
         &self.coalescer
+    }
+
+    /// Whether the memory tier holds `entry` itself (not another response for its key).
+    pub fn memory_holds_entry(&self, entry: &Arc<StoredResponse>) -> bool {
+        self.memory.holds_entry(entry)
     }
 
     /// A slot for a new fill from `origin` (the caps on fills in all and per origin).

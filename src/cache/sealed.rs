@@ -132,12 +132,42 @@ impl Drop for Slot {
     }
 }
 
+/// Something that must live exactly as long as a body's pages (see
+/// [`SealedBody::keep_while_held`]).
+pub type Keepsake = Box<dyn std::any::Any + Send + Sync>;
+
+/// A body's mapping, as the owner of the [`Bytes`] handed out of it: it is unmapped, and
+/// what its keepsake slot holds let go, when the last slice of it is dropped.
+struct Mapping {
+    map: memmap2::Mmap,
+    /// Never read: dropped with the mapping, which is what it is for.
+    _keepsake: Arc<OnceLock<Keepsake>>,
+}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// The mapping of `map` as shared bytes, and its keepsake slot.
+fn shared_mapping(map: memmap2::Mmap) -> (Bytes, Arc<OnceLock<Keepsake>>) {
+    let keepsake = Arc::new(OnceLock::new());
+    let mapping = Mapping {
+        map,
+        _keepsake: Arc::clone(&keepsake),
+    };
+    (Bytes::from_owner(mapping), keepsake)
+}
+
 /// A body in a sealed memory file, with a read-only view of it.
 #[derive(Debug)]
 pub struct SealedBody {
     file: File,
     /// The whole file, mapped read-only; slices of it are handed out as they are.
     bytes: Bytes,
+    /// Kept until both the file (sent from by sendfile) and every slice are gone.
+    keepsake: Arc<OnceLock<Keepsake>>,
     _slot: Slot,
 }
 
@@ -150,9 +180,11 @@ impl SealedBody {
         // removing those seals) by the call above, so the mapped bytes can never change
         // or disappear while the mapping lives; the mapping is read-only.
         let map = checked_len(unsafe { memmap2::Mmap::map(&file)? }, len)?;
+        let (bytes, keepsake) = shared_mapping(map);
         Ok(SealedBody {
             file,
-            bytes: Bytes::from_owner(map),
+            bytes,
+            keepsake,
             _slot: slot,
         })
     }
@@ -160,6 +192,21 @@ impl SealedBody {
     /// The body.
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
+    }
+
+    /// Keeps `keepsake` until nothing holds this body's pages any more: neither this value
+    /// nor any slice handed out of it (a client still being sent the body). The first
+    /// keepsake given is kept; later ones are dropped at once.
+    pub fn keep_while_held(&self, keepsake: Keepsake) {
+        let _ = self.keepsake.set(keepsake);
+    }
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping")
+            .field("len", &self.map.len())
+            .finish()
     }
 }
 
@@ -179,6 +226,7 @@ pub struct GrowingBody {
     file: File,
     /// The whole declared length, mapped read-only; bytes past `written` are not yet valid.
     bytes: Bytes,
+    keepsake: Arc<OnceLock<Keepsake>>,
     written: usize,
     hasher: blake3::Hasher,
     slot: Slot,
@@ -196,9 +244,11 @@ impl GrowingBody {
         // its descriptor, it never truncates, and `seal` forbids it for good.
         let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file)? };
         let map = checked_len(map, usize::try_from(len).map_err(std::io::Error::other)?)?;
+        let (bytes, keepsake) = shared_mapping(map);
         Ok(GrowingBody {
             file,
-            bytes: Bytes::from_owner(map),
+            bytes,
+            keepsake,
             written: 0,
             hasher: blake3::Hasher::new(),
             slot,
@@ -235,6 +285,7 @@ impl GrowingBody {
         let sealed = SealedBody {
             file: self.file,
             bytes: self.bytes,
+            keepsake: self.keepsake,
             _slot: self.slot,
         };
         Ok((Arc::new(sealed), *self.hasher.finalize().as_bytes()))
@@ -329,6 +380,30 @@ mod tests {
             panic!("a window of a sealed body is its bytes");
         };
         assert_eq!(bytes, body.slice(1000..1500));
+    }
+
+    /// A keepsake lives as long as the body's pages: past the body itself while a slice
+    /// handed out (a client still being sent it) holds them.
+    #[test]
+    fn a_keepsake_lives_until_the_last_slice_is_dropped() {
+        struct Flag(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = Bytes::from(vec![7u8; 100_000]);
+        let sealed = Sealer::new(1).seal(&body).expect("sealed");
+        sealed.keep_while_held(Box::new(Flag(Arc::clone(&dropped))));
+        let slice = sealed.bytes().slice(10..20);
+        drop(sealed);
+        assert!(
+            !dropped.load(Ordering::SeqCst),
+            "a slice still holds the pages"
+        );
+        drop(slice);
+        assert!(dropped.load(Ordering::SeqCst), "nothing holds them");
     }
 
     #[test]

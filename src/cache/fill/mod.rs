@@ -145,6 +145,9 @@ pub struct Coalescer {
     committed: AtomicU64,
     /// The part of `committed` counted by newcomers (see [`Coalescer::commit`]).
     committed_by_newcomers: AtomicU64,
+    /// Bytes of kept bodies declined by the memory tier and still being sent
+    /// ([`Coalescer::hold`]): they leave that much less of the budget to fills.
+    held_outside: AtomicU64,
 }
 
 /// What one fill keeping its body in memory counts for against the fills' budget; given
@@ -154,6 +157,22 @@ pub struct Commitment<'c> {
     bytes: u64,
     /// For a newcomer's body, the room newcomers' bodies may take together.
     newcomer_room: Option<u64>,
+}
+
+/// A body kept in memory that the memory tier did not take, counted against the fills'
+/// budget while clients are still being sent it ([`Coalescer::hold`]): until they let
+/// go, its pages are as much in memory as a fill's.
+pub struct BudgetHold {
+    coalescer: Arc<Coalescer>,
+    bytes: u64,
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        self.coalescer
+            .held_outside
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// Adds `more` to `counter` unless that takes it past `limit` while `own` is not all it
@@ -184,7 +203,11 @@ impl Commitment<'_> {
                 return false;
             }
         }
-        if !count_within(&self.coalescer.committed, own, more, budget) {
+        // Declined bodies still being sent leave fills only what they do not hold; once
+        // they hold it all, not even a fill alone is kept.
+        let outside = self.coalescer.held_outside.load(Ordering::Acquire);
+        let room = budget.saturating_sub(outside);
+        if room == 0 || !count_within(&self.coalescer.committed, own, more, room) {
             if self.newcomer_room.is_some() {
                 newcomers.fetch_sub(more, Ordering::AcqRel);
             }
@@ -223,6 +246,7 @@ impl Coalescer {
             held_bytes,
             committed: AtomicU64::new(0),
             committed_by_newcomers: AtomicU64::new(0),
+            held_outside: AtomicU64::new(0),
         }
     }
 
@@ -248,6 +272,19 @@ impl Coalescer {
             newcomer_room,
         };
         commitment.grow_to(bytes, budget).then_some(commitment)
+    }
+
+    /// Counts `bytes` against the fills' memory budget until the hold is dropped: for a
+    /// body kept in memory that outlives its fill outside the memory tier (declined by its
+    /// policy), so that clients stalled on such bodies cannot make every later fill keep
+    /// one more. While such bodies hold less than the whole budget, a fill alone is still
+    /// kept (as it may pass the budget alone).
+    pub fn hold(self: &Arc<Self>, bytes: u64) -> BudgetHold {
+        self.held_outside.fetch_add(bytes, Ordering::AcqRel);
+        BudgetHold {
+            coalescer: Arc::clone(self),
+            bytes,
+        }
     }
 
     /// Bytes counted against the fills' memory budget now.
@@ -729,6 +766,33 @@ mod tests {
         drop(first);
         assert_eq!(coalescer.committed.load(Ordering::Acquire), 0);
         assert!(coalescer.commit(1000, budget, None).is_some());
+    }
+
+    /// A declined body still being sent counts against the budget until it is let go:
+    /// meanwhile a fill alone is still kept, but none beside it; once declined bodies hold
+    /// the whole budget, none at all.
+    #[test]
+    fn a_hold_takes_its_share_of_the_budget_until_dropped() {
+        let coalescer = Arc::new(coalescer());
+        let budget = 1000;
+        let hold = coalescer.hold(900);
+        let alone = coalescer
+            .commit(600, budget, None)
+            .expect("a fill alone is kept");
+        assert!(
+            coalescer.commit(100, budget, None).is_none(),
+            "no room beside it"
+        );
+        drop(alone);
+        let more = coalescer.hold(100);
+        assert!(
+            coalescer.commit(1, budget, None).is_none(),
+            "the budget is all held"
+        );
+        drop((hold, more));
+        let first = coalescer.commit(600, budget, None).expect("alone");
+        assert!(coalescer.commit(400, budget, None).is_some(), "room again");
+        drop(first);
     }
 
     /// Newcomers' bodies also share the room the tier has for newcomers, first come first

@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 use super::{Commitment, Fill, FillStatus, SpillState};
 use crate::cache::disk::{BlobWriter, DiskError, DiskTier, TempBlob};
-use crate::cache::entry::{EntryMeta, StoredResponse};
+use crate::cache::entry::{EntryMeta, StoredBody, StoredResponse};
 use crate::cache::sealed::GrowingBody;
 use crate::cache::Cache;
 use crate::error::ProxyError;
@@ -312,6 +312,12 @@ impl FillWriter<'_> {
 
     async fn store_entry(mut self, entry: Arc<StoredResponse>) -> Admitted {
         self.cache.store(Arc::clone(&entry), true).await;
+        if let StoredBody::Sealed(sealed) = &entry.body {
+            if !self.cache.memory_holds_entry(&entry) {
+                let hold = self.cache.coalescer().hold(entry.meta.body_len);
+                sealed.keep_while_held(Box::new(hold));
+            }
+        }
         self.settle(Some(Arc::clone(&entry)));
         self.fill.hand_over(Arc::clone(&entry));
         Admitted::Stored(entry)

@@ -280,19 +280,8 @@ pub(super) async fn keep_post_response(
     let Some((read, variant)) = checked else {
         return PostResponse::Forward(Response::from_parts(head, body));
     };
-    cache.forget_uncacheable(&task.plan.key).await;
-    let freshness = task.freshness(head.status, &head.headers, Some(read), times);
-    let mut shared_headers = head.headers;
-    let own_fields = policy::remove_unshared_fields(&mut shared_headers, cache.policy());
+    let (meta, own_fields) = task.meta_to_store(head, read, (vary, variant), times).await;
     ctx.own_fields = (!own_fields.is_empty()).then_some(own_fields);
-    let meta = EntryMeta::new(
-        task.plan.key,
-        task.plan.url.clone(),
-        (head.status, head.version),
-        shared_headers,
-        (vary, variant),
-        freshness,
-    );
     cache.spawn_fill(async move { task.stream_into_cache(meta, body).await });
     let status = fill.wait_status().await;
     PostResponse::Kept(
@@ -552,6 +541,32 @@ impl FillTask {
         }
     }
 
+    /// What is stored of the storable origin answer `head` (its key no longer
+    /// hit-for-miss), and the fields only the requesting client may see (`private="…"`
+    /// and `no-cache="…"`, RFC 9111 §5.2.2.7 and §5.2.2.4), which are not stored.
+    async fn meta_to_store(
+        &self,
+        head: http::response::Parts,
+        read: ResponseDirectives,
+        vary: (Vary, crate::cache::key::VariantKey),
+        times: (SystemTime, SystemTime),
+    ) -> (EntryMeta, HeaderMap) {
+        let cache = &self.proxy.cache;
+        cache.forget_uncacheable(&self.plan.key).await;
+        let freshness = self.freshness(head.status, &head.headers, Some(read), times);
+        let mut shared_headers = head.headers;
+        let own_fields = policy::remove_unshared_fields(&mut shared_headers, cache.policy());
+        let meta = EntryMeta::new(
+            self.plan.key,
+            self.plan.url.clone(),
+            (head.status, head.version),
+            shared_headers,
+            vary,
+            freshness,
+        );
+        (meta, own_fields)
+    }
+
     /// Freshness of the origin's answer under this fill's path rule; `read`: its
     /// directives, when the storability check has read them already.
     fn freshness(
@@ -608,7 +623,6 @@ impl FillTask {
         if head.status == StatusCode::PARTIAL_CONTENT {
             return self.keep_partial(head, body, &uri, times).await;
         }
-        let cache = &self.proxy.cache;
         let verdict = self.verdict(&method, &uri, &head, times.1);
         let vary = Vary::from_response(&head.headers);
         let variant = vary.variant_key(&self.client_headers);
@@ -616,21 +630,10 @@ impl FillTask {
             (Ok(read), Some(variant)) => (read, variant),
             (verdict, _) => return self.refuse_to_store(verdict.err(), head, body).await,
         };
-        cache.forget_uncacheable(&self.plan.key).await;
-        let freshness = self.freshness(head.status, &head.headers, Some(read), times);
-        let mut shared_headers = head.headers;
-        let own_fields = policy::remove_unshared_fields(&mut shared_headers, cache.policy());
+        let (meta, own_fields) = self.meta_to_store(head, read, (vary, variant), times).await;
         if !own_fields.is_empty() {
             self.answer_leader(LeaderAnswer::OwnFields(own_fields));
         }
-        let meta = EntryMeta::new(
-            self.plan.key,
-            self.plan.url.clone(),
-            (head.status, head.version),
-            shared_headers,
-            (vary, variant),
-            freshness,
-        );
         self.stream_into_cache(meta, body).await;
     }
 

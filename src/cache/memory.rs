@@ -29,7 +29,7 @@ use http::HeaderMap;
 use moka::ops::compute::{CompResult, Op};
 use parking_lot::Mutex;
 
-use super::entry::{EntryMeta, StoredResponse};
+use super::entry::{EntryMeta, StoredBody, StoredResponse};
 use super::key::{DigestHasher, PrimaryKey, VariantKey, Vary};
 use super::replacement::WindowTinyLfu;
 use crate::config::MemoryPolicy;
@@ -141,6 +141,14 @@ impl VariantSet {
         self.variants.iter()
     }
 
+    /// Whether a variant's body is in a sealed memory file (which may carry a hold on the
+    /// fills' budget while its pages are held).
+    fn has_sealed_body(&self) -> bool {
+        self.variants
+            .iter()
+            .any(|variant| matches!(variant.body, StoredBody::Sealed(_)))
+    }
+
     /// Marks the set replaced or removed (see [`VariantSet::retired`]).
     fn retire(&self) {
         self.retired.store(true, Ordering::Release);
@@ -190,9 +198,9 @@ pub struct MemoryTier {
     replacement: Option<Arc<Replacement>>,
 }
 
-/// An evicted resource at least this heavy is let go at once rather than at moka's next
-/// maintenance (see [`MemoryTier::remove_evicted`]): beside a body this size, maintenance
-/// is cheap.
+/// An evicted resource at least this heavy (or with a sealed body) is let go at once rather
+/// than at moka's next maintenance (see [`MemoryTier::remove_evicted`]): beside a body this
+/// size, maintenance is cheap.
 const LARGE_EVICTION: u64 = 256 << 10;
 
 /// Memory held outside the tier on its behalf, in bytes (see [`MemoryTier::charged_with`]).
@@ -381,14 +389,9 @@ impl MemoryTier {
         if self.replacement.is_none() {
             return self.cache.contains_key(&entry.meta.key);
         }
-        let held = self
-            .cache
+        self.cache
             .get(&entry.meta.key)
-            .is_some_and(|set| set.iter().any(|held| Arc::ptr_eq(held, entry)));
-        if !held {
-            self.cache.run_pending_tasks();
-        }
-        held
+            .is_some_and(|set| set.iter().any(|held| Arc::ptr_eq(held, entry)))
     }
 
     /// Whether `set`, found earlier for `key`, is still the resource's stored variants;
@@ -434,7 +437,7 @@ impl MemoryTier {
             if let Some(set) = self.cache.remove(&gone) {
                 set.retire();
                 replacement.evictions.inc();
-                large_gone |= u64::from(set.weight()) >= LARGE_EVICTION;
+                large_gone |= u64::from(set.weight()) >= LARGE_EVICTION || set.has_sealed_body();
                 if let Some(hook) = &replacement.on_evict {
                     hook(&set);
                 }
@@ -443,7 +446,8 @@ impl MemoryTier {
         if large_gone {
             // moka keeps each removed value in its write log until its next maintenance
             // (up to dozens of removals later): a few large bodies would stay in memory
-            // that the tier no longer counts.
+            // that the tier no longer counts, and a sealed one declined as it was stored
+            // would keep its hold on the fills' budget (`Coalescer::hold`).
             self.cache.run_pending_tasks();
         }
     }

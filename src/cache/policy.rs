@@ -526,18 +526,17 @@ pub fn check_storable(
 }
 
 /// RFC 9110 §9.3.3: whether a response to POST may be stored for later GET and HEAD
-/// requests of the target: it has explicit freshness (RFC 9111 §4.2.1: `s-maxage`,
-/// `max-age` or `Expires`; `public` or a heuristic is not enough) and is a 200 or 203 whose
-/// `Content-Location` names the target (`names_target`), which makes its content the
-/// target's current representation (RFC 9110 §8.7). The usual rules of §3 still apply,
-/// checked by the caller as for a GET.
+/// requests of the target as far as its status and freshness go: a 200 or 203 with
+/// explicit freshness (RFC 9111 §4.2.1: `s-maxage`, `max-age` or `Expires`; `public` or a
+/// heuristic is not enough). The caller also checks that its `Content-Location` names the
+/// target, which makes its content the target's current representation (RFC 9110 §8.7),
+/// and the usual rules of RFC 9111 §3, as for a GET.
 pub fn post_response_reusable(
     status: StatusCode,
     response_headers: &HeaderMap,
     settings: &PolicySettings,
-    names_target: bool,
 ) -> bool {
-    if !matches!(status.as_u16(), 200 | 203) || !names_target {
+    if !matches!(status.as_u16(), 200 | 203) {
         return false;
     }
     let read = response_directives(response_headers, settings);

@@ -231,7 +231,7 @@ fn delivery_from(
     }
 }
 
-/// RFC 9110 §9.3.3: the response to the POST `miss` (already forwarded, its target
+/// RFC 9110 §9.3.3: the response to the POST `request` (already forwarded, its target
 /// invalidated) is stored for later GET and HEAD requests of the target when it says it is
 /// the target's current representation and may be stored as a GET's response would be
 /// (RFC 9111 §3, judged on the POST's request headers). It then streams to the POST's
@@ -241,41 +241,50 @@ fn delivery_from(
 /// responses are its own rewriting of the origin's), nor from a peer whose unsafe requests
 /// may not invalidate (`cache.unsafe_invalidation`): it could not replace either.
 pub(super) async fn keep_post_response(
-    miss: Miss<'_>,
+    request: &super::Routed<'_>,
     response: Response<OriginBody>,
     times: (SystemTime, SystemTime),
     ctx: &mut RequestCtx,
 ) -> PostResponse {
+    let (proxy, parts, downstream) = (request.proxy, request.parts, request.downstream);
+    let cache = &proxy.cache;
+    let origin = (downstream.scheme, downstream.host.unwrap_or(""));
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let (head, body) = response.into_parts();
-    let cache = &miss.proxy.cache;
-    let request = miss.parts;
-    let names_target = head
-        .headers
-        .get(header::CONTENT_LOCATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|location| {
-            let origin = (miss.downstream.scheme, miss.downstream.host.unwrap_or(""));
-            super::invalidate::same_origin_reference(location, &request.uri, origin)
-        })
-        .is_some_and(|resolved| {
-            resolved == request.uri.path_and_query().map_or("/", |pq| pq.as_str())
-        });
-    let has_conditions = policy::CLIENT_CONDITIONALS
-        .iter()
-        .chain([&header::RANGE])
-        .any(|name| request.headers.contains_key(name));
-    let may_keep = request.method == Method::POST
+    let names_target = || {
+        head.headers
+            .get(header::CONTENT_LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|location| {
+                super::invalidate::same_origin_reference(location, &parts.uri, origin)
+            })
+            .is_some_and(|resolved| resolved == target)
+    };
+    let has_conditions = || {
+        policy::CLIENT_CONDITIONALS
+            .iter()
+            .chain([&header::RANGE])
+            .any(|name| parts.headers.contains_key(name))
+    };
+    let may_keep = parts.method == Method::POST
         && cache.is_enabled()
-        && miss.proxy.mirror.is_none()
-        && super::invalidate::unsafe_requests_change_cache(miss.proxy, miss.downstream.peer)
-        && !has_conditions
-        && policy::post_response_reusable(head.status, &head.headers, cache.policy(), names_target);
+        && proxy.mirror.is_none()
+        && super::invalidate::unsafe_requests_change_cache(proxy, downstream.peer)
+        && !has_conditions()
+        && policy::post_response_reusable(head.status, &head.headers, cache.policy())
+        && names_target();
+    if !may_keep {
+        return PostResponse::Forward(Response::from_parts(head, body));
+    }
+    let reason = crate::telemetry::cache_status::FwdReason::Method;
+    let plan = crate::cache::lookup::unshared_plan((origin.0, origin.1, target), reason);
+    let miss = request.miss(plan);
     let (fill, reader) = cache.coalescer().solo();
     let task = FillTask::new(&miss, &fill, None, None);
     let vary = Vary::from_response(&head.headers);
-    let checked = may_keep
-        .then(|| task.verdict(&Method::GET, &request.uri, &head, times.1))
-        .and_then(Result::ok)
+    let checked = task
+        .verdict(&Method::GET, &parts.uri, &head, times.1)
+        .ok()
         .zip(vary.variant_key(&task.client_headers));
     let Some((read, variant)) = checked else {
         return PostResponse::Forward(Response::from_parts(head, body));

@@ -531,17 +531,10 @@ async fn bypass(
     let peer = request.downstream.peer;
     invalidate::after_unsafe(proxy, peer, &parts.uri, origin, &head).await;
     let response = Response::from_parts(head, body);
-    if parts.method != http::Method::POST {
-        return Ok(Delivery::Forwarded(response.map(Body::from)));
-    }
-    // Stored only after the invalidation above (RFC 9111 §4.4), which would remove it.
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let plan = crate::cache::lookup::unshared_plan(
-        (request.downstream.scheme, authority, path_and_query),
-        FwdReason::Method,
-    );
+    // A POST's answer is stored only after the invalidation above (RFC 9111 §4.4), which
+    // would remove it.
     let times = (sent_at, SystemTime::now());
-    match fetch::keep_post_response(request.miss(plan), response, times, ctx).await {
+    match fetch::keep_post_response(request, response, times, ctx).await {
         fetch::PostResponse::Kept(delivery) => delivery,
         fetch::PostResponse::Forward(response) => Ok(Delivery::Forwarded(response.map(Body::from))),
     }

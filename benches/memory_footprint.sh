@@ -3,16 +3,18 @@
 # filled with unique misses of each size in turn (PHASES, each DUR seconds, far past MEM),
 # then unique gzip misses (an encoder per response), then STALLED clients (64) that ask for
 # unique 8 MiB objects and read only their first KiB for 3 s (each fill past the fills'
-# budget streams unstored and holds what it has read ahead of its client), while a sampler
+# budget streams unstored and holds what it has read ahead of its client), then STALLED
+# clients that hold 1 MiB bodies the tier stored while unique 1 MiB misses evict them (a
+# sealed body keeps its pages while a client holds a slice), while a sampler
 # reads every 0.2 s
 #   - VmRSS (anonymous + file pages mapped and touched, including mapped memory files),
-#   - the bytes of the memory files the process holds (`memfd:` descriptors; sealed bodies
-#     and bodies being written into theirs): shmem pages that belong to no RSS unless a
-#     mapping of them was touched,
+#   - the bytes of the memory files the process holds (`memfd:` descriptors and mappings;
+#     sealed bodies and bodies being written into theirs): shmem pages that belong to no
+#     RSS unless a mapping of them was touched,
 # and reports, per phase, the peak of each and of RSS + memory files not already in RSS
 # (RssShmem), as a ratio to the tier's capacity.
 #
-#   MEM=128MiB DUR=20 benches/memory_footprint.sh [path/to/outpost]
+#   MEM=128MiB DUR=20 [POLICY=lru] benches/memory_footprint.sh [path/to/outpost]
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 KIT=${KIT:-$HERE/../../shared/bench}
@@ -26,6 +28,7 @@ cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; }
 trap cleanup EXIT
 taskset -c 1 "$ORIGIN_BIN" --port 19000 --delay-ms 0 >/dev/null 2>&1 & PIDS+=($!)
 export OUTPOST_LOG__ACCESS_LOG=false OUTPOST_CACHE__MEMORY_CAPACITY=$MEM
+[[ -n ${POLICY:-} ]] && export OUTPOST_CACHE__MEMORY_POLICY=$POLICY
 taskset -c 0 "$BIN" serve --listen 127.0.0.1:19305 --origin http://127.0.0.1:19000 >/dev/null 2>&1 & P=$!; PIDS+=($P)
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:19305/b/1k/up && break; sleep 0.1; done
 
@@ -38,12 +41,16 @@ while True:
         status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status").read().splitlines() if ":" in l)
         kb = lambda k: int(status.get(k, "0 kB").split()[0]) * 1024
         files = {}
-        for fd in os.listdir(f"/proc/{pid}/fd"):
+        # A memory file is held by a descriptor or by a mapping alone (a body evicted or
+        # declined while a client is still being sent slices of it).
+        links = [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+        links += [f"/proc/{pid}/map_files/{m}" for m in os.listdir(f"/proc/{pid}/map_files")]
+        for link in links:
             try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
-                    st = os.stat(f"/proc/{pid}/fd/{fd}")
+                if os.readlink(link).startswith("/memfd:"):
+                    st = os.stat(link)
                     # Pages held, not the length (a body being written is sized up front);
-                    # once per file, whatever its descriptors.
+                    # once per file, whatever its descriptors and mappings.
                     files[st.st_ino] = st.st_blocks * 512
             except OSError:
                 pass
@@ -61,27 +68,49 @@ s='$MEM'.lower().replace('ib','').replace('b','')
 m={'k':1<<10,'m':1<<20,'g':1<<30}
 print(int(float(s[:-1])*m[s[-1]]) if s[-1] in m else int(s))")
 echo "memory tier $MEM; DUR=${DUR}s per phase; outpost pid $P"
-stall() { # stall N: N clients each ask for a unique 8 MiB object and read 1 KiB of it
-  python3 - "$1" <<'PY'
+stall() { # stall N PATH SECS [READY]: N clients each ask for a unique PATH object and read
+  # 1 KiB of it, then hold on for SECS; with READY, each object is first asked for in full,
+  # and READY (a file) is created once all are stalled
+  python3 - "$@" <<'PY'
 import socket, sys, time
-held = []
-for i in range(int(sys.argv[1])):
+held, stamp = [], time.time()
+paths = [f"{sys.argv[2]}stall-{i}-{stamp}?d=0" for i in range(int(sys.argv[1]))]
+if len(sys.argv) > 4:  # asked for in full first, so stored and no longer newcomers
+    import urllib.request
+    for path in paths:
+        urllib.request.urlopen(f"http://127.0.0.1:19305{path}").read()
+for path in paths:
     s = socket.create_connection(("127.0.0.1", 19305))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.sendall(f"GET /b/8m/stall-{i}-{time.time()}?d=0 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     s.recv(1024)
     held.append(s)
-time.sleep(3)
+if len(sys.argv) > 4:
+    open(sys.argv[4], "w").close()
+time.sleep(float(sys.argv[3]))
 print("Requests/sec: -")
 PY
 }
-run_phase() { # run_phase LABEL wrk-args... | run_phase LABEL stall N
+misses() { # misses SECS wrk-args...: 64 connections of unique misses
+  local secs=$1; shift
+  taskset -c 1 wrk -t1 -c64 -d"${secs}"s --timeout 10s -s "$KIT/keys.lua" http://127.0.0.1:19305 -- "$@" 2>&1
+}
+run_phase() { # run_phase LABEL wrk-args... | run_phase LABEL stall N | run_phase LABEL evicted N
   local label=$1; shift
   local log; log=$(mktemp)
   local sp; sp=$(sample "$P" "$log")
   local out
-  if [[ $1 == stall ]]; then out=$(stall "$2" 2>&1)
-  else out=$(taskset -c 1 wrk -t1 -c64 -d"${DUR}"s --timeout 10s -s "$KIT/keys.lua" http://127.0.0.1:19305 -- "$@" 2>&1)
+  if [[ $1 == stall ]]; then out=$(stall "$2" /b/8m/ 3 2>&1)
+  elif [[ $1 == evicted ]]; then
+    # Stalled clients hold 1 MiB bodies the tier stored, while misses evict them (under
+    # POLICY=lru; the default policy keeps bodies asked for twice over one-hit misses).
+    local ready; ready=$(mktemp -u)
+    stall "$2" /b/1m/ $((DUR + 1)) "$ready" >/dev/null 2>&1 & local st=$!
+    while [[ ! -e $ready ]] && kill -0 "$st" 2>/dev/null; do sleep 0.1; done
+    rm -f "$ready"
+    out=$(misses "$DUR" unique /b/1m/e- "$$" - '?d=0')
+    wait "$st"
+  else out=$(misses "$DUR" "$@")
   fi
   kill "$sp" 2>/dev/null; wait "$sp" 2>/dev/null
   read -r rss anon files total < <(awk '{ if ($1>r) r=$1; if ($1-$2>a) a=$1-$2; if ($3>f) f=$3; t=$1+$3-$2; if (t>m) m=t } END { print r+0, a+0, f+0, m+0 }' "$log")
@@ -93,4 +122,5 @@ run_phase() { # run_phase LABEL wrk-args... | run_phase LABEL stall N
 for prefix in $PHASES; do run_phase "unique misses $prefix" unique "${prefix}r-" "$$" - '?d=0'; done
 run_phase "unique gzip misses /t/100k/" unique /t/100k/u- "$$" gzip '?d=0'
 run_phase "${STALLED:-64} stalled clients /b/8m/" stall "${STALLED:-64}"
+run_phase "${STALLED:-64} stalled on evicted /b/1m/" evicted "${STALLED:-64}"
 echo "final VmHWM: $(grep VmHWM "/proc/$P/status" | tr -s ' \t' ' ')"

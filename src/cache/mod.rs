@@ -104,6 +104,7 @@ impl Cache {
             .as_deref()
             .filter(|dir| !dir.as_os_str().is_empty())
             .and_then(|dir| open_disk(dir, config, metrics));
+        let coalescer = Arc::new(Coalescer::new(metrics.fill_bytes.clone()));
         let memory = MemoryTier::new(
             config.memory_capacity.as_u64(),
             config.max_variants,
@@ -112,7 +113,7 @@ impl Cache {
                 .evictions
                 .get_or_create(&TierLabels { tier: "memory" })
                 .clone(),
-            disk.clone().map(recency_hook),
+            Some(eviction_hook(disk.clone(), Arc::clone(&coalescer))),
         );
         let memory = match disk.clone() {
             Some(disk) => memory.charged_with(Box::new(move || disk.memory_held())),
@@ -126,7 +127,7 @@ impl Cache {
         let shared = SharedStores {
             memory,
             disk,
-            coalescer: Arc::new(Coalescer::new(metrics.fill_bytes.clone())),
+            coalescer,
             promotions: Arc::default(),
             lost_removals: LostRemovals::default(),
             fill_slots: Arc::new(Limiter::new(fill_slot_bounds(config))),
@@ -828,12 +829,23 @@ async fn off_thread_if_large<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.ok()
 }
 
-/// What memory lets go was in use until now: it moves to the recent end of the disk tier's
-/// replacement order (so hot objects served from memory are not the disk's first victims).
-fn recency_hook(disk: DiskTier) -> memory::EvictionHook {
+/// What memory lets go:
+/// - was in use until now: it moves to the recent end of the disk tier's replacement order
+///   (so hot objects served from memory are not the disk's first victims);
+/// - may still be being sent: a body in a sealed memory file keeps its pages while any
+///   client holds a slice of it, outside the tier's count, so it holds its length against
+///   the fills' budget until the last slice goes (as a body the tier declined does; see
+///   [`Coalescer::hold`]). Clients stalled on evicted bodies then make fills stream
+///   instead of keeping still more in memory. A body nobody holds lets go at once.
+fn eviction_hook(disk: Option<DiskTier>, coalescer: Arc<Coalescer>) -> memory::EvictionHook {
     Box::new(move |set: &VariantSet| {
         for entry in set.iter() {
-            disk.touch_later(entry.meta.key, entry.meta.variant);
+            if let Some(disk) = &disk {
+                disk.touch_later(entry.meta.key, entry.meta.variant);
+            }
+            if let StoredBody::Sealed(sealed) = &entry.body {
+                sealed.keep_while_held(Box::new(coalescer.hold(entry.meta.body_len)));
+            }
         }
     })
 }
@@ -1094,5 +1106,67 @@ impl Cache {
             }
         }
         affected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MemoryPolicy;
+    use prometheus_client::metrics::counter::Counter;
+
+    fn sealed_entry(path: &str, len: usize) -> Arc<StoredResponse> {
+        let plain = entry::testing::entry(path, vec![7u8; len]);
+        let sealed = sealed::Sealer::new(1)
+            .seal(&Bytes::from(vec![7u8; len]))
+            .expect("a memory file");
+        let digest = plain.meta.body_digest;
+        Arc::new(StoredResponse::from_sealed(plain.meta, sealed, digest))
+    }
+
+    /// A sealed body the tier evicts while a client still holds a slice of it keeps its
+    /// pages outside the tier's count: it holds its length against the fills' budget until
+    /// the slice goes, and one nobody holds lets go at once.
+    #[tokio::test]
+    async fn an_evicted_body_still_being_sent_holds_the_fills_budget() {
+        for policy in [MemoryPolicy::Wtinylfu, MemoryPolicy::Lru] {
+            let coalescer = Arc::new(Coalescer::new(Default::default()));
+            let tier = MemoryTier::new(
+                1 << 20,
+                4,
+                policy,
+                Counter::default(),
+                Some(eviction_hook(None, Arc::clone(&coalescer))),
+            );
+            let (sent, len) = (sealed_entry("/sent", 200 << 10), 200 << 10);
+            let StoredBody::Sealed(body) = &sent.body else {
+                panic!("sealed")
+            };
+            let slice = body.bytes().slice(..1024);
+            let key = sent.meta.key;
+            tier.insert(Arc::clone(&sent)).await.expect("stored");
+            drop(sent);
+            for index in 0..40 {
+                let newcomer = sealed_entry(&format!("/newer/{index}"), 100 << 10);
+                for _ in 0..4 {
+                    tier.get(&newcomer.meta.key).await;
+                }
+                tier.insert(newcomer).await;
+            }
+            tier.usage().await;
+            assert!(tier.peek(&key).is_none(), "{policy:?}: evicted");
+            assert!(
+                coalescer.commit(1, len, None).is_none(),
+                "{policy:?}: the slice still holds the whole budget"
+            );
+            drop(slice);
+            // moka's own policies let go of what they evicted at their next housekeeping.
+            tier.usage().await;
+            assert!(
+                coalescer.commit(len, len, None).is_some(),
+                "{policy:?}: the hold went with the last slice, and evictions nobody holds \
+                 hold nothing"
+            );
+        }
     }
 }

@@ -163,6 +163,10 @@ impl VariantSet {
     /// `max_variants`. Derived entries whose source body is gone are dropped, and derived
     /// entries go before origin variants when the bound bites (oldest first in each group).
     fn with(&self, entry: Arc<StoredResponse>, max_variants: usize) -> VariantSet {
+        if let StoredBody::Sealed(sealed) = &entry.body {
+            // Counted by the tier again: no longer held against the fills' budget.
+            sealed.release_keepsake();
+        }
         let mut variants = Vec::with_capacity(self.variants.len() + 1);
         variants.push(Arc::clone(&entry));
         variants.extend(

@@ -136,12 +136,15 @@ impl Drop for Slot {
 /// [`SealedBody::keep_while_held`]).
 pub type Keepsake = Box<dyn std::any::Any + Send + Sync>;
 
+/// Where a body's keepsake is kept: shared by its mapping and its [`SealedBody`].
+type KeepsakeSlot = Arc<parking_lot::Mutex<Option<Keepsake>>>;
+
 /// A body's mapping, as the owner of the [`Bytes`] handed out of it: it is unmapped, and
 /// what its keepsake slot holds let go, when the last slice of it is dropped.
 struct Mapping {
     map: memmap2::Mmap,
     /// Never read: dropped with the mapping, which is what it is for.
-    _keepsake: Arc<OnceLock<Keepsake>>,
+    _keepsake: KeepsakeSlot,
 }
 
 impl AsRef<[u8]> for Mapping {
@@ -151,8 +154,8 @@ impl AsRef<[u8]> for Mapping {
 }
 
 /// The mapping of `map` as shared bytes, and its keepsake slot.
-fn shared_mapping(map: memmap2::Mmap) -> (Bytes, Arc<OnceLock<Keepsake>>) {
-    let keepsake = Arc::new(OnceLock::new());
+fn shared_mapping(map: memmap2::Mmap) -> (Bytes, KeepsakeSlot) {
+    let keepsake = KeepsakeSlot::default();
     let mapping = Mapping {
         map,
         _keepsake: Arc::clone(&keepsake),
@@ -167,7 +170,7 @@ pub struct SealedBody {
     /// The whole file, mapped read-only; slices of it are handed out as they are.
     bytes: Bytes,
     /// Kept until both the file (sent from by sendfile) and every slice are gone.
-    keepsake: Arc<OnceLock<Keepsake>>,
+    keepsake: KeepsakeSlot,
     _slot: Slot,
 }
 
@@ -198,7 +201,18 @@ impl SealedBody {
     /// nor any slice handed out of it (a client still being sent the body). The first
     /// keepsake given is kept; later ones are dropped at once.
     pub fn keep_while_held(&self, keepsake: Keepsake) {
-        let _ = self.keepsake.set(keepsake);
+        let mut slot = self.keepsake.lock();
+        if slot.is_none() {
+            *slot = Some(keepsake);
+        }
+    }
+
+    /// Lets go of the keepsake now: the body is back where it is counted (the memory tier
+    /// took it again, say after a revalidation of an evicted entry found by a request in
+    /// flight), so what the keepsake stood for would count it twice.
+    pub fn release_keepsake(&self) {
+        let released = self.keepsake.lock().take();
+        drop(released);
     }
 }
 
@@ -226,7 +240,7 @@ pub struct GrowingBody {
     file: File,
     /// The whole declared length, mapped read-only; bytes past `written` are not yet valid.
     bytes: Bytes,
-    keepsake: Arc<OnceLock<Keepsake>>,
+    keepsake: KeepsakeSlot,
     written: usize,
     hasher: blake3::Hasher,
     slot: Slot,

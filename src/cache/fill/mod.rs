@@ -292,8 +292,14 @@ impl Coalescer {
         self.committed.load(Ordering::Acquire)
     }
 
+    /// Whether fills hold more in memory than `budget`: the bodies they are keeping or
+    /// streaming (as received so far), and kept bodies the memory tier declined or evicted
+    /// that are still being sent ([`Coalescer::hold`]).
+    pub fn holds_past(&self, budget: u64) -> bool {
+        self.held_bytes() + self.held_outside.load(Ordering::Acquire) > budget
+    }
+
     /// Bytes all fills hold in memory now.
-    #[cfg(test)]
     fn held_bytes(&self) -> u64 {
         u64::try_from(self.held_bytes.get()).unwrap_or(0)
     }
@@ -861,6 +867,25 @@ mod tests {
             fill.readership().1.is_some(),
             "unread since the reader left"
         );
+    }
+
+    /// What fills hold, streamed or kept, and the holds of bodies still being sent, are
+    /// measured together against the budget; what readers have taken is not held.
+    #[tokio::test]
+    async fn fills_and_holds_are_measured_together_against_the_budget() {
+        let coalescer = Arc::new(coalescer());
+        let (streamed, mut reader) = coalescer.solo();
+        streamed.stop_retaining();
+        streamed.push(Bytes::from(vec![0u8; 600]));
+        let (kept, _kept_reader) = coalescer.solo();
+        kept.push(Bytes::from(vec![0u8; 300]));
+        assert!(!coalescer.holds_past(1000));
+        let hold = coalescer.hold(200);
+        assert!(coalescer.holds_past(1000), "600 + 300 + 200");
+        reader.frame().await.unwrap().unwrap();
+        assert!(!coalescer.holds_past(1000), "the streamed chunk was taken");
+        drop(hold);
+        assert!(!coalescer.holds_past(300) && coalescer.holds_past(299));
     }
 
     /// Many readers at different positions: only chunks the slowest has read are released,

@@ -28,7 +28,10 @@ use crate::cache::sealed::GrowingBody;
 use crate::cache::Cache;
 use crate::error::ProxyError;
 
-/// When a fill is not being stored, the most bytes it holds ahead of its slowest reader.
+/// When a fill is not being stored, the most bytes it holds ahead of its slowest reader
+/// while fills hold less than their memory budget; past it, none (it reads on once its
+/// readers have taken what it holds), so that many stalled clients cannot each hold a
+/// window of memory.
 const UNSTORED_WINDOW: usize = 512 << 10;
 /// For a fill streaming to disk, how far a reader may fall behind before it follows the file.
 const SPILL_DETACH_DISTANCE: usize = 4 << 20;
@@ -240,7 +243,13 @@ impl FillWriter<'_> {
             self.fill.push(previous);
         }
         self.fill.push(chunk);
-        if !self.fill.wait_for_readers(UNSTORED_WINDOW).await {
+        let budget = self.cache.fill_bounds.memory_budget;
+        let window = if self.cache.coalescer().holds_past(budget) {
+            0
+        } else {
+            UNSTORED_WINDOW
+        };
+        if !self.fill.wait_for_readers(window).await {
             self.abandon("no reader left").await;
             return Err(WriteError::NoReader);
         }

@@ -120,6 +120,16 @@ pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Res
         sites = outpost.config().sites.len(),
         "outpost serving"
     );
+    if outpost.config().cache.memory_sendfile_min.as_u64() > 0 {
+        if let Some(setting) = outpost::cache::sealed::small_pages_setting() {
+            tracing::info!(
+                shmem_enabled = %setting,
+                "memory files are kept in 4 KiB pages: with \
+                 /sys/kernel/mm/transparent_hugepage/shmem_enabled set to within_size, \
+                 hits on bodies of 64 KiB and more cost less CPU (README, Tuning)"
+            );
+        }
+    }
     let admin = async {
         if let Some(listener) = admin_listener {
             outpost

@@ -126,7 +126,7 @@ pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Res
                 shmem_enabled = %setting,
                 "memory files are kept in 4 KiB pages: with \
                  /sys/kernel/mm/transparent_hugepage/shmem_enabled set to within_size, \
-                 hits on bodies of 64 KiB and more cost less CPU (README, Tuning)"
+                 hits on bodies in memory files cost less CPU (README, Tuning)"
             );
         }
     }

@@ -52,11 +52,10 @@ pub fn max_live() -> u64 {
 /// The kernel's `shmem_enabled` setting when it keeps memory files in 4 KiB pages
 /// (`never` or `deny`), `None` when it allows larger folios or cannot be read.
 ///
-/// Sending a memory file (sendfile) looks its pages up one by one; in 4 KiB pages that
-/// lookup was about a sixth of a 100 KiB hit's CPU, which a page-cache file on ext4 (large
-/// folios, looked up in batches) does not pay. With `within_size` the kernel gives memory
-/// files folios as large as their size allows (measured on Linux 6.18), and the lookups
-/// all but vanish.
+/// Sending a memory file (sendfile) looks its pages up one by one; in 4 KiB pages those
+/// lookups were about 12% of a 100 KiB hit's CPU samples. With `within_size` the kernel
+/// gives memory files folios as large as their size allows (measured on Linux 6.18), and
+/// they fall to about 4% (`benches/sendfile_lookups.sh`).
 pub fn small_pages_setting() -> Option<String> {
     let text = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled").ok()?;
     small_pages_in(&text)

@@ -560,16 +560,26 @@ impl FillTask {
         vary: (Vary, crate::cache::key::VariantKey),
         times: (SystemTime, SystemTime),
     ) -> (EntryMeta, HeaderMap) {
-        let cache = &self.proxy.cache;
-        cache.forget_uncacheable(&self.plan.key).await;
+        self.proxy.cache.forget_uncacheable(&self.plan.key).await;
         let freshness = self.freshness(head.status, &head.headers, Some(read), times);
-        let mut shared_headers = head.headers;
-        let own_fields = policy::remove_unshared_fields(&mut shared_headers, cache.policy());
+        self.shared_meta((head.status, head.version), head.headers, vary, freshness)
+    }
+
+    /// The metadata stored under this fill's key for a response with `headers` less the
+    /// fields only the requesting client may see, which come back beside it.
+    fn shared_meta(
+        &self,
+        status_version: (StatusCode, http::Version),
+        mut headers: HeaderMap,
+        vary: (Vary, crate::cache::key::VariantKey),
+        freshness: Freshness,
+    ) -> (EntryMeta, HeaderMap) {
+        let own_fields = policy::remove_unshared_fields(&mut headers, self.proxy.cache.policy());
         let meta = EntryMeta::new(
             self.plan.key,
             self.plan.url.clone(),
-            (head.status, head.version),
-            shared_headers,
+            status_version,
+            headers,
             vary,
             freshness,
         );
@@ -884,13 +894,9 @@ impl FillTask {
             Err(err) => return self.origin_failed(err, Some(206)),
         };
         let freshness = self.freshness(StatusCode::OK, &head.headers, None, times);
-        let mut shared_headers = head.headers.clone();
-        let own_fields = policy::remove_unshared_fields(&mut shared_headers, cache.policy());
-        let meta = EntryMeta::new(
-            self.plan.key,
-            self.plan.url.clone(),
+        let (meta, own_fields) = self.shared_meta(
             (head.status, head.version),
-            shared_headers,
+            head.headers.clone(),
             (vary, variant),
             freshness,
         );

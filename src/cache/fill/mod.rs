@@ -145,7 +145,7 @@ pub struct Coalescer {
     committed: AtomicU64,
     /// The part of `committed` counted by newcomers (see [`Coalescer::commit`]).
     committed_by_newcomers: AtomicU64,
-    /// Bytes of kept bodies declined by the memory tier and still being sent
+    /// Bytes of kept bodies the memory tier declined or evicted that are still being sent
     /// ([`Coalescer::hold`]): they leave that much less of the budget to fills.
     held_outside: AtomicU64,
 }
@@ -159,9 +159,9 @@ pub struct Commitment<'c> {
     newcomer_room: Option<u64>,
 }
 
-/// A body kept in memory that the memory tier did not take, counted against the fills'
-/// budget while clients are still being sent it ([`Coalescer::hold`]): until they let
-/// go, its pages are as much in memory as a fill's.
+/// A body kept in memory that the memory tier declined or evicted, counted against the
+/// fills' budget while clients are still being sent it ([`Coalescer::hold`]): until they
+/// let go, its pages are as much in memory as a fill's.
 pub struct BudgetHold {
     coalescer: Arc<Coalescer>,
     bytes: u64,
@@ -275,8 +275,8 @@ impl Coalescer {
     }
 
     /// Counts `bytes` against the fills' memory budget until the hold is dropped: for a
-    /// body kept in memory that outlives its fill outside the memory tier (declined by its
-    /// policy), so that clients stalled on such bodies cannot make every later fill keep
+    /// body kept in memory that lives on outside the memory tier (declined by its policy
+    /// or evicted), so that clients stalled on such bodies cannot make every later fill keep
     /// one more. While such bodies hold less than the whole budget, a fill alone is still
     /// kept (as it may pass the budget alone).
     pub fn hold(self: &Arc<Self>, bytes: u64) -> BudgetHold {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Memory footprint against the configured memory tier (issue 17, target 6): one build is
 # filled with unique misses of each size in turn (PHASES, each DUR seconds, far past MEM),
-# then unique gzip misses (an encoder per response), then STALLED clients (64) that ask for
+# then unique gzip, br and zstd misses (an encoder per response), then STALLED clients (64) that ask for
 # unique 8 MiB objects and read only their first KiB for 3 s (each fill past the fills'
 # budget streams unstored and holds what it has read ahead of its client), then STALLED
 # clients that hold 1 MiB bodies the tier stored while unique 1 MiB misses evict them (a
@@ -91,9 +91,14 @@ time.sleep(float(sys.argv[3]))
 print("Requests/sec: -")
 PY
 }
+# The kit's key script, taking any Accept-Encoding (its fourth argument) rather than gzip alone.
+KEYS=$(mktemp --suffix=.lua)
+sed 's/if args\[4\] == "gzip" then hdrs\["Accept-Encoding"\] = "gzip" end/if args[4] and args[4] ~= "-" then hdrs["Accept-Encoding"] = args[4] end/' \
+  "$KIT/keys.lua" >"$KEYS"
+trap 'cleanup; rm -f "$KEYS"' EXIT
 misses() { # misses SECS wrk-args...: 64 connections of unique misses
   local secs=$1; shift
-  taskset -c 1 wrk -t1 -c64 -d"${secs}"s --timeout 10s -s "$KIT/keys.lua" http://127.0.0.1:19305 -- "$@" 2>&1
+  taskset -c 1 wrk -t1 -c64 -d"${secs}"s --timeout 10s -s "$KEYS" http://127.0.0.1:19305 -- "$@" 2>&1
 }
 run_phase() { # run_phase LABEL wrk-args... | run_phase LABEL stall N | run_phase LABEL evicted N
   local label=$1; shift
@@ -121,6 +126,8 @@ run_phase() { # run_phase LABEL wrk-args... | run_phase LABEL stall N | run_phas
 }
 for prefix in $PHASES; do run_phase "unique misses $prefix" unique "${prefix}r-" "$$" - '?d=0'; done
 run_phase "unique gzip misses /t/100k/" unique /t/100k/u- "$$" gzip '?d=0'
+run_phase "unique br misses /t/100k/" unique /t/100k/v- "$$" br '?d=0'
+run_phase "unique zstd misses /t/100k/" unique /t/100k/w- "$$" zstd '?d=0'
 run_phase "${STALLED:-64} stalled clients /b/8m/" stall "${STALLED:-64}"
 run_phase "${STALLED:-64} stalled on evicted /b/1m/" evicted "${STALLED:-64}"
 echo "final VmHWM: $(grep VmHWM "/proc/$P/status" | tr -s ' \t' ' ')"

@@ -1,0 +1,81 @@
+//! Heap one compression encoder holds while it runs, per coding at outpost's default levels,
+//! through outpost's own encoder path (`Compression::encode`, which fits brotli's and
+//! zstd's windows to a body of known length) on the text in `testdata/text/`: the memory
+//! each response being encoded costs (issue 17, target 6). Prints a table.
+//! Run: `cargo bench --bench encoder_memory`.
+
+use http_body_util::BodyExt;
+use outpost::body::Body;
+use outpost::config::CompressionConfig;
+use outpost::transform::compress::{Coding, Compression};
+
+/// glibc's allocator statistics (`mallinfo2(3)`); the bench runs on glibc's allocator, which
+/// both Rust and the C codecs (zstd) allocate from.
+#[repr(C)]
+struct MallInfo2 {
+    arena: usize,
+    ordblks: usize,
+    smblks: usize,
+    hblks: usize,
+    /// Bytes in chunks mapped on their own (large allocations).
+    hblkhd: usize,
+    usmblks: usize,
+    fsmblks: usize,
+    /// Bytes in use in the heap proper.
+    uordblks: usize,
+    fordblks: usize,
+    keepcost: usize,
+}
+
+extern "C" {
+    fn mallinfo2() -> MallInfo2;
+}
+
+/// Heap bytes in use now, by Rust and C alike.
+fn heap_in_use() -> usize {
+    // SAFETY: mallinfo2 takes nothing and returns a struct by value.
+    let info = unsafe { mallinfo2() };
+    info.uordblks + info.hblkhd
+}
+
+fn main() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/text");
+    let mut corpus = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("testdata/text exists") {
+        corpus.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let defaults = CompressionConfig::default();
+    let compression = Compression::new(&defaults, Default::default());
+    println!("| coding | level | input | heap held by the running encoder |");
+    println!("|---|---|---|---|");
+    for (coding, level) in [
+        (Coding::Gzip, defaults.gzip_level),
+        (Coding::Br, defaults.brotli_level),
+        (Coding::Zstd, defaults.zstd_level),
+    ] {
+        for input_len in [100 << 10, 1 << 20] {
+            // Repeated as needed: the window an encoder fills grows with its input.
+            let input: Vec<u8> = corpus.iter().copied().cycle().take(input_len).collect();
+            let input = bytes::Bytes::from(input);
+            let baseline = heap_in_use();
+            let mut encoded = compression.encode(Body::full(input.clone()), coding);
+            let held = runtime.block_on(async {
+                let first = encoded.frame().await;
+                let held = heap_in_use();
+                drop(first);
+                while encoded.frame().await.is_some() {}
+                held
+            });
+            drop(encoded);
+            println!(
+                "| {} | {level} | {} KiB | {} KiB |",
+                coding.as_str(),
+                input_len >> 10,
+                held.saturating_sub(baseline) >> 10,
+            );
+        }
+    }
+}

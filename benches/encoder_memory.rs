@@ -4,7 +4,8 @@
 //! each response being encoded costs (issue 17, target 6). Prints a table.
 //! Run: `cargo bench --bench encoder_memory`.
 
-use http_body_util::BodyExt;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
 use outpost::body::Body;
 use outpost::config::CompressionConfig;
 use outpost::transform::compress::{Coding, Compression};
@@ -56,12 +57,22 @@ fn main() {
         (Coding::Br, defaults.brotli_level),
         (Coding::Zstd, defaults.zstd_level),
     ] {
-        for input_len in [100 << 10, 1 << 20] {
+        for (input_len, told) in [(100 << 10, true), (1 << 20, true), (1 << 20, false)] {
             // Repeated as needed: the window an encoder fills grows with its input.
             let input: Vec<u8> = corpus.iter().copied().cycle().take(input_len).collect();
             let input = bytes::Bytes::from(input);
+            let body = if told {
+                Body::full(input.clone())
+            } else {
+                // In pieces of unknown total, as a chunked response arrives.
+                let pieces: Vec<_> = input
+                    .chunks(16 << 10)
+                    .map(|piece| Ok::<_, std::io::Error>(Frame::data(input.slice_ref(piece))))
+                    .collect();
+                Body::boxed(StreamBody::new(futures_util::stream::iter(pieces)))
+            };
             let baseline = heap_in_use();
-            let mut encoded = compression.encode(Body::full(input.clone()), coding);
+            let mut encoded = compression.encode(body, coding);
             let held = runtime.block_on(async {
                 let first = encoded.frame().await;
                 let held = heap_in_use();
@@ -71,9 +82,10 @@ fn main() {
             });
             drop(encoded);
             println!(
-                "| {} | {level} | {} KiB | {} KiB |",
+                "| {} | {level} | {} KiB{} | {} KiB |",
                 coding.as_str(),
                 input_len >> 10,
+                if told { "" } else { ", length unknown" },
                 held.saturating_sub(baseline) >> 10,
             );
         }

@@ -340,14 +340,14 @@ impl Compression {
                 let mut params = async_compression::brotli::EncoderParams::default().quality(level);
                 if let Some(length) = length {
                     params = params.size_hint(usize::try_from(length).unwrap_or(usize::MAX));
-                    let needed = whole_body_window_log(length).max(BROTLI_SMALLEST_FAST_WINDOW_LOG);
-                    if needed < BROTLI_DEFAULT_WINDOW_LOG {
-                        params = params.window_size(needed as i32);
-                    }
+                }
+                let needed = window_log_for(length).max(BROTLI_SMALLEST_FAST_WINDOW_LOG);
+                if needed < BROTLI_DEFAULT_WINDOW_LOG {
+                    params = params.window_size(needed as i32);
                 }
                 encoded_stream(BrotliEncoder::with_params(reader, params))
             }
-            Coding::Zstd => match length.and_then(|length| zstd_tables(self.zstd_level, length)) {
+            Coding::Zstd => match zstd_tables(self.zstd_level, window_log_for(length)) {
                 Some((window, chain, hash)) => {
                     use async_compression::zstd::CParameter;
                     let tables = [
@@ -362,6 +362,18 @@ impl Compression {
         }
     }
 }
+
+/// The window (log2 of its bytes) to encode a body of `length` bytes with, or of unknown
+/// length with [`UNKNOWN_LENGTH_WINDOW_LOG`].
+fn window_log_for(length: Option<u64>) -> u32 {
+    length.map_or(UNKNOWN_LENGTH_WINDOW_LOG, whole_body_window_log)
+}
+
+/// The window for a body of unknown length (chunked, or read to the close): 512 KiB, the
+/// window ngx_brotli uses by default. The codecs' own, 4 MiB at the default levels, would
+/// cost an encoder 10-15 MiB (`cargo bench --bench encoder_memory`) for what is usually a
+/// page or a script; a longer body loses only matches further back than 512 KiB.
+const UNKNOWN_LENGTH_WINDOW_LOG: u32 = 19;
 
 /// The smallest window (log2 of its bytes) through which an encoder sees all of a
 /// `length`-byte body at once (brotli's window is 16 bytes short of its power of two); a
@@ -387,14 +399,13 @@ const BROTLI_DEFAULT_WINDOW_LOG: u32 = 22;
 /// this floor, for the same ratio.
 const BROTLI_SMALLEST_FAST_WINDOW_LOG: u32 = 17;
 
-/// zstd's window, chain and hash logs for a `length`-byte body at `level`, when they are
-/// smaller than the level's own for input of unknown length. zstd sizes them down itself
+/// zstd's window, chain and hash logs at `level` for a window of 2^`needed` bytes, when
+/// they are smaller than the level's own for input of unknown length. zstd sizes them down itself
 /// only when told the input's length, which a streaming encoder here cannot tell it; so
 /// this applies its rule (`ZSTD_adjustCParams`): hash table at most twice the window, chain
 /// table at most the window (one more for the binary-tree strategies of levels 13 and up).
-fn zstd_tables(level: i32, length: u64) -> Option<(u32, u32, u32)> {
+fn zstd_tables(level: i32, needed: u32) -> Option<(u32, u32, u32)> {
     let (window, chain, hash) = zstd_unknown_length_tables(level);
-    let needed = whole_body_window_log(length);
     if needed >= window {
         return None;
     }
@@ -667,7 +678,7 @@ mod tests {
         for level in -5..=22 {
             let (window, chain, hash) = zstd_unknown_length_tables(level);
             for length in [0, 1, 1000, 100 << 10, 1 << 20, 3 << 20, 64 << 20] {
-                match zstd_tables(level, length) {
+                match zstd_tables(level, whole_body_window_log(length)) {
                     Some((fitted_window, fitted_chain, fitted_hash)) => {
                         assert!(fitted_window < window, "level {level}, {length} bytes");
                         assert!(fitted_chain <= chain && fitted_hash <= hash);
@@ -680,7 +691,8 @@ mod tests {
     }
 
     /// Bodies encoded with windows fitted to their length decode to the same bytes (RFC 7932
-    /// brotli, RFC 8878 zstd), whether the length is right on a window's edge or not.
+    /// brotli, RFC 8878 zstd), whether the length is right on a window's edge or not, and so
+    /// do bodies of unknown length longer than the window they get.
     #[tokio::test]
     async fn bodies_encoded_with_fitted_windows_decode_whole() {
         use async_compression::tokio::bufread::{BrotliDecoder, ZstdDecoder};
@@ -688,10 +700,24 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let text = include_bytes!("../../testdata/text/packages.json");
         let compression = Compression::new(&CompressionConfig::default(), Default::default());
-        for length in [100, (1 << 17) - 16, (1 << 17) + 1, text.len()] {
-            let body = Bytes::copy_from_slice(&text[..length]);
-            for coding in [Coding::Br, Coding::Zstd] {
-                let encoded = compression.encode(Body::full(body.clone()), coding);
+        // Longer than the window a body of unknown length gets.
+        let long: Vec<u8> = text.iter().copied().cycle().take(3 << 19).collect();
+        for length in [100, (1 << 17) - 16, (1 << 17) + 1, long.len()] {
+            let body = Bytes::copy_from_slice(&long[..length]);
+            for (coding, told) in [Coding::Br, Coding::Zstd]
+                .into_iter()
+                .flat_map(|c| [(c, true), (c, false)])
+            {
+                let input = if told {
+                    Body::full(body.clone())
+                } else {
+                    // Length unknown: the streaming window, shorter than the whole text.
+                    let frame = Ok::<_, std::io::Error>(http_body::Frame::data(body.clone()));
+                    Body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+                        [frame],
+                    )))
+                };
+                let encoded = compression.encode(input, coding);
                 let encoded = encoded.collect().await.unwrap().to_bytes();
                 let mut decoded = Vec::new();
                 match coding {
@@ -707,7 +733,7 @@ mod tests {
                     }
                 }
                 .unwrap();
-                assert_eq!(decoded, body, "{coding:?} at {length} bytes");
+                assert_eq!(decoded, body, "{coding:?} at {length} bytes, told: {told}");
             }
         }
     }

@@ -108,6 +108,51 @@ async fn each_coding_round_trips_to_the_origin_bytes() {
     assert_eq!(origin.last("/page.html").headers["accept-encoding"], "gzip");
 }
 
+/// A chunked response (RFC 9112 §7.1) tells no length, so its miss is encoded with the
+/// streaming window (512 KiB), shorter than this body; the hit's variant is encoded from the
+/// stored body, whose length is known. Both decode to the origin's bytes (RFC 9110 §8.4).
+#[tokio::test]
+async fn a_chunked_body_longer_than_the_streaming_window_round_trips() {
+    let body = text(1_500_000);
+    let mut routes = Vec::new();
+    for coding in ["br", "zstd", "gzip"] {
+        let fixture = Fixture::Chunked {
+            headers: vec![
+                ("cache-control", "max-age=60".to_string()),
+                ("content-type", "text/plain".to_string()),
+            ],
+            body: Bytes::from(body.clone()),
+        };
+        routes.push((format!("/{coding}.txt"), fixture));
+    }
+    let routes = routes
+        .iter()
+        .map(|(path, fixture)| (path.as_str(), fixture.clone()))
+        .collect();
+    let origin = Origin::start(routes).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for coding in ["br", "zstd", "gzip"] {
+        let path = format!("/{coding}.txt");
+        for round in ["miss", "hit"] {
+            let reply = get(&proxy.url(&path), &[("accept-encoding", coding)]).await;
+            assert_eq!(
+                reply.header("content-encoding"),
+                Some(coding),
+                "{coding} {round}"
+            );
+            assert!(
+                reply.body.len() < body.len() / 2,
+                "{coding} {round} compresses"
+            );
+            assert!(
+                decode(coding, &reply.body).await == body.as_bytes(),
+                "{coding} {round} decodes to the origin's bytes"
+            );
+        }
+        assert_eq!(origin.hits(&path), 1, "{coding}: stored once");
+    }
+}
+
 /// "Stored once": the second compressed hit does no compression work, and concurrent first
 /// requests for one coding compress once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

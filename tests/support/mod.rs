@@ -190,6 +190,9 @@ pub enum Fixture {
     Stream { size: u64, dropped: Arc<Notify> },
     /// Reads the whole request body and answers with its length in bytes.
     CountBody,
+    /// 200 with `headers` and `body` sent in 16 KiB pieces without a Content-Length
+    /// (chunked, RFC 9112 §7.1).
+    Chunked { headers: HeaderList, body: Bytes },
     /// Waits at `gate`, then answers 200 with `headers` and `body`.
     GatedWith {
         gate: Gate,
@@ -407,6 +410,19 @@ impl Fixture {
                     builder = builder.header(*name, value);
                 }
                 builder.body(Body::full(body.clone())).unwrap()
+            }
+            Fixture::Chunked { headers, body } => {
+                let pieces: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = (0..body.len())
+                    .step_by(16 << 10)
+                    .map(|start| {
+                        let end = (start + (16 << 10)).min(body.len());
+                        Ok(http_body::Frame::data(body.slice(start..end)))
+                    })
+                    .collect();
+                let stream = futures_util::stream::iter(pieces);
+                with_headers(Response::builder(), headers)
+                    .body(Body::boxed(http_body_util::StreamBody::new(stream)))
+                    .unwrap()
             }
             Fixture::Gated { release, body } => {
                 release.notified().await;

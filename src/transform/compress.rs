@@ -347,7 +347,7 @@ impl Compression {
                 }
                 encoded_stream(BrotliEncoder::with_params(reader, params))
             }
-            Coding::Zstd => match zstd_tables(self.zstd_level, window_log_for(length)) {
+            Coding::Zstd => match zstd_tables(self.zstd_level, length) {
                 Some((window, chain, hash)) => {
                     use async_compression::zstd::CParameter;
                     let tables = [
@@ -399,48 +399,151 @@ const BROTLI_DEFAULT_WINDOW_LOG: u32 = 22;
 /// this floor, for the same ratio.
 const BROTLI_SMALLEST_FAST_WINDOW_LOG: u32 = 17;
 
-/// zstd's window, chain and hash logs at `level` for a window of 2^`needed` bytes, when
-/// they are smaller than the level's own for input of unknown length. zstd sizes them down itself
-/// only when told the input's length, which a streaming encoder here cannot tell it; so
-/// this applies its rule (`ZSTD_adjustCParams`): hash table at most twice the window, chain
-/// table at most the window (one more for the binary-tree strategies of levels 13 and up).
-fn zstd_tables(level: i32, needed: u32) -> Option<(u32, u32, u32)> {
-    let (window, chain, hash) = zstd_unknown_length_tables(level);
-    if needed >= window {
-        return None;
-    }
+/// zstd's window, chain and hash logs at `level` for a body of `length` bytes (or of
+/// unknown length), when they are smaller than the level's own for input of unknown length.
+/// zstd fits them itself only when told the input's length, which a streaming encoder here
+/// cannot tell it; so this does as it would (`ZSTD_getCParams`, `ZSTD_adjustCParams`): the
+/// level's row of the table for the source's size, the window cut to what the body needs,
+/// the hash table at most twice the window and the chain table at most the window (one
+/// more for the binary-tree strategies of levels 13 and up).
+fn zstd_tables(level: i32, length: Option<u64>) -> Option<(u32, u32, u32)> {
+    let unknown = zstd_level_tables(level, None);
+    let (window, chain, hash) = zstd_level_tables(level, length);
+    let window = window.min(window_log_for(length));
     let chain_over_window = u32::from(level >= 13);
-    Some((
-        needed,
-        chain.min(needed + chain_over_window),
-        hash.min(needed + 1),
-    ))
+    let fitted = (
+        window,
+        chain.min(window + chain_over_window),
+        hash.min(window + 1),
+    );
+    (fitted != unknown).then_some(fitted)
 }
 
-/// Window, chain and hash logs of zstd's `level` for input of unknown length: the first
-/// three columns of its table for sources over 256 KB (`lib/compress/clevels.h`).
-fn zstd_unknown_length_tables(level: i32) -> (u32, u32, u32) {
-    match level {
-        ..=0 => (19, 12, 13),
-        1 => (19, 13, 14),
-        2 => (20, 15, 16),
-        3 => (21, 16, 17),
-        4 => (21, 18, 18),
-        5 | 6 => (21, 18, 19),
-        7 | 8 => (21, 19, 20),
-        9 => (22, 20, 21),
-        10 | 11 => (22, 21, 22),
-        12 => (22, 22, 23),
-        13 | 16 => (22, 22, 22),
-        14 => (22, 22, 23),
-        15 => (22, 23, 23),
-        17 | 18 => (23, 23, 22),
-        19 => (23, 24, 22),
-        20 => (25, 25, 23),
-        21 => (26, 26, 24),
-        _ => (27, 27, 25),
-    }
+/// Window, chain and hash logs of zstd's `level` for a source of `length` bytes: the first
+/// three columns of its table for that size (`lib/compress/clevels.h`).
+fn zstd_level_tables(level: i32, length: Option<u64>) -> (u32, u32, u32) {
+    let table = match length {
+        Some(length) if length <= 16 << 10 => 3,
+        Some(length) if length <= 128 << 10 => 2,
+        Some(length) if length <= 256 << 10 => 1,
+        _ => 0,
+    };
+    // As zstd reads its levels: 0 is its default, 3; negative levels share the first row.
+    let row = match level {
+        0 => 3,
+        level => usize::try_from(level.clamp(0, 22)).unwrap_or(0),
+    };
+    let (window, chain, hash) = ZSTD_LEVEL_TABLES[table][row];
+    (u32::from(window), u32::from(chain), u32::from(hash))
 }
+
+/// zstd's window, chain and hash logs by source size and level (`lib/compress/clevels.h`).
+const ZSTD_LEVEL_TABLES: [[(u8, u8, u8); 23]; 4] = [
+    // sources over 256 KiB and of unknown length
+    [
+        (19, 12, 13),
+        (19, 13, 14),
+        (20, 15, 16),
+        (21, 16, 17),
+        (21, 18, 18),
+        (21, 18, 19),
+        (21, 18, 19),
+        (21, 19, 20),
+        (21, 19, 20),
+        (22, 20, 21),
+        (22, 21, 22),
+        (22, 21, 22),
+        (22, 22, 23),
+        (22, 22, 22),
+        (22, 22, 23),
+        (22, 23, 23),
+        (22, 22, 22),
+        (23, 23, 22),
+        (23, 23, 22),
+        (23, 24, 22),
+        (25, 25, 23),
+        (26, 26, 24),
+        (27, 27, 25),
+    ],
+    // sources up to 256 KiB
+    [
+        (18, 12, 13),
+        (18, 13, 14),
+        (18, 14, 14),
+        (18, 16, 16),
+        (18, 16, 17),
+        (18, 17, 18),
+        (18, 18, 19),
+        (18, 18, 19),
+        (18, 18, 19),
+        (18, 18, 19),
+        (18, 18, 19),
+        (18, 18, 19),
+        (18, 19, 19),
+        (18, 18, 19),
+        (18, 18, 19),
+        (18, 18, 19),
+        (18, 19, 19),
+        (18, 19, 19),
+        (18, 19, 19),
+        (18, 19, 19),
+        (18, 19, 19),
+        (18, 19, 19),
+        (18, 19, 19),
+    ],
+    // up to 128 KiB
+    [
+        (17, 12, 12),
+        (17, 12, 13),
+        (17, 13, 15),
+        (17, 15, 16),
+        (17, 17, 17),
+        (17, 16, 17),
+        (17, 16, 17),
+        (17, 16, 17),
+        (17, 16, 17),
+        (17, 16, 17),
+        (17, 16, 17),
+        (17, 17, 17),
+        (17, 18, 17),
+        (17, 18, 17),
+        (17, 18, 17),
+        (17, 18, 17),
+        (17, 18, 17),
+        (17, 18, 17),
+        (17, 18, 17),
+        (17, 18, 17),
+        (17, 18, 17),
+        (17, 18, 17),
+        (17, 18, 17),
+    ],
+    // up to 16 KiB
+    [
+        (14, 12, 13),
+        (14, 14, 15),
+        (14, 14, 15),
+        (14, 14, 15),
+        (14, 14, 14),
+        (14, 14, 14),
+        (14, 14, 14),
+        (14, 14, 14),
+        (14, 14, 14),
+        (14, 15, 14),
+        (14, 15, 14),
+        (14, 15, 14),
+        (14, 15, 14),
+        (14, 15, 14),
+        (14, 15, 15),
+        (14, 15, 15),
+        (14, 15, 15),
+        (14, 15, 15),
+        (14, 15, 15),
+        (14, 15, 15),
+        (14, 15, 15),
+        (14, 15, 15),
+        (14, 15, 15),
+    ],
+];
 
 /// A gzip body decoded, as a stream (for clients that do not accept the origin's gzip).
 pub fn decode_gzip(body: Body) -> Body {
@@ -675,10 +778,14 @@ mod tests {
         // Brotli's window is 16 bytes short of its power of two.
         assert_eq!(whole_body_window_log((1 << 17) - 16), 17);
         assert_eq!(whole_body_window_log(1 << 17), 18);
+        // zstd's own rows for small sources (its table for up to 128 KiB, level 9).
+        assert_eq!(zstd_tables(9, Some(100 << 10)), Some((17, 16, 17)));
+        assert_eq!(zstd_tables(9, Some(10)), Some((10, 10, 11)));
+        assert_eq!(zstd_tables(9, None), Some((19, 19, 20)));
         for level in -5..=22 {
-            let (window, chain, hash) = zstd_unknown_length_tables(level);
+            let (window, chain, hash) = zstd_level_tables(level, None);
             for length in [0, 1, 1000, 100 << 10, 1 << 20, 3 << 20, 64 << 20] {
-                match zstd_tables(level, whole_body_window_log(length)) {
+                match zstd_tables(level, Some(length)) {
                     Some((fitted_window, fitted_chain, fitted_hash)) => {
                         assert!(fitted_window < window, "level {level}, {length} bytes");
                         assert!(fitted_chain <= chain && fitted_hash <= hash);

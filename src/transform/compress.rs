@@ -381,9 +381,9 @@ const UNKNOWN_LENGTH_WINDOW_LOG: u32 = 19;
 ///
 /// Brotli and zstd otherwise size their windows and match tables for input of unknown
 /// length: measured with `cargo bench --bench encoder_memory` at the default levels, a
-/// brotli encoder then holds about 10 MiB and a zstd encoder 15 MiB whatever the body. Given
-/// a smaller window, zstd also caps its hash and chain tables by it. A window is only ever
-/// made smaller than the codec's own choice, never larger.
+/// brotli encoder then holds about 10 MiB and a zstd encoder 15 MiB whatever the body; zstd's
+/// match tables are cut with its window ([`zstd_tables`]). A window is only ever made
+/// smaller than the codec's own choice, never larger.
 fn whole_body_window_log(length: u64) -> u32 {
     let needed = length.saturating_add(16).max(1 << SMALLEST_WINDOW_LOG);
     u64::BITS - (needed - 1).leading_zeros()

@@ -457,7 +457,7 @@ impl Cache {
 
     /// `entry` as the memory tier keeps it: a large body moves into a sealed memory file
     /// (see [`sealed`]). Before the entry is shared, so every reader sees one body. A large
-    /// body is copied off the server thread ([`off_thread_if_large`]).
+    /// body is copied off the server thread (`off_thread_if_large`).
     pub async fn sealed(&self, entry: StoredResponse) -> StoredResponse {
         let StoredBody::Memory(bytes) = &entry.body else {
             return entry;
@@ -478,7 +478,7 @@ impl Cache {
 
     /// The entry a completed fill stores, built from the chunks its body arrived in (see
     /// [`StoredResponse::from_chunks`]); a large body that is to be sealed is hashed and
-    /// copied off the server thread ([`off_thread_if_large`]).
+    /// copied off the server thread (`off_thread_if_large`).
     pub async fn stored_from_chunks(&self, meta: EntryMeta, chunks: Vec<Bytes>) -> StoredResponse {
         let len = chunks.iter().map(Bytes::len).sum::<usize>();
         if !self.sealer.takes(len) {

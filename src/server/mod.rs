@@ -2,7 +2,7 @@
 //! ALPN over TLS: [`tls`]) on one port, connection limits, the header-read (slowloris) and
 //! idle timeouts, and graceful shutdown.
 //!
-//! Each connection has an [`activity::ConnActivity`] watchdog instead of hyper's HTTP/1
+//! Each connection has an `activity::ConnActivity` watchdog instead of hyper's HTTP/1
 //! `header_read_timeout`, because hyper restarts that timer as soon as a response is sent and
 //! would thereby cap keep-alive idle time at the header timeout. Interim (1xx) responses
 //! from origins reach HTTP/1.1 clients through the connection's socket wrapper

@@ -164,7 +164,7 @@ pub trait DiskIndex: Send + Sync {
 }
 
 /// The sled implementation: trees `entries` (primary key ++ variant key -> tick, packed
-/// body's record, encoded metadata: see [`RowValue`]), `blobs` (digest -> reference count,
+/// body's record, encoded metadata: see `RowValue`), `blobs` (digest -> reference count,
 /// size, check, and the bytes of a small body kept here rather than in a file), `blocks` (digest -> block digests of multi-block
 /// bodies) and `notes` (facts kept beside the cache, such as published digests).
 ///

@@ -393,6 +393,9 @@ struct FillBody {
     /// The stored entry holding this same body, once there is one: readers go on from its
     /// body and the chunks are let go (see [`Fill::hand_over`]).
     handed_over: Option<Arc<StoredResponse>>,
+    /// The fill waits for a reader to ask for more before it reads on
+    /// ([`Fill::wait_for_demand`]): a reader that finds nothing new says so.
+    awaits_demand: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -433,6 +436,7 @@ impl Fill {
                 is_background: false,
                 end: BodyEnd::Open,
                 handed_over: None,
+                awaits_demand: false,
             }),
             space: Notify::new(),
             readers_left: Notify::new(),
@@ -610,6 +614,34 @@ impl Fill {
         }
     }
 
+    /// Waits until every reader has read all there is and one of them has asked for more
+    /// (its client's connection is ready for the next bytes). Returns false when no reader
+    /// is left. A fill past the fills' budget reads the origin only on demand: reading on
+    /// would hold one more chunk (a slice of a whole origin read buffer) for each stalled
+    /// client.
+    async fn wait_for_demand(&self) -> bool {
+        loop {
+            let notified = self.space.notified();
+            {
+                let mut body = self.body.lock();
+                if body.reader_count == 0 {
+                    body.awaits_demand = false;
+                    return false;
+                }
+                let end = body.first_index + body.chunks.len();
+                let asked = body.readers.iter().flatten().any(|slot| {
+                    slot.detached_at.is_none() && slot.waker.is_some() && slot.next_index == end
+                });
+                if body.retain_all || (body.retained_bytes == 0 && asked) {
+                    body.awaits_demand = false;
+                    return true;
+                }
+                body.awaits_demand = true;
+            }
+            notified.await;
+        }
+    }
+
     /// For a fill streaming to disk: readers more than `window` bytes behind continue from
     /// the file instead of holding the body in memory (and the fill back) for themselves.
     fn detach_slow_readers(&self, window: usize) {
@@ -696,6 +728,7 @@ fn wake_all(body: &mut FillBody) {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use std::future::Future;
 
     fn key(n: u8) -> FillKey {
         FillKey {
@@ -867,6 +900,50 @@ mod tests {
             fill.readership().1.is_some(),
             "unread since the reader left"
         );
+    }
+
+    /// Past the fills' budget an unstored fill reads on only once its readers have taken all
+    /// it holds and one of them asks for more, and that reader's asking wakes it: a stalled
+    /// client then holds no chunk in the fill.
+    #[tokio::test]
+    async fn a_fill_waiting_for_demand_reads_on_when_a_reader_asks() {
+        struct Woken(std::sync::atomic::AtomicBool);
+        impl std::task::Wake for Woken {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let woken = Arc::new(Woken(false.into()));
+        let fill_waker = Waker::from(Arc::clone(&woken));
+        let mut fill_cx = std::task::Context::from_waker(&fill_waker);
+        let mut reader_cx = std::task::Context::from_waker(Waker::noop());
+
+        let coalescer = coalescer();
+        let (fill, mut reader) = coalescer.solo();
+        fill.stop_retaining();
+        fill.push(Bytes::from(vec![1u8; 100]));
+        let mut demand = std::pin::pin!(fill.wait_for_demand());
+        assert!(demand.as_mut().poll(&mut fill_cx).is_pending(), "unread");
+        let frame = reader.frame().await.unwrap().unwrap();
+        assert_eq!(frame.data_ref().unwrap().len(), 100);
+        assert!(
+            demand.as_mut().poll(&mut fill_cx).is_pending(),
+            "taken, but no one asked for more"
+        );
+        woken.0.store(false, Ordering::SeqCst);
+        let mut next = std::pin::pin!(reader.frame());
+        assert!(next.as_mut().poll(&mut reader_cx).is_pending());
+        assert!(woken.0.load(Ordering::SeqCst), "asking wakes the fill");
+        assert!(matches!(
+            demand.as_mut().poll(&mut fill_cx),
+            std::task::Poll::Ready(true)
+        ));
+        fill.push(Bytes::from(vec![2u8; 10]));
+        fill.end(None);
+        let frame = next.await.unwrap().unwrap();
+        assert_eq!(frame.data_ref().unwrap().as_ref(), [2u8; 10]);
+        drop(reader);
+        assert!(!fill.wait_for_demand().await, "no reader left");
     }
 
     /// What fills hold, streamed or kept, and the holds of bodies still being sent, are

@@ -139,6 +139,10 @@ impl LiveReader {
                 if let Some(slot) = body.readers[self.slot].as_mut() {
                     slot.waker = Some(cx.waker().clone());
                 }
+                if body.awaits_demand {
+                    drop(body);
+                    self.fill.space.notify_waiters();
+                }
                 Poll::Pending
             }
         })

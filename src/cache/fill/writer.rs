@@ -30,8 +30,8 @@ use crate::error::ProxyError;
 
 /// When a fill is not being stored, the most bytes it holds ahead of its slowest reader
 /// while fills hold less than their memory budget; past it, none (it reads on once its
-/// readers have taken what it holds), so that many stalled clients cannot each hold a
-/// window of memory.
+/// readers have taken what it holds and one asks for more), so that many stalled clients
+/// cannot each hold a window of memory.
 const UNSTORED_WINDOW: usize = 512 << 10;
 /// For a fill streaming to disk, how far a reader may fall behind before it follows the file.
 const SPILL_DETACH_DISTANCE: usize = 4 << 20;
@@ -249,7 +249,12 @@ impl FillWriter<'_> {
         } else {
             UNSTORED_WINDOW
         };
-        if !self.fill.wait_for_readers(window).await {
+        let read_on = if window == 0 {
+            self.fill.wait_for_demand().await
+        } else {
+            self.fill.wait_for_readers(window).await
+        };
+        if !read_on {
             self.abandon("no reader left").await;
             return Err(WriteError::NoReader);
         }

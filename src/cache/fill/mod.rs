@@ -599,19 +599,8 @@ impl Fill {
     /// Waits while more than `window` bytes are unread by the slowest reader of a fill that
     /// is not retaining everything. Returns false when no reader is left.
     async fn wait_for_readers(&self, window: usize) -> bool {
-        loop {
-            let notified = self.space.notified();
-            {
-                let body = self.body.lock();
-                if body.reader_count == 0 {
-                    return false;
-                }
-                if body.retain_all || body.retained_bytes <= window {
-                    return true;
-                }
-            }
-            notified.await;
-        }
+        self.wait_on_readers(|body| body.retained_bytes <= window)
+            .await
     }
 
     /// Waits until every reader has read all there is and one of them has asked for more
@@ -620,23 +609,32 @@ impl Fill {
     /// would hold one more chunk (a slice of a whole origin read buffer) for each stalled
     /// client.
     async fn wait_for_demand(&self) -> bool {
+        // The flag is cleared as the wait ends, except when no reader is left to see it.
+        self.wait_on_readers(|body| {
+            let end = body.first_index + body.chunks.len();
+            let asked = body.readers.iter().flatten().any(|slot| {
+                slot.detached_at.is_none() && slot.waker.is_some() && slot.next_index == end
+            });
+            // Until then, a reader that finds nothing new wakes the fill.
+            body.awaits_demand = !(body.retained_bytes == 0 && asked);
+            !body.awaits_demand
+        })
+        .await
+    }
+
+    /// Waits, woken as readers take chunks, ask or leave, until `ready` holds for the body
+    /// or the fill retains everything. Returns false when no reader is left.
+    async fn wait_on_readers(&self, mut ready: impl FnMut(&mut FillBody) -> bool) -> bool {
         loop {
             let notified = self.space.notified();
             {
                 let mut body = self.body.lock();
                 if body.reader_count == 0 {
-                    body.awaits_demand = false;
                     return false;
                 }
-                let end = body.first_index + body.chunks.len();
-                let asked = body.readers.iter().flatten().any(|slot| {
-                    slot.detached_at.is_none() && slot.waker.is_some() && slot.next_index == end
-                });
-                if body.retain_all || (body.retained_bytes == 0 && asked) {
-                    body.awaits_demand = false;
+                if body.retain_all || ready(&mut body) {
                     return true;
                 }
-                body.awaits_demand = true;
             }
             notified.await;
         }

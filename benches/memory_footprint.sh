@@ -12,7 +12,7 @@
 #     sealed bodies and bodies being written into theirs): shmem pages that belong to no
 #     RSS unless a mapping of them was touched,
 # and reports, per phase, the peak of each and of RSS + memory files not already in RSS
-# (RssShmem), as a ratio to the tier's capacity.
+# (RssShmem), as a ratio to the tier's capacity, beside that sum at the phase's start.
 #
 #   MEM=128MiB DUR=20 [POLICY=lru] benches/memory_footprint.sh [path/to/outpost]
 set -u
@@ -118,10 +118,12 @@ run_phase() { # run_phase LABEL wrk-args... | run_phase LABEL stall N | run_phas
   else out=$(misses "$DUR" "$@")
   fi
   kill "$sp" 2>/dev/null; wait "$sp" 2>/dev/null
-  read -r rss anon files total < <(awk '{ if ($1>r) r=$1; if ($1-$2>a) a=$1-$2; if ($3>f) f=$3; t=$1+$3-$2; if (t>m) m=t } END { print r+0, a+0, f+0, m+0 }' "$log")
-  printf '%-26s %8s req/s  peak RSS %7s MiB (not shmem %7s)  peak memory files %7s MiB  peak RSS+files %7s MiB = %sx capacity\n' \
+  read -r rss anon files total start < <(awk '{ if ($1>r) r=$1; if ($1-$2>a) a=$1-$2; if ($3>f) f=$3; t=$1+$3-$2; if (t>m) m=t; if (NR==1) s=t } END { print r+0, a+0, f+0, m+0, s+0 }' "$log")
+  # The first sample is what earlier phases left (the tier, the allocator's freed heap):
+  # the peak less it is what the phase itself added.
+  printf '%-26s %8s req/s  peak RSS %7s MiB (not shmem %7s)  peak memory files %7s MiB  peak RSS+files %7s MiB = %sx capacity (%sx at its start)\n' \
     "$label" "$(echo "$out" | awk '/Requests\/sec/{print $2}')" "$(mib "$rss")" "$(mib "$anon")" "$(mib "$files")" "$(mib "$total")" \
-    "$(python3 -c "print(round($total / $cap, 3))")"
+    "$(python3 -c "print(round($total / $cap, 3))")" "$(python3 -c "print(round($start / $cap, 3))")"
   rm -f "$log"
 }
 for prefix in $PHASES; do run_phase "unique misses $prefix" unique "${prefix}r-" "$$" - '?d=0'; done

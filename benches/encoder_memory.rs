@@ -1,7 +1,9 @@
 //! Heap one compression encoder holds while it runs, per coding at outpost's default levels,
 //! through outpost's own encoder path (`Compression::encode`, which fits brotli's and
 //! zstd's windows to a body of known length) on the text in `testdata/text/`: the memory
-//! each response being encoded costs (issue 17, target 6). Prints a table.
+//! each response being encoded costs (issue 17, target 6), at each coding's lowest, default
+//! and highest level, beside the estimate the encoders' budget counts
+//! (`Compression::encoder_memory`). Prints a table.
 //! Run: `cargo bench --bench encoder_memory`.
 
 use http_body::Frame;
@@ -49,14 +51,25 @@ fn main() {
         .build()
         .unwrap();
     let defaults = CompressionConfig::default();
-    let compression = Compression::new(&defaults, Default::default());
-    println!("| coding | level | input | heap held by the running encoder |");
-    println!("|---|---|---|---|");
-    for (coding, level) in [
-        (Coding::Gzip, defaults.gzip_level),
-        (Coding::Br, defaults.brotli_level),
-        (Coding::Zstd, defaults.zstd_level),
-    ] {
+    println!("| coding | level | input | heap held by the running encoder | outpost's estimate |");
+    println!("|---|---|---|---|---|");
+    // Each coding's lowest, default and highest level.
+    let runs = [
+        (Coding::Gzip, [1, defaults.gzip_level, 9]),
+        (Coding::Br, [1, defaults.brotli_level, 11]),
+        (Coding::Zstd, [1, defaults.zstd_level, 19]),
+    ];
+    for (coding, level) in runs
+        .into_iter()
+        .flat_map(|(c, levels)| levels.map(|l| (c, l)))
+    {
+        let config = CompressionConfig {
+            gzip_level: level,
+            brotli_level: level,
+            zstd_level: level,
+            ..CompressionConfig::default()
+        };
+        let compression = Compression::new(&config, Default::default());
         for (input_len, told) in [(100 << 10, true), (1 << 20, true), (1 << 20, false)] {
             // Repeated as needed: the window an encoder fills grows with its input.
             let input: Vec<u8> = corpus.iter().copied().cycle().take(input_len).collect();
@@ -81,12 +94,14 @@ fn main() {
                 held
             });
             drop(encoded);
+            let estimate = compression.encoder_memory(coding, told.then_some(input_len as u64));
             println!(
-                "| {} | {level} | {} KiB{} | {} KiB |",
+                "| {} | {level} | {} KiB{} | {} KiB | {} KiB |",
                 coding.as_str(),
                 input_len >> 10,
                 if told { "" } else { ", length unknown" },
                 held.saturating_sub(baseline) >> 10,
+                estimate >> 10,
             );
         }
     }

@@ -964,6 +964,11 @@ pub struct CompressionConfig {
     pub gzip_level: i32,
     pub brotli_level: i32,
     pub zstd_level: i32,
+    /// Heap the encoders running at once may hold together (each counted for what its
+    /// coding, level and body length need); past it, a response is sent as it is (identity)
+    /// rather than encoded. One encoder alone is always allowed. Unset: a sixteenth of
+    /// `cache.memory_capacity`.
+    pub encoder_memory_budget: Option<ByteSize>,
 }
 
 impl Default for CompressionConfig {
@@ -976,6 +981,7 @@ impl Default for CompressionConfig {
             gzip_level: 6,
             brotli_level: 5,
             zstd_level: 9,
+            encoder_memory_budget: None,
         }
     }
 }
@@ -1606,17 +1612,37 @@ impl Config {
         toml::to_string_pretty(self).expect("config serialises to TOML")
     }
 
+    /// `compression.encoder_memory_budget`, or its default: a sixteenth of
+    /// `cache.memory_capacity` (half the fills' default budget: an encoder holds its tables
+    /// for as long as its client takes, as a fill holds its body).
+    pub fn effective_encoder_memory_budget(&self) -> u64 {
+        self.compression
+            .encoder_memory_budget
+            .map_or(self.cache.memory_capacity.as_u64() / 16, |budget| {
+                budget.as_u64()
+            })
+    }
+
     /// Settings left unset whose value is worked out from others, as TOML comments (so
     /// `outpost check`'s output stays a config file that still derives them).
     pub fn derived_comments(&self) -> String {
-        let mut comments = String::new();
+        let mut derived = Vec::new();
         if self.cache.fill_memory_budget.is_none() {
             let budget = ByteSize(self.cache.effective_fill_memory_budget());
-            comments.push_str(&format!(
-                "\n# Derived (unset above):\n# cache.fill_memory_budget = \"{budget}\"  # an eighth of cache.memory_capacity\n"
+            derived.push(format!(
+                "# cache.fill_memory_budget = \"{budget}\"  # an eighth of cache.memory_capacity\n"
             ));
         }
-        comments
+        if self.compression.encoder_memory_budget.is_none() {
+            let budget = ByteSize(self.effective_encoder_memory_budget());
+            derived.push(format!(
+                "# compression.encoder_memory_budget = \"{budget}\"  # a sixteenth of cache.memory_capacity\n"
+            ));
+        }
+        if derived.is_empty() {
+            return String::new();
+        }
+        format!("\n# Derived (unset above):\n{}", derived.concat())
     }
 }
 
@@ -2006,6 +2032,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(set.cache.effective_fill_memory_budget(), 100 << 20);
+        assert_eq!(derived.effective_encoder_memory_budget(), 4 << 20);
+        assert!(derived
+            .derived_comments()
+            .contains("# compression.encoder_memory_budget = \"4MiB\""));
+        let encoders = Config::from_toml_str(
+            "origin = \"http://127.0.0.1:1\"\n[compression]\nencoder_memory_budget = \"1MiB\"\n",
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(encoders.effective_encoder_memory_budget(), 1 << 20);
+        assert!(!encoders
+            .derived_comments()
+            .contains("encoder_memory_budget"));
     }
 
     /// Header names, Host values and codings are checked when read, naming the key.

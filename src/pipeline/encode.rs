@@ -23,7 +23,7 @@ use crate::cache::entry::{Derivation, StoredResponse};
 use crate::cache::fill::{Admitted, Fill, FillKey, FillStatus, FillTarget, Role};
 use crate::cache::memory::VariantSet;
 use crate::error::ProxyError;
-use crate::transform::compress::{self, AcceptEncoding, Choice, Coding};
+use crate::transform::compress::{self, AcceptEncoding, Choice, Coding, EncoderPermit};
 
 /// Serves a stored entry the origin did not encode in the representation the client
 /// accepts (an entry with its own Content-Encoding goes through [`for_client`]). Also
@@ -52,7 +52,8 @@ pub(super) async fn serve_stored(
         compress::vary_on_accept_encoding(response.headers_mut());
         (response, sent_whole(entry))
     };
-    let coding = match AcceptEncoding::parse(&parts.headers).choose(&compression.preference) {
+    let accept = AcceptEncoding::parse(&parts.headers);
+    let coding = match accept.choose(&compression.preference) {
         Choice::Identity => return identity(),
         Choice::NotAcceptable => return (respond::not_acceptable(), None),
         Choice::Encode(coding) => coding,
@@ -73,7 +74,7 @@ pub(super) async fn serve_stored(
     }
     // Not sent whole from the set looked at: the choice below changes with the encoding's
     // fill (its hit-for-miss marker expires), not only with the set.
-    let response = match encoded_once(proxy, entry, coding).await {
+    let response = match encoded_once(proxy, entry, coding, !accept.excludes_identity()).await {
         // Its encoding failed, or was too large to keep: the identity representation is
         // always acceptable here, and costs no encoder run per request.
         None => identity().0,
@@ -97,11 +98,14 @@ enum Encoded {
 }
 
 /// Joins (or leads) the one fill that encodes `entry` for everyone asking for `coding` now,
-/// and keeps the result; `None` when the encoding failed or is known too large to keep.
+/// and keeps the result; `None` when the encoding failed, is known too large to keep, or
+/// (when the client takes identity, `identity_acceptable`) running encoders hold their
+/// memory budget.
 async fn encoded_once(
     proxy: &Arc<Proxy>,
     entry: &Arc<StoredResponse>,
     coding: Coding,
+    identity_acceptable: bool,
 ) -> Option<Encoded> {
     let fill_key = FillKey {
         key: entry.meta.key,
@@ -119,10 +123,24 @@ async fn encoded_once(
             proxy.cache.coalescer().leave(&fill_key, &fill);
             return Some(Encoded::Stored(encoded));
         }
+        // Encoders running now hold their budget: this request and those that joined it
+        // get the identity representation; a later one tries again.
+        let Some(permit) = proxy.compression.reserve_encoder(
+            coding,
+            Some(entry.meta.body_len),
+            identity_acceptable,
+        ) else {
+            fill.refuse(ProxyError::Internal(
+                "compression.encoder_memory_budget is held".into(),
+            ));
+            proxy.cache.coalescer().leave(&fill_key, &fill);
+            return None;
+        };
         let job = encode_and_store(
             Arc::clone(proxy),
             Arc::clone(entry),
             coding,
+            permit,
             Arc::clone(&fill),
             fill_key,
         );
@@ -142,6 +160,7 @@ async fn encode_and_store(
     proxy: Arc<Proxy>,
     source: Arc<StoredResponse>,
     coding: Coding,
+    permit: EncoderPermit,
     fill: Arc<Fill>,
     fill_key: FillKey,
 ) {
@@ -167,9 +186,10 @@ async fn encode_and_store(
             FillTarget::Derived(Box::new(finalise)),
         )
         .await;
-    let mut encoded = proxy
-        .compression
-        .encode(respond::stored_body(&proxy, &source), coding);
+    let mut encoded =
+        proxy
+            .compression
+            .encode_reserved(respond::stored_body(&proxy, &source), coding, permit);
     loop {
         match encoded.frame().await {
             None => break,
@@ -241,8 +261,17 @@ pub(super) async fn for_client(
         }
         Choice::NotAcceptable => respond::not_acceptable(),
         Choice::Encode(coding) => {
+            let length = http_body::Body::size_hint(response.body()).upper();
+            let identity_acceptable = !accept.excludes_identity();
+            let Some(permit) = compression.reserve_encoder(coding, length, identity_acceptable)
+            else {
+                // Running encoders hold their budget: as it is, which this client accepts.
+                let mut response = response;
+                compress::vary_on_accept_encoding(response.headers_mut());
+                return Ok(response);
+            };
             let (parts, body) = response.into_parts();
-            let body = compression.encode(body, coding);
+            let body = compression.encode_reserved(body, coding, permit);
             encoded_response(Response::from_parts(parts, body), coding, None)
         }
     })

@@ -130,7 +130,11 @@ impl Proxy {
             forwarding: ForwardingPolicy::new(&config.forwarding),
             upstream,
             cache,
-            compression: Compression::new(&config.compression, metrics.encoder_runs.clone()),
+            compression: Compression::new(&config.compression, metrics.encoder_runs.clone())
+                .with_encoder_budget(
+                    config.effective_encoder_memory_budget(),
+                    metrics.encodings_refused.clone(),
+                ),
             metrics,
             proxy_name: config.proxy_name.clone(),
             via_responses: VIA_VERSIONS.map(|version| {

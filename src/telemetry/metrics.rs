@@ -116,6 +116,8 @@ pub struct Metrics {
     /// 1 while offline mode is on.
     pub offline: Gauge,
     pub encoder_runs: Counter,
+    /// Responses sent unencoded because running encoders held their memory budget.
+    pub encodings_refused: Counter,
     /// Body bytes every fill in flight holds in memory (bounded by `cache.fill_memory_budget`).
     pub fill_bytes: Gauge,
     /// Reads of an object from the disk tier into memory (concurrent ones for a key coalesce).
@@ -353,6 +355,12 @@ impl Metrics {
                 &mut registry,
                 "encoder_runs",
                 "Compression encoder runs started",
+                Counter::default(),
+            ),
+            encodings_refused: register(
+                &mut registry,
+                "encodings_refused",
+                "Responses sent unencoded because running encoders held compression.encoder_memory_budget",
                 Counter::default(),
             ),
             fill_bytes: register(

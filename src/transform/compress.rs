@@ -147,6 +147,12 @@ impl AcceptEncoding {
         self.weight_of("identity").or_else(|| self.star())
     }
 
+    /// Whether the client excludes the identity representation (`identity;q=0`, or `*;q=0`
+    /// with identity unnamed; RFC 9110 §12.5.3).
+    pub fn excludes_identity(&self) -> bool {
+        self.is_present && self.identity_weight() == Some(0)
+    }
+
     /// Picks the representation: the coding with the highest weight, ties broken by
     /// `preference` order, identity when it weighs more than every coding.
     pub fn choose(&self, preference: &[Coding]) -> Choice {
@@ -201,6 +207,13 @@ pub struct Compression {
     zstd_level: i32,
     /// Encoder runs started (a metric): shows that stored variants are reused.
     runs: prometheus_client::metrics::counter::Counter,
+    /// What running encoders may hold together (see [`Compression::reserve_encoder`]).
+    encoder_budget: u64,
+    /// Bytes the running encoders are estimated to hold; shared with their permits, so a
+    /// permit outliving these settings (after a reload) gives back to the count it took from.
+    encoders_hold: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Encodings refused for want of room in the budget (a metric).
+    encoders_refused: prometheus_client::metrics::counter::Counter,
     /// Tells these settings from every other set made in this process, so a [`Verdict`]
     /// judged under them is not trusted under others (after a reload).
     generation: u64,
@@ -243,6 +256,96 @@ impl Compression {
             brotli_level: config.brotli_level,
             zstd_level: config.zstd_level,
             runs,
+            encoder_budget: u64::MAX,
+            encoders_hold: Default::default(),
+            encoders_refused: Default::default(),
+        }
+    }
+
+    /// These settings with running encoders held to `budget` bytes together; refusals are
+    /// counted in `refused`.
+    #[must_use]
+    pub fn with_encoder_budget(
+        mut self,
+        budget: u64,
+        refused: prometheus_client::metrics::counter::Counter,
+    ) -> Compression {
+        self.encoder_budget = budget;
+        self.encoders_refused = refused;
+        self
+    }
+
+    /// Room for one more encoder of `coding` for a body of `length` bytes (`None`: not
+    /// known), counted against the encoders' budget until the permit is dropped; `None`
+    /// when the encoders running now leave too little. One encoder alone is never refused,
+    /// so a small budget does not turn compression off; nor is one for a client that
+    /// excludes identity (`identity_acceptable` false), which has nothing else to get.
+    ///
+    /// Each response encoded on its way holds an encoder until its client has it all: a
+    /// burst of compressible misses, or clients that read slowly, would otherwise hold
+    /// encoders' tables (up to megabytes each) beside the cache without limit. A refused
+    /// response goes as it is, which every client that does not exclude identity accepts.
+    pub fn reserve_encoder(
+        &self,
+        coding: Coding,
+        length: Option<u64>,
+        identity_acceptable: bool,
+    ) -> Option<EncoderPermit> {
+        let bytes = self.encoder_memory(coding, length);
+        let budget = if identity_acceptable {
+            self.encoder_budget
+        } else {
+            u64::MAX
+        };
+        let counted = self
+            .encoders_hold
+            .fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |held| {
+                    (held == 0 || held.saturating_add(bytes) <= budget)
+                        .then(|| held.saturating_add(bytes))
+                },
+            )
+            .is_ok();
+        if !counted {
+            self.encoders_refused.inc();
+            return None;
+        }
+        Some(EncoderPermit {
+            hold: std::sync::Arc::clone(&self.encoders_hold),
+            bytes,
+        })
+    }
+
+    /// Bytes running encoders are estimated to hold now.
+    pub fn encoders_held(&self) -> u64 {
+        self.encoders_hold
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The heap an encoder of `coding` at these settings' level holds while it runs, for a
+    /// body of `length` bytes (`None`: not known), as the codecs size it: zlib's fixed
+    /// state; zstd's window, its input and output buffers and its hash and chain tables
+    /// (fitted as [`zstd_tables`] fits them); brotli's ring buffer, sized to the body when
+    /// it is smaller than the window, and its hashers. Checked against the heap measured
+    /// by `cargo bench --bench encoder_memory`, at each coding's lowest, default and
+    /// highest level.
+    pub fn encoder_memory(&self, coding: Coding, length: Option<u64>) -> u64 {
+        const KIB: u64 = 1 << 10;
+        match coding {
+            Coding::Gzip => 400 * KIB,
+            Coding::Zstd => {
+                let (window, chain, hash) = zstd_fitted_tables(self.zstd_level, length);
+                // The optimal parsers of levels 16 and up keep statistics of their own.
+                let parser = if self.zstd_level >= 16 { 1024 * KIB } else { 0 };
+                (1 << window) + (4 << chain) + (4 << hash) + 640 * KIB + parser
+            }
+            Coding::Br => {
+                let window = brotli_window_log(length);
+                let ring = length.map_or(1 << window, |length| length.min(1 << window));
+                brotli_memory(self.brotli_level, window, ring)
+            }
         }
     }
 
@@ -315,7 +418,18 @@ impl Compression {
         })
     }
 
-    /// `body` encoded with `coding`, as a stream.
+    /// `body` encoded with `coding`, as a stream, holding `permit` (its room in the
+    /// encoders' budget) as long as the encoder lives.
+    pub fn encode_reserved(&self, body: Body, coding: Coding, permit: EncoderPermit) -> Body {
+        let encoded = self.encode(body, coding);
+        Body::boxed(encoded.map_frame(move |frame| {
+            // The permit lives in this closure, so as long as the encoder beside it.
+            let _ = &permit;
+            frame
+        }))
+    }
+
+    /// `body` encoded with `coding`, as a stream, outside the encoders' budget.
     pub fn encode(&self, body: Body, coding: Coding) -> Body {
         self.runs.inc();
         // Known for stored bodies and for responses with a Content-Length.
@@ -341,7 +455,7 @@ impl Compression {
                 if let Some(length) = length {
                     params = params.size_hint(usize::try_from(length).unwrap_or(usize::MAX));
                 }
-                let needed = window_log_for(length).max(BROTLI_SMALLEST_FAST_WINDOW_LOG);
+                let needed = brotli_window_log(length);
                 if needed < BROTLI_DEFAULT_WINDOW_LOG {
                     params = params.window_size(needed as i32);
                 }
@@ -399,6 +513,39 @@ const BROTLI_DEFAULT_WINDOW_LOG: u32 = 22;
 /// this floor, for the same ratio.
 const BROTLI_SMALLEST_FAST_WINDOW_LOG: u32 = 17;
 
+/// The window brotli is given for a body of `length` bytes (or of unknown length).
+fn brotli_window_log(length: Option<u64>) -> u32 {
+    window_log_for(length).clamp(BROTLI_SMALLEST_FAST_WINDOW_LOG, BROTLI_DEFAULT_WINDOW_LOG)
+}
+
+/// Heap of a brotli encoder at `quality` with a window of `2^window` bytes whose ring
+/// buffer holds `ring` bytes: qualities 0 and 1 compress fragments with small fixed
+/// tables; 2 to 9 hash into tables of fixed size; 10 and 11 keep a binary tree over the
+/// whole window.
+fn brotli_memory(quality: i32, window: u32, ring: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    match quality {
+        ..=1 => 448 << 10,
+        2..=9 => MIB + MIB / 2 + ring * 15 / 2,
+        _ => 2 * MIB + (8 << window) + ring * 8,
+    }
+}
+
+/// An encoder's room in the encoders' budget ([`Compression::reserve_encoder`]), given
+/// back when dropped (with the encoder it was taken for).
+#[derive(Debug)]
+pub struct EncoderPermit {
+    hold: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for EncoderPermit {
+    fn drop(&mut self) {
+        self.hold
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// zstd's window, chain and hash logs at `level` for a body of `length` bytes (or of
 /// unknown length), when they are smaller than the level's own for input of unknown length.
 /// zstd fits them itself only when told the input's length, which a streaming encoder here
@@ -407,16 +554,21 @@ const BROTLI_SMALLEST_FAST_WINDOW_LOG: u32 = 17;
 /// the hash table at most twice the window and the chain table at most the window (one
 /// more for the binary-tree strategies of levels 13 and up).
 fn zstd_tables(level: i32, length: Option<u64>) -> Option<(u32, u32, u32)> {
-    let unknown = zstd_level_tables(level, None);
+    let fitted = zstd_fitted_tables(level, length);
+    (fitted != zstd_level_tables(level, None)).then_some(fitted)
+}
+
+/// zstd's window, chain and hash logs at `level` for a body of `length` bytes, fitted as
+/// [`zstd_tables`] says.
+fn zstd_fitted_tables(level: i32, length: Option<u64>) -> (u32, u32, u32) {
     let (window, chain, hash) = zstd_level_tables(level, length);
     let window = window.min(window_log_for(length));
     let chain_over_window = u32::from(level >= 13);
-    let fitted = (
+    (
         window,
         chain.min(window + chain_over_window),
         hash.min(window + 1),
-    );
-    (fitted != unknown).then_some(fitted)
+    )
 }
 
 /// Window, chain and hash logs of zstd's `level` for a source of `length` bytes: the first
@@ -686,6 +838,46 @@ mod tests {
     use super::*;
 
     const PREFERENCE: [Coding; 3] = [Coding::Br, Coding::Zstd, Coding::Gzip];
+
+    /// Encoders count against their budget while their permits live: past it one more is
+    /// refused (and counted), except the first alone and one for a client with no other
+    /// choice; a dropped permit gives its room back. Each is counted for its coding and
+    /// body: a zstd encoder for 1 MiB holds more than one for 100 KiB, gzip's is fixed.
+    #[test]
+    fn encoders_are_held_to_their_memory_budget() {
+        let refused = prometheus_client::metrics::counter::Counter::default();
+        let unlimited = Compression::new(&CompressionConfig::default(), Default::default());
+        let small = unlimited.encoder_memory(Coding::Zstd, Some(100 << 10));
+        let large = unlimited.encoder_memory(Coding::Zstd, Some(1 << 20));
+        assert!(small < large && large <= unlimited.encoder_memory(Coding::Zstd, None) * 3);
+        assert_eq!(
+            unlimited.encoder_memory(Coding::Gzip, Some(1 << 10)),
+            unlimited.encoder_memory(Coding::Gzip, None)
+        );
+
+        let compression = Compression::new(&CompressionConfig::default(), Default::default())
+            .with_encoder_budget(small + small / 2, refused.clone());
+        let alone = compression
+            .reserve_encoder(Coding::Zstd, Some(1 << 20), true)
+            .expect("one encoder alone passes any budget");
+        assert_eq!(compression.encoders_held(), large);
+        assert!(compression
+            .reserve_encoder(Coding::Gzip, Some(1 << 10), true)
+            .is_none());
+        assert_eq!(refused.get(), 1);
+        let insisted = compression
+            .reserve_encoder(Coding::Gzip, Some(1 << 10), false)
+            .expect("a client that excludes identity has no other choice");
+        drop(alone);
+        drop(insisted);
+        assert_eq!(compression.encoders_held(), 0);
+        let first = compression.reserve_encoder(Coding::Zstd, Some(100 << 10), true);
+        assert!(first.is_some());
+        assert!(compression
+            .reserve_encoder(Coding::Zstd, Some(100 << 10), true)
+            .is_none());
+        assert_eq!(refused.get(), 2);
+    }
 
     /// A stored response's compressibility is judged once per settings: a reload that
     /// changes the settings (here: compression turned on, then a type added) is obeyed at

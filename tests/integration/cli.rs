@@ -102,8 +102,8 @@ fn host_header_flag_sets_the_default_sites_host() {
     );
 }
 
-/// A budget left unset follows `memory_capacity`: `check` says what it comes to, as a
-/// comment, and says nothing when it is set.
+/// Budgets left unset (the fills' and the encoders') follow `memory_capacity`: `check`
+/// says what each comes to, as a comment, and says nothing of one that is set.
 #[test]
 fn check_shows_the_derived_fill_budget_only_when_unset() {
     let (_dir, path) =
@@ -125,7 +125,24 @@ fn check_shows_the_derived_fill_budget_only_when_unset() {
         effective.contains("fill_memory_budget = \"3MiB\""),
         "{effective}"
     );
-    assert!(!effective.contains("# Derived"), "{effective}");
+    assert!(
+        !effective.contains("# cache.fill_memory_budget"),
+        "{effective}"
+    );
+    assert!(
+        effective.contains("# compression.encoder_memory_budget = \"4MiB\""),
+        "{effective}"
+    );
+    let (_dir, path) = write_config(
+        "origin = \"http://127.0.0.1:9000\"\n[cache]\nfill_memory_budget = \"3MiB\"\n[compression]\nencoder_memory_budget = \"2MiB\"\n",
+    );
+    let output = outpost(&["check", "--config", &path], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        !stdout(&output).contains("# Derived"),
+        "{}",
+        stdout(&output)
+    );
 }
 
 #[test]

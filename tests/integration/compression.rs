@@ -454,3 +454,107 @@ async fn ranges_of_origin_gzip_go_only_to_clients_that_take_gzip() {
     assert_eq!(whole.text(), body);
     assert_eq!(origin.hits("/data.json"), 1);
 }
+
+/// Each response encoded on its way holds an encoder until its client has it all; past
+/// `compression.encoder_memory_budget`, a response goes in the identity representation,
+/// which RFC 9110 §12.5.3 makes acceptable unless the client excludes it (then it is
+/// encoded all the same), with `Vary: Accept-Encoding` as any negotiated response. A stored
+/// response's encoding refused so is not remembered as unencodable: once the running
+/// encoder ends, the next request gets (and stores) the encoding.
+#[tokio::test]
+async fn responses_past_the_encoders_memory_budget_go_unencoded_rfc9110_12_5_3() {
+    let gate = Gate::closed();
+    let (first, rest) = (text(40 << 10), text(20 << 10));
+    let other = text(20 << 10);
+    let uncached = [
+        ("content-type", "text/plain"),
+        ("cache-control", "no-store"),
+    ];
+    let origin = Origin::start(vec![
+        (
+            "/held",
+            Fixture::Halves {
+                headers: header_list(&uncached),
+                first: Bytes::from(first.clone()),
+                gate: gate.clone(),
+                rest: Bytes::from(rest.clone()),
+            },
+        ),
+        ("/other", fixed(&uncached, &other)),
+        (
+            "/stored",
+            fixed(
+                &[
+                    ("content-type", "text/plain"),
+                    ("cache-control", "max-age=60"),
+                ],
+                &other,
+            ),
+        ),
+    ])
+    .await;
+    // Less than any one encoder: one runs alone, a second is refused.
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[compression]\nencoder_memory_budget = \"1KiB\"\n",
+    )
+    .await;
+    assert_eq!(get(&proxy.url("/stored"), &[]).await.text(), other);
+    let refused = || proxy.outpost.proxy().metrics().encodings_refused.get();
+
+    // The held response's encoder runs until the origin sends the rest.
+    let request = Request::get(proxy.url("/held"))
+        .header("accept-encoding", "gzip")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let held = client().request(request).await.unwrap();
+    assert_eq!(held.headers()["content-encoding"], "gzip");
+
+    let plain = get(&proxy.url("/other"), &[("accept-encoding", "gzip")]).await;
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.text(), other);
+    assert!(plain
+        .header("vary")
+        .is_some_and(|vary| vary.to_ascii_lowercase().contains("accept-encoding")));
+    assert_eq!(refused(), 1);
+
+    let stored_plain = get(&proxy.url("/stored"), &[("accept-encoding", "br")]).await;
+    assert!(is_hit(&stored_plain));
+    assert_eq!(stored_plain.header("content-encoding"), None);
+    assert_eq!(stored_plain.text(), other);
+    assert_eq!(refused(), 2);
+
+    let insists = get(
+        &proxy.url("/other"),
+        &[("accept-encoding", "gzip, identity;q=0")],
+    )
+    .await;
+    assert_eq!(insists.header("content-encoding"), Some("gzip"));
+    assert_eq!(decode("gzip", &insists.body).await, other.as_bytes());
+    assert_eq!(
+        refused(),
+        2,
+        "a client that excludes identity is not refused"
+    );
+
+    gate.open();
+    let body = http_body_util::BodyExt::collect(held.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        decode("gzip", &body).await,
+        format!("{first}{rest}").as_bytes()
+    );
+
+    // The held encoder's room comes back when hyper lets go of its body.
+    let encoded = eventually_some("the held encoder's room back", || async {
+        let reply = get(&proxy.url("/stored"), &[("accept-encoding", "br")]).await;
+        (reply.header("content-encoding") == Some("br")).then_some(reply)
+    })
+    .await;
+    assert_eq!(decode("br", &encoded.body).await, other.as_bytes());
+    let again = get(&proxy.url("/stored"), &[("accept-encoding", "br")]).await;
+    assert_eq!(again.header("content-encoding"), Some("br"));
+    assert_eq!(origin.hits("/stored"), 1);
+}

@@ -582,6 +582,13 @@ impl Fill {
         wake_all(&mut body);
     }
 
+    /// Settles a fill its leader will not run: its readers' bodies fail and every request
+    /// waiting on it sees `error` (and goes its own way).
+    pub fn refuse(&self, error: ProxyError) {
+        self.fail();
+        self.publish(FillStatus::Failed(error));
+    }
+
     /// Marks a fill that runs for the cache alone (RFC 5861 §3 background validation), so
     /// it is not abandoned for having no reader.
     pub fn set_background(&self) {

@@ -455,8 +455,9 @@ fn several_origins_make_a_pool_and_bad_pools_are_refused() {
 }
 
 /// `outpost serve` in front of a closed port, started by `sh` after `shell_prefix` (shell
-/// commands ending in `&&`, or nothing); returns once it accepts connections.
-fn serving_outpost(shell_prefix: &str) -> std::process::Child {
+/// commands ending in `&&`, or nothing); returns it and its port once it accepts
+/// connections.
+fn serving_outpost(shell_prefix: &str) -> (std::process::Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -481,14 +482,14 @@ fn serving_outpost(shell_prefix: &str) -> std::process::Child {
         );
         std::thread::yield_now();
     }
-    child
+    (child, port)
 }
 
 /// The allocator returns freed memory to the system from a thread of its own (so memory
 /// falls back after a burst even if the node then goes quiet): `outpost serve` runs one.
 #[test]
 fn serve_runs_the_allocators_background_thread() {
-    let mut child = serving_outpost("");
+    let (mut child, _) = serving_outpost("");
     let tasks = format!("/proc/{}/task", child.id());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let names = loop {
@@ -519,7 +520,7 @@ fn serve_runs_the_allocators_background_thread() {
 #[test]
 fn serve_raises_the_open_file_limit_to_the_hard_limit() {
     use std::io::Read;
-    let mut child = serving_outpost("ulimit -Sn 256 &&");
+    let (mut child, _) = serving_outpost("ulimit -Sn 256 &&");
     let mut limits = String::new();
     std::fs::File::open(format!("/proc/{}/limits", child.id()))
         .unwrap()
@@ -544,4 +545,35 @@ fn serve_raises_the_open_file_limit_to_the_hard_limit() {
         open_files[0], hard,
         "soft limit raised to the hard one: {limits}"
     );
+}
+
+/// On one CPU `serve` runs tokio's current-thread scheduler (`runtime` in main.rs): it
+/// must start, accept and answer there as it does on many. The origin is a closed port,
+/// so the answer is the 502 of RFC 9110 15.6.3, which takes a connect attempt through the
+/// runtime's I/O driver.
+#[test]
+fn serve_on_one_cpu_answers_requests() {
+    use std::io::{Read, Write};
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let allowed = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    let first_cpu: String = allowed.chars().take_while(char::is_ascii_digit).collect();
+    let (mut child, port) = serving_outpost(&format!("taskset -pc {first_cpu} $$ >/dev/null &&"));
+    let affinity = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /one-cpu HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        affinity.contains(&format!("Cpus_allowed_list:\t{first_cpu}\n")),
+        "{affinity}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
 }

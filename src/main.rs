@@ -174,8 +174,8 @@ fn run(cli: Cli) -> Result<()> {
 /// The async runtime. On one CPU (an affinity mask or a cgroup quota of one) it is tokio's
 /// current-thread scheduler: a multi-thread scheduler's single worker does the same work
 /// with work-stealing queues, a LIFO slot and cross-thread wake-ups around it. Measured
-/// with `../shared/bench` test a, server on one CPU: 100 KiB hits 1.02x and 1.07x the
-/// requests per server CPU-second of the multi-thread runtime in two runs, 1 KiB hits
+/// with `../shared/bench` test a, server on one CPU: 100 KiB hits 1.02x to 1.07x the
+/// requests per server CPU-second of the multi-thread runtime in three runs, 1 KiB hits
 /// within noise.
 fn runtime() -> Result<tokio::runtime::Runtime> {
     let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);

@@ -306,6 +306,74 @@ async fn the_fills_memory_budget_goes_to_the_fills_that_began_first() {
     assert_eq!(outpost.metrics().fill_bytes.get(), 0);
 }
 
+/// A body streamed through only because the fills' memory budget was taken (it was not
+/// too large to keep) does not mark its URL as uncacheable: the next burst for it shares
+/// one fetch again (RFC 9111 §4: a cache may keep one fetch for concurrent requests), and
+/// that fetch stores it. Marked like a body too large to keep, each request of the burst
+/// went to the origin on its own, the herd a node under load is there to absorb.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_refused_only_for_the_fills_budget_is_fetched_once_by_the_next_burst() {
+    let gate = Gate::closed();
+    let half = Bytes::from(vec![b'h'; 300 << 10]);
+    let routes = ["/first", "/second"]
+        .into_iter()
+        .map(|path| {
+            let fixture = Fixture::Halves {
+                headers: support::cc("max-age=60"),
+                first: half.clone(),
+                gate: gate.clone(),
+                rest: half.clone(),
+            };
+            (path, fixture)
+        })
+        .collect();
+    let origin = Origin::start(routes).await;
+    // An 8 MiB tier: 1 MiB for fills, room for one body of 600 KiB.
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[cache]\nmemory_capacity = \"8MiB\"\nmax_object_size = \"2MiB\"\n",
+    )
+    .await;
+    let outpost = proxy.outpost.proxy();
+    let first = head_of(&proxy.url("/first")).await;
+    let second = head_of(&proxy.url("/second")).await;
+    assert!(says_stored(&first) && !says_stored(&second));
+    gate.open();
+    for response in [first, second] {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 600 << 10);
+    }
+    eventually("the fills to settle", || {
+        outpost.cache().coalescer().in_flight() == 0
+    })
+    .await;
+
+    gate.close();
+    let mut burst = Vec::new();
+    for _ in 0..3 {
+        // One after the other: each has joined (or led) before the next is asked for.
+        burst.push(head_of(&proxy.url("/second")).await);
+    }
+    gate.open();
+    for response in burst {
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 600 << 10, "every client gets the whole body");
+    }
+    eventually("the burst's fill to settle", || {
+        outpost.cache().coalescer().in_flight() == 0
+    })
+    .await;
+    assert_eq!(origin.hits("/second"), 2, "the burst shared one fetch");
+    let again = get(&proxy.url("/second"), &[]).await;
+    assert!(
+        support::is_hit(&again),
+        "{:?}",
+        again.header("cache-status")
+    );
+    assert_eq!(origin.hits("/second"), 2, "and it stored the body");
+}
+
 /// A body larger than the fills' memory budget but within `max_object_size` is still kept
 /// when no other fill holds memory: a small budget does not keep large objects out.
 #[tokio::test]

@@ -282,8 +282,10 @@ impl FillWriter<'_> {
         if let Some(temp) = spilled {
             return self.commit_spilled(temp).await;
         }
-        // Streamed through, too large to keep: the next burst goes straight through.
-        if matches!(self.target, FillTarget::Origin) {
+        // Streamed through, too large to keep: the next burst goes straight through. A
+        // body that was only refused room (the fills' budget was taken, a newcomer past the
+        // tier's window) may be kept next time: the next burst shares one fetch for it.
+        if matches!(self.target, FillTarget::Origin) && self.total > self.memory_limit {
             self.cache.remember_uncacheable(self.meta.key).await;
         }
         self.fill.end(self.held.take());

@@ -210,7 +210,9 @@ async fn encode_and_store(
             }
         }
     }
-    if let Admitted::NotKept = writer.finish().await {
+    // Too large to keep: later requests do not try to make it again for a while. Refused
+    // room only for now (the fills' budget was taken), the next request tries again.
+    if let Admitted::TooLarge = writer.finish().await {
         cache
             .remember_uncacheable(fill_key.key.for_variant(fill_key.variant_hint))
             .await;

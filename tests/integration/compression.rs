@@ -558,3 +558,68 @@ async fn responses_past_the_encoders_memory_budget_go_unencoded_rfc9110_12_5_3()
     assert_eq!(again.header("content-encoding"), Some("br"));
     assert_eq!(origin.hits("/stored"), 1);
 }
+
+/// "Stored once" holds when the fills' memory budget was taken as the encoding was made: an
+/// encoding that went out unstored only for want of room (a large body being kept took the
+/// budget) is not remembered as too large to keep, so once the budget is free the next
+/// request makes and stores it, and later ones reuse it. Remembered as too large, every
+/// request for `hit_for_miss_ttl` (30 s) got the identity representation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoding_refused_room_only_for_the_fills_budget_is_stored_next_time() {
+    let gate = Gate::closed();
+    let body = text(200 << 10);
+    let half = Bytes::from(vec![b'k'; 600 << 10]);
+    let origin = Origin::start(vec![
+        ("/app.js", page(&body)),
+        (
+            "/large",
+            Fixture::Halves {
+                headers: header_list(&[("cache-control", "max-age=60")]),
+                first: half.clone(),
+                gate: gate.clone(),
+                rest: half,
+            },
+        ),
+    ])
+    .await;
+    // An 8 MiB tier: a fills' budget of 1 MiB, which the 1.2 MiB body takes alone.
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[cache]\nmemory_capacity = \"8MiB\"\nmax_object_size = \"2MiB\"\n",
+    )
+    .await;
+    get(&proxy.url("/app.js"), &[]).await;
+    let request = Request::get(proxy.url("/large"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let large = client().request(request).await.unwrap();
+
+    let gzip = [("accept-encoding", "gzip")];
+    let unstored = get(&proxy.url("/app.js"), &gzip).await;
+    assert_eq!(decode("gzip", &unstored.body).await, body.as_bytes());
+    assert_eq!(proxy.outpost.encoder_runs(), 1);
+
+    gate.open();
+    let large = http_body_util::BodyExt::collect(large.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(large.len(), 1200 << 10);
+    let outpost = proxy.outpost.proxy();
+    eventually("the fills to settle", || {
+        outpost.cache().coalescer().in_flight() == 0
+    })
+    .await;
+
+    let stored = get(&proxy.url("/app.js"), &gzip).await;
+    assert_eq!(decode("gzip", &stored.body).await, body.as_bytes());
+    assert_eq!(proxy.outpost.encoder_runs(), 2, "made again, and kept");
+    let reused = get(&proxy.url("/app.js"), &gzip).await;
+    assert_eq!(decode("gzip", &reused.body).await, body.as_bytes());
+    assert_eq!(
+        proxy.outpost.encoder_runs(),
+        2,
+        "the stored encoding reused"
+    );
+    assert_eq!(origin.hits("/app.js"), 1);
+}

@@ -55,9 +55,13 @@ pub enum FillTarget {
 pub enum Admitted {
     /// Stored; the fill's status is `Complete` with this entry.
     Stored(Arc<StoredResponse>),
-    /// Streamed to its readers, not kept (too large, or over the fills' memory budget
-    /// without a disk tier).
+    /// Streamed to its readers, not kept: refused room for now (over the fills' memory
+    /// budget, or a newcomer past the memory tier's window, without a disk tier); a later
+    /// fill may keep it.
     NotKept,
+    /// Streamed to its readers, not kept: larger than the memory tier takes, and not on disk
+    /// (no disk tier, or larger than it takes, or its write failed).
+    TooLarge,
     /// Written to disk, but the tier failed to index it; readers of the file got an error.
     Lost,
 }
@@ -285,11 +289,16 @@ impl FillWriter<'_> {
         // Streamed through, too large to keep: the next burst goes straight through. A
         // body that was only refused room (the fills' budget was taken, a newcomer past the
         // tier's window) may be kept next time: the next burst shares one fetch for it.
-        if matches!(self.target, FillTarget::Origin) && self.total > self.memory_limit {
+        let too_large = self.total > self.memory_limit;
+        if too_large && matches!(self.target, FillTarget::Origin) {
             self.cache.remember_uncacheable(self.meta.key).await;
         }
         self.fill.end(self.held.take());
-        Admitted::NotKept
+        if too_large {
+            Admitted::TooLarge
+        } else {
+            Admitted::NotKept
+        }
     }
 
     /// The body failed (the origin broke off, or stalled past the body-read timeout):

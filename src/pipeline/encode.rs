@@ -75,8 +75,22 @@ pub(super) async fn serve_stored(
     // Not sent whole from the set looked at: the choice below changes with the encoding's
     // fill (its hit-for-miss marker expires), not only with the set.
     let response = match encoded_once(proxy, entry, coding, !accept.excludes_identity()).await {
+        // Its encoding failed, or was too large to keep, and the client excludes identity
+        // (RFC 9110 §12.5.3): encoded on its way, unstored, an encoder run per request.
+        None if accept.excludes_identity() => {
+            match compression.reserve_encoder(coding, Some(meta.body_len), false) {
+                Some(permit) => {
+                    let body = respond::stored_body(proxy, entry);
+                    let body = compression.encode_reserved(body, coding, permit);
+                    let response = respond::from_meta(proxy, meta, body, parts, now);
+                    encoded_response(response, coding, None)
+                }
+                // invariant: an encoder for a client that excludes identity is never refused.
+                None => respond::not_acceptable(),
+            }
+        }
         // Its encoding failed, or was too large to keep: the identity representation is
-        // always acceptable here, and costs no encoder run per request.
+        // acceptable to this client, and costs no encoder run per request.
         None => identity().0,
         Some(Encoded::Stored(encoded)) => {
             let body = respond::stored_body(proxy, &encoded);

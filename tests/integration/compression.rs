@@ -623,3 +623,36 @@ async fn an_encoding_refused_room_only_for_the_fills_budget_is_stored_next_time(
     );
     assert_eq!(origin.hits("/app.js"), 1);
 }
+
+/// A client that excludes identity (`identity;q=0`, RFC 9110 §12.5.3) still gets the
+/// encoding it asks for when that encoding is too large to keep (a body the disk tier
+/// stores whose encoding is past `max_object_size`): encoded on its way each time. It got
+/// the identity representation it had excluded once the encoding was known too large.
+#[tokio::test]
+async fn a_client_excluding_identity_gets_an_encoding_too_large_to_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = text(600 << 10);
+    let origin = Origin::start(vec![("/big.txt", page(&body))]).await;
+    let config = format!(
+        "[cache]\nmax_object_size = \"16KiB\"\ndisk_max_object_size = \"1MiB\"\ndir = \"{}\"\n",
+        dir.path().display()
+    );
+    let proxy = Proxy::start(&origin.url(), &config).await;
+    assert_eq!(get(&proxy.url("/big.txt"), &[]).await.text(), body);
+    proxy.outpost.proxy().cache().settle().await;
+    let strict = [("accept-encoding", "gzip, identity;q=0")];
+    for attempt in 0..3 {
+        let reply = get(&proxy.url("/big.txt"), &strict).await;
+        assert_eq!(reply.status, 200, "attempt {attempt}");
+        assert_eq!(
+            reply.header("content-encoding"),
+            Some("gzip"),
+            "attempt {attempt}"
+        );
+        assert_eq!(decode("gzip", &reply.body).await, body.as_bytes());
+        proxy.outpost.proxy().cache().settle().await;
+    }
+    let lenient = get(&proxy.url("/big.txt"), &[("accept-encoding", "gzip")]).await;
+    assert_eq!(lenient.text(), body, "identity, which this client takes");
+    assert_eq!(origin.hits("/big.txt"), 1);
+}

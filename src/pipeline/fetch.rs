@@ -711,7 +711,8 @@ impl FillTask {
 
     /// The origin's answer is not to be stored (`reason`, or `Vary: *` when none): relayed
     /// to the leader, and the URL skips coalescing for a while unless only this request
-    /// forbade storing.
+    /// forbade storing (its `no-store`, or its credentials: RFC 9111 §3.5), so that
+    /// requests that may share an answer still do.
     async fn refuse_to_store(
         &mut self,
         reason: Option<NoStoreReason>,
@@ -719,7 +720,10 @@ impl FillTask {
         body: OriginBody,
     ) {
         let reason = reason.unwrap_or(NoStoreReason::VaryStar);
-        if reason != NoStoreReason::RequestNoStore {
+        if !matches!(
+            reason,
+            NoStoreReason::RequestNoStore | NoStoreReason::Authorization
+        ) {
             self.proxy.cache.remember_uncacheable(self.plan.key).await;
         }
         self.fill.publish(FillStatus::Uncacheable(reason));

@@ -149,6 +149,56 @@ async fn uncacheable_response_does_not_serialise_the_next_burst() {
     }
 }
 
+/// A response refused storage only because its request carried Authorization (RFC 9111
+/// §3.5) does not mark the URL hit-for-miss: requests without credentials, whose answer may
+/// be stored, still share one fetch in the next burst (and it stores the answer). Marked,
+/// each went to the origin on its own for `hit_for_miss_ttl`, as after an uncacheable
+/// answer. (A request's own `no-store` was already left out the same way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorized_request_does_not_stop_the_next_burst_sharing_a_fetch() {
+    let gate = Gate::closed();
+    let half = Bytes::from(vec![b'd'; 32 << 10]);
+    let origin = Origin::start(vec![(
+        "/doc",
+        Fixture::Halves {
+            headers: cc("max-age=60"),
+            first: half.clone(),
+            gate: gate.clone(),
+            rest: half,
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    gate.open();
+    let authorized = get(&proxy.url("/doc"), &[("authorization", "Bearer secret")]).await;
+    assert_eq!(authorized.body.len(), 64 << 10);
+    proxy.outpost.proxy().cache().settle().await;
+    gate.close();
+
+    let mut burst = Vec::new();
+    for _ in 0..3 {
+        // One after the other, each up to its head: each has joined (or led) the fetch
+        // before the next is asked for.
+        let request = Request::get(proxy.url("/doc"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        burst.push(client().request(request).await.unwrap());
+    }
+    gate.open();
+    for response in burst {
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body.len(), 64 << 10);
+    }
+    assert_eq!(origin.hits("/doc"), 2, "the burst shared one fetch");
+    proxy.outpost.proxy().cache().settle().await;
+    let again = get(&proxy.url("/doc"), &[]).await;
+    assert!(is_hit(&again), "{:?}", again.header("cache-status"));
+    assert_eq!(origin.hits("/doc"), 2);
+}
+
 /// An origin reset mid-body stores nothing: the next request goes to the origin again.
 #[tokio::test]
 async fn origin_reset_mid_body_stores_nothing() {

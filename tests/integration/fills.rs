@@ -241,16 +241,10 @@ fn says_stored(response: &http::Response<hyper::body::Incoming>) -> bool {
     status.split(';').any(|param| param.trim() == "stored")
 }
 
-/// The fills' memory budget (by default an eighth of the memory tier) is shared out when
-/// each fill begins, by declared length: with room for one body, the first is kept to its
-/// end and stored, and those that begin while it is kept stream through unstored. Counted
-/// only as bytes arrived, fills that all began within the budget passed it together, and
-/// which of them kept their bodies depended on the order their last chunks came in.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fills_memory_budget_goes_to_the_fills_that_began_first() {
-    let gate = Gate::closed();
+/// An origin answering each of `paths` with 600 KiB (`max-age=60`) in two halves, the
+/// second held at `gate`, behind an 8 MiB memory tier: 1 MiB for fills, room for one body.
+async fn halves_behind_a_small_tier(paths: &[&'static str], gate: &Gate) -> (Origin, Proxy) {
     let half = Bytes::from(vec![b'h'; 300 << 10]);
-    let paths = ["/first", "/second", "/third"];
     let routes = paths
         .iter()
         .map(|path| {
@@ -264,12 +258,43 @@ async fn the_fills_memory_budget_goes_to_the_fills_that_began_first() {
         })
         .collect();
     let origin = Origin::start(routes).await;
-    // An 8 MiB tier: 1 MiB for fills, room for one body of 600 KiB.
     let proxy = Proxy::start(
         &origin.url(),
         "[cache]\nmemory_capacity = \"8MiB\"\nmax_object_size = \"2MiB\"\n",
     )
     .await;
+    (origin, proxy)
+}
+
+/// Reads each response whole (every client gets every byte of its `len`), then waits for
+/// the fills to settle.
+async fn read_whole_then_settle(
+    proxy: &Proxy,
+    responses: Vec<http::Response<hyper::body::Incoming>>,
+    len: usize,
+) {
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), len, "every client gets the whole body");
+    }
+    let outpost = proxy.outpost.proxy();
+    eventually("the fills to settle", || {
+        outpost.cache().coalescer().in_flight() == 0
+    })
+    .await;
+}
+
+/// The fills' memory budget (by default an eighth of the memory tier) is shared out when
+/// each fill begins, by declared length: with room for one body, the first is kept to its
+/// end and stored, and those that begin while it is kept stream through unstored. Counted
+/// only as bytes arrived, fills that all began within the budget passed it together, and
+/// which of them kept their bodies depended on the order their last chunks came in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fills_memory_budget_goes_to_the_fills_that_began_first() {
+    let gate = Gate::closed();
+    let paths = ["/first", "/second", "/third"];
+    let (origin, proxy) = halves_behind_a_small_tier(&paths, &gate).await;
     let mut responses = Vec::new();
     for path in paths {
         // One after the other: each fill has begun before the next is asked for.
@@ -314,39 +339,12 @@ async fn the_fills_memory_budget_goes_to_the_fills_that_began_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_refused_only_for_the_fills_budget_is_fetched_once_by_the_next_burst() {
     let gate = Gate::closed();
-    let half = Bytes::from(vec![b'h'; 300 << 10]);
-    let routes = ["/first", "/second"]
-        .into_iter()
-        .map(|path| {
-            let fixture = Fixture::Halves {
-                headers: support::cc("max-age=60"),
-                first: half.clone(),
-                gate: gate.clone(),
-                rest: half.clone(),
-            };
-            (path, fixture)
-        })
-        .collect();
-    let origin = Origin::start(routes).await;
-    // An 8 MiB tier: 1 MiB for fills, room for one body of 600 KiB.
-    let proxy = Proxy::start(
-        &origin.url(),
-        "[cache]\nmemory_capacity = \"8MiB\"\nmax_object_size = \"2MiB\"\n",
-    )
-    .await;
-    let outpost = proxy.outpost.proxy();
+    let (origin, proxy) = halves_behind_a_small_tier(&["/first", "/second"], &gate).await;
     let first = head_of(&proxy.url("/first")).await;
     let second = head_of(&proxy.url("/second")).await;
     assert!(says_stored(&first) && !says_stored(&second));
     gate.open();
-    for response in [first, second] {
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body.len(), 600 << 10);
-    }
-    eventually("the fills to settle", || {
-        outpost.cache().coalescer().in_flight() == 0
-    })
-    .await;
+    read_whole_then_settle(&proxy, vec![first, second], 600 << 10).await;
 
     gate.close();
     let mut burst = Vec::new();
@@ -355,15 +353,7 @@ async fn a_body_refused_only_for_the_fills_budget_is_fetched_once_by_the_next_bu
         burst.push(head_of(&proxy.url("/second")).await);
     }
     gate.open();
-    for response in burst {
-        assert_eq!(response.status(), StatusCode::OK);
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body.len(), 600 << 10, "every client gets the whole body");
-    }
-    eventually("the burst's fill to settle", || {
-        outpost.cache().coalescer().in_flight() == 0
-    })
-    .await;
+    read_whole_then_settle(&proxy, burst, 600 << 10).await;
     assert_eq!(origin.hits("/second"), 2, "the burst shared one fetch");
     let again = get(&proxy.url("/second"), &[]).await;
     assert!(
@@ -460,15 +450,7 @@ async fn newcomer_bytes_kept(fill_the_tier_first: bool) -> (u64, Vec<bool>) {
     let kept = outpost.cache().coalescer().committed_bytes();
     let said_stored = responses.iter().map(says_stored).collect();
     gate.open();
-    for response in responses {
-        assert_eq!(response.status(), StatusCode::OK);
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body.len(), 600 << 10, "every client gets the whole body");
-    }
-    eventually("the fills to settle", || {
-        outpost.cache().coalescer().in_flight() == 0
-    })
-    .await;
+    read_whole_then_settle(&proxy, responses, 600 << 10).await;
     assert_eq!(outpost.cache().coalescer().committed_bytes(), 0);
     (kept, said_stored)
 }

@@ -81,9 +81,8 @@ pub(super) async fn serve_stored(
             match compression.reserve_encoder(coding, Some(meta.body_len), false) {
                 Some(permit) => {
                     let body = respond::stored_body(proxy, entry);
-                    let body = compression.encode_reserved(body, coding, permit);
                     let response = respond::from_meta(proxy, meta, body, parts, now);
-                    encoded_response(response, coding, None)
+                    encoded_on_its_way(compression, response, coding, permit)
                 }
                 // invariant: an encoder for a client that excludes identity is never refused.
                 None => respond::not_acceptable(),
@@ -286,11 +285,22 @@ pub(super) async fn for_client(
                 compress::vary_on_accept_encoding(response.headers_mut());
                 return Ok(response);
             };
-            let (parts, body) = response.into_parts();
-            let body = compression.encode_reserved(body, coding, permit);
-            encoded_response(Response::from_parts(parts, body), coding, None)
+            encoded_on_its_way(compression, response, coding, permit)
         }
     })
+}
+
+/// `response` with its body encoded in `coding` as it is sent, by the encoder `permit`
+/// holds room for: unstored, with no length until sent.
+fn encoded_on_its_way(
+    compression: &compress::Compression,
+    response: Response<Body>,
+    coding: Coding,
+    permit: EncoderPermit,
+) -> Response<Body> {
+    let (parts, body) = response.into_parts();
+    let body = compression.encode_reserved(body, coding, permit);
+    encoded_response(Response::from_parts(parts, body), coding, None)
 }
 
 /// The origin's gzip decoded for a client that does not accept it (Varnish's gunzip): the

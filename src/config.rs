@@ -742,7 +742,9 @@ pub enum MemoryPolicy {
 pub struct CacheConfig {
     /// Off: every request goes to the origin (Cache-Status says `fwd=bypass`).
     pub enabled: bool,
-    /// Bytes the memory tier may hold: bodies, headers, keys and per-entry overhead.
+    /// Bytes the cache may hold in memory: the memory tier (bodies, headers, keys and
+    /// per-entry overhead) and, out of the same capacity, `fill_memory_budget` for bodies on
+    /// their way in. The tier keeps the rest, at least an eighth.
     pub memory_capacity: ByteSize,
     /// What the memory tier keeps when full.
     pub memory_policy: MemoryPolicy,
@@ -837,9 +839,9 @@ pub struct CacheConfig {
     pub unread_fill_timeout: HumanDuration,
     /// Body bytes all fills in flight may keep in memory together (each counts for its
     /// declared length from its start); past it, new bodies go to a disk file (or stream
-    /// through unstored). Unset: an eighth of `memory_capacity`. One fill alone may pass it
-    /// (up to `max_object_size`), so bodies in memory, kept and arriving, stay within the
-    /// capacity plus the larger of the budget and one object.
+    /// through unstored). Unset: an eighth of `memory_capacity`, which the memory tier
+    /// leaves to it. One fill alone may pass it (up to `max_object_size`), so bodies in
+    /// memory, kept and arriving, stay within the capacity, or one object past it.
     pub fill_memory_budget: Option<ByteSize>,
     /// Fills (origin fetches that store) running at once, in all; more wait in a queue.
     pub max_fills: usize,
@@ -948,7 +950,23 @@ impl CacheConfig {
         self.fill_memory_budget
             .map_or(self.memory_capacity.as_u64() / 8, |budget| budget.as_u64())
     }
+
+    /// Bytes the memory tier may hold: `memory_capacity` less the fills' budget, down to an
+    /// eighth of it. Bodies on their way in are counted against the capacity beside the
+    /// stored ones, so a full tier with its fills in flight stays within it; the budget is
+    /// set aside rather than lent to the tier while it is idle, because a tier that shrinks
+    /// as fills come evicts small objects whose heap the allocator keeps.
+    pub fn memory_tier_capacity(&self) -> u64 {
+        let capacity = self.memory_capacity.as_u64();
+        capacity
+            .saturating_sub(self.effective_fill_memory_budget())
+            .max(capacity / MEMORY_TIER_LEAST_SHARE)
+    }
 }
+
+/// The memory tier keeps at least this fraction (one in this many) of `memory_capacity`,
+/// whatever the fills' budget takes: the hottest objects stay in memory.
+const MEMORY_TIER_LEAST_SHARE: u64 = 8;
 
 /// On-the-fly compression (RFC 9110 §8.4), stored once per coding.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1633,6 +1651,11 @@ impl Config {
                 "# cache.fill_memory_budget = \"{budget}\"  # an eighth of cache.memory_capacity\n"
             ));
         }
+        // Not a setting, but what the capacity comes to once the fills' budget is set aside.
+        derived.push(format!(
+            "# the memory tier holds {}: cache.memory_capacity less cache.fill_memory_budget\n",
+            ByteSize(self.cache.memory_tier_capacity())
+        ));
         if self.compression.encoder_memory_budget.is_none() {
             let budget = ByteSize(self.effective_encoder_memory_budget());
             derived.push(format!(
@@ -2032,6 +2055,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(set.cache.effective_fill_memory_budget(), 100 << 20);
+        // The tier keeps the capacity less the fills' budget, and never less than an eighth.
+        assert_eq!(derived.cache.memory_tier_capacity(), 56 << 20);
+        assert!(derived
+            .derived_comments()
+            .contains("# the memory tier holds 56MiB"));
+        assert_eq!(set.cache.memory_tier_capacity(), 156 << 20);
+        let mut greedy = set.cache.clone();
+        greedy.fill_memory_budget = Some(ByteSize(300 << 20));
+        assert_eq!(greedy.memory_tier_capacity(), 32 << 20);
         assert_eq!(derived.effective_encoder_memory_budget(), 4 << 20);
         assert!(derived
             .derived_comments()

@@ -253,6 +253,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         || a.hit_for_miss_ttl != b.hit_for_miss_ttl
     {
         changed.push("cache.memory_capacity/memory_policy/max_variants/hit_for_miss_ttl");
+    } else if a.memory_tier_capacity() != b.memory_tier_capacity() {
+        // The new budget applies to fills at once; the tier keeps the share it was built with.
+        changed.push("cache.fill_memory_budget (the memory tier's share of the capacity)");
     }
     // The disk tier is built once, with all of these.
     if a.dir != b.dir
@@ -287,6 +290,12 @@ mod tests {
             restart_only_changes(&old, &new).is_empty(),
             "compression reloads"
         );
+        new.cache.fill_memory_budget = Some(crate::config::ByteSize(1 << 20));
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            vec!["cache.fill_memory_budget (the memory tier's share of the capacity)"]
+        );
+        new.cache.fill_memory_budget = None;
         new.cache.disk_max_objects = 1000;
         assert_eq!(
             restart_only_changes(&old, &new),

@@ -232,10 +232,8 @@ async fn status_json(outpost: &Outpost, proxy: &Proxy) -> Response<Body> {
     let capacity = config.cache.memory_capacity.as_u64();
     let mut tiers =
         serde_json::json!({"memory": {"entries": entries, "bytes": bytes, "capacity": capacity}});
-    if let Some(now) = proxy.cache().memory_capacity_now() {
-        // Less than configured while the disk tier's memory is charged against it.
-        tiers["memory"]["capacity_now"] = serde_json::json!(now);
-    }
+    // Less than configured: the fills' budget comes out of it, and the disk tier's memory.
+    tiers["memory"]["capacity_now"] = serde_json::json!(proxy.cache().memory_capacity_now());
     if let Some((entries, bytes)) = proxy.cache().disk_usage() {
         tiers["disk"] = serde_json::json!({
             "entries": entries,

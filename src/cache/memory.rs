@@ -255,7 +255,8 @@ impl Replacement {
                     charged_bytes = charged,
                     capacity = self.configured,
                     "the disk tier (its index and write queue) holds more memory than seven \
-                     eighths of cache.memory_capacity: the memory tier keeps an eighth, and \
+                     eighths of the memory tier's share of cache.memory_capacity: the tier \
+                     keeps an eighth, and \
                      the process will use more than the capacity configured; raise \
                      cache.memory_capacity or cap cache.disk_max_objects"
                 );
@@ -340,10 +341,12 @@ impl MemoryTier {
     }
 
     /// Bytes the tier may hold now (its configured capacity less any charge).
-    pub fn capacity(&self) -> Option<u64> {
-        self.replacement
-            .as_ref()
-            .map(|replacement| replacement.policy.lock().capacity())
+    pub fn capacity(&self) -> u64 {
+        match &self.replacement {
+            Some(replacement) => replacement.policy.lock().capacity(),
+            // moka's own policies are built with their capacity and never charged.
+            None => self.cache.policy().max_capacity().unwrap_or(u64::MAX),
+        }
     }
 
     /// Bytes held, as the policy weighs them; `None` with moka's own policies.
@@ -760,13 +763,13 @@ mod tests {
         for index in 0..6_000 {
             tier_insert(&tier, &format!("/o/{index}"), 1024).await;
         }
-        assert_eq!(tier.capacity(), Some(capacity));
+        assert_eq!(tier.capacity(), capacity);
         let (_, full) = tier.usage().await;
         assert!(full > capacity * 9 / 10, "full: {full}");
 
         charged.store(1 << 20, Ordering::Relaxed);
         tier_insert(&tier, "/after-charge", 1024).await;
-        assert_eq!(tier.capacity(), Some(capacity - (1 << 20)));
+        assert_eq!(tier.capacity(), capacity - (1 << 20));
         let (_, held) = tier.usage().await;
         assert!(
             held <= capacity - (1 << 20),
@@ -776,7 +779,7 @@ mod tests {
         charged.store(100 << 20, Ordering::Relaxed);
         tier_insert(&tier, "/after-large-charge", 1024).await;
         let floor = capacity / MIN_CAPACITY_DIVISOR;
-        assert_eq!(tier.capacity(), Some(floor), "never below the floor");
+        assert_eq!(tier.capacity(), floor, "never below the floor");
         let (_, held) = tier.usage().await;
         assert!(held <= floor && held > floor / 2, "held {held}");
     }

@@ -106,7 +106,7 @@ impl Cache {
             .and_then(|dir| open_disk(dir, config, metrics));
         let coalescer = Arc::new(Coalescer::new(metrics.fill_bytes.clone()));
         let memory = MemoryTier::new(
-            config.memory_capacity.as_u64(),
+            config.memory_tier_capacity(),
             config.max_variants,
             config.memory_policy,
             metrics
@@ -270,9 +270,9 @@ impl Cache {
         self.memory.usage().await
     }
 
-    /// Bytes the memory tier may hold now: its capacity less the memory the disk tier holds
-    /// (`None` with one of moka's policies, whose capacity is fixed).
-    pub fn memory_capacity_now(&self) -> Option<u64> {
+    /// Bytes the memory tier may hold now: its share of `cache.memory_capacity` less the
+    /// memory the disk tier holds (fixed with one of moka's policies).
+    pub fn memory_capacity_now(&self) -> u64 {
         self.memory.capacity()
     }
 

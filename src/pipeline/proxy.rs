@@ -119,7 +119,7 @@ impl Proxy {
         let forward_proxy = super::forward_proxy::ForwardProxy::new(config, &metrics);
         let mirror = crate::mirror::Mirror::new(&config.mirror, cache.disk_tier().cloned());
         let prepared_hits = super::prepared::PreparedHits::new(
-            config.cache.memory_capacity.as_u64(),
+            config.cache.memory_tier_capacity(),
             config.server.prepared_hits,
         );
         Ok(Proxy {

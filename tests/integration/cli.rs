@@ -103,7 +103,8 @@ fn host_header_flag_sets_the_default_sites_host() {
 }
 
 /// Budgets left unset (the fills' and the encoders') follow `memory_capacity`: `check`
-/// says what each comes to, as a comment, and says nothing of one that is set.
+/// says what each comes to, as a comment, and says nothing of one that is set; it always
+/// says what the memory tier keeps once the fills' budget is set aside.
 #[test]
 fn check_shows_the_derived_fill_budget_only_when_unset() {
     let (_dir, path) =
@@ -138,10 +139,16 @@ fn check_shows_the_derived_fill_budget_only_when_unset() {
     );
     let output = outpost(&["check", "--config", &path], &[]);
     assert!(output.status.success(), "{}", stderr(&output));
+    let effective = stdout(&output);
     assert!(
-        !stdout(&output).contains("# Derived"),
-        "{}",
-        stdout(&output)
+        !effective.contains("# cache.fill_memory_budget")
+            && !effective.contains("# compression.encoder_memory_budget"),
+        "{effective}"
+    );
+    // What the tier keeps is always shown: the default capacity less the budget set.
+    assert!(
+        effective.contains("# the memory tier holds 253MiB"),
+        "{effective}"
     );
 }
 

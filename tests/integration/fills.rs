@@ -407,7 +407,7 @@ async fn head_with_fixed_host(proxy: &Proxy, path: &str) -> http::Response<hyper
 }
 
 /// Three 600 KiB bodies asked for once each, begun together behind a closed gate, in an
-/// 8 MiB tier whose fills' budget (8 MiB) has room for all three; how many of their
+/// 8 MiB tier (16 MiB less the fills' budget) whose fills' budget (8 MiB) has room for all three; how many of their
 /// bodies the fills kept in memory (committed against the budget) while the gate was shut,
 /// and which of the three responses said they were being stored (RFC 9211 §2.5 `stored`).
 /// Every client still gets every byte.
@@ -428,7 +428,7 @@ async fn newcomer_bytes_kept(fill_the_tier_first: bool) -> (u64, Vec<bool>) {
     let origin = Origin::start(vec![("/new", newcomer), ("/pad", pad)]).await;
     let proxy = Proxy::start(
         &origin.url(),
-        "[cache]\nmemory_capacity = \"8MiB\"\nmax_object_size = \"2MiB\"\nfill_memory_budget = \"8MiB\"\n",
+        "[cache]\nmemory_capacity = \"16MiB\"\nmax_object_size = \"2MiB\"\nfill_memory_budget = \"8MiB\"\n",
     )
     .await;
     if fill_the_tier_first {

@@ -153,7 +153,15 @@ async fn the_live_tier_hits_exactly_where_replay_says() {
     }
     std::fs::write(&csv, text).unwrap();
     let csv = csv.to_str().unwrap();
-    let report = crate::replay::replay_json(&["--policy", "wtinylfu", "--sizes", "256KiB", csv]);
+    // The tier holds the capacity less the fills' budget (an eighth): that is its size.
+    let tier_size = proxy
+        .outpost
+        .proxy()
+        .cache()
+        .memory_capacity_now()
+        .to_string();
+    assert_eq!(tier_size, (224 << 10).to_string());
+    let report = crate::replay::replay_json(&["--policy", "wtinylfu", "--sizes", &tier_size, csv]);
     let replay_hits = report["results"][0]["hits"].as_u64().unwrap();
     assert!(live_hits > 1000, "a trace with hits: {live_hits}");
     assert!(

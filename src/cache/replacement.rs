@@ -458,6 +458,19 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
         Some(self.window_capacity + self.capacity.saturating_sub(self.used()))
     }
 
+    /// Whether `id`, weighing `size`, is a newcomer (asked for only this once, not held)
+    /// larger than the room newcomers have ([`Self::newcomer_room`]): one that would lose
+    /// its contest. It is declined on sight. Let in, it would first push the window's objects
+    /// out into contests of their own, and a scan of large one-hit objects would drain the
+    /// window of what it holds for nothing.
+    pub fn declines_newcomer(&self, id: &K, size: u64) -> bool {
+        !self.contains(id)
+            && self.frequency(id) <= 1
+            && self
+                .newcomer_room(Some(size))
+                .is_some_and(|room| size > room)
+    }
+
     /// A request for `id`, found or not: counted, and a held object becomes most recent
     /// (from probation it moves to protected). Its expiry if held.
     pub fn access(&mut self, id: &K) -> Option<u32> {
@@ -482,6 +495,10 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
             if self.remove(&id) {
                 evicted.push(id);
             }
+            return;
+        }
+        if self.declines_newcomer(&id, size) {
+            evicted.push(id);
             return;
         }
         let segment = if self.window.remove(&id).is_some() {
@@ -712,6 +729,36 @@ mod tests {
             t.newcomer_room(Some(100)),
             None,
             "fifty times smaller than its victim, a newcomer displaces it"
+        );
+    }
+
+    /// A newcomer larger than the room newcomers have is declined on sight, and moves
+    /// nothing: the window keeps what it holds. Asked for again, it is no newcomer, and
+    /// contests main's least recent as any object does.
+    #[test]
+    fn a_newcomer_larger_than_its_room_is_declined_without_draining_the_window() {
+        let mut t = tier(1_000_000);
+        for cold in 0..400u64 {
+            request(&mut t, cold, 5_000);
+        }
+        let in_window: Vec<u64> = (0..400u64).filter(|id| t.window.contains(id)).collect();
+        assert!(!in_window.is_empty(), "the window holds the latest");
+        let room = t.newcomer_room(Some(50_000)).expect("it would lose");
+        assert!(room < 50_000, "larger than its room: {room}");
+        assert!(t.access(&9_999).is_none());
+        let mut evicted = Vec::new();
+        t.insert(9_999, 50_000, u32::MAX, &mut evicted);
+        assert_eq!(evicted, [9_999], "declined, and nothing else moved");
+        assert!(!t.contains(&9_999));
+        assert!(in_window.iter().all(|id| t.window.contains(id)));
+        assert!(
+            !t.declines_newcomer(&9_999, 4_000),
+            "a newcomer within its room"
+        );
+        t.access(&9_999);
+        assert!(
+            !t.declines_newcomer(&9_999, 50_000),
+            "asked for twice, it contests main's least recent"
         );
     }
 }

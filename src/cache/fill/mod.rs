@@ -258,14 +258,20 @@ impl Coalescer {
     /// `newcomer_room`, the room the memory tier has for newcomers: once the tier is full
     /// they enter only through its admission window and leave it unless asked for again,
     /// so bodies of concurrent newcomers past the window would be kept in memory only to
-    /// be evicted as they are stored. One fill alone is never refused, so a request at a
-    /// time (and `outpost replay`) keeps what it would without this.
+    /// be evicted as they are stored. One fill alone is refused only when its body alone
+    /// is larger than that room, which the tier declines on sight, as `outpost replay`
+    /// models it; so a request at a time keeps what it would without this.
     pub fn commit(
         &self,
         bytes: u64,
         budget: u64,
         newcomer_room: Option<u64>,
     ) -> Option<Commitment<'_>> {
+        // The tier declines a newcomer larger than that room on sight
+        // ([`crate::cache::replacement::WindowTinyLfu::declines_newcomer`]): kept, its body would only be thrown away.
+        if newcomer_room.is_some_and(|room| bytes > room) {
+            return None;
+        }
         let mut commitment = Commitment {
             coalescer: self,
             bytes: 0,
@@ -869,6 +875,11 @@ mod tests {
         );
         drop((second, known));
         assert_eq!(coalescer.committed_bytes(), 0);
+        assert_eq!(coalescer.committed_by_newcomers.load(Ordering::Acquire), 0);
+        assert!(
+            coalescer.commit(room + 1, budget, Some(room)).is_none(),
+            "a newcomer larger than its room, alone: the tier declines it on sight"
+        );
         assert_eq!(coalescer.committed_by_newcomers.load(Ordering::Acquire), 0);
     }
 

@@ -148,6 +148,28 @@ pub struct Coalescer {
     /// Bytes of kept bodies the memory tier declined or evicted that are still being sent
     /// ([`Coalescer::hold`]): they leave that much less of the budget to fills.
     held_outside: AtomicU64,
+    /// Fills streaming through unstored now ([`Coalescer::stream`]).
+    streams: AtomicU64,
+    /// Of `committed`, the bytes kept bodies have received so far (and so hold).
+    kept_received: AtomicU64,
+}
+
+/// What the connections on either side of a fill streaming through unstored hold beyond
+/// the fill's own chunks, counted against the fills' budget for each such fill: the origin
+/// connection's read buffer, which the chunk last handed on pins, and the client
+/// connection's write queue. Measured at the default `upstream.max_read_buffer` (128 KiB):
+/// 60 fills with stalled clients held about 280 KiB each outside their chunks.
+pub const STREAM_BUFFERS: u64 = 256 << 10;
+
+/// A fill streaming through unstored, counted until dropped (see [`STREAM_BUFFERS`]).
+pub struct StreamSlot {
+    coalescer: Arc<Coalescer>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.coalescer.streams.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What one fill keeping its body in memory counts for against the fills' budget; given
@@ -155,6 +177,8 @@ pub struct Coalescer {
 pub struct Commitment<'c> {
     coalescer: &'c Coalescer,
     bytes: u64,
+    /// Of `bytes`, what has arrived ([`Commitment::received`]).
+    received: u64,
     /// For a newcomer's body, the room newcomers' bodies may take together.
     newcomer_room: Option<u64>,
 }
@@ -204,10 +228,15 @@ impl Commitment<'_> {
             }
         }
         // Declined bodies still being sent leave fills only what they do not hold; once
-        // they hold it all, not even a fill alone is kept.
+        // they hold it all, not even a fill alone is kept. Fills streaming through hold
+        // what they have read ahead and their connections' buffers: kept bodies have the
+        // rest, so that together they stay within the budget (but for one kept alone, which
+        // many slow streams must not stop from being stored).
         let outside = self.coalescer.held_outside.load(Ordering::Acquire);
-        let room = budget.saturating_sub(outside);
-        if room == 0 || !count_within(&self.coalescer.committed, own, more, room) {
+        let room = budget
+            .saturating_sub(outside)
+            .saturating_sub(self.coalescer.streaming_bytes());
+        if outside >= budget || !count_within(&self.coalescer.committed, own, more, room) {
             if self.newcomer_room.is_some() {
                 newcomers.fetch_sub(more, Ordering::AcqRel);
             }
@@ -216,6 +245,17 @@ impl Commitment<'_> {
         self.bytes = bytes;
         true
     }
+
+    /// The body has received `total` bytes: what of its commitment has arrived, so that
+    /// [`Coalescer::holds_past`] counts each kept byte once, whether arrived or not.
+    pub fn received(&mut self, total: u64) {
+        let received = total.min(self.bytes);
+        let more = received.saturating_sub(self.received);
+        self.coalescer
+            .kept_received
+            .fetch_add(more, Ordering::AcqRel);
+        self.received += more;
+    }
 }
 
 impl Drop for Commitment<'_> {
@@ -223,6 +263,9 @@ impl Drop for Commitment<'_> {
         self.coalescer
             .committed
             .fetch_sub(self.bytes, Ordering::AcqRel);
+        self.coalescer
+            .kept_received
+            .fetch_sub(self.received, Ordering::AcqRel);
         if self.newcomer_room.is_some() {
             self.coalescer
                 .committed_by_newcomers
@@ -247,6 +290,8 @@ impl Coalescer {
             committed: AtomicU64::new(0),
             committed_by_newcomers: AtomicU64::new(0),
             held_outside: AtomicU64::new(0),
+            streams: AtomicU64::new(0),
+            kept_received: AtomicU64::new(0),
         }
     }
 
@@ -275,6 +320,7 @@ impl Coalescer {
         let mut commitment = Commitment {
             coalescer: self,
             bytes: 0,
+            received: 0,
             newcomer_room,
         };
         commitment.grow_to(bytes, budget).then_some(commitment)
@@ -298,11 +344,31 @@ impl Coalescer {
         self.committed.load(Ordering::Acquire)
     }
 
-    /// Whether fills hold more in memory than `budget`: the bodies they are keeping or
-    /// streaming (as received so far), and kept bodies the memory tier declined or evicted
-    /// that are still being sent ([`Coalescer::hold`]).
+    /// Whether fills hold more in memory than `budget`, or will: the bodies they are
+    /// keeping (each for all it is committed for, arrived or not) or streaming (as received
+    /// so far), the connections' buffers of those streaming ([`STREAM_BUFFERS`] each), and
+    /// kept bodies the memory tier declined or evicted that are still being sent
+    /// ([`Coalescer::hold`]). Kept bodies count as committed so that fills streaming beside
+    /// them stop reading ahead as soon as they begin, not once they have arrived.
     pub fn holds_past(&self, budget: u64) -> bool {
-        self.held_bytes() + self.held_outside.load(Ordering::Acquire) > budget
+        let committed = self.committed.load(Ordering::Acquire);
+        committed + self.streaming_bytes() + self.held_outside.load(Ordering::Acquire) > budget
+    }
+
+    /// What fills streaming through unstored hold: the chunks they have read and not yet
+    /// handed to every reader, and their connections' buffers ([`STREAM_BUFFERS`] each).
+    fn streaming_bytes(&self) -> u64 {
+        let kept = self.kept_received.load(Ordering::Acquire);
+        let read_ahead = self.held_bytes().saturating_sub(kept);
+        read_ahead + self.streams.load(Ordering::Acquire) * STREAM_BUFFERS
+    }
+
+    /// Counts a fill streaming through unstored until the slot is dropped.
+    pub fn stream(self: &Arc<Self>) -> StreamSlot {
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        StreamSlot {
+            coalescer: Arc::clone(self),
+        }
     }
 
     /// Bytes all fills hold in memory now.
@@ -843,6 +909,43 @@ mod tests {
         let first = coalescer.commit(600, budget, None).expect("alone");
         assert!(coalescer.commit(400, budget, None).is_some(), "room again");
         drop(first);
+    }
+
+    /// Each fill streaming through unstored counts its connections' buffers against the
+    /// budget while it streams, so fewer of them read ahead of stalled clients.
+    #[test]
+    fn streams_count_their_connections_buffers_until_dropped() {
+        let coalescer = Arc::new(coalescer());
+        let budget = 2 * STREAM_BUFFERS;
+        let streams = [coalescer.stream(), coalescer.stream()];
+        assert!(!coalescer.holds_past(budget), "two streams fill it exactly");
+        let third = coalescer.stream();
+        assert!(coalescer.holds_past(budget), "a third is past it");
+        let alone = coalescer
+            .commit(1, budget, None)
+            .expect("one kept body alone may pass the budget");
+        assert!(
+            coalescer.commit(1, budget, None).is_none(),
+            "the streams' buffers hold the rest"
+        );
+        drop((streams, third, alone));
+        assert!(!coalescer.holds_past(0), "nothing counted once they end");
+        assert!(coalescer.commit(budget, budget, None).is_some());
+    }
+
+    /// A kept body counts for all it is committed for from its start, not as it arrives:
+    /// fills streaming beside it stop reading ahead at once.
+    #[test]
+    fn a_kept_body_counts_for_its_commitment_before_it_arrives() {
+        let coalescer = coalescer();
+        let mut kept = coalescer.commit(800, 1000, None).expect("room");
+        assert!(coalescer.holds_past(700), "committed, nothing arrived yet");
+        assert!(!coalescer.holds_past(800));
+        kept.received(300);
+        assert_eq!(coalescer.kept_received.load(Ordering::Acquire), 300);
+        drop(kept);
+        assert_eq!(coalescer.kept_received.load(Ordering::Acquire), 0);
+        assert!(!coalescer.holds_past(0));
     }
 
     /// Newcomers' bodies also share the room the tier has for newcomers, first come first

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{Commitment, Fill, FillStatus, SpillState};
+use super::{Commitment, Fill, FillStatus, SpillState, StreamSlot};
 use crate::cache::disk::{BlobWriter, DiskError, DiskTier, TempBlob};
 use crate::cache::entry::{EntryMeta, StoredBody, StoredResponse};
 use crate::cache::sealed::GrowingBody;
@@ -94,6 +94,8 @@ pub struct FillWriter<'c> {
     /// is one the cache seals: the fill's chunks are then slices of that file.
     growing: Option<GrowingBody>,
     held: HeldBack,
+    /// Held while the body streams through unstored.
+    stream: Option<StreamSlot>,
 }
 
 /// The newest chunk of a kept body, held back from readers until the entry is stored
@@ -170,6 +172,7 @@ impl Cache {
                 chunk: None,
                 counted_in: fill.held_bytes.clone(),
             },
+            stream: None,
         };
         let too_large = declared.is_some_and(|len| len > memory_limit);
         if !too_large {
@@ -247,6 +250,9 @@ impl FillWriter<'_> {
             self.fill.push(previous);
         }
         self.fill.push(chunk);
+        if self.stream.is_none() {
+            self.stream = Some(self.cache.coalescer().stream());
+        }
         let budget = self.cache.fill_bounds.memory_budget;
         let window = if self.cache.coalescer().holds_past(budget) {
             0
@@ -401,9 +407,12 @@ impl FillWriter<'_> {
     /// length counts for all of it from the start); whether it may still be kept.
     fn count_received(&mut self) -> bool {
         let budget = self.cache.fill_bounds.memory_budget;
-        self.commitment
-            .as_mut()
-            .is_some_and(|commitment| commitment.grow_to(self.total, budget))
+        let total = self.total;
+        self.commitment.as_mut().is_some_and(|commitment| {
+            let kept = commitment.grow_to(total, budget);
+            commitment.received(total);
+            kept
+        })
     }
 
     /// `chunk` as it will be kept: written into the growing memory file and returned as the

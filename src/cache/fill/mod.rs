@@ -312,8 +312,8 @@ impl Coalescer {
         budget: u64,
         newcomer_room: Option<u64>,
     ) -> Option<Commitment<'_>> {
-        // The tier declines a newcomer larger than that room on sight
-        // ([`crate::cache::replacement::WindowTinyLfu::declines_newcomer`]): kept, its body would only be thrown away.
+        // The tier declines a newcomer larger than that room on sight (see
+        // `WindowTinyLfu::declines_newcomer`): kept, its body would only be thrown away.
         if newcomer_room.is_some_and(|room| bytes > room) {
             return None;
         }

@@ -840,9 +840,10 @@ pub struct CacheConfig {
     /// Body bytes all fills in flight may keep in memory together (each counts for its
     /// declared length from its start, and fills streaming through unstored for what they
     /// read ahead and their connections' buffers); past it, new bodies go to a disk file
-    /// (or stream through unstored, reading no further ahead than their clients). Unset: an eighth of `memory_capacity`, which the memory tier
-    /// leaves to it. One fill alone may pass it (up to `max_object_size`), so bodies in
-    /// memory, kept and arriving, stay within the capacity, or one object past it.
+    /// (or stream through unstored, reading no further ahead than their clients). Unset:
+    /// an eighth of `memory_capacity`, which the memory tier leaves to it. One fill alone
+    /// may pass it (up to `max_object_size`), so bodies in memory, kept and arriving, stay
+    /// within the capacity, or one object past it.
     pub fill_memory_budget: Option<ByteSize>,
     /// Fills (origin fetches that store) running at once, in all; more wait in a queue.
     pub max_fills: usize,

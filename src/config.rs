@@ -966,9 +966,10 @@ impl CacheConfig {
     }
 }
 
-/// The memory tier keeps at least this fraction (one in this many) of `memory_capacity`,
-/// whatever the fills' budget takes: the hottest objects stay in memory.
-const MEMORY_TIER_LEAST_SHARE: u64 = 8;
+/// The memory tier keeps at least this fraction (one in this many) of its capacity, whatever
+/// is taken out of it (the fills' budget here, the disk tier's memory as it runs): the
+/// hottest objects stay in memory.
+pub const MEMORY_TIER_LEAST_SHARE: u64 = 8;
 
 /// On-the-fly compression (RFC 9110 §8.4), stored once per coding.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -222,11 +222,11 @@ struct Replacement {
     charge_capped: std::sync::atomic::AtomicBool,
 }
 
-/// The least share of its configured capacity the tier keeps whatever it is charged: a disk
-/// index larger than the rest would otherwise leave no memory tier at all. An eighth keeps the
-/// hottest objects in memory while a disk index of up to seven eighths of the capacity still
-/// leaves the process within it.
-const MIN_CAPACITY_DIVISOR: u64 = 8;
+// The least share of its configured capacity the tier keeps whatever it is charged: a disk
+// index larger than the rest would otherwise leave no memory tier at all. An eighth keeps the
+// hottest objects in memory while a disk index of up to seven eighths of the capacity still
+// leaves the process within it. The same floor as against the fills' budget.
+use crate::config::MEMORY_TIER_LEAST_SHARE as MIN_CAPACITY_DIVISOR;
 
 impl Replacement {
     /// Stores `key` weighing `size` with the policy (pushing onto `evicted` what leaves),

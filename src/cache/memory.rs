@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use super::entry::{EntryMeta, StoredBody, StoredResponse};
 use super::key::{DigestHasher, PrimaryKey, VariantKey, Vary};
 use super::replacement::WindowTinyLfu;
-use crate::config::MemoryPolicy;
+use crate::config::{MemoryPolicy, MEMORY_TIER_LEAST_SHARE};
 use crate::transform::compress::Coding;
 use prometheus_client::metrics::counter::Counter;
 
@@ -222,12 +222,6 @@ struct Replacement {
     charge_capped: std::sync::atomic::AtomicBool,
 }
 
-// The least share of its configured capacity the tier keeps whatever it is charged: a disk
-// index larger than the rest would otherwise leave no memory tier at all. An eighth keeps the
-// hottest objects in memory while a disk index of up to seven eighths of the capacity still
-// leaves the process within it. The same floor as against the fills' budget.
-use crate::config::MEMORY_TIER_LEAST_SHARE as MIN_CAPACITY_DIVISOR;
-
 impl Replacement {
     /// Stores `key` weighing `size` with the policy (pushing onto `evicted` what leaves),
     /// after bringing the policy's capacity in line with the charge.
@@ -245,7 +239,10 @@ impl Replacement {
         let Some(charge) = &self.charge else {
             return self.configured;
         };
-        let floor = self.configured / MIN_CAPACITY_DIVISOR;
+        // A disk index larger than the rest would otherwise leave no memory tier at all; at
+        // the floor the tier keeps the hottest objects while a disk index of up to the rest
+        // of the capacity still leaves the process within it.
+        let floor = self.configured / MEMORY_TIER_LEAST_SHARE;
         let charged = charge();
         let capacity = self.configured.saturating_sub(charged);
         if capacity < floor {
@@ -778,7 +775,7 @@ mod tests {
 
         charged.store(100 << 20, Ordering::Relaxed);
         tier_insert(&tier, "/after-large-charge", 1024).await;
-        let floor = capacity / MIN_CAPACITY_DIVISOR;
+        let floor = capacity / MEMORY_TIER_LEAST_SHARE;
         assert_eq!(tier.capacity(), floor, "never below the floor");
         let (_, held) = tier.usage().await;
         assert!(held <= floor && held > floor / 2, "held {held}");

@@ -28,10 +28,14 @@ use crate::cache::sealed::GrowingBody;
 use crate::cache::Cache;
 use crate::error::ProxyError;
 
-/// When a fill is not being stored, the most bytes it holds ahead of its slowest reader
-/// while fills hold less than their memory budget; past it, none (it reads on once its
-/// readers have taken what it holds and one asks for more), so that many stalled clients
-/// cannot each hold a window of memory.
+/// When a fill is not being stored and has several readers, the most bytes it holds ahead
+/// of its slowest one while fills hold less than their memory budget, so that the faster
+/// readers are not held to the slowest chunk by chunk. Past the budget, or with one reader,
+/// none: it reads on once its readers have taken what it holds and one asks for more.
+/// One reader loses nothing by that, as the socket buffers on both sides of the fill hold
+/// what is in flight; a window would only be memory each stalled client holds (64 clients
+/// stalled on 8 MiB bodies streaming through took a full 256 MiB tier's process from 1.07x
+/// to 1.17x of the capacity with it).
 const UNSTORED_WINDOW: usize = 512 << 10;
 /// For a fill streaming to disk, how far a reader may fall behind before it follows the file.
 const SPILL_DETACH_DISTANCE: usize = 4 << 20;
@@ -254,11 +258,8 @@ impl FillWriter<'_> {
             self.stream = Some(self.cache.coalescer().stream());
         }
         let budget = self.cache.fill_bounds.memory_budget;
-        let window = if self.cache.coalescer().holds_past(budget) {
-            0
-        } else {
-            UNSTORED_WINDOW
-        };
+        let past_budget = self.cache.coalescer().holds_past(budget);
+        let window = unstored_window(self.fill.reader_count(), past_budget);
         let read_on = if window == 0 {
             self.fill.wait_for_demand().await
         } else {
@@ -555,9 +556,38 @@ impl FillWriter<'_> {
     }
 }
 
+/// How far a fill streaming through unstored to `readers` reads ahead of the slowest (see
+/// [`UNSTORED_WINDOW`]); 0 when it reads on only as they ask.
+fn unstored_window(readers: usize, fills_past_budget: bool) -> usize {
+    if readers > 1 && !fills_past_budget {
+        UNSTORED_WINDOW
+    } else {
+        0
+    }
+}
+
 fn degrade(disk: &DiskTier, source: std::io::Error) {
     disk.degrade(&DiskError::Io {
         path: "body file".into(),
         source,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lone client's stream reads the origin as the client asks, however much budget is
+    /// free; coalesced clients get a window while fills are within their budget.
+    #[test]
+    fn only_coalesced_readers_within_the_budget_are_read_ahead_of() {
+        assert_eq!(unstored_window(1, false), 0, "one reader: on demand");
+        assert_eq!(
+            unstored_window(0, false),
+            0,
+            "no reader: nothing to read for"
+        );
+        assert_eq!(unstored_window(2, false), UNSTORED_WINDOW);
+        assert_eq!(unstored_window(2, true), 0, "past the budget: on demand");
+    }
 }

@@ -667,11 +667,6 @@ impl Fill {
         self.body.lock().is_background = true;
     }
 
-    /// Readers attached now.
-    fn reader_count(&self) -> usize {
-        self.body.lock().reader_count
-    }
-
     /// Readers attached now, and since when there has been none (`None` for a background
     /// fill, which nobody is expected to read).
     fn readership(&self) -> (usize, Option<Instant>) {

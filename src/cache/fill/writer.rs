@@ -259,7 +259,7 @@ impl FillWriter<'_> {
         }
         let budget = self.cache.fill_bounds.memory_budget;
         let past_budget = self.cache.coalescer().holds_past(budget);
-        let window = unstored_window(self.fill.reader_count(), past_budget);
+        let window = unstored_window(self.fill.readership().0, past_budget);
         let read_on = if window == 0 {
             self.fill.wait_for_demand().await
         } else {

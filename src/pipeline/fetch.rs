@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 use super::deliver::Delivery;
 use super::forwarding::{self, Downstream};
 use super::interim::{self, InterimRelay};
+use super::resume::OriginResume;
 use super::route::Site;
 use super::{upstream_request, Proxy, RequestCtx};
 use crate::body::Body;
@@ -166,7 +167,10 @@ async fn follow(
 ) -> Option<Result<Delivery, ProxyError>> {
     let proxy = miss.proxy;
     let waited_at = Instant::now();
+    // Counted down however the wait ends, a client hanging up included.
+    let waiting = CountedWhile::new(&proxy.metrics.coalesced_waiting);
     let status = tokio::time::timeout(proxy.cache.coalesce_wait(), fill.wait_status()).await;
+    drop(waiting);
     let waited = waited_at.elapsed();
     ctx.upstream_duration = Some(waited);
     proxy.metrics.coalesced_waits.inc();
@@ -183,6 +187,22 @@ async fn follow(
         ctx.status.collapsed = false;
     }
     delivery
+}
+
+/// Counts one in a gauge while it lives.
+struct CountedWhile<'g>(&'g prometheus_client::metrics::gauge::Gauge);
+
+impl<'g> CountedWhile<'g> {
+    fn new(gauge: &'g prometheus_client::metrics::gauge::Gauge) -> CountedWhile<'g> {
+        gauge.inc();
+        CountedWhile(gauge)
+    }
+}
+
+impl Drop for CountedWhile<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// What a request waiting on a fill is sent, by the fill's status; `None` when the status
@@ -606,6 +626,8 @@ impl FillTask {
     async fn fetch_and_store(mut self, request: http::Request<Body>) {
         let (method, uri) = (request.method().clone(), request.uri().clone());
         let (parts, body) = request.into_parts();
+        // Kept to ask for the rest of the body again, for clients left behind (`resume`).
+        let sent_headers = parts.headers.clone();
         let ask_again = self.sends_validators().then(|| {
             let mut parts = parts.clone();
             policy::remove_validators(&mut parts.headers);
@@ -652,6 +674,10 @@ impl FillTask {
         let (meta, own_fields) = self.meta_to_store(head, read, (vary, variant), times).await;
         if !own_fields.is_empty() {
             self.answer_leader(LeaderAnswer::OwnFields(own_fields));
+        }
+        let sent = (&uri, sent_headers);
+        if let Some(resume) = OriginResume::offer(&self.proxy, &self.site, sent, &meta) {
+            self.fill.offer_resume(Arc::new(resume));
         }
         self.stream_into_cache(meta, body).await;
     }

@@ -56,6 +56,7 @@ mod proxy;
 pub mod range;
 mod request;
 pub mod respond;
+mod resume;
 pub mod route;
 pub mod tunnel;
 

@@ -88,7 +88,12 @@ pub struct Metrics {
     pub pool_retries: Family<PoolLabels, Counter>,
     pub pool_retry_budget_exhausted: Family<PoolLabels, Counter>,
     pub coalesced_waits: Counter,
+    /// Requests waiting now for the response head of a fetch another request leads.
+    pub coalesced_waiting: Gauge,
     pub coalesced_wait_seconds: Histogram,
+    /// Coalesced clients left behind by a fill streaming through unstored, that asked the
+    /// origin for the rest themselves (`pipeline::resume`).
+    pub fill_resumes: Counter,
     pub open_connections: Gauge,
     /// Upgraded connections (WebSocket) opened, and open now.
     pub tunnels: Counter,
@@ -259,6 +264,18 @@ impl Metrics {
                 &mut registry,
                 "coalesced_waits",
                 "Requests that waited for another request's origin fetch",
+                Counter::default(),
+            ),
+            coalesced_waiting: register(
+                &mut registry,
+                "coalesced_waiting",
+                "Requests waiting now for the response head of a fetch another request leads",
+                Gauge::default(),
+            ),
+            fill_resumes: register(
+                &mut registry,
+                "fill_resumes",
+                "Coalesced clients left behind by a fill streaming through unstored that asked the origin for the rest by range",
                 Counter::default(),
             ),
             coalesced_wait_seconds: register(

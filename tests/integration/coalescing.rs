@@ -215,3 +215,159 @@ async fn origin_reset_mid_body_stores_nothing() {
         );
     }
 }
+
+/// A client that asks for `path` on a connection whose receive buffer is a few KiB (so
+/// the kernel does not read on for it), reads the response head and then stops reading.
+async fn stalled_client(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    // The Host a client given the proxy's URL sends: the same cache key as theirs.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Reads a response to the end of its connection: its head, and its chunked body decoded
+/// as far as it goes, and whether the body was complete (its last chunk arrived).
+async fn read_chunked_to_close(mut stream: tokio::net::TcpStream) -> (String, Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let (mut rest, mut body) = (&raw[end..], Vec::new());
+    loop {
+        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return (head, body, false);
+        };
+        let size_text = String::from_utf8_lossy(&rest[..line_end]).to_string();
+        let size = usize::from_str_radix(size_text.trim(), 16).expect("a chunk size");
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return (head, body, true);
+        }
+        if rest.len() < size + 2 {
+            body.extend_from_slice(&rest[..rest.len().min(size)]);
+            return (head, body, false);
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// A burst of two for `/big`, a body that outgrows `cache.max_object_size` as it streams
+/// (chunked, with `headers`), so it streams through unstored to both: a client that stops
+/// reading leads, a normal one follows. The origin answers the next request as `next`
+/// does. Returns the stalled connection and the follower's reply, which must come well
+/// before the stalled client's 60 s send timeout (it waited for that before).
+async fn burst_with_a_stalled_client(
+    (headers, body): (HeaderList, Bytes),
+    next: Fixture,
+) -> (Origin, Proxy, tokio::net::TcpStream, Reply) {
+    let gate = Gate::closed();
+    let first = Fixture::GatedThen {
+        gate: gate.clone(),
+        then: Box::new(Fixture::Chunked { headers, body }),
+    };
+    let origin = Origin::start(vec![("/big", Fixture::sequence(vec![first, next]))]).await;
+    let proxy = Proxy::start(&origin.url(), "[cache]\nmax_object_size = \"1MiB\"\n").await;
+    let stalled = stalled_client(proxy.addr, "/big").await;
+    eventually("the fill to reach the origin", || origin.hits("/big") == 1).await;
+    let url = proxy.url("/big");
+    let follower = tokio::spawn(async move { get(&url, &[]).await });
+    let metrics = Arc::clone(proxy.outpost.proxy().metrics());
+    eventually("the follower to join the fill", || {
+        metrics.coalesced_waiting.get() == 1
+    })
+    .await;
+    gate.open();
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(30), follower)
+        .await
+        .expect("the follower is not held to the stalled client")
+        .unwrap();
+    (origin, proxy, stalled, reply)
+}
+
+/// 16 MiB of a pattern that never repeats at a chunk boundary.
+fn big_body(seed: u8) -> Bytes {
+    Bytes::from(
+        (0..16u32 << 20)
+            .map(|i| (i % 251) as u8 ^ seed)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// RFC 9110 §14.2 and §13.1.5: a client that stops reading a body streaming through
+/// unstored does not hold the other clients of its burst to its pace (before, they waited
+/// for it until its send timeout). Left a window behind, it goes on by its own request for
+/// the rest, `Range` with `If-Range` of the strong entity tag, and once it reads again it
+/// receives every byte, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_left_to_the_origin_and_holds_back_no_one() {
+    let body = big_body(0);
+    let headers = header_list(&[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
+    let rest = Fixture::Ranged {
+        headers: headers.clone(),
+        body: body.clone(),
+    };
+    let (origin, proxy, stalled, reply) =
+        burst_with_a_stalled_client((headers, body.clone()), rest).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body == body, "the follower's body is the origin's");
+
+    let (head, received, complete) = read_chunked_to_close(stalled).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(complete, "the stalled client's body ends cleanly");
+    assert!(received == body, "every byte, in order");
+    assert_eq!(
+        origin.hits("/big"),
+        2,
+        "one fill and one request for the rest"
+    );
+    let resumed = origin.last("/big");
+    let range = resumed.headers["range"].to_str().unwrap();
+    assert!(
+        range.starts_with("bytes=") && range.ends_with('-'),
+        "{range}"
+    );
+    assert_ne!(range, "bytes=0-", "from where the client was left");
+    assert_eq!(resumed.headers["if-range"], "\"v1\"");
+    assert_eq!(proxy.outpost.proxy().metrics().fill_resumes.get(), 1);
+}
+
+/// RFC 9110 §13.1.5: when the representation changed in between, the origin answers the
+/// request for the rest with the whole new one (its If-Range fails): the client left behind
+/// gets an aborted response, never the old body's start spliced to the new one's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_left_behind_never_gets_two_representations_spliced() {
+    let old = big_body(0);
+    let headers = header_list(&[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
+    // What an origin honouring If-Range sends once the tag has changed.
+    let changed = Fixture::Chunked {
+        headers: header_list(&[("cache-control", "max-age=60"), ("etag", "\"v2\"")]),
+        body: big_body(7),
+    };
+    let (_origin, _proxy, stalled, reply) =
+        burst_with_a_stalled_client((headers, old.clone()), changed).await;
+    assert!(reply.body == old);
+
+    let (head, received, complete) = read_chunked_to_close(stalled).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!complete, "the response is aborted, not ended cleanly");
+    assert!(received.len() < old.len());
+    assert!(
+        received[..] == old[..received.len()],
+        "only the old body's bytes"
+    );
+}

@@ -156,7 +156,7 @@ impl Gate {
     }
 }
 
-type HeaderList = Vec<(&'static str, String)>;
+pub type HeaderList = Vec<(&'static str, String)>;
 
 pub fn header_list(pairs: &[(&'static str, &str)]) -> HeaderList {
     pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
@@ -253,6 +253,8 @@ pub enum Fixture {
     },
     /// The n-th request gets the n-th fixture; the last one repeats.
     Sequence(Arc<Vec<Fixture>>, Arc<std::sync::atomic::AtomicUsize>),
+    /// Waits at `gate`, then answers as `then` does.
+    GatedThen { gate: Gate, then: Box<Fixture> },
 }
 
 impl Fixture {
@@ -393,6 +395,10 @@ impl Fixture {
                 with_headers(Response::builder(), headers)
                     .body(Body::full(value))
                     .unwrap()
+            }
+            Fixture::GatedThen { gate, then } => {
+                gate.pass().await;
+                then.respond(request).await
             }
             Fixture::Sequence(fixtures, next) => {
                 let index = next

@@ -24,7 +24,10 @@
 //! reader has gone; one nobody reads is abandoned once it passes
 //! [`FillBounds::unread_limit`] bytes or has had no reader for [`FillBounds::unread_timeout`].
 //! A fill that is not being stored keeps only what its slowest reader has not read yet,
-//! waits for readers when that passes a window, and stops when no reader is left.
+//! waits for readers when that passes a window, and stops when no reader is left. When a
+//! reader is a window behind one that waits for more, and the fill can be taken up again
+//! from the origin ([`ResumeFrom`]), the laggard goes on by its own ranged request instead:
+//! one stalled client does not hold every other client of a burst to its pace.
 //!
 //! # Bounds
 //! Bytes held in memory by all fills are counted in one gauge (`outpost_fill_bytes`). What
@@ -154,6 +157,10 @@ pub struct Coalescer {
     kept_received: AtomicU64,
 }
 
+/// How long, in all, a fill streaming through unstored waits for readers a window behind
+/// while another reader asks for more, before it leaves them to go on from the origin.
+pub const LAGGARD_GRACE: Duration = Duration::from_secs(1);
+
 /// What the connections on either side of a fill streaming through unstored hold beyond
 /// the fill's own chunks, counted against the fills' budget for each such fill: the origin
 /// connection's read buffer, which the chunk last handed on pins, and the client
@@ -170,6 +177,15 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.coalescer.streams.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// How a reader that fell behind a fill streaming through unstored gets the rest of the
+/// body: the pipeline's ranged request to the origin, validated to be of the same
+/// representation (see `pipeline::resume`). The body it returns ends in an error, never a
+/// clean end, when the rest cannot be had.
+pub trait ResumeFrom: Send + Sync {
+    /// The body's bytes from `offset` to its end.
+    fn body_from(&self, offset: u64) -> crate::body::Body;
 }
 
 /// What one fill keeping its body in memory counts for against the fills' budget; given
@@ -439,6 +455,9 @@ pub struct Fill {
     /// poll per chunk.
     readers_left: Notify,
     held_bytes: Gauge,
+    /// Offered by the fill's task when the origin's response can be asked for again from
+    /// an offset (it has a strong validator): readers left behind go on from there.
+    resume: std::sync::OnceLock<Arc<dyn ResumeFrom>>,
 }
 
 /// The body as readers share it. Reader positions are counted per chunk (`waiting_at`), so
@@ -468,6 +487,9 @@ struct FillBody {
     /// The fill waits for a reader to ask for more before it reads on
     /// ([`Fill::wait_for_demand`]): a reader that finds nothing new says so.
     awaits_demand: bool,
+    /// How long, in all, the fill has waited for slower readers while another asked for
+    /// more (see [`Fill::wait_for_readers`]).
+    held_back: Duration,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -482,9 +504,12 @@ struct ReaderSlot {
     /// Byte offset of `next_index`.
     next_offset: u64,
     waker: Option<Waker>,
-    /// Set when the reader fell too far behind a fill that streams to disk: it continues
-    /// from this byte offset in the fill's file.
+    /// Set when the reader fell too far behind: it continues from this byte offset in the
+    /// fill's file, or, for a fill streaming through unstored, from the origin.
     detached_at: Option<u64>,
+    /// Detached to go on from the origin: no longer one of the fill's readers (counted in
+    /// `reader_count`), as the fill will never send it anything again.
+    resumes: bool,
 }
 
 impl Fill {
@@ -509,10 +534,12 @@ impl Fill {
                 end: BodyEnd::Open,
                 handed_over: None,
                 awaits_demand: false,
+                held_back: Duration::ZERO,
             }),
             space: Notify::new(),
             readers_left: Notify::new(),
             held_bytes,
+            resume: std::sync::OnceLock::new(),
         })
     }
 
@@ -528,6 +555,7 @@ impl Fill {
             next_offset: body.first_offset,
             waker: None,
             detached_at: None,
+            resumes: false,
         };
         let index = match body.readers.iter().position(Option::is_none) {
             Some(free) => {
@@ -677,9 +705,97 @@ impl Fill {
 
     /// Waits while more than `window` bytes are unread by the slowest reader of a fill that
     /// is not retaining everything. Returns false when no reader is left.
+    ///
+    /// When the fill can be taken up from the origin, the time it spends waiting while a
+    /// reader has read everything and asks for more is added up; once that passes
+    /// [`LAGGARD_GRACE`], readers more than `window` behind go on by their own request
+    /// ([`Fill::resume_laggards`]) and the fill reads on. A reader that is behind only for
+    /// a moment (its task not yet run) catches up well within that; one that stalls, or
+    /// that reads a trickle, holds the others back for that long in all.
     async fn wait_for_readers(&self, window: usize) -> bool {
-        self.wait_on_readers(|body| body.retained_bytes <= window)
-            .await
+        if self.resume.get().is_none() {
+            return self
+                .wait_on_readers(|body| body.retained_bytes <= window)
+                .await;
+        }
+        loop {
+            let notified = self.space.notified();
+            let grace_left = {
+                let mut body = self.body.lock();
+                if body.reader_count == 0 {
+                    return false;
+                }
+                if body.retain_all || body.retained_bytes <= window {
+                    body.awaits_demand = false;
+                    return true;
+                }
+                // A reader that finds nothing new wakes the fill, to start the clock.
+                body.awaits_demand = true;
+                if someone_asks(&body) {
+                    let left = LAGGARD_GRACE.saturating_sub(body.held_back);
+                    if left.is_zero() && self.resume_laggards(&mut body, window) {
+                        body.awaits_demand = false;
+                        return true;
+                    }
+                    Some(left).filter(|left| !left.is_zero())
+                } else {
+                    None
+                }
+            };
+            match grace_left {
+                Some(left) => {
+                    let since = tokio::time::Instant::now();
+                    let _ = tokio::time::timeout(left, notified).await;
+                    self.body.lock().held_back += since.elapsed();
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Offers the way to take this fill's body up again from an offset (see
+    /// [`ResumeFrom`]); the first offer stands.
+    pub fn offer_resume(&self, resume: Arc<dyn ResumeFrom>) {
+        let _ = self.resume.set(resume);
+    }
+
+    /// The rest of the body from `offset`, from the origin, for a reader detached from a
+    /// fill streaming through unstored.
+    fn resumed_from(&self, offset: u64) -> Option<crate::body::Body> {
+        self.resume.get().map(|resume| resume.body_from(offset))
+    }
+
+    /// For a fill streaming through unstored, when an attached reader has read all there
+    /// is and asks for more: readers more than `window` behind it are detached to go on
+    /// from the origin, and what only they still needed is released. Returns whether any
+    /// was.
+    fn resume_laggards(&self, body: &mut FillBody, window: usize) -> bool {
+        if body.retain_all || body.end != BodyEnd::Open || !someone_asks(body) {
+            return false;
+        }
+        let end = body.first_offset + body.retained_bytes as u64;
+        let attached = |slot: &&mut ReaderSlot| slot.detached_at.is_none();
+        let first_index = body.first_index;
+        let mut left_at = Vec::new();
+        for slot in body.readers.iter_mut().flatten().filter(attached) {
+            if end - slot.next_offset > window as u64 {
+                slot.detached_at = Some(slot.next_offset);
+                slot.resumes = true;
+                left_at.push(slot.next_index - first_index);
+                if let Some(waker) = slot.waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+        if left_at.is_empty() {
+            return false;
+        }
+        for position in &left_at {
+            body.waiting_at[*position] -= 1;
+        }
+        body.reader_count -= left_at.len();
+        self.trim(body);
+        true
     }
 
     /// Waits until every reader has read all there is and one of them has asked for more
@@ -791,6 +907,14 @@ impl Drop for Fill {
         let body = self.body.lock();
         self.held_bytes.dec_by(body.retained_bytes as i64);
     }
+}
+
+/// Whether an attached reader has read everything so far and waits for more.
+fn someone_asks(body: &FillBody) -> bool {
+    let end_index = body.first_index + body.chunks.len();
+    body.readers.iter().flatten().any(|slot| {
+        slot.detached_at.is_none() && slot.waker.is_some() && slot.next_index == end_index
+    })
 }
 
 fn wake_all(body: &mut FillBody) {
@@ -1063,6 +1187,85 @@ mod tests {
         assert_eq!(frame.data_ref().unwrap().as_ref(), [2u8; 10]);
         drop(reader);
         assert!(!fill.wait_for_demand().await, "no reader left");
+    }
+
+    /// The rest of a known body from an offset, as the origin would send it to a ranged
+    /// request; records the offsets asked for.
+    struct RestOf(Bytes, Mutex<Vec<u64>>);
+
+    impl ResumeFrom for RestOf {
+        fn body_from(&self, offset: u64) -> crate::body::Body {
+            self.1.lock().push(offset);
+            crate::body::Body::full(self.0.slice(offset as usize..))
+        }
+    }
+
+    /// A reader a window behind one that asks for more is left to go on from the origin
+    /// once the other has waited [`LAGGARD_GRACE`] for it: the fill reads on and holds
+    /// nothing for the laggard, which still gets every byte, in order, once its client
+    /// reads again.
+    #[tokio::test(start_paused = true)]
+    async fn a_laggard_goes_on_from_the_origin_and_holds_back_nobody() {
+        let whole: Bytes = (0..60u8).collect::<Vec<u8>>().into();
+        let rest = Arc::new(RestOf(whole.clone(), Mutex::new(Vec::new())));
+        let coalescer = coalescer();
+        let (fill, mut fast) = coalescer.solo();
+        let mut slow = fill.reader().unwrap();
+        fill.offer_resume(Arc::clone(&rest) as Arc<dyn ResumeFrom>);
+        fill.stop_retaining();
+        fill.push(whole.slice(0..10));
+        assert_eq!(
+            slow.frame().await.unwrap().unwrap().into_data().unwrap(),
+            whole.slice(0..10)
+        );
+        fill.push(whole.slice(10..30));
+        fill.push(whole.slice(30..40));
+        let mut reader_cx = std::task::Context::from_waker(Waker::noop());
+        for _ in 0..3 {
+            fast.frame().await.unwrap().unwrap();
+        }
+        let mut asks = std::pin::pin!(fast.frame());
+        assert!(asks.as_mut().poll(&mut reader_cx).is_pending(), "read all");
+        let started = tokio::time::Instant::now();
+        assert!(fill.wait_for_readers(20).await, "30 behind: left behind");
+        assert_eq!(started.elapsed(), LAGGARD_GRACE, "after the grace");
+        assert_eq!(fill.readership().0, 1, "the laggard is no longer a reader");
+        assert_eq!(coalescer.held_bytes(), 0, "nothing held for it");
+        fill.push(whole.slice(40..60));
+        fill.end(None);
+        assert_eq!(
+            asks.await.unwrap().unwrap().into_data().unwrap(),
+            whole.slice(40..60)
+        );
+        assert_eq!(slow.collect().await.unwrap().to_bytes(), whole.slice(10..));
+        assert_eq!(*rest.1.lock(), [10], "asked from where it stopped");
+    }
+
+    /// Without a way to take the body up again, or with no reader waiting for more, the
+    /// fill waits for the slowest as before, past the grace.
+    #[tokio::test(start_paused = true)]
+    async fn without_a_resume_or_demand_the_fill_waits_for_the_slowest() {
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        for (resumable, fast_asks) in [(false, true), (true, false)] {
+            let coalescer = coalescer();
+            let (fill, mut fast) = coalescer.solo();
+            let _slow = fill.reader().unwrap();
+            if resumable {
+                let rest = RestOf(Bytes::from_static(b"0123456789"), Mutex::new(Vec::new()));
+                fill.offer_resume(Arc::new(rest));
+            }
+            fill.stop_retaining();
+            fill.push(Bytes::from_static(b"0123456789"));
+            fast.frame().await.unwrap().unwrap();
+            let mut asks = std::pin::pin!(fast.frame());
+            if fast_asks {
+                assert!(asks.as_mut().poll(&mut cx).is_pending());
+            }
+            let wait = fill.wait_for_readers(5);
+            let waited = tokio::time::timeout(LAGGARD_GRACE * 3, wait).await;
+            assert!(waited.is_err(), "{resumable} {fast_asks}");
+            assert_eq!(fill.readership().0, 2);
+        }
     }
 
     /// What fills hold, streamed or kept, and the holds of bodies still being sent, are

@@ -45,8 +45,10 @@ impl http_body::Body for FillReader {
         };
         let mut rest = match live.poll_chunk(cx) {
             Ok(polled) => return polled,
-            // Fell behind a fill that streams to disk: go on from its file.
-            Err(NextSource::File(offset)) => match super::tail::reader_at(&live.fill, offset) {
+            // Fell behind: go on from the file the fill writes, or else from the origin.
+            Err(NextSource::File(offset)) => match super::tail::reader_at(&live.fill, offset)
+                .or_else(|| live.fill.resumed_from(offset))
+            {
                 Some(tail) => tail,
                 None => return Poll::Ready(Some(Err("fell behind a fill that failed".into()))),
             },
@@ -166,7 +168,10 @@ impl Drop for LiveReader {
             if reads_chunks && slot.next_index >= first_index {
                 body.waiting_at[slot.next_index - first_index] -= 1;
             }
-            body.reader_count -= 1;
+            // One that went on from the origin left the count when it was detached.
+            if !slot.resumes {
+                body.reader_count -= 1;
+            }
             if body.reader_count == 0 {
                 body.unread_since = Some(Instant::now());
             }

@@ -488,7 +488,7 @@ struct FillBody {
     /// ([`Fill::wait_for_demand`]): a reader that finds nothing new says so.
     awaits_demand: bool,
     /// How long, in all, the fill has waited for slower readers while another asked for
-    /// more (see [`Fill::wait_for_readers`]).
+    /// more since it last left any to the origin (see [`Fill::wait_for_readers`]).
     held_back: Duration,
 }
 
@@ -707,7 +707,8 @@ impl Fill {
     /// is not retaining everything. Returns false when no reader is left.
     ///
     /// When the fill can be taken up from the origin, the time it spends waiting while a
-    /// reader has read everything and asks for more is added up; once that passes
+    /// reader has read everything and asks for more is added up (from zero again after
+    /// laggards were left); once that passes
     /// [`LAGGARD_GRACE`], readers more than `window` behind go on by their own request
     /// ([`Fill::resume_laggards`]) and the fill reads on. A reader that is behind only for
     /// a moment (its task not yet run) catches up well within that; one that stalls, or
@@ -734,6 +735,9 @@ impl Fill {
                 if someone_asks(&body) {
                     let left = LAGGARD_GRACE.saturating_sub(body.held_back);
                     if left.is_zero() && self.resume_laggards(&mut body, window) {
+                        // The next laggards get their own grace: readers that fall a window
+                        // behind for a moment later on are not left at once.
+                        body.held_back = Duration::ZERO;
                         body.awaits_demand = false;
                         return true;
                     }
@@ -1229,6 +1233,11 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert!(fill.wait_for_readers(20).await, "30 behind: left behind");
         assert_eq!(started.elapsed(), LAGGARD_GRACE, "after the grace");
+        assert_eq!(
+            fill.body.lock().held_back,
+            Duration::ZERO,
+            "the next get theirs"
+        );
         assert_eq!(fill.readership().0, 1, "the laggard is no longer a reader");
         assert_eq!(coalescer.held_bytes(), 0, "nothing held for it");
         fill.push(whole.slice(40..60));

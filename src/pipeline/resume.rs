@@ -61,7 +61,11 @@ impl OriginResume {
             .headers
             .get(header::ACCEPT_RANGES)
             .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"none"));
-        if meta.status != StatusCode::OK || refuses_ranges || proxy.mirror.is_some() {
+        // A body no longer than the smallest window never leaves a reader a window behind.
+        let window = crate::cache::fill::writer::UNSTORED_WINDOW_PAST_BUDGET as u64;
+        let total_len = content_length(&meta.headers);
+        let too_short = total_len.is_some_and(|len| len <= window);
+        if meta.status != StatusCode::OK || refuses_ranges || too_short || proxy.mirror.is_some() {
             return None;
         }
         let validator = strong_validator(&meta.headers)?;
@@ -85,7 +89,7 @@ impl OriginResume {
             headers,
             validator,
             fields,
-            total_len: content_length(&meta.headers),
+            total_len,
             affinity: meta.key.0,
         })
     }

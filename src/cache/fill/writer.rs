@@ -41,7 +41,7 @@ const UNSTORED_WINDOW: usize = 512 << 10;
 /// go on from the origin: about one origin read, so that a reader that stalls is left
 /// behind (see `Fill::resume_laggards`) instead of holding the others, while the fill
 /// holds little more than on demand. Without that way out, past the budget, none.
-const UNSTORED_WINDOW_PAST_BUDGET: usize = 128 << 10;
+pub const UNSTORED_WINDOW_PAST_BUDGET: usize = 128 << 10;
 /// For a fill streaming to disk, how far a reader may fall behind before it follows the file.
 const SPILL_DETACH_DISTANCE: usize = 4 << 20;
 

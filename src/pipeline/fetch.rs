@@ -38,6 +38,7 @@ use crate::cache::partial::{ContentRange, PartialEntry};
 use crate::cache::policy::{self, FetchedFor, Freshness, NoStoreReason, ResponseDirectives};
 use crate::error::{OriginFailure, ProxyError};
 use crate::telemetry::cache_status::CacheStatus;
+use crate::telemetry::metrics::CountedWhile;
 use crate::telemetry::{Detail, Tier};
 use crate::upstream::OriginBody;
 
@@ -167,7 +168,6 @@ async fn follow(
 ) -> Option<Result<Delivery, ProxyError>> {
     let proxy = miss.proxy;
     let waited_at = Instant::now();
-    // Counted down however the wait ends, a client hanging up included.
     let waiting = CountedWhile::new(&proxy.metrics.coalesced_waiting);
     let status = tokio::time::timeout(proxy.cache.coalesce_wait(), fill.wait_status()).await;
     drop(waiting);
@@ -187,22 +187,6 @@ async fn follow(
         ctx.status.collapsed = false;
     }
     delivery
-}
-
-/// Counts one in a gauge while it lives.
-struct CountedWhile<'g>(&'g prometheus_client::metrics::gauge::Gauge);
-
-impl<'g> CountedWhile<'g> {
-    fn new(gauge: &'g prometheus_client::metrics::gauge::Gauge) -> CountedWhile<'g> {
-        gauge.inc();
-        CountedWhile(gauge)
-    }
-}
-
-impl Drop for CountedWhile<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 /// What a request waiting on a fill is sent, by the fill's status; `None` when the status

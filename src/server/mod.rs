@@ -397,9 +397,9 @@ impl Connection {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + SendfileSocket + Unpin + Send + 'static,
     {
         let activity = Arc::new(ConnActivity::new());
-        let gauge = self.proxy.load().metrics().open_connections.clone();
-        gauge.inc();
-        let _open = scopeguard_dec(gauge);
+        let _open = crate::telemetry::metrics::CountedWhile::new(
+            &self.proxy.load().metrics().open_connections,
+        );
         let interim = Arc::new(InterimLink::default());
         let may_sendfile = self.proxy.load().cache().may_send_files();
         let sendfile = SendfileLink::for_socket(&stream, may_sendfile);
@@ -683,15 +683,4 @@ where
     tracing::debug!(%peer, "plain HTTP on a TLS listener: answered 400");
     let _ = stream.write_all(answer.as_bytes()).await;
     let _ = stream.shutdown().await;
-}
-
-/// Decrements the open-connections gauge when the connection ends, however it ends.
-fn scopeguard_dec(gauge: prometheus_client::metrics::gauge::Gauge) -> impl Drop {
-    struct Decrement(prometheus_client::metrics::gauge::Gauge);
-    impl Drop for Decrement {
-        fn drop(&mut self) {
-            self.0.dec();
-        }
-    }
-    Decrement(gauge)
 }

@@ -66,6 +66,23 @@ pub struct TierLabels {
     pub tier: &'static str,
 }
 
+/// Counts one in a gauge while it lives: the count comes down however the scope ends
+/// (a connection closing, a client hanging up mid-wait).
+pub struct CountedWhile(Gauge);
+
+impl CountedWhile {
+    pub fn new(gauge: &Gauge) -> CountedWhile {
+        gauge.inc();
+        CountedWhile(gauge.clone())
+    }
+}
+
+impl Drop for CountedWhile {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Every metric, registered once.
 pub struct Metrics {
     registry: Registry,

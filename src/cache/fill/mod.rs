@@ -769,37 +769,11 @@ impl Fill {
         self.resume.get().map(|resume| resume.body_from(offset))
     }
 
-    /// For a fill streaming through unstored, when an attached reader has read all there
-    /// is and asks for more: readers more than `window` behind it are detached to go on
-    /// from the origin, and what only they still needed is released. Returns whether any
-    /// was.
+    /// For a fill streaming through unstored whose attached reader has read all there is
+    /// and asks for more: readers more than `window` behind it are detached to go on from
+    /// the origin, and what only they still needed is released. Returns whether any was.
     fn resume_laggards(&self, body: &mut FillBody, window: usize) -> bool {
-        if body.retain_all || body.end != BodyEnd::Open || !someone_asks(body) {
-            return false;
-        }
-        let end = body.first_offset + body.retained_bytes as u64;
-        let attached = |slot: &&mut ReaderSlot| slot.detached_at.is_none();
-        let first_index = body.first_index;
-        let mut left_at = Vec::new();
-        for slot in body.readers.iter_mut().flatten().filter(attached) {
-            if end - slot.next_offset > window as u64 {
-                slot.detached_at = Some(slot.next_offset);
-                slot.resumes = true;
-                left_at.push(slot.next_index - first_index);
-                if let Some(waker) = slot.waker.take() {
-                    waker.wake();
-                }
-            }
-        }
-        if left_at.is_empty() {
-            return false;
-        }
-        for position in &left_at {
-            body.waiting_at[*position] -= 1;
-        }
-        body.reader_count -= left_at.len();
-        self.trim(body);
-        true
+        self.detach_behind(body, window, true) > 0
     }
 
     /// Waits until every reader has read all there is and one of them has asked for more
@@ -843,28 +817,38 @@ impl Fill {
     /// the file instead of holding the body in memory (and the fill back) for themselves.
     fn detach_slow_readers(&self, window: usize) {
         let mut body = self.body.lock();
-        if body.retain_all {
-            return;
+        if !body.retain_all {
+            self.detach_behind(&mut body, window, false);
         }
+    }
+
+    /// Detaches the attached readers more than `window` bytes behind the end of what the
+    /// fill holds (`to_origin`: to go on from the origin, no longer counted as readers),
+    /// wakes them, and releases what only they still needed. Returns how many there were.
+    fn detach_behind(&self, body: &mut FillBody, window: usize, to_origin: bool) -> usize {
         let end = body.first_offset + body.retained_bytes as u64;
         let first_index = body.first_index;
         let mut detached = Vec::new();
         for slot in body.readers.iter_mut().flatten() {
             if slot.detached_at.is_none() && end - slot.next_offset > window as u64 {
                 slot.detached_at = Some(slot.next_offset);
+                slot.resumes = to_origin;
                 detached.push(slot.next_index - first_index);
                 if let Some(waker) = slot.waker.take() {
                     waker.wake();
                 }
             }
         }
-        if detached.is_empty() {
-            return;
+        for position in &detached {
+            body.waiting_at[*position] -= 1;
         }
-        for position in detached {
-            body.waiting_at[position] -= 1;
+        if to_origin {
+            body.reader_count -= detached.len();
         }
-        self.trim(&mut body);
+        if !detached.is_empty() {
+            self.trim(body);
+        }
+        detached.len()
     }
 
     /// The body kept so far, as the chunks it arrived in, then `last`.

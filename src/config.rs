@@ -742,10 +742,18 @@ pub enum MemoryPolicy {
 pub struct CacheConfig {
     /// Off: every request goes to the origin (Cache-Status says `fwd=bypass`).
     pub enabled: bool,
-    /// Bytes the cache may hold in memory: the memory tier (bodies, headers, keys and
+    /// Bytes the process may hold in memory: the memory tier (bodies, headers, keys and
     /// per-entry overhead) and, out of the same capacity, `fill_memory_budget` for bodies on
-    /// their way in. The tier keeps the rest, at least an eighth.
+    /// their way in and `memory_reserve` for the process's own needs. The tier keeps the
+    /// rest, at least an eighth.
     pub memory_capacity: ByteSize,
+    /// Memory the process needs beside its caches (its executable's pages, the runtime,
+    /// connections' buffers, the allocator's slack), set aside from `memory_capacity` so a
+    /// full node stays near it. Unset: `DEFAULT_PROCESS_NEEDS` (30 MiB, measured under
+    /// load) from 124 MiB of capacity up, and half of what the capacity has past 64 MiB
+    /// below that, so a small capacity keeps its caches (the process cannot fit in it
+    /// anyway).
+    pub memory_reserve: Option<ByteSize>,
     /// What the memory tier keeps when full.
     pub memory_policy: MemoryPolicy,
     /// Larger responses are not kept in memory: with a disk tier they stream to disk (up to
@@ -905,6 +913,7 @@ impl Default for CacheConfig {
         CacheConfig {
             enabled: true,
             memory_capacity: ByteSize(256 << 20),
+            memory_reserve: None,
             memory_policy: MemoryPolicy::Wtinylfu,
             max_object_size: ByteSize(32 << 20),
             max_variants: 16,
@@ -953,18 +962,45 @@ impl CacheConfig {
             .map_or(self.memory_capacity.as_u64() / 8, |budget| budget.as_u64())
     }
 
-    /// Bytes the memory tier may hold: `memory_capacity` less the fills' budget, down to an
-    /// eighth of it. Bodies on their way in are counted against the capacity beside the
-    /// stored ones, so a full tier with its fills in flight stays within it; the budget is
-    /// set aside rather than lent to the tier while it is idle, because a tier that shrinks
-    /// as fills come evicts small objects whose heap the allocator keeps.
+    /// `memory_reserve`, or its default: the process's measured needs
+    /// ([`DEFAULT_PROCESS_NEEDS`]), ramped in from 64 MiB of capacity (half of each byte
+    /// past it) so that no capacity gives the tier less than a smaller capacity would.
+    pub fn effective_memory_reserve(&self) -> u64 {
+        self.memory_reserve.map_or_else(
+            || {
+                let capacity = self.memory_capacity.as_u64();
+                (capacity.saturating_sub(RESERVE_RAMP_START) / 2).min(DEFAULT_PROCESS_NEEDS)
+            },
+            |reserve| reserve.as_u64(),
+        )
+    }
+
+    /// Bytes the memory tier may hold: `memory_capacity` less the fills' budget and the
+    /// process's reserve, down to an eighth of it. Bodies on their way in are counted
+    /// against the capacity beside the stored ones, so a full tier with its fills in flight
+    /// stays within it; the budget is set aside rather than lent to the tier while it is
+    /// idle, because a tier that shrinks as fills come evicts small objects whose heap the
+    /// allocator keeps.
     pub fn memory_tier_capacity(&self) -> u64 {
         let capacity = self.memory_capacity.as_u64();
         capacity
             .saturating_sub(self.effective_fill_memory_budget())
+            .saturating_sub(self.effective_memory_reserve())
             .max(capacity / MEMORY_TIER_LEAST_SHARE)
     }
 }
+
+/// What the process holds beside its caches with a full tier and its fills' budget in use,
+/// measured with `benches/memory_footprint.sh` (Linux, x86-64, 2 cores) under 100 KiB and
+/// 1 MiB misses: 30-32 MiB, of which about 12 MiB are its executable's pages and 2 MiB its
+/// runtime at rest; the rest is connections' buffers, thread caches and heap the allocator
+/// has not yet returned. Bursts beyond that (many stalled clients) are what the 1.2x of
+/// slack over the capacity is for.
+pub const DEFAULT_PROCESS_NEEDS: u64 = 30 << 20;
+
+/// Below this capacity the default reserve is nothing: a node this small cannot hold the
+/// process within its capacity, and its caches need every byte.
+const RESERVE_RAMP_START: u64 = 64 << 20;
 
 /// The memory tier keeps at least this fraction (one in this many) of its capacity, whatever
 /// is taken out of it (the fills' budget here, the disk tier's memory as it runs): the
@@ -1654,9 +1690,15 @@ impl Config {
                 "# cache.fill_memory_budget = \"{budget}\"  # an eighth of cache.memory_capacity\n"
             ));
         }
-        // Not a setting, but what the capacity comes to once the fills' budget is set aside.
+        if self.cache.memory_reserve.is_none() {
+            let reserve = ByteSize(self.cache.effective_memory_reserve());
+            derived.push(format!(
+                "# cache.memory_reserve = \"{reserve}\"  # the process's own needs, out of cache.memory_capacity\n"
+            ));
+        }
+        // Not a setting, but what the capacity comes to once the rest is set aside.
         derived.push(format!(
-            "# the memory tier holds {}: cache.memory_capacity less cache.fill_memory_budget\n",
+            "# the memory tier holds {}: cache.memory_capacity less cache.fill_memory_budget and cache.memory_reserve\n",
             ByteSize(self.cache.memory_tier_capacity())
         ));
         if self.compression.encoder_memory_budget.is_none() {
@@ -1808,6 +1850,18 @@ fn check_cache(cache: &CacheConfig, problems: &mut Problems) {
             format!(
                 "{} is larger than cache.memory_capacity ({})",
                 cache.max_object_size, cache.memory_capacity
+            ),
+        );
+    }
+    if let Some(reserve) = cache
+        .memory_reserve
+        .filter(|reserve| *reserve >= cache.memory_capacity)
+    {
+        problems.add(
+            "cache.memory_reserve",
+            format!(
+                "{reserve} leaves nothing of cache.memory_capacity ({}) to the caches",
+                cache.memory_capacity
             ),
         );
     }
@@ -2058,12 +2112,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(set.cache.effective_fill_memory_budget(), 100 << 20);
-        // The tier keeps the capacity less the fills' budget, and never less than an eighth.
+        // The tier keeps the capacity less the fills' budget, and never less than an eighth;
+        // at 64 MiB no reserve is taken yet.
+        assert_eq!(derived.cache.effective_memory_reserve(), 0);
         assert_eq!(derived.cache.memory_tier_capacity(), 56 << 20);
         assert!(derived
             .derived_comments()
             .contains("# the memory tier holds 56MiB"));
-        assert_eq!(set.cache.memory_tier_capacity(), 156 << 20);
+        assert_eq!(set.cache.memory_tier_capacity(), (256 - 100 - 30) << 20);
         let mut greedy = set.cache.clone();
         greedy.fill_memory_budget = Some(ByteSize(300 << 20));
         assert_eq!(greedy.memory_tier_capacity(), 32 << 20);
@@ -2080,6 +2136,55 @@ mod tests {
         assert!(!encoders
             .derived_comments()
             .contains("encoder_memory_budget"));
+    }
+
+    /// The process's reserve comes out of the tier's share: in full from 124 MiB up, ramped
+    /// in above 64 MiB so a larger capacity never leaves the tier less; set, it is taken as
+    /// given, and one that leaves the caches nothing is refused.
+    #[test]
+    fn the_process_reserve_comes_out_of_the_tier_from_mid_sized_capacities() {
+        let with_capacity = |mib: u64| CacheConfig {
+            memory_capacity: ByteSize(mib << 20),
+            ..CacheConfig::default()
+        };
+        assert_eq!(with_capacity(128).effective_memory_reserve(), 30 << 20);
+        assert_eq!(
+            with_capacity(128).memory_tier_capacity(),
+            (128 - 16 - 30) << 20
+        );
+        assert_eq!(with_capacity(96).effective_memory_reserve(), 16 << 20);
+        assert_eq!(with_capacity(8).memory_tier_capacity(), 7 << 20);
+        let mut previous = 0;
+        for mib in (1..=512).step_by(3) {
+            let tier = with_capacity(mib).memory_tier_capacity();
+            assert!(
+                tier >= previous,
+                "{mib} MiB leaves the tier less than a smaller capacity"
+            );
+            previous = tier;
+        }
+        let set = Config::from_toml_str(
+            "origin = \"http://127.0.0.1:1\"\n[cache]\nmemory_capacity = \"128MiB\"\nmemory_reserve = \"0\"\n",
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(set.cache.memory_tier_capacity(), 112 << 20);
+        assert!(!set.derived_comments().contains("memory_reserve ="));
+        let derived = Config::from_toml_str(
+            "origin = \"http://127.0.0.1:1\"\n[cache]\nmemory_capacity = \"128MiB\"\n",
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert!(derived
+            .derived_comments()
+            .contains("# cache.memory_reserve = \"30MiB\""));
+        let err = Config::from_toml_str(
+            "origin = \"http://127.0.0.1:1\"\n[cache]\nmemory_capacity = \"32MiB\"\nmemory_reserve = \"32MiB\"\n",
+            &FlagOverrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cache.memory_reserve"), "{err}");
     }
 
     /// Header names, Host values and codings are checked when read, naming the key.

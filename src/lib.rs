@@ -254,8 +254,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     {
         changed.push("cache.memory_capacity/memory_policy/max_variants/hit_for_miss_ttl");
     } else if a.memory_tier_capacity() != b.memory_tier_capacity() {
-        // The new budget applies to fills at once; the tier keeps the share it was built with.
-        changed.push("cache.fill_memory_budget (the memory tier's share of the capacity)");
+        // A new fills' budget applies to fills at once; the tier keeps the share it was
+        // built with until a restart, whichever of the two moved it.
+        changed.push(
+            "cache.fill_memory_budget/memory_reserve (the memory tier's share of the capacity)",
+        );
     }
     // The disk tier is built once, with all of these.
     if a.dir != b.dir
@@ -290,12 +293,15 @@ mod tests {
             restart_only_changes(&old, &new).is_empty(),
             "compression reloads"
         );
+        let share_moved = vec![
+            "cache.fill_memory_budget/memory_reserve (the memory tier's share of the capacity)",
+        ];
         new.cache.fill_memory_budget = Some(crate::config::ByteSize(1 << 20));
-        assert_eq!(
-            restart_only_changes(&old, &new),
-            vec!["cache.fill_memory_budget (the memory tier's share of the capacity)"]
-        );
+        assert_eq!(restart_only_changes(&old, &new), share_moved);
         new.cache.fill_memory_budget = None;
+        new.cache.memory_reserve = Some(crate::config::ByteSize(1 << 20));
+        assert_eq!(restart_only_changes(&old, &new), share_moved);
+        new.cache.memory_reserve = None;
         new.cache.disk_max_objects = 1000;
         assert_eq!(
             restart_only_changes(&old, &new),

@@ -232,7 +232,9 @@ async fn status_json(outpost: &Outpost, proxy: &Proxy) -> Response<Body> {
     let capacity = config.cache.memory_capacity.as_u64();
     let mut tiers =
         serde_json::json!({"memory": {"entries": entries, "bytes": bytes, "capacity": capacity}});
-    // Less than configured: the fills' budget comes out of it, and the disk tier's memory.
+    // Less than configured: the fills' budget and the process's reserve come out of it,
+    // and the disk tier's memory.
+    tiers["memory"]["reserve"] = serde_json::json!(config.cache.effective_memory_reserve());
     tiers["memory"]["capacity_now"] = serde_json::json!(proxy.cache().memory_capacity_now());
     if let Some((entries, bytes)) = proxy.cache().disk_usage() {
         tiers["disk"] = serde_json::json!({

@@ -104,7 +104,7 @@ fn host_header_flag_sets_the_default_sites_host() {
 
 /// Budgets left unset (the fills' and the encoders') follow `memory_capacity`: `check`
 /// says what each comes to, as a comment, and says nothing of one that is set; it always
-/// says what the memory tier keeps once the fills' budget is set aside.
+/// says what the memory tier keeps once the fills' budget and the reserve are set aside.
 #[test]
 fn check_shows_the_derived_fill_budget_only_when_unset() {
     let (_dir, path) =
@@ -145,9 +145,14 @@ fn check_shows_the_derived_fill_budget_only_when_unset() {
             && !effective.contains("# compression.encoder_memory_budget"),
         "{effective}"
     );
-    // What the tier keeps is always shown: the default capacity less the budget set.
+    // What the tier keeps is always shown: the default capacity less the budget set and
+    // the process's default reserve, which is shown while unset.
     assert!(
-        effective.contains("# the memory tier holds 253MiB"),
+        effective.contains("# the memory tier holds 223MiB"),
+        "{effective}"
+    );
+    assert!(
+        effective.contains("# cache.memory_reserve = \"30MiB\""),
         "{effective}"
     );
 }

@@ -153,7 +153,8 @@ async fn the_live_tier_hits_exactly_where_replay_says() {
     }
     std::fs::write(&csv, text).unwrap();
     let csv = csv.to_str().unwrap();
-    // The tier holds the capacity less the fills' budget (an eighth): that is its size.
+    // The tier holds the capacity less the fills' budget (an eighth; no process reserve is
+    // taken from a capacity this small): that is its size.
     let tier_size = proxy
         .outpost
         .proxy()

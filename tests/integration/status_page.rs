@@ -49,11 +49,18 @@ async fn status_json_reports_ratios_top_keys_and_errors() {
     assert_eq!(status["top_keys_by_hits"][0]["url"], "http://site.test/hot");
     assert_eq!(status["top_keys_by_hits"][0]["hits"], 3);
     assert_eq!(status["tiers"]["memory"]["entries"], 1);
-    // The tier's share: the capacity less the fills' budget, an eighth by default.
+    // The tier's share: the capacity less the fills' budget (an eighth by default) and the
+    // process's reserve.
     let capacity = status["tiers"]["memory"]["capacity"].as_u64().unwrap();
+    let reserve = status["tiers"]["memory"]["reserve"].as_u64().unwrap();
+    assert_eq!(
+        reserve,
+        30 << 20,
+        "the default reserve at the default capacity"
+    );
     assert_eq!(
         status["tiers"]["memory"]["capacity_now"].as_u64(),
-        Some(capacity - capacity / 8)
+        Some(capacity - capacity / 8 - reserve)
     );
     assert!(status["requests_per_second"].as_f64().unwrap() >= 0.0);
 

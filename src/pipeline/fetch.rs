@@ -181,6 +181,12 @@ async fn follow(
     let status = status.ok()?;
     ctx.status.collapsed = true;
     let headers = &miss.parts.headers;
+    // Left behind, this request asks for the rest on its own client's behalf.
+    let reader = if fill.may_resume() {
+        reader.speaking_for(proxy.forwarding.fields_for(headers, miss.downstream))
+    } else {
+        reader
+    };
     let selects = |meta: &EntryMeta| meta.vary.variant_key(headers) == Some(meta.variant);
     let delivery = delivery_from(status, fill, reader, ctx, selects);
     if delivery.is_none() {

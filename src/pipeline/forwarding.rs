@@ -55,6 +55,15 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// The fields [`ForwardingPolicy::apply`] writes: who the client is and how it came.
+pub const FORWARDING_FIELDS: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_REAL_IP,
+    header::FORWARDED,
+];
+
 /// Removes the hop-by-hop fields and every field the `Connection` header names.
 ///
 /// Call it before adding anything of our own, so a hostile `Connection: X-Forwarded-For`
@@ -263,6 +272,21 @@ impl ForwardingPolicy {
         }
     }
 
+    /// The forwarding fields ([`FORWARDING_FIELDS`]) [`ForwardingPolicy::apply`] would
+    /// write for a request with `headers` from `downstream`: what a request made later on
+    /// this client's behalf (the rest of a body it fell behind on) carries in place of
+    /// another client's.
+    pub fn fields_for(&self, headers: &HeaderMap, downstream: Downstream<'_>) -> HeaderMap {
+        let mut own = HeaderMap::new();
+        for name in &FORWARDING_FIELDS {
+            for value in headers.get_all(name) {
+                own.append(name.clone(), value.clone());
+            }
+        }
+        self.apply(&mut own, downstream);
+        own
+    }
+
     /// The right-most address in `X-Forwarded-For` that is not a trusted proxy: the first hop
     /// we cannot vouch for is the client (anything left of it could be forged).
     fn client_behind_trusted_chain(&self, headers: &HeaderMap, peer_ip: IpAddr) -> IpAddr {
@@ -396,6 +420,30 @@ mod tests {
         assert_eq!(
             headers[header::FORWARDED],
             "for=\"[2001:db8::1]\";host=\"example.com:8080\";proto=http"
+        );
+    }
+
+    /// The fields for a request made later on a client's behalf are exactly the forwarding
+    /// fields `apply` writes for it, and nothing else of its request.
+    #[test]
+    fn fields_for_a_client_are_what_apply_writes_for_it() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        headers.insert("x-original-url", HeaderValue::from_static("/admin"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        let policy = policy(&["10.0.0.0/8"]);
+        let own = policy.fields_for(&headers, downstream("10.1.1.1:1234"));
+        let mut applied = headers.clone();
+        policy.apply(&mut applied, downstream("10.1.1.1:1234"));
+        for name in &FORWARDING_FIELDS {
+            let want: Vec<_> = applied.get_all(name).iter().collect();
+            let got: Vec<_> = own.get_all(name).iter().collect();
+            assert_eq!(got, want, "{name}");
+        }
+        assert_eq!(own[X_FORWARDED_FOR], "203.0.113.9, 10.1.1.1");
+        assert!(
+            own.keys().all(|name| FORWARDING_FIELDS.contains(name)),
+            "{own:?}"
         );
     }
 

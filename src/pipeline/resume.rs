@@ -1,5 +1,6 @@
 //! Taking a fill's body up again from an offset, for a coalesced client that fell behind a
-//! fill streaming through unstored ([`ResumeFrom`]): the client's own request for the rest,
+//! fill streaming through unstored ([`ResumeFrom`]): the client's own request for the rest
+//! (the fill's request with that client's forwarding fields),
 //! `Range: bytes=N-` with `If-Range` (RFC 9110 §14.2, §13.1.5), accepted only as a 206 of
 //! exactly that rest of the same representation. Anything else ends the client's body in
 //! an error (its connection is aborted), so it never receives two representations spliced
@@ -86,9 +87,19 @@ impl OriginResume {
 
     /// The rest from `offset`: the origin's 206, checked, as a body of exactly that many
     /// bytes.
-    async fn fetch(self, offset: u64) -> Result<Body, BoxError> {
+    async fn fetch(self, offset: u64, own_fields: Option<HeaderMap>) -> Result<Body, BoxError> {
         self.proxy.metrics.fill_resumes.inc();
         let mut headers = self.headers;
+        // The origin is told whom the request is for: the client left behind, not the one
+        // whose request started the fill.
+        if let Some(own_fields) = own_fields {
+            for name in &super::forwarding::FORWARDING_FIELDS {
+                headers.remove(name);
+            }
+            for (name, value) in &own_fields {
+                headers.append(name.clone(), value.clone());
+            }
+        }
         let range = format!("bytes={offset}-");
         headers.insert(header::RANGE, HeaderValue::try_from(range)?);
         headers.insert(header::IF_RANGE, self.validator.clone());
@@ -122,8 +133,8 @@ impl OriginResume {
 }
 
 impl ResumeFrom for OriginResume {
-    fn body_from(&self, offset: u64) -> Body {
-        let fetch = self.clone().fetch(offset);
+    fn body_from(&self, offset: u64, own_fields: Option<&HeaderMap>) -> Body {
+        let fetch = self.clone().fetch(offset, own_fields.cloned());
         let frames = futures_util::stream::once(async move {
             match fetch.await {
                 Ok(body) => http_body_util::BodyStream::new(body).boxed(),

@@ -219,12 +219,22 @@ async fn origin_reset_mid_body_stores_nothing() {
 /// A client that asks for `path` on a connection whose receive buffer is a few KiB (so
 /// the kernel does not read on for it), reads the response head and then stops reading.
 async fn stalled_client(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    stalled_client_with(addr, path, "").await
+}
+
+/// [`stalled_client`] whose request carries `fields` (whole lines, each ending in CRLF).
+async fn stalled_client_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    fields: &str,
+) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
     // The Host a client given the proxy's URL sends: the same cache key as theirs.
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{fields}\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     stream
 }
@@ -344,6 +354,77 @@ async fn a_stalled_client_is_left_to_the_origin_and_holds_back_no_one() {
     assert_ne!(range, "bytes=0-", "from where the client was left");
     assert_eq!(resumed.headers["if-range"], "\"v1\"");
     assert_eq!(proxy.outpost.proxy().metrics().fill_resumes.get(), 1);
+}
+
+/// RFC 7239 §4 and RFC 9110 §7.6: a follower left behind asks for the rest on its own
+/// client's behalf. The origin sees that client in its forwarding fields, not the client
+/// whose request started the fill (both behind a trusted proxy, so each names its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_left_behind_asks_for_the_rest_as_its_own_client() {
+    let body = big_body(0);
+    let headers = header_list(&[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
+    let gate = Gate::closed();
+    let first = Fixture::GatedThen {
+        gate: gate.clone(),
+        then: Box::new(Fixture::Chunked {
+            headers: headers.clone(),
+            body: body.clone(),
+        }),
+    };
+    let rest = Fixture::Ranged {
+        headers,
+        body: body.clone(),
+    };
+    let origin = Origin::start(vec![("/big", Fixture::sequence(vec![first, rest]))]).await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[cache]\nmax_object_size = \"1MiB\"\n[forwarding]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    )
+    .await;
+    let url = proxy.url("/big");
+    let leader =
+        tokio::spawn(async move { get(&url, &[("x-forwarded-for", "198.51.100.1")]).await });
+    eventually("the fill to reach the origin", || origin.hits("/big") == 1).await;
+    let stalled = stalled_client_with(proxy.addr, "/big", "X-Forwarded-For: 203.0.113.9\r\n").await;
+    let metrics = Arc::clone(proxy.outpost.proxy().metrics());
+    eventually("the stalled client to join the fill", || {
+        metrics.coalesced_waiting.get() == 1
+    })
+    .await;
+    gate.open();
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(30), leader)
+        .await
+        .expect("the leader is not held to the stalled follower")
+        .unwrap();
+    assert!(reply.body == body);
+    let first = origin.last("/big");
+    assert!(first.headers.get("range").is_none());
+    assert!(
+        first.headers["x-forwarded-for"]
+            .to_str()
+            .unwrap()
+            .starts_with("198.51.100.1"),
+        "the fill is the leader's request"
+    );
+
+    let (_head, received, complete) = read_chunked_to_close(stalled).await;
+    assert!(complete && received == body, "every byte, in order");
+    let resumed = origin.last("/big");
+    assert!(
+        resumed.headers.get("range").is_some(),
+        "the request for the rest"
+    );
+    let forwarded_for: Vec<_> = resumed
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|value| value.to_str().unwrap())
+        .collect();
+    assert_eq!(forwarded_for, ["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(resumed.headers["x-real-ip"], "203.0.113.9");
+    let forwarded = resumed.headers["forwarded"].to_str().unwrap();
+    assert!(forwarded.contains("for=127.0.0.1"), "{forwarded}");
+    assert!(!format!("{:?}", resumed.headers).contains("198.51.100.1"));
 }
 
 /// RFC 9110 §13.1.5: when the representation changed in between, the origin answers the

@@ -184,8 +184,10 @@ impl Drop for StreamSlot {
 /// representation (see `pipeline::resume`). The body it returns ends in an error, never a
 /// clean end, when the rest cannot be had.
 pub trait ResumeFrom: Send + Sync {
-    /// The body's bytes from `offset` to its end.
-    fn body_from(&self, offset: u64) -> crate::body::Body;
+    /// The body's bytes from `offset` to its end, asked for with `own_fields` (the reader's
+    /// own request fields, see [`FillReader::speaking_for`]) in place of the fill's request's
+    /// fields of those names.
+    fn body_from(&self, offset: u64, own_fields: Option<&http::HeaderMap>) -> crate::body::Body;
 }
 
 /// What one fill keeping its body in memory counts for against the fills' budget; given
@@ -765,8 +767,19 @@ impl Fill {
 
     /// The rest of the body from `offset`, from the origin, for a reader detached from a
     /// fill streaming through unstored.
-    fn resumed_from(&self, offset: u64) -> Option<crate::body::Body> {
-        self.resume.get().map(|resume| resume.body_from(offset))
+    fn resumed_from(
+        &self,
+        offset: u64,
+        own_fields: Option<&http::HeaderMap>,
+    ) -> Option<crate::body::Body> {
+        self.resume
+            .get()
+            .map(|resume| resume.body_from(offset, own_fields))
+    }
+
+    /// Whether a reader left behind goes on by a request of its own ([`Fill::offer_resume`]).
+    pub fn may_resume(&self) -> bool {
+        self.resume.get().is_some()
     }
 
     /// For a fill streaming through unstored whose attached reader has read all there is
@@ -1182,7 +1195,7 @@ mod tests {
     struct RestOf(Bytes, Mutex<Vec<u64>>);
 
     impl ResumeFrom for RestOf {
-        fn body_from(&self, offset: u64) -> crate::body::Body {
+        fn body_from(&self, offset: u64, _: Option<&http::HeaderMap>) -> crate::body::Body {
             self.1.lock().push(offset);
             crate::body::Body::full(self.0.slice(offset as usize..))
         }

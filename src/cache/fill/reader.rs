@@ -29,7 +29,20 @@ pub enum FillReader {
 
 impl FillReader {
     pub(super) fn live(fill: Arc<Fill>, slot: usize) -> FillReader {
-        FillReader::Live(LiveReader { fill, slot })
+        FillReader::Live(LiveReader {
+            fill,
+            slot,
+            own_fields: None,
+        })
+    }
+
+    /// This reader, which asks for the rest of the body with `own_fields` (its client's
+    /// forwarding fields) should it be left behind, rather than with the leader's.
+    pub fn speaking_for(mut self, own_fields: http::HeaderMap) -> FillReader {
+        if let FillReader::Live(live) = &mut self {
+            live.own_fields = Some(own_fields);
+        }
+        self
     }
 }
 
@@ -47,7 +60,7 @@ impl http_body::Body for FillReader {
             Ok(polled) => return polled,
             // Fell behind: go on from the file the fill writes, or else from the origin.
             Err(NextSource::File(offset)) => match super::tail::reader_at(&live.fill, offset)
-                .or_else(|| live.fill.resumed_from(offset))
+                .or_else(|| live.fill.resumed_from(offset, live.own_fields.as_ref()))
             {
                 Some(tail) => tail,
                 None => return Poll::Ready(Some(Err("fell behind a fill that failed".into()))),
@@ -71,6 +84,9 @@ impl http_body::Body for FillReader {
 pub struct LiveReader {
     fill: Arc<Fill>,
     slot: usize,
+    /// Sent in a request for the rest in place of the fill's request's fields of the same
+    /// names ([`FillReader::speaking_for`]).
+    own_fields: Option<http::HeaderMap>,
 }
 
 /// What polling a body gives.

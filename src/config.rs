@@ -750,9 +750,9 @@ pub struct CacheConfig {
     /// Memory the process needs beside its caches (its executable's pages, the runtime,
     /// connections' buffers, the allocator's slack), set aside from `memory_capacity` so a
     /// full node stays near it. Unset: `DEFAULT_PROCESS_NEEDS` (30 MiB, measured under
-    /// load) from 124 MiB of capacity up, and half of what the capacity has past 64 MiB
-    /// below that, so a small capacity keeps its caches (the process cannot fit in it
-    /// anyway).
+    /// load) from 72 MiB of capacity up, and three quarters of what the capacity has past
+    /// 32 MiB below that: a smaller capacity keeps its caches, since the process alone
+    /// would take most of it.
     pub memory_reserve: Option<ByteSize>,
     /// What the memory tier keeps when full.
     pub memory_policy: MemoryPolicy,
@@ -963,13 +963,14 @@ impl CacheConfig {
     }
 
     /// `memory_reserve`, or its default: the process's measured needs
-    /// ([`DEFAULT_PROCESS_NEEDS`]), ramped in from 64 MiB of capacity (half of each byte
-    /// past it) so that no capacity gives the tier less than a smaller capacity would.
+    /// ([`DEFAULT_PROCESS_NEEDS`]), ramped in from 32 MiB of capacity (three quarters of
+    /// each byte past it, less than the seven eighths the tier would get) so that no
+    /// capacity gives the tier less than a smaller capacity would.
     pub fn effective_memory_reserve(&self) -> u64 {
         self.memory_reserve.map_or_else(
             || {
                 let capacity = self.memory_capacity.as_u64();
-                (capacity.saturating_sub(RESERVE_RAMP_START) / 2).min(DEFAULT_PROCESS_NEEDS)
+                (capacity.saturating_sub(RESERVE_RAMP_START) / 4 * 3).min(DEFAULT_PROCESS_NEEDS)
             },
             |reserve| reserve.as_u64(),
         )
@@ -998,9 +999,9 @@ impl CacheConfig {
 /// slack over the capacity is for.
 pub const DEFAULT_PROCESS_NEEDS: u64 = 30 << 20;
 
-/// Below this capacity the default reserve is nothing: a node this small cannot hold the
-/// process within its capacity, and its caches need every byte.
-const RESERVE_RAMP_START: u64 = 64 << 20;
+/// Below this capacity the default reserve is nothing: the process alone (14 MiB at rest,
+/// 30 MiB and more under load) would take most of it, and the caches need every byte.
+const RESERVE_RAMP_START: u64 = 32 << 20;
 
 /// The memory tier keeps at least this fraction (one in this many) of its capacity, whatever
 /// is taken out of it (the fills' budget here, the disk tier's memory as it runs): the
@@ -2112,13 +2113,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(set.cache.effective_fill_memory_budget(), 100 << 20);
-        // The tier keeps the capacity less the fills' budget, and never less than an eighth;
-        // at 64 MiB no reserve is taken yet.
-        assert_eq!(derived.cache.effective_memory_reserve(), 0);
-        assert_eq!(derived.cache.memory_tier_capacity(), 56 << 20);
+        // The tier keeps the capacity less the fills' budget and the reserve (at 64 MiB,
+        // three quarters of what passes 32 MiB), and never less than an eighth.
+        assert_eq!(derived.cache.effective_memory_reserve(), 24 << 20);
+        assert_eq!(derived.cache.memory_tier_capacity(), 32 << 20);
         assert!(derived
             .derived_comments()
-            .contains("# the memory tier holds 56MiB"));
+            .contains("# the memory tier holds 32MiB"));
         assert_eq!(set.cache.memory_tier_capacity(), (256 - 100 - 30) << 20);
         let mut greedy = set.cache.clone();
         greedy.fill_memory_budget = Some(ByteSize(300 << 20));
@@ -2138,8 +2139,8 @@ mod tests {
             .contains("encoder_memory_budget"));
     }
 
-    /// The process's reserve comes out of the tier's share: in full from 124 MiB up, ramped
-    /// in above 64 MiB so a larger capacity never leaves the tier less; set, it is taken as
+    /// The process's reserve comes out of the tier's share: in full from 72 MiB up, ramped
+    /// in above 32 MiB so a larger capacity never leaves the tier less; set, it is taken as
     /// given, and one that leaves the caches nothing is refused.
     #[test]
     fn the_process_reserve_comes_out_of_the_tier_from_mid_sized_capacities() {
@@ -2152,7 +2153,8 @@ mod tests {
             with_capacity(128).memory_tier_capacity(),
             (128 - 16 - 30) << 20
         );
-        assert_eq!(with_capacity(96).effective_memory_reserve(), 16 << 20);
+        assert_eq!(with_capacity(48).effective_memory_reserve(), 12 << 20);
+        assert_eq!(with_capacity(32).effective_memory_reserve(), 0);
         assert_eq!(with_capacity(8).memory_tier_capacity(), 7 << 20);
         let mut previous = 0;
         for mib in (1..=512).step_by(3) {

@@ -716,7 +716,7 @@ impl Fill {
     /// a moment (its task not yet run) catches up well within that; one that stalls, or
     /// that reads a trickle, holds the others back for that long in all.
     async fn wait_for_readers(&self, window: usize) -> bool {
-        if self.resume.get().is_none() {
+        if !self.may_resume() {
             return self
                 .wait_on_readers(|body| body.retained_bytes <= window)
                 .await;
@@ -797,12 +797,8 @@ impl Fill {
     async fn wait_for_demand(&self) -> bool {
         // The flag is cleared as the wait ends, except when no reader is left to see it.
         self.wait_on_readers(|body| {
-            let end = body.first_index + body.chunks.len();
-            let asked = body.readers.iter().flatten().any(|slot| {
-                slot.detached_at.is_none() && slot.waker.is_some() && slot.next_index == end
-            });
             // Until then, a reader that finds nothing new wakes the fill.
-            body.awaits_demand = !(body.retained_bytes == 0 && asked);
+            body.awaits_demand = !(body.retained_bytes == 0 && someone_asks(body));
             !body.awaits_demand
         })
         .await

@@ -264,8 +264,11 @@ impl FillWriter<'_> {
         }
         let budget = self.cache.fill_bounds.memory_budget;
         let past_budget = self.cache.coalescer().holds_past(budget);
-        let can_resume = self.fill.resume.get().is_some();
-        let window = unstored_window(self.fill.readership().0, past_budget, can_resume);
+        let window = unstored_window(
+            self.fill.readership().0,
+            past_budget,
+            self.fill.may_resume(),
+        );
         let read_on = if window == 0 {
             self.fill.wait_for_demand().await
         } else {

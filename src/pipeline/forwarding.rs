@@ -54,12 +54,15 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 
-/// The fields [`ForwardingPolicy::apply`] writes: who the client is and how it came.
-pub const FORWARDING_FIELDS: [HeaderName; 5] = [
+/// The fields [`ForwardingPolicy::apply`] writes, or keeps from a trusted terminator: who
+/// the client is and how it came.
+pub const FORWARDING_FIELDS: [HeaderName; 6] = [
     X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
+    X_FORWARDED_PORT,
     X_REAL_IP,
     header::FORWARDED,
 ];
@@ -174,11 +177,7 @@ pub struct ForwardingPolicy {
 
 /// What a trusted TLS terminator may tell the origin about the client's side, when
 /// `forwarding.trust_forwarded_host` is on.
-const EDGE_FIELDS: [HeaderName; 3] = [
-    X_FORWARDED_HOST,
-    X_FORWARDED_PROTO,
-    HeaderName::from_static("x-forwarded-port"),
-];
+const EDGE_FIELDS: [HeaderName; 3] = [X_FORWARDED_HOST, X_FORWARDED_PROTO, X_FORWARDED_PORT];
 
 impl ForwardingPolicy {
     pub fn new(config: &ForwardingConfig) -> ForwardingPolicy {
@@ -445,6 +444,28 @@ mod tests {
             own.keys().all(|name| FORWARDING_FIELDS.contains(name)),
             "{own:?}"
         );
+    }
+
+    /// A trusted terminator's edge fields (`trust_forwarded_host`) belong to its client
+    /// too: a request made later for that client carries its port, and a client that came
+    /// without one carries none, rather than another client's.
+    #[test]
+    fn fields_for_a_client_keep_its_terminators_port() {
+        let config = ForwardingConfig {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            trust_forwarded_host: true,
+            ..ForwardingConfig::default()
+        };
+        let policy = ForwardingPolicy::new(&config);
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_PORT, HeaderValue::from_static("8443"));
+        let own = policy.fields_for(&headers, downstream("10.1.1.1:1234"));
+        assert_eq!(own[X_FORWARDED_PORT], "8443");
+        let own = policy.fields_for(&HeaderMap::new(), downstream("10.1.1.1:1234"));
+        assert!(!own.contains_key(X_FORWARDED_PORT), "{own:?}");
+        // From a peer outside the boundary the port is an override and is never kept.
+        let own = policy.fields_for(&headers, downstream("192.0.2.7:1234"));
+        assert!(!own.contains_key(X_FORWARDED_PORT), "{own:?}");
     }
 
     #[test]

@@ -87,9 +87,9 @@ mod tests {
     const TEXT: &[u8] = b"Package: a\nFilename: pool/a.deb\nSHA256: 00\n\n";
 
     fn xz(bytes: &[u8]) -> Bytes {
-        let mut out = Vec::new();
-        lzma_rs::xz_compress(&mut std::io::BufReader::new(bytes), &mut out).unwrap();
-        Bytes::from(out)
+        let mut encoder = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        encoder.write_all(bytes).unwrap();
+        Bytes::from(encoder.finish().unwrap())
     }
 
     fn gz(bytes: &[u8]) -> Bytes {

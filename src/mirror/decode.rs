@@ -88,12 +88,25 @@ fn decode_into(raw: &[u8], out: &mut impl Write) -> std::io::Result<()> {
     if raw.starts_with(GZIP) {
         std::io::copy(&mut flate2::read::MultiGzDecoder::new(raw), out).map(drop)
     } else if raw.starts_with(XZ) {
-        lzma_rs::xz_decompress(&mut std::io::BufReader::new(raw), out)
-            .map_err(|err| std::io::Error::other(err.to_string()))
+        let stream = liblzma::stream::Stream::new_stream_decoder(
+            XZ_MEMORY_LIMIT,
+            liblzma::stream::CONCATENATED,
+        )
+        .map_err(std::io::Error::other)?;
+        std::io::copy(
+            &mut liblzma::bufread::XzDecoder::new_stream(raw, stream),
+            out,
+        )
+        .map(drop)
     } else {
         out.write_all(raw)
     }
 }
+
+/// The most memory one xz decode may take: an xz header names its dictionary's size, up to
+/// 1.5 GiB, and a few bytes would otherwise make us allocate it. `xz -9`, the largest
+/// preset, needs 65 MiB to decode.
+const XZ_MEMORY_LIMIT: u64 = 128 << 20;
 
 fn past_the_limit() -> std::io::Error {
     std::io::Error::other("decoded past the limit")
@@ -201,5 +214,31 @@ mod tests {
             gunzipped_matches(b"not gzip", &other, 64 << 20),
             CodedVerdict::Mismatch
         );
+    }
+
+    /// An xz header names the dictionary its decoder must allocate; one naming 4 GiB in a
+    /// few hundred bytes is refused, not allocated.
+    #[test]
+    fn an_xz_header_asking_for_a_huge_dictionary_is_refused() {
+        let mut encoder = liblzma::write::XzEncoder::new(Vec::new(), 0);
+        encoder.write_all(b"Package: a\n").unwrap();
+        let mut raw = encoder.finish().unwrap();
+        assert_eq!(
+            decoded(&Bytes::from(raw.clone()), 1 << 20).as_deref(),
+            Some(&b"Package: a\n"[..])
+        );
+        // The block header follows the 12-byte stream header: its size byte, its flags,
+        // then the LZMA2 filter (ID 0x21, one byte of properties: the dictionary size).
+        let header_len = (usize::from(raw[12]) + 1) * 4;
+        let header = 12..12 + header_len;
+        let filter = raw[header.clone()]
+            .windows(2)
+            .position(|w| w == [0x21, 0x01])
+            .unwrap();
+        raw[12 + filter + 2] = 40; // 4 GiB - 1
+        let mut crc = flate2::Crc::new();
+        crc.update(&raw[12..12 + header_len - 4]);
+        raw[12 + header_len - 4..12 + header_len].copy_from_slice(&crc.sum().to_le_bytes());
+        assert_eq!(decoded(&Bytes::from(raw), 1 << 30), None);
     }
 }

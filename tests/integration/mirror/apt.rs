@@ -232,21 +232,27 @@ async fn apt_by_hash_xz_indexes_still_check_every_package() {
     assert_eq!(mirror.card("debian").await["integrity_failures"], 1);
 }
 
+/// `bytes` as xz, as Debian's archive codes its indexes.
+fn xz_coded(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = liblzma::write::XzEncoder::new(Vec::new(), 6);
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
 /// An archive laid out as Debian's: `Release` says `Acquire-By-Hash: yes` and lists the
 /// `Packages` index plain and as xz, which is served only by hash; the pool files of
 /// [`packages_listing`]. The routes, and the path of the by-hash index.
 fn by_hash_xz_archive(deb: &Bytes) -> (Vec<(String, Fixture)>, String) {
     let packages = packages_listing(deb);
-    let mut xz = Vec::new();
-    lzma_rs::xz_compress(&mut packages.as_bytes(), &mut xz).unwrap();
+    let xz = xz_coded(packages.as_bytes());
     let by_hash = format!(
         "/debian/dists/stable/main/binary-amd64/by-hash/SHA256/{}",
         sha256_hex(&xz)
     );
     let translation = "Package: hello-outpost\nDescription-md5: 0123456789abcdef0123456789abcdef\n\
                        Description-en: greets from the mirror\n\n";
-    let mut translation_xz = Vec::new();
-    lzma_rs::xz_compress(&mut translation.as_bytes(), &mut translation_xz).unwrap();
+    let translation_xz = xz_coded(translation.as_bytes());
     let release = format!(
         "Origin: test\nLabel: test\nSuite: stable\nCodename: stable\nDate: {}\nArchitectures: amd64\n\
          Components: main\nAcquire-By-Hash: yes\nSHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n \

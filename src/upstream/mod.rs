@@ -468,6 +468,12 @@ pub(crate) fn classify_failure(
         }
         if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
             return match tls {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+                    // The usual cause is a private CA or a TLS-inspecting proxy, which the
+                    // system's store may trust while our built-in roots do not.
+                    let detail = format!("{detail} (trusted: the Mozilla roots outpost is built with, and upstream.ca_file)");
+                    ProxyError::TlsCertificate { origin, detail }
+                }
                 rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
                     ProxyError::TlsCertificate { origin, detail }
                 }
@@ -543,4 +549,31 @@ pub(crate) fn chain_text(err: &dyn StdError) -> String {
         cause = current.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An origin certificate from an unknown issuer is a certificate error (RFC 9209
+    /// §2.3.14) whose detail says where trust comes from: the usual fix is
+    /// `upstream.ca_file`, for a private CA or a TLS-inspecting proxy.
+    #[test]
+    fn an_unknown_issuer_names_where_trust_comes_from() {
+        let unknown = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let err = std::io::Error::other(unknown);
+        match classify_failure(&err, "https://pypi.org", true) {
+            ProxyError::TlsCertificate { detail, .. } => {
+                assert!(detail.contains("upstream.ca_file"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let expired = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+        match classify_failure(&std::io::Error::other(expired), "https://pypi.org", true) {
+            ProxyError::TlsCertificate { detail, .. } => {
+                assert!(!detail.contains("ca_file"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

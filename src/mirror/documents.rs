@@ -405,8 +405,23 @@ pub fn debian_packages(bytes: &[u8], archive_root: &str) -> Result<Read, Documen
     let text = std::str::from_utf8(bytes).map_err(|_| DocumentError::NotText)?;
     let mut read = Read::default();
     for paragraph in text.split("\n\n") {
-        let field = |name| debian_field(paragraph, name);
-        let (Some(filename), Some(sha256)) = (field("Filename"), field("SHA256")) else {
+        // One walk over the paragraph's lines for both fields: an index has tens of
+        // thousands of paragraphs, most of them long descriptions.
+        let (mut filename, mut sha256) = (None, None);
+        for line in paragraph.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            if filename.is_none() && key.eq_ignore_ascii_case("Filename") {
+                filename = Some(value.trim());
+            } else if sha256.is_none() && key.eq_ignore_ascii_case("SHA256") {
+                sha256 = Some(value.trim());
+            }
+            if filename.is_some() && sha256.is_some() {
+                break;
+            }
+        }
+        let (Some(filename), Some(sha256)) = (filename, sha256) else {
             continue;
         };
         if let Some(expected) = Expected::from_hex(Algorithm::Sha256, sha256) {
@@ -544,5 +559,18 @@ mod tests {
             read.records[0].0,
             b"digest:/debian/pool/main/a/a_1.0+b1_all.deb"
         );
+        // Fields in any order and case (deb822); a description's continuation line that
+        // reads like a field is part of the description.
+        let packages = format!(
+            "Package: c
+sha256: {HEX}
+Description: c
+ Filename: pool/forged.deb
+filename: pool/c.deb
+"
+        );
+        let read = debian_packages(packages.as_bytes(), "/debian/").unwrap();
+        let keys: Vec<&[u8]> = read.records.iter().map(|(key, _)| key.as_slice()).collect();
+        assert_eq!(keys, [b"digest:/debian/pool/c.deb".as_slice()]);
     }
 }

@@ -189,6 +189,56 @@ type StoredCount = (std::time::Instant, Vec<(u64, u64)>);
 /// How long a count of stored objects serves reports before the index is scanned again.
 const STORED_COUNT_LIFETIME: Duration = Duration::from_secs(30);
 
+/// Index documents this large (npm's `typescript` packument is 10 MB, and took about
+/// 150 ms to read and rewrite) are read on a blocking thread; smaller ones, most of them,
+/// where they are.
+const DOCUMENT_OFF_RUNTIME_MIN: usize = 64 << 10;
+
+/// What reading one index document needs, owned, so that it can run on a blocking thread.
+struct DocumentJob {
+    document: Document,
+    text: Bytes,
+    mounts: Vec<(String, String)>,
+    base: String,
+    /// The document's path below the mirror.
+    path: String,
+    registry_path: String,
+    digests: Arc<DigestStore>,
+}
+
+impl DocumentJob {
+    /// Reads the document, records the digests it publishes, and returns it rewritten
+    /// (`None`: no link changed).
+    fn read_and_record(self) -> Result<Option<Bytes>, DocumentError> {
+        let links = Links {
+            mounts: &self.mounts,
+            base: &self.base,
+        };
+        let (text, path) = (&self.text[..], self.path.as_str());
+        let read = match self.document {
+            Document::PypiHtml => {
+                let text = std::str::from_utf8(text).map_err(|_| DocumentError::NotText)?;
+                documents::pypi_html(text, &links, path)
+            }
+            Document::PypiJson => documents::pypi_json(text, &links, path)?,
+            Document::CargoConfig => documents::cargo_config(text, &links, &self.registry_path)?,
+            Document::CargoIndex => {
+                let template = self
+                    .digests
+                    .get(&documents::cargo_template_key(&self.registry_path))
+                    .and_then(|t| String::from_utf8(t).ok())
+                    .unwrap_or_else(|| self.registry_path.trim_end_matches('/').to_string());
+                documents::cargo_index(text, &template)
+            }
+            Document::NpmPackument => documents::npm_packument(text, &links, path)?,
+            // Read off the runtime by `Mirror::record_debian_packages`, never here.
+            Document::DebianPackages => documents::Read::default(),
+        };
+        self.digests.put_all(read.records);
+        Ok(read.body)
+    }
+}
+
 /// An origin response as the fill task holds it.
 pub type Head = http::response::Parts;
 
@@ -505,19 +555,34 @@ impl Mirror {
             (Some(_), _) => return Ok(OriginBody::read(raw)),
         };
         let base = self.base_for(url);
-        let links = Links {
-            mounts: &registry.mounts,
-            base: &base,
+        let job = DocumentJob {
+            document,
+            text,
+            mounts: registry.mounts.clone(),
+            base: base.clone(),
+            path: path.to_string(),
+            registry_path: registry.path.clone(),
+            digests: Arc::clone(&self.digests),
         };
-        let read = match self.read_document(registry, document, &text, &links, path) {
+        let read = if job.text.len() < DOCUMENT_OFF_RUNTIME_MIN {
+            job.read_and_record()
+        } else {
+            match tokio::task::spawn_blocking(move || job.read_and_record()).await {
+                Ok(read) => read,
+                Err(err) => {
+                    tracing::error!(registry = %registry.name, path, error = %err, "reading an index document failed: relayed as it came");
+                    return Ok(OriginBody::read(raw));
+                }
+            }
+        };
+        let read = match read {
             Ok(read) => read,
             Err(err) => {
                 tracing::warn!(registry = %registry.name, path, error = %err, "index document not understood: relayed as it came");
                 return Ok(OriginBody::read(raw));
             }
         };
-        self.digests.put_all(read.records);
-        match read.body.filter(|_| document.is_rewritten()) {
+        match read.filter(|_| document.is_rewritten()) {
             Some(rewritten) => {
                 registry
                     .stats
@@ -528,35 +593,6 @@ impl Mirror {
             }
             None => Ok(OriginBody::read(raw)),
         }
-    }
-
-    fn read_document(
-        &self,
-        registry: &Registry,
-        document: Document,
-        text: &[u8],
-        links: &Links<'_>,
-        path: &str,
-    ) -> Result<documents::Read, DocumentError> {
-        Ok(match document {
-            Document::PypiHtml => {
-                let text = std::str::from_utf8(text).map_err(|_| DocumentError::NotText)?;
-                documents::pypi_html(text, links, path)
-            }
-            Document::PypiJson => documents::pypi_json(text, links, path)?,
-            Document::CargoConfig => documents::cargo_config(text, links, &registry.path)?,
-            Document::CargoIndex => {
-                let template = self
-                    .digests
-                    .get(&documents::cargo_template_key(&registry.path))
-                    .and_then(|t| String::from_utf8(t).ok())
-                    .unwrap_or_else(|| registry.path.trim_end_matches('/').to_string());
-                documents::cargo_index(text, &template)
-            }
-            Document::NpmPackument => documents::npm_packument(text, links, path)?,
-            // Read off the runtime by `record_debian_packages`, never here.
-            Document::DebianPackages => documents::Read::default(),
-        })
     }
 
     /// The base URL links point under: the configured one, or the entry's own scheme and

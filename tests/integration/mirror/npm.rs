@@ -47,14 +47,35 @@ impl NpmFixture {
         let port = listener.local_addr().unwrap().port();
         drop(listener);
         let url = format!("https://localhost:{port}");
+        // As large as a popular package's (hundreds of versions and a long readme): the
+        // mirror reads documents past 64 KiB on a blocking thread, and that path must
+        // rewrite them as well.
+        let mut versions = serde_json::Map::new();
+        for minor in 0..200 {
+            let version = format!("0.{minor}.0");
+            versions.insert(
+                version.clone(),
+                serde_json::json!({
+                    "name": "outpost-demo", "version": version,
+                    "dist": {"tarball": format!("{url}/outpost-demo/-/outpost-demo-{version}.tgz"),
+                             "integrity": integrity},
+                }),
+            );
+        }
+        versions.insert(
+            "1.0.0".into(),
+            serde_json::json!({
+                "name": "outpost-demo", "version": "1.0.0",
+                "dist": {"tarball": format!("{url}{TARBALL_PATH}"), "integrity": integrity},
+            }),
+        );
         let document = serde_json::json!({
             "name": "outpost-demo",
             "dist-tags": {"latest": "1.0.0"},
-            "versions": {"1.0.0": {
-                "name": "outpost-demo", "version": "1.0.0",
-                "dist": {"tarball": format!("{url}{TARBALL_PATH}"), "integrity": integrity},
-            }},
+            "readme": "An outpost demo. ".repeat(4096),
+            "versions": versions,
         });
+        assert!(document.to_string().len() > 64 << 10);
         let (registry, ca_pem) = Origin::start_tls_at(
             &format!("127.0.0.1:{port}"),
             vec![

@@ -194,6 +194,10 @@ const STORED_COUNT_LIFETIME: Duration = Duration::from_secs(30);
 /// where they are.
 const DOCUMENT_OFF_RUNTIME_MIN: usize = 64 << 10;
 
+/// Artifacts held whole this large are hashed on a blocking thread: a 64 MiB one
+/// (`mirror.hold_max`) takes tens of milliseconds, SHA-512 for npm's the longest.
+const HASH_OFF_RUNTIME_MIN: usize = 1 << 20;
+
 /// What reading one index document needs, owned, so that it can run on a blocking thread.
 struct DocumentJob {
     document: Document,
@@ -448,10 +452,20 @@ impl Mirror {
             tokio::task::spawn_blocking(check)
                 .await
                 .unwrap_or(decode::CodedVerdict::Mismatch)
-        } else if expected.matches(&bytes) {
-            decode::CodedVerdict::Matches
         } else {
-            decode::CodedVerdict::Mismatch
+            let matches = if bytes.len() >= HASH_OFF_RUNTIME_MIN {
+                let (held, expected) = (bytes.clone(), expected.clone());
+                tokio::task::spawn_blocking(move || expected.matches(&held))
+                    .await
+                    .unwrap_or(false)
+            } else {
+                expected.matches(&bytes)
+            };
+            if matches {
+                decode::CodedVerdict::Matches
+            } else {
+                decode::CodedVerdict::Mismatch
+            }
         };
         match verdict {
             decode::CodedVerdict::Matches => {}

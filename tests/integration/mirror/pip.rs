@@ -340,6 +340,44 @@ async fn a_gzip_coded_artifact_is_checked_decoded_within_hold_max() {
     }
 }
 
+/// An artifact large enough to be hashed off the runtime (past 1 MiB, held whole within
+/// `mirror.hold_max`) is checked all the same: the one that matches the page's digest is
+/// served whole, one with a single byte changed is refused (502, RFC 9209 §2.3.14) and
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_artifact_held_whole_is_checked_against_the_page() {
+    const GOOD: &str = "/packages/00/01/large-1.0-py3-none-any.whl";
+    const BAD: &str = "/packages/00/02/large-2.0-py3-none-any.whl";
+    let wheel: Vec<u8> = (0..3u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
+    let mut tampered = wheel.clone();
+    tampered[2 << 20] ^= 1;
+    let (files, ca_pem) = Origin::start_tls(vec![
+        (GOOD, artifact(Bytes::from(wheel.clone()))),
+        (BAD, artifact(Bytes::from(tampered))),
+    ])
+    .await;
+    let files_url = format!("https://localhost:{}", files.addr.port());
+    let digest = sha256_hex(&wheel);
+    let html = format!(
+        "<!DOCTYPE html><html><body>\n<a href=\"{files_url}{GOOD}#sha256={digest}\">large-1.0-py3-none-any.whl</a>\n\
+         <a href=\"{files_url}{BAD}#sha256={digest}\">large-2.0-py3-none-any.whl</a>\n</body></html>\n"
+    );
+    let index = Origin::start(vec![("/simple/large/", page("text/html", html))]).await;
+    let swaps = vec![
+        ("https://pypi.org", index.url()),
+        ("https://files.pythonhosted.org", files_url.clone()),
+    ];
+    let mirror = Mirror::start(&swaps, Some(&ca_pem)).await;
+    let page = support::get(&mirror.url("/pypi/simple/large/"), &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let good = support::get(&mirror.url(&format!("/pypi/_files{GOOD}")), &[]).await;
+    assert_eq!(good.status, StatusCode::OK);
+    assert!(good.body == wheel, "served whole");
+    let bad = support::get(&mirror.url(&format!("/pypi/_files{BAD}")), &[]).await;
+    assert_eq!(bad.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(mirror.card("pypi").await["integrity_failures"], 1);
+}
+
 /// The rewritten page is a stored transform: its own weak validator (RFC 9110 §8.8.1) for
 /// clients, the origin's for revalidation (RFC 9111 §4.3.1), and a 304 from the origin
 /// keeps the rewritten copy (§4.3.4).

@@ -10,6 +10,8 @@
 //! - npm: package documents (`versions.*.dist.tarball`, `.integrity`, `.shasum`).
 //! - Debian: `Packages` (`Filename:` and `SHA256:` per paragraph).
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -49,6 +51,7 @@ impl Links<'_> {
             Some((target, fragment)) => (target, Some(fragment)),
             None => (href, None),
         };
+        let target = &*same_origin_spelling(target);
         for (upstream, mount) in self.mounts {
             let Some(rest) = target.strip_prefix(upstream.as_str()) else {
                 continue;
@@ -80,6 +83,40 @@ impl Links<'_> {
             path: resolved.path().to_string(),
         })
     }
+}
+
+/// `target` with its scheme and host in lower case and a default port (`:80` for http,
+/// `:443` for https) left out, as the mounts are written (RFC 3986 §6.2.2.1, §6.2.3): a
+/// document may spell its own host `https://index.crates.io:443` (an Artifactory-fronted
+/// crates.io does, in `config.json`'s `dl`), and a link left unrewritten sends the client
+/// past the mirror. The rest of the link is kept byte for byte.
+fn same_origin_spelling(target: &str) -> Cow<'_, str> {
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return Cow::Borrowed(target);
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    // Userinfo is case-sensitive, and mounts never carry any: such a link is left as it is.
+    if authority.contains('@') {
+        return Cow::Borrowed(target);
+    }
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else if scheme.eq_ignore_ascii_case("http") {
+        ":80"
+    } else {
+        return Cow::Borrowed(target);
+    };
+    let host = authority.strip_suffix(default_port).unwrap_or(authority);
+    let lower = |text: &str| !text.bytes().any(|b| b.is_ascii_uppercase());
+    if host.len() == authority.len() && lower(scheme) && lower(authority) {
+        return Cow::Borrowed(target);
+    }
+    Cow::Owned(format!(
+        "{}://{}{tail}",
+        scheme.to_ascii_lowercase(),
+        host.to_ascii_lowercase()
+    ))
 }
 
 /// A document after the mirror read it.
@@ -546,6 +583,31 @@ mod tests {
         );
         let read = cargo_index(line.as_bytes(), "/c/_files");
         assert_eq!(read.records[0].0, b"digest:/c/_files/ab/0.1.0/download");
+    }
+
+    /// RFC 3986 §6.2.2.1, §6.2.3: `HTTPS://Index.Example:443/x` is the mounted
+    /// `https://index.example`; another port, or userinfo, is another place.
+    #[test]
+    fn links_to_a_mounted_host_match_however_its_origin_is_spelled() {
+        let mounts = mounts();
+        let links = Links {
+            mounts: &mounts,
+            base: "http://m:8080",
+        };
+        let config = br#"{"dl": "https://index.example:443/artifactory/crates", "api": "HTTPS://Index.Example/api"}"#;
+        let read = cargo_config(config, &links, "/pypi/").unwrap();
+        let body: Value = serde_json::from_slice(&read.body.unwrap()).unwrap();
+        assert_eq!(body["dl"], "http://m:8080/pypi/artifactory/crates");
+        assert_eq!(body["api"], "http://m:8080/pypi/api");
+        assert_eq!(read.records[0].1, b"/pypi/artifactory/crates");
+        for elsewhere in [
+            "https://index.example:8443/x",
+            "https://user@index.example/x",
+            "http://index.example:443/x",
+            "https://index.example.evil/x",
+        ] {
+            assert!(links.locate(elsewhere, "/pypi/").is_none(), "{elsewhere}");
+        }
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl Registry {
                 }
             }
             RegistryKind::Cargo if inner == "/config.json" => Some(Document::CargoConfig),
-            RegistryKind::Cargo => Some(Document::CargoIndex),
+            RegistryKind::Cargo if is_sparse_index_file(inner) => Some(Document::CargoIndex),
             RegistryKind::Npm if !inner.contains("/-/") && content_type.contains("json") => {
                 Some(Document::NpmPackument)
             }
@@ -123,6 +123,21 @@ impl Registry {
             _ => None,
         };
         document.map_or(Handling::Artifact, Handling::Document)
+    }
+}
+
+/// Whether `inner` (a path below a cargo registry's mount) is where a sparse index keeps a
+/// crate's file: `/1/{name}`, `/2/{name}`, `/3/{first char}/{name}` or
+/// `/{first two}/{next two}/{name}` (the cargo book, "Index format"). Anything else below
+/// the mount is an artifact: a registry fronted by Artifactory or Nexus serves its crate
+/// files (`dl`) from the index's own host, under a longer path.
+fn is_sparse_index_file(inner: &str) -> bool {
+    let segments: Vec<&str> = inner.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["1" | "2", name] => !name.is_empty(),
+        ["3", first, name] => first.len() == 1 && !name.is_empty(),
+        [first, second, name] => first.len() == 2 && second.len() == 2 && !name.is_empty(),
+        _ => false,
     }
 }
 
@@ -725,6 +740,33 @@ mod tests {
             crates.classify("/crates/config.json", "application/json"),
             Handling::Document(Document::CargoConfig)
         );
+        // The sparse index's four shapes, a crate named `download` included; crate files
+        // served from the index's own host (Artifactory's `dl`) are artifacts.
+        for index in [
+            "/crates/1/a",
+            "/crates/2/ab",
+            "/crates/3/a/abc",
+            "/crates/se/rd/serde",
+            "/crates/do/wn/download",
+        ] {
+            let handling = crates.classify(index, "text/plain");
+            assert_eq!(
+                handling,
+                Handling::Document(Document::CargoIndex),
+                "{index}"
+            );
+        }
+        for artifact in [
+            "/crates/artifactory/api/cargo/crates-io/v1/crates/serde/1.0.0/download",
+            "/crates/serde/1.0.0/download",
+            "/crates/3/ab/abc",
+        ] {
+            assert_eq!(
+                crates.classify(artifact, "application/gzip"),
+                Handling::Artifact,
+                "{artifact}"
+            );
+        }
         assert!(mirror.registry_for("/other/").is_none());
         assert_eq!(
             mirror.base_for("http://m:8080/pypi/simple/?q"),

@@ -161,3 +161,76 @@ async fn cargo_fetches_through_the_mirror_online_with_the_upstream_down_and_offl
         .expect("cargo fetch in offline mode");
     assert_eq!(mirror.card("crates").await["integrity_failures"], 0);
 }
+
+/// A registry fronted by Artifactory or Nexus serves its crate files from the index's own
+/// host, under a longer path, and may spell that host differently from the configured
+/// upstream (here in capitals; RFC 3986 §6.2.2.1). The `dl` is still rewritten, so cargo
+/// downloads through the mirror; the crate file is an artifact, checked against the
+/// index's `cksum` (a tampered one is refused) and immutable: fetched once, then served
+/// offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crate_files_on_the_index_host_come_through_the_mirror_checked() {
+    if !cargo_available() {
+        return;
+    }
+    const DL: &str = "/artifactory/api/cargo/crates-io/v1/crates";
+    let file = crate_file();
+    let good = format!("{DL}/outpost-demo/1.0.0/download");
+    let bad = format!("{DL}/swapped-demo/1.0.0/download");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let config = serde_json::json!({"dl": format!("HTTP://127.0.0.1:{port}{DL}")});
+    let line = |name: &str| {
+        serde_json::json!({
+            "name": name, "vers": "1.0.0", "deps": [], "features": {},
+            "cksum": sha256_hex(&file), "yanked": false,
+        })
+        .to_string()
+            + "\n"
+    };
+    let mut index = Origin::start_at(
+        &format!("127.0.0.1:{port}"),
+        vec![
+            ("/config.json", page("application/json", config.to_string())),
+            (
+                "/ou/tp/outpost-demo",
+                page("text/plain", line("outpost-demo")),
+            ),
+            (
+                "/sw/ap/swapped-demo",
+                page("text/plain", line("swapped-demo")),
+            ),
+            (good.as_str(), artifact(file.clone())),
+            (bad.as_str(), artifact(Bytes::from_static(b"not the crate"))),
+        ],
+    )
+    .await;
+    let swaps = vec![("https://index.crates.io", index.url())];
+    let mirror = Mirror::start(&swaps, None).await;
+    let project = cargo_project(&mirror.url("/crates/"));
+
+    run_blocking(cargo_fetch(project.path()))
+        .await
+        .expect("cargo fetch online");
+    let served = crate::support::get(&mirror.url("/crates/config.json"), &[]).await;
+    let served: serde_json::Value = serde_json::from_slice(&served.body).unwrap();
+    assert_eq!(served["dl"], mirror.url(&format!("/crates{DL}")));
+    assert_eq!(index.hits(&good), 1, "the crate came through the mirror");
+    run_blocking(cargo_fetch(project.path()))
+        .await
+        .expect("cargo fetch, second machine");
+    assert_eq!(index.hits(&good), 1, "immutable: not fetched again");
+
+    let listing = crate::support::get(&mirror.url("/crates/sw/ap/swapped-demo"), &[]).await;
+    assert_eq!(listing.status, 200);
+    let refused = crate::support::get(&mirror.url(&format!("/crates{bad}")), &[]).await;
+    assert_eq!(refused.status, 502);
+    assert_eq!(mirror.card("crates").await["integrity_failures"], 1);
+
+    index.stop();
+    mirror.go_offline().await;
+    run_blocking(cargo_fetch(project.path()))
+        .await
+        .expect("cargo fetch in offline mode");
+}

@@ -24,6 +24,10 @@ pub enum DocumentError {
     Json(#[from] serde_json::Error),
     #[error("not UTF-8 text")]
     NotText,
+    /// Reading it on a blocking thread did not finish (the thread panicked or the runtime
+    /// is shutting down).
+    #[error("reading it failed: {0}")]
+    Failed(String),
 }
 
 /// Where links go: each upstream URL prefix and the mirror path it is mounted at.

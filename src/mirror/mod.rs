@@ -126,6 +126,37 @@ impl Registry {
     }
 }
 
+/// Whether an artifact held whole (`encoded`: gzip-coded) matches `expected`. A coded
+/// artifact is checked decoded (what the index's digest is of), on a blocking thread and
+/// within `limit` decoded bytes: a small coded body may decode to any size. A plain one
+/// past [`HASH_OFF_RUNTIME_MIN`] is hashed on a blocking thread too.
+async fn held_verdict(
+    bytes: &Bytes,
+    expected: &digests::Expected,
+    encoded: bool,
+    limit: u64,
+) -> decode::CodedVerdict {
+    let (held, expected) = (bytes.clone(), expected.clone());
+    if encoded {
+        let check = move || decode::gunzipped_matches(&held, &expected, limit);
+        return tokio::task::spawn_blocking(check)
+            .await
+            .unwrap_or(decode::CodedVerdict::Mismatch);
+    }
+    let matches = if held.len() >= HASH_OFF_RUNTIME_MIN {
+        tokio::task::spawn_blocking(move || expected.matches(&held))
+            .await
+            .unwrap_or(false)
+    } else {
+        expected.matches(&held)
+    };
+    if matches {
+        decode::CodedVerdict::Matches
+    } else {
+        decode::CodedVerdict::Mismatch
+    }
+}
+
 /// Whether `inner` (a path below a cargo registry's mount) is where a sparse index keeps a
 /// crate's file: `/1/{name}`, `/2/{name}`, `/3/{first char}/{name}` or
 /// `/{first two}/{next two}/{name}` (the cargo book, "Index format"). Anything else below
@@ -226,6 +257,16 @@ struct DocumentJob {
 }
 
 impl DocumentJob {
+    /// [`DocumentJob::read_and_record`], on a blocking thread when the document is large.
+    async fn run(self) -> Result<Option<Bytes>, DocumentError> {
+        if self.text.len() < DOCUMENT_OFF_RUNTIME_MIN {
+            return self.read_and_record();
+        }
+        tokio::task::spawn_blocking(move || self.read_and_record())
+            .await
+            .unwrap_or_else(|err| Err(DocumentError::Failed(err.to_string())))
+    }
+
     /// Reads the document, records the digests it publishes, and returns it rewritten
     /// (`None`: no link changed).
     fn read_and_record(self) -> Result<Option<Bytes>, DocumentError> {
@@ -459,29 +500,7 @@ impl Mirror {
                 return Ok(streamed(prefix, context, rest));
             }
         };
-        // A coded artifact is checked decoded (what the index's digest is of), on a blocking
-        // thread and within `hold_max` decoded bytes: a small coded body may decode to any size.
-        let verdict = if encoded {
-            let (coded, expected, limit) = (bytes.clone(), expected.clone(), self.hold_max);
-            let check = move || decode::gunzipped_matches(&coded, &expected, limit);
-            tokio::task::spawn_blocking(check)
-                .await
-                .unwrap_or(decode::CodedVerdict::Mismatch)
-        } else {
-            let matches = if bytes.len() >= HASH_OFF_RUNTIME_MIN {
-                let (held, expected) = (bytes.clone(), expected.clone());
-                tokio::task::spawn_blocking(move || expected.matches(&held))
-                    .await
-                    .unwrap_or(false)
-            } else {
-                expected.matches(&bytes)
-            };
-            if matches {
-                decode::CodedVerdict::Matches
-            } else {
-                decode::CodedVerdict::Mismatch
-            }
-        };
+        let verdict = held_verdict(&bytes, expected, encoded, self.hold_max).await;
         match verdict {
             decode::CodedVerdict::Matches => {}
             decode::CodedVerdict::Mismatch => return Err(refuse(mismatch())),
@@ -553,6 +572,20 @@ impl Mirror {
                 )));
             }
         };
+        Ok(self
+            .held_document(registry, document, (path, url), head, raw)
+            .await)
+    }
+
+    /// [`Mirror::document`] once its body `raw` is held whole: the body that goes on.
+    async fn held_document(
+        &self,
+        registry: &Registry,
+        document: Document,
+        (path, url): (&str, &str),
+        head: &mut Head,
+        raw: Bytes,
+    ) -> OriginBody {
         let coded = head.headers.get(header::CONTENT_ENCODING).cloned();
         if document == Document::DebianPackages {
             // Read for its digests only: it goes on as it came.
@@ -567,7 +600,7 @@ impl Mirror {
                 }
                 Some(_) => {}
             }
-            return Ok(OriginBody::read(raw));
+            return OriginBody::read(raw);
         }
         let text = match (&coded, document) {
             (None, _) => raw.clone(),
@@ -576,12 +609,12 @@ impl Mirror {
                     Some(text) => text,
                     None => {
                         tracing::warn!(registry = %registry.name, path, "gzip-coded index document not decoded within mirror.rewrite_max: relayed as it came");
-                        return Ok(OriginBody::read(raw));
+                        return OriginBody::read(raw);
                     }
                 }
             }
             // A coding we cannot read: the document goes on untouched.
-            (Some(_), _) => return Ok(OriginBody::read(raw)),
+            (Some(_), _) => return OriginBody::read(raw),
         };
         let base = self.base_for(url);
         let job = DocumentJob {
@@ -593,22 +626,11 @@ impl Mirror {
             registry_path: registry.path.clone(),
             digests: Arc::clone(&self.digests),
         };
-        let read = if job.text.len() < DOCUMENT_OFF_RUNTIME_MIN {
-            job.read_and_record()
-        } else {
-            match tokio::task::spawn_blocking(move || job.read_and_record()).await {
-                Ok(read) => read,
-                Err(err) => {
-                    tracing::error!(registry = %registry.name, path, error = %err, "reading an index document failed: relayed as it came");
-                    return Ok(OriginBody::read(raw));
-                }
-            }
-        };
-        let read = match read {
+        let read = match job.run().await {
             Ok(read) => read,
             Err(err) => {
                 tracing::warn!(registry = %registry.name, path, error = %err, "index document not understood: relayed as it came");
-                return Ok(OriginBody::read(raw));
+                return OriginBody::read(raw);
             }
         };
         match read.filter(|_| document.is_rewritten()) {
@@ -618,9 +640,9 @@ impl Mirror {
                     .documents_rewritten
                     .fetch_add(1, Ordering::Relaxed);
                 rewritten_head(head, &rewritten, &base);
-                Ok(OriginBody::read(rewritten))
+                OriginBody::read(rewritten)
             }
-            None => Ok(OriginBody::read(raw)),
+            None => OriginBody::read(raw),
         }
     }
 

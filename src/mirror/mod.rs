@@ -20,6 +20,7 @@ pub mod debian;
 pub mod decode;
 pub mod digests;
 pub mod documents;
+pub mod negotiate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -93,6 +94,12 @@ impl Registry {
     }
 
     /// What a response for `path` (a mirror path under this registry) is.
+    /// Whether `path` (below this registry's mount) is a page of PyPI's Simple API, which
+    /// is negotiated by Accept ([`negotiate`]).
+    fn is_simple_api(&self, path: &str) -> bool {
+        self.kind == RegistryKind::Pypi && path[self.path.len() - 1..].starts_with("/simple/")
+    }
+
     fn classify(&self, path: &str, content_type: &str) -> Handling {
         let in_files = self
             .files_path
@@ -154,6 +161,24 @@ async fn held_verdict(
         decode::CodedVerdict::Matches
     } else {
         decode::CodedVerdict::Mismatch
+    }
+}
+
+/// Adds `Accept` to a Simple API response's Vary unless it is there (or Vary is `*`): the
+/// page is one of several forms of its URL, whether the upstream says so or not, and a
+/// stored JSON page must never answer a client that asked for HTML.
+fn vary_on_accept(headers: &mut http::HeaderMap) {
+    let named = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| {
+            let name = name.trim();
+            name == "*" || name.eq_ignore_ascii_case("accept")
+        });
+    if !named {
+        headers.append(header::VARY, http::HeaderValue::from_static("Accept"));
     }
 }
 
@@ -396,6 +421,22 @@ impl Mirror {
     /// # Errors
     /// [`MirrorError`] when an artifact fails its check or cannot be read to be checked; the
     /// refusal is counted for the registry.
+    /// Writes a Simple API request's Accept in its canonical spelling ([`negotiate`]),
+    /// before the cache looks it up.
+    pub fn negotiate(&self, request: &mut http::request::Parts) {
+        let path = request.uri.path();
+        if !self
+            .registry_for(path)
+            .is_some_and(|r| r.is_simple_api(path))
+        {
+            return;
+        }
+        let canonical = negotiate::simple_api_accept(request.headers.get_all(header::ACCEPT));
+        request
+            .headers
+            .insert(header::ACCEPT, http::HeaderValue::from_static(canonical));
+    }
+
     pub async fn on_response(
         &self,
         (path, url): (&str, &str),
@@ -406,6 +447,9 @@ impl Mirror {
         let Some(registry) = self.registry_for(path) else {
             return Ok((head, body));
         };
+        if registry.is_simple_api(path) {
+            vary_on_accept(&mut head.headers);
+        }
         if head.status != StatusCode::OK {
             return Ok((head, body));
         }

@@ -123,6 +123,9 @@ pub async fn handle(
     // Judged with Proxy-Authorization, which stripping removes.
     let target = proxy.forward_proxy.target(&parts, &proxy.router);
     as_forwarded(&mut parts.headers);
+    if let Some(mirror) = &proxy.mirror {
+        mirror.negotiate(&mut parts);
+    }
     let log = proxy.access_log.clone();
     // Boxed: the context rides along with the response body to the end of the exchange,
     // and hyper moves the request's future and the response by value.

@@ -255,6 +255,13 @@ pub enum Fixture {
     Sequence(Arc<Vec<Fixture>>, Arc<std::sync::atomic::AtomicUsize>),
     /// Waits at `gate`, then answers as `then` does.
     GatedThen { gate: Gate, then: Box<Fixture> },
+    /// Answers as `matched` does when the request's Accept contains `contains`, else as
+    /// `otherwise` does: content negotiation with no Vary, as some registry proxies do it.
+    ByAccept {
+        contains: &'static str,
+        matched: Box<Fixture>,
+        otherwise: Box<Fixture>,
+    },
 }
 
 impl Fixture {
@@ -399,6 +406,22 @@ impl Fixture {
             Fixture::GatedThen { gate, then } => {
                 gate.pass().await;
                 then.respond(request).await
+            }
+            Fixture::ByAccept {
+                contains,
+                matched,
+                otherwise,
+            } => {
+                let accept = request
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if accept.contains(*contains) {
+                    matched.respond(request).await
+                } else {
+                    otherwise.respond(request).await
+                }
             }
             Fixture::Sequence(fixtures, next) => {
                 let index = next

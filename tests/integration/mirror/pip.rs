@@ -421,3 +421,53 @@ async fn a_rewritten_page_has_its_own_validator_and_revalidates_with_the_origins
     // origin, each with the origin's validator, never the mirror's own.
     assert_eq!(conditional, ["\"page-1\"", "\"page-1\""]);
 }
+
+/// PEP 691: the Simple API is one URL in several forms, negotiated by Accept. From an
+/// upstream that negotiates without saying so (no Vary, as some registry proxies do), a
+/// stored JSON page never answers a client that asked for HTML (RFC 9111 §4.1), and pip's
+/// and uv's spellings of "JSON first" share one stored page: offline, uv gets what pip
+/// (or `outpost warm`, which asks as pip does) stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_pages_are_stored_per_form_whatever_the_accept_spelling() {
+    const PIP: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01";
+    const UV: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01";
+    let form = |content_type: &str, body: &str| Fixture::Static {
+        status: StatusCode::OK,
+        headers: vec![("content-type", content_type.into())],
+        body: Bytes::from(body.to_string()),
+    };
+    let index = Origin::start(vec![(
+        "/simple/demo/",
+        Fixture::ByAccept {
+            contains: "json",
+            matched: Box::new(form(
+                "application/vnd.pypi.simple.v1+json",
+                r#"{"meta": {"api-version": "1.0"}, "name": "demo", "files": []}"#,
+            )),
+            otherwise: Box::new(form(
+                "text/html",
+                "<!DOCTYPE html><html><body></body></html>\n",
+            )),
+        },
+    )])
+    .await;
+    let mirror = Mirror::start(&[("https://pypi.org", index.url())], None).await;
+    let url = mirror.url("/pypi/simple/demo/");
+    let content_type = |reply: &support::Reply| reply.header("content-type").map(str::to_string);
+    let json = Some("application/vnd.pypi.simple.v1+json".to_string());
+    let html = Some("text/html".to_string());
+
+    let by_pip = support::get(&url, &[("accept", PIP)]).await;
+    assert_eq!(content_type(&by_pip), json);
+    assert!(by_pip.header("vary").is_some_and(|v| v.contains("Accept")));
+    let legacy = support::get(&url, &[]).await;
+    assert_eq!(content_type(&legacy), html, "not the stored JSON page");
+
+    mirror.go_offline().await;
+    let by_uv = support::get(&url, &[("accept", UV)]).await;
+    assert_eq!(by_uv.status, StatusCode::OK);
+    assert_eq!(content_type(&by_uv), json);
+    let legacy = support::get(&url, &[("accept", "text/html")]).await;
+    assert_eq!(legacy.status, StatusCode::OK);
+    assert_eq!(content_type(&legacy), html);
+}

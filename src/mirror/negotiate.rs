@@ -1,0 +1,126 @@
+//! PyPI's Simple API is one URL in several forms chosen by `Accept` (PEP 691): JSON, the
+//! versioned HTML and the legacy `text/html`. Each client writes its `Accept` its own way
+//! (pip and uv differ, and pip's changed between releases), so keyed on the field as sent
+//! (`Vary: Accept`) a page stored for one client is a miss for the next, and offline, where
+//! a miss cannot be fetched, an install that `outpost warm` prepared with pip fails under
+//! uv. The mirror asks the upstream in one of three canonical spellings instead, the form
+//! the client prefers, and stores each page as varying on it: at most three copies, and
+//! never a JSON page for a client that can read only HTML, even from an upstream that
+//! negotiates without saying so.
+
+use http::header::GetAll;
+use http::HeaderValue;
+
+/// The JSON form (PEP 691).
+pub const SIMPLE_JSON: &str = "application/vnd.pypi.simple.v1+json";
+/// The versioned HTML form (PEP 691).
+pub const SIMPLE_HTML: &str = "application/vnd.pypi.simple.v1+html";
+/// The legacy HTML of PEP 503, what a client that names neither form gets.
+pub const LEGACY_HTML: &str = "text/html";
+
+/// The canonical `Accept` for a Simple API request with `accept`: of the forms the client
+/// accepts (q above 0), the one it weights highest; on a tie JSON, then the versioned
+/// HTML. Wildcards and no `Accept` at all stand for the legacy HTML (PEP 691: a server
+/// that cannot tell must answer as PEP 503 did).
+pub fn simple_api_accept(accept: GetAll<'_, HeaderValue>) -> &'static str {
+    // (weight in thousandths, preference on a tie) of each form.
+    let mut best: Option<(u16, u8, &'static str)> = None;
+    let mut consider = |weight: u16, rank: u8, form: &'static str| {
+        if weight > 0 && best.is_none_or(|(w, r, _)| (weight, rank) > (w, r)) {
+            best = Some((weight, rank, form));
+        }
+    };
+    for value in accept.iter() {
+        let Ok(text) = value.to_str() else { continue };
+        for member in text.split(',') {
+            let mut parts = member.split(';');
+            let range = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let weight = parts
+                .filter_map(|param| param.split_once('='))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+                .map_or(1000, |(_, q)| qvalue(q.trim()));
+            match range.as_str() {
+                "application/vnd.pypi.simple.v1+json"
+                | "application/vnd.pypi.simple.latest+json" => consider(weight, 2, SIMPLE_JSON),
+                "application/vnd.pypi.simple.v1+html"
+                | "application/vnd.pypi.simple.latest+html" => consider(weight, 1, SIMPLE_HTML),
+                "text/html" | "text/*" | "*/*" => consider(weight, 0, LEGACY_HTML),
+                _ => {}
+            }
+        }
+    }
+    best.map_or(LEGACY_HTML, |(_, _, form)| form)
+}
+
+/// An RFC 9110 §12.4.2 qvalue in thousandths; 0 for anything that is not one.
+fn qvalue(text: &str) -> u16 {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    let thousandths = format!("{fraction:0<3}").parse::<u16>().unwrap_or(0);
+    match whole {
+        "1" if thousandths == 0 => 1000,
+        "0" => thousandths,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn canonical(accept: Option<&str>) -> &'static str {
+        let mut headers = HeaderMap::new();
+        if let Some(accept) = accept {
+            headers.insert(http::header::ACCEPT, HeaderValue::from_str(accept).unwrap());
+        }
+        simple_api_accept(headers.get_all(http::header::ACCEPT))
+    }
+
+    /// PEP 691 §"Content negotiation", as pip, uv and older clients write it.
+    #[test]
+    fn each_client_gets_the_form_it_prefers() {
+        let pip = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01";
+        let uv = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01";
+        assert_eq!(canonical(Some(pip)), SIMPLE_JSON);
+        assert_eq!(canonical(Some(uv)), SIMPLE_JSON);
+        assert_eq!(canonical(None), LEGACY_HTML);
+        assert_eq!(canonical(Some("text/html")), LEGACY_HTML);
+        assert_eq!(canonical(Some("*/*")), LEGACY_HTML);
+        assert_eq!(
+            canonical(Some("application/vnd.pypi.simple.v1+html")),
+            SIMPLE_HTML
+        );
+        assert_eq!(
+            canonical(Some(
+                "text/html, application/vnd.pypi.simple.latest+json;q=0.5"
+            )),
+            LEGACY_HTML
+        );
+        assert_eq!(
+            canonical(Some("Application/Vnd.PyPI.Simple.Latest+JSON")),
+            SIMPLE_JSON
+        );
+    }
+
+    /// RFC 9110 §12.4.2: q=0 is "not acceptable"; a malformed weight counts as 0.
+    #[test]
+    fn refused_and_malformed_weights_never_win() {
+        assert_eq!(
+            canonical(Some("application/vnd.pypi.simple.v1+json;q=0, text/html")),
+            LEGACY_HTML
+        );
+        assert_eq!(
+            canonical(Some(
+                "application/vnd.pypi.simple.v1+json;q=2, text/html;q=0.5"
+            )),
+            LEGACY_HTML
+        );
+        assert_eq!(canonical(Some("image/png")), LEGACY_HTML);
+        assert_eq!(qvalue("0.5"), 500);
+        assert_eq!(qvalue("1.000"), 1000);
+        assert_eq!(qvalue("0.0001"), 0);
+    }
+}

@@ -130,6 +130,23 @@ impl fmt::Debug for PrimaryKey {
     }
 }
 
+/// Adds `field` to the response's Vary unless it is named there already (or Vary is `*`):
+/// for a response known to differ by that request field whether or not its origin said so.
+pub fn vary_on(headers: &mut http::HeaderMap, field: &'static str) {
+    let named = headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| {
+            let name = name.trim();
+            name == "*" || name.eq_ignore_ascii_case(field)
+        });
+    if !named {
+        headers.append(http::header::VARY, http::HeaderValue::from_static(field));
+    }
+}
+
 /// The one spelling of an authority that outpost keys, forwards, stores and purges by:
 /// lower case, no trailing dot on the host, no port when it is the scheme's default or
 /// empty. So `Example.COM.:80`, `example.com:` and `example.com` are one resource over

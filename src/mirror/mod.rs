@@ -164,24 +164,6 @@ async fn held_verdict(
     }
 }
 
-/// Adds `Accept` to a Simple API response's Vary unless it is there (or Vary is `*`): the
-/// page is one of several forms of its URL, whether the upstream says so or not, and a
-/// stored JSON page must never answer a client that asked for HTML.
-fn vary_on_accept(headers: &mut http::HeaderMap) {
-    let named = headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|name| {
-            let name = name.trim();
-            name == "*" || name.eq_ignore_ascii_case("accept")
-        });
-    if !named {
-        headers.append(header::VARY, http::HeaderValue::from_static("Accept"));
-    }
-}
-
 /// Whether `inner` (a path below a cargo registry's mount) is where a sparse index keeps a
 /// crate's file: `/1/{name}`, `/2/{name}`, `/3/{first char}/{name}` or
 /// `/{first two}/{next two}/{name}` (the cargo book, "Index format"). Anything else below
@@ -448,7 +430,9 @@ impl Mirror {
             return Ok((head, body));
         };
         if registry.is_simple_api(path) {
-            vary_on_accept(&mut head.headers);
+            // The page is one of several forms of its URL, whether the upstream says so
+            // or not: a stored JSON page must never answer a client that asked for HTML.
+            crate::cache::key::vary_on(&mut head.headers, "Accept");
         }
         if head.status != StatusCode::OK {
             return Ok((head, body));

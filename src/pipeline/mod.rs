@@ -122,10 +122,7 @@ pub async fn handle(
     }
     // Judged with Proxy-Authorization, which stripping removes.
     let target = proxy.forward_proxy.target(&parts, &proxy.router);
-    as_forwarded(&mut parts.headers);
-    if let Some(mirror) = &proxy.mirror {
-        mirror.negotiate(&mut parts);
-    }
+    as_received(proxy, &mut parts);
     let log = proxy.access_log.clone();
     // Boxed: the context rides along with the response body to the end of the exchange,
     // and hyper moves the request's future and the response by value.
@@ -217,6 +214,15 @@ fn take_upgrade(request: &mut Request<Incoming>) -> Option<tunnel::Upgrade> {
         client: hyper::upgrade::on(request),
         over_h2: true,
     })
+}
+
+/// The request as every phase judges it: its fields as they will be forwarded, and a
+/// mirror's Simple API request asking in its canonical spelling.
+fn as_received(proxy: &Proxy, parts: &mut http::request::Parts) {
+    as_forwarded(&mut parts.headers);
+    if let Some(mirror) = &proxy.mirror {
+        mirror.negotiate(parts);
+    }
 }
 
 /// The request's fields as they will be forwarded. Every phase judges the request so: a

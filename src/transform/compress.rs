@@ -764,18 +764,7 @@ fn is_compressible_type(media_type: &str) -> bool {
 /// Adds `Accept-Encoding` to Vary unless it is there (or Vary is `*`): every representation
 /// of a compressible resource depends on it.
 pub fn vary_on_accept_encoding(headers: &mut HeaderMap) {
-    let already = headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|name| {
-            let name = name.trim();
-            name == "*" || name.eq_ignore_ascii_case("accept-encoding")
-        });
-    if !already {
-        headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    }
+    crate::cache::key::vary_on(headers, "Accept-Encoding");
 }
 
 /// The fields of an encoded representation derived from `headers`: Content-Encoding set,

@@ -439,7 +439,7 @@ pub(crate) fn weighted_members<'a>(
 }
 
 /// `q=<qvalue>` (RFC 9110 §12.4.2, the name case-insensitive) in thousandths.
-fn qvalue(parameter: &[u8]) -> Option<u16> {
+pub(crate) fn qvalue(parameter: &[u8]) -> Option<u16> {
     let (name, value) = parameter.split_at_checked(2)?;
     if !name.eq_ignore_ascii_case(b"q=") {
         return None;

@@ -89,11 +89,12 @@ impl Links<'_> {
     }
 }
 
-/// `target` with its scheme and host in lower case and a default port (`:80` for http,
-/// `:443` for https) left out, as the mounts are written (RFC 3986 §6.2.2.1, §6.2.3): a
-/// document may spell its own host `https://index.crates.io:443` (an Artifactory-fronted
-/// crates.io does, in `config.json`'s `dl`), and a link left unrewritten sends the client
-/// past the mirror. The rest of the link is kept byte for byte.
+/// `target` with its scheme in lower case and its authority as outpost spells every
+/// authority ([`crate::cache::key::canonical_authority`]: lower case, no default port), as
+/// the mounts are written (RFC 3986 §6.2.2.1, §6.2.3): a document may spell its own host
+/// `https://index.crates.io:443` (an Artifactory-fronted crates.io does, in `config.json`'s
+/// `dl`), and a link left unrewritten sends the client past the mirror. The rest of the
+/// link is kept byte for byte.
 fn same_origin_spelling(target: &str) -> Cow<'_, str> {
     let Some((scheme, rest)) = target.split_once("://") else {
         return Cow::Borrowed(target);
@@ -104,23 +105,17 @@ fn same_origin_spelling(target: &str) -> Cow<'_, str> {
     if authority.contains('@') {
         return Cow::Borrowed(target);
     }
-    let default_port = if scheme.eq_ignore_ascii_case("https") {
-        ":443"
-    } else if scheme.eq_ignore_ascii_case("http") {
-        ":80"
+    // Borrowed when already canonical: a package document has thousands of links.
+    let scheme_is_lower = !scheme.bytes().any(|b| b.is_ascii_uppercase());
+    let scheme = if scheme_is_lower {
+        Cow::Borrowed(scheme)
     } else {
-        return Cow::Borrowed(target);
+        Cow::Owned(scheme.to_ascii_lowercase())
     };
-    let host = authority.strip_suffix(default_port).unwrap_or(authority);
-    let lower = |text: &str| !text.bytes().any(|b| b.is_ascii_uppercase());
-    if host.len() == authority.len() && lower(scheme) && lower(authority) {
-        return Cow::Borrowed(target);
+    match crate::cache::key::canonical_authority(&scheme, authority) {
+        Cow::Borrowed(_) if scheme_is_lower => Cow::Borrowed(target),
+        canonical => Cow::Owned(format!("{scheme}://{canonical}{tail}")),
     }
-    Cow::Owned(format!(
-        "{}://{}{tail}",
-        scheme.to_ascii_lowercase(),
-        host.to_ascii_lowercase()
-    ))
 }
 
 /// A document after the mirror read it.

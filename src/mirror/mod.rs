@@ -93,13 +93,13 @@ impl Registry {
         }
     }
 
-    /// What a response for `path` (a mirror path under this registry) is.
     /// Whether `path` (below this registry's mount) is a page of PyPI's Simple API, which
     /// is negotiated by Accept ([`negotiate`]).
     fn is_simple_api(&self, path: &str) -> bool {
         self.kind == RegistryKind::Pypi && path[self.path.len() - 1..].starts_with("/simple/")
     }
 
+    /// What a response for `path` (a mirror path under this registry) is.
     fn classify(&self, path: &str, content_type: &str) -> Handling {
         let in_files = self
             .files_path
@@ -110,7 +110,7 @@ impl Registry {
         }
         let inner = &path[self.path.len() - 1..];
         let document = match self.kind {
-            RegistryKind::Pypi if inner.starts_with("/simple/") => {
+            RegistryKind::Pypi if self.is_simple_api(path) => {
                 if content_type.contains("json") {
                     Some(Document::PypiJson)
                 } else if content_type.contains("html") {
@@ -143,19 +143,20 @@ async fn held_verdict(
     encoded: bool,
     limit: u64,
 ) -> decode::CodedVerdict {
-    let (held, expected) = (bytes.clone(), expected.clone());
     if encoded {
-        let check = move || decode::gunzipped_matches(&held, &expected, limit);
+        let (coded, expected) = (bytes.clone(), expected.clone());
+        let check = move || decode::gunzipped_matches(&coded, &expected, limit);
         return tokio::task::spawn_blocking(check)
             .await
             .unwrap_or(decode::CodedVerdict::Mismatch);
     }
-    let matches = if held.len() >= HASH_OFF_RUNTIME_MIN {
+    let matches = if bytes.len() >= HASH_OFF_RUNTIME_MIN {
+        let (held, expected) = (bytes.clone(), expected.clone());
         tokio::task::spawn_blocking(move || expected.matches(&held))
             .await
             .unwrap_or(false)
     } else {
-        expected.matches(&held)
+        expected.matches(bytes)
     };
     if matches {
         decode::CodedVerdict::Matches
@@ -396,13 +397,6 @@ impl Mirror {
         }
     }
 
-    /// What the mirror makes of the upstream's answer to `path` (the client's path) for the
-    /// entry at `url` (`scheme://authority/path?query`): a rewritten document, a verified
-    /// artifact, or the answer as it came. A response the mirror does not touch is not read.
-    ///
-    /// # Errors
-    /// [`MirrorError`] when an artifact fails its check or cannot be read to be checked; the
-    /// refusal is counted for the registry.
     /// Writes a Simple API request's Accept in its canonical spelling ([`negotiate`]),
     /// before the cache looks it up.
     pub fn negotiate(&self, request: &mut http::request::Parts) {
@@ -419,6 +413,13 @@ impl Mirror {
             .insert(header::ACCEPT, http::HeaderValue::from_static(canonical));
     }
 
+    /// What the mirror makes of the upstream's answer to `path` (the client's path) for the
+    /// entry at `url` (`scheme://authority/path?query`): a rewritten document, a verified
+    /// artifact, or the answer as it came. A response the mirror does not touch is not read.
+    ///
+    /// # Errors
+    /// [`MirrorError`] when an artifact fails its check or cannot be read to be checked; the
+    /// refusal is counted for the registry.
     pub async fn on_response(
         &self,
         (path, url): (&str, &str),
@@ -537,18 +538,14 @@ impl Mirror {
             }
         }
         if registry.kind == RegistryKind::Debian && debian::is_by_hash(path) {
-            self.read_by_hash_index(registry, &bytes).await;
+            // apt fetches its indexes by hash when the archive's `Release` says
+            // `Acquire-By-Hash: yes`, as Debian's does: one that turns out to be a `Packages`
+            // index is read before it reaches apt, so the packages it lists are checked from
+            // the first download.
+            self.record_debian_packages(registry, &bytes, debian::packages_text)
+                .await;
         }
         Ok(OriginBody::read(bytes))
-    }
-
-    /// Records the `.deb` digests of a Debian `by-hash` file that turns out to be a
-    /// `Packages` index (in any compression): apt fetches its indexes this way when the
-    /// archive's `Release` says `Acquire-By-Hash: yes`, as Debian's does. Read before the
-    /// index reaches apt, so the packages it lists are checked from the first download.
-    async fn read_by_hash_index(&self, registry: &Registry, bytes: &Bytes) {
-        self.record_debian_packages(registry, bytes, debian::packages_text)
-            .await;
     }
 
     /// Reads `raw` as a Debian `Packages` index (`decoder`: how its bytes become its text,

@@ -11,6 +11,8 @@
 use http::header::GetAll;
 use http::HeaderValue;
 
+use crate::cache::key::qvalue;
+
 /// The JSON form (PEP 691).
 pub const SIMPLE_JSON: &str = "application/vnd.pypi.simple.v1+json";
 /// The versioned HTML form (PEP 691).
@@ -35,10 +37,15 @@ pub fn simple_api_accept(accept: GetAll<'_, HeaderValue>) -> &'static str {
         for member in text.split(',') {
             let mut parts = member.split(';');
             let range = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            // A weight that is no qvalue counts as 0: never chosen.
             let weight = parts
-                .filter_map(|param| param.split_once('='))
-                .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
-                .map_or(1000, |(_, q)| qvalue(q.trim()));
+                .map(str::trim)
+                .find(|param| {
+                    param
+                        .get(..2)
+                        .is_some_and(|name| name.eq_ignore_ascii_case("q="))
+                })
+                .map_or(1000, |param| qvalue(param.as_bytes()).unwrap_or(0));
             match range.as_str() {
                 "application/vnd.pypi.simple.v1+json"
                 | "application/vnd.pypi.simple.latest+json" => consider(weight, 2, SIMPLE_JSON),
@@ -50,20 +57,6 @@ pub fn simple_api_accept(accept: GetAll<'_, HeaderValue>) -> &'static str {
         }
     }
     best.map_or(LEGACY_HTML, |(_, _, form)| form)
-}
-
-/// An RFC 9110 §12.4.2 qvalue in thousandths; 0 for anything that is not one.
-fn qvalue(text: &str) -> u16 {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return 0;
-    }
-    let thousandths = format!("{fraction:0<3}").parse::<u16>().unwrap_or(0);
-    match whole {
-        "1" if thousandths == 0 => 1000,
-        "0" => thousandths,
-        _ => 0,
-    }
 }
 
 #[cfg(test)]
@@ -119,8 +112,11 @@ mod tests {
             LEGACY_HTML
         );
         assert_eq!(canonical(Some("image/png")), LEGACY_HTML);
-        assert_eq!(qvalue("0.5"), 500);
-        assert_eq!(qvalue("1.000"), 1000);
-        assert_eq!(qvalue("0.0001"), 0);
+        assert_eq!(
+            canonical(Some(
+                "application/vnd.pypi.simple.v1+json;q=0.0001, text/html;q=0.001"
+            )),
+            LEGACY_HTML
+        );
     }
 }

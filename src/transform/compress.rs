@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::body::Body;
+use crate::cache::key::qvalue;
 use crate::config::CompressionConfig;
 
 /// The codings outpost produces.
@@ -90,11 +91,11 @@ impl AcceptEncoding {
                 let mut weight = Some(1000);
                 for parameter in parts {
                     let parameter = parameter.trim();
-                    if let Some(q) = parameter
-                        .strip_prefix("q=")
-                        .or_else(|| parameter.strip_prefix("Q="))
+                    if parameter
+                        .get(..2)
+                        .is_some_and(|name| name.eq_ignore_ascii_case("q="))
                     {
-                        weight = parse_qvalue(q.trim());
+                        weight = qvalue(parameter.as_bytes());
                     }
                 }
                 if let Some(weight) = weight {
@@ -178,20 +179,6 @@ impl AcceptEncoding {
             (None, Some(0)) => Choice::NotAcceptable,
             (None, _) => Choice::Identity,
         }
-    }
-}
-
-/// RFC 9110 §12.4.2 qvalue: 0 to 1 with up to three decimals; in thousandths.
-fn parse_qvalue(text: &str) -> Option<u16> {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
-    match whole {
-        "0" => Some(thousandths),
-        "1" if thousandths == 0 => Some(1000),
-        _ => None,
     }
 }
 

@@ -28,11 +28,17 @@ pub fn is_by_hash(path: &str) -> bool {
 /// packages for an architecture). Its first bytes are decoded alone first, so that only a
 /// `Packages` index is decoded whole.
 pub fn packages_text(raw: &Bytes, limit: u64) -> Option<Bytes> {
-    let prefix = decoded_prefix(raw, PACKAGES_START.len());
-    if !prefix.is_empty() && !prefix.starts_with(PACKAGES_START) {
+    if !may_be_packages(raw) {
         return None;
     }
     decoded(raw, limit)
+}
+
+/// Whether `raw` (plain, gzip or xz) may be a `Packages` index: its first bytes decode to
+/// the start of one, or to nothing (an empty index, or bytes that do not decode at all).
+pub fn may_be_packages(raw: &[u8]) -> bool {
+    let prefix = decoded_prefix(raw, PACKAGES_START.len());
+    prefix.is_empty() || prefix.starts_with(PACKAGES_START)
 }
 
 /// What a suite's `Release` (or `InRelease`) says of its index files.
@@ -120,6 +126,20 @@ mod tests {
         let mut truncated = xz(TEXT);
         truncated.truncate(truncated.len() - 8);
         assert_eq!(decoded(&truncated, 1 << 20), None);
+    }
+
+    /// A file that does not decode is told apart from one that is another index: the first
+    /// leaves a `Packages` index's packages unchecked, and is logged.
+    #[test]
+    fn an_undecodable_packages_index_is_told_from_another_index() {
+        let mut truncated = xz(TEXT);
+        truncated.truncate(truncated.len() - 8);
+        assert_eq!(packages_text(&truncated, 1 << 20), None);
+        assert!(may_be_packages(&truncated));
+        assert!(may_be_packages(&xz(TEXT)) && may_be_packages(&gz(b"")));
+        assert!(may_be_packages(b"\xfd7zXZ\0 not really xz"));
+        assert!(!may_be_packages(&xz(b"usr/bin/a    utils/a\n")));
+        assert!(!may_be_packages(b"Origin: Debian\n"));
     }
 
     #[test]

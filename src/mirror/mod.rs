@@ -563,12 +563,28 @@ impl Mirror {
         let digests = Arc::clone(&self.digests);
         let (raw, limit, root) = (raw.clone(), self.rewrite_max, registry.path.clone());
         let read = tokio::task::spawn_blocking(move || {
-            let text = decoder(&raw, limit)?;
-            Some(documents::debian_packages(&text, &root).map(|read| digests.put_all(read.records)))
+            let Some(text) = decoder(&raw, limit) else {
+                return Ok(if debian::may_be_packages(&raw) {
+                    PackagesRead::NotDecoded
+                } else {
+                    PackagesRead::OtherIndex
+                });
+            };
+            documents::debian_packages(&text, &root).map(|read| {
+                digests.put_all(read.records);
+                PackagesRead::Recorded
+            })
         })
         .await;
-        if let Ok(Some(Err(err))) = read {
-            tracing::warn!(registry = %registry.name, error = %err, "Packages index not understood");
+        match read {
+            // Its packages go unchecked: the operator should know why.
+            Ok(Ok(PackagesRead::NotDecoded)) => {
+                tracing::warn!(registry = %registry.name, limit = self.rewrite_max, "Packages index not decoded within mirror.rewrite_max: its packages go unchecked")
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(registry = %registry.name, error = %err, "Packages index not understood")
+            }
+            Ok(Ok(PackagesRead::Recorded | PackagesRead::OtherIndex)) | Err(_) => {}
         }
     }
 
@@ -740,6 +756,16 @@ async fn read_whole(
         }
     }
     Ok(Whole::Read(chunks.freeze()))
+}
+
+/// What reading a file as a Debian `Packages` index came to.
+enum PackagesRead {
+    /// Its `.deb` digests are recorded.
+    Recorded,
+    /// A `by-hash` file that is some other index (`Contents`, translations, AppStream).
+    OtherIndex,
+    /// It looks like a `Packages` index but did not decode within `mirror.rewrite_max`.
+    NotDecoded,
 }
 
 #[cfg(test)]

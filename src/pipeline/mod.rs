@@ -1,7 +1,8 @@
 //! The life of one request, as explicit phases called top to bottom by (`handle`):
 //!
 //! 1. **request filter** (`request::check_request`): framing and target checks; anything
-//!    ambiguous is answered here and never forwarded.
+//!    ambiguous is answered here and never forwarded; so is what outpost answers as the
+//!    final recipient (`final_recipient`: `Max-Forwards: 0`, `OPTIONS *`).
 //! 2. **route** ([`route::Router::route`]): which site, hence which origin.
 //! 3. **cache lookup** ([`crate::cache::Cache::lookup`]): hit, stale-while-revalidate
 //!    (a hit plus `fetch::revalidate_in_background`), fetch (a miss, or a stored response
@@ -46,6 +47,7 @@ mod ctx;
 mod deliver;
 mod encode;
 mod fetch;
+mod final_recipient;
 mod forward_proxy;
 pub mod forwarding;
 mod head;
@@ -318,6 +320,10 @@ async fn serve(
         ));
     }
     check_request(parts)?;
+    if final_recipient::answers_here(parts) {
+        ctx.status = CacheStatus::default().with_detail(Detail::FinalRecipient);
+        return Ok(Delivery::Synthetic(final_recipient::answer(parts)));
+    }
     let host = route::request_host(parts, facts.scheme)?;
     ctx.host = host.as_deref().unwrap_or_default().to_owned();
     let site = match forward_site {

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
+use super::final_recipient;
 use super::forwarding::{self, Downstream};
 use super::route::{HostHeader, Site};
 use super::Proxy;
@@ -20,7 +21,7 @@ use crate::error::ProxyError;
 /// [`ProxyError::BadRequest`] for ambiguous framing (RFC 9112 §6.3: Content-Length together
 /// with Transfer-Encoding, or disagreeing Content-Length values: a request smuggling vector),
 /// CONNECT (answered before the filter, by `connect`, or not at all) and targets that are not
-/// origin- or absolute-form.
+/// origin- or absolute-form (but for `OPTIONS *`, answered by `final_recipient`).
 pub fn check_request(request: &http::request::Parts) -> Result<(), ProxyError> {
     let headers = &request.headers;
     if headers.contains_key(header::TRANSFER_ENCODING)
@@ -50,7 +51,9 @@ pub fn check_request(request: &http::request::Parts) -> Result<(), ProxyError> {
             "CONNECT is not supported by a reverse proxy",
         ));
     }
-    if !request.uri.path().starts_with('/') {
+    if !request.uri.path().starts_with('/')
+        && !super::final_recipient::is_server_wide_options(request)
+    {
         return Err(ProxyError::BadRequest(
             "request target must be origin-form or absolute-form",
         ));
@@ -123,6 +126,7 @@ pub(super) fn upstream_request(
     // We answer `Expect: 100-continue` ourselves (hyper does, when the body is first read);
     // the upstream client streams the body without waiting for the origin's 100.
     headers.remove(header::EXPECT);
+    final_recipient::lower_max_forwards(&parts.method, headers);
     join_cookie_fields(headers);
     let client = proxy.forwarding.apply(headers, downstream);
     forwarding::append_via(headers, parts.version, &proxy.proxy_name);

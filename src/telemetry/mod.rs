@@ -101,6 +101,9 @@ pub enum Detail {
     OnlyIfCached,
     /// A PURGE request.
     Purge,
+    /// Answered by outpost as the request's final recipient (RFC 9110 §7.6.2:
+    /// `Max-Forwards: 0`, or `OPTIONS *`).
+    FinalRecipient,
     /// RFC 9111 §3.3: a partial entry answered the range, or a 206 was kept as one.
     Partial,
     /// The response was not stored; the policy's reason.
@@ -120,6 +123,7 @@ impl Detail {
             Detail::StaleWhileRevalidate => "stale-while-revalidate",
             Detail::OnlyIfCached => "only-if-cached",
             Detail::Purge => "purge",
+            Detail::FinalRecipient => "final-recipient",
             Detail::Partial => "partial",
             Detail::NotStored(reason) => reason,
             Detail::Error(failure) => failure.as_str(),

@@ -858,3 +858,99 @@ async fn an_h2c_upgrade_switches_the_connection_to_http2() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout), "1.1");
 }
+
+/// A TRACE or OPTIONS request with `method` and `max_forwards` (RFC 9110 §7.6.2).
+fn counted(method: http::Method, url: &str, max_forwards: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(url)
+        .header("max-forwards", max_forwards)
+        .header("cookie", "session=secret")
+        .header("x-probe", "1")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// RFC 9110 §7.6.2: a TRACE or OPTIONS whose Max-Forwards is 0 is answered by outpost as
+/// its final recipient and never reaches the origin; one with hops left goes on with one
+/// fewer; other methods ignore the field. §9.3.8: the TRACE reflection is `message/http`
+/// and leaves credentials out.
+#[tokio::test]
+async fn max_forwards_is_counted_down_and_stops_here_at_zero() {
+    let origin = Origin::start(vec![("/mf", Fixture::ok("origin"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let client = client();
+
+    for method in [http::Method::OPTIONS, http::Method::TRACE] {
+        let reply = send(&client, counted(method.clone(), &proxy.url("/mf"), "3")).await;
+        assert_eq!(reply.text(), "origin", "{method}");
+        assert_eq!(origin.last("/mf").headers["max-forwards"], "2", "{method}");
+    }
+    let forwarded = origin.hits("/mf");
+
+    let trace = send(
+        &client,
+        counted(http::Method::TRACE, &proxy.url("/mf"), "0"),
+    )
+    .await;
+    assert_eq!(trace.status, 200);
+    assert_eq!(trace.header("content-type"), Some("message/http"));
+    let reflected = trace.text();
+    assert!(
+        reflected.starts_with("TRACE /mf HTTP/1.1\r\n"),
+        "{reflected}"
+    );
+    assert!(reflected.contains("x-probe: 1\r\n"), "{reflected}");
+    assert!(reflected.contains("max-forwards: 0\r\n"), "{reflected}");
+    assert!(!reflected.contains("secret"), "{reflected}");
+    assert!(reflected.ends_with("\r\n\r\n"), "{reflected}");
+    assert!(
+        cache_status(&trace).ends_with("; detail=\"final-recipient\""),
+        "{}",
+        cache_status(&trace)
+    );
+
+    let options = send(
+        &client,
+        counted(http::Method::OPTIONS, &proxy.url("/mf"), "0"),
+    )
+    .await;
+    assert_eq!(options.status, 200);
+    assert!(options.body.is_empty());
+    assert_eq!(origin.hits("/mf"), forwarded, "Max-Forwards 0 stops here");
+
+    let get = get(&proxy.url("/mf"), &[("max-forwards", "0")]).await;
+    assert_eq!(get.text(), "origin");
+    assert_eq!(
+        origin.last("/mf").headers["max-forwards"],
+        "0",
+        "GET ignores it"
+    );
+}
+
+/// RFC 9112 §3.2.4, RFC 9110 §9.3.7: `OPTIONS *` asks about the server in general; outpost
+/// answers it, and any other method with an asterisk target is refused.
+#[tokio::test]
+async fn options_asterisk_is_answered_and_other_asterisk_targets_refused() {
+    let origin = Origin::start(vec![("/", Fixture::ok("origin"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+
+    let reply = raw_exchange(
+        proxy.addr,
+        b"OPTIONS * HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("content-length: 0"),
+        "{reply}"
+    );
+
+    let refused = raw_exchange(
+        proxy.addr,
+        b"GET * HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    assert!(origin.seen().is_empty());
+}

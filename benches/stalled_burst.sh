@@ -6,14 +6,16 @@
 # then nothing until the normal ones are done. Per build and round: when the last normal
 # client finished, what the stalled clients then received (complete or aborted), and how
 # many requests the origin saw. The send timeout is lowered to SEND_TIMEOUT (10s) so a
-# build that waits for the stalled client ends a round in reasonable time.
+# build that waits for the stalled client ends a round in reasonable time. RESUMABLE=0 makes
+# the origin send no ETag (and ignore Range), so the rest cannot be asked for again: the
+# stalled client can then only be waited for or cut off.
 #
 #   BUILDS="old/outpost new/outpost" ROUNDS=3 N=8 SIZE_MIB=32 benches/stalled_burst.sh
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 BUILDS=${BUILDS:-$HERE/../target/release/outpost}
 ROUNDS=${ROUNDS:-3}; N=${N:-8}; STALLED=${STALLED:-1}; SIZE_MIB=${SIZE_MIB:-32}
-SEND_TIMEOUT=${SEND_TIMEOUT:-10s}
+SEND_TIMEOUT=${SEND_TIMEOUT:-10s}; RESUMABLE=${RESUMABLE:-1}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; rm -rf "$WORK"; }
@@ -27,15 +29,16 @@ import http.server, socketserver, sys, time
 size = int(sys.argv[2]) << 20
 block = bytes(i % 251 for i in range(1 << 16))
 count_file = sys.argv[3]
+resumable = sys.argv[4] == "1"
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def log_message(self, *a): pass
     def do_GET(self):
         with open(count_file, "a") as f: f.write(self.headers.get("Range", "-") + "\n")
-        first = 0
+        first, chunked = 0, True
         r, cond = self.headers.get("Range"), self.headers.get("If-Range")
-        if r and r.startswith("bytes=") and r.endswith("-") and cond in (None, '"v1"'):
-            first = int(r[6:-1])
+        if resumable and r and r.startswith("bytes=") and r.endswith("-") and cond in (None, '"v1"'):
+            first, chunked = int(r[6:-1]), False
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {first}-{size - 1}/{size}")
             self.send_header("Content-Length", str(size - first))
@@ -43,10 +46,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(0.3)  # a slow origin's first byte: the whole burst joins one fetch
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("ETag", '"v1"')
+        if resumable: self.send_header("ETag", '"v1"')
         self.send_header("Cache-Control", "max-age=60")
         self.end_headers()
-        chunked = first == 0 and not r
         at = first
         try:
             while at < size:
@@ -113,7 +115,7 @@ port=19511; origin_port=19611
 for round in $(seq "$ROUNDS"); do
   for bin in $BUILDS; do
     : >"$WORK/count"
-    python3 "$WORK/origin.py" $origin_port "$SIZE_MIB" "$WORK/count" & opid=$!; PIDS+=($opid)
+    python3 "$WORK/origin.py" $origin_port "$SIZE_MIB" "$WORK/count" "$RESUMABLE" & opid=$!; PIDS+=($opid)
     OUTPOST_LOG__ACCESS_LOG=false OUTPOST_SERVER__SEND_TIMEOUT=$SEND_TIMEOUT \
       OUTPOST_CACHE__MAX_OBJECT_SIZE=1MiB "$bin" serve --listen 127.0.0.1:$port \
       --origin http://127.0.0.1:$origin_port >"$WORK/log" 2>&1 & ppid=$!; PIDS+=($ppid)

@@ -452,3 +452,24 @@ async fn a_client_left_behind_never_gets_two_representations_spliced() {
         "only the old body's bytes"
     );
 }
+
+/// A body with no strong validator cannot be asked for again from an offset (RFC 9110
+/// §13.1.5: If-Range needs one), so a client that stops reading it cannot be left to the
+/// origin. It still does not hold the rest of its burst to its pace: after a longer grace
+/// its response is cut off (aborted, never ended as if complete), and nothing more is
+/// asked of the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_of_a_body_that_cannot_resume_is_cut_off() {
+    let body = big_body(3);
+    let headers = header_list(&[("cache-control", "max-age=60")]);
+    let (origin, _proxy, stalled, reply) =
+        burst_with_a_stalled_client((headers, body.clone()), Fixture::ok("not asked")).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body == body, "the follower's body is the origin's");
+
+    let (head, received, complete) = read_chunked_to_close(stalled).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!complete, "the response is aborted, not ended cleanly");
+    assert!(received[..] == body[..received.len()]);
+    assert_eq!(origin.hits("/big"), 1, "nothing asked of the origin again");
+}

@@ -25,9 +25,11 @@
 //! [`FillBounds::unread_limit`] bytes or has had no reader for [`FillBounds::unread_timeout`].
 //! A fill that is not being stored keeps only what its slowest reader has not read yet,
 //! waits for readers when that passes a window, and stops when no reader is left. When a
-//! reader is a window behind one that waits for more, and the fill can be taken up again
-//! from the origin ([`ResumeFrom`]), the laggard goes on by its own ranged request instead:
-//! one stalled client does not hold every other client of a burst to its pace.
+//! reader is a window behind one that waits for more, the laggard is left behind: it goes
+//! on by its own ranged request when the fill can be taken up again from the origin
+//! ([`ResumeFrom`]), or else its response is cut off, after a longer grace
+//! ([`LAGGARD_CUTOFF_GRACE`]). Either way one stalled or trickling client does not hold
+//! every other client of a burst to its pace.
 //!
 //! # Bounds
 //! Bytes held in memory by all fills are counted in one gauge (`outpost_fill_bytes`). What
@@ -160,6 +162,11 @@ pub struct Coalescer {
 /// How long, in all, a fill streaming through unstored waits for readers a window behind
 /// while another reader asks for more, before it leaves them to go on from the origin.
 pub const LAGGARD_GRACE: Duration = Duration::from_secs(1);
+
+/// [`LAGGARD_GRACE`] for a fill that cannot be taken up again (no strong validator, or a
+/// body the mirror checks whole): the readers a window behind then lose their response, so
+/// they get longer to catch up; a client that trickles holds the others back no longer.
+pub const LAGGARD_CUTOFF_GRACE: Duration = Duration::from_secs(5);
 
 /// What the connections on either side of a fill streaming through unstored hold beyond
 /// the fill's own chunks, counted against the fills' budget for each such fill: the origin
@@ -708,19 +715,19 @@ impl Fill {
     /// Waits while more than `window` bytes are unread by the slowest reader of a fill that
     /// is not retaining everything. Returns false when no reader is left.
     ///
-    /// When the fill can be taken up from the origin, the time it spends waiting while a
-    /// reader has read everything and asks for more is added up (from zero again after
-    /// laggards were left); once that passes
-    /// [`LAGGARD_GRACE`], readers more than `window` behind go on by their own request
-    /// ([`Fill::resume_laggards`]) and the fill reads on. A reader that is behind only for
-    /// a moment (its task not yet run) catches up well within that; one that stalls, or
-    /// that reads a trickle, holds the others back for that long in all.
+    /// The time it spends waiting while a reader has read everything and asks for more is
+    /// added up (from zero again after laggards were left); once that passes the grace
+    /// ([`LAGGARD_GRACE`], or [`LAGGARD_CUTOFF_GRACE`] for a fill that cannot be taken up
+    /// again), readers more than `window` behind are left ([`Fill::leave_laggards`]) and
+    /// the fill reads on. A reader that is behind only for a moment (its task not yet run)
+    /// catches up well within that; one that stalls, or that reads a trickle, holds the
+    /// others back for that long in all.
     async fn wait_for_readers(&self, window: usize) -> bool {
-        if !self.may_resume() {
-            return self
-                .wait_on_readers(|body| body.retained_bytes <= window)
-                .await;
-        }
+        let grace = if self.may_resume() {
+            LAGGARD_GRACE
+        } else {
+            LAGGARD_CUTOFF_GRACE
+        };
         loop {
             let notified = self.space.notified();
             let grace_left = {
@@ -735,8 +742,8 @@ impl Fill {
                 // A reader that finds nothing new wakes the fill, to start the clock.
                 body.awaits_demand = true;
                 if someone_asks(&body) {
-                    let left = LAGGARD_GRACE.saturating_sub(body.held_back);
-                    if left.is_zero() && self.resume_laggards(&mut body, window) {
+                    let left = grace.saturating_sub(body.held_back);
+                    if left.is_zero() && self.leave_laggards(&mut body, window) {
                         // The next laggards get their own grace: readers that fall a window
                         // behind for a moment later on are not left at once.
                         body.held_back = Duration::ZERO;
@@ -784,9 +791,17 @@ impl Fill {
 
     /// For a fill streaming through unstored whose attached reader has read all there is
     /// and asks for more: readers more than `window` behind it are detached to go on from
-    /// the origin, and what only they still needed is released. Returns whether any was.
-    fn resume_laggards(&self, body: &mut FillBody, window: usize) -> bool {
-        self.detach_behind(body, window, true) > 0
+    /// the origin (or, when the fill cannot be taken up again, to end in an error), and
+    /// what only they still needed is released. Returns whether any was.
+    fn leave_laggards(&self, body: &mut FillBody, window: usize) -> bool {
+        let left = self.detach_behind(body, window, true);
+        if left > 0 && !self.may_resume() {
+            tracing::info!(
+                readers = left,
+                "coalesced clients a window behind a response that cannot be resumed were cut off"
+            );
+        }
+        left > 0
     }
 
     /// Waits until every reader has read all there is and one of them has asked for more
@@ -1243,12 +1258,11 @@ mod tests {
         assert_eq!(*rest.1.lock(), [10], "asked from where it stopped");
     }
 
-    /// Without a way to take the body up again, or with no reader waiting for more, the
-    /// fill waits for the slowest as before, past the grace.
+    /// With no reader waiting for more, the fill waits for the slowest, past any grace: no
+    /// client is held back.
     #[tokio::test(start_paused = true)]
-    async fn without_a_resume_or_demand_the_fill_waits_for_the_slowest() {
-        let mut cx = std::task::Context::from_waker(Waker::noop());
-        for (resumable, fast_asks) in [(false, true), (true, false)] {
+    async fn with_no_reader_asking_the_fill_waits_for_the_slowest() {
+        for resumable in [false, true] {
             let coalescer = coalescer();
             let (fill, mut fast) = coalescer.solo();
             let _slow = fill.reader().unwrap();
@@ -1259,15 +1273,43 @@ mod tests {
             fill.stop_retaining();
             fill.push(Bytes::from_static(b"0123456789"));
             fast.frame().await.unwrap().unwrap();
-            let mut asks = std::pin::pin!(fast.frame());
-            if fast_asks {
-                assert!(asks.as_mut().poll(&mut cx).is_pending());
-            }
             let wait = fill.wait_for_readers(5);
-            let waited = tokio::time::timeout(LAGGARD_GRACE * 3, wait).await;
-            assert!(waited.is_err(), "{resumable} {fast_asks}");
+            let waited = tokio::time::timeout(LAGGARD_CUTOFF_GRACE * 3, wait).await;
+            assert!(waited.is_err(), "{resumable}");
             assert_eq!(fill.readership().0, 2);
         }
+    }
+
+    /// Without a way to take the body up again, a reader a window behind one that asks for
+    /// more holds it back for [`LAGGARD_CUTOFF_GRACE`] in all, then loses its response (an
+    /// error, never a short clean end); the other reads on and gets every byte.
+    #[tokio::test(start_paused = true)]
+    async fn a_laggard_that_cannot_resume_is_cut_off_after_the_longer_grace() {
+        let whole: Bytes = (0..40u8).collect::<Vec<u8>>().into();
+        let coalescer = coalescer();
+        let (fill, mut fast) = coalescer.solo();
+        let mut slow = fill.reader().unwrap();
+        fill.stop_retaining();
+        fill.push(whole.slice(0..10));
+        fill.push(whole.slice(10..30));
+        for _ in 0..2 {
+            fast.frame().await.unwrap().unwrap();
+        }
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        let mut asks = std::pin::pin!(fast.frame());
+        assert!(asks.as_mut().poll(&mut cx).is_pending(), "read all");
+        let started = tokio::time::Instant::now();
+        assert!(fill.wait_for_readers(20).await, "30 behind: left behind");
+        assert_eq!(started.elapsed(), LAGGARD_CUTOFF_GRACE);
+        assert_eq!(fill.readership().0, 1, "the laggard is no longer a reader");
+        assert_eq!(coalescer.held_bytes(), 0, "nothing held for it");
+        fill.push(whole.slice(30..40));
+        fill.end(None);
+        assert_eq!(
+            asks.await.unwrap().unwrap().into_data().unwrap(),
+            whole.slice(30..40)
+        );
+        assert!(slow.frame().await.unwrap().is_err(), "cut off, not ended");
     }
 
     /// What fills hold, streamed or kept, and the holds of bodies still being sent, are

@@ -63,7 +63,10 @@ impl http_body::Body for FillReader {
                 .or_else(|| live.fill.resumed_from(offset, live.own_fields.as_ref()))
             {
                 Some(tail) => tail,
-                None => return Poll::Ready(Some(Err("fell behind a fill that failed".into()))),
+                None => {
+                    let why = "fell behind a fill it cannot follow (failed, or not resumable)";
+                    return Poll::Ready(Some(Err(why.into())));
+                }
             },
             Err(NextSource::Stored(rest)) => rest,
         };

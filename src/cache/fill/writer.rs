@@ -37,10 +37,9 @@ use crate::error::ProxyError;
 /// stalled on 8 MiB bodies streaming through took a full 256 MiB tier's process from 1.07x
 /// to 1.17x of the capacity with it).
 const UNSTORED_WINDOW: usize = 512 << 10;
-/// Past the budget, the window of a fill with several readers that can leave a laggard to
-/// go on from the origin: about one origin read, so that a reader that stalls is left
-/// behind (see `Fill::resume_laggards`) instead of holding the others, while the fill
-/// holds little more than on demand. Without that way out, past the budget, none.
+/// Past the budget, the window of a fill with several readers: about one origin read, so
+/// that a reader that stalls is left behind (see `Fill::leave_laggards`) instead of holding
+/// the others, while the fill holds little more than on demand.
 pub const UNSTORED_WINDOW_PAST_BUDGET: usize = 128 << 10;
 /// For a fill streaming to disk, how far a reader may fall behind before it follows the file.
 const SPILL_DETACH_DISTANCE: usize = 4 << 20;
@@ -264,11 +263,7 @@ impl FillWriter<'_> {
         }
         let budget = self.cache.fill_bounds.memory_budget;
         let past_budget = self.cache.coalescer().holds_past(budget);
-        let window = unstored_window(
-            self.fill.readership().0,
-            past_budget,
-            self.fill.may_resume(),
-        );
+        let window = unstored_window(self.fill.readership().0, past_budget);
         let read_on = if window == 0 {
             self.fill.wait_for_demand().await
         } else {
@@ -566,14 +561,13 @@ impl FillWriter<'_> {
 }
 
 /// How far a fill streaming through unstored to `readers` reads ahead of the slowest (see
-/// [`UNSTORED_WINDOW`]), and so how far behind a reader may fall before it is left to go on
-/// from the origin (`can_resume`); 0 when it reads on only as they ask.
-fn unstored_window(readers: usize, fills_past_budget: bool, can_resume: bool) -> usize {
-    match (readers > 1, fills_past_budget, can_resume) {
-        (false, _, _) => 0,
-        (true, false, _) => UNSTORED_WINDOW,
-        (true, true, true) => UNSTORED_WINDOW_PAST_BUDGET,
-        (true, true, false) => 0,
+/// [`UNSTORED_WINDOW`]), and so how far behind a reader may fall before it is left behind;
+/// 0 when it reads on only as they ask.
+fn unstored_window(readers: usize, fills_past_budget: bool) -> usize {
+    match (readers > 1, fills_past_budget) {
+        (false, _) => 0,
+        (true, false) => UNSTORED_WINDOW,
+        (true, true) => UNSTORED_WINDOW_PAST_BUDGET,
     }
 }
 
@@ -590,23 +584,14 @@ mod tests {
 
     /// A lone client's stream reads the origin as the client asks, however much budget is
     /// free; coalesced clients get a window while fills are within their budget, and past
-    /// it a small one only when a laggard can be left to go on from the origin.
+    /// it a small one (a laggard is left behind rather than held for).
     #[test]
     fn only_coalesced_readers_are_read_ahead_of() {
-        for can_resume in [false, true] {
-            assert_eq!(unstored_window(1, false, can_resume), 0, "one: on demand");
-            assert_eq!(unstored_window(0, false, can_resume), 0, "none to read for");
-            assert_eq!(unstored_window(2, false, can_resume), UNSTORED_WINDOW);
+        for past_budget in [false, true] {
+            assert_eq!(unstored_window(1, past_budget), 0, "one: on demand");
+            assert_eq!(unstored_window(0, past_budget), 0, "none to read for");
         }
-        assert_eq!(
-            unstored_window(2, true, false),
-            0,
-            "past the budget: on demand"
-        );
-        assert_eq!(
-            unstored_window(2, true, true),
-            UNSTORED_WINDOW_PAST_BUDGET,
-            "past the budget, laggards go on from the origin"
-        );
+        assert_eq!(unstored_window(2, false), UNSTORED_WINDOW);
+        assert_eq!(unstored_window(2, true), UNSTORED_WINDOW_PAST_BUDGET);
     }
 }

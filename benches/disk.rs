@@ -4,6 +4,7 @@
 //!     cargo bench --bench disk            # 100k objects of 1 KiB
 //!     OBJECTS=20000 cargo bench --bench disk
 //!     INLINE_MAX=0 cargo bench --bench disk   # every body in a file of its own
+//!     NOTES=63000 cargo bench --bench disk    # digest records, as many as Debian's main index
 //!
 //! Time to first request is measured on the real binary: it is started on the filled
 //! directory (origin unreachable) and asked for a stored object until it answers 200.
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use outpost::cache::disk::index::{DiskIndex, SledIndex};
 use outpost::cache::disk::{DiskStore, NewBody};
 use outpost::cache::entry::{EntryMeta, StoredResponse};
 use outpost::cache::key::{PrimaryKey, VariantKey, Vary};
@@ -92,8 +94,45 @@ fn first_hit(port: u16) -> bool {
     out.starts_with("HTTP/1.1 200")
 }
 
+/// The mirror's digest records for `count` packages, as a Debian `Packages` index gives
+/// them (a pool path, a SHA256); `version` changes the digests of one record in a hundred,
+/// as a day's new index does.
+fn notes(count: usize, version: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+    (0..count)
+        .map(|i| {
+            let key = format!("d/debian/pool/main/p/pkg{i}/pkg{i}_1.{i}-1_amd64.deb");
+            let changed = if i % 100 == 0 { version } else { 0 };
+            let digest: Vec<u8> = (0..33u8).map(|b| b ^ (i as u8) ^ changed).collect();
+            (key.into_bytes(), digest)
+        })
+        .collect()
+}
+
+/// Time to record `count` digest records into a fresh index, then a new version of them
+/// (1% changed), then the same again.
+fn notes_figures(count: usize, base: &Path) {
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let index = SledIndex::open(dir.path()).unwrap();
+    let mut times = Vec::new();
+    for version in [0u8, 1, 1, 2] {
+        let records = notes(count, version);
+        let started = Instant::now();
+        index.put_notes(&records).unwrap();
+        times.push(started.elapsed());
+    }
+    println!(
+        "digest records, {count}: fresh {:.2?}, a new version (1% changed) {:.2?}, the same again {:.2?}, another version {:.2?}",
+        times[0], times[1], times[2], times[3]
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if let Some(count) = std::env::var("NOTES").ok().and_then(|v| v.parse().ok()) {
+        let base = std::env::var("BENCH_DIR").unwrap_or_else(|_| "/tmp".into());
+        notes_figures(count, Path::new(&base));
         return;
     }
     let objects: usize = std::env::var("OBJECTS")

@@ -122,10 +122,21 @@ impl Cache {
         let key = PrimaryKey::new(scheme, authority, path_and_query);
         let directives = policy::request_directives(headers);
         let has_authorization = headers.contains_key(header::AUTHORIZATION);
-        let (variants, tier) = match self.variants(&key, headers).await {
+        let (mut variants, mut tier) = match self.variants(&key, headers).await {
             Some((set, tier)) => (Some(set), tier),
             None => (None, Tier::Memory),
         };
+        let mut selected = variants
+            .as_ref()
+            .and_then(|set| set.select(headers))
+            .cloned();
+        if selected.is_none() && tier == Tier::Memory && variants.is_some() {
+            // A vary-miss in memory may be a variant only the disk tier still holds.
+            if let Some(set) = self.variant_on_disk(&key, headers).await {
+                selected = set.select(headers).cloned();
+                (variants, tier) = (Some(set), Tier::Disk);
+            }
+        }
         let plan = PlanSource {
             key,
             url: (scheme, authority, path_and_query),
@@ -133,10 +144,6 @@ impl Cache {
             variants: variants.as_deref(),
             is_coalescable: !has_authorization && !directives.no_store,
         };
-        let selected = variants
-            .as_ref()
-            .and_then(|set| set.select(headers))
-            .cloned();
         let (Some(entry), Some(set)) = (selected, variants.clone()) else {
             let is_vary_miss = variants.as_ref().is_some_and(|set| !set.is_empty());
             let partial = self.usable_partial(&key, request, &directives, now).await;

@@ -95,6 +95,20 @@ pub struct Cache {
     metrics: Arc<Metrics>,
 }
 
+/// What is new about an entry being stored ([`Cache::store`]), which decides what the disk
+/// tier writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreChange {
+    /// Its body: written with its row.
+    Body,
+    /// Only its headers (freshened in place): the row is rewritten, its body kept.
+    Headers,
+    /// A row of its own for a stored body, as when a revalidation finds that the body of
+    /// one variant answers another request too. A small body lives in a pack as its row's
+    /// own, so it is written again for the new row; a body in a file is found by digest.
+    NewRow,
+}
+
 impl Cache {
     /// Builds the tiers. A disk tier that cannot be opened (unusable directory, corrupt or
     /// locked index) is logged loudly and left out: outpost runs memory-only.
@@ -357,14 +371,44 @@ impl Cache {
             return Some((set, Tier::Memory));
         }
         let disk = self.live_disk()?;
+        self.promote_once(disk, key, request, |_| true)
+            .await
+            .map(|set| (set, Tier::Disk))
+    }
+
+    /// For a request that none of the variants of `key` in memory selects: the variants
+    /// promoted from disk, when the disk tier holds one it selects. Memory holds the
+    /// variants requests have asked for since the resource was stored or read back, so
+    /// after a restart the others are on disk only (and offline, nowhere else).
+    pub async fn variant_on_disk(
+        &self,
+        key: &PrimaryKey,
+        request: &HeaderMap,
+    ) -> Option<Arc<VariantSet>> {
+        let disk = self.live_disk()?;
+        let selects = |set: &VariantSet| set.select(request).is_some();
+        let set = self.promote_once(disk, key, request, selects).await?;
+        selects(&set).then_some(set)
+    }
+
+    /// Promotes `key` from disk, once for concurrent callers: each waits for the one before
+    /// it, then finds in memory what that one promoted, and reads the disk itself only if
+    /// that set is not `enough` for its request.
+    async fn promote_once(
+        &self,
+        disk: &DiskTier,
+        key: &PrimaryKey,
+        request: &HeaderMap,
+        enough: impl Fn(&VariantSet) -> bool,
+    ) -> Option<Arc<VariantSet>> {
         let gate = Arc::clone(self.promotions.lock().entry(*key).or_default());
         let promoted = {
             let _promoting = gate.lock().await;
             match self.memory.peek(key) {
                 // Promoted by the request we waited for.
-                Some(set) => Some(set),
+                Some(set) if enough(&set) => Some(set),
                 // Boxed: the disk path's future would otherwise size every lookup's.
-                None => Box::pin(self.promote(disk, key, request)).await,
+                _ => Box::pin(self.promote(disk, key, request)).await,
             }
         };
         let mut promotions = self.promotions.lock();
@@ -374,7 +418,7 @@ impl Cache {
         {
             promotions.remove(key);
         }
-        promoted.map(|set| (set, Tier::Disk))
+        promoted
     }
 
     /// Reads `key` from disk into memory; see [`Cache::variants`].
@@ -512,14 +556,14 @@ impl Cache {
                 .is_some_and(|disk| disk.sendfile_bodies().is_some())
     }
 
-    /// Stores `entry` in memory and, in the background, on disk (`body_changed`: false
-    /// when only its headers were freshened). A partial entry of the resource is dropped:
-    /// the whole representation answers every range.
-    pub async fn store(&self, entry: Arc<StoredResponse>, body_changed: bool) {
+    /// Stores `entry` in memory and, in the background, on disk (`change`: what is new
+    /// about it). A partial entry of the resource is dropped: the whole representation
+    /// answers every range.
+    pub async fn store(&self, entry: Arc<StoredResponse>, change: StoreChange) {
         self.partials.remove(&entry.meta.key).await;
         self.index_tags(&entry.meta);
         self.memory.insert(Arc::clone(&entry)).await;
-        self.store_on_disk(&entry, body_changed);
+        self.store_on_disk(&entry, change, None);
     }
 
     /// Stores `entry`, freshened by a 304 whose Vary differs from the stored one, in place of
@@ -528,29 +572,13 @@ impl Cache {
     pub async fn replace_variant(&self, entry: Arc<StoredResponse>, replaced: VariantKey) {
         if entry.meta.variant == replaced {
             // Same row: removing the old one would remove the new.
-            return self.store(entry, false).await;
+            return self.store(entry, StoreChange::Headers).await;
         }
         self.index_tags(&entry.meta);
         self.memory
             .replace_variant(Arc::clone(&entry), replaced)
             .await;
-        let Some(disk) = self.live_disk() else {
-            return;
-        };
-        if entry.meta.body_len > disk.max_object_size {
-            return;
-        }
-        let disk = disk.clone();
-        let memory = self.memory.clone();
-        let meta = entry.meta.clone();
-        // Boxed, as fills are (see `spawn_fill`): moved by value otherwise.
-        self.disk_writes.spawn(Box::pin(async move {
-            let key = meta.key;
-            if let Some(evicted) = disk.store(meta, None).await {
-                forget_evicted_files(&memory, &evicted).await;
-                disk.remove_variant(key, replaced).await;
-            }
-        }));
+        self.store_on_disk(&entry, StoreChange::NewRow, Some(replaced));
     }
 
     /// Drops the variant `variant` of `key` from both tiers: a revalidation found it may no
@@ -632,26 +660,40 @@ impl Cache {
         }
     }
 
-    /// Writes `entry` to the disk tier in the background.
-    pub fn store_on_disk(&self, entry: &Arc<StoredResponse>, body_changed: bool) {
+    /// Writes `entry` to the disk tier in the background, then drops the variant it
+    /// `replaces`, if any (the new row first, so a body they share stays).
+    fn store_on_disk(
+        &self,
+        entry: &Arc<StoredResponse>,
+        change: StoreChange,
+        replaces: Option<VariantKey>,
+    ) {
         let Some(disk) = self.live_disk() else {
             return;
         };
         if entry.meta.body_len > disk.max_object_size {
             return;
         }
-        let body = match (&entry.body, body_changed) {
-            (StoredBody::Memory(bytes), true) => Some(bytes.clone()),
-            (StoredBody::Sealed(sealed), true) => Some(sealed.bytes().clone()),
-            // A file body is on disk already (the streaming fill indexed it).
-            (StoredBody::File(_), true) => return,
-            (_, false) => None,
+        let body = match (&entry.body, change) {
+            (_, StoreChange::Headers) => None,
+            (StoredBody::Memory(bytes), _) => Some(bytes.clone()),
+            (StoredBody::Sealed(sealed), _) => Some(sealed.bytes().clone()),
+            // On disk already: the streaming fill indexed it.
+            (StoredBody::File(_), StoreChange::Body) => return,
+            // On disk already, found by its digest for the new row.
+            (StoredBody::File(_), StoreChange::NewRow) => None,
         };
         let memory = self.memory.clone();
         let meta = entry.meta.clone();
         let body_len = body.as_ref().map_or(0, bytes::Bytes::len);
         let writer = disk.clone();
-        let write = async move { writer.store(meta, body).await };
+        let write = async move {
+            let (key, evicted) = (meta.key, writer.store(meta, body).await);
+            if let (Some(_), Some(replaced)) = (&evicted, replaces) {
+                writer.remove_variant(key, replaced).await;
+            }
+            evicted
+        };
         // What the queued write holds until it runs, not its body alone: with small bodies
         // the copied metadata and the write's task (its future, then the job handed to the
         // writer threads, about as large again) weigh more than the body, and counting

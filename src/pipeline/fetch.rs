@@ -36,6 +36,7 @@ use crate::cache::key::Vary;
 use crate::cache::lookup::MissPlan;
 use crate::cache::partial::{ContentRange, PartialEntry};
 use crate::cache::policy::{self, FetchedFor, Freshness, NoStoreReason, ResponseDirectives};
+use crate::cache::StoreChange;
 use crate::error::{OriginFailure, ProxyError};
 use crate::telemetry::cache_status::CacheStatus;
 use crate::telemetry::metrics::CountedWhile;
@@ -837,7 +838,12 @@ impl FillTask {
         let entry = with_body(meta);
         match replaced {
             Some(old_variant) => cache.replace_variant(Arc::clone(&entry), old_variant).await,
-            None => cache.store(Arc::clone(&entry), false).await,
+            // A vary-miss validated against another variant's validator (RFC 9111 §4.3.1,
+            // §4.3.4) stores the body it selected under this request's variant too.
+            None if entry.meta.variant != stale.meta.variant => {
+                cache.store(Arc::clone(&entry), StoreChange::NewRow).await;
+            }
+            None => cache.store(Arc::clone(&entry), StoreChange::Headers).await,
         }
         if !own_fields.is_empty() {
             self.answer_leader(LeaderAnswer::Own(with_body(freshened(&merged))));
@@ -926,7 +932,7 @@ impl FillTask {
             .await;
         if let Some(complete) = held.completed() {
             let entry = Arc::new(cache.sealed(complete).await);
-            cache.store(Arc::clone(&entry), true).await;
+            cache.store(Arc::clone(&entry), StoreChange::Body).await;
             if !own_fields.is_empty() {
                 self.answer_leader(LeaderAnswer::OwnFields(own_fields));
             }

@@ -122,7 +122,7 @@ async fn apply_to_stored(
         body: stored.body.clone(),
         compressible: Default::default(),
     });
-    cache.store(entry, false).await;
+    cache.store(entry, crate::cache::StoreChange::Headers).await;
 }
 
 /// Whether a HEAD response may update the stored response (RFC 9111 §4.3.5): each validator

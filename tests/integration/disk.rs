@@ -1203,3 +1203,86 @@ async fn the_read_that_verifies_a_whole_file_opens_it_for_the_next_hit() {
     })
     .await;
 }
+
+/// RFC 9111 §4.1 and §4.3.4: a vary-miss validated against another variant's entity tag
+/// (the origin answers 304: that stored body answers this request too) stores the body
+/// under the new variant as well, on disk too (a small body is its row's own, in a pack).
+/// After a restart each variant is found, whichever is asked for first: memory holds only
+/// the variants asked for since, so a vary-miss in memory looks on disk before it goes to
+/// the origin, here gone.
+#[tokio::test]
+async fn variants_validated_by_one_tag_each_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = || Fixture::Validated {
+        etag: "\"same\"",
+        headers: support::header_list(&[
+            ("etag", "\"same\""),
+            ("cache-control", "max-age=3600"),
+            ("vary", "accept-language"),
+        ]),
+        body: Bytes::from_static(b"one body for every language"),
+        not_modified_headers: support::header_list(&[("cache-control", "max-age=3600")]),
+    };
+    let mut origin = Origin::start(vec![("/v", page())]).await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    for language in ["en", "fr"] {
+        let reply = get_as(&proxy.url("/v"), &[("accept-language", language)]).await;
+        assert_eq!(reply.text(), "one body for every language", "{language}");
+    }
+    let second = origin.last("/v");
+    assert_eq!(second.headers["if-none-match"], "\"same\"", "validated");
+    restart_point(proxy).await;
+    origin.stop();
+
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    for language in ["en", "fr"] {
+        let reply = get_as(&proxy.url("/v"), &[("accept-language", language)]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{language}: {}", reply.text());
+        assert_eq!(reply.text(), "one body for every language", "{language}");
+        let status = reply.header("cache-status").unwrap();
+        assert!(status.contains("hit"), "{language}: {status}");
+    }
+    assert_eq!(origin.hits("/v"), 2, "nothing asked after the restart");
+}
+
+/// RFC 9111 §4.3.4: a 304 whose Vary differs from the stored response's re-keys the entry,
+/// on disk too: the small body moves to the new row before the old row goes, so after a
+/// restart the re-keyed entry still answers (before, the new row found no body of its own
+/// and the old one was dropped: nothing was left).
+#[tokio::test]
+async fn an_entry_rekeyed_by_a_304_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut origin = Origin::start(vec![(
+        "/greeting",
+        Fixture::Validated {
+            etag: "\"v1\"",
+            headers: support::header_list(&[
+                ("etag", "\"v1\""),
+                ("cache-control", "max-age=60"),
+                ("age", "3600"),
+            ]),
+            body: Bytes::from_static(b"bonjour"),
+            not_modified_headers: support::header_list(&[
+                ("cache-control", "max-age=3600"),
+                ("vary", "accept-language"),
+            ]),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    let french = [("accept-language", "fr")];
+    get_as(&proxy.url("/greeting"), &french).await;
+    let rekeyed = get_as(&proxy.url("/greeting"), &french).await;
+    assert!(support::cache_status(&rekeyed).contains("fwd-status=304"));
+    restart_point(proxy).await;
+    origin.stop();
+
+    let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+    let again = get_as(&proxy.url("/greeting"), &french).await;
+    assert_eq!(again.text(), "bonjour");
+    assert!(
+        support::cache_status(&again).contains("hit"),
+        "{}",
+        support::cache_status(&again)
+    );
+}

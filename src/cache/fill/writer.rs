@@ -347,7 +347,9 @@ impl FillWriter<'_> {
     }
 
     async fn store_entry(mut self, entry: Arc<StoredResponse>) -> Admitted {
-        self.cache.store(Arc::clone(&entry), true).await;
+        self.cache
+            .store(Arc::clone(&entry), crate::cache::StoreChange::Body)
+            .await;
         if let StoredBody::Sealed(sealed) = &entry.body {
             if !self.cache.memory_holds_entry(&entry) {
                 let hold = self.cache.coalescer().hold(entry.meta.body_len);

@@ -284,6 +284,11 @@ impl Warmer {
         let Some(page) = self.fetch(&page_url, Some(accept)).await else {
             return Vec::new();
         };
+        // The mirror stores each form of the page apart (`mirror::negotiate`): clients that
+        // name no form (no Accept, `*/*`, `text/html`: older pip, poetry's sources, plain
+        // HTTP tools) get the legacy HTML, which offline is there only if stored too.
+        self.fetch(&page_url, Some(crate::mirror::negotiate::LEGACY_HTML))
+            .await;
         let base = url::Url::parse(&page_url).ok();
         let resolve = |href: &str| {
             let href = href.split('#').next().unwrap_or_default();

@@ -101,6 +101,11 @@ async fn warm_then_install_offline_after_a_restart() {
     pip.arg("--target").arg(target.path());
     run_blocking(pip).await.expect("pip offline after warm");
     assert!(target.path().join("demo_json/__init__.py").exists());
+    // A client that names no form (no Accept: older pip, poetry's sources, curl) gets the
+    // legacy HTML page, a variant of its own that warm stored beside pip's (PEP 691).
+    let legacy = crate::support::get(&mirror.url("/pypi/simple/demo-pkg/"), &[]).await;
+    assert_eq!(legacy.status, 200, "{}", legacy.text());
+    assert!(legacy.text().contains("demo_pkg-1.0"), "{}", legacy.text());
 
     let project = cargo_project(&mirror.url("/crates/"));
     run_blocking(cargo_fetch(project.path()))

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, GetAll, HeaderValue};
 use http::StatusCode;
 use http_body_util::BodyExt;
 
@@ -97,6 +97,29 @@ impl Registry {
     /// is negotiated by Accept ([`negotiate`]).
     fn is_simple_api(&self, path: &str) -> bool {
         self.kind == RegistryKind::Pypi && path[self.path.len() - 1..].starts_with("/simple/")
+    }
+
+    /// Whether `path` (below this registry) names an npm package document: anything but
+    /// the registry's root and its `/-/` paths (tarballs, search, audits).
+    fn is_npm_document(&self, path: &str) -> bool {
+        let inner = &path[self.path.len() - 1..];
+        self.kind == RegistryKind::Npm && inner.len() > 1 && !inner.contains("/-/")
+    }
+
+    /// The canonical `Accept` for a request for `path` whose own is `accept`, when `path`
+    /// is a document the upstream negotiates by Accept ([`negotiate`]).
+    fn canonical_accept(
+        &self,
+        path: &str,
+        accept: GetAll<'_, HeaderValue>,
+    ) -> Option<&'static str> {
+        if self.is_simple_api(path) {
+            Some(negotiate::simple_api_accept(accept))
+        } else if self.is_npm_document(path) {
+            Some(negotiate::npm_document_accept(accept))
+        } else {
+            None
+        }
     }
 
     /// What a response for `path` (a mirror path under this registry) is.
@@ -397,17 +420,17 @@ impl Mirror {
         }
     }
 
-    /// Writes a Simple API request's Accept in its canonical spelling ([`negotiate`]),
-    /// before the cache looks it up.
+    /// Writes the Accept of a request for a negotiated document (a Simple API page, an npm
+    /// package document) in its canonical spelling ([`negotiate`]), before the cache looks it up.
     pub fn negotiate(&self, request: &mut http::request::Parts) {
         let path = request.uri.path();
-        if !self
+        let accept = request.headers.get_all(header::ACCEPT);
+        let Some(canonical) = self
             .registry_for(path)
-            .is_some_and(|r| r.is_simple_api(path))
-        {
+            .and_then(|registry| registry.canonical_accept(path, accept))
+        else {
             return;
-        }
-        let canonical = negotiate::simple_api_accept(request.headers.get_all(header::ACCEPT));
+        };
         request
             .headers
             .insert(header::ACCEPT, http::HeaderValue::from_static(canonical));
@@ -430,9 +453,10 @@ impl Mirror {
         let Some(registry) = self.registry_for(path) else {
             return Ok((head, body));
         };
-        if registry.is_simple_api(path) {
+        if registry.is_simple_api(path) || registry.is_npm_document(path) {
             // The page is one of several forms of its URL, whether the upstream says so
-            // or not: a stored JSON page must never answer a client that asked for HTML.
+            // or not: a stored JSON page must never answer a client that asked for HTML,
+            // nor an abbreviated npm document one that needs the full one.
             crate::cache::key::vary_on(&mut head.headers, "Accept");
         }
         if head.status != StatusCode::OK {

@@ -7,6 +7,9 @@
 //! the client prefers, and stores each page as varying on it: at most three copies, and
 //! never a JSON page for a client that can read only HTML, even from an upstream that
 //! negotiates without saying so.
+//!
+//! npm's package documents are the same in two forms: the abbreviated one installers ask
+//! for and the full one (`npm view`, plain HTTP tools), asked for and stored the same way.
 
 use http::header::GetAll;
 use http::HeaderValue;
@@ -20,24 +23,66 @@ pub const SIMPLE_HTML: &str = "application/vnd.pypi.simple.v1+html";
 /// The legacy HTML of PEP 503, what a client that names neither form gets.
 pub const LEGACY_HTML: &str = "text/html";
 
+/// npm's abbreviated package document ("corgi"), in npm's own spelling (yarn, pnpm and bun
+/// send the same): an upstream without abbreviated documents answers it with the full one.
+pub const NPM_ABBREVIATED: &str =
+    "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*";
+/// npm's full package document.
+pub const NPM_FULL: &str = "application/json";
+
 /// The canonical `Accept` for a Simple API request with `accept`: of the forms the client
 /// accepts (q above 0), the one it weights highest; on a tie JSON, then the versioned
 /// HTML. Wildcards and no `Accept` at all stand for the legacy HTML (PEP 691: a server
 /// that cannot tell must answer as PEP 503 did).
 pub fn simple_api_accept(accept: GetAll<'_, HeaderValue>) -> &'static str {
-    // (weight in thousandths, preference on a tie) of each form.
-    let mut best: Option<(u16, u8, &'static str)> = None;
-    let mut consider = |weight: u16, rank: u8, form: &'static str| {
-        if weight > 0 && best.is_none_or(|(w, r, _)| (weight, rank) > (w, r)) {
-            best = Some((weight, rank, form));
-        }
-    };
-    for value in accept.iter() {
-        let Ok(text) = value.to_str() else { continue };
-        for member in text.split(',') {
+    let forms = weighted_ranges(accept).filter_map(|(range, weight)| {
+        let (rank, form) =
+            match range.as_str() {
+                "application/vnd.pypi.simple.v1+json"
+                | "application/vnd.pypi.simple.latest+json" => (2, SIMPLE_JSON),
+                "application/vnd.pypi.simple.v1+html"
+                | "application/vnd.pypi.simple.latest+html" => (1, SIMPLE_HTML),
+                "text/html" | "text/*" | "*/*" => (0, LEGACY_HTML),
+                _ => return None,
+            };
+        Some((weight, rank, form))
+    });
+    best_form(forms).unwrap_or(LEGACY_HTML)
+}
+
+/// The canonical `Accept` for an npm package document request with `accept`: the
+/// abbreviated document when the client weights it at least as high as any other form it
+/// accepts, else the full one (what a client that names neither, or only `*/*`, gets).
+pub fn npm_document_accept(accept: GetAll<'_, HeaderValue>) -> &'static str {
+    let forms = weighted_ranges(accept).filter_map(|(range, weight)| {
+        let (rank, form) = match range.as_str() {
+            "application/vnd.npm.install-v1+json" => (1, NPM_ABBREVIATED),
+            "application/json" | "application/*" | "*/*" => (0, NPM_FULL),
+            _ => return None,
+        };
+        Some((weight, rank, form))
+    });
+    best_form(forms).unwrap_or(NPM_FULL)
+}
+
+/// Of `(weight, preference on a tie, form)`, the form weighted highest above 0.
+fn best_form(forms: impl Iterator<Item = (u16, u8, &'static str)>) -> Option<&'static str> {
+    forms
+        .filter(|(weight, _, _)| *weight > 0)
+        .max_by_key(|(weight, rank, _)| (*weight, *rank))
+        .map(|(_, _, form)| form)
+}
+
+/// The media ranges of `accept`, lower case, with their weights in thousandths; a weight
+/// that is no qvalue counts as 0 (never chosen).
+fn weighted_ranges(accept: GetAll<'_, HeaderValue>) -> impl Iterator<Item = (String, u16)> + '_ {
+    accept
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(','))
+        .map(|member| {
             let mut parts = member.split(';');
             let range = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-            // A weight that is no qvalue counts as 0: never chosen.
             let weight = parts
                 .map(str::trim)
                 .find(|param| {
@@ -46,17 +91,8 @@ pub fn simple_api_accept(accept: GetAll<'_, HeaderValue>) -> &'static str {
                         .is_some_and(|name| name.eq_ignore_ascii_case("q="))
                 })
                 .map_or(1000, |param| qvalue(param.as_bytes()).unwrap_or(0));
-            match range.as_str() {
-                "application/vnd.pypi.simple.v1+json"
-                | "application/vnd.pypi.simple.latest+json" => consider(weight, 2, SIMPLE_JSON),
-                "application/vnd.pypi.simple.v1+html"
-                | "application/vnd.pypi.simple.latest+html" => consider(weight, 1, SIMPLE_HTML),
-                "text/html" | "text/*" | "*/*" => consider(weight, 0, LEGACY_HTML),
-                _ => {}
-            }
-        }
-    }
-    best.map_or(LEGACY_HTML, |(_, _, form)| form)
+            (range, weight)
+        })
 }
 
 #[cfg(test)]
@@ -117,6 +153,42 @@ mod tests {
                 "application/vnd.pypi.simple.v1+json;q=0.0001, text/html;q=0.001"
             )),
             LEGACY_HTML
+        );
+    }
+
+    fn npm(accept: Option<&str>) -> &'static str {
+        let mut headers = HeaderMap::new();
+        if let Some(accept) = accept {
+            headers.insert(http::header::ACCEPT, HeaderValue::from_str(accept).unwrap());
+        }
+        npm_document_accept(headers.get_all(http::header::ACCEPT))
+    }
+
+    /// npm, yarn, pnpm and bun ask for the abbreviated document in npm's spelling, some
+    /// tools in their own; `npm view` and plain HTTP tools want the full one.
+    #[test]
+    fn npm_clients_get_the_document_they_prefer() {
+        assert_eq!(npm(Some(NPM_ABBREVIATED)), NPM_ABBREVIATED);
+        assert_eq!(
+            npm(Some("application/vnd.npm.install-v1+json")),
+            NPM_ABBREVIATED
+        );
+        assert_eq!(
+            npm(Some("application/vnd.npm.install-v1+json;q=0.9, */*;q=0.8")),
+            NPM_ABBREVIATED
+        );
+        assert_eq!(npm(Some("application/json")), NPM_FULL);
+        assert_eq!(npm(Some("*/*")), NPM_FULL);
+        assert_eq!(npm(None), NPM_FULL);
+        assert_eq!(
+            npm(Some(
+                "application/vnd.npm.install-v1+json;q=0.5, application/json"
+            )),
+            NPM_FULL
+        );
+        assert_eq!(
+            npm(Some("application/vnd.npm.install-v1+json;q=0")),
+            NPM_FULL
         );
     }
 }

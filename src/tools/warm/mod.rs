@@ -373,8 +373,12 @@ impl Warmer {
         let url = self.url(&self.plan.mounts.npm, &path);
         // npm asks for both forms (full during install, abbreviated in older versions);
         // a registry that varies on Accept stores them apart.
-        let _ = self.fetch(&url, Some(NPM_ABBREVIATED_ACCEPT)).await;
-        let document = self.fetch(&url, Some("application/json")).await?;
+        let _ = self
+            .fetch(&url, Some(crate::mirror::negotiate::NPM_ABBREVIATED))
+            .await;
+        let document = self
+            .fetch(&url, Some(crate::mirror::negotiate::NPM_FULL))
+            .await?;
         let document: Value = serde_json::from_slice(&document.body).unwrap_or_default();
         let version = package.version.as_deref().unwrap_or_default();
         let tarball = document["versions"][version]["dist"]["tarball"].as_str();
@@ -512,9 +516,6 @@ async fn packages_of(answer: &Answer) -> Option<Bytes> {
 
 /// What pip 23 sends for simple pages.
 const PIP_ACCEPT: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01";
-/// What npm sends for the abbreviated package document.
-const NPM_ABBREVIATED_ACCEPT: &str =
-    "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*";
 
 /// PEP 503 normalisation: lower case, runs of `-`, `_`, `.` as one `-`.
 pub fn normalized_pypi_name(name: &str) -> String {

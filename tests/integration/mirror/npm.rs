@@ -176,3 +176,51 @@ async fn npm_installs_through_the_mirror_online_with_the_upstream_down_and_offli
         .expect("npm install in offline mode");
     assert!(installed.exists());
 }
+
+/// npm's package document comes in two forms negotiated by Accept: the abbreviated one
+/// installers ask for and the full one (`npm view`, plain HTTP tools). From an upstream
+/// that negotiates without Vary, a stored abbreviated document never answers a client that
+/// asked for the full one (RFC 9111 §4.1), and however a client spells "abbreviated
+/// first", it shares the document npm's spelling stored: offline it is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn package_documents_are_stored_per_form_whatever_the_accept_spelling() {
+    const NPM: &str = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*";
+    let form = |content_type: &str, body: &str| crate::support::Fixture::Static {
+        status: http::StatusCode::OK,
+        headers: vec![("content-type", content_type.into())],
+        body: Bytes::from(body.to_string()),
+    };
+    let registry = Origin::start(vec![(
+        "/demo",
+        crate::support::Fixture::ByAccept {
+            contains: "install-v1",
+            matched: Box::new(form(
+                "application/vnd.npm.install-v1+json",
+                r#"{"name":"demo","modified":"2026-01-01T00:00:00Z","versions":{}}"#,
+            )),
+            otherwise: Box::new(form(
+                "application/json",
+                r#"{"name":"demo","time":{},"readme":"full","versions":{}}"#,
+            )),
+        },
+    )])
+    .await;
+    let mirror = Mirror::start(&[("https://registry.npmjs.org", registry.url())], None).await;
+    let url = mirror.url("/npm/demo");
+    let is_full = |reply: &crate::support::Reply| reply.text().contains("readme");
+
+    let by_npm = crate::support::get(&url, &[("accept", NPM)]).await;
+    assert!(!is_full(&by_npm), "{}", by_npm.text());
+    assert!(by_npm.header("vary").is_some_and(|v| v.contains("Accept")));
+    let full = crate::support::get(&url, &[("accept", "application/json")]).await;
+    assert!(is_full(&full), "not the stored abbreviated document");
+
+    mirror.go_offline().await;
+    let terse = "application/vnd.npm.install-v1+json";
+    let by_other_tool = crate::support::get(&url, &[("accept", terse)]).await;
+    assert_eq!(by_other_tool.status, http::StatusCode::OK);
+    assert!(!is_full(&by_other_tool));
+    let plain = crate::support::get(&url, &[]).await;
+    assert_eq!(plain.status, http::StatusCode::OK);
+    assert!(is_full(&plain), "no Accept: the full document");
+}

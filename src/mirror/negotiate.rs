@@ -100,12 +100,20 @@ mod tests {
     use super::*;
     use http::HeaderMap;
 
-    fn canonical(accept: Option<&str>) -> &'static str {
+    /// `choose` applied to a request whose Accept is `accept` (none for `None`).
+    fn chosen(
+        choose: fn(GetAll<'_, HeaderValue>) -> &'static str,
+        accept: Option<&str>,
+    ) -> &'static str {
         let mut headers = HeaderMap::new();
         if let Some(accept) = accept {
             headers.insert(http::header::ACCEPT, HeaderValue::from_str(accept).unwrap());
         }
-        simple_api_accept(headers.get_all(http::header::ACCEPT))
+        choose(headers.get_all(http::header::ACCEPT))
+    }
+
+    fn canonical(accept: Option<&str>) -> &'static str {
+        chosen(simple_api_accept, accept)
     }
 
     /// PEP 691 §"Content negotiation", as pip, uv and older clients write it.
@@ -157,11 +165,7 @@ mod tests {
     }
 
     fn npm(accept: Option<&str>) -> &'static str {
-        let mut headers = HeaderMap::new();
-        if let Some(accept) = accept {
-            headers.insert(http::header::ACCEPT, HeaderValue::from_str(accept).unwrap());
-        }
-        npm_document_accept(headers.get_all(http::header::ACCEPT))
+        chosen(npm_document_accept, accept)
     }
 
     /// npm, yarn, pnpm and bun ask for the abbreviated document in npm's spelling, some

@@ -144,7 +144,7 @@ impl Registry {
             }
             RegistryKind::Cargo if inner == "/config.json" => Some(Document::CargoConfig),
             RegistryKind::Cargo if is_sparse_index_file(inner) => Some(Document::CargoIndex),
-            RegistryKind::Npm if !inner.contains("/-/") && content_type.contains("json") => {
+            RegistryKind::Npm if self.is_npm_document(path) && content_type.contains("json") => {
                 Some(Document::NpmPackument)
             }
             RegistryKind::Debian if debian::is_packages_index(inner) => {
@@ -651,25 +651,24 @@ impl Mirror {
         head: &mut Head,
         raw: Bytes,
     ) -> OriginBody {
-        let coded = head.headers.get(header::CONTENT_ENCODING).cloned();
+        // None: no Content-Encoding; Some(false): one we cannot read.
+        let gzip_coded = head
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .map(|coding| coding.as_bytes().eq_ignore_ascii_case(b"gzip"));
         if document == Document::DebianPackages {
             // Read for its digests only: it goes on as it came.
-            match &coded {
-                None => {
-                    self.record_debian_packages(registry, &raw, decode::decoded)
-                        .await
-                }
-                Some(coding) if coding.as_bytes().eq_ignore_ascii_case(b"gzip") => {
-                    self.record_debian_packages(registry, &raw, decode::gunzipped)
-                        .await
-                }
-                Some(_) => {}
-            }
+            let decoder: fn(&Bytes, u64) -> Option<Bytes> = match gzip_coded {
+                None => decode::decoded,
+                Some(true) => decode::gunzipped,
+                Some(false) => return OriginBody::read(raw),
+            };
+            self.record_debian_packages(registry, &raw, decoder).await;
             return OriginBody::read(raw);
         }
-        let text = match (&coded, document) {
-            (None, _) => raw.clone(),
-            (Some(coding), _) if coding.as_bytes().eq_ignore_ascii_case(b"gzip") => {
+        let text = match gzip_coded {
+            None => raw.clone(),
+            Some(true) => {
                 match decode::off_runtime(&raw, self.rewrite_max, decode::gunzipped).await {
                     Some(text) => text,
                     None => {
@@ -679,7 +678,7 @@ impl Mirror {
                 }
             }
             // A coding we cannot read: the document goes on untouched.
-            (Some(_), _) => return OriginBody::read(raw),
+            Some(false) => return OriginBody::read(raw),
         };
         let base = self.base_for(url);
         let job = DocumentJob {

@@ -994,7 +994,11 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
         Err(err) => {
             disk_metrics.errors.inc();
             disk_metrics.degraded.set(1);
-            tracing::error!(dir = %dir.display(), error = %err, "disk tier unavailable: running with the memory tier only");
+            if err.is_out_of_room() {
+                tracing::error!(dir = %dir.display(), error = %err, "disk tier unavailable: its file system is full (the reserve kept for this is gone too); running with the memory tier only: free some room there and restart");
+            } else {
+                tracing::error!(dir = %dir.display(), error = %err, "disk tier unavailable: running with the memory tier only");
+            }
             return None;
         }
     };

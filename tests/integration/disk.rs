@@ -1286,3 +1286,89 @@ async fn an_entry_rekeyed_by_a_304_survives_a_restart() {
         support::cache_status(&again)
     );
 }
+
+/// Writes to `path` until the file system holding it has no room left.
+fn fill_file_system(path: &Path) {
+    use std::io::Write;
+    let mut filler = std::fs::File::create(path).unwrap();
+    let chunk = vec![0x5a_u8; 64 << 10];
+    while filler.write_all(&chunk).is_ok() {}
+    // What a full last chunk could not take, a byte at a time.
+    while filler.write_all(&[0x5a]).is_ok() {}
+}
+
+/// A file system that filled up while outpost was down costs nothing stored: the disk
+/// tier gives up its reserve before the index writes a byte, so the index opens and
+/// what it names is served (before, sled ran out of room opening it, and the whole tier
+/// was off: 502s with the origin down). Nothing new is stored until there is room again;
+/// then storing resumes, the reserve is made again and the new object survives a restart.
+#[tokio::test]
+async fn a_file_system_filled_while_down_loses_nothing_stored() {
+    let Some(fs) = support::small_file_system(
+        "disk::a_file_system_filled_while_down_loses_nothing_stored",
+        "16m",
+    ) else {
+        return;
+    };
+    let dir = fs.path().join("cache");
+    let big = pattern(300 << 10);
+    let cached = |body: Bytes| Fixture::Static {
+        status: StatusCode::OK,
+        headers: vec![("cache-control", "max-age=3600".into())],
+        body,
+    };
+    let origin = Origin::start(vec![
+        ("/small", cached(Bytes::from_static(b"small body"))),
+        ("/big", cached(big.clone())),
+        (
+            "/later",
+            cached(Bytes::from_static(b"stored once there was room")),
+        ),
+    ])
+    .await;
+    let toml = disk_toml(&dir, "disk_min_free = \"1MiB\"");
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    get_as(&proxy.url("/small"), &[]).await;
+    get_as(&proxy.url("/big"), &[]).await;
+    restart_point(proxy).await;
+    let reserve = dir.join("reserve");
+    assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 4 << 20);
+
+    let filler = fs.path().join("filler");
+    fill_file_system(&filler);
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    let small = get_as(&proxy.url("/small"), &[]).await;
+    assert_eq!(
+        (small.status, small.text().as_str()),
+        (StatusCode::OK, "small body")
+    );
+    assert_eq!(get_as(&proxy.url("/big"), &[]).await.body, big);
+    assert_eq!(
+        (origin.hits("/small"), origin.hits("/big")),
+        (1, 1),
+        "served from the disk tier"
+    );
+    assert!(!reserve.exists(), "the reserve was given up");
+
+    std::fs::remove_file(&filler).unwrap();
+    get_as(&proxy.url("/later"), &[]).await;
+    proxy.outpost.proxy().cache().settle().await;
+    assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 4 << 20);
+    restart_point(proxy).await;
+    drop(origin);
+
+    let down = support::closed_port().await;
+    let proxy = Proxy::start(&format!("http://{down}"), &toml).await;
+    for (path, body) in [
+        ("/small", Bytes::from_static(b"small body")),
+        ("/big", big),
+        ("/later", Bytes::from_static(b"stored once there was room")),
+    ] {
+        let reply = get_as(&proxy.url(path), &[]).await;
+        assert_eq!(
+            (reply.status, &reply.body),
+            (StatusCode::OK, &body),
+            "{path}"
+        );
+    }
+}

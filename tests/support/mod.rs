@@ -1332,3 +1332,77 @@ pub async fn large_between_others(
     );
     responses
 }
+
+/// Set in the copy of a test that [`small_file_system`] runs in a mount namespace.
+const IN_MOUNT_NAMESPACE: &str = "OUTPOST_TEST_IN_MOUNT_NAMESPACE";
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+pub struct SmallFileSystem {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFileSystem {
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("fs")
+    }
+}
+
+impl Drop for SmallFileSystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.path())
+            .status();
+    }
+}
+
+/// A file system of `size` (a tmpfs) for a test that must fill one. In the test's own run
+/// this runs the test binary again for `test` alone, inside `unshare --user
+/// --map-root-user --mount` (a mount namespace of its own: the mount is private to it and
+/// needs no privileges), and returns `None` once that copy passed; its failure fails the
+/// test. In that copy it mounts the tmpfs and returns it. Where user namespaces are not
+/// allowed the test is skipped with a note, unless `OUTPOST_REQUIRE_NAMESPACES` is set
+/// (CI), when it fails.
+pub fn small_file_system(test: &str, size: &str) -> Option<SmallFileSystem> {
+    use std::process::Command;
+    if std::env::var_os(IN_MOUNT_NAMESPACE).is_some() {
+        let mounted = SmallFileSystem {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir(mounted.path()).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "outpost-test"])
+            .arg(mounted.path())
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mounting a tmpfs in the test's namespace");
+        return Some(mounted);
+    }
+    let unshare = ["--user", "--map-root-user", "--mount", "--"];
+    let allowed = Command::new("unshare")
+        .args(unshare)
+        .arg("true")
+        .output()
+        .is_ok_and(|probe| probe.status.success());
+    if !allowed {
+        assert!(
+            std::env::var_os("OUTPOST_REQUIRE_NAMESPACES").is_none(),
+            "{test} needs `unshare --user --mount` (OUTPOST_REQUIRE_NAMESPACES is set)"
+        );
+        eprintln!("skipped {test}: user and mount namespaces are not available here");
+        return None;
+    }
+    let copy = Command::new("unshare")
+        .args(unshare)
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(IN_MOUNT_NAMESPACE, "1")
+        .output()
+        .expect("running the test in a mount namespace");
+    let stdout = String::from_utf8_lossy(&copy.stdout);
+    assert!(
+        copy.status.success() && stdout.contains("1 passed"),
+        "{test} in its mount namespace:\n{stdout}\n{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    None
+}

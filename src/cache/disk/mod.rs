@@ -7,6 +7,7 @@
 //! - [`packs`]: small bodies appended to shared pack files, `packs/00000001.pack`, each
 //!   recorded in its row;
 //! - [`store`]: the two kept in step under one lock; [`sweep`]: cleaning up after a crash;
+//! - [`reserve`]: spare room given up for the index when the file system fills;
 //! - [`read`]: the verified streaming reader shared by disk hits and fill followers;
 //! - [`readers`]: the threads that serve reads from a queue;
 //! - this module: [`DiskTier`], the async face the cache uses.
@@ -38,6 +39,7 @@ pub mod opened;
 pub mod packs;
 pub mod read;
 pub mod readers;
+pub mod reserve;
 pub mod store;
 pub mod sweep;
 
@@ -103,6 +105,17 @@ pub enum DiskError {
     /// The directory holds files outpost did not create and no outpost mark.
     #[error("cache dir {path} is not empty and not an outpost cache (found {found}): refusing to use it, since outpost deletes files in its cache dir; give an empty or new directory")]
     NotOurs { path: PathBuf, found: String },
+}
+
+impl DiskError {
+    /// Whether the file system had no room for a write (ENOSPC), from the index or a file.
+    pub fn is_out_of_room(&self) -> bool {
+        let source = match self {
+            DiskError::Io { source, .. } | DiskError::Index(sled::Error::Io(source)) => source,
+            _ => return false,
+        };
+        source.kind() == io::ErrorKind::StorageFull
+    }
 }
 
 /// Why a stored body could not be read.
@@ -663,6 +676,20 @@ mod tests {
     use super::*;
     use crate::cache::entry::StoredResponse;
     use std::fs;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_file_system_is_told_apart_from_other_failures() {
+        const ENOSPC: i32 = 28;
+        let full = || io::Error::from_raw_os_error(ENOSPC);
+        assert!(DiskError::Index(sled::Error::Io(full())).is_out_of_room());
+        let path = PathBuf::from("tmp/x.part");
+        let source = full();
+        assert!(DiskError::Io { path, source }.is_out_of_room());
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert!(!DiskError::Index(sled::Error::Io(denied)).is_out_of_room());
+        assert!(!DiskError::Full.is_out_of_room());
+    }
 
     fn entry(path: &str, body: &'static [u8]) -> StoredResponse {
         crate::cache::entry::testing::entry(path, Bytes::from_static(body))

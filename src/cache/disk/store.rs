@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use super::blobs::{BlobFiles, BlobWriter, Reservation, TempBlob};
 use super::index::{BodyPlace, BodyRecord, DiskIndex, Released, SledIndex, StoredVariant};
 use super::packs::Packs;
+use super::reserve::Reserve;
 use super::{DiskError, ReadError};
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::{PrimaryKey, VariantKey};
@@ -42,6 +43,8 @@ pub struct DiskStore {
     /// Bytes reserved by bodies being written.
     reserved: Arc<AtomicU64>,
     limits: StoreLimits,
+    /// Spare room given up for the index when the file system fills (see [`super::reserve`]).
+    reserve: Reserve,
 }
 
 /// What the store keeps free, how many variants a resource may have and how many objects
@@ -78,10 +81,18 @@ impl DiskStore {
     /// An unusable directory, or an index sled cannot open (corrupt, another process).
     pub fn open(root: &Path, capacity: u64, fsync: bool) -> Result<DiskStore, DiskError> {
         let blobs = BlobFiles::open(root, fsync)?;
+        let reserve = Reserve::open(root);
+        // Before the index writes a byte: an open that runs out of room can ruin it.
+        if let Some((free_bytes, _)) = blobs.free_space() {
+            reserve.give_up_if_short(free_bytes);
+        }
         let index_dir = root.join("index");
         super::blobs::create_private_dir(&index_dir)?;
         let index = SledIndex::open(&index_dir)?;
         let packs = Packs::open(root, fsync)?;
+        if let Some((free_bytes, _)) = blobs.free_space() {
+            reserve.take_back_if_room(free_bytes, || blobs.create_temp());
+        }
         Ok(DiskStore {
             index: Box::new(index),
             blobs,
@@ -91,6 +102,7 @@ impl DiskStore {
             write_lock: Mutex::new(()),
             reserved: Arc::default(),
             limits: StoreLimits::default(),
+            reserve,
         })
     }
 
@@ -262,13 +274,31 @@ impl DiskStore {
         self.index.flush()
     }
 
-    /// Whether writing `len` more bytes keeps the file system above its watermarks.
+    /// Whether writing `len` more bytes keeps the file system above its watermarks, with
+    /// the reserve's room still free. Gives the reserve up when the file system is nearly
+    /// full, and makes it again when there is room.
     fn check_room(&self, len: u64) -> Result<(), DiskError> {
-        let Some((free_bytes, free_inodes)) = self.blobs.free_space() else {
+        let Some((mut free_bytes, free_inodes)) = self.blobs.free_space() else {
             // Not measurable here: the capacity alone bounds the tier.
             return Ok(());
         };
-        if free_bytes < self.limits.min_free.saturating_add(len) || free_inodes < MIN_FREE_INODES {
+        if !self.reserve.give_up_if_short(free_bytes)
+            && !self.reserve.is_held()
+            && self
+                .reserve
+                .take_back_if_room(free_bytes, || self.blobs.create_temp())
+        {
+            free_bytes = free_bytes.saturating_sub(super::reserve::RESERVE_BYTES);
+        }
+        let owed = self.reserve.room_owed();
+        if free_bytes
+            < self
+                .limits
+                .min_free
+                .saturating_add(owed)
+                .saturating_add(len)
+            || free_inodes < MIN_FREE_INODES
+        {
             return Err(DiskError::Full);
         }
         Ok(())

@@ -801,10 +801,11 @@ async fn a_corrupt_block_is_never_sent_and_intact_ranges_still_serve() {
 }
 
 /// A corrupt index never stops outpost: damaged records are dropped (their files swept as
-/// orphans and refetched on demand), and an index sled cannot open at all leaves outpost
-/// memory-only. Either way the request is answered, with the origin's bytes.
+/// orphans and refetched on demand), and an index sled cannot open at all is set aside
+/// (`index.corrupt`) for an empty one. Either way the request is answered with the
+/// origin's bytes, and the tier works again: what is stored next survives a restart.
 #[tokio::test]
-async fn a_corrupt_index_is_dropped_or_bypassed_never_fatal() {
+async fn a_corrupt_index_is_dropped_or_set_aside_never_fatal() {
     for damage in ["zeroed log", "garbage config"] {
         let dir = tempfile::tempdir().unwrap();
         let origin = Origin::start(vec![(
@@ -833,6 +834,13 @@ async fn a_corrupt_index_is_dropped_or_bypassed_never_fatal() {
             2,
             "{damage}: refetched, not served from a lost row"
         );
+        restart_point(proxy).await;
+        let proxy = Proxy::start(&origin.url(), &disk_toml(dir.path(), "")).await;
+        assert_eq!(get_as(&proxy.url("/kept"), &[]).await.text(), "kept body");
+        assert_eq!(origin.hits("/kept"), 2, "{damage}: stored again, on disk");
+        if damage == "garbage config" {
+            assert!(dir.path().join("index.corrupt").join("conf").exists());
+        }
     }
 }
 

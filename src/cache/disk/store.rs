@@ -70,6 +70,9 @@ impl Default for StoreLimits {
     }
 }
 
+/// Where an index that sled reports corrupt is set aside (the last one only).
+pub const CORRUPT_INDEX_DIR: &str = "index.corrupt";
+
 /// Free inodes the file system keeps; below, nothing more is written.
 pub const MIN_FREE_INODES: u64 = 1000;
 
@@ -88,7 +91,19 @@ impl DiskStore {
         }
         let index_dir = root.join("index");
         super::blobs::create_private_dir(&index_dir)?;
-        let index = SledIndex::open(&index_dir)?;
+        let index = match SledIndex::open(&index_dir) {
+            Err(DiskError::Index(sled::Error::Corruption { .. })) => {
+                // Refusing to open would leave the tier off for good; an empty index lets
+                // it work again (the bodies the old one named are swept as orphans).
+                let kept = root.join(CORRUPT_INDEX_DIR);
+                let _ = std::fs::remove_dir_all(&kept);
+                std::fs::rename(&index_dir, &kept).map_err(super::io_err(&index_dir))?;
+                tracing::error!(kept = %kept.display(), "disk tier: the index is corrupt and does not open; set it aside and started an empty one (what it held is refetched on demand)");
+                super::blobs::create_private_dir(&index_dir)?;
+                SledIndex::open(&index_dir)?
+            }
+            opened => opened?,
+        };
         let packs = Packs::open(root, fsync)?;
         if let Some((free_bytes, _)) = blobs.free_space() {
             reserve.take_back_if_room(free_bytes, || blobs.create_temp());

@@ -74,10 +74,12 @@ pub fn env_layer() -> Env {
 /// Why a configuration could not be loaded. Each variant says where to look.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path}: not found or not readable: {source}")]
+    /// The cause is part of the message, not a source in the chain, so that a report
+    /// of the whole chain does not say it twice.
+    #[error("config file {path}: not found or not readable: {cause}")]
     FileUnreadable {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Syntax errors, unknown keys and values of the wrong type or unit.
     #[error("{}", describe_figment_error(.0))]
@@ -1494,9 +1496,9 @@ impl Config {
         if let Some(path) = file {
             // figment silently ignores a missing file and searches parent folders for a
             // relative one: check the operator's path ourselves and read exactly it.
-            std::fs::metadata(path).map_err(|source| ConfigError::FileUnreadable {
+            std::fs::metadata(path).map_err(|cause| ConfigError::FileUnreadable {
                 path: path.to_path_buf(),
-                source,
+                cause,
             })?;
             figment = figment.merge(Toml::file_exact(path));
         }

@@ -199,15 +199,14 @@ fn bad_path_rules_are_refused_with_their_key() {
     );
 }
 
+/// Named, and why said once.
 #[test]
 fn missing_config_file_is_an_error_naming_it() {
     let output = outpost(&["check", "--config", "/nonexistent/outpost.toml"], &[]);
     assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("/nonexistent/outpost.toml"),
-        "{}",
-        stderr(&output)
-    );
+    let said = stderr(&output);
+    assert!(said.contains("/nonexistent/outpost.toml"), "{said}");
+    assert_eq!(said.matches("No such file").count(), 1, "said once: {said}");
 }
 
 /// A trace that cannot be read, or holds no requests, is an error that names the file and

@@ -163,7 +163,14 @@ fn main() {
         store.flush().unwrap();
     }
     let fill = started.elapsed();
+    // The reserve (a fixed 4 MiB kept for the index, see `disk::reserve`) is no object's.
+    let reserve = std::fs::metadata(dir.path().join(outpost::cache::disk::reserve::RESERVE_FILE))
+        .map_or((0, 0), |meta| {
+            use std::os::unix::fs::MetadataExt;
+            (meta.len(), meta.blocks() * 512)
+        });
     let (on_disk, allocated) = dir_bytes(dir.path());
+    let (on_disk, allocated) = (on_disk - reserve.0, allocated - reserve.1);
     let bodies = (objects * BODY) as u64;
     let per_object = (on_disk - bodies) as f64 / objects as f64;
     let per_object_allocated = (allocated - bodies) as f64 / objects as f64;

@@ -34,6 +34,8 @@ pub struct Reserve {
     path: PathBuf,
     size: u64,
     held: AtomicBool,
+    /// Whether a failure to make it was logged (once, not at every write that retries).
+    failure_logged: AtomicBool,
     /// Serialises giving up and taking back (a miss on the fast path never waits on it).
     changing: Mutex<()>,
 }
@@ -52,6 +54,7 @@ impl Reserve {
             path,
             size,
             held: AtomicBool::new(held),
+            failure_logged: AtomicBool::new(false),
             changing: Mutex::new(()),
         }
     }
@@ -127,7 +130,11 @@ impl Reserve {
                 true
             }
             Err(err) => {
-                tracing::warn!(error = %err, "disk tier: could not make the reserve; trying again later");
+                if self.failure_logged.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(error = %err, "disk tier: could not make the reserve");
+                } else {
+                    tracing::warn!(error = %err, "disk tier: could not make the reserve; trying again at later writes");
+                }
                 false
             }
         }

@@ -59,8 +59,9 @@ pub struct Registry {
     /// Where the artifacts host is mounted (`/pypi/_files/`), when the registry has one.
     files_path: Option<String>,
     /// Upstream URL prefixes (`scheme://authority/base`, no trailing slash) and the mirror
-    /// paths they are mounted at (no trailing slash), longest upstream first.
-    mounts: Vec<(String, String)>,
+    /// paths they are mounted at (no trailing slash), longest upstream first. Shared with
+    /// every document read (one per index document fetched).
+    mounts: Arc<[(String, String)]>,
     pub stats: Arc<RegistryStats>,
 }
 
@@ -88,7 +89,7 @@ impl Registry {
             kind: config.kind,
             path: config.path.clone(),
             files_path,
-            mounts,
+            mounts: mounts.into(),
             stats: Arc::default(),
         }
     }
@@ -279,7 +280,7 @@ const HASH_OFF_RUNTIME_MIN: usize = 1 << 20;
 struct DocumentJob {
     document: Document,
     text: Bytes,
-    mounts: Vec<(String, String)>,
+    mounts: Arc<[(String, String)]>,
     base: String,
     /// The document's path below the mirror.
     path: String,
@@ -684,7 +685,7 @@ impl Mirror {
         let job = DocumentJob {
             document,
             text,
-            mounts: registry.mounts.clone(),
+            mounts: Arc::clone(&registry.mounts),
             base: base.clone(),
             path: path.to_string(),
             registry_path: registry.path.clone(),

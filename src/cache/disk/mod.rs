@@ -447,6 +447,11 @@ impl DiskTier {
         self.run(move |s| {
             let body = match body {
                 Some(small) if small.len() as u64 <= inline_max => Some(NewBody::Inline(small)),
+                // A new row for a body in a file already (a 304 that re-keys an entry, a
+                // variant validated by another's tag): the row names that file, and
+                // writing the body again only to discard it as a duplicate is skipped.
+                // (Were the file released meanwhile, the row is not indexed: a miss.)
+                Some(_) if s.index.has_body(&meta.body_digest)? => None,
                 Some(large) => Some(NewBody::File(s.write_temp(&large)?)),
                 None => None,
             };
@@ -1016,6 +1021,39 @@ mod tests {
         let kept = store.variants(&entries[2].meta.key).unwrap();
         assert_eq!(kept.len(), 1, "the most recent stays");
         assert_eq!(store.read_body(&kept[0]).unwrap(), &b"a small body"[..]);
+    }
+
+    /// A new row whose body is in a file already is indexed without writing the body
+    /// again: it works even where no temporary file can be made.
+    #[tokio::test]
+    async fn a_new_row_for_a_body_on_disk_writes_no_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DiskStore::open(dir.path(), 1 << 30, false).unwrap());
+        let tier = DiskTier::new(Arc::clone(&store), DiskMetrics::default(), 1 << 20, 1 << 30);
+        let body = Bytes::from(vec![7u8; 64 << 10]);
+        let first = entry("/first", b"");
+        let mut first_meta = first.meta.clone();
+        first_meta.body_len = body.len() as u64;
+        first_meta.body_digest = *blake3::hash(&body).as_bytes();
+        assert!(tier
+            .store(first_meta.clone(), Some(body.clone()))
+            .await
+            .is_some());
+        // No temporary file can be made now.
+        let tmp = dir.path().join("tmp");
+        fs::remove_dir_all(&tmp).unwrap();
+        fs::write(&tmp, b"not a directory").unwrap();
+        let mut second_meta = first_meta.clone();
+        second_meta.key = crate::cache::key::PrimaryKey::new("http", "example.com", "/second");
+        second_meta.url = "http://example.com/second".into();
+        assert!(tier
+            .store(second_meta.clone(), Some(body.clone()))
+            .await
+            .is_some());
+        assert!(tier.is_available());
+        let stored = store.variants(&second_meta.key).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(store.read_body(&stored[0]).unwrap(), body);
     }
 
     /// A body written in odd-sized chunks gets the same block digests as one hashed whole.

@@ -78,10 +78,13 @@ pub const MIN_FREE_INODES: u64 = 1000;
 
 impl DiskStore {
     /// Opens (or creates) the store under `root`: `index/` (sled), `blobs/`, `packs/`,
-    /// `tmp/`. No body is read.
+    /// `tmp/` and the `reserve` (given up first when the file system is nearly full). An
+    /// index sled reports corrupt is set aside as [`CORRUPT_INDEX_DIR`] for an empty one.
+    /// No body is read.
     ///
     /// # Errors
-    /// An unusable directory, or an index sled cannot open (corrupt, another process).
+    /// An unusable directory, or an index sled cannot open for another reason (open in
+    /// another process, an I/O error such as a full file system without a reserve left).
     pub fn open(root: &Path, capacity: u64, fsync: bool) -> Result<DiskStore, DiskError> {
         let blobs = BlobFiles::open(root, fsync)?;
         let reserve = Reserve::open(root);

@@ -1380,3 +1380,69 @@ async fn a_file_system_filled_while_down_loses_nothing_stored() {
         );
     }
 }
+
+/// A file system that fills while outpost runs: the next write gives the reserve up and
+/// is refused (counted, not an error: the tier stays in use and its index keeps
+/// working); what was stored before stays, and once there is room again objects are
+/// stored and the reserve is made again. After a restart with the origin down, the
+/// objects stored before and after are served, the one refused is not.
+#[tokio::test]
+async fn a_file_system_filling_while_running_refuses_objects_and_loses_none() {
+    let Some(fs) = support::small_file_system(
+        "disk::a_file_system_filling_while_running_refuses_objects_and_loses_none",
+        "16m",
+    ) else {
+        return;
+    };
+    let dir = fs.path().join("cache");
+    let cached =
+        |body: &'static str| Fixture::with_headers(200, &[("cache-control", "max-age=3600")], body);
+    let origin = Origin::start(vec![
+        ("/before", cached("stored before the disk filled")),
+        ("/while", cached("refused while it was full")),
+        ("/after", cached("stored once there was room")),
+    ])
+    .await;
+    let toml = disk_toml(&dir, "disk_min_free = \"1MiB\"");
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    get_as(&proxy.url("/before"), &[]).await;
+    proxy.outpost.proxy().cache().settle().await;
+    let reserve = dir.join("reserve");
+    assert!(reserve.exists());
+
+    let filler = fs.path().join("filler");
+    fill_file_system(&filler);
+    let reply = get_as(&proxy.url("/while"), &[]).await;
+    assert_eq!(reply.text(), "refused while it was full");
+    proxy.outpost.proxy().cache().settle().await;
+    assert!(!reserve.exists(), "given up at the write");
+    assert!(metrics.disk_full_refusals.get() >= 1);
+    assert_eq!(
+        (metrics.disk_errors.get(), metrics.disk_degraded.get()),
+        (0, 0),
+        "refused, not failed"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    get_as(&proxy.url("/after"), &[]).await;
+    proxy.outpost.proxy().cache().settle().await;
+    assert!(reserve.exists(), "made again");
+    restart_point(proxy).await;
+    drop(origin);
+
+    let down = support::closed_port().await;
+    let proxy = Proxy::start(&format!("http://{down}"), &toml).await;
+    for (path, body) in [
+        ("/before", "stored before the disk filled"),
+        ("/after", "stored once there was room"),
+    ] {
+        let reply = get_as(&proxy.url(path), &[]).await;
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (StatusCode::OK, body)
+        );
+    }
+    let refused = get_as(&proxy.url("/while"), &[]).await;
+    assert_ne!(refused.status, StatusCode::OK, "never stored");
+}

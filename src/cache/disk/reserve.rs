@@ -59,13 +59,30 @@ impl Reserve {
         }
     }
 
-    pub fn is_held(&self) -> bool {
+    fn is_held(&self) -> bool {
         self.held.load(Ordering::Acquire)
+    }
+
+    /// Gives the reserve up or makes it again, as `free_bytes` (the file system's free
+    /// room, just measured) calls for; returns the room the tier must leave free for it
+    /// beside its own watermark: the reserve's whenever it was not in place as measured or
+    /// is not now (owed while given up, taken when made just now). `temp` gives a new
+    /// temporary file to make it in.
+    pub fn settle(
+        &self,
+        free_bytes: u64,
+        temp: impl FnOnce() -> Result<(fs::File, PathBuf), DiskError>,
+    ) -> u64 {
+        let owed_as_measured = self.room_owed();
+        if !self.give_up_if_short(free_bytes) {
+            self.take_back_if_room(free_bytes, temp);
+        }
+        owed_as_measured.max(self.room_owed())
     }
 
     /// Room the tier must leave free beside its own watermark: the reserve's, while it is
     /// given up.
-    pub fn room_owed(&self) -> u64 {
+    fn room_owed(&self) -> u64 {
         if self.is_held() {
             0
         } else {
@@ -75,7 +92,7 @@ impl Reserve {
 
     /// Deletes the reserve when `free_bytes` is below the index's headroom and it is in
     /// place; returns whether it did.
-    pub fn give_up_if_short(&self, free_bytes: u64) -> bool {
+    fn give_up_if_short(&self, free_bytes: u64) -> bool {
         if free_bytes >= INDEX_HEADROOM || !self.is_held() {
             return false;
         }
@@ -105,7 +122,7 @@ impl Reserve {
     /// headroom beside it; `temp` gives a new temporary file (renamed into place when
     /// whole, so a crash never leaves a short reserve counted as held). Returns whether
     /// the reserve is now in place. A failure is logged and tried again at a later write.
-    pub fn take_back_if_room(
+    fn take_back_if_room(
         &self,
         free_bytes: u64,
         temp: impl FnOnce() -> Result<(fs::File, PathBuf), DiskError>,

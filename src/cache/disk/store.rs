@@ -90,7 +90,7 @@ impl DiskStore {
         let reserve = Reserve::open(root);
         // Before the index writes a byte: an open that runs out of room can ruin it.
         if let Some((free_bytes, _)) = blobs.free_space() {
-            reserve.give_up_if_short(free_bytes);
+            reserve.settle(free_bytes, || blobs.create_temp());
         }
         let index_dir = root.join("index");
         super::blobs::create_private_dir(&index_dir)?;
@@ -108,9 +108,6 @@ impl DiskStore {
             opened => opened?,
         };
         let packs = Packs::open(root, fsync)?;
-        if let Some((free_bytes, _)) = blobs.free_space() {
-            reserve.take_back_if_room(free_bytes, || blobs.create_temp());
-        }
         Ok(DiskStore {
             index: Box::new(index),
             blobs,
@@ -296,27 +293,17 @@ impl DiskStore {
     /// the reserve's room still free. Gives the reserve up when the file system is nearly
     /// full, and makes it again when there is room.
     fn check_room(&self, len: u64) -> Result<(), DiskError> {
-        let Some((mut free_bytes, free_inodes)) = self.blobs.free_space() else {
+        let Some((free_bytes, free_inodes)) = self.blobs.free_space() else {
             // Not measurable here: the capacity alone bounds the tier.
             return Ok(());
         };
-        if !self.reserve.give_up_if_short(free_bytes)
-            && !self.reserve.is_held()
-            && self
-                .reserve
-                .take_back_if_room(free_bytes, || self.blobs.create_temp())
-        {
-            free_bytes = free_bytes.saturating_sub(super::reserve::RESERVE_BYTES);
-        }
-        let owed = self.reserve.room_owed();
-        if free_bytes
-            < self
-                .limits
-                .min_free
-                .saturating_add(owed)
-                .saturating_add(len)
-            || free_inodes < MIN_FREE_INODES
-        {
+        let owed = self.reserve.settle(free_bytes, || self.blobs.create_temp());
+        let wanted = self
+            .limits
+            .min_free
+            .saturating_add(owed)
+            .saturating_add(len);
+        if free_bytes < wanted || free_inodes < MIN_FREE_INODES {
             return Err(DiskError::Full);
         }
         Ok(())

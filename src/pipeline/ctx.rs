@@ -141,7 +141,13 @@ impl RequestCtx {
 
     /// `http://host/target`, for the status page and error lists.
     pub fn url(&self) -> String {
-        format!("http://{}{}", self.host, self.target())
+        // Pushed, not `format!`ed: a miss on a new key makes one for the status board.
+        let target = self.target();
+        let mut url = String::with_capacity(7 + self.host.len() + target.len());
+        url.push_str("http://");
+        url.push_str(&self.host);
+        url.push_str(&target);
+        url
     }
 
     /// Records the finished exchange in the metrics and emits the access-log line (target

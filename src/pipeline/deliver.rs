@@ -80,12 +80,12 @@ pub async fn deliver(
                     .remove(crate::cache::policy::ORIGIN_ETAG);
             }
             let version = response.version();
-            forwarding::append_via(response.headers_mut(), version, &proxy.proxy_name);
+            forwarding::append_via(response.headers_mut(), proxy.via_for(version));
             encode::for_client(proxy, response, parts).await
         }
         Delivery::Forwarded(mut response) => {
             let version = response.version();
-            forwarding::append_via(response.headers_mut(), version, &proxy.proxy_name);
+            forwarding::append_via(response.headers_mut(), proxy.via_for(version));
             Ok(response)
         }
         Delivery::Synthetic(response) => Ok(response),

@@ -123,13 +123,15 @@ pub(super) fn upstream_request(
 ) -> Result<(Request<Body>, IpAddr), ProxyError> {
     // Hop-by-hop fields were stripped when the request arrived (`handle`).
     let headers = &mut parts.headers;
+    // Room for the fields added below (forwarding, Via, Host) in one growth, not several.
+    let _ = headers.try_reserve(7);
     // We answer `Expect: 100-continue` ourselves (hyper does, when the body is first read);
     // the upstream client streams the body without waiting for the origin's 100.
     headers.remove(header::EXPECT);
     final_recipient::lower_max_forwards(&parts.method, headers);
     join_cookie_fields(headers);
     let client = proxy.forwarding.apply(headers, downstream);
-    forwarding::append_via(headers, parts.version, &proxy.proxy_name);
+    forwarding::append_via(headers, proxy.via_for(parts.version));
     match &site.host_header {
         HostHeader::Preserve => {
             if let Some(host) = downstream.host.and_then(|h| HeaderValue::from_str(h).ok()) {

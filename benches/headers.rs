@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::{HeaderMap, HeaderValue, Request, Version};
+use http::{HeaderMap, HeaderValue, Request};
 use outpost::config::{Config, ForwardingConfig};
 use outpost::pipeline::check_request;
 use outpost::pipeline::forwarding::{self, Downstream, ForwardingPolicy};
@@ -55,7 +55,7 @@ fn bench_headers(c: &mut Criterion) {
             |headers| {
                 forwarding::strip_hop_by_hop(headers);
                 untrusted.apply(headers, downstream);
-                forwarding::append_via(headers, Version::HTTP_11, "outpost");
+                forwarding::append_via(headers, &HeaderValue::from_static("1.1 outpost"));
             },
             criterion::BatchSize::SmallInput,
         )
@@ -66,7 +66,7 @@ fn bench_headers(c: &mut Criterion) {
             |headers| {
                 forwarding::strip_hop_by_hop(headers);
                 trusted.apply(headers, downstream);
-                forwarding::append_via(headers, Version::HTTP_11, "outpost");
+                forwarding::append_via(headers, &HeaderValue::from_static("1.1 outpost"));
             },
             criterion::BatchSize::SmallInput,
         )

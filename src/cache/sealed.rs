@@ -265,7 +265,10 @@ pub struct GrowingBody {
     bytes: Bytes,
     keepsake: KeepsakeSlot,
     written: usize,
-    hasher: blake3::Hasher,
+    /// Boxed: a hasher's state is about 1.9 KB, and the fill's writer, which holds this
+    /// body, is moved by value through the miss path's futures (every fill paid for the
+    /// copies, whether or not its body was large enough to grow in a memory file).
+    hasher: Box<blake3::Hasher>,
     slot: Slot,
 }
 
@@ -287,7 +290,7 @@ impl GrowingBody {
             bytes,
             keepsake,
             written: 0,
-            hasher: blake3::Hasher::new(),
+            hasher: Box::new(blake3::Hasher::new()),
             slot,
         })
     }

@@ -384,7 +384,7 @@ fn normalised_value(name: &HeaderName, request: &HeaderMap, hasher: &mut blake3:
 
 /// The members of a list field's lines, without the whitespace around them and without
 /// empty ones (RFC 9110 §5.6.1).
-fn list_members<'a>(
+pub(crate) fn list_members<'a>(
     values: impl IntoIterator<Item = &'a http::HeaderValue>,
 ) -> impl Iterator<Item = &'a [u8]> {
     values.into_iter().flat_map(|value| {

@@ -14,7 +14,7 @@
 use http::header::GetAll;
 use http::HeaderValue;
 
-use crate::cache::key::qvalue;
+use crate::cache::key::{list_members, qvalue};
 
 /// The JSON form (PEP 691).
 pub const SIMPLE_JSON: &str = "application/vnd.pypi.simple.v1+json";
@@ -76,23 +76,18 @@ fn best_form(forms: impl Iterator<Item = (u16, u8, &'static str)>) -> Option<&'s
 /// The media ranges of `accept`, lower case, with their weights in thousandths; a weight
 /// that is no qvalue counts as 0 (never chosen).
 fn weighted_ranges(accept: GetAll<'_, HeaderValue>) -> impl Iterator<Item = (String, u16)> + '_ {
-    accept
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|text| text.split(','))
-        .map(|member| {
-            let mut parts = member.split(';');
-            let range = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-            let weight = parts
-                .map(str::trim)
-                .find(|param| {
-                    param
-                        .get(..2)
-                        .is_some_and(|name| name.eq_ignore_ascii_case("q="))
-                })
-                .map_or(1000, |param| qvalue(param.as_bytes()).unwrap_or(0));
-            (range, weight)
-        })
+    list_members(accept).map(|member| {
+        let mut parts = member.split(|b| *b == b';').map(<[u8]>::trim_ascii);
+        let range = String::from_utf8_lossy(parts.next().unwrap_or_default()).to_ascii_lowercase();
+        let weight = parts
+            .find(|param| {
+                param
+                    .get(..2)
+                    .is_some_and(|name| name.eq_ignore_ascii_case(b"q="))
+            })
+            .map_or(1000, |param| qvalue(param).unwrap_or(0));
+        (range, weight)
+    })
 }
 
 #[cfg(test)]
@@ -138,6 +133,13 @@ mod tests {
         );
         assert_eq!(
             canonical(Some("Application/Vnd.PyPI.Simple.Latest+JSON")),
+            SIMPLE_JSON
+        );
+        // RFC 9110 §5.6.1: empty members and whitespace around members and parameters.
+        assert_eq!(
+            canonical(Some(
+                " , text/html ; q=0.1 ,, application/vnd.pypi.simple.v1+json ;q=0.9 ,"
+            )),
             SIMPLE_JSON
         );
     }

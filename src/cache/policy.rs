@@ -1097,16 +1097,28 @@ pub fn not_modified_selects(stored: &HeaderMap, not_modified: &HeaderMap) -> boo
 /// whose request brought the response.
 pub fn remove_unshared_fields(headers: &mut HeaderMap, settings: &PolicySettings) -> HeaderMap {
     let read = response_directives(headers, settings);
-    let mut unshared: Vec<HeaderName> = read
-        .directives
+    let unshared = unshared_field_names(&read.directives, settings);
+    remove_fields(headers, unshared)
+}
+
+/// The fields [`remove_unshared_fields`] removes from a response whose directives are
+/// `directives`: for a caller that has read them already (reading them is a tenth of the
+/// policy work of a miss).
+pub fn unshared_field_names(directives: &Directives, settings: &PolicySettings) -> Vec<HeaderName> {
+    let mut unshared: Vec<HeaderName> = directives
         .unshared_fields()
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     if !settings.store_set_cookie {
         unshared.push(header::SET_COOKIE);
     }
+    unshared
+}
+
+/// Removes every line of each of `names` from `headers` and returns them.
+pub fn remove_fields(headers: &mut HeaderMap, names: Vec<HeaderName>) -> HeaderMap {
     let mut removed = HeaderMap::new();
-    for name in unshared {
+    for name in names {
         if let http::header::Entry::Occupied(entry) = headers.entry(name) {
             let (name, values) = entry.remove_entry_mult();
             for value in values {

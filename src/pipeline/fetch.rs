@@ -572,20 +572,23 @@ impl FillTask {
         times: (SystemTime, SystemTime),
     ) -> (EntryMeta, HeaderMap) {
         self.proxy.cache.forget_uncacheable(&self.plan.key).await;
+        let unshared = policy::unshared_field_names(&read.directives, self.proxy.cache.policy());
         let freshness = self.freshness(head.status, &head.headers, Some(read), times);
-        self.shared_meta((head.status, head.version), head.headers, vary, freshness)
+        let fields = (head.headers, unshared);
+        self.shared_meta((head.status, head.version), fields, vary, freshness)
     }
 
     /// The metadata stored under this fill's key for a response with `headers` less the
-    /// fields only the requesting client may see, which come back beside it.
+    /// fields only the requesting client may see (`unshared`, see
+    /// [`policy::unshared_field_names`]), which come back beside it.
     fn shared_meta(
         &self,
         status_version: (StatusCode, http::Version),
-        mut headers: HeaderMap,
+        (mut headers, unshared): (HeaderMap, Vec<http::HeaderName>),
         vary: (Vary, crate::cache::key::VariantKey),
         freshness: Freshness,
     ) -> (EntryMeta, HeaderMap) {
-        let own_fields = policy::remove_unshared_fields(&mut headers, self.proxy.cache.policy());
+        let own_fields = policy::remove_fields(&mut headers, unshared);
         let meta = EntryMeta::new(
             self.plan.key,
             self.plan.url.clone(),
@@ -924,10 +927,12 @@ impl FillTask {
             }
             Err(err) => return self.origin_failed(err, Some(206)),
         };
-        let freshness = self.freshness(StatusCode::OK, &head.headers, None, times);
+        let read = policy::response_directives(&head.headers, cache.policy());
+        let unshared = policy::unshared_field_names(&read.directives, cache.policy());
+        let freshness = self.freshness(StatusCode::OK, &head.headers, Some(read), times);
         let (meta, own_fields) = self.shared_meta(
             (head.status, head.version),
-            head.headers.clone(),
+            (head.headers.clone(), unshared),
             (vary, variant),
             freshness,
         );

@@ -432,7 +432,7 @@ mod tests {
         }
     }
 
-    /// RFC 9110 §7.6.1: Connection-named fields go, and so do the fixed hop-by-hop ones.
+    /// RFC 7239 §6 and the X-Forwarded-* fields carry the address as `Display` writes it.
     #[test]
     fn addresses_are_written_as_display_writes_them() {
         let edges = [0u8, 1, 9, 10, 99, 100, 199, 200, 255];
@@ -446,6 +446,7 @@ mod tests {
         assert_eq!(address_text(v6), "2001:db8::1");
     }
 
+    /// RFC 9110 §7.6.1: Connection-named fields go, and so do the fixed hop-by-hop ones.
     #[test]
     fn connection_named_fields_are_removed() {
         let mut headers = HeaderMap::new();

@@ -12,6 +12,7 @@
 //! cross-check the two where they should agree. Every function takes `now`.
 //! Where entries live is `memory`'s business; what they hold is `entry`'s.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -121,11 +122,7 @@ impl Directives {
                 let is_spaced = name.ends_with(is_ows)
                     || argument.is_some_and(|argument| argument.starts_with(is_ows));
                 let argument = argument.map(|argument| unquote(argument.trim()));
-                directives.apply(
-                    &name.trim().to_ascii_lowercase(),
-                    argument.as_deref(),
-                    is_spaced,
-                );
+                directives.apply(&lower_case(name.trim()), argument.as_deref(), is_spaced);
             }
         }
         directives
@@ -217,10 +214,20 @@ fn delta_seconds(text: &str) -> Option<u64> {
     )
 }
 
-fn unquote(text: &str) -> String {
+fn unquote(text: &str) -> Cow<'_, str> {
     match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Some(inner) => inner.replace("\\\"", "\"").replace("\\\\", "\\"),
-        None => text.to_string(),
+        Some(inner) => Cow::Owned(inner.replace("\\\"", "\"").replace("\\\\", "\\")),
+        None => Cow::Borrowed(text),
+    }
+}
+
+/// `name` in lower case, copied only when it has upper case (directive names rarely do,
+/// and a miss reads every directive of the response).
+fn lower_case(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
     }
 }
 
@@ -260,8 +267,14 @@ fn field_names(argument: Option<&str>) -> Option<Vec<String>> {
 }
 
 /// Splits a list on commas that are not inside a quoted string.
-fn split_members(text: &str) -> Vec<&str> {
+fn split_members<'a>(text: &'a str) -> Vec<&'a str> {
     let mut members = Vec::new();
+    let keep = |members: &mut Vec<&'a str>, member: &'a str| {
+        let member = member.trim();
+        if !member.is_empty() {
+            members.push(member);
+        }
+    };
     let mut start = 0;
     let mut in_quotes = false;
     let mut escaped = false;
@@ -271,18 +284,14 @@ fn split_members(text: &str) -> Vec<&str> {
             b'\\' if in_quotes => escaped = true,
             b'"' => in_quotes = !in_quotes,
             b',' if !in_quotes => {
-                members.push(&text[start..index]);
+                keep(&mut members, &text[start..index]);
                 start = index + 1;
             }
             _ => {}
         }
     }
-    members.push(&text[start..]);
+    keep(&mut members, &text[start..]);
     members
-        .into_iter()
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-        .collect()
 }
 
 /// The response's directives for this cache: the first targeted field with a valid,

@@ -825,7 +825,7 @@ impl FillTask {
         let verdict = self.check_storable(uri, stale.meta.status, &shared_headers, times.1);
         let vary = Vary::from_response(&shared_headers);
         let variant = vary.variant_key(&self.client_headers);
-        let (Ok(()), Some(variant)) = (verdict, variant) else {
+        let (Ok(_), Some(variant)) = (&verdict, variant) else {
             let reason = verdict.err().unwrap_or(NoStoreReason::VaryStar);
             cache.drop_variant(stale.meta.key, stale.meta.variant).await;
             self.answer_leader(LeaderAnswer::Own(with_body(freshened(&merged))));
@@ -860,16 +860,15 @@ impl FillTask {
         true
     }
 
-    /// Hands `answer` to the leader (who may have gone; then nobody needs it).
     /// RFC 9111 §3 for a GET of `uri` by this fill's client answered with `status` and
-    /// `headers`.
+    /// `headers`; the response's directives as read, when it may be stored.
     fn check_storable(
         &self,
         uri: &http::Uri,
         status: StatusCode,
         headers: &HeaderMap,
         response_time: SystemTime,
-    ) -> Result<(), NoStoreReason> {
+    ) -> Result<ResponseDirectives, NoStoreReason> {
         let fetched_for = FetchedFor {
             method: &Method::GET,
             uri,
@@ -882,7 +881,6 @@ impl FillTask {
             self.proxy.cache.policy(),
             response_time,
         )
-        .map(drop)
     }
 
     /// RFC 9111 §3.3, §3.4: a 206 (to a Range we forwarded, or one the origin chose to
@@ -905,12 +903,15 @@ impl FillTask {
         let range = keepable_range(&head.headers, cache);
         let vary = Vary::from_response(&head.headers);
         let variant = vary.variant_key(&self.client_headers);
-        let (Ok(()), Some(range), Some(variant)) = (verdict, range, variant) else {
-            let reason = verdict.err().unwrap_or(NoStoreReason::PartialContent);
-            self.fill.publish(FillStatus::Uncacheable(reason));
-            let response = Response::from_parts(head, Body::from(body));
-            self.answer_leader(LeaderAnswer::Relayed(response));
-            return;
+        let (read, range, variant) = match (verdict, range, variant) {
+            (Ok(read), Some(range), Some(variant)) => (read, range, variant),
+            (verdict, _, _) => {
+                let reason = verdict.err().unwrap_or(NoStoreReason::PartialContent);
+                self.fill.publish(FillStatus::Uncacheable(reason));
+                let response = Response::from_parts(head, Body::from(body));
+                self.answer_leader(LeaderAnswer::Relayed(response));
+                return;
+            }
         };
         let bytes = match self.read_piece(body, range.byte_count()).await {
             Ok(Piece::AsRanged(bytes)) => bytes,
@@ -927,7 +928,6 @@ impl FillTask {
             }
             Err(err) => return self.origin_failed(err, Some(206)),
         };
-        let read = policy::response_directives(&head.headers, cache.policy());
         let unshared = policy::unshared_field_names(&read.directives, cache.policy());
         let freshness = self.freshness(StatusCode::OK, &head.headers, Some(read), times);
         let (meta, own_fields) = self.shared_meta(
@@ -993,6 +993,7 @@ impl FillTask {
         Ok(Piece::AsRanged(bytes.freeze()))
     }
 
+    /// Hands `answer` to the leader (who may have gone; then nobody needs it).
     fn answer_leader(&mut self, answer: LeaderAnswer) {
         if let Some(leader) = self.leader.take() {
             let _ = leader.send(answer);

@@ -278,8 +278,8 @@ impl FillWriter<'_> {
 
     /// The whole body has arrived: stores it where it fits and settles the fill.
     ///
-    /// Each way of storing is boxed: each holds this writer (2 KB) and its callees by
-    /// value, and together unboxed they made this future 16 KB, copied on every miss.
+    /// Each way of storing is boxed: each holds this writer and its callees by value, and
+    /// together unboxed they made this future 16 KB, copied on every miss.
     pub async fn finish(mut self) -> Admitted {
         let spilled = match self.spill.take() {
             Some(writer) => match Box::pin(writer.finish()).await {

@@ -54,6 +54,8 @@ pub struct ConnActivity {
     /// Transfer-Encoding; taken by the next request.
     framing_conflict: AtomicBool,
     inflight: AtomicUsize,
+    /// Requests started on the connection so far.
+    started: AtomicU64,
     is_h2: AtomicBool,
     head_started_at: AtomicU64,
     idle_since: AtomicU64,
@@ -67,6 +69,7 @@ impl ConnActivity {
             epoch: Instant::now(),
             framing_conflict: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
             is_h2: AtomicBool::new(false),
             head_started_at: AtomicU64::new(1),
             idle_since: AtomicU64::new(0),
@@ -85,6 +88,17 @@ impl ConnActivity {
             self.head_started_at.store(self.now_ms() + 1, Relaxed);
         }
         is_between_requests
+    }
+
+    /// How many requests have started on the connection.
+    pub fn requests_started(&self) -> u64 {
+        self.started.load(Relaxed)
+    }
+
+    /// Whether no request is in flight: every one started has had its response body
+    /// taken whole (or was abandoned).
+    pub fn is_between_requests(&self) -> bool {
+        self.inflight.load(Relaxed) == 0
     }
 
     /// Whether the head of the request now starting carried both Content-Length and
@@ -109,6 +123,7 @@ impl ConnActivity {
     /// dropped (after its response body, or when the request is abandoned).
     pub fn request_started(self: &Arc<Self>, is_h2: bool) -> InflightGuard {
         self.inflight.fetch_add(1, Relaxed);
+        self.started.fetch_add(1, Relaxed);
         self.head_started_at.store(0, Relaxed);
         if is_h2 {
             self.is_h2.store(true, Relaxed);

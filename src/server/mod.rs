@@ -13,6 +13,7 @@
 
 mod activity;
 mod h2c;
+mod one_request;
 mod prepared_http1;
 pub mod proxy_protocol;
 mod sendfile;
@@ -30,6 +31,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -201,6 +203,23 @@ fn connection_builder(settings: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// The hyper connection that serves a client connection's plain requests in turns.
+type OneRequestConnection<S, Svc> =
+    Pin<Box<http1::Connection<TokioIo<one_request::HyperSide<WatchedIo<S>>>, Svc>>>;
+
+/// hyper's HTTP/1 server for one plain request at a time (`one_request`), set as
+/// [`connection_builder`] sets HTTP/1.
+fn one_request_builder(settings: &ServerConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(settings.max_header_bytes.as_usize().max(8192))
+        .max_headers(settings.max_headers)
+        .keep_alive(true);
+    builder
+}
+
 /// A connection just accepted, before the per-client limit has had its say.
 struct Accepted {
     peer: SocketAddr,
@@ -238,6 +257,7 @@ impl Accepted {
         Some(Connection {
             proxy: Arc::clone(proxy),
             builder: connection_builder(&settings),
+            one_request: one_request_builder(&settings),
             timeouts: Timeouts {
                 header_read: settings.header_read_timeout.get(),
                 idle: settings.idle_timeout.get(),
@@ -257,6 +277,8 @@ impl Accepted {
 struct Connection {
     proxy: SharedProxy,
     builder: auto::Builder<TokioExecutor>,
+    /// Serves the plain requests of connections that answer prepared hits, one at a time.
+    one_request: http1::Builder,
     timeouts: Timeouts,
     stop: watch::Receiver<bool>,
     peer: SocketAddr,
@@ -413,6 +435,7 @@ impl Connection {
             sendfile: sendfile.clone(),
             h2c: parking_lot::Mutex::new(None),
             prepares_hits: scheme == "http" && self.proxy.load().prepared_hits().is_on(),
+            response_closes: std::sync::atomic::AtomicBool::new(false),
         });
         let io = WatchedIo::new(
             stream,
@@ -420,21 +443,44 @@ impl Connection {
             Arc::clone(&interim),
             sendfile,
         );
-        let (io, read_ahead) = if link.prepares_hits {
-            match self.answer_prepared(io, &link).await {
-                Some(handed_over) => handed_over,
-                None => return,
-            }
-        } else {
-            (io, bytes::Bytes::new())
-        };
-        let io = TokioIo::new(prepared_http1::ReadAhead::new(read_ahead, io));
         let service_link = Arc::clone(&link);
         let service = service_fn(move |request: http::Request<Incoming>| {
             let proxy = proxy.load_full();
             let link = Arc::clone(&service_link);
             async move { Ok::<_, Infallible>(serve_request(&proxy, request, &link).await) }
         });
+        let (io, read_ahead) = if link.prepares_hits {
+            // One watchdog for every turn: made per turn, its timers were a tenth of the
+            // cost a turn added to a miss.
+            let mut watchdog = Box::pin(watchdog(&mut self.stop, &activity, self.timeouts));
+            let turns = one_request::Turns::new(Arc::clone(&activity));
+            // Made at the first plain request, kept for the next ones.
+            let mut one_request = None;
+            let mut next = (io, bytes::BytesMut::new());
+            loop {
+                let handed = Self::answer_prepared(&self.proxy, next, &link, watchdog.as_mut());
+                match handed.await {
+                    None => return,
+                    Some(prepared_http1::Handed::ToHyper(io, read)) => break (io, read),
+                    Some(prepared_http1::Handed::OneRequest { io, head, rest }) => {
+                        turns.begin(io, head, rest);
+                        let connection = one_request.get_or_insert_with(|| {
+                            let io = TokioIo::new(turns.hyper_side());
+                            Box::pin(self.one_request.serve_connection(io, service.clone()))
+                        });
+                        let turn = (connection, &turns);
+                        let served = Self::serve_turn(&self.proxy, turn, &link, watchdog.as_mut());
+                        let Some(served) = served.await else {
+                            return;
+                        };
+                        next = (served.io, served.read_ahead);
+                    }
+                }
+            }
+        } else {
+            (io, bytes::Bytes::new())
+        };
+        let io = TokioIo::new(prepared_http1::ReadAhead::new(read_ahead, io));
         // Boxed where it is made: hyper's state for both protocols is kilobytes, and a
         // future holding it inline is copied whole each time it is moved (into the task,
         // into each awaiting future): five copies per connection, a fifth of the
@@ -461,40 +507,94 @@ impl Connection {
         self.supervise(connection, &activity).await;
     }
 
-    /// Answers prepared hits (`prepared_http1`) under the connection's watchdog and
-    /// shutdown; the connection and the bytes read ahead when hyper is to go on with it.
-    async fn answer_prepared<S>(
-        &mut self,
-        io: WatchedIo<S>,
+    /// Answers prepared hits (`prepared_http1`) under the connection's `watchdog` and
+    /// shutdown, starting with the bytes in `read`; where the connection goes next.
+    async fn answer_prepared<S, W>(
+        proxy: &SharedProxy,
+        (io, read): (WatchedIo<S>, bytes::BytesMut),
         link: &ConnectionLink,
-    ) -> Option<(WatchedIo<S>, bytes::Bytes)>
+        watchdog: Pin<&mut W>,
+    ) -> Option<prepared_http1::Handed<S>>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + SendfileSocket + Unpin,
+        W: Future<Output = Ending>,
     {
         let control = prepared_http1::Control::default();
-        let max_head = self.proxy.load().server.max_header_bytes.as_usize();
+        let max_head = proxy.load().server.max_header_bytes.as_usize();
         // Boxed: its state would otherwise be part of every connection's future, which is
         // copied whole as it is spawned (a third of the work of a one-request connection).
         let mut answering = Box::pin(prepared_http1::answer(
-            io,
-            &self.proxy,
-            link,
-            &control,
-            max_head,
+            io, read, proxy, link, &control, max_head,
         ));
-        let watchdog = watchdog(&mut self.stop, &link.activity, self.timeouts);
         let ending = tokio::select! {
             biased;
             handed_over = answering.as_mut() => return handed_over,
             ending = watchdog => ending,
         };
-        report_ending(&self.proxy, self.peer, ending);
+        report_ending(proxy, link.peer, ending);
         if matches!(ending, Ending::Idle | Ending::Shutdown) && control.is_busy() {
             // The answer being written is finished; the connection then closes.
             control.stop();
             answering.await;
         }
         None
+    }
+
+    /// Runs a turn of `connection`, the hyper connection that serves the connection's plain
+    /// requests (`one_request`), under the connection's `watchdog` and shutdown: the
+    /// connection back when it may go on after the response.
+    async fn serve_turn<S, Svc, W>(
+        proxy: &SharedProxy,
+        (connection, turns): (
+            &mut OneRequestConnection<S, Svc>,
+            &one_request::Turns<WatchedIo<S>>,
+        ),
+        link: &ConnectionLink,
+        watchdog: Pin<&mut W>,
+    ) -> Option<one_request::Served<WatchedIo<S>>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + SendfileSocket + Unpin,
+        Svc: hyper::service::HttpService<Incoming>,
+        Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Svc::ResBody: 'static,
+        <Svc::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        W: Future<Output = Ending>,
+    {
+        let peer = link.peer;
+        // Ready with hyper's result if it ended the connection, `None` once the turn is
+        // over (hyper idle, waiting for a request only the next turn gives it).
+        let turn = std::future::poll_fn(|cx| match connection.as_mut().poll(cx) {
+            Poll::Ready(result) => Poll::Ready(Some(result)),
+            Poll::Pending if turns.is_over() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        });
+        let ended = tokio::select! {
+            biased;
+            ended = turn => ended,
+            ending = watchdog => {
+                report_ending(proxy, peer, ending);
+                if let Ending::Idle | Ending::Shutdown = ending {
+                    // The response being made is finished, saying the connection closes.
+                    connection.as_mut().graceful_shutdown();
+                    if let Err(err) = connection.as_mut().await {
+                        tracing::debug!(%peer, error = %err, "connection ended with an error");
+                    }
+                }
+                return None;
+            }
+        };
+        if let Some(Err(err)) = &ended {
+            tracing::debug!(%peer, error = %err, "connection ended with an error");
+        }
+        // A response that said `Connection: close` ends the connection (RFC 9112 §9.6);
+        // hyper ending it itself does too.
+        let closes = link
+            .response_closes
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        if ended.is_some() || closes {
+            return None;
+        }
+        turns.end()
     }
 
     /// Runs `connection` under the connection's watchdog (head, idle and send timeouts)
@@ -591,6 +691,9 @@ struct ConnectionLink {
     /// Cleartext, with `server.prepared_hits` on: the pipeline's plain hits are prepared
     /// for the connections that answer them.
     prepares_hits: bool,
+    /// The last response said `Connection: close`: the connection must not be given back
+    /// to `prepared_http1` after it.
+    response_closes: std::sync::atomic::AtomicBool,
 }
 
 /// One request through the pipeline, its response body tracked for the connection's
@@ -636,6 +739,10 @@ async fn serve_request(
     let (response, record) = Box::pin(pipeline::handle(proxy, request, downstream)).await;
     drop(close_interim);
     let (head, body) = response.into_parts();
+    if is_http1 && closes_connection(&head.headers) {
+        link.response_closes
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     if let Some(shape) = shape {
         proxy.prepared_hits().remember(proxy, shape, &head, &record);
     }
@@ -647,6 +754,15 @@ async fn serve_request(
         .or_else(|| crate::cache::entry::content_length(&head.headers));
     let body = ResponseTracker::new(body, declared_len, record, inflight);
     http::Response::from_parts(head, body)
+}
+
+/// Whether a response's `Connection` field asks for the connection to close.
+fn closes_connection(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// What lets the request relay the origin's interim responses: HTTP/1.1 only (RFC 9110

@@ -1,8 +1,11 @@
 //! Cleartext HTTP/1.1 connections start here: each request head is read and, when it is a
 //! request the pipeline has prepared an answer to (`pipeline::prepared`: a repeated plain
-//! memory hit), answered at once from that answer. At the first request that is anything
-//! else the connection goes to hyper, with the bytes read so far, for the rest of its life
-//! (hyper serves a connection to its end and cannot hand it back).
+//! memory hit), answered at once from that answer. A plain request without one (a GET or
+//! HEAD that is its head alone: a miss, a first hit) is served by hyper alone and the
+//! connection comes back here after it (`super::one_request`). At the first request that
+//! is anything else (a body, an upgrade, `Expect`, `Connection: close`, HTTP/1.0, a head
+//! hyper must judge) the connection goes to hyper, with the bytes read so far, for the
+//! rest of its life (hyper serves a connection to its end and cannot hand it back).
 //!
 //! Heads are parsed with httparse, the parser hyper uses, so a head is either one both read
 //! alike or one hyper gets to judge (and refuse) itself: anything incomplete past
@@ -57,6 +60,9 @@ struct Head {
 
 /// What the buffered bytes hold.
 enum Parsed {
+    /// A head whose message is the head alone, that hyper may serve by itself and hand
+    /// back (see [`super::one_request`]); its length.
+    Plain(usize),
     /// A head whose shape is now in the [`Shape`].
     Preparable(Head),
     /// Not a whole head yet.
@@ -81,11 +87,11 @@ fn parse(buf: &[u8], shape: &mut Shape) -> Parsed {
     };
     let (Some("GET"), Some(1), Some(target)) = (request.method, request.version, request.path)
     else {
-        return Parsed::Other;
+        return plain_or_other(&request, len);
     };
     let fields = request.headers.iter().map(|f| (f.name, f.value));
     if shape.read(target.as_bytes(), fields).is_none() {
-        return Parsed::Other;
+        return plain_or_other(&request, len);
     }
     let field = |name: &str| {
         let found = request
@@ -102,10 +108,48 @@ fn parse(buf: &[u8], shape: &mut Shape) -> Parsed {
     })
 }
 
+/// Fields that make a request more than its head, or ask the connection to change or
+/// end: a request with any of them is hyper's to the end of the connection.
+const NOT_PLAIN_FIELDS: [&str; 6] = [
+    "content-length",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "http2-settings",
+    "connection",
+];
+
+/// [`Parsed::Plain`] for a whole head of `len` bytes whose message is the head alone (an
+/// HTTP/1.1 GET or HEAD with no body, no upgrade, no expectation, and a connection that
+/// stays open), else [`Parsed::Other`].
+fn plain_or_other(request: &httparse::Request<'_, '_>, len: usize) -> Parsed {
+    let is_plain = request.version == Some(1)
+        && matches!(request.method, Some("GET" | "HEAD"))
+        && request.headers.iter().all(|field| {
+            let name = field.name;
+            match NOT_PLAIN_FIELDS
+                .iter()
+                .find(|other| name.eq_ignore_ascii_case(other))
+            {
+                None => true,
+                // `Connection: keep-alive` only restates HTTP/1.1's default.
+                Some(&"connection") => field.value.eq_ignore_ascii_case(b"keep-alive"),
+                Some(_) => false,
+            }
+        });
+    if is_plain {
+        Parsed::Plain(len)
+    } else {
+        Parsed::Other
+    }
+}
+
 /// What the connection does next.
 enum Next {
     /// Answer this head, if a prepared answer is still good.
     Head(Head),
+    /// Let hyper serve the plain request whose head is this long, then go on.
+    OneRequest(usize),
     /// Give the connection to hyper.
     HandOver,
     /// Close it (the client closed, or a stop was asked for between requests).
@@ -126,8 +170,11 @@ async fn next_head<S: AsyncRead + Unpin>(
             match parse(buf, shape) {
                 // hyper's limit is on its read buffer; a head near it is its to judge.
                 Parsed::Preparable(head) if head.len < max_head => return Next::Head(head),
+                Parsed::Plain(len) if len < max_head => return Next::OneRequest(len),
                 Parsed::Partial if buf.len() < max_head => {}
-                Parsed::Preparable(_) | Parsed::Partial | Parsed::Other => return Next::HandOver,
+                Parsed::Preparable(_) | Parsed::Plain(_) | Parsed::Partial | Parsed::Other => {
+                    return Next::HandOver
+                }
             }
         } else if control.stopping.load(Relaxed) {
             return Next::Close;
@@ -146,20 +193,32 @@ async fn next_head<S: AsyncRead + Unpin>(
     }
 }
 
-/// Answers requests on `io` for as long as they have prepared answers. Returns `None` when
-/// the connection is over (closed by the client, failed, or stopped), or the connection
-/// and the bytes read but not answered, for hyper.
+/// Where the connection goes after [`answer`].
+pub(super) enum Handed<S> {
+    /// To hyper for the rest of its life, with the bytes read but not answered.
+    ToHyper(WatchedIo<S>, Bytes),
+    /// To hyper for one plain request, whose head is `head`; `rest` was read after it.
+    OneRequest {
+        io: WatchedIo<S>,
+        head: Bytes,
+        rest: BytesMut,
+    },
+}
+
+/// Answers requests on `io` (the bytes in `buf` read from it and not yet answered) for as
+/// long as they have prepared answers. Returns `None` when the connection is over (closed
+/// by the client, failed, or stopped), or where it goes next.
 pub(super) async fn answer<S>(
     mut io: WatchedIo<S>,
+    mut buf: BytesMut,
     proxy: &SharedProxy,
     link: &ConnectionLink,
     control: &Control,
     max_head: usize,
-) -> Option<(WatchedIo<S>, Bytes)>
+) -> Option<Handed<S>>
 where
     S: AsyncRead + AsyncWrite + SendfileSocket + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(4096);
     let mut shape = Shape::default();
     io.pause_scanning();
     loop {
@@ -173,6 +232,7 @@ where
         .await
         {
             Next::Head(head) => head,
+            Next::OneRequest(len) => return Some(one_request(io, buf, len)),
             Next::Close => return None,
             Next::HandOver => break,
         };
@@ -188,7 +248,11 @@ where
             record,
         }) = answer.await
         else {
-            break;
+            if shape.closes() {
+                break;
+            }
+            // A plain request (a preparable head is one, unless it asks to close).
+            return Some(one_request(io, buf, head.len));
         };
         control.busy.store(true, Relaxed);
         let inflight = link.activity.request_started(false);
@@ -213,7 +277,18 @@ where
     }
     let read = buf.freeze();
     io.scan_handed_over(&read);
-    Some((io, read))
+    Some(Handed::ToHyper(io, read))
+}
+
+/// The connection handed to hyper for the plain request whose head is the first `len`
+/// bytes of `buf`.
+fn one_request<S>(io: WatchedIo<S>, mut buf: BytesMut, len: usize) -> Handed<S> {
+    let head = buf.split_to(len).freeze();
+    Handed::OneRequest {
+        io,
+        head,
+        rest: buf,
+    }
 }
 
 /// Writes `ready` whole: head and body, the body from its file when the connection sends

@@ -288,10 +288,11 @@ async fn requests_a_prepared_answer_cannot_judge_reach_the_pipeline() {
     prepared_reaches(&proxy, 2).await;
 }
 
-/// Pipelined requests (RFC 9112 §9.3.2) on one connection are answered in order, prepared
-/// ones and then, from the first one that is not, by the pipeline.
+/// Pipelined requests (RFC 9112 §9.3.2) on one connection are answered in order: prepared
+/// ones, a miss served by hyper alone, and prepared ones again after it (the last asking
+/// to close, which the prepared answer honours, RFC 9112 §9.6).
 #[tokio::test]
-async fn pipelined_requests_are_answered_in_order_across_the_handover() {
+async fn pipelined_requests_are_answered_in_order_across_a_miss() {
     let origin = Origin::start(vec![
         ("/a", cached("alpha")),
         ("/b", cached("bravo")),
@@ -330,8 +331,9 @@ async fn pipelined_requests_are_answered_in_order_across_the_handover() {
         bodies,
         ["alpha", "bravo", "alpha", "charlie", "alpha", "bravo"]
     );
-    // The first three were prepared answers; the rest went to the pipeline.
-    prepared_reaches(&proxy, 3).await;
+    // All but the miss were prepared answers: the connection came back after it.
+    prepared_reaches(&proxy, 5).await;
+    assert_eq!(origin.hits("/c"), 1);
 }
 
 /// A head that arrives in pieces is answered once whole; an oversized one after a prepared
@@ -481,4 +483,127 @@ async fn a_request_that_asks_to_close_is_answered_then_closed() {
     assert!(reply.ends_with("\r\n\r\nclosing"), "{reply}");
     prepared_reaches(&proxy, 1).await;
     assert_eq!(origin.hits("/c"), 1);
+}
+
+/// Reads one response framed by Content-Length from `stream`: its head and its body.
+async fn read_one(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (String, Vec<u8>) {
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end + 4]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if pending.len() >= end + 4 + len {
+                let body = pending[end + 4..end + 4 + len].to_vec();
+                pending.drain(..end + 4 + len);
+                return (head, body);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(read > 0, "the connection closed before a whole response");
+        pending.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// A keep-alive connection (RFC 9112 §9.3) that carries a miss goes on answering prepared
+/// hits after it: the miss is served by hyper alone and the connection comes back, so one
+/// miss does not leave a browser's or a load balancer's connection on the slow path.
+#[tokio::test]
+async fn a_connection_answers_prepared_hits_after_a_miss_it_carried() {
+    let origin = Origin::start(vec![("/h", cached("hot")), ("/m", cached("missed"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    get(&proxy.url("/h"), &[]).await;
+    get(&proxy.url("/h"), &[]).await;
+    let host = proxy.addr.to_string();
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut pending = Vec::new();
+    let mut answers = Vec::new();
+    for path in ["/m", "/h", "/m", "/m", "/h"] {
+        stream.write_all(request(path).as_bytes()).await.unwrap();
+        let (head, body) = read_one(&mut stream, &mut pending).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        answers.push(String::from_utf8(body).unwrap());
+    }
+    assert_eq!(answers, ["missed", "hot", "missed", "missed", "hot"]);
+    // /m's miss and its first hit (which prepares it) went through the pipeline; the
+    // other three were prepared answers on the same connection.
+    prepared_reaches(&proxy, 3).await;
+    assert_eq!((origin.hits("/m"), origin.hits("/h")), (1, 1));
+}
+
+/// A request with a body is never read here as heads: the connection stays with hyper,
+/// which reads the body by its length (RFC 9112 §6.2), so a body shaped like a request for
+/// a prepared hit is not answered as one (request smuggling, RFC 9112 §11.2).
+#[tokio::test]
+async fn a_body_shaped_like_a_request_is_not_answered_as_one() {
+    let origin = Origin::start(vec![("/h", cached("hot")), ("/post", cached("posted"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for _ in 0..3 {
+        get(&proxy.url("/h"), &[]).await;
+    }
+    prepared_reaches(&proxy, 1).await;
+    let host = proxy.addr.to_string();
+    let smuggled = format!("GET /h HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let requests = format!(
+        "GET /post HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         POST /post HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{smuggled}\
+         GET /h HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        smuggled.len()
+    );
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("the server closes after the last")
+        .unwrap();
+    let bodies: Vec<String> = split_responses(&raw, &[false; 3])
+        .into_iter()
+        .map(|(_, body)| String::from_utf8(body).unwrap())
+        .collect();
+    assert_eq!(bodies, ["posted", "posted", "hot"]);
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 3, "{text}");
+}
+
+/// A response that says `Connection: close` ends the connection (RFC 9112 §9.6): a request
+/// refused with 400 is not followed by answers to the requests pipelined after it.
+#[tokio::test]
+async fn a_refused_request_closes_the_connection_before_later_requests() {
+    let origin = Origin::start(vec![("/h", cached("hot"))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for _ in 0..3 {
+        get(&proxy.url("/h"), &[]).await;
+    }
+    prepared_reaches(&proxy, 1).await;
+    let host = proxy.addr.to_string();
+    let requests = format!(
+        "GET /h HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         GET /a/../h HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         GET /h HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    );
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("the server closes after the refusal")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &text[at..at + 12])
+        .collect();
+    assert_eq!(statuses, ["HTTP/1.1 200", "HTTP/1.1 400"], "{text}");
+    prepared_reaches(&proxy, 2).await;
 }

@@ -450,32 +450,9 @@ impl Connection {
             async move { Ok::<_, Infallible>(serve_request(&proxy, request, &link).await) }
         });
         let (io, read_ahead) = if link.prepares_hits {
-            // One watchdog for every turn: made per turn, its timers were a tenth of the
-            // cost a turn added to a miss.
-            let mut watchdog = Box::pin(watchdog(&mut self.stop, &activity, self.timeouts));
-            let turns = one_request::Turns::new(Arc::clone(&activity));
-            // Made at the first plain request, kept for the next ones.
-            let mut one_request = None;
-            let mut next = (io, bytes::BytesMut::new());
-            loop {
-                let handed = Self::answer_prepared(&self.proxy, next, &link, watchdog.as_mut());
-                match handed.await {
-                    None => return,
-                    Some(prepared_http1::Handed::ToHyper(io, read)) => break (io, read),
-                    Some(prepared_http1::Handed::OneRequest { io, head, rest }) => {
-                        turns.begin(io, head, rest);
-                        let connection = one_request.get_or_insert_with(|| {
-                            let io = TokioIo::new(turns.hyper_side());
-                            Box::pin(self.one_request.serve_connection(io, service.clone()))
-                        });
-                        let turn = (connection, &turns);
-                        let served = Self::serve_turn(&self.proxy, turn, &link, watchdog.as_mut());
-                        let Some(served) = served.await else {
-                            return;
-                        };
-                        next = (served.io, served.read_ahead);
-                    }
-                }
+            match self.answer_prepared_in_turns(io, &link, &service).await {
+                Some(handed_over) => handed_over,
+                None => return,
             }
         } else {
             (io, bytes::Bytes::new())
@@ -505,6 +482,48 @@ impl Connection {
         let connection =
             Box::pin(h2_builder(&settings).serve_connection(TokioIo::new(io), service));
         self.supervise(connection, &activity).await;
+    }
+
+    /// Answers prepared hits, and serves plain requests with hyper one at a time between
+    /// them (`one_request`), under one watchdog; the connection and the bytes read ahead
+    /// when hyper is to serve the rest of it, `None` when it is over.
+    async fn answer_prepared_in_turns<S, Svc>(
+        &mut self,
+        io: WatchedIo<S>,
+        link: &ConnectionLink,
+        service: &Svc,
+    ) -> Option<(WatchedIo<S>, bytes::Bytes)>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + SendfileSocket + Unpin,
+        Svc: hyper::service::HttpService<Incoming> + Clone,
+        Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Svc::ResBody: 'static,
+        <Svc::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // One watchdog for every turn: made per turn, its timers were a tenth of the cost
+        // a turn added to a miss.
+        let mut watchdog = Box::pin(watchdog(&mut self.stop, &link.activity, self.timeouts));
+        let turns = one_request::Turns::new(Arc::clone(&link.activity));
+        // Made at the first plain request, kept for the next ones.
+        let mut one_request = None;
+        let mut next = (io, bytes::BytesMut::new());
+        loop {
+            let handed = Self::answer_prepared(&self.proxy, next, link, watchdog.as_mut());
+            match handed.await? {
+                prepared_http1::Handed::ToHyper(io, read) => return Some((io, read)),
+                prepared_http1::Handed::OneRequest { io, head, rest } => {
+                    turns.begin(io, head, rest);
+                    let connection = one_request.get_or_insert_with(|| {
+                        let io = TokioIo::new(turns.hyper_side());
+                        Box::pin(self.one_request.serve_connection(io, service.clone()))
+                    });
+                    let turn = (connection, &turns);
+                    let served = Self::serve_turn(&self.proxy, turn, link, watchdog.as_mut());
+                    let served = served.await?;
+                    next = (served.io, served.read_ahead);
+                }
+            }
+        }
     }
 
     /// Answers prepared hits (`prepared_http1`) under the connection's `watchdog` and

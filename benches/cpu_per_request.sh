@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Server CPU per request of two outpost builds, alternating rounds (the fairest comparison
-# this shared machine allows): hot hits (MODE=hit) or unique misses (MODE=miss) of SIZE
-# (1k, 100k, 1m; default 1k). Each server on CPU 0, wrk and perf-origin (no delay) on
-# CPU 1; CPU from /proc ticks.
+# this shared machine allows): hot hits (MODE=hit), unique misses (MODE=miss) or both on
+# the same keep-alive connections (MODE=mixed: one miss in EVERY requests, default 10,
+# `mixed.lua`) of SIZE (1k, 100k, 1m; default 1k). Each server on CPU 0, wrk and
+# perf-origin (no delay) on CPU 1; CPU from /proc ticks.
 #
 #   BEFORE=/path/to/old/outpost AFTER=target/release/outpost MODE=hit ROUNDS=8 benches/cpu_per_request.sh
 set -u
@@ -12,6 +13,7 @@ ORIGIN_BIN=${ORIGIN_BIN:-/tmp/perf/target/release/perf-origin}
 BEFORE=${BEFORE:?path of the build to compare against}
 AFTER=${AFTER:-$HERE/../target/release/outpost}
 MODE=${MODE:-hit}; SIZE=${SIZE:-1k}; ROUNDS=${ROUNDS:-8}; DURATION=${DURATION:-5}
+EVERY=${EVERY:-10}
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; }
 trap cleanup EXIT
@@ -24,9 +26,14 @@ ticks() { awk '{sub(/^.*\) /,""); print $12+$13}' "/proc/$1/stat"; }
 for round in $(seq "$ROUNDS"); do
   for target in "before $A 19201" "after $B 19202"; do
     set -- $target
-    if [[ $MODE == hit ]]; then args=(hot "/b/$SIZE/h" 100 -); else args=(unique "/b/$SIZE/m-" "r$round-$1-$$" - '?d=0'); fi
+    script=$KIT/keys.lua
+    case $MODE in
+      hit) args=(hot "/b/$SIZE/h" 100 -) ;;
+      mixed) script=$HERE/mixed.lua; args=("$EVERY" 100 "/b/$SIZE/h" "/b/$SIZE/x-r$round-$1-$$-") ;;
+      *) args=(unique "/b/$SIZE/m-" "r$round-$1-$$" - '?d=0') ;;
+    esac
     t0=$(ticks "$2")
-    out=$(taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" -s "$KIT/keys.lua" "http://127.0.0.1:$3" -- "${args[@]}" 2>&1)
+    out=$(taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" -s "$script" "http://127.0.0.1:$3" -- "${args[@]}" 2>&1)
     t1=$(ticks "$2")
     requests=$(echo "$out" | awk '/requests in/{print $1}')
     python3 -c "print('round $round %-6s %8d requests  %6.1f us server CPU per request' % ('$1', $requests, ($t1 - $t0) * 10000 / $requests))"

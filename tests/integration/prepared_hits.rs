@@ -313,13 +313,7 @@ async fn pipelined_requests_are_answered_in_order_across_a_miss() {
             format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{close}\r\n")
         })
         .collect();
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream.write_all(requests.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
-        .await
-        .expect("the server closes after the last")
-        .unwrap();
+    let raw = send_until_closed(&proxy, &requests, "the server closes after the last").await;
     let bodies: Vec<String> = split_responses(&raw, &[false; 6])
         .into_iter()
         .map(|(status, body)| {
@@ -485,19 +479,25 @@ async fn a_request_that_asks_to_close_is_answered_then_closed() {
     assert_eq!(origin.hits("/c"), 1);
 }
 
+/// Writes `requests` on a new connection and reads until the server closes it; `expect`
+/// says why it should.
+async fn send_until_closed(proxy: &Proxy, requests: &str, expect: &str) -> Vec<u8> {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect(expect)
+        .unwrap();
+    raw
+}
+
 /// Reads one response framed by Content-Length from `stream`: its head and its body.
 async fn read_one(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (String, Vec<u8>) {
     loop {
         if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&pending[..end + 4]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|line| {
-                    let (name, value) = line.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
+            let len = content_length_in(&head).unwrap_or(0);
             if pending.len() >= end + 4 + len {
                 let body = pending[end + 4..end + 4 + len].to_vec();
                 pending.drain(..end + 4 + len);
@@ -560,13 +560,7 @@ async fn a_body_shaped_like_a_request_is_not_answered_as_one() {
          GET /h HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
         smuggled.len()
     );
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream.write_all(requests.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
-        .await
-        .expect("the server closes after the last")
-        .unwrap();
+    let raw = send_until_closed(&proxy, &requests, "the server closes after the last").await;
     let bodies: Vec<String> = split_responses(&raw, &[false; 3])
         .into_iter()
         .map(|(_, body)| String::from_utf8(body).unwrap())
@@ -592,13 +586,7 @@ async fn a_refused_request_closes_the_connection_before_later_requests() {
          GET /a/../h HTTP/1.1\r\nHost: {host}\r\n\r\n\
          GET /h HTTP/1.1\r\nHost: {host}\r\n\r\n"
     );
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream.write_all(requests.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
-        .await
-        .expect("the server closes after the refusal")
-        .unwrap();
+    let raw = send_until_closed(&proxy, &requests, "the server closes after the refusal").await;
     let text = String::from_utf8_lossy(&raw);
     let statuses: Vec<&str> = text
         .match_indices("HTTP/1.1 ")

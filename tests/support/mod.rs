@@ -1255,6 +1255,15 @@ pub async fn closed_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// The Content-Length a raw response head states.
+pub fn content_length_in(head: &str) -> Option<usize> {
+    head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().unwrap())
+    })
+}
+
 /// Splits a stream of HTTP/1.1 responses to `heads` requests (HEAD ones flagged): each
 /// response's status line and body.
 pub fn split_responses(mut raw: &[u8], heads: &[bool]) -> Vec<(String, Vec<u8>)> {
@@ -1266,14 +1275,7 @@ pub fn split_responses(mut raw: &[u8], heads: &[bool]) -> Vec<(String, Vec<u8>)>
             .expect("a complete head")
             + 4;
         let head = String::from_utf8_lossy(&raw[..end]).to_string();
-        let len: usize = head
-            .lines()
-            .find_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().unwrap())
-            })
-            .expect("content-length");
+        let len = content_length_in(&head).expect("content-length");
         let len = if is_head { 0 } else { len };
         responses.push((
             head.lines().next().unwrap().to_string(),

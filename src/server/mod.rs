@@ -435,7 +435,6 @@ impl Connection {
             sendfile: sendfile.clone(),
             h2c: parking_lot::Mutex::new(None),
             prepares_hits: scheme == "http" && self.proxy.load().prepared_hits().is_on(),
-            response_closes: std::sync::atomic::AtomicBool::new(false),
         });
         let io = WatchedIo::new(
             stream,
@@ -602,16 +601,15 @@ impl Connection {
                 return None;
             }
         };
-        if let Some(Err(err)) = &ended {
-            tracing::debug!(%peer, error = %err, "connection ended with an error");
-        }
-        // A response that said `Connection: close` ends the connection (RFC 9112 §9.6);
-        // hyper ending it itself does too.
-        let closes = link
-            .response_closes
-            .swap(false, std::sync::atomic::Ordering::Relaxed);
-        if ended.is_some() || closes {
-            return None;
+        // hyper ends the connection itself after a response that said `Connection: close`
+        // (RFC 9112 §9.6): keep-alive off, it never asks for another request.
+        match ended {
+            Some(Err(err)) => {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+                return None;
+            }
+            Some(Ok(())) => return None,
+            None => {}
         }
         turns.end()
     }
@@ -710,9 +708,6 @@ struct ConnectionLink {
     /// Cleartext, with `server.prepared_hits` on: the pipeline's plain hits are prepared
     /// for the connections that answer them.
     prepares_hits: bool,
-    /// The last response said `Connection: close`: the connection must not be given back
-    /// to `prepared_http1` after it.
-    response_closes: std::sync::atomic::AtomicBool,
 }
 
 /// One request through the pipeline, its response body tracked for the connection's
@@ -758,10 +753,6 @@ async fn serve_request(
     let (response, record) = Box::pin(pipeline::handle(proxy, request, downstream)).await;
     drop(close_interim);
     let (head, body) = response.into_parts();
-    if is_http1 && closes_connection(&head.headers) {
-        link.response_closes
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
     if let Some(shape) = shape {
         proxy.prepared_hits().remember(proxy, shape, &head, &record);
     }
@@ -773,15 +764,6 @@ async fn serve_request(
         .or_else(|| crate::cache::entry::content_length(&head.headers));
     let body = ResponseTracker::new(body, declared_len, record, inflight);
     http::Response::from_parts(head, body)
-}
-
-/// Whether a response's `Connection` field asks for the connection to close.
-fn closes_connection(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// What lets the request relay the origin's interim responses: HTTP/1.1 only (RFC 9110

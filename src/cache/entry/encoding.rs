@@ -17,6 +17,11 @@
 //! Two bits of the flags byte, unused before, say which HTTP version the response was
 //! received in; zero means HTTP/1.1, so entries written before them read as they were
 //! served, and builds before them ignore the bits.
+//!
+//! Version 4 adds one more implied value: a field whose name and value are both in
+//! [`KNOWN_FIELDS`] (`content-type: application/json`, `accept-ranges: bytes`) is stored as
+//! its position there: three bytes where a content type alone took twenty or more. A
+//! build that reads up to version 3 refuses version 4 entries (refetched, not misread).
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
@@ -35,7 +40,7 @@ use crate::transform::compress::Coding;
 pub enum DecodeError {
     #[error("not an outpost entry (bad magic)")]
     BadMagic,
-    #[error("entry format version {0} is not supported (this build reads 1 and {FORMAT_VERSION})")]
+    #[error("entry format version {0} is not supported (this build reads 1 to {FORMAT_VERSION})")]
     UnsupportedVersion(u16),
     #[error("entry is corrupt: {0}")]
     Corrupt(String),
@@ -45,7 +50,7 @@ pub enum DecodeError {
 const MAGIC: &[u8; 4] = b"OPE\x01";
 /// The version written. Bump when `EncodedMetaV2` changes shape, and keep reading the
 /// versions before; entries of a version not read are refetched, not misread.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 /// The first byte of an entry of version 2 and later: this plus the version.
 const COMPACT_HEADER: u8 = 0xC0;
 
@@ -94,10 +99,78 @@ static KNOWN_NAMES: [HeaderName; 40] = [
     HeaderName::from_static("cache-groups"),
 ];
 
+/// Whole fields given one code in version 4: the response fields of QPACK's static table
+/// (RFC 9204 Appendix A, drawn from what web servers send most), then the types package
+/// archives and file servers send (nginx's `default_type`, archives, Debian packages).
+/// A value matches only byte for byte. Append only: a field's position is its stored code.
+static KNOWN_FIELDS: [(HeaderName, &str); 52] = [
+    (header::ACCEPT_RANGES, "bytes"),
+    (header::ACCESS_CONTROL_ALLOW_HEADERS, "cache-control"),
+    (header::ACCESS_CONTROL_ALLOW_HEADERS, "content-type"),
+    (header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
+    (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+    (header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "FALSE"),
+    (header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "TRUE"),
+    (header::ACCESS_CONTROL_ALLOW_METHODS, "get"),
+    (header::ACCESS_CONTROL_ALLOW_METHODS, "get, post, options"),
+    (header::ACCESS_CONTROL_ALLOW_METHODS, "options"),
+    (header::ACCESS_CONTROL_EXPOSE_HEADERS, "content-length"),
+    (header::ALT_SVC, "clear"),
+    (header::CACHE_CONTROL, "max-age=0"),
+    (header::CACHE_CONTROL, "max-age=2592000"),
+    (header::CACHE_CONTROL, "max-age=604800"),
+    (header::CACHE_CONTROL, "no-cache"),
+    (header::CACHE_CONTROL, "no-store"),
+    (header::CACHE_CONTROL, "public, max-age=31536000"),
+    (header::CONTENT_ENCODING, "br"),
+    (header::CONTENT_ENCODING, "gzip"),
+    (header::CONTENT_TYPE, "application/dns-message"),
+    (header::CONTENT_TYPE, "application/javascript"),
+    (header::CONTENT_TYPE, "application/json"),
+    (header::CONTENT_TYPE, "application/x-www-form-urlencoded"),
+    (header::CONTENT_TYPE, "image/gif"),
+    (header::CONTENT_TYPE, "image/jpeg"),
+    (header::CONTENT_TYPE, "image/png"),
+    (header::CONTENT_TYPE, "text/css"),
+    (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+    (header::CONTENT_TYPE, "text/plain"),
+    (header::CONTENT_TYPE, "text/plain;charset=utf-8"),
+    (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
+    (
+        header::STRICT_TRANSPORT_SECURITY,
+        "max-age=31536000; includesubdomains",
+    ),
+    (
+        header::STRICT_TRANSPORT_SECURITY,
+        "max-age=31536000; includesubdomains; preload",
+    ),
+    (header::VARY, "accept-encoding"),
+    (header::VARY, "origin"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::X_XSS_PROTECTION, "1; mode=block"),
+    (header::X_FRAME_OPTIONS, "deny"),
+    (header::X_FRAME_OPTIONS, "sameorigin"),
+    (HeaderName::from_static("timing-allow-origin"), "*"),
+    (header::CONTENT_TYPE, "application/octet-stream"),
+    (header::CONTENT_TYPE, "application/gzip"),
+    (header::CONTENT_TYPE, "application/x-gzip"),
+    (header::CONTENT_TYPE, "application/x-xz"),
+    (header::CONTENT_TYPE, "application/x-tar"),
+    (header::CONTENT_TYPE, "application/zip"),
+    (
+        header::CONTENT_TYPE,
+        "application/vnd.debian.binary-package",
+    ),
+    (header::CONTENT_TYPE, "application/x-debian-package"),
+    (header::CONTENT_TYPE, "text/javascript"),
+    (header::CONTENT_TYPE, "text/html"),
+    (header::CONTENT_TYPE, "image/svg+xml"),
+];
+
 /// The fields whose value may be stored as seconds (RFC 9110 §5.6.7 IMF-fixdate).
 const DATE_NAMES: [HeaderName; 3] = [header::DATE, header::LAST_MODIFIED, header::EXPIRES];
 
-/// A header name as versions 2 and 3 store it (borrowed from the bytes it is decoded
+/// A header name as versions 2 to 4 store it (borrowed from the bytes it is decoded
 /// from). Variants are appended only: a variant's position is its stored tag.
 #[derive(Serialize, Deserialize)]
 enum StoredName<'a> {
@@ -108,6 +181,9 @@ enum StoredName<'a> {
     Date(u8, u64),
     /// Version 3: Content-Length equal to the body's length; the stored value is empty.
     BodyLength,
+    /// Version 4: the field at this position of [`KNOWN_FIELDS`]; the stored value is
+    /// empty.
+    KnownField(u8),
 }
 
 impl<'a> StoredName<'a> {
@@ -126,6 +202,13 @@ impl<'a> StoredName<'a> {
         {
             return (StoredName::BodyLength, &[]);
         }
+        if let Some(code) = KNOWN_FIELDS
+            .iter()
+            .position(|(known, known_value)| known == name && known_value.as_bytes() == value)
+        {
+            // invariant: the table has fewer than 256 fields.
+            return (StoredName::KnownField(code as u8), &[]);
+        }
         if DATE_NAMES.contains(name) {
             if let (Some(code), Some(seconds)) = (known_code(name), fixdate_seconds(value)) {
                 return (StoredName::Date(code, seconds), &[]);
@@ -143,6 +226,7 @@ impl<'a> StoredName<'a> {
             StoredName::Other(name) => HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| DecodeError::Corrupt(format!("header name {name:?}"))),
             StoredName::BodyLength => Ok(header::CONTENT_LENGTH),
+            StoredName::KnownField(code) => Ok(known_field(code)?.0.clone()),
         }
     }
 
@@ -162,6 +246,13 @@ impl<'a> StoredName<'a> {
             StoredName::BodyLength => {
                 Some(itoa::Buffer::new().format(body_len).as_bytes().to_vec())
             }
+            StoredName::KnownField(code) => {
+                if !value.is_empty() {
+                    return Err(DecodeError::Corrupt("a value beside a known field".into()));
+                }
+                let (name, known_value) = known_field(code)?;
+                return Ok((name.clone(), Cow::Borrowed(known_value.as_bytes())));
+            }
             StoredName::Known(_) | StoredName::Other(_) => None,
         };
         if implied.is_some() && !value.is_empty() {
@@ -172,6 +263,12 @@ impl<'a> StoredName<'a> {
             implied.map_or(Cow::Borrowed(value), Cow::Owned),
         ))
     }
+}
+
+fn known_field(code: u8) -> Result<&'static (HeaderName, &'static str), DecodeError> {
+    KNOWN_FIELDS
+        .get(usize::from(code))
+        .ok_or_else(|| DecodeError::Corrupt(format!("field code {code}")))
 }
 
 fn known_code(name: &HeaderName) -> Option<u8> {
@@ -236,7 +333,7 @@ fn flags(set: [bool; 5]) -> u8 {
         .fold(0, |flags, (_, bit)| flags | bit)
 }
 
-/// Versions 2 and 3. Names and values are borrowed from the bytes decoded: postcard writes a
+/// Versions 2 to 4. Names and values are borrowed from the bytes decoded: postcard writes a
 /// `&[u8]` exactly as it wrote the `Vec<u8>` of earlier builds (a length, then the bytes),
 /// and reads it back as one slice instead of element by element.
 #[derive(Serialize, Deserialize)]
@@ -407,7 +504,7 @@ impl EntryMeta {
             1 => postcard::from_bytes::<EncodedMetaV1>(rest)
                 .map_err(corrupt)?
                 .upgrade(key, variant)?,
-            2 | 3 => postcard::from_bytes::<EncodedMetaV2>(rest).map_err(corrupt)?,
+            2..=4 => postcard::from_bytes::<EncodedMetaV2>(rest).map_err(corrupt)?,
             other => return Err(DecodeError::UnsupportedVersion(other)),
         };
         e.into_meta(*key, *variant)
@@ -579,14 +676,12 @@ mod tests {
     #[test]
     fn bytes_earlier_builds_wrote_decode_the_same() {
         let meta = sample();
-        // Without a date or a Content-Length, version 3 writes what version 2 did.
+        // Version 4 stores the sample's `vary: accept-encoding` as one known field, and
+        // everything else as version 2 did: three bytes where version 2 had 18.
         let written = meta.encode();
-        assert_eq!(written[0], COMPACT_HEADER + 3);
-        assert_eq!(
-            written[1..],
-            unhex(WRITTEN_V2)[1..],
-            "the written form is unchanged"
-        );
+        assert_eq!(written[0], COMPACT_HEADER + 4);
+        assert_eq!(written.len() + 15, unhex(WRITTEN_V2).len());
+        assert_same(&decode(&written).unwrap(), &meta);
         assert_same(&decode(&unhex(WRITTEN_V2)).unwrap(), &meta);
         assert_same(&decode(&unhex(WRITTEN_V1)).unwrap(), &meta);
     }
@@ -657,7 +752,7 @@ mod tests {
         later_version[0] += 1;
         assert!(matches!(
             decode(&later_version),
-            Err(DecodeError::UnsupportedVersion(4))
+            Err(DecodeError::UnsupportedVersion(5))
         ));
         let mut other_v1 = encode_v1(&sample());
         other_v1[5] = 99;
@@ -677,6 +772,9 @@ mod tests {
         // A name code past the table is refused, not looked up out of bounds.
         assert!(StoredName::Known(200).name().is_err());
         assert!(StoredName::Date(200, 0).name().is_err());
+        assert!(StoredName::KnownField(200).name().is_err());
+        assert!(StoredName::KnownField(200).field(b"", 0).is_err());
+        assert!(StoredName::KnownField(0).field(b"bytes", 0).is_err());
         // An implied value with a stored one beside it is damage, not a choice.
         assert!(StoredName::BodyLength.field(b"5", 5).is_err());
         assert!(StoredName::Date(5, u64::MAX).field(b"", 0).is_err());
@@ -738,5 +836,49 @@ mod tests {
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
         let decoded = EntryMeta::decode(&other_length.encode(), &meta.key, &meta.variant);
         assert_eq!(decoded.unwrap().headers[header::CONTENT_LENGTH], "6");
+    }
+
+    /// Whole fields of the table are stored as one code and served byte for byte; a
+    /// value that differs in any byte (case, spacing, parameters) is stored as it came.
+    #[test]
+    fn known_fields_are_stored_as_codes_and_served_as_they_came() {
+        let fields = [
+            ("content-type", "application/octet-stream"),
+            ("accept-ranges", "bytes"),
+            ("x-content-type-options", "nosniff"),
+            ("content-type", "Application/JSON"),
+            ("cache-control", "max-age=0 "),
+            ("access-control-allow-origin", "https://example.com"),
+            ("x-frame-options", "sameorigin"),
+        ];
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let meta = entry_at("/k", headers, bytes::Bytes::from_static(b"hi"), now).meta;
+        let encoded = meta.encode();
+        let decoded = EntryMeta::decode(&encoded, &meta.key, &meta.variant).unwrap();
+        let all = |map: &HeaderMap| -> Vec<(String, Vec<u8>)> {
+            map.iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        assert_eq!(all(&decoded.headers), all(&meta.headers));
+        let text = String::from_utf8_lossy(&encoded);
+        for known in ["octet-stream", "bytes", "nosniff", "sameorigin"] {
+            assert!(!text.contains(known), "{known} is stored as a code");
+        }
+        for verbatim in ["Application/JSON", "max-age=0 ", "https://example.com"] {
+            assert!(text.contains(verbatim), "{verbatim} is stored as it came");
+        }
+        // Every entry of the table is a valid field, and no two are the same.
+        for (at, (name, value)) in KNOWN_FIELDS.iter().enumerate() {
+            assert!(HeaderValue::from_str(value).is_ok(), "{name}: {value}");
+            assert!(
+                !KNOWN_FIELDS[..at].contains(&(name.clone(), *value)),
+                "{name}: {value} twice"
+            );
+        }
     }
 }

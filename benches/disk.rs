@@ -213,6 +213,10 @@ fn main() {
     let first_request = launched.elapsed();
     let _ = child.kill();
     let _ = child.wait();
+    // Last, as opening the index outside the store drops its recorded totals.
+    let (rows, row_bytes) = SledIndex::open(&dir.path().join("index"))
+        .and_then(|index| index.row_bytes())
+        .unwrap();
 
     println!(
         "disk tier, {objects} objects of {BODY} B (dir on {})",
@@ -228,6 +232,11 @@ fn main() {
     println!(
         "    blobs/ {} B ({} B allocated), index/ {} B",
         blob_files.0, blob_files.1, index.0
+    );
+    println!(
+        "    index rows: {rows}, {:.0} B each of key and value; index files {:.2}x that",
+        row_bytes as f64 / rows as f64,
+        index.0 as f64 / row_bytes as f64
     );
     println!("  open (no body read): {open_time:.2?}; full sweep: {sweep_time:.2?} ({report:?})");
     println!(

@@ -104,13 +104,9 @@ pub trait DiskIndex: Send + Sync {
     /// body, which must be recorded.
     fn insert(&self, meta: &EntryMeta) -> Result<Released, DiskError>;
     /// Indexes `meta` with its body appended to a pack at `at`: the row itself records
-    /// it (no body record: a packed body belongs to its one row, and is not shared).
-    fn insert_packed(
-        &self,
-        meta: &EntryMeta,
-        at: PackedAt,
-        check: u64,
-    ) -> Result<Released, DiskError>;
+    /// it (no body record: a packed body belongs to its one row, and is not shared). A
+    /// read verifies it against the metadata's blake3 digest, in the same row.
+    fn insert_packed(&self, meta: &EntryMeta, at: PackedAt) -> Result<Released, DiskError>;
     /// Re-indexes `meta` (new headers, same body) over the row of its variant when that
     /// row keeps the same body in a pack; `None` when it does not.
     fn reindex_packed(&self, meta: &EntryMeta) -> Result<Option<Released>, DiskError>;
@@ -278,14 +274,15 @@ fn legacy_row_key(key: &PrimaryKey, variant: &VariantKey) -> Option<[u8; 64]> {
     (row.len == 32).then_some(row.bytes)
 }
 
-/// A packed body as its row records it: where it is, its length and check. Rows written
-/// before the compact form also kept the first eight bytes of its blake3 digest; a compact
-/// row has none, its metadata (in the same row) names the digest.
+/// A packed body as its row records it: where it is, its length, and in rows written
+/// before `DIGEST_PACKED_ROW` an XXH3-64 check. Rows written before the compact form also
+/// kept the first eight bytes of its blake3 digest; a compact row has none, its metadata
+/// (in the same row) names the digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PackedBody {
     at: PackedAt,
     len: u32,
-    check: u64,
+    check: Option<u64>,
     digest_tag: Option<[u8; 8]>,
 }
 
@@ -298,22 +295,29 @@ const PACKED_RECORD: usize = 29;
 /// [`RowValue`]). A fixed-width row begins with its tick's high byte, always 0.
 const COMPACT_ROW: u8 = 1;
 const COMPACT_PACKED_ROW: u8 = 2;
+/// The first byte of a compact row with a packed body and no check of its own: the body is
+/// verified against the blake3 digest its metadata names. The check's eight bytes cost
+/// about 20 bytes of index file per object (sled keeps a row about 2.4 times over), and
+/// the digest is in the row anyway; verifying 8 KiB (`cache.disk_inline_max`) with blake3
+/// costs a few microseconds more than with XXH3.
+const DIGEST_PACKED_ROW: u8 = 3;
 
 impl PackedBody {
-    /// `None` when the place or length do not fit the record (packs are far smaller).
-    fn new(at: PackedAt, len: u64, check: u64) -> Option<PackedBody> {
+    /// A body verified by its digest; `None` when the place or length do not fit the
+    /// record (packs are far smaller).
+    fn new(at: PackedAt, len: u64) -> Option<PackedBody> {
         u32::try_from(at.offset).ok()?;
         Some(PackedBody {
             at,
             len: u32::try_from(len).ok()?,
-            check,
+            check: None,
             digest_tag: None,
         })
     }
 
     fn record(self) -> BodyRecord {
         BodyRecord {
-            check: Some(self.check),
+            check: self.check,
             place: BodyPlace::Packed(self.at),
         }
     }
@@ -335,15 +339,16 @@ impl PackedBody {
                 offset: u64::from(u32::from_be_bytes(bytes[4..8].try_into().ok()?)),
             },
             len: u32::from_be_bytes(bytes[8..12].try_into().ok()?),
-            check: u64::from_be_bytes(bytes[12..20].try_into().ok()?),
+            check: Some(u64::from_be_bytes(bytes[12..20].try_into().ok()?)),
             digest_tag: Some(bytes[20..28].try_into().ok()?),
         })
     }
 }
 
 /// A row value. The compact form, written now: `COMPACT_ROW`, the tick (LEB128), the
-/// encoded metadata; or `COMPACT_PACKED_ROW`, the tick, the packed body's pack, offset and
-/// length (LEB128 each) and check (8 bytes), the metadata. The fixed-width form earlier
+/// encoded metadata; or `DIGEST_PACKED_ROW`, the tick, the packed body's pack, offset and
+/// length (LEB128 each), the metadata; or, as earlier builds wrote it, `COMPACT_PACKED_ROW`
+/// and the same with the body's check (8 bytes) before the metadata. The fixed-width form earlier
 /// builds wrote, still read: the tick (8 bytes, big-endian), then for a packed body its
 /// record (`PACKED_RECORD` bytes, beginning `PACKED_ROW`), the metadata. A packed 1 KiB
 /// object's row is 18 bytes shorter compact, about 25 bytes of index file.
@@ -363,19 +368,24 @@ fn split_row(value: &[u8]) -> Option<RowValue<'_>> {
                 meta,
             })
         }
-        COMPACT_PACKED_ROW => {
+        tag @ (COMPACT_PACKED_ROW | DIGEST_PACKED_ROW) => {
             let (tick, rest) = read_varint(&value[1..])?;
             let (pack, rest) = read_varint(rest)?;
             let (offset, rest) = read_varint(rest)?;
             let (len, rest) = read_varint(rest)?;
-            let (check, meta) = rest.split_at_checked(8)?;
+            let (check, meta) = if tag == COMPACT_PACKED_ROW {
+                let (check, meta) = rest.split_at_checked(8)?;
+                (Some(u64::from_be_bytes(check.try_into().ok()?)), meta)
+            } else {
+                (None, rest)
+            };
             let packed = PackedBody {
                 at: PackedAt {
                     pack: u32::try_from(pack).ok()?,
                     offset,
                 },
                 len: u32::try_from(len).ok()?,
-                check: u64::from_be_bytes(check.try_into().ok()?),
+                check,
                 digest_tag: None,
             };
             Some(RowValue {
@@ -408,12 +418,17 @@ fn row_value(tick: u64, packed: Option<&PackedBody>, meta: &[u8]) -> Vec<u8> {
             write_varint(&mut value, tick);
         }
         Some(packed) => {
-            value.push(COMPACT_PACKED_ROW);
+            value.push(match packed.check {
+                Some(_) => COMPACT_PACKED_ROW,
+                None => DIGEST_PACKED_ROW,
+            });
             write_varint(&mut value, tick);
             write_varint(&mut value, u64::from(packed.at.pack));
             write_varint(&mut value, packed.at.offset);
             write_varint(&mut value, u64::from(packed.len));
-            value.extend_from_slice(&packed.check.to_be_bytes());
+            if let Some(check) = packed.check {
+                value.extend_from_slice(&check.to_be_bytes());
+            }
         }
     }
     value.extend_from_slice(meta);
@@ -422,7 +437,7 @@ fn row_value(tick: u64, packed: Option<&PackedBody>, meta: &[u8]) -> Vec<u8> {
 
 fn tick_of(value: &[u8]) -> Option<u64> {
     match *value.first()? {
-        COMPACT_ROW | COMPACT_PACKED_ROW => Some(read_varint(&value[1..])?.0),
+        COMPACT_ROW | COMPACT_PACKED_ROW | DIGEST_PACKED_ROW => Some(read_varint(&value[1..])?.0),
         _ => Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?)),
     }
 }
@@ -934,13 +949,8 @@ impl DiskIndex for SledIndex {
         self.put_row(meta, None)
     }
 
-    fn insert_packed(
-        &self,
-        meta: &EntryMeta,
-        at: PackedAt,
-        check: u64,
-    ) -> Result<Released, DiskError> {
-        let packed = PackedBody::new(at, meta.body_len, check)
+    fn insert_packed(&self, meta: &EntryMeta, at: PackedAt) -> Result<Released, DiskError> {
+        let packed = PackedBody::new(at, meta.body_len)
             .ok_or(DiskError::Inconsistent("a packed body beyond 4 GiB"))?;
         self.put_row(meta, Some(&packed))
     }
@@ -1279,11 +1289,12 @@ mod tests {
             pack: 3,
             offset: 1 << 20,
         };
-        assert!(index.insert_packed(&first, at, 77).unwrap().is_empty());
+        assert!(index.insert_packed(&first, at).unwrap().is_empty());
         let record = index.body_record(&first).unwrap().unwrap();
         assert_eq!(
             (record.check, record.place),
-            (Some(77), BodyPlace::Packed(at))
+            (None, BodyPlace::Packed(at)),
+            "verified by the digest in its row"
         );
         // New headers, same body: the row keeps its place, nothing is released.
         let mut freshened = first.clone();
@@ -1307,7 +1318,7 @@ mod tests {
         assert_eq!(index.live_in_packs().unwrap(), [(4, 10)].into());
         // Replaced by another body: the old metadata finds no body for it.
         let second = entry("/p", "another body").meta;
-        let released = index.insert_packed(&second, at, 78).unwrap();
+        let released = index.insert_packed(&second, at).unwrap();
         assert_eq!(released.packed, vec![(to, 10)]);
         assert_eq!(index.body_record(&first).unwrap(), None);
         assert!(index.reindex_packed(&first).unwrap().is_none());
@@ -1341,7 +1352,11 @@ mod tests {
         let record = index.body_record(&stored).unwrap().unwrap();
         assert_eq!(
             record,
-            PackedBody::new(at, stored.body_len, 99).unwrap().record()
+            PackedBody {
+                check: Some(99),
+                ..PackedBody::new(at, stored.body_len).unwrap()
+            }
+            .record()
         );
         let (variants, _) = index.variants(&stored.key).unwrap();
         assert_eq!(variants[0].packed, Some(record.clone()));
@@ -1393,16 +1408,26 @@ mod tests {
             read_varint(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02]),
             None
         );
-        let packed = PackedBody::new(PackedAt { pack: 1, offset: 2 }, 3, 4).unwrap();
-        let value = row_value(300, Some(&packed), b"meta");
-        for cut in 0..value.len() {
-            let _ = split_row(&value[..cut]);
-            let _ = tick_of(&value[..cut]);
+        let by_digest = PackedBody::new(PackedAt { pack: 1, offset: 2 }, 3).unwrap();
+        let checked = PackedBody {
+            check: Some(4),
+            ..by_digest
+        };
+        for packed in [by_digest, checked] {
+            let value = row_value(300, Some(&packed), b"meta");
+            for cut in 0..value.len() {
+                let _ = split_row(&value[..cut]);
+                let _ = tick_of(&value[..cut]);
+            }
+            let whole = split_row(&value).unwrap();
+            assert_eq!(
+                (whole.tick, whole.packed, whole.meta),
+                (300, Some(packed), &b"meta"[..])
+            );
         }
-        let whole = split_row(&value).unwrap();
         assert_eq!(
-            (whole.tick, whole.packed, whole.meta),
-            (300, Some(packed), &b"meta"[..])
+            row_value(300, Some(&checked), b"meta").len(),
+            row_value(300, Some(&by_digest), b"meta").len() + 8
         );
     }
 
@@ -1415,7 +1440,7 @@ mod tests {
                     pack: 1,
                     offset: n as u64 * 16,
                 };
-                let released = index.insert_packed(&stored.meta, at, 0).unwrap();
+                let released = index.insert_packed(&stored.meta, at).unwrap();
                 assert!(released.is_empty());
                 stored.meta
             })

@@ -373,8 +373,7 @@ impl DiskStore {
             (false, Some(NewBody::Inline(body))) => {
                 self.check_room(body.len() as u64)?;
                 let at = self.packs.append(&body)?;
-                let check = super::body_check(&body);
-                let released = self.index.insert_packed(meta, at, check)?;
+                let released = self.index.insert_packed(meta, at)?;
                 return self.after_insert(meta, released);
             }
             // The body is the row's own, in a pack: the row is rewritten in place.

@@ -347,11 +347,12 @@ impl PackedBody {
 
 /// A row value. The compact form, written now: `COMPACT_ROW`, the tick (LEB128), the
 /// encoded metadata; or `DIGEST_PACKED_ROW`, the tick, the packed body's pack, offset and
-/// length (LEB128 each), the metadata; or, as earlier builds wrote it, `COMPACT_PACKED_ROW`
-/// and the same with the body's check (8 bytes) before the metadata. The fixed-width form earlier
-/// builds wrote, still read: the tick (8 bytes, big-endian), then for a packed body its
-/// record (`PACKED_RECORD` bytes, beginning `PACKED_ROW`), the metadata. A packed 1 KiB
-/// object's row is 18 bytes shorter compact, about 25 bytes of index file.
+/// length (LEB128 each), the metadata; or, as earlier builds wrote it,
+/// `COMPACT_PACKED_ROW` and the same with the body's check (8 bytes) before the metadata.
+/// The fixed-width form earlier builds wrote, still read: the tick (8 bytes, big-endian),
+/// then for a packed body its record (`PACKED_RECORD` bytes, beginning `PACKED_ROW`), the
+/// metadata. A packed 1 KiB object's row is about 26 bytes shorter compact and without a
+/// check, about 60 bytes of index file.
 struct RowValue<'a> {
     tick: u64,
     packed: Option<PackedBody>,

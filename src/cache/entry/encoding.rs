@@ -53,7 +53,7 @@ pub enum DecodeError {
 
 /// What version 1 entries begin with, before their two-byte version.
 const MAGIC: &[u8; 4] = b"OPE\x01";
-/// The version written. Bump when `EncodedMetaV2` changes shape, and keep reading the
+/// The version written. Bump when `EncodedMeta` changes shape, and keep reading the
 /// versions before; entries of a version not read are refetched, not misread.
 pub const FORMAT_VERSION: u16 = 5;
 /// The first byte of an entry of version 2 and later: this plus the version.

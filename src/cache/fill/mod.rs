@@ -66,6 +66,24 @@ use crate::error::ProxyError;
 pub use reader::FillReader;
 pub use writer::{Admitted, FillTarget, FillWriter, WriteError};
 
+/// A reader following a fill through its spill file, counted among its readers while it
+/// lives ([`Fill::follow_file`]).
+pub struct FileFollower {
+    fill: Arc<Fill>,
+}
+
+impl Drop for FileFollower {
+    fn drop(&mut self) {
+        let mut body = self.fill.body.lock();
+        body.reader_count -= 1;
+        if body.reader_count == 0 {
+            body.unread_since = Some(Instant::now());
+        }
+        drop(body);
+        self.fill.readers_left.notify_waiters();
+    }
+}
+
 /// What concurrent requests must share to share a fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FillKey {
@@ -600,6 +618,19 @@ impl Fill {
 
     fn set_spill(&self, state: SpillState) {
         self.spill.send_replace(state);
+    }
+
+    /// Counts one more reader that follows the fill through its spill file rather than
+    /// its chunks (see [`tail`]), until the returned guard is dropped: a fill whose only
+    /// reader fell behind to the file, or joined it late, is still being read, so it is
+    /// not abandoned as unread.
+    fn follow_file(self: &Arc<Self>) -> FileFollower {
+        let mut body = self.body.lock();
+        body.reader_count += 1;
+        body.unread_since = None;
+        FileFollower {
+            fill: Arc::clone(self),
+        }
     }
 
     /// Waits until the fill has settled: stored, refused, failed, or answered stale.

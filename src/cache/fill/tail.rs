@@ -31,7 +31,7 @@ pub fn reader_at(fill: &Arc<Fill>, emit_from: u64) -> Option<Body> {
         return None;
     }
     let source = Spill {
-        _fill: Arc::clone(fill),
+        _follower: fill.follow_file(),
         spill: fill.spill.subscribe(),
     };
     Some(hashed_body(source, (emit_from, u64::MAX), None))
@@ -39,8 +39,9 @@ pub fn reader_at(fill: &Arc<Fill>, emit_from: u64) -> Option<Body> {
 
 /// A fill's spill file as a verified reader's source.
 struct Spill {
-    /// Keeps the fill (and so its spill sender) alive while following it.
-    _fill: Arc<Fill>,
+    /// Keeps the fill (and so its spill sender) alive while following it, and counts this
+    /// reader among the fill's: a fill read only from its file is still read.
+    _follower: super::FileFollower,
     spill: watch::Receiver<SpillState>,
 }
 

@@ -208,10 +208,9 @@ async fn origin_reset_mid_body_stores_nothing() {
     .await;
     let proxy = Proxy::start(&origin.url(), "").await;
     for _ in 0..2 {
-        let collected = get_body_or_break(&proxy.url("/r")).await;
         assert!(
-            collected.is_err(),
-            "truncated body must abort, and must not be served from cache"
+            origin_failure_shown(&proxy.url("/r")).await,
+            "truncated body must abort or be a 502, and must not be served from cache"
         );
     }
 }

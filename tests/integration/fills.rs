@@ -8,26 +8,7 @@ use crate::support;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
-use support::{eventually, get, Fixture, Gate, OpenBodies, Origin, Proxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Sends a GET for `path` on a raw connection, reads until the response head is complete
-/// (or the connection ends), then hangs up; returns the status line.
-async fn head_then_hang_up(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&seen);
-    text.lines().next().unwrap_or("").to_string()
-}
+use support::{eventually, get, head_then_hang_up, Fixture, Gate, OpenBodies, Origin, Proxy};
 
 /// The attack of issue 11: cache-busting requests for a large, slow object, each closed
 /// once the head arrives. Origin connections stay at the cap, every abandoned download is

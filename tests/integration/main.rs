@@ -23,6 +23,7 @@ mod hostile;
 mod memory_files;
 mod memory_policy;
 mod mirror;
+mod origin_connections;
 mod pools;
 mod prepared_hits;
 mod proxy;

@@ -1219,12 +1219,45 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     send(&client(), builder.body(Full::new(Bytes::new())).unwrap()).await
 }
 
+/// GET `url` and say whether an origin's failure reached the client as one: a 502 (RFC 9110
+/// §15.6.3: the failure came before the head was sent) or a response whose body breaks off
+/// (it came after). A clean end of a truncated body is the one wrong answer.
+pub async fn origin_failure_shown(url: &str) -> bool {
+    let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    let response = client().request(request).await.expect("request succeeds");
+    if response.status() == StatusCode::BAD_GATEWAY {
+        return true;
+    }
+    tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .expect("the body ends or breaks off")
+        .is_err()
+}
+
 /// GET `url` and read its body to the end: `Err` when the body breaks off (an aborted
 /// response), which a plain [`get`] would fail the test on.
 pub async fn get_body_or_break(url: &str) -> Result<Bytes, hyper::Error> {
     let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();
     let response = client().request(request).await.expect("request succeeds");
     Ok(response.into_body().collect().await?.to_bytes())
+}
+
+/// Sends a GET for `path` on a raw connection, reads until the response head is complete
+/// (or the connection ends), then hangs up; returns the status line.
+pub async fn head_then_hang_up(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    text.lines().next().unwrap_or("").to_string()
 }
 
 /// Writes raw bytes to `addr` and reads until the server closes (or PATIENCE passes).

@@ -1,0 +1,119 @@
+//! Connections to HTTP/1.1 origins: kept alive and reused across exchanges (RFC 9112 §9.3),
+//! whatever the response's body was (one read whole, none for a 304 or a HEAD, one the
+//! client stopped reading), and closed once idle past `upstream.pool_idle_timeout`.
+
+use crate::support;
+
+use bytes::Bytes;
+use support::*;
+
+/// RFC 9112 §9.3: a persistent connection carries one exchange after another. Misses with
+/// bodies, a revalidation answered 304 (RFC 9111 §4.3.3, no body) and a HEAD (RFC 9110
+/// §9.3.2, no body) in turn all go over the one connection the first miss opened.
+#[tokio::test]
+async fn exchanges_one_after_another_share_one_origin_connection() {
+    let origin = Origin::start(vec![
+        (
+            "/a",
+            Fixture::with_headers(200, &[("cache-control", "max-age=60")], "first"),
+        ),
+        (
+            "/b",
+            Fixture::with_headers(200, &[("cache-control", "no-store")], "second"),
+        ),
+        (
+            "/doc",
+            Fixture::Validated {
+                etag: "\"v1\"",
+                headers: cc("no-cache"),
+                body: Bytes::from_static(b"document"),
+                not_modified_headers: cc("no-cache"),
+            },
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    assert_eq!(get(&proxy.url("/a"), &[]).await.text(), "first");
+    assert_eq!(get(&proxy.url("/b"), &[]).await.text(), "second");
+    assert_eq!(get(&proxy.url("/doc"), &[]).await.text(), "document");
+    // Stored with no-cache: each later request is a revalidation, answered 304.
+    for _ in 0..2 {
+        assert_eq!(get(&proxy.url("/doc"), &[]).await.text(), "document");
+    }
+    let head = send(
+        &client(),
+        http::Request::head(proxy.url("/b"))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.status.as_u16(), 200);
+    assert_eq!(get(&proxy.url("/b"), &[]).await.text(), "second");
+    assert_eq!(
+        origin.hits("/doc"),
+        3,
+        "two revalidations after the first fetch"
+    );
+    assert_eq!(origin.hits("/b"), 3);
+    assert_eq!(
+        origin.connections(),
+        1,
+        "every exchange reused the first connection"
+    );
+}
+
+/// A response body the client abandons halfway leaves its connection in an unknown state:
+/// it is closed, never offered to the next request, which gets a connection of its own
+/// and its whole response.
+#[tokio::test]
+async fn a_connection_whose_body_was_abandoned_is_not_reused() {
+    let big = Bytes::from(vec![b'x'; 4 << 20]);
+    let origin = Origin::start(vec![
+        (
+            "/big",
+            Fixture::Static {
+                status: http::StatusCode::OK,
+                headers: cc("no-store"),
+                body: big.clone(),
+            },
+        ),
+        (
+            "/small",
+            Fixture::with_headers(200, &[("cache-control", "no-store")], "small"),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let status = head_then_hang_up(proxy.addr, "/big").await;
+    assert!(status.contains(" 200 "), "{status}");
+    let outpost = proxy.outpost.proxy();
+    eventually("the abandoned download's connection to close", || {
+        outpost.upstream().connections_in_use().0 == 0
+    })
+    .await;
+    assert_eq!(get(&proxy.url("/small"), &[]).await.text(), "small");
+    assert_eq!(origin.connections(), 2);
+    let whole = get(&proxy.url("/big"), &[]).await;
+    assert!(whole.body == big, "the next download is whole");
+}
+
+/// Idle connections are closed once they have waited `upstream.pool_idle_timeout`, so an
+/// origin that is not asked for anything for a while holds none of the connection caps
+/// (and none of its own sockets); the next request opens a new one.
+#[tokio::test]
+async fn idle_origin_connections_close_after_the_idle_timeout() {
+    let origin = Origin::start(vec![(
+        "/x",
+        Fixture::with_headers(200, &[("cache-control", "no-store")], "x"),
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "[upstream]\npool_idle_timeout = \"200ms\"\n").await;
+    assert_eq!(get(&proxy.url("/x"), &[]).await.text(), "x");
+    let outpost = proxy.outpost.proxy();
+    eventually("the idle connection to be closed", || {
+        outpost.upstream().connections_in_use().0 == 0
+    })
+    .await;
+    assert_eq!(get(&proxy.url("/x"), &[]).await.text(), "x");
+    assert_eq!(origin.connections(), 2);
+}

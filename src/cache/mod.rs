@@ -723,6 +723,20 @@ impl Cache {
         self.fills.spawn(Box::pin(job));
     }
 
+    /// As [`Cache::spawn_fill`], but the job's first steps run now, in the caller's task:
+    /// for a miss, the origin connection is checked out and the request written at once,
+    /// rather than after the new task's turn in the run queue (a whole pass of it on a busy
+    /// single-threaded runtime). The rest runs in the fill's task, which is always polled
+    /// once after it is spawned: what the first steps waited on is registered again there
+    /// (futures go by their state when polled, not by who was woken).
+    pub fn start_fill(&self, job: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut job = Box::pin(job);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if job.as_mut().poll(&mut cx).is_pending() {
+            self.fills.spawn(job);
+        }
+    }
+
     /// Waits for fills in flight (a response already delivered may still be committing
     /// its body) and background disk writes, and makes the index durable: for tests that
     /// restart. See [`Cache::settle_within`].

@@ -106,7 +106,8 @@ async fn lead(
     ctx.client = client;
     let started = Instant::now();
     // Its own task: a leader whose client hangs up must not cancel the fetch for others.
-    miss.proxy.cache.spawn_fill(job.run());
+    // Started here, so that the request reaches the origin before this task yields.
+    miss.proxy.cache.start_fill(job.run());
     let status = fill.wait_status().await;
     ctx.upstream_duration = Some(started.elapsed());
     if let FillStatus::Uncacheable(reason) = status {

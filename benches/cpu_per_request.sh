@@ -3,7 +3,8 @@
 # this shared machine allows): hot hits (MODE=hit), unique misses (MODE=miss) or both on
 # the same keep-alive connections (MODE=mixed: one miss in EVERY requests, default 10,
 # `mixed.lua`) of SIZE (1k, 100k, 1m; default 1k). Each server on CPU 0, wrk and
-# perf-origin (no delay) on CPU 1; CPU from /proc ticks.
+# perf-origin (no delay) on CPU 1; CPU from /proc ticks; wrk's p50, p90 and p99 latency
+# (MODE=mixed shows what a miss costs the requests around it).
 #
 #   BEFORE=/path/to/old/outpost AFTER=target/release/outpost MODE=hit ROUNDS=8 benches/cpu_per_request.sh
 set -u
@@ -33,9 +34,10 @@ for round in $(seq "$ROUNDS"); do
       *) args=(unique "/b/$SIZE/m-" "r$round-$1-$$" - '?d=0') ;;
     esac
     t0=$(ticks "$2")
-    out=$(taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" -s "$script" "http://127.0.0.1:$3" -- "${args[@]}" 2>&1)
+    out=$(taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" --latency -s "$script" "http://127.0.0.1:$3" -- "${args[@]}" 2>&1)
     t1=$(ticks "$2")
     requests=$(echo "$out" | awk '/requests in/{print $1}')
-    python3 -c "print('round $round %-6s %8d requests  %6.1f us server CPU per request' % ('$1', $requests, ($t1 - $t0) * 10000 / $requests))"
+    latency=$(echo "$out" | awk '/^ +(50|90|99)%/{printf " p%s %s", substr($1, 1, length($1) - 1), $2}')
+    python3 -c "print('round $round %-6s %8d requests  %6.1f us server CPU per request ' % ('$1', $requests, ($t1 - $t0) * 10000 / $requests) + '$latency')"
   done
 done

@@ -1,7 +1,8 @@
-//! The origin side: one pooled HTTP/1.1 client (plain and TLS via rustls with the `ring`
-//! provider), multiplexed HTTP/2 connections for origins configured to speak it ([`h2`]),
-//! their timeouts, and the translation of their failures into [`ProxyError`]s that say what
-//! went wrong (refused, timed out, reset, bad TLS).
+//! The origin side: HTTP/1.1 connections (plain and TLS via rustls with the `ring`
+//! provider) pooled per server and driven by the tasks that wait on them ([`http1`]),
+//! multiplexed HTTP/2 connections for origins configured to speak it ([`h2`]), their
+//! timeouts, and the translation of their failures into [`ProxyError`]s that say what went
+//! wrong (refused, timed out, reset, bad TLS).
 //!
 //! Which site's origin a request goes to is `pipeline::route`'s decision, which server of
 //! that origin's pool is [`pool`]'s, and which headers it carries is

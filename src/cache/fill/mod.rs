@@ -1154,6 +1154,41 @@ mod tests {
     }
 
     /// A failed fill ends every reader with an error, never a clean end.
+    /// A reader that fell behind to the fill's spill file is still a reader of the fill:
+    /// a large fill whose only client stalled is not abandoned as unread while that client
+    /// is served from the file, and is counted as unread once the reader is gone.
+    #[tokio::test]
+    async fn a_reader_following_the_spill_file_still_counts_as_a_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spill");
+        std::fs::write(&path, b"abcdef").unwrap();
+        let (fill, mut reader) = coalescer().solo();
+        fill.set_spill(SpillState::Writing {
+            path: Arc::new(path),
+            written: 6,
+        });
+        fill.stop_retaining();
+        fill.push(Bytes::from_static(b"abc"));
+        fill.push(Bytes::from_static(b"def"));
+        fill.detach_slow_readers(0);
+        let _ = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(http_body::Body::poll_frame(
+                std::pin::Pin::new(&mut reader),
+                cx,
+            ))
+        })
+        .await;
+        assert!(
+            matches!(reader, FillReader::Tail(_)),
+            "went on from the file"
+        );
+        assert_eq!(fill.readership(), (1, None));
+        drop(reader);
+        let (readers, unread_since) = fill.readership();
+        assert_eq!(readers, 0);
+        assert!(unread_since.is_some());
+    }
+
     #[tokio::test]
     async fn failure_mid_body_is_an_error_for_every_reader() {
         let (fill, reader) = coalescer().solo();

@@ -519,6 +519,14 @@ struct FillBody {
     held_back: Duration,
 }
 
+impl FillBody {
+    /// One more reader, a live one or a file follower: the fill is being read.
+    fn reader_joined(&mut self) {
+        self.reader_count += 1;
+        self.unread_since = None;
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum BodyEnd {
     Open,
@@ -595,8 +603,7 @@ impl Fill {
             }
         };
         body.waiting_at[0] += 1;
-        body.reader_count += 1;
-        body.unread_since = None;
+        body.reader_joined();
         Some(FillReader::live(Arc::clone(self), index))
     }
 
@@ -626,8 +633,7 @@ impl Fill {
     /// not abandoned as unread.
     fn follow_file(self: &Arc<Self>) -> FileFollower {
         let mut body = self.body.lock();
-        body.reader_count += 1;
-        body.unread_since = None;
+        body.reader_joined();
         FileFollower {
             fill: Arc::clone(self),
         }
@@ -1153,7 +1159,6 @@ mod tests {
         assert_eq!(coalescer.committed_by_newcomers.load(Ordering::Acquire), 0);
     }
 
-    /// A failed fill ends every reader with an error, never a clean end.
     /// A reader that fell behind to the fill's spill file is still a reader of the fill:
     /// a large fill whose only client stalled is not abandoned as unread while that client
     /// is served from the file, and is counted as unread once the reader is gone.
@@ -1189,6 +1194,7 @@ mod tests {
         assert!(unread_since.is_some());
     }
 
+    /// A failed fill ends every reader with an error, never a clean end.
     #[tokio::test]
     async fn failure_mid_body_is_an_error_for_every_reader() {
         let (fill, reader) = coalescer().solo();

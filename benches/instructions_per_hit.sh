@@ -19,6 +19,11 @@
 # whole bursts): accepting, setting up and closing a connection beside the hit, as clients
 # that open a connection per request and bursts of new clients (item 5) pay it.
 #
+# MISSES=1 counts unique misses instead (bodies of SIZE stored in memory, the origin without
+# delay): keys drawn from a billion, the warm-up's under a prefix of their own, since
+# `outpost load` draws the same sequence on every run and would turn the counted run's
+# first requests into hits of the warm-up's keys.
+#
 # KEEP=DIR keeps each build's callgrind profile there (before.out, after.out) for
 # callgrind_annotate.
 set -u
@@ -28,14 +33,15 @@ AFTER=${AFTER:-$(dirname "$0")/../target/release/outpost}
 REQUESTS=${REQUESTS:-20000}
 DISK=${DISK:-}
 SIZE=${SIZE:-1k}
-KEYS=${KEYS:-$([[ -n $DISK ]] && echo 5000 || echo 100)}
+MISSES=${MISSES:-}
+KEYS=${KEYS:-$([[ -n $DISK ]] && echo 5000 || { [[ -n $MISSES ]] && echo 1000000000; } || echo 100)}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 "$ORIGIN_BIN" --port 19000 --delay-ms 0 >/dev/null 2>&1 & PIDS+=($!)
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.2; done; }
-drive() { # port requests
+drive() { # port requests [key prefix]
   if [[ -n ${CONNECTIONS:-} ]]; then
     for _ in $(seq $(($2 / 200))); do
       "$AFTER" load --burst 200 --duration 60s --json "$WORK/burst.json" \
@@ -45,7 +51,7 @@ drive() { # port requests
   fi
   local extra=()
   [[ -n ${HEADER:-} ]] && extra=(-H "$HEADER")
-  "$AFTER" load "http://127.0.0.1:$1/b/$SIZE/h{key}" "${extra[@]}" --keys "$KEYS" --zipf 0 --requests "$2" \
+  "$AFTER" load "http://127.0.0.1:$1/b/$SIZE/${3:-h}{key}" "${extra[@]}" --keys "$KEYS" --zipf 0 --requests "$2" \
     --duration 600s -c 8 --quiet >/dev/null 2>&1
 }
 fill() { # build port dir: stores every key on disk, natively, then stops
@@ -68,9 +74,9 @@ count() { # build port name -> instructions per request
     "$bin" serve --listen "127.0.0.1:$port" --origin http://127.0.0.1:19000 "${disk_args[@]}" >/dev/null 2>&1 &
   local pid=$!; PIDS+=($pid)
   wait_port "$port"
-  drive "$port" 2000
+  drive "$port" 2000 "$([[ -n $MISSES ]] && echo w || echo h)"
   callgrind_control -z "$pid" >/dev/null 2>&1
-  drive "$port" "$REQUESTS"
+  drive "$port" "$REQUESTS" "$([[ -n $MISSES ]] && echo m || echo h)"
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"; wait "$pid" 2>/dev/null
   [[ -n ${KEEP:-} ]] && mkdir -p "$KEEP" && cp "$out.1" "$KEEP/$3.out"
@@ -80,6 +86,6 @@ count() { # build port name -> instructions per request
   echo $((total / counted))
 }
 b=$(count "$BEFORE" 19311 before); a=$(count "$AFTER" 19312 after)
-what=$([[ -n $DISK ]] && echo "disk hit" || echo "memory hit")
+what=$([[ -n $DISK ]] && echo "disk hit" || { [[ -n $MISSES ]] && echo "miss"; } || echo "memory hit")
 [[ -n ${CONNECTIONS:-} ]] && what="$what on a connection of its own"
 python3 -c "print('instructions per $SIZE $what: before $b, after $a (%.1f%%)' % (100 * ($a - $b) / $b))"

@@ -12,6 +12,7 @@
 //!
 //! Cache failures never fail a request; the pipeline decides what to do with a lookup.
 
+pub mod digest;
 pub mod disk;
 pub mod entry;
 pub mod fill;
@@ -198,6 +199,9 @@ impl Cache {
             .iter()
             .map(|name| name.get().clone())
             .collect();
+        // Fixed for the process: the tier is opened once, and a tier that failed to open
+        // stays away until a restart.
+        let body_digest = digest::BodyDigest::for_disk_tier(shared.disk.is_some());
         Cache {
             is_enabled: config.enabled,
             policy: PolicySettings {
@@ -232,7 +236,8 @@ impl Cache {
             partials: shared.partials,
             surrogate_key_header: config.surrogate_key_header.get().clone(),
             hit_for_miss: shared.hit_for_miss,
-            sealer: sealed::Sealer::new(config.memory_sendfile_min.as_u64()),
+            sealer: sealed::Sealer::new(config.memory_sendfile_min.as_u64())
+                .with_digest(body_digest),
             metrics,
         }
     }
@@ -542,7 +547,7 @@ impl Cache {
             None => StoredResponse::from_chunks(
                 fallback_meta,
                 &fallback_chunks,
-                &sealed::Sealer::new(0),
+                &sealed::Sealer::new(0).with_digest(sealer.digest()),
             ),
         }
     }

@@ -27,6 +27,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+use super::digest::{BodyDigest, BodyHasher};
 use crate::body::{Body, VerifiedFile};
 
 /// Sealed bodies alive now, process-wide (descriptors and mappings are the process's).
@@ -69,15 +70,30 @@ fn small_pages_in(text: &str) -> Option<String> {
     matches!(chosen, "never" | "deny").then(|| chosen.to_string())
 }
 
-/// Which bodies are sealed: those of at least `min_len` bytes (0: none).
+/// Which bodies are sealed: those of at least `min_len` bytes (0: none); and the digest
+/// every stored body gets, sealed or not.
 #[derive(Debug, Clone, Copy)]
 pub struct Sealer {
     min_len: u64,
+    digest: BodyDigest,
 }
 
 impl Sealer {
+    /// Bodies get blake3 digests unless told otherwise ([`Sealer::with_digest`]).
     pub fn new(min_len: u64) -> Sealer {
-        Sealer { min_len }
+        Sealer {
+            min_len,
+            digest: BodyDigest::Blake3,
+        }
+    }
+
+    pub fn with_digest(self, digest: BodyDigest) -> Sealer {
+        Sealer { digest, ..self }
+    }
+
+    /// The digest stored bodies get.
+    pub fn digest(&self) -> BodyDigest {
+        self.digest
     }
 
     /// Whether any body is sealed.
@@ -121,7 +137,7 @@ impl Sealer {
             return None;
         }
         let slot = Slot::take()?;
-        match GrowingBody::create(len, slot) {
+        match GrowingBody::create(len, slot, self.digest.hasher()) {
             Ok(growing) => Some(growing),
             Err(error) => {
                 tracing::debug!(%error, len, "body arrives on the heap: memory file failed");
@@ -265,15 +281,14 @@ pub struct GrowingBody {
     bytes: Bytes,
     keepsake: KeepsakeSlot,
     written: usize,
-    /// Boxed: a hasher's state is about 1.9 KB, and the fill's writer, which holds this
-    /// body, is moved by value through the miss path's futures (every fill paid for the
-    /// copies, whether or not its body was large enough to grow in a memory file).
-    hasher: Box<blake3::Hasher>,
+    /// Boxed (see [`BodyHasher`]): the fill's writer, which holds this body, is moved by
+    /// value through the miss path's futures.
+    hasher: BodyHasher,
     slot: Slot,
 }
 
 impl GrowingBody {
-    fn create(len: u64, slot: Slot) -> std::io::Result<GrowingBody> {
+    fn create(len: u64, slot: Slot, hasher: BodyHasher) -> std::io::Result<GrowingBody> {
         let file = new_memory_file()?;
         // Sized up front so the mapping never reaches past the end of the file; pages are
         // only allocated as they are written.
@@ -290,7 +305,7 @@ impl GrowingBody {
             bytes,
             keepsake,
             written: 0,
-            hasher: Box::new(blake3::Hasher::new()),
+            hasher,
             slot,
         })
     }
@@ -328,7 +343,7 @@ impl GrowingBody {
             keepsake: self.keepsake,
             _slot: self.slot,
         };
-        Ok((Arc::new(sealed), *self.hasher.finalize().as_bytes()))
+        Ok((Arc::new(sealed), self.hasher.finalize()))
     }
 }
 

@@ -434,6 +434,59 @@ async fn encoded_variants_are_invalidated_with_their_url() {
     );
 }
 
+/// An encoded variant is served only while its source still has the body it was made
+/// from (RFC 9110 §8.4: it is a coding of that representation). The client's `no-cache`
+/// (RFC 9111 §5.2.1.4) makes outpost fetch the resource again, and the origin now sends
+/// another body under the same URL and no validator: the stored br variant of the old body
+/// must not answer for the new one, with the memory tier alone or a disk tier (whose
+/// bodies are told apart by different digests).
+#[tokio::test]
+async fn an_encoding_of_a_replaced_body_is_not_served_rfc9110_8_4() {
+    let (old, new) = (text(9_000), text(9_001));
+    let fixture = |body: &str| {
+        Fixture::with_headers(
+            200,
+            &[
+                ("cache-control", "max-age=600"),
+                ("content-type", "text/plain"),
+            ],
+            body,
+        )
+    };
+    for with_disk in [false, true] {
+        let origin = Origin::start(vec![(
+            "/notes.txt",
+            Fixture::sequence(vec![fixture(&old), fixture(&new)]),
+        )])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = if with_disk {
+            format!("[cache]\ndir = \"{}\"\n", dir.path().display())
+        } else {
+            String::new()
+        };
+        let proxy = Proxy::start(&origin.url(), &config).await;
+        get(&proxy.url("/notes.txt"), &[]).await;
+        let first = get(&proxy.url("/notes.txt"), &[("accept-encoding", "br")]).await;
+        assert_eq!(decode("br", &first.body).await, old.as_bytes());
+        assert_eq!(proxy.outpost.encoder_runs(), 1, "disk tier: {with_disk}");
+
+        let refetched = get(&proxy.url("/notes.txt"), &[("cache-control", "no-cache")]).await;
+        assert_eq!(refetched.body, new.as_bytes());
+        assert_eq!(origin.hits("/notes.txt"), 2);
+        let after = get(&proxy.url("/notes.txt"), &[("accept-encoding", "br")]).await;
+        let decoded = decode("br", &after.body).await;
+        assert!(
+            decoded == new.as_bytes(),
+            "disk tier: {with_disk}: {} bytes of br decoded, the new body has {} (the old {})",
+            decoded.len(),
+            new.len(),
+            old.len()
+        );
+        assert_eq!(origin.hits("/notes.txt"), 2, "the new body is a hit");
+    }
+}
+
 /// RFC 9110 §14.2: a Range on a stored gzip representation is served as a range of the
 /// gzip bytes to a client that takes gzip, and ignored (the whole, decoded) for one that
 /// does not: a slice of a gzip stream is no use to it.

@@ -47,7 +47,9 @@ pub struct EntryMeta {
     pub variant: VariantKey,
     pub freshness: Freshness,
     pub body_len: u64,
-    /// blake3 of the body: lets any tier verify what it reads back.
+    /// The body's digest ([`crate::cache::digest`]): blake3 where a disk tier is configured,
+    /// which names, dedupes and verifies its files by it; else a cheaper XXH3-128 that only
+    /// tells this process's bodies apart (for encoded variants' sources).
     pub body_digest: [u8; 32],
     /// Set on entries outpost derived from another (encoded variants); `None` for responses
     /// as the origin sent them.
@@ -118,7 +120,8 @@ const HEADER_OVERHEAD: usize = 120;
 impl StoredResponse {
     /// Builds an entry from received parts. Header values are copied into one compact
     /// allocation: as received they are slices of the connection's read buffer, and keeping
-    /// them would pin that whole buffer for as long as the entry lives.
+    /// them would pin that whole buffer for as long as the entry lives. The digest is
+    /// blake3, right whether or not a disk tier is configured.
     pub fn new(meta: EntryMeta, body: Bytes) -> StoredResponse {
         let (len, digest) = (body.len() as u64, *blake3::hash(&body).as_bytes());
         StoredResponse::received(meta, StoredBody::Memory(body), len, digest)
@@ -144,7 +147,7 @@ impl StoredResponse {
     /// digest is taken over the chunks, so a sealed body's mapping is never read, which
     /// would fault every page of it into this process.
     pub fn from_chunks(meta: EntryMeta, chunks: &[Bytes], sealer: &Sealer) -> StoredResponse {
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = sealer.digest().hasher();
         let mut len = 0;
         for chunk in chunks {
             hasher.update(chunk);
@@ -160,7 +163,7 @@ impl StoredResponse {
                 StoredBody::Memory(Bytes::from(joined))
             }
         };
-        StoredResponse::received(meta, body, len as u64, *hasher.finalize().as_bytes())
+        StoredResponse::received(meta, body, len as u64, hasher.finalize())
     }
 
     /// An entry of received `meta` whose body was written into `sealed` as it arrived

@@ -440,10 +440,17 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
     }
 
     /// Bytes objects asked for once can take together without displacing anything held:
-    /// the free room and the admission window they enter. Past the window they must win a
-    /// contest against main's least recent, which one request wins only against a much
-    /// larger victim; `None` when a newcomer of `size` (when known) would win it, so its
-    /// room is not bounded by the window.
+    /// the free room, or the admission window they enter, whichever is larger. Past the
+    /// window they must win a contest against main's least recent, which one request wins
+    /// only against a much larger victim; `None` when a newcomer of `size` (when known)
+    /// would win it, so its room is not bounded by the window.
+    ///
+    /// Not the two together: a newcomer larger than the window overflows it at once, and
+    /// unless the free room takes it, it is the first candidate to contest main's least
+    /// recent, and loses (a tie keeps the resident). Let in, it was stored only to be
+    /// evicted in the same step, after pushing the window's objects out into contests of
+    /// their own; in a tier full of 1 MiB bodies, which leave well under 1 MiB free, the
+    /// live tier wrote nearly every unique 1 MiB miss into a memory file for nothing.
     pub fn newcomer_room(&self, size: Option<u64>) -> Option<u64> {
         let victim = self
             .probation
@@ -455,7 +462,10 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
                 return None;
             }
         }
-        Some(self.window_capacity + self.capacity.saturating_sub(self.used()))
+        Some(
+            self.window_capacity
+                .max(self.capacity.saturating_sub(self.used())),
+        )
     }
 
     /// Whether `id`, weighing `size`, is a newcomer (asked for only this once, not held)
@@ -702,16 +712,16 @@ mod tests {
         assert!(t.used() > 800_000, "fills again: {}", t.used());
     }
 
-    /// Newcomers have the free room and the window to themselves: once the tier is full
-    /// of objects their size, that is the window alone (past it they lose their contests),
+    /// Newcomers have the free room or the window to themselves: once the tier is full of
+    /// objects their size, that is the window alone (past it they lose their contests),
     /// unless a newcomer is so much smaller than main's least recent that it would win.
     #[test]
-    fn newcomers_have_the_free_room_and_the_window() {
+    fn newcomers_have_the_free_room_or_the_window() {
         let mut t = tier(1_000_000);
         assert_eq!(
             t.newcomer_room(Some(5_000)),
-            Some(1_010_000),
-            "an empty tier: all of it, and the window"
+            Some(1_000_000),
+            "an empty tier: all of it"
         );
         for cold in 0..400u64 {
             request(&mut t, cold, 5_000);
@@ -730,6 +740,37 @@ mod tests {
             None,
             "fifty times smaller than its victim, a newcomer displaces it"
         );
+    }
+
+    /// A newcomer larger than the window overflows it at once; unless the free room takes
+    /// it, it contests main's least recent first and loses. So the window and the free room
+    /// together are no room for it: it is declined on sight and moves nothing. One the
+    /// window can hold is let in and stays.
+    #[test]
+    fn a_newcomer_larger_than_the_window_needs_the_free_room_alone() {
+        let mut t = tier(1_000_000);
+        for cold in 0..142u64 {
+            request(&mut t, cold, 7_000);
+        }
+        let free = 1_000_000 - t.used();
+        assert!((1..7_000).contains(&free), "full, a little free: {free}");
+        let between = 10_000 + free / 2;
+        assert_eq!(
+            t.newcomer_room(Some(between)),
+            Some(10_000),
+            "the window, larger than what is free"
+        );
+        let in_window: Vec<u64> = (0..142u64).filter(|id| t.window.contains(id)).collect();
+        t.access(&9_998);
+        let mut evicted = Vec::new();
+        t.insert(9_998, between, u32::MAX, &mut evicted);
+        assert_eq!(evicted, [9_998], "declined, and nothing else moved");
+        assert!(in_window.iter().all(|id| t.window.contains(id)));
+        let mut evicted = Vec::new();
+        assert!(!t.declines_newcomer(&9_999, 10_000), "the window's size");
+        t.access(&9_999);
+        t.insert(9_999, 10_000, u32::MAX, &mut evicted);
+        assert!(t.contains(&9_999), "held by the window: {evicted:?}");
     }
 
     /// A newcomer larger than the room newcomers have is declined on sight, and moves

@@ -22,7 +22,7 @@ come with no-cache="Set-Cookie" or private="set-cookie", which let the rest be s
 Errors on faulty paths are expected; errors on healthy ones are reported. Loopback only;
 stops what it started.
 
-    python3 benches/oracle_soak.py --outpost target/release/outpost [--seconds 60]
+    python3 benches/oracle_soak.py --outpost target/release/outpost [--seconds 60] [--memory-only]
 
 Exits 1 if any response was bad, any healthy path failed, or outpost logged a panic.
 """
@@ -339,6 +339,9 @@ def main():
     parser.add_argument("--outpost", required=True)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--clients", type=int, default=6)
+    parser.add_argument("--memory-only", action="store_true",
+                        help="no disk tier (bodies told apart by XXH3, not blake3); the "
+                             "restart then starts empty and nothing is damaged")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="oracle-soak-")
@@ -356,7 +359,8 @@ def main():
     def start():
         process = subprocess.Popen(
             [args.outpost, "serve", "--listen", f"127.0.0.1:{port}", "--origin",
-             f"http://127.0.0.1:{origin.server_address[1]}", "--cache-dir", cache_dir,
+             f"http://127.0.0.1:{origin.server_address[1]}",
+             *([] if args.memory_only else ["--cache-dir", cache_dir]),
              "--tls-listen", f"127.0.0.1:{tls_port}", "--tls-cert", cert, "--tls-key", key],
             stdout=log, stderr=log, env=env)
         for _ in range(100):
@@ -391,8 +395,11 @@ def main():
         load(args.seconds / 2, 1000)
         outpost.send_signal(signal.SIGKILL)
         outpost.wait()
-        damaged, files = damage(cache_dir, random.Random(7))
-        print(f"killed outpost; flipped a byte in {damaged} of {files} disk-tier body files")
+        if args.memory_only:
+            print("killed outpost (memory only: it restarts empty)")
+        else:
+            damaged, files = damage(cache_dir, random.Random(7))
+            print(f"killed outpost; flipped a byte in {damaged} of {files} disk-tier body files")
         outpost = start()
         load(args.seconds / 3, 2000)
         # The origin goes away (connections refused): what is stored may be served, stale

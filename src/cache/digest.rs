@@ -45,7 +45,6 @@ impl BodyDigest {
 
 /// A digest taken as a body arrives in pieces. Boxed: the fill's writer holds one and is
 /// moved by value through the miss path's futures (a blake3 state is about 1.9 KB).
-#[derive(Clone)]
 pub enum BodyHasher {
     Blake3(Box<blake3::Hasher>),
     Xxh3(Box<xxhash_rust::xxh3::Xxh3>),

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
+use super::digest::BodyDigest;
 use super::key::{PrimaryKey, VariantKey, Vary};
 use super::policy::Freshness;
 use super::sealed::{SealedBody, Sealer};
@@ -123,7 +124,7 @@ impl StoredResponse {
     /// them would pin that whole buffer for as long as the entry lives. The digest is
     /// blake3, right whether or not a disk tier is configured.
     pub fn new(meta: EntryMeta, body: Bytes) -> StoredResponse {
-        let (len, digest) = (body.len() as u64, *blake3::hash(&body).as_bytes());
+        let (len, digest) = (body.len() as u64, BodyDigest::Blake3.of(&body));
         StoredResponse::received(meta, StoredBody::Memory(body), len, digest)
     }
 

@@ -4,7 +4,9 @@
 # the same keep-alive connections (MODE=mixed: one miss in EVERY requests, default 10,
 # `mixed.lua`) of SIZE (1k, 100k, 1m; default 1k). Each server on CPU 0, wrk and
 # perf-origin (no delay) on CPU 1; CPU from /proc ticks; wrk's p50, p90 and p99 latency
-# (MODE=mixed shows what a miss costs the requests around it).
+# (MODE=mixed shows what a miss costs the requests around it). QUERY (default `?d=0`) is
+# appended to miss keys: `QUERY='?d=0&cc=no-store'` measures the proxying of a miss alone,
+# with nothing stored. CONNS (default 64) is wrk's connection count.
 #
 #   BEFORE=/path/to/old/outpost AFTER=target/release/outpost MODE=hit ROUNDS=8 benches/cpu_per_request.sh
 set -u
@@ -14,7 +16,7 @@ ORIGIN_BIN=${ORIGIN_BIN:-/tmp/perf/target/release/perf-origin}
 BEFORE=${BEFORE:?path of the build to compare against}
 AFTER=${AFTER:-$HERE/../target/release/outpost}
 MODE=${MODE:-hit}; SIZE=${SIZE:-1k}; ROUNDS=${ROUNDS:-8}; DURATION=${DURATION:-5}
-EVERY=${EVERY:-10}
+EVERY=${EVERY:-10}; QUERY=${QUERY:-?d=0}; CONNS=${CONNS:-64}
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; }
 trap cleanup EXIT
@@ -31,10 +33,10 @@ for round in $(seq "$ROUNDS"); do
     case $MODE in
       hit) args=(hot "/b/$SIZE/h" 100 -) ;;
       mixed) script=$HERE/mixed.lua; args=("$EVERY" 100 "/b/$SIZE/h" "/b/$SIZE/x-r$round-$1-$$-") ;;
-      *) args=(unique "/b/$SIZE/m-" "r$round-$1-$$" - '?d=0') ;;
+      *) args=(unique "/b/$SIZE/m-" "r$round-$1-$$" - "$QUERY") ;;
     esac
     t0=$(ticks "$2")
-    out=$(taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" --latency -s "$script" "http://127.0.0.1:$3" -- "${args[@]}" 2>&1)
+    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$script" "http://127.0.0.1:$3" -- "${args[@]}" 2>&1)
     t1=$(ticks "$2")
     requests=$(echo "$out" | awk '/requests in/{print $1}')
     latency=$(echo "$out" | awk '/^ +(50|90|99)%/{printf " p%s %s", substr($1, 1, length($1) - 1), $2}')

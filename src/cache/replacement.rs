@@ -11,7 +11,8 @@
 //! every contest, while a popular large object beats cold small ones one by one until it
 //! has its room (moka's own TinyLFU compares a newcomer with the summed popularity of
 //! everything it would evict, and a large object can then never get in among small ones).
-//! Ties go to the resident object.
+//! Ties go to the resident object, and sizes within [`SIZE_TIE_RATIO`] of each other are
+//! one size, so a few bytes do not decide between two objects seen as often.
 //!
 //! Why the size weight: keeping an object costs its bytes, and what it saves is one request
 //! per use. Counts alone spend room on large objects no more popular than the several small
@@ -347,9 +348,20 @@ pub const SIZE_EXPONENT: f64 = 0.3;
 /// as its victim always wins, however large it is.
 pub const MAX_SIZE_WEIGHT: f64 = 3.0;
 
+/// Sizes within this factor of each other weigh the same in a contest.
+///
+/// The size weight chooses between objects of clearly different cost. Between two of
+/// nearly one size it would let a few bytes of header decide: a newcomer seen once, a
+/// little smaller than a resident seen once, won, so a stream of one-hit objects of one
+/// size (unique 1 MiB downloads, say) replaced each other in turn, every body written into
+/// the tier only to be evicted, where TinyLFU keeps the resident unless the newcomer was
+/// seen more often. On the issue 17 trace the hit ratios move by at most 0.15 points either
+/// way (1.1x to 2x all did; this one moved them least).
+pub const SIZE_TIE_RATIO: f64 = 1.25;
+
 /// Whether a candidate seen `candidate_count` times, weighing `candidate_size` bytes,
 /// displaces a resident seen `victim_count` times weighing `victim_size` (ties keep the
-/// resident).
+/// resident; sizes within [`SIZE_TIE_RATIO`] of each other are the same size).
 fn candidate_wins(
     candidate_count: u32,
     candidate_size: u64,
@@ -357,6 +369,9 @@ fn candidate_wins(
     victim_size: u64,
 ) -> bool {
     let ratio = candidate_size.max(1) as f64 / victim_size.max(1) as f64;
+    if (1.0 / SIZE_TIE_RATIO..=SIZE_TIE_RATIO).contains(&ratio) {
+        return candidate_count > victim_count;
+    }
     let weight = ratio
         .powf(SIZE_EXPONENT)
         .clamp(1.0 / MAX_SIZE_WEIGHT, MAX_SIZE_WEIGHT);
@@ -657,6 +672,34 @@ mod tests {
             "admitted by its fourth request: {hits} hits of 10"
         );
         assert!(t.used() <= 1_000_000);
+    }
+
+    /// Among objects of nearly one size, a newcomer seen once does not displace a resident
+    /// seen once, even a few bytes lighter: the tier keeps what it holds, and the newcomer
+    /// is declined on sight rather than stored and evicted. Seen again, it wins.
+    #[test]
+    fn one_hit_newcomers_of_one_size_do_not_displace_each_other() {
+        let mut t = tier(1_000_000);
+        for resident in 0..96u64 {
+            request(&mut t, resident, 10_400);
+        }
+        assert!(1_000_000 - t.used() < 10_000, "full: {}", t.used());
+        for newcomer in 1_000..1_300u64 {
+            let mut evicted = Vec::new();
+            t.access(&newcomer);
+            t.insert(newcomer, 10_399, u32::MAX, &mut evicted);
+            assert_eq!(evicted, [newcomer], "declined, nothing else moved");
+        }
+        assert_eq!((0..96u64).filter(|id| t.contains(id)).count(), 96);
+        assert!(request(&mut t, 7, 10_400), "a resident still answers");
+        t.access(&1_000);
+        t.access(&1_000);
+        let mut evicted = Vec::new();
+        t.insert(1_000, 10_399, u32::MAX, &mut evicted);
+        assert!(
+            t.contains(&1_000),
+            "seen more often than the victim, it wins"
+        );
     }
 
     /// Everything evicted is reported, and what is held never exceeds the capacity.

@@ -15,6 +15,8 @@ use support::{get, Fixture, Origin};
 
 const FIRST_WAVE: usize = 40;
 const SECOND_WAVE: usize = 60;
+/// Stored once the first wave is on disk (see its use).
+const SENTINEL: &str = "/sentinel";
 
 /// A body unique to `index`, large enough (for odd indexes) to stream to disk.
 fn body_of(index: usize) -> Bytes {
@@ -90,6 +92,19 @@ async fn disk_entries(admin: u16) -> u64 {
     json["tiers"]["disk"]["entries"].as_u64().unwrap_or(0)
 }
 
+/// Waits until the disk tier has indexed `count` rows.
+async fn wait_for_disk_entries(admin: u16, count: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while disk_entries(admin).await < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {count} rows reached disk",
+            disk_entries(admin).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// SIGKILL, no clean-up of any kind. Until it is waited for, the dead process keeps its
 /// pid (a zombie), so sending it twice is harmless.
 fn kill_9(pid: u32) {
@@ -132,6 +147,14 @@ async fn kill_9_during_concurrent_writes_then_restart_serves_no_partial_object()
                 },
             )
         })
+        .chain(std::iter::once((
+            SENTINEL,
+            Fixture::Static {
+                status: StatusCode::OK,
+                headers: vec![("cache-control", "max-age=3600".to_string())],
+                body: Bytes::from_static(b"stored after the first wave"),
+            },
+        )))
         .collect();
     let origin = Origin::start(routes).await;
     let (port, admin) = (free_port(), free_port());
@@ -149,14 +172,15 @@ async fn kill_9_during_concurrent_writes_then_restart_serves_no_partial_object()
             body_of(paths.iter().position(|p| p == path).unwrap()).len()
         );
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while disk_entries(admin).await < FIRST_WAVE as u64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "first wave never reached disk"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_disk_entries(admin, FIRST_WAVE as u64).await;
+    // A row counts as soon as it is indexed, and with `fsync` its flush follows under the
+    // store's lock. One more row, stored once the first wave's count is in, can only be
+    // indexed after the last of them was flushed.
+    let (status, _) = try_get(format!("http://127.0.0.1:{port}{SENTINEL}"))
+        .await
+        .expect("sentinel answered");
+    assert_eq!(status, StatusCode::OK);
+    wait_for_disk_entries(admin, FIRST_WAVE as u64 + 1).await;
 
     // Second wave in flight, all at once; the process dies once a few have answered.
     let mut wave = tokio::task::JoinSet::new();

@@ -729,7 +729,7 @@ impl Cache {
     }
 
     /// As [`Cache::spawn_fill`], but the job's first steps run now, in the caller's task:
-    /// for a miss, the origin request is handed to its connection at once,
+    /// for a miss, the origin connection is checked out and the request written at once,
     /// rather than after the new task's turn in the run queue (a whole pass of it on a busy
     /// single-threaded runtime). The rest runs in the fill's task, which is always polled
     /// once after it is spawned: what the first steps waited on is registered again there

@@ -1,7 +1,8 @@
-//! The origin side: one pooled HTTP/1.1 client (plain and TLS via rustls with the `ring`
-//! provider), multiplexed HTTP/2 connections for origins configured to speak it ([`h2`]),
-//! their timeouts, and the translation of their failures into [`ProxyError`]s that say what
-//! went wrong (refused, timed out, reset, bad TLS).
+//! The origin side: HTTP/1.1 connections (plain and TLS via rustls with the `ring`
+//! provider) pooled per server and driven by the tasks that wait on them ([`http1`]),
+//! multiplexed HTTP/2 connections for origins configured to speak it ([`h2`]), their
+//! timeouts, and the translation of their failures into [`ProxyError`]s that say what went
+//! wrong (refused, timed out, reset, bad TLS).
 //!
 //! Which site's origin a request goes to is `pipeline::route`'s decision, which server of
 //! that origin's pool is [`pool`]'s, and which headers it carries is
@@ -16,6 +17,7 @@
 
 pub mod connector;
 pub mod h2;
+pub mod http1;
 pub mod pool;
 
 use std::error::Error as StdError;
@@ -34,6 +36,7 @@ use crate::error::ProxyError;
 use crate::limit::{Bounds, Limiter, Refused};
 use connector::Counted;
 use h2::{H2Origins, H2Sent};
+use http1::{DrivenBody, Http1Origins};
 
 /// Why the upstream client could not be built (a bad CA file).
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +47,15 @@ pub enum UpstreamSetupError {
     Tls(#[from] rustls::Error),
 }
 
-/// The pooled client every request to every origin goes through.
+/// The clients every request to every origin goes through.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<Counted<HttpsConnector<HttpConnector>>, Body>,
-    /// The same connector without a pool: a retry gets a connection opened for it.
-    fresh_client: Client<Counted<HttpsConnector<HttpConnector>>, Body>,
+    /// HTTP/1.1 exchanges, their connections pooled and driven by the tasks that wait on
+    /// them.
+    http1: Arc<Http1Origins>,
+    /// Upgrades (tunnels): hyper hands an upgraded connection over only from a connection
+    /// task, which this client runs; never pooled, as an upgraded connection is not reused.
+    upgrades: Client<Counted<HttpsConnector<HttpConnector>>, Body>,
     /// Connections open to origins, in all and per origin (see [`connector`]).
     connections: Arc<Limiter>,
     h2: Arc<H2Origins>,
@@ -66,6 +72,8 @@ pub struct OriginBody {
 
 enum OriginSource {
     Incoming(Incoming),
+    /// HTTP/1.1, with the connection it drives as it is read.
+    Driven(DrivenBody),
     /// Taken on the first poll.
     Read(Option<bytes::Bytes>),
     /// The origin's body passed through a check on its way (a mirror's digest check of an
@@ -115,6 +123,9 @@ impl http_body::Body for OriginBody {
             OriginSource::Incoming(incoming) => std::pin::Pin::new(incoming)
                 .poll_frame(cx)
                 .map_err(Into::into),
+            OriginSource::Driven(driven) => std::pin::Pin::new(driven)
+                .poll_frame(cx)
+                .map_err(Into::into),
             OriginSource::Read(bytes) => {
                 std::task::Poll::Ready(bytes.take().map(|b| Ok(http_body::Frame::data(b))))
             }
@@ -125,6 +136,7 @@ impl http_body::Body for OriginBody {
     fn is_end_stream(&self) -> bool {
         match &self.source {
             OriginSource::Incoming(incoming) => incoming.is_end_stream(),
+            OriginSource::Driven(driven) => driven.is_end_stream(),
             OriginSource::Read(bytes) => bytes.is_none(),
             OriginSource::Checked(body) => body.is_end_stream(),
         }
@@ -133,6 +145,7 @@ impl http_body::Body for OriginBody {
     fn size_hint(&self) -> http_body::SizeHint {
         match &self.source {
             OriginSource::Incoming(incoming) => incoming.size_hint(),
+            OriginSource::Driven(driven) => driven.size_hint(),
             OriginSource::Read(bytes) => {
                 http_body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
@@ -146,7 +159,7 @@ impl From<OriginBody> for Body {
         match (body.source, body.stream) {
             (OriginSource::Read(bytes), _) => Body::full(bytes.unwrap_or_default()),
             (OriginSource::Checked(body), _) => Body::Boxed(body),
-            // HTTP/1.1: no permit to carry, and no allocation.
+            // An upgrade's response: no permit to carry, and no allocation.
             (OriginSource::Incoming(incoming), None) => Body::Incoming(incoming),
             (source, stream) => Body::boxed(OriginBody { source, stream }),
         }
@@ -181,25 +194,25 @@ impl Upstream {
             .enable_http1()
             .wrap_connector(http);
         let counted = Counted::new(https, Arc::clone(&connections));
-        let builder = |max_idle: usize| {
-            Client::builder(TokioExecutor::new())
-                .http1_max_buf_size(config.max_read_buffer.as_usize())
-                // RFC 9112 §5.1: a proxy removes whitespace between a response field's name
-                // and colon (and does not refuse the response); §5.2 lets it replace an
-                // obs-fold with spaces. Old origins send both; neither is ambiguous.
-                .http1_allow_spaces_after_header_name_in_responses(true)
-                .http1_allow_obsolete_multiline_headers_in_responses(true)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(config.pool_idle_timeout.get())
-                .pool_max_idle_per_host(max_idle)
-                // The client would otherwise rewrite Host from the URI; routing decides it.
-                .set_host(false)
-                .build(counted.clone())
-        };
+        let upgrades = Client::builder(TokioExecutor::new())
+            .http1_max_buf_size(config.max_read_buffer.as_usize())
+            // As in `Http1Origins`: RFC 9112 §5.1 and §5.2's leniencies for old origins.
+            .http1_allow_spaces_after_header_name_in_responses(true)
+            .http1_allow_obsolete_multiline_headers_in_responses(true)
+            .timer(TokioTimer::new())
+            .pool_max_idle_per_host(0)
+            // The client would otherwise rewrite Host from the URI; routing decides it.
+            .set_host(false)
+            .build(counted.clone());
+        let http1 = Arc::new(Http1Origins::new(
+            counted,
+            config.max_read_buffer.as_usize(),
+            config.pool_max_idle_per_host,
+            config.pool_idle_timeout.get(),
+        ));
         Ok(Upstream {
-            client: builder(config.pool_max_idle_per_host),
-            fresh_client: builder(0),
+            http1,
+            upgrades,
             connections,
             h2,
         })
@@ -274,12 +287,20 @@ impl Upstream {
         } else {
             request
         };
-        let client = if fresh {
-            &self.fresh_client
-        } else {
-            &self.client
-        };
-        self.exchange(client, request, origin, header_timeout).await
+        if is_upgrade {
+            return self.upgrade(request, origin, header_timeout).await;
+        }
+        match tokio::time::timeout(header_timeout, self.http1.send(request, origin, fresh)).await {
+            Ok(result) => result.map(|response| {
+                response.map(|body| OriginBody {
+                    source: OriginSource::Driven(body),
+                    stream: None,
+                })
+            }),
+            Err(_elapsed) => Err(ProxyError::ResponseHeaderTimeout {
+                origin: origin.to_string(),
+            }),
+        }
     }
 
     /// A health check: GET `url` with `host`, the status if a whole response arrived
@@ -316,14 +337,15 @@ impl Upstream {
             })
     }
 
-    async fn exchange(
+    /// A request that asks to upgrade its connection, through the client that can hand one
+    /// over.
+    async fn upgrade(
         &self,
-        client: &Client<Counted<HttpsConnector<HttpConnector>>, Body>,
         request: http::Request<Body>,
         origin: &str,
         header_timeout: Duration,
     ) -> Result<http::Response<OriginBody>, ProxyError> {
-        match tokio::time::timeout(header_timeout, client.request(request)).await {
+        match tokio::time::timeout(header_timeout, self.upgrades.request(request)).await {
             Ok(Ok(response)) => Ok(response.map(|body| OriginBody::new(body, None))),
             Ok(Err(err)) => Err(classify(&err, origin)),
             Err(_elapsed) => Err(ProxyError::ResponseHeaderTimeout {

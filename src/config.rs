@@ -613,9 +613,14 @@ pub struct UpstreamConfig {
     pub hosts_file: Option<PathBuf>,
     /// The HTTP version spoken to origins (a pool's `protocol` overrides it).
     pub protocol: OriginProtocol,
-    /// Requests in flight at once on the HTTP/2 connection to one origin server; more wait
-    /// (within the response header timeout). The server's own SETTINGS limit applies too.
+    /// Requests in flight at once over HTTP/2 to one origin server; more wait (within the
+    /// response header timeout).
     pub max_streams_per_origin: usize,
+    /// Streams one HTTP/2 connection to an origin server carries at once; past it another
+    /// connection is opened. Set it to the server's SETTINGS_MAX_CONCURRENT_STREAMS (RFC
+    /// 9113 §6.5.2 recommends at least 100; nginx and Go use 128 and 250) when that is
+    /// lower: requests past the server's limit wait on their connection.
+    pub max_streams_per_connection: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -635,6 +640,7 @@ impl Default for UpstreamConfig {
             hosts_file: None,
             protocol: OriginProtocol::default(),
             max_streams_per_origin: 100,
+            max_streams_per_connection: 100,
         }
     }
 }
@@ -1815,6 +1821,10 @@ fn check_upstream(upstream: &UpstreamConfig, problems: &mut Problems) {
     problems.at_least_one(
         "upstream.max_streams_per_origin",
         upstream.max_streams_per_origin,
+    );
+    problems.at_least_one(
+        "upstream.max_streams_per_connection",
+        upstream.max_streams_per_connection,
     );
     if let Some(path) = &upstream.ca_file {
         if let Err(err) = std::fs::metadata(path) {

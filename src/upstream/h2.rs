@@ -1,5 +1,6 @@
-//! HTTP/2 to origins (RFC 9113): one multiplexed connection per origin server, shared by
-//! every request to it, opened on first use and again when the server closes it.
+//! HTTP/2 to origins (RFC 9113): multiplexed connections to each origin server, shared by
+//! every request to it: the first opened on first use, another whenever each open one
+//! carries `upstream.max_streams_per_connection` streams, and a closed one replaced.
 //!
 //! hyper's pooled client addresses an HTTP/2 request to whatever authority its URI names,
 //! and its pool is keyed by that authority. outpost dials a pool member by its address
@@ -12,9 +13,13 @@
 //! `http/1.1` by ALPN and remembers a server that picks HTTP/1.1, whose requests then go
 //! through the HTTP/1.1 pool.
 //!
-//! Streams per server are capped by a semaphore (`upstream.max_streams_per_origin`) on
-//! top of the server's own SETTINGS_MAX_CONCURRENT_STREAMS; a stream's permit is held until
-//! its response body is done, so a slow body still counts.
+//! Streams per server are capped by a semaphore (`upstream.max_streams_per_origin`), and
+//! streams per connection by one semaphore each (`upstream.max_streams_per_connection`);
+//! a stream's permits are held until its response body is done, so a slow body still
+//! counts. A server's own SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §5.1.2) applies too,
+//! but hyper does not say what it is: a server that allows fewer streams per connection
+//! than configured makes the rest wait on their connection until a stream closes, as all
+//! requests did when one connection per server was all there was.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -29,7 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{classify_failure, OriginBody};
 use crate::body::Body;
@@ -52,14 +57,30 @@ pub struct H2Origins {
     connect_timeout: Duration,
     connections: Arc<Limiter>,
     max_streams: usize,
+    max_streams_per_connection: usize,
 }
 
-/// One origin server's connection and stream cap.
+/// One origin server's connections and stream cap.
 struct Server {
-    sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+    /// Open connections, oldest first. Locked across opening one, so that requests that
+    /// find every connection full open one between them, not one each.
+    connections: tokio::sync::Mutex<Vec<Connection>>,
     streams: Arc<Semaphore>,
     /// `auto` only: the server chose HTTP/1.1 by ALPN.
     speaks_http1: AtomicBool,
+}
+
+/// One HTTP/2 connection and its streams' places.
+struct Connection {
+    sender: SendRequest<Body>,
+    streams: Arc<Semaphore>,
+}
+
+/// A stream's places under the per-server and per-connection caps, held with its response
+/// body until it is dropped.
+pub struct StreamSlot {
+    _server: OwnedSemaphorePermit,
+    _connection: OwnedSemaphorePermit,
 }
 
 /// What [`H2Origins::send`] did with a request.
@@ -81,6 +102,7 @@ impl H2Origins {
         connect_timeout: Duration,
         connections: Arc<Limiter>,
         max_streams: usize,
+        max_streams_per_connection: usize,
     ) -> H2Origins {
         let with_alpn = |protocols: &[&[u8]]| {
             let mut config = tls.clone();
@@ -94,6 +116,7 @@ impl H2Origins {
             connect_timeout,
             connections,
             max_streams: max_streams.max(1),
+            max_streams_per_connection: max_streams_per_connection.max(1),
         }
     }
 
@@ -133,14 +156,20 @@ impl H2Origins {
                 .acquire_owned()
                 .await
                 .map_err(|_| ProxyError::Internal("stream limit closed".into()))?;
-            let sender = self
-                .sender(&server, &authority, is_tls, protocol, origin)
+            let stream = self
+                .stream(&server, &authority, is_tls, protocol, origin)
                 .await?;
-            Ok::<_, ProxyError>((permit, sender))
+            Ok::<_, ProxyError>(stream.map(|(sender, connection)| {
+                let slot = StreamSlot {
+                    _server: permit,
+                    _connection: connection,
+                };
+                (slot, sender)
+            }))
         };
-        let (permit, mut sender) = match tokio::time::timeout_at(deadline, opened).await {
-            Ok(Ok((permit, Some(sender)))) => (permit, sender),
-            Ok(Ok((_, None))) => return H2Sent::UseHttp1(request),
+        let (slot, mut sender) = match tokio::time::timeout_at(deadline, opened).await {
+            Ok(Ok(Some(stream))) => stream,
+            Ok(Ok(None)) => return H2Sent::UseHttp1(request),
             Ok(Err(err)) => return H2Sent::Done(Err(err)),
             Err(_elapsed) => return H2Sent::Done(Err(timed_out(origin))),
         };
@@ -155,7 +184,7 @@ impl H2Origins {
                 .map_err(|err| connection_lost(&server, &err, origin))
         };
         H2Sent::Done(match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(Ok(response)) => Ok(response.map(|body| OriginBody::new(body, Some(permit)))),
+            Ok(Ok(response)) => Ok(response.map(|body| OriginBody::new(body, Some(slot)))),
             Ok(Err(err)) => Err(err),
             Err(_elapsed) => Err(timed_out(origin)),
         })
@@ -167,7 +196,7 @@ impl H2Origins {
             return Arc::clone(server);
         }
         let server = Arc::new(Server {
-            sender: tokio::sync::Mutex::new(None),
+            connections: tokio::sync::Mutex::new(Vec::new()),
             streams: Arc::new(Semaphore::new(self.max_streams)),
             speaks_http1: AtomicBool::new(false),
         });
@@ -175,32 +204,52 @@ impl H2Origins {
         server
     }
 
-    /// The server's open connection, or a new one; `None` when it speaks HTTP/1.1.
-    async fn sender(
+    /// A place for a stream on an open connection with room, or on a new one; `None` when
+    /// the server speaks HTTP/1.1.
+    async fn stream(
         &self,
         server: &Server,
         authority: &Authority,
         is_tls: bool,
         protocol: OriginProtocol,
         origin: &str,
-    ) -> Result<Option<SendRequest<Body>>, ProxyError> {
-        // One connection attempt at a time per server: concurrent first requests share it.
-        let mut current = server.sender.lock().await;
-        if let Some(sender) = current.as_ref() {
-            if !sender.is_closed() {
-                return Ok(Some(sender.clone()));
+    ) -> Result<Option<(SendRequest<Body>, OwnedSemaphorePermit)>, ProxyError> {
+        let mut connections = server.connections.lock().await;
+        connections.retain(|connection| !connection.sender.is_closed());
+        // The oldest with room: newer ones drain and close as the load falls.
+        for connection in connections.iter() {
+            if let Ok(place) = Arc::clone(&connection.streams).try_acquire_owned() {
+                return Ok(Some((connection.sender.clone(), place)));
             }
         }
-        *current = None;
-        match self.open(authority, is_tls, protocol, origin).await? {
-            Opened::H2(sender) => {
-                *current = Some(sender.clone());
-                Ok(Some(sender))
+        match self.open(authority, is_tls, protocol, origin).await {
+            Ok(Opened::H2(sender)) => {
+                let streams = Arc::new(Semaphore::new(self.max_streams_per_connection));
+                let place = Arc::clone(&streams)
+                    .try_acquire_owned()
+                    .map_err(|_| ProxyError::Internal("a new connection without room".into()))?;
+                connections.push(Connection {
+                    sender: sender.clone(),
+                    streams,
+                });
+                Ok(Some((sender, place)))
             }
-            Opened::Http1 => {
+            Ok(Opened::Http1) => {
                 server.speaks_http1.store(true, Relaxed);
                 Ok(None)
             }
+            // No other connection may be opened: wait for a place on the oldest one.
+            Err(ProxyError::LimitReached { .. }) if !connections.is_empty() => {
+                let oldest = &connections[0];
+                let (sender, streams) = (oldest.sender.clone(), Arc::clone(&oldest.streams));
+                drop(connections);
+                let place = streams
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| ProxyError::Internal("stream limit closed".into()))?;
+                Ok(Some((sender, place)))
+            }
+            Err(err) => Err(err),
         }
     }
 
@@ -326,12 +375,10 @@ fn timed_out(origin: &str) -> ProxyError {
     }
 }
 
-/// A failed exchange: forget a connection that is closed, so the next request opens one.
+/// A failed exchange: forget connections that are closed, so the next request opens one.
 fn connection_lost(server: &Server, err: &hyper::Error, origin: &str) -> ProxyError {
-    if let Ok(mut current) = server.sender.try_lock() {
-        if current.as_ref().is_some_and(SendRequest::is_closed) {
-            *current = None;
-        }
+    if let Ok(mut connections) = server.connections.try_lock() {
+        connections.retain(|connection| !connection.sender.is_closed());
     }
     classify_failure(err, origin, false)
 }

@@ -66,8 +66,8 @@ pub struct Upstream {
 /// document after rewriting, an artifact after its digest was checked) goes on as bytes.
 pub struct OriginBody {
     source: OriginSource,
-    /// Held, never read: the stream's place under the cap.
-    stream: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Held, never read: the stream's places under the caps.
+    stream: Option<h2::StreamSlot>,
 }
 
 enum OriginSource {
@@ -82,7 +82,7 @@ enum OriginSource {
 }
 
 impl OriginBody {
-    fn new(incoming: Incoming, stream: Option<tokio::sync::OwnedSemaphorePermit>) -> OriginBody {
+    fn new(incoming: Incoming, stream: Option<h2::StreamSlot>) -> OriginBody {
         OriginBody {
             source: OriginSource::Incoming(incoming),
             stream,
@@ -187,6 +187,7 @@ impl Upstream {
             config.connect_timeout.get(),
             Arc::clone(&connections),
             config.max_streams_per_origin,
+            config.max_streams_per_connection,
         ));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)

@@ -97,6 +97,30 @@ async fn streams_to_one_origin_are_capped() {
     );
 }
 
+/// RFC 9113 §5.1.2: a connection carries a bounded number of concurrent streams. Past
+/// `upstream.max_streams_per_connection` on every open connection, another is opened
+/// rather than making requests wait, and only as many as needed.
+#[tokio::test]
+async fn a_connection_full_of_streams_opens_another() {
+    let (origin, gate) = gated_origin("/held", b"spread").await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        &format!("{H2}max_streams_per_connection = 2\n"),
+    )
+    .await;
+    let all = spawn_gets(&proxy, "/held", "localhost", 6);
+    eventually("all six requests at the origin at once", || {
+        origin.hits("/held") == 6
+    })
+    .await;
+    assert_eq!(origin.connections(), 3, "two streams on each of three");
+    gate.open();
+    let replies = all.await.unwrap();
+    assert!(replies
+        .iter()
+        .all(|r| r.status == 200 && r.text() == "spread"));
+}
+
 /// RFC 9110 §6.5 and §10.1.4: a gRPC call (POST, `TE: trailers`) passes through uncached
 /// over HTTP/2 both ways, and the origin's trailer section (`grpc-status`) reaches the
 /// client.

@@ -349,19 +349,22 @@ impl FrequencySketch {
 
     pub fn increment(&mut self, id: u64) {
         let hash = Self::spread(id);
-        if !self.doorkeeper.is_empty() && !self.doorkeeper_has(hash) {
-            for (word, bit) in self.doorkeeper_probes(hash) {
-                self.doorkeeper[word] |= bit;
-            }
-            self.count_sample();
-            return;
-        }
         let slots = [0, 1, 2, 3].map(|depth| self.slot(hash, depth));
         let counts = slots.map(|(word, shift)| (self.table[word] >> shift) & 0xf);
         // Conservative: only the counters at the object's minimum move.
         let least = self
             .conservative
             .then(|| counts.iter().copied().min().unwrap_or(0));
+        // An object the counters know already is past the doorkeeper (counting it there
+        // or in the counters reads the same), so a popular object's request, most of them,
+        // does not probe it.
+        if least == Some(0) && !self.doorkeeper.is_empty() && !self.doorkeeper_has(hash) {
+            for (word, bit) in self.doorkeeper_probes(hash) {
+                self.doorkeeper[word] |= bit;
+            }
+            self.count_sample();
+            return;
+        }
         let mut added = false;
         for ((word, shift), count) in slots.into_iter().zip(counts) {
             // Read again: the check must hold for the counter as it is now.

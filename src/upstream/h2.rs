@@ -204,8 +204,9 @@ impl H2Origins {
         server
     }
 
-    /// A place for a stream on an open connection with room, or on a new one; `None` when
-    /// the server speaks HTTP/1.1.
+    /// A place for a stream on an open connection with room, or on a new one (or on an
+    /// open one that frees a place before the new one is open); `None` when the server
+    /// speaks HTTP/1.1.
     async fn stream(
         &self,
         server: &Server,
@@ -222,8 +223,32 @@ impl H2Origins {
                 return Ok(Some((connection.sender.clone(), place)));
             }
         }
-        match self.open(authority, is_tls, protocol, origin).await {
-            Ok(Opened::H2(sender)) => {
+        // Every open connection is full: open another, unless a place frees on one of them
+        // first (the connection caps may make opening wait in their queue).
+        let freed = connections
+            .iter()
+            .map(|connection| {
+                let sender = connection.sender.clone();
+                let streams = Arc::clone(&connection.streams);
+                Box::pin(async move { (sender, streams.acquire_owned().await) })
+            })
+            .collect::<Vec<_>>();
+        let any_freed = async {
+            if freed.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            futures_util::future::select_all(freed).await.0
+        };
+        let opened = tokio::select! {
+            opened = self.open(authority, is_tls, protocol, origin) => opened?,
+            (sender, place) = any_freed => {
+                let place = place
+                    .map_err(|_| ProxyError::Internal("stream limit closed".into()))?;
+                return Ok(Some((sender, place)));
+            }
+        };
+        match opened {
+            Opened::H2(sender) => {
                 let streams = Arc::new(Semaphore::new(self.max_streams_per_connection));
                 let place = Arc::clone(&streams)
                     .try_acquire_owned()
@@ -234,22 +259,10 @@ impl H2Origins {
                 });
                 Ok(Some((sender, place)))
             }
-            Ok(Opened::Http1) => {
+            Opened::Http1 => {
                 server.speaks_http1.store(true, Relaxed);
                 Ok(None)
             }
-            // No other connection may be opened: wait for a place on the oldest one.
-            Err(ProxyError::LimitReached { .. }) if !connections.is_empty() => {
-                let oldest = &connections[0];
-                let (sender, streams) = (oldest.sender.clone(), Arc::clone(&oldest.streams));
-                drop(connections);
-                let place = streams
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| ProxyError::Internal("stream limit closed".into()))?;
-                Ok(Some((sender, place)))
-            }
-            Err(err) => Err(err),
         }
     }
 

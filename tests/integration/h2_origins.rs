@@ -121,6 +121,30 @@ async fn a_connection_full_of_streams_opens_another() {
         .all(|r| r.status == 200 && r.text() == "spread"));
 }
 
+/// When the connection caps allow no further connection, a request that found every
+/// connection full takes the first place that frees on one, rather than waiting out the
+/// caps' queue (60 s here) for a connection it cannot have.
+#[tokio::test]
+async fn a_freed_stream_beats_waiting_for_a_connection() {
+    let (origin, gate) = gated_origin("/held", b"turn").await;
+    let config = format!(
+        "{H2}max_streams_per_connection = 1\nmax_connections_per_origin = 1\n\
+         connection_queue_timeout = \"60s\"\n"
+    );
+    let proxy = Proxy::start(&origin.url(), &config).await;
+    let both = spawn_gets(&proxy, "/held", "localhost", 2);
+    eventually("one request at the origin", || origin.hits("/held") == 1).await;
+    gate.open();
+    let replies = tokio::time::timeout(std::time::Duration::from_secs(30), both)
+        .await
+        .expect("the second request took the freed stream")
+        .unwrap();
+    assert!(replies
+        .iter()
+        .all(|r| r.status == 200 && r.text() == "turn"));
+    assert_eq!(origin.connections(), 1);
+}
+
 /// RFC 9110 §6.5 and §10.1.4: a gRPC call (POST, `TE: trailers`) passes through uncached
 /// over HTTP/2 both ways, and the origin's trailer section (`grpc-status`) reaches the
 /// client.

@@ -217,7 +217,8 @@ impl H2Origins {
     ) -> Result<Option<(SendRequest<Body>, OwnedSemaphorePermit)>, ProxyError> {
         let mut connections = server.connections.lock().await;
         connections.retain(|connection| !connection.sender.is_closed());
-        // The oldest with room: newer ones drain and close as the load falls.
+        // The oldest with room: as the load falls, newer ones drain, and their servers
+        // close them once idle (hyper sends no pings on an idle connection).
         for connection in connections.iter() {
             if let Ok(place) = Arc::clone(&connection.streams).try_acquire_owned() {
                 return Ok(Some((connection.sender.clone(), place)));

@@ -271,7 +271,7 @@ const NEVER: u32 = u32::MAX;
 /// resource: its node and index slot, its share of the sketch, and moka's table entry
 /// (moka weighs nothing of its own when unbounded). Measured: a 128 MiB tier filled with
 /// 1 KiB objects ran 5.4 MiB higher in RSS than with moka's LRU before this was counted.
-/// The sketch's doorkeeper added 20 bytes (80 bits per object it is sized for, two per
+/// The sketch's doorkeeper added 20 bytes (80 bits per object it is sized for, up to two per
 /// object held).
 const POLICY_OVERHEAD: u64 = 212;
 

@@ -87,7 +87,7 @@ class Fixture:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = Listener(("127.0.0.1", self.port), Handler)
         if tls_files:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls_files)
@@ -98,6 +98,14 @@ class Fixture:
     def reset(self):
         self.requests = 0
         self.bytes = 0
+
+
+class Listener(http.server.ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5, and a TLS fixture does each handshake in
+    # its accept loop: a client opening several connections at once (cargo's parallel
+    # downloads through outpost) overflowed it, and the dropped SYNs came back after the
+    # kernel's 1 s retransmit. Registries sit behind servers with backlogs in the hundreds.
+    request_queue_size = 128
 
 
 def payload(size, seed):

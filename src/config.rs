@@ -503,6 +503,10 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// Its PEM private key.
     pub key: Option<PathBuf>,
+    /// A DER OCSP response for `cert`, stapled to every handshake that asks for one (RFC
+    /// 6066 §8, RFC 8446 §4.4.2.1), so clients need not ask the CA. outpost does not fetch
+    /// it: refresh the file before it expires (`openssl ocsp ... -respout FILE`) and reload.
+    pub ocsp_response: Option<PathBuf>,
 }
 
 /// CONNECT tunnels for clients that use outpost as their forward proxy (RFC 9110 §9.3.6).
@@ -1094,6 +1098,9 @@ pub struct SiteConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// A DER OCSP response for `tls_cert`, stapled (as `tls.ocsp_response`).
+    #[serde(default)]
+    pub tls_ocsp_response: Option<PathBuf>,
     /// Answer cleartext requests with a permanent redirect to https.
     #[serde(default)]
     pub redirect_https: bool,
@@ -1537,6 +1544,7 @@ impl Config {
                 pool: None,
                 tls_cert: None,
                 tls_key: None,
+                tls_ocsp_response: None,
                 redirect_https: false,
                 hsts: None,
                 host_header: Some(HostHeaderSetting::Origin),
@@ -1611,6 +1619,9 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             problems.add("tls.key", "set tls.cert and tls.key together");
         }
+        if self.tls.ocsp_response.is_some() && self.tls.cert.is_none() {
+            problems.add("tls.ocsp_response", "an OCSP response needs tls.cert");
+        }
         let any_site_cert = self.sites.iter().any(|site| site.tls_cert.is_some());
         if !self.tls.listen.is_empty() && self.tls.cert.is_none() && !any_site_cert {
             problems.add(
@@ -1623,6 +1634,12 @@ impl Config {
                 problems.add(
                     format!("sites[{index}].tls_key"),
                     "set tls_cert and tls_key together",
+                );
+            }
+            if site.tls_ocsp_response.is_some() && site.tls_cert.is_none() {
+                problems.add(
+                    format!("sites[{index}].tls_ocsp_response"),
+                    "an OCSP response needs tls_cert",
                 );
             }
             if let Some(hsts) = &site.hsts {

@@ -27,6 +27,8 @@ pub enum TlsSetupError {
         key: PathBuf,
         message: String,
     },
+    #[error("{path}: cannot use it as a stapled OCSP response: {message}")]
+    OcspResponse { path: PathBuf, message: String },
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -42,13 +44,18 @@ pub fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let default = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => Some(certified_key(cert, key, &provider)?),
+        (Some(cert), Some(key)) => Some(certified_key(
+            cert,
+            key,
+            config.tls.ocsp_response.as_deref(),
+            &provider,
+        )?),
         _ => None,
     };
     let mut by_host = Vec::new();
     for site in &config.sites {
         if let (Some(cert), Some(key)) = (&site.tls_cert, &site.tls_key) {
-            let certified = certified_key(cert, key, &provider)?;
+            let certified = certified_key(cert, key, site.tls_ocsp_response.as_deref(), &provider)?;
             for host in &site.hosts {
                 by_host.push((host.to_ascii_lowercase(), Arc::clone(&certified)));
             }
@@ -68,6 +75,7 @@ pub fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>
 fn certified_key(
     cert: &Path,
     key: &Path,
+    ocsp_response: Option<&Path>,
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, TlsSetupError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -86,13 +94,55 @@ fn certified_key(
         path: key.to_path_buf(),
         message: err.to_string(),
     })?;
-    CertifiedKey::from_der(chain, private, provider)
-        .map(Arc::new)
-        .map_err(|err| TlsSetupError::Mismatch {
+    let mut certified = CertifiedKey::from_der(chain, private, provider).map_err(|err| {
+        TlsSetupError::Mismatch {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             message: err.to_string(),
-        })
+        }
+    })?;
+    if let Some(path) = ocsp_response {
+        certified.ocsp = Some(read_ocsp_response(path)?);
+    }
+    Ok(Arc::new(certified))
+}
+
+/// The bytes of a DER OCSP response file. Only their outer shape is checked (a DER
+/// SEQUENCE that spans the file): the response is the CA's signed statement and the
+/// client verifies it; a PEM or empty file here is a mistake worth refusing at start.
+fn read_ocsp_response(path: &Path) -> Result<Vec<u8>, TlsSetupError> {
+    let refuse = |message: String| TlsSetupError::OcspResponse {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|err| refuse(err.to_string()))?;
+    if der_sequence_len(&bytes) != Some(bytes.len()) {
+        return Err(refuse(
+            "not a DER OCSP response (one ASN.1 SEQUENCE; PEM or base64 must be decoded first)"
+                .to_string(),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The length of the DER SEQUENCE that starts `bytes`, header included, if it starts one.
+fn der_sequence_len(bytes: &[u8]) -> Option<usize> {
+    let (&tag, rest) = bytes.split_first()?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    if first < 0x80 {
+        return Some(2 + usize::from(first));
+    }
+    let count = usize::from(first & 0x7f);
+    if count == 0 || count > 4 || rest.len() < count {
+        return None;
+    }
+    let content = rest[..count]
+        .iter()
+        .fold(0usize, |len, byte| (len << 8) | usize::from(*byte));
+    Some(2 + count + content)
 }
 
 /// Chooses the certificate by the SNI name: a site naming the host exactly, else one
@@ -119,5 +169,24 @@ impl ResolvesServerCert for BySni {
             .or_else(wildcard)
             .map(|(_, key)| Arc::clone(key))
             .or_else(|| self.default.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::der_sequence_len;
+
+    /// X.690 §8.1.3: short and long definite lengths; anything else is not one SEQUENCE.
+    #[test]
+    fn der_sequence_lengths() {
+        assert_eq!(der_sequence_len(&[0x30, 0x03, 0x0a, 0x01, 0x00]), Some(5));
+        let mut long = vec![0x30, 0x82, 0x01, 0x00];
+        long.resize(4 + 256, 0);
+        assert_eq!(der_sequence_len(&long), Some(260));
+        assert_eq!(der_sequence_len(&[0x30, 0x81, 0x80]), Some(131));
+        assert_eq!(der_sequence_len(b"-----BEGIN"), None, "PEM");
+        assert_eq!(der_sequence_len(&[]), None);
+        assert_eq!(der_sequence_len(&[0x30, 0x80]), None, "indefinite: not DER");
+        assert_eq!(der_sequence_len(&[0x30, 0x82, 0x01]), None, "cut length");
     }
 }

@@ -377,3 +377,158 @@ async fn disk_hits_over_tls_are_read_from_the_verified_file() {
     }
     assert_eq!(metrics.sendfile_responses.get(), 1);
 }
+
+/// Records the OCSP response the server staples, and trusts any certificate (the test is
+/// about the staple, not the chain; the other tests verify chains).
+#[derive(Debug)]
+struct StapleRecorder {
+    stapled: std::sync::Mutex<Option<Vec<u8>>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for StapleRecorder {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.stapled.lock().unwrap() = Some(ocsp_response.to_vec());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// What a handshake with `sni` on `addr` was stapled, by TLS `version`.
+async fn stapled_ocsp(
+    addr: SocketAddr,
+    sni: &str,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let recorder = Arc::new(StapleRecorder {
+        stapled: std::sync::Mutex::new(None),
+        provider: Arc::clone(&provider),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(recorder.clone())
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let stapled = recorder.stapled.lock().unwrap().take();
+    stapled.expect("the certificate was verified")
+}
+
+/// RFC 6066 §8 (TLS 1.2) and RFC 8446 §4.4.2.1 (TLS 1.3): a client that asks for the
+/// certificate's status gets the configured OCSP response stapled, for the default
+/// certificate and a site's; a certificate without one staples nothing.
+#[tokio::test]
+async fn the_configured_ocsp_response_is_stapled() {
+    let origin = Origin::start(vec![("/p", fixed(&[("cache-control", "max-age=60")], "x"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = write_cert(dir.path(), "a", &["a.test"]);
+    let (default_cert, default_key, _) = write_cert(dir.path(), "d", &["d.test"]);
+    let (plain_cert, plain_key, _) = write_cert(dir.path(), "p", &["p.test"]);
+    // OCSPResponse ::= SEQUENCE { responseStatus ENUMERATED } (tryLater): the shape of a
+    // response; what it says is the client's business.
+    let site_ocsp = dir.path().join("a.ocsp");
+    std::fs::write(&site_ocsp, [0x30, 0x03, 0x0a, 0x01, 0x03]).unwrap();
+    let default_ocsp = dir.path().join("d.ocsp");
+    std::fs::write(&default_ocsp, [0x30, 0x03, 0x0a, 0x01, 0x06]).unwrap();
+    let origin_url = origin.url();
+    let edge = start_edge(move |tls| {
+        format!(
+            "[tls]\nlisten = [\"{tls}\"]\ncert = \"{}\"\nkey = \"{}\"\nocsp_response = \"{}\"\n{}{}",
+            default_cert.display(),
+            default_key.display(),
+            default_ocsp.display(),
+            site_toml(
+                &origin_url,
+                "a.test",
+                &cert,
+                &key,
+                &format!("tls_ocsp_response = \"{}\"", site_ocsp.display())
+            ),
+            site_toml(&origin_url, "p.test", &plain_cert, &plain_key, ""),
+        )
+    })
+    .await;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        assert_eq!(
+            stapled_ocsp(edge.tls, "a.test", version).await,
+            [0x30, 0x03, 0x0a, 0x01, 0x03]
+        );
+        assert_eq!(
+            stapled_ocsp(edge.tls, "other.test", version).await,
+            [0x30, 0x03, 0x0a, 0x01, 0x06],
+            "the default certificate's"
+        );
+        assert!(stapled_ocsp(edge.tls, "p.test", version).await.is_empty());
+    }
+}
+
+/// A file that is not a DER OCSP response (a PEM one, say) stops start-up with an error
+/// naming it, rather than stapling bytes no client can read.
+#[tokio::test]
+async fn an_ocsp_response_that_is_not_der_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = write_cert(dir.path(), "a", &["a.test"]);
+    let pem = dir.path().join("response.pem");
+    std::fs::write(&pem, "-----BEGIN OCSP RESPONSE-----\nMAMKAQM=\n").unwrap();
+    let truncated = dir.path().join("truncated.der");
+    std::fs::write(&truncated, [0x30, 0x05, 0x0a, 0x01]).unwrap();
+    for file in [&pem, &truncated] {
+        let toml = format!(
+            "origin = \"http://127.0.0.1:1\"\n[tls]\nlisten = [\"127.0.0.1:1\"]\ncert = \"{}\"\nkey = \"{}\"\nocsp_response = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            file.display()
+        );
+        let config = Config::from_toml_str(&toml, &FlagOverrides::default()).unwrap();
+        let error = Outpost::new(config).err().expect("refused").to_string();
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert!(error.contains(name) && error.contains("OCSP"), "{error}");
+    }
+}

@@ -68,6 +68,9 @@ pub struct OriginBody {
     source: OriginSource,
     /// Held, never read: the stream's places under the caps.
     stream: Option<h2::StreamSlot>,
+    /// Held, never read, until the body is done: what counts it as the server's work (a
+    /// pool member's outstanding requests).
+    held: Option<Box<dyn Send + Sync>>,
 }
 
 enum OriginSource {
@@ -86,6 +89,7 @@ impl OriginBody {
         OriginBody {
             source: OriginSource::Incoming(incoming),
             stream,
+            held: None,
         }
     }
 
@@ -94,6 +98,7 @@ impl OriginBody {
         OriginBody {
             source: OriginSource::Read(Some(bytes)),
             stream: None,
+            held: None,
         }
     }
 
@@ -107,7 +112,18 @@ impl OriginBody {
         OriginBody {
             source: OriginSource::Checked(check.boxed_unsync()),
             stream: None,
+            held: None,
         }
+    }
+
+    /// This body, keeping `guard` alive until it is dropped (read to its end, or given up).
+    #[must_use]
+    pub fn holding(mut self, guard: impl Send + Sync + 'static) -> OriginBody {
+        self.held = Some(match self.held.take() {
+            Some(earlier) => Box::new((earlier, guard)),
+            None => Box::new(guard),
+        });
+        self
     }
 }
 
@@ -156,12 +172,26 @@ impl http_body::Body for OriginBody {
 
 impl From<OriginBody> for Body {
     fn from(body: OriginBody) -> Body {
-        match (body.source, body.stream) {
-            (OriginSource::Read(bytes), _) => Body::full(bytes.unwrap_or_default()),
-            (OriginSource::Checked(body), _) => Body::Boxed(body),
-            // An upgrade's response: no permit to carry, and no allocation.
-            (OriginSource::Incoming(incoming), None) => Body::Incoming(incoming),
-            (source, stream) => Body::boxed(OriginBody { source, stream }),
+        match (body.source, body.stream, body.held) {
+            // Read whole: nothing is left to count.
+            (OriginSource::Read(bytes), _, _) => Body::full(bytes.unwrap_or_default()),
+            (OriginSource::Checked(checked), stream, held)
+                if stream.is_some() || held.is_some() =>
+            {
+                Body::boxed(OriginBody {
+                    source: OriginSource::Checked(checked),
+                    stream,
+                    held,
+                })
+            }
+            (OriginSource::Checked(checked), _, _) => Body::Boxed(checked),
+            // An upgrade's response: nothing to carry, and no allocation.
+            (OriginSource::Incoming(incoming), None, None) => Body::Incoming(incoming),
+            (source, stream, held) => Body::boxed(OriginBody {
+                source,
+                stream,
+                held,
+            }),
         }
     }
 }
@@ -296,6 +326,7 @@ impl Upstream {
                 response.map(|body| OriginBody {
                     source: OriginSource::Driven(body),
                     stream: None,
+                    held: None,
                 })
             }),
             Err(_elapsed) => Err(ProxyError::ResponseHeaderTimeout {

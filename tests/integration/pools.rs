@@ -98,7 +98,15 @@ async fn least_outstanding_sends_less_to_a_slow_server() {
     let servers = vec![(slow.url(), 1), (fast[0].url(), 1), (fast[1].url(), 1)];
     let proxy = pool_proxy(&servers, "selection = \"least-outstanding\"", "").await;
     let mut held = Vec::new();
+    let fast_addresses: Vec<String> = fast.iter().map(|o| o.addr.to_string()).collect();
     for n in 0..30 {
+        // A fast server's last body may still be let go of after its client has it.
+        eventually("the fast servers' bodies done", || {
+            fast_addresses
+                .iter()
+                .all(|address| outstanding(&proxy, address) == 0)
+        })
+        .await;
         // Distinct URLs: misses for one URL would wait for the held one (coalescing).
         let url = proxy.url(&format!("/r?{n}"));
         let before = slow.hits("/r");
@@ -119,6 +127,58 @@ async fn least_outstanding_sends_less_to_a_slow_server() {
         fast[0].hits("/r") + fast[1].hits("/r") + slow.hits("/r"),
         30
     );
+    gate.open();
+    for request in held {
+        assert_eq!(request.await.unwrap().status, 200);
+    }
+}
+
+/// Requests `member` (its address) is counted as working on.
+fn outstanding(proxy: &Proxy, address: &str) -> usize {
+    let pools = proxy.outpost.proxy();
+    let pool = pools.pools().named("app").expect("pool app");
+    let member = pool.members().into_iter().find(|m| m.address == address);
+    member.map_or(0, |m| m.outstanding())
+}
+
+/// Least outstanding counts a request until its response body is done, not only until
+/// its head: a server still sending a body gets no more while another is idle (as nginx's
+/// least_conn counts the connection).
+#[tokio::test]
+async fn least_outstanding_counts_a_body_still_being_sent() {
+    let gate = Gate::closed();
+    let busy = Origin::start(vec![(
+        "/r",
+        Fixture::Halves {
+            headers: header_list(&[("cache-control", "no-store")]),
+            first: bytes::Bytes::from_static(b"first half "),
+            gate: gate.clone(),
+            rest: bytes::Bytes::from_static(b"second half"),
+        },
+    )])
+    .await;
+    let idle = Origin::start(vec![("/r", uncached("idle"))]).await;
+    let idle_address = idle.addr.to_string();
+    let servers = vec![(busy.url(), 1), (idle.url(), 1)];
+    let proxy = pool_proxy(&servers, "selection = \"least-outstanding\"", "").await;
+    let mut held = Vec::new();
+    for n in 0..10 {
+        // The idle server's last body may still be let go of after its client has it.
+        eventually("the idle server's bodies done", || {
+            outstanding(&proxy, &idle_address) == 0
+        })
+        .await;
+        let url = proxy.url(&format!("/r?{n}"));
+        let before = busy.hits("/r");
+        let request = tokio::spawn(async move { get(&url, &[]).await });
+        eventually("the request answered, or sending its body", || {
+            request.is_finished() || busy.hits("/r") > before
+        })
+        .await;
+        held.push(request);
+    }
+    assert_eq!(busy.hits("/r"), 1, "only the first that met it");
+    assert_eq!(idle.hits("/r"), 9);
     gate.open();
     for request in held {
         assert_eq!(request.await.unwrap().status, 200);

@@ -133,17 +133,18 @@ impl Member {
     }
 }
 
-/// Counts a request awaiting its response head on a member, for as long as it lives.
-struct Outstanding<'a>(&'a Member);
+/// Counts a request on a member, for as long as it lives: until its response body is done
+/// (the body holds it), or until the exchange fails.
+struct Outstanding(Arc<Member>);
 
-impl<'a> Outstanding<'a> {
-    fn begin(member: &'a Member) -> Outstanding<'a> {
+impl Outstanding {
+    fn begin(member: &Arc<Member>) -> Outstanding {
         member.outstanding.fetch_add(1, Relaxed);
-        Outstanding(member)
+        Outstanding(Arc::clone(member))
     }
 }
 
-impl Drop for Outstanding<'_> {
+impl Drop for Outstanding {
     fn drop(&mut self) {
         self.0.outstanding.fetch_sub(1, Relaxed);
     }
@@ -480,11 +481,16 @@ impl Pool {
                 }
             }
         };
-        let _outstanding = Outstanding::begin(member);
+        let outstanding = Outstanding::begin(member);
         let started = Instant::now();
-        let sent = upstream
+        let mut sent = upstream
             .send(request, origin, self.protocol, self.header_timeout)
             .await;
+        // A large body keeps its server busy after the head: least-outstanding counts it
+        // until the body is done, as nginx's least_conn counts the connection.
+        sent.result = sent
+            .result
+            .map(|response| response.map(|body| body.holding(outstanding)));
         let labels = &member.labels;
         self.metrics
             .pool_server_requests

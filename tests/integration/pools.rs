@@ -108,15 +108,7 @@ async fn least_outstanding_sends_less_to_a_slow_server() {
         })
         .await;
         // Distinct URLs: misses for one URL would wait for the held one (coalescing).
-        let url = proxy.url(&format!("/r?{n}"));
-        let before = slow.hits("/r");
-        let request = tokio::spawn(async move { get(&url, &[]).await });
-        // Either it is answered by a fast server, or the slow one has it (and holds it).
-        eventually("the request to be answered or held", || {
-            request.is_finished() || slow.hits("/r") > before
-        })
-        .await;
-        held.push(request);
+        held.push(answered_or_held(proxy.url(&format!("/r?{n}")), &slow).await);
     }
     assert!(
         slow.hits("/r") <= 1,
@@ -131,6 +123,18 @@ async fn least_outstanding_sends_less_to_a_slow_server() {
     for request in held {
         assert_eq!(request.await.unwrap().status, 200);
     }
+}
+
+/// A GET of `url` from a task of its own, once it is answered or `holder` has it (and
+/// holds it: its `/r` waits at a gate).
+async fn answered_or_held(url: String, holder: &Origin) -> tokio::task::JoinHandle<Reply> {
+    let before = holder.hits("/r");
+    let request = tokio::spawn(async move { get(&url, &[]).await });
+    eventually("the request answered or held", || {
+        request.is_finished() || holder.hits("/r") > before
+    })
+    .await;
+    request
 }
 
 /// Requests `member` (its address) is counted as working on.
@@ -168,14 +172,7 @@ async fn least_outstanding_counts_a_body_still_being_sent() {
             outstanding(&proxy, &idle_address) == 0
         })
         .await;
-        let url = proxy.url(&format!("/r?{n}"));
-        let before = busy.hits("/r");
-        let request = tokio::spawn(async move { get(&url, &[]).await });
-        eventually("the request answered, or sending its body", || {
-            request.is_finished() || busy.hits("/r") > before
-        })
-        .await;
-        held.push(request);
+        held.push(answered_or_held(proxy.url(&format!("/r?{n}")), &busy).await);
     }
     assert_eq!(busy.hits("/r"), 1, "only the first that met it");
     assert_eq!(idle.hits("/r"), 9);

@@ -378,6 +378,7 @@ fn sighup_reloads_the_config_file_and_sigterm_stops_cleanly() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(crate::support::Reaped)
         .unwrap();
     let fetch = || -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -468,7 +469,7 @@ fn several_origins_make_a_pool_and_bad_pools_are_refused() {
 /// `outpost serve` in front of a closed port, started by `sh` after `shell_prefix` (shell
 /// commands ending in `&&`, or nothing); returns it and its port once it accepts
 /// connections.
-fn serving_outpost(shell_prefix: &str) -> (std::process::Child, u16) {
+fn serving_outpost(shell_prefix: &str) -> (crate::support::Reaped, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -484,6 +485,7 @@ fn serving_outpost(shell_prefix: &str) -> (std::process::Child, u16) {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(crate::support::Reaped)
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -6,12 +6,12 @@
 use crate::support;
 
 use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
-use support::{get, Fixture, Origin};
+use support::{get, Fixture, Origin, Reaped};
 
 const FIRST_WAVE: usize = 40;
 const SECOND_WAVE: usize = 60;
@@ -36,7 +36,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_outpost(dir: &std::path::Path, origin: &str, port: u16, admin: u16) -> Child {
+fn spawn_outpost(dir: &std::path::Path, origin: &str, port: u16, admin: u16) -> Reaped {
     let config = dir.join("outpost.toml");
     std::fs::write(
         &config,
@@ -61,6 +61,7 @@ fn spawn_outpost(dir: &std::path::Path, origin: &str, port: u16, admin: u16) -> 
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Reaped)
         .expect("outpost starts")
 }
 

@@ -1441,3 +1441,28 @@ pub fn small_file_system(test: &str, size: &str) -> Option<SmallFileSystem> {
     );
     None
 }
+
+/// A child process (an outpost started as its binary) killed and reaped when dropped, so
+/// a test that fails midway leaves no server running after it.
+pub struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // Either may fail harmlessly: the test already stopped and reaped it.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -78,7 +78,7 @@ struct Connection {
 
 /// A stream's places under the per-server and per-connection caps, held with its response
 /// body until it is dropped.
-pub struct StreamSlot {
+struct StreamSlot {
     _server: OwnedSemaphorePermit,
     _connection: OwnedSemaphorePermit,
 }
@@ -184,7 +184,7 @@ impl H2Origins {
                 .map_err(|err| connection_lost(&server, &err, origin))
         };
         H2Sent::Done(match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(Ok(response)) => Ok(response.map(|body| OriginBody::new(body, Some(slot)))),
+            Ok(Ok(response)) => Ok(response.map(|body| OriginBody::incoming(body).holding(slot))),
             Ok(Err(err)) => Err(err),
             Err(_elapsed) => Err(timed_out(origin)),
         })

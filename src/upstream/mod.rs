@@ -61,15 +61,13 @@ pub struct Upstream {
     h2: Arc<H2Origins>,
 }
 
-/// An origin's response body, unread; over HTTP/2 it holds its stream's place under the
-/// per-server stream cap until it is dropped. A body already read whole (a mirror's index
+/// An origin's response body, unread; it holds what counts it as work in progress (over
+/// HTTP/2 its stream's places under the stream caps, in a pool its server's outstanding
+/// count) until it is dropped. A body already read whole (a mirror's index
 /// document after rewriting, an artifact after its digest was checked) goes on as bytes.
 pub struct OriginBody {
     source: OriginSource,
-    /// Held, never read: the stream's places under the caps.
-    stream: Option<h2::StreamSlot>,
-    /// Held, never read, until the body is done: what counts it as the server's work (a
-    /// pool member's outstanding requests).
+    /// Held, never read, until the body is done (see [`OriginBody::holding`]).
     held: Option<Box<dyn Send + Sync>>,
 }
 
@@ -85,21 +83,17 @@ enum OriginSource {
 }
 
 impl OriginBody {
-    fn new(incoming: Incoming, stream: Option<h2::StreamSlot>) -> OriginBody {
-        OriginBody {
-            source: OriginSource::Incoming(incoming),
-            stream,
-            held: None,
-        }
+    fn of(source: OriginSource) -> OriginBody {
+        OriginBody { source, held: None }
+    }
+
+    fn incoming(incoming: Incoming) -> OriginBody {
+        OriginBody::of(OriginSource::Incoming(incoming))
     }
 
     /// A body the origin sent that was read whole.
     pub fn read(bytes: bytes::Bytes) -> OriginBody {
-        OriginBody {
-            source: OriginSource::Read(Some(bytes)),
-            stream: None,
-            held: None,
-        }
+        OriginBody::of(OriginSource::Read(Some(bytes)))
     }
 
     /// The origin's body as `check` passes it on; an error it raises ends the body as an
@@ -109,11 +103,7 @@ impl OriginBody {
         B: http_body::Body<Data = bytes::Bytes, Error = crate::body::BoxError> + Send + 'static,
     {
         use http_body_util::BodyExt;
-        OriginBody {
-            source: OriginSource::Checked(check.boxed_unsync()),
-            stream: None,
-            held: None,
-        }
+        OriginBody::of(OriginSource::Checked(check.boxed_unsync()))
     }
 
     /// This body, keeping `guard` alive until it is dropped (read to its end, or given up).
@@ -172,26 +162,13 @@ impl http_body::Body for OriginBody {
 
 impl From<OriginBody> for Body {
     fn from(body: OriginBody) -> Body {
-        match (body.source, body.stream, body.held) {
+        match (body.source, body.held) {
             // Read whole: nothing is left to count.
-            (OriginSource::Read(bytes), _, _) => Body::full(bytes.unwrap_or_default()),
-            (OriginSource::Checked(checked), stream, held)
-                if stream.is_some() || held.is_some() =>
-            {
-                Body::boxed(OriginBody {
-                    source: OriginSource::Checked(checked),
-                    stream,
-                    held,
-                })
-            }
-            (OriginSource::Checked(checked), _, _) => Body::Boxed(checked),
-            // An upgrade's response: nothing to carry, and no allocation.
-            (OriginSource::Incoming(incoming), None, None) => Body::Incoming(incoming),
-            (source, stream, held) => Body::boxed(OriginBody {
-                source,
-                stream,
-                held,
-            }),
+            (OriginSource::Read(bytes), _) => Body::full(bytes.unwrap_or_default()),
+            // Nothing to carry: no allocation.
+            (OriginSource::Checked(checked), None) => Body::Boxed(checked),
+            (OriginSource::Incoming(incoming), None) => Body::Incoming(incoming),
+            (source, held) => Body::boxed(OriginBody { source, held }),
         }
     }
 }
@@ -322,13 +299,8 @@ impl Upstream {
             return self.upgrade(request, origin, header_timeout).await;
         }
         match tokio::time::timeout(header_timeout, self.http1.send(request, origin, fresh)).await {
-            Ok(result) => result.map(|response| {
-                response.map(|body| OriginBody {
-                    source: OriginSource::Driven(body),
-                    stream: None,
-                    held: None,
-                })
-            }),
+            Ok(result) => result
+                .map(|response| response.map(|body| OriginBody::of(OriginSource::Driven(body)))),
             Err(_elapsed) => Err(ProxyError::ResponseHeaderTimeout {
                 origin: origin.to_string(),
             }),
@@ -378,7 +350,7 @@ impl Upstream {
         header_timeout: Duration,
     ) -> Result<http::Response<OriginBody>, ProxyError> {
         match tokio::time::timeout(header_timeout, self.upgrades.request(request)).await {
-            Ok(Ok(response)) => Ok(response.map(|body| OriginBody::new(body, None))),
+            Ok(Ok(response)) => Ok(response.map(OriginBody::incoming)),
             Ok(Err(err)) => Err(classify(&err, origin)),
             Err(_elapsed) => Err(ProxyError::ResponseHeaderTimeout {
                 origin: origin.to_string(),

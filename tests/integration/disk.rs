@@ -1070,14 +1070,19 @@ async fn a_verified_file_is_sent_as_stored_between_other_responses() {
     assert_eq!(origin.hits("/file"), 1);
 
     // HTTP/2 names the host differently (its own key, one more fetch, the same file): its
-    // hits are read from the verified file instead.
-    for _ in 0..2 {
-        let over_h2 = support::send(&support::h2c_client(), request_as(&proxy, "/file")).await;
-        assert_eq!(over_h2.version, http::Version::HTTP_2);
-        assert!(over_h2.body == body);
-    }
+    // hits are read from the verified file instead. The miss may be answered from that
+    // file too, when its fill is stored before its response is made (on a loaded machine),
+    // so the hit's read is counted alone, once the miss is stored.
+    let over_h2 = support::send(&support::h2c_client(), request_as(&proxy, "/file")).await;
+    assert_eq!(over_h2.version, http::Version::HTTP_2);
+    assert!(over_h2.body == body);
+    proxy.outpost.proxy().cache().settle().await;
+    let reads_before = metrics.verified_file_reads.get();
+    let over_h2 = support::send(&support::h2c_client(), request_as(&proxy, "/file")).await;
+    assert_eq!(over_h2.version, http::Version::HTTP_2);
+    assert!(over_h2.body == body);
     assert_eq!(metrics.sendfile_responses.get() - sent_before, 3);
-    assert_eq!(metrics.verified_file_reads.get(), 1);
+    assert_eq!(metrics.verified_file_reads.get() - reads_before, 1);
 }
 
 /// The verify-once model's guard: a stored file changed in place after it was verified

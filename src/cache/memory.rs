@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 
 use super::entry::{EntryMeta, StoredBody, StoredResponse};
 use super::key::{DigestHasher, PrimaryKey, VariantKey, Vary};
-use super::replacement::WindowTinyLfu;
+use super::replacement::{NewcomerRoom, WindowTinyLfu};
 use crate::config::{MemoryPolicy, MEMORY_TIER_LEAST_SHARE};
 use crate::transform::compress::Coding;
 use prometheus_client::metrics::counter::Counter;
@@ -356,11 +356,11 @@ impl MemoryTier {
     }
 
     /// When `key` is a newcomer (not held, and its request now the only one the policy
-    /// has counted) of `size` bytes (when known), the bytes newcomers may take in the tier
-    /// without displacing anything: its free room and its admission window. `None` for a
+    /// has counted) of `size` bytes (when known), the room newcomers have in the tier
+    /// without displacing anything (see [`NewcomerRoom`]). `None` for a
     /// key asked for before, for a newcomer that would displace what the tier holds, and
     /// with moka's own policies.
-    pub fn newcomer_room(&self, key: &PrimaryKey, size: Option<u64>) -> Option<u64> {
+    pub fn newcomer_room(&self, key: &PrimaryKey, size: Option<u64>) -> Option<NewcomerRoom> {
         let policy = self.replacement.as_ref()?.policy.lock();
         if policy.frequency(key) > 1 || policy.contains(key) {
             return None;

@@ -62,6 +62,7 @@ use tokio::sync::{watch, Notify};
 use super::entry::{EntryMeta, StoredResponse};
 use super::key::{DigestHasher, PrimaryKey, VariantKey};
 use super::policy::NoStoreReason;
+use super::replacement::NewcomerRoom;
 use crate::error::ProxyError;
 pub use reader::FillReader;
 pub use writer::{Admitted, FillTarget, FillWriter, WriteError};
@@ -346,25 +347,25 @@ impl Coalescer {
     /// `newcomer_room`, the room the memory tier has for newcomers: once the tier is full
     /// they enter only through its admission window and leave it unless asked for again,
     /// so bodies of concurrent newcomers past the window would be kept in memory only to
-    /// be evicted as they are stored. One fill alone is refused only when its body alone
-    /// is larger than that room, which the tier declines on sight, as `outpost replay`
-    /// models it; so a request at a time keeps what it would without this.
+    /// be evicted as they are stored. One fill alone is refused only when its body is
+    /// larger than the largest newcomer the tier keeps, which it declines on sight, as
+    /// `outpost replay` models it; so a request at a time keeps what it would without this.
     pub fn commit(
         &self,
         bytes: u64,
         budget: u64,
-        newcomer_room: Option<u64>,
+        newcomer_room: Option<NewcomerRoom>,
     ) -> Option<Commitment<'_>> {
-        // The tier declines a newcomer larger than that room on sight (see
+        // The tier declines a newcomer larger than it keeps on sight (see
         // `WindowTinyLfu::declines_newcomer`): kept, its body would only be thrown away.
-        if newcomer_room.is_some_and(|room| bytes > room) {
+        if newcomer_room.is_some_and(|room| bytes > room.largest) {
             return None;
         }
         let mut commitment = Commitment {
             coalescer: self,
             bytes: 0,
             received: 0,
-            newcomer_room,
+            newcomer_room: newcomer_room.map(|room| room.together),
         };
         commitment.grow_to(bytes, budget).then_some(commitment)
     }
@@ -1127,7 +1128,13 @@ mod tests {
     #[test]
     fn newcomers_share_their_room_and_the_budget() {
         let coalescer = coalescer();
-        let (budget, room) = (10_000, 1_000);
+        let (budget, room) = (
+            10_000,
+            NewcomerRoom {
+                together: 1_000,
+                largest: 1_000,
+            },
+        );
         let first = coalescer
             .commit(600, budget, Some(room))
             .expect("room for the first newcomer");
@@ -1153,9 +1160,25 @@ mod tests {
         assert_eq!(coalescer.committed_bytes(), 0);
         assert_eq!(coalescer.committed_by_newcomers.load(Ordering::Acquire), 0);
         assert!(
-            coalescer.commit(room + 1, budget, Some(room)).is_none(),
+            coalescer.commit(1_001, budget, Some(room)).is_none(),
             "a newcomer larger than its room, alone: the tier declines it on sight"
         );
+        let window_half = NewcomerRoom {
+            together: 1_000,
+            largest: 500,
+        };
+        assert!(
+            coalescer.commit(501, budget, Some(window_half)).is_none(),
+            "larger than the largest newcomer kept"
+        );
+        let kept = coalescer
+            .commit(500, budget, Some(window_half))
+            .expect("the largest newcomer kept");
+        assert!(
+            coalescer.commit(500, budget, Some(window_half)).is_some(),
+            "two such newcomers together"
+        );
+        drop(kept);
         assert_eq!(coalescer.committed_by_newcomers.load(Ordering::Acquire), 0);
     }
 

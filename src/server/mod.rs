@@ -13,6 +13,7 @@
 
 mod activity;
 mod h2c;
+mod ocsp;
 mod one_request;
 mod prepared_http1;
 pub mod proxy_protocol;

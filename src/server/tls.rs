@@ -1,17 +1,21 @@
 //! TLS termination: the rustls server configuration made from the settings (each
 //! certificate and key read from its file, checked to belong together), the certificate
 //! chosen by SNI among the sites' and the default one, ALPN `h2` and `http/1.1`, TLS 1.2
-//! and 1.3, resumption by session cache and tickets. Built again on every reload, so a
-//! renewed certificate is served to new connections while open ones keep theirs.
+//! and 1.3, resumption by session cache and tickets, OCSP stapling from a file (see
+//! [`super::ocsp`]). Built again on every reload, so a renewed certificate or response is
+//! served to new connections while open ones keep theirs.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use super::ocsp::{self, OcspStaple};
 use crate::config::Config;
 
 /// Why the TLS configuration could not be made; names the file at fault.
@@ -44,18 +48,23 @@ pub fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let default = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => Some(certified_key(
+        (Some(cert), Some(key)) => Some(Arc::new(certified_key(
             cert,
             key,
             config.tls.ocsp_response.as_deref(),
             &provider,
-        )?),
+        )?)),
         _ => None,
     };
     let mut by_host = Vec::new();
     for site in &config.sites {
         if let (Some(cert), Some(key)) = (&site.tls_cert, &site.tls_key) {
-            let certified = certified_key(cert, key, site.tls_ocsp_response.as_deref(), &provider)?;
+            let certified = Arc::new(certified_key(
+                cert,
+                key,
+                site.tls_ocsp_response.as_deref(),
+                &provider,
+            )?);
             for host in &site.hosts {
                 by_host.push((host.to_ascii_lowercase(), Arc::clone(&certified)));
             }
@@ -77,7 +86,7 @@ fn certified_key(
     key: &Path,
     ocsp_response: Option<&Path>,
     provider: &rustls::crypto::CryptoProvider,
-) -> Result<Arc<CertifiedKey>, TlsSetupError> {
+) -> Result<Served, TlsSetupError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(Iterator::collect)
         .map_err(|err| TlsSetupError::Certificate {
@@ -94,99 +103,159 @@ fn certified_key(
         path: key.to_path_buf(),
         message: err.to_string(),
     })?;
-    let mut certified = CertifiedKey::from_der(chain, private, provider).map_err(|err| {
+    let certified = CertifiedKey::from_der(chain, private, provider).map_err(|err| {
         TlsSetupError::Mismatch {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             message: err.to_string(),
         }
     })?;
-    if let Some(path) = ocsp_response {
-        certified.ocsp = Some(read_ocsp_response(path)?);
-    }
-    Ok(Arc::new(certified))
+    let staple = ocsp_response
+        .map(|path| read_ocsp_response(path, &certified.cert[0]))
+        .transpose()?;
+    Ok(Served::new(certified, staple))
 }
 
-/// The bytes of a DER OCSP response file. Only their outer shape is checked (a DER
-/// SEQUENCE that spans the file): the response is the CA's signed statement and the
-/// client verifies it; a PEM or empty file here is a mistake worth refusing at start.
-fn read_ocsp_response(path: &Path) -> Result<Vec<u8>, TlsSetupError> {
+/// The OCSP response in `path`, read as the one to staple with `certificate`.
+fn read_ocsp_response(
+    path: &Path,
+    certificate: &CertificateDer<'_>,
+) -> Result<(PathBuf, OcspStaple), TlsSetupError> {
     let refuse = |message: String| TlsSetupError::OcspResponse {
         path: path.to_path_buf(),
         message,
     };
     let bytes = std::fs::read(path).map_err(|err| refuse(err.to_string()))?;
-    if der_sequence_len(&bytes) != Some(bytes.len()) {
-        return Err(refuse(
-            "not a DER OCSP response (one ASN.1 SEQUENCE; PEM or base64 must be decoded first)"
-                .to_string(),
-        ));
+    let staple = ocsp::read_staple(bytes, certificate).map_err(|err| refuse(err.to_string()))?;
+    if !staple.holds_at(SystemTime::now()) {
+        tracing::warn!(
+            path = %path.display(),
+            "the OCSP response has expired: it is not stapled; refresh the file and reload"
+        );
     }
-    Ok(bytes)
+    Ok((path.to_path_buf(), staple))
 }
 
-/// The length of the DER SEQUENCE that starts `bytes`, header included, if it starts one.
-fn der_sequence_len(bytes: &[u8]) -> Option<usize> {
-    let (&tag, rest) = bytes.split_first()?;
-    if tag != 0x30 {
-        return None;
+/// A certificate as served: with its OCSP response stapled while that holds, without it
+/// once it has expired (a client that checks then asks the responder itself).
+#[derive(Debug)]
+struct Served {
+    stapled: Arc<CertifiedKey>,
+    /// The same certificate without the staple, and the response's file and end, when
+    /// one is stapled.
+    expiring: Option<Expiring>,
+}
+
+#[derive(Debug)]
+struct Expiring {
+    unstapled: Arc<CertifiedKey>,
+    path: PathBuf,
+    until: SystemTime,
+    /// Whether its expiry was logged.
+    told: AtomicBool,
+}
+
+impl Served {
+    fn new(mut certified: CertifiedKey, staple: Option<(PathBuf, OcspStaple)>) -> Served {
+        let Some((path, staple)) = staple else {
+            return Served {
+                stapled: Arc::new(certified),
+                expiring: None,
+            };
+        };
+        let expiring = staple.next_update.map(|until| Expiring {
+            unstapled: Arc::new(certified.clone()),
+            path,
+            until,
+            told: AtomicBool::new(false),
+        });
+        certified.ocsp = Some(staple.bytes);
+        Served {
+            stapled: Arc::new(certified),
+            expiring,
+        }
     }
-    let (&first, rest) = rest.split_first()?;
-    if first < 0x80 {
-        return Some(2 + usize::from(first));
+
+    /// The certificate to send at `now`.
+    fn at(&self, now: SystemTime) -> Arc<CertifiedKey> {
+        match &self.expiring {
+            Some(expiring) if now >= expiring.until => {
+                if !expiring.told.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        path = %expiring.path.display(),
+                        "the OCSP response has expired: no longer stapled; refresh the file and reload"
+                    );
+                }
+                Arc::clone(&expiring.unstapled)
+            }
+            _ => Arc::clone(&self.stapled),
+        }
     }
-    let count = usize::from(first & 0x7f);
-    if count == 0 || count > 4 || rest.len() < count {
-        return None;
-    }
-    let content = rest[..count]
-        .iter()
-        .fold(0usize, |len, byte| (len << 8) | usize::from(*byte));
-    Some(2 + count + content)
 }
 
 /// Chooses the certificate by the SNI name: a site naming the host exactly, else one
 /// whose `*.suffix` covers it, else the default.
 #[derive(Debug)]
 struct BySni {
-    by_host: Vec<(String, Arc<CertifiedKey>)>,
-    default: Option<Arc<CertifiedKey>>,
+    by_host: Vec<(String, Arc<Served>)>,
+    default: Option<Arc<Served>>,
 }
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let Some(name) = hello.server_name().map(str::to_ascii_lowercase) else {
-            return self.default.clone();
+        let served = match hello.server_name().map(str::to_ascii_lowercase) {
+            None => self.default.as_ref(),
+            Some(name) => {
+                let exact = self.by_host.iter().find(|(host, _)| *host == name);
+                let wildcard = || {
+                    self.by_host.iter().find(|(host, _)| {
+                        host.strip_prefix('*').is_some_and(|suffix| {
+                            name.len() > suffix.len() && name.ends_with(suffix)
+                        })
+                    })
+                };
+                exact
+                    .or_else(wildcard)
+                    .map(|(_, served)| served)
+                    .or(self.default.as_ref())
+            }
         };
-        let exact = self.by_host.iter().find(|(host, _)| *host == name);
-        let wildcard = || {
-            self.by_host.iter().find(|(host, _)| {
-                host.strip_prefix('*')
-                    .is_some_and(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
-            })
-        };
-        exact
-            .or_else(wildcard)
-            .map(|(_, key)| Arc::clone(key))
-            .or_else(|| self.default.clone())
+        served.map(|served| served.at(SystemTime::now()))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::der_sequence_len;
+    use super::*;
+    use std::time::Duration;
 
-    /// X.690 §8.1.3: short and long definite lengths; anything else is not one SEQUENCE.
+    fn certified() -> CertifiedKey {
+        let made = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        let key = PrivateKeyDer::try_from(made.key_pair.serialize_der()).unwrap();
+        let provider = rustls::crypto::ring::default_provider();
+        CertifiedKey::from_der(vec![made.cert.der().clone()], key, &provider).unwrap()
+    }
+
+    /// RFC 6960 §4.2.2.1: a response holds until its nextUpdate; from then on the
+    /// certificate is served without it, and one without a nextUpdate is always stapled.
     #[test]
-    fn der_sequence_lengths() {
-        assert_eq!(der_sequence_len(&[0x30, 0x03, 0x0a, 0x01, 0x00]), Some(5));
-        let mut long = vec![0x30, 0x82, 0x01, 0x00];
-        long.resize(4 + 256, 0);
-        assert_eq!(der_sequence_len(&long), Some(260));
-        assert_eq!(der_sequence_len(&[0x30, 0x81, 0x80]), Some(131));
-        assert_eq!(der_sequence_len(b"-----BEGIN"), None, "PEM");
-        assert_eq!(der_sequence_len(&[]), None);
-        assert_eq!(der_sequence_len(&[0x30, 0x80]), None, "indefinite: not DER");
-        assert_eq!(der_sequence_len(&[0x30, 0x82, 0x01]), None, "cut length");
+    fn a_staple_is_sent_until_its_next_update() {
+        let until = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let staple = |next_update| OcspStaple {
+            bytes: vec![0x30, 0x00],
+            next_update,
+        };
+        let path = PathBuf::from("a.ocsp");
+        let served = Served::new(certified(), Some((path.clone(), staple(Some(until)))));
+        let before = until - Duration::from_secs(1);
+        assert_eq!(served.at(before).ocsp.as_deref(), Some(&[0x30, 0x00][..]));
+        assert_eq!(served.at(until).ocsp, None, "expired");
+        assert_eq!(served.at(until + Duration::from_secs(60)).ocsp, None);
+        let forever = Served::new(certified(), Some((path, staple(None))));
+        assert!(forever
+            .at(until + Duration::from_secs(1 << 30))
+            .ocsp
+            .is_some());
+        assert_eq!(Served::new(certified(), None).at(before).ocsp, None);
     }
 }

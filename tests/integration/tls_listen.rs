@@ -25,13 +25,37 @@ fn write_cert(
 ) -> (PathBuf, PathBuf, CertificateDer<'static>) {
     let names: Vec<String> = names.iter().map(ToString::to_string).collect();
     let made = rcgen::generate_simple_self_signed(names).unwrap();
+    write_made(dir, stem, &made.cert, &made.key_pair)
+}
+
+/// As [`write_cert`], with `serial` for its serial number (an OCSP response names it).
+fn write_cert_with_serial(
+    dir: &Path,
+    stem: &str,
+    names: &[&str],
+    serial: &[u8],
+) -> (PathBuf, PathBuf, CertificateDer<'static>) {
+    let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+    let key_pair = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key_pair).unwrap();
+    write_made(dir, stem, &cert, &key_pair)
+}
+
+fn write_made(
+    dir: &Path,
+    stem: &str,
+    made: &rcgen::Certificate,
+    key_pair: &rcgen::KeyPair,
+) -> (PathBuf, PathBuf, CertificateDer<'static>) {
     let (cert, key) = (
         dir.join(format!("{stem}.pem")),
         dir.join(format!("{stem}.key")),
     );
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
-    (cert, key, made.cert.der().clone())
+    std::fs::write(&cert, made.pem()).unwrap();
+    std::fs::write(&key, key_pair.serialize_pem()).unwrap();
+    (cert, key, made.der().clone())
 }
 
 /// An outpost serving cleartext (`proxy`) and TLS (`tls`) from `toml`, with a loader that
@@ -461,26 +485,91 @@ async fn stapled_ocsp(
     stapled.expect("the certificate was verified")
 }
 
+/// A DER element of `tag` around `content` (X.690 §8.1).
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match content.len() {
+        len @ 0..0x80 => out.push(len as u8),
+        len @ 0x80..0x100 => out.extend([0x81, len as u8]),
+        len => out.extend([0x82, (len >> 8) as u8, len as u8]),
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A successful basic OCSP response (RFC 6960 §4.2.1) saying the certificate with
+/// `serial` is good until `next_update` (a GeneralizedTime); its signature is filler,
+/// which only a client verifies. `status` is the DER of its certStatus.
+fn ocsp_response_with(serial: &[u8], status: &[u8], next_update: &str) -> Vec<u8> {
+    let cert_id = [
+        tlv(0x30, &tlv(0x06, &[0x2b, 0x0e, 0x03, 0x02, 0x1a])),
+        tlv(0x04, &[1; 20]),
+        tlv(0x04, &[2; 20]),
+        tlv(0x02, serial),
+    ]
+    .concat();
+    let single = [
+        tlv(0x30, &cert_id),
+        status.to_vec(),
+        tlv(0x18, b"20261201000000Z"),
+        tlv(0xa0, &tlv(0x18, next_update.as_bytes())),
+    ]
+    .concat();
+    let data = [
+        tlv(0xa2, &tlv(0x04, &[3; 20])),
+        tlv(0x18, b"20261201000000Z"),
+        tlv(0x30, &tlv(0x30, &single)),
+    ]
+    .concat();
+    let basic = [
+        tlv(0x30, &data),
+        tlv(
+            0x30,
+            &tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+        ),
+        tlv(0x03, &[0, 9, 9, 9]),
+    ]
+    .concat();
+    let basic_oid = [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01];
+    let response_bytes = [tlv(0x06, &basic_oid), tlv(0x04, &tlv(0x30, &basic))].concat();
+    let response = [tlv(0x0a, &[0]), tlv(0xa0, &tlv(0x30, &response_bytes))].concat();
+    tlv(0x30, &response)
+}
+
+fn good_ocsp_response(serial: &[u8], next_update: &str) -> Vec<u8> {
+    ocsp_response_with(serial, &[0x80, 0], next_update)
+}
+
 /// RFC 6066 §8 (TLS 1.2) and RFC 8446 §4.4.2.1 (TLS 1.3): a client that asks for the
 /// certificate's status gets the configured OCSP response stapled, for the default
-/// certificate and a site's; a certificate without one staples nothing.
+/// certificate and a site's; a certificate without one staples nothing, and neither does
+/// one whose response has expired (RFC 6960 §4.2.2.1 nextUpdate), which outpost starts
+/// with, warning, rather than refuse to serve.
 #[tokio::test]
-async fn the_configured_ocsp_response_is_stapled() {
+async fn the_configured_ocsp_response_is_stapled_while_it_holds() {
     let origin = Origin::start(vec![("/p", fixed(&[("cache-control", "max-age=60")], "x"))]).await;
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, _) = write_cert(dir.path(), "a", &["a.test"]);
-    let (default_cert, default_key, _) = write_cert(dir.path(), "d", &["d.test"]);
+    let (cert, key, _) = write_cert_with_serial(dir.path(), "a", &["a.test"], &[0x0a, 0x01]);
+    let (default_cert, default_key, _) =
+        write_cert_with_serial(dir.path(), "d", &["d.test"], &[0x0d, 0x02]);
     let (plain_cert, plain_key, _) = write_cert(dir.path(), "p", &["p.test"]);
-    // OCSPResponse ::= SEQUENCE { responseStatus ENUMERATED } (tryLater): the shape of a
-    // response; what it says is the client's business.
+    let (old_cert, old_key, _) = write_cert_with_serial(dir.path(), "o", &["o.test"], &[0x0e]);
+    let site_response = good_ocsp_response(&[0x0a, 0x01], "20991231000000Z");
     let site_ocsp = dir.path().join("a.ocsp");
-    std::fs::write(&site_ocsp, [0x30, 0x03, 0x0a, 0x01, 0x03]).unwrap();
+    std::fs::write(&site_ocsp, &site_response).unwrap();
+    let default_response = good_ocsp_response(&[0x0d, 0x02], "20991231000000Z");
     let default_ocsp = dir.path().join("d.ocsp");
-    std::fs::write(&default_ocsp, [0x30, 0x03, 0x0a, 0x01, 0x06]).unwrap();
+    std::fs::write(&default_ocsp, &default_response).unwrap();
+    let expired_ocsp = dir.path().join("o.ocsp");
+    std::fs::write(
+        &expired_ocsp,
+        good_ocsp_response(&[0x0e], "20200101000000Z"),
+    )
+    .unwrap();
     let origin_url = origin.url();
     let edge = start_edge(move |tls| {
         format!(
-            "[tls]\nlisten = [\"{tls}\"]\ncert = \"{}\"\nkey = \"{}\"\nocsp_response = \"{}\"\n{}{}",
+            "[tls]\nlisten = [\"{tls}\"]\ncert = \"{}\"\nkey = \"{}\"\nocsp_response = \"{}\"\n{}{}{}",
             default_cert.display(),
             default_key.display(),
             default_ocsp.display(),
@@ -492,34 +581,72 @@ async fn the_configured_ocsp_response_is_stapled() {
                 &format!("tls_ocsp_response = \"{}\"", site_ocsp.display())
             ),
             site_toml(&origin_url, "p.test", &plain_cert, &plain_key, ""),
+            site_toml(
+                &origin_url,
+                "o.test",
+                &old_cert,
+                &old_key,
+                &format!("tls_ocsp_response = \"{}\"", expired_ocsp.display())
+            ),
         )
     })
     .await;
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
         assert_eq!(
             stapled_ocsp(edge.tls, "a.test", version).await,
-            [0x30, 0x03, 0x0a, 0x01, 0x03]
+            site_response
         );
         assert_eq!(
             stapled_ocsp(edge.tls, "other.test", version).await,
-            [0x30, 0x03, 0x0a, 0x01, 0x06],
+            default_response,
             "the default certificate's"
         );
         assert!(stapled_ocsp(edge.tls, "p.test", version).await.is_empty());
+        assert!(
+            stapled_ocsp(edge.tls, "o.test", version).await.is_empty(),
+            "expired: not stapled"
+        );
     }
 }
 
-/// A file that is not a DER OCSP response (a PEM one, say) stops start-up with an error
-/// naming it, rather than stapling bytes no client can read.
+/// A file that is no response a client would take for this certificate stops start-up
+/// with an error naming it, rather than stapling bytes that fail every handshake's check:
+/// not DER (a PEM one, say) or cut short, a responder's error status (RFC 6960 §4.2.1
+/// tryLater), another certificate's response, or one saying it is revoked.
 #[tokio::test]
-async fn an_ocsp_response_that_is_not_der_is_refused_at_start() {
+async fn an_ocsp_response_no_client_accepts_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, _) = write_cert(dir.path(), "a", &["a.test"]);
-    let pem = dir.path().join("response.pem");
-    std::fs::write(&pem, "-----BEGIN OCSP RESPONSE-----\nMAMKAQM=\n").unwrap();
-    let truncated = dir.path().join("truncated.der");
-    std::fs::write(&truncated, [0x30, 0x05, 0x0a, 0x01]).unwrap();
-    for file in [&pem, &truncated] {
+    let (cert, key, _) = write_cert_with_serial(dir.path(), "a", &["a.test"], &[0x0a]);
+    let files = [
+        (
+            "response.pem",
+            b"-----BEGIN OCSP RESPONSE-----\nMAMKAQM=\n".to_vec(),
+            "DER",
+        ),
+        ("truncated.der", vec![0x30, 0x05, 0x0a, 0x01], "DER"),
+        (
+            "try-later.der",
+            vec![0x30, 0x03, 0x0a, 0x01, 0x03],
+            "status is 3",
+        ),
+        (
+            "other.der",
+            good_ocsp_response(&[0x0b], "20991231000000Z"),
+            "another certificate",
+        ),
+        (
+            "revoked.der",
+            ocsp_response_with(
+                &[0x0a],
+                &tlv(0xa1, &tlv(0x18, b"20261101000000Z")),
+                "20991231000000Z",
+            ),
+            "revoked",
+        ),
+    ];
+    for (name, bytes, why) in files {
+        let file = dir.path().join(name);
+        std::fs::write(&file, bytes).unwrap();
         let toml = format!(
             "origin = \"http://127.0.0.1:1\"\n[tls]\nlisten = [\"127.0.0.1:1\"]\ncert = \"{}\"\nkey = \"{}\"\nocsp_response = \"{}\"\n",
             cert.display(),
@@ -528,7 +655,9 @@ async fn an_ocsp_response_that_is_not_der_is_refused_at_start() {
         );
         let config = Config::from_toml_str(&toml, &FlagOverrides::default()).unwrap();
         let error = Outpost::new(config).err().expect("refused").to_string();
-        let name = file.file_name().unwrap().to_str().unwrap();
-        assert!(error.contains(name) && error.contains("OCSP"), "{error}");
+        assert!(
+            error.contains(name) && error.contains("OCSP") && error.contains(why),
+            "{error}"
+        );
     }
 }

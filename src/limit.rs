@@ -131,6 +131,11 @@ impl Limiter {
         self.bounds.total.max(1) - self.total.available_permits()
     }
 
+    /// Callers waiting for a place now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// The most holders there have been at once since start.
     pub fn high_water(&self) -> usize {
         self.high_water.load(Ordering::Relaxed)

@@ -9,6 +9,14 @@
 //! the run queue, which is most of a miss's latency under load; nginx and Pingora handle
 //! the same events in the one loop that reads the body.
 //!
+//! A request that finds no idle connection opens one, and takes instead the first
+//! connection to that server released while it is still opening: under the connection
+//! caps (`upstream.max_connections_per_origin`) a new connection waits for a place that
+//! only closing a connection frees, while released connections stay open in the pool, so
+//! without this a request would wait out the idle timeout beside connections that came
+//! free. The losing connect is dropped (its place in the caps' queue, or a half-made
+//! connection), not pooled.
+//!
 //! Idle connections wait in a per-server pool (`upstream.pool_max_idle_per_host`, most
 //! recently used first) and are checked before reuse: one that the server closed, or that
 //! waited longer than `upstream.pool_idle_timeout`, is dropped. A sweeper closes idle
@@ -20,7 +28,7 @@
 //! Upgrades (WebSocket and other tunnels) do not come here: hyper hands their connection
 //! over only from a connection task, which the caller's pooled-client path provides.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -36,6 +44,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -50,10 +59,18 @@ type Io = CountedIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
 pub struct Http1Origins {
     connector: Counted<HttpsConnector<HttpConnector>>,
     builder: Builder,
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    servers: Mutex<HashMap<String, Server>>,
     max_idle_per_server: usize,
     idle_timeout: Duration,
     sweeper: std::sync::Once,
+}
+
+/// One server's idle connections, and the requests waiting for one to be released.
+#[derive(Default)]
+struct Server {
+    idle: Vec<Idle>,
+    /// Oldest first; a request that stopped waiting leaves its sender closed.
+    waiting: VecDeque<oneshot::Sender<Live>>,
 }
 
 /// A connection waiting in the pool, and since when.
@@ -182,7 +199,7 @@ impl Http1Origins {
         Http1Origins {
             connector,
             builder,
-            idle: Mutex::new(HashMap::new()),
+            servers: Mutex::new(HashMap::new()),
             max_idle_per_server,
             idle_timeout,
             sweeper: std::sync::Once::new(),
@@ -202,10 +219,16 @@ impl Http1Origins {
         fresh: bool,
     ) -> Result<Response<DrivenBody>, ProxyError> {
         let server = server_key(request.uri());
-        let pooled = if fresh { None } else { self.check_out(&server) };
-        let mut live = match pooled {
-            Some(live) => live,
-            None => self.open(request.uri().clone(), origin).await?,
+        let mut live = if fresh {
+            self.open(request.uri().clone(), origin).await?
+        } else {
+            match self.check_out(&server) {
+                Ok(live) => live,
+                Err(released) => {
+                    self.open_or_take_released(&server, released, request.uri().clone(), origin)
+                        .await?
+                }
+            }
         };
         to_origin_form(&mut request);
         let mut response = std::pin::pin!(live.sender.send_request(request));
@@ -251,32 +274,75 @@ impl Http1Origins {
         })
     }
 
-    /// The most recently used idle connection to `server` that can take a request.
-    fn check_out(&self, server: &str) -> Option<Live> {
+    /// The most recently used idle connection to `server` that can take a request, or, when
+    /// there is none, where the next connection to it released will be sent.
+    fn check_out(&self, server: &str) -> Result<Live, oneshot::Receiver<Live>> {
         loop {
             let idle = {
-                let mut pool = self.idle.lock();
-                pool.get_mut(server)?.pop()?
+                let mut servers = self.servers.lock();
+                let entry = servers.entry(server.to_string()).or_default();
+                match entry.idle.pop() {
+                    Some(idle) => idle,
+                    None => {
+                        // Under the same lock as the look for an idle one: a connection
+                        // released in between goes to this request.
+                        let (sender, released) = oneshot::channel();
+                        entry.waiting.retain(|waiter| !waiter.is_closed());
+                        entry.waiting.push_back(sender);
+                        return Err(released);
+                    }
+                }
             };
             let mut live = idle.live;
             if idle.since.elapsed() < self.idle_timeout && live.reusable() {
-                return Some(live);
+                return Ok(live);
             }
         }
     }
 
-    fn check_in(self: Arc<Self>, server: String, live: Live) {
+    /// A new connection to `server`, or the first one released while it opens.
+    async fn open_or_take_released(
+        self: &Arc<Self>,
+        server: &str,
+        mut released: oneshot::Receiver<Live>,
+        uri: Uri,
+        origin: &str,
+    ) -> Result<Live, ProxyError> {
+        let opening = self.open(uri, origin);
+        tokio::pin!(opening);
+        let opened = tokio::select! {
+            biased;
+            Ok(live) = &mut released => return Ok(live),
+            opened = &mut opening => opened,
+        };
+        // One released just as this connect finished goes to the next request.
+        released.close();
+        if let Ok(live) = released.try_recv() {
+            Arc::clone(self).check_in(server.to_string(), live);
+        }
+        opened
+    }
+
+    /// A released connection: to the longest waiting request for its server, or else into
+    /// the pool.
+    fn check_in(self: Arc<Self>, server: String, mut live: Live) {
+        let mut servers = self.servers.lock();
+        let entry = servers.entry(server).or_default();
+        while let Some(waiter) = entry.waiting.pop_front() {
+            match waiter.send(live) {
+                Ok(()) => return,
+                Err(unwanted) => live = unwanted,
+            }
+        }
         if self.max_idle_per_server == 0 {
             return;
         }
         self.sweeper.call_once(|| self.start_sweeper());
-        let mut pool = self.idle.lock();
-        let waiting = pool.entry(server).or_default();
-        if waiting.len() >= self.max_idle_per_server {
+        if entry.idle.len() >= self.max_idle_per_server {
             // The longest idle goes: the most recent ones are reused first anyway.
-            waiting.remove(0);
+            entry.idle.remove(0);
         }
-        waiting.push(Idle {
+        entry.idle.push(Idle {
             live,
             since: Instant::now(),
         });
@@ -303,19 +369,20 @@ impl Http1Origins {
 
     fn sweep(&self) {
         let closing: Vec<Idle> = {
-            let mut pool = self.idle.lock();
+            let mut servers = self.servers.lock();
             let mut closing = Vec::new();
-            pool.retain(|_, waiting| {
-                let mut kept = Vec::with_capacity(waiting.len());
-                for mut idle in waiting.drain(..) {
+            servers.retain(|_, entry| {
+                let mut kept = Vec::with_capacity(entry.idle.len());
+                for mut idle in entry.idle.drain(..) {
                     if idle.since.elapsed() < self.idle_timeout && idle.live.reusable() {
                         kept.push(idle);
                     } else {
                         closing.push(idle);
                     }
                 }
-                *waiting = kept;
-                !waiting.is_empty()
+                entry.idle = kept;
+                entry.waiting.retain(|waiter| !waiter.is_closed());
+                !entry.idle.is_empty() || !entry.waiting.is_empty()
             });
             closing
         };

@@ -232,6 +232,11 @@ impl Upstream {
         (self.connections.in_use(), self.connections.high_water())
     }
 
+    /// Connections waiting for a place under the connection caps now.
+    pub fn connections_waiting(&self) -> usize {
+        self.connections.waiting()
+    }
+
     /// Sends `request` (its URI absolute, pointing at the origin) in the HTTP version
     /// `protocol` says and waits up to `header_timeout` for the response head (each
     /// attempt). The response body is returned unread, to be streamed; it holds one of the

@@ -117,3 +117,60 @@ async fn idle_origin_connections_close_after_the_idle_timeout() {
     assert_eq!(get(&proxy.url("/x"), &[]).await.text(), "x");
     assert_eq!(origin.connections(), 2);
 }
+
+/// Under a per-origin connection cap a new connection waits for a place, which only
+/// closing a connection frees; a connection released by its exchange stays open in the
+/// pool. So requests waiting behind the cap take connections as they are released (RFC
+/// 9112 §9.3: one exchange after another on a persistent connection) rather than wait
+/// beside an idle one until it times out (here past `connection_queue_timeout`: 503).
+#[tokio::test]
+async fn requests_waiting_under_the_connection_cap_take_released_connections() {
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![
+        (
+            "/held",
+            Fixture::GatedWith {
+                gate: gate.clone(),
+                headers: cc("no-store"),
+                body: Bytes::from_static(b"held"),
+            },
+        ),
+        (
+            "/b",
+            Fixture::with_headers(200, &[("cache-control", "no-store")], "b"),
+        ),
+        (
+            "/c",
+            Fixture::with_headers(200, &[("cache-control", "no-store")], "c"),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        "[upstream]\nmax_connections_per_origin = 1\npool_idle_timeout = \"60s\"\n\
+         connection_queue_timeout = \"10s\"\n",
+    )
+    .await;
+    let fetch = |path: &str| {
+        let url = proxy.url(path);
+        tokio::spawn(async move { get(&url, &[]).await })
+    };
+    let held = fetch("/held");
+    eventually("the held request at the origin", || {
+        origin.hits("/held") == 1
+    })
+    .await;
+    let (b, c) = (fetch("/b"), fetch("/c"));
+    let outpost = proxy.outpost.proxy();
+    eventually("both waiting for a place", || {
+        outpost.upstream().connections_waiting() == 2
+    })
+    .await;
+    gate.open();
+    assert_eq!(held.await.unwrap().text(), "held");
+    for (reply, body) in [(b.await.unwrap(), "b"), (c.await.unwrap(), "c")] {
+        assert_eq!(reply.status, 200, "{body}");
+        assert_eq!(reply.text(), body);
+    }
+    assert_eq!(origin.connections(), 1, "one connection, passed on");
+}

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use std::time::Duration;
@@ -48,8 +48,11 @@ pub struct Admission {
     _peer: OwnedSemaphorePermit,
 }
 
+/// Asked to free a slot of the total when a caller has its peer's slot but must wait for
+/// one of the total (see [`Limiter::on_total_shortage`]).
+type Relief = Box<dyn Fn() + Send + Sync>;
+
 /// Counts holders in all and per peer.
-#[derive(Debug)]
 pub struct Limiter {
     bounds: Bounds,
     total: Arc<Semaphore>,
@@ -57,6 +60,17 @@ pub struct Limiter {
     waiting: AtomicUsize,
     /// The most holders there have been at once.
     high_water: AtomicUsize,
+    relief: OnceLock<Relief>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("bounds", &self.bounds)
+            .field("in_use", &self.in_use())
+            .field("waiting", &self.waiting())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Leaves the queue count when the wait ends, however it ends.
@@ -76,7 +90,16 @@ impl Limiter {
             peers: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
             high_water: AtomicUsize::new(0),
+            relief: OnceLock::new(),
         }
+    }
+
+    /// Sets what is asked, once per such wait, to free a slot of the total when a caller
+    /// has its peer's slot and waits for one of the total only: holders that are idle (a
+    /// pooled connection to another origin) can give theirs up, where otherwise the caller
+    /// would wait for them to time out. The first setting stays.
+    pub fn on_total_shortage(&self, relief: impl Fn() + Send + Sync + 'static) {
+        let _ = self.relief.set(Box::new(relief));
     }
 
     pub fn bounds(&self) -> Bounds {
@@ -110,7 +133,15 @@ impl Limiter {
             // The peer's slot first: a request for a busy origin does not hold a global
             // slot that requests for other origins could use meanwhile.
             let peer = per_peer.acquire_owned().await;
-            let total = Arc::clone(&self.total).acquire_owned().await;
+            let total = match Arc::clone(&self.total).try_acquire_owned() {
+                Ok(total) => Ok(total),
+                Err(_) => {
+                    if let Some(relief) = self.relief.get() {
+                        relief();
+                    }
+                    Arc::clone(&self.total).acquire_owned().await
+                }
+            };
             (total, peer)
         };
         match tokio::time::timeout(self.bounds.wait, acquire).await {
@@ -172,6 +203,33 @@ mod tests {
             queue,
             wait: Duration::from_secs(5),
         })
+    }
+
+    /// The relief is asked only when the total is what a caller waits for, and what it
+    /// frees goes to that caller; a caller waiting for its own peer's slot asks nothing.
+    #[tokio::test]
+    async fn a_shortage_of_the_total_asks_for_relief() {
+        let limiter = Arc::new(limiter(2, 1, 4));
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let asked = Arc::new(AtomicUsize::new(0));
+        limiter.on_total_shortage({
+            let (held, asked) = (Arc::clone(&held), Arc::clone(&asked));
+            move || {
+                asked.fetch_add(1, Ordering::SeqCst);
+                held.lock().pop();
+            }
+        });
+        for peer in ["a", "b"] {
+            let admission = limiter.admit(peer).await.unwrap();
+            held.lock().push(admission);
+        }
+        let waiting_on_a = futures_util::FutureExt::now_or_never(limiter.admit("a"));
+        assert!(waiting_on_a.is_none(), "a's own slot is taken");
+        assert_eq!(asked.load(Ordering::SeqCst), 0);
+        let c = limiter.admit("c").await.expect("b's slot, given up");
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        assert_eq!(held.lock().len(), 1);
+        drop(c);
     }
 
     #[tokio::test]

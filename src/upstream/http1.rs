@@ -15,7 +15,8 @@
 //! only closing a connection frees, while released connections stay open in the pool, so
 //! without this a request would wait out the idle timeout beside connections that came
 //! free. The losing connect is dropped (its place in the caps' queue, or a half-made
-//! connection), not pooled.
+//! connection), not pooled. When the cap in all (`upstream.max_connections`) is what a
+//! connect waits for, the connection idle longest, to whatever server, is closed for it.
 //!
 //! Idle connections wait in a per-server pool (`upstream.pool_max_idle_per_host`, most
 //! recently used first) and are checked before reuse: one that the server closed, or that
@@ -346,6 +347,23 @@ impl Http1Origins {
             live,
             since: Instant::now(),
         });
+    }
+
+    /// Closes the connection that has been idle longest, to any server: its slot of the
+    /// connection caps goes to a connection waiting for one (see
+    /// [`crate::limit::Limiter::on_total_shortage`]).
+    pub fn close_longest_idle(&self) {
+        let closing = {
+            let mut servers = self.servers.lock();
+            let longest = servers
+                .values_mut()
+                .filter(|entry| !entry.idle.is_empty())
+                // Each server's longest idle is its first.
+                .min_by_key(|entry| entry.idle[0].since);
+            longest.map(|entry| entry.idle.remove(0))
+        };
+        // Closed outside the lock: dropping a TLS connection may write its close_notify.
+        drop(closing);
     }
 
     /// Closes idle connections that expired or that their server closed, every half of

@@ -218,6 +218,12 @@ impl Upstream {
             config.pool_max_idle_per_host,
             config.pool_idle_timeout.get(),
         ));
+        let pool = Arc::downgrade(&http1);
+        connections.on_total_shortage(move || {
+            if let Some(pool) = pool.upgrade() {
+                pool.close_longest_idle();
+            }
+        });
         Ok(Upstream {
             http1,
             upgrades,

@@ -174,3 +174,35 @@ async fn requests_waiting_under_the_connection_cap_take_released_connections() {
     }
     assert_eq!(origin.connections(), 1, "one connection, passed on");
 }
+
+/// When the cap on connections in all (`upstream.max_connections`) is what a new
+/// connection waits for, the connection idle longest, to another origin, is closed for
+/// it: otherwise the request would wait beside it until its idle timeout (here past
+/// `connection_queue_timeout`: 503).
+#[tokio::test]
+async fn a_connection_waiting_on_the_total_cap_closes_another_origins_idle_one() {
+    let no_store = |body| Fixture::with_headers(200, &[("cache-control", "no-store")], body);
+    let first = Origin::start(vec![("/a", no_store("a"))]).await;
+    let second = Origin::start(vec![("/b", no_store("b"))]).await;
+    let toml = format!(
+        "origin = \"{}\"\n[upstream]\nmax_connections = 1\npool_idle_timeout = \"60s\"\n\
+         connection_queue_timeout = \"10s\"\n\n[[sites]]\nhosts = [\"b.test\"]\norigin = \"{}\"\n",
+        first.url(),
+        second.url()
+    );
+    let config =
+        outpost::Config::from_toml_str(&toml, &outpost::config::FlagOverrides::default()).unwrap();
+    let proxy = Proxy::start_with(config).await;
+    assert_eq!(get(&proxy.url("/a"), &[]).await.text(), "a");
+    let outpost = proxy.outpost.proxy();
+    assert_eq!(outpost.upstream().connections_in_use().0, 1, "pooled idle");
+    let reply = get(&proxy.url("/b"), &[("host", "b.test")]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "b");
+    assert_eq!(get(&proxy.url("/a"), &[]).await.text(), "a");
+    assert_eq!(
+        (first.connections(), second.connections()),
+        (2, 1),
+        "the first origin's idle connection was closed for the second's"
+    );
+}

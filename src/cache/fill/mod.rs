@@ -225,6 +225,9 @@ pub struct Commitment<'c> {
     received: u64,
     /// For a newcomer's body, the room newcomers' bodies may take together.
     newcomer_room: Option<u64>,
+    /// For a newcomer's body, the most the tier keeps of one (a body of unknown length
+    /// that grows past it is declined when stored: it is no longer kept).
+    newcomer_largest: Option<u64>,
 }
 
 /// A body kept in memory that the memory tier declined or evicted, counted against the
@@ -264,6 +267,9 @@ impl Commitment<'_> {
         let more = bytes.saturating_sub(own);
         if more == 0 && own > 0 {
             return true;
+        }
+        if self.newcomer_largest.is_some_and(|largest| bytes > largest) {
+            return false;
         }
         let newcomers = &self.coalescer.committed_by_newcomers;
         if let Some(room) = self.newcomer_room {
@@ -366,6 +372,7 @@ impl Coalescer {
             bytes: 0,
             received: 0,
             newcomer_room: newcomer_room.map(|room| room.together),
+            newcomer_largest: newcomer_room.map(|room| room.largest),
         };
         commitment.grow_to(bytes, budget).then_some(commitment)
     }
@@ -1132,7 +1139,7 @@ mod tests {
             10_000,
             NewcomerRoom {
                 together: 1_000,
-                largest: 1_000,
+                largest: 3_000,
             },
         );
         let first = coalescer
@@ -1160,9 +1167,18 @@ mod tests {
         assert_eq!(coalescer.committed_bytes(), 0);
         assert_eq!(coalescer.committed_by_newcomers.load(Ordering::Acquire), 0);
         assert!(
-            coalescer.commit(1_001, budget, Some(room)).is_none(),
-            "a newcomer larger than its room, alone: the tier declines it on sight"
+            coalescer.commit(3_001, budget, Some(room)).is_none(),
+            "a newcomer larger than the tier keeps, alone: it declines it on sight"
         );
+        let mut unknown = coalescer
+            .commit(0, budget, Some(room))
+            .expect("a length not known yet");
+        assert!(unknown.grow_to(3_000, budget));
+        assert!(
+            !unknown.grow_to(3_001, budget),
+            "grown past what the tier keeps of one newcomer"
+        );
+        drop(unknown);
         let window_half = NewcomerRoom {
             together: 1_000,
             largest: 500,

@@ -281,12 +281,12 @@ impl Http1Origins {
         loop {
             let idle = {
                 let mut servers = self.servers.lock();
-                let entry = servers.entry(server.to_string()).or_default();
-                match entry.idle.pop() {
+                match servers.get_mut(server).and_then(|entry| entry.idle.pop()) {
                     Some(idle) => idle,
                     None => {
                         // Under the same lock as the look for an idle one: a connection
                         // released in between goes to this request.
+                        let entry = servers.entry(server.to_string()).or_default();
                         let (sender, released) = oneshot::channel();
                         entry.waiting.retain(|waiter| !waiter.is_closed());
                         entry.waiting.push_back(sender);

@@ -47,29 +47,7 @@ pub fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>
         return Ok(None);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let default = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => Some(Arc::new(certified_key(
-            cert,
-            key,
-            config.tls.ocsp_response.as_deref(),
-            &provider,
-        )?)),
-        _ => None,
-    };
-    let mut by_host = Vec::new();
-    for site in &config.sites {
-        if let (Some(cert), Some(key)) = (&site.tls_cert, &site.tls_key) {
-            let certified = Arc::new(certified_key(
-                cert,
-                key,
-                site.tls_ocsp_response.as_deref(),
-                &provider,
-            )?);
-            for host in &site.hosts {
-                by_host.push((host.to_ascii_lowercase(), Arc::clone(&certified)));
-            }
-        }
-    }
+    let BySni { by_host, default } = certificates(config, &provider)?;
     let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -191,6 +169,70 @@ impl Served {
             _ => Arc::clone(&self.stapled),
         }
     }
+}
+
+/// Every certificate the TLS listeners serve: the default one and the sites', by host.
+fn certificates(
+    config: &Config,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<BySni, TlsSetupError> {
+    let default = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Some(Arc::new(certified_key(
+            cert,
+            key,
+            config.tls.ocsp_response.as_deref(),
+            provider,
+        )?)),
+        _ => None,
+    };
+    let mut by_host = Vec::new();
+    for site in &config.sites {
+        if let (Some(cert), Some(key)) = (&site.tls_cert, &site.tls_key) {
+            let certified = Arc::new(certified_key(
+                cert,
+                key,
+                site.tls_ocsp_response.as_deref(),
+                provider,
+            )?);
+            for host in &site.hosts {
+                by_host.push((host.to_ascii_lowercase(), Arc::clone(&certified)));
+            }
+        }
+    }
+    Ok(BySni { by_host, default })
+}
+
+/// The configured OCSP responses that no longer hold at `now` (`serve` would start without
+/// stapling them), one line each, for `outpost check` to warn of.
+///
+/// # Errors
+/// As [`server_config`].
+pub fn expired_ocsp_responses(
+    config: &Config,
+    now: SystemTime,
+) -> Result<Vec<String>, TlsSetupError> {
+    if config.tls.listen.is_empty() {
+        return Ok(Vec::new());
+    }
+    let served = certificates(config, &rustls::crypto::ring::default_provider())?;
+    let mut expired: Vec<String> = served
+        .default
+        .iter()
+        .chain(served.by_host.iter().map(|(_, served)| served))
+        .filter_map(|served| served.expiring.as_ref())
+        .filter(|expiring| now >= expiring.until)
+        .map(|expiring| {
+            format!(
+                "{}: the OCSP response expired at {}; serve would not staple it",
+                expiring.path.display(),
+                httpdate::fmt_http_date(expiring.until)
+            )
+        })
+        .collect();
+    // A site's certificate is listed once per host.
+    expired.sort();
+    expired.dedup();
+    Ok(expired)
 }
 
 /// Chooses the certificate by the SNI name: a site naming the host exactly, else one

@@ -661,3 +661,38 @@ async fn an_ocsp_response_no_client_accepts_is_refused_at_start() {
         );
     }
 }
+
+/// `outpost check` warns of a configured OCSP response past its nextUpdate (RFC 6960
+/// §4.2.2.1), which `serve` would start without stapling, and passes; a response that
+/// still holds draws no warning.
+#[test]
+fn check_warns_of_an_expired_ocsp_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = write_cert_with_serial(dir.path(), "a", &["a.test"], &[0x0a]);
+    let config = dir.path().join("outpost.toml");
+    for (next_update, expired) in [("20200101000000Z", true), ("20991231000000Z", false)] {
+        let response = dir.path().join("a.ocsp");
+        std::fs::write(&response, good_ocsp_response(&[0x0a], next_update)).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "origin = \"http://127.0.0.1:1\"\n[tls]\nlisten = [\"127.0.0.1:0\"]\ncert = \"{}\"\nkey = \"{}\"\nocsp_response = \"{}\"\n",
+                cert.display(),
+                key.display(),
+                response.display()
+            ),
+        )
+        .unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"));
+        command.args(["check", "--config", config.to_str().unwrap()]);
+        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("OUTPOST_")) {
+            command.env_remove(name);
+        }
+        let output = command.output().expect("outpost runs");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{said}");
+        let warned =
+            said.contains("warning:") && said.contains("a.ocsp: the OCSP response expired");
+        assert_eq!(warned, expired, "{next_update}: {said}");
+    }
+}

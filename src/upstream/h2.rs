@@ -204,6 +204,28 @@ impl H2Origins {
         server
     }
 
+    /// Lets go of one connection that carries no stream, to any server, so that its slot
+    /// of the connection caps goes to a connection waiting for one (see
+    /// [`crate::limit::Limiter::on_total_shortage`]): hyper closes a connection once its
+    /// last handle is dropped. A server whose connections are being looked at or opened
+    /// is skipped. Whether one was let go.
+    pub fn close_an_idle_connection(&self) -> bool {
+        let servers: Vec<Arc<Server>> = self.servers.lock().values().cloned().collect();
+        for server in servers {
+            let Ok(mut connections) = server.connections.try_lock() else {
+                continue;
+            };
+            let idle = connections.iter().position(|connection| {
+                connection.streams.available_permits() == self.max_streams_per_connection
+            });
+            if let Some(at) = idle {
+                drop(connections.remove(at));
+                return true;
+            }
+        }
+        false
+    }
+
     /// A place for a stream on an open connection with room, or on a new one (or on an
     /// open one that frees a place before the new one is open); `None` when the server
     /// speaks HTTP/1.1.

@@ -351,8 +351,8 @@ impl Http1Origins {
 
     /// Closes the connection that has been idle longest, to any server: its slot of the
     /// connection caps goes to a connection waiting for one (see
-    /// [`crate::limit::Limiter::on_total_shortage`]).
-    pub fn close_longest_idle(&self) {
+    /// [`crate::limit::Limiter::on_total_shortage`]). Whether there was one.
+    pub fn close_longest_idle(&self) -> bool {
         let closing = {
             let mut servers = self.servers.lock();
             let longest = servers
@@ -362,8 +362,10 @@ impl Http1Origins {
                 .min_by_key(|entry| entry.idle[0].since);
             longest.map(|entry| entry.idle.remove(0))
         };
+        let closed = closing.is_some();
         // Closed outside the lock: dropping a TLS connection may write its close_notify.
         drop(closing);
+        closed
     }
 
     /// Closes idle connections that expired or that their server closed, every half of

@@ -218,10 +218,13 @@ impl Upstream {
             config.pool_max_idle_per_host,
             config.pool_idle_timeout.get(),
         ));
-        let pool = Arc::downgrade(&http1);
+        let (pool, multiplexed) = (Arc::downgrade(&http1), Arc::downgrade(&h2));
         connections.on_total_shortage(move || {
-            if let Some(pool) = pool.upgrade() {
-                pool.close_longest_idle();
+            let closed = pool.upgrade().is_some_and(|pool| pool.close_longest_idle());
+            if !closed {
+                if let Some(multiplexed) = multiplexed.upgrade() {
+                    multiplexed.close_an_idle_connection();
+                }
             }
         });
         Ok(Upstream {

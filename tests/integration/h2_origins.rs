@@ -319,15 +319,8 @@ async fn via_names_the_version_the_stored_response_was_received_in() {
 async fn a_connection_waiting_on_the_total_cap_lets_go_of_an_idle_h2_one() {
     let first = Origin::start(vec![("/a", Fixture::ok("a"))]).await;
     let second = Origin::start(vec![("/b", Fixture::ok("b"))]).await;
-    let toml = format!(
-        "origin = \"{}\"\n{H2}max_connections = 1\nconnection_queue_timeout = \"10s\"\n\n\
-         [[sites]]\nhosts = [\"b.test\"]\norigin = \"{}\"\n",
-        first.url(),
-        second.url()
-    );
-    let config =
-        outpost::Config::from_toml_str(&toml, &outpost::config::FlagOverrides::default()).unwrap();
-    let proxy = Proxy::start_with(config).await;
+    let upstream = "protocol = \"h2\"\nmax_connections = 1\nconnection_queue_timeout = \"10s\"";
+    let proxy = Proxy::start_with_second_site(&first, &second, upstream).await;
     assert_eq!(get(&proxy.url("/a"), &[]).await.text(), "a");
     let reply = get(&proxy.url("/b"), &[("host", "b.test")]).await;
     assert_eq!(reply.status, 200, "{}", reply.text());

@@ -184,15 +184,9 @@ async fn a_connection_waiting_on_the_total_cap_closes_another_origins_idle_one()
     let no_store = |body| Fixture::with_headers(200, &[("cache-control", "no-store")], body);
     let first = Origin::start(vec![("/a", no_store("a"))]).await;
     let second = Origin::start(vec![("/b", no_store("b"))]).await;
-    let toml = format!(
-        "origin = \"{}\"\n[upstream]\nmax_connections = 1\npool_idle_timeout = \"60s\"\n\
-         connection_queue_timeout = \"10s\"\n\n[[sites]]\nhosts = [\"b.test\"]\norigin = \"{}\"\n",
-        first.url(),
-        second.url()
-    );
-    let config =
-        outpost::Config::from_toml_str(&toml, &outpost::config::FlagOverrides::default()).unwrap();
-    let proxy = Proxy::start_with(config).await;
+    let upstream =
+        "max_connections = 1\npool_idle_timeout = \"60s\"\nconnection_queue_timeout = \"10s\"";
+    let proxy = Proxy::start_with_second_site(&first, &second, upstream).await;
     assert_eq!(get(&proxy.url("/a"), &[]).await.text(), "a");
     let outpost = proxy.outpost.proxy();
     assert_eq!(outpost.upstream().connections_in_use().0, 1, "pooled idle");

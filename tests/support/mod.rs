@@ -1036,6 +1036,18 @@ impl Proxy {
         Proxy::start_outpost(Outpost::new(config).expect("outpost starts")).await
     }
 
+    /// An outpost in front of `first`, with the site `b.test` in front of `second`, and the
+    /// `upstream` settings (the section's lines).
+    pub async fn start_with_second_site(first: &Origin, second: &Origin, upstream: &str) -> Proxy {
+        let toml = format!(
+            "origin = \"{}\"\n[upstream]\n{upstream}\n\n[[sites]]\nhosts = [\"b.test\"]\norigin = \"{}\"\n",
+            first.url(),
+            second.url()
+        );
+        let config = Config::from_toml_str(&toml, &FlagOverrides::default()).unwrap();
+        Proxy::start_with(config).await
+    }
+
     /// Serves an already built outpost (one with a config loader, for reload tests).
     pub async fn start_outpost(outpost: Outpost) -> Proxy {
         Proxy::start_outpost_at(outpost, "127.0.0.1:0").await

@@ -12,10 +12,8 @@ use outpost::Config;
 /// # Errors
 /// An unusable certificate, key or certificate authority file.
 pub fn preflight(config: &Config) -> anyhow::Result<Vec<String>> {
-    outpost::server::tls::server_config(config)?;
+    let mut warnings = outpost::server::tls::preflight(config, std::time::SystemTime::now())?;
     outpost::upstream::Upstream::new(&config.upstream)?;
-    let mut warnings =
-        outpost::server::tls::expired_ocsp_responses(config, std::time::SystemTime::now())?;
     if let Some(dir) = config.cache.dir.as_deref() {
         if !dir.as_os_str().is_empty() {
             if let Err(why) = probe_writable(dir) {

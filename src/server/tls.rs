@@ -43,20 +43,34 @@ pub enum TlsSetupError {
 /// [`TlsSetupError`] for a missing, unreadable or empty certificate or key file, or a key
 /// that is not the certificate's.
 pub fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, TlsSetupError> {
+    Ok(built(config, SystemTime::now())?.map(|built| built.server))
+}
+
+/// The server configuration, and the certificates it serves.
+struct Built {
+    server: Arc<rustls::ServerConfig>,
+    certificates: Arc<BySni>,
+}
+
+/// What [`server_config`] makes, with the certificates read at `now`.
+fn built(config: &Config, now: SystemTime) -> Result<Option<Built>, TlsSetupError> {
     if config.tls.listen.is_empty() {
         return Ok(None);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let BySni { by_host, default } = certificates(config, &provider)?;
+    let certificates = Arc::new(certificates(config, &provider, now)?);
     let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(BySni { by_host, default }));
+        .with_cert_resolver(Arc::clone(&certificates) as Arc<dyn ResolvesServerCert>);
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Resumption: the session cache (rustls's default) for TLS 1.2 and stateful 1.3, and
     // tickets for clients that prefer them.
     server.ticketer = rustls::crypto::ring::Ticketer::new()?;
-    Ok(Some(Arc::new(server)))
+    Ok(Some(Built {
+        server: Arc::new(server),
+        certificates,
+    }))
 }
 
 fn certified_key(
@@ -64,6 +78,7 @@ fn certified_key(
     key: &Path,
     ocsp_response: Option<&Path>,
     provider: &rustls::crypto::CryptoProvider,
+    now: SystemTime,
 ) -> Result<Served, TlsSetupError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(Iterator::collect)
@@ -91,7 +106,7 @@ fn certified_key(
     let staple = ocsp_response
         .map(|path| read_ocsp_response(path, &certified.cert[0]))
         .transpose()?;
-    Ok(Served::new(certified, staple))
+    Ok(Served::new(certified, staple, now))
 }
 
 /// The OCSP response in `path`, read as the one to staple with `certificate`.
@@ -105,12 +120,6 @@ fn read_ocsp_response(
     };
     let bytes = std::fs::read(path).map_err(|err| refuse(err.to_string()))?;
     let staple = ocsp::read_staple(bytes, certificate).map_err(|err| refuse(err.to_string()))?;
-    if !staple.holds_at(SystemTime::now()) {
-        tracing::warn!(
-            path = %path.display(),
-            "the OCSP response has expired: it is not stapled; refresh the file and reload"
-        );
-    }
     Ok((path.to_path_buf(), staple))
 }
 
@@ -133,20 +142,46 @@ struct Expiring {
     told: AtomicBool,
 }
 
+impl Expiring {
+    fn is_past(&self, now: SystemTime) -> bool {
+        now >= self.until
+    }
+
+    /// Logs, once, that the response is no longer stapled.
+    fn tell(&self) {
+        if !self.told.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                path = %self.path.display(),
+                "the OCSP response has expired: it is not stapled; refresh the file and reload"
+            );
+        }
+    }
+}
+
 impl Served {
-    fn new(mut certified: CertifiedKey, staple: Option<(PathBuf, OcspStaple)>) -> Served {
+    /// `certified`, with `staple` (read from its file) while that holds; one already
+    /// expired at `now` is warned of now.
+    fn new(
+        mut certified: CertifiedKey,
+        staple: Option<(PathBuf, OcspStaple)>,
+        now: SystemTime,
+    ) -> Served {
         let Some((path, staple)) = staple else {
             return Served {
                 stapled: Arc::new(certified),
                 expiring: None,
             };
         };
+        let expired = !staple.holds_at(now);
         let expiring = staple.next_update.map(|until| Expiring {
             unstapled: Arc::new(certified.clone()),
             path,
             until,
             told: AtomicBool::new(false),
         });
+        if let Some(expiring) = expiring.as_ref().filter(|_| expired) {
+            expiring.tell();
+        }
         certified.ocsp = Some(staple.bytes);
         Served {
             stapled: Arc::new(certified),
@@ -157,13 +192,8 @@ impl Served {
     /// The certificate to send at `now`.
     fn at(&self, now: SystemTime) -> Arc<CertifiedKey> {
         match &self.expiring {
-            Some(expiring) if now >= expiring.until => {
-                if !expiring.told.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        path = %expiring.path.display(),
-                        "the OCSP response has expired: no longer stapled; refresh the file and reload"
-                    );
-                }
+            Some(expiring) if expiring.is_past(now) => {
+                expiring.tell();
                 Arc::clone(&expiring.unstapled)
             }
             _ => Arc::clone(&self.stapled),
@@ -175,6 +205,7 @@ impl Served {
 fn certificates(
     config: &Config,
     provider: &rustls::crypto::CryptoProvider,
+    now: SystemTime,
 ) -> Result<BySni, TlsSetupError> {
     let default = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => Some(Arc::new(certified_key(
@@ -182,6 +213,7 @@ fn certificates(
             key,
             config.tls.ocsp_response.as_deref(),
             provider,
+            now,
         )?)),
         _ => None,
     };
@@ -193,6 +225,7 @@ fn certificates(
                 key,
                 site.tls_ocsp_response.as_deref(),
                 provider,
+                now,
             )?);
             for host in &site.hosts {
                 by_host.push((host.to_ascii_lowercase(), Arc::clone(&certified)));
@@ -202,25 +235,24 @@ fn certificates(
     Ok(BySni { by_host, default })
 }
 
-/// The configured OCSP responses that no longer hold at `now` (`serve` would start without
-/// stapling them), one line each, for `outpost check` to warn of.
+/// What `outpost check` tries: the server configuration made as [`server_config`] makes
+/// it, and, as warnings, the configured OCSP responses that no longer hold at `now`
+/// (`serve` would start without stapling them), one line each.
 ///
 /// # Errors
 /// As [`server_config`].
-pub fn expired_ocsp_responses(
-    config: &Config,
-    now: SystemTime,
-) -> Result<Vec<String>, TlsSetupError> {
-    if config.tls.listen.is_empty() {
+pub fn preflight(config: &Config, now: SystemTime) -> Result<Vec<String>, TlsSetupError> {
+    let Some(Built { certificates, .. }) = built(config, now)? else {
         return Ok(Vec::new());
-    }
-    let served = certificates(config, &rustls::crypto::ring::default_provider())?;
-    let mut expired: Vec<String> = served
-        .default
-        .iter()
-        .chain(served.by_host.iter().map(|(_, served)| served))
+    };
+    let mut served: Vec<&Arc<Served>> = certificates.default.iter().collect();
+    served.extend(certificates.by_host.iter().map(|(_, served)| served));
+    // A site's certificate stands once per host, one after the other.
+    served.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    Ok(served
+        .into_iter()
         .filter_map(|served| served.expiring.as_ref())
-        .filter(|expiring| now >= expiring.until)
+        .filter(|expiring| expiring.is_past(now))
         .map(|expiring| {
             format!(
                 "{}: the OCSP response expired at {}; serve would not staple it",
@@ -228,11 +260,7 @@ pub fn expired_ocsp_responses(
                 httpdate::fmt_http_date(expiring.until)
             )
         })
-        .collect();
-    // A site's certificate is listed once per host.
-    expired.sort();
-    expired.dedup();
-    Ok(expired)
+        .collect())
 }
 
 /// Chooses the certificate by the SNI name: a site naming the host exactly, else one
@@ -288,16 +316,20 @@ mod tests {
             next_update,
         };
         let path = PathBuf::from("a.ocsp");
-        let served = Served::new(certified(), Some((path.clone(), staple(Some(until)))));
         let before = until - Duration::from_secs(1);
+        let served = Served::new(
+            certified(),
+            Some((path.clone(), staple(Some(until)))),
+            before,
+        );
         assert_eq!(served.at(before).ocsp.as_deref(), Some(&[0x30, 0x00][..]));
         assert_eq!(served.at(until).ocsp, None, "expired");
         assert_eq!(served.at(until + Duration::from_secs(60)).ocsp, None);
-        let forever = Served::new(certified(), Some((path, staple(None))));
+        let forever = Served::new(certified(), Some((path, staple(None))), before);
         assert!(forever
             .at(until + Duration::from_secs(1 << 30))
             .ocsp
             .is_some());
-        assert_eq!(Served::new(certified(), None).at(before).ocsp, None);
+        assert_eq!(Served::new(certified(), None, before).at(before).ocsp, None);
     }
 }

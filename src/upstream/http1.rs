@@ -80,6 +80,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Whether it may take a request: idle for less than `timeout`, and still reusable.
+    fn usable(&mut self, timeout: Duration) -> bool {
+        self.since.elapsed() < timeout && self.live.reusable()
+    }
+}
+
 /// A connection: the handle requests are sent through, and the state machine that moves
 /// bytes, polled by whoever waits on it.
 struct Live {
@@ -279,7 +286,7 @@ impl Http1Origins {
     /// there is none, where the next connection to it released will be sent.
     fn check_out(&self, server: &str) -> Result<Live, oneshot::Receiver<Live>> {
         loop {
-            let idle = {
+            let mut idle = {
                 let mut servers = self.servers.lock();
                 match servers.get_mut(server).and_then(|entry| entry.idle.pop()) {
                     Some(idle) => idle,
@@ -294,9 +301,8 @@ impl Http1Origins {
                     }
                 }
             };
-            let mut live = idle.live;
-            if idle.since.elapsed() < self.idle_timeout && live.reusable() {
-                return Ok(live);
+            if idle.usable(self.idle_timeout) {
+                return Ok(idle.live);
             }
         }
     }
@@ -394,7 +400,7 @@ impl Http1Origins {
             servers.retain(|_, entry| {
                 let mut kept = Vec::with_capacity(entry.idle.len());
                 for mut idle in entry.idle.drain(..) {
-                    if idle.since.elapsed() < self.idle_timeout && idle.live.reusable() {
+                    if idle.usable(self.idle_timeout) {
                         kept.push(idle);
                     } else {
                         closing.push(idle);

@@ -92,7 +92,30 @@ enum Command {
     },
 }
 
+/// Returns the pages jemalloc holds freed, in every arena, to the system now rather than
+/// as they age: asked by the memory tier when heap it let go of will not be reused soon
+/// (see `outpost::cache::heap_release`).
+fn release_freed_heap() {
+    // "arena.<MALLCTL_ARENAS_ALL>.purge" (4096 in jemalloc 5) reads and writes no value.
+    let name = c"arena.4096.purge";
+    // SAFETY: the name is a NUL-terminated string, and a control without values is given
+    // null pointers and lengths, as jemalloc's mallctl(3) requires.
+    let status = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if status != 0 {
+        tracing::debug!(status, "the allocator did not release its freed pages");
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    outpost::cache::heap_release::install_release(release_freed_heap);
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

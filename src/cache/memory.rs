@@ -30,6 +30,7 @@ use moka::ops::compute::{CompResult, Op};
 use parking_lot::Mutex;
 
 use super::entry::{EntryMeta, StoredBody, StoredResponse};
+use super::heap_release::HeapDecline;
 use super::key::{DigestHasher, PrimaryKey, VariantKey, Vary};
 use super::replacement::{NewcomerRoom, WindowTinyLfu};
 use crate::config::{MemoryPolicy, MEMORY_TIER_LEAST_SHARE};
@@ -159,6 +160,19 @@ impl VariantSet {
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
+    /// What of its weight is on the heap: all but bodies in memory files.
+    fn heap_weight(&self) -> u64 {
+        let total: usize = self
+            .variants
+            .iter()
+            .map(|variant| match &variant.body {
+                StoredBody::Sealed(sealed) => variant.weight() - sealed.bytes().len(),
+                StoredBody::Memory(_) | StoredBody::File(_) => variant.weight(),
+            })
+            .sum();
+        total as u64
+    }
+
     /// This set with `entry` replacing any variant with the same key, bounded to
     /// `max_variants`. Derived entries whose source body is gone are dropped, and derived
     /// entries go before origin variants when the bound bites (oldest first in each group).
@@ -220,6 +234,8 @@ struct Replacement {
     charge: Option<MemoryCharge>,
     /// Whether the charge has been found larger than the tier may give up (said once).
     charge_capped: std::sync::atomic::AtomicBool,
+    /// Heap stored and evicted, so heap displaced by bodies off it is given back at once.
+    heap: HeapDecline,
 }
 
 impl Replacement {
@@ -297,6 +313,7 @@ impl MemoryTier {
                     configured: capacity,
                     charge: None,
                     charge_capped: std::sync::atomic::AtomicBool::new(false),
+                    heap: HeapDecline::new(capacity),
                 };
                 return MemoryTier {
                     cache,
@@ -443,6 +460,7 @@ impl MemoryTier {
             if let Some(set) = self.cache.remove(&gone) {
                 set.retire();
                 replacement.evictions.inc();
+                replacement.heap.freed(set.heap_weight());
                 large_gone |= u64::from(set.weight()) >= LARGE_EVICTION || set.has_sealed_body();
                 if let Some(hook) = &replacement.on_evict {
                     hook(&set);
@@ -467,6 +485,9 @@ impl MemoryTier {
         match result {
             CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => {
                 let set = entry.into_value();
+                if let Some(replacement) = &self.replacement {
+                    replacement.heap.stored(set.heap_weight());
+                }
                 self.settle(key, Some(set.weight()));
                 Some(set)
             }
@@ -531,6 +552,7 @@ impl MemoryTier {
             });
             if let CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) = result {
                 answer = entry.into_value();
+                replacement.heap.stored(answer.heap_weight());
                 // Merged with a set stored meanwhile: the policy learns its real weight.
                 if answer.weight() != weight {
                     self.settle(key, Some(answer.weight()));
@@ -781,6 +803,30 @@ mod tests {
         assert_eq!(tier.capacity(), floor, "never below the floor");
         let (_, held) = tier.usage().await;
         assert!(held <= floor && held > floor / 2, "held {held}");
+    }
+
+    /// A body in a memory file is not the heap's: freeing it gives the allocator nothing
+    /// back, so the tier counts only the rest of its weight (see `heap_release`).
+    #[test]
+    fn bodies_in_memory_files_are_not_counted_as_heap() {
+        let plain = entry("/plain", 128 << 10);
+        let sealed_body = crate::cache::sealed::Sealer::new(1)
+            .seal(&bytes::Bytes::from(vec![0u8; 128 << 10]))
+            .expect("a memory file");
+        let digest = plain.meta.body_digest;
+        let sealed = Arc::new(StoredResponse::from_sealed(
+            plain.meta.clone(),
+            sealed_body,
+            digest,
+        ));
+        let heap_set = VariantSet::default().with(Arc::clone(&plain), 4);
+        let sealed_set = VariantSet::default().with(sealed, 4);
+        assert_eq!(heap_set.heap_weight(), u64::from(heap_set.weight()));
+        assert_eq!(sealed_set.weight(), heap_set.weight());
+        assert_eq!(
+            sealed_set.heap_weight(),
+            u64::from(sealed_set.weight()) - (128 << 10)
+        );
     }
 
     /// Large bodies the policy evicts (or refuses) are let go at once, not kept alive in

@@ -16,6 +16,7 @@ pub mod digest;
 pub mod disk;
 pub mod entry;
 pub mod fill;
+pub mod heap_release;
 pub mod http_date;
 pub mod key;
 pub mod lookup;

@@ -6,7 +6,9 @@
 # perf-origin (no delay) on CPU 1; CPU from /proc ticks; wrk's p50, p90 and p99 latency
 # (MODE=mixed shows what a miss costs the requests around it). QUERY (default `?d=0`) is
 # appended to miss keys: `QUERY='?d=0&cc=no-store'` measures the proxying of a miss alone,
-# with nothing stored. CONNS (default 64) is wrk's connection count.
+# with nothing stored. CONNS (default 64) is wrk's connection count. KEYS (default 100) is
+# how many objects MODE=hit cycles over: more than the tier holds makes a cyclic scan,
+# every request a miss of an object asked for before.
 #
 #   BEFORE=/path/to/old/outpost AFTER=target/release/outpost MODE=hit ROUNDS=8 benches/cpu_per_request.sh
 set -u
@@ -16,7 +18,7 @@ ORIGIN_BIN=${ORIGIN_BIN:-/tmp/perf/target/release/perf-origin}
 BEFORE=${BEFORE:?path of the build to compare against}
 AFTER=${AFTER:-$HERE/../target/release/outpost}
 MODE=${MODE:-hit}; SIZE=${SIZE:-1k}; ROUNDS=${ROUNDS:-8}; DURATION=${DURATION:-5}
-EVERY=${EVERY:-10}; QUERY=${QUERY:-?d=0}; CONNS=${CONNS:-64}
+EVERY=${EVERY:-10}; QUERY=${QUERY:-?d=0}; CONNS=${CONNS:-64}; KEYS=${KEYS:-100}
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; }
 trap cleanup EXIT
@@ -31,7 +33,7 @@ for round in $(seq "$ROUNDS"); do
     set -- $target
     script=$KIT/keys.lua
     case $MODE in
-      hit) args=(hot "/b/$SIZE/h" 100 -) ;;
+      hit) args=(hot "/b/$SIZE/h" "$KEYS" - "$QUERY") ;;
       mixed) script=$HERE/mixed.lua; args=("$EVERY" 100 "/b/$SIZE/h" "/b/$SIZE/x-r$round-$1-$$-") ;;
       *) args=(unique "/b/$SIZE/m-" "r$round-$1-$$" - "$QUERY") ;;
     esac

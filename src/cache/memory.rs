@@ -385,6 +385,17 @@ impl MemoryTier {
         policy.newcomer_room(size)
     }
 
+    /// Whether the policy would refuse `key`, its body `body_len` bytes, were it stored
+    /// now: held nowhere and larger than the window, it would lose one of the contests that
+    /// make its room (see [`WindowTinyLfu::loses_its_way_in`]). A fill then need not keep
+    /// its body. Always `false` with moka's own policies.
+    pub fn would_refuse(&self, key: &PrimaryKey, body_len: u64) -> bool {
+        self.replacement.as_ref().is_some_and(|replacement| {
+            let policy = replacement.policy.lock();
+            policy.loses_its_way_in(key, body_len + POLICY_OVERHEAD)
+        })
+    }
+
     /// The stored variants of `key`; the request is counted by the policy, found or not.
     pub async fn get(&self, key: &PrimaryKey) -> Option<Arc<VariantSet>> {
         let found = self.cache.get(key);

@@ -578,6 +578,40 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
                 .is_some_and(|room| size > room.largest)
     }
 
+    /// Whether `id`, weighing `size`, not held and larger than the window (so that it
+    /// contests main's least recent objects as soon as it is stored), would lose one of the
+    /// contests that make its room: against those objects in the order they would be
+    /// evicted, until they have freed enough. Let in, it would evict every object it beat
+    /// before the one it loses to, push the window's objects out into contests of their
+    /// own, and then leave itself: the tier would lose those objects for nothing, and the
+    /// live tier would have written its body into memory only to drop it.
+    pub fn loses_its_way_in(&self, id: &K, size: u64) -> bool {
+        if size <= self.window_capacity || self.contains(id) {
+            return false;
+        }
+        let Some(mut needed) = (self.used() + size)
+            .checked_sub(self.capacity)
+            .filter(|needed| *needed > 0)
+        else {
+            return false;
+        };
+        let count = self.frequency(id);
+        let victims = self
+            .probation
+            .least_recent()
+            .chain(self.protected.least_recent());
+        for (victim, victim_size) in victims {
+            if !candidate_wins(count, size, self.frequency(&victim), victim_size) {
+                return true;
+            }
+            needed = needed.saturating_sub(victim_size);
+            if needed == 0 {
+                return false;
+            }
+        }
+        false
+    }
+
     /// A request for `id`, found or not: counted, and a held object becomes most recent
     /// (from probation it moves to protected). Its expiry if held.
     pub fn access(&mut self, id: &K) -> Option<u32> {
@@ -604,7 +638,7 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
             }
             return;
         }
-        if self.declines_newcomer(&id, size) {
+        if self.declines_newcomer(&id, size) || self.loses_its_way_in(&id, size) {
             evicted.push(id);
             return;
         }
@@ -711,6 +745,47 @@ mod tests {
         }
         tier.insert(id, size, u32::MAX, &mut Vec::new());
         false
+    }
+
+    /// A large object that would beat main's coldest objects but lose to warmer ones
+    /// before it has its room is not stored: stored, it would have evicted the cold ones
+    /// it beat and then itself, and the tier would hold less for nothing.
+    #[test]
+    fn a_large_object_that_would_lose_on_its_way_in_evicts_nothing() {
+        let mut t = tier(100_000);
+        // Main's least recent: 50 objects seen once; behind them 50 seen six times.
+        for id in 0..50 {
+            request(&mut t, id, 1000);
+        }
+        for id in 50..100 {
+            for _ in 0..6 {
+                request(&mut t, id, 1000);
+            }
+        }
+        assert_eq!(t.len(), 100);
+        let large = 1_000;
+        for _ in 0..4 {
+            t.access(&large);
+        }
+        // Seen four times, 60 KB: it beats the objects seen once (4 > 1 x the size weight
+        // of 3), then needs ten more of those seen six times, and loses to the first.
+        assert!(t.loses_its_way_in(&large, 60_000));
+        let mut evicted = Vec::new();
+        t.insert(large, 60_000, u32::MAX, &mut evicted);
+        assert_eq!(evicted, vec![large]);
+        assert_eq!(t.len(), 100, "nothing was evicted for it");
+        assert!((0..50).all(|id| t.contains(&id)));
+        // With room to win, it is stored.
+        let mut roomy = tier(100_000);
+        for id in 0..100 {
+            request(&mut roomy, id, 1000);
+        }
+        for _ in 0..4 {
+            roomy.access(&large);
+        }
+        assert!(!roomy.loses_its_way_in(&large, 60_000));
+        roomy.insert(large, 60_000, u32::MAX, &mut evicted);
+        assert!(roomy.contains(&large));
     }
 
     /// A scan of one-hit objects twice the tier's size leaves the hot set in place.

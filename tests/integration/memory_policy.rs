@@ -72,6 +72,39 @@ async fn a_popular_large_object_gets_in_among_one_hit_small_ones() {
     assert!(origin.hits("/big") <= 3);
 }
 
+/// A large object asked for again, but still colder than the objects it would have to
+/// displace in a full tier, is streamed through rather than stored: stored, it would lose
+/// its first contest and leave at once (RFC 9211 §2.7 `stored` would be false). Once
+/// asked for often enough it still gets in.
+#[tokio::test]
+async fn a_large_object_that_would_not_win_its_room_is_not_stored() {
+    let origin = Origin::start(vec![
+        ("/big", storable(100 << 10)),
+        ("/warm", storable(1024)),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), TIER).await;
+    // More warm objects than the tier holds, each asked for three times: it is full of them.
+    for _ in 0..3 {
+        for n in 0..800 {
+            request(&proxy, &format!("/warm?n={n}")).await;
+        }
+    }
+    for asked in 1..=2 {
+        let reply = request(&proxy, "/big").await;
+        let status = cache_status(&reply);
+        assert!(!is_hit(&reply), "request {asked}: {status}");
+        assert!(!status.contains("stored"), "request {asked}: {status}");
+    }
+    let mut hits = 0;
+    for _ in 0..20 {
+        if is_hit(&request(&proxy, "/big").await) {
+            hits += 1;
+        }
+    }
+    assert!(hits >= 10, "answered from memory {hits} times of 20 more");
+}
+
 /// An object the disk tier has but the memory tier's policy will not keep (colder than
 /// everything in memory) is still answered from disk, not fetched again.
 #[tokio::test]

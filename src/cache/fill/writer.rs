@@ -183,7 +183,11 @@ impl Cache {
             stream: None,
         };
         let too_large = declared.is_some_and(|len| len > memory_limit);
-        if !too_large {
+        // A body the memory tier would refuse on arrival is not kept for it (a coding of
+        // a stored resource joins a held one, which is never refused).
+        let refused = matches!(writer.target, FillTarget::Origin)
+            && declared.is_some_and(|len| self.memory.would_refuse(&writer.meta.key, len));
+        if !too_large && !refused {
             let budget = self.fill_bounds.memory_budget;
             let newcomer_room = match writer.target {
                 FillTarget::Origin => self.memory.newcomer_room(&writer.meta.key, declared),

@@ -76,7 +76,11 @@ impl HeapDecline {
     /// back (on a blocking thread when a runtime is at hand).
     pub fn freed(&self, bytes: u64) {
         let net = self.net_freed.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        if net < self.threshold || self.net_freed.swap(0, Ordering::AcqRel) < self.threshold {
+        if net < self.threshold {
+            return;
+        }
+        let net = self.net_freed.swap(0, Ordering::AcqRel);
+        if net < self.threshold {
             return;
         }
         let Some(release) = self.release else {
@@ -86,6 +90,7 @@ impl HeapDecline {
             return;
         }
         let run = move || {
+            tracing::debug!(net_freed = net, "giving the memory tier's freed heap back");
             release();
             RELEASING.store(false, Ordering::Release);
         };

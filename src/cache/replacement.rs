@@ -580,11 +580,13 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
 
     /// Whether `id`, weighing `size`, not held and larger than the window (so that it
     /// contests main's least recent objects as soon as it is stored), would lose one of the
-    /// contests that make its room: against those objects in the order they would be
-    /// evicted, until they have freed enough. Let in, it would evict every object it beat
-    /// before the one it loses to, push the window's objects out into contests of their
-    /// own, and then leave itself: the tier would lose those objects for nothing, and the
-    /// live tier would have written its body into memory only to drop it.
+    /// contests that make its room, as [`Self::make_room`] would play them: against
+    /// probation's objects from the least recent, then the window's (which it pushes into
+    /// probation behind them), until they have freed enough; protected is never reached
+    /// while it is in probation, so running out of those is losing too. Let in, it would
+    /// evict every object it beat before the one it loses to, and then leave itself: the
+    /// tier would lose those objects for nothing, and the live tier would have written its
+    /// body into memory only to drop it.
     pub fn loses_its_way_in(&self, id: &K, size: u64) -> bool {
         if size <= self.window_capacity || self.contains(id) {
             return false;
@@ -599,7 +601,7 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
         let victims = self
             .probation
             .least_recent()
-            .chain(self.protected.least_recent());
+            .chain(self.window.least_recent());
         for (victim, victim_size) in victims {
             if !candidate_wins(count, size, self.frequency(&victim), victim_size) {
                 return true;
@@ -609,7 +611,7 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
                 return false;
             }
         }
-        false
+        true
     }
 
     /// A request for `id`, found or not: counted, and a held object becomes most recent
@@ -786,6 +788,57 @@ mod tests {
         assert!(!roomy.loses_its_way_in(&large, 60_000));
         roomy.insert(large, 60_000, u32::MAX, &mut evicted);
         assert!(roomy.contains(&large));
+    }
+
+    /// What `loses_its_way_in` foresees is what storing does: over a long mixed stream of
+    /// small and large objects of skewed popularity, every large object it lets through
+    /// is held once stored (make_room never evicts it in the same step), and every one it
+    /// refuses leaves the tier as it was.
+    #[test]
+    fn the_foreseen_contests_are_the_ones_storing_plays() {
+        let mut t = tier(2_000_000);
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut admitted, mut refused) = (0, 0);
+        for _ in 0..200_000 {
+            let roll = next();
+            // Small objects of skewed popularity, and now and then a large one.
+            let (id, size) = if roll % 50 == 0 {
+                (
+                    1_000_000 + (roll >> 8) % 200,
+                    30_000 + (roll >> 16) % 700_000,
+                )
+            } else {
+                let rank = (roll >> 8) % 1000;
+                (rank * rank % 20_000, 1000 + rank)
+            };
+            if t.access(&id).is_some() {
+                continue;
+            }
+            let foreseen_loss = size > t.window_capacity
+                && t.used() + size > t.capacity
+                && t.loses_its_way_in(&id, size);
+            let (held_before, used_before) = (t.len(), t.used());
+            let mut evicted = Vec::new();
+            t.insert(id, size, u32::MAX, &mut evicted);
+            if foreseen_loss {
+                refused += 1;
+                assert_eq!(evicted, vec![id]);
+                assert_eq!((t.len(), t.used()), (held_before, used_before));
+            } else if size > t.window_capacity && used_before + size > t.capacity {
+                admitted += 1;
+                assert!(t.contains(&id), "{id} of {size} B foreseen to win, lost");
+            }
+        }
+        assert!(
+            admitted > 50 && refused > 50,
+            "{admitted} admitted, {refused} refused"
+        );
     }
 
     /// A scan of one-hit objects twice the tier's size leaves the hot set in place.

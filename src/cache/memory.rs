@@ -214,6 +214,8 @@ pub struct MemoryTier {
     max_variants: usize,
     /// Set with the W-TinyLFU policy: it decides evictions (moka's are unbounded then).
     replacement: Option<Arc<Replacement>>,
+    /// Heap stored and evicted, so heap displaced by bodies off it is given back at once.
+    heap: Arc<HeapDecline>,
 }
 
 /// An evicted resource at least this heavy (or with a sealed body) is let go at once rather
@@ -234,8 +236,6 @@ struct Replacement {
     charge: Option<MemoryCharge>,
     /// Whether the charge has been found larger than the tier may give up (said once).
     charge_capped: std::sync::atomic::AtomicBool,
-    /// Heap stored and evicted, so heap displaced by bodies off it is given back at once.
-    heap: HeapDecline,
 }
 
 impl Replacement {
@@ -301,6 +301,7 @@ impl MemoryTier {
         evictions: Counter,
         on_evict: Option<EvictionHook>,
     ) -> MemoryTier {
+        let heap = Arc::new(HeapDecline::new(capacity));
         let eviction = match policy {
             MemoryPolicy::Wtinylfu => {
                 let cache = moka::sync::Cache::builder()
@@ -313,17 +314,18 @@ impl MemoryTier {
                     configured: capacity,
                     charge: None,
                     charge_capped: std::sync::atomic::AtomicBool::new(false),
-                    heap: HeapDecline::new(capacity),
                 };
                 return MemoryTier {
                     cache,
                     max_variants: max_variants.max(1),
                     replacement: Some(Arc::new(replacement)),
+                    heap,
                 };
             }
             MemoryPolicy::Lru => moka::policy::EvictionPolicy::lru(),
             MemoryPolicy::Tinylfu => moka::policy::EvictionPolicy::tiny_lfu(),
         };
+        let evicted_heap = Arc::clone(&heap);
         let cache = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .eviction_policy(eviction)
@@ -331,6 +333,7 @@ impl MemoryTier {
             .eviction_listener(move |_key, value: Arc<VariantSet>, cause| {
                 if cause == moka::notification::RemovalCause::Size {
                     evictions.inc();
+                    evicted_heap.freed(value.heap_weight());
                     if let Some(hook) = &on_evict {
                         hook(&value);
                     }
@@ -341,6 +344,7 @@ impl MemoryTier {
             cache,
             max_variants: max_variants.max(1),
             replacement: None,
+            heap,
         }
     }
 
@@ -471,7 +475,7 @@ impl MemoryTier {
             if let Some(set) = self.cache.remove(&gone) {
                 set.retire();
                 replacement.evictions.inc();
-                replacement.heap.freed(set.heap_weight());
+                self.heap.freed(set.heap_weight());
                 large_gone |= u64::from(set.weight()) >= LARGE_EVICTION || set.has_sealed_body();
                 if let Some(hook) = &replacement.on_evict {
                     hook(&set);
@@ -496,9 +500,7 @@ impl MemoryTier {
         match result {
             CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => {
                 let set = entry.into_value();
-                if let Some(replacement) = &self.replacement {
-                    replacement.heap.stored(set.heap_weight());
-                }
+                self.heap.stored(set.heap_weight());
                 self.settle(key, Some(set.weight()));
                 Some(set)
             }
@@ -563,7 +565,7 @@ impl MemoryTier {
             });
             if let CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) = result {
                 answer = entry.into_value();
-                replacement.heap.stored(answer.heap_weight());
+                self.heap.stored(answer.heap_weight());
                 // Merged with a set stored meanwhile: the policy learns its real weight.
                 if answer.weight() != weight {
                     self.settle(key, Some(answer.weight()));

@@ -166,7 +166,7 @@ impl VariantSet {
             .variants
             .iter()
             .map(|variant| match &variant.body {
-                StoredBody::Sealed(sealed) => variant.weight() - sealed.bytes().len(),
+                StoredBody::Sealed(sealed) => variant.weight().saturating_sub(sealed.bytes().len()),
                 StoredBody::Memory(_) | StoredBody::File(_) => variant.weight(),
             })
             .sum();

@@ -25,26 +25,17 @@ round() { # round LABEL BIN
   local pid=$!; PIDS+=($pid)
   for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:19305/b/1k/up && break; sleep 0.1; done
   taskset -c 1 wrk -t1 -c64 -d4s -s "$KIT/keys.lua" http://127.0.0.1:19305 -- unique /b/1k/r- "$$" - '?d=0' >/dev/null 2>&1
-  python3 - "$pid" "$1" "$MEM" "$ASKS" <<'PY'
-import os, sys, threading, time, urllib.request
-pid, label, mem, asks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+  python3 - "$pid" "$1" "$MEM" "$ASKS" "$HERE" <<'PY'
+import sys, threading, time, urllib.request
+pid, label, mem, asks, here = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 text = mem.lower().replace("ib", "").replace("b", "")
 capacity = int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+sys.path.insert(0, here)
+from held_memory import held as held_by
 def held():
-    status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status").read().splitlines() if ":" in l)
-    kb = lambda key: int(status.get(key, "0 kB").split()[0]) * 1024
-    files = {}
-    for kind in ("fd", "map_files"):
-        for name in os.listdir(f"/proc/{pid}/{kind}"):
-            link = f"/proc/{pid}/{kind}/{name}"
-            try:
-                if os.readlink(link).startswith("/memfd:"):
-                    st = os.stat(link)
-                    files[st.st_ino] = st.st_blocks * 512
-            except OSError:
-                pass
-    return kb("VmRSS") - kb("RssShmem") + sum(files.values()), sum(files.values())
+    rss, rss_shmem, files = held_by(pid)
+    return rss - rss_shmem + files, files
 samples, done = [held()], threading.Event()
 def sample():
     while not done.is_set():

@@ -5,7 +5,7 @@
 # unique 8 MiB objects and read only their first KiB for 3 s (each fill past the fills'
 # budget streams unstored and holds what it has read ahead of its client), then STALLED
 # clients that hold 1 MiB bodies the tier stored while unique 1 MiB misses evict them (a
-# sealed body keeps its pages while a client holds a slice), while a sampler
+# sealed body keeps its pages while a client holds a slice), while a sampler (held_memory.py)
 # reads every 0.2 s
 #   - VmRSS (anonymous + file pages mapped and touched, including mapped memory files),
 #   - the bytes of the memory files the process holds (`memfd:` descriptors and mappings;
@@ -33,32 +33,7 @@ taskset -c 0 "$BIN" serve --listen 127.0.0.1:19305 --origin http://127.0.0.1:190
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:19305/b/1k/up && break; sleep 0.1; done
 
 sample() { # sample PID OUT: one line per 0.2 s until the pid's sampler is stopped
-  python3 - "$1" >"$2" <<'PY' &
-import os, sys, time
-pid = sys.argv[1]
-while True:
-    try:
-        status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status").read().splitlines() if ":" in l)
-        kb = lambda k: int(status.get(k, "0 kB").split()[0]) * 1024
-        files = {}
-        # A memory file is held by a descriptor or by a mapping alone (a body evicted or
-        # declined while a client is still being sent slices of it).
-        links = [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
-        links += [f"/proc/{pid}/map_files/{m}" for m in os.listdir(f"/proc/{pid}/map_files")]
-        for link in links:
-            try:
-                if os.readlink(link).startswith("/memfd:"):
-                    st = os.stat(link)
-                    # Pages held, not the length (a body being written is sized up front);
-                    # once per file, whatever its descriptors and mappings.
-                    files[st.st_ino] = st.st_blocks * 512
-            except OSError:
-                pass
-        print(kb("VmRSS"), kb("RssShmem"), sum(files.values()), flush=True)
-    except OSError:
-        break
-    time.sleep(0.2)
-PY
+  python3 "$HERE/held_memory.py" "$1" >"$2" &
   echo $!
 }
 

@@ -81,6 +81,8 @@ impl HeapDecline {
         }
         let net = self.net_freed.swap(0, Ordering::AcqRel);
         if net < self.threshold {
+            // Another caller took the count past the threshold first: keep what was left.
+            self.net_freed.fetch_add(net, Ordering::AcqRel);
             return;
         }
         let Some(release) = self.release else {

@@ -15,6 +15,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use prometheus_client::metrics::counter::Counter;
+
 /// Returns the allocator's freed pages to the system. Called off the server threads.
 pub type ReleaseFreedHeap = fn();
 
@@ -37,6 +39,8 @@ pub struct HeapDecline {
     /// Past this net, the freed heap is given back.
     threshold: u64,
     release: Option<ReleaseFreedHeap>,
+    /// Releases asked for (`outpost_heap_releases`), once the tier's owner has a counter.
+    releases: OnceLock<Counter>,
 }
 
 /// The share of the tier's capacity (one in this many bytes) freed net before it is given
@@ -59,7 +63,14 @@ impl HeapDecline {
             net_freed: AtomicU64::new(0),
             threshold: (capacity / THRESHOLD_SHARE).max(LEAST_THRESHOLD),
             release,
+            releases: OnceLock::new(),
         }
+    }
+
+    /// Counts each release asked for in `releases` from now on (the first counter given
+    /// stays).
+    pub fn count_releases_in(&self, releases: Counter) {
+        let _ = self.releases.set(releases);
     }
 
     /// The tier stored `bytes` on the heap.
@@ -91,6 +102,9 @@ impl HeapDecline {
         if RELEASING.swap(true, Ordering::AcqRel) {
             return;
         }
+        if let Some(releases) = self.releases.get() {
+            releases.inc();
+        }
         let run = move || {
             tracing::debug!(net_freed = net, "giving the memory tier's freed heap back");
             release();
@@ -119,6 +133,8 @@ mod tests {
     #[test]
     fn only_heap_freed_net_of_heap_stored_is_given_back() {
         let decline = HeapDecline::with_release(32 << 20, Some(count_release));
+        let counted = Counter::<u64>::default();
+        decline.count_releases_in(counted.clone());
         assert_eq!(decline.threshold, 2 << 20);
         let before = RELEASES.load(Ordering::Relaxed);
         // Churn: each store evicts about as much as it brings, many times the threshold.
@@ -139,6 +155,7 @@ mod tests {
             decline.freed(1 << 20);
         }
         assert_eq!(RELEASES.load(Ordering::Relaxed), before + 2);
+        assert_eq!(counted.get(), 2, "each release is counted");
         assert!(decline.net_freed.load(Ordering::Relaxed) < decline.threshold);
     }
 

@@ -360,6 +360,13 @@ impl MemoryTier {
         self
     }
 
+    /// The same tier, counting in `releases` each time it asks the allocator to return the
+    /// heap it freed (see [`super::heap_release`]).
+    pub fn counting_heap_releases(self, releases: Counter) -> MemoryTier {
+        self.heap.count_releases_in(releases);
+        self
+    }
+
     /// Bytes the tier may hold now (its configured capacity less any charge).
     pub fn capacity(&self) -> u64 {
         match &self.replacement {

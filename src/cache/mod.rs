@@ -130,7 +130,8 @@ impl Cache {
                 .get_or_create(&TierLabels { tier: "memory" })
                 .clone(),
             Some(eviction_hook(disk.clone(), Arc::clone(&coalescer))),
-        );
+        )
+        .counting_heap_releases(metrics.heap_releases.clone());
         let memory = match disk.clone() {
             Some(disk) => memory.charged_with(Box::new(move || disk.memory_held())),
             None => memory,

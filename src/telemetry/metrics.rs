@@ -142,6 +142,8 @@ pub struct Metrics {
     pub encodings_refused: Counter,
     /// Body bytes every fill in flight holds in memory (bounded by `cache.fill_memory_budget`).
     pub fill_bytes: Gauge,
+    /// Times the allocator was asked to return heap the memory tier freed (`cache::heap_release`).
+    pub heap_releases: Counter,
     /// Reads of an object from the disk tier into memory (concurrent ones for a key coalesce).
     pub disk_loads: Counter,
     /// Responses whose body was sent from a verified open disk-tier file (sendfile).
@@ -402,6 +404,12 @@ impl Metrics {
                 "fill_bytes",
                 "Body bytes held in memory by fills in flight",
                 Gauge::default(),
+            ),
+            heap_releases: register(
+                &mut registry,
+                "heap_releases",
+                "Times the allocator was asked to return heap the memory tier freed to bodies off the heap",
+                Counter::default(),
             ),
             disk_loads: register(
                 &mut registry,

@@ -591,12 +591,10 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
         if size <= self.window_capacity || self.contains(id) {
             return false;
         }
-        let Some(mut needed) = (self.used() + size)
-            .checked_sub(self.capacity)
-            .filter(|needed| *needed > 0)
-        else {
+        let mut needed = (self.used() + size).saturating_sub(self.capacity);
+        if needed == 0 {
             return false;
-        };
+        }
         let count = self.frequency(id);
         let victims = self
             .probation

@@ -345,14 +345,15 @@ impl Http1Origins {
             return;
         }
         self.sweeper.call_once(|| self.start_sweeper());
-        if entry.idle.len() >= self.max_idle_per_server {
-            // The longest idle goes: the most recent ones are reused first anyway.
-            entry.idle.remove(0);
-        }
+        // The longest idle goes: the most recent ones are reused first anyway.
+        let closing = (entry.idle.len() >= self.max_idle_per_server).then(|| entry.idle.remove(0));
         entry.idle.push(Idle {
             live,
             since: Instant::now(),
         });
+        drop(servers);
+        // Closed outside the lock, as in `close_longest_idle`.
+        drop(closing);
     }
 
     /// Closes the connection that has been idle longest, to any server: its slot of the

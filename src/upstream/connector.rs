@@ -58,17 +58,59 @@ where
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        // The inner connector was polled ready; take it and leave a fresh clone.
-        let ready = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, ready);
-        let limiter = Arc::clone(&self.limiter);
-        let peer = uri.authority().map_or_else(String::new, |authority| {
-            authority.as_str().to_ascii_lowercase()
-        });
-        Box::pin(async move {
+        let counted = self.clone();
+        Box::pin(async move { counted.admit(uri).await?.connect().await })
+    }
+}
+
+impl<C> Counted<C>
+where
+    C: Service<Uri> + Clone,
+    C::Error: Into<BoxError>,
+{
+    /// A place under the caps for a connection to `uri`'s origin. The wait for it is the
+    /// part a caller that stops needing the connection can drop for free: nothing has
+    /// reached the origin yet. [`Admitted::connect`] then opens the connection.
+    ///
+    /// # Errors
+    /// The caps refused it (the queue full, or waited past its timeout).
+    pub fn admit(&self, uri: Uri) -> impl Future<Output = Result<Admitted<C>, BoxError>> {
+        // Owned, so the wait borrows nothing (the connector need not be `Sync`).
+        let (inner, limiter) = (self.inner.clone(), Arc::clone(&self.limiter));
+        async move {
+            let peer = uri.authority().map_or_else(String::new, |authority| {
+                authority.as_str().to_ascii_lowercase()
+            });
             let slot = limiter.admit(&peer).await?;
-            let io = inner.call(uri).await.map_err(Into::into)?;
-            Ok(CountedIo { io, _slot: slot })
+            Ok(Admitted { inner, slot, uri })
+        }
+    }
+}
+
+/// A connection admitted under the caps and not yet opened: it holds its slot.
+pub struct Admitted<C> {
+    inner: C,
+    slot: Admission,
+    uri: Uri,
+}
+
+impl<C> Admitted<C>
+where
+    C: Service<Uri>,
+    C::Error: Into<BoxError>,
+{
+    /// Opens the connection, which keeps the slot until it is dropped.
+    ///
+    /// # Errors
+    /// The connect failed (refused, timed out, the TLS handshake failed).
+    pub async fn connect(mut self) -> Result<CountedIo<C::Response>, BoxError> {
+        std::future::poll_fn(|cx| self.inner.poll_ready(cx))
+            .await
+            .map_err(Into::into)?;
+        let io = self.inner.call(self.uri).await.map_err(Into::into)?;
+        Ok(CountedIo {
+            io,
+            _slot: self.slot,
         })
     }
 }

@@ -14,9 +14,11 @@
 //! caps (`upstream.max_connections_per_origin`) a new connection waits for a place that
 //! only closing a connection frees, while released connections stay open in the pool, so
 //! without this a request would wait out the idle timeout beside connections that came
-//! free. The losing connect is dropped (its place in the caps' queue, or a half-made
-//! connection), not pooled. When the cap in all (`upstream.max_connections`) is what a
-//! connect waits for, the connection idle longest, to whatever server, is closed for it.
+//! free. A connect that loses while it waits for its place is dropped (nothing reached the
+//! origin); one that loses while it connects is finished (within `upstream.connect_timeout`)
+//! and pooled: the origin has already accepted it, and under a burst the next request
+//! wants it. When the cap in all (`upstream.max_connections`) is what a connect waits
+//! for, the connection idle longest, to whatever server, is closed for it.
 //!
 //! Idle connections wait in a per-server pool (`upstream.pool_max_idle_per_host`, most
 //! recently used first) and are checked before reuse: one that the server closed, or that
@@ -47,22 +49,24 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tower_service::Service;
 
 use super::classify_failure;
-use super::connector::{Counted, CountedIo};
+use super::connector::{Admitted, Counted, CountedIo};
 use crate::body::Body;
 use crate::error::ProxyError;
 
 type Io = CountedIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
+type Connector = HttpsConnector<HttpConnector>;
 
 /// The HTTP/1.1 connections to every origin server, idle ones pooled.
 pub struct Http1Origins {
-    connector: Counted<HttpsConnector<HttpConnector>>,
+    connector: Counted<Connector>,
     builder: Builder,
     servers: Mutex<HashMap<String, Server>>,
     max_idle_per_server: usize,
     idle_timeout: Duration,
+    /// How long a connect nobody waits for any more may take to finish for the pool.
+    connect_timeout: Duration,
     sweeper: std::sync::Once,
 }
 
@@ -191,10 +195,11 @@ impl Drop for DrivenBody {
 
 impl Http1Origins {
     pub fn new(
-        connector: Counted<HttpsConnector<HttpConnector>>,
+        connector: Counted<Connector>,
         max_read_buffer: usize,
         max_idle_per_server: usize,
         idle_timeout: Duration,
+        connect_timeout: Duration,
     ) -> Http1Origins {
         let mut builder = Builder::new();
         builder
@@ -210,6 +215,7 @@ impl Http1Origins {
             servers: Mutex::new(HashMap::new()),
             max_idle_per_server,
             idle_timeout,
+            connect_timeout,
             sweeper: std::sync::Once::new(),
         }
     }
@@ -264,22 +270,16 @@ impl Http1Origins {
     }
 
     async fn open(&self, uri: Uri, origin: &str) -> Result<Live, ProxyError> {
-        let mut connector = self.connector.clone();
-        let io = async {
-            poll_fn(|cx| connector.poll_ready(cx)).await?;
-            connector.call(uri).await
-        }
-        .await
-        .map_err(|err| classify_failure(&*err, origin, true))?;
-        let (sender, connection) = self
-            .builder
-            .handshake(io)
+        let admitted = self.admit(uri, origin).await?;
+        establish(&self.builder, admitted, origin).await
+    }
+
+    /// A place under the connection caps for a connection to `uri`'s server.
+    async fn admit(&self, uri: Uri, origin: &str) -> Result<Admitted<Connector>, ProxyError> {
+        self.connector
+            .admit(uri)
             .await
-            .map_err(|err| classify_failure(&err, origin, true))?;
-        Ok(Live {
-            sender,
-            connection: Some(Box::new(connection)),
-        })
+            .map_err(|err| classify_failure(&*err, origin, true))
     }
 
     /// The most recently used idle connection to `server` that can take a request, or, when
@@ -315,12 +315,24 @@ impl Http1Origins {
         uri: Uri,
         origin: &str,
     ) -> Result<Live, ProxyError> {
-        let opening = self.open(uri, origin);
-        tokio::pin!(opening);
-        let opened = tokio::select! {
+        let admitted = tokio::select! {
             biased;
             Ok(live) = &mut released => return Ok(live),
-            opened = &mut opening => opened,
+            admitted = self.admit(uri, origin) => admitted?,
+        };
+        // Boxed and owned: if a released connection wins from here, this one is finished
+        // in a task of its own.
+        let builder = self.builder.clone();
+        let owned_origin = origin.to_string();
+        let mut connecting =
+            Box::pin(async move { establish(&builder, admitted, &owned_origin).await });
+        let opened = tokio::select! {
+            biased;
+            Ok(live) = &mut released => {
+                self.pool_when_made(server.to_string(), connecting);
+                return Ok(live);
+            }
+            opened = &mut connecting => opened,
         };
         // One released just as this connect finished goes to the next request.
         released.close();
@@ -328,6 +340,22 @@ impl Http1Origins {
             Arc::clone(self).check_in(server.to_string(), live);
         }
         opened
+    }
+
+    /// Finishes a connect that lost to a released connection, and pools what it made: the
+    /// origin has accepted it (and perhaps most of a TLS handshake), so dropping it would
+    /// waste that and open another for the next request of a burst.
+    fn pool_when_made(
+        self: &Arc<Self>,
+        server: String,
+        connecting: Pin<Box<impl Future<Output = Result<Live, ProxyError>> + Send + 'static>>,
+    ) {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Ok(Ok(live)) = tokio::time::timeout(pool.connect_timeout, connecting).await {
+                pool.check_in(server, live);
+            }
+        });
     }
 
     /// A released connection: to the longest waiting request for its server, or else into
@@ -342,6 +370,9 @@ impl Http1Origins {
             }
         }
         if self.max_idle_per_server == 0 {
+            drop(servers);
+            // Closed outside the lock, as in `close_longest_idle`.
+            drop(live);
             return;
         }
         self.sweeper.call_once(|| self.start_sweeper());
@@ -419,6 +450,26 @@ impl Http1Origins {
 }
 
 /// Which pool a request's connection comes from: its scheme and authority.
+/// Opens an admitted connection and starts HTTP/1.1 on it.
+async fn establish(
+    builder: &Builder,
+    admitted: Admitted<Connector>,
+    origin: &str,
+) -> Result<Live, ProxyError> {
+    let io = admitted
+        .connect()
+        .await
+        .map_err(|err| classify_failure(&*err, origin, true))?;
+    let (sender, connection) = builder
+        .handshake(io)
+        .await
+        .map_err(|err| classify_failure(&err, origin, true))?;
+    Ok(Live {
+        sender,
+        connection: Some(Box::new(connection)),
+    })
+}
+
 fn server_key(uri: &Uri) -> String {
     let scheme = uri.scheme_str().unwrap_or("http");
     let authority = uri.authority().map_or("", |authority| authority.as_str());

@@ -217,6 +217,7 @@ impl Upstream {
             config.max_read_buffer.as_usize(),
             config.pool_max_idle_per_host,
             config.pool_idle_timeout.get(),
+            config.connect_timeout.get(),
         ));
         let (pool, multiplexed) = (Arc::downgrade(&http1), Arc::downgrade(&h2));
         connections.on_total_shortage(move || {

@@ -200,3 +200,78 @@ async fn a_connection_waiting_on_the_total_cap_closes_another_origins_idle_one()
         "the first origin's idle connection was closed for the second's"
     );
 }
+
+/// A connect that a released connection beats while the origin is already taking it (here
+/// its TLS handshake is held) is finished and pooled, not dropped (RFC 9112 §9.3:
+/// persistent connections are for reuse): the origin has spent an accept and a handshake
+/// on it, and the next requests of a burst want it. So two requests at once afterwards
+/// need no third connection.
+#[tokio::test]
+async fn a_connect_that_loses_to_a_released_connection_is_pooled() {
+    let (response_gate, handshake_gate) = (Gate::closed(), Gate::closed());
+    let held = |gate: &Gate, body: &'static [u8]| Fixture::GatedWith {
+        gate: gate.clone(),
+        headers: cc("no-store"),
+        body: Bytes::from_static(body),
+    };
+    let second_gate = Gate::closed();
+    let (origin, cert_pem) = Origin::start_tls_holding_handshakes(
+        vec![
+            ("/held", held(&response_gate, b"held")),
+            ("/again", held(&second_gate, b"again")),
+            (
+                "/b",
+                Fixture::with_headers(200, &[("cache-control", "no-store")], "b"),
+            ),
+        ],
+        1,
+        handshake_gate.clone(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert_pem).unwrap();
+    let proxy = Proxy::start(
+        &format!("https://localhost:{}", origin.addr.port()),
+        &format!(
+            "[upstream]\nca_file = \"{}\"\npool_idle_timeout = \"60s\"\n",
+            ca.display()
+        ),
+    )
+    .await;
+    let fetch = |path: &str| {
+        let url = proxy.url(path);
+        tokio::spawn(async move { get(&url, &[]).await })
+    };
+    let held_reply = fetch("/held");
+    eventually("the held request at the origin", || {
+        origin.hits("/held") == 1
+    })
+    .await;
+    // No idle connection: /b waits for a released one while it opens its own, whose
+    // handshake the origin holds.
+    let b = fetch("/b");
+    eventually("the second connection accepted", || {
+        origin.connections() == 2
+    })
+    .await;
+    response_gate.open();
+    assert_eq!(held_reply.await.unwrap().text(), "held");
+    let b = b.await.unwrap();
+    assert_eq!(b.status, 200);
+    assert_eq!(b.text(), "b");
+    assert_eq!(origin.hits("/b"), 1);
+    // The connect /b no longer needed finishes now, and waits in the pool.
+    handshake_gate.open();
+    let outpost = proxy.outpost.proxy();
+    eventually("the losing connect pooled", || {
+        outpost.upstream().connections_in_use().0 == 2
+    })
+    .await;
+    let (first, second) = (fetch("/again"), fetch("/b"));
+    eventually("/again at the origin", || origin.hits("/again") == 1).await;
+    assert_eq!(second.await.unwrap().text(), "b");
+    second_gate.open();
+    assert_eq!(first.await.unwrap().text(), "again");
+    assert_eq!(origin.connections(), 2, "both pooled connections reused");
+}

@@ -640,14 +640,30 @@ impl Origin {
     pub async fn start_tls_at(address: &str, routes: Vec<(&str, Fixture)>) -> (Origin, String) {
         let (acceptor, cert_pem) = localhost_tls(&["h2", "http/1.1"]);
         let listener = TcpListener::bind(address).await.unwrap();
-        (Origin::serve(listener, routes, Some(acceptor)), cert_pem)
+        let tls = HeldTls {
+            acceptor,
+            held: None,
+        };
+        (Origin::serve(listener, routes, Some(tls)), cert_pem)
     }
 
-    fn serve(
-        listener: TcpListener,
+    /// [`Origin::start_tls`] whose connections after the first `first` wait at `gate`
+    /// before their TLS handshake: connects that stay in flight.
+    pub async fn start_tls_holding_handshakes(
         routes: Vec<(&str, Fixture)>,
-        tls: Option<tokio_rustls::TlsAcceptor>,
-    ) -> Origin {
+        first: usize,
+        gate: Gate,
+    ) -> (Origin, String) {
+        let (acceptor, cert_pem) = localhost_tls(&["h2", "http/1.1"]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tls = HeldTls {
+            acceptor,
+            held: Some((first, gate)),
+        };
+        (Origin::serve(listener, routes, Some(tls)), cert_pem)
+    }
+
+    fn serve(listener: TcpListener, routes: Vec<(&str, Fixture)>, tls: Option<HeldTls>) -> Origin {
         let routes: HashMap<String, Fixture> = routes
             .into_iter()
             .map(|(p, f)| (p.to_string(), f))
@@ -690,10 +706,8 @@ impl Origin {
             None => {
                 tokio::spawn(serve_handler(listener, handler, stopped, accepted));
             }
-            Some(acceptor) => {
-                tokio::spawn(serve_tls_handler(
-                    listener, acceptor, handler, stopped, accepted,
-                ));
+            Some(tls) => {
+                tokio::spawn(serve_tls_handler(listener, tls, handler, stopped, accepted));
             }
         }
         Origin {
@@ -817,9 +831,16 @@ fn localhost_tls(alpn: &[&str]) -> (tokio_rustls::TlsAcceptor, String) {
 }
 
 /// [`serve_handler`] over TLS; stopping closes every connection at once (a server gone).
+/// A TLS origin's acceptor, and the connections (after how many, until which gate opens)
+/// whose handshake waits.
+struct HeldTls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    held: Option<(usize, Gate)>,
+}
+
 async fn serve_tls_handler(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: HeldTls,
     handler: Handler,
     mut stopped: oneshot::Receiver<()>,
     counts: Arc<OriginCounts>,
@@ -834,14 +855,22 @@ async fn serve_tls_handler(
             }
             accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
         };
-        counts
+        let earlier = counts
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let handler = Arc::clone(&handler);
-        let acceptor = acceptor.clone();
+        let acceptor = tls.acceptor.clone();
+        let hold = tls
+            .held
+            .as_ref()
+            .filter(|(first, _)| earlier >= *first)
+            .map(|(_, gate)| gate.clone());
         let mut gone = gone.subscribe();
         tokio::spawn(async move {
             let serve = async {
+                if let Some(gate) = hold {
+                    gate.pass().await;
+                }
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };

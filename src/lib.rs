@@ -87,6 +87,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use config::Config;
+use config::MemoryPolicy;
 
 /// Why outpost could not start with a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -154,11 +155,13 @@ impl Outpost {
     }
 
     /// Reads the configuration again and puts it in force: sites, origins, forwarding,
-    /// upstream timeouts, cache policy, compression, logging flags. The cache, fills in
-    /// flight and metrics are kept; established connections and in-flight requests go on.
-    /// `server.*` limits and timeouts apply to connections accepted after the reload.
-    /// Listen and admin addresses and the memory tier's size and policy need a restart: a
-    /// warning names those that changed, and so does the returned list.
+    /// upstream timeouts, cache policy, compression, logging flags, and the memory tier's
+    /// size (`cache.memory_capacity` and its shares; what no longer fits is evicted). The
+    /// cache, fills in flight and metrics are kept; established connections and in-flight
+    /// requests go on. `server.*` limits and timeouts apply to connections accepted after
+    /// the reload. Listen and admin addresses, the memory tier's policy (and its size under
+    /// one of moka's policies) and the disk tier's settings need a restart: a warning names
+    /// those that changed, and so does the returned list.
     ///
     /// # Errors
     /// [`ReloadError`] when there is no loader or the new configuration is invalid; the
@@ -175,9 +178,18 @@ impl Outpost {
             .reconfigured(&config)
             .map_err(StartError::from)?;
         let old = self.config();
-        let needs_restart = restart_only_changes(&old, &config);
+        let resizable = old.cache.memory_policy == MemoryPolicy::Wtinylfu
+            && config.cache.memory_policy == MemoryPolicy::Wtinylfu;
+        let needs_restart = restart_only_changes(&old, &config, resizable);
         if !needs_restart.is_empty() {
             tracing::warn!(settings = ?needs_restart, "reloaded, but these settings only change on restart");
+        }
+        let tier = config.cache.memory_tier_capacity();
+        if resizable
+            && tier != old.cache.memory_tier_capacity()
+            && proxy.cache().resize_memory(tier)
+        {
+            tracing::info!(bytes = tier, "the memory tier resized");
         }
         self.proxy.store(Arc::new(proxy));
         self.config.store(Arc::new(config));
@@ -237,8 +249,9 @@ impl Outpost {
     }
 }
 
-/// Settings that differ between `old` and `new` but only take effect on restart.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+/// Settings that differ between `old` and `new` but only take effect on restart; the memory
+/// tier's size is not one of them when its policy can be `resizable`.
+fn restart_only_changes(old: &Config, new: &Config, resizable: bool) -> Vec<&'static str> {
     let mut changed = Vec::new();
     if old.listen != new.listen {
         changed.push("listen");
@@ -247,17 +260,17 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         changed.push("admin");
     }
     let (a, b) = (&old.cache, &new.cache);
-    if a.memory_capacity != b.memory_capacity
-        || a.memory_policy != b.memory_policy
+    if a.memory_policy != b.memory_policy
         || a.max_variants != b.max_variants
         || a.hit_for_miss_ttl != b.hit_for_miss_ttl
     {
-        changed.push("cache.memory_capacity/memory_policy/max_variants/hit_for_miss_ttl");
-    } else if a.memory_tier_capacity() != b.memory_tier_capacity() {
-        // A new fills' budget applies to fills at once; the tier keeps the share it was
-        // built with until a restart, whichever of the two moved it.
+        changed.push("cache.memory_policy/max_variants/hit_for_miss_ttl");
+    }
+    // A new fills' budget and reserve apply at once; moka's policies keep the tier's size
+    // they were built with until a restart, whichever setting moved it.
+    if !resizable && a.memory_tier_capacity() != b.memory_tier_capacity() {
         changed.push(
-            "cache.fill_memory_budget/memory_reserve (the memory tier's share of the capacity)",
+            "cache.memory_capacity/fill_memory_budget/memory_reserve (the memory tier's size)",
         );
     }
     // The disk tier is built once, with all of these.
@@ -290,21 +303,33 @@ mod tests {
         let mut new = old.clone();
         new.compression.gzip_level = 9;
         assert!(
-            restart_only_changes(&old, &new).is_empty(),
+            restart_only_changes(&old, &new, true).is_empty(),
             "compression reloads"
         );
-        let share_moved = vec![
-            "cache.fill_memory_budget/memory_reserve (the memory tier's share of the capacity)",
+        // The default policy resizes in place; moka's are built with their size.
+        let size_moved = vec![
+            "cache.memory_capacity/fill_memory_budget/memory_reserve (the memory tier's size)",
         ];
         new.cache.fill_memory_budget = Some(crate::config::ByteSize(1 << 20));
-        assert_eq!(restart_only_changes(&old, &new), share_moved);
+        assert!(restart_only_changes(&old, &new, true).is_empty());
+        assert_eq!(restart_only_changes(&old, &new, false), size_moved);
         new.cache.fill_memory_budget = None;
         new.cache.memory_reserve = Some(crate::config::ByteSize(1 << 20));
-        assert_eq!(restart_only_changes(&old, &new), share_moved);
+        assert_eq!(restart_only_changes(&old, &new, false), size_moved);
         new.cache.memory_reserve = None;
+        new.cache.memory_capacity = crate::config::ByteSize(64 << 20);
+        assert!(restart_only_changes(&old, &new, true).is_empty());
+        assert_eq!(restart_only_changes(&old, &new, false), size_moved);
+        new.cache.memory_capacity = old.cache.memory_capacity;
+        new.cache.memory_policy = MemoryPolicy::Lru;
+        assert_eq!(
+            restart_only_changes(&old, &new, false),
+            vec!["cache.memory_policy/max_variants/hit_for_miss_ttl"]
+        );
+        new.cache.memory_policy = old.cache.memory_policy;
         new.cache.disk_max_objects = 1000;
         assert_eq!(
-            restart_only_changes(&old, &new),
+            restart_only_changes(&old, &new, true),
             vec!["cache.dir/disk_*/fsync"]
         );
     }

@@ -36,8 +36,8 @@ pub struct HeapDecline {
     /// Heap freed less heap stored since the last release, never below zero: stores that
     /// follow frees reuse their pages, frees that follow stores refill the net.
     net_freed: AtomicU64,
-    /// Past this net, the freed heap is given back.
-    threshold: u64,
+    /// Past this net, the freed heap is given back (a share of the tier's capacity).
+    threshold: AtomicU64,
     release: Option<ReleaseFreedHeap>,
     /// Releases asked for (`outpost_heap_releases`), once the tier's owner has a counter.
     releases: OnceLock<Counter>,
@@ -52,6 +52,11 @@ const THRESHOLD_SHARE: u64 = 16;
 /// on reuse than it saves.
 const LEAST_THRESHOLD: u64 = 1 << 20;
 
+/// The net freed past which a tier of `capacity` bytes gives its freed heap back.
+fn threshold_for(capacity: u64) -> u64 {
+    (capacity / THRESHOLD_SHARE).max(LEAST_THRESHOLD)
+}
+
 impl HeapDecline {
     /// For a tier of `capacity` bytes, releasing through the installed hook.
     pub fn new(capacity: u64) -> HeapDecline {
@@ -61,10 +66,16 @@ impl HeapDecline {
     fn with_release(capacity: u64, release: Option<ReleaseFreedHeap>) -> HeapDecline {
         HeapDecline {
             net_freed: AtomicU64::new(0),
-            threshold: (capacity / THRESHOLD_SHARE).max(LEAST_THRESHOLD),
+            threshold: AtomicU64::new(threshold_for(capacity)),
             release,
             releases: OnceLock::new(),
         }
+    }
+
+    /// The tier's capacity is `capacity` from now on.
+    pub fn resized(&self, capacity: u64) {
+        self.threshold
+            .store(threshold_for(capacity), Ordering::Relaxed);
     }
 
     /// Counts each release asked for in `releases` from now on (the first counter given
@@ -86,12 +97,13 @@ impl HeapDecline {
     /// The tier let go of `bytes` of heap; past the threshold, the freed heap is given
     /// back (on a blocking thread when a runtime is at hand).
     pub fn freed(&self, bytes: u64) {
+        let threshold = self.threshold.load(Ordering::Relaxed);
         let net = self.net_freed.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        if net < self.threshold {
+        if net < threshold {
             return;
         }
         let net = self.net_freed.swap(0, Ordering::AcqRel);
-        if net < self.threshold {
+        if net < threshold {
             // Another caller took the count past the threshold first: keep what was left.
             self.net_freed.fetch_add(net, Ordering::AcqRel);
             return;
@@ -135,7 +147,7 @@ mod tests {
         let decline = HeapDecline::with_release(32 << 20, Some(count_release));
         let counted = Counter::<u64>::default();
         decline.count_releases_in(counted.clone());
-        assert_eq!(decline.threshold, 2 << 20);
+        assert_eq!(decline.threshold.load(Ordering::Relaxed), 2 << 20);
         let before = RELEASES.load(Ordering::Relaxed);
         // Churn: each store evicts about as much as it brings, many times the threshold.
         for _ in 0..10_000 {
@@ -156,7 +168,9 @@ mod tests {
         }
         assert_eq!(RELEASES.load(Ordering::Relaxed), before + 2);
         assert_eq!(counted.get(), 2, "each release is counted");
-        assert!(decline.net_freed.load(Ordering::Relaxed) < decline.threshold);
+        assert!(
+            decline.net_freed.load(Ordering::Relaxed) < decline.threshold.load(Ordering::Relaxed)
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! Reads never block writers. Adding a variant uses moka's per-key compute, so two fills
 //! of different variants of one URL never lose each other's entry.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::HeaderMap;
@@ -231,8 +231,9 @@ struct Replacement {
     policy: Mutex<WindowTinyLfu<PrimaryKey>>,
     evictions: Counter,
     on_evict: Option<EvictionHook>,
-    /// The capacity configured: the policy's is this less what `charge` reports.
-    configured: u64,
+    /// The capacity configured (changed by [`MemoryTier::resize`]): the policy's is this
+    /// less what `charge` reports.
+    configured: AtomicU64,
     charge: Option<MemoryCharge>,
     /// Whether the charge has been found larger than the tier may give up (said once).
     charge_capped: std::sync::atomic::AtomicBool,
@@ -252,21 +253,21 @@ impl Replacement {
 
     /// The configured capacity less the charge, down to its floor.
     fn capacity_now(&self) -> u64 {
+        let configured = self.configured.load(Ordering::Relaxed);
         let Some(charge) = &self.charge else {
-            return self.configured;
+            return configured;
         };
         // A disk index larger than the rest would otherwise leave no memory tier at all; at
         // the floor the tier keeps the hottest objects while a disk index of up to the rest
         // of the capacity still leaves the process within it.
-        let floor = self.configured / MEMORY_TIER_LEAST_SHARE;
+        let floor = configured / MEMORY_TIER_LEAST_SHARE;
         let charged = charge();
-        let capacity = self.configured.saturating_sub(charged);
+        let capacity = configured.saturating_sub(charged);
         if capacity < floor {
-            use std::sync::atomic::Ordering;
             if !self.charge_capped.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     charged_bytes = charged,
-                    capacity = self.configured,
+                    capacity = configured,
                     "the disk tier (its index and write queue) holds more memory than seven \
                      eighths of the memory tier's share of cache.memory_capacity: the tier \
                      keeps an eighth, and \
@@ -311,7 +312,7 @@ impl MemoryTier {
                     policy: Mutex::new(WindowTinyLfu::new(capacity)),
                     evictions,
                     on_evict,
-                    configured: capacity,
+                    configured: AtomicU64::new(capacity),
                     charge: None,
                     charge_capped: std::sync::atomic::AtomicBool::new(false),
                 };
@@ -365,6 +366,25 @@ impl MemoryTier {
     pub fn counting_heap_releases(self, releases: Counter) -> MemoryTier {
         self.heap.count_releases_in(releases);
         self
+    }
+
+    /// Holds at most `capacity` bytes (less any charge) from now on; what no longer fits is
+    /// evicted at once, the least valued first, as for a newcomer. `false` with moka's own
+    /// policies, whose capacity is fixed when they are built.
+    pub fn resize(&self, capacity: u64) -> bool {
+        let Some(replacement) = &self.replacement else {
+            return false;
+        };
+        replacement.configured.store(capacity, Ordering::Relaxed);
+        self.heap.resized(capacity);
+        let capacity = replacement.capacity_now();
+        let mut evicted = Vec::new();
+        replacement
+            .policy
+            .lock()
+            .set_capacity(capacity, &mut evicted);
+        self.remove_evicted(replacement, evicted);
+        true
     }
 
     /// Bytes the tier may hold now (its configured capacity less any charge).
@@ -778,6 +798,48 @@ mod tests {
         for policy in [MemoryPolicy::Wtinylfu, MemoryPolicy::Lru] {
             full_tier_admits_a_large_object_with(policy).await;
         }
+    }
+
+    /// A resize (a reload's new `cache.memory_capacity`) takes effect at once: shrunk, the
+    /// tier evicts down to the new size without waiting for a store, an object with hits
+    /// kept; grown, it holds more. moka's own policies cannot change size and say so.
+    #[tokio::test]
+    async fn a_resize_evicts_down_to_the_new_size_at_once() {
+        let evictions = Counter::default();
+        let tier = MemoryTier::new(4 << 20, 4, MemoryPolicy::Wtinylfu, evictions.clone(), None);
+        let hot = entry("/hot", 1024);
+        tier.get(&hot.meta.key).await;
+        tier.insert(Arc::clone(&hot)).await;
+        for index in 0..3_000 {
+            if index == 100 {
+                // Hits once it left the window: it is in the protected segment.
+                for _ in 0..8 {
+                    assert!(tier.get(&hot.meta.key).await.is_some());
+                }
+            }
+            let small = entry(&format!("/small/{index}"), 1024);
+            tier.get(&small.meta.key).await;
+            tier.insert(small).await;
+        }
+        let (_, before) = tier.usage().await;
+        assert!(before > 2 << 20, "filled past the new size: {before}");
+        assert!(tier.resize(1 << 20));
+        assert_eq!(tier.capacity(), 1 << 20);
+        let (_, after) = tier.usage().await;
+        assert!(after <= 1 << 20, "evicted down to the new size: {after}");
+        assert!(evictions.get() > 0);
+        assert!(tier.peek(&hot.meta.key).is_some(), "the hot object stays");
+        assert!(tier.resize(8 << 20));
+        for index in 0..6_000 {
+            let small = entry(&format!("/more/{index}"), 1024);
+            tier.get(&small.meta.key).await;
+            tier.insert(small).await;
+        }
+        let (_, grown) = tier.usage().await;
+        assert!(grown > 4 << 20, "holds more than before: {grown}");
+        let lru = MemoryTier::new(4 << 20, 4, MemoryPolicy::Lru, Counter::default(), None);
+        assert!(!lru.resize(1 << 20));
+        assert_eq!(lru.capacity(), 4 << 20);
     }
 
     /// Memory held on the tier's behalf elsewhere (the disk index) is counted against its

@@ -166,7 +166,8 @@ impl Cache {
     }
 
     /// The same stored entries, fills in flight and hit-for-miss memory, governed by the
-    /// settings of `config` (a reload). The tiers' capacities, policy and directory, the
+    /// settings of `config` (a reload). The memory tier's size changes through
+    /// [`Cache::resize_memory`]; the disk tier's settings, the memory tier's policy, the
     /// variant bound, and the hit-for-miss lifetime, are fixed when they are built and need
     /// a restart.
     pub fn reconfigured(&self, config: &CacheConfig) -> Cache {
@@ -289,6 +290,14 @@ impl Cache {
     /// Entries and bytes of the memory tier.
     pub async fn memory_usage(&self) -> (u64, u64) {
         self.memory.usage().await
+    }
+
+    /// The memory tier holds at most `capacity` bytes (less what the disk tier holds) from
+    /// now on, as on a reload that changed its share of `cache.memory_capacity`: what no
+    /// longer fits is evicted at once. `false` with one of moka's policies, whose capacity
+    /// is fixed until a restart.
+    pub fn resize_memory(&self, capacity: u64) -> bool {
+        self.memory.resize(capacity)
     }
 
     /// Bytes the memory tier may hold now: its share of `cache.memory_capacity` less the

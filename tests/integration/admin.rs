@@ -423,7 +423,7 @@ async fn reload_switches_origin_without_dropping_in_flight_request() {
 
     // A setting read only at start is put in force by no reload, and the answer says so.
     *text.lock().unwrap() = format!(
-        "origin = \"{}\"\n[cache]\nmemory_capacity = \"64MiB\"",
+        "origin = \"{}\"\n[cache]\nmemory_policy = \"lru\"",
         new.url()
     );
     let partly = post(&format!("{admin}/reload")).await;
@@ -433,9 +433,65 @@ async fn reload_switches_origin_without_dropping_in_flight_request() {
     assert!(
         needed
             .iter()
-            .any(|s| s.as_str().unwrap().contains("memory_capacity")),
+            .any(|s| s.as_str().unwrap().contains("memory_policy")),
         "{answer}"
     );
+}
+
+/// A reload that changes `cache.memory_capacity` resizes the memory tier in place (under
+/// the default policy): shrunk, it evicts down to its new share at once rather than holding
+/// the old size until a restart, and it goes on serving. The disk tier is unaffected.
+#[tokio::test]
+async fn reload_resizes_the_memory_tier() {
+    let body = "x".repeat(48 << 10);
+    let origin = Origin::start(vec![("/o", cached(&body))]).await;
+    let config = |capacity: &str| {
+        format!(
+            "origin = \"{}\"\n[cache]\nmemory_capacity = \"{capacity}\"\n\
+             max_object_size = \"1MiB\"\n",
+            origin.url()
+        )
+    };
+    let text = Arc::new(std::sync::Mutex::new(config("64MiB")));
+    let proxy = reloadable(&text).await;
+    let admin = start_admin(&proxy).await;
+    let memory = || async {
+        let status = get(&format!("{admin}/status.json"), &[]).await;
+        let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+        let memory = &status["tiers"]["memory"];
+        (
+            memory["bytes"].as_u64().unwrap(),
+            memory["capacity_now"].as_u64().unwrap(),
+        )
+    };
+    // About 24 MiB, within the 64 MiB node's tier (32 MiB).
+    for index in 0..500 {
+        let reply = get(&proxy.url(&format!("/o?{index}")), &[]).await;
+        assert_eq!(reply.body.len(), body.len());
+    }
+    let (held, capacity) = memory().await;
+    assert!(held > 20 << 20 && held <= capacity, "{held} of {capacity}");
+
+    *text.lock().unwrap() = config("16MiB");
+    let reloaded = post(&format!("{admin}/reload")).await;
+    assert_eq!(
+        (reloaded.status.as_u16(), reloaded.text().trim()),
+        (200, r#"{"reloaded":true,"restart_needed_for":[]}"#)
+    );
+    let expected = outpost::Config::from_toml_str(&config("16MiB"), &Default::default())
+        .unwrap()
+        .cache
+        .memory_tier_capacity();
+    let (held, capacity) = memory().await;
+    assert_eq!(capacity, expected);
+    assert!(
+        held <= capacity,
+        "evicted down at once: {held} of {capacity}"
+    );
+    let reply = get(&proxy.url("/o?0"), &[]).await;
+    assert_eq!((reply.status.as_u16(), reply.body.len()), (200, body.len()));
+    let reply = get(&proxy.url("/o?0"), &[]).await;
+    assert!(is_hit(&reply), "stored again within the new size");
 }
 
 /// Without a configuration source (an embedded outpost), reload says so.

@@ -260,11 +260,8 @@ fn restart_only_changes(old: &Config, new: &Config, resizable: bool) -> Vec<&'st
         changed.push("admin");
     }
     let (a, b) = (&old.cache, &new.cache);
-    if a.memory_policy != b.memory_policy
-        || a.max_variants != b.max_variants
-        || a.hit_for_miss_ttl != b.hit_for_miss_ttl
-    {
-        changed.push("cache.memory_policy/max_variants/hit_for_miss_ttl");
+    if a.memory_policy != b.memory_policy {
+        changed.push("cache.memory_policy");
     }
     // A new fills' budget and reserve apply at once; moka's policies keep the tier's size
     // they were built with until a restart, whichever setting moved it.
@@ -324,9 +321,13 @@ mod tests {
         new.cache.memory_policy = MemoryPolicy::Lru;
         assert_eq!(
             restart_only_changes(&old, &new, false),
-            vec!["cache.memory_policy/max_variants/hit_for_miss_ttl"]
+            vec!["cache.memory_policy"]
         );
         new.cache.memory_policy = old.cache.memory_policy;
+        new.cache.max_variants = 2;
+        new.cache.hit_for_miss_ttl =
+            crate::config::HumanDuration(std::time::Duration::from_secs(1));
+        assert!(restart_only_changes(&old, &new, true).is_empty());
         new.cache.disk_max_objects = 1000;
         assert_eq!(
             restart_only_changes(&old, &new, true),

@@ -368,6 +368,15 @@ impl MemoryTier {
         self
     }
 
+    /// The same tier, keeping at most `max_variants` variants of a resource from its next
+    /// store on (a reload).
+    pub fn with_max_variants(&self, max_variants: usize) -> MemoryTier {
+        MemoryTier {
+            max_variants: max_variants.max(1),
+            ..self.clone()
+        }
+    }
+
     /// Holds at most `capacity` bytes (less any charge) from now on; what no longer fits is
     /// evicted at once, the least valued first, as for a newcomer. `false` with moka's own
     /// policies, whose capacity is fixed when they are built.
@@ -798,6 +807,33 @@ mod tests {
         for policy in [MemoryPolicy::Wtinylfu, MemoryPolicy::Lru] {
             full_tier_admits_a_large_object_with(policy).await;
         }
+    }
+
+    /// A reload's new `cache.max_variants` bounds the next store of a resource, through the
+    /// same stored entries.
+    #[tokio::test]
+    async fn a_new_variant_bound_applies_from_the_next_store() {
+        let tier = MemoryTier::new(
+            64 << 20,
+            4,
+            MemoryPolicy::Wtinylfu,
+            Counter::default(),
+            None,
+        );
+        let stored = entry("/varies", 100);
+        let variant = |byte: u8| {
+            let mut other = StoredResponse::clone(&stored);
+            other.meta.variant = VariantKey([byte; 32]);
+            Arc::new(other)
+        };
+        for byte in 1..=3 {
+            tier.insert(variant(byte)).await;
+        }
+        assert_eq!(tier.peek(&stored.meta.key).unwrap().len(), 3);
+        let bounded = tier.with_max_variants(2);
+        let set = bounded.insert(variant(4)).await.unwrap();
+        assert_eq!(set.len(), 2, "the newest two kept");
+        assert_eq!(tier.peek(&stored.meta.key).unwrap().len(), 2, "one store");
     }
 
     /// A resize (a reload's new `cache.memory_capacity`) takes effect at once: shrunk, the

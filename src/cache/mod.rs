@@ -111,6 +111,20 @@ pub enum StoreChange {
     NewRow,
 }
 
+/// How long a response found uncacheable makes its key skip coalescing (moka needs more
+/// than zero).
+fn hit_for_miss_lifetime(config: &CacheConfig) -> Duration {
+    config.hit_for_miss_ttl.get().max(Duration::from_millis(1))
+}
+
+/// The keys whose last response was uncacheable, each for `cache.hit_for_miss_ttl`.
+fn hit_for_miss_memory(config: &CacheConfig) -> moka::sync::Cache<PrimaryKey, (), DigestHasher> {
+    moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(hit_for_miss_lifetime(config))
+        .build_with_hasher(DigestHasher::default())
+}
+
 impl Cache {
     /// Builds the tiers. A disk tier that cannot be opened (unusable directory, corrupt or
     /// locked index) is logged loudly and left out: outpost runs memory-only.
@@ -136,10 +150,7 @@ impl Cache {
             Some(disk) => memory.charged_with(Box::new(move || disk.memory_held())),
             None => memory,
         };
-        let hit_for_miss = moka::sync::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(config.hit_for_miss_ttl.get().max(Duration::from_millis(1)))
-            .build_with_hasher(DigestHasher::default());
+        let hit_for_miss = hit_for_miss_memory(config);
         let has_disk = disk.is_some();
         let shared = SharedStores {
             memory,
@@ -167,15 +178,16 @@ impl Cache {
 
     /// The same stored entries, fills in flight and hit-for-miss memory, governed by the
     /// settings of `config` (a reload). The memory tier's size changes through
-    /// [`Cache::resize_memory`]; the disk tier's settings, the memory tier's policy, the
-    /// variant bound, and the hit-for-miss lifetime, are fixed when they are built and need
-    /// a restart.
+    /// [`Cache::resize_memory`]; the disk tier's settings and the memory tier's policy are
+    /// fixed when they are built and need a restart. A new variant bound applies to the
+    /// next store of each resource; a new hit-for-miss lifetime starts an empty
+    /// hit-for-miss memory (its marks only spare requests a wait).
     pub fn reconfigured(&self, config: &CacheConfig) -> Cache {
         if config.offline != self.configured_offline {
             self.set_offline(config.offline);
         }
         let shared = SharedStores {
-            memory: self.memory.clone(),
+            memory: self.memory.with_max_variants(config.max_variants),
             disk: self.disk.clone(),
             coalescer: Arc::clone(&self.coalescer),
             promotions: Arc::clone(&self.promotions),
@@ -186,7 +198,13 @@ impl Cache {
             } else {
                 Arc::new(Limiter::new(fill_slot_bounds(config)))
             },
-            hit_for_miss: self.hit_for_miss.clone(),
+            hit_for_miss: if self.hit_for_miss.policy().time_to_live()
+                == Some(hit_for_miss_lifetime(config))
+            {
+                self.hit_for_miss.clone()
+            } else {
+                hit_for_miss_memory(config)
+            },
             offline: Arc::clone(&self.offline),
             disk_writes: self.disk_writes.clone(),
             fills: self.fills.clone(),

@@ -38,11 +38,18 @@ use connector::Counted;
 use h2::{H2Origins, H2Sent};
 use http1::{DrivenBody, Http1Origins};
 
-/// Why the upstream client could not be built (a bad CA file).
+/// Why the upstream client could not be built (a bad CA file or client certificate).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamSetupError {
     #[error("upstream.ca_file {path}: {message}")]
     CaFile { path: String, message: String },
+    /// `setting` is `upstream.client_cert` or `upstream.client_key`.
+    #[error("{setting} {path}: {message}")]
+    ClientCert {
+        setting: &'static str,
+        path: String,
+        message: String,
+    },
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -476,10 +483,65 @@ fn tls_client_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, Up
     // One crypto provider, chosen explicitly: rustls panics at first use when it cannot
     // tell which of several compiled-in providers to use.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    match client_identity(config)? {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|err| {
+            UpstreamSetupError::ClientCert {
+                setting: "upstream.client_key",
+                path: config
+                    .client_key
+                    .as_deref()
+                    .map(|path| path.display().to_string())
+                    .unwrap_or_default(),
+                message: format!("does not go with upstream.client_cert: {err}"),
+            }
+        }),
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The certificate chain and key presented to origins that ask for one, when both are set.
+fn client_identity(
+    config: &UpstreamConfig,
+) -> Result<
+    Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+    UpstreamSetupError,
+> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let failed = |setting: &'static str, path: &std::path::Path, message: String| {
+        UpstreamSetupError::ClientCert {
+            setting,
+            path: path.display().to_string(),
+            message,
+        }
+    };
+    let alone = "client_cert and client_key go together: set both or neither".to_string();
+    let (cert_path, key_path) = match (&config.client_cert, &config.client_key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(cert), None) => return Err(failed("upstream.client_cert", cert, alone)),
+        (None, Some(key)) => return Err(failed("upstream.client_key", key, alone)),
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|err| failed("upstream.client_cert", cert_path, err.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|err| failed("upstream.client_cert", cert_path, err.to_string()))?;
+    if chain.is_empty() {
+        return Err(failed(
+            "upstream.client_cert",
+            cert_path,
+            "no PEM certificate in the file".to_string(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|err| failed("upstream.client_key", key_path, err.to_string()))?;
+    Ok(Some((chain, key)))
 }
 
 /// Maps a client error to the RFC 9209 error it is, by walking its causes.

@@ -33,3 +33,55 @@ async fn https_origin_with_unknown_certificate_gives_502_tls_error() {
         "{proxy_status}"
     );
 }
+
+/// Authenticated origin pulls: an origin that requires a client certificate (RFC 8446
+/// §4.3.2, CertificateRequest) refuses outpost without one, a 502 (RFC 9209 §2.3); with
+/// `upstream.client_cert` and `upstream.client_key` it serves. One of the two alone is a
+/// configuration error, not a silent anonymous pull.
+#[tokio::test]
+async fn an_origin_requiring_a_client_certificate_gets_the_configured_one() {
+    let (origin, identity) = TlsOrigin::start_requiring_client_cert().await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ca = write("ca.pem", &origin.cert_pem);
+    let cert = write("edge.pem", &identity.cert_pem);
+    let key = write("edge.key", &identity.key_pem);
+    let url = format!("https://localhost:{}", origin.port);
+
+    let anonymous = Proxy::start(&url, &format!("[upstream]\nca_file = \"{ca}\"")).await;
+    let reply = get(&anonymous.url("/page"), &[]).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert!(reply.header("proxy-status").is_some());
+
+    let identified = Proxy::start(
+        &url,
+        &format!(
+            "[upstream]\nca_file = \"{ca}\"\nclient_cert = \"{cert}\"\nclient_key = \"{key}\""
+        ),
+    )
+    .await;
+    let reply = get(&identified.url("/page"), &[]).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text().as_str()),
+        (200, "secure /page")
+    );
+
+    let half = format!("origin = \"{url}\"\n[upstream]\nclient_cert = \"{cert}\"");
+    let refused = outpost::Config::from_toml_str(&half, &Default::default()).unwrap_err();
+    assert!(refused.to_string().contains("go together"), "{refused}");
+    // A key that is not the certificate's is refused when the client is built.
+    let other = TlsOrigin::start_requiring_client_cert().await.1;
+    let other_key = write("other.key", &other.key_pem);
+    let mismatched = outpost::Config::from_toml_str(
+        &format!(
+            "origin = \"{url}\"\n[upstream]\nclient_cert = \"{cert}\"\nclient_key = \"{other_key}\""
+        ),
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(outpost::upstream::Upstream::new(&mismatched.upstream).is_err());
+}

@@ -814,23 +814,32 @@ async fn serve_handler(
 /// A TLS acceptor for `localhost` with a fresh self-signed certificate (returned as PEM)
 /// offering `alpn`.
 fn localhost_tls(alpn: &[&str]) -> (tokio_rustls::TlsAcceptor, String) {
+    localhost_tls_verifying(alpn, None)
+}
+
+/// [`localhost_tls`], requiring a client certificate that `clients` verifies when given.
+fn localhost_tls_verifying(
+    alpn: &[&str],
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> (tokio_rustls::TlsAcceptor, String) {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let cert_pem = certified.cert.pem();
     let cert_der: CertificateDer<'static> = certified.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert_der], key)
         .unwrap();
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(vec![cert_der], key).unwrap();
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     (tokio_rustls::TlsAcceptor::from(Arc::new(config)), cert_pem)
 }
 
-/// [`serve_handler`] over TLS; stopping closes every connection at once (a server gone).
 /// A TLS origin's acceptor, and the connections (after how many, until which gate opens)
 /// whose handshake waits.
 struct HeldTls {
@@ -838,6 +847,7 @@ struct HeldTls {
     held: Option<(usize, Gate)>,
 }
 
+/// [`serve_handler`] over TLS; stopping closes every connection at once (a server gone).
 async fn serve_tls_handler(
     listener: TcpListener,
     tls: HeldTls,
@@ -898,9 +908,50 @@ pub struct TlsOrigin {
     pub versions: Arc<Mutex<Vec<Version>>>,
 }
 
+/// A client certificate (chain and key, PEM) issued by a fresh CA.
+pub struct ClientIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 impl TlsOrigin {
     pub async fn start(alpn: &[&str]) -> TlsOrigin {
-        let (acceptor, cert_pem) = localhost_tls(alpn);
+        TlsOrigin::serve(localhost_tls(alpn)).await
+    }
+
+    /// A TLS origin (HTTP/1.1) that requires a client certificate from its own CA, and the
+    /// identity that CA issued to its CDN.
+    pub async fn start_requiring_client_cert() -> (TlsOrigin, ClientIdentity) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "origin's client CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let edge_key = KeyPair::generate().unwrap();
+        let mut edge = CertificateParams::new(Vec::<String>::new()).unwrap();
+        edge.distinguished_name.push(DnType::CommonName, "edge");
+        edge.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let edge_cert = edge.signed_by(&edge_key, &ca_cert, &ca_key).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let origin = TlsOrigin::serve(localhost_tls_verifying(&["http/1.1"], Some(verifier))).await;
+        let identity = ClientIdentity {
+            cert_pem: edge_cert.pem(),
+            key_pem: edge_key.serialize_pem(),
+        };
+        (origin, identity)
+    }
+
+    async fn serve((acceptor, cert_pem): (tokio_rustls::TlsAcceptor, String)) -> TlsOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let versions = Arc::new(Mutex::new(Vec::new()));

@@ -182,7 +182,8 @@ impl From<OriginBody> for Body {
 
 impl Upstream {
     /// # Errors
-    /// [`UpstreamSetupError`] when `ca_file` cannot be read or holds no certificate.
+    /// [`UpstreamSetupError`] when `ca_file` cannot be read or holds no certificate, or
+    /// `client_cert` and `client_key` are not a readable certificate chain and its key.
     pub fn new(config: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);

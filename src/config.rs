@@ -116,14 +116,38 @@ fn describe_figment_error(error: &figment::Error) -> String {
                 },
                 None => "configuration".to_string(),
             };
+            let what = describe_kind(&err.kind);
             if key.is_empty() {
-                format!("{place}: {}", err.kind)
+                format!("{place}: {what}")
             } else {
-                format!("{place}: key `{key}`: {}", err.kind)
+                format!("{place}: key `{key}`: {what}")
             }
         })
         .collect();
     lines.join("\n")
+}
+
+/// What is wrong, in words; a mistyped setting's name gets the nearest known one.
+fn describe_kind(kind: &figment::error::Kind) -> String {
+    let figment::error::Kind::UnknownField(found, known) = kind else {
+        return kind.to_string();
+    };
+    let nearest = known
+        .iter()
+        .map(|name| (strsim::damerau_levenshtein(found, name), *name))
+        .filter(|(distance, name)| *distance <= 2.max(name.len() / 4))
+        .min();
+    let listed = known
+        .iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match nearest {
+        Some((_, name)) => {
+            format!("no such setting; did you mean `{name}`? (known here: {listed})")
+        }
+        None => format!("no such setting (known here: {listed})"),
+    }
 }
 
 impl From<figment::Error> for ConfigError {
@@ -2237,6 +2261,35 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("cache.memory_reserve"), "{err}");
+    }
+
+    /// A mistyped setting is named with the nearest known one, and the known ones listed;
+    /// a name near none gets the list alone.
+    #[test]
+    fn a_mistyped_setting_gets_the_nearest_known_name() {
+        for (toml, expected) in [
+            (
+                "[cache]\nmemory_capacty = \"1GiB\"",
+                "did you mean `memory_capacity`?",
+            ),
+            ("[cach]\nx = 1", "did you mean `cache`?"),
+            (
+                "[upstream]\nconect_timeout = \"1s\"",
+                "did you mean `connect_timeout`?",
+            ),
+        ] {
+            let text = format!("origin = \"http://127.0.0.1:1\"\n{toml}");
+            let err = Config::from_toml_str(&text, &FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{expected} missing from: {err}");
+            assert!(err.contains("known here:"), "{err}");
+        }
+        let err = Config::from_toml_str("[cache]\nzzz = 1", &FlagOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("did you mean"), "{err}");
+        assert!(err.contains("no such setting"), "{err}");
     }
 
     /// Header names, Host values and codings are checked when read, naming the key.

@@ -127,11 +127,25 @@ fn describe_figment_error(error: &figment::Error) -> String {
     lines.join("\n")
 }
 
-/// What is wrong, in words; a mistyped setting's name gets the nearest known one.
+/// What is wrong, in words; a mistyped setting or choice gets the nearest known one.
 fn describe_kind(kind: &figment::error::Kind) -> String {
-    let figment::error::Kind::UnknownField(found, known) = kind else {
-        return kind.to_string();
-    };
+    use figment::error::Kind;
+    match kind {
+        Kind::UnknownField(found, known) => {
+            format!("no such setting{}", nearest_and_known(found, known))
+        }
+        Kind::UnknownVariant(found, known) => {
+            format!(
+                "`{found}` is not a choice here{}",
+                nearest_and_known(found, known)
+            )
+        }
+        _ => kind.to_string(),
+    }
+}
+
+/// "; did you mean `x`? (known here: ...)" for `found` among `known`.
+fn nearest_and_known(found: &str, known: &[&str]) -> String {
     let nearest = known
         .iter()
         .map(|name| (strsim::damerau_levenshtein(found, name), *name))
@@ -143,10 +157,8 @@ fn describe_kind(kind: &figment::error::Kind) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     match nearest {
-        Some((_, name)) => {
-            format!("no such setting; did you mean `{name}`? (known here: {listed})")
-        }
-        None => format!("no such setting (known here: {listed})"),
+        Some((_, name)) => format!("; did you mean `{name}`? (known here: {listed})"),
+        None => format!(" (known here: {listed})"),
     }
 }
 
@@ -2285,6 +2297,14 @@ mod tests {
             assert!(err.contains(expected), "{expected} missing from: {err}");
             assert!(err.contains("known here:"), "{err}");
         }
+        let text = "[upstream]\nprotocol = \"http2\"";
+        let err = Config::from_toml_str(text, &FlagOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`http2` is not a choice here; did you mean `http1`?"),
+            "{err}"
+        );
         let err = Config::from_toml_str("[cache]\nzzz = 1", &FlagOverrides::default())
             .unwrap_err()
             .to_string();

@@ -38,6 +38,10 @@ pub struct LoadArgs {
     #[arg(long = "header", short = 'H', value_name = "HEADER")]
     pub headers: Vec<String>,
     /// Also write the report as JSON.
+    /// A CA certificate (PEM) trusted besides the web roots, for an https:// URL (an edge
+    /// whose certificate your own authority issued).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// No progress line.
@@ -84,6 +88,7 @@ pub fn load(args: &LoadArgs) -> Result<()> {
         max_requests: args.requests,
         seed: args.seed,
         headers,
+        ca_file: args.ca_file.clone(),
     };
     let bar = super::progress_bar(
         args.quiet,

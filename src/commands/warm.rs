@@ -11,9 +11,13 @@ pub struct WarmArgs {
     /// any file may be prefixed with `pip:`, `cargo:`, `npm:` or `debian:`).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<String>,
-    /// The running mirror's base URL.
+    /// The running mirror's base URL (http:// or https://).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub mirror: String,
+    /// A CA certificate (PEM) trusted besides the web roots, for an https:// mirror whose
+    /// certificate your own authority issued.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// The mirror's configuration, for where its registries are mounted (else /pypi/,
     /// /crates/, /npm/, /debian/).
     #[arg(long, value_name = "FILE")]
@@ -71,6 +75,7 @@ pub fn warm(args: &WarmArgs) -> Result<()> {
                 .collect(),
         },
         concurrency: args.concurrency,
+        ca_file: args.ca_file.clone(),
     };
     let bar = super::progress_bar(
         args.quiet,
@@ -85,7 +90,7 @@ pub fn warm(args: &WarmArgs) -> Result<()> {
     let report = runtime.block_on(warm::warm(plan, manifests, move |done, total| {
         progress.set_length(total);
         progress.set_position(done);
-    }));
+    }))?;
     bar.finish_and_clear();
     println!(
         "warmed through {}: {} fetched, {} already cached, {} failed ({} bytes)",

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::Distribution;
@@ -35,6 +33,8 @@ pub struct LoadPlan {
     pub seed: u64,
     /// Extra request headers.
     pub headers: Vec<(String, String)>,
+    /// A CA trusted besides the web roots for an `https://` URL.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// What a load run observed.
@@ -84,8 +84,10 @@ pub enum LoadError {
         url: String,
         source: http::uri::InvalidUri,
     },
-    #[error("the URL `{0}` is not an http:// URL with a host (load speaks plain HTTP)")]
+    #[error("the URL `{0}` is not an http:// or https:// URL with a host")]
     NotHttp(String),
+    #[error(transparent)]
+    Client(#[from] super::client::ToolClientError),
     #[error("zipf exponent {0} is not usable (finite, 0 or more)")]
     BadZipf(f64),
 }
@@ -219,7 +221,7 @@ impl Keys {
     }
 }
 
-type LoadClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+type LoadClient = super::client::ToolClient;
 
 /// Runs the plan; `progress` is called about ten times a second with requests done so far.
 ///
@@ -230,9 +232,8 @@ pub async fn run(
     plan: LoadPlan,
     progress: impl Fn(u64) + Send + 'static,
 ) -> Result<LoadReport, LoadError> {
-    let client: LoadClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(plan.concurrency.max(1))
-        .build_http();
+    let client: LoadClient =
+        super::client::tool_client(plan.concurrency.max(1), plan.ca_file.as_deref())?;
     let sample = url_for(&plan.url, 0);
     let parsed = sample
         .parse::<http::Uri>()
@@ -240,7 +241,8 @@ pub async fn run(
             url: sample.clone(),
             source,
         })?;
-    if parsed.scheme() != Some(&http::uri::Scheme::HTTP) || parsed.host().is_none() {
+    let web = [http::uri::Scheme::HTTP, http::uri::Scheme::HTTPS];
+    if !parsed.scheme().is_some_and(|scheme| web.contains(scheme)) || parsed.host().is_none() {
         return Err(LoadError::NotHttp(plan.url));
     }
     let keys = Arc::new(Keys::new(&plan.keys)?);

@@ -459,7 +459,14 @@ fn tag_client_body(body: Body) -> Body {
     Body::boxed(body.map_err(ClientBodyFailed))
 }
 
-fn tls_client_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamSetupError> {
+/// The TLS client settings for origins: the web roots plus `ca_file`, and the client
+/// certificate when set. The tools use them too, to reach a running outpost over https.
+///
+/// # Errors
+/// [`UpstreamSetupError`] for an unreadable CA file or client certificate.
+pub fn tls_client_config(
+    config: &UpstreamConfig,
+) -> Result<rustls::ClientConfig, UpstreamSetupError> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };

@@ -696,3 +696,63 @@ fn check_warns_of_an_expired_ocsp_response() {
         assert_eq!(warned, expired, "{next_update}: {said}");
     }
 }
+
+/// `outpost load` speaks https too (RFC 9110 §4.2.2): against the TLS listener, trusting
+/// the edge's own certificate by `--ca-file`, every request is answered and counted;
+/// without it, the unknown certificate fails every request, and the run says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_drives_an_https_edge_that_its_ca_file_vouches_for() {
+    let origin = Origin::start(vec![(
+        "/obj",
+        fixed(&[("cache-control", "max-age=60")], "x"),
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = write_cert(dir.path(), "edge", &["localhost"]);
+    let (origin_url, cert_path, key_path) = (origin.url(), cert.clone(), key.clone());
+    let edge = start_edge(move |tls| {
+        format!(
+            "origin = \"{origin_url}\"\n[log]\naccess_log = false\n[tls]\nlisten = [\"{tls}\"]\n\
+             cert = \"{}\"\nkey = \"{}\"\n",
+            cert_path.display(),
+            key_path.display()
+        )
+    })
+    .await;
+    let url = format!("https://localhost:{}/obj?k={{key}}", edge.tls.port());
+    let json = dir.path().join("load.json");
+    let run = |ca_file: Option<PathBuf>| {
+        let (url, json) = (url.clone(), json.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"));
+            command.args(["load", &url, "--keys", "10", "--requests", "200", "-c", "4"]);
+            command.args([
+                "--duration",
+                "60s",
+                "--quiet",
+                "--json",
+                json.to_str().unwrap(),
+            ]);
+            if let Some(ca_file) = &ca_file {
+                command.args(["--ca-file", ca_file.to_str().unwrap()]);
+            }
+            command.output().expect("outpost runs")
+        })
+    };
+    let trusted = run(Some(cert.clone())).await.unwrap();
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["requests"], 200);
+    assert_eq!(report["statuses"]["200"], 200);
+    assert!(report["hits"].as_u64().unwrap() >= 200 - 10 * 4);
+    assert_eq!(origin.hits("/obj"), 10, "one fill per key");
+
+    let untrusted = run(None).await.unwrap();
+    assert!(!untrusted.status.success());
+    let said = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(said.contains("every request failed"), "{said}");
+}

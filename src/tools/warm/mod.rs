@@ -13,10 +13,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use super::client::ToolClientError;
 use crate::config::{MirrorConfig, RegistryKind};
 use crate::mirror::documents::{cargo_download_path, cargo_index_prefix, debian_field, html_links};
 use crate::mirror::{debian, decode};
@@ -86,6 +85,8 @@ pub struct WarmPlan {
     pub debian: DebianIndex,
     /// Artifact downloads in flight at once.
     pub concurrency: usize,
+    /// A CA trusted besides the web roots for an `https://` mirror.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// What a warm run did.
@@ -99,8 +100,6 @@ pub struct WarmReport {
     pub failed: Vec<(String, String)>,
     pub bytes: u64,
 }
-
-type WarmClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
 
 /// One answer of the mirror.
 struct Answer {
@@ -120,20 +119,22 @@ struct Tally {
 }
 
 struct Warmer {
-    client: WarmClient,
+    client: super::client::ToolClient,
     plan: WarmPlan,
     tally: Tally,
 }
 
 /// Runs the plan over `manifests`; `progress(done, total)` follows the artifact downloads.
+///
+/// # Errors
+/// [`ToolClientError`] when the plan's CA file cannot be read; what could not be fetched
+/// is in the report.
 pub async fn warm(
     plan: WarmPlan,
     manifests: Vec<(Kind, Manifest)>,
     progress: impl Fn(u64, u64) + Send + Sync + 'static,
-) -> WarmReport {
-    let client = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(plan.concurrency.max(1))
-        .build_http();
+) -> Result<WarmReport, ToolClientError> {
+    let client = super::client::tool_client(plan.concurrency.max(1), plan.ca_file.as_deref())?;
     let warmer = Arc::new(Warmer {
         client,
         plan,
@@ -172,12 +173,12 @@ pub async fn warm(
     while workers.join_next().await.is_some() {}
     let tally = &warmer.tally;
     let failed = tally.failed.lock().clone();
-    WarmReport {
+    Ok(WarmReport {
         fetched: tally.fetched.load(Ordering::Relaxed),
         cached: tally.cached.load(Ordering::Relaxed),
         failed,
         bytes: tally.bytes.load(Ordering::Relaxed),
-    }
+    })
 }
 
 impl Warmer {

@@ -112,6 +112,11 @@ fn describe_figment_error(error: &figment::Error) -> String {
             let place = match &err.metadata {
                 Some(meta) => match &meta.source {
                     Some(figment::Source::File(path)) => path.display().to_string(),
+                    // The variable itself, as it was set (figment names only the prefix).
+                    _ if meta.name.contains(ENV_PREFIX) && !key.is_empty() => {
+                        let name = err.path.join("__").to_ascii_uppercase();
+                        format!("environment variable {ENV_PREFIX}{name}")
+                    }
                     _ => meta.name.to_string(),
                 },
                 None => "configuration".to_string(),

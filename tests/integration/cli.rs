@@ -308,7 +308,22 @@ fn environment_errors_name_the_variable() {
         message.to_lowercase().contains("upstream.connect_timeout"),
         "{message}"
     );
-    assert!(message.contains("OUTPOST_` environment"), "{message}");
+    assert!(
+        message.contains("environment variable OUTPOST_UPSTREAM__CONNECT_TIMEOUT"),
+        "{message}"
+    );
+    // A mistyped variable is named as set, with the setting it was probably meant for.
+    let output = outpost(
+        &["check", "--origin", "http://127.0.0.1:9000"],
+        &[("OUTPOST_CACHE__MEMORY_CAPACTY", "1GiB")],
+    );
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("OUTPOST_CACHE__MEMORY_CAPACTY")
+            && message.contains("did you mean `memory_capacity`?"),
+        "{message}"
+    );
 }
 
 #[test]

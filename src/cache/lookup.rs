@@ -40,6 +40,10 @@ pub struct MissPlan {
     /// Send the client's Range to the origin (its 206 is kept as a partial entry) instead
     /// of fetching the whole representation; such a fetch is never shared.
     pub forwards_range: bool,
+    /// A partial entry that holds the forwarded range but may not be used unvalidated: the
+    /// range is asked for with its validators, and a 304 freshens it and answers from it
+    /// (RFC 9111 §4.3.1, §4.3.4), sparing the bytes.
+    pub stale_partial: Option<Arc<PartialEntry>>,
 }
 
 /// The most entity tags a Vary miss offers the origin (see [`MissPlan::other_variants`]):
@@ -91,11 +95,22 @@ pub enum Lookup {
     Fetch(MissPlan),
     /// A partial entry of the representation may answer this Range request (RFC 9111
     /// §3.3): if it holds every byte asked for, it does (with `status`); if not, `otherwise`.
+    /// One that `must_validate` (stale, or `no-cache`) answers only once the origin says
+    /// it is unchanged.
     Partial {
         entry: Arc<PartialEntry>,
         status: CacheStatus,
         otherwise: Box<Lookup>,
+        must_validate: bool,
     },
+}
+
+/// A partial entry a Range request may be answered from, how, and whether only once
+/// validated.
+struct PartialUse {
+    entry: Arc<PartialEntry>,
+    status: CacheStatus,
+    must_validate: bool,
 }
 
 /// What the lookup knows once it has looked at the tiers.
@@ -156,10 +171,15 @@ impl Cache {
             }
             let miss = self.miss(miss_plan, &directives, is_vary_miss);
             return match partial {
-                Some((entry, status)) => Lookup::Partial {
+                Some(PartialUse {
+                    entry,
+                    status,
+                    must_validate,
+                }) => Lookup::Partial {
                     entry,
                     status,
                     otherwise: Box::new(miss),
+                    must_validate,
                 },
                 None => miss,
             };
@@ -192,14 +212,15 @@ impl Cache {
 
     /// The partial entry that may answer this GET with a Range, and the Cache-Status of
     /// doing so: its variant is the request's and it may be reused now (fresh, allowed
-    /// stale, or offline). It is never validated: a stale one is fetched anew.
+    /// stale, or offline), or once validated, when it has a strong entity tag (a weak one
+    /// would not vouch for its bytes, RFC 9110 §8.8.1).
     async fn usable_partial(
         &self,
         key: &PrimaryKey,
         request: &http::request::Parts,
         directives: &policy::Directives,
         now: SystemTime,
-    ) -> Option<(Arc<PartialEntry>, CacheStatus)> {
+    ) -> Option<PartialUse> {
         if request.method != Method::GET || !request.headers.contains_key(header::RANGE) {
             return None;
         }
@@ -212,15 +233,28 @@ impl Cache {
             return None;
         }
         let ttl = meta.freshness.ttl_seconds(now);
+        let usable = |entry, status, must_validate| PartialUse {
+            entry,
+            status,
+            must_validate,
+        };
         match policy::evaluate_reuse(&meta.freshness, directives, now) {
             Reuse::Fresh | Reuse::StaleAllowed => {}
             _ if self.is_offline() && self.offline_may_serve(&meta.freshness) => {
                 let status = CacheStatus::hit(ttl).with_detail(Detail::Offline);
-                return Some((entry, status));
+                return Some(usable(entry, status, false));
+            }
+            _ if entry.has_strong_validator() => {
+                let status = CacheStatus::forward(FwdReason::Stale).with_detail(Detail::Partial);
+                return Some(usable(entry, status, true));
             }
             _ => return None,
         }
-        Some((entry, CacheStatus::hit(ttl).with_detail(Detail::Partial)))
+        Some(usable(
+            entry,
+            CacheStatus::hit(ttl).with_detail(Detail::Partial),
+            false,
+        ))
     }
 
     /// Offline mode serves what is stored, fresh or not, unless the response forbids stale
@@ -357,6 +391,7 @@ impl PlanSource<'_> {
             reason: FwdReason::UriMiss,
             is_coalescable: self.is_coalescable,
             forwards_range: false,
+            stale_partial: None,
         }
     }
 }
@@ -377,6 +412,7 @@ pub fn unshared_plan(
         reason,
         is_coalescable: false,
         forwards_range: false,
+        stale_partial: None,
     }
 }
 

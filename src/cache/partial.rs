@@ -3,6 +3,8 @@
 //! served from them; pieces with the same strong validator combine, and once they cover the
 //! whole representation it becomes an ordinary stored response. A piece with another
 //! validator, or with none, replaces what was held: pieces of two representations never mix.
+//! One that must be validated before use is, by its strong validator, when it holds the
+//! range asked for; a 304 freshens its head and keeps its pieces (RFC 9111 §4.3.4).
 //!
 //! Partial entries live in memory, in their own budget (`cache.partial_capacity`), one per
 //! resource (the variant of its latest piece). They are not written to the disk tier.
@@ -88,6 +90,20 @@ impl PartialEntry {
 
     pub fn complete_len(&self) -> u64 {
         self.meta.body_len
+    }
+
+    /// Whether it has a strong entity tag: what a 304 must name to vouch for its bytes, and
+    /// what pieces must share to combine.
+    pub fn has_strong_validator(&self) -> bool {
+        strong_etag(&self.meta.headers).is_some()
+    }
+
+    /// The same pieces under `meta`, the head a 304 freshened (RFC 9111 §4.3.4).
+    pub fn with_head(&self, meta: EntryMeta) -> PartialEntry {
+        PartialEntry {
+            meta,
+            pieces: self.pieces.clone(),
+        }
     }
 
     /// Bytes held, for the budget.

@@ -130,6 +130,19 @@ async fn lead(
                     "fill stored a response yet called it uncacheable".into(),
                 ))
             }
+            LeaderAnswer::PartialRevalidated(entry, own_fields) => {
+                ctx.status.fwd_status = Some(304);
+                ctx.status.stored = true;
+                ctx.status.detail = Some(Detail::Partial);
+                // Validated because it held the range; its pieces are unchanged.
+                if !super::range::partial_answers(&entry, miss.parts) {
+                    return Err(ProxyError::Internal(
+                        "a revalidated partial entry no longer holds the range".into(),
+                    ));
+                }
+                ctx.own_fields = (!own_fields.is_empty()).then_some(own_fields);
+                Delivery::Partial(entry)
+            }
             LeaderAnswer::Partial(entry, as_received, own_fields) => {
                 ctx.status.fwd_status = Some(206);
                 ctx.status.stored = true;
@@ -416,6 +429,8 @@ fn fill_request(
     let mut request = interim::relay_to(request, miss.interim.filter(|_| for_client));
     if let Some(stale) = &miss.plan.stale {
         policy::add_validators(request.headers_mut(), &stale.meta.headers);
+    } else if let Some(partial) = &miss.plan.stale_partial {
+        policy::add_validators(request.headers_mut(), &partial.meta.headers);
     } else {
         let others = miss.plan.other_variants.iter();
         policy::add_entity_tags(
@@ -472,6 +487,9 @@ enum LeaderAnswer {
     /// a request the entry cannot answer, and the fields the entry was kept without (the
     /// leader's own, added back when the entry answers).
     Partial(Arc<PartialEntry>, Response<Body>, HeaderMap),
+    /// A partial entry a 304 freshened, which holds the leader's range, and the fields it
+    /// is kept without (the leader's own).
+    PartialRevalidated(Arc<PartialEntry>, HeaderMap),
     /// The response is stored without these fields (a qualified no-cache or private named
     /// them); they are the leader's own, sent before the fill's status.
     OwnFields(HeaderMap),
@@ -639,7 +657,11 @@ impl FillTask {
             return;
         };
         if head.status == StatusCode::NOT_MODIFIED {
-            if Box::pin(self.freshen(&head, &uri, times)).await {
+            let freshened = match self.plan.stale_partial.clone() {
+                Some(partial) => Box::pin(self.freshen_partial(&partial, &head, &uri, times)).await,
+                None => Box::pin(self.freshen(&head, &uri, times)).await,
+            };
+            if freshened {
                 return;
             }
             // A 304 for no stored response this fill validated (another entity tag, or
@@ -685,7 +707,9 @@ impl FillTask {
     /// Whether the fill's request carries validators of stored responses: a stale entry's
     /// own, or other variants' entity tags.
     fn sends_validators(&self) -> bool {
-        self.plan.stale.is_some() || !self.plan.other_variants.is_empty()
+        self.plan.stale.is_some()
+            || self.plan.stale_partial.is_some()
+            || !self.plan.other_variants.is_empty()
     }
 
     /// The stored response a 304 with fields `not_modified` selects among those this fill
@@ -858,6 +882,39 @@ impl FillTask {
             self.answer_leader(LeaderAnswer::Own(with_body(freshened(&merged))));
         }
         self.fill.settle_with(entry, true);
+        true
+    }
+
+    /// RFC 9111 §4.3.4 for a partial entry validated by its strong entity tag: a 304 that
+    /// selects it freshens its head (§3.2), and the leader's range is answered from its
+    /// pieces without their bytes being sent again. Whether it did. A 304 that selects it
+    /// but makes its head unstorable, or changes its Vary, drops the entry; one that does
+    /// not select it leaves it (the range is then asked for again without validators).
+    async fn freshen_partial(
+        &mut self,
+        partial: &Arc<PartialEntry>,
+        head: &http::response::Parts,
+        uri: &http::Uri,
+        times: (SystemTime, SystemTime),
+    ) -> bool {
+        let cache = &self.proxy.cache;
+        if !policy::not_modified_selects(&partial.meta.headers, &head.headers) {
+            return false;
+        }
+        let mut shared = policy::freshen_headers(&partial.meta.headers, &head.headers);
+        let own_fields = policy::remove_unshared_fields(&mut shared, cache.policy());
+        let verdict = self.check_storable(uri, StatusCode::OK, &shared, times.1);
+        let (Ok(read), true) = (verdict, Vary::from_response(&shared) == partial.meta.vary) else {
+            cache.partials().remove(&partial.meta.key).await;
+            return false;
+        };
+        let mut meta = partial.meta.clone();
+        meta.freshness = self.freshness(StatusCode::OK, &shared, Some(read), times);
+        meta.headers = crate::cache::entry::compact_headers(&shared);
+        let held = cache.partials().add(partial.with_head(meta)).await;
+        self.fill
+            .publish(FillStatus::Uncacheable(NoStoreReason::PartialContent));
+        self.answer_leader(LeaderAnswer::PartialRevalidated(held, own_fields));
         true
     }
 

@@ -460,20 +460,35 @@ async fn branch(
 ) -> Result<Delivery, ProxyError> {
     let proxy = request.proxy;
     let offline = || Delivery::Synthetic(respond::gateway_timeout_offline());
+    let max_offset = proxy.cache.range_fill_max_offset();
     let (lookup, known_len) = match lookup {
         Lookup::Partial {
             entry,
             status,
             otherwise,
+            must_validate,
         } => {
-            if range::partial_answers(&entry, request.parts) {
+            let answers = range::partial_answers(&entry, request.parts);
+            if answers && !must_validate {
                 ctx.status = status;
                 ctx.key = Some(entry.meta.key);
                 ctx.variant = Some(entry.meta.variant);
                 ctx.hit_tier = crate::telemetry::Tier::Memory;
                 return Ok(Delivery::Partial(entry));
             }
-            (*otherwise, Some(entry.complete_len()))
+            let known_len = Some(entry.complete_len());
+            match *otherwise {
+                // RFC 9111 §4.3.1: the range is asked for with the entry's validators; a
+                // 304 answers from its pieces.
+                Lookup::Fetch(mut plan)
+                    if answers && range::forwards(request.parts, known_len, max_offset) =>
+                {
+                    plan.reason = FwdReason::Stale;
+                    plan.stale_partial = Some(entry);
+                    (Lookup::Fetch(plan), known_len)
+                }
+                otherwise => (otherwise, known_len),
+            }
         }
         other => (other, None),
     };
@@ -511,7 +526,6 @@ async fn branch(
         }
         Lookup::Partial { .. } => Err(ProxyError::Internal("nested partial lookup".into())),
         Lookup::Fetch(mut plan) => {
-            let max_offset = proxy.cache.range_fill_max_offset();
             if range::forwards(request.parts, known_len, max_offset) {
                 plan.forwards_range = true;
                 plan.is_coalescable = false;

@@ -87,6 +87,61 @@ async fn a_stored_206_answers_the_ranges_inside_it() {
     assert_eq!(origin.hits("/video"), 3);
 }
 
+/// RFC 9111 §4.3.1, §4.3.4: a partial entry that may not be reused unvalidated (here
+/// `no-cache`) is validated with its strong entity tag when it holds the range asked for:
+/// the origin's 304 freshens it and the range is answered from its pieces, the bytes not
+/// sent again (`fwd=stale; fwd-status=304`). When the representation changed, the origin's
+/// 206 replaces the piece, and the client gets the new bytes. One with a weak entity tag
+/// cannot vouch for bytes and is fetched anew, unvalidated.
+#[tokio::test]
+async fn a_partial_entry_that_must_be_validated_is_revalidated_with_its_entity_tag() {
+    let changed: bytes::Bytes = representation()
+        .iter()
+        .map(u8::to_ascii_uppercase)
+        .collect();
+    let must_validate = |etag: &str, body| Fixture::Ranged {
+        headers: header_list(&[("cache-control", "no-cache"), ("etag", etag)]),
+        body,
+    };
+    let origin = Origin::start(vec![
+        (
+            "/movie",
+            Fixture::sequence(vec![
+                must_validate("\"m1\"", representation()),
+                must_validate("\"m1\"", representation()),
+                must_validate("\"m2\"", changed.clone()),
+            ]),
+        ),
+        ("/weak", must_validate("W/\"w1\"", representation())),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), CONFIG).await;
+
+    assert_piece(&range(&proxy, "/movie", "bytes=200-599").await, 200, 599);
+    let validated = range(&proxy, "/movie", "bytes=300-399").await;
+    assert_piece(&validated, 300, 399);
+    let status = cache_status(&validated);
+    assert!(
+        status.contains("fwd=stale") && status.contains("fwd-status=304"),
+        "{status}"
+    );
+    let asked = origin.last("/movie");
+    assert_eq!(asked.headers["if-none-match"], "\"m1\"");
+    assert_eq!(asked.headers["range"], "bytes=300-399");
+    assert_eq!(origin.hits("/movie"), 2);
+
+    let replaced = range(&proxy, "/movie", "bytes=250-349").await;
+    assert_eq!(replaced.status, http::StatusCode::PARTIAL_CONTENT);
+    assert_eq!(replaced.body, changed.slice(250..=349), "the new bytes");
+    assert_eq!(replaced.header("etag"), Some("\"m2\""));
+    assert!(cache_status(&replaced).contains("fwd-status=206"));
+
+    assert_piece(&range(&proxy, "/weak", "bytes=200-599").await, 200, 599);
+    let refetched = range(&proxy, "/weak", "bytes=300-399").await;
+    assert_piece(&refetched, 300, 399);
+    assert!(!origin.last("/weak").headers.contains_key("if-none-match"));
+}
+
 /// RFC 9111 §3.4: pieces with the same strong validator combine; once they cover the
 /// representation it is stored whole, and a request without Range is a hit with every
 /// byte, though the origin was only ever asked for ranges.

@@ -236,7 +236,9 @@ pub enum Fixture {
         open: OpenBodies,
     },
     /// A representation that honours a one-range request (`bytes=a-b`, `a-`, `-n`) with 206
-    /// and Content-Range; anything else gets the whole 200. `headers` go on both.
+    /// and Content-Range; anything else gets the whole 200. `headers` go on both. An
+    /// If-None-Match naming the ETag among `headers` gets 304 with them first (RFC 9110
+    /// §13.2.2: preconditions before Range).
     Ranged { headers: HeaderList, body: Bytes },
     /// 200 with `headers` and `body` while `healthy` holds, else 503 with them.
     Switch {
@@ -335,6 +337,22 @@ impl Fixture {
                 }
             }
             Fixture::Ranged { headers, body } => {
+                let etag = headers
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case("etag"));
+                let not_modified = etag.is_some_and(|(_, etag)| {
+                    request
+                        .headers()
+                        .get_all("if-none-match")
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .any(|v| v.split(',').any(|tag| tag.trim() == etag))
+                });
+                if not_modified {
+                    return with_headers(Response::builder().status(304), headers)
+                        .body(Body::empty())
+                        .unwrap();
+                }
                 let len = body.len();
                 let range = request
                     .headers()

@@ -447,6 +447,38 @@ fn hit(
     Delivery::Stored { entry, set }
 }
 
+/// A Range request a partial entry may answer: the entry, when it holds every byte asked
+/// for and may be used as it is; otherwise what to do instead, with the representation's
+/// length now known. A partial entry that must be validated and holds the range has the
+/// range asked for with its validators (RFC 9111 §4.3.1): a 304 answers from its pieces.
+fn from_partial(
+    parts: &http::request::Parts,
+    entry: Arc<crate::cache::partial::PartialEntry>,
+    must_validate: bool,
+    mut otherwise: Box<Lookup>,
+    max_offset: u64,
+) -> FromPartial {
+    let answers = range::partial_answers(&entry, parts);
+    if answers && !must_validate {
+        return FromPartial::Serve(entry);
+    }
+    let known_len = Some(entry.complete_len());
+    if let Lookup::Fetch(plan) = otherwise.as_mut() {
+        if answers && range::forwards(parts, known_len, max_offset) {
+            plan.reason = FwdReason::Stale;
+            plan.stale_partial = Some(entry);
+        }
+    }
+    FromPartial::Instead(otherwise, known_len)
+}
+
+/// What [`from_partial`] decided.
+enum FromPartial {
+    Serve(Arc<crate::cache::partial::PartialEntry>),
+    /// Another branch, and the representation's length.
+    Instead(Box<Lookup>, Option<u64>),
+}
+
 /// The branch the lookup chose, up to what is to be delivered.
 ///
 /// The paths that go to the origin are boxed: their futures are many kilobytes, and
@@ -467,29 +499,16 @@ async fn branch(
             status,
             otherwise,
             must_validate,
-        } => {
-            let answers = range::partial_answers(&entry, request.parts);
-            if answers && !must_validate {
+        } => match from_partial(request.parts, entry, must_validate, otherwise, max_offset) {
+            FromPartial::Serve(entry) => {
                 ctx.status = status;
                 ctx.key = Some(entry.meta.key);
                 ctx.variant = Some(entry.meta.variant);
                 ctx.hit_tier = crate::telemetry::Tier::Memory;
                 return Ok(Delivery::Partial(entry));
             }
-            let known_len = Some(entry.complete_len());
-            match *otherwise {
-                // RFC 9111 §4.3.1: the range is asked for with the entry's validators; a
-                // 304 answers from its pieces.
-                Lookup::Fetch(mut plan)
-                    if answers && range::forwards(request.parts, known_len, max_offset) =>
-                {
-                    plan.reason = FwdReason::Stale;
-                    plan.stale_partial = Some(entry);
-                    (Lookup::Fetch(plan), known_len)
-                }
-                otherwise => (otherwise, known_len),
-            }
-        }
+            FromPartial::Instead(lookup, known_len) => (*lookup, known_len),
+        },
         other => (other, None),
     };
     match lookup {

@@ -236,6 +236,9 @@ async fn status_json(outpost: &Outpost, proxy: &Proxy) -> Response<Body> {
     // and the disk tier's memory.
     tiers["memory"]["reserve"] = serde_json::json!(config.cache.effective_memory_reserve());
     tiers["memory"]["capacity_now"] = serde_json::json!(proxy.cache().memory_capacity_now());
+    let (entries, bytes, capacity) = proxy.cache().partials().usage();
+    tiers["partial"] =
+        serde_json::json!({"entries": entries, "bytes": bytes, "capacity": capacity});
     if let Some((entries, bytes)) = proxy.cache().disk_usage() {
         tiers["disk"] = serde_json::json!({
             "entries": entries,

@@ -20,6 +20,7 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 <div class="card">requests<b id="requests">-</b></div>
 <div class="card">memory tier<b id="memory">-</b><span class="muted" id="memory_detail"></span></div>
 <div class="card" id="disk_card" hidden>disk tier<b id="disk">-</b><span class="muted" id="disk_detail"></span></div>
+<div class="card" id="partial_card" hidden>partial content<b id="partial">-</b><span class="muted" id="partial_detail"></span></div>
 <div class="card" id="offline_card" hidden>mode<b>offline</b><span class="muted">serving stored objects only</span></div>
 </div>
 <h2>By cache status</h2><table id="by_status"></table>
@@ -54,6 +55,12 @@ async function refresh() {
     if (d) {
       el('disk').textContent = d.degraded ? 'failed' : d.entries + (d.entries === 1 ? ' entry' : ' entries');
       el('disk_detail').textContent = size(d.bytes) + ' of ' + size(d.capacity) + (d.degraded ? ' (memory only)' : '');
+    }
+    const p = s.tiers.partial;
+    el('partial_card').hidden = !p || p.entries === 0;
+    if (p) {
+      el('partial').textContent = p.entries + (p.entries === 1 ? ' resource' : ' resources');
+      el('partial_detail').textContent = size(p.bytes) + ' of ' + size(p.capacity);
     }
     el('offline_card').hidden = !s.tiers.offline;
     rows('by_status', ['cache status', 'requests'], Object.entries(s.by_cache_status).filter(([, n]) => n > 0), ([k, n]) => [[k], [n, 1]]);

@@ -235,6 +235,17 @@ impl PartialStore {
         computed.into_entry().expect("put").into_value()
     }
 
+    /// Entries held, their bytes as weighed, and the budget: for the status board.
+    pub fn usage(&self) -> (u64, u64, u64) {
+        self.entries.run_pending_tasks();
+        let capacity = self.entries.policy().max_capacity().unwrap_or(0);
+        (
+            self.entries.entry_count(),
+            self.entries.weighted_size(),
+            capacity,
+        )
+    }
+
     pub async fn remove(&self, key: &PrimaryKey) {
         self.entries.invalidate(key);
     }

@@ -51,9 +51,17 @@ fn assert_piece(reply: &Reply, first: usize, last: usize) {
 async fn a_stored_206_answers_the_ranges_inside_it() {
     let origin = Origin::start(vec![("/video", ranged("\"v1\"", representation()))]).await;
     let proxy = Proxy::start(&origin.url(), CONFIG).await;
+    let admin = start_admin(&proxy).await;
 
     let first = range(&proxy, "/video", "bytes=200-599").await;
     assert_piece(&first, 200, 599);
+    // The status board counts the partial entry and its bytes against its own budget.
+    let status = get(&format!("{admin}/status.json"), &[]).await;
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    let partial = &status["tiers"]["partial"];
+    assert_eq!(partial["entries"], 1, "{partial}");
+    assert!(partial["bytes"].as_u64().unwrap() >= 400, "{partial}");
+    assert_eq!(partial["capacity"], 64 << 20, "{partial}");
     let status = cache_status(&first);
     assert!(
         status.contains("fwd=uri-miss") && status.contains("stored"),

@@ -243,8 +243,13 @@ impl Replacement {
     /// Stores `key` weighing `size` with the policy (pushing onto `evicted` what leaves),
     /// after bringing the policy's capacity in line with the charge.
     fn insert(&self, key: PrimaryKey, size: u64, evicted: &mut Vec<PrimaryKey>) {
-        let capacity = self.capacity_now();
+        let configured = self.configured.load(Ordering::Relaxed);
+        let mut capacity = self.capacity_now();
         let mut policy = self.policy.lock();
+        if self.configured.load(Ordering::Relaxed) != configured {
+            // A resize came in between: the capacity worked out before it would undo it.
+            capacity = self.capacity_now();
+        }
         if policy.capacity() != capacity {
             policy.set_capacity(capacity, evicted);
         }

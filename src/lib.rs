@@ -25,7 +25,9 @@
 //!                                           │    └ revalidate: Some(plan) ──► fetch::revalidate_in_background
 //!                                           │      (stale-while-revalidate, RFC 5861 §3)
 //!                                           ├─ Lookup::Partial (a Range, RFC 9111 §3.3) ─ held ─ Delivery::Partial ┤
-//!                                           │    └ not held: its `otherwise` lookup (Fetch forwards the Range)     │
+//!                                           │    └ not held, or must validate: its `otherwise` lookup (Fetch      │
+//!                                           │      forwards the Range, with the entry's ETag when it holds it: │
+//!                                           │      a 304 answers from the entry, RFC 9111 §4.3.4)              │
 //!                                           ├─ Lookup::Fetch ─► fetch::through_cache ─► FillStatus:
 //!                                           │    ├ Streaming (miss, stored) ───────── Delivery::Streaming ─┤
 //!                                           │    ├ Complete { revalidated } (304) ─── Delivery::Stored ────┤

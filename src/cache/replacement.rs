@@ -454,7 +454,7 @@ pub struct NewcomerRoom {
     /// enter, whichever is larger.
     pub together: u64,
     /// The largest newcomer kept: the free room, or the share of the window that leaves
-    /// room for another like it ([`NEWCOMERS_PER_WINDOW`]), whichever is larger.
+    /// room for another like it (`NEWCOMERS_PER_WINDOW`), whichever is larger.
     pub largest: u64,
 }
 
@@ -580,7 +580,7 @@ impl<K: PolicyKey> WindowTinyLfu<K> {
 
     /// Whether `id`, weighing `size`, not held and larger than the window (so that it
     /// contests main's least recent objects as soon as it is stored), would lose one of the
-    /// contests that make its room, as [`Self::make_room`] would play them: against
+    /// contests that make its room, as `make_room` would play them: against
     /// probation's objects from the least recent, then the window's (which it pushes into
     /// probation behind them), until they have freed enough; protected is never reached
     /// while it is in probation, so running out of those is losing too. Let in, it would

@@ -2,7 +2,7 @@
 //! certificate and key read from its file, checked to belong together), the certificate
 //! chosen by SNI among the sites' and the default one, ALPN `h2` and `http/1.1`, TLS 1.2
 //! and 1.3, resumption by session cache and tickets, OCSP stapling from a file (see
-//! [`super::ocsp`]). Built again on every reload, so a renewed certificate or response is
+//! `super::ocsp`). Built again on every reload, so a renewed certificate or response is
 //! served to new connections while open ones keep theirs.
 
 use std::path::{Path, PathBuf};

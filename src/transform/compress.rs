@@ -314,7 +314,7 @@ impl Compression {
     /// The heap an encoder of `coding` at these settings' level holds while it runs, for a
     /// body of `length` bytes (`None`: not known), as the codecs size it: zlib's fixed
     /// state; zstd's window, its input and output buffers and its hash and chain tables
-    /// (fitted as [`zstd_tables`] fits them); brotli's ring buffer, sized to the body when
+    /// (fitted as `zstd_tables` fits them); brotli's ring buffer, sized to the body when
     /// it is smaller than the window, and its hashers. Checked against the heap measured
     /// by `cargo bench --bench encoder_memory`, at each coding's lowest, default and
     /// highest level.

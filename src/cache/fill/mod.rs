@@ -68,7 +68,7 @@ pub use reader::FillReader;
 pub use writer::{Admitted, FillTarget, FillWriter, WriteError};
 
 /// A reader following a fill through its spill file, counted among its readers while it
-/// lives ([`Fill::follow_file`]).
+/// lives (`Fill::follow_file`).
 pub struct FileFollower {
     fill: Arc<Fill>,
 }

@@ -130,6 +130,17 @@ async fn lead(
                     "fill stored a response yet called it uncacheable".into(),
                 ))
             }
+            LeaderAnswer::PartialStale(entry, error, fwd_status) => {
+                ctx.status.fwd_status = fwd_status;
+                ctx.status.detail = Some(Detail::Error(error));
+                ctx.status.ttl = Some(entry.meta.freshness.ttl_seconds(SystemTime::now()));
+                if !super::range::partial_answers(&entry, miss.parts) {
+                    return Err(ProxyError::Internal(
+                        "a stale partial entry no longer holds the range".into(),
+                    ));
+                }
+                Delivery::Partial(entry)
+            }
             LeaderAnswer::PartialRevalidated(entry, own_fields) => {
                 ctx.status.fwd_status = Some(304);
                 ctx.status.stored = true;
@@ -490,6 +501,9 @@ enum LeaderAnswer {
     /// A partial entry a 304 freshened, which holds the leader's range, and the fields it
     /// is kept without (the leader's own).
     PartialRevalidated(Arc<PartialEntry>, HeaderMap),
+    /// The stale partial entry that holds the leader's range, served because validating
+    /// it failed so (RFC 5861 §4), and the origin's status if it answered.
+    PartialStale(Arc<PartialEntry>, OriginFailure, Option<u16>),
     /// The response is stored without these fields (a qualified no-cache or private named
     /// them); they are the leader's own, sent before the fill's status.
     OwnFields(HeaderMap),
@@ -1059,7 +1073,10 @@ impl FillTask {
     }
 
     /// Serves the stale entry instead of `error` when RFC 5861 §4 allows; true if it did.
-    fn stale_on_error(&self, error: OriginFailure, fwd_status: Option<u16>) -> bool {
+    fn stale_on_error(&mut self, error: OriginFailure, fwd_status: Option<u16>) -> bool {
+        if let Some(partial) = self.plan.stale_partial.clone() {
+            return self.stale_partial_on_error(partial, error, fwd_status);
+        }
         let Some(entry) =
             self.plan.stale.as_ref().filter(|s| {
                 stale_on_error_allowed(s, &self.client_headers, self.proxy.cache.policy())
@@ -1072,6 +1089,30 @@ impl FillTask {
             error,
             fwd_status,
         });
+        true
+    }
+
+    /// The partial entry being validated answers the leader's range in place of `error`,
+    /// when RFC 5861 §4 (or `cache.stale_on_error`) allows it as for a whole one.
+    fn stale_partial_on_error(
+        &mut self,
+        partial: Arc<PartialEntry>,
+        error: OriginFailure,
+        fwd_status: Option<u16>,
+    ) -> bool {
+        let directives = policy::request_directives(&self.client_headers);
+        let allowed = policy::allows_stale_on_error(
+            &partial.meta.freshness,
+            &directives,
+            self.proxy.cache.policy().stale_on_error,
+            SystemTime::now(),
+        );
+        if !allowed {
+            return false;
+        }
+        self.fill
+            .publish(FillStatus::Uncacheable(NoStoreReason::PartialContent));
+        self.answer_leader(LeaderAnswer::PartialStale(partial, error, fwd_status));
         true
     }
 
@@ -1110,7 +1151,7 @@ impl FillTask {
             })
     }
 
-    fn origin_failed(&self, err: ProxyError, fwd_status: Option<u16>) {
+    fn origin_failed(&mut self, err: ProxyError, fwd_status: Option<u16>) {
         if !self.stale_on_error(OriginFailure::Error(err.proxy_status_error()), fwd_status) {
             self.fill.publish(FillStatus::Failed(err));
         }

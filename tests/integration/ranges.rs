@@ -150,6 +150,45 @@ async fn a_partial_entry_that_must_be_validated_is_revalidated_with_its_entity_t
     assert!(!origin.last("/weak").headers.contains_key("if-none-match"));
 }
 
+/// RFC 5861 §4, RFC 9111 §4.2.4: a stale partial entry whose validation meets an origin
+/// that is down answers the range it holds, as a whole stale response would
+/// (`fwd=stale`, the error in `detail`); one that forbids stale use does not.
+#[tokio::test]
+async fn a_stale_partial_entry_answers_when_the_origin_is_down() {
+    let stale_piece = |cache_control: &str| Fixture::Ranged {
+        headers: header_list(&[
+            ("cache-control", cache_control),
+            ("age", "3600"),
+            ("etag", "\"s1\""),
+        ]),
+        body: representation(),
+    };
+    let mut origin = Origin::start(vec![
+        ("/clip", stale_piece("max-age=60")),
+        ("/strict", stale_piece("max-age=60, must-revalidate")),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), CONFIG).await;
+    assert_piece(&range(&proxy, "/clip", "bytes=200-599").await, 200, 599);
+    assert_piece(&range(&proxy, "/strict", "bytes=200-599").await, 200, 599);
+    origin.stop();
+
+    let served = range(&proxy, "/clip", "bytes=300-399").await;
+    assert_piece(&served, 300, 399);
+    let status = cache_status(&served);
+    assert!(
+        status.contains("fwd=stale") && status.contains("detail=\"connection_refused\""),
+        "{status}"
+    );
+    let refused = range(&proxy, "/strict", "bytes=300-399").await;
+    assert_eq!(
+        refused.status,
+        http::StatusCode::BAD_GATEWAY,
+        "{}",
+        refused.text()
+    );
+}
+
 /// RFC 9111 §3.4: pieces with the same strong validator combine; once they cover the
 /// representation it is stored whole, and a request without Range is a hit with every
 /// byte, though the origin was only ever asked for ranges.

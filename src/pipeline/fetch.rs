@@ -116,56 +116,7 @@ async fn lead(
             ProxyError::Internal("fill ended without handing over its response".into())
         })?;
         ctx.status.detail = Some(Detail::NotStored(reason.as_str()));
-        return Ok(match answer {
-            LeaderAnswer::Relayed(response) => {
-                ctx.status.fwd_status = Some(response.status().as_u16());
-                Delivery::Relayed(response)
-            }
-            LeaderAnswer::Own(entry) => {
-                ctx.status.fwd_status = Some(304);
-                Delivery::Stored { entry, set: None }
-            }
-            LeaderAnswer::OwnFields(_) => {
-                return Err(ProxyError::Internal(
-                    "fill stored a response yet called it uncacheable".into(),
-                ))
-            }
-            LeaderAnswer::PartialStale(entry, error, fwd_status) => {
-                ctx.status.fwd_status = fwd_status;
-                ctx.status.detail = Some(Detail::Error(error));
-                ctx.status.ttl = Some(entry.meta.freshness.ttl_seconds(SystemTime::now()));
-                if !super::range::partial_answers(&entry, miss.parts) {
-                    return Err(ProxyError::Internal(
-                        "a stale partial entry no longer holds the range".into(),
-                    ));
-                }
-                Delivery::Partial(entry)
-            }
-            LeaderAnswer::PartialRevalidated(entry, own_fields) => {
-                ctx.status.fwd_status = Some(304);
-                ctx.status.stored = true;
-                ctx.status.detail = Some(Detail::Partial);
-                // Validated because it held the range; its pieces are unchanged.
-                if !super::range::partial_answers(&entry, miss.parts) {
-                    return Err(ProxyError::Internal(
-                        "a revalidated partial entry no longer holds the range".into(),
-                    ));
-                }
-                ctx.own_fields = (!own_fields.is_empty()).then_some(own_fields);
-                Delivery::Partial(entry)
-            }
-            LeaderAnswer::Partial(entry, as_received, own_fields) => {
-                ctx.status.fwd_status = Some(206);
-                ctx.status.stored = true;
-                ctx.status.detail = Some(Detail::Partial);
-                if super::range::partial_answers(&entry, miss.parts) {
-                    ctx.own_fields = (!own_fields.is_empty()).then_some(own_fields);
-                    Delivery::Partial(entry)
-                } else {
-                    Delivery::Relayed(as_received)
-                }
-            }
-        });
+        return answered_alone(answer, miss.parts, ctx);
     }
     // A revalidation whose 304 set cookies: the shared entry for everyone, the cookies for
     // the client that caused it (sent before the fill settled).
@@ -182,6 +133,65 @@ async fn lead(
     };
     delivery_from(status, fill, reader, ctx, |_| true)
         .unwrap_or_else(|| Err(ProxyError::Internal("fill still pending".into())))
+}
+
+/// What the leader of an uncacheable fill is answered with: the fill's `answer`, for its
+/// request `parts` (Cache-Status in `ctx`).
+fn answered_alone(
+    answer: LeaderAnswer,
+    parts: &http::request::Parts,
+    ctx: &mut RequestCtx,
+) -> Result<Delivery, ProxyError> {
+    Ok(match answer {
+        LeaderAnswer::Relayed(response) => {
+            ctx.status.fwd_status = Some(response.status().as_u16());
+            Delivery::Relayed(response)
+        }
+        LeaderAnswer::Own(entry) => {
+            ctx.status.fwd_status = Some(304);
+            Delivery::Stored { entry, set: None }
+        }
+        LeaderAnswer::OwnFields(_) => {
+            return Err(ProxyError::Internal(
+                "fill stored a response yet called it uncacheable".into(),
+            ))
+        }
+        LeaderAnswer::PartialStale(entry, error, fwd_status) => {
+            ctx.status.fwd_status = fwd_status;
+            ctx.status.detail = Some(Detail::Error(error));
+            ctx.status.ttl = Some(entry.meta.freshness.ttl_seconds(SystemTime::now()));
+            if !super::range::partial_answers(&entry, parts) {
+                return Err(ProxyError::Internal(
+                    "a stale partial entry no longer holds the range".into(),
+                ));
+            }
+            Delivery::Partial(entry)
+        }
+        LeaderAnswer::PartialRevalidated(entry, own_fields) => {
+            ctx.status.fwd_status = Some(304);
+            ctx.status.stored = true;
+            ctx.status.detail = Some(Detail::Partial);
+            // Validated because it held the range; its pieces are unchanged.
+            if !super::range::partial_answers(&entry, parts) {
+                return Err(ProxyError::Internal(
+                    "a revalidated partial entry no longer holds the range".into(),
+                ));
+            }
+            ctx.own_fields = (!own_fields.is_empty()).then_some(own_fields);
+            Delivery::Partial(entry)
+        }
+        LeaderAnswer::Partial(entry, as_received, own_fields) => {
+            ctx.status.fwd_status = Some(206);
+            ctx.status.stored = true;
+            ctx.status.detail = Some(Detail::Partial);
+            if super::range::partial_answers(&entry, parts) {
+                ctx.own_fields = (!own_fields.is_empty()).then_some(own_fields);
+                Delivery::Partial(entry)
+            } else {
+                Delivery::Relayed(as_received)
+            }
+        }
+    })
 }
 
 /// Waits for the fill another request leads. `None`: fetch alone (waited too long, the

@@ -284,6 +284,10 @@ fn restart_only_changes(old: &Config, new: &Config, resizable: bool) -> Vec<&'st
     {
         changed.push("cache.dir/disk_*/fsync");
     }
+    // The memory tier takes a new variant bound at once; a disk tier keeps its own.
+    if a.dir.is_some() && a.max_variants != b.max_variants {
+        changed.push("cache.max_variants (the disk tier's bound)");
+    }
     if old.log.format != new.log.format || old.log.level != new.log.level {
         changed.push("log.format/level");
     }
@@ -330,6 +334,16 @@ mod tests {
         new.cache.hit_for_miss_ttl =
             crate::config::HumanDuration(std::time::Duration::from_secs(1));
         assert!(restart_only_changes(&old, &new, true).is_empty());
+        // With a disk tier, its own variant bound stays until a restart.
+        let mut on_disk = old.clone();
+        on_disk.cache.dir = Some("/var/cache/outpost".into());
+        let mut bounded = on_disk.clone();
+        bounded.cache.max_variants = 2;
+        assert_eq!(
+            restart_only_changes(&on_disk, &bounded, true),
+            vec!["cache.max_variants (the disk tier's bound)"]
+        );
+        new.cache.max_variants = old.cache.max_variants;
         new.cache.disk_max_objects = 1000;
         assert_eq!(
             restart_only_changes(&old, &new, true),

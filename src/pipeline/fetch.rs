@@ -399,16 +399,16 @@ pub(super) fn freshness_under_rule(
     freshness
 }
 
-/// Whether `stale` may answer because its validation failed (RFC 5861 §4), judged at now
-/// with the requesting client's directives.
+/// Whether a stale response (whole or partial) of `freshness` may answer because its
+/// validation failed (RFC 5861 §4), judged at now with the requesting client's directives.
 pub(super) fn stale_on_error_allowed(
-    stale: &StoredResponse,
+    freshness: &Freshness,
     client_headers: &HeaderMap,
     settings: &policy::PolicySettings,
 ) -> bool {
     let directives = policy::request_directives(client_headers);
     policy::allows_stale_on_error(
-        &stale.meta.freshness,
+        freshness,
         &directives,
         settings.stale_on_error,
         SystemTime::now(),
@@ -1087,11 +1087,10 @@ impl FillTask {
         if let Some(partial) = self.plan.stale_partial.clone() {
             return self.stale_partial_on_error(partial, error, fwd_status);
         }
-        let Some(entry) =
-            self.plan.stale.as_ref().filter(|s| {
-                stale_on_error_allowed(s, &self.client_headers, self.proxy.cache.policy())
-            })
-        else {
+        let Some(entry) = self.plan.stale.as_ref().filter(|s| {
+            let policy = self.proxy.cache.policy();
+            stale_on_error_allowed(&s.meta.freshness, &self.client_headers, policy)
+        }) else {
             return false;
         };
         self.fill.publish(FillStatus::StaleOnError {
@@ -1110,14 +1109,8 @@ impl FillTask {
         error: OriginFailure,
         fwd_status: Option<u16>,
     ) -> bool {
-        let directives = policy::request_directives(&self.client_headers);
-        let allowed = policy::allows_stale_on_error(
-            &partial.meta.freshness,
-            &directives,
-            self.proxy.cache.policy().stale_on_error,
-            SystemTime::now(),
-        );
-        if !allowed {
+        let policy = self.proxy.cache.policy();
+        if !stale_on_error_allowed(&partial.meta.freshness, &self.client_headers, policy) {
             return false;
         }
         self.fill

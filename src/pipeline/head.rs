@@ -72,7 +72,7 @@ fn stale_on_error(
 ) -> Option<Delivery> {
     let stale = miss.plan.stale.as_ref()?;
     let settings = miss.proxy.cache.policy();
-    if !stale_on_error_allowed(stale, &miss.parts.headers, settings) {
+    if !stale_on_error_allowed(&stale.meta.freshness, &miss.parts.headers, settings) {
         return None;
     }
     ctx.status.ttl = Some(stale.meta.freshness.ttl_seconds(SystemTime::now()));

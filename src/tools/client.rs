@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::UpstreamConfig;
-use crate::upstream::{tls_client_config, UpstreamSetupError};
+use crate::upstream::{https_connector, tls_client_config, UpstreamSetupError};
 
 /// A pooled HTTP/1.1 client for `http://` and `https://` URLs.
 pub type ToolClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -31,22 +31,15 @@ pub enum ToolClientError {
 /// # Errors
 /// [`ToolClientError`] when `ca_file` cannot be read or holds no certificate.
 pub fn tool_client(max_idle: usize, ca_file: Option<&Path>) -> Result<ToolClient, ToolClientError> {
-    let tls = tls_client_config(&UpstreamConfig {
+    let settings = UpstreamConfig {
         ca_file: ca_file.map(Path::to_path_buf),
         ..UpstreamConfig::default()
-    })
-    .map_err(|err| match err {
+    };
+    let tls = tls_client_config(&settings).map_err(|err| match err {
         UpstreamSetupError::CaFile { path, message } => ToolClientError::CaFile { path, message },
         other => ToolClientError::Tls(other),
     })?;
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+    let https = https_connector(tls, None);
     Ok(Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(max_idle)
         .build(https))

@@ -185,11 +185,6 @@ impl Upstream {
     /// [`UpstreamSetupError`] when `ca_file` cannot be read or holds no certificate, or
     /// `client_cert` and `client_key` are not a readable certificate chain and its key.
     pub fn new(config: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout.get()));
-
         let tls = tls_client_config(config)?;
         let connections = Arc::new(Limiter::new(Bounds {
             total: config.max_connections,
@@ -204,11 +199,7 @@ impl Upstream {
             config.max_streams_per_origin,
             config.max_streams_per_connection,
         ));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = https_connector(tls, Some(config.connect_timeout.get()));
         let counted = Counted::new(https, Arc::clone(&connections));
         let upgrades = Client::builder(TokioExecutor::new())
             .http1_max_buf_size(config.max_read_buffer.as_usize())
@@ -457,6 +448,24 @@ struct ClientBodyFailed(#[source] crate::body::BoxError);
 fn tag_client_body(body: Body) -> Body {
     use http_body_util::BodyExt;
     Body::boxed(body.map_err(ClientBodyFailed))
+}
+
+/// The HTTP/1.1 connector for `http://` and `https://` URLs (TLS with `tls`), over TCP
+/// with Nagle's algorithm off and connects bounded by `connect_timeout` (else by the
+/// system). The tools use it too, to reach a running outpost.
+pub fn https_connector(
+    tls: rustls::ClientConfig,
+    connect_timeout: Option<Duration>,
+) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(connect_timeout);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
 }
 
 /// The TLS client settings for origins: the web roots plus `ca_file`, and the client

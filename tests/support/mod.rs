@@ -315,16 +315,7 @@ impl Fixture {
                 body,
                 not_modified_headers,
             } => {
-                let matches = request
-                    .headers()
-                    .get_all("if-none-match")
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .any(|v| {
-                        v.split(',')
-                            .any(|tag| tag.trim().trim_start_matches("W/") == *etag)
-                    });
-                if matches {
+                if if_none_match_names(request.headers(), etag) {
                     with_headers(Response::builder().status(304), not_modified_headers)
                         .header("etag", *etag)
                         .body(Body::empty())
@@ -340,15 +331,7 @@ impl Fixture {
                 let etag = headers
                     .iter()
                     .find(|(name, _)| name.eq_ignore_ascii_case("etag"));
-                let not_modified = etag.is_some_and(|(_, etag)| {
-                    request
-                        .headers()
-                        .get_all("if-none-match")
-                        .iter()
-                        .filter_map(|v| v.to_str().ok())
-                        .any(|v| v.split(',').any(|tag| tag.trim() == etag))
-                });
-                if not_modified {
+                if etag.is_some_and(|(_, etag)| if_none_match_names(request.headers(), etag)) {
                     return with_headers(Response::builder().status(304), headers)
                         .body(Body::empty())
                         .unwrap();
@@ -618,6 +601,16 @@ fn stream_response(size: u64, dropped: Arc<Notify>) -> Response<Body> {
         .header("content-length", size)
         .body(Body::boxed(body))
         .unwrap()
+}
+
+/// Whether the request's If-None-Match names `etag` (weak comparison, RFC 9110 §13.1.2).
+fn if_none_match_names(headers: &HeaderMap, etag: &str) -> bool {
+    let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_string();
+    headers
+        .get_all("if-none-match")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|tag| weak(tag) == weak(etag)))
 }
 
 /// An origin server with named routes; unknown paths get 404.

@@ -650,7 +650,9 @@ pub struct UpstreamConfig {
     /// 1 MiB misses hold 80 MiB of heap on a 128 MiB tier, 128 KiB 42 MiB. Larger reads
     /// cost less CPU per byte when large bodies are kept (at 128 KiB a kept 1 MiB miss took
     /// 1.2x the CPU of hyper's default; streamed through unstored, the same).
-    pub max_read_buffer: ByteSize,
+    /// Unset, it follows the memory the node is given: a thousandth of
+    /// `cache.memory_capacity`, between 32 KiB and 128 KiB (see [`Config::origin_read_buffer`]).
+    pub max_read_buffer: Option<ByteSize>,
     /// Extra PEM certificate authorities trusted for HTTPS origins (besides the built-in roots).
     pub ca_file: Option<PathBuf>,
     /// A PEM certificate chain outpost presents to HTTPS origins that ask for one (RFC 8446
@@ -686,7 +688,7 @@ impl Default for UpstreamConfig {
             connection_queue_timeout: HumanDuration(Duration::from_secs(10)),
             pool_idle_timeout: HumanDuration(Duration::from_secs(4)),
             pool_max_idle_per_host: 256,
-            max_read_buffer: ByteSize(128 << 10),
+            max_read_buffer: None,
             ca_file: None,
             client_cert: None,
             client_key: None,
@@ -1534,7 +1536,37 @@ impl FlagOverrides {
     }
 }
 
+/// The default origin read buffer is this share (one in this many bytes) of
+/// `cache.memory_capacity`, within [`ORIGIN_READ_BUFFER_LEAST`] and
+/// [`ORIGIN_READ_BUFFER_MOST`].
+///
+/// Every stream to or from an origin holds about two of them (the one being read into and
+/// the chunk last handed on), which no budget bounds: 128 concurrent streams (64 clients
+/// stalled on unstored 1 MiB bodies beside 64 unique 1 MiB misses) took a 64 MiB node to
+/// 1.27x its capacity at 128 KiB and 1.07x at 64 KiB, while kept 1 MiB misses cost about
+/// 1.08x the CPU at 64 KiB and 100 KiB and unstored 1 MiB misses the same
+/// (`benches/memory_footprint.sh`, `benches/cpu_per_request.sh`). A node given little
+/// memory gets the smaller buffers; one of 128 MiB and more reads as before.
+const ORIGIN_READ_BUFFER_SHARE: u64 = 1024;
+/// The least default origin read buffer: reads below it cost more CPU per byte than the
+/// memory they save is worth, and the largest response head taken from an origin stays
+/// four times nginx's default (`proxy_buffer_size`, 8 KiB).
+const ORIGIN_READ_BUFFER_LEAST: u64 = 32 << 10;
+/// The most a default origin read buffer is (what it was before it followed the capacity).
+const ORIGIN_READ_BUFFER_MOST: u64 = 128 << 10;
+
 impl Config {
+    /// How large an HTTP/1 origin connection's read buffer may grow:
+    /// `upstream.max_read_buffer`, or its default for `cache.memory_capacity`.
+    pub fn origin_read_buffer(&self) -> ByteSize {
+        self.upstream.max_read_buffer.unwrap_or_else(|| {
+            ByteSize(
+                (self.cache.memory_capacity.as_u64() / ORIGIN_READ_BUFFER_SHARE)
+                    .clamp(ORIGIN_READ_BUFFER_LEAST, ORIGIN_READ_BUFFER_MOST),
+            )
+        })
+    }
+
     /// Loads defaults < `file` < `OUTPOST_` environment < `flags`, then validates.
     ///
     /// # Errors
@@ -1869,11 +1901,13 @@ fn check_forward_proxy(forward: &ForwardProxyConfig, problems: &mut Problems) {
 
 fn check_upstream(upstream: &UpstreamConfig, problems: &mut Problems) {
     problems.positive("upstream.connect_timeout", upstream.connect_timeout);
-    problems.at_least_bytes(
-        "upstream.max_read_buffer",
-        upstream.max_read_buffer,
-        HTTP1_MIN_BUFFER,
-    );
+    if let Some(max_read_buffer) = upstream.max_read_buffer {
+        problems.at_least_bytes(
+            "upstream.max_read_buffer",
+            max_read_buffer,
+            HTTP1_MIN_BUFFER,
+        );
+    }
     problems.positive(
         "upstream.response_header_timeout",
         upstream.response_header_timeout,
@@ -2160,6 +2194,28 @@ mod tests {
             config.admin_token.as_ref().map(Secret::expose),
             Some("s3cret-token-0123456789")
         );
+    }
+
+    /// Unset, the origin read buffer follows the memory the node is given, within its
+    /// bounds; set, it is what it says.
+    #[test]
+    fn the_origin_read_buffer_follows_the_memory_capacity_unless_set() {
+        let at = |capacity: u64| {
+            let mut config = Config::default();
+            config.cache.memory_capacity = ByteSize(capacity);
+            config.origin_read_buffer().as_u64()
+        };
+        assert_eq!(at(16 << 20), 32 << 10, "never below the least");
+        assert_eq!(at(64 << 20), 64 << 10);
+        assert_eq!(at(100 << 20), 100 << 10);
+        assert_eq!(at(256 << 20), 128 << 10, "never above the most");
+        let set = Config::from_toml_str(
+            "origin = \"http://127.0.0.1:1\"\n[cache]\nmemory_capacity = \"64MiB\"\n\
+             [upstream]\nmax_read_buffer = \"256KiB\"\n",
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(set.origin_read_buffer().as_u64(), 256 << 10);
     }
 
     /// Every problem in a configuration is reported at once, each with its key.

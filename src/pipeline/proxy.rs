@@ -112,7 +112,11 @@ impl Proxy {
         metrics: Arc<Metrics>,
         previous: Option<&Pools>,
     ) -> Result<Proxy, SetupError> {
-        let upstream = Upstream::new(&config.upstream)?;
+        let upstream = Upstream::new(config)?;
+        // Streams count the origin connections' buffers against the fills' budget.
+        cache
+            .coalescer()
+            .set_origin_read_buffer(config.origin_read_buffer().as_u64());
         let tls = crate::server::tls::server_config(config)?;
         let pools = Pools::new(config, previous, &metrics);
         pools.start(&upstream);

@@ -31,7 +31,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
-use crate::config::{OriginProtocol, UpstreamConfig};
+use crate::config::{Config, OriginProtocol, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::limit::{Bounds, Limiter, Refused};
 use connector::Counted;
@@ -184,7 +184,9 @@ impl Upstream {
     /// # Errors
     /// [`UpstreamSetupError`] when `ca_file` cannot be read or holds no certificate, or
     /// `client_cert` and `client_key` are not a readable certificate chain and its key.
-    pub fn new(config: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
+    pub fn new(settings: &Config) -> Result<Upstream, UpstreamSetupError> {
+        let config = &settings.upstream;
+        let read_buffer = settings.origin_read_buffer().as_usize();
         let tls = tls_client_config(config)?;
         let connections = Arc::new(Limiter::new(Bounds {
             total: config.max_connections,
@@ -202,7 +204,7 @@ impl Upstream {
         let https = https_connector(tls, Some(config.connect_timeout.get()));
         let counted = Counted::new(https, Arc::clone(&connections));
         let upgrades = Client::builder(TokioExecutor::new())
-            .http1_max_buf_size(config.max_read_buffer.as_usize())
+            .http1_max_buf_size(read_buffer)
             // As in `Http1Origins`: RFC 9112 §5.1 and §5.2's leniencies for old origins.
             .http1_allow_spaces_after_header_name_in_responses(true)
             .http1_allow_obsolete_multiline_headers_in_responses(true)
@@ -213,7 +215,7 @@ impl Upstream {
             .build(counted.clone());
         let http1 = Arc::new(Http1Origins::new(
             counted,
-            config.max_read_buffer.as_usize(),
+            read_buffer,
             config.pool_max_idle_per_host,
             config.pool_idle_timeout.get(),
             config.connect_timeout.get(),

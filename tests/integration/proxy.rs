@@ -377,6 +377,43 @@ async fn an_oversized_origin_header_section_gives_502_header_section_size() {
     assert!(!reply.text().contains("never seen"));
 }
 
+/// The origin read buffer, and with it the largest response head taken (RFC 9209
+/// §2.3.17), follows the memory a node is given unless set: a 16 MiB node reads in 32 KiB
+/// and refuses the 100 KiB head a default node takes (see above) with 502; one told
+/// `upstream.max_read_buffer = "128KiB"` takes it.
+#[tokio::test]
+async fn a_small_node_reads_origins_in_smaller_buffers_unless_told_otherwise() {
+    let head = "v".repeat(100 << 10);
+    let origin = Origin::start(vec![(
+        "/head",
+        fixed(&[("x-large", head.as_str())], "large head"),
+    )])
+    .await;
+    let small = Proxy::start(
+        &origin.url(),
+        "[cache]\nmemory_capacity = \"16MiB\"\nmax_object_size = \"1MiB\"",
+    )
+    .await;
+    let reply = get(&small.url("/head"), &[]).await;
+    assert_eq!(reply.status, 502);
+    assert!(
+        reply
+            .header("proxy-status")
+            .is_some_and(|status| status.contains("error=http_response_header_section_size")),
+        "{:?}",
+        reply.header("proxy-status")
+    );
+    let told = Proxy::start(
+        &origin.url(),
+        "[cache]\nmemory_capacity = \"16MiB\"\nmax_object_size = \"1MiB\"\n[upstream]\nmax_read_buffer = \"128KiB\"",
+    )
+    .await;
+    let reply = get(&told.url("/head"), &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-large").map(str::len), Some(head.len()));
+    assert_eq!(reply.text(), "large head");
+}
+
 /// RFC 9112 §5.1: a proxy removes whitespace between a response field's name and its colon
 /// rather than refusing the response; §5.2: it may replace an obs-fold with spaces. An old
 /// origin sending both is served, and its fields reach the client clean.

@@ -83,5 +83,5 @@ async fn an_origin_requiring_a_client_certificate_gets_the_configured_one() {
         &Default::default(),
     )
     .unwrap();
-    assert!(outpost::upstream::Upstream::new(&mismatched.upstream).is_err());
+    assert!(outpost::upstream::Upstream::new(&mismatched).is_err());
 }

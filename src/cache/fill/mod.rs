@@ -174,6 +174,8 @@ pub struct Coalescer {
     held_outside: AtomicU64,
     /// Fills streaming through unstored now ([`Coalescer::stream`]).
     streams: AtomicU64,
+    /// What each of them counts for its connections' buffers ([`STREAM_READ_BUFFERS`]).
+    stream_buffers: AtomicU64,
     /// Of `committed`, the bytes kept bodies have received so far (and so hold).
     kept_received: AtomicU64,
 }
@@ -188,13 +190,17 @@ pub const LAGGARD_GRACE: Duration = Duration::from_secs(1);
 pub const LAGGARD_CUTOFF_GRACE: Duration = Duration::from_secs(5);
 
 /// What the connections on either side of a fill streaming through unstored hold beyond
-/// the fill's own chunks, counted against the fills' budget for each such fill: the origin
-/// connection's read buffer, which the chunk last handed on pins, and the client
-/// connection's write queue. Measured at the default `upstream.max_read_buffer` (128 KiB):
-/// 60 fills with stalled clients held about 280 KiB each outside their chunks.
-pub const STREAM_BUFFERS: u64 = 256 << 10;
+/// the fill's own chunks, counted against the fills' budget for each such fill, in origin
+/// read buffers (`upstream.max_read_buffer`): the origin connection's, which the chunk last
+/// handed on pins, and the client connection's write queue. Measured at 128 KiB: 60 fills
+/// with stalled clients held about 280 KiB each outside their chunks.
+pub const STREAM_READ_BUFFERS: u64 = 2;
 
-/// A fill streaming through unstored, counted until dropped (see [`STREAM_BUFFERS`]).
+/// What each stream counts ([`STREAM_READ_BUFFERS`]) until the coalescer is told the
+/// origin read buffer: at 128 KiB, the largest default.
+const DEFAULT_STREAM_BUFFERS: u64 = STREAM_READ_BUFFERS * (128 << 10);
+
+/// A fill streaming through unstored, counted until dropped (see [`STREAM_READ_BUFFERS`]).
 pub struct StreamSlot {
     coalescer: Arc<Coalescer>,
 }
@@ -341,8 +347,16 @@ impl Coalescer {
             committed_by_newcomers: AtomicU64::new(0),
             held_outside: AtomicU64::new(0),
             streams: AtomicU64::new(0),
+            stream_buffers: AtomicU64::new(DEFAULT_STREAM_BUFFERS),
             kept_received: AtomicU64::new(0),
         }
+    }
+
+    /// Origin connections read into buffers of up to `bytes` from now on (a reload may
+    /// change it): each stream counts [`STREAM_READ_BUFFERS`] of them.
+    pub fn set_origin_read_buffer(&self, bytes: u64) {
+        self.stream_buffers
+            .store(STREAM_READ_BUFFERS * bytes, Ordering::Release);
     }
 
     /// A fill's count against the fills' memory `budget` for keeping a body of `bytes`
@@ -397,7 +411,7 @@ impl Coalescer {
 
     /// Whether fills hold more in memory than `budget`, or will: the bodies they are
     /// keeping (each for all it is committed for, arrived or not) or streaming (as received
-    /// so far), the connections' buffers of those streaming ([`STREAM_BUFFERS`] each), and
+    /// so far), the connections' buffers of those streaming ([`STREAM_READ_BUFFERS`] each), and
     /// kept bodies the memory tier declined or evicted that are still being sent
     /// ([`Coalescer::hold`]). Kept bodies count as committed so that fills streaming beside
     /// them stop reading ahead as soon as they begin, not once they have arrived.
@@ -407,11 +421,12 @@ impl Coalescer {
     }
 
     /// What fills streaming through unstored hold: the chunks they have read and not yet
-    /// handed to every reader, and their connections' buffers ([`STREAM_BUFFERS`] each).
+    /// handed to every reader, and their connections' buffers ([`STREAM_READ_BUFFERS`] each).
     fn streaming_bytes(&self) -> u64 {
         let kept = self.kept_received.load(Ordering::Acquire);
         let read_ahead = self.held_bytes().saturating_sub(kept);
-        read_ahead + self.streams.load(Ordering::Acquire) * STREAM_BUFFERS
+        read_ahead
+            + self.streams.load(Ordering::Acquire) * self.stream_buffers.load(Ordering::Acquire)
     }
 
     /// Counts a fill streaming through unstored until the slot is dropped.
@@ -1097,7 +1112,7 @@ mod tests {
     #[test]
     fn streams_count_their_connections_buffers_until_dropped() {
         let coalescer = Arc::new(coalescer());
-        let budget = 2 * STREAM_BUFFERS;
+        let budget = 2 * DEFAULT_STREAM_BUFFERS;
         let streams = [coalescer.stream(), coalescer.stream()];
         assert!(!coalescer.holds_past(budget), "two streams fill it exactly");
         let third = coalescer.stream();
@@ -1112,6 +1127,23 @@ mod tests {
         drop((streams, third, alone));
         assert!(!coalescer.holds_past(0), "nothing counted once they end");
         assert!(coalescer.commit(budget, budget, None).is_some());
+    }
+
+    /// A stream counts two of the origin read buffers it is told of: with buffers half the
+    /// default, four streams hold what two did.
+    #[test]
+    fn streams_count_the_origin_read_buffer_in_use() {
+        let coalescer = Arc::new(coalescer());
+        coalescer.set_origin_read_buffer(64 << 10);
+        let budget = 2 * DEFAULT_STREAM_BUFFERS;
+        let streams: Vec<_> = (0..4).map(|_| coalescer.stream()).collect();
+        assert!(
+            !coalescer.holds_past(budget),
+            "four streams fill it exactly"
+        );
+        let fifth = coalescer.stream();
+        assert!(coalescer.holds_past(budget), "a fifth is past it");
+        drop((streams, fifth));
     }
 
     /// A kept body counts for all it is committed for from its start, not as it arrives:

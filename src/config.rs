@@ -1290,6 +1290,17 @@ pub struct PoolConfig {
     /// Overrides `upstream.protocol` for this pool's servers.
     #[serde(default)]
     pub protocol: Option<OriginProtocol>,
+    /// Certificate authorities (PEM) trusted for this pool's `https://` servers besides the
+    /// web roots, in place of `upstream.ca_file`: origins behind a private CA of their own.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate (PEM chain) presented to this pool's servers, in place of
+    /// `upstream.client_cert`, with `client_key`: an origin that admits only its CDN by a
+    /// certificate of its own. Both or neither; unset, the pool presents upstream's.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 impl PoolConfig {
@@ -1318,7 +1329,16 @@ impl PoolConfig {
             retry: RetryConfig::default(),
             response_header_timeout: None,
             protocol: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
+    }
+
+    /// Whether it sets TLS of its own towards its servers (a CA file or a client
+    /// certificate), so its connections cannot be shared with other pools'.
+    pub fn has_own_tls(&self) -> bool {
+        self.ca_file.is_some() || self.client_cert.is_some() || self.client_key.is_some()
     }
 }
 
@@ -1926,21 +1946,34 @@ fn check_upstream(upstream: &UpstreamConfig, problems: &mut Problems) {
         "upstream.max_streams_per_connection",
         upstream.max_streams_per_connection,
     );
-    let files = [
-        ("upstream.ca_file", &upstream.ca_file),
-        ("upstream.client_cert", &upstream.client_cert),
-        ("upstream.client_key", &upstream.client_key),
-    ];
-    for (key, path) in files {
+    check_origin_tls(
+        "upstream",
+        [
+            &upstream.ca_file,
+            &upstream.client_cert,
+            &upstream.client_key,
+        ],
+        problems,
+    );
+}
+
+/// The TLS files of `section` (`ca_file`, `client_cert`, `client_key`): each readable, and
+/// the certificate and its key set together.
+fn check_origin_tls(section: &str, files: [&Option<PathBuf>; 3], problems: &mut Problems) {
+    let names = ["ca_file", "client_cert", "client_key"];
+    for (name, path) in names.iter().zip(files) {
         if let Some(path) = path {
             if let Err(err) = std::fs::metadata(path) {
-                problems.add(key, format!("{}: {err}", path.display()));
+                problems.add(
+                    format!("{section}.{name}"),
+                    format!("{}: {err}", path.display()),
+                );
             }
         }
     }
-    if upstream.client_cert.is_some() != upstream.client_key.is_some() {
+    if files[1].is_some() != files[2].is_some() {
         problems.add(
-            "upstream.client_cert",
+            format!("{section}.client_cert"),
             "client_cert and client_key go together: set both or neither".to_string(),
         );
     }
@@ -2077,6 +2110,11 @@ fn check_pool(index: usize, pool: &PoolConfig, earlier: &[PoolConfig], problems:
         }
     }
     problems.positive(&key("resolve_interval"), pool.resolve_interval);
+    check_origin_tls(
+        &format!("pools[{index}]"),
+        [&pool.ca_file, &pool.client_cert, &pool.client_key],
+        problems,
+    );
     if let Some(health) = &pool.health {
         problems.positive(&key("health.interval"), health.interval);
         problems.positive(&key("health.timeout"), health.timeout);

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use std::time::Duration;
@@ -50,7 +50,7 @@ pub struct Admission {
 
 /// Asked to free a slot of the total when a caller has its peer's slot but must wait for
 /// one of the total (see [`Limiter::on_total_shortage`]).
-type Relief = Box<dyn Fn() + Send + Sync>;
+type Relief = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// Counts holders in all and per peer.
 pub struct Limiter {
@@ -60,7 +60,8 @@ pub struct Limiter {
     waiting: AtomicUsize,
     /// The most holders there have been at once.
     high_water: AtomicUsize,
-    relief: OnceLock<Relief>,
+    /// Asked in turn until one frees a slot.
+    reliefs: Mutex<Vec<Relief>>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -90,16 +91,17 @@ impl Limiter {
             peers: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
             high_water: AtomicUsize::new(0),
-            relief: OnceLock::new(),
+            reliefs: Mutex::new(Vec::new()),
         }
     }
 
     /// Sets what is asked, once per such wait, to free a slot of the total when a caller
     /// has its peer's slot and waits for one of the total only: holders that are idle (a
     /// pooled connection to another origin) can give theirs up, where otherwise the caller
-    /// would wait for them to time out. The first setting stays.
-    pub fn on_total_shortage(&self, relief: impl Fn() + Send + Sync + 'static) {
-        let _ = self.relief.set(Box::new(relief));
+    /// would wait for them to time out. Each client sharing the limiter sets its own; they
+    /// are asked in the order set until one says it freed a slot.
+    pub fn on_total_shortage(&self, relief: impl Fn() -> bool + Send + Sync + 'static) {
+        self.reliefs.lock().push(Box::new(relief));
     }
 
     pub fn bounds(&self) -> Bounds {
@@ -136,9 +138,7 @@ impl Limiter {
             let total = match Arc::clone(&self.total).try_acquire_owned() {
                 Ok(total) => Ok(total),
                 Err(_) => {
-                    if let Some(relief) = self.relief.get() {
-                        relief();
-                    }
+                    let _freed = self.reliefs.lock().iter().any(|relief| relief());
                     Arc::clone(&self.total).acquire_owned().await
                 }
             };
@@ -216,7 +216,7 @@ mod tests {
             let (held, asked) = (Arc::clone(&held), Arc::clone(&asked));
             move || {
                 asked.fetch_add(1, Ordering::SeqCst);
-                held.lock().pop();
+                held.lock().pop().is_some()
             }
         });
         for peer in ["a", "b"] {

@@ -13,7 +13,10 @@ use outpost::Config;
 /// An unusable certificate, key or certificate authority file.
 pub fn preflight(config: &Config) -> anyhow::Result<Vec<String>> {
     let mut warnings = outpost::server::tls::preflight(config, std::time::SystemTime::now())?;
-    outpost::upstream::Upstream::new(config)?;
+    let upstream = outpost::upstream::Upstream::new(config)?;
+    for pool in &config.pools {
+        upstream.for_pool(config, pool)?;
+    }
     if let Some(dir) = config.cache.dir.as_deref() {
         if !dir.as_os_str().is_empty() {
             if let Err(why) = probe_writable(dir) {

@@ -119,6 +119,7 @@ impl Proxy {
             .set_origin_read_buffer(config.origin_read_buffer().as_u64());
         let tls = crate::server::tls::server_config(config)?;
         let pools = Pools::new(config, previous, &metrics);
+        pools.connect_with(config, &upstream)?;
         pools.start(&upstream);
         let forward_proxy = super::forward_proxy::ForwardProxy::new(config, &metrics);
         let mirror = crate::mirror::Mirror::new(&config.mirror, cache.disk_tier().cloned());

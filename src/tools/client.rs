@@ -36,7 +36,9 @@ pub fn tool_client(max_idle: usize, ca_file: Option<&Path>) -> Result<ToolClient
         ..UpstreamConfig::default()
     };
     let tls = tls_client_config(&settings).map_err(|err| match err {
-        UpstreamSetupError::CaFile { path, message } => ToolClientError::CaFile { path, message },
+        UpstreamSetupError::CaFile { path, message, .. } => {
+            ToolClientError::CaFile { path, message }
+        }
         other => ToolClientError::Tls(other),
     })?;
     let https = https_connector(tls, None);

@@ -21,6 +21,7 @@ pub mod http1;
 pub mod pool;
 
 use std::error::Error as StdError;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
-use crate::config::{Config, OriginProtocol, UpstreamConfig};
+use crate::config::{Config, OriginProtocol, PoolConfig, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::limit::{Bounds, Limiter, Refused};
 use connector::Counted;
@@ -41,12 +42,17 @@ use http1::{DrivenBody, Http1Origins};
 /// Why the upstream client could not be built (a bad CA file or client certificate).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamSetupError {
-    #[error("upstream.ca_file {path}: {message}")]
-    CaFile { path: String, message: String },
-    /// `setting` is `upstream.client_cert` or `upstream.client_key`.
+    /// `setting` is `upstream.ca_file` or a pool's (`pools[NAME].ca_file`).
+    #[error("{setting} {path}: {message}")]
+    CaFile {
+        setting: String,
+        path: String,
+        message: String,
+    },
+    /// `setting` is `upstream.client_cert` or `upstream.client_key`, or a pool's.
     #[error("{setting} {path}: {message}")]
     ClientCert {
-        setting: &'static str,
+        setting: String,
         path: String,
         message: String,
     },
@@ -186,14 +192,41 @@ impl Upstream {
     /// `client_cert` and `client_key` are not a readable certificate chain and its key.
     pub fn new(settings: &Config) -> Result<Upstream, UpstreamSetupError> {
         let config = &settings.upstream;
-        let read_buffer = settings.origin_read_buffer().as_usize();
-        let tls = tls_client_config(config)?;
         let connections = Arc::new(Limiter::new(Bounds {
             total: config.max_connections,
             per_peer: config.max_connections_per_origin,
             queue: config.connection_queue,
             wait: config.connection_queue_timeout.get(),
         }));
+        Upstream::build(settings, &OriginTls::of_upstream(config), connections)
+    }
+
+    /// The clients of a pool that sets TLS of its own (`ca_file`, `client_cert`): their own
+    /// connections (a connection made with one pool's certificate is never another's),
+    /// under this client's connection caps. `None` when the pool sets none.
+    ///
+    /// # Errors
+    /// As [`Upstream::new`], for the pool's files.
+    pub fn for_pool(
+        &self,
+        settings: &Config,
+        pool: &PoolConfig,
+    ) -> Result<Option<Upstream>, UpstreamSetupError> {
+        if !pool.has_own_tls() {
+            return Ok(None);
+        }
+        let tls = OriginTls::of_pool(&settings.upstream, pool);
+        Upstream::build(settings, &tls, Arc::clone(&self.connections)).map(Some)
+    }
+
+    fn build(
+        settings: &Config,
+        origin_tls: &OriginTls<'_>,
+        connections: Arc<Limiter>,
+    ) -> Result<Upstream, UpstreamSetupError> {
+        let config = &settings.upstream;
+        let read_buffer = settings.origin_read_buffer().as_usize();
+        let tls = origin_tls.client_config()?;
         let h2 = Arc::new(H2Origins::new(
             &tls,
             config.connect_timeout.get(),
@@ -222,12 +255,10 @@ impl Upstream {
         ));
         let (pool, multiplexed) = (Arc::downgrade(&http1), Arc::downgrade(&h2));
         connections.on_total_shortage(move || {
-            let closed = pool.upgrade().is_some_and(|pool| pool.close_longest_idle());
-            if !closed {
-                if let Some(multiplexed) = multiplexed.upgrade() {
-                    multiplexed.close_an_idle_connection();
-                }
-            }
+            pool.upgrade().is_some_and(|pool| pool.close_longest_idle())
+                || multiplexed
+                    .upgrade()
+                    .is_some_and(|multiplexed| multiplexed.close_an_idle_connection())
         });
         Ok(Upstream {
             http1,
@@ -478,89 +509,139 @@ pub fn https_connector(
 pub fn tls_client_config(
     config: &UpstreamConfig,
 ) -> Result<rustls::ClientConfig, UpstreamSetupError> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = &config.ca_file {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::CertificateDer;
-        let ca_error = |message: String| UpstreamSetupError::CaFile {
-            path: path.display().to_string(),
-            message,
-        };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|err| ca_error(err.to_string()))?
-            .collect::<Result<_, _>>()
-            .map_err(|err| ca_error(err.to_string()))?;
-        if certs.is_empty() {
-            return Err(ca_error("no PEM certificate in the file".to_string()));
+    OriginTls::of_upstream(config).client_config()
+}
+
+/// A TLS file for origins and the setting that names it (in errors).
+struct TlsFile<'a> {
+    setting: String,
+    path: &'a Path,
+}
+
+impl TlsFile<'_> {
+    fn error(&self, message: impl Into<String>) -> UpstreamSetupError {
+        UpstreamSetupError::ClientCert {
+            setting: self.setting.clone(),
+            path: self.path.display().to_string(),
+            message: message.into(),
         }
-        for cert in certs {
-            roots.add(cert).map_err(|err| ca_error(err.to_string()))?;
-        }
-    }
-    // One crypto provider, chosen explicitly: rustls panics at first use when it cannot
-    // tell which of several compiled-in providers to use.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    match client_identity(config)? {
-        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|err| {
-            UpstreamSetupError::ClientCert {
-                setting: "upstream.client_key",
-                path: config
-                    .client_key
-                    .as_deref()
-                    .map(|path| path.display().to_string())
-                    .unwrap_or_default(),
-                message: format!("does not go with upstream.client_cert: {err}"),
-            }
-        }),
-        None => Ok(builder.with_no_client_auth()),
     }
 }
 
-/// The certificate chain and key presented to origins that ask for one, when both are set.
-fn client_identity(
-    config: &UpstreamConfig,
-) -> Result<
-    Option<(
-        Vec<rustls::pki_types::CertificateDer<'static>>,
-        rustls::pki_types::PrivateKeyDer<'static>,
-    )>,
-    UpstreamSetupError,
-> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let failed = |setting: &'static str, path: &std::path::Path, message: String| {
-        UpstreamSetupError::ClientCert {
-            setting,
-            path: path.display().to_string(),
-            message,
+/// A certificate chain, its private key, and the key's file (named in errors).
+type ClientIdentity<'f, 'a> = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+    &'f TlsFile<'a>,
+);
+
+/// Where the TLS settings of origin connections come from: `upstream`'s, or a pool's in
+/// their place.
+struct OriginTls<'a> {
+    ca_file: Option<TlsFile<'a>>,
+    client_cert: Option<TlsFile<'a>>,
+    client_key: Option<TlsFile<'a>>,
+}
+
+impl<'a> OriginTls<'a> {
+    fn of_upstream(config: &'a UpstreamConfig) -> OriginTls<'a> {
+        let file = |name: &str, path: &'a Option<PathBuf>| {
+            path.as_deref().map(|path| TlsFile {
+                setting: format!("upstream.{name}"),
+                path,
+            })
+        };
+        OriginTls {
+            ca_file: file("ca_file", &config.ca_file),
+            client_cert: file("client_cert", &config.client_cert),
+            client_key: file("client_key", &config.client_key),
         }
-    };
-    let alone = "client_cert and client_key go together: set both or neither".to_string();
-    let (cert_path, key_path) = match (&config.client_cert, &config.client_key) {
-        (None, None) => return Ok(None),
-        (Some(cert), Some(key)) => (cert, key),
-        (Some(cert), None) => return Err(failed("upstream.client_cert", cert, alone)),
-        (None, Some(key)) => return Err(failed("upstream.client_key", key, alone)),
-    };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|err| failed("upstream.client_cert", cert_path, err.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|err| failed("upstream.client_cert", cert_path, err.to_string()))?;
-    if chain.is_empty() {
-        return Err(failed(
-            "upstream.client_cert",
-            cert_path,
-            "no PEM certificate in the file".to_string(),
-        ));
     }
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|err| failed("upstream.client_key", key_path, err.to_string()))?;
-    Ok(Some((chain, key)))
+
+    /// The pool's CA file in place of upstream's, and its certificate and key in place of
+    /// upstream's pair (either of them set replaces both).
+    fn of_pool(upstream: &'a UpstreamConfig, pool: &'a PoolConfig) -> OriginTls<'a> {
+        let inherited = OriginTls::of_upstream(upstream);
+        let file = |name: &str, path: &'a Option<PathBuf>| {
+            path.as_deref().map(|path| TlsFile {
+                setting: format!("pools[{}].{name}", pool.name),
+                path,
+            })
+        };
+        let own_identity = pool.client_cert.is_some() || pool.client_key.is_some();
+        OriginTls {
+            ca_file: file("ca_file", &pool.ca_file).or(inherited.ca_file),
+            client_cert: match own_identity {
+                true => file("client_cert", &pool.client_cert),
+                false => inherited.client_cert,
+            },
+            client_key: match own_identity {
+                true => file("client_key", &pool.client_key),
+                false => inherited.client_key,
+            },
+        }
+    }
+
+    fn client_config(&self) -> Result<rustls::ClientConfig, UpstreamSetupError> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(ca_file) = &self.ca_file {
+            use rustls::pki_types::pem::PemObject;
+            use rustls::pki_types::CertificateDer;
+            let ca_error = |message: String| UpstreamSetupError::CaFile {
+                setting: ca_file.setting.clone(),
+                path: ca_file.path.display().to_string(),
+                message,
+            };
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file.path)
+                .map_err(|err| ca_error(err.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|err| ca_error(err.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_error("no PEM certificate in the file".to_string()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|err| ca_error(err.to_string()))?;
+            }
+        }
+        // One crypto provider, chosen explicitly: rustls panics at first use when it cannot
+        // tell which of several compiled-in providers to use.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        match self.client_identity()? {
+            Some((chain, key, key_file)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|err| key_file.error(format!("does not go with its client_cert: {err}"))),
+            None => Ok(builder.with_no_client_auth()),
+        }
+    }
+
+    /// The certificate chain and key presented to origins that ask for one, when both are
+    /// set, with the key's file.
+    fn client_identity(&self) -> Result<Option<ClientIdentity<'_, 'a>>, UpstreamSetupError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let alone = "client_cert and client_key go together: set both or neither";
+        let (cert, key) = match (&self.client_cert, &self.client_key) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(cert), None) => return Err(cert.error(alone)),
+            (None, Some(key)) => return Err(key.error(alone)),
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert.path)
+            .map_err(|err| cert.error(err.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|err| cert.error(err.to_string()))?;
+        if chain.is_empty() {
+            return Err(cert.error("no PEM certificate in the file"));
+        }
+        let private =
+            PrivateKeyDer::from_pem_file(key.path).map_err(|err| key.error(err.to_string()))?;
+        Ok(Some((chain, private, key)))
+    }
 }
 
 /// Maps a client error to the RFC 9209 error it is, by walking its causes.
@@ -593,7 +674,7 @@ pub(crate) fn classify_failure(
                 rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
                     // The usual cause is a private CA or a TLS-inspecting proxy, which the
                     // system's store may trust while our built-in roots do not.
-                    let detail = format!("{detail} (trusted: the Mozilla roots outpost is built with, and upstream.ca_file)");
+                    let detail = format!("{detail} (trusted: the Mozilla roots outpost is built with, and upstream.ca_file or the pool's ca_file)");
                     ProxyError::TlsCertificate { origin, detail }
                 }
                 rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {

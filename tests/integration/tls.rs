@@ -20,6 +20,74 @@ async fn https_origin_with_configured_ca_is_proxied() {
     );
 }
 
+/// Each pool presents its own client certificate and trusts its own CA: two origins that
+/// each admit only the identity their CA issued, one behind `upstream`'s settings and one
+/// behind a pool's, both serve. The pool's connections are its own: a pool to the same
+/// server without those settings is refused by it (502), even right after the other pool
+/// left a connection to it idle.
+#[tokio::test]
+async fn each_pool_presents_its_own_client_certificate() {
+    let (a, a_identity) = TlsOrigin::start_requiring_client_cert().await;
+    let (b, b_identity) = TlsOrigin::start_requiring_client_cert().await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (a_ca, a_cert, a_key) = (
+        write("a-ca.pem", &a.cert_pem),
+        write("a.pem", &a_identity.cert_pem),
+        write("a.key", &a_identity.key_pem),
+    );
+    let (b_ca, b_cert, b_key) = (
+        write("b-ca.pem", &b.cert_pem),
+        write("b.pem", &b_identity.cert_pem),
+        write("b.key", &b_identity.key_pem),
+    );
+    let b_url = format!("https://localhost:{}", b.port);
+    let toml = format!(
+        "[upstream]\nca_file = \"{a_ca}\"\nclient_cert = \"{a_cert}\"\nclient_key = \"{a_key}\"\n\
+         [[pools]]\nname = \"b\"\nservers = [{{ url = \"{b_url}\" }}]\n\
+         ca_file = \"{b_ca}\"\nclient_cert = \"{b_cert}\"\nclient_key = \"{b_key}\"\n\
+         [[pools]]\nname = \"b-as-upstream\"\nservers = [{{ url = \"{b_url}\" }}]\n\
+         [[sites]]\nhosts = [\"b.test\"]\npool = \"b\"\n\
+         [[sites]]\nhosts = [\"c.test\"]\npool = \"b-as-upstream\"\n"
+    );
+    let proxy = Proxy::start(&format!("https://localhost:{}", a.port), &toml).await;
+    let reply = get(&proxy.url("/page"), &[]).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text().as_str()),
+        (200, "secure /page"),
+        "upstream's identity for the default origin"
+    );
+    let reply = get(&proxy.url("/page"), &[("host", "b.test")]).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text().as_str()),
+        (200, "secure /page"),
+        "the pool's own identity and CA"
+    );
+    let reply = get(&proxy.url("/other"), &[("host", "c.test")]).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert!(
+        reply
+            .header("proxy-status")
+            .is_some_and(|status| status.contains("tls_certificate_error")),
+        "upstream's CA does not vouch for b: {:?}",
+        reply.header("proxy-status")
+    );
+
+    let half = format!(
+        "origin = \"{b_url}\"\n[[pools]]\nname = \"p\"\nservers = [{{ url = \"{b_url}\" }}]\n\
+         client_key = \"{b_key}\"\n"
+    );
+    let refused = outpost::Config::from_toml_str(&half, &Default::default()).unwrap_err();
+    assert!(
+        refused.to_string().contains("pools[0].client_cert"),
+        "{refused}"
+    );
+}
+
 /// RFC 9209 §2.3: an origin certificate nobody vouches for is a TLS error, not a response.
 #[tokio::test]
 async fn https_origin_with_unknown_certificate_gives_502_tls_error() {

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -30,7 +30,7 @@ use http::header::{HeaderValue, HOST};
 use http::{Request, Response, Uri};
 use parking_lot::Mutex;
 
-use super::{replay_copy, OriginBody, Sent, Upstream};
+use super::{replay_copy, OriginBody, Sent, Upstream, UpstreamSetupError};
 use crate::body::Body;
 use crate::config::{Config, OriginProtocol, OriginUrl, PoolConfig, Selection};
 use crate::error::ProxyError;
@@ -194,6 +194,9 @@ pub struct Pool {
     header_timeout: Duration,
     /// The HTTP version its servers speak.
     protocol: OriginProtocol,
+    /// Its own clients, when it sets TLS of its own ([`Pools::connect_with`]); else the
+    /// shared ones are used.
+    own_upstream: OnceLock<Upstream>,
 }
 
 impl Pool {
@@ -240,7 +243,13 @@ impl Pool {
             hosts_file,
             header_timeout,
             protocol,
+            own_upstream: OnceLock::new(),
         }
+    }
+
+    /// The clients its exchanges and checks go through: its own, else `shared`.
+    fn upstream<'a>(&'a self, shared: &'a Upstream) -> &'a Upstream {
+        self.own_upstream.get().unwrap_or(shared)
     }
 
     /// A pool of the one server `url`, named `name`, that never ejects or fails over (a
@@ -414,7 +423,9 @@ impl Pool {
             let spare = (tried.len() + 1 < max_attempts as usize)
                 .then(|| replay_copy(&current))
                 .flatten();
-            let sent = self.exchange(upstream, current, &member, routing).await;
+            let sent = self
+                .exchange(self.upstream(upstream), current, &member, routing)
+                .await;
             exchanges += sent.attempts;
             let retry = spare.is_some() && self.is_worth_retrying(&sent.result);
             // A try that never reached an origin adds no load anywhere by being made again:
@@ -580,6 +591,7 @@ impl Pool {
             return;
         };
         let members = self.members();
+        let upstream = self.upstream(upstream);
         let probes = members.iter().map(|member| async move {
             let host = check.host.clone().unwrap_or_else(|| member.address.clone());
             let url = format!(
@@ -818,6 +830,24 @@ impl Pools {
         let mut pools: Vec<&Arc<Pool>> = self.named.values().collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));
         pools.into_iter()
+    }
+
+    /// Gives each configured pool that sets TLS of its own (a CA file, a client
+    /// certificate) clients of its own, under `upstream`'s connection caps.
+    ///
+    /// # Errors
+    /// A pool's TLS file that cannot be used.
+    pub fn connect_with(
+        &self,
+        config: &Config,
+        upstream: &Upstream,
+    ) -> Result<(), UpstreamSetupError> {
+        for pool in self.named.values() {
+            if let Some(own) = upstream.for_pool(config, &pool.config)? {
+                let _ = pool.own_upstream.set(own);
+            }
+        }
+        Ok(())
     }
 
     /// Starts the configured pools' health checks and name resolution (on the current

@@ -1834,6 +1834,12 @@ impl Config {
                 "# compression.encoder_memory_budget = \"{budget}\"  # a sixteenth of cache.memory_capacity\n"
             ));
         }
+        if self.upstream.max_read_buffer.is_none() {
+            let buffer = self.origin_read_buffer();
+            derived.push(format!(
+                "# upstream.max_read_buffer = \"{buffer}\"  # a thousandth of cache.memory_capacity, 32KiB-128KiB\n"
+            ));
+        }
         if derived.is_empty() {
             return String::new();
         }
@@ -2254,6 +2260,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(set.origin_read_buffer().as_u64(), 256 << 10);
+        assert!(!set.derived_comments().contains("max_read_buffer"));
+        let mut derived = Config::default();
+        derived.cache.memory_capacity = ByteSize(64 << 20);
+        assert!(derived
+            .derived_comments()
+            .contains("# upstream.max_read_buffer = \"64KiB\""));
     }
 
     /// Every problem in a configuration is reported at once, each with its key.

@@ -119,6 +119,11 @@ pub struct Outpost {
     loader: Option<ConfigLoader>,
     /// Serialises reloads (SIGHUP and `POST /reload` may race).
     reloading: std::sync::Mutex<()>,
+    /// Each configuration put in force, for whoever binds the listeners
+    /// ([`Outpost::follow_listen_addresses`]).
+    in_force: tokio::sync::watch::Sender<Arc<Config>>,
+    /// Whether someone rebinds the proxy listeners when their addresses change.
+    listeners_followed: std::sync::atomic::AtomicBool,
 }
 
 impl Outpost {
@@ -126,12 +131,24 @@ impl Outpost {
     /// [`StartError`] when the configuration cannot be put to work (an unreadable CA file).
     pub fn new(config: Config) -> Result<Outpost, StartError> {
         let proxy = pipeline::Proxy::new(&config)?;
+        let config = Arc::new(config);
         Ok(Outpost {
-            config: arc_swap::ArcSwap::from_pointee(config),
+            config: arc_swap::ArcSwap::new(Arc::clone(&config)),
             proxy: Arc::new(arc_swap::ArcSwap::from_pointee(proxy)),
             loader: None,
             reloading: std::sync::Mutex::new(()),
+            in_force: tokio::sync::watch::Sender::new(config),
+            listeners_followed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Each configuration put in force from now on, for a caller that binds the proxy
+    /// listeners and moves them when a reload changes `listen` or `tls.listen` (as `outpost
+    /// serve` does): reloads then no longer report those as needing a restart.
+    pub fn follow_listen_addresses(&self) -> tokio::sync::watch::Receiver<Arc<Config>> {
+        self.listeners_followed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.in_force.subscribe()
     }
 
     /// Where [`Outpost::reload`] reads the configuration from.
@@ -161,9 +178,11 @@ impl Outpost {
     /// size (`cache.memory_capacity` and its shares; what no longer fits is evicted). The
     /// cache, fills in flight and metrics are kept; established connections and in-flight
     /// requests go on. `server.*` limits and timeouts apply to connections accepted after
-    /// the reload. Listen and admin addresses, the memory tier's policy (and its size under
-    /// one of moka's policies) and the disk tier's settings need a restart: a warning names
-    /// those that changed, and so does the returned list.
+    /// the reload. The proxy's listen addresses move when a caller follows them
+    /// ([`Outpost::follow_listen_addresses`]). The admin address (and listen addresses
+    /// nobody follows), the memory tier's policy (and its size under one of moka's
+    /// policies) and the disk tier's settings need a restart: a warning names those that
+    /// changed, and so does the returned list.
     ///
     /// # Errors
     /// [`ReloadError`] when there is no loader or the new configuration is invalid; the
@@ -182,7 +201,10 @@ impl Outpost {
         let old = self.config();
         let resizable = old.cache.memory_policy == MemoryPolicy::Wtinylfu
             && config.cache.memory_policy == MemoryPolicy::Wtinylfu;
-        let needs_restart = restart_only_changes(&old, &config, resizable);
+        let listeners_followed = self
+            .listeners_followed
+            .load(std::sync::atomic::Ordering::Acquire);
+        let needs_restart = restart_only_changes(&old, &config, resizable, listeners_followed);
         if !needs_restart.is_empty() {
             tracing::warn!(settings = ?needs_restart, "reloaded, but these settings only change on restart");
         }
@@ -194,7 +216,9 @@ impl Outpost {
             tracing::info!(bytes = tier, "the memory tier resized");
         }
         self.proxy.store(Arc::new(proxy));
-        self.config.store(Arc::new(config));
+        let config = Arc::new(config);
+        self.config.store(Arc::clone(&config));
+        self.in_force.send_replace(config);
         tracing::info!("configuration reloaded");
         Ok(needs_restart)
     }
@@ -252,11 +276,20 @@ impl Outpost {
 }
 
 /// Settings that differ between `old` and `new` but only take effect on restart; the memory
-/// tier's size is not one of them when its policy can be `resizable`.
-fn restart_only_changes(old: &Config, new: &Config, resizable: bool) -> Vec<&'static str> {
+/// tier's size is not one of them when its policy can be `resizable`, nor the proxy's
+/// listen addresses when the `listeners_followed`.
+fn restart_only_changes(
+    old: &Config,
+    new: &Config,
+    resizable: bool,
+    listeners_followed: bool,
+) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    if old.listen != new.listen {
+    if !listeners_followed && old.listen != new.listen {
         changed.push("listen");
+    }
+    if !listeners_followed && old.tls.listen != new.tls.listen {
+        changed.push("tls.listen");
     }
     if old.admin != new.admin {
         changed.push("admin");
@@ -306,7 +339,7 @@ mod tests {
         let mut new = old.clone();
         new.compression.gzip_level = 9;
         assert!(
-            restart_only_changes(&old, &new, true).is_empty(),
+            restart_only_changes(&old, &new, true, false).is_empty(),
             "compression reloads"
         );
         // The default policy resizes in place; moka's are built with their size.
@@ -314,40 +347,57 @@ mod tests {
             "cache.memory_capacity/fill_memory_budget/memory_reserve (the memory tier's size)",
         ];
         new.cache.fill_memory_budget = Some(crate::config::ByteSize(1 << 20));
-        assert!(restart_only_changes(&old, &new, true).is_empty());
-        assert_eq!(restart_only_changes(&old, &new, false), size_moved);
+        assert!(restart_only_changes(&old, &new, true, false).is_empty());
+        assert_eq!(restart_only_changes(&old, &new, false, false), size_moved);
         new.cache.fill_memory_budget = None;
         new.cache.memory_reserve = Some(crate::config::ByteSize(1 << 20));
-        assert_eq!(restart_only_changes(&old, &new, false), size_moved);
+        assert_eq!(restart_only_changes(&old, &new, false, false), size_moved);
         new.cache.memory_reserve = None;
         new.cache.memory_capacity = crate::config::ByteSize(64 << 20);
-        assert!(restart_only_changes(&old, &new, true).is_empty());
-        assert_eq!(restart_only_changes(&old, &new, false), size_moved);
+        assert!(restart_only_changes(&old, &new, true, false).is_empty());
+        assert_eq!(restart_only_changes(&old, &new, false, false), size_moved);
         new.cache.memory_capacity = old.cache.memory_capacity;
         new.cache.memory_policy = MemoryPolicy::Lru;
         assert_eq!(
-            restart_only_changes(&old, &new, false),
+            restart_only_changes(&old, &new, false, false),
             vec!["cache.memory_policy"]
         );
         new.cache.memory_policy = old.cache.memory_policy;
         new.cache.max_variants = 2;
         new.cache.hit_for_miss_ttl =
             crate::config::HumanDuration(std::time::Duration::from_secs(1));
-        assert!(restart_only_changes(&old, &new, true).is_empty());
+        assert!(restart_only_changes(&old, &new, true, false).is_empty());
         // With a disk tier, its own variant bound stays until a restart.
         let mut on_disk = old.clone();
         on_disk.cache.dir = Some("/var/cache/outpost".into());
         let mut bounded = on_disk.clone();
         bounded.cache.max_variants = 2;
         assert_eq!(
-            restart_only_changes(&on_disk, &bounded, true),
+            restart_only_changes(&on_disk, &bounded, true, false),
             vec!["cache.max_variants (the disk tier's bound)"]
         );
         new.cache.max_variants = old.cache.max_variants;
         new.cache.disk_max_objects = 1000;
         assert_eq!(
-            restart_only_changes(&old, &new, true),
+            restart_only_changes(&old, &new, true, false),
             vec!["cache.dir/disk_*/fsync"]
         );
+    }
+
+    /// The proxy's listen addresses need a restart unless whoever binds the listeners
+    /// follows reloads (`outpost serve` does); the admin address always does.
+    #[test]
+    fn listen_addresses_need_a_restart_only_when_nobody_follows_them() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.listen = "127.0.0.1:8081".parse().unwrap();
+        new.tls.listen = vec!["127.0.0.1:8443".parse().unwrap()];
+        assert_eq!(
+            restart_only_changes(&old, &new, true, false),
+            vec!["listen", "tls.listen"]
+        );
+        assert!(restart_only_changes(&old, &new, true, true).is_empty());
+        new.admin = Some("127.0.0.1:9901".parse().unwrap());
+        assert_eq!(restart_only_changes(&old, &new, true, true), vec!["admin"]);
     }
 }

@@ -2,6 +2,7 @@
 //! turned into calls of the library. Parsing and dispatch are `main.rs`'s.
 
 pub mod check;
+pub mod listeners;
 pub mod load;
 pub mod replay;
 pub mod serve;

@@ -15,6 +15,8 @@ use outpost::config::{FlagOverrides, HostHeaderSetting, LogFormat};
 use outpost::tools::sample_origin::{self, SampleOriginSettings};
 use outpost::{Config, Outpost};
 
+use super::listeners::{stopped, ProxyListeners};
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct SettingsArgs {
     /// TOML configuration file (see config/outpost.toml for every setting).
@@ -85,9 +87,7 @@ impl SettingsArgs {
 
 pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Result<()> {
     raise_open_file_limit();
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding listen address {}", config.listen))?;
+    let bound = ProxyListeners::bind(&config).await?;
     let admin_listener = match config.admin {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -96,19 +96,12 @@ pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Res
         ),
         None => None,
     };
-    let mut tls_listeners = Vec::new();
-    for addr in &config.tls.listen {
-        tls_listeners.push(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding TLS listen address {addr}"))?,
-        );
-    }
     let mut outpost = Outpost::new(config)?;
     if let Some(loader) = loader {
         outpost = outpost.with_loader(loader);
     }
     let outpost = Arc::new(outpost);
+    let mut in_force = outpost.follow_listen_addresses();
     let reloads = tokio::spawn(reload_on_sighup(Arc::clone(&outpost)));
     let (stop_tx, stop_rx) = watch::channel(false);
     tracing::info!(
@@ -139,20 +132,32 @@ pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Res
         Ok::<_, std::io::Error>(())
     };
     let proxy = async {
-        let result = outpost.serve(listener, shutdown_signal()).await;
+        let mut listeners = ProxyListeners::serve(Arc::clone(&outpost), bound);
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        let mut failed = Ok(());
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Ok(()) = in_force.changed() => {
+                    let config = Arc::clone(&in_force.borrow_and_update());
+                    listeners.follow(&config).await;
+                }
+                Some(Err(err)) = listeners.next_ended() => {
+                    tracing::error!(error = %err, "a listener failed; stopping");
+                    failed = Err(err);
+                    break;
+                }
+            }
+        }
+        let stopped_all = listeners.stop().await;
         let _ = stop_tx.send(true);
-        result
+        failed.and(stopped_all)
     };
-    let https = futures_util::future::try_join_all(
-        tls_listeners
-            .into_iter()
-            .map(|listener| outpost.serve_tls(listener, stopped(stop_rx.clone()))),
-    );
-    let (proxy_result, admin_result, https_result) = tokio::join!(proxy, admin, https);
+    let (proxy_result, admin_result) = tokio::join!(proxy, admin);
     reloads.abort();
     proxy_result?;
     admin_result?;
-    https_result?;
     tracing::info!("outpost stopped");
     Ok(())
 }
@@ -243,10 +248,6 @@ pub async fn shutdown_signal() {
         () = interrupt => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
     }
-}
-
-pub async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Raises the soft limit on open files to the hard one, as servers commonly do: every

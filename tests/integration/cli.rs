@@ -442,6 +442,109 @@ fn sighup_reloads_the_config_file_and_sigterm_stops_cleanly() {
     );
 }
 
+/// The real binary moves its listener when a reload changes `listen`: the new address
+/// serves and the old one stops taking connections. A new address that cannot be bound
+/// (taken) leaves the old one serving rather than the node serving nothing.
+#[test]
+fn sighup_moves_the_listener_to_a_new_listen_address() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    let origin = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_addr = origin.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in origin.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nCache-Control: no-store\r\nConnection: close\r\n\r\norigin",
+            );
+        }
+    });
+    let free_port = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (first, second) = (free_port(), free_port());
+    let config =
+        |port: u16| format!("origin = \"http://{origin_addr}\"\nlisten = \"127.0.0.1:{port}\"\n");
+    let (dir, path) = write_config(&config(first));
+    let log = dir.path().join("outpost.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["serve", "--config", &path])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .map(crate::support::Reaped)
+        .unwrap();
+    let logged = |text: &str| std::fs::read_to_string(&log).is_ok_and(|log| log.contains(text));
+    let serves = |port: u16| -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut out = String::new();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .is_ok()
+            && stream.read_to_string(&mut out).is_ok()
+            && out.ends_with("\r\n\r\norigin")
+    };
+    let refuses = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_err();
+    let within = |check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if check() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    let hup = |pid: u32| {
+        Command::new("sh")
+            .args(["-c", &format!("kill -HUP {pid}")])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(within(&|| serves(first)), "serving on the first address");
+
+    // A taken address: the reload goes through, the listener stays where it was.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    std::fs::write(&path, config(taken_port)).unwrap();
+    assert!(hup(child.id()));
+    assert!(
+        within(&|| logged("cannot listen on the reloaded address")),
+        "the failed bind is logged"
+    );
+    assert!(
+        serves(first),
+        "still serving while the new address is taken"
+    );
+
+    std::fs::write(&path, config(second)).unwrap();
+    assert!(hup(child.id()));
+    assert!(within(&|| serves(second)), "serving on the new address");
+    assert!(
+        within(&|| refuses(first)),
+        "the old address no longer accepts"
+    );
+    drop(taken);
+    let term = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(term.success() && status.success(), "{status:?}");
+}
+
 /// `--origin` given several times makes one pool of them (issue 15), which `check` prints
 /// with its defaults; a pool that names no server, or a site naming a missing pool, is
 /// refused with its key.

@@ -224,7 +224,8 @@ impl Outpost {
     }
 
     /// Serves proxy traffic on `listener` until `shutdown` completes, then drains in-flight
-    /// requests for up to `server.shutdown_grace`.
+    /// requests for up to `server.shutdown_grace`, and finishes the cache's work
+    /// ([`Outpost::finish`]).
     ///
     /// # Errors
     /// I/O errors that end the accept loop.
@@ -233,12 +234,31 @@ impl Outpost {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let result = server::serve(listener, Arc::clone(&self.proxy), shutdown).await;
+        let result = self.serve_until(listener, shutdown).await;
+        self.finish().await;
+        result
+    }
+
+    /// Serves proxy traffic on `listener` until `shutdown` completes, then drains its
+    /// connections, as [`Outpost::serve`] does, but leaves the cache running: for one of
+    /// several listeners, or one a reload moves. [`Outpost::finish`] once all are done.
+    ///
+    /// # Errors
+    /// I/O errors that end the accept loop.
+    pub async fn serve_until(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        server::serve(listener, Arc::clone(&self.proxy), shutdown).await
+    }
+
+    /// Before the process ends, once no listener is left: fills in flight (within the
+    /// grace period) and background disk writes finish, and the index is flushed.
+    pub async fn finish(&self) {
         let proxy = self.proxy();
         let (entries, bytes) = proxy.cache().memory_usage().await;
         tracing::info!(entries, bytes, "memory tier at shutdown");
-        // Fills in flight (within the grace period) and background disk writes finish, and
-        // the index is flushed, before we return.
         proxy
             .cache()
             .settle_within(proxy.server.shutdown_grace.get())
@@ -246,7 +266,6 @@ impl Outpost {
         if let Some((entries, bytes)) = proxy.cache().disk_usage() {
             tracing::info!(entries, bytes, "disk tier at shutdown");
         }
-        result
     }
 
     /// Serves HTTPS on `listener` (`tls` settings; certificates re-read on reload) until

@@ -75,7 +75,7 @@ impl ProxyListeners {
         let until = stopped(stop_rx);
         self.tasks.spawn(async move {
             match serves {
-                Serves::Http => outpost.serve(listener, until).await,
+                Serves::Http => outpost.serve_until(listener, until).await,
                 Serves::Https => outpost.serve_tls(listener, until).await,
             }
         });

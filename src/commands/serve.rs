@@ -151,6 +151,7 @@ pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Res
             }
         }
         let stopped_all = listeners.stop().await;
+        outpost.finish().await;
         let _ = stop_tx.send(true);
         failed.and(stopped_all)
     };

@@ -1318,6 +1318,7 @@ impl PoolConfig {
                     url,
                     weight: 1,
                     backup: false,
+                    max_connections: None,
                 })
                 .collect(),
             selection: Selection::default(),
@@ -1353,6 +1354,12 @@ pub struct PoolServerConfig {
     /// Used only while no other server can take requests.
     #[serde(default)]
     pub backup: bool,
+    /// At most this many connections open to it at once (each of its addresses, when its
+    /// name resolves to several), in place of `upstream.max_connections_per_origin`:
+    /// nginx's `max_conns`, for a server that takes fewer than the others. Requests past it
+    /// wait in the connection queue. A server named by two pools takes the smaller cap.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 impl PoolServerConfig {
@@ -2112,6 +2119,12 @@ fn check_pool(index: usize, pool: &PoolConfig, earlier: &[PoolConfig], problems:
             problems.add(
                 format!("pools[{index}].servers[{n}].weight"),
                 "must be 1 to 1000",
+            );
+        }
+        if server.max_connections == Some(0) {
+            problems.add(
+                format!("pools[{index}].servers[{n}].max_connections"),
+                "must be at least 1",
             );
         }
     }

@@ -62,6 +62,8 @@ pub struct Limiter {
     high_water: AtomicUsize,
     /// Asked in turn until one frees a slot.
     reliefs: Mutex<Vec<Relief>>,
+    /// Peers with a cap of their own instead of `bounds.per_peer` ([`Limiter::cap_peer`]).
+    peer_caps: Mutex<HashMap<String, usize>>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -92,6 +94,7 @@ impl Limiter {
             waiting: AtomicUsize::new(0),
             high_water: AtomicUsize::new(0),
             reliefs: Mutex::new(Vec::new()),
+            peer_caps: Mutex::new(HashMap::new()),
         }
     }
 
@@ -102,6 +105,16 @@ impl Limiter {
     /// are asked in the order set until one says it freed a slot.
     pub fn on_total_shortage(&self, relief: impl Fn() -> bool + Send + Sync + 'static) {
         self.reliefs.lock().push(Box::new(relief));
+    }
+
+    /// Holds `peer` to at most `cap` slots (the smaller when set twice), in place of
+    /// `bounds.per_peer`, from its first admission on: set before it is admitted.
+    pub fn cap_peer(&self, peer: &str, cap: usize) {
+        self.peer_caps
+            .lock()
+            .entry(peer.to_ascii_lowercase())
+            .and_modify(|set| *set = (*set).min(cap))
+            .or_insert(cap);
     }
 
     pub fn bounds(&self) -> Bounds {
@@ -186,7 +199,13 @@ impl Limiter {
             let per_peer = self.bounds.per_peer.max(1);
             peers.retain(|_, s| s.available_permits() < per_peer || Arc::strong_count(s) > 1);
         }
-        let semaphore = Arc::new(Semaphore::new(self.bounds.per_peer.max(1)));
+        let slots = self
+            .peer_caps
+            .lock()
+            .get(peer)
+            .copied()
+            .unwrap_or(self.bounds.per_peer);
+        let semaphore = Arc::new(Semaphore::new(slots.max(1)));
         peers.insert(peer.to_string(), Arc::clone(&semaphore));
         semaphore
     }
@@ -230,6 +249,33 @@ mod tests {
         assert_eq!(asked.load(Ordering::SeqCst), 1);
         assert_eq!(held.lock().len(), 1);
         drop(c);
+    }
+
+    /// A peer with a cap of its own (a pool server's `max_connections`) gets that many
+    /// slots, the smaller of two caps set for it, whatever its name's case; others keep
+    /// the common bound.
+    #[tokio::test]
+    async fn a_capped_peer_gets_its_own_number_of_slots() {
+        let limiter = limiter(10, 3, 0);
+        limiter.cap_peer("Small:80", 2);
+        limiter.cap_peer("small:80", 4);
+        let small = [
+            limiter.admit("small:80").await.unwrap(),
+            limiter.admit("small:80").await.unwrap(),
+        ];
+        assert_eq!(
+            limiter.admit("small:80").await.unwrap_err(),
+            Refused::QueueFull
+        );
+        let mut other = Vec::new();
+        for _ in 0..3 {
+            other.push(limiter.admit("other:80").await.unwrap());
+        }
+        assert_eq!(
+            limiter.admit("other:80").await.unwrap_err(),
+            Refused::QueueFull
+        );
+        drop((small, other));
     }
 
     #[tokio::test]

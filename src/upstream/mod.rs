@@ -268,6 +268,11 @@ impl Upstream {
         })
     }
 
+    /// The connection caps every connection to an origin is admitted under.
+    pub(crate) fn limiter(&self) -> &Arc<Limiter> {
+        &self.connections
+    }
+
     /// Connections to origins open now (pooled idle ones included), and the most there have
     /// been at once.
     pub fn connections_in_use(&self) -> (usize, usize) {

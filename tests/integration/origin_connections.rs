@@ -175,6 +175,63 @@ async fn requests_waiting_under_the_connection_cap_take_released_connections() {
     assert_eq!(origin.connections(), 1, "one connection, passed on");
 }
 
+/// A pool server's own cap (`max_connections`, nginx's `max_conns`) holds it to fewer
+/// connections than `upstream.max_connections_per_origin` allows: with one, a request
+/// held at the origin leaves two more waiting for its connection, which each then takes
+/// in turn, and the origin sees one connection in all.
+#[tokio::test]
+async fn a_pool_server_with_a_cap_of_its_own_gets_no_more_connections() {
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![
+        (
+            "/held",
+            Fixture::GatedWith {
+                gate: gate.clone(),
+                headers: cc("no-store"),
+                body: Bytes::from_static(b"held"),
+            },
+        ),
+        (
+            "/b",
+            Fixture::with_headers(200, &[("cache-control", "no-store")], "b"),
+        ),
+        (
+            "/c",
+            Fixture::with_headers(200, &[("cache-control", "no-store")], "c"),
+        ),
+    ])
+    .await;
+    let toml = format!(
+        "pool = \"small\"\n[upstream]\npool_idle_timeout = \"60s\"\nconnection_queue_timeout = \"10s\"\n\
+         [[pools]]\nname = \"small\"\nservers = [{{ url = \"{}\", max_connections = 1 }}]\n",
+        origin.url()
+    );
+    let config = outpost::Config::from_toml_str(&toml, &Default::default()).unwrap();
+    let proxy = Proxy::start_with(config).await;
+    let fetch = |path: &str| {
+        let url = proxy.url(path);
+        tokio::spawn(async move { get(&url, &[]).await })
+    };
+    let held = fetch("/held");
+    eventually("the held request at the origin", || {
+        origin.hits("/held") == 1
+    })
+    .await;
+    let (b, c) = (fetch("/b"), fetch("/c"));
+    let outpost = proxy.outpost.proxy();
+    eventually("both waiting for a place", || {
+        outpost.upstream().connections_waiting() == 2
+    })
+    .await;
+    gate.open();
+    assert_eq!(held.await.unwrap().text(), "held");
+    for (reply, body) in [(b.await.unwrap(), "b"), (c.await.unwrap(), "c")] {
+        assert_eq!(reply.status, 200, "{body}");
+        assert_eq!(reply.text(), body);
+    }
+    assert_eq!(origin.connections(), 1, "one connection, passed on");
+}
+
 /// When the cap on connections in all (`upstream.max_connections`) is what a new
 /// connection waits for, the connection idle longest, to another origin, is closed for
 /// it: otherwise the request would wait beside it until its idle timeout (here past

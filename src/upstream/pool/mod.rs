@@ -34,6 +34,7 @@ use super::{replay_copy, OriginBody, Sent, Upstream, UpstreamSetupError};
 use crate::body::Body;
 use crate::config::{Config, OriginProtocol, OriginUrl, PoolConfig, Selection};
 use crate::error::ProxyError;
+use crate::limit::Limiter;
 use crate::telemetry::metrics::{Metrics, PoolLabels, ServerErrorLabels, ServerLabels};
 use health::{Health, Outcome, RetryBudget};
 use select::{Candidate, Ring};
@@ -197,6 +198,8 @@ pub struct Pool {
     /// Its own clients, when it sets TLS of its own ([`Pools::connect_with`]); else the
     /// shared ones are used.
     own_upstream: OnceLock<Upstream>,
+    /// The connection caps its servers' own `max_connections` are set with.
+    limiter: OnceLock<Arc<Limiter>>,
 }
 
 impl Pool {
@@ -244,6 +247,26 @@ impl Pool {
             header_timeout,
             protocol,
             own_upstream: OnceLock::new(),
+            limiter: OnceLock::new(),
+        }
+    }
+
+    /// Sets each member's own connection cap (its server's `max_connections`) with the
+    /// limiter, before any connection to it is admitted.
+    fn cap_members(&self) {
+        let Some(limiter) = self.limiter.get() else {
+            return;
+        };
+        for member in self.members() {
+            let cap = self
+                .config
+                .servers
+                .iter()
+                .find(|server| server.url.to_string() == member.server)
+                .and_then(|server| server.max_connections);
+            if let (Some(cap), Some(target)) = (cap, &member.target) {
+                limiter.cap_peer(target.authority.as_str(), cap);
+            }
         }
     }
 
@@ -663,6 +686,7 @@ impl Pool {
                 ring: Ring::new(&members),
                 members,
             }));
+            self.cap_members();
         }
     }
 }
@@ -833,7 +857,8 @@ impl Pools {
     }
 
     /// Gives each configured pool that sets TLS of its own (a CA file, a client
-    /// certificate) clients of its own, under `upstream`'s connection caps.
+    /// certificate) clients of its own, under `upstream`'s connection caps, and sets its
+    /// servers' own caps (`max_connections`) with those.
     ///
     /// # Errors
     /// A pool's TLS file that cannot be used.
@@ -846,6 +871,8 @@ impl Pools {
             if let Some(own) = upstream.for_pool(config, &pool.config)? {
                 let _ = pool.own_upstream.set(own);
             }
+            let _ = pool.limiter.set(Arc::clone(upstream.limiter()));
+            pool.cap_members();
         }
         Ok(())
     }

@@ -122,7 +122,7 @@ pub struct Outpost {
     /// Each configuration put in force, for whoever binds the listeners
     /// ([`Outpost::follow_listen_addresses`]).
     in_force: tokio::sync::watch::Sender<Arc<Config>>,
-    /// Whether someone rebinds the proxy listeners when their addresses change.
+    /// Whether someone rebinds the listeners when their addresses change.
     listeners_followed: std::sync::atomic::AtomicBool,
 }
 
@@ -142,8 +142,8 @@ impl Outpost {
         })
     }
 
-    /// Each configuration put in force from now on, for a caller that binds the proxy
-    /// listeners and moves them when a reload changes `listen` or `tls.listen` (as `outpost
+    /// Each configuration put in force from now on, for a caller that binds the listeners
+    /// and moves them when a reload changes `listen`, `tls.listen` or `admin` (as `outpost
     /// serve` does): reloads then no longer report those as needing a restart.
     pub fn follow_listen_addresses(&self) -> tokio::sync::watch::Receiver<Arc<Config>> {
         self.listeners_followed
@@ -178,11 +178,10 @@ impl Outpost {
     /// size (`cache.memory_capacity` and its shares; what no longer fits is evicted). The
     /// cache, fills in flight and metrics are kept; established connections and in-flight
     /// requests go on. `server.*` limits and timeouts apply to connections accepted after
-    /// the reload. The proxy's listen addresses move when a caller follows them
-    /// ([`Outpost::follow_listen_addresses`]). The admin address (and listen addresses
-    /// nobody follows), the memory tier's policy (and its size under one of moka's
-    /// policies) and the disk tier's settings need a restart: a warning names those that
-    /// changed, and so does the returned list.
+    /// the reload. The listen and admin addresses move when a caller follows them
+    /// ([`Outpost::follow_listen_addresses`]). Addresses nobody follows, the memory tier's
+    /// policy (and its size under one of moka's policies) and the disk tier's settings need
+    /// a restart: a warning names those that changed, and so does the returned list.
     ///
     /// # Errors
     /// [`ReloadError`] when there is no loader or the new configuration is invalid; the
@@ -310,7 +309,7 @@ fn restart_only_changes(
     if !listeners_followed && old.tls.listen != new.tls.listen {
         changed.push("tls.listen");
     }
-    if old.admin != new.admin {
+    if !listeners_followed && old.admin != new.admin {
         changed.push("admin");
     }
     let (a, b) = (&old.cache, &new.cache);
@@ -403,20 +402,19 @@ mod tests {
         );
     }
 
-    /// The proxy's listen addresses need a restart unless whoever binds the listeners
-    /// follows reloads (`outpost serve` does); the admin address always does.
+    /// The listen and admin addresses need a restart unless whoever binds the listeners
+    /// follows reloads (`outpost serve` does).
     #[test]
     fn listen_addresses_need_a_restart_only_when_nobody_follows_them() {
         let old = Config::default();
         let mut new = old.clone();
         new.listen = "127.0.0.1:8081".parse().unwrap();
         new.tls.listen = vec!["127.0.0.1:8443".parse().unwrap()];
+        new.admin = Some("127.0.0.1:9901".parse().unwrap());
         assert_eq!(
             restart_only_changes(&old, &new, true, false),
-            vec!["listen", "tls.listen"]
+            vec!["listen", "tls.listen", "admin"]
         );
         assert!(restart_only_changes(&old, &new, true, true).is_empty());
-        new.admin = Some("127.0.0.1:9901".parse().unwrap());
-        assert_eq!(restart_only_changes(&old, &new, true, true), vec!["admin"]);
     }
 }

@@ -1,9 +1,10 @@
-//! The proxy's listeners (`listen`, cleartext; `tls.listen`, HTTPS) on the addresses the
+//! The listeners (`listen`, cleartext; `tls.listen`, HTTPS; `admin`) on the addresses the
 //! configuration in force names: a reload that changes them binds the new addresses, and
 //! only once every new address of a kind is bound lets the old ones of that kind go, as a
 //! stop does (no new connections; those open finish within `server.shutdown_grace`). An
 //! address that cannot be bound is logged and the old ones stay, so a mistyped port never
-//! leaves the node serving nothing.
+//! leaves the node serving nothing. At shutdown the admin listener goes last, so health
+//! checks are answered while the proxy drains.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -16,11 +17,12 @@ use tokio::task::JoinSet;
 
 use outpost::{Config, Outpost};
 
-/// What a proxy listener serves.
+/// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Serves {
     Http,
     Https,
+    Admin,
 }
 
 impl Serves {
@@ -28,21 +30,26 @@ impl Serves {
         match self {
             Serves::Http => "listen",
             Serves::Https => "tls.listen",
+            Serves::Admin => "admin",
         }
     }
 }
 
-/// The running proxy listeners, each with its way to be stopped.
-pub struct ProxyListeners {
+/// Listeners bound, not yet serving.
+pub type Bound = Vec<(Serves, SocketAddr, TcpListener)>;
+
+/// The running listeners, each with its way to be stopped.
+pub struct Listeners {
     outpost: Arc<Outpost>,
     stops: HashMap<(Serves, SocketAddr), watch::Sender<bool>>,
-    tasks: JoinSet<std::io::Result<()>>,
+    tasks: JoinSet<(Serves, std::io::Result<()>)>,
+    running: HashMap<Serves, usize>,
 }
 
-impl ProxyListeners {
-    /// Binds every proxy listener `config` names, or fails naming the first that cannot be
-    /// bound (at start-up nothing is served yet).
-    pub async fn bind(config: &Config) -> Result<Vec<(Serves, SocketAddr, TcpListener)>> {
+impl Listeners {
+    /// Binds every listener `config` names, or fails naming the first that cannot be bound
+    /// (at start-up nothing is served yet).
+    pub async fn bind(config: &Config) -> Result<Bound> {
         let mut bound = Vec::new();
         for (serves, addr) in wanted(config) {
             let listener = TcpListener::bind(addr)
@@ -53,15 +60,13 @@ impl ProxyListeners {
         Ok(bound)
     }
 
-    /// Serves on `bound` (from [`ProxyListeners::bind`]).
-    pub fn serve(
-        outpost: Arc<Outpost>,
-        bound: Vec<(Serves, SocketAddr, TcpListener)>,
-    ) -> ProxyListeners {
-        let mut listeners = ProxyListeners {
+    /// Serves on `bound` (from [`Listeners::bind`]).
+    pub fn serve(outpost: Arc<Outpost>, bound: Bound) -> Listeners {
+        let mut listeners = Listeners {
             outpost,
             stops: HashMap::new(),
             tasks: JoinSet::new(),
+            running: HashMap::new(),
         };
         for (serves, addr, listener) in bound {
             listeners.start(serves, addr, listener);
@@ -74,12 +79,15 @@ impl ProxyListeners {
         let outpost = Arc::clone(&self.outpost);
         let until = stopped(stop_rx);
         self.tasks.spawn(async move {
-            match serves {
+            let ended = match serves {
                 Serves::Http => outpost.serve_until(listener, until).await,
                 Serves::Https => outpost.serve_tls(listener, until).await,
-            }
+                Serves::Admin => outpost.serve_admin(listener, until).await,
+            };
+            (serves, ended)
         });
         self.stops.insert((serves, addr), stop);
+        *self.running.entry(serves).or_default() += 1;
     }
 
     /// Moves the listeners to the addresses `config` names (see the module doc).
@@ -115,21 +123,42 @@ impl ProxyListeners {
         }
     }
 
-    /// The next listener to end by itself (an accept loop that failed); `None` when none
+    /// The next listener to end (stopped, or an accept loop that failed); `None` when none
     /// is running.
     pub async fn next_ended(&mut self) -> Option<std::io::Result<()>> {
-        let ended = self.tasks.join_next().await?;
-        Some(ended.unwrap_or_else(|join| Err(std::io::Error::other(join))))
+        let (serves, ended) = match self.tasks.join_next().await? {
+            Ok(ended) => ended,
+            Err(join) => return Some(Err(std::io::Error::other(join))),
+        };
+        if let Some(count) = self.running.get_mut(&serves) {
+            *count = count.saturating_sub(1);
+        }
+        Some(ended)
     }
 
-    /// Stops every listener and waits until their connections are done; the first error
-    /// any of them ended with.
-    pub async fn stop(mut self) -> std::io::Result<()> {
-        for (_, stop) in self.stops.drain() {
-            let _ = stop.send(true);
+    /// Stops every listener of a kind `which` picks and waits until they are done, their
+    /// connections included; the first error any listener ended with meanwhile.
+    pub async fn stop(&mut self, which: impl Fn(Serves) -> bool) -> std::io::Result<()> {
+        let stopping: Vec<(Serves, SocketAddr)> = self
+            .stops
+            .keys()
+            .filter(|(serves, _)| which(*serves))
+            .copied()
+            .collect();
+        for key in stopping {
+            if let Some(stop) = self.stops.remove(&key) {
+                let _ = stop.send(true);
+            }
         }
         let mut first_error = Ok(());
-        while let Some(ended) = self.next_ended().await {
+        while self
+            .running
+            .iter()
+            .any(|(serves, count)| which(*serves) && *count > 0)
+        {
+            let Some(ended) = self.next_ended().await else {
+                break;
+            };
             if let Err(err) = ended {
                 if first_error.is_ok() {
                     first_error = Err(err);
@@ -145,9 +174,10 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// The proxy listeners `config` names.
+/// The listeners `config` names.
 fn wanted(config: &Config) -> HashSet<(Serves, SocketAddr)> {
     std::iter::once((Serves::Http, config.listen))
         .chain(config.tls.listen.iter().map(|addr| (Serves::Https, *addr)))
+        .chain(config.admin.map(|addr| (Serves::Admin, addr)))
         .collect()
 }

@@ -15,7 +15,7 @@ use outpost::config::{FlagOverrides, HostHeaderSetting, LogFormat};
 use outpost::tools::sample_origin::{self, SampleOriginSettings};
 use outpost::{Config, Outpost};
 
-use super::listeners::{stopped, ProxyListeners};
+use super::listeners::{stopped, Listeners, Serves};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SettingsArgs {
@@ -87,15 +87,7 @@ impl SettingsArgs {
 
 pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Result<()> {
     raise_open_file_limit();
-    let bound = ProxyListeners::bind(&config).await?;
-    let admin_listener = match config.admin {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding admin address {addr}"))?,
-        ),
-        None => None,
-    };
+    let bound = Listeners::bind(&config).await?;
     let mut outpost = Outpost::new(config)?;
     if let Some(loader) = loader {
         outpost = outpost.with_loader(loader);
@@ -103,7 +95,6 @@ pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Res
     let outpost = Arc::new(outpost);
     let mut in_force = outpost.follow_listen_addresses();
     let reloads = tokio::spawn(reload_on_sighup(Arc::clone(&outpost)));
-    let (stop_tx, stop_rx) = watch::channel(false);
     tracing::info!(
         listen = %outpost.config().listen,
         admin = ?outpost.config().admin,
@@ -123,42 +114,30 @@ pub async fn serve(config: Config, loader: Option<outpost::ConfigLoader>) -> Res
             );
         }
     }
-    let admin = async {
-        if let Some(listener) = admin_listener {
-            outpost
-                .serve_admin(listener, stopped(stop_rx.clone()))
-                .await?;
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    let proxy = async {
-        let mut listeners = ProxyListeners::serve(Arc::clone(&outpost), bound);
-        let shutdown = shutdown_signal();
-        tokio::pin!(shutdown);
-        let mut failed = Ok(());
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                Ok(()) = in_force.changed() => {
-                    let config = Arc::clone(&in_force.borrow_and_update());
-                    listeners.follow(&config).await;
-                }
-                Some(Err(err)) = listeners.next_ended() => {
-                    tracing::error!(error = %err, "a listener failed; stopping");
-                    failed = Err(err);
-                    break;
-                }
+    let mut listeners = Listeners::serve(Arc::clone(&outpost), bound);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut failed = Ok(());
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Ok(()) = in_force.changed() => {
+                let config = Arc::clone(&in_force.borrow_and_update());
+                listeners.follow(&config).await;
+            }
+            Some(Err(err)) = listeners.next_ended() => {
+                tracing::error!(error = %err, "a listener failed; stopping");
+                failed = Err(err);
+                break;
             }
         }
-        let stopped_all = listeners.stop().await;
-        outpost.finish().await;
-        let _ = stop_tx.send(true);
-        failed.and(stopped_all)
-    };
-    let (proxy_result, admin_result) = tokio::join!(proxy, admin);
+    }
+    // The proxy drains first, with the admin endpoints still answering health checks.
+    let proxies = listeners.stop(|serves| serves != Serves::Admin).await;
+    outpost.finish().await;
+    let admin = listeners.stop(|_| true).await;
     reloads.abort();
-    proxy_result?;
-    admin_result?;
+    failed.and(proxies).and(admin)?;
     tracing::info!("outpost stopped");
     Ok(())
 }

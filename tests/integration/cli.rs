@@ -442,11 +442,11 @@ fn sighup_reloads_the_config_file_and_sigterm_stops_cleanly() {
     );
 }
 
-/// The real binary moves its listener when a reload changes `listen`: the new address
-/// serves and the old one stops taking connections. A new address that cannot be bound
-/// (taken) leaves the old one serving rather than the node serving nothing.
+/// The real binary moves its listeners when a reload changes `listen` and `admin`: the new
+/// addresses serve and the old ones stop taking connections. A new address that cannot be
+/// bound (taken) leaves the old one serving rather than the node serving nothing.
 #[test]
-fn sighup_moves_the_listener_to_a_new_listen_address() {
+fn sighup_moves_the_listeners_to_new_addresses() {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::time::{Duration, Instant};
@@ -470,9 +470,14 @@ fn sighup_moves_the_listener_to_a_new_listen_address() {
             .port()
     };
     let (first, second) = (free_port(), free_port());
-    let config =
-        |port: u16| format!("origin = \"http://{origin_addr}\"\nlisten = \"127.0.0.1:{port}\"\n");
-    let (dir, path) = write_config(&config(first));
+    let (first_admin, second_admin) = (free_port(), free_port());
+    let config = |port: u16, admin: u16| {
+        format!(
+            "origin = \"http://{origin_addr}\"\nlisten = \"127.0.0.1:{port}\"\n\
+             admin = \"127.0.0.1:{admin}\"\n"
+        )
+    };
+    let (dir, path) = write_config(&config(first, first_admin));
     let log = dir.path().join("outpost.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
         .args(["serve", "--config", &path])
@@ -496,6 +501,18 @@ fn sighup_moves_the_listener_to_a_new_listen_address() {
             && out.ends_with("\r\n\r\norigin")
     };
     let refuses = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_err();
+    let healthy = |port: u16| -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut out = String::new();
+        let request =
+            format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).is_ok()
+            && stream.read_to_string(&mut out).is_ok()
+            && out.starts_with("HTTP/1.1 200")
+    };
     let within = |check: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -514,11 +531,15 @@ fn sighup_moves_the_listener_to_a_new_listen_address() {
             .success()
     };
     assert!(within(&|| serves(first)), "serving on the first address");
+    assert!(
+        within(&|| healthy(first_admin)),
+        "admin on its first address"
+    );
 
     // A taken address: the reload goes through, the listener stays where it was.
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
-    std::fs::write(&path, config(taken_port)).unwrap();
+    std::fs::write(&path, config(taken_port, first_admin)).unwrap();
     assert!(hup(child.id()));
     assert!(
         within(&|| logged("cannot listen on the reloaded address")),
@@ -529,12 +550,20 @@ fn sighup_moves_the_listener_to_a_new_listen_address() {
         "still serving while the new address is taken"
     );
 
-    std::fs::write(&path, config(second)).unwrap();
+    std::fs::write(&path, config(second, second_admin)).unwrap();
     assert!(hup(child.id()));
     assert!(within(&|| serves(second)), "serving on the new address");
     assert!(
         within(&|| refuses(first)),
         "the old address no longer accepts"
+    );
+    assert!(
+        within(&|| healthy(second_admin)),
+        "admin on its new address"
+    );
+    assert!(
+        within(&|| refuses(first_admin)),
+        "admin gone from the old one"
     );
     drop(taken);
     let term = Command::new("sh")

@@ -523,7 +523,15 @@ struct TlsFile<'a> {
     path: &'a Path,
 }
 
-impl TlsFile<'_> {
+impl<'a> TlsFile<'a> {
+    /// The file `path` names, when set, as `section.name`.
+    fn set(section: &str, name: &str, path: &'a Option<PathBuf>) -> Option<TlsFile<'a>> {
+        path.as_deref().map(|path| TlsFile {
+            setting: format!("{section}.{name}"),
+            path,
+        })
+    }
+
     fn error(&self, message: impl Into<String>) -> UpstreamSetupError {
         UpstreamSetupError::ClientCert {
             setting: self.setting.clone(),
@@ -550,16 +558,10 @@ struct OriginTls<'a> {
 
 impl<'a> OriginTls<'a> {
     fn of_upstream(config: &'a UpstreamConfig) -> OriginTls<'a> {
-        let file = |name: &str, path: &'a Option<PathBuf>| {
-            path.as_deref().map(|path| TlsFile {
-                setting: format!("upstream.{name}"),
-                path,
-            })
-        };
         OriginTls {
-            ca_file: file("ca_file", &config.ca_file),
-            client_cert: file("client_cert", &config.client_cert),
-            client_key: file("client_key", &config.client_key),
+            ca_file: TlsFile::set("upstream", "ca_file", &config.ca_file),
+            client_cert: TlsFile::set("upstream", "client_cert", &config.client_cert),
+            client_key: TlsFile::set("upstream", "client_key", &config.client_key),
         }
     }
 
@@ -567,12 +569,8 @@ impl<'a> OriginTls<'a> {
     /// upstream's pair (either of them set replaces both).
     fn of_pool(upstream: &'a UpstreamConfig, pool: &'a PoolConfig) -> OriginTls<'a> {
         let inherited = OriginTls::of_upstream(upstream);
-        let file = |name: &str, path: &'a Option<PathBuf>| {
-            path.as_deref().map(|path| TlsFile {
-                setting: format!("pools[{}].{name}", pool.name),
-                path,
-            })
-        };
+        let section = format!("pools[{}]", pool.name);
+        let file = |name: &str, path: &'a Option<PathBuf>| TlsFile::set(&section, name, path);
         let own_identity = pool.client_cert.is_some() || pool.client_key.is_some();
         OriginTls {
             ca_file: file("ca_file", &pool.ca_file).or(inherited.ca_file),

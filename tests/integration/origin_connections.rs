@@ -125,54 +125,15 @@ async fn idle_origin_connections_close_after_the_idle_timeout() {
 /// beside an idle one until it times out (here past `connection_queue_timeout`: 503).
 #[tokio::test]
 async fn requests_waiting_under_the_connection_cap_take_released_connections() {
-    let gate = Gate::closed();
-    let origin = Origin::start(vec![
-        (
-            "/held",
-            Fixture::GatedWith {
-                gate: gate.clone(),
-                headers: cc("no-store"),
-                body: Bytes::from_static(b"held"),
-            },
-        ),
-        (
-            "/b",
-            Fixture::with_headers(200, &[("cache-control", "no-store")], "b"),
-        ),
-        (
-            "/c",
-            Fixture::with_headers(200, &[("cache-control", "no-store")], "c"),
-        ),
-    ])
-    .await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "[upstream]\nmax_connections_per_origin = 1\npool_idle_timeout = \"60s\"\n\
-         connection_queue_timeout = \"10s\"\n",
-    )
-    .await;
-    let fetch = |path: &str| {
-        let url = proxy.url(path);
-        tokio::spawn(async move { get(&url, &[]).await })
-    };
-    let held = fetch("/held");
-    eventually("the held request at the origin", || {
-        origin.hits("/held") == 1
+    three_requests_share_one_capped_connection(|origin| async move {
+        Proxy::start(
+            &origin,
+            "[upstream]\nmax_connections_per_origin = 1\npool_idle_timeout = \"60s\"\n\
+             connection_queue_timeout = \"10s\"\n",
+        )
+        .await
     })
     .await;
-    let (b, c) = (fetch("/b"), fetch("/c"));
-    let outpost = proxy.outpost.proxy();
-    eventually("both waiting for a place", || {
-        outpost.upstream().connections_waiting() == 2
-    })
-    .await;
-    gate.open();
-    assert_eq!(held.await.unwrap().text(), "held");
-    for (reply, body) in [(b.await.unwrap(), "b"), (c.await.unwrap(), "c")] {
-        assert_eq!(reply.status, 200, "{body}");
-        assert_eq!(reply.text(), body);
-    }
-    assert_eq!(origin.connections(), 1, "one connection, passed on");
 }
 
 /// A pool server's own cap (`max_connections`, nginx's `max_conns`) holds it to fewer
@@ -181,6 +142,26 @@ async fn requests_waiting_under_the_connection_cap_take_released_connections() {
 /// in turn, and the origin sees one connection in all.
 #[tokio::test]
 async fn a_pool_server_with_a_cap_of_its_own_gets_no_more_connections() {
+    three_requests_share_one_capped_connection(|origin| async move {
+        let toml = format!(
+            "pool = \"small\"\n[upstream]\npool_idle_timeout = \"60s\"\nconnection_queue_timeout = \"10s\"\n\
+             [[pools]]\nname = \"small\"\nservers = [{{ url = \"{origin}\", max_connections = 1 }}]\n"
+        );
+        Proxy::start_with(outpost::Config::from_toml_str(&toml, &Default::default()).unwrap())
+            .await
+    })
+    .await;
+}
+
+/// Under a cap of one connection to the origin (however `start` sets it, given the
+/// origin's URL): a request held at the origin leaves two more waiting for a place; once
+/// it is answered they take the released connection in turn, and the origin sees one
+/// connection in all.
+async fn three_requests_share_one_capped_connection<F, Started>(start: F)
+where
+    F: FnOnce(String) -> Started,
+    Started: std::future::Future<Output = Proxy>,
+{
     let gate = Gate::closed();
     let origin = Origin::start(vec![
         (
@@ -201,13 +182,7 @@ async fn a_pool_server_with_a_cap_of_its_own_gets_no_more_connections() {
         ),
     ])
     .await;
-    let toml = format!(
-        "pool = \"small\"\n[upstream]\npool_idle_timeout = \"60s\"\nconnection_queue_timeout = \"10s\"\n\
-         [[pools]]\nname = \"small\"\nservers = [{{ url = \"{}\", max_connections = 1 }}]\n",
-        origin.url()
-    );
-    let config = outpost::Config::from_toml_str(&toml, &Default::default()).unwrap();
-    let proxy = Proxy::start_with(config).await;
+    let proxy = start(origin.url()).await;
     let fetch = |path: &str| {
         let url = proxy.url(path);
         tokio::spawn(async move { get(&url, &[]).await })

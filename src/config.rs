@@ -548,6 +548,20 @@ pub struct TlsConfig {
     /// 6066 §8, RFC 8446 §4.4.2.1), so clients need not ask the CA. outpost does not fetch
     /// it: refresh the file before it expires (`openssl ocsp ... -respout FILE`) and reload.
     pub ocsp_response: Option<PathBuf>,
+    /// PEM certificates of the CAs whose client certificates the TLS listeners accept. Set,
+    /// every TLS client must present a certificate one of them issued (mutual TLS, RFC 8446
+    /// §4.3.2), unless `client_cert_optional`. Applies to every listener and site.
+    pub client_ca_file: Option<PathBuf>,
+    /// Serve clients that present no certificate too; one that is presented is still
+    /// verified, and refused when it fails.
+    pub client_cert_optional: bool,
+    /// PEM certificate revocation lists: a client certificate they revoke is refused. Every
+    /// CA in a client's chain needs its own list here, as nginx's `ssl_crl` asks.
+    pub client_crl_files: Vec<PathBuf>,
+    /// Tell origins the verified client certificate as `Client-Cert` and the rest of the
+    /// chain the client sent as `Client-Cert-Chain` (RFC 9440). Either way, those fields
+    /// from clients are removed unless they come from `forwarding.trusted_proxies`.
+    pub forward_client_cert: bool,
 }
 
 /// CONNECT tunnels for clients that use outpost as their forward proxy (RFC 9110 §9.3.6).
@@ -1729,6 +1743,22 @@ impl Config {
         }
         if self.tls.ocsp_response.is_some() && self.tls.cert.is_none() {
             problems.add("tls.ocsp_response", "an OCSP response needs tls.cert");
+        }
+        if self.tls.client_ca_file.is_none() {
+            let needing_it = [
+                ("tls.client_cert_optional", self.tls.client_cert_optional),
+                (
+                    "tls.client_crl_files",
+                    !self.tls.client_crl_files.is_empty(),
+                ),
+                ("tls.forward_client_cert", self.tls.forward_client_cert),
+            ];
+            for (setting, _) in needing_it.iter().filter(|(_, set)| *set) {
+                problems.add(
+                    *setting,
+                    "client certificates need tls.client_ca_file (the CAs that issue them)",
+                );
+            }
         }
         let any_site_cert = self.sites.iter().any(|site| site.tls_cert.is_some());
         if !self.tls.listen.is_empty() && self.tls.cert.is_none() && !any_site_cert {

@@ -56,15 +56,17 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 
-/// The fields [`ForwardingPolicy::apply`] writes, or keeps from a trusted terminator: who
-/// the client is and how it came.
-pub const FORWARDING_FIELDS: [HeaderName; 6] = [
+/// The fields [`ForwardingPolicy::apply`] writes, or keeps from a trusted terminator, and
+/// the client certificate's (`super::client_cert`): who the client is and how it came.
+pub const FORWARDING_FIELDS: [HeaderName; 8] = [
     X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
     X_FORWARDED_PORT,
     X_REAL_IP,
     header::FORWARDED,
+    super::client_cert::CLIENT_CERT,
+    super::client_cert::CLIENT_CERT_CHAIN,
 ];
 
 /// Removes the hop-by-hop fields and every field the `Connection` header names.

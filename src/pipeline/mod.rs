@@ -42,6 +42,7 @@
 //! shutdown, the access log's timing) stay in `server`.
 
 pub mod access_log;
+pub mod client_cert;
 mod connect;
 mod ctx;
 mod deliver;
@@ -101,6 +102,9 @@ pub struct DownstreamFacts {
     pub has_unknown_transfer_coding: bool,
     /// Where the origin's interim (1xx) responses go, when the client can take them.
     pub interim: Option<interim::InterimRelay>,
+    /// The certificate the TLS handshake verified, when it is to be forwarded
+    /// (`tls.forward_client_cert`).
+    pub client_cert: Option<Arc<client_cert::ClientCertFields>>,
 }
 
 /// Runs one request through every phase and returns the response to send, never an error:
@@ -125,6 +129,11 @@ pub async fn handle(
     // Judged with Proxy-Authorization, which stripping removes.
     let target = proxy.forward_proxy.target(&parts, &proxy.router);
     as_received(proxy, &mut parts);
+    client_cert::convey(
+        &mut parts.headers,
+        downstream.client_cert.as_deref(),
+        proxy.forwarding.is_trusted(peer.ip()),
+    );
     let log = proxy.access_log.clone();
     // Boxed: the context rides along with the response body to the end of the exchange,
     // and hyper moves the request's future and the response by value.

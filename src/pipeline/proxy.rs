@@ -59,6 +59,8 @@ pub struct Proxy {
     pub server: crate::config::ServerConfig,
     /// The TLS listeners' configuration (certificates read when this proxy was built).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `tls.forward_client_cert`: verified client certificates go to origins (RFC 9440).
+    forward_client_cert: bool,
     /// The first TLS listener's port: where redirects to https point.
     pub(super) https_port: Option<u16>,
     /// Forward-proxy use: which targets, for whom.
@@ -84,6 +86,11 @@ const HTTP_11_INDEX: usize = 2;
 impl Proxy {
     /// # Errors
     /// When the upstream client cannot be built (an unreadable CA file).
+    /// Whether the certificate a TLS client presented goes to origins (RFC 9440).
+    pub fn forwards_client_cert(&self) -> bool {
+        self.forward_client_cert
+    }
+
     pub fn new(config: &Config) -> Result<Proxy, SetupError> {
         let metrics = Arc::new(Metrics::new());
         let cache = Cache::new(&config.cache, &metrics);
@@ -128,6 +135,7 @@ impl Proxy {
             config.server.prepared_hits,
         );
         Ok(Proxy {
+            forward_client_cert: config.tls.forward_client_cert,
             prepared_hits,
             mirror: mirror.map(Arc::new),
             router: Router::new(config, &pools),

@@ -41,6 +41,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::ServerConfig;
+use crate::pipeline::client_cert::ClientCertFields;
 use crate::pipeline::interim::{InterimLink, InterimRelay};
 use crate::pipeline::{self, Proxy};
 
@@ -268,6 +269,7 @@ impl Accepted {
             peer,
             reads_proxy_header,
             client_limit: settings.max_connections_per_client,
+            client_cert: None,
             _permit: permit,
             _client_slot: client_slot,
         })
@@ -287,6 +289,8 @@ struct Connection {
     /// header naming the real client.
     reads_proxy_header: bool,
     client_limit: usize,
+    /// The certificate a TLS client presented and we verified, kept when it is forwarded.
+    client_cert: Option<Arc<ClientCertFields>>,
     /// Held for the connection's lifetime: counts against `max_connections`.
     _permit: OwnedSemaphorePermit,
     /// Held for the connection's lifetime: counts against `max_connections_per_client`.
@@ -384,7 +388,7 @@ impl Connection {
     /// Completes the TLS handshake (within the head timeout), then serves over it. A
     /// connection that opens with plain HTTP instead gets a 400 that says so (as nginx
     /// answers), not a TLS alert that a client shows as a garbled protocol error.
-    async fn run_tls<S>(self, mut stream: S)
+    async fn run_tls<S>(mut self, mut stream: S)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -408,8 +412,25 @@ impl Connection {
         let stream = proxy_protocol::Prefixed::new(first.to_vec(), stream);
         let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
         match tokio::time::timeout_at(deadline, handshake).await {
-            Ok(Ok(tls)) => self.run(tls, "https").await,
-            Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
+            Ok(Ok(tls)) => {
+                let proxy = self.proxy.load();
+                if proxy.forwards_client_cert() {
+                    let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+                    self.client_cert = ClientCertFields::of_chain(chain).map(Arc::new);
+                }
+                drop(proxy);
+                self.run(tls, "https").await;
+            }
+            Ok(Err(err)) => {
+                if is_client_certificate_refusal(&err) {
+                    self.proxy
+                        .load()
+                        .metrics()
+                        .client_certificates_refused
+                        .inc();
+                }
+                tracing::debug!(%peer, error = %err, "TLS handshake failed");
+            }
             Err(_) => tracing::debug!(%peer, "TLS handshake not completed in time"),
         }
     }
@@ -431,6 +452,7 @@ impl Connection {
         let link = Arc::new(ConnectionLink {
             peer,
             scheme,
+            client_cert: self.client_cert.take(),
             activity: Arc::clone(&activity),
             interim: Arc::clone(&interim),
             sendfile: sendfile.clone(),
@@ -699,6 +721,8 @@ fn h2_builder(settings: &ServerConfig) -> hyper::server::conn::http2::Builder<To
 struct ConnectionLink {
     peer: SocketAddr,
     scheme: &'static str,
+    /// The client certificate the handshake verified, when it is forwarded.
+    client_cert: Option<Arc<ClientCertFields>>,
     activity: Arc<ConnActivity>,
     interim: Arc<InterimLink>,
     /// Set on cleartext connections that may send disk hits from their file.
@@ -744,6 +768,7 @@ async fn serve_request(
         has_conflicting_framing,
         has_unknown_transfer_coding: !pipeline::has_only_chunked_coding(request.headers()),
         interim,
+        client_cert: link.client_cert.clone(),
     };
     let shape = link
         .prepares_hits
@@ -783,6 +808,21 @@ async fn interim_relay(
         link: Arc::clone(link),
         connection_task,
     })
+}
+
+/// The handshake failed on the client's certificate: none where one is required, or one
+/// the configured CAs did not issue, expired, or revoked.
+fn is_client_certificate_refusal(err: &std::io::Error) -> bool {
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return false;
+    };
+    matches!(
+        tls,
+        rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)
+    )
 }
 
 /// The answer to a plain HTTP request on a TLS listener; the connection is then closed.

@@ -2,8 +2,9 @@
 //! certificate and key read from its file, checked to belong together), the certificate
 //! chosen by SNI among the sites' and the default one, ALPN `h2` and `http/1.1`, TLS 1.2
 //! and 1.3, resumption by session cache and tickets, OCSP stapling from a file (see
-//! `super::ocsp`). Built again on every reload, so a renewed certificate or response is
-//! served to new connections while open ones keep theirs.
+//! `super::ocsp`), and client certificates verified against configured CAs and CRLs.
+//! Built again on every reload, so a renewed certificate, response or CRL applies to new
+//! connections while open ones keep theirs.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,8 +12,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
 use super::ocsp::{self, OcspStaple};
@@ -33,6 +35,12 @@ pub enum TlsSetupError {
     },
     #[error("{path}: cannot use it as a stapled OCSP response: {message}")]
     OcspResponse { path: PathBuf, message: String },
+    #[error("{path}: cannot read the client CA certificates (tls.client_ca_file): {message}")]
+    ClientCa { path: PathBuf, message: String },
+    #[error(
+        "{path}: cannot read the certificate revocation list (tls.client_crl_files): {message}"
+    )]
+    Crl { path: PathBuf, message: String },
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -61,7 +69,7 @@ fn built(config: &Config, now: SystemTime) -> Result<Option<Built>, TlsSetupErro
     let certificates = Arc::new(certificates(config, &provider, now)?);
     let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_verifier(config, &provider)?)
         .with_cert_resolver(Arc::clone(&certificates) as Arc<dyn ResolvesServerCert>);
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Resumption: the session cache (rustls's default) for TLS 1.2 and stateful 1.3, and
@@ -71,6 +79,60 @@ fn built(config: &Config, now: SystemTime) -> Result<Option<Built>, TlsSetupErro
         server: Arc::new(server),
         certificates,
     }))
+}
+
+/// Who may connect: anyone, or (with `tls.client_ca_file`) clients whose certificate
+/// those CAs issued and no configured CRL revokes.
+fn client_verifier(
+    config: &Config,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsSetupError> {
+    let Some(ca_file) = &config.tls.client_ca_file else {
+        return Ok(WebPkiClientVerifier::no_client_auth());
+    };
+    let ca_error = |message: String| TlsSetupError::ClientCa {
+        path: ca_file.clone(),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in
+        CertificateDer::pem_file_iter(ca_file).map_err(|err| ca_error(err.to_string()))?
+    {
+        let certificate = certificate.map_err(|err| ca_error(err.to_string()))?;
+        roots
+            .add(certificate)
+            .map_err(|err| ca_error(format!("not a CA certificate: {err}")))?;
+    }
+    if roots.is_empty() {
+        return Err(ca_error("no PEM certificate in the file".to_string()));
+    }
+    let mut crls = Vec::new();
+    for path in &config.tls.client_crl_files {
+        let crl_error = |message: String| TlsSetupError::Crl {
+            path: path.clone(),
+            message,
+        };
+        let read: Vec<CertificateRevocationListDer<'static>> =
+            CertificateRevocationListDer::pem_file_iter(path)
+                .and_then(Iterator::collect)
+                .map_err(|err| crl_error(err.to_string()))?;
+        if read.is_empty() {
+            return Err(crl_error("no PEM X509 CRL in the file".to_string()));
+        }
+        // Parsed here, one file at a time, so a bad one is named.
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), Arc::clone(provider))
+            .with_crls(read.iter().cloned())
+            .build()
+            .map_err(|err| crl_error(err.to_string()))?;
+        crls.extend(read);
+    }
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+            .with_crls(crls);
+    if config.tls.client_cert_optional {
+        builder = builder.allow_unauthenticated();
+    }
+    builder.build().map_err(|err| ca_error(err.to_string()))
 }
 
 fn certified_key(

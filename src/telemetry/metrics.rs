@@ -119,6 +119,8 @@ pub struct Metrics {
     pub client_send_timeouts: Counter,
     /// Client connections closed on accept by `server.max_connections_per_client`.
     pub client_connections_refused: Counter,
+    /// TLS handshakes refused for the client's certificate (`tls.client_ca_file`).
+    pub client_certificates_refused: Counter,
     pub cache_entries: Family<TierLabels, Gauge>,
     pub cache_bytes: Family<TierLabels, Gauge>,
     pub evictions: Family<TierLabels, Counter>,
@@ -313,6 +315,12 @@ impl Metrics {
                 &mut registry,
                 "client_connections_refused",
                 "Client connections closed on accept: the address had server.max_connections_per_client open",
+                Counter::default(),
+            ),
+            client_certificates_refused: register(
+                &mut registry,
+                "client_certificates_refused",
+                "TLS handshakes refused for the client's certificate: none where tls.client_ca_file requires one, or one its CAs did not issue, expired or revoked",
                 Counter::default(),
             ),
             open_connections: register(

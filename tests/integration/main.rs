@@ -12,6 +12,7 @@ mod support;
 mod admin;
 mod cache;
 mod cli;
+mod client_certs;
 mod coalescing;
 mod compression;
 mod crash;

@@ -18,7 +18,7 @@ use support::*;
 use tokio::net::{TcpListener, TcpStream};
 
 /// A self-signed certificate for `names`, written as `stem.pem` and `stem.key` in `dir`.
-fn write_cert(
+pub(crate) fn write_cert(
     dir: &Path,
     stem: &str,
     names: &[&str],
@@ -60,12 +60,14 @@ fn write_made(
 
 /// An outpost serving cleartext (`proxy`) and TLS (`tls`) from `toml`, with a loader that
 /// reads `toml` again on reload.
-struct Edge {
-    proxy: Proxy,
-    tls: SocketAddr,
+pub(crate) struct Edge {
+    pub(crate) proxy: Proxy,
+    pub(crate) tls: SocketAddr,
 }
 
-async fn start_edge(toml: impl Fn(SocketAddr) -> String + Send + Sync + 'static) -> Edge {
+pub(crate) async fn start_edge(
+    toml: impl Fn(SocketAddr) -> String + Send + Sync + 'static,
+) -> Edge {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls = listener.local_addr().unwrap();
     let config = Config::from_toml_str(&toml(tls), &FlagOverrides::default()).expect("valid");
@@ -80,7 +82,7 @@ async fn start_edge(toml: impl Fn(SocketAddr) -> String + Send + Sync + 'static)
 }
 
 /// A TLS connection to `addr` for `sni`, trusting `roots`, offering `alpn`.
-struct Session {
+pub(crate) struct Session {
     sender: Sender,
     peer_certificate: CertificateDer<'static>,
     alpn: Option<Vec<u8>>,
@@ -91,22 +93,44 @@ enum Sender {
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
-async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     sni: &str,
     roots: &[&CertificateDer<'static>],
     alpn: &[&[u8]],
+) -> Session {
+    connect_as(addr, sni, roots, alpn, None).await
+}
+
+/// A client certificate chain (end-entity first) and its key, for [`connect_as`].
+pub(crate) type Identity = (
+    Vec<CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// As [`connect`], presenting `identity` when the server asks for a certificate. With TLS
+/// 1.3 the client's handshake ends before the server judges it: a refused certificate
+/// shows on the first request ([`Session::try_get`]).
+pub(crate) async fn connect_as(
+    addr: SocketAddr,
+    sni: &str,
+    roots: &[&CertificateDer<'static>],
+    alpn: &[&[u8]],
+    identity: Option<Identity>,
 ) -> Session {
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
         store.add((*root).clone()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
+        .with_root_certificates(store);
+    let mut config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.unwrap();
@@ -135,39 +159,46 @@ async fn connect(
 }
 
 impl Session {
-    async fn get(&mut self, host: &str, path: &str) -> Reply {
+    pub(crate) async fn get(&mut self, host: &str, path: &str) -> Reply {
+        self.try_get(host, path, &[]).await.expect("a response")
+    }
+
+    /// GET `path` of `host` with `headers`, or the error that ended the connection.
+    pub(crate) async fn try_get(
+        &mut self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, hyper::Error> {
+        let with_headers = |mut request: http::request::Builder| {
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request.body(Full::default()).unwrap()
+        };
         let (response, version) = match &mut self.sender {
             Sender::H1(sender) => {
-                let request = http::Request::get(path)
-                    .header("host", host)
-                    .body(Full::default())
-                    .unwrap();
-                (
-                    sender.send_request(request).await.unwrap(),
-                    http::Version::HTTP_11,
-                )
+                let request = with_headers(http::Request::get(path).header("host", host));
+                (sender.send_request(request).await?, http::Version::HTTP_11)
             }
             Sender::H2(sender) => {
                 let uri = format!("https://{host}{path}");
-                let request = http::Request::get(uri).body(Full::default()).unwrap();
-                (
-                    sender.send_request(request).await.unwrap(),
-                    http::Version::HTTP_2,
-                )
+                let request = with_headers(http::Request::get(uri));
+                (sender.send_request(request).await?, http::Version::HTTP_2)
             }
         };
         assert_eq!(response.version(), version);
         let (parts, body) = response.into_parts();
-        Reply {
+        Ok(Reply {
             status: parts.status,
             version: parts.version,
             headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
+            body: body.collect().await?.to_bytes(),
+        })
     }
 }
 
-fn site_toml(origin: &str, host: &str, cert: &Path, key: &Path, extra: &str) -> String {
+pub(crate) fn site_toml(origin: &str, host: &str, cert: &Path, key: &Path, extra: &str) -> String {
     format!(
         "[[sites]]\nhosts = [\"{host}\"]\norigin = \"{origin}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{extra}\n",
         cert.display(),

@@ -1,0 +1,323 @@
+//! Mutual TLS on the listeners (RFC 8446 §4.3.2: the server asks for a certificate) and the
+//! verified certificate told to origins as RFC 9440 `Client-Cert` / `Client-Cert-Chain`:
+//! CAs and CRLs made with rcgen in the test, a real outpost, and a rustls client that
+//! presents a certificate or none.
+
+use crate::support;
+use crate::tls_listen::{connect_as, site_toml, start_edge, write_cert, Identity};
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use outpost::config::FlagOverrides;
+use outpost::{Config, Outpost};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SerialNumber,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use support::*;
+
+/// A certificate authority made for the test: it issues client certificates and CRLs.
+struct Authority {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Authority {
+    fn new(name: &str) -> Authority {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        Authority { cert, key }
+    }
+
+    /// A CA below this one.
+    fn intermediate(&self, name: &str) -> Authority {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Authority { cert, key }
+    }
+
+    /// A client certificate with `serial`, and its key: the chain is the certificate alone.
+    fn issue(&self, name: &str, serial: u8) -> Identity {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(SerialNumber::from_slice(&[serial]));
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        (vec![cert.der().clone()], private)
+    }
+
+    /// A CRL revoking the certificates with `serials`.
+    fn revoking(&self, serials: &[u8]) -> String {
+        let revoked_certs = serials
+            .iter()
+            .map(|serial| rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&[*serial]),
+                revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from_slice(&[1]),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.cert, &self.key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+
+    fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, self.cert.pem()).unwrap();
+        path
+    }
+}
+
+/// RFC 9440 §2.2: a Structured Field Byte Sequence, base64 between colons.
+fn byte_sequence(der: &CertificateDer<'_>) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    format!(":{encoded}:")
+}
+
+fn field(seen: &SeenRequest, name: &str) -> Option<String> {
+    seen.headers
+        .get(name)
+        .map(|value| value.to_str().unwrap().to_string())
+}
+
+/// With `tls.client_ca_file`, a client without a certificate, or with one another CA
+/// issued, is refused in the handshake (RFC 8446 §4.4.2.4: the server aborts) and counted;
+/// one the CA's intermediate issued is served over HTTP/1.1 and HTTP/2, and the origin is
+/// told its certificate in `Client-Cert` and the intermediate in `Client-Cert-Chain` (RFC
+/// 9440 §2). A field of that name from a client is never passed on, nor chooses a stored
+/// variant of an origin that answers `Vary: Client-Cert`: certificates are public, so it
+/// would let anyone pose as their holder (RFC 9440 §4).
+#[tokio::test]
+async fn only_clients_the_ca_vouches_for_are_served_and_the_origin_hears_who() {
+    let origin = Origin::start(vec![(
+        "/mine",
+        fixed(
+            &[("cache-control", "max-age=60"), ("vary", "client-cert")],
+            "for one holder",
+        ),
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (site_cert, site_key, site_der) = write_cert(dir.path(), "a", &["a.test"]);
+    let root = Authority::new("client root");
+    let issuing = root.intermediate("client issuing CA");
+    let ca_file = root.write(dir.path(), "clients.pem");
+    let origin_url = origin.url();
+    let edge = start_edge(move |tls| {
+        format!(
+            "[tls]\nlisten = [\"{tls}\"]\nclient_ca_file = \"{}\"\nforward_client_cert = true\n{}",
+            ca_file.display(),
+            site_toml(&origin_url, "a.test", &site_cert, &site_key, "")
+        )
+    })
+    .await;
+    let admin = start_admin(&edge.proxy).await;
+    let member = {
+        let (mut chain, key) = issuing.issue("member", 7);
+        chain.push(issuing.cert.der().clone());
+        (chain, key)
+    };
+    let member_leaf = byte_sequence(&member.0[0]);
+    let tls = edge.tls;
+    let session = |identity: Option<Identity>, alpn: &'static [u8]| {
+        let site_der = site_der.clone();
+        async move { connect_as(tls, "a.test", &[&site_der], &[alpn], identity).await }
+    };
+
+    let mut h2 = session(Some(clone_identity(&member)), b"h2").await;
+    let forged = byte_sequence(&Authority::new("forger").issue("forged", 1).0[0]);
+    let first = h2
+        .try_get("a.test", "/mine", &[("client-cert", &forged)])
+        .await
+        .expect("a member is served");
+    assert_eq!(
+        (first.status.as_u16(), first.text().as_str()),
+        (200, "for one holder")
+    );
+    let seen = origin.last("/mine");
+    assert_eq!(field(&seen, "client-cert"), Some(member_leaf.clone()));
+    assert_eq!(
+        field(&seen, "client-cert-chain"),
+        Some(byte_sequence(issuing.cert.der()))
+    );
+
+    let mut h1 = session(Some(clone_identity(&member)), b"http/1.1").await;
+    let again = h1.try_get("a.test", "/mine", &[]).await.unwrap();
+    assert!(is_hit(&again), "{}", cache_status(&again));
+    assert_eq!(origin.hits("/mine"), 1);
+
+    for (who, identity) in [
+        ("no certificate", None),
+        ("another CA's", Some(Authority::new("other").issue("x", 2))),
+    ] {
+        let mut refused = session(identity, b"http/1.1").await;
+        let outcome = refused.try_get("a.test", "/mine", &[]).await;
+        assert!(outcome.is_err(), "{who}: {:?}", outcome.map(|r| r.status));
+    }
+    assert_eq!(origin.hits("/mine"), 1);
+    eventually_some("both refusals counted", || async {
+        let metrics = get(&format!("{admin}/metrics"), &[]).await.text();
+        metrics
+            .contains("outpost_client_certificates_refused_total 2")
+            .then_some(())
+    })
+    .await;
+
+    // The member's certificate, sent as a field over cleartext, is no certificate at all.
+    let posing = get(
+        &edge.proxy.url("/mine"),
+        &[("host", "a.test"), ("client-cert", &member_leaf)],
+    )
+    .await;
+    assert_eq!(posing.status, 200);
+    assert!(!is_hit(&posing), "{}", cache_status(&posing));
+    assert_eq!(origin.hits("/mine"), 2);
+    assert_eq!(field(&origin.last("/mine"), "client-cert"), None);
+}
+
+fn clone_identity(identity: &Identity) -> Identity {
+    (identity.0.clone(), identity.1.clone_key())
+}
+
+/// `tls.client_cert_optional` serves clients that present no certificate (the origin hears
+/// of none, whatever they send), still refuses one that fails; a CRL in
+/// `tls.client_crl_files` refuses the certificates it revokes (RFC 5280 §5). Without
+/// `tls.forward_client_cert` the origin is told nothing, and a reload that adds the CRL
+/// applies to the next connection.
+#[tokio::test]
+async fn optional_certificates_and_revocation_lists_follow_reloads() {
+    let origin = Origin::start(vec![("/p", fixed(&[("cache-control", "no-store")], "ok"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (site_cert, site_key, site_der) = write_cert(dir.path(), "a", &["a.test"]);
+    let ca = Authority::new("client CA");
+    let ca_file = ca.write(dir.path(), "clients.pem");
+    let crl_file = dir.path().join("revoked.crl");
+    std::fs::write(&crl_file, ca.revoking(&[])).unwrap();
+    let revoked_list = ca.revoking(&[9]);
+    let config_crl = crl_file.clone();
+    let origin_url = origin.url();
+    let edge = start_edge(move |tls| {
+        format!(
+            "[tls]\nlisten = [\"{tls}\"]\nclient_ca_file = \"{}\"\nclient_cert_optional = true\nclient_crl_files = [\"{}\"]\n{}",
+            ca_file.display(),
+            config_crl.display(),
+            site_toml(&origin_url, "a.test", &site_cert, &site_key, "")
+        )
+    })
+    .await;
+    let tls = edge.tls;
+    let session = |identity: Option<Identity>| {
+        let site_der = site_der.clone();
+        async move { connect_as(tls, "a.test", &[&site_der], &[b"http/1.1"], identity).await }
+    };
+    let soon_revoked = ca.issue("soon revoked", 9);
+
+    let mut anonymous = session(None).await;
+    let reply = anonymous
+        .try_get("a.test", "/p", &[("client-cert", ":Zm9yZ2Vk:")])
+        .await
+        .expect("served without a certificate");
+    assert_eq!(reply.status, 200);
+    assert_eq!(field(&origin.last("/p"), "client-cert"), None);
+
+    let mut member = session(Some(clone_identity(&soon_revoked))).await;
+    assert_eq!(member.get("a.test", "/p").await.status, 200);
+    assert_eq!(field(&origin.last("/p"), "client-cert"), None);
+
+    let stranger = Authority::new("stranger").issue("x", 3);
+    let mut refused = session(Some(stranger)).await;
+    assert!(refused.try_get("a.test", "/p", &[]).await.is_err());
+
+    std::fs::write(&crl_file, revoked_list).unwrap();
+    edge.proxy.outpost.reload().expect("reloads");
+    let mut revoked = session(Some(clone_identity(&soon_revoked))).await;
+    assert!(revoked.try_get("a.test", "/p", &[]).await.is_err());
+    // The connection made before the reload keeps the judgement it had.
+    assert_eq!(member.get("a.test", "/p").await.status, 200);
+    let mut other = session(Some(ca.issue("still good", 10))).await;
+    assert_eq!(other.get("a.test", "/p").await.status, 200);
+}
+
+/// Client-certificate settings are checked: forwarding, optional certificates or CRLs
+/// without the CAs that issue them are configuration errors, and an unreadable CA file or
+/// CRL is named when the edge starts.
+#[test]
+fn client_certificate_settings_are_checked_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = write_cert(dir.path(), "a", &["a.test"]);
+    let base = format!(
+        "origin = \"http://127.0.0.1:1\"\n[tls]\nlisten = [\"127.0.0.1:1\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    for setting in [
+        "forward_client_cert = true",
+        "client_cert_optional = true",
+        "client_crl_files = [\"x.crl\"]",
+    ] {
+        let refused =
+            Config::from_toml_str(&format!("{base}{setting}\n"), &FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+        assert!(
+            refused.contains("tls.client_ca_file"),
+            "{setting}: {refused}"
+        );
+    }
+
+    let start = |extra: &str| {
+        let config = Config::from_toml_str(&format!("{base}{extra}\n"), &FlagOverrides::default())
+            .expect("valid");
+        Outpost::new(config).err().map(|err| err.to_string())
+    };
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let refused = start(&format!("client_ca_file = \"{}\"", empty.display())).unwrap();
+    assert!(
+        refused.contains("empty.pem") && refused.contains("client_ca_file"),
+        "{refused}"
+    );
+
+    let ca = Authority::new("client CA");
+    let ca_file = ca.write(dir.path(), "clients.pem");
+    let not_a_crl = dir.path().join("bad.crl");
+    std::fs::write(
+        &not_a_crl,
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    let refused = start(&format!(
+        "client_ca_file = \"{}\"\nclient_crl_files = [\"{}\"]",
+        ca_file.display(),
+        not_a_crl.display()
+    ))
+    .unwrap();
+    assert!(refused.contains("bad.crl"), "{refused}");
+    assert_eq!(
+        start(&format!("client_ca_file = \"{}\"", ca_file.display())),
+        None
+    );
+}

@@ -107,6 +107,8 @@ pub enum ReloadError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(transparent)]
+    Listen(#[from] server::bind::ListenError),
 }
 
 /// Produces the configuration to reload: the same layers as at start-up, read again.
@@ -124,6 +126,8 @@ pub struct Outpost {
     in_force: tokio::sync::watch::Sender<Arc<Config>>,
     /// Whether someone rebinds the listeners when their addresses change.
     listeners_followed: std::sync::atomic::AtomicBool,
+    /// Sockets reloads bound for new listen addresses, until the follower takes them.
+    prebound: server::bind::Prebound,
 }
 
 impl Outpost {
@@ -139,6 +143,7 @@ impl Outpost {
             reloading: std::sync::Mutex::new(()),
             in_force: tokio::sync::watch::Sender::new(config),
             listeners_followed: std::sync::atomic::AtomicBool::new(false),
+            prebound: server::bind::Prebound::default(),
         })
     }
 
@@ -149,6 +154,12 @@ impl Outpost {
         self.listeners_followed
             .store(true, std::sync::atomic::Ordering::Release);
         self.in_force.subscribe()
+    }
+
+    /// The socket the last reload bound for `addr`, a listen address it brought: the
+    /// follower serves on it rather than binding again.
+    pub fn take_bound_listener(&self, addr: std::net::SocketAddr) -> Option<std::net::TcpListener> {
+        self.prebound.take(addr)
     }
 
     /// Where [`Outpost::reload`] reads the configuration from.
@@ -179,13 +190,14 @@ impl Outpost {
     /// cache, fills in flight and metrics are kept; established connections and in-flight
     /// requests go on. `server.*` limits and timeouts apply to connections accepted after
     /// the reload. The listen and admin addresses move when a caller follows them
-    /// ([`Outpost::follow_listen_addresses`]). Addresses nobody follows, the memory tier's
+    /// ([`Outpost::follow_listen_addresses`]); the reload binds the new ones itself, and
+    /// one that cannot be bound refuses the reload. Addresses nobody follows, the memory tier's
     /// policy (and its size under one of moka's policies) and the disk tier's settings need
     /// a restart: a warning names those that changed, and so does the returned list.
     ///
     /// # Errors
-    /// [`ReloadError`] when there is no loader or the new configuration is invalid; the
-    /// configuration in force is then unchanged.
+    /// [`ReloadError`] when there is no loader, the new configuration is invalid, or a new
+    /// listen address cannot be bound; the configuration in force is then unchanged.
     pub fn reload(&self) -> Result<Vec<&'static str>, ReloadError> {
         let loader = self.loader.as_ref().ok_or(ReloadError::NoSource)?;
         let _serialised = self
@@ -204,6 +216,10 @@ impl Outpost {
             .listeners_followed
             .load(std::sync::atomic::Ordering::Acquire);
         let needs_restart = restart_only_changes(&old, &config, resizable, listeners_followed);
+        if listeners_followed {
+            // Before anything is put in force: an address that cannot be had refuses it all.
+            self.prebound.prepare(&old, &config)?;
+        }
         if !needs_restart.is_empty() {
             tracing::warn!(settings = ?needs_restart, "reloaded, but these settings only change on restart");
         }

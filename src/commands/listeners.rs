@@ -1,8 +1,9 @@
 //! The listeners (`listen`, cleartext; `tls.listen`, HTTPS; `admin`) on the addresses the
-//! configuration in force names: a reload that changes them binds the new addresses, and
-//! only once every new address of a kind is bound lets the old ones of that kind go, as a
-//! stop does (no new connections; those open finish within `server.shutdown_grace`). An
-//! address that cannot be bound is logged and the old ones stay, so a mistyped port never
+//! configuration in force names: a reload that changes them has bound the new addresses
+//! (`outpost::server::bind`: one that cannot be bound refuses the reload), and only once
+//! every new address of a kind serves are the old ones of that kind let go, as a stop does
+//! (no new connections; those open finish within `server.shutdown_grace`). An address
+//! that still cannot be had here is logged and the old ones stay, so a mistyped port never
 //! leaves the node serving nothing. At shutdown the admin listener goes last, so health
 //! checks are answered while the proxy drains.
 
@@ -98,7 +99,11 @@ impl Listeners {
             if self.stops.contains_key(&(*serves, *addr)) {
                 continue;
             }
-            match TcpListener::bind(addr).await {
+            let bound = match self.outpost.take_bound_listener(*addr) {
+                Some(listener) => TcpListener::from_std(listener),
+                None => TcpListener::bind(addr).await,
+            };
+            match bound {
                 Ok(listener) => {
                     tracing::info!(setting = serves.setting(), %addr, "now listening");
                     self.start(*serves, *addr, listener);

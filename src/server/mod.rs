@@ -12,6 +12,7 @@
 //! request. What happens to a request once its head has arrived is `pipeline`'s business.
 
 mod activity;
+pub mod bind;
 mod h2c;
 mod ocsp;
 mod one_request;

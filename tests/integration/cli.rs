@@ -444,7 +444,8 @@ fn sighup_reloads_the_config_file_and_sigterm_stops_cleanly() {
 
 /// The real binary moves its listeners when a reload changes `listen` and `admin`: the new
 /// addresses serve and the old ones stop taking connections. A new address that cannot be
-/// bound (taken) leaves the old one serving rather than the node serving nothing.
+/// bound (taken) refuses the reload, which says so, and the old ones go on serving rather
+/// than the node serving nothing.
 #[test]
 fn sighup_moves_the_listeners_to_new_addresses() {
     use std::io::{Read, Write};
@@ -536,18 +537,36 @@ fn sighup_moves_the_listeners_to_new_addresses() {
         "admin on its first address"
     );
 
-    // A taken address: the reload goes through, the listener stays where it was.
+    // A taken address refuses the reload whole, and says which: `POST /reload` answers it
+    // (as `nginx -s reload` keeps the old configuration when a listen fails), SIGHUP logs it.
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
-    std::fs::write(&path, config(taken_port, first_admin)).unwrap();
+    std::fs::write(&path, config(taken_port, second_admin)).unwrap();
+    let mut admin = TcpStream::connect(("127.0.0.1", first_admin)).unwrap();
+    admin
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let reload = format!(
+        "POST /reload HTTP/1.1\r\nHost: 127.0.0.1:{first_admin}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    admin.write_all(reload.as_bytes()).unwrap();
+    let mut answer = String::new();
+    admin.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    assert!(
+        answer.contains(&format!("cannot listen on 127.0.0.1:{taken_port} (listen)")),
+        "{answer}"
+    );
+    assert!(answer.contains("\"reloaded\":false"), "{answer}");
     assert!(hup(child.id()));
     assert!(
-        within(&|| logged("cannot listen on the reloaded address")),
-        "the failed bind is logged"
+        within(&|| logged(&format!("cannot listen on 127.0.0.1:{taken_port}"))),
+        "the SIGHUP's refusal is logged"
     );
     assert!(
-        serves(first),
-        "still serving while the new address is taken"
+        serves(first) && healthy(first_admin) && refuses(second_admin),
+        "nothing moved while the new address is taken, the admin address neither"
     );
 
     std::fs::write(&path, config(second, second_admin)).unwrap();

@@ -37,6 +37,8 @@ pub struct Line<'a> {
     pub complete: bool,
     pub referer: Option<&'a str>,
     pub user_agent: Option<&'a str>,
+    /// The SHA-256 fingerprint of the client certificate the TLS handshake verified.
+    pub client_cert: Option<&'a str>,
 }
 
 /// The access-log writer.
@@ -161,6 +163,9 @@ fn json_line(line: &Line<'_>) -> String {
     if let Some(error) = line.error {
         let _ = write!(text, ",\"error\":\"{error}\"");
     }
+    if let Some(fingerprint) = line.client_cert {
+        let _ = write!(text, ",\"client_cert\":\"{fingerprint}\"");
+    }
     let _ = writeln!(
         text,
         ",\"collapsed\":{},\"complete\":{}}}",
@@ -226,6 +231,9 @@ fn combined_line(line: &Line<'_>) -> String {
     if let Some(error) = line.error {
         let _ = write!(text, " error={error}");
     }
+    if let Some(fingerprint) = line.client_cert {
+        let _ = write!(text, " client_cert={fingerprint}");
+    }
     text.push('\n');
     text
 }
@@ -268,6 +276,7 @@ mod tests {
             complete: true,
             referer: None,
             user_agent: None,
+            client_cert: Some("ab01"),
         };
         let text = json_line(&line);
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -277,7 +286,9 @@ mod tests {
             (parsed["ttl"].as_i64(), parsed["collapsed"].as_bool()),
             (Some(-3), Some(true))
         );
+        assert_eq!(parsed["client_cert"], "ab01");
         assert!(text.ends_with("}\n"));
+        assert!(combined_line(&line).ends_with(" client_cert=ab01\n"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The client certificate a TLS listener verified, told to origins as RFC 9440 says
-//! (`Client-Cert`, `Client-Cert-Chain`), and those fields kept from anyone else.
+//! The client certificate a TLS listener verified: named in the access log by its
+//! SHA-256 fingerprint, told to origins as RFC 9440 says (`Client-Cert`,
+//! `Client-Cert-Chain`), and those fields kept from anyone else.
 //!
 //! The fields are set on the request as received, before the cache is asked, so that an
 //! origin answering `Vary: Client-Cert` gets one stored variant per certificate; and they
@@ -17,7 +18,45 @@ pub const CLIENT_CERT: HeaderName = HeaderName::from_static("client-cert");
 /// (RFC 9440 §2.3).
 pub const CLIENT_CERT_CHAIN: HeaderName = HeaderName::from_static("client-cert-chain");
 
-/// The fields for one connection's verified certificate chain, made once per connection.
+/// A connection's verified client certificate, made once per connection.
+#[derive(Debug)]
+pub struct VerifiedClient {
+    /// SHA-256 of the end-entity certificate's DER, in lowercase hex (as `openssl x509
+    /// -fingerprint -sha256` prints it, without the colons).
+    fingerprint: String,
+    /// Set when origins are told (`tls.forward_client_cert`).
+    fields: Option<ClientCertFields>,
+}
+
+impl VerifiedClient {
+    /// The client of a connection whose handshake verified `chain` (end-entity first), or
+    /// `None` when it presented none; with the RFC 9440 fields when `forwarded`.
+    pub fn of_chain(chain: &[CertificateDer<'_>], forwarded: bool) -> Option<VerifiedClient> {
+        let leaf = chain.first()?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
+        let mut fingerprint = String::with_capacity(64);
+        for byte in digest.as_ref() {
+            fingerprint.push_str(&format!("{byte:02x}"));
+        }
+        Some(VerifiedClient {
+            fingerprint,
+            fields: forwarded
+                .then(|| ClientCertFields::of_chain(chain))
+                .flatten(),
+        })
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The fields to send, when origins are told.
+    pub fn fields(&self) -> Option<&ClientCertFields> {
+        self.fields.as_ref()
+    }
+}
+
+/// The fields for one verified certificate chain.
 #[derive(Debug, Clone)]
 pub struct ClientCertFields {
     cert: HeaderValue,
@@ -93,6 +132,23 @@ mod tests {
         assert_eq!(ours.chain.as_ref().unwrap(), ":aW50ZXJtZWRpYXRl:, ://4=:");
         assert!(fields(&[b"leaf"]).chain.is_none());
         assert!(ClientCertFields::of_chain(&[]).is_none());
+    }
+
+    /// The access log's name for a client: the leaf's SHA-256, whatever is forwarded.
+    #[test]
+    fn a_client_is_known_by_its_certificates_fingerprint() {
+        let chain = [CertificateDer::from(&b"abc"[..])];
+        let client = VerifiedClient::of_chain(&chain, false).unwrap();
+        assert_eq!(
+            client.fingerprint(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(client.fields().is_none());
+        assert!(VerifiedClient::of_chain(&chain, true)
+            .unwrap()
+            .fields()
+            .is_some());
+        assert!(VerifiedClient::of_chain(&[], true).is_none());
     }
 
     /// RFC 9440 §4: a client's own Client-Cert never passes; a trusted proxy's passes only

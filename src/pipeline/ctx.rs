@@ -59,6 +59,8 @@ pub struct RequestCtx {
     /// `no-cache` or `private`, RFC 9111 §5.2.2.4, §5.2.2.7): stored without them, the
     /// response that caused the fill gets them back.
     pub own_fields: Option<http::HeaderMap>,
+    /// The client certificate the connection's handshake verified, for the access log.
+    pub client_cert: Option<Arc<super::client_cert::VerifiedClient>>,
 }
 
 impl RequestCtx {
@@ -93,6 +95,7 @@ impl RequestCtx {
             hsts: None,
             user_agent: agent_field(http::header::USER_AGENT),
             hit_source: None,
+            client_cert: None,
             own_fields: None,
             log,
             metrics,
@@ -192,6 +195,10 @@ impl RequestCtx {
             complete,
             referer: self.referer.as_deref(),
             user_agent: self.user_agent.as_deref(),
+            client_cert: self
+                .client_cert
+                .as_deref()
+                .map(|client| client.fingerprint()),
         });
     }
 

@@ -102,9 +102,8 @@ pub struct DownstreamFacts {
     pub has_unknown_transfer_coding: bool,
     /// Where the origin's interim (1xx) responses go, when the client can take them.
     pub interim: Option<interim::InterimRelay>,
-    /// The certificate the TLS handshake verified, when it is to be forwarded
-    /// (`tls.forward_client_cert`).
-    pub client_cert: Option<Arc<client_cert::ClientCertFields>>,
+    /// The certificate the TLS handshake verified (`tls.client_ca_file`).
+    pub client_cert: Option<Arc<client_cert::VerifiedClient>>,
 }
 
 /// Runs one request through every phase and returns the response to send, never an error:
@@ -131,7 +130,10 @@ pub async fn handle(
     as_received(proxy, &mut parts);
     client_cert::convey(
         &mut parts.headers,
-        downstream.client_cert.as_deref(),
+        downstream
+            .client_cert
+            .as_ref()
+            .and_then(|client| client.fields()),
         proxy.forwarding.is_trusted(peer.ip()),
     );
     let log = proxy.access_log.clone();
@@ -143,6 +145,7 @@ pub async fn handle(
         log,
         Arc::clone(&proxy.metrics),
     ));
+    ctx.client_cert = downstream.client_cert.clone();
     let request_debug = parts
         .headers
         .get(&OUTPOST_DEBUG)

@@ -484,6 +484,7 @@ impl HitRecord {
             hsts: None,
             hit_source: None,
             own_fields: None,
+            client_cert: None,
         };
         ctx.finish(bytes, complete);
     }

@@ -42,7 +42,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::ServerConfig;
-use crate::pipeline::client_cert::ClientCertFields;
+use crate::pipeline::client_cert::VerifiedClient;
 use crate::pipeline::interim::{InterimLink, InterimRelay};
 use crate::pipeline::{self, Proxy};
 
@@ -290,8 +290,8 @@ struct Connection {
     /// header naming the real client.
     reads_proxy_header: bool,
     client_limit: usize,
-    /// The certificate a TLS client presented and we verified, kept when it is forwarded.
-    client_cert: Option<Arc<ClientCertFields>>,
+    /// The certificate a TLS client presented and we verified.
+    client_cert: Option<Arc<VerifiedClient>>,
     /// Held for the connection's lifetime: counts against `max_connections`.
     _permit: OwnedSemaphorePermit,
     /// Held for the connection's lifetime: counts against `max_connections_per_client`.
@@ -414,12 +414,11 @@ impl Connection {
         let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
         match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(tls)) => {
-                let proxy = self.proxy.load();
-                if proxy.forwards_client_cert() {
-                    let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
-                    self.client_cert = ClientCertFields::of_chain(chain).map(Arc::new);
+                // Only a verifying listener has peer certificates: others pay nothing.
+                if let Some(chain) = tls.get_ref().1.peer_certificates() {
+                    let forwarded = self.proxy.load().forwards_client_cert();
+                    self.client_cert = VerifiedClient::of_chain(chain, forwarded).map(Arc::new);
                 }
-                drop(proxy);
                 self.run(tls, "https").await;
             }
             Ok(Err(err)) => {
@@ -722,8 +721,8 @@ fn h2_builder(settings: &ServerConfig) -> hyper::server::conn::http2::Builder<To
 struct ConnectionLink {
     peer: SocketAddr,
     scheme: &'static str,
-    /// The client certificate the handshake verified, when it is forwarded.
-    client_cert: Option<Arc<ClientCertFields>>,
+    /// The client certificate the handshake verified.
+    client_cert: Option<Arc<VerifiedClient>>,
     activity: Arc<ConnActivity>,
     interim: Arc<InterimLink>,
     /// Set on cleartext connections that may send disk hits from their file.

@@ -125,10 +125,13 @@ async fn only_clients_the_ca_vouches_for_are_served_and_the_origin_hears_who() {
     let root = Authority::new("client root");
     let issuing = root.intermediate("client issuing CA");
     let ca_file = root.write(dir.path(), "clients.pem");
+    let access_log = dir.path().join("access.log");
+    let log_path = access_log.clone();
     let origin_url = origin.url();
     let edge = start_edge(move |tls| {
         format!(
-            "[tls]\nlisten = [\"{tls}\"]\nclient_ca_file = \"{}\"\nforward_client_cert = true\n{}",
+            "[log]\naccess_log_path = \"{}\"\n[tls]\nlisten = [\"{tls}\"]\nclient_ca_file = \"{}\"\nforward_client_cert = true\n{}",
+            log_path.display(),
             ca_file.display(),
             site_toml(&origin_url, "a.test", &site_cert, &site_key, "")
         )
@@ -168,6 +171,20 @@ async fn only_clients_the_ca_vouches_for_are_served_and_the_origin_hears_who() {
     let again = h1.try_get("a.test", "/mine", &[]).await.unwrap();
     assert!(is_hit(&again), "{}", cache_status(&again));
     assert_eq!(origin.hits("/mine"), 1);
+    // The access log names the member by its certificate's SHA-256, on hits too.
+    let fingerprint: String = ring::digest::digest(&ring::digest::SHA256, member.0[0].as_ref())
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    eventually("both member requests logged with the fingerprint", || {
+        std::fs::read_to_string(&access_log).is_ok_and(|log| {
+            log.matches(&format!("\"client_cert\":\"{fingerprint}\""))
+                .count()
+                == 2
+        })
+    })
+    .await;
 
     for (who, identity) in [
         ("no certificate", None),

@@ -364,6 +364,17 @@ async fn serve(
         .await?;
         return Ok(Delivery::Synthetic(response));
     }
+    if facts.scheme == "http"
+        && proxy.requires_client_cert
+        && !proxy.forwarding.is_trusted(facts.peer.ip())
+    {
+        // The TLS listeners ask every client for a certificate; the cleartext one cannot,
+        // and must not be the way around them.
+        ctx.status = CacheStatus::forward(FwdReason::Bypass);
+        return Err(ProxyError::Forbidden(
+            "this node requires a client certificate: use https",
+        ));
+    }
     let downstream = Downstream {
         peer: facts.peer,
         scheme: facts.scheme,

@@ -61,6 +61,9 @@ pub struct Proxy {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `tls.forward_client_cert`: verified client certificates go to origins (RFC 9440).
     forward_client_cert: bool,
+    /// `tls.client_ca_file` without `client_cert_optional`: cleartext requests, which
+    /// carry no certificate, are refused unless a trusted proxy in front vouches.
+    pub(super) requires_client_cert: bool,
     /// The first TLS listener's port: where redirects to https point.
     pub(super) https_port: Option<u16>,
     /// Forward-proxy use: which targets, for whom.
@@ -136,6 +139,8 @@ impl Proxy {
         );
         Ok(Proxy {
             forward_client_cert: config.tls.forward_client_cert,
+            requires_client_cert: config.tls.client_ca_file.is_some()
+                && !config.tls.client_cert_optional,
             prepared_hits,
             mirror: mirror.map(Arc::new),
             router: Router::new(config, &pools),

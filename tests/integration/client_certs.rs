@@ -109,7 +109,8 @@ fn field(seen: &SeenRequest, name: &str) -> Option<String> {
 /// told its certificate in `Client-Cert` and the intermediate in `Client-Cert-Chain` (RFC
 /// 9440 §2). A field of that name from a client is never passed on, nor chooses a stored
 /// variant of an origin that answers `Vary: Client-Cert`: certificates are public, so it
-/// would let anyone pose as their holder (RFC 9440 §4).
+/// would let anyone pose as their holder (RFC 9440 §4). The cleartext listener, which
+/// cannot ask for a certificate, refuses with 403 (RFC 9209 `http_request_denied`).
 #[tokio::test]
 async fn only_clients_the_ca_vouches_for_are_served_and_the_origin_hears_who() {
     let origin = Origin::start(vec![(
@@ -203,16 +204,22 @@ async fn only_clients_the_ca_vouches_for_are_served_and_the_origin_hears_who() {
     })
     .await;
 
-    // The member's certificate, sent as a field over cleartext, is no certificate at all.
+    // The cleartext listener asks no certificate, so it is no way around the TLS ones
+    // (the member's certificate sent as a field is no certificate at all).
     let posing = get(
         &edge.proxy.url("/mine"),
         &[("host", "a.test"), ("client-cert", &member_leaf)],
     )
     .await;
-    assert_eq!(posing.status, 200);
-    assert!(!is_hit(&posing), "{}", cache_status(&posing));
-    assert_eq!(origin.hits("/mine"), 2);
-    assert_eq!(field(&origin.last("/mine"), "client-cert"), None);
+    assert_eq!(posing.status, 403, "{}", posing.text());
+    assert!(
+        posing
+            .header("proxy-status")
+            .is_some_and(|status| status.contains("http_request_denied")),
+        "{:?}",
+        posing.headers
+    );
+    assert_eq!(origin.hits("/mine"), 1);
 }
 
 fn clone_identity(identity: &Identity) -> Identity {
@@ -258,6 +265,16 @@ async fn optional_certificates_and_revocation_lists_follow_reloads() {
         .await
         .expect("served without a certificate");
     assert_eq!(reply.status, 200);
+    assert_eq!(field(&origin.last("/p"), "client-cert"), None);
+
+    // Optional certificates leave the cleartext listener open, and a forged field there
+    // still says nothing.
+    let plain = get(
+        &edge.proxy.url("/p"),
+        &[("host", "a.test"), ("client-cert", ":Zm9yZ2Vk:")],
+    )
+    .await;
+    assert_eq!(plain.status, 200);
     assert_eq!(field(&origin.last("/p"), "client-cert"), None);
 
     let mut member = session(Some(clone_identity(&soon_revoked))).await;
@@ -337,4 +354,47 @@ fn client_certificate_settings_are_checked_before_serving() {
         start(&format!("client_ca_file = \"{}\"", ca_file.display())),
         None
     );
+}
+
+/// A TLS terminator in `forwarding.trusted_proxies` that verified its client's
+/// certificate passes it on in `Client-Cert` (RFC 9440 §2: the field comes from the
+/// terminator the origin trusts), over cleartext too; a certificate this edge verified
+/// itself still replaces whatever such a peer sends.
+#[tokio::test]
+async fn a_trusted_terminator_in_front_speaks_for_its_clients() {
+    let origin = Origin::start(vec![("/p", fixed(&[("cache-control", "no-store")], "ok"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (site_cert, site_key, site_der) = write_cert(dir.path(), "a", &["a.test"]);
+    let ca = Authority::new("client CA");
+    let ca_file = ca.write(dir.path(), "clients.pem");
+    let origin_url = origin.url();
+    let edge = start_edge(move |tls| {
+        format!(
+            "[forwarding]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[tls]\nlisten = [\"{tls}\"]\nclient_ca_file = \"{}\"\nforward_client_cert = true\n{}",
+            ca_file.display(),
+            site_toml(&origin_url, "a.test", &site_cert, &site_key, "")
+        )
+    })
+    .await;
+
+    let vouched = get(
+        &edge.proxy.url("/p"),
+        &[("host", "a.test"), ("client-cert", ":dm91Y2hlZA==:")],
+    )
+    .await;
+    assert_eq!(vouched.status, 200, "{}", vouched.text());
+    assert_eq!(
+        field(&origin.last("/p"), "client-cert").as_deref(),
+        Some(":dm91Y2hlZA==:")
+    );
+
+    let member = ca.issue("member", 4);
+    let own = byte_sequence(&member.0[0]);
+    let mut session = connect_as(edge.tls, "a.test", &[&site_der], &[b"h2"], Some(member)).await;
+    let reply = session
+        .try_get("a.test", "/p", &[("client-cert", ":dm91Y2hlZA==:")])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(field(&origin.last("/p"), "client-cert"), Some(own));
 }

@@ -564,6 +564,22 @@ pub struct TlsConfig {
     pub forward_client_cert: bool,
 }
 
+/// What a TLS listener asks clients for: a certificate from `ca_file`'s CAs (required
+/// unless `optional`) that no CRL in `crl_files` revokes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub ca_file: PathBuf,
+    pub optional: bool,
+    pub crl_files: Vec<PathBuf>,
+}
+
+impl ClientAuth {
+    /// A client without a certificate is refused.
+    pub fn is_required(&self) -> bool {
+        !self.optional
+    }
+}
+
 /// CONNECT tunnels for clients that use outpost as their forward proxy (RFC 9110 §9.3.6).
 /// Never an open proxy: with no patterns, every CONNECT is refused.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1166,6 +1182,16 @@ pub struct SiteConfig {
     /// A DER OCSP response for `tls_cert`, stapled (as `tls.ocsp_response`).
     #[serde(default)]
     pub tls_ocsp_response: Option<PathBuf>,
+    /// PEM CAs whose client certificates TLS connections for the site's hosts (by SNI)
+    /// must present, in place of `tls.client_ca_file`'s.
+    #[serde(default)]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Serve the site's clients without a certificate too (as `tls.client_cert_optional`).
+    #[serde(default)]
+    pub tls_client_cert_optional: bool,
+    /// PEM CRLs for the site's client CAs (as `tls.client_crl_files`).
+    #[serde(default)]
+    pub tls_client_crl_files: Vec<PathBuf>,
     /// Answer cleartext requests with a permanent redirect to https.
     #[serde(default)]
     pub redirect_https: bool,
@@ -1654,6 +1680,49 @@ impl Config {
         Self::extract(&flags.merge_into(figment), flags, "TOML text")
     }
 
+    /// What TLS connections are asked for unless their SNI names a site with its own
+    /// (`tls.client_ca_file`).
+    pub fn client_auth(&self) -> Option<ClientAuth> {
+        self.tls.client_ca_file.as_ref().map(|ca_file| ClientAuth {
+            ca_file: ca_file.clone(),
+            optional: self.tls.client_cert_optional,
+            crl_files: self.tls.client_crl_files.clone(),
+        })
+    }
+
+    /// What TLS connections for `site`'s hosts are asked for: its own, else the global.
+    pub fn site_client_auth(&self, site: &SiteConfig) -> Option<ClientAuth> {
+        match &site.tls_client_ca_file {
+            Some(ca_file) => Some(ClientAuth {
+                ca_file: ca_file.clone(),
+                optional: site.tls_client_cert_optional,
+                crl_files: site.tls_client_crl_files.clone(),
+            }),
+            None => self.client_auth(),
+        }
+    }
+
+    /// The distinct client authentications of the TLS listeners: the global one first,
+    /// then each that a site sets, in the order of `all_sites`. A connection is verified
+    /// under one of them, and serves only sites that ask the same
+    /// ([`Config::client_auth_index`]).
+    pub fn client_auths(&self) -> Vec<Option<ClientAuth>> {
+        let mut auths = vec![self.client_auth()];
+        for site in self.all_sites() {
+            let auth = self.site_client_auth(&site);
+            if !auths.contains(&auth) {
+                auths.push(auth);
+            }
+        }
+        auths
+    }
+
+    /// Where `site`'s client authentication is in [`Config::client_auths`].
+    pub fn client_auth_index(&self, site: &SiteConfig, auths: &[Option<ClientAuth>]) -> usize {
+        let auth = self.site_client_auth(site);
+        auths.iter().position(|known| *known == auth).unwrap_or(0)
+    }
+
     /// The configured sites and those the mirror's registries mount (any Host, a path
     /// prefix each, stripped before the origin).
     pub fn all_sites(&self) -> Vec<SiteConfig> {
@@ -1667,6 +1736,9 @@ impl Config {
                 tls_cert: None,
                 tls_key: None,
                 tls_ocsp_response: None,
+                tls_client_ca_file: None,
+                tls_client_cert_optional: false,
+                tls_client_crl_files: Vec::new(),
                 redirect_https: false,
                 hsts: None,
                 host_header: Some(HostHeaderSetting::Origin),
@@ -1751,12 +1823,16 @@ impl Config {
                     "tls.client_crl_files",
                     !self.tls.client_crl_files.is_empty(),
                 ),
-                ("tls.forward_client_cert", self.tls.forward_client_cert),
+                (
+                    "tls.forward_client_cert",
+                    self.tls.forward_client_cert
+                        && !self.sites.iter().any(|s| s.tls_client_ca_file.is_some()),
+                ),
             ];
             for (setting, _) in needing_it.iter().filter(|(_, set)| *set) {
                 problems.add(
                     *setting,
-                    "client certificates need tls.client_ca_file (the CAs that issue them)",
+                    "client certificates need tls.client_ca_file (the CAs that issue them), or a site's tls_client_ca_file for tls.forward_client_cert",
                 );
             }
         }
@@ -1767,6 +1843,7 @@ impl Config {
                 "TLS listeners need a certificate: tls.cert/tls.key or a site's tls_cert/tls_key",
             );
         }
+        self.check_site_client_auth(problems);
         for (index, site) in self.sites.iter().enumerate() {
             if site.tls_cert.is_some() != site.tls_key.is_some() {
                 problems.add(
@@ -1784,6 +1861,38 @@ impl Config {
                 if http::HeaderValue::from_str(hsts).is_err() || !hsts.contains("max-age=") {
                     problems.add(format!("sites[{index}].hsts"), format!("`{hsts}` is not a Strict-Transport-Security value (max-age=SECONDS[; includeSubDomains])"));
                 }
+            }
+        }
+    }
+
+    /// A site's client-certificate settings need its CA file; sites sharing a host ask
+    /// its clients for the same certificates, since TLS asks once per connection, by SNI.
+    fn check_site_client_auth(&self, problems: &mut Problems) {
+        for (index, site) in self.sites.iter().enumerate() {
+            if site.tls_client_ca_file.is_none()
+                && (site.tls_client_cert_optional || !site.tls_client_crl_files.is_empty())
+            {
+                problems.add(
+                    format!("sites[{index}].tls_client_ca_file"),
+                    "tls_client_cert_optional and tls_client_crl_files need tls_client_ca_file",
+                );
+            }
+            let auth = self.site_client_auth(site);
+            let clash = self.sites[..index]
+                .iter()
+                .enumerate()
+                .find_map(|(earlier, other)| {
+                    let shared = site
+                        .hosts
+                        .iter()
+                        .find(|host| other.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))?;
+                    (self.site_client_auth(other) != auth).then_some((earlier, shared))
+                });
+            if let Some((earlier, host)) = clash {
+                problems.add(
+                    format!("sites[{index}].tls_client_ca_file"),
+                    format!("host `{host}` is also sites[{earlier}]'s, which asks its clients for other certificates: a TLS connection is asked once, by its SNI, so sites sharing a host must agree"),
+                );
             }
         }
     }

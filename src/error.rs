@@ -38,6 +38,10 @@ pub enum ProxyError {
     /// No site answers for this Host (RFC 9110 §15.5.20).
     #[error("no site is configured for host `{0}`")]
     MisdirectedRequest(String),
+    /// The TLS connection was set up for a site that asks other client certificates
+    /// than this host's (RFC 9110 §15.5.20): the client should open one for this host.
+    #[error("this connection's TLS handshake was for another host than `{0}`, which asks for other client certificates: open a new connection")]
+    OtherSitesHandshake(String),
     #[error("origin {origin}: connection refused")]
     ConnectionRefused { origin: String },
     #[error("origin {origin}: connect timed out")]
@@ -199,6 +203,7 @@ impl ProxyError {
             | ProxyError::RequestBody { .. }
             | ProxyError::NotImplemented(_)
             | ProxyError::MisdirectedRequest(_)
+            | ProxyError::OtherSitesHandshake(_)
             | ProxyError::Forbidden(_)
             // Load, not a fault of ours or the origin's: logged quietly, counted in metrics.
             | ProxyError::LimitReached { .. } => Fault::Downstream,
@@ -212,7 +217,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::RequestBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ProxyError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::MisdirectedRequest(_) | ProxyError::OtherSitesHandshake(_) => {
+                StatusCode::MISDIRECTED_REQUEST
+            }
             ProxyError::ConnectionTimeout { .. } | ProxyError::ResponseHeaderTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -232,6 +239,7 @@ impl ProxyError {
             | ProxyError::NotImplemented(_) => ErrorType::HttpRequestError,
             ProxyError::Forbidden(_) => ErrorType::HttpRequestDenied,
             ProxyError::MisdirectedRequest(_) => ErrorType::DestinationNotFound,
+            ProxyError::OtherSitesHandshake(_) => ErrorType::HttpRequestDenied,
             ProxyError::ConnectionRefused { .. } => ErrorType::ConnectionRefused,
             ProxyError::ConnectionTimeout { .. } => ErrorType::ConnectionTimeout,
             ProxyError::DnsError { .. } => ErrorType::DnsError,

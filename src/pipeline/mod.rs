@@ -104,6 +104,9 @@ pub struct DownstreamFacts {
     pub interim: Option<interim::InterimRelay>,
     /// The certificate the TLS handshake verified (`tls.client_ca_file`).
     pub client_cert: Option<Arc<client_cert::VerifiedClient>>,
+    /// The TLS configuration the handshake used, by its client authentication's index
+    /// in `Config::client_auths`; `None` on cleartext.
+    pub client_auth: Option<usize>,
 }
 
 /// Runs one request through every phase and returns the response to send, never an error:
@@ -364,17 +367,7 @@ async fn serve(
         .await?;
         return Ok(Delivery::Synthetic(response));
     }
-    if facts.scheme == "http"
-        && proxy.requires_client_cert
-        && !proxy.forwarding.is_trusted(facts.peer.ip())
-    {
-        // The TLS listeners ask every client for a certificate; the cleartext one cannot,
-        // and must not be the way around them.
-        ctx.status = CacheStatus::forward(FwdReason::Bypass);
-        return Err(ProxyError::Forbidden(
-            "this node requires a client certificate: use https",
-        ));
-    }
+    check_client_auth(proxy, &site, facts, host.as_deref(), ctx)?;
     let downstream = Downstream {
         peer: facts.peer,
         scheme: facts.scheme,
@@ -399,6 +392,31 @@ async fn serve(
         .lookup(parts, facts.scheme, authority, ctx.now)
         .await;
     branch(&request, lookup, body, ctx).await
+}
+
+/// The site asks for the client certificates the connection was verified for. A TLS
+/// connection whose handshake asked another site's (its SNI named another host) is sent
+/// to open its own (421, RFC 9110 §15.5.20, as nginx answers). The cleartext listener
+/// asks for none, so it must not be a way around a site that requires one: refused,
+/// unless a trusted proxy in front did the check.
+fn check_client_auth(
+    proxy: &Proxy,
+    site: &Site,
+    facts: &DownstreamFacts,
+    host: Option<&str>,
+    ctx: &mut RequestCtx,
+) -> Result<(), ProxyError> {
+    let refused = match facts.client_auth {
+        Some(verified_for) if verified_for != site.client_auth => {
+            ProxyError::OtherSitesHandshake(host.unwrap_or_default().to_string())
+        }
+        None if site.requires_client_cert && !proxy.forwarding.is_trusted(facts.peer.ip()) => {
+            ProxyError::Forbidden("this site requires a client certificate: use https")
+        }
+        _ => return Ok(()),
+    };
+    ctx.status = CacheStatus::forward(FwdReason::Bypass);
+    Err(refused)
 }
 
 /// The request served again after its stored body turned out `lost` before any of it was

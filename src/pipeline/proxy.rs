@@ -57,13 +57,10 @@ pub struct Proxy {
     pub(super) debug: crate::config::DebugConfig,
     /// Connection limits and timeouts, read by the server for each new connection.
     pub server: crate::config::ServerConfig,
-    /// The TLS listeners' configuration (certificates read when this proxy was built).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The TLS listeners' configurations (certificates read when this proxy was built).
+    pub tls: Option<Arc<crate::server::tls::TlsListening>>,
     /// `tls.forward_client_cert`: verified client certificates go to origins (RFC 9440).
     forward_client_cert: bool,
-    /// `tls.client_ca_file` without `client_cert_optional`: cleartext requests, which
-    /// carry no certificate, are refused unless a trusted proxy in front vouches.
-    pub(super) requires_client_cert: bool,
     /// The first TLS listener's port: where redirects to https point.
     pub(super) https_port: Option<u16>,
     /// Forward-proxy use: which targets, for whom.
@@ -139,8 +136,6 @@ impl Proxy {
         );
         Ok(Proxy {
             forward_client_cert: config.tls.forward_client_cert,
-            requires_client_cert: config.tls.client_ca_file.is_some()
-                && !config.tls.client_cert_optional,
             prepared_hits,
             mirror: mirror.map(Arc::new),
             router: Router::new(config, &pools),

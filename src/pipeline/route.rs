@@ -12,7 +12,7 @@ use http::header::HOST;
 use http::{HeaderValue, Version};
 
 use crate::cache::key::{canonical_authority, split_at_last_colon};
-use crate::config::{Config, HostHeaderSetting, OriginUrl, SiteConfig};
+use crate::config::{ClientAuth, Config, HostHeaderSetting, OriginUrl, SiteConfig};
 use crate::error::ProxyError;
 use crate::upstream::pool::{Pool, Pools};
 
@@ -50,6 +50,11 @@ pub struct Site {
     pub redirect_https: bool,
     /// `Strict-Transport-Security` for the site's responses over TLS.
     pub hsts: Option<HeaderValue>,
+    /// The client authentication TLS connections for this site are verified under (an
+    /// index in `Config::client_auths`); a connection verified under another is refused.
+    pub client_auth: usize,
+    /// Its clients must present a certificate: cleartext requests are refused.
+    pub requires_client_cert: bool,
     path_prefix: Option<String>,
     /// The prefix is removed from the path sent to the origin (a mounted registry).
     strip_prefix: bool,
@@ -107,6 +112,8 @@ impl Site {
                 .as_deref()
                 .and_then(|v| HeaderValue::from_str(v).ok()),
             hosts: site.hosts.iter().map(|h| HostPattern::parse(h)).collect(),
+            client_auth: 0,
+            requires_client_cert: false,
         }
     }
 
@@ -122,6 +129,8 @@ impl Site {
             path_prefix: None,
             strip_prefix: false,
             hosts: Vec::new(),
+            client_auth: 0,
+            requires_client_cert: false,
         }
     }
 
@@ -168,19 +177,25 @@ pub struct Router {
 
 impl Router {
     pub fn new(config: &Config, pools: &Pools) -> Router {
+        let auths = config.client_auths();
+        let requires = |index: usize| auths[index].as_ref().is_some_and(ClientAuth::is_required);
         Router {
             sites: config
                 .all_sites()
                 .iter()
                 .filter_map(|site| {
                     let pool = pool_of(pools, site.origin.as_ref(), site.pool.as_deref())?;
-                    Some(Arc::new(Site::from_config(site, pool)))
+                    let mut routed = Site::from_config(site, pool);
+                    routed.client_auth = config.client_auth_index(site, &auths);
+                    routed.requires_client_cert = requires(routed.client_auth);
+                    Some(Arc::new(routed))
                 })
                 .collect(),
             default_site: pool_of(pools, config.origin.as_ref(), config.pool.as_deref()).map(
                 |pool| {
                     let mut site = Site::catch_all("default", pool);
                     site.host_header = HostHeader::from_setting(config.host_header.as_ref());
+                    site.requires_client_cert = requires(0);
                     Arc::new(site)
                 },
             ),

@@ -271,6 +271,7 @@ impl Accepted {
             reads_proxy_header,
             client_limit: settings.max_connections_per_client,
             client_cert: None,
+            client_auth: None,
             _permit: permit,
             _client_slot: client_slot,
         })
@@ -292,6 +293,9 @@ struct Connection {
     client_limit: usize,
     /// The certificate a TLS client presented and we verified.
     client_cert: Option<Arc<VerifiedClient>>,
+    /// Which of the TLS configurations (`Config::client_auths`) the handshake used;
+    /// `None` on cleartext.
+    client_auth: Option<usize>,
     /// Held for the connection's lifetime: counts against `max_connections`.
     _permit: OwnedSemaphorePermit,
     /// Held for the connection's lifetime: counts against `max_connections_per_client`.
@@ -411,7 +415,29 @@ impl Connection {
             return answer_plain_http_on_tls(stream, peer).await;
         }
         let stream = proxy_protocol::Prefixed::new(first.to_vec(), stream);
-        let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+        let handshake = match config.single() {
+            Some(only) => {
+                self.client_auth = Some(0);
+                tokio_rustls::TlsAcceptor::from(Arc::clone(only)).accept(stream)
+            }
+            None => {
+                // Sites ask for different client certificates: the SNI says which.
+                let acceptor = tokio_rustls::LazyConfigAcceptor::new(
+                    rustls::server::Acceptor::default(),
+                    stream,
+                );
+                let start = match tokio::time::timeout_at(deadline, acceptor).await {
+                    Ok(Ok(start)) => start,
+                    Ok(Err(err)) => {
+                        return tracing::debug!(%peer, error = %err, "TLS handshake failed")
+                    }
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake not completed in time"),
+                };
+                let (index, chosen) = config.for_server_name(start.client_hello().server_name());
+                self.client_auth = Some(index);
+                start.into_stream(chosen)
+            }
+        };
         match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(tls)) => {
                 // Only a verifying listener has peer certificates: others pay nothing.
@@ -453,6 +479,7 @@ impl Connection {
             peer,
             scheme,
             client_cert: self.client_cert.take(),
+            client_auth: self.client_auth,
             activity: Arc::clone(&activity),
             interim: Arc::clone(&interim),
             sendfile: sendfile.clone(),
@@ -723,6 +750,8 @@ struct ConnectionLink {
     scheme: &'static str,
     /// The client certificate the handshake verified.
     client_cert: Option<Arc<VerifiedClient>>,
+    /// The TLS configuration the handshake used (`None`: cleartext).
+    client_auth: Option<usize>,
     activity: Arc<ConnActivity>,
     interim: Arc<InterimLink>,
     /// Set on cleartext connections that may send disk hits from their file.
@@ -769,6 +798,7 @@ async fn serve_request(
         has_unknown_transfer_coding: !pipeline::has_only_chunked_coding(request.headers()),
         interim,
         client_cert: link.client_cert.clone(),
+        client_auth: link.client_auth,
     };
     let shape = link
         .prepares_hits

@@ -18,7 +18,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
 use super::ocsp::{self, OcspStaple};
-use crate::config::Config;
+use crate::config::{ClientAuth, Config};
 
 /// Why the TLS configuration could not be made; names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -35,28 +35,71 @@ pub enum TlsSetupError {
     },
     #[error("{path}: cannot use it as a stapled OCSP response: {message}")]
     OcspResponse { path: PathBuf, message: String },
-    #[error("{path}: cannot read the client CA certificates (tls.client_ca_file): {message}")]
+    #[error("{path}: cannot read the client CA certificates (client_ca_file): {message}")]
     ClientCa { path: PathBuf, message: String },
-    #[error(
-        "{path}: cannot read the certificate revocation list (tls.client_crl_files): {message}"
-    )]
+    #[error("{path}: cannot read the certificate revocation list (client_crl_files): {message}")]
     Crl { path: PathBuf, message: String },
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
 }
 
-/// The server configuration for the TLS listeners, or `None` when none are configured.
+/// The server configurations of the TLS listeners: one per client authentication the
+/// configuration names ([`Config::client_auths`]), chosen by the SNI of each connection.
+#[derive(Debug)]
+pub struct TlsListening {
+    configs: Vec<Arc<rustls::ServerConfig>>,
+    /// The hosts (lowercase, `*.suffix` or `*`) of sites whose connections are verified
+    /// under another configuration than the first, with its index.
+    by_host: Vec<(String, usize)>,
+}
+
+impl TlsListening {
+    /// The one configuration, when every connection gets it: no need to read the
+    /// ClientHello first.
+    pub fn single(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        match self.configs.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        }
+    }
+
+    /// The configuration for a connection whose ClientHello names `server_name`, and its
+    /// index in [`Config::client_auths`]: an exact host first, then `*.suffix`, then `*`,
+    /// else the first. A request routed to a site of another index is refused, so a name
+    /// matched here differently from routing never skips a check.
+    pub fn for_server_name(&self, server_name: Option<&str>) -> (usize, Arc<rustls::ServerConfig>) {
+        let index = server_name.map_or(0, |name| {
+            let name = name.to_ascii_lowercase();
+            let exact = || self.by_host.iter().find(|(host, _)| *host == name);
+            let suffix = || {
+                self.by_host.iter().find(|(host, _)| {
+                    host.strip_prefix('*').is_some_and(|suffix| {
+                        !suffix.is_empty() && name.len() > suffix.len() && name.ends_with(suffix)
+                    })
+                })
+            };
+            let any = || self.by_host.iter().find(|(host, _)| host == "*");
+            exact()
+                .or_else(suffix)
+                .or_else(any)
+                .map_or(0, |(_, index)| *index)
+        });
+        (index, Arc::clone(&self.configs[index]))
+    }
+}
+
+/// The server configurations for the TLS listeners, or `None` when none are configured.
 ///
 /// # Errors
 /// [`TlsSetupError`] for a missing, unreadable or empty certificate or key file, or a key
-/// that is not the certificate's.
-pub fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, TlsSetupError> {
-    Ok(built(config, SystemTime::now())?.map(|built| built.server))
+/// that is not the certificate's, or a client CA or CRL file that cannot be used.
+pub fn server_config(config: &Config) -> Result<Option<Arc<TlsListening>>, TlsSetupError> {
+    Ok(built(config, SystemTime::now())?.map(|built| Arc::new(built.listening)))
 }
 
-/// The server configuration, and the certificates it serves.
+/// The server configurations, and the certificates they serve.
 struct Built {
-    server: Arc<rustls::ServerConfig>,
+    listening: TlsListening,
     certificates: Arc<BySni>,
 }
 
@@ -67,27 +110,45 @@ fn built(config: &Config, now: SystemTime) -> Result<Option<Built>, TlsSetupErro
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certificates = Arc::new(certificates(config, &provider, now)?);
-    let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(client_verifier(config, &provider)?)
-        .with_cert_resolver(Arc::clone(&certificates) as Arc<dyn ResolvesServerCert>);
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // Resumption: the session cache (rustls's default) for TLS 1.2 and stateful 1.3, and
-    // tickets for clients that prefer them.
-    server.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    let auths = config.client_auths();
+    let mut configs = Vec::with_capacity(auths.len());
+    for auth in &auths {
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(client_verifier(auth.as_ref(), &provider)?)
+            .with_cert_resolver(Arc::clone(&certificates) as Arc<dyn ResolvesServerCert>);
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Resumption: the session cache (rustls's default) for TLS 1.2 and stateful 1.3,
+        // and tickets for clients that prefer them. Each configuration has its own of
+        // both, so a session verified under one never resumes under another.
+        server.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        configs.push(Arc::new(server));
+    }
+    let mut by_host = Vec::new();
+    for site in config.all_sites() {
+        let index = config.client_auth_index(&site, &auths);
+        if index != 0 {
+            by_host.extend(site.hosts.iter().map(|h| (h.to_ascii_lowercase(), index)));
+        }
+    }
     Ok(Some(Built {
-        server: Arc::new(server),
+        listening: TlsListening { configs, by_host },
         certificates,
     }))
 }
 
-/// Who may connect: anyone, or (with `tls.client_ca_file`) clients whose certificate
-/// those CAs issued and no configured CRL revokes.
+/// Who may connect: anyone, or (with a client CA file) clients whose certificate those
+/// CAs issued and no configured CRL revokes.
 fn client_verifier(
-    config: &Config,
+    auth: Option<&ClientAuth>,
     provider: &Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsSetupError> {
-    let Some(ca_file) = &config.tls.client_ca_file else {
+    let Some(ClientAuth {
+        ca_file,
+        optional,
+        crl_files,
+    }) = auth
+    else {
         return Ok(WebPkiClientVerifier::no_client_auth());
     };
     let ca_error = |message: String| TlsSetupError::ClientCa {
@@ -107,7 +168,7 @@ fn client_verifier(
         return Err(ca_error("no PEM certificate in the file".to_string()));
     }
     let mut crls = Vec::new();
-    for path in &config.tls.client_crl_files {
+    for path in crl_files {
         let crl_error = |message: String| TlsSetupError::Crl {
             path: path.clone(),
             message,
@@ -129,7 +190,7 @@ fn client_verifier(
     let mut builder =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
             .with_crls(crls);
-    if config.tls.client_cert_optional {
+    if *optional {
         builder = builder.allow_unauthenticated();
     }
     builder.build().map_err(|err| ca_error(err.to_string()))

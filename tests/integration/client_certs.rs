@@ -398,3 +398,77 @@ async fn a_trusted_terminator_in_front_speaks_for_its_clients() {
     assert_eq!(reply.status, 200);
     assert_eq!(field(&origin.last("/p"), "client-cert"), Some(own));
 }
+
+/// A site may ask for certificates of its own CA (`tls_client_ca_file`) while the others
+/// ask for none, as nginx's `ssl_verify_client` per server: the handshake asks by SNI. A
+/// connection set up for one host is then not used for the other, whichever way (421,
+/// RFC 9110 §15.5.20), so a public site's handshake is no way into the private one, nor a
+/// private site's into the public one; the cleartext listener refuses only the private
+/// site. Sites sharing a host must agree on what they ask.
+#[tokio::test]
+async fn a_site_asks_for_certificates_of_its_own_and_the_sni_decides() {
+    let origin = Origin::start(vec![("/p", fixed(&[("cache-control", "no-store")], "ok"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, server_der) = write_cert(dir.path(), "both", &["public.test", "private.test"]);
+    let ca = Authority::new("private site's CA");
+    let ca_file = ca.write(dir.path(), "clients.pem");
+    let origin_url = origin.url();
+    let site = |host: &str, extra: &str| {
+        format!("[[sites]]\nhosts = [\"{host}\"]\norigin = \"{origin_url}\"\n{extra}\n")
+    };
+    let sites = format!(
+        "{}{}",
+        site("public.test", ""),
+        site(
+            "private.test",
+            &format!("tls_client_ca_file = \"{}\"", ca_file.display())
+        )
+    );
+    let toml = move |tls: std::net::SocketAddr| {
+        format!(
+            "[tls]\nlisten = [\"{tls}\"]\ncert = \"{}\"\nkey = \"{}\"\nforward_client_cert = true\n{sites}",
+            cert.display(),
+            key.display()
+        )
+    };
+    let clash = format!(
+        "{}\n{}",
+        toml("127.0.0.1:1".parse().unwrap()),
+        site("PRIVATE.test", "path_prefix = \"/x/\"")
+    );
+    let refused = Config::from_toml_str(&clash, &FlagOverrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("sites[2].tls_client_ca_file") && refused.contains("PRIVATE.test"),
+        "{refused}"
+    );
+    let edge = start_edge(toml).await;
+    let tls = edge.tls;
+    let session = |sni: &'static str, identity: Option<Identity>| {
+        let server_der = server_der.clone();
+        async move { connect_as(tls, sni, &[&server_der], &[b"http/1.1"], identity).await }
+    };
+
+    let mut public = session("public.test", None).await;
+    assert_eq!(public.get("public.test", "/p").await.status, 200);
+    let across = public.get("private.test", "/p").await;
+    assert_eq!(across.status, 421, "{}", across.text());
+    assert_eq!(origin.hits("/p"), 1);
+
+    let mut anonymous = session("private.test", None).await;
+    assert!(anonymous.try_get("private.test", "/p", &[]).await.is_err());
+
+    let member = ca.issue("member", 5);
+    let own = byte_sequence(&member.0[0]);
+    let mut private = session("private.test", Some(member)).await;
+    assert_eq!(private.get("private.test", "/p").await.status, 200);
+    assert_eq!(field(&origin.last("/p"), "client-cert"), Some(own));
+    assert_eq!(private.get("public.test", "/p").await.status, 421);
+    assert_eq!(origin.hits("/p"), 2);
+
+    let plain_private = get(&edge.proxy.url("/p"), &[("host", "private.test")]).await;
+    assert_eq!(plain_private.status, 403);
+    let plain_public = get(&edge.proxy.url("/p"), &[("host", "public.test")]).await;
+    assert_eq!(plain_public.status, 200);
+}

@@ -104,9 +104,8 @@ pub struct DownstreamFacts {
     pub interim: Option<interim::InterimRelay>,
     /// The certificate the TLS handshake verified (`tls.client_ca_file`).
     pub client_cert: Option<Arc<client_cert::VerifiedClient>>,
-    /// The TLS configuration the handshake used, by its client authentication's index
-    /// in `Config::client_auths`; `None` on cleartext.
-    pub client_auth: Option<usize>,
+    /// What the TLS handshake asked of the client; `None` on cleartext.
+    pub client_auth: Option<crate::server::tls::VerifiedUnder>,
 }
 
 /// Runs one request through every phase and returns the response to send, never an error:
@@ -341,6 +340,7 @@ async fn serve(
     }
     let host = route::request_host(parts, facts.scheme)?;
     ctx.host = host.as_deref().unwrap_or_default().to_owned();
+    let is_forwarded = forward_site.is_some();
     let site = match forward_site {
         Some(site) => site,
         None => Arc::clone(proxy.router.route(host.as_deref(), parts.uri.path())?),
@@ -367,7 +367,10 @@ async fn serve(
         .await?;
         return Ok(Delivery::Synthetic(response));
     }
-    check_client_auth(proxy, &site, facts, host.as_deref(), ctx)?;
+    if !is_forwarded {
+        // A forward-proxy target has its own allowances (`forward_proxy`).
+        check_client_auth(proxy, &site, facts, host.as_deref(), ctx)?;
+    }
     let downstream = Downstream {
         peer: facts.peer,
         scheme: facts.scheme,
@@ -406,8 +409,8 @@ fn check_client_auth(
     host: Option<&str>,
     ctx: &mut RequestCtx,
 ) -> Result<(), ProxyError> {
-    let refused = match facts.client_auth {
-        Some(verified_for) if verified_for != site.client_auth => {
+    let refused = match facts.client_auth.as_deref() {
+        Some(verified_under) if *verified_under != site.client_auth => {
             ProxyError::OtherSitesHandshake(host.unwrap_or_default().to_string())
         }
         None if site.requires_client_cert && !proxy.forwarding.is_trusted(facts.peer.ip()) => {

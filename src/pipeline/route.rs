@@ -50,9 +50,9 @@ pub struct Site {
     pub redirect_https: bool,
     /// `Strict-Transport-Security` for the site's responses over TLS.
     pub hsts: Option<HeaderValue>,
-    /// The client authentication TLS connections for this site are verified under (an
-    /// index in `Config::client_auths`); a connection verified under another is refused.
-    pub client_auth: usize,
+    /// What TLS connections for this site ask of clients; a connection whose handshake
+    /// asked otherwise is refused.
+    pub client_auth: Option<ClientAuth>,
     /// Its clients must present a certificate: cleartext requests are refused.
     pub requires_client_cert: bool,
     path_prefix: Option<String>,
@@ -112,7 +112,7 @@ impl Site {
                 .as_deref()
                 .and_then(|v| HeaderValue::from_str(v).ok()),
             hosts: site.hosts.iter().map(|h| HostPattern::parse(h)).collect(),
-            client_auth: 0,
+            client_auth: None,
             requires_client_cert: false,
         }
     }
@@ -129,7 +129,7 @@ impl Site {
             path_prefix: None,
             strip_prefix: false,
             hosts: Vec::new(),
-            client_auth: 0,
+            client_auth: None,
             requires_client_cert: false,
         }
     }
@@ -177,8 +177,6 @@ pub struct Router {
 
 impl Router {
     pub fn new(config: &Config, pools: &Pools) -> Router {
-        let auths = config.client_auths();
-        let requires = |index: usize| auths[index].as_ref().is_some_and(ClientAuth::is_required);
         Router {
             sites: config
                 .all_sites()
@@ -186,8 +184,11 @@ impl Router {
                 .filter_map(|site| {
                     let pool = pool_of(pools, site.origin.as_ref(), site.pool.as_deref())?;
                     let mut routed = Site::from_config(site, pool);
-                    routed.client_auth = config.client_auth_index(site, &auths);
-                    routed.requires_client_cert = requires(routed.client_auth);
+                    routed.client_auth = config.site_client_auth(site);
+                    routed.requires_client_cert = routed
+                        .client_auth
+                        .as_ref()
+                        .is_some_and(ClientAuth::is_required);
                     Some(Arc::new(routed))
                 })
                 .collect(),
@@ -195,7 +196,11 @@ impl Router {
                 |pool| {
                     let mut site = Site::catch_all("default", pool);
                     site.host_header = HostHeader::from_setting(config.host_header.as_ref());
-                    site.requires_client_cert = requires(0);
+                    site.client_auth = config.client_auth();
+                    site.requires_client_cert = site
+                        .client_auth
+                        .as_ref()
+                        .is_some_and(ClientAuth::is_required);
                     Arc::new(site)
                 },
             ),

@@ -45,6 +45,7 @@ use crate::config::ServerConfig;
 use crate::pipeline::client_cert::VerifiedClient;
 use crate::pipeline::interim::{InterimLink, InterimRelay};
 use crate::pipeline::{self, Proxy};
+use tls::VerifiedUnder;
 
 /// The proxy in force: swapped whole on reload. Each request takes the one current when it
 /// starts and keeps it to the end, so a reload never changes a request mid-way.
@@ -293,9 +294,8 @@ struct Connection {
     client_limit: usize,
     /// The certificate a TLS client presented and we verified.
     client_cert: Option<Arc<VerifiedClient>>,
-    /// Which of the TLS configurations (`Config::client_auths`) the handshake used;
-    /// `None` on cleartext.
-    client_auth: Option<usize>,
+    /// What the handshake asked of the client; `None` on cleartext.
+    client_auth: Option<VerifiedUnder>,
     /// Held for the connection's lifetime: counts against `max_connections`.
     _permit: OwnedSemaphorePermit,
     /// Held for the connection's lifetime: counts against `max_connections_per_client`.
@@ -416,9 +416,9 @@ impl Connection {
         }
         let stream = proxy_protocol::Prefixed::new(first.to_vec(), stream);
         let handshake = match config.single() {
-            Some(only) => {
-                self.client_auth = Some(0);
-                tokio_rustls::TlsAcceptor::from(Arc::clone(only)).accept(stream)
+            Some((auth, only)) => {
+                self.client_auth = Some(auth);
+                tokio_rustls::TlsAcceptor::from(only).accept(stream)
             }
             None => {
                 // Sites ask for different client certificates: the SNI says which.
@@ -433,8 +433,8 @@ impl Connection {
                     }
                     Err(_) => return tracing::debug!(%peer, "TLS handshake not completed in time"),
                 };
-                let (index, chosen) = config.for_server_name(start.client_hello().server_name());
-                self.client_auth = Some(index);
+                let (auth, chosen) = config.for_server_name(start.client_hello().server_name());
+                self.client_auth = Some(auth);
                 start.into_stream(chosen)
             }
         };
@@ -479,7 +479,7 @@ impl Connection {
             peer,
             scheme,
             client_cert: self.client_cert.take(),
-            client_auth: self.client_auth,
+            client_auth: self.client_auth.take(),
             activity: Arc::clone(&activity),
             interim: Arc::clone(&interim),
             sendfile: sendfile.clone(),
@@ -750,8 +750,8 @@ struct ConnectionLink {
     scheme: &'static str,
     /// The client certificate the handshake verified.
     client_cert: Option<Arc<VerifiedClient>>,
-    /// The TLS configuration the handshake used (`None`: cleartext).
-    client_auth: Option<usize>,
+    /// What the handshake asked of the client (`None`: cleartext).
+    client_auth: Option<VerifiedUnder>,
     activity: Arc<ConnActivity>,
     interim: Arc<InterimLink>,
     /// Set on cleartext connections that may send disk hits from their file.
@@ -798,7 +798,7 @@ async fn serve_request(
         has_unknown_transfer_coding: !pipeline::has_only_chunked_coding(request.headers()),
         interim,
         client_cert: link.client_cert.clone(),
-        client_auth: link.client_auth,
+        client_auth: link.client_auth.clone(),
     };
     let shape = link
         .prepares_hits

@@ -43,11 +43,18 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
+/// What a connection's handshake asked of the client: a site routed to must ask the same
+/// (compared by value, so a reload that renumbers or changes them never lets a connection
+/// verified under one serve a site that asks another).
+pub type VerifiedUnder = Arc<Option<ClientAuth>>;
+
 /// The server configurations of the TLS listeners: one per client authentication the
 /// configuration names ([`Config::client_auths`]), chosen by the SNI of each connection.
 #[derive(Debug)]
 pub struct TlsListening {
     configs: Vec<Arc<rustls::ServerConfig>>,
+    /// What each of `configs` asks of clients.
+    auths: Vec<VerifiedUnder>,
     /// The hosts (lowercase, `*.suffix` or `*`) of sites whose connections are verified
     /// under another configuration than the first, with its index.
     by_host: Vec<(String, usize)>,
@@ -56,18 +63,21 @@ pub struct TlsListening {
 impl TlsListening {
     /// The one configuration, when every connection gets it: no need to read the
     /// ClientHello first.
-    pub fn single(&self) -> Option<&Arc<rustls::ServerConfig>> {
-        match self.configs.as_slice() {
-            [only] => Some(only),
+    pub fn single(&self) -> Option<(VerifiedUnder, Arc<rustls::ServerConfig>)> {
+        match (self.auths.as_slice(), self.configs.as_slice()) {
+            ([auth], [only]) => Some((Arc::clone(auth), Arc::clone(only))),
             _ => None,
         }
     }
 
-    /// The configuration for a connection whose ClientHello names `server_name`, and its
-    /// index in [`Config::client_auths`]: an exact host first, then `*.suffix`, then `*`,
-    /// else the first. A request routed to a site of another index is refused, so a name
+    /// The configuration for a connection whose ClientHello names `server_name`, and what
+    /// it asks of clients: an exact host first, then `*.suffix`, then `*`, else the
+    /// global one. A request routed to a site that asks otherwise is refused, so a name
     /// matched here differently from routing never skips a check.
-    pub fn for_server_name(&self, server_name: Option<&str>) -> (usize, Arc<rustls::ServerConfig>) {
+    pub fn for_server_name(
+        &self,
+        server_name: Option<&str>,
+    ) -> (VerifiedUnder, Arc<rustls::ServerConfig>) {
         let index = server_name.map_or(0, |name| {
             let name = name.to_ascii_lowercase();
             let exact = || self.by_host.iter().find(|(host, _)| *host == name);
@@ -84,7 +94,10 @@ impl TlsListening {
                 .or_else(any)
                 .map_or(0, |(_, index)| *index)
         });
-        (index, Arc::clone(&self.configs[index]))
+        (
+            Arc::clone(&self.auths[index]),
+            Arc::clone(&self.configs[index]),
+        )
     }
 }
 
@@ -132,7 +145,11 @@ fn built(config: &Config, now: SystemTime) -> Result<Option<Built>, TlsSetupErro
         }
     }
     Ok(Some(Built {
-        listening: TlsListening { configs, by_host },
+        listening: TlsListening {
+            configs,
+            auths: auths.into_iter().map(Arc::new).collect(),
+            by_host,
+        },
         certificates,
     }))
 }

@@ -7,6 +7,8 @@ use crate::support;
 use crate::tls_listen::{connect_as, site_toml, start_edge, write_cert, Identity};
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use outpost::config::FlagOverrides;
@@ -471,4 +473,60 @@ async fn a_site_asks_for_certificates_of_its_own_and_the_sni_decides() {
     assert_eq!(plain_private.status, 403);
     let plain_public = get(&edge.proxy.url("/p"), &[("host", "public.test")]).await;
     assert_eq!(plain_public.status, 200);
+}
+
+/// What a connection's handshake asked is compared with what a site asks by value, not by
+/// position: a reload that adds a site asking for another CA's certificates ahead of the
+/// others leaves a connection verified for one site unable to reach the new one (421),
+/// while it still serves the site it was made for.
+#[tokio::test]
+async fn a_reload_that_adds_a_private_site_gives_old_connections_no_way_in() {
+    let origin = Origin::start(vec![("/p", fixed(&[("cache-control", "no-store")], "ok"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, server_der) = write_cert(dir.path(), "both", &["old.test", "new.test"]);
+    let old_ca = Authority::new("old site's CA");
+    let new_ca = Authority::new("new site's CA");
+    let (old_file, new_file) = (
+        old_ca.write(dir.path(), "old.pem"),
+        new_ca.write(dir.path(), "new.pem"),
+    );
+    let reloaded = Arc::new(AtomicBool::new(false));
+    let with_new_site = Arc::clone(&reloaded);
+    let origin_url = origin.url();
+    let edge = start_edge(move |tls| {
+        let site = |host: &str, ca: &Path| {
+            format!(
+                "[[sites]]\nhosts = [\"{host}\"]\norigin = \"{origin_url}\"\ntls_client_ca_file = \"{}\"\n",
+                ca.display()
+            )
+        };
+        let first = if with_new_site.load(Ordering::SeqCst) {
+            site("new.test", &new_file)
+        } else {
+            String::new()
+        };
+        format!(
+            "[tls]\nlisten = [\"{tls}\"]\ncert = \"{}\"\nkey = \"{}\"\n{first}{}",
+            cert.display(),
+            key.display(),
+            site("old.test", &old_file)
+        )
+    })
+    .await;
+    let member = old_ca.issue("member", 6);
+    let mut session = connect_as(
+        edge.tls,
+        "old.test",
+        &[&server_der],
+        &[b"http/1.1"],
+        Some(member),
+    )
+    .await;
+    assert_eq!(session.get("old.test", "/p").await.status, 200);
+
+    reloaded.store(true, Ordering::SeqCst);
+    edge.proxy.outpost.reload().expect("reloads");
+    assert_eq!(session.get("new.test", "/p").await.status, 421);
+    assert_eq!(session.get("old.test", "/p").await.status, 200);
+    assert_eq!(origin.hits("/p"), 2);
 }

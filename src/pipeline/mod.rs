@@ -129,15 +129,7 @@ pub async fn handle(
     }
     // Judged with Proxy-Authorization, which stripping removes.
     let target = proxy.forward_proxy.target(&parts, &proxy.router);
-    as_received(proxy, &mut parts);
-    client_cert::convey(
-        &mut parts.headers,
-        downstream
-            .client_cert
-            .as_ref()
-            .and_then(|client| client.fields()),
-        proxy.forwarding.is_trusted(peer.ip()),
-    );
+    as_received(proxy, &mut parts, &downstream);
     let log = proxy.access_log.clone();
     // Boxed: the context rides along with the response body to the end of the exchange,
     // and hyper moves the request's future and the response by value.
@@ -147,7 +139,7 @@ pub async fn handle(
         log,
         Arc::clone(&proxy.metrics),
     ));
-    ctx.client_cert = downstream.client_cert.clone();
+    ctx.client_cert.clone_from(&downstream.client_cert);
     let request_debug = parts
         .headers
         .get(&OUTPOST_DEBUG)
@@ -232,10 +224,17 @@ fn take_upgrade(request: &mut Request<Incoming>) -> Option<tunnel::Upgrade> {
     })
 }
 
-/// The request as every phase judges it: its fields as they will be forwarded, and a
-/// mirror's Simple API request asking in its canonical spelling.
-fn as_received(proxy: &Proxy, parts: &mut http::request::Parts) {
+/// The request as every phase judges it: its fields as they will be forwarded (the client
+/// certificate's only as this connection or a trusted proxy says), and a mirror's Simple
+/// API request asking in its canonical spelling.
+fn as_received(proxy: &Proxy, parts: &mut http::request::Parts, downstream: &DownstreamFacts) {
     as_forwarded(&mut parts.headers);
+    // Before any phase looks: a Client-Cert may choose a variant (`Vary: Client-Cert`).
+    client_cert::convey(
+        &mut parts.headers,
+        downstream.client_cert.as_ref().and_then(|c| c.fields()),
+        proxy.forwarding.is_trusted(downstream.peer.ip()),
+    );
     if let Some(mirror) = &proxy.mirror {
         mirror.negotiate(parts);
     }

@@ -29,22 +29,16 @@ struct Authority {
 impl Authority {
     fn new(name: &str) -> Authority {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).unwrap();
+        let cert = ca_params(name).self_signed(&key).unwrap();
         Authority { cert, key }
     }
 
     /// A CA below this one.
     fn intermediate(&self, name: &str) -> Authority {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let cert = ca_params(name)
+            .signed_by(&key, &self.cert, &self.key)
+            .unwrap();
         Authority { cert, key }
     }
 
@@ -91,6 +85,15 @@ impl Authority {
         std::fs::write(&path, self.cert.pem()).unwrap();
         path
     }
+}
+
+/// A CA's certificate, which may sign certificates and CRLs (RFC 5280 §4.2.1.3).
+fn ca_params(name: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
 }
 
 /// RFC 9440 §2.2: a Structured Field Byte Sequence, base64 between colons.

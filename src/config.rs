@@ -1986,10 +1986,49 @@ impl Config {
                 "# upstream.max_read_buffer = \"{buffer}\"  # a thousandth of cache.memory_capacity, 32KiB-128KiB\n"
             ));
         }
+        derived.extend(self.client_auth_comments());
         if derived.is_empty() {
             return String::new();
         }
         format!("\n# Derived (unset above):\n{}", derived.concat())
+    }
+
+    /// Which TLS clients must present a certificate, site by site, once any is asked for:
+    /// what the handshake asks by SNI, spelled out for an operator checking it.
+    fn client_auth_comments(&self) -> Vec<String> {
+        if !self.client_auths().iter().any(Option::is_some) {
+            return Vec::new();
+        }
+        let asks = |auth: Option<&ClientAuth>| match auth {
+            None => "no certificate asked".to_string(),
+            Some(auth) => format!(
+                "a certificate {} from {}",
+                if auth.optional {
+                    "verified if sent,"
+                } else {
+                    "required,"
+                },
+                auth.ca_file.display()
+            ),
+        };
+        let mut lines = vec![format!(
+            "# TLS clients, by default: {}\n",
+            asks(self.client_auth().as_ref())
+        )];
+        for (index, site) in self.sites.iter().enumerate() {
+            if site.tls_client_ca_file.is_some() {
+                lines.push(format!(
+                    "# TLS clients of sites[{index}] ({}): {}\n",
+                    site.hosts.join(", "),
+                    asks(self.site_client_auth(site).as_ref())
+                ));
+            }
+        }
+        lines.push(
+            "# cleartext requests to a site that requires one: 403, but from forwarding.trusted_proxies\n"
+                .to_string(),
+        );
+        lines
     }
 }
 
@@ -2486,6 +2525,39 @@ mod tests {
         assert!(!encoders
             .derived_comments()
             .contains("encoder_memory_budget"));
+    }
+
+    /// `outpost check` spells out which TLS clients must present a certificate, site by
+    /// site, once any is asked for; a site sharing a host with another that asks other
+    /// certificates is refused (a TLS connection is asked once, by SNI).
+    #[test]
+    fn check_says_which_clients_must_present_certificates() {
+        let site = |host: &str, extra: &str| {
+            format!("[[sites]]\nhosts = [\"{host}\"]\norigin = \"http://127.0.0.1:1\"\n{extra}\n")
+        };
+        let plain = Config::from_toml_str(&site("a.test", ""), &FlagOverrides::default()).unwrap();
+        assert!(!plain.derived_comments().contains("TLS clients"));
+        let toml = format!(
+            "[tls]\nclient_ca_file = \"/ca/staff.pem\"\nclient_cert_optional = true\n{}{}",
+            site("a.test", ""),
+            site("b.test", "tls_client_ca_file = \"/ca/b.pem\"")
+        );
+        let mixed = Config::from_toml_str(&toml, &FlagOverrides::default()).unwrap();
+        let said = mixed.derived_comments();
+        assert!(
+            said.contains(
+                "# TLS clients, by default: a certificate verified if sent, from /ca/staff.pem\n"
+            ) && said.contains(
+                "# TLS clients of sites[1] (b.test): a certificate required, from /ca/b.pem\n"
+            ),
+            "{said}"
+        );
+        let clash = format!("{toml}{}", site("B.test", "path_prefix = \"/x/\""));
+        let refused = Config::from_toml_str(&clash, &FlagOverrides::default()).unwrap_err();
+        assert!(
+            refused.to_string().contains("sites[2].tls_client_ca_file"),
+            "{refused}"
+        );
     }
 
     /// The process's reserve comes out of the tier's share: in full from 72 MiB up, ramped

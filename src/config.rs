@@ -1996,7 +1996,8 @@ impl Config {
     /// Which TLS clients must present a certificate, site by site, once any is asked for:
     /// what the handshake asks by SNI, spelled out for an operator checking it.
     fn client_auth_comments(&self) -> Vec<String> {
-        if !self.client_auths().iter().any(Option::is_some) {
+        let any_site_asks = self.sites.iter().any(|s| s.tls_client_ca_file.is_some());
+        if self.tls.client_ca_file.is_none() && !any_site_asks {
             return Vec::new();
         }
         let asks = |auth: Option<&ClientAuth>| match auth {

@@ -8,6 +8,8 @@
 //! certificates are public, so a client that could send the field could pose as any
 //! certificate's holder to the origin and to the cache's variants alike).
 
+use std::fmt::Write as _;
+
 use base64::Engine as _;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use rustls::pki_types::CertificateDer;
@@ -36,7 +38,7 @@ impl VerifiedClient {
         let digest = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
         let mut fingerprint = String::with_capacity(64);
         for byte in digest.as_ref() {
-            fingerprint.push_str(&format!("{byte:02x}"));
+            let _ = write!(fingerprint, "{byte:02x}");
         }
         Some(VerifiedClient {
             fingerprint,

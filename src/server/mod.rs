@@ -271,8 +271,6 @@ impl Accepted {
             peer,
             reads_proxy_header,
             client_limit: settings.max_connections_per_client,
-            client_cert: None,
-            client_auth: None,
             _permit: permit,
             _client_slot: client_slot,
         })
@@ -292,10 +290,6 @@ struct Connection {
     /// header naming the real client.
     reads_proxy_header: bool,
     client_limit: usize,
-    /// The certificate a TLS client presented and we verified.
-    client_cert: Option<Arc<VerifiedClient>>,
-    /// What the handshake asked of the client; `None` on cleartext.
-    client_auth: Option<VerifiedUnder>,
     /// Held for the connection's lifetime: counts against `max_connections`.
     _permit: OwnedSemaphorePermit,
     /// Held for the connection's lifetime: counts against `max_connections_per_client`.
@@ -385,7 +379,7 @@ impl Connection {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + SendfileSocket + Unpin + Send + 'static,
     {
         match transport {
-            Transport::Plain => self.run(stream, "http").await,
+            Transport::Plain => self.run(stream, None).await,
             Transport::Tls => self.run_tls(stream).await,
         }
     }
@@ -393,7 +387,7 @@ impl Connection {
     /// Completes the TLS handshake (within the head timeout), then serves over it. A
     /// connection that opens with plain HTTP instead gets a 400 that says so (as nginx
     /// answers), not a TLS alert that a client shows as a garbled protocol error.
-    async fn run_tls<S>(mut self, mut stream: S)
+    async fn run_tls<S>(self, mut stream: S)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -415,37 +409,33 @@ impl Connection {
             return answer_plain_http_on_tls(stream, peer).await;
         }
         let stream = proxy_protocol::Prefixed::new(first.to_vec(), stream);
-        let handshake = match config.single() {
-            Some((auth, only)) => {
-                self.client_auth = Some(auth);
-                tokio_rustls::TlsAcceptor::from(only).accept(stream)
-            }
-            None => {
-                // Sites ask for different client certificates: the SNI says which.
-                let acceptor = tokio_rustls::LazyConfigAcceptor::new(
-                    rustls::server::Acceptor::default(),
-                    stream,
-                );
-                let start = match tokio::time::timeout_at(deadline, acceptor).await {
-                    Ok(Ok(start)) => start,
-                    Ok(Err(err)) => {
-                        return tracing::debug!(%peer, error = %err, "TLS handshake failed")
-                    }
-                    Err(_) => return tracing::debug!(%peer, "TLS handshake not completed in time"),
-                };
-                let (auth, chosen) = config.for_server_name(start.client_hello().server_name());
-                self.client_auth = Some(auth);
-                start.into_stream(chosen)
+        let handshake = async {
+            match config.single() {
+                Some((auth, only)) => {
+                    let tls = tokio_rustls::TlsAcceptor::from(only).accept(stream).await?;
+                    Ok::<_, std::io::Error>((auth, tls))
+                }
+                None => {
+                    // Sites ask for different client certificates: the SNI says which.
+                    let acceptor = rustls::server::Acceptor::default();
+                    let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
+                    let (auth, chosen) = config.for_server_name(start.client_hello().server_name());
+                    Ok((auth, start.into_stream(chosen).await?))
+                }
             }
         };
         match tokio::time::timeout_at(deadline, handshake).await {
-            Ok(Ok(tls)) => {
+            Ok(Ok((client_auth, tls))) => {
                 // Only a verifying listener has peer certificates: others pay nothing.
-                if let Some(chain) = tls.get_ref().1.peer_certificates() {
+                let client_cert = tls.get_ref().1.peer_certificates().and_then(|chain| {
                     let forwarded = self.proxy.load().forwards_client_cert();
-                    self.client_cert = VerifiedClient::of_chain(chain, forwarded).map(Arc::new);
-                }
-                self.run(tls, "https").await;
+                    VerifiedClient::of_chain(chain, forwarded).map(Arc::new)
+                });
+                let facts = TlsFacts {
+                    client_auth,
+                    client_cert,
+                };
+                self.run(tls, Some(facts)).await;
             }
             Ok(Err(err)) => {
                 if is_client_certificate_refusal(&err) {
@@ -461,8 +451,9 @@ impl Connection {
         }
     }
 
-    /// Serves requests on `stream` (cleartext or TLS: `scheme` says which).
-    async fn run<S>(mut self, stream: S, scheme: &'static str)
+    /// Serves requests on `stream`: over TLS when the handshake's `tls` facts are given,
+    /// else cleartext.
+    async fn run<S>(mut self, stream: S, tls: Option<TlsFacts>)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + SendfileSocket + Unpin + Send + 'static,
     {
@@ -475,11 +466,11 @@ impl Connection {
         let sendfile = SendfileLink::for_socket(&stream, may_sendfile);
         let peer = self.peer;
         let proxy = Arc::clone(&self.proxy);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let link = Arc::new(ConnectionLink {
             peer,
             scheme,
-            client_cert: self.client_cert.take(),
-            client_auth: self.client_auth.take(),
+            tls,
             activity: Arc::clone(&activity),
             interim: Arc::clone(&interim),
             sendfile: sendfile.clone(),
@@ -744,14 +735,20 @@ fn h2_builder(settings: &ServerConfig) -> hyper::server::conn::http2::Builder<To
     builder
 }
 
+/// What a connection's TLS handshake settled about its client.
+struct TlsFacts {
+    /// What the handshake asked of the client.
+    client_auth: VerifiedUnder,
+    /// The certificate the client presented and we verified.
+    client_cert: Option<Arc<VerifiedClient>>,
+}
+
 /// What a request's service needs of its connection.
 struct ConnectionLink {
     peer: SocketAddr,
     scheme: &'static str,
-    /// The client certificate the handshake verified.
-    client_cert: Option<Arc<VerifiedClient>>,
-    /// What the handshake asked of the client (`None`: cleartext).
-    client_auth: Option<VerifiedUnder>,
+    /// What the TLS handshake settled (`None`: cleartext).
+    tls: Option<TlsFacts>,
     activity: Arc<ConnActivity>,
     interim: Arc<InterimLink>,
     /// Set on cleartext connections that may send disk hits from their file.
@@ -797,8 +794,8 @@ async fn serve_request(
         has_conflicting_framing,
         has_unknown_transfer_coding: !pipeline::has_only_chunked_coding(request.headers()),
         interim,
-        client_cert: link.client_cert.clone(),
-        client_auth: link.client_auth.clone(),
+        client_cert: link.tls.as_ref().and_then(|tls| tls.client_cert.clone()),
+        client_auth: link.tls.as_ref().map(|tls| Arc::clone(&tls.client_auth)),
     };
     let shape = link
         .prepares_hits

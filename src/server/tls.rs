@@ -71,29 +71,17 @@ impl TlsListening {
     }
 
     /// The configuration for a connection whose ClientHello names `server_name`, and what
-    /// it asks of clients: an exact host first, then `*.suffix`, then `*`, else the
+    /// it asks of clients: found as its certificate is ([`by_server_name`]), else the
     /// global one. A request routed to a site that asks otherwise is refused, so a name
     /// matched here differently from routing never skips a check.
     pub fn for_server_name(
         &self,
         server_name: Option<&str>,
     ) -> (VerifiedUnder, Arc<rustls::ServerConfig>) {
-        let index = server_name.map_or(0, |name| {
-            let name = name.to_ascii_lowercase();
-            let exact = || self.by_host.iter().find(|(host, _)| *host == name);
-            let suffix = || {
-                self.by_host.iter().find(|(host, _)| {
-                    host.strip_prefix('*').is_some_and(|suffix| {
-                        !suffix.is_empty() && name.len() > suffix.len() && name.ends_with(suffix)
-                    })
-                })
-            };
-            let any = || self.by_host.iter().find(|(host, _)| host == "*");
-            exact()
-                .or_else(suffix)
-                .or_else(any)
-                .map_or(0, |(_, index)| *index)
-        });
+        let index = server_name
+            .and_then(|name| by_server_name(&self.by_host, &name.to_ascii_lowercase()))
+            .copied()
+            .unwrap_or(0);
         (
             Arc::clone(&self.auths[index]),
             Arc::clone(&self.configs[index]),
@@ -413,25 +401,25 @@ struct BySni {
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let served = match hello.server_name().map(str::to_ascii_lowercase) {
-            None => self.default.as_ref(),
-            Some(name) => {
-                let exact = self.by_host.iter().find(|(host, _)| *host == name);
-                let wildcard = || {
-                    self.by_host.iter().find(|(host, _)| {
-                        host.strip_prefix('*').is_some_and(|suffix| {
-                            name.len() > suffix.len() && name.ends_with(suffix)
-                        })
-                    })
-                };
-                exact
-                    .or_else(wildcard)
-                    .map(|(_, served)| served)
-                    .or(self.default.as_ref())
-            }
-        };
+        let served = hello
+            .server_name()
+            .and_then(|name| by_server_name(&self.by_host, &name.to_ascii_lowercase()))
+            .or(self.default.as_ref());
         served.map(|served| served.at(SystemTime::now()))
     }
+}
+
+/// What `entries` (lowercase host patterns of the sites, in order) hold for the SNI `name`
+/// (lowercase): the host named exactly, else the first `*.suffix` or `*` that covers it.
+fn by_server_name<'a, T>(entries: &'a [(String, T)], name: &str) -> Option<&'a T> {
+    let exact = entries.iter().find(|(host, _)| host == name);
+    let wildcard = || {
+        entries.iter().find(|(host, _)| {
+            host.strip_prefix('*')
+                .is_some_and(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
+        })
+    };
+    exact.or_else(wildcard).map(|(_, value)| value)
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ use crate::config::CacheConfig;
 use crate::limit::{Admission, Bounds, Limiter, Refused};
 use crate::telemetry::metrics::{Metrics, TierLabels};
 use crate::telemetry::Tier;
-use disk::{DiskMetrics, DiskStore, DiskTier, TempBlob};
+use disk::{DiskMetrics, DiskStore, DiskTier, Invalidation, TempBlob};
 use entry::{EntryMeta, StoredBody, StoredResponse};
 use fill::{Coalescer, FillBounds};
 use key::{DigestHasher, PrimaryKey, VariantKey};
@@ -800,12 +800,47 @@ impl Cache {
 
     /// Removes every variant of `key` from both tiers (RFC 9111 §4.4 invalidation).
     pub async fn invalidate(&self, key: &PrimaryKey) -> usize {
-        self.partials.remove(key).await;
-        let mut removed = self.memory.remove(key).await;
-        if let Some(disk) = self.live_disk() {
-            removed = removed.max(disk.remove(*key).await);
+        self.invalidate_keys(&[*key], false, None).await
+    }
+
+    /// Removes (or, `soft`, marks stale) every variant of each of `keys` in both tiers;
+    /// returns how many variants were affected. The disk's go first, as one batch made
+    /// durable (remembered while the tier is off: see [`disk::invalidations`]), so that no
+    /// request promotes a variant back into memory meanwhile. `unlisted` names what a
+    /// purge could not list on a disk tier that is off, for it to apply when it is back.
+    async fn invalidate_keys(
+        &self,
+        keys: &[PrimaryKey],
+        soft: bool,
+        unlisted: Option<disk::Matcher>,
+    ) -> usize {
+        let mut on_disk = Vec::new();
+        if let Some(disk) = &self.disk {
+            let mut batch: Vec<Invalidation> = keys
+                .iter()
+                .map(|key| match soft {
+                    true => Invalidation::MarkStale(*key),
+                    false => Invalidation::Remove(*key),
+                })
+                .collect();
+            batch.extend(unlisted.map(|matches| Invalidation::Where { matches, soft }));
+            if let Some(done) = disk.invalidate(batch).await {
+                forget_evicted_files(&self.memory, &done.evicted).await;
+                on_disk = done.affected;
+            }
         }
-        removed
+        let mut affected = on_disk.get(keys.len()).copied().unwrap_or(0);
+        for (n, key) in keys.iter().enumerate() {
+            let in_memory = match soft {
+                true => self.memory.mark_stale(key).await,
+                false => {
+                    self.partials.remove(key).await;
+                    self.memory.remove(key).await
+                }
+            };
+            affected += in_memory.max(on_disk.get(n).copied().unwrap_or(0));
+        }
+        affected
     }
 
     /// A hook for a body streamed from a file that fails verification: removes the entry
@@ -1080,6 +1115,12 @@ pub enum PurgeTarget {
 }
 
 impl PurgeTarget {
+    /// [`PurgeTarget::matches`] as a function of the metadata alone, for the disk tier.
+    fn matcher(&self, surrogate_key: &HeaderName) -> disk::Matcher {
+        let (target, header) = (self.clone(), surrogate_key.clone());
+        Arc::new(move |meta| target.matches(meta, &header))
+    }
+
     fn matches(&self, meta: &EntryMeta, surrogate_key: &HeaderName) -> bool {
         match self {
             PurgeTarget::Url(key) => meta.key == *key,
@@ -1123,27 +1164,23 @@ impl Cache {
                     .await
             }
         };
-        if let (Some(disk), false) = (self.live_disk(), matches!(target, PurgeTarget::Url(_))) {
-            let target = target.clone();
-            let header = header.clone();
-            for key in disk
-                .keys_where(move |meta| target.matches(meta, &header))
-                .await
-            {
-                if !keys.contains(&key) {
-                    keys.push(key);
+        let mut unlisted = None;
+        if let (Some(disk), false) = (&self.disk, matches!(target, PurgeTarget::Url(_))) {
+            let matches = target.matcher(&header);
+            if disk.is_available() {
+                let listing = Arc::clone(&matches);
+                let mut listed: std::collections::HashSet<PrimaryKey> =
+                    keys.iter().copied().collect();
+                for key in disk.keys_where(move |meta| listing(meta)).await {
+                    if listed.insert(key) {
+                        keys.push(key);
+                    }
                 }
             }
+            // Off, before or during the listing: the tier applies it when it is back.
+            unlisted = (!disk.is_available()).then_some(matches);
         }
-        let mut affected = partials;
-        for key in keys {
-            affected += if soft {
-                self.mark_stale(&key).await
-            } else {
-                self.invalidate(&key).await
-            };
-        }
-        affected
+        partials + self.invalidate_keys(&keys, soft, unlisted).await
     }
 
     /// A purge by `tag` through the tag index: each candidate resource is purged if a
@@ -1156,7 +1193,7 @@ impl Cache {
         soft: bool,
     ) -> usize {
         let header = &self.surrogate_key_header;
-        let mut affected = 0;
+        let mut tagged = Vec::new();
         for key in candidates {
             let in_memory = self
                 .memory
@@ -1173,33 +1210,19 @@ impl Cache {
                     None => false,
                 };
             if is_tagged {
-                affected += if soft {
-                    self.mark_stale(&key).await
-                } else {
-                    self.invalidate(&key).await
-                };
+                tagged.push(key);
             }
             if !soft {
                 self.tag_index.forget(tag, &key);
             }
         }
-        affected
-    }
-
-    /// Soft purge of one resource in both tiers.
-    async fn mark_stale(&self, key: &PrimaryKey) -> usize {
-        let mut affected = self.memory.mark_stale(key).await;
-        if let Some(disk) = self.live_disk() {
-            let metas = disk.variants(*key).await;
-            affected = affected.max(metas.len());
-            for mut meta in metas {
-                meta.freshness.lifetime = Duration::ZERO;
-                if let Some(evicted) = disk.store(meta, None).await {
-                    forget_evicted_files(&self.memory, &evicted).await;
-                }
-            }
-        }
-        affected
+        // A tier that is off could not say which candidates it holds tagged.
+        let unlisted = self
+            .disk
+            .as_ref()
+            .filter(|disk| !disk.is_available())
+            .map(|_| target.matcher(header));
+        self.invalidate_keys(&tagged, soft, unlisted).await
     }
 }
 

@@ -245,3 +245,48 @@ async fn kill_9_during_concurrent_writes_then_restart_serves_no_partial_object()
     kill_9(child.id());
     let _ = child.wait();
 }
+
+/// A purge is durable once answered: SIGKILL right after it, a restart on the same
+/// directory with the origin gone, and the purged object is not served from disk while
+/// the one beside it is. Before, the removal waited up to 200 ms for the index's next
+/// flush, and a crash in that time brought purged content back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_survives_a_kill_9_right_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cached =
+        |body: &'static str| Fixture::with_headers(200, &[("cache-control", "max-age=3600")], body);
+    let origin = Origin::start(vec![
+        ("/purged", cached("purged")),
+        ("/kept", cached("kept")),
+    ])
+    .await;
+    let (port, admin) = (free_port(), free_port());
+    let mut child = spawn_outpost(dir.path(), &origin.url(), port, admin);
+    wait_ready(admin).await;
+    for path in ["/purged", "/kept"] {
+        let (status, _) = try_get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .expect("served");
+        assert_eq!(status, StatusCode::OK);
+    }
+    wait_for_disk_entries(admin, 2).await;
+    let purge = support::post(&format!(
+        "http://127.0.0.1:{admin}/purge?url=http://crash.test/purged"
+    ))
+    .await;
+    assert!(purge.text().contains("\"purged\":1"), "{}", purge.text());
+    kill_9(child.id());
+    let _ = child.wait();
+
+    let dead_origin = format!("http://{}", support::closed_port().await);
+    let mut child = spawn_outpost(dir.path(), &dead_origin, port, admin);
+    wait_ready(admin).await;
+    let kept = try_get(format!("http://127.0.0.1:{port}/kept")).await;
+    assert_eq!(kept, Some((StatusCode::OK, Bytes::from_static(b"kept"))));
+    let purged = try_get(format!("http://127.0.0.1:{port}/purged"))
+        .await
+        .expect("answered");
+    assert_ne!(purged.0, StatusCode::OK, "purged content came back");
+    kill_9(child.id());
+    let _ = child.wait();
+}

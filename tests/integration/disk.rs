@@ -1451,3 +1451,71 @@ async fn a_file_system_filling_while_running_refuses_objects_and_loses_none() {
     let refused = get_as(&proxy.url("/while"), &[]).await;
     assert_ne!(refused.status, StatusCode::OK, "never stored");
 }
+
+/// Invalidations reach the disk tier even while it is off: a purge by URL or prefix and a
+/// POST's invalidation (RFC 9111 §4.4) made while the tier is degraded are remembered and
+/// applied before the tier is used again. Before, they reached memory alone, and the
+/// disk's copies came back with the tier: purged content served again.
+#[tokio::test]
+async fn invalidations_while_the_disk_tier_is_off_are_applied_before_it_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cached =
+        |body: &'static str| Fixture::with_headers(200, &[("cache-control", "max-age=3600")], body);
+    let origin = Origin::start(vec![
+        ("/purged", cached("purged")),
+        ("/tree/leaf", cached("leaf")),
+        ("/posted", cached("posted")),
+        ("/kept", cached("kept")),
+        ("/while-off", cached("while off")),
+    ])
+    .await;
+    let toml = disk_toml(
+        dir.path(),
+        &format!("{BODIES_IN_FILES}\ndisk_retry_after = \"50ms\""),
+    );
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    for path in ["/purged", "/tree/leaf", "/posted", "/kept"] {
+        get_as(&proxy.url(path), &[]).await;
+    }
+    proxy.outpost.proxy().cache().settle().await;
+
+    // `tmp/` replaced by a file: the next body write fails and the tier goes off.
+    let tmp = dir.path().join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, "not a directory").unwrap();
+    get_as(&proxy.url("/while-off"), &[]).await;
+    support::eventually("the tier to go off", || metrics.disk_degraded.get() == 1).await;
+
+    let admin = start_admin(&proxy).await;
+    let purged = post(&format!("{admin}/purge?url=http://cache.test/purged")).await;
+    assert!(purged.text().contains("\"purged\":1"), "{}", purged.text());
+    let pruned = post(&format!("{admin}/purge?prefix=http://cache.test/tree/")).await;
+    assert!(pruned.text().contains("\"purged\":1"), "{}", pruned.text());
+    let posted = support::send(
+        &client(),
+        Request::post(proxy.url("/posted"))
+            .header(HOST.0, HOST.1)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(posted.status, StatusCode::OK);
+
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    support::eventually("the tier to come back", || metrics.disk_degraded.get() == 0).await;
+    for path in ["/purged", "/tree/leaf", "/posted", "/kept"] {
+        assert_eq!(get_as(&proxy.url(path), &[]).await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        (
+            origin.hits("/purged"),
+            origin.hits("/tree/leaf"),
+            origin.hits("/posted"),
+            origin.hits("/kept"),
+        ),
+        (2, 2, 3, 1),
+        "the invalidated ones fetched again (and POSTed once), the other still stored"
+    );
+}

@@ -35,6 +35,7 @@
 
 pub mod blobs;
 pub mod index;
+pub mod invalidations;
 pub mod opened;
 pub mod packs;
 pub mod read;
@@ -56,6 +57,7 @@ use super::entry::EntryMeta;
 use super::key::{PrimaryKey, VariantKey};
 pub use blobs::{BlobWriter, TempBlob};
 use index::BodyRecord;
+pub use invalidations::{Invalidated, Invalidation, Matcher};
 pub use read::{verified_file_body, CorruptionHook, LostStoredBody};
 pub use store::{DiskStore, NewBody, StoreLimits};
 pub use sweep::SweepReport;
@@ -161,6 +163,8 @@ pub struct DiskMetrics {
 pub struct DiskTier {
     store: Arc<DiskStore>,
     degraded: Arc<AtomicBool>,
+    /// Invalidations made while the tier is off, applied before it is used again.
+    missed: Arc<parking_lot::Mutex<invalidations::Missed>>,
     metrics: DiskMetrics,
     /// Recency updates, applied in batches by one background task (each would otherwise be
     /// its own trip to the blocking pool).
@@ -211,6 +215,7 @@ impl DiskTier {
         let mut tier = DiskTier {
             store,
             degraded: Arc::new(AtomicBool::new(false)),
+            missed: Arc::default(),
             metrics,
             touches: None,
             memory_object_limit,
@@ -349,17 +354,15 @@ impl DiskTier {
         }
     }
 
-    /// Probes the degraded tier after a back-off until a probe succeeds, then puts it back
-    /// in use.
+    /// Probes the degraded tier after a back-off until a probe succeeds and what it missed
+    /// is applied (see [`DiskStore::recover`]), which puts it back in use.
     async fn come_back(self) {
         let mut wait = self.retry_after;
         loop {
             tokio::time::sleep(wait).await;
-            let store = Arc::clone(&self.store);
-            match tokio::task::spawn_blocking(move || store.probe()).await {
+            let tier = self.clone();
+            match tokio::task::spawn_blocking(move || tier.store.recover(&tier)).await {
                 Ok(Ok(())) => {
-                    self.degraded.store(false, Ordering::Relaxed);
-                    self.metrics.degraded.set(0);
                     tracing::warn!("disk tier works again: back in use");
                     return;
                 }
@@ -476,10 +479,6 @@ impl DiskTier {
             Ok(evicted)
         })
         .await
-    }
-
-    pub async fn remove(&self, key: PrimaryKey) -> usize {
-        self.run(move |s| s.remove(&key)).await.unwrap_or(0)
     }
 
     pub async fn remove_variant(&self, key: PrimaryKey, variant: VariantKey) {

@@ -269,7 +269,8 @@ impl Outpost {
     }
 
     /// Before the process ends, once no listener is left: fills in flight (within the
-    /// grace period) and background disk writes finish, and the index is flushed.
+    /// grace period) and background disk writes finish, the index is flushed, and a disk
+    /// tier that is off is tried once more for the invalidations it missed.
     pub async fn finish(&self) {
         let proxy = self.proxy();
         let (entries, bytes) = proxy.cache().memory_usage().await;
@@ -278,6 +279,7 @@ impl Outpost {
             .cache()
             .settle_within(proxy.server.shutdown_grace.get())
             .await;
+        proxy.cache().before_exit().await;
         if let Some((entries, bytes)) = proxy.cache().disk_usage() {
             tracing::info!(entries, bytes, "disk tier at shutdown");
         }

@@ -798,6 +798,13 @@ impl Cache {
         }
     }
 
+    /// What the cache does last before the process exits, after [`Cache::settle_within`].
+    pub async fn before_exit(&self) {
+        if let Some(disk) = &self.disk {
+            disk.apply_missed_before_exit().await;
+        }
+    }
+
     /// Removes every variant of `key` from both tiers (RFC 9111 §4.4 invalidation).
     pub async fn invalidate(&self, key: &PrimaryKey) -> usize {
         self.invalidate_keys(&[*key], false, None).await

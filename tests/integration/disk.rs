@@ -1519,3 +1519,136 @@ async fn invalidations_while_the_disk_tier_is_off_are_applied_before_it_comes_ba
         "the invalidated ones fetched again (and POSTed once), the other still stored"
     );
 }
+
+/// sled keeps an I/O error of its own writes until its index is reopened: here the index
+/// itself meets a full file system (a purge's removals, which take no room, written while
+/// the reserve is still in place). The tier goes off; once there is room again the probe
+/// reopens the index in place, so the tier comes back without a restart, the purge it
+/// missed is applied, and what it held before is still served.
+#[tokio::test]
+async fn an_index_failed_by_a_full_file_system_is_reopened_when_there_is_room() {
+    let Some(fs) = support::small_file_system(
+        "disk::an_index_failed_by_a_full_file_system_is_reopened_when_there_is_room",
+        "16m",
+    ) else {
+        return;
+    };
+    let dir = fs.path().join("cache");
+    let cached =
+        |body: &'static str| Fixture::with_headers(200, &[("cache-control", "max-age=3600")], body);
+    let origin = Origin::start(vec![
+        ("/before", cached("stored before")),
+        (
+            "/purged",
+            Fixture::Echo {
+                name: "x-body",
+                headers: support::header_list(&[("cache-control", "max-age=3600")]),
+            },
+        ),
+        ("/after", cached("stored after the reopening")),
+    ])
+    .await;
+    let toml = disk_toml(
+        &dir,
+        "disk_min_free = \"1MiB\"\ndisk_retry_after = \"50ms\"",
+    );
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    get_as(&proxy.url("/before"), &[]).await;
+    // Enough rows that removing them writes more than the index's last page has left.
+    const PURGED: usize = 200;
+    let purged_body = |n: usize| format!("{n:0>1000}");
+    for n in 0..PURGED {
+        let body = purged_body(n);
+        let reply = get_as(&proxy.url(&format!("/purged?n={n}")), &[("x-body", &body)]).await;
+        assert_eq!(reply.text(), body);
+    }
+    proxy.outpost.proxy().cache().settle().await;
+
+    let filler = fs.path().join("filler");
+    fill_file_system(&filler);
+    let admin = start_admin(&proxy).await;
+    let purged = post(&format!("{admin}/purge?prefix=http://cache.test/purged")).await;
+    assert!(
+        purged.text().contains(&format!("\"purged\":{PURGED}")),
+        "{}",
+        purged.text()
+    );
+    support::eventually("the tier to go off", || metrics.disk_degraded.get() == 1).await;
+
+    std::fs::remove_file(&filler).unwrap();
+    support::eventually("the tier to come back", || metrics.disk_degraded.get() == 0).await;
+    get_as(&proxy.url("/after"), &[]).await;
+    proxy.outpost.proxy().cache().settle().await;
+    restart_point(proxy).await;
+    drop(origin);
+
+    let down = support::closed_port().await;
+    let proxy = Proxy::start(&format!("http://{down}"), &toml).await;
+    for (path, body) in [
+        ("/before", "stored before"),
+        ("/after", "stored after the reopening"),
+    ] {
+        let reply = get_as(&proxy.url(path), &[]).await;
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (StatusCode::OK, body)
+        );
+    }
+    for n in [0, PURGED / 2, PURGED - 1] {
+        let reply = get_as(
+            &proxy.url(&format!("/purged?n={n}")),
+            &[("x-body", &purged_body(n))],
+        )
+        .await;
+        assert_ne!(reply.status, StatusCode::OK, "the purge reached the disk");
+    }
+}
+
+/// Invalidations a tier that is off missed live in memory, so a clean shutdown tries the
+/// tier once more for them: here the disk works again before the next probe is due, and
+/// after the restart (origin gone) the purged object is not served while the other is.
+#[tokio::test]
+async fn invalidations_missed_while_off_are_applied_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let cached =
+        |body: &'static str| Fixture::with_headers(200, &[("cache-control", "max-age=3600")], body);
+    let origin = Origin::start(vec![
+        ("/purged", cached("purged")),
+        ("/kept", cached("kept")),
+        ("/while-off", cached("while off")),
+    ])
+    .await;
+    let toml = disk_toml(
+        dir.path(),
+        &format!("{BODIES_IN_FILES}\ndisk_retry_after = \"1h\""),
+    );
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    for path in ["/purged", "/kept"] {
+        get_as(&proxy.url(path), &[]).await;
+    }
+    proxy.outpost.proxy().cache().settle().await;
+    let tmp = dir.path().join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, "not a directory").unwrap();
+    get_as(&proxy.url("/while-off"), &[]).await;
+    support::eventually("the tier to go off", || metrics.disk_degraded.get() == 1).await;
+    let admin = start_admin(&proxy).await;
+    let purged = post(&format!("{admin}/purge?url=http://cache.test/purged")).await;
+    assert!(purged.text().contains("\"purged\":1"), "{}", purged.text());
+
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    restart_point(proxy).await;
+    drop(origin);
+    let down = support::closed_port().await;
+    let proxy = Proxy::start(&format!("http://{down}"), &toml).await;
+    assert_eq!(get_as(&proxy.url("/kept"), &[]).await.text(), "kept");
+    let purged = get_as(&proxy.url("/purged"), &[]).await;
+    assert_ne!(
+        purged.status,
+        StatusCode::OK,
+        "the purge reached the disk at shutdown"
+    );
+}

@@ -1110,6 +1110,9 @@ pub struct Proxy {
     pub outpost: Arc<Outpost>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    /// Stops the admin servers [`start_admin`] started for it, which otherwise keep the
+    /// outpost (and its cache directory's lock) past a restart.
+    admin_stop: tokio_util::sync::CancellationToken,
 }
 
 impl Proxy {
@@ -1167,6 +1170,7 @@ impl Proxy {
             outpost,
             stop: Some(stop),
             task: Some(task),
+            admin_stop: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -1176,6 +1180,7 @@ impl Proxy {
 
     /// Signals shutdown; the returned handle resolves when outpost has stopped.
     pub fn shutdown(&mut self) -> JoinHandle<std::io::Result<()>> {
+        self.admin_stop.cancel();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -1185,6 +1190,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        self.admin_stop.cancel();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -1196,7 +1202,8 @@ pub async fn start_admin(proxy: &Proxy) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let outpost = Arc::clone(&proxy.outpost);
-    tokio::spawn(async move { outpost.serve_admin(listener, std::future::pending()).await });
+    let stopped = proxy.admin_stop.clone().cancelled_owned();
+    tokio::spawn(async move { outpost.serve_admin(listener, stopped).await });
     base
 }
 

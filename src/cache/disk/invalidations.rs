@@ -6,9 +6,12 @@
 //! copy came back with the tier: purged content served again.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use prometheus_client::metrics::gauge::Gauge;
 
 use super::store::DiskStore;
 use super::{DiskError, DiskTier};
@@ -111,6 +114,15 @@ impl Missed {
     }
 }
 
+/// What switching a tier back on takes, shared with its [`DiskTier`] but without its
+/// store (so a probe waiting to run does not keep a closed cache's directory open).
+#[derive(Clone)]
+pub(super) struct Switch {
+    pub(super) degraded: Arc<AtomicBool>,
+    pub(super) missed: Arc<Mutex<Missed>>,
+    pub(super) degraded_gauge: Gauge,
+}
+
 impl DiskStore {
     /// Applies `invalidations` and, when any changed the index, flushes it: an
     /// invalidation counts once it would survive a crash.
@@ -166,20 +178,20 @@ impl DiskStore {
     /// Brings a tier that was off back: probes it, then applies what it missed, until
     /// nothing is left; the last check and the switch back happen under the list's lock,
     /// so an invalidation is either remembered before it or applied after it.
-    pub(super) fn recover(&self, tier: &DiskTier) -> Result<(), DiskError> {
+    pub(super) fn recover(&self, switch: &Switch) -> Result<(), DiskError> {
         self.probe()?;
         loop {
             let taken = {
-                let mut missed = tier.missed.lock();
+                let mut missed = switch.missed.lock();
                 if missed.list.is_empty() {
-                    tier.degraded.store(false, Ordering::Relaxed);
-                    tier.metrics.degraded.set(0);
+                    switch.degraded.store(false, Ordering::Relaxed);
+                    switch.degraded_gauge.set(0);
                     return Ok(());
                 }
                 missed.take()
             };
             if let Err(err) = self.invalidate(&taken.0) {
-                tier.missed.lock().restore(taken);
+                switch.missed.lock().restore(taken);
                 return Err(err);
             }
         }
@@ -207,6 +219,29 @@ impl DiskTier {
             "disk tier: invalidations not applied (the tier works but failed them)"
         );
         None
+    }
+
+    /// Before shutdown: a tier that is off and missed invalidations is tried once more,
+    /// since memory forgets them at exit and the disk's copies would be served after the
+    /// restart; if it still fails, says so.
+    pub async fn apply_missed_before_exit(&self) {
+        let missed = self.missed.lock().list.len();
+        if missed == 0 || self.is_available() {
+            return;
+        }
+        let (store, switch) = (Arc::clone(&self.store), self.switch());
+        match tokio::task::spawn_blocking(move || store.recover(&switch)).await {
+            Ok(Ok(())) => tracing::warn!(
+                missed,
+                "disk tier works again: the invalidations it missed are applied"
+            ),
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, missed, "the disk tier is still failing: invalidations it missed (purges) are lost at exit, and what they removed is served from disk after the restart; purge again once it works")
+            }
+            Err(join) => {
+                tracing::error!(error = %join, "disk tier: applying missed invalidations failed to run")
+            }
+        }
     }
 
     /// Remembers `invalidations` when the tier is off (checked under the lock that

@@ -98,6 +98,9 @@ pub enum DiskError {
     Io { path: PathBuf, source: io::Error },
     #[error("disk tier index: {0}")]
     Index(#[from] sled::Error),
+    /// A failed index was closed to be opened again, and is not open (yet).
+    #[error("disk tier index is closed after a failure")]
+    IndexClosed,
     #[error("disk tier index is inconsistent: {0}")]
     Inconsistent(&'static str),
     /// The file system is at its free-space watermark, or the body cannot fit the tier:
@@ -250,14 +253,18 @@ impl DiskTier {
     /// Records facts kept beside the cache (see [`index::DiskIndex::put_notes`]); a
     /// failure only loses them.
     pub fn put_notes(&self, notes: &[(Vec<u8>, Vec<u8>)]) {
-        if let Err(err) = self.store.index.put_notes(notes) {
+        if let Err(err) = self.store.index().and_then(|index| index.put_notes(notes)) {
             tracing::warn!(error = %err, "disk tier: notes not recorded");
         }
     }
 
     /// A fact recorded with [`DiskTier::put_notes`].
     pub fn note(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.store.index.note(key).ok().flatten()
+        self.store
+            .index()
+            .and_then(|index| index.note(key))
+            .ok()
+            .flatten()
     }
 
     /// Whether the tier is in use (not degraded by an earlier failure).
@@ -347,34 +354,20 @@ impl DiskTier {
             tracing::error!(error = %err, retry_after = ?self.retry_after, "disk tier failed: continuing with the memory tier only until it works again");
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    runtime.spawn(self.clone().come_back());
+                    let store = Arc::downgrade(&self.store);
+                    runtime.spawn(come_back(store, self.switch(), self.retry_after));
                 }
                 Err(_) => tracing::warn!("no runtime: the disk tier stays off until restart"),
             }
         }
     }
 
-    /// Probes the degraded tier after a back-off until a probe succeeds and what it missed
-    /// is applied (see [`DiskStore::recover`]), which puts it back in use.
-    async fn come_back(self) {
-        let mut wait = self.retry_after;
-        loop {
-            tokio::time::sleep(wait).await;
-            let tier = self.clone();
-            match tokio::task::spawn_blocking(move || tier.store.recover(&tier)).await {
-                Ok(Ok(())) => {
-                    tracing::warn!("disk tier works again: back in use");
-                    return;
-                }
-                Ok(Err(err)) => {
-                    wait = (wait * 2).min(MAX_RETRY_AFTER);
-                    tracing::warn!(error = %err, next_probe = ?wait, "disk tier still failing");
-                }
-                Err(join) => {
-                    tracing::error!(error = %join, "disk tier probe failed to run");
-                    return;
-                }
-            }
+    /// What switching the tier back on takes (see [`invalidations::Switch`]).
+    fn switch(&self) -> invalidations::Switch {
+        invalidations::Switch {
+            degraded: Arc::clone(&self.degraded),
+            missed: Arc::clone(&self.missed),
+            degraded_gauge: self.metrics.degraded.clone(),
         }
     }
 
@@ -454,7 +447,7 @@ impl DiskTier {
                 // variant validated by another's tag): the row names that file, and
                 // writing the body again only to discard it as a duplicate is skipped.
                 // (Were the file released meanwhile, the row is not indexed: a miss.)
-                Some(_) if s.index.has_body(&meta.body_digest)? => None,
+                Some(_) if s.index()?.has_body(&meta.body_digest)? => None,
                 Some(large) => Some(NewBody::File(s.write_temp(&large)?)),
                 None => None,
             };
@@ -640,6 +633,39 @@ impl RecentTouches {
             self.window_start = Some(now);
         }
         rows.retain(|row| self.rows.insert(*row));
+    }
+}
+
+/// Probes a degraded tier after a back-off (doubling from `retry_after` up to
+/// [`MAX_RETRY_AFTER`]) until a probe succeeds and what it missed is applied (see
+/// [`DiskStore::recover`]), which puts it back in use. Holds the store weakly while it
+/// waits, so that a closed cache lets go of its directory (and sled's lock on it).
+async fn come_back(
+    store: std::sync::Weak<DiskStore>,
+    switch: invalidations::Switch,
+    retry_after: std::time::Duration,
+) {
+    let mut wait = retry_after;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let switch = switch.clone();
+        match tokio::task::spawn_blocking(move || store.recover(&switch)).await {
+            Ok(Ok(())) => {
+                tracing::warn!("disk tier works again: back in use");
+                return;
+            }
+            Ok(Err(err)) => {
+                wait = (wait * 2).min(MAX_RETRY_AFTER);
+                tracing::warn!(error = %err, next_probe = ?wait, "disk tier still failing");
+            }
+            Err(join) => {
+                tracing::error!(error = %join, "disk tier probe failed to run");
+                return;
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 
 use super::blobs::{BlobFiles, BlobWriter, Reservation, TempBlob};
 use super::index::{BodyPlace, BodyRecord, DiskIndex, Released, SledIndex, StoredVariant};
@@ -34,7 +34,12 @@ pub enum NewBody {
 
 /// The persistent store: an index and the files it names, within a capacity.
 pub struct DiskStore {
-    pub(super) index: Box<dyn DiskIndex>,
+    /// The index; `None` between closing a failed one and opening it again (see
+    /// [`DiskStore::reopen_index`]). Each call takes the lock for itself (recursively:
+    /// only a reopening writes).
+    index: RwLock<Option<Box<dyn DiskIndex>>>,
+    /// The cache directory, where the index is opened again.
+    root: PathBuf,
     pub(super) blobs: BlobFiles,
     pub(super) packs: Packs,
     capacity: u64,
@@ -73,6 +78,26 @@ impl Default for StoreLimits {
 /// Where an index that sled reports corrupt is set aside (the last one only).
 pub const CORRUPT_INDEX_DIR: &str = "index.corrupt";
 
+/// Opens (or creates) the index in `root`'s `index/`; one sled reports corrupt is set
+/// aside as [`CORRUPT_INDEX_DIR`] for an empty one.
+fn open_index(root: &Path) -> Result<SledIndex, DiskError> {
+    let index_dir = root.join("index");
+    super::blobs::create_private_dir(&index_dir)?;
+    match SledIndex::open(&index_dir) {
+        Err(DiskError::Index(sled::Error::Corruption { .. })) => {
+            // Refusing to open would leave the tier off for good; an empty index lets
+            // it work again (the bodies the old one named are swept as orphans).
+            let kept = root.join(CORRUPT_INDEX_DIR);
+            let _ = std::fs::remove_dir_all(&kept);
+            std::fs::rename(&index_dir, &kept).map_err(super::io_err(&index_dir))?;
+            tracing::error!(kept = %kept.display(), "disk tier: the index is corrupt and does not open; set it aside and started an empty one (what it held is refetched on demand)");
+            super::blobs::create_private_dir(&index_dir)?;
+            SledIndex::open(&index_dir)
+        }
+        opened => opened,
+    }
+}
+
 /// Free inodes the file system keeps; below, nothing more is written.
 pub const MIN_FREE_INODES: u64 = 1000;
 
@@ -92,24 +117,11 @@ impl DiskStore {
         if let Some((free_bytes, _)) = blobs.free_space() {
             reserve.settle(free_bytes, || blobs.create_temp());
         }
-        let index_dir = root.join("index");
-        super::blobs::create_private_dir(&index_dir)?;
-        let index = match SledIndex::open(&index_dir) {
-            Err(DiskError::Index(sled::Error::Corruption { .. })) => {
-                // Refusing to open would leave the tier off for good; an empty index lets
-                // it work again (the bodies the old one named are swept as orphans).
-                let kept = root.join(CORRUPT_INDEX_DIR);
-                let _ = std::fs::remove_dir_all(&kept);
-                std::fs::rename(&index_dir, &kept).map_err(super::io_err(&index_dir))?;
-                tracing::error!(kept = %kept.display(), "disk tier: the index is corrupt and does not open; set it aside and started an empty one (what it held is refetched on demand)");
-                super::blobs::create_private_dir(&index_dir)?;
-                SledIndex::open(&index_dir)?
-            }
-            opened => opened?,
-        };
+        let index = open_index(root)?;
         let packs = Packs::open(root, fsync)?;
         Ok(DiskStore {
-            index: Box::new(index),
+            index: RwLock::new(Some(Box::new(index))),
+            root: root.to_path_buf(),
             blobs,
             packs,
             capacity,
@@ -119,6 +131,35 @@ impl DiskStore {
             limits: StoreLimits::default(),
             reserve,
         })
+    }
+
+    /// The index, for one call.
+    ///
+    /// # Errors
+    /// [`DiskError::IndexClosed`] while a failed index is being (or could not be) reopened.
+    pub(super) fn index(&self) -> Result<MappedRwLockReadGuard<'_, dyn DiskIndex>, DiskError> {
+        RwLockReadGuard::try_map(self.index.read_recursive(), |slot| slot.as_deref())
+            .map_err(|_| DiskError::IndexClosed)
+    }
+
+    /// Opens the index again in place, as a restart would, then sweeps: sled keeps an I/O
+    /// error of its own writes (the file system full under it) until it is reopened, so
+    /// without this a tier that met one stayed off until the next restart. What sled had
+    /// not flushed is lost, as in a crash: bodies placed for rows it forgot are swept as
+    /// orphans, and invalidations it forgot were remembered by the tier (see
+    /// [`super::invalidations`]), which applies them next.
+    ///
+    /// # Errors
+    /// The index does not open again (the tier stays off, and the next probe retries).
+    fn reopen_index(&self) -> Result<(), DiskError> {
+        {
+            let mut slot = self.index.write();
+            // sled's lock on its directory goes with the last handle: close first.
+            drop(slot.take());
+            *slot = Some(Box::new(open_index(&self.root)?));
+        }
+        tracing::warn!("disk tier: index reopened after a failure of its own");
+        self.sweep().map(drop)
     }
 
     /// Deletes the files of released bodies (after their rows are gone) and counts the
@@ -144,7 +185,7 @@ impl DiskStore {
 
     /// As [`DiskStore::variants`], each with the record of its body when its row holds it.
     pub fn stored_variants(&self, key: &PrimaryKey) -> Result<Vec<StoredVariant>, DiskError> {
-        let (variants, released) = self.index.variants(key)?;
+        let (variants, released) = self.index()?.variants(key)?;
         if !released.is_empty() {
             let _serialised = self.write_lock.lock();
             self.delete(released)?;
@@ -168,7 +209,7 @@ impl DiskStore {
     ) -> Result<(Bytes, bool), ReadError> {
         let record = match known {
             Some(record) => record,
-            None => match self.index.body_record(meta) {
+            None => match self.index().and_then(|index| index.body_record(meta)) {
                 Ok(Some(record)) => record,
                 Ok(None) => return Err(ReadError::Missing),
                 Err(err) => return Err(ReadError::Disk(err)),
@@ -184,13 +225,15 @@ impl DiskStore {
             BodyPlace::Packed(at) => match self.packs.read(at, meta.body_len) {
                 // Compaction moved the body and deleted its pack since the record was read:
                 // read it where it is now.
-                Err(ReadError::Missing) => match self.index.body_record(meta) {
-                    Ok(Some(BodyRecord {
-                        place: BodyPlace::Packed(moved),
-                        ..
-                    })) if moved != at => self.packs.read(moved, meta.body_len)?,
-                    _ => return Err(ReadError::Missing),
-                },
+                Err(ReadError::Missing) => {
+                    match self.index().and_then(|index| index.body_record(meta)) {
+                        Ok(Some(BodyRecord {
+                            place: BodyPlace::Packed(moved),
+                            ..
+                        })) if moved != at => self.packs.read(moved, meta.body_len)?,
+                        _ => return Err(ReadError::Missing),
+                    }
+                }
                 read => read?,
             },
             BodyPlace::InIndex(body) => body,
@@ -218,7 +261,7 @@ impl DiskStore {
     /// never streamed from a file.
     pub fn is_inline(&self, meta: &EntryMeta) -> bool {
         matches!(
-            self.index.body_record(meta),
+            self.index().and_then(|index| index.body_record(meta)),
             Ok(Some(record)) if record.place != BodyPlace::File
         )
     }
@@ -226,7 +269,7 @@ impl DiskStore {
     /// Whether the body `meta` names is recorded and its bytes are there (a file, or
     /// within its pack); not read or verified.
     pub fn body_is_present(&self, meta: &EntryMeta) -> bool {
-        match self.index.body_record(meta) {
+        match self.index().and_then(|index| index.body_record(meta)) {
             Ok(Some(record)) => match record.place {
                 BodyPlace::File => self.blobs.exists(&meta.body_digest),
                 BodyPlace::Packed(at) => self.packs.holds(at, meta.body_len),
@@ -242,7 +285,7 @@ impl DiskStore {
     }
 
     pub fn blocks(&self, digest: &[u8; 32]) -> Result<Option<Vec<[u8; 32]>>, DiskError> {
-        self.index.blocks(digest)
+        self.index()?.blocks(digest)
     }
 
     /// The same store with `limits`.
@@ -286,7 +329,10 @@ impl DiskStore {
         self.check_room(0)?;
         let temp = self.blobs.write_temp(b"outpost disk tier probe")?;
         self.blobs.discard(&temp);
-        self.index.flush()
+        match self.index().and_then(|index| index.flush()) {
+            Err(DiskError::Index(_) | DiskError::IndexClosed) => self.reopen_index(),
+            flushed => flushed,
+        }
     }
 
     /// Whether writing `len` more bytes keeps the file system above its watermarks, with
@@ -313,7 +359,7 @@ impl DiskStore {
     /// packs' dead space and the room reserved for bodies being written.
     fn room_for_rows(&self) -> u64 {
         self.capacity
-            .saturating_sub(self.index.own_size())
+            .saturating_sub(self.index().map_or(0, |index| index.own_size()))
             .saturating_sub(self.packs.dead_bytes())
             .saturating_sub(self.reserved.load(Ordering::Relaxed))
     }
@@ -325,18 +371,18 @@ impl DiskStore {
     pub(super) fn compact_packs(&self) -> Result<(), DiskError> {
         while let Some(pack) = self.packs.to_compact() {
             let mut moved = 0u64;
-            for (row, from, len) in self.index.packed_in(pack)? {
+            for (row, from, len) in self.index()?.packed_in(pack)? {
                 let Ok(body) = self.packs.read(from, len) else {
                     continue;
                 };
                 let to = self.packs.append(&body)?;
-                if self.index.move_packed(&row, from, to)? {
+                if self.index()?.move_packed(&row, from, to)? {
                     moved += len;
                 } else {
                     self.packs.released(to, len);
                 }
             }
-            self.index.flush()?;
+            self.index()?.flush()?;
             self.packs.delete(pack)?;
             tracing::debug!(pack, moved, "disk tier: pack compacted");
         }
@@ -352,7 +398,7 @@ impl DiskStore {
     ) -> Result<Vec<PrimaryKey>, DiskError> {
         let _serialised = self.write_lock.lock();
         let digest = meta.body_digest;
-        let is_stored = match self.index.has_body(&digest) {
+        let is_stored = match self.index()?.has_body(&digest) {
             Ok(is_stored) => is_stored,
             Err(err) => {
                 if let Some(NewBody::File(temp)) = &body {
@@ -367,26 +413,26 @@ impl DiskStore {
             (true, Some(NewBody::Inline(_)) | None) => {}
             (false, Some(NewBody::File(temp))) => {
                 let allocated = self.blobs.place(&temp)?;
-                self.index
+                self.index()?
                     .add_body(&digest, allocated, &temp.blocks, temp.check)?;
             }
             (false, Some(NewBody::Inline(body))) => {
                 self.check_room(body.len() as u64)?;
                 let at = self.packs.append(&body)?;
-                let released = self.index.insert_packed(meta, at)?;
+                let released = self.index()?.insert_packed(meta, at)?;
                 return self.after_insert(meta, released);
             }
             // The body is the row's own, in a pack: the row is rewritten in place.
             // Otherwise it is gone (evicted meanwhile): index nothing that can never be
             // read.
             (false, None) => {
-                return match self.index.reindex_packed(meta)? {
+                return match self.index()?.reindex_packed(meta)? {
                     Some(released) => self.after_insert(meta, released),
                     None => Ok(Vec::new()),
                 }
             }
         }
-        let released = self.index.insert(meta)?;
+        let released = self.index()?.insert(meta)?;
         self.after_insert(meta, released)
     }
 
@@ -401,23 +447,23 @@ impl DiskStore {
         self.delete(released)?;
         self.cap_variants(&meta.key)?;
         let (evicted, released) = self
-            .index
+            .index()?
             .evict_over(self.room_for_rows(), self.limits.max_objects)?;
         self.delete(released)?;
         self.compact_packs()?;
         if self.fsync {
             // Durable before it counts as stored; otherwise the index flushes every 200 ms.
-            self.index.flush()?;
+            self.index()?.flush()?;
         }
         Ok(evicted)
     }
 
     /// Removes the oldest variants of `key` past `max_variants` (under the write lock).
     fn cap_variants(&self, key: &PrimaryKey) -> Result<(), DiskError> {
-        let (variants, released) = self.index.variants(key)?;
+        let (variants, released) = self.index()?.variants(key)?;
         self.delete(released)?;
         for stored in variants.iter().skip(self.limits.max_variants.max(1)) {
-            let released = self.index.remove_variant(key, &stored.meta.variant)?;
+            let released = self.index()?.remove_variant(key, &stored.meta.variant)?;
             self.delete(released)?;
         }
         Ok(())
@@ -426,7 +472,7 @@ impl DiskStore {
     /// Removes every variant of `key`; returns how many.
     pub fn remove(&self, key: &PrimaryKey) -> Result<usize, DiskError> {
         let _serialised = self.write_lock.lock();
-        let (removed, released) = self.index.remove(key)?;
+        let (removed, released) = self.index()?.remove(key)?;
         self.delete(released)?;
         self.compact_packs()?;
         Ok(removed)
@@ -434,31 +480,31 @@ impl DiskStore {
 
     pub fn remove_variant(&self, key: &PrimaryKey, variant: &VariantKey) -> Result<(), DiskError> {
         let _serialised = self.write_lock.lock();
-        let released = self.index.remove_variant(key, variant)?;
+        let released = self.index()?.remove_variant(key, variant)?;
         self.delete(released)
     }
 
     /// Moves a row to the recent end of the replacement order.
     pub fn touch(&self, key: &PrimaryKey, variant: &VariantKey) -> Result<(), DiskError> {
         let _serialised = self.write_lock.lock();
-        self.index.touch(key, variant)
+        self.index()?.touch(key, variant)
     }
 
     pub fn keys_where(
         &self,
         predicate: &dyn Fn(&EntryMeta) -> bool,
     ) -> Result<Vec<PrimaryKey>, DiskError> {
-        self.index.keys_where(predicate)
+        self.index()?.keys_where(predicate)
     }
 
     /// Stored rows and bytes.
     pub fn usage(&self) -> (u64, u64) {
-        self.index.usage()
+        self.index().map_or((0, 0), |index| index.usage())
     }
 
     /// Makes what was indexed so far durable.
     pub fn flush(&self) -> Result<(), DiskError> {
-        self.index.flush()
+        self.index()?.flush()
     }
 
     /// Rows the store may hold (see [`StoreLimits::max_objects`]).

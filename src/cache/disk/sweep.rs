@@ -29,7 +29,7 @@ impl DiskStore {
             ..SweepReport::default()
         };
         let has_no_file = |meta: &crate::cache::entry::EntryMeta| !self.body_is_present(meta);
-        let (rows, released) = self.index.sweep_rows(&has_no_file, &self.write_lock)?;
+        let (rows, released) = self.index()?.sweep_rows(&has_no_file, &self.write_lock)?;
         report.rows_without_body = rows.without_body;
         report.undecodable_rows = rows.undecodable;
         {
@@ -38,17 +38,19 @@ impl DiskStore {
         }
         // A store places and indexes under the lock, so the check under it is exact.
         report.orphan_files = self.blobs.sweep_orphans(&mut |digest, path| {
-            if self.index.has_body(digest)? {
+            if self.index()?.has_body(digest)? {
                 return Ok(false);
             }
             let _serialised = self.write_lock.lock();
-            Ok(!self.index.has_body(digest)? && std::fs::remove_file(path).is_ok())
+            Ok(!self.index()?.has_body(digest)? && std::fs::remove_file(path).is_ok())
         })?;
         let _serialised = self.write_lock.lock();
-        self.index.recount()?;
-        self.packs.set_live(&self.index.live_in_packs()?)?;
-        report.entries = self.index.usage().0;
-        let (_, released) = self.index.evict_over(self.capacity(), self.max_objects())?;
+        self.index()?.recount()?;
+        self.packs.set_live(&self.index()?.live_in_packs()?)?;
+        report.entries = self.usage().0;
+        let (_, released) = self
+            .index()?
+            .evict_over(self.capacity(), self.max_objects())?;
         self.delete(released)?;
         self.compact_packs()?;
         Ok(report)

@@ -1070,6 +1070,7 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
         full_refusals: metrics.disk_full_refusals.clone(),
         writes_skipped: metrics.disk_writes_skipped.clone(),
         write_backlog: metrics.disk_write_backlog.clone(),
+        invalidations_pending: metrics.disk_invalidations_pending.clone(),
     };
     let limits = disk::StoreLimits {
         min_free: config.disk_min_free.as_u64(),

@@ -137,6 +137,8 @@ pub struct Metrics {
     /// the misses).
     pub disk_writes_skipped: Counter,
     pub disk_write_backlog: Gauge,
+    /// Invalidations (purges) the disk tier missed while off, to apply when it is back.
+    pub disk_invalidations_pending: Gauge,
     /// 1 while offline mode is on.
     pub offline: Gauge,
     pub encoder_runs: Counter,
@@ -375,6 +377,12 @@ impl Metrics {
                 &mut registry,
                 "disk_write_backlog_bytes",
                 "Memory held by writes queued for the disk tier (bodies, metadata, tasks); at most a sixteenth of cache.memory_capacity",
+                Gauge::default(),
+            ),
+            disk_invalidations_pending: register(
+                &mut registry,
+                "disk_invalidations_pending",
+                "Invalidations (purges, unsafe requests) the disk tier missed while it was off, applied before it is used again",
                 Gauge::default(),
             ),
             disk_degraded: register(

@@ -1501,10 +1501,14 @@ async fn invalidations_while_the_disk_tier_is_off_are_applied_before_it_comes_ba
     )
     .await;
     assert_eq!(posted.status, StatusCode::OK);
+    // /purged over http and https, the prefix (its one key in memory, and the prefix for
+    // the disk to list), /posted.
+    assert_eq!(metrics.disk_invalidations_pending.get(), 5);
 
     std::fs::remove_file(&tmp).unwrap();
     std::fs::create_dir(&tmp).unwrap();
     support::eventually("the tier to come back", || metrics.disk_degraded.get() == 0).await;
+    assert_eq!(metrics.disk_invalidations_pending.get(), 0);
     for path in ["/purged", "/tree/leaf", "/posted", "/kept"] {
         assert_eq!(get_as(&proxy.url(path), &[]).await.status, StatusCode::OK);
     }

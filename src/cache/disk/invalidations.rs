@@ -56,10 +56,30 @@ pub(super) struct Missed {
     listed: HashSet<(PrimaryKey, bool)>,
     /// Whether the list is the one that empties the tier (it overflowed).
     emptying: bool,
+    /// Shows the list's length.
+    pending: Gauge,
 }
 
 impl Missed {
+    /// An empty list whose length `pending` shows.
+    pub(super) fn counted_in(pending: Gauge) -> Missed {
+        Missed {
+            pending,
+            ..Missed::default()
+        }
+    }
+
     fn add(&mut self, invalidations: &[Invalidation]) {
+        if self.list.is_empty() && !invalidations.is_empty() {
+            tracing::warn!(
+                "disk tier off: invalidations (purges) are remembered and applied when it is back"
+            );
+        }
+        self.add_quietly(invalidations);
+        self.pending.set(self.list.len() as i64);
+    }
+
+    fn add_quietly(&mut self, invalidations: &[Invalidation]) {
         if self.emptying {
             return;
         }
@@ -92,6 +112,7 @@ impl Missed {
     /// Takes the list to apply (and whether it empties the tier).
     fn take(&mut self) -> (Vec<Invalidation>, bool) {
         self.listed = HashSet::new();
+        self.pending.set(0);
         (
             std::mem::take(&mut self.list),
             std::mem::replace(&mut self.emptying, false),
@@ -108,9 +129,10 @@ impl Missed {
                 self.emptying = true;
                 self.listed = HashSet::new();
             } else {
-                self.add(&list);
+                self.add_quietly(&list);
             }
         }
+        self.pending.set(self.list.len() as i64);
     }
 }
 

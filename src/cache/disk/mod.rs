@@ -156,6 +156,8 @@ pub struct DiskMetrics {
     pub writes_skipped: Counter,
     /// Bytes held by writes queued now (bodies, metadata, tasks).
     pub write_backlog: Gauge,
+    /// Invalidations missed while the tier is off, not applied yet.
+    pub invalidations_pending: Gauge,
 }
 
 /// The async face of a [`DiskStore`]: every call on the blocking pool, and the switch to
@@ -218,7 +220,9 @@ impl DiskTier {
         let mut tier = DiskTier {
             store,
             degraded: Arc::new(AtomicBool::new(false)),
-            missed: Arc::default(),
+            missed: Arc::new(parking_lot::Mutex::new(invalidations::Missed::counted_in(
+                metrics.invalidations_pending.clone(),
+            ))),
             metrics,
             touches: None,
             memory_object_limit,

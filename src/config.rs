@@ -700,9 +700,8 @@ pub struct UpstreamConfig {
     /// response header timeout).
     pub max_streams_per_origin: usize,
     /// Streams one HTTP/2 connection to an origin server carries at once; past it another
-    /// connection is opened. Set it to the server's SETTINGS_MAX_CONCURRENT_STREAMS (RFC
-    /// 9113 §6.5.2 recommends at least 100; nginx and Go use 128 and 250) when that is
-    /// lower: requests past the server's limit wait on their connection.
+    /// connection is opened. A server whose SETTINGS_MAX_CONCURRENT_STREAMS is lower (RFC
+    /// 9113 §6.5.2 recommends at least 100; nginx and Go use 128 and 250) gets that many.
     pub max_streams_per_connection: usize,
 }
 

@@ -16,10 +16,10 @@
 //! Streams per server are capped by a semaphore (`upstream.max_streams_per_origin`), and
 //! streams per connection by one semaphore each (`upstream.max_streams_per_connection`);
 //! a stream's permits are held until its response body is done, so a slow body still
-//! counts. A server's own SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §5.1.2) applies too,
-//! but hyper does not say what it is: a server that allows fewer streams per connection
-//! than configured makes the rest wait on their connection until a stream closes, as all
-//! requests did when one connection per server was all there was.
+//! counts. A server's own SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §5.1.2) lowers a
+//! connection's number when it is lower ([`super::h2_settings`]: hyper does not say it),
+//! so that such a server gets another connection rather than requests waiting on a full
+//! one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -36,6 +36,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::h2_settings::{SettingsWatch, StreamPlaces};
 use super::{classify_failure, OriginBody};
 use crate::body::Body;
 use crate::config::OriginProtocol;
@@ -73,7 +74,7 @@ struct Server {
 /// One HTTP/2 connection and its streams' places.
 struct Connection {
     sender: SendRequest<Body>,
-    streams: Arc<Semaphore>,
+    streams: Arc<StreamPlaces>,
 }
 
 /// A stream's places under the per-server and per-connection caps, held with its response
@@ -92,7 +93,7 @@ pub enum H2Sent {
 
 /// What opening a connection gave.
 enum Opened {
-    H2(SendRequest<Body>),
+    H2(SendRequest<Body>, Arc<StreamPlaces>),
     Http1,
 }
 
@@ -215,9 +216,9 @@ impl H2Origins {
             let Ok(mut connections) = server.connections.try_lock() else {
                 continue;
             };
-            let idle = connections.iter().position(|connection| {
-                connection.streams.available_permits() == self.max_streams_per_connection
-            });
+            let idle = connections
+                .iter()
+                .position(|connection| connection.streams.is_idle());
             if let Some(at) = idle {
                 drop(connections.remove(at));
                 return true;
@@ -242,7 +243,7 @@ impl H2Origins {
         // The oldest with room: as the load falls, newer ones drain, and their servers
         // close them once idle (hyper sends no pings on an idle connection).
         for connection in connections.iter() {
-            if let Ok(place) = Arc::clone(&connection.streams).try_acquire_owned() {
+            if let Ok(place) = Arc::clone(&connection.streams.semaphore).try_acquire_owned() {
                 return Ok(Some((connection.sender.clone(), place)));
             }
         }
@@ -252,7 +253,7 @@ impl H2Origins {
             .iter()
             .map(|connection| {
                 let sender = connection.sender.clone();
-                let streams = Arc::clone(&connection.streams);
+                let streams = Arc::clone(&connection.streams.semaphore);
                 Box::pin(async move { (sender, streams.acquire_owned().await) })
             })
             .collect::<Vec<_>>();
@@ -271,9 +272,8 @@ impl H2Origins {
             }
         };
         match opened {
-            Opened::H2(sender) => {
-                let streams = Arc::new(Semaphore::new(self.max_streams_per_connection));
-                let place = Arc::clone(&streams)
+            Opened::H2(sender, streams) => {
+                let place = Arc::clone(&streams.semaphore)
                     .try_acquire_owned()
                     .map_err(|_| ProxyError::Internal("a new connection without room".into()))?;
                 connections.push(Connection {
@@ -312,6 +312,7 @@ impl H2Origins {
             })?;
         let tcp = self.dial(host, port, origin).await?;
         let _ = tcp.set_nodelay(true);
+        let streams = StreamPlaces::new(self.max_streams_per_connection);
         let sender = if is_tls {
             let config = match protocol {
                 OriginProtocol::Auto => Arc::clone(&self.tls_auto),
@@ -334,11 +335,21 @@ impl H2Origins {
                     detail: "the origin did not choose h2 by ALPN".to_string(),
                 });
             }
-            handshake(TokioIo::new(tls), slot, origin).await?
+            handshake(
+                TokioIo::new(SettingsWatch::new(tls, &streams)),
+                slot,
+                origin,
+            )
+            .await?
         } else {
-            handshake(TokioIo::new(tcp), slot, origin).await?
+            handshake(
+                TokioIo::new(SettingsWatch::new(tcp, &streams)),
+                slot,
+                origin,
+            )
+            .await?
         };
-        Ok(Opened::H2(sender))
+        Ok(Opened::H2(sender, streams))
     }
 
     async fn dial(&self, host: &str, port: u16, origin: &str) -> Result<TcpStream, ProxyError> {

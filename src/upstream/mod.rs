@@ -17,6 +17,7 @@
 
 pub mod connector;
 pub mod h2;
+pub mod h2_settings;
 pub mod http1;
 pub mod pool;
 

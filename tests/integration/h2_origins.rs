@@ -121,6 +121,36 @@ async fn a_connection_full_of_streams_opens_another() {
         .all(|r| r.status == 200 && r.text() == "spread"));
 }
 
+/// RFC 9113 §5.1.2, §6.5.2: a server that allows fewer concurrent streams than
+/// `upstream.max_streams_per_connection` (SETTINGS_MAX_CONCURRENT_STREAMS) has a connection
+/// carry that many: past it, another connection opens, rather than the rest of the
+/// requests waiting on the full one until a stream closes.
+#[tokio::test]
+async fn a_servers_own_stream_limit_opens_further_connections() {
+    let gate = Gate::closed();
+    let held = Fixture::GatedWith {
+        gate: gate.clone(),
+        headers: cc("max-age=60"),
+        body: Bytes::from_static(b"spread"),
+    };
+    let warm = Fixture::with_headers(200, &[("cache-control", "no-store")], "warm");
+    let origin = Origin::start_with_h2_streams(vec![("/held", held), ("/warm", warm)], 2).await;
+    let proxy = Proxy::start(&origin.url(), H2).await;
+    // The server's SETTINGS come before its first response on the connection.
+    assert_eq!(get(&proxy.url("/warm"), &[]).await.text(), "warm");
+    let all = spawn_gets(&proxy, "/held", "localhost", 6);
+    eventually("all six requests at the origin at once", || {
+        origin.hits("/held") == 6
+    })
+    .await;
+    assert_eq!(origin.connections(), 3, "two streams on each of three");
+    gate.open();
+    let replies = all.await.unwrap();
+    assert!(replies
+        .iter()
+        .all(|r| r.status == 200 && r.text() == "spread"));
+}
+
 /// When the connection caps allow no further connection, a request that found every
 /// connection full takes the first place that frees on one, rather than waiting out the
 /// caps' queue (60 s here) for a connection it cannot have.

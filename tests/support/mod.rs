@@ -637,7 +637,14 @@ impl Origin {
     /// An origin listening on `address` (another loopback address, a chosen port).
     pub async fn start_at(address: &str, routes: Vec<(&str, Fixture)>) -> Origin {
         let listener = TcpListener::bind(address).await.unwrap();
-        Origin::serve(listener, routes, None)
+        Origin::serve(listener, routes, None, None)
+    }
+
+    /// An origin whose HTTP/2 connections allow `max_streams` concurrent streams
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS, RFC 9113 §6.5.2).
+    pub async fn start_with_h2_streams(routes: Vec<(&str, Fixture)>, max_streams: u32) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::serve(listener, routes, None, Some(max_streams))
     }
 
     /// An origin for `localhost` over TLS with a fresh self-signed certificate (returned as
@@ -655,7 +662,7 @@ impl Origin {
             acceptor,
             held: None,
         };
-        (Origin::serve(listener, routes, Some(tls)), cert_pem)
+        (Origin::serve(listener, routes, Some(tls), None), cert_pem)
     }
 
     /// [`Origin::start_tls`] whose connections after the first `first` wait at `gate`
@@ -671,10 +678,15 @@ impl Origin {
             acceptor,
             held: Some((first, gate)),
         };
-        (Origin::serve(listener, routes, Some(tls)), cert_pem)
+        (Origin::serve(listener, routes, Some(tls), None), cert_pem)
     }
 
-    fn serve(listener: TcpListener, routes: Vec<(&str, Fixture)>, tls: Option<HeldTls>) -> Origin {
+    fn serve(
+        listener: TcpListener,
+        routes: Vec<(&str, Fixture)>,
+        tls: Option<HeldTls>,
+        h2_max_streams: Option<u32>,
+    ) -> Origin {
         let routes: HashMap<String, Fixture> = routes
             .into_iter()
             .map(|(p, f)| (p.to_string(), f))
@@ -715,7 +727,13 @@ impl Origin {
         let accepted = Arc::clone(&counts);
         match tls {
             None => {
-                tokio::spawn(serve_handler(listener, handler, stopped, accepted));
+                tokio::spawn(serve_handler(
+                    listener,
+                    handler,
+                    stopped,
+                    accepted,
+                    h2_max_streams,
+                ));
             }
             Some(tls) => {
                 tokio::spawn(serve_tls_handler(listener, tls, handler, stopped, accepted));
@@ -793,8 +811,12 @@ async fn serve_handler(
     handler: Handler,
     mut stopped: oneshot::Receiver<()>,
     counts: Arc<OriginCounts>,
+    h2_max_streams: Option<u32>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if let Some(max) = h2_max_streams {
+        builder.http2().max_concurrent_streams(max);
+    }
     // A stopped origin closes its idle connections too (a GOAWAY, or a close between
     // requests), as a restarted server does; requests in flight finish.
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

@@ -69,6 +69,60 @@ pub const FORWARDING_FIELDS: [HeaderName; 8] = [
     super::client_cert::CLIENT_CERT_CHAIN,
 ];
 
+/// Fields a request's trailer section does not carry on to the origin: those RFC 9110
+/// §6.5.1 rules out of trailers (framing, routing, request modifiers, authentication, how
+/// to process the content), the hop-by-hop ones, and the fields this edge polices in the
+/// header section (forwarding, client certificate, overrides). A trailer is the client's
+/// alone, after every check: an origin that merged trailers into headers (against §6.5.2)
+/// would otherwise believe a client's `X-Forwarded-For` or `Client-Cert` there.
+pub fn scrub_request_trailers(trailers: &mut HeaderMap) {
+    const RULED_OUT: [HeaderName; 18] = [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::CONTENT_TYPE,
+        header::CONTENT_RANGE,
+        header::AUTHORIZATION,
+        header::COOKIE,
+        header::EXPECT,
+        header::RANGE,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::MAX_FORWARDS,
+        header::CACHE_CONTROL,
+        header::PRAGMA,
+        header::VIA,
+    ];
+    let is_ruled_out = |name: &HeaderName| {
+        RULED_OUT.contains(name)
+            || HOP_BY_HOP.contains(name)
+            || FORWARDING_FIELDS.contains(name)
+            || OVERRIDE_HEADERS.contains(&name.as_str())
+    };
+    if !trailers.keys().any(is_ruled_out) {
+        return;
+    }
+    let kept = std::mem::take(trailers)
+        .into_iter()
+        .scan(None::<HeaderName>, |last, (name, value)| {
+            // `into_iter` names a field once, before its first value.
+            if let Some(name) = name {
+                *last = Some(name);
+            }
+            Some((last.clone(), value))
+        })
+        .filter_map(|(name, value)| {
+            name.filter(|name| !is_ruled_out(name))
+                .map(|name| (name, value))
+        });
+    for (name, value) in kept {
+        trailers.append(name, value);
+    }
+}
+
 /// Removes the hop-by-hop fields and every field the `Connection` header names.
 ///
 /// Call it before adding anything of our own, so a hostile `Connection: X-Forwarded-For`
@@ -417,6 +471,42 @@ fn token_or_quoted(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 9110 §6.5.1: fields ruled out of trailers, hop-by-hop ones and the forwarding
+    /// fields go; others (a digest of the content, RFC 9530) stay, every value of them.
+    #[test]
+    fn request_trailers_keep_only_what_a_trailer_may_say() {
+        let mut trailers = HeaderMap::new();
+        for (name, value) in [
+            ("content-digest", "sha-256=:AAAA:"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("client-cert", ":Zm9v:"),
+            ("authorization", "Bearer stolen"),
+            ("x-original-url", "/admin"),
+            ("host", "elsewhere.test"),
+            ("connection", "close"),
+            ("x-note", "one"),
+            ("x-note", "two"),
+        ] {
+            trailers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        scrub_request_trailers(&mut trailers);
+        let kept: Vec<(&str, &str)> = trailers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                ("content-digest", "sha-256=:AAAA:"),
+                ("x-note", "one"),
+                ("x-note", "two")
+            ]
+        );
+    }
 
     fn policy(trusted: &[&str]) -> ForwardingPolicy {
         ForwardingPolicy::new(&ForwardingConfig {

@@ -484,9 +484,19 @@ pub async fn buffer_replayable_body(
 #[error("{0}")]
 struct ClientBodyFailed(#[source] crate::body::BoxError);
 
+/// A streamed client body on its way to the origin: a failure is the client's
+/// ([`ClientBodyFailed`]), and its trailer section loses the fields a client must not set
+/// there ([`crate::pipeline::forwarding::scrub_request_trailers`]).
 fn tag_client_body(body: Body) -> Body {
     use http_body_util::BodyExt;
-    Body::boxed(body.map_err(ClientBodyFailed))
+    let scrubbed = body.map_frame(|frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            crate::pipeline::forwarding::scrub_request_trailers(&mut trailers);
+            http_body::Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    });
+    Body::boxed(scrubbed.map_err(ClientBodyFailed))
 }
 
 /// The HTTP/1.1 connector for `http://` and `https://` URLs (TLS with `tls`), over TCP

@@ -357,3 +357,29 @@ async fn a_connection_waiting_on_the_total_cap_lets_go_of_an_idle_h2_one() {
     assert_eq!(reply.text(), "b");
     assert_eq!((first.connections(), second.connections()), (1, 1));
 }
+
+/// RFC 9110 §6.5.1: a client's trailer section reaches the origin without the fields a
+/// trailer may not carry, nor the forwarding fields this edge writes: a chunked request
+/// whose trailers claim another client address, a client certificate and an override of
+/// the URL arrives with its content digest alone.
+#[tokio::test]
+async fn a_clients_trailers_cannot_speak_for_the_edge() {
+    let origin = Origin::start(vec![("/upload", Fixture::RequestTrailers)]).await;
+    let proxy = Proxy::start(&origin.url(), H2).await;
+    let request = b"POST /upload HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+        Transfer-Encoding: chunked\r\nTE: trailers\r\n\r\n5\r\nhello\r\n0\r\n\
+        X-Forwarded-For: 6.6.6.6\r\nClient-Cert: :Zm9v:\r\nX-Original-URL: /admin\r\n\
+        Content-Digest: sha-256=:LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=:\r\n\r\n";
+    let reply = exchange_until_closed(proxy.addr, request)
+        .await
+        .expect("a reply");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert!(
+        body.contains("content-digest: sha-256=:LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=:"),
+        "the digest arrives: {body}"
+    );
+    for ruled_out in ["x-forwarded-for: 6.6.6.6", "client-cert", "x-original-url"] {
+        assert!(!body.contains(ruled_out), "{ruled_out} in {body}");
+    }
+}

@@ -190,6 +190,9 @@ pub enum Fixture {
     Stream { size: u64, dropped: Arc<Notify> },
     /// Reads the whole request body and answers with its length in bytes.
     CountBody,
+    /// Reads the request's body; 200 whose body lists its trailer fields, one
+    /// `name: value` line each, sorted.
+    RequestTrailers,
     /// 200 with `headers` and `body` sent in 16 KiB pieces without a Content-Length
     /// (chunked, RFC 9112 §7.1).
     Chunked { headers: HeaderList, body: Bytes },
@@ -539,6 +542,19 @@ impl Fixture {
                     }
                 }
                 Response::new(Body::full(total.to_string()))
+            }
+            Fixture::RequestTrailers => {
+                let mut body = request.into_body();
+                let mut lines = Vec::new();
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        for (name, value) in &trailers {
+                            lines.push(format!("{name}: {}", value.to_str().unwrap_or("?")));
+                        }
+                    }
+                }
+                lines.sort();
+                Response::new(Body::full(lines.join("\n")))
             }
         }
     }

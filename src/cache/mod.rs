@@ -1080,21 +1080,28 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
             limit => limit,
         },
     };
-    let store = match DiskStore::open(dir, config.disk_capacity.as_u64(), config.fsync) {
-        Ok(store) => store.with_limits(limits),
+    let opened = DiskStore::open_awaiting_index(dir, config.disk_capacity.as_u64(), config.fsync);
+    let (store, index_failure) = match opened {
+        Ok((store, index_failure)) => (store.with_limits(limits), index_failure),
         Err(err) => {
             disk_metrics.errors.inc();
             disk_metrics.degraded.set(1);
-            if err.is_out_of_room() {
-                tracing::error!(dir = %dir.display(), error = %err, "disk tier unavailable: its file system is full (the reserve kept for this is gone too); running with the memory tier only: free some room there and restart");
-            } else {
-                tracing::error!(dir = %dir.display(), error = %err, "disk tier unavailable: running with the memory tier only");
-            }
+            tracing::error!(dir = %dir.display(), error = %err, "disk tier unavailable: running with the memory tier only");
             return None;
         }
     };
-    let (rows, bytes) = store.usage();
-    tracing::info!(dir = %dir.display(), entries = rows, bytes, "disk tier opened");
+    match &index_failure {
+        Some(err) if err.is_out_of_room() => {
+            tracing::error!(dir = %dir.display(), error = %err, "disk tier index does not open: its file system is full (the reserve kept for this is gone too); running with the memory tier only until there is room")
+        }
+        Some(err) => {
+            tracing::error!(dir = %dir.display(), error = %err, "disk tier index does not open (another outpost may hold it); running with the memory tier only until it does")
+        }
+        None => {
+            let (rows, bytes) = store.usage();
+            tracing::info!(dir = %dir.display(), entries = rows, bytes, "disk tier opened");
+        }
+    }
     let tier = DiskTier::new(
         Arc::new(store),
         disk_metrics,
@@ -1105,6 +1112,10 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
     .with_inline_max(config.disk_inline_max.as_u64())
     .with_sendfile(config.disk_sendfile)
     .with_backlog_limit(disk_backlog_limit(config.memory_capacity.as_u64()));
+    if let Some(err) = index_failure {
+        // Off, and probed until the index opens (see `DiskStore::open_awaiting_index`).
+        tier.degrade(&err);
+    }
     Some(tier)
 }
 

@@ -1656,3 +1656,40 @@ async fn invalidations_missed_while_off_are_applied_at_shutdown() {
         "the purge reached the disk at shutdown"
     );
 }
+
+/// A directory another outpost still holds (a restart that overlaps the old process)
+/// does not cost the new one its disk tier until its own next restart: it runs from
+/// memory, probes, and takes the tier over once the old one lets go, serving what the old
+/// one stored.
+#[tokio::test]
+async fn a_disk_tier_another_outpost_holds_is_taken_over_when_it_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(vec![(
+        "/kept",
+        Fixture::with_headers(
+            200,
+            &[("cache-control", "max-age=3600")],
+            "stored by the first",
+        ),
+    )])
+    .await;
+    let toml = disk_toml(dir.path(), "disk_retry_after = \"50ms\"");
+    let first = Proxy::start(&origin.url(), &toml).await;
+    get_as(&first.url("/kept"), &[]).await;
+    first.outpost.proxy().cache().settle().await;
+
+    let second = Proxy::start(&origin.url(), &toml).await;
+    let metrics = std::sync::Arc::clone(second.outpost.proxy().metrics());
+    assert_eq!(metrics.disk_degraded.get(), 1, "the first holds the index");
+    restart_point(first).await;
+    support::eventually("the second to take the tier over", || {
+        metrics.disk_degraded.get() == 0
+    })
+    .await;
+    drop(origin);
+    let reply = get_as(&second.url("/kept"), &[]).await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (StatusCode::OK, "stored by the first")
+    );
+}

@@ -35,8 +35,8 @@ pub enum NewBody {
 /// The persistent store: an index and the files it names, within a capacity.
 pub struct DiskStore {
     /// The index; `None` between closing a failed one and opening it again (see
-    /// [`DiskStore::reopen_index`]). Each call takes the lock for itself (recursively:
-    /// only a reopening writes).
+    /// [`DiskStore::reopen_index`]), or until one that did not open at first does. Each
+    /// call takes the lock for itself (recursively: only a reopening writes).
     index: RwLock<Option<Box<dyn DiskIndex>>>,
     /// The cache directory, where the index is opened again.
     root: PathBuf,
@@ -111,16 +111,38 @@ impl DiskStore {
     /// An unusable directory, or an index sled cannot open for another reason (open in
     /// another process, an I/O error such as a full file system without a reserve left).
     pub fn open(root: &Path, capacity: u64, fsync: bool) -> Result<DiskStore, DiskError> {
+        match DiskStore::open_awaiting_index(root, capacity, fsync)? {
+            (store, None) => Ok(store),
+            (_, Some(index_failure)) => Err(index_failure),
+        }
+    }
+
+    /// As [`DiskStore::open`], except that an index that does not open leaves the store
+    /// without one, beside the failure: [`DiskStore::probe`] opens it once it can. Another
+    /// outpost still holding the directory (a restart that overlaps), or a full file system
+    /// with no reserve left to give up, then costs the disk tier until it is over, not
+    /// until the next restart.
+    ///
+    /// # Errors
+    /// A directory that cannot be used at all (not ours, not writable).
+    pub fn open_awaiting_index(
+        root: &Path,
+        capacity: u64,
+        fsync: bool,
+    ) -> Result<(DiskStore, Option<DiskError>), DiskError> {
         let blobs = BlobFiles::open(root, fsync)?;
         let reserve = Reserve::open(root);
         // Before the index writes a byte: an open that runs out of room can ruin it.
         if let Some((free_bytes, _)) = blobs.free_space() {
             reserve.settle(free_bytes, || blobs.create_temp());
         }
-        let index = open_index(root)?;
+        let (index, index_failure) = match open_index(root) {
+            Ok(index) => (Some(Box::new(index) as Box<dyn DiskIndex>), None),
+            Err(err) => (None, Some(err)),
+        };
         let packs = Packs::open(root, fsync)?;
-        Ok(DiskStore {
-            index: RwLock::new(Some(Box::new(index))),
+        let store = DiskStore {
+            index: RwLock::new(index),
             root: root.to_path_buf(),
             blobs,
             packs,
@@ -130,7 +152,8 @@ impl DiskStore {
             reserved: Arc::default(),
             limits: StoreLimits::default(),
             reserve,
-        })
+        };
+        Ok((store, index_failure))
     }
 
     /// The index, for one call.
@@ -144,10 +167,11 @@ impl DiskStore {
 
     /// Opens the index again in place, as a restart would, then sweeps: sled keeps an I/O
     /// error of its own writes (the file system full under it) until it is reopened, so
-    /// without this a tier that met one stayed off until the next restart. What sled had
-    /// not flushed is lost, as in a crash: bodies placed for rows it forgot are swept as
-    /// orphans, and invalidations it forgot were remembered by the tier (see
-    /// [`super::invalidations`]), which applies them next.
+    /// without this a tier that met one stayed off until the next restart. (An index that
+    /// did not open at first is opened here too.) What sled had not flushed is lost, as in
+    /// a crash: bodies placed for rows it forgot are swept as orphans, and invalidations
+    /// it forgot were remembered by the tier (see [`super::invalidations`]), which applies
+    /// them next.
     ///
     /// # Errors
     /// The index does not open again (the tier stays off, and the next probe retries).

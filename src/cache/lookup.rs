@@ -224,7 +224,7 @@ impl Cache {
         if request.method != Method::GET || !request.headers.contains_key(header::RANGE) {
             return None;
         }
-        let entry = self.partials().get(key).await?;
+        let entry = self.partial(key).await?;
         let meta = &entry.meta;
         if meta.vary.variant_key(&request.headers) != Some(meta.variant)
             || (request.headers.contains_key(header::AUTHORIZATION)

@@ -50,7 +50,7 @@ use entry::{EntryMeta, StoredBody, StoredResponse};
 use fill::{Coalescer, FillBounds};
 use key::{DigestHasher, PrimaryKey, VariantKey};
 use memory::{MemoryTier, VariantSet};
-use partial::PartialStore;
+use partial::{PartialEntry, PartialStore};
 use policy::PolicySettings;
 use rules::PathRules;
 
@@ -360,6 +360,43 @@ impl Cache {
         &self.partials
     }
 
+    /// The partial entry of `key`: from memory, or else read back from the disk tier (and
+    /// held in memory again).
+    pub async fn partial(&self, key: &PrimaryKey) -> Option<Arc<PartialEntry>> {
+        if let Some(held) = self.partials.get(key).await {
+            return Some(held);
+        }
+        let disk = self.live_disk()?;
+        let stored = disk.load_partial(*key).await?;
+        Some(self.partials.add(stored).await)
+    }
+
+    /// Adds `piece` to the partial entry of its resource, in memory and, in the
+    /// background, on disk; returns the entry.
+    pub async fn add_partial(&self, piece: PartialEntry) -> Arc<PartialEntry> {
+        let held = self.partials.add(piece).await;
+        if let (Some(disk), None) = (self.live_disk(), held.completed()) {
+            let (disk, partials, written) =
+                (disk.clone(), self.partials.clone(), Arc::clone(&held));
+            self.disk_writes.spawn(Box::pin(async move {
+                let current = Arc::clone(&written);
+                let is_current = move || partials.holds(&current);
+                disk.store_partial(written, is_current).await;
+            }));
+        }
+        held
+    }
+
+    /// Drops the partial entry of `key`, in memory and on disk.
+    pub async fn drop_partial(&self, key: &PrimaryKey) {
+        self.partials.remove(key).await;
+        if let Some(disk) = self.live_disk().filter(|disk| disk.may_hold_partial(key)) {
+            disk.remove_partial(*key).await;
+            // Again: a range request may have read it back from disk meanwhile.
+            self.partials.remove(key).await;
+        }
+    }
+
     /// See `cache.range_fill_max_offset`.
     pub fn range_fill_max_offset(&self) -> u64 {
         self.range_fill_max_offset
@@ -594,7 +631,7 @@ impl Cache {
     /// about it). A partial entry of the resource is dropped: the whole representation
     /// answers every range.
     pub async fn store(&self, entry: Arc<StoredResponse>, change: StoreChange) {
-        self.partials.remove(&entry.meta.key).await;
+        self.drop_partial(&entry.meta.key).await;
         self.index_tags(&entry.meta);
         self.memory.insert(Arc::clone(&entry)).await;
         self.store_on_disk(&entry, change, None);
@@ -821,6 +858,12 @@ impl Cache {
         soft: bool,
         unlisted: Option<disk::Matcher>,
     ) -> usize {
+        // Partial entries go whatever `soft` says (they cannot be revalidated): from memory
+        // before the disk's files, so that no write of one lands after, and again after,
+        // for one a range request read back from disk meanwhile.
+        for key in keys {
+            self.partials.remove(key).await;
+        }
         let mut on_disk = Vec::new();
         if let Some(disk) = &self.disk {
             let mut batch: Vec<Invalidation> = keys
@@ -838,12 +881,10 @@ impl Cache {
         }
         let mut affected = on_disk.get(keys.len()).copied().unwrap_or(0);
         for (n, key) in keys.iter().enumerate() {
+            self.partials.remove(key).await;
             let in_memory = match soft {
                 true => self.memory.mark_stale(key).await,
-                false => {
-                    self.partials.remove(key).await;
-                    self.memory.remove(key).await
-                }
+                false => self.memory.remove(key).await,
             };
             affected += in_memory.max(on_disk.get(n).copied().unwrap_or(0));
         }
@@ -1111,7 +1152,8 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
     .with_retry_after(config.disk_retry_after.get())
     .with_inline_max(config.disk_inline_max.as_u64())
     .with_sendfile(config.disk_sendfile)
-    .with_backlog_limit(disk_backlog_limit(config.memory_capacity.as_u64()));
+    .with_backlog_limit(disk_backlog_limit(config.memory_capacity.as_u64()))
+    .with_partial_budget(config.partial_capacity.as_u64());
     if let Some(err) = index_failure {
         // Off, and probed until the index opens (see `DiskStore::open_awaiting_index`).
         tier.degrade(&err);
@@ -1166,10 +1208,17 @@ impl Cache {
     pub async fn purge(&self, target: &PurgeTarget, soft: bool) -> usize {
         let header = self.surrogate_key_header.clone();
         // Partial entries are only ever removed: they cannot be revalidated.
-        let partials = self
+        let mut partials = self
             .partials
             .remove_where(|meta| target.matches(meta, &header))
             .await;
+        if let (Some(disk), false) = (self.live_disk(), matches!(target, PurgeTarget::Url(_))) {
+            partials += disk.remove_partials_where(target.matcher(&header)).await;
+            // Again: a range request may have read one back from disk meanwhile.
+            self.partials
+                .remove_where(|meta| target.matches(meta, &header))
+                .await;
+        }
         if let PurgeTarget::Tag { tag, origin } = target {
             if let Some(candidates) = self.tag_index.keys(tag, origin.as_deref()) {
                 return partials + self.purge_tagged(target, tag, candidates, soft).await;

@@ -7,7 +7,8 @@
 //! range asked for; a 304 freshens its head and keeps its pieces (RFC 9111 §4.3.4).
 //!
 //! Partial entries live in memory, in their own budget (`cache.partial_capacity`), one per
-//! resource (the variant of its latest piece). They are not written to the disk tier.
+//! resource (the variant of its latest piece), and in the disk tier's `partials/` when
+//! there is one (`cache::disk::partials`), read back when memory does not hold them.
 
 use std::sync::Arc;
 
@@ -90,6 +91,26 @@ impl PartialEntry {
 
     pub fn complete_len(&self) -> u64 {
         self.meta.body_len
+    }
+
+    /// The pieces: first byte and bytes, in order, apart.
+    pub fn pieces(&self) -> &[(u64, Bytes)] {
+        &self.pieces
+    }
+
+    /// An entry read back from storage, when its pieces could be this store's: non-empty,
+    /// in order, neither overlapping nor adjoining, within the representation.
+    pub fn from_stored(meta: EntryMeta, pieces: Vec<(u64, Bytes)>) -> Option<PartialEntry> {
+        let mut previous_end = None;
+        for (first, bytes) in &pieces {
+            let end = first.checked_add(bytes.len() as u64)?;
+            let apart = previous_end.is_none_or(|previous| *first > previous);
+            if bytes.is_empty() || !apart || end > meta.body_len {
+                return None;
+            }
+            previous_end = Some(end);
+        }
+        (!pieces.is_empty()).then_some(PartialEntry { meta, pieces })
     }
 
     /// Whether it has a strong entity tag: what a 304 must name to vouch for its bytes, and
@@ -219,6 +240,13 @@ impl PartialStore {
 
     pub async fn get(&self, key: &PrimaryKey) -> Option<Arc<PartialEntry>> {
         self.entries.get(key)
+    }
+
+    /// Whether `entry` is still what is held for its resource.
+    pub fn holds(&self, entry: &Arc<PartialEntry>) -> bool {
+        self.entries
+            .get(&entry.meta.key)
+            .is_some_and(|held| Arc::ptr_eq(&held, entry))
     }
 
     /// Adds `piece` to what is held for its resource and returns the result.

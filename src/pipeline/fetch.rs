@@ -929,13 +929,13 @@ impl FillTask {
         let own_fields = policy::remove_unshared_fields(&mut shared, cache.policy());
         let verdict = self.check_storable(uri, StatusCode::OK, &shared, times.1);
         let (Ok(read), true) = (verdict, Vary::from_response(&shared) == partial.meta.vary) else {
-            cache.partials().remove(&partial.meta.key).await;
+            cache.drop_partial(&partial.meta.key).await;
             return false;
         };
         let mut meta = partial.meta.clone();
         meta.freshness = self.freshness(StatusCode::OK, &shared, Some(read), times);
         meta.headers = crate::cache::entry::compact_headers(&shared);
-        let held = cache.partials().add(partial.with_head(meta)).await;
+        let held = cache.add_partial(partial.with_head(meta)).await;
         self.fill
             .publish(FillStatus::Uncacheable(NoStoreReason::PartialContent));
         self.answer_leader(LeaderAnswer::PartialRevalidated(held, own_fields));
@@ -1019,8 +1019,7 @@ impl FillTask {
             freshness,
         );
         let held = cache
-            .partials()
-            .add(PartialEntry::new(meta, range, bytes.clone()))
+            .add_partial(PartialEntry::new(meta, range, bytes.clone()))
             .await;
         if let Some(complete) = held.completed() {
             let entry = Arc::new(cache.sealed(complete).await);

@@ -1693,3 +1693,56 @@ async fn a_disk_tier_another_outpost_holds_is_taken_over_when_it_lets_go() {
         (StatusCode::OK, "stored by the first")
     );
 }
+
+/// RFC 9111 §3.3: partial entries are kept on disk too. After a restart with the origin
+/// gone, a range inside a stored 206 is answered from it, every byte the origin's; one
+/// outside it is not. A purge reaches the file, and stays done after the next restart.
+#[tokio::test]
+async fn partial_entries_survive_a_restart_and_purges_reach_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole: Bytes = (0..1000u32)
+        .map(|i| b"0123456789abcdefghijklmnopqrstuvwxyz"[(i % 36) as usize])
+        .collect();
+    let origin = Origin::start(vec![(
+        "/video",
+        Fixture::Ranged {
+            headers: support::header_list(&[("cache-control", "max-age=3600"), ("etag", "\"v1\"")]),
+            body: whole.clone(),
+        },
+    )])
+    .await;
+    // Ranges starting past 100 bytes are forwarded as ranges (kept as partial entries).
+    let toml = disk_toml(dir.path(), "range_fill_max_offset = \"100\"");
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    let first = get_as(&proxy.url("/video"), &[("range", "bytes=200-599")]).await;
+    assert_eq!(first.status, StatusCode::PARTIAL_CONTENT);
+    proxy.outpost.proxy().cache().settle().await;
+    restart_point(proxy).await;
+    drop(origin);
+
+    let down = format!("http://{}", support::closed_port().await);
+    let proxy = Proxy::start(&down, &toml).await;
+    let inside = get_as(&proxy.url("/video"), &[("range", "bytes=300-399")]).await;
+    assert_eq!(
+        (inside.status, inside.header("content-range")),
+        (StatusCode::PARTIAL_CONTENT, Some("bytes 300-399/1000"))
+    );
+    assert_eq!(inside.body, whole.slice(300..400));
+    assert!(support::cache_status(&inside).contains("hit"));
+    let outside = get_as(&proxy.url("/video"), &[("range", "bytes=900-950")]).await;
+    assert_ne!(outside.status, StatusCode::PARTIAL_CONTENT);
+
+    let admin = start_admin(&proxy).await;
+    let purged = post(&format!("{admin}/purge?url=http://cache.test/video")).await;
+    assert!(purged.text().contains("\"purged\":"), "{}", purged.text());
+    let after = get_as(&proxy.url("/video"), &[("range", "bytes=300-399")]).await;
+    assert_ne!(after.status, StatusCode::PARTIAL_CONTENT, "purged");
+    restart_point(proxy).await;
+    let proxy = Proxy::start(&down, &toml).await;
+    let restarted = get_as(&proxy.url("/video"), &[("range", "bytes=300-399")]).await;
+    assert_ne!(
+        restarted.status,
+        StatusCode::PARTIAL_CONTENT,
+        "still purged"
+    );
+}

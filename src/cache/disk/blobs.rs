@@ -102,7 +102,15 @@ fn allocated_bytes(path: &Path) -> Option<u64> {
 pub const MARK_FILE: &str = "OUTPOST-CACHE-DIR";
 
 /// What an unmarked directory may hold to be adopted: an earlier outpost's layout.
-const OUR_NAMES: [&str; 6] = ["blobs", "index", "index.corrupt", "packs", "reserve", "tmp"];
+const OUR_NAMES: [&str; 7] = [
+    "blobs",
+    "index",
+    "index.corrupt",
+    "packs",
+    "partials",
+    "reserve",
+    "tmp",
+];
 
 /// Makes `root` outpost's, or checks that it is: creates it (0700) when missing, marks an
 /// empty one (or one laid out by an earlier outpost), and refuses one holding anything

@@ -154,11 +154,17 @@ impl DiskStore {
     pub fn invalidate(&self, invalidations: &[Invalidation]) -> Result<Invalidated, DiskError> {
         let mut done = Invalidated::default();
         for invalidation in invalidations {
+            // A partial entry cannot be revalidated: it goes either way.
             let affected = match invalidation {
-                Invalidation::Remove(key) => self.remove(key)?,
-                Invalidation::MarkStale(key) => self.mark_stale(key, &mut done.evicted)?,
+                Invalidation::Remove(key) => {
+                    usize::from(self.partials.remove(key)?).max(self.remove(key)?)
+                }
+                Invalidation::MarkStale(key) => {
+                    self.partials.remove(key)?;
+                    self.mark_stale(key, &mut done.evicted)?
+                }
                 Invalidation::Where { matches, soft } => {
-                    let mut affected = 0;
+                    let mut affected = self.partials.remove_where(&**matches)?;
                     for key in self.keys_where(&**matches)? {
                         affected += match soft {
                             true => self.mark_stale(&key, &mut done.evicted)?,

@@ -38,6 +38,7 @@ pub mod index;
 pub mod invalidations;
 pub mod opened;
 pub mod packs;
+pub mod partials;
 pub mod read;
 pub mod readers;
 pub mod reserve;

@@ -20,6 +20,7 @@ use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use super::blobs::{BlobFiles, BlobWriter, Reservation, TempBlob};
 use super::index::{BodyPlace, BodyRecord, DiskIndex, Released, SledIndex, StoredVariant};
 use super::packs::Packs;
+use super::partials::PartialFiles;
 use super::reserve::Reserve;
 use super::{DiskError, ReadError};
 use crate::cache::entry::EntryMeta;
@@ -42,6 +43,8 @@ pub struct DiskStore {
     root: PathBuf,
     pub(super) blobs: BlobFiles,
     pub(super) packs: Packs,
+    /// Partial entries (RFC 9111 §3.3), beside the index rather than in it.
+    pub(super) partials: PartialFiles,
     capacity: u64,
     fsync: bool,
     pub(super) write_lock: Mutex<()>,
@@ -141,11 +144,13 @@ impl DiskStore {
             Err(err) => (None, Some(err)),
         };
         let packs = Packs::open(root, fsync)?;
+        let partials = PartialFiles::open(root, fsync)?;
         let store = DiskStore {
             index: RwLock::new(index),
             root: root.to_path_buf(),
             blobs,
             packs,
+            partials,
             capacity,
             fsync,
             write_lock: Mutex::new(()),

@@ -293,13 +293,16 @@ impl PartialStore {
     }
 }
 
+/// Pieces for tests.
 #[cfg(test)]
-mod tests {
+pub mod testing {
     use super::*;
     use crate::cache::entry::testing::entry;
 
-    fn piece(etag: &'static str, first: u64, text: &str, len: u64) -> PartialEntry {
-        let mut meta = entry("/video", "").meta;
+    /// The piece of `path`'s representation of `len` bytes (entity tag `etag`) that holds
+    /// `text` from `first` on.
+    pub fn piece(path: &str, etag: &'static str, first: u64, text: &str, len: u64) -> PartialEntry {
+        let mut meta = entry(path, "").meta;
         meta.headers
             .insert(header::ETAG, HeaderValue::from_static(etag));
         let range = ContentRange {
@@ -308,6 +311,15 @@ mod tests {
             complete_len: len,
         };
         PartialEntry::new(meta, range, Bytes::copy_from_slice(text.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(etag: &'static str, first: u64, text: &str, len: u64) -> PartialEntry {
+        testing::piece("/video", etag, first, text, len)
     }
 
     /// RFC 9110 §14.4: only a complete single-part Content-Range makes a piece.

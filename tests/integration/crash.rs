@@ -253,11 +253,9 @@ async fn kill_9_during_concurrent_writes_then_restart_serves_no_partial_object()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_survives_a_kill_9_right_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let cached =
-        |body: &'static str| Fixture::with_headers(200, &[("cache-control", "max-age=3600")], body);
     let origin = Origin::start(vec![
-        ("/purged", cached("purged")),
-        ("/kept", cached("kept")),
+        ("/purged", Fixture::for_an_hour("purged")),
+        ("/kept", Fixture::for_an_hour("kept")),
     ])
     .await;
     let (port, admin) = (free_port(), free_port());

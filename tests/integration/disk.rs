@@ -1452,6 +1452,51 @@ async fn a_file_system_filling_while_running_refuses_objects_and_loses_none() {
     assert_ne!(refused.status, StatusCode::OK, "never stored");
 }
 
+/// Replaces the tier's `tmp/` by a file: the next body write fails (for root too) and
+/// the tier goes off. Returns its path for [`give_tmp_back`].
+fn take_tmp_away(dir: &Path) -> std::path::PathBuf {
+    let tmp = dir.join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, "not a directory").unwrap();
+    tmp
+}
+
+fn give_tmp_back(tmp: &Path) {
+    std::fs::remove_file(tmp).unwrap();
+    std::fs::create_dir(tmp).unwrap();
+}
+
+/// An outpost with its disk tier in `dir` (probed `retry_after` after a failure) in
+/// front of an origin serving each of `stored` (its body its path) and `/while-off`, all
+/// fresh for an hour, once it has stored `stored` on disk and its tier has gone off
+/// ([`take_tmp_away`], whose path it returns).
+async fn stored_then_off(
+    dir: &Path,
+    stored: &[&'static str],
+    retry_after: &str,
+) -> (Origin, Proxy, std::path::PathBuf) {
+    let mut routes: Vec<(&str, Fixture)> = stored
+        .iter()
+        .map(|path| (*path, Fixture::for_an_hour(path)))
+        .collect();
+    routes.push(("/while-off", Fixture::for_an_hour("while off")));
+    let origin = Origin::start(routes).await;
+    let toml = disk_toml(
+        dir,
+        &format!("{BODIES_IN_FILES}\ndisk_retry_after = \"{retry_after}\""),
+    );
+    let proxy = Proxy::start(&origin.url(), &toml).await;
+    for path in stored {
+        get_as(&proxy.url(path), &[]).await;
+    }
+    proxy.outpost.proxy().cache().settle().await;
+    let tmp = take_tmp_away(dir);
+    get_as(&proxy.url("/while-off"), &[]).await;
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    support::eventually("the tier to go off", || metrics.disk_degraded.get() == 1).await;
+    (origin, proxy, tmp)
+}
+
 /// Invalidations reach the disk tier even while it is off: a purge by URL or prefix and a
 /// POST's invalidation (RFC 9111 §4.4) made while the tier is degraded are remembered and
 /// applied before the tier is used again. Before, they reached memory alone, and the
@@ -1459,33 +1504,9 @@ async fn a_file_system_filling_while_running_refuses_objects_and_loses_none() {
 #[tokio::test]
 async fn invalidations_while_the_disk_tier_is_off_are_applied_before_it_comes_back() {
     let dir = tempfile::tempdir().unwrap();
-    let cached =
-        |body: &'static str| Fixture::with_headers(200, &[("cache-control", "max-age=3600")], body);
-    let origin = Origin::start(vec![
-        ("/purged", cached("purged")),
-        ("/tree/leaf", cached("leaf")),
-        ("/posted", cached("posted")),
-        ("/kept", cached("kept")),
-        ("/while-off", cached("while off")),
-    ])
-    .await;
-    let toml = disk_toml(
-        dir.path(),
-        &format!("{BODIES_IN_FILES}\ndisk_retry_after = \"50ms\""),
-    );
-    let proxy = Proxy::start(&origin.url(), &toml).await;
+    let stored = ["/purged", "/tree/leaf", "/posted", "/kept"];
+    let (origin, proxy, tmp) = stored_then_off(dir.path(), &stored, "50ms").await;
     let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
-    for path in ["/purged", "/tree/leaf", "/posted", "/kept"] {
-        get_as(&proxy.url(path), &[]).await;
-    }
-    proxy.outpost.proxy().cache().settle().await;
-
-    // `tmp/` replaced by a file: the next body write fails and the tier goes off.
-    let tmp = dir.path().join("tmp");
-    std::fs::remove_dir_all(&tmp).unwrap();
-    std::fs::write(&tmp, "not a directory").unwrap();
-    get_as(&proxy.url("/while-off"), &[]).await;
-    support::eventually("the tier to go off", || metrics.disk_degraded.get() == 1).await;
 
     let admin = start_admin(&proxy).await;
     let purged = post(&format!("{admin}/purge?url=http://cache.test/purged")).await;
@@ -1505,8 +1526,7 @@ async fn invalidations_while_the_disk_tier_is_off_are_applied_before_it_comes_ba
     // the disk to list), /posted.
     assert_eq!(metrics.disk_invalidations_pending.get(), 5);
 
-    std::fs::remove_file(&tmp).unwrap();
-    std::fs::create_dir(&tmp).unwrap();
+    give_tmp_back(&tmp);
     support::eventually("the tier to come back", || metrics.disk_degraded.get() == 0).await;
     assert_eq!(metrics.disk_invalidations_pending.get(), 0);
     for path in ["/purged", "/tree/leaf", "/posted", "/kept"] {
@@ -1538,10 +1558,8 @@ async fn an_index_failed_by_a_full_file_system_is_reopened_when_there_is_room() 
         return;
     };
     let dir = fs.path().join("cache");
-    let cached =
-        |body: &'static str| Fixture::with_headers(200, &[("cache-control", "max-age=3600")], body);
     let origin = Origin::start(vec![
-        ("/before", cached("stored before")),
+        ("/before", Fixture::for_an_hour("stored before")),
         (
             "/purged",
             Fixture::Echo {
@@ -1549,7 +1567,7 @@ async fn an_index_failed_by_a_full_file_system_is_reopened_when_there_is_room() 
                 headers: support::header_list(&[("cache-control", "max-age=3600")]),
             },
         ),
-        ("/after", cached("stored after the reopening")),
+        ("/after", Fixture::for_an_hour("stored after the reopening")),
     ])
     .await;
     let toml = disk_toml(
@@ -1615,40 +1633,17 @@ async fn an_index_failed_by_a_full_file_system_is_reopened_when_there_is_room() 
 #[tokio::test]
 async fn invalidations_missed_while_off_are_applied_at_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let cached =
-        |body: &'static str| Fixture::with_headers(200, &[("cache-control", "max-age=3600")], body);
-    let origin = Origin::start(vec![
-        ("/purged", cached("purged")),
-        ("/kept", cached("kept")),
-        ("/while-off", cached("while off")),
-    ])
-    .await;
-    let toml = disk_toml(
-        dir.path(),
-        &format!("{BODIES_IN_FILES}\ndisk_retry_after = \"1h\""),
-    );
-    let proxy = Proxy::start(&origin.url(), &toml).await;
-    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
-    for path in ["/purged", "/kept"] {
-        get_as(&proxy.url(path), &[]).await;
-    }
-    proxy.outpost.proxy().cache().settle().await;
-    let tmp = dir.path().join("tmp");
-    std::fs::remove_dir_all(&tmp).unwrap();
-    std::fs::write(&tmp, "not a directory").unwrap();
-    get_as(&proxy.url("/while-off"), &[]).await;
-    support::eventually("the tier to go off", || metrics.disk_degraded.get() == 1).await;
+    let (origin, proxy, tmp) = stored_then_off(dir.path(), &["/purged", "/kept"], "1h").await;
     let admin = start_admin(&proxy).await;
     let purged = post(&format!("{admin}/purge?url=http://cache.test/purged")).await;
     assert!(purged.text().contains("\"purged\":1"), "{}", purged.text());
 
-    std::fs::remove_file(&tmp).unwrap();
-    std::fs::create_dir(&tmp).unwrap();
+    give_tmp_back(&tmp);
     restart_point(proxy).await;
     drop(origin);
     let down = support::closed_port().await;
-    let proxy = Proxy::start(&format!("http://{down}"), &toml).await;
-    assert_eq!(get_as(&proxy.url("/kept"), &[]).await.text(), "kept");
+    let proxy = Proxy::start(&format!("http://{down}"), &disk_toml(dir.path(), "")).await;
+    assert_eq!(get_as(&proxy.url("/kept"), &[]).await.text(), "/kept");
     let purged = get_as(&proxy.url("/purged"), &[]).await;
     assert_ne!(
         purged.status,

@@ -97,6 +97,22 @@ async fn streams_to_one_origin_are_capped() {
     );
 }
 
+/// Six requests for the gated `/held` (answering "spread") at once, all at the origin
+/// together over three connections of two streams, then all answered.
+async fn six_spread_over_three_connections(proxy: &Proxy, origin: &Origin, gate: &Gate) {
+    let all = spawn_gets(proxy, "/held", "localhost", 6);
+    eventually("all six requests at the origin at once", || {
+        origin.hits("/held") == 6
+    })
+    .await;
+    assert_eq!(origin.connections(), 3, "two streams on each of three");
+    gate.open();
+    let replies = all.await.unwrap();
+    assert!(replies
+        .iter()
+        .all(|r| r.status == 200 && r.text() == "spread"));
+}
+
 /// RFC 9113 §5.1.2: a connection carries a bounded number of concurrent streams. Past
 /// `upstream.max_streams_per_connection` on every open connection, another is opened
 /// rather than making requests wait, and only as many as needed.
@@ -108,17 +124,7 @@ async fn a_connection_full_of_streams_opens_another() {
         &format!("{H2}max_streams_per_connection = 2\n"),
     )
     .await;
-    let all = spawn_gets(&proxy, "/held", "localhost", 6);
-    eventually("all six requests at the origin at once", || {
-        origin.hits("/held") == 6
-    })
-    .await;
-    assert_eq!(origin.connections(), 3, "two streams on each of three");
-    gate.open();
-    let replies = all.await.unwrap();
-    assert!(replies
-        .iter()
-        .all(|r| r.status == 200 && r.text() == "spread"));
+    six_spread_over_three_connections(&proxy, &origin, &gate).await;
 }
 
 /// RFC 9113 §5.1.2, §6.5.2: a server that allows fewer concurrent streams than
@@ -138,17 +144,7 @@ async fn a_servers_own_stream_limit_opens_further_connections() {
     let proxy = Proxy::start(&origin.url(), H2).await;
     // The server's SETTINGS come before its first response on the connection.
     assert_eq!(get(&proxy.url("/warm"), &[]).await.text(), "warm");
-    let all = spawn_gets(&proxy, "/held", "localhost", 6);
-    eventually("all six requests at the origin at once", || {
-        origin.hits("/held") == 6
-    })
-    .await;
-    assert_eq!(origin.connections(), 3, "two streams on each of three");
-    gate.open();
-    let replies = all.await.unwrap();
-    assert!(replies
-        .iter()
-        .all(|r| r.status == 200 && r.text() == "spread"));
+    six_spread_over_three_connections(&proxy, &origin, &gate).await;
 }
 
 /// When the connection caps allow no further connection, a request that found every

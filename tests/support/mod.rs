@@ -286,6 +286,11 @@ impl Fixture {
         }
     }
 
+    /// 200 with `body`, fresh for an hour (`max-age=3600`).
+    pub fn for_an_hour(body: &str) -> Fixture {
+        Fixture::with_headers(200, &[("cache-control", "max-age=3600")], body)
+    }
+
     pub fn sequence(fixtures: Vec<Fixture>) -> Fixture {
         Fixture::Sequence(
             Arc::new(fixtures),

@@ -392,20 +392,9 @@ fn decode(bytes: &[u8]) -> Option<PartialEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::entry::testing::entry;
-    use crate::cache::partial::ContentRange;
-    use http::header::{self, HeaderValue};
 
-    fn piece(path: &str, first: u64, text: &'static str, len: u64) -> PartialEntry {
-        let mut meta = entry(path, "").meta;
-        meta.headers
-            .insert(header::ETAG, HeaderValue::from_static("\"v1\""));
-        let range = ContentRange {
-            first,
-            last: first + text.len() as u64 - 1,
-            complete_len: len,
-        };
-        PartialEntry::new(meta, range, Bytes::from_static(text.as_bytes()))
+    fn piece(path: &str, first: u64, text: &str, len: u64) -> PartialEntry {
+        crate::cache::partial::testing::piece(path, "\"v1\"", first, text, len)
     }
 
     /// An entry read back after reopening holds exactly its pieces; one whose file lost a

@@ -248,6 +248,10 @@ async fn status_json(outpost: &Outpost, proxy: &Proxy) -> Response<Body> {
             "degraded": proxy.cache().live_disk().is_none(),
         });
     }
+    if let Some((entries, bytes)) = proxy.cache().disk_partial_usage() {
+        tiers["partial"]["disk_entries"] = serde_json::json!(entries);
+        tiers["partial"]["disk_bytes"] = serde_json::json!(bytes);
+    }
     tiers["offline"] = serde_json::json!(proxy.cache().is_offline());
     tiers["pools"] = origins::list(proxy);
     let mut status = proxy.metrics().board.snapshot(tiers);

@@ -928,6 +928,11 @@ impl Cache {
         self.invalidate(key).await;
     }
 
+    /// Partial entries and their bytes in the disk tier, if any.
+    pub fn disk_partial_usage(&self) -> Option<(u64, u64)> {
+        self.disk.as_ref().map(DiskTier::partial_usage)
+    }
+
     /// Entries and bytes of the disk tier, if any.
     pub fn disk_usage(&self) -> Option<(u64, u64)> {
         self.disk.as_ref().map(DiskTier::usage)

@@ -1728,6 +1728,9 @@ async fn partial_entries_survive_a_restart_and_purges_reach_them() {
     assert_ne!(outside.status, StatusCode::PARTIAL_CONTENT);
 
     let admin = start_admin(&proxy).await;
+    let status = support::get(&format!("{admin}/status.json"), &[]).await;
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    assert_eq!(status["tiers"]["partial"]["disk_entries"], 1, "{status}");
     let purged = post(&format!("{admin}/purge?url=http://cache.test/video")).await;
     assert!(purged.text().contains("\"purged\":"), "{}", purged.text());
     let after = get_as(&proxy.url("/video"), &[("range", "bytes=300-399")]).await;

@@ -75,6 +75,12 @@ impl PartialFiles {
         })
     }
 
+    /// Files and the bytes they take.
+    pub fn usage(&self) -> (u64, u64) {
+        let files = self.present.lock().len() as u64;
+        (files, self.held.load(Ordering::Relaxed))
+    }
+
     /// Whether `key` may have a file (one written or found at open, not removed since).
     pub fn may_hold(&self, key: &PrimaryKey) -> bool {
         self.present.lock().contains(key)
@@ -270,6 +276,11 @@ impl super::DiskTier {
     pub fn with_partial_budget(self, budget: u64) -> super::DiskTier {
         self.store.partials.set_budget(budget);
         self
+    }
+
+    /// Partial entries on disk and the bytes their files take.
+    pub fn partial_usage(&self) -> (u64, u64) {
+        self.store.partials.usage()
     }
 
     /// Whether `key` may have a partial entry on disk (no trip to the disk).

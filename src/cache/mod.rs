@@ -1212,18 +1212,22 @@ impl Cache {
     /// responses, counting each variant, were affected.
     pub async fn purge(&self, target: &PurgeTarget, soft: bool) -> usize {
         let header = self.surrogate_key_header.clone();
-        // Partial entries are only ever removed: they cannot be revalidated.
-        let mut partials = self
+        // Partial entries are only ever removed: they cannot be revalidated. Each resource
+        // counts once, whether its entry was in memory, on disk or both.
+        let mut partial_keys: std::collections::HashSet<PrimaryKey> = self
             .partials
             .remove_where(|meta| target.matches(meta, &header))
-            .await;
+            .await
+            .into_iter()
+            .collect();
         if let (Some(disk), false) = (self.live_disk(), matches!(target, PurgeTarget::Url(_))) {
-            partials += disk.remove_partials_where(target.matcher(&header)).await;
+            partial_keys.extend(disk.remove_partials_where(target.matcher(&header)).await);
             // Again: a range request may have read one back from disk meanwhile.
             self.partials
                 .remove_where(|meta| target.matches(meta, &header))
                 .await;
         }
+        let partials = partial_keys.len();
         if let PurgeTarget::Tag { tag, origin } = target {
             if let Some(candidates) = self.tag_index.keys(tag, origin.as_deref()) {
                 return partials + self.purge_tagged(target, tag, candidates, soft).await;

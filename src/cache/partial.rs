@@ -278,8 +278,9 @@ impl PartialStore {
         self.entries.invalidate(key);
     }
 
-    /// Removes the entries whose head `matches` (purges by prefix, tag or everything).
-    pub async fn remove_where(&self, matches: impl Fn(&EntryMeta) -> bool) -> usize {
+    /// Removes the entries whose head `matches` (purges by prefix, tag or everything);
+    /// returns their resources.
+    pub async fn remove_where(&self, matches: impl Fn(&EntryMeta) -> bool) -> Vec<PrimaryKey> {
         let keys: Vec<PrimaryKey> = self
             .entries
             .iter()
@@ -289,7 +290,7 @@ impl PartialStore {
         for key in &keys {
             self.entries.invalidate(key);
         }
-        keys.len()
+        keys
     }
 }
 

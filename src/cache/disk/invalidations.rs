@@ -164,7 +164,7 @@ impl DiskStore {
                     self.mark_stale(key, &mut done.evicted)?
                 }
                 Invalidation::Where { matches, soft } => {
-                    let mut affected = self.partials.remove_where(&**matches)?;
+                    let mut affected = self.partials.remove_where(&**matches)?.len();
                     for key in self.keys_where(&**matches)? {
                         affected += match soft {
                             true => self.mark_stale(&key, &mut done.evicted)?,

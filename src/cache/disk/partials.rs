@@ -176,22 +176,26 @@ impl PartialFiles {
         self.remove_file(&self.path(key), &mut present)
     }
 
-    /// Removes every entry whose head `matches` (a purge by prefix or tag); how many.
+    /// Removes every entry whose head `matches` (a purge by prefix or tag); returns their
+    /// resources.
     ///
     /// # Errors
     /// The directory cannot be read, or a file removed.
-    pub fn remove_where(&self, matches: &dyn Fn(&EntryMeta) -> bool) -> Result<usize, DiskError> {
+    pub fn remove_where(
+        &self,
+        matches: &dyn Fn(&EntryMeta) -> bool,
+    ) -> Result<Vec<PrimaryKey>, DiskError> {
         let mut present = self.present.lock();
-        let mut removed = 0;
+        let mut removed = Vec::new();
         for path in self.files()? {
             let Ok(bytes) = fs::read(&path) else {
                 continue;
             };
-            // One that fails its check goes too: it would be removed when read.
-            if decode(&bytes).is_none_or(|entry| matches(&entry.meta))
-                && self.remove_file(&path, &mut present)?
-            {
-                removed += 1;
+            // One that fails its check goes too (it would be removed when read), uncounted.
+            let entry = decode(&bytes);
+            let is_named = entry.as_ref().is_none_or(|entry| matches(&entry.meta));
+            if is_named && self.remove_file(&path, &mut present)? {
+                removed.extend(entry.map(|entry| entry.meta.key));
             }
         }
         Ok(removed)
@@ -314,11 +318,11 @@ impl super::DiskTier {
         }
     }
 
-    /// Removes the partial entries whose head `matches`; how many.
-    pub async fn remove_partials_where(&self, matches: super::Matcher) -> usize {
+    /// Removes the partial entries whose head `matches`; returns their resources.
+    pub async fn remove_partials_where(&self, matches: super::Matcher) -> Vec<PrimaryKey> {
         self.run(move |s| s.partials.remove_where(&*matches))
             .await
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 }
 
@@ -480,7 +484,7 @@ mod tests {
         let removed = files
             .remove_where(&|meta: &EntryMeta| meta.url.contains("/a/"))
             .unwrap();
-        assert_eq!(removed, 1);
+        assert_eq!(removed, vec![two.meta.key]);
         assert!(files.read(&two.meta.key).unwrap().is_none());
         assert!(files.read(&three.meta.key).unwrap().is_some());
     }

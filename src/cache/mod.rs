@@ -844,19 +844,22 @@ impl Cache {
 
     /// Removes every variant of `key` from both tiers (RFC 9111 §4.4 invalidation).
     pub async fn invalidate(&self, key: &PrimaryKey) -> usize {
-        self.invalidate_keys(&[*key], false, None).await
+        self.invalidate_keys(&[*key], false, None, false).await
     }
 
     /// Removes (or, `soft`, marks stale) every variant of each of `keys` in both tiers;
     /// returns how many variants were affected. The disk's go first, as one batch made
     /// durable (remembered while the tier is off: see [`disk::invalidations`]), so that no
     /// request promotes a variant back into memory meanwhile. `unlisted` names what a
-    /// purge could not list on a disk tier that is off, for it to apply when it is back.
+    /// purge could not list on a disk tier that is off, for it to apply when it is back;
+    /// `is_purge` makes the disk's part durable before this returns (see
+    /// [`DiskStore::invalidate`]).
     async fn invalidate_keys(
         &self,
         keys: &[PrimaryKey],
         soft: bool,
         unlisted: Option<disk::Matcher>,
+        is_purge: bool,
     ) -> usize {
         // Partial entries go whatever `soft` says (they cannot be revalidated): from memory
         // before the disk's files, so that no write of one lands after, and again after,
@@ -874,7 +877,7 @@ impl Cache {
                 })
                 .collect();
             batch.extend(unlisted.map(|matches| Invalidation::Where { matches, soft }));
-            if let Some(done) = disk.invalidate(batch).await {
+            if let Some(done) = disk.invalidate(batch, is_purge).await {
                 forget_evicted_files(&self.memory, &done.evicted).await;
                 on_disk = done.affected;
             }
@@ -1257,7 +1260,7 @@ impl Cache {
             // Off, before or during the listing: the tier applies it when it is back.
             unlisted = (!disk.is_available()).then_some(matches);
         }
-        partials + self.invalidate_keys(&keys, soft, unlisted).await
+        partials + self.invalidate_keys(&keys, soft, unlisted, true).await
     }
 
     /// A purge by `tag` through the tag index: each candidate resource is purged if a
@@ -1299,7 +1302,7 @@ impl Cache {
             .as_ref()
             .filter(|disk| !disk.is_available())
             .map(|_| target.matcher(header));
-        self.invalidate_keys(&tagged, soft, unlisted).await
+        self.invalidate_keys(&tagged, soft, unlisted, true).await
     }
 }
 

@@ -146,12 +146,18 @@ pub(super) struct Switch {
 }
 
 impl DiskStore {
-    /// Applies `invalidations` and, when any changed the index, flushes it: an
-    /// invalidation counts once it would survive a crash.
+    /// Applies `invalidations` and, when any changed the index and `flush_now` (a purge:
+    /// it counts once it would survive a crash) or `cache.fsync` asks, flushes it. RFC 9111
+    /// §4.4 invalidations otherwise wait for the index's next flush, as stores do: one
+    /// fsync per unsafe request would slow every write to a cached resource.
     ///
     /// # Errors
     /// I/O or index failures (the tier then degrades, and the caller remembers them).
-    pub fn invalidate(&self, invalidations: &[Invalidation]) -> Result<Invalidated, DiskError> {
+    pub fn invalidate(
+        &self,
+        invalidations: &[Invalidation],
+        flush_now: bool,
+    ) -> Result<Invalidated, DiskError> {
         let mut done = Invalidated::default();
         for invalidation in invalidations {
             // A partial entry cannot be revalidated: it goes either way.
@@ -176,7 +182,7 @@ impl DiskStore {
             };
             done.affected.push(affected);
         }
-        if done.affected.iter().any(|&affected| affected > 0) {
+        if (flush_now || self.fsync()) && done.affected.iter().any(|&affected| affected > 0) {
             self.flush()?;
         }
         Ok(done)
@@ -218,7 +224,7 @@ impl DiskStore {
                 }
                 missed.take()
             };
-            if let Err(err) = self.invalidate(&taken.0) {
+            if let Err(err) = self.invalidate(&taken.0, true) {
                 switch.missed.lock().restore(taken);
                 return Err(err);
             }
@@ -227,14 +233,19 @@ impl DiskStore {
 }
 
 impl DiskTier {
-    /// Applies `invalidations` durably (see [`DiskStore::invalidate`]), or, while the tier
-    /// is off or when it fails meanwhile, remembers them for when it comes back (`None`).
-    pub async fn invalidate(&self, invalidations: Vec<Invalidation>) -> Option<Invalidated> {
+    /// Applies `invalidations` (see [`DiskStore::invalidate`] for `flush_now`), or, while
+    /// the tier is off or when it fails meanwhile, remembers them for when it comes back
+    /// (`None`).
+    pub async fn invalidate(
+        &self,
+        invalidations: Vec<Invalidation>,
+        flush_now: bool,
+    ) -> Option<Invalidated> {
         // A tier that comes back between a failure and the remembering is tried again.
         for _ in 0..3 {
             if self.is_available() {
                 let batch = invalidations.clone();
-                if let Some(done) = self.run(move |s| s.invalidate(&batch)).await {
+                if let Some(done) = self.run(move |s| s.invalidate(&batch, flush_now)).await {
                     return Some(done);
                 }
             }
@@ -381,15 +392,18 @@ mod tests {
             store.flush().unwrap();
             let tree: Matcher = Arc::new(|meta| meta.url.contains("/tree/"));
             let done = store
-                .invalidate(&[
-                    Invalidation::Remove(stored[0].meta.key),
-                    Invalidation::MarkStale(stored[1].meta.key),
-                    Invalidation::Where {
-                        matches: tree,
-                        soft: false,
-                    },
-                    Invalidation::Remove(key(7)),
-                ])
+                .invalidate(
+                    &[
+                        Invalidation::Remove(stored[0].meta.key),
+                        Invalidation::MarkStale(stored[1].meta.key),
+                        Invalidation::Where {
+                            matches: tree,
+                            soft: false,
+                        },
+                        Invalidation::Remove(key(7)),
+                    ],
+                    true,
+                )
                 .unwrap();
             assert_eq!(done.affected, vec![1, 1, 2, 0]);
         }

@@ -541,6 +541,11 @@ impl DiskStore {
         self.limits.max_objects
     }
 
+    /// Whether every store is made durable before it counts (`cache.fsync`).
+    pub(super) fn fsync(&self) -> bool {
+        self.fsync
+    }
+
     pub(super) fn capacity(&self) -> u64 {
         self.capacity
     }

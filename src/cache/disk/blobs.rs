@@ -167,7 +167,7 @@ pub(super) fn create_private_dir(dir: &Path) -> Result<(), DiskError> {
 
 /// Creates a new file (never opening an existing one, nor following a symlink planted in
 /// its place), readable by this user only.
-fn create_private_file(path: &Path) -> Result<fs::File, DiskError> {
+pub(super) fn create_private_file(path: &Path) -> Result<fs::File, DiskError> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

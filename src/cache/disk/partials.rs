@@ -115,14 +115,15 @@ impl PartialFiles {
         let temp = self
             .dir
             .join(format!("{TEMP_PREFIX}{}", hex(&entry.meta.key.0)));
-        let written = (|| {
-            let mut file = fs::File::create(&temp)?;
-            file.write_all(&encoded)?;
-            if self.fsync {
-                file.sync_all()?;
-            }
-            Ok::<_, std::io::Error>(())
-        })();
+        // One left by a write that failed midway (its clean-up failing too) goes first: the
+        // file is made anew, private, never through a link planted in its place.
+        let _ = fs::remove_file(&temp);
+        let mut file = super::blobs::create_private_file(&temp)?;
+        let written = file.write_all(&encoded).and_then(|()| match self.fsync {
+            true => file.sync_all(),
+            false => Ok(()),
+        });
+        drop(file);
         if let Err(err) = written {
             let _ = fs::remove_file(&temp);
             return Err(DiskError::Io {
@@ -434,6 +435,13 @@ mod tests {
         bytes[last] ^= 1;
         fs::write(&path, &bytes).unwrap();
 
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let kept_path = dir.path().join("partials").join(hex(&kept.meta.key.0));
+            let mode = fs::metadata(kept_path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "private, as every file of the tier");
+        }
         let files = PartialFiles::open(dir.path(), false).unwrap();
         let read = files.read(&kept.meta.key).unwrap().expect("kept");
         assert_eq!(read.window(2, 5).unwrap(), "cdef");

@@ -102,24 +102,13 @@ pub fn scrub_request_trailers(trailers: &mut HeaderMap) {
             || FORWARDING_FIELDS.contains(name)
             || OVERRIDE_HEADERS.contains(&name.as_str())
     };
-    if !trailers.keys().any(is_ruled_out) {
-        return;
-    }
-    let kept = std::mem::take(trailers)
-        .into_iter()
-        .scan(None::<HeaderName>, |last, (name, value)| {
-            // `into_iter` names a field once, before its first value.
-            if let Some(name) = name {
-                *last = Some(name);
-            }
-            Some((last.clone(), value))
-        })
-        .filter_map(|(name, value)| {
-            name.filter(|name| !is_ruled_out(name))
-                .map(|name| (name, value))
-        });
-    for (name, value) in kept {
-        trailers.append(name, value);
+    let ruled_out: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|name| is_ruled_out(name))
+        .cloned()
+        .collect();
+    for name in ruled_out {
+        trailers.remove(name);
     }
 }
 

@@ -78,7 +78,7 @@ pub struct BlobFiles {
     pub opened: super::opened::OpenedBodies,
 }
 
-fn parse_hex(text: &str) -> Option<[u8; 32]> {
+pub(super) fn parse_hex(text: &str) -> Option<[u8; 32]> {
     blake3::Hash::from_hex(text)
         .ok()
         .map(|hash| *hash.as_bytes())

@@ -91,7 +91,7 @@ impl PartialFiles {
     }
 
     fn path(&self, key: &PrimaryKey) -> PathBuf {
-        self.dir.join(hex(&key.0))
+        self.dir.join(key.to_hex())
     }
 
     /// Writes `entry` in place of what its resource had, when `is_current` still says so
@@ -114,7 +114,7 @@ impl PartialFiles {
         let path = self.path(&entry.meta.key);
         let temp = self
             .dir
-            .join(format!("{TEMP_PREFIX}{}", hex(&entry.meta.key.0)));
+            .join(format!("{TEMP_PREFIX}{}", entry.meta.key.to_hex()));
         // One left by a write that failed midway (its clean-up failing too) goes first: the
         // file is made anew, private, never through a link planted in its place.
         let _ = fs::remove_file(&temp);
@@ -126,10 +126,7 @@ impl PartialFiles {
         drop(file);
         if let Err(err) = written {
             let _ = fs::remove_file(&temp);
-            return Err(DiskError::Io {
-                path: temp,
-                source: err,
-            });
+            return Err(io_err(&temp)(err));
         }
         let replaced = fs::metadata(&path).map_or(0, |meta| meta.len());
         fs::rename(&temp, &path).map_err(io_err(&path))?;
@@ -153,7 +150,7 @@ impl PartialFiles {
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(DiskError::Io { path, source: err }),
+            Err(err) => return Err(io_err(&path)(err)),
         };
         match decode(&bytes).filter(|entry| entry.meta.key == *key) {
             Some(entry) => Ok(Some(entry)),
@@ -213,12 +210,7 @@ impl PartialFiles {
         let len = match fs::metadata(path) {
             Ok(meta) => meta.len(),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(err) => {
-                return Err(DiskError::Io {
-                    path: path.to_path_buf(),
-                    source: err,
-                })
-            }
+            Err(err) => return Err(io_err(path)(err)),
         };
         match fs::remove_file(path) {
             Ok(()) => {
@@ -226,10 +218,7 @@ impl PartialFiles {
                 Ok(true)
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(err) => Err(DiskError::Io {
-                path: path.to_path_buf(),
-                source: err,
-            }),
+            Err(err) => Err(io_err(path)(err)),
         }
     }
 
@@ -327,25 +316,9 @@ impl super::DiskTier {
     }
 }
 
-/// The key a file of the directory is named by.
+/// The key a file of the directory is named by (its hex, as [`PrimaryKey::to_hex`]).
 fn key_of(path: &Path) -> Option<PrimaryKey> {
-    let name = path.file_name()?.to_str()?;
-    if name.len() != 64 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (n, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(name.get(2 * n..2 * n + 2)?, 16).ok()?;
-    }
-    Some(PrimaryKey(key))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    super::blobs::parse_hex(path.file_name()?.to_str()?).map(PrimaryKey)
 }
 
 fn encode(entry: &PartialEntry) -> Vec<u8> {
@@ -429,7 +402,7 @@ mod tests {
                 .write_if(&piece("/not-current", 0, "x", 2), || false)
                 .unwrap();
         }
-        let path = dir.path().join("partials").join(hex(&damaged.meta.key.0));
+        let path = dir.path().join("partials").join(damaged.meta.key.to_hex());
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 12;
         bytes[last] ^= 1;
@@ -438,7 +411,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let kept_path = dir.path().join("partials").join(hex(&kept.meta.key.0));
+            let kept_path = dir.path().join("partials").join(kept.meta.key.to_hex());
             let mode = fs::metadata(kept_path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "private, as every file of the tier");
         }
@@ -470,7 +443,7 @@ mod tests {
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
         fs::File::options()
             .write(true)
-            .open(dir.path().join("partials").join(hex(&one.meta.key.0)))
+            .open(dir.path().join("partials").join(one.meta.key.to_hex()))
             .unwrap()
             .set_modified(old)
             .unwrap();

@@ -23,6 +23,7 @@ pub mod lookup;
 pub mod memory;
 pub mod partial;
 pub mod policy;
+pub mod purge_target;
 pub mod replacement;
 pub mod rules;
 pub mod sealed;
@@ -52,6 +53,7 @@ use key::{DigestHasher, PrimaryKey, VariantKey};
 use memory::{MemoryTier, VariantSet};
 use partial::{PartialEntry, PartialStore};
 use policy::PolicySettings;
+pub use purge_target::PurgeTarget;
 use rules::PathRules;
 
 /// The cache as a whole: settings, tiers, coalescing and the hit-for-miss memory.
@@ -858,7 +860,7 @@ impl Cache {
         &self,
         keys: &[PrimaryKey],
         soft: bool,
-        unlisted: Option<disk::Matcher>,
+        unlisted: Option<purge_target::Selection>,
         is_purge: bool,
     ) -> usize {
         // Partial entries go whatever `soft` says (they cannot be revalidated): from memory
@@ -876,7 +878,7 @@ impl Cache {
                     false => Invalidation::Remove(*key),
                 })
                 .collect();
-            batch.extend(unlisted.map(|matches| Invalidation::Where { matches, soft }));
+            batch.extend(unlisted.map(|selection| Invalidation::Where { selection, soft }));
             if let Some(done) = disk.invalidate(batch, is_purge).await {
                 forget_evicted_files(&self.memory, &done.evicted).await;
                 on_disk = done.affected;
@@ -1162,51 +1164,13 @@ fn open_disk(dir: &Path, config: &CacheConfig, metrics: &Metrics) -> Option<Disk
     .with_sendfile(config.disk_sendfile)
     .with_backlog_limit(disk_backlog_limit(config.memory_capacity.as_u64()))
     .with_partial_budget(config.partial_capacity.as_u64());
-    if let Some(err) = index_failure {
-        // Off, and probed until the index opens (see `DiskStore::open_awaiting_index`).
-        tier.degrade(&err);
+    match index_failure {
+        // Off, and probed until the index opens (see `DiskStore::open_awaiting_index`),
+        // with what an earlier run left to invalidate.
+        Some(err) => tier.degrade(&err),
+        None => tier.apply_left_invalidations(),
     }
     Some(tier)
-}
-
-/// What a purge removes (all variants of every matching resource).
-#[derive(Debug, Clone)]
-pub enum PurgeTarget {
-    /// One URL, as its primary key.
-    Url(PrimaryKey),
-    /// Every URL whose canonical form, from the authority on (the scheme left out, so a
-    /// prefix names a site's resources over http and https), starts with this.
-    Prefix(String),
-    /// Every resource tagged so by `Cache-Groups` (RFC 9875) or the surrogate-key header,
-    /// optionally only those of one origin, `scheme://authority` (RFC 9875 §3: groups are
-    /// scoped to an origin).
-    Tag { tag: String, origin: Option<String> },
-}
-
-impl PurgeTarget {
-    /// [`PurgeTarget::matches`] as a function of the metadata alone, for the disk tier.
-    fn matcher(&self, surrogate_key: &HeaderName) -> disk::Matcher {
-        let (target, header) = (self.clone(), surrogate_key.clone());
-        Arc::new(move |meta| target.matches(meta, &header))
-    }
-
-    fn matches(&self, meta: &EntryMeta, surrogate_key: &HeaderName) -> bool {
-        match self {
-            PurgeTarget::Url(key) => meta.key == *key,
-            PurgeTarget::Prefix(prefix) => meta
-                .url
-                .split_once("://")
-                .is_some_and(|(_, rest)| rest.starts_with(prefix.as_str())),
-            PurgeTarget::Tag { tag, origin } => {
-                let in_scope = origin.as_deref().is_none_or(|origin| {
-                    meta.url
-                        .strip_prefix(origin)
-                        .is_some_and(|path| path.starts_with('/'))
-                });
-                in_scope && tags::of(&meta.headers, surrogate_key).any(|t| t == *tag)
-            }
-        }
-    }
 }
 
 impl Cache {
@@ -1258,7 +1222,7 @@ impl Cache {
                 }
             }
             // Off, before or during the listing: the tier applies it when it is back.
-            unlisted = (!disk.is_available()).then_some(matches);
+            unlisted = (!disk.is_available()).then(|| target.selection(&header));
         }
         partials + self.invalidate_keys(&keys, soft, unlisted, true).await
     }
@@ -1301,7 +1265,7 @@ impl Cache {
             .disk
             .as_ref()
             .filter(|disk| !disk.is_available())
-            .map(|_| target.matcher(header));
+            .map(|_| target.selection(header));
         self.invalidate_keys(&tagged, soft, unlisted, true).await
     }
 }

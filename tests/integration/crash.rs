@@ -288,3 +288,79 @@ async fn a_purge_survives_a_kill_9_right_after_it() {
     kill_9(child.id());
     let _ = child.wait();
 }
+
+async fn disk_degraded(admin: u16) -> bool {
+    let status = get(&format!("http://127.0.0.1:{admin}/status.json"), &[]).await;
+    let json: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    json["tiers"]["disk"]["degraded"] == serde_json::Value::Bool(true)
+}
+
+/// Purges made while the disk tier is off (its `tmp/` made unusable, as a failing disk
+/// would) are written down in the cache dir: SIGKILL while the tier is still off, a
+/// restart on the same directory with the disk working again and the origin gone, and
+/// neither the object purged by URL nor the one purged by prefix is served from disk,
+/// while the one beside them is. Before, they lived in memory alone and the crash lost
+/// them: purged content served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_missed_while_the_disk_tier_is_off_survive_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(vec![
+        ("/purged", Fixture::for_an_hour("purged")),
+        ("/tree/leaf", Fixture::for_an_hour("leaf")),
+        ("/kept", Fixture::for_an_hour("kept")),
+        (
+            // Large enough to be written through `tmp/` (small bodies go in the index).
+            "/while-off",
+            Fixture::Static {
+                status: StatusCode::OK,
+                headers: vec![("cache-control", "max-age=3600".to_string())],
+                body: body_of(1),
+            },
+        ),
+    ])
+    .await;
+    let (port, admin) = (free_port(), free_port());
+    let mut child = spawn_outpost(dir.path(), &origin.url(), port, admin);
+    wait_ready(admin).await;
+    for path in ["/purged", "/tree/leaf", "/kept"] {
+        let (status, _) = try_get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .expect("served");
+        assert_eq!(status, StatusCode::OK);
+    }
+    wait_for_disk_entries(admin, 3).await;
+    let tmp = dir.path().join("cache").join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, "not a directory").unwrap();
+    try_get(format!("http://127.0.0.1:{port}/while-off")).await;
+    support::eventually_some("the disk tier to go off", || async {
+        disk_degraded(admin).await.then_some(())
+    })
+    .await;
+    for purge in [
+        "url=http://crash.test/purged",
+        "prefix=http://crash.test/tree/",
+    ] {
+        let purged = support::post(&format!("http://127.0.0.1:{admin}/purge?{purge}")).await;
+        assert_eq!(purged.status, StatusCode::OK, "{}", purged.text());
+    }
+    kill_9(child.id());
+    let _ = child.wait();
+
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    let dead_origin = format!("http://{}", support::closed_port().await);
+    let mut child = spawn_outpost(dir.path(), &dead_origin, port, admin);
+    wait_ready(admin).await;
+    let kept = try_get(format!("http://127.0.0.1:{port}/kept")).await;
+    assert_eq!(kept, Some((StatusCode::OK, Bytes::from_static(b"kept"))));
+    for path in ["/purged", "/tree/leaf"] {
+        let purged = try_get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .expect("answered");
+        assert_ne!(purged.0, StatusCode::OK, "{path}: purged content came back");
+    }
+    assert!(!disk_degraded(admin).await, "the tier is in use again");
+    kill_9(child.id());
+    let _ = child.wait();
+}

@@ -1652,6 +1652,99 @@ async fn invalidations_missed_while_off_are_applied_at_shutdown() {
     );
 }
 
+/// Purges missed while the tier is off are written down in the cache dir, in room made
+/// in advance, so that even a full file system takes them, and they outlive the outpost
+/// that took them. Here the tier is off (its `tmp/` made unusable) when the file system
+/// fills and a purge by prefix comes; outpost stops with the disk still failing, so it
+/// cannot apply the purge; the next start, with room again and the origin gone, applies
+/// what it finds written down before it serves from disk. Before, the purge lived in
+/// memory and was lost at exit: purged content served again.
+#[tokio::test]
+async fn a_purge_written_down_on_a_full_disk_is_applied_at_the_next_start() {
+    let Some(fs) = support::small_file_system(
+        "disk::a_purge_written_down_on_a_full_disk_is_applied_at_the_next_start",
+        "16m",
+    ) else {
+        return;
+    };
+    let dir = fs.path().join("cache");
+    let origin = Origin::start(vec![
+        ("/kept", Fixture::for_an_hour("kept")),
+        ("/while-off", Fixture::for_an_hour("while off")),
+        (
+            "/purged",
+            Fixture::Echo {
+                name: "x-body",
+                headers: support::header_list(&[("cache-control", "max-age=3600")]),
+            },
+        ),
+    ])
+    .await;
+    let toml = |retry_after: &str| {
+        disk_toml(
+            &dir,
+            &format!(
+                "{BODIES_IN_FILES}\ndisk_min_free = \"1MiB\"\ndisk_retry_after = \"{retry_after}\""
+            ),
+        )
+    };
+    // No probe while the first is off: a probe would give the reserve up, making room.
+    let first = Proxy::start(&origin.url(), &toml("1h")).await;
+    get_as(&first.url("/kept"), &[]).await;
+    // More purged objects than a page of the file holds, written down.
+    const PURGED: usize = 200;
+    let purged_body = |n: usize| format!("{n:0>100}");
+    for n in 0..PURGED {
+        let body = purged_body(n);
+        get_as(&first.url(&format!("/purged?n={n}")), &[("x-body", &body)]).await;
+    }
+    first.outpost.proxy().cache().settle().await;
+    let first_metrics = std::sync::Arc::clone(first.outpost.proxy().metrics());
+    let tmp = take_tmp_away(&dir);
+    get_as(&first.url("/while-off"), &[]).await;
+    support::eventually("the tier to go off", || {
+        first_metrics.disk_degraded.get() == 1
+    })
+    .await;
+    let filler = fs.path().join("filler");
+    fill_file_system(&filler);
+    let admin = start_admin(&first).await;
+    let purged = post(&format!("{admin}/purge?prefix=http://cache.test/purged")).await;
+    assert!(
+        purged.text().contains(&format!("\"purged\":{PURGED}")),
+        "{}",
+        purged.text()
+    );
+    // 200 removals and the prefix (the tier could not list its own keys).
+    assert_eq!(
+        first_metrics.disk_invalidations_pending.get(),
+        PURGED as i64 + 1
+    );
+    restart_point(first).await;
+    give_tmp_back(&tmp);
+    std::fs::remove_file(&filler).unwrap();
+    drop(origin);
+
+    let down = support::closed_port().await;
+    let second = Proxy::start(&format!("http://{down}"), &toml("50ms")).await;
+    let metrics = std::sync::Arc::clone(second.outpost.proxy().metrics());
+    assert_eq!(metrics.disk_degraded.get(), 0);
+    assert_eq!(metrics.disk_invalidations_pending.get(), 0);
+    let kept = get_as(&second.url("/kept"), &[]).await;
+    assert_eq!(
+        (kept.status, kept.text().as_str()),
+        (StatusCode::OK, "kept")
+    );
+    for n in [0, PURGED / 2, PURGED - 1] {
+        let reply = get_as(
+            &second.url(&format!("/purged?n={n}")),
+            &[("x-body", &purged_body(n))],
+        )
+        .await;
+        assert_ne!(reply.status, StatusCode::OK, "purged content came back");
+    }
+}
+
 /// A directory another outpost still holds (a restart that overlaps the old process)
 /// does not cost the new one its disk tier until its own next restart: it runs from
 /// memory, probes, and takes the tier over once the old one lets go, serving what the old

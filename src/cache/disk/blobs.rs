@@ -102,10 +102,11 @@ fn allocated_bytes(path: &Path) -> Option<u64> {
 pub const MARK_FILE: &str = "OUTPOST-CACHE-DIR";
 
 /// What an unmarked directory may hold to be adopted: an earlier outpost's layout.
-const OUR_NAMES: [&str; 7] = [
+const OUR_NAMES: [&str; 8] = [
     "blobs",
     "index",
     "index.corrupt",
+    "invalidations.pending",
     "packs",
     "partials",
     "reserve",

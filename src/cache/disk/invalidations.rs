@@ -1,25 +1,26 @@
 //! Invalidations the disk tier must not lose: purges and RFC 9111 §4.4 invalidations count
 //! once the index is flushed (so a crash does not bring the content back), and those made
-//! while the tier is off are remembered and applied before it is used again.
+//! while the tier is off are remembered, and written down (see [`super::pending`]), and
+//! applied before it is used again: after a probe, at exit, or at the next start.
 //!
 //! Before, an invalidation made while the tier was off reached memory alone, and the disk's
 //! copy came back with the tier: purged content served again.
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use prometheus_client::metrics::gauge::Gauge;
 
+use super::pending::PendingFile;
 use super::store::DiskStore;
 use super::{DiskError, DiskTier};
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::PrimaryKey;
-
-/// Which stored responses a purge by prefix or tag names.
-pub type Matcher = Arc<dyn Fn(&EntryMeta) -> bool + Send + Sync>;
+use crate::cache::purge_target::Selection;
 
 /// One change the disk tier must make and keep.
 #[derive(Clone)]
@@ -28,9 +29,9 @@ pub enum Invalidation {
     Remove(PrimaryKey),
     /// Every variant of a resource made stale (a soft purge): kept for revalidation.
     MarkStale(PrimaryKey),
-    /// Every resource with a variant `matches` names, removed or (`soft`) made stale: a
+    /// Every resource with a variant `selection` names, removed or (`soft`) made stale: a
     /// purge by prefix or tag that could not list the tier's keys while it was off.
-    Where { matches: Matcher, soft: bool },
+    Where { selection: Selection, soft: bool },
 }
 
 /// What applying invalidations did.
@@ -58,6 +59,14 @@ pub(super) struct Missed {
     emptying: bool,
     /// Shows the list's length.
     pending: Gauge,
+    /// The cache directory the list is written down in (see [`super::pending`]).
+    root: Option<PathBuf>,
+    /// The file, once open: another outpost may hold it for a while (a restart that
+    /// overlaps), and the list waits in memory until it lets go.
+    written: Option<PendingFile>,
+    /// Whether some of the list is not written down (a write failed, or the file was not
+    /// open); logged when it turns true.
+    partly_unwritten: bool,
 }
 
 impl Missed {
@@ -69,34 +78,94 @@ impl Missed {
         }
     }
 
-    fn add(&mut self, invalidations: &[Invalidation]) {
+    /// The same list, written down in `root`, holding what an earlier run left there.
+    pub(super) fn written_in(mut self, root: &Path) -> Missed {
+        self.root = Some(root.to_path_buf());
+        if let Err(err) = self.open_written() {
+            tracing::warn!(error = %err, "disk tier: no file for the invalidations it misses while off, for now (they are remembered in memory until it opens)");
+        }
+        self
+    }
+
+    /// Opens the written list when it is not open yet, taking in what it holds and writing
+    /// down what was remembered before.
+    fn open_written(&mut self) -> Result<(), DiskError> {
+        let (None, Some(root)) = (&self.written, &self.root) else {
+            return Ok(());
+        };
+        let (mut written, left) = PendingFile::open(root)?;
+        if !left.is_empty() {
+            tracing::warn!(
+                left = left.len(),
+                "disk tier: invalidations (purges) an earlier run could not apply are pending"
+            );
+        }
+        let unwritten = self.list.clone();
+        self.add_quietly(&left);
+        self.pending.set(self.list.len() as i64);
+        let appended = written.append(&unwritten, true);
+        self.written = Some(written);
+        if appended.is_ok() {
+            self.partly_unwritten = false;
+        }
+        appended
+    }
+
+    /// Remembers `invalidations`, and writes down those new to the list (`durable`: synced
+    /// before this returns).
+    fn add(&mut self, invalidations: &[Invalidation], durable: bool) {
         if self.list.is_empty() && !invalidations.is_empty() {
             tracing::warn!(
                 "disk tier off: invalidations (purges) are remembered and applied when it is back"
             );
         }
-        self.add_quietly(invalidations);
+        let added = self.add_quietly(invalidations);
         self.pending.set(self.list.len() as i64);
+        let written = match &mut self.written {
+            Some(written) => written.append(&self.list[added], durable),
+            // Opening writes the whole list down, this one's too.
+            None => self.open_written(),
+        };
+        if let Err(err) = written {
+            if !std::mem::replace(&mut self.partly_unwritten, true) {
+                tracing::error!(error = %err, "disk tier off: invalidations (purges) could not be written down; they are lost if outpost stops before the tier is back");
+            }
+        }
     }
 
-    fn add_quietly(&mut self, invalidations: &[Invalidation]) {
+    /// Whether the list is written down whole.
+    fn is_written(&self) -> bool {
+        self.written.is_some() && !self.partly_unwritten
+    }
+
+    /// Forgets the written list, every invalidation on it applied.
+    fn cleared(&mut self) {
+        self.partly_unwritten = false;
+        if let Some(Err(err)) = self.written.as_mut().map(PendingFile::clear) {
+            tracing::warn!(error = %err, "disk tier: applied invalidations stay written down; the next start applies them again");
+        }
+    }
+
+    /// Adds `invalidations` to the list; returns where in it those it added are (the
+    /// repeats left out, or the one removal of everything the list became).
+    fn add_quietly(&mut self, invalidations: &[Invalidation]) -> std::ops::Range<usize> {
         if self.emptying {
-            return;
+            return 0..0;
         }
         if self.list.len() + invalidations.len() > MISSED_LIMIT {
             tracing::error!(
                 limit = MISSED_LIMIT,
                 "more invalidations than can be remembered while the disk tier is off: it will be emptied when it comes back"
             );
-            let everything: Matcher = Arc::new(|_| true);
             self.list = vec![Invalidation::Where {
-                matches: everything,
+                selection: Selection::Everything,
                 soft: false,
             }];
             self.emptying = true;
             self.listed = HashSet::new();
-            return;
+            return 0..1;
         }
+        let before = self.list.len();
         for invalidation in invalidations {
             let is_new = match invalidation {
                 Invalidation::Remove(key) => self.listed.insert((*key, false)),
@@ -107,6 +176,7 @@ impl Missed {
                 self.list.push(invalidation.clone());
             }
         }
+        before..self.list.len()
     }
 
     /// Takes the list to apply (and whether it empties the tier).
@@ -129,6 +199,7 @@ impl Missed {
                 self.emptying = true;
                 self.listed = HashSet::new();
             } else {
+                // Written down already.
                 self.add_quietly(&list);
             }
         }
@@ -137,11 +208,12 @@ impl Missed {
 }
 
 /// What switching a tier back on takes, shared with its [`DiskTier`] but without its
-/// store (so a probe waiting to run does not keep a closed cache's directory open).
+/// store, and with its list held weakly (so a probe waiting to run keeps neither a closed
+/// cache's directory nor its file of pending invalidations open).
 #[derive(Clone)]
 pub(super) struct Switch {
     pub(super) degraded: Arc<AtomicBool>,
-    pub(super) missed: Arc<Mutex<Missed>>,
+    pub(super) missed: Weak<Mutex<Missed>>,
     pub(super) degraded_gauge: Gauge,
 }
 
@@ -169,9 +241,10 @@ impl DiskStore {
                     self.partials.remove(key)?;
                     self.mark_stale(key, &mut done.evicted)?
                 }
-                Invalidation::Where { matches, soft } => {
-                    let mut affected = self.partials.remove_where(&**matches)?.len();
-                    for key in self.keys_where(&**matches)? {
+                Invalidation::Where { selection, soft } => {
+                    let matches = |meta: &EntryMeta| selection.matches(meta);
+                    let mut affected = self.partials.remove_where(&matches)?.len();
+                    for key in self.keys_where(&matches)? {
                         affected += match soft {
                             true => self.mark_stale(&key, &mut done.evicted)?,
                             false => self.remove(&key)?,
@@ -214,10 +287,19 @@ impl DiskStore {
     /// so an invalidation is either remembered before it or applied after it.
     pub(super) fn recover(&self, switch: &Switch) -> Result<(), DiskError> {
         self.probe()?;
+        let Some(missed) = switch.missed.upgrade() else {
+            // The tier is gone: nothing is left to switch on.
+            return Ok(());
+        };
         loop {
             let taken = {
-                let mut missed = switch.missed.lock();
+                let mut missed = missed.lock();
+                // A file another outpost held may be free now, with what it left.
+                if let Err(err) = missed.open_written() {
+                    tracing::debug!(error = %err, "disk tier: the file of pending invalidations is not open yet");
+                }
                 if missed.list.is_empty() {
+                    missed.cleared();
                     switch.degraded.store(false, Ordering::Relaxed);
                     switch.degraded_gauge.set(0);
                     return Ok(());
@@ -225,7 +307,7 @@ impl DiskStore {
                 missed.take()
             };
             if let Err(err) = self.invalidate(&taken.0, true) {
-                switch.missed.lock().restore(taken);
+                missed.lock().restore(taken);
                 return Err(err);
             }
         }
@@ -249,7 +331,10 @@ impl DiskTier {
                     return Some(done);
                 }
             }
-            if self.remember(&invalidations) {
+            if self
+                .remember(&invalidations, flush_now || self.store.fsync())
+                .await
+            {
                 return None;
             }
         }
@@ -274,8 +359,11 @@ impl DiskTier {
                 missed,
                 "disk tier works again: the invalidations it missed are applied"
             ),
+            Ok(Err(err)) if self.missed.lock().is_written() => {
+                tracing::warn!(error = %err, missed, file = super::pending::PENDING_FILE, "the disk tier is still failing: the invalidations it missed (purges) stay written down in the cache dir, and the next start applies them before it uses the tier")
+            }
             Ok(Err(err)) => {
-                tracing::error!(error = %err, missed, "the disk tier is still failing: invalidations it missed (purges) are lost at exit, and what they removed is served from disk after the restart; purge again once it works")
+                tracing::error!(error = %err, missed, "the disk tier is still failing, and the invalidations it missed (purges) could not be written down: they are lost at exit, and what they removed is served from disk after the restart; purge again once it works")
             }
             Err(join) => {
                 tracing::error!(error = %join, "disk tier: applying missed invalidations failed to run")
@@ -284,14 +372,37 @@ impl DiskTier {
     }
 
     /// Remembers `invalidations` when the tier is off (checked under the lock that
-    /// [`DiskStore::recover`] switches it back under); whether it was off.
-    fn remember(&self, invalidations: &[Invalidation]) -> bool {
-        let mut missed = self.missed.lock();
-        if self.is_available() {
-            return false;
+    /// [`DiskStore::recover`] switches it back under), written down (`durable`: synced);
+    /// whether it was off. On the blocking pool: the write goes to a disk that is failing.
+    async fn remember(&self, invalidations: &[Invalidation], durable: bool) -> bool {
+        let (missed, degraded) = (Arc::clone(&self.missed), Arc::clone(&self.degraded));
+        let invalidations = invalidations.to_vec();
+        let remembered = tokio::task::spawn_blocking(move || {
+            let mut missed = missed.lock();
+            if !degraded.load(Ordering::Relaxed) {
+                return false;
+            }
+            missed.add(&invalidations, durable);
+            true
+        });
+        remembered.await.unwrap_or(false)
+    }
+
+    /// At start, before the tier is used: applies what an earlier run wrote down and could
+    /// not apply (see [`super::pending`]), or, when that fails, switches the tier off to
+    /// be probed, with them remembered.
+    pub fn apply_left_invalidations(&self) {
+        let left = self.missed.lock().list.len();
+        if left == 0 || !self.is_available() {
+            return;
         }
-        missed.add(invalidations);
-        true
+        match self.store.recover(&self.switch()) {
+            Ok(()) => tracing::warn!(
+                left,
+                "disk tier: applied the invalidations (purges) an earlier run could not"
+            ),
+            Err(err) => self.degrade(&err),
+        }
     }
 }
 
@@ -322,17 +433,26 @@ mod tests {
     #[test]
     fn repeats_are_listed_once_and_a_failed_batch_keeps_its_place() {
         let mut missed = Missed::default();
-        missed.add(&[Invalidation::Remove(key(1)), Invalidation::Remove(key(1))]);
-        missed.add(&[
-            Invalidation::MarkStale(key(1)),
-            Invalidation::Remove(key(2)),
-        ]);
+        missed.add(
+            &[Invalidation::Remove(key(1)), Invalidation::Remove(key(1))],
+            false,
+        );
+        missed.add(
+            &[
+                Invalidation::MarkStale(key(1)),
+                Invalidation::Remove(key(2)),
+            ],
+            false,
+        );
         assert_eq!(
             removed_keys(&missed),
             vec![(key(1), false), (key(1), true), (key(2), false)]
         );
         let taken = missed.take();
-        missed.add(&[Invalidation::Remove(key(3)), Invalidation::Remove(key(1))]);
+        missed.add(
+            &[Invalidation::Remove(key(3)), Invalidation::Remove(key(1))],
+            false,
+        );
         missed.restore(taken);
         assert_eq!(
             removed_keys(&missed),
@@ -346,10 +466,11 @@ mod tests {
     }
 
     /// Past the limit, the list becomes one removal of everything, which nothing added
-    /// later changes, and which a failed application keeps.
+    /// later changes, and which a failed application keeps; it is written down so too.
     #[test]
     fn too_many_to_remember_empties_the_tier_when_it_is_back() {
-        let mut missed = Missed::default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut missed = Missed::default().written_in(dir.path());
         let many: Vec<Invalidation> = (0..=MISSED_LIMIT as u32)
             .map(|n| {
                 let mut key = [0u8; 32];
@@ -357,19 +478,71 @@ mod tests {
                 Invalidation::Remove(PrimaryKey(key))
             })
             .collect();
-        missed.add(&many);
-        missed.add(&[Invalidation::MarkStale(key(9))]);
-        let any = entry("/any", b"x".to_vec()).meta;
+        missed.add(&many, false);
+        missed.add(&[Invalidation::MarkStale(key(9))], true);
         let everything = |missed: &Missed| match missed.list.as_slice() {
-            [Invalidation::Where { soft, matches }] => missed.emptying && !soft && matches(&any),
+            [Invalidation::Where { soft, selection }] => {
+                missed.emptying && !soft && *selection == Selection::Everything
+            }
             _ => false,
         };
         assert!(everything(&missed));
         let taken = missed.take();
         assert!(missed.list.is_empty() && !missed.emptying);
-        missed.add(&[Invalidation::Remove(key(4))]);
+        missed.add(&[Invalidation::Remove(key(4))], true);
         missed.restore(taken);
         assert!(everything(&missed));
+        drop(missed);
+        let (_, written) = PendingFile::open(dir.path()).unwrap();
+        assert!(matches!(
+            written.as_slice(),
+            [
+                Invalidation::Where {
+                    selection: Selection::Everything,
+                    soft: false
+                },
+                Invalidation::Remove(_)
+            ]
+        ));
+    }
+
+    /// A restart that overlaps: the file of pending invalidations is another outpost's
+    /// while it runs, so this one remembers in memory; when it takes the tier over, it
+    /// opens the file, applies what the other left there with its own, and clears it.
+    #[test]
+    fn a_list_another_outpost_wrote_down_is_applied_on_taking_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 20, false).unwrap();
+        let (theirs, mine) = (
+            entry("/theirs", b"a".to_vec()),
+            entry("/mine", b"b".to_vec()),
+        );
+        for stored in [&theirs, &mine] {
+            let body = NewBody::Inline(stored.body.as_bytes().unwrap().clone());
+            store.commit(&stored.meta, Some(body)).unwrap();
+        }
+        let (mut other, _) = PendingFile::open(dir.path()).unwrap();
+        other
+            .append(&[Invalidation::Remove(theirs.meta.key)], true)
+            .unwrap();
+        let missed = Arc::new(Mutex::new(Missed::default().written_in(dir.path())));
+        missed
+            .lock()
+            .add(&[Invalidation::Remove(mine.meta.key)], true);
+        assert!(!missed.lock().is_written(), "the other holds the file");
+        drop(other);
+        let switch = Switch {
+            degraded: Arc::new(AtomicBool::new(true)),
+            missed: Arc::downgrade(&missed),
+            degraded_gauge: Gauge::default(),
+        };
+        store.recover(&switch).unwrap();
+        assert!(!switch.degraded.load(Ordering::Relaxed));
+        assert!(store.variants(&theirs.meta.key).unwrap().is_empty());
+        assert!(store.variants(&mine.meta.key).unwrap().is_empty());
+        drop(missed);
+        let (_, left) = PendingFile::open(dir.path()).unwrap();
+        assert!(left.is_empty(), "cleared once applied");
     }
 
     /// Applied invalidations: a removal, a soft purge (the row stays, with no freshness
@@ -390,14 +563,17 @@ mod tests {
                 store.commit(&entry.meta, Some(body)).unwrap();
             }
             store.flush().unwrap();
-            let tree: Matcher = Arc::new(|meta| meta.url.contains("/tree/"));
+            let tree = Selection::Named {
+                target: crate::cache::PurgeTarget::Prefix("example.com/tree/".into()),
+                surrogate_key: http::HeaderName::from_static("surrogate-key"),
+            };
             let done = store
                 .invalidate(
                     &[
                         Invalidation::Remove(stored[0].meta.key),
                         Invalidation::MarkStale(stored[1].meta.key),
                         Invalidation::Where {
-                            matches: tree,
+                            selection: tree,
                             soft: false,
                         },
                         Invalidation::Remove(key(7)),

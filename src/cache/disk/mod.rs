@@ -39,6 +39,7 @@ pub mod invalidations;
 pub mod opened;
 pub mod packs;
 pub mod partials;
+pub mod pending;
 pub mod read;
 pub mod readers;
 pub mod reserve;
@@ -56,9 +57,10 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::entry::EntryMeta;
 use super::key::{PrimaryKey, VariantKey};
+pub use crate::cache::purge_target::Matcher;
 pub use blobs::{BlobWriter, TempBlob};
 use index::BodyRecord;
-pub use invalidations::{Invalidated, Invalidation, Matcher};
+pub use invalidations::{Invalidated, Invalidation};
 pub use read::{verified_file_body, CorruptionHook, LostStoredBody};
 pub use store::{DiskStore, NewBody, StoreLimits};
 pub use sweep::SweepReport;
@@ -218,12 +220,12 @@ impl DiskTier {
         memory_object_limit: u64,
         max_object_size: u64,
     ) -> DiskTier {
+        let missed = invalidations::Missed::counted_in(metrics.invalidations_pending.clone())
+            .written_in(store.root());
         let mut tier = DiskTier {
             store,
             degraded: Arc::new(AtomicBool::new(false)),
-            missed: Arc::new(parking_lot::Mutex::new(invalidations::Missed::counted_in(
-                metrics.invalidations_pending.clone(),
-            ))),
+            missed: Arc::new(parking_lot::Mutex::new(missed)),
             metrics,
             touches: None,
             memory_object_limit,
@@ -371,7 +373,7 @@ impl DiskTier {
     fn switch(&self) -> invalidations::Switch {
         invalidations::Switch {
             degraded: Arc::clone(&self.degraded),
-            missed: Arc::clone(&self.missed),
+            missed: Arc::downgrade(&self.missed),
             degraded_gauge: self.metrics.degraded.clone(),
         }
     }
@@ -653,7 +655,7 @@ async fn come_back(
     let mut wait = retry_after;
     loop {
         tokio::time::sleep(wait).await;
-        let Some(store) = store.upgrade() else {
+        let (Some(store), 1..) = (store.upgrade(), switch.missed.strong_count()) else {
             return;
         };
         let switch = switch.clone();

@@ -541,6 +541,11 @@ impl DiskStore {
         self.limits.max_objects
     }
 
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Whether every store is made durable before it counts (`cache.fsync`).
     pub(super) fn fsync(&self) -> bool {
         self.fsync

@@ -221,7 +221,24 @@ pub struct WatchedIo<S> {
     outbox_written: usize,
     /// Where stand-in body bytes find the file they stand for (see [`super::sendfile`]).
     sendfile: Option<Arc<SendfileLink>>,
+    /// Set once a request line was too long (see [`HeadScanner`]): the 414 is written in
+    /// the outbox, and reads then only drain the connection.
+    refusal: Option<Refusal>,
 }
+
+/// How far the refusal of an over-long request line has gone.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// The answer is in the outbox.
+    Writing,
+    ShuttingDown,
+    /// What the client still sends is read and dropped (this many bytes so far), so that
+    /// the close does not reset the connection under the answer.
+    Draining(usize),
+}
+
+/// Bytes drained after a refusal before the connection is given up.
+const REFUSAL_DRAIN_BYTES: usize = 1 << 20;
 
 impl<S> WatchedIo<S> {
     pub fn new(
@@ -239,7 +256,14 @@ impl<S> WatchedIo<S> {
             outbox: Vec::new(),
             outbox_written: 0,
             sendfile,
+            refusal: None,
         }
+    }
+
+    /// Request lines longer than `limit` bytes are refused with 414 here, before hyper
+    /// would refuse them with 431 (see [`super::refusals`]).
+    pub fn refuse_request_lines_over(&mut self, limit: usize) {
+        self.scanner.request_line_limit = limit;
     }
 
     /// Reads from now on are not scanned for framing conflicts (see [`Self::is_scanning`]).
@@ -341,6 +365,12 @@ struct HeadScanner {
     is_line_kept: bool,
     saw_content_length: bool,
     saw_transfer_encoding: bool,
+    /// The current line is the head's first (its request line).
+    is_request_line: bool,
+    /// Longer request lines are refused (0: none is).
+    request_line_limit: usize,
+    /// A request line was longer than the limit.
+    saw_request_line_too_long: bool,
 }
 
 impl HeadScanner {
@@ -360,6 +390,8 @@ impl HeadScanner {
             *self = HeadScanner {
                 is_in_head: true,
                 is_first_read: true,
+                is_request_line: true,
+                request_line_limit: self.request_line_limit,
                 ..HeadScanner::default()
             };
         }
@@ -386,7 +418,11 @@ impl HeadScanner {
                 }
             }
             self.line_len += text.len();
+            if self.is_request_line && self.request_line_limit > 0 {
+                self.saw_request_line_too_long |= self.line_len >= self.request_line_limit;
+            }
             let Some(end) = line_ends else { break };
+            self.is_request_line = false;
             rest = &rest[end + 1..];
             let is_blank = self.line_len == 0
                 || (self.line_len == 1 && self.is_line_kept && self.line[0] == b'\r');
@@ -405,13 +441,16 @@ impl HeadScanner {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
+impl<S: AsyncRead + AsyncWrite + SendfileSocket + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if this.refusal.is_some() {
+            return this.poll_refusal(cx);
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -419,8 +458,53 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
             if this.is_scanning && this.scanner.scan(&buf.filled()[before..], may_start_head) {
                 this.activity.framing_conflict.store(true, Relaxed);
             }
+            if this.scanner.saw_request_line_too_long {
+                // hyper never sees this head: it would answer 431.
+                buf.set_filled(before);
+                this.outbox
+                    .extend_from_slice(&super::refusals::uri_too_long());
+                this.refusal = Some(Refusal::Writing);
+                return this.poll_refusal(cx);
+            }
         }
         result
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + SendfileSocket + Unpin> WatchedIo<S> {
+    /// Goes on with the refusal of an over-long request line; ends, for hyper, as a read
+    /// error (so it writes nothing of its own) once the answer is out and the client is
+    /// done or has sent too much.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let refused = || {
+            Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "request line longer than server.max_header_bytes: answered 414",
+            )))
+        };
+        loop {
+            match self.refusal {
+                None => return refused(),
+                Some(Refusal::Writing) => {
+                    std::task::ready!(self.poll_outbox(cx))?;
+                    self.refusal = Some(Refusal::ShuttingDown);
+                }
+                Some(Refusal::ShuttingDown) => {
+                    std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+                    self.refusal = Some(Refusal::Draining(0));
+                }
+                Some(Refusal::Draining(drained)) => {
+                    let mut scratch = [0u8; 4096];
+                    let mut read = ReadBuf::new(&mut scratch);
+                    std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+                    let drained = drained + read.filled().len();
+                    if read.filled().is_empty() || drained >= REFUSAL_DRAIN_BYTES {
+                        return refused();
+                    }
+                    self.refusal = Some(Refusal::Draining(drained));
+                }
+            }
+        }
     }
 }
 
@@ -500,6 +584,30 @@ mod tests {
     }
 
     /// RFC 9112 §6.3: both framing fields in one head are flagged, split across reads too.
+    #[test]
+    fn scanner_flags_a_request_line_past_its_limit_in_any_split() {
+        let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(40));
+        for cut in 1..long.len() {
+            let mut scanner = HeadScanner {
+                request_line_limit: 32,
+                ..HeadScanner::default()
+            };
+            scanner.scan(&long.as_bytes()[..cut], true);
+            scanner.scan(&long.as_bytes()[cut..], false);
+            assert!(scanner.saw_request_line_too_long, "cut at {cut}");
+        }
+        // Long header lines, and later heads' short request lines, are not the request
+        // line's to answer for.
+        let mut scanner = HeadScanner {
+            request_line_limit: 32,
+            ..HeadScanner::default()
+        };
+        let headers = format!("GET / HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(100));
+        scanner.scan(headers.as_bytes(), true);
+        scanner.scan(b"GET /again HTTP/1.1\r\n\r\n", true);
+        assert!(!scanner.saw_request_line_too_long);
+    }
+
     #[test]
     fn scanner_flags_content_length_with_transfer_encoding() {
         let mut scanner = HeadScanner::default();

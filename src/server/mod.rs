@@ -18,6 +18,7 @@ mod ocsp;
 mod one_request;
 mod prepared_http1;
 pub mod proxy_protocol;
+mod refusals;
 mod sendfile;
 pub mod tls;
 mod tracker;
@@ -477,12 +478,13 @@ impl Connection {
             h2c: parking_lot::Mutex::new(None),
             prepares_hits: scheme == "http" && self.proxy.load().prepared_hits().is_on(),
         });
-        let io = WatchedIo::new(
+        let mut io = WatchedIo::new(
             stream,
             Arc::clone(&activity),
             Arc::clone(&interim),
             sendfile,
         );
+        io.refuse_request_lines_over(self.proxy.load().server.max_header_bytes.as_usize());
         let service_link = Arc::clone(&link);
         let service = service_fn(move |request: http::Request<Incoming>| {
             let proxy = proxy.load_full();
@@ -855,17 +857,12 @@ fn is_client_certificate_refusal(err: &std::io::Error) -> bool {
 /// The answer to a plain HTTP request on a TLS listener; the connection is then closed.
 async fn answer_plain_http_on_tls<S>(mut stream: S, peer: SocketAddr)
 where
-    S: tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::AsyncWriteExt;
-    const BODY: &str =
-        "400 Bad Request: this port speaks HTTPS; the request was sent as plain HTTP\n";
-    let answer = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
-         cache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-        BODY.len()
+    let answer = refusals::closing_answer(
+        "400 Bad Request",
+        "400 Bad Request: this port speaks HTTPS; the request was sent as plain HTTP\n",
     );
     tracing::debug!(%peer, "plain HTTP on a TLS listener: answered 400");
-    let _ = stream.write_all(answer.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    refusals::refuse(&mut stream, &answer, peer).await;
 }

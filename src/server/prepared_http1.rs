@@ -154,11 +154,13 @@ enum Next {
     HandOver,
     /// Close it (the client closed, or a stop was asked for between requests).
     Close,
+    /// Refuse the request whose line is longer than the head may be (414), and close.
+    UriTooLong,
 }
 
 /// Reads until `buf` holds a whole head of a request that may have a prepared answer
 /// (its shape then in `shape`), or the connection is to go on elsewhere or end.
-async fn next_head<S: AsyncRead + Unpin>(
+async fn next_head<S: AsyncRead + AsyncWrite + SendfileSocket + Unpin>(
     (io, peer): (&mut WatchedIo<S>, std::net::SocketAddr),
     buf: &mut BytesMut,
     shape: &mut Shape,
@@ -172,6 +174,9 @@ async fn next_head<S: AsyncRead + Unpin>(
                 Parsed::Preparable(head) if head.len < max_head => return Next::Head(head),
                 Parsed::Plain(len) if len < max_head => return Next::OneRequest(len),
                 Parsed::Partial if buf.len() < max_head => {}
+                Parsed::Partial if super::refusals::is_request_line_too_long(buf, max_head) => {
+                    return Next::UriTooLong
+                }
                 Parsed::Preparable(_) | Parsed::Plain(_) | Parsed::Partial | Parsed::Other => {
                     return Next::HandOver
                 }
@@ -235,6 +240,11 @@ where
             Next::OneRequest(len) => return Some(one_request(io, buf, len)),
             Next::Close => return None,
             Next::HandOver => break,
+            Next::UriTooLong => {
+                let answer = super::refusals::uri_too_long();
+                super::refusals::refuse(&mut io, &answer, link.peer).await;
+                return None;
+            }
         };
         let started = Instant::now();
         let proxy = proxy.load_full();

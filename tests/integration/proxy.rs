@@ -287,6 +287,54 @@ async fn oversized_request_head_gets_431() {
     assert_eq!(origin.hits("/s"), 0);
 }
 
+/// RFC 9112 §3: a request line longer than the server reads MUST get 414, not the 431 of
+/// an over-long header section (which tells the client to trim its headers). Both ways a
+/// cleartext connection is served are covered: heads read by the prepared-hit reader
+/// (the default), and heads read by hyper (with prepared hits off, as for every TLS
+/// connection, and after a plain request that went to hyper). Nothing reaches the origin,
+/// and a long target within the limit is still served.
+#[tokio::test]
+async fn an_over_long_request_line_gets_414() {
+    let origin = Origin::start(vec![("/s", Fixture::ok("s"))]).await;
+    let long_target = format!("/s?{}", "a".repeat(16 * 1024));
+    let long_line = format!("GET {long_target} HTTP/1.1\r\nHost: a\r\n\r\n");
+    for server in ["", "prepared_hits = false"] {
+        let toml = format!("[server]\nmax_header_bytes = \"8KiB\"\n{server}");
+        let proxy = Proxy::start(&origin.url(), &toml).await;
+        let reply = raw_exchange(proxy.addr, long_line.as_bytes()).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 414 URI Too Long\r\n"),
+            "{server}: {reply}"
+        );
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+        assert_eq!(content_length_in(head), Some(body.len()), "{reply}");
+        assert!(head.contains("connection: close"), "{reply}");
+
+        // After a request hyper served on the same connection (a POST with a body).
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let post = "POST /s HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
+        stream.write_all(post.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"\r\n\r\ns") {
+            let mut buf = [0u8; 4096];
+            let read = stream.read(&mut buf).await.unwrap();
+            assert!(read > 0, "closed after the POST");
+            seen.extend_from_slice(&buf[..read]);
+        }
+        assert!(seen.starts_with(b"HTTP/1.1 200"));
+        stream.write_all(long_line.as_bytes()).await.unwrap();
+        let mut refused = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut refused)).await;
+        let refused = String::from_utf8_lossy(&refused);
+        assert!(refused.starts_with("HTTP/1.1 414"), "{server}: {refused}");
+
+        let fits = format!("/s?{}", "a".repeat(4 * 1024));
+        assert_eq!(get(&proxy.url(&fits), &[]).await.status, 200);
+    }
+    // The two POSTs and the two GETs that fit.
+    assert_eq!(origin.hits("/s"), 4);
+}
+
 /// RFC 9209 §2.3.3: an origin that refuses connections gives 502 `connection_refused`.
 #[tokio::test]
 async fn refused_origin_gives_502_with_proxy_status() {

@@ -335,27 +335,6 @@ async fn an_over_long_request_line_gets_414() {
     assert_eq!(origin.hits("/s"), 4);
 }
 
-/// RFC 9113 §8.3.1: an HTTP/2 request whose Host names another authority than its
-/// `:authority` is malformed (400, nothing forwarded): the cache keys on one of the two, and
-/// a server behind may believe the other. The same authority spelled otherwise is served.
-#[tokio::test]
-async fn an_http2_host_that_contradicts_the_authority_is_refused() {
-    let origin = Origin::start(vec![("/h", Fixture::ok("h"))]).await;
-    let proxy = Proxy::start(&origin.url(), "").await;
-    let with_host = |host: String| {
-        Request::get(proxy.url("/h"))
-            .header("host", host)
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
-    let contradicting = send(&h2c_client(), with_host("other.example".into())).await;
-    assert_eq!(contradicting.status, 400, "{}", contradicting.text());
-    assert_eq!(origin.hits("/h"), 0);
-    let same = format!("127.0.0.1.:{}", proxy.addr.port());
-    let agreeing = send(&h2c_client(), with_host(same)).await;
-    assert_eq!(agreeing.status, 200, "{}", agreeing.text());
-}
-
 /// RFC 9209 §2.3.3: an origin that refuses connections gives 502 `connection_refused`.
 #[tokio::test]
 async fn refused_origin_gives_502_with_proxy_status() {

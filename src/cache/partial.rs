@@ -18,7 +18,7 @@ use http::StatusCode;
 use moka::ops::compute::Op;
 
 use super::entry::{EntryMeta, StoredResponse};
-use super::key::{DigestHasher, PrimaryKey};
+use super::key::{DigestHasher, PrimaryKey, VariantKey};
 
 /// A single-part `Content-Range` of a 206 (RFC 9110 §14.4): bytes `first..=last` of a
 /// representation of `complete_len` bytes.
@@ -111,6 +111,27 @@ impl PartialEntry {
             previous_end = Some(end);
         }
         (!pieces.is_empty()).then_some(PartialEntry { meta, pieces })
+    }
+
+    /// An entry read back from storage that kept its pieces as they came (in any order,
+    /// overlapping or adjoining): joined as this store joins them, when every piece lies
+    /// within the representation.
+    pub fn from_written(meta: EntryMeta, pieces: Vec<(u64, Bytes)>) -> Option<PartialEntry> {
+        for (first, bytes) in &pieces {
+            let end = first.checked_add(bytes.len() as u64)?;
+            if bytes.is_empty() || end > meta.body_len {
+                return None;
+            }
+        }
+        PartialEntry::from_stored(meta, merge(pieces))
+    }
+
+    /// What pieces must share to be combined (see [`PartialEntry::combined_with`]): the
+    /// strong validator, the complete length and the variant; `None` without a strong
+    /// validator (such an entry is replaced, never added to).
+    pub fn representation(&self) -> Option<(Vec<u8>, u64, VariantKey)> {
+        let validator = strong_etag(&self.meta.headers)?;
+        Some((validator.to_vec(), self.complete_len(), self.meta.variant))
     }
 
     /// Whether it has a strong entity tag: what a 304 must name to vouch for its bytes, and

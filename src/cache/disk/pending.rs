@@ -12,8 +12,10 @@
 //! payload's length (u32), XXH3-64 of those twelve bytes and the payload, and the payload
 //! (JSON, one [`Record`]). Clearing writes a new generation into the header, so records of
 //! another generation, or the zeros past the last record, end the list: nothing is
-//! truncated or allocated again. A record of this generation that does not check (a write
-//! torn by a crash, a flipped bit) stands for "everything", since it may have named anything.
+//! truncated or allocated again. The last record failing its check is a write a crash
+//! tore before its purge was answered: dropped. One with whole records after it (a flipped
+//! bit) stands for "everything", since it may have named anything, and the file is started
+//! again holding just that.
 
 use std::fs;
 use std::io::Read;
@@ -182,8 +184,7 @@ impl PendingFile {
         let len = file.metadata().map_err(io_err(&path))?.len();
         if len > MAX_READ {
             tracing::error!(path = %path.display(), len, "disk tier: the file of pending invalidations is too large to read; the tier is emptied instead");
-            let generation = fresh_generation(0);
-            return Ok((PendingFile::at(file, path, generation), vec![everything()]));
+            return PendingFile::emptying(file, path, 0);
         }
         let mut bytes = Vec::with_capacity(len as usize);
         file.read_to_end(&mut bytes).map_err(io_err(&path))?;
@@ -198,13 +199,30 @@ impl PendingFile {
         let generation = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
         if &header[..8] != MAGIC {
             tracing::error!(path = %path.display(), "disk tier: the file of pending invalidations is not readable; the tier is emptied instead");
-            let pending = PendingFile::at(file, path, fresh_generation(generation));
-            return Ok((pending, vec![everything()]));
+            return PendingFile::emptying(file, path, generation);
         }
-        let (invalidations, end) = read_records(&bytes, generation);
-        let mut pending = PendingFile::at(file, path, generation);
-        pending.end = end;
-        Ok((pending, invalidations))
+        match read_records(&bytes, generation) {
+            Records::Found(invalidations, end) => {
+                let mut pending = PendingFile::at(file, path, generation);
+                pending.end = end;
+                Ok((pending, invalidations))
+            }
+            Records::Damaged => PendingFile::emptying(file, path, generation),
+        }
+    }
+
+    /// The file started again holding one removal of everything (and that alone, for the
+    /// caller): what a damaged file stands for, written down so that the records after
+    /// the damage are never read as if they were whole.
+    fn emptying(
+        file: fs::File,
+        path: PathBuf,
+        after_generation: u64,
+    ) -> Result<(PendingFile, Vec<Invalidation>), DiskError> {
+        let mut pending = PendingFile::at(file, path, fresh_generation(after_generation));
+        pending.write_header()?;
+        pending.append(&[everything()], true)?;
+        Ok((pending, vec![everything()]))
     }
 
     fn at(file: fs::File, path: PathBuf, generation: u64) -> PendingFile {
@@ -314,42 +332,71 @@ fn encode_record(into: &mut Vec<u8>, generation: u64, payload: &[u8]) {
     into.extend_from_slice(payload);
 }
 
-/// The invalidations `bytes` holds for `generation`, and where its records end.
-fn read_records(bytes: &[u8], generation: u64) -> (Vec<Invalidation>, u64) {
+/// What a file's records hold.
+enum Records {
+    /// The invalidations, in order, and where the records end.
+    Found(Vec<Invalidation>, u64),
+    /// A record that fails its check with a whole record of this generation after it,
+    /// or one that names nothing this build reads: it may have named anything.
+    Damaged,
+}
+
+/// The invalidations `bytes` holds for `generation`. A last record that is cut short or
+/// fails its check is a write a crash tore: it is dropped (its purge had not been answered,
+/// since a purge's record is synced first), and the next record goes in its place.
+fn read_records(bytes: &[u8], generation: u64) -> Records {
     let mut invalidations = Vec::new();
     let mut at = HEADER_LEN as usize;
-    while let Some(head) = bytes.get(at..at + RECORD_HEAD) {
-        if u64::from_le_bytes(head[..8].try_into().expect("8 bytes")) != generation {
-            break;
-        }
-        let len = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) as usize;
-        let check = u64::from_le_bytes(head[12..20].try_into().expect("8 bytes"));
-        let payload = bytes.get(at + RECORD_HEAD..at + RECORD_HEAD + len);
-        let Some(payload) = payload.filter(|payload| record_check(&head[..12], payload) == check)
-        else {
-            tracing::error!(
-                offset = at,
-                "disk tier: a pending invalidation is unreadable (torn or damaged); the tier is emptied instead"
-            );
-            invalidations.push(everything());
-            break;
+    while let Some(record) = record_at(bytes, at, generation) {
+        let len = match record {
+            Ok(len) => len,
+            Err(len) => {
+                let next = at.saturating_add(RECORD_HEAD).saturating_add(len);
+                if matches!(record_at(bytes, next, generation), Some(Ok(_))) {
+                    tracing::error!(
+                        offset = at,
+                        "disk tier: a pending invalidation is damaged; the tier is emptied instead"
+                    );
+                    return Records::Damaged;
+                }
+                tracing::warn!(
+                    offset = at,
+                    "disk tier: the last pending invalidation was cut short by a crash (its purge was not answered); dropped"
+                );
+                break;
+            }
         };
+        let payload = &bytes[at + RECORD_HEAD..at + RECORD_HEAD + len];
         let read = serde_json::from_slice::<Record>(payload)
             .ok()
             .and_then(Record::invalidation);
-        match read {
-            Some(invalidation) => invalidations.push(invalidation),
-            None => {
-                tracing::error!(
-                    offset = at,
-                    "disk tier: a pending invalidation names nothing this build reads; the tier is emptied instead"
-                );
-                invalidations.push(everything());
-            }
-        }
+        let Some(invalidation) = read else {
+            tracing::error!(
+                offset = at,
+                "disk tier: a pending invalidation names nothing this build reads; the tier is emptied instead"
+            );
+            return Records::Damaged;
+        };
+        invalidations.push(invalidation);
         at += RECORD_HEAD + len;
     }
-    (invalidations, at as u64)
+    Records::Found(invalidations, at as u64)
+}
+
+/// Whether a record of `generation` starts at `at`: `Ok(len)` when it is whole and passes
+/// its check, `Err(len)` (its stated length) when it does not; `None` past the records.
+fn record_at(bytes: &[u8], at: usize, generation: u64) -> Option<Result<usize, usize>> {
+    let head = bytes.get(at..at.checked_add(RECORD_HEAD)?)?;
+    if u64::from_le_bytes(head[..8].try_into().expect("8 bytes")) != generation {
+        return None;
+    }
+    let len = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) as usize;
+    let check = u64::from_le_bytes(head[12..20].try_into().expect("8 bytes"));
+    let payload = bytes.get(at + RECORD_HEAD..at + RECORD_HEAD + len);
+    Some(match payload {
+        Some(payload) if record_check(&head[..12], payload) == check => Ok(len),
+        _ => Err(len),
+    })
 }
 
 #[cfg(test)]
@@ -423,10 +470,10 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().len(), PREALLOCATED);
     }
 
-    /// A record torn by a crash, or a damaged one, could have named anything: the tier is
-    /// emptied. A damaged header likewise.
+    /// A damaged record followed by whole ones could have named anything: the tier is
+    /// emptied, and the file says so from then on. A damaged header likewise.
     #[test]
-    fn an_unreadable_record_or_header_stands_for_everything() {
+    fn a_damaged_record_or_header_stands_for_everything() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(PENDING_FILE);
         let (mut pending, _) = reopen(dir.path());
@@ -436,26 +483,66 @@ mod tests {
                 true,
             )
             .unwrap();
-        let second_payload_end = pending.end;
         drop(pending);
         let mut bytes = fs::read(&path).unwrap();
-        bytes[second_payload_end as usize - 3] ^= 0x20;
+        bytes[HEADER_LEN as usize + RECORD_HEAD + 3] ^= 0x20;
         fs::write(&path, &bytes).unwrap();
+        let (pending, left) = reopen(dir.path());
+        assert_eq!(said(&left), said(&[everything()]));
+        drop(pending);
         let (_, left) = reopen(dir.path());
-        assert_eq!(
-            said(&left),
-            said(&[Invalidation::Remove(key(1)), everything()])
-        );
+        assert_eq!(said(&left), said(&[everything()]), "written down");
+
+        let mut bytes = fs::read(&path).unwrap();
         bytes[0] = b'X';
         fs::write(&path, &bytes).unwrap();
         let (mut pending, left) = reopen(dir.path());
         assert_eq!(said(&left), said(&[everything()]));
         // Once applied and cleared, the file is sound again.
-        pending.end = HEADER_LEN + 1;
         pending.clear().unwrap();
         drop(pending);
         let (_, left) = reopen(dir.path());
         assert!(left.is_empty());
+    }
+
+    /// The last record cut short by a crash, at any byte, is dropped (its purge was not
+    /// answered), and the next record takes its place.
+    #[test]
+    fn a_torn_last_record_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PENDING_FILE);
+        let (mut pending, _) = reopen(dir.path());
+        pending
+            .append(&[Invalidation::Remove(key(1))], true)
+            .unwrap();
+        let first_end = pending.end as usize;
+        pending
+            .append(&[Invalidation::Remove(key(2))], true)
+            .unwrap();
+        let second_end = pending.end as usize;
+        drop(pending);
+        let whole = fs::read(&path).unwrap();
+        for cut in first_end + 1..second_end {
+            let mut torn = whole.clone();
+            torn[cut..second_end].fill(0);
+            fs::write(&path, &torn).unwrap();
+            let (mut pending, left) = reopen(dir.path());
+            assert_eq!(
+                said(&left),
+                said(&[Invalidation::Remove(key(1))]),
+                "cut at {cut}"
+            );
+            pending
+                .append(&[Invalidation::Remove(key(3))], true)
+                .unwrap();
+            drop(pending);
+            let (_, left) = reopen(dir.path());
+            assert_eq!(
+                said(&left),
+                said(&[Invalidation::Remove(key(1)), Invalidation::Remove(key(3))]),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

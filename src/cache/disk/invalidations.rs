@@ -15,12 +15,13 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::pending::PendingFile;
+use super::pending::{PendingFile, Record};
 use super::store::DiskStore;
 use super::{DiskError, DiskTier};
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::PrimaryKey;
-use crate::cache::purge_target::Selection;
+use crate::cache::purge_target::{PurgeTarget, Selection};
+use http::HeaderName;
 
 /// One change the disk tier must make and keep.
 #[derive(Clone)]
@@ -94,6 +95,7 @@ impl Missed {
             return Ok(());
         };
         let (mut written, left) = PendingFile::open(root)?;
+        let left = read_back(left);
         if !left.is_empty() {
             tracing::warn!(
                 left = left.len(),
@@ -103,7 +105,7 @@ impl Missed {
         let unwritten = self.list.clone();
         self.add_quietly(&left);
         self.pending.set(self.list.len() as i64);
-        let appended = written.append(&unwritten, true);
+        let appended = written.append(&written_form(&unwritten), true);
         self.written = Some(written);
         if appended.is_ok() {
             self.partly_unwritten = false;
@@ -122,7 +124,7 @@ impl Missed {
         let added = self.add_quietly(invalidations);
         self.pending.set(self.list.len() as i64);
         let written = match &mut self.written {
-            Some(written) => written.append(&self.list[added], durable),
+            Some(written) => written.append(&written_form(&self.list[added]), durable),
             // Opening writes the whole list down, this one's too.
             None => self.open_written(),
         };
@@ -205,6 +207,101 @@ impl Missed {
         }
         self.pending.set(self.list.len() as i64);
     }
+}
+
+/// Invalidations as [`super::pending`] writes them down, and back.
+impl Record {
+    pub(super) fn of(invalidation: &Invalidation) -> Record {
+        match invalidation {
+            Invalidation::Remove(key) => Record::Remove { key: key.to_hex() },
+            Invalidation::MarkStale(key) => Record::MarkStale { key: key.to_hex() },
+            Invalidation::Where { selection, soft } => {
+                let soft = *soft;
+                match selection {
+                    Selection::Everything => Record::Everything { soft },
+                    Selection::Named {
+                        target,
+                        surrogate_key,
+                    } => match target {
+                        PurgeTarget::Url(key) => Record::Url {
+                            key: key.to_hex(),
+                            soft,
+                        },
+                        PurgeTarget::Prefix(prefix) => Record::Prefix {
+                            prefix: prefix.clone(),
+                            soft,
+                        },
+                        PurgeTarget::Tag { tag, origin } => Record::Tag {
+                            tag: tag.clone(),
+                            origin: origin.clone(),
+                            surrogate_key: surrogate_key.as_str().to_owned(),
+                            soft,
+                        },
+                    },
+                }
+            }
+        }
+    }
+
+    /// The invalidation, or `None` for a record that names nothing this build can read
+    /// (a bad key or header name).
+    pub(super) fn invalidation(self) -> Option<Invalidation> {
+        let key = |hex: &str| super::blobs::parse_hex(hex).map(PrimaryKey);
+        // Prefix and URL purges do not read the header; any name stands in.
+        let unused_header = || HeaderName::from_static("surrogate-key");
+        let named = |target, surrogate_key, soft| Invalidation::Where {
+            selection: Selection::Named {
+                target,
+                surrogate_key,
+            },
+            soft,
+        };
+        Some(match self {
+            Record::Remove { key: hex } => Invalidation::Remove(key(&hex)?),
+            Record::MarkStale { key: hex } => Invalidation::MarkStale(key(&hex)?),
+            Record::Everything { soft } => Invalidation::Where {
+                selection: Selection::Everything,
+                soft,
+            },
+            Record::Url { key: hex, soft } => {
+                named(PurgeTarget::Url(key(&hex)?), unused_header(), soft)
+            }
+            Record::Prefix { prefix, soft } => {
+                named(PurgeTarget::Prefix(prefix), unused_header(), soft)
+            }
+            Record::Tag {
+                tag,
+                origin,
+                surrogate_key,
+                soft,
+            } => named(
+                PurgeTarget::Tag { tag, origin },
+                HeaderName::try_from(surrogate_key).ok()?,
+                soft,
+            ),
+        })
+    }
+}
+
+/// What records read back stand for: each its invalidation, and one that names nothing
+/// this build reads the removal of everything (it may have named anything).
+fn read_back(records: Vec<Record>) -> Vec<Invalidation> {
+    records
+        .into_iter()
+        .map(|record| {
+            record.invalidation().unwrap_or_else(|| {
+                tracing::error!("disk tier: a pending invalidation names nothing this build reads; the tier is emptied instead");
+                Invalidation::Where {
+                    selection: Selection::Everything,
+                    soft: false,
+                }
+            })
+        })
+        .collect()
+}
+
+fn written_form(invalidations: &[Invalidation]) -> Vec<Record> {
+    invalidations.iter().map(Record::of).collect()
 }
 
 /// What switching a tier back on takes, shared with its [`DiskTier`] but without its
@@ -495,7 +592,7 @@ mod tests {
         drop(missed);
         let (_, written) = PendingFile::open(dir.path()).unwrap();
         assert!(matches!(
-            written.as_slice(),
+            read_back(written).as_slice(),
             [
                 Invalidation::Where {
                     selection: Selection::Everything,
@@ -503,6 +600,60 @@ mod tests {
                 },
                 Invalidation::Remove(_)
             ]
+        ));
+    }
+
+    /// Every kind of invalidation is written down and read back as itself; a record that
+    /// names nothing this build reads (a key that is not one) stands for everything.
+    #[test]
+    fn every_kind_is_read_back_as_written() {
+        let named = |target| Selection::Named {
+            target,
+            surrogate_key: HeaderName::from_static("x-tags"),
+        };
+        let all = [
+            Invalidation::Remove(key(1)),
+            Invalidation::MarkStale(key(2)),
+            Invalidation::Where {
+                selection: named(PurgeTarget::Prefix("example.test/a/".into())),
+                soft: true,
+            },
+            Invalidation::Where {
+                selection: named(PurgeTarget::Tag {
+                    tag: "blue".into(),
+                    origin: Some("https://example.test".into()),
+                }),
+                soft: false,
+            },
+            Invalidation::Where {
+                selection: named(PurgeTarget::Url(key(3))),
+                soft: false,
+            },
+            Invalidation::Where {
+                selection: Selection::Everything,
+                soft: true,
+            },
+        ];
+        let records = written_form(&all);
+        assert_eq!(written_form(&read_back(records.clone())), records);
+        let tag = match &read_back(records.clone())[3] {
+            Invalidation::Where {
+                selection: Selection::Named { surrogate_key, .. },
+                ..
+            } => surrogate_key.clone(),
+            _ => panic!("a tag purge"),
+        };
+        assert_eq!(
+            tag, "x-tags",
+            "a tag is matched under the header it was made with"
+        );
+        let unreadable = read_back(vec![Record::Remove { key: "zz".into() }]);
+        assert!(matches!(
+            unreadable.as_slice(),
+            [Invalidation::Where {
+                selection: Selection::Everything,
+                soft: false
+            }]
         ));
     }
 
@@ -523,7 +674,7 @@ mod tests {
         }
         let (mut other, _) = PendingFile::open(dir.path()).unwrap();
         other
-            .append(&[Invalidation::Remove(theirs.meta.key)], true)
+            .append(&[Record::of(&Invalidation::Remove(theirs.meta.key))], true)
             .unwrap();
         let missed = Arc::new(Mutex::new(Missed::default().written_in(dir.path())));
         missed

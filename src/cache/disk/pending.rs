@@ -22,13 +22,9 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
-use super::invalidations::Invalidation;
 use super::{io_err, DiskError};
-use crate::cache::key::PrimaryKey;
-use crate::cache::purge_target::{PurgeTarget, Selection};
 
 /// The file's name in the cache directory.
 pub const PENDING_FILE: &str = "invalidations.pending";
@@ -44,10 +40,11 @@ pub const PREALLOCATED: u64 = 64 << 10;
 /// stops at 100,000 invalidations, a few tens of MiB written.)
 const MAX_READ: u64 = 256 << 20;
 
-/// One invalidation as written down.
-#[derive(Debug, Serialize, Deserialize)]
+/// One invalidation as written down (made from one, and back, by
+/// [`super::invalidations`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-enum Record {
+pub enum Record {
     Remove {
         key: String,
     },
@@ -73,85 +70,9 @@ enum Record {
     },
 }
 
-impl Record {
-    fn of(invalidation: &Invalidation) -> Record {
-        match invalidation {
-            Invalidation::Remove(key) => Record::Remove { key: key.to_hex() },
-            Invalidation::MarkStale(key) => Record::MarkStale { key: key.to_hex() },
-            Invalidation::Where { selection, soft } => {
-                let soft = *soft;
-                match selection {
-                    Selection::Everything => Record::Everything { soft },
-                    Selection::Named {
-                        target,
-                        surrogate_key,
-                    } => match target {
-                        PurgeTarget::Url(key) => Record::Url {
-                            key: key.to_hex(),
-                            soft,
-                        },
-                        PurgeTarget::Prefix(prefix) => Record::Prefix {
-                            prefix: prefix.clone(),
-                            soft,
-                        },
-                        PurgeTarget::Tag { tag, origin } => Record::Tag {
-                            tag: tag.clone(),
-                            origin: origin.clone(),
-                            surrogate_key: surrogate_key.as_str().to_owned(),
-                            soft,
-                        },
-                    },
-                }
-            }
-        }
-    }
-
-    /// The invalidation, or `None` for a record that names nothing this build can read
-    /// (a bad key or header name).
-    fn invalidation(self) -> Option<Invalidation> {
-        let key = |hex: &str| super::blobs::parse_hex(hex).map(PrimaryKey);
-        // Prefix and URL purges do not read the header; any name stands in.
-        let unused_header = || HeaderName::from_static("surrogate-key");
-        let named = |target, surrogate_key, soft| Invalidation::Where {
-            selection: Selection::Named {
-                target,
-                surrogate_key,
-            },
-            soft,
-        };
-        Some(match self {
-            Record::Remove { key: hex } => Invalidation::Remove(key(&hex)?),
-            Record::MarkStale { key: hex } => Invalidation::MarkStale(key(&hex)?),
-            Record::Everything { soft } => Invalidation::Where {
-                selection: Selection::Everything,
-                soft,
-            },
-            Record::Url { key: hex, soft } => {
-                named(PurgeTarget::Url(key(&hex)?), unused_header(), soft)
-            }
-            Record::Prefix { prefix, soft } => {
-                named(PurgeTarget::Prefix(prefix), unused_header(), soft)
-            }
-            Record::Tag {
-                tag,
-                origin,
-                surrogate_key,
-                soft,
-            } => named(
-                PurgeTarget::Tag { tag, origin },
-                HeaderName::try_from(surrogate_key).ok()?,
-                soft,
-            ),
-        })
-    }
-}
-
 /// Removes everything: what an unreadable part of the file stands for.
-fn everything() -> Invalidation {
-    Invalidation::Where {
-        selection: Selection::Everything,
-        soft: false,
-    }
+pub fn everything() -> Record {
+    Record::Everything { soft: false }
 }
 
 /// The open file, written at its end and cleared by generation.
@@ -169,7 +90,7 @@ impl PendingFile {
     ///
     /// # Errors
     /// The file cannot be opened, read or made.
-    pub fn open(root: &Path) -> Result<(PendingFile, Vec<Invalidation>), DiskError> {
+    pub fn open(root: &Path) -> Result<(PendingFile, Vec<Record>), DiskError> {
         let path = root.join(PENDING_FILE);
         let mut options = fs::OpenOptions::new();
         options.read(true).write(true).create(true);
@@ -202,10 +123,10 @@ impl PendingFile {
             return PendingFile::emptying(file, path, generation);
         }
         match read_records(&bytes, generation) {
-            Records::Found(invalidations, end) => {
+            Records::Found(records, end) => {
                 let mut pending = PendingFile::at(file, path, generation);
                 pending.end = end;
-                Ok((pending, invalidations))
+                Ok((pending, records))
             }
             Records::Damaged => PendingFile::emptying(file, path, generation),
         }
@@ -218,7 +139,7 @@ impl PendingFile {
         file: fs::File,
         path: PathBuf,
         after_generation: u64,
-    ) -> Result<(PendingFile, Vec<Invalidation>), DiskError> {
+    ) -> Result<(PendingFile, Vec<Record>), DiskError> {
         let mut pending = PendingFile::at(file, path, fresh_generation(after_generation));
         pending.write_header()?;
         pending.append(&[everything()], true)?;
@@ -266,15 +187,10 @@ impl PendingFile {
     ///
     /// # Errors
     /// The write fails (a full file system past the room made at first, an I/O error).
-    pub fn append(
-        &mut self,
-        invalidations: &[Invalidation],
-        durable: bool,
-    ) -> Result<(), DiskError> {
+    pub fn append(&mut self, records: &[Record], durable: bool) -> Result<(), DiskError> {
         let mut bytes = Vec::new();
-        for invalidation in invalidations {
-            let payload =
-                serde_json::to_vec(&Record::of(invalidation)).expect("a record serialises");
+        for record in records {
+            let payload = serde_json::to_vec(record).expect("a record serialises");
             encode_record(&mut bytes, self.generation, &payload);
         }
         if !bytes.is_empty() {
@@ -334,18 +250,18 @@ fn encode_record(into: &mut Vec<u8>, generation: u64, payload: &[u8]) {
 
 /// What a file's records hold.
 enum Records {
-    /// The invalidations, in order, and where the records end.
-    Found(Vec<Invalidation>, u64),
+    /// The records, in order, and where they end.
+    Found(Vec<Record>, u64),
     /// A record that fails its check with a whole record of this generation after it,
     /// or one that names nothing this build reads: it may have named anything.
     Damaged,
 }
 
-/// The invalidations `bytes` holds for `generation`. A last record that is cut short or
+/// The records `bytes` holds for `generation`. A last record that is cut short or
 /// fails its check is a write a crash tore: it is dropped (its purge had not been answered,
 /// since a purge's record is synced first), and the next record goes in its place.
 fn read_records(bytes: &[u8], generation: u64) -> Records {
-    let mut invalidations = Vec::new();
+    let mut records = Vec::new();
     let mut at = HEADER_LEN as usize;
     while let Some(record) = record_at(bytes, at, generation) {
         let len = match record {
@@ -367,20 +283,17 @@ fn read_records(bytes: &[u8], generation: u64) -> Records {
             }
         };
         let payload = &bytes[at + RECORD_HEAD..at + RECORD_HEAD + len];
-        let read = serde_json::from_slice::<Record>(payload)
-            .ok()
-            .and_then(Record::invalidation);
-        let Some(invalidation) = read else {
+        let Ok(record) = serde_json::from_slice::<Record>(payload) else {
             tracing::error!(
                 offset = at,
-                "disk tier: a pending invalidation names nothing this build reads; the tier is emptied instead"
+                "disk tier: a pending invalidation is of a kind this build does not read; the tier is emptied instead"
             );
             return Records::Damaged;
         };
-        invalidations.push(invalidation);
+        records.push(record);
         at += RECORD_HEAD + len;
     }
-    Records::Found(invalidations, at as u64)
+    Records::Found(records, at as u64)
 }
 
 /// Whether a record of `generation` starts at `at`: `Ok(len)` when it is whole and passes
@@ -402,17 +315,25 @@ fn record_at(bytes: &[u8], at: usize, generation: u64) -> Option<Result<usize, u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::disk::invalidations::Invalidation;
+    use crate::cache::key::PrimaryKey;
+    use crate::cache::purge_target::{PurgeTarget, Selection};
+    use http::HeaderName;
 
     fn key(n: u8) -> PrimaryKey {
         PrimaryKey([n; 32])
     }
 
-    fn all_kinds() -> Vec<Invalidation> {
+    fn remove(n: u8) -> Record {
+        Record::of(&Invalidation::Remove(key(n)))
+    }
+
+    fn all_kinds() -> Vec<Record> {
         let named = |target| Selection::Named {
             target,
             surrogate_key: HeaderName::from_static("x-tags"),
         };
-        vec![
+        [
             Invalidation::Remove(key(1)),
             Invalidation::MarkStale(key(2)),
             Invalidation::Where {
@@ -430,19 +351,14 @@ mod tests {
                 selection: named(PurgeTarget::Url(key(3))),
                 soft: false,
             },
-            everything(),
         ]
+        .iter()
+        .map(Record::of)
+        .chain([everything()])
+        .collect()
     }
 
-    /// What an invalidation says, to compare lists (the header name matters to tags only).
-    fn said(invalidations: &[Invalidation]) -> Vec<String> {
-        invalidations
-            .iter()
-            .map(|invalidation| format!("{:?}", Record::of(invalidation)))
-            .collect()
-    }
-
-    fn reopen(root: &Path) -> (PendingFile, Vec<Invalidation>) {
+    fn reopen(root: &Path) -> (PendingFile, Vec<Record>) {
         PendingFile::open(root).unwrap()
     }
 
@@ -457,15 +373,13 @@ mod tests {
         pending.append(&all_kinds()[3..], false).unwrap();
         drop(pending);
         let (mut pending, left) = reopen(dir.path());
-        assert_eq!(said(&left), said(&all_kinds()));
+        assert_eq!(left, all_kinds());
         pending.clear().unwrap();
-        pending
-            .append(&[Invalidation::Remove(key(9))], true)
-            .unwrap();
+        pending.append(&[remove(9)], true).unwrap();
         drop(pending);
         // The old generation's records after the new one's end are not read.
         let (_, left) = reopen(dir.path());
-        assert_eq!(said(&left), said(&[Invalidation::Remove(key(9))]));
+        assert_eq!(left, vec![remove(9)]);
         // Clearing neither shrank nor grew the file: the room is kept.
         assert_eq!(fs::metadata(&path).unwrap().len(), PREALLOCATED);
     }
@@ -477,27 +391,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(PENDING_FILE);
         let (mut pending, _) = reopen(dir.path());
-        pending
-            .append(
-                &[Invalidation::Remove(key(1)), Invalidation::Remove(key(2))],
-                true,
-            )
-            .unwrap();
+        pending.append(&[remove(1), remove(2)], true).unwrap();
         drop(pending);
         let mut bytes = fs::read(&path).unwrap();
         bytes[HEADER_LEN as usize + RECORD_HEAD + 3] ^= 0x20;
         fs::write(&path, &bytes).unwrap();
         let (pending, left) = reopen(dir.path());
-        assert_eq!(said(&left), said(&[everything()]));
+        assert_eq!(left, vec![everything()]);
         drop(pending);
         let (_, left) = reopen(dir.path());
-        assert_eq!(said(&left), said(&[everything()]), "written down");
+        assert_eq!(left, vec![everything()], "written down");
 
         let mut bytes = fs::read(&path).unwrap();
         bytes[0] = b'X';
         fs::write(&path, &bytes).unwrap();
         let (mut pending, left) = reopen(dir.path());
-        assert_eq!(said(&left), said(&[everything()]));
+        assert_eq!(left, vec![everything()]);
         // Once applied and cleared, the file is sound again.
         pending.clear().unwrap();
         drop(pending);
@@ -512,13 +421,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(PENDING_FILE);
         let (mut pending, _) = reopen(dir.path());
-        pending
-            .append(&[Invalidation::Remove(key(1))], true)
-            .unwrap();
+        pending.append(&[remove(1)], true).unwrap();
         let first_end = pending.end as usize;
-        pending
-            .append(&[Invalidation::Remove(key(2))], true)
-            .unwrap();
+        pending.append(&[remove(2)], true).unwrap();
         let second_end = pending.end as usize;
         drop(pending);
         let whole = fs::read(&path).unwrap();
@@ -527,21 +432,11 @@ mod tests {
             torn[cut..second_end].fill(0);
             fs::write(&path, &torn).unwrap();
             let (mut pending, left) = reopen(dir.path());
-            assert_eq!(
-                said(&left),
-                said(&[Invalidation::Remove(key(1))]),
-                "cut at {cut}"
-            );
-            pending
-                .append(&[Invalidation::Remove(key(3))], true)
-                .unwrap();
+            assert_eq!(left, vec![remove(1)], "cut at {cut}");
+            pending.append(&[remove(3)], true).unwrap();
             drop(pending);
             let (_, left) = reopen(dir.path());
-            assert_eq!(
-                said(&left),
-                said(&[Invalidation::Remove(key(1)), Invalidation::Remove(key(3))]),
-                "cut at {cut}"
-            );
+            assert_eq!(left, vec![remove(1), remove(3)], "cut at {cut}");
         }
     }
 

@@ -315,34 +315,17 @@ impl Upstream {
         let first = self
             .send_once(request, origin, protocol, header_timeout, false)
             .await;
-        match (first, replay) {
-            (Err(ProxyError::ResponseIncomplete { .. }), Some(again)) => Sent {
-                result: self
-                    .send_once(again, origin, protocol, header_timeout, true)
-                    .await,
-                attempts: 2,
-            },
-            (result, _) => Sent {
-                result,
-                attempts: 1,
-            },
+        let (result, attempts) = match (first, replay) {
+            (Err(ProxyError::ResponseIncomplete { .. }), Some(again)) => {
+                let second = self.send_once(again, origin, protocol, header_timeout, true);
+                (second.await, 2)
+            }
+            (result, _) => (result, 1),
+        };
+        Sent {
+            result: result.and_then(|response| self.refuse_large_head(response, origin)),
+            attempts,
         }
-    }
-
-    /// One try, over HTTP/2 or HTTP/1.1 as `protocol` and the server decide; `fresh`: on a
-    /// connection opened for it (HTTP/2 reopens a closed connection anyway).
-    async fn send_once(
-        &self,
-        request: http::Request<Body>,
-        origin: &str,
-        protocol: OriginProtocol,
-        header_timeout: Duration,
-        fresh: bool,
-    ) -> Result<http::Response<OriginBody>, ProxyError> {
-        let exchanged = self
-            .exchange_once(request, origin, protocol, header_timeout, fresh)
-            .await;
-        exchanged.and_then(|response| self.refuse_large_head(response, origin))
     }
 
     /// A response whose head is larger than the origin read buffer is refused, whatever
@@ -369,7 +352,9 @@ impl Upstream {
         Ok(response)
     }
 
-    async fn exchange_once(
+    /// One try, over HTTP/2 or HTTP/1.1 as `protocol` and the server decide; `fresh`: on a
+    /// connection opened for it (HTTP/2 reopens a closed connection anyway).
+    async fn send_once(
         &self,
         request: http::Request<Body>,
         origin: &str,

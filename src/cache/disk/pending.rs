@@ -315,47 +315,35 @@ fn record_at(bytes: &[u8], at: usize, generation: u64) -> Option<Result<usize, u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::disk::invalidations::Invalidation;
-    use crate::cache::key::PrimaryKey;
-    use crate::cache::purge_target::{PurgeTarget, Selection};
-    use http::HeaderName;
 
-    fn key(n: u8) -> PrimaryKey {
-        PrimaryKey([n; 32])
+    fn hex(n: u8) -> String {
+        format!("{n:02x}").repeat(32)
     }
 
     fn remove(n: u8) -> Record {
-        Record::of(&Invalidation::Remove(key(n)))
+        Record::Remove { key: hex(n) }
     }
 
     fn all_kinds() -> Vec<Record> {
-        let named = |target| Selection::Named {
-            target,
-            surrogate_key: HeaderName::from_static("x-tags"),
-        };
-        [
-            Invalidation::Remove(key(1)),
-            Invalidation::MarkStale(key(2)),
-            Invalidation::Where {
-                selection: named(PurgeTarget::Prefix("example.test/a/".into())),
+        vec![
+            remove(1),
+            Record::MarkStale { key: hex(2) },
+            Record::Prefix {
+                prefix: "example.test/a/".into(),
                 soft: true,
             },
-            Invalidation::Where {
-                selection: named(PurgeTarget::Tag {
-                    tag: "blue".into(),
-                    origin: Some("https://example.test".into()),
-                }),
+            Record::Tag {
+                tag: "blue".into(),
+                origin: Some("https://example.test".into()),
+                surrogate_key: "x-tags".into(),
                 soft: false,
             },
-            Invalidation::Where {
-                selection: named(PurgeTarget::Url(key(3))),
+            Record::Url {
+                key: hex(3),
                 soft: false,
             },
+            everything(),
         ]
-        .iter()
-        .map(Record::of)
-        .chain([everything()])
-        .collect()
     }
 
     fn reopen(root: &Path) -> (PendingFile, Vec<Record>) {

@@ -352,7 +352,7 @@ impl Metrics {
             integrity_failures: register(
                 &mut registry,
                 "integrity_failures",
-                "Stored bodies that did not match their digest on read (removed, refetched)",
+                "Stored bodies that did not match their digest on read (removed, refetched), and reads of a corrupt disk index page",
                 Counter::default(),
             ),
             disk_errors: register(

@@ -378,6 +378,20 @@ impl DiskTier {
         }
     }
 
+    /// A page of the index that fails sled's check, met while running: what it holds is
+    /// lost (a miss, or an object not stored), the rest is not. Degrading for it, as for an
+    /// I/O failure, made the tier flap: the probe's flush works, the tier came back, and
+    /// the next request for a row on that page took it off again, offline copy and all.
+    /// Counted as an integrity failure; logged loudly once.
+    fn report_corrupt_index(&self, err: &DiskError) {
+        self.metrics.integrity_failures.inc();
+        if !self.store.corruption_reported() {
+            tracing::error!(error = %err, "disk tier: the index has a corrupt page; what it held is refetched on demand and the rest is still served; to start the index afresh, stop outpost and delete the cache dir's index/ (its bodies are then swept)");
+        } else {
+            tracing::debug!(error = %err, "disk tier: corrupt index page met again");
+        }
+    }
+
     /// Counts and logs a body that failed verification (the caller removes it).
     pub fn report_corrupt(&self, url: &str) {
         self.metrics.integrity_failures.inc();
@@ -423,6 +437,10 @@ impl DiskTier {
             Some(Ok(value)) => Some(value),
             Some(Err(DiskError::Full)) => {
                 self.metrics.full_refusals.inc();
+                None
+            }
+            Some(Err(err @ DiskError::Index(sled::Error::Corruption { .. }))) => {
+                self.report_corrupt_index(&err);
                 None
             }
             Some(Err(err)) => {
@@ -713,6 +731,50 @@ mod tests {
     use super::*;
     use crate::cache::entry::StoredResponse;
     use std::fs;
+
+    /// A page of the index that fails sled's check while running (bit rot under an open
+    /// index) costs the rows on it, not the tier: reads of those rows are misses, counted as
+    /// integrity failures, the rest are served, and the tier stays in use. Before, the
+    /// first such read switched the tier off; the probe, whose flush works, switched it
+    /// back on; and the next read of that page switched it off again, offline copy and all.
+    #[tokio::test]
+    async fn a_corrupt_index_page_costs_its_rows_not_the_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<_> = (0..40_000)
+            .map(|i| {
+                crate::cache::entry::testing::entry(&format!("/e/{i}"), vec![(i % 251) as u8; 600])
+            })
+            .collect();
+        {
+            let store = DiskStore::open(dir.path(), 1 << 34, false).unwrap();
+            for stored in &entries {
+                let body = NewBody::Inline(stored.body.as_bytes().unwrap().clone());
+                store.commit(&stored.meta, Some(body)).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        // Opened (the log read back into sled's page table), then damaged on disk before
+        // any row is read: the pages are read from the file when first asked for.
+        let store = Arc::new(DiskStore::open(dir.path(), 1 << 34, false).unwrap());
+        let db = dir.path().join("index").join("db");
+        let mut bytes = fs::read(&db).unwrap();
+        for at in (bytes.len() / 4..bytes.len() * 3 / 4).step_by(40_000) {
+            bytes[at] ^= 0xff;
+        }
+        fs::write(&db, &bytes).unwrap();
+        let metrics = DiskMetrics::default();
+        let tier = DiskTier::new(store, metrics.clone(), 1 << 20, 1 << 30);
+        let mut served = 0;
+        for stored in &entries {
+            if !tier.variants(stored.meta.key).await.is_empty() {
+                served += 1;
+            }
+        }
+        assert!(tier.is_available(), "the tier stays in use");
+        assert!(metrics.integrity_failures.get() > 0, "a page was damaged");
+        assert!(served > entries.len() * 9 / 10, "served {served}");
+        assert!(served + metrics.integrity_failures.get() as usize >= entries.len());
+    }
 
     #[cfg(target_os = "linux")]
     #[test]

@@ -11,7 +11,7 @@
 //! of failing writes; and a resource keeps at most `max_variants` variants, as in memory.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -53,6 +53,8 @@ pub struct DiskStore {
     limits: StoreLimits,
     /// Spare room given up for the index when the file system fills (see [`super::reserve`]).
     reserve: Reserve,
+    /// A corrupt index page was logged (see `DiskTier::report_corrupt_index`).
+    corruption_reported: AtomicBool,
 }
 
 /// What the store keeps free, how many variants a resource may have and how many objects
@@ -157,6 +159,7 @@ impl DiskStore {
             reserved: Arc::default(),
             limits: StoreLimits::default(),
             reserve,
+            corruption_reported: AtomicBool::new(false),
         };
         Ok((store, index_failure))
     }
@@ -539,6 +542,11 @@ impl DiskStore {
     /// Rows the store may hold (see [`StoreLimits::max_objects`]).
     pub(super) fn max_objects(&self) -> u64 {
         self.limits.max_objects
+    }
+
+    /// Whether a corrupt index page was reported already (and, from now on, that it was).
+    pub(super) fn corruption_reported(&self) -> bool {
+        self.corruption_reported.swap(true, Ordering::Relaxed)
     }
 
     /// The cache directory.

@@ -52,6 +52,9 @@ pub(super) async fn serve_stored(
         compress::vary_on_accept_encoding(response.headers_mut());
         (response, sent_whole(entry))
     };
+    if compress::has_no_transform(&parts.headers) {
+        return identity();
+    }
     let accept = AcceptEncoding::parse(&parts.headers);
     let coding = match accept.choose(&compression.preference) {
         Choice::Identity => return identity(),
@@ -266,6 +269,14 @@ pub(super) async fn for_client(
     if parts.method == Method::HEAD
         || !compression.is_compressible(response.status(), response.headers())
     {
+        return Ok(response);
+    }
+    if compress::has_no_transform(&parts.headers) {
+        // RFC 9111 §5.2.1.6: the client asks intermediaries not to transform the content;
+        // an encoding outpost would add is one (RFC 9110 §7.7). Decoding the origin's own
+        // gzip for a client that cannot take it (above) is still done: it has no choice.
+        let mut response = response;
+        compress::vary_on_accept_encoding(response.headers_mut());
         return Ok(response);
     }
     Ok(match accept.choose(&compression.preference) {

@@ -194,6 +194,39 @@ async fn encoded_variant_is_made_once_and_reused() {
     assert_eq!(origin.hits("/app.js"), 1);
 }
 
+/// RFC 9111 §5.2.1.6: a request's `no-transform` asks intermediaries not to transform the
+/// content (RFC 9110 §7.7), and an encoding outpost adds is one. Such a request gets the
+/// origin's bytes unencoded, on the miss (nothing encoded on its way) and on a hit where
+/// an encoded variant is stored for other clients; the response still varies on
+/// Accept-Encoding. Others go on getting their encoding.
+#[tokio::test]
+async fn a_request_asking_for_no_transform_gets_the_content_unencoded() {
+    let body = text(5_000);
+    let origin = Origin::start(vec![("/page", page(&body))]).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let untouched = [
+        ("accept-encoding", "gzip, br"),
+        ("cache-control", "no-transform"),
+    ];
+    for round in ["miss", "hit"] {
+        let reply = get(&proxy.url("/page"), &untouched).await;
+        assert_eq!(reply.header("content-encoding"), None, "{round}");
+        assert_eq!(reply.text(), body, "{round}");
+        assert!(
+            reply
+                .header("vary")
+                .is_some_and(|vary| vary.contains("Accept-Encoding")),
+            "{round}: {:?}",
+            reply.header("vary")
+        );
+        // Another client's encoding is made and stored between the two rounds.
+        let encoded = get(&proxy.url("/page"), &[("accept-encoding", "gzip")]).await;
+        assert_eq!(encoded.header("content-encoding"), Some("gzip"), "{round}");
+        assert_eq!(decode("gzip", &encoded.body).await, body.as_bytes());
+    }
+    assert_eq!(origin.hits("/page"), 1);
+}
+
 /// Only what benefits is compressed: not images, not small bodies, not no-transform
 /// (RFC 9111 §5.2.2.6), not HEAD bodies, not Range answers (206).
 #[tokio::test]

@@ -1544,6 +1544,66 @@ async fn invalidations_while_the_disk_tier_is_off_are_applied_before_it_comes_ba
     );
 }
 
+/// How many objects [`PurgedObjects`] stores.
+const PURGED: usize = 200;
+
+/// Objects under `/purged?n=N`, each with a body of its own (`N` padded to `width`) that the
+/// origin echoes from `x-body`: rows for a purge by prefix to remove.
+struct PurgedObjects {
+    width: usize,
+}
+
+impl PurgedObjects {
+    /// The origin's route that answers them, fresh for an hour.
+    fn route() -> (&'static str, Fixture) {
+        (
+            "/purged",
+            Fixture::Echo {
+                name: "x-body",
+                headers: support::header_list(&[("cache-control", "max-age=3600")]),
+            },
+        )
+    }
+
+    fn url_and_body(&self, proxy: &Proxy, n: usize) -> (String, String) {
+        (
+            proxy.url(&format!("/purged?n={n}")),
+            format!("{n:0>width$}", width = self.width),
+        )
+    }
+
+    /// Requests each of them once through `proxy`: each body, with the reply.
+    async fn store(&self, proxy: &Proxy) -> Vec<(String, support::Reply)> {
+        let mut replies = Vec::with_capacity(PURGED);
+        for n in 0..PURGED {
+            let (url, body) = self.url_and_body(proxy, n);
+            let reply = get_as(&url, &[("x-body", &body)]).await;
+            replies.push((body, reply));
+        }
+        replies
+    }
+
+    /// Purges them all by prefix through `admin`, which must count every one.
+    async fn purge_all(&self, admin: &str) {
+        let purged = post(&format!("{admin}/purge?prefix=http://cache.test/purged")).await;
+        assert!(
+            purged.text().contains(&format!("\"purged\":{PURGED}")),
+            "{}",
+            purged.text()
+        );
+    }
+
+    /// The first, a middle and the last are not answered 200 by `proxy` (`why` says what
+    /// that would mean).
+    async fn assert_none_served(&self, proxy: &Proxy, why: &str) {
+        for n in [0, PURGED / 2, PURGED - 1] {
+            let (url, body) = self.url_and_body(proxy, n);
+            let reply = get_as(&url, &[("x-body", &body)]).await;
+            assert_ne!(reply.status, StatusCode::OK, "{why}");
+        }
+    }
+}
+
 /// sled keeps an I/O error of its own writes until its index is reopened: here the index
 /// itself meets a full file system (a purge's removals, which take no room, written while
 /// the reserve is still in place). The tier goes off; once there is room again the probe
@@ -1560,13 +1620,7 @@ async fn an_index_failed_by_a_full_file_system_is_reopened_when_there_is_room() 
     let dir = fs.path().join("cache");
     let origin = Origin::start(vec![
         ("/before", Fixture::for_an_hour("stored before")),
-        (
-            "/purged",
-            Fixture::Echo {
-                name: "x-body",
-                headers: support::header_list(&[("cache-control", "max-age=3600")]),
-            },
-        ),
+        PurgedObjects::route(),
         ("/after", Fixture::for_an_hour("stored after the reopening")),
     ])
     .await;
@@ -1578,24 +1632,15 @@ async fn an_index_failed_by_a_full_file_system_is_reopened_when_there_is_room() 
     let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
     get_as(&proxy.url("/before"), &[]).await;
     // Enough rows that removing them writes more than the index's last page has left.
-    const PURGED: usize = 200;
-    let purged_body = |n: usize| format!("{n:0>1000}");
-    for n in 0..PURGED {
-        let body = purged_body(n);
-        let reply = get_as(&proxy.url(&format!("/purged?n={n}")), &[("x-body", &body)]).await;
+    let purged = PurgedObjects { width: 1000 };
+    for (body, reply) in purged.store(&proxy).await {
         assert_eq!(reply.text(), body);
     }
     proxy.outpost.proxy().cache().settle().await;
 
     let filler = fs.path().join("filler");
     fill_file_system(&filler);
-    let admin = start_admin(&proxy).await;
-    let purged = post(&format!("{admin}/purge?prefix=http://cache.test/purged")).await;
-    assert!(
-        purged.text().contains(&format!("\"purged\":{PURGED}")),
-        "{}",
-        purged.text()
-    );
+    purged.purge_all(&start_admin(&proxy).await).await;
     support::eventually("the tier to go off", || metrics.disk_degraded.get() == 1).await;
 
     std::fs::remove_file(&filler).unwrap();
@@ -1617,14 +1662,9 @@ async fn an_index_failed_by_a_full_file_system_is_reopened_when_there_is_room() 
             (StatusCode::OK, body)
         );
     }
-    for n in [0, PURGED / 2, PURGED - 1] {
-        let reply = get_as(
-            &proxy.url(&format!("/purged?n={n}")),
-            &[("x-body", &purged_body(n))],
-        )
+    purged
+        .assert_none_served(&proxy, "the purge reached the disk")
         .await;
-        assert_ne!(reply.status, StatusCode::OK, "the purge reached the disk");
-    }
 }
 
 /// Invalidations a tier that is off missed live in memory, so a clean shutdown tries the
@@ -1671,13 +1711,7 @@ async fn a_purge_written_down_on_a_full_disk_is_applied_at_the_next_start() {
     let origin = Origin::start(vec![
         ("/kept", Fixture::for_an_hour("kept")),
         ("/while-off", Fixture::for_an_hour("while off")),
-        (
-            "/purged",
-            Fixture::Echo {
-                name: "x-body",
-                headers: support::header_list(&[("cache-control", "max-age=3600")]),
-            },
-        ),
+        PurgedObjects::route(),
     ])
     .await;
     let toml = |retry_after: &str| {
@@ -1692,12 +1726,8 @@ async fn a_purge_written_down_on_a_full_disk_is_applied_at_the_next_start() {
     let first = Proxy::start(&origin.url(), &toml("1h")).await;
     get_as(&first.url("/kept"), &[]).await;
     // More purged objects than a page of the file holds, written down.
-    const PURGED: usize = 200;
-    let purged_body = |n: usize| format!("{n:0>100}");
-    for n in 0..PURGED {
-        let body = purged_body(n);
-        get_as(&first.url(&format!("/purged?n={n}")), &[("x-body", &body)]).await;
-    }
+    let purged = PurgedObjects { width: 100 };
+    purged.store(&first).await;
     first.outpost.proxy().cache().settle().await;
     let first_metrics = std::sync::Arc::clone(first.outpost.proxy().metrics());
     let tmp = take_tmp_away(&dir);
@@ -1708,13 +1738,7 @@ async fn a_purge_written_down_on_a_full_disk_is_applied_at_the_next_start() {
     .await;
     let filler = fs.path().join("filler");
     fill_file_system(&filler);
-    let admin = start_admin(&first).await;
-    let purged = post(&format!("{admin}/purge?prefix=http://cache.test/purged")).await;
-    assert!(
-        purged.text().contains(&format!("\"purged\":{PURGED}")),
-        "{}",
-        purged.text()
-    );
+    purged.purge_all(&start_admin(&first).await).await;
     // 200 removals and the prefix (the tier could not list its own keys).
     assert_eq!(
         first_metrics.disk_invalidations_pending.get(),
@@ -1735,14 +1759,9 @@ async fn a_purge_written_down_on_a_full_disk_is_applied_at_the_next_start() {
         (kept.status, kept.text().as_str()),
         (StatusCode::OK, "kept")
     );
-    for n in [0, PURGED / 2, PURGED - 1] {
-        let reply = get_as(
-            &second.url(&format!("/purged?n={n}")),
-            &[("x-body", &purged_body(n))],
-        )
+    purged
+        .assert_none_served(&second, "purged content came back")
         .await;
-        assert_ne!(reply.status, StatusCode::OK, "purged content came back");
-    }
 }
 
 /// A directory another outpost still holds (a restart that overlaps the old process)

@@ -102,10 +102,11 @@ impl Missed {
                 "disk tier: invalidations (purges) an earlier run could not apply are pending"
             );
         }
-        let unwritten = self.list.clone();
+        // What was remembered before the file opened is written down (the file's own is).
+        let unwritten = written_form(&self.list);
         self.add_quietly(&left);
         self.pending.set(self.list.len() as i64);
-        let appended = written.append(&written_form(&unwritten), true);
+        let appended = written.append(&unwritten, true);
         self.written = Some(written);
         if appended.is_ok() {
             self.partly_unwritten = false;

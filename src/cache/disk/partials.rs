@@ -51,6 +51,22 @@ struct Written {
     size: u64,
 }
 
+impl Written {
+    /// A file of `size` bytes in `records` records holding `entry` and nothing else.
+    fn holding(entry: &PartialEntry, records: usize, size: u64) -> Written {
+        Written {
+            representation: entry.representation(),
+            covered: entry
+                .pieces()
+                .iter()
+                .map(|(first, bytes)| (*first, first + bytes.len() as u64))
+                .collect(),
+            records,
+            size,
+        }
+    }
+}
+
 /// Where a file is written before it is renamed over the resource's.
 const TEMP_PREFIX: &str = ".tmp-";
 
@@ -203,17 +219,8 @@ impl PartialFiles {
         fs::rename(&temp, path).map_err(io_err(path))?;
         self.held.fetch_add(encoded.len() as u64, Ordering::Relaxed);
         self.forget_bytes(replaced);
-        let covered = entry
-            .pieces()
-            .iter()
-            .map(|(first, bytes)| (*first, first + bytes.len() as u64))
-            .collect();
-        Ok(Some(Written {
-            representation: entry.representation(),
-            covered,
-            records: 1 + entry.pieces().len(),
-            size: encoded.len() as u64,
-        }))
+        let records = 1 + entry.pieces().len();
+        Ok(Some(Written::holding(entry, records, encoded.len() as u64)))
     }
 
     /// Appends `entry`'s head and the bytes of its pieces the file (holding `written`)
@@ -557,16 +564,7 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
         }
     }
     let entry = PartialEntry::from_written(meta?, pieces)?;
-    let written = whole.then(|| Written {
-        representation: entry.representation(),
-        covered: entry
-            .pieces()
-            .iter()
-            .map(|(first, bytes)| (*first, first + bytes.len() as u64))
-            .collect(),
-        records,
-        size: bytes.len() as u64,
-    });
+    let written = whole.then(|| Written::holding(&entry, records, bytes.len() as u64));
     Some(Decoded { entry, written })
 }
 

@@ -404,6 +404,19 @@ impl Cache {
         self.range_fill_max_offset
     }
 
+    /// Whether a body of at most `len` bytes derived from a fill while it streams (an
+    /// encoding) would be kept in memory as it is made, so that a reader slower than the
+    /// others holds none of them back: within the memory tier's object size, and within
+    /// the fills' memory budget now. Also within `unread_fill_limit`: what derives from a
+    /// fill reads all of it, so a larger one would no longer be stopped when its clients
+    /// hang up.
+    pub fn would_keep_derived(&self, len: u64) -> bool {
+        len <= self.max_object_size.min(self.fill_bounds.unread_limit)
+            && !self
+                .coalescer
+                .holds_past(self.fill_bounds.memory_budget.saturating_sub(len))
+    }
+
     pub fn storable_size(&self) -> u64 {
         match &self.disk {
             Some(disk) if disk.is_available() => disk.max_object_size.max(self.max_object_size),

@@ -69,8 +69,7 @@ pub async fn deliver(
                     _ => Err(ProxyError::Internal("fill settled without an entry".into())),
                 };
             }
-            let response = respond::from_meta(proxy, &meta, Body::boxed(reader), parts, now);
-            encode::for_client(proxy, response, parts).await
+            encode::streaming(proxy, (&meta, reader, &fill), parts, now).await
         }
         Delivery::Relayed(mut response) => {
             if proxy.mirror.is_some() {
@@ -109,25 +108,21 @@ async fn stored(
     let response = if let Some(range) = range::requested(parts, &entry.meta.headers) {
         respond::ranged_from_entry(proxy, entry, parts, ctx.now, &range)
     } else {
-        match set {
-            // The origin's own coding is passed on or decoded, never encoded again.
-            Some(set)
-                if !entry
-                    .meta
-                    .headers
-                    .contains_key(http::header::CONTENT_ENCODING) =>
-            {
-                let (response, sent_whole) =
-                    encode::serve_stored(proxy, set, entry, parts, ctx.now).await;
-                if let Some(source) = &mut ctx.hit_source {
-                    source.body_of = sent_whole;
-                }
-                response
+        // The origin's own coding is passed on or decoded, never encoded again.
+        if entry
+            .meta
+            .headers
+            .contains_key(http::header::CONTENT_ENCODING)
+        {
+            let response = respond::from_entry(proxy, entry, parts, ctx.now);
+            encode::for_client(proxy, response, parts).await?
+        } else {
+            let (response, sent_whole) =
+                encode::serve_stored(proxy, set, entry, parts, ctx.now).await;
+            if let Some(source) = &mut ctx.hit_source {
+                source.body_of = sent_whole;
             }
-            _ => {
-                let response = respond::from_entry(proxy, entry, parts, ctx.now);
-                encode::for_client(proxy, response, parts).await?
-            }
+            response
         }
     };
     read_before_head(response).await

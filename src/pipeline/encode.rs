@@ -2,7 +2,11 @@
 //! fetched a response:
 //! - a hit whose client wants an encoding gets the stored encoded variant, made once from
 //!   the stored body by a coalesced fill and kept beside it (later hits do no compression);
-//! - responses on their way from the origin are encoded on the fly, never stored encoded;
+//! - a fill's body on its way from the origin is encoded once per coding for every request
+//!   of that fill asking for it, as it arrives, and kept beside the entry the fill stores
+//!   (a cold burst of browsers costs one encoder run per coding, not one per client);
+//! - other responses on their way from the origin are encoded on the fly, never stored
+//!   encoded;
 //! - a response the origin gzipped goes as it is to clients that accept gzip and is decoded
 //!   for those that do not;
 //! - a client that excludes identity and accepts nothing we have gets 406.
@@ -19,8 +23,10 @@ use http_body_util::BodyExt;
 
 use super::{respond, Proxy};
 use crate::body::Body;
-use crate::cache::entry::{Derivation, StoredResponse};
-use crate::cache::fill::{Admitted, Fill, FillKey, FillStatus, FillTarget, Role};
+use crate::cache::entry::{Derivation, EntryMeta, StoredResponse};
+use crate::cache::fill::{
+    Admitted, Fill, FillKey, FillReader, FillStatus, FillTarget, FillWriter, Role,
+};
 use crate::cache::memory::VariantSet;
 use crate::error::ProxyError;
 use crate::transform::compress::{self, AcceptEncoding, Choice, Coding, EncoderPermit};
@@ -28,10 +34,12 @@ use crate::transform::compress::{self, AcceptEncoding, Choice, Coding, EncoderPe
 /// Serves a stored entry the origin did not encode in the representation the client
 /// accepts (an entry with its own Content-Encoding goes through [`for_client`]). Also
 /// returns the stored response whose body a GET is sent whole (the entry or a stored
-/// encoding of it), when it is (`prepared` keeps only such answers).
+/// encoding of it), when it is (`prepared` keeps only such answers). `set`: the entry's
+/// stored variants as the lookup found them; without it (an entry a fill just stored) the
+/// memory tier is asked for a stored encoding.
 pub(super) async fn serve_stored(
     proxy: &Arc<Proxy>,
-    set: &VariantSet,
+    set: Option<&VariantSet>,
     entry: &Arc<StoredResponse>,
     parts: &http::request::Parts,
     now: SystemTime,
@@ -61,15 +69,19 @@ pub(super) async fn serve_stored(
         Choice::NotAcceptable => return (respond::not_acceptable(), None),
         Choice::Encode(coding) => coding,
     };
-    if let Some(encoded) = set.select_encoded(entry, coding) {
+    let stored_encoding = match set {
+        Some(set) => set.select_encoded(entry, coding).cloned(),
+        None => proxy.cache.stored_encoding(entry, coding),
+    };
+    if let Some(encoded) = stored_encoding {
         let body = if parts.method == Method::HEAD {
             Body::empty()
         } else {
-            respond::stored_body(proxy, encoded)
+            respond::stored_body(proxy, &encoded)
         };
         let response = respond::from_meta(proxy, meta, body, parts, now);
         let response = encoded_response(response, coding, Some(encoded.meta.body_len));
-        return (response, sent_whole(encoded));
+        return (response, sent_whole(&encoded));
     }
     if parts.method == Method::HEAD {
         let response = respond::from_entry(proxy, entry, parts, now);
@@ -94,15 +106,7 @@ pub(super) async fn serve_stored(
         // Its encoding failed, or was too large to keep: the identity representation is
         // acceptable to this client, and costs no encoder run per request.
         None => identity().0,
-        Some(Encoded::Stored(encoded)) => {
-            let body = respond::stored_body(proxy, &encoded);
-            let response = respond::from_meta(proxy, meta, body, parts, now);
-            encoded_response(response, coding, Some(encoded.meta.body_len))
-        }
-        Some(Encoded::Streaming(reader)) => {
-            let response = respond::from_meta(proxy, meta, Body::boxed(reader), parts, now);
-            encoded_response(response, coding, None)
-        }
+        Some(encoded) => encoded.answer(proxy, meta, coding, parts, now),
     };
     (response, None)
 }
@@ -110,7 +114,30 @@ pub(super) async fn serve_stored(
 /// A stored body in `coding`, as the coalesced fill that makes it has it.
 enum Encoded {
     Stored(Arc<StoredResponse>),
-    Streaming(crate::cache::fill::FillReader),
+    Streaming(FillReader),
+}
+
+impl Encoded {
+    /// The response to `parts` for the resource `meta` describes, with this body in
+    /// `coding`.
+    fn answer(
+        self,
+        proxy: &Proxy,
+        meta: &EntryMeta,
+        coding: Coding,
+        parts: &http::request::Parts,
+        now: SystemTime,
+    ) -> Response<Body> {
+        let (body, length) = match self {
+            Encoded::Stored(encoded) => (
+                respond::stored_body(proxy, &encoded),
+                Some(encoded.meta.body_len),
+            ),
+            Encoded::Streaming(reader) => (Body::boxed(reader), None),
+        };
+        let response = respond::from_meta(proxy, meta, body, parts, now);
+        encoded_response(response, coding, length)
+    }
 }
 
 /// Joins (or leads) the one fill that encodes `entry` for everyone asking for `coding` now,
@@ -195,43 +222,231 @@ async fn encode_and_store(
             source_digest,
         });
     };
-    let mut writer = cache
+    let writer = cache
         .begin_fill(
             &fill,
             source.meta.clone(),
             FillTarget::Derived(Box::new(finalise)),
         )
         .await;
-    let mut encoded =
+    let encoded =
         proxy
             .compression
             .encode_reserved(respond::stored_body(&proxy, &source), coding, permit);
-    loop {
-        match encoded.frame().await {
-            None => break,
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                if writer.write(data).await.is_err() {
-                    return;
-                }
-            }
-            Some(Err(error)) => {
-                tracing::warn!(url = %source.meta.url, coding = coding.as_str(), %error, "encoding a stored body failed");
-                writer
-                    .fail(crate::error::ProxyError::Internal("encoding failed".into()))
-                    .await;
-                return;
-            }
-        }
-    }
+    let Some(writer) = encode_into(writer, encoded, &source.meta.url, coding).await else {
+        return;
+    };
     // Too large to keep: later requests do not try to make it again for a while. Refused
     // room only for now (the fills' budget was taken), the next request tries again.
     if let Admitted::TooLarge = writer.finish().await {
         cache
             .remember_uncacheable(fill_key.key.for_variant(fill_key.variant_hint))
             .await;
+    }
+}
+
+/// Feeds `writer` the whole of `encoded`; `None` when that failed (the fill is failed for
+/// its readers) or nobody reads any longer.
+async fn encode_into<'c>(
+    mut writer: FillWriter<'c>,
+    mut encoded: Body,
+    url: &str,
+    coding: Coding,
+) -> Option<FillWriter<'c>> {
+    loop {
+        match encoded.frame().await {
+            None => return Some(writer),
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                writer.write(data).await.ok()?;
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%url, coding = coding.as_str(), %error, "encoding a body failed");
+                writer
+                    .fail(ProxyError::Internal("encoding failed".into()))
+                    .await;
+                return None;
+            }
+        }
+    }
+}
+
+/// A fill's body on its way from the origin, in the representation the request `parts`
+/// accepts. When that is an encoding, one encoder run makes it for every request of this
+/// fill asking for that coding now, from the body as it arrives, and it is stored beside
+/// the entry the fill stores: 200 browsers in a cold burst cost one run per coding, not
+/// 200. Otherwise (the client takes the body as it is; no encoding is worth sharing; the
+/// fill has moved on) as [`for_client`].
+///
+/// # Errors
+/// As [`for_client`].
+pub(super) async fn streaming(
+    proxy: &Arc<Proxy>,
+    (meta, reader, fill): (&Arc<EntryMeta>, FillReader, &Arc<Fill>),
+    parts: &http::request::Parts,
+    now: SystemTime,
+) -> Result<Response<Body>, ProxyError> {
+    let shared = shared_coding(proxy, meta, parts);
+    let encoded = match shared {
+        Some((coding, identity_acceptable)) => {
+            encoded_from_fill(proxy, meta, fill, coding, identity_acceptable).await
+        }
+        None => None,
+    };
+    let (coding, encoded) = match (shared, encoded) {
+        (Some((coding, _)), Some(encoded)) => (coding, encoded),
+        _ => {
+            let response = respond::from_meta(proxy, meta, Body::boxed(reader), parts, now);
+            return for_client(proxy, response, parts).await;
+        }
+    };
+    // This request's own reader of the fill is not needed: it reads the encoding.
+    drop(reader);
+    Ok(encoded.answer(proxy, meta, coding, parts, now))
+}
+
+/// The coding a fill's body streaming as `meta` describes is to be encoded in for
+/// `parts`, once for all its requests, and whether the client also takes identity: for a
+/// GET that accepts an encoding of a compressible body the origin did not encode, whose
+/// declared length keeps the encoding in memory as it is made (a slower client then
+/// holds back nobody).
+fn shared_coding(
+    proxy: &Proxy,
+    meta: &EntryMeta,
+    parts: &http::request::Parts,
+) -> Option<(Coding, bool)> {
+    let compression = &proxy.compression;
+    if parts.method != Method::GET
+        || meta.headers.contains_key(header::CONTENT_ENCODING)
+        || !compression.is_compressible(meta.status, &meta.headers)
+        || compress::has_no_transform(&parts.headers)
+    {
+        return None;
+    }
+    let length = crate::cache::entry::content_length(&meta.headers)?;
+    if !proxy.cache.would_keep_derived(length) {
+        return None;
+    }
+    let accept = AcceptEncoding::parse(&parts.headers);
+    match accept.choose(&compression.preference) {
+        Choice::Encode(coding) => Some((coding, !accept.excludes_identity())),
+        Choice::Identity | Choice::NotAcceptable => None,
+    }
+}
+
+/// Joins (or leads) the one encoding of `source`'s body in `coding` for the requests of
+/// that fill; `None` when there is none to join (running encoders hold their budget, or
+/// the fill already handed its body to the stored entry: then the stored entry's
+/// encoding, as hits share it).
+async fn encoded_from_fill(
+    proxy: &Arc<Proxy>,
+    meta: &Arc<EntryMeta>,
+    source: &Arc<Fill>,
+    coding: Coding,
+    identity_acceptable: bool,
+) -> Option<Encoded> {
+    // Keyed by the fill, not by the variant alone: a request holding this fill's head must
+    // get this fill's body, never another response's stored under the same key.
+    let transform = format!("{}\0fill {}", coding.as_str(), source.id());
+    let fill_key = FillKey {
+        key: meta.key,
+        variant_hint: meta.variant.derived(&transform),
+    };
+    let (role, fill, reader) = proxy.cache.coalescer().join(fill_key);
+    if matches!(role, Role::Leader) {
+        let refuse = || {
+            fill.refuse(ProxyError::Internal(
+                "no encoding of this fill's body is being made".into(),
+            ));
+            proxy.cache.coalescer().leave(&fill_key, &fill);
+        };
+        let Some(source_reader) = source.reader() else {
+            // The fill has handed its body to the entry it stored (it arrived whole while
+            // this request was on its way here): that entry's encoding, as hits share it.
+            refuse();
+            return match source.wait_settled().await {
+                FillStatus::Complete { entry, .. } => {
+                    encoded_once(proxy, &entry, coding, identity_acceptable).await
+                }
+                _ => None,
+            };
+        };
+        let length = crate::cache::entry::content_length(&meta.headers);
+        let Some(permit) = proxy
+            .compression
+            .reserve_encoder(coding, length, identity_acceptable)
+        else {
+            refuse();
+            return None;
+        };
+        let job = encode_fill_and_store(
+            Arc::clone(proxy),
+            (Arc::clone(meta), Arc::clone(source), source_reader),
+            coding,
+            permit,
+            Arc::clone(&fill),
+            fill_key,
+        );
+        proxy.cache.spawn_fill(job);
+    }
+    match fill.wait_status().await {
+        FillStatus::Streaming { .. } => Some(Encoded::Streaming(reader)),
+        FillStatus::Complete { entry, .. } => Some(Encoded::Stored(entry)),
+        _ => None,
+    }
+}
+
+/// The fill task that encodes a fill's body as it arrives (read by `source_reader`) and,
+/// once the fill has stored it, stores the encoding beside it; when the fill did not store
+/// its body, the encoding only streams to its readers.
+async fn encode_fill_and_store(
+    proxy: Arc<Proxy>,
+    (meta, source, source_reader): (Arc<EntryMeta>, Arc<Fill>, FillReader),
+    coding: Coding,
+    permit: EncoderPermit,
+    fill: Arc<Fill>,
+    fill_key: FillKey,
+) {
+    let cache = &proxy.cache;
+    let _leave = scopeguard::guard((), |()| cache.coalescer().leave(&fill_key, &fill));
+    // The stored body's digest is known once the fill has stored it, after its last byte.
+    let source_digest = Arc::new(std::sync::OnceLock::new());
+    let variant = meta.variant.derived(coding.as_str());
+    let finalise = {
+        let source_digest = Arc::clone(&source_digest);
+        move |meta: &mut EntryMeta, len: u64| {
+            meta.variant = variant;
+            compress::encoded_headers(&mut meta.headers, coding, Some(len));
+            meta.derivation = source_digest.get().map(|&source_digest| Derivation {
+                coding,
+                source_digest,
+            });
+        }
+    };
+    let writer = cache
+        .begin_fill(
+            &fill,
+            (*meta).clone(),
+            FillTarget::Derived(Box::new(finalise)),
+        )
+        .await;
+    let encoded = proxy
+        .compression
+        .encode_reserved(Body::boxed(source_reader), coding, permit);
+    let Some(writer) = encode_into(writer, encoded, &meta.url, coding).await else {
+        return;
+    };
+    match source.wait_settled().await {
+        FillStatus::Complete { entry, .. } if source_digest.set(entry.meta.body_digest).is_ok() => {
+            if let Admitted::TooLarge = writer.finish().await {
+                cache
+                    .remember_uncacheable(meta.key.for_variant(variant))
+                    .await;
+            }
+        }
+        _ => writer.end_unstored(),
     }
 }
 

@@ -508,7 +508,13 @@ pub struct Fill {
     /// Offered by the fill's task when the origin's response can be asked for again from
     /// an offset (it has a strong validator): readers left behind go on from there.
     resume: std::sync::OnceLock<Arc<dyn ResumeFrom>>,
+    /// Tells this fill from every other of the process's run: what is derived from its
+    /// body while it streams (an encoding) is coalesced under it.
+    id: u64,
 }
+
+/// The next [`Fill::id`].
+static NEXT_FILL_ID: AtomicU64 = AtomicU64::new(0);
 
 /// The body as readers share it. Reader positions are counted per chunk (`waiting_at`), so
 /// a read, a trim and a departure cost O(1) amortised however many readers follow.
@@ -598,12 +604,18 @@ impl Fill {
             readers_left: Notify::new(),
             held_bytes,
             resume: std::sync::OnceLock::new(),
+            id: NEXT_FILL_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
+    /// This fill's number, unique in the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// A new reader positioned at the first byte, unless the fill has started discarding
-    /// what was read.
-    fn reader(self: &Arc<Self>) -> Option<FillReader> {
+    /// what was read (or handed its readers over to the stored entry).
+    pub fn reader(self: &Arc<Self>) -> Option<FillReader> {
         let mut body = self.body.lock();
         if !body.accepts_readers {
             return None;

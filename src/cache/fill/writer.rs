@@ -319,6 +319,12 @@ impl FillWriter<'_> {
         }
     }
 
+    /// The whole body has arrived and is not to be stored (what it was derived from was
+    /// not): its readers get a clean end, and the fill is left as it streamed.
+    pub fn end_unstored(mut self) {
+        self.fill.end(self.held.take());
+    }
+
     /// The body failed (the origin broke off, or stalled past the body-read timeout):
     /// readers get an error, and nothing is stored.
     pub async fn fail(mut self, error: ProxyError) {

@@ -57,16 +57,17 @@ pub async fn deliver(
         Delivery::Stored { entry, set } => stored(proxy, &entry, set.as_deref(), parts, ctx).await,
         Delivery::Partial(entry) => Ok(respond::ranged_from_partial(proxy, &entry, parts, now)),
         Delivery::Streaming { meta, reader, fill } => {
-            if range::requested(parts, &meta.headers).is_some() && will_be_stored(proxy, &meta) {
+            if range::requested(parts, &meta.headers).is_some() && ctx.status.stored {
                 // RFC 9110 §14: a Range miss on an object that will be stored waits for it
                 // and is served from the entry (the whole object was fetched once).
-                drop(reader);
-                return match fill.wait_settled().await {
+                return match settled_reading_along(reader, &fill).await {
                     FillStatus::Complete { entry, .. } => {
                         stored(proxy, &entry, None, parts, ctx).await
                     }
                     FillStatus::Failed(err) => Err(err),
-                    _ => Err(ProxyError::Internal("fill settled without an entry".into())),
+                    _ => Err(ProxyError::Internal(
+                        "the response was not stored after all".into(),
+                    )),
                 };
             }
             encode::streaming(proxy, (&meta, reader, &fill), parts, now).await
@@ -152,8 +153,22 @@ async fn read_before_head(response: Response<Body>) -> Result<Response<Body>, Pr
     }
 }
 
-/// Whether a streaming fill's object fits the cache (so a Range request may wait for it).
-fn will_be_stored(proxy: &Proxy, meta: &EntryMeta) -> bool {
-    crate::cache::entry::content_length(&meta.headers)
-        .is_some_and(|len| len <= proxy.cache.storable_size())
+/// Waits for `fill` to settle while reading along with `reader`, discarding what it reads:
+/// a request waiting for the stored object is one of the fill's readers, so the fill is not
+/// abandoned as unread (past `unread_fill_limit`, which refused every Range request for an
+/// object larger than that with a 500), and a fill that turns out to stream through
+/// unstored, reading on only as its readers ask, is not held up by it.
+async fn settled_reading_along(mut reader: FillReader, fill: &Fill) -> FillStatus {
+    use http_body_util::BodyExt;
+    let settled = fill.wait_settled();
+    tokio::pin!(settled);
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            status = &mut settled => return status,
+            frame = reader.frame(), if reading => {
+                reading = matches!(frame, Some(Ok(_)));
+            }
+        }
+    }
 }

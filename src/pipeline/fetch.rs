@@ -252,6 +252,13 @@ fn delivery_from(
                 storing && crate::cache::entry::content_length(&meta.headers).is_some();
             Some(Ok(Delivery::Streaming { meta, reader, fill }))
         }
+        // Ended unstored before this request looked: its reader, taken before the end,
+        // still reads the whole body.
+        FillStatus::Streamed { meta } if selects(&meta) => {
+            status_line.fwd_status = Some(meta.status.as_u16());
+            status_line.ttl = Some(meta.freshness.ttl_seconds(now));
+            Some(Ok(Delivery::Streaming { meta, reader, fill }))
+        }
         FillStatus::Complete { entry, revalidated } if selects(&entry.meta) => {
             status_line.fwd_status = Some(if revalidated {
                 304

@@ -492,6 +492,54 @@ async fn range_miss_fills_the_whole_object() {
     assert_eq!(origin.hits("/pkg.deb"), 1);
 }
 
+/// A Range miss for an object larger than `unread_fill_limit` still fills the whole object
+/// once and answers 206 from it (RFC 9110 §14), in memory and with a disk tier. The request
+/// waiting for the object is one of the fill's readers: it used to let go of the fill, which
+/// then had no reader and was abandoned past that limit, and every such request got a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_miss_on_an_object_past_the_unread_limit_is_answered_from_it() {
+    let whole: bytes::Bytes = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let origin = Origin::start(vec![(
+        "/disc.iso",
+        Fixture::Static {
+            status: http::StatusCode::OK,
+            headers: header_list(&[("cache-control", "max-age=600"), ("etag", "\"d1\"")]),
+            body: whole.clone(),
+        },
+    )])
+    .await;
+    let disk = tempfile::tempdir().unwrap();
+    let limits = "[cache]\nunread_fill_limit = \"1MiB\"\n";
+    // Past the memory tier's object size: the fill writes it to a disk file as it comes.
+    let with_disk = format!(
+        "{limits}max_object_size = \"1MiB\"\ndir = \"{}\"\n",
+        disk.path().display()
+    );
+    for (tier, config) in [("memory", limits.to_string()), ("disk", with_disk)] {
+        let path = format!("/disc.iso?{tier}");
+        let proxy = Proxy::start(&origin.url(), &config).await;
+        for round in ["miss", "hit"] {
+            let piece = get(&proxy.url(&path), &[("range", "bytes=100-199")]).await;
+            assert_eq!(
+                piece.status.as_u16(),
+                206,
+                "{tier} {round}: {}",
+                piece.text()
+            );
+            assert_eq!(
+                piece.header("content-range"),
+                Some("bytes 100-199/3000000"),
+                "{tier} {round}"
+            );
+            assert_eq!(piece.body, whole.slice(100..200), "{tier} {round}");
+        }
+        assert_eq!(
+            origin.hits("/disc.iso"),
+            if tier == "memory" { 1 } else { 2 }
+        );
+    }
+}
+
 /// RFC 9110 §14.1: range unit names are case-insensitive, so `Bytes=` is a byte range
 /// like `bytes=`, from a stored object as from the origin's 206.
 #[tokio::test]

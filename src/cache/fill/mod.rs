@@ -117,6 +117,12 @@ pub enum FillStatus {
         error: crate::error::OriginFailure,
         fwd_status: Option<u16>,
     },
+    /// The body streamed to its readers whole and was not stored (refused room, or too
+    /// large for where it was to go): readers that joined before read all of it; nobody
+    /// else can.
+    Streamed {
+        meta: Arc<EntryMeta>,
+    },
     /// Not storable: only the leader may see this response; everyone else fetches alone.
     Uncacheable(NoStoreReason),
     /// The origin could not be reached or answered badly before a head was complete.

@@ -311,7 +311,7 @@ impl FillWriter<'_> {
         if too_large && matches!(self.target, FillTarget::Origin) {
             self.cache.remember_uncacheable(self.meta.key).await;
         }
-        self.fill.end(self.held.take());
+        self.end_unstored_now();
         if too_large {
             Admitted::TooLarge
         } else {
@@ -322,7 +322,17 @@ impl FillWriter<'_> {
     /// The whole body has arrived and is not to be stored (what it was derived from was
     /// not): its readers get a clean end, and the fill is left as it streamed.
     pub fn end_unstored(mut self) {
+        self.end_unstored_now();
+    }
+
+    /// Ends the body for its readers and settles the fill as streamed, not stored: what
+    /// waits for it to settle (a Range request waiting for the stored object, an encoding
+    /// to be stored beside it) must not wait for ever.
+    fn end_unstored_now(&mut self) {
         self.fill.end(self.held.take());
+        self.fill.publish(FillStatus::Streamed {
+            meta: Arc::clone(&self.meta),
+        });
     }
 
     /// The body failed (the origin broke off, or stalled past the body-read timeout):

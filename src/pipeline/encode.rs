@@ -263,7 +263,9 @@ async fn encode_into<'c>(
                 writer.write(data).await.ok()?;
             }
             Some(Err(error)) => {
-                tracing::warn!(%url, coding = coding.as_str(), %error, "encoding a body failed");
+                // The body being encoded broke off (a fill's origin failed mid-body), or
+                // the encoder did.
+                tracing::warn!(%url, coding = coding.as_str(), %error, "encoding stopped");
                 writer
                     .fail(ProxyError::Internal("encoding failed".into()))
                     .await;
@@ -338,8 +340,8 @@ fn shared_coding(
 
 /// Joins (or leads) the one encoding of `source`'s body in `coding` for the requests of
 /// that fill; `None` when there is none to join (running encoders hold their budget, or
-/// the fill already handed its body to the stored entry: then the stored entry's
-/// encoding, as hits share it).
+/// the fill takes no new reader). A fill that has already handed its body to the stored
+/// entry gives that entry's encoding, as hits share it.
 async fn encoded_from_fill(
     proxy: &Arc<Proxy>,
     meta: &Arc<EntryMeta>,
@@ -363,10 +365,12 @@ async fn encoded_from_fill(
             proxy.cache.coalescer().leave(&fill_key, &fill);
         };
         let Some(source_reader) = source.reader() else {
+            refuse();
             // The fill has handed its body to the entry it stored (it arrived whole while
             // this request was on its way here): that entry's encoding, as hits share it.
-            refuse();
-            return match source.wait_settled().await {
+            // Otherwise it streams through (or to a disk file) and takes no new reader:
+            // this request encodes its own, reading on as it does.
+            return match source.status_now() {
                 FillStatus::Complete { entry, .. } => {
                     encoded_once(proxy, &entry, coding, identity_acceptable).await
                 }

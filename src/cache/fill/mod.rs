@@ -648,6 +648,11 @@ impl Fill {
         Some(FillReader::live(Arc::clone(self), index))
     }
 
+    /// The fill's status now.
+    pub fn status_now(&self) -> FillStatus {
+        self.status.borrow().clone()
+    }
+
     /// Whether the fill has settled: stored, refused, failed, or answered stale.
     pub fn is_settled(&self) -> bool {
         self.status.borrow().is_settled()

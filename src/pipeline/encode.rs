@@ -173,10 +173,12 @@ async fn encoded_once(
             Some(entry.meta.body_len),
             identity_acceptable,
         ) else {
-            fill.refuse(ProxyError::Internal(
-                "compression.encoder_memory_budget is held".into(),
-            ));
-            proxy.cache.coalescer().leave(&fill_key, &fill);
+            give_up(
+                proxy,
+                &fill_key,
+                &fill,
+                "compression.encoder_memory_budget is held",
+            );
             return None;
         };
         let job = encode_and_store(
@@ -189,11 +191,24 @@ async fn encoded_once(
         );
         proxy.cache.spawn_fill(job);
     }
+    joined(&fill, reader).await
+}
+
+/// What a request that joined (or leads) the encoding `fill` is sent, once it has a head:
+/// `None` when it was given up or failed before.
+async fn joined(fill: &Fill, reader: FillReader) -> Option<Encoded> {
     match fill.wait_status().await {
         FillStatus::Streaming { .. } => Some(Encoded::Streaming(reader)),
         FillStatus::Complete { entry, .. } => Some(Encoded::Stored(entry)),
         _ => None,
     }
+}
+
+/// Settles the encoding `fill` its leader will not run, `why`: the requests that joined
+/// it go their own way, and later ones start afresh.
+fn give_up(proxy: &Proxy, fill_key: &FillKey, fill: &Arc<Fill>, why: &str) {
+    fill.refuse(ProxyError::Internal(why.into()));
+    proxy.cache.coalescer().leave(fill_key, fill);
 }
 
 /// The fill task that encodes a stored body and stores the result beside it. An encoding
@@ -358,12 +373,7 @@ async fn encoded_from_fill(
     };
     let (role, fill, reader) = proxy.cache.coalescer().join(fill_key);
     if matches!(role, Role::Leader) {
-        let refuse = || {
-            fill.refuse(ProxyError::Internal(
-                "no encoding of this fill's body is being made".into(),
-            ));
-            proxy.cache.coalescer().leave(&fill_key, &fill);
-        };
+        let refuse = || give_up(proxy, &fill_key, &fill, "no encoding of this body is made");
         let Some(source_reader) = source.reader() else {
             refuse();
             // The fill has handed its body to the entry it stored (it arrived whole while
@@ -395,11 +405,7 @@ async fn encoded_from_fill(
         );
         proxy.cache.spawn_fill(job);
     }
-    match fill.wait_status().await {
-        FillStatus::Streaming { .. } => Some(Encoded::Streaming(reader)),
-        FillStatus::Complete { entry, .. } => Some(Encoded::Stored(entry)),
-        _ => None,
-    }
+    joined(&fill, reader).await
 }
 
 /// The fill task that encodes a fill's body as it arrives (read by `source_reader`) and,

@@ -199,9 +199,16 @@ async fn encoded_variant_is_made_once_and_reused() {
 /// body as it arrives rather than once per client; each reply decodes to the origin's
 /// exact bytes (RFC 9110 §8.4) and the encodings are stored beside the entry, so a later
 /// hit encodes nothing. Every client has its head before the origin sends the second half
-/// of the body: all of them were served from the fill as it streamed.
+/// of the body: all of them were served from the fill as it streamed. Half the clients speak
+/// HTTP/2; with a disk tier as without.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cold_burst_makes_one_encoding_per_coding_as_the_body_arrives() {
+    cold_burst_encoded_once("").await;
+    let disk = tempfile::tempdir().unwrap();
+    cold_burst_encoded_once(&format!("[cache]\ndir = \"{}\"\n", disk.path().display())).await;
+}
+
+async fn cold_burst_encoded_once(config: &str) {
     let body = Bytes::from(text(100_000));
     let (head_gate, rest_gate) = (Gate::closed(), Gate::closed());
     let bundle = Fixture::GatedThen {
@@ -218,19 +225,21 @@ async fn a_cold_burst_makes_one_encoding_per_coding_as_the_body_arrives() {
         }),
     };
     let origin = Origin::start(vec![("/bundle.js", bundle)]).await;
-    let proxy = Proxy::start(&origin.url(), "").await;
+    let proxy = Proxy::start(&origin.url(), config).await;
     let codings = ["br", "gzip", "br", "identity", "br", "gzip", "br", "gzip"];
     let heads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients: Vec<_> = codings
         .iter()
-        .map(|&coding| {
+        .enumerate()
+        .map(|(n, &coding)| {
             let (url, heads) = (proxy.url("/bundle.js"), Arc::clone(&heads));
+            let client = if n % 2 == 0 { client() } else { h2c_client() };
             tokio::spawn(async move {
                 let request = Request::get(url)
                     .header("accept-encoding", coding)
                     .body(Full::new(Bytes::new()))
                     .unwrap();
-                let response = client().request(request).await.unwrap();
+                let response = client.request(request).await.unwrap();
                 heads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let encoding = response
                     .headers()

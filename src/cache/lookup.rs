@@ -214,6 +214,22 @@ impl Cache {
     /// doing so: its variant is the request's and it may be reused now (fresh, allowed
     /// stale, or offline), or once validated, when it has a strong entity tag (a weak one
     /// would not vouch for its bytes, RFC 9110 §8.8.1).
+    /// The partial entry `request` (a Range request) may be served from now without the
+    /// origin, if one is stored: for a request that waited on a fill which kept the 206 it
+    /// asked for as a partial entry. Whether it holds the range is the caller's to judge.
+    pub async fn partial_to_serve(
+        &self,
+        key: &PrimaryKey,
+        request: &http::request::Parts,
+        now: SystemTime,
+    ) -> Option<Arc<PartialEntry>> {
+        let directives = policy::request_directives(&request.headers);
+        self.usable_partial(key, request, &directives, now)
+            .await
+            .filter(|usable| !usable.must_validate)
+            .map(|usable| usable.entry)
+    }
+
     async fn usable_partial(
         &self,
         key: &PrimaryKey,

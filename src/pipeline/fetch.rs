@@ -32,7 +32,7 @@ use super::{upstream_request, Proxy, RequestCtx};
 use crate::body::Body;
 use crate::cache::entry::{EntryMeta, StoredResponse};
 use crate::cache::fill::{Fill, FillKey, FillReader, FillStatus, FillTarget, Role};
-use crate::cache::key::Vary;
+use crate::cache::key::{VariantKey, Vary};
 use crate::cache::lookup::MissPlan;
 use crate::cache::partial::{ContentRange, PartialEntry};
 use crate::cache::policy::{self, FetchedFor, Freshness, NoStoreReason, ResponseDirectives};
@@ -65,7 +65,7 @@ pub(super) async fn through_cache(
     if miss.plan.is_coalescable && !cache.is_hit_for_miss(&miss.plan.key).await {
         let fill_key = FillKey {
             key: miss.plan.key,
-            variant_hint: miss.plan.variant_hint,
+            variant_hint: fill_variant(&miss),
         };
         let (role, fill, reader) = cache.coalescer().join(fill_key);
         match role {
@@ -93,6 +93,26 @@ pub(super) async fn through_cache(
         }
     }
     lead(&miss, cache.coalescer().solo(), None, ctx).await
+}
+
+/// What a miss's fill is coalesced under beside its key: the variant it asks for, and for a
+/// range forwarded with its Range, that range as written. Requests for one range then share
+/// one origin request (a burst of players seeking to one place, or of clients of an origin
+/// that ignores Range and answers each with the whole object), and no request joins a fetch
+/// of another range.
+fn fill_variant(miss: &Miss<'_>) -> VariantKey {
+    let range = miss
+        .plan
+        .forwards_range
+        .then(|| miss.parts.headers.get(header::RANGE))
+        .flatten();
+    match range {
+        Some(range) => {
+            let range = String::from_utf8_lossy(range.as_bytes());
+            miss.plan.variant_hint.derived(&format!("range\0{range}"))
+        }
+        None => miss.plan.variant_hint,
+    }
 }
 
 /// Starts the fill task and serves the leader from it.
@@ -216,6 +236,15 @@ async fn follow(
         .observe(waited.as_secs_f64());
     let status = status.ok()?;
     ctx.status.collapsed = true;
+    if let FillStatus::Uncacheable(NoStoreReason::PartialContent) = status {
+        // The leader's 206 for this same range went to it alone; it is kept as a partial
+        // entry, which now holds this request's range too.
+        let entry = partial_for_follower(miss, ctx).await;
+        if entry.is_none() {
+            ctx.status.collapsed = false;
+        }
+        return entry.map(|entry| Ok(Delivery::Partial(entry)));
+    }
     let headers = &miss.parts.headers;
     // Left behind, this request asks for the rest on its own client's behalf.
     let reader = if fill.may_resume() {
@@ -229,6 +258,25 @@ async fn follow(
         ctx.status.collapsed = false;
     }
     delivery
+}
+
+/// The partial entry a request that waited on a fetch of its range may now be served from:
+/// the one the leader's 206 was kept in, when it answers the range fresh.
+async fn partial_for_follower(
+    miss: &Miss<'_>,
+    ctx: &mut RequestCtx,
+) -> Option<Arc<crate::cache::partial::PartialEntry>> {
+    if !miss.plan.forwards_range {
+        return None;
+    }
+    let cache = &miss.proxy.cache;
+    let entry = cache
+        .partial_to_serve(&miss.plan.key, miss.parts, ctx.now)
+        .await
+        .filter(|entry| super::range::partial_answers(entry, miss.parts))?;
+    ctx.status.fwd_status = Some(StatusCode::PARTIAL_CONTENT.as_u16());
+    ctx.status.ttl = Some(entry.meta.freshness.ttl_seconds(ctx.now));
+    Some(entry)
 }
 
 /// What a request waiting on a fill is sent, by the fill's status; `None` when the status

@@ -589,8 +589,8 @@ async fn branch(
         Lookup::Partial { .. } => Err(ProxyError::Internal("nested partial lookup".into())),
         Lookup::Fetch(mut plan) => {
             if range::forwards(request.parts, known_len, max_offset) {
+                // Coalesced only with requests for the same range (see `fetch`).
                 plan.forwards_range = true;
-                plan.is_coalescable = false;
             }
             ctx.key = Some(plan.key);
             ctx.variant = plan.stale.as_ref().map(|entry| entry.meta.variant);

@@ -540,6 +540,59 @@ async fn a_range_miss_on_an_object_past_the_unread_limit_is_answered_from_it() {
     }
 }
 
+/// Concurrent requests for one range past `range_fill_max_offset` share one origin
+/// request: the leader's 206 is kept as a partial entry (RFC 9111 §3.3) and the others are
+/// answered from it; against an origin that ignores Range (RFC 9110 §14.2 allows it) and
+/// answers with the whole object, that one fetch is stored and every request gets its 206
+/// from it. Before, each request was its own origin fetch of the whole object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_for_one_forwarded_range_share_one_fetch() {
+    let honours = Gate::closed();
+    let ignores = Gate::closed();
+    let origin = Origin::start(vec![
+        (
+            "/movie",
+            Fixture::GatedThen {
+                gate: honours.clone(),
+                then: Box::new(ranged("\"m1\"", representation())),
+            },
+        ),
+        (
+            "/whole",
+            Fixture::GatedWith {
+                gate: ignores.clone(),
+                headers: header_list(&[("cache-control", "max-age=60"), ("etag", "\"w1\"")]),
+                body: representation(),
+            },
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), CONFIG).await;
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    for (path, gate) in [("/movie", honours), ("/whole", ignores)] {
+        let waiting_before = metrics.coalesced_waits.get();
+        let requests: Vec<_> = (0..4)
+            .map(|_| {
+                let url = proxy.url(path);
+                tokio::spawn(async move { get(&url, &[("range", "bytes=500-599")]).await })
+            })
+            .collect();
+        eventually("the requests to share one fetch", || {
+            origin.hits(path) == 1 && metrics.coalesced_waiting.get() == 3
+        })
+        .await;
+        gate.open();
+        for request in requests {
+            assert_piece(&request.await.unwrap(), 500, 599);
+        }
+        assert_eq!(origin.hits(path), 1, "{path}");
+        assert_eq!(metrics.coalesced_waits.get() - waiting_before, 3, "{path}");
+    }
+    // Another range is not answered from a fetch of this one.
+    assert_piece(&range(&proxy, "/movie", "bytes=700-799").await, 700, 799);
+    assert_eq!(origin.hits("/movie"), 2);
+}
+
 /// RFC 9110 §14.1: range unit names are case-insensitive, so `Bytes=` is a byte range
 /// like `bytes=`, from a stored object as from the origin's 206.
 #[tokio::test]

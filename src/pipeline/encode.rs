@@ -181,17 +181,39 @@ async fn encoded_once(
             );
             return None;
         };
-        let job = encode_and_store(
-            Arc::clone(proxy),
-            Arc::clone(entry),
-            coding,
-            permit,
-            Arc::clone(&fill),
-            fill_key,
-        );
-        proxy.cache.spawn_fill(job);
+        let run = EncodingRun::new(proxy, coding, permit, (&fill, fill_key));
+        let source = EncodingSource::Stored(Arc::clone(entry));
+        let meta = Arc::new(entry.meta.clone());
+        proxy.cache.spawn_fill(encode_and_store(run, meta, source));
     }
     joined(&fill, reader).await
+}
+
+/// What an encoding fill's task runs with, beside its source: the leader's encoder permit
+/// for `coding`, and the fill it feeds, registered under `fill_key`.
+struct EncodingRun {
+    proxy: Arc<Proxy>,
+    coding: Coding,
+    permit: EncoderPermit,
+    fill: Arc<Fill>,
+    fill_key: FillKey,
+}
+
+impl EncodingRun {
+    fn new(
+        proxy: &Arc<Proxy>,
+        coding: Coding,
+        permit: EncoderPermit,
+        (fill, fill_key): (&Arc<Fill>, FillKey),
+    ) -> EncodingRun {
+        EncodingRun {
+            proxy: Arc::clone(proxy),
+            coding,
+            permit,
+            fill: Arc::clone(fill),
+            fill_key,
+        }
+    }
 }
 
 /// What a request that joined (or leads) the encoding `fill` is sent, once it has a head:
@@ -211,51 +233,76 @@ fn give_up(proxy: &Proxy, fill_key: &FillKey, fill: &Arc<Fill>, why: &str) {
     proxy.cache.coalescer().leave(fill_key, fill);
 }
 
-/// The fill task that encodes a stored body and stores the result beside it. An encoding
-/// too large to keep is streamed to its readers once and remembered (hit-for-miss), so later
-/// requests get the identity representation instead of an encoder run each.
-async fn encode_and_store(
-    proxy: Arc<Proxy>,
-    source: Arc<StoredResponse>,
-    coding: Coding,
-    permit: EncoderPermit,
-    fill: Arc<Fill>,
-    fill_key: FillKey,
-) {
+/// Where an encoding's body comes from, and how its source's digest (which the stored
+/// encoding names) becomes known.
+enum EncodingSource {
+    /// A stored body.
+    Stored(Arc<StoredResponse>),
+    /// A fill's body as it arrives, read by the reader: the digest is known once the fill
+    /// has stored it, after its last byte.
+    Streaming(Arc<Fill>, FillReader),
+}
+
+/// The fill task that encodes `source` (described by `meta`) and stores the result beside
+/// it; an encoding of a fill that did not store its body only streams to its readers. An
+/// encoding too large to keep is streamed to its readers once and remembered
+/// (hit-for-miss), so later requests get the identity representation instead of an
+/// encoder run each.
+async fn encode_and_store(run: EncodingRun, meta: Arc<EntryMeta>, source: EncodingSource) {
+    let EncodingRun {
+        proxy,
+        coding,
+        permit,
+        fill,
+        fill_key,
+    } = run;
     let cache = &proxy.cache;
     // However the encoding ends, later requests start afresh.
     let _leave = scopeguard::guard((), |()| cache.coalescer().leave(&fill_key, &fill));
-    let (variant, source_digest) = (
-        source.meta.variant.derived(coding.as_str()),
-        source.meta.body_digest,
-    );
-    let finalise = move |meta: &mut crate::cache::entry::EntryMeta, len: u64| {
-        meta.variant = variant;
-        compress::encoded_headers(&mut meta.headers, coding, Some(len));
-        meta.derivation = Some(Derivation {
-            coding,
-            source_digest,
-        });
+    let source_digest = Arc::new(std::sync::OnceLock::new());
+    let variant = meta.variant.derived(coding.as_str());
+    let finalise = {
+        let source_digest = Arc::clone(&source_digest);
+        move |meta: &mut EntryMeta, len: u64| {
+            meta.variant = variant;
+            compress::encoded_headers(&mut meta.headers, coding, Some(len));
+            meta.derivation = source_digest.get().map(|&source_digest| Derivation {
+                coding,
+                source_digest,
+            });
+        }
     };
     let writer = cache
         .begin_fill(
             &fill,
-            source.meta.clone(),
+            (*meta).clone(),
             FillTarget::Derived(Box::new(finalise)),
         )
         .await;
-    let encoded =
-        proxy
-            .compression
-            .encode_reserved(respond::stored_body(&proxy, &source), coding, permit);
-    let Some(writer) = encode_into(writer, encoded, &source.meta.url, coding).await else {
+    let (body, source_fill) = match source {
+        EncodingSource::Stored(stored) => {
+            let _ = source_digest.set(stored.meta.body_digest);
+            (respond::stored_body(&proxy, &stored), None)
+        }
+        EncodingSource::Streaming(source, reader) => (Body::boxed(reader), Some(source)),
+    };
+    let encoded = proxy.compression.encode_reserved(body, coding, permit);
+    let Some(writer) = encode_into(writer, encoded, &meta.url, coding).await else {
         return;
     };
+    if let Some(source) = source_fill {
+        match source.wait_settled().await {
+            FillStatus::Complete { entry, .. } => {
+                let _ = source_digest.set(entry.meta.body_digest);
+            }
+            _ => return writer.end_unstored(),
+        }
+    }
     // Too large to keep: later requests do not try to make it again for a while. Refused
     // room only for now (the fills' budget was taken), the next request tries again.
     if let Admitted::TooLarge = writer.finish().await {
         cache
-            .remember_uncacheable(fill_key.key.for_variant(fill_key.variant_hint))
+            .remember_uncacheable(meta.key.for_variant(variant))
             .await;
     }
 }
@@ -395,69 +442,13 @@ async fn encoded_from_fill(
             refuse();
             return None;
         };
-        let job = encode_fill_and_store(
-            Arc::clone(proxy),
-            (Arc::clone(meta), Arc::clone(source), source_reader),
-            coding,
-            permit,
-            Arc::clone(&fill),
-            fill_key,
-        );
-        proxy.cache.spawn_fill(job);
+        let run = EncodingRun::new(proxy, coding, permit, (&fill, fill_key));
+        let source = EncodingSource::Streaming(Arc::clone(source), source_reader);
+        proxy
+            .cache
+            .spawn_fill(encode_and_store(run, Arc::clone(meta), source));
     }
     joined(&fill, reader).await
-}
-
-/// The fill task that encodes a fill's body as it arrives (read by `source_reader`) and,
-/// once the fill has stored it, stores the encoding beside it; when the fill did not store
-/// its body, the encoding only streams to its readers.
-async fn encode_fill_and_store(
-    proxy: Arc<Proxy>,
-    (meta, source, source_reader): (Arc<EntryMeta>, Arc<Fill>, FillReader),
-    coding: Coding,
-    permit: EncoderPermit,
-    fill: Arc<Fill>,
-    fill_key: FillKey,
-) {
-    let cache = &proxy.cache;
-    let _leave = scopeguard::guard((), |()| cache.coalescer().leave(&fill_key, &fill));
-    // The stored body's digest is known once the fill has stored it, after its last byte.
-    let source_digest = Arc::new(std::sync::OnceLock::new());
-    let variant = meta.variant.derived(coding.as_str());
-    let finalise = {
-        let source_digest = Arc::clone(&source_digest);
-        move |meta: &mut EntryMeta, len: u64| {
-            meta.variant = variant;
-            compress::encoded_headers(&mut meta.headers, coding, Some(len));
-            meta.derivation = source_digest.get().map(|&source_digest| Derivation {
-                coding,
-                source_digest,
-            });
-        }
-    };
-    let writer = cache
-        .begin_fill(
-            &fill,
-            (*meta).clone(),
-            FillTarget::Derived(Box::new(finalise)),
-        )
-        .await;
-    let encoded = proxy
-        .compression
-        .encode_reserved(Body::boxed(source_reader), coding, permit);
-    let Some(writer) = encode_into(writer, encoded, &meta.url, coding).await else {
-        return;
-    };
-    match source.wait_settled().await {
-        FillStatus::Complete { entry, .. } if source_digest.set(entry.meta.body_digest).is_ok() => {
-            if let Admitted::TooLarge = writer.finish().await {
-                cache
-                    .remember_uncacheable(meta.key.for_variant(variant))
-                    .await;
-            }
-        }
-        _ => writer.end_unstored(),
-    }
 }
 
 /// A response on its way from the origin (or a stored one that is not compressible), in the

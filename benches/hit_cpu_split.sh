@@ -9,6 +9,8 @@
 #   benches/hit_cpu_split.sh                 # BIN=target/release/outpost SIZE=100k
 #
 # SIZE (1k, 100k), KEYS (100), ROUNDS (3), DURATION (5 s). Any outpost flags in ARGS.
+# MISSES=1 measures unique misses instead (every request a new key: outpost stores in
+# memory, nginx writes its cache files to tmpfs).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 KIT=${KIT:-$HERE/../../shared/bench}
@@ -32,16 +34,21 @@ prefix=/b/$SIZE/split
 task_ticks() { awk '{sub(/^.*\) /,""); print $12, $13}' "/proc/$1/stat"; }
 cpu0_ticks() { awk '/^cpu0 /{print $2 + $3, $4, $8, $5}' /proc/stat; }
 
+keys() { # server round: keys.lua's arguments
+  if [[ -n ${MISSES:-} ]]; then echo unique "$prefix" "m$$-$1-$2"; else echo hot "$prefix" "$KEYS"; fi
+}
 for t in outpost nginx; do
-  timeout 30 taskset -c 1 wrk -t1 -c8 -d2s -s "$KIT/keys.lua" "${URL[$t]}" -- hot "$prefix" "$KEYS" - >/dev/null 2>&1
+  # shellcheck disable=SC2046
+  timeout 30 taskset -c 1 wrk -t1 -c8 -d2s -s "$KIT/keys.lua" "${URL[$t]}" -- $(keys "$t" 0) - >/dev/null 2>&1
 done
 echo "per request, µs: task user / task sys | CPU 0 user / sys / softirq / idle"
 for round in $(seq "$ROUNDS"); do
   for t in outpost nginx; do
     read -r tu0 ts0 < <(task_ticks "${PID[$t]}")
     read -r cu0 cs0 cq0 ci0 < <(cpu0_ticks)
+    # shellcheck disable=SC2046
     out=$(timeout $((DURATION + 20)) taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" -s "$KIT/keys.lua" \
-      "${URL[$t]}" -- hot "$prefix" "$KEYS" - 2>&1)
+      "${URL[$t]}" -- $(keys "$t" "$round") - 2>&1)
     read -r tu1 ts1 < <(task_ticks "${PID[$t]}")
     read -r cu1 cs1 cq1 ci1 < <(cpu0_ticks)
     requests=$(echo "$out" | grep -o '"requests":[0-9]*' | cut -d: -f2)

@@ -81,7 +81,8 @@ pub(super) async fn serve_stored(
         };
         let response = respond::from_meta(proxy, meta, body, parts, now);
         let response = encoded_response(response, coding, Some(encoded.meta.body_len));
-        return (response, sent_whole(&encoded));
+        // Moved, not cloned: one reference per encoded hit.
+        return (response, (parts.method == Method::GET).then_some(encoded));
     }
     if parts.method == Method::HEAD {
         let response = respond::from_entry(proxy, entry, parts, now);
@@ -352,19 +353,17 @@ pub(super) async fn streaming(
     parts: &http::request::Parts,
     now: SystemTime,
 ) -> Result<Response<Body>, ProxyError> {
-    let shared = shared_coding(proxy, meta, parts);
-    let encoded = match shared {
+    let shared = match shared_coding(proxy, meta, parts) {
         Some((coding, identity_acceptable)) => {
-            encoded_from_fill(proxy, meta, fill, coding, identity_acceptable).await
+            encoded_from_fill(proxy, meta, fill, coding, identity_acceptable)
+                .await
+                .map(|encoded| (coding, encoded))
         }
         None => None,
     };
-    let (coding, encoded) = match (shared, encoded) {
-        (Some((coding, _)), Some(encoded)) => (coding, encoded),
-        _ => {
-            let response = respond::from_meta(proxy, meta, Body::boxed(reader), parts, now);
-            return for_client(proxy, response, parts).await;
-        }
+    let Some((coding, encoded)) = shared else {
+        let response = respond::from_meta(proxy, meta, Body::boxed(reader), parts, now);
+        return for_client(proxy, response, parts).await;
     };
     // This request's own reader of the fill is not needed: it reads the encoding.
     drop(reader);

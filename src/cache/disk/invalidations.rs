@@ -507,7 +507,6 @@ impl DiskTier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::disk::NewBody;
     use crate::cache::entry::testing::entry;
 
     fn key(n: u8) -> PrimaryKey {
@@ -670,8 +669,7 @@ mod tests {
             entry("/mine", b"b".to_vec()),
         );
         for stored in [&theirs, &mine] {
-            let body = NewBody::Inline(stored.body.as_bytes().unwrap().clone());
-            store.commit(&stored.meta, Some(body)).unwrap();
+            store.commit_inline(stored);
         }
         let (mut other, _) = PendingFile::open(dir.path()).unwrap();
         other
@@ -711,8 +709,7 @@ mod tests {
         {
             let store = DiskStore::open(dir.path(), 1 << 20, false).unwrap();
             for entry in &stored {
-                let body = NewBody::Inline(entry.body.as_bytes().unwrap().clone());
-                store.commit(&entry.meta, Some(body)).unwrap();
+                store.commit_inline(entry);
             }
             store.flush().unwrap();
             let tree = Selection::Named {

@@ -748,8 +748,7 @@ mod tests {
         {
             let store = DiskStore::open(dir.path(), 1 << 34, false).unwrap();
             for stored in &entries {
-                let body = NewBody::Inline(stored.body.as_bytes().unwrap().clone());
-                store.commit(&stored.meta, Some(body)).unwrap();
+                store.commit_inline(stored);
             }
             store.flush().unwrap();
         }
@@ -811,8 +810,7 @@ mod tests {
         {
             let store = DiskStore::open(dir.path(), 1 << 20, false).unwrap();
             for stored in [&a, &b] {
-                let body = NewBody::Inline(stored.body.as_bytes().unwrap().clone());
-                store.commit(&stored.meta, Some(body)).unwrap();
+                store.commit_inline(stored);
             }
             assert!(!store.blob_path(&a.meta.body_digest).exists());
             store.flush().unwrap();
@@ -835,8 +833,7 @@ mod tests {
 
     fn store_packed(store: &DiskStore, path: &str, body: Vec<u8>) -> StoredResponse {
         let stored = crate::cache::entry::testing::entry(path, body);
-        let body = NewBody::Inline(stored.body.as_bytes().unwrap().clone());
-        store.commit(&stored.meta, Some(body)).unwrap();
+        store.commit_inline(&stored);
         stored
     }
 
@@ -1089,10 +1086,7 @@ mod tests {
             let store = DiskStore::open(dir.path(), 1 << 30, false)
                 .unwrap()
                 .with_limits(limits);
-            let commit = |stored: &StoredResponse| {
-                let body = NewBody::Inline(stored.body.as_bytes().unwrap().clone());
-                store.commit(&stored.meta, Some(body)).unwrap()
-            };
+            let commit = |stored: &StoredResponse| store.commit_inline(stored);
             commit(&entries[0]);
             commit(&entries[1]);
             store

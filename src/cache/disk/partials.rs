@@ -622,6 +622,13 @@ mod tests {
         crate::cache::partial::testing::piece(path, "\"v1\"", first, text, len)
     }
 
+    /// Partial files under `dir` with room for 1 MiB of pieces.
+    fn budgeted(dir: &Path) -> PartialFiles {
+        let files = PartialFiles::open(dir, false).unwrap();
+        files.set_budget(1 << 20);
+        files
+    }
+
     /// An entry read back after reopening holds exactly its pieces; one whose file lost a
     /// byte, or was cut short, is a miss and is gone.
     #[test]
@@ -630,8 +637,7 @@ mod tests {
         let kept = piece("/kept", 2, "cdef", 10);
         let damaged = piece("/damaged", 0, "abc", 10);
         {
-            let files = PartialFiles::open(dir.path(), false).unwrap();
-            files.set_budget(1 << 20);
+            let files = budgeted(dir.path());
             files.write_if(&kept, || true).unwrap();
             files.write_if(&damaged, || true).unwrap();
             files
@@ -677,8 +683,7 @@ mod tests {
     #[test]
     fn pieces_of_one_representation_are_appended() {
         let dir = tempfile::tempdir().unwrap();
-        let files = PartialFiles::open(dir.path(), false).unwrap();
-        files.set_budget(1 << 20);
+        let files = budgeted(dir.path());
         let first = piece("/video", 0, &"a".repeat(4000), 100_000);
         files.write_if(&first, || true).unwrap();
         let path = dir.path().join("partials").join(first.meta.key.to_hex());
@@ -699,8 +704,7 @@ mod tests {
         assert_eq!(files.usage().1, fs::metadata(&path).unwrap().len());
         drop(files);
 
-        let files = PartialFiles::open(dir.path(), false).unwrap();
-        files.set_budget(1 << 20);
+        let files = budgeted(dir.path());
         let read = files.read(&first.meta.key).unwrap().unwrap();
         assert_eq!(read.pieces().len(), 1, "joined");
         assert_eq!(
@@ -741,8 +745,7 @@ mod tests {
     #[test]
     fn a_torn_append_loses_only_its_own_piece() {
         let dir = tempfile::tempdir().unwrap();
-        let files = PartialFiles::open(dir.path(), false).unwrap();
-        files.set_budget(1 << 20);
+        let files = budgeted(dir.path());
         let first = piece("/torn", 0, "0123", 100);
         files.write_if(&first, || true).unwrap();
         let path = dir.path().join("partials").join(first.meta.key.to_hex());
@@ -775,8 +778,7 @@ mod tests {
     #[test]
     fn files_of_the_first_format_are_read() {
         let dir = tempfile::tempdir().unwrap();
-        let files = PartialFiles::open(dir.path(), false).unwrap();
-        files.set_budget(1 << 20);
+        let files = budgeted(dir.path());
         let old = piece("/old", 2, "cdef", 10);
         let meta = old.meta.encode();
         let mut v1 = MAGIC_V1.to_vec();
@@ -793,8 +795,7 @@ mod tests {
         let path = dir.path().join("partials").join(old.meta.key.to_hex());
         fs::write(&path, &v1).unwrap();
         drop(files);
-        let files = PartialFiles::open(dir.path(), false).unwrap();
-        files.set_budget(1 << 20);
+        let files = budgeted(dir.path());
         let read = files.read(&old.meta.key).unwrap().unwrap();
         assert_eq!(&read.window(2, 5).unwrap()[..], b"cdef");
         files.write_if(&read, || true).unwrap();

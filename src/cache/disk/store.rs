@@ -563,3 +563,16 @@ impl DiskStore {
         self.capacity
     }
 }
+
+#[cfg(test)]
+impl DiskStore {
+    /// Indexes a test entry held in memory with its body in the index.
+    pub(crate) fn commit_inline(
+        &self,
+        stored: &crate::cache::entry::StoredResponse,
+    ) -> Vec<PrimaryKey> {
+        // invariant: test entries hold their bodies in memory.
+        let body = NewBody::Inline(stored.body.as_bytes().unwrap().clone());
+        self.commit(&stored.meta, Some(body)).unwrap()
+    }
+}

@@ -311,7 +311,7 @@ impl FillWriter<'_> {
         if too_large && matches!(self.target, FillTarget::Origin) {
             self.cache.remember_uncacheable(self.meta.key).await;
         }
-        self.end_unstored_now();
+        self.end_unstored();
         if too_large {
             Admitted::TooLarge
         } else {
@@ -319,16 +319,12 @@ impl FillWriter<'_> {
         }
     }
 
-    /// The whole body has arrived and is not to be stored (what it was derived from was
-    /// not): its readers get a clean end, and the fill is left as it streamed.
+    /// The whole body has arrived and is not to be stored (it is too large to keep, was
+    /// refused room, or what it was derived from was not stored): its readers get a clean
+    /// end, and the fill settles as streamed, so that what waits for it to settle (a Range
+    /// request waiting for the stored object, an encoding to be stored beside it) does not
+    /// wait for ever.
     pub fn end_unstored(mut self) {
-        self.end_unstored_now();
-    }
-
-    /// Ends the body for its readers and settles the fill as streamed, not stored: what
-    /// waits for it to settle (a Range request waiting for the stored object, an encoding
-    /// to be stored beside it) must not wait for ever.
-    fn end_unstored_now(&mut self) {
         self.fill.end(self.held.take());
         self.fill.publish(FillStatus::Streamed {
             meta: Arc::clone(&self.meta),

@@ -417,6 +417,12 @@ impl Cache {
                 .holds_past(self.fill_bounds.memory_budget.saturating_sub(len))
     }
 
+    /// Whether a fill of a body of `len` bytes goes on to the end and is stored when none
+    /// of its clients reads it any more: within `unread_fill_limit`.
+    pub fn completes_unread(&self, len: u64) -> bool {
+        len <= self.fill_bounds.unread_limit
+    }
+
     pub fn storable_size(&self) -> u64 {
         match &self.disk {
             Some(disk) if disk.is_available() => disk.max_object_size.max(self.max_object_size),

@@ -57,18 +57,11 @@ pub async fn deliver(
         Delivery::Stored { entry, set } => stored(proxy, &entry, set.as_deref(), parts, ctx).await,
         Delivery::Partial(entry) => Ok(respond::ranged_from_partial(proxy, &entry, parts, now)),
         Delivery::Streaming { meta, reader, fill } => {
-            if range::requested(parts, &meta.headers).is_some() && ctx.status.stored {
-                // RFC 9110 §14: a Range miss on an object that will be stored waits for it
-                // and is served from the entry (the whole object was fetched once).
-                return match settled_reading_along(reader, &fill).await {
-                    FillStatus::Complete { entry, .. } => {
-                        stored(proxy, &entry, None, parts, ctx).await
-                    }
-                    FillStatus::Failed(err) => Err(err),
-                    _ => Err(ProxyError::Internal(
-                        "the response was not stored after all".into(),
-                    )),
-                };
+            if let Some(range) = range::requested(parts, &meta.headers) {
+                if ctx.status.stored {
+                    let fill = (meta, reader, fill);
+                    return range_of_storing_fill(proxy, ctx, parts, fill, &range).await;
+                }
             }
             encode::streaming(proxy, (&meta, reader, &fill), parts, now).await
         }
@@ -89,6 +82,42 @@ pub async fn deliver(
             Ok(response)
         }
         Delivery::Synthetic(response) => Ok(response),
+    }
+}
+
+/// RFC 9110 §14: a Range miss on an object its fill will store (the whole object is
+/// fetched once). One range of an object the fill completes without readers (within
+/// `unread_fill_limit`) is cut from the body as it arrives, so the client does not wait
+/// for the rest of the object. Otherwise (several ranges, or an object whose fill would
+/// stop when nobody reads it) the request waits for the entry, reading along, and is
+/// served from it.
+///
+/// # Errors
+/// As the fill fails, or when it ends without storing the object after all.
+async fn range_of_storing_fill(
+    proxy: &Arc<Proxy>,
+    ctx: &mut RequestCtx,
+    parts: &http::request::Parts,
+    (meta, reader, fill): (Arc<EntryMeta>, FillReader, Arc<Fill>),
+    range: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let declared = crate::cache::entry::content_length(&meta.headers)
+        .filter(|&len| meta.status == http::StatusCode::OK && proxy.cache.completes_unread(len));
+    if let Some(len) = declared {
+        if matches!(range::parse(range, len), range::Ranges::Satisfiable(ranges) if ranges.len() == 1)
+        {
+            let request = (parts, range);
+            return Ok(respond::ranged_from_fill(
+                proxy, &meta, reader, request, len, ctx.now,
+            ));
+        }
+    }
+    match settled_reading_along(reader, &fill).await {
+        FillStatus::Complete { entry, .. } => stored(proxy, &entry, None, parts, ctx).await,
+        FillStatus::Failed(err) => Err(err),
+        _ => Err(ProxyError::Internal(
+            "the response was not stored after all".into(),
+        )),
     }
 }
 

@@ -2,15 +2,20 @@
 //! Content-Range, several as `multipart/byteranges`, none satisfiable as 416, and `If-Range`
 //! deciding between the range and the whole representation.
 //!
-//! Only stored identity representations are ranged; a Range the cache cannot serve this way
+//! Only stored identity representations are ranged, or one range of a body a fill is
+//! storing, cut from it as it arrives ([`Window`]); a Range the cache cannot serve this way
 //! is ignored (RFC 9110 §14.2 lets a server send the whole 200). Finding the entry is the
 //! lookup's business.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
+use http_body::{Frame, SizeHint};
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::cache::partial::PartialEntry;
 use crate::transform::compress::AcceptEncoding;
 
@@ -335,9 +340,138 @@ fn fnv(seed: u64, ranges: &[(u64, u64)]) -> u64 {
         })
 }
 
+/// Bytes `first..=last` of `body`, which is read from its start: what comes before the
+/// window is read and dropped. Once the window is sent, the body is handed to `rest` (a
+/// fill's reader goes on reading, as the client would have). A body that ends before the
+/// window does is an error, so a response never falls short of its Content-Length quietly.
+pub struct Window<B> {
+    body: Option<B>,
+    skip: u64,
+    remaining: u64,
+    rest: fn(B),
+}
+
+impl<B> Window<B> {
+    pub fn new(body: B, (first, last): (u64, u64), rest: fn(B)) -> Window<B> {
+        Window {
+            body: Some(body),
+            skip: first,
+            remaining: last.saturating_sub(first) + 1,
+            rest,
+        }
+    }
+}
+
+impl<B> http_body::Body for Window<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.remaining == 0 {
+                if let Some(body) = this.body.take() {
+                    (this.rest)(body);
+                }
+                return Poll::Ready(None);
+            }
+            let Some(body) = this.body.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let frame = match ready!(Pin::new(body).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(err)) => {
+                    this.body = None;
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                None => {
+                    this.body = None;
+                    let why = "the body ended before the range cut from it";
+                    return Poll::Ready(Some(Err(why.into())));
+                }
+            };
+            // Trailers are no part of a range.
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let len = data.len() as u64;
+            if this.skip >= len {
+                this.skip -= len;
+                continue;
+            }
+            let start = this.skip;
+            this.skip = 0;
+            let end = len.min(start + this.remaining);
+            this.remaining -= end - start;
+            // invariant: start < end <= len, a chunk's length, so both fit a usize.
+            return Poll::Ready(Some(Ok(Frame::data(
+                data.slice(start as usize..end as usize),
+            ))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body of `chunks` as they would arrive, then an end (or `breaks`: an error).
+    fn arriving(chunks: &[&'static [u8]], breaks: bool) -> Body {
+        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|chunk| Ok(Frame::data(Bytes::from_static(chunk))))
+            .collect();
+        if breaks {
+            frames.push(Err("the origin broke off".into()));
+        }
+        Body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
+    /// A window is cut across chunk boundaries, the body goes to `rest` once the window is
+    /// sent, and a body ending (or failing) inside the window fails the window.
+    #[tokio::test]
+    async fn a_window_is_cut_from_a_body_as_it_arrives() {
+        use http_body_util::BodyExt;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static HANDED_ON: AtomicUsize = AtomicUsize::new(0);
+        let chunks: &[&'static [u8]] = &[b"0123", b"4567", b"89ab"];
+        let cut = |first, last, breaks| {
+            Window::new(arriving(chunks, breaks), (first, last), |_| {
+                HANDED_ON.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        for ((first, last), want) in [
+            ((0, 0), &b"0"[..]),
+            ((2, 9), b"23456789"),
+            ((4, 7), b"4567"),
+            ((11, 11), b"b"),
+            ((0, 11), b"0123456789ab"),
+        ] {
+            let body = cut(first, last, true).collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], want, "{first}-{last}");
+        }
+        assert_eq!(HANDED_ON.load(Ordering::SeqCst), 5);
+        assert!(cut(10, 12, false).collect().await.is_err(), "ends short");
+        assert!(cut(10, 12, true).collect().await.is_err(), "breaks off");
+        assert_eq!(HANDED_ON.load(Ordering::SeqCst), 5);
+    }
 
     /// RFC 9110 §14.1.2 examples and edge cases.
     #[test]

@@ -13,10 +13,11 @@ use super::Proxy;
 
 use crate::body::{Body, FileBody, VerifiedFile};
 
-use super::range::RangeSource;
+use super::range::{RangeSource, Window};
 
 use crate::cache::disk::verified_file_body;
 use crate::cache::entry::{EntryMeta, StoredBody, StoredResponse};
+use crate::cache::fill::FillReader;
 use crate::cache::partial::PartialEntry;
 use crate::cache::policy;
 
@@ -79,6 +80,43 @@ pub fn ranged_from_partial(
     let whole = from_meta(proxy, &entry.meta, Body::empty(), request, now);
     let range = super::range::requested(request, &entry.meta.headers).unwrap_or_default();
     super::range::apply(whole, RangeSource::Partial(entry), &range)
+}
+
+/// One range, `first..=last` of a body of `len` bytes, that a fill is storing, cut from
+/// the body as it arrives (RFC 9110 §14.2). The fill's reader reads on to the end once the
+/// range is sent, as a client waiting for the stored object used to (see
+/// [`read_on_detached`]).
+pub fn ranged_from_fill(
+    proxy: &Proxy,
+    meta: &EntryMeta,
+    reader: FillReader,
+    (request, range): (&http::request::Parts, &str),
+    len: u64,
+    now: SystemTime,
+) -> Response<Body> {
+    let whole = from_meta(proxy, meta, Body::empty(), request, now);
+    // `apply` cuts one window for one range: the reader goes to it.
+    let reader = std::cell::Cell::new(Some(reader));
+    let window = |first, last| match reader.take() {
+        Some(reader) => Body::boxed(Window::new(reader, (first, last), read_on_detached)),
+        None => Body::empty(),
+    };
+    super::range::apply(
+        whole,
+        RangeSource::Streamed {
+            len,
+            window: &window,
+        },
+        range,
+    )
+}
+
+/// Reads the rest of a fill and drops it, in a task of its own: the fill then counts a
+/// reader to its end, so it is neither abandoned as unread nor held to the unread timeout
+/// while a slow origin sends the rest of an object a range was cut from.
+fn read_on_detached(mut reader: FillReader) {
+    use http_body_util::BodyExt;
+    tokio::spawn(async move { while let Some(Ok(_)) = reader.frame().await {} });
 }
 
 /// The whole body of a stored entry.

@@ -605,3 +605,73 @@ async fn the_range_unit_is_case_insensitive() {
     assert_piece(&from_piece, 502, 503);
     assert!(is_hit(&from_piece), "{}", cache_status(&from_piece));
 }
+
+/// RFC 9110 §14.2: a Range miss within `range_fill_max_offset` fetches the whole object
+/// once, and its range is cut from the body as the body arrives. A client asking for the
+/// object's first half has its 206 before the origin sends the second half (it used to wait
+/// for the whole object to be stored); one asking for a piece of the second half, joined to
+/// the same fetch, gets it once that half arrives; and the object is stored whole, so a
+/// later Range request is a hit. A multi-range miss still waits for the stored object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_miss_is_cut_from_the_body_as_it_arrives() {
+    let whole: bytes::Bytes = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/clip.mp4",
+        Fixture::Halves {
+            headers: header_list(&[("cache-control", "max-age=600"), ("etag", "\"c1\"")]),
+            first: whole.slice(..100_000),
+            gate: gate.clone(),
+            rest: whole.slice(100_000..),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let early = get(&proxy.url("/clip.mp4"), &[("range", "bytes=1000-1999")]).await;
+    assert_eq!(early.status.as_u16(), 206, "{}", early.text());
+    assert_eq!(
+        early.header("content-range"),
+        Some("bytes 1000-1999/200000")
+    );
+    assert_eq!(early.body, whole.slice(1000..2000));
+    assert!(
+        cache_status(&early).contains("stored"),
+        "{}",
+        cache_status(&early)
+    );
+
+    let url = proxy.url("/clip.mp4");
+    let late = tokio::spawn(async move { get(&url, &[("range", "bytes=150000-150099")]).await });
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    eventually("the second request to join the fetch", || {
+        metrics.coalesced_waits.get() >= 1
+    })
+    .await;
+    gate.open();
+    let late = late.await.unwrap();
+    assert_eq!(late.status.as_u16(), 206, "{}", late.text());
+    assert_eq!(late.body, whole.slice(150_000..150_100));
+
+    let hit = eventually_some("the object to be stored", || async {
+        let reply = get(&proxy.url("/clip.mp4"), &[("range", "bytes=-10")]).await;
+        is_hit(&reply).then_some(reply)
+    })
+    .await;
+    assert_eq!(
+        hit.header("content-range"),
+        Some("bytes 199990-199999/200000")
+    );
+    assert_eq!(hit.body, whole.slice(199_990..));
+    assert_eq!(origin.hits("/clip.mp4"), 1);
+
+    // Several ranges wait for the stored object, then are sent as multipart/byteranges.
+    let several = get(
+        &proxy.url("/clip.mp4?several"),
+        &[("range", "bytes=0-9,199990-199999")],
+    )
+    .await;
+    assert_eq!(several.status.as_u16(), 206);
+    assert!(several
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("multipart/byteranges")));
+}

@@ -90,6 +90,11 @@ pub enum ProxyError {
     /// dropped and the object fetched again; reaches a client only if that fails the same way.
     #[error("stored body unreadable: {0}")]
     StoredBodyLost(String),
+    /// A Range request waited for its fill to store the object, and the fill ended without
+    /// storing it (its disk file failed mid-way): the request is sent again with its Range
+    /// forwarded; reaches a client only if that fails the same way.
+    #[error("the object a range was to be cut from was not stored after all")]
+    RangeNotStored,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -207,7 +212,9 @@ impl ProxyError {
             | ProxyError::Forbidden(_)
             // Load, not a fault of ours or the origin's: logged quietly, counted in metrics.
             | ProxyError::LimitReached { .. } => Fault::Downstream,
-            ProxyError::Internal(_) | ProxyError::StoredBodyLost(_) => Fault::Internal,
+            ProxyError::Internal(_) | ProxyError::StoredBodyLost(_) | ProxyError::RangeNotStored => {
+                Fault::Internal
+            }
             _ => Fault::Upstream,
         }
     }
@@ -223,9 +230,9 @@ impl ProxyError {
             ProxyError::ConnectionTimeout { .. } | ProxyError::ResponseHeaderTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::Internal(_) | ProxyError::StoredBodyLost(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ProxyError::Internal(_)
+            | ProxyError::StoredBodyLost(_)
+            | ProxyError::RangeNotStored => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::LimitReached { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
@@ -257,6 +264,7 @@ impl ProxyError {
             ProxyError::NoServer { .. } => ErrorType::DestinationUnavailable,
             ProxyError::Internal(_)
             | ProxyError::StoredBodyLost(_)
+            | ProxyError::RangeNotStored
             | ProxyError::Retried { .. } => ErrorType::ProxyInternalError,
         }
     }

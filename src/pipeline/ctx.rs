@@ -61,6 +61,9 @@ pub struct RequestCtx {
     pub own_fields: Option<http::HeaderMap>,
     /// The client certificate the connection's handshake verified, for the access log.
     pub client_cert: Option<Arc<super::client_cert::VerifiedClient>>,
+    /// A Range miss sent again after the object it waited for was not stored: its Range
+    /// goes to the origin as it is.
+    pub forwards_range: bool,
 }
 
 impl RequestCtx {
@@ -97,6 +100,7 @@ impl RequestCtx {
             hit_source: None,
             client_cert: None,
             own_fields: None,
+            forwards_range: false,
             log,
             metrics,
         }

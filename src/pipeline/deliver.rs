@@ -93,7 +93,8 @@ pub async fn deliver(
 /// served from it.
 ///
 /// # Errors
-/// As the fill fails, or when it ends without storing the object after all.
+/// As the fill fails; [`ProxyError::RangeNotStored`] when it ends without storing the
+/// object after all.
 async fn range_of_storing_fill(
     proxy: &Arc<Proxy>,
     ctx: &mut RequestCtx,
@@ -115,9 +116,7 @@ async fn range_of_storing_fill(
     match settled_reading_along(reader, &fill).await {
         FillStatus::Complete { entry, .. } => stored(proxy, &entry, None, parts, ctx).await,
         FillStatus::Failed(err) => Err(err),
-        _ => Err(ProxyError::Internal(
-            "the response was not stored after all".into(),
-        )),
+        _ => Err(ProxyError::RangeNotStored),
     }
 }
 

@@ -169,6 +169,10 @@ pub async fn handle(
             ))
             .await
         }
+        Err(ProxyError::RangeNotStored) => {
+            let routing = (forward_site, &downstream);
+            Box::pin(serve_range_forwarded(proxy, &parts, routing, &mut ctx)).await
+        }
         served => served,
     };
     let reveal = proxy.wants_path_view(peer, request_debug, &parts.headers);
@@ -444,6 +448,25 @@ async fn serve_after_lost_body(
     deliver::deliver(proxy, ctx, parts, delivery).await
 }
 
+/// A Range miss whose fill ended without storing the object it waited for (RFC 9110 §14):
+/// sent again with its Range forwarded, rather than fetching the whole object once more.
+async fn serve_range_forwarded(
+    proxy: &Arc<Proxy>,
+    parts: &http::request::Parts,
+    routing: (Option<Arc<Site>>, &DownstreamFacts),
+    ctx: &mut RequestCtx,
+) -> Result<Response<Body>, ProxyError> {
+    tracing::warn!(
+        uri = %parts.uri,
+        "the object a Range request waited for was not stored: the range is forwarded"
+    );
+    ctx.forget_hit();
+    ctx.forwards_range = true;
+    // A Range miss is a GET: it has no request body.
+    let delivery = serve(proxy, parts, (Body::empty(), None), routing, ctx).await?;
+    deliver::deliver(proxy, ctx, parts, delivery).await
+}
+
 /// A request that has been filtered and routed.
 struct Routed<'a> {
     proxy: &'a Arc<Proxy>,
@@ -588,7 +611,7 @@ async fn branch(
         }
         Lookup::Partial { .. } => Err(ProxyError::Internal("nested partial lookup".into())),
         Lookup::Fetch(mut plan) => {
-            if range::forwards(request.parts, known_len, max_offset) {
+            if ctx.forwards_range || range::forwards(request.parts, known_len, max_offset) {
                 // Coalesced only with requests for the same range (see `fetch`).
                 plan.forwards_range = true;
             }

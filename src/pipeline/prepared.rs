@@ -485,6 +485,7 @@ impl HitRecord {
             hit_source: None,
             own_fields: None,
             client_cert: None,
+            forwards_range: false,
         };
         ctx.finish(bytes, complete);
     }

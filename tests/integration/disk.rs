@@ -1858,3 +1858,59 @@ async fn partial_entries_survive_a_restart_and_purges_reach_them() {
         "still purged"
     );
 }
+
+/// RFC 9110 §14.2: a Range miss on an object past `unread_fill_limit` waits for its fill to
+/// store the object (here written to a disk file as it comes). When the file fails
+/// mid-way (the file system fills up), the request is sent again with its Range forwarded,
+/// and answered: here by an origin that ignores Range, with the whole 200, as RFC 9110
+/// §14.2 allows. It used to get a 500.
+#[tokio::test]
+async fn a_range_miss_whose_object_could_not_be_stored_is_forwarded() {
+    let Some(fs) = support::small_file_system(
+        "disk::a_range_miss_whose_object_could_not_be_stored_is_forwarded",
+        "64m",
+    ) else {
+        return;
+    };
+    let body = pattern(8 << 20);
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/disc.iso",
+        Fixture::Halves {
+            headers: support::header_list(&[("cache-control", "max-age=600")]),
+            first: body.slice(..1 << 20),
+            gate: gate.clone(),
+            rest: body.slice(1 << 20..),
+        },
+    )])
+    .await;
+    let limits =
+        "unread_fill_limit = \"1MiB\"\nmax_object_size = \"512KiB\"\ndisk_min_free = \"1MiB\"";
+    let proxy = Proxy::start(&origin.url(), &disk_toml(&fs.path().join("cache"), limits)).await;
+    let url = proxy.url("/disc.iso");
+    let ranged = tokio::spawn(async move { get_as(&url, &[("range", "bytes=100-199")]).await });
+    let spill = fs.path().join("cache").join("tmp");
+    let first_half_written = || {
+        std::fs::read_dir(&spill).is_ok_and(|files| {
+            files
+                .flatten()
+                .any(|file| file.metadata().is_ok_and(|m| m.len() >= 1 << 20))
+        })
+    };
+    support::eventually("the first half in the fill's file", first_half_written).await;
+    fill_file_system(&fs.path().join("filler"));
+    gate.open();
+    let reply = ranged.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.body, body);
+    assert_eq!(origin.hits("/disc.iso"), 2);
+    assert_eq!(
+        origin
+            .last("/disc.iso")
+            .headers
+            .get("range")
+            .map(|v| v.to_str().unwrap()),
+        Some("bytes=100-199"),
+        "the second request forwards the range"
+    );
+}

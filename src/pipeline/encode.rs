@@ -13,6 +13,7 @@
 //!
 //! What is compressible and how headers change is `transform::compress`'s business.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -273,7 +274,7 @@ async fn encode_and_store(run: EncodingRun, meta: Arc<EntryMeta>, source: Encodi
             });
         }
     };
-    let writer = cache
+    let mut writer = cache
         .begin_fill(
             &fill,
             (*meta).clone(),
@@ -285,7 +286,17 @@ async fn encode_and_store(run: EncodingRun, meta: Arc<EntryMeta>, source: Encodi
             let _ = source_digest.set(stored.meta.body_digest);
             (respond::stored_body(&proxy, &stored), None)
         }
-        EncodingSource::Streaming(source, reader) => (Body::boxed(reader), Some(source)),
+        EncodingSource::Streaming(source, reader) => {
+            let read = Arc::new(AtomicU64::new(0));
+            writer.counts_source(Arc::clone(&read));
+            let counted = reader.map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    read.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                frame
+            });
+            (Body::boxed(counted), Some(source))
+        }
     };
     let encoded = proxy.compression.encode_reserved(body, coding, permit);
     let Some(writer) = encode_into(writer, encoded, &meta.url, coding).await else {
@@ -374,7 +385,7 @@ pub(super) async fn streaming(
 /// `parts`, once for all its requests, and whether the client also takes identity: for a
 /// GET that accepts an encoding of a compressible body the origin did not encode, whose
 /// declared length keeps the encoding in memory as it is made (a slower client then
-/// holds back nobody).
+/// holds back nobody), or whose length is not declared while the fills' budget has room.
 fn shared_coding(
     proxy: &Proxy,
     meta: &EntryMeta,
@@ -388,7 +399,9 @@ fn shared_coding(
     {
         return None;
     }
-    let length = crate::cache::entry::content_length(&meta.headers)?;
+    // A body of unknown length (chunked) is kept as it is encoded while the fills' budget
+    // has room now; past the memory tier's object size its encoding streams on unstored.
+    let length = crate::cache::entry::content_length(&meta.headers).unwrap_or(0);
     if !proxy.cache.would_keep_derived(length) {
         return None;
     }

@@ -200,29 +200,49 @@ async fn encoded_variant_is_made_once_and_reused() {
 /// exact bytes (RFC 9110 §8.4) and the encodings are stored beside the entry, so a later
 /// hit encodes nothing. Every client has its head before the origin sends the second half
 /// of the body: all of them were served from the fill as it streamed. Half the clients speak
-/// HTTP/2; with a disk tier as without.
+/// HTTP/2; with a disk tier as without; with a declared length and chunked (origins that
+/// build their responses as they send them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cold_burst_makes_one_encoding_per_coding_as_the_body_arrives() {
-    cold_burst_encoded_once("").await;
-    let disk = tempfile::tempdir().unwrap();
-    cold_burst_encoded_once(&format!("[cache]\ndir = \"{}\"\n", disk.path().display())).await;
+    for chunked in [false, true] {
+        cold_burst_encoded_once("", chunked).await;
+        let disk = tempfile::tempdir().unwrap();
+        let config = format!("[cache]\ndir = \"{}\"\n", disk.path().display());
+        cold_burst_encoded_once(&config, chunked).await;
+    }
 }
 
-async fn cold_burst_encoded_once(config: &str) {
+async fn cold_burst_encoded_once(config: &str, chunked: bool) {
     let body = Bytes::from(text(100_000));
     let (head_gate, rest_gate) = (Gate::closed(), Gate::closed());
+    let headers = header_list(&[
+        ("cache-control", "max-age=60"),
+        ("content-type", "application/javascript"),
+        ("etag", "\"b1\""),
+    ]);
+    let (first, gate, rest) = (
+        body.slice(..40_000),
+        rest_gate.clone(),
+        body.slice(40_000..),
+    );
+    let halves = if chunked {
+        Fixture::ChunkedHalves {
+            headers,
+            first,
+            gate,
+            rest,
+        }
+    } else {
+        Fixture::Halves {
+            headers,
+            first,
+            gate,
+            rest,
+        }
+    };
     let bundle = Fixture::GatedThen {
         gate: head_gate.clone(),
-        then: Box::new(Fixture::Halves {
-            headers: header_list(&[
-                ("cache-control", "max-age=60"),
-                ("content-type", "application/javascript"),
-                ("etag", "\"b1\""),
-            ]),
-            first: body.slice(..40_000),
-            gate: rest_gate.clone(),
-            rest: body.slice(40_000..),
-        }),
+        then: Box::new(halves),
     };
     let origin = Origin::start(vec![("/bundle.js", bundle)]).await;
     let proxy = Proxy::start(&origin.url(), config).await;
@@ -274,7 +294,7 @@ async fn cold_burst_encoded_once(config: &str) {
     assert_eq!(
         proxy.outpost.encoder_runs(),
         2,
-        "seven clients asking for two codings, two encoder runs"
+        "seven clients asking for two codings, two encoder runs (chunked: {chunked})"
     );
     for coding in ["br", "gzip"] {
         let hit = get(&proxy.url("/bundle.js"), &[("accept-encoding", coding)]).await;
@@ -292,6 +312,45 @@ async fn cold_burst_encoded_once(config: &str) {
         "hits reuse the stored encodings"
     );
     assert_eq!(origin.hits("/bundle.js"), 1);
+}
+
+/// A shared encoding of a chunked body reads the whole body, but it does not keep a
+/// download going once its clients have gone: past `unread_fill_limit` of the body it
+/// encodes, an encoding nobody reads stops, and with it the origin's download, as a fill
+/// nobody reads does. Its own output is far smaller than what it read (this pattern
+/// compresses about 250 times), so counting only that let it run on for hundreds of MiB.
+#[tokio::test]
+async fn a_shared_encoding_nobody_reads_stops_the_download() {
+    use tokio::io::AsyncWriteExt;
+    let dropped = Arc::new(tokio::sync::Notify::new());
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let huge = Fixture::ChunkedText {
+        size: 1 << 30,
+        dropped: Arc::clone(&dropped),
+        sent: Arc::clone(&sent),
+    };
+    let origin = Origin::start(vec![("/huge.txt", huge)]).await;
+    let proxy = Proxy::start(&origin.url(), "[cache]\nunread_fill_limit = \"1MiB\"\n").await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let request = "GET /huge.txt HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    drop(stream);
+    tokio::time::timeout(PATIENCE, dropped.notified())
+        .await
+        .expect("the origin's download stops once nobody reads the encoding");
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    // The limit, plus what the encoder and the sockets between held.
+    assert!(sent < 32 << 20, "the origin sent {sent} bytes");
+    assert_eq!(proxy.outpost.encoder_runs(), 1);
 }
 
 /// The shared encoding of a body that breaks off mid-way breaks off too (RFC 9112 §6.3: a

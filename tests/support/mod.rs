@@ -188,6 +188,13 @@ pub enum Fixture {
     /// `size` bytes of a repeating pattern, generated chunk by chunk; `dropped` is notified
     /// when the body is dropped (finished or abandoned).
     Stream { size: u64, dropped: Arc<Notify> },
+    /// As `Stream`, chunked (no Content-Length), as compressible `text/plain` stored for a
+    /// minute; `sent` counts the bytes produced.
+    ChunkedText {
+        size: u64,
+        dropped: Arc<Notify>,
+        sent: Arc<std::sync::atomic::AtomicU64>,
+    },
     /// Reads the whole request body and answers with its length in bytes.
     CountBody,
     /// Reads the request's body; 200 whose body lists its trailer fields, one
@@ -218,6 +225,13 @@ pub enum Fixture {
     /// 200 with `headers` and a Content-Length for `first` + `rest`: sends `first`, waits
     /// at `gate`, then sends `rest`.
     Halves {
+        headers: HeaderList,
+        first: Bytes,
+        gate: Gate,
+        rest: Bytes,
+    },
+    /// As `Halves`, without a Content-Length: the body is sent chunked.
+    ChunkedHalves {
         headers: HeaderList,
         first: Bytes,
         gate: Gate,
@@ -490,6 +504,19 @@ impl Fixture {
                     .unwrap()
             }
             Fixture::Stream { size, dropped } => stream_response(*size, Arc::clone(dropped)),
+            Fixture::ChunkedText {
+                size,
+                dropped,
+                sent,
+            } => {
+                let mut body = PatternBody::new(*size, Arc::clone(dropped));
+                body.sent = Some(Arc::clone(sent));
+                Response::builder()
+                    .header("content-type", "text/plain")
+                    .header("cache-control", "max-age=60")
+                    .body(Body::boxed(body))
+                    .unwrap()
+            }
             Fixture::FailsAfter {
                 headers,
                 first,
@@ -517,26 +544,18 @@ impl Fixture {
                 first,
                 gate,
                 rest,
-            } => {
-                let parts = (first.clone(), gate.clone(), rest.clone());
-                let stream = futures_util::stream::unfold(Some((0, parts)), |state| async move {
-                    let (step, (first, gate, rest)) = state?;
-                    match step {
-                        0 => Some((first.clone(), Some((1, (first, gate, rest))))),
-                        _ => {
-                            gate.pass().await;
-                            Some((rest, None))
-                        }
-                    }
-                });
-                let frames = futures_util::StreamExt::map(stream, |chunk| {
-                    Ok::<_, Infallible>(http_body::Frame::data(chunk))
-                });
-                with_headers(Response::builder(), headers)
-                    .header("content-length", first.len() + rest.len())
-                    .body(Body::boxed(http_body_util::StreamBody::new(frames)))
-                    .unwrap()
-            }
+            } => with_headers(Response::builder(), headers)
+                .header("content-length", first.len() + rest.len())
+                .body(halves(first, gate, rest))
+                .unwrap(),
+            Fixture::ChunkedHalves {
+                headers,
+                first,
+                gate,
+                rest,
+            } => with_headers(Response::builder(), headers)
+                .body(halves(first, gate, rest))
+                .unwrap(),
             Fixture::CountBody => {
                 let mut body = request.into_body();
                 let mut total: u64 = 0;
@@ -565,6 +584,25 @@ impl Fixture {
     }
 }
 
+/// `first`, then (once `gate` is open) `rest`.
+fn halves(first: &Bytes, gate: &Gate, rest: &Bytes) -> Body {
+    let parts = (first.clone(), gate.clone(), rest.clone());
+    let stream = futures_util::stream::unfold(Some((0, parts)), |state| async move {
+        let (step, (first, gate, rest)) = state?;
+        match step {
+            0 => Some((first.clone(), Some((1, (first, gate, rest))))),
+            _ => {
+                gate.pass().await;
+                Some((rest, None))
+            }
+        }
+    });
+    let frames = futures_util::StreamExt::map(stream, |chunk| {
+        Ok::<_, Infallible>(http_body::Frame::data(chunk))
+    });
+    Body::boxed(http_body_util::StreamBody::new(frames))
+}
+
 fn with_headers(
     mut builder: http::response::Builder,
     headers: &HeaderList,
@@ -580,6 +618,8 @@ pub struct PatternBody {
     remaining: u64,
     chunk: Bytes,
     dropped: Arc<Notify>,
+    /// Counts the bytes produced, when set.
+    pub sent: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Drop for PatternBody {
@@ -601,6 +641,9 @@ impl http_body::Body for PatternBody {
         }
         let len = this.remaining.min(this.chunk.len() as u64) as usize;
         this.remaining -= len as u64;
+        if let Some(sent) = &this.sent {
+            sent.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         std::task::Poll::Ready(Some(Ok(http_body::Frame::data(this.chunk.slice(..len)))))
     }
 }
@@ -612,6 +655,7 @@ impl PatternBody {
             remaining: size,
             chunk,
             dropped,
+            sent: None,
         }
     }
 }

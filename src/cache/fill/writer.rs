@@ -16,6 +16,7 @@
 //! Dropping a writer without [`FillWriter::finish`] or [`FillWriter::fail`] leaves its
 //! readers waiting until the fill itself is dropped; callers always end it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -104,6 +105,9 @@ pub struct FillWriter<'c> {
     held: HeldBack,
     /// Held while the body streams through unstored.
     stream: Option<StreamSlot>,
+    /// Bytes read so far of the body this one derives from (see
+    /// [`FillWriter::counts_source`]).
+    source_read: Option<Arc<AtomicU64>>,
 }
 
 /// The newest chunk of a kept body, held back from readers until the entry is stored
@@ -181,6 +185,7 @@ impl Cache {
                 counted_in: fill.held_bytes.clone(),
             },
             stream: None,
+            source_read: None,
         };
         let too_large = declared.is_some_and(|len| len > memory_limit);
         // A body the memory tier would refuse on arrival is not kept for it (a coding of
@@ -217,6 +222,14 @@ impl FillWriter<'_> {
     /// The head this fill publishes.
     pub fn meta(&self) -> &Arc<EntryMeta> {
         &self.meta
+    }
+
+    /// Has the unread bounds count `read`, the bytes read so far of the body this fill
+    /// derives from (an encoding made as a fill's body arrives): an encoding is smaller
+    /// than its source, and one of a body of unknown length would otherwise keep a large
+    /// download going after every client has gone.
+    pub fn counts_source(&mut self, read: Arc<AtomicU64>) {
+        self.source_read = Some(read);
     }
 
     /// Adds the next chunk of body. Waits while a fill that is not being stored is more than
@@ -522,7 +535,11 @@ impl FillWriter<'_> {
         let (readers, unread_since) = self.fill.readership();
         let since = unread_since.filter(|_| readers == 0)?;
         let bounds = &self.cache.fill_bounds;
-        let size = self.declared.unwrap_or(0).max(self.total);
+        let source = self
+            .source_read
+            .as_ref()
+            .map_or(0, |read| read.load(Ordering::Relaxed));
+        let size = self.declared.unwrap_or(0).max(self.total).max(source);
         if size > bounds.unread_limit {
             return Some(since);
         }

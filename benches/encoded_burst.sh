@@ -11,7 +11,8 @@
 #     benches/encoded_burst.sh
 #
 # ENCODINGS is a comma list of Accept-Encoding values to try (`|` stands for `, `); NGINX=0
-# leaves nginx out.
+# leaves nginx out. CHUNKED=1 puts `chunked_origin.py` (bodies sent chunked, no
+# Content-Length) in front of the two outposts instead of perf-origin, and leaves nginx out.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 KIT=${KIT:-$HERE/../../shared/bench}
@@ -21,6 +22,8 @@ AFTER=${AFTER:-$HERE/../target/release/outpost}
 ROUNDS=${ROUNDS:-3}; N=${N:-200}; DELAY=${DELAY:-50}; SIZE=${SIZE:-100k}
 ENCODINGS=${ENCODINGS:-gzip|deflate|br|zstd,gzip,identity}
 NGINX=${NGINX:-1}
+CHUNKED=${CHUNKED:-0}
+[[ $CHUNKED == 1 ]] && NGINX=0
 export ORIGIN_DELAY_MS=$DELAY
 mkdir -p "$RUN_DIR"
 PIDS=()
@@ -31,12 +34,19 @@ cleanup() {
 }
 trap cleanup EXIT
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; }
-"$KIT/servers.sh" start origin >/dev/null
+ORIGIN=http://127.0.0.1:19000
+if [[ $CHUNKED == 1 ]]; then
+  DELAY_MS=$DELAY python3 "$HERE/chunked_origin.py" 19005 &
+  PIDS+=($!); ORIGIN=http://127.0.0.1:19005
+  wait_port 19005
+else
+  "$KIT/servers.sh" start origin >/dev/null
+fi
 [[ $NGINX == 1 ]] && "$KIT/servers.sh" start nginx >/dev/null
 declare -A PORT ADMIN PID_OF
 start_outpost() { # name binary port
   OUTPOST_LOG__ACCESS_LOG=false taskset -c 0 "$2" serve --listen "127.0.0.1:$3" \
-    --admin "127.0.0.1:$(($3 + 1))" --origin http://127.0.0.1:19000 >/dev/null 2>&1 &
+    --admin "127.0.0.1:$(($3 + 1))" --origin "$ORIGIN" >/dev/null 2>&1 &
   PIDS+=($!); PID_OF[$1]=$!; PORT[$1]=$3; ADMIN[$1]=$(($3 + 1))
   wait_port "$3"
 }

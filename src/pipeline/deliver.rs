@@ -86,11 +86,12 @@ pub async fn deliver(
 }
 
 /// RFC 9110 §14: a Range miss on an object its fill will store (the whole object is
-/// fetched once). One range of an object the fill completes without readers (within
-/// `unread_fill_limit`) is cut from the body as it arrives, so the client does not wait
-/// for the rest of the object. Otherwise (several ranges, or an object whose fill would
-/// stop when nobody reads it) the request waits for the entry, reading along, and is
-/// served from it.
+/// fetched once). One range is cut from the body as it arrives, so the client does not
+/// wait for the rest of the object, when the fill completes without readers (within
+/// `unread_fill_limit`) or the range runs to the object's end. Otherwise (several ranges,
+/// or a range ending early in an object whose fill stops when nobody reads it) the request
+/// waits for the entry, reading along, and is served from it: a client asking for a few
+/// bytes does not leave a large download running once it has them.
 ///
 /// # Errors
 /// As the fill fails; [`ProxyError::RangeNotStored`] when it ends without storing the
@@ -103,14 +104,19 @@ async fn range_of_storing_fill(
     range: &str,
 ) -> Result<Response<Body>, ProxyError> {
     let declared = crate::cache::entry::content_length(&meta.headers)
-        .filter(|&len| meta.status == http::StatusCode::OK && proxy.cache.completes_unread(len));
+        .filter(|_| meta.status == http::StatusCode::OK);
     if let Some(len) = declared {
-        if matches!(range::parse(range, len), range::Ranges::Satisfiable(ranges) if ranges.len() == 1)
-        {
-            let request = (parts, range);
-            return Ok(respond::ranged_from_fill(
-                proxy, &meta, reader, request, len, ctx.now,
-            ));
+        if let range::Ranges::Satisfiable(ranges) = range::parse(range, len) {
+            // The fill goes on to its end unread, or this request reads it to its end (an
+            // open range, `bytes=0-` as media players ask first), as a whole GET would.
+            let cut = matches!(ranges[..], [(_, last)]
+                if proxy.cache.completes_unread(len) || last + 1 == len);
+            if cut {
+                let request = (parts, range);
+                return Ok(respond::ranged_from_fill(
+                    proxy, &meta, reader, request, len, ctx.now,
+                ));
+            }
         }
     }
     match settled_reading_along(reader, &fill).await {

@@ -675,3 +675,50 @@ async fn a_range_miss_is_cut_from_the_body_as_it_arrives() {
         .header("content-type")
         .is_some_and(|v| v.starts_with("multipart/byteranges")));
 }
+
+/// RFC 9110 §14.2: an open range (`bytes=N-`, what media players ask for first) on an
+/// object past `unread_fill_limit` is read to the object's end, as a whole GET is, so it
+/// too is cut from the body as it arrives: the client has its head and first bytes before
+/// the origin sends the second half (it used to wait for the whole object), and the object
+/// is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_range_on_a_large_object_streams_as_it_arrives() {
+    use http_body_util::BodyExt;
+    let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/film.mp4",
+        Fixture::Halves {
+            headers: header_list(&[("cache-control", "max-age=600"), ("etag", "\"f1\"")]),
+            first: whole.slice(..200_000),
+            gate: gate.clone(),
+            rest: whole.slice(200_000..),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "[cache]\nunread_fill_limit = \"64KiB\"\n").await;
+    let request = http::Request::get(proxy.url("/film.mp4"))
+        .header("range", "bytes=1000-")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 206);
+    assert_eq!(
+        response.headers()["content-range"].to_str().unwrap(),
+        "bytes 1000-399999/400000"
+    );
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, whole.slice(1000..1000 + first.len()));
+    gate.open();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!([first, rest].concat(), whole.slice(1000..));
+
+    let hit = eventually_some("the object to be stored", || async {
+        let reply = get(&proxy.url("/film.mp4"), &[("range", "bytes=5-9")]).await;
+        is_hit(&reply).then_some(reply)
+    })
+    .await;
+    assert_eq!(hit.body, whole.slice(5..10));
+    assert_eq!(origin.hits("/film.mp4"), 1);
+}

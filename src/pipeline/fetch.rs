@@ -128,24 +128,47 @@ async fn lead(
     // Its own task: a leader whose client hangs up must not cancel the fetch for others.
     // Started here, so that the request reaches the origin before this task yields.
     miss.proxy.cache.start_fill(job.run());
-    let status = fill.wait_status().await;
+    // An answer for the leader alone may come before the fill's status: a piece of the
+    // representation streaming to it, or fields sent ahead of a stored response.
+    let mut early = None;
+    let status = tokio::select! {
+        // The answer first: a piece may have been read whole and the fill settled by now.
+        biased;
+        answer = &mut leader_rx => {
+            if let Ok(LeaderAnswer::PieceStreaming(response)) = answer {
+                ctx.upstream_duration = Some(started.elapsed());
+                return Ok(piece_as_it_arrives(response, ctx));
+            }
+            early = Some(answer);
+            fill.wait_status().await
+        }
+        status = fill.wait_status() => status,
+    };
     ctx.upstream_duration = Some(started.elapsed());
     if let FillStatus::Uncacheable(reason) = status {
         drop(reader);
-        let answer = leader_rx.await.map_err(|_| {
+        let answer = match early {
+            Some(answer) => answer,
+            None => leader_rx.await,
+        };
+        let answer = answer.map_err(|_| {
             ProxyError::Internal("fill ended without handing over its response".into())
         })?;
         ctx.status.detail = Some(Detail::NotStored(reason.as_str()));
         return answered_alone(answer, miss.parts, ctx);
     }
+    let answer = match early {
+        Some(answer) => answer.ok(),
+        None => leader_rx.try_recv().ok(),
+    };
     // A revalidation whose 304 set cookies: the shared entry for everyone, the cookies for
     // the client that caused it (sent before the fill settled).
-    let status = match (status, leader_rx.try_recv()) {
-        (FillStatus::Complete { .. }, Ok(LeaderAnswer::Own(entry))) => FillStatus::Complete {
+    let status = match (status, answer) {
+        (FillStatus::Complete { .. }, Some(LeaderAnswer::Own(entry))) => FillStatus::Complete {
             entry,
             revalidated: true,
         },
-        (status, Ok(LeaderAnswer::OwnFields(fields))) => {
+        (status, Some(LeaderAnswer::OwnFields(fields))) => {
             ctx.own_fields = Some(fields);
             status
         }
@@ -153,6 +176,16 @@ async fn lead(
     };
     delivery_from(status, fill, reader, ctx, |_| true)
         .unwrap_or_else(|| Err(ProxyError::Internal("fill still pending".into())))
+}
+
+/// The leader's 206 for its own range, sent as it arrives while the fill reads the piece
+/// whole to keep it (RFC 9111 §3.3); the requests that wait on the fill are served from
+/// the kept piece.
+fn piece_as_it_arrives(response: Response<Body>, ctx: &mut RequestCtx) -> Delivery {
+    ctx.status.fwd_status = Some(StatusCode::PARTIAL_CONTENT.as_u16());
+    ctx.status.stored = true;
+    ctx.status.detail = Some(Detail::Partial);
+    Delivery::Relayed(response)
 }
 
 /// What the leader of an uncacheable fill is answered with: the fill's `answer`, for its
@@ -163,7 +196,8 @@ fn answered_alone(
     ctx: &mut RequestCtx,
 ) -> Result<Delivery, ProxyError> {
     Ok(match answer {
-        LeaderAnswer::Relayed(response) => {
+        // A piece streaming to the leader whose fill settled first (not kept after all).
+        LeaderAnswer::Relayed(response) | LeaderAnswer::PieceStreaming(response) => {
             ctx.status.fwd_status = Some(response.status().as_u16());
             Delivery::Relayed(response)
         }
@@ -559,6 +593,9 @@ enum LeaderAnswer {
     /// The stored response as freshened by a 304 that was for this client only: it set
     /// cookies, or made the response unshareable (RFC 9111 §3 on the 304's headers).
     Own(Arc<StoredResponse>),
+    /// A 206 for exactly the range the leader asked for, its body streaming to the leader as
+    /// it arrives while the fill reads it whole to keep (sent before the fill settles).
+    PieceStreaming(Response<Body>),
     /// A 206 kept as (part of) a partial entry: the entry now held, the 206 as it came for
     /// a request the entry cannot answer, and the fields the entry was kept without (the
     /// leader's own, added back when the entry answers).
@@ -572,6 +609,29 @@ enum LeaderAnswer {
     /// The response is stored without these fields (a qualified no-cache or private named
     /// them); they are the leader's own, sent before the fill's status.
     OwnFields(HeaderMap),
+}
+
+/// Where a piece's chunks go to the leader as they arrive.
+type PieceSender = tokio::sync::mpsc::UnboundedSender<Result<Bytes, crate::body::BoxError>>;
+
+/// The body of chunks sent on a [`PieceSender`]: it ends when the sender is dropped.
+fn piece_body(
+    chunks: tokio::sync::mpsc::UnboundedReceiver<Result<Bytes, crate::body::BoxError>>,
+) -> Body {
+    let frames = futures_util::stream::unfold(chunks, |mut chunks| async move {
+        let chunk = chunks.recv().await?;
+        Some((chunk.map(http_body::Frame::data), chunks))
+    });
+    Body::boxed(http_body_util::StreamBody::new(frames))
+}
+
+/// A copy of a response head (`Parts` is not `Clone`): status, version and fields.
+fn head_copy(head: &http::response::Parts) -> http::response::Parts {
+    let mut copy = Response::new(()).into_parts().0;
+    copy.status = head.status;
+    copy.version = head.version;
+    copy.headers = head.headers.clone();
+    copy
 }
 
 /// The single complete Content-Range of a 206 whose piece may be kept: it fits the partial
@@ -1033,7 +1093,8 @@ impl FillTask {
         uri: &http::Uri,
         times: (SystemTime, SystemTime),
     ) {
-        let cache = &self.proxy.cache;
+        let proxy = Arc::clone(&self.proxy);
+        let cache = &proxy.cache;
         // The representation's head is judged as its 200 would be: 206 says only which
         // part this is.
         let verdict = self.check_storable(uri, StatusCode::OK, &head.headers, times.1);
@@ -1050,7 +1111,18 @@ impl FillTask {
                 return;
             }
         };
-        let bytes = match self.read_piece(body, range.byte_count()).await {
+        let tee = if self.leader_asked_for(&range, &head.headers) {
+            let (tee, piece) = tokio::sync::mpsc::unbounded_channel();
+            let streamed = Response::from_parts(head_copy(&head), piece_body(piece));
+            self.answer_leader(LeaderAnswer::PieceStreaming(streamed));
+            Some(tee)
+        } else {
+            None
+        };
+        let bytes = match self
+            .read_piece(body, range.byte_count(), tee.as_ref())
+            .await
+        {
             Ok(Piece::AsRanged(bytes)) => bytes,
             Ok(Piece::Mismatched(as_received)) => {
                 // Framed correctly but not the bytes its Content-Range names: stored, it
@@ -1094,31 +1166,63 @@ impl FillTask {
         self.answer_leader(LeaderAnswer::Partial(held, as_received, own_fields));
     }
 
+    /// Whether the leader's Range asks for exactly `piece`, which the 206's Content-Length
+    /// (`headers`) agrees with: then the 206 can go to it as it arrives, unchanged. A
+    /// length that disagrees is a body that will not be kept: relayed as it came.
+    fn leader_asked_for(&self, piece: &ContentRange, headers: &HeaderMap) -> bool {
+        let asked = self
+            .client_headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok());
+        self.leader.is_some()
+            && crate::cache::entry::content_length(headers) == Some(piece.byte_count())
+            && asked.is_some_and(|asked| {
+                super::range::parse(asked, piece.complete_len)
+                    == super::range::Ranges::Satisfiable(vec![(piece.first, piece.last)])
+            })
+    }
+
     /// The body of a 206 whose Content-Range promised `len` bytes, each chunk within the
     /// body-read timeout: those bytes, or the body as received when it holds more or fewer.
-    async fn read_piece(&self, mut body: OriginBody, len: u64) -> Result<Piece, ProxyError> {
-        let incomplete = |detail: String| ProxyError::ResponseIncomplete {
-            origin: self.origin.clone(),
-            detail,
+    /// With `tee`, each chunk also goes there as it arrives (a failure too), and the body as
+    /// received is all sent there (what is returned for it is then empty).
+    async fn read_piece(
+        &self,
+        mut body: OriginBody,
+        len: u64,
+        tee: Option<&PieceSender>,
+    ) -> Result<Piece, ProxyError> {
+        let failed = |err: ProxyError| {
+            if let Some(tee) = tee {
+                let _ = tee.send(Err(err.to_string().into()));
+            }
+            err
         };
         let mut bytes = bytes::BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
         loop {
-            let frame = tokio::time::timeout(self.proxy.body_read_timeout, body.frame())
-                .await
-                .map_err(|_| ProxyError::BodyReadTimeout {
-                    origin: self.origin.clone(),
-                })?;
-            match frame {
+            match self.next_frame(&mut body).await.map_err(failed)? {
                 None => break,
-                Some(Err(source)) => return Err(incomplete(format!("mid-body: {source}"))),
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        bytes.extend_from_slice(&data);
+                Some(data) => {
+                    bytes.extend_from_slice(&data);
+                    if let Some(tee) = tee {
+                        // The leader may have gone: the piece is still kept for the others.
+                        let _ = tee.send(Ok(data));
                     }
                     if bytes.len() as u64 > len {
                         // The rest is streamed on, not read here: it may be anything long.
-                        let read = Body::full(bytes.freeze());
-                        return Ok(Piece::Mismatched(Body::chain(vec![read, Body::from(body)])));
+                        let Some(tee) = tee else {
+                            let read = Body::full(bytes.freeze());
+                            return Ok(Piece::Mismatched(Body::chain(vec![
+                                read,
+                                Body::from(body),
+                            ])));
+                        };
+                        while let Some(data) = self.next_frame(&mut body).await.map_err(failed)? {
+                            if tee.send(Ok(data)).is_err() {
+                                break;
+                            }
+                        }
+                        return Ok(Piece::Mismatched(Body::empty()));
                     }
                 }
             }
@@ -1127,6 +1231,31 @@ impl FillTask {
             return Ok(Piece::Mismatched(Body::full(bytes.freeze())));
         }
         Ok(Piece::AsRanged(bytes.freeze()))
+    }
+
+    /// The next chunk of an origin body within the body-read timeout; `None` at its end.
+    async fn next_frame(&self, body: &mut OriginBody) -> Result<Option<Bytes>, ProxyError> {
+        loop {
+            let frame = tokio::time::timeout(self.proxy.body_read_timeout, body.frame())
+                .await
+                .map_err(|_| ProxyError::BodyReadTimeout {
+                    origin: self.origin.clone(),
+                })?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(source)) => {
+                    return Err(ProxyError::ResponseIncomplete {
+                        origin: self.origin.clone(),
+                        detail: format!("mid-body: {source}"),
+                    })
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
     }
 
     /// Hands `answer` to the leader (who may have gone; then nobody needs it).

@@ -722,3 +722,58 @@ async fn an_open_range_on_a_large_object_streams_as_it_arrives() {
     assert_eq!(hit.body, whole.slice(5..10));
     assert_eq!(origin.hits("/film.mp4"), 1);
 }
+
+/// RFC 9111 §3.3: a range forwarded to the origin (it starts past
+/// `range_fill_max_offset`) reaches its client as the origin's 206 arrives, while the
+/// piece is read whole to be kept: the client has its head and the first half of the piece
+/// before the origin sends the second (it used to wait for the whole piece). A request for
+/// the same range that waited on that fetch, and a later one inside it, are served from
+/// the kept piece.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forwarded_range_streams_to_its_client_as_it_arrives() {
+    use http_body_util::BodyExt;
+    let whole = representation();
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/seek.mp4",
+        Fixture::RangedHalves {
+            headers: header_list(&[("cache-control", "max-age=60"), ("etag", "\"s1\"")]),
+            body: whole.clone(),
+            gate: gate.clone(),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), CONFIG).await;
+    let request = http::Request::get(proxy.url("/seek.mp4"))
+        .header("range", "bytes=500-899")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 206);
+    assert_eq!(
+        response.headers()["content-range"].to_str().unwrap(),
+        "bytes 500-899/1000"
+    );
+    let status = response.headers()["cache-status"].to_str().unwrap();
+    assert!(status.contains("stored; detail=\"partial\""), "{status}");
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, whole.slice(500..500 + first.len()));
+
+    let url = proxy.url("/seek.mp4");
+    let follower = tokio::spawn(async move { get(&url, &[("range", "bytes=500-899")]).await });
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    eventually("the second request to wait on the fetch", || {
+        metrics.coalesced_waiting.get() == 1
+    })
+    .await;
+    gate.open();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!([first, rest].concat(), whole.slice(500..900));
+    let follower = follower.await.unwrap();
+    assert_piece(&follower, 500, 899);
+    let inside = range(&proxy, "/seek.mp4", "bytes=600-699").await;
+    assert_piece(&inside, 600, 699);
+    assert!(is_hit(&inside), "{}", cache_status(&inside));
+    assert_eq!(origin.hits("/seek.mp4"), 1);
+}

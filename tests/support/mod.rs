@@ -257,6 +257,12 @@ pub enum Fixture {
     /// If-None-Match naming the ETag among `headers` gets 304 with them first (RFC 9110
     /// §13.2.2: preconditions before Range).
     Ranged { headers: HeaderList, body: Bytes },
+    /// As `Ranged`, with a 206's body sent in two halves: the second once `gate` is open.
+    RangedHalves {
+        headers: HeaderList,
+        body: Bytes,
+        gate: Gate,
+    },
     /// 200 with `headers` and `body` while `healthy` holds, else 503 with them.
     Switch {
         healthy: Arc<std::sync::atomic::AtomicBool>,
@@ -359,22 +365,7 @@ impl Fixture {
                         .unwrap();
                 }
                 let len = body.len();
-                let range = request
-                    .headers()
-                    .get("range")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("bytes="))
-                    .filter(|spec| !spec.contains(','))
-                    .and_then(|spec| spec.split_once('-'))
-                    .and_then(|(first, last)| match (first, last) {
-                        ("", suffix) => Some((len.saturating_sub(suffix.parse().ok()?), len - 1)),
-                        (first, "") => Some((first.parse().ok()?, len - 1)),
-                        (first, last) => Some((
-                            first.parse().ok()?,
-                            last.parse::<usize>().ok()?.min(len - 1),
-                        )),
-                    })
-                    .filter(|(first, last)| first <= last && *last < len);
+                let range = asked_range(request.headers(), len);
                 let builder = with_headers(Response::builder(), headers);
                 match range {
                     Some((first, last)) => builder
@@ -382,6 +373,30 @@ impl Fixture {
                         .header("content-range", format!("bytes {first}-{last}/{len}"))
                         .body(Body::full(body.slice(first..=last)))
                         .unwrap(),
+                    None => builder.body(Body::full(body.clone())).unwrap(),
+                }
+            }
+            Fixture::RangedHalves {
+                headers,
+                body,
+                gate,
+            } => {
+                let len = body.len();
+                let builder = with_headers(Response::builder(), headers);
+                match asked_range(request.headers(), len) {
+                    Some((first, last)) => {
+                        let middle = first + (last - first) / 2 + 1;
+                        builder
+                            .status(206)
+                            .header("content-range", format!("bytes {first}-{last}/{len}"))
+                            .header("content-length", last - first + 1)
+                            .body(halves(
+                                &body.slice(first..middle),
+                                gate,
+                                &body.slice(middle..=last),
+                            ))
+                            .unwrap()
+                    }
                     None => builder.body(Body::full(body.clone())).unwrap(),
                 }
             }
@@ -582,6 +597,25 @@ impl Fixture {
             }
         }
     }
+}
+
+/// The one byte range `headers` ask of a body of `len` bytes, if any (RFC 9110 §14.1.2).
+fn asked_range(headers: &HeaderMap, len: usize) -> Option<(usize, usize)> {
+    headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .filter(|spec| !spec.contains(','))
+        .and_then(|spec| spec.split_once('-'))
+        .and_then(|(first, last)| match (first, last) {
+            ("", suffix) => Some((len.saturating_sub(suffix.parse().ok()?), len - 1)),
+            (first, "") => Some((first.parse().ok()?, len - 1)),
+            (first, last) => Some((
+                first.parse().ok()?,
+                last.parse::<usize>().ok()?.min(len - 1),
+            )),
+        })
+        .filter(|(first, last)| first <= last && *last < len)
 }
 
 /// `first`, then (once `gate` is open) `rest`.

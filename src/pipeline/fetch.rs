@@ -13,8 +13,11 @@
 //! Fills are admitted under the cache's caps ([`crate::cache::Cache::admit_fill`]); a fill
 //! that cannot get a slot ends every waiting request with 503.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -128,27 +131,26 @@ async fn lead(
     // Its own task: a leader whose client hangs up must not cancel the fetch for others.
     // Started here, so that the request reaches the origin before this task yields.
     miss.proxy.cache.start_fill(job.run());
-    // An answer for the leader alone may come before the fill's status: a piece of the
-    // representation streaming to it, or fields sent ahead of a stored response.
-    let mut early = None;
-    let status = tokio::select! {
-        // The answer first: a piece may have been read whole and the fill settled by now.
-        biased;
-        answer = &mut leader_rx => {
-            if let Ok(LeaderAnswer::PieceStreaming(response)) = answer {
+    // A Range request's leader may be answered before the fill's status: a piece of the
+    // representation streaming to it. Boxed, and only then: every other miss's future
+    // stays as small as it was.
+    let (status, early) = if miss.parts.headers.contains_key(header::RANGE) {
+        match Box::pin(status_or_answer(&fill, &mut leader_rx)).await {
+            Ok(status) => (status, None),
+            Err(Ok(LeaderAnswer::PieceStreaming(response))) => {
                 ctx.upstream_duration = Some(started.elapsed());
                 return Ok(piece_as_it_arrives(response, ctx));
             }
-            early = Some(answer);
-            fill.wait_status().await
+            Err(answer) => (fill.wait_status().await, Some(Box::new(answer))),
         }
-        status = fill.wait_status() => status,
+    } else {
+        (fill.wait_status().await, None)
     };
     ctx.upstream_duration = Some(started.elapsed());
     if let FillStatus::Uncacheable(reason) = status {
         drop(reader);
         let answer = match early {
-            Some(answer) => answer,
+            Some(answer) => *answer,
             None => leader_rx.await,
         };
         let answer = answer.map_err(|_| {
@@ -176,6 +178,22 @@ async fn lead(
     };
     delivery_from(status, fill, reader, ctx, |_| true)
         .unwrap_or_else(|| Err(ProxyError::Internal("fill still pending".into())))
+}
+
+/// The fill's status once it is no longer pending, or (`Err`) the answer for the leader
+/// alone if that comes first; the answer is looked at first, since a piece may have been
+/// read whole and the fill settled by the time the leader looks.
+async fn status_or_answer(
+    fill: &Fill,
+    leader_rx: &mut oneshot::Receiver<LeaderAnswer>,
+) -> Result<FillStatus, Result<LeaderAnswer, oneshot::error::RecvError>> {
+    let status = fill.wait_status();
+    tokio::pin!(status);
+    std::future::poll_fn(|cx| match Pin::new(&mut *leader_rx).poll(cx) {
+        Poll::Ready(answer) => Poll::Ready(Err(answer)),
+        Poll::Pending => status.as_mut().poll(cx).map(Ok),
+    })
+    .await
 }
 
 /// The leader's 206 for its own range, sent as it arrives while the fill reads the piece

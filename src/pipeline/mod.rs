@@ -162,16 +162,9 @@ pub async fn handle(
     };
     let served = match served {
         // Boxed: a rare path's future would otherwise size every request's (see `branch`).
-        Err(ProxyError::StoredBodyLost(lost)) => {
+        Err(err @ (ProxyError::StoredBodyLost(_) | ProxyError::RangeNotStored)) => {
             let routing = (forward_site, &downstream);
-            Box::pin(serve_after_lost_body(
-                proxy, &parts, routing, &lost, &mut ctx,
-            ))
-            .await
-        }
-        Err(ProxyError::RangeNotStored) => {
-            let routing = (forward_site, &downstream);
-            Box::pin(serve_range_forwarded(proxy, &parts, routing, &mut ctx)).await
+            Box::pin(serve_again(proxy, &parts, routing, err, &mut ctx)).await
         }
         served => served,
     };
@@ -425,44 +418,35 @@ fn check_client_auth(
     Err(refused)
 }
 
-/// The request served again after its stored body turned out `lost` before any of it was
-/// sent, at no cost to the client: the entry is dropped (every variant, as the lost body
-/// may be an encoding's), and the lookup, now a miss, fetches the object again.
-async fn serve_after_lost_body(
+/// The request served again, at no cost to the client, after a failure met before any of
+/// its answer was sent:
+/// - its stored body turned out lost ([`ProxyError::StoredBodyLost`]): the entry is
+///   dropped (every variant, as the lost body may be an encoding's), and the lookup, now a
+///   miss, fetches the object again;
+/// - the object a Range miss waited for was not stored after all
+///   ([`ProxyError::RangeNotStored`], RFC 9110 §14): the range is forwarded, rather than
+///   fetching the whole object once more.
+async fn serve_again(
     proxy: &Arc<Proxy>,
     parts: &http::request::Parts,
     routing: (Option<Arc<Site>>, &DownstreamFacts),
-    lost: &str,
+    failure: ProxyError,
     ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, ProxyError> {
-    tracing::warn!(
-        uri = %parts.uri,
-        "{lost}: the entry is dropped and the object fetched again"
-    );
-    if let Some(key) = ctx.key {
-        proxy.cache.drop_lost(&key).await;
+    if let ProxyError::StoredBodyLost(lost) = &failure {
+        tracing::warn!(
+            uri = %parts.uri,
+            "{lost}: the entry is dropped and the object fetched again"
+        );
+        if let Some(key) = ctx.key {
+            proxy.cache.drop_lost(&key).await;
+        }
+    } else {
+        tracing::warn!(uri = %parts.uri, "{failure}: the range is forwarded");
+        ctx.forwards_range = true;
     }
     ctx.forget_hit();
     // A hit's request body is never read, and no GET sends one on a fill.
-    let delivery = serve(proxy, parts, (Body::empty(), None), routing, ctx).await?;
-    deliver::deliver(proxy, ctx, parts, delivery).await
-}
-
-/// A Range miss whose fill ended without storing the object it waited for (RFC 9110 §14):
-/// sent again with its Range forwarded, rather than fetching the whole object once more.
-async fn serve_range_forwarded(
-    proxy: &Arc<Proxy>,
-    parts: &http::request::Parts,
-    routing: (Option<Arc<Site>>, &DownstreamFacts),
-    ctx: &mut RequestCtx,
-) -> Result<Response<Body>, ProxyError> {
-    tracing::warn!(
-        uri = %parts.uri,
-        "the object a Range request waited for was not stored: the range is forwarded"
-    );
-    ctx.forget_hit();
-    ctx.forwards_range = true;
-    // A Range miss is a GET: it has no request body.
     let delivery = serve(proxy, parts, (Body::empty(), None), routing, ctx).await?;
     deliver::deliver(proxy, ctx, parts, delivery).await
 }

@@ -606,6 +606,46 @@ async fn the_range_unit_is_case_insensitive() {
     assert!(is_hit(&from_piece), "{}", cache_status(&from_piece));
 }
 
+/// The 206 to a `range` request for `path` as soon as its head arrives, its body still to
+/// be read; its Content-Range must be `bytes {content_range}`.
+async fn streamed_piece(
+    proxy: &Proxy,
+    path: &str,
+    range: &str,
+    content_range: &str,
+) -> http::Response<hyper::body::Incoming> {
+    let request = http::Request::get(proxy.url(path))
+        .header("range", range)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 206);
+    assert_eq!(
+        response.headers()["content-range"].to_str().unwrap(),
+        format!("bytes {content_range}")
+    );
+    response
+}
+
+/// An origin serving `path`, `len` recognisable bytes stored for ten minutes, whose second
+/// half is sent once the gate is open.
+async fn sent_in_halves(path: &'static str, len: u32) -> (Origin, Gate, bytes::Bytes) {
+    let whole: bytes::Bytes = (0..len).map(|i| (i % 251) as u8).collect();
+    let gate = Gate::closed();
+    let half = whole.len() / 2;
+    let origin = Origin::start(vec![(
+        path,
+        Fixture::Halves {
+            headers: header_list(&[("cache-control", "max-age=600"), ("etag", "\"h1\"")]),
+            first: whole.slice(..half),
+            gate: gate.clone(),
+            rest: whole.slice(half..),
+        },
+    )])
+    .await;
+    (origin, gate, whole)
+}
+
 /// RFC 9110 §14.2: a Range miss within `range_fill_max_offset` fetches the whole object
 /// once, and its range is cut from the body as the body arrives. A client asking for the
 /// object's first half has its 206 before the origin sends the second half (it used to wait
@@ -614,18 +654,7 @@ async fn the_range_unit_is_case_insensitive() {
 /// later Range request is a hit. A multi-range miss still waits for the stored object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_miss_is_cut_from_the_body_as_it_arrives() {
-    let whole: bytes::Bytes = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let gate = Gate::closed();
-    let origin = Origin::start(vec![(
-        "/clip.mp4",
-        Fixture::Halves {
-            headers: header_list(&[("cache-control", "max-age=600"), ("etag", "\"c1\"")]),
-            first: whole.slice(..100_000),
-            gate: gate.clone(),
-            rest: whole.slice(100_000..),
-        },
-    )])
-    .await;
+    let (origin, gate, whole) = sent_in_halves("/clip.mp4", 200_000).await;
     let proxy = Proxy::start(&origin.url(), "").await;
     let early = get(&proxy.url("/clip.mp4"), &[("range", "bytes=1000-1999")]).await;
     assert_eq!(early.status.as_u16(), 206, "{}", early.text());
@@ -684,29 +713,9 @@ async fn a_range_miss_is_cut_from_the_body_as_it_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_range_on_a_large_object_streams_as_it_arrives() {
     use http_body_util::BodyExt;
-    let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
-    let gate = Gate::closed();
-    let origin = Origin::start(vec![(
-        "/film.mp4",
-        Fixture::Halves {
-            headers: header_list(&[("cache-control", "max-age=600"), ("etag", "\"f1\"")]),
-            first: whole.slice(..200_000),
-            gate: gate.clone(),
-            rest: whole.slice(200_000..),
-        },
-    )])
-    .await;
+    let (origin, gate, whole) = sent_in_halves("/film.mp4", 400_000).await;
     let proxy = Proxy::start(&origin.url(), "[cache]\nunread_fill_limit = \"64KiB\"\n").await;
-    let request = http::Request::get(proxy.url("/film.mp4"))
-        .header("range", "bytes=1000-")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let response = client().request(request).await.unwrap();
-    assert_eq!(response.status().as_u16(), 206);
-    assert_eq!(
-        response.headers()["content-range"].to_str().unwrap(),
-        "bytes 1000-399999/400000"
-    );
+    let response = streamed_piece(&proxy, "/film.mp4", "bytes=1000-", "1000-399999/400000").await;
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, whole.slice(1000..1000 + first.len()));
@@ -744,16 +753,7 @@ async fn a_forwarded_range_streams_to_its_client_as_it_arrives() {
     )])
     .await;
     let proxy = Proxy::start(&origin.url(), CONFIG).await;
-    let request = http::Request::get(proxy.url("/seek.mp4"))
-        .header("range", "bytes=500-899")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let response = client().request(request).await.unwrap();
-    assert_eq!(response.status().as_u16(), 206);
-    assert_eq!(
-        response.headers()["content-range"].to_str().unwrap(),
-        "bytes 500-899/1000"
-    );
+    let response = streamed_piece(&proxy, "/seek.mp4", "bytes=500-899", "500-899/1000").await;
     let status = response.headers()["cache-status"].to_str().unwrap();
     assert!(status.contains("stored; detail=\"partial\""), "{status}");
     let mut body = response.into_body();

@@ -28,6 +28,14 @@ pub enum ProxyError {
     /// connection closed mid-body): the client's fault, never the origin's.
     #[error("the request body could not be read: {detail}")]
     RequestBody { detail: String },
+    /// The request's header section is larger, or has more fields, than
+    /// `server.max_header_bytes` and `server.max_headers` allow (RFC 6585 §5).
+    #[error("request header fields too large: {0}")]
+    HeaderFieldsTooLarge(&'static str),
+    /// The request target alone is longer than `server.max_header_bytes` allows (RFC 9110
+    /// §15.5.15).
+    #[error("the request target is longer than this server reads")]
+    UriTooLong,
     /// The request needs something outpost does not do (RFC 9112 §6.1: a transfer coding
     /// other than chunked).
     #[error("not implemented: {0}")]
@@ -210,6 +218,8 @@ impl ProxyError {
             | ProxyError::MisdirectedRequest(_)
             | ProxyError::OtherSitesHandshake(_)
             | ProxyError::Forbidden(_)
+            | ProxyError::HeaderFieldsTooLarge(_)
+            | ProxyError::UriTooLong
             // Load, not a fault of ours or the origin's: logged quietly, counted in metrics.
             | ProxyError::LimitReached { .. } => Fault::Downstream,
             ProxyError::Internal(_) | ProxyError::StoredBodyLost(_) | ProxyError::RangeNotStored => {
@@ -223,6 +233,8 @@ impl ProxyError {
         match self.last_try() {
             ProxyError::BadRequest(_) | ProxyError::RequestBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::HeaderFieldsTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::MisdirectedRequest(_) | ProxyError::OtherSitesHandshake(_) => {
                 StatusCode::MISDIRECTED_REQUEST
@@ -243,7 +255,9 @@ impl ProxyError {
         match self.last_try() {
             ProxyError::BadRequest(_)
             | ProxyError::RequestBody { .. }
-            | ProxyError::NotImplemented(_) => ErrorType::HttpRequestError,
+            | ProxyError::NotImplemented(_)
+            | ProxyError::HeaderFieldsTooLarge(_)
+            | ProxyError::UriTooLong => ErrorType::HttpRequestError,
             ProxyError::Forbidden(_) => ErrorType::HttpRequestDenied,
             ProxyError::MisdirectedRequest(_) => ErrorType::DestinationNotFound,
             ProxyError::OtherSitesHandshake(_) => ErrorType::HttpRequestDenied,

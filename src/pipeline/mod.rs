@@ -330,6 +330,9 @@ async fn serve(
         ));
     }
     check_request(parts)?;
+    if parts.version == http::Version::HTTP_2 {
+        request::check_h2_header_section(parts, &proxy.server)?;
+    }
     if final_recipient::answers_here(parts) {
         ctx.status = CacheStatus::default().with_detail(Detail::FinalRecipient);
         return Ok(Delivery::Synthetic(final_recipient::answer(parts)));

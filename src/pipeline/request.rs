@@ -64,6 +64,64 @@ pub fn check_request(request: &http::request::Parts) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Bytes RFC 9113 §6.5.2 counts for each field of a header list beside its name and value.
+const FIELD_OVERHEAD: usize = 32;
+
+/// An HTTP/2 request's header section against `server.max_header_bytes` and
+/// `server.max_headers`, as HTTP/1 heads are held to them while read. The HTTP/2 layer
+/// lets through twice the size (see `server::connection_builder`), so that what passes
+/// the limit is answered here (RFC 9113 §10.5.1: 431; a target that alone is too long, 414,
+/// as HTTP/1 answers), rather than by that layer's bare 431 and stream reset, which knew
+/// no field count and called a long target a header field.
+///
+/// # Errors
+/// [`ProxyError::UriTooLong`] or [`ProxyError::HeaderFieldsTooLarge`].
+pub fn check_h2_header_section(
+    request: &http::request::Parts,
+    settings: &crate::config::ServerConfig,
+) -> Result<(), ProxyError> {
+    let limit = settings.max_header_bytes.as_usize();
+    let target = request
+        .uri
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    // `:path` with its name and overhead.
+    let path_field = target + 5 + FIELD_OVERHEAD;
+    if path_field > limit {
+        return Err(ProxyError::UriTooLong);
+    }
+    // Browsers send each cookie as a field of its own over HTTP/2 (RFC 9113 §8.2.3): they
+    // count as the one `Cookie` line HTTP/1 would carry.
+    let crumbs = request.headers.get_all(header::COOKIE).iter();
+    let (cookies, cookie_bytes) = crumbs.fold((0, 0), |(n, bytes), value| {
+        (n + 1, bytes + value.len() + if n > 0 { 2 } else { 0 })
+    });
+    let joined_cookies = usize::from(cookies > 0);
+    if request.headers.len() - cookies + joined_cookies > settings.max_headers {
+        return Err(ProxyError::HeaderFieldsTooLarge(
+            "more fields than server.max_headers",
+        ));
+    }
+    let authority = request.uri.authority().map_or(0, |a| a.as_str().len());
+    let pseudo = path_field
+        + (7 + request.method.as_str().len() + FIELD_OVERHEAD)
+        + (7 + request.uri.scheme_str().map_or(0, str::len) + FIELD_OVERHEAD)
+        + (10 + authority + FIELD_OVERHEAD);
+    let fields: usize = request
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != header::COOKIE)
+        .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
+        .sum();
+    let cookie_field = joined_cookies * (6 + cookie_bytes + FIELD_OVERHEAD);
+    if pseudo + fields + cookie_field > limit {
+        return Err(ProxyError::HeaderFieldsTooLarge(
+            "larger than server.max_header_bytes",
+        ));
+    }
+    Ok(())
+}
+
 /// No Transfer-Encoding, or exactly `chunked` (in any case, perhaps spread over fields).
 /// Read from the head as it arrived (the field is hop-by-hop and stripped before the
 /// filter). Anything else is refused (RFC 9112 §6.1): hyper undoes the chunked framing but

@@ -201,11 +201,19 @@ fn connection_builder(settings: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(h2_header_list_limit(header_bytes))
         .max_concurrent_streams(256)
         // RFC 8441: WebSocket over HTTP/2, by extended CONNECT.
         .enable_connect_protocol();
     builder
+}
+
+/// The header list size HTTP/2 connections take: twice `server.max_header_bytes`, so that
+/// a request past that limit but within this one reaches the request filter and is
+/// answered with 414 or 431 (`pipeline::request::check_h2_header_section`). A larger one
+/// gets the HTTP/2 layer's own 431 and a stream reset.
+fn h2_header_list_limit(max_header_bytes: usize) -> u32 {
+    u32::try_from(max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX)
 }
 
 /// The hyper connection that serves a client connection's plain requests in turns.
@@ -731,7 +739,7 @@ fn h2_builder(settings: &ServerConfig) -> hyper::server::conn::http2::Builder<To
     let header_bytes = settings.max_header_bytes.as_usize();
     builder
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(h2_header_list_limit(header_bytes))
         .max_concurrent_streams(256)
         .enable_connect_protocol();
     builder

@@ -833,3 +833,50 @@ async fn a_declared_body_that_never_comes_is_refused() {
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert_eq!(origin.hits("/doc"), 0);
 }
+
+/// An HTTP/2 request past `server.max_header_bytes` or `server.max_headers` gets a status
+/// that says why, as HTTP/1 heads do: 414 for a target that alone is too long (RFC 9110
+/// §15.5.15), 431 for the rest (RFC 9113 §10.5.1, RFC 6585 §5). The HTTP/2 layer used to
+/// answer a long target with 431 too, and knew no field count (80 fields went through).
+/// Cookies a browser sends as separate fields (RFC 9113 §8.2.3) count as the one field
+/// HTTP/1 would carry, and the connection serves on.
+#[tokio::test]
+async fn an_oversized_http2_head_is_answered_414_or_431() {
+    let origin = Origin::start(vec![("/ok", Fixture::ok("ok"))]).await;
+    let config = "[server]\nmax_header_bytes = \"16KiB\"\nmax_headers = 50\n";
+    let proxy = Proxy::start(&origin.url(), config).await;
+    let h2 = h2c_client();
+    let long_path = format!("/ok?{}", "q".repeat(20_000));
+    let big_field = "v".repeat(20_000);
+    let many = |name: &'static str, count: usize| {
+        let mut request = Request::get(proxy.url("/ok"));
+        for n in 0..count {
+            request = request.header(name, format!("crumb{n}=1"));
+        }
+        request.body(Full::new(Bytes::new())).unwrap()
+    };
+    let plain = |path: &str| Request::get(proxy.url(path)).body(Full::new(Bytes::new()));
+    let cases = [
+        ("a long target", plain(&long_path).unwrap(), 414),
+        (
+            "a large field",
+            Request::get(proxy.url("/ok"))
+                .header("x-big", big_field.as_str())
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+            431,
+        ),
+        ("too many fields", many("x-many", 80), 431),
+        ("many cookie crumbs", many("cookie", 80), 200),
+        ("a plain request after", plain("/ok").unwrap(), 200),
+    ];
+    for (what, request, status) in cases {
+        let reply = send(&h2, request).await;
+        assert_eq!(reply.status.as_u16(), status, "{what}: {}", reply.text());
+    }
+    assert_eq!(
+        origin.hits("/ok"),
+        2,
+        "only the two requests within the limits"
+    );
+}

@@ -311,14 +311,16 @@ fn failed(proxy: &Proxy, ctx: &mut RequestCtx, err: &ProxyError, reveal: bool) -
     err.to_response(&proxy.proxy_name, reveal)
 }
 
-/// The phases up to the delivery: filter, route, lookup, then the branch the lookup chose.
-async fn serve(
-    proxy: &Arc<Proxy>,
+/// The request filter: what the head as received says of its framing, then
+/// [`check_request`], and for HTTP/2 the header limits HTTP/1 heads are held to as read.
+///
+/// # Errors
+/// The refusal, as the client is to get it.
+fn request_filter(
+    proxy: &Proxy,
     parts: &http::request::Parts,
-    (body, upgrade): (Body, Option<tunnel::Upgrade>),
-    (forward_site, facts): (Option<Arc<Site>>, &DownstreamFacts),
-    ctx: &mut RequestCtx,
-) -> Result<Delivery, ProxyError> {
+    facts: &DownstreamFacts,
+) -> Result<(), ProxyError> {
     if facts.has_conflicting_framing {
         return Err(ProxyError::BadRequest(
             "both Content-Length and Transfer-Encoding",
@@ -333,6 +335,18 @@ async fn serve(
     if parts.version == http::Version::HTTP_2 {
         request::check_h2_header_section(parts, &proxy.server)?;
     }
+    Ok(())
+}
+
+/// The phases up to the delivery: filter, route, lookup, then the branch the lookup chose.
+async fn serve(
+    proxy: &Arc<Proxy>,
+    parts: &http::request::Parts,
+    (body, upgrade): (Body, Option<tunnel::Upgrade>),
+    (forward_site, facts): (Option<Arc<Site>>, &DownstreamFacts),
+    ctx: &mut RequestCtx,
+) -> Result<Delivery, ProxyError> {
+    request_filter(proxy, parts, facts)?;
     if final_recipient::answers_here(parts) {
         ctx.status = CacheStatus::default().with_detail(Detail::FinalRecipient);
         return Ok(Delivery::Synthetic(final_recipient::answer(parts)));

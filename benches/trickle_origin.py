@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""A slow origin that sends its bodies a step at a time, for measuring how soon a client
+gets its first byte: every path answers SIZE_MIB MiB of a recognisable pattern (byte i is
+i % 251), STEP_KIB KiB every INTERVAL_MS ms, with Content-Length, `Cache-Control:
+max-age=600` and a strong ETag. A single `Range: bytes=a-b` (or `a-`) gets a 206 of those
+bytes, sent the same way. Loopback only.
+
+    SIZE_MIB=16 STEP_KIB=256 INTERVAL_MS=50 python3 benches/trickle_origin.py PORT
+"""
+import http.server
+import os
+import re
+import socketserver
+import sys
+import time
+
+SIZE = int(os.environ.get("SIZE_MIB", "16")) << 20
+STEP = int(os.environ.get("STEP_KIB", "256")) << 10
+INTERVAL = int(os.environ.get("INTERVAL_MS", "50")) / 1000
+BODY = bytes(i % 251 for i in range(SIZE))
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        first, last, status = 0, SIZE - 1, 200
+        asked = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        if asked and int(asked.group(1)) < SIZE:
+            first = int(asked.group(1))
+            last = min(int(asked.group(2) or SIZE - 1), SIZE - 1)
+            status = 206
+        self.send_response(status)
+        self.send_header("Content-Length", str(last - first + 1))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {first}-{last}/{SIZE}")
+        self.send_header("Cache-Control", "max-age=600")
+        self.send_header("ETag", '"trickle-1"')
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        for start in range(first, last + 1, STEP):
+            self.wfile.write(BODY[start:min(start + STEP, last + 1)])
+            self.wfile.flush()
+            time.sleep(INTERVAL)
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()

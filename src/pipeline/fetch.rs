@@ -133,7 +133,7 @@ async fn lead(
     miss.proxy.cache.start_fill(job.run());
     // A Range request's leader may be answered before the fill's status: a piece of the
     // representation streaming to it. Boxed, and only then: every other miss's future
-    // stays as small as it was.
+    // stays as small as it was (an early answer is boxed too, as it is kept across awaits).
     let (status, early) = if miss.parts.headers.contains_key(header::RANGE) {
         match Box::pin(status_or_answer(&fill, &mut leader_rx)).await {
             Ok(status) => (status, None),
@@ -1202,8 +1202,10 @@ impl FillTask {
 
     /// The body of a 206 whose Content-Range promised `len` bytes, each chunk within the
     /// body-read timeout: those bytes, or the body as received when it holds more or fewer.
-    /// With `tee`, each chunk also goes there as it arrives (a failure too), and the body as
-    /// received is all sent there (what is returned for it is then empty).
+    /// With `tee`, each chunk also goes there as it arrives (a failure too). A tee is only
+    /// given for a 206 whose Content-Length is `len`, which the framing holds it to: it
+    /// cannot run past `len`, and one that ends short fails the leader's response as the
+    /// origin's own would.
     async fn read_piece(
         &self,
         mut body: OriginBody,
@@ -1228,19 +1230,8 @@ impl FillTask {
                     }
                     if bytes.len() as u64 > len {
                         // The rest is streamed on, not read here: it may be anything long.
-                        let Some(tee) = tee else {
-                            let read = Body::full(bytes.freeze());
-                            return Ok(Piece::Mismatched(Body::chain(vec![
-                                read,
-                                Body::from(body),
-                            ])));
-                        };
-                        while let Some(data) = self.next_frame(&mut body).await.map_err(failed)? {
-                            if tee.send(Ok(data)).is_err() {
-                                break;
-                            }
-                        }
-                        return Ok(Piece::Mismatched(Body::empty()));
+                        let read = Body::full(bytes.freeze());
+                        return Ok(Piece::Mismatched(Body::chain(vec![read, Body::from(body)])));
                     }
                 }
             }

@@ -58,10 +58,8 @@ pub async fn deliver(
         Delivery::Partial(entry) => Ok(respond::ranged_from_partial(proxy, &entry, parts, now)),
         Delivery::Streaming { meta, reader, fill } => {
             if let Some(range) = range::requested(parts, &meta.headers) {
-                if ctx.status.stored {
-                    let fill = (meta, reader, fill);
-                    return range_of_storing_fill(proxy, ctx, parts, fill, &range).await;
-                }
+                let fill = (meta, reader, fill);
+                return range_of_fill(proxy, ctx, parts, fill, &range).await;
             }
             encode::streaming(proxy, (&meta, reader, &fill), parts, now).await
         }
@@ -74,6 +72,10 @@ pub async fn deliver(
             }
             let version = response.version();
             forwarding::append_via(response.headers_mut(), proxy.via_for(version));
+            if let Some(range) = range::requested(parts, response.headers()) {
+                // A range cut from it is no longer a 200 to encode.
+                response = respond::ranged_from_relayed(response, &range);
+            }
             encode::for_client(proxy, response, parts).await
         }
         Delivery::Forwarded(mut response) => {
@@ -85,18 +87,22 @@ pub async fn deliver(
     }
 }
 
-/// RFC 9110 §14: a Range miss on an object its fill will store (the whole object is
-/// fetched once). One range is cut from the body as it arrives, so the client does not
-/// wait for the rest of the object, when the fill completes without readers (within
-/// `unread_fill_limit`) or the range runs to the object's end. Otherwise (several ranges,
-/// or a range ending early in an object whose fill stops when nobody reads it) the request
-/// waits for the entry, reading along, and is served from it: a client asking for a few
-/// bytes does not leave a large download running once it has them.
+/// RFC 9110 §14: a Range miss answered from the fill fetching the whole object. One range
+/// (or none satisfiable) of a body of declared length is cut from the body as it arrives,
+/// so the client never waits for the rest of the object. Its reader then reads on to the
+/// end when the object is being stored and the fill would finish unread anyway (within
+/// `unread_fill_limit`) or the range runs to the end (`bytes=0-`, as media players ask
+/// first); otherwise it lets go, and the fill goes on only for its other readers, as when
+/// a whole GET's client hangs up: a few bytes asked of a large object (Safari's `bytes=0-1`
+/// probe, a small byte range sent to amplify) never leave a large download running.
+/// Several ranges of an object being stored wait for the stored entry; of one streaming
+/// through, like a range the body's length cannot place, they get the whole 200 (RFC 9110
+/// §14.2 lets a server ignore Range).
 ///
 /// # Errors
 /// As the fill fails; [`ProxyError::RangeNotStored`] when it ends without storing the
 /// object after all.
-async fn range_of_storing_fill(
+async fn range_of_fill(
     proxy: &Arc<Proxy>,
     ctx: &mut RequestCtx,
     parts: &http::request::Parts,
@@ -105,19 +111,34 @@ async fn range_of_storing_fill(
 ) -> Result<Response<Body>, ProxyError> {
     let declared = crate::cache::entry::content_length(&meta.headers)
         .filter(|_| meta.status == http::StatusCode::OK);
-    if let Some(len) = declared {
-        if let range::Ranges::Satisfiable(ranges) = range::parse(range, len) {
-            // The fill goes on to its end unread, or this request reads it to its end (an
-            // open range, `bytes=0-` as media players ask first), as a whole GET would.
-            let cut = matches!(ranges[..], [(_, last)]
-                if proxy.cache.completes_unread(len) || last + 1 == len);
-            if cut {
-                let request = (parts, range);
-                return Ok(respond::ranged_from_fill(
-                    proxy, &meta, reader, request, len, ctx.now,
-                ));
-            }
+    let cut = match declared.map(|len| (len, range::parse(range, len))) {
+        Some((len, range::Ranges::Satisfiable(ranges))) => match ranges[..] {
+            [(_, last)] => Some((len, last + 1 == len)),
+            _ => None,
+        },
+        Some((len, range::Ranges::Unsatisfiable)) => Some((len, false)),
+        Some((_, range::Ranges::Ignore)) => {
+            return encode::streaming(proxy, (&meta, reader, &fill), parts, ctx.now).await
         }
+        None => None,
+    };
+    if let Some((len, runs_to_end)) = cut {
+        let reads_on = ctx.status.stored && (runs_to_end || proxy.cache.completes_unread(len));
+        let after = if reads_on {
+            respond::AfterWindow::ReadsOn
+        } else {
+            // RFC 9211 §2.6: letting go of the fill's only reader ends it unstored.
+            ctx.status.stored &= fill.reader_count() > 1;
+            respond::AfterWindow::LetsGo
+        };
+        let request = (parts, range);
+        let reader = (reader, after);
+        return Ok(respond::ranged_from_fill(
+            proxy, &meta, reader, request, len, ctx.now,
+        ));
+    }
+    if !ctx.status.stored {
+        return encode::streaming(proxy, (&meta, reader, &fill), parts, ctx.now).await;
     }
     match settled_reading_along(reader, &fill).await {
         FillStatus::Complete { entry, .. } => stored(proxy, &entry, None, parts, ctx).await,

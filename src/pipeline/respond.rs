@@ -13,7 +13,7 @@ use super::Proxy;
 
 use crate::body::{Body, FileBody, VerifiedFile};
 
-use super::range::{RangeSource, Window};
+use super::range::{RangeSource, Ranges, Window};
 
 use crate::cache::disk::verified_file_body;
 use crate::cache::entry::{EntryMeta, StoredBody, StoredResponse};
@@ -82,23 +82,73 @@ pub fn ranged_from_partial(
     super::range::apply(whole, RangeSource::Partial(entry), &range)
 }
 
-/// One range, `first..=last` of a body of `len` bytes, that a fill is storing, cut from
-/// the body as it arrives (RFC 9110 §14.2). The fill's reader reads on to the end once the
-/// range is sent, as a client waiting for the stored object used to (see
-/// [`read_on_detached`]).
+/// What becomes of a fill's reader once the range cut from its body is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterWindow {
+    /// It reads on to the end in a task of its own (see [`read_on_detached`]).
+    ReadsOn,
+    /// It is let go: the fill goes on only for its other readers, or to the end within
+    /// `unread_fill_limit`, as when a client of a whole GET hangs up.
+    LetsGo,
+}
+
+/// One range, `first..=last` of a body of `len` bytes that a fill is fetching whole, cut
+/// from the body as it arrives (RFC 9110 §14.2); an unsatisfiable one answered 416 at once.
 pub fn ranged_from_fill(
     proxy: &Proxy,
     meta: &EntryMeta,
-    reader: FillReader,
+    (reader, after): (FillReader, AfterWindow),
     (request, range): (&http::request::Parts, &str),
     len: u64,
     now: SystemTime,
 ) -> Response<Body> {
     let whole = from_meta(proxy, meta, Body::empty(), request, now);
-    // `apply` cuts one window for one range: the reader goes to it.
-    let reader = std::cell::Cell::new(Some(reader));
-    let window = |first, last| match reader.take() {
-        Some(reader) => Body::boxed(Window::new(reader, (first, last), read_on_detached)),
+    let rest: fn(FillReader) = match after {
+        AfterWindow::ReadsOn => read_on_detached,
+        AfterWindow::LetsGo => drop,
+    };
+    cut_as_it_arrives(whole, (reader, rest), len, range)
+}
+
+/// RFC 9110 §14.2: an origin's 200 of declared length that the cache does not keep (too
+/// large, or not to be stored), answering a GET whose Range was not forwarded so that the
+/// whole could be stored: one range (or none satisfiable) is cut from its body as it
+/// arrives, and the origin's body is let go once it is sent. A client asking for two bytes
+/// of a private or oversized video (Safari's first request) used to get all of it.
+/// Anything else (another status, no declared length, several ranges, a range to ignore)
+/// is left as it is.
+pub fn ranged_from_relayed(response: Response<Body>, range: &str) -> Response<Body> {
+    let len = match crate::cache::entry::content_length(response.headers()) {
+        Some(len) if response.status() == StatusCode::OK => len,
+        _ => return response,
+    };
+    match super::range::parse(range, len) {
+        Ranges::Satisfiable(ranges) if ranges.len() == 1 => {}
+        Ranges::Unsatisfiable => {}
+        Ranges::Satisfiable(_) | Ranges::Ignore => return response,
+    }
+    let (head, body) = response.into_parts();
+    let whole = Response::from_parts(head, Body::empty());
+    cut_as_it_arrives(whole, (body, drop), len, range)
+}
+
+/// `whole`, the head of a 200 of `len` bytes whose body is `body` read from its first
+/// byte, as the answer to `range`, which is one range or none satisfiable: the window is
+/// cut as the body arrives, after which `rest` has the body.
+fn cut_as_it_arrives<B>(
+    whole: Response<Body>,
+    (body, rest): (B, fn(B)),
+    len: u64,
+    range: &str,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<crate::body::BoxError>,
+{
+    // `apply` cuts one window for one range: the body goes to it.
+    let body = std::cell::Cell::new(Some(body));
+    let window = |first, last| match body.take() {
+        Some(body) => Body::boxed(Window::new(body, (first, last), rest)),
         None => Body::empty(),
     };
     super::range::apply(

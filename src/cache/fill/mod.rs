@@ -787,6 +787,12 @@ impl Fill {
         self.body.lock().is_background = true;
     }
 
+    /// Readers attached now: a request about to let go of its reader learns from it
+    /// whether the fill goes on for others.
+    pub fn reader_count(&self) -> usize {
+        self.body.lock().reader_count
+    }
+
     /// Readers attached now, and since when there has been none (`None` for a background
     /// fill, which nobody is expected to read).
     fn readership(&self) -> (usize, Option<Instant>) {

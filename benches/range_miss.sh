@@ -10,7 +10,8 @@
 # RANGES is a space-separated list of `first-last` or `first-` (default: a small range in
 # the first MiB, an open range from the start, and a range past 1 MiB, which is forwarded).
 # SIZE_MIB=16 puts the object past `cache.unread_fill_limit` (8 MiB): a range ending early
-# in it then waits for the whole object, by design.
+# in it then lets the whole fetch stop once it is sent. Once both builds have stopped, the
+# bytes the origin sent for each request are listed (fetches a range let go of stop short).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 BEFORE=${BEFORE:?path of the build to compare against}
@@ -19,9 +20,16 @@ ROUNDS=${ROUNDS:-2}
 export SIZE_MIB=${SIZE_MIB:-4} STEP_KIB=${STEP_KIB:-128} INTERVAL_MS=${INTERVAL_MS:-50}
 RANGES=${RANGES:-1000-1999 0- 2000000-2999999}
 WORK=$(mktemp -d)
+export SENT_LOG=$WORK/sent
 PIDS=()
 # Waits for the outposts' graceful stops: fills still reading the slow origin finish first.
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; wait; rm -rf "$WORK"; }
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  wait
+  echo "origin bytes sent per request (path, bytes):"
+  sort "$SENT_LOG" 2>/dev/null | sed 's/^/  /'
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; }
 python3 "$HERE/trickle_origin.py" 19011 & PIDS+=($!)
@@ -37,7 +45,7 @@ done
 for round in $(seq "$ROUNDS"); do
   for spec in $RANGES; do
     for name in before after; do
-      url="http://127.0.0.1:${PORT[$name]}/r$$-$round-$spec"
+      url="http://127.0.0.1:${PORT[$name]}/r$$-$round-$spec-$name"
       timing=$(curl -s -o "$WORK/piece" -r "$spec" -w "%{http_code} %{time_starttransfer} %{time_total}" "$url")
       same=$(python3 - "$spec" "$WORK/piece" <<'PY'
 import os, sys

@@ -3,7 +3,8 @@
 gets its first byte: every path answers SIZE_MIB MiB of a recognisable pattern (byte i is
 i % 251), STEP_KIB KiB every INTERVAL_MS ms, with Content-Length, `Cache-Control:
 max-age=600` and a strong ETag. A single `Range: bytes=a-b` (or `a-`) gets a 206 of those
-bytes, sent the same way. Loopback only.
+bytes, sent the same way. With SENT_LOG set, each request appends `path bytes-sent` to
+that file when it ends (its client may hang up before the body's end). Loopback only.
 
     SIZE_MIB=16 STEP_KIB=256 INTERVAL_MS=50 python3 benches/trickle_origin.py PORT
 """
@@ -17,6 +18,7 @@ import time
 SIZE = int(os.environ.get("SIZE_MIB", "16")) << 20
 STEP = int(os.environ.get("STEP_KIB", "256")) << 10
 INTERVAL = int(os.environ.get("INTERVAL_MS", "50")) / 1000
+SENT_LOG = os.environ.get("SENT_LOG")
 BODY = bytes(i % 251 for i in range(SIZE))
 
 
@@ -41,10 +43,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("ETag", '"trickle-1"')
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
-        for start in range(first, last + 1, STEP):
-            self.wfile.write(BODY[start:min(start + STEP, last + 1)])
-            self.wfile.flush()
-            time.sleep(INTERVAL)
+        sent = 0
+        try:
+            for start in range(first, last + 1, STEP):
+                piece = BODY[start:min(start + STEP, last + 1)]
+                self.wfile.write(piece)
+                self.wfile.flush()
+                sent += len(piece)
+                time.sleep(INTERVAL)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        finally:
+            if SENT_LOG:
+                with open(SENT_LOG, "a") as log:
+                    log.write(f"{self.path} {sent}\n")
 
 
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):

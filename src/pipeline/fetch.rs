@@ -750,7 +750,17 @@ impl FillTask {
         self.proxy.cache.forget_uncacheable(&self.plan.key).await;
         let unshared = policy::unshared_field_names(&read.directives, self.proxy.cache.policy());
         let freshness = self.freshness(head.status, &head.headers, Some(read), times);
-        let fields = (head.headers, unshared);
+        let mut headers = head.headers;
+        if head.status == StatusCode::OK && !headers.contains_key(http::header::ACCEPT_RANGES) {
+            // RFC 9110 §14.3: ranges of a stored 200 are served from it whatever the origin
+            // supports, so clients that look for it before seeking or resuming find it (as
+            // nginx and Varnish add it). An origin's own value is kept.
+            headers.insert(
+                http::header::ACCEPT_RANGES,
+                http::HeaderValue::from_static("bytes"),
+            );
+        }
+        let fields = (headers, unshared);
         self.shared_meta((head.status, head.version), fields, vary, freshness)
     }
 

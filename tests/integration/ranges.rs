@@ -402,6 +402,46 @@ async fn ranges_are_served_from_the_cache() {
     assert_eq!(origin.hits("/file"), 1);
 }
 
+/// RFC 9110 §14.3: a stored 200 says `Accept-Ranges: bytes`, on the miss that stores it and
+/// on hits (over HTTP/1.1 and in the prepared hit path alike), though its origin did not:
+/// outpost serves its ranges. An origin's own value is kept, and an encoding outpost makes
+/// says nothing of ranges (they are of the identity body).
+#[tokio::test]
+async fn a_stored_response_advertises_byte_ranges() {
+    let text = "range me ".repeat(200);
+    let origin = Origin::start(vec![
+        (
+            "/plain.txt",
+            fixed(
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("content-type", "text/plain"),
+                ],
+                &text,
+            ),
+        ),
+        (
+            "/none.bin",
+            fixed(
+                &[("cache-control", "max-age=600"), ("accept-ranges", "none")],
+                "abc",
+            ),
+        ),
+    ])
+    .await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    for round in ["miss", "hit", "hit again"] {
+        let reply = get(&proxy.url("/plain.txt"), &[]).await;
+        assert_eq!(reply.header("accept-ranges"), Some("bytes"), "{round}");
+        let none = get(&proxy.url("/none.bin"), &[]).await;
+        assert_eq!(none.header("accept-ranges"), Some("none"), "{round}");
+    }
+    let gzipped = get(&proxy.url("/plain.txt"), &[("accept-encoding", "gzip")]).await;
+    assert_eq!(gzipped.header("content-encoding"), Some("gzip"));
+    assert_eq!(gzipped.header("accept-ranges"), None);
+    assert_eq!(origin.hits("/plain.txt"), 1);
+}
+
 /// RFC 9110 §15.5.17: a 416 for a stored gzip-encoded representation carries the
 /// unsatisfied Content-Range and no Content-Encoding, since it sends no content (an empty
 /// body said to be gzip breaks clients that decode it).

@@ -201,7 +201,7 @@ impl PartialEntry {
 
 /// The entity tag of `headers` if it is a strong one (RFC 9110 §8.8.3): the validator two
 /// pieces must share to be combined.
-fn strong_etag(headers: &HeaderMap) -> Option<&[u8]> {
+pub(crate) fn strong_etag(headers: &HeaderMap) -> Option<&[u8]> {
     let etag = headers.get(header::ETAG)?.as_bytes();
     (etag.first() == Some(&b'"')).then_some(etag)
 }
@@ -252,6 +252,11 @@ impl PartialStore {
                 .build_with_hasher(DigestHasher::default()),
             max_piece: capacity / 4,
         }
+    }
+
+    /// The most one piece may hold.
+    pub fn max_piece(&self) -> u64 {
+        self.max_piece
     }
 
     /// Whether a piece of `len` bytes would be kept.

@@ -184,9 +184,13 @@ pub fn partial_answers(entry: &PartialEntry, parts: &http::request::Parts) -> bo
 
 /// Whether a Range miss is forwarded with its Range instead of fetching the whole
 /// representation: one range, and no If-Range (which may ask for the whole); and either
+/// the range starts past `max_offset` (a suffix range when the length is not known), or
 /// pieces of the representation are held already (`known_len`: the missing piece is
-/// fetched to combine with them, RFC 9111 §3.4) or the range starts past `max_offset` (a
-/// suffix range when the length is not known).
+/// fetched to combine with them, RFC 9111 §3.4) and the range ends before the end. One
+/// that starts early and runs to the end is read whole as a GET would be, so the whole
+/// object is fetched and stored: forwarded, a piece larger than the partial store takes
+/// would be relayed unkept (Safari asks `bytes=0-1`, which leaves a piece, then for the
+/// whole video by range).
 pub fn forwards(parts: &http::request::Parts, known_len: Option<u64>, max_offset: u64) -> bool {
     if parts.method != http::Method::GET || parts.headers.contains_key(header::IF_RANGE) {
         return false;
@@ -199,9 +203,11 @@ pub fn forwards(parts: &http::request::Parts, known_len: Option<u64>, max_offset
         return false;
     };
     match parse(range, known_len.unwrap_or(u64::MAX)) {
-        Ranges::Satisfiable(ranges) => {
-            ranges.len() == 1 && (known_len.is_some() || ranges[0].0 > max_offset)
-        }
+        Ranges::Satisfiable(ranges) => match (&ranges[..], known_len) {
+            (&[(first, _)], None) => first > max_offset,
+            (&[(first, last)], Some(len)) => first > max_offset || last + 1 < len,
+            _ => false,
+        },
         Ranges::Ignore | Ranges::Unsatisfiable => false,
     }
 }

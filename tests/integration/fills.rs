@@ -22,6 +22,7 @@ async fn aborted_cache_busting_requests_stay_within_the_fill_cap() {
             first: Bytes::from(vec![b'x'; 64 << 10]),
             declared: 64 << 20,
             open: open.clone(),
+            headers: Vec::new(),
         },
     )])
     .await;

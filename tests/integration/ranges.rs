@@ -553,6 +553,7 @@ async fn a_small_range_of_a_large_object_is_sent_at_once_and_lets_the_fetch_stop
             first: first.clone(),
             declared: 3_000_000,
             open: open.clone(),
+            headers: Vec::new(),
         },
     )])
     .await;
@@ -593,6 +594,138 @@ async fn a_small_range_of_a_large_object_is_sent_at_once_and_lets_the_fetch_stop
         assert_eq!(past_end.header("content-range"), Some("bytes */3000000"));
         eventually("outpost to let go of the origin's body", || open.now() == 0).await;
     }
+}
+
+/// RFC 9111 §3.3, §3.4: what arrived of a 200 whose only client hung up (a viewer
+/// stopping a video; aria2's first connection, a plain GET it drops at its segment's end)
+/// is kept as a partial entry when it has a strong entity tag, where nothing was kept
+/// before: a range inside it is answered from it, and a range past it is fetched with its
+/// Range and combined with it into the whole object, which a GET then finds stored. In
+/// memory, and from the file a body too large for memory was being written to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_arrived_of_an_abandoned_download_is_kept_as_a_partial_entry() {
+    use http_body_util::BodyExt;
+    let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+    let disk = tempfile::tempdir().unwrap();
+    let limits = format!("{CONFIG}unread_fill_limit = \"64KiB\"\n");
+    let configs = [
+        ("memory", limits.clone()),
+        (
+            "disk",
+            format!(
+                "{limits}max_object_size = \"64KiB\"\ndir = \"{}\"\n",
+                disk.path().display()
+            ),
+        ),
+    ];
+    for (tier, config) in configs {
+        let open = OpenBodies::default();
+        let headers = header_list(&[("cache-control", "max-age=600"), ("etag", "\"t1\"")]);
+        let origin = Origin::start(vec![(
+            "/talk.mp4",
+            Fixture::sequence(vec![
+                Fixture::Held {
+                    first: whole.slice(..300_000),
+                    declared: whole.len(),
+                    open: open.clone(),
+                    headers: headers.clone(),
+                },
+                Fixture::Ranged {
+                    headers,
+                    body: whole.clone(),
+                },
+            ]),
+        )])
+        .await;
+        let proxy = Proxy::start(&origin.url(), &config).await;
+        let request = http::Request::get(proxy.url("/talk.mp4"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = client().request(request).await.unwrap();
+        let mut body = response.into_body();
+        let mut read = 0;
+        while read < 100 {
+            read += body
+                .frame()
+                .await
+                .unwrap()
+                .unwrap()
+                .into_data()
+                .unwrap()
+                .len();
+        }
+        drop(body);
+        eventually("outpost to let go of the origin's body", || open.now() == 0).await;
+
+        let start = range(&proxy, "/talk.mp4", "bytes=0-99").await;
+        assert_eq!(start.status.as_u16(), 206, "{tier}: {}", start.text());
+        assert_eq!(start.body, whole.slice(..100), "{tier}");
+        assert!(is_hit(&start), "{tier}: {}", cache_status(&start));
+        assert_eq!(origin.hits("/talk.mp4"), 1, "{tier}");
+
+        let rest = range(&proxy, "/talk.mp4", "bytes=101-399999").await;
+        assert_eq!(rest.status.as_u16(), 206, "{tier}: {}", rest.text());
+        assert_eq!(rest.body, whole.slice(101..), "{tier}");
+        assert_eq!(
+            origin.last("/talk.mp4").headers.get("range").unwrap(),
+            "bytes=101-399999",
+            "{tier}"
+        );
+        // With the disk tier the whole object is written to disk, past the memory tier's
+        // object size.
+        proxy.outpost.proxy().cache().settle().await;
+        let stored = get(&proxy.url("/talk.mp4"), &[]).await;
+        assert_eq!(stored.status.as_u16(), 200, "{tier}");
+        assert_eq!(stored.body, whole, "{tier}");
+        assert!(is_hit(&stored), "{tier}: {}", cache_status(&stored));
+        assert_eq!(origin.hits("/talk.mp4"), 2, "{tier}");
+    }
+}
+
+/// RFC 9110 §14.2, RFC 9111 §3.4: Safari asks a video for `bytes=0-1`, which leaves the
+/// start of it as a partial entry, then for the whole of it by range. That range runs to
+/// the end, so the whole object is fetched and stored, as for a GET; it used to be
+/// forwarded as a piece, and a piece larger than the partial store takes was relayed
+/// unkept, so the video was never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_to_the_end_beside_a_partial_entry_fetches_the_whole_object() {
+    let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+    let open = OpenBodies::default();
+    let headers = header_list(&[("cache-control", "max-age=600"), ("etag", "\"v1\"")]);
+    let origin = Origin::start(vec![(
+        "/clip.mov",
+        Fixture::sequence(vec![
+            Fixture::Held {
+                first: whole.slice(..300_000),
+                declared: whole.len(),
+                open: open.clone(),
+                headers: headers.clone(),
+            },
+            Fixture::Ranged {
+                headers,
+                body: whole.clone(),
+            },
+        ]),
+    )])
+    .await;
+    // The largest piece kept is 64 KiB, well under the object.
+    let config = "[cache]\nunread_fill_limit = \"64KiB\"\npartial_capacity = \"256KiB\"\n";
+    let proxy = Proxy::start(&origin.url(), config).await;
+    let probe = range(&proxy, "/clip.mov", "bytes=0-1").await;
+    assert_eq!(probe.header("content-range"), Some("bytes 0-1/400000"));
+    eventually("outpost to let go of the origin's body", || open.now() == 0).await;
+
+    let video = range(&proxy, "/clip.mov", "bytes=0-399999").await;
+    assert_eq!(video.status.as_u16(), 206, "{}", video.text());
+    assert_eq!(video.body, whole);
+    assert_eq!(origin.last("/clip.mov").headers.get("range"), None);
+    let stored = eventually_some("the object to be stored", || async {
+        let reply = get(&proxy.url("/clip.mov"), &[]).await;
+        is_hit(&reply).then_some(reply)
+    })
+    .await;
+    assert_eq!(stored.body, whole);
+    assert_eq!(origin.hits("/clip.mov"), 2);
 }
 
 /// RFC 9110 §14.2: a Range miss fetches the whole object to store it; when the origin's

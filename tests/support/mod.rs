@@ -246,11 +246,13 @@ pub enum Fixture {
         gate: Gate,
     },
     /// 200 declaring `declared` bytes of Content-Length: sends `first`, then nothing more
-    /// until outpost lets go of the body; `open` counts such bodies open at once.
+    /// until outpost lets go of the body; `open` counts such bodies open at once. `headers`
+    /// are added to a `max-age=600` head.
     Held {
         first: Bytes,
         declared: usize,
         open: OpenBodies,
+        headers: HeaderList,
     },
     /// A representation that honours a one-range request (`bytes=a-b`, `a-`, `-n`) with 206
     /// and Content-Range; anything else gets the whole 200. `headers` go on both. An
@@ -500,6 +502,7 @@ impl Fixture {
                 first,
                 declared,
                 open,
+                headers,
             } => {
                 let state = (Some(first.clone()), open.opened());
                 let stream = futures_util::stream::unfold(state, |(first, guard)| async move {
@@ -512,9 +515,13 @@ impl Fixture {
                         None => std::future::pending().await,
                     }
                 });
-                Response::builder()
+                let mut builder = Response::builder()
                     .header("content-length", *declared)
-                    .header("cache-control", "max-age=600")
+                    .header("cache-control", "max-age=600");
+                for (name, value) in headers {
+                    builder = builder.header(*name, value);
+                }
+                builder
                     .body(Body::boxed(http_body_util::StreamBody::new(stream)))
                     .unwrap()
             }

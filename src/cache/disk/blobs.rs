@@ -451,6 +451,11 @@ impl BlobWriter {
         self.flushed
     }
 
+    /// The bytes written after those in the file, batched for its next write.
+    pub fn unflushed(&self) -> &[u8] {
+        &self.pending
+    }
+
     pub async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
         self.digests.hasher.update(chunk);
         self.digests.checker.update(chunk);

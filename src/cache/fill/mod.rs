@@ -974,10 +974,20 @@ impl Fill {
     /// single chunk is copied, because it is a slice of the connection's read buffer and
     /// keeping it would pin that whole allocation for as long as the entry lives.
     fn retained_body(&self, last: Option<&Bytes>) -> Bytes {
+        self.retained_prefix(last, usize::MAX)
+    }
+
+    /// As [`Fill::retained_body`], at most its first `limit` bytes.
+    fn retained_prefix(&self, last: Option<&Bytes>, limit: usize) -> Bytes {
         let body = self.body.lock();
-        let mut joined = Vec::with_capacity(body.retained_bytes + last.map_or(0, Bytes::len));
+        let whole = body.retained_bytes + last.map_or(0, Bytes::len);
+        let mut joined = Vec::with_capacity(whole.min(limit));
         for chunk in body.chunks.iter().chain(last) {
-            joined.extend_from_slice(chunk);
+            let room = limit - joined.len();
+            if room == 0 {
+                break;
+            }
+            joined.extend_from_slice(&chunk[..chunk.len().min(room)]);
         }
         Bytes::from(joined)
     }

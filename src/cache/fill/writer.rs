@@ -345,8 +345,10 @@ impl FillWriter<'_> {
     }
 
     /// The body failed (the origin broke off, or stalled past the body-read timeout):
-    /// readers get an error, and nothing is stored.
+    /// readers get an error, and only what arrived is kept, as a partial entry (see
+    /// [`FillWriter::keep_prefix`]).
     pub async fn fail(mut self, error: ProxyError) {
+        self.keep_prefix().await;
         self.drop_spill().await;
         self.fill.fail();
         self.fill.publish(FillStatus::Failed(error));
@@ -588,6 +590,7 @@ impl FillWriter<'_> {
     }
 
     async fn abandon(&mut self, why: &'static str) {
+        self.keep_prefix().await;
         self.drop_spill().await;
         self.fill.fail();
         self.fill
@@ -596,6 +599,89 @@ impl FillWriter<'_> {
             ))));
         tracing::debug!(url = %self.meta.url, bytes = self.total, why, "fill abandoned");
     }
+}
+
+impl FillWriter<'_> {
+    /// RFC 9111 §3.3: what arrived of an origin's 200 that will not complete (nobody reads
+    /// it any more, or the origin broke off) is kept as a partial entry, up to the largest
+    /// piece the partial store takes, when pieces of its representation can be combined: it
+    /// declared its length and has a strong entity tag. Ranges inside it are then answered
+    /// from it, and pieces fetched later complete it: a client that downloads in segments
+    /// (aria2's first connection is a plain GET it drops at its segment's end) or a viewer
+    /// who stops a video leaves the start of the object behind, where it used to leave
+    /// nothing. A body being written to a disk file is read back from what was flushed.
+    async fn keep_prefix(&mut self) {
+        let partials = self.cache.partials();
+        let complete_len = match self.declared {
+            Some(len) if self.meta.status == http::StatusCode::OK => len,
+            _ => return,
+        };
+        if !matches!(self.target, FillTarget::Origin)
+            || crate::cache::partial::strong_etag(&self.meta.headers).is_none()
+        {
+            return;
+        }
+        let most = usize::try_from(partials.max_piece()).unwrap_or(usize::MAX);
+        let bytes = if self.is_retained {
+            self.fill.retained_prefix(self.held.as_ref(), most)
+        } else if let Some(spill) = &self.spill {
+            let len = spill.flushed().min(partials.max_piece());
+            let Some(in_file) = read_prefix(spill.path().to_path_buf(), len).await else {
+                return;
+            };
+            if in_file.len() as u64 != spill.flushed() {
+                // Past the largest piece: the batch after it is not needed.
+                in_file
+            } else {
+                let room = most.saturating_sub(in_file.len());
+                let batched = &spill.unflushed()[..spill.unflushed().len().min(room)];
+                Bytes::from([&in_file[..], batched].concat())
+            }
+        } else {
+            return;
+        };
+        let len = (bytes.len() as u64)
+            .min(partials.max_piece())
+            .min(complete_len);
+        if !partials.takes(len) {
+            return;
+        }
+        let range = crate::cache::partial::ContentRange {
+            first: 0,
+            last: len - 1,
+            complete_len,
+        };
+        // invariant: len <= bytes.len(), so it fits a usize.
+        let bytes = bytes.slice(..len as usize);
+        let piece = crate::cache::partial::PartialEntry::new((*self.meta).clone(), range, bytes);
+        let held = self.cache.add_partial(piece).await;
+        if let Some(complete) = held.completed() {
+            // The pieces kept before held the rest.
+            let entry = Arc::new(self.cache.sealed(complete).await);
+            self.cache
+                .store(entry, crate::cache::StoreChange::Body)
+                .await;
+        }
+        tracing::debug!(url = %self.meta.url, bytes = len, "kept what arrived as a partial entry");
+    }
+}
+
+/// The first `len` bytes of the file at `path`, read on the blocking pool; `None` when it
+/// cannot be read (the prefix is then not kept).
+async fn read_prefix(path: std::path::PathBuf, len: u64) -> Option<Bytes> {
+    use std::io::Read;
+    tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::with_capacity(usize::try_from(len).ok()?);
+        std::fs::File::open(path)
+            .ok()?
+            .take(len)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        Some(Bytes::from(bytes))
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// How far a fill streaming through unstored to `readers` reads ahead of the slowest (see

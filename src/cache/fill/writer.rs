@@ -599,9 +599,7 @@ impl FillWriter<'_> {
             ))));
         tracing::debug!(url = %self.meta.url, bytes = self.total, why, "fill abandoned");
     }
-}
 
-impl FillWriter<'_> {
     /// RFC 9111 §3.3: what arrived of an origin's 200 that will not complete (nobody reads
     /// it any more, or the origin broke off) is kept as a partial entry, up to the largest
     /// piece the partial store takes, when pieces of its representation can be combined: it

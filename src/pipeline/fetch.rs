@@ -654,8 +654,14 @@ fn head_copy(head: &http::response::Parts) -> http::response::Parts {
 
 /// The single complete Content-Range of a 206 whose piece may be kept: it fits the partial
 /// budget and the cache, and it is of an identity representation (a piece of an encoded
-/// one could not be decoded for clients that do not accept its coding).
-fn keepable_range(headers: &HeaderMap, cache: &crate::cache::Cache) -> Option<ContentRange> {
+/// one could not be decoded for clients that do not accept its coding). None behind a
+/// package mirror: pieces combined into a whole artifact would be stored without the
+/// check of its published digest that a whole fetch gets.
+fn keepable_range(headers: &HeaderMap, proxy: &Proxy) -> Option<ContentRange> {
+    if proxy.mirror.is_some() {
+        return None;
+    }
+    let cache = &proxy.cache;
     let is_identity = headers
         .get(header::CONTENT_ENCODING)
         .is_none_or(|coding| coding.as_bytes().eq_ignore_ascii_case(b"identity"));
@@ -1126,7 +1132,7 @@ impl FillTask {
         // The representation's head is judged as its 200 would be: 206 says only which
         // part this is.
         let verdict = self.check_storable(uri, StatusCode::OK, &head.headers, times.1);
-        let range = keepable_range(&head.headers, cache);
+        let range = keepable_range(&head.headers, &proxy);
         let vary = Vary::from_response(&head.headers);
         let variant = vary.variant_key(&self.client_headers);
         let (read, range, variant) = match (verdict, range, variant) {
@@ -1369,6 +1375,9 @@ impl FillTask {
             .cache
             .begin_fill(&self.fill, meta, FillTarget::Origin)
             .await;
+        if proxy.mirror.is_none() {
+            writer.keeps_what_arrived();
+        }
         // One timer for the whole body, moved on only when it fires early: a timeout per
         // chunk put an entry into the timer wheel and took it out again for every chunk.
         let read_timeout = proxy.body_read_timeout;

@@ -108,6 +108,9 @@ pub struct FillWriter<'c> {
     /// Bytes read so far of the body this one derives from (see
     /// [`FillWriter::counts_source`]).
     source_read: Option<Arc<AtomicU64>>,
+    /// Whether what arrived of a body that does not complete may be kept (see
+    /// [`FillWriter::keeps_what_arrived`]).
+    keeps_what_arrived: bool,
 }
 
 /// The newest chunk of a kept body, held back from readers until the entry is stored
@@ -186,6 +189,7 @@ impl Cache {
             },
             stream: None,
             source_read: None,
+            keeps_what_arrived: false,
         };
         let too_large = declared.is_some_and(|len| len > memory_limit);
         // A body the memory tier would refuse on arrival is not kept for it (a coding of
@@ -230,6 +234,14 @@ impl FillWriter<'_> {
     /// download going after every client has gone.
     pub fn counts_source(&mut self, read: Arc<AtomicU64>) {
         self.source_read = Some(read);
+    }
+
+    /// Has what arrived of the body kept as a partial entry if the body does not complete
+    /// (see [`FillWriter::keep_prefix`]): for an origin's body whose bytes are good as they
+    /// come, not one that a check of the whole may still refuse (a package mirror's
+    /// artifact, whose digest mismatch ends it as a failure).
+    pub fn keeps_what_arrived(&mut self) {
+        self.keeps_what_arrived = true;
     }
 
     /// Adds the next chunk of body. Waits while a fill that is not being stored is more than
@@ -614,7 +626,8 @@ impl FillWriter<'_> {
             Some(len) if self.meta.status == http::StatusCode::OK => len,
             _ => return,
         };
-        if !matches!(self.target, FillTarget::Origin)
+        if !self.keeps_what_arrived
+            || !matches!(self.target, FillTarget::Origin)
             || crate::cache::partial::strong_etag(&self.meta.headers).is_none()
         {
             return;

@@ -97,11 +97,16 @@ pub const JSON_WHEEL: &str = "/packages/ef/gh/demo_json-2.0-py3-none-any.whl";
 impl PypiFixture {
     /// `served` replaces the HTML wheel's bytes at the files host (a tampered upload).
     pub async fn start(served: Option<Bytes>) -> PypiFixture {
+        PypiFixture::start_serving(served, artifact).await
+    }
+
+    /// As [`PypiFixture::start`], the HTML wheel's bytes served by `serve`.
+    pub async fn start_serving(served: Option<Bytes>, serve: fn(Bytes) -> Fixture) -> PypiFixture {
         let html_wheel = wheel("demo_pkg", "1.0");
         let json_wheel = wheel("demo_json", "2.0");
         let html_served = served.unwrap_or_else(|| html_wheel.clone());
         let (files, ca_pem) = Origin::start_tls(vec![
-            (HTML_WHEEL, artifact(html_served)),
+            (HTML_WHEEL, serve(html_served)),
             (JSON_WHEEL, artifact(json_wheel.clone())),
         ])
         .await;
@@ -277,6 +282,47 @@ async fn artifacts_too_large_to_hold_are_checked_as_they_stream() {
         let failures = mirror.card("pypi").await["integrity_failures"].clone();
         assert_eq!(failures, if tampered { 2 } else { 0 });
     }
+}
+
+/// A tampered artifact with a strong ETag, from an origin that honours Range: what
+/// arrived of it before its digest failed is not kept (RFC 9111 §3.3 would allow keeping
+/// an incomplete response, but its bytes were never checked), and a 206 piece of it is not
+/// kept either: pieces combined into a whole would be stored without the digest check a
+/// whole fetch gets. A range inside the start, asked twice, goes to the origin each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_piece_of_an_unchecked_artifact_is_kept() {
+    let tagged = |body: Bytes| Fixture::Ranged {
+        headers: support::header_list(&[
+            ("content-type", "application/octet-stream"),
+            ("etag", "\"wheel-1\""),
+        ]),
+        body,
+    };
+    let pypi = PypiFixture::start_serving(Some(wheel("demo_pkg", "6.6.6")), tagged).await;
+    let small_hold = |config: &mut outpost::Config| {
+        config.mirror.hold_max = outpost::config::ByteSize(64);
+        config.cache.range_fill_max_offset = outpost::config::ByteSize(10);
+    };
+    let mirror = Mirror::start_tuned(&pypi.swaps(), Some(&pypi.ca_pem), small_hold).await;
+    let page = support::get(&mirror.url("/pypi/simple/demo-pkg/"), &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let link = mirror.url(&format!("/pypi/_files{HTML_WHEEL}"));
+    // Cut off as it streams: a 502, an aborted body or a closed connection (see above).
+    let request = http::Request::get(link.clone())
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    if let Ok(response) = support::client().request(request).await {
+        use http_body_util::BodyExt;
+        let whole = response.into_body().collect().await;
+        assert!(whole.is_err() || whole.unwrap().to_bytes().len() < 100);
+    }
+    for round in 1..=2 {
+        let piece = support::get(&link, &[("range", "bytes=20-29")]).await;
+        assert_eq!(piece.status, StatusCode::PARTIAL_CONTENT, "{round}");
+        let status = support::cache_status(&piece);
+        assert!(status.contains("fwd=uri-miss"), "{round}: {status}");
+    }
+    assert_eq!(pypi.files.hits(HTML_WHEEL), 3);
 }
 
 /// A gzip-coded artifact is checked against the page's digest once decoded, and decoding is

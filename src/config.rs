@@ -955,7 +955,8 @@ pub struct CacheConfig {
     pub fill_queue_timeout: HumanDuration,
     /// Memory for partial entries: the byte ranges of representations kept from the
     /// origin's 206 responses (RFC 9111 §3.3), and the start of 200s that did not complete;
-    /// 0 keeps none. The disk tier, if any, keeps as much again.
+    /// 0 keeps none. What they hold comes out of the memory tier's capacity. The disk tier,
+    /// if any, keeps as much again.
     pub partial_capacity: ByteSize,
     /// A Range miss whose first byte is at most this far into the representation fetches
     /// the whole representation once and serves the range from it; one starting further

@@ -273,11 +273,11 @@ impl Replacement {
                 tracing::warn!(
                     charged_bytes = charged,
                     capacity = configured,
-                    "the disk tier (its index and write queue) holds more memory than seven \
-                     eighths of the memory tier's share of cache.memory_capacity: the tier \
-                     keeps an eighth, and \
-                     the process will use more than the capacity configured; raise \
-                     cache.memory_capacity or cap cache.disk_max_objects"
+                    "the disk tier (its index and write queue) and partial entries hold \
+                     more memory than seven eighths of the memory tier's share of \
+                     cache.memory_capacity: the tier keeps an eighth, and the process will \
+                     use more than the capacity configured; raise cache.memory_capacity, or \
+                     cap cache.disk_max_objects or cache.partial_capacity"
                 );
             }
             return floor;

@@ -148,9 +148,14 @@ impl Cache {
             Some(eviction_hook(disk.clone(), Arc::clone(&coalescer))),
         )
         .counting_heap_releases(metrics.heap_releases.clone());
-        let memory = match disk.clone() {
-            Some(disk) => memory.charged_with(Box::new(move || disk.memory_held())),
-            None => memory,
+        // Partial entries and the disk tier's index hold memory on the tier's behalf: what
+        // they hold comes out of the tier, so the process stays within memory_capacity.
+        let partials = PartialStore::new(config.partial_capacity.as_u64());
+        let memory = {
+            let (disk, partials) = (disk.clone(), partials.clone());
+            memory.charged_with(Box::new(move || {
+                partials.held_bytes() + disk.as_ref().map_or(0, DiskTier::memory_held)
+            }))
         };
         let hit_for_miss = hit_for_miss_memory(config);
         let has_disk = disk.is_some();
@@ -166,7 +171,7 @@ impl Cache {
             disk_writes: TaskTracker::new(),
             fills: TaskTracker::new(),
             tag_index: Arc::new(TagIndex::new(!has_disk, TAG_INDEX_CAPACITY)),
-            partials: PartialStore::new(config.partial_capacity.as_u64()),
+            partials,
         };
         metrics.offline.set(i64::from(config.offline));
         let cache = Cache::with_stores(config, shared, Arc::clone(metrics));
@@ -1294,6 +1299,45 @@ mod tests {
     use super::*;
     use crate::config::MemoryPolicy;
     use prometheus_client::metrics::counter::Counter;
+
+    /// Partial entries come out of the memory tier's share of `memory_capacity`, as the disk
+    /// tier's index does: with pieces kept (what arrived of dropped downloads, 206 pieces),
+    /// the tier holds less, and the process stays within the capacity configured.
+    #[tokio::test]
+    async fn partial_entries_are_charged_to_the_memory_tier() {
+        let config = CacheConfig {
+            memory_capacity: crate::config::ByteSize(64 << 20),
+            partial_capacity: crate::config::ByteSize(32 << 20),
+            ..CacheConfig::default()
+        };
+        let cache = Cache::new(&config, &Arc::new(Metrics::new()));
+        let tier_capacity = config.memory_tier_capacity();
+        let text = "p".repeat(1 << 20);
+        for index in 0..6 {
+            let path = format!("/partial/{index}");
+            let piece = partial::testing::piece(&path, "\"p\"", 0, &text, 4 << 20);
+            cache.partials.add(piece).await;
+        }
+        let (_, partials_held, _) = cache.partials.usage();
+        assert!(partials_held >= 6 << 20, "{partials_held}");
+        for index in 0..400 {
+            let path = format!("/whole/{index}");
+            let stored = Arc::new(entry::testing::entry(&path, vec![1u8; 256 << 10]));
+            for _ in 0..2 {
+                cache.memory.get(&stored.meta.key).await;
+            }
+            cache.memory.insert(stored).await;
+        }
+        let (_, tier_held) = cache.memory.usage().await;
+        assert!(
+            tier_held + partials_held <= tier_capacity,
+            "tier {tier_held} + partials {partials_held} > {tier_capacity}"
+        );
+        assert!(
+            tier_held > tier_capacity / 2,
+            "the tier is still used: {tier_held}"
+        );
+    }
 
     fn sealed_entry(path: &str, len: usize) -> Arc<StoredResponse> {
         let plain = entry::testing::entry(path, vec![7u8; len]);

@@ -254,6 +254,11 @@ impl PartialStore {
         }
     }
 
+    /// The bytes its entries weigh now (as moka last counted them).
+    pub fn held_bytes(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
     /// The most one piece may hold.
     pub fn max_piece(&self) -> u64 {
         self.max_piece

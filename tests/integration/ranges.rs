@@ -596,6 +596,32 @@ async fn a_small_range_of_a_large_object_is_sent_at_once_and_lets_the_fetch_stop
     }
 }
 
+/// An origin serving `path`, 400,000 recognisable bytes with a strong ETag: its first
+/// request gets a 200 of which 300,000 bytes are sent, then nothing more until outpost lets
+/// go (`open` counts it open); later ones are answered in full, honouring Range.
+async fn held_then_ranged(path: &'static str) -> (Origin, OpenBodies, bytes::Bytes) {
+    let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+    let open = OpenBodies::default();
+    let headers = header_list(&[("cache-control", "max-age=600"), ("etag", "\"t1\"")]);
+    let origin = Origin::start(vec![(
+        path,
+        Fixture::sequence(vec![
+            Fixture::Held {
+                first: whole.slice(..300_000),
+                declared: whole.len(),
+                open: open.clone(),
+                headers: headers.clone(),
+            },
+            Fixture::Ranged {
+                headers,
+                body: whole.clone(),
+            },
+        ]),
+    )])
+    .await;
+    (origin, open, whole)
+}
+
 /// RFC 9111 §3.3, §3.4: what arrived of a 200 whose only client hung up (a viewer
 /// stopping a video; aria2's first connection, a plain GET it drops at its segment's end)
 /// is kept as a partial entry when it has a strong entity tag, where nothing was kept
@@ -605,7 +631,6 @@ async fn a_small_range_of_a_large_object_is_sent_at_once_and_lets_the_fetch_stop
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_arrived_of_an_abandoned_download_is_kept_as_a_partial_entry() {
     use http_body_util::BodyExt;
-    let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
     let disk = tempfile::tempdir().unwrap();
     let limits = format!("{CONFIG}unread_fill_limit = \"64KiB\"\n");
     let configs = [
@@ -619,24 +644,7 @@ async fn what_arrived_of_an_abandoned_download_is_kept_as_a_partial_entry() {
         ),
     ];
     for (tier, config) in configs {
-        let open = OpenBodies::default();
-        let headers = header_list(&[("cache-control", "max-age=600"), ("etag", "\"t1\"")]);
-        let origin = Origin::start(vec![(
-            "/talk.mp4",
-            Fixture::sequence(vec![
-                Fixture::Held {
-                    first: whole.slice(..300_000),
-                    declared: whole.len(),
-                    open: open.clone(),
-                    headers: headers.clone(),
-                },
-                Fixture::Ranged {
-                    headers,
-                    body: whole.clone(),
-                },
-            ]),
-        )])
-        .await;
+        let (origin, open, whole) = held_then_ranged("/talk.mp4").await;
         let proxy = Proxy::start(&origin.url(), &config).await;
         let request = http::Request::get(proxy.url("/talk.mp4"))
             .body(http_body_util::Full::new(bytes::Bytes::new()))
@@ -689,25 +697,7 @@ async fn what_arrived_of_an_abandoned_download_is_kept_as_a_partial_entry() {
 /// unkept, so the video was never stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_to_the_end_beside_a_partial_entry_fetches_the_whole_object() {
-    let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
-    let open = OpenBodies::default();
-    let headers = header_list(&[("cache-control", "max-age=600"), ("etag", "\"v1\"")]);
-    let origin = Origin::start(vec![(
-        "/clip.mov",
-        Fixture::sequence(vec![
-            Fixture::Held {
-                first: whole.slice(..300_000),
-                declared: whole.len(),
-                open: open.clone(),
-                headers: headers.clone(),
-            },
-            Fixture::Ranged {
-                headers,
-                body: whole.clone(),
-            },
-        ]),
-    )])
-    .await;
+    let (origin, open, whole) = held_then_ranged("/clip.mov").await;
     // The largest piece kept is 64 KiB, well under the object.
     let config = "[cache]\nunread_fill_limit = \"64KiB\"\npartial_capacity = \"256KiB\"\n";
     let proxy = Proxy::start(&origin.url(), config).await;

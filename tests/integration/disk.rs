@@ -898,17 +898,7 @@ async fn an_origin_failing_mid_body_aborts_the_leader_and_a_late_follower() {
     let proxy = start_large_objects_on_disk(&origin.url(), dir.path()).await;
     let request = || request_as(&proxy, "/dies.iso");
     let mut leader = client().request(request()).await.unwrap().into_body();
-    let mut leader_bytes = 0;
-    while leader_bytes < 2 << 20 {
-        leader_bytes += leader
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_data()
-            .unwrap()
-            .len();
-    }
+    support::read_at_least(&mut leader, 2 << 20).await;
     let follower = client().request(request()).await.unwrap();
     assert!(follower
         .headers()

@@ -630,7 +630,6 @@ async fn held_then_ranged(path: &'static str) -> (Origin, OpenBodies, bytes::Byt
 /// memory, and from the file a body too large for memory was being written to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_arrived_of_an_abandoned_download_is_kept_as_a_partial_entry() {
-    use http_body_util::BodyExt;
     let disk = tempfile::tempdir().unwrap();
     let limits = format!("{CONFIG}unread_fill_limit = \"64KiB\"\n");
     let configs = [
@@ -651,17 +650,7 @@ async fn what_arrived_of_an_abandoned_download_is_kept_as_a_partial_entry() {
             .unwrap();
         let response = client().request(request).await.unwrap();
         let mut body = response.into_body();
-        let mut read = 0;
-        while read < 100 {
-            read += body
-                .frame()
-                .await
-                .unwrap()
-                .unwrap()
-                .into_data()
-                .unwrap()
-                .len();
-        }
+        read_at_least(&mut body, 100).await;
         drop(body);
         eventually("outpost to let go of the origin's body", || open.now() == 0).await;
 

@@ -85,6 +85,17 @@ impl Drop for OpenBody {
     }
 }
 
+/// Reads `body` until at least `at_least` bytes have come (data frames only), and says how
+/// many did; the rest is left to read.
+pub async fn read_at_least(body: &mut hyper::body::Incoming, at_least: usize) -> usize {
+    let mut read = 0;
+    while read < at_least {
+        let frame = body.frame().await.expect("a frame").expect("a good frame");
+        read += frame.data_ref().map_or(0, Bytes::len);
+    }
+    read
+}
+
 /// Waits until `condition` holds, looking again every millisecond; fails the test after
 /// [`PATIENCE`]. For states a test observes but cannot be notified of.
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {

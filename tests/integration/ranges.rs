@@ -679,6 +679,45 @@ async fn what_arrived_of_an_abandoned_download_is_kept_as_a_partial_entry() {
     }
 }
 
+/// RFC 9111 §3.3: an origin that breaks off a 200 with a strong ETag mid-body leaves what
+/// arrived as a partial entry: the client's response is aborted (never a clean end), and a
+/// range inside what arrived is answered from the partial entry, not from a whole stored
+/// response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_arrived_before_the_origin_broke_off_is_kept_as_a_partial_entry() {
+    use http_body_util::BodyExt;
+    let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/broken.bin",
+        Fixture::FailsAfter {
+            headers: header_list(&[("cache-control", "max-age=600"), ("etag", "\"b1\"")]),
+            first: whole.slice(..300_000),
+            declared: whole.len(),
+            gate: gate.clone(),
+        },
+    )])
+    .await;
+    let proxy = Proxy::start(&origin.url(), CONFIG).await;
+    let request = http::Request::get(proxy.url("/broken.bin"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let mut body = client().request(request).await.unwrap().into_body();
+    read_at_least(&mut body, 100).await;
+    gate.open();
+    assert!(body.collect().await.is_err(), "the response is aborted");
+
+    // Kept before the fill's readers are failed, so before the client saw the abort.
+    let start = range(&proxy, "/broken.bin", "bytes=0-99").await;
+    assert_eq!(start.body, whole.slice(..100));
+    let status = cache_status(&start);
+    assert!(
+        status.contains("detail=\"partial\""),
+        "a partial entry: {status}"
+    );
+    assert_eq!(origin.hits("/broken.bin"), 1);
+}
+
 /// RFC 9110 §14.2, RFC 9111 §3.4: Safari asks a video for `bytes=0-1`, which leaves the
 /// start of it as a partial entry, then for the whole of it by range. That range runs to
 /// the end, so the whole object is fetched and stored, as for a GET; it used to be

@@ -2,12 +2,16 @@
 //! before serving (`mirror.hold_max`). At the end the digest is compared with the one the
 //! index published; a mismatch ends the body as an error, so the fill stores nothing and
 //! every client's transfer is aborted (a client sees a broken download, never a complete
-//! wrong one). Also replays bytes read ahead (a prefix read while deciding to hold).
+//! wrong one). The newest chunk is held back until the next arrives, and the last until
+//! the digest matches: a client counting the declared length would otherwise have every
+//! byte, and a complete response, before the check (a response relayed unstored, too large
+//! for the tiers, was). Also replays bytes read ahead (a prefix read while deciding to
+//! hold).
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -30,6 +34,10 @@ pub struct CheckedStream {
     inner: OriginBody,
     /// The running digest and what it must come to; `None` passes the body unchecked.
     check: Option<(ring::digest::Context, Check)>,
+    /// The newest chunk, sent once the next one (or a checked end) is known.
+    held: Option<Bytes>,
+    /// The inner body has ended (checked); what is held goes out, then the end.
+    ended: bool,
 }
 
 impl CheckedStream {
@@ -44,6 +52,8 @@ impl CheckedStream {
             prefix: (!prefix.is_empty()).then_some(prefix),
             inner,
             check,
+            held: None,
+            ended: false,
         }
     }
 
@@ -74,18 +84,54 @@ impl Body for CheckedStream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(prefix) = this.prefix.take() {
-            return Poll::Ready(Some(Ok(Frame::data(prefix))));
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some((context, _))) = (frame.data_ref(), &mut this.check) {
-                    context.update(data);
-                }
-                Poll::Ready(Some(Ok(frame)))
+        loop {
+            if this.ended {
+                return Poll::Ready(this.held.take().map(|data| Ok(Frame::data(data))));
             }
-            Poll::Ready(None) => Poll::Ready(this.finished()),
-            other => other,
+            let frame = match this.prefix.take() {
+                // Hashed already.
+                Some(prefix) => Frame::data(prefix),
+                None => match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        if let (Some(data), Some((context, _))) =
+                            (frame.data_ref(), &mut this.check)
+                        {
+                            context.update(data);
+                        }
+                        frame
+                    }
+                    Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                    None => {
+                        this.ended = true;
+                        if let Some(mismatch) = this.finished() {
+                            this.held = None;
+                            return Poll::Ready(Some(mismatch));
+                        }
+                        continue;
+                    }
+                },
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    if let Some(previous) = this.held.replace(data) {
+                        return Poll::Ready(Some(Ok(Frame::data(previous))));
+                    }
+                }
+                // Trailers end the body: checked before anything held goes out.
+                Err(trailers) => {
+                    this.ended = true;
+                    if let Some(mismatch) = this.finished() {
+                        this.held = None;
+                        return Poll::Ready(Some(mismatch));
+                    }
+                    if let Some(previous) = this.held.take() {
+                        // Sent before the trailers; these are dropped (an artifact's body
+                        // is what is checked and stored).
+                        return Poll::Ready(Some(Ok(Frame::data(previous))));
+                    }
+                    return Poll::Ready(Some(Ok(trailers)));
+                }
+            }
         }
     }
 

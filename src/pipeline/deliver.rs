@@ -72,7 +72,11 @@ pub async fn deliver(
             }
             let version = response.version();
             forwarding::append_via(response.headers_mut(), proxy.via_for(version));
-            if let Some(range) = range::requested(parts, response.headers()) {
+            // Not behind the package mirror: an artifact's digest is checked at the end of
+            // its body, which a range cut from it would be sent without.
+            let range =
+                range::requested(parts, response.headers()).filter(|_| proxy.mirror.is_none());
+            if let Some(range) = range {
                 // A range cut from it is no longer a 200 to encode.
                 response = respond::ranged_from_relayed(response, &range);
             }
@@ -109,8 +113,10 @@ async fn range_of_fill(
     (meta, reader, fill): (Arc<EntryMeta>, FillReader, Arc<Fill>),
     range: &str,
 ) -> Result<Response<Body>, ProxyError> {
+    // Behind the package mirror an artifact's digest is checked at the end of its body:
+    // a range is served from the stored (checked) object, never cut before the check.
     let declared = crate::cache::entry::content_length(&meta.headers)
-        .filter(|_| meta.status == http::StatusCode::OK);
+        .filter(|_| meta.status == http::StatusCode::OK && proxy.mirror.is_none());
     let cut = match declared.map(|len| (len, range::parse(range, len))) {
         Some((len, range::Ranges::Satisfiable(ranges))) => match ranges[..] {
             [(_, last)] => Some((len, last + 1 == len)),

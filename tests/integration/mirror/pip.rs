@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::StatusCode;
 
 use super::{client_available, python_bytes, run_blocking, sha256_hex, Mirror};
-use crate::support::{self, Fixture, Origin};
+use crate::support::{self, Fixture, Gate, Origin};
 
 /// A minimal, valid wheel of `name` `version` (a zip with the dist-info files pip reads),
 /// the same bytes every time.
@@ -323,6 +323,75 @@ async fn no_piece_of_an_unchecked_artifact_is_kept() {
         assert!(status.contains("fwd=uri-miss"), "{round}: {status}");
     }
     assert_eq!(pypi.files.hits(HTML_WHEEL), 3);
+}
+
+/// The gate of the second half of the artifact [`held_artifact`] made last.
+static SECOND_HALF: std::sync::Mutex<Option<Gate>> = std::sync::Mutex::new(None);
+
+/// A tampered artifact of 2 MiB: its first half is sent at once, its second once the gate
+/// left in [`SECOND_HALF`] opens.
+fn held_artifact(_: Bytes) -> Fixture {
+    let gate = Gate::closed();
+    *SECOND_HALF.lock().unwrap() = Some(gate.clone());
+    Fixture::Halves {
+        headers: support::header_list(&[("content-type", "application/octet-stream")]),
+        first: Bytes::from(vec![b'x'; 1 << 20]),
+        gate,
+        rest: Bytes::from(vec![b'y'; 1 << 20]),
+    }
+}
+
+/// A range of an artifact checked as it streams (past `mirror.hold_max`) is not cut from
+/// it before its digest is checked at the end, so a client never gets a complete 206 of a
+/// tampered artifact: one being stored waits for the checked object (here: 502, refused),
+/// one too large to store gets the whole 200, cut off before its last bytes. A range cut
+/// from the body as it arrived was complete while the origin still held the second half;
+/// and an artifact too large to store arrived whole, its last chunk sent before the check
+/// (the client had every byte its Content-Length declared; nothing counted the failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_range_of_an_artifact_is_sent_before_its_check() {
+    use http_body_util::BodyExt;
+    for too_large in [false, true] {
+        let pypi = PypiFixture::start_serving(None, held_artifact).await;
+        let gate = SECOND_HALF.lock().unwrap().take().expect("served");
+        let tuned = if too_large {
+            |config: &mut outpost::Config| {
+                config.mirror.hold_max = outpost::config::ByteSize(64);
+                config.cache.max_object_size = outpost::config::ByteSize(64 << 10);
+                config.cache.disk_max_object_size = outpost::config::ByteSize(64 << 10);
+            }
+        } else {
+            |config: &mut outpost::Config| config.mirror.hold_max = outpost::config::ByteSize(64)
+        };
+        let mirror = Mirror::start_tuned(&pypi.swaps(), Some(&pypi.ca_pem), tuned).await;
+        let page = support::get(&mirror.url("/pypi/simple/demo-pkg/"), &[]).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let request = http::Request::get(mirror.url(&format!("/pypi/_files{HTML_WHEEL}")))
+            .header("range", "bytes=0-9")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let asked = tokio::spawn(async move {
+            let response = support::client().request(request).await.ok()?;
+            let status = response.status();
+            Some((status, response.into_body().collect().await.is_ok()))
+        });
+        support::eventually("the artifact to be asked for", || {
+            pypi.files.hits(HTML_WHEEL) == 1
+        })
+        .await;
+        gate.open();
+        if let Some((status, complete)) = asked.await.unwrap() {
+            assert!(
+                !(status.is_success() && complete),
+                "too large: {too_large}: a complete {status} of a tampered artifact"
+            );
+        }
+        assert_eq!(
+            mirror.card("pypi").await["integrity_failures"],
+            1,
+            "{too_large}"
+        );
+    }
 }
 
 /// A gzip-coded artifact is checked against the page's digest once decoded, and decoding is

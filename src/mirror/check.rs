@@ -136,13 +136,23 @@ impl Body for CheckedStream {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        // Bytes read but not yet sent: the prefix, and the chunk held back.
+        let waiting =
+            self.prefix.as_ref().map_or(0, Bytes::len) + self.held.as_ref().map_or(0, Bytes::len);
+        let waiting = waiting as u64;
+        if self.ended {
+            return SizeHint::with_exact(waiting);
+        }
         let inner = self.inner.size_hint();
         let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + prefix);
+        hint.set_lower(inner.lower() + waiting);
         if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + prefix);
+            hint.set_upper(upper + waiting);
         }
         hint
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.held.is_none()
     }
 }

@@ -57,12 +57,16 @@ impl CheckedStream {
         }
     }
 
-    fn finished(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+    /// The body has ended: its digest is compared; on a mismatch what is held back is
+    /// dropped and the error to end with comes back.
+    fn end(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        self.ended = true;
         let (context, check) = self.check.take()?;
         let digest = context.finish();
         if check.expected.is(digest.as_ref()) {
             return None;
         }
+        self.held = None;
         check
             .stats
             .integrity_failures
@@ -101,14 +105,10 @@ impl Body for CheckedStream {
                         frame
                     }
                     Some(Err(err)) => return Poll::Ready(Some(Err(err))),
-                    None => {
-                        this.ended = true;
-                        if let Some(mismatch) = this.finished() {
-                            this.held = None;
-                            return Poll::Ready(Some(mismatch));
-                        }
-                        continue;
-                    }
+                    None => match this.end() {
+                        Some(mismatch) => return Poll::Ready(Some(mismatch)),
+                        None => continue,
+                    },
                 },
             };
             match frame.into_data() {
@@ -119,9 +119,7 @@ impl Body for CheckedStream {
                 }
                 // Trailers end the body: checked before anything held goes out.
                 Err(trailers) => {
-                    this.ended = true;
-                    if let Some(mismatch) = this.finished() {
-                        this.held = None;
+                    if let Some(mismatch) = this.end() {
                         return Poll::Ready(Some(mismatch));
                     }
                     if let Some(previous) = this.held.take() {

@@ -641,7 +641,8 @@ impl FillWriter<'_> {
                 return;
             };
             if in_file.len() as u64 != spill.flushed() {
-                // Past the largest piece: the batch after it is not needed.
+                // Capped at the largest piece, or the file fell short: nothing after it
+                // may be joined on.
                 in_file
             } else {
                 let room = most.saturating_sub(in_file.len());

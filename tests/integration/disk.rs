@@ -22,13 +22,8 @@ fn disk_toml(dir: &Path, extra: &str) -> String {
 const BODIES_IN_FILES: &str = "disk_inline_max = \"0\"";
 
 /// Stops `proxy` and waits until it has flushed its disk tier.
-async fn restart_point(mut proxy: Proxy) {
-    proxy
-        .shutdown()
-        .await
-        .expect("outpost task")
-        .expect("outpost stopped cleanly");
-    drop(proxy);
+async fn restart_point(proxy: Proxy) {
+    proxy.stop().await;
 }
 
 /// The Host every request uses, so keys stay the same across restarts on new ports.

@@ -152,13 +152,12 @@ async fn a_burst_for_a_disk_only_object_makes_one_disk_read() {
     )])
     .await;
     let toml = format!("[cache]\ndir = \"{}\"\n", dir.path().display());
-    let mut first = Proxy::start(&origin.url(), &toml).await;
+    let first = Proxy::start(&origin.url(), &toml).await;
     assert_eq!(
         get(&first.url("/on-disk"), &[("host", "a")]).await.text(),
         body
     );
-    first.shutdown().await.unwrap().unwrap();
-    drop(first);
+    first.stop().await;
 
     let proxy = Proxy::start(&origin.url(), &toml).await;
     let burst: Vec<_> = (0..100)

@@ -145,10 +145,9 @@ async fn a_stored_object_answers_when_the_origin_is_down() {
     )])
     .await;
     let host = [("host", "mirror.test")];
-    let mut online = Proxy::start(&origin.url(), &toml).await;
+    let online = Proxy::start(&origin.url(), &toml).await;
     assert_eq!(get(&online.url("/pool/big.deb"), &host).await.body, body);
-    online.shutdown().await.unwrap().unwrap();
-    drop(online);
+    online.stop().await;
 
     let down = closed_port().await;
     let offline = Proxy::start(&format!("http://{down}"), &toml).await;
@@ -660,10 +659,9 @@ async fn the_sweep_never_follows_symlinks_and_files_are_private() {
         "[cache]\ndir = \"{}\"\nmax_object_size = \"64KiB\"\n",
         dir.display()
     );
-    let mut first = Proxy::start(&origin.url(), &toml).await;
+    let first = Proxy::start(&origin.url(), &toml).await;
     get(&first.url("/big"), &[]).await;
-    first.shutdown().await.unwrap().unwrap();
-    drop(first);
+    first.stop().await;
 
     std::os::unix::fs::symlink(outside.path().join("precious"), dir.join("tmp/link")).unwrap();
     std::os::unix::fs::symlink(outside.path().join("shard"), dir.join("blobs/zz")).unwrap();

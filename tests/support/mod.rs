@@ -266,9 +266,9 @@ pub enum Fixture {
         headers: HeaderList,
     },
     /// A representation that honours a one-range request (`bytes=a-b`, `a-`, `-n`) with 206
-    /// and Content-Range; anything else gets the whole 200. `headers` go on both. An
-    /// If-None-Match naming the ETag among `headers` gets 304 with them first (RFC 9110
-    /// §13.2.2: preconditions before Range).
+    /// and Content-Range; anything else gets the whole 200, as does a Range whose If-Range
+    /// does not name the ETag among `headers`. `headers` go on both. An If-None-Match naming
+    /// that ETag gets 304 with them first (RFC 9110 §13.2.2: preconditions before Range).
     Ranged { headers: HeaderList, body: Bytes },
     /// As `Ranged`, with a 206's body sent in two halves: the second once `gate` is open.
     RangedHalves {
@@ -378,7 +378,12 @@ impl Fixture {
                         .unwrap();
                 }
                 let len = body.len();
-                let range = asked_range(request.headers(), len);
+                // RFC 9110 §13.1.5: the range only while If-Range names this
+                // representation's (strong) entity tag; a changed one gets the whole 200.
+                let if_range_holds = request.headers().get("if-range").is_none_or(|asked| {
+                    etag.is_some_and(|(_, etag)| asked == etag.as_str() && !etag.starts_with("W/"))
+                });
+                let range = asked_range(request.headers(), len).filter(|_| if_range_holds);
                 let builder = with_headers(Response::builder(), headers);
                 match range {
                     Some((first, last)) => builder
@@ -1315,6 +1320,23 @@ impl Proxy {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops outpost cleanly, as a process exits before the next one starts: once this
+    /// returns, nothing holds the outpost, so its cache directory's lock is free. Admin
+    /// servers and connection tasks let go of it only when next scheduled, after serving
+    /// has stopped; a restart before then found the index still locked, and ran degraded.
+    pub async fn stop(mut self) {
+        let stopped = self.shutdown().await;
+        stopped
+            .expect("outpost task")
+            .expect("outpost stopped cleanly");
+        let outpost = Arc::downgrade(&self.outpost);
+        drop(self);
+        eventually("the stopped outpost to be let go of", || {
+            outpost.strong_count() == 0
+        })
+        .await;
     }
 
     /// Signals shutdown; the returned handle resolves when outpost has stopped.

@@ -79,14 +79,11 @@ async fn warm_then_install_offline_after_a_restart() {
     // The machine goes offline: the mirror restarts on its disk tier, the upstreams are
     // gone and offline mode is on.
     let Mirror {
-        mut proxy,
-        cache_dir,
-        ..
+        proxy, cache_dir, ..
     } = mirror;
     let address = proxy.addr;
-    proxy.shutdown().await.unwrap().unwrap();
     // The disk tier's index is locked while its outpost lives.
-    drop(proxy);
+    proxy.stop().await;
     pypi.stop();
     crates.stop();
     npm.registry.stop();

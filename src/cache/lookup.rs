@@ -44,6 +44,9 @@ pub struct MissPlan {
     /// range is asked for with its validators, and a 304 freshens it and answers from it
     /// (RFC 9111 §4.3.1, §4.3.4), sparing the bytes.
     pub stale_partial: Option<Arc<PartialEntry>>,
+    /// A partial entry holding the representation's first bytes: the fill asks for the
+    /// rest alone (`Range` with `If-Range`) and joins the two (RFC 9111 §3.3, §3.4).
+    pub prefix: Option<Arc<PartialEntry>>,
 }
 
 /// The most entity tags a Vary miss offers the origin (see [`MissPlan::other_variants`]):
@@ -273,6 +276,32 @@ impl Cache {
         ))
     }
 
+    /// The partial entry whose first bytes a fetch of the whole representation for `request`
+    /// may start from (RFC 9111 §3.3: a cache may complete an incomplete response with a
+    /// range request): one of the request's variant, shareable with it, holding a prefix
+    /// short of the whole under a strong entity tag, which the request for the rest sends
+    /// as If-Range. Its freshness does not matter: the origin's 206 vouches for the prefix.
+    pub async fn prefix_to_complete(
+        &self,
+        key: &PrimaryKey,
+        request: &http::request::Parts,
+    ) -> Option<Arc<PartialEntry>> {
+        if request.method != Method::GET {
+            return None;
+        }
+        let entry = self.partial(key).await?;
+        let meta = &entry.meta;
+        let shareable = !request.headers.contains_key(header::AUTHORIZATION)
+            || meta.freshness.is_shareable_with_authorization;
+        let prefix_len = entry.prefix_len();
+        let is_prefix = prefix_len > 0 && prefix_len < entry.complete_len();
+        (shareable
+            && is_prefix
+            && entry.has_strong_validator()
+            && meta.vary.variant_key(&request.headers) == Some(meta.variant))
+        .then_some(entry)
+    }
+
     /// Offline mode serves what is stored, fresh or not, unless the response forbids stale
     /// use and the operator did not override that.
     fn offline_may_serve(&self, freshness: &policy::Freshness) -> bool {
@@ -408,6 +437,7 @@ impl PlanSource<'_> {
             is_coalescable: self.is_coalescable,
             forwards_range: false,
             stale_partial: None,
+            prefix: None,
         }
     }
 }
@@ -429,6 +459,7 @@ pub fn unshared_plan(
         is_coalescable: false,
         forwards_range: false,
         stale_partial: None,
+        prefix: None,
     }
 }
 

@@ -93,6 +93,14 @@ impl PartialEntry {
         self.meta.body_len
     }
 
+    /// How many bytes it holds from the first on (0 when its first piece starts later).
+    pub fn prefix_len(&self) -> u64 {
+        match self.pieces.first() {
+            Some((0, bytes)) => bytes.len() as u64,
+            _ => 0,
+        }
+    }
+
     /// The pieces: first byte and bytes, in order, apart.
     pub fn pieces(&self) -> &[(u64, Bytes)] {
         &self.pieces

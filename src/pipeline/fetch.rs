@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use super::deliver::Delivery;
 use super::forwarding::{self, Downstream};
 use super::interim::{self, InterimRelay};
+use super::prefix;
 use super::resume::OriginResume;
 use super::route::Site;
 use super::{upstream_request, Proxy, RequestCtx};
@@ -60,10 +61,11 @@ pub(super) struct Miss<'a> {
 /// Serves the request through a fill: joins one in flight for the same variant, or leads a
 /// new one. Requests that may not share a fetch lead one nobody can join.
 pub(super) async fn through_cache(
-    miss: Miss<'_>,
+    mut miss: Miss<'_>,
     ctx: &mut RequestCtx,
 ) -> Result<Delivery, ProxyError> {
-    let cache = &miss.proxy.cache;
+    let proxy = miss.proxy;
+    let cache = &proxy.cache;
     ctx.status = CacheStatus::forward(miss.plan.reason);
     if miss.plan.is_coalescable && !cache.is_hit_for_miss(&miss.plan.key).await {
         let fill_key = FillKey {
@@ -86,6 +88,7 @@ pub(super) async fn through_cache(
                         set: Some(set),
                     });
                 }
+                Box::pin(find_prefix(&mut miss)).await;
                 return lead(&miss, (fill, reader), Some(fill_key), ctx).await;
             }
             Role::Follower => {
@@ -95,7 +98,26 @@ pub(super) async fn through_cache(
             }
         }
     }
+    Box::pin(find_prefix(&mut miss)).await;
     lead(&miss, cache.coalescer().solo(), None, ctx).await
+}
+
+/// The kept prefix a fill of the whole representation may start from (see
+/// [`MissPlan::prefix`]): not for a fill that validates stored responses (its 304 must
+/// select one), nor one that forwards the client's range, nor behind the package mirror
+/// (whose digest checks cover the origin's whole body).
+async fn find_prefix(miss: &mut Miss<'_>) {
+    let plan = &miss.plan;
+    if plan.forwards_range
+        || plan.stale.is_some()
+        || plan.stale_partial.is_some()
+        || !plan.other_variants.is_empty()
+        || miss.proxy.mirror.is_some()
+    {
+        return;
+    }
+    let cache = &miss.proxy.cache;
+    miss.plan.prefix = cache.prefix_to_complete(&plan.key, miss.parts).await;
 }
 
 /// What a miss's fill is coalesced under beside its key: the variant it asks for, and for a
@@ -546,7 +568,11 @@ fn fill_request(
         "identity"
     } else {
         parts.headers.remove(header::RANGE);
-        crate::cache::key::ORIGIN_ACCEPT_ENCODING
+        parts.headers.remove(header::IF_RANGE);
+        match &miss.plan.prefix {
+            Some(prefix) => prefix::ask_for_rest(&mut parts.headers, prefix),
+            None => crate::cache::key::ORIGIN_ACCEPT_ENCODING,
+        }
     };
     parts.headers.insert(
         header::ACCEPT_ENCODING,
@@ -568,6 +594,10 @@ fn fill_request(
     }
     Ok((request, client))
 }
+
+/// An origin's answer: its head (cleaned, and read by the mirror), its body, and when it
+/// was asked and answered.
+type Exchanged = (http::response::Parts, OriginBody, (SystemTime, SystemTime));
 
 /// The fill task: the request to send, and everything the task needs to handle the answer;
 /// owned, because it outlives the request that started it.
@@ -824,11 +854,23 @@ impl FillTask {
             policy::remove_validators(&mut parts.headers);
             parts
         });
-        let Some((mut head, mut body, mut times)) =
+        let whole_again = self
+            .plan
+            .prefix
+            .is_some()
+            .then(|| prefix::whole_again(&parts));
+        let Some(mut answer) =
             Box::pin(self.exchange(http::Request::from_parts(parts, body))).await
         else {
             return;
         };
+        if let Some(whole_again) = whole_again {
+            let Some(joined) = Box::pin(self.after_prefix(answer, whole_again)).await else {
+                return;
+            };
+            answer = joined;
+        }
+        let (mut head, mut body, mut times) = answer;
         if head.status == StatusCode::NOT_MODIFIED {
             let freshened = match self.plan.stale_partial.clone() {
                 Some(partial) => Box::pin(self.freshen_partial(&partial, &head, &uri, times)).await,
@@ -877,6 +919,37 @@ impl FillTask {
         Box::pin(self.stream_into_cache(meta, body)).await;
     }
 
+    /// The origin's `answer` to the request for the rest of the plan's kept prefix, as the
+    /// fill goes on with it (see [`prefix`]): joined to the prefix, as it is, or (a 206
+    /// that is not that rest) the answer to `whole_again`, the request for the whole.
+    /// `None` when the origin failed (handled).
+    async fn after_prefix(
+        &mut self,
+        (head, body, times): Exchanged,
+        whole_again: http::request::Parts,
+    ) -> Option<Exchanged> {
+        let kept = self.plan.prefix.clone()?;
+        match prefix::join(&kept, head, body) {
+            prefix::Answer::Joined(joined, whole) => {
+                let metrics = &self.proxy.metrics;
+                metrics.prefix_completions.inc();
+                metrics.prefix_bytes_spared.inc_by(kept.prefix_len());
+                Some((joined, whole, times))
+            }
+            prefix::Answer::AsItIs(head, body) => Some((head, body, times)),
+            prefix::Answer::Refused(refused) => {
+                let url = &self.plan.url;
+                tracing::debug!(
+                    url,
+                    refused,
+                    "the answer for the rest of a prefix is unused"
+                );
+                let request = http::Request::from_parts(whole_again, Body::empty());
+                Box::pin(self.exchange(request)).await
+            }
+        }
+    }
+
     /// Whether the fill's request carries validators of stored responses: a stale entry's
     /// own, or other variants' entity tags.
     fn sends_validators(&self) -> bool {
@@ -903,10 +976,7 @@ impl FillTask {
 
     /// Sends `request` to the origin; its answer's head (cleaned, and read by the mirror),
     /// body, and when it was asked and answered. `None` when the origin failed (handled).
-    async fn exchange(
-        &mut self,
-        request: http::Request<Body>,
-    ) -> Option<(http::response::Parts, OriginBody, (SystemTime, SystemTime))> {
+    async fn exchange(&mut self, request: http::Request<Body>) -> Option<Exchanged> {
         let request_time = SystemTime::now();
         let affinity = Some(&self.plan.key.0[..]);
         let response = match self

@@ -54,6 +54,7 @@ pub mod forwarding;
 mod head;
 pub mod interim;
 mod invalidate;
+mod prefix;
 pub mod prepared;
 mod proxy;
 pub mod range;

@@ -125,10 +125,10 @@ impl OriginResume {
             );
             format!("the rest of the body from the origin: {refused}")
         })?;
-        Ok(Body::boxed(ExactLength {
-            inner: Body::from(response.into_body()),
-            left: rest,
-        }))
+        Ok(Body::boxed(ExactLength::new(
+            Body::from(response.into_body()),
+            rest,
+        )))
     }
 }
 
@@ -167,7 +167,7 @@ fn strong_validator(headers: &HeaderMap) -> Option<HeaderValue> {
 /// it is that rest of the same representation: a 206 whose single Content-Range runs from
 /// `offset` to the end of a body of the known length, carrying the validator (compared
 /// strongly) and the same Content-Encoding. Otherwise why not.
-fn rest_of(
+pub(super) fn rest_of(
     status: StatusCode,
     headers: &HeaderMap,
     (validator, content_encoding): (&HeaderValue, Option<&HeaderValue>),
@@ -199,9 +199,15 @@ fn rest_of(
 
 /// A body that must bring exactly `left` more bytes: more, or an end before them, is an
 /// error (a 206 sent chunked has no framing to hold it to its Content-Range).
-struct ExactLength {
+pub(super) struct ExactLength {
     inner: Body,
     left: u64,
+}
+
+impl ExactLength {
+    pub(super) fn new(inner: Body, left: u64) -> ExactLength {
+        ExactLength { inner, left }
+    }
 }
 
 impl http_body::Body for ExactLength {

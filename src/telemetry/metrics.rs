@@ -111,6 +111,10 @@ pub struct Metrics {
     /// Coalesced clients left behind by a fill streaming through unstored, that asked the
     /// origin for the rest themselves (`pipeline::resume`).
     pub fill_resumes: Counter,
+    /// Fills of a whole representation that started from a kept prefix and asked the
+    /// origin for the rest alone (`pipeline::prefix`), and the bytes they were spared.
+    pub prefix_completions: Counter,
+    pub prefix_bytes_spared: Counter,
     pub open_connections: Gauge,
     /// Upgraded connections (WebSocket) opened, and open now.
     pub tunnels: Counter,
@@ -299,6 +303,18 @@ impl Metrics {
                 &mut registry,
                 "fill_resumes",
                 "Coalesced clients left behind by a fill streaming through unstored that asked the origin for the rest by range",
+                Counter::default(),
+            ),
+            prefix_completions: register(
+                &mut registry,
+                "prefix_completions",
+                "Fills that joined a kept prefix of the representation to the origin's 206 for the rest",
+                Counter::default(),
+            ),
+            prefix_bytes_spared: register(
+                &mut registry,
+                "prefix_bytes_spared",
+                "Bytes of kept prefixes that fills did not ask the origin for again",
                 Counter::default(),
             ),
             coalesced_wait_seconds: register(

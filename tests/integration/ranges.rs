@@ -736,7 +736,10 @@ async fn a_range_to_the_end_beside_a_partial_entry_fetches_the_whole_object() {
     let video = range(&proxy, "/clip.mov", "bytes=0-399999").await;
     assert_eq!(video.status.as_u16(), 206, "{}", video.text());
     assert_eq!(video.body, whole);
-    assert_eq!(origin.last("/clip.mov").headers.get("range"), None);
+    // Fetched whole, starting from what the probe left (see the next test).
+    let asked = origin.last("/clip.mov");
+    let kept = rest_asked_from(&asked.headers, "\"t1\"");
+    assert!(kept > 0 && kept < whole.len(), "asked from {kept}");
     let stored = eventually_some("the object to be stored", || async {
         let reply = get(&proxy.url("/clip.mov"), &[]).await;
         is_hit(&reply).then_some(reply)
@@ -744,6 +747,162 @@ async fn a_range_to_the_end_beside_a_partial_entry_fetches_the_whole_object() {
     .await;
     assert_eq!(stored.body, whole);
     assert_eq!(origin.hits("/clip.mov"), 2);
+}
+
+/// Where a request for the rest of a kept prefix starts: its `Range: bytes=N-`, which must
+/// carry `If-Range` with the prefix's entity tag (RFC 9110 §13.1.5).
+fn rest_asked_from(headers: &http::HeaderMap, etag: &str) -> usize {
+    assert_eq!(headers.get("if-range").unwrap(), etag, "If-Range");
+    let range = headers.get("range").unwrap().to_str().unwrap();
+    let offset = range
+        .strip_prefix("bytes=")
+        .unwrap()
+        .strip_suffix('-')
+        .unwrap();
+    offset.parse().unwrap()
+}
+
+/// Leaves the start of `path` as a partial entry: a GET whose client hangs up after 100
+/// bytes, past the unread limit.
+async fn abandon_after_some(proxy: &Proxy, path: &str, open: &OpenBodies) {
+    let request = http::Request::get(proxy.url(path))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let mut body = client().request(request).await.unwrap().into_body();
+    read_at_least(&mut body, 100).await;
+    drop(body);
+    eventually("outpost to let go of the origin's body", || open.now() == 0).await;
+}
+
+/// RFC 9111 §3.3, §3.4: a GET beside a kept prefix of the representation (a download that
+/// stopped early) asks the origin for the rest alone, `Range: bytes=N-` with the prefix's
+/// strong entity tag as If-Range, and the client gets the whole 200 the two make, which is
+/// stored. In memory, and with the disk tier holding the partial entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_beside_a_kept_prefix_asks_the_origin_for_the_rest_alone() {
+    let disk = tempfile::tempdir().unwrap();
+    let limits = format!("{CONFIG}unread_fill_limit = \"64KiB\"\n");
+    let configs = [
+        ("memory", limits.clone()),
+        (
+            "disk",
+            format!("{limits}dir = \"{}\"\n", disk.path().display()),
+        ),
+    ];
+    for (tier, config) in configs {
+        let (origin, open, whole) = held_then_ranged("/talk.mp4").await;
+        let proxy = Proxy::start(&origin.url(), &config).await;
+        abandon_after_some(&proxy, "/talk.mp4", &open).await;
+
+        let again = get(&proxy.url("/talk.mp4"), &[]).await;
+        assert_eq!(again.status.as_u16(), 200, "{tier}: {}", again.text());
+        assert_eq!(again.header("content-range"), None, "{tier}");
+        assert_eq!(again.body, whole, "{tier}");
+        let kept = rest_asked_from(&origin.last("/talk.mp4").headers, "\"t1\"");
+        assert!(
+            kept >= 100 && kept < whole.len(),
+            "{tier}: asked from {kept}"
+        );
+        let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+        assert_eq!(metrics.prefix_completions.get(), 1, "{tier}");
+        assert_eq!(metrics.prefix_bytes_spared.get(), kept as u64, "{tier}");
+
+        let stored = eventually_some("the whole object to be stored", || async {
+            let reply = get(&proxy.url("/talk.mp4"), &[]).await;
+            is_hit(&reply).then_some(reply)
+        })
+        .await;
+        assert_eq!(stored.body, whole, "{tier}");
+        assert_eq!(origin.hits("/talk.mp4"), 2, "{tier}");
+    }
+}
+
+/// RFC 9110 §13.1.5: when the representation changed since the prefix was kept, the
+/// origin answers the request for the rest with the whole new 200 (its If-Range no longer
+/// holds), which the client gets as it is: never the old prefix spliced to new bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_prefix_of_a_changed_representation_is_not_used() {
+    let old: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+    let new: bytes::Bytes = (0..400_000u32).map(|i| (i % 241) as u8).collect();
+    let open = OpenBodies::default();
+    let origin = Origin::start(vec![(
+        "/build.iso",
+        Fixture::sequence(vec![
+            Fixture::Held {
+                first: old.slice(..300_000),
+                declared: old.len(),
+                open: open.clone(),
+                headers: header_list(&[("etag", "\"old\"")]),
+            },
+            Fixture::Ranged {
+                headers: header_list(&[("cache-control", "max-age=600"), ("etag", "\"new\"")]),
+                body: new.clone(),
+            },
+        ]),
+    )])
+    .await;
+    let config = format!("{CONFIG}unread_fill_limit = \"64KiB\"\n");
+    let proxy = Proxy::start(&origin.url(), &config).await;
+    abandon_after_some(&proxy, "/build.iso", &open).await;
+
+    let again = get(&proxy.url("/build.iso"), &[]).await;
+    assert_eq!(again.status.as_u16(), 200, "{}", again.text());
+    assert_eq!(again.header("etag"), Some("\"new\""));
+    assert!(again.body == new, "the new representation, whole");
+    rest_asked_from(&origin.last("/build.iso").headers, "\"old\"");
+    assert_eq!(proxy.outpost.proxy().metrics().prefix_completions.get(), 0);
+    let stored = eventually_some("the new object to be stored", || async {
+        let reply = get(&proxy.url("/build.iso"), &[]).await;
+        is_hit(&reply).then_some(reply)
+    })
+    .await;
+    assert!(stored.body == new);
+    assert_eq!(origin.hits("/build.iso"), 2);
+}
+
+/// RFC 9111 §3.4: a 206 that is not exactly the rest asked for (here the origin ignored the
+/// Range's start and sent every byte as a 206) is not joined to the prefix; the whole
+/// representation is asked for again, without a Range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_206_that_is_not_the_rest_of_the_prefix_is_not_joined() {
+    let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+    let open = OpenBodies::default();
+    let etag = [("cache-control", "max-age=600"), ("etag", "\"t1\"")];
+    let origin = Origin::start(vec![(
+        "/odd.bin",
+        Fixture::sequence(vec![
+            Fixture::Held {
+                first: whole.slice(..300_000),
+                declared: whole.len(),
+                open: open.clone(),
+                headers: header_list(&etag[1..]),
+            },
+            Fixture::Static {
+                status: http::StatusCode::PARTIAL_CONTENT,
+                headers: header_list(&[
+                    etag[0],
+                    etag[1],
+                    ("content-range", "bytes 0-399999/400000"),
+                ]),
+                body: whole.clone(),
+            },
+            Fixture::Ranged {
+                headers: header_list(&etag),
+                body: whole.clone(),
+            },
+        ]),
+    )])
+    .await;
+    let config = format!("{CONFIG}unread_fill_limit = \"64KiB\"\n");
+    let proxy = Proxy::start(&origin.url(), &config).await;
+    abandon_after_some(&proxy, "/odd.bin", &open).await;
+
+    let again = get(&proxy.url("/odd.bin"), &[]).await;
+    assert_eq!(again.status.as_u16(), 200, "{}", again.text());
+    assert!(again.body == whole, "the whole object, once");
+    assert_eq!(origin.hits("/odd.bin"), 3);
+    assert_eq!(origin.last("/odd.bin").headers.get("range"), None);
+    assert_eq!(proxy.outpost.proxy().metrics().prefix_completions.get(), 0);
 }
 
 /// RFC 9110 §14.2: a Range miss fetches the whole object to store it; when the origin's

@@ -1467,7 +1467,11 @@ impl FillTask {
                         stall.as_mut().reset(due);
                     }
                     // Every client left a large or long fill: stop the download.
-                    () = writer.unread_too_long() => return Box::pin(writer.abandon_unread()).await,
+                    () = writer.unread_too_long() => {
+                        if Box::pin(writer.abandon_unread()).await {
+                            return;
+                        }
+                    }
                 }
             };
             let frame = match next {

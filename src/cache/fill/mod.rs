@@ -536,6 +536,8 @@ struct FillBody {
     /// While the fill is being stored every chunk is kept; afterwards only unread ones.
     retain_all: bool,
     accepts_readers: bool,
+    /// Being abandoned for having no reader: nobody may join it, not even from its file.
+    is_closed: bool,
     readers: Vec<Option<ReaderSlot>>,
     reader_count: usize,
     /// When the last reader left (None while someone reads).
@@ -597,6 +599,7 @@ impl Fill {
                 waiting_at: VecDeque::from([0]),
                 retain_all: true,
                 accepts_readers: true,
+                is_closed: false,
                 readers: Vec::new(),
                 reader_count: 0,
                 unread_since: None,
@@ -677,12 +680,29 @@ impl Fill {
     /// its chunks (see [`tail`]), until the returned guard is dropped: a fill whose only
     /// reader fell behind to the file, or joined it late, is still being read, so it is
     /// not abandoned as unread.
-    fn follow_file(self: &Arc<Self>) -> FileFollower {
+    fn follow_file(self: &Arc<Self>) -> Option<FileFollower> {
         let mut body = self.body.lock();
-        body.reader_joined();
-        FileFollower {
-            fill: Arc::clone(self),
+        if body.is_closed {
+            return None;
         }
+        body.reader_joined();
+        Some(FileFollower {
+            fill: Arc::clone(self),
+        })
+    }
+
+    /// Takes no reader from now on, when none is attached: a fill about to be abandoned
+    /// for having none. False when one joined since that was decided (a client's retry
+    /// right after a cancel): the fill goes on for it. Decided under the lock readers join
+    /// under, so no request joins a fill that is then failed under it.
+    pub(super) fn close_if_unread(&self) -> bool {
+        let mut body = self.body.lock();
+        if body.reader_count > 0 {
+            return false;
+        }
+        body.accepts_readers = false;
+        body.is_closed = true;
+        true
     }
 
     /// Waits until the fill has settled: stored, refused, failed, or answered stale.
@@ -1051,6 +1071,20 @@ mod tests {
 
     fn coalescer() -> Coalescer {
         Coalescer::new(Gauge::default())
+    }
+
+    /// A fill is closed for being unread only while nobody reads it; once closed, a
+    /// request for its key leads a fetch of its own instead of joining it.
+    #[test]
+    fn a_fill_closes_only_while_unread_and_then_takes_no_reader() {
+        let coalescer = coalescer();
+        let (_, fill, leader) = coalescer.join(key(1));
+        assert!(!fill.close_if_unread(), "its leader reads it");
+        drop(leader);
+        assert!(fill.close_if_unread());
+        assert!(fill.reader().is_none() && fill.follow_file().is_none());
+        let (role, other, _) = coalescer.join(key(1));
+        assert!(matches!(role, Role::Leader) && !Arc::ptr_eq(&fill, &other));
     }
 
     #[tokio::test]

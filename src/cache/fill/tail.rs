@@ -31,7 +31,7 @@ pub fn reader_at(fill: &Arc<Fill>, emit_from: u64) -> Option<Body> {
         return None;
     }
     let source = Spill {
-        _follower: fill.follow_file(),
+        _follower: fill.follow_file()?,
         spill: fill.spill.subscribe(),
     };
     Some(hashed_body(source, (emit_from, u64::MAX), None))

@@ -298,8 +298,7 @@ impl FillWriter<'_> {
         } else {
             self.fill.wait_for_readers(window).await
         };
-        if !read_on {
-            self.abandon("no reader left").await;
+        if !read_on && self.abandon("no reader left").await {
             return Err(WriteError::NoReader);
         }
         self.check_unread().await
@@ -583,25 +582,31 @@ impl FillWriter<'_> {
         }
     }
 
-    /// Ends a fill [`FillWriter::unread_too_long`] gave up on: its download stops.
-    pub async fn abandon_unread(mut self) {
-        self.abandon("nobody is reading").await;
+    /// Ends a fill [`FillWriter::unread_too_long`] gave up on: its download stops. False,
+    /// and the fill goes on, when a reader joined meanwhile.
+    pub async fn abandon_unread(&mut self) -> bool {
+        self.abandon("nobody is reading").await
     }
 
     /// Abandons a fill nobody has read for longer than the bounds allow: a client that
     /// hung up after the head must not keep a large download (and its origin connection)
     /// going. Small storable bodies finish.
     async fn check_unread(&mut self) -> Result<(), WriteError> {
-        match self.unread_deadline() {
-            Some(deadline) if deadline <= Instant::now() => {
-                self.abandon("nobody is reading").await;
-                Err(WriteError::Unread)
-            }
-            _ => Ok(()),
+        let is_due = self
+            .unread_deadline()
+            .is_some_and(|deadline| deadline <= Instant::now());
+        if is_due && self.abandon("nobody is reading").await {
+            return Err(WriteError::Unread);
         }
+        Ok(())
     }
 
-    async fn abandon(&mut self, why: &'static str) {
+    /// Stops a fill nobody reads: its readers fail (there are none) and nothing is stored.
+    /// False, with nothing done, when a reader joined since that was decided.
+    async fn abandon(&mut self, why: &'static str) -> bool {
+        if !self.fill.close_if_unread() {
+            return false;
+        }
         self.keep_prefix().await;
         self.drop_spill().await;
         self.fill.fail();
@@ -610,6 +615,7 @@ impl FillWriter<'_> {
                 "fill abandoned: {why}"
             ))));
         tracing::debug!(url = %self.meta.url, bytes = self.total, why, "fill abandoned");
+        true
     }
 
     /// RFC 9111 §3.3: what arrived of an origin's 200 that will not complete (nobody reads

@@ -378,6 +378,15 @@ impl Cache {
         Some(self.partials.add(stored).await)
     }
 
+    /// Whether a partial entry of `key` may be held, in memory or on disk: false for
+    /// certain, without a lookup, on a node that never kept one.
+    pub fn may_hold_partial(&self, key: &PrimaryKey) -> bool {
+        self.partials.has_held_any()
+            || self
+                .live_disk()
+                .is_some_and(|disk| disk.may_hold_partial(key))
+    }
+
     /// Adds `piece` to the partial entry of its resource, in memory and, in the
     /// background, on disk; returns the entry.
     pub async fn add_partial(&self, piece: PartialEntry) -> Arc<PartialEntry> {

@@ -88,7 +88,7 @@ pub(super) async fn through_cache(
                         set: Some(set),
                     });
                 }
-                Box::pin(find_prefix(&mut miss)).await;
+                find_prefix(&mut miss).await;
                 return lead(&miss, (fill, reader), Some(fill_key), ctx).await;
             }
             Role::Follower => {
@@ -98,26 +98,28 @@ pub(super) async fn through_cache(
             }
         }
     }
-    Box::pin(find_prefix(&mut miss)).await;
+    find_prefix(&mut miss).await;
     lead(&miss, cache.coalescer().solo(), None, ctx).await
 }
 
 /// The kept prefix a fill of the whole representation may start from (see
 /// [`MissPlan::prefix`]): not for a fill that validates stored responses (its 304 must
 /// select one), nor one that forwards the client's range, nor behind the package mirror
-/// (whose digest checks cover the origin's whole body).
+/// (whose digest checks cover the origin's whole body). Looked up (boxed: it may read the
+/// disk tier) only where a partial entry may be held.
 async fn find_prefix(miss: &mut Miss<'_>) {
     let plan = &miss.plan;
+    let cache = &miss.proxy.cache;
     if plan.forwards_range
         || plan.stale.is_some()
         || plan.stale_partial.is_some()
         || !plan.other_variants.is_empty()
         || miss.proxy.mirror.is_some()
+        || !cache.may_hold_partial(&plan.key)
     {
         return;
     }
-    let cache = &miss.proxy.cache;
-    miss.plan.prefix = cache.prefix_to_complete(&plan.key, miss.parts).await;
+    miss.plan.prefix = Box::pin(cache.prefix_to_complete(&plan.key, miss.parts)).await;
 }
 
 /// What a miss's fill is coalesced under beside its key: the variant it asks for, and for a

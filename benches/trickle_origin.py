@@ -3,8 +3,9 @@
 gets its first byte: every path answers SIZE_MIB MiB of a recognisable pattern (byte i is
 i % 251), STEP_KIB KiB every INTERVAL_MS ms, with Content-Length, `Cache-Control:
 max-age=600` and a strong ETag. A single `Range: bytes=a-b` (or `a-`) gets a 206 of those
-bytes, sent the same way. With SENT_LOG set, each request appends `path bytes-sent` to
-that file when it ends (its client may hang up before the body's end). Loopback only.
+bytes, sent the same way, unless an If-Range names another entity tag. With SENT_LOG set,
+each request appends `path bytes-sent range` to that file when it ends (its client may
+hang up before the body's end). Loopback only.
 
     SIZE_MIB=16 STEP_KIB=256 INTERVAL_MS=50 python3 benches/trickle_origin.py PORT
 """
@@ -20,6 +21,7 @@ STEP = int(os.environ.get("STEP_KIB", "256")) << 10
 INTERVAL = int(os.environ.get("INTERVAL_MS", "50")) / 1000
 SENT_LOG = os.environ.get("SENT_LOG")
 BODY = bytes(i % 251 for i in range(SIZE))
+ETAG = '"trickle-1"'
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -31,7 +33,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         first, last, status = 0, SIZE - 1, 200
         asked = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-        if asked and int(asked.group(1)) < SIZE:
+        # RFC 9110 §13.1.5: a range only while If-Range names this representation.
+        if_range = self.headers.get("If-Range", ETAG)
+        if asked and int(asked.group(1)) < SIZE and if_range == ETAG:
             first = int(asked.group(1))
             last = min(int(asked.group(2) or SIZE - 1), SIZE - 1)
             status = 206
@@ -40,7 +44,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {first}-{last}/{SIZE}")
         self.send_header("Cache-Control", "max-age=600")
-        self.send_header("ETag", '"trickle-1"')
+        self.send_header("ETag", ETAG)
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
         sent = 0
@@ -56,7 +60,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         finally:
             if SENT_LOG:
                 with open(SENT_LOG, "a") as log:
-                    log.write(f"{self.path} {sent}\n")
+                    log.write(f"{self.path} {sent} {self.headers.get('Range', '-')}\n")
 
 
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):

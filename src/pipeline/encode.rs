@@ -161,7 +161,7 @@ async fn encoded_once(
         return None;
     }
     let (role, fill, reader) = proxy.cache.coalescer().join(fill_key);
-    if matches!(role, Role::Leader) {
+    if matches!(role, Role::Leader { .. }) {
         // An encoding that settled between the caller's look and joining needs no new run.
         if let Some(encoded) = proxy.cache.stored_encoding(entry, coding) {
             fill.settle_with(Arc::clone(&encoded), false);
@@ -431,7 +431,7 @@ async fn encoded_from_fill(
         variant_hint: meta.variant.derived(&transform),
     };
     let (role, fill, reader) = proxy.cache.coalescer().join(fill_key);
-    if matches!(role, Role::Leader) {
+    if matches!(role, Role::Leader { .. }) {
         let refuse = || give_up(proxy, &fill_key, &fill, "no encoding of this body is made");
         let Some(source_reader) = source.reader() else {
             refuse();

@@ -74,7 +74,7 @@ pub(super) async fn through_cache(
         };
         let (role, fill, reader) = cache.coalescer().join(fill_key);
         match role {
-            Role::Leader => {
+            Role::Leader { after_abandoned } => {
                 // The fill this request would have joined may have stored its response and
                 // left between the lookup and now: serve that instead of fetching again.
                 if let Some((set, entry)) = cache.stored_meanwhile(&miss.plan, miss.parts, ctx.now)
@@ -87,6 +87,12 @@ pub(super) async fn through_cache(
                         entry,
                         set: Some(set),
                     });
+                }
+                if let Some(abandoned) = after_abandoned {
+                    // A client's retry right after a cancel: what the cancelled download
+                    // brought is being kept (read back from its file), and this fetch can
+                    // start from it rather than fetch those bytes again.
+                    Box::pin(abandoned.wait_settled()).await;
                 }
                 find_prefix(&mut miss).await;
                 return lead(&miss, (fill, reader), Some(fill_key), ctx).await;
@@ -496,7 +502,7 @@ pub(super) fn revalidate_in_background(miss: &Miss<'_>) {
     };
     let (role, fill, reader) = miss.proxy.cache.coalescer().join(fill_key);
     drop(reader);
-    if !matches!(role, Role::Leader) {
+    if !matches!(role, Role::Leader { .. }) {
         return;
     }
     fill.set_background();

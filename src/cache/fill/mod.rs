@@ -338,8 +338,11 @@ impl Drop for Commitment<'_> {
 
 /// The caller's role in a fill.
 pub enum Role {
-    /// Run the fetch (spawn it) and read as the first reader.
-    Leader,
+    /// Run the fetch (spawn it) and read as the first reader. `after_abandoned`: the fill
+    /// registered for the key was being abandoned for having no reader (see
+    /// [`Fill::close_if_unread`]), and what arrived of it may be about to be kept as a
+    /// partial entry, which this fetch could start from once it has settled.
+    Leader { after_abandoned: Option<Arc<Fill>> },
     /// Another request is fetching; wait for it.
     Follower,
 }
@@ -455,6 +458,7 @@ impl Coalescer {
         // request joining it now would take that result without the reuse checks a cache
         // hit passes (RFC 9111 §4: a `no-cache` entry or a `max-age=0` request must still
         // be validated). It leads instead, and finds the stored entry as a leader does.
+        let mut after_abandoned = None;
         if let Some(fill) = fills.get(&key).filter(|fill| !fill.is_settled()) {
             if let Some(reader) = fill.reader() {
                 return (Role::Follower, Arc::clone(fill), reader);
@@ -463,12 +467,13 @@ impl Coalescer {
             if let Some(reader) = tail::reader(fill) {
                 return (Role::Follower, Arc::clone(fill), FillReader::Tail(reader));
             }
+            after_abandoned = fill.is_closed().then(|| Arc::clone(fill));
         }
         let fill = Fill::new(self.held_bytes.clone());
         // invariant: a new fill accepts readers.
         let reader = fill.reader().expect("new fill accepts readers");
         fills.insert(key, Arc::clone(&fill));
-        (Role::Leader, fill, reader)
+        (Role::Leader { after_abandoned }, fill, reader)
     }
 
     /// A fill that is not registered, so nobody can join it: for requests that must fetch
@@ -689,6 +694,11 @@ impl Fill {
         Some(FileFollower {
             fill: Arc::clone(self),
         })
+    }
+
+    /// Whether it was closed to readers for having none (see [`Fill::close_if_unread`]).
+    fn is_closed(&self) -> bool {
+        self.body.lock().is_closed
     }
 
     /// Takes no reader from now on, when none is attached: a fill about to be abandoned
@@ -1084,17 +1094,21 @@ mod tests {
         assert!(fill.close_if_unread());
         assert!(fill.reader().is_none() && fill.follow_file().is_none());
         let (role, other, _) = coalescer.join(key(1));
-        assert!(matches!(role, Role::Leader) && !Arc::ptr_eq(&fill, &other));
+        let Role::Leader { after_abandoned } = role else {
+            panic!("a closed fill is not joined");
+        };
+        assert!(!Arc::ptr_eq(&fill, &other));
+        assert!(after_abandoned.is_some_and(|abandoned| Arc::ptr_eq(&fill, &abandoned)));
     }
 
     #[tokio::test]
     async fn one_leader_per_key_and_readers_see_every_chunk() {
         let coalescer = coalescer();
         let (role, fill, leader) = coalescer.join(key(1));
-        assert!(matches!(role, Role::Leader));
+        assert!(matches!(role, Role::Leader { .. }));
         let (role, same, follower) = coalescer.join(key(1));
         assert!(matches!(role, Role::Follower) && Arc::ptr_eq(&fill, &same));
-        assert!(matches!(coalescer.join(key(2)).0, Role::Leader));
+        assert!(matches!(coalescer.join(key(2)).0, Role::Leader { .. }));
 
         fill.push(Bytes::from_static(b"ab"));
         fill.push(Bytes::from_static(b"cd"));
@@ -1103,7 +1117,7 @@ mod tests {
         assert_eq!(follower.collect().await.unwrap().to_bytes(), "abcd");
         assert_eq!(fill.retained_body(None), "abcd");
         coalescer.leave(&key(1), &fill);
-        assert!(matches!(coalescer.join(key(1)).0, Role::Leader));
+        assert!(matches!(coalescer.join(key(1)).0, Role::Leader { .. }));
     }
 
     /// A request arriving after a fill settled, before the fill task has left the
@@ -1114,7 +1128,7 @@ mod tests {
         let (_, fill, _leader) = coalescer.join(key(1));
         fill.publish(FillStatus::Failed(ProxyError::Internal("gone".into())));
         let (role, next, _) = coalescer.join(key(1));
-        assert!(matches!(role, Role::Leader) && !Arc::ptr_eq(&fill, &next));
+        assert!(matches!(role, Role::Leader { .. }) && !Arc::ptr_eq(&fill, &next));
         // The old fill leaving does not unregister its successor.
         coalescer.leave(&key(1), &fill);
         let (role, same, _) = coalescer.join(key(1));

@@ -372,9 +372,10 @@ fn delivery_from(
 ) -> Option<Result<Delivery, ProxyError>> {
     let now = ctx.now;
     let status_line = &mut ctx.status;
+    let forwarded = |meta: &EntryMeta| fill.forwarded_status().unwrap_or(meta.status.as_u16());
     match status {
         FillStatus::Streaming { meta, storing } if selects(&meta) => {
-            status_line.fwd_status = Some(meta.status.as_u16());
+            status_line.fwd_status = Some(forwarded(&meta));
             status_line.ttl = Some(meta.freshness.ttl_seconds(now));
             // Known to fit where it is going: it will be stored unless the origin fails
             // mid-body (RFC 9211 §2.5).
@@ -385,7 +386,7 @@ fn delivery_from(
         // Ended unstored before this request looked: its reader, taken before the end,
         // still reads the whole body.
         FillStatus::Streamed { meta } if selects(&meta) => {
-            status_line.fwd_status = Some(meta.status.as_u16());
+            status_line.fwd_status = Some(forwarded(&meta));
             status_line.ttl = Some(meta.freshness.ttl_seconds(now));
             Some(Ok(Delivery::Streaming { meta, reader, fill }))
         }
@@ -393,7 +394,7 @@ fn delivery_from(
             status_line.fwd_status = Some(if revalidated {
                 304
             } else {
-                entry.meta.status.as_u16()
+                forwarded(&entry.meta)
             });
             status_line.ttl = Some(entry.meta.freshness.ttl_seconds(now));
             status_line.stored = true;
@@ -939,6 +940,8 @@ impl FillTask {
         let kept = self.plan.prefix.clone()?;
         match prefix::join(&kept, head, body) {
             prefix::Answer::Joined(joined, whole) => {
+                self.fill
+                    .set_forwarded_status(StatusCode::PARTIAL_CONTENT.as_u16());
                 let metrics = &self.proxy.metrics;
                 metrics.prefix_completions.inc();
                 metrics.prefix_bytes_spared.inc_by(kept.prefix_len());

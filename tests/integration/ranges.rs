@@ -798,6 +798,9 @@ async fn a_get_beside_a_kept_prefix_asks_the_origin_for_the_rest_alone() {
         assert_eq!(again.status.as_u16(), 200, "{tier}: {}", again.text());
         assert_eq!(again.header("content-range"), None, "{tier}");
         assert_eq!(again.body, whole, "{tier}");
+        // RFC 9211 §2.4: what the origin answered, though the client gets the whole.
+        let status = cache_status(&again);
+        assert!(status.contains("fwd-status=206"), "{tier}: {status}");
         let kept = rest_asked_from(&origin.last("/talk.mp4").headers, "\"t1\"");
         assert!(
             kept >= 100 && kept < whole.len(),

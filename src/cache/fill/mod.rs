@@ -519,6 +519,10 @@ pub struct Fill {
     /// Offered by the fill's task when the origin's response can be asked for again from
     /// an offset (it has a strong validator): readers left behind go on from there.
     resume: std::sync::OnceLock<Arc<dyn ResumeFrom>>,
+    /// The origin's status, where it is not the status of the response the fill stores
+    /// (a 206 of the rest of a kept prefix, joined to it into a 200): what Cache-Status
+    /// reports as `fwd-status` (RFC 9211 §2.4).
+    forwarded_status: std::sync::OnceLock<u16>,
     /// Tells this fill from every other of the process's run: what is derived from its
     /// body while it streams (an encoding) is coalesced under it.
     id: u64,
@@ -618,6 +622,7 @@ impl Fill {
             readers_left: Notify::new(),
             held_bytes,
             resume: std::sync::OnceLock::new(),
+            forwarded_status: std::sync::OnceLock::new(),
             id: NEXT_FILL_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
@@ -906,6 +911,17 @@ impl Fill {
     /// Whether a reader left behind goes on by a request of its own ([`Fill::offer_resume`]).
     pub fn may_resume(&self) -> bool {
         self.resume.get().is_some()
+    }
+
+    /// Records that the origin answered `status` for the response this fill stores under
+    /// another (see the field).
+    pub fn set_forwarded_status(&self, status: u16) {
+        let _ = self.forwarded_status.set(status);
+    }
+
+    /// The origin's status, when it differs from the stored response's.
+    pub fn forwarded_status(&self) -> Option<u16> {
+        self.forwarded_status.get().copied()
     }
 
     /// For a fill streaming through unstored whose attached reader has read all there is

@@ -280,7 +280,8 @@ impl Cache {
     /// may start from (RFC 9111 §3.3: a cache may complete an incomplete response with a
     /// range request): one of the request's variant, shareable with it, holding a prefix
     /// short of the whole under a strong entity tag, which the request for the rest sends
-    /// as If-Range. Its freshness does not matter: the origin's 206 vouches for the prefix.
+    /// as If-Range, from an origin that did not say it serves no ranges. Its freshness does
+    /// not matter: the origin's 206 vouches for the prefix.
     pub async fn prefix_to_complete(
         &self,
         key: &PrimaryKey,
@@ -295,8 +296,14 @@ impl Cache {
             || meta.freshness.is_shareable_with_authorization;
         let prefix_len = entry.prefix_len();
         let is_prefix = prefix_len > 0 && prefix_len < entry.complete_len();
+        // RFC 9110 §14.3: an origin that says it serves no ranges is not asked for one.
+        let refuses_ranges = meta
+            .headers
+            .get(header::ACCEPT_RANGES)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"none"));
         (shareable
             && is_prefix
+            && !refuses_ranges
             && entry.has_strong_validator()
             && meta.vary.variant_key(&request.headers) == Some(meta.variant))
         .then_some(entry)

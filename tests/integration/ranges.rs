@@ -820,6 +820,45 @@ async fn a_get_beside_a_kept_prefix_asks_the_origin_for_the_rest_alone() {
     }
 }
 
+/// RFC 9110 §14.3: an origin that says `Accept-Ranges: none` is not asked for the rest of
+/// a kept prefix; the whole representation is fetched, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_serves_no_ranges_is_not_asked_for_the_rest() {
+    let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+    let open = OpenBodies::default();
+    let headers = header_list(&[
+        ("cache-control", "max-age=600"),
+        ("etag", "\"n1\""),
+        ("accept-ranges", "none"),
+    ]);
+    let origin = Origin::start(vec![(
+        "/plain.bin",
+        Fixture::sequence(vec![
+            Fixture::Held {
+                first: whole.slice(..300_000),
+                declared: whole.len(),
+                open: open.clone(),
+                headers: headers.clone(),
+            },
+            Fixture::Static {
+                status: http::StatusCode::OK,
+                headers,
+                body: whole.clone(),
+            },
+        ]),
+    )])
+    .await;
+    let config = format!("{CONFIG}unread_fill_limit = \"64KiB\"\n");
+    let proxy = Proxy::start(&origin.url(), &config).await;
+    abandon_after_some(&proxy, "/plain.bin", &open).await;
+
+    let again = get(&proxy.url("/plain.bin"), &[]).await;
+    assert!(again.body == whole);
+    let asked = origin.last("/plain.bin").headers;
+    assert_eq!(asked.get("range"), None, "{asked:?}");
+    assert_eq!(origin.hits("/plain.bin"), 2);
+}
+
 /// RFC 9110 §13.1.5: when the representation changed since the prefix was kept, the
 /// origin answers the request for the rest with the whole new 200 (its If-Range no longer
 /// holds), which the client gets as it is: never the old prefix spliced to new bytes.

@@ -774,6 +774,31 @@ async fn abandon_after_some(proxy: &Proxy, path: &str, open: &OpenBodies) {
     eventually("outpost to let go of the origin's body", || open.now() == 0).await;
 }
 
+/// An origin whose first answer for `path` sends the first 300,000 bytes of `whole` (a
+/// 400,000-byte 200 under `headers`) and then holds, and whose later answers are `then`;
+/// an outpost in front of it that stops a fill nobody reads past 64 KiB; and what arrived
+/// of the first answer left as a partial entry by a GET that hung up.
+async fn prefix_kept(
+    path: &'static str,
+    whole: &bytes::Bytes,
+    headers: HeaderList,
+    then: Vec<Fixture>,
+) -> (Origin, Proxy) {
+    let open = OpenBodies::default();
+    let held = Fixture::Held {
+        first: whole.slice(..300_000),
+        declared: whole.len(),
+        open: open.clone(),
+        headers,
+    };
+    let sequence = std::iter::once(held).chain(then).collect();
+    let origin = Origin::start(vec![(path, Fixture::sequence(sequence))]).await;
+    let config = format!("{CONFIG}unread_fill_limit = \"64KiB\"\n");
+    let proxy = Proxy::start(&origin.url(), &config).await;
+    abandon_after_some(&proxy, path, &open).await;
+    (origin, proxy)
+}
+
 /// RFC 9111 §3.3, §3.4: a GET beside a kept prefix of the representation (a download that
 /// stopped early) asks the origin for the rest alone, `Range: bytes=N-` with the prefix's
 /// strong entity tag as If-Range, and the client gets the whole 200 the two make, which is
@@ -825,32 +850,17 @@ async fn a_get_beside_a_kept_prefix_asks_the_origin_for_the_rest_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_that_serves_no_ranges_is_not_asked_for_the_rest() {
     let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
-    let open = OpenBodies::default();
     let headers = header_list(&[
         ("cache-control", "max-age=600"),
         ("etag", "\"n1\""),
         ("accept-ranges", "none"),
     ]);
-    let origin = Origin::start(vec![(
-        "/plain.bin",
-        Fixture::sequence(vec![
-            Fixture::Held {
-                first: whole.slice(..300_000),
-                declared: whole.len(),
-                open: open.clone(),
-                headers: headers.clone(),
-            },
-            Fixture::Static {
-                status: http::StatusCode::OK,
-                headers,
-                body: whole.clone(),
-            },
-        ]),
-    )])
-    .await;
-    let config = format!("{CONFIG}unread_fill_limit = \"64KiB\"\n");
-    let proxy = Proxy::start(&origin.url(), &config).await;
-    abandon_after_some(&proxy, "/plain.bin", &open).await;
+    let whole_again = Fixture::Static {
+        status: http::StatusCode::OK,
+        headers: headers.clone(),
+        body: whole.clone(),
+    };
+    let (origin, proxy) = prefix_kept("/plain.bin", &whole, headers, vec![whole_again]).await;
 
     let again = get(&proxy.url("/plain.bin"), &[]).await;
     assert!(again.body == whole);
@@ -866,26 +876,12 @@ async fn an_origin_that_serves_no_ranges_is_not_asked_for_the_rest() {
 async fn a_kept_prefix_of_a_changed_representation_is_not_used() {
     let old: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
     let new: bytes::Bytes = (0..400_000u32).map(|i| (i % 241) as u8).collect();
-    let open = OpenBodies::default();
-    let origin = Origin::start(vec![(
-        "/build.iso",
-        Fixture::sequence(vec![
-            Fixture::Held {
-                first: old.slice(..300_000),
-                declared: old.len(),
-                open: open.clone(),
-                headers: header_list(&[("etag", "\"old\"")]),
-            },
-            Fixture::Ranged {
-                headers: header_list(&[("cache-control", "max-age=600"), ("etag", "\"new\"")]),
-                body: new.clone(),
-            },
-        ]),
-    )])
-    .await;
-    let config = format!("{CONFIG}unread_fill_limit = \"64KiB\"\n");
-    let proxy = Proxy::start(&origin.url(), &config).await;
-    abandon_after_some(&proxy, "/build.iso", &open).await;
+    let changed = Fixture::Ranged {
+        headers: header_list(&[("cache-control", "max-age=600"), ("etag", "\"new\"")]),
+        body: new.clone(),
+    };
+    let old_tag = header_list(&[("etag", "\"old\"")]);
+    let (origin, proxy) = prefix_kept("/build.iso", &old, old_tag, vec![changed]).await;
 
     let again = get(&proxy.url("/build.iso"), &[]).await;
     assert_eq!(again.status.as_u16(), 200, "{}", again.text());
@@ -908,36 +904,18 @@ async fn a_kept_prefix_of_a_changed_representation_is_not_used() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_206_that_is_not_the_rest_of_the_prefix_is_not_joined() {
     let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
-    let open = OpenBodies::default();
     let etag = [("cache-control", "max-age=600"), ("etag", "\"t1\"")];
-    let origin = Origin::start(vec![(
-        "/odd.bin",
-        Fixture::sequence(vec![
-            Fixture::Held {
-                first: whole.slice(..300_000),
-                declared: whole.len(),
-                open: open.clone(),
-                headers: header_list(&etag[1..]),
-            },
-            Fixture::Static {
-                status: http::StatusCode::PARTIAL_CONTENT,
-                headers: header_list(&[
-                    etag[0],
-                    etag[1],
-                    ("content-range", "bytes 0-399999/400000"),
-                ]),
-                body: whole.clone(),
-            },
-            Fixture::Ranged {
-                headers: header_list(&etag),
-                body: whole.clone(),
-            },
-        ]),
-    )])
-    .await;
-    let config = format!("{CONFIG}unread_fill_limit = \"64KiB\"\n");
-    let proxy = Proxy::start(&origin.url(), &config).await;
-    abandon_after_some(&proxy, "/odd.bin", &open).await;
+    let every_byte = Fixture::Static {
+        status: http::StatusCode::PARTIAL_CONTENT,
+        headers: header_list(&[etag[0], etag[1], ("content-range", "bytes 0-399999/400000")]),
+        body: whole.clone(),
+    };
+    let ranged = Fixture::Ranged {
+        headers: header_list(&etag),
+        body: whole.clone(),
+    };
+    let then = vec![every_byte, ranged];
+    let (origin, proxy) = prefix_kept("/odd.bin", &whole, header_list(&etag[1..]), then).await;
 
     let again = get(&proxy.url("/odd.bin"), &[]).await;
     assert_eq!(again.status.as_u16(), 200, "{}", again.text());

@@ -1553,10 +1553,17 @@ pub async fn exchange_until_closed(addr: SocketAddr, request: &[u8]) -> Option<S
     }
 }
 
-/// An address nothing listens on: bound, then released.
+/// An address nothing listens on, for the rest of the test run: a socket bound to it
+/// without listening, so connecting is refused, and kept (leaked), so that no other test's
+/// listener is given the port. A port bound and released was once handed to another
+/// test's origin meanwhile, which took the connection and held it: a test expecting
+/// `connection_refused` timed out instead.
 pub async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let address = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    address
 }
 
 /// The Content-Length a raw response head states.

@@ -151,9 +151,15 @@ pub fn if_range_allows(request: &HeaderMap, stored: &HeaderMap) -> bool {
 /// The Range to serve from a stored representation, if this request has one that the
 /// cache answers: a GET whose If-Range (if any) holds for `stored`, and whose client takes
 /// the stored content coding (a range of an origin's gzip is no use to a client that must
-/// have it decoded; RFC 9110 §14.2 lets us send the whole, decoded, instead).
+/// have it decoded; RFC 9110 §14.2 lets us send the whole, decoded, instead), of a
+/// representation whose origin did not say `Accept-Ranges: none` (RFC 9110 §14.3; the
+/// field goes to clients as the origin sent it, so ranges served anyway would contradict
+/// it, and nginx by default honours it too).
 pub fn requested(parts: &http::request::Parts, stored: &HeaderMap) -> Option<String> {
-    if parts.method != http::Method::GET {
+    let refuses_ranges = stored
+        .get(header::ACCEPT_RANGES)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"none"));
+    if parts.method != http::Method::GET || refuses_ranges {
         return None;
     }
     let range = parts.headers.get(header::RANGE)?.to_str().ok()?;

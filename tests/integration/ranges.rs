@@ -404,8 +404,9 @@ async fn ranges_are_served_from_the_cache() {
 
 /// RFC 9110 §14.3: a stored 200 says `Accept-Ranges: bytes`, on the miss that stores it and
 /// on hits (over HTTP/1.1 and in the prepared hit path alike), though its origin did not:
-/// outpost serves its ranges. An origin's own value is kept, and an encoding outpost makes
-/// says nothing of ranges (they are of the identity body).
+/// outpost serves its ranges. An origin's own value is kept, and an origin's `none` is
+/// honoured (a Range gets the whole 200, as §14.2 allows); an encoding outpost makes says
+/// nothing of ranges (they are of the identity body).
 #[tokio::test]
 async fn a_stored_response_advertises_byte_ranges() {
     let text = "range me ".repeat(200);
@@ -435,6 +436,11 @@ async fn a_stored_response_advertises_byte_ranges() {
         assert_eq!(reply.header("accept-ranges"), Some("bytes"), "{round}");
         let none = get(&proxy.url("/none.bin"), &[]).await;
         assert_eq!(none.header("accept-ranges"), Some("none"), "{round}");
+        let ranged = get(&proxy.url("/none.bin"), &[("range", "bytes=0-0")]).await;
+        assert_eq!(
+            (ranged.status.as_u16(), ranged.text().as_str()),
+            (200, "abc")
+        );
     }
     let gzipped = get(&proxy.url("/plain.txt"), &[("accept-encoding", "gzip")]).await;
     assert_eq!(gzipped.header("content-encoding"), Some("gzip"));

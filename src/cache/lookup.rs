@@ -294,17 +294,8 @@ impl Cache {
         let meta = &entry.meta;
         let shareable = !request.headers.contains_key(header::AUTHORIZATION)
             || meta.freshness.is_shareable_with_authorization;
-        let prefix_len = entry.prefix_len();
-        let is_prefix = prefix_len > 0 && prefix_len < entry.complete_len();
-        // RFC 9110 §14.3: an origin that says it serves no ranges is not asked for one.
-        let refuses_ranges = meta
-            .headers
-            .get(header::ACCEPT_RANGES)
-            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"none"));
         (shareable
-            && is_prefix
-            && !refuses_ranges
-            && entry.has_strong_validator()
+            && entry.completable_prefix() > 0
             && meta.vary.variant_key(&request.headers) == Some(meta.variant))
         .then_some(entry)
     }

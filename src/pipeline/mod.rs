@@ -530,21 +530,24 @@ fn from_partial(
     if answers && !must_validate {
         return FromPartial::Serve(entry);
     }
-    let known_len = Some(entry.complete_len());
+    let held = Some(range::Held {
+        len: entry.complete_len(),
+        completable_prefix: entry.completable_prefix(),
+    });
     if let Lookup::Fetch(plan) = otherwise.as_mut() {
-        if answers && range::forwards(parts, known_len, max_offset) {
+        if answers && range::forwards(parts, held, max_offset) {
             plan.reason = FwdReason::Stale;
             plan.stale_partial = Some(entry);
         }
     }
-    FromPartial::Instead(otherwise, known_len)
+    FromPartial::Instead(otherwise, held)
 }
 
 /// What [`from_partial`] decided.
 enum FromPartial {
     Serve(Arc<crate::cache::partial::PartialEntry>),
-    /// Another branch, and the representation's length.
-    Instead(Box<Lookup>, Option<u64>),
+    /// Another branch, and what the partial entry holds of the representation.
+    Instead(Box<Lookup>, Option<range::Held>),
 }
 
 /// The branch the lookup chose, up to what is to be delivered.
@@ -561,7 +564,7 @@ async fn branch(
     let proxy = request.proxy;
     let offline = || Delivery::Synthetic(respond::gateway_timeout_offline());
     let max_offset = proxy.cache.range_fill_max_offset();
-    let (lookup, known_len) = match lookup {
+    let (lookup, held) = match lookup {
         Lookup::Partial {
             entry,
             status,
@@ -575,7 +578,7 @@ async fn branch(
                 ctx.hit_tier = crate::telemetry::Tier::Memory;
                 return Ok(Delivery::Partial(entry));
             }
-            FromPartial::Instead(lookup, known_len) => (*lookup, known_len),
+            FromPartial::Instead(lookup, held) => (*lookup, held),
         },
         other => (other, None),
     };
@@ -613,7 +616,7 @@ async fn branch(
         }
         Lookup::Partial { .. } => Err(ProxyError::Internal("nested partial lookup".into())),
         Lookup::Fetch(mut plan) => {
-            if ctx.forwards_range || range::forwards(request.parts, known_len, max_offset) {
+            if ctx.forwards_range || range::forwards(request.parts, held, max_offset) {
                 // Coalesced only with requests for the same range (see `fetch`).
                 plan.forwards_range = true;
             }

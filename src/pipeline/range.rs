@@ -191,13 +191,16 @@ pub fn partial_answers(entry: &PartialEntry, parts: &http::request::Parts) -> bo
 /// Whether a Range miss is forwarded with its Range instead of fetching the whole
 /// representation: one range, and no If-Range (which may ask for the whole); and either
 /// the range starts past `max_offset` (a suffix range when the length is not known), or
-/// pieces of the representation are held already (`known_len`: the missing piece is
-/// fetched to combine with them, RFC 9111 §3.4) and the range ends before the end. One
-/// that starts early and runs to the end is read whole as a GET would be, so the whole
-/// object is fetched and stored: forwarded, a piece larger than the partial store takes
-/// would be relayed unkept (Safari asks `bytes=0-1`, which leaves a piece, then for the
-/// whole video by range).
-pub fn forwards(parts: &http::request::Parts, known_len: Option<u64>, max_offset: u64) -> bool {
+/// pieces of the representation are `held` already (the missing piece is fetched to
+/// combine with them, RFC 9111 §3.4) and the range ends before the end. One that starts
+/// early and runs to the end is read whole as a GET would be, so the whole object is
+/// fetched and stored: forwarded, a piece larger than the partial store takes would be
+/// relayed unkept (Safari asks `bytes=0-1`, which leaves a piece, then for the whole
+/// video by range). So is one that runs to the end from inside a prefix the whole can
+/// start from (`curl -C -` after a download that stopped): the origin is asked only for
+/// what the prefix lacks.
+pub fn forwards(parts: &http::request::Parts, held: Option<Held>, max_offset: u64) -> bool {
+    let known_len = held.map(|held| held.len);
     if parts.method != http::Method::GET || parts.headers.contains_key(header::IF_RANGE) {
         return false;
     }
@@ -211,11 +214,27 @@ pub fn forwards(parts: &http::request::Parts, known_len: Option<u64>, max_offset
     match parse(range, known_len.unwrap_or(u64::MAX)) {
         Ranges::Satisfiable(ranges) => match (&ranges[..], known_len) {
             (&[(first, _)], None) => first > max_offset,
+            // Running to the end from inside a prefix the whole could start from: the
+            // fetch asks for the rest past the prefix alone, and stores the whole.
+            (&[(first, last)], Some(len)) if last + 1 == len && first < held_prefix(held) => false,
             (&[(first, last)], Some(len)) => first > max_offset || last + 1 < len,
             _ => false,
         },
         Ranges::Ignore | Ranges::Unsatisfiable => false,
     }
+}
+
+/// What a partial entry holds of the representation a Range miss asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    /// The representation's length.
+    pub len: u64,
+    /// Its [`PartialEntry::completable_prefix`].
+    pub completable_prefix: u64,
+}
+
+fn held_prefix(held: Option<Held>) -> u64 {
+    held.map_or(0, |held| held.completable_prefix)
 }
 
 /// The stored body a range is cut from.

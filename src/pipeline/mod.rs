@@ -543,6 +543,32 @@ fn from_partial(
     FromPartial::Instead(otherwise, held)
 }
 
+/// What a partial entry holds of the representation a Range miss that found none asks
+/// for, once the download of it being stopped now has kept its start (a `curl -C -` sent
+/// the moment after a cancel): the range is then decided on as if the lookup had found it
+/// (see [`range::forwards`]). `None` when no download of it is being stopped.
+async fn held_once_stopped(
+    proxy: &Proxy,
+    plan: &crate::cache::lookup::MissPlan,
+    parts: &http::request::Parts,
+) -> Option<range::Held> {
+    let cache = &proxy.cache;
+    let whole = crate::cache::fill::FillKey {
+        key: plan.key,
+        variant_hint: plan.variant_hint,
+    };
+    cache
+        .coalescer()
+        .being_abandoned(&whole)?
+        .wait_settled()
+        .await;
+    let entry = cache.prefix_to_complete(&plan.key, parts).await?;
+    Some(range::Held {
+        len: entry.complete_len(),
+        completable_prefix: entry.completable_prefix(),
+    })
+}
+
 /// What [`from_partial`] decided.
 enum FromPartial {
     Serve(Arc<crate::cache::partial::PartialEntry>),
@@ -616,6 +642,12 @@ async fn branch(
         }
         Lookup::Partial { .. } => Err(ProxyError::Internal("nested partial lookup".into())),
         Lookup::Fetch(mut plan) => {
+            let held = match held {
+                None if request.parts.headers.contains_key(header::RANGE) => {
+                    Box::pin(held_once_stopped(proxy, &plan, request.parts)).await
+                }
+                held => held,
+            };
             if ctx.forwards_range || range::forwards(request.parts, held, max_offset) {
                 // Coalesced only with requests for the same range (see `fetch`).
                 plan.forwards_range = true;

@@ -476,6 +476,14 @@ impl Coalescer {
         (Role::Leader { after_abandoned }, fill, reader)
     }
 
+    /// The fill registered for `key` while it is being abandoned for having no reader (see
+    /// [`Fill::close_if_unread`]): what arrived of it may be about to be kept.
+    pub fn being_abandoned(&self, key: &FillKey) -> Option<Arc<Fill>> {
+        let fills = self.fills.lock();
+        let fill = fills.get(key)?;
+        (fill.is_closed() && !fill.is_settled()).then(|| Arc::clone(fill))
+    }
+
     /// A fill that is not registered, so nobody can join it: for requests that must fetch
     /// on their own (hit-for-miss, a Vary mismatch, a follower that waited too long).
     pub fn solo(&self) -> (Arc<Fill>, FillReader) {
@@ -1115,6 +1123,20 @@ mod tests {
         };
         assert!(!Arc::ptr_eq(&fill, &other));
         assert!(after_abandoned.is_some_and(|abandoned| Arc::ptr_eq(&fill, &abandoned)));
+    }
+
+    /// A fill being abandoned is found as such until it settles; one that is read is not.
+    #[test]
+    fn a_fill_being_abandoned_is_found_until_it_settles() {
+        let coalescer = coalescer();
+        let (_, fill, reader) = coalescer.join(key(1));
+        assert!(coalescer.being_abandoned(&key(1)).is_none(), "it is read");
+        drop(reader);
+        assert!(fill.close_if_unread());
+        let found = coalescer.being_abandoned(&key(1));
+        assert!(found.is_some_and(|found| Arc::ptr_eq(&found, &fill)));
+        fill.publish(FillStatus::Failed(ProxyError::Internal("abandoned".into())));
+        assert!(coalescer.being_abandoned(&key(1)).is_none(), "it settled");
     }
 
     #[tokio::test]

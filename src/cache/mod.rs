@@ -403,6 +403,15 @@ impl Cache {
         held
     }
 
+    /// RFC 9111 §3.4: once the pieces of `held` cover the whole representation, it is
+    /// stored as an ordinary response (in place of the partial entry), and returned.
+    pub async fn store_if_complete(&self, held: &PartialEntry) -> Option<Arc<StoredResponse>> {
+        let complete = held.completed()?;
+        let entry = Arc::new(self.sealed(complete).await);
+        self.store(Arc::clone(&entry), StoreChange::Body).await;
+        Some(entry)
+    }
+
     /// Drops the partial entry of `key`, in memory and on disk.
     pub async fn drop_partial(&self, key: &PrimaryKey) {
         self.partials.remove(key).await;

@@ -106,14 +106,10 @@ impl PartialEntry {
     /// short of the whole, has a strong entity tag to send as If-Range, and its origin did
     /// not say it serves no ranges (RFC 9110 §14.3); otherwise 0.
     pub fn completable_prefix(&self) -> u64 {
-        let refuses_ranges = self
-            .meta
-            .headers
-            .get(header::ACCEPT_RANGES)
-            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"none"));
         let prefix_len = self.prefix_len();
-        let completable =
-            prefix_len < self.complete_len() && self.has_strong_validator() && !refuses_ranges;
+        let completable = prefix_len < self.complete_len()
+            && self.has_strong_validator()
+            && !super::entry::refuses_ranges(&self.meta.headers);
         if completable {
             prefix_len
         } else {

@@ -1263,9 +1263,7 @@ impl FillTask {
         let held = cache
             .add_partial(PartialEntry::new(meta, range, bytes.clone()))
             .await;
-        if let Some(complete) = held.completed() {
-            let entry = Arc::new(cache.sealed(complete).await);
-            cache.store(Arc::clone(&entry), StoreChange::Body).await;
+        if let Some(entry) = cache.store_if_complete(&held).await {
             if !own_fields.is_empty() {
                 self.answer_leader(LeaderAnswer::OwnFields(own_fields));
             }

@@ -530,10 +530,7 @@ fn from_partial(
     if answers && !must_validate {
         return FromPartial::Serve(entry);
     }
-    let held = Some(range::Held {
-        len: entry.complete_len(),
-        completable_prefix: entry.completable_prefix(),
-    });
+    let held = Some(range::Held::of(&entry));
     if let Lookup::Fetch(plan) = otherwise.as_mut() {
         if answers && range::forwards(parts, held, max_offset) {
             plan.reason = FwdReason::Stale;
@@ -563,10 +560,7 @@ async fn held_once_stopped(
         .wait_settled()
         .await;
     let entry = cache.prefix_to_complete(&plan.key, parts).await?;
-    Some(range::Held {
-        len: entry.complete_len(),
-        completable_prefix: entry.completable_prefix(),
-    })
+    Some(range::Held::of(&entry))
 }
 
 /// What [`from_partial`] decided.

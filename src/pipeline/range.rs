@@ -156,10 +156,7 @@ pub fn if_range_allows(request: &HeaderMap, stored: &HeaderMap) -> bool {
 /// field goes to clients as the origin sent it, so ranges served anyway would contradict
 /// it, and nginx by default honours it too).
 pub fn requested(parts: &http::request::Parts, stored: &HeaderMap) -> Option<String> {
-    let refuses_ranges = stored
-        .get(header::ACCEPT_RANGES)
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"none"));
-    if parts.method != http::Method::GET || refuses_ranges {
+    if parts.method != http::Method::GET || crate::cache::entry::refuses_ranges(stored) {
         return None;
     }
     let range = parts.headers.get(header::RANGE)?.to_str().ok()?;
@@ -231,6 +228,16 @@ pub struct Held {
     pub len: u64,
     /// Its [`PartialEntry::completable_prefix`].
     pub completable_prefix: u64,
+}
+
+impl Held {
+    /// What `entry` holds.
+    pub fn of(entry: &PartialEntry) -> Held {
+        Held {
+            len: entry.complete_len(),
+            completable_prefix: entry.completable_prefix(),
+        }
+    }
 }
 
 fn held_prefix(held: Option<Held>) -> u64 {

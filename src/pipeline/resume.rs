@@ -58,10 +58,7 @@ impl OriginResume {
         (uri, mut headers): (&Uri, HeaderMap),
         meta: &EntryMeta,
     ) -> Option<OriginResume> {
-        let refuses_ranges = meta
-            .headers
-            .get(header::ACCEPT_RANGES)
-            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"none"));
+        let refuses_ranges = crate::cache::entry::refuses_ranges(&meta.headers);
         // A body no longer than the smallest window never leaves a reader a window behind.
         let window = crate::cache::fill::writer::UNSTORED_WINDOW_PAST_BUDGET as u64;
         let total_len = content_length(&meta.headers);

@@ -242,6 +242,14 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Whether the response says its origin serves no ranges of it, `Accept-Ranges: none`
+/// (RFC 9110 §14.3): it is then neither asked for a range nor answered with one.
+pub fn refuses_ranges(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::ACCEPT_RANGES)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"none"))
+}
+
 /// A copy of `headers` whose values share one exact-size allocation and whose map has no
 /// spare capacity.
 pub fn compact_headers(headers: &HeaderMap) -> HeaderMap {

@@ -673,13 +673,8 @@ impl FillWriter<'_> {
         let bytes = bytes.slice(..len as usize);
         let piece = crate::cache::partial::PartialEntry::new((*self.meta).clone(), range, bytes);
         let held = self.cache.add_partial(piece).await;
-        if let Some(complete) = held.completed() {
-            // The pieces kept before held the rest.
-            let entry = Arc::new(self.cache.sealed(complete).await);
-            self.cache
-                .store(entry, crate::cache::StoreChange::Body)
-                .await;
-        }
+        // The pieces kept before may have held the rest.
+        self.cache.store_if_complete(&held).await;
         tracing::debug!(url = %self.meta.url, bytes = len, "kept what arrived as a partial entry");
     }
 }

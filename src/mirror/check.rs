@@ -36,7 +36,10 @@ pub struct CheckedStream {
     check: Option<(ring::digest::Context, Check)>,
     /// The newest chunk, sent once the next one (or a checked end) is known.
     held: Option<Bytes>,
-    /// The inner body has ended (checked); what is held goes out, then the end.
+    /// The origin's trailers, sent after what is held.
+    trailers: Option<http::HeaderMap>,
+    /// The inner body has ended (checked); what is held goes out, then the trailers, then
+    /// the end.
     ended: bool,
 }
 
@@ -53,6 +56,7 @@ impl CheckedStream {
             inner,
             check,
             held: None,
+            trailers: None,
             ended: false,
         }
     }
@@ -90,7 +94,11 @@ impl Body for CheckedStream {
         let this = self.get_mut();
         loop {
             if this.ended {
-                return Poll::Ready(this.held.take().map(|data| Ok(Frame::data(data))));
+                let frame = match this.held.take() {
+                    Some(data) => Some(Frame::data(data)),
+                    None => this.trailers.take().map(Frame::trailers),
+                };
+                return Poll::Ready(frame.map(Ok));
             }
             let frame = match this.prefix.take() {
                 // Hashed already.
@@ -117,17 +125,13 @@ impl Body for CheckedStream {
                         return Poll::Ready(Some(Ok(Frame::data(previous))));
                     }
                 }
-                // Trailers end the body: checked before anything held goes out.
+                // Trailers end the body: checked before anything held goes out, and sent
+                // after it.
                 Err(trailers) => {
                     if let Some(mismatch) = this.end() {
                         return Poll::Ready(Some(mismatch));
                     }
-                    if let Some(previous) = this.held.take() {
-                        // Sent before the trailers; these are dropped (an artifact's body
-                        // is what is checked and stored).
-                        return Poll::Ready(Some(Ok(Frame::data(previous))));
-                    }
-                    return Poll::Ready(Some(Ok(trailers)));
+                    this.trailers = trailers.into_trailers().ok();
                 }
             }
         }
@@ -151,6 +155,76 @@ impl Body for CheckedStream {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.held.is_none()
+        self.ended && self.held.is_none() && self.trailers.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::digests::Algorithm;
+    use http_body_util::BodyExt;
+
+    fn origin_body(frames: Vec<Frame<Bytes>>) -> OriginBody {
+        let frames = frames.into_iter().map(Ok::<_, BoxError>);
+        OriginBody::checked(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
+    fn checked(frames: Vec<Frame<Bytes>>, digest_of: &[u8]) -> CheckedStream {
+        let digest = ring::digest::digest(&ring::digest::SHA256, digest_of);
+        let check = Check {
+            expected: Expected {
+                algorithm: Algorithm::Sha256,
+                digest: digest.as_ref().to_vec(),
+            },
+            registry: "test".into(),
+            stats: Arc::default(),
+        };
+        let context = ring::digest::Context::new(&ring::digest::SHA256);
+        CheckedStream::new(Bytes::new(), origin_body(frames), Some((context, check)))
+    }
+
+    fn trailers() -> http::HeaderMap {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", http::HeaderValue::from_static("done"));
+        trailers
+    }
+
+    /// RFC 9110 §6.5: trailers follow the content; holding the last chunk back for the
+    /// check must not lose them.
+    #[tokio::test]
+    async fn trailers_follow_the_held_chunk_once_the_digest_matches() {
+        let frames = vec![
+            Frame::data(Bytes::from_static(b"first ")),
+            Frame::data(Bytes::from_static(b"last")),
+            Frame::trailers(trailers()),
+        ];
+        let collected = checked(frames, b"first last").collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers()));
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"first last"));
+    }
+
+    #[tokio::test]
+    async fn a_mismatch_before_trailers_ends_the_body_as_an_error() {
+        let frames = vec![
+            Frame::data(Bytes::from_static(b"tampered")),
+            Frame::trailers(trailers()),
+        ];
+        let mut body = checked(frames, b"original");
+        let mut data = Vec::new();
+        let error = loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    assert!(frame.is_data(), "no trailers after a mismatch");
+                    data.extend_from_slice(frame.data_ref().unwrap());
+                }
+                Some(Err(error)) => break error,
+                None => panic!("ended without the mismatch"),
+            }
+        };
+        assert!(error.to_string().contains("sha256"), "{error}");
+        assert!(data.is_empty(), "the held chunk is dropped: {data:?}");
     }
 }

@@ -440,6 +440,15 @@ impl Cache {
                 .holds_past(self.fill_bounds.memory_budget.saturating_sub(len))
     }
 
+    /// The count against the fills' memory budget of a piece of `len` bytes read whole
+    /// before it is kept as a partial entry; `None` when other fills leave it no room (one
+    /// alone may pass the budget, as a fill may). Without it, concurrent range misses would
+    /// each hold a piece of up to a quarter of `partial_capacity`, however many came.
+    pub fn commit_piece(&self, len: u64) -> Option<fill::Commitment<'_>> {
+        self.coalescer
+            .commit(len, self.fill_bounds.memory_budget, None)
+    }
+
     /// Whether a fill of a body of `len` bytes goes on to the end and is stored when none
     /// of its clients reads it any more: within `unread_fill_limit`.
     pub fn completes_unread(&self, len: u64) -> bool {

@@ -35,7 +35,7 @@ use super::route::Site;
 use super::{upstream_request, Proxy, RequestCtx};
 use crate::body::Body;
 use crate::cache::entry::{EntryMeta, StoredResponse};
-use crate::cache::fill::{Fill, FillKey, FillReader, FillStatus, FillTarget, Role};
+use crate::cache::fill::{BudgetHold, Fill, FillKey, FillReader, FillStatus, FillTarget, Role};
 use crate::cache::key::{VariantKey, Vary};
 use crate::cache::lookup::MissPlan;
 use crate::cache::partial::{ContentRange, PartialEntry};
@@ -671,13 +671,15 @@ enum LeaderAnswer {
 /// Where a piece's chunks go to the leader as they arrive.
 type PieceSender = tokio::sync::mpsc::UnboundedSender<Result<Bytes, crate::body::BoxError>>;
 
-/// The body of chunks sent on a [`PieceSender`]: it ends when the sender is dropped.
+/// The body of chunks sent on a [`PieceSender`]: it ends when the sender is dropped. It
+/// counts against the fills' memory budget by `hold` until it ends or is dropped.
 fn piece_body(
     chunks: tokio::sync::mpsc::UnboundedReceiver<Result<Bytes, crate::body::BoxError>>,
+    hold: BudgetHold,
 ) -> Body {
-    let frames = futures_util::stream::unfold(chunks, |mut chunks| async move {
+    let frames = futures_util::stream::unfold((chunks, hold), |(mut chunks, hold)| async move {
         let chunk = chunks.recv().await?;
-        Some((chunk.map(http_body::Frame::data), chunks))
+        Some((chunk.map(http_body::Frame::data), (chunks, hold)))
     });
     Body::boxed(http_body_util::StreamBody::new(frames))
 }
@@ -1226,9 +1228,22 @@ impl FillTask {
                 return;
             }
         };
+        // The piece is read whole before it is kept: it counts against the fills' memory
+        // budget, or is relayed unkept, as a body past the budget streams through unstored.
+        let Some(_commitment) = cache.commit_piece(range.byte_count()) else {
+            tracing::debug!(url = %self.plan.url, "fills' memory budget taken: 206 relayed, not kept");
+            self.fill
+                .publish(FillStatus::Uncacheable(NoStoreReason::PartialContent));
+            let response = Response::from_parts(head, Body::from(body));
+            self.answer_leader(LeaderAnswer::Relayed(response));
+            return;
+        };
         let tee = if self.leader_asked_for(&range, &head.headers) {
+            // What the leader has not read yet is held in memory besides the piece, until
+            // its response is done or dropped.
+            let hold = cache.coalescer().hold(range.byte_count());
             let (tee, piece) = tokio::sync::mpsc::unbounded_channel();
-            let streamed = Response::from_parts(head_copy(&head), piece_body(piece));
+            let streamed = Response::from_parts(head_copy(&head), piece_body(piece, hold));
             self.answer_leader(LeaderAnswer::PieceStreaming(streamed));
             Some(tee)
         } else {

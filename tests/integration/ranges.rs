@@ -1224,3 +1224,69 @@ async fn a_forwarded_range_streams_to_its_client_as_it_arrives() {
     assert!(is_hit(&inside), "{}", cache_status(&inside));
     assert_eq!(origin.hits("/seek.mp4"), 1);
 }
+
+/// A piece is read whole before it is kept (RFC 9111 §3.3), and a leader reading slower
+/// than the origin sends holds what it has not read yet besides: both count against the
+/// fills' memory budget (`cache.fill_memory_budget`). Past it, a 206 is relayed as it
+/// arrives and not kept, so clients stalled on range misses cannot hold a piece each
+/// beyond any bound; once they have read theirs, pieces are kept again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_for_stalled_clients_count_against_the_fills_memory_budget() {
+    use tokio::io::AsyncReadExt;
+    // Larger than the socket buffers a stalled client's connection can take.
+    const PIECE: usize = 6 << 20;
+    let film: bytes::Bytes = (0..32usize << 20).map(|i| (i % 251) as u8).collect();
+    let origin = Origin::start(vec![("/film", ranged("\"f1\"", film.clone()))]).await;
+    let config = "[cache]\nrange_fill_max_offset = \"100\"\nfill_memory_budget = \"8MiB\"\n\
+                  max_object_size = \"32MiB\"\n";
+    let proxy = Proxy::start(&origin.url(), config).await;
+    let spec = |first: usize| format!("bytes={first}-{}", first + PIECE - 1);
+    let check = |reply: &Reply, first: usize| {
+        assert_eq!(reply.status, http::StatusCode::PARTIAL_CONTENT);
+        assert_eq!(reply.body, film.slice(first..first + PIECE));
+    };
+
+    let mut stalled = Vec::new();
+    for (fetched, first) in [(1, 1000), (2, 8_000_000)] {
+        let fields = format!("Range: {}\r\n", spec(first));
+        stalled.push((
+            first,
+            stalled_client_with(proxy.addr, "/film", &fields).await,
+        ));
+        eventually("the stalled client's range to be asked for", || {
+            origin.hits("/film") == fetched
+        })
+        .await;
+        // The same range read whole: answered once the piece is kept, from the piece.
+        let probe = range(&proxy, "/film", &spec(first)).await;
+        check(&probe, first);
+    }
+    assert_eq!(origin.hits("/film"), 2, "each kept piece fetched once");
+
+    // Two stalled clients hold most of their 12 MiB: the next piece is relayed, unkept.
+    let relayed = range(&proxy, "/film", &spec(16_000_000)).await;
+    check(&relayed, 16_000_000);
+    let status = cache_status(&relayed);
+    assert!(!status.contains("stored"), "{status}");
+    let again = range(&proxy, "/film", &spec(16_000_000)).await;
+    check(&again, 16_000_000);
+    assert!(!is_hit(&again), "{}", cache_status(&again));
+    assert_eq!(origin.hits("/film"), 4);
+
+    // Read to their end, the stalled clients' pieces no longer count.
+    for (first, mut client) in stalled {
+        let mut raw = Vec::new();
+        client.read_to_end(&mut raw).await.unwrap();
+        let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(raw.starts_with(b"HTTP/1.1 206"));
+        assert_eq!(&raw[head_end..], &film[first..first + PIECE]);
+    }
+    let kept = range(&proxy, "/film", &spec(24_000_000)).await;
+    check(&kept, 24_000_000);
+    let status = cache_status(&kept);
+    assert!(status.contains("stored"), "{status}");
+    let hit = range(&proxy, "/film", &spec(24_000_000)).await;
+    check(&hit, 24_000_000);
+    assert!(is_hit(&hit), "{}", cache_status(&hit));
+    assert_eq!(origin.hits("/film"), 5);
+}

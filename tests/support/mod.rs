@@ -96,6 +96,29 @@ pub async fn read_at_least(body: &mut hyper::body::Incoming, at_least: usize) ->
     read
 }
 
+/// A client that asks for `path` on a connection whose receive buffer is a few KiB (so
+/// the kernel does not read on for it), reads the response head and then stops reading.
+pub async fn stalled_client(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    stalled_client_with(addr, path, "").await
+}
+
+/// [`stalled_client`] whose request carries `fields` (whole lines, each ending in CRLF).
+pub async fn stalled_client_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    fields: &str,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    // The Host a client given the proxy's URL sends: the same cache key as theirs.
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{fields}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
 /// Waits until `condition` holds, looking again every millisecond; fails the test after
 /// [`PATIENCE`]. For states a test observes but cannot be notified of.
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {

@@ -1290,3 +1290,64 @@ async fn pieces_for_stalled_clients_count_against_the_fills_memory_budget() {
     assert!(is_hit(&hit), "{}", cache_status(&hit));
     assert_eq!(origin.hits("/film"), 5);
 }
+
+/// What arrived of an abandoned download is read back from its file to be kept as a
+/// prefix (RFC 9111 §3.3), and held in memory meanwhile: it counts against the fills'
+/// memory budget too, so downloads cancelled together cannot each read back a piece at
+/// once. While a client stalled on a range miss holds the budget, the prefix is not kept
+/// and the next GET fetches the whole; the client still gets every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_read_back_past_the_fills_memory_budget_is_not_kept() {
+    const PIECE: usize = 6 << 20;
+    let film: bytes::Bytes = (0..32usize << 20).map(|i| (i % 251) as u8).collect();
+    let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 239) as u8).collect();
+    let open = OpenBodies::default();
+    let headers = header_list(&[("cache-control", "max-age=600"), ("etag", "\"t1\"")]);
+    let origin = Origin::start(vec![
+        ("/film", ranged("\"f1\"", film.clone())),
+        (
+            "/talk.mp4",
+            Fixture::sequence(vec![
+                Fixture::Held {
+                    first: whole.slice(..300_000),
+                    declared: whole.len(),
+                    open: open.clone(),
+                    headers: headers.clone(),
+                },
+                Fixture::Ranged {
+                    headers,
+                    body: whole.clone(),
+                },
+            ]),
+        ),
+    ])
+    .await;
+    let disk = tempfile::tempdir().unwrap();
+    // Bodies past 64 KiB go to their disk file as they arrive: a prefix is read back.
+    let config = format!(
+        "{CONFIG}unread_fill_limit = \"64KiB\"\nmax_object_size = \"64KiB\"\n\
+         fill_memory_budget = \"1MiB\"\ndir = \"{}\"\n",
+        disk.path().display()
+    );
+    let proxy = Proxy::start(&origin.url(), &config).await;
+    let spec = format!("bytes=1000-{}", 1000 + PIECE - 1);
+    let _stalled = stalled_client_with(proxy.addr, "/film", &format!("Range: {spec}\r\n")).await;
+    eventually("the stalled client's range to be asked for", || {
+        origin.hits("/film") == 1
+    })
+    .await;
+    let probe = range(&proxy, "/film", &spec).await;
+    assert_eq!(probe.body, film.slice(1000..1000 + PIECE));
+
+    abandon_after_some(&proxy, "/talk.mp4", &open).await;
+    let again = get(&proxy.url("/talk.mp4"), &[]).await;
+    assert_eq!(again.status.as_u16(), 200, "{}", again.text());
+    assert_eq!(again.body, whole);
+    let asked = &origin.last("/talk.mp4").headers;
+    assert!(
+        asked.get("range").is_none(),
+        "no prefix to complete: {asked:?}"
+    );
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    assert_eq!(metrics.prefix_completions.get(), 0);
+}

@@ -639,10 +639,19 @@ impl FillWriter<'_> {
             return;
         }
         let most = usize::try_from(partials.max_piece()).unwrap_or(usize::MAX);
+        // What is read back from the spill file is held in memory until kept: it counts
+        // against the fills' budget, or many downloads cancelled at once would each read
+        // back a piece beside the others (in memory, the fill's chunks are counted already).
+        let mut read_back = None;
         let bytes = if self.is_retained {
             self.fill.retained_prefix(self.held.as_ref(), most)
         } else if let Some(spill) = &self.spill {
             let len = spill.flushed().min(partials.max_piece());
+            read_back = self.cache.commit_piece(len);
+            if read_back.is_none() {
+                tracing::debug!(url = %self.meta.url, "fills' memory budget taken: what arrived is not kept");
+                return;
+            }
             let Some(in_file) = read_prefix(spill.path().to_path_buf(), len).await else {
                 return;
             };
@@ -675,6 +684,7 @@ impl FillWriter<'_> {
         let held = self.cache.add_partial(piece).await;
         // The pieces kept before may have held the rest.
         self.cache.store_if_complete(&held).await;
+        drop(read_back);
         tracing::debug!(url = %self.meta.url, bytes = len, "kept what arrived as a partial entry");
     }
 }

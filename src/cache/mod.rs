@@ -440,13 +440,23 @@ impl Cache {
                 .holds_past(self.fill_bounds.memory_budget.saturating_sub(len))
     }
 
-    /// The count against the fills' memory budget of a piece of `len` bytes read whole
-    /// before it is kept as a partial entry; `None` when other fills leave it no room (one
-    /// alone may pass the budget, as a fill may). Without it, concurrent range misses would
-    /// each hold a piece of up to a quarter of `partial_capacity`, however many came.
-    pub fn commit_piece(&self, len: u64) -> Option<fill::Commitment<'_>> {
+    /// The count against the fills' memory budget of `len` bytes read whole before they go
+    /// on: a piece to keep as a partial entry, a prefix read back from its file, an artifact
+    /// held for its digest check. `None` when other fills leave it no room (one alone may
+    /// pass the budget, as a fill may). Without it, concurrent range misses, cancelled
+    /// downloads or artifact misses would each hold up to their limit, however many came.
+    pub fn commit_held(&self, len: u64) -> Option<fill::Commitment<'_>> {
         self.coalescer
             .commit(len, self.fill_bounds.memory_budget, None)
+    }
+
+    /// Room for a body held whole as it arrives, counted against the fills' memory budget
+    /// as it grows (see [`Cache::commit_held`]).
+    pub fn held_room(&self) -> HeldRoom<'_> {
+        HeldRoom {
+            cache: self,
+            commitment: None,
+        }
     }
 
     /// Whether a fill of a body of `len` bytes goes on to the end and is stored when none
@@ -1318,6 +1328,26 @@ impl Cache {
             .filter(|disk| !disk.is_available())
             .map(|_| target.selection(header));
         self.invalidate_keys(&tagged, soft, unlisted, true).await
+    }
+}
+
+/// What a body held whole as it arrives counts against the fills' memory budget
+/// ([`Cache::held_room`]); given back when dropped.
+pub struct HeldRoom<'c> {
+    cache: &'c Cache,
+    commitment: Option<fill::Commitment<'c>>,
+}
+
+impl HeldRoom<'_> {
+    /// Whether `len` bytes may be held: they count against the budget from now on.
+    pub fn grow_to(&mut self, len: u64) -> bool {
+        match &mut self.commitment {
+            Some(commitment) => commitment.grow_to(len, self.cache.fill_bounds.memory_budget),
+            None => {
+                self.commitment = self.cache.commit_held(len);
+                self.commitment.is_some()
+            }
+        }
     }
 }
 

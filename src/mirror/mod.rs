@@ -441,6 +441,9 @@ impl Mirror {
     /// entry at `url` (`scheme://authority/path?query`): a rewritten document, a verified
     /// artifact, or the answer as it came. A response the mirror does not touch is not read.
     ///
+    /// An artifact is held whole to be checked while `room` allows as many bytes (the fills'
+    /// memory budget), else checked as it streams.
+    ///
     /// # Errors
     /// [`MirrorError`] when an artifact fails its check or cannot be read to be checked; the
     /// refusal is counted for the registry.
@@ -449,7 +452,7 @@ impl Mirror {
         (path, url): (&str, &str),
         mut head: Head,
         body: OriginBody,
-        body_read_timeout: Duration,
+        (body_read_timeout, room): (Duration, &mut (dyn FnMut(u64) -> bool + Send)),
     ) -> Result<(Head, OriginBody), MirrorError> {
         let Some(registry) = self.registry_for(path) else {
             return Ok((head, body));
@@ -485,7 +488,8 @@ impl Mirror {
                 None => Ok(body),
                 Some(expected) => {
                     let checked = (registry, &expected, path);
-                    self.verified(checked, &head, body, body_read_timeout).await
+                    self.verified(checked, &head, body, (body_read_timeout, room))
+                        .await
                 }
             },
         };
@@ -502,13 +506,14 @@ impl Mirror {
     }
 
     /// The artifact's body, checked against `expected`: held and checked whole up to
-    /// `hold_max`, else checked as it streams ([`check`]).
+    /// `hold_max` while `room` allows, else checked as it streams ([`check`]). A gzip-coded
+    /// one is held whatever `room` says: it is checked decoded, which streaming cannot do.
     async fn verified(
         &self,
         (registry, expected, path): (&Registry, &digests::Expected, &str),
         head: &Head,
         body: OriginBody,
-        body_read_timeout: Duration,
+        (body_read_timeout, room): (Duration, &mut (dyn FnMut(u64) -> bool + Send)),
     ) -> Result<OriginBody, MirrorError> {
         let encoded = head.headers.contains_key(header::CONTENT_ENCODING);
         let streamed = |prefix: Bytes, context, body| {
@@ -524,7 +529,13 @@ impl Mirror {
             ))
         };
         let declared = crate::cache::entry::content_length(&head.headers);
-        if !encoded && declared.is_some_and(|len| len > self.hold_max) {
+        let mut room = |len: u64| encoded || room(len);
+        let holdable = match declared {
+            Some(len) => len <= self.hold_max && room(len),
+            // Held as it arrives, while there is room.
+            None => room(0),
+        };
+        if !encoded && !holdable {
             return Ok(streamed(Bytes::new(), expected.context(), body));
         }
         let refuse = |err: MirrorError| {
@@ -543,7 +554,7 @@ impl Mirror {
         let mismatch = || MirrorError::Mismatch {
             algorithm: expected.algorithm.name(),
         };
-        let bytes = match read_whole(body, self.hold_max, body_read_timeout).await? {
+        let bytes = match read_whole(body, (self.hold_max, &mut room), body_read_timeout).await? {
             Whole::Read(bytes) => bytes,
             Whole::TooLarge(..) if encoded => {
                 return Err(refuse(MirrorError::TooLargeToVerify(self.hold_max)))
@@ -629,7 +640,9 @@ impl Mirror {
             tracing::warn!(registry = %registry.name, path, "index document over mirror.rewrite_max: relayed as it came");
             return Ok(body);
         }
-        let raw = match read_whole(body, self.rewrite_max, body_read_timeout).await? {
+        let raw = match read_whole(body, (self.rewrite_max, &mut |_| true), body_read_timeout)
+            .await?
+        {
             Whole::Read(raw) => raw,
             Whole::TooLarge(prefix, rest) => {
                 tracing::warn!(registry = %registry.name, path, "index document over mirror.rewrite_max: relayed as it came");
@@ -761,7 +774,7 @@ enum Whole {
 /// The whole body if it has at most `max` bytes, each frame within `frame_timeout`.
 async fn read_whole(
     mut body: OriginBody,
-    max: u64,
+    (max, room): (u64, &mut (dyn FnMut(u64) -> bool + Send)),
     frame_timeout: Duration,
 ) -> Result<Whole, MirrorError> {
     let mut chunks = bytes::BytesMut::new();
@@ -774,7 +787,7 @@ async fn read_whole(
         };
         if let Ok(data) = frame.into_data() {
             chunks.extend_from_slice(&data);
-            if chunks.len() as u64 > max {
+            if chunks.len() as u64 > max || !room(chunks.len() as u64) {
                 return Ok(Whole::TooLarge(chunks.freeze(), body));
             }
         }
@@ -869,5 +882,72 @@ mod tests {
             mirror.base_for("http://m:8080/pypi/simple/?q"),
             "http://m:8080"
         );
+    }
+
+    fn artifact_head(len: usize) -> Head {
+        let response = http::Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, len)
+            .body(())
+            .unwrap();
+        response.into_parts().0
+    }
+
+    /// An artifact is held whole for its check only while the fills' memory budget has
+    /// room for it (`room`): then a mismatch is refused before any byte goes on. Without
+    /// room it is checked as it streams, and a mismatch ends its body as an error.
+    #[tokio::test]
+    async fn an_artifact_without_room_to_be_held_is_checked_as_it_streams() {
+        use http_body_util::BodyExt;
+        let mirror = mirror();
+        let published = b"the artifact as published";
+        let digest = ring::digest::digest(&ring::digest::SHA256, published);
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let path = format!("/pypi/_files/by-hash/SHA256/{hex}");
+        let url = format!("https://files.example/by-hash/SHA256/{hex}");
+        let tampered = Bytes::from_static(b"the artifact as tampered!");
+        let timeout = Duration::from_secs(5);
+
+        let mut asked = Vec::new();
+        let mut room = |len: u64| {
+            asked.push(len);
+            true
+        };
+        let held = mirror
+            .on_response(
+                (&path, &url),
+                artifact_head(tampered.len()),
+                OriginBody::read(tampered.clone()),
+                (timeout, &mut room),
+            )
+            .await;
+        assert!(matches!(held, Err(MirrorError::Mismatch { .. })));
+        let len = tampered.len() as u64;
+        assert!(
+            !asked.is_empty() && asked.iter().all(|&asked| asked == len),
+            "counted for its declared length: {asked:?}"
+        );
+
+        let (_, body) = mirror
+            .on_response(
+                (&path, &url),
+                artifact_head(tampered.len()),
+                OriginBody::read(tampered.clone()),
+                (timeout, &mut |_| false),
+            )
+            .await
+            .expect("checked as it streams");
+        assert!(body.collect().await.is_err(), "the mismatch ends the body");
+
+        let (_, body) = mirror
+            .on_response(
+                (&path, &url),
+                artifact_head(published.len()),
+                OriginBody::read(Bytes::from_static(published)),
+                (timeout, &mut |_| false),
+            )
+            .await
+            .expect("checked as it streams");
+        assert_eq!(body.collect().await.unwrap().to_bytes(), &published[..]);
     }
 }

@@ -1230,7 +1230,7 @@ impl FillTask {
         };
         // The piece is read whole before it is kept: it counts against the fills' memory
         // budget, or is relayed unkept, as a body past the budget streams through unstored.
-        let Some(_commitment) = cache.commit_piece(range.byte_count()) else {
+        let Some(_commitment) = cache.commit_held(range.byte_count()) else {
             tracing::debug!(url = %self.plan.url, "fills' memory budget taken: 206 relayed, not kept");
             self.fill
                 .publish(FillStatus::Uncacheable(NoStoreReason::PartialContent));
@@ -1433,12 +1433,16 @@ impl FillTask {
             return Ok((head, body));
         };
         let origin = || self.origin.clone();
+        // An artifact held whole for its check counts against the fills' memory budget
+        // until it goes on; past it, it is checked as it streams.
+        let mut held = self.proxy.cache.held_room();
+        let mut room = |len: u64| held.grow_to(len);
         mirror
             .on_response(
                 (&self.path, &self.plan.url),
                 head,
                 body,
-                self.proxy.body_read_timeout,
+                (self.proxy.body_read_timeout, &mut room),
             )
             .await
             .map_err(|err| match err {

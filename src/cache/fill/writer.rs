@@ -647,7 +647,7 @@ impl FillWriter<'_> {
             self.fill.retained_prefix(self.held.as_ref(), most)
         } else if let Some(spill) = &self.spill {
             let len = spill.flushed().min(partials.max_piece());
-            read_back = self.cache.commit_piece(len);
+            read_back = self.cache.commit_held(len);
             if read_back.is_none() {
                 tracing::debug!(url = %self.meta.url, "fills' memory budget taken: what arrived is not kept");
                 return;

@@ -408,8 +408,10 @@ impl Upstream {
         let check = async {
             let response = self.send(request, url, protocol, timeout).await.result?;
             let status = response.status();
-            // Read to the end, so the connection can serve the next check.
-            let _ = response.into_body().collect().await;
+            // Read to the end, so the connection can serve the next check; each chunk is
+            // dropped as it comes (a health URL may answer with a large page).
+            let mut body = response.into_body();
+            while let Some(Ok(_)) = body.frame().await {}
             Ok(status)
         };
         tokio::time::timeout(timeout, check)

@@ -1222,33 +1222,17 @@ impl FillTask {
             (Ok(read), Some(range), Some(variant)) => (read, range, variant),
             (verdict, _, _) => {
                 let reason = verdict.err().unwrap_or(NoStoreReason::PartialContent);
-                self.fill.publish(FillStatus::Uncacheable(reason));
-                let response = Response::from_parts(head, Body::from(body));
-                self.answer_leader(LeaderAnswer::Relayed(response));
-                return;
+                return self.relay_unkept(reason, Response::from_parts(head, Body::from(body)));
             }
         };
         // The piece is read whole before it is kept: it counts against the fills' memory
         // budget, or is relayed unkept, as a body past the budget streams through unstored.
         let Some(_commitment) = cache.commit_held(range.byte_count()) else {
             tracing::debug!(url = %self.plan.url, "fills' memory budget taken: 206 relayed, not kept");
-            self.fill
-                .publish(FillStatus::Uncacheable(NoStoreReason::PartialContent));
             let response = Response::from_parts(head, Body::from(body));
-            self.answer_leader(LeaderAnswer::Relayed(response));
-            return;
+            return self.relay_unkept(NoStoreReason::PartialContent, response);
         };
-        let tee = if self.leader_asked_for(&range, &head.headers) {
-            // What the leader has not read yet is held in memory besides the piece, until
-            // its response is done or dropped.
-            let hold = cache.coalescer().hold(range.byte_count());
-            let (tee, piece) = tokio::sync::mpsc::unbounded_channel();
-            let streamed = Response::from_parts(head_copy(&head), piece_body(piece, hold));
-            self.answer_leader(LeaderAnswer::PieceStreaming(streamed));
-            Some(tee)
-        } else {
-            None
-        };
+        let tee = self.stream_piece_to_leader(&head, &range);
         let bytes = match self
             .read_piece(body, range.byte_count(), tee.as_ref())
             .await
@@ -1259,11 +1243,8 @@ impl FillTask {
                 // would put wrong bytes at those offsets; the client still gets what the
                 // origin sent, as a cache that stores no partial content would pass it on.
                 tracing::debug!(url = %self.plan.url, "206 body does not match its Content-Range: relayed, not stored");
-                self.fill
-                    .publish(FillStatus::Uncacheable(NoStoreReason::PartialContent));
                 let response = Response::from_parts(head, as_received);
-                self.answer_leader(LeaderAnswer::Relayed(response));
-                return;
+                return self.relay_unkept(NoStoreReason::PartialContent, response);
             }
             Err(err) => return self.origin_failed(err, Some(206)),
         };
@@ -1292,6 +1273,31 @@ impl FillTask {
             .publish(FillStatus::Uncacheable(NoStoreReason::PartialContent));
         let as_received = Response::from_parts(head, Body::full(bytes));
         self.answer_leader(LeaderAnswer::Partial(held, as_received, own_fields));
+    }
+
+    /// The fill ends unstored for `reason`, and the leader gets `response` as it came.
+    fn relay_unkept(&mut self, reason: NoStoreReason, response: Response<Body>) {
+        self.fill.publish(FillStatus::Uncacheable(reason));
+        self.answer_leader(LeaderAnswer::Relayed(response));
+    }
+
+    /// When the leader asked for exactly the 206's `piece` (see [`Self::leader_asked_for`]):
+    /// the leader is answered with the 206 as it arrives, and where its chunks go.
+    fn stream_piece_to_leader(
+        &mut self,
+        head: &http::response::Parts,
+        piece: &ContentRange,
+    ) -> Option<PieceSender> {
+        if !self.leader_asked_for(piece, &head.headers) {
+            return None;
+        }
+        // What the leader has not read yet is held in memory besides the piece, until its
+        // response is done or dropped.
+        let hold = self.proxy.cache.coalescer().hold(piece.byte_count());
+        let (tee, chunks) = tokio::sync::mpsc::unbounded_channel();
+        let streamed = Response::from_parts(head_copy(head), piece_body(chunks, hold));
+        self.answer_leader(LeaderAnswer::PieceStreaming(streamed));
+        Some(tee)
     }
 
     /// Whether the leader's Range asks for exactly `piece`, which the 206's Content-Length

@@ -606,26 +606,29 @@ async fn a_small_range_of_a_large_object_is_sent_at_once_and_lets_the_fetch_stop
 /// request gets a 200 of which 300,000 bytes are sent, then nothing more until outpost lets
 /// go (`open` counts it open); later ones are answered in full, honouring Range.
 async fn held_then_ranged(path: &'static str) -> (Origin, OpenBodies, bytes::Bytes) {
+    let (answers, open, whole) = held_then_ranged_answers();
+    let origin = Origin::start(vec![(path, answers)]).await;
+    (origin, open, whole)
+}
+
+/// The answers [`held_then_ranged`] gives, the bodies they hold open, and the whole.
+fn held_then_ranged_answers() -> (Fixture, OpenBodies, bytes::Bytes) {
     let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 251) as u8).collect();
     let open = OpenBodies::default();
     let headers = header_list(&[("cache-control", "max-age=600"), ("etag", "\"t1\"")]);
-    let origin = Origin::start(vec![(
-        path,
-        Fixture::sequence(vec![
-            Fixture::Held {
-                first: whole.slice(..300_000),
-                declared: whole.len(),
-                open: open.clone(),
-                headers: headers.clone(),
-            },
-            Fixture::Ranged {
-                headers,
-                body: whole.clone(),
-            },
-        ]),
-    )])
-    .await;
-    (origin, open, whole)
+    let answers = Fixture::sequence(vec![
+        Fixture::Held {
+            first: whole.slice(..300_000),
+            declared: whole.len(),
+            open: open.clone(),
+            headers: headers.clone(),
+        },
+        Fixture::Ranged {
+            headers,
+            body: whole.clone(),
+        },
+    ]);
+    (answers, open, whole)
 }
 
 /// RFC 9111 §3.3, §3.4: what arrived of a 200 whose only client hung up (a viewer
@@ -1300,26 +1303,10 @@ async fn pieces_for_stalled_clients_count_against_the_fills_memory_budget() {
 async fn a_prefix_read_back_past_the_fills_memory_budget_is_not_kept() {
     const PIECE: usize = 6 << 20;
     let film: bytes::Bytes = (0..32usize << 20).map(|i| (i % 251) as u8).collect();
-    let whole: bytes::Bytes = (0..400_000u32).map(|i| (i % 239) as u8).collect();
-    let open = OpenBodies::default();
-    let headers = header_list(&[("cache-control", "max-age=600"), ("etag", "\"t1\"")]);
+    let (talk, open, whole) = held_then_ranged_answers();
     let origin = Origin::start(vec![
         ("/film", ranged("\"f1\"", film.clone())),
-        (
-            "/talk.mp4",
-            Fixture::sequence(vec![
-                Fixture::Held {
-                    first: whole.slice(..300_000),
-                    declared: whole.len(),
-                    open: open.clone(),
-                    headers: headers.clone(),
-                },
-                Fixture::Ranged {
-                    headers,
-                    body: whole.clone(),
-                },
-            ]),
-        ),
+        ("/talk.mp4", talk),
     ])
     .await;
     let disk = tempfile::tempdir().unwrap();

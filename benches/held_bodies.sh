@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Memory held for bodies read whole before they go on (issue 17, target 6), two builds side
+# by side, each sampled by held_memory.py while many clients at once make it hold one:
+#
+#   ranges     STALLED clients (64) each ask for a distinct PIECE_MIB MiB range (6) past
+#              `cache.range_fill_max_offset` of one of four 10 MiB objects, read 1 KiB and
+#              hold on for HOLD_S seconds (6): a forwarded 206 is read whole to be kept as a
+#              partial entry, and what a slow client has not read yet waits in memory too.
+#   cancelled  N curl downloads (32) of distinct 40 MiB objects (1 MiB every 20 ms)
+#              stopped after STOP_S seconds (1.5), disk tier: what arrived of each is read
+#              back from its file to be kept as a prefix. Sampled until HOLD_S seconds (4)
+#              after the cancel. (A faster origin makes the downloads' own memory, which
+#              varies from run to run by more than the read-backs, the larger part.)
+#   artifacts  N curl downloads (16) at once of distinct 40 MiB Debian `by-hash` files
+#              (whose path names their SHA-256) through the package mirror: each is held
+#              whole to be checked, up to `mirror.hold_max` (64 MiB).
+#
+# The origin is `trickle_origin.py`. Prints each build's peak RSS as a ratio to its memory
+# capacity (MEM, default 128MiB), and what it kept or whether every file arrived whole.
+# Loopback only; stops what it started.
+#
+#   BEFORE=/path/to/old/outpost AFTER=target/release/outpost benches/held_bodies.sh ranges
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+SCENARIO=${1:?ranges, cancelled or artifacts}
+BEFORE=${BEFORE:?path of the build to compare against}
+AFTER=${AFTER:-$HERE/../target/release/outpost}
+MEM=${MEM:-128MiB}
+export STEP_KIB=1024
+case $SCENARIO in
+  ranges) export SIZE_MIB=10 INTERVAL_MS=1; N=${STALLED:-64}; HOLD_S=${HOLD_S:-6} ;;
+  cancelled) export SIZE_MIB=40 INTERVAL_MS=20; N=${N:-32}; HOLD_S=${HOLD_S:-4} ;;
+  artifacts) export SIZE_MIB=40 INTERVAL_MS=10; N=${N:-16}; HOLD_S=0 ;;
+  *) echo "unknown scenario $SCENARIO" >&2; exit 2 ;;
+esac
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; wait; rm -rf "$WORK"; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; }
+python3 "$HERE/trickle_origin.py" 19041 >/dev/null 2>&1 & PIDS+=($!)
+wait_port 19041
+cap=$(python3 -c "
+s='$MEM'.lower().replace('ib','').replace('b','')
+m={'k':1<<10,'m':1<<20,'g':1<<30}
+print(int(float(s[:-1])*m[s[-1]]) if s[-1] in m else int(s))")
+printf '[[mirror.registries]]\nname = "debian"\nkind = "debian"\npath = "/debian/"\nupstream = "http://127.0.0.1:19041"\n' \
+  >"$WORK/mirror.toml"
+digest=$(python3 -c "
+import hashlib, os
+print(hashlib.sha256(bytes(i % 251 for i in range(int(os.environ['SIZE_MIB']) << 20))).hexdigest())")
+declare -A PORT=([before]=19042 [after]=19043) ADMIN=([before]=19044 [after]=19045)
+for name in before after; do
+  bin=$BEFORE; [[ $name == after ]] && bin=$AFTER
+  extra=()
+  [[ $SCENARIO == cancelled ]] && extra=(--cache-dir "$WORK/cache-$name")
+  [[ $SCENARIO == artifacts ]] && extra=(--config "$WORK/mirror.toml")
+  OUTPOST_LOG__ACCESS_LOG=false OUTPOST_CACHE__MEMORY_CAPACITY=$MEM "$bin" serve \
+    --listen "127.0.0.1:${PORT[$name]}" --admin "127.0.0.1:${ADMIN[$name]}" \
+    --origin http://127.0.0.1:19041 "${extra[@]}" >"$WORK/$name.log" 2>&1 &
+  PIDS+=($!)
+  eval "PID_$name=$!"
+  wait_port "${PORT[$name]}"
+done
+stalled_ranges() { # stalled_ranges PORT
+  python3 - "$1" "$N" "${PIECE_MIB:-6}" "$HOLD_S" <<'PY'
+import socket, sys, time
+port, stalled, piece, hold = (int(a) for a in sys.argv[1:])
+held = []
+for i in range(stalled):
+    first = (1 << 20) + i * 50 * 1024
+    last = first + (piece << 20) - 1
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(f"GET /obj-{i % 4} HTTP/1.1\r\nHost: x\r\nRange: bytes={first}-{last}\r\n\r\n".encode())
+    s.recv(1024)
+    held.append(s)
+time.sleep(hold)
+PY
+}
+downloads() { # downloads PORT: N curl downloads at once, to the end or stopped
+  local pids=() i
+  for i in $(seq "$N"); do
+    if [[ $SCENARIO == cancelled ]]; then
+      curl -s --max-time "${STOP_S:-1.5}" -o /dev/null "http://127.0.0.1:$1/cancel-$i-$$" &
+    else
+      curl -s -o "$WORK/file-$i" "http://127.0.0.1:$1/debian/dists/d$i-$$/main/by-hash/SHA256/$digest" &
+    fi
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  sleep "$HOLD_S"
+}
+for name in before after; do
+  pid_var=PID_$name
+  python3 "$HERE/held_memory.py" "${!pid_var}" >"$WORK/$name.mem" & sampler=$!
+  if [[ $SCENARIO == ranges ]]; then stalled_ranges "${PORT[$name]}"; else downloads "${PORT[$name]}"; fi
+  kill "$sampler"; wait "$sampler" 2>/dev/null
+  if [[ $SCENARIO == artifacts ]]; then
+    outcome="$(for i in $(seq "$N"); do sha256sum "$WORK/file-$i"; done | grep -c "^$digest ") of $N files whole"
+    rm -f "$WORK"/file-*
+  else
+    outcome="partial store: $(curl -s "http://127.0.0.1:${ADMIN[$name]}/status.json" \
+      | python3 -c 'import json,sys; p=json.load(sys.stdin)["tiers"]["partial"]; print(p["entries"], "entries,", round(p["bytes"] / 1048576, 1), "MiB")')"
+  fi
+  awk -v cap="$cap" -v name="$name" -v outcome="$outcome" '
+    { if ($1 > r) r = $1; last = $1 }
+    END { printf "%-6s peak RSS %6.1f MiB (%.2fx capacity), at the end %6.1f MiB; %s\n",
+          name, r / 1048576, r / cap, last / 1048576, outcome }' "$WORK/$name.mem"
+done

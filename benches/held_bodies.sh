@@ -11,6 +11,10 @@
 #              back from its file to be kept as a prefix. Sampled until HOLD_S seconds (4)
 #              after the cancel. (A faster origin makes the downloads' own memory, which
 #              varies from run to run by more than the read-backs, the larger part.)
+#   spilled    STALLED clients (64) each ask for a distinct 40 MiB object, disk tier, read
+#              1 KiB and hold on for HOLD_S seconds (6): each fill streams to disk, and a
+#              stalled client goes on from the file; what the fill reads next is held for
+#              no reader unless dropped.
 #   artifacts  N curl downloads (16) at once of distinct 40 MiB Debian `by-hash` files
 #              (whose path names their SHA-256) through the package mirror: each is held
 #              whole to be checked, up to `mirror.hold_max` (64 MiB).
@@ -22,7 +26,7 @@
 #   BEFORE=/path/to/old/outpost AFTER=target/release/outpost benches/held_bodies.sh ranges
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
-SCENARIO=${1:?ranges, cancelled or artifacts}
+SCENARIO=${1:?ranges, cancelled, spilled or artifacts}
 BEFORE=${BEFORE:?path of the build to compare against}
 AFTER=${AFTER:-$HERE/../target/release/outpost}
 MEM=${MEM:-128MiB}
@@ -30,6 +34,7 @@ export STEP_KIB=1024
 case $SCENARIO in
   ranges) export SIZE_MIB=10 INTERVAL_MS=1; N=${STALLED:-64}; HOLD_S=${HOLD_S:-6} ;;
   cancelled) export SIZE_MIB=40 INTERVAL_MS=20; N=${N:-32}; HOLD_S=${HOLD_S:-4} ;;
+  spilled) export SIZE_MIB=40 INTERVAL_MS=5; N=${STALLED:-64}; HOLD_S=${HOLD_S:-6} ;;
   artifacts) export SIZE_MIB=40 INTERVAL_MS=10; N=${N:-16}; HOLD_S=0 ;;
   *) echo "unknown scenario $SCENARIO" >&2; exit 2 ;;
 esac
@@ -53,7 +58,7 @@ declare -A PORT=([before]=19042 [after]=19043) ADMIN=([before]=19044 [after]=190
 for name in before after; do
   bin=$BEFORE; [[ $name == after ]] && bin=$AFTER
   extra=()
-  [[ $SCENARIO == cancelled ]] && extra=(--cache-dir "$WORK/cache-$name")
+  [[ $SCENARIO == cancelled || $SCENARIO == spilled ]] && extra=(--cache-dir "$WORK/cache-$name")
   [[ $SCENARIO == artifacts ]] && extra=(--config "$WORK/mirror.toml")
   OUTPOST_LOG__ACCESS_LOG=false OUTPOST_CACHE__MEMORY_CAPACITY=$MEM "$bin" serve \
     --listen "127.0.0.1:${PORT[$name]}" --admin "127.0.0.1:${ADMIN[$name]}" \
@@ -62,17 +67,21 @@ for name in before after; do
   eval "PID_$name=$!"
   wait_port "${PORT[$name]}"
 done
-stalled_ranges() { # stalled_ranges PORT
-  python3 - "$1" "$N" "${PIECE_MIB:-6}" "$HOLD_S" <<'PY'
+stalled() { # stalled PORT: clients that read 1 KiB and hold on (ranges: each a range)
+  python3 - "$1" "$N" "${PIECE_MIB:-6}" "$HOLD_S" "$SCENARIO" "$$" <<'PY'
 import socket, sys, time
-port, stalled, piece, hold = (int(a) for a in sys.argv[1:])
+port, stalled, piece, hold, run = (int(a) for a in sys.argv[1:5] + sys.argv[6:7])
+ranges = sys.argv[5] == "ranges"
 held = []
 for i in range(stalled):
     first = (1 << 20) + i * 50 * 1024
     last = first + (piece << 20) - 1
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.sendall(f"GET /obj-{i % 4} HTTP/1.1\r\nHost: x\r\nRange: bytes={first}-{last}\r\n\r\n".encode())
+    if ranges:
+        s.sendall(f"GET /obj-{i % 4} HTTP/1.1\r\nHost: x\r\nRange: bytes={first}-{last}\r\n\r\n".encode())
+    else:
+        s.sendall(f"GET /spilled-{i}-{run}-{port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     s.recv(1024)
     held.append(s)
 time.sleep(hold)
@@ -94,7 +103,7 @@ downloads() { # downloads PORT: N curl downloads at once, to the end or stopped
 for name in before after; do
   pid_var=PID_$name
   python3 "$HERE/held_memory.py" "${!pid_var}" >"$WORK/$name.mem" & sampler=$!
-  if [[ $SCENARIO == ranges ]]; then stalled_ranges "${PORT[$name]}"; else downloads "${PORT[$name]}"; fi
+  if [[ $SCENARIO == ranges || $SCENARIO == spilled ]]; then stalled "${PORT[$name]}"; else downloads "${PORT[$name]}"; fi
   kill "$sampler"; wait "$sampler" 2>/dev/null
   if [[ $SCENARIO == artifacts ]]; then
     outcome="$(for i in $(seq "$N"); do sha256sum "$WORK/file-$i"; done | grep -c "^$digest ") of $N files whole"

@@ -759,6 +759,59 @@ async fn a_late_follower_of_a_large_fill_streams_from_its_disk_file() {
     assert_eq!(origin.hits("/big.deb"), 1);
 }
 
+/// A client that stops reading a large object streaming to disk goes on from the file;
+/// what the fill reads after that is not held in memory for it. Before, a stalled client
+/// kept the rest of the body in memory for as long as it held its connection (64 of them
+/// on 40 MiB objects took a 128 MiB node past 2 GiB). It still gets every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_of_a_fill_streaming_to_disk_holds_none_of_it_in_memory() {
+    use tokio::io::AsyncReadExt;
+    const FIRST: usize = 24 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(32 << 20);
+    let gate = Gate::closed();
+    let origin = Origin::start(vec![(
+        "/big.iso",
+        Fixture::Halves {
+            headers: support::header_list(&[("cache-control", "max-age=3600")]),
+            first: body.slice(..FIRST),
+            gate: gate.clone(),
+            rest: body.slice(FIRST..),
+        },
+    )])
+    .await;
+    let proxy = start_large_objects_on_disk(&origin.url(), dir.path()).await;
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    let mut stalled = support::stalled_client(proxy.addr, "/big.iso").await;
+    support::eventually("the stalled client's fetch", || {
+        origin.hits("/big.iso") == 1
+    })
+    .await;
+    // A follower reads from the fill's file what the origin has sent (all but the last
+    // write batch and chunk of it): by then the stalled client, some MiB in at most, has
+    // long gone on from the file.
+    let request = Request::get(proxy.url("/big.iso"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut follower = client().request(request).await.unwrap().into_body();
+    let mut followed = Vec::new();
+    while followed.len() < FIRST - (2 << 20) {
+        let frame = follower.frame().await.unwrap().unwrap();
+        followed.extend_from_slice(&frame.into_data().unwrap());
+    }
+    let held = metrics.fill_bytes.get();
+    assert!(held < 1 << 20, "the fill holds {held} bytes for nobody");
+    gate.open();
+    followed.extend_from_slice(&follower.collect().await.unwrap().to_bytes());
+    assert!(followed == body[..], "the follower's body");
+    let mut raw = Vec::new();
+    stalled.read_to_end(&mut raw).await.unwrap();
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(raw.starts_with(b"HTTP/1.1 200"));
+    assert!(raw[head_end..] == body[..], "the stalled client's body");
+    assert_eq!(origin.hits("/big.iso"), 1);
+}
+
 /// With per-block digests, a range touching only intact blocks is served, while a read
 /// reaching the corrupt block sends nothing of it: the client gets only verified bytes,
 /// then an error; the entry is removed and refetched.

@@ -759,6 +759,11 @@ impl Fill {
         body.retained_bytes += chunk.len();
         body.chunks.push_back(chunk);
         body.waiting_at.push_back(0);
+        // A fill no longer keeping its body drops at once what no attached reader will
+        // read: once its readers have all gone on from its file (a fill streaming to disk
+        // whose clients stalled), nothing else would, and it held the rest of a large body
+        // in memory for nobody until they let go.
+        self.trim(&mut body);
         wake_all(&mut body);
     }
 
@@ -1388,6 +1393,32 @@ mod tests {
         let (readers, unread_since) = fill.readership();
         assert_eq!(readers, 0);
         assert!(unread_since.is_some());
+    }
+
+    /// Once every reader of a fill streaming to disk has gone on from its file, what the
+    /// fill reads next is not held for nobody (it used to be, to the end of the body, for
+    /// as long as a stalled client kept its connection).
+    #[tokio::test]
+    async fn chunks_no_attached_reader_will_read_are_not_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spill");
+        std::fs::write(&path, b"abcdef").unwrap();
+        let coalescer = coalescer();
+        let (fill, reader) = coalescer.solo();
+        fill.set_spill(SpillState::Writing {
+            path: Arc::new(path),
+            written: 6,
+        });
+        fill.stop_retaining();
+        fill.push(Bytes::from_static(b"abc"));
+        assert_eq!(coalescer.held_bytes(), 3, "held for its reader");
+        fill.detach_slow_readers(0);
+        assert_eq!(coalescer.held_bytes(), 0);
+        fill.push(Bytes::from_static(b"def"));
+        fill.push(Bytes::from_static(b"ghi"));
+        assert_eq!(coalescer.held_bytes(), 0, "read on for the file alone");
+        assert_eq!(fill.body.lock().retained_bytes, 0);
+        drop(reader);
     }
 
     /// A failed fill ends every reader with an error, never a clean end.

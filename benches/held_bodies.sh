@@ -11,7 +11,7 @@
 #              back from its file to be kept as a prefix. Sampled until HOLD_S seconds (4)
 #              after the cancel. (A faster origin makes the downloads' own memory, which
 #              varies from run to run by more than the read-backs, the larger part.)
-#   spilled    STALLED clients (64) each ask for a distinct 40 MiB object, disk tier, read
+#   spilled    STALLED clients (64) each ask for a distinct SIZE_MIB (40) MiB object, disk tier, read
 #              1 KiB and hold on for HOLD_S seconds (6): each fill streams to disk, and a
 #              stalled client goes on from the file; what the fill reads next is held for
 #              no reader unless dropped.
@@ -34,7 +34,7 @@ export STEP_KIB=1024
 case $SCENARIO in
   ranges) export SIZE_MIB=10 INTERVAL_MS=1; N=${STALLED:-64}; HOLD_S=${HOLD_S:-6} ;;
   cancelled) export SIZE_MIB=40 INTERVAL_MS=20; N=${N:-32}; HOLD_S=${HOLD_S:-4} ;;
-  spilled) export SIZE_MIB=40 INTERVAL_MS=5; N=${STALLED:-64}; HOLD_S=${HOLD_S:-6} ;;
+  spilled) export SIZE_MIB=${SIZE_MIB:-40} INTERVAL_MS=5; N=${STALLED:-64}; HOLD_S=${HOLD_S:-6} ;;
   artifacts) export SIZE_MIB=40 INTERVAL_MS=10; N=${N:-16}; HOLD_S=0 ;;
   *) echo "unknown scenario $SCENARIO" >&2; exit 2 ;;
 esac

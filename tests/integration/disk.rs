@@ -812,6 +812,44 @@ async fn a_stalled_client_of_a_fill_streaming_to_disk_holds_none_of_it_in_memory
     assert_eq!(origin.hits("/big.iso"), 1);
 }
 
+/// Once a large object streaming to disk is stored whole, a client still reading it
+/// goes on from its file, and the fill lets go of the chunks it kept for that client: a
+/// stalled client within 4 MiB of the end held them for as long as it stalled (64 on 8
+/// MiB objects: 231 MiB of fill chunks at 128 MiB of capacity). It still gets every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_fill_keeps_no_chunks_for_a_client_still_reading_it() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(6 << 20);
+    let origin = Origin::start(vec![(
+        "/big.iso",
+        Fixture::Static {
+            status: StatusCode::OK,
+            headers: vec![("cache-control", "max-age=3600".into())],
+            body: body.clone(),
+        },
+    )])
+    .await;
+    let proxy = start_large_objects_on_disk(&origin.url(), dir.path()).await;
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    let mut stalled = support::stalled_client(proxy.addr, "/big.iso").await;
+    let stored = support::eventually_some("the object to be stored on disk", || async {
+        let reply = get(&proxy.url("/big.iso"), &[]).await;
+        support::is_hit(&reply).then_some(reply)
+    })
+    .await;
+    assert_eq!(stored.body, body);
+    support::eventually("the fill to let go of its chunks", || {
+        metrics.fill_bytes.get() == 0
+    })
+    .await;
+    let mut raw = Vec::new();
+    stalled.read_to_end(&mut raw).await.unwrap();
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(raw[head_end..] == body[..], "the stalled client's body");
+    assert_eq!(origin.hits("/big.iso"), 1);
+}
+
 /// With per-block digests, a range touching only intact blocks is served, while a read
 /// reaching the corrupt block sends nothing of it: the client gets only verified bytes,
 /// then an error; the entry is removed and refetched.

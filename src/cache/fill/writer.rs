@@ -441,6 +441,10 @@ impl FillWriter<'_> {
             return admitted;
         }
         self.settle(entry);
+        // Whole in its file now: readers still behind go on from it, and the chunks kept
+        // for them are let go (a stalled client would hold up to the last 4 MiB of the
+        // body in memory for as long as it stalled).
+        self.fill.detach_slow_readers(0);
         admitted
     }
 

@@ -1066,9 +1066,12 @@ impl Fill {
             }
             body.waiting_at.pop_front();
         }
+        if released == 0 {
+            return false;
+        }
         body.retained_bytes -= released;
         self.held_bytes.dec_by(released as i64);
-        released > 0
+        true
     }
 }
 

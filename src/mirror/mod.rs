@@ -530,12 +530,13 @@ impl Mirror {
         };
         let declared = crate::cache::entry::content_length(&head.headers);
         let mut room = |len: u64| encoded || room(len);
-        let holdable = match declared {
-            Some(len) => len <= self.hold_max && room(len),
-            // Held as it arrives, while there is room.
-            None => room(0),
-        };
-        if !encoded && !holdable {
+        let holdable = encoded
+            || match declared {
+                Some(len) => len <= self.hold_max && room(len),
+                // Held as it arrives, while there is room.
+                None => room(0),
+            };
+        if !holdable {
             return Ok(streamed(Bytes::new(), expected.context(), body));
         }
         let refuse = |err: MirrorError| {

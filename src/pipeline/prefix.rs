@@ -87,10 +87,9 @@ pub(super) fn join(
     };
     let (offset, complete_len) = (prefix.prefix_len(), prefix.complete_len());
     let coding = prefix.meta.headers.get(header::CONTENT_ENCODING);
-    let rest = (head.status, &head.headers);
     let left = match rest_of(
-        rest.0,
-        rest.1,
+        head.status,
+        &head.headers,
         (&validator, coding),
         (offset, Some(complete_len)),
     ) {

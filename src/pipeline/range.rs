@@ -197,7 +197,6 @@ pub fn partial_answers(entry: &PartialEntry, parts: &http::request::Parts) -> bo
 /// start from (`curl -C -` after a download that stopped): the origin is asked only for
 /// what the prefix lacks.
 pub fn forwards(parts: &http::request::Parts, held: Option<Held>, max_offset: u64) -> bool {
-    let known_len = held.map(|held| held.len);
     if parts.method != http::Method::GET || parts.headers.contains_key(header::IF_RANGE) {
         return false;
     }
@@ -208,13 +207,17 @@ pub fn forwards(parts: &http::request::Parts, held: Option<Held>, max_offset: u6
     else {
         return false;
     };
-    match parse(range, known_len.unwrap_or(u64::MAX)) {
-        Ranges::Satisfiable(ranges) => match (&ranges[..], known_len) {
+    match parse(range, held.map_or(u64::MAX, |held| held.len)) {
+        Ranges::Satisfiable(ranges) => match (&ranges[..], held) {
             (&[(first, _)], None) => first > max_offset,
             // Running to the end from inside a prefix the whole could start from: the
             // fetch asks for the rest past the prefix alone, and stores the whole.
-            (&[(first, last)], Some(len)) if last + 1 == len && first < held_prefix(held) => false,
-            (&[(first, last)], Some(len)) => first > max_offset || last + 1 < len,
+            (&[(first, last)], Some(held))
+                if last + 1 == held.len && first < held.completable_prefix =>
+            {
+                false
+            }
+            (&[(first, last)], Some(held)) => first > max_offset || last + 1 < held.len,
             _ => false,
         },
         Ranges::Ignore | Ranges::Unsatisfiable => false,
@@ -238,10 +241,6 @@ impl Held {
             completable_prefix: entry.completable_prefix(),
         }
     }
-}
-
-fn held_prefix(held: Option<Held>) -> u64 {
-    held.map_or(0, |held| held.completable_prefix)
 }
 
 /// The stored body a range is cut from.

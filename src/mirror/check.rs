@@ -1,12 +1,13 @@
-//! An origin body passed on while its digest is computed: for artifacts too large to hold
-//! before serving (`mirror.hold_max`). At the end the digest is compared with the one the
-//! index published; a mismatch ends the body as an error, so the fill stores nothing and
-//! every client's transfer is aborted (a client sees a broken download, never a complete
-//! wrong one). The newest chunk is held back until the next arrives, and the last until
-//! the digest matches: a client counting the declared length would otherwise have every
-//! byte, and a complete response, before the check (a response relayed unstored, too large
-//! for the tiers, was). Also replays bytes read ahead (a prefix read while deciding to
-//! hold).
+//! An origin body passed on while something watches its bytes: a digest computed for an
+//! artifact too large to hold before serving (`mirror.hold_max`), or a `Packages` index's
+//! digests read on a blocking thread ([`super::recording`]). The newest chunk is held back
+//! until the next arrives, and the last until the watcher is done with the end: a client
+//! counting the declared length would otherwise have every byte, and a complete response,
+//! before the check (a response relayed unstored, too large for the tiers, was), and a
+//! fill would store an index whose digests were not yet recorded. A digest mismatch ends
+//! the body as an error, so the fill stores nothing and every client's transfer is aborted
+//! (a client sees a broken download, never a complete wrong one). Also replays bytes read
+//! ahead (a prefix read while deciding to hold).
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -21,6 +22,21 @@ use super::{MirrorError, RegistryStats};
 use crate::body::BoxError;
 use crate::upstream::OriginBody;
 
+/// What looks at a body's bytes as they pass, and has the last word on its end.
+pub trait Watcher: Send + Unpin {
+    /// Ready when the watcher can take another chunk (it may keep a bounded queue).
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+
+    /// Sees each chunk of the body, in order, once [`Watcher::poll_ready`] was ready.
+    fn update(&mut self, data: &Bytes);
+
+    /// The body has ended cleanly: ready with `Ok` lets what is held go, with an error ends
+    /// the body with it instead (what is held is dropped).
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>;
+}
+
 /// What a checked stream compares against, and whom it tells of a mismatch.
 pub struct Check {
     pub expected: Expected,
@@ -28,49 +44,30 @@ pub struct Check {
     pub stats: Arc<RegistryStats>,
 }
 
-pub struct CheckedStream {
-    /// Bytes already read (and hashed), sent first.
-    prefix: Option<Bytes>,
-    inner: OriginBody,
-    /// The running digest and what it must come to; `None` passes the body unchecked.
-    check: Option<(ring::digest::Context, Check)>,
-    /// The newest chunk, sent once the next one (or a checked end) is known.
-    held: Option<Bytes>,
-    /// The origin's trailers, sent after what is held.
-    trailers: Option<http::HeaderMap>,
-    /// The inner body has ended (checked); what is held goes out, then the trailers, then
-    /// the end.
-    ended: bool,
+/// A running digest and the one it must come to.
+pub struct DigestWatcher {
+    context: ring::digest::Context,
+    check: Check,
 }
 
-impl CheckedStream {
-    /// `inner`'s bytes after `prefix`, checked against `check` when given; `prefix` must
-    /// already be in `context`.
-    pub fn new(
-        prefix: Bytes,
-        inner: OriginBody,
-        check: Option<(ring::digest::Context, Check)>,
-    ) -> CheckedStream {
-        CheckedStream {
-            prefix: (!prefix.is_empty()).then_some(prefix),
-            inner,
-            check,
-            held: None,
-            trailers: None,
-            ended: false,
-        }
+impl DigestWatcher {
+    /// `context` must already hold any prefix the stream replays.
+    pub fn new(context: ring::digest::Context, check: Check) -> DigestWatcher {
+        DigestWatcher { context, check }
+    }
+}
+
+impl Watcher for DigestWatcher {
+    fn update(&mut self, data: &Bytes) {
+        self.context.update(data);
     }
 
-    /// The body has ended: its digest is compared; on a mismatch what is held back is
-    /// dropped and the error to end with comes back.
-    fn end(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
-        self.ended = true;
-        let (context, check) = self.check.take()?;
-        let digest = context.finish();
+    fn poll_end(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let digest = self.context.clone().finish();
+        let check = &self.check;
         if check.expected.is(digest.as_ref()) {
-            return None;
+            return Poll::Ready(Ok(()));
         }
-        self.held = None;
         check
             .stats
             .integrity_failures
@@ -79,7 +76,56 @@ impl CheckedStream {
             algorithm: check.expected.algorithm.name(),
         };
         tracing::warn!(registry = %check.registry, error = %err, "artifact refused while streaming: transfer aborted, nothing stored");
-        Some(Err(Box::new(err)))
+        Poll::Ready(Err(Box::new(err)))
+    }
+}
+
+pub struct CheckedStream {
+    /// Bytes already read (and seen by the watcher), sent first.
+    prefix: Option<Bytes>,
+    inner: OriginBody,
+    /// `None` passes the body on unwatched, or once the watcher has had the end.
+    watcher: Option<Box<dyn Watcher>>,
+    /// The newest chunk, sent once the next one (or a clean end) is known.
+    held: Option<Bytes>,
+    /// The origin's trailers, sent after what is held.
+    trailers: Option<http::HeaderMap>,
+    /// The inner body has ended; once the watcher is done, what is held goes out, then the
+    /// trailers, then the end.
+    ended: bool,
+}
+
+impl CheckedStream {
+    /// `inner`'s bytes after `prefix`, watched by `watcher` when given; `prefix` must
+    /// already have been shown to it.
+    pub fn new(
+        prefix: Bytes,
+        inner: OriginBody,
+        watcher: Option<Box<dyn Watcher>>,
+    ) -> CheckedStream {
+        CheckedStream {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            inner,
+            watcher,
+            held: None,
+            trailers: None,
+            ended: false,
+        }
+    }
+
+    /// The body has ended: the watcher has its say; on an error what is held back is
+    /// dropped and the error to end with comes back.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Option<BoxError>> {
+        self.ended = true;
+        let Some(watcher) = &mut self.watcher else {
+            return Poll::Ready(None);
+        };
+        let verdict = ready!(watcher.poll_end(cx));
+        self.watcher = None;
+        Poll::Ready(verdict.err().inspect(|_| {
+            self.held = None;
+            self.trailers = None;
+        }))
     }
 }
 
@@ -94,6 +140,9 @@ impl Body for CheckedStream {
         let this = self.get_mut();
         loop {
             if this.ended {
+                if let Some(err) = ready!(this.poll_end(cx)) {
+                    return Poll::Ready(Some(Err(err)));
+                }
                 let frame = match this.held.take() {
                     Some(data) => Some(Frame::data(data)),
                     None => this.trailers.take().map(Frame::trailers),
@@ -101,23 +150,28 @@ impl Body for CheckedStream {
                 return Poll::Ready(frame.map(Ok));
             }
             let frame = match this.prefix.take() {
-                // Hashed already.
+                // Seen already.
                 Some(prefix) => Frame::data(prefix),
-                None => match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                    Some(Ok(frame)) => {
-                        if let (Some(data), Some((context, _))) =
-                            (frame.data_ref(), &mut this.check)
-                        {
-                            context.update(data);
-                        }
-                        frame
+                None => {
+                    if let Some(watcher) = &mut this.watcher {
+                        ready!(watcher.poll_ready(cx));
                     }
-                    Some(Err(err)) => return Poll::Ready(Some(Err(err))),
-                    None => match this.end() {
-                        Some(mismatch) => return Poll::Ready(Some(mismatch)),
-                        None => continue,
-                    },
-                },
+                    match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                        Some(Ok(frame)) => {
+                            if let (Some(data), Some(watcher)) =
+                                (frame.data_ref(), &mut this.watcher)
+                            {
+                                watcher.update(data);
+                            }
+                            frame
+                        }
+                        Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                        None => {
+                            this.ended = true;
+                            continue;
+                        }
+                    }
+                }
             };
             match frame.into_data() {
                 Ok(data) => {
@@ -125,13 +179,11 @@ impl Body for CheckedStream {
                         return Poll::Ready(Some(Ok(Frame::data(previous))));
                     }
                 }
-                // Trailers end the body: checked before anything held goes out, and sent
-                // after it.
+                // Trailers end the body: the watcher has the end before anything held
+                // goes out, and they follow it.
                 Err(trailers) => {
-                    if let Some(mismatch) = this.end() {
-                        return Poll::Ready(Some(mismatch));
-                    }
                     this.trailers = trailers.into_trailers().ok();
+                    this.ended = true;
                 }
             }
         }
@@ -155,7 +207,7 @@ impl Body for CheckedStream {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.held.is_none() && self.trailers.is_none()
+        self.ended && self.watcher.is_none() && self.held.is_none() && self.trailers.is_none()
     }
 }
 
@@ -183,7 +235,8 @@ mod tests {
             stats: Arc::default(),
         };
         let context = ring::digest::Context::new(&ring::digest::SHA256);
-        CheckedStream::new(Bytes::new(), origin_body(frames), Some((context, check)))
+        let watcher = DigestWatcher::new(context, check);
+        CheckedStream::new(Bytes::new(), origin_body(frames), Some(Box::new(watcher)))
     }
 
     fn trailers() -> http::HeaderMap {

@@ -41,6 +41,120 @@ pub fn may_be_packages(raw: &[u8]) -> bool {
     prefix.is_empty() || prefix.starts_with(PACKAGES_START)
 }
 
+/// Digest records as [`super::digests::DigestStore::put_all`] takes them.
+pub type DigestRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A `Packages` index read as its decoded text is written to it: each run of whole
+/// paragraphs becomes digest records at once and is let go, so the text is never held whole
+/// (Debian's main index decodes to 50 MB; its records take about 6). A write fails, and
+/// ends the decoding, once the text is past its limit or is not a `Packages` index.
+pub struct PackagesRecords {
+    /// Text after the last blank line read: the start of a paragraph still arriving.
+    pending: Vec<u8>,
+    decoded: u64,
+    limit: u64,
+    archive_root: String,
+    records: DigestRecords,
+    /// Whether the text has yet to show it starts like a `Packages` index (a `by-hash`
+    /// file may be any index).
+    unconfirmed: bool,
+    stopped: Option<NotRead>,
+}
+
+/// Why a `Packages` index's text was not read to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotRead {
+    /// It decodes to more than the limit.
+    PastTheLimit,
+    /// It starts as another index does.
+    OtherIndex,
+    /// Its text is not UTF-8.
+    NotText,
+}
+
+impl PackagesRecords {
+    /// `by_hash`: the text must start like a `Packages` index, or be empty, to be read (a
+    /// `by-hash` file may be any index).
+    pub fn new(archive_root: &str, limit: u64, by_hash: bool) -> PackagesRecords {
+        PackagesRecords {
+            pending: Vec::new(),
+            decoded: 0,
+            limit,
+            archive_root: archive_root.to_string(),
+            records: Vec::new(),
+            unconfirmed: by_hash,
+            stopped: None,
+        }
+    }
+
+    /// Why the text stopped being read, if a write failed for it.
+    pub fn stopped(&self) -> Option<NotRead> {
+        self.stopped
+    }
+
+    /// Whether any of the text was seen to start like a `Packages` index (or none had to).
+    pub fn confirmed(&self) -> bool {
+        !self.unconfirmed
+    }
+
+    /// The records of every paragraph, the last one included, once the text has ended.
+    pub fn finish(mut self) -> Result<DigestRecords, NotRead> {
+        if let Some(reason) = self.stopped {
+            return Err(reason);
+        }
+        if self.unconfirmed && !self.pending.is_empty() {
+            return Err(NotRead::OtherIndex);
+        }
+        let last = std::str::from_utf8(&self.pending).map_err(|_| NotRead::NotText)?;
+        super::documents::debian_packages(last, &self.archive_root, &mut self.records);
+        Ok(self.records)
+    }
+
+    fn stop(&mut self, reason: NotRead) -> std::io::Error {
+        self.stopped = Some(reason);
+        std::io::Error::other(format!("Packages index not read: {reason:?}"))
+    }
+}
+
+impl std::io::Write for PackagesRecords {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if let Some(reason) = self.stopped {
+            return Err(self.stop(reason));
+        }
+        self.decoded += data.len() as u64;
+        if self.decoded > self.limit {
+            return Err(self.stop(NotRead::PastTheLimit));
+        }
+        // A blank line may straddle two writes: look from the byte before this one.
+        let search_from = self.pending.len().saturating_sub(1);
+        self.pending.extend_from_slice(data);
+        if self.unconfirmed {
+            let seen = self.pending.len().min(PACKAGES_START.len());
+            if self.pending[..seen] != PACKAGES_START[..seen] {
+                return Err(self.stop(NotRead::OtherIndex));
+            }
+            self.unconfirmed = seen < PACKAGES_START.len();
+        }
+        let Some(blank) = self.pending[search_from..]
+            .windows(2)
+            .rposition(|pair| pair == b"\n\n")
+        else {
+            return Ok(data.len());
+        };
+        let whole = search_from + blank;
+        let Ok(text) = std::str::from_utf8(&self.pending[..whole]) else {
+            return Err(self.stop(NotRead::NotText));
+        };
+        super::documents::debian_packages(text, &self.archive_root, &mut self.records);
+        self.pending.drain(..whole + 2);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What a suite's `Release` (or `InRelease`) says of its index files.
 #[derive(Debug, Default)]
 pub struct ReleaseIndex {
@@ -140,6 +254,103 @@ mod tests {
         assert!(may_be_packages(b"\xfd7zXZ\0 not really xz"));
         assert!(!may_be_packages(&xz(b"usr/bin/a    utils/a\n")));
         assert!(!may_be_packages(b"Origin: Debian\n"));
+    }
+
+    const HEX: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+    fn index(packages: usize) -> String {
+        (0..packages)
+            .map(|i| {
+                format!("Package: p{i}\nDescription: d\n long\n\nFilename: pool/p{i}.deb\nSHA256: {HEX}\n")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The text written in pieces of `piece` bytes (the last paragraph has no blank line
+    /// after it, as in Debian's files).
+    fn records_of(text: &[u8], piece: usize, by_hash: bool) -> Result<Vec<Vec<u8>>, NotRead> {
+        let mut records = PackagesRecords::new("/debian/", 1 << 20, by_hash);
+        for chunk in text.chunks(piece) {
+            if records.write_all(chunk).is_err() {
+                break;
+            }
+        }
+        let read = records.finish()?;
+        Ok(read.into_iter().map(|(key, _)| key).collect())
+    }
+
+    /// Paragraphs and blank lines split anywhere across writes read the same as whole.
+    #[test]
+    fn packages_read_in_pieces_record_what_the_whole_text_records() {
+        let text = index(50);
+        let whole = records_of(text.as_bytes(), text.len(), false).unwrap();
+        assert_eq!(whole.len(), 50);
+        assert_eq!(whole[49], b"digest:/debian/pool/p49.deb");
+        for piece in [1, 2, 7, 64, 1000] {
+            assert_eq!(
+                records_of(text.as_bytes(), piece, false).unwrap(),
+                whole,
+                "{piece}"
+            );
+            assert_eq!(
+                records_of(text.as_bytes(), piece, true).unwrap(),
+                whole,
+                "{piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn packages_text_stops_past_the_limit_or_when_not_a_packages_index() {
+        let text = index(1000);
+        let mut records = PackagesRecords::new("/debian/", 4096, false);
+        assert!(records.write_all(text.as_bytes()).is_err());
+        assert_eq!(records.stopped(), Some(NotRead::PastTheLimit));
+        assert_eq!(records.finish(), Err(NotRead::PastTheLimit));
+        // A by-hash file that is a Contents or Translation index is not read on.
+        for piece in [1, 3, 100] {
+            let contents = b"usr/bin/a    utils/a\n".repeat(10);
+            assert_eq!(records_of(&contents, piece, true), Err(NotRead::OtherIndex));
+            // By name it is read for what it has: nothing.
+            assert_eq!(records_of(&contents, piece, false), Ok(Vec::new()));
+        }
+        assert_eq!(records_of(b"Pack", 1, true), Err(NotRead::OtherIndex));
+        assert_eq!(records_of(b"", 1, true), Ok(Vec::new()), "an empty index");
+        let mut latin1 = index(2).into_bytes();
+        latin1.extend_from_slice(b"\n\nPackage: \xe9\n\nPackage: b\n");
+        assert_eq!(records_of(&latin1, 5, false), Err(NotRead::NotText));
+    }
+
+    /// The compressed forms read as they arrive, a byte at a time, leading bytes included.
+    #[test]
+    fn compressed_indexes_decode_as_they_stream() {
+        let text = index(200);
+        for raw in [
+            Bytes::from(text.clone()),
+            gz(text.as_bytes()),
+            xz(text.as_bytes()),
+        ] {
+            let mut records = PackagesRecords::new("/debian/", 1 << 20, true);
+            let trickle = std::io::BufReader::with_capacity(1, &raw[..]);
+            crate::mirror::decode::decode_stream(
+                crate::mirror::decode::Coding::Sniffed,
+                trickle,
+                &mut records,
+            )
+            .unwrap();
+            assert_eq!(records.finish().unwrap().len(), 200);
+        }
+        let mut truncated = xz(text.as_bytes()).to_vec();
+        truncated.truncate(truncated.len() - 8);
+        let mut records = PackagesRecords::new("/debian/", 1 << 20, true);
+        let decoded = crate::mirror::decode::decode_stream(
+            crate::mirror::decode::Coding::Sniffed,
+            &truncated[..],
+            &mut records,
+        );
+        assert!(decoded.is_err(), "a truncated index does not decode");
+        assert!(records.confirmed() && records.stopped().is_none());
     }
 
     #[test]

@@ -85,9 +85,44 @@ pub fn gunzipped_matches(raw: &[u8], expected: &Expected, limit: u64) -> CodedVe
 
 /// Decodes `raw` as its leading bytes say into `out`, which ends it with an error once full.
 fn decode_into(raw: &[u8], out: &mut impl Write) -> std::io::Result<()> {
-    if raw.starts_with(GZIP) {
-        std::io::copy(&mut flate2::read::MultiGzDecoder::new(raw), out).map(drop)
-    } else if raw.starts_with(XZ) {
+    decode_stream(Coding::Sniffed, raw, out)
+}
+
+/// How the bytes of a document arrive: as its leading bytes say (gzip, xz or plain), or
+/// gzip (a `Content-Encoding: gzip` body) around plain text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    Sniffed,
+    Gzip,
+}
+
+/// Decodes what `raw` yields, as `coding` says, into `out` as it reads: the decoded bytes
+/// are never held here, so `out` decides what is kept and when to stop (with an error).
+pub fn decode_stream(
+    coding: Coding,
+    mut raw: impl std::io::BufRead,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    if coding == Coding::Gzip {
+        return std::io::copy(&mut flate2::bufread::MultiGzDecoder::new(raw), out).map(drop);
+    }
+    // The leading bytes may come split across reads (a chunked body's first chunk can be
+    // one byte): gathered first, then read again ahead of the rest.
+    let mut leading = Vec::with_capacity(XZ.len());
+    while leading.len() < XZ.len() {
+        let available = raw.fill_buf()?;
+        if available.is_empty() {
+            break;
+        }
+        let taken = available.len().min(XZ.len() - leading.len());
+        leading.extend_from_slice(&available[..taken]);
+        raw.consume(taken);
+    }
+    let (gzip, xz) = (leading.starts_with(GZIP), leading.starts_with(XZ));
+    let mut raw = std::io::Read::chain(&leading[..], raw);
+    if gzip {
+        std::io::copy(&mut flate2::bufread::MultiGzDecoder::new(raw), out).map(drop)
+    } else if xz {
         let stream = liblzma::stream::Stream::new_stream_decoder(
             XZ_MEMORY_LIMIT,
             liblzma::stream::CONCATENATED,
@@ -99,7 +134,7 @@ fn decode_into(raw: &[u8], out: &mut impl Write) -> std::io::Result<()> {
         )
         .map(drop)
     } else {
-        out.write_all(raw)
+        std::io::copy(&mut raw, out).map(drop)
     }
 }
 

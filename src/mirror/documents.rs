@@ -432,14 +432,10 @@ pub fn debian_field<'a>(paragraph: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// A Debian `Packages` file: each paragraph's `SHA256` recorded for `archive_root` +
+/// Paragraphs of a Debian `Packages` file (whole ones: the caller splits the file at blank
+/// lines): each paragraph's `SHA256` recorded into `records` for `archive_root` +
 /// `Filename`.
-///
-/// # Errors
-/// [`DocumentError::NotText`] for a file that is not UTF-8.
-pub fn debian_packages(bytes: &[u8], archive_root: &str) -> Result<Read, DocumentError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| DocumentError::NotText)?;
-    let mut read = Read::default();
+pub fn debian_packages(text: &str, archive_root: &str, records: &mut Vec<(Vec<u8>, Vec<u8>)>) {
     for paragraph in text.split("\n\n") {
         // One walk over the paragraph's lines for both fields: an index has tens of
         // thousands of paragraphs, most of them long descriptions.
@@ -462,10 +458,9 @@ pub fn debian_packages(bytes: &[u8], archive_root: &str) -> Result<Read, Documen
         };
         if let Some(expected) = Expected::from_hex(Algorithm::Sha256, sha256) {
             let path = format!("{}/{}", archive_root.trim_end_matches('/'), filename);
-            DigestStore::record(&mut read.records, &path, &expected);
+            DigestStore::record(records, &path, &expected);
         }
     }
-    Ok(read)
 }
 
 #[cfg(test)]
@@ -614,12 +609,10 @@ mod tests {
         let packages = format!(
             "Package: a\nFilename: pool/main/a/a_1.0+b1_all.deb\nSHA256: {HEX}\n\nPackage: b\nFilename: pool/b.deb\n"
         );
-        let read = debian_packages(packages.as_bytes(), "/debian/").unwrap();
-        assert_eq!(read.records.len(), 1);
-        assert_eq!(
-            read.records[0].0,
-            b"digest:/debian/pool/main/a/a_1.0+b1_all.deb"
-        );
+        let mut records = Vec::new();
+        debian_packages(&packages, "/debian/", &mut records);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].0, b"digest:/debian/pool/main/a/a_1.0+b1_all.deb");
         // Fields in any order and case (deb822); a description's continuation line that
         // reads like a field is part of the description.
         let packages = format!(
@@ -630,8 +623,9 @@ Description: c
 filename: pool/c.deb
 "
         );
-        let read = debian_packages(packages.as_bytes(), "/debian/").unwrap();
-        let keys: Vec<&[u8]> = read.records.iter().map(|(key, _)| key.as_slice()).collect();
+        let mut records = Vec::new();
+        debian_packages(&packages, "/debian/", &mut records);
+        let keys: Vec<&[u8]> = records.iter().map(|(key, _)| key.as_slice()).collect();
         assert_eq!(keys, [b"digest:/debian/pool/c.deb".as_slice()]);
     }
 }

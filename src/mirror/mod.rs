@@ -21,6 +21,7 @@ pub mod decode;
 pub mod digests;
 pub mod documents;
 pub mod negotiate;
+pub mod recording;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use http_body_util::BodyExt;
 use crate::cache::disk::DiskTier;
 use crate::config::{MirrorConfig, RegistryKind};
 use crate::upstream::OriginBody;
+use decode::Coding;
 use digests::DigestStore;
 use documents::{DocumentError, Links};
 
@@ -323,7 +325,7 @@ impl DocumentJob {
                 documents::cargo_index(text, &template)
             }
             Document::NpmPackument => documents::npm_packument(text, &links, path)?,
-            // Read off the runtime by `Mirror::record_debian_packages`, never here.
+            // Read as it streams by `Mirror::reading_packages`, never here.
             Document::DebianPackages => documents::Read::default(),
         };
         self.digests.put_all(read.records);
@@ -487,9 +489,21 @@ impl Mirror {
             Handling::Artifact => match self.digests.expected(path) {
                 None => Ok(body),
                 Some(expected) => {
-                    let checked = (registry, &expected, path);
-                    self.verified(checked, &head, body, (body_read_timeout, room))
-                        .await
+                    let checked = (registry, &expected);
+                    let verified = self
+                        .verified(checked, &head, body, (body_read_timeout, room))
+                        .await;
+                    if registry.kind == RegistryKind::Debian && debian::is_by_hash(path) {
+                        // apt fetches its indexes by hash when the archive's `Release`
+                        // says `Acquire-By-Hash: yes`, as Debian's does: one that turns out
+                        // to be a `Packages` index is read on its way to apt, so the
+                        // packages it lists are checked from the first download.
+                        verified.map(|body| {
+                            self.reading_packages(registry, (Coding::Sniffed, true), body)
+                        })
+                    } else {
+                        verified
+                    }
                 }
             },
         };
@@ -510,7 +524,7 @@ impl Mirror {
     /// one is held whatever `room` says: it is checked decoded, which streaming cannot do.
     async fn verified(
         &self,
-        (registry, expected, path): (&Registry, &digests::Expected, &str),
+        (registry, expected): (&Registry, &digests::Expected),
         head: &Head,
         body: OriginBody,
         (body_read_timeout, room): (Duration, &mut (dyn FnMut(u64) -> bool + Send)),
@@ -522,10 +536,11 @@ impl Mirror {
                 registry: registry.name.clone(),
                 stats: Arc::clone(&registry.stats),
             };
+            let watcher = check::DigestWatcher::new(context, check);
             OriginBody::checked(check::CheckedStream::new(
                 prefix,
                 body,
-                Some((context, check)),
+                Some(Box::new(watcher)),
             ))
         };
         let declared = crate::cache::entry::content_length(&head.headers);
@@ -574,55 +589,31 @@ impl Mirror {
                 return Err(refuse(MirrorError::TooLargeToVerify(self.hold_max)))
             }
         }
-        if registry.kind == RegistryKind::Debian && debian::is_by_hash(path) {
-            // apt fetches its indexes by hash when the archive's `Release` says
-            // `Acquire-By-Hash: yes`, as Debian's does: one that turns out to be a `Packages`
-            // index is read before it reaches apt, so the packages it lists are checked from
-            // the first download.
-            self.record_debian_packages(registry, &bytes, debian::packages_text)
-                .await;
-        }
         Ok(OriginBody::read(bytes))
     }
 
-    /// Reads `raw` as a Debian `Packages` index (`decoder`: how its bytes become its text,
-    /// `None` when they are not one) and records its `.deb` digests, all on a blocking
-    /// thread: Debian's main index decodes to 50 MB and 63k records, which took about 1.1 s
-    /// (0.46 s decoding, 0.16 s reading, 0.48 s writing the records to the disk index), and
-    /// no runtime thread may spend that. Done before the index goes on, so that a crash
-    /// cannot leave an index stored whose digests were not.
-    async fn record_debian_packages(
+    /// `body` passed on while a blocking thread reads it as a Debian `Packages` index and
+    /// records the `.deb` digests it lists ([`recording`]); a `by_hash` file is read only
+    /// if its text starts like one (it may be any index).
+    fn reading_packages(
         &self,
         registry: &Registry,
-        raw: &Bytes,
-        decoder: fn(&Bytes, u64) -> Option<Bytes>,
-    ) {
-        let digests = Arc::clone(&self.digests);
-        let (raw, limit, root) = (raw.clone(), self.rewrite_max, registry.path.clone());
-        let read = tokio::task::spawn_blocking(move || {
-            let Some(text) = decoder(&raw, limit) else {
-                return Ok(if debian::may_be_packages(&raw) {
-                    PackagesRead::NotDecoded
-                } else {
-                    PackagesRead::OtherIndex
-                });
-            };
-            documents::debian_packages(&text, &root).map(|read| {
-                digests.put_all(read.records);
-                PackagesRead::Recorded
-            })
-        })
-        .await;
-        match read {
-            // Its packages go unchecked: the operator should know why.
-            Ok(Ok(PackagesRead::NotDecoded)) => {
-                tracing::warn!(registry = %registry.name, limit = self.rewrite_max, "Packages index not decoded within mirror.rewrite_max: its packages go unchecked")
-            }
-            Ok(Err(err)) => {
-                tracing::warn!(registry = %registry.name, error = %err, "Packages index not understood")
-            }
-            Ok(Ok(PackagesRead::Recorded | PackagesRead::OtherIndex)) | Err(_) => {}
-        }
+        (coding, by_hash): (Coding, bool),
+        body: OriginBody,
+    ) -> OriginBody {
+        let watcher = recording::PackagesWatcher::start(recording::PackagesReading {
+            coding,
+            by_hash,
+            limit: self.rewrite_max,
+            archive_root: registry.path.clone(),
+            registry: registry.name.clone(),
+            digests: Arc::clone(&self.digests),
+        });
+        OriginBody::checked(check::CheckedStream::new(
+            Bytes::new(),
+            body,
+            Some(Box::new(watcher)),
+        ))
     }
 
     /// Reads a document, records its digests and, for the documents clients get rewritten,
@@ -636,6 +627,19 @@ impl Mirror {
         body: OriginBody,
         body_read_timeout: Duration,
     ) -> Result<OriginBody, MirrorError> {
+        // None: no Content-Encoding; Some(false): one we cannot read.
+        let gzip_coded = head
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .map(|coding| coding.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        if document == Document::DebianPackages {
+            // Read for its digests only, as it goes on as it came.
+            return Ok(match gzip_coded {
+                None => self.reading_packages(registry, (Coding::Sniffed, false), body),
+                Some(true) => self.reading_packages(registry, (Coding::Gzip, false), body),
+                Some(false) => body,
+            });
+        }
         let declared = crate::cache::entry::content_length(&head.headers);
         if declared.is_some_and(|len| len > self.rewrite_max) {
             tracing::warn!(registry = %registry.name, path, "index document over mirror.rewrite_max: relayed as it came");
@@ -671,16 +675,6 @@ impl Mirror {
             .headers
             .get(header::CONTENT_ENCODING)
             .map(|coding| coding.as_bytes().eq_ignore_ascii_case(b"gzip"));
-        if document == Document::DebianPackages {
-            // Read for its digests only: it goes on as it came.
-            let decoder: fn(&Bytes, u64) -> Option<Bytes> = match gzip_coded {
-                None => decode::decoded,
-                Some(true) => decode::gunzipped,
-                Some(false) => return OriginBody::read(raw),
-            };
-            self.record_debian_packages(registry, &raw, decoder).await;
-            return OriginBody::read(raw);
-        }
         let text = match gzip_coded {
             None => raw.clone(),
             Some(true) => {
@@ -794,16 +788,6 @@ async fn read_whole(
         }
     }
     Ok(Whole::Read(chunks.freeze()))
-}
-
-/// What reading a file as a Debian `Packages` index came to.
-enum PackagesRead {
-    /// Its `.deb` digests are recorded.
-    Recorded,
-    /// A `by-hash` file that is some other index (`Contents`, translations, AppStream).
-    OtherIndex,
-    /// It looks like a `Packages` index but did not decode within `mirror.rewrite_max`.
-    NotDecoded,
 }
 
 #[cfg(test)]

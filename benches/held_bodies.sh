@@ -18,6 +18,12 @@
 #   artifacts  N curl downloads (16) at once of distinct 40 MiB Debian `by-hash` files
 #              (whose path names their SHA-256) through the package mirror: each is held
 #              whole to be checked, up to `mirror.hold_max` (64 MiB).
+#   packages   N curl downloads (4) at once of distinct Debian `Packages.xz` indexes through
+#              the package mirror, each a synthetic index of PACKAGES (60000) paragraphs
+#              (about 50 MB of text, 6 MB of xz, as Debian's main index): each is read for
+#              its `.deb` digests, which held the index and its decoded text whole. The
+#              outcome checks that the digests were recorded: a pool file they list, which
+#              the origin answers with other bytes, is refused.
 #
 # The origin is `trickle_origin.py`. Prints each build's peak RSS as a ratio to its memory
 # capacity (MEM, default 128MiB), and what it kept or whether every file arrived whole.
@@ -26,7 +32,7 @@
 #   BEFORE=/path/to/old/outpost AFTER=target/release/outpost benches/held_bodies.sh ranges
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
-SCENARIO=${1:?ranges, cancelled, spilled or artifacts}
+SCENARIO=${1:?ranges, cancelled, spilled, artifacts or packages}
 BEFORE=${BEFORE:?path of the build to compare against}
 AFTER=${AFTER:-$HERE/../target/release/outpost}
 MEM=${MEM:-128MiB}
@@ -36,6 +42,7 @@ case $SCENARIO in
   cancelled) export SIZE_MIB=40 INTERVAL_MS=20; N=${N:-32}; HOLD_S=${HOLD_S:-4} ;;
   spilled) export SIZE_MIB=${SIZE_MIB:-40} INTERVAL_MS=5; N=${STALLED:-64}; HOLD_S=${HOLD_S:-6} ;;
   artifacts) export SIZE_MIB=40 INTERVAL_MS=10; N=${N:-16}; HOLD_S=0 ;;
+  packages) export SIZE_MIB=1 INTERVAL_MS=2 STEP_KIB=256; N=${N:-4}; HOLD_S=0 ;;
   *) echo "unknown scenario $SCENARIO" >&2; exit 2 ;;
 esac
 WORK=$(mktemp -d)
@@ -43,6 +50,24 @@ PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; wait; rm -rf "$WORK"; }
 trap cleanup EXIT
 wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; }
+if [[ $SCENARIO == packages ]]; then
+  python3 - "$WORK/Packages.xz" "${PACKAGES:-60000}" <<'PY'
+import lzma, random, sys
+out, count = sys.argv[1], int(sys.argv[2])
+rng = random.Random(17)
+words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+         for _ in range(5000)]
+with lzma.open(out, "wt", preset=6) as index:
+    for i in range(count):
+        lines = [" " + " ".join(rng.choices(words, k=12)) for _ in range(rng.randint(2, 12))]
+        index.write(f"Package: pkg{i}\nVersion: 1.{i}\nArchitecture: amd64\n"
+                    f"Depends: libc6 (>= 2.36), pkg{rng.randrange(count)}\n"
+                    f"Description: {' '.join(rng.choices(words, k=6))}\n" + "\n".join(lines) +
+                    f"\nFilename: pool/main/p/pkg{i}/pkg{i}_1.{i}_amd64.deb\nSize: {rng.randrange(1 << 20)}\n"
+                    f"SHA256: {rng.getrandbits(256):064x}\n\n")
+PY
+  export BODY_FILE=$WORK/Packages.xz
+fi
 python3 "$HERE/trickle_origin.py" 19041 >/dev/null 2>&1 & PIDS+=($!)
 wait_port 19041
 cap=$(python3 -c "
@@ -59,7 +84,7 @@ for name in before after; do
   bin=$BEFORE; [[ $name == after ]] && bin=$AFTER
   extra=()
   [[ $SCENARIO == cancelled || $SCENARIO == spilled ]] && extra=(--cache-dir "$WORK/cache-$name")
-  [[ $SCENARIO == artifacts ]] && extra=(--config "$WORK/mirror.toml")
+  [[ $SCENARIO == artifacts || $SCENARIO == packages ]] && extra=(--config "$WORK/mirror.toml")
   OUTPOST_LOG__ACCESS_LOG=false OUTPOST_CACHE__MEMORY_CAPACITY=$MEM "$bin" serve \
     --listen "127.0.0.1:${PORT[$name]}" --admin "127.0.0.1:${ADMIN[$name]}" \
     --origin http://127.0.0.1:19041 "${extra[@]}" >"$WORK/$name.log" 2>&1 &
@@ -92,6 +117,9 @@ downloads() { # downloads PORT: N curl downloads at once, to the end or stopped
   for i in $(seq "$N"); do
     if [[ $SCENARIO == cancelled ]]; then
       curl -s --max-time "${STOP_S:-1.5}" -o /dev/null "http://127.0.0.1:$1/cancel-$i-$$" &
+    elif [[ $SCENARIO == packages ]]; then
+      curl -s -o "$WORK/file-$i" -w '%{time_total}\n' \
+        "http://127.0.0.1:$1/debian/dists/d$i-$$/main/binary-amd64/Packages.xz" >>"$WORK/times" &
     else
       curl -s -o "$WORK/file-$i" "http://127.0.0.1:$1/debian/dists/d$i-$$/main/by-hash/SHA256/$digest" &
     fi
@@ -105,7 +133,14 @@ for name in before after; do
   python3 "$HERE/held_memory.py" "${!pid_var}" >"$WORK/$name.mem" & sampler=$!
   if [[ $SCENARIO == ranges || $SCENARIO == spilled ]]; then stalled "${PORT[$name]}"; else downloads "${PORT[$name]}"; fi
   kill "$sampler"; wait "$sampler" 2>/dev/null
-  if [[ $SCENARIO == artifacts ]]; then
+  if [[ $SCENARIO == packages ]]; then
+    whole=$(for i in $(seq "$N"); do cmp -s "$WORK/file-$i" "$BODY_FILE" && echo; done | wc -l)
+    refused=$(curl -s -o /dev/null -w '%{http_code}' \
+      "http://127.0.0.1:${PORT[$name]}/debian/pool/main/p/pkg7/pkg7_1.7_amd64.deb")
+    slowest=$(sort -n "$WORK/times" | tail -1)
+    outcome="$whole of $N indexes whole, the slowest in ${slowest}s; a listed pool file with other bytes: $refused (502: digests recorded)"
+    rm -f "$WORK"/file-* "$WORK/times"
+  elif [[ $SCENARIO == artifacts ]]; then
     outcome="$(for i in $(seq "$N"); do sha256sum "$WORK/file-$i"; done | grep -c "^$digest ") of $N files whole"
     rm -f "$WORK"/file-*
   else

@@ -5,7 +5,8 @@ i % 251), STEP_KIB KiB every INTERVAL_MS ms, with Content-Length, `Cache-Control
 max-age=600` and a strong ETag. A single `Range: bytes=a-b` (or `a-`) gets a 206 of those
 bytes, sent the same way, unless an If-Range names another entity tag. With SENT_LOG set,
 each request appends `path bytes-sent range` to that file when it ends (its client may
-hang up before the body's end). Loopback only.
+hang up before the body's end). With BODY_FILE set, every path answers that file's bytes
+instead of the pattern. Loopback only.
 
     SIZE_MIB=16 STEP_KIB=256 INTERVAL_MS=50 python3 benches/trickle_origin.py PORT
 """
@@ -16,11 +17,16 @@ import socketserver
 import sys
 import time
 
-SIZE = int(os.environ.get("SIZE_MIB", "16")) << 20
 STEP = int(os.environ.get("STEP_KIB", "256")) << 10
 INTERVAL = int(os.environ.get("INTERVAL_MS", "50")) / 1000
 SENT_LOG = os.environ.get("SENT_LOG")
-BODY = bytes(i % 251 for i in range(SIZE))
+if os.environ.get("BODY_FILE"):
+    with open(os.environ["BODY_FILE"], "rb") as body_file:
+        BODY = body_file.read()
+    SIZE = len(BODY)
+else:
+    SIZE = int(os.environ.get("SIZE_MIB", "16")) << 20
+    BODY = bytes(i % 251 for i in range(SIZE))
 ETAG = '"trickle-1"'
 
 

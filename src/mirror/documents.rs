@@ -12,7 +12,10 @@
 
 use std::borrow::Cow;
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::digests::{Algorithm, DigestStore, Expected};
@@ -24,6 +27,8 @@ pub enum DocumentError {
     Json(#[from] serde_json::Error),
     #[error("not UTF-8 text")]
     NotText,
+    #[error("not a JSON object, or one giving a field twice")]
+    NotAnObject,
     /// Reading it on a blocking thread did not finish (the thread panicked or the runtime
     /// is shutting down).
     #[error("reading it failed: {0}")]
@@ -250,37 +255,58 @@ fn html_unescape(value: &str) -> String {
 /// # Errors
 /// [`DocumentError::Json`] for a page that is not JSON.
 pub fn pypi_json(bytes: &[u8], links: &Links<'_>, page_path: &str) -> Result<Read, DocumentError> {
-    let mut page: Value = serde_json::from_slice(bytes)?;
+    #[derive(serde::Deserialize)]
+    struct Page<'a> {
+        #[serde(borrow)]
+        files: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct File<'a> {
+        #[serde(borrow)]
+        url: Option<&'a RawValue>,
+        #[serde(borrow)]
+        hashes: Option<&'a RawValue>,
+        #[serde(borrow, rename = "core-metadata")]
+        core_metadata: Option<&'a RawValue>,
+        #[serde(borrow, rename = "dist-info-metadata")]
+        dist_info_metadata: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Hashes<'a> {
+        #[serde(borrow)]
+        sha256: Option<&'a RawValue>,
+    }
+    let sha256_of = |hashes: Option<&RawValue>| {
+        let hashes: Hashes = lenient(hashes?)?;
+        let hex = string(hashes.sha256?)?;
+        Expected::from_hex(Algorithm::Sha256, &hex)
+    };
+    let (text, page) = json_document::<Page>(bytes)?;
     let mut read = Read::default();
-    let mut changed = false;
-    let files = page.get_mut("files").and_then(Value::as_array_mut);
-    for file in files.into_iter().flatten() {
-        let Some(url) = file.get("url").and_then(Value::as_str) else {
+    let mut splices = Splices::new(text);
+    let files: Vec<&RawValue> = page.files.and_then(lenient).unwrap_or_default();
+    for file in files.into_iter().filter_map(lenient::<File>) {
+        let Some((url_value, url)) = file.url.and_then(|raw| Some((raw, string(raw)?))) else {
             continue;
         };
-        let Some(located) = links.locate(url, page_path) else {
+        let Some(located) = links.locate(&url, page_path) else {
             continue;
         };
-        let sha256 = file.pointer("/hashes/sha256").and_then(Value::as_str);
-        if let Some(expected) = sha256.and_then(|h| Expected::from_hex(Algorithm::Sha256, h)) {
+        if let Some(expected) = sha256_of(file.hashes) {
             DigestStore::record(&mut read.records, &located.path, &expected);
         }
-        for name in ["core-metadata", "dist-info-metadata"] {
-            let hex = file
-                .get(name)
-                .and_then(|m| m.get("sha256"))
-                .and_then(Value::as_str);
-            if let Some(expected) = hex.and_then(|h| Expected::from_hex(Algorithm::Sha256, h)) {
+        for metadata in [file.core_metadata, file.dist_info_metadata] {
+            if let Some(expected) = sha256_of(metadata) {
                 let metadata = format!("{}.metadata", located.path);
                 DigestStore::record(&mut read.records, &metadata, &expected);
             }
         }
         if let Some(rewritten) = located.rewritten {
-            file["url"] = Value::String(rewritten);
-            changed = true;
+            splices.replace(url_value, &rewritten);
         }
     }
-    read.with_json_body(changed.then_some(&page))
+    read.body = splices.finish();
+    Ok(read)
 }
 
 /// The note key of a cargo registry's download template (the rewritten `dl`, as a mirror
@@ -391,37 +417,130 @@ pub fn npm_packument(
     links: &Links<'_>,
     page_path: &str,
 ) -> Result<Read, DocumentError> {
-    let mut document: Value = serde_json::from_slice(bytes)?;
+    #[derive(serde::Deserialize)]
+    struct Packument<'a> {
+        #[serde(borrow)]
+        versions: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Version<'a> {
+        #[serde(borrow)]
+        dist: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Dist<'a> {
+        #[serde(borrow)]
+        tarball: Option<&'a RawValue>,
+        #[serde(borrow)]
+        integrity: Option<&'a RawValue>,
+        #[serde(borrow)]
+        shasum: Option<&'a RawValue>,
+    }
+    let (text, document) = json_document::<Packument>(bytes)?;
     let mut read = Read::default();
-    let mut changed = false;
-    let versions = document.get_mut("versions").and_then(Value::as_object_mut);
-    for version in versions.into_iter().flat_map(|v| v.values_mut()) {
-        let Some(dist) = version.get_mut("dist") else {
+    let mut splices = Splices::new(text);
+    let versions: HashMap<String, &RawValue> =
+        document.versions.and_then(lenient).unwrap_or_default();
+    for version in versions.into_values().filter_map(lenient::<Version>) {
+        let Some(dist) = version.dist.and_then(lenient::<Dist>) else {
             continue;
         };
-        let Some(tarball) = dist.get("tarball").and_then(Value::as_str) else {
+        let Some((tarball_value, tarball)) = dist.tarball.and_then(|raw| Some((raw, string(raw)?)))
+        else {
             continue;
         };
-        let Some(located) = links.locate(tarball, page_path) else {
+        let Some(located) = links.locate(&tarball, page_path) else {
             continue;
         };
         let expected = dist
-            .get("integrity")
-            .and_then(Value::as_str)
-            .and_then(Expected::from_sri)
+            .integrity
+            .and_then(string)
+            .and_then(|sri| Expected::from_sri(&sri))
             .or_else(|| {
-                let shasum = dist.get("shasum").and_then(Value::as_str)?;
-                Expected::from_hex(Algorithm::Sha1, shasum)
+                let shasum = string(dist.shasum?)?;
+                Expected::from_hex(Algorithm::Sha1, &shasum)
             });
         if let Some(expected) = expected {
             DigestStore::record(&mut read.records, &located.path, &expected);
         }
         if let Some(rewritten) = located.rewritten {
-            dist["tarball"] = Value::String(rewritten);
-            changed = true;
+            splices.replace(tarball_value, &rewritten);
         }
     }
-    read.with_json_body(changed.then_some(&document))
+    read.body = splices.finish();
+    Ok(read)
+}
+
+/// A JSON document's text and the fields of it that `T` names, each value left unparsed
+/// (`RawValue`) until it is wanted: a package document's values are read one version at a
+/// time, never built into a tree (a 20 MB npm document took over 100 MB as a
+/// `serde_json::Value`).
+fn json_document<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<(&'a str, T), DocumentError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| DocumentError::NotText)?;
+    // The whole document is checked to be JSON first, as a tree of it would have been; a
+    // value of another shape than `T`'s fields then reads as absent.
+    let whole: &RawValue = serde_json::from_str(text)?;
+    let fields = lenient(whole).ok_or(DocumentError::NotAnObject)?;
+    Ok((text, fields))
+}
+
+/// `raw` read as `T`; `None` when it has another shape (a value of another type, a field
+/// given twice), as a lookup in a tree of it would have found nothing.
+fn lenient<'a, T: serde::Deserialize<'a>>(raw: &'a RawValue) -> Option<T> {
+    serde_json::from_str(raw.get()).ok()
+}
+
+/// `raw` as a string, if it is one.
+fn string(raw: &RawValue) -> Option<String> {
+    lenient::<String>(raw)
+}
+
+/// Values of a JSON document replaced in its text, the rest of it byte for byte.
+struct Splices<'a> {
+    text: &'a str,
+    /// Where each replaced value starts in `text`, its length, and the JSON to put there.
+    edits: Vec<(usize, usize, String)>,
+}
+
+impl<'a> Splices<'a> {
+    fn new(text: &'a str) -> Splices<'a> {
+        Splices {
+            text,
+            edits: Vec::new(),
+        }
+    }
+
+    /// Replaces the value `raw` (a part of the text) with the string `value`.
+    fn replace(&mut self, raw: &'a RawValue, value: &str) {
+        let start = (raw.get().as_ptr() as usize).wrapping_sub(self.text.as_ptr() as usize);
+        let within = self.text.get(start..start + raw.get().len());
+        // Always so for a value borrowed from the text; checked rather than trusted.
+        if within.is_some_and(|found| std::ptr::eq(found, raw.get())) {
+            if let Ok(json) = serde_json::to_string(value) {
+                self.edits.push((start, raw.get().len(), json));
+            }
+        }
+    }
+
+    /// The text with the replacements made; `None` when there were none.
+    fn finish(mut self) -> Option<Bytes> {
+        if self.edits.is_empty() {
+            return None;
+        }
+        self.edits.sort_unstable_by_key(|&(start, ..)| start);
+        let grown: usize = self.edits.iter().map(|(_, _, json)| json.len()).sum();
+        let mut out = String::with_capacity(self.text.len() + grown);
+        let mut copied = 0;
+        for (start, len, json) in &self.edits {
+            out.push_str(&self.text[copied..*start]);
+            out.push_str(json);
+            copied = start + len;
+        }
+        out.push_str(&self.text[copied..]);
+        Some(Bytes::from(out))
+    }
 }
 
 /// The value of field `name` in one paragraph of a Debian control file (`Packages`).
@@ -551,6 +670,58 @@ mod tests {
             "https://mirror/pypi/a/-/a-1.0.0.tgz"
         );
         assert_eq!(read.records[0].0, b"digest:/pypi/a/-/a-1.0.0.tgz");
+    }
+
+    /// Only the links change: the rest of a package document stays byte for byte (key
+    /// order, spacing, escapes), and values of unexpected shapes are passed over, as a
+    /// lookup in a tree would have found nothing there.
+    #[test]
+    fn json_documents_change_only_their_links() {
+        let mounts = mounts();
+        let links = Links {
+            mounts: &mounts,
+            base: "https://mirror",
+        };
+        let packument = r#"{ "versions" : {
+  "2.0.0": {"z": 1, "dist": {"shasum": "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d", "tarball": "https:\/\/index.example\/a\/-\/a-2.0.0.tgz"}},
+  "1.0.0": {"dist": {"integrity": null, "tarball": "https://index.example/a/-/a-1.0.0.tgz"}},
+  "0.1.0": {"dist": "not an object"},
+  "0.0.1": ["not an object"]
+}, "name": "a\u0041"}"#;
+        let read = npm_packument(packument.as_bytes(), &links, "/pypi/a").unwrap();
+        let body = String::from_utf8(read.body.unwrap().to_vec()).unwrap();
+        let expected = packument
+            .replace(
+                r#""https:\/\/index.example\/a\/-\/a-2.0.0.tgz""#,
+                r#""https://mirror/pypi/a/-/a-2.0.0.tgz""#,
+            )
+            .replace(
+                r#""https://index.example/a/-/a-1.0.0.tgz""#,
+                r#""https://mirror/pypi/a/-/a-1.0.0.tgz""#,
+            );
+        assert_eq!(body, expected);
+        let keys: Vec<&[u8]> = read.records.iter().map(|(key, _)| key.as_slice()).collect();
+        assert_eq!(keys, [b"digest:/pypi/a/-/a-2.0.0.tgz".as_slice()]);
+
+        let page = r#"{"meta": {"api-version": "1.1"}, "files": [
+  {"url": "https://files.example/p/x.whl", "hashes": {"sha256": "HEX"}, "core-metadata": {"sha256": "HEX"}},
+  {"url": "https://files.example/p/y.whl", "hashes": [], "core-metadata": true},
+  {"url": 7}
+]}"#
+        .replace("HEX", HEX);
+        let read = pypi_json(page.as_bytes(), &links, "/pypi/simple/x/").unwrap();
+        let body = String::from_utf8(read.body.unwrap().to_vec()).unwrap();
+        assert_eq!(
+            body,
+            page.replace("https://files.example/", "https://mirror/pypi/_files/")
+        );
+        assert_eq!(read.records.len(), 2, "x.whl and its metadata");
+
+        for not_read in [&b"{\"versions\": "[..], b"[1, 2]", b"\xff"] {
+            assert!(npm_packument(not_read, &links, "/pypi/a").is_err());
+        }
+        let unchanged = npm_packument(br#"{"versions": 3}"#, &links, "/pypi/a").unwrap();
+        assert!(unchanged.body.is_none() && unchanged.records.is_empty());
     }
 
     #[test]

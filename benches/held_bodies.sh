@@ -24,6 +24,10 @@
 #              its `.deb` digests, which held the index and its decoded text whole. The
 #              outcome checks that the digests were recorded: a pool file they list, which
 #              the origin answers with other bytes, is refused.
+#   documents  N curl downloads (4) at once of distinct npm package documents through the
+#              package mirror, each VERSIONS (20000) versions, about 14 MB of JSON, as
+#              large as the registry's largest full documents: each is read whole to have
+#              its tarball links rewritten. The outcome checks the links were rewritten.
 #
 # The origin is `trickle_origin.py`. Prints each build's peak RSS as a ratio to its memory
 # capacity (MEM, default 128MiB), and what it kept or whether every file arrived whole.
@@ -32,7 +36,7 @@
 #   BEFORE=/path/to/old/outpost AFTER=target/release/outpost benches/held_bodies.sh ranges
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
-SCENARIO=${1:?ranges, cancelled, spilled, artifacts or packages}
+SCENARIO=${1:?ranges, cancelled, spilled, artifacts, packages or documents}
 BEFORE=${BEFORE:?path of the build to compare against}
 AFTER=${AFTER:-$HERE/../target/release/outpost}
 MEM=${MEM:-128MiB}
@@ -43,6 +47,7 @@ case $SCENARIO in
   spilled) export SIZE_MIB=${SIZE_MIB:-40} INTERVAL_MS=5; N=${STALLED:-64}; HOLD_S=${HOLD_S:-6} ;;
   artifacts) export SIZE_MIB=40 INTERVAL_MS=10; N=${N:-16}; HOLD_S=0 ;;
   packages) export SIZE_MIB=1 INTERVAL_MS=2 STEP_KIB=256; N=${N:-4}; HOLD_S=0 ;;
+  documents) export SIZE_MIB=1 INTERVAL_MS=2 STEP_KIB=256 CONTENT_TYPE=application/json; N=${N:-4}; HOLD_S=0 ;;
   *) echo "unknown scenario $SCENARIO" >&2; exit 2 ;;
 esac
 WORK=$(mktemp -d)
@@ -67,6 +72,27 @@ with lzma.open(out, "wt", preset=6) as index:
                     f"SHA256: {rng.getrandbits(256):064x}\n\n")
 PY
   export BODY_FILE=$WORK/Packages.xz
+elif [[ $SCENARIO == documents ]]; then
+  python3 - "$WORK/packument.json" "${VERSIONS:-20000}" <<'PY'
+import json, random, sys
+out, count = sys.argv[1], int(sys.argv[2])
+rng = random.Random(17)
+versions = {}
+for i in range(count):
+    v = f"1.{i // 100}.{i % 100}"
+    versions[v] = {
+        "name": "big", "version": v, "description": "a package with many versions " * 3,
+        "dependencies": {f"dep{rng.randrange(500)}": f"^{rng.randrange(9)}.0.0" for _ in range(8)},
+        "scripts": {"test": "node test.js", "build": "tsc -p ."},
+        "maintainers": [{"name": "someone", "email": "someone@example.org"}],
+        "dist": {"tarball": f"http://127.0.0.1:19041/big/-/big-{v}.tgz",
+                 "shasum": f"{rng.getrandbits(160):040x}",
+                 "integrity": "sha512-" + "A" * 86 + "=="},
+    }
+with open(out, "w") as f:
+    json.dump({"name": "big", "dist-tags": {"latest": v}, "versions": versions}, f)
+PY
+  export BODY_FILE=$WORK/packument.json
 fi
 python3 "$HERE/trickle_origin.py" 19041 >/dev/null 2>&1 & PIDS+=($!)
 wait_port 19041
@@ -76,6 +102,8 @@ m={'k':1<<10,'m':1<<20,'g':1<<30}
 print(int(float(s[:-1])*m[s[-1]]) if s[-1] in m else int(s))")
 printf '[[mirror.registries]]\nname = "debian"\nkind = "debian"\npath = "/debian/"\nupstream = "http://127.0.0.1:19041"\n' \
   >"$WORK/mirror.toml"
+printf '[[mirror.registries]]\nname = "npm"\nkind = "npm"\npath = "/npm/"\nupstream = "http://127.0.0.1:19041"\n' \
+  >>"$WORK/mirror.toml"
 digest=$(python3 -c "
 import hashlib, os
 print(hashlib.sha256(bytes(i % 251 for i in range(int(os.environ['SIZE_MIB']) << 20))).hexdigest())")
@@ -84,7 +112,8 @@ for name in before after; do
   bin=$BEFORE; [[ $name == after ]] && bin=$AFTER
   extra=()
   [[ $SCENARIO == cancelled || $SCENARIO == spilled ]] && extra=(--cache-dir "$WORK/cache-$name")
-  [[ $SCENARIO == artifacts || $SCENARIO == packages ]] && extra=(--config "$WORK/mirror.toml")
+  [[ $SCENARIO == artifacts || $SCENARIO == packages || $SCENARIO == documents ]] &&
+    extra=(--config "$WORK/mirror.toml")
   OUTPOST_LOG__ACCESS_LOG=false OUTPOST_CACHE__MEMORY_CAPACITY=$MEM "$bin" serve \
     --listen "127.0.0.1:${PORT[$name]}" --admin "127.0.0.1:${ADMIN[$name]}" \
     --origin http://127.0.0.1:19041 "${extra[@]}" >"$WORK/$name.log" 2>&1 &
@@ -117,6 +146,9 @@ downloads() { # downloads PORT: N curl downloads at once, to the end or stopped
   for i in $(seq "$N"); do
     if [[ $SCENARIO == cancelled ]]; then
       curl -s --max-time "${STOP_S:-1.5}" -o /dev/null "http://127.0.0.1:$1/cancel-$i-$$" &
+    elif [[ $SCENARIO == documents ]]; then
+      curl -s -o "$WORK/file-$i" -w '%{time_total}\n' -H 'Accept: application/json' \
+        "http://127.0.0.1:$1/npm/big-$i-$$" >>"$WORK/times" &
     elif [[ $SCENARIO == packages ]]; then
       curl -s -o "$WORK/file-$i" -w '%{time_total}\n' \
         "http://127.0.0.1:$1/debian/dists/d$i-$$/main/binary-amd64/Packages.xz" >>"$WORK/times" &
@@ -139,6 +171,15 @@ for name in before after; do
       "http://127.0.0.1:${PORT[$name]}/debian/pool/main/p/pkg7/pkg7_1.7_amd64.deb")
     slowest=$(sort -n "$WORK/times" | tail -1)
     outcome="$whole of $N indexes whole, the slowest in ${slowest}s; a listed pool file with other bytes: $refused (502: digests recorded)"
+    rm -f "$WORK"/file-* "$WORK/times"
+  elif [[ $SCENARIO == documents ]]; then
+    rewritten=$(for i in $(seq "$N"); do python3 -c '
+import json, sys
+versions = json.load(open(sys.argv[1]))["versions"].values()
+print(all(v["dist"]["tarball"].startswith(sys.argv[2]) for v in versions))' \
+      "$WORK/file-$i" "http://127.0.0.1:${PORT[$name]}/npm/big/-/"; done | grep -c True)
+    slowest=$(sort -n "$WORK/times" | tail -1)
+    outcome="$rewritten of $N documents with every link rewritten, the slowest in ${slowest}s"
     rm -f "$WORK"/file-* "$WORK/times"
   elif [[ $SCENARIO == artifacts ]]; then
     outcome="$(for i in $(seq "$N"); do sha256sum "$WORK/file-$i"; done | grep -c "^$digest ") of $N files whole"

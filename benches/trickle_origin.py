@@ -6,7 +6,7 @@ max-age=600` and a strong ETag. A single `Range: bytes=a-b` (or `a-`) gets a 206
 bytes, sent the same way, unless an If-Range names another entity tag. With SENT_LOG set,
 each request appends `path bytes-sent range` to that file when it ends (its client may
 hang up before the body's end). With BODY_FILE set, every path answers that file's bytes
-instead of the pattern. Loopback only.
+instead of the pattern, and with CONTENT_TYPE set, says it is that type. Loopback only.
 
     SIZE_MIB=16 STEP_KIB=256 INTERVAL_MS=50 python3 benches/trickle_origin.py PORT
 """
@@ -50,6 +50,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {first}-{last}/{SIZE}")
         self.send_header("Cache-Control", "max-age=600")
+        if os.environ.get("CONTENT_TYPE"):
+            self.send_header("Content-Type", os.environ["CONTENT_TYPE"])
         self.send_header("ETag", ETAG)
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()

@@ -165,7 +165,13 @@ impl Body for CheckedStream {
                             }
                             frame
                         }
-                        Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                        Some(Err(err)) => {
+                            // Failed: the watcher never has an end (a reader of it records
+                            // nothing), and a poll after this finds the body over.
+                            this.watcher = None;
+                            (this.held, this.trailers, this.ended) = (None, None, true);
+                            return Poll::Ready(Some(Err(err)));
+                        }
                         None => {
                             this.ended = true;
                             continue;

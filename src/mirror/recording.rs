@@ -184,13 +184,20 @@ mod tests {
 
     const HEX: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 
+    fn origin_body(frames: Vec<Result<Frame<Bytes>, BoxError>>) -> OriginBody {
+        OriginBody::checked(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
     fn watched(
         frames: Vec<Result<Frame<Bytes>, BoxError>>,
         digests: &Arc<DigestStore>,
     ) -> CheckedStream {
-        let body = OriginBody::checked(http_body_util::StreamBody::new(
-            futures_util::stream::iter(frames),
-        ));
+        reading(origin_body(frames), digests)
+    }
+
+    fn reading(body: OriginBody, digests: &Arc<DigestStore>) -> CheckedStream {
         let watcher = PackagesWatcher::start(PackagesReading {
             coding: Coding::Sniffed,
             by_hash: false,
@@ -253,6 +260,36 @@ mod tests {
         };
         assert!(failed.to_string().contains("reset"));
         drop(body);
+        assert!(digests.expected("/debian/pool/a.deb").is_none());
+    }
+
+    /// A `by-hash` index too large to hold is checked against its name's digest as it
+    /// streams, inside the reading of its paragraphs: when the digest does not match, the
+    /// paragraphs it listed are not recorded.
+    #[tokio::test]
+    async fn an_index_failing_its_own_digest_records_nothing() {
+        use crate::mirror::check::{Check, DigestWatcher};
+        use crate::mirror::digests::{Algorithm, Expected};
+        let digests = Arc::new(DigestStore::new(None));
+        let first = format!("Package: a\nFilename: pool/a.deb\nSHA256: {HEX}\n\n");
+        let expected = Expected::from_hex(Algorithm::Sha256, HEX).unwrap();
+        let check = Check {
+            expected: expected.clone(),
+            registry: "debian".into(),
+            stats: Arc::default(),
+        };
+        let digest_checked = CheckedStream::new(
+            Bytes::new(),
+            // The first chunk goes on (to be read) before the end shows the mismatch.
+            origin_body(vec![chunk(first), chunk("Package: b\n".into())]),
+            Some(Box::new(DigestWatcher::new(expected.context(), check))),
+        );
+        let mut body = reading(OriginBody::checked(digest_checked), &digests);
+        let mut failed = false;
+        while let Some(frame) = body.frame().await {
+            failed |= frame.is_err();
+        }
+        assert!(failed, "the mismatch ends the body as an error");
         assert!(digests.expected("/debian/pool/a.deb").is_none());
     }
 }

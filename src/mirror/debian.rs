@@ -92,13 +92,9 @@ impl PackagesRecords {
         self.stopped
     }
 
-    /// Whether any of the text was seen to start like a `Packages` index (or none had to).
-    pub fn confirmed(&self) -> bool {
-        !self.unconfirmed
-    }
-
-    /// The records of every paragraph, the last one included, once the text has ended.
-    pub fn finish(mut self) -> Result<DigestRecords, NotRead> {
+    /// The records of every paragraph, the last one included, once the text has ended
+    /// (taken: a second call has none).
+    pub fn finish(&mut self) -> Result<DigestRecords, NotRead> {
         if let Some(reason) = self.stopped {
             return Err(reason);
         }
@@ -107,7 +103,8 @@ impl PackagesRecords {
         }
         let last = std::str::from_utf8(&self.pending).map_err(|_| NotRead::NotText)?;
         super::documents::debian_packages(last, &self.archive_root, &mut self.records);
-        Ok(self.records)
+        self.pending.clear();
+        Ok(std::mem::take(&mut self.records))
     }
 
     fn stop(&mut self, reason: NotRead) -> std::io::Error {
@@ -325,32 +322,45 @@ mod tests {
     /// The compressed forms read as they arrive, a byte at a time, leading bytes included.
     #[test]
     fn compressed_indexes_decode_as_they_stream() {
+        use crate::mirror::decode::{Coding, DecodingWriter};
         let text = index(200);
         for raw in [
             Bytes::from(text.clone()),
             gz(text.as_bytes()),
             xz(text.as_bytes()),
         ] {
-            let mut records = PackagesRecords::new("/debian/", 1 << 20, true);
-            let trickle = std::io::BufReader::with_capacity(1, &raw[..]);
-            crate::mirror::decode::decode_stream(
-                crate::mirror::decode::Coding::Sniffed,
-                trickle,
-                &mut records,
-            )
-            .unwrap();
-            assert_eq!(records.finish().unwrap().len(), 200);
+            let mut decoding = DecodingWriter::new(
+                Coding::Sniffed,
+                PackagesRecords::new("/debian/", 1 << 20, true),
+            );
+            for byte in raw.chunks(1) {
+                decoding.write_all(byte).unwrap();
+            }
+            decoding.try_finish().unwrap();
+            let records = decoding.get_mut().unwrap().finish().unwrap();
+            assert_eq!(records.len(), 200);
         }
-        let mut truncated = xz(text.as_bytes()).to_vec();
-        truncated.truncate(truncated.len() - 8);
-        let mut records = PackagesRecords::new("/debian/", 1 << 20, true);
-        let decoded = crate::mirror::decode::decode_stream(
-            crate::mirror::decode::Coding::Sniffed,
-            &truncated[..],
-            &mut records,
+        let mut decoding = DecodingWriter::new(
+            Coding::Gzip,
+            PackagesRecords::new("/debian/", 1 << 20, false),
         );
-        assert!(decoded.is_err(), "a truncated index does not decode");
-        assert!(records.confirmed() && records.stopped().is_none());
+        decoding.write_all(&gz(text.as_bytes())).unwrap();
+        decoding.try_finish().unwrap();
+        assert_eq!(decoding.get_mut().unwrap().finish().unwrap().len(), 200);
+        for raw in [gz(text.as_bytes()), xz(text.as_bytes())] {
+            let truncated = &raw[..raw.len() - 8];
+            let mut decoding = DecodingWriter::new(
+                Coding::Sniffed,
+                PackagesRecords::new("/debian/", 1 << 20, true),
+            );
+            decoding.write_all(truncated).unwrap();
+            assert!(
+                decoding.try_finish().is_err(),
+                "a truncated index does not decode"
+            );
+            let records = decoding.get_mut().unwrap();
+            assert_eq!(records.stopped(), None, "it was read until it broke off");
+        }
     }
 
     #[test]

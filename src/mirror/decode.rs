@@ -85,7 +85,9 @@ pub fn gunzipped_matches(raw: &[u8], expected: &Expected, limit: u64) -> CodedVe
 
 /// Decodes `raw` as its leading bytes say into `out`, which ends it with an error once full.
 fn decode_into(raw: &[u8], out: &mut impl Write) -> std::io::Result<()> {
-    decode_stream(Coding::Sniffed, raw, out)
+    let mut decoding = DecodingWriter::new(Coding::Sniffed, out);
+    decoding.write_all(raw)?;
+    decoding.try_finish()
 }
 
 /// How the bytes of a document arrive: as its leading bytes say (gzip, xz or plain), or
@@ -96,46 +98,104 @@ pub enum Coding {
     Gzip,
 }
 
-/// Decodes what `raw` yields, as `coding` says, into `out` as it reads: the decoded bytes
-/// are never held here, so `out` decides what is kept and when to stop (with an error).
-pub fn decode_stream(
-    coding: Coding,
-    mut raw: impl std::io::BufRead,
-    out: &mut impl Write,
-) -> std::io::Result<()> {
-    if coding == Coding::Gzip {
-        return std::io::copy(&mut flate2::bufread::MultiGzDecoder::new(raw), out).map(drop);
-    }
-    // The leading bytes may come split across reads (a chunked body's first chunk can be
-    // one byte): gathered first, then read again ahead of the rest.
-    let mut leading = Vec::with_capacity(XZ.len());
-    while leading.len() < XZ.len() {
-        let available = raw.fill_buf()?;
-        if available.is_empty() {
-            break;
+/// Decodes what is written to it, as its [`Coding`] says, into the writer it wraps as the
+/// bytes come: a body is decoded a chunk at a time while it streams, and nothing decoded
+/// is held here, so the writer decides what is kept and when to stop (with an error).
+pub struct DecodingWriter<W: Write> {
+    /// `None` only while one decoder is replaced by the next.
+    decoder: Option<Decoder<W>>,
+}
+
+enum Decoder<W: Write> {
+    /// Fewer bytes than tell the formats apart have come (a chunked body's first chunk
+    /// can be one byte).
+    Leading(Vec<u8>, W),
+    Plain(W),
+    Gzip(flate2::write::MultiGzDecoder<W>),
+    Xz(liblzma::write::XzDecoder<W>),
+}
+
+impl<W: Write> DecodingWriter<W> {
+    pub fn new(coding: Coding, out: W) -> DecodingWriter<W> {
+        let decoder = match coding {
+            Coding::Sniffed => Decoder::Leading(Vec::with_capacity(XZ.len()), out),
+            Coding::Gzip => Decoder::Gzip(flate2::write::MultiGzDecoder::new(out)),
+        };
+        DecodingWriter {
+            decoder: Some(decoder),
         }
-        let taken = available.len().min(XZ.len() - leading.len());
-        leading.extend_from_slice(&available[..taken]);
-        raw.consume(taken);
     }
-    let (gzip, xz) = (leading.starts_with(GZIP), leading.starts_with(XZ));
-    let mut raw = std::io::Read::chain(&leading[..], raw);
-    if gzip {
-        std::io::copy(&mut flate2::bufread::MultiGzDecoder::new(raw), out).map(drop)
-    } else if xz {
-        let stream = liblzma::stream::Stream::new_stream_decoder(
-            XZ_MEMORY_LIMIT,
-            liblzma::stream::CONCATENATED,
-        )
-        .map_err(std::io::Error::other)?;
-        std::io::copy(
-            &mut liblzma::bufread::XzDecoder::new_stream(raw, stream),
-            out,
-        )
-        .map(drop)
-    } else {
-        std::io::copy(&mut raw, out).map(drop)
+
+    /// The writer the decoded bytes go to.
+    pub fn get_mut(&mut self) -> Option<&mut W> {
+        match self.decoder.as_mut()? {
+            Decoder::Leading(_, out) | Decoder::Plain(out) => Some(out),
+            Decoder::Gzip(decoder) => Some(decoder.get_mut()),
+            Decoder::Xz(decoder) => Some(decoder.get_mut()),
+        }
     }
+
+    /// Ends the input: an error when it stopped short of its format's end (a truncated
+    /// gzip member or xz stream).
+    pub fn try_finish(&mut self) -> std::io::Result<()> {
+        if matches!(self.decoder, Some(Decoder::Leading(..))) {
+            self.choose()?;
+        }
+        match self.decoder.as_mut() {
+            Some(Decoder::Gzip(decoder)) => decoder.try_finish(),
+            Some(Decoder::Xz(decoder)) => decoder.try_finish(),
+            Some(Decoder::Plain(out)) => out.flush(),
+            Some(Decoder::Leading(..)) | None => Err(decoder_lost()),
+        }
+    }
+
+    /// Replaces the leading bytes with the decoder they call for, and gives it them.
+    fn choose(&mut self) -> std::io::Result<()> {
+        let Some(Decoder::Leading(leading, out)) = self.decoder.take() else {
+            return Err(decoder_lost());
+        };
+        self.decoder = Some(if leading.starts_with(GZIP) {
+            Decoder::Gzip(flate2::write::MultiGzDecoder::new(out))
+        } else if leading.starts_with(XZ) {
+            let stream = liblzma::stream::Stream::new_stream_decoder(
+                XZ_MEMORY_LIMIT,
+                liblzma::stream::CONCATENATED,
+            )
+            .map_err(std::io::Error::other)?;
+            Decoder::Xz(liblzma::write::XzDecoder::new_stream(out, stream))
+        } else {
+            Decoder::Plain(out)
+        });
+        self.write_all(&leading)
+    }
+}
+
+impl<W: Write> Write for DecodingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self.decoder.as_mut() {
+            Some(Decoder::Leading(leading, _)) => {
+                let taken = data.len().min(XZ.len() - leading.len());
+                leading.extend_from_slice(&data[..taken]);
+                if leading.len() == XZ.len() {
+                    self.choose()?;
+                }
+                Ok(taken)
+            }
+            Some(Decoder::Plain(out)) => out.write(data),
+            Some(Decoder::Gzip(decoder)) => decoder.write(data),
+            Some(Decoder::Xz(decoder)) => decoder.write(data),
+            None => Err(decoder_lost()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A decoder that could not be set up (an xz stream) leaves nothing to write to.
+fn decoder_lost() -> std::io::Error {
+    std::io::Error::other("no decoder")
 }
 
 /// The most memory one xz decode may take: an xz header names its dictionary's size, up to

@@ -1,6 +1,6 @@
 //! An origin body passed on while something watches its bytes: a digest computed for an
 //! artifact too large to hold before serving (`mirror.hold_max`), or a `Packages` index's
-//! digests read on a blocking thread ([`super::recording`]). The newest chunk is held back
+//! digests read on the blocking pool ([`super::recording`]). The newest chunk is held back
 //! until the next arrives, and the last until the watcher is done with the end: a client
 //! counting the declared length would otherwise have every byte, and a complete response,
 //! before the check (a response relayed unstored, too large for the tiers, was), and a

@@ -592,9 +592,9 @@ impl Mirror {
         Ok(OriginBody::read(bytes))
     }
 
-    /// `body` passed on while a blocking thread reads it as a Debian `Packages` index and
-    /// records the `.deb` digests it lists ([`recording`]); a `by_hash` file is read only
-    /// if its text starts like one (it may be any index).
+    /// `body` passed on while it is read, in batches on the blocking pool, as a Debian
+    /// `Packages` index and the `.deb` digests it lists recorded ([`recording`]); a
+    /// `by_hash` file is read only if its text starts like one (it may be any index).
     fn reading_packages(
         &self,
         registry: &Registry,
@@ -627,11 +627,7 @@ impl Mirror {
         body: OriginBody,
         body_read_timeout: Duration,
     ) -> Result<OriginBody, MirrorError> {
-        // None: no Content-Encoding; Some(false): one we cannot read.
-        let gzip_coded = head
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .map(|coding| coding.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        let gzip_coded = gzip_coded(head);
         if document == Document::DebianPackages {
             // Read for its digests only, as it goes on as it came.
             return Ok(match gzip_coded {
@@ -670,11 +666,7 @@ impl Mirror {
         head: &mut Head,
         raw: Bytes,
     ) -> OriginBody {
-        // None: no Content-Encoding; Some(false): one we cannot read.
-        let gzip_coded = head
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .map(|coding| coding.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        let gzip_coded = gzip_coded(head);
         let text = match gzip_coded {
             None => raw.clone(),
             Some(true) => {
@@ -731,6 +723,14 @@ impl Mirror {
             .map_or(url.len(), |i| after_scheme + i);
         url[..end].to_string()
     }
+}
+
+/// Whether a response is gzip-coded: `None` when it has no `Content-Encoding`,
+/// `Some(false)` for a coding the mirror cannot read.
+fn gzip_coded(head: &Head) -> Option<bool> {
+    head.headers
+        .get(header::CONTENT_ENCODING)
+        .map(|coding| coding.as_bytes().eq_ignore_ascii_case(b"gzip"))
 }
 
 /// The fields of a rewritten document: its length, no coding, and a weak validator of its

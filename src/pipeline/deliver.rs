@@ -99,9 +99,11 @@ pub async fn deliver(
 /// first); otherwise it lets go, and the fill goes on only for its other readers, as when
 /// a whole GET's client hangs up: a few bytes asked of a large object (Safari's `bytes=0-1`
 /// probe, a small byte range sent to amplify) never leave a large download running.
-/// Several ranges of an object being stored wait for the stored entry; of one streaming
-/// through, like a range the body's length cannot place, they get the whole 200 (RFC 9110
-/// §14.2 lets a server ignore Range).
+/// Several ranges in ascending order are cut the same way, as the parts of a
+/// `multipart/byteranges` body (RFC 9110 §14.6). Ranges out of order of an object being
+/// stored wait for the stored entry; of one streaming through, like a range the body's
+/// length cannot place, they get the whole 200 (RFC 9110 §14.2 lets a server ignore
+/// Range).
 ///
 /// # Errors
 /// As the fill fails; [`ProxyError::RangeNotStored`] when it ends without storing the
@@ -118,10 +120,12 @@ async fn range_of_fill(
     let declared = crate::cache::entry::content_length(&meta.headers)
         .filter(|_| meta.status == http::StatusCode::OK && proxy.mirror.is_none());
     let cut = match declared.map(|len| (len, range::parse(range, len))) {
-        Some((len, range::Ranges::Satisfiable(ranges))) => match ranges[..] {
-            [(_, last)] => Some((len, last + 1 == len)),
-            _ => None,
-        },
+        // Several ranges are cut as parts in turn when they ascend; the fill runs to the
+        // end for them as for one when the last reaches it.
+        Some((len, range::Ranges::Satisfiable(ranges))) if range::in_order(&ranges) => {
+            ranges.last().map(|&(_, last)| (len, last + 1 == len))
+        }
+        Some((_, range::Ranges::Satisfiable(_))) => None,
         Some((len, range::Ranges::Unsatisfiable)) => Some((len, false)),
         Some((_, range::Ranges::Ignore)) => {
             return encode::streaming(proxy, (&meta, reader, &fill), parts, ctx.now).await

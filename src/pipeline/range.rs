@@ -2,13 +2,17 @@
 //! Content-Range, several as `multipart/byteranges`, none satisfiable as 416, and `If-Range`
 //! deciding between the range and the whole representation.
 //!
-//! Only stored identity representations are ranged, or one range of a body a fill is
-//! storing, cut from it as it arrives ([`Window`]); a Range the cache cannot serve this way
-//! is ignored (RFC 9110 §14.2 lets a server send the whole 200). Finding the entry is the
+//! Only stored identity representations are ranged, or the ranges of a body a fill is
+//! storing (one, or several in ascending order), cut from it as it arrives ([`Window`]); a
+//! Range the cache cannot serve this way is ignored (RFC 9110 §14.2 lets a server send the
+//! whole 200). Finding the entry is the
 //! lookup's business.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -379,24 +383,69 @@ fn fnv(seed: u64, ranges: &[(u64, u64)]) -> u64 {
 
 /// Bytes `first..=last` of `body`, which is read from its start: what comes before the
 /// window is read and dropped. Once the window is sent, the body is handed to `rest` (a
-/// fill's reader goes on reading, as the client would have). A body that ends before the
-/// window does is an error, so a response never falls short of its Content-Length quietly.
+/// fill's reader goes on reading, as the client would have), or to the next window cut
+/// from it ([`Window::in_turn`]). A body that ends before the window does is an error, so
+/// a response never falls short of its Content-Length quietly.
 pub struct Window<B> {
+    /// The body once this window has it (the first window has it from the start).
     body: Option<B>,
+    /// Bytes read from the body past the window before: the start of this one's input.
+    read_ahead: Option<Bytes>,
+    /// Where the windows cut in turn from one body pass it on, with what was read past
+    /// the window: taken from at the first poll by all but the first, put into when done
+    /// by all but the last.
+    baton: Option<Baton<B>>,
+    /// Whether the next window takes the body from `baton` once this one is sent.
+    passes_on: bool,
     skip: u64,
     remaining: u64,
     rest: fn(B),
 }
 
+type Baton<B> = Arc<Mutex<Option<(B, Option<Bytes>)>>>;
+
 impl<B> Window<B> {
     pub fn new(body: B, (first, last): (u64, u64), rest: fn(B)) -> Window<B> {
         Window {
             body: Some(body),
+            read_ahead: None,
+            baton: None,
+            passes_on: false,
             skip: first,
             remaining: last.saturating_sub(first) + 1,
             rest,
         }
     }
+
+    /// Windows for `ranges` (ascending and disjoint, as [`in_order`] says) cut in turn
+    /// from one `body` read once from its start: each goes on from where the one before
+    /// stopped, and the last hands the body to `rest`. They must be read in order (the
+    /// parts of one multipart body are).
+    pub fn in_turn(body: B, ranges: &[(u64, u64)], rest: fn(B)) -> Vec<Window<B>> {
+        let baton = Arc::new(Mutex::new(None));
+        let mut body = Some(body);
+        let mut read_to = 0;
+        let mut windows = Vec::with_capacity(ranges.len());
+        for (index, &(first, last)) in ranges.iter().enumerate() {
+            windows.push(Window {
+                body: body.take(),
+                read_ahead: None,
+                baton: Some(Arc::clone(&baton)),
+                passes_on: index + 1 < ranges.len(),
+                skip: first.saturating_sub(read_to),
+                remaining: last.saturating_sub(first) + 1,
+                rest,
+            });
+            read_to = last + 1;
+        }
+        windows
+    }
+}
+
+/// Whether `ranges` ascend without overlapping: then they can be cut in turn from a body
+/// as it arrives ([`Window::in_turn`]).
+pub fn in_order(ranges: &[(u64, u64)]) -> bool {
+    ranges.windows(2).all(|pair| pair[0].1 < pair[1].0)
 }
 
 impl<B> http_body::Body for Window<B>
@@ -412,31 +461,51 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if this.body.is_none() && this.remaining > 0 {
+            match this.baton.as_ref().and_then(|baton| baton.lock().take()) {
+                Some((body, read_ahead)) => (this.body, this.read_ahead) = (Some(body), read_ahead),
+                None => {
+                    // The window before this one failed, or was dropped unread.
+                    this.remaining = 0;
+                    let why = "the body went with an earlier range";
+                    return Poll::Ready(Some(Err(why.into())));
+                }
+            }
+        }
         loop {
             if this.remaining == 0 {
                 if let Some(body) = this.body.take() {
-                    (this.rest)(body);
+                    match this.baton.take().filter(|_| this.passes_on) {
+                        Some(baton) => *baton.lock() = Some((body, this.read_ahead.take())),
+                        None => (this.rest)(body),
+                    }
                 }
                 return Poll::Ready(None);
             }
-            let Some(body) = this.body.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let frame = match ready!(Pin::new(body).poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
-                Some(Err(err)) => {
-                    this.body = None;
-                    return Poll::Ready(Some(Err(err.into())));
-                }
+            let data = match this.read_ahead.take() {
+                Some(data) => data,
                 None => {
-                    this.body = None;
-                    let why = "the body ended before the range cut from it";
-                    return Poll::Ready(Some(Err(why.into())));
+                    let Some(body) = this.body.as_mut() else {
+                        return Poll::Ready(None);
+                    };
+                    let frame = match ready!(Pin::new(body).poll_frame(cx)) {
+                        Some(Ok(frame)) => frame,
+                        Some(Err(err)) => {
+                            this.body = None;
+                            return Poll::Ready(Some(Err(err.into())));
+                        }
+                        None => {
+                            this.body = None;
+                            let why = "the body ended before the range cut from it";
+                            return Poll::Ready(Some(Err(why.into())));
+                        }
+                    };
+                    // Trailers are no part of a range.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    data
                 }
-            };
-            // Trailers are no part of a range.
-            let Ok(data) = frame.into_data() else {
-                continue;
             };
             let len = data.len() as u64;
             if this.skip >= len {
@@ -448,6 +517,9 @@ where
             let end = len.min(start + this.remaining);
             this.remaining -= end - start;
             // invariant: start < end <= len, a chunk's length, so both fit a usize.
+            if end < len && this.passes_on {
+                this.read_ahead = Some(data.slice(end as usize..));
+            }
             return Poll::Ready(Some(Ok(Frame::data(
                 data.slice(start as usize..end as usize),
             ))));
@@ -508,6 +580,58 @@ mod tests {
         assert!(cut(10, 12, false).collect().await.is_err(), "ends short");
         assert!(cut(10, 12, true).collect().await.is_err(), "breaks off");
         assert_eq!(HANDED_ON.load(Ordering::SeqCst), 5);
+    }
+
+    /// RFC 9110 §14.6: windows cut in turn from one body go on where the one before
+    /// stopped, inside a chunk or across chunks; the last hands the body on; a body that
+    /// breaks off fails the window it breaks in and every one after.
+    #[tokio::test]
+    async fn windows_in_turn_share_one_reading_of_the_body() {
+        use http_body_util::BodyExt;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static HANDED_ON: AtomicUsize = AtomicUsize::new(0);
+        let chunks: &[&'static [u8]] = &[b"0123", b"4567", b"89ab"];
+        let in_turn = |ranges: &[(u64, u64)], breaks| {
+            Window::in_turn(arriving(chunks, breaks), ranges, |_| {
+                HANDED_ON.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        for (ranges, want) in [
+            (
+                &[(0, 0), (2, 2), (3, 5)][..],
+                &[&b"0"[..], b"2", b"345"][..],
+            ),
+            (&[(1, 1), (9, 11)], &[b"1", b"9ab"]),
+            (&[(0, 3), (4, 7), (8, 11)], &[b"0123", b"4567", b"89ab"]),
+        ] {
+            let mut got = Vec::new();
+            for window in in_turn(ranges, false) {
+                got.push(window.collect().await.unwrap().to_bytes());
+            }
+            assert_eq!(
+                got,
+                want.iter()
+                    .map(|w| Bytes::from_static(w))
+                    .collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(HANDED_ON.load(Ordering::SeqCst), 3);
+        let mut windows = in_turn(&[(0, 1), (10, 12), (13, 13)], false).into_iter();
+        assert_eq!(
+            windows.next().unwrap().collect().await.unwrap().to_bytes(),
+            &b"01"[..]
+        );
+        assert!(
+            windows.next().unwrap().collect().await.is_err(),
+            "ends short"
+        );
+        assert!(
+            windows.next().unwrap().collect().await.is_err(),
+            "nothing left"
+        );
+        assert_eq!(HANDED_ON.load(Ordering::SeqCst), 3);
+        assert!(in_order(&[(0, 1), (2, 3)]) && !in_order(&[(2, 3), (0, 1)]));
+        assert!(!in_order(&[(0, 5), (5, 6)]), "overlapping");
     }
 
     /// RFC 9110 §14.1.2 examples and edge cases.

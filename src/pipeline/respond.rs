@@ -92,8 +92,9 @@ pub enum AfterWindow {
     LetsGo,
 }
 
-/// One range, `first..=last` of a body of `len` bytes that a fill is fetching whole, cut
-/// from the body as it arrives (RFC 9110 §14.2); an unsatisfiable one answered 416 at once.
+/// The range asked for (one, or several in ascending order) of a body of `len` bytes that
+/// a fill is fetching whole, cut from the body as it arrives (RFC 9110 §14.2, §14.6); an
+/// unsatisfiable one answered 416 at once.
 pub fn ranged_from_fill(
     proxy: &Proxy,
     meta: &EntryMeta,
@@ -113,17 +114,18 @@ pub fn ranged_from_fill(
 /// RFC 9110 §14.2: an origin's 200 of declared length that the cache does not keep (too
 /// large, or not to be stored), answering a GET whose Range was not forwarded so that the
 /// whole could be stored: one range (or none satisfiable) is cut from its body as it
-/// arrives, and the origin's body is let go once it is sent. A client asking for two bytes
-/// of a private or oversized video (Safari's first request) used to get all of it.
-/// Anything else (another status, no declared length, several ranges, a range to ignore)
-/// is left as it is.
+/// arrives (several in ascending order as parts in turn), and the origin's body is let go
+/// once they are sent. A client asking for two bytes of a private or oversized video
+/// (Safari's first request) used to get all of it.
+/// Anything else (another status, no declared length, ranges out of order, a range to
+/// ignore) is left as it is.
 pub fn ranged_from_relayed(response: Response<Body>, range: &str) -> Response<Body> {
     let len = match crate::cache::entry::content_length(response.headers()) {
         Some(len) if response.status() == StatusCode::OK => len,
         _ => return response,
     };
     match super::range::parse(range, len) {
-        Ranges::Satisfiable(ranges) if ranges.len() == 1 => {}
+        Ranges::Satisfiable(ranges) if super::range::in_order(&ranges) => {}
         Ranges::Unsatisfiable => {}
         Ranges::Satisfiable(_) | Ranges::Ignore => return response,
     }
@@ -133,8 +135,9 @@ pub fn ranged_from_relayed(response: Response<Body>, range: &str) -> Response<Bo
 }
 
 /// `whole`, the head of a 200 of `len` bytes whose body is `body` read from its first
-/// byte, as the answer to `range`, which is one range or none satisfiable: the window is
-/// cut as the body arrives, after which `rest` has the body.
+/// byte, as the answer to `range`: one range, several in ascending order (parts of a
+/// `multipart/byteranges` body, RFC 9110 §14.6), or none satisfiable. The windows are cut
+/// in turn as the body arrives, after which `rest` has the body.
 fn cut_as_it_arrives<B>(
     whole: Response<Body>,
     (body, rest): (B, fn(B)),
@@ -145,10 +148,15 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
     B::Error: Into<crate::body::BoxError>,
 {
-    // `apply` cuts one window for one range: the body goes to it.
-    let body = std::cell::Cell::new(Some(body));
-    let window = |first, last| match body.take() {
-        Some(body) => Body::boxed(Window::new(body, (first, last), rest)),
+    let ranges = match super::range::parse(range, len) {
+        Ranges::Satisfiable(ranges) => ranges,
+        Ranges::Unsatisfiable | Ranges::Ignore => Vec::new(),
+    };
+    // `apply` asks for each range's window once, in order: they are cut in turn from
+    // the one body.
+    let windows = std::cell::RefCell::new(Window::in_turn(body, &ranges, rest).into_iter());
+    let window = |_first, _last| match windows.borrow_mut().next() {
+        Some(window) => Body::boxed(window),
         None => Body::empty(),
     };
     super::range::apply(

@@ -967,8 +967,9 @@ async fn a_206_that_is_not_the_rest_of_the_prefix_is_not_joined() {
 
 /// RFC 9110 §14.2: a Range miss fetches the whole object to store it; when the origin's
 /// 200 may not be stored (`private`), the client still gets the range it asked for, cut
-/// from that 200, where it used to get the whole body. Several ranges get the whole 200,
-/// which §14.2 allows.
+/// from that 200, where it used to get the whole body. Several ranges in ascending order
+/// are cut from it as the parts of a `multipart/byteranges` 206 (§14.6); several out of
+/// order get the whole 200, which §14.2 allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_of_an_unstorable_response_is_cut_from_it() {
     let origin = Origin::start(vec![(
@@ -983,11 +984,22 @@ async fn a_range_of_an_unstorable_response_is_cut_from_it() {
     let proxy = Proxy::start(&origin.url(), CONFIG).await;
     let reply = range(&proxy, "/mine.mp4", "bytes=0-1").await;
     assert_piece(&reply, 0, 1);
+    let whole = representation();
+    let len = whole.len();
     let reply = range(&proxy, "/mine.mp4", "bytes=10-19,900-909").await;
-    assert_eq!(reply.status, http::StatusCode::OK);
-    assert_eq!(reply.body, representation());
+    assert_eq!(reply.status, http::StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        parts_of(&reply),
+        [
+            (format!("10-19/{len}"), whole.slice(10..20)),
+            (format!("900-909/{len}"), whole.slice(900..910)),
+        ]
+    );
     let status = cache_status(&reply);
     assert!(!status.contains("stored"), "{status}");
+    let reply = range(&proxy, "/mine.mp4", "bytes=900-909,10-19").await;
+    assert_eq!(reply.status, http::StatusCode::OK);
+    assert_eq!(reply.body, whole);
 }
 
 /// Concurrent requests for one range past `range_fill_max_offset` share one origin
@@ -1101,7 +1113,7 @@ async fn sent_in_halves(path: &'static str, len: u32) -> (Origin, Gate, bytes::B
 /// object's first half has its 206 before the origin sends the second half (it used to wait
 /// for the whole object to be stored); one asking for a piece of the second half, joined to
 /// the same fetch, gets it once that half arrives; and the object is stored whole, so a
-/// later Range request is a hit. A multi-range miss still waits for the stored object.
+/// later Range request is a hit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_miss_is_cut_from_the_body_as_it_arrives() {
     let (origin, gate, whole) = sent_in_halves("/clip.mp4", 200_000).await;
@@ -1142,17 +1154,108 @@ async fn a_range_miss_is_cut_from_the_body_as_it_arrives() {
     );
     assert_eq!(hit.body, whole.slice(199_990..));
     assert_eq!(origin.hits("/clip.mp4"), 1);
+}
 
-    // Several ranges wait for the stored object, then are sent as multipart/byteranges.
-    let several = get(
-        &proxy.url("/clip.mp4?several"),
-        &[("range", "bytes=0-9,199990-199999")],
-    )
+/// The parts of a `multipart/byteranges` reply, each as its Content-Range and its bytes.
+fn parts_of(reply: &Reply) -> Vec<(String, bytes::Bytes)> {
+    let content_type = reply.header("content-type").unwrap_or_default().to_string();
+    let boundary = content_type
+        .strip_prefix("multipart/byteranges; boundary=")
+        .expect(&content_type);
+    let delimiter = format!("\r\n--{boundary}");
+    let body = &reply.body[..];
+    assert!(
+        body.ends_with(format!("{delimiter}--\r\n").as_bytes()),
+        "closed by the final delimiter"
+    );
+    let mut parts = Vec::new();
+    let mut rest = body;
+    while let Some(at) = find(rest, delimiter.as_bytes()) {
+        rest = &rest[at + delimiter.len()..];
+        if rest.starts_with(b"--") {
+            break;
+        }
+        let head_end = find(rest, b"\r\n\r\n").expect("a part's head");
+        let head = String::from_utf8_lossy(&rest[..head_end]).to_string();
+        let range = head
+            .lines()
+            .find_map(|line| line.strip_prefix("Content-Range: bytes "))
+            .expect(&head)
+            .to_string();
+        rest = &rest[head_end + 4..];
+        let end = find(rest, delimiter.as_bytes()).expect("the next delimiter");
+        parts.push((range, bytes::Bytes::copy_from_slice(&rest[..end])));
+    }
+    parts
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// RFC 9110 §14.6: several ranges of a miss, in ascending order, are cut from the body as
+/// it arrives, as the parts of a `multipart/byteranges` 206: ranges in the half the origin
+/// has sent are answered whole before it sends the rest (they used to wait for the whole
+/// object to be stored), and a range in the second half follows once it arrives. Ranges
+/// out of order wait for the stored object and keep the order they were asked in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_ranges_of_a_miss_are_cut_as_the_body_arrives() {
+    let (origin, gate, whole) = sent_in_halves("/talk.mp4", 200_000).await;
+    let proxy = Proxy::start(&origin.url(), "").await;
+    let early = get(&proxy.url("/talk.mp4"), &[("range", "bytes=0-9,1000-1999")]).await;
+    assert_eq!(early.status.as_u16(), 206, "{}", early.text());
+    assert_eq!(
+        early.header("content-length"),
+        Some(early.body.len().to_string().as_str())
+    );
+    assert_eq!(
+        parts_of(&early),
+        [
+            ("0-9/200000".to_string(), whole.slice(0..10)),
+            ("1000-1999/200000".to_string(), whole.slice(1000..2000)),
+        ]
+    );
+
+    let url = proxy.url("/talk.mp4");
+    let spanning =
+        tokio::spawn(async move { get(&url, &[("range", "bytes=10-19,150000-150099")]).await });
+    let metrics = std::sync::Arc::clone(proxy.outpost.proxy().metrics());
+    eventually("the second request to join the fetch", || {
+        metrics.coalesced_waits.get() >= 1
+    })
     .await;
-    assert_eq!(several.status.as_u16(), 206);
-    assert!(several
-        .header("content-type")
-        .is_some_and(|v| v.starts_with("multipart/byteranges")));
+    gate.open();
+    let spanning = spanning.await.unwrap();
+    assert_eq!(
+        parts_of(&spanning),
+        [
+            ("10-19/200000".to_string(), whole.slice(10..20)),
+            (
+                "150000-150099/200000".to_string(),
+                whole.slice(150_000..150_100)
+            ),
+        ]
+    );
+
+    let out_of_order = eventually_some("the object to be stored", || async {
+        let reply = get(
+            &proxy.url("/talk.mp4"),
+            &[("range", "bytes=199990-199999,0-9")],
+        )
+        .await;
+        is_hit(&reply).then_some(reply)
+    })
+    .await;
+    assert_eq!(
+        parts_of(&out_of_order),
+        [
+            ("199990-199999/200000".to_string(), whole.slice(199_990..)),
+            ("0-9/200000".to_string(), whole.slice(0..10)),
+        ]
+    );
+    assert_eq!(origin.hits("/talk.mp4"), 1);
 }
 
 /// RFC 9110 §14.2: an open range (`bytes=N-`, what media players ask for first) on an

@@ -187,7 +187,9 @@ def random_request(rnd):
             ("accept-encoding", ["gzip", "br", "identity", "gzip;q=0", "*", "gzip, br", "zstd",
                                  "deflate", None]),
             ("range", [None] * 6 + ["bytes=0-99", "bytes=-50", "bytes=100-", "bytes=0-0,5-9",
-                                    "bytes=99999999-", "bytes=abc", "bytes=10-5"]),
+                                    "bytes=99999999-", "bytes=abc", "bytes=10-5",
+                                    "bytes=0-9,900-999", "bytes=3000-3099,-10",
+                                    "bytes=-10,0-9"]),
             ("cache-control", [None] * 8 + ["no-cache", "max-age=0", "only-if-cached",
                                             "max-stale", "no-store", "min-fresh=100"])):
         value = rnd.choice(choices)
@@ -218,9 +220,14 @@ def judge(path, headers, status, response_headers, body, is_head):
     if is_head or status in (416, 412, 502, 504):
         return "skip"
     if status == 206:
+        if response_headers.get("content-encoding"):
+            return "skip"  # a range of the encoded form
+        content_type = response_headers.get("content-type", "")
+        if content_type.startswith("multipart/byteranges; boundary="):
+            return judge_parts(body, content_type.split("boundary=", 1)[1], want)
         content_range = response_headers.get("content-range", "")
-        if response_headers.get("content-encoding") or not content_range.startswith("bytes "):
-            return "skip"  # a range of the encoded form, or multipart
+        if not content_range.startswith("bytes "):
+            return "bad"
         span, total = content_range[6:].split("/")
         first, last = map(int, span.split("-"))
         return "ok" if body == want[first:last + 1] and int(total) == len(want) else "bad"
@@ -230,6 +237,28 @@ def judge(path, headers, status, response_headers, body, is_head):
     if decoded is None:
         return "skip"
     return "ok" if decoded == want else "bad"
+
+
+def judge_parts(body, boundary, want):
+    """RFC 9110 §14.6: each part of a multipart/byteranges body holds the bytes its
+    Content-Range names, and the body ends with the closing delimiter."""
+    delimiter = b"\r\n--" + boundary.encode()
+    if not body.endswith(delimiter + b"--\r\n"):
+        return "bad"
+    pieces = body[:-len(delimiter) - 4].split(delimiter)
+    if pieces[0] != b"" or len(pieces) < 2:
+        return "bad"
+    for piece in pieces[1:]:
+        head, sep, content = piece.partition(b"\r\n\r\n")
+        spans = [line[len(b"content-range: bytes "):] for line in head.split(b"\r\n")
+                 if line.lower().startswith(b"content-range: bytes ")]
+        if not sep or len(spans) != 1:
+            return "bad"
+        span, total = spans[0].decode().split("/")
+        first, last = map(int, span.split("-"))
+        if content != want[first:last + 1] or int(total) != len(want):
+            return "bad"
+    return "ok"
 
 
 class Tally:

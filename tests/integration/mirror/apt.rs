@@ -232,6 +232,73 @@ async fn apt_by_hash_xz_indexes_still_check_every_package() {
     assert_eq!(mirror.card("debian").await["integrity_failures"], 1);
 }
 
+/// A `Packages.xz` index of a few thousand packages, sent chunked in 16 KiB pieces, is read
+/// for its digests while it streams on to apt: the package whose paragraph falls deep in
+/// the index (across many chunks and read batches) downloads, and the swapped one listed
+/// beside it is refused from its first download, as with a small index read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_xz_index_streamed_in_chunks_still_checks_every_package() {
+    if !client_available("apt-get", &["--version"]) || !client_available("dpkg-deb", &["--version"])
+    {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let deb = hello_deb(work.path());
+    let filler = |from: usize| -> String {
+        (from..from + 3000)
+            .map(|i| {
+                format!(
+                    "Package: filler-{i}\nVersion: 1.{i}\nArchitecture: all\n\
+                     Filename: pool/main/f/filler-{i}_1.{i}_all.deb\nSize: {i}\nSHA256: {}\n\
+                     Description: filler {i}\n more words about filler {i} than apt reads\n\n",
+                    sha256_hex(format!("filler {i}").as_bytes())
+                )
+            })
+            .collect()
+    };
+    let packages = format!("{}{}{}", filler(0), packages_listing(&deb), filler(3000));
+    let xz = xz_coded(packages.as_bytes());
+    assert!(xz.len() > 64 << 10, "many chunks: {}", xz.len());
+    let release = format!(
+        "Origin: test\nLabel: test\nSuite: stable\nCodename: stable\nDate: {}\nArchitectures: amd64\n\
+         Components: main\nSHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+        sha256_hex(packages.as_bytes()),
+        packages.len(),
+        sha256_hex(&xz),
+        xz.len(),
+    );
+    let mut routes = vec![
+        (
+            "/debian/dists/stable/Release",
+            Fixture::ok(release.as_str()),
+        ),
+        (
+            "/debian/dists/stable/main/binary-amd64/Packages.xz",
+            Fixture::Chunked {
+                headers: Vec::new(),
+                body: Bytes::from(xz),
+            },
+        ),
+    ];
+    routes.extend(pool_routes(&deb));
+    let origin = Origin::start(routes).await;
+    let mirror = debian_mirror_of(&origin).await;
+    let downloaded = update_and_download(&mirror).await;
+    assert_eq!(downloaded.expect("apt through the mirror"), deb);
+    assert_eq!(
+        origin.hits("/debian/dists/stable/main/binary-amd64/Packages.xz"),
+        1
+    );
+    let refused = crate::support::get(
+        &mirror.url("/debian/pool/main/s/swapped-outpost_1.0_all.deb"),
+        &[],
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(mirror.card("debian").await["integrity_failures"], 1);
+}
+
 /// `bytes` as xz, as Debian's archive codes its indexes.
 fn xz_coded(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;

@@ -27,7 +27,7 @@ pub enum DocumentError {
     Json(#[from] serde_json::Error),
     #[error("not UTF-8 text")]
     NotText,
-    #[error("not a JSON object, or one giving a field twice")]
+    #[error("not a JSON object")]
     NotAnObject,
     /// Reading it on a blocking thread did not finish (the thread panicked or the runtime
     /// is shutting down).
@@ -255,48 +255,30 @@ fn html_unescape(value: &str) -> String {
 /// # Errors
 /// [`DocumentError::Json`] for a page that is not JSON.
 pub fn pypi_json(bytes: &[u8], links: &Links<'_>, page_path: &str) -> Result<Read, DocumentError> {
-    #[derive(serde::Deserialize)]
-    struct Page<'a> {
-        #[serde(borrow)]
-        files: Option<&'a RawValue>,
-    }
-    #[derive(serde::Deserialize)]
-    struct File<'a> {
-        #[serde(borrow)]
-        url: Option<&'a RawValue>,
-        #[serde(borrow)]
-        hashes: Option<&'a RawValue>,
-        #[serde(borrow, rename = "core-metadata")]
-        core_metadata: Option<&'a RawValue>,
-        #[serde(borrow, rename = "dist-info-metadata")]
-        dist_info_metadata: Option<&'a RawValue>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Hashes<'a> {
-        #[serde(borrow)]
-        sha256: Option<&'a RawValue>,
-    }
     let sha256_of = |hashes: Option<&RawValue>| {
-        let hashes: Hashes = lenient(hashes?)?;
-        let hex = string(hashes.sha256?)?;
+        let hex = string(members(hashes?)?.get("sha256")?)?;
         Expected::from_hex(Algorithm::Sha256, &hex)
     };
-    let (text, page) = json_document::<Page>(bytes)?;
+    let (text, page) = json_document(bytes)?;
     let mut read = Read::default();
     let mut splices = Splices::new(text);
-    let files: Vec<&RawValue> = page.files.and_then(lenient).unwrap_or_default();
-    for file in files.into_iter().filter_map(lenient::<File>) {
-        let Some((url_value, url)) = file.url.and_then(|raw| Some((raw, string(raw)?))) else {
+    let files: Vec<&RawValue> = page
+        .get("files")
+        .and_then(|files| lenient(files))
+        .unwrap_or_default();
+    for file in files.into_iter().filter_map(members) {
+        let Some((url_value, url)) = file.get("url").and_then(|&raw| Some((raw, string(raw)?)))
+        else {
             continue;
         };
         let Some(located) = links.locate(&url, page_path) else {
             continue;
         };
-        if let Some(expected) = sha256_of(file.hashes) {
+        if let Some(expected) = sha256_of(file.get("hashes").copied()) {
             DigestStore::record(&mut read.records, &located.path, &expected);
         }
-        for metadata in [file.core_metadata, file.dist_info_metadata] {
-            if let Some(expected) = sha256_of(metadata) {
+        for name in ["core-metadata", "dist-info-metadata"] {
+            if let Some(expected) = sha256_of(file.get(name).copied()) {
                 let metadata = format!("{}.metadata", located.path);
                 DigestStore::record(&mut read.records, &metadata, &expected);
             }
@@ -417,35 +399,20 @@ pub fn npm_packument(
     links: &Links<'_>,
     page_path: &str,
 ) -> Result<Read, DocumentError> {
-    #[derive(serde::Deserialize)]
-    struct Packument<'a> {
-        #[serde(borrow)]
-        versions: Option<&'a RawValue>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Version<'a> {
-        #[serde(borrow)]
-        dist: Option<&'a RawValue>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Dist<'a> {
-        #[serde(borrow)]
-        tarball: Option<&'a RawValue>,
-        #[serde(borrow)]
-        integrity: Option<&'a RawValue>,
-        #[serde(borrow)]
-        shasum: Option<&'a RawValue>,
-    }
-    let (text, document) = json_document::<Packument>(bytes)?;
+    let (text, document) = json_document(bytes)?;
     let mut read = Read::default();
     let mut splices = Splices::new(text);
-    let versions: HashMap<String, &RawValue> =
-        document.versions.and_then(lenient).unwrap_or_default();
-    for version in versions.into_values().filter_map(lenient::<Version>) {
-        let Some(dist) = version.dist.and_then(lenient::<Dist>) else {
+    let versions = document
+        .get("versions")
+        .and_then(|v| members(v))
+        .unwrap_or_default();
+    for version in versions.into_values().filter_map(members) {
+        let Some(dist) = version.get("dist").and_then(|dist| members(dist)) else {
             continue;
         };
-        let Some((tarball_value, tarball)) = dist.tarball.and_then(|raw| Some((raw, string(raw)?)))
+        let Some((tarball_value, tarball)) = dist
+            .get("tarball")
+            .and_then(|&raw| Some((raw, string(raw)?)))
         else {
             continue;
         };
@@ -453,11 +420,11 @@ pub fn npm_packument(
             continue;
         };
         let expected = dist
-            .integrity
-            .and_then(string)
+            .get("integrity")
+            .and_then(|&raw| string(raw))
             .and_then(|sri| Expected::from_sri(&sri))
             .or_else(|| {
-                let shasum = string(dist.shasum?)?;
+                let shasum = string(dist.get("shasum")?)?;
                 Expected::from_hex(Algorithm::Sha1, &shasum)
             });
         if let Some(expected) = expected {
@@ -471,23 +438,29 @@ pub fn npm_packument(
     Ok(read)
 }
 
-/// A JSON document's text and the fields of it that `T` names, each value left unparsed
+/// A JSON document's text and its top-level members, each value left unparsed
 /// (`RawValue`) until it is wanted: a package document's values are read one version at a
 /// time, never built into a tree (a 20 MB npm document took over 100 MB as a
 /// `serde_json::Value`).
-fn json_document<'a, T: serde::Deserialize<'a>>(
-    bytes: &'a [u8],
-) -> Result<(&'a str, T), DocumentError> {
+fn json_document(bytes: &[u8]) -> Result<(&str, Members<'_>), DocumentError> {
     let text = std::str::from_utf8(bytes).map_err(|_| DocumentError::NotText)?;
-    // The whole document is checked to be JSON first, as a tree of it would have been; a
-    // value of another shape than `T`'s fields then reads as absent.
+    // The whole document is checked to be JSON first, as a tree of it would have been.
     let whole: &RawValue = serde_json::from_str(text)?;
-    let fields = lenient(whole).ok_or(DocumentError::NotAnObject)?;
+    let fields = members(whole).ok_or(DocumentError::NotAnObject)?;
     Ok((text, fields))
 }
 
-/// `raw` read as `T`; `None` when it has another shape (a value of another type, a field
-/// given twice), as a lookup in a tree of it would have found nothing.
+/// A JSON object's members by name, each value unparsed.
+type Members<'a> = HashMap<String, &'a RawValue>;
+
+/// `raw` as an object's members, the last of a name given twice winning (as in a tree of
+/// it, and in the clients' own parsers); `None` for another kind of value.
+fn members(raw: &RawValue) -> Option<Members<'_>> {
+    lenient(raw)
+}
+
+/// `raw` read as `T`; `None` when it has another shape, as a lookup in a tree of it would
+/// have found nothing.
 fn lenient<'a, T: serde::Deserialize<'a>>(raw: &'a RawValue) -> Option<T> {
     serde_json::from_str(raw.get()).ok()
 }
@@ -686,7 +659,8 @@ mod tests {
   "2.0.0": {"z": 1, "dist": {"shasum": "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d", "tarball": "https:\/\/index.example\/a\/-\/a-2.0.0.tgz"}},
   "1.0.0": {"dist": {"integrity": null, "tarball": "https://index.example/a/-/a-1.0.0.tgz"}},
   "0.1.0": {"dist": "not an object"},
-  "0.0.1": ["not an object"]
+  "0.0.1": ["not an object"],
+  "3.0.0": {"dist": {"tarball": "https://other.example/a.tgz", "shasum": "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d", "tarball": "https://index.example/a/-/a-3.0.0.tgz"}}
 }, "name": "a\u0041"}"#;
         let read = npm_packument(packument.as_bytes(), &links, "/pypi/a").unwrap();
         let body = String::from_utf8(read.body.unwrap().to_vec()).unwrap();
@@ -698,10 +672,22 @@ mod tests {
             .replace(
                 r#""https://index.example/a/-/a-1.0.0.tgz""#,
                 r#""https://mirror/pypi/a/-/a-1.0.0.tgz""#,
+            )
+            // A name given twice: the last wins, as in a tree and in the clients' parsers.
+            .replace(
+                r#""https://index.example/a/-/a-3.0.0.tgz""#,
+                r#""https://mirror/pypi/a/-/a-3.0.0.tgz""#,
             );
         assert_eq!(body, expected);
-        let keys: Vec<&[u8]> = read.records.iter().map(|(key, _)| key.as_slice()).collect();
-        assert_eq!(keys, [b"digest:/pypi/a/-/a-2.0.0.tgz".as_slice()]);
+        let mut keys: Vec<&[u8]> = read.records.iter().map(|(key, _)| key.as_slice()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                b"digest:/pypi/a/-/a-2.0.0.tgz".as_slice(),
+                b"digest:/pypi/a/-/a-3.0.0.tgz".as_slice()
+            ]
+        );
 
         let page = r#"{"meta": {"api-version": "1.1"}, "files": [
   {"url": "https://files.example/p/x.whl", "hashes": {"sha256": "HEX"}, "core-metadata": {"sha256": "HEX"}},

@@ -130,16 +130,6 @@ pub struct Read {
     pub records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-impl Read {
-    /// With `rewritten` (a JSON document whose links changed) as the body; none: unchanged.
-    fn with_json_body(mut self, rewritten: Option<&Value>) -> Result<Read, DocumentError> {
-        if let Some(document) = rewritten {
-            self.body = Some(Bytes::from(serde_json::to_vec(document)?));
-        }
-        Ok(self)
-    }
-}
-
 /// A PEP 503 HTML page: `href`s rewritten in place (the rest of the page byte for byte),
 /// `#sha256=` fragments and `data-core-metadata` / `data-dist-info-metadata` recorded.
 pub fn pypi_html(text: &str, links: &Links<'_>, page_path: &str) -> Read {
@@ -305,11 +295,12 @@ pub fn cargo_config(
     links: &Links<'_>,
     registry_path: &str,
 ) -> Result<Read, DocumentError> {
-    let mut config: Value = serde_json::from_slice(bytes)?;
+    let (text, config) = json_document(bytes)?;
+    let [dl, api] = picked(config, ["dl", "api"]).ok_or(DocumentError::NotAnObject)?;
     let mut read = Read::default();
-    let mut changed = false;
-    for field in ["dl", "api"] {
-        let Some(url) = config.get(field).and_then(Value::as_str) else {
+    let mut splices = Splices::new(text);
+    for (field, value) in [("dl", dl), ("api", api)] {
+        let Some((value, url)) = value.and_then(|raw| Some((raw, string(raw)?))) else {
             continue;
         };
         // Markers (`{crate}`) are not URL syntax: locate the part before the first one.
@@ -325,10 +316,10 @@ pub fn cargo_config(
             read.records
                 .push((cargo_template_key(registry_path), template.into_bytes()));
         }
-        config[field] = Value::String(format!("{rewritten}{}", &url[cut..]));
-        changed = true;
+        splices.replace(value, &format!("{rewritten}{}", &url[cut..]));
     }
-    read.with_json_body(changed.then_some(&config))
+    read.body = splices.finish();
+    Ok(read)
 }
 
 /// The mirror path of a crate file under a `dl` template (cargo's rules: without markers,
@@ -712,11 +703,10 @@ mod tests {
 
         let config = br#"{"dl":"https://files.example/crates","api":"https://crates.example"}"#;
         let read = cargo_config(config, &links, "/pypi/").unwrap();
-        let body: Value = serde_json::from_slice(&read.body.unwrap()).unwrap();
-        assert_eq!(body["dl"], "https://mirror/pypi/_files/crates");
+        // The rest of the file byte for byte; an unmounted API stays.
         assert_eq!(
-            body["api"], "https://crates.example",
-            "an unmounted API stays"
+            read.body.unwrap(),
+            &br#"{"dl":"https://mirror/pypi/_files/crates","api":"https://crates.example"}"#[..]
         );
         assert_eq!(read.records[0].1, b"/pypi/_files/crates");
 

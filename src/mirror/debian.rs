@@ -70,7 +70,17 @@ pub enum NotRead {
     OtherIndex,
     /// Its text is not UTF-8.
     NotText,
+    /// A paragraph runs past [`MAX_PARAGRAPH`]: not an index apt would read either.
+    ParagraphTooLong,
 }
+
+/// The longest paragraph read: Debian's longest are tens of kilobytes, and a text with no
+/// blank line would otherwise be held whole.
+const MAX_PARAGRAPH: usize = 1 << 20;
+
+/// The most text taken in one write: a body held whole arrives as one chunk, and its text
+/// is read a slice at a time rather than copied whole into the paragraph being read.
+const MAX_WRITE: usize = 64 << 10;
 
 impl PackagesRecords {
     /// `by_hash`: the text must start like a `Packages` index, or be empty, to be read (a
@@ -118,6 +128,7 @@ impl std::io::Write for PackagesRecords {
         if let Some(reason) = self.stopped {
             return Err(self.stop(reason));
         }
+        let data = &data[..data.len().min(MAX_WRITE)];
         self.decoded += data.len() as u64;
         if self.decoded > self.limit {
             return Err(self.stop(NotRead::PastTheLimit));
@@ -136,6 +147,9 @@ impl std::io::Write for PackagesRecords {
             .windows(2)
             .rposition(|pair| pair == b"\n\n")
         else {
+            if self.pending.len() > MAX_PARAGRAPH {
+                return Err(self.stop(NotRead::ParagraphTooLong));
+            }
             return Ok(data.len());
         };
         let whole = search_from + blank;
@@ -314,6 +328,14 @@ mod tests {
         }
         assert_eq!(records_of(b"Pack", 1, true), Err(NotRead::OtherIndex));
         assert_eq!(records_of(b"", 1, true), Ok(Vec::new()), "an empty index");
+        let endless = format!("Package: a\nDescription: a\n{}", " more\n".repeat(300_000));
+        let mut records = PackagesRecords::new("/debian/", 64 << 20, false);
+        assert!(records.write_all(endless.as_bytes()).is_err());
+        assert_eq!(records.stopped(), Some(NotRead::ParagraphTooLong));
+        assert!(
+            records.pending.len() <= MAX_PARAGRAPH + MAX_WRITE,
+            "never held whole"
+        );
         let mut latin1 = index(2).into_bytes();
         latin1.extend_from_slice(b"\n\nPackage: \xe9\n\nPackage: b\n");
         assert_eq!(records_of(&latin1, 5, false), Err(NotRead::NotText));

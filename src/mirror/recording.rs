@@ -197,6 +197,9 @@ impl PackagesReading {
             NotRead::NotText => {
                 tracing::warn!(registry = %self.registry, "Packages index not understood (not UTF-8): its packages go unchecked")
             }
+            NotRead::ParagraphTooLong => {
+                tracing::warn!(registry = %self.registry, "Packages index not understood (a paragraph over 1 MiB): its packages go unchecked")
+            }
         }
     }
 }

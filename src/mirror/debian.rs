@@ -6,6 +6,7 @@
 use bytes::Bytes;
 
 use super::decode::{decoded, decoded_prefix};
+use super::digests::DigestRecords;
 
 /// How a `by-hash` file of a Debian archive is recognised as a `Packages` index once
 /// decoded: its first paragraph starts with the `Package` field.
@@ -40,9 +41,6 @@ pub fn may_be_packages(raw: &[u8]) -> bool {
     let prefix = decoded_prefix(raw, PACKAGES_START.len());
     prefix.is_empty() || prefix.starts_with(PACKAGES_START)
 }
-
-/// Digest records as [`super::digests::DigestStore::put_all`] takes them.
-pub type DigestRecords = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A `Packages` index read as its decoded text is written to it: each run of whole
 /// paragraphs becomes digest records at once and is let go, so the text is never held whole
@@ -111,10 +109,16 @@ impl PackagesRecords {
         if self.unconfirmed && !self.pending.is_empty() {
             return Err(NotRead::OtherIndex);
         }
-        let last = std::str::from_utf8(&self.pending).map_err(|_| NotRead::NotText)?;
-        super::documents::debian_packages(last, &self.archive_root, &mut self.records);
+        self.read_paragraphs(self.pending.len())?;
         self.pending.clear();
         Ok(std::mem::take(&mut self.records))
+    }
+
+    /// Records the paragraphs of the text read so far up to `end` (whole ones).
+    fn read_paragraphs(&mut self, end: usize) -> Result<(), NotRead> {
+        let text = std::str::from_utf8(&self.pending[..end]).map_err(|_| NotRead::NotText)?;
+        super::documents::debian_packages(text, &self.archive_root, &mut self.records);
+        Ok(())
     }
 
     fn stop(&mut self, reason: NotRead) -> std::io::Error {
@@ -153,10 +157,9 @@ impl std::io::Write for PackagesRecords {
             return Ok(data.len());
         };
         let whole = search_from + blank;
-        let Ok(text) = std::str::from_utf8(&self.pending[..whole]) else {
-            return Err(self.stop(NotRead::NotText));
-        };
-        super::documents::debian_packages(text, &self.archive_root, &mut self.records);
+        if let Err(reason) = self.read_paragraphs(whole) {
+            return Err(self.stop(reason));
+        }
         self.pending.drain(..whole + 2);
         Ok(data.len())
     }

@@ -202,6 +202,9 @@ pub struct DigestStore {
     memory: parking_lot::Mutex<std::collections::HashMap<Vec<u8>, Vec<u8>>>,
 }
 
+/// Facts to record, as (`key`, `value`): what indexes published for their artifacts.
+pub type DigestRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
 impl DigestStore {
     pub fn new(disk: Option<DiskTier>) -> DigestStore {
         DigestStore {
@@ -211,7 +214,7 @@ impl DigestStore {
     }
 
     /// Records facts (`key`, `value`) at once.
-    pub fn put_all(&self, records: Vec<(Vec<u8>, Vec<u8>)>) {
+    pub fn put_all(&self, records: DigestRecords) {
         if records.is_empty() {
             return;
         }
@@ -237,7 +240,7 @@ impl DigestStore {
     }
 
     /// Records what the index published for the artifact at `path`.
-    pub fn record(records: &mut Vec<(Vec<u8>, Vec<u8>)>, path: &str, expected: &Expected) {
+    pub fn record(records: &mut DigestRecords, path: &str, expected: &Expected) {
         records.push((record_key(path), expected.encode()));
     }
 

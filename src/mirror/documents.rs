@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::digests::{Algorithm, DigestStore, Expected};
+use super::digests::{Algorithm, DigestRecords, DigestStore, Expected};
 
 /// Why a document could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +127,7 @@ pub struct Read {
     /// The rewritten document; `None` when no link changed.
     pub body: Option<Bytes>,
     /// Digest records for the artifacts it lists.
-    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+    pub records: DigestRecords,
 }
 
 /// A PEP 503 HTML page: `href`s rewritten in place (the rest of the page byte for byte),
@@ -256,7 +256,7 @@ pub fn pypi_json(bytes: &[u8], links: &Links<'_>, page_path: &str) -> Result<Rea
     for [url, hashes, core_metadata, dist_info_metadata] in
         files.into_iter().filter_map(|file| picked(file, names))
     {
-        let Some((url_value, url)) = url.and_then(|raw| Some((raw, string(raw)?))) else {
+        let Some((url_value, url)) = string_at(url) else {
             continue;
         };
         let Some(located) = links.locate(&url, page_path) else {
@@ -300,7 +300,7 @@ pub fn cargo_config(
     let mut read = Read::default();
     let mut splices = Splices::new(text);
     for (field, value) in [("dl", dl), ("api", api)] {
-        let Some((value, url)) = value.and_then(|raw| Some((raw, string(raw)?))) else {
+        let Some((value, url)) = string_at(value) else {
             continue;
         };
         // Markers (`{crate}`) are not URL syntax: locate the part before the first one.
@@ -399,8 +399,7 @@ pub fn npm_packument(
         else {
             continue;
         };
-        let Some((tarball_value, tarball)) = tarball.and_then(|raw| Some((raw, string(raw)?)))
-        else {
+        let Some((tarball_value, tarball)) = string_at(tarball) else {
             continue;
         };
         let Some(located) = links.locate(&tarball, page_path) else {
@@ -438,19 +437,24 @@ fn picked<'a, const N: usize>(
     raw: &'a RawValue,
     names: [&'static str; N],
 ) -> Option<[Option<&'a RawValue>; N]> {
-    let mut reader = serde_json::Deserializer::from_str(raw.get());
-    let picked = serde::de::DeserializeSeed::deserialize(Picker(names), &mut reader).ok()?;
-    reader.end().ok()?;
-    Some(picked)
+    read_with(raw, Picker(names))
 }
 
 /// The values of the JSON object `raw`, unparsed, in order (a name given twice gives
 /// each); `None` for another kind of value.
 fn member_values(raw: &RawValue) -> Option<Vec<&RawValue>> {
+    read_with(raw, AllValues)
+}
+
+/// `raw` read by `seed`, which must take the whole value; `None` when it cannot.
+fn read_with<'a, S: serde::de::DeserializeSeed<'a>>(
+    raw: &'a RawValue,
+    seed: S,
+) -> Option<S::Value> {
     let mut reader = serde_json::Deserializer::from_str(raw.get());
-    let values = serde::de::DeserializeSeed::deserialize(AllValues, &mut reader).ok()?;
+    let value = seed.deserialize(&mut reader).ok()?;
     reader.end().ok()?;
-    Some(values)
+    Some(value)
 }
 
 /// Reads an object for [`picked`]: the values of the members `.0` names, by position.
@@ -546,6 +550,12 @@ fn string(raw: &RawValue) -> Option<String> {
     lenient::<String>(raw)
 }
 
+/// A string member: its value where it lies in the text (to be replaced) and the string.
+fn string_at(raw: Option<&RawValue>) -> Option<(&RawValue, String)> {
+    let raw = raw?;
+    Some((raw, string(raw)?))
+}
+
 /// Values of a JSON document replaced in its text, the rest of it byte for byte.
 struct Splices<'a> {
     text: &'a str,
@@ -603,7 +613,7 @@ pub fn debian_field<'a>(paragraph: &'a str, name: &str) -> Option<&'a str> {
 /// Paragraphs of a Debian `Packages` file (whole ones: the caller splits the file at blank
 /// lines): each paragraph's `SHA256` recorded into `records` for `archive_root` +
 /// `Filename`.
-pub fn debian_packages(text: &str, archive_root: &str, records: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+pub fn debian_packages(text: &str, archive_root: &str, records: &mut DigestRecords) {
     for paragraph in text.split("\n\n") {
         // One walk over the paragraph's lines for both fields: an index has tens of
         // thousands of paragraphs, most of them long descriptions.

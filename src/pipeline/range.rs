@@ -285,7 +285,17 @@ impl RangeSource<'_> {
 }
 
 /// Turns a whole 200 `response` built from `source` into the answer to `range`.
-pub fn apply(mut response: Response<Body>, source: RangeSource<'_>, range: &str) -> Response<Body> {
+pub fn apply(response: Response<Body>, source: RangeSource<'_>, range: &str) -> Response<Body> {
+    let ranges = parse(range, source.len());
+    apply_parsed(response, source, ranges)
+}
+
+/// [`apply`] with the Range already parsed against `source`'s length.
+pub fn apply_parsed(
+    mut response: Response<Body>,
+    source: RangeSource<'_>,
+    ranges: Ranges,
+) -> Response<Body> {
     if response.status() != StatusCode::OK {
         return response;
     }
@@ -293,7 +303,7 @@ pub fn apply(mut response: Response<Body>, source: RangeSource<'_>, range: &str)
     response
         .headers_mut()
         .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    match parse(range, len) {
+    match ranges {
         Ranges::Ignore => response,
         Ranges::Unsatisfiable => {
             let headers = response.headers_mut();

@@ -148,25 +148,23 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
     B::Error: Into<crate::body::BoxError>,
 {
-    let ranges = match super::range::parse(range, len) {
+    let ranges = super::range::parse(range, len);
+    let cut: &[(u64, u64)] = match &ranges {
         Ranges::Satisfiable(ranges) => ranges,
-        Ranges::Unsatisfiable | Ranges::Ignore => Vec::new(),
+        Ranges::Unsatisfiable | Ranges::Ignore => &[],
     };
-    // `apply` asks for each range's window once, in order: they are cut in turn from
-    // the one body.
-    let windows = std::cell::RefCell::new(Window::in_turn(body, &ranges, rest).into_iter());
+    // `apply_parsed` asks for each range's window once, in order: they are cut in turn
+    // from the one body.
+    let windows = std::cell::RefCell::new(Window::in_turn(body, cut, rest).into_iter());
     let window = |_first, _last| match windows.borrow_mut().next() {
         Some(window) => Body::boxed(window),
         None => Body::empty(),
     };
-    super::range::apply(
-        whole,
-        RangeSource::Streamed {
-            len,
-            window: &window,
-        },
-        range,
-    )
+    let source = RangeSource::Streamed {
+        len,
+        window: &window,
+    };
+    super::range::apply_parsed(whole, source, ranges)
 }
 
 /// Reads the rest of a fill and drops it, in a task of its own: the fill then counts a

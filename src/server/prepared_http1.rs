@@ -174,7 +174,9 @@ async fn next_head<S: AsyncRead + AsyncWrite + SendfileSocket + Unpin>(
                 Parsed::Preparable(head) if head.len < max_head => return Next::Head(head),
                 Parsed::Plain(len) if len < max_head => return Next::OneRequest(len),
                 Parsed::Partial if buf.len() < max_head => {}
-                Parsed::Partial if super::refusals::is_request_line_too_long(buf, max_head) => {
+                // Whole or not: a head already read past the limit (a pipelined one comes
+                // in with the request before it) would reach hyper, which says 431.
+                _ if super::refusals::is_request_line_too_long(buf, max_head) => {
                     return Next::UriTooLong
                 }
                 Parsed::Preparable(_) | Parsed::Plain(_) | Parsed::Partial | Parsed::Other => {

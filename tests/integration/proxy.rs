@@ -328,11 +328,21 @@ async fn an_over_long_request_line_gets_414() {
         let refused = String::from_utf8_lossy(&refused);
         assert!(refused.starts_with("HTTP/1.1 414"), "{server}: {refused}");
 
+        // Pipelined behind a plain GET, arriving with it: the GET is answered, then the
+        // long line is refused as when it comes alone.
+        let pipelined = format!("GET /s HTTP/1.1\r\nHost: a\r\n\r\n{long_line}");
+        let replies = raw_exchange(proxy.addr, pipelined.as_bytes()).await;
+        let statuses: Vec<&str> = replies
+            .match_indices("HTTP/1.1 ")
+            .map(|(at, _)| &replies[at + 9..at + 12])
+            .collect();
+        assert_eq!(statuses, ["200", "414"], "{server}: {replies}");
+
         let fits = format!("/s?{}", "a".repeat(4 * 1024));
         assert_eq!(get(&proxy.url(&fits), &[]).await.status, 200);
     }
-    // The two POSTs and the two GETs that fit.
-    assert_eq!(origin.hits("/s"), 4);
+    // Per server: the POST, the pipelined GET and the GET that fits.
+    assert_eq!(origin.hits("/s"), 6);
 }
 
 /// RFC 9209 §2.3.3: an origin that refuses connections gives 502 `connection_refused`.

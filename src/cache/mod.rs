@@ -1349,6 +1349,25 @@ impl HeldRoom<'_> {
             }
         }
     }
+
+    /// Counts `len` bytes against the budget, room or not (see [`fill::Commitment::force_to`]).
+    pub fn force_to(&mut self, len: u64) {
+        match &mut self.commitment {
+            Some(commitment) => commitment.force_to(len),
+            None => {
+                // Nothing is refused an unbounded budget.
+                self.commitment = self.cache.coalescer.commit(0, u64::MAX, None);
+                if let Some(commitment) = &mut self.commitment {
+                    commitment.force_to(len);
+                }
+            }
+        }
+    }
+
+    /// Gives back what is counted: the bytes are no longer held.
+    pub fn release(&mut self) {
+        self.commitment = None;
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod digests;
 pub mod documents;
 pub mod negotiate;
 pub mod recording;
+pub mod room;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub struct RegistryStats {
     pub misses: AtomicU64,
     pub integrity_failures: AtomicU64,
     pub documents_rewritten: AtomicU64,
+    /// Documents that waited for room in the fills' memory budget before being read on.
+    pub documents_waited: AtomicU64,
     /// Seconds since the epoch of the last complete answer from the upstream; 0: none yet.
     pub last_upstream_contact: AtomicU64,
 }
@@ -259,6 +262,8 @@ pub struct Mirror {
     hold_max: u64,
     /// Shared with the blocking threads that record a large index's digests.
     digests: Arc<DigestStore>,
+    /// The one index document at a time that may be held past the fills' budget.
+    document_pass: room::DocumentPass,
     /// The last count of stored objects and bytes per registry, and when it was made.
     stored: tokio::sync::Mutex<Option<StoredCount>>,
 }
@@ -352,6 +357,7 @@ impl Mirror {
             rewrite_max: config.rewrite_max.0,
             hold_max: config.hold_max.0,
             digests: Arc::new(DigestStore::new(disk)),
+            document_pass: room::DocumentPass::default(),
             stored: tokio::sync::Mutex::new(None),
         })
     }
@@ -405,6 +411,7 @@ impl Mirror {
                     "last_upstream_contact": last_contact,
                     "integrity_failures": stats.integrity_failures.load(Ordering::Relaxed),
                     "documents_rewritten": stats.documents_rewritten.load(Ordering::Relaxed),
+                    "documents_waited": stats.documents_waited.load(Ordering::Relaxed),
                 })
             })
             .collect();
@@ -454,7 +461,7 @@ impl Mirror {
         (path, url): (&str, &str),
         mut head: Head,
         body: OriginBody,
-        (body_read_timeout, room): (Duration, &mut (dyn FnMut(u64) -> bool + Send)),
+        (body_read_timeout, held): (Duration, &mut dyn room::HeldBytes),
     ) -> Result<(Head, OriginBody), MirrorError> {
         let Some(registry) = self.registry_for(path) else {
             return Ok((head, body));
@@ -476,13 +483,15 @@ impl Mirror {
             .to_ascii_lowercase();
         let outcome = match registry.classify(path, &content_type) {
             Handling::Document(document) => {
+                // Waiting for room is bounded by half the body-read timeout (see `room`).
+                let room = self.document_pass.room(held, body_read_timeout / 2);
                 self.document(
                     registry,
                     document,
                     (path, url),
                     &mut head,
                     body,
-                    body_read_timeout,
+                    (body_read_timeout, room),
                 )
                 .await
             }
@@ -491,7 +500,7 @@ impl Mirror {
                 Some(expected) => {
                     let checked = (registry, &expected);
                     let verified = self
-                        .verified(checked, &head, body, (body_read_timeout, room))
+                        .verified(checked, &head, body, (body_read_timeout, held))
                         .await;
                     if registry.kind == RegistryKind::Debian && debian::is_by_hash(path) {
                         // apt fetches its indexes by hash when the archive's `Release`
@@ -527,7 +536,7 @@ impl Mirror {
         (registry, expected): (&Registry, &digests::Expected),
         head: &Head,
         body: OriginBody,
-        (body_read_timeout, room): (Duration, &mut (dyn FnMut(u64) -> bool + Send)),
+        (body_read_timeout, held): (Duration, &mut dyn room::HeldBytes),
     ) -> Result<OriginBody, MirrorError> {
         let encoded = head.headers.contains_key(header::CONTENT_ENCODING);
         let streamed = |prefix: Bytes, context, body| {
@@ -544,7 +553,7 @@ impl Mirror {
             ))
         };
         let declared = crate::cache::entry::content_length(&head.headers);
-        let mut room = |len: u64| encoded || room(len);
+        let mut room = |len: u64| encoded || held.grow_to(len);
         let holdable = encoded
             || match declared {
                 Some(len) => len <= self.hold_max && room(len),
@@ -570,7 +579,8 @@ impl Mirror {
         let mismatch = || MirrorError::Mismatch {
             algorithm: expected.algorithm.name(),
         };
-        let bytes = match read_whole(body, (self.hold_max, &mut room), body_read_timeout).await? {
+        let room = ReadRoom::Asked(&mut room);
+        let bytes = match read_whole(body, (self.hold_max, room), body_read_timeout).await? {
             Whole::Read(bytes) => bytes,
             Whole::TooLarge(..) if encoded => {
                 return Err(refuse(MirrorError::TooLargeToVerify(self.hold_max)))
@@ -617,7 +627,8 @@ impl Mirror {
     }
 
     /// Reads a document, records its digests and, for the documents clients get rewritten,
-    /// replaces the body and the validators.
+    /// replaces the body and the validators. What it holds meanwhile is counted in `room`,
+    /// waiting for room when there is none ([`room`]).
     async fn document(
         &self,
         registry: &Registry,
@@ -625,7 +636,7 @@ impl Mirror {
         (path, url): (&str, &str),
         head: &mut Head,
         body: OriginBody,
-        body_read_timeout: Duration,
+        (body_read_timeout, mut room): (Duration, room::DocumentRoom<'_>),
     ) -> Result<OriginBody, MirrorError> {
         let gzip_coded = gzip_coded(head);
         if document == Document::DebianPackages {
@@ -641,9 +652,8 @@ impl Mirror {
             tracing::warn!(registry = %registry.name, path, "index document over mirror.rewrite_max: relayed as it came");
             return Ok(body);
         }
-        let raw = match read_whole(body, (self.rewrite_max, &mut |_| true), body_read_timeout)
-            .await?
-        {
+        let waited = ReadRoom::Waited(&mut room);
+        let raw = match read_whole(body, (self.rewrite_max, waited), body_read_timeout).await? {
             Whole::Read(raw) => raw,
             Whole::TooLarge(prefix, rest) => {
                 tracing::warn!(registry = %registry.name, path, "index document over mirror.rewrite_max: relayed as it came");
@@ -652,9 +662,16 @@ impl Mirror {
                 )));
             }
         };
-        Ok(self
-            .held_document(registry, document, (path, url), head, raw)
-            .await)
+        let body = self
+            .held_document(registry, document, (path, url), (head, raw), &mut room)
+            .await;
+        if room.has_waited() {
+            registry
+                .stats
+                .documents_waited
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(body)
     }
 
     /// [`Mirror::document`] once its body `raw` is held whole: the body that goes on.
@@ -663,8 +680,8 @@ impl Mirror {
         registry: &Registry,
         document: Document,
         (path, url): (&str, &str),
-        head: &mut Head,
-        raw: Bytes,
+        (head, raw): (&mut Head, Bytes),
+        room: &mut room::DocumentRoom<'_>,
     ) -> OriginBody {
         let gzip_coded = gzip_coded(head);
         let text = match gzip_coded {
@@ -681,6 +698,15 @@ impl Mirror {
             // A coding we cannot read: the document goes on untouched.
             Some(false) => return OriginBody::read(raw),
         };
+        // The rewritten copy is made beside the text (and a decoded text beside the coded
+        // body); its size is about the text's.
+        let decoded = if gzip_coded.is_some() { text.len() } else { 0 };
+        let rewritten = if document.is_rewritten() {
+            text.len()
+        } else {
+            0
+        };
+        room.grow_to((raw.len() + decoded + rewritten) as u64).await;
         let base = self.base_for(url);
         let job = DocumentJob {
             document,
@@ -766,10 +792,18 @@ enum Whole {
     TooLarge(Bytes, OriginBody),
 }
 
+/// How a body read whole is given room for what it holds.
+enum ReadRoom<'r, 'a> {
+    /// Asked at each length: without it the reading stops, and the rest streams.
+    Asked(&'r mut (dyn FnMut(u64) -> bool + Send)),
+    /// Waited for (an index document: see [`room`]).
+    Waited(&'r mut room::DocumentRoom<'a>),
+}
+
 /// The whole body if it has at most `max` bytes, each frame within `frame_timeout`.
 async fn read_whole(
     mut body: OriginBody,
-    (max, room): (u64, &mut (dyn FnMut(u64) -> bool + Send)),
+    (max, mut room): (u64, ReadRoom<'_, '_>),
     frame_timeout: Duration,
 ) -> Result<Whole, MirrorError> {
     let mut chunks = bytes::BytesMut::new();
@@ -782,7 +816,16 @@ async fn read_whole(
         };
         if let Ok(data) = frame.into_data() {
             chunks.extend_from_slice(&data);
-            if chunks.len() as u64 > max || !room(chunks.len() as u64) {
+            let len = chunks.len() as u64;
+            let has_room = len <= max
+                && match &mut room {
+                    ReadRoom::Asked(room) => room(len),
+                    ReadRoom::Waited(room) => {
+                        room.grow_to(len).await;
+                        true
+                    }
+                };
+            if !has_room {
                 return Ok(Whole::TooLarge(chunks.freeze(), body));
             }
         }
@@ -869,6 +912,17 @@ mod tests {
         );
     }
 
+    /// Room as a closure says: `true` when there is room.
+    struct Asked<F>(F);
+
+    impl<F: FnMut(u64) -> bool + Send> room::HeldBytes for Asked<F> {
+        fn grow_to(&mut self, len: u64) -> bool {
+            (self.0)(len)
+        }
+        fn force_to(&mut self, _len: u64) {}
+        fn release(&mut self) {}
+    }
+
     fn artifact_head(len: usize) -> Head {
         let response = http::Response::builder()
             .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -894,10 +948,10 @@ mod tests {
         let timeout = Duration::from_secs(5);
 
         let mut asked = Vec::new();
-        let mut room = |len: u64| {
+        let mut room = Asked(|len: u64| {
             asked.push(len);
             true
-        };
+        });
         let held = mirror
             .on_response(
                 (&path, &url),
@@ -918,7 +972,7 @@ mod tests {
                 (&path, &url),
                 artifact_head(tampered.len()),
                 OriginBody::read(tampered.clone()),
-                (timeout, &mut |_| false),
+                (timeout, &mut Asked(|_| false)),
             )
             .await
             .expect("checked as it streams");
@@ -929,7 +983,7 @@ mod tests {
                 (&path, &url),
                 artifact_head(published.len()),
                 OriginBody::read(Bytes::from_static(published)),
-                (timeout, &mut |_| false),
+                (timeout, &mut Asked(|_| false)),
             )
             .await
             .expect("checked as it streams");

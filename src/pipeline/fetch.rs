@@ -1439,16 +1439,16 @@ impl FillTask {
             return Ok((head, body));
         };
         let origin = || self.origin.clone();
-        // An artifact held whole for its check counts against the fills' memory budget
-        // until it goes on; past it, it is checked as it streams.
+        // An artifact held whole for its check, or a document for its rewrite, counts
+        // against the fills' memory budget until it goes on; past it, an artifact is
+        // checked as it streams and a document waits for room (`mirror::room`).
         let mut held = self.proxy.cache.held_room();
-        let mut room = |len: u64| held.grow_to(len);
         mirror
             .on_response(
                 (&self.path, &self.plan.url),
                 head,
                 body,
-                (self.proxy.body_read_timeout, &mut room),
+                (self.proxy.body_read_timeout, &mut held),
             )
             .await
             .map_err(|err| match err {

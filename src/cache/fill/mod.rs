@@ -308,6 +308,20 @@ impl Commitment<'_> {
         true
     }
 
+    /// Counts this fill for `bytes` (when more than it counts for already) whatever the
+    /// budget says: for the one body that may pass it while others wait for room (an index
+    /// document the package mirror must hold whole; see `mirror::room`).
+    pub fn force_to(&mut self, bytes: u64) {
+        let more = bytes.saturating_sub(self.bytes);
+        self.coalescer.committed.fetch_add(more, Ordering::AcqRel);
+        if self.newcomer_room.is_some() {
+            self.coalescer
+                .committed_by_newcomers
+                .fetch_add(more, Ordering::AcqRel);
+        }
+        self.bytes += more;
+    }
+
     /// The body has received `total` bytes: what of its commitment has arrived, so that
     /// [`Coalescer::holds_past`] counts each kept byte once, whether arrived or not.
     pub fn received(&mut self, total: u64) {

@@ -224,3 +224,60 @@ async fn package_documents_are_stored_per_form_whatever_the_accept_spelling() {
     assert_eq!(plain.status, http::StatusCode::OK);
     assert!(is_full(&plain), "no Accept: the full document");
 }
+
+/// Large package documents read at once, together far past the fills' memory budget
+/// (`cache.fill_memory_budget`), each held whole to be rewritten: they wait for room in
+/// turn (one at a time may pass the budget; `mirror::room`) instead of all being held at
+/// once, and none of them is relayed unrewritten for want of room, nor waits for ever on
+/// the others. Every client gets its document with every tarball link on the mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_documents_read_at_once_past_the_budget_are_all_rewritten_in_turn() {
+    const DOCUMENTS: usize = 6;
+    // The documents name their registry's own address, known once its port is.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let upstream = format!("http://{address}");
+    let document = |name: &str| {
+        let mut versions = serde_json::Map::new();
+        for minor in 0..2_000 {
+            let version = format!("0.{minor}.0");
+            versions.insert(
+                version.clone(),
+                serde_json::json!({
+                    "name": name, "version": version,
+                    "description": "d".repeat(600),
+                    "dist": {"tarball": format!("{upstream}/{name}/-/{name}-{version}.tgz")},
+                }),
+            );
+        }
+        let text = serde_json::json!({"name": name, "versions": versions}).to_string();
+        assert!(text.len() > 1 << 20, "larger than a small document");
+        text
+    };
+    let routes = (0..DOCUMENTS)
+        .map(|n| {
+            let name = format!("big{n}");
+            let path: &'static str = Box::leak(format!("/{name}").into_boxed_str());
+            (path, page("application/json", document(&name)))
+        })
+        .collect();
+    let _registry = Origin::start_at(&address, routes).await;
+    let swap = [("https://registry.npmjs.org", upstream.clone())];
+    let mirror = Mirror::start_tuned(&swap, None, |config| {
+        config.cache.fill_memory_budget = Some(outpost::config::ByteSize(2 << 20));
+    })
+    .await;
+    let fetches = (0..DOCUMENTS).map(|n| {
+        let url = mirror.url(&format!("/npm/big{n}"));
+        async move { crate::support::get(&url, &[("accept", "application/json")]).await }
+    });
+    let replies = futures_util::future::join_all(fetches).await;
+    let on_mirror = format!("{}/npm/", mirror.url("").trim_end_matches('/'));
+    for (n, reply) in replies.iter().enumerate() {
+        assert_eq!(reply.status, http::StatusCode::OK, "big{n}");
+        let text = reply.text();
+        assert!(!text.contains(&upstream), "big{n} relayed unrewritten");
+        assert_eq!(text.matches(&on_mirror).count(), 2_000, "big{n}");
+    }
+}

@@ -150,6 +150,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     const PATIENCE: Duration = Duration::from_secs(60);
+    const MIB: u64 = 1 << 20;
 
     /// A budget of `limit` bytes shared by several holders (the fills' budget in small).
     #[derive(Clone)]
@@ -164,6 +165,12 @@ mod tests {
     }
 
     impl Budget {
+        fn new(limit: u64) -> Budget {
+            Budget {
+                counted: Arc::new(Mutex::new(0)),
+                limit,
+            }
+        }
         fn holder(&self) -> Held {
             Held {
                 budget: self.clone(),
@@ -201,11 +208,7 @@ mod tests {
     /// not wait for each other: one takes the pass and finishes, then the other goes on.
     #[tokio::test]
     async fn documents_waiting_for_room_always_make_progress() {
-        const MIB: u64 = 1 << 20;
-        let budget = Budget {
-            counted: Arc::new(Mutex::new(0)),
-            limit: 8 * MIB,
-        };
+        let budget = Budget::new(8 * MIB);
         let pass = DocumentPass::default();
         let (mut first_held, mut second_held) = (budget.holder(), budget.holder());
         let mut first = pass.room(&mut first_held, PATIENCE);
@@ -233,10 +236,7 @@ mod tests {
     /// A small document is counted but never waits, even past the budget.
     #[tokio::test]
     async fn a_small_document_never_waits() {
-        let budget = Budget {
-            counted: Arc::new(Mutex::new(0)),
-            limit: 0,
-        };
+        let budget = Budget::new(0);
         let pass = DocumentPass::default();
         let mut held = budget.holder();
         let mut room = pass.room(&mut held, PATIENCE);
@@ -250,11 +250,7 @@ mod tests {
     /// patience passes when nothing else can happen.)
     #[tokio::test(start_paused = true)]
     async fn a_document_out_of_patience_reads_on_past_the_budget() {
-        const MIB: u64 = 1 << 20;
-        let budget = Budget {
-            counted: Arc::new(Mutex::new(0)),
-            limit: 2 * MIB,
-        };
+        let budget = Budget::new(2 * MIB);
         let pass = DocumentPass::default();
         let (mut first_held, mut second_held) = (budget.holder(), budget.holder());
         let mut first = pass.room(&mut first_held, PATIENCE);

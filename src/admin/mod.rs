@@ -212,6 +212,10 @@ async fn metrics(proxy: &Proxy) -> Response<Body> {
         metrics.cache_bytes.get_or_create(&labels).set(gauge(bytes));
     };
     set_usage("memory", proxy.cache().memory_usage().await);
+    let budget_used = proxy.cache().fill_budget_used();
+    metrics
+        .fill_budget_used_bytes
+        .set(i64::try_from(budget_used).unwrap_or(i64::MAX));
     let now = std::time::Instant::now();
     for pool in proxy.pools().configured() {
         pool.export_states(now);

@@ -450,6 +450,12 @@ impl Cache {
             .commit(len, self.fill_bounds.memory_budget, None)
     }
 
+    /// What counts against the fills' memory budget now: bodies kept or held whole,
+    /// streams' read-ahead and buffers, kept bodies still being sent outside the tier.
+    pub fn fill_budget_used(&self) -> u64 {
+        self.coalescer.budget_used()
+    }
+
     /// Room for a body held whole as it arrives, counted against the fills' memory budget
     /// as it grows (see [`Cache::commit_held`]).
     pub fn held_room(&self) -> HeldRoom<'_> {

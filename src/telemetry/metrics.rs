@@ -150,6 +150,8 @@ pub struct Metrics {
     pub encodings_refused: Counter,
     /// Body bytes every fill in flight holds in memory (bounded by `cache.fill_memory_budget`).
     pub fill_bytes: Gauge,
+    /// What counts against `cache.fill_memory_budget` (set when scraped).
+    pub fill_budget_used_bytes: Gauge,
     /// Times the allocator was asked to return heap the memory tier freed (`cache::heap_release`).
     pub heap_releases: Counter,
     /// Reads of an object from the disk tier into memory (concurrent ones for a key coalesce).
@@ -435,6 +437,12 @@ impl Metrics {
                 &mut registry,
                 "fill_bytes",
                 "Body bytes held in memory by fills in flight",
+                Gauge::default(),
+            ),
+            fill_budget_used_bytes: register(
+                &mut registry,
+                "fill_budget_used_bytes",
+                "Bytes counted against cache.fill_memory_budget: bodies kept or held whole, streams' read-ahead and buffers, kept bodies still being sent outside the memory tier",
                 Gauge::default(),
             ),
             heap_releases: register(

@@ -439,8 +439,13 @@ impl Coalescer {
     /// ([`Coalescer::hold`]). Kept bodies count as committed so that fills streaming beside
     /// them stop reading ahead as soon as they begin, not once they have arrived.
     pub fn holds_past(&self, budget: u64) -> bool {
+        self.budget_used() > budget
+    }
+
+    /// What counts against the fills' memory budget now (see [`Coalescer::holds_past`]).
+    pub fn budget_used(&self) -> u64 {
         let committed = self.committed.load(Ordering::Acquire);
-        committed + self.streaming_bytes() + self.held_outside.load(Ordering::Acquire) > budget
+        committed + self.streaming_bytes() + self.held_outside.load(Ordering::Acquire)
     }
 
     /// What fills streaming through unstored hold: the chunks they have read and not yet

@@ -43,6 +43,18 @@ pub fn gunzipped(raw: &Bytes, limit: u64) -> Option<Bytes> {
     Some(Bytes::from(out.bytes))
 }
 
+/// The decoded length a gzip body states in its trailer (ISIZE, RFC 1952 §2.3.1: the last
+/// member's length modulo 2^32), to count the memory decoding it takes before it is
+/// decoded; `None` when it is too short to be gzip.
+pub fn gzip_stated_len(raw: &[u8]) -> Option<u64> {
+    // A header of 10 bytes and a trailer of 8, at the least.
+    if raw.len() < 18 || !raw.starts_with(GZIP) {
+        return None;
+    }
+    let trailer: [u8; 4] = raw[raw.len() - 4..].try_into().ok()?;
+    Some(u64::from(u32::from_le_bytes(trailer)))
+}
+
 /// `decoder` (one of this module's, or one built on them) run over `raw` within `limit` on
 /// a blocking thread: decoding a large index takes seconds that no runtime thread may spend.
 pub async fn off_runtime(
@@ -335,5 +347,18 @@ mod tests {
         crc.update(&raw[12..12 + header_len - 4]);
         raw[12 + header_len - 4..12 + header_len].copy_from_slice(&crc.sum().to_le_bytes());
         assert_eq!(decoded(&Bytes::from(raw), 1 << 30), None);
+    }
+
+    /// A gzip body's trailer states its decoded length, which is counted before decoding.
+    #[test]
+    fn a_gzip_trailer_states_the_decoded_length() {
+        use std::io::Write;
+        let text = "a line of an index document\n".repeat(10_000);
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(text.as_bytes()).unwrap();
+        let coded = encoder.finish().unwrap();
+        assert_eq!(gzip_stated_len(&coded), Some(text.len() as u64));
+        assert_eq!(gzip_stated_len(b"plain text, not gzip at all"), None);
+        assert_eq!(gzip_stated_len(&coded[..10]), None);
     }
 }

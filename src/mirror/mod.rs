@@ -687,6 +687,13 @@ impl Mirror {
         let text = match gzip_coded {
             None => raw.clone(),
             Some(true) => {
+                // Counted before it is decoded, at the length its trailer states (within
+                // the limit), and again below at the length it has.
+                let stated = decode::gzip_stated_len(&raw)
+                    .unwrap_or(0)
+                    .min(self.rewrite_max);
+                let copy = if document.is_rewritten() { stated } else { 0 };
+                room.grow_to(raw.len() as u64 + stated + copy).await;
                 match decode::off_runtime(&raw, self.rewrite_max, decode::gunzipped).await {
                     Some(text) => text,
                     None => {

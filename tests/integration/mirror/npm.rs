@@ -229,7 +229,8 @@ async fn package_documents_are_stored_per_form_whatever_the_accept_spelling() {
 /// (`cache.fill_memory_budget`), each held whole to be rewritten: they wait for room in
 /// turn (one at a time may pass the budget; `mirror::room`) instead of all being held at
 /// once, and none of them is relayed unrewritten for want of room, nor waits for ever on
-/// the others. Every client gets its document with every tarball link on the mirror.
+/// the others, gzip-coded or not. Every client gets its document with every tarball link
+/// on the mirror.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_documents_read_at_once_past_the_budget_are_all_rewritten_in_turn() {
     const DOCUMENTS: usize = 6;
@@ -255,11 +256,33 @@ async fn large_documents_read_at_once_past_the_budget_are_all_rewritten_in_turn(
         assert!(text.len() > 1 << 20, "larger than a small document");
         text
     };
+    // Every other one gzip-coded, as the registry sends them to clients that accept it:
+    // counted at the length its trailer states before it is decoded.
+    let gzip_coded = |text: String| {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(text.as_bytes()).unwrap();
+        crate::support::Fixture::Static {
+            status: http::StatusCode::OK,
+            headers: vec![
+                ("content-type", "application/json".into()),
+                ("content-encoding", "gzip".into()),
+                ("cache-control", "max-age=600".into()),
+            ],
+            body: Bytes::from(encoder.finish().unwrap()),
+        }
+    };
     let routes = (0..DOCUMENTS)
         .map(|n| {
             let name = format!("big{n}");
             let path: &'static str = Box::leak(format!("/{name}").into_boxed_str());
-            (path, page("application/json", document(&name)))
+            let text = document(&name);
+            let fixture = if n % 2 == 0 {
+                page("application/json", text)
+            } else {
+                gzip_coded(text)
+            };
+            (path, fixture)
         })
         .collect();
     let _registry = Origin::start_at(&address, routes).await;

@@ -28,6 +28,7 @@
 #              package mirror, each VERSIONS (20000) versions, about 14 MB of JSON, as
 #              large as the registry's largest full documents: each is read whole to have
 #              its tarball links rewritten. The outcome checks the links were rewritten.
+#              GZIPPED=1 serves them gzip-coded (2 MB each), as npm's registry does.
 #
 # The origin is `trickle_origin.py`. Prints each build's peak RSS as a ratio to its memory
 # capacity (MEM, default 128MiB), and what it kept or whether every file arrived whole.
@@ -93,6 +94,10 @@ with open(out, "w") as f:
     json.dump({"name": "big", "dist-tags": {"latest": v}, "versions": versions}, f)
 PY
   export BODY_FILE=$WORK/packument.json
+  if [[ -n ${GZIPPED:-} ]]; then
+    gzip -6 -n "$WORK/packument.json"
+    export BODY_FILE=$WORK/packument.json.gz CONTENT_ENCODING=gzip
+  fi
 fi
 python3 "$HERE/trickle_origin.py" 19041 >/dev/null 2>&1 & PIDS+=($!)
 wait_port 19041

@@ -6,7 +6,8 @@ max-age=600` and a strong ETag. A single `Range: bytes=a-b` (or `a-`) gets a 206
 bytes, sent the same way, unless an If-Range names another entity tag. With SENT_LOG set,
 each request appends `path bytes-sent range` to that file when it ends (its client may
 hang up before the body's end). With BODY_FILE set, every path answers that file's bytes
-instead of the pattern, and with CONTENT_TYPE set, says it is that type. Loopback only.
+instead of the pattern, and with CONTENT_TYPE (CONTENT_ENCODING) set, says it is that type
+(coded so: the file is then already coded). Loopback only.
 
     SIZE_MIB=16 STEP_KIB=256 INTERVAL_MS=50 python3 benches/trickle_origin.py PORT
 """
@@ -52,6 +53,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "max-age=600")
         if os.environ.get("CONTENT_TYPE"):
             self.send_header("Content-Type", os.environ["CONTENT_TYPE"])
+        if os.environ.get("CONTENT_ENCODING"):
+            self.send_header("Content-Encoding", os.environ["CONTENT_ENCODING"])
         self.send_header("ETag", ETAG)
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()

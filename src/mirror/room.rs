@@ -7,8 +7,10 @@
 //! So a document that finds no room waits for it, reading no more of its body meanwhile.
 //! Documents waiting for each other would wait for ever (each holding what it has read),
 //! so one document at a time holds the pass: it grows past the budget and never waits,
-//! and when it is done the others try again. Memory held by documents is then at most the
-//! budget's room plus one document, whatever the number read at once.
+//! and when it is done the others try again. What documents hold is then within the budget
+//! and two documents past it, whatever the number read at once: the one with the pass, and
+//! one that grew while nothing else was counted (the fills' budget lets a body alone pass
+//! it), which waits for the pass like the others once it is not alone.
 //!
 //! Small documents (most of them: a cold `npm install` reads hundreds) never wait: what
 //! they hold is counted, and bounded by the connections that fetch them.

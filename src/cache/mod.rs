@@ -1356,12 +1356,24 @@ impl HeldRoom<'_> {
         }
     }
 
+    /// Whether `len` bytes may be held within the budget, even were they alone in it (see
+    /// [`fill::Commitment::grow_within`]): they count against it from now on.
+    pub fn grow_within(&mut self, len: u64) -> bool {
+        if self.commitment.is_none() {
+            // Nothing is refused an unbounded budget.
+            self.commitment = self.cache.coalescer.commit(0, u64::MAX, None);
+        }
+        let budget = self.cache.fill_bounds.memory_budget;
+        self.commitment
+            .as_mut()
+            .is_some_and(|commitment| commitment.grow_within(len, budget))
+    }
+
     /// Counts `len` bytes against the budget, room or not (see [`fill::Commitment::force_to`]).
     pub fn force_to(&mut self, len: u64) {
         match &mut self.commitment {
             Some(commitment) => commitment.force_to(len),
             None => {
-                // Nothing is refused an unbounded budget.
                 self.commitment = self.cache.coalescer.commit(0, u64::MAX, None);
                 if let Some(commitment) = &mut self.commitment {
                     commitment.force_to(len);
@@ -1381,6 +1393,36 @@ mod tests {
     use super::*;
     use crate::config::MemoryPolicy;
     use prometheus_client::metrics::counter::Counter;
+
+    /// A body held whole may pass the fills' budget alone (`grow_to`); one that has its own
+    /// way past it (an index document's pass) is held to it even alone (`grow_within`),
+    /// and what it is forced to count still counts against the others.
+    #[tokio::test]
+    async fn held_bodies_pass_the_budget_alone_unless_held_within_it() {
+        const MIB: u64 = 1 << 20;
+        let config = CacheConfig {
+            fill_memory_budget: Some(crate::config::ByteSize(MIB)),
+            ..CacheConfig::default()
+        };
+        let cache = Cache::new(&config, &Arc::new(Metrics::new()));
+        let mut alone = cache.held_room();
+        assert!(alone.grow_to(2 * MIB), "a body alone may pass the budget");
+        drop(alone);
+        let mut within = cache.held_room();
+        assert!(within.grow_within(MIB / 2));
+        assert!(
+            !within.grow_within(2 * MIB),
+            "held within the budget, even alone"
+        );
+        within.force_to(2 * MIB);
+        assert_eq!(cache.fill_budget_used(), 2 * MIB);
+        assert!(
+            !cache.held_room().grow_to(MIB / 4),
+            "others are past the budget"
+        );
+        within.release();
+        assert_eq!(cache.fill_budget_used(), 0);
+    }
 
     /// Partial entries come out of the memory tier's share of `memory_capacity`, as the disk
     /// tier's index does: with pieces kept (what arrived of dropped downloads, 206 pieces),

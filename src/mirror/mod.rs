@@ -926,6 +926,9 @@ mod tests {
         fn grow_to(&mut self, len: u64) -> bool {
             (self.0)(len)
         }
+        fn grow_within(&mut self, len: u64) -> bool {
+            (self.0)(len)
+        }
         fn force_to(&mut self, _len: u64) {}
         fn release(&mut self) {}
     }

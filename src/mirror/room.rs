@@ -8,9 +8,8 @@
 //! Documents waiting for each other would wait for ever (each holding what it has read),
 //! so one document at a time holds the pass: it grows past the budget and never waits,
 //! and when it is done the others try again. What documents hold is then within the budget
-//! and two documents past it, whatever the number read at once: the one with the pass, and
-//! one that grew while nothing else was counted (the fills' budget lets a body alone pass
-//! it), which waits for the pass like the others once it is not alone.
+//! and one document past it, whatever the number read at once. (A fill alone may pass the
+//! budget; a document never does but by the pass, or two could be past it at once.)
 //!
 //! Small documents (most of them: a cold `npm install` reads hundreds) never wait: what
 //! they hold is counted, and bounded by the connections that fetch them.
@@ -28,8 +27,11 @@ use tokio::sync::Notify;
 
 /// Bytes held whole, counted against a budget (the fills' memory budget in the proxy).
 pub trait HeldBytes: Send {
-    /// Whether `len` bytes in all may be held now; if so they are counted from now on.
+    /// Whether `len` bytes in all may be held now; if so they are counted from now on. A
+    /// body alone may pass the budget.
     fn grow_to(&mut self, len: u64) -> bool;
+    /// As [`HeldBytes::grow_to`], but never past the budget, not even alone.
+    fn grow_within(&mut self, len: u64) -> bool;
     /// Counts `len` bytes in all, room or not.
     fn force_to(&mut self, len: u64);
     /// Counts nothing any more: the bytes were let go.
@@ -39,6 +41,9 @@ pub trait HeldBytes: Send {
 impl HeldBytes for crate::cache::HeldRoom<'_> {
     fn grow_to(&mut self, len: u64) -> bool {
         crate::cache::HeldRoom::grow_to(self, len)
+    }
+    fn grow_within(&mut self, len: u64) -> bool {
+        crate::cache::HeldRoom::grow_within(self, len)
     }
     fn force_to(&mut self, len: u64) {
         crate::cache::HeldRoom::force_to(self, len);
@@ -99,7 +104,7 @@ impl DocumentRoom<'_> {
             let returned = self.pass.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if self.held.grow_to(len) {
+            if self.held.grow_within(len) {
                 return;
             }
             if self
@@ -185,6 +190,9 @@ mod tests {
     }
 
     impl HeldBytes for Held {
+        fn grow_within(&mut self, len: u64) -> bool {
+            self.grow_to(len)
+        }
         fn grow_to(&mut self, len: u64) -> bool {
             let mut counted = self.budget.counted.lock().unwrap();
             let more = len.saturating_sub(self.own);

@@ -308,6 +308,30 @@ impl Commitment<'_> {
         true
     }
 
+    /// As [`Commitment::grow_to`], but never past `budget`, not even alone: for a body that
+    /// has its own way past it (an index document's pass; see `mirror::room`). Not for a
+    /// newcomer's body.
+    pub fn grow_within(&mut self, bytes: u64, budget: u64) -> bool {
+        let more = bytes.saturating_sub(self.bytes);
+        if more == 0 {
+            return true;
+        }
+        let room = budget
+            .saturating_sub(self.coalescer.held_outside.load(Ordering::Acquire))
+            .saturating_sub(self.coalescer.streaming_bytes());
+        let grown = self
+            .coalescer
+            .committed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |all| {
+                (all + more <= room).then_some(all + more)
+            })
+            .is_ok();
+        if grown {
+            self.bytes += more;
+        }
+        grown
+    }
+
     /// Counts this fill for `bytes` (when more than it counts for already) whatever the
     /// budget says: for the one body that may pass it while others wait for room (an index
     /// document the package mirror must hold whole; see `mirror::room`).

@@ -75,8 +75,8 @@ async function refresh() {
     const registries = (s.mirror && s.mirror.registries) || [];
     el('mirror_card').hidden = registries.length === 0;
     const ago = t => t ? Math.max(0, Math.round(Date.now() / 1000 - t)) + ' s ago' : 'never';
-    rows('mirror', ['registry', 'path', 'objects', 'stored', 'hit ratio', 'last upstream contact', 'integrity failures'], registries,
-      r => [[r.name + ' (' + r.kind + ')'], [r.path], [r.objects, 1], [size(r.bytes), 1], [pct(r.hit_ratio), 1], [ago(r.last_upstream_contact)], [r.integrity_failures, 1]]);
+    rows('mirror', ['registry', 'path', 'objects', 'stored', 'hit ratio', 'last upstream contact', 'integrity failures', 'documents rewritten (waited for room)'], registries,
+      r => [[r.name + ' (' + r.kind + ')'], [r.path], [r.objects, 1], [size(r.bytes), 1], [pct(r.hit_ratio), 1], [ago(r.last_upstream_contact)], [r.integrity_failures, 1], [r.documents_rewritten + ' (' + r.documents_waited + ')', 1]]);
   } catch (e) { el('uptime').textContent = 'status unavailable: ' + e; }
 }
 refresh(); setInterval(refresh, 2000);

@@ -1344,7 +1344,7 @@ pub struct HeldRoom<'c> {
     commitment: Option<fill::Commitment<'c>>,
 }
 
-impl HeldRoom<'_> {
+impl<'c> HeldRoom<'c> {
     /// Whether `len` bytes may be held: they count against the budget from now on.
     pub fn grow_to(&mut self, len: u64) -> bool {
         match &mut self.commitment {
@@ -1359,27 +1359,25 @@ impl HeldRoom<'_> {
     /// Whether `len` bytes may be held within the budget, even were they alone in it (see
     /// [`fill::Commitment::grow_within`]): they count against it from now on.
     pub fn grow_within(&mut self, len: u64) -> bool {
-        if self.commitment.is_none() {
-            // Nothing is refused an unbounded budget.
-            self.commitment = self.cache.coalescer.commit(0, u64::MAX, None);
-        }
         let budget = self.cache.fill_bounds.memory_budget;
-        self.commitment
-            .as_mut()
+        self.counted()
             .is_some_and(|commitment| commitment.grow_within(len, budget))
     }
 
     /// Counts `len` bytes against the budget, room or not (see [`fill::Commitment::force_to`]).
     pub fn force_to(&mut self, len: u64) {
-        match &mut self.commitment {
-            Some(commitment) => commitment.force_to(len),
-            None => {
-                self.commitment = self.cache.coalescer.commit(0, u64::MAX, None);
-                if let Some(commitment) = &mut self.commitment {
-                    commitment.force_to(len);
-                }
-            }
+        if let Some(commitment) = self.counted() {
+            commitment.force_to(len);
         }
+    }
+
+    /// The commitment, made for nothing yet if there is none (which an unbounded budget
+    /// never refuses).
+    fn counted(&mut self) -> Option<&mut fill::Commitment<'c>> {
+        if self.commitment.is_none() {
+            self.commitment = self.cache.coalescer.commit(0, u64::MAX, None);
+        }
+        self.commitment.as_mut()
     }
 
     /// Gives back what is counted: the bytes are no longer held.

@@ -684,16 +684,21 @@ impl Mirror {
         room: &mut room::DocumentRoom<'_>,
     ) -> OriginBody {
         let gzip_coded = gzip_coded(head);
+        // What the document holds with a text of `text_len`: its body, the text when it is
+        // decoded from the body, and the rewritten copy made beside the text (about the
+        // text's size).
+        let holding = |text_len: u64, decoded: bool| {
+            let copies = u64::from(decoded) + u64::from(document.is_rewritten());
+            raw.len() as u64 + text_len * copies
+        };
         let text = match gzip_coded {
             None => raw.clone(),
             Some(true) => {
                 // Counted before it is decoded, at the length its trailer states (within
                 // the limit), and again below at the length it has.
-                let stated = decode::gzip_stated_len(&raw)
-                    .unwrap_or(0)
-                    .min(self.rewrite_max);
-                let copy = if document.is_rewritten() { stated } else { 0 };
-                room.grow_to(raw.len() as u64 + stated + copy).await;
+                let stated =
+                    decode::gzip_stated_len(&raw).map_or(0, |len| len.min(self.rewrite_max));
+                room.grow_to(holding(stated, true)).await;
                 match decode::off_runtime(&raw, self.rewrite_max, decode::gunzipped).await {
                     Some(text) => text,
                     None => {
@@ -705,15 +710,8 @@ impl Mirror {
             // A coding we cannot read: the document goes on untouched.
             Some(false) => return OriginBody::read(raw),
         };
-        // The rewritten copy is made beside the text (and a decoded text beside the coded
-        // body); its size is about the text's.
-        let decoded = if gzip_coded.is_some() { text.len() } else { 0 };
-        let rewritten = if document.is_rewritten() {
-            text.len()
-        } else {
-            0
-        };
-        room.grow_to((raw.len() + decoded + rewritten) as u64).await;
+        room.grow_to(holding(text.len() as u64, gzip_coded.is_some()))
+            .await;
         let base = self.base_for(url);
         let job = DocumentJob {
             document,

@@ -294,10 +294,7 @@ impl Commitment<'_> {
         // what they have read ahead and their connections' buffers: kept bodies have the
         // rest, so that together they stay within the budget (but for one kept alone, which
         // many slow streams must not stop from being stored).
-        let outside = self.coalescer.held_outside.load(Ordering::Acquire);
-        let room = budget
-            .saturating_sub(outside)
-            .saturating_sub(self.coalescer.streaming_bytes());
+        let (outside, room) = self.coalescer.kept_room(budget);
         if outside >= budget || !count_within(&self.coalescer.committed, own, more, room) {
             if self.newcomer_room.is_some() {
                 newcomers.fetch_sub(more, Ordering::AcqRel);
@@ -316,9 +313,7 @@ impl Commitment<'_> {
         if more == 0 {
             return true;
         }
-        let room = budget
-            .saturating_sub(self.coalescer.held_outside.load(Ordering::Acquire))
-            .saturating_sub(self.coalescer.streaming_bytes());
+        let (_, room) = self.coalescer.kept_room(budget);
         let grown = self
             .coalescer
             .committed
@@ -464,6 +459,16 @@ impl Coalescer {
     /// them stop reading ahead as soon as they begin, not once they have arrived.
     pub fn holds_past(&self, budget: u64) -> bool {
         self.budget_used() > budget
+    }
+
+    /// What declined bodies still being sent hold ([`Coalescer::hold`]), and the room of
+    /// `budget` that they and fills streaming through leave to kept bodies together.
+    fn kept_room(&self, budget: u64) -> (u64, u64) {
+        let outside = self.held_outside.load(Ordering::Acquire);
+        let room = budget
+            .saturating_sub(outside)
+            .saturating_sub(self.streaming_bytes());
+        (outside, room)
     }
 
     /// What counts against the fills' memory budget now (see [`Coalescer::holds_past`]).
